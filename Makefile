@@ -1,0 +1,50 @@
+# protolib: `make book` renders the book, `make test` runs the tests. Both set up .venv first.
+#
+# PyTorch is installed first, pinned through TORCH_SPEC so that it is never swapped for another
+# build by dependency resolution. Override it for your machine, e.g. on a CUDA workstation:
+#     make book TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PROTOLIB_CONFIG ?= default
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.protolib-installed
+
+export PROTOLIB_CONFIG
+
+.PHONY: help venv book test test-fast bank benchmark clean clean-artifacts
+
+help:
+	@echo "make book       set up .venv, run the pipeline notebooks and render the book to _build/html"
+	@echo "make test       set up .venv and run the whole test suite (notebooks included)"
+	@echo "make test-fast  the tests without executing the notebooks"
+	@echo "make benchmark  measure simulator and bank-reading throughput (benchmarks/README.md)"
+	@echo "make clean      remove the book build and artifacts (keeps .venv)"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[book,test]"
+	@touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --builder html -W --keep-going
+	@echo "The book is in _build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebooks"
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/simulator_throughput.py
+
+clean:
+	rm -rf _build artifacts
+
+clean-artifacts:
+	rm -rf artifacts

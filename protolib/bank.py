@@ -1,0 +1,422 @@
+"""The image bank: one HDF5 file of simulated (or imported) images with their physical parameters.
+
+Schema (``format = "protolib-bank"``, ``schema_version = 1``)::
+
+    /images                     float32 (n_systems, n_projections, height, width), chunked by systems;
+                                attrs: unit ("Jy/beam" or "Jy/pixel"), axes ("system, projection, north, west")
+    /parameters/<name>          float64 (n_systems,); attrs: unit, description, log_scale
+    /viewing/inclination        float64 (n_systems, n_projections) [deg], 0 face-on
+    /viewing/position_angle     float64 (n_systems, n_projections) [deg], east of north
+    /system_id                  int64 (n_systems,): identifier of each system (snapshot)
+    attrs on /:                 format, schema_version, protolib_version, created (UTC, ISO 8601),
+                                seed, pixel_size_au, field_of_view_au, distance_pc, frequency_ghz,
+                                beam_major_arcsec, beam_minor_arcsec, beam_position_angle_deg,
+                                noise_rms_jy_beam, simulator_config (JSON), prior (JSON), source
+
+Rows of an image run north, columns west (``imshow(origin="lower")`` shows north up, east left).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .instrument import Instrument
+from .parameters import PARAMETERS, Parameter, Prior, sample_viewing
+from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
+from .simulator import SimulatorConfig, envelope_mass, render
+
+__all__ = ["Bank", "simulate_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS"]
+
+FORMAT = "protolib-bank"
+SCHEMA_VERSION = 1
+
+
+class Bank:
+    """A bank of images and parameters, read lazily from its HDF5 file.
+
+    Example:
+        >>> bank = Bank("bank.h5")                      # doctest: +SKIP
+        >>> bank.images.shape                           # (systems, projections, height, width)
+        >>> bank.parameters["disk_radius"]              # numpy array, one value per system [au]
+        >>> bank.load_images([0, 5, 7])                 # numpy (3, P, H, W)
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ProtolibInputError(f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`.")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise ProtolibInputError(f"Bank file {self.path} is not a readable HDF5 file ({error}).") from None
+        if self._file.attrs.get("format") != FORMAT or "images" not in self._file:
+            self._file.close()
+            raise ProtolibInputError(
+                f"{self.path} is an HDF5 file but not a protolib bank (no 'format = {FORMAT}' attribute or no "
+                "/images dataset). Banks are written by `protolib simulate` or `protolib import-thesis`."
+            )
+        self.images: h5py.Dataset = self._file["images"]
+        self.parameters: dict[str, np.ndarray] = {name: ds[()] for name, ds in self._file["parameters"].items()}
+        self.parameter_info: dict[str, Parameter] = {
+            name: Parameter(
+                name,
+                str(ds.attrs.get("unit", "")),
+                str(ds.attrs.get("description", "")),
+                bool(ds.attrs.get("log_scale", True)),
+                PARAMETERS[name].label if name in PARAMETERS else "",
+            )
+            for name, ds in self._file["parameters"].items()
+        }
+        self.inclination: np.ndarray = self._file["viewing/inclination"][()]
+        self.position_angle: np.ndarray = self._file["viewing/position_angle"][()]
+        self.system_id: np.ndarray = self._file["system_id"][()]
+        self.attrs: dict = {k: _plain(v) for k, v in self._file.attrs.items()}
+
+    @property
+    def n_systems(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def n_projections(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def pixel_size_au(self) -> float:
+        return float(self.attrs.get("pixel_size_au", float("nan")))
+
+    @property
+    def unit(self) -> str:
+        return str(self.images.attrs.get("unit", ""))
+
+    @property
+    def instrument(self) -> Instrument:
+        """The instrument the bank's images were seen through."""
+        keys = Instrument().to_dict().keys()
+        return Instrument(**{k: float(self.attrs[k]) for k in keys if k in self.attrs})
+
+    @property
+    def simulator_config(self) -> SimulatorConfig | None:
+        text = self.attrs.get("simulator_config")
+        return SimulatorConfig(**json.loads(text)) if text else None
+
+    @property
+    def identity(self) -> dict:
+        """What identifies this bank in a model checkpoint: path, shape, seed, creation time."""
+        return {
+            "path": str(self.path.resolve()),
+            "shape": list(self.images.shape),
+            "seed": self.attrs.get("seed"),
+            "created": self.attrs.get("created"),
+            "protolib_version": self.attrs.get("protolib_version"),
+        }
+
+    def parameter_table(self, names: list[str] | None = None) -> np.ndarray:
+        """Parameters as a ``(n_systems, n_names)`` float64 array, in ``names`` order."""
+        names = list(self.parameters) if names is None else names
+        missing = [n for n in names if n not in self.parameters]
+        if missing:
+            raise ProtolibInputError(f"Bank {self.path} has no parameter(s) {missing}; it has {sorted(self.parameters)}.")
+        return np.stack([self.parameters[n] for n in names], axis=1)
+
+    def load_images(self, systems=None) -> np.ndarray:
+        """Images of the given systems (all when ``None``) as a numpy array ``(n, P, H, W)``.
+
+        Indices may be in any order and repeat; reads are done in sorted order, chunk-friendly.
+        """
+        if systems is None:
+            return self.images[()]
+        systems = np.asarray(systems, dtype=np.int64)
+        order = np.argsort(systems, kind="stable")
+        unique, inverse = np.unique(systems[order], return_inverse=True)
+        block = self.images[unique]
+        result = np.empty((len(systems), *self.images.shape[1:]), dtype=self.images.dtype)
+        result[order] = block[inverse]
+        return result
+
+    def iter_batches(self, systems, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(system_indices, images)`` in batches of whole systems, without loading the bank."""
+        systems = np.asarray(systems)
+        for start in range(0, len(systems), batch_size):
+            chunk = systems[start : start + batch_size]
+            yield chunk, self.load_images(chunk)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        n, p, h, w = self.images.shape
+        return f"Bank({str(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def draw_systems(n_systems: int, n_projections: int, seed: int, prior: Prior | None = None) -> dict[str, np.ndarray]:
+    """Draw the physical parameters and viewing angles of a bank (no images), reproducibly.
+
+    Returns a dict with every parameter ``(n_systems,)`` except ``envelope_mass`` (computed by
+    :func:`render_systems`), and ``inclination``, ``position_angle`` ``(n_systems, n_projections)``.
+    """
+    prior = prior or Prior()
+    rng = np.random.default_rng([int(seed), 0])
+    systems = prior.sample(n_systems, rng)
+    systems.update(sample_viewing(n_systems, n_projections, np.random.default_rng([int(seed), 1])))
+    return systems
+
+
+def render_systems(
+    systems: dict[str, np.ndarray],
+    indices: np.ndarray,
+    config: SimulatorConfig,
+    instrument: Instrument,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render every projection of the systems ``indices``; returns images and envelope masses.
+
+    Noise for system ``i`` comes from :func:`protolib.runtime.system_rng` (``seed``, ``i``), so the
+    result does not depend on how systems are grouped into calls.
+
+    Returns:
+        ``(len(indices), P, H, W)`` float32 images in the instrument's unit, and ``(len(indices),)``
+        envelope masses [Msun].
+    """
+    device = default_device(device)
+    indices = np.asarray(indices)
+    n_proj = systems["inclination"].shape[1]
+    per_system = {k: torch.as_tensor(systems[k][indices], device=device) for k in _RENDER_KEYS}
+    per_image = {k: v.repeat_interleave(n_proj) for k, v in per_system.items()}
+    inclination = torch.as_tensor(systems["inclination"][indices].reshape(-1), device=device)
+    position_angle = torch.as_tensor(systems["position_angle"][indices].reshape(-1), device=device)
+    with torch.no_grad():
+        clean = render(per_image, inclination, position_angle, config, instrument.distance_pc)
+        clean = clean.reshape(len(indices), n_proj, config.image_size, config.image_size).cpu()
+        images = np.stack(
+            [
+                instrument.observe(clean[j], config.pixel_size_au, system_rng(seed, int(i), stream=2)).numpy()
+                for j, i in enumerate(indices)
+            ]
+        )
+        masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
+    return images.astype(np.float32), masses
+
+
+_RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
+
+
+def simulate_bank(
+    out: str | Path,
+    n_systems: int,
+    n_projections: int = 8,
+    *,
+    seed: int = 0,
+    config: SimulatorConfig | None = None,
+    instrument: Instrument | None = None,
+    prior: Prior | None = None,
+    systems_per_batch: int = 8,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Simulate a bank and write it to ``out`` (HDF5), atomically.
+
+    The file appears only when complete: an interrupted run leaves any previous ``out`` untouched.
+    The same arguments give the same file contents, bit for bit (apart from the creation time).
+
+    Example:
+        >>> simulate_bank("bank.h5", n_systems=100, n_projections=8, seed=1)  # doctest: +SKIP
+    """
+    config = config or SimulatorConfig()
+    instrument = instrument or Instrument()
+    prior = prior or Prior()
+    if n_systems < 1 or n_projections < 1:
+        raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
+    systems = draw_systems(n_systems, n_projections, seed, prior)
+    size = config.image_size
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            chunk_systems = max(1, min(n_systems, (1 << 20) // (n_projections * size * size * 4)))
+            images = f.create_dataset(
+                "images", (n_systems, n_projections, size, size), dtype="f4", chunks=(chunk_systems, n_projections, size, size)
+            )
+            images.attrs["unit"] = instrument.unit
+            images.attrs["axes"] = "system, projection, north, west"
+            env_mass = np.zeros(n_systems)
+            bar = tqdm(total=n_systems * n_projections, unit="img", desc="Simulating bank", disable=not progress)
+            for start in range(0, n_systems, systems_per_batch):
+                idx = np.arange(start, min(n_systems, start + systems_per_batch))
+                images[idx[0] : idx[-1] + 1], env_mass[idx] = render_systems(systems, idx, config, instrument, seed, device)
+                bar.update(len(idx) * n_projections)
+            bar.close()
+            systems["envelope_mass"] = env_mass
+            _write_tables(f, systems, {k: v for k, v in systems.items() if k in PARAMETERS})
+            _write_attrs(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
+    return Path(out)
+
+
+def _write_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
+    group = f.create_group("parameters")
+    for name in [n for n in PARAMETERS if n in parameters] + [n for n in parameters if n not in PARAMETERS]:
+        ds = group.create_dataset(name, data=np.asarray(parameters[name], dtype="f8"))
+        info = PARAMETERS.get(name, Parameter(name, "", ""))
+        ds.attrs.update(unit=info.unit, description=info.description, log_scale=info.log_scale)
+    view = f.create_group("viewing")
+    for name in ("inclination", "position_angle"):
+        ds = view.create_dataset(name, data=np.asarray(viewing[name], dtype="f8"))
+        ds.attrs["unit"] = "deg"
+    f.create_dataset("system_id", data=np.asarray(viewing.get("system_id", np.arange(len(viewing["inclination"]))), dtype="i8"))
+
+
+def _write_attrs(f, *, seed, config: SimulatorConfig | None, instrument: Instrument, prior: Prior | None, source: str, pixel_size_au=None):
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["protolib_version"] = __version__
+    f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    f.attrs["seed"] = -1 if seed is None else int(seed)
+    f.attrs["source"] = source
+    if config is not None:
+        f.attrs["pixel_size_au"] = config.pixel_size_au
+        f.attrs["field_of_view_au"] = config.field_of_view_au
+        f.attrs["frequency_ghz"] = config.frequency_ghz
+        f.attrs["simulator_config"] = json.dumps(config.to_dict())
+    else:
+        f.attrs["pixel_size_au"] = float("nan") if pixel_size_au is None else float(pixel_size_au)
+    for key, value in instrument.to_dict().items():
+        f.attrs[key] = float(value)
+    if prior is not None:
+        f.attrs["prior"] = json.dumps(prior.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# The thesis's own layout: one HDF5 file per snapshot.
+
+THESIS_DATASETS: dict[str, str] = {
+    "mass": "stellar_mass",
+    "accretion_rate": "accretion_rate",
+    "disk_size": "disk_radius",
+    "Envelope_mass": "envelope_mass",
+    "luminosity": "luminosity",
+    "temperature": "temperature",
+    "age": "age",
+}
+
+
+@dataclass
+class ImportReport:
+    """What :func:`import_thesis_snapshots` did: files imported and files skipped, with reasons."""
+
+    imported: list[str]
+    skipped: dict[str, str]
+
+
+def import_thesis_snapshots(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    n_projections: int = 8,
+    pixel_size_au: float | None = None,
+    on_error: str = "raise",
+    progress: bool = True,
+) -> ImportReport:
+    """Convert a folder of the thesis's per-snapshot HDF5 files into one protolib bank.
+
+    Each file must hold ``intensity_projection_1`` ... ``intensity_projection_{n_projections}``
+    (2-D images, all of one shape) and the scalar datasets of :data:`THESIS_DATASETS`
+    (``mass``, ``accretion_rate``, ``disk_size``, ``Envelope_mass``, ``luminosity``,
+    ``temperature``, ``age``). Viewing angles are unknown in that layout and stored as NaN.
+
+    Arguments:
+        folder: the folder of ``*.h5`` / ``*.hdf5`` files (sorted by name; the system id is the index).
+        out: the bank to write.
+        pixel_size_au: the images' pixel size, if known (stored in the bank).
+        on_error: ``"raise"`` stops at the first bad file with a message naming it and the problem;
+            ``"skip"`` leaves bad files out and reports each in the returned :class:`ImportReport`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ProtolibInputError(f"{folder} is not a folder of snapshot files.")
+    files = sorted([*folder.glob("*.h5"), *folder.glob("*.hdf5")])
+    if not files:
+        raise ProtolibInputError(f"No .h5 or .hdf5 files in {folder}.")
+    images, params, imported, skipped = [], {v: [] for v in THESIS_DATASETS.values()}, [], {}
+    shape = None
+    for path in tqdm(files, desc="Importing snapshots", disable=not progress):
+        try:
+            stack, values = _read_thesis_snapshot(path, n_projections)
+            if shape is not None and stack.shape != shape:
+                raise ProtolibInputError(f"{path}: images are {stack.shape[1:]} pixels but earlier files had {shape[1:]}.")
+        except ProtolibInputError as error:
+            if on_error != "skip":
+                raise
+            skipped[str(path)] = str(error)
+            continue
+        shape = stack.shape
+        images.append(stack)
+        for key, value in values.items():
+            params[key].append(value)
+        imported.append(str(path))
+    if not images:
+        raise ProtolibInputError(f"None of the {len(files)} files in {folder} could be imported: {skipped}")
+    n = len(images)
+    viewing = {
+        "inclination": np.full((n, n_projections), np.nan),
+        "position_angle": np.full((n, n_projections), np.nan),
+        "system_id": np.arange(n),
+    }
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            ds = f.create_dataset("images", data=np.stack(images).astype("f4"), chunks=(1, n_projections, *shape[1:]))
+            ds.attrs["unit"] = "arbitrary"
+            ds.attrs["axes"] = "system, projection, north, west"
+            _write_tables(f, viewing, {k: np.array(v) for k, v in params.items()})
+            f.create_dataset("source_files", data=np.array([Path(p).name for p in imported], dtype="S"))
+            _write_attrs(f, seed=None, config=None, instrument=Instrument(beam_major_arcsec=0.0, noise_rms_jy_beam=0.0),
+                         prior=None, source=f"thesis snapshots from {folder}", pixel_size_au=pixel_size_au)
+    return ImportReport(imported=imported, skipped=skipped)
+
+
+def _read_thesis_snapshot(path: Path, n_projections: int) -> tuple[np.ndarray, dict[str, float]]:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ProtolibInputError(f"{path}: not a readable HDF5 file ({error}).") from None
+    with handle as f:
+        names = [f"intensity_projection_{k}" for k in range(1, n_projections + 1)]
+        missing = [n for n in [*names, *THESIS_DATASETS] if n not in f]
+        if missing:
+            raise ProtolibInputError(f"{path}: missing dataset(s) {', '.join(missing)}.")
+        stack = np.stack([np.asarray(f[n][()], dtype=np.float32) for n in names])
+        if stack.ndim != 3:
+            raise ProtolibInputError(f"{path}: intensity projections must be 2-D images, got shape {stack.shape[1:]}.")
+        values = {}
+        for key, name in THESIS_DATASETS.items():
+            value = np.asarray(f[key][()], dtype=np.float64)
+            if value.size != 1 or not math.isfinite(float(value.reshape(-1)[0])):
+                raise ProtolibInputError(f"{path}: dataset {key} must be one finite number, got {value!r}.")
+            values[name] = float(value.reshape(-1)[0])
+    return stack, values

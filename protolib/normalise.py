@@ -1,0 +1,89 @@
+"""Parameter normalisation: log10 for quantities spanning decades, then z-score or min-max."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .parameters import PARAMETERS
+from .runtime import ProtolibInputError
+
+__all__ = ["ParameterNormaliser"]
+
+
+@dataclass
+class ParameterNormaliser:
+    """Maps physical parameters to dimensionless numbers of order one, and back.
+
+    Fit it on training systems only, save it with the model (:meth:`to_dict`), and use the same
+    one everywhere after.
+
+    Example:
+        >>> norm = ParameterNormaliser(["stellar_mass", "disk_radius"]).fit(train_table)  # doctest: +SKIP
+        >>> z = norm.transform(table)          # (n, 2), zero mean and unit spread on train
+        >>> norm.inverse(z)                    # back to Msun and au
+    """
+
+    names: list[str]
+    method: str = "zscore"
+    log_scale: list[bool] | None = None
+    centre: np.ndarray | None = field(default=None, repr=False)
+    spread: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.method not in ("zscore", "minmax"):
+            raise ProtolibInputError(f"Normalisation method must be 'zscore' or 'minmax', got {self.method!r}.")
+        if self.log_scale is None:
+            self.log_scale = [PARAMETERS[n].log_scale if n in PARAMETERS else True for n in self.names]
+        self._log = np.asarray(self.log_scale, dtype=bool)
+
+    def _to_log(self, table: np.ndarray) -> np.ndarray:
+        table = np.asarray(table, dtype=np.float64)
+        if table.ndim != 2 or table.shape[1] != len(self.names):
+            raise ProtolibInputError(f"Expected a table of shape (n, {len(self.names)}) for {self.names}, got {table.shape}.")
+        out = table.copy()
+        logged = out[:, self._log]
+        if np.any(logged <= 0):
+            bad = [n for n, lg, col in zip(self.names, self._log, table.T) if lg and np.any(col <= 0)]
+            raise ProtolibInputError(f"Parameters {bad} are log-scaled but have values <= 0.")
+        out[:, self._log] = np.log10(logged)
+        return out
+
+    def fit(self, table: np.ndarray) -> "ParameterNormaliser":
+        """Learn centre and spread from ``table`` ``(n, len(names))`` of training systems."""
+        logged = self._to_log(table)
+        if self.method == "zscore":
+            self.centre, self.spread = logged.mean(0), logged.std(0)
+        else:
+            self.centre, self.spread = logged.min(0), logged.max(0) - logged.min(0)
+        self.spread = np.where(self.spread > 0, self.spread, 1.0)
+        return self
+
+    def transform(self, table: np.ndarray) -> np.ndarray:
+        """Physical values ``(n, k)`` to normalised values ``(n, k)``."""
+        if self.centre is None:
+            raise RuntimeError("Call fit() on training systems before transform().")
+        return (self._to_log(table) - self.centre) / self.spread
+
+    def inverse(self, normalised: np.ndarray) -> np.ndarray:
+        """Normalised values back to physical units."""
+        out = np.asarray(normalised, dtype=np.float64) * self.spread + self.centre
+        out[:, self._log] = 10 ** out[:, self._log]
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "method": self.method,
+            "log_scale": [bool(x) for x in self.log_scale],
+            "centre": None if self.centre is None else self.centre.tolist(),
+            "spread": None if self.spread is None else self.spread.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ParameterNormaliser":
+        norm = cls(list(data["names"]), data["method"], list(data["log_scale"]))
+        if data.get("centre") is not None:
+            norm.centre, norm.spread = np.asarray(data["centre"]), np.asarray(data["spread"])
+        return norm
