@@ -67,7 +67,9 @@ class Bank:
                 "/images dataset). Banks are written by `protolib simulate` or `protolib import-thesis`."
             )
         self.images: h5py.Dataset = self._file["images"]
-        self.parameters: dict[str, np.ndarray] = {name: ds[()] for name, ds in self._file["parameters"].items()}
+        stored = list(self._file["parameters"])
+        ordered = [n for n in PARAMETERS if n in stored] + [n for n in stored if n not in PARAMETERS]
+        self.parameters: dict[str, np.ndarray] = {name: self._file["parameters"][name][()] for name in ordered}
         self.parameter_info: dict[str, Parameter] = {
             name: Parameter(
                 name,
@@ -76,7 +78,7 @@ class Bank:
                 bool(ds.attrs.get("log_scale", True)),
                 PARAMETERS[name].label if name in PARAMETERS else "",
             )
-            for name, ds in self._file["parameters"].items()
+            for name, ds in ((n, self._file["parameters"][n]) for n in ordered)
         }
         self.inclination: np.ndarray = self._file["viewing/inclination"][()]
         self.position_angle: np.ndarray = self._file["viewing/position_angle"][()]
