@@ -216,15 +216,14 @@ def render_systems(
     per_image = {k: v.repeat_interleave(n_proj) for k, v in per_system.items()}
     inclination = torch.as_tensor(systems["inclination"][indices].reshape(-1), device=device)
     position_angle = torch.as_tensor(systems["position_angle"][indices].reshape(-1), device=device)
+    images = []
     with torch.no_grad():
-        clean = render(per_image, inclination, position_angle, config, instrument.distance_pc)
-        clean = clean.reshape(len(indices), n_proj, config.image_size, config.image_size).cpu()
-        images = np.stack(
-            [
-                instrument.observe(clean[j], config.pixel_size_au, system_rng(seed, int(i), stream=2)).numpy()
-                for j, i in enumerate(indices)
-            ]
-        )
+        for j, i in enumerate(indices):
+            # One system per call: the result is then the same however systems are grouped.
+            own = slice(j * n_proj, (j + 1) * n_proj)
+            clean = render({k: v[own] for k, v in per_image.items()}, inclination[own], position_angle[own], config, instrument.distance_pc)
+            images.append(instrument.observe(clean.cpu(), config.pixel_size_au, system_rng(seed, int(i), stream=2)).numpy())
+        images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
     return images.astype(np.float32), masses
 

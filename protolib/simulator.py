@@ -44,9 +44,9 @@ class SimulatorConfig:
     disk_gamma: float = 1.0  # surface density power-law index
     disk_flaring: float = 0.25  # H ~ R^(1 + flaring)
     disk_extent: float = 6.0  # the disk is followed out to this many disk radii
-    envelope_samples: int = 64  # line-of-sight samples for the envelope
-    disk_samples: int = 48  # line-of-sight samples through the disk
-    oversample: int = 2  # rays per pixel along each axis (pixel-averaged intensity)
+    envelope_samples: int = 32  # line-of-sight samples for the envelope
+    disk_samples: int = 24  # line-of-sight samples through the disk
+    oversample: int = 1  # rays per pixel along each axis (pixel-averaged intensity)
     batch_elements: int = 4_000_000  # images per batch are chosen to keep rays x samples under this
 
     def to_dict(self) -> dict:
