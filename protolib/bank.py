@@ -157,6 +157,19 @@ class Bank:
             chunk = systems[start : start + batch_size]
             yield chunk, self.load_images(chunk)
 
+    def render_clean(self, system: int, device=None) -> np.ndarray:
+        """Re-render every projection of one simulated system without beam and noise [Jy/pixel], ``(P, H, W)``."""
+        config = self.simulator_config
+        if config is None:
+            raise ProtolibInputError(f"{self.path} was not made by the protolib simulator; its clean models cannot be rendered.")
+        device = default_device(device)
+        n_proj = self.n_projections
+        params = {k: torch.full((n_proj,), float(self.parameters[k][system]), dtype=torch.float64, device=device) for k in _RENDER_KEYS}
+        with torch.no_grad():
+            clean = render(params, torch.as_tensor(self.inclination[system], device=device),
+                           torch.as_tensor(self.position_angle[system], device=device), config, self.instrument.distance_pc)
+        return clean.cpu().numpy()
+
     def close(self) -> None:
         self._file.close()
 
