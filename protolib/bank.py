@@ -36,7 +36,7 @@ from .parameters import PARAMETERS, Parameter, Prior, sample_viewing
 from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
 from .simulator import SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "simulate_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS"]
+__all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS"]
 
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
@@ -271,6 +271,24 @@ def simulate_bank(
     if n_systems < 1 or n_projections < 1:
         raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
     systems = draw_systems(n_systems, n_projections, seed, prior)
+
+    def blocks():
+        for start in range(0, n_systems, systems_per_batch):
+            idx = np.arange(start, min(n_systems, start + systems_per_batch))
+            yield (idx, *render_systems(systems, idx, config, instrument, seed, device))
+
+    write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+    return Path(out)
+
+
+def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: SimulatorConfig, instrument: Instrument,
+                         prior: Prior, progress: bool = True, description: str = "Simulating bank") -> None:
+    """Write a bank atomically from drawn ``systems`` and ``blocks`` of ``(indices, images, envelope_masses)``.
+
+    The blocks may come from this process (:func:`simulate_bank`) or from shards rendered elsewhere
+    (:func:`protolib.cluster.simulate_bank_parallel`): the file is the same either way.
+    """
+    n_systems, n_projections = systems["inclination"].shape
     size = config.image_size
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -281,16 +299,15 @@ def simulate_bank(
             images.attrs["unit"] = instrument.unit
             images.attrs["axes"] = "system, projection, north, west"
             env_mass = np.zeros(n_systems)
-            bar = tqdm(total=n_systems * n_projections, unit="img", desc="Simulating bank", disable=not progress)
-            for start in range(0, n_systems, systems_per_batch):
-                idx = np.arange(start, min(n_systems, start + systems_per_batch))
-                images[idx[0] : idx[-1] + 1], env_mass[idx] = render_systems(systems, idx, config, instrument, seed, device)
+            bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
+            for idx, block_images, block_mass in blocks:
+                images[idx[0] : idx[-1] + 1] = block_images
+                env_mass[idx] = block_mass
                 bar.update(len(idx) * n_projections)
             bar.close()
-            systems["envelope_mass"] = env_mass
-            _write_tables(f, systems, {k: v for k, v in systems.items() if k in PARAMETERS})
+            tables = {**systems, "envelope_mass": env_mass}
+            _write_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
             _write_attrs(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
-    return Path(out)
 
 
 def _write_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:

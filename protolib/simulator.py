@@ -318,5 +318,6 @@ def envelope_mass(
             outer_radius_au=config.envelope_outer_radius_au,
         )
         volume = 2.0 * math.pi * (r_mid * physics.AU_CM) ** 2 * (dr * physics.AU_CM)
-        masses.append((rho * volume[:, None]).sum() * dmu / physics.MSUN_G)
-    return torch.stack(masses).to(torch.float64)
+        # numpy's sum: the same bits whatever the number of torch threads (parallel banks rely on it).
+        masses.append(float(np.sum((rho * volume[:, None]).cpu().numpy())) * dmu / physics.MSUN_G)
+    return torch.tensor(masses, dtype=torch.float64)
