@@ -194,7 +194,8 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
         hdul = fits.open(path, memmap=False)
         hdul.verify("silentfix")
     except (OSError, ValueError, TypeError) as error:
-        raise ProtolibInputError(f"{path}: not a FITS file ({error}).") from None
+        reason = str(error).split(",")[0].split(". ")[0]
+        raise ProtolibInputError(f"{path}: not a FITS file, or a damaged one ({reason}).") from None
     with hdul:
         hdu = _image_hdu(hdul, path)
         header = hdu.header.copy()
@@ -397,10 +398,27 @@ def resample_to_grid(
     return total / pixel_area, np.clip(covered / pixel_area, 0.0, 1.0)
 
 
-def estimate_noise_rms(image: np.ndarray) -> float:
-    """Robust rms of the emission-free pixels: the MAD standard deviation after 3-sigma clipping."""
+def estimate_noise_rms(image: np.ndarray, *, name: str = "the image") -> float:
+    """Robust noise rms of an image from its emission-free pixels.
+
+    The MAD standard deviation after iterative 3-sigma clipping. Where emission fills much of the map
+    (the clipped distribution is then skewed), the rms of the negative pixels is used instead (noise is
+    symmetric about zero, emission is positive), with a warning; pass the rms when you know it.
+    """
     finite = image[np.isfinite(image)]
-    _, median, rms = sigma_clipped_stats(finite, sigma=3.0, maxiters=10, stdfunc="mad_std")
+    _, _, rms = sigma_clipped_stats(finite, sigma=3.0, maxiters=10, stdfunc="mad_std")
+    negative = finite[finite < 0]
+    if len(negative) >= 50:
+        rms_negative = float(np.sqrt(np.mean(negative**2)))
+        if rms_negative < 0.8 * rms:
+            warnings.warn(
+                f"{name}: emission fills much of the map; the noise rms ({rms_negative:.3g} Jy/beam) is estimated from the "
+                "negative pixels. Give it (--noise / noise_rms_jy_beam=) if you know it.", stacklevel=2)
+            return rms_negative
+    elif len(finite) >= 50:
+        warnings.warn(
+            f"{name}: too few negative pixels to check the noise rms ({rms:.3g} Jy/beam) against emission; give it "
+            "(--noise / noise_rms_jy_beam=) if you know it.", stacklevel=2)
     return float(rms)
 
 
@@ -685,7 +703,7 @@ def prepare_observation(
             f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
         )
     if noise_rms_jy_beam is None:
-        noise_rms_jy_beam = estimate_noise_rms(observation.image_jy_beam)
+        noise_rms_jy_beam = estimate_noise_rms(observation.image_jy_beam, name=str(path))
     if centre is None:
         centre = observation.peak_coordinate()
         peak = float(np.nanmax(observation.image_jy_beam))
