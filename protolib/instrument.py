@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-__all__ = ["Beam", "Instrument", "convolve_beam", "convolve_covariance", "beam_noise", "pixel_solid_angle_sr"]
+__all__ = ["Beam", "Instrument", "convolve_beam", "beam_noise", "pixel_solid_angle_sr"]
 
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -59,10 +59,6 @@ class Beam:
         pa = math.degrees(math.atan2(-west, north)) % 180.0
         to_fwhm = pixel_arcsec / FWHM_TO_SIGMA
         return cls(math.sqrt(major_var) * to_fwhm, math.sqrt(minor_var) * to_fwhm, pa)
-
-    def scaled(self, factor: float) -> "Beam":
-        """The same beam with both axes multiplied by ``factor`` (e.g. seen from another distance)."""
-        return Beam(self.major_arcsec * factor, self.minor_arcsec * factor, self.position_angle_deg)
 
 
 @dataclass
@@ -125,18 +121,7 @@ def convolve_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float) -> torc
     The convolution is done with FFTs on a grid padded by three beam widths on each side, so flux
     is neither wrapped around nor lost except what the beam spreads beyond the image edge.
     """
-    return convolve_covariance(images, beam.covariance_pixels(pixel_arcsec))
-
-
-def convolve_covariance(images: torch.Tensor, covariance: np.ndarray) -> torch.Tensor:
-    """Convolve images ``(..., H, W)`` with a unit-integral Gaussian of ``covariance`` [pixels^2].
-
-    ``covariance`` is in (column, row) = (west, north) pixel coordinates, as
-    :meth:`Beam.covariance_pixels` returns it; a zero covariance returns the images unchanged.
-    """
-    covariance = np.asarray(covariance, dtype=float)
-    if not np.any(covariance):
-        return images
+    covariance = beam.covariance_pixels(pixel_arcsec)
     pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
     height, width = images.shape[-2:]
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))

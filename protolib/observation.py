@@ -34,7 +34,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
 from . import __version__
-from .instrument import FWHM_TO_SIGMA, Beam, Instrument, beam_noise, convolve_covariance
+from .instrument import Beam, Instrument, beam_noise, convolve_beam
 from .parameters import PARAMETERS
 from .runtime import ProtolibInputError, atomic_path
 from .simulator import SimulatorConfig, render
@@ -49,6 +49,8 @@ __all__ = [
     "read_prepared_observation",
     "resample_to_grid",
     "common_beam_covariance",
+    "effective_beam_covariance",
+    "convolve_gaussian",
     "sky_grid_wcs",
     "estimate_noise_rms",
     "write_observation_fits",
@@ -434,6 +436,50 @@ def common_beam_covariance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return 0.5 * (common + common.T)
 
 
+def convolve_gaussian(images: torch.Tensor, covariance: np.ndarray) -> torch.Tensor:
+    """Convolve images ``(..., H, W)`` with a unit-integral Gaussian of ``covariance`` [pixels^2].
+
+    ``covariance`` is in (column, row) = (west, north) pixel coordinates, as
+    :meth:`~protolib.instrument.Beam.covariance_pixels` gives it; covariances add exactly. The images
+    are zero padded by three widths before the FFT, so nothing wraps around. A zero covariance
+    returns the images unchanged.
+    """
+    covariance = np.asarray(covariance, dtype=float)
+    if not np.any(np.abs(covariance) > 1e-12):
+        return images
+    pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
+    height, width = images.shape[-2:]
+    shape = (height + 2 * pad, width + 2 * pad)
+    ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+    cxx, cxy, cyy = covariance[0, 0], covariance[0, 1], covariance[1, 1]
+    transfer = torch.exp(-2.0 * math.pi**2 * (cxx * kx**2 + 2.0 * cxy * kx * ky + cyy * ky**2)).to(images.device, images.dtype)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer, s=shape)
+    return result[..., pad : pad + height, pad : pad + width]
+
+
+def effective_beam_covariance(beam: Beam, pixel_arcsec: float) -> np.ndarray:
+    """The covariance [pixels^2] that :func:`~protolib.instrument.convolve_beam` really applies.
+
+    Measured from the second moments of a convolved point source, so it includes whatever the
+    instrument model adds to the nominal beam (e.g. integration over the pixel).
+    """
+    nominal = beam.covariance_pixels(pixel_arcsec)
+    half = int(math.ceil(6.0 * math.sqrt(max(nominal[0, 0], nominal[1, 1])))) + 2
+    point = torch.zeros((2 * half + 1, 2 * half + 1), dtype=torch.float64)
+    point[half, half] = 1.0
+    kernel = convolve_beam(point, beam, pixel_arcsec).numpy()
+    offsets = np.arange(2 * half + 1) - half
+    west, north = np.meshgrid(offsets, offsets)  # (rows north, columns west)
+    weight = kernel / kernel.sum()
+    mw, mn = (weight * west).sum(), (weight * north).sum()
+    cww = (weight * (west - mw) ** 2).sum()
+    cnn = (weight * (north - mn) ** 2).sum()
+    cwn = (weight * (west - mw) * (north - mn)).sum()
+    return np.array([[cww, cwn], [cwn, cnn]])
+
+
 def _solid_angle_pixels(covariance: np.ndarray) -> float:
     """Solid angle of a Gaussian beam of ``covariance`` [pixels^2]: ``2 pi sqrt(det C)``."""
     return 2.0 * math.pi * math.sqrt(max(np.linalg.det(covariance), 0.0))
@@ -484,7 +530,7 @@ class ResolutionMatch:
         self.bank_beam = bank_beam
         self.pixel_arcsec = float(pixel_arcsec)
         target = target_beam.covariance_pixels(pixel_arcsec)
-        bank = bank_beam.covariance_pixels(pixel_arcsec) if bank_beam is not None else np.zeros((2, 2))
+        bank = effective_beam_covariance(bank_beam, pixel_arcsec) if bank_beam is not None else np.zeros((2, 2))
         kernel = target - bank
         smallest = float(np.linalg.eigvalsh(kernel)[0])
         if smallest < -1e-6 * float(np.trace(target)):
@@ -494,9 +540,11 @@ class ResolutionMatch:
             )
         values, vectors = np.linalg.eigh(kernel)
         self.kernel_covariance = vectors @ np.diag(np.clip(values, 0.0, None)) @ vectors.T
-        bank_solid_angle = _solid_angle_pixels(bank) if bank_beam is not None else 1.0
-        self.unit_factor = _solid_angle_pixels(target) / bank_solid_angle
-        smoothed_bank_noise = bank_noise_rms_jy_beam * math.sqrt(self.unit_factor) if bank_beam is not None else 0.0
+        nominal = bank_beam.covariance_pixels(pixel_arcsec) if bank_beam is not None else None
+        self.unit_factor = _solid_angle_pixels(target) / (_solid_angle_pixels(nominal) if bank_beam is not None else 1.0)
+        smoothed_bank_noise = 0.0
+        if bank_beam is not None:  # noise correlated on the bank's beam, smoothed to the target's, in Jy/target beam
+            smoothed_bank_noise = bank_noise_rms_jy_beam * self.unit_factor * (np.linalg.det(bank) / np.linalg.det(target)) ** 0.25
         self.noise_rms_jy_beam = float(noise_rms_jy_beam)
         self.added_noise_rms_jy_beam = math.sqrt(max(0.0, noise_rms_jy_beam**2 - smoothed_bank_noise**2))
         self.coverage = None if coverage is None else torch.as_tensor(np.asarray(coverage, dtype=np.float32))
@@ -505,7 +553,7 @@ class ResolutionMatch:
         """Matched images, same shape and type (tensor or numpy) as ``images``; no noise when ``rng`` is ``None``."""
         as_numpy = isinstance(images, np.ndarray)
         x = torch.as_tensor(np.asarray(images, dtype=np.float32)) if as_numpy else images
-        x = convolve_covariance(x, self.kernel_covariance) * self.unit_factor  # (..., H, W)
+        x = convolve_gaussian(x, self.kernel_covariance) * self.unit_factor  # (..., H, W)
         if rng is not None and self.added_noise_rms_jy_beam > 0:
             noise = beam_noise(tuple(x.shape), self.target_beam, self.pixel_arcsec, rng).to(x)
             x = x + self.added_noise_rms_jy_beam * noise
@@ -740,12 +788,12 @@ def prepare_observation(
     effective = observed + max(0.0, 1.0 - source_pixel**2) / 12.0 * np.eye(2)
     working = effective
     if grid.beam is not None:
-        working = common_beam_covariance(effective, grid.beam.covariance_pixels(grid.pixel_arcsec))
+        working = common_beam_covariance(effective, effective_beam_covariance(grid.beam, grid.pixel_arcsec))
     smoothing = working - effective
     smoothed = bool(np.abs(smoothing).max() > 1e-6 * np.trace(working))
     image = resampled
     if smoothed:
-        image = convolve_covariance(torch.as_tensor(resampled), smoothing).numpy()
+        image = convolve_gaussian(torch.as_tensor(resampled), smoothing).numpy()
     unit_factor = _solid_angle_pixels(working) / _solid_angle_pixels(observed)  # Jy/observed beam -> Jy/working beam
     flux_scale = (distance_pc / grid.distance_pc) ** 2
     working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
