@@ -59,6 +59,7 @@ __all__ = [
 
 DEG_ARCSEC = 3600.0
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
+_NOISE_SMOOTHING = 1.0  # smoothing for the noise estimate, in beam covariances
 
 
 @dataclass
@@ -409,26 +410,38 @@ def resample_to_grid(
 
 
 def estimate_noise_rms(image: np.ndarray, beam: Beam, pixel_arcsec: float) -> float:
-    """Robust noise rms of an image [its unit], insensitive to emission that fills the map.
+    """Robust noise rms of an image [its unit], insensitive to emission, even emission filling the map.
 
-    The image minus a copy smoothed over one beam FWHM keeps the noise and removes smooth emission;
-    its MAD standard deviation after 3-sigma clipping (which rejects compact emission) is divided by
-    the same statistic of simulated noise correlated on ``beam`` (with the same blanked pixels), so
-    the result is the rms per pixel of the noise alone.
+    The image minus a copy smoothed by the beam keeps much of the noise and little of the smooth
+    emission. That residual is cut into tiles about six beams across; each tile's MAD standard
+    deviation after 3-sigma clipping is taken, and the lower quartile over tiles keeps the tiles
+    freest of emission. The same statistic of simulated noise correlated on ``beam`` (with the same
+    blanked pixels) calibrates the result, so it is the rms per pixel of the noise alone. Emission
+    with sharp structure over most of the map still biases it upwards: pass the rms when you know it.
 
     Arguments:
         image: ``(ny, nx)``, NaN where blanked.
         beam: the image's beam; ``pixel_arcsec``: its pixel side.
     """
     valid = np.isfinite(image)
-    smoothing = beam.covariance_pixels(pixel_arcsec) * (2.0 * math.sqrt(2.0 * math.log(2.0))) ** 2
+    smoothing = beam.covariance_pixels(pixel_arcsec) * _NOISE_SMOOTHING
     weight = convolve_gaussian(torch.as_tensor(valid.astype(np.float64)), smoothing).numpy()
     keep = valid & (weight > 0.5)
+    tile = max(8, int(round(6.0 * beam.major_arcsec / pixel_arcsec)))
 
     def spread(values: np.ndarray) -> float:
         filled = np.where(valid, values, 0.0)
-        smooth = convolve_gaussian(torch.as_tensor(filled), smoothing).numpy() / np.maximum(weight, 1e-12)
-        return float(sigma_clipped_stats((filled - smooth)[keep], sigma=3.0, maxiters=10, stdfunc="mad_std")[2])
+        residual = filled - convolve_gaussian(torch.as_tensor(filled), smoothing).numpy() / np.maximum(weight, 1e-12)
+        stats = []
+        for row in range(0, image.shape[0], tile):
+            for col in range(0, image.shape[1], tile):
+                inside = keep[row : row + tile, col : col + tile]
+                if inside.sum() >= 0.5 * tile * tile:
+                    part = residual[row : row + tile, col : col + tile][inside]
+                    stats.append(sigma_clipped_stats(part, sigma=3.0, maxiters=5, stdfunc="mad_std")[2])
+        if not stats:
+            return float(sigma_clipped_stats(residual[keep], sigma=3.0, maxiters=10, stdfunc="mad_std")[2])
+        return float(np.percentile(stats, 25.0))
 
     noise = beam_noise(image.shape, beam, pixel_arcsec, np.random.default_rng(0)).numpy().astype(np.float64)
     return spread(image) / (spread(noise) / float(noise[valid].std()))

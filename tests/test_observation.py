@@ -36,6 +36,7 @@ from protolib.runtime import ProtolibInputError
 from protolib.simulator import SimulatorConfig, render
 
 torch.set_num_threads(2)
+pytestmark = pytest.mark.filterwarnings("ignore:.*zero padding:UserWarning")
 
 PHASE_CENTRE = SkyCoord(69.97458 * u.deg, 26.05261 * u.deg)
 SOURCE = PHASE_CENTRE.spherical_offsets_by(0.7 * u.arcsec, -0.4 * u.arcsec)  # not at the reference pixel
