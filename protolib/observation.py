@@ -60,6 +60,7 @@ __all__ = [
 DEG_ARCSEC = 3600.0
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
 _NOISE_SMOOTHING = 1.0  # smoothing for the noise estimate, in beam covariances
+NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
 
 
 @dataclass
@@ -730,8 +731,9 @@ def prepare_observation(
 ) -> PreparedObservation:
     """Put an observed image on the bank's grid, in the bank's units, at a resolution the bank can match.
 
-    Steps: read the file (:func:`read_observation`); estimate the noise rms (:func:`estimate_noise_rms`)
-    unless given; centre on the emission peak (or ``centre``); resample onto the bank's grid in au at
+    Steps: read the file (:func:`read_observation`); centre on the emission peak (or ``centre``);
+    estimate the noise rms (:func:`estimate_noise_rms`, within :data:`NOISE_BOX` pixels about the
+    source) unless given; resample onto the bank's grid in au at
     ``distance_pc`` (:func:`resample_to_grid`, flux conserving); smooth to a beam that contains the
     bank's where the observation is sharper than the bank; convert to Jy per resulting beam and scale
     fluxes by ``(distance_pc / bank_distance_pc) ** 2``. Fields smaller than the bank's are zero padded
@@ -773,21 +775,25 @@ def prepare_observation(
             f"{path}: the beam ({observation.beam.major_arcsec:.3g}\" = {beam_au:.0f} au at {distance_pc:g} pc) is larger than "
             f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
         )
-    if noise_rms_jy_beam is None:
-        noise_rms_jy_beam = estimate_noise_rms(observation.image_jy_beam, observation.beam, observation.pixel_scale_arcsec)
+    image = observation.image_jy_beam
     if centre is None:
         centre = observation.peak_coordinate()
-        peak = float(np.nanmax(observation.image_jy_beam))
-        if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
-            warnings.warn(
-                f"{path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the centre may be "
-                "a noise peak. Give the source's position (--centre / centre=).", stacklevel=2)
     else:
         centre = _parse_centre(centre, path)
-        x, y = observation.wcs.world_to_pixel(centre)
-        ny, nx = observation.image_jy_beam.shape
-        if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
-            raise ProtolibInputError(f"{path}: the centre {centre.to_string('hmsdms')} lies outside the image.")
+    x, y = observation.wcs.world_to_pixel(centre)
+    ny, nx = image.shape
+    if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+        raise ProtolibInputError(f"{path}: the centre {centre.to_string('hmsdms')} lies outside the image.")
+    if noise_rms_jy_beam is None:  # from at most NOISE_BOX x NOISE_BOX pixels about the source
+        row0 = int(np.clip(round(float(y)) - NOISE_BOX // 2, 0, max(0, ny - NOISE_BOX)))
+        col0 = int(np.clip(round(float(x)) - NOISE_BOX // 2, 0, max(0, nx - NOISE_BOX)))
+        box = image[row0 : row0 + NOISE_BOX, col0 : col0 + NOISE_BOX]
+        noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec)
+    peak = float(np.nanmax(image))
+    if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
+        warnings.warn(
+            f"{path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
+            "undetected or the centre a noise peak. Give the source's position (--centre / centre=).", stacklevel=2)
 
     size = grid.image_size
     pixel_arcsec_obs = grid.pixel_size_au / distance_pc  # bank pixel seen at the observed distance
