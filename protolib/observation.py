@@ -10,7 +10,7 @@ Conventions (PHYSICS.md):
   Prepared images are in Jy/beam for *that* beam (:attr:`PreparedObservation.beam`), which is what the
   bank images are turned into by :class:`ResolutionMatch`.
 - **Resolution.** The prepared image and the matched bank images share one resolution, the
-  observation's beam (plus the smoothing of resampling onto coarser pixels), or, where the bank's beam
+  observation's beam (plus the pixel boxes of resampling, see :func:`prepare_observation`), or, where the bank's beam
   is larger along some direction, the smallest beam that contains both: the observation is then smoothed
   to it as well, since the bank cannot be sharpened.
 """
@@ -80,6 +80,12 @@ class Observation:
     object_name: str = ""
     frequency_ghz: float | None = None
     true_parameters: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        ny, nx = self.image_jy_beam.shape
+        return (f"Observation({self.path.name!r}: {nx}x{ny} px of {self.pixel_scale_arcsec:.3g}\", beam "
+                f"{self.beam.major_arcsec:.3g}\"x{self.beam.minor_arcsec:.3g}\" PA {self.beam.position_angle_deg:.0f} deg, "
+                f"object {self.object_name!r})")
 
     @property
     def pixel_scale_arcsec(self) -> float:
@@ -617,6 +623,13 @@ class PreparedObservation:
     object_name: str = ""
     true_parameters: dict[str, float] = field(default_factory=dict)
     original: Observation | None = None
+
+    def __repr__(self) -> str:
+        n, b = self.grid.image_size, self.beam
+        return (f"PreparedObservation({Path(self.source_path).name!r} at {self.distance_pc:g} pc -> {n}x{n} px of "
+                f"{self.grid.pixel_size_au:.3g} au at {self.grid.distance_pc:g} pc; beam {b.major_arcsec:.3g}\"x"
+                f"{b.minor_arcsec:.3g}\" PA {b.position_angle_deg:.0f} deg; noise {self.noise_rms_jy_beam:.3g} Jy/beam; "
+                f"{100 * self.padded_fraction:.1f}% padded)")
 
     @property
     def flux_scale(self) -> float:
