@@ -252,6 +252,9 @@ def test_transform_turns_bank_beam_into_the_target_beam():
     direct = target.observe(point, pixel_au, None)
     assert torch.allclose(matched, direct, atol=0.005 * float(direct.max()))  # same beam, same Jy/beam
     assert moments(matched[0].numpy())[2] == pytest.approx(30.0, abs=0.5)
+    # A bank without a beam (images in Jy/pixel, e.g. imported thesis snapshots) gets the whole target beam.
+    from_clean = ResolutionMatch(target.beam, pixel_arcsec, bank_beam=None)(point)
+    assert torch.allclose(from_clean, direct, atol=0.005 * float(direct.max()))
     with pytest.raises(ProtolibInputError, match="cannot be sharpened"):
         ResolutionMatch(Beam(0.2, 0.1, 0.0), pixel_arcsec, bank_beam=bank.beam)
 
@@ -389,7 +392,9 @@ def test_prepared_file_keeps_what_the_transform_needs(tmp_path, reference):
 def test_cli_observe_writes_the_prepared_image_and_figure(tmp_path, tiny_bank, capsys):
     obs = tmp_path / "obs.fits"
     assert main(["simulate-observation", "--out", str(obs), "--size", "96", "--pixel", "0.08", "--distance", "146",
-                 "--seed", "1", "--offset", "0.5", "0.5"]) == 0
+                 "--from-bank", str(tiny_bank), "--system", "1", "--offset", "0.5", "0.5"]) == 0
+    with Bank(tiny_bank) as bank:
+        assert read_observation(obs).true_parameters["disk_radius"] == pytest.approx(bank.parameters["disk_radius"][1])
     out = tmp_path / "prepared.fits"
     assert main(["observe", str(obs), "--distance", "146", "--bank", str(tiny_bank), "--out", str(out),
                  "--plot", str(tmp_path / "prepared.png")]) == 0
