@@ -121,12 +121,13 @@ class Instrument:
         return image
 
 
-def beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int = 5) -> np.ndarray:
-    """The beam as a unit-sum image, each pixel the Gaussian integrated over its area, ``(n, n)``.
+def beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int = 1) -> np.ndarray:
+    """The beam as a unit-sum image in real space, ``(n, n)``, rows north and columns west.
 
-    Integrating over pixels (by ``oversample`` x ``oversample`` sub-pixels) keeps a beam that is
-    small compared with a pixel free of the ringing a sampled Fourier-space Gaussian would give.
-    Rows run north and columns west, like the images.
+    By default the Gaussian is sampled at pixel centres, as a restoring beam is in interferometric
+    imaging, so a point source at a pixel centre peaks at its flux in Jy/beam. Being positive, the
+    kernel does not ring, unlike a Gaussian sampled in Fourier space when the beam spans about a
+    pixel. ``oversample > 1`` integrates the Gaussian over each pixel instead.
     """
     covariance = beam.covariance_pixels(pixel_arcsec)
     half = int(math.ceil(4.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1])))) + 1
