@@ -67,7 +67,44 @@ def _register_import_thesis(sub) -> None:
     p.set_defaults(handler=handler)
 
 
-REGISTRY = [_register_simulate, _register_import_thesis]
+def _register_match(sub) -> None:
+    p = sub.add_parser("match", help="match a target image to the bank and summarise its best matches' parameters",
+                       description="Find the bank images most similar to a target (an observation FITS file or a bank "
+                                   "system) and write the matches, parameter summaries, a corner plot, a gallery and a report.")
+    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=Path, help="bank file to search (.h5)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", type=Path, help="observation to match (FITS image)")
+    target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
+    p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
+    p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
+    p.add_argument("--top-k", type=int, default=200, help="number of best matches (default 200)")
+    p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
+    p.add_argument("--weight-temperature", type=float, default=None,
+                   help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (default: equal weights)")
+    p.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto", help="nearest-neighbour search (default auto)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--out", required=True, type=Path, help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .matching import run_match
+
+        report = run_match(args.model, args.bank, args.out, target=args.target, target_system=args.target_system,
+                           projection=args.projection, distance_pc=args.distance, top_k=args.top_k,
+                           threshold=args.threshold, weight_temperature=args.weight_temperature,
+                           backend=args.backend, device=args.device)
+        verdict = report["out_of_distribution"]
+        print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
+              f"{report['best_similarity']:.3f}).")
+        print(verdict["message"], file=sys.stderr if verdict["is_out_of_distribution"] else sys.stdout)
+
+    p.set_defaults(handler=handler)
+
+
+REGISTRY = [_register_simulate, _register_import_thesis, _register_match]
 
 
 def build_parser() -> argparse.ArgumentParser:
