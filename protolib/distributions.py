@@ -35,6 +35,7 @@ __all__ = [
     "marginals_plot",
     "gallery_plot",
     "match_rows",
+    "match_images",
     "write_match_report",
 ]
 
@@ -257,8 +258,8 @@ def corner_plot(
     from matplotlib.lines import Line2D
 
     parameters = [p for p in samples if p != "position_angle"] if parameters is None else list(parameters)
-    if len(parameters) < 1:
-        raise ProtolibInputError("corner_plot needs at least one parameter.")
+    if len(parameters) < 2:
+        raise ProtolibInputError(f"A corner plot needs at least two parameters; got {list(parameters)}.")
     matches = _matrix(samples, parameters, parameter_info)
     bank = _matrix(prior, parameters, parameter_info)
     lo, hi = np.minimum(bank.min(0), matches.min(0)), np.maximum(bank.max(0), matches.max(0))
@@ -452,7 +453,7 @@ def write_match_report(
     figures = {
         "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
                                   parameters=list(bank.parameters) + ["inclination"]),
-        "gallery.png": gallery_plot(target_image, _images(bank, matches.head(n_gallery)), matches.similarity[:n_gallery],
+        "gallery.png": gallery_plot(target_image, match_images(bank, matches.head(n_gallery)), matches.similarity[:n_gallery],
                                     captions=[f"system {s}, i = {i:.0f} deg" for s, i in
                                               zip(matches.system[:n_gallery], samples["inclination"][:n_gallery])],
                                     pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None),
@@ -477,8 +478,11 @@ def write_match_report(
     return report
 
 
-def _images(bank: Bank, matches: Matches) -> np.ndarray:
-    return np.stack([bank.images[s, p] for s, p in zip(matches.system, matches.projection)]) if len(matches) else np.zeros((0, 1, 1))
+def match_images(bank: Bank, matches: Matches) -> np.ndarray:
+    """The images ``(n, H, W)`` of the matches, best first (read one by one: meant for a gallery's few)."""
+    if len(matches) == 0:
+        return np.zeros((0, bank.image_size, bank.image_size), dtype=np.float32)
+    return np.stack([bank.images[s, p] for s, p in zip(matches.system, matches.projection)])
 
 
 def _plain_json(value):

@@ -46,6 +46,8 @@ __all__ = [
     "faiss_available",
     "prepare_observation_target",
     "run_match",
+    "MatchingSettings",
+    "matching_settings",
 ]
 
 EmbedFunction = Callable[[np.ndarray], np.ndarray]
@@ -55,6 +57,26 @@ ImageTransform = Callable[[np.ndarray], np.ndarray]
 """Bank images ``(N, H, W)`` to images seen like the target ``(N, H, W)`` (beam, noise, ...)."""
 
 CACHE_FORMAT = 1
+
+
+@dataclass
+class MatchingSettings:
+    """The ``matching:`` section of a run configuration."""
+
+    top_k: int = 200  # best matches kept per target
+    n_random: int = 200  # random bank images drawn for the random-match comparison
+    backend: str = "auto"  # "exact", "faiss" or "auto" (FAISS for banks of millions of images)
+    weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
+    limit_percentile: float = 5.0  # out of distribution below this percentile of bank images' own best similarity
+
+
+def matching_settings(config) -> MatchingSettings:
+    """The configuration's matching settings (defaults where its ``matching:`` section is silent)."""
+    section = config.section("matching")
+    known = set(MatchingSettings.__dataclass_fields__)
+    if set(section) - known:
+        raise ProtolibInputError(f"{config.path} [matching]: unknown setting(s) {sorted(set(section) - known)}; known ones are {sorted(known)}.")
+    return MatchingSettings(**section)
 
 
 @dataclass

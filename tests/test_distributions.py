@@ -122,3 +122,27 @@ def test_gallery_titles_each_match_with_its_similarity(bank):
     assert titles == ["target", "#1  s = 0.987\nsystem 2", "#2  s = 0.955\nsystem 3"]
     assert fig.axes[0].images[0].origin == "lower"
     plt.close(fig)
+
+
+def test_explorer_shows_a_static_view_without_a_frontend_and_a_live_widget_with_one(bank, monkeypatch):
+    from match_helpers import ProjectionEmbedder
+    from protolib import explorer
+    from protolib.explorer import bank_target, match_explorer
+    from protolib.matching import Matcher
+
+    matcher = Matcher.from_embed_function(ProjectionEmbedder(), bank, progress=False)
+    targets = [bank_target(matcher, 2, k_max=60), bank_target(matcher, 11, 3, k_max=60)]
+    monkeypatch.setenv("PROTOLIB_INTERACTIVE", "0")
+    figures = match_explorer(bank, targets, parameters=["stellar_mass", "disk_radius"], k=30)
+    assert len(figures) == 2 and figures[0].axes[0].get_title() == "bank system 2 (projection 0)"
+    assert len(figures[1].axes) == 4
+    monkeypatch.setenv("PROTOLIB_INTERACTIVE", "1")
+    drawn = []
+    monkeypatch.setattr(explorer, "corner_plot", lambda *a, **k: drawn.append((k["label"], k["truths"]["stellar_mass"], k["parameters"])) or plt.figure())
+    widget = match_explorer(bank, targets, parameters=["stellar_mass"], k=30)
+    choice, k_slider = widget.children[0].children[0].children
+    k_slider.value = 12
+    choice.value = 1
+    assert drawn[0][0] == "best 30" and len(drawn[0][2]) == 2
+    assert drawn[-1][:2] == ("best 12", bank.parameters["stellar_mass"][11])
+    plt.close("all")
