@@ -104,7 +104,136 @@ def _register_match(sub) -> None:
     p.set_defaults(handler=handler)
 
 
-REGISTRY = [_register_simulate, _register_import_thesis, _register_match]
+def _run_reporting_warnings(command: str, action):
+    """Run ``action()``, printing each warning as one line ``protolib COMMAND: warning: ...``."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return action()
+        finally:
+            seen = set()
+            for item in caught:
+                if issubclass(item.category, UserWarning) and str(item.message) not in seen:
+                    seen.add(str(item.message))
+                    print(f"protolib {command}: warning: {item.message}", file=sys.stderr)
+
+
+def _beam_argument(values, where: str):
+    from .instrument import Beam
+
+    if values is None:
+        return None
+    major, minor, pa = values
+    if not (major > 0 and minor > 0):
+        raise ProtolibInputError(f"{where}: --beam needs positive FWHM axes in arcsec (MAJ MIN PA), got {major} {minor} {pa}.")
+    return Beam(major, minor, pa)
+
+
+def _register_observe(sub) -> None:
+    p = sub.add_parser("observe", help="put an observed FITS image on a bank's grid, as the pipeline sees it",
+                       description="Read an observed continuum image (FITS), centre it on the source, resample it onto the "
+                                   "bank's grid in au (flux conserving), bring it to the bank's units and distance, and write "
+                                   "the prepared image (FITS) and optionally a figure.")
+    p.add_argument("observation", type=Path, help="the observed image (FITS: 2-4 axes, Jy/beam or Jy/pixel)")
+    p.add_argument("--distance", type=float, default=None, help="distance to the source in pc (required)")
+    p.add_argument("--bank", type=Path, default=None,
+                   help="bank whose grid to use (default: the configuration's bank, see --config)")
+    p.add_argument("--config", default=None, help="configuration naming the default bank (default: $PROTOLIB_CONFIG or 'default')")
+    p.add_argument("--out", type=Path, required=True, help="prepared image to write (FITS)")
+    p.add_argument("--plot", type=Path, default=None, help="also write a figure: original and prepared side by side (PNG, PDF...)")
+    p.add_argument("--centre", "--center", dest="centre", default=None,
+                   help="sky position to centre on, 'RA DEC' ('04:39:53.9 +26:03:09.4' or degrees); default: the emission peak")
+    p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
+                   help="beam FWHM axes [arcsec] and PA [deg east of north], when the header has none (or to override it)")
+    p.add_argument("--noise", type=float, default=None, help="noise rms of the observation [Jy/beam] (default: estimated)")
+
+    def handler(args):
+        from .observation import plot_prepared_observation, prepare_observation
+
+        if args.distance is None:
+            raise ProtolibInputError(f"{args.observation}: the distance to the source is missing; give it with --distance PC.")
+        bank = args.bank
+        if bank is None:
+            from .config import load_config
+
+            bank = load_config(args.config).bank_path
+        prepared = _run_reporting_warnings("observe", lambda: prepare_observation(
+            args.observation, bank, args.distance, centre=args.centre,
+            beam=_beam_argument(args.beam, str(args.observation)), noise_rms_jy_beam=args.noise))
+        prepared.write_fits(args.out)
+        b = prepared.beam
+        print(f"Wrote {args.out}: {prepared.grid.image_size}x{prepared.grid.image_size} px of {prepared.grid.pixel_size_au:.3g} au, "
+              f"centred on {prepared.centre.to_string('hmsdms', precision=2)}, fluxes x{prepared.flux_scale:.3f} "
+              f"({prepared.distance_pc:g} -> {prepared.grid.distance_pc:g} pc), beam {b.major_arcsec:.3g}\"x{b.minor_arcsec:.3g}\" "
+              f"PA {b.position_angle_deg:.0f} deg{' (smoothed to contain the bank beam)' if prepared.smoothed else ''}, "
+              f"noise {prepared.noise_rms_jy_beam * 1e3:.3g} mJy/beam.")
+        if args.plot is not None:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from .runtime import atomic_path
+
+            fig = plot_prepared_observation(prepared)
+            with atomic_path(args.plot) as tmp:
+                fig.savefig(tmp, dpi=120, format=args.plot.suffix.lstrip(".") or "png")
+            print(f"Wrote {args.plot}")
+
+    p.set_defaults(handler=handler)
+
+
+def _register_simulate_observation(sub) -> None:
+    p = sub.add_parser("simulate-observation", help="write one simulated system as an ALMA-style FITS image",
+                       description="Draw one system from the bank's prior (or take one from a bank), render it at a chosen "
+                                   "distance and pixel scale, convolve with a beam, add noise, and write an ALMA-style FITS "
+                                   "image whose header holds the true parameters (PROTOLIB TRUE cards).")
+    p.add_argument("--out", type=Path, required=True, help="FITS file to write")
+    p.add_argument("--distance", type=float, default=140.0, help="distance in pc (default 140)")
+    p.add_argument("--pixel", type=float, default=0.03, help="pixel side in arcsec (default 0.03)")
+    p.add_argument("--size", type=int, default=256, help="pixels per side (default 256)")
+    p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=[0.3, 0.25, 20.0],
+                   help="beam FWHM axes [arcsec] and PA [deg] (default 0.3 0.25 20)")
+    p.add_argument("--noise", type=float, default=5e-5, help="noise rms in Jy/beam (default 5e-5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the system drawn from the prior and of the noise")
+    p.add_argument("--from-bank", type=Path, default=None, help="take the system from this bank instead of the prior")
+    p.add_argument("--system", type=int, default=0, help="index of the system in --from-bank (default 0)")
+    p.add_argument("--inclination", type=float, default=None, help="inclination in deg (default: drawn)")
+    p.add_argument("--position-angle", type=float, default=None, help="disk PA in deg east of north (default: drawn)")
+    p.add_argument("--offset", nargs=2, type=float, metavar=("EAST", "NORTH"), default=[0.0, 0.0],
+                   help="source offset from the phase centre in arcsec")
+    p.add_argument("--object", default="protolib synthetic", help="OBJECT name")
+
+    def handler(args):
+        from .bank import Bank, draw_systems
+        from .observation import write_observation_fits
+
+        for name, value in (("--distance", args.distance), ("--pixel", args.pixel), ("--size", args.size)):
+            if not value > 0:
+                raise ProtolibInputError(f"{args.out}: {name} must be positive, got {value}.")
+        if args.from_bank is not None:
+            with Bank(args.from_bank) as bank:
+                if not 0 <= args.system < bank.n_systems:
+                    raise ProtolibInputError(f"{args.from_bank}: --system {args.system} is out of range (0..{bank.n_systems - 1}).")
+                system = {k: float(v[args.system]) for k, v in bank.parameters.items()}
+                inclination, position_angle = bank.inclination[args.system, 0], bank.position_angle[args.system, 0]
+        else:
+            drawn = draw_systems(1, 1, args.seed)
+            system = {k: float(v[0]) for k, v in drawn.items() if v.ndim == 1}
+            inclination, position_angle = drawn["inclination"][0, 0], drawn["position_angle"][0, 0]
+        inclination = args.inclination if args.inclination is not None else float(inclination)
+        position_angle = args.position_angle if args.position_angle is not None else float(position_angle)
+        write_observation_fits(args.out, system, inclination_deg=inclination, position_angle_deg=position_angle,
+                               distance_pc=args.distance, pixel_arcsec=args.pixel, image_size=args.size,
+                               beam=_beam_argument(args.beam, str(args.out)), noise_rms_jy_beam=args.noise, seed=args.seed,
+                               source_offset_arcsec=tuple(args.offset), object_name=args.object)
+        print(f"Wrote {args.out}: {args.size}x{args.size} px of {args.pixel:g}\" at {args.distance:g} pc, "
+              f"inclination {inclination:.0f} deg, PA {position_angle:.0f} deg.")
+
+    p.set_defaults(handler=handler)
+
+
+REGISTRY = [_register_simulate, _register_import_thesis, _register_observe, _register_simulate_observation, _register_match]
 
 
 def build_parser() -> argparse.ArgumentParser:

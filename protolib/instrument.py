@@ -50,6 +50,16 @@ class Beam:
         minor_axis = np.array([math.cos(pa), math.sin(pa)])
         return sigma_major**2 * np.outer(major_axis, major_axis) + sigma_minor**2 * np.outer(minor_axis, minor_axis)
 
+    @classmethod
+    def from_covariance_pixels(cls, covariance: np.ndarray, pixel_arcsec: float) -> "Beam":
+        """The beam whose :meth:`covariance_pixels` at ``pixel_arcsec`` is ``covariance`` (the inverse)."""
+        values, vectors = np.linalg.eigh(np.asarray(covariance, dtype=float))
+        minor_var, major_var = np.clip(values, 0.0, None)
+        west, north = vectors[:, 1]
+        pa = math.degrees(math.atan2(-west, north)) % 180.0
+        to_fwhm = pixel_arcsec / FWHM_TO_SIGMA
+        return cls(math.sqrt(major_var) * to_fwhm, math.sqrt(minor_var) * to_fwhm, pa)
+
 
 @dataclass
 class Instrument:

@@ -1,0 +1,1041 @@
+"""Observed images: read interferometric FITS maps, put them on the bank's grid, match the bank to them.
+
+Conventions (PHYSICS.md):
+
+- Prepared images are arrays ``(north, west)`` on the bank's grid: the bank's pixel size in au and its
+  field of view, centred on the source, shown north up and east left by ``imshow(origin="lower")``.
+- **Distance.** A prepared image shows the source *moved to the bank's distance*: the au grid is fixed,
+  surface brightness is unchanged, so fluxes scale by ``(distance_pc / bank_distance_pc) ** 2`` and the
+  beam keeps its size in au (its size in arcsec scales by ``distance_pc / bank_distance_pc``).
+  Prepared images are in Jy/beam for *that* beam (:attr:`PreparedObservation.beam`), which is what the
+  bank images are turned into by :class:`ResolutionMatch`.
+- **Resolution.** The prepared image and the matched bank images share one resolution, the
+  observation's beam (plus the smoothing of resampling onto coarser pixels), or, where the bank's beam
+  is larger along some direction, the smallest beam that contains both: the observation is then smoothed
+  to it as well, since the bank cannot be sharpened.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+from astropy.stats import sigma_clipped_stats
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from . import __version__
+from .instrument import Beam, Instrument, beam_noise, convolve_beam
+from .parameters import PARAMETERS
+from .runtime import ProtolibInputError, atomic_path
+from .simulator import SimulatorConfig, render
+
+__all__ = [
+    "Observation",
+    "BankGrid",
+    "PreparedObservation",
+    "ResolutionMatch",
+    "read_observation",
+    "prepare_observation",
+    "read_prepared_observation",
+    "resample_to_grid",
+    "common_beam_covariance",
+    "effective_beam_covariance",
+    "convolve_gaussian",
+    "sky_grid_wcs",
+    "estimate_noise_rms",
+    "write_observation_fits",
+    "plot_prepared_observation",
+]
+
+DEG_ARCSEC = 3600.0
+MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
+
+
+@dataclass
+class Observation:
+    """An observed image as read from a FITS file, in Jy/beam.
+
+    ``image_jy_beam`` is 2-D and indexed like :attr:`wcs` (``[y, x]`` pixel), NaN where blanked;
+    ``wcs`` is the celestial part of the file's WCS. ``true_parameters`` holds the physical parameters
+    of a synthetic observation written by :func:`write_observation_fits` (empty for real data).
+    """
+
+    path: Path
+    image_jy_beam: np.ndarray
+    wcs: WCS
+    beam: Beam
+    header: fits.Header
+    object_name: str = ""
+    frequency_ghz: float | None = None
+    true_parameters: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pixel_scale_arcsec(self) -> float:
+        """Geometric mean pixel side [arcsec]."""
+        scales = proj_plane_pixel_scales(self.wcs) * DEG_ARCSEC
+        return float(math.sqrt(scales[0] * scales[1]))
+
+    def peak_coordinate(self) -> SkyCoord:
+        """Sky position of the brightest pixel, refined to a fraction of a pixel by a parabola."""
+        data = np.where(np.isfinite(self.image_jy_beam), self.image_jy_beam, -np.inf)
+        row, col = np.unravel_index(int(np.argmax(data)), data.shape)
+        offsets = []
+        for axis, index in ((1, col), (0, row)):
+            lo, hi = index - 1, index + 1
+            if lo < 0 or hi >= data.shape[axis]:
+                offsets.append(0.0)
+                continue
+            take = (lambda k: data[row, k]) if axis == 1 else (lambda k: data[k, col])
+            left, mid, right = take(lo), take(index), take(hi)
+            curvature = left - 2.0 * mid + right
+            ok = np.isfinite(left) and np.isfinite(right) and curvature < 0
+            offsets.append(float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) if ok else 0.0)
+        return self.wcs.pixel_to_world(col + offsets[0], row + offsets[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading FITS files.
+
+_JY_BEAM = re.compile(r"^(m|u|µ)?jy(/beam|/bm|beam-1|/beam_area|/bea)$")
+_JY_PIXEL = re.compile(r"^(m|u|µ)?jy(/pixel|/pix|pixel-1|pix-1|/px)$")
+_PREFIX = {None: 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6}
+
+
+def _parse_bunit(bunit: str | None, path: Path) -> tuple[str, float]:
+    """``("beam" | "pixel", factor to Jy)`` from a BUNIT string."""
+    text = (bunit or "").strip().lower().replace(" ", "").replace("**", "").replace("^", "")
+    text = text.replace("/beam-1", "beam-1")
+    for kind, pattern in (("beam", _JY_BEAM), ("pixel", _JY_PIXEL)):
+        match = pattern.match(text)
+        if match:
+            return kind, _PREFIX[match.group(1)]
+    raise ProtolibInputError(
+        f"{path}: BUNIT = {bunit!r} is not a unit protolib reads; it needs Jy/beam (or mJy/beam) or Jy/pixel. "
+        "Convert the image (e.g. from K) to Jy/beam first, or fix the BUNIT card."
+    )
+
+
+def _header_beam(header: fits.Header, hdul: fits.HDUList) -> Beam | None:
+    """The beam from BMAJ/BMIN/BPA [deg], or from a CASA BEAMS table [arcsec]; ``None`` when absent."""
+    if "BMAJ" in header and "BMIN" in header:
+        try:
+            major, minor = float(header["BMAJ"]) * DEG_ARCSEC, float(header["BMIN"]) * DEG_ARCSEC
+            if major > 0 and minor > 0:
+                return Beam(major, minor, float(header.get("BPA", 0.0)))
+        except (TypeError, ValueError):
+            return None
+    if "BEAMS" in hdul and hdul["BEAMS"].data is not None and len(hdul["BEAMS"].data):
+        row = hdul["BEAMS"].data[0]
+        return Beam(float(row["BMAJ"]), float(row["BMIN"]), float(row["BPA"]))
+    return None
+
+
+def _image_hdu(hdul: fits.HDUList, path: Path):
+    for hdu in hdul:
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.data is not None and hdu.data.ndim >= 2:
+            return hdu
+    raise ProtolibInputError(
+        f"{path}: no image data (no HDU holds an array of 2 or more axes). protolib needs a continuum image, "
+        "as exported by CASA exportfits or GILDAS."
+    )
+
+
+def _celestial_plane(data: np.ndarray, wcs: WCS, path: Path) -> np.ndarray:
+    """The 2-D celestial plane of ``data``, all other axes being of length one."""
+    n_axes = data.ndim
+    celestial = sorted([wcs.wcs.lng, wcs.wcs.lat])
+    index = []
+    for fits_axis in reversed(range(n_axes)):
+        length = data.shape[n_axes - 1 - fits_axis]
+        if fits_axis in celestial:
+            index.append(slice(None))
+        elif length == 1:
+            index.append(0)
+        else:
+            name = wcs.wcs.ctype[fits_axis] if fits_axis < wcs.naxis else f"axis {fits_axis + 1}"
+            raise ProtolibInputError(
+                f"{path}: the image has {length} planes along its {name or 'axis ' + str(fits_axis + 1)} axis; "
+                "protolib needs a continuum image (one plane). Collapse the cube first (e.g. CASA immoments)."
+            )
+    return np.asarray(data[tuple(index)], dtype=np.float64)
+
+
+def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observation:
+    """Read an observed image from a FITS file, in Jy/beam.
+
+    Accepts 2, 3 or 4 axes (degenerate frequency, velocity or Stokes axes in any order), any celestial
+    projection astropy knows (SIN, TAN, ARC...), pixel scales from CDELT or a CD/PC matrix, BUNIT in
+    Jy/beam, mJy/beam or Jy/pixel, and NaN-blanked pixels.
+
+    Arguments:
+        path: the FITS file.
+        beam: the restoring beam, when the header has none (BMAJ/BMIN/BPA) or to override it. A header
+            without a beam is an error unless ``beam`` is given (then a warning).
+
+    Returns:
+        The :class:`Observation`.
+
+    Raises:
+        ProtolibInputError: for a file that is not FITS, has no image, no celestial WCS, only NaN, or
+            no beam; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProtolibInputError(f"{path}: no such file.")
+    try:
+        hdul = fits.open(path, memmap=False)
+        hdul.verify("silentfix")
+    except (OSError, ValueError, TypeError) as error:
+        reason = str(error).split(",")[0].split(". ")[0]
+        raise ProtolibInputError(f"{path}: not a FITS file, or a damaged one ({reason}).") from None
+    with hdul:
+        hdu = _image_hdu(hdul, path)
+        header = hdu.header.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            try:
+                full_wcs = WCS(header, fix=True)
+            except Exception as error:  # astropy raises several kinds for broken WCS headers
+                raise ProtolibInputError(f"{path}: the header's WCS cannot be read ({error}).") from None
+        if not full_wcs.has_celestial or full_wcs.wcs.lng < 0 or full_wcs.wcs.lat < 0:
+            raise ProtolibInputError(
+                f"{path}: no celestial WCS (CTYPE1/CTYPE2 such as RA---SIN/DEC--SIN with CRVAL, CRPIX and CDELT or CD). "
+                "protolib needs sky coordinates to find the pixel scale and orientation."
+            )
+        plane = _celestial_plane(hdu.data, full_wcs, path)
+        header_beam = _header_beam(header, hdul)
+    if not np.isfinite(plane).any():
+        raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
+    kind, to_jy = _parse_bunit(header.get("BUNIT"), path) if header.get("BUNIT") else ("beam", 1.0)
+    if not header.get("BUNIT"):
+        warnings.warn(f"{path}: no BUNIT card; assuming Jy/beam.", stacklevel=2)
+    if header_beam is None and beam is None:
+        raise ProtolibInputError(
+            f"{path}: the header has no beam (BMAJ, BMIN, BPA); pass it with --beam MAJ MIN PA (arcsec, arcsec, deg) "
+            "or beam=Beam(...)."
+        )
+    if header_beam is None:
+        warnings.warn(f"{path}: the header has no beam (BMAJ/BMIN/BPA); using the beam given, {beam}.", stacklevel=2)
+    elif beam is not None and not np.allclose(
+        [beam.major_arcsec, beam.minor_arcsec], [header_beam.major_arcsec, header_beam.minor_arcsec], rtol=1e-3
+    ):
+        warnings.warn(f"{path}: using the beam given, {beam}, instead of the header's {header_beam}.", stacklevel=2)
+    beam = beam or header_beam
+    wcs = full_wcs.celestial
+    image = plane * to_jy
+    if kind == "pixel":
+        pixel_sr = float(np.prod(proj_plane_pixel_scales(wcs))) * (math.pi / 180.0) ** 2
+        image = image * (beam.solid_angle_sr / pixel_sr)
+    frequency = header.get("RESTFRQ", header.get("RESTFREQ"))
+    truth = {key[len("PROTOLIB TRUE ") :].lower(): float(value) for key, value in header.items() if key.startswith("PROTOLIB TRUE ")}
+    return Observation(
+        path=path,
+        image_jy_beam=image,
+        wcs=wcs,
+        beam=beam,
+        header=header,
+        object_name=str(header.get("OBJECT", "")),
+        frequency_ghz=float(frequency) / 1e9 if frequency else None,
+        true_parameters=truth,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The bank's grid, and resampling onto it.
+
+
+@dataclass(frozen=True)
+class BankGrid:
+    """What an observation must be prepared to: the bank's pixel grid, distance, beam and noise."""
+
+    image_size: int  # pixels per side
+    pixel_size_au: float  # pixel side
+    distance_pc: float  # distance at which the bank's systems are seen
+    beam: Beam | None  # the bank's beam (None: images in Jy/pixel, no beam)
+    noise_rms_jy_beam: float = 0.0  # noise already in the bank images
+    name: str = ""  # where the grid came from (the bank file)
+
+    @property
+    def field_of_view_au(self) -> float:
+        return self.image_size * self.pixel_size_au
+
+    @property
+    def pixel_arcsec(self) -> float:
+        """Pixel side at the bank's distance [arcsec]."""
+        return self.pixel_size_au / self.distance_pc
+
+    @classmethod
+    def from_bank(cls, bank) -> "BankGrid":
+        """The grid of a :class:`~protolib.bank.Bank` (an open bank or a path to one)."""
+        from .bank import Bank
+
+        if not isinstance(bank, Bank):
+            with Bank(bank) as opened:
+                return cls.from_bank(opened)
+        if bank.unit not in ("Jy/beam", "Jy/pixel") or not math.isfinite(bank.pixel_size_au):
+            raise ProtolibInputError(
+                f"Bank {bank.path}: images in {bank.unit!r} with pixel size {bank.pixel_size_au} au; observations can "
+                "only be prepared for banks in Jy/beam or Jy/pixel with a known pixel size (banks made by `protolib simulate`)."
+            )
+        instrument = bank.instrument
+        return cls(
+            image_size=bank.image_size,
+            pixel_size_au=bank.pixel_size_au,
+            distance_pc=instrument.distance_pc,
+            beam=instrument.beam if bank.unit == "Jy/beam" else None,
+            noise_rms_jy_beam=instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0,
+            name=str(bank.path),
+        )
+
+
+def sky_grid_wcs(centre: SkyCoord, image_size: int, pixel_arcsec: float) -> WCS:
+    """A square TAN grid about ``centre``: north up, east left (``CDELT1 < 0``), centre between the middle pixels."""
+    centre = centre.icrs
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [centre.ra.deg, centre.dec.deg]
+    wcs.wcs.crpix = [(image_size + 1) / 2.0, (image_size + 1) / 2.0]
+    wcs.wcs.cdelt = [-pixel_arcsec / DEG_ARCSEC, pixel_arcsec / DEG_ARCSEC]
+    wcs.wcs.cunit = ["deg", "deg"]
+    wcs.wcs.radesys = "ICRS"
+    wcs.pixel_shape = (image_size, image_size)
+    return wcs
+
+
+def _box_integrals(table: np.ndarray, x0, x1, y0, y1) -> np.ndarray:
+    """Integral of a pixelised image over boxes ``[x0, x1] x [y0, y1]`` (pixel edges at integers).
+
+    ``table`` is the summed-area table, ``(ny + 1, nx + 1)``; the cumulative integral is bilinear
+    inside each pixel, so the result is exact for any box, partly outside the image or not.
+    """
+    ny, nx = table.shape[0] - 1, table.shape[1] - 1
+
+    def cumulative(x, y):
+        x = np.clip(x, 0.0, nx)
+        y = np.clip(y, 0.0, ny)
+        i = np.minimum(np.floor(x).astype(np.int64), nx - 1)
+        j = np.minimum(np.floor(y).astype(np.int64), ny - 1)
+        fx, fy = x - i, y - j
+        s00, s01 = table[j, i], table[j, i + 1]
+        s10, s11 = table[j + 1, i], table[j + 1, i + 1]
+        return s00 + fx * (s01 - s00) + fy * (s10 - s00) + fx * fy * (s11 - s10 - s01 + s00)
+
+    return cumulative(x1, y1) - cumulative(x0, y1) - cumulative(x1, y0) + cumulative(x0, y0)
+
+
+def resample_to_grid(
+    image: np.ndarray, source_wcs: WCS, target_wcs: WCS, shape: tuple[int, int], subdivisions: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a surface-brightness image onto another sky grid, conserving flux.
+
+    Each target pixel gets the mean of the source image over the pixel's footprint, the source being
+    piecewise constant over its pixels. The footprint of each target pixel (or of each of its
+    ``subdivisions x subdivisions`` sub-cells) is mapped into the source's pixel coordinates through
+    both WCSs (any projection) and integrated exactly with a summed-area table. When the two grids are
+    aligned (no rotation between them, the usual case) one cell per pixel is exact; rotated grids are
+    integrated over 8 x 8 sub-cells per pixel, each taken as an aligned box of the cell's area (grids
+    within about 0.01 degree of each other, e.g. two projections about nearby centres, count as aligned). Flux is
+    thus conserved for target pixels coarser *and* finer than the source's.
+
+    Arguments:
+        image: the source surface brightness ``(ny, nx)``, indexed like ``source_wcs``; NaN for no data.
+        source_wcs, target_wcs: 2-D celestial WCSs.
+        shape: ``(rows, columns)`` of the target grid.
+        subdivisions: sub-cells per target pixel side (default: 1 for aligned grids, else 8).
+
+    Returns:
+        ``(image, coverage)``, both ``shape``: the mean surface brightness in each target pixel (zero
+        where there is no data) and the fraction of each target pixel covered by valid source data.
+    """
+    valid = np.isfinite(image)
+    rows, cols = shape
+
+    def corners(m: int):
+        v, w = np.meshgrid(np.arange(rows * m + 1) / m - 0.5, np.arange(cols * m + 1) / m - 0.5, indexing="ij")
+        world = target_wcs.pixel_to_world(w, v)
+        x, y = source_wcs.world_to_pixel(world)
+        return np.asarray(x) + 0.5, np.asarray(y) + 0.5  # pixel k spans [k, k + 1]
+
+    def boxes(x, y):
+        quad = [(x[:-1, :-1], y[:-1, :-1]), (x[:-1, 1:], y[:-1, 1:]), (x[1:, 1:], y[1:, 1:]), (x[1:, :-1], y[1:, :-1])]
+        area = 0.5 * np.abs(sum(xa * yb - xb * ya for (xa, ya), (xb, yb) in zip(quad, quad[1:] + quad[:1])))
+        xs, ys = np.stack([q[0] for q in quad]), np.stack([q[1] for q in quad])
+        x_lo, x_hi, y_lo, y_hi = xs.min(0), xs.max(0), ys.min(0), ys.max(0)
+        shrink = np.sqrt(area / np.maximum((x_hi - x_lo) * (y_hi - y_lo), 1e-300))
+        xc, yc, hw, hh = 0.5 * (x_lo + x_hi), 0.5 * (y_lo + y_hi), 0.5 * (x_hi - x_lo) * shrink, 0.5 * (y_hi - y_lo) * shrink
+        return (xc - hw, xc + hw, yc - hh, yc + hh), area, shrink
+
+    x, y = corners(1)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ProtolibInputError("The bank's grid falls outside the observation's projection; check the centre.")
+    box, area, shrink = boxes(x, y)
+    m = subdivisions or (1 if np.all(np.abs(shrink - 1.0) < 1e-4) else 8)
+    if m > 1:
+        x, y = corners(m)
+        box, area, _ = boxes(x, y)
+    # Crop the source to the region the grid touches, then integrate.
+    i0 = int(max(0, math.floor(np.nanmin(x)) - 1)), int(min(image.shape[1], math.ceil(np.nanmax(x)) + 1))
+    j0 = int(max(0, math.floor(np.nanmin(y)) - 1)), int(min(image.shape[0], math.ceil(np.nanmax(y)) + 1))
+    total = np.zeros((rows, cols))
+    covered = np.zeros((rows, cols))
+    pixel_area = area.reshape(rows, m, cols, m).sum(axis=(1, 3))
+    if i0[1] > i0[0] and j0[1] > j0[0]:
+        crop = (slice(j0[0], j0[1]), slice(i0[0], i0[1]))
+        for values, out in ((np.where(valid, image, 0.0)[crop], total), (valid[crop].astype(np.float64), covered)):
+            table = np.zeros((values.shape[0] + 1, values.shape[1] + 1))
+            table[1:, 1:] = values.cumsum(0).cumsum(1)
+            x_lo, x_hi, y_lo, y_hi = box
+            integral = _box_integrals(table, x_lo - i0[0], x_hi - i0[0], y_lo - j0[0], y_hi - j0[0])
+            out += integral.reshape(rows, m, cols, m).sum(axis=(1, 3))
+    return total / pixel_area, np.clip(covered / pixel_area, 0.0, 1.0)
+
+
+def estimate_noise_rms(image: np.ndarray, *, name: str = "the image") -> float:
+    """Robust noise rms of an image from its emission-free pixels.
+
+    The MAD standard deviation after iterative 3-sigma clipping. Where emission fills much of the map
+    (the clipped distribution is then skewed), the rms of the negative pixels is used instead (noise is
+    symmetric about zero, emission is positive), with a warning; pass the rms when you know it.
+    """
+    finite = image[np.isfinite(image)]
+    _, _, rms = sigma_clipped_stats(finite, sigma=3.0, maxiters=10, stdfunc="mad_std")
+    negative = finite[finite < 0]
+    if len(negative) >= 50:
+        rms_negative = float(np.sqrt(np.mean(negative**2)))
+        if rms_negative < 0.8 * rms:
+            warnings.warn(
+                f"{name}: emission fills much of the map; the noise rms ({rms_negative:.3g} Jy/beam) is estimated from the "
+                "negative pixels. Give it (--noise / noise_rms_jy_beam=) if you know it.", stacklevel=2)
+            return rms_negative
+    elif len(finite) >= 50:
+        warnings.warn(
+            f"{name}: too few negative pixels to check the noise rms ({rms:.3g} Jy/beam) against emission; give it "
+            "(--noise / noise_rms_jy_beam=) if you know it.", stacklevel=2)
+    return float(rms)
+
+
+def common_beam_covariance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The smallest Gaussian covariance containing both ``first`` and ``second`` (equal to ``first``
+    when it already contains ``second``): ``second`` is whitened, eigenvalues below one are raised to one.
+    """
+    lower = np.linalg.cholesky(second)
+    inverse = np.linalg.inv(lower)
+    values, vectors = np.linalg.eigh(inverse @ first @ inverse.T)
+    raised = vectors @ np.diag(np.maximum(values, 1.0)) @ vectors.T
+    common = lower @ raised @ lower.T
+    return 0.5 * (common + common.T)
+
+
+def convolve_gaussian(images: torch.Tensor, covariance: np.ndarray) -> torch.Tensor:
+    """Convolve images ``(..., H, W)`` with a unit-integral Gaussian of ``covariance`` [pixels^2].
+
+    ``covariance`` is in (column, row) = (west, north) pixel coordinates, as
+    :meth:`~protolib.instrument.Beam.covariance_pixels` gives it; covariances add exactly. The images
+    are zero padded by three widths before the FFT, so nothing wraps around. A zero covariance
+    returns the images unchanged.
+    """
+    covariance = np.asarray(covariance, dtype=float)
+    if not np.any(np.abs(covariance) > 1e-12):
+        return images
+    pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
+    height, width = images.shape[-2:]
+    shape = (height + 2 * pad, width + 2 * pad)
+    ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+    cxx, cxy, cyy = covariance[0, 0], covariance[0, 1], covariance[1, 1]
+    transfer = torch.exp(-2.0 * math.pi**2 * (cxx * kx**2 + 2.0 * cxy * kx * ky + cyy * ky**2)).to(images.device, images.dtype)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer, s=shape)
+    return result[..., pad : pad + height, pad : pad + width]
+
+
+def effective_beam_covariance(beam: Beam, pixel_arcsec: float) -> np.ndarray:
+    """The covariance [pixels^2] that :func:`~protolib.instrument.convolve_beam` really applies.
+
+    Measured from the second moments of a convolved point source, so it includes whatever the
+    instrument model adds to the nominal beam (e.g. integration over the pixel).
+    """
+    nominal = beam.covariance_pixels(pixel_arcsec)
+    half = int(math.ceil(6.0 * math.sqrt(max(nominal[0, 0], nominal[1, 1])))) + 2
+    point = torch.zeros((2 * half + 1, 2 * half + 1), dtype=torch.float64)
+    point[half, half] = 1.0
+    kernel = convolve_beam(point, beam, pixel_arcsec).numpy()
+    offsets = np.arange(2 * half + 1) - half
+    west, north = np.meshgrid(offsets, offsets)  # (rows north, columns west)
+    weight = kernel / kernel.sum()
+    mw, mn = (weight * west).sum(), (weight * north).sum()
+    cww = (weight * (west - mw) ** 2).sum()
+    cnn = (weight * (north - mn) ** 2).sum()
+    cwn = (weight * (west - mw) * (north - mn)).sum()
+    return np.array([[cww, cwn], [cwn, cnn]])
+
+
+def _solid_angle_pixels(covariance: np.ndarray) -> float:
+    """Solid angle of a Gaussian beam of ``covariance`` [pixels^2]: ``2 pi sqrt(det C)``."""
+    return 2.0 * math.pi * math.sqrt(max(np.linalg.det(covariance), 0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The bank-to-observation transform.
+
+
+class ResolutionMatch:
+    """Bring bank images to an observation's resolution, units and noise: the transform used for matching.
+
+    Images ``(..., H, W)`` in the bank's unit (Jy/beam for the bank's beam, or Jy/pixel) are convolved
+    with the Gaussian that turns the bank's beam into ``target_beam`` (the covariance difference),
+    converted to Jy per ``target_beam``, given extra noise correlated on the target beam so that the
+    total noise rms is ``noise_rms_jy_beam`` (the bank's own noise, smoothed, counts towards it), and
+    multiplied by ``coverage`` (zero where the observation was padded).
+
+    ``target_beam`` must contain the bank's beam (the bank cannot be sharpened);
+    :func:`prepare_observation` guarantees it by smoothing the observation where needed.
+
+    Arguments:
+        target_beam: the observation's resolution, at the bank's distance.
+        pixel_arcsec: the bank's pixel side at the bank's distance.
+        bank_beam: the bank images' beam (``None`` for images in Jy/pixel).
+        noise_rms_jy_beam: total noise rms wanted [Jy/target beam].
+        bank_noise_rms_jy_beam: noise rms already in the bank images [Jy/bank beam].
+        coverage: ``(H, W)`` fraction of each pixel with observed data, or ``None``.
+
+    Example:
+        >>> prepared = prepare_observation("obs.fits", "bank.h5", distance_pc=146)  # doctest: +SKIP
+        >>> transform = prepared.transform()                                      # doctest: +SKIP
+        >>> matched = transform(torch.as_tensor(bank.load_images([0, 1])[:, 0]), np.random.default_rng(0))  # doctest: +SKIP
+        >>> matched.shape                      # (2, H, W), Jy/beam at the observation's resolution  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        target_beam: Beam,
+        pixel_arcsec: float,
+        *,
+        bank_beam: Beam | None,
+        noise_rms_jy_beam: float = 0.0,
+        bank_noise_rms_jy_beam: float = 0.0,
+        coverage: np.ndarray | None = None,
+    ):
+        self.target_beam = target_beam
+        self.bank_beam = bank_beam
+        self.pixel_arcsec = float(pixel_arcsec)
+        target = target_beam.covariance_pixels(pixel_arcsec)
+        bank = effective_beam_covariance(bank_beam, pixel_arcsec) if bank_beam is not None else np.zeros((2, 2))
+        kernel = target - bank
+        smallest = float(np.linalg.eigvalsh(kernel)[0])
+        if smallest < -1e-6 * float(np.trace(target)):
+            raise ProtolibInputError(
+                f"The target beam {target_beam} is smaller than the bank's beam {bank_beam} along some direction; a bank "
+                "cannot be sharpened. Prepare the observation with prepare_observation(), which smooths it to a common beam."
+            )
+        values, vectors = np.linalg.eigh(kernel)
+        self.kernel_covariance = vectors @ np.diag(np.clip(values, 0.0, None)) @ vectors.T
+        nominal = bank_beam.covariance_pixels(pixel_arcsec) if bank_beam is not None else None
+        self.unit_factor = _solid_angle_pixels(target) / (_solid_angle_pixels(nominal) if bank_beam is not None else 1.0)
+        smoothed_bank_noise = 0.0
+        if bank_beam is not None:  # noise correlated on the bank's beam, smoothed to the target's, in Jy/target beam
+            smoothed_bank_noise = bank_noise_rms_jy_beam * self.unit_factor * (np.linalg.det(bank) / np.linalg.det(target)) ** 0.25
+        self.noise_rms_jy_beam = float(noise_rms_jy_beam)
+        self.added_noise_rms_jy_beam = math.sqrt(max(0.0, noise_rms_jy_beam**2 - smoothed_bank_noise**2))
+        self.coverage = None if coverage is None else torch.as_tensor(np.asarray(coverage, dtype=np.float32))
+
+    def __call__(self, images, rng: np.random.Generator | None = None):
+        """Matched images, same shape and type (tensor or numpy) as ``images``; no noise when ``rng`` is ``None``."""
+        as_numpy = isinstance(images, np.ndarray)
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32)) if as_numpy else images
+        x = convolve_gaussian(x, self.kernel_covariance) * self.unit_factor  # (..., H, W)
+        if rng is not None and self.added_noise_rms_jy_beam > 0:
+            noise = beam_noise(tuple(x.shape), self.target_beam, self.pixel_arcsec, rng).to(x)
+            x = x + self.added_noise_rms_jy_beam * noise
+        if self.coverage is not None:
+            x = x * self.coverage.to(x)
+        return x.numpy() if as_numpy else x
+
+    def __repr__(self) -> str:
+        return (f"ResolutionMatch(bank beam {self.bank_beam} -> {self.target_beam}, "
+                f"noise {self.noise_rms_jy_beam:.3g} Jy/beam, {self.pixel_arcsec:.4g}\"/px)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing an observation.
+
+
+@dataclass
+class PreparedObservation:
+    """An observation on the bank's grid, as the pipeline sees it (see the module's conventions).
+
+    ``image_jy_beam`` is ``(N, N)``, rows north, columns west, in Jy per :attr:`beam` with the source at
+    the bank's distance; ``coverage`` is the fraction of each pixel holding observed data (the rest is
+    zero padding). ``noise_rms_jy_beam`` is the noise in ``image_jy_beam``.
+    """
+
+    image_jy_beam: np.ndarray
+    coverage: np.ndarray
+    beam: Beam
+    noise_rms_jy_beam: float
+    grid: BankGrid
+    distance_pc: float
+    centre: SkyCoord
+    observed_beam: Beam
+    observed_noise_rms_jy_beam: float
+    smoothed: bool
+    source_path: str = ""
+    object_name: str = ""
+    true_parameters: dict[str, float] = field(default_factory=dict)
+    original: Observation | None = None
+
+    @property
+    def flux_scale(self) -> float:
+        """Factor applied to fluxes to move the source to the bank's distance: ``(d / d_bank)^2``."""
+        return (self.distance_pc / self.grid.distance_pc) ** 2
+
+    @property
+    def padded_fraction(self) -> float:
+        """Fraction of the bank's field with no observed data (zero padded)."""
+        return float(1.0 - self.coverage.mean())
+
+    @property
+    def total_flux_jy(self) -> float:
+        """Total flux in the prepared image [Jy], at the bank's distance."""
+        pixel = self.grid.pixel_arcsec
+        beam_pixels = self.beam.solid_angle_sr / (pixel * math.pi / 180.0 / 3600.0) ** 2
+        return float(self.image_jy_beam.sum() / beam_pixels)
+
+    def transform(self) -> ResolutionMatch:
+        """The transform that brings bank images to this observation's resolution, units and noise."""
+        return ResolutionMatch(
+            self.beam,
+            self.grid.pixel_arcsec,
+            bank_beam=self.grid.beam,
+            noise_rms_jy_beam=self.noise_rms_jy_beam,
+            bank_noise_rms_jy_beam=self.grid.noise_rms_jy_beam,
+            coverage=self.coverage if self.coverage.min() < 1.0 - 1e-6 else None,
+        )
+
+    def to_header(self) -> fits.Header:
+        """A FITS header for the prepared image: its WCS at the bank's distance and what was done."""
+        header = sky_grid_wcs(self.centre, self.grid.image_size, self.grid.pixel_arcsec).to_header()
+        header["BUNIT"] = ("Jy/beam", "for BMAJ/BMIN/BPA, source moved to DIST_BNK")
+        header["BMAJ"] = (self.beam.major_arcsec / DEG_ARCSEC, "[deg] resolution at the bank's distance")
+        header["BMIN"] = (self.beam.minor_arcsec / DEG_ARCSEC, "[deg]")
+        header["BPA"] = (self.beam.position_angle_deg, "[deg] east of north")
+        header["OBJECT"] = self.object_name
+        cards = {
+            "PROTOLIB VERSION": (__version__, "software"),
+            "PROTOLIB SOURCE": (Path(self.source_path).name, "observed file"),
+            "PROTOLIB BANK": (Path(self.grid.name).name, "bank file"),
+            "PROTOLIB DIST_OBS": (self.distance_pc, "[pc] observed source"),
+            "PROTOLIB DIST_BNK": (self.grid.distance_pc, "[pc] bank"),
+            "PROTOLIB PIX_AU": (self.grid.pixel_size_au, "[au] pixel side"),
+            "PROTOLIB FLUX_SCALE": (self.flux_scale, "(DIST_OBS/DIST_BNK)^2"),
+            "PROTOLIB NOISE_RMS": (self.noise_rms_jy_beam, "[Jy/beam] here"),
+            "PROTOLIB OBS_RMS": (self.observed_noise_rms_jy_beam, "[Jy/beam] observed"),
+            "PROTOLIB OBS_BMAJ": (self.observed_beam.major_arcsec, "[arcsec]"),
+            "PROTOLIB OBS_BMIN": (self.observed_beam.minor_arcsec, "[arcsec]"),
+            "PROTOLIB OBS_BPA": (self.observed_beam.position_angle_deg, "[deg]"),
+            "PROTOLIB SMOOTHED": (self.smoothed, "to contain bank beam"),
+            "PROTOLIB PADDED": (self.padded_fraction, "fraction padded"),
+            "PROTOLIB CENTRE_RA": (self.centre.icrs.ra.deg, "[deg]"),
+            "PROTOLIB CENTRE_DEC": (self.centre.icrs.dec.deg, "[deg]"),
+        }
+        if self.grid.beam is not None:
+            cards["PROTOLIB BANK_BMAJ"] = (self.grid.beam.major_arcsec, "[arcsec]")
+            cards["PROTOLIB BANK_BMIN"] = (self.grid.beam.minor_arcsec, "[arcsec]")
+            cards["PROTOLIB BANK_BPA"] = (self.grid.beam.position_angle_deg, "[deg]")
+        cards["PROTOLIB BANK_RMS"] = (self.grid.noise_rms_jy_beam, "[Jy/beam]")
+        for key, value in self.true_parameters.items():
+            cards[f"PROTOLIB TRUE {key.upper()}"] = (value, "true")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)  # long comments are shortened; values are kept
+            for key, (value, comment) in cards.items():
+                header[f"HIERARCH {key}"] = (value, comment)
+        header["COMMENT"] = "Prepared by protolib observe: resampled onto the bank grid (flux conserving), centred"
+        header["COMMENT"] = "on the source, fluxes scaled to the bank distance; the sky scale (CDELT, BMAJ) is the"
+        header["COMMENT"] = "one the source would have at DIST_BNK. NOISE_RMS: noise here; OBS_*: the observed"
+        header["COMMENT"] = "beam and rms; BANK_*: the bank's. SMOOTHED: smoothed to a beam containing the bank's."
+        header["COMMENT"] = "Extension COVERAGE: fraction of each pixel with observed data (the rest is zero)."
+        return header
+
+    def write_fits(self, path: str | Path) -> Path:
+        """Write the prepared image (primary HDU) and its coverage (extension ``COVERAGE``), atomically."""
+        header = self.to_header()
+        hdus = fits.HDUList([
+            fits.PrimaryHDU(self.image_jy_beam.astype(np.float32), header=header),
+            fits.ImageHDU(self.coverage.astype(np.float32), name="COVERAGE"),
+        ])
+        with atomic_path(path) as tmp:
+            hdus.writeto(tmp, overwrite=True)
+        return Path(path)
+
+
+def _as_grid(bank) -> BankGrid:
+    return bank if isinstance(bank, BankGrid) else BankGrid.from_bank(bank)
+
+
+def _parse_centre(centre, path: Path) -> SkyCoord:
+    if isinstance(centre, SkyCoord):
+        return centre
+    text = str(centre).strip()
+    try:
+        if re.search(r"[:hms]", text.split()[0] if text.split() else ""):
+            return SkyCoord(text, unit=(u.hourangle, u.deg))
+        return SkyCoord(text, unit=(u.deg, u.deg))
+    except (ValueError, IndexError) as error:
+        raise ProtolibInputError(
+            f"{path}: cannot read the centre {centre!r} ({error}); give 'RA DEC' as '04:39:53.9 +26:03:09.4' or in degrees '69.97458 26.05261'."
+        ) from None
+
+
+def prepare_observation(
+    observation: Observation | str | Path,
+    bank,
+    distance_pc: float | None,
+    *,
+    centre: SkyCoord | str | None = None,
+    beam: Beam | None = None,
+    noise_rms_jy_beam: float | None = None,
+) -> PreparedObservation:
+    """Put an observed image on the bank's grid, in the bank's units, at a resolution the bank can match.
+
+    Steps: read the file (:func:`read_observation`); estimate the noise rms (:func:`estimate_noise_rms`)
+    unless given; centre on the emission peak (or ``centre``); resample onto the bank's grid in au at
+    ``distance_pc`` (:func:`resample_to_grid`, flux conserving); smooth to a beam that contains the
+    bank's where the observation is sharper than the bank; convert to Jy per resulting beam and scale
+    fluxes by ``(distance_pc / bank_distance_pc) ** 2``. Fields smaller than the bank's are zero padded
+    with a warning; less than half the bank's field is refused.
+
+    Arguments:
+        observation: an :class:`Observation` or a FITS path.
+        bank: a :class:`~protolib.bank.Bank`, a path to one, or a :class:`BankGrid`.
+        distance_pc: distance to the observed source [pc].
+        centre: sky position to centre on (a SkyCoord or ``"RA DEC"``); default the emission peak.
+        beam: the beam, when the file's header has none (or to override it).
+        noise_rms_jy_beam: the observation's noise rms [Jy/beam], instead of estimating it.
+
+    Returns:
+        The :class:`PreparedObservation`; its :meth:`~PreparedObservation.transform` matches bank images to it.
+
+    Example:
+        >>> prepared = prepare_observation("L1527.fits", "bank.h5", distance_pc=140)   # doctest: +SKIP
+        >>> prepared.image_jy_beam.shape                                            # (64, 64)  # doctest: +SKIP
+    """
+    if not isinstance(observation, Observation):
+        observation = read_observation(observation, beam=beam)
+    elif beam is not None:
+        observation.beam = beam
+    path = observation.path
+    if distance_pc is None:
+        raise ProtolibInputError(f"{path}: the distance to the source is missing; give it in pc (e.g. --distance 146).")
+    try:
+        distance_pc = float(distance_pc)
+    except (TypeError, ValueError):
+        raise ProtolibInputError(f"{path}: the distance {distance_pc!r} is not a number of pc.") from None
+    if not (math.isfinite(distance_pc) and distance_pc > 0):
+        raise ProtolibInputError(f"{path}: the distance must be a positive number of pc, got {distance_pc}.")
+    grid = _as_grid(bank)
+    field_au = grid.field_of_view_au
+    beam_au = observation.beam.major_arcsec * distance_pc
+    if beam_au >= field_au:
+        raise ProtolibInputError(
+            f"{path}: the beam ({observation.beam.major_arcsec:.3g}\" = {beam_au:.0f} au at {distance_pc:g} pc) is larger than "
+            f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
+        )
+    if noise_rms_jy_beam is None:
+        noise_rms_jy_beam = estimate_noise_rms(observation.image_jy_beam, name=str(path))
+    if centre is None:
+        centre = observation.peak_coordinate()
+        peak = float(np.nanmax(observation.image_jy_beam))
+        if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
+            warnings.warn(
+                f"{path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the centre may be "
+                "a noise peak. Give the source's position (--centre / centre=).", stacklevel=2)
+    else:
+        centre = _parse_centre(centre, path)
+        x, y = observation.wcs.world_to_pixel(centre)
+        ny, nx = observation.image_jy_beam.shape
+        if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+            raise ProtolibInputError(f"{path}: the centre {centre.to_string('hmsdms')} lies outside the image.")
+
+    size = grid.image_size
+    pixel_arcsec_obs = grid.pixel_size_au / distance_pc  # bank pixel seen at the observed distance
+    target_wcs = sky_grid_wcs(centre, size, pixel_arcsec_obs)
+    resampled, coverage = resample_to_grid(observation.image_jy_beam, observation.wcs, target_wcs, (size, size))
+    covered = float(coverage.mean())
+    if covered < MIN_FIELD_FRACTION:
+        raise ProtolibInputError(
+            f"{path}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au field "
+            f"({field_au / distance_pc:.2f}\" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed. "
+            "Check the distance and centre, or use a bank with a smaller field."
+        )
+    if covered < 1.0 - 1e-3:
+        warnings.warn(
+            f"{path}: the observation covers {100 * covered:.1f}% of the bank's {field_au:.0f} au field; "
+            f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).", stacklevel=2)
+
+    # Resolution: the beam, plus the smoothing of averaging over pixels coarser than the source's.
+    observed = observation.beam.covariance_pixels(pixel_arcsec_obs)
+    source_pixel = observation.pixel_scale_arcsec / pixel_arcsec_obs  # in target pixels
+    effective = observed + max(0.0, 1.0 - source_pixel**2) / 12.0 * np.eye(2)
+    working = effective
+    if grid.beam is not None:
+        working = common_beam_covariance(effective, effective_beam_covariance(grid.beam, grid.pixel_arcsec))
+    smoothing = working - effective
+    smoothed = bool(np.abs(smoothing).max() > 1e-6 * np.trace(working))
+    image = resampled
+    if smoothed:
+        image = convolve_gaussian(torch.as_tensor(resampled), smoothing).numpy()
+    unit_factor = _solid_angle_pixels(working) / _solid_angle_pixels(observed)  # Jy/observed beam -> Jy/working beam
+    flux_scale = (distance_pc / grid.distance_pc) ** 2
+    working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
+    return PreparedObservation(
+        image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32),
+        coverage=coverage.astype(np.float32),
+        beam=working_beam,
+        noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
+        grid=grid,
+        distance_pc=distance_pc,
+        centre=centre,
+        observed_beam=observation.beam,
+        observed_noise_rms_jy_beam=float(noise_rms_jy_beam),
+        smoothed=smoothed,
+        source_path=str(path),
+        object_name=observation.object_name,
+        true_parameters=dict(observation.true_parameters),
+        original=observation,
+    )
+
+
+def read_prepared_observation(path: str | Path) -> PreparedObservation:
+    """Read a file written by :meth:`PreparedObservation.write_fits` (``protolib observe --out``)."""
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            image = np.asarray(hdul[0].data, dtype=np.float32)
+            coverage = np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
+    except (OSError, ValueError, TypeError) as error:
+        raise ProtolibInputError(f"{path}: not a readable FITS file ({error}).") from None
+    if "PROTOLIB DIST_BNK" not in header:
+        raise ProtolibInputError(f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`.")
+
+    def beam_from(prefix: str) -> Beam | None:
+        if f"PROTOLIB {prefix}BMAJ" not in header:
+            return None
+        return Beam(header[f"PROTOLIB {prefix}BMAJ"], header[f"PROTOLIB {prefix}BMIN"], header[f"PROTOLIB {prefix}BPA"])
+
+    grid = BankGrid(
+        image_size=image.shape[-1],
+        pixel_size_au=float(header["PROTOLIB PIX_AU"]),
+        distance_pc=float(header["PROTOLIB DIST_BNK"]),
+        beam=beam_from("BANK_"),
+        noise_rms_jy_beam=float(header.get("PROTOLIB BANK_RMS", 0.0)),
+        name=str(header.get("PROTOLIB BANK", "")),
+    )
+    truth = {k[len("PROTOLIB TRUE ") :].lower(): float(v) for k, v in header.items() if k.startswith("PROTOLIB TRUE ")}
+    return PreparedObservation(
+        image_jy_beam=image,
+        coverage=coverage,
+        beam=Beam(header["BMAJ"] * DEG_ARCSEC, header["BMIN"] * DEG_ARCSEC, header["BPA"]),
+        noise_rms_jy_beam=float(header["PROTOLIB NOISE_RMS"]),
+        grid=grid,
+        distance_pc=float(header["PROTOLIB DIST_OBS"]),
+        centre=SkyCoord(header["PROTOLIB CENTRE_RA"] * u.deg, header["PROTOLIB CENTRE_DEC"] * u.deg),
+        observed_beam=beam_from("OBS_"),
+        observed_noise_rms_jy_beam=float(header["PROTOLIB OBS_RMS"]),
+        smoothed=bool(header["PROTOLIB SMOOTHED"]),
+        source_path=str(header.get("PROTOLIB SOURCE", "")),
+        object_name=str(header.get("OBJECT", "")),
+        true_parameters=truth,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a synthetic observation.
+
+
+def write_observation_fits(
+    path: str | Path,
+    system: dict[str, float],
+    *,
+    inclination_deg: float,
+    position_angle_deg: float,
+    distance_pc: float,
+    pixel_arcsec: float,
+    image_size: int,
+    beam: Beam,
+    noise_rms_jy_beam: float,
+    seed: int = 0,
+    phase_centre: SkyCoord | None = None,
+    source_offset_arcsec: tuple[float, float] = (0.0, 0.0),
+    frequency_ghz: float = 230.0,
+    object_name: str = "protolib synthetic",
+    config: SimulatorConfig | None = None,
+    include_model: bool = True,
+) -> Path:
+    """Write one simulated system as an ALMA-style continuum FITS image, atomically.
+
+    The image is rendered with :func:`~protolib.simulator.render` at ``distance_pc``, convolved with
+    ``beam`` and given beam-correlated noise (:meth:`~protolib.instrument.Instrument.observe`). The
+    header is what CASA ``exportfits`` writes: 4 axes (RA---SIN, DEC--SIN, FREQ, STOKES), BUNIT Jy/beam,
+    BMAJ/BMIN/BPA [deg], RESTFRQ, OBJECT, TELESCOP; the true parameters are ``HIERARCH PROTOLIB TRUE
+    <NAME>`` cards (with the viewing angles and distance). With ``include_model`` the clean model
+    [Jy/pixel] is stored in an extension named ``MODEL``.
+
+    Arguments:
+        path: the FITS file to write.
+        system: physical parameters of one system (names as in :data:`~protolib.parameters.PARAMETERS`;
+            those :func:`~protolib.simulator.render` needs must be present).
+        inclination_deg, position_angle_deg: viewing angles (0 face-on; PA of the disk's major axis east of north).
+        distance_pc: distance to the system.
+        pixel_arcsec: pixel side; ``image_size``: pixels per side.
+        beam: restoring beam; ``noise_rms_jy_beam``: thermal noise.
+        seed: noise seed.
+        phase_centre: the image's reference position (default RA 04:39:53.9, Dec +26:03:09.8).
+        source_offset_arcsec: the source's (east, north) offset from the phase centre (rounded to whole pixels).
+        frequency_ghz: observing frequency (also the simulator's).
+        config: sampling settings for the renderer (its size, field and frequency are replaced).
+    """
+    phase_centre = phase_centre or SkyCoord("04h39m53.9s", "+26d03m09.8s", frame="icrs")
+    field_au = image_size * pixel_arcsec * distance_pc
+    base = config or SimulatorConfig(envelope_samples=32, disk_samples=24, oversample=1)
+    render_config = SimulatorConfig(**{**base.to_dict(), "image_size": int(image_size), "field_of_view_au": field_au,
+                                       "frequency_ghz": frequency_ghz})
+    east, north = source_offset_arcsec
+    source = phase_centre.spherical_offsets_by(east * u.arcsec, north * u.arcsec)
+    needed = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
+    missing = [k for k in needed if k not in system]
+    if missing:
+        raise ProtolibInputError(f"{path}: the system lacks parameter(s) {missing} needed to render it.")
+    with torch.no_grad():
+        tensors = {k: torch.tensor([float(system[k])]) for k in needed}
+        instrument = Instrument(distance_pc=distance_pc, beam_major_arcsec=beam.major_arcsec, beam_minor_arcsec=beam.minor_arcsec,
+                                beam_position_angle_deg=beam.position_angle_deg, noise_rms_jy_beam=noise_rms_jy_beam)
+        pixel_au = render_config.pixel_size_au
+        # The source sits off the reference pixel: render on a padded grid about the source, then crop
+        # (whole-pixel offsets, so the model is not resampled).
+        ref = sky_grid_wcs(phase_centre, image_size, pixel_arcsec)
+        x, y = ref.world_to_pixel(source)
+        centre_pixel = (image_size - 1) / 2.0
+        shift_cols, shift_rows = int(round(float(x) - centre_pixel)), int(round(float(y) - centre_pixel))
+        pad = max(abs(shift_cols), abs(shift_rows))
+        padded_config = SimulatorConfig(**{**render_config.to_dict(), "image_size": image_size + 2 * pad,
+                                          "field_of_view_au": (image_size + 2 * pad) * pixel_au})
+        clean = render(tensors, torch.tensor([float(inclination_deg)]), torch.tensor([float(position_angle_deg)]),
+                       padded_config, distance_pc)
+        clean = clean[:, pad - shift_rows : pad - shift_rows + image_size, pad - shift_cols : pad - shift_cols + image_size]
+        source = ref.pixel_to_world(centre_pixel + shift_cols, centre_pixel + shift_rows)
+        observed = instrument.observe(clean.contiguous(), pixel_au, np.random.default_rng(seed))[0].numpy()
+    header = fits.Header()
+    wcs_header = ref.to_header()
+    header["NAXIS"] = 4
+    header["BMAJ"], header["BMIN"], header["BPA"] = beam.major_arcsec / DEG_ARCSEC, beam.minor_arcsec / DEG_ARCSEC, beam.position_angle_deg
+    header["BTYPE"] = "Intensity"
+    header["OBJECT"] = object_name
+    header["BUNIT"] = ("Jy/beam", "Brightness (pixel) unit")
+    header["RADESYS"] = "ICRS"
+    for axis, (ctype, crval, cdelt, crpix, cunit) in enumerate([
+        ("RA---SIN", phase_centre.icrs.ra.deg, -pixel_arcsec / DEG_ARCSEC, wcs_header["CRPIX1"], "deg"),
+        ("DEC--SIN", phase_centre.icrs.dec.deg, pixel_arcsec / DEG_ARCSEC, wcs_header["CRPIX2"], "deg"),
+        ("FREQ", frequency_ghz * 1e9, 2e9, 1.0, "Hz"),
+        ("STOKES", 1.0, 1.0, 1.0, ""),
+    ], start=1):
+        header[f"CTYPE{axis}"], header[f"CRVAL{axis}"], header[f"CDELT{axis}"] = ctype, crval, cdelt
+        header[f"CRPIX{axis}"], header[f"CUNIT{axis}"] = crpix, cunit
+    header["RESTFRQ"] = (frequency_ghz * 1e9, "Rest Frequency (Hz)")
+    header["SPECSYS"] = "LSRK"
+    header["TELESCOP"] = "ALMA"
+    header["INSTRUME"] = "ALMA"
+    header["ORIGIN"] = f"protolib {__version__} (synthetic observation)"
+    truth = {**{k: float(v) for k, v in system.items()}, "inclination": float(inclination_deg),
+             "position_angle": float(position_angle_deg), "distance_pc": float(distance_pc),
+             "noise_rms_jy_beam": float(noise_rms_jy_beam), "source_ra": source.icrs.ra.deg, "source_dec": source.icrs.dec.deg}
+    units = {**{name: p.unit for name, p in PARAMETERS.items()}, "inclination": "deg", "position_angle": "deg",
+             "source_ra": "deg", "source_dec": "deg"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        for key, value in truth.items():
+            header[f"HIERARCH PROTOLIB TRUE {key.upper()}"] = (value, f"[{units[key]}]" if units.get(key) else "")
+    header["COMMENT"] = "Synthetic observation written by protolib; PROTOLIB TRUE cards hold the true values."
+    hdus = [fits.PrimaryHDU(observed.astype(np.float32)[None, None], header=header)]
+    if include_model:
+        model_header = ref.to_header()
+        model_header["BUNIT"] = "Jy/pixel"
+        model_header["COMMENT"] = "Clean model (no beam, no noise) of the primary image."
+        hdus.append(fits.ImageHDU(clean[0].numpy().astype(np.float32), header=model_header, name="MODEL"))
+    with atomic_path(path) as tmp:
+        fits.HDUList(hdus).writeto(tmp, overwrite=True)
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The figure.
+
+
+def _scale_bar_au(field_au: float) -> float:
+    target = field_au / 4.0
+    return float(min((b for b in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)), key=lambda b: abs(b - target)))
+
+
+def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inferno"):
+    """The original observation beside the prepared image, north up, east left; returns the figure.
+
+    Both panels have axes in au from the centre (the original at the observed distance, the prepared
+    image at the bank's), a scale bar in au and the beam drawn in the lower left.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    field_au = prepared.grid.field_of_view_au
+    half = 0.75 * field_au  # the original is shown over 1.5 bank fields
+
+    def decorate(ax, beam_au_major, beam_au_minor, pa, half_width, title):
+        bar = _scale_bar_au(2 * half_width)
+        x0, y0 = half_width * 0.9, -half_width * 0.85
+        ax.plot([x0 - bar, x0], [y0, y0], color="white", lw=2)  # x axis runs east to the left: bar drawn leftwards
+        ax.text(x0 - bar / 2, y0 + half_width * 0.04, f"{bar:g} au", color="white", ha="center", va="bottom", fontsize=9)
+        ax.add_patch(Ellipse((-half_width * 0.8, -half_width * 0.8), beam_au_minor, beam_au_major, angle=-pa,
+                             facecolor="none", edgecolor="white", lw=1.5))
+        ax.set_xlim(half_width, -half_width)
+        ax.set_ylim(-half_width, half_width)
+        ax.set_xlabel("offset east [au]")
+        ax.set_ylabel("offset north [au]")
+        ax.set_title(title, fontsize=10)
+
+    original = prepared.original
+    if original is not None:
+        x, y = original.wcs.world_to_pixel(prepared.centre)
+        scales = proj_plane_pixel_scales(original.wcs) * DEG_ARCSEC * prepared.distance_pc  # au per pixel
+        ny, nx = original.image_jy_beam.shape
+        cols_au = (np.arange(nx) - float(x)) * scales[0]
+        rows_au = (np.arange(ny) - float(y)) * scales[1]
+        east_sign = -1.0 if original.wcs.wcs.get_pc()[0, 0] * original.wcs.wcs.cdelt[0] < 0 else 1.0
+        extent = [east_sign * (cols_au[0] - scales[0] / 2), east_sign * (cols_au[-1] + scales[0] / 2),
+                  rows_au[0] - scales[1] / 2, rows_au[-1] + scales[1] / 2]
+        im = axes[0].imshow(original.image_jy_beam * 1e3, origin="lower", extent=extent, cmap=cmap, interpolation="nearest")
+        fig.colorbar(im, ax=axes[0], label="mJy/beam (observed)", shrink=0.85)
+        ob = original.beam
+        decorate(axes[0], ob.major_arcsec * prepared.distance_pc, ob.minor_arcsec * prepared.distance_pc, ob.position_angle_deg,
+                 half, f"{Path(prepared.source_path).name} at {prepared.distance_pc:g} pc")
+    else:
+        axes[0].set_axis_off()
+    half_bank = field_au / 2
+    extent = [half_bank, -half_bank, -half_bank, half_bank]
+    im = axes[1].imshow(prepared.image_jy_beam * 1e3, origin="lower", extent=extent, cmap=cmap, interpolation="nearest")
+    fig.colorbar(im, ax=axes[1], label="mJy/beam (at bank distance)", shrink=0.85)
+    b = prepared.beam
+    d_bank = prepared.grid.distance_pc
+    decorate(axes[1], b.major_arcsec * d_bank, b.minor_arcsec * d_bank, b.position_angle_deg, half_bank,
+             f"prepared: {prepared.grid.image_size}x{prepared.grid.image_size} px, {prepared.grid.pixel_size_au:.3g} au/px, "
+             f"at {d_bank:g} pc")
+    return fig
