@@ -92,10 +92,10 @@ def _register_match(sub) -> None:
         matplotlib.use("Agg")
         from .matching import run_match
 
-        report = run_match(args.model, args.bank, args.out, target=args.target, target_system=args.target_system,
-                           projection=args.projection, distance_pc=args.distance, top_k=args.top_k,
-                           threshold=args.threshold, weight_temperature=args.weight_temperature,
-                           backend=args.backend, device=args.device)
+        report = _run_reporting_warnings("match", lambda: run_match(
+            args.model, args.bank, args.out, target=args.target, target_system=args.target_system, projection=args.projection,
+            distance_pc=args.distance, top_k=args.top_k, threshold=args.threshold,
+            weight_temperature=args.weight_temperature, backend=args.backend, device=args.device))
         verdict = report["out_of_distribution"]
         print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
               f"{report['best_similarity']:.3f}).")

@@ -274,17 +274,31 @@ def corner_plot(
     if truths:
         truth_values = [float(_scaled([truths[n]], _info(n, parameter_info).log_scale, n)[0]) if n in truths else None
                         for n in parameters]
-    few = len(matches) < 50  # too few for contours: show the matches as points
-    common.update(plot_datapoints=few, plot_contours=not few)
-    fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
-                        hist_kwargs={"density": True, "color": color}, fill_contours=not few,
-                        data_kwargs={"alpha": 0.6, "ms": 3}, **common)
+    if len(matches) >= 50:
+        fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
+                            hist_kwargs={"density": True, "color": color}, fill_contours=True, **common)
+    else:  # too few for contours (or for corner itself): the matches as points
+        _overplot_few(fig, matches, weights, ranges, bins, color)
+        if truth_values:
+            corner.overplot_lines(fig, truth_values, color="C3")
+            corner.overplot_points(fig, [truth_values], marker="s", color="C3", ms=4)
     handles = [Line2D([], [], color=color, label=f"{label} ({len(matches)})"),
                Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({len(bank)})")]
     if truth_values:
         handles.append(Line2D([], [], color="C3", label="truth"))
     fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=10)
     return fig
+
+
+def _overplot_few(fig, matches: np.ndarray, weights, ranges, bins: int, color: str) -> None:
+    import corner
+
+    n = matches.shape[1]
+    axes = np.array(fig.axes).reshape(n, n)
+    for i in range(n):
+        axes[i, i].hist(matches[:, i], bins=np.linspace(*ranges[i], bins + 1), weights=weights, density=True,
+                        histtype="step", color=color, lw=1.5)
+    corner.overplot_points(fig, matches, marker="o", ms=3, alpha=0.7, color=color)
 
 
 def marginals_plot(

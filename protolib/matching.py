@@ -44,6 +44,7 @@ __all__ = [
     "pairwise_matches",
     "random_matches",
     "faiss_available",
+    "ObservationTarget",
     "prepare_observation_target",
     "run_match",
     "MatchingSettings",
@@ -753,30 +754,61 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_observation_target(path: str | Path, bank: Bank, distance_pc: float | None):
+@dataclass
+class ObservationTarget:
+    """An observation prepared for matching (see :func:`prepare_observation_target`).
+
+    Attributes:
+        image: ``(H, W)`` the observation on the bank's grid [Jy/beam at the bank's distance].
+        transform: bank images ``(N, H, W)`` to the observation's resolution, units and noise.
+        transform_key: plain data describing ``transform`` (keys the embedding cache).
+        info: what the preparation did (beam, noise, flux scale, padding), for the report.
+        truths: the true parameters when the file is a synthetic observation, else ``None``.
+    """
+
+    image: np.ndarray
+    transform: ImageTransform
+    transform_key: dict
+    info: dict
+    truths: dict | None
+
+
+def prepare_observation_target(path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0) -> ObservationTarget:
     """An observation FITS file prepared onto the bank's grid, with the transform that sees the bank like it.
 
-    Returns:
-        ``(image (H, W), transform, transform_key, info)``: the prepared image, the transform bringing
-        bank images to the observation's beam and noise, plain data describing it (the embedding
-        cache key) and what the preparation did (for the report).
+    Uses :func:`protolib.observation.prepare_observation`; the bank's noise is topped up to the
+    observation's with a generator seeded by ``noise_seed``, so the cached embeddings are reproducible.
 
     Raises:
         ProtolibInputError: the file is missing, the distance is not given, or the image cannot be
             prepared onto the bank's grid.
     """
+    from .observation import prepare_observation
+
     path = Path(path)
     if not path.exists():
         raise ProtolibInputError(f"Target file {path} does not exist.")
     if distance_pc is None or not distance_pc > 0:
-        raise ProtolibInputError(f"Matching the observation {path} needs its distance: give --distance in pc (e.g. --distance 140).")
-    try:
-        from . import observations
-    except ImportError:
-        raise ProtolibInputError(
-            f"Cannot prepare {path}: this installation has no observation stage (protolib.observations)."
-        ) from None
-    return observations.prepare_for_matching(path, bank, distance_pc)
+        raise ProtolibInputError(f"Matching the observation {path} needs its distance in pc (e.g. --distance 140).")
+    prepared = prepare_observation(path, bank, distance_pc)
+    resolution = prepared.transform()
+    rng = np.random.default_rng(noise_seed)
+
+    def transform(images: np.ndarray) -> np.ndarray:
+        return resolution(images, rng)
+
+    beam = prepared.beam
+    coverage = None if resolution.coverage is None else hashlib.sha256(np.ascontiguousarray(prepared.coverage).tobytes()).hexdigest()
+    key = {"beam_arcsec": [beam.major_arcsec, beam.minor_arcsec, beam.position_angle_deg],
+           "noise_rms_jy_beam": prepared.noise_rms_jy_beam, "coverage_sha256": coverage, "noise_seed": noise_seed}
+    info = {"beam_arcsec_at_bank_distance": key["beam_arcsec"], "noise_rms_jy_beam": prepared.noise_rms_jy_beam,
+            "observed_beam_arcsec": [prepared.observed_beam.major_arcsec, prepared.observed_beam.minor_arcsec,
+                                     prepared.observed_beam.position_angle_deg],
+            "observed_noise_rms_jy_beam": prepared.observed_noise_rms_jy_beam, "flux_scale": prepared.flux_scale,
+            "smoothed_to_bank_beam": prepared.smoothed, "padded_fraction": prepared.padded_fraction,
+            "centre": prepared.centre.to_string("hmsdms", precision=2), "object": prepared.object_name}
+    truths = {k: v for k, v in prepared.true_parameters.items() if k in bank.parameters or k in ("inclination", "position_angle")}
+    return ObservationTarget(prepared.image_jy_beam, transform, key, info, truths or None)
 
 
 def run_match(
@@ -825,11 +857,12 @@ def run_match(
         inputs["target"] = {"system": target_system, "projection": projection, "system_id": int(bank.system_id[target_system]),
                             "part_of_model_split": matcher.training_part(target_system)}
     else:
-        image, transform, transform_key, info = prepare_observation_target(target, bank, distance_pc)
-        matcher = Matcher.from_model(model_path, bank, transform=transform, transform_key=transform_key, **options)
+        observation = prepare_observation_target(target, bank, distance_pc)
+        matcher = Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key, **options)
+        image, truths = observation.image, observation.truths
         matches = matcher.match(image, top_k=top_k, threshold=threshold)
-        truths = None
-        inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": info}
+        inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
+                            "true_parameters_in_file": truths is not None}
     verdict = matcher.check(matches)
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None}

@@ -194,13 +194,61 @@ def test_command_line_writes_every_output_for_a_bank_system(bank, tmp_path, monk
         (["--model", "{model}", "--bank", "{tmp}/nobank.h5", "--target-system", "1"], "nobank.h5 does not exist"),
         (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/missing.fits", "--distance", "140"], "missing.fits"),
         (["--model", "{model}", "--bank", "{bank}", "--target-system", "99"], "systems 0..29"),
+        (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits", "--distance", "140"], "garbage.fits"),
+        (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits"], "distance"),
     ],
 )
 def test_command_line_bad_input_gets_one_clear_line(bank, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
     model = write_fake_model(tmp_path / "siamese.pt")
+    (tmp_path / "garbage.fits").write_bytes(b"SIMPLE  = not really a FITS file")
     filled = [a.format(tmp=tmp_path, bank=bank.path, model=model) for a in args]
     assert main(["match", *filled, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("protolib match: error:") and message in err and "\n" not in err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monkeypatch, capsys):
+    from protolib.instrument import Beam
+    from protolib.observation import write_observation_fits
+
+    monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
+    model = write_fake_model(tmp_path / "siamese.pt")
+    system = {name: float(values[3]) for name, values in bank.parameters.items()}
+    fits_path = write_observation_fits(tmp_path / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
+                                       distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
+                                       noise_rms_jy_beam=1e-4, seed=1)
+    out = tmp_path / "out"
+    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
+                 "--top-k", "10", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    preparation = report["inputs"]["target"]["preparation"]
+    assert preparation["flux_scale"] == pytest.approx((150 / 140) ** 2)
+    assert report["inputs"]["target"]["true_parameters_in_file"]
+    summary = (out / "summary.csv").read_text().splitlines()
+    stellar_mass = next(line for line in summary if line.startswith("stellar_mass,"))
+    assert float(stellar_mass.split(",")[-1]) == pytest.approx(system["stellar_mass"], rel=1e-5)
+    assert len(list(tmp_path.glob("siamese.embeddings-*.npz"))) == 1
+
+
+@pytest.mark.filterwarnings("ignore:.*too few negative pixels")
+def test_observation_transform_is_reproducible_and_keys_its_own_cache(bank, tmp_path):
+    from protolib.instrument import Beam
+    from protolib.matching import prepare_observation_target
+    from protolib.observation import write_observation_fits
+
+    system = {name: float(values[3]) for name, values in bank.parameters.items()}
+    fits_path = write_observation_fits(tmp_path / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
+                                       distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
+                                       noise_rms_jy_beam=1e-4, seed=1)
+    first, second = (prepare_observation_target(fits_path, bank, 150.0) for _ in range(2))
+    images = bank.load_images([0, 1]).reshape(-1, 16, 16)
+    np.testing.assert_array_equal(first.transform(images), second.transform(images))
+    assert first.transform_key == second.transform_key and first.image.shape == (16, 16)
+    assert first.truths["stellar_mass"] == pytest.approx(system["stellar_mass"]) and first.truths["inclination"] == 60.0
+    plain = Matcher.from_embed_function(ProjectionEmbedder(), bank, cache_path=tmp_path / "c.npz", key={"m": 1}, progress=False)
+    seen = ProjectionEmbedder()
+    like_obs = Matcher.from_embed_function(seen, bank, cache_path=tmp_path / "c.npz", key={"m": 1, "t": first.transform_key},
+                                           transform=first.transform, progress=False)
+    assert seen.images_embedded == 120 and not np.allclose(plain.embeddings.vectors, like_obs.embeddings.vectors)
