@@ -34,6 +34,7 @@ __all__ = [
     "corner_plot",
     "marginals_plot",
     "gallery_plot",
+    "truth_coverage",
     "match_rows",
     "match_images",
     "write_match_report",
@@ -196,6 +197,41 @@ def summarise(
         summaries.append(ParameterSummary(name, info.unit, info.log_scale, back(p50), back(p16), back(p84), back(p2_5),
                                           back(p97_5), float(width), ratio, len(scaled), truth))
     return summaries
+
+
+def truth_coverage(
+    bank: Bank, matches_by_system: Mapping[int, Matches], *, projection: int = 0, parameters: Sequence[str] | None = None
+) -> list[dict]:
+    """How often the true value lies within the matches' 68% and 95% ranges, over many bank targets.
+
+    For a well-calibrated posterior-like distribution these fractions are about 0.68 and 0.95;
+    ``median_width_ratio`` near 1 means the matches constrain the parameter no better than the prior.
+
+    Arguments:
+        bank: the bank the targets come from.
+        matches_by_system: target system -> its matches (e.g. the test systems').
+        projection: the targets' projection (for their viewing angles).
+        parameters: which parameters (default: every bank parameter and the inclination).
+
+    Returns:
+        One dict per parameter: ``parameter``, ``within_68``, ``within_95``, ``median_width_ratio``, ``n_targets``.
+    """
+    prior = prior_parameters(bank)
+    parameters = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    rows = {name: [] for name in parameters}
+    for system, matches in matches_by_system.items():
+        truths = truth_parameters(bank, system, projection)
+        for s in summarise(match_parameters(bank, matches), parameters=parameters, prior=prior, truths=truths,
+                           parameter_info=bank.parameter_info):
+            rows[s.parameter].append((_within(s.p16, s.truth, s.p84), _within(s.p2_5, s.truth, s.p97_5), s.prior_width_ratio))
+    return [{"parameter": name, "within_68": float(np.mean([r[0] for r in hits])), "within_95": float(np.mean([r[1] for r in hits])),
+             "median_width_ratio": float(np.nanmedian([r[2] for r in hits])), "n_targets": len(hits)}
+            for name, hits in rows.items()]
+
+
+def _within(low: float, value: float, high: float, rtol: float = 1e-9) -> bool:
+    """``low <= value <= high`` up to rounding (percentiles go through log10 and back)."""
+    return low - rtol * abs(low) <= value <= high + rtol * abs(high)
 
 
 def format_summary(summaries: Sequence[ParameterSummary]) -> str:

@@ -20,6 +20,7 @@ from protolib.distributions import (
     prior_parameters,
     similarity_weights,
     summarise,
+    truth_coverage,
     truth_parameters,
     weighted_percentile,
 )
@@ -146,3 +147,12 @@ def test_explorer_shows_a_static_view_without_a_frontend_and_a_live_widget_with_
     assert drawn[0][0] == "best 30" and len(drawn[0][2]) == 2
     assert drawn[-1][:2] == ("best 12", bank.parameters["stellar_mass"][11])
     plt.close("all")
+
+
+def test_truth_coverage_counts_truths_inside_the_ranges(bank):
+    own = {s: Matches(np.ones(4), np.full(4, s), np.arange(4)) for s in range(5)}
+    others = {s: Matches(np.ones(4), np.full(4, (s + 1) % 5), np.arange(4)) for s in range(5)}
+    [own_mass] = truth_coverage(bank, own, parameters=["stellar_mass"])
+    [other_mass] = truth_coverage(bank, others, parameters=["stellar_mass"])
+    assert own_mass["within_68"] == 1.0 and own_mass["n_targets"] == 5
+    assert other_mass["within_95"] == 0.0
