@@ -78,6 +78,11 @@ def _register_match(sub) -> None:
     target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
     p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
     p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
+    p.add_argument("--centre", "--center", dest="centre", default=None,
+                   help="with --target: sky position to centre on, 'RA DEC' (default: the emission peak)")
+    p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
+                   help="with --target: beam FWHM axes [arcsec] and PA [deg], when the header has none")
+    p.add_argument("--noise", type=float, default=None, help="with --target: noise rms [Jy/beam] (default: estimated)")
     p.add_argument("--top-k", type=int, default=200, help="number of best matches (default 200)")
     p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
     p.add_argument("--weight-temperature", type=float, default=None,
@@ -95,7 +100,9 @@ def _register_match(sub) -> None:
         report = _run_reporting_warnings("match", lambda: run_match(
             args.model, args.bank, args.out, target=args.target, target_system=args.target_system, projection=args.projection,
             distance_pc=args.distance, top_k=args.top_k, threshold=args.threshold,
-            weight_temperature=args.weight_temperature, backend=args.backend, device=args.device))
+            weight_temperature=args.weight_temperature, backend=args.backend, device=args.device,
+            observation_options={"centre": args.centre, "beam": _beam_argument(args.beam, str(args.target)),
+                                 "noise_rms_jy_beam": args.noise}))
         verdict = report["out_of_distribution"]
         print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
               f"{report['best_similarity']:.3f}).")

@@ -8,7 +8,9 @@ the figure; they never show or save it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -304,15 +306,17 @@ def corner_plot(
     labels = [_info(n, parameter_info).axis_label for n in parameters]
     common = dict(range=ranges, bins=bins, labels=labels, plot_datapoints=False, plot_density=False,
                   levels=(0.393, 0.865), label_kwargs={"fontsize": 9})
-    fig = corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
-                        contour_kwargs={"linestyles": "--"}, **common)
+    with _quiet_corner():
+        fig = corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
+                            contour_kwargs={"linestyles": "--"}, **common)
     truth_values = None
     if truths:
         truth_values = [float(_scaled([truths[n]], _info(n, parameter_info).log_scale, n)[0]) if n in truths else None
                         for n in parameters]
     if len(matches) >= 50:
-        fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
-                            hist_kwargs={"density": True, "color": color}, fill_contours=True, **common)
+        with _quiet_corner():
+            fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
+                                hist_kwargs={"density": True, "color": color}, fill_contours=True, **common)
     else:  # too few for contours (or for corner itself): the matches as points
         _overplot_few(fig, matches, weights, ranges, bins, color)
         if truth_values:
@@ -324,6 +328,21 @@ def corner_plot(
         handles.append(Line2D([], [], color="C3", label="truth"))
     fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=10)
     return fig
+
+
+@contextlib.contextmanager
+def _quiet_corner():
+    """Silence corner's "Too few points to create valid contours" (sparse panels simply show no contour)."""
+
+    def sparse(record: logging.LogRecord) -> bool:
+        return "Too few points" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(sparse)
+    try:
+        yield
+    finally:
+        root.removeFilter(sparse)
 
 
 def _overplot_few(fig, matches: np.ndarray, weights, ranges, bins: int, color: str) -> None:

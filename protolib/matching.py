@@ -773,11 +773,14 @@ class ObservationTarget:
     truths: dict | None
 
 
-def prepare_observation_target(path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0) -> ObservationTarget:
+def prepare_observation_target(
+    path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0, **options
+) -> ObservationTarget:
     """An observation FITS file prepared onto the bank's grid, with the transform that sees the bank like it.
 
-    Uses :func:`protolib.observation.prepare_observation`; the bank's noise is topped up to the
-    observation's with a generator seeded by ``noise_seed``, so the cached embeddings are reproducible.
+    Uses :func:`protolib.observation.prepare_observation` (``options``: its ``centre``, ``beam`` and
+    ``noise_rms_jy_beam``); the bank's noise is topped up to the observation's with a generator
+    seeded by ``noise_seed``, so the cached embeddings are reproducible.
 
     Raises:
         ProtolibInputError: the file is missing, the distance is not given, or the image cannot be
@@ -790,7 +793,7 @@ def prepare_observation_target(path: str | Path, bank: Bank, distance_pc: float 
         raise ProtolibInputError(f"Target file {path} does not exist.")
     if distance_pc is None or not distance_pc > 0:
         raise ProtolibInputError(f"Matching the observation {path} needs its distance in pc (e.g. --distance 140).")
-    prepared = prepare_observation(path, bank, distance_pc)
+    prepared = prepare_observation(path, bank, distance_pc, **options)
     resolution = prepared.transform()
     rng = np.random.default_rng(noise_seed)
 
@@ -826,11 +829,13 @@ def run_match(
     backend: str = "auto",
     device: str | None = None,
     progress: bool = True,
+    observation_options: dict | None = None,
 ) -> dict:
     """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
 
     What ``protolib match`` does: ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png``
-    and ``report.json`` (see :func:`protolib.distributions.write_match_report`).
+    and ``report.json`` (see :func:`protolib.distributions.write_match_report`). ``observation_options``
+    go to :func:`prepare_observation_target` (``centre``, ``beam``, ``noise_rms_jy_beam``).
 
     Returns:
         The report written to ``report.json``.
@@ -857,7 +862,7 @@ def run_match(
         inputs["target"] = {"system": target_system, "projection": projection, "system_id": int(bank.system_id[target_system]),
                             "part_of_model_split": matcher.training_part(target_system)}
     else:
-        observation = prepare_observation_target(target, bank, distance_pc)
+        observation = prepare_observation_target(target, bank, distance_pc, **(observation_options or {}))
         matcher = Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key, **options)
         image, truths = observation.image, observation.truths
         matches = matcher.match(image, top_k=top_k, threshold=threshold)
