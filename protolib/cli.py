@@ -83,7 +83,7 @@ def _register_match(sub) -> None:
     p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
                    help="with --target: beam FWHM axes [arcsec] and PA [deg], when the header has none")
     p.add_argument("--noise", type=float, default=None, help="with --target: noise rms [Jy/beam] (default: estimated)")
-    p.add_argument("--top-k", type=int, default=200, help="number of best matches (default 200)")
+    p.add_argument("--top-k", type=int, default=200, help="number of best matches (default 200; 0: all above --threshold)")
     p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
     p.add_argument("--weight-temperature", type=float, default=None,
                    help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (default: equal weights)")
@@ -99,7 +99,7 @@ def _register_match(sub) -> None:
 
         report = _run_reporting_warnings("match", lambda: run_match(
             args.model, args.bank, args.out, target=args.target, target_system=args.target_system, projection=args.projection,
-            distance_pc=args.distance, top_k=args.top_k, threshold=args.threshold,
+            distance_pc=args.distance, top_k=args.top_k or None, threshold=args.threshold,
             weight_temperature=args.weight_temperature, backend=args.backend, device=args.device,
             observation_options={"centre": args.centre, "beam": _beam_argument(args.beam, str(args.target)),
                                  "noise_rms_jy_beam": args.noise}))

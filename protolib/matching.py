@@ -264,11 +264,18 @@ class EmbeddingIndex:
     def _matches(self, sims: np.ndarray, rows: np.ndarray, excluded: int | None) -> Matches:
         valid = rows >= 0
         rows = rows[valid]
-        return Matches(sims[valid].astype(np.float32), self.system[rows], self.projection[rows], excluded)
+        return Matches(sims[valid].astype(np.float32), self.system[rows], self.projection[rows], None if excluded is None else int(excluded))
 
     def _top_k(self, queries: np.ndarray, k: int, excluded: list) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "faiss":
             return self._faiss_top_k(queries, k, excluded)
+        if len(queries) > 1:
+            batch = max(1, (1 << 25) // max(1, min(len(self), self.chunk_rows)))
+            parts = [self._exact_top_k(queries[i : i + batch], k, excluded[i : i + batch]) for i in range(0, len(queries), batch)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return self._exact_top_k(queries, k, excluded)
+
+    def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(queries).to(self.device)
         ex = torch.as_tensor([-1 if e is None else int(e) for e in excluded], device=self.device)
         best_sims = torch.full((len(q), 0), -math.inf, device=self.device)
@@ -537,6 +544,7 @@ def pairwise_matches(
     *,
     top_k: int = 200,
     exclude_system: int | None = None,
+    transform: ImageTransform | None = None,
     batch_size: int = 256,
     progress: bool = False,
 ) -> Matches:
@@ -551,6 +559,7 @@ def pairwise_matches(
         bank: the bank.
         top_k: matches to return.
         exclude_system: a bank system never to return.
+        transform: applied to bank images first (as in :func:`embed_bank`).
     """
     n, p = bank.n_systems, bank.n_projections
     systems = np.array([s for s in range(n) if s != exclude_system])
@@ -558,6 +567,7 @@ def pairwise_matches(
     bar = tqdm(total=len(systems) * p, unit="pair", desc="Pairwise similarities", disable=not progress)
     for chunk, images in bank.iter_batches(systems, max(1, batch_size // p)):
         flat = images.reshape(-1, *images.shape[2:])
+        flat = flat if transform is None else transform(flat)
         sims.append(np.asarray(similarity(np.repeat(target_image[None], len(flat), axis=0), flat), dtype=np.float32))
         rows.append((chunk[:, None] * p + np.arange(p)[None, :]).reshape(-1))
         bar.update(len(flat))
@@ -590,6 +600,7 @@ class Matcher:
         similarity: the network's pairwise similarity, kept for :meth:`pairwise` (optional).
         image_size: the image size the embedding function expects (checked against targets).
         checkpoint: the model checkpoint, when made with :meth:`from_model`.
+        transform: the transform the bank images were embedded through, if any (for :meth:`pairwise`).
 
     Example:
         >>> matcher = Matcher.from_model("artifacts/default/siamese.pt", bank)     # doctest: +SKIP
@@ -609,8 +620,10 @@ class Matcher:
         similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         image_size: int | None = None,
         checkpoint: dict | None = None,
+        transform: ImageTransform | None = None,
     ):
         self.embed_images = embed
+        self.transform = transform
         self.bank = bank
         self.embeddings = embeddings
         self.similarity = similarity
@@ -635,7 +648,7 @@ class Matcher:
         """A matcher for any embedding function, the bank embedded (or read from ``cache_path``)."""
         embeddings = bank_embeddings(embed, bank, cache_path=cache_path, key=key, transform=transform,
                                      batch_size=batch_size, progress=progress)
-        return cls(embed, bank, embeddings, **options)
+        return cls(embed, bank, embeddings, transform=transform, **options)
 
     @classmethod
     def from_model(
@@ -684,7 +697,7 @@ class Matcher:
         embeddings = bank_embeddings(embed, bank, cache_path=cache_path if cache else None, key=key,
                                      transform=transform, batch_size=batch_size, progress=progress)
         return cls(embed, bank, embeddings, similarity=getattr(model, "similarity", None),
-                   image_size=int(model_size) if model_size else None, checkpoint=checkpoint, **options)
+                   image_size=int(model_size) if model_size else None, checkpoint=checkpoint, transform=transform, **options)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embeddings ``(N, D)`` of target images ``(N, H, W)`` (or one ``(H, W)``)."""
@@ -732,7 +745,7 @@ class Matcher:
         if self.similarity is None:
             raise ProtolibInputError("This matcher has no pairwise similarity function (make it with Matcher.from_model).")
         return pairwise_matches(self.similarity, np.asarray(image, dtype=np.float32), self.bank, top_k=top_k,
-                                exclude_system=exclude_system, batch_size=batch_size)
+                                exclude_system=exclude_system, transform=self.transform, batch_size=batch_size)
 
     def training_part(self, system: int) -> str | None:
         """``"train"``, ``"validation"`` or ``"test"`` when the model was trained on this bank, else ``None``."""
