@@ -30,6 +30,7 @@ class AutoencoderConfig:
     image_size: int = 64  # side of the input images in pixels (taken from the bank)
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # feature maps per level; each level halves the image
     latent_size: int = 32  # length of the latent vector
+    convs_per_level: int = 1  # convolutions per level (more: deeper and slower)
     use_flux: bool = True  # give the encoder the log total flux and make the decoder rebuild it
     flux_weight: float = 0.1  # weight of the flux error in the loss, beside the pixel error
 
@@ -56,7 +57,9 @@ class Encoder(nn.Module):
         super().__init__()
         layers, previous = [], 1
         for width in config.channels:
-            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), _activation(), nn.Conv2d(width, width, 3, padding=1), _activation()]
+            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1), _activation()]
+            for _ in range(config.convs_per_level - 1):
+                layers += [nn.Conv2d(width, width, 3, padding=1), _activation()]
             previous = width
         self.convolutions = nn.Sequential(*layers, nn.Flatten())
         side = config.image_size // 2 ** len(config.channels)
@@ -80,7 +83,9 @@ class Decoder(nn.Module):
         self.from_latent = nn.Sequential(nn.Linear(config.latent_size, self.width * self.side**2), _activation())
         layers, widths = [], list(reversed(config.channels))
         for width, following in zip(widths, widths[1:] + [widths[-1]]):
-            layers += [nn.ConvTranspose2d(width, following, 4, stride=2, padding=1), _activation(), nn.Conv2d(following, following, 3, padding=1), _activation()]
+            layers += [nn.ConvTranspose2d(width, following, 4, stride=2, padding=1), _activation()]
+            for _ in range(config.convs_per_level - 1):
+                layers += [nn.Conv2d(following, following, 3, padding=1), _activation()]
         self.upsample = nn.Sequential(*layers, nn.Conv2d(widths[-1], 1, 3, padding=1))
         self.flux = nn.Linear(config.latent_size, 1)
 

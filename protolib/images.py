@@ -121,7 +121,7 @@ class AugmentationConfig:
 
     rotate: bool = True  # rotate by any angle: the position angle on the sky is arbitrary
     flip: bool = True  # 90-degree turns and mirror flips: exact, no interpolation
-    beam_jitter: float = 0.3  # widen the beam by up to this fraction of its FWHM (flux conserved)
+    beam_jitter: float = 0.3  # smooth to a beam up to this fraction wider (imperfect beam matching; total flux kept)
     noise_jitter: float = 1.0  # add beam-correlated noise of up to this many times the bank's rms
 
     def to_dict(self) -> dict:
@@ -182,7 +182,11 @@ def _rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 def _widen_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float, fraction: float) -> torch.Tensor:
-    """Convolve to a beam ``1 + fraction`` times wider, keeping Jy/beam consistent with the new beam."""
+    """Smooth images to a beam ``1 + fraction`` times wider, as from an imperfect match to the bank's beam.
+
+    Values stay in Jy per *bank* beam, as an observation put on the bank's grid is, so the total flux
+    (the pixel sum over the bank's pixels per beam) is unchanged.
+    """
     if fraction <= 0:
         return images
     scale = 1.0 + fraction
@@ -191,4 +195,4 @@ def _widen_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float, fraction:
     if extra_minor * FWHM_TO_SIGMA / pixel_arcsec < 1e-3:
         return images
     kernel = Beam(extra_major, extra_minor, beam.position_angle_deg)
-    return convolve_beam(images, kernel, pixel_arcsec) * scale**2
+    return convolve_beam(images, kernel, pixel_arcsec)

@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_similarity",
     "similarity_metrics",
     "neighbour_parameter_error",
+    "metrics_path",
 ]
 
 
@@ -171,7 +172,7 @@ def train_siamese(
 ) -> Path:
     """Train a Siamese network on ``bank`` from a pretrained autoencoder; write checkpoint and metrics.
 
-    Writes ``out`` (e.g. ``RUN/siamese.pt``) and, beside it, ``metrics.json`` with the held-out
+    Writes ``out`` (e.g. ``RUN/siamese.pt``) and, beside it, ``metrics.json`` (:func:`metrics_path`) with the held-out
     (test systems) ``spearman``, ``mse`` and ``within_0.1`` of predicted against target similarity.
 
     Arguments:
@@ -219,9 +220,15 @@ def train_siamese(
     trained = load_siamese(out, device)
     metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
     metrics.update(systems=len(split.test), target=target.kind, loss=loss.kind, pair_mode=pairs.mode, best_epoch=trained.checkpoint["best_epoch"])
-    with atomic_path(Path(out).with_name("metrics.json")) as tmp:
+    with atomic_path(metrics_path(out)) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
     return Path(out)
+
+
+def metrics_path(checkpoint: str | Path) -> Path:
+    """Where the held-out metrics of a Siamese checkpoint go: ``metrics.json`` beside ``siamese.pt``, else ``<stem>_metrics.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name("metrics.json" if checkpoint.stem == "siamese" else f"{checkpoint.stem}_metrics.json")
 
 
 class SiameseModel:
