@@ -306,9 +306,11 @@ def corner_plot(
     labels = [_info(n, parameter_info).axis_label for n in parameters]
     common = dict(range=ranges, bins=bins, labels=labels, plot_datapoints=False, plot_density=False,
                   levels=(0.393, 0.865), label_kwargs={"fontsize": 9})
+    dense_prior = len(bank) >= 500  # fewer: contours of the prior are noise, show its points
     with _quiet_corner():
         fig = corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
-                            contour_kwargs={"linestyles": "--"}, **common)
+                            contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
+                            "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}})
     truth_values = None
     if truths:
         truth_values = [float(_scaled([truths[n]], _info(n, parameter_info).log_scale, n)[0]) if n in truths else None
@@ -316,18 +318,31 @@ def corner_plot(
     if len(matches) >= 50:
         with _quiet_corner():
             fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
-                                hist_kwargs={"density": True, "color": color}, fill_contours=True, **common)
+                                hist_kwargs={"density": True, "color": color}, fill_contours=True, smooth=1.0,
+                                **{**common, "bins": max(8, min(bins, int(np.sqrt(len(matches)))))})
     else:  # too few for contours (or for corner itself): the matches as points
-        _overplot_few(fig, matches, weights, ranges, bins, color)
+        _overplot_few(fig, matches, weights, ranges, max(5, min(bins, len(matches) // 3)), color)
         if truth_values:
             corner.overplot_lines(fig, truth_values, color="C3")
             corner.overplot_points(fig, [truth_values], marker="s", color="C3", ms=4)
+    _fit_diagonal(fig, len(parameters))
     handles = [Line2D([], [], color=color, label=f"{label} ({len(matches)})"),
                Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({len(bank)})")]
     if truth_values:
         handles.append(Line2D([], [], color="C3", label="truth"))
     fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=10)
     return fig
+
+
+def _fit_diagonal(fig, n: int) -> None:
+    """Let each diagonal panel's height fit the tallest of its histograms (corner sets it from the first)."""
+    axes = np.array(fig.axes).reshape(n, n)
+    for i in range(n):
+        heights = [line.get_ydata() for line in axes[i, i].lines if len(line.get_ydata()) > 2]
+        heights += [patch.get_path().vertices[:, 1] for patch in axes[i, i].patches]
+        top = max((float(np.max(h)) for h in heights if len(h)), default=0.0)
+        if top > 0:
+            axes[i, i].set_ylim(0, 1.1 * top)
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[st
     gallery = gallery_plot(target.image, match_images(bank, best), best.similarity, target_caption=target.label,
                            n_columns=min(n_gallery + 1, 6))
     corner = corner_plot(match_parameters(bank, matches), prior, parameters=list(parameters), truths=target.truths,
-                         parameter_info=bank.parameter_info, label=f"best {len(matches)}")
+                         parameter_info=bank.parameter_info, label="best matches")
     return gallery, corner
 
 

@@ -139,13 +139,14 @@ def test_explorer_shows_a_static_view_without_a_frontend_and_a_live_widget_with_
     assert len(figures[1].axes) == 4
     monkeypatch.setenv("PROTOLIB_INTERACTIVE", "1")
     drawn = []
-    monkeypatch.setattr(explorer, "corner_plot", lambda *a, **k: drawn.append((k["label"], k["truths"]["stellar_mass"], k["parameters"])) or plt.figure())
+    monkeypatch.setattr(explorer, "corner_plot", lambda samples, *a, **k: drawn.append(
+        (len(samples["stellar_mass"]), k["truths"]["stellar_mass"], k["parameters"])) or plt.figure())
     widget = match_explorer(bank, targets, parameters=["stellar_mass"], k=30)
     choice, k_slider = widget.children[0].children[0].children
     k_slider.value = 12
     choice.value = 1
-    assert drawn[0][0] == "best 30" and len(drawn[0][2]) == 2
-    assert drawn[-1][:2] == ("best 12", bank.parameters["stellar_mass"][11])
+    assert drawn[0][0] == 30 and len(drawn[0][2]) == 2
+    assert drawn[-1][:2] == (12, bank.parameters["stellar_mass"][11])
     plt.close("all")
 
 
