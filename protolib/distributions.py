@@ -499,6 +499,8 @@ def write_match_report(
     inputs: Mapping | None = None,
     settings: Mapping | None = None,
     n_gallery: int = 11,
+    corner_parameters: Sequence[str] | None = None,
+    match_image_transform=None,
 ) -> dict:
     """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
 
@@ -514,6 +516,10 @@ def write_match_report(
         weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
         inputs, settings: recorded in the report as given.
         n_gallery: matches shown in the gallery.
+        corner_parameters: the corner plot's parameters (default: every bank parameter and the
+            inclination); ``summary.csv`` always has them all.
+        match_image_transform: shows the matches in the gallery as the network saw them (e.g. at an
+            observation's beam and noise).
 
     Returns:
         The report (as written to ``report.json``).
@@ -532,12 +538,16 @@ def write_match_report(
     prior = prior_parameters(bank)
     weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
     summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info)
+    gallery_images = match_images(bank, matches.head(n_gallery))
+    if match_image_transform is not None:
+        gallery_images = match_image_transform(gallery_images)
     write_csv(match_rows(bank, matches), out_dir / "matches.csv")
     write_csv(summaries, out_dir / "summary.csv")
+    corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
     figures = {
         "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
-                                  parameters=list(bank.parameters) + ["inclination"]),
-        "gallery.png": gallery_plot(target_image, match_images(bank, matches.head(n_gallery)), matches.similarity[:n_gallery],
+                                  parameters=corner_parameters),
+        "gallery.png": gallery_plot(target_image, gallery_images, matches.similarity[:n_gallery],
                                     captions=[f"system {s}, i = {i:.0f} deg" for s, i in
                                               zip(matches.system[:n_gallery], samples["inclination"][:n_gallery])],
                                     pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None),
@@ -548,7 +558,7 @@ def write_match_report(
         plt.close(fig)
     report = {
         "inputs": dict(inputs or {}),
-        "settings": dict(settings or {}, weight_temperature=weight_temperature),
+        "settings": dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
         "bank": bank.identity,
         "n_matches": len(matches),
         "best_similarity": float(matches.similarity[0]),

@@ -847,7 +847,8 @@ def run_match(
     """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
 
     What ``protolib match`` does: ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png``
-    and ``report.json`` (see :func:`protolib.distributions.write_match_report`). ``observation_options``
+    and ``report.json`` (see :func:`protolib.distributions.write_match_report`). The corner plot shows
+    the parameters the network's target similarity was computed from, and the inclination. ``observation_options``
     go to :func:`prepare_observation_target` (``centre``, ``beam``, ``noise_rms_jy_beam``).
 
     Returns:
@@ -884,6 +885,9 @@ def run_match(
     verdict = matcher.check(matches)
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None}
+    trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
+    corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
     report = distributions.write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths,
-                                              weight_temperature=weight_temperature, inputs=inputs, settings=settings)
+                                              weight_temperature=weight_temperature, inputs=inputs, settings=settings,
+                                              corner_parameters=corner_parameters, match_image_transform=matcher.transform)
     return report

@@ -71,5 +71,6 @@ def fake_siamese_module(image_size: int = 16, dimension: int = 24):
 
 
 def write_fake_model(path: Path, image_size: int = 16) -> Path:
-    torch.save({"image_size": image_size, "config": {}, "bank": {}, "split": {}, "parameter_names": []}, path)
+    torch.save({"image_size": image_size, "config": {}, "bank": {}, "split": {}, "parameter_names": [],
+                "target": {"parameters": ["stellar_mass", "disk_radius", "envelope_mass"]}}, path)
     return path

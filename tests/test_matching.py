@@ -184,6 +184,7 @@ def test_command_line_writes_every_output_for_a_bank_system(bank, tmp_path, monk
     report = json.loads((out / "report.json").read_text())
     assert report["inputs"]["target"]["system"] == 5 and "is_out_of_distribution" in report["out_of_distribution"]
     assert "protolib" in report["versions"] and report["settings"]["top_k"] == 12
+    assert report["settings"]["corner_parameters"] == ["stellar_mass", "disk_radius", "envelope_mass", "inclination"]
     assert "stellar_mass" in (out / "summary.csv").read_text()
 
 
