@@ -197,13 +197,15 @@ def test_command_line_writes_every_output_for_a_bank_system(bank, tmp_path, monk
         (["--model", "{model}", "--bank", "{bank}", "--target-system", "99"], "systems 0..29"),
         (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits", "--distance", "140"], "garbage.fits"),
         (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits"], "distance"),
+        (["--model", "{model64}", "--bank", "{bank}", "--target-system", "1"], "trained on 64x64 px images"),
     ],
 )
 def test_command_line_bad_input_gets_one_clear_line(bank, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
     model = write_fake_model(tmp_path / "siamese.pt")
+    model64 = write_fake_model(tmp_path / "siamese64.pt", image_size=64)
     (tmp_path / "garbage.fits").write_bytes(b"SIMPLE  = not really a FITS file")
-    filled = [a.format(tmp=tmp_path, bank=bank.path, model=model) for a in args]
+    filled = [a.format(tmp=tmp_path, bank=bank.path, model=model, model64=model64) for a in args]
     assert main(["match", *filled, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("protolib match: error:") and message in err and "\n" not in err
