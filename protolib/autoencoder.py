@@ -229,7 +229,7 @@ class AutoencoderModel:
         outputs = []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]), dtype=torch.float32, device=self.device)
+                chunk = torch.as_tensor(np.ascontiguousarray(images[start : start + batch_size]), dtype=torch.float32, device=self.device)
                 pixels, flux = self.preprocessing(chunk)
                 outputs.append((pixels, *self.network(pixels, flux)))
         return [torch.cat(parts).cpu().numpy() for parts in zip(*outputs)]
