@@ -20,7 +20,18 @@ from .runtime import ProtolibInputError, default_device
 from .splits import Split
 from .training import ImageSource, TrainingConfig, fit, load_checkpoint, system_batches
 
-__all__ = ["AutoencoderConfig", "Encoder", "Decoder", "Autoencoder", "AutoencoderModel", "train_autoencoder", "load_autoencoder", "latent_probe"]
+__all__ = [
+    "AutoencoderConfig",
+    "Encoder",
+    "Decoder",
+    "Autoencoder",
+    "AutoencoderModel",
+    "train_autoencoder",
+    "load_autoencoder",
+    "latent_probe",
+    "probe_parameters",
+    "principal_components",
+]
 
 
 @dataclass
@@ -229,7 +240,7 @@ class AutoencoderModel:
         outputs = []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                chunk = torch.as_tensor(np.asarray(images[start : start + batch_size]), dtype=torch.float32, device=self.device)
+                chunk = torch.as_tensor(np.ascontiguousarray(images[start : start + batch_size]), dtype=torch.float32, device=self.device)
                 pixels, flux = self.preprocessing(chunk)
                 outputs.append((pixels, *self.network(pixels, flux)))
         return [torch.cat(parts).cpu().numpy() for parts in zip(*outputs)]
@@ -266,3 +277,27 @@ def latent_probe(train_latents: np.ndarray, train_values: np.ndarray, test_laten
     predicted = np.c_[(test_latents - mean) / std, np.ones(len(test_latents))] @ coef
     residual = ((test_values - predicted) ** 2).sum(0)
     return 1.0 - residual / ((test_values - test_values.mean(0)) ** 2).sum(0)
+
+
+def probe_parameters(model: AutoencoderModel, bank, split: Split, names: list[str]) -> dict[str, float]:
+    """R^2 of a linear read-out of each parameter from the latent, fit on training and scored on test systems.
+
+    Parameters are log10 where log-scaled, z-scored on the training systems (:func:`latent_probe`).
+    """
+    from .normalise import ParameterNormaliser
+
+    table = bank.parameter_table(names)
+    normaliser = ParameterNormaliser(names).fit(table[split.train])
+    n_proj, size = bank.n_projections, bank.image_size
+    parts = {}
+    for part in ("train", "test"):
+        systems = getattr(split, part)
+        parts[part] = (model.encode_images(bank.load_images(systems).reshape(-1, size, size)), normaliser.transform(np.repeat(table[systems], n_proj, axis=0)))
+    return dict(zip(names, latent_probe(*parts["train"], *parts["test"]).tolist()))
+
+
+def principal_components(values: np.ndarray, n: int = 2) -> np.ndarray:
+    """The first ``n`` principal components of ``values`` ``(N, L)``: ``(N, n)``."""
+    centred = values - values.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:n].T

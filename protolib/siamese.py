@@ -257,7 +257,7 @@ class SiameseModel:
         """Unit-length embeddings ``(N, D)`` float32 of images ``(N, H, W)`` in the bank's unit."""
         from tqdm.auto import tqdm
 
-        images = np.asarray(images)
+        images = np.ascontiguousarray(images)
         if images.ndim != 3 or images.shape[1:] != (self.checkpoint["image_size"],) * 2:
             raise ProtolibInputError(f"Expected images of shape (N, {self.checkpoint['image_size']}, {self.checkpoint['image_size']}), got {images.shape}.")
         parts = []
@@ -291,7 +291,7 @@ def similarity_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
     """Spearman correlation, mean-squared error and the thesis's fraction within 0.1 of the target."""
     predicted, target = np.asarray(predicted, dtype=np.float64), np.asarray(target, dtype=np.float64)
     return {
-        "spearman": float(spearmanr(predicted, target).statistic) if len(predicted) > 1 else float("nan"),
+        "spearman": float(spearmanr(predicted, target).statistic) if np.ptp(predicted) > 0 and np.ptp(target) > 0 else float("nan"),
         "mse": float(np.mean((predicted - target) ** 2)),
         "within_0.1": float(np.mean(np.abs(predicted - target) < 0.1)),
         "pairs": int(len(predicted)),

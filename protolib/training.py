@@ -187,7 +187,8 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
 
     Returns:
         The history: one dict per epoch with ``epoch``, ``train_loss``, ``validation_loss``,
-        ``learning_rate``, ``seconds``, ``data_seconds`` (waiting for batches), ``images``.
+        ``learning_rate``, ``seconds`` (with validation), ``train_seconds`` (training steps only),
+        ``data_seconds`` (of which waiting for batches), ``images`` (training images seen).
     """
     checkpoint_path = Path(checkpoint_path)
     if config.num_threads:
@@ -234,6 +235,7 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             total += float(loss.detach())
             n_batches += 1
             n_images += len(batch[0])
+        train_seconds = time.perf_counter() - start
         validation = evaluate_loss(task, config)
         record = {
             "epoch": epoch + 1,
@@ -241,6 +243,7 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             "validation_loss": validation,
             "learning_rate": learning_rate,
             "seconds": time.perf_counter() - start,
+            "train_seconds": train_seconds,
             "data_seconds": data_seconds,
             "images": n_images,
         }
