@@ -10,7 +10,7 @@ Conventions (PHYSICS.md):
   Prepared images are in Jy/beam for *that* beam (:attr:`PreparedObservation.beam`), which is what the
   bank images are turned into by :class:`ResolutionMatch`.
 - **Resolution.** The prepared image and the matched bank images share one resolution, the
-  observation's beam (plus the smoothing of resampling onto coarser pixels), or, where the bank's beam
+  observation's beam (plus the pixel boxes of resampling, see :func:`prepare_observation`), or, where the bank's beam
   is larger along some direction, the smallest beam that contains both: the observation is then smoothed
   to it as well, since the bank cannot be sharpened.
 """
@@ -59,6 +59,8 @@ __all__ = [
 
 DEG_ARCSEC = 3600.0
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
+_NOISE_SMOOTHING = 1.0  # smoothing for the noise estimate, in beam covariances
+NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
 
 
 @dataclass
@@ -79,6 +81,12 @@ class Observation:
     frequency_ghz: float | None = None
     true_parameters: dict[str, float] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        ny, nx = self.image_jy_beam.shape
+        return (f"Observation({self.path.name!r}: {nx}x{ny} px of {self.pixel_scale_arcsec:.3g}\", beam "
+                f"{self.beam.major_arcsec:.3g}\"x{self.beam.minor_arcsec:.3g}\" PA {self.beam.position_angle_deg:.0f} deg, "
+                f"object {self.object_name!r})")
+
     @property
     def pixel_scale_arcsec(self) -> float:
         """Geometric mean pixel side [arcsec]."""
@@ -86,21 +94,29 @@ class Observation:
         return float(math.sqrt(scales[0] * scales[1]))
 
     def peak_coordinate(self) -> SkyCoord:
-        """Sky position of the brightest pixel, refined to a fraction of a pixel by a parabola."""
+        """Sky position of the brightest pixel, refined by a 2-D quadratic fit to the log of its 3 x 3
+        neighbourhood (exact for a Gaussian peak of any orientation)."""
         data = np.where(np.isfinite(self.image_jy_beam), self.image_jy_beam, -np.inf)
         row, col = np.unravel_index(int(np.argmax(data)), data.shape)
-        offsets = []
-        for axis, index in ((1, col), (0, row)):
-            lo, hi = index - 1, index + 1
-            if lo < 0 or hi >= data.shape[axis]:
-                offsets.append(0.0)
-                continue
-            take = (lambda k: data[row, k]) if axis == 1 else (lambda k: data[k, col])
-            left, mid, right = take(lo), take(index), take(hi)
-            curvature = left - 2.0 * mid + right
-            ok = np.isfinite(left) and np.isfinite(right) and curvature < 0
-            offsets.append(float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) if ok else 0.0)
-        return self.wcs.pixel_to_world(col + offsets[0], row + offsets[1])
+        return self.wcs.pixel_to_world(*_refine_peak(data, row, col))
+
+
+def _refine_peak(data: np.ndarray, row: int, col: int) -> tuple[float, float]:
+    """(column, row) of the peak near pixel (row, col), to a fraction of a pixel."""
+    if not (1 <= row < data.shape[0] - 1 and 1 <= col < data.shape[1] - 1):
+        return float(col), float(row)
+    patch = data[row - 1 : row + 2, col - 1 : col + 2]
+    if not (np.isfinite(patch).all() and (patch > 0).all()):
+        return float(col), float(row)
+    dy, dx = np.mgrid[-1:2, -1:2]
+    design = np.stack([np.ones(9), dx.ravel(), dy.ravel(), dx.ravel() ** 2, dx.ravel() * dy.ravel(), dy.ravel() ** 2], axis=1)
+    _, bx, by, cxx, cxy, cyy = np.linalg.lstsq(design, np.log(patch.ravel()), rcond=None)[0]
+    hessian = np.array([[2 * cxx, cxy], [cxy, 2 * cyy]])
+    if np.any(np.linalg.eigvalsh(hessian) >= 0):
+        return float(col), float(row)
+    offset = np.linalg.solve(hessian, -np.array([bx, by]))
+    offset = np.clip(offset, -1.0, 1.0)
+    return float(col + offset[0]), float(row + offset[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,28 +416,42 @@ def resample_to_grid(
     return total / pixel_area, np.clip(covered / pixel_area, 0.0, 1.0)
 
 
-def estimate_noise_rms(image: np.ndarray, *, name: str = "the image") -> float:
-    """Robust noise rms of an image from its emission-free pixels.
+def estimate_noise_rms(image: np.ndarray, beam: Beam, pixel_arcsec: float) -> float:
+    """Robust noise rms of an image [its unit], insensitive to emission, even emission filling the map.
 
-    The MAD standard deviation after iterative 3-sigma clipping. Where emission fills much of the map
-    (the clipped distribution is then skewed), the rms of the negative pixels is used instead (noise is
-    symmetric about zero, emission is positive), with a warning; pass the rms when you know it.
+    The image minus a copy smoothed by the beam keeps much of the noise and little of the smooth
+    emission. That residual is cut into tiles about six beams across; each tile's MAD standard
+    deviation after 3-sigma clipping is taken, and the lower quartile over tiles keeps the tiles
+    freest of emission. The same statistic of simulated noise correlated on ``beam`` (with the same
+    blanked pixels) calibrates the result, so it is the rms per pixel of the noise alone. Emission
+    with sharp structure over most of the map still biases it upwards: pass the rms when you know it.
+
+    Arguments:
+        image: ``(ny, nx)``, NaN where blanked.
+        beam: the image's beam; ``pixel_arcsec``: its pixel side.
     """
-    finite = image[np.isfinite(image)]
-    _, _, rms = sigma_clipped_stats(finite, sigma=3.0, maxiters=10, stdfunc="mad_std")
-    negative = finite[finite < 0]
-    if len(negative) >= 50:
-        rms_negative = float(np.sqrt(np.mean(negative**2)))
-        if rms_negative < 0.8 * rms:
-            warnings.warn(
-                f"{name}: emission fills much of the map; the noise rms ({rms_negative:.3g} Jy/beam) is estimated from the "
-                "negative pixels. Give it (--noise / noise_rms_jy_beam=) if you know it.", stacklevel=2)
-            return rms_negative
-    elif len(finite) >= 50:
-        warnings.warn(
-            f"{name}: too few negative pixels to check the noise rms ({rms:.3g} Jy/beam) against emission; give it "
-            "(--noise / noise_rms_jy_beam=) if you know it.", stacklevel=2)
-    return float(rms)
+    valid = np.isfinite(image)
+    smoothing = beam.covariance_pixels(pixel_arcsec) * _NOISE_SMOOTHING
+    weight = convolve_gaussian(torch.as_tensor(valid.astype(np.float64)), smoothing).numpy()
+    keep = valid & (weight > 0.5)
+    tile = max(8, int(round(6.0 * beam.major_arcsec / pixel_arcsec)))
+
+    def spread(values: np.ndarray) -> float:
+        filled = np.where(valid, values, 0.0)
+        residual = filled - convolve_gaussian(torch.as_tensor(filled), smoothing).numpy() / np.maximum(weight, 1e-12)
+        stats = []
+        for row in range(0, image.shape[0], tile):
+            for col in range(0, image.shape[1], tile):
+                inside = keep[row : row + tile, col : col + tile]
+                if inside.sum() >= 0.5 * tile * tile:
+                    part = residual[row : row + tile, col : col + tile][inside]
+                    stats.append(sigma_clipped_stats(part, sigma=3.0, maxiters=5, stdfunc="mad_std")[2])
+        if not stats:
+            return float(sigma_clipped_stats(residual[keep], sigma=3.0, maxiters=10, stdfunc="mad_std")[2])
+        return float(np.percentile(stats, 25.0))
+
+    noise = beam_noise(image.shape, beam, pixel_arcsec, np.random.default_rng(0)).numpy().astype(np.float64)
+    return spread(image) / (spread(noise) / float(noise[valid].std()))
 
 
 def common_beam_covariance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -462,22 +492,22 @@ def convolve_gaussian(images: torch.Tensor, covariance: np.ndarray) -> torch.Ten
 def effective_beam_covariance(beam: Beam, pixel_arcsec: float) -> np.ndarray:
     """The covariance [pixels^2] that :func:`~protolib.instrument.convolve_beam` really applies.
 
-    Measured from the second moments of a convolved point source, so it includes whatever the
-    instrument model adds to the nominal beam (e.g. integration over the pixel).
+    Fitted to the transfer function of a convolved point source at low spatial frequencies, where a
+    Gaussian of covariance ``C`` has ``-ln |T(k)| = 2 pi^2 k^T C k``. It equals the nominal beam for a
+    Fourier-space Gaussian and includes the pixel (``+1/12``) for a pixel-integrated kernel, so the
+    transform matches however the bank's beam was applied, even for beams of about a pixel.
     """
     nominal = beam.covariance_pixels(pixel_arcsec)
-    half = int(math.ceil(6.0 * math.sqrt(max(nominal[0, 0], nominal[1, 1])))) + 2
-    point = torch.zeros((2 * half + 1, 2 * half + 1), dtype=torch.float64)
-    point[half, half] = 1.0
+    n = max(64, 2 * int(math.ceil(8.0 * math.sqrt(max(nominal[0, 0], nominal[1, 1])))) + 1)
+    point = torch.zeros((n, n), dtype=torch.float64)
+    point[n // 2, n // 2] = 1.0
     kernel = convolve_beam(point, beam, pixel_arcsec).numpy()
-    offsets = np.arange(2 * half + 1) - half
-    west, north = np.meshgrid(offsets, offsets)  # (rows north, columns west)
-    weight = kernel / kernel.sum()
-    mw, mn = (weight * west).sum(), (weight * north).sum()
-    cww = (weight * (west - mw) ** 2).sum()
-    cnn = (weight * (north - mn) ** 2).sum()
-    cwn = (weight * (west - mw) * (north - mn)).sum()
-    return np.array([[cww, cwn], [cwn, cnn]])
+    transfer = np.abs(np.fft.fft2(np.fft.ifftshift(kernel)))
+    ky, kx = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    use = (np.hypot(kx, ky) < 0.2) & (transfer > 0.05) & (np.hypot(kx, ky) > 0)
+    design = np.stack([kx[use] ** 2, 2 * kx[use] * ky[use], ky[use] ** 2], axis=1)
+    cxx, cxy, cyy = np.linalg.lstsq(design, -np.log(transfer[use]) / (2 * math.pi**2), rcond=None)[0]
+    return np.array([[cxx, cxy], [cxy, cyy]])
 
 
 def _solid_angle_pixels(covariance: np.ndarray) -> float:
@@ -594,6 +624,13 @@ class PreparedObservation:
     true_parameters: dict[str, float] = field(default_factory=dict)
     original: Observation | None = None
 
+    def __repr__(self) -> str:
+        n, b = self.grid.image_size, self.beam
+        return (f"PreparedObservation({Path(self.source_path).name!r} at {self.distance_pc:g} pc -> {n}x{n} px of "
+                f"{self.grid.pixel_size_au:.3g} au at {self.grid.distance_pc:g} pc; beam {b.major_arcsec:.3g}\"x"
+                f"{b.minor_arcsec:.3g}\" PA {b.position_angle_deg:.0f} deg; noise {self.noise_rms_jy_beam:.3g} Jy/beam; "
+                f"{100 * self.padded_fraction:.1f}% padded)")
+
     @property
     def flux_scale(self) -> float:
         """Factor applied to fluxes to move the source to the bank's distance: ``(d / d_bank)^2``."""
@@ -707,8 +744,9 @@ def prepare_observation(
 ) -> PreparedObservation:
     """Put an observed image on the bank's grid, in the bank's units, at a resolution the bank can match.
 
-    Steps: read the file (:func:`read_observation`); estimate the noise rms (:func:`estimate_noise_rms`)
-    unless given; centre on the emission peak (or ``centre``); resample onto the bank's grid in au at
+    Steps: read the file (:func:`read_observation`); centre on the emission peak (or ``centre``);
+    estimate the noise rms (:func:`estimate_noise_rms`, within :data:`NOISE_BOX` pixels about the
+    source) unless given; resample onto the bank's grid in au at
     ``distance_pc`` (:func:`resample_to_grid`, flux conserving); smooth to a beam that contains the
     bank's where the observation is sharper than the bank; convert to Jy per resulting beam and scale
     fluxes by ``(distance_pc / bank_distance_pc) ** 2``. Fields smaller than the bank's are zero padded
@@ -750,21 +788,25 @@ def prepare_observation(
             f"{path}: the beam ({observation.beam.major_arcsec:.3g}\" = {beam_au:.0f} au at {distance_pc:g} pc) is larger than "
             f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
         )
-    if noise_rms_jy_beam is None:
-        noise_rms_jy_beam = estimate_noise_rms(observation.image_jy_beam, name=str(path))
+    image = observation.image_jy_beam
     if centre is None:
         centre = observation.peak_coordinate()
-        peak = float(np.nanmax(observation.image_jy_beam))
-        if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
-            warnings.warn(
-                f"{path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the centre may be "
-                "a noise peak. Give the source's position (--centre / centre=).", stacklevel=2)
     else:
         centre = _parse_centre(centre, path)
-        x, y = observation.wcs.world_to_pixel(centre)
-        ny, nx = observation.image_jy_beam.shape
-        if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
-            raise ProtolibInputError(f"{path}: the centre {centre.to_string('hmsdms')} lies outside the image.")
+    x, y = observation.wcs.world_to_pixel(centre)
+    ny, nx = image.shape
+    if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+        raise ProtolibInputError(f"{path}: the centre {centre.to_string('hmsdms')} lies outside the image.")
+    if noise_rms_jy_beam is None:  # from at most NOISE_BOX x NOISE_BOX pixels about the source
+        row0 = int(np.clip(round(float(y)) - NOISE_BOX // 2, 0, max(0, ny - NOISE_BOX)))
+        col0 = int(np.clip(round(float(x)) - NOISE_BOX // 2, 0, max(0, nx - NOISE_BOX)))
+        box = image[row0 : row0 + NOISE_BOX, col0 : col0 + NOISE_BOX]
+        noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec)
+    peak = float(np.nanmax(image))
+    if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
+        warnings.warn(
+            f"{path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
+            "undetected or the centre a noise peak. Give the source's position (--centre / centre=).", stacklevel=2)
 
     size = grid.image_size
     pixel_arcsec_obs = grid.pixel_size_au / distance_pc  # bank pixel seen at the observed distance
@@ -782,10 +824,12 @@ def prepare_observation(
             f"{path}: the observation covers {100 * covered:.1f}% of the bank's {field_au:.0f} au field; "
             f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).", stacklevel=2)
 
-    # Resolution: the beam, plus the smoothing of averaging over pixels coarser than the source's.
+    # Resolution: the beam, plus the pixels. Observed pixels are samples of the beam-convolved sky; held
+    # constant over their pixel (a box of the source pixel) and averaged over a target pixel (a box of the
+    # target pixel), each box taken as a Gaussian of the same variance (side^2 / 12).
     observed = observation.beam.covariance_pixels(pixel_arcsec_obs)
     source_pixel = observation.pixel_scale_arcsec / pixel_arcsec_obs  # in target pixels
-    effective = observed + max(0.0, 1.0 - source_pixel**2) / 12.0 * np.eye(2)
+    effective = observed + (1.0 + source_pixel**2) / 12.0 * np.eye(2)
     working = effective
     if grid.beam is not None:
         working = common_beam_covariance(effective, effective_beam_covariance(grid.beam, grid.pixel_arcsec))
