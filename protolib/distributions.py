@@ -310,7 +310,7 @@ def corner_plot(
     with _quiet_corner():
         fig = corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
                             contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
-                            "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}})
+                            "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}, "smooth": 1.0})
     truth_values = None
     if truths:
         truth_values = [float(_scaled([truths[n]], _info(n, parameter_info).log_scale, n)[0]) if n in truths else None
