@@ -76,7 +76,7 @@ class PairConfig:
     """Which pairs a training step compares."""
 
     mode: str = "all"  # "all": every pair within a batch; "fixed": the thesis's fixed random pairs
-    fixed_fraction: float = 0.05  # fixed mode: fraction of all pairs of training images drawn once
+    fixed_fraction: float = 0.001  # fixed mode: fraction of all pairs of training images drawn once (each epoch visits all)
 
     def __post_init__(self):
         if self.mode not in ("all", "fixed"):
