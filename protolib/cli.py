@@ -82,6 +82,50 @@ def _register_import_thesis(sub) -> None:
     p.set_defaults(handler=handler)
 
 
+def _register_match(sub) -> None:
+    p = sub.add_parser("match", help="match a target image to the bank and summarise its best matches' parameters",
+                       description="Find the bank images most similar to a target (an observation FITS file or a bank "
+                                   "system) and write the matches, parameter summaries, a corner plot, a gallery and a report.")
+    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=Path, help="bank file to search (.h5)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", type=Path, help="observation to match (FITS image)")
+    target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
+    p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
+    p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
+    p.add_argument("--centre", "--center", dest="centre", default=None,
+                   help="with --target: sky position to centre on, 'RA DEC' (default: the emission peak)")
+    p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
+                   help="with --target: beam FWHM axes [arcsec] and PA [deg], when the header has none")
+    p.add_argument("--noise", type=float, default=None, help="with --target: noise rms [Jy/beam] (default: estimated)")
+    p.add_argument("--top-k", type=int, default=200, help="number of best matches (default 200; 0: all above --threshold)")
+    p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
+    p.add_argument("--weight-temperature", type=float, default=None,
+                   help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (default: equal weights)")
+    p.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto", help="nearest-neighbour search (default auto)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--out", required=True, type=Path, help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .matching import run_match
+
+        report = _run_reporting_warnings("match", lambda: run_match(
+            args.model, args.bank, args.out, target=args.target, target_system=args.target_system, projection=args.projection,
+            distance_pc=args.distance, top_k=args.top_k or None, threshold=args.threshold,
+            weight_temperature=args.weight_temperature, backend=args.backend, device=args.device,
+            observation_options={"centre": args.centre, "beam": _beam_argument(args.beam, str(args.target)),
+                                 "noise_rms_jy_beam": args.noise}))
+        verdict = report["out_of_distribution"]
+        print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
+              f"{report['best_similarity']:.3f}).")
+        print(verdict["message"], file=sys.stderr if verdict["is_out_of_distribution"] else sys.stdout)
+
+    p.set_defaults(handler=handler)
+
+
 def _run_reporting_warnings(command: str, action):
     """Run ``action()``, printing each warning as one line ``protolib COMMAND: warning: ...``."""
     import warnings
@@ -211,7 +255,133 @@ def _register_simulate_observation(sub) -> None:
     p.set_defaults(handler=handler)
 
 
-REGISTRY = [_register_simulate, _register_import_thesis, _register_observe, _register_simulate_observation]
+def _parse_set(items: list[str] | None) -> dict:
+    """``["autoencoder.model.latent_size=16", ...]`` as a nested dict (values read as YAML)."""
+    import yaml
+
+    result: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ProtolibInputError(f"--set expects SECTION.KEY=VALUE (e.g. siamese.loss.kind=mse), got {item!r}.")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return result
+
+
+def _stage_overrides(args, stage: str, options: dict) -> dict:
+    """The named command-line options of a stage as nested overrides of its config section."""
+    overrides: dict = {}
+    section = overrides.setdefault(stage, {})
+    for attribute, (part, key) in options.items():
+        value = getattr(args, attribute, None)
+        if value is not None:
+            section.setdefault(part, {})[key] = value
+    return overrides
+
+
+def _add_learning_options(p) -> None:
+    p.add_argument("--bank", required=True, type=Path, help="bank file (.h5)")
+    p.add_argument("--out", required=True, type=Path, help="run folder for the checkpoint, history and metrics")
+    p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
+    p.add_argument("--epochs", type=int, help="most epochs to train (early stopping may end sooner)")
+    p.add_argument("--batch-systems", type=int, help="systems per batch")
+    p.add_argument("--learning-rate", type=float, help="AdamW learning rate at the start")
+    p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
+    p.add_argument("--seed", type=int, help="seed of initialisation, batch order and augmentation")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any config setting, e.g. --set siamese.loss.kind=contrastive (repeatable)")
+
+
+_TRAINING_OPTIONS = {"epochs": ("training", "epochs"), "batch_systems": ("training", "batch_systems"),
+                     "learning_rate": ("training", "learning_rate"), "patience": ("training", "patience"),
+                     "seed": ("training", "seed"), "threads": ("training", "num_threads")}
+
+
+def _learning_config(args):
+    from .config import load_config
+
+    return load_config(args.config, _parse_set(args.set))
+
+
+def _register_train_autoencoder(sub) -> None:
+    p = sub.add_parser("train-autoencoder", help="train the convolutional autoencoder on a bank",
+                       description="Train the autoencoder on the bank's training systems; writes OUT/autoencoder.pt.")
+    _add_learning_options(p)
+    p.add_argument("--latent-size", type=int, help="length of the latent vector")
+    p.add_argument("--channels", type=lambda s: [int(c) for c in s.split(",")], help="feature maps per level, e.g. 16,32,64")
+    p.add_argument("--stretch", choices=["minmax", "asinh"], help="per-image brightness stretch")
+    p.add_argument("--flux", dest="use_flux", action="store_true", default=None, help="give the network the log total flux")
+    p.add_argument("--no-flux", dest="use_flux", action="store_false", help="stretched pixels only")
+
+    def handler(args):
+        from .autoencoder import load_autoencoder, train_autoencoder
+        from .bank import Bank
+        from .learning import autoencoder_settings, run_split
+
+        options = {**_TRAINING_OPTIONS, "latent_size": ("model", "latent_size"), "channels": ("model", "channels"),
+                   "use_flux": ("model", "use_flux"), "stretch": ("images", "stretch")}
+        overrides = _stage_overrides(args, "autoencoder", options)
+        config = _learning_config(args)
+        settings = autoencoder_settings(config, overrides.get("autoencoder"))
+        with Bank(args.bank) as bank:
+            path = train_autoencoder(bank, args.out / "autoencoder.pt", split=run_split(config, bank), resume=args.resume,
+                                     progress=not args.quiet, device=args.device, **settings)
+        model = load_autoencoder(path, "cpu")
+        print(f"Wrote {path} (best epoch {model.checkpoint['best_epoch']}, validation loss {model.checkpoint['best_validation_loss']:.4g}).")
+
+    p.set_defaults(handler=handler)
+
+
+def _register_train_siamese(sub) -> None:
+    p = sub.add_parser("train-siamese", help="train the Siamese network by weakly supervised metric learning",
+                       description="Train the Siamese network from a pretrained autoencoder; writes OUT/siamese.pt and "
+                                   "OUT/metrics.json (held-out spearman, mse, within_0.1).")
+    _add_learning_options(p)
+    p.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint (RUN/autoencoder.pt)")
+    p.add_argument("--target", choices=["kernel", "cosine"], help="target similarity from parameters")
+    p.add_argument("--parameters", type=lambda s: s.split(","), help="parameters defining similarity, comma-separated")
+    p.add_argument("--weights", type=lambda s: [float(w) for w in s.split(",")], help="a weight per parameter, comma-separated")
+    p.add_argument("--sigma", type=float, help="kernel width in normalised units")
+    p.add_argument("--loss", choices=["mse", "contrastive", "log_ratio"], help="metric-learning loss")
+    p.add_argument("--pairs", choices=["all", "fixed"], help="every pair within a batch, or the thesis's fixed pairs")
+    p.add_argument("--embedding-size", type=int, help="length of the embedding")
+    p.add_argument("--freeze-encoder", action="store_true", default=None, help="keep the pretrained encoder fixed")
+
+    def handler(args):
+        import json
+
+        from .bank import Bank
+        from .learning import run_split, siamese_settings
+        from .siamese import metrics_path, train_siamese
+
+        options = {**_TRAINING_OPTIONS, "target": ("target", "kind"), "parameters": ("target", "parameters"),
+                   "weights": ("target", "weights"), "sigma": ("target", "sigma"), "loss": ("loss", "kind"),
+                   "pairs": ("pairs", "mode"), "embedding_size": ("model", "embedding_size"),
+                   "freeze_encoder": ("model", "freeze_encoder")}
+        overrides = _stage_overrides(args, "siamese", options)
+        config = _learning_config(args)
+        settings = siamese_settings(config, overrides.get("siamese"))
+        with Bank(args.bank) as bank:
+            path = train_siamese(bank, args.autoencoder, args.out / "siamese.pt", split=run_split(config, bank), resume=args.resume,
+                                 progress=not args.quiet, device=args.device, **settings)
+        metrics = json.loads(metrics_path(path).read_text())
+        print(f"Wrote {path} and {metrics_path(path)}: held-out spearman {metrics['spearman']:.3f}, "
+              f"mse {metrics['mse']:.4f}, within_0.1 {metrics['within_0.1']:.3f}.")
+
+    p.set_defaults(handler=handler)
+
+
+
+REGISTRY = [_register_simulate, _register_import_thesis, _register_train_autoencoder, _register_train_siamese,
+            _register_observe, _register_simulate_observation, _register_match]
 
 
 def build_parser() -> argparse.ArgumentParser:

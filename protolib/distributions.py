@@ -1,0 +1,606 @@
+"""Posterior-like distributions: the physical parameters of a target's best matches, summarised and plotted.
+
+The parameters of the best matches form a posterior-like distribution for the target; the whole
+bank is its prior. Quantities spanning decades (``log_scale``) are summarised and plotted in
+log10 and reported in physical units. Plot functions take data and keyword options and return
+the figure; they never show or save it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .bank import Bank
+from .matching import Matches
+from .parameters import PARAMETERS, VIEWING_PARAMETERS, Parameter
+from .runtime import ProtolibInputError, atomic_path
+
+__all__ = [
+    "PERCENTILES",
+    "ParameterSummary",
+    "match_parameters",
+    "prior_parameters",
+    "truth_parameters",
+    "weighted_percentile",
+    "similarity_weights",
+    "summarise",
+    "format_summary",
+    "write_csv",
+    "corner_plot",
+    "marginals_plot",
+    "gallery_plot",
+    "truth_coverage",
+    "match_rows",
+    "match_images",
+    "write_match_report",
+]
+
+PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
+
+
+def match_parameters(bank: Bank, matches: Matches, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The physical parameters of each match, in physical units, plus its viewing angles.
+
+    Returns:
+        A dict name -> ``(n_matches,)``: every bank parameter (or ``names``), ``inclination`` and
+        ``position_angle`` [deg] of the matched projection.
+    """
+    names = list(bank.parameters) if names is None else list(names)
+    table = {name: bank.parameters[name][matches.system] for name in names if name in bank.parameters}
+    missing = [n for n in names if n not in bank.parameters and n not in VIEWING_PARAMETERS]
+    if missing:
+        raise ProtolibInputError(f"Bank {bank.path} has no parameter(s) {missing}; it has {list(bank.parameters)}.")
+    table["inclination"] = bank.inclination[matches.system, matches.projection]
+    table["position_angle"] = bank.position_angle[matches.system, matches.projection]
+    return table
+
+
+def prior_parameters(bank: Bank, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The prior: one entry per bank image (each system's parameters once per projection), viewing angles included."""
+    names = list(bank.parameters) if names is None else list(names)
+    table = {name: np.repeat(bank.parameters[name], bank.n_projections) for name in names if name in bank.parameters}
+    table["inclination"] = bank.inclination.reshape(-1)
+    table["position_angle"] = bank.position_angle.reshape(-1)
+    return table
+
+
+def truth_parameters(bank: Bank, system: int, projection: int = 0) -> dict[str, float]:
+    """The true parameters of a bank system seen in one projection (for a simulated target)."""
+    truths = {name: float(values[system]) for name, values in bank.parameters.items()}
+    truths["inclination"] = float(bank.inclination[system, projection])
+    truths["position_angle"] = float(bank.position_angle[system, projection])
+    return truths
+
+
+def _info(name: str, parameter_info: Mapping[str, Parameter] | None) -> Parameter:
+    if parameter_info and name in parameter_info:
+        return parameter_info[name]
+    if name in PARAMETERS:
+        return PARAMETERS[name]
+    if name in VIEWING_PARAMETERS:
+        return VIEWING_PARAMETERS[name]
+    return Parameter(name, "", "", log_scale=False)
+
+
+def _scaled(values: np.ndarray, log_scale: bool, name: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if not log_scale:
+        return values
+    if np.any(values <= 0):
+        raise ProtolibInputError(f"Parameter {name} is log-scaled but has values <= 0.")
+    return np.log10(values)
+
+
+def weighted_percentile(values: np.ndarray, percentiles: Sequence[float], weights: np.ndarray | None = None) -> np.ndarray:
+    """Percentiles of ``values`` (in 0..100), each value counting with its weight.
+
+    Without weights this is ``numpy.percentile`` (linear interpolation). With weights, the
+    percentile is read off the weighted cumulative distribution at the mid-points of each value's
+    weight, which gives back ``numpy.percentile`` for equal weights.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return np.full(len(percentiles), np.nan)
+    if weights is None:
+        return np.percentile(values, percentiles)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != values.shape or np.any(weights < 0) or not np.any(weights > 0):
+        raise ProtolibInputError("Weights must be non-negative, not all zero, one per value.")
+    order = np.argsort(values)
+    values, weights = values[order], weights[order]
+    cumulative = np.cumsum(weights) - 0.5 * weights
+    cumulative = (cumulative - cumulative[0]) / max(cumulative[-1] - cumulative[0], np.finfo(float).tiny)
+    return np.interp(np.asarray(percentiles) / 100.0, cumulative, values)
+
+
+def similarity_weights(similarity: np.ndarray, temperature: float = 0.02) -> np.ndarray:
+    """Weights ``exp((s - s_max) / temperature)`` for matches of similarity ``s``, summing to 1.
+
+    Cosine similarities of good matches crowd near 1, so weighting by ``s`` itself changes nearly
+    nothing; the temperature sets how fast a match's weight falls with its similarity (a match
+    ``temperature`` below the best counts ``1/e`` as much).
+    """
+    if temperature <= 0:
+        raise ProtolibInputError(f"The weighting temperature must be positive, got {temperature}.")
+    similarity = np.asarray(similarity, dtype=np.float64)
+    weights = np.exp((similarity - similarity.max()) / temperature)
+    return weights / weights.sum()
+
+
+@dataclass
+class ParameterSummary:
+    """One parameter's distribution over the best matches, in physical units.
+
+    ``width_68`` is half the 16-84 range, in dex for log-scaled parameters; ``prior_width_ratio``
+    compares it with the prior's (near 1: the matches do not constrain the parameter).
+    """
+
+    parameter: str
+    unit: str
+    log_scale: bool
+    median: float
+    p16: float
+    p84: float
+    p2_5: float
+    p97_5: float
+    width_68: float
+    prior_width_ratio: float
+    n_matches: int
+    truth: float = float("nan")
+
+
+def summarise(
+    samples: Mapping[str, np.ndarray],
+    *,
+    parameters: Sequence[str] | None = None,
+    weights: np.ndarray | None = None,
+    prior: Mapping[str, np.ndarray] | None = None,
+    truths: Mapping[str, float] | None = None,
+    parameter_info: Mapping[str, Parameter] | None = None,
+) -> list[ParameterSummary]:
+    """Median, 16/84 and 2.5/97.5 percentiles of each parameter over the matches.
+
+    Log-scaled parameters are summarised in log10 and reported in physical units (so a log-normal
+    sample's median is its geometric median).
+
+    Arguments:
+        samples: name -> ``(n,)`` values of each match, physical units (:func:`match_parameters`).
+        parameters: which parameters (default: all in ``samples``).
+        weights: ``(n,)`` optional weight per match (:func:`similarity_weights`).
+        prior: name -> values over the whole bank, for ``prior_width_ratio``.
+        truths: name -> true value, when the target is simulated.
+        parameter_info: units and log scaling (default: :data:`~protolib.parameters.PARAMETERS`).
+
+    Returns:
+        One :class:`ParameterSummary` per parameter.
+    """
+    parameters = list(samples) if parameters is None else list(parameters)
+    summaries = []
+    for name in parameters:
+        if name not in samples:
+            raise ProtolibInputError(f"No parameter {name!r} among the matches' parameters {list(samples)}.")
+        info = _info(name, parameter_info)
+        scaled = _scaled(samples[name], info.log_scale, name)
+        p2_5, p16, p50, p84, p97_5 = weighted_percentile(scaled, PERCENTILES, weights)
+        width = 0.5 * (p84 - p16)
+        ratio = float("nan")
+        if prior is not None and name in prior:
+            q16, q84 = np.percentile(_scaled(prior[name], info.log_scale, name), [16, 84])
+            ratio = float(width / (0.5 * (q84 - q16))) if q84 > q16 else float("nan")
+        back = (lambda v: float(10**v)) if info.log_scale else float
+        truth = float(truths[name]) if truths and name in truths else float("nan")
+        summaries.append(ParameterSummary(name, info.unit, info.log_scale, back(p50), back(p16), back(p84), back(p2_5),
+                                          back(p97_5), float(width), ratio, len(scaled), truth))
+    return summaries
+
+
+def truth_coverage(
+    bank: Bank, matches_by_system: Mapping[int, Matches], *, projection: int = 0, parameters: Sequence[str] | None = None
+) -> list[dict]:
+    """How often the true value lies within the matches' 68% and 95% ranges, over many bank targets.
+
+    For a well-calibrated posterior-like distribution these fractions are about 0.68 and 0.95;
+    ``median_width_ratio`` near 1 means the matches constrain the parameter no better than the prior.
+
+    Arguments:
+        bank: the bank the targets come from.
+        matches_by_system: target system -> its matches (e.g. the test systems').
+        projection: the targets' projection (for their viewing angles).
+        parameters: which parameters (default: every bank parameter and the inclination).
+
+    Returns:
+        One dict per parameter: ``parameter``, ``within_68``, ``within_95``, ``median_width_ratio``, ``n_targets``.
+    """
+    prior = prior_parameters(bank)
+    parameters = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    rows = {name: [] for name in parameters}
+    for system, matches in matches_by_system.items():
+        truths = truth_parameters(bank, system, projection)
+        for s in summarise(match_parameters(bank, matches), parameters=parameters, prior=prior, truths=truths,
+                           parameter_info=bank.parameter_info):
+            rows[s.parameter].append((_within(s.p16, s.truth, s.p84), _within(s.p2_5, s.truth, s.p97_5), s.prior_width_ratio))
+    return [{"parameter": name, "within_68": float(np.mean([r[0] for r in hits])), "within_95": float(np.mean([r[1] for r in hits])),
+             "median_width_ratio": float(np.nanmedian([r[2] for r in hits])), "n_targets": len(hits)}
+            for name, hits in rows.items()]
+
+
+def _within(low: float, value: float, high: float, rtol: float = 1e-9) -> bool:
+    """``low <= value <= high`` up to rounding (percentiles go through log10 and back)."""
+    return low - rtol * abs(low) <= value <= high + rtol * abs(high)
+
+
+def format_summary(summaries: Sequence[ParameterSummary]) -> str:
+    """A plain-text table of summaries: median with 68% and 95% ranges, units, and truth when known."""
+    lines = [f"{'parameter':<18} {'median':>10} {'16%':>10} {'84%':>10} {'2.5%':>10} {'97.5%':>10}  {'unit':<8} {'width/prior':>11} {'truth':>10}"]
+    for s in summaries:
+        lines.append(
+            f"{s.parameter:<18} {s.median:>10.3g} {s.p16:>10.3g} {s.p84:>10.3g} {s.p2_5:>10.3g} {s.p97_5:>10.3g}  "
+            f"{s.unit:<8} {s.prior_width_ratio:>11.2f} {s.truth:>10.3g}"
+        )
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[Mapping] | Sequence[ParameterSummary], path: str | Path) -> Path:
+    """Write rows (dicts or summaries) to a CSV file atomically; the columns are the first row's keys."""
+    rows = [asdict(r) if isinstance(r, ParameterSummary) else dict(r) for r in rows]
+    if not rows:
+        raise ProtolibInputError(f"Nothing to write to {path}: no rows.")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def _matrix(samples: Mapping[str, np.ndarray], parameters: Sequence[str], parameter_info) -> np.ndarray:
+    return np.stack([_scaled(samples[n], _info(n, parameter_info).log_scale, n) for n in parameters], axis=1)
+
+
+def corner_plot(
+    samples: Mapping[str, np.ndarray],
+    prior: Mapping[str, np.ndarray],
+    *,
+    parameters: Sequence[str] | None = None,
+    weights: np.ndarray | None = None,
+    truths: Mapping[str, float] | None = None,
+    parameter_info: Mapping[str, Parameter] | None = None,
+    label: str = "best matches",
+    color: str = "C0",
+    bins: int = 20,
+):
+    """Corner plot of the matches' parameters over the prior (the whole bank), with truths when known.
+
+    Histograms are densities, so the matches and the prior compare by shape. Log-scaled parameters
+    are shown in log10.
+
+    Arguments:
+        samples: name -> ``(n,)`` values of each match (physical units).
+        prior: name -> values over the whole bank.
+        parameters: which parameters (default: every one in ``samples`` except the position angle).
+        weights: optional ``(n,)`` weight per match.
+        truths: name -> true value (drawn as lines).
+        parameter_info: units and log scaling.
+        label, color, bins: appearance.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import corner
+    from matplotlib.lines import Line2D
+
+    parameters = [p for p in samples if p != "position_angle"] if parameters is None else list(parameters)
+    if len(parameters) < 2:
+        raise ProtolibInputError(f"A corner plot needs at least two parameters; got {list(parameters)}.")
+    matches = _matrix(samples, parameters, parameter_info)
+    bank = _matrix(prior, parameters, parameter_info)
+    lo, hi = np.minimum(bank.min(0), matches.min(0)), np.maximum(bank.max(0), matches.max(0))
+    pad = 0.02 * np.where(hi > lo, hi - lo, 1.0)
+    ranges = list(zip(lo - pad, hi + pad))
+    labels = [_info(n, parameter_info).axis_label for n in parameters]
+    common = dict(range=ranges, bins=bins, labels=labels, plot_datapoints=False, plot_density=False,
+                  levels=(0.393, 0.865), label_kwargs={"fontsize": 9})
+    dense_prior = len(bank) >= 500  # fewer: contours of the prior are noise, show its points
+    with _quiet_corner():
+        fig = corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
+                            contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
+                            "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}, "smooth": 1.0})
+    truth_values = None
+    if truths:
+        truth_values = [float(_scaled([truths[n]], _info(n, parameter_info).log_scale, n)[0]) if n in truths else None
+                        for n in parameters]
+    if len(matches) >= 50:
+        with _quiet_corner():
+            fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
+                                hist_kwargs={"density": True, "color": color}, fill_contours=True, smooth=1.0,
+                                **{**common, "bins": max(8, min(bins, int(np.sqrt(len(matches)))))})
+    else:  # too few for contours (or for corner itself): the matches as points
+        _overplot_few(fig, matches, weights, ranges, max(5, min(bins, len(matches) // 3)), color)
+        if truth_values:
+            corner.overplot_lines(fig, truth_values, color="C3")
+            corner.overplot_points(fig, [truth_values], marker="s", color="C3", ms=4)
+    _fit_diagonal(fig, len(parameters))
+    handles = [Line2D([], [], color=color, label=f"{label} ({len(matches)})"),
+               Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({len(bank)})")]
+    if truth_values:
+        handles.append(Line2D([], [], color="C3", label="truth"))
+    fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=10)
+    return fig
+
+
+def _fit_diagonal(fig, n: int) -> None:
+    """Let each diagonal panel's height fit the tallest of its histograms (corner sets it from the first)."""
+    axes = np.array(fig.axes).reshape(n, n)
+    for i in range(n):
+        heights = [line.get_ydata() for line in axes[i, i].lines if len(line.get_ydata()) > 2]
+        heights += [patch.get_path().vertices[:, 1] for patch in axes[i, i].patches]
+        top = max((float(np.max(h)) for h in heights if len(h)), default=0.0)
+        if top > 0:
+            axes[i, i].set_ylim(0, 1.1 * top)
+
+
+@contextlib.contextmanager
+def _quiet_corner():
+    """Silence corner's "Too few points to create valid contours" (sparse panels simply show no contour)."""
+
+    def sparse(record: logging.LogRecord) -> bool:
+        return "Too few points" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(sparse)
+    try:
+        yield
+    finally:
+        root.removeFilter(sparse)
+
+
+def _overplot_few(fig, matches: np.ndarray, weights, ranges, bins: int, color: str) -> None:
+    import corner
+
+    n = matches.shape[1]
+    axes = np.array(fig.axes).reshape(n, n)
+    for i in range(n):
+        axes[i, i].hist(matches[:, i], bins=np.linspace(*ranges[i], bins + 1), weights=weights, density=True,
+                        histtype="step", color=color, lw=1.5)
+    corner.overplot_points(fig, matches, marker="o", ms=3, alpha=0.7, color=color)
+
+
+def marginals_plot(
+    distributions: Mapping[str, Mapping[str, np.ndarray]],
+    prior: Mapping[str, np.ndarray],
+    *,
+    parameters: Sequence[str] | None = None,
+    truths: Mapping[str, float] | None = None,
+    parameter_info: Mapping[str, Parameter] | None = None,
+    n_columns: int = 4,
+    bins: int = 20,
+):
+    """One panel per parameter: the prior and each named distribution (e.g. best and random matches).
+
+    Arguments:
+        distributions: label -> (name -> values), e.g. ``{"best 200": ..., "random 200": ...}``.
+        prior: name -> values over the whole bank.
+        parameters: which parameters (default: those of the first distribution, position angle excluded).
+        truths: name -> true value.
+        parameter_info: units and log scaling.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    first = next(iter(distributions.values()))
+    parameters = [p for p in first if p != "position_angle"] if parameters is None else list(parameters)
+    n_rows = int(np.ceil(len(parameters) / n_columns))
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 2.6 * n_rows), squeeze=False)
+    for ax, name in zip(axes.flat, parameters):
+        info = _info(name, parameter_info)
+        bank = _scaled(prior[name], info.log_scale, name)
+        edges = np.linspace(bank.min(), bank.max(), bins + 1)
+        ax.hist(bank, edges, density=True, color="0.8", label="prior (bank)")
+        for i, (label, samples) in enumerate(distributions.items()):
+            ax.hist(np.clip(_scaled(samples[name], info.log_scale, name), edges[0], edges[-1]), edges, density=True,
+                    histtype="step", lw=1.6, color=f"C{i}", label=label)
+        if truths and name in truths:
+            ax.axvline(_scaled([truths[name]], info.log_scale, name)[0], color="C3", lw=1.5, label="truth")
+        ax.set_xlabel(info.axis_label, fontsize=9)
+        ax.set_yticks([])
+    for ax in axes.flat[len(parameters):]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig
+
+
+def gallery_plot(
+    target_image: np.ndarray,
+    images: np.ndarray,
+    similarities: np.ndarray,
+    *,
+    captions: Sequence[str] | None = None,
+    target_caption: str = "target",
+    n_columns: int = 6,
+    pixel_size_au: float | None = None,
+    cmap: str = "inferno",
+):
+    """The target beside its best matches, each titled with its similarity.
+
+    Images are shown north up, east left, each scaled to its own 0.5-99.8 percentile range.
+
+    Arguments:
+        target_image: ``(H, W)``.
+        images: ``(n, H, W)`` the matches' images, best first.
+        similarities: ``(n,)`` similarity of each match.
+        captions: optional extra line per match (e.g. its system and inclination).
+        target_caption: the target's title.
+        n_columns: panels per row (the target takes the first).
+        pixel_size_au: when given, axes in au offsets from the centre.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images)
+    panels = [(np.asarray(target_image), target_caption)] + [
+        (img, f"#{i + 1}  s = {s:.3f}" + (f"\n{captions[i]}" if captions is not None else ""))
+        for i, (img, s) in enumerate(zip(images, similarities))
+    ]
+    n_rows = int(np.ceil(len(panels) / n_columns))
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(2.2 * n_columns, 2.5 * n_rows), squeeze=False)
+    extent = None
+    if pixel_size_au is not None:
+        half = 0.5 * pixel_size_au * target_image.shape[-1]
+        extent = (half, -half, -half, half)  # east offset grows to the left
+    for i, (ax, (img, title)) in enumerate(zip(axes.flat, panels)):
+        lo, hi = np.percentile(img, [0.5, 99.8])
+        ax.imshow(img, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12, extent=extent)
+        ax.set_title(title, fontsize=8, color="C3" if i == 0 else "black")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("C3")
+                spine.set_linewidth(2)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def match_rows(bank: Bank, matches: Matches) -> list[dict]:
+    """One row per match: rank, similarity, system, system id, projection, viewing angles, every parameter."""
+    table = match_parameters(bank, matches)
+    rows = []
+    for i in range(len(matches)):
+        row = {"rank": i + 1, "similarity": float(matches.similarity[i]), "system": int(matches.system[i]),
+               "system_id": int(bank.system_id[matches.system[i]]), "projection": int(matches.projection[i])}
+        row.update({name: float(values[i]) for name, values in table.items()})
+        rows.append(row)
+    return rows
+
+
+def write_match_report(
+    out_dir: str | Path,
+    bank: Bank,
+    matches: Matches,
+    target_image: np.ndarray,
+    *,
+    verdict,
+    truths: Mapping[str, float] | None = None,
+    weight_temperature: float | None = None,
+    inputs: Mapping | None = None,
+    settings: Mapping | None = None,
+    n_gallery: int = 11,
+    corner_parameters: Sequence[str] | None = None,
+    match_image_transform=None,
+) -> dict:
+    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
+
+    Every file is written atomically, ``report.json`` last.
+
+    Arguments:
+        out_dir: the folder (created when missing).
+        bank: the bank searched.
+        matches: the target's best matches.
+        target_image: ``(H, W)`` the target as matched.
+        verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
+        truths: the target's true parameters, when it is simulated.
+        weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
+        inputs, settings: recorded in the report as given.
+        n_gallery: matches shown in the gallery.
+        corner_parameters: the corner plot's parameters (default: every bank parameter and the
+            inclination); ``summary.csv`` always has them all.
+        match_image_transform: shows the matches in the gallery as the network saw them (e.g. at an
+            observation's beam and noise).
+
+    Returns:
+        The report (as written to ``report.json``).
+    """
+    import json
+    import platform
+
+    import matplotlib.pyplot as plt
+
+    from . import __version__
+
+    out_dir = Path(out_dir)
+    if len(matches) == 0:
+        raise ProtolibInputError("No matches to report: lower the similarity threshold or raise --top-k.")
+    samples = match_parameters(bank, matches)
+    prior = prior_parameters(bank)
+    weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
+    summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info)
+    gallery_images = match_images(bank, matches.head(n_gallery))
+    if match_image_transform is not None:
+        gallery_images = match_image_transform(gallery_images)
+    write_csv(match_rows(bank, matches), out_dir / "matches.csv")
+    write_csv(summaries, out_dir / "summary.csv")
+    corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
+    figures = {
+        "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
+                                  parameters=corner_parameters),
+        "gallery.png": gallery_plot(target_image, gallery_images, matches.similarity[:n_gallery],
+                                    captions=[f"system {s}, i = {i:.0f} deg" for s, i in
+                                              zip(matches.system[:n_gallery], samples["inclination"][:n_gallery])],
+                                    pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None),
+    }
+    for name, fig in figures.items():
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+    report = {
+        "inputs": dict(inputs or {}),
+        "settings": dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
+        "bank": bank.identity,
+        "n_matches": len(matches),
+        "best_similarity": float(matches.similarity[0]),
+        "out_of_distribution": verdict.to_dict(),
+        "summary": [asdict(s) for s in summaries],
+        "versions": _versions(__version__, platform.python_version()),
+        "files": sorted(["matches.csv", "summary.csv", *figures, "report.json"]),
+    }
+    with atomic_path(out_dir / "report.json") as tmp:
+        tmp.write_text(json.dumps(_plain_json(report), indent=2, allow_nan=False) + "\n")
+    return report
+
+
+def match_images(bank: Bank, matches: Matches) -> np.ndarray:
+    """The images ``(n, H, W)`` of the matches, best first (read one by one: meant for a gallery's few)."""
+    if len(matches) == 0:
+        return np.zeros((0, bank.image_size, bank.image_size), dtype=np.float32)
+    return np.stack([bank.images[s, p] for s, p in zip(matches.system, matches.projection)])
+
+
+def _plain_json(value):
+    """``value`` as strict JSON data: numpy to Python, NaN and infinities to ``None``."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _versions(protolib_version: str, python_version: str) -> dict:
+    import importlib.metadata as metadata
+
+    versions = {"protolib": protolib_version, "python": python_version}
+    for package in ("numpy", "torch", "h5py", "corner", "matplotlib", "faiss-cpu", "astropy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions

@@ -1,0 +1,349 @@
+"""The Siamese network trained by weakly supervised metric learning (pipeline step 2).
+
+Two weight-sharing branches (in practice one network applied to every image) built on the
+pretrained encoder, frozen or fine-tuned, with a projection head to a unit-length embedding. The
+predicted similarity of two images is the cosine of their embeddings; training makes it reproduce a
+target similarity computed from the two systems' physical parameters (:mod:`protolib.targets`).
+
+By default every pair within a batch is used (``B`` images give ``B (B - 1) / 2`` pairs for ``B``
+forward passes, projections of one system being natural positives); ``pairs.mode = "fixed"`` is the
+thesis's scheme of a fixed random fraction of all pairs, two forward passes per pair.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+from torch import nn
+
+from .autoencoder import AutoencoderConfig, BankImages, Encoder, load_autoencoder
+from .images import AugmentationConfig, ImagePreprocessing
+from .losses import make_loss
+from .normalise import ParameterNormaliser
+from .pairs import all_pairs, sample_fixed_pairs
+from .runtime import ProtolibInputError, atomic_path, default_device
+from .splits import Split
+from .targets import TargetDefinition, pairwise_target_similarity, target_similarity
+from .training import TrainingConfig, fit, load_checkpoint
+
+__all__ = [
+    "SiameseConfig",
+    "LossConfig",
+    "PairConfig",
+    "SiameseNetwork",
+    "SiameseModel",
+    "train_siamese",
+    "load_siamese",
+    "evaluate_similarity",
+    "similarity_metrics",
+    "neighbour_parameter_error",
+    "metrics_path",
+]
+
+
+@dataclass
+class SiameseConfig:
+    """Shape of the Siamese branches; stored in the checkpoint."""
+
+    embedding_size: int = 32  # length of the unit embedding vectors
+    hidden_size: int = 128  # width of the projection head's hidden layer
+    freeze_encoder: bool = False  # keep the pretrained encoder fixed (True) or fine-tune it (False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LossConfig:
+    """Which metric-learning loss, with its options."""
+
+    kind: str = "mse"  # "mse" on the similarity, "contrastive" (thesis) or "log_ratio" (Kim et al. 2019)
+    margin: float = 0.5  # contrastive: distance beyond which dissimilar pairs cost nothing
+    epsilon: float = 1e-3  # log-ratio: keeps logarithms of zero distances finite
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PairConfig:
+    """Which pairs a training step compares."""
+
+    mode: str = "all"  # "all": every pair within a batch; "fixed": the thesis's fixed random pairs
+    fixed_fraction: float = 0.001  # fixed mode: fraction of all pairs of training images drawn once (each epoch visits all)
+
+    def __post_init__(self):
+        if self.mode not in ("all", "fixed"):
+            raise ProtolibInputError(f"Pair mode must be 'all' or 'fixed', got {self.mode!r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SiameseNetwork(nn.Module):
+    """Encoder plus projection head: images ``(N, 1, H, W)`` and log flux ``(N, 1)`` to unit embeddings ``(N, D)``."""
+
+    def __init__(self, autoencoder: AutoencoderConfig, config: SiameseConfig):
+        super().__init__()
+        self.encoder = Encoder(autoencoder)
+        self.head = nn.Sequential(nn.Linear(autoencoder.latent_size, config.hidden_size), nn.SiLU(), nn.Linear(config.hidden_size, config.embedding_size))
+        self.encoder.requires_grad_(not config.freeze_encoder)
+
+    def forward(self, pixels: torch.Tensor, log_flux: torch.Tensor) -> torch.Tensor:
+        latent = self.encoder(pixels, log_flux)  # (N, latent)
+        return F.normalize(self.head(latent).float(), dim=1)  # (N, D)
+
+
+class _SiameseTask:
+    def __init__(self, network, data: BankImages, preprocessing, parameters: torch.Tensor, target: TargetDefinition, loss, pairs: PairConfig, metadata):
+        self.model, self.data, self.preprocessing, self.target, self.loss_fn = network, data, preprocessing, target, loss
+        self.parameters, self.pairs, self._metadata, self.device = parameters, pairs, metadata, data.device
+        if pairs.mode == "fixed":
+            if getattr(loss, "takes_matrices", False):
+                raise ProtolibInputError("The log-ratio loss compares pairs sharing an anchor; use it with pairs.mode = 'all'.")
+            n_proj = data.source.bank.n_projections
+            self.fixed = sample_fixed_pairs(len(data.split.train) * n_proj, pairs.fixed_fraction, data.training.seed)
+            self.n_proj = n_proj
+
+    def _embed(self, images, generator):
+        return self.model(*self.preprocessing(self.data.to_device(images, generator)))
+
+    def training_batches(self, epoch):
+        if self.pairs.mode == "all":
+            return self.data.batches(self.data.split.train, epoch)
+        return self._fixed_batches(epoch)
+
+    def _fixed_batches(self, epoch):
+        t = self.data.training
+        per_batch = max(1, t.batch_systems * (t.projections_per_system or self.n_proj) // 2)
+        order = np.random.default_rng([t.seed, epoch, 5]).permutation(len(self.fixed))
+        systems = self.data.split.train
+        for start in range(0, len(order), per_batch):
+            pairs = self.fixed[order[start : start + per_batch]]
+            sys_a, sys_b = systems[pairs[:, 0] // self.n_proj], systems[pairs[:, 1] // self.n_proj]
+            wanted = np.unique(np.r_[sys_a, sys_b])
+            block = self.data.source.systems(wanted)
+            row = {s: k for k, s in enumerate(wanted)}
+            images_a = block[[row[s] for s in sys_a], pairs[:, 0] % self.n_proj]
+            images_b = block[[row[s] for s in sys_b], pairs[:, 1] % self.n_proj]
+            yield images_a, sys_a, images_b, sys_b
+
+    def validation_batches(self):
+        return self.data.batches(self.data.split.validation, 0, shuffle=False)
+
+    def loss(self, batch, generator):
+        if len(batch) == 4:
+            embed_a, embed_b = self._embed(batch[0], generator), self._embed(batch[2], generator)  # (M, D) each
+            target = target_similarity(self.parameters[batch[1]], self.parameters[batch[3]], self.target)
+            return self.loss_fn((embed_a * embed_b).sum(1), target.float())
+        embeddings = self._embed(batch[0], generator)  # (B, D)
+        similarity = (embeddings[:, None, :] * embeddings[None, :, :]).sum(-1)  # (B, B), float32 even under autocast
+        target = pairwise_target_similarity(self.parameters[batch[1]], self.target).float()  # (B, B)
+        if getattr(self.loss_fn, "takes_matrices", False):
+            return self.loss_fn(similarity, target)
+        i, j = all_pairs(len(embeddings), similarity.device)
+        return self.loss_fn(similarity[i, j], target[i, j])
+
+    def metadata(self):
+        return self._metadata
+
+
+def train_siamese(
+    bank,
+    autoencoder: str | Path,
+    out: str | Path,
+    *,
+    model: SiameseConfig | None = None,
+    target: TargetDefinition | None = None,
+    loss: LossConfig | None = None,
+    pairs: PairConfig | None = None,
+    augmentation: AugmentationConfig | None = None,
+    training: TrainingConfig | None = None,
+    split: Split | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> Path:
+    """Train a Siamese network on ``bank`` from a pretrained autoencoder; write checkpoint and metrics.
+
+    Writes ``out`` (e.g. ``RUN/siamese.pt``) and, beside it, ``metrics.json`` (:func:`metrics_path`) with the held-out
+    (test systems) ``spearman``, ``mse`` and ``within_0.1`` of predicted against target similarity.
+
+    Arguments:
+        bank: an open :class:`~protolib.bank.Bank`.
+        autoencoder: the autoencoder checkpoint whose encoder (and image preprocessing) is reused.
+        out: the checkpoint file.
+        model, target, loss, pairs, augmentation, training: the stage's settings (defaults when ``None``).
+        split: systems for training, validation and test (default: the autoencoder's split).
+        resume: continue an interrupted run in ``out``.
+        progress: show progress bars.
+        device: where to train (default: CUDA when present).
+
+    Returns:
+        ``out``.
+    """
+    model, target, loss = model or SiameseConfig(), target or TargetDefinition(), loss or LossConfig()
+    pairs, augmentation, training = pairs or PairConfig(), augmentation or AugmentationConfig(), training or TrainingConfig()
+    device = default_device(device)
+    pretrained = load_autoencoder(autoencoder, "cpu")
+    if pretrained.checkpoint["image_size"] != bank.image_size:
+        raise ProtolibInputError(f"Autoencoder {autoencoder} was trained on {pretrained.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
+    split = split or Split.from_dict(pretrained.checkpoint["split"])
+    normaliser = ParameterNormaliser(list(target.parameters), target.normalisation).fit(bank.parameter_table(target.parameters)[split.train])
+    parameters = torch.as_tensor(normaliser.transform(bank.parameter_table(target.parameters)), dtype=torch.float32, device=device)
+    ae_config = AutoencoderConfig(**pretrained.checkpoint["config"]["model"])
+    torch.manual_seed(training.seed)
+    network = SiameseNetwork(ae_config, model)
+    network.encoder.load_state_dict(pretrained.network.encoder.state_dict())
+    metadata = {
+        "kind": "siamese",
+        "config": {"autoencoder": ae_config.to_dict(), "model": model.to_dict(), "loss": loss.to_dict(), "pairs": pairs.to_dict(),
+                   "augmentation": augmentation.to_dict(), "training": training.to_dict()},
+        "preprocessing": pretrained.preprocessing.to_dict(),
+        "normaliser": normaliser.to_dict(),
+        "parameter_names": list(target.parameters),
+        "target": target.to_dict(),
+        "bank": bank.identity,
+        "image_size": bank.image_size,
+        "split": split.to_dict(),
+        "autoencoder": str(Path(autoencoder).resolve()),
+    }
+    data = BankImages(bank, split, training, augmentation, device)
+    task = _SiameseTask(network.to(device), data, pretrained.preprocessing, parameters, target, make_loss(**loss.to_dict()), pairs, metadata)
+    fit(task, training, out, resume=resume, progress=progress)
+    trained = load_siamese(out, device)
+    metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
+    metrics.update(systems=len(split.test), target=target.kind, loss=loss.kind, pair_mode=pairs.mode, best_epoch=trained.checkpoint["best_epoch"])
+    with atomic_path(metrics_path(out)) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    return Path(out)
+
+
+def metrics_path(checkpoint: str | Path) -> Path:
+    """Where the held-out metrics of a Siamese checkpoint go: ``metrics.json`` beside ``siamese.pt``, else ``<stem>_metrics.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name("metrics.json" if checkpoint.stem == "siamese" else f"{checkpoint.stem}_metrics.json")
+
+
+class SiameseModel:
+    """A trained Siamese network for inference: embeds images in the bank's unit under eval/no_grad.
+
+    Example:
+        >>> model = load_siamese("RUN/siamese.pt")          # doctest: +SKIP
+        >>> emb = model.embed_images(images)                # (N, D) float32, unit length
+        >>> model.similarity(images_a, images_b)            # (N,) cosine similarities
+    """
+
+    def __init__(self, network: SiameseNetwork, preprocessing: ImagePreprocessing, checkpoint: dict, device: torch.device):
+        self.network, self.preprocessing, self.checkpoint, self.device = network.eval(), preprocessing, checkpoint, device
+        self.normaliser = ParameterNormaliser.from_dict(checkpoint["normaliser"])
+        self.target = TargetDefinition.from_dict(checkpoint["target"])
+
+    @property
+    def history(self) -> list[dict]:
+        return self.checkpoint["history"]
+
+    @property
+    def split(self) -> Split:
+        return Split.from_dict(self.checkpoint["split"])
+
+    def embed_images(self, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """Unit-length embeddings ``(N, D)`` float32 of images ``(N, H, W)`` in the bank's unit."""
+        from tqdm.auto import tqdm
+
+        images = np.ascontiguousarray(images)
+        if images.ndim != 3 or images.shape[1:] != (self.checkpoint["image_size"],) * 2:
+            raise ProtolibInputError(f"Expected images of shape (N, {self.checkpoint['image_size']}, {self.checkpoint['image_size']}), got {images.shape}.")
+        parts = []
+        with torch.no_grad():
+            for start in tqdm(range(0, len(images), batch_size), desc="Embedding", unit="batch", disable=not progress):
+                chunk = torch.as_tensor(images[start : start + batch_size], dtype=torch.float32, device=self.device)
+                parts.append(self.network(*self.preprocessing(chunk)).float().cpu())
+        out = torch.cat(parts) if parts else torch.zeros(0, self.network.head[-1].out_features)
+        return F.normalize(out, dim=1).numpy().astype(np.float32)
+
+    def similarity(self, images_a: np.ndarray, images_b: np.ndarray) -> np.ndarray:
+        """Predicted similarity (cosine of embeddings) of ``images_a[k]`` and ``images_b[k]``, ``(N,)``."""
+        return (self.embed_images(images_a) * self.embed_images(images_b)).sum(1)
+
+    def target_similarity(self, table_a: np.ndarray, table_b: np.ndarray) -> np.ndarray:
+        """Target similarity ``(N,)`` of systems with physical parameters ``(N, K)`` (``parameter_names`` order)."""
+        return target_similarity(self.normaliser.transform(table_a), self.normaliser.transform(table_b), self.target)
+
+
+def load_siamese(path: str | Path, device: str | torch.device | None = None) -> SiameseModel:
+    """Rebuild a trained Siamese network from its checkpoint alone."""
+    checkpoint = load_checkpoint(path, "siamese")
+    device = default_device(device)
+    config = checkpoint["config"]
+    network = SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"]))
+    network.load_state_dict(checkpoint["model_state"])
+    return SiameseModel(network.to(device), ImagePreprocessing.from_dict(checkpoint["preprocessing"]), checkpoint, device)
+
+
+def similarity_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
+    """Spearman correlation, mean-squared error and the thesis's fraction within 0.1 of the target."""
+    predicted, target = np.asarray(predicted, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    return {
+        "spearman": float(spearmanr(predicted, target).statistic) if np.ptp(predicted) > 0 and np.ptp(target) > 0 else float("nan"),
+        "mse": float(np.mean((predicted - target) ** 2)),
+        "within_0.1": float(np.mean(np.abs(predicted - target) < 0.1)),
+        "pairs": int(len(predicted)),
+    }
+
+
+def evaluate_similarity(model: SiameseModel, bank, systems: np.ndarray, max_systems: int = 250, seed: int = 0) -> dict:
+    """Predicted and target similarity of every pair of distinct images of ``systems`` (held out).
+
+    At most ``max_systems`` systems are used (a random subset drawn with ``seed``), which keeps the
+    number of pairs, quadratic in the number of images, within memory for large banks.
+
+    Returns:
+        A dict with ``metrics`` (:func:`similarity_metrics` over all pairs, plus the same over pairs
+        of different systems with suffix ``_between_systems``), ``predicted`` and ``target`` ``(M,)``,
+        ``first`` and ``second`` ``(M,)`` indices into ``images`` ``(n_images, H, W)``, ``system``
+        ``(n_images,)`` and ``embeddings`` ``(n_images, D)``.
+    """
+    systems = np.asarray(systems, dtype=np.int64)
+    if len(systems) > max_systems:
+        systems = np.sort(np.random.default_rng([int(seed), 13]).choice(systems, max_systems, replace=False))
+    images = bank.load_images(systems)
+    n_proj = images.shape[1]
+    images = images.reshape(-1, *images.shape[2:])
+    system = np.repeat(systems, n_proj)
+    embeddings = model.embed_images(images)
+    first, second = np.triu_indices(len(images), 1)
+    predicted = (embeddings[first] * embeddings[second]).sum(1)
+    table = bank.parameter_table(model.checkpoint["parameter_names"])[system]
+    target = model.target_similarity(table[first], table[second])
+    metrics = similarity_metrics(predicted, target)
+    between = system[first] != system[second]
+    metrics.update({f"{k}_between_systems": v for k, v in similarity_metrics(predicted[between], target[between]).items()})
+    return {"metrics": metrics, "predicted": predicted, "target": target, "first": first, "second": second,
+            "images": images, "system": system, "embeddings": embeddings}
+
+
+def neighbour_parameter_error(model: SiameseModel, bank, query_systems: np.ndarray, reference_systems: np.ndarray, k: int = 8) -> dict:
+    """How well nearest neighbours in embedding space recover the parameters of held-out systems.
+
+    Each image of ``query_systems`` is matched to its ``k`` most similar images of
+    ``reference_systems``; returns the root-mean-square error, per parameter in normalised units
+    (a spread of the training systems), of the neighbours' mean parameters: ``{name: rmse}``.
+    """
+    names = model.checkpoint["parameter_names"]
+    query = bank.load_images(query_systems)
+    reference = bank.load_images(reference_systems)
+    n_q, n_r = query.shape[1], reference.shape[1]
+    eq = model.embed_images(query.reshape(-1, *query.shape[2:]))
+    er = model.embed_images(reference.reshape(-1, *reference.shape[2:]))
+    z_q = model.normaliser.transform(bank.parameter_table(names)[np.repeat(query_systems, n_q)])
+    z_r = model.normaliser.transform(bank.parameter_table(names)[np.repeat(reference_systems, n_r)])
+    nearest = np.concatenate([np.argsort(-(eq[s : s + 1024] @ er.T), axis=1)[:, :k] for s in range(0, len(eq), 1024)])
+    error = np.sqrt(((z_r[nearest].mean(1) - z_q) ** 2).mean(0))
+    return dict(zip(names, error.tolist()))

@@ -1,0 +1,299 @@
+"""One training engine for every network: batches from the bank, epochs, validation, checkpoints.
+
+:func:`fit` runs a :class:`TrainingTask` (the autoencoder's or the Siamese network's) epoch by epoch:
+training with augmentation, validation without, a learning-rate schedule, early stopping, the best
+weights saved atomically after every improving epoch, and everything needed to resume saved after
+every epoch. Same seed, same weights. On a CUDA GPU it uses mixed precision (``torch.autocast``); on
+the CPU plain float32, without code changes.
+
+Images are read from the bank by system, in chunks (:class:`ImageSource`); small banks are loaded
+into memory once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .runtime import ProtolibInputError, atomic_path
+
+__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "load_checkpoint", "save_checkpoint", "autocast_for"]
+
+SCHEDULES = ("cosine", "plateau", "constant")
+
+
+@dataclass
+class TrainingConfig:
+    """How a network is trained; stored in its checkpoint."""
+
+    epochs: int = 30  # most epochs to run (early stopping may end sooner)
+    batch_systems: int = 8  # systems per batch
+    projections_per_system: int | None = None  # projections of each system per batch (None: all)
+    learning_rate: float = 2e-3  # AdamW step size at the start
+    weight_decay: float = 1e-4  # AdamW weight decay
+    schedule: str = "cosine"  # "cosine" (to 5% of the start), "plateau" (halve when stuck) or "constant"
+    patience: int = 6  # stop after this many epochs without a better validation loss
+    min_delta: float = 0.0  # an improvement must beat the best validation loss by more than this
+    seed: int = 0  # model initialisation, batch order and augmentation all derive from it
+    mixed_precision: bool = True  # autocast on CUDA (bfloat16 where supported); ignored on the CPU
+    num_threads: int | None = None  # CPU threads for torch (None: torch's default)
+    chunk_systems: int = 64  # systems read from the bank at once when it is not held in memory
+    memory_limit_mb: float = 1024.0  # banks smaller than this are loaded into memory once
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ProtolibInputError(f"Learning-rate schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
+        if self.epochs < 1 or self.batch_systems < 1:
+            raise ProtolibInputError(f"Training needs epochs >= 1 and batch_systems >= 1 (got {self.epochs}, {self.batch_systems}).")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ImageSource:
+    """The images of a bank by system: from memory when the bank is small, else read from the file.
+
+    Example:
+        >>> source = ImageSource(bank)                 # doctest: +SKIP
+        >>> source.systems([3, 1]).shape               # (2, P, H, W)
+    """
+
+    def __init__(self, bank, memory_limit_mb: float = 1024.0):
+        self.bank = bank
+        nbytes = int(np.prod(bank.images.shape)) * bank.images.dtype.itemsize
+        self.in_memory = nbytes <= memory_limit_mb * 2**20
+        self._images = bank.load_images() if self.in_memory else None
+
+    def systems(self, indices) -> np.ndarray:
+        """Images ``(n, P, H, W)`` of the systems ``indices``."""
+        if self._images is not None:
+            return self._images[np.asarray(indices, dtype=np.int64)]
+        return self.bank.load_images(indices)
+
+
+def system_batches(
+    source: ImageSource,
+    systems: np.ndarray,
+    *,
+    batch_systems: int,
+    projections_per_system: int | None = None,
+    chunk_systems: int = 64,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of images grouped by system, read chunk by chunk.
+
+    Systems are shuffled (from ``seed`` and ``epoch``), cut into chunks of ``chunk_systems`` read
+    together, and each chunk into batches of ``batch_systems`` systems with ``projections_per_system``
+    random projections each (all when ``None``).
+
+    Yields:
+        ``(images, system_index)``: ``(B, H, W)`` float32 and ``(B,)`` int64, ``B`` = systems x projections.
+    """
+    rng = np.random.default_rng([int(seed), int(epoch), 3])
+    systems = np.asarray(systems, dtype=np.int64)
+    order = rng.permutation(systems) if shuffle else systems
+    chunk = max(batch_systems, chunk_systems // batch_systems * batch_systems)
+    for start in range(0, len(order), chunk):
+        members = order[start : start + chunk]
+        block = source.systems(members)  # (c, P, H, W)
+        n_proj = block.shape[1]
+        k = n_proj if projections_per_system is None else min(projections_per_system, n_proj)
+        for first in range(0, len(members), batch_systems):
+            rows = np.arange(first, min(first + batch_systems, len(members)))
+            picks = np.stack([rng.permutation(n_proj)[:k] if k < n_proj else np.arange(n_proj) for _ in rows])
+            images = block[rows[:, None], picks].reshape(-1, *block.shape[2:])
+            yield images, np.repeat(members[rows], k)
+
+
+class TrainingTask(Protocol):
+    """What :func:`fit` needs from a model: its module, its batches, its loss and what to store."""
+
+    model: torch.nn.Module
+    device: torch.device
+
+    def training_batches(self, epoch: int) -> Iterable: ...
+
+    def validation_batches(self) -> Iterable: ...
+
+    def loss(self, batch, generator: torch.Generator | None) -> torch.Tensor:
+        """The batch's loss; augment with ``generator`` when it is not ``None`` (training)."""
+        ...
+
+    def metadata(self) -> dict:
+        """Everything a checkpoint needs besides the weights to rebuild and use the model."""
+        ...
+
+
+def autocast_for(device: torch.device, enabled: bool = True):
+    """``torch.autocast`` in bfloat16 (float16 where unsupported) on CUDA; a no-op context on the CPU."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
+
+
+def save_checkpoint(data: dict, path: str | Path) -> None:
+    """Write a checkpoint atomically (a crash never leaves a half-written file)."""
+    with atomic_path(path) as tmp:
+        torch.save(data, tmp)
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
+    """Read a checkpoint written by :func:`fit`, checking it is one (and of ``kind`` when given)."""
+    path = Path(path)
+    if not path.exists():
+        raise ProtolibInputError(f"Checkpoint {path} does not exist.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise ProtolibInputError(f"Checkpoint {path} could not be read ({error}).") from None
+    if not isinstance(data, dict) or "model_state" not in data:
+        raise ProtolibInputError(f"{path} is not a protolib checkpoint (no model weights).")
+    if kind is not None and data.get("kind") != kind:
+        raise ProtolibInputError(f"{path} holds a {data.get('kind')!r} model, not a {kind!r} one.")
+    return data
+
+
+def _learning_rate(config: TrainingConfig, epoch: int, plateau_factor: float) -> float:
+    if config.schedule == "cosine":
+        progress = epoch / max(1, config.epochs - 1)
+        return config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return config.learning_rate * plateau_factor
+
+
+def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path, *, resume: bool = False, progress: bool = True) -> list[dict]:
+    """Train ``task.model``, keeping the best weights (by validation loss) in ``checkpoint_path``.
+
+    The checkpoint is rewritten atomically after every epoch: ``model_state`` holds the best weights,
+    ``training_state`` the latest weights, optimiser and schedule, so ``resume=True`` continues an
+    interrupted run exactly where it stopped (same batches, same augmentation). The loss history is
+    stored in the checkpoint and beside it as ``<name>_history.json``.
+
+    Arguments:
+        task: the model, its batches and loss.
+        config: epochs, schedule, early stopping, seed.
+        checkpoint_path: where the checkpoint goes.
+        resume: continue from ``checkpoint_path`` when it holds an unfinished run.
+        progress: show a progress bar per epoch.
+
+    Returns:
+        The history: one dict per epoch with ``epoch``, ``train_loss``, ``validation_loss``,
+        ``learning_rate``, ``seconds`` (with validation), ``train_seconds`` (training steps only),
+        ``data_seconds`` (of which waiting for batches), ``images`` (training images seen).
+    """
+    checkpoint_path = Path(checkpoint_path)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    model, device = task.model, task.device
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay)
+    use_scaler = config.mixed_precision and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    state = {"epoch": -1, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "plateau_factor": 1.0, "stopped": False}
+    history: list[dict] = []
+    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if resume and checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path)
+        training = saved["training_state"]
+        model.load_state_dict(training["model_state"])
+        optimiser.load_state_dict(training["optimiser"])
+        state.update(training["state"])
+        history = list(saved["history"])
+        best_weights = saved["model_state"]
+    first_epoch = state["epoch"] + 1
+    bar = tqdm(range(first_epoch, config.epochs), desc=f"Training {checkpoint_path.stem}", unit="epoch", disable=not progress or state["stopped"])
+    for epoch in bar:
+        if state["stopped"]:
+            break
+        learning_rate = _learning_rate(config, epoch, state["plateau_factor"])
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate
+        generator = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch)
+        start, data_seconds, total, n_batches, n_images = time.perf_counter(), 0.0, 0.0, 0, 0
+        model.train()
+        batches = iter(task.training_batches(epoch))
+        while True:
+            tick = time.perf_counter()
+            batch = next(batches, None)
+            data_seconds += time.perf_counter() - tick
+            if batch is None:
+                break
+            with autocast_for(device, config.mixed_precision):
+                loss = task.loss(batch, generator)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            total += float(loss.detach())
+            n_batches += 1
+            n_images += len(batch[0])
+        train_seconds = time.perf_counter() - start
+        validation = evaluate_loss(task, config)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(1, n_batches),
+            "validation_loss": validation,
+            "learning_rate": learning_rate,
+            "seconds": time.perf_counter() - start,
+            "train_seconds": train_seconds,
+            "data_seconds": data_seconds,
+            "images": n_images,
+        }
+        history.append(record)
+        if validation < state["best_loss"] - config.min_delta:
+            state.update(best_loss=validation, best_epoch=epoch + 1, bad_epochs=0)
+            best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            state["bad_epochs"] += 1
+            if config.schedule == "plateau" and state["bad_epochs"] % max(1, config.patience // 2) == 0:
+                state["plateau_factor"] *= 0.5
+        state["epoch"] = epoch
+        state["stopped"] = state["bad_epochs"] >= config.patience
+        _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
+        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{validation:.4g}", best=state["best_epoch"])
+    bar.close()
+    if not checkpoint_path.exists():
+        _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
+    model.load_state_dict(best_weights)
+    return history
+
+
+def evaluate_loss(task: TrainingTask, config: TrainingConfig) -> float:
+    """Mean loss of ``task.model`` over the validation batches (eval mode, no augmentation)."""
+    task.model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), autocast_for(task.device, config.mixed_precision):
+        for batch in task.validation_batches():
+            total += float(task.loss(batch, None))
+            count += 1
+    return total / count if count else math.nan
+
+
+def _write_run(task, config: TrainingConfig, path: Path, best_weights: dict, optimiser, state: dict, history: list[dict]) -> None:
+    from . import __version__
+
+    data = {
+        **task.metadata(),
+        "protolib_version": __version__,
+        "training": config.to_dict(),
+        "model_state": best_weights,
+        "history": history,
+        "best_epoch": state["best_epoch"],
+        "best_validation_loss": state["best_loss"],
+        "training_state": {
+            "model_state": {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()},
+            "optimiser": optimiser.state_dict(),
+            "state": dict(state),
+        },
+    }
+    save_checkpoint(data, path)
+    with atomic_path(path.with_name(f"{path.stem}_history.json")) as tmp:
+        tmp.write_text(json.dumps({"best_epoch": state["best_epoch"], "history": history}, indent=1))

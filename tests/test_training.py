@@ -1,0 +1,129 @@
+"""The training engine, the data pipeline, checkpoints and the command line, on a very small bank."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from protolib.autoencoder import AutoencoderConfig, load_autoencoder, train_autoencoder
+from protolib.bank import Bank, simulate_bank
+from protolib.cli import main
+from protolib.siamese import LossConfig, PairConfig, SiameseConfig, load_siamese, train_siamese
+from protolib.simulator import SimulatorConfig
+from protolib.splits import split_systems
+from protolib.training import ImageSource, TrainingConfig, system_batches
+
+SMALL = AutoencoderConfig(channels=[4, 8], latent_size=8)
+
+
+def quick(**changes) -> TrainingConfig:
+    return TrainingConfig(**{"epochs": 3, "batch_systems": 3, "learning_rate": 3e-3, "patience": 10, "num_threads": 1, **changes})
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bank") / "bank.h5"
+    simulate_bank(path, 10, 2, seed=1, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
+    with Bank(path) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def split(bank):
+    return split_systems(bank.n_systems, (0.6, 0.2, 0.2), seed=0)
+
+
+@pytest.fixture(scope="module")
+def autoencoder(bank, split, tmp_path_factory):
+    return train_autoencoder(bank, tmp_path_factory.mktemp("ae") / "autoencoder.pt", split=split, model=SMALL, training=quick(), progress=False)
+
+
+def test_batches_visit_every_training_system_once_by_system_from_memory_or_file(bank, split):
+    in_memory, from_file = ImageSource(bank), ImageSource(bank, memory_limit_mb=0)
+    assert in_memory.in_memory and not from_file.in_memory
+    options = dict(batch_systems=2, projections_per_system=None, chunk_systems=4, seed=5, epoch=1)
+    a = list(system_batches(in_memory, split.train, **options))
+    b = list(system_batches(from_file, split.train, **options))
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    seen = np.concatenate([systems for _, systems in a])
+    assert sorted(set(seen.tolist())) == split.train.tolist() and len(seen) == 2 * len(split.train)
+    assert np.array_equal(a[0][0][0], bank.load_images([a[0][1][0]])[0][0])
+
+
+def test_same_seed_gives_the_same_weights_and_the_best_checkpoint_reloads_alone(bank, split, tmp_path, autoencoder):
+    again = train_autoencoder(bank, tmp_path / "again.pt", split=split, model=SMALL, training=quick(), progress=False)
+    first, second = load_autoencoder(autoencoder, "cpu"), load_autoencoder(again, "cpu")
+    for name, tensor in first.network.state_dict().items():
+        assert torch.equal(tensor, second.network.state_dict()[name]), name
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in second.history]
+    assert first.checkpoint["best_validation_loss"] == min(h["validation_loss"] for h in first.history)
+    latents = first.encode_images(bank.load_images([0]).reshape(-1, 16, 16))
+    assert latents.shape == (2, 8) and np.all(np.isfinite(latents))
+    assert json.loads((autoencoder.parent / "autoencoder_history.json").read_text())["history"] == first.history
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(bank, split, tmp_path):
+    path = train_autoencoder(bank, tmp_path / "stuck.pt", split=split, model=SMALL, progress=False,
+                             training=quick(epochs=20, learning_rate=0.0, patience=2, schedule="constant"))
+    history = load_autoencoder(path, "cpu").history
+    assert len(history) == 3  # one epoch sets the best, two more without improvement
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_continues_the_same_history(bank, split, tmp_path, autoencoder, monkeypatch):
+    import protolib.autoencoder as module
+
+    original = module._AutoencoderTask.training_batches
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise Interrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(module._AutoencoderTask, "training_batches", interrupted)
+    with pytest.raises(Interrupt):
+        train_autoencoder(bank, tmp_path / "resumed.pt", split=split, model=SMALL, training=quick(), progress=False)
+    assert len(load_autoencoder(tmp_path / "resumed.pt", "cpu").history) == 2
+    monkeypatch.setattr(module._AutoencoderTask, "training_batches", original)
+    train_autoencoder(bank, tmp_path / "resumed.pt", split=split, model=SMALL, training=quick(), progress=False, resume=True)
+    resumed, straight = load_autoencoder(tmp_path / "resumed.pt", "cpu"), load_autoencoder(autoencoder, "cpu")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert np.allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in straight.history])
+    for name, tensor in straight.network.state_dict().items():
+        assert torch.allclose(tensor, resumed.network.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("loss, pairs", [("mse", "all"), ("log_ratio", "all"), ("contrastive", "fixed")])
+def test_siamese_checkpoint_keeps_the_matching_contract(bank, split, tmp_path, autoencoder, loss, pairs):
+    path = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", model=SiameseConfig(embedding_size=6, hidden_size=16),
+                         loss=LossConfig(kind=loss), pairs=PairConfig(mode=pairs, fixed_fraction=0.5),
+                         training=quick(epochs=2, projections_per_system=2), progress=False)
+    model = load_siamese(path, "cpu")
+    for key in ("config", "normaliser", "parameter_names", "target", "bank", "image_size", "split"):
+        assert key in model.checkpoint
+    assert model.checkpoint["split"] == split.to_dict() and model.checkpoint["bank"]["shape"] == [10, 2, 16, 16]
+    images = bank.load_images(split.test).reshape(-1, 16, 16)
+    embeddings = model.embed_images(images, batch_size=3)
+    assert embeddings.shape == (len(images), 6) and embeddings.dtype == np.float32
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    similarity = model.similarity(images, images[::-1])
+    assert similarity.shape == (len(images),) and np.all(np.abs(similarity) <= 1 + 1e-5)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"spearman", "mse", "within_0.1"} <= set(metrics) and metrics["systems"] == len(split.test)
+
+
+def test_command_line_trains_both_networks_and_reports_held_out_metrics(bank, tmp_path, capsys):
+    common = ["--bank", str(bank.path), "--out", str(tmp_path), "--config", "tiny", "--epochs", "1", "--quiet", "--threads", "1"]
+    assert main(["train-autoencoder", *common, "--channels", "4,8", "--latent-size", "8", "--set", "split.fractions=[0.6,0.2,0.2]"]) == 0
+    assert main(["train-siamese", *common, "--autoencoder", str(tmp_path / "autoencoder.pt"), "--target", "cosine",
+                 "--set", "siamese.model.hidden_size=16"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["target"] == "cosine" and -1 <= metrics["spearman"] <= 1
+    assert load_siamese(tmp_path / "siamese.pt", "cpu").checkpoint["config"]["model"]["hidden_size"] == 16
+    assert "held-out spearman" in capsys.readouterr().out
+    assert main(["train-siamese", *common, "--autoencoder", str(tmp_path / "missing.pt")]) == 2
