@@ -216,7 +216,8 @@ def render_systems(
     """Render every projection of the systems ``indices``; returns images and envelope masses.
 
     Noise for system ``i`` comes from :func:`protolib.runtime.system_rng` (``seed``, ``i``), so the
-    result does not depend on how systems are grouped into calls.
+    result does not depend on how systems are grouped into calls. When ``systems`` holds only some
+    rows of a bank, its ``system_index`` array gives each row's index in the whole bank.
 
     Returns:
         ``(len(indices), P, H, W)`` float32 images in the instrument's unit, and ``(len(indices),)``
@@ -235,7 +236,8 @@ def render_systems(
             # One system per call: the result is then the same however systems are grouped.
             own = slice(j * n_proj, (j + 1) * n_proj)
             clean = render({k: v[own] for k, v in per_image.items()}, inclination[own], position_angle[own], config, instrument.distance_pc)
-            images.append(instrument.observe(clean.cpu(), config.pixel_size_au, system_rng(seed, int(i), stream=2)).numpy())
+            noise_index = int(systems["system_index"][i]) if "system_index" in systems else int(i)
+            images.append(instrument.observe(clean.cpu(), config.pixel_size_au, system_rng(seed, noise_index, stream=2)).numpy())
         images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
     return images.astype(np.float32), masses

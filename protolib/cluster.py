@@ -54,15 +54,13 @@ def _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shar
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def _render_shard(shard: int, systems: dict, shard_systems: int, config: dict, instrument: dict, seed: int,
-                  folder: str, fingerprint: str) -> int:
-    """Worker task: render systems ``[shard * shard_systems, ...)`` into ``folder/shard_NNNNN.h5``."""
+def _render_shard(shard: int, rows: dict, config: dict, instrument: dict, seed: int, folder: str, fingerprint: str) -> int:
+    """Worker task: render the shard's ``rows`` (parameters of its systems) into ``folder/shard_NNNNN.h5``."""
     import torch
 
     torch.set_num_threads(1)
-    n_systems = systems["inclination"].shape[0]
-    indices = np.arange(shard * shard_systems, min(n_systems, (shard + 1) * shard_systems))
-    images, masses = render_systems(systems, indices, SimulatorConfig(**config), Instrument(**instrument), seed, device="cpu")
+    indices = rows["system_index"]
+    images, masses = render_systems(rows, np.arange(len(indices)), SimulatorConfig(**config), Instrument(**instrument), seed, device="cpu")
     with atomic_path(Path(folder) / f"shard_{shard:05d}.h5") as tmp:
         with h5py.File(tmp, "w") as f:
             f["images"] = images
@@ -70,6 +68,13 @@ def _render_shard(shard: int, systems: dict, shard_systems: int, config: dict, i
             f["indices"] = indices
             f.attrs["fingerprint"] = fingerprint
     return shard
+
+
+def _shard_rows(systems: dict, shard: int, shard_systems: int) -> dict:
+    """The parameters of one shard's systems (a few kB: each task carries its own, nothing is scattered)."""
+    n_systems = systems["inclination"].shape[0]
+    indices = np.arange(shard * shard_systems, min(n_systems, (shard + 1) * shard_systems))
+    return {**{k: v[indices] for k, v in systems.items()}, "system_index": indices}
 
 
 def _shard_is_complete(path: Path, fingerprint: str) -> bool:
@@ -145,10 +150,11 @@ def simulate_bank_parallel(
             own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(own_cluster)
         try:
-            shared = client.scatter(systems, broadcast=True)
-            futures = client.map(_render_shard, todo, systems=shared, shard_systems=shard_systems, config=config.to_dict(),
-                                 instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint,
-                                 pure=False)
+            futures = [
+                client.submit(_render_shard, k, _shard_rows(systems, k, shard_systems), config=config.to_dict(),
+                              instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint, pure=False)
+                for k in todo
+            ]
             with tqdm(total=len(todo), unit="shard", desc="Rendering shards", disable=not progress) as bar:
                 for future in as_completed(futures):
                     future.result()
