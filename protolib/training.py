@@ -75,9 +75,13 @@ class ImageSource:
 
     def systems(self, indices) -> np.ndarray:
         """Images ``(n, P, H, W)`` of the systems ``indices``."""
+        indices = np.asarray(indices, dtype=np.int64)
         if self._images is not None:
-            return self._images[np.asarray(indices, dtype=np.int64)]
-        return self.bank.load_images(indices)
+            return self._images[indices]
+        unique, inverse = np.unique(indices, return_inverse=True)
+        runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)  # contiguous runs: one slice read each
+        block = np.concatenate([self.bank.images[run[0] : run[-1] + 1] for run in runs])
+        return block[inverse]
 
 
 def system_batches(
