@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .runtime import ProtolibInputError, atomic_path
 
-__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "load_checkpoint", "save_checkpoint", "autocast_for"]
+__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for"]
 
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -215,8 +215,11 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
     if resume and checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
         training = saved["training_state"]
-        model.load_state_dict(training["model_state"])
-        optimiser.load_state_dict(training["optimiser"])
+        try:
+            model.load_state_dict(training["model_state"])
+            optimiser.load_state_dict(training["optimiser"])
+        except (RuntimeError, ValueError) as error:
+            raise ProtolibInputError(f"Cannot resume from {checkpoint_path}: it was made with another model configuration ({error}).") from None
         state.update(training["state"])
         history = list(saved["history"])
         best_weights = saved["model_state"]
