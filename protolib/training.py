@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .runtime import ProtolibInputError, atomic_path
 
-__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "load_checkpoint", "save_checkpoint", "autocast_for"]
+__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for"]
 
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -71,12 +71,17 @@ class ImageSource:
         nbytes = int(np.prod(bank.images.shape)) * bank.images.dtype.itemsize
         self.in_memory = nbytes <= memory_limit_mb * 2**20
         self._images = bank.load_images() if self.in_memory else None
+        self.rows_per_chunk = int((bank.images.chunks or (1,))[0])
 
     def systems(self, indices) -> np.ndarray:
         """Images ``(n, P, H, W)`` of the systems ``indices``."""
+        indices = np.asarray(indices, dtype=np.int64)
         if self._images is not None:
-            return self._images[np.asarray(indices, dtype=np.int64)]
-        return self.bank.load_images(indices)
+            return self._images[indices]
+        unique, inverse = np.unique(indices, return_inverse=True)
+        runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)  # contiguous runs: one slice read each
+        block = np.concatenate([self.bank.images[run[0] : run[-1] + 1] for run in runs])
+        return block[inverse]
 
 
 def system_batches(
@@ -92,8 +97,9 @@ def system_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of images grouped by system, read chunk by chunk.
 
-    Systems are shuffled (from ``seed`` and ``epoch``), cut into chunks of ``chunk_systems`` read
-    together, and each chunk into batches of ``batch_systems`` systems with ``projections_per_system``
+    Systems are shuffled (from ``seed`` and ``epoch``) by the bank file's chunks (so that a read
+    touches whole HDF5 chunks), cut into chunks of ``chunk_systems`` read together and shuffled
+    again within, and each chunk into batches of ``batch_systems`` systems with ``projections_per_system``
     random projections each (all when ``None``).
 
     Yields:
@@ -101,10 +107,10 @@ def system_batches(
     """
     rng = np.random.default_rng([int(seed), int(epoch), 3])
     systems = np.asarray(systems, dtype=np.int64)
-    order = rng.permutation(systems) if shuffle else systems
+    order = _file_chunk_order(systems, source.rows_per_chunk, rng) if shuffle else systems
     chunk = max(batch_systems, chunk_systems // batch_systems * batch_systems)
     for start in range(0, len(order), chunk):
-        members = order[start : start + chunk]
+        members = rng.permutation(order[start : start + chunk]) if shuffle else order[start : start + chunk]
         block = source.systems(members)  # (c, P, H, W)
         n_proj = block.shape[1]
         k = n_proj if projections_per_system is None else min(projections_per_system, n_proj)
@@ -113,6 +119,12 @@ def system_batches(
             picks = np.stack([rng.permutation(n_proj)[:k] if k < n_proj else np.arange(n_proj) for _ in rows])
             images = block[rows[:, None], picks].reshape(-1, *block.shape[2:])
             yield images, np.repeat(members[rows], k)
+
+
+def _file_chunk_order(systems: np.ndarray, rows_per_chunk: int, rng: np.random.Generator) -> np.ndarray:
+    """``systems`` in random order of the bank file's chunks (each chunk's systems together)."""
+    keys = systems // max(1, rows_per_chunk)
+    return np.concatenate([systems[keys == key] for key in rng.permutation(np.unique(keys))])
 
 
 class TrainingTask(Protocol):
@@ -203,8 +215,11 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
     if resume and checkpoint_path.exists():
         saved = load_checkpoint(checkpoint_path)
         training = saved["training_state"]
-        model.load_state_dict(training["model_state"])
-        optimiser.load_state_dict(training["optimiser"])
+        try:
+            model.load_state_dict(training["model_state"])
+            optimiser.load_state_dict(training["optimiser"])
+        except (RuntimeError, ValueError) as error:
+            raise ProtolibInputError(f"Cannot resume from {checkpoint_path}: it was made with another model configuration ({error}).") from None
         state.update(training["state"])
         history = list(saved["history"])
         best_weights = saved["model_state"]
@@ -234,7 +249,7 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             scaler.update()
             total += float(loss.detach())
             n_batches += 1
-            n_images += len(batch[0])
+            n_images += sum(len(images) for images in batch[::2])  # (images, systems) or (images_a, systems_a, images_b, systems_b)
         train_seconds = time.perf_counter() - start
         validation = evaluate_loss(task, config)
         record = {
