@@ -4,10 +4,13 @@ __version__ = "0.1.0"
 
 from .bank import Bank, draw_systems, import_thesis_snapshots, render_systems, simulate_bank
 from .config import load_config
+from .autoencoder import load_autoencoder
 from .instrument import Beam, Instrument
+from .matching import Matcher
 from .normalise import ParameterNormaliser
 from .observation import ResolutionMatch, prepare_observation, read_observation, write_observation_fits
 from .parameters import PARAMETER_NAMES, PARAMETERS, Prior
+from .siamese import load_siamese
 from .simulator import SimulatorConfig, render
 from .splits import Split, split_systems
 
@@ -15,6 +18,7 @@ __all__ = [
     "Bank",
     "Beam",
     "Instrument",
+    "Matcher",
     "PARAMETERS",
     "PARAMETER_NAMES",
     "ParameterNormaliser",
@@ -24,7 +28,9 @@ __all__ = [
     "Split",
     "draw_systems",
     "import_thesis_snapshots",
+    "load_autoencoder",
     "load_config",
+    "load_siamese",
     "prepare_observation",
     "read_observation",
     "render",
