@@ -18,7 +18,7 @@ help:
 	@echo "make book       set up .venv, run the pipeline notebooks and render the book to _build/html"
 	@echo "make test       set up .venv and run the whole test suite (notebooks included)"
 	@echo "make test-fast  the tests without executing the notebooks"
-	@echo "make benchmark  measure simulator and bank-reading throughput (benchmarks/README.md)"
+	@echo "make benchmark  measure simulator, training and matching speed (benchmarks/README.md)"
 	@echo "make clean      remove the book build and artifacts (keeps .venv)"
 
 venv: $(STAMP)
@@ -41,7 +41,10 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not notebooks"
 
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/simulator_throughput.py
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/simulator_throughput.py --out benchmarks/results/simulator.json
+	$(BIN)/python benchmarks/training_throughput.py --config default --epochs 2
+	$(BIN)/python benchmarks/matching_latency.py --out benchmarks/results/matching.json
 
 clean:
 	rm -rf _build artifacts

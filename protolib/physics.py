@@ -141,7 +141,10 @@ def envelope_density(
 
 def disk_scale_height(radius_au: torch.Tensor, scale_height_100au: torch.Tensor, flaring: float = 0.25) -> torch.Tensor:
     r"""Gas scale height :math:`H(R) = H_{100} (R / 100\,\mathrm{au})^{1+\psi}` [au]."""
-    return scale_height_100au * (radius_au.clamp(min=1e-3) / 100.0).pow(1.0 + flaring)
+    x = radius_au.clamp(min=1e-3) / 100.0
+    if flaring == 0.25:
+        return scale_height_100au * x * torch.sqrt(torch.sqrt(x))  # x^1.25, several times faster than pow
+    return scale_height_100au * x.pow(1.0 + flaring)
 
 
 def disk_surface_density_norm(disk_mass_msun: torch.Tensor, disk_radius_au: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:

@@ -212,7 +212,8 @@ def _envelope_column(r, z, ds, prefactor, param, config):
     abs_mu = (z.abs() / r).clamp(max=1.0)
     shape = _lookup_envelope_shape(torch.log10(r) - torch.log10(param["disk_radius"]), abs_mu)
     cavity = torch.where(abs_mu > torch.cos(torch.deg2rad(param["cavity_angle"])), config.cavity_contrast, 1.0)
-    return prefactor * (r * physics.AU_CM).pow(-1.5) * shape * cavity * ds * inside
+    r_cm = r * physics.AU_CM
+    return prefactor * (torch.rsqrt(r_cm) / r_cm) * shape * cavity * ds * inside  # r^-1.5
 
 
 def _midplane_window(r, z, param, config):

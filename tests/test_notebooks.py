@@ -37,7 +37,6 @@ def test_notebook_runs_alone_on_the_tiny_configuration(path, tmp_path, monkeypat
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("PROTOLIB_CONFIG", "tiny")
     monkeypatch.setenv("PROTOLIB_ARTIFACTS", str(tmp_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONPATH", str(NOTEBOOK_DIR.parent))
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     monkeypatch.delenv("PROTOLIB_INTERACTIVE", raising=False)
