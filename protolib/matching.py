@@ -679,7 +679,7 @@ class Matcher:
 
         model_path = Path(model_path)
         if not model_path.exists():
-            raise ProtolibInputError(f"Model file {model_path} does not exist. Train one with `protolib train` (notebook 03).")
+            raise ProtolibInputError(f"Model file {model_path} does not exist. Train one with `protolib train-siamese` (notebook 03).")
         model = load_siamese(model_path)
         checkpoint = getattr(model, "checkpoint", {}) or {}
         model_size = checkpoint.get("image_size")
@@ -861,7 +861,7 @@ def run_match(
     if (target is None) == (target_system is None):
         raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
     if not Path(model_path).exists():
-        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train`).")
+        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
     bank = Bank(bank_path)
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank_path).resolve())}
     options = dict(backend=backend, device=device, progress=progress)
