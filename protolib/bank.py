@@ -36,7 +36,7 @@ from .parameters import PARAMETERS, Parameter, Prior, sample_viewing
 from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
 from .simulator import SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "simulate_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS"]
+__all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS"]
 
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
@@ -157,6 +157,19 @@ class Bank:
             chunk = systems[start : start + batch_size]
             yield chunk, self.load_images(chunk)
 
+    def render_clean(self, system: int, device=None) -> np.ndarray:
+        """Re-render every projection of one simulated system without beam and noise [Jy/pixel], ``(P, H, W)``."""
+        config = self.simulator_config
+        if config is None:
+            raise ProtolibInputError(f"{self.path} was not made by the protolib simulator; its clean models cannot be rendered.")
+        device = default_device(device)
+        n_proj = self.n_projections
+        params = {k: torch.full((n_proj,), float(self.parameters[k][system]), dtype=torch.float64, device=device) for k in _RENDER_KEYS}
+        with torch.no_grad():
+            clean = render(params, torch.as_tensor(self.inclination[system], device=device),
+                           torch.as_tensor(self.position_angle[system], device=device), config, self.instrument.distance_pc)
+        return clean.cpu().numpy()
+
     def close(self) -> None:
         self._file.close()
 
@@ -216,15 +229,14 @@ def render_systems(
     per_image = {k: v.repeat_interleave(n_proj) for k, v in per_system.items()}
     inclination = torch.as_tensor(systems["inclination"][indices].reshape(-1), device=device)
     position_angle = torch.as_tensor(systems["position_angle"][indices].reshape(-1), device=device)
+    images = []
     with torch.no_grad():
-        clean = render(per_image, inclination, position_angle, config, instrument.distance_pc)
-        clean = clean.reshape(len(indices), n_proj, config.image_size, config.image_size).cpu()
-        images = np.stack(
-            [
-                instrument.observe(clean[j], config.pixel_size_au, system_rng(seed, int(i), stream=2)).numpy()
-                for j, i in enumerate(indices)
-            ]
-        )
+        for j, i in enumerate(indices):
+            # One system per call: the result is then the same however systems are grouped.
+            own = slice(j * n_proj, (j + 1) * n_proj)
+            clean = render({k: v[own] for k, v in per_image.items()}, inclination[own], position_angle[own], config, instrument.distance_pc)
+            images.append(instrument.observe(clean.cpu(), config.pixel_size_au, system_rng(seed, int(i), stream=2)).numpy())
+        images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
     return images.astype(np.float32), masses
 
@@ -259,6 +271,24 @@ def simulate_bank(
     if n_systems < 1 or n_projections < 1:
         raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
     systems = draw_systems(n_systems, n_projections, seed, prior)
+
+    def blocks():
+        for start in range(0, n_systems, systems_per_batch):
+            idx = np.arange(start, min(n_systems, start + systems_per_batch))
+            yield (idx, *render_systems(systems, idx, config, instrument, seed, device))
+
+    write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+    return Path(out)
+
+
+def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: SimulatorConfig, instrument: Instrument,
+                         prior: Prior, progress: bool = True, description: str = "Simulating bank") -> None:
+    """Write a bank atomically from drawn ``systems`` and ``blocks`` of ``(indices, images, envelope_masses)``.
+
+    The blocks may come from this process (:func:`simulate_bank`) or from shards rendered elsewhere
+    (:func:`protolib.cluster.simulate_bank_parallel`): the file is the same either way.
+    """
+    n_systems, n_projections = systems["inclination"].shape
     size = config.image_size
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -269,16 +299,15 @@ def simulate_bank(
             images.attrs["unit"] = instrument.unit
             images.attrs["axes"] = "system, projection, north, west"
             env_mass = np.zeros(n_systems)
-            bar = tqdm(total=n_systems * n_projections, unit="img", desc="Simulating bank", disable=not progress)
-            for start in range(0, n_systems, systems_per_batch):
-                idx = np.arange(start, min(n_systems, start + systems_per_batch))
-                images[idx[0] : idx[-1] + 1], env_mass[idx] = render_systems(systems, idx, config, instrument, seed, device)
+            bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
+            for idx, block_images, block_mass in blocks:
+                images[idx[0] : idx[-1] + 1] = block_images
+                env_mass[idx] = block_mass
                 bar.update(len(idx) * n_projections)
             bar.close()
-            systems["envelope_mass"] = env_mass
-            _write_tables(f, systems, {k: v for k, v in systems.items() if k in PARAMETERS})
+            tables = {**systems, "envelope_mass": env_mass}
+            _write_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
             _write_attrs(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
-    return Path(out)
 
 
 def _write_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:

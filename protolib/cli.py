@@ -26,6 +26,9 @@ def _register_simulate(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (default: from the config)")
     p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--workers", type=int, default=1, help="render in parallel on a local Dask cluster of this many processes")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (e.g. tcp://node:8786) to render on")
+    p.add_argument("--shard-systems", type=int, default=16, help="systems per shard in parallel runs (default 16)")
     p.add_argument("--out", required=True, type=Path, help="bank file to write (.h5)")
 
     def handler(args):
@@ -39,8 +42,20 @@ def _register_simulate(sub) -> None:
             if getattr(args, key) is not None:
                 overrides[section][name] = getattr(args, key)
         config = load_config(args.config, overrides)
-        simulate_bank(args.out, config.bank.n_systems, config.bank.n_projections, seed=config.bank.seed,
-                      config=config.simulator, instrument=config.instrument, device=args.device)
+        common = dict(seed=config.bank.seed, config=config.simulator, instrument=config.instrument)
+        if args.workers > 1 or args.scheduler:
+            from .cluster import simulate_bank_parallel
+
+            client = None
+            if args.scheduler:
+                from dask.distributed import Client
+
+                client = Client(args.scheduler)
+            report = simulate_bank_parallel(args.out, config.bank.n_systems, config.bank.n_projections, client=client,
+                                            n_workers=args.workers, shard_systems=args.shard_systems, **common)
+            print(f"Rendered {len(report.rendered)} of {report.n_shards} shards ({len(report.reused)} reused from an earlier run).")
+        else:
+            simulate_bank(args.out, config.bank.n_systems, config.bank.n_projections, device=args.device, **common)
         with Bank(args.out) as bank:
             print(f"Wrote {bank}")
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-__all__ = ["Beam", "Instrument", "convolve_beam", "beam_noise", "pixel_solid_angle_sr"]
+__all__ = ["Beam", "Instrument", "beam_kernel", "convolve_beam", "beam_noise", "pixel_solid_angle_sr"]
 
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -91,11 +91,25 @@ class Instrument:
         """The settings as plain data."""
         return asdict(self)
 
+    def without_noise(self) -> "Instrument":
+        """The same instrument with a perfect receiver (no thermal noise)."""
+        return Instrument(**{**self.to_dict(), "noise_rms_jy_beam": 0.0})
+
+    def total_flux_jy(self, images: np.ndarray, pixel_size_au: float) -> np.ndarray:
+        """Total flux [Jy] of images ``(..., H, W)`` in this instrument's unit (Jy/beam or Jy/pixel)."""
+        total = np.asarray(images, dtype=np.float64).sum(axis=(-2, -1))
+        beam = self.beam
+        return total if beam is None else total * pixel_solid_angle_sr(pixel_size_au, self.distance_pc) / beam.solid_angle_sr
+
     def observe(self, clean_jy_pixel: torch.Tensor, pixel_size_au: float, rng: np.random.Generator | None) -> torch.Tensor:
         """Convolve clean images ``(B, H, W)`` [Jy/pixel] with the beam and add noise; returns Jy/beam.
 
+        Accepts a tensor or a numpy array and returns the same kind.
+
         Noise is drawn from ``rng`` (skipped when ``rng`` is ``None`` or the rms is zero).
         """
+        if isinstance(clean_jy_pixel, np.ndarray):
+            return self.observe(torch.from_numpy(np.ascontiguousarray(clean_jy_pixel, dtype=np.float32)), pixel_size_au, rng).numpy()
         beam = self.beam
         if beam is None:
             return clean_jy_pixel
@@ -107,37 +121,51 @@ class Instrument:
         return image
 
 
-def _gaussian_transfer(shape: tuple[int, int], covariance: np.ndarray, device, dtype) -> torch.Tensor:
-    """Fourier transform of a unit-integral Gaussian with ``covariance`` [pixels^2] on an rfft grid."""
-    ky = torch.fft.fftfreq(shape[0], device=device, dtype=dtype)[:, None]
-    kx = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype)[None, :]
-    cxx, cxy, cyy = covariance[0, 0], covariance[0, 1], covariance[1, 1]
-    return torch.exp(-2.0 * math.pi**2 * (cxx * kx**2 + 2.0 * cxy * kx * ky + cyy * ky**2))
+def beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int = 1) -> np.ndarray:
+    """The beam as a unit-sum image in real space, ``(n, n)``, rows north and columns west.
+
+    By default the Gaussian is sampled at pixel centres, as a restoring beam is in interferometric
+    imaging, so a point source at a pixel centre peaks at its flux in Jy/beam. Being positive, the
+    kernel does not ring, unlike a Gaussian sampled in Fourier space when the beam spans about a
+    pixel. ``oversample > 1`` integrates the Gaussian over each pixel instead.
+    """
+    covariance = beam.covariance_pixels(pixel_arcsec)
+    half = int(math.ceil(4.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1])))) + 1
+    n = 2 * half + 1
+    sub = (np.arange(n * oversample) - (n * oversample - 1) / 2.0) / oversample
+    x, y = np.meshgrid(sub, sub)  # x: column (west), y: row (north)
+    inverse = np.linalg.inv(covariance)
+    gauss = np.exp(-0.5 * (inverse[0, 0] * x**2 + 2.0 * inverse[0, 1] * x * y + inverse[1, 1] * y**2))
+    kernel = gauss.reshape(n, oversample, n, oversample).sum(axis=(1, 3))
+    return kernel / kernel.sum()
 
 
 def convolve_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float) -> torch.Tensor:
-    """Convolve images ``(..., H, W)`` with a unit-integral Gaussian beam (total flux conserved).
+    """Convolve images ``(..., H, W)`` with the pixel-integrated beam (:func:`beam_kernel`).
 
-    The convolution is done with FFTs on a grid padded by three beam widths on each side, so flux
-    is neither wrapped around nor lost except what the beam spreads beyond the image edge.
+    Total flux is conserved: the kernel sums to one, and the images are zero-padded by the kernel's
+    half-width before the FFT, so nothing wraps around; only what the beam spreads beyond the image
+    edge is lost.
     """
-    covariance = beam.covariance_pixels(pixel_arcsec)
-    pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
+    kernel = beam_kernel(beam, pixel_arcsec)
+    half = kernel.shape[0] // 2
     height, width = images.shape[-2:]
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    shape = (height + 2 * pad, width + 2 * pad)
-    transfer = _gaussian_transfer(shape, covariance, images.device, images.dtype)
+    shape = (height + 2 * half, width + 2 * half)
+    padded = torch.nn.functional.pad(images, (half, half, half, half))
+    placed = np.zeros(shape)
+    placed[: kernel.shape[0], : kernel.shape[1]] = kernel
+    placed = np.roll(placed, (-half, -half), axis=(0, 1))
+    transfer = torch.fft.rfft2(torch.as_tensor(placed, dtype=images.dtype, device=images.device))
     result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer, s=shape)
-    return result[..., pad : pad + height, pad : pad + width]
+    return result[..., half : half + height, half : half + width]
 
 
 def beam_noise(shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.random.Generator) -> torch.Tensor:
     """Unit-rms Gaussian noise correlated on the beam scale, as in an interferometric image.
 
-    White noise is convolved with the beam and rescaled by the analytic factor
-    ``sqrt(4 pi sigma_maj sigma_min)`` (in pixels), so the expected rms per pixel is one.
+    White noise is convolved with the beam and divided by the kernel's root-sum-square, so the
+    expected rms per pixel is exactly one.
     """
     white = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
-    covariance = beam.covariance_pixels(pixel_arcsec)
-    sigma_product = math.sqrt(np.linalg.det(covariance))
-    return convolve_beam(white, beam, pixel_arcsec) * math.sqrt(4.0 * math.pi * sigma_product)
+    kernel = beam_kernel(beam, pixel_arcsec)
+    return convolve_beam(white, beam, pixel_arcsec) / float(np.sqrt((kernel**2).sum()))

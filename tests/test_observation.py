@@ -23,6 +23,7 @@ from protolib.instrument import Beam, Instrument, beam_noise
 from protolib.observation import (
     BankGrid,
     convolve_gaussian,
+    effective_beam_covariance,
     ResolutionMatch,
     plot_prepared_observation,
     prepare_observation,
@@ -214,7 +215,10 @@ def test_sharper_observation_is_smoothed_to_a_beam_the_bank_can_match(tmp_path):
     path = write_fits(tmp_path / "sharp.fits", beam=sharp, data_fn=lambda w: gaussian_jy_beam(w, beam=sharp))
     prepared = prepare_observation(path, GRID, 140.0, noise_rms_jy_beam=1e-5)
     assert prepared.smoothed
-    assert prepared.beam.minor_arcsec >= 0.25 - 1e-6  # contains the bank's beam
+    # Contains the beam the bank's images really have (pixel sampling included).
+    pixel_arcsec = GRID.pixel_size_au / GRID.distance_pc
+    bank_beam = Beam.from_covariance_pixels(effective_beam_covariance(GRID.beam, pixel_arcsec), pixel_arcsec)
+    assert prepared.beam.minor_arcsec >= bank_beam.minor_arcsec - 1e-6
     assert prepared.total_flux_jy == pytest.approx(SOURCE_FLUX_JY, rel=0.01)
     transform = prepared.transform()  # would raise if the bank had to be sharpened
     assert np.all(np.linalg.eigvalsh(transform.kernel_covariance) >= -1e-12)

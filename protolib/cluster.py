@@ -1,0 +1,170 @@
+"""Build banks in parallel on a Dask cluster: workers render shards, which become one bank.
+
+Why Dask: it runs the same code on a laptop (``LocalCluster``) and on the SLURM / PBS clusters
+astronomers use (``dask-jobqueue`` submits the workers as batch jobs), it ships numpy arrays to
+workers without ceremony, and it needs no service of its own on the cluster. Ray would do as well
+but needs its own head node set up inside the batch job.
+
+Every system's image depends only on the bank seed and the system's index
+(:func:`protolib.bank.render_systems`), so the result is **bit-identical to**
+:func:`protolib.bank.simulate_bank` **whatever the number of workers**. Shards are written
+atomically to ``OUT.shards/``; a rerun after an interruption renders only the missing ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from .bank import draw_systems, render_systems, write_simulated_bank
+from .instrument import Instrument
+from .parameters import Prior
+from .runtime import ProtolibInputError, atomic_path
+from .simulator import SimulatorConfig
+
+__all__ = ["ParallelReport", "simulate_bank_parallel", "shard_folder"]
+
+
+@dataclass
+class ParallelReport:
+    """What a parallel build did: the bank, how many shards there were and how many were rendered now."""
+
+    bank: Path
+    n_shards: int
+    rendered: list[int]
+    reused: list[int]
+
+
+def shard_folder(out: str | Path) -> Path:
+    """Where the shards of bank ``out`` are kept while it is being built (``OUT.shards``)."""
+    out = Path(out)
+    return out.with_name(out.name + ".shards")
+
+
+def _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems) -> str:
+    recipe = json.dumps([n_systems, n_projections, seed, config.to_dict(), instrument.to_dict(), prior.to_dict(), shard_systems],
+                        sort_keys=True, default=str)
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def _render_shard(shard: int, systems: dict, shard_systems: int, config: dict, instrument: dict, seed: int,
+                  folder: str, fingerprint: str) -> int:
+    """Worker task: render systems ``[shard * shard_systems, ...)`` into ``folder/shard_NNNNN.h5``."""
+    import torch
+
+    torch.set_num_threads(1)
+    n_systems = systems["inclination"].shape[0]
+    indices = np.arange(shard * shard_systems, min(n_systems, (shard + 1) * shard_systems))
+    images, masses = render_systems(systems, indices, SimulatorConfig(**config), Instrument(**instrument), seed, device="cpu")
+    with atomic_path(Path(folder) / f"shard_{shard:05d}.h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f["images"] = images
+            f["envelope_mass"] = masses
+            f["indices"] = indices
+            f.attrs["fingerprint"] = fingerprint
+    return shard
+
+
+def _shard_is_complete(path: Path, fingerprint: str) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("fingerprint") == fingerprint and "envelope_mass" in f
+    except OSError:
+        return False
+
+
+def simulate_bank_parallel(
+    out: str | Path,
+    n_systems: int,
+    n_projections: int = 8,
+    *,
+    seed: int = 0,
+    config: SimulatorConfig | None = None,
+    instrument: Instrument | None = None,
+    prior: Prior | None = None,
+    shard_systems: int = 16,
+    client=None,
+    n_workers: int = 2,
+    keep_shards: bool = False,
+    progress: bool = True,
+) -> ParallelReport:
+    """Simulate a bank with Dask workers; the file equals :func:`~protolib.bank.simulate_bank`'s.
+
+    Arguments:
+        out: the bank to write.
+        shard_systems: systems per shard (one task, one file in ``OUT.shards/``).
+        client: a ``dask.distributed.Client`` of an existing cluster (e.g. a ``dask_jobqueue.SLURMCluster``);
+            when ``None``, a local cluster of ``n_workers`` processes is started and stopped.
+        keep_shards: keep ``OUT.shards/`` after the bank is written (it is deleted by default).
+
+    Returns:
+        A :class:`ParallelReport` naming the shards rendered now and those reused from an earlier run.
+
+    Example:
+        >>> from dask.distributed import Client                      # doctest: +SKIP
+        >>> from dask_jobqueue import SLURMCluster
+        >>> cluster = SLURMCluster(cores=8, processes=8, memory="32GB", walltime="02:00:00")
+        >>> cluster.scale(jobs=10)
+        >>> simulate_bank_parallel("bank.h5", 100_000, client=Client(cluster))
+    """
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ProtolibInputError("Parallel bank building needs Dask: pip install 'protolib[cluster]' (dask[distributed]).") from None
+    config = config or SimulatorConfig()
+    instrument = instrument or Instrument()
+    prior = prior or Prior()
+    if n_systems < 1 or n_projections < 1 or shard_systems < 1:
+        raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
+    systems = draw_systems(n_systems, n_projections, seed, prior)
+    fingerprint = _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems)
+    folder = shard_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
+        raise ProtolibInputError(
+            f"{folder} holds shards of a different bank (other size, seed or settings). Delete that folder to start "
+            "afresh, or write the new bank to another --out."
+        )
+    manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_systems": n_systems, "shard_systems": shard_systems}))
+    n_shards = -(-n_systems // shard_systems)
+    paths = [folder / f"shard_{k:05d}.h5" for k in range(n_shards)]
+    todo = [k for k in range(n_shards) if not _shard_is_complete(paths[k], fingerprint)]
+    reused = [k for k in range(n_shards) if k not in todo]
+
+    if todo:
+        own_cluster = None
+        if client is None:
+            own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(own_cluster)
+        try:
+            shared = client.scatter(systems, broadcast=True)
+            futures = client.map(_render_shard, todo, systems=shared, shard_systems=shard_systems, config=config.to_dict(),
+                                 instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint,
+                                 pure=False)
+            with tqdm(total=len(todo), unit="shard", desc="Rendering shards", disable=not progress) as bar:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(1)
+        finally:
+            if own_cluster is not None:
+                client.close()
+                own_cluster.close()
+
+    def blocks():
+        for path in paths:
+            with h5py.File(path, "r") as f:
+                yield f["indices"][()], f["images"][()], f["envelope_mass"][()]
+
+    write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior,
+                         progress=progress, description="Writing bank")
+    if not keep_shards:
+        shutil.rmtree(folder)
+    return ParallelReport(bank=Path(out), n_shards=n_shards, rendered=todo, reused=reused)
