@@ -61,7 +61,11 @@ __all__ = [
     "truth_ranks",
     "tarp_coverage",
     "headline_table",
+    "parameter_table",
+    "verdicts",
     "run_evaluation",
+    "VARIANTS",
+    "compare_variants",
     "COVERAGE_LEVELS",
     "METHOD_NAMES",
 ]
@@ -84,6 +88,7 @@ class EvaluationSettings:
     k_candidates: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])  # k tried by the correction
     rank_bins: int = 10  # bins of the rank histograms
     seed: int = 0  # random matches and TARP reference points
+    variant_epochs: int | None = None  # epochs per network in the target/loss comparison (None: the config's)
 
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_NAMES)
@@ -604,6 +609,48 @@ def evaluate_methods(
 
 
 # ---------------------------------------------------------------------------------------------
+# Which target similarity and loss? Settled by the same evaluation
+
+VARIANTS = {
+    "kernel + mse": {},
+    "cosine + mse": {"target": {"kind": "cosine"}},
+    "kernel + contrastive": {"loss": {"kind": "contrastive"}},
+    "kernel + log_ratio": {"loss": {"kind": "log_ratio"}},
+}
+"""Variants of the Siamese network's training compared by :func:`compare_variants` (overrides of ``siamese:``)."""
+
+
+def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, dict] | None = None,
+                     settings: EvaluationSettings | None = None, *, progress: bool = False) -> dict[str, dict]:
+    """Train (or reuse) one Siamese network per variant and evaluate each on the same test targets.
+
+    Every variant is scored against the same relevance, the configuration's own target similarity
+    (so a cosine-trained network is not judged by the cosine it was taught), and trained for
+    ``settings.variant_epochs`` epochs (the configuration's when ``None``) through
+    :func:`~protolib.learning.ensure_siamese`, as ``siamese_variant_<n>.pt`` in ``config.artifacts_dir``.
+
+    Returns:
+        variant name -> the ``"siamese"`` entry of :func:`evaluate_methods`, plus ``"path"``.
+    """
+    from .learning import ensure_siamese, run_split, siamese_settings
+    from .siamese import load_siamese
+
+    settings = settings or evaluation_settings(config)
+    variants = VARIANTS if variants is None else variants
+    split = run_split(config, bank)
+    reference = siamese_settings(config)["target"]
+    normaliser = ParameterNormaliser(list(reference.parameters), reference.normalisation).fit(bank.parameter_table(list(reference.parameters))[split.train])
+    relevance = Relevance(reference, normaliser)
+    epochs = {"training": {"epochs": settings.variant_epochs}} if settings.variant_epochs else {}
+    results = {}
+    for number, (name, overrides) in enumerate(variants.items()):
+        path = ensure_siamese(config, bank, autoencoder, name=f"siamese_variant_{number}.pt", overrides={**epochs, **overrides}, progress=progress)
+        result = evaluate_methods([siamese_method(load_siamese(path))], bank, relevance, split, settings)["siamese"]
+        results[name] = {**result, "path": path}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
 # Reports
 
 
@@ -626,6 +673,44 @@ def headline_table(results: dict[str, dict], parameters: Sequence[str] | None = 
         rows.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     header = "| method | k | nDCG@k | Spearman | " + " | ".join(f"{n} RMS/prior" for n in names) + " | cov68 | cov95 |"
     return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
+
+
+def parameter_table(results: dict[str, dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False) -> str:
+    """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a column per method."""
+    tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
+    names = list(next(iter(tables.values())))
+    rows = [f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
+            + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables) + " |" for n in names]
+    return "\n".join([f"| {figure} | " + " | ".join(tables) + " |", "|" + " --- |" * (len(tables) + 1), *rows,
+                      "", "\* in the network's target similarity"])
+
+
+def verdicts(results: dict[str, dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
+    """One plain sentence per parameter: does ``reference`` recover it better than every baseline, and does it constrain it?
+
+    A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
+    range are below ``1 - margin`` prior spreads; ``reference`` is better when its RMS error is lower
+    than the best baseline's by more than ``margin`` prior spreads.
+    """
+    tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
+    own = tables[reference]
+    lines = []
+    for name, row in own.items():
+        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference}
+        best = min(others, key=others.get) if others else None
+        error = row["rms_error_over_prior_spread"]
+        constrained = error < 1 - margin and row["width_68_over_prior_spread"] < 1 - margin
+        if best is None:
+            comparison = ""
+        elif error < others[best] - margin:
+            comparison = f"better than every baseline (best: {best}, {others[best]:.2f})"
+        elif error > others[best] + margin:
+            comparison = f"WORSE than {best} ({others[best]:.2f})"
+        else:
+            comparison = f"no better than {best} ({others[best]:.2f})"
+        lines.append(f"{name}: RMS error {error:.2f} prior spreads, R^2 {row['r2_knn']:.2f}, 68% coverage {row['coverage_68']:.2f}; "
+                     f"{'constrained' if constrained else 'NOT constrained by the images'}; {comparison}")
+    return lines
 
 
 def _metrics_of(result: dict, corrected: bool) -> dict:
