@@ -205,7 +205,8 @@ def train_autoencoder(
     model_config = AutoencoderConfig(**{**(model.to_dict() if model else {}), "image_size": bank.image_size})
     device = default_device(device)
     preprocessing = ImagePreprocessing.from_bank(bank, **(images or {}))
-    preprocessing.fit(ImageSource(bank, training.memory_limit_mb).systems(split.train).reshape(-1, bank.image_size, bank.image_size))
+    flux_systems = split.train[:: max(1, len(split.train) // 1000)]  # at most ~1000 systems: enough for a mean and spread
+    preprocessing.fit(bank.load_images(flux_systems).reshape(-1, bank.image_size, bank.image_size))
     torch.manual_seed(training.seed)
     network = Autoencoder(model_config).to(device)
     metadata = {

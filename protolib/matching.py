@@ -278,13 +278,15 @@ class EmbeddingIndex:
     def _exact_top_k(self, queries: np.ndarray, k: int, excluded: list) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(queries).to(self.device)
         ex = torch.as_tensor([-1 if e is None else int(e) for e in excluded], device=self.device)
+        excluding = any(e is not None for e in excluded)
         best_sims = torch.full((len(q), 0), -math.inf, device=self.device)
         best_rows = torch.zeros((len(q), 0), dtype=torch.int64, device=self.device)
         for start in range(0, len(self), self.chunk_rows):
             block = self._vectors[start : start + self.chunk_rows]
             sims = q @ block.T  # (Q, rows)
-            own = self._system[start : start + len(block)][None, :] == ex[:, None]
-            sims = sims.masked_fill(own, -math.inf)
+            if excluding:
+                own = self._system[start : start + len(block)][None, :] == ex[:, None]
+                sims = sims.masked_fill(own, -math.inf)
             top = torch.topk(sims, min(k, sims.shape[1]), dim=1)
             best_sims = torch.cat([best_sims, top.values], dim=1)
             best_rows = torch.cat([best_rows, top.indices + start], dim=1)

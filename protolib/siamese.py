@@ -76,7 +76,7 @@ class PairConfig:
     """Which pairs a training step compares."""
 
     mode: str = "all"  # "all": every pair within a batch; "fixed": the thesis's fixed random pairs
-    fixed_fraction: float = 0.05  # fixed mode: fraction of all pairs of training images drawn once
+    fixed_fraction: float = 0.001  # fixed mode: fraction of all pairs of training images drawn once (each epoch visits all)
 
     def __post_init__(self):
         if self.mode not in ("all", "fixed"):
@@ -143,7 +143,7 @@ class _SiameseTask:
             target = target_similarity(self.parameters[batch[1]], self.parameters[batch[3]], self.target)
             return self.loss_fn((embed_a * embed_b).sum(1), target.float())
         embeddings = self._embed(batch[0], generator)  # (B, D)
-        similarity = embeddings @ embeddings.T  # (B, B)
+        similarity = (embeddings[:, None, :] * embeddings[None, :, :]).sum(-1)  # (B, B), float32 even under autocast
         target = pairwise_target_similarity(self.parameters[batch[1]], self.target).float()  # (B, B)
         if getattr(self.loss_fn, "takes_matrices", False):
             return self.loss_fn(similarity, target)
@@ -298,8 +298,11 @@ def similarity_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
     }
 
 
-def evaluate_similarity(model: SiameseModel, bank, systems: np.ndarray) -> dict:
+def evaluate_similarity(model: SiameseModel, bank, systems: np.ndarray, max_systems: int = 250, seed: int = 0) -> dict:
     """Predicted and target similarity of every pair of distinct images of ``systems`` (held out).
+
+    At most ``max_systems`` systems are used (a random subset drawn with ``seed``), which keeps the
+    number of pairs, quadratic in the number of images, within memory for large banks.
 
     Returns:
         A dict with ``metrics`` (:func:`similarity_metrics` over all pairs, plus the same over pairs
@@ -308,6 +311,8 @@ def evaluate_similarity(model: SiameseModel, bank, systems: np.ndarray) -> dict:
         ``(n_images,)`` and ``embeddings`` ``(n_images, D)``.
     """
     systems = np.asarray(systems, dtype=np.int64)
+    if len(systems) > max_systems:
+        systems = np.sort(np.random.default_rng([int(seed), 13]).choice(systems, max_systems, replace=False))
     images = bank.load_images(systems)
     n_proj = images.shape[1]
     images = images.reshape(-1, *images.shape[2:])
@@ -339,6 +344,6 @@ def neighbour_parameter_error(model: SiameseModel, bank, query_systems: np.ndarr
     er = model.embed_images(reference.reshape(-1, *reference.shape[2:]))
     z_q = model.normaliser.transform(bank.parameter_table(names)[np.repeat(query_systems, n_q)])
     z_r = model.normaliser.transform(bank.parameter_table(names)[np.repeat(reference_systems, n_r)])
-    nearest = np.argsort(-(eq @ er.T), axis=1)[:, :k]
+    nearest = np.concatenate([np.argsort(-(eq[s : s + 1024] @ er.T), axis=1)[:, :k] for s in range(0, len(eq), 1024)])
     error = np.sqrt(((z_r[nearest].mean(1) - z_q) ** 2).mean(0))
     return dict(zip(names, error.tolist()))
