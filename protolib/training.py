@@ -234,7 +234,7 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             scaler.update()
             total += float(loss.detach())
             n_batches += 1
-            n_images += len(batch[0])
+            n_images += sum(len(images) for images in batch[::2])  # (images, systems) or (images_a, systems_a, images_b, systems_b)
         train_seconds = time.perf_counter() - start
         validation = evaluate_loss(task, config)
         record = {
