@@ -312,6 +312,8 @@ def rank_targets(
     queries, reference = vectors[t_sys * p + t_proj].astype(np.float32), vectors[r_sys * p + r_proj].astype(np.float32)
     shift = np.zeros(len(queries), dtype=np.float32)
     if method.metric == "euclidean":  # -|q - b|^2 / 2 = q.b - |b|^2 / 2 - |q|^2 / 2: an inner product on augmented vectors
+        centre = reference.mean(0)  # distances do not change; float32 products lose less
+        queries, reference = queries - centre, reference - centre
         reference = np.c_[reference, -0.5 * (reference**2).sum(1)]
         queries, shift = np.c_[queries, np.ones(len(queries), dtype=np.float32)], -0.5 * (queries**2).sum(1)
     local = np.arange(len(reference))
@@ -682,7 +684,7 @@ def parameter_table(results: dict[str, dict], figure: str = "rms_error_over_prio
     rows = [f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
             + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables) + " |" for n in names]
     return "\n".join([f"| {figure} | " + " | ".join(tables) + " |", "|" + " --- |" * (len(tables) + 1), *rows,
-                      "", "\* in the network's target similarity"])
+                      "", "\\* in the network's target similarity"])
 
 
 def verdicts(results: dict[str, dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
