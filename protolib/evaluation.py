@@ -614,22 +614,24 @@ def evaluate_methods(
 # Which target similarity and loss? Settled by the same evaluation
 
 VARIANTS = {
-    "kernel + mse": {},
-    "cosine + mse": {"target": {"kind": "cosine"}},
-    "kernel + contrastive": {"loss": {"kind": "contrastive"}},
-    "kernel + log_ratio": {"loss": {"kind": "log_ratio"}},
+    "kernel + mse": ("siamese.pt", {}),
+    "cosine + mse": ("siamese_cosine.pt", {"target": {"kind": "cosine"}}),
+    "kernel + contrastive": ("siamese_contrastive.pt", {"loss": {"kind": "contrastive"}}),
+    "kernel + log_ratio": ("siamese_log_ratio.pt", {"loss": {"kind": "log_ratio"}}),
 }
-"""Variants of the Siamese network's training compared by :func:`compare_variants` (overrides of ``siamese:``)."""
+"""Variants compared by :func:`compare_variants`: name -> (checkpoint file, overrides of the ``siamese:`` section).
+
+The first two are the networks notebook 03 trains, so a book build reuses them."""
 
 
-def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, dict] | None = None,
+def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, tuple[str, dict]] | None = None,
                      settings: EvaluationSettings | None = None, *, progress: bool = False) -> dict[str, dict]:
     """Train (or reuse) one Siamese network per variant and evaluate each on the same test targets.
 
     Every variant is scored against the same relevance, the configuration's own target similarity
-    (so a cosine-trained network is not judged by the cosine it was taught), and trained for
-    ``settings.variant_epochs`` epochs (the configuration's when ``None``) through
-    :func:`~protolib.learning.ensure_siamese`, as ``siamese_variant_<n>.pt`` in ``config.artifacts_dir``.
+    (so a cosine-trained network is not judged by the cosine it was taught). Networks are made by
+    :func:`~protolib.learning.ensure_siamese` in ``config.artifacts_dir``, with the configuration's
+    epochs, or ``settings.variant_epochs`` (then as ``<file>_e<epochs>.pt``, beside the full ones).
 
     Returns:
         variant name -> the ``"siamese"`` entry of :func:`evaluate_methods`, plus ``"path"``.
@@ -643,10 +645,12 @@ def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict
     reference = siamese_settings(config)["target"]
     normaliser = ParameterNormaliser(list(reference.parameters), reference.normalisation).fit(bank.parameter_table(list(reference.parameters))[split.train])
     relevance = Relevance(reference, normaliser)
-    epochs = {"training": {"epochs": settings.variant_epochs}} if settings.variant_epochs else {}
+    epochs = settings.variant_epochs
     results = {}
-    for number, (name, overrides) in enumerate(variants.items()):
-        path = ensure_siamese(config, bank, autoencoder, name=f"siamese_variant_{number}.pt", overrides={**epochs, **overrides}, progress=progress)
+    for name, (file_name, overrides) in variants.items():
+        if epochs:
+            file_name, overrides = f"{Path(file_name).stem}_e{epochs}.pt", {"training": {"epochs": epochs}, **overrides}
+        path = ensure_siamese(config, bank, autoencoder, name=file_name, overrides=overrides, progress=progress)
         result = evaluate_methods([siamese_method(load_siamese(path))], bank, relevance, split, settings)["siamese"]
         results[name] = {**result, "path": path}
     return results
