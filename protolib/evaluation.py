@@ -54,7 +54,7 @@ __all__ = [
     "rank_targets",
     "score_ranking",
     "evaluate_methods",
-    "choose_top_k",
+    "choose_correction",
     "ndcg_at_k",
     "r_squared",
     "central_coverage",
@@ -73,6 +73,7 @@ __all__ = [
 COVERAGE_LEVELS = (0.5, 0.68, 0.95)
 CURVE_LEVELS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
 METHOD_NAMES = ("random", "pixel", "pca", "autoencoder", "siamese")
+CORRECTIONS = ("choose_k", "choose_k_and_widening", "none")
 
 
 @dataclass
@@ -84,8 +85,9 @@ class EvaluationSettings:
     methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))  # methods compared on the same targets
     pca_components: int = 32  # dimensions kept by the PCA baseline
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
-    correction: str = "choose_k"  # "choose_k": pick k on validation systems for calibrated coverage; "none"
+    correction: str = "choose_k_and_widening"  # on validation systems: "choose_k", "choose_k_and_widening" or "none"
     k_candidates: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])  # k tried by the correction
+    widening_candidates: list[float] = field(default_factory=lambda: [1.0, 1.25, 1.5, 2.0, 2.5, 3.0])  # interval scalings tried
     rank_bins: int = 10  # bins of the rank histograms
     seed: int = 0  # random matches and TARP reference points
     variant_epochs: int | None = None  # epochs per network in the target/loss comparison (None: the config's)
@@ -94,8 +96,8 @@ class EvaluationSettings:
         unknown = set(self.methods) - set(METHOD_NAMES)
         if unknown:
             raise ProtolibInputError(f"Unknown evaluation method(s) {sorted(unknown)}; known ones are {list(METHOD_NAMES)}.")
-        if self.correction not in ("choose_k", "none"):
-            raise ProtolibInputError(f"Evaluation correction must be 'choose_k' or 'none', got {self.correction!r}.")
+        if self.correction not in CORRECTIONS:
+            raise ProtolibInputError(f"Evaluation correction must be one of {CORRECTIONS}, got {self.correction!r}.")
         if self.top_k < 1:
             raise ProtolibInputError(f"Evaluation top_k must be at least 1, got {self.top_k}.")
 
@@ -353,8 +355,28 @@ def r_squared(estimate: np.ndarray, truth: np.ndarray) -> float:
     return float(1.0 - ((truth - estimate) ** 2).sum() / total) if total > 0 else float("nan")
 
 
+def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.ndarray | None = None,
+                      *, widening: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and central intervals of each target's samples, optionally widened about the median.
+
+    Arguments:
+        samples: ``(T, n)`` each target's match values (one parameter, scaled).
+        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
+        weights: ``(T, n)`` optional weight per match.
+        widening: each interval's distance from the median is multiplied by this (1: the percentiles).
+
+    Returns:
+        ``median (T,)``, ``low (T, L)`` and ``high (T, L)``.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    percentiles = np.r_[50.0, 50 - 50 * levels, 50 + 50 * levels]
+    bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
+    median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
+    return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
+
+
 def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS,
-                     weights: np.ndarray | None = None) -> np.ndarray:
+                     weights: np.ndarray | None = None, *, widening: float = 1.0) -> np.ndarray:
     """How often the truth lies within the samples' central interval at each level.
 
     Arguments:
@@ -362,18 +384,14 @@ def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[f
         truths: ``(T,)`` the true values.
         levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
         weights: ``(T, n)`` optional weight per match.
+        widening: intervals widened about the median by this factor (:func:`central_intervals`).
 
     Returns:
         ``(len(levels),)`` the fraction of targets covered; a calibrated method gives ``levels``.
     """
-    levels = np.asarray(levels, dtype=np.float64)
-    percentiles = np.r_[50 - 50 * levels, 50 + 50 * levels]
-    hits = np.zeros((len(truths), len(levels)), dtype=bool)
-    for t, (values, truth) in enumerate(zip(samples, truths)):
-        bounds = weighted_percentile(values, percentiles, None if weights is None else weights[t])
-        low, high = bounds[: len(levels)], bounds[len(levels):]
-        hits[t] = (low <= truth) & (truth <= high)
-    return hits.mean(0)
+    _, low, high = central_intervals(samples, levels, weights, widening=widening)
+    truths = np.asarray(truths)[:, None]
+    return ((low <= truths) & (truths <= high)).mean(0)
 
 
 def truth_ranks(samples: np.ndarray, truths: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -480,6 +498,7 @@ def score_ranking(
     weight_temperature: float | None = None,
     rank_bins: int = 10,
     seed: int = 0,
+    widening: float = 1.0,
 ) -> MethodEvaluation:
     """Every figure of one method's ranking at ``top_k`` matches per target.
 
@@ -492,6 +511,7 @@ def score_ranking(
         weight_temperature: weight matches by :func:`~protolib.distributions.similarity_weights` (``None``: equal).
         rank_bins: bins of the rank histograms (for the uniformity test).
         seed: tie-breaking of ranks and TARP's reference points.
+        widening: intervals (coverage, 68% ranges) widened about the median by this factor (the correction).
     """
     names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
     top_k = min(top_k, ranking.order.shape[1])
@@ -527,12 +547,12 @@ def score_ranking(
     constrained = set(relevance.definition.parameters)
     for j, name in enumerate(names):
         samples, truths = values[match_rows, j], values[target_rows, j]
-        mid = np.array([weighted_percentile(s, [16, 50, 84], None if weights is None else w)
-                        for s, w in zip(samples, weights if weights is not None else [None] * len(samples))])
+        median_j, low_j, high_j = central_intervals(samples, [0.68], weights)
+        mid = np.c_[low_j[:, 0], median_j, high_j[:, 0]]  # (T, 3): 16th, 50th, 84th percentiles
         estimate = samples.mean(1) if weights is None else (samples * weights).sum(1)
         error = mid[:, 1] - truths
-        coverage = central_coverage(samples, truths, COVERAGE_LEVELS, weights)
-        curve = central_coverage(samples, truths, CURVE_LEVELS, weights)
+        coverage = central_coverage(samples, truths, COVERAGE_LEVELS, weights, widening=widening)
+        curve = central_coverage(samples, truths, CURVE_LEVELS, weights, widening=widening)
         rank = truth_ranks(samples, truths, seed=seed + j)
         counts = np.histogram(rank / top_k, bins=rank_bins, range=(0.0, 1.0 + 1e-9))[0]
         spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
@@ -542,16 +562,18 @@ def score_ranking(
             "median_abs_error": float(np.median(np.abs(error))), "rms_error": float(np.sqrt(np.mean(error**2))),
             "rms_error_over_prior_spread": float(np.sqrt(np.mean(error**2)) / spread),
             "r2_knn": r_squared(estimate, truths), "r2_median": r_squared(mid[:, 1], truths),
-            "width_68_over_prior_spread": float(np.median(0.5 * (mid[:, 2] - mid[:, 0])) / spread),
+            "width_68_over_prior_spread": float(widening * np.median(0.5 * (mid[:, 2] - mid[:, 0])) / spread),
             **{f"coverage_{round(100 * c)}": float(v) for c, v in zip(COVERAGE_LEVELS, coverage)},
             "rank_histogram": counts.tolist(),
             "rank_uniformity_p": float(chisquare(counts).pvalue) if counts.sum() else float("nan"),
         }
-        truth[name], median[name], interval[name], ranks[name], curves[name] = truths, mid[:, 1], mid[:, [0, 2]], rank, curve
+        widened = mid[:, 1:2] + widening * (mid[:, [0, 2]] - mid[:, 1:2])
+        truth[name], median[name], interval[name], ranks[name], curves[name] = truths, mid[:, 1], widened, rank, curve
     z_samples, z_truths = z_images[match_rows], z_images[target_rows]
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
     metrics["parameters"] = table
     metrics["calibration"] = {
+        "interval_widening": float(widening),
         **{f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names])) for c in COVERAGE_LEVELS},
         "coverage_curve": {"levels": list(CURVE_LEVELS), **{n: curves[n].tolist() for n in names}},
         "tarp": {"alpha": alpha.tolist(), "ecp": ecp.tolist(), "max_deviation": float(np.max(np.abs(ecp - alpha))),
@@ -560,20 +582,37 @@ def score_ranking(
     return MethodEvaluation(ranking.method, top_k, metrics, names, truth, median, interval, ranks, curves, (alpha, ecp))
 
 
-def choose_top_k(ranking: Ranking, bank: Bank, relevance: Relevance, candidates: Sequence[int], **options) -> tuple[int, dict]:
-    """The ``k`` whose 68% and 95% coverage is closest to nominal on ``ranking``'s targets (validation systems).
+def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int], widening_candidates: Sequence[float] = (1.0,), *,
+                      parameters: Sequence[str] | None = None, weight_temperature: float | None = None) -> tuple[int, float, dict]:
+    """The ``k`` and interval widening whose 68% and 95% coverage is closest to nominal on ``ranking``'s targets.
 
-    Small ``k`` gives narrow, overconfident distributions; large ``k`` tends to the prior and
-    over-covers. The score is the mean over parameters of ``|c68 - 0.68| + |c95 - 0.95|``.
+    Run it on validation systems, never the test ones. Few matches give narrow, overconfident
+    distributions; many tend to the prior and over-cover; widening the intervals about the median
+    (a scale factor, as in conformal calibration) fixes what no ``k`` does. The score is the mean
+    over parameters of ``|c68 - 0.68| + |c95 - 0.95|``; among near-ties (within 0.01) the least widening wins.
 
     Returns:
-        The chosen ``k`` and ``{k: score}`` for every candidate.
+        The chosen ``k``, the chosen widening, and ``{"k=..,widening=..": score}`` for every candidate.
     """
+    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    values, _ = _scaled_values(bank, names)
+    p = bank.n_projections
+    target_rows = ranking.target_system * p + ranking.target_projection
     scores = {}
-    for k in sorted({min(int(c), ranking.order.shape[1]) for c in candidates}):
-        table = score_ranking(ranking, bank, relevance, top_k=k, **options).metrics["parameters"]
-        scores[k] = float(np.mean([abs(r["coverage_68"] - 0.68) + abs(r["coverage_95"] - 0.95) for r in table.values()]))
-    return min(scores, key=scores.get), scores
+    for k in sorted({min(int(c), ranking.order.shape[1]) for c in k_candidates}):
+        match_rows = (ranking.reference_system * p + ranking.reference_projection)[ranking.order[:, :k]]
+        weights = None if weight_temperature is None else np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :k]])
+        bounds = [(central_intervals(values[match_rows, j], (0.68, 0.95), weights), values[target_rows, j]) for j in range(len(names))]
+        for widening in widening_candidates:
+            misses = []
+            for (median, low, high), truths in bounds:
+                low, high = median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
+                covered = ((low <= truths[:, None]) & (truths[:, None] <= high)).mean(0)
+                misses.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
+            scores[(k, float(widening))] = float(np.mean(misses))
+    best = min(scores.values())
+    k, widening = min((key for key, score in scores.items() if score <= best + 0.01), key=lambda key: (key[1], scores[key]))
+    return k, widening, {f"k={key[0]},widening={key[1]:g}": score for key, score in scores.items()}
 
 
 def evaluate_methods(
@@ -587,12 +626,13 @@ def evaluate_methods(
 ) -> dict[str, dict]:
     """Evaluate every method on the same test targets, against the training systems.
 
-    With ``settings.correction == "choose_k"``, ``k`` is also chosen per method on the validation
-    systems (:func:`choose_top_k`) and the test figures at that ``k`` are reported as ``corrected``.
+    With ``settings.correction`` other than ``"none"``, ``k`` (and with ``"choose_k_and_widening"`` an
+    interval widening) is also chosen per method on the validation systems (:func:`choose_correction`),
+    and the test figures with that choice are reported as ``corrected``.
 
     Returns:
         method name -> ``{"method": MatchingMethod, "evaluation": MethodEvaluation, "corrected":
-        MethodEvaluation or None, "chosen_k": int or None, "k_scores": dict}``.
+        MethodEvaluation or None, "chosen_k": int or None, "chosen_widening": float or None, "k_scores": dict}``.
     """
     settings = settings or EvaluationSettings()
     options = dict(parameters=parameters, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
@@ -601,11 +641,14 @@ def evaluate_methods(
         vectors, _, _ = embed_bank(method.embed, bank, progress=False)
         ranking = rank_targets(method, vectors, bank, relevance, split.test, split.train, projection=settings.projection)
         result = {"method": method, "evaluation": score_ranking(ranking, bank, relevance, top_k=settings.top_k, **options),
-                  "corrected": None, "chosen_k": None, "k_scores": {}}
-        if settings.correction == "choose_k" and len(split.validation):
+                  "corrected": None, "chosen_k": None, "chosen_widening": None, "k_scores": {}}
+        if settings.correction != "none" and len(split.validation):
             validation = rank_targets(method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection)
-            k, scores = choose_top_k(validation, bank, relevance, settings.k_candidates, **options)
-            result.update(chosen_k=k, k_scores=scores, corrected=score_ranking(ranking, bank, relevance, top_k=k, **options))
+            widenings = settings.widening_candidates if settings.correction == "choose_k_and_widening" else [1.0]
+            k, widening, scores = choose_correction(validation, bank, settings.k_candidates, widenings, parameters=parameters,
+                                                    weight_temperature=settings.weight_temperature)
+            result.update(chosen_k=k, chosen_widening=widening, k_scores=scores,
+                          corrected=score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options))
         results[method.name] = result
     return results
 
@@ -733,7 +776,8 @@ def _to_json(results: dict[str, dict]) -> dict:
                  "at_top_k": {**result["evaluation"].metrics, "top_k": result["evaluation"].top_k}}
         if result["corrected"] is not None:
             entry["corrected"] = {**result["corrected"].metrics, "top_k": result["corrected"].top_k}
-            entry["chosen_k"], entry["k_scores_on_validation"] = result["chosen_k"], {str(k): v for k, v in result["k_scores"].items()}
+            entry["chosen_k"], entry["chosen_widening"] = result["chosen_k"], result["chosen_widening"]
+            entry["correction_scores_on_validation"] = result["k_scores"]
         out[name] = entry
     return out
 

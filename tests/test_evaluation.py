@@ -64,6 +64,8 @@ def test_coverage_is_nominal_for_a_calibrated_method_and_for_the_prior_itself():
     assert central_coverage(samples[..., 0], truths[:, 0]) == pytest.approx([0.5, 0.68, 0.95], abs=0.04)
     overconfident = central_coverage(gaussian_toy(0.3, dims=1)[0][..., 0], truths[:, 0])
     assert np.all(overconfident < np.array([0.5, 0.68, 0.95]) - 0.2)
+    widened = central_coverage(gaussian_toy(0.5, dims=1)[0][..., 0], truths[:, 0], widening=2.0)  # the correction
+    assert widened == pytest.approx([0.5, 0.68, 0.95], abs=0.04)
     rng = np.random.default_rng(2)  # random matches: samples of the prior, truths from the same prior
     prior_truths, prior_samples = rng.normal(size=1500), rng.normal(size=(1500, 200))
     assert central_coverage(prior_samples, prior_truths) == pytest.approx([0.5, 0.68, 0.95], abs=0.04)
@@ -118,7 +120,7 @@ def test_a_perfect_method_ranks_ideally_and_random_matches_do_not(bank, split, r
     metrics = score_ranking(ranking, bank, relevance, top_k=4, parameters=PARAMETERS).metrics
     assert metrics["retrieval"]["ndcg"] == pytest.approx(1.0)
     assert metrics["similarity"]["spearman_per_target"] == pytest.approx(1.0)
-    results = evaluate_methods([oracle, random_method(0)], bank, relevance, split, EvaluationSettings(top_k=4, k_candidates=[2, 4]),
+    results = evaluate_methods([oracle, random_method(0)], bank, relevance, split, EvaluationSettings(top_k=4, k_candidates=[2, 4], widening_candidates=[1.0, 2.0]),
                                parameters=PARAMETERS)
     oracle_metrics, random_metrics = (results[n]["evaluation"].metrics for n in ("oracle", "random"))
     assert random_metrics["retrieval"]["ndcg"] < oracle_metrics["retrieval"]["ndcg"]
