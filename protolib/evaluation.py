@@ -718,9 +718,10 @@ def headline_table(results: dict[str, dict], parameters: Sequence[str] | None = 
         cells = [f"{metrics['retrieval']['ndcg']:.3f}", f"{metrics['similarity']['spearman_per_target']:.3f}"]
         cells += [f"{metrics['parameters'][n]['rms_error_over_prior_spread']:.2f}" for n in names]
         cells += [f"{metrics['calibration']['coverage_68']:.2f}", f"{metrics['calibration']['coverage_95']:.2f}"]
-        k = metrics["top_k"] if "top_k" in metrics else ""
+        widening = metrics["calibration"].get("interval_widening") or 1.0
+        k = f"{metrics.get('top_k', '')}" + (f", x{widening:g}" if widening != 1.0 else "")
         rows.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
-    header = "| method | k | nDCG@k | Spearman | " + " | ".join(f"{n} RMS/prior" for n in names) + " | cov68 | cov95 |"
+    header = "| method | k (, widening) | nDCG@k | Spearman | " + " | ".join(f"{n} RMS/prior" for n in names) + " | cov68 | cov95 |"
     return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
 
 
