@@ -540,46 +540,53 @@ def score_ranking(
                       "ndcg_chance": float(np.nanmean(chance)), "mean_normalised_parameter_distance": float(distance.mean()),
                       "best_match_normalised_parameter_distance": float(distance[:, 0].mean())},
     }
-    # parameters and calibration
     values, logs = _scaled_values(bank, names)
     prior_spread = values[np.unique(ranking.reference_system * p + ranking.reference_projection)].std(0)
+    parts = _distribution_metrics(values[match_rows], values[target_rows], names, logs, prior_spread, bank, relevance, z_images[match_rows],
+                                  z_images[target_rows], weights=weights, widening=widening, rank_bins=rank_bins, seed=seed)
+    metrics.update(parameters=parts["parameters"], calibration=parts["calibration"])
+    return MethodEvaluation(ranking.method, top_k, metrics, names, *parts["arrays"])
+
+
+def _distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[str], logs: list[bool], prior_spread: np.ndarray, bank: Bank,
+                          relevance: Relevance, z_samples: np.ndarray, z_truths: np.ndarray, *, weights: np.ndarray | None,
+                          widening: float, rank_bins: int, seed: int) -> dict:
+    """Recovery and calibration figures of samples ``(T, n, K)`` (scaled) against truths ``(T, K)``, any method."""
     table, truth, median, interval, ranks, curves = {}, {}, {}, {}, {}, {}
     constrained = set(relevance.definition.parameters)
     for j, name in enumerate(names):
-        samples, truths = values[match_rows, j], values[target_rows, j]
-        median_j, low_j, high_j = central_intervals(samples, [0.68], weights)
-        mid = np.c_[low_j[:, 0], median_j, high_j[:, 0]]  # (T, 3): 16th, 50th, 84th percentiles
-        estimate = samples.mean(1) if weights is None else (samples * weights).sum(1)
-        error = mid[:, 1] - truths
-        coverage = central_coverage(samples, truths, COVERAGE_LEVELS, weights, widening=widening)
-        curve = central_coverage(samples, truths, CURVE_LEVELS, weights, widening=widening)
-        rank = truth_ranks(samples, truths, seed=seed + j)
-        counts = np.histogram(rank / top_k, bins=rank_bins, range=(0.0, 1.0 + 1e-9))[0]
+        values, truths_j = samples[..., j], truths[:, j]
+        median_j, low_j, high_j = central_intervals(values, [0.68], weights)
+        estimate = values.mean(1) if weights is None else (values * weights).sum(1)
+        error = median_j - truths_j
+        coverage = central_coverage(values, truths_j, COVERAGE_LEVELS, weights, widening=widening)
+        curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=widening)
+        rank = truth_ranks(values, truths_j, seed=seed + j)
+        counts = np.histogram(rank / values.shape[1], bins=rank_bins, range=(0.0, 1.0 + 1e-9))[0]
         spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
+        half_width = 0.5 * widening * (high_j[:, 0] - low_j[:, 0])
         table[name] = {
             "log_scale": logs[j], "unit": "dex" if logs[j] else ("deg" if name == "inclination" else bank.parameter_info[name].unit),
             "in_target_similarity": name in constrained,
             "median_abs_error": float(np.median(np.abs(error))), "rms_error": float(np.sqrt(np.mean(error**2))),
             "rms_error_over_prior_spread": float(np.sqrt(np.mean(error**2)) / spread),
-            "r2_knn": r_squared(estimate, truths), "r2_median": r_squared(mid[:, 1], truths),
-            "width_68_over_prior_spread": float(widening * np.median(0.5 * (mid[:, 2] - mid[:, 0])) / spread),
+            "r2_knn": r_squared(estimate, truths_j), "r2_median": r_squared(median_j, truths_j),
+            "width_68_over_prior_spread": float(np.median(half_width) / spread),
             **{f"coverage_{round(100 * c)}": float(v) for c, v in zip(COVERAGE_LEVELS, coverage)},
             "rank_histogram": counts.tolist(),
             "rank_uniformity_p": float(chisquare(counts).pvalue) if counts.sum() else float("nan"),
         }
-        widened = mid[:, 1:2] + widening * (mid[:, [0, 2]] - mid[:, 1:2])
-        truth[name], median[name], interval[name], ranks[name], curves[name] = truths, mid[:, 1], widened, rank, curve
-    z_samples, z_truths = z_images[match_rows], z_images[target_rows]
+        widened = median_j[:, None] + widening * (np.c_[low_j[:, 0], high_j[:, 0]] - median_j[:, None])
+        truth[name], median[name], interval[name], ranks[name], curves[name] = truths_j, median_j, widened, rank, curve
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
-    metrics["parameters"] = table
-    metrics["calibration"] = {
+    calibration = {
         "interval_widening": float(widening),
         **{f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names])) for c in COVERAGE_LEVELS},
         "coverage_curve": {"levels": list(CURVE_LEVELS), **{n: curves[n].tolist() for n in names}},
         "tarp": {"alpha": alpha.tolist(), "ecp": ecp.tolist(), "max_deviation": float(np.max(np.abs(ecp - alpha))),
                  "mean_abs_deviation": float(np.mean(np.abs(ecp - alpha))), "parameters": list(relevance.definition.parameters)},
     }
-    return MethodEvaluation(ranking.method, top_k, metrics, names, truth, median, interval, ranks, curves, (alpha, ecp))
+    return {"parameters": table, "calibration": calibration, "arrays": (truth, median, interval, ranks, curves, (alpha, ecp))}
 
 
 def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int], widening_candidates: Sequence[float] = (1.0,), *,
