@@ -72,7 +72,7 @@ __all__ = [
 
 COVERAGE_LEVELS = (0.5, 0.68, 0.95)
 CURVE_LEVELS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
-METHOD_NAMES = ("random", "pixel", "pca", "autoencoder", "siamese")
+METHOD_NAMES = ("random", "pixel", "pca", "autoencoder", "siamese", "npe")
 CORRECTIONS = ("choose_k", "choose_k_and_widening", "none")
 
 
@@ -82,7 +82,9 @@ class EvaluationSettings:
 
     top_k: int = 20  # matches per target that form its distribution
     projection: int | None = None  # targets' projection; None: every projection of every test system
-    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))  # methods compared on the same targets
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES[:5]))  # methods compared on the same targets ("npe": needs sbi)
+    npe_samples: int = 200  # posterior samples per target of the neural posterior estimate
+    npe_max_epochs: int = 200  # its flow's training epochs at most
     pca_components: int = 32  # dimensions kept by the PCA baseline
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
     correction: str = "choose_k_and_widening"  # on validation systems: "choose_k", "choose_k_and_widening" or "none"
@@ -209,6 +211,8 @@ def baseline_methods(model, bank: Bank, train_systems: np.ndarray, settings: Eva
             methods.append(pixel_method(bank.instrument.noise_rms_jy_beam or float(np.std(train_images))))
         elif name == "pca":
             methods.append(pca_method(train_images, model.preprocessing, settings.pca_components))
+        elif name == "npe":
+            continue  # not a matching method: see protolib.posterior.npe_evaluation
         elif name == "autoencoder":
             path = Path(model.checkpoint.get("autoencoder", ""))
             if not path.is_file():
@@ -722,7 +726,8 @@ def headline_table(results: dict[str, dict], parameters: Sequence[str] | None = 
     for name, result in results.items():
         metrics = _metrics_of(result, corrected)
         names = list(parameters) if parameters is not None else [n for n, r in metrics["parameters"].items() if r["in_target_similarity"]]
-        cells = [f"{metrics['retrieval']['ndcg']:.3f}", f"{metrics['similarity']['spearman_per_target']:.3f}"]
+        retrieval, similarity = metrics.get("retrieval", {}), metrics.get("similarity", {})
+        cells = [f"{retrieval.get('ndcg', float('nan')):.3f}", f"{similarity.get('spearman_per_target', float('nan')):.3f}"]
         cells += [f"{metrics['parameters'][n]['rms_error_over_prior_spread']:.2f}" for n in names]
         cells += [f"{metrics['calibration']['coverage_68']:.2f}", f"{metrics['calibration']['coverage_95']:.2f}"]
         widening = metrics["calibration"].get("interval_widening") or 1.0
@@ -826,7 +831,12 @@ def run_evaluation(
                                  f"only held out in that bank. Evaluate it on that bank.")
     split = model.split
     methods = baseline_methods(model, bank, split.train, settings)
-    results = evaluate_methods(methods, bank, Relevance.from_model(model), split, settings)
+    relevance = Relevance.from_model(model)
+    results = evaluate_methods(methods, bank, relevance, split, settings)
+    if "npe" in settings.methods:
+        from .posterior import add_npe_result
+
+        add_npe_result(results, model, bank, split, relevance, settings)
     report = {
         "inputs": {"model": str(model_path.resolve()), "bank": str(Path(bank_path).resolve()),
                    "target": model.checkpoint["target"], "loss": model.checkpoint["config"]["loss"]},
