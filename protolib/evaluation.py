@@ -460,7 +460,8 @@ class MethodEvaluation:
         truth: name -> ``(T,)`` true values (log10 where log-scaled).
         median: name -> ``(T,)`` the matches' median.
         interval_68: name -> ``(T, 2)`` the matches' 16th and 84th percentiles.
-        ranks: name -> ``(T,)`` SBC ranks of the truth among the ``top_k`` matches.
+        ranks: name -> ``(T,)`` SBC rank of the truth among the ``top_k`` matches, as a fraction: ``(rank + u) / (top_k + 1)``
+            with ``u`` uniform in [0, 1), so that it is uniform on [0, 1] for a calibrated method whatever the bins.
         coverage_curve: name -> ``(len(CURVE_LEVELS),)`` coverage at :data:`CURVE_LEVELS`.
         tarp: ``(alpha, ecp)``.
     """
@@ -565,8 +566,9 @@ def _distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[s
         error = median_j - truths_j
         coverage = central_coverage(values, truths_j, COVERAGE_LEVELS, weights, widening=widening)
         curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=widening)
-        rank = truth_ranks(values, truths_j, seed=seed + j)
-        counts = np.histogram(rank / values.shape[1], bins=rank_bins, range=(0.0, 1.0 + 1e-9))[0]
+        rank = truth_ranks(values, truths_j, seed=seed + j)  # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
+        rank = (rank + np.random.default_rng([seed, j]).uniform(size=len(rank))) / (values.shape[1] + 1)
+        counts = np.histogram(rank, bins=rank_bins, range=(0.0, 1.0))[0]
         spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
         half_width = 0.5 * widening * (high_j[:, 0] - low_j[:, 0])
         table[name] = {

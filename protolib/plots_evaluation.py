@@ -86,9 +86,9 @@ def rank_histogram_plot(evaluation: MethodEvaluation, *, parameters: list[str] |
     rows = math.ceil(len(names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, 0.8 * panel_size * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        ranks = evaluation.ranks[name] / evaluation.top_k
+        ranks = evaluation.ranks[name]
         n = len(ranks)
-        ax.hist(ranks, bins=bins, range=(0, 1 + 1e-9), color="C0", alpha=0.8)
+        ax.hist(ranks, bins=bins, range=(0, 1), color="C0", alpha=0.8)
         expected = n / bins
         band = 2.58 * math.sqrt(expected * (1 - 1 / bins))
         ax.axhspan(max(0.0, expected - band), expected + band, color="grey", alpha=0.2, lw=0)
