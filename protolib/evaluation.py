@@ -14,6 +14,12 @@ with the same :class:`~protolib.matching.EmbeddingIndex`. The same targets give,
 - **calibration**: coverage of central intervals (50/68/95% and a curve), rank histograms
   (simulation-based calibration, Talts et al. 2018) and TARP (Lemos et al. 2023).
 
+Matches are neighbours, not posterior draws, so their intervals need not be calibrated at a given k:
+:func:`choose_correction` picks k (and a widening of the intervals about the median) on the
+*validation* systems, and the test figures are reported before and after. A neural posterior estimate
+on the same frozen embedding (:mod:`protolib.posterior`, optional ``sbi``) is the reference, and
+:func:`compare_variants` scores Siamese networks trained with other target similarities and losses.
+
 :func:`run_evaluation` is ``protolib evaluate``: it writes ``metrics.json`` and the figures.
 """
 
@@ -57,6 +63,7 @@ __all__ = [
     "choose_correction",
     "ndcg_at_k",
     "r_squared",
+    "central_intervals",
     "central_coverage",
     "truth_ranks",
     "tarp_coverage",
