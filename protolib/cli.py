@@ -380,8 +380,40 @@ def _register_train_siamese(sub) -> None:
 
 
 
+def _register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate matching on held-out systems against baselines",
+                       description="Match every test system of the model's split against the training systems with the Siamese "
+                                   "network and the baselines (random, pixel chi-square, PCA, autoencoder); write OUT/metrics.json "
+                                   "(similarity, retrieval, parameter recovery, calibration per method and parameter) and figures.")
+    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=Path, help="the bank the network was trained on (.h5)")
+    p.add_argument("--out", required=True, type=Path, help="folder for metrics.json, headline.md and the figures")
+    p.add_argument("--top-k", type=int, default=None, help="matches per target (default: from the config's evaluation section)")
+    p.add_argument("--projection", type=int, default=None, help="evaluate one projection of each test system (default: all)")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=None,
+                   help="comma-separated subset of random,pixel,pca,autoencoder,siamese (default: all)")
+    p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .config import load_config
+        from .evaluation import evaluation_settings, run_evaluation
+
+        settings = evaluation_settings(load_config(args.config), {"top_k": args.top_k, "projection": args.projection,
+                                                                  "methods": args.methods})
+        report = _run_reporting_warnings("evaluate", lambda: run_evaluation(args.model, args.bank, args.out, settings, device=args.device))
+        print(f"Evaluated {len(report['methods'])} methods on {report['targets']['n_targets']} test images; wrote {args.out}/metrics.json.")
+        print((args.out / "headline.md").read_text())
+
+    p.set_defaults(handler=handler)
+
+
 REGISTRY = [_register_simulate, _register_import_thesis, _register_train_autoencoder, _register_train_siamese,
             _register_observe, _register_simulate_observation, _register_match]
+REGISTRY.append(_register_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

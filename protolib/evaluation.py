@@ -1,0 +1,870 @@
+"""Evaluation: does matching recover physical parameters, and are its distributions calibrated?
+
+Every held-out (test) system of the bank is taken in turn as the target, in one or all of its
+projections, and matched against the *training* systems only. Every matching method (random
+matches, pixels with a chi-square on the noise, PCA, the autoencoder's latent space, the Siamese
+network) is a :class:`MatchingMethod`: an embedding function and how embeddings compare, searched
+with the same :class:`~protolib.matching.EmbeddingIndex`. The same targets give, per method:
+
+- **similarity**: Spearman correlation and mean-squared error of predicted against target similarity;
+- **retrieval**: nDCG@k with the target similarity as graded relevance, and the mean normalised
+  parameter distance of the top k;
+- **parameter recovery**, per parameter: error of the matches' median against the truth (dex for
+  log-scaled parameters, and in units of the prior's spread), and R^2 of the k-nearest-neighbour mean;
+- **calibration**: coverage of central intervals (50/68/95% and a curve), rank histograms
+  (simulation-based calibration, Talts et al. 2018) and TARP (Lemos et al. 2023).
+
+Matches are neighbours, not posterior draws, so their intervals need not be calibrated at a given k:
+:func:`choose_correction` picks k (and a widening of the intervals about the median) on the
+*validation* systems, and the test figures are reported before and after. A neural posterior estimate
+on the same frozen embedding (:mod:`protolib.posterior`, optional ``sbi``) is the reference, and
+:func:`compare_variants` scores Siamese networks trained with other target similarities and losses.
+
+:func:`run_evaluation` is ``protolib evaluate``: it writes ``metrics.json`` and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.stats import chisquare, spearmanr
+
+from .bank import Bank
+from .distributions import _plain_json, similarity_weights, weighted_percentile
+from .matching import EmbedFunction, EmbeddingIndex, embed_bank
+from .normalise import ParameterNormaliser
+from .runtime import ProtolibInputError, atomic_path
+from .siamese import similarity_metrics
+from .targets import TargetDefinition, target_similarity
+
+__all__ = [
+    "EvaluationSettings",
+    "evaluation_settings",
+    "MatchingMethod",
+    "Relevance",
+    "Ranking",
+    "MethodEvaluation",
+    "random_method",
+    "pixel_method",
+    "pca_method",
+    "autoencoder_method",
+    "siamese_method",
+    "baseline_methods",
+    "rank_targets",
+    "score_ranking",
+    "evaluate_methods",
+    "choose_correction",
+    "ndcg_at_k",
+    "r_squared",
+    "central_intervals",
+    "central_coverage",
+    "truth_ranks",
+    "tarp_coverage",
+    "headline_table",
+    "parameter_table",
+    "verdicts",
+    "run_evaluation",
+    "VARIANTS",
+    "compare_variants",
+    "COVERAGE_LEVELS",
+    "METHOD_NAMES",
+]
+
+COVERAGE_LEVELS = (0.5, 0.68, 0.95)
+CURVE_LEVELS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
+METHOD_NAMES = ("random", "pixel", "pca", "autoencoder", "siamese", "npe")
+CORRECTIONS = ("choose_k", "choose_k_and_widening", "none")
+
+
+@dataclass
+class EvaluationSettings:
+    """The ``evaluation:`` section of a run configuration."""
+
+    top_k: int = 20  # matches per target that form its distribution
+    projection: int | None = None  # targets' projection; None: every projection of every test system
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES[:5]))  # methods compared on the same targets ("npe": needs sbi)
+    npe_samples: int = 200  # posterior samples per target of the neural posterior estimate
+    npe_max_epochs: int = 200  # its flow's training epochs at most
+    pca_components: int = 32  # dimensions kept by the PCA baseline
+    weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
+    correction: str = "choose_k_and_widening"  # on validation systems: "choose_k", "choose_k_and_widening" or "none"
+    k_candidates: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])  # k tried by the correction
+    widening_candidates: list[float] = field(default_factory=lambda: [1.0, 1.25, 1.5, 2.0, 2.5, 3.0])  # interval scalings tried
+    rank_bins: int = 10  # bins of the rank histograms
+    seed: int = 0  # random matches and TARP reference points
+    variant_epochs: int | None = None  # epochs per network in the target/loss comparison (None: the config's)
+
+    def __post_init__(self):
+        unknown = set(self.methods) - set(METHOD_NAMES)
+        if unknown:
+            raise ProtolibInputError(f"Unknown evaluation method(s) {sorted(unknown)}; known ones are {list(METHOD_NAMES)}.")
+        if self.correction not in CORRECTIONS:
+            raise ProtolibInputError(f"Evaluation correction must be one of {CORRECTIONS}, got {self.correction!r}.")
+        if self.top_k < 1:
+            raise ProtolibInputError(f"Evaluation top_k must be at least 1, got {self.top_k}.")
+
+
+def evaluation_settings(config=None, overrides: dict | None = None) -> EvaluationSettings:
+    """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent)."""
+    section = {} if config is None else config.section("evaluation")
+    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = set(EvaluationSettings.__dataclass_fields__)
+    if set(section) - known:
+        where = getattr(config, "path", "evaluation settings")
+        raise ProtolibInputError(f"{where} [evaluation]: unknown setting(s) {sorted(set(section) - known)}; known ones are {sorted(known)}.")
+    return EvaluationSettings(**section)
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods: one interface, an embedding function plus how embeddings compare
+
+
+@dataclass
+class MatchingMethod:
+    """One way of ranking bank images for a target.
+
+    Attributes:
+        name: short name (``"siamese"``, ``"pixel"`` ...).
+        embed: images ``(N, H, W)`` to vectors ``(N, D)``.
+        metric: ``"cosine"`` (vectors are L2-normalised; similarity is their cosine) or
+            ``"euclidean"`` (similarity is ``-|a - b|^2 / 2``; for pixels scaled by the noise, ``-chi^2 / 2``).
+        description: one line for tables and reports.
+    """
+
+    name: str
+    embed: EmbedFunction
+    metric: str = "cosine"
+    description: str = ""
+
+    def __post_init__(self):
+        if self.metric not in ("cosine", "euclidean"):
+            raise ProtolibInputError(f"Method metric must be 'cosine' or 'euclidean', got {self.metric!r}.")
+
+
+def random_method(seed: int = 0) -> MatchingMethod:
+    """Random matches (the prior): every image gets a random unit vector, so rankings are random."""
+    rng = np.random.default_rng(seed)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        vectors = rng.normal(size=(len(images), 8))
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+    return MatchingMethod("random", embed, "cosine", "random bank images (the prior)")
+
+
+def pixel_method(noise_rms: float) -> MatchingMethod:
+    """Nearest neighbours in pixel space by chi-square: ``sum (a - b)^2 / (2 sigma^2)`` (both images noisy)."""
+    if not noise_rms > 0:
+        raise ProtolibInputError(f"The pixel chi-square needs a positive noise rms, got {noise_rms}.")
+    scale = 1.0 / (math.sqrt(2.0) * noise_rms)
+    return MatchingMethod("pixel", lambda images: images.reshape(len(images), -1).astype(np.float32) * scale, "euclidean",
+                          "pixel chi-square on the noise")
+
+
+def pca_method(train_images: np.ndarray, preprocessing, n_components: int = 32) -> MatchingMethod:
+    """Nearest neighbours in the first ``n_components`` principal components of the stretched training images.
+
+    Arguments:
+        train_images: ``(N, H, W)`` training images in the bank's unit (the PCA is fit on them only).
+        preprocessing: the networks' :class:`~protolib.images.ImagePreprocessing` (the same stretch).
+        n_components: dimensions kept.
+    """
+    def stretched(images: np.ndarray) -> np.ndarray:
+        pixels, _ = preprocessing(torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32))
+        return pixels.reshape(len(images), -1).numpy().astype(np.float64)
+
+    flat = stretched(train_images)
+    mean = flat.mean(0)
+    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    basis = vt[:n_components].T  # (H*W, n)
+    return MatchingMethod("pca", lambda images: ((stretched(images) - mean) @ basis).astype(np.float32), "euclidean",
+                          f"PCA of the stretched images ({basis.shape[1]} components)")
+
+
+def autoencoder_method(autoencoder, train_images: np.ndarray) -> MatchingMethod:
+    """Nearest neighbours in the autoencoder's latent space, each dimension scaled to unit spread on training images."""
+    latents = autoencoder.encode_images(train_images)
+    mean, spread = latents.mean(0), latents.std(0) + 1e-8
+    return MatchingMethod("autoencoder", lambda images: ((autoencoder.encode_images(images) - mean) / spread).astype(np.float32),
+                          "euclidean", "autoencoder latent (standardised)")
+
+
+def siamese_method(model) -> MatchingMethod:
+    """The Siamese network: cosine of its unit embeddings."""
+    return MatchingMethod("siamese", lambda images: model.embed_images(images), "cosine", "Siamese network (WSML)")
+
+
+def baseline_methods(model, bank: Bank, train_systems: np.ndarray, settings: EvaluationSettings) -> list[MatchingMethod]:
+    """The methods named in ``settings.methods``, built for a trained Siamese ``model`` and its bank.
+
+    The autoencoder baseline uses the autoencoder the network was trained from; it is left out,
+    with a warning, when that file is gone.
+    """
+    from .autoencoder import load_autoencoder
+
+    train_images = bank.load_images(train_systems).reshape(-1, bank.image_size, bank.image_size)
+    methods = []
+    for name in settings.methods:
+        if name == "random":
+            methods.append(random_method(settings.seed))
+        elif name == "pixel":
+            methods.append(pixel_method(bank.instrument.noise_rms_jy_beam or float(np.std(train_images))))
+        elif name == "pca":
+            methods.append(pca_method(train_images, model.preprocessing, settings.pca_components))
+        elif name == "npe":
+            continue  # not a matching method: see protolib.posterior.npe_evaluation
+        elif name == "autoencoder":
+            path = Path(model.checkpoint.get("autoencoder", ""))
+            if not path.is_file():
+                warnings.warn(f"The autoencoder {path} the network was trained from is gone; its baseline is left out.", stacklevel=2)
+                continue
+            methods.append(autoencoder_method(load_autoencoder(path, model.device), train_images))
+        else:
+            methods.append(siamese_method(model))
+    return methods
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking every target's reference images once, then scoring any k
+
+
+@dataclass
+class Relevance:
+    """What counts as a good match: the target similarity of two systems' parameters.
+
+    Attributes:
+        definition: which parameters and how (:class:`~protolib.targets.TargetDefinition`).
+        normaliser: the parameter normaliser fit on training systems.
+    """
+
+    definition: TargetDefinition
+    normaliser: ParameterNormaliser
+
+    @classmethod
+    def from_model(cls, model) -> "Relevance":
+        """The relevance a trained Siamese network was taught (its checkpoint's target and normaliser)."""
+        return cls(model.target, model.normaliser)
+
+    def normalised(self, bank: Bank) -> np.ndarray:
+        """Normalised parameters ``(n_systems, K)`` of every bank system."""
+        return self.normaliser.transform(bank.parameter_table(list(self.definition.parameters)))
+
+    def matrix(self, z_a: np.ndarray, z_b: np.ndarray) -> np.ndarray:
+        """Target similarity of every row of ``z_a`` ``(A, K)`` with every row of ``z_b`` ``(B, K)``: ``(A, B)``."""
+        a = np.broadcast_to(z_a[:, None, :], (len(z_a), len(z_b), z_a.shape[1]))
+        b = np.broadcast_to(z_b[None, :, :], a.shape)
+        return np.asarray(target_similarity(np.ascontiguousarray(a), np.ascontiguousarray(b), self.definition))
+
+
+@dataclass
+class Ranking:
+    """Every target's reference images, best first, under one method.
+
+    Attributes:
+        method: the method's name.
+        metric: ``"cosine"`` or ``"euclidean"`` (see :class:`MatchingMethod`).
+        target_system, target_projection: ``(T,)`` each target image.
+        reference_system, reference_projection: ``(R,)`` the images searched (training systems).
+        order: ``(T, R)`` indices into the reference images, best first.
+        score: ``(T, R)`` the method's similarity of each ranked image, descending.
+        relevance: ``(T, R)`` target similarity of each target with each reference image (unranked).
+    """
+
+    method: str
+    metric: str
+    target_system: np.ndarray
+    target_projection: np.ndarray
+    reference_system: np.ndarray
+    reference_projection: np.ndarray
+    order: np.ndarray
+    score: np.ndarray
+    relevance: np.ndarray
+
+
+def _image_rows(bank: Bank, systems: np.ndarray, projection: int | None) -> tuple[np.ndarray, np.ndarray]:
+    systems = np.asarray(systems, dtype=np.int64)
+    projections = np.arange(bank.n_projections) if projection is None else np.array([int(projection)])
+    if projection is not None and not 0 <= projection < bank.n_projections:
+        raise ProtolibInputError(f"Bank {bank.path} has projections 0..{bank.n_projections - 1}; got {projection}.")
+    return np.repeat(systems, len(projections)), np.tile(projections, len(systems))
+
+
+def rank_targets(
+    method: MatchingMethod,
+    vectors: np.ndarray,
+    bank: Bank,
+    relevance: Relevance,
+    target_systems: np.ndarray,
+    reference_systems: np.ndarray,
+    *,
+    projection: int | None = None,
+) -> Ranking:
+    """Rank every reference image for every target image with one method's bank vectors.
+
+    Arguments:
+        method: the method (for its metric).
+        vectors: ``(n_systems * n_projections, D)`` the method's vector of every bank image (:func:`~protolib.matching.embed_bank`).
+        bank: the bank.
+        relevance: the target similarity (graded relevance).
+        target_systems: systems taken as targets (test or validation).
+        reference_systems: systems searched (training); the targets' own systems must not be among them.
+        projection: the targets' projection (``None``: all); every projection of a reference system is searched.
+    """
+    if np.intersect1d(target_systems, reference_systems).size:
+        raise ProtolibInputError("Target systems must not be among the reference systems (a system never matches itself).")
+    p = bank.n_projections
+    t_sys, t_proj = _image_rows(bank, target_systems, projection)
+    r_sys, r_proj = _image_rows(bank, reference_systems, None)
+    queries, reference = vectors[t_sys * p + t_proj].astype(np.float32), vectors[r_sys * p + r_proj].astype(np.float32)
+    shift = np.zeros(len(queries), dtype=np.float32)
+    if method.metric == "euclidean":  # -|q - b|^2 / 2 = q.b - |b|^2 / 2 - |q|^2 / 2: an inner product on augmented vectors
+        centre = reference.mean(0)  # distances do not change; float32 products lose less
+        queries, reference = queries - centre, reference - centre
+        reference = np.c_[reference, -0.5 * (reference**2).sum(1)]
+        queries, shift = np.c_[queries, np.ones(len(queries), dtype=np.float32)], -0.5 * (queries**2).sum(1)
+    local = np.arange(len(reference))
+    index = EmbeddingIndex(reference, local, np.zeros_like(local), backend="exact")
+    found = index.search(queries, top_k=len(reference))
+    order = np.stack([m.system for m in found])
+    score = np.stack([m.similarity for m in found]).astype(np.float64) + shift[:, None]
+    z = relevance.normalised(bank)
+    return Ranking(method.name, method.metric, t_sys, t_proj, r_sys, r_proj, order, score, relevance.matrix(z[t_sys], z[r_sys]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics with known answers
+
+
+def ndcg_at_k(ranked_relevance: np.ndarray, relevance: np.ndarray, k: int) -> np.ndarray:
+    """Normalised discounted cumulative gain of the top ``k``, per target.
+
+    Arguments:
+        ranked_relevance: ``(T, >= k)`` relevance of each target's matches, in the method's order.
+        relevance: ``(T, R)`` relevance of every reference image (the ideal order sorts it).
+        k: matches counted.
+
+    Returns:
+        ``(T,)`` in [0, 1]; 1 when the top ``k`` are the ``k`` most relevant images in order.
+    """
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (np.asarray(ranked_relevance)[:, :k] * discount).sum(1)
+    ideal = (-np.sort(-np.asarray(relevance), axis=1)[:, :k] * discount).sum(1)
+    return dcg / np.where(ideal > 0, ideal, np.nan)
+
+
+def r_squared(estimate: np.ndarray, truth: np.ndarray) -> float:
+    """Coefficient of determination of ``estimate`` for ``truth`` (1: perfect, 0: no better than their mean)."""
+    estimate, truth = np.asarray(estimate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    total = ((truth - truth.mean()) ** 2).sum()
+    return float(1.0 - ((truth - estimate) ** 2).sum() / total) if total > 0 else float("nan")
+
+
+def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.ndarray | None = None,
+                      *, widening: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and central intervals of each target's samples, optionally widened about the median.
+
+    Arguments:
+        samples: ``(T, n)`` each target's match values (one parameter, scaled).
+        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
+        weights: ``(T, n)`` optional weight per match.
+        widening: each interval's distance from the median is multiplied by this (1: the percentiles).
+
+    Returns:
+        ``median (T,)``, ``low (T, L)`` and ``high (T, L)``.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    percentiles = np.r_[50.0, 50 - 50 * levels, 50 + 50 * levels]
+    bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
+    median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
+    return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
+
+
+def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS,
+                     weights: np.ndarray | None = None, *, widening: float = 1.0) -> np.ndarray:
+    """How often the truth lies within the samples' central interval at each level.
+
+    Arguments:
+        samples: ``(T, n)`` each target's match values (one parameter, scaled).
+        truths: ``(T,)`` the true values.
+        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
+        weights: ``(T, n)`` optional weight per match.
+        widening: intervals widened about the median by this factor (:func:`central_intervals`).
+
+    Returns:
+        ``(len(levels),)`` the fraction of targets covered; a calibrated method gives ``levels``.
+    """
+    _, low, high = central_intervals(samples, levels, weights, widening=widening)
+    truths = np.asarray(truths)[:, None]
+    return ((low <= truths) & (truths <= high)).mean(0)
+
+
+def truth_ranks(samples: np.ndarray, truths: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Rank of each truth among its target's samples (simulation-based calibration, Talts et al. 2018).
+
+    Ties are broken at random. For a calibrated method the ranks are uniform on ``0 .. n``.
+
+    Returns:
+        ``(T,)`` integers in ``0 .. n``.
+    """
+    samples, truths = np.asarray(samples), np.asarray(truths)
+    below = (samples < truths[:, None]).sum(1)
+    ties = (samples == truths[:, None]).sum(1)
+    return below + np.random.default_rng(seed).integers(0, ties + 1)
+
+
+def tarp_coverage(samples: np.ndarray, truths: np.ndarray, *, weights: np.ndarray | None = None,
+                  n_alpha: int = 21, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Expected coverage of random-point-centred regions: TARP (Lemos et al. 2023).
+
+    For each target a reference point is drawn uniformly in the box spanned by the truths; the
+    credibility of the truth is the (weighted) fraction of samples closer to that point than the truth.
+    A calibrated method's expected coverage equals the credibility level at every level.
+
+    Arguments:
+        samples: ``(T, n, D)`` each target's samples (parameters in comparable, e.g. normalised, units).
+        truths: ``(T, D)`` the true values.
+        weights: ``(T, n)`` optional weight per sample.
+        n_alpha: credibility levels evaluated, evenly in [0, 1].
+        seed: the reference points' random generator.
+
+    Returns:
+        ``alpha (n_alpha,)`` and the expected coverage ``ecp (n_alpha,)``.
+    """
+    samples, truths = np.asarray(samples, dtype=np.float64), np.asarray(truths, dtype=np.float64)
+    low, high = truths.min(0), truths.max(0)
+    span = np.where(high > low, high - low, 1.0)
+    samples, truths = (samples - low) / span, (truths - low) / span
+    reference = np.random.default_rng(seed).uniform(0.0, 1.0, size=truths.shape)  # (T, D)
+    sample_distance = np.linalg.norm(samples - reference[:, None, :], axis=-1)  # (T, n)
+    truth_distance = np.linalg.norm(truths - reference, axis=-1)  # (T,)
+    closer = sample_distance < truth_distance[:, None]
+    weights = np.full(closer.shape, 1.0 / closer.shape[1]) if weights is None else weights / weights.sum(1, keepdims=True)
+    credibility = (closer * weights).sum(1)
+    alpha = np.linspace(0.0, 1.0, n_alpha)
+    return alpha, (credibility[:, None] < alpha[None, :] + 1e-12).mean(0) * (alpha > 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# One method evaluated at one k
+
+
+@dataclass
+class MethodEvaluation:
+    """One method's figures on one set of targets at one ``k``.
+
+    Attributes:
+        method: the method's name.
+        top_k: matches per target.
+        metrics: the scalar figures (``similarity``, ``retrieval``, ``parameters``, ``calibration``), JSON-ready.
+        parameters: evaluated parameters, in order.
+        truth: name -> ``(T,)`` true values (log10 where log-scaled).
+        median: name -> ``(T,)`` the matches' median.
+        interval_68: name -> ``(T, 2)`` the matches' 16th and 84th percentiles.
+        ranks: name -> ``(T,)`` SBC rank of the truth among the ``top_k`` matches, as a fraction: ``(rank + u) / (top_k + 1)``
+            with ``u`` uniform in [0, 1), so that it is uniform on [0, 1] for a calibrated method whatever the bins.
+        coverage_curve: name -> ``(len(CURVE_LEVELS),)`` coverage at :data:`CURVE_LEVELS`.
+        tarp: ``(alpha, ecp)``.
+    """
+
+    method: str
+    top_k: int
+    metrics: dict
+    parameters: list[str]
+    truth: dict
+    median: dict
+    interval_68: dict
+    ranks: dict
+    coverage_curve: dict
+    tarp: tuple[np.ndarray, np.ndarray]
+
+
+def _scaled_values(bank: Bank, names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+    """Every bank image's parameters ``(n_images, K)``, log10 where log-scaled (inclination per projection)."""
+    columns, logs = [], []
+    for name in names:
+        if name == "inclination":
+            values, log = bank.inclination.reshape(-1).astype(np.float64), False
+        else:
+            log = bank.parameter_info[name].log_scale
+            values = np.repeat(bank.parameters[name].astype(np.float64), bank.n_projections)
+            values = np.log10(values) if log else values
+        columns.append(values)
+        logs.append(bool(log))
+    return np.stack(columns, axis=1), logs
+
+
+def score_ranking(
+    ranking: Ranking,
+    bank: Bank,
+    relevance: Relevance,
+    *,
+    top_k: int,
+    parameters: Sequence[str] | None = None,
+    weight_temperature: float | None = None,
+    rank_bins: int = 10,
+    seed: int = 0,
+    widening: float = 1.0,
+) -> MethodEvaluation:
+    """Every figure of one method's ranking at ``top_k`` matches per target.
+
+    Arguments:
+        ranking: from :func:`rank_targets`.
+        bank: the bank.
+        relevance: the target similarity (for the normalised parameter distance and TARP).
+        top_k: matches per target.
+        parameters: parameters evaluated (default: every bank parameter and the inclination).
+        weight_temperature: weight matches by :func:`~protolib.distributions.similarity_weights` (``None``: equal).
+        rank_bins: bins of the rank histograms (for the uniformity test).
+        seed: tie-breaking of ranks and TARP's reference points.
+        widening: intervals (coverage, 68% ranges) widened about the median by this factor (the correction).
+    """
+    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    top_k = min(top_k, ranking.order.shape[1])
+    p = bank.n_projections
+    top = ranking.order[:, :top_k]  # (T, k)
+    target_rows = ranking.target_system * p + ranking.target_projection
+    match_rows = (ranking.reference_system * p + ranking.reference_projection)[top]  # (T, k)
+    weights = None
+    if weight_temperature is not None:
+        weights = np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :top_k]])
+    # similarity and retrieval
+    ranked_relevance = np.take_along_axis(ranking.relevance, ranking.order, axis=1)
+    pooled = similarity_metrics(ranking.score.ravel(), ranked_relevance.ravel())
+    per_target = [spearmanr(s, r).statistic for s, r in zip(ranking.score, ranked_relevance) if np.ptp(s) > 0 and np.ptp(r) > 0]
+    ndcg = ndcg_at_k(ranked_relevance, ranking.relevance, top_k)
+    chance = ranking.relevance.mean(1) * (1.0 / np.log2(np.arange(2, top_k + 2))).sum() / (
+        -np.sort(-ranking.relevance, axis=1)[:, :top_k] * (1.0 / np.log2(np.arange(2, top_k + 2)))).sum(1)
+    z = relevance.normalised(bank)
+    z_images = np.repeat(z, p, axis=0)
+    distance = np.sqrt(((z_images[match_rows] - z_images[target_rows][:, None, :]) ** 2).mean(-1))  # (T, k)
+    metrics = {
+        "similarity": {"spearman": pooled["spearman"], "spearman_per_target": float(np.nanmean(per_target)) if per_target else float("nan"),
+                       "mse": pooled["mse"] if ranking.metric == "cosine" else float("nan"),
+                       "within_0.1": pooled["within_0.1"] if ranking.metric == "cosine" else float("nan")},
+        "retrieval": {f"ndcg_at_{top_k}": float(np.nanmean(ndcg)), "ndcg": float(np.nanmean(ndcg)),
+                      "ndcg_chance": float(np.nanmean(chance)), "mean_normalised_parameter_distance": float(distance.mean()),
+                      "best_match_normalised_parameter_distance": float(distance[:, 0].mean())},
+    }
+    values, logs = _scaled_values(bank, names)
+    prior_spread = values[np.unique(ranking.reference_system * p + ranking.reference_projection)].std(0)
+    parts = _distribution_metrics(values[match_rows], values[target_rows], names, logs, prior_spread, bank, relevance, z_images[match_rows],
+                                  z_images[target_rows], weights=weights, widening=widening, rank_bins=rank_bins, seed=seed)
+    metrics.update(parameters=parts["parameters"], calibration=parts["calibration"])
+    return MethodEvaluation(ranking.method, top_k, metrics, names, *parts["arrays"])
+
+
+def _distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[str], logs: list[bool], prior_spread: np.ndarray, bank: Bank,
+                          relevance: Relevance, z_samples: np.ndarray, z_truths: np.ndarray, *, weights: np.ndarray | None,
+                          widening: float, rank_bins: int, seed: int) -> dict:
+    """Recovery and calibration figures of samples ``(T, n, K)`` (scaled) against truths ``(T, K)``, any method."""
+    table, truth, median, interval, ranks, curves = {}, {}, {}, {}, {}, {}
+    constrained = set(relevance.definition.parameters)
+    for j, name in enumerate(names):
+        values, truths_j = samples[..., j], truths[:, j]
+        median_j, low_j, high_j = central_intervals(values, [0.68], weights)
+        estimate = values.mean(1) if weights is None else (values * weights).sum(1)
+        error = median_j - truths_j
+        coverage = central_coverage(values, truths_j, COVERAGE_LEVELS, weights, widening=widening)
+        curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=widening)
+        rank = truth_ranks(values, truths_j, seed=seed + j)  # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
+        rank = (rank + np.random.default_rng([seed, j]).uniform(size=len(rank))) / (values.shape[1] + 1)
+        counts = np.histogram(rank, bins=rank_bins, range=(0.0, 1.0))[0]
+        spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
+        half_width = 0.5 * widening * (high_j[:, 0] - low_j[:, 0])
+        table[name] = {
+            "log_scale": logs[j], "unit": "dex" if logs[j] else ("deg" if name == "inclination" else bank.parameter_info[name].unit),
+            "in_target_similarity": name in constrained,
+            "median_abs_error": float(np.median(np.abs(error))), "rms_error": float(np.sqrt(np.mean(error**2))),
+            "rms_error_over_prior_spread": float(np.sqrt(np.mean(error**2)) / spread),
+            "r2_knn": r_squared(estimate, truths_j), "r2_median": r_squared(median_j, truths_j),
+            "width_68_over_prior_spread": float(np.median(half_width) / spread),
+            **{f"coverage_{round(100 * c)}": float(v) for c, v in zip(COVERAGE_LEVELS, coverage)},
+            "rank_histogram": counts.tolist(),
+            "rank_uniformity_p": float(chisquare(counts).pvalue) if counts.sum() else float("nan"),
+        }
+        widened = median_j[:, None] + widening * (np.c_[low_j[:, 0], high_j[:, 0]] - median_j[:, None])
+        truth[name], median[name], interval[name], ranks[name], curves[name] = truths_j, median_j, widened, rank, curve
+    alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
+    calibration = {
+        "interval_widening": float(widening),
+        **{f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names])) for c in COVERAGE_LEVELS},
+        "coverage_curve": {"levels": list(CURVE_LEVELS), **{n: curves[n].tolist() for n in names}},
+        "tarp": {"alpha": alpha.tolist(), "ecp": ecp.tolist(), "max_deviation": float(np.max(np.abs(ecp - alpha))),
+                 "mean_abs_deviation": float(np.mean(np.abs(ecp - alpha))), "parameters": list(relevance.definition.parameters)},
+    }
+    return {"parameters": table, "calibration": calibration, "arrays": (truth, median, interval, ranks, curves, (alpha, ecp))}
+
+
+def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int], widening_candidates: Sequence[float] = (1.0,), *,
+                      parameters: Sequence[str] | None = None, weight_temperature: float | None = None) -> tuple[int, float, dict]:
+    """The ``k`` and interval widening whose 68% and 95% coverage is closest to nominal on ``ranking``'s targets.
+
+    Run it on validation systems, never the test ones. Few matches give narrow, overconfident
+    distributions; many tend to the prior and over-cover; widening the intervals about the median
+    (a scale factor, as in conformal calibration) fixes what no ``k`` does. The score is the mean
+    over parameters of ``|c68 - 0.68| + |c95 - 0.95|``; among near-ties (within 0.01) the least widening wins.
+
+    Returns:
+        The chosen ``k``, the chosen widening, and ``{"k=..,widening=..": score}`` for every candidate.
+    """
+    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    values, _ = _scaled_values(bank, names)
+    p = bank.n_projections
+    target_rows = ranking.target_system * p + ranking.target_projection
+    scores = {}
+    for k in sorted({min(int(c), ranking.order.shape[1]) for c in k_candidates}):
+        match_rows = (ranking.reference_system * p + ranking.reference_projection)[ranking.order[:, :k]]
+        weights = None if weight_temperature is None else np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :k]])
+        bounds = [(central_intervals(values[match_rows, j], (0.68, 0.95), weights), values[target_rows, j]) for j in range(len(names))]
+        for widening in widening_candidates:
+            misses = []
+            for (median, low, high), truths in bounds:
+                low, high = median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
+                covered = ((low <= truths[:, None]) & (truths[:, None] <= high)).mean(0)
+                misses.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
+            scores[(k, float(widening))] = float(np.mean(misses))
+    best = min(scores.values())
+    k, widening = min((key for key, score in scores.items() if score <= best + 0.01), key=lambda key: (key[1], scores[key]))
+    return k, widening, {f"k={key[0]},widening={key[1]:g}": score for key, score in scores.items()}
+
+
+def evaluate_methods(
+    methods: Sequence[MatchingMethod],
+    bank: Bank,
+    relevance: Relevance,
+    split,
+    settings: EvaluationSettings | None = None,
+    *,
+    parameters: Sequence[str] | None = None,
+) -> dict[str, dict]:
+    """Evaluate every method on the same test targets, against the training systems.
+
+    With ``settings.correction`` other than ``"none"``, ``k`` (and with ``"choose_k_and_widening"`` an
+    interval widening) is also chosen per method on the validation systems (:func:`choose_correction`),
+    and the test figures with that choice are reported as ``corrected``.
+
+    Returns:
+        method name -> ``{"method": MatchingMethod, "evaluation": MethodEvaluation, "corrected":
+        MethodEvaluation or None, "chosen_k": int or None, "chosen_widening": float or None, "k_scores": dict}``.
+    """
+    settings = settings or EvaluationSettings()
+    options = dict(parameters=parameters, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
+    results = {}
+    for method in methods:
+        vectors, _, _ = embed_bank(method.embed, bank, progress=False)
+        ranking = rank_targets(method, vectors, bank, relevance, split.test, split.train, projection=settings.projection)
+        result = {"method": method, "evaluation": score_ranking(ranking, bank, relevance, top_k=settings.top_k, **options),
+                  "corrected": None, "chosen_k": None, "chosen_widening": None, "k_scores": {}}
+        if settings.correction != "none" and len(split.validation):
+            validation = rank_targets(method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection)
+            widenings = settings.widening_candidates if settings.correction == "choose_k_and_widening" else [1.0]
+            k, widening, scores = choose_correction(validation, bank, settings.k_candidates, widenings, parameters=parameters,
+                                                    weight_temperature=settings.weight_temperature)
+            result.update(chosen_k=k, chosen_widening=widening, k_scores=scores,
+                          corrected=score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options))
+        results[method.name] = result
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Which target similarity and loss? Settled by the same evaluation
+
+VARIANTS = {
+    "kernel + mse": ("siamese.pt", {}),
+    "cosine + mse": ("siamese_cosine.pt", {"target": {"kind": "cosine"}}),
+    "kernel + contrastive": ("siamese_contrastive.pt", {"loss": {"kind": "contrastive"}}),
+    "kernel + log_ratio": ("siamese_log_ratio.pt", {"loss": {"kind": "log_ratio"}}),
+}
+"""Variants compared by :func:`compare_variants`: name -> (checkpoint file, overrides of the ``siamese:`` section).
+
+The first two are the networks notebook 03 trains, so a book build reuses them."""
+
+
+def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, tuple[str, dict]] | None = None,
+                     settings: EvaluationSettings | None = None, *, progress: bool = False) -> dict[str, dict]:
+    """Train (or reuse) one Siamese network per variant and evaluate each on the same test targets.
+
+    Every variant is scored against the same relevance, the configuration's own target similarity
+    (so a cosine-trained network is not judged by the cosine it was taught). Networks are made by
+    :func:`~protolib.learning.ensure_siamese` in ``config.artifacts_dir``, with the configuration's
+    epochs, or ``settings.variant_epochs`` (then as ``<file>_e<epochs>.pt``, beside the full ones).
+
+    Returns:
+        variant name -> the ``"siamese"`` entry of :func:`evaluate_methods`, plus ``"path"``.
+    """
+    from .learning import ensure_siamese, run_split, siamese_settings
+    from .siamese import load_siamese
+
+    settings = settings or evaluation_settings(config)
+    variants = VARIANTS if variants is None else variants
+    split = run_split(config, bank)
+    reference = siamese_settings(config)["target"]
+    normaliser = ParameterNormaliser(list(reference.parameters), reference.normalisation).fit(bank.parameter_table(list(reference.parameters))[split.train])
+    relevance = Relevance(reference, normaliser)
+    epochs = settings.variant_epochs
+    results = {}
+    for name, (file_name, overrides) in variants.items():
+        if epochs:
+            file_name, overrides = f"{Path(file_name).stem}_e{epochs}.pt", {"training": {"epochs": epochs}, **overrides}
+        path = ensure_siamese(config, bank, autoencoder, name=file_name, overrides=overrides, progress=progress)
+        result = evaluate_methods([siamese_method(load_siamese(path))], bank, relevance, split, settings)["siamese"]
+        results[name] = {**result, "path": path}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def headline_table(results: dict[str, dict], parameters: Sequence[str] | None = None, *, corrected: bool = False) -> str:
+    """A markdown table: per method, nDCG, Spearman, RMS error / prior spread per parameter, and coverage.
+
+    Arguments:
+        results: from :func:`evaluate_methods` (or the ``methods`` entry of ``metrics.json`` in the same shape).
+        parameters: the columns (default: the parameters in the target similarity).
+        corrected: use each method's corrected (chosen-``k``) figures for coverage.
+    """
+    rows = []
+    for name, result in results.items():
+        metrics = _metrics_of(result, corrected)
+        names = list(parameters) if parameters is not None else [n for n, r in metrics["parameters"].items() if r["in_target_similarity"]]
+        retrieval, similarity = metrics.get("retrieval", {}), metrics.get("similarity", {})
+        cells = [f"{retrieval.get('ndcg', float('nan')):.3f}", f"{similarity.get('spearman_per_target', float('nan')):.3f}"]
+        cells += [f"{metrics['parameters'][n]['rms_error_over_prior_spread']:.2f}" for n in names]
+        cells += [f"{metrics['calibration']['coverage_68']:.2f}", f"{metrics['calibration']['coverage_95']:.2f}"]
+        widening = metrics["calibration"].get("interval_widening") or 1.0
+        k = f"{metrics.get('top_k', '')}" + (f", x{widening:g}" if widening != 1.0 else "")
+        rows.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
+    header = "| method | k (, widening) | nDCG@k | Spearman | " + " | ".join(f"{n} RMS/prior" for n in names) + " | cov68 | cov95 |"
+    return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
+
+
+def parameter_table(results: dict[str, dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False) -> str:
+    """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a column per method."""
+    tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
+    names = list(next(iter(tables.values())))
+    rows = [f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
+            + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables) + " |" for n in names]
+    return "\n".join([f"| {figure} | " + " | ".join(tables) + " |", "|" + " --- |" * (len(tables) + 1), *rows,
+                      "", "\\* in the network's target similarity"])
+
+
+def verdicts(results: dict[str, dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
+    """One plain sentence per parameter: does ``reference`` recover it better than every baseline, and does it constrain it?
+
+    A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
+    range are below ``1 - margin`` prior spreads; ``reference`` is better when its RMS error is lower
+    than the best baseline's by more than ``margin`` prior spreads.
+    """
+    tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
+    own = tables[reference]
+    lines = []
+    for name, row in own.items():
+        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference}
+        best = min(others, key=others.get) if others else None
+        error = row["rms_error_over_prior_spread"]
+        constrained = error < 1 - margin and row["width_68_over_prior_spread"] < 1 - margin
+        if best is None:
+            comparison = ""
+        elif error < others[best] - margin:
+            comparison = f"better than every baseline (best: {best}, {others[best]:.2f})"
+        elif error > others[best] + margin:
+            comparison = f"WORSE than {best} ({others[best]:.2f})"
+        else:
+            comparison = f"no better than {best} ({others[best]:.2f})"
+        lines.append(f"{name}: RMS error {error:.2f} prior spreads, R^2 {row['r2_knn']:.2f}, 68% coverage {row['coverage_68']:.2f}; "
+                     f"{'constrained' if constrained else 'NOT constrained by the images'}; {comparison}")
+    return lines
+
+
+def _metrics_of(result: dict, corrected: bool) -> dict:
+    if "evaluation" in result:
+        chosen = result["corrected"] if corrected and result.get("corrected") is not None else result["evaluation"]
+        return {**chosen.metrics, "top_k": chosen.top_k}
+    return result["corrected"] if corrected and result.get("corrected") else result["at_top_k"]
+
+
+def _to_json(results: dict[str, dict]) -> dict:
+    out = {}
+    for name, result in results.items():
+        entry = {"description": result["method"].description, "metric": result["method"].metric,
+                 "at_top_k": {**result["evaluation"].metrics, "top_k": result["evaluation"].top_k}}
+        if result["corrected"] is not None:
+            entry["corrected"] = {**result["corrected"].metrics, "top_k": result["corrected"].top_k}
+            entry["chosen_k"], entry["chosen_widening"] = result["chosen_k"], result["chosen_widening"]
+            entry["correction_scores_on_validation"] = result["k_scores"]
+        out[name] = entry
+    return out
+
+
+def run_evaluation(
+    model_path: str | Path,
+    bank_path: str | Path,
+    out_dir: str | Path,
+    settings: EvaluationSettings | None = None,
+    *,
+    device: str | None = None,
+) -> dict:
+    """What ``protolib evaluate`` does: evaluate every method on the model's test systems and write the results.
+
+    Writes ``metrics.json`` (every figure per method and per parameter, at the configured ``k`` and
+    corrected), ``coverage.png``, ``recovery.png`` (the Siamese network's recovered against true
+    values, or the last method's), ``rank_histograms.png``, ``tarp.png`` and ``headline.md`` to ``out_dir``.
+
+    Returns:
+        The contents of ``metrics.json``.
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plots_evaluation as plots
+    from .siamese import load_siamese
+
+    settings = settings or EvaluationSettings()
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    if not model_path.exists():
+        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
+    bank = Bank(bank_path)
+    model = load_siamese(model_path, device)
+    if int(model.checkpoint["image_size"]) != bank.image_size:
+        raise ProtolibInputError(f"Model {model_path} was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
+    trained_on = model.checkpoint.get("bank") or {}
+    if trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
+        raise ProtolibInputError(f"Model {model_path} was trained on another bank ({trained_on.get('path')}); its test systems are "
+                                 f"only held out in that bank. Evaluate it on that bank.")
+    split = model.split
+    methods = baseline_methods(model, bank, split.train, settings)
+    relevance = Relevance.from_model(model)
+    results = evaluate_methods(methods, bank, relevance, split, settings)
+    if "npe" in settings.methods:
+        from .posterior import add_npe_result
+
+        add_npe_result(results, model, bank, split, relevance, settings)
+    report = {
+        "inputs": {"model": str(model_path.resolve()), "bank": str(Path(bank_path).resolve()),
+                   "target": model.checkpoint["target"], "loss": model.checkpoint["config"]["loss"]},
+        "settings": asdict(settings),
+        "targets": {"systems": split.test.tolist(), "projection": settings.projection,
+                    "n_targets": int(len(split.test) * (bank.n_projections if settings.projection is None else 1)),
+                    "reference_systems": int(len(split.train))},
+        "methods": _to_json(results),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    main = results.get("siamese") or list(results.values())[-1]
+    figures = {"coverage.png": plots.coverage_plot(results), "recovery.png": plots.recovery_plot(main["evaluation"]),
+               "rank_histograms.png": plots.rank_histogram_plot(main["evaluation"]), "tarp.png": plots.tarp_plot(results)}
+    for name, fig in figures.items():
+        with atomic_path(out_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    with atomic_path(out_dir / "headline.md") as tmp:
+        tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(_plain_json(report), indent=2, allow_nan=True))
+    return report

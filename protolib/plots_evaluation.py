@@ -1,0 +1,116 @@
+"""Figures for the evaluation. Each takes data and keyword options and returns the figure."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from .evaluation import CURVE_LEVELS, MethodEvaluation
+from .parameters import PARAMETERS, VIEWING_PARAMETERS
+
+__all__ = ["coverage_plot", "recovery_plot", "rank_histogram_plot", "tarp_plot"]
+
+
+def _label(name: str, log_scale: bool | None = None) -> str:
+    info = PARAMETERS.get(name) or VIEWING_PARAMETERS.get(name)
+    if info is None:
+        return name
+    return f"log10 {info.label or name}" if info.log_scale else (info.label or name)
+
+
+def _evaluation(result, corrected: bool) -> MethodEvaluation:
+    if isinstance(result, MethodEvaluation):
+        return result
+    return result["corrected"] if corrected and result.get("corrected") is not None else result["evaluation"]
+
+
+def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[str] | None = None, panel_size: float = 2.6) -> Figure:
+    """Coverage of central intervals against their nominal level, one panel per method.
+
+    Arguments:
+        results: method name -> :class:`~protolib.evaluation.MethodEvaluation`, or the dicts of
+            :func:`~protolib.evaluation.evaluate_methods`.
+        corrected: show each method's corrected (chosen-``k``) figures.
+        parameters: lines drawn (default: every evaluated parameter); their mean is the thick line.
+    """
+    fig, axes = plt.subplots(1, len(results), figsize=(panel_size * len(results), panel_size + 0.4), squeeze=False, sharey=True)
+    levels = np.asarray(CURVE_LEVELS)
+    for ax, (name, result) in zip(axes[0], results.items()):
+        evaluation = _evaluation(result, corrected)
+        names = parameters or evaluation.parameters
+        curves = np.array([evaluation.coverage_curve[n] for n in names])
+        for n, curve in zip(names, curves):
+            ax.plot(levels, curve, lw=0.8, alpha=0.6, label=_label(n))
+        ax.plot(levels, curves.mean(0), color="k", lw=2.2, label="mean")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+        ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level", title=f"{name} (k={evaluation.top_k})")
+    axes[0, 0].set_ylabel("fraction of truths covered")
+    axes[0, -1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def recovery_plot(evaluation: MethodEvaluation, *, parameters: list[str] | None = None, columns: int = 4, panel_size: float = 2.5) -> Figure:
+    """Recovered (matches' median, with 16-84% range) against true value, one panel per parameter."""
+    names = parameters or evaluation.parameters
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, panel_size * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        truth, median, interval = evaluation.truth[name], evaluation.median[name], evaluation.interval_68[name]
+        ax.errorbar(truth, median, yerr=[median - interval[:, 0], interval[:, 1] - median], fmt="o", ms=2.5, lw=0.6,
+                    alpha=0.6, color="C0")
+        low, high = float(min(truth.min(), interval.min())), float(max(truth.max(), interval.max()))
+        ax.plot([low, high], [low, high], color="grey", ls="--", lw=1)
+        r2 = evaluation.metrics["parameters"][name]["r2_knn"]
+        ax.set_title(f"{_label(name)}  R²={r2:.2f}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.supxlabel("true value")
+    fig.supylabel(f"recovered: median of {evaluation.top_k} matches ({evaluation.method})")
+    fig.tight_layout()
+    return fig
+
+
+def rank_histogram_plot(evaluation: MethodEvaluation, *, parameters: list[str] | None = None, bins: int = 10,
+                        columns: int = 4, panel_size: float = 2.4) -> Figure:
+    """Rank of each truth among its matches (SBC): flat for calibrated distributions, with the 99% band of a flat one.
+
+    A U shape means overconfident (too narrow), a hump underconfident (too wide), a slope biased.
+    """
+    names = parameters or evaluation.parameters
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, 0.8 * panel_size * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        ranks = evaluation.ranks[name]
+        n = len(ranks)
+        ax.hist(ranks, bins=bins, range=(0, 1), color="C0", alpha=0.8)
+        expected = n / bins
+        band = 2.58 * math.sqrt(expected * (1 - 1 / bins))
+        ax.axhspan(max(0.0, expected - band), expected + band, color="grey", alpha=0.2, lw=0)
+        ax.axhline(expected, color="grey", lw=1)
+        ax.set_title(_label(name), fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.supxlabel(f"rank of the truth among the {evaluation.top_k} matches (fraction)")
+    fig.tight_layout()
+    return fig
+
+
+def tarp_plot(results: dict, *, corrected: bool = False, size: float = 3.6) -> Figure:
+    """TARP expected coverage against credibility level, one line per method (the diagonal is calibrated)."""
+    fig, ax = plt.subplots(figsize=(size, size))
+    for name, result in results.items():
+        evaluation = _evaluation(result, corrected)
+        alpha, ecp = evaluation.tarp
+        ax.plot(alpha, ecp, lw=1.8, label=f"{name} (k={evaluation.top_k})")
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

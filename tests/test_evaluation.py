@@ -1,0 +1,152 @@
+"""Evaluation metrics on cases with known answers, and `protolib evaluate` on a tiny bank and model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from protolib.autoencoder import AutoencoderConfig, train_autoencoder
+from protolib.bank import Bank, simulate_bank
+from protolib.cli import main
+from protolib.evaluation import (
+    EvaluationSettings,
+    MatchingMethod,
+    Relevance,
+    central_coverage,
+    evaluate_methods,
+    ndcg_at_k,
+    r_squared,
+    random_method,
+    rank_targets,
+    score_ranking,
+    tarp_coverage,
+    truth_ranks,
+)
+from protolib.matching import embed_bank
+from protolib.normalise import ParameterNormaliser
+from protolib.siamese import train_siamese
+from protolib.simulator import SimulatorConfig
+from protolib.splits import split_systems
+from protolib.targets import TargetDefinition
+from protolib.training import TrainingConfig
+
+PARAMETERS = ["stellar_mass", "disk_radius", "disk_mass"]
+
+
+def gaussian_toy(width: float, n_targets: int = 1500, n_samples: int = 200, dims: int = 2, seed: int = 0):
+    """Truths drawn around each target's mean with unit spread; samples with ``width`` (1: calibrated)."""
+    rng = np.random.default_rng(seed)
+    mean = rng.normal(0, 3, size=(n_targets, dims))
+    truths = mean + rng.normal(size=(n_targets, dims))
+    samples = mean[:, None, :] + width * rng.normal(size=(n_targets, n_samples, dims))
+    return samples, truths
+
+
+def test_ndcg_is_one_for_the_ideal_order_and_at_chance_for_random_orders():
+    rng = np.random.default_rng(0)
+    relevance = rng.uniform(size=(400, 50))
+    ideal = -np.sort(-relevance, axis=1)
+    assert np.allclose(ndcg_at_k(ideal, relevance, 10), 1.0)
+    shuffled = np.stack([rng.permutation(r) for r in relevance])
+    chance = relevance.mean(1) * (1 / np.log2(np.arange(2, 12))).sum() / (ideal[:, :10] / np.log2(np.arange(2, 12))).sum(1)
+    assert ndcg_at_k(shuffled, relevance, 10).mean() == pytest.approx(chance.mean(), abs=0.02)
+    assert ndcg_at_k(ideal[:, ::-1], relevance, 10).mean() < 0.2
+
+
+def test_r_squared_is_one_for_the_truth_and_zero_for_its_mean():
+    truth = np.random.default_rng(1).normal(size=100)
+    assert r_squared(truth, truth) == 1.0
+    assert r_squared(np.full(100, truth.mean()), truth) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_coverage_is_nominal_for_a_calibrated_method_and_for_the_prior_itself():
+    samples, truths = gaussian_toy(1.0, dims=1)
+    assert central_coverage(samples[..., 0], truths[:, 0]) == pytest.approx([0.5, 0.68, 0.95], abs=0.04)
+    overconfident = central_coverage(gaussian_toy(0.3, dims=1)[0][..., 0], truths[:, 0])
+    assert np.all(overconfident < np.array([0.5, 0.68, 0.95]) - 0.2)
+    widened = central_coverage(gaussian_toy(0.5, dims=1)[0][..., 0], truths[:, 0], widening=2.0)  # the correction
+    assert widened == pytest.approx([0.5, 0.68, 0.95], abs=0.04)
+    rng = np.random.default_rng(2)  # random matches: samples of the prior, truths from the same prior
+    prior_truths, prior_samples = rng.normal(size=1500), rng.normal(size=(1500, 200))
+    assert central_coverage(prior_samples, prior_truths) == pytest.approx([0.5, 0.68, 0.95], abs=0.04)
+
+
+def test_rank_histogram_is_flat_when_calibrated_and_u_shaped_when_overconfident():
+    samples, truths = gaussian_toy(1.0, dims=1)
+    flat = np.histogram(truth_ranks(samples[..., 0], truths[:, 0]) / 200, bins=10, range=(0, 1 + 1e-9))[0]
+    assert flat.min() > 0.7 * flat.mean() and flat.max() < 1.3 * flat.mean()
+    narrow = np.histogram(truth_ranks(gaussian_toy(0.3, dims=1)[0][..., 0], truths[:, 0]) / 200, bins=10, range=(0, 1 + 1e-9))[0]
+    assert narrow[0] + narrow[-1] > 0.5 * narrow.sum()
+
+
+def test_tarp_follows_the_diagonal_when_calibrated_and_not_when_overconfident():
+    alpha, ecp = tarp_coverage(*gaussian_toy(1.0), seed=3)
+    assert np.max(np.abs(ecp - alpha)) < 0.05
+    alpha, ecp = tarp_coverage(*gaussian_toy(0.3), seed=3)
+    assert np.max(np.abs(ecp - alpha)) > 0.2
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bank") / "bank.h5"
+    simulate_bank(path, 16, 2, seed=2, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
+    with Bank(path) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def split(bank):
+    return split_systems(bank.n_systems, (0.5, 0.25, 0.25), seed=0)
+
+
+@pytest.fixture(scope="module")
+def relevance(bank, split):
+    normaliser = ParameterNormaliser(PARAMETERS).fit(bank.parameter_table(PARAMETERS)[split.train])
+    return Relevance(TargetDefinition(kind="kernel", parameters=PARAMETERS), normaliser)
+
+
+def oracle_method(bank, relevance) -> MatchingMethod:
+    """A perfect method: it recognises each image's system and embeds its normalised parameters."""
+    images = bank.load_images().reshape(-1, bank.image_size, bank.image_size)
+    lookup = {image.tobytes(): z for image, z in zip(images, np.repeat(relevance.normalised(bank), bank.n_projections, axis=0))}
+    return MatchingMethod("oracle", lambda batch: np.stack([lookup[image.tobytes()] for image in batch]), "euclidean")
+
+
+def test_a_perfect_method_ranks_ideally_and_random_matches_do_not(bank, split, relevance):
+    oracle = oracle_method(bank, relevance)
+    vectors, _, _ = embed_bank(oracle.embed, bank, progress=False)
+    ranking = rank_targets(oracle, vectors, bank, relevance, split.test, split.train)
+    assert not np.isin(ranking.reference_system[ranking.order], split.test).any()
+    metrics = score_ranking(ranking, bank, relevance, top_k=4, parameters=PARAMETERS).metrics
+    assert metrics["retrieval"]["ndcg"] == pytest.approx(1.0)
+    assert metrics["similarity"]["spearman_per_target"] == pytest.approx(1.0)
+    results = evaluate_methods([oracle, random_method(0)], bank, relevance, split, EvaluationSettings(top_k=4, k_candidates=[2, 4], widening_candidates=[1.0, 2.0]),
+                               parameters=PARAMETERS)
+    oracle_metrics, random_metrics = (results[n]["evaluation"].metrics for n in ("oracle", "random"))
+    assert random_metrics["retrieval"]["ndcg"] < oracle_metrics["retrieval"]["ndcg"]
+    for name in PARAMETERS:
+        assert oracle_metrics["parameters"][name]["rms_error"] <= random_metrics["parameters"][name]["rms_error"] + 1e-9
+    assert results["oracle"]["chosen_k"] in (2, 4)
+    with pytest.raises(ValueError, match="never matches itself"):
+        rank_targets(oracle, vectors, bank, relevance, split.test, np.r_[split.train, split.test[:1]])
+
+
+def test_protolib_evaluate_writes_every_figure_per_method_and_parameter(bank, split, tmp_path):
+    quick = TrainingConfig(epochs=1, batch_systems=4, learning_rate=3e-3, num_threads=1)
+    autoencoder = train_autoencoder(bank, tmp_path / "autoencoder.pt", split=split, model=AutoencoderConfig(channels=[4, 8], latent_size=8),
+                                    training=quick, progress=False)
+    model = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", training=quick, progress=False)
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(model), "--bank", str(bank.path), "--out", str(out), "--top-k", "4", "--config", "tiny"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["random", "pixel", "pca", "autoencoder", "siamese"]
+    assert metrics["targets"]["systems"] == split.test.tolist() and metrics["targets"]["n_targets"] == len(split.test) * 2
+    for entry in metrics["methods"].values():
+        figures = entry["at_top_k"]
+        assert figures["top_k"] == 4 and set(figures) >= {"similarity", "retrieval", "parameters", "calibration"}
+        assert set(figures["parameters"]) == {*bank.parameters, "inclination"}
+        assert 0 <= figures["calibration"]["coverage_68"] <= 1 and 0 <= figures["retrieval"]["ndcg"] <= 1
+        assert sum(figures["parameters"]["disk_radius"]["rank_histogram"]) == len(split.test) * 2
+    for name in ("coverage.png", "recovery.png", "rank_histograms.png", "tarp.png", "headline.md"):
+        assert (out / name).stat().st_size > 0
+    assert main(["evaluate", "--model", str(tmp_path / "missing.pt"), "--bank", str(bank.path), "--out", str(out)]) == 2
