@@ -9,6 +9,8 @@ optional dependency (``pip install 'protolib[posterior]'``); nothing here downlo
 
 from __future__ import annotations
 
+import tempfile
+
 import warnings
 
 import numpy as np
@@ -75,9 +77,14 @@ def npe_evaluation(
     target_rows = target_system * p + target_projection
     centre, spread = values[train_rows].mean(0), values[train_rows].std(0) + 1e-12
     torch.manual_seed(seed)
-    inference = NPE(density_estimator="maf", show_progress_bars=False)
-    theta = torch.as_tensor((values[train_rows] - centre) / spread, dtype=torch.float32)
-    inference.append_simulations(theta, torch.as_tensor(vectors[train_rows])).train(max_num_epochs=max_epochs, show_train_summary=False)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with tempfile.TemporaryDirectory() as log_dir:  # sbi would otherwise write ./sbi-logs wherever it runs
+        writer = SummaryWriter(log_dir=log_dir)
+        inference = NPE(density_estimator="maf", show_progress_bars=False, summary_writer=writer)
+        theta = torch.as_tensor((values[train_rows] - centre) / spread, dtype=torch.float32)
+        inference.append_simulations(theta, torch.as_tensor(vectors[train_rows])).train(max_num_epochs=max_epochs, show_train_summary=False)
+        writer.close()
     posterior = inference.build_posterior()
     drawn = posterior.sample_batched((n_samples,), x=torch.as_tensor(vectors[target_rows]), show_progress_bars=False)  # (n, T, K)
     samples = drawn.permute(1, 0, 2).numpy().astype(np.float64) * spread + centre  # (T, n, K)
