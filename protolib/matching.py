@@ -171,6 +171,9 @@ class EmbeddingIndex:
             (FAISS above ``faiss_above`` rows when it is installed, exact otherwise).
         faiss_factory: the FAISS index description, e.g. ``"Flat"`` (exact), ``"HNSW32"`` (graph,
             approximate) or ``"IVF1024,Flat"`` (inverted lists, approximate; needs training).
+        faiss_parameters: FAISS search settings, e.g. ``"nprobe=16"`` (inverted lists visited per
+            query; FAISS's default 1 misses many neighbours) or ``"efSearch=64"`` for HNSW;
+            ``benchmarks/faiss_recall.py`` measures recall@k against exact search for such settings.
         device: where exact search runs (default: CUDA when present, else CPU).
         chunk_rows: bank rows per matrix product in exact search (bounds memory).
         faiss_above: with ``backend="auto"``, the bank size from which FAISS is used.
@@ -188,6 +191,7 @@ class EmbeddingIndex:
         *,
         backend: str = "auto",
         faiss_factory: str = "Flat",
+        faiss_parameters: str = "",
         device: str | torch.device | None = None,
         chunk_rows: int = 1 << 18,
         faiss_above: int = 2_000_000,
@@ -214,8 +218,8 @@ class EmbeddingIndex:
             self._system = torch.from_numpy(self.system).to(self.device)
         else:
             self.device = torch.device("cpu")
-            self._faiss = _build_faiss(vectors, faiss_factory)
-        self.faiss_factory = faiss_factory
+            self._faiss = _build_faiss(vectors, faiss_factory, faiss_parameters)
+        self.faiss_factory, self.faiss_parameters = faiss_factory, faiss_parameters
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -336,7 +340,7 @@ class EmbeddingIndex:
         return sims[order], rows[order].astype(np.int64)
 
 
-def _build_faiss(vectors: np.ndarray, factory: str):
+def _build_faiss(vectors: np.ndarray, factory: str, parameters: str = ""):
     faiss = _import_faiss()
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -346,6 +350,11 @@ def _build_faiss(vectors: np.ndarray, factory: str):
         sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: max(100_000, 64 * 1024)]]
         index.train(sample)
     index.add(vectors)
+    if parameters:
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, parameters)
+        except RuntimeError as error:
+            raise ProtolibInputError(f"FAISS search settings {parameters!r} do not apply to the index {factory!r} ({error}).") from None
     return index
 
 
@@ -638,7 +647,7 @@ class Matcher:
         embed: images ``(N, H, W)`` to L2-normalised embeddings ``(N, D)``.
         bank: the bank to search.
         embeddings: the bank's embeddings under ``embed`` (see :func:`bank_embeddings`).
-        backend, faiss_factory, device: how to search (see :class:`EmbeddingIndex`).
+        backend, faiss_factory, faiss_parameters, device: how to search (see :class:`EmbeddingIndex`).
         similarity: the network's pairwise similarity, kept for :meth:`pairwise` (optional).
         image_size: the image size the embedding function expects (checked against targets).
         checkpoint: the model checkpoint, when made with :meth:`from_model`.
@@ -658,6 +667,7 @@ class Matcher:
         *,
         backend: str = "auto",
         faiss_factory: str = "Flat",
+        faiss_parameters: str = "",
         device: str | torch.device | None = None,
         similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         image_size: int | None = None,
@@ -672,7 +682,7 @@ class Matcher:
         self.image_size = image_size or bank.image_size
         self.checkpoint = checkpoint or {}
         self.index = EmbeddingIndex(embeddings.vectors, embeddings.system, embeddings.projection,
-                                    backend=backend, faiss_factory=faiss_factory, device=device)
+                                    backend=backend, faiss_factory=faiss_factory, faiss_parameters=faiss_parameters, device=device)
 
     @classmethod
     def from_embed_function(

@@ -5,7 +5,8 @@ import pytest
 
 from match_helpers import ProjectionEmbedder, write_bank
 from protolib.bank import Bank
-from protolib.matching import Matcher, bank_embeddings, embed_bank
+from protolib.matching import EmbeddingIndex, Matcher, bank_embeddings, embed_bank, faiss_available
+from protolib.runtime import ProtolibInputError
 from protolib.training import ImageSource, system_batches
 
 
@@ -70,3 +71,17 @@ def test_cached_embeddings_are_mapped_from_their_file_and_a_new_key_replaces_the
     matcher = Matcher.from_embed_function(ProjectionEmbedder(seed=1), bank, cache_path=cache, key={"model": "b"}, progress=False)
     assert matcher.match_system(3, top_k=5).system.tolist() == Matcher.from_embed_function(
         ProjectionEmbedder(seed=1), bank, key={"model": "b"}, progress=False).match_system(3, top_k=5).system.tolist()
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed")
+def test_an_ivf_index_visiting_every_list_finds_the_exact_neighbours_and_a_bad_setting_is_named():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    system, projection = np.arange(3000) // 3, np.arange(3000) % 3
+    queries = vectors[:20] + 0.05 * rng.normal(size=(20, 16)).astype(np.float32)
+    exact = EmbeddingIndex(vectors, system, projection, backend="exact").search(queries, top_k=10)
+    ivf = EmbeddingIndex(vectors, system, projection, backend="faiss", faiss_factory="IVF16,Flat", faiss_parameters="nprobe=16")
+    assert [m.system.tolist() for m in ivf.search(queries, top_k=10)] == [m.system.tolist() for m in exact]
+    with pytest.raises(ProtolibInputError, match="efSearch"):
+        EmbeddingIndex(vectors, system, projection, backend="faiss", faiss_factory="IVF16,Flat", faiss_parameters="efSearch=8")
