@@ -8,6 +8,10 @@ target similarity computed from the two systems' physical parameters (:mod:`prot
 By default every pair within a batch is used (``B`` images give ``B (B - 1) / 2`` pairs for ``B``
 forward passes, projections of one system being natural positives); ``pairs.mode = "fixed"`` is the
 thesis's scheme of a fixed random fraction of all pairs, two forward passes per pair.
+
+Under ``torchrun`` each process embeds its share of a batch's systems and the embeddings are gathered
+(with gradients) before the pairs are formed, so the pairs, the loss and the gradient are those of
+the whole batch in one process; in fixed mode each process takes a share of the batch's pairs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,13 @@ the CPU plain float32, without code changes.
 
 Images are read from the bank by system, in chunks (:class:`ImageSource`); small banks are loaded
 into memory once.
+
+Under ``torchrun`` (several processes, :mod:`protolib.distributed`) the model is wrapped in
+``DistributedDataParallel``: every process draws the same global batches of systems and trains on its
+own contiguous share of each (:func:`system_batches`), gradients are averaged, the losses reported
+are those of the global batch, and only rank 0 writes the checkpoint and history. With augmentation
+off, two processes give the loss history of one to floating-point rounding; augmentation draws from
+``seed + rank``, so with it the random changes differ from a one-process run.
 """
 
 from __future__ import annotations
@@ -215,6 +222,9 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         checkpoint_path: where the checkpoint goes.
         resume: continue from ``checkpoint_path`` when it holds an unfinished run.
         progress: show a progress bar per epoch.
+
+    Under ``torchrun`` every process calls :func:`fit` alike; the history (on every rank) holds the
+    losses and image counts of the global batches.
 
     Returns:
         The history: one dict per epoch with ``epoch``, ``train_loss``, ``validation_loss``,
