@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import global_mean_weight, idle_output, start
 from .images import AugmentationConfig, ImagePreprocessing, augment_images
 from .runtime import ProtolibInputError, default_device
 from .splits import Split
@@ -163,8 +164,11 @@ class _AutoencoderTask:
         return self.data.batches(self.data.split.validation, 0, shuffle=False)
 
     def loss(self, batch, generator):
+        weight = global_mean_weight(len(batch[0]), self.device)
+        if len(batch[0]) == 0:
+            return idle_output(self.model, (), self.device)
         pixels, log_flux = self.preprocessing(self.data.to_device(batch[0], generator))
-        return self.model.loss(pixels, log_flux)
+        return self.model.loss(pixels, log_flux) * weight
 
     def metadata(self):
         return self._metadata
@@ -203,7 +207,7 @@ def train_autoencoder(
     training = training or TrainingConfig()
     augmentation = augmentation or AugmentationConfig()
     model_config = AutoencoderConfig(**{**(model.to_dict() if model else {}), "image_size": bank.image_size})
-    device = default_device(device)
+    device = start(default_device(device))
     preprocessing = ImagePreprocessing.from_bank(bank, **(images or {}))
     flux_systems = split.train[:: max(1, len(split.train) // 1000)]  # at most ~1000 systems: enough for a mean and spread
     preprocessing.fit(bank.load_images(flux_systems).reshape(-1, bank.image_size, bank.image_size))

@@ -323,6 +323,7 @@ def _register_train_autoencoder(sub) -> None:
 
     def handler(args):
         from .autoencoder import load_autoencoder, train_autoencoder
+        from .distributed import is_main
         from .bank import Bank
         from .learning import autoencoder_settings, run_split
 
@@ -334,6 +335,8 @@ def _register_train_autoencoder(sub) -> None:
         with Bank(args.bank) as bank:
             path = train_autoencoder(bank, args.out / "autoencoder.pt", split=run_split(config, bank), resume=args.resume,
                                      progress=not args.quiet, device=args.device, **settings)
+        if not is_main():
+            return
         model = load_autoencoder(path, "cpu")
         print(f"Wrote {path} (best epoch {model.checkpoint['best_epoch']}, validation loss {model.checkpoint['best_validation_loss']:.4g}).")
 
@@ -360,6 +363,7 @@ def _register_train_siamese(sub) -> None:
 
         from .bank import Bank
         from .learning import run_split, siamese_settings
+        from .distributed import is_main
         from .siamese import metrics_path, train_siamese
 
         options = {**_TRAINING_OPTIONS, "target": ("target", "kind"), "parameters": ("target", "parameters"),
@@ -372,6 +376,8 @@ def _register_train_siamese(sub) -> None:
         with Bank(args.bank) as bank:
             path = train_siamese(bank, args.autoencoder, args.out / "siamese.pt", split=run_split(config, bank), resume=args.resume,
                                  progress=not args.quiet, device=args.device, **settings)
+        if not is_main():
+            return
         metrics = json.loads(metrics_path(path).read_text())
         print(f"Wrote {path} and {metrics_path(path)}: held-out spearman {metrics['spearman']:.3f}, "
               f"mse {metrics['mse']:.4f}, within_0.1 {metrics['within_0.1']:.3f}.")
@@ -434,8 +440,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    finished = False
     try:
         args.handler(args)
+        finished = True
     except ProtolibInputError as error:
         if args.debug:
             raise
@@ -444,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"protolib {args.command}: interrupted; no partial output was left behind.", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import stop
+
+        stop(wait=finished)
     return 0
 
 

@@ -57,7 +57,7 @@ EmbedFunction = Callable[[np.ndarray], np.ndarray]
 ImageTransform = Callable[[np.ndarray], np.ndarray]
 """Bank images ``(N, H, W)`` to images seen like the target ``(N, H, W)`` (beam, noise, ...)."""
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: vectors in their own .npy, written batch by batch
 
 
 @dataclass
@@ -171,6 +171,9 @@ class EmbeddingIndex:
             (FAISS above ``faiss_above`` rows when it is installed, exact otherwise).
         faiss_factory: the FAISS index description, e.g. ``"Flat"`` (exact), ``"HNSW32"`` (graph,
             approximate) or ``"IVF1024,Flat"`` (inverted lists, approximate; needs training).
+        faiss_parameters: FAISS search settings, e.g. ``"nprobe=16"`` (inverted lists visited per
+            query; FAISS's default 1 misses many neighbours) or ``"efSearch=64"`` for HNSW;
+            ``benchmarks/faiss_recall.py`` measures recall@k against exact search for such settings.
         device: where exact search runs (default: CUDA when present, else CPU).
         chunk_rows: bank rows per matrix product in exact search (bounds memory).
         faiss_above: with ``backend="auto"``, the bank size from which FAISS is used.
@@ -188,6 +191,7 @@ class EmbeddingIndex:
         *,
         backend: str = "auto",
         faiss_factory: str = "Flat",
+        faiss_parameters: str = "",
         device: str | torch.device | None = None,
         chunk_rows: int = 1 << 18,
         faiss_above: int = 2_000_000,
@@ -214,8 +218,8 @@ class EmbeddingIndex:
             self._system = torch.from_numpy(self.system).to(self.device)
         else:
             self.device = torch.device("cpu")
-            self._faiss = _build_faiss(vectors, faiss_factory)
-        self.faiss_factory = faiss_factory
+            self._faiss = _build_faiss(vectors, faiss_factory, faiss_parameters)
+        self.faiss_factory, self.faiss_parameters = faiss_factory, faiss_parameters
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -336,7 +340,7 @@ class EmbeddingIndex:
         return sims[order], rows[order].astype(np.int64)
 
 
-def _build_faiss(vectors: np.ndarray, factory: str):
+def _build_faiss(vectors: np.ndarray, factory: str, parameters: str = ""):
     faiss = _import_faiss()
     try:
         index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
@@ -346,6 +350,11 @@ def _build_faiss(vectors: np.ndarray, factory: str):
         sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: max(100_000, 64 * 1024)]]
         index.train(sample)
     index.add(vectors)
+    if parameters:
+        try:
+            faiss.ParameterSpace().set_index_parameters(index, parameters)
+        except RuntimeError as error:
+            raise ProtolibInputError(f"FAISS search settings {parameters!r} do not apply to the index {factory!r} ({error}).") from None
     return index
 
 
@@ -447,8 +456,14 @@ def embed_bank(
     transform: ImageTransform | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    out: str | Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Embed every image of the bank, reading it in batches of whole systems.
+
+    With ``out``, each batch's embeddings are appended to the ``.npy`` file ``out`` as soon as they
+    are computed (written under a temporary name, renamed when complete), so memory holds one batch
+    of images and embeddings whatever the bank's size; the vectors returned are then mapped from that
+    file (``numpy.load(out, mmap_mode="c")``), not read into memory.
 
     Arguments:
         embed: images ``(N, H, W)`` to L2-normalised embeddings ``(N, D)``, e.g.
@@ -458,22 +473,50 @@ def embed_bank(
             beam and noise).
         batch_size: images per call of ``embed`` (about).
         progress: show a progress bar.
+        out: a ``.npy`` file to write the embeddings to (``None``: keep them in memory).
 
     Returns:
         ``vectors (n_images, D)`` float32, ``system (n_images,)``, ``projection (n_images,)``.
+
+    Example:
+        >>> vectors, system, projection = embed_bank(model.embed_images, bank, out="bank_embeddings.npy")  # doctest: +SKIP
     """
     n, p = bank.n_systems, bank.n_projections
-    parts = []
     bar = tqdm(total=n * p, unit="img", desc="Embedding bank", disable=not progress)
-    for _, images in bank.iter_batches(np.arange(n), max(1, batch_size // p)):
-        flat = images.reshape(-1, *images.shape[2:])
-        if transform is not None:
-            flat = transform(flat)
-        parts.append(np.asarray(embed(flat), dtype=np.float32))
-        bar.update(len(flat))
+    batches = (_embedded(embed, images.reshape(-1, *images.shape[2:]), transform, bar)
+               for _, images in bank.iter_batches(np.arange(n), max(1, batch_size // p)))
+    if out is None:
+        vectors = np.concatenate(list(batches))
+    else:
+        with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+            _write_npy(handle, batches, n * p)
+        vectors = np.load(out, mmap_mode="c")
     bar.close()
-    vectors = np.concatenate(parts)
     return vectors, np.repeat(np.arange(n), p), np.tile(np.arange(p), n)
+
+
+def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransform | None, bar) -> np.ndarray:
+    vectors = np.asarray(embed(images if transform is None else transform(images)), dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(images):
+        raise ProtolibInputError(f"The embedding function returned shape {vectors.shape} for {len(images)} images; expected ({len(images)}, D).")
+    norms = np.linalg.norm(vectors, axis=1)
+    if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1.0) > 1e-3):
+        raise ProtolibInputError("The embedding function must return finite, L2-normalised embeddings (norm 1 per row).")
+    bar.update(len(images))
+    return vectors
+
+
+def _write_npy(handle, batches, n_rows: int) -> None:
+    """Write ``(n_rows, D)`` float32 to the open file ``handle`` as ``.npy``, batch after batch."""
+    written = 0
+    for vectors in batches:
+        if written == 0:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n_rows, vectors.shape[1])}
+            np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+        written += len(vectors)
+    if written != n_rows:
+        raise ProtolibInputError(f"The embedding function returned {written} embeddings for {n_rows} bank images.")
 
 
 def bank_embeddings(
@@ -489,14 +532,18 @@ def bank_embeddings(
 ) -> BankEmbeddings:
     """The bank's embeddings: read from ``cache_path`` when it holds them for ``key``, else computed.
 
-    Computed embeddings are written to ``cache_path`` (npz, atomically), so a second query does
-    not embed the bank again. The cache is keyed by ``key`` (what identifies the model and the
-    transform) together with the bank's identity: another model, bank or transform recomputes.
+    Computed embeddings are cached, so a second query does not embed the bank again: the vectors
+    go to ``<cache stem>.<hash>.npy`` batch by batch while the bank is embedded (:func:`embed_bank`
+    with ``out``; a bank of any size needs memory for one batch), then ``cache_path`` (npz) is
+    written with the rest (systems, projections, the out-of-distribution reference, the key), both
+    atomically. The vectors are mapped from their file, not read into memory. The cache is keyed by
+    ``key`` (what identifies the model and the transform) together with the bank's identity: another
+    model, bank or transform recomputes.
 
     Arguments:
         embed: images ``(N, H, W)`` to embeddings ``(N, D)``.
         bank: the bank.
-        cache_path: the cache file (``None``: no cache).
+        cache_path: the cache file (``None``: no cache; the vectors stay in memory).
         key: what identifies the embedding function and transform (plain JSON data).
         transform, batch_size, progress: as in :func:`embed_bank`.
         n_reference: bank images sampled for the out-of-distribution reference.
@@ -508,32 +555,34 @@ def bank_embeddings(
         if cached is not None:
             cached.key = full_key
             return cached
-    vectors, system, projection = embed_bank(embed, bank, transform=transform, batch_size=batch_size, progress=progress)
-    _check_embeddings(vectors, len(system))
+    vectors_path = None if cache_path is None else _vectors_path(Path(cache_path), digest)
+    vectors, system, projection = embed_bank(embed, bank, transform=transform, batch_size=batch_size, progress=progress, out=vectors_path)
     reference = nearest_neighbour_similarities(vectors, system, projection, n_reference=n_reference)
     result = BankEmbeddings(vectors, system, projection, reference, full_key, Path(cache_path) if cache_path else None)
     if cache_path is not None:
         with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, vectors=vectors, system=system, projection=projection, nearest_neighbour_similarity=reference,
-                     key_hash=np.array(digest), key=np.array(json.dumps(full_key, sort_keys=True, default=str)))
+            np.savez(handle, vectors_file=np.array(vectors_path.name), system=system, projection=projection,
+                     nearest_neighbour_similarity=reference, key_hash=np.array(digest),
+                     key=np.array(json.dumps(full_key, sort_keys=True, default=str)))
+        for stale in Path(cache_path).parent.glob(f"{Path(cache_path).stem}.*.npy"):
+            if stale != vectors_path:
+                stale.unlink(missing_ok=True)
     return result
 
 
-def _check_embeddings(vectors: np.ndarray, n_images: int) -> None:
-    if vectors.ndim != 2 or len(vectors) != n_images:
-        raise ProtolibInputError(f"The embedding function returned shape {vectors.shape} for {n_images} images; expected ({n_images}, D).")
-    norms = np.linalg.norm(vectors, axis=1)
-    if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1.0) > 1e-3):
-        raise ProtolibInputError("The embedding function must return finite, L2-normalised embeddings (norm 1 per row).")
+def _vectors_path(cache_path: Path, digest: str) -> Path:
+    return cache_path.with_name(f"{cache_path.stem}.{digest[:16]}.npy")
 
 
 def _read_cache(path: Path, digest: str) -> BankEmbeddings | None:
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["key_hash"]) != digest:
+            if str(data["key_hash"]) != digest or "vectors_file" not in data:
                 return None
-            return BankEmbeddings(data["vectors"], data["system"], data["projection"], data["nearest_neighbour_similarity"],
-                                  path=path)
+            vectors = np.load(path.with_name(str(data["vectors_file"])), mmap_mode="c")
+            if len(vectors) != len(data["system"]):
+                return None
+            return BankEmbeddings(vectors, data["system"], data["projection"], data["nearest_neighbour_similarity"], path=path)
     except (OSError, KeyError, ValueError) as error:
         warnings.warn(f"Ignoring unreadable embedding cache {path} ({error}); recomputing.", stacklevel=3)
         return None
@@ -598,7 +647,7 @@ class Matcher:
         embed: images ``(N, H, W)`` to L2-normalised embeddings ``(N, D)``.
         bank: the bank to search.
         embeddings: the bank's embeddings under ``embed`` (see :func:`bank_embeddings`).
-        backend, faiss_factory, device: how to search (see :class:`EmbeddingIndex`).
+        backend, faiss_factory, faiss_parameters, device: how to search (see :class:`EmbeddingIndex`).
         similarity: the network's pairwise similarity, kept for :meth:`pairwise` (optional).
         image_size: the image size the embedding function expects (checked against targets).
         checkpoint: the model checkpoint, when made with :meth:`from_model`.
@@ -618,6 +667,7 @@ class Matcher:
         *,
         backend: str = "auto",
         faiss_factory: str = "Flat",
+        faiss_parameters: str = "",
         device: str | torch.device | None = None,
         similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         image_size: int | None = None,
@@ -632,7 +682,7 @@ class Matcher:
         self.image_size = image_size or bank.image_size
         self.checkpoint = checkpoint or {}
         self.index = EmbeddingIndex(embeddings.vectors, embeddings.system, embeddings.projection,
-                                    backend=backend, faiss_factory=faiss_factory, device=device)
+                                    backend=backend, faiss_factory=faiss_factory, faiss_parameters=faiss_parameters, device=device)
 
     @classmethod
     def from_embed_function(

@@ -8,6 +8,10 @@ target similarity computed from the two systems' physical parameters (:mod:`prot
 By default every pair within a batch is used (``B`` images give ``B (B - 1) / 2`` pairs for ``B``
 forward passes, projections of one system being natural positives); ``pairs.mode = "fixed"`` is the
 thesis's scheme of a fixed random fraction of all pairs, two forward passes per pair.
+
+Under ``torchrun`` each process embeds its share of a batch's systems and the embeddings are gathered
+(with gradients) before the pairs are formed, so the pairs, the loss and the gradient are those of
+the whole batch in one process; in fixed mode each process takes a share of the batch's pairs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
+from .distributed import gather_rows, global_mean_weight, idle_output, is_main, shard, start
 from .autoencoder import AutoencoderConfig, BankImages, Encoder, load_autoencoder
 from .images import AugmentationConfig, ImagePreprocessing
 from .losses import make_loss
@@ -112,6 +117,8 @@ class _SiameseTask:
             self.n_proj = n_proj
 
     def _embed(self, images, generator):
+        if len(images) == 0:
+            return idle_output(self.model, (0, self.model.head[-1].out_features), self.device)
         return self.model(*self.preprocessing(self.data.to_device(images, generator)))
 
     def training_batches(self, epoch):
@@ -132,7 +139,8 @@ class _SiameseTask:
             row = {s: k for k, s in enumerate(wanted)}
             images_a = block[[row[s] for s in sys_a], pairs[:, 0] % self.n_proj]
             images_b = block[[row[s] for s in sys_b], pairs[:, 1] % self.n_proj]
-            yield images_a, sys_a, images_b, sys_b
+            mine = shard(len(pairs))
+            yield images_a[mine], sys_a[mine], images_b[mine], sys_b[mine]
 
     def validation_batches(self):
         return self.data.batches(self.data.split.validation, 0, shuffle=False)
@@ -141,10 +149,14 @@ class _SiameseTask:
         if len(batch) == 4:
             embed_a, embed_b = self._embed(batch[0], generator), self._embed(batch[2], generator)  # (M, D) each
             target = target_similarity(self.parameters[batch[1]], self.parameters[batch[3]], self.target)
-            return self.loss_fn((embed_a * embed_b).sum(1), target.float())
-        embeddings = self._embed(batch[0], generator)  # (B, D)
+            weight = global_mean_weight(len(embed_a), self.device)
+            if len(embed_a) == 0:
+                return idle_output(self.model, (), self.device)
+            return self.loss_fn((embed_a * embed_b).sum(1), target.float()) * weight
+        embeddings = gather_rows(self._embed(batch[0], generator))  # (B, D): every rank's share, in one process the batch
+        systems = gather_rows(torch.as_tensor(batch[1], device=self.parameters.device))  # (B,)
         similarity = (embeddings[:, None, :] * embeddings[None, :, :]).sum(-1)  # (B, B), float32 even under autocast
-        target = pairwise_target_similarity(self.parameters[batch[1]], self.target).float()  # (B, B)
+        target = pairwise_target_similarity(self.parameters[systems], self.target).float()  # (B, B)
         if getattr(self.loss_fn, "takes_matrices", False):
             return self.loss_fn(similarity, target)
         i, j = all_pairs(len(embeddings), similarity.device)
@@ -190,7 +202,7 @@ def train_siamese(
     """
     model, target, loss = model or SiameseConfig(), target or TargetDefinition(), loss or LossConfig()
     pairs, augmentation, training = pairs or PairConfig(), augmentation or AugmentationConfig(), training or TrainingConfig()
-    device = default_device(device)
+    device = start(default_device(device))
     pretrained = load_autoencoder(autoencoder, "cpu")
     if pretrained.checkpoint["image_size"] != bank.image_size:
         raise ProtolibInputError(f"Autoencoder {autoencoder} was trained on {pretrained.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
@@ -217,6 +229,8 @@ def train_siamese(
     data = BankImages(bank, split, training, augmentation, device)
     task = _SiameseTask(network.to(device), data, pretrained.preprocessing, parameters, target, make_loss(**loss.to_dict()), pairs, metadata)
     fit(task, training, out, resume=resume, progress=progress)
+    if not is_main():
+        return Path(out)
     trained = load_siamese(out, device)
     metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
     metrics.update(systems=len(split.test), target=target.kind, loss=loss.kind, pair_mode=pairs.mode, best_epoch=trained.checkpoint["best_epoch"])

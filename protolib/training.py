@@ -8,6 +8,13 @@ the CPU plain float32, without code changes.
 
 Images are read from the bank by system, in chunks (:class:`ImageSource`); small banks are loaded
 into memory once.
+
+Under ``torchrun`` (several processes, :mod:`protolib.distributed`) the model is wrapped in
+``DistributedDataParallel``: every process draws the same global batches of systems and trains on its
+own contiguous share of each (:func:`system_batches`), gradients are averaged, the losses reported
+are those of the global batch, and only rank 0 writes the checkpoint and history. With augmentation
+off, two processes give the loss history of one to floating-point rounding; augmentation draws from
+``seed + rank``, so with it the random changes differ from a one-process run.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import barrier, is_main, ranks, reduce_sum, shard
 from .runtime import ProtolibInputError, atomic_path
 
 __all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for"]
@@ -73,11 +81,18 @@ class ImageSource:
         self._images = bank.load_images() if self.in_memory else None
         self.rows_per_chunk = int((bank.images.chunks or (1,))[0])
 
+    @property
+    def n_projections(self) -> int:
+        """Projections per system ``P``."""
+        return int(self.bank.images.shape[1])
+
     def systems(self, indices) -> np.ndarray:
         """Images ``(n, P, H, W)`` of the systems ``indices``."""
         indices = np.asarray(indices, dtype=np.int64)
         if self._images is not None:
             return self._images[indices]
+        if len(indices) == 0:
+            return np.zeros((0, *self.bank.images.shape[1:]), dtype=self.bank.images.dtype)
         unique, inverse = np.unique(indices, return_inverse=True)
         runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)  # contiguous runs: one slice read each
         block = np.concatenate([self.bank.images[run[0] : run[-1] + 1] for run in runs])
@@ -102,6 +117,9 @@ def system_batches(
     again within, and each chunk into batches of ``batch_systems`` systems with ``projections_per_system``
     random projections each (all when ``None``).
 
+    Under ``torchrun`` (:mod:`protolib.distributed`) every rank draws the same global batches and
+    keeps, and reads, only its contiguous share of each batch's systems; alone, the share is the whole batch.
+
     Yields:
         ``(images, system_index)``: ``(B, H, W)`` float32 and ``(B,)`` int64, ``B`` = systems x projections.
     """
@@ -109,15 +127,23 @@ def system_batches(
     systems = np.asarray(systems, dtype=np.int64)
     order = _file_chunk_order(systems, source.rows_per_chunk, rng) if shuffle else systems
     chunk = max(batch_systems, chunk_systems // batch_systems * batch_systems)
+    n_proj = source.n_projections
+    k = n_proj if projections_per_system is None else min(projections_per_system, n_proj)
     for start in range(0, len(order), chunk):
         members = rng.permutation(order[start : start + chunk]) if shuffle else order[start : start + chunk]
-        block = source.systems(members)  # (c, P, H, W)
-        n_proj = block.shape[1]
-        k = n_proj if projections_per_system is None else min(projections_per_system, n_proj)
+        shares = []
         for first in range(0, len(members), batch_systems):
             rows = np.arange(first, min(first + batch_systems, len(members)))
             picks = np.stack([rng.permutation(n_proj)[:k] if k < n_proj else np.arange(n_proj) for _ in rows])
-            images = block[rows[:, None], picks].reshape(-1, *block.shape[2:])
+            mine = shard(len(rows))
+            shares.append((rows[mine], picks[mine]))
+        needed = np.concatenate([rows for rows, _ in shares])
+        block = source.systems(members[needed])  # (c, P, H, W): this rank's systems of the chunk
+        offset = 0
+        for rows, picks in shares:
+            local = np.arange(offset, offset + len(rows))
+            offset += len(rows)
+            images = block[local[:, None], picks].reshape(-1, *block.shape[2:])
             yield images, np.repeat(members[rows], k)
 
 
@@ -197,6 +223,9 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         resume: continue from ``checkpoint_path`` when it holds an unfinished run.
         progress: show a progress bar per epoch.
 
+    Under ``torchrun`` every process calls :func:`fit` alike; the history (on every rank) holds the
+    losses and image counts of the global batches.
+
     Returns:
         The history: one dict per epoch with ``epoch``, ``train_loss``, ``validation_loss``,
         ``learning_rate``, ``seconds`` (with validation), ``train_seconds`` (training steps only),
@@ -205,7 +234,10 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
     checkpoint_path = Path(checkpoint_path)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    model, device = task.model, task.device
+    model, device, rank = task.model, task.device, ranks()
+    step = _TaskStep(task)
+    if rank.world_size > 1:
+        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay)
     use_scaler = config.mixed_precision and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -224,14 +256,14 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         history = list(saved["history"])
         best_weights = saved["model_state"]
     first_epoch = state["epoch"] + 1
-    bar = tqdm(range(first_epoch, config.epochs), desc=f"Training {checkpoint_path.stem}", unit="epoch", disable=not progress or state["stopped"])
+    bar = tqdm(range(first_epoch, config.epochs), desc=f"Training {checkpoint_path.stem}", unit="epoch", disable=not progress or state["stopped"] or not is_main())
     for epoch in bar:
         if state["stopped"]:
             break
         learning_rate = _learning_rate(config, epoch, state["plateau_factor"])
         for group in optimiser.param_groups:
             group["lr"] = learning_rate
-        generator = torch.Generator().manual_seed(int(config.seed) * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(int(config.seed + rank.rank) * 1_000_003 + epoch)
         start, data_seconds, total, n_batches, n_images = time.perf_counter(), 0.0, 0.0, 0, 0
         model.train()
         batches = iter(task.training_batches(epoch))
@@ -242,7 +274,7 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             if batch is None:
                 break
             with autocast_for(device, config.mixed_precision):
-                loss = task.loss(batch, generator)
+                loss = step(batch, generator)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
@@ -250,6 +282,8 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             total += float(loss.detach())
             n_batches += 1
             n_images += sum(len(images) for images in batch[::2])  # (images, systems) or (images_a, systems_a, images_b, systems_b)
+        total, n_images = reduce_sum([total, n_images], device)
+        total /= rank.world_size
         train_seconds = time.perf_counter() - start
         validation = evaluate_loss(task, config)
         record = {
@@ -260,7 +294,7 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             "seconds": time.perf_counter() - start,
             "train_seconds": train_seconds,
             "data_seconds": data_seconds,
-            "images": n_images,
+            "images": int(n_images),
         }
         history.append(record)
         if validation < state["best_loss"] - config.min_delta:
@@ -272,23 +306,37 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
                 state["plateau_factor"] *= 0.5
         state["epoch"] = epoch
         state["stopped"] = state["bad_epochs"] >= config.patience
-        _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
+        if is_main():
+            _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
         bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{validation:.4g}", best=state["best_epoch"])
     bar.close()
-    if not checkpoint_path.exists():
+    if is_main() and not checkpoint_path.exists():
         _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
+    barrier()
     model.load_state_dict(best_weights)
     return history
 
 
+class _TaskStep(torch.nn.Module):
+    """A task's training loss as a module's ``forward``, so that ``DistributedDataParallel`` can wrap it."""
+
+    def __init__(self, task: TrainingTask):
+        super().__init__()
+        self.model, self.task = task.model, task
+
+    def forward(self, batch, generator: torch.Generator | None) -> torch.Tensor:
+        return self.task.loss(batch, generator)
+
+
 def evaluate_loss(task: TrainingTask, config: TrainingConfig) -> float:
-    """Mean loss of ``task.model`` over the validation batches (eval mode, no augmentation)."""
+    """Mean loss of ``task.model`` over the validation batches (eval mode, no augmentation; over all ranks' shares)."""
     task.model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), autocast_for(task.device, config.mixed_precision):
         for batch in task.validation_batches():
             total += float(task.loss(batch, None))
             count += 1
+    total = reduce_sum([total], task.device)[0] / ranks().world_size
     return total / count if count else math.nan
 
 
