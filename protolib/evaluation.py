@@ -658,7 +658,7 @@ def evaluate_methods(
     options = dict(parameters=parameters, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
     results = {}
     for method in methods:
-        vectors, _, _ = embed_bank(method.embed, bank, progress=False)
+        vectors, _, _ = embed_bank(method.embed, bank, progress=False, unit_norm=method.metric == "cosine")
         ranking = rank_targets(method, vectors, bank, relevance, split.test, split.train, projection=settings.projection)
         result = {"method": method, "evaluation": score_ranking(ranking, bank, relevance, top_k=settings.top_k, **options),
                   "corrected": None, "chosen_k": None, "chosen_widening": None, "k_scores": {}}

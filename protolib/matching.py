@@ -457,6 +457,7 @@ def embed_bank(
     batch_size: int = 256,
     progress: bool = True,
     out: str | Path | None = None,
+    unit_norm: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Embed every image of the bank, reading it in batches of whole systems.
 
@@ -474,6 +475,8 @@ def embed_bank(
         batch_size: images per call of ``embed`` (about).
         progress: show a progress bar.
         out: a ``.npy`` file to write the embeddings to (``None``: keep them in memory).
+        unit_norm: check that every embedding has norm 1 (cosine similarity); ``False`` for vectors
+            compared otherwise (e.g. the Euclidean baselines of :mod:`protolib.evaluation`).
 
     Returns:
         ``vectors (n_images, D)`` float32, ``system (n_images,)``, ``projection (n_images,)``.
@@ -483,7 +486,7 @@ def embed_bank(
     """
     n, p = bank.n_systems, bank.n_projections
     bar = tqdm(total=n * p, unit="img", desc="Embedding bank", disable=not progress)
-    batches = (_embedded(embed, images.reshape(-1, *images.shape[2:]), transform, bar)
+    batches = (_embedded(embed, images.reshape(-1, *images.shape[2:]), transform, bar, unit_norm)
                for _, images in bank.iter_batches(np.arange(n), max(1, batch_size // p)))
     if out is None:
         vectors = np.concatenate(list(batches))
@@ -495,12 +498,12 @@ def embed_bank(
     return vectors, np.repeat(np.arange(n), p), np.tile(np.arange(p), n)
 
 
-def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransform | None, bar) -> np.ndarray:
+def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransform | None, bar, unit_norm: bool = True) -> np.ndarray:
     vectors = np.asarray(embed(images if transform is None else transform(images)), dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(images):
         raise ProtolibInputError(f"The embedding function returned shape {vectors.shape} for {len(images)} images; expected ({len(images)}, D).")
     norms = np.linalg.norm(vectors, axis=1)
-    if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1.0) > 1e-3):
+    if not np.all(np.isfinite(norms)) or (unit_norm and np.any(np.abs(norms - 1.0) > 1e-3)):
         raise ProtolibInputError("The embedding function must return finite, L2-normalised embeddings (norm 1 per row).")
     bar.update(len(images))
     return vectors
