@@ -45,6 +45,8 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/simulator_throughput.py --out benchmarks/results/simulator.json
 	$(BIN)/python benchmarks/training_throughput.py --config default --epochs 2
 	$(BIN)/python benchmarks/matching_latency.py --out benchmarks/results/matching.json
+	$(BIN)/python benchmarks/faiss_recall.py --out benchmarks/results/faiss_recall.json
+	$(BIN)/python benchmarks/scale.py --out benchmarks/results/scale.json
 
 clean:
 	rm -rf _build artifacts
