@@ -45,22 +45,27 @@ def image_parameters(bank, systems: np.ndarray, projections: np.ndarray, names: 
     return values
 
 
-def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n_random: int = 20000, seed: int = 0) -> float:
+def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n_random: int = 20000, max_points: int = 4000, seed: int = 0) -> float:
     """How smoothly ``values`` ``(N,)`` vary across a map ``(N, 2)``: 0 perfectly smooth, about 1 no structure.
 
     Values are replaced by their ranks scaled to ``[0, 1]`` (so a log-distributed parameter counts
     like a uniform one); the measure is the mean ``|difference|`` between each point and its ``k``
-    nearest neighbours on the map divided by the same between random pairs of points.
+    nearest neighbours on the map divided by the same between ``n_random`` random pairs of points.
+    Maps of more than ``max_points`` points are measured on a random subset of that many (drawn with
+    ``seed``), which keeps the neighbour search's ``(max_points, max_points)`` distances in memory.
     """
     coordinates, values = np.asarray(coordinates, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if len(coordinates) != len(values) or len(values) <= k:
         raise ProtolibInputError(f"Need more than k = {k} points with one value each; got {len(coordinates)} points and {len(values)} values.")
+    rng = np.random.default_rng(seed)
+    if len(values) > max_points:
+        keep = rng.choice(len(values), max_points, replace=False)
+        coordinates, values = coordinates[keep], values[keep]
     ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable") / (len(values) - 1)
     distance = ((coordinates[:, None, :] - coordinates[None, :, :]) ** 2).sum(-1)  # (N, N)
     np.fill_diagonal(distance, np.inf)
     neighbours = np.argpartition(distance, k, axis=1)[:, :k]  # (N, k)
     local = np.abs(ranks[:, None] - ranks[neighbours]).mean()
-    rng = np.random.default_rng(seed)
     first, second = rng.integers(len(values), size=(2, n_random))
     keep = first != second
     return float(local / max(np.abs(ranks[first[keep]] - ranks[second[keep]]).mean(), 1e-300))

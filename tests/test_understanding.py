@@ -79,6 +79,7 @@ def test_smoothness_is_zero_for_a_coordinate_and_about_one_for_shuffled_values()
     assert map_smoothness(coordinates, coordinates[:, 0]) < 0.15
     assert map_smoothness(coordinates, np.exp(3 * coordinates[:, 1])) < 0.15  # ranks: a monotonic transform changes nothing
     assert map_smoothness(coordinates, rng.permutation(coordinates[:, 0])) == pytest.approx(1.0, abs=0.1)
+    assert map_smoothness(coordinates, coordinates[:, 0], max_points=200) < 0.2  # a subset of a large map
 
 
 def test_pca_map_keeps_the_direction_of_largest_spread_and_the_figure_marks_the_observation(bank):
