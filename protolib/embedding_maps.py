@@ -1,0 +1,105 @@
+"""Embedding maps: the bank's embeddings projected to 2-D, coloured by physical parameters, and how smooth each is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .parameters import PARAMETERS
+from .runtime import ProtolibInputError
+
+__all__ = ["PcaMap", "image_parameters", "map_smoothness", "plot_embedding_maps"]
+
+
+@dataclass
+class PcaMap:
+    """A linear projection of embeddings ``(N, D)`` onto their first principal components."""
+
+    mean: np.ndarray  # (D,) mean embedding of the bank
+    components: np.ndarray  # (n_components, D) principal directions, largest variance first
+    explained: np.ndarray  # (n_components,) fraction of the total variance along each direction
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, n_components: int = 2) -> "PcaMap":
+        """Principal components of ``embeddings`` ``(N, D)`` by singular value decomposition."""
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        if embeddings.ndim != 2 or len(embeddings) < 2:
+            raise ProtolibInputError(f"Expected at least two embeddings (N, D), got shape {embeddings.shape}.")
+        mean = embeddings.mean(0)
+        _, singular, directions = np.linalg.svd(embeddings - mean, full_matrices=False)
+        variance = singular**2
+        return cls(mean, directions[:n_components], variance[:n_components] / max(variance.sum(), 1e-300))
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving ``(n_components,)``)."""
+        return (np.asarray(embeddings, dtype=np.float64) - self.mean) @ self.components.T
+
+
+def image_parameters(bank, systems: np.ndarray, projections: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Physical parameters (``names``, default all) and the inclination [deg] of bank images ``(N,)``, one array each."""
+    names = list(names or bank.parameters)
+    table = bank.parameter_table(names)[systems]
+    values = {name: table[:, k] for k, name in enumerate(names)}
+    values["inclination"] = bank.inclination[systems, projections]
+    return values
+
+
+def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n_random: int = 20000, max_points: int = 4000, seed: int = 0) -> float:
+    """How smoothly ``values`` ``(N,)`` vary across a map ``(N, 2)``: 0 perfectly smooth, about 1 no structure.
+
+    Values are replaced by their ranks scaled to ``[0, 1]`` (so a log-distributed parameter counts
+    like a uniform one); the measure is the mean ``|difference|`` between each point and its ``k``
+    nearest neighbours on the map divided by the same between ``n_random`` random pairs of points.
+    Maps of more than ``max_points`` points are measured on a random subset of that many (drawn with
+    ``seed``), which keeps the neighbour search's ``(max_points, max_points)`` distances in memory.
+    """
+    coordinates, values = np.asarray(coordinates, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if len(coordinates) != len(values) or len(values) <= k:
+        raise ProtolibInputError(f"Need more than k = {k} points with one value each; got {len(coordinates)} points and {len(values)} values.")
+    rng = np.random.default_rng(seed)
+    if len(values) > max_points:
+        keep = rng.choice(len(values), max_points, replace=False)
+        coordinates, values = coordinates[keep], values[keep]
+    ranks = np.argsort(np.argsort(values, kind="stable"), kind="stable") / (len(values) - 1)
+    distance = ((coordinates[:, None, :] - coordinates[None, :, :]) ** 2).sum(-1)  # (N, N)
+    np.fill_diagonal(distance, np.inf)
+    neighbours = np.argpartition(distance, k, axis=1)[:, :k]  # (N, k)
+    local = np.abs(ranks[:, None] - ranks[neighbours]).mean()
+    first, second = rng.integers(len(values), size=(2, n_random))
+    keep = first != second
+    return float(local / max(np.abs(ranks[first[keep]] - ranks[second[keep]]).mean(), 1e-300))
+
+
+def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray], *, observation: np.ndarray | None = None,
+                        smoothness: dict[str, float] | None = None, columns: int = 4):
+    """One panel per quantity: the map ``(N, 2)`` with points coloured by it, an observation optionally marked.
+
+    Arguments:
+        coordinates: map coordinates ``(N, 2)`` of the bank's images (e.g. from :class:`PcaMap`).
+        colours: ``{name: values (N,)}``; parameters with a log-scale prior are coloured by ``log10``.
+        observation: map coordinates ``(2,)`` of an observation, drawn as a star.
+        smoothness: ``{name: value}`` from :func:`map_smoothness`, written in the panel titles.
+        columns: panels per row.
+
+    Returns:
+        The figure.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = -(-len(colours) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), constrained_layout=True, squeeze=False)
+    for ax, (name, values) in zip(axes.flat, colours.items()):
+        logged = name in PARAMETERS and PARAMETERS[name].log_scale and np.all(np.asarray(values) > 0)
+        shown = np.log10(values) if logged else values
+        handle = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=shown, s=8, cmap="viridis")
+        fig.colorbar(handle, ax=ax, label=f"log10 {name}" if logged else name)
+        if observation is not None:
+            ax.scatter(*observation, marker="*", s=200, color="red", edgecolor="black", label="observation")
+        suffix = f" (smoothness {smoothness[name]:.2f})" if smoothness and name in smoothness else ""
+        ax.set_title(name + suffix, fontsize=8)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    for ax in axes.flat[len(colours):]:
+        ax.set_visible(False)
+    return fig

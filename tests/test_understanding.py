@@ -1,0 +1,98 @@
+"""Attribution maps (integrated gradients, the randomisation sanity check) and embedding-map smoothness."""
+
+import numpy as np
+import pytest
+import torch
+
+from protolib.attribution import attribution_rank_correlation, pair_attributions, pair_similarity, pick_pairs, plot_pair_attributions, randomised_copy
+from protolib.autoencoder import AutoencoderConfig, train_autoencoder
+from protolib.bank import Bank, simulate_bank
+from protolib.embedding_maps import PcaMap, image_parameters, map_smoothness, plot_embedding_maps
+from protolib.siamese import load_siamese, train_siamese
+from protolib.simulator import SimulatorConfig
+from protolib.splits import split_systems
+from protolib.training import TrainingConfig
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bank") / "bank.h5"
+    simulate_bank(path, 16, 2, seed=2, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
+    with Bank(path) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def model(bank, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    split = split_systems(bank.n_systems, (0.5, 0.25, 0.25), seed=0)
+    quick = TrainingConfig(epochs=2, batch_systems=4, learning_rate=3e-3, num_threads=1)
+    autoencoder = train_autoencoder(bank, out / "autoencoder.pt", split=split, model=AutoencoderConfig(channels=[4, 8], latent_size=8),
+                                    training=quick, progress=False)
+    return load_siamese(train_siamese(bank, autoencoder, out / "siamese.pt", split=split, training=quick, progress=False), device="cpu")
+
+
+def network_similarity(model, image_a, image_b, black: bool = False) -> float:
+    """The pair's similarity computed directly from the network, optionally with both stretched images black."""
+    (pixels_a, flux_a), (pixels_b, flux_b) = (model.preprocessing(torch.as_tensor(image[None], dtype=torch.float32)) for image in (image_a, image_b))
+    if black:
+        pixels_a, pixels_b = torch.zeros_like(pixels_a), torch.zeros_like(pixels_b)
+    with torch.no_grad():
+        return float(pair_similarity(model, pixels_a, pixels_b, flux_a, flux_b)[0])
+
+
+def test_attributions_sum_to_the_similarity_gained_from_black_images(bank, model):
+    image_a, image_b = bank.images[0, 0], bank.images[5, 1]
+    map_a, map_b = pair_attributions(model, image_a, image_b, steps=64)
+    assert map_a.shape == map_b.shape == (bank.image_size, bank.image_size)
+    gained = network_similarity(model, image_a, image_b) - network_similarity(model, image_a, image_b, black=True)
+    assert map_a.sum() + map_b.sum() == pytest.approx(gained, abs=0.02 * abs(gained) + 2e-3)
+    assert network_similarity(model, image_a, image_b) == pytest.approx(float(model.similarity(image_a[None], image_b[None])[0]), abs=1e-5)
+
+
+def test_a_network_with_randomised_weights_attributes_differently(bank, model):
+    pairs = [(bank.images[s, 0], bank.images[(s + 3) % bank.n_systems, 1]) for s in range(0, bank.n_systems, 4)]
+    trained_vs_random, trained_vs_itself = [], []
+    for image_a, image_b in pairs:
+        trained = pair_attributions(model, image_a, image_b)
+        randomised = pair_attributions(randomised_copy(model, seed=1), image_a, image_b)
+        trained_vs_random.append(attribution_rank_correlation(np.r_[trained], np.r_[randomised]))
+        trained_vs_itself.append(attribution_rank_correlation(np.r_[trained], np.r_[pair_attributions(model, image_a, image_b, steps=48)]))
+    assert np.median(trained_vs_itself) > 0.95
+    assert np.median(trained_vs_random) < 0.75, trained_vs_random  # about 0.5 here; 1 if randomising changed nothing
+    weights = [p for p in randomised_copy(model, seed=1).network.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(weights, model.network.parameters()))
+
+
+def test_pair_figure_and_the_best_middle_and_worst_pairs(bank, model):
+    picked = pick_pairs(np.array([0.5, 0.9, 0.1, 0.45]), np.array([0.5, 0.5, 0.5, 0.5]))
+    assert picked == {"best": 0, "middle": 1, "worst": 2}
+    map_a, map_b = pair_attributions(model, bank.images[0, 0], bank.images[1, 0], steps=8)
+    fig = plot_pair_attributions(bank.images[0, 0], bank.images[1, 0], map_a, map_b, pixel_size_au=bank.pixel_size_au)
+    image_axes = fig.axes[:4]
+    assert len(image_axes[1].images) == 1 and image_axes[1].images[0].get_extent()[0] > 0  # east to the left
+
+
+def test_smoothness_is_zero_for_a_coordinate_and_about_one_for_shuffled_values():
+    rng = np.random.default_rng(0)
+    coordinates = rng.uniform(size=(400, 2))
+    assert map_smoothness(coordinates, coordinates[:, 0]) < 0.15
+    assert map_smoothness(coordinates, np.exp(3 * coordinates[:, 1])) < 0.15  # ranks: a monotonic transform changes nothing
+    assert map_smoothness(coordinates, rng.permutation(coordinates[:, 0])) == pytest.approx(1.0, abs=0.1)
+    assert map_smoothness(coordinates, coordinates[:, 0], max_points=200) < 0.2  # a subset of a large map
+
+
+def test_pca_map_keeps_the_direction_of_largest_spread_and_the_figure_marks_the_observation(bank):
+    rng = np.random.default_rng(1)
+    embeddings = np.c_[10 * rng.normal(size=200), rng.normal(size=(200, 5))]
+    pca = PcaMap.fit(embeddings)
+    assert abs(pca.components[0, 0]) > 0.99 and pca.explained[0] > 0.8
+    assert pca(embeddings[0]).shape == (2,)
+    systems, projections = np.repeat(np.arange(bank.n_systems), bank.n_projections), np.tile(np.arange(bank.n_projections), bank.n_systems)
+    colours = image_parameters(bank, systems, projections, ["disk_radius", "stellar_mass"])
+    assert set(colours) == {"disk_radius", "stellar_mass", "inclination"} and colours["inclination"].shape == systems.shape
+    coordinates = rng.normal(size=(len(systems), 2))
+    fig = plot_embedding_maps(coordinates, colours, observation=np.zeros(2), smoothness={"disk_radius": 0.5})
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel() == "PC 1"]
+    assert len(panels) == 3 and "smoothness 0.50" in panels[0].get_title()
+    assert all(len(ax.collections) == 2 for ax in panels)
