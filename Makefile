@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --builder html -W --keep-going
+	$(BIN)/jupyter-book build . --all --builder html -W --keep-going
 	@echo "The book is in _build/html/index.html"
 
 test: $(STAMP)
