@@ -87,22 +87,25 @@ def _sinh_samples(centre, scale, lower, upper, n):
     return s, ds, u_lo, du
 
 
-def _depth_behind_each(dtau: torch.Tensor) -> torch.Tensor:
-    """Optical depth in front of each sample from the samples of the same set: ``sum_{m > k} dtau_m``."""
-    total = torch.flip(torch.cumsum(torch.flip(dtau, [-1]), -1), [-1])  # sum over m >= k
-    return total - dtau
+def _depth_from_each(dtau: torch.Tensor) -> torch.Tensor:
+    """``sum_{m >= k} dtau_m`` for ``k = 0 .. n``, ``(..., n + 1)`` (the last entry is zero).
+
+    Entry ``k + 1`` is the optical depth in front of sample ``k`` from its own set; the whole array is
+    what :func:`_depth_in_front` looks positions of the other set up in.
+    """
+    total = torch.flip(torch.cumsum(torch.flip(dtau, [-1]), -1), [-1])
+    return torch.cat([total, torch.zeros_like(total[..., :1])], dim=-1)
 
 
-def _depth_in_front(s_query, dtau, centre, scale, u_lo, du):
-    """Optical depth of the samples ``dtau`` (spaced as by :func:`_sinh_samples`) lying nearer the
-    observer (larger ``s``) than each of ``s_query``; exact, without sorting the two sets together."""
-    n = dtau.shape[-1]
-    in_front = torch.flip(torch.cumsum(torch.flip(dtau, [-1]), -1), [-1])  # sum over samples m' >= m
-    in_front = torch.cat([in_front, torch.zeros_like(in_front[..., :1])], dim=-1)
+def _depth_in_front(s_query, depth_from_each, centre, scale, u_lo, du):
+    """Optical depth of a sample set (spaced as by :func:`_sinh_samples`, with ``depth_from_each`` from
+    :func:`_depth_from_each`) lying nearer the observer (larger ``s``) than each of ``s_query``;
+    exact, without sorting the two sets together."""
+    n = depth_from_each.shape[-1] - 1
     u = _asinh((s_query - centre.unsqueeze(-1)) / scale.unsqueeze(-1))
     position = (u - u_lo.unsqueeze(-1)) / du.clamp(min=1e-12).unsqueeze(-1) + 0.5
     first = torch.nan_to_num(torch.floor(position), nan=0.0).clamp(0, n).long()
-    return torch.gather(in_front.expand(*first.shape[:-1], n + 1), -1, first)
+    return torch.gather(depth_from_each.expand(*first.shape[:-1], n + 1), -1, first)
 
 
 def _disk_window(q, p2, sin_i, cos_i, disk_radius, scale_height, config):
@@ -278,8 +281,10 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     dtau_env = kappa_au * column_env
     dtau_disk = kappa_au * column_disk
     zeros = torch.zeros_like(impact)
-    front_env = _depth_behind_each(dtau_env) + _depth_in_front(s_env.expand_as(dtau_env), dtau_disk, centre, scale, u_lo_disk, du_disk)
-    front_disk = _depth_behind_each(dtau_disk) + _depth_in_front(s_disk, dtau_env, zeros.expand_as(centre), impact.expand_as(centre), u_lo_env.expand_as(centre), du_env.expand_as(centre))
+    from_env, from_disk = _depth_from_each(dtau_env), _depth_from_each(dtau_disk)
+    front_env = from_env[..., 1:] + _depth_in_front(s_env.expand_as(dtau_env), from_disk, centre, scale, u_lo_disk, du_disk)
+    front_disk = from_disk[..., 1:] + _depth_in_front(s_disk, from_env, zeros.expand_as(centre), impact.expand_as(centre),
+                                                      u_lo_env.expand_as(centre), du_env.expand_as(centre))
     warmth = param["luminosity"].pow(0.2)
     intensity = 0.0
     for r, dtau, front in ((r_env, dtau_env, front_env), (r_disk, dtau_disk, front_disk)):
