@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from protolib.bank import Bank, simulate_bank
 from protolib.simulator import SimulatorConfig, render
 
 torch.set_num_threads(2)
@@ -55,3 +56,10 @@ def image_moments(image: np.ndarray, pixel_size_au: float = 1.0):
 @pytest.fixture
 def fine_config() -> SimulatorConfig:
     return SimulatorConfig(image_size=64, field_of_view_au=600.0, envelope_samples=32, disk_samples=32)
+
+
+def open_small_bank(tmp_path_factory, n_systems: int, seed: int):
+    """A 16x16-pixel bank of ``n_systems`` x 2 projections for learning tests (seconds to make), opened."""
+    path = tmp_path_factory.mktemp("bank") / "bank.h5"
+    simulate_bank(path, n_systems, 2, seed=seed, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
+    return Bank(path)

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import open_small_bank
 
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
-from protolib.bank import Bank, simulate_bank
 from protolib.cli import main
 from protolib.evaluation import (
     EvaluationSettings,
@@ -25,7 +25,6 @@ from protolib.evaluation import (
 from protolib.matching import embed_bank
 from protolib.normalise import ParameterNormaliser
 from protolib.siamese import train_siamese
-from protolib.simulator import SimulatorConfig
 from protolib.splits import split_systems
 from protolib.targets import TargetDefinition
 from protolib.training import TrainingConfig
@@ -88,9 +87,7 @@ def test_tarp_follows_the_diagonal_when_calibrated_and_not_when_overconfident():
 
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bank") / "bank.h5"
-    simulate_bank(path, 16, 2, seed=2, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
-    with Bank(path) as opened:
+    with open_small_bank(tmp_path_factory, 16, seed=2) as opened:
         yield opened
 
 

@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import open_small_bank
 import torch
 
 from protolib.autoencoder import AutoencoderConfig, load_autoencoder, train_autoencoder
-from protolib.bank import Bank, simulate_bank
 from protolib.cli import main
 from protolib.siamese import LossConfig, PairConfig, SiameseConfig, load_siamese, train_siamese
-from protolib.simulator import SimulatorConfig
 from protolib.splits import split_systems
 from protolib.training import ImageSource, TrainingConfig, system_batches
 
@@ -23,9 +22,7 @@ def quick(**changes) -> TrainingConfig:
 
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bank") / "bank.h5"
-    simulate_bank(path, 10, 2, seed=1, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
-    with Bank(path) as opened:
+    with open_small_bank(tmp_path_factory, 10, seed=1) as opened:
         yield opened
 
 

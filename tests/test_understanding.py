@@ -2,23 +2,20 @@
 
 import numpy as np
 import pytest
+from conftest import open_small_bank
 import torch
 
 from protolib.attribution import attribution_rank_correlation, pair_attributions, pair_similarity, pick_pairs, plot_pair_attributions, randomised_copy
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
-from protolib.bank import Bank, simulate_bank
 from protolib.embedding_maps import PcaMap, image_parameters, map_smoothness, plot_embedding_maps
 from protolib.siamese import load_siamese, train_siamese
-from protolib.simulator import SimulatorConfig
 from protolib.splits import split_systems
 from protolib.training import TrainingConfig
 
 
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bank") / "bank.h5"
-    simulate_bank(path, 16, 2, seed=2, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
-    with Bank(path) as opened:
+    with open_small_bank(tmp_path_factory, 16, seed=2) as opened:
         yield opened
 
 
