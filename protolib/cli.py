@@ -417,9 +417,59 @@ def _register_evaluate(sub) -> None:
     p.set_defaults(handler=handler)
 
 
+def _register_tune(sub) -> None:
+    p = sub.add_parser("tune", help="search the networks' hyperparameters for the best parameter recovery",
+                       description="Search encoder width and depth, embedding size, the target's kernel width, the loss and its margin, "
+                                   "learning rate and batch size (Optuna), scoring each trial by the validation recovery error of "
+                                   "protolib's evaluation and stopping poor trials early (successive halving). Writes the table of "
+                                   "trials and figures to --out and the best configuration to configs/.")
+    p.add_argument("--bank", required=True, type=Path, help="bank to tune on (.h5); its systems are split as the configuration says")
+    p.add_argument("--trials", type=int, help="trials in the run folder in all (default: the config's tuning.trials or 20); "
+                                               "rerun with more to add trials")
+    p.add_argument("--out", required=True, type=Path, help="run folder (created; an existing one is continued)")
+    p.add_argument("--epochs", type=int, help="most epochs per trial (default: the config's siamese epochs)")
+    p.add_argument("--sampler", choices=["tpe", "random"], help="how trials are drawn (default tpe; random = the thesis's random search)")
+    p.add_argument("--pruner", choices=["asha", "hyperband", "none"], help="early stopping of poor trials (default asha)")
+    p.add_argument("--seed", type=int, help="the sampler's seed (default 0)")
+    p.add_argument("--workers", type=int, default=1, help="trials at once, in local Dask processes (default 1)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler: one trial loop per Dask worker")
+    p.add_argument("--config", default=None, help="base configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
+    p.add_argument("--config-name", default="tuned", help="name of the best configuration written (default: tuned -> configs/tuned.yaml)")
+    p.add_argument("--configs-dir", type=Path, default=None, help="where it is written (default: the repository's configs/)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .config import load_config
+        from .tuning import tune, tune_settings
+
+        if not args.bank.exists():
+            raise ProtolibInputError(f"Bank {args.bank} does not exist. Make one with `protolib simulate --out {args.bank}`.")
+        config = load_config(args.config)
+        settings = tune_settings(config, {"trials": args.trials, "epochs": args.epochs, "sampler": args.sampler, "pruner": args.pruner,
+                                          "seed": args.seed})
+        client = None
+        if args.scheduler:
+            from dask.distributed import Client
+
+            client = Client(args.scheduler)
+        summary = tune(args.bank, args.out, config, settings, workers=args.workers, client=client, configs_dir=args.configs_dir,
+                       config_name=args.config_name, device=args.device)
+        print(f"{summary['trials']} trials: {summary['complete']} complete, {summary['pruned']} stopped early, {summary['failed']} failed.")
+        if "best_trial" in summary:
+            own = summary["configuration_score"]
+            print(f"Best: trial {summary['best_trial']}, validation recovery error {summary['best_score']:.3f}"
+                  + (f" (configuration {config.name}: {own:.3f})" if own is not None else "") + f"; wrote {summary['config_file']}.")
+        print(f"Table: {args.out}/trials.md; figures: {args.out}/scores.png, {args.out}/learning_curves.png")
+
+    p.set_defaults(handler=handler)
+
+
 REGISTRY = [_register_simulate, _register_import_thesis, _register_train_autoencoder, _register_train_siamese,
             _register_observe, _register_simulate_observation, _register_match]
-REGISTRY.append(_register_evaluate)
+REGISTRY += [_register_evaluate, _register_tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -181,6 +182,7 @@ def train_siamese(
     resume: bool = False,
     progress: bool = True,
     device: str | torch.device | None = None,
+    on_epoch: Callable[[dict, "SiameseModel"], None] | None = None,
 ) -> Path:
     """Train a Siamese network on ``bank`` from a pretrained autoencoder; write checkpoint and metrics.
 
@@ -196,6 +198,8 @@ def train_siamese(
         resume: continue an interrupted run in ``out``.
         progress: show progress bars.
         device: where to train (default: CUDA when present).
+        on_epoch: called after every epoch with its history record and a :class:`SiameseModel` of the
+            network as it is then (see :func:`~protolib.training.fit`); ``protolib tune`` scores and prunes trials with it.
 
     Returns:
         ``out``.
@@ -228,7 +232,11 @@ def train_siamese(
     }
     data = BankImages(bank, split, training, augmentation, device)
     task = _SiameseTask(network.to(device), data, pretrained.preprocessing, parameters, target, make_loss(**loss.to_dict()), pairs, metadata)
-    fit(task, training, out, resume=resume, progress=progress)
+    callback = None
+    if on_epoch is not None:
+        def callback(record):
+            on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
+    fit(task, training, out, resume=resume, progress=progress, on_epoch=callback)
     if not is_main():
         return Path(out)
     trained = load_siamese(out, device)

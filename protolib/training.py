@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -208,7 +208,8 @@ def _learning_rate(config: TrainingConfig, epoch: int, plateau_factor: float) ->
     return config.learning_rate * plateau_factor
 
 
-def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path, *, resume: bool = False, progress: bool = True) -> list[dict]:
+def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path, *, resume: bool = False, progress: bool = True,
+        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``task.model``, keeping the best weights (by validation loss) in ``checkpoint_path``.
 
     The checkpoint is rewritten atomically after every epoch: ``model_state`` holds the best weights,
@@ -222,6 +223,9 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         checkpoint_path: where the checkpoint goes.
         resume: continue from ``checkpoint_path`` when it holds an unfinished run.
         progress: show a progress bar per epoch.
+        on_epoch: called with each epoch's history record after the checkpoint is written, the model in
+            eval mode with that epoch's weights (e.g. to score it, as ``protolib tune`` does). An
+            exception it raises ends training there; the checkpoint keeps the epochs done.
 
     Under ``torchrun`` every process calls :func:`fit` alike; the history (on every rank) holds the
     losses and image counts of the global batches.
@@ -309,6 +313,9 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         if is_main():
             _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
         bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{validation:.4g}", best=state["best_epoch"])
+        if on_epoch is not None:
+            task.model.eval()
+            on_epoch(record)
     bar.close()
     if is_main() and not checkpoint_path.exists():
         _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)

@@ -1,0 +1,119 @@
+"""Hyperparameter search (``protolib tune``): trials scored by validation parameter recovery, poor ones stopped early."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from conftest import open_small_bank
+from protolib.cli import main
+from protolib.config import load_config
+from protolib.learning import siamese_settings
+from protolib.runtime import ProtolibInputError
+from protolib.tuning import TuneSettings, trial_overrides, tune, tune_settings
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    with open_small_bank(tmp_path_factory, 30, seed=5) as opened:
+        yield opened
+
+
+ONE_ENCODER = {"encoder_width": {"choices": [8]}, "encoder_depth": {"choices": [2]}}  # one autoencoder to train: seconds, not a minute
+
+
+@pytest.fixture(scope="module")
+def run(bank, tmp_path_factory):
+    """Five trials of at most three epochs on the tiny configuration, sequentially."""
+    folder = tmp_path_factory.mktemp("tune")
+    config = load_config("tiny")
+    summary = tune(bank.path, folder / "run", config, TuneSettings(trials=5, epochs=3, seed=0, space=ONE_ENCODER),
+                   configs_dir=folder / "configs", progress=False)
+    return folder, config, summary
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_tune_stops_poor_trials_early_and_keeps_the_others(run):
+    folder, config, summary = run
+    rows = _rows(folder / "run" / "trials.csv")
+    assert len(rows) == 5 and summary["trials"] == 5
+    pruned = [r for r in rows if r["state"] == "pruned"]
+    complete = [r for r in rows if r["state"] == "complete"]
+    assert pruned, "successive halving should stop at least one of five trials at the first rung"
+    assert all(int(r["epochs"]) < 3 for r in pruned)
+    assert all(int(r["epochs"]) == 3 for r in complete)
+    # the first trial is the configuration's own hyperparameters, the reference the search must beat
+    own = siamese_settings(config)
+    assert rows[0]["origin"] == "configuration tiny"
+    assert int(rows[0]["embedding_size"]) == own["model"].embedding_size and rows[0]["loss"] == own["loss"].kind
+    assert float(rows[0]["learning_rate"]) == pytest.approx(own["training"].learning_rate)
+    scores = [float(r["recovery_error"]) for r in complete]
+    assert summary["best_score"] == pytest.approx(min(scores))
+    assert 0 < summary["best_score"] < 1.5  # in prior spreads: random matches give about 1.4
+    for name in ("scores.png", "learning_curves.png", "trials.md", "best.json"):
+        assert (folder / "run" / name).stat().st_size > 0
+    assert (folder / "run" / "trials" / f"trial_{summary['best_trial']:04d}.pt").exists()
+
+
+def test_best_configuration_is_written_to_configs_and_loads(run, bank):
+    folder, config, summary = run
+    path = folder / "configs" / "tuned.yaml"
+    tuned = load_config(path)
+    assert tuned.name == "tuned"
+    assert (tuned.bank.n_systems, tuned.bank.n_projections) == (bank.n_systems, bank.n_projections)
+    assert tuned.simulator.image_size == bank.image_size
+    best = summary["best_hyperparameters"]
+    settings = siamese_settings(tuned)
+    assert settings["model"].embedding_size == best["embedding_size"]
+    assert settings["loss"].kind == best["loss"]
+    assert settings["target"].sigma == pytest.approx(best["kernel_width"])
+    assert settings["training"].learning_rate == pytest.approx(best["learning_rate"])
+    assert tuned.section("autoencoder")["model"]["channels"][0] == best["encoder_width"]
+    assert "validation recovery error" in path.read_text().splitlines()[1]
+
+
+def test_rerun_with_more_trials_continues_the_study(run, bank):
+    folder, config, _ = run
+    before = _rows(folder / "run" / "trials.csv")
+    summary = tune(bank.path, folder / "run", config, TuneSettings(trials=6, epochs=3, seed=0, space=ONE_ENCODER), configs_dir=folder / "configs",
+                   progress=False)
+    after = _rows(folder / "run" / "trials.csv")
+    assert summary["trials"] == 6 and len(after) == 6
+    assert [(r["trial"], r["recovery_error"]) for r in after[:5]] == [(r["trial"], r["recovery_error"]) for r in before]
+
+
+def test_parallel_workers_draw_different_trials(bank, tmp_path):
+    summary = tune(bank.path, tmp_path / "run", load_config("tiny"), TuneSettings(trials=3, epochs=2, seed=1, pruner="none", space=ONE_ENCODER),
+                   workers=2, configs_dir=tmp_path, progress=False)
+    rows = _rows(tmp_path / "run" / "trials.csv")
+    assert summary["complete"] == 3
+    drawn = [tuple(r[k] for k in ("embedding_size", "kernel_width", "learning_rate", "batch_systems")) for r in rows]
+    assert len(set(drawn)) == 3
+
+
+def test_trial_overrides_map_hyperparameters_onto_the_configuration():
+    autoencoder, siamese = trial_overrides({"encoder_width": 4, "encoder_depth": 3, "embedding_size": 16, "kernel_width": 0.5,
+                                            "loss": "contrastive", "margin": 0.3, "learning_rate": 1e-3, "batch_systems": 8}, epochs=7)
+    assert autoencoder == {"model": {"channels": [4, 8, 16]}}
+    assert siamese["loss"] == {"kind": "contrastive", "margin": 0.3}
+    assert siamese["training"] == {"learning_rate": 1e-3, "batch_systems": 8, "epochs": 7}
+    assert siamese["target"] == {"sigma": 0.5} and siamese["model"] == {"embedding_size": 16}
+
+
+def test_bad_tuning_input_is_explained(tmp_path, capsys):
+    with pytest.raises(ProtolibInputError, match="unknown_knob"):
+        TuneSettings(space={"unknown_knob": {"choices": [1]}})
+    with pytest.raises(ProtolibInputError, match="pruner"):
+        TuneSettings(pruner="median")
+    assert main(["tune", "--bank", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "run"), "--trials", "2"]) == 2
+    assert "missing.h5 does not exist" in capsys.readouterr().err
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"name": "bad", "tuning": {"trails": 3}}))
+    with pytest.raises(ProtolibInputError, match="trails"):
+        tune_settings(load_config(config))
