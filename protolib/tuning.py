@@ -47,8 +47,8 @@ import yaml
 from .bank import Bank
 from .runtime import ProtolibInputError, atomic_path
 
-__all__ = ["SEARCH_SPACE", "TuneSettings", "recovery_error", "trial_overrides", "tune", "trials_table", "plot_scores",
-           "plot_learning_curves", "write_tuned_config"]
+__all__ = ["SEARCH_SPACE", "TuneSettings", "tune_settings", "recovery_error", "trial_overrides", "tune", "load_study", "trials_table",
+           "plot_scores", "plot_learning_curves", "plot_tuning", "write_tuned_config"]
 
 SEARCH_SPACE = {
     "encoder_width": {"choices": [4, 8, 16]},  # feature maps of the encoder's first level (doubling at each level)
@@ -478,7 +478,7 @@ def _markdown(rows: list[dict], names: list[str]) -> str:
 def plot_scores(rows: list[dict], space: dict, *, reference: float | None = None):
     """Recovery error against each hyperparameter: complete trials coloured by order, pruned ones grey at their last score."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     names = [n for n in space if any(r[n] != "" for r in rows)]
     ncols = min(4, len(names))
@@ -505,7 +505,8 @@ def plot_scores(rows: list[dict], space: dict, *, reference: float | None = None
             ax.set_xticks(range(len(spec["choices"])), [str(c) for c in spec["choices"]])
         elif spec.get("log"):
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(numticks=4))
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0), numticks=6))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         if reference is not None:
             ax.axhline(reference, color="C3", ls="--", lw=1, label="configuration's own")
@@ -538,6 +539,22 @@ def plot_learning_curves(study):
     if len(ax.get_legend_handles_labels()[0]) <= 12:
         ax.legend(fontsize=7, ncols=2)
     return fig
+
+
+def load_study(run_dir: str | Path):
+    """The Optuna study of a ``protolib tune`` run folder (read-only use: its ``trials``, ``best_trial``, ...)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "study.journal").exists():
+        raise ProtolibInputError(f"{run_dir} holds no tuning run (no study.journal); run `protolib tune --out {run_dir}` first.")
+    return _study(run_dir, TuneSettings(), load_only=True)
+
+
+def plot_tuning(run_dir: str | Path):
+    """The two figures of a run folder, drawn afresh: score against each hyperparameter, and score per epoch."""
+    study = load_study(run_dir)
+    rows = trials_table(study)
+    own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
+    return plot_scores(rows, json.loads(study.user_attrs["space"]), reference=own), plot_learning_curves(study)
 
 
 def write_tuned_config(path: str | Path, config, bank: Bank, params: dict, *, epochs: int | None, header: str) -> Path:
