@@ -37,6 +37,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +327,7 @@ def tune(
     config_name: str = "tuned",
     device: str | None = None,
     progress: bool = True,
+    restart_on_new_bank: bool = False,
 ) -> dict:
     """What ``protolib tune`` does: search hyperparameters, then write the table, figures and best configuration.
 
@@ -341,6 +343,8 @@ def tune(
         config_name: its name (``configs/<config_name>.yaml``, loadable with ``load_config(config_name)``).
         device: where trials train (default: CUDA when present).
         progress: a progress bar of finished trials.
+        restart_on_new_bank: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since), move it
+            aside to ``<run_dir>.previous`` and start afresh, instead of stopping with an error.
 
     Returns:
         The contents of ``best.json``: the best trial's number, score and hyperparameters, the
@@ -360,10 +364,14 @@ def tune(
         raise ProtolibInputError("Tuning needs a configuration loaded from a file (load_config), so that workers can read it.")
     stamp = run_dir / "run.json"
     run_info = {"bank": str(bank_path.resolve()), "bank_identity": identity, "config": str(Path(config.path).resolve())}
-    if stamp.exists():
-        earlier = json.loads(stamp.read_text())
-        if earlier.get("bank_identity") != json.loads(json.dumps(identity)):
-            raise ProtolibInputError(f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank.")
+    if stamp.exists() and json.loads(stamp.read_text()).get("bank_identity") != json.loads(json.dumps(identity)):
+        if not restart_on_new_bank:
+            raise ProtolibInputError(f"{run_dir} holds trials on another bank ({json.loads(stamp.read_text()).get('bank')}); "
+                                     "give a new --out for this bank.")
+        previous = run_dir.with_name(run_dir.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        run_dir.rename(previous)
+        run_dir.mkdir(parents=True)
     with atomic_path(stamp) as tmp:
         tmp.write_text(json.dumps(run_info, indent=2))
     study = _study(run_dir, settings)

@@ -117,3 +117,15 @@ def test_bad_tuning_input_is_explained(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"name": "bad", "tuning": {"trails": 3}}))
     with pytest.raises(ProtolibInputError, match="trails"):
         tune_settings(load_config(config))
+
+
+def test_a_run_folder_of_another_bank_is_refused_or_moved_aside(run, tmp_path_factory):
+    folder, config, _ = run
+    with open_small_bank(tmp_path_factory, 12, seed=6) as other:
+        with pytest.raises(ProtolibInputError, match="another bank"):
+            tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1), configs_dir=folder / "configs", progress=False)
+        assert (folder / "run" / "trials.csv").exists()  # nothing lost
+        summary = tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1, space=ONE_ENCODER),
+                       configs_dir=folder / "other-configs", progress=False, restart_on_new_bank=True)
+    assert summary["trials"] == 1
+    assert (folder / "run.previous" / "trials.csv").exists()
