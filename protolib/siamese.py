@@ -315,13 +315,15 @@ def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, de
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
     bank = Bank(bank_path)
     model = load_siamese(model_path, device)
-    if int(model.checkpoint["image_size"]) != bank.image_size:
-        raise ProtolibInputError(f"Model {model_path} was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
     trained_on = model.checkpoint.get("bank") or {}
-    if trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
-        raise ProtolibInputError(f"Model {model_path} was trained on another bank ({trained_on.get('path')}); its test systems are "
-                                 f"only held out in that bank. Use that bank.")
-    return model, bank
+    if int(model.checkpoint["image_size"]) != bank.image_size:
+        problem = f"was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px."
+    elif trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
+        problem = f"was trained on another bank ({trained_on.get('path')}); its test systems are only held out in that bank. Use that bank."
+    else:
+        return model, bank
+    bank.close()
+    raise ProtolibInputError(f"Model {model_path} {problem}")
 
 
 def similarity_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
