@@ -1,6 +1,7 @@
 """Attribution maps (integrated gradients, the randomisation sanity check), embedding maps (PCA, UMAP) and their commands."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from protolib.autoencoder import AutoencoderConfig, train_autoencoder
 from protolib.cli import main
 from protolib.embedding_maps import PcaMap, UmapMap, embedding_map, image_parameters, map_smoothness, plot_embedding_maps
 from protolib.matching import Matcher
+from protolib.runtime import ProtolibInputError
 from protolib.siamese import load_siamese, train_siamese
 from protolib.splits import split_systems
 from protolib.training import TrainingConfig
@@ -131,6 +133,12 @@ def test_umap_map_is_reproducible_and_keeps_what_the_network_learned(bank, model
     rng = np.random.default_rng(0)
     shuffled = [map_smoothness(coordinates, rng.permutation(colours[best])) for _ in range(5)]
     assert map_smoothness(coordinates, colours[best]) < min(shuffled) - 0.1, (best, shuffled)  # about 0.6 against 0.9-1.1 here
+
+
+def test_umap_without_umap_learn_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    with pytest.raises(ProtolibInputError, match=r'pip install "protolib\[maps\]"'):
+        embedding_map(np.random.default_rng(0).normal(size=(10, 4)), "umap")
 
 
 def test_embedding_map_command_writes_the_figure_and_the_smoothness(bank, model_path, prepared_observation, tmp_path, capsys):
