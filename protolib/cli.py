@@ -417,6 +417,67 @@ def _register_evaluate(sub) -> None:
     p.set_defaults(handler=handler)
 
 
+def _register_attribute(sub) -> None:
+    p = sub.add_parser("attribute", help="attribution maps of held-out pairs (and an observation), with their sanity check",
+                       description="Draw integrated-gradient attribution maps of the best, middle and worst held-out pairs of the "
+                                   "model's test systems (OUT/pair_best.png, pair_middle.png, pair_worst.png), compare them with "
+                                   "a network of randomised weights, and write OUT/attribution.json.")
+    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=Path, help="the bank the network was trained on (.h5)")
+    p.add_argument("--out", required=True, type=Path, help="folder for the figures and attribution.json")
+    p.add_argument("--observation", type=Path, default=None,
+                   help="a prepared observation (FITS from `protolib observe --out`): also draw it against its best match")
+    p.add_argument("--steps", type=int, default=32, help="steps of the integrated-gradients path (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomised network and of the test-system subset (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .attribution import run_attribution
+
+        if args.steps < 1:
+            raise ProtolibInputError(f"--steps must be at least 1, got {args.steps}.")
+        report = _run_reporting_warnings("attribute", lambda: run_attribution(
+            args.model, args.bank, args.out, observation=args.observation, steps=args.steps, seed=args.seed, device=args.device))
+        for name, pair in report["pairs"].items():
+            print(f"{name:6s} pair: predicted {pair['predicted']:.2f}, target {pair['target']:.2f}, "
+                  f"rank correlation trained vs randomised {pair['rank_correlation_trained_vs_randomised']:.2f}")
+        if "observation" in report:
+            best = report["observation"]["best_match"]
+            print(f"observation: best match system {best['system']}, projection {best['projection']}, similarity {best['similarity']:.3f}")
+        print(f"Wrote the figures and attribution.json to {args.out}/.")
+
+    p.set_defaults(handler=handler)
+
+
+def _register_embedding_map(sub) -> None:
+    p = sub.add_parser("embedding-map", help="the bank's embeddings on a 2-D map, coloured by each parameter",
+                       description="Project the bank's embeddings to 2-D (PCA or UMAP), one panel per parameter the model was "
+                                   "trained on and one for inclination, an observation optionally marked; write the figure "
+                                   "and <OUT stem>_smoothness.json (0: the parameter varies smoothly across the map, 1: no trace).")
+    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=Path, help="bank whose embeddings to map (.h5)")
+    p.add_argument("--out", required=True, type=Path, help="figure to write (PNG, PDF ...)")
+    p.add_argument("--method", choices=["pca", "umap"], default="pca", help="projection (default pca; umap needs protolib[maps])")
+    p.add_argument("--observation", type=Path, default=None, help="a prepared observation (FITS from `protolib observe --out`) to mark")
+    p.add_argument("--seed", type=int, default=0, help="seed of the UMAP layout and of the smoothness measure (default 0)")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .embedding_maps import run_embedding_map
+
+        report = _run_reporting_warnings("embedding-map", lambda: run_embedding_map(
+            args.model, args.bank, args.out, method=args.method, observation=args.observation, seed=args.seed))
+        print(f"Wrote {args.out} ({report['method']} map of {report['n_images']} bank images); smoothness (0 smooth, 1 none): "
+              + ", ".join(f"{name} {value:.2f}" for name, value in report["smoothness"].items()))
+
+    p.set_defaults(handler=handler)
+
+
 def _register_tune(sub) -> None:
     p = sub.add_parser("tune", help="search the networks' hyperparameters for the best parameter recovery",
                        description="Search encoder width and depth, embedding size, the target's kernel width, the loss and its margin, "
@@ -469,7 +530,7 @@ def _register_tune(sub) -> None:
 
 REGISTRY = [_register_simulate, _register_import_thesis, _register_train_autoencoder, _register_train_siamese,
             _register_observe, _register_simulate_observation, _register_match]
-REGISTRY += [_register_evaluate, _register_tune]
+REGISTRY += [_register_evaluate, _register_attribute, _register_embedding_map, _register_tune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .parameters import PARAMETERS
 from .runtime import ProtolibInputError
 
-__all__ = ["PcaMap", "image_parameters", "map_smoothness", "plot_embedding_maps"]
+__all__ = ["PcaMap", "UmapMap", "embedding_map", "image_parameters", "map_smoothness", "plot_embedding_maps", "run_embedding_map"]
 
 
 @dataclass
@@ -19,6 +20,7 @@ class PcaMap:
     mean: np.ndarray  # (D,) mean embedding of the bank
     components: np.ndarray  # (n_components, D) principal directions, largest variance first
     explained: np.ndarray  # (n_components,) fraction of the total variance along each direction
+    axis_name = "PC"
 
     @classmethod
     def fit(cls, embeddings: np.ndarray, n_components: int = 2) -> "PcaMap":
@@ -34,6 +36,53 @@ class PcaMap:
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
         """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving ``(n_components,)``)."""
         return (np.asarray(embeddings, dtype=np.float64) - self.mean) @ self.components.T
+
+
+@dataclass
+class UmapMap:
+    """A non-linear map of embeddings ``(N, D)`` by UMAP (McInnes et al. 2018), needing ``protolib[maps]``.
+
+    UMAP keeps neighbourhoods rather than distances: points close in embedding space stay close on
+    the map, but distances between far-apart clusters mean little. Seeded, it runs on one thread and
+    gives the same map every time.
+    """
+
+    reducer: object  # the fitted umap.UMAP
+    axis_name = "UMAP"
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, n_components: int = 2, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> "UmapMap":
+        """UMAP of ``embeddings`` ``(N, D)`` with ``n_neighbors`` (capped at ``N - 1``) and ``min_dist``, seeded by ``seed``."""
+        try:
+            import umap
+        except ImportError:
+            raise ProtolibInputError('UMAP maps need the umap-learn package: pip install "protolib[maps]" (or umap-learn).') from None
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) < 3:
+            raise ProtolibInputError(f"Expected at least three embeddings (N, D) for a UMAP map, got shape {embeddings.shape}.")
+        reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, len(embeddings) - 1), min_dist=min_dist,
+                            random_state=seed, n_jobs=1)
+        return cls(reducer.fit(embeddings))
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving ``(n_components,)``)."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        coordinates = self.reducer.transform(np.atleast_2d(embeddings)).astype(np.float64)
+        return coordinates[0] if embeddings.ndim == 1 else coordinates
+
+
+def embedding_map(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> PcaMap | UmapMap:
+    """The map ``method`` (``"pca"`` or ``"umap"``) fitted to embeddings ``(N, D)``; UMAP is seeded by ``seed``.
+
+    Example:
+        >>> projection = embedding_map(embeddings.vectors, "umap")   # doctest: +SKIP
+        >>> coordinates = projection(embeddings.vectors)             # (N, 2)
+    """
+    if method == "pca":
+        return PcaMap.fit(embeddings)
+    if method == "umap":
+        return UmapMap.fit(embeddings, seed=seed)
+    raise ProtolibInputError(f"Unknown embedding map {method!r}; choose 'pca' or 'umap'.")
 
 
 def image_parameters(bank, systems: np.ndarray, projections: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -72,7 +121,7 @@ def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n
 
 
 def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray], *, observation: np.ndarray | None = None,
-                        smoothness: dict[str, float] | None = None, columns: int = 4):
+                        smoothness: dict[str, float] | None = None, columns: int = 4, axis_name: str = "PC"):
     """One panel per quantity: the map ``(N, 2)`` with points coloured by it, an observation optionally marked.
 
     Arguments:
@@ -81,6 +130,7 @@ def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray],
         observation: map coordinates ``(2,)`` of an observation, drawn as a star.
         smoothness: ``{name: value}`` from :func:`map_smoothness`, written in the panel titles.
         columns: panels per row.
+        axis_name: the map's axes are labelled ``"{axis_name} 1"`` and ``"{axis_name} 2"`` (a map's ``axis_name``).
 
     Returns:
         The figure.
@@ -98,8 +148,43 @@ def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray],
             ax.scatter(*observation, marker="*", s=200, color="red", edgecolor="black", label="observation")
         suffix = f" (smoothness {smoothness[name]:.2f})" if smoothness and name in smoothness else ""
         ax.set_title(name + suffix, fontsize=8)
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
+        ax.set_xlabel(f"{axis_name} 1")
+        ax.set_ylabel(f"{axis_name} 2")
     for ax in axes.flat[len(colours):]:
         ax.set_visible(False)
     return fig
+
+
+def run_embedding_map(model_path: str | Path, bank_path: str | Path, out_path: str | Path, *, method: str = "pca",
+                      observation: str | Path | None = None, seed: int = 0) -> dict:
+    """Map a bank's embeddings under a trained model, coloured by parameter, and write the figure and its smoothness.
+
+    What ``protolib embedding-map`` does: the bank's cached embeddings (:meth:`~protolib.matching.Matcher.from_model`)
+    mapped by :func:`embedding_map`, one panel per parameter the model was trained on and one for inclination,
+    an observation prepared by ``protolib observe`` marked as a star; the figure goes to ``out_path`` and
+    :func:`map_smoothness` of each quantity to ``<out_path stem>_smoothness.json`` beside it.
+
+    Returns:
+        The report written to the JSON file: ``method``, ``seed``, ``n_images``, ``smoothness`` ``{name: value}``
+        and ``observation`` (its map coordinates, or ``None``).
+    """
+    from .bank import Bank
+    from .matching import Matcher, read_observation_target
+    from .runtime import write_figure, write_json
+
+    out_path = Path(out_path)
+    with Bank(bank_path) as bank:
+        matcher = Matcher.from_model(model_path, bank, progress=False)
+        target = read_observation_target(observation, bank) if observation is not None else None
+        embeddings = matcher.embeddings
+        colours = image_parameters(bank, embeddings.system, embeddings.projection, matcher.checkpoint.get("parameter_names"))
+    projection = embedding_map(embeddings.vectors, method, seed)
+    coordinates = projection(embeddings.vectors)
+    marked = projection(matcher.embed(target.image)[0]) if target is not None else None
+    smoothness = {name: map_smoothness(coordinates, values, seed=seed) for name, values in colours.items()}
+    write_figure(plot_embedding_maps(coordinates, colours, observation=marked, smoothness=smoothness, axis_name=projection.axis_name),
+                 out_path)
+    report = {"method": method, "seed": seed, "n_images": len(coordinates), "smoothness": smoothness,
+              "observation": None if marked is None else [float(x) for x in marked]}
+    write_json(report, out_path.with_name(f"{out_path.stem}_smoothness.json"))
+    return report

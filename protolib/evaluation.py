@@ -824,20 +824,11 @@ def run_evaluation(
     import matplotlib.pyplot as plt
 
     from . import plots_evaluation as plots
-    from .siamese import load_siamese
+    from .siamese import load_siamese_with_its_bank
 
     settings = settings or EvaluationSettings()
     model_path, out_dir = Path(model_path), Path(out_dir)
-    if not model_path.exists():
-        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
-    bank = Bank(bank_path)
-    model = load_siamese(model_path, device)
-    if int(model.checkpoint["image_size"]) != bank.image_size:
-        raise ProtolibInputError(f"Model {model_path} was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
-    trained_on = model.checkpoint.get("bank") or {}
-    if trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
-        raise ProtolibInputError(f"Model {model_path} was trained on another bank ({trained_on.get('path')}); its test systems are "
-                                 f"only held out in that bank. Evaluate it on that bank.")
+    model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
     split = model.split
     methods = baseline_methods(model, bank, split.train, settings)
     relevance = Relevance.from_model(model)

@@ -46,6 +46,7 @@ __all__ = [
     "faiss_available",
     "ObservationTarget",
     "prepare_observation_target",
+    "read_observation_target",
     "run_match",
     "MatchingSettings",
     "matching_settings",
@@ -861,7 +862,33 @@ def prepare_observation_target(
         raise ProtolibInputError(f"Target file {path} does not exist.")
     if distance_pc is None or not distance_pc > 0:
         raise ProtolibInputError(f"Matching the observation {path} needs its distance in pc (e.g. --distance 140).")
-    prepared = prepare_observation(path, bank, distance_pc, **options)
+    return _observation_target(prepare_observation(path, bank, distance_pc, **options), bank, noise_seed)
+
+
+def read_observation_target(path: str | Path, bank: Bank, *, noise_seed: int = 0) -> ObservationTarget:
+    """An observation already prepared onto ``bank``'s grid (``protolib observe --out``), ready for matching.
+
+    Raises:
+        ProtolibInputError: the file is missing, is not a prepared observation, or was prepared for
+            another grid (image size or pixel size) than the bank's.
+    """
+    from .observation import read_prepared_observation
+
+    path = Path(path)
+    if not path.exists():
+        raise ProtolibInputError(f"Observation file {path} does not exist. Prepare one with `protolib observe OBS.fits --out {path}`.")
+    prepared = read_prepared_observation(path)
+    grid = prepared.grid
+    if grid.image_size != bank.image_size or not math.isclose(grid.pixel_size_au, bank.pixel_size_au, rel_tol=1e-4):
+        raise ProtolibInputError(
+            f"{path} was prepared for {grid.image_size}x{grid.image_size} px of {grid.pixel_size_au:.3g} au but bank {bank.path} has "
+            f"{bank.image_size}x{bank.image_size} px of {bank.pixel_size_au:.3g} au; prepare it again with `protolib observe --bank {bank.path}`."
+        )
+    return _observation_target(prepared, bank, noise_seed)
+
+
+def _observation_target(prepared, bank: Bank, noise_seed: int) -> ObservationTarget:
+    """The :class:`ObservationTarget` of a :class:`~protolib.observation.PreparedObservation` for ``bank``."""
     resolution = prepared.transform()
     rng = np.random.default_rng(noise_seed)
 

@@ -46,6 +46,7 @@ __all__ = [
     "SiameseModel",
     "train_siamese",
     "load_siamese",
+    "load_siamese_with_its_bank",
     "evaluate_similarity",
     "similarity_metrics",
     "neighbour_parameter_error",
@@ -307,6 +308,30 @@ def load_siamese(path: str | Path, device: str | torch.device | None = None) -> 
     network = SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"]))
     network.load_state_dict(checkpoint["model_state"])
     return SiameseModel(network.to(device), ImagePreprocessing.from_dict(checkpoint["preprocessing"]), checkpoint, device)
+
+
+def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, device: str | torch.device | None = None):
+    """A trained Siamese network and the bank it was trained on (whose test systems it has not seen), both opened.
+
+    Raises:
+        ProtolibInputError: the model file is missing, or the bank is not the one the model was trained on.
+    """
+    from .bank import Bank
+
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
+    bank = Bank(bank_path)
+    model = load_siamese(model_path, device)
+    trained_on = model.checkpoint.get("bank") or {}
+    if int(model.checkpoint["image_size"]) != bank.image_size:
+        problem = f"was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px."
+    elif trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
+        problem = f"was trained on another bank ({trained_on.get('path')}); its test systems are only held out in that bank. Use that bank."
+    else:
+        return model, bank
+    bank.close()
+    raise ProtolibInputError(f"Model {model_path} {problem}")
 
 
 def similarity_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:

@@ -1,4 +1,7 @@
-"""Attribution maps (integrated gradients, the randomisation sanity check) and embedding-map smoothness."""
+"""Attribution maps (integrated gradients, the randomisation sanity check), embedding maps (PCA, UMAP) and their commands."""
+
+import json
+import sys
 
 import numpy as np
 import pytest
@@ -7,7 +10,10 @@ import torch
 
 from protolib.attribution import attribution_rank_correlation, pair_attributions, pair_similarity, pick_pairs, plot_pair_attributions, randomised_copy
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
-from protolib.embedding_maps import PcaMap, image_parameters, map_smoothness, plot_embedding_maps
+from protolib.cli import main
+from protolib.embedding_maps import PcaMap, UmapMap, embedding_map, image_parameters, map_smoothness, plot_embedding_maps
+from protolib.matching import Matcher
+from protolib.runtime import ProtolibInputError
 from protolib.siamese import load_siamese, train_siamese
 from protolib.splits import split_systems
 from protolib.training import TrainingConfig
@@ -20,13 +26,33 @@ def bank(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(bank, tmp_path_factory):
+def model_path(bank, tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     split = split_systems(bank.n_systems, (0.5, 0.25, 0.25), seed=0)
     quick = TrainingConfig(epochs=2, batch_systems=4, learning_rate=3e-3, num_threads=1)
     autoencoder = train_autoencoder(bank, out / "autoencoder.pt", split=split, model=AutoencoderConfig(channels=[4, 8], latent_size=8),
                                     training=quick, progress=False)
-    return load_siamese(train_siamese(bank, autoencoder, out / "siamese.pt", split=split, training=quick, progress=False), device="cpu")
+    return train_siamese(bank, autoencoder, out / "siamese.pt", split=split, training=quick, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return load_siamese(model_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prepared_observation(bank, tmp_path_factory):
+    """System 3 of the bank as an ALMA-style FITS file at 150 pc, prepared onto the bank's grid by `protolib observe`."""
+    from protolib.instrument import Beam
+    from protolib.observation import write_observation_fits
+
+    folder = tmp_path_factory.mktemp("observation")
+    system = {name: float(values[3]) for name, values in bank.parameters.items()}
+    fits_path = write_observation_fits(folder / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
+                                       distance_pc=150.0, pixel_arcsec=0.15, image_size=56, beam=Beam(0.5, 0.4, 20.0),
+                                       noise_rms_jy_beam=1e-4, seed=1)
+    assert main(["observe", str(fits_path), "--distance", "150", "--bank", str(bank.path), "--out", str(folder / "prepared.fits")]) == 0
+    return folder / "prepared.fits"
 
 
 def network_similarity(model, image_a, image_b, black: bool = False) -> float:
@@ -93,3 +119,61 @@ def test_pca_map_keeps_the_direction_of_largest_spread_and_the_figure_marks_the_
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel() == "PC 1"]
     assert len(panels) == 3 and "smoothness 0.50" in panels[0].get_title()
     assert all(len(ax.collections) == 2 for ax in panels)
+
+
+def test_umap_map_is_reproducible_and_keeps_what_the_network_learned(bank, model_path):
+    embeddings = Matcher.from_model(model_path, bank, progress=False).embeddings
+    colours = image_parameters(bank, embeddings.system, embeddings.projection, load_siamese(model_path, "cpu").checkpoint["parameter_names"])
+    first, again = embedding_map(embeddings.vectors, "umap", seed=3), UmapMap.fit(embeddings.vectors, seed=3)
+    coordinates = first(embeddings.vectors)
+    np.testing.assert_array_equal(coordinates, again(embeddings.vectors))
+    assert coordinates.shape == (len(embeddings.vectors), 2) and first(embeddings.vectors[0]).shape == (2,)
+    # the parameter the embedding orders best (measured in embedding space) stays ordered on the map, unlike shuffled copies
+    best = min((name for name in colours if name != "inclination"), key=lambda name: map_smoothness(embeddings.vectors, colours[name]))
+    rng = np.random.default_rng(0)
+    shuffled = [map_smoothness(coordinates, rng.permutation(colours[best])) for _ in range(5)]
+    assert map_smoothness(coordinates, colours[best]) < min(shuffled) - 0.1, (best, shuffled)  # about 0.6 against 0.9-1.1 here
+
+
+def test_umap_without_umap_learn_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    with pytest.raises(ProtolibInputError, match=r'pip install "protolib\[maps\]"'):
+        embedding_map(np.random.default_rng(0).normal(size=(10, 4)), "umap")
+
+
+def test_embedding_map_command_writes_the_figure_and_the_smoothness(bank, model_path, prepared_observation, tmp_path, capsys):
+    out = tmp_path / "maps" / "umap.png"
+    assert main(["embedding-map", "--model", str(model_path), "--bank", str(bank.path), "--out", str(out), "--method", "umap",
+                 "--observation", str(prepared_observation)]) == 0
+    report = json.loads((tmp_path / "maps" / "umap_smoothness.json").read_text())
+    assert out.stat().st_size > 0 and report["method"] == "umap" and len(report["observation"]) == 2
+    assert set(report["smoothness"]) == set(load_siamese(model_path, "cpu").checkpoint["parameter_names"]) | {"inclination"}
+    assert all(0 <= value < 2 for value in report["smoothness"].values())
+    assert "smoothness (0 smooth, 1 none)" in capsys.readouterr().out
+
+
+def test_attribute_command_writes_three_pairs_their_sanity_check_and_the_observation(bank, model_path, prepared_observation, tmp_path, capsys):
+    out = tmp_path / "attribution"
+    assert main(["attribute", "--model", str(model_path), "--bank", str(bank.path), "--out", str(out), "--steps", "8",
+                 "--observation", str(prepared_observation)]) == 0
+    report = json.loads((out / "attribution.json").read_text())
+    assert set(report["pairs"]) == {"best", "middle", "worst"}
+    errors = {name: abs(pair["predicted"] - pair["target"]) for name, pair in report["pairs"].items()}
+    assert errors["best"] <= errors["middle"] <= errors["worst"]
+    for pair in report["pairs"].values():
+        assert -1 <= pair["rank_correlation_trained_vs_randomised"] <= 1 and -1 <= pair["predicted"] <= 1 + 1e-6
+        assert pair["images"][0]["system"] != pair["images"][1]["system"]
+        assert all(image["system"] in set(load_siamese(model_path, "cpu").split.test.tolist()) for image in pair["images"])
+    assert report["observation"]["best_match"]["similarity"] <= 1 + 1e-6
+    assert all((out / f"{name}.png").stat().st_size > 0 for name in ("pair_best", "pair_middle", "pair_worst", "observation_best_match"))
+    assert "best   pair: predicted" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["attribute", "--out", "OUT"], ["embedding-map", "--out", "OUT/map.png"]])
+def test_understanding_commands_name_a_missing_model_file(bank, tmp_path, capsys, command):
+    missing = tmp_path / "no_such_siamese.pt"
+    command = [part.replace("OUT", str(tmp_path / "out")) for part in command]
+    assert main([*command, "--model", str(missing), "--bank", str(bank.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"protolib {command[0]}: error:") and str(missing) in err and "train-siamese" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
