@@ -46,7 +46,7 @@ import numpy as np
 import yaml
 
 from .bank import Bank
-from .runtime import ProtolibInputError, atomic_path
+from .runtime import ProtolibInputError, atomic_path, write_figure, write_json
 
 __all__ = ["SEARCH_SPACE", "TuneSettings", "tune_settings", "recovery_error", "trial_overrides", "tune", "load_study", "trials_table",
            "plot_scores", "plot_learning_curves", "plot_tuning", "write_tuned_config"]
@@ -589,8 +589,6 @@ def _merge(data: dict, overrides: dict) -> dict:
 
 
 def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSettings, configs_dir: Path, config_name: str) -> dict:
-    import matplotlib.pyplot as plt
-
     rows = trials_table(study)
     space = json.loads(study.user_attrs["space"])
     names = list(space)
@@ -602,10 +600,8 @@ def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSetting
         tmp.write_text(_markdown(rows, names) + "\n")
     complete = [r for r in rows if r["state"] == "complete"]
     own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
-    for name, fig in (("scores.png", plot_scores(rows, space, reference=own)), ("learning_curves.png", plot_learning_curves(study))):
-        with atomic_path(run_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+    write_figure(plot_scores(rows, space, reference=own), run_dir / "scores.png", dpi=110)
+    write_figure(plot_learning_curves(study), run_dir / "learning_curves.png", dpi=110)
     summary = {"trials": len(rows), "complete": len(complete), "pruned": sum(r["state"] == "pruned" for r in rows),
                "failed": sum(r["state"] == "fail" for r in rows), "configuration_score": own, "score": "validation recovery error "
                "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is better)"}
@@ -618,6 +614,5 @@ def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSetting
             written = write_tuned_config(Path(configs_dir) / f"{config_name}.yaml", config, bank, best.params, epochs=settings.epochs, header=header)
         summary.update(best_trial=best.number, best_score=best.value, best_hyperparameters=best.params,
                        best_checkpoint=best.user_attrs.get("checkpoint"), config_file=str(written))
-    with atomic_path(run_dir / "best.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
+    write_json(json.loads(json.dumps(summary, default=str)), run_dir / "best.json")
     return summary
