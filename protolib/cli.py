@@ -523,6 +523,12 @@ def _register_tune(sub) -> None:
             own = summary["configuration_score"]
             print(f"Best: trial {summary['best_trial']}, validation recovery error {summary['best_score']:.3f}"
                   + (f" (configuration {config.name}: {own:.3f})" if own is not None else "") + f"; wrote {summary['config_file']}.")
+            if "best_minus_configuration" in summary:
+                diff = summary["best_minus_configuration"]
+                low, high = diff["interval_95"]
+                print(f"Best minus configuration: {diff['difference']:+.3f} (95% over validation systems: {low:+.3f} to {high:+.3f}): "
+                      + ("better beyond the noise of the validation set." if diff["beyond_validation_noise"] else
+                         "NOT better beyond the noise of the validation set; more validation systems would tell."))
         print(f"Table: {args.out}/trials.md; figures: {args.out}/scores.png, {args.out}/learning_curves.png")
 
     p.set_defaults(handler=handler)

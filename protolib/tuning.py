@@ -48,7 +48,7 @@ import yaml
 from .bank import Bank
 from .runtime import ProtolibInputError, atomic_path, write_figure, write_json
 
-__all__ = ["SEARCH_SPACE", "TuneSettings", "tune_settings", "recovery_error", "trial_overrides", "tune", "load_study", "trials_table",
+__all__ = ["SEARCH_SPACE", "TuneSettings", "tune_settings", "recovery_error", "recovery_errors", "paired_difference", "trial_overrides", "tune", "load_study", "trials_table",
            "plot_scores", "plot_learning_curves", "plot_tuning", "write_tuned_config"]
 
 SEARCH_SPACE = {
@@ -115,13 +115,12 @@ def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
 # The objective
 
 
-def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameters=None) -> float:
-    """Validation recovery error of a Siamese ``model``: lower is better.
+def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, parameters=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per validation image, the scaled error of the top-``top_k`` matches' median for each parameter.
 
-    Every projection of every validation system is matched against the training systems' images;
-    for each parameter in ``relevance``'s target similarity (or ``parameters``) the RMS error of the
-    top-``top_k`` matches' median against the truth is divided by the prior's spread (the training
-    images' standard deviation, in dex for log-scaled parameters), and these are averaged.
+    Returns:
+        ``errors (T, K)``: median minus truth in prior spreads (dex / spread for log-scaled parameters),
+        one row per projection of every validation system, and ``systems (T,)``, each row's system.
     """
     from .evaluation import rank_targets, score_ranking, siamese_method
 
@@ -135,8 +134,44 @@ def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameter
     rows = (systems[:, None] * bank.n_projections + np.arange(bank.n_projections)).ravel()
     vectors[rows] = method.embed(images)
     ranking = rank_targets(method, vectors, bank, relevance, split.validation, split.train)
-    table = score_ranking(ranking, bank, relevance, top_k=top_k, parameters=names).metrics["parameters"]
-    return float(np.mean([table[n]["rms_error_over_prior_spread"] for n in names]))
+    scored = score_ranking(ranking, bank, relevance, top_k=top_k, parameters=names)
+    table = scored.metrics["parameters"]
+    spread = np.array([table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in names])
+    errors = np.stack([scored.median[n] - scored.truth[n] for n in names], axis=1) / spread
+    return errors, ranking.target_system
+
+
+def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameters=None) -> float:
+    """Validation recovery error of a Siamese ``model``: lower is better.
+
+    Every projection of every validation system is matched against the training systems' images;
+    for each parameter in ``relevance``'s target similarity (or ``parameters``) the RMS error of the
+    top-``top_k`` matches' median against the truth is divided by the prior's spread (the training
+    images' standard deviation, in dex for log-scaled parameters), and these are averaged.
+    """
+    errors, _ = recovery_errors(model, bank, split, relevance, top_k=top_k, parameters=parameters)
+    return _score(errors)
+
+
+def _score(errors: np.ndarray) -> float:
+    return float(np.sqrt((errors**2).mean(0)).mean())
+
+
+def paired_difference(errors_a: np.ndarray, errors_b: np.ndarray, systems: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Score of ``a`` minus score of ``b`` on the same validation images, with a 95% bootstrap interval over systems.
+
+    Systems (all their projections together) are resampled with replacement, the same for both, so the
+    interval says whether ``a`` beats ``b`` beyond the luck of which systems are in the validation set.
+    """
+    unique, inverse = np.unique(systems, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(inverse == k) for k in range(len(unique))]
+    draws = []
+    for _ in range(n_boot):
+        rows = np.concatenate([members[k] for k in rng.integers(0, len(unique), len(unique))])
+        draws.append(_score(errors_a[rows]) - _score(errors_b[rows]))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return {"difference": _score(errors_a) - _score(errors_b), "interval_95": [float(low), float(high)], "systems": int(len(unique))}
 
 
 def _suggest(trial, name: str, spec: dict):
@@ -277,6 +312,19 @@ def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space:
     return objective
 
 
+def _scoring(config, bank: Bank, settings: TuneSettings):
+    """What every trial is scored with: the configuration's split, its own target similarity (whatever kernel width a
+    trial trains with, as :func:`~protolib.evaluation.compare_variants` does) and the number of matches."""
+    from .evaluation import Relevance, evaluation_settings
+    from .learning import run_split, siamese_settings
+    from .normalise import ParameterNormaliser
+
+    split = run_split(config, bank)
+    target = siamese_settings(config)["target"]
+    normaliser = ParameterNormaliser(list(target.parameters), target.normalisation).fit(bank.parameter_table(list(target.parameters))[split.train])
+    return split, Relevance(target, normaliser), settings.top_k or evaluation_settings(config).top_k
+
+
 def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n_threads: int | None = None, device: str | None = None,
                worker: int = 0) -> int:
     """One worker: run trials of the study in ``run_dir`` until it holds ``settings["trials"]`` trials.
@@ -289,9 +337,6 @@ def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n
     from optuna.study import MaxTrialsCallback
 
     from .config import load_config
-    from .evaluation import Relevance, evaluation_settings
-    from .learning import run_split, siamese_settings
-    from .normalise import ParameterNormaliser
 
     if n_threads:
         torch.set_num_threads(n_threads)
@@ -301,11 +346,8 @@ def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n
     study = _study(run_dir, settings, load_only=True, worker=worker)
     space = json.loads(study.user_attrs["space"])
     with Bank(bank_path) as bank:
-        split = run_split(config, bank)
-        target = siamese_settings(config)["target"]
-        normaliser = ParameterNormaliser(list(target.parameters), target.normalisation).fit(bank.parameter_table(list(target.parameters))[split.train])
-        top_k = settings.top_k or evaluation_settings(config).top_k
-        objective = _objective(config, bank, run_dir, settings, space, Relevance(target, normaliser), split, top_k, device)
+        split, relevance, top_k = _scoring(config, bank, settings)
+        objective = _objective(config, bank, run_dir, settings, space, relevance, split, top_k, device)
         before = len(study.trials)
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
                   optuna.trial.TrialState.FAIL)  # not WAITING: the enqueued first trial is run by these
@@ -588,6 +630,19 @@ def _merge(data: dict, overrides: dict) -> dict:
     return apply_overrides(data, overrides)
 
 
+def _compare_with_configuration(study, best, config, bank_path: Path, settings: TuneSettings) -> dict:
+    """The best trial's score minus the configuration's own (trial 0), with a paired bootstrap interval over validation systems."""
+    from .siamese import load_siamese
+
+    with Bank(bank_path) as bank:
+        split, relevance, top_k = _scoring(config, bank, settings)
+        errors = [recovery_errors(load_siamese(t.user_attrs["checkpoint"], "cpu"), bank, split, relevance, top_k=top_k)
+                  for t in (best, study.trials[0])]
+    comparison = paired_difference(errors[0][0], errors[1][0], errors[0][1])
+    comparison["beyond_validation_noise"] = comparison["interval_95"][1] < 0
+    return comparison
+
+
 def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSettings, configs_dir: Path, config_name: str) -> dict:
     rows = trials_table(study)
     space = json.loads(study.user_attrs["space"])
@@ -614,5 +669,7 @@ def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSetting
             written = write_tuned_config(Path(configs_dir) / f"{config_name}.yaml", config, bank, best.params, epochs=settings.epochs, header=header)
         summary.update(best_trial=best.number, best_score=best.value, best_hyperparameters=best.params,
                        best_checkpoint=best.user_attrs.get("checkpoint"), config_file=str(written))
+        if own is not None and best.number != 0:
+            summary["best_minus_configuration"] = _compare_with_configuration(study, best, config, bank_path, settings)
     write_json(json.loads(json.dumps(summary, default=str)), run_dir / "best.json")
     return summary

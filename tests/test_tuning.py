@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import yaml
 
@@ -12,7 +13,7 @@ from protolib.cli import main
 from protolib.config import load_config
 from protolib.learning import siamese_settings
 from protolib.runtime import ProtolibInputError
-from protolib.tuning import TuneSettings, trial_overrides, tune, tune_settings
+from protolib.tuning import TuneSettings, paired_difference, trial_overrides, tune, tune_settings
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,27 @@ def test_a_run_folder_of_another_bank_is_refused_or_moved_aside(run, tmp_path_fa
                        configs_dir=folder / "other-configs", progress=False, restart_on_new_bank=True)
     assert summary["trials"] == 1
     assert (folder / "run.previous" / "trials.csv").exists()
+
+
+def test_paired_bootstrap_tells_a_real_improvement_from_noise():
+    rng = np.random.default_rng(0)
+    systems = np.repeat(np.arange(40), 4)
+    base = rng.normal(size=(160, 3))
+    same = paired_difference(base, base, systems)
+    assert same["difference"] == 0 and same["interval_95"] == [0.0, 0.0]
+    better = paired_difference(0.7 * base, base, systems)
+    assert better["difference"] < 0 and better["interval_95"][1] < 0
+    noisy = paired_difference(base + rng.normal(scale=0.3, size=base.shape), base, systems)
+    assert noisy["interval_95"][0] < noisy["difference"] < noisy["interval_95"][1]
+
+
+def test_the_best_trial_is_compared_with_the_configuration_on_the_same_validation_systems(run):
+    _, _, summary = run
+    if summary["best_trial"] == 0:
+        pytest.skip("the configuration's own trial was the best; nothing to compare")
+    comparison = summary["best_minus_configuration"]
+    # recomputed from the two checkpoints: the same scores the search recorded
+    assert comparison["difference"] == pytest.approx(summary["best_score"] - summary["configuration_score"], abs=1e-9)
+    low, high = comparison["interval_95"]
+    assert low <= comparison["difference"] <= high
+    assert comparison["beyond_validation_noise"] == (high < 0)
