@@ -73,13 +73,20 @@ def _repository_root() -> Path:
     return configs.parent if configs is not None else Path.cwd()
 
 
-def find_configs_dir() -> Path | None:
-    """The ``configs/`` folder: beside the working directory, above it, or beside the package."""
+def _configs_dirs() -> list[Path]:
     here = Path.cwd().resolve()
-    for candidate in [here, *here.parents, Path(__file__).resolve().parent.parent]:
-        if (candidate / "configs").is_dir() and any((candidate / "configs").glob("*.yaml")):
-            return candidate / "configs"
-    return None
+    candidates = [here, *here.parents, Path(__file__).resolve().parent.parent]
+    return [c / "configs" for c in candidates if (c / "configs").is_dir() and any((c / "configs").glob("*.yaml"))]
+
+
+def find_configs_dir() -> Path | None:
+    """The ``configs/`` folder: beside the working directory, above it, or beside the package.
+
+    A named configuration missing from this folder is also looked up in the others (so a ``configs/``
+    of your own, e.g. with ``tuned.yaml``, does not hide the repository's ``default``).
+    """
+    folders = _configs_dirs()
+    return folders[0] if folders else None
 
 
 def _typed(cls, values: dict, where: str):
@@ -103,6 +110,8 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
         if configs is None:
             raise ProtolibInputError(f"No configs/ folder found to look up configuration {name_or_path!r}; pass a path to a YAML file.")
         path = configs / f"{name_or_path}.yaml"
+        if not path.exists():  # a configs/ folder of the working directory without it: the repository's own configs
+            path = next((folder / f"{name_or_path}.yaml" for folder in _configs_dirs() if (folder / f"{name_or_path}.yaml").exists()), path)
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         raise ProtolibInputError(f"Configuration {path} does not exist (available: {available}).")

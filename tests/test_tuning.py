@@ -154,3 +154,14 @@ def test_the_best_trial_is_compared_with_the_configuration_on_the_same_validatio
     low, high = comparison["interval_95"]
     assert low <= comparison["difference"] <= high
     assert comparison["beyond_validation_noise"] == (high < 0)
+
+
+def test_a_configs_folder_of_your_own_does_not_hide_the_repository_configs(run, tmp_path, monkeypatch):
+    folder, _, _ = run
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tuned.yaml").write_text((folder / "configs" / "tuned.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert load_config("tuned").path == tmp_path / "configs" / "tuned.yaml"
+    assert load_config("tiny").name == "tiny"  # not in ./configs: found in the repository's
+    with pytest.raises(ProtolibInputError, match="does not exist"):
+        load_config("no-such-config")
