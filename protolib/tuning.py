@@ -483,7 +483,7 @@ def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: Tu
         own_cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(own_cluster)
     try:
-        n = len(client.scheduler_info(n_workers=-1)["workers"]) if own_cluster is None else workers
+        n = len(client.scheduler_info()["workers"]) if own_cluster is None else workers
         threads = max(1, (os.cpu_count() or 1) // n) if own_cluster is not None else None
         futures = [client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False, key=f"protolib-tune-{k}")
                    for k in range(max(1, n))]

@@ -89,9 +89,13 @@ def test_rerun_with_more_trials_continues_the_study(run, bank):
     assert [(r["trial"], r["recovery_error"]) for r in after[:5]] == [(r["trial"], r["recovery_error"]) for r in before]
 
 
-def test_parallel_workers_draw_different_trials(bank, tmp_path):
-    summary = tune(bank.path, tmp_path / "run", load_config("tiny"), TuneSettings(trials=3, epochs=2, seed=1, pruner="none", space=ONE_ENCODER),
-                   workers=2, configs_dir=tmp_path, progress=False)
+def test_parallel_workers_of_a_dask_cluster_draw_different_trials(bank, tmp_path):
+    from dask.distributed import Client, LocalCluster
+
+    # a running cluster, as `--scheduler ADDR` connects to (`--workers N` starts the same locally)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        summary = tune(bank.path, tmp_path / "run", load_config("tiny"), TuneSettings(trials=3, epochs=2, seed=1, pruner="none", space=ONE_ENCODER),
+                       client=client, configs_dir=tmp_path, progress=False)
     rows = _rows(tmp_path / "run" / "trials.csv")
     assert summary["complete"] == 3
     drawn = [tuple(r[k] for k in ("embedding_size", "kernel_width", "learning_rate", "batch_systems")) for r in rows]
