@@ -513,9 +513,14 @@ def _register_tune(sub) -> None:
                                           "seed": args.seed})
         client = None
         if args.scheduler:
-            from dask.distributed import Client
-
-            client = Client(args.scheduler)
+            try:
+                from dask.distributed import Client
+            except ImportError:
+                raise ProtolibInputError("--scheduler needs Dask: pip install 'protolib[cluster]'.") from None
+            try:
+                client = Client(args.scheduler, timeout="30s")
+            except OSError as error:
+                raise ProtolibInputError(f"Could not reach the Dask scheduler at {args.scheduler} ({error}); is it running?") from None
         summary = tune(args.bank, args.out, config, settings, workers=args.workers, client=client, configs_dir=args.configs_dir,
                        config_name=args.config_name, device=args.device)
         print(f"{summary['trials']} trials: {summary['complete']} complete, {summary['pruned']} stopped early, {summary['failed']} failed.")
@@ -527,7 +532,8 @@ def _register_tune(sub) -> None:
                 diff = summary["best_minus_configuration"]
                 low, high = diff["interval_95"]
                 print(f"Best minus configuration: {diff['difference']:+.3f} (95% over validation systems: {low:+.3f} to {high:+.3f}): "
-                      + ("better beyond the noise of the validation set." if diff["beyond_validation_noise"] else
+                      + ("better beyond the noise of the validation set (optimistic: the best was chosen on these systems)."
+                         if diff["beyond_validation_noise"] else
                          "NOT better beyond the noise of the validation set; more validation systems would tell."))
         print(f"Table: {args.out}/trials.md; figures: {args.out}/scores.png, {args.out}/learning_curves.png")
 

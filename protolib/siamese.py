@@ -184,6 +184,7 @@ def train_siamese(
     progress: bool = True,
     device: str | torch.device | None = None,
     on_epoch: Callable[[dict, "SiameseModel"], None] | None = None,
+    test_metrics: bool = True,
 ) -> Path:
     """Train a Siamese network on ``bank`` from a pretrained autoencoder; write checkpoint and metrics.
 
@@ -201,6 +202,8 @@ def train_siamese(
         device: where to train (default: CUDA when present).
         on_epoch: called after every epoch with its history record and a :class:`SiameseModel` of the
             network as it is then (see :func:`~protolib.training.fit`); ``protolib tune`` scores and prunes trials with it.
+        test_metrics: write the held-out (test systems) metrics beside the checkpoint; ``protolib tune`` does not,
+            so that a search never looks at the test systems.
 
     Returns:
         ``out``.
@@ -238,7 +241,7 @@ def train_siamese(
         def callback(record):
             on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
     fit(task, training, out, resume=resume, progress=progress, on_epoch=callback)
-    if not is_main():
+    if not is_main() or not test_metrics:
         return Path(out)
     trained = load_siamese(out, device)
     metrics = evaluate_similarity(trained, bank, split.test)["metrics"]

@@ -10,8 +10,11 @@ exactly as :mod:`protolib.evaluation` scores the test systems). Lower is better;
 
 The score is also taken after every epoch, and poor trials are stopped early by asynchronous
 successive halving (ASHA, Li et al. 2020; Optuna's ``SuccessiveHalvingPruner``) or Hyperband: a
-trial continues past an epoch "rung" only when it is among the best third of the trials that reached
-that rung.
+trial continues past an epoch "rung" (``min_epochs`` x ``reduction_factor``^n) only when it is among the
+best 1/``reduction_factor`` of the trials that reached that rung, and while fewer than
+2 x ``reduction_factor`` trials have reached it, only when it is the best of them. That is greedy:
+on the default bank 21 of 24 trials stopped within 9 epochs. Raise ``min_epochs`` when early epochs
+say little about the final score.
 
 Why Optuna rather than Ray Tune (which the thesis used): Optuna is a light pure-Python package that
 runs in-process on a laptop, its ask/tell study lives in one journal file, so trials run in parallel
@@ -36,8 +39,11 @@ import csv
 import datetime
 import json
 import math
+import hashlib
 import os
 import shutil
+import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +100,13 @@ class TuneSettings:
         unknown = set(self.space) - set(SEARCH_SPACE)
         if unknown:
             raise ProtolibInputError(f"Unknown hyperparameter(s) {sorted(unknown)} in tuning.space; known ones are {sorted(SEARCH_SPACE)}.")
+        if self.reduction_factor < 2 or self.min_epochs < 1:
+            raise ProtolibInputError(f"Tuning needs reduction_factor >= 2 and min_epochs >= 1 (got {self.reduction_factor}, {self.min_epochs}).")
+        for name, spec in self.space.items():
+            ranged = isinstance(spec, dict) and {"low", "high"} <= set(spec) and float(spec["low"]) < float(spec["high"])
+            if not (isinstance(spec, dict) and (spec.get("choices") or ranged)):
+                raise ProtolibInputError(f"tuning.space.{name} must be {{choices: [...]}} or {{low: L, high: H}} with L < H (log: true for a "
+                                         f"log-uniform draw); got {spec!r}.")
 
     @property
     def search_space(self) -> dict:
@@ -115,14 +128,18 @@ def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
 # The objective
 
 
-def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, parameters=None) -> tuple[np.ndarray, np.ndarray]:
+def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, parameters=None, images: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Per validation image, the scaled error of the top-``top_k`` matches' median for each parameter.
+
+    ``images``: the training then validation systems' images ``(n, P, H, W)`` when already in memory
+    (a search scores every epoch of every trial on the same images).
 
     Returns:
         ``errors (T, K)``: median minus truth in prior spreads (dex / spread for log-scaled parameters),
         one row per projection of every validation system, and ``systems (T,)``, each row's system.
     """
-    from .evaluation import rank_targets, score_ranking, siamese_method
+    from .evaluation import _scaled_values, rank_targets, score_ranking, siamese_method
 
     if not len(split.validation):
         raise ProtolibInputError("Tuning scores trials on validation systems, and the split has none; give the split a validation fraction.")
@@ -130,18 +147,20 @@ def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, paramete
     method = siamese_method(model)
     systems = np.concatenate([split.train, split.validation])
     vectors = np.zeros((bank.n_systems * bank.n_projections, model.network.head[-1].out_features), dtype=np.float32)
-    images = bank.load_images(systems).reshape(-1, bank.image_size, bank.image_size)
+    if images is None:
+        images = bank.load_images(systems)
     rows = (systems[:, None] * bank.n_projections + np.arange(bank.n_projections)).ravel()
-    vectors[rows] = method.embed(images)
+    vectors[rows] = method.embed(images.reshape(-1, bank.image_size, bank.image_size))
     ranking = rank_targets(method, vectors, bank, relevance, split.validation, split.train)
     scored = score_ranking(ranking, bank, relevance, top_k=top_k, parameters=names)
-    table = scored.metrics["parameters"]
-    spread = np.array([table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in names])
+    values, _ = _scaled_values(bank, names)
+    spread = values[rows[: len(split.train) * bank.n_projections]].std(0)  # the prior's spread: over the training images
+    spread = np.where(spread > 0, spread, 1.0)
     errors = np.stack([scored.median[n] - scored.truth[n] for n in names], axis=1) / spread
     return errors, ranking.target_system
 
 
-def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameters=None) -> float:
+def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameters=None, images: np.ndarray | None = None) -> float:
     """Validation recovery error of a Siamese ``model``: lower is better.
 
     Every projection of every validation system is matched against the training systems' images;
@@ -149,7 +168,7 @@ def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameter
     top-``top_k`` matches' median against the truth is divided by the prior's spread (the training
     images' standard deviation, in dex for log-scaled parameters), and these are averaged.
     """
-    errors, _ = recovery_errors(model, bank, split, relevance, top_k=top_k, parameters=parameters)
+    errors, _ = recovery_errors(model, bank, split, relevance, top_k=top_k, parameters=parameters, images=images)
     return _score(errors)
 
 
@@ -162,6 +181,8 @@ def paired_difference(errors_a: np.ndarray, errors_b: np.ndarray, systems: np.nd
 
     Systems (all their projections together) are resampled with replacement, the same for both, so the
     interval says whether ``a`` beats ``b`` beyond the luck of which systems are in the validation set.
+    When ``a`` is the best of many trials chosen on these same systems, the interval is optimistic
+    (it ignores the selection): "not beyond the noise" is then a safe verdict, "beyond" a hopeful one.
     """
     unique, inverse = np.unique(systems, return_inverse=True)
     rng = np.random.default_rng(seed)
@@ -235,23 +256,30 @@ def _base_hyperparameters(config, space: dict) -> dict:
 # Running trials
 
 
-def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, worker: int = 0):
+def _optuna():
     try:
         import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
     except ImportError:
         raise ProtolibInputError("Tuning needs Optuna (4.0 or later): pip install 'protolib[tune]'.") from None
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, worker: int = 0, max_epochs: int | None = None):
+    optuna = _optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
     storage = JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
-    seed = settings.seed + 7919 * worker  # parallel workers must not draw the same hyperparameters
+    existing = next((len(storage.get_all_trials(s._study_id, deepcopy=False)) for s in storage.get_all_studies() if s.study_name == "protolib"), 0)
+    # parallel workers, and each rerun that adds trials, must not draw the same hyperparameters again
+    seed = settings.seed + 7919 * worker + 104729 * existing
     sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, settings.trials // 3)), constant_liar=True)
                if settings.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
     if settings.pruner == "asha":
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor)
     elif settings.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=settings.min_epochs, max_resource=settings.epochs or "auto",
+        pruner = optuna.pruners.HyperbandPruner(min_resource=settings.min_epochs, max_resource=settings.epochs or max_epochs or "auto",
                                                 reduction_factor=settings.reduction_factor)
     else:
         pruner = optuna.pruners.NopPruner()
@@ -261,7 +289,7 @@ def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, wo
                                load_if_exists=True)
 
 
-def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict, split) -> Path:
+def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict, split, device=None) -> Path:
     """The autoencoder of one encoder architecture, trained once per run folder (atomically: parallel workers never see half of one)."""
     from .autoencoder import train_autoencoder
     from .learning import autoencoder_settings
@@ -269,34 +297,43 @@ def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict
     settings = autoencoder_settings(config, overrides)
     channels = "-".join(str(c) for c in settings["model"].channels)
     path = run_dir / "autoencoders" / f"autoencoder_{channels}.pt"
-    if not path.exists():
-        scratch = run_dir / "autoencoders" / f".training-{os.getpid()}"
-        scratch.mkdir(parents=True, exist_ok=True)
-        train_autoencoder(bank, scratch / path.name, split=split, progress=False, **settings)
-        for made in scratch.iterdir():
-            os.replace(made, path.parent / made.name)
-        scratch.rmdir()
+    if not path.exists():  # two workers may both train it (same seed, same result); each in a folder of its own
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".training-", dir=path.parent))
+        try:
+            train_autoencoder(bank, scratch / path.name, split=split, progress=False, device=device, **settings)
+            history = f"{path.stem}_history.json"
+            if (scratch / history).exists():
+                os.replace(scratch / history, path.parent / history)
+            os.replace(scratch / path.name, path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 
 def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space: dict, relevance, split, top_k: int, device):
-    import optuna
-
+    optuna = _optuna()
     from .learning import siamese_settings
     from .siamese import train_siamese
 
+    images = bank.load_images(np.concatenate([split.train, split.validation]))  # scored every epoch: read once
+
     def objective(trial) -> float:
+        trial.set_user_attr("heartbeat", time.time())
         params = suggest_hyperparameters(trial, space)
         ae_overrides, si_overrides = trial_overrides(params, settings.epochs)
-        autoencoder = _ensure_trial_autoencoder(config, bank, run_dir, ae_overrides, split)
+        siamese = siamese_settings(config, si_overrides)
+        trial.set_user_attr("epochs_budget", siamese["training"].epochs)
+        autoencoder = _ensure_trial_autoencoder(config, bank, run_dir, ae_overrides, split, device)
         checkpoint = run_dir / "trials" / f"trial_{trial.number:04d}.pt"
         trial.set_user_attr("checkpoint", str(checkpoint))
         curve = []
 
         def on_epoch(record, model):
-            score = recovery_error(model, bank, split, relevance, top_k=top_k)
+            score = recovery_error(model, bank, split, relevance, top_k=top_k, images=images)
             curve.append(score)
             trial.set_user_attr("curve", curve)
+            trial.set_user_attr("heartbeat", time.time())
             trial.report(score, step=record["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"recovery error {score:.3f} after epoch {record['epoch']}")
@@ -304,10 +341,10 @@ def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             train_siamese(bank, autoencoder, checkpoint, split=split, progress=False, device=device, on_epoch=on_epoch,
-                          **siamese_settings(config, si_overrides))
+                          test_metrics=False, **siamese)  # the test systems are never looked at
         from .siamese import load_siamese
 
-        return recovery_error(load_siamese(checkpoint, device), bank, split, relevance, top_k=top_k)
+        return recovery_error(load_siamese(checkpoint, device), bank, split, relevance, top_k=top_k, images=images)
 
     return objective
 
@@ -325,25 +362,51 @@ def _scoring(config, bank: Bank, settings: TuneSettings):
     return split, Relevance(target, normaliser), settings.top_k or evaluation_settings(config).top_k
 
 
+STALE_AFTER_S = 3600.0
+"""A RUNNING trial without a sign of life (an epoch scored) for this long is taken as left by a killed worker."""
+
+
+def _max_epochs(config, settings: TuneSettings) -> int:
+    from .learning import siamese_settings
+
+    return settings.epochs or siamese_settings(config)["training"].epochs
+
+
+def config_as_dict(config) -> dict:
+    """A :class:`~protolib.config.RunConfig` as the plain dict of its YAML file (``load_config`` of it gives it back)."""
+    from dataclasses import asdict
+
+    return {"name": config.name, "bank": asdict(config.bank), "simulator": config.simulator.to_dict(), "instrument": config.instrument.to_dict(),
+            "split": {"fractions": list(config.split.fractions), "seed": config.split.seed}, **json.loads(json.dumps(config.sections))}
+
+
+def _fingerprint(config_data: dict, settings: TuneSettings) -> str:
+    """What must not change between runs on one folder: every setting except the tuning budget."""
+    fixed = {k: v for k, v in config_data.items() if k not in ("name", "tuning")}
+    scoring = {"top_k": settings.top_k, "space": settings.search_space}
+    return hashlib.sha256(json.dumps([fixed, scoring], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n_threads: int | None = None, device: str | None = None,
                worker: int = 0) -> int:
     """One worker: run trials of the study in ``run_dir`` until it holds ``settings["trials"]`` trials.
 
     Any number of workers (processes, cluster jobs) may run this on the same ``run_dir`` at once.
-    Returns the number of trials this worker ran.
+    Returns the number of trials added to the study while it ran (by any worker).
     """
-    import optuna
     import torch
-    from optuna.study import MaxTrialsCallback
 
     from .config import load_config
+
+    optuna = _optuna()
+    from optuna.study import MaxTrialsCallback
 
     if n_threads:
         torch.set_num_threads(n_threads)
     settings = TuneSettings(**settings)
     config = load_config(config_path)
     run_dir = Path(run_dir)
-    study = _study(run_dir, settings, load_only=True, worker=worker)
+    study = _study(run_dir, settings, load_only=True, worker=worker, max_epochs=_max_epochs(config, settings))
     space = json.loads(study.user_attrs["space"])
     with Bank(bank_path) as bank:
         split, relevance, top_k = _scoring(config, bank, settings)
@@ -386,54 +449,65 @@ def tune(
         device: where trials train (default: CUDA when present).
         progress: a progress bar of finished trials.
         restart_on_new_bank: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since), move it
-            aside to ``<run_dir>.previous`` and start afresh, instead of stopping with an error.
+            aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an error.
+
+    A run folder is tied to its bank, configuration, search space and ``top_k`` (a rerun with other ones is
+    refused); the number of trials and the epochs per trial may change between runs.
 
     Returns:
         The contents of ``best.json``: the best trial's number, score and hyperparameters, the
         configuration's own score, counts of complete and pruned trials, and the config file written.
     """
-    import optuna
-
     from .config import find_configs_dir
 
+    optuna = _optuna()
     settings = settings or tune_settings(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     bank_path = Path(bank_path)
     with Bank(bank_path) as bank:
         identity = {k: bank.identity[k] for k in ("shape", "seed", "created")}
-    if config.path is None:
-        raise ProtolibInputError("Tuning needs a configuration loaded from a file (load_config), so that workers can read it.")
+    config_data = config_as_dict(config)
+    fingerprint = _fingerprint(config_data, settings)
     stamp = run_dir / "run.json"
-    run_info = {"bank": str(bank_path.resolve()), "bank_identity": identity, "config": str(Path(config.path).resolve())}
-    if stamp.exists() and json.loads(stamp.read_text()).get("bank_identity") != json.loads(json.dumps(identity)):
+    run_info = {"bank": str(bank_path.resolve()), "bank_identity": json.loads(json.dumps(identity)), "config": str(config.path),
+                "fingerprint": fingerprint}
+    earlier = json.loads(stamp.read_text()) if stamp.exists() else None
+    if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
         if not restart_on_new_bank:
-            raise ProtolibInputError(f"{run_dir} holds trials on another bank ({json.loads(stamp.read_text()).get('bank')}); "
-                                     "give a new --out for this bank.")
-        previous = run_dir.with_name(run_dir.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        run_dir.rename(previous)
+            raise ProtolibInputError(f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank.")
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
         run_dir.mkdir(parents=True)
+        earlier = None
+    if earlier and earlier.get("fingerprint") != fingerprint:
+        raise ProtolibInputError(f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
+                                 "their scores would not compare. Give a new --out, or go back to those settings.")
     with atomic_path(stamp) as tmp:
         tmp.write_text(json.dumps(run_info, indent=2))
-    study = _study(run_dir, settings)
-    space = settings.search_space
-    space = json.loads(json.dumps(space))
+    config_file = run_dir / "config.yaml"  # the configuration as given (overrides included): what every worker reads
+    with atomic_path(config_file) as tmp:
+        tmp.write_text(yaml.safe_dump(config_data, sort_keys=False))
+    max_epochs = _max_epochs(config, settings)
+    study = _study(run_dir, settings, max_epochs=max_epochs)
+    space = json.loads(json.dumps(settings.search_space))
     if not study.trials:
         base = _base_hyperparameters(config, space)
         study.set_user_attr("space", json.dumps(space))
         study.set_user_attr("base_config", str(config.path))
         study.enqueue_trial(base, user_attrs={"origin": f"configuration {config.name}"})
-    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # left running by an interrupted run
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        last_sign = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else 0.0)
+        if time.time() - last_sign > STALE_AFTER_S:  # left running by a killed worker, not by one still at work
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     worker_settings = {k: getattr(settings, k) for k in TuneSettings.__dataclass_fields__}
-    args = (str(Path(config.path).resolve()), str(bank_path.resolve()), str(run_dir.resolve()), worker_settings)
+    args = (str(config_file.resolve()), str(bank_path.resolve()), str(run_dir.resolve()), worker_settings)
     if client is None and workers <= 1:
         _run_with_progress(lambda: run_trials(*args, device=device), run_dir, settings, progress)
     else:
         _run_on_dask(args, client, workers, device, run_dir, settings, progress)
-    study = _study(run_dir, settings, load_only=True)
-    return _report(study, run_dir, config, bank_path, settings, configs_dir or find_configs_dir() or Path("configs"), config_name)
+    study = _study(run_dir, settings, load_only=True, max_epochs=max_epochs)
+    return _report(study, run_dir, config_data, bank_path, settings, configs_dir or find_configs_dir() or Path("configs"), config_name,
+                   device=device)
 
 
 def _run_with_progress(work, run_dir: Path, settings: TuneSettings, progress: bool) -> None:
@@ -460,8 +534,7 @@ def _run_with_progress(work, run_dir: Path, settings: TuneSettings, progress: bo
 
 
 def _update_bar(bar, run_dir: Path, settings: TuneSettings) -> None:
-    import optuna
-
+    optuna = _optuna()
     try:
         trials = _study(run_dir, settings, load_only=True).get_trials(deepcopy=False)
     except Exception:  # the journal is being written: try at the next tick
@@ -485,7 +558,7 @@ def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: Tu
     try:
         n = len(client.scheduler_info()["workers"]) if own_cluster is None else workers
         threads = max(1, (os.cpu_count() or 1) // n) if own_cluster is not None else None
-        futures = [client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False, key=f"protolib-tune-{k}")
+        futures = [client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False)
                    for k in range(max(1, n))]
         _run_with_progress(lambda: wait(futures), run_dir, settings, progress)
         for future in futures:
@@ -607,18 +680,18 @@ def plot_tuning(run_dir: str | Path):
     return plot_scores(rows, json.loads(study.user_attrs["space"]), reference=own), plot_learning_curves(study)
 
 
-def write_tuned_config(path: str | Path, config, bank: Bank, params: dict, *, epochs: int | None, header: str) -> Path:
-    """Write the base ``config`` with the tuned hyperparameters (and the bank it was tuned on) as a YAML configuration."""
-    data = yaml.safe_load(Path(config.path).read_text()) or {}
+def write_tuned_config(path: str | Path, config_data: dict, bank: Bank, params: dict, *, epochs: int | None, header: str) -> Path:
+    """Write the base configuration (:func:`config_as_dict`) with the tuned hyperparameters, the epochs the trial
+    trained with and the bank it was tuned on, as a YAML configuration."""
+    data = json.loads(json.dumps(config_data))
     ae_overrides, si_overrides = trial_overrides(params, epochs)
     data = _merge(data, {"autoencoder": ae_overrides, "siamese": si_overrides})
     data["name"] = Path(path).stem
-    data["bank"] = {"n_systems": bank.n_systems, "n_projections": bank.n_projections, "seed": int(bank.attrs.get("seed", config.bank.seed))}
+    data["bank"] = {"n_systems": bank.n_systems, "n_projections": bank.n_projections, "seed": int(bank.attrs.get("seed", data["bank"]["seed"]))}
     simulator = bank.simulator_config
     if simulator is not None:
         data["simulator"] = simulator.to_dict()
         data["instrument"] = bank.instrument.to_dict()
-    data["split"] = {"fractions": list(config.split.fractions), "seed": config.split.seed}
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(data, sort_keys=False))
     return Path(path)
@@ -630,20 +703,24 @@ def _merge(data: dict, overrides: dict) -> dict:
     return apply_overrides(data, overrides)
 
 
-def _compare_with_configuration(study, best, config, bank_path: Path, settings: TuneSettings) -> dict:
+def _compare_with_configuration(study, best, config, bank_path: Path, settings: TuneSettings, device=None) -> dict:
     """The best trial's score minus the configuration's own (trial 0), with a paired bootstrap interval over validation systems."""
     from .siamese import load_siamese
 
     with Bank(bank_path) as bank:
         split, relevance, top_k = _scoring(config, bank, settings)
-        errors = [recovery_errors(load_siamese(t.user_attrs["checkpoint"], "cpu"), bank, split, relevance, top_k=top_k)
+        errors = [recovery_errors(load_siamese(t.user_attrs["checkpoint"], device), bank, split, relevance, top_k=top_k)
                   for t in (best, study.trials[0])]
     comparison = paired_difference(errors[0][0], errors[1][0], errors[0][1])
     comparison["beyond_validation_noise"] = comparison["interval_95"][1] < 0
     return comparison
 
 
-def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSettings, configs_dir: Path, config_name: str) -> dict:
+def _report(study, run_dir: Path, config_data: dict, bank_path: Path, settings: TuneSettings, configs_dir: Path, config_name: str,
+            device=None) -> dict:
+    from .config import load_config
+
+    config = load_config(run_dir / "config.yaml")
     rows = trials_table(study)
     space = json.loads(study.user_attrs["space"])
     names = list(space)
@@ -662,14 +739,15 @@ def _report(study, run_dir: Path, config, bank_path: Path, settings: TuneSetting
                "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is better)"}
     if complete:
         best = study.best_trial
-        header = (f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {Path(config.path).name}: trial {best.number} of "
+        header = (f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {config.name}: trial {best.number} of "
                   f"{len(rows)} ({summary['pruned']} pruned),\nvalidation recovery error {best.value:.3f}"
                   + (f" (the base configuration's own: {own:.3f})" if own is not None else "") + f", on bank {bank_path.name}.\nRun folder: {run_dir}")
         with Bank(bank_path) as bank:
-            written = write_tuned_config(Path(configs_dir) / f"{config_name}.yaml", config, bank, best.params, epochs=settings.epochs, header=header)
+            written = write_tuned_config(Path(configs_dir) / f"{config_name}.yaml", config_data, bank, best.params,
+                                         epochs=best.user_attrs.get("epochs_budget", settings.epochs), header=header)
         summary.update(best_trial=best.number, best_score=best.value, best_hyperparameters=best.params,
                        best_checkpoint=best.user_attrs.get("checkpoint"), config_file=str(written))
         if own is not None and best.number != 0:
-            summary["best_minus_configuration"] = _compare_with_configuration(study, best, config, bank_path, settings)
+            summary["best_minus_configuration"] = _compare_with_configuration(study, best, config, bank_path, settings, device)
     write_json(json.loads(json.dumps(summary, default=str)), run_dir / "best.json")
     return summary

@@ -60,6 +60,7 @@ def test_tune_stops_poor_trials_early_and_keeps_the_others(run):
     for name in ("scores.png", "learning_curves.png", "trials.md", "best.json"):
         assert (folder / "run" / name).stat().st_size > 0
     assert (folder / "run" / "trials" / f"trial_{summary['best_trial']:04d}.pt").exists()
+    assert not list((folder / "run" / "trials").glob("*metrics.json"))  # the test systems are never evaluated
 
 
 def test_best_configuration_is_written_to_configs_and_loads(run, bank):
@@ -87,6 +88,11 @@ def test_rerun_with_more_trials_continues_the_study(run, bank):
     after = _rows(folder / "run" / "trials.csv")
     assert summary["trials"] == 6 and len(after) == 6
     assert [(r["trial"], r["recovery_error"]) for r in after[:5]] == [(r["trial"], r["recovery_error"]) for r in before]
+    names = ("embedding_size", "kernel_width", "loss", "learning_rate", "batch_systems")
+    assert tuple(after[5][n] for n in names) not in {tuple(r[n] for n in names) for r in before}  # the rerun draws anew
+    with pytest.raises(ProtolibInputError, match="other settings"):
+        tune(bank.path, folder / "run", config, TuneSettings(trials=7, epochs=3, seed=0, space=ONE_ENCODER, top_k=3),
+             configs_dir=folder / "configs", progress=False)
 
 
 def test_parallel_workers_of_a_dask_cluster_draw_different_trials(bank, tmp_path):
@@ -116,6 +122,8 @@ def test_bad_tuning_input_is_explained(tmp_path, capsys):
         TuneSettings(space={"unknown_knob": {"choices": [1]}})
     with pytest.raises(ProtolibInputError, match="pruner"):
         TuneSettings(pruner="median")
+    with pytest.raises(ProtolibInputError, match="learning_rate"):
+        TuneSettings(space={"learning_rate": {"low": 1e-3}})
     assert main(["tune", "--bank", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "run"), "--trials", "2"]) == 2
     assert "missing.h5 does not exist" in capsys.readouterr().err
     config = tmp_path / "bad.yaml"
@@ -133,7 +141,7 @@ def test_a_run_folder_of_another_bank_is_refused_or_moved_aside(run, tmp_path_fa
         summary = tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1, space=ONE_ENCODER),
                        configs_dir=folder / "other-configs", progress=False, restart_on_new_bank=True)
     assert summary["trials"] == 1
-    assert (folder / "run.previous" / "trials.csv").exists()
+    assert [p.name.startswith("run.previous-") for p in folder.iterdir() if (p / "trials.csv").exists() and p.name != "run"] == [True]
 
 
 def test_paired_bootstrap_tells_a_real_improvement_from_noise():
