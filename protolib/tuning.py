@@ -252,6 +252,24 @@ def _base_hyperparameters(config, space: dict) -> dict:
     return base
 
 
+def _base_differences(config, base: dict) -> list[str]:
+    """How the first trial differs from the configuration (an encoder whose levels do not double, a value outside a range)."""
+    from .learning import autoencoder_settings
+
+    ae_overrides, si_overrides = trial_overrides(base)
+    differences = []
+    channels = autoencoder_settings(config)["model"].channels
+    if "model" in ae_overrides and ae_overrides["model"]["channels"] != channels:
+        differences.append(f"encoder channels {ae_overrides['model']['channels']} instead of {channels}")
+    section = config.section("siamese")
+    for part, values in si_overrides.items():
+        for key, value in values.items():
+            own = (section.get(part) or {}).get(key)
+            if own is not None and own != value and not (isinstance(own, (int, float)) and abs(float(own) - float(value)) < 1e-12):
+                differences.append(f"{part}.{key} {value} instead of {own}")
+    return differences
+
+
 # ---------------------------------------------------------------------------------------------
 # Running trials
 
@@ -492,9 +510,14 @@ def tune(
     space = json.loads(json.dumps(settings.search_space))
     if not study.trials:
         base = _base_hyperparameters(config, space)
+        differences = _base_differences(config, base)
+        if differences:
+            warnings.warn(f"The first trial is the configuration {config.name} as near as the search space allows: "
+                          + "; ".join(differences) + ".", stacklevel=2)
         study.set_user_attr("space", json.dumps(space))
         study.set_user_attr("base_config", str(config.path))
-        study.enqueue_trial(base, user_attrs={"origin": f"configuration {config.name}"})
+        origin = f"configuration {config.name}" + (" (nearest: " + "; ".join(differences) + ")" if differences else "")
+        study.enqueue_trial(base, user_attrs={"origin": origin})
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         last_sign = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else 0.0)
         if time.time() - last_sign > STALE_AFTER_S:  # left running by a killed worker, not by one still at work

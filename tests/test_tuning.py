@@ -177,3 +177,16 @@ def test_a_configs_folder_of_your_own_does_not_hide_the_repository_configs(run, 
     assert load_config("tiny").name == "tiny"  # not in ./configs: found in the repository's
     with pytest.raises(ProtolibInputError, match="does not exist"):
         load_config("no-such-config")
+
+
+def test_the_first_trial_says_where_it_cannot_be_the_configuration_itself():
+    import json as _json
+
+    from protolib.tuning import SEARCH_SPACE, _base_differences, _base_hyperparameters
+
+    space = _json.loads(_json.dumps(SEARCH_SPACE))
+    assert _base_differences(load_config("tiny"), _base_hyperparameters(load_config("tiny"), space)) == []
+    odd = load_config("tiny", {"autoencoder": {"model": {"channels": [8, 12]}}, "siamese": {"training": {"learning_rate": 0.5}}})
+    differences = _base_differences(odd, _base_hyperparameters(odd, space))
+    assert any("channels [8, 16] instead of [8, 12]" in d for d in differences)
+    assert any("learning_rate 0.01 instead of 0.5" in d for d in differences)
