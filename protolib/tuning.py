@@ -450,7 +450,7 @@ def tune(
     config_name: str = "tuned",
     device: str | None = None,
     progress: bool = True,
-    restart_on_new_bank: bool = False,
+    restart_if_changed: bool = False,
 ) -> dict:
     """What ``protolib tune`` does: search hyperparameters, then write the table, figures and best configuration.
 
@@ -466,8 +466,8 @@ def tune(
         config_name: its name (``configs/<config_name>.yaml``, loadable with ``load_config(config_name)``).
         device: where trials train (default: CUDA when present).
         progress: a progress bar of finished trials.
-        restart_on_new_bank: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since), move it
-            aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an error.
+        restart_if_changed: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since) or with other
+            settings, move it aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an error.
 
     A run folder is tied to its bank, configuration, search space and ``top_k`` (a rerun with other ones is
     refused); the number of trials and the epochs per trial may change between runs.
@@ -491,15 +491,17 @@ def tune(
     run_info = {"bank": str(bank_path.resolve()), "bank_identity": json.loads(json.dumps(identity)), "config": str(config.path),
                 "fingerprint": fingerprint}
     earlier = json.loads(stamp.read_text()) if stamp.exists() else None
+    problem = None
     if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
-        if not restart_on_new_bank:
-            raise ProtolibInputError(f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank.")
+        problem = f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank."
+    elif earlier and earlier.get("fingerprint") != fingerprint:
+        problem = (f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
+                   "their scores would not compare. Give a new --out, or go back to those settings.")
+    if problem and not restart_if_changed:
+        raise ProtolibInputError(problem)
+    if problem:  # kept, not deleted
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
         run_dir.mkdir(parents=True)
-        earlier = None
-    if earlier and earlier.get("fingerprint") != fingerprint:
-        raise ProtolibInputError(f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
-                                 "their scores would not compare. Give a new --out, or go back to those settings.")
     with atomic_path(stamp) as tmp:
         tmp.write_text(json.dumps(run_info, indent=2))
     config_file = run_dir / "config.yaml"  # the configuration as given (overrides included): what every worker reads

@@ -139,7 +139,7 @@ def test_a_run_folder_of_another_bank_is_refused_or_moved_aside(run, tmp_path_fa
             tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1), configs_dir=folder / "configs", progress=False)
         assert (folder / "run" / "trials.csv").exists()  # nothing lost
         summary = tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1, space=ONE_ENCODER),
-                       configs_dir=folder / "other-configs", progress=False, restart_on_new_bank=True)
+                       configs_dir=folder / "other-configs", progress=False, restart_if_changed=True)
     assert summary["trials"] == 1
     assert [p.name.startswith("run.previous-") for p in folder.iterdir() if (p / "trials.csv").exists() and p.name != "run"] == [True]
 
