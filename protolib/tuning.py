@@ -708,9 +708,10 @@ def plot_tuning(run_dir: str | Path):
 def write_tuned_config(path: str | Path, config_data: dict, bank: Bank, params: dict, *, epochs: int | None, header: str) -> Path:
     """Write the base configuration (:func:`config_as_dict`) with the tuned hyperparameters, the epochs the trial
     trained with and the bank it was tuned on, as a YAML configuration."""
-    data = json.loads(json.dumps(config_data))
+    from .config import apply_overrides
+
     ae_overrides, si_overrides = trial_overrides(params, epochs)
-    data = _merge(data, {"autoencoder": ae_overrides, "siamese": si_overrides})
+    data = apply_overrides(config_data, {"autoencoder": ae_overrides, "siamese": si_overrides})  # a new dict
     data["name"] = Path(path).stem
     data["bank"] = {"n_systems": bank.n_systems, "n_projections": bank.n_projections, "seed": int(bank.attrs.get("seed", data["bank"]["seed"]))}
     simulator = bank.simulator_config
@@ -720,12 +721,6 @@ def write_tuned_config(path: str | Path, config_data: dict, bank: Bank, params: 
     with atomic_path(path) as tmp:
         tmp.write_text("".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(data, sort_keys=False))
     return Path(path)
-
-
-def _merge(data: dict, overrides: dict) -> dict:
-    from .config import apply_overrides
-
-    return apply_overrides(data, overrides)
 
 
 def _compare_with_configuration(study, best, config, bank_path: Path, settings: TuneSettings, device=None) -> dict:
