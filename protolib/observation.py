@@ -30,8 +30,10 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.stats import sigma_clipped_stats
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS, WCSSUB_SPECTRAL, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy import ndimage
+from scipy.interpolate import RectBivariateSpline
 
 from . import __version__
 from .instrument import Beam, Instrument, beam_noise, convolve_beam
@@ -53,14 +55,21 @@ __all__ = [
     "convolve_gaussian",
     "sky_grid_wcs",
     "estimate_noise_rms",
+    "CompactSource",
+    "find_compact_sources",
+    "blank_zero_regions",
+    "frequency_scale",
     "write_observation_fits",
     "plot_prepared_observation",
 ]
 
 DEG_ARCSEC = 3600.0
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
-_NOISE_SMOOTHING = 1.0  # smoothing for the noise estimate, in beam covariances
 NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
+NOISE_BEAMS = 300  # the noise is measured on the emission-free pixels nearest the source, this many beam areas of them
+MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
+DETECTION_SIGMA = 5.0  # compact sources are reported above this many times the local noise
+MAX_SCALE_BEAMS = 10.0  # assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
 
 
 @dataclass
@@ -70,6 +79,12 @@ class Observation:
     ``image_jy_beam`` is 2-D and indexed like :attr:`wcs` (``[y, x]`` pixel), NaN where blanked;
     ``wcs`` is the celestial part of the file's WCS. ``true_parameters`` holds the physical parameters
     of a synthetic observation written by :func:`write_observation_fits` (empty for real data).
+
+    ``frequency_ghz`` is the observed frequency (``None`` when the file does not say) and
+    ``frequency_source`` how it was found. ``blanked_zero_fraction`` is the fraction of pixels that
+    were exact zeros outside the observed region (primary-beam-corrected NOEMA and some CASA maps
+    blank with 0.0) and are now NaN. ``max_scale_arcsec`` is the maximum recoverable scale the file
+    declares (``0``: no interferometric filtering, as in protolib's synthetic observations).
     """
 
     path: Path
@@ -79,6 +94,9 @@ class Observation:
     header: fits.Header
     object_name: str = ""
     frequency_ghz: float | None = None
+    frequency_source: str = ""
+    blanked_zero_fraction: float = 0.0
+    max_scale_arcsec: float | None = None
     true_parameters: dict[str, float] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -186,12 +204,94 @@ def _celestial_plane(data: np.ndarray, wcs: WCS, path: Path) -> np.ndarray:
     return np.asarray(data[tuple(index)], dtype=np.float64)
 
 
+def blank_zero_regions(image: np.ndarray, beam_area_pixels: float) -> tuple[np.ndarray, float]:
+    """``image`` with zero-valued blanking set to NaN, and the fraction of pixels so blanked.
+
+    Primary-beam-corrected NOEMA (GILDAS) maps, and some CASA exports, mark pixels that were never
+    observed with exactly 0.0 rather than NaN. A connected region (8-neighbour) of exact zeros is taken
+    as blanking when it touches the image border or covers at least four beam areas: thermal noise
+    never gives exact zeros over a region that size, while a real pixel that happens to be 0.0 inside
+    the data (an isolated pixel, a short run) is kept as data. An image with no negative pixel at all
+    is a noiseless model, not an observation: its zeros are sky and are kept.
+
+    Arguments:
+        image: ``(ny, nx)``, NaN where already blanked.
+        beam_area_pixels: the beam's solid angle in pixels.
+    """
+    zeros = image == 0.0
+    if not zeros.any() or not (image < 0).any():
+        return image, 0.0
+    labels, n = ndimage.label(zeros, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    blank = sizes >= 4.0 * beam_area_pixels
+    blank[border] = True
+    blank[0] = False
+    mask = blank[labels]
+    if not mask.any():
+        return image, 0.0
+    return np.where(mask, np.nan, image), float(mask.mean())
+
+
+def _observed_frequency(header: fits.Header, wcs: WCS) -> tuple[float | None, str]:
+    """The observed frequency [GHz] and how it was found, from the spectral axis.
+
+    A frequency axis (``FREQ``, ``FREQ-LSR``... in any ``CUNIT``) gives its value at the image's plane;
+    a velocity axis (``VRAD``, ``VOPT``, ``VELO-LSR``...) is converted with the rest frequency
+    (``RESTFRQ``/``RESTFREQ``) by wcslib. ``RESTFRQ`` alone is not used: in continuum maps made beside
+    line cubes it is often a line's frequency (CO 2-1 at 230.538 GHz in a 224.6 GHz continuum map).
+    """
+    spec = wcs.wcs.spec
+    if spec < 0:
+        return None, ""
+    ctype = wcs.wcs.ctype[spec]
+    spectral = wcs.sub([WCSSUB_SPECTRAL])
+    is_frequency = ctype.upper().startswith("FREQ")
+    if not is_frequency:
+        if not wcs.wcs.restfrq > 0:
+            return None, ""
+        try:
+            spectral.wcs.sptr("FREQ-???")
+        except Exception:  # wcslib raises several kinds for axes it cannot convert
+            return None, ""
+    value = float(spectral.pixel_to_world_values(0)) * u.Unit(spectral.wcs.cunit[0] or "Hz")
+    ghz = value.to_value(u.GHz)
+    if not (math.isfinite(ghz) and ghz > 0):
+        return None, ""
+    source = f"spectral axis {ctype}" if is_frequency else f"velocity axis {ctype} with rest frequency {wcs.wcs.restfrq / 1e9:.4g} GHz"
+    return ghz, source
+
+
+def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float, where: str = "") -> float:
+    """Factor that brings a dust-continuum flux from ``observed_ghz`` to ``bank_ghz``: ``(bank/observed)^alpha``.
+
+    Dust emission scales as ``S ~ nu^alpha``, ``alpha = 2 + beta`` where the dust is optically thin
+    and in the Rayleigh-Jeans limit. The scaling is refused beyond a frequency ratio of
+    :data:`MAX_FREQUENCY_RATIO`: there an uncertainty of 0.5 in ``alpha`` alone changes the flux by
+    more than 25%, and the optical depth and temperature structure no longer scale together.
+
+    Raises:
+        ProtolibInputError: the frequencies are too far apart.
+    """
+    ratio = bank_ghz / observed_ghz
+    if max(ratio, 1.0 / ratio) > MAX_FREQUENCY_RATIO:
+        raise ProtolibInputError(
+            f"{where}: the observation is at {observed_ghz:.1f} GHz and the bank at {bank_ghz:.1f} GHz, a ratio of "
+            f"{max(ratio, 1 / ratio):.2f}; scaling dust fluxes over more than a factor {MAX_FREQUENCY_RATIO} in frequency would be "
+            "guesswork. Make a bank at the observed frequency (simulator.frequency_ghz in the configuration), or give "
+            "--frequency if the header's frequency is wrong."
+        )
+    return float(ratio**spectral_index)
+
+
 def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observation:
     """Read an observed image from a FITS file, in Jy/beam.
 
     Accepts 2, 3 or 4 axes (degenerate frequency, velocity or Stokes axes in any order), any celestial
     projection astropy knows (SIN, TAN, ARC...), pixel scales from CDELT or a CD/PC matrix, BUNIT in
-    Jy/beam, mJy/beam or Jy/pixel, and NaN-blanked pixels.
+    Jy/beam, mJy/beam or Jy/pixel, and blanked pixels: NaN, or regions of exact zeros outside the
+    observed field (:func:`blank_zero_regions`). The frequency comes from the spectral axis
+    (:func:`_observed_frequency`).
 
     Arguments:
         path: the FITS file.
@@ -230,6 +330,7 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
             )
         plane = _celestial_plane(hdu.data, full_wcs, path)
         header_beam = _header_beam(header, hdul)
+        frequency_ghz, frequency_source = _observed_frequency(header, full_wcs)
     if not np.isfinite(plane).any():
         raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
     kind, to_jy = _parse_bunit(header.get("BUNIT"), path) if header.get("BUNIT") else ("beam", 1.0)
@@ -252,8 +353,12 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
     if kind == "pixel":
         pixel_sr = float(np.prod(proj_plane_pixel_scales(wcs))) * (math.pi / 180.0) ** 2
         image = image * (beam.solid_angle_sr / pixel_sr)
-    frequency = header.get("RESTFRQ", header.get("RESTFREQ"))
+    pixel_arcsec = float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs)))) * DEG_ARCSEC
+    image, zero_fraction = blank_zero_regions(image, beam.solid_angle_sr / (pixel_arcsec * math.pi / 180.0 / 3600.0) ** 2)
+    if not np.isfinite(image).any():
+        raise ProtolibInputError(f"{path}: every pixel is NaN or zero-valued blanking; there is no data to prepare.")
     truth = {key[len("PROTOLIB TRUE ") :].lower(): float(value) for key, value in header.items() if key.startswith("PROTOLIB TRUE ")}
+    max_scale = header.get("PROTOLIB MAX_SCALE")
     return Observation(
         path=path,
         image_jy_beam=image,
@@ -261,7 +366,10 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
         beam=beam,
         header=header,
         object_name=str(header.get("OBJECT", "")),
-        frequency_ghz=float(frequency) / 1e9 if frequency else None,
+        frequency_ghz=frequency_ghz,
+        frequency_source=frequency_source,
+        blanked_zero_fraction=zero_fraction,
+        max_scale_arcsec=float(max_scale) if max_scale is not None else None,
         true_parameters=truth,
     )
 
@@ -328,13 +436,25 @@ def sky_grid_wcs(centre: SkyCoord, image_size: int, pixel_arcsec: float) -> WCS:
     return wcs
 
 
-def _box_integrals(table: np.ndarray, x0, x1, y0, y1) -> np.ndarray:
+def _box_integrals(table: np.ndarray, x0, x1, y0, y1, smooth: bool = False) -> np.ndarray:
     """Integral of a pixelised image over boxes ``[x0, x1] x [y0, y1]`` (pixel edges at integers).
 
-    ``table`` is the summed-area table, ``(ny + 1, nx + 1)``; the cumulative integral is bilinear
-    inside each pixel, so the result is exact for any box, partly outside the image or not.
+    ``table`` is the summed-area table, ``(ny + 1, nx + 1)``. By default the cumulative integral is
+    bilinear inside each pixel (the image piecewise constant), exact for any box. With ``smooth`` it
+    is the bicubic interpolating spline of the table instead: the image is then the smooth
+    *histospline* whose integral over every source pixel is that pixel's value (Schoenberg 1973), so
+    flux is still conserved exactly over whole pixels while a box smaller than a source pixel sees a
+    smooth surface, not a step. A spline of the table is used rather than an interpolation of the
+    image because only it keeps every pixel's flux.
     """
     ny, nx = table.shape[0] - 1, table.shape[1] - 1
+    if smooth and min(nx, ny) >= 3:
+        spline = RectBivariateSpline(np.arange(ny + 1.0), np.arange(nx + 1.0), table, kx=3, ky=3, s=0)
+
+        def cumulative(x, y):
+            return spline.ev(np.clip(y, 0.0, ny), np.clip(x, 0.0, nx))
+
+        return cumulative(x1, y1) - cumulative(x0, y1) - cumulative(x1, y0) + cumulative(x0, y0)
 
     def cumulative(x, y):
         x = np.clip(x, 0.0, nx)
@@ -355,7 +475,8 @@ def resample_to_grid(
     """Resample a surface-brightness image onto another sky grid, conserving flux.
 
     Each target pixel gets the mean of the source image over the pixel's footprint, the source being
-    piecewise constant over its pixels. The footprint of each target pixel (or of each of its
+    the smooth surface whose mean over each of its pixels is that pixel's value (a histospline, see
+    :func:`_box_integrals`), so pixels finer than the source's show no steps. The footprint of each target pixel (or of each of its
     ``subdivisions x subdivisions`` sub-cells) is mapped into the source's pixel coordinates through
     both WCSs (any projection) and integrated exactly with a summed-area table. When the two grids are
     aligned (no rotation between them, the usual case) one cell per pixel is exact; rotated grids are
@@ -407,51 +528,174 @@ def resample_to_grid(
     pixel_area = area.reshape(rows, m, cols, m).sum(axis=(1, 3))
     if i0[1] > i0[0] and j0[1] > j0[0]:
         crop = (slice(j0[0], j0[1]), slice(i0[0], i0[1]))
-        for values, out in ((np.where(valid, image, 0.0)[crop], total), (valid[crop].astype(np.float64), covered)):
+        for values, out, smooth in ((np.where(valid, image, 0.0)[crop], total, True), (valid[crop].astype(np.float64), covered, False)):
             table = np.zeros((values.shape[0] + 1, values.shape[1] + 1))
             table[1:, 1:] = values.cumsum(0).cumsum(1)
             x_lo, x_hi, y_lo, y_hi = box
-            integral = _box_integrals(table, x_lo - i0[0], x_hi - i0[0], y_lo - j0[0], y_hi - j0[0])
+            integral = _box_integrals(table, x_lo - i0[0], x_hi - i0[0], y_lo - j0[0], y_hi - j0[0], smooth=smooth)
             out += integral.reshape(rows, m, cols, m).sum(axis=(1, 3))
     return total / pixel_area, np.clip(covered / pixel_area, 0.0, 1.0)
 
 
-def estimate_noise_rms(image: np.ndarray, beam: Beam, pixel_arcsec: float) -> float:
-    """Robust noise rms of an image [its unit], insensitive to emission, even emission filling the map.
+def estimate_noise_rms(image: np.ndarray, beam: Beam, pixel_arcsec: float, *, centre: tuple[float, float] | None = None) -> float:
+    """Noise rms per pixel of an interferometric image [its unit], from the emission-free pixels near the source.
 
-    The image minus a copy smoothed by the beam keeps much of the noise and little of the smooth
-    emission. That residual is cut into tiles about six beams across; each tile's MAD standard
-    deviation after 3-sigma clipping is taken, and the lower quartile over tiles keeps the tiles
-    freest of emission. The same statistic of simulated noise correlated on ``beam`` (with the same
-    blanked pixels) calibrates the result, so it is the rms per pixel of the noise alone. Emission
-    with sharp structure over most of the map still biases it upwards: pass the rms when you know it.
+    The usual hand measurement, made automatic: find the emission, leave it out, and take the rms of
+    what is left, near the source.
+
+    1. The image is split into a smooth part (smoothed to twice the beam) and a residual; the residual
+       keeps most of the noise and none of the smooth emission, so faint envelopes do not count as noise.
+    2. Emission is where the smooth part exceeds 3 times its own noise (positive or negative: negative
+       bowls of missing flux too), widened by a beam; the noise is re-estimated without it, and the
+       mask redrawn, until it settles.
+    3. The rms is taken over the :data:`NOISE_BEAMS` beam areas of emission-free pixels nearest
+       ``centre``: primary-beam-corrected maps grow noisier away from the phase centre, and the noise
+       that matters is the source's.
+    4. The residual's rms is divided by what the same steps give for simulated noise correlated on
+       ``beam`` (the part of the noise the smoothing takes away), so the result is the rms of the noise.
 
     Arguments:
         image: ``(ny, nx)``, NaN where blanked.
         beam: the image's beam; ``pixel_arcsec``: its pixel side.
+        centre: ``(column, row)`` of the source (default: the image centre).
+
+    Returns:
+        The noise rms. When emission covers nearly the whole map (fewer than 30 beam areas free of it)
+        the rms of the residual over the whole map is returned with a warning: pass the rms if you know it.
     """
     valid = np.isfinite(image)
-    smoothing = beam.covariance_pixels(pixel_arcsec) * _NOISE_SMOOTHING
+    covariance = beam.covariance_pixels(pixel_arcsec)
+    beam_area = _solid_angle_pixels(covariance)
+    smoothing = 4.0 * covariance  # twice the beam's FWHM
     weight = convolve_gaussian(torch.as_tensor(valid.astype(np.float64)), smoothing).numpy()
     keep = valid & (weight > 0.5)
-    tile = max(8, int(round(6.0 * beam.major_arcsec / pixel_arcsec)))
+    if keep.sum() < 4:
+        keep = valid
 
-    def spread(values: np.ndarray) -> float:
+    def split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         filled = np.where(valid, values, 0.0)
-        residual = filled - convolve_gaussian(torch.as_tensor(filled), smoothing).numpy() / np.maximum(weight, 1e-12)
-        stats = []
-        for row in range(0, image.shape[0], tile):
-            for col in range(0, image.shape[1], tile):
-                inside = keep[row : row + tile, col : col + tile]
-                if inside.sum() >= 0.5 * tile * tile:
-                    part = residual[row : row + tile, col : col + tile][inside]
-                    stats.append(sigma_clipped_stats(part, sigma=3.0, maxiters=5, stdfunc="mad_std")[2])
-        if not stats:
-            return float(sigma_clipped_stats(residual[keep], sigma=3.0, maxiters=10, stdfunc="mad_std")[2])
-        return float(np.percentile(stats, 25.0))
+        smooth = convolve_gaussian(torch.as_tensor(filled), smoothing).numpy() / np.maximum(weight, 1e-12)
+        return smooth, filled - smooth
 
     noise = beam_noise(image.shape, beam, pixel_arcsec, np.random.default_rng(0)).numpy().astype(np.float64)
-    return spread(image) / (spread(noise) / float(noise[valid].std()))
+    noise_smooth, noise_residual = split(noise)
+    smooth_fraction = float(noise_smooth[keep].std() / noise[keep].std())  # smooth part's rms per unit noise
+    residual_fraction = float(noise_residual[keep].std() / noise[keep].std())
+    smooth, residual = split(image)
+    ny, nx = image.shape
+    col, row = centre if centre is not None else ((nx - 1) / 2.0, (ny - 1) / 2.0)
+    distance = np.hypot(*np.meshgrid(np.arange(ny) - row, np.arange(nx) - col, indexing="ij"))
+    widen = np.hypot(*np.mgrid[-3:4, -3:4]) <= 3
+    widen_by = max(1, int(round(beam.major_arcsec / pixel_arcsec / 3.0)))
+    n_wanted = int(NOISE_BEAMS * beam_area)
+    sigma = float(sigma_clipped_stats(residual[keep], sigma=3.0, maxiters=10, stdfunc="mad_std")[2]) / residual_fraction
+    for _ in range(6):
+        emission = np.abs(smooth) > 3.0 * sigma * smooth_fraction
+        emission = ndimage.binary_dilation(emission, structure=widen, iterations=widen_by)
+        free = keep & ~emission
+        if free.sum() < 30 * beam_area:
+            warnings.warn(f"emission covers nearly the whole map (under 30 beam areas free of it); the noise estimate "
+                          f"({sigma:.3g}) may be high: pass the rms if you know it (--noise).", stacklevel=3)
+            return sigma
+        nearest = np.flatnonzero(free.ravel())[np.argsort(distance.ravel()[free.ravel()], kind="stable")[:n_wanted]]
+        values = residual.ravel()[nearest]
+        updated = float(sigma_clipped_stats(values, sigma=4.0, maxiters=5, stdfunc="std")[2]) / residual_fraction
+        if abs(updated - sigma) < 1e-3 * sigma:
+            return updated
+        sigma = updated
+    return sigma
+
+
+@dataclass(frozen=True)
+class CompactSource:
+    """A compact source found in an observation (see :func:`find_compact_sources`).
+
+    Offsets are from the centre the observation is prepared about: east and north [arcsec], on the sky.
+    """
+
+    coordinate: SkyCoord
+    east_arcsec: float
+    north_arcsec: float
+    peak_jy_beam: float
+    signal_to_noise: float
+
+    @property
+    def separation_arcsec(self) -> float:
+        return float(math.hypot(self.east_arcsec, self.north_arcsec))
+
+    def to_dict(self, distance_pc: float | None = None) -> dict:
+        """Plain data for reports (offsets also in au at ``distance_pc``)."""
+        row = {"ra_deg": float(self.coordinate.icrs.ra.deg), "dec_deg": float(self.coordinate.icrs.dec.deg),
+               "position": self.coordinate.to_string("hmsdms", precision=2),
+               "east_arcsec": self.east_arcsec, "north_arcsec": self.north_arcsec,
+               "separation_arcsec": self.separation_arcsec, "peak_jy_beam": self.peak_jy_beam,
+               "signal_to_noise": self.signal_to_noise}
+        if distance_pc:
+            row["separation_au"] = self.separation_arcsec * distance_pc
+        return row
+
+
+def find_compact_sources(
+    observation: Observation, noise_rms_jy_beam: float, centre: SkyCoord, *, threshold_sigma: float = DETECTION_SIGMA
+) -> list[CompactSource]:
+    """Compact sources in an observation above ``threshold_sigma`` times the local noise, brightest first.
+
+    A source is a local maximum of the image minus its smooth part (the image smoothed to three
+    beams), so the peaks of extended emission are not counted as sources, while a binary or a
+    neighbour a few beams away is. The threshold is applied against the local noise (the robust rms
+    of that residual in rings one beam wide about the phase centre, never below ``noise_rms_jy_beam``'s
+    share of it), so the noisier edges of primary-beam-corrected maps give no false sources, and against the image itself
+    (the peak must exceed ``threshold_sigma * noise_rms_jy_beam``). Peaks within two beams of a brighter
+    one count as part of it.
+
+    Arguments:
+        observation: the image as read.
+        noise_rms_jy_beam: the noise rms near the source.
+        centre: offsets are measured from here.
+        threshold_sigma: detection threshold in noise rms.
+    """
+    image = observation.image_jy_beam
+    valid = np.isfinite(image)
+    pixel = observation.pixel_scale_arcsec
+    covariance = observation.beam.covariance_pixels(pixel)
+    smoothing = 9.0 * covariance
+    weight = convolve_gaussian(torch.as_tensor(valid.astype(np.float64)), smoothing).numpy()
+    filled = np.where(valid, image, 0.0)
+    residual = filled - convolve_gaussian(torch.as_tensor(filled), smoothing).numpy() / np.maximum(weight, 1e-12)
+    noise = beam_noise(image.shape, observation.beam, pixel, np.random.default_rng(0)).numpy().astype(np.float64)
+    noise_residual = noise - convolve_gaussian(torch.as_tensor(noise * valid), smoothing).numpy() / np.maximum(weight, 1e-12)
+    inside = valid & (weight > 0.5)
+    if inside.sum() < 4:
+        return []
+    floor = noise_rms_jy_beam * float(noise_residual[inside].std() / noise[inside].std())
+    # The local noise: robust rms in rings one beam wide about the phase centre (the reference pixel),
+    # since primary-beam correction makes the noise grow with the distance from it.
+    ref_col, ref_row = (float(v) - 1.0 for v in observation.wcs.wcs.crpix)
+    radius = np.hypot(*np.meshgrid(np.arange(image.shape[0]) - ref_row, np.arange(image.shape[1]) - ref_col, indexing="ij"))
+    ring = np.floor(radius / (observation.beam.major_arcsec / pixel)).astype(np.int64)
+    local = np.full(image.shape, floor)
+    for k in np.unique(ring[inside]):
+        members = inside & (ring == k)
+        if members.sum() >= 20 * _solid_angle_pixels(covariance):  # inner rings, mostly source, keep the floor
+            rms = float(sigma_clipped_stats(residual[members], sigma=3.0, maxiters=5, stdfunc="mad_std")[2])
+            local[ring == k] = max(floor, rms)
+    size = max(3, int(round(observation.beam.major_arcsec / pixel)) | 1)
+    peaks = (residual == ndimage.maximum_filter(np.where(inside, residual, -np.inf), size=size)) & inside
+    peaks &= (residual > threshold_sigma * local) & (filled > threshold_sigma * noise_rms_jy_beam)
+    rows, cols = np.nonzero(peaks)
+    order = np.argsort(-filled[rows, cols])
+    kept: list[tuple[int, int]] = []
+    separation = 2.0 * observation.beam.major_arcsec / pixel
+    for k in order:
+        if all(math.hypot(rows[k] - r, cols[k] - c) > separation for r, c in kept):
+            kept.append((int(rows[k]), int(cols[k])))
+    sources = []
+    for r, c in kept:
+        coordinate = observation.wcs.pixel_to_world(*_refine_peak(np.where(valid, image, -np.inf), r, c))
+        east, north = centre.spherical_offsets_to(coordinate)
+        sources.append(CompactSource(coordinate, float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec)),
+                                     float(image[r, c]), float(image[r, c] / noise_rms_jy_beam)))
+    return sources
 
 
 def common_beam_covariance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -801,7 +1045,8 @@ def prepare_observation(
         row0 = int(np.clip(round(float(y)) - NOISE_BOX // 2, 0, max(0, ny - NOISE_BOX)))
         col0 = int(np.clip(round(float(x)) - NOISE_BOX // 2, 0, max(0, nx - NOISE_BOX)))
         box = image[row0 : row0 + NOISE_BOX, col0 : col0 + NOISE_BOX]
-        noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec)
+        noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec,
+                                               centre=(float(x) - col0, float(y) - row0))
     peak = float(np.nanmax(image))
     if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
         warnings.warn(
@@ -824,12 +1069,12 @@ def prepare_observation(
             f"{path}: the observation covers {100 * covered:.1f}% of the bank's {field_au:.0f} au field; "
             f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).", stacklevel=2)
 
-    # Resolution: the beam, plus the pixels. Observed pixels are samples of the beam-convolved sky; held
-    # constant over their pixel (a box of the source pixel) and averaged over a target pixel (a box of the
-    # target pixel), each box taken as a Gaussian of the same variance (side^2 / 12).
+    # Resolution: the beam, plus the pixels. Observed pixels are samples of the beam-convolved sky; the
+    # histospline takes them as pixel means (a box of the source pixel taken away) and the target pixel
+    # averages over its own box, each box taken as a Gaussian of the same variance (side^2 / 12).
     observed = observation.beam.covariance_pixels(pixel_arcsec_obs)
     source_pixel = observation.pixel_scale_arcsec / pixel_arcsec_obs  # in target pixels
-    effective = observed + (1.0 + source_pixel**2) / 12.0 * np.eye(2)
+    effective = observed + (1.0 - source_pixel**2) / 12.0 * np.eye(2)
     working = effective
     if grid.beam is not None:
         working = common_beam_covariance(effective, effective_beam_covariance(grid.beam, grid.pixel_arcsec))
