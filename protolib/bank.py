@@ -150,6 +150,15 @@ class Bank:
         result[order] = block[inverse]
         return result
 
+    def images_at(self, systems, projections) -> np.ndarray:
+        """The images ``(n, H, W)`` of the given (system, projection) pairs, read system by system."""
+        systems = np.asarray(systems, dtype=np.int64)
+        projections = np.asarray(projections, dtype=np.int64)
+        if systems.size == 0:
+            return np.zeros((0, *self.images.shape[2:]), dtype=self.images.dtype)
+        unique, inverse = np.unique(systems, return_inverse=True)
+        return self.load_images(unique)[inverse, projections]
+
     def iter_batches(self, systems, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(system_indices, images)`` in batches of whole systems, without loading the bank."""
         systems = np.asarray(systems)

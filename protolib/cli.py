@@ -98,6 +98,7 @@ def _register_match(sub) -> None:
     p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
                    help="with --target: beam FWHM axes [arcsec] and PA [deg], when the header has none")
     p.add_argument("--noise", type=float, default=None, help="with --target: noise rms [Jy/beam] (default: estimated)")
+    _add_real_file_options(p)
     p.add_argument("--top-k", type=int, default=200, help="number of best matches (default 200; 0: all above --threshold)")
     p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
     p.add_argument("--weight-temperature", type=float, default=None,
@@ -117,13 +118,31 @@ def _register_match(sub) -> None:
             distance_pc=args.distance, top_k=args.top_k or None, threshold=args.threshold,
             weight_temperature=args.weight_temperature, backend=args.backend, device=args.device,
             observation_options={"centre": args.centre, "beam": _beam_argument(args.beam, str(args.target)),
-                                 "noise_rms_jy_beam": args.noise}))
-        verdict = report["out_of_distribution"]
+                                 "noise_rms_jy_beam": args.noise, **_real_file_options(args)}))
+        verdict, fit, overall = report["out_of_distribution"], report["goodness_of_fit"], report["verdict"]
         print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
               f"{report['best_similarity']:.3f}).")
+        preparation = (report["inputs"].get("target") or {}).get("preparation")
+        if preparation:
+            print(_preparation_notes(preparation))
         print(verdict["message"], file=sys.stderr if verdict["is_out_of_distribution"] else sys.stdout)
+        if fit is not None:
+            print(fit["message"], file=sys.stdout if fit["reproduces"] else sys.stderr)
+        print(f"Verdict: {overall['message']}", file=sys.stdout if overall["trusted"] else sys.stderr)
 
     p.set_defaults(handler=handler)
+
+
+def _preparation_notes(info: dict) -> str:
+    """One line on the real-file steps: frequency, blanking, recoverable scale, sources."""
+    observed = info.get("observed_frequency_ghz")
+    frequency = (f"{observed:.2f} GHz ({info['frequency_source']}) -> bank {info['bank_frequency_ghz']:g} GHz, fluxes "
+                 f"x{info['frequency_factor']:.3f} (alpha = {info['spectral_index']:g})" if observed else
+                 f"frequency unknown, taken as the bank's {info['bank_frequency_ghz']:g} GHz")
+    scale = (f"scales above {info['max_scale_arcsec']:.3g}\" removed from the bank images ({info['max_scale_source']})"
+             if info.get("max_scale_arcsec") else "no interferometric filtering")
+    zeros = f"; {100 * info['blanked_zero_fraction']:.0f}% of pixels were zero-valued blanking" if info.get("blanked_zero_fraction") else ""
+    return f"Frequency {frequency}; {scale}; {len(info.get('compact_sources', []))} compact source(s) in the field{zeros}."
 
 
 def _run_reporting_warnings(command: str, action):
@@ -153,6 +172,25 @@ def _beam_argument(values, where: str):
     return Beam(major, minor, pa)
 
 
+def _add_real_file_options(p) -> None:
+    """Options for what real files need: frequency, spectral index, recoverable scale, other sources."""
+    p.add_argument("--frequency", type=float, default=None,
+                   help="observed frequency in GHz (default: from the file's spectral axis)")
+    p.add_argument("--spectral-index", type=float, default=None,
+                   help="dust spectral index alpha, S ~ nu^alpha, to bring fluxes to the bank's frequency "
+                        "(default 2 + the bank's opacity index beta: 3 for the built-in simulator)")
+    p.add_argument("--max-scale", type=float, default=None,
+                   help="maximum recoverable scale of the observation in arcsec: larger scales are removed from the bank "
+                        "images as the interferometer removed them (default: 10 beam major axes; 0: no filtering)")
+    p.add_argument("--mask-radius", type=float, default=None,
+                   help="blank everything further than this many arcsec from the centre (e.g. a companion)")
+
+
+def _real_file_options(args) -> dict:
+    return {"frequency_ghz": args.frequency, "spectral_index": args.spectral_index, "max_scale_arcsec": args.max_scale,
+            "mask_radius_arcsec": args.mask_radius}
+
+
 def _register_observe(sub) -> None:
     p = sub.add_parser("observe", help="put an observed FITS image on a bank's grid, as the pipeline sees it",
                        description="Read an observed continuum image (FITS), centre it on the source, resample it onto the "
@@ -170,6 +208,7 @@ def _register_observe(sub) -> None:
     p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
                    help="beam FWHM axes [arcsec] and PA [deg east of north], when the header has none (or to override it)")
     p.add_argument("--noise", type=float, default=None, help="noise rms of the observation [Jy/beam] (default: estimated)")
+    _add_real_file_options(p)
 
     def handler(args):
         from .observation import plot_prepared_observation, prepare_observation
@@ -183,7 +222,7 @@ def _register_observe(sub) -> None:
             bank = load_config(args.config).bank_path
         prepared = _run_reporting_warnings("observe", lambda: prepare_observation(
             args.observation, bank, args.distance, centre=args.centre,
-            beam=_beam_argument(args.beam, str(args.observation)), noise_rms_jy_beam=args.noise))
+            beam=_beam_argument(args.beam, str(args.observation)), noise_rms_jy_beam=args.noise, **_real_file_options(args)))
         prepared.write_fits(args.out)
         b = prepared.beam
         print(f"Wrote {args.out}: {prepared.grid.image_size}x{prepared.grid.image_size} px of {prepared.grid.pixel_size_au:.3g} au, "
@@ -191,6 +230,7 @@ def _register_observe(sub) -> None:
               f"({prepared.distance_pc:g} -> {prepared.grid.distance_pc:g} pc), beam {b.major_arcsec:.3g}\"x{b.minor_arcsec:.3g}\" "
               f"PA {b.position_angle_deg:.0f} deg{' (smoothed to contain the bank beam)' if prepared.smoothed else ''}, "
               f"noise {prepared.noise_rms_jy_beam * 1e3:.3g} mJy/beam.")
+        print(_preparation_notes(prepared.info()))
         if args.plot is not None:
             import matplotlib
 

@@ -429,10 +429,15 @@ def gallery_plot(
     n_columns: int = 6,
     pixel_size_au: float | None = None,
     cmap: str = "inferno",
+    residuals: np.ndarray | None = None,
+    reduced_chi2: np.ndarray | None = None,
 ):
     """The target beside its best matches, each titled with its similarity.
 
-    Images are shown north up, east left, each scaled to its own 0.5-99.8 percentile range.
+    Images are shown north up, east left, each scaled to its own 0.5-99.8 percentile range. With
+    ``residuals``, each match's panel has below it its residual map, target minus match in units of
+    the noise rms, on one diverging scale of +-5 (white: within the noise), titled with its reduced
+    chi-square.
 
     Arguments:
         target_image: ``(H, W)``.
@@ -442,10 +447,15 @@ def gallery_plot(
         target_caption: the target's title.
         n_columns: panels per row (the target takes the first).
         pixel_size_au: when given, axes in au offsets from the centre.
+        residuals: ``(n, H, W)`` (target - match) / noise rms, one per match.
+        reduced_chi2: ``(n,)`` each match's reduced chi-square, for the residual panels' titles.
 
     Returns:
         The matplotlib figure.
     """
+    if residuals is not None:
+        return _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, captions=captions,
+                                       target_caption=target_caption, n_columns=n_columns, pixel_size_au=pixel_size_au, cmap=cmap)
     import matplotlib.pyplot as plt
 
     images = np.asarray(images)
@@ -475,6 +485,46 @@ def gallery_plot(
     return fig
 
 
+def _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, *, captions, target_caption,
+                            n_columns, pixel_size_au, cmap):
+    """:func:`gallery_plot` with a residual row under each row of images."""
+    import matplotlib.pyplot as plt
+
+    panels = [np.asarray(target_image)] + list(np.asarray(images))
+    n_rows = int(np.ceil(len(panels) / n_columns))
+    fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(2.2 * n_columns, 4.6 * n_rows), squeeze=False)
+    extent = None
+    if pixel_size_au is not None:
+        half = 0.5 * pixel_size_au * np.shape(target_image)[-1]
+        extent = (half, -half, -half, half)
+    lo, hi = np.percentile(target_image, [0.5, 99.8])
+    shown = None
+    for k, img in enumerate(panels):
+        ax_image, ax_residual = axes[2 * (k // n_columns), k % n_columns], axes[2 * (k // n_columns) + 1, k % n_columns]
+        ax_image.imshow(img, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12, extent=extent)
+        if k == 0:
+            ax_image.set_title(target_caption, fontsize=8, color="C3")
+            ax_residual.text(0.5, 0.5, "target minus match,\nin noise rms\n(rows below each match)", ha="center",
+                             va="center", fontsize=8, transform=ax_residual.transAxes)
+            ax_residual.set_axis_off()
+        else:
+            caption = f"\n{captions[k - 1]}" if captions is not None else ""
+            ax_image.set_title(f"#{k}  s = {similarities[k - 1]:.3f}{caption}", fontsize=8)
+            shown = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", vmin=-5, vmax=5, extent=extent)
+            if reduced_chi2 is not None:
+                ax_residual.set_title(f"chi2_red = {reduced_chi2[k - 1]:.3g}", fontsize=8)
+        for ax in (ax_image, ax_residual):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for k in range(len(panels), n_rows * n_columns):
+        axes[2 * (k // n_columns), k % n_columns].set_visible(False)
+        axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
+    fig.tight_layout()
+    if shown is not None:
+        fig.colorbar(shown, ax=axes[1::2].ravel().tolist(), shrink=0.6, label="(target - match) / noise rms")
+    return fig
+
+
 def match_rows(bank: Bank, matches: Matches) -> list[dict]:
     """One row per match: rank, similarity, system, system id, projection, viewing angles, every parameter."""
     table = match_parameters(bank, matches)
@@ -501,6 +551,9 @@ def write_match_report(
     n_gallery: int = 11,
     corner_parameters: Sequence[str] | None = None,
     match_image_transform=None,
+    reduced_chi2: np.ndarray | None = None,
+    fit_verdict=None,
+    gallery_residuals: np.ndarray | None = None,
 ) -> dict:
     """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
 
@@ -520,6 +573,9 @@ def write_match_report(
             inclination); ``summary.csv`` always has them all.
         match_image_transform: shows the matches in the gallery as the network saw them (e.g. at an
             observation's beam and noise).
+        reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target (a column of
+            ``matches.csv``); ``fit_verdict``: the :class:`~protolib.goodness_of_fit.FitVerdict`;
+            ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
 
     Returns:
         The report (as written to ``report.json``).
@@ -541,7 +597,11 @@ def write_match_report(
     gallery_images = match_images(bank, matches.head(n_gallery))
     if match_image_transform is not None:
         gallery_images = match_image_transform(gallery_images)
-    write_csv(match_rows(bank, matches), out_dir / "matches.csv")
+    rows = match_rows(bank, matches)
+    if reduced_chi2 is not None:
+        for row, value in zip(rows, reduced_chi2):
+            row["reduced_chi2"] = float(value)
+    write_csv(rows, out_dir / "matches.csv")
     write_csv(summaries, out_dir / "summary.csv")
     corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
     figures = {
@@ -550,7 +610,9 @@ def write_match_report(
         "gallery.png": gallery_plot(target_image, gallery_images, matches.similarity[:n_gallery],
                                     captions=[f"system {s}, i = {i:.0f} deg" for s, i in
                                               zip(matches.system[:n_gallery], samples["inclination"][:n_gallery])],
-                                    pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None),
+                                    pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
+                                    residuals=gallery_residuals,
+                                    reduced_chi2=None if reduced_chi2 is None else reduced_chi2[:n_gallery]),
     }
     for name, fig in figures.items():
         with atomic_path(out_dir / name) as tmp:
@@ -563,6 +625,8 @@ def write_match_report(
         "n_matches": len(matches),
         "best_similarity": float(matches.similarity[0]),
         "out_of_distribution": verdict.to_dict(),
+        "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
+        "verdict": _overall_verdict(verdict, fit_verdict),
         "summary": [asdict(s) for s in summaries],
         "versions": _versions(__version__, platform.python_version()),
         "files": sorted(["matches.csv", "summary.csv", *figures, "report.json"]),
@@ -572,11 +636,26 @@ def write_match_report(
     return report
 
 
+def _overall_verdict(embedding_check, fit_verdict) -> dict:
+    """Both checks in one: the distributions are to be trusted only when both pass."""
+    in_distribution = not embedding_check.is_out_of_distribution
+    reproduces = None if fit_verdict is None else bool(fit_verdict.reproduces)
+    trusted = in_distribution and reproduces is not False
+    if trusted:
+        message = "Both checks pass: the best matches are typical in embedding space" + (
+            " and reproduce the target in image space." if reproduces else " (no image-space check: noiseless bank).")
+    elif in_distribution:
+        message = ("The embedding check passes but the image-space check does not: the network finds the bank's nearest "
+                   "images, but none reproduces the target. Do not read the distributions as the target's.")
+    else:
+        message = "The target is out of distribution in embedding space" + (
+            " and no bank image reproduces it." if reproduces is False else "; read the distributions with caution.")
+    return {"trusted": trusted, "embedding_in_distribution": in_distribution, "image_reproduced": reproduces, "message": message}
+
+
 def match_images(bank: Bank, matches: Matches) -> np.ndarray:
     """The images ``(n, H, W)`` of the matches, best first (read one by one: meant for a gallery's few)."""
-    if len(matches) == 0:
-        return np.zeros((0, bank.image_size, bank.image_size), dtype=np.float32)
-    return np.stack([bank.images[s, p] for s, p in zip(matches.system, matches.projection)])
+    return bank.images_at(matches.system, matches.projection)
 
 
 def _plain_json(value):

@@ -20,7 +20,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "prepare_observation_target",
     "read_observation_target",
     "run_match",
+    "fit_matches",
     "MatchingSettings",
     "matching_settings",
 ]
@@ -833,6 +834,9 @@ class ObservationTarget:
         transform_key: plain data describing ``transform`` (keys the embedding cache).
         info: what the preparation did (beam, noise, flux scale, padding), for the report.
         truths: the true parameters when the file is a synthetic observation, else ``None``.
+        resolution: the noise-free part of ``transform`` (for residuals and the goodness of fit).
+        noise_rms_jy_beam: the noise rms of ``image``.
+        coverage: ``(H, W)`` fraction of each pixel holding observed data.
     """
 
     image: np.ndarray
@@ -840,6 +844,9 @@ class ObservationTarget:
     transform_key: dict
     info: dict
     truths: dict | None
+    resolution: Any = None
+    noise_rms_jy_beam: float = 0.0
+    coverage: np.ndarray | None = None
 
 
 def prepare_observation_target(
@@ -898,15 +905,11 @@ def _observation_target(prepared, bank: Bank, noise_seed: int) -> ObservationTar
     beam = prepared.beam
     coverage = None if resolution.coverage is None else hashlib.sha256(np.ascontiguousarray(prepared.coverage).tobytes()).hexdigest()
     key = {"beam_arcsec": [beam.major_arcsec, beam.minor_arcsec, beam.position_angle_deg],
-           "noise_rms_jy_beam": prepared.noise_rms_jy_beam, "coverage_sha256": coverage, "noise_seed": noise_seed}
-    info = {"beam_arcsec_at_bank_distance": key["beam_arcsec"], "noise_rms_jy_beam": prepared.noise_rms_jy_beam,
-            "observed_beam_arcsec": [prepared.observed_beam.major_arcsec, prepared.observed_beam.minor_arcsec,
-                                     prepared.observed_beam.position_angle_deg],
-            "observed_noise_rms_jy_beam": prepared.observed_noise_rms_jy_beam, "flux_scale": prepared.flux_scale,
-            "smoothed_to_bank_beam": prepared.smoothed, "padded_fraction": prepared.padded_fraction,
-            "centre": prepared.centre.to_string("hmsdms", precision=2), "object": prepared.object_name}
+           "noise_rms_jy_beam": prepared.noise_rms_jy_beam, "coverage_sha256": coverage, "noise_seed": noise_seed,
+           "max_scale_arcsec": resolution.max_scale_arcsec}
     truths = {k: v for k, v in prepared.true_parameters.items() if k in bank.parameters or k in ("inclination", "position_angle")}
-    return ObservationTarget(prepared.image_jy_beam, transform, key, info, truths or None)
+    return ObservationTarget(prepared.image_jy_beam, transform, key, prepared.info(), truths or None, resolution,
+                             prepared.noise_rms_jy_beam, prepared.coverage)
 
 
 def run_match(
@@ -965,11 +968,58 @@ def run_match(
         inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
                             "true_parameters_in_file": truths is not None}
     verdict = matcher.check(matches)
+    chi2, fit_verdict, residuals = fit_matches(matcher, image, matches, observation=None if target is None else observation)
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None}
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
     report = distributions.write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths,
                                               weight_temperature=weight_temperature, inputs=inputs, settings=settings,
-                                              corner_parameters=corner_parameters, match_image_transform=matcher.transform)
+                                              corner_parameters=corner_parameters, match_image_transform=matcher.transform,
+                                              reduced_chi2=chi2, fit_verdict=fit_verdict, gallery_residuals=residuals)
     return report
+
+
+def fit_matches(
+    matcher: "Matcher", image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
+    n_reference: int = 48, reference_top_k: int = 50, n_gallery: int = 11, seed: int = 0,
+) -> tuple[np.ndarray | None, Any, np.ndarray | None]:
+    """Every match's reduced chi-square against the target, the image-space verdict, and the gallery's residuals.
+
+    See :mod:`protolib.goodness_of_fit`. The reference is ``n_reference`` bank images drawn with
+    ``seed``, turned into targets like this one (the observation's transform and noise, or the bank's
+    own for a bank target) and matched with their ``reference_top_k`` best matches.
+
+    Returns:
+        ``(reduced_chi2 (n_matches,), FitVerdict, residuals (n_gallery, H, W) in noise units)``, or
+        ``(None, None, None)`` for a noiseless bank target (no noise to judge a residual by).
+    """
+    from .goodness_of_fit import ImageFit, judge_fit, reference_chi2
+
+    bank = matcher.bank
+    rng = np.random.default_rng(seed)
+    if observation is not None:
+        resolution = observation.resolution
+        fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage)
+
+        def observe(images):
+            return resolution(images, rng)
+    else:
+        noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
+        if not noise > 0:
+            return None, None, None
+        fit = ImageFit(None, noise, noise)
+
+        def observe(images):
+            return images
+    chi2 = fit.reduced_chi2(image, bank.images_at(matches.system, matches.projection))
+    rows = rng.choice(bank.n_systems * bank.n_projections, size=min(n_reference, bank.n_systems * bank.n_projections), replace=False)
+
+    def search(vectors, excluded):
+        return matcher.index.search(vectors, top_k=reference_top_k, exclude_systems=excluded)
+
+    reference = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections)
+    head = matches.head(n_gallery)
+    residuals = fit.residuals(image, bank.images_at(head.system, head.projection))
+    best = float(chi2.min())
+    return chi2, judge_fit(best, float(fit.excess(image, best)), reference), residuals

@@ -17,6 +17,7 @@ Conventions (PHYSICS.md):
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -36,7 +37,7 @@ from scipy import ndimage
 from scipy.interpolate import RectBivariateSpline
 
 from . import __version__
-from .instrument import Beam, Instrument, beam_noise, convolve_beam
+from .instrument import FWHM_TO_SIGMA, Beam, Instrument, beam_noise, convolve_beam
 from .parameters import PARAMETERS
 from .runtime import ProtolibInputError, atomic_path
 from .simulator import SimulatorConfig, render
@@ -388,6 +389,13 @@ class BankGrid:
     beam: Beam | None  # the bank's beam (None: images in Jy/pixel, no beam)
     noise_rms_jy_beam: float = 0.0  # noise already in the bank images
     name: str = ""  # where the grid came from (the bank file)
+    frequency_ghz: float = 230.0  # frequency the bank's images are rendered at
+    opacity_beta: float = 1.0  # the bank's dust opacity index (kappa ~ nu^beta)
+
+    @property
+    def spectral_index(self) -> float:
+        """Dust spectral index consistent with the bank's opacity law: ``2 + beta`` (optically thin, Rayleigh-Jeans)."""
+        return 2.0 + self.opacity_beta
 
     @property
     def field_of_view_au(self) -> float:
@@ -412,6 +420,7 @@ class BankGrid:
                 "only be prepared for banks in Jy/beam or Jy/pixel with a known pixel size (banks made by `protolib simulate`)."
             )
         instrument = bank.instrument
+        simulator = bank.simulator_config
         return cls(
             image_size=bank.image_size,
             pixel_size_au=bank.pixel_size_au,
@@ -419,6 +428,8 @@ class BankGrid:
             beam=instrument.beam if bank.unit == "Jy/beam" else None,
             noise_rms_jy_beam=instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0,
             name=str(bank.path),
+            frequency_ghz=float(bank.attrs.get("frequency_ghz", simulator.frequency_ghz if simulator else 230.0)),
+            opacity_beta=float(simulator.opacity_beta) if simulator else 1.0,
         )
 
 
@@ -723,6 +734,10 @@ def convolve_gaussian(images: torch.Tensor, covariance: np.ndarray) -> torch.Ten
         return images
     pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
     height, width = images.shape[-2:]
+    if abs(covariance[0, 1]) <= 1e-9 * math.sqrt(covariance[0, 0] * covariance[1, 1]):  # separable: two small matrix products
+        rows = _gaussian_matrix(height, covariance[1, 1], pad).to(images.device, images.dtype)
+        cols = _gaussian_matrix(width, covariance[0, 0], pad).to(images.device, images.dtype)
+        return rows @ images @ cols.T
     shape = (height + 2 * pad, width + 2 * pad)
     ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
     kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
@@ -731,6 +746,22 @@ def convolve_gaussian(images: torch.Tensor, covariance: np.ndarray) -> torch.Ten
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer, s=shape)
     return result[..., pad : pad + height, pad : pad + width]
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_matrix(n: int, variance: float, pad: int) -> torch.Tensor:
+    """``(n, n)`` matrix of the 1-D convolution :func:`convolve_gaussian` applies along one axis.
+
+    Column ``j`` is the response to a unit impulse at ``j``, computed with the same zero-padded FFT and
+    the same Fourier-space Gaussian, so the separable path gives what the 2-D FFT gives, in a matrix
+    product that costs far less when the kernel is wide (a recoverable scale many times the image).
+    """
+    size = n + 2 * pad
+    transfer = torch.exp(-2.0 * math.pi**2 * variance * torch.fft.rfftfreq(size, dtype=torch.float64) ** 2)
+    impulses = torch.zeros((n, size), dtype=torch.float64)
+    impulses[torch.arange(n), pad + torch.arange(n)] = 1.0
+    responses = torch.fft.irfft(torch.fft.rfft(impulses) * transfer, n=size)[:, pad : pad + n]  # (impulse j, position i)
+    return responses.T.contiguous()
 
 
 def effective_beam_covariance(beam: Beam, pixel_arcsec: float) -> np.ndarray:
@@ -775,6 +806,15 @@ class ResolutionMatch:
     ``target_beam`` must contain the bank's beam (the bank cannot be sharpened);
     :func:`prepare_observation` guarantees it by smoothing the observation where needed.
 
+    With ``max_scale_arcsec`` the transform also removes what an interferometer does not recover:
+    emission on scales larger than its maximum recoverable scale. The filter is a Gaussian high-pass
+    taper in the uv plane, ``1 - exp(-pi^2 theta^2 q^2 / (4 ln 2))`` for a maximum recoverable scale
+    ``theta`` and a spatial frequency ``q``: the image minus itself smoothed by a circular Gaussian of
+    FWHM ``theta``. A Gaussian source of FWHM ``theta_s`` keeps the fraction
+    ``theta^2 / (theta^2 + theta_s^2)`` of its peak, so a compact disk keeps nearly all of it and an
+    envelope as large as ``theta`` half. It stands for the missing short baselines of a real array
+    without knowing them; the zero-spacing flux is removed entirely, as in an interferometer.
+
     Arguments:
         target_beam: the observation's resolution, at the bank's distance.
         pixel_arcsec: the bank's pixel side at the bank's distance.
@@ -782,6 +822,11 @@ class ResolutionMatch:
         noise_rms_jy_beam: total noise rms wanted [Jy/target beam].
         bank_noise_rms_jy_beam: noise rms already in the bank images [Jy/bank beam].
         coverage: ``(H, W)`` fraction of each pixel with observed data, or ``None``.
+        max_scale_arcsec: the maximum recoverable scale at the bank's distance (``None``: no filtering).
+
+    Attributes:
+        bank_noise_rms_jy_beam: the bank's own noise after the transform [Jy/target beam]; it
+            counts towards the noise of a residual between the observation and a transformed bank image.
 
     Example:
         >>> prepared = prepare_observation("obs.fits", "bank.h5", distance_pc=146)  # doctest: +SKIP
@@ -799,8 +844,12 @@ class ResolutionMatch:
         noise_rms_jy_beam: float = 0.0,
         bank_noise_rms_jy_beam: float = 0.0,
         coverage: np.ndarray | None = None,
+        max_scale_arcsec: float | None = None,
     ):
         self.target_beam = target_beam
+        self.max_scale_arcsec = float(max_scale_arcsec) if max_scale_arcsec else None
+        fwhm_pixels = self.max_scale_arcsec / float(pixel_arcsec) if self.max_scale_arcsec else 0.0
+        self.max_scale_covariance = (fwhm_pixels * FWHM_TO_SIGMA) ** 2 * np.eye(2) if fwhm_pixels else None
         self.bank_beam = bank_beam
         self.pixel_arcsec = float(pixel_arcsec)
         target = target_beam.covariance_pixels(pixel_arcsec)
@@ -820,6 +869,7 @@ class ResolutionMatch:
         if bank_beam is not None:  # noise correlated on the bank's beam, smoothed to the target's, in Jy/target beam
             smoothed_bank_noise = bank_noise_rms_jy_beam * self.unit_factor * (np.linalg.det(bank) / np.linalg.det(target)) ** 0.25
         self.noise_rms_jy_beam = float(noise_rms_jy_beam)
+        self.bank_noise_rms_jy_beam = float(smoothed_bank_noise)
         self.added_noise_rms_jy_beam = math.sqrt(max(0.0, noise_rms_jy_beam**2 - smoothed_bank_noise**2))
         self.coverage = None if coverage is None else torch.as_tensor(np.asarray(coverage, dtype=np.float32))
 
@@ -828,6 +878,8 @@ class ResolutionMatch:
         as_numpy = isinstance(images, np.ndarray)
         x = torch.as_tensor(np.asarray(images, dtype=np.float32)) if as_numpy else images
         x = convolve_gaussian(x, self.kernel_covariance) * self.unit_factor  # (..., H, W)
+        if self.max_scale_covariance is not None:
+            x = x - convolve_gaussian(x, self.max_scale_covariance)
         if rng is not None and self.added_noise_rms_jy_beam > 0:
             noise = beam_noise(tuple(x.shape), self.target_beam, self.pixel_arcsec, rng).to(x)
             x = x + self.added_noise_rms_jy_beam * noise
@@ -836,8 +888,9 @@ class ResolutionMatch:
         return x.numpy() if as_numpy else x
 
     def __repr__(self) -> str:
+        scale = f", scales above {self.max_scale_arcsec:.3g}\" removed" if self.max_scale_arcsec else ""
         return (f"ResolutionMatch(bank beam {self.bank_beam} -> {self.target_beam}, "
-                f"noise {self.noise_rms_jy_beam:.3g} Jy/beam, {self.pixel_arcsec:.4g}\"/px)")
+                f"noise {self.noise_rms_jy_beam:.3g} Jy/beam, {self.pixel_arcsec:.4g}\"/px{scale})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,6 +920,15 @@ class PreparedObservation:
     object_name: str = ""
     true_parameters: dict[str, float] = field(default_factory=dict)
     original: Observation | None = None
+    observed_frequency_ghz: float | None = None  # None: the file did not say (taken as the bank's)
+    frequency_source: str = ""  # how the frequency was found
+    spectral_index: float = 3.0  # dust spectral index used to bring fluxes to the bank's frequency
+    frequency_factor: float = 1.0  # (bank frequency / observed)^spectral_index, applied to the image and noise
+    max_scale_arcsec: float | None = None  # maximum recoverable scale, at the observed distance (None: no filtering)
+    max_scale_source: str = ""  # "given", "file" or the assumption made
+    blanked_zero_fraction: float = 0.0  # fraction of the file's pixels that were zero-valued blanking
+    mask_radius_arcsec: float | None = None  # everything further than this from the centre was blanked
+    sources: list[dict] = field(default_factory=list)  # compact sources in the field (CompactSource.to_dict), brightest first
 
     def __repr__(self) -> str:
         n, b = self.grid.image_size, self.beam
@@ -901,7 +963,40 @@ class PreparedObservation:
             noise_rms_jy_beam=self.noise_rms_jy_beam,
             bank_noise_rms_jy_beam=self.grid.noise_rms_jy_beam,
             coverage=self.coverage if self.coverage.min() < 1.0 - 1e-6 else None,
+            max_scale_arcsec=self.max_scale_at_bank_arcsec,
         )
+
+    @property
+    def max_scale_at_bank_arcsec(self) -> float | None:
+        """The maximum recoverable scale seen at the bank's distance (its size in au is kept)."""
+        if not self.max_scale_arcsec:
+            return None
+        return self.max_scale_arcsec * self.distance_pc / self.grid.distance_pc
+
+    def info(self) -> dict:
+        """What the preparation did, as plain data (for ``report.json``)."""
+        observed = self.observed_beam
+        return {
+            "object": self.object_name,
+            "centre": self.centre.to_string("hmsdms", precision=2),
+            "beam_arcsec_at_bank_distance": [self.beam.major_arcsec, self.beam.minor_arcsec, self.beam.position_angle_deg],
+            "observed_beam_arcsec": [observed.major_arcsec, observed.minor_arcsec, observed.position_angle_deg],
+            "noise_rms_jy_beam": self.noise_rms_jy_beam,
+            "observed_noise_rms_jy_beam": self.observed_noise_rms_jy_beam,
+            "flux_scale": self.flux_scale,
+            "smoothed_to_bank_beam": self.smoothed,
+            "padded_fraction": self.padded_fraction,
+            "observed_frequency_ghz": self.observed_frequency_ghz,
+            "frequency_source": self.frequency_source,
+            "bank_frequency_ghz": self.grid.frequency_ghz,
+            "spectral_index": self.spectral_index,
+            "frequency_factor": self.frequency_factor,
+            "max_scale_arcsec": self.max_scale_arcsec,
+            "max_scale_source": self.max_scale_source,
+            "blanked_zero_fraction": self.blanked_zero_fraction,
+            "mask_radius_arcsec": self.mask_radius_arcsec,
+            "compact_sources": list(self.sources),
+        }
 
     def to_header(self) -> fits.Header:
         """A FITS header for the prepared image: its WCS at the bank's distance and what was done."""
@@ -934,6 +1029,16 @@ class PreparedObservation:
             cards["PROTOLIB BANK_BMIN"] = (self.grid.beam.minor_arcsec, "[arcsec]")
             cards["PROTOLIB BANK_BPA"] = (self.grid.beam.position_angle_deg, "[deg]")
         cards["PROTOLIB BANK_RMS"] = (self.grid.noise_rms_jy_beam, "[Jy/beam]")
+        cards["PROTOLIB BANK_FREQ"] = (self.grid.frequency_ghz, "[GHz] bank")
+        cards["PROTOLIB BANK_BETA"] = (self.grid.opacity_beta, "bank opacity index")
+        cards["PROTOLIB OBS_FREQ"] = (self.observed_frequency_ghz if self.observed_frequency_ghz else 0.0, "[GHz] 0: unknown")
+        cards["PROTOLIB SPEC_INDEX"] = (self.spectral_index, "S ~ nu^index")
+        cards["PROTOLIB FREQ_FACTOR"] = (self.frequency_factor, "applied to flux")
+        cards["PROTOLIB MAX_SCALE"] = (self.max_scale_arcsec or 0.0, "[arcsec] observed; 0: none")
+        cards["PROTOLIB ZERO_BLANK"] = (self.blanked_zero_fraction, "zero-blanked fraction")
+        cards["PROTOLIB N_SOURCES"] = (len(self.sources), "compact sources found")
+        if self.mask_radius_arcsec:
+            cards["PROTOLIB MASK_RAD"] = (self.mask_radius_arcsec, "[arcsec] blanked beyond")
         for key, value in self.true_parameters.items():
             cards[f"PROTOLIB TRUE {key.upper()}"] = (value, "true")
         with warnings.catch_warnings():
@@ -945,6 +1050,8 @@ class PreparedObservation:
         header["COMMENT"] = "one the source would have at DIST_BNK. NOISE_RMS: noise here; OBS_*: the observed"
         header["COMMENT"] = "beam and rms; BANK_*: the bank's. SMOOTHED: smoothed to a beam containing the bank's."
         header["COMMENT"] = "Extension COVERAGE: fraction of each pixel with observed data (the rest is zero)."
+        header["COMMENT"] = "Fluxes are brought to BANK_FREQ by FREQ_FACTOR = (BANK_FREQ/OBS_FREQ)^SPEC_INDEX; bank"
+        header["COMMENT"] = "images are matched to it with scales above MAX_SCALE removed (interferometric filtering)."
         return header
 
     def write_fits(self, path: str | Path) -> Path:
@@ -985,6 +1092,10 @@ def prepare_observation(
     centre: SkyCoord | str | None = None,
     beam: Beam | None = None,
     noise_rms_jy_beam: float | None = None,
+    frequency_ghz: float | None = None,
+    spectral_index: float | None = None,
+    max_scale_arcsec: float | None = None,
+    mask_radius_arcsec: float | None = None,
 ) -> PreparedObservation:
     """Put an observed image on the bank's grid, in the bank's units, at a resolution the bank can match.
 
@@ -996,6 +1107,15 @@ def prepare_observation(
     fluxes by ``(distance_pc / bank_distance_pc) ** 2``. Fields smaller than the bank's are zero padded
     with a warning; less than half the bank's field is refused.
 
+    Real files: zero-valued blanking is read as blank (:func:`blank_zero_regions`). Fluxes are brought
+    from the observed frequency to the bank's with ``S ~ nu^spectral_index`` (:func:`frequency_scale`;
+    refused beyond a factor :data:`MAX_FREQUENCY_RATIO`). Compact sources in the field are found
+    (:func:`find_compact_sources`); when there is more than one, a warning gives their offsets and
+    peaks, ``centre`` picks one and ``mask_radius_arcsec`` blanks everything further from it. The
+    maximum recoverable scale (``max_scale_arcsec``, else the file's ``PROTOLIB MAX_SCALE`` card, else
+    :data:`MAX_SCALE_BEAMS` beam major axes, the assumption stated in the result) is recorded for the
+    transform, which removes larger scales from the bank images as the interferometer did from the sky.
+
     Arguments:
         observation: an :class:`Observation` or a FITS path.
         bank: a :class:`~protolib.bank.Bank`, a path to one, or a :class:`BankGrid`.
@@ -1003,6 +1123,11 @@ def prepare_observation(
         centre: sky position to centre on (a SkyCoord or ``"RA DEC"``); default the emission peak.
         beam: the beam, when the file's header has none (or to override it).
         noise_rms_jy_beam: the observation's noise rms [Jy/beam], instead of estimating it.
+        frequency_ghz: the observed frequency, instead of the file's spectral axis.
+        spectral_index: dust spectral index ``alpha`` (``S ~ nu^alpha``) for the frequency scaling;
+            default ``2 + beta`` with the bank's opacity index ``beta``.
+        max_scale_arcsec: the maximum recoverable scale of the observation [arcsec]; ``0`` for none.
+        mask_radius_arcsec: blank everything further than this from the centre (other sources).
 
     Returns:
         The :class:`PreparedObservation`; its :meth:`~PreparedObservation.transform` matches bank images to it.
@@ -1047,6 +1172,19 @@ def prepare_observation(
         box = image[row0 : row0 + NOISE_BOX, col0 : col0 + NOISE_BOX]
         noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec,
                                                centre=(float(x) - col0, float(y) - row0))
+        if not noise_rms_jy_beam > 1e-6 * float(np.nanmax(np.abs(box))):
+            raise ProtolibInputError(
+                f"{path}: the image looks noiseless (estimated noise rms {noise_rms_jy_beam:.3g} Jy/beam, under a millionth of "
+                "its peak), as a model image would be; give the noise rms of the observation it stands for with --noise.")
+    for name, value in (("noise rms", noise_rms_jy_beam), ("frequency", frequency_ghz), ("mask radius", mask_radius_arcsec)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ProtolibInputError(f"{path}: the {name} must be a positive number, got {value}.")
+    frequency = _frequency_settings(observation, grid, frequency_ghz, spectral_index)
+    max_scale, max_scale_source = _max_scale_setting(observation, max_scale_arcsec)
+    sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
+    _warn_about_sources(path, sources, distance_pc, field_au, mask_radius_arcsec)
+    if mask_radius_arcsec:
+        image = _blank_beyond(observation, centre, mask_radius_arcsec)
     peak = float(np.nanmax(image))
     if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
         warnings.warn(
@@ -1056,7 +1194,7 @@ def prepare_observation(
     size = grid.image_size
     pixel_arcsec_obs = grid.pixel_size_au / distance_pc  # bank pixel seen at the observed distance
     target_wcs = sky_grid_wcs(centre, size, pixel_arcsec_obs)
-    resampled, coverage = resample_to_grid(observation.image_jy_beam, observation.wcs, target_wcs, (size, size))
+    resampled, coverage = resample_to_grid(image, observation.wcs, target_wcs, (size, size))
     covered = float(coverage.mean())
     if covered < MIN_FIELD_FRACTION:
         raise ProtolibInputError(
@@ -1084,7 +1222,7 @@ def prepare_observation(
     if smoothed:
         image = convolve_gaussian(torch.as_tensor(resampled), smoothing).numpy()
     unit_factor = _solid_angle_pixels(working) / _solid_angle_pixels(observed)  # Jy/observed beam -> Jy/working beam
-    flux_scale = (distance_pc / grid.distance_pc) ** 2
+    flux_scale = (distance_pc / grid.distance_pc) ** 2 * frequency["frequency_factor"]
     working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
     return PreparedObservation(
         image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32),
@@ -1101,7 +1239,72 @@ def prepare_observation(
         object_name=observation.object_name,
         true_parameters=dict(observation.true_parameters),
         original=observation,
+        **frequency,
+        max_scale_arcsec=max_scale,
+        max_scale_source=max_scale_source,
+        blanked_zero_fraction=observation.blanked_zero_fraction,
+        mask_radius_arcsec=mask_radius_arcsec,
+        sources=[source.to_dict(distance_pc) for source in sources],
     )
+
+
+def _frequency_settings(observation: Observation, grid: BankGrid, frequency_ghz: float | None, spectral_index: float | None) -> dict:
+    """The observed frequency, its source, the spectral index and the flux factor to the bank's frequency."""
+    path = observation.path
+    alpha = grid.spectral_index if spectral_index is None else float(spectral_index)
+    if not (math.isfinite(alpha) and -1.0 <= alpha <= 6.0):
+        raise ProtolibInputError(f"{path}: the spectral index {spectral_index} is not a dust spectral index (between -1 and 6; thin dust: 2 + beta, about 3-4).")
+    observed, source = (float(frequency_ghz), "given") if frequency_ghz else (observation.frequency_ghz, observation.frequency_source)
+    if observed is None:
+        warnings.warn(f"{path}: the file has no spectral axis to read the frequency from; assuming the bank's "
+                      f"{grid.frequency_ghz:g} GHz (give --frequency GHz if it differs).", stacklevel=3)
+        return {"observed_frequency_ghz": None, "frequency_source": "assumed the bank's", "spectral_index": alpha,
+                "frequency_factor": 1.0}
+    factor = frequency_scale(observed, grid.frequency_ghz, alpha, str(path))
+    return {"observed_frequency_ghz": observed, "frequency_source": source, "spectral_index": alpha, "frequency_factor": factor}
+
+
+def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None) -> tuple[float | None, str]:
+    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from."""
+    if max_scale_arcsec is not None:
+        if not (math.isfinite(max_scale_arcsec) and max_scale_arcsec >= 0):
+            raise ProtolibInputError(f"{observation.path}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {max_scale_arcsec}.")
+        return (float(max_scale_arcsec) or None), "given"
+    if observation.max_scale_arcsec is not None:
+        return (observation.max_scale_arcsec or None), "file"
+    return MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)"
+
+
+def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: float, field_au: float, mask_radius: float | None) -> None:
+    """One warning naming every compact source but the one nearest the centre, when there are several."""
+    if len(sources) < 2:
+        return
+    centred = min(sources, key=lambda s: s.separation_arcsec)
+    half_field = 0.5 * field_au / distance_pc
+
+    def where(s: CompactSource) -> str:
+        if mask_radius and s.separation_arcsec > mask_radius:
+            return "masked"
+        if max(abs(s.east_arcsec), abs(s.north_arcsec)) < half_field:
+            return "inside the bank's field: it is matched as part of the target"
+        return "outside the bank's field"
+
+    described = "; ".join(
+        f"{s.separation_arcsec:.1f}\" ({s.separation_arcsec * distance_pc:.0f} au) away, {s.east_arcsec:+.1f}\" east "
+        f"{s.north_arcsec:+.1f}\" north, peak {s.peak_jy_beam * 1e3:.3g} mJy/beam ({s.signal_to_noise:.0f} sigma), {where(s)}"
+        for s in sources if s is not centred)
+    warnings.warn(f"{path}: {len(sources)} compact sources above {DETECTION_SIGMA:g} sigma in the field. Centred on "
+                  f"{centred.coordinate.to_string('hmsdms', precision=2)} (peak {centred.peak_jy_beam * 1e3:.3g} mJy/beam); "
+                  f"the other{'s' if len(sources) > 2 else ''}: {described}. Pick a source with --centre 'RA DEC'; "
+                  "--mask-radius ARCSEC blanks everything further from the centre.", stacklevel=3)
+
+
+def _blank_beyond(observation: Observation, centre: SkyCoord, radius_arcsec: float) -> np.ndarray:
+    """The observation's image with every pixel further than ``radius_arcsec`` from ``centre`` blanked (NaN)."""
+    ny, nx = observation.image_jy_beam.shape
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    separation = observation.wcs.pixel_to_world(cols, rows).separation(centre).to_value(u.arcsec)
+    return np.where(separation <= radius_arcsec, observation.image_jy_beam, np.nan)
 
 
 def read_prepared_observation(path: str | Path) -> PreparedObservation:
@@ -1129,6 +1332,8 @@ def read_prepared_observation(path: str | Path) -> PreparedObservation:
         beam=beam_from("BANK_"),
         noise_rms_jy_beam=float(header.get("PROTOLIB BANK_RMS", 0.0)),
         name=str(header.get("PROTOLIB BANK", "")),
+        frequency_ghz=float(header.get("PROTOLIB BANK_FREQ", 230.0)),
+        opacity_beta=float(header.get("PROTOLIB BANK_BETA", 1.0)),
     )
     truth = {k[len("PROTOLIB TRUE ") :].lower(): float(v) for k, v in header.items() if k.startswith("PROTOLIB TRUE ")}
     return PreparedObservation(
@@ -1145,6 +1350,13 @@ def read_prepared_observation(path: str | Path) -> PreparedObservation:
         source_path=str(header.get("PROTOLIB SOURCE", "")),
         object_name=str(header.get("OBJECT", "")),
         true_parameters=truth,
+        observed_frequency_ghz=float(header.get("PROTOLIB OBS_FREQ", 0.0)) or None,
+        spectral_index=float(header.get("PROTOLIB SPEC_INDEX", 3.0)),
+        frequency_factor=float(header.get("PROTOLIB FREQ_FACTOR", 1.0)),
+        max_scale_arcsec=float(header.get("PROTOLIB MAX_SCALE", 0.0)) or None,
+        max_scale_source="file",
+        blanked_zero_fraction=float(header.get("PROTOLIB ZERO_BLANK", 0.0)),
+        mask_radius_arcsec=float(header.get("PROTOLIB MASK_RAD", 0.0)) or None,
     )
 
 
@@ -1255,6 +1467,9 @@ def write_observation_fits(
         for key, value in truth.items():
             header[f"HIERARCH PROTOLIB TRUE {key.upper()}"] = (value, f"[{units[key]}]" if units.get(key) else "")
     header["COMMENT"] = "Synthetic observation written by protolib; PROTOLIB TRUE cards hold the true values."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        header["HIERARCH PROTOLIB MAX_SCALE"] = (0.0, "[arcsec] no interferometric filtering")
     hdus = [fits.PrimaryHDU(observed.astype(np.float32)[None, None], header=header)]
     if include_model:
         model_header = ref.to_header()
