@@ -435,8 +435,9 @@ def gallery_plot(
     """The target beside its best matches, each titled with its similarity.
 
     Images are shown north up, east left, each scaled to its own 0.5-99.8 percentile range. With
-    ``residuals``, each match's panel has below it its residual map, target minus match in units of
-    the noise rms, on one diverging scale of +-5 (white: within the noise), titled with its reduced
+    ``residuals``, every image is shown on the target's scale (in mJy/beam) and each match's panel has
+    below it its residual map, target minus match in units of the noise rms, on one diverging scale,
+    linear within +-3 and logarithmic beyond (white: within the noise), titled with its reduced
     chi-square.
 
     Arguments:
@@ -487,41 +488,52 @@ def gallery_plot(
 
 def _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, *, captions, target_caption,
                             n_columns, pixel_size_au, cmap):
-    """:func:`gallery_plot` with a residual row under each row of images."""
+    """:func:`gallery_plot` with a residual row under each row of images, all images on the target's scale."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
 
     panels = [np.asarray(target_image)] + list(np.asarray(images))
     n_rows = int(np.ceil(len(panels) / n_columns))
-    fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(2.2 * n_columns, 4.6 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(2.1 * n_columns + 1.4, 4.3 * n_rows), squeeze=False,
+                             layout="constrained")
     extent = None
     if pixel_size_au is not None:
         half = 0.5 * pixel_size_au * np.shape(target_image)[-1]
         extent = (half, -half, -half, half)
-    lo, hi = np.percentile(target_image, [0.5, 99.8])
-    shown = None
+    lo, hi = np.percentile(target_image, [0.5, 99.8]) * 1e3
+    reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
+    norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
+    shown_image = shown_residual = None
     for k, img in enumerate(panels):
         ax_image, ax_residual = axes[2 * (k // n_columns), k % n_columns], axes[2 * (k // n_columns) + 1, k % n_columns]
-        ax_image.imshow(img, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12, extent=extent)
+        shown_image = ax_image.imshow(img * 1e3, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-9, extent=extent)
         if k == 0:
             ax_image.set_title(target_caption, fontsize=8, color="C3")
-            ax_residual.text(0.5, 0.5, "target minus match,\nin noise rms\n(rows below each match)", ha="center",
+            ax_residual.text(0.5, 0.5, "below each match:\ntarget minus match\nin noise rms", ha="center",
                              va="center", fontsize=8, transform=ax_residual.transAxes)
             ax_residual.set_axis_off()
         else:
             caption = f"\n{captions[k - 1]}" if captions is not None else ""
             ax_image.set_title(f"#{k}  s = {similarities[k - 1]:.3f}{caption}", fontsize=8)
-            shown = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", vmin=-5, vmax=5, extent=extent)
+            shown_residual = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", norm=norm, extent=extent)
             if reduced_chi2 is not None:
-                ax_residual.set_title(f"chi2_red = {reduced_chi2[k - 1]:.3g}", fontsize=8)
+                ax_residual.set_title(f"#{k}  chi2_red = {reduced_chi2[k - 1]:.3g}", fontsize=8)
         for ax in (ax_image, ax_residual):
             ax.set_xticks([])
             ax.set_yticks([])
     for k in range(len(panels), n_rows * n_columns):
         axes[2 * (k // n_columns), k % n_columns].set_visible(False)
         axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
-    fig.tight_layout()
-    if shown is not None:
-        fig.colorbar(shown, ax=axes[1::2].ravel().tolist(), shrink=0.6, label="(target - match) / noise rms")
+    if pixel_size_au is not None:
+        bar = 0.25 * 2 * half
+        ax = axes[0, 0]
+        ax.plot([0.9 * half, 0.9 * half - bar], [-0.85 * half, -0.85 * half], color="white", lw=2)
+        ax.text(0.9 * half - bar / 2, -0.8 * half, f"{bar:.0f} au", color="white", ha="center", va="bottom", fontsize=7)
+        ax.text(0.05, 0.95, "N up, E left", color="white", fontsize=7, transform=ax.transAxes, va="top")
+    fig.colorbar(shown_image, ax=axes[0::2].ravel().tolist(), shrink=0.8, label="image rows: mJy/beam (the target's scale)")
+    if shown_residual is not None:
+        fig.colorbar(shown_residual, ax=axes[1::2].ravel().tolist(), shrink=0.5, location="bottom", aspect=40,
+                     label="residual rows: (target - match) / noise rms (linear within +-3, logarithmic beyond)")
     return fig
 
 

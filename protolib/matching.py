@@ -980,14 +980,27 @@ def run_match(
     return report
 
 
+def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: np.random.Generator) -> np.ndarray:
+    """Bank image rows as bright as the target: from ``8 n_reference`` drawn at random, the ``n_reference``
+    whose signal rms after the transform is nearest the target's (the excess residual of faint images
+    is dominated by noise, of bright ones by the bank's coarseness: the yardstick must be like the target)."""
+    n_rows = bank.n_systems * bank.n_projections
+    candidates = np.sort(rng.choice(n_rows, size=min(8 * n_reference, n_rows), replace=False))
+    used = np.ones(np.shape(image), dtype=bool) if fit.coverage is None else fit.coverage >= 0.5
+    models = fit.models(bank.images_at(candidates // bank.n_projections, candidates % bank.n_projections))
+    brightness = np.sqrt(np.mean(np.square(models[:, used]), axis=1)) + 1e-30
+    target = math.sqrt(max(float(np.mean(np.square(image[used]))) - fit.noise_rms_jy_beam**2, 1e-30))
+    return candidates[np.argsort(np.abs(np.log(brightness / target)), kind="stable")[:n_reference]]
+
+
 def fit_matches(
     matcher: "Matcher", image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
     n_reference: int = 48, reference_top_k: int = 50, n_gallery: int = 11, seed: int = 0,
 ) -> tuple[np.ndarray | None, Any, np.ndarray | None]:
     """Every match's reduced chi-square against the target, the image-space verdict, and the gallery's residuals.
 
-    See :mod:`protolib.goodness_of_fit`. The reference is ``n_reference`` bank images drawn with
-    ``seed``, turned into targets like this one (the observation's transform and noise, or the bank's
+    See :mod:`protolib.goodness_of_fit`. The reference is ``n_reference`` bank images as bright as the
+    target (:func:`_reference_rows`, drawn with ``seed``), turned into targets like this one (the observation's transform and noise, or the bank's
     own for a bank target) and matched with their ``reference_top_k`` best matches.
 
     Returns:
@@ -1013,7 +1026,7 @@ def fit_matches(
         def observe(images):
             return images
     chi2 = fit.reduced_chi2(image, bank.images_at(matches.system, matches.projection))
-    rows = rng.choice(bank.n_systems * bank.n_projections, size=min(n_reference, bank.n_systems * bank.n_projections), replace=False)
+    rows = _reference_rows(bank, fit, image, n_reference, rng)
 
     def search(vectors, excluded):
         return matcher.index.search(vectors, top_k=reference_top_k, exclude_systems=excluded)

@@ -1183,8 +1183,6 @@ def prepare_observation(
     max_scale, max_scale_source = _max_scale_setting(observation, max_scale_arcsec)
     sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
     _warn_about_sources(path, sources, distance_pc, field_au, mask_radius_arcsec)
-    if mask_radius_arcsec:
-        image = _blank_beyond(observation, centre, mask_radius_arcsec)
     peak = float(np.nanmax(image))
     if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
         warnings.warn(
@@ -1202,7 +1200,10 @@ def prepare_observation(
             f"({field_au / distance_pc:.2f}\" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed. "
             "Check the distance and centre, or use a bank with a smaller field."
         )
-    if covered < 1.0 - 1e-3:
+    if mask_radius_arcsec:  # after the field check: what the user masks is not missing data
+        resampled, coverage = resample_to_grid(_blank_beyond(observation, centre, mask_radius_arcsec), observation.wcs,
+                                               target_wcs, (size, size))
+    elif covered < 1.0 - 1e-3:
         warnings.warn(
             f"{path}: the observation covers {100 * covered:.1f}% of the bank's {field_au:.0f} au field; "
             f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).", stacklevel=2)
