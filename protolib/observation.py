@@ -646,6 +646,12 @@ class CompactSource:
         return row
 
 
+def _plain_icrs(coordinate: SkyCoord) -> SkyCoord:
+    """The position in ICRS with no other frame attributes (an FK5 file's equinox would make offsets refuse)."""
+    icrs = coordinate.icrs
+    return SkyCoord(icrs.ra, icrs.dec, frame="icrs")
+
+
 def find_compact_sources(
     observation: Observation, noise_rms_jy_beam: float, centre: SkyCoord, *, threshold_sigma: float = DETECTION_SIGMA
 ) -> list[CompactSource]:
@@ -703,7 +709,7 @@ def find_compact_sources(
     sources = []
     for r, c in kept:
         coordinate = observation.wcs.pixel_to_world(*_refine_peak(np.where(valid, image, -np.inf), r, c))
-        east, north = centre.spherical_offsets_to(coordinate)
+        east, north = _plain_icrs(centre).spherical_offsets_to(_plain_icrs(coordinate))
         sources.append(CompactSource(coordinate, float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec)),
                                      float(image[r, c]), float(image[r, c] / noise_rms_jy_beam)))
     return sources
