@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import yaml
 
 from .distributions import ParameterSummary
@@ -74,15 +75,22 @@ def load_literature(path: str | Path | None = None) -> dict[str, LiteratureSourc
     return sources
 
 
-def compare_with_literature(summaries: Sequence[ParameterSummary], source: LiteratureSource) -> list[dict]:
+def compare_with_literature(
+    summaries: Sequence[ParameterSummary], source: LiteratureSource, prior: Mapping[str, np.ndarray] | None = None
+) -> list[dict]:
     """Each published value beside the matches' 95% interval for the same parameter.
 
     Only quantities the bank has a parameter for are compared. ``inside`` says whether the published
-    value lies inside the 95% interval, ``overlaps`` whether its published range overlaps it.
+    value lies inside the 95% interval, ``overlaps`` whether its published range overlaps it, and
+    ``informative`` whether the interval is narrower than the prior's (68% width ratio under 0.9): a
+    value inside an interval as wide as the prior says nothing for the method. With ``prior`` (the
+    bank's parameter values), ``in_prior`` says whether the published value lies within the bank's range
+    at all: outside it no match can reach it.
 
     Returns:
         One row per compared quantity: ``parameter``, ``unit``, ``literature``, ``low``, ``high``,
-        ``certainty``, ``reference``, ``p2_5``, ``median``, ``p97_5``, ``inside``, ``overlaps``.
+        ``certainty``, ``reference``, ``p2_5``, ``median``, ``p97_5``, ``inside``, ``overlaps``,
+        ``informative``, ``in_prior``.
     """
     by_name = {s.parameter: s for s in summaries}
     rows = []
@@ -98,5 +106,8 @@ def compare_with_literature(summaries: Sequence[ParameterSummary], source: Liter
             "inside": bool(summary.p2_5 <= best <= summary.p97_5),
             "overlaps": bool(low <= summary.p97_5 and high >= summary.p2_5),
             "factor_from_median": float(best / summary.median) if summary.log_scale and summary.median > 0 else math.nan,
+            "informative": bool(summary.prior_width_ratio < 0.9),
+            "in_prior": None if prior is None or quantity not in prior else
+            bool(np.min(prior[quantity]) <= best <= np.max(prior[quantity])),
         })
     return rows

@@ -382,3 +382,25 @@ def test_cli_match_writes_chi2_and_the_verdict_for_a_real_map(wide_bank, tmp_pat
     rows = [line.split(",") for line in (out / "matches.csv").read_text().splitlines()[1:]]
     chi2 = [float(r[header.index("reduced_chi2")]) for r in rows]
     assert min(chi2) == pytest.approx(fit["best_reduced_chi2"], rel=1e-6)
+
+
+def test_a_given_centre_works_on_an_fk5_map_and_offsets_are_from_it(tmp_path):
+    data = noisy_source() + gaussian((240, 240), PIXEL, 1.0, 20 * NOISE, offset=(1.0, 4.0))
+    path = write_map(tmp_path / "fk5.fits", data, extra={"RADESYS": "FK5", "EQUINOX": 2000.0})
+    companion = CENTRE.spherical_offsets_by(1.0 * u.arcsec, 4.0 * u.arcsec)
+    with pytest.warns(UserWarning, match=r"2 compact sources .*4\.\d\" .*-1\.\d\" east -4\.\d\" north"):
+        prepared = prepare_observation(path, BankGrid(32, 125.0, 140.0, Beam(0.25, 0.25)), 300.0,
+                                       centre=companion.to_string("hmsdms"), mask_radius_arcsec=2.0)
+    assert prepared.centre.separation(companion).arcsec < 1e-3
+
+
+def test_the_literature_table_names_a_shipped_map_and_a_reference_for_every_value():
+    from protolib.literature import load_literature
+
+    sources = load_literature()
+    assert {"B5-IRS1", "HH211-mms", "L1448-IRS3B", "L1448-IRS3A"} <= set(sources)
+    for source in sources.values():
+        assert source.path.is_file() and source.distance_pc > 0
+        for quantity, value in source.values.items():
+            assert value["low"] <= value["value"] <= value["high"], (source.name, quantity)
+            assert value["reference"] in source.references and value["certainty"] in {"measured", "estimated", "uncertain"}
