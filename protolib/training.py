@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,12 +187,23 @@ def save_checkpoint(data: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
-    """Read a checkpoint written by :func:`fit`, checking it is one (and of ``kind`` when given)."""
+    """Read a checkpoint written by :func:`fit`, checking it is one (and of ``kind`` when given).
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain data only, so a crafted
+    file cannot run code when it is loaded. protolib's checkpoints hold nothing else.
+    """
     path = Path(path)
     if not path.exists():
         raise ProtolibInputError(f"Checkpoint {path} does not exist.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise ProtolibInputError(
+            f"Checkpoint {path} was refused: it holds Python objects, not only weights and plain data ({first[:160]}), "
+            "and loading it could run code. protolib's own checkpoints never do; retrain, or ask whoever sent it for one "
+            "written by protolib."
+        ) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input problem
         raise ProtolibInputError(f"Checkpoint {path} could not be read ({error}).") from None
     if not isinstance(data, dict) or "model_state" not in data:

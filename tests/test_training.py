@@ -124,3 +124,24 @@ def test_command_line_trains_both_networks_and_reports_held_out_metrics(bank, tm
     assert load_siamese(tmp_path / "siamese.pt", "cpu").checkpoint["config"]["model"]["hidden_size"] == 16
     assert "held-out spearman" in capsys.readouterr().out
     assert main(["train-siamese", *common, "--autoencoder", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(tmp_path):
+    import os
+    import pickle
+
+    from protolib.runtime import ProtolibInputError
+    from protolib.training import load_checkpoint
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "siamese.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"model_state": {}, "kind": "siamese", "extra": Payload()}, handle)
+    with pytest.raises(ProtolibInputError, match=r"siamese\.pt was refused: it holds Python objects.*could run code"):
+        load_checkpoint(path, "siamese")
+    assert not marker.exists()
