@@ -128,6 +128,8 @@ def _register_match(sub) -> None:
         print(verdict["message"], file=sys.stderr if verdict["is_out_of_distribution"] else sys.stdout)
         if fit is not None:
             print(fit["message"], file=sys.stdout if fit["reproduces"] else sys.stderr)
+        if report.get("interval_calibration"):
+            print(_calibration_note(report["interval_calibration"]))
         print(f"Verdict: {overall['message']}", file=sys.stdout if overall["trusted"] else sys.stderr)
 
     p.set_defaults(handler=handler)
@@ -143,6 +145,18 @@ def _preparation_notes(info: dict) -> str:
              if info.get("max_scale_arcsec") else "no interferometric filtering")
     zeros = f"; {100 * info['blanked_zero_fraction']:.0f}% of pixels were zero-valued blanking" if info.get("blanked_zero_fraction") else ""
     return f"Frequency {frequency}; {scale}; {len(info.get('compact_sources', []))} compact source(s) in the field{zeros}."
+
+
+def _calibration_note(calibration: dict) -> str:
+    """One line: how much the intervals were widened to be honest on the reference targets."""
+    widened = {name: c for name, c in calibration.items() if c["widening"] > 1.0}
+    n = next(iter(calibration.values()))["n_reference"]
+    if not widened:
+        return f"Intervals as the matches give them: on {n} reference bank images seen like this target they already hold the truth as often as claimed."
+    parts = ", ".join(f"{name} x{c['widening']:g} (95% coverage {c['raw_coverage_95']:.2f} -> {c['coverage_95']:.2f})"
+                      for name, c in widened.items())
+    return (f"Intervals in summary.csv widened about the median, so that on {n} reference bank images seen like this target "
+            f"they hold the truth as often as claimed: {parts}.")
 
 
 def _run_reporting_warnings(command: str, action):

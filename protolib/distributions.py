@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -39,6 +40,10 @@ __all__ = [
     "truth_coverage",
     "match_rows",
     "match_images",
+    "central_intervals",
+    "central_coverage",
+    "calibrate_widening",
+    "reference_calibration",
     "write_match_report",
 ]
 
@@ -120,6 +125,107 @@ def weighted_percentile(values: np.ndarray, percentiles: Sequence[float], weight
     return np.interp(np.asarray(percentiles) / 100.0, cumulative, values)
 
 
+def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.ndarray | None = None,
+                      *, widening: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median and central intervals of each target's samples, optionally widened about the median.
+
+    Arguments:
+        samples: ``(T, n)`` each target's match values (one parameter, scaled).
+        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
+        weights: ``(T, n)`` optional weight per match.
+        widening: each interval's distance from the median is multiplied by this (1: the percentiles).
+
+    Returns:
+        ``median (T,)``, ``low (T, L)`` and ``high (T, L)``.
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    percentiles = np.r_[50.0, 50 - 50 * levels, 50 + 50 * levels]
+    bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
+    median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
+    return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
+
+
+def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float] = (0.5, 0.68, 0.95),
+                     weights: np.ndarray | None = None, *, widening: float = 1.0) -> np.ndarray:
+    """How often the truth lies within the samples' central interval at each level.
+
+    Arguments:
+        samples: ``(T, n)`` each target's match values (one parameter, scaled).
+        truths: ``(T,)`` the true values.
+        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
+        weights: ``(T, n)`` optional weight per match.
+        widening: intervals widened about the median by this factor (:func:`central_intervals`).
+
+    Returns:
+        ``(len(levels),)`` the fraction of targets covered; a calibrated method gives ``levels``.
+    """
+    _, low, high = central_intervals(samples, levels, weights, widening=widening)
+    truths = np.asarray(truths)[:, None]
+    return ((low <= truths) & (truths <= high)).mean(0)
+
+
+WIDENING_CANDIDATES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
+def calibrate_widening(
+    samples: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray], candidates: Sequence[float] = WIDENING_CANDIDATES
+) -> dict[str, dict]:
+    """Per parameter, the widening of the central intervals about the median that makes them honest on reference targets.
+
+    The reference targets are bank images seen like the target (see
+    :func:`protolib.matching.fit_matches`), whose true parameters are known. For each parameter the
+    least widening whose 68% and 95% coverage both reach nominal on the references, within one
+    binomial standard error of their number, is chosen (the largest candidate when none does). This is
+    one-sided on purpose: measured on NOEMA-like synthetic observations, choosing the widening whose
+    coverage is closest to nominal instead left the intervals short (benchmarks/README.md). Widening
+    never narrows.
+
+    Arguments:
+        samples: name -> ``(T, n)`` each reference target's match values, scaled (log10 where the
+            parameter is log-scaled).
+        truths: name -> ``(T,)`` their true values, scaled the same way.
+        candidates: widenings tried.
+
+    Returns:
+        name -> ``{"widening", "coverage_68", "coverage_95", "raw_coverage_68", "raw_coverage_95", "n_reference"}``.
+    """
+    out = {}
+    for name, values in samples.items():
+        scored = []
+        for widening in candidates:
+            c68, c95 = central_coverage(values, truths[name], (0.68, 0.95), widening=widening)
+            scored.append((abs(c68 - 0.68) + abs(c95 - 0.95), float(widening), float(c68), float(c95)))
+        n = max(len(values), 1)
+        enough = [s for s in scored if s[2] >= 0.68 - math.sqrt(0.68 * 0.32 / n) and s[3] >= 0.95 - math.sqrt(0.95 * 0.05 / n)]
+        _, widening, c68, c95 = min(enough, key=lambda s: s[1]) if enough else max(scored, key=lambda s: s[1])
+        raw = next(s for s in scored if s[1] == 1.0) if 1.0 in candidates else scored[0]
+        out[name] = {"widening": widening, "coverage_68": c68, "coverage_95": c95, "raw_coverage_68": raw[2],
+                     "raw_coverage_95": raw[3], "n_reference": int(len(values))}
+    return out
+
+
+def reference_calibration(bank: Bank, reference_rows: np.ndarray, reference_matches: Sequence[Matches]) -> dict[str, dict]:
+    """:func:`calibrate_widening` over reference bank images and their matches, for every bank parameter and the inclination.
+
+    Arguments:
+        bank: the bank.
+        reference_rows: ``(T,)`` the reference images' rows (``system * n_projections + projection``).
+        reference_matches: each reference image's matches (as many as the target's), best first.
+    """
+    names = [*bank.parameters, "inclination"]
+    k = min(len(m) for m in reference_matches)
+    samples = {name: [] for name in names}
+    truths = {name: [] for name in names}
+    for row, matches in zip(np.asarray(reference_rows), reference_matches):
+        values = match_parameters(bank, matches.head(k), names)
+        truth = truth_parameters(bank, int(row) // bank.n_projections, int(row) % bank.n_projections)
+        for name in names:
+            info = _info(name, bank.parameter_info)
+            samples[name].append(_scaled(values[name], info.log_scale, name))
+            truths[name].append(_scaled(np.array([truth[name]]), info.log_scale, name)[0])
+    return calibrate_widening({n: np.stack(v) for n, v in samples.items()}, {n: np.array(v) for n, v in truths.items()})
+
+
 def similarity_weights(similarity: np.ndarray, temperature: float = 0.02) -> np.ndarray:
     """Weights ``exp((s - s_max) / temperature)`` for matches of similarity ``s``, summing to 1.
 
@@ -139,7 +245,9 @@ class ParameterSummary:
     """One parameter's distribution over the best matches, in physical units.
 
     ``width_68`` is half the 16-84 range, in dex for log-scaled parameters; ``prior_width_ratio``
-    compares it with the prior's (near 1: the matches do not constrain the parameter).
+    compares it with the prior's (near 1: the matches do not constrain the parameter). When
+    ``widening`` is not 1, the ranges are the matches' percentiles widened about the median by that
+    factor, as calibrated on reference targets (:func:`calibrate_widening`).
     """
 
     parameter: str
@@ -153,6 +261,7 @@ class ParameterSummary:
     width_68: float
     prior_width_ratio: float
     n_matches: int
+    widening: float = 1.0  # the intervals' scaling about the median (calibration on reference targets; 1: the raw percentiles)
     truth: float = float("nan")
 
 
@@ -164,6 +273,7 @@ def summarise(
     prior: Mapping[str, np.ndarray] | None = None,
     truths: Mapping[str, float] | None = None,
     parameter_info: Mapping[str, Parameter] | None = None,
+    widening: Mapping[str, float] | None = None,
 ) -> list[ParameterSummary]:
     """Median, 16/84 and 2.5/97.5 percentiles of each parameter over the matches.
 
@@ -177,6 +287,8 @@ def summarise(
         prior: name -> values over the whole bank, for ``prior_width_ratio``.
         truths: name -> true value, when the target is simulated.
         parameter_info: units and log scaling (default: :data:`~protolib.parameters.PARAMETERS`).
+        widening: name -> factor by which each range is widened about the median (default 1), e.g.
+            from :func:`calibrate_widening`.
 
     Returns:
         One :class:`ParameterSummary` per parameter.
@@ -189,6 +301,8 @@ def summarise(
         info = _info(name, parameter_info)
         scaled = _scaled(samples[name], info.log_scale, name)
         p2_5, p16, p50, p84, p97_5 = weighted_percentile(scaled, PERCENTILES, weights)
+        factor = float((widening or {}).get(name, 1.0))
+        p2_5, p16, p84, p97_5 = (p50 + factor * (p - p50) for p in (p2_5, p16, p84, p97_5))
         width = 0.5 * (p84 - p16)
         ratio = float("nan")
         if prior is not None and name in prior:
@@ -197,7 +311,7 @@ def summarise(
         back = (lambda v: float(10**v)) if info.log_scale else float
         truth = float(truths[name]) if truths and name in truths else float("nan")
         summaries.append(ParameterSummary(name, info.unit, info.log_scale, back(p50), back(p16), back(p84), back(p2_5),
-                                          back(p97_5), float(width), ratio, len(scaled), truth))
+                                          back(p97_5), float(width), ratio, len(scaled), widening=factor, truth=truth))
     return summaries
 
 
@@ -237,12 +351,15 @@ def _within(low: float, value: float, high: float, rtol: float = 1e-9) -> bool:
 
 
 def format_summary(summaries: Sequence[ParameterSummary]) -> str:
-    """A plain-text table of summaries: median with 68% and 95% ranges, units, and truth when known."""
-    lines = [f"{'parameter':<18} {'median':>10} {'16%':>10} {'84%':>10} {'2.5%':>10} {'97.5%':>10}  {'unit':<8} {'width/prior':>11} {'truth':>10}"]
+    """A plain-text table of summaries: median with 68% and 95% ranges, units, and truth when known
+    (with a ``widened`` column when any range was calibrated)."""
+    calibrated = any(s.widening != 1.0 for s in summaries)
+    lines = [f"{'parameter':<18} {'median':>10} {'16%':>10} {'84%':>10} {'2.5%':>10} {'97.5%':>10}  {'unit':<8} {'width/prior':>11} {'truth':>10}"
+             + (f" {'widened':>8}" if calibrated else "")]
     for s in summaries:
         lines.append(
             f"{s.parameter:<18} {s.median:>10.3g} {s.p16:>10.3g} {s.p84:>10.3g} {s.p2_5:>10.3g} {s.p97_5:>10.3g}  "
-            f"{s.unit:<8} {s.prior_width_ratio:>11.2f} {s.truth:>10.3g}"
+            f"{s.unit:<8} {s.prior_width_ratio:>11.2f} {s.truth:>10.3g}" + (f" {s.widening:>8.3g}" if calibrated else "")
         )
     return "\n".join(lines)
 
@@ -566,6 +683,7 @@ def write_match_report(
     reduced_chi2: np.ndarray | None = None,
     fit_verdict=None,
     gallery_residuals: np.ndarray | None = None,
+    calibration: Mapping[str, dict] | None = None,
 ) -> dict:
     """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
 
@@ -588,6 +706,8 @@ def write_match_report(
         reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target (a column of
             ``matches.csv``); ``fit_verdict``: the :class:`~protolib.goodness_of_fit.FitVerdict`;
             ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
+        calibration: name -> the calibration of :func:`reference_calibration`; ``summary.csv`` then
+            holds the calibrated (widened) ranges, and ``report.json`` the calibration.
 
     Returns:
         The report (as written to ``report.json``).
@@ -605,7 +725,8 @@ def write_match_report(
     samples = match_parameters(bank, matches)
     prior = prior_parameters(bank)
     weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
-    summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info)
+    widening = None if calibration is None else {name: c["widening"] for name, c in calibration.items()}
+    summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening)
     gallery_images = match_images(bank, matches.head(n_gallery))
     if match_image_transform is not None:
         gallery_images = match_image_transform(gallery_images)
@@ -638,6 +759,7 @@ def write_match_report(
         "best_similarity": float(matches.similarity[0]),
         "out_of_distribution": verdict.to_dict(),
         "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
+        "interval_calibration": None if calibration is None else dict(calibration),
         "verdict": _overall_verdict(verdict, fit_verdict),
         "summary": [asdict(s) for s in summaries],
         "versions": _versions(__version__, platform.python_version()),

@@ -37,7 +37,7 @@ import torch
 from scipy.stats import chisquare, spearmanr
 
 from .bank import Bank
-from .distributions import _plain_json, similarity_weights, weighted_percentile
+from .distributions import _plain_json, central_coverage, central_intervals, similarity_weights, weighted_percentile
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser
 from .runtime import ProtolibInputError, atomic_path
@@ -364,45 +364,6 @@ def r_squared(estimate: np.ndarray, truth: np.ndarray) -> float:
     estimate, truth = np.asarray(estimate, dtype=np.float64), np.asarray(truth, dtype=np.float64)
     total = ((truth - truth.mean()) ** 2).sum()
     return float(1.0 - ((truth - estimate) ** 2).sum() / total) if total > 0 else float("nan")
-
-
-def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.ndarray | None = None,
-                      *, widening: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median and central intervals of each target's samples, optionally widened about the median.
-
-    Arguments:
-        samples: ``(T, n)`` each target's match values (one parameter, scaled).
-        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
-        weights: ``(T, n)`` optional weight per match.
-        widening: each interval's distance from the median is multiplied by this (1: the percentiles).
-
-    Returns:
-        ``median (T,)``, ``low (T, L)`` and ``high (T, L)``.
-    """
-    levels = np.asarray(levels, dtype=np.float64)
-    percentiles = np.r_[50.0, 50 - 50 * levels, 50 + 50 * levels]
-    bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
-    median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
-    return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
-
-
-def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float] = COVERAGE_LEVELS,
-                     weights: np.ndarray | None = None, *, widening: float = 1.0) -> np.ndarray:
-    """How often the truth lies within the samples' central interval at each level.
-
-    Arguments:
-        samples: ``(T, n)`` each target's match values (one parameter, scaled).
-        truths: ``(T,)`` the true values.
-        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
-        weights: ``(T, n)`` optional weight per match.
-        widening: intervals widened about the median by this factor (:func:`central_intervals`).
-
-    Returns:
-        ``(len(levels),)`` the fraction of targets covered; a calibrated method gives ``levels``.
-    """
-    _, low, high = central_intervals(samples, levels, weights, widening=widening)
-    truths = np.asarray(truths)[:, None]
-    return ((low <= truths) & (truths <= high)).mean(0)
 
 
 def truth_ranks(samples: np.ndarray, truths: np.ndarray, *, seed: int = 0) -> np.ndarray:

@@ -113,7 +113,8 @@ def reference_chi2(
         n_projections: projections per system in the bank.
 
     Returns:
-        ``(best reduced chi-square, its excess residual)``, each ``(len(reference_rows),)``.
+        ``(best reduced chi-square, its excess residual, the matches)``: two arrays ``(len(reference_rows),)``
+        and each reference image's :class:`~protolib.matching.Matches` (for calibrating intervals).
     """
     systems, projections = reference_rows // n_projections, reference_rows % n_projections
     targets = np.asarray(observe(load_images(systems, projections)), dtype=np.float32)
@@ -124,7 +125,7 @@ def reference_chi2(
     for i, matches in enumerate(found):
         best[i] = fit.reduced_chi2(targets[i], load_images(matches.system, matches.projection)).min()
         excess[i] = fit.excess(targets[i], best[i])
-    return best, excess
+    return best, excess, found
 
 
 @dataclass

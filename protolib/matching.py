@@ -49,6 +49,7 @@ __all__ = [
     "read_observation_target",
     "run_match",
     "fit_matches",
+    "MatchFit",
     "MatchingSettings",
     "matching_settings",
 ]
@@ -968,7 +969,7 @@ def run_match(
         inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
                             "true_parameters_in_file": truths is not None}
     verdict = matcher.check(matches)
-    chi2, fit_verdict, residuals = fit_matches(matcher, image, matches, observation=None if target is None else observation)
+    fit = fit_matches(matcher, image, matches, observation=None if target is None else observation)
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None}
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
@@ -976,7 +977,8 @@ def run_match(
     report = distributions.write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths,
                                               weight_temperature=weight_temperature, inputs=inputs, settings=settings,
                                               corner_parameters=corner_parameters, match_image_transform=matcher.transform,
-                                              reduced_chi2=chi2, fit_verdict=fit_verdict, gallery_residuals=residuals)
+                                              **({} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
+                                                                        "gallery_residuals": fit.residuals, "calibration": fit.calibration}))
     return report
 
 
@@ -993,20 +995,43 @@ def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: n
     return candidates[np.argsort(np.abs(np.log(brightness / target)), kind="stable")[:n_reference]]
 
 
+@dataclass
+class MatchFit:
+    """What the image-space comparison of a target with its matches gives (:func:`fit_matches`).
+
+    Attributes:
+        reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target.
+        verdict: the :class:`~protolib.goodness_of_fit.FitVerdict`.
+        residuals: ``(n_gallery, H, W)`` the first matches' residual maps, in noise rms.
+        calibration: parameter -> the widening of the intervals that makes them honest on the
+            reference targets, with the coverage before and after (:func:`~protolib.distributions.reference_calibration`).
+    """
+
+    reduced_chi2: np.ndarray
+    verdict: Any
+    residuals: np.ndarray
+    calibration: dict
+
+
 def fit_matches(
     matcher: "Matcher", image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
-    n_reference: int = 48, reference_top_k: int = 50, n_gallery: int = 11, seed: int = 0,
-) -> tuple[np.ndarray | None, Any, np.ndarray | None]:
-    """Every match's reduced chi-square against the target, the image-space verdict, and the gallery's residuals.
+    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0,
+) -> MatchFit | None:
+    """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
+    residuals, and the intervals' calibration at the target's resolution and noise.
 
     See :mod:`protolib.goodness_of_fit`. The reference is ``n_reference`` bank images as bright as the
-    target (:func:`_reference_rows`, drawn with ``seed``), turned into targets like this one (the observation's transform and noise, or the bank's
-    own for a bank target) and matched with their ``reference_top_k`` best matches.
+    target (:func:`_reference_rows`, drawn with ``seed``), turned into targets like this one (the
+    observation's transform and noise, or the bank's own for a bank target) and matched with their
+    ``reference_top_k`` best matches (default: as many as the target has). Their true parameters are
+    known, so they also calibrate the target's intervals: how much the central intervals of that many
+    matches must be widened about the median to hold the truth as often as they claim, at this
+    observation's beam and noise.
 
     Returns:
-        ``(reduced_chi2 (n_matches,), FitVerdict, residuals (n_gallery, H, W) in noise units)``, or
-        ``(None, None, None)`` for a noiseless bank target (no noise to judge a residual by).
+        The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
     """
+    from .distributions import reference_calibration
     from .goodness_of_fit import ImageFit, judge_fit, reference_chi2
 
     bank = matcher.bank
@@ -1020,7 +1045,7 @@ def fit_matches(
     else:
         noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
         if not noise > 0:
-            return None, None, None
+            return None
         fit = ImageFit(None, noise, noise)
 
         def observe(images):
@@ -1029,10 +1054,11 @@ def fit_matches(
     rows = _reference_rows(bank, fit, image, n_reference, rng)
 
     def search(vectors, excluded):
-        return matcher.index.search(vectors, top_k=reference_top_k, exclude_systems=excluded)
+        return matcher.index.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)
 
-    reference = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections)
+    best_chi2, best_excess, found = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections)
     head = matches.head(n_gallery)
     residuals = fit.residuals(image, bank.images_at(head.system, head.projection))
     best = float(chi2.min())
-    return chi2, judge_fit(best, float(fit.excess(image, best)), reference), residuals
+    verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess))
+    return MatchFit(chi2, verdict, residuals, reference_calibration(bank, rows, found))

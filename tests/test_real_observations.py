@@ -301,10 +301,10 @@ def test_a_target_the_bank_holds_fits_at_the_noise_level(fit_bank):
     for system in (3, 17, 29):
         image, observation = target(fit_bank.images[system, 1], seed=system)
         matches = matcher.match(image, top_k=10)  # its own system may match: the bank holds the truth
-        chi2, verdict, residuals = fit_matches(matcher, image, matches, observation=observation, n_reference=16, reference_top_k=10)
-        assert chi2.min() == pytest.approx(1.0, abs=0.25)
-        assert verdict.reproduces and "noise level" in verdict.message
-        assert residuals.shape == (10, 32, 32)
+        fit = fit_matches(matcher, image, matches, observation=observation, n_reference=16)
+        assert fit.reduced_chi2.min() == pytest.approx(1.0, abs=0.25)
+        assert fit.verdict.reproduces and "noise level" in fit.verdict.message
+        assert fit.residuals.shape == (10, 32, 32)
 
 
 def test_held_out_systems_fit_as_well_as_the_bank_fits_itself(fit_bank):
@@ -313,7 +313,7 @@ def test_held_out_systems_fit_as_well_as_the_bank_fits_itself(fit_bank):
     for system in range(0, 40, 4):
         image, observation = target(fit_bank.images[system, 0], seed=100 + system)
         matches = matcher.match(image, top_k=20, exclude_system=system)
-        verdicts.append(fit_matches(matcher, image, matches, observation=observation, n_reference=32, reference_top_k=20)[1].reproduces)
+        verdicts.append(fit_matches(matcher, image, matches, observation=observation, n_reference=32).verdict.reproduces)
     assert sum(verdicts) >= 8, verdicts
 
 
@@ -329,7 +329,7 @@ def test_a_binary_or_a_ring_is_flagged(fit_bank, kind):
         image = image.max() * np.exp(-0.5 * ((np.hypot(north, west) - 9.0) / 1.2) ** 2)
     observed, observation = target(image.astype(np.float32), seed=5)
     matches = matcher.match(observed, top_k=20)
-    chi2, verdict, _ = fit_matches(matcher, observed, matches, observation=observation, n_reference=32, reference_top_k=20)
+    verdict = fit_matches(matcher, observed, matches, observation=observation, n_reference=32).verdict
     assert not verdict.reproduces and verdict.message.startswith("WARNING: no bank image reproduces the target")
 
 
@@ -404,3 +404,26 @@ def test_the_literature_table_names_a_shipped_map_and_a_reference_for_every_valu
         for quantity, value in source.values.items():
             assert value["low"] <= value["value"] <= value["high"], (source.name, quantity)
             assert value["reference"] in source.references and value["certainty"] in {"measured", "estimated", "uncertain"}
+
+
+def test_calibration_widens_intervals_that_are_too_narrow_and_leaves_honest_ones():
+    from protolib.distributions import calibrate_widening
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=1000)
+    truths = centres + rng.normal(size=1000)  # the truth scatters by 1 about each target's centre
+    honest = centres[:, None] + 1.1 * rng.normal(size=(1000, 200))  # a little wide: already honest
+    narrow = centres[:, None] + 0.5 * rng.normal(size=(1000, 200))  # matches twice too concentrated
+    result = calibrate_widening({"honest": honest, "narrow": narrow}, {"honest": truths, "narrow": truths})
+    assert result["honest"]["widening"] == 1.0
+    assert result["narrow"]["widening"] in (2.0, 2.5) and result["narrow"]["raw_coverage_95"] < 0.75
+    assert result["narrow"]["coverage_68"] >= 0.66 and result["narrow"]["coverage_95"] >= 0.94
+
+
+def test_run_match_reports_calibrated_intervals(fit_bank, tmp_path):
+    matcher, target = observation_like(fit_bank, noise=3e-4)
+    image, observation = target(fit_bank.images[5, 0], seed=9)
+    matches = matcher.match(image, top_k=20, exclude_system=5)
+    fit = fit_matches(matcher, image, matches, observation=observation, n_reference=32)
+    assert set(fit.calibration) >= {"stellar_mass", "disk_radius", "inclination"}
+    assert all(c["widening"] >= 1.0 and c["n_reference"] == 32 for c in fit.calibration.values())
