@@ -303,6 +303,9 @@ def summarise(
         p2_5, p16, p50, p84, p97_5 = weighted_percentile(scaled, PERCENTILES, weights)
         factor = float((widening or {}).get(name, 1.0))
         p2_5, p16, p84, p97_5 = (p50 + factor * (p - p50) for p in (p2_5, p16, p84, p97_5))
+        if factor != 1.0 and prior is not None and name in prior:  # a widened range stops at the bank's own range
+            bounds = _scaled(prior[name], info.log_scale, name)
+            p2_5, p16, p84, p97_5 = np.clip([p2_5, p16, p84, p97_5], bounds.min(), bounds.max())
         width = 0.5 * (p84 - p16)
         ratio = float("nan")
         if prior is not None and name in prior:
