@@ -60,6 +60,15 @@ class ImageFit:
             raise ValueError("A goodness of fit needs a positive noise rms.")
         self.coverage = None if coverage is None else np.asarray(coverage, dtype=np.float32)
 
+    def used(self, shape: tuple[int, ...]) -> np.ndarray:
+        """``(H, W)`` the pixels the chi-square is taken over: those at least half observed."""
+        return np.ones(shape, dtype=bool) if self.coverage is None else self.coverage >= 0.5
+
+    def signal_rms(self, image: np.ndarray) -> float:
+        """The rms of ``image``'s signal over the used pixels, its noise taken out."""
+        values = np.asarray(image, dtype=np.float64)[self.used(np.shape(image))]
+        return math.sqrt(max(float(np.mean(np.square(values))) - self.noise_rms_jy_beam**2, 1e-30))
+
     def models(self, bank_images: np.ndarray) -> np.ndarray:
         """Bank images ``(N, H, W)`` as the target sees them (noise-free transform)."""
         images = np.asarray(bank_images, dtype=np.float32)
@@ -74,18 +83,14 @@ class ImageFit:
 
     def reduced_chi2(self, target: np.ndarray, bank_images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Reduced chi-square ``(N,)`` of each bank image against ``target`` (mean over observed pixels)."""
-        used = np.ones(np.shape(target), dtype=bool) if self.coverage is None else self.coverage >= 0.5
-        n_used = max(int(used.sum()), 1)
+        n_used = max(int(self.used(np.shape(target)).sum()), 1)
         out = [np.square(self.residuals(target, bank_images[i : i + batch_size])).sum(axis=(1, 2)) / n_used
                for i in range(0, len(bank_images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
     def excess(self, target: np.ndarray, reduced_chi2: np.ndarray | float) -> np.ndarray:
         """The residual beyond the noise as a fraction of the target's signal rms (see the module)."""
-        used = np.ones(np.shape(target), dtype=bool) if self.coverage is None else self.coverage >= 0.5
-        signal = math.sqrt(max(float(np.mean(np.square(np.asarray(target, dtype=np.float64)[used]))) - self.noise_rms_jy_beam**2,
-                               1e-30))
-        return np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None)) * self.sigma / signal
+        return np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None)) * self.sigma / self.signal_rms(target)
 
 
 def reference_chi2(

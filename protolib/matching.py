@@ -988,11 +988,9 @@ def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: n
     is dominated by noise, of bright ones by the bank's coarseness: the yardstick must be like the target)."""
     n_rows = bank.n_systems * bank.n_projections
     candidates = np.sort(rng.choice(n_rows, size=min(8 * n_reference, n_rows), replace=False))
-    used = np.ones(np.shape(image), dtype=bool) if fit.coverage is None else fit.coverage >= 0.5
     models = fit.models(bank.images_at(candidates // bank.n_projections, candidates % bank.n_projections))
-    brightness = np.sqrt(np.mean(np.square(models[:, used]), axis=1)) + 1e-30
-    target = math.sqrt(max(float(np.mean(np.square(image[used]))) - fit.noise_rms_jy_beam**2, 1e-30))
-    return candidates[np.argsort(np.abs(np.log(brightness / target)), kind="stable")[:n_reference]]
+    brightness = np.sqrt(np.mean(np.square(models[:, fit.used(np.shape(image))]), axis=1)) + 1e-30
+    return candidates[np.argsort(np.abs(np.log(brightness / fit.signal_rms(image))), kind="stable")[:n_reference]]
 
 
 @dataclass
