@@ -2,17 +2,31 @@
 
 __version__ = "0.1.0"
 
-from .bank import Bank, draw_systems, import_thesis_snapshots, render_systems, simulate_bank
-from .config import load_config
-from .autoencoder import load_autoencoder
-from .instrument import Beam, Instrument
-from .matching import Matcher
-from .normalise import ParameterNormaliser
-from .observation import ResolutionMatch, prepare_observation, read_observation, write_observation_fits
-from .parameters import PARAMETER_NAMES, PARAMETERS, Prior
-from .siamese import load_siamese
-from .simulator import SimulatorConfig, render
-from .splits import Split, split_systems
+# Names are imported on first use (PEP 562), so that `import protolib` and the command line start
+# fast and torch is loaded only by what needs it.
+_EXPORTS = {
+    "Bank": "bank", "draw_systems": "bank", "import_thesis_snapshots": "bank", "render_systems": "bank", "simulate_bank": "bank",
+    "load_config": "config", "load_autoencoder": "autoencoder", "Beam": "instrument", "Instrument": "instrument",
+    "Matcher": "matching", "ParameterNormaliser": "normalise", "ResolutionMatch": "observation",
+    "prepare_observation": "observation", "read_observation": "observation", "write_observation_fits": "observation",
+    "PARAMETER_NAMES": "parameters", "PARAMETERS": "parameters", "Prior": "parameters", "load_siamese": "siamese",
+    "SimulatorConfig": "simulator", "render": "simulator", "Split": "splits", "split_systems": "splits",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'protolib' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "Bank",

@@ -40,6 +40,7 @@ __all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "ren
 
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
+IMAGE_CHECK_BYTES = 4 * 2**30  # banks up to this size have every pixel checked for NaN and inf when opened
 
 
 class Bank:
@@ -56,6 +57,8 @@ class Bank:
         self.path = Path(path)
         if not self.path.exists():
             raise ProtolibInputError(f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`.")
+        if self.path.is_dir():
+            raise ProtolibInputError(f"{self.path} is a folder, not a bank file; give the .h5 file inside it.")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
@@ -84,6 +87,56 @@ class Bank:
         self.position_angle: np.ndarray = self._file["viewing/position_angle"][()]
         self.system_id: np.ndarray = self._file["system_id"][()]
         self.attrs: dict = {k: _plain(v) for k, v in self._file.attrs.items()}
+        try:
+            self._validate()
+        except ProtolibInputError:
+            self._file.close()
+            raise
+
+    def _validate(self) -> None:
+        """Refuse NaN or infinite parameters, viewing angles and pixels, and log-scaled parameters <= 0.
+
+        Viewing angles that are NaN for every image mean "unknown" (banks imported from the thesis's
+        files), and are accepted.
+
+        Such values train networks to NaN and give tables of NaN, so they are refused where the data
+        enter, with the dataset and the count. Images are checked in chunks of systems (all of them up
+        to :data:`IMAGE_CHECK_BYTES`; beyond, an evenly spaced sample of systems, so that opening a
+        huge bank stays quick; training then stops on the first non-finite loss).
+        """
+        tables = {f"parameters/{n}": v for n, v in self.parameters.items()}
+        tables.update({"viewing/inclination": self.inclination, "viewing/position_angle": self.position_angle})
+        for name, values in tables.items():
+            values = np.asarray(values, dtype=np.float64)
+            if name.startswith("viewing/") and np.isnan(values).all():
+                continue  # angles unknown for the whole bank (an imported one): recorded as NaN throughout
+            bad = ~np.isfinite(values)
+            if bad.any():
+                systems = np.unique(np.nonzero(bad)[0])
+                raise ProtolibInputError(
+                    f"{self.path}: {name} holds {int(bad.sum())} NaN or infinite value(s) (system(s) {_first(systems)}); "
+                    "re-render or remove those systems.")
+        for name, info in self.parameter_info.items():
+            values = self.parameters[name]
+            if info.log_scale and np.any(values <= 0):
+                systems = np.nonzero(values <= 0)[0]
+                raise ProtolibInputError(
+                    f"{self.path}: parameters/{name} is log-scaled and must be positive, but {len(systems)} value(s) are <= 0 "
+                    f"(system(s) {_first(systems)}); fix or remove those systems.")
+        n = self.n_systems
+        step = max(1, math.ceil(self.images.nbytes / IMAGE_CHECK_BYTES))
+        systems = np.arange(0, n, step)
+        count, where = 0, []
+        for chunk, images in self.iter_batches(systems, max(1, int(2**26 // max(1, _system_bytes(self.images))))):
+            bad = ~np.isfinite(images)
+            if bad.any():
+                count += int(bad.sum())
+                where.extend(chunk[np.any(bad.reshape(len(chunk), -1), axis=1)].tolist())
+        if count:
+            checked = "" if step == 1 else f" in the {len(systems)} systems checked of {n}"
+            raise ProtolibInputError(
+                f"{self.path}: images holds {count} NaN or infinite pixel(s){checked} (system(s) {_first(np.array(where))}); "
+                "re-render or remove those systems.")
 
     @property
     def n_systems(self) -> int:
@@ -126,6 +179,12 @@ class Bank:
             "created": self.attrs.get("created"),
             "protolib_version": self.attrs.get("protolib_version"),
         }
+
+    @property
+    def file_state(self) -> dict:
+        """The bank file's size and modification time: a bank rewritten in place gets new embeddings."""
+        stat = self.path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
     def parameter_table(self, names: list[str] | None = None) -> np.ndarray:
         """Parameters as a ``(n_systems, n_names)`` float64 array, in ``names`` order."""
@@ -191,6 +250,15 @@ class Bank:
     def __repr__(self) -> str:
         n, p, h, w = self.images.shape
         return f"Bank({str(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
+
+
+def _first(indices: np.ndarray, n: int = 5) -> str:
+    shown = ", ".join(str(int(i)) for i in indices[:n])
+    return shown + (f" and {len(indices) - n} more" if len(indices) > n else "")
+
+
+def _system_bytes(images) -> int:
+    return int(np.prod(images.shape[1:])) * images.dtype.itemsize
 
 
 def _plain(value):
@@ -301,7 +369,7 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
     """
     n_systems, n_projections = systems["inclination"].shape
     size = config.image_size
-    with atomic_path(out) as tmp:
+    with atomic_path(out, expected_bytes=n_systems * n_projections * (size * size * 4 + 16) + 8 * 10 * n_systems) as tmp:
         with h5py.File(tmp, "w") as f:
             chunk_systems = max(1, min(n_systems, (1 << 20) // (n_projections * size * size * 4)))
             images = f.create_dataset(

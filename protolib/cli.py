@@ -599,24 +599,67 @@ REGISTRY = [_register_simulate, _register_import_thesis, _register_train_autoenc
 REGISTRY += [_register_evaluate, _register_attribute, _register_embedding_map, _register_tune]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like protolib's own: ``protolib CMD: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="protolib", description="Match images of protostellar systems to a simulated bank.")
+    parser = _Parser(prog="protolib", description="Match images of protostellar systems to a simulated bank.")
     parser.add_argument("--version", action="version", version=f"protolib {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for register in REGISTRY:
         register(sub)
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, ``kill``), turned into an exception so that clean-up runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
+    """Run one sub-command; returns the exit status (0 done, 2 refused input, 130 interrupted, 143 terminated).
+
+    A refused input, and any failure to write an output (a full disk, a read-only folder), is one
+    line on stderr: ``protolib COMMAND: error: ...``. SIGINT and SIGTERM stop the run with the
+    previous outputs intact (every product is written under a temporary name and renamed).
+    """
+    import signal
+
+    command = "protolib"
+    try:
+        if _in_main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"protolib {args.command}" if getattr(args, "command", None) else command
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        return _run_handler(args, command)
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, _Terminated)
+        print(f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'} before it started; nothing was written.",
+              file=sys.stderr)
+        return 143 if terminated else 130
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _run_handler(args, command: str) -> int:
     finished = False
     try:
         args.handler(args)
@@ -624,15 +667,24 @@ def main(argv: list[str] | None = None) -> int:
     except ProtolibInputError as error:
         if args.debug:
             raise
-        print(f"protolib {args.command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"protolib {args.command}: interrupted; no partial output was left behind.", file=sys.stderr)
-        return 130
-    finally:
-        from .distributed import stop
+    except OSError as error:
+        if args.debug:
+            raise
+        from .runtime import describe_os_error
 
-        stop(wait=finished)
+        print(f"{command}: error: {describe_os_error(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, _Terminated)
+        print(f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; the previous outputs are as they were "
+              "(a training can be continued with --resume).", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        distributed = sys.modules.get(f"{__package__}.distributed")
+        if distributed is not None:  # never imported: no process group was started (and torch may be half-imported)
+            distributed.stop(wait=finished)
     return 0
 
 

@@ -61,7 +61,7 @@ def _render_shard(shard: int, rows: dict, config: dict, instrument: dict, seed: 
     torch.set_num_threads(1)
     indices = rows["system_index"]
     images, masses = render_systems(rows, np.arange(len(indices)), SimulatorConfig(**config), Instrument(**instrument), seed, device="cpu")
-    with atomic_path(Path(folder) / f"shard_{shard:05d}.h5") as tmp:
+    with atomic_path(Path(folder) / f"shard_{shard:05d}.h5", expected_bytes=images.nbytes + 64 * len(indices)) as tmp:
         with h5py.File(tmp, "w") as f:
             f["images"] = images
             f["envelope_mass"] = masses

@@ -40,7 +40,7 @@ from .bank import Bank
 from .distributions import _plain_json, central_coverage, central_intervals, similarity_weights, weighted_percentile
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser
-from .runtime import ProtolibInputError, atomic_path
+from .runtime import ProtolibInputError, atomic_path, output_folder
 from .siamese import similarity_metrics
 from .targets import TargetDefinition, target_similarity
 
@@ -807,16 +807,16 @@ def run_evaluation(
                     "reference_systems": int(len(split.train))},
         "methods": _to_json(results),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     main = results.get("siamese") or list(results.values())[-1]
     figures = {"coverage.png": plots.coverage_plot(results), "recovery.png": plots.recovery_plot(main["evaluation"]),
                "rank_histograms.png": plots.rank_histogram_plot(main["evaluation"]), "tarp.png": plots.tarp_plot(results)}
-    for name, fig in figures.items():
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    with atomic_path(out_dir / "headline.md") as tmp:
-        tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(_plain_json(report), indent=2, allow_nan=True))
+    with output_folder(out_dir) as staging:  # the products of one run, published together
+        for name, fig in figures.items():
+            with atomic_path(staging / name) as tmp:
+                fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            plt.close(fig)
+        with atomic_path(staging / "headline.md") as tmp:
+            tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
+        with atomic_path(staging / "metrics.json") as tmp:
+            tmp.write_text(json.dumps(_plain_json(report), indent=2, allow_nan=True))
     return report

@@ -14,10 +14,13 @@ Embeddings are L2-normalised, so the similarity of two images is the cosine of t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .bank import Bank
-from .runtime import ProtolibInputError, atomic_path, default_device
+from .runtime import ProtolibInputError, atomic_path, default_device, output_folder
 
 __all__ = [
     "EmbedFunction",
@@ -60,7 +63,8 @@ EmbedFunction = Callable[[np.ndarray], np.ndarray]
 ImageTransform = Callable[[np.ndarray], np.ndarray]
 """Bank images ``(N, H, W)`` to images seen like the target ``(N, H, W)`` (beam, noise, ...)."""
 
-CACHE_FORMAT = 2  # 2: vectors in their own .npy, written batch by batch
+CACHE_FORMAT = 3  # 2: vectors in their own .npy, written batch by batch; 3: a digest of the contents, checked on reading
+MAX_CACHES = 8  # embedding caches kept beside a model (one per observation transform); the oldest beyond are removed
 
 
 @dataclass
@@ -554,10 +558,11 @@ def bank_embeddings(
         transform, batch_size, progress: as in :func:`embed_bank`.
         n_reference: bank images sampled for the out-of-distribution reference.
     """
-    full_key = {"format": CACHE_FORMAT, "bank": bank.identity, "embedding": key or {}, "n_reference": n_reference}
+    full_key = {"format": CACHE_FORMAT, "bank": bank.identity, "bank_file": bank.file_state, "embedding": key or {},
+                "n_reference": n_reference}
     digest = _hash_key(full_key)
     if cache_path is not None and Path(cache_path).exists():
-        cached = _read_cache(Path(cache_path), digest)
+        cached = _read_cache(Path(cache_path), digest, bank.n_systems, bank.n_projections)
         if cached is not None:
             cached.key = full_key
             return cached
@@ -569,7 +574,8 @@ def bank_embeddings(
         with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, vectors_file=np.array(vectors_path.name), system=system, projection=projection,
                      nearest_neighbour_similarity=reference, key_hash=np.array(digest),
-                     key=np.array(json.dumps(full_key, sort_keys=True, default=str)))
+                     key=np.array(json.dumps(full_key, sort_keys=True, default=str)),
+                     content_sha256=np.array(_content_digest(vectors, system, projection, reference)))
         for stale in Path(cache_path).parent.glob(f"{Path(cache_path).stem}.*.npy"):
             if stale != vectors_path:
                 stale.unlink(missing_ok=True)
@@ -580,18 +586,56 @@ def _vectors_path(cache_path: Path, digest: str) -> Path:
     return cache_path.with_name(f"{cache_path.stem}.{digest[:16]}.npy")
 
 
-def _read_cache(path: Path, digest: str) -> BankEmbeddings | None:
+def _content_digest(vectors: np.ndarray, system: np.ndarray, projection: np.ndarray, reference: np.ndarray) -> str:
+    """SHA-256 of the cache's arrays (the vectors read in blocks, so a mapped file is never copied whole)."""
+    digest = hashlib.sha256(f"{vectors.shape}{vectors.dtype}".encode())
+    for start in range(0, len(vectors), 65536):
+        digest.update(np.ascontiguousarray(vectors[start : start + 65536]).tobytes())
+    for array in (system, projection, reference):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, digest: str, n_systems: int, n_projections: int) -> BankEmbeddings | None:
+    """The cached embeddings when they are for ``digest`` and pass their checks, else ``None``.
+
+    Checked before use: the vectors' file, shape ``(n_systems * n_projections, D)`` and dtype, the
+    rows' systems and projections, and the digest of every array recorded when the cache was written.
+    A cache that fails (tampered with, truncated, half-copied) is recomputed with a warning.
+    """
     try:
         with np.load(path, allow_pickle=False) as data:
             if str(data["key_hash"]) != digest or "vectors_file" not in data:
-                return None
-            vectors = np.load(path.with_name(str(data["vectors_file"])), mmap_mode="c")
-            if len(vectors) != len(data["system"]):
-                return None
-            return BankEmbeddings(vectors, data["system"], data["projection"], data["nearest_neighbour_similarity"], path=path)
-    except (OSError, KeyError, ValueError) as error:
-        warnings.warn(f"Ignoring unreadable embedding cache {path} ({error}); recomputing.", stacklevel=3)
+                return None  # made for another model, bank or transform: recomputed without a word
+            arrays = {name: data[name] for name in ("system", "projection", "nearest_neighbour_similarity")}
+            recorded = str(data["content_sha256"])
+            vectors_file = path.with_name(str(data["vectors_file"]))
+        vectors = np.load(vectors_file, mmap_mode="c", allow_pickle=False)
+        n = n_systems * n_projections
+        problem = None
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != n:
+            problem = f"vectors of shape {vectors.shape} and type {vectors.dtype}, not ({n}, D) float32"
+        elif not (np.array_equal(arrays["system"], np.repeat(np.arange(n_systems), n_projections))
+                  and np.array_equal(arrays["projection"], np.tile(np.arange(n_projections), n_systems))):
+            problem = "rows that are not the bank's systems and projections in order"
+        elif _content_digest(vectors, arrays["system"], arrays["projection"], arrays["nearest_neighbour_similarity"]) != recorded:
+            problem = "contents that differ from what was written (its digest does not match)"
+        if problem is not None:
+            warnings.warn(f"The embedding cache {path} has {problem}; it was recomputed.", stacklevel=3)
+            return None
+        return BankEmbeddings(vectors, arrays["system"], arrays["projection"], arrays["nearest_neighbour_similarity"], path=path)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        warnings.warn(f"The embedding cache {path} could not be read ({str(error)[:120]}); it was recomputed.", stacklevel=3)
         return None
+
+
+def _prune_caches(model_path: Path, keep: int = MAX_CACHES) -> None:
+    """Remove the oldest embedding caches beside a model beyond the ``keep`` most recently used."""
+    caches = sorted(model_path.parent.glob(f"{model_path.stem}.embeddings-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in caches[keep:]:
+        for vectors in old.parent.glob(f"{old.stem}.*.npy"):
+            vectors.unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
 
 
 def pairwise_matches(
@@ -754,6 +798,10 @@ class Matcher:
 
         embeddings = bank_embeddings(embed, bank, cache_path=cache_path if cache else None, key=key,
                                      transform=transform, batch_size=batch_size, progress=progress)
+        if cache:
+            with contextlib.suppress(OSError):
+                os.utime(cache_path)  # most recently used
+                _prune_caches(model_path)
         return cls(embed, bank, embeddings, similarity=getattr(model, "similarity", None),
                    image_size=int(model_size) if model_size else None, checkpoint=checkpoint, transform=transform, **options)
 
@@ -940,15 +988,24 @@ def run_match(
     Returns:
         The report written to ``report.json``.
     """
-    from . import distributions
-
     if (target is None) == (target_system is None):
         raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
+    if top_k is not None and top_k < 1:
+        raise ProtolibInputError(f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}.")
     if not Path(model_path).exists():
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
-    bank = Bank(bank_path)
+    with Bank(bank_path) as bank, output_folder(out_dir) as staging:
+        return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
+                           weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options)
+
+
+def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
+                weight_temperature, options: dict, observation_options: dict | None) -> dict:
+    """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
+    from . import distributions
+
+    bank_path = bank.path
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank_path).resolve())}
-    options = dict(backend=backend, device=device, progress=progress)
     if target_system is not None:
         if not 0 <= target_system < bank.n_systems or not 0 <= projection < bank.n_projections:
             raise ProtolibInputError(

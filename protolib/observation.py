@@ -17,6 +17,7 @@ Conventions (PHYSICS.md):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -66,6 +67,8 @@ __all__ = [
 
 DEG_ARCSEC = 3600.0
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
+MIN_BEAM_VARIANCE = 1e-9  # [pixel^2] the least variance of a beam covariance (a sub-pixel beam sampled at pixel centres has 0)
+MIN_IMAGE_PIXELS = 16  # an image smaller than this (per side) holds too little to centre, measure the noise and resample
 NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
 NOISE_BEAMS = 300  # the noise is measured on the emission-free pixels nearest the source, this many beam areas of them
 MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
@@ -160,15 +163,22 @@ def _parse_bunit(bunit: str | None, path: Path) -> tuple[str, float]:
     )
 
 
-def _header_beam(header: fits.Header, hdul: fits.HDUList) -> Beam | None:
-    """The beam from BMAJ/BMIN/BPA [deg], or from a CASA BEAMS table [arcsec]; ``None`` when absent."""
+def _header_beam(header: fits.Header, hdul: fits.HDUList, path: Path | None = None) -> Beam | None:
+    """The beam from BMAJ/BMIN/BPA [deg], or from a CASA BEAMS table [arcsec]; ``None`` when absent.
+
+    A BMAJ or BMIN that is present but not a positive number is an error naming ``path`` (a broken
+    header, not a missing beam).
+    """
     if "BMAJ" in header and "BMIN" in header:
         try:
             major, minor = float(header["BMAJ"]) * DEG_ARCSEC, float(header["BMIN"]) * DEG_ARCSEC
-            if major > 0 and minor > 0:
-                return Beam(major, minor, float(header.get("BPA", 0.0)))
         except (TypeError, ValueError):
-            return None
+            major = minor = math.nan
+        if not (math.isfinite(major) and math.isfinite(minor) and major > 0 and minor > 0):
+            raise ProtolibInputError(
+                f"{path}: BMAJ = {header['BMAJ']!r}, BMIN = {header['BMIN']!r} is not a beam size (FWHM axes in degrees, both "
+                "positive); fix the header, or give the beam with --beam MAJ MIN PA (arcsec, arcsec, deg).")
+        return Beam(major, minor, float(header.get("BPA", 0.0)))
     if "BEAMS" in hdul and hdul["BEAMS"].data is not None and len(hdul["BEAMS"].data):
         row = hdul["BEAMS"].data[0]
         return Beam(float(row["BMAJ"]), float(row["BMIN"]), float(row["BPA"]))
@@ -183,6 +193,16 @@ def _image_hdu(hdul: fits.HDUList, path: Path):
         f"{path}: no image data (no HDU holds an array of 2 or more axes). protolib needs a continuum image, "
         "as exported by CASA exportfits or GILDAS."
     )
+
+
+def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
+    """Refuse a header whose celestial axes have no pixel scale (astropy would take 1 degree per pixel)."""
+    for axis in (wcs.wcs.lng + 1, wcs.wcs.lat + 1):
+        cards = [f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1))]
+        if not any(card in header for card in cards):
+            raise ProtolibInputError(
+                f"{path}: no pixel scale for axis {axis} ({wcs.wcs.ctype[axis - 1]}): the header has neither CDELT{axis} nor a "
+                f"CD{axis}_j matrix. Add the pixel size in degrees (e.g. CDELT{axis} = -8.3e-6 for 0.03\" pixels).")
 
 
 def _celestial_plane(data: np.ndarray, wcs: WCS, path: Path) -> np.ndarray:
@@ -310,13 +330,22 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
     if not path.is_file():
         raise ProtolibInputError(f"{path}: no such file.")
     try:
-        hdul = fits.open(path, memmap=False)
-        hdul.verify("silentfix")
+        with warnings.catch_warnings():  # a short file is reported below, in one line
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            hdul = fits.open(path, memmap=False)
+            hdul.verify("silentfix")
     except (OSError, ValueError, TypeError) as error:
         reason = str(error).split(",")[0].split(". ")[0]
         raise ProtolibInputError(f"{path}: not a FITS file, or a damaged one ({reason}).") from None
     with hdul:
-        hdu = _image_hdu(hdul, path)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="File may have been truncated")
+                hdu = _image_hdu(hdul, path)
+                data = hdu.data
+        except (OSError, ValueError, TypeError) as error:  # astropy reads the data only here; a short file fails now
+            raise ProtolibInputError(f"{path}: the file is truncated or damaged: its data do not fill the image the header "
+                                     f"describes ({str(error)[:120]}). Export it again.") from None
         header = hdu.header.copy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
@@ -329,9 +358,21 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
                 f"{path}: no celestial WCS (CTYPE1/CTYPE2 such as RA---SIN/DEC--SIN with CRVAL, CRPIX and CDELT or CD). "
                 "protolib needs sky coordinates to find the pixel scale and orientation."
             )
-        plane = _celestial_plane(hdu.data, full_wcs, path)
-        header_beam = _header_beam(header, hdul)
+        _check_pixel_scale(header, full_wcs, path)
+        plane = _celestial_plane(data, full_wcs, path)
+        header_beam = _header_beam(header, hdul, path) if beam is None else None
+        if beam is not None:
+            with contextlib.suppress(ProtolibInputError):
+                header_beam = _header_beam(header, hdul, path)
         frequency_ghz, frequency_source = _observed_frequency(header, full_wcs)
+    if min(plane.shape) < MIN_IMAGE_PIXELS:
+        raise ProtolibInputError(f"{path}: the image is only {plane.shape[1]} x {plane.shape[0]} pixels, too small to prepare; "
+                                 f"protolib needs at least {MIN_IMAGE_PIXELS} pixels a side (the source and the noise about it).")
+    infinite = np.isinf(plane)
+    if infinite.any():
+        plane = np.where(infinite, np.nan, plane)
+        warnings.warn(f"{path}: {int(infinite.sum())} infinite pixel(s) (+inf or -inf) were blanked (read as NaN); they are "
+                      "not data.", stacklevel=2)
     if not np.isfinite(plane).any():
         raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
     kind, to_jy = _parse_bunit(header.get("BUNIT"), path) if header.get("BUNIT") else ("beam", 1.0)
@@ -788,7 +829,11 @@ def effective_beam_covariance(beam: Beam, pixel_arcsec: float) -> np.ndarray:
     use = (np.hypot(kx, ky) < 0.2) & (transfer > 0.05) & (np.hypot(kx, ky) > 0)
     design = np.stack([kx[use] ** 2, 2 * kx[use] * ky[use], ky[use] ** 2], axis=1)
     cxx, cxy, cyy = np.linalg.lstsq(design, -np.log(transfer[use]) / (2 * math.pi**2), rcond=None)[0]
-    return np.array([[cxx, cxy], [cxy, cyy]])
+    # A beam much narrower than a pixel, sampled at pixel centres, is a delta function: its covariance
+    # is zero, and the fit gives +-1e-15. Eigenvalues are kept at least MIN_BEAM_VARIANCE, so that
+    # the covariance stays positive definite whatever the rounding.
+    values, vectors = np.linalg.eigh(np.array([[cxx, cxy], [cxy, cyy]]))
+    return vectors @ np.diag(np.maximum(values, MIN_BEAM_VARIANCE)) @ vectors.T
 
 
 def _solid_angle_pixels(covariance: np.ndarray) -> float:
@@ -1164,8 +1209,8 @@ def prepare_observation(
             f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
         )
     image = observation.image_jy_beam
-    if centre is None:
-        centre = observation.peak_coordinate()
+    if centre is None:  # in ICRS whatever the map's frame (a galactic map's l, b must not be printed as RA, Dec)
+        centre = _plain_icrs(observation.peak_coordinate())
     else:
         centre = _parse_centre(centre, path)
     x, y = observation.wcs.world_to_pixel(centre)

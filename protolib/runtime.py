@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
 
-__all__ = ["default_device", "system_rng", "atomic_path", "write_figure", "write_json", "ProtolibInputError"]
+if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protolib --help` and errors stay fast
+    import torch
+
+__all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "write_figure", "write_json", "ProtolibInputError",
+           "describe_os_error", "remove_stale_temporaries"]
 
 
 class ProtolibInputError(ValueError):
@@ -25,6 +31,8 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     The environment variable ``PROTOLIB_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) overrides the
     automatic choice.
     """
+    import torch
+
     if device is not None:
         return torch.device(device)
     if os.environ.get("PROTOLIB_DEVICE"):
@@ -41,27 +49,207 @@ def system_rng(seed: int, system_index: int, stream: int = 0) -> np.random.Gener
     return np.random.default_rng([int(seed), int(system_index), int(stream)])
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_HOST = socket.gethostname().replace(".", "-") or "host"
+
+
+def describe_os_error(error: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for a file-system failure: the path, what went wrong, and what to do."""
+    where = path or error.filename or "the output"
+    advice = {errno.ENOSPC: " Free some space, or write somewhere else (--out).",
+              errno.EFBIG: " The file system (or a ulimit -f) does not allow a file this large; write somewhere else (--out).",
+              errno.EDQUOT: " Your disk quota is full; free some space, or write somewhere else (--out).",
+              errno.EACCES: " Choose a folder you can write to (--out).", errno.EPERM: " Choose a folder you can write to (--out).",
+              errno.EROFS: " The file system is read-only; write somewhere else (--out)."}.get(error.errno, "")
+    return f"{where}: could not write: {error.strerror or error}.{advice}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete the temporary files of ``final`` left by runs of this machine that were killed (SIGKILL, power loss).
+
+    :func:`atomic_path` names its temporary files ``.<name>.<host>.<pid>.<random>.tmp``; one whose
+    process no longer runs on this host is a leftover. Files of live processes and other hosts (a
+    shared cluster file system) are left alone.
+    """
+    removed = []
+    for candidate in final.parent.glob(f".{final.name}.{_HOST}.*.tmp"):
+        pid = candidate.name[len(f".{final.name}.{_HOST}.") :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                candidate.unlink() if candidate.is_file() else shutil.rmtree(candidate)
+                removed.append(candidate)
+    return removed
+
+
+def _check_output_path(final: Path, folder: bool = False) -> None:
+    """Refuse, in one line, an output path of the wrong kind (before anything is computed)."""
+    if not folder and final.is_dir():
+        raise ProtolibInputError(f"{final} is a folder; give a file name inside it, e.g. {final / ('out' + (final.suffix or '.h5'))}.")
+    if folder and final.exists() and not final.is_dir():
+        raise ProtolibInputError(f"{final} exists and is not a folder; give a folder for the outputs (--out).")
+    for parent in final.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ProtolibInputError(f"{final}: {parent} is a file, not a folder; choose another --out.")
+            break
+
+
+def _write_failure(error: BaseException, tmp: Path, final: Path) -> OSError | None:
+    """The file-system error behind a failed write, when there is one.
+
+    Libraries report a full disk in their own ways (h5py and torch raise ``RuntimeError``); growing
+    the temporary file by one byte tells whether the file system refuses to (ENOSPC, EFBIG, EDQUOT).
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        return error
+    if not isinstance(error, Exception) or isinstance(error, ProtolibInputError) or not tmp.is_file():
+        return None
+    try:
+        with open(tmp, "ab") as handle:
+            handle.write(b"\0")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as probe:
+        return probe
+    return None
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, expected_bytes: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it.
 
-    An interrupted or failed write therefore leaves the previous good file in place.
+    An interrupted or failed write therefore leaves the previous good file in place. The temporary
+    name carries this host and process (``.<name>.<host>.<pid>.<random>.tmp``), so temporary files
+    left by a killed run are removed by the next write of the same file
+    (:func:`remove_stale_temporaries`). The file gets the usual permissions (``0666`` less the
+    umask), not ``mkstemp``'s ``0600``. A write that fails because the disk is full, or the folder
+    is read-only, is reported as one :class:`ProtolibInputError` naming ``path``.
+
+    Arguments:
+        path: the file to write.
+        expected_bytes: about how large the file will be; that much (and 10% more) is reserved
+            before the write starts, so a disk too full for it is refused at once, in one line.
 
     Example:
         >>> with atomic_path("bank.h5") as tmp:   # doctest: +SKIP
         ...     write_everything(tmp)
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
+    _check_output_path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(final)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
+        try:
+            os.chmod(name, 0o666 & ~_umask())
+            if expected_bytes:  # reserve the space first: HDF5 crashes the process when a disk fills up under it
+                os.posix_fallocate(fd, 0, int(1.1 * expected_bytes) + 2**20)
+                os.ftruncate(fd, 0)
+        except OSError:
+            os.close(fd)
+            os.unlink(name)
+            raise
+        os.close(fd)
+    except OSError as error:
+        raise ProtolibInputError(describe_os_error(error, final)) from None
     tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as error:
+        cause = _write_failure(error, tmp, final)
         tmp.unlink(missing_ok=True)
+        if cause is not None:
+            raise ProtolibInputError(describe_os_error(cause, final)) from None
         raise
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a run's products into a fresh folder, then move them into ``path`` all at once.
+
+    The run holds a lock on ``path`` (``path/.protolib.lock``) from the start, so a second run
+    writing to the same folder is refused at once rather than mixing its products with this one's.
+    The products go to ``path/.staging-<host>-<pid>-<random>/``; when the run finishes, the
+    products of the previous run in ``path`` (listed in ``path/.protolib-products``) are removed and
+    the new ones moved in. An interrupted or failed run leaves ``path`` as it was. Other files in
+    ``path`` are never touched.
+
+    Example:
+        >>> with output_folder("match_L1527") as staging:   # doctest: +SKIP
+        ...     write_csv(rows, staging / "matches.csv")
+    """
+    final = Path(path)
+    _check_output_path(final, folder=True)
+    created = not final.exists()
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+        lock = open(final / ".protolib.lock", "a+")
+    except OSError as error:
+        raise ProtolibInputError(describe_os_error(error, final)) from None
+    try:
+        with lock:
+            yield from _locked_run(final, lock)
+    except BaseException:
+        if created and {p.name for p in final.iterdir()} <= {".protolib.lock"}:
+            shutil.rmtree(final, ignore_errors=True)  # a failed first run leaves no empty folder behind
+        raise
+
+
+def _locked_run(final: Path, lock) -> Iterator[Path]:
+    """Take the folder's lock, yield a fresh staging folder, publish its products when the run ends well."""
+    import fcntl
+
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        raise ProtolibInputError(f"{final}: another protolib run ({owner}) is writing to this folder; wait for it to "
+                                 "finish, or choose another --out.") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock.flush()
+    for stale in final.glob(f".staging-{_HOST}-*"):
+        pid = stale.name[len(f".staging-{_HOST}-") :].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{_HOST}-{os.getpid()}-", dir=final))
+    try:
+        yield staging
+        _publish(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Replace the previous run's products in ``final`` by those in ``staging``."""
+    manifest = final / ".protolib-products"
+    previous = manifest.read_text().split("\n") if manifest.exists() else []
+    products = sorted(p.name for p in staging.iterdir())
+    for name in previous:
+        if name and name not in products and "/" not in name:
+            (final / name).unlink(missing_ok=True)
+    for name in products:
+        os.replace(staging / name, final / name)
+    with atomic_path(manifest) as tmp:
+        tmp.write_text("\n".join(products) + "\n")
 
 
 def write_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:

@@ -240,14 +240,16 @@ def train_siamese(
     if on_epoch is not None:
         def callback(record):
             on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
-    fit(task, training, out, resume=resume, progress=progress, on_epoch=callback)
-    if not is_main() or not test_metrics:
-        return Path(out)
-    trained = load_siamese(out, device)
-    metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
-    metrics.update(systems=len(split.test), target=target.kind, loss=loss.kind, pair_mode=pairs.mode, best_epoch=trained.checkpoint["best_epoch"])
-    with atomic_path(metrics_path(out)) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
+
+    def write_metrics(finished: Path) -> None:  # before the new model replaces the old one, so the two always agree
+        trained = load_siamese(finished, device)
+        metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
+        metrics.update(systems=len(split.test), target=target.kind, loss=loss.kind, pair_mode=pairs.mode,
+                       best_epoch=trained.checkpoint["best_epoch"])
+        with atomic_path(metrics_path(out)) as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
+
+    fit(task, training, out, resume=resume, progress=progress, on_epoch=callback, before_finish=write_metrics if test_metrics else None)
     return Path(out)
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .runtime import ProtolibInputError
+
 from . import physics
 
 __all__ = ["SimulatorConfig", "render", "envelope_mass", "pixel_offsets_au"]
@@ -48,6 +50,17 @@ class SimulatorConfig:
     disk_samples: int = 24  # line-of-sight samples through the disk
     oversample: int = 1  # rays per pixel along each axis (pixel-averaged intensity)
     batch_elements: int = 4_000_000  # images per batch are chosen to keep rays x samples under this
+
+    def __post_init__(self):
+        if not (isinstance(self.image_size, int) and self.image_size >= 8):
+            raise ProtolibInputError(f"The image size must be at least 8 pixels a side (the networks halve it several times), "
+                                     f"got {self.image_size}.")
+        for name in ("field_of_view_au", "frequency_ghz", "envelope_outer_radius_au", "inner_radius_au"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ProtolibInputError(f"The simulator's {name} must be a positive number, got {value!r}.")
+        if self.envelope_samples < 1 or self.disk_samples < 1 or self.oversample < 1:
+            raise ProtolibInputError("The simulator's envelope_samples, disk_samples and oversample must be at least 1.")
 
     def to_dict(self) -> dict:
         """The configuration as plain data (stored in banks and checkpoints)."""

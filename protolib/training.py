@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import time
 from dataclasses import asdict, dataclass, field
@@ -220,14 +221,23 @@ def _learning_rate(config: TrainingConfig, epoch: int, plateau_factor: float) ->
     return config.learning_rate * plateau_factor
 
 
+def partial_checkpoint_path(checkpoint_path: str | Path) -> Path:
+    """Where a training in progress keeps its checkpoint: ``siamese.pt`` -> ``siamese.partial.pt``."""
+    path = Path(checkpoint_path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
 def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path, *, resume: bool = False, progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        on_epoch: Callable[[dict], None] | None = None, before_finish: Callable[[Path], None] | None = None) -> list[dict]:
     """Train ``task.model``, keeping the best weights (by validation loss) in ``checkpoint_path``.
 
-    The checkpoint is rewritten atomically after every epoch: ``model_state`` holds the best weights,
-    ``training_state`` the latest weights, optimiser and schedule, so ``resume=True`` continues an
-    interrupted run exactly where it stopped (same batches, same augmentation). The loss history is
-    stored in the checkpoint and beside it as ``<name>_history.json``.
+    While training runs, its checkpoint is :func:`partial_checkpoint_path` (``siamese.partial.pt``),
+    rewritten atomically after every epoch: ``model_state`` holds the best weights, ``training_state``
+    the latest weights, optimiser and schedule. Only a finished training replaces ``checkpoint_path``,
+    so an interrupted retraining leaves the previous model in place, and ``resume=True`` continues
+    the interrupted run from its partial checkpoint exactly where it stopped (same batches, same
+    augmentation). The loss history is stored in the checkpoint and beside it as ``<name>_history.json``.
+    A loss that is not finite stops training with a :class:`ProtolibInputError` and writes nothing.
 
     Arguments:
         task: the model, its batches and loss.
@@ -237,7 +247,9 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         progress: show a progress bar per epoch.
         on_epoch: called with each epoch's history record after the checkpoint is written, the model in
             eval mode with that epoch's weights (e.g. to score it, as ``protolib tune`` does). An
-            exception it raises ends training there; the checkpoint keeps the epochs done.
+            exception it raises ends training there; ``checkpoint_path`` then holds the epochs done.
+        before_finish: called with the partial checkpoint of a finished training just before it
+            replaces ``checkpoint_path`` (e.g. to write metrics that describe it).
 
     Under ``torchrun`` every process calls :func:`fit` alike; the history (on every rank) holds the
     losses and image counts of the global batches.
@@ -260,8 +272,10 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
     state = {"epoch": -1, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "plateau_factor": 1.0, "stopped": False}
     history: list[dict] = []
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if resume and checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path)
+    partial = partial_checkpoint_path(checkpoint_path)
+    resume_from = partial if partial.exists() else checkpoint_path
+    if resume and resume_from.exists():
+        saved = load_checkpoint(resume_from)
         training = saved["training_state"]
         try:
             model.load_state_dict(training["model_state"])
@@ -301,7 +315,8 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         total, n_images = reduce_sum([total, n_images], device)
         total /= rank.world_size
         train_seconds = time.perf_counter() - start
-        validation = evaluate_loss(task, config)
+        validation, n_validation = _validation_loss(task, config)
+        _check_finite(total / max(1, n_batches), validation, n_validation, epoch, checkpoint_path, partial)
         record = {
             "epoch": epoch + 1,
             "train_loss": total / max(1, n_batches),
@@ -323,17 +338,50 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
         state["epoch"] = epoch
         state["stopped"] = state["bad_epochs"] >= config.patience
         if is_main():
-            _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
+            _write_run(task, config, partial, best_weights, optimiser, state, history)
         bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{validation:.4g}", best=state["best_epoch"])
         if on_epoch is not None:
             task.model.eval()
-            on_epoch(record)
+            try:
+                on_epoch(record)
+            except Exception:
+                if is_main():
+                    _finish_run(partial, checkpoint_path, history, state)
+                raise
     bar.close()
-    if is_main() and not checkpoint_path.exists():
-        _write_run(task, config, checkpoint_path, best_weights, optimiser, state, history)
+    if is_main():
+        if not partial.exists() and not checkpoint_path.exists():
+            _write_run(task, config, partial, best_weights, optimiser, state, history)
+        if partial.exists() and before_finish is not None:
+            before_finish(partial)
+        _finish_run(partial, checkpoint_path, history, state)
     barrier()
     model.load_state_dict(best_weights)
     return history
+
+
+def _check_finite(train_loss: float, validation_loss: float, n_validation: int, epoch: int, checkpoint_path: Path,
+                  partial: Path) -> None:
+    """Stop a training whose loss is NaN or infinite, writing nothing (its partial checkpoint is removed).
+
+    A NaN validation loss is accepted only when there are no validation batches at all.
+    """
+    if math.isfinite(train_loss) and (math.isfinite(validation_loss) or n_validation == 0):
+        return
+    if is_main():
+        partial.unlink(missing_ok=True)
+    raise ProtolibInputError(
+        f"Training {checkpoint_path.name} stopped in epoch {epoch + 1}: the loss became {train_loss:.4g} (training) and "
+        f"{validation_loss:.4g} (validation), not finite; nothing was written. Check the bank for NaN or extreme pixels, "
+        "or lower the learning rate.")
+
+
+def _finish_run(partial: Path, checkpoint_path: Path, history: list[dict], state: dict) -> None:
+    """Replace the previous model by the finished training's checkpoint, and write its history beside it."""
+    if partial.exists():
+        os.replace(partial, checkpoint_path)
+    with atomic_path(checkpoint_path.with_name(f"{checkpoint_path.stem}_history.json")) as tmp:
+        tmp.write_text(json.dumps({"best_epoch": state["best_epoch"], "history": history}, indent=1))
 
 
 class _TaskStep(torch.nn.Module):
@@ -349,6 +397,11 @@ class _TaskStep(torch.nn.Module):
 
 def evaluate_loss(task: TrainingTask, config: TrainingConfig) -> float:
     """Mean loss of ``task.model`` over the validation batches (eval mode, no augmentation; over all ranks' shares)."""
+    return _validation_loss(task, config)[0]
+
+
+def _validation_loss(task: TrainingTask, config: TrainingConfig) -> tuple[float, int]:
+    """The mean validation loss (NaN when there are no batches) and the number of batches on this rank."""
     task.model.eval()
     total, count = 0.0, 0
     with torch.no_grad(), autocast_for(task.device, config.mixed_precision):
@@ -356,7 +409,7 @@ def evaluate_loss(task: TrainingTask, config: TrainingConfig) -> float:
             total += float(task.loss(batch, None))
             count += 1
     total = reduce_sum([total], task.device)[0] / ranks().world_size
-    return total / count if count else math.nan
+    return (total / count if count else math.nan), count
 
 
 def _write_run(task, config: TrainingConfig, path: Path, best_weights: dict, optimiser, state: dict, history: list[dict]) -> None:
@@ -377,5 +430,3 @@ def _write_run(task, config: TrainingConfig, path: Path, best_weights: dict, opt
         },
     }
     save_checkpoint(data, path)
-    with atomic_path(path.with_name(f"{path.stem}_history.json")) as tmp:
-        tmp.write_text(json.dumps({"best_epoch": state["best_epoch"], "history": history}, indent=1))

@@ -121,6 +121,19 @@ def test_model_cache_lives_beside_the_model(bank, tmp_path, monkeypatch):
     assert spy == [] and len(again.match_system(0, top_k=5)) == 5
 
 
+def test_caches_beside_a_model_stop_at_the_most_recent_few(bank, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
+    model = write_fake_model(tmp_path / "siamese.pt")
+    for noise in range(matching.MAX_CACHES + 3):  # one cache per observation transform
+        Matcher.from_model(model, bank, transform=lambda images: images, transform_key={"noise": noise}, progress=False)
+    caches = list(tmp_path.glob("siamese.embeddings-*.npz"))
+    assert len(caches) == matching.MAX_CACHES
+    assert len(list(tmp_path.glob("siamese.embeddings-*.npy"))) == matching.MAX_CACHES
+    newest = Matcher.from_model(model, bank, transform=lambda images: images, transform_key={"noise": matching.MAX_CACHES + 2},
+                                progress=False)
+    assert newest.embeddings.path in caches
+
+
 def test_out_of_distribution_target_is_flagged_with_numbers(bank, matcher):
     typical = matcher.check(matcher.match_system(2))
     assert not typical.is_out_of_distribution
@@ -177,7 +190,7 @@ def test_command_line_writes_every_output_for_a_bank_system(bank, tmp_path, monk
     code = main(["match", "--model", str(model), "--bank", str(bank.path), "--target-system", "5", "--top-k", "12",
                  "--out", str(out)])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["corner.png", "gallery.png", "matches.csv", "report.json", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["corner.png", "gallery.png", "matches.csv", "report.json", "summary.csv"]
     rows = (out / "matches.csv").read_text().splitlines()
     assert rows[0].startswith("rank,similarity,system,system_id,projection") and "stellar_mass" in rows[0] and len(rows) == 13
     assert all(line.split(",")[2] != "5" for line in rows[1:])

@@ -85,7 +85,10 @@ def test_resume_after_an_interruption_continues_the_same_history(bank, split, tm
     monkeypatch.setattr(module._AutoencoderTask, "training_batches", interrupted)
     with pytest.raises(Interrupt):
         train_autoencoder(bank, tmp_path / "resumed.pt", split=split, model=SMALL, training=quick(), progress=False)
-    assert len(load_autoencoder(tmp_path / "resumed.pt", "cpu").history) == 2
+    from protolib.training import load_checkpoint, partial_checkpoint_path
+
+    assert not (tmp_path / "resumed.pt").exists()  # only a finished training writes the model
+    assert len(load_checkpoint(partial_checkpoint_path(tmp_path / "resumed.pt"))["history"]) == 2
     monkeypatch.setattr(module._AutoencoderTask, "training_batches", original)
     train_autoencoder(bank, tmp_path / "resumed.pt", split=split, model=SMALL, training=quick(), progress=False, resume=True)
     resumed, straight = load_autoencoder(tmp_path / "resumed.pt", "cpu"), load_autoencoder(autoencoder, "cpu")
@@ -93,6 +96,25 @@ def test_resume_after_an_interruption_continues_the_same_history(bank, split, tm
     assert np.allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in straight.history])
     for name, tensor in straight.network.state_dict().items():
         assert torch.allclose(tensor, resumed.network.state_dict()[name]), name
+
+
+def test_a_loss_that_is_not_finite_stops_training_and_writes_nothing(bank, split, tmp_path, monkeypatch):
+    import protolib.autoencoder as module
+    from protolib.runtime import ProtolibInputError
+    from protolib.training import partial_checkpoint_path
+
+    original = module._AutoencoderTask.loss
+
+    def diverging(self, batch, generator):
+        return original(self, batch, generator) * float("nan")
+
+    previous = tmp_path / "autoencoder.pt"
+    train_autoencoder(bank, previous, split=split, model=SMALL, training=quick(), progress=False)
+    before = previous.read_bytes()
+    monkeypatch.setattr(module._AutoencoderTask, "loss", diverging)
+    with pytest.raises(ProtolibInputError, match=r"autoencoder\.pt stopped in epoch 1: the loss became nan .*not finite; nothing was written"):
+        train_autoencoder(bank, previous, split=split, model=SMALL, training=quick(), progress=False)
+    assert previous.read_bytes() == before and not partial_checkpoint_path(previous).exists()
 
 
 @pytest.mark.parametrize("loss, pairs", [("mse", "all"), ("log_ratio", "all"), ("contrastive", "fixed")])

@@ -1,0 +1,546 @@
+"""The bad-input battery: every case runs ``protolib ...`` in a subprocess, as a user would.
+
+Each refused input must give exit code 2, exactly one error line naming the file (or value) and the
+problem, no traceback, and no partial output. The cases run two at a time in a module fixture (each
+is a fresh Python process, most of its time spent importing torch); the tests then read their results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from protolib.cli import main
+
+pytestmark = pytest.mark.battery
+
+PROTOLIB = [sys.executable, "-m", "protolib"]
+ENV = {**os.environ, "PROTOLIB_DEVICE": "cpu", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+
+
+# ---------------------------------------------------------------------------------------------
+# What every run is built from: a tiny bank, a trained model and a good observation.
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("battery")
+    bank, run = root / "bank.h5", root / "run"
+    assert main(["simulate", "--config", "tiny", "--systems", "12", "--projections", "2", "--out", str(bank)]) == 0
+    assert main(["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--out", str(run), "--epochs", "1", "--quiet"]) == 0
+    assert main(["train-siamese", "--config", "tiny", "--bank", str(bank), "--autoencoder", str(run / "autoencoder.pt"),
+                 "--out", str(run), "--epochs", "1", "--quiet"]) == 0
+    assert main(["simulate-observation", "--out", str(root / "obs.fits"), "--from-bank", str(bank), "--system", "3",
+                 "--pixel", "0.05", "--size", "128"]) == 0
+    return root
+
+
+def _fits_variant(base: Path, name: str, change) -> Path:
+    """A copy of the good observation with ``change(data, header) -> data`` applied."""
+    with fits.open(base / "obs.fits") as hdul:
+        data, header = hdul[0].data.copy(), hdul[0].header.copy()
+    data = change(data, header)
+    path = base / "inputs" / name
+    path.parent.mkdir(exist_ok=True)
+    fits.PrimaryHDU(data, header=header).writeto(path, overwrite=True)
+    return path
+
+
+def _bank_variant(base: Path, name: str, change) -> Path:
+    """A copy of the good bank with ``change(h5py.File)`` applied."""
+    path = base / "inputs" / name
+    path.parent.mkdir(exist_ok=True)
+    shutil.copy(base / "bank.h5", path)
+    with h5py.File(path, "r+") as f:
+        change(f)
+    return path
+
+
+def _delete(header, *keys):
+    for key in keys:
+        header.remove(key, ignore_missing=True)
+
+
+def _set_nan(dataset, where, value=np.nan):
+    values = dataset[()]
+    values[where] = value
+    dataset[...] = values
+
+
+def _fits_cases(b: Path) -> dict:
+    """id -> (file, extra arguments, message): each refused by ``observe`` and by ``match``."""
+    text = b / "inputs" / "notes.fits"
+    text.parent.mkdir(exist_ok=True)
+    text.write_text("this is not a FITS file\n")
+    truncated = b / "inputs" / "truncated.fits"
+    truncated.write_bytes((b / "obs.fits").read_bytes()[: 2880 + 5000])
+    good = b / "obs.fits"
+    return {
+        "not_fits": (text, [], r"notes\.fits: not a FITS file"),
+        "truncated_fits": (truncated, [], r"truncated\.fits: .*(truncated|damaged)"),
+        "no_celestial_wcs": (_fits_variant(b, "linear.fits", lambda d, h: (h.update(CTYPE1="LINEAR", CTYPE2="LINEAR"), d)[1]), [],
+                             r"linear\.fits: no celestial WCS"),
+        "no_pixel_scale": (_fits_variant(b, "noscale.fits", lambda d, h: (_delete(h, "CDELT1", "CDELT2", "CD1_1", "CD2_2"), d)[1]), [],
+                           r"noscale\.fits: .*no pixel scale"),
+        "all_nan": (_fits_variant(b, "nan.fits", lambda d, h: np.full_like(d, np.nan)), [], r"nan\.fits: every pixel is NaN"),
+        "one_pixel": (_fits_variant(b, "tiny.fits", lambda d, h: d[..., :1, :1]), [], r"tiny\.fits: .*too small"),
+        "cube": (_fits_variant(b, "cube.fits", lambda d, h: np.repeat(d, 5, axis=0)), [], r"cube\.fits: the image has 5 planes"),
+        "kelvin": (_fits_variant(b, "kelvin.fits", lambda d, h: (h.update(BUNIT="K"), d)[1]), [], r"kelvin\.fits: BUNIT = 'K'"),
+        "mjy_per_sr": (_fits_variant(b, "mjysr.fits", lambda d, h: (h.update(BUNIT="MJy/sr"), d)[1]), [], r"mjysr\.fits: BUNIT = 'MJy/sr'"),
+        "negative_beam": (_fits_variant(b, "negbeam.fits", lambda d, h: (h.update(BMAJ=-1e-4), d)[1]), [],
+                          r"negbeam\.fits: .*BMAJ.*not a beam size"),
+        "huge_beam": (_fits_variant(b, "hugebeam.fits", lambda d, h: (h.update(BMAJ=0.01, BMIN=0.01), d)[1]), [],
+                      r"hugebeam\.fits: the beam .* is larger than the bank's field"),
+        "noise_nan": (good, ["--noise", "nan"], r"obs\.fits: the noise rms must be a positive number, got nan"),
+        "noise_negative": (good, ["--noise", "-1"], r"obs\.fits: the noise rms must be a positive number, got -1"),
+        "noise_zero": (good, ["--noise", "0"], r"obs\.fits: the noise rms must be a positive number, got 0"),
+        "distance_negative": (good, ["--distance", "-3"], r"obs\.fits: the distance must be a positive number"),
+        "distance_nan": (good, ["--distance", "nan"], r"obs\.fits: the distance must be a positive number"),
+        "distance_text": (good, ["--distance", "far"], r"argument --distance: invalid float value: 'far'"),
+        "centre_outside": (good, ["--centre", "05:00:00 +20:00:00"], r"obs\.fits: the centre .* lies outside the image"),
+        "centre_garbage": (good, ["--centre", "north of the star"], r"obs\.fits: cannot read the centre"),
+        "missing_file": (b / "inputs" / "missing.fits", [], r"missing\.fits: no such file"),
+    }
+
+
+def _bank_cases(b: Path) -> dict:
+    """id -> (bank file, message): each refused by ``match`` (and, where it reads the bank, by training)."""
+    garbage = b / "inputs" / "garbage.h5"
+    garbage.parent.mkdir(exist_ok=True)
+    garbage.write_bytes(b"not HDF5 at all" * 100)
+    truncated = b / "inputs" / "truncated.h5"
+    truncated.write_bytes((b / "bank.h5").read_bytes()[:20_000])
+    foreign = b / "inputs" / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.zeros(3)
+    folder = b / "inputs" / "bank_folder"
+    folder.mkdir(exist_ok=True)
+    return {
+        "bank_missing": (b / "inputs" / "nobank.h5", r"nobank\.h5 does not exist"),
+        "bank_not_hdf5": (garbage, r"garbage\.h5 is not a readable HDF5 file"),
+        "bank_truncated": (truncated, r"truncated\.h5 is not a readable HDF5 file"),
+        "bank_foreign": (foreign, r"foreign\.h5 is an HDF5 file but not a protolib bank"),
+        "bank_is_folder": (folder, r"bank_folder is a folder, not a bank file"),
+        "bank_nan_parameter": (_bank_variant(b, "nanpar.h5", lambda f: _set_nan(f["parameters/disk_radius"], 2)),
+                               r"nanpar\.h5: parameters/disk_radius holds 1 NaN or infinite value"),
+        "bank_inf_viewing": (_bank_variant(b, "infview.h5", lambda f: _set_nan(f["viewing/inclination"], (1, 0), np.inf)),
+                             r"infview\.h5: viewing/inclination holds 1 NaN or infinite value"),
+        "bank_nan_images": (_bank_variant(b, "nanimg.h5", lambda f: _set_nan(f["images"], (4, 1, slice(0, 3), 0))),
+                            r"nanimg\.h5: images holds 3 NaN or infinite pixel"),
+        "bank_negative_mass": (_bank_variant(b, "negmass.h5", lambda f: _set_nan(f["parameters/stellar_mass"], 0, -0.5)),
+                               r"negmass\.h5: parameters/stellar_mass .*must be positive"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases.
+
+
+@dataclass
+class Case:
+    argv: list[str]
+    message: str = ""  # a regex the error line must match (exit 2); "" for runs that must succeed
+    absent: list[Path] = field(default_factory=list)  # what must not exist afterwards
+    intact: dict[Path, bytes] = field(default_factory=dict)  # files that must keep these bytes
+    limit_file_bytes: int | None = None  # RLIMIT_FSIZE for the run (a full disk, as the process sees it)
+    code: int = 2
+
+
+def _cases(b: Path) -> dict[str, Case]:
+    bank, model, obs, out = b / "bank.h5", b / "run" / "siamese.pt", b / "obs.fits", b / "outputs"
+    cases: dict[str, Case] = {}
+    for name, (path, extra, message) in _fits_cases(b).items():
+        distance = [] if "--distance" in extra else ["--distance", "140"]
+        prepared = out / f"observe_{name}.fits"
+        cases[f"observe_{name}"] = Case(["observe", str(path), *distance, *extra, "--bank", str(bank), "--out", str(prepared)],
+                                        message, [prepared])
+        if name in ("truncated_fits", "no_pixel_scale", "one_pixel", "negative_beam", "noise_nan", "noise_zero", "not_fits"):
+            folder = out / f"match_{name}"
+            cases[f"match_{name}"] = Case(["match", "--model", str(model), "--bank", str(bank), "--target", str(path), *distance,
+                                           *extra, "--out", str(folder)], message, [folder])
+    for name, (path, message) in _bank_cases(b).items():
+        folder = out / f"match_{name}"
+        cases[f"match_{name}"] = Case(["match", "--model", str(model), "--bank", str(path), "--target-system", "1",
+                                       "--out", str(folder)], message, [folder])
+    for name in ("bank_nan_parameter", "bank_nan_images"):
+        path = _bank_cases(b)[name][0]
+        run = out / f"train_{name}"
+        cases[f"train_{name}"] = Case(["train-autoencoder", "--config", "tiny", "--bank", str(path), "--out", str(run), "--quiet"],
+                                      _bank_cases(b)[name][1], [run / "autoencoder.pt"])
+
+    payload_marker = b / "payload_ran"
+    pickled = b / "inputs" / "payload.pt"
+    pickled.write_bytes(_pickle_payload(payload_marker))
+    garbage_model = b / "inputs" / "garbage.pt"
+    garbage_model.write_bytes(b"\x00" * 4096)
+    match = ["match", "--bank", str(bank), "--target-system", "1", "--out"]
+    cases["model_pickle_payload"] = Case([*match, str(out / "m_payload"), "--model", str(pickled)],
+                                         r"payload\.pt was refused: it holds Python objects", [out / "m_payload", payload_marker])
+    cases["model_garbage"] = Case([*match, str(out / "m_garbage"), "--model", str(garbage_model)], r"garbage\.pt could not be read",
+                                  [out / "m_garbage"])
+    cases["model_missing"] = Case([*match, str(out / "m_missing"), "--model", str(b / "none.pt")], r"none\.pt does not exist",
+                                  [out / "m_missing"])
+    cases["model_is_autoencoder"] = Case([*match, str(out / "m_ae"), "--model", str(b / "run" / "autoencoder.pt")],
+                                         r"autoencoder\.pt holds a 'autoencoder' model, not a 'siamese' one", [out / "m_ae"])
+    cases["target_system_out_of_range"] = Case(["match", "--model", str(model), "--bank", str(bank), "--target-system", "99",
+                                                "--out", str(out / "m_range")], r"got system 99", [out / "m_range"])
+    cases["top_k_negative"] = Case(["match", "--model", str(model), "--bank", str(bank), "--target-system", "1", "--top-k", "-3",
+                                    "--out", str(out / "m_topk")], r"--top-k must be 0 \(all above --threshold\) or a positive", [out / "m_topk"])
+    a_file = b / "inputs" / "a_file.txt"
+    a_file.write_text("keep me\n")
+    cases["match_out_is_a_file"] = Case(["match", "--model", str(model), "--bank", str(bank), "--target-system", "1",
+                                         "--out", str(a_file)], r"a_file\.txt exists and is not a folder", intact={a_file: b"keep me\n"})
+    cases["match_out_under_a_file"] = Case(["match", "--model", str(model), "--bank", str(bank), "--target-system", "1",
+                                            "--out", str(a_file / "sub")], r"a_file\.txt.* not a folder", intact={a_file: b"keep me\n"})
+    cases["match_disk_full"] = Case(["match", "--model", str(model), "--bank", str(bank), "--target", str(obs), "--distance", "140",
+                                     "--out", str(out / "m_full")], r"m_full.*could not write: File too large", [out / "m_full"],
+                                    limit_file_bytes=20_000)
+
+    folder = b / "inputs" / "a_folder"
+    folder.mkdir(exist_ok=True)
+    (folder / "keep.txt").write_text("keep\n")
+    simulate = ["simulate", "--config", "tiny", "--projections", "2"]
+    cases["simulate_out_is_a_folder"] = Case([*simulate, "--systems", "2", "--out", str(folder)], r"a_folder is a folder",
+                                             intact={folder / "keep.txt": b"keep\n"})
+    cases["simulate_zero_systems"] = Case([*simulate, "--systems", "0", "--out", str(out / "zero.h5")], r"at least one system",
+                                          [out / "zero.h5"])
+    cases["simulate_one_pixel"] = Case([*simulate, "--systems", "2", "--size", "1", "--out", str(out / "px.h5")], r"image size must be at least 8 pixels",
+                                       [out / "px.h5"])
+    cases["simulate_disk_full"] = Case([*simulate, "--systems", "40", "--out", str(out / "full.h5")], r"full\.h5.*File too large",
+                                       [out / "full.h5"], limit_file_bytes=60_000)
+    cases["train_disk_full"] = Case(["train-siamese", "--config", "tiny", "--bank", str(bank), "--autoencoder", str(b / "run" / "autoencoder.pt"),
+                                     "--out", str(out / "t_full"), "--epochs", "1", "--quiet"], r"siamese.*could not write: File too large",
+                                    [out / "t_full" / "siamese.pt"], limit_file_bytes=30_000)
+    cases["unknown_option"] = Case(["match", "--modle", "x"], r"unrecognized arguments|the following arguments are required")
+    cases["import_thesis_missing_folder"] = Case(["import-thesis", str(b / "nowhere"), "--out", str(out / "t.h5")], r"nowhere",
+                                                 [out / "t.h5"])
+
+    infinite = _fits_variant(b, "inf.fits", lambda d, h: _with_inf(d))
+    cases["observe_infinite_pixel_is_blanked"] = Case(["observe", str(infinite), "--distance", "140", "--bank", str(bank),
+                                                       "--out", str(out / "inf_prepared.fits")], code=0)
+    galactic = _fits_variant(b, "galactic.fits", lambda d, h: (_to_galactic(h), d)[1])
+    cases["observe_galactic_map"] = Case(["observe", str(galactic), "--distance", "140", "--bank", str(bank),
+                                          "--out", str(out / "gal_prepared.fits")], code=0)
+    return cases
+
+
+def _with_inf(data):
+    data = data.copy()
+    data[..., 5, 7] = np.inf
+    return data
+
+
+def _to_galactic(header):
+    from astropy.coordinates import SkyCoord
+
+    centre = SkyCoord(header["CRVAL1"], header["CRVAL2"], unit="deg", frame="icrs").galactic
+    header.update(CTYPE1="GLON-SIN", CTYPE2="GLAT-SIN", CRVAL1=centre.l.deg, CRVAL2=centre.b.deg)
+    _delete(header, "RADESYS", "EQUINOX")
+
+
+def _pickle_payload(marker: Path) -> bytes:
+    """A file that runs ``touch marker`` when unpickled (as a crafted ``siamese.pt`` would)."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps({"kind": "siamese", "model_state": Payload()})
+
+
+def _run(argv: list[str], limit_file_bytes: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
+
+    return subprocess.run([*PROTOLIB, *argv], capture_output=True, text=True, env=ENV, timeout=timeout,
+                          preexec_fn=limit if limit_file_bytes else None)
+
+
+@pytest.fixture(scope="module")
+def results(base):
+    cases = _cases(base)
+    before = {name: {p: p.read_bytes() for p in case.intact} for name, case in cases.items()}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(_run, case.argv, case.limit_file_bytes) for name, case in cases.items()}
+        done = {name: future.result() for name, future in futures.items()}
+    return {name: (cases[name], done[name], before[name]) for name in cases}
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The lines of stderr that are not progress bars or warnings."""
+    lines = [line for chunk in stderr.splitlines() for line in chunk.split("\r") if line.strip()]
+    return [line for line in lines if "it/s]" not in line and "img/s]" not in line and "%|" not in line and ": warning: " not in line]
+
+
+@pytest.mark.parametrize("name", [
+    *(f"observe_{n}" for n in ["not_fits", "truncated_fits", "no_celestial_wcs", "no_pixel_scale", "all_nan", "one_pixel", "cube",
+                               "kelvin", "mjy_per_sr", "negative_beam", "huge_beam", "noise_nan", "noise_negative", "noise_zero",
+                               "distance_negative", "distance_nan", "distance_text", "centre_outside", "centre_garbage", "missing_file"]),
+    *(f"match_{n}" for n in ["truncated_fits", "no_pixel_scale", "one_pixel", "negative_beam", "noise_nan", "noise_zero", "not_fits"]),
+    *(f"match_{n}" for n in ["bank_missing", "bank_not_hdf5", "bank_truncated", "bank_foreign", "bank_is_folder", "bank_nan_parameter",
+                             "bank_inf_viewing", "bank_nan_images", "bank_negative_mass"]),
+    "train_bank_nan_parameter", "train_bank_nan_images",
+    "model_pickle_payload", "model_garbage", "model_missing", "model_is_autoencoder", "target_system_out_of_range", "top_k_negative",
+    "match_out_is_a_file", "match_out_under_a_file", "match_disk_full",
+    "simulate_out_is_a_folder", "simulate_zero_systems", "simulate_one_pixel", "simulate_disk_full", "train_disk_full",
+    "unknown_option", "import_thesis_missing_folder",
+])
+def test_refused_with_one_line_and_no_partial_output(name, results):
+    case, done, before = results[name]
+    errors = _error_lines(done.stderr)
+    assert done.returncode == case.code, f"exit {done.returncode}\n{done.stderr[-3000:]}"
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1, f"expected one error line, got {len(errors)}:\n" + "\n".join(errors)
+    assert re.search(case.message, errors[0]), errors[0]
+    assert errors[0].startswith(f"protolib {case.argv[0]}: error: ")
+    for path in case.absent:
+        assert not path.exists(), f"{path} was left behind"
+    for path, content in before.items():
+        assert path.read_bytes() == content, f"{path} was changed"
+    strays = [p for p in (Path(case.argv[-1]).parent if case.argv else Path(".")).glob(".*.tmp")]
+    assert not strays, f"temporary files left: {strays}"
+
+
+def test_a_crafted_checkpoint_never_runs_its_code(results, base):
+    case, done, _ = results["model_pickle_payload"]
+    assert done.returncode == 2 and not (base / "payload_ran").exists()
+    assert "could run code" in done.stderr
+
+
+def test_an_infinite_pixel_is_blanked_with_a_warning_and_never_chosen_as_centre(results, base):
+    case, done, _ = results["observe_infinite_pixel_is_blanked"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"inf\.fits: 1 infinite pixel\(s\) .*blanked", done.stderr)
+    prepared = fits.getheader(base / "outputs" / "inf_prepared.fits")
+    good = fits.getheader(base / "obs.fits")
+    assert abs(prepared["CRVAL1"] - good["CRVAL1"]) * 3600 < 0.2 and abs(prepared["CRVAL2"] - good["CRVAL2"]) * 3600 < 0.2
+
+
+def test_a_galactic_map_is_read_and_its_coordinates_named_as_such(results):
+    case, done, _ = results["observe_galactic_map"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "centred on 04h39m53.90s +26d03m09.80s" in done.stdout, done.stdout  # the ICRS position, not l and b as RA and Dec
+
+
+# ---------------------------------------------------------------------------------------------
+# Caches, concurrency, interruptions and reproducibility, each in real subprocesses.
+
+
+def _match_argv(base: Path, out: Path, model: Path | None = None) -> list[str]:
+    return ["match", "--model", str(model or base / "run" / "siamese.pt"), "--bank", str(base / "bank.h5"),
+            "--target", str(base / "obs.fits"), "--distance", "140", "--top-k", "8", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def private_model(base, tmp_path_factory) -> Path:
+    """A copy of the model in a folder of its own, so that its embedding caches are this test's alone."""
+    folder = tmp_path_factory.mktemp("model")
+    shutil.copy(base / "run" / "siamese.pt", folder / "siamese.pt")
+    return folder / "siamese.pt"
+
+
+def _caches(model: Path) -> list[Path]:
+    return sorted(model.parent.glob("siamese.embeddings-*"))
+
+
+@pytest.mark.parametrize("tamper", ["shuffled_vectors", "truncated_vectors", "edited_reference"])
+def test_a_tampered_embedding_cache_is_recomputed_with_a_warning(tamper, base, private_model, tmp_path):
+    first = _run(_match_argv(base, tmp_path / "first", private_model))
+    assert first.returncode == 0, first.stderr[-2000:]
+    vectors = next(p for p in _caches(private_model) if p.suffix == ".npy")
+    archive = next(p for p in _caches(private_model) if p.suffix == ".npz")
+    if tamper == "shuffled_vectors":
+        values = np.load(vectors)
+        np.save(vectors, values[np.random.default_rng(0).permutation(len(values))])
+    elif tamper == "truncated_vectors":
+        vectors.write_bytes(vectors.read_bytes()[:300])
+    else:
+        with np.load(archive) as data:
+            arrays = dict(data)
+        arrays["nearest_neighbour_similarity"] = arrays["nearest_neighbour_similarity"] - 0.5
+        np.savez(archive, **arrays)
+    second = _run(_match_argv(base, tmp_path / "second", private_model))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert re.search(r"warning: The embedding cache .* (differ from what was written|could not be read)", second.stderr)
+    assert (tmp_path / "first" / "matches.csv").read_bytes() == (tmp_path / "second" / "matches.csv").read_bytes()
+    report = lambda name: json.loads((tmp_path / name / "report.json").read_text())["out_of_distribution"]  # noqa: E731
+    assert report("first") == report("second")
+    third = _run(_match_argv(base, tmp_path / "third", private_model))
+    assert "embedding cache" not in third.stderr  # the rebuilt cache is trusted again
+
+
+def test_the_same_match_twice_gives_byte_identical_matches(base, tmp_path):
+    runs = [_run(_match_argv(base, tmp_path / name)) for name in ("a", "b")]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    for product in ("matches.csv", "summary.csv"):
+        assert (tmp_path / "a" / product).read_bytes() == (tmp_path / "b" / product).read_bytes()
+
+
+def test_two_matches_at_once_never_mix_their_outputs_or_corrupt_the_cache(base, tmp_path):
+    model = tmp_path / "model" / "siamese.pt"
+    model.parent.mkdir()
+    shutil.copy(base / "run" / "siamese.pt", model)
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    other = ["match", "--model", str(model), "--bank", str(base / "bank.h5"), "--target-system", "2", "--out", str(shared)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        runs = [pool.submit(_run, _match_argv(base, shared, model)), pool.submit(_run, other),
+                pool.submit(_run, _match_argv(base, alone, model))]
+        first, second, third = (r.result() for r in runs)
+    assert third.returncode == 0, third.stderr[-2000:]
+    codes = sorted([first.returncode, second.returncode])
+    assert codes in ([0, 0], [0, 2]), first.stderr[-1500:] + second.stderr[-1500:]
+    if codes == [0, 2]:
+        refused = first if first.returncode == 2 else second
+        assert "another protolib run" in refused.stderr and "is writing to this folder" in refused.stderr
+    report = json.loads((shared / "report.json").read_text())
+    matches = (shared / "matches.csv").read_text()
+    target = report["inputs"]["target"]
+    assert len(matches.splitlines()) == report["n_matches"] + 1
+    alone_report = json.loads((alone / "report.json").read_text())
+    if "file" in target:  # the observation's run published last: its matches are those of the run alone
+        assert matches == (alone / "matches.csv").read_text() and report["best_similarity"] == alone_report["best_similarity"]
+        assert report["settings"]["top_k"] == 8
+    else:
+        assert target["system"] == 2 and report["settings"]["top_k"] == 200 and report["n_matches"] > 8
+    again = _run(_match_argv(base, tmp_path / "again", model))
+    assert again.returncode == 0 and "embedding cache" not in again.stderr
+    assert (tmp_path / "again" / "matches.csv").read_bytes() == (alone / "matches.csv").read_bytes()
+
+
+def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"the run ended before the signal: {process.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "the run never got there"
+        time.sleep(0.05)
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_simulate_keeps_the_previous_bank_and_leaves_no_temporary_file(signum, base, tmp_path):
+    bank = tmp_path / "bank.h5"
+    shutil.copy(base / "bank.h5", bank)
+    before = bank.read_bytes()
+    argv = ["simulate", "--config", "tiny", "--systems", "3000", "--projections", "2", "--out", str(bank)]
+    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _temporaries(tmp_path), process)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[signum], stderr[-2000:]
+    assert bank.read_bytes() == before
+    if signum != signal.SIGKILL:
+        assert "Traceback" not in stderr and "the previous outputs are as they were" in stderr
+        assert not _temporaries(tmp_path)
+    else:  # nothing runs on SIGKILL: the next write of the same file removes what it left
+        assert _temporaries(tmp_path)
+        rerun = _run(["simulate", "--config", "tiny", "--systems", "2", "--projections", "2", "--out", str(bank)])
+        assert rerun.returncode == 0 and not _temporaries(tmp_path)
+
+
+def test_an_interrupted_retraining_keeps_the_previous_model_and_can_be_resumed(base, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base / "run", run, ignore=shutil.ignore_patterns("siamese.embeddings-*"))
+    model, metrics = run / "siamese.pt", run / "metrics.json"
+    before = {model: model.read_bytes(), metrics: metrics.read_bytes()}
+    argv = ["train-siamese", "--config", "tiny", "--bank", str(base / "bank.h5"), "--autoencoder", str(run / "autoencoder.pt"),
+            "--out", str(run), "--epochs", "40", "--patience", "40", "--quiet"]
+    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = run / "siamese.partial.pt"
+    _wait_for(partial.exists, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert all(path.read_bytes() == content for path, content in before.items())  # the finished model and its metrics
+    match = _run(["match", "--model", str(model), "--bank", str(base / "bank.h5"), "--target-system", "1", "--out", str(tmp_path / "m")])
+    assert match.returncode == 0
+    resumed = _run([*argv[:-5], "--epochs", "3", "--resume", "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not partial.exists() and model.read_bytes() != before[model]
+    history = json.loads((run / "siamese_history.json").read_text())["history"]
+    assert [record["epoch"] for record in history] == [1, 2, 3]
+    assert json.loads(metrics.read_text())["best_epoch"] == torch_load_best_epoch(model)
+
+
+def torch_load_best_epoch(path: Path) -> int:
+    from protolib.training import load_checkpoint
+
+    return load_checkpoint(path)["best_epoch"]
+
+
+def test_an_interrupted_match_keeps_the_previous_products(base, tmp_path):
+    out = tmp_path / "m"
+    assert _run(_match_argv(base, out)).returncode == 0
+    before = {p: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
+    model = tmp_path / "fresh" / "siamese.pt"  # no cache: the run embeds the bank, time enough for the signal
+    model.parent.mkdir()
+    shutil.copy(base / "run" / "siamese.pt", model)
+    argv = ["match", "--model", str(model), "--bank", str(base / "bank.h5"), "--target-system", "5", "--out", str(out)]
+    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: any(out.glob(".staging-*")), process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode in (143, 0), stderr[-2000:]
+    if process.returncode == 143:  # (0: it had already finished)
+        assert {p: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")} == before
+        assert not any(out.glob(".staging-*"))
+
+
+def test_a_folder_another_run_is_writing_to_is_refused_at_once(base, tmp_path):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".protolib.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("pid 12345 on a-node\n")
+        lock.flush()
+        done = _run(_match_argv(base, out))
+    assert done.returncode == 2
+    assert _error_lines(done.stderr) == [f"protolib match: error: {out}: another protolib run (pid 12345 on a-node) is writing to "
+                                         "this folder; wait for it to finish, or choose another --out."]
+    assert sorted(p.name for p in out.iterdir()) == [".protolib.lock"]
+
+
+def test_products_get_the_usual_permissions_not_mkstemps(base, tmp_path):
+    out = tmp_path / "m"
+    assert _run(_match_argv(base, out)).returncode == 0
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for product in ("matches.csv", "report.json", "corner.png"):
+        assert (out / product).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_interrupt_while_starting_is_one_line(base, tmp_path):
+    argv = ["simulate", "--config", "tiny", "--systems", "2", "--out", str(tmp_path / "b.h5")]
+    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)  # while torch is being imported
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal")  # (a very fast machine)
+    # 130, or killed by SIGINT (-2): when the signal lands inside torch's import, CPython marks the
+    # KeyboardInterrupt as unhandled and re-raises SIGINT at exit, whatever main() returned.
+    assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr[-2000:]
+    assert len(_error_lines(stderr)) == 1 and not (tmp_path / "b.h5").exists()
