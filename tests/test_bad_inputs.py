@@ -233,6 +233,9 @@ def _cases(b: Path) -> dict[str, Case]:
     infinite = _fits_variant(b, "inf.fits", lambda d, h: _with_inf(d))
     cases["observe_infinite_pixel_is_blanked"] = Case(["observe", str(infinite), "--distance", "140", "--bank", str(bank),
                                                        "--out", str(out / "inf_prepared.fits")], code=0)
+    bordered = _fits_variant(b, "zero_border.fits", lambda d, h: _zero_border(d, h))
+    cases["observe_zero_blanked_border"] = Case(["observe", str(bordered), "--distance", "140", "--bank", str(bank),
+                                                 "--out", str(out / "border_prepared.fits")], code=0)
     galactic = _fits_variant(b, "galactic.fits", lambda d, h: (_to_galactic(h), d)[1])
     cases["observe_galactic_map"] = Case(["observe", str(galactic), "--distance", "140", "--bank", str(bank),
                                           "--out", str(out / "gal_prepared.fits")], code=0)
@@ -243,6 +246,15 @@ def _with_inf(data):
     data = data.copy()
     data[..., 5, 7] = np.inf
     return data
+
+
+def _zero_border(data, header):
+    """The map inside a wide border of exact zeros, as some pipelines blank what lies outside the primary beam."""
+    padded = np.zeros((*data.shape[:-2], data.shape[-2] + 160, data.shape[-1] + 160), dtype=data.dtype)
+    padded[..., 80:-80, 80:-80] = data
+    header["CRPIX1"] += 80
+    header["CRPIX2"] += 80
+    return padded
 
 
 def _to_galactic(header):
@@ -331,6 +343,14 @@ def test_an_infinite_pixel_is_blanked_with_a_warning_and_never_chosen_as_centre(
     prepared = fits.getheader(base / "outputs" / "inf_prepared.fits")
     good = fits.getheader(base / "obs.fits")
     assert abs(prepared["CRVAL1"] - good["CRVAL1"]) * 3600 < 0.2 and abs(prepared["CRVAL2"] - good["CRVAL2"]) * 3600 < 0.2
+
+
+def test_a_zero_blanked_border_is_not_taken_for_noise(results, base):
+    case, done, _ = results["observe_zero_blanked_border"]
+    assert done.returncode == 0, done.stderr[-2000:]
+    noise = fits.getheader(base / "outputs" / "border_prepared.fits")["PROTOLIB NOISE_RMS"]
+    assert 3e-5 < noise < 1e-4  # about simulate-observation's 5e-5 Jy/beam, not ~1e-19 from the zeros
+    assert "zero-valued blanking" in done.stdout
 
 
 def test_a_galactic_map_is_read_and_its_coordinates_named_as_such(results):
