@@ -335,11 +335,18 @@ def simulate_bank(
     systems_per_batch: int = 8,
     device: torch.device | str | None = None,
     progress: bool = True,
+    threads: int | None = 1,
 ) -> Path:
     """Simulate a bank and write it to ``out`` (HDF5), atomically.
 
     The file appears only when complete: an interrupted run leaves any previous ``out`` untouched.
-    The same arguments give the same file contents, bit for bit (apart from the creation time).
+    The same arguments give the same file contents, bit for bit (apart from the creation time),
+    whatever ``threads`` and however the systems are grouped.
+
+    ``threads`` is the number of torch threads used while rendering on the CPU (restored afterwards;
+    ``None``: torch's setting). One is the default: on a machine shared with other jobs, two threads
+    rendered 5 images per CPU-second against 21.6 for one (benchmarks/README.md); use processes for
+    parallelism (:func:`protolib.cluster.simulate_bank_parallel`, ``protolib simulate --workers``).
 
     Example:
         >>> simulate_bank("bank.h5", n_systems=100, n_projections=8, seed=1)  # doctest: +SKIP
@@ -356,7 +363,13 @@ def simulate_bank(
             idx = np.arange(start, min(n_systems, start + systems_per_batch))
             yield (idx, *render_systems(systems, idx, config, instrument, seed, device))
 
-    write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
     return Path(out)
 
 

@@ -8,6 +8,7 @@ line, without a traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,12 @@ def _register_simulate(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed (default: from the config)")
     p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=1, help="render in parallel on a local Dask cluster of this many processes")
+    p.add_argument("--workers", type=int, default=None,
+                   help="render in parallel on a local Dask cluster of this many processes, one thread each (default: one per "
+                        f"CPU core for banks of {PARALLEL_FROM_IMAGES} images or more on the CPU, else 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of each rendering process (default 1: on a shared machine more threads per process "
+                        "lose more to waiting than they gain)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (e.g. tcp://node:8786) to render on")
     p.add_argument("--shard-systems", type=int, default=16, help="systems per shard in parallel runs (default 16)")
     p.add_argument("--out", required=True, type=Path, help="bank file to write (.h5)")
@@ -43,7 +49,8 @@ def _register_simulate(sub) -> None:
                 overrides[section][name] = getattr(args, key)
         config = load_config(args.config, overrides)
         common = dict(seed=config.bank.seed, config=config.simulator, instrument=config.instrument)
-        if args.workers > 1 or args.scheduler:
+        workers = _simulate_workers(args, config.bank.n_systems * config.bank.n_projections)
+        if workers > 1 or args.scheduler:
             from .cluster import simulate_bank_parallel
 
             client = None
@@ -52,14 +59,32 @@ def _register_simulate(sub) -> None:
 
                 client = Client(args.scheduler)
             report = simulate_bank_parallel(args.out, config.bank.n_systems, config.bank.n_projections, client=client,
-                                            n_workers=args.workers, shard_systems=args.shard_systems, **common)
-            print(f"Rendered {len(report.rendered)} of {report.n_shards} shards ({len(report.reused)} reused from an earlier run).")
+                                            n_workers=workers, shard_systems=args.shard_systems, **common)
+            print(f"Rendered {len(report.rendered)} of {report.n_shards} shards on {workers if not args.scheduler else 'the'} "
+                  f"worker(s) ({len(report.reused)} reused from an earlier run).")
         else:
-            simulate_bank(args.out, config.bank.n_systems, config.bank.n_projections, device=args.device, **common)
+            simulate_bank(args.out, config.bank.n_systems, config.bank.n_projections, device=args.device, threads=args.threads,
+                          **common)
         with Bank(args.out) as bank:
             print(f"Wrote {bank}")
 
     p.set_defaults(handler=handler)
+
+
+PARALLEL_FROM_IMAGES = 1024  # below this, starting worker processes costs more than it saves
+
+
+def _simulate_workers(args, n_images: int) -> int:
+    """Worker processes for ``simulate``: as asked, else one per core for large CPU banks, else 1."""
+    if args.threads < 1 or (args.workers is not None and args.workers < 1):
+        raise ProtolibInputError(f"--workers and --threads must be at least 1 (got {args.workers} and {args.threads}).")
+    if args.workers is not None:
+        return args.workers
+    from .runtime import default_device
+
+    if default_device(args.device).type != "cpu" or n_images < PARALLEL_FROM_IMAGES:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _register_import_thesis(sub) -> None:

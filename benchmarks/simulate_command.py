@@ -1,0 +1,95 @@
+"""The bank command as a user runs it, beside the renderer's own single-thread rate, in one run.
+
+Measures, on this machine and in this order:
+
+1. the renderer in this process at 64x64 (default configuration), with 1 and with 2 torch threads:
+   images per second of wall time and per CPU-second;
+2. the whole command ``protolib simulate --systems 250 --projections 8 --size 64`` (start-up and the
+   HDF5 file included) with the old default (one process, 2 threads), one process with 1 thread, and
+   the new default (one single-threaded worker process per core).
+
+    python benchmarks/simulate_command.py [--systems 250] [--out results.json]
+
+The machine is shared and noisy: compare the rows of one run, not runs of different days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protolib.bank import draw_systems, render_systems
+from protolib.config import load_config
+from protolib.simulator import SimulatorConfig
+
+
+def renderer_rate(threads: int, n_systems: int = 16, n_projections: int = 8) -> dict:
+    """Images per wall-second and per CPU-second of :func:`render_systems` with ``threads`` torch threads."""
+    config = load_config("default")
+    simulator = SimulatorConfig(**{**config.simulator.to_dict(), "image_size": 64})
+    systems = draw_systems(n_systems, n_projections, seed=3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        render_systems(systems, np.arange(1), simulator, config.instrument, 0, "cpu")  # warm-up
+        wall, cpu = time.perf_counter(), time.process_time()
+        render_systems(systems, np.arange(n_systems), simulator, config.instrument, 0, "cpu")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        torch.set_num_threads(previous)
+    n = n_systems * n_projections
+    return {"threads": threads, "images_per_second": n / wall, "images_per_cpu_second": n / cpu}
+
+
+def command_rate(label: str, extra: list[str], n_systems: int, n_projections: int = 8) -> dict:
+    """Images per second of the whole ``protolib simulate`` command (a fresh process, start-up included)."""
+    with tempfile.TemporaryDirectory() as folder:
+        argv = [sys.executable, "-m", "protolib", "simulate", "--config", "default", "--systems", str(n_systems),
+                "--projections", str(n_projections), "--size", "64", "--out", str(Path(folder) / "bank.h5"), *extra]
+        start = time.perf_counter()
+        usage = os.times()
+        subprocess.run(argv, check=True, capture_output=True, env={**os.environ, "PROTOLIB_DEVICE": "cpu"})
+        seconds = time.perf_counter() - start
+        after = os.times()
+    cpu = (after.children_user - usage.children_user) + (after.children_system - usage.children_system)
+    n = n_systems * n_projections
+    return {"command": label, "arguments": " ".join(extra) or "(defaults)", "seconds": seconds, "images_per_second": n / seconds,
+            "images_per_cpu_second": n / cpu if cpu > 0 else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", type=int, default=250)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    renderer = [renderer_rate(1), renderer_rate(2)]
+    commands = [command_rate("old default: 1 process, 2 threads", ["--workers", "1", "--threads", "2"], args.systems),
+                command_rate("1 process, 1 thread", ["--workers", "1", "--threads", "1"], args.systems),
+                command_rate(f"new default: {cores} worker processes, 1 thread each", [], args.systems)]
+    print(f"{platform.node()}: {cores} cores, load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
+    print("renderer in-process (64x64):")
+    for row in renderer:
+        print(f"  {row['threads']} thread(s): {row['images_per_second']:7.1f} images/s, {row['images_per_cpu_second']:7.1f} images/CPU-s")
+    print(f"protolib simulate --systems {args.systems} --projections 8 --size 64 (whole command):")
+    for row in commands:
+        per_cpu = f"{row['images_per_cpu_second']:.1f}" if row["images_per_cpu_second"] else "n/a"
+        print(f"  {row['command']:48s} {row['seconds']:6.1f} s  {row['images_per_second']:7.1f} images/s  {per_cpu} images/CPU-s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"machine": platform.node(), "cores": cores, "load_average": os.getloadavg(),
+                                        "renderer": renderer, "commands": commands}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
