@@ -8,6 +8,8 @@ defaults train on 2 CPU cores in a few minutes on the book's bank.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from .distributed import global_mean_weight, idle_output, start
 from .images import AugmentationConfig, ImagePreprocessing, augment_images
 from .runtime import ProtolibInputError, default_device
 from .splits import Split
-from .training import ImageSource, TrainingConfig, fit, load_checkpoint, system_batches
+from .training import ImageSource, TrainingConfig, fit, load_checkpoint, network_from_checkpoint, system_batches
 
 __all__ = [
     "AutoencoderConfig",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 
+MAX_WIDTH = 16384  # the most feature maps, latent or embedding entries a layer may have (a crafted file could ask for terabytes)
+
+
 @dataclass
 class AutoencoderConfig:
     """Shape of the autoencoder; stored in its checkpoint (and the Siamese network's)."""
@@ -48,6 +53,12 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         self.channels = [int(c) for c in self.channels]
+        sizes = {"latent_size": self.latent_size, "convs_per_level": self.convs_per_level, **{f"channels[{i}]": c for i, c in enumerate(self.channels)}}
+        for name, value in sizes.items():
+            if not 1 <= int(value) <= MAX_WIDTH:
+                raise ProtolibInputError(f"The autoencoder's {name} must be between 1 and {MAX_WIDTH}, got {value}.")
+        if not (math.isfinite(self.flux_weight) and self.flux_weight >= 0):
+            raise ProtolibInputError(f"The autoencoder's flux_weight must be a number >= 0, got {self.flux_weight}.")
         if not self.channels or self.image_size % 2 ** len(self.channels):
             raise ProtolibInputError(
                 f"Images of {self.image_size} px cannot be halved {len(self.channels)} times (channels {self.channels}); "
@@ -264,8 +275,7 @@ def load_autoencoder(path: str | Path, device: str | torch.device | None = None)
     """Rebuild a trained autoencoder from its checkpoint alone."""
     checkpoint = load_checkpoint(path, "autoencoder")
     device = default_device(device)
-    network = Autoencoder(AutoencoderConfig(**checkpoint["config"]["model"]))
-    network.load_state_dict(checkpoint["model_state"])
+    network = network_from_checkpoint(lambda: Autoencoder(AutoencoderConfig(**checkpoint["config"]["model"])), checkpoint, path)
     return AutoencoderModel(network.to(device), ImagePreprocessing.from_dict(checkpoint["preprocessing"]), checkpoint, device)
 
 

@@ -69,6 +69,11 @@ class Bank:
                 f"{self.path} is an HDF5 file but not a protolib bank (no 'format = {FORMAT}' attribute or no "
                 "/images dataset). Banks are written by `protolib simulate` or `protolib import-thesis`."
             )
+        try:
+            _check_structure(self._file, self.path)
+        except ProtolibInputError:
+            self._file.close()
+            raise
         self.images: h5py.Dataset = self._file["images"]
         stored = list(self._file["parameters"])
         ordered = [n for n in PARAMETERS if n in stored] + [n for n in stored if n not in PARAMETERS]
@@ -123,12 +128,15 @@ class Bank:
                 raise ProtolibInputError(
                     f"{self.path}: parameters/{name} is log-scaled and must be positive, but {len(systems)} value(s) are <= 0 "
                     f"(system(s) {_first(systems)}); fix or remove those systems.")
+        if np.isfinite(self.inclination).all() and (np.any(self.inclination < 0) or np.any(self.inclination > 180)):
+            raise ProtolibInputError(f"{self.path}: viewing/inclination holds angles outside 0-180 deg.")
         n = self.n_systems
         step = max(1, math.ceil(self.images.nbytes / IMAGE_CHECK_BYTES))
         systems = np.arange(0, n, step)
-        count, where = 0, []
+        count, where, brightest = 0, [], -np.inf
         for chunk, images in self.iter_batches(systems, max(1, int(2**26 // max(1, _system_bytes(self.images))))):
             bad = ~np.isfinite(images)
+            brightest = max(brightest, float(np.max(np.where(bad, -np.inf, images))))
             if bad.any():
                 count += int(bad.sum())
                 where.extend(chunk[np.any(bad.reshape(len(chunk), -1), axis=1)].tolist())
@@ -137,6 +145,9 @@ class Bank:
             raise ProtolibInputError(
                 f"{self.path}: images holds {count} NaN or infinite pixel(s){checked} (system(s) {_first(np.array(where))}); "
                 "re-render or remove those systems.")
+        if not brightest > 0:
+            raise ProtolibInputError(f"{self.path}: no image of the bank has a positive pixel (all zero or negative); "
+                                     "it holds no emission to match.")
 
     @property
     def n_systems(self) -> int:
@@ -250,6 +261,79 @@ class Bank:
     def __repr__(self) -> str:
         n, p, h, w = self.images.shape
         return f"Bank({str(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
+
+
+MAX_IMAGE_SIDE = 4096  # pixels: larger bank images are refused when a bank is opened (a crafted file could ask for terabytes)
+
+
+def _check_structure(f: h5py.File, path: Path) -> None:
+    """Refuse, in one line, a bank file whose layout is not the schema's (see the module docstring).
+
+    Checked before anything is read: every dataset is present, stored in this file (no external
+    links, soft links, external raw storage or virtual datasets, which would read other files),
+    real-valued and of the right shape, and the attributes the pipeline uses are numbers.
+    """
+    version = f.attrs.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, (int, np.integer)) or int(version) > SCHEMA_VERSION:
+        raise ProtolibInputError(f"{path}: bank schema version {version!r} is newer than this protolib reads "
+                                 f"({SCHEMA_VERSION}); upgrade protolib.")
+    required = ["images", "parameters", "viewing/inclination", "viewing/position_angle", "system_id"]
+    for name in required:
+        if name not in f:
+            raise ProtolibInputError(f"{path}: the bank has no /{name}; it is incomplete or not written by protolib "
+                                     "(see `protolib simulate` / `protolib import-thesis`).")
+    datasets = {"images": f["images"], "system_id": f["system_id"], "viewing/inclination": f["viewing/inclination"],
+                "viewing/position_angle": f["viewing/position_angle"]}
+    datasets.update({f"parameters/{n}": f["parameters"][n] for n in f["parameters"]})
+    for name in ["images", "parameters", "viewing", "system_id", *datasets]:
+        link = f.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise ProtolibInputError(f"{path}: /{name} is a {type(link).__name__} to elsewhere; a bank must hold its own data "
+                                     "(links could read any file).")
+    for name, dataset in datasets.items():
+        if not isinstance(dataset, h5py.Dataset):
+            raise ProtolibInputError(f"{path}: /{name} is a group, not a dataset.")
+        if dataset.is_virtual or dataset.id.get_create_plist().get_external_count() > 0:
+            raise ProtolibInputError(f"{path}: /{name} keeps its data outside the bank file (external or virtual storage); "
+                                     "a bank must hold its own data.")
+        if dataset.dtype.kind not in "fiu":
+            raise ProtolibInputError(f"{path}: /{name} holds {dataset.dtype} values, not real numbers.")
+    images = datasets["images"]
+    if images.ndim != 4 or images.shape[0] < 1 or images.shape[1] < 1 or images.shape[2] != images.shape[3]:
+        raise ProtolibInputError(f"{path}: /images has shape {images.shape}; a bank holds (systems >= 1, projections >= 1, "
+                                 "side, side) images.")
+    if not 8 <= images.shape[-1] <= MAX_IMAGE_SIDE:
+        raise ProtolibInputError(f"{path}: /images are {images.shape[-1]} pixels a side; protolib works with 8 to "
+                                 f"{MAX_IMAGE_SIDE}.")
+    n, p = images.shape[:2]
+    expected = {"system_id": (n,), "viewing/inclination": (n, p), "viewing/position_angle": (n, p)}
+    expected.update({name: (n,) for name in datasets if name.startswith("parameters/")})
+    for name, shape in expected.items():
+        if datasets[name].shape != shape:
+            raise ProtolibInputError(f"{path}: /{name} has shape {datasets[name].shape}, but the bank's images make it {shape}.")
+    if len(np.unique(datasets["system_id"][()])) != n:
+        raise ProtolibInputError(f"{path}: /system_id repeats identifiers; each system needs its own.")
+    for key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz", "beam_major_arcsec", "beam_minor_arcsec",
+                "beam_position_angle_deg", "noise_rms_jy_beam"):
+        if key in f.attrs:
+            try:
+                value = float(f.attrs[key])
+            except (TypeError, ValueError):
+                raise ProtolibInputError(f"{path}: the bank attribute {key} = {f.attrs[key]!r} is not a number.") from None
+            positive = key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz")
+            if (positive and not (value > 0 or (key == "pixel_size_au" and math.isnan(value)))) or (
+                    not positive and key != "beam_position_angle_deg" and value < 0):
+                raise ProtolibInputError(f"{path}: the bank attribute {key} = {value} must be {'positive' if positive else '>= 0'}.")
+    side, fov, pixel = images.shape[-1], f.attrs.get("field_of_view_au"), f.attrs.get("pixel_size_au")
+    if fov is not None and pixel is not None and math.isfinite(float(pixel)) and abs(float(pixel) * side - float(fov)) > 0.01 * float(fov):
+        raise ProtolibInputError(f"{path}: the bank's pixel size ({float(pixel):g} au) times its {side} pixels is not its field of "
+                                 f"view ({float(fov):g} au); the attributes disagree.")
+    for key in ("simulator_config", "prior"):
+        if key in f.attrs:
+            try:
+                json.loads(_plain(f.attrs[key]))
+            except (TypeError, ValueError):
+                raise ProtolibInputError(f"{path}: the bank attribute {key} is not valid JSON.") from None
 
 
 def _first(indices: np.ndarray, n: int = 5) -> str:

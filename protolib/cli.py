@@ -8,6 +8,7 @@ line, without a traceback; ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -150,14 +151,45 @@ def _register_match(sub) -> None:
         preparation = (report["inputs"].get("target") or {}).get("preparation")
         if preparation:
             print(_preparation_notes(preparation))
-        print(verdict["message"], file=sys.stderr if verdict["is_out_of_distribution"] else sys.stdout)
+        _say("match", verdict["message"], not verdict["is_out_of_distribution"])
         if fit is not None:
-            print(fit["message"], file=sys.stdout if fit["reproduces"] else sys.stderr)
+            _say("match", fit["message"], fit["reproduces"])
         if report.get("interval_calibration"):
             print(_calibration_note(report["interval_calibration"]))
-        print(f"Verdict: {overall['message']}", file=sys.stdout if overall["trusted"] else sys.stderr)
+        _say("match", f"Verdict: {overall['message']}", overall["trusted"])
 
     p.set_defaults(handler=handler)
+
+
+def _refuse_overwriting_input(out: Path, inputs) -> None:
+    """Refuse an output path that is one of the inputs (the input would be lost)."""
+    if out.exists():
+        for given in inputs:
+            if given is not None and Path(given).exists() and Path(given).resolve() == out.resolve():
+                raise ProtolibInputError(f"{out}: --out is the input file itself, which would be overwritten; write elsewhere.")
+
+
+def _check_figure_path(path: Path) -> None:
+    """Refuse a figure path matplotlib cannot write, before any work is done."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = path.suffix.lstrip(".").lower() or "png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.is_dir():
+        raise ProtolibInputError(f"{path} is a folder; give a figure file name, e.g. {path / 'figure.png'}.")
+    if suffix not in formats:
+        raise ProtolibInputError(f"{path}: matplotlib cannot write .{suffix} figures; use one of {', '.join(sorted(formats))}.")
+
+
+def _say(command: str, message: str, good: bool) -> None:
+    """A finding on stdout, or, when it is a warning, on stderr as ``protolib COMMAND: warning: ...``."""
+    if good:
+        print(message)
+    else:
+        print(f"protolib {command}: warning: {_one_line(message.removeprefix('WARNING: '))}", file=sys.stderr)
 
 
 def _preparation_notes(info: dict) -> str:
@@ -197,7 +229,7 @@ def _run_reporting_warnings(command: str, action):
             for item in caught:
                 if issubclass(item.category, UserWarning) and str(item.message) not in seen:
                     seen.add(str(item.message))
-                    print(f"protolib {command}: warning: {item.message}", file=sys.stderr)
+                    print(f"protolib {command}: warning: {_one_line(str(item.message))}", file=sys.stderr)
 
 
 def _beam_argument(values, where: str):
@@ -206,8 +238,9 @@ def _beam_argument(values, where: str):
     if values is None:
         return None
     major, minor, pa = values
-    if not (major > 0 and minor > 0):
-        raise ProtolibInputError(f"{where}: --beam needs positive FWHM axes in arcsec (MAJ MIN PA), got {major} {minor} {pa}.")
+    if not (major > 0 and minor > 0 and math.isfinite(major) and math.isfinite(minor) and math.isfinite(pa)):
+        raise ProtolibInputError(f"{where}: --beam needs finite, positive FWHM axes in arcsec and a finite PA in degrees "
+                                 f"(MAJ MIN PA), got {major} {minor} {pa}.")
     return Beam(major, minor, pa)
 
 
@@ -254,6 +287,11 @@ def _register_observe(sub) -> None:
 
         if args.distance is None:
             raise ProtolibInputError(f"{args.observation}: the distance to the source is missing; give it with --distance PC.")
+        _refuse_overwriting_input(args.out, [args.observation])
+        if args.plot is not None:
+            _check_figure_path(args.plot)
+            if args.plot.resolve() == args.out.resolve():
+                raise ProtolibInputError(f"{args.plot}: --plot and --out name the same file; give the figure its own name.")
         bank = args.bank
         if bank is None:
             from .config import load_config
@@ -549,6 +587,7 @@ def _register_embedding_map(sub) -> None:
         matplotlib.use("Agg")
         from .embedding_maps import run_embedding_map
 
+        _check_figure_path(args.out)
         report = _run_reporting_warnings("embedding-map", lambda: run_embedding_map(
             args.model, args.bank, args.out, method=args.method, observation=args.observation, seed=args.seed))
         print(f"Wrote {args.out} ({report['method']} map of {report['n_images']} bank images); smoothness (0 smooth, 1 none): "
@@ -678,6 +717,20 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if terminated else 130
 
 
+def _one_line(message: str, limit: int = 600) -> str:
+    """A message on one line: libraries (wcslib, PyYAML, torch) put context on further lines."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _close_progress_bars() -> None:
+    """End any progress bar's line, so that an error is printed on a line of its own."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", [])):
+            bar.close()
+
+
 def _in_main_thread() -> bool:
     import threading
 
@@ -692,14 +745,16 @@ def _run_handler(args, command: str) -> int:
     except ProtolibInputError as error:
         if args.debug:
             raise
-        print(f"{command}: error: {error}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"{command}: error: {_one_line(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:
         if args.debug:
             raise
         from .runtime import describe_os_error
 
-        print(f"{command}: error: {describe_os_error(error)}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"{command}: error: {_one_line(describe_os_error(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, _Terminated)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .instrument import Instrument
-from .runtime import ProtolibInputError
+from .runtime import ProtolibInputError, typed_settings
 from .simulator import SimulatorConfig
 
 __all__ = ["RunConfig", "BankSettings", "SplitSettings", "load_config", "ensure_bank", "find_configs_dir", "apply_overrides"]
@@ -89,12 +89,11 @@ def find_configs_dir() -> Path | None:
     return folders[0] if folders else None
 
 
+SECTIONS = ("name", "bank", "simulator", "instrument", "split", "autoencoder", "siamese", "matching", "evaluation", "tuning")
+
+
 def _typed(cls, values: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ProtolibInputError(f"{where}: unknown setting(s) {sorted(unknown)}; known ones are {sorted(known)}.")
-    return cls(**values)
+    return typed_settings(cls, values, where)
 
 
 def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict | None = None) -> RunConfig:
@@ -118,8 +117,18 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ProtolibInputError(f"{path} is not valid YAML: {error}") from None
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ProtolibInputError(f"{path} is not valid YAML{line}: {getattr(error, 'problem', None) or error}.") from None
+    if not isinstance(data, dict):
+        raise ProtolibInputError(f"{path}: a configuration is a mapping of sections (bank:, simulator:, ...), not a {type(data).__name__}.")
     data = apply_overrides(data, overrides or {})
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ProtolibInputError(f"{path}: unknown section(s) {unknown}; known ones are {list(SECTIONS)}.")
+    for name in SECTIONS[1:]:
+        if name in data and data[name] is not None and not isinstance(data[name], dict):
+            raise ProtolibInputError(f"{path} [{name}]: expected settings (KEY: VALUE lines), got {data[name]!r}.")
     return RunConfig(
         name=str(data.pop("name", path.stem)),
         path=path,

@@ -40,7 +40,7 @@ from .bank import Bank
 from .distributions import _plain_json, central_coverage, central_intervals, similarity_weights, weighted_percentile
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser
-from .runtime import ProtolibInputError, atomic_path, output_folder
+from .runtime import ProtolibInputError, atomic_path, output_folder, typed_settings
 from .siamese import similarity_metrics
 from .targets import TargetDefinition, target_similarity
 
@@ -115,11 +115,7 @@ def evaluation_settings(config=None, overrides: dict | None = None) -> Evaluatio
     """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent)."""
     section = {} if config is None else config.section("evaluation")
     section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = set(EvaluationSettings.__dataclass_fields__)
-    if set(section) - known:
-        where = getattr(config, "path", "evaluation settings")
-        raise ProtolibInputError(f"{where} [evaluation]: unknown setting(s) {sorted(set(section) - known)}; known ones are {sorted(known)}.")
-    return EvaluationSettings(**section)
+    return typed_settings(EvaluationSettings, section, f"{getattr(config, 'path', 'evaluation settings')} [evaluation]")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .autoencoder import AutoencoderConfig, train_autoencoder
 from .images import AugmentationConfig, ImagePreprocessing
-from .runtime import ProtolibInputError
+from .runtime import ProtolibInputError, typed_settings
 from .siamese import LossConfig, PairConfig, SiameseConfig, train_siamese
 from .splits import split_systems
 from .targets import TargetDefinition
@@ -38,10 +38,13 @@ def _settings(config, stage: str, parts: dict, overrides: dict | None) -> dict:
     result = {}
     for name, cls in parts.items():
         values = section.get(name) or {}
-        known = IMAGE_SETTINGS if cls is dict else {f.name for f in fields(cls)}
-        if set(values) - known:
-            raise ProtolibInputError(f"{config.path} [{stage}.{name}]: unknown setting(s) {sorted(set(values) - known)}; known ones are {sorted(known)}.")
-        result[name] = dict(values) if cls is dict else cls(**values)
+        if cls is dict:
+            if set(values) - IMAGE_SETTINGS:
+                raise ProtolibInputError(f"{config.path} [{stage}.{name}]: unknown setting(s) {sorted(set(values) - IMAGE_SETTINGS)}; "
+                                         f"known ones are {sorted(IMAGE_SETTINGS)}.")
+            result[name] = dict(values)
+        else:
+            result[name] = typed_settings(cls, values, f"{config.path} [{stage}.{name}]")
     return result
 
 

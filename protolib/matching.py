@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .bank import Bank
-from .runtime import ProtolibInputError, atomic_path, default_device, output_folder
+from .runtime import ProtolibInputError, atomic_path, default_device, output_folder, typed_settings
 
 __all__ = [
     "EmbedFunction",
@@ -80,11 +80,7 @@ class MatchingSettings:
 
 def matching_settings(config) -> MatchingSettings:
     """The configuration's matching settings (defaults where its ``matching:`` section is silent)."""
-    section = config.section("matching")
-    known = set(MatchingSettings.__dataclass_fields__)
-    if set(section) - known:
-        raise ProtolibInputError(f"{config.path} [matching]: unknown setting(s) {sorted(set(section) - known)}; known ones are {sorted(known)}.")
-    return MatchingSettings(**section)
+    return typed_settings(MatchingSettings, config.section("matching"), f"{config.path} [matching]")
 
 
 @dataclass

@@ -73,6 +73,7 @@ NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) ab
 NOISE_BEAMS = 300  # the noise is measured on the emission-free pixels nearest the source, this many beam areas of them
 MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
 DETECTION_SIGMA = 5.0  # compact sources are reported above this many times the local noise
+MAX_SCALE_LIMIT_ARCSEC = 3600.0  # a "maximum recoverable scale" beyond a degree is a mistake (0 means no filtering)
 MAX_SCALE_BEAMS = 10.0  # assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
 
 
@@ -178,7 +179,14 @@ def _header_beam(header: fits.Header, hdul: fits.HDUList, path: Path | None = No
             raise ProtolibInputError(
                 f"{path}: BMAJ = {header['BMAJ']!r}, BMIN = {header['BMIN']!r} is not a beam size (FWHM axes in degrees, both "
                 "positive); fix the header, or give the beam with --beam MAJ MIN PA (arcsec, arcsec, deg).")
-        return Beam(major, minor, float(header.get("BPA", 0.0)))
+        try:
+            angle = float(header.get("BPA", 0.0))
+        except (TypeError, ValueError):
+            angle = math.nan
+        if not math.isfinite(angle):
+            raise ProtolibInputError(f"{path}: BPA = {header.get('BPA')!r} is not a position angle (degrees east of north); "
+                                     "fix the header, or give the beam with --beam MAJ MIN PA.")
+        return Beam(major, minor, angle)
     if "BEAMS" in hdul and hdul["BEAMS"].data is not None and len(hdul["BEAMS"].data):
         row = hdul["BEAMS"].data[0]
         return Beam(float(row["BMAJ"]), float(row["BMIN"]), float(row["BPA"]))
@@ -196,13 +204,45 @@ def _image_hdu(hdul: fits.HDUList, path: Path):
 
 
 def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
-    """Refuse a header whose celestial axes have no pixel scale (astropy would take 1 degree per pixel)."""
+    """Refuse a header whose celestial axes have no usable pixel scale or reference.
+
+    Without CDELT or CD astropy takes 1 degree per pixel; a NaN card, or a CD matrix of zeros, gives
+    a grid of NaN or of no size. Each would later ask for absurd amounts of memory.
+    """
     for axis in (wcs.wcs.lng + 1, wcs.wcs.lat + 1):
         cards = [f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1))]
         if not any(card in header for card in cards):
             raise ProtolibInputError(
                 f"{path}: no pixel scale for axis {axis} ({wcs.wcs.ctype[axis - 1]}): the header has neither CDELT{axis} nor a "
                 f"CD{axis}_j matrix. Add the pixel size in degrees (e.g. CDELT{axis} = -8.3e-6 for 0.03\" pixels).")
+    celestial = wcs.celestial
+    matrix = celestial.pixel_scale_matrix
+    reference = np.asarray(celestial.wcs.crval, dtype=float)
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(reference)) and np.all(np.isfinite(celestial.wcs.crpix))):
+        raise ProtolibInputError(f"{path}: the celestial WCS holds NaN or infinite values (CRVAL, CRPIX, CDELT, CD or PC); "
+                                 "fix the header.")
+    if abs(float(np.linalg.det(matrix))) <= 0.0:
+        raise ProtolibInputError(f"{path}: the celestial pixel scale matrix (CDELT x PC, or CD) is singular: pixels of no size.")
+
+
+def _check_stokes(header: fits.Header, wcs: WCS, path: Path) -> None:
+    """Refuse a plane of polarised intensity (Stokes Q, U, V or a cross-hand correlation): the bank is total intensity."""
+    names = {2: "Q", 3: "U", 4: "V", -3: "RL", -4: "LR", -7: "XY", -8: "YX"}
+    for axis, ctype in enumerate(wcs.wcs.ctype):
+        if ctype.strip().upper() == "STOKES":
+            value = int(round(float(wcs.wcs.crval[axis]) + (1.0 - float(wcs.wcs.crpix[axis])) * float(wcs.wcs.cdelt[axis])))
+            if value in names:
+                raise ProtolibInputError(f"{path}: the image is Stokes {names[value]}, not total intensity (Stokes I); "
+                                         "protolib matches dust continuum intensity.")
+
+
+def _check_beam_sampling(beam: Beam, pixel_arcsec: float, shape: tuple[int, int], path: Path) -> None:
+    """Refuse a beam that spans less than a tenth of a pixel or more than the image: the pixel scale or the beam is wrong."""
+    pixels = beam.major_arcsec / pixel_arcsec
+    if not 0.1 <= pixels <= max(shape):
+        raise ProtolibInputError(
+            f"{path}: the beam ({beam.major_arcsec:.3g}\" FWHM) spans {pixels:.3g} pixels of {pixel_arcsec:.3g}\" in a "
+            f"{shape[1]} x {shape[0]} image; the header's pixel scale (CDELT/CD) or its beam (BMAJ, or --beam) is wrong.")
 
 
 def _celestial_plane(data: np.ndarray, wcs: WCS, path: Path) -> np.ndarray:
@@ -359,6 +399,12 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
                 "protolib needs sky coordinates to find the pixel scale and orientation."
             )
         _check_pixel_scale(header, full_wcs, path)
+        _check_stokes(header, full_wcs, path)
+        others = [h for h in hdul if h is not hdu and isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+                  and h.header.get("NAXIS", 0) >= 2]
+        if others:
+            warnings.warn(f"{path}: the file holds {len(others) + 1} images; using the first ({hdu.name or 'PRIMARY'}, "
+                          f"{'x'.join(str(n) for n in data.shape)}). Write the image you mean into a file of its own.", stacklevel=2)
         plane = _celestial_plane(data, full_wcs, path)
         header_beam = _header_beam(header, hdul, path) if beam is None else None
         if beam is not None:
@@ -396,6 +442,7 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
         pixel_sr = float(np.prod(proj_plane_pixel_scales(wcs))) * (math.pi / 180.0) ** 2
         image = image * (beam.solid_angle_sr / pixel_sr)
     pixel_arcsec = float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs)))) * DEG_ARCSEC
+    _check_beam_sampling(beam, pixel_arcsec, plane.shape, path)
     image, zero_fraction = blank_zero_regions(image, beam.solid_angle_sr / (pixel_arcsec * math.pi / 180.0 / 3600.0) ** 2)
     if not np.isfinite(image).any():
         raise ProtolibInputError(f"{path}: every pixel is NaN or zero-valued blanking; there is no data to prepare.")
@@ -1321,6 +1368,12 @@ def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None)
     if max_scale_arcsec is not None:
         if not (math.isfinite(max_scale_arcsec) and max_scale_arcsec >= 0):
             raise ProtolibInputError(f"{observation.path}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {max_scale_arcsec}.")
+        beam = observation.beam.major_arcsec
+        if max_scale_arcsec and not beam <= max_scale_arcsec <= MAX_SCALE_LIMIT_ARCSEC:
+            raise ProtolibInputError(
+                f"{observation.path}: a maximum recoverable scale of {max_scale_arcsec:g}\" is "
+                + (f"smaller than the beam ({beam:.3g}\"): nothing would be left" if max_scale_arcsec < beam else
+                   f"beyond {MAX_SCALE_LIMIT_ARCSEC:g}\" (give 0 for no filtering)") + ".")
         return (float(max_scale_arcsec) or None), "given"
     if observation.max_scale_arcsec is not None:
         return (observation.max_scale_arcsec or None), "file"

@@ -18,11 +18,67 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "write_figure", "write_json", "ProtolibInputError",
-           "describe_os_error", "remove_stale_temporaries"]
+           "describe_os_error", "remove_stale_temporaries", "typed_settings"]
 
 
 class ProtolibInputError(ValueError):
     """A problem with the user's input (a file, a value): the message says what and how to fix it."""
+
+
+def _type_problem(value, hint) -> str | None:
+    """Why ``value`` is not of the annotated type ``hint`` (``None`` when it is, or the type is not checked)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        problems = [_type_problem(value, option) for option in options]
+        return None if any(p is None for p in problems) else problems[0]
+    if hint is type(None):
+        return None if value is None else "is not null"
+    if hint is bool:
+        return None if isinstance(value, bool) else "is not true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "is not a whole number"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "is not a number"
+    if hint is str:
+        return None if isinstance(value, str) else "is not text"
+    if origin in (list, tuple) or hint in (list, tuple):
+        return None if isinstance(value, (list, tuple)) else "is not a list"
+    return None
+
+
+def typed_settings(cls, values, where: str):
+    """``cls(**values)`` for a settings dataclass, after checking every key and every value's type.
+
+    The one validator of configuration sections: an unknown key is named with the known ones, and a
+    value of the wrong type (``epochs: abc``) is named with the field, in one line.
+    """
+    import dataclasses
+    import typing
+
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ProtolibInputError(f"{where}: expected settings (KEY: VALUE lines), got {type(values).__name__} {values!r}.")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ProtolibInputError(f"{where}: unknown setting(s) {unknown}; known ones are {sorted(known)}.")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - annotations that cannot be resolved are simply not checked
+        hints = {}
+    for name, value in values.items():
+        problem = _type_problem(value, hints.get(name))
+        if problem:
+            raise ProtolibInputError(f"{where}: {name} = {value!r} {problem}.")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ProtolibInputError(f"{where}: {error}") from None
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -33,11 +89,24 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     """
     import torch
 
-    if device is not None:
-        return torch.device(device)
-    if os.environ.get("PROTOLIB_DEVICE"):
-        return torch.device(os.environ["PROTOLIB_DEVICE"])
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = "--device"
+    if device is None and os.environ.get("PROTOLIB_DEVICE"):
+        device, where = os.environ["PROTOLIB_DEVICE"], "PROTOLIB_DEVICE"
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ProtolibInputError(f"{where} = {device!r} is not a device; use cpu, cuda or cuda:N.") from None
+    if chosen.type not in ("cpu", "cuda"):
+        raise ProtolibInputError(f"{where} = {device!r}: protolib runs on cpu or cuda, not {chosen.type}.")
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ProtolibInputError(f"{where} = {device!r}, but this torch ({torch.__version__}) sees no CUDA device; use cpu.")
+        if chosen.index is not None and chosen.index >= count:
+            raise ProtolibInputError(f"{where} = {device!r}, but there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1}).")
+    return chosen
 
 
 def system_rng(seed: int, system_index: int, stream: int = 0) -> np.random.Generator:

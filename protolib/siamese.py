@@ -36,7 +36,7 @@ from .pairs import all_pairs, sample_fixed_pairs
 from .runtime import ProtolibInputError, atomic_path, default_device
 from .splits import Split
 from .targets import TargetDefinition, pairwise_target_similarity, target_similarity
-from .training import TrainingConfig, fit, load_checkpoint
+from .training import TrainingConfig, fit, load_checkpoint, network_from_checkpoint
 
 __all__ = [
     "SiameseConfig",
@@ -61,6 +61,13 @@ class SiameseConfig:
     embedding_size: int = 32  # length of the unit embedding vectors
     hidden_size: int = 128  # width of the projection head's hidden layer
     freeze_encoder: bool = False  # keep the pretrained encoder fixed (True) or fine-tune it (False)
+
+    def __post_init__(self):
+        from .autoencoder import MAX_WIDTH
+
+        for name in ("embedding_size", "hidden_size"):
+            if not 1 <= int(getattr(self, name)) <= MAX_WIDTH:
+                raise ProtolibInputError(f"The Siamese network's {name} must be between 1 and {MAX_WIDTH}, got {getattr(self, name)}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -310,8 +317,8 @@ def load_siamese(path: str | Path, device: str | torch.device | None = None) -> 
     checkpoint = load_checkpoint(path, "siamese")
     device = default_device(device)
     config = checkpoint["config"]
-    network = SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"]))
-    network.load_state_dict(checkpoint["model_state"])
+    network = network_from_checkpoint(lambda: SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"])),
+                                      checkpoint, path)
     return SiameseModel(network.to(device), ImagePreprocessing.from_dict(checkpoint["preprocessing"]), checkpoint, device)
 
 

@@ -63,6 +63,13 @@ class TrainingConfig:
             raise ProtolibInputError(f"Learning-rate schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.epochs < 1 or self.batch_systems < 1:
             raise ProtolibInputError(f"Training needs epochs >= 1 and batch_systems >= 1 (got {self.epochs}, {self.batch_systems}).")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ProtolibInputError(f"The learning rate must be a number >= 0, got {self.learning_rate}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or self.patience < 1 or self.min_delta < 0:
+            raise ProtolibInputError(f"Training needs weight_decay >= 0, patience >= 1 and min_delta >= 0 (got {self.weight_decay}, "
+                                     f"{self.patience}, {self.min_delta}).")
+        if self.projections_per_system is not None and self.projections_per_system < 1:
+            raise ProtolibInputError(f"projections_per_system must be at least 1 (or null: all), got {self.projections_per_system}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,6 +219,34 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     if kind is not None and data.get("kind") != kind:
         raise ProtolibInputError(f"{path} holds a {data.get('kind')!r} model, not a {kind!r} one.")
     return data
+
+
+def network_from_checkpoint(build: Callable[[], torch.nn.Module], checkpoint: dict, path: str | Path) -> torch.nn.Module:
+    """The network ``build()`` makes, with the checkpoint's weights, checked before anything is allocated.
+
+    The architecture is first built on PyTorch's ``meta`` device (no memory), and its tensors' names
+    and shapes compared with the weights in the file: a checkpoint whose configuration asks for a
+    network other than its weights (or one of absurd size) is refused in one line, and NaN or
+    infinite weights too.
+    """
+    state = checkpoint["model_state"]
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except (TypeError, ValueError, RuntimeError, KeyError, ProtolibInputError) as error:
+        raise ProtolibInputError(f"Checkpoint {path}: its configuration does not describe a protolib network ({error}).") from None
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    stored = {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
+    if expected != stored or len(stored) != len(state):
+        different = sorted(set(expected) ^ set(stored)) or [n for n in expected if expected[n] != stored.get(n)]
+        raise ProtolibInputError(f"Checkpoint {path}: its weights do not fit the network its configuration describes "
+                                 f"(first difference: {different[0] if different else 'non-tensor entries'}); the file is damaged "
+                                 "or was edited.")
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise ProtolibInputError(f"Checkpoint {path} holds NaN or infinite weights; retrain the network.")
+    network = build()
+    network.load_state_dict(state)
+    return network
 
 
 def _learning_rate(config: TrainingConfig, epoch: int, plateau_factor: float) -> float:
