@@ -24,7 +24,7 @@ from matplotlib.colors import TwoSlopeNorm
 from scipy.stats import spearmanr
 
 from .plotting import draw_image, image_extent_au
-from .runtime import ProtolibInputError, write_figure, write_json
+from .runtime import ProtolibInputError, output_folder, write_figure, write_json
 from .siamese import SiameseModel, evaluate_similarity, load_siamese_with_its_bank
 
 __all__ = ["pair_similarity", "pair_attributions", "randomised_copy", "attribution_rank_correlation", "pick_pairs", "plot_pair_attributions",
@@ -136,6 +136,9 @@ def plot_pair_attributions(
     return fig
 
 
+MAX_STEPS = 4096  # integrated-gradient steps: more is no better, and costs memory in proportion
+
+
 def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str | Path, *, observation: str | Path | None = None,
                     steps: int = 32, seed: int = 0, device: str | None = "cpu") -> dict:
     """What ``protolib attribute`` does: attribution maps of the best, middle and worst held-out pairs, and their sanity check.
@@ -152,8 +155,14 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
         ``target`` similarity and ``rank_correlation_trained_vs_randomised``; with an observation, its best match.
     """
     out_dir = Path(out_dir)
+    if not 1 <= steps <= MAX_STEPS:
+        raise ProtolibInputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}.")
     model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
-    with bank:
+    with bank, output_folder(out_dir) as staging:  # the products of one run, published together
+        if observation is not None:
+            from .matching import read_observation_target
+
+            read_observation_target(observation, bank)  # a wrong file is refused before any work
         held_out = evaluate_similarity(model, bank, model.split.test, seed=seed)
         first, second, system = held_out["first"], held_out["second"], held_out["system"]
         between = np.flatnonzero(system[first] != system[second])
@@ -168,14 +177,14 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
             random_maps = pair_attributions(randomised, *images, steps=steps)
             predicted, target = float(held_out["predicted"][k]), float(held_out["target"][k])
             write_figure(plot_pair_attributions(*images, *maps, pixel_size_au=bank.pixel_size_au,
-                                                suptitle=f"{name} pair: predicted {predicted:.2f}, target {target:.2f}"), out_dir / f"pair_{name}.png")
+                                                suptitle=f"{name} pair: predicted {predicted:.2f}, target {target:.2f}"), staging / f"pair_{name}.png")
             report["pairs"][name] = {
                 "images": [{"system": int(system[i]), "projection": int(i % bank.n_projections)} for i in (first[k], second[k])],
                 "predicted": predicted, "target": target,
                 "rank_correlation_trained_vs_randomised": attribution_rank_correlation(np.r_[maps], np.r_[random_maps])}
         if observation is not None:
-            report["observation"] = _observation_attribution(model, model_path, bank, observation, steps, out_dir / "observation_best_match.png")
-    write_json(report, out_dir / "attribution.json")
+            report["observation"] = _observation_attribution(model, model_path, bank, observation, steps, staging / "observation_best_match.png")
+        write_json(report, staging / "attribution.json")
     return report
 
 

@@ -567,9 +567,15 @@ def import_thesis_snapshots(
     folder = Path(folder)
     if not folder.is_dir():
         raise ProtolibInputError(f"{folder} is not a folder of snapshot files.")
+    if n_projections < 1:
+        raise ProtolibInputError(f"--projections must be at least 1, got {n_projections}.")
+    if pixel_size_au is not None and not (math.isfinite(pixel_size_au) and pixel_size_au > 0):
+        raise ProtolibInputError(f"--pixel-size-au must be a positive number of au, got {pixel_size_au}.")
     files = sorted([*folder.glob("*.h5"), *folder.glob("*.hdf5")])
     if not files:
         raise ProtolibInputError(f"No .h5 or .hdf5 files in {folder}.")
+    if Path(out).exists() and any(Path(out).resolve() == f.resolve() for f in files):
+        raise ProtolibInputError(f"{out}: --out is one of the snapshot files being imported, which would be overwritten; write elsewhere.")
     images, params, imported, skipped = [], {v: [] for v in THESIS_DATASETS.values()}, [], {}
     shape = None
     for path in tqdm(files, desc="Importing snapshots", disable=not progress):
@@ -595,9 +601,10 @@ def import_thesis_snapshots(
         "position_angle": np.full((n, n_projections), np.nan),
         "system_id": np.arange(n),
     }
-    with atomic_path(out) as tmp:
+    stacked = np.stack(images).astype("f4")
+    with atomic_path(out, expected_bytes=stacked.nbytes + 64 * n * (n_projections + 16)) as tmp:
         with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("images", data=np.stack(images).astype("f4"), chunks=(1, n_projections, *shape[1:]))
+            ds = f.create_dataset("images", data=stacked, chunks=(1, n_projections, *shape[1:]))
             ds.attrs["unit"] = "arbitrary"
             ds.attrs["axes"] = "system, projection, north, west"
             _write_tables(f, viewing, {k: np.array(v) for k, v in params.items()})

@@ -25,7 +25,7 @@ def _register_simulate(sub) -> None:
     p.add_argument("--projections", type=int, help="viewing angles per system (default: from the config)")
     p.add_argument("--size", type=int, help="image size in pixels (default: from the config)")
     p.add_argument("--fov", type=float, help="field of view in au (default: from the config)")
-    p.add_argument("--seed", type=int, help="random seed (default: from the config)")
+    p.add_argument("--seed", type=_seed, help="random seed (default: from the config)")
     p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=None,
@@ -36,7 +36,7 @@ def _register_simulate(sub) -> None:
                         "lose more to waiting than they gain)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (e.g. tcp://node:8786) to render on")
     p.add_argument("--shard-systems", type=int, default=16, help="systems per shard in parallel runs (default 16)")
-    p.add_argument("--out", required=True, type=Path, help="bank file to write (.h5)")
+    p.add_argument("--out", required=True, type=_path, help="bank file to write (.h5)")
 
     def handler(args):
         from .bank import Bank, simulate_bank
@@ -90,8 +90,8 @@ def _simulate_workers(args, n_images: int) -> int:
 
 def _register_import_thesis(sub) -> None:
     p = sub.add_parser("import-thesis", help="convert a folder of the thesis's per-snapshot HDF5 files into a bank")
-    p.add_argument("folder", type=Path, help="folder of snapshot files with intensity_projection_1..8 and parameters")
-    p.add_argument("--out", required=True, type=Path, help="bank file to write (.h5)")
+    p.add_argument("folder", type=_path, help="folder of snapshot files with intensity_projection_1..8 and parameters")
+    p.add_argument("--out", required=True, type=_path, help="bank file to write (.h5)")
     p.add_argument("--projections", type=int, default=8, help="projections per snapshot (default 8)")
     p.add_argument("--pixel-size-au", type=float, default=None, help="pixel size of the images in au, if known")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or incomplete files (each is reported)")
@@ -103,7 +103,7 @@ def _register_import_thesis(sub) -> None:
                                          pixel_size_au=args.pixel_size_au, on_error="skip" if args.skip_bad else "raise")
         print(f"Imported {len(report.imported)} snapshot(s) into {args.out}.")
         for path, reason in report.skipped.items():
-            print(f"Skipped {path}: {reason}", file=sys.stderr)
+            print(f"protolib import-thesis: warning: skipped {path}: {_one_line(reason)}", file=sys.stderr)
 
     p.set_defaults(handler=handler)
 
@@ -112,10 +112,10 @@ def _register_match(sub) -> None:
     p = sub.add_parser("match", help="match a target image to the bank and summarise its best matches' parameters",
                        description="Find the bank images most similar to a target (an observation FITS file or a bank "
                                    "system) and write the matches, parameter summaries, a corner plot, a gallery and a report.")
-    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
-    p.add_argument("--bank", required=True, type=Path, help="bank file to search (.h5)")
+    p.add_argument("--model", required=True, type=_path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=_path, help="bank file to search (.h5)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target", type=Path, help="observation to match (FITS image)")
+    target.add_argument("--target", type=_path, help="observation to match (FITS image)")
     target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
     p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
     p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
@@ -131,7 +131,7 @@ def _register_match(sub) -> None:
                    help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (default: equal weights)")
     p.add_argument("--backend", choices=["auto", "exact", "faiss"], default="auto", help="nearest-neighbour search (default auto)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument("--out", required=True, type=Path, help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
+    p.add_argument("--out", required=True, type=_path, help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
 
     def handler(args):
         import matplotlib
@@ -268,13 +268,13 @@ def _register_observe(sub) -> None:
                        description="Read an observed continuum image (FITS), centre it on the source, resample it onto the "
                                    "bank's grid in au (flux conserving), bring it to the bank's units and distance, and write "
                                    "the prepared image (FITS) and optionally a figure.")
-    p.add_argument("observation", type=Path, help="the observed image (FITS: 2-4 axes, Jy/beam or Jy/pixel)")
+    p.add_argument("observation", type=_path, help="the observed image (FITS: 2-4 axes, Jy/beam or Jy/pixel)")
     p.add_argument("--distance", type=float, default=None, help="distance to the source in pc (required)")
-    p.add_argument("--bank", type=Path, default=None,
+    p.add_argument("--bank", type=_path, default=None,
                    help="bank whose grid to use (default: the configuration's bank, see --config)")
     p.add_argument("--config", default=None, help="configuration naming the default bank (default: $PROTOLIB_CONFIG or 'default')")
-    p.add_argument("--out", type=Path, required=True, help="prepared image to write (FITS)")
-    p.add_argument("--plot", type=Path, default=None, help="also write a figure: original and prepared side by side (PNG, PDF...)")
+    p.add_argument("--out", type=_path, required=True, help="prepared image to write (FITS)")
+    p.add_argument("--plot", type=_path, default=None, help="also write a figure: original and prepared side by side (PNG, PDF...)")
     p.add_argument("--centre", "--center", dest="centre", default=None,
                    help="sky position to centre on, 'RA DEC' ('04:39:53.9 +26:03:09.4' or degrees); default: the emission peak")
     p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
@@ -327,15 +327,15 @@ def _register_simulate_observation(sub) -> None:
                        description="Draw one system from the bank's prior (or take one from a bank), render it at a chosen "
                                    "distance and pixel scale, convolve with a beam, add noise, and write an ALMA-style FITS "
                                    "image whose header holds the true parameters (PROTOLIB TRUE cards).")
-    p.add_argument("--out", type=Path, required=True, help="FITS file to write")
+    p.add_argument("--out", type=_path, required=True, help="FITS file to write")
     p.add_argument("--distance", type=float, default=140.0, help="distance in pc (default 140)")
     p.add_argument("--pixel", type=float, default=0.03, help="pixel side in arcsec (default 0.03)")
     p.add_argument("--size", type=int, default=256, help="pixels per side (default 256)")
     p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=[0.3, 0.25, 20.0],
                    help="beam FWHM axes [arcsec] and PA [deg] (default 0.3 0.25 20)")
     p.add_argument("--noise", type=float, default=5e-5, help="noise rms in Jy/beam (default 5e-5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the system drawn from the prior and of the noise")
-    p.add_argument("--from-bank", type=Path, default=None, help="take the system from this bank instead of the prior")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the system drawn from the prior and of the noise")
+    p.add_argument("--from-bank", type=_path, default=None, help="take the system from this bank instead of the prior")
     p.add_argument("--system", type=int, default=0, help="index of the system in --from-bank (default 0)")
     p.add_argument("--inclination", type=float, default=None, help="inclination in deg (default: drawn)")
     p.add_argument("--position-angle", type=float, default=None, help="disk PA in deg east of north (default: drawn)")
@@ -348,8 +348,22 @@ def _register_simulate_observation(sub) -> None:
         from .observation import write_observation_fits
 
         for name, value in (("--distance", args.distance), ("--pixel", args.pixel), ("--size", args.size)):
-            if not value > 0:
+            if not (value > 0 and math.isfinite(value)):
                 raise ProtolibInputError(f"{args.out}: {name} must be positive, got {value}.")
+        field = args.size * args.pixel
+        beam = _beam_argument(args.beam, str(args.out))
+        checks = [(16 <= args.size <= 8192, f"--size {args.size}: give 16 to 8192 pixels a side"),
+                  (beam.major_arcsec < field / 2, f"--beam {beam.major_arcsec:g}\" is not smaller than half the {field:g}\" image"),
+                  (all(math.isfinite(o) and abs(o) < field / 2 for o in args.offset), f"--offset {args.offset} lies outside the "
+                   f"{field:g}\" image"),
+                  (math.isfinite(args.noise) and args.noise >= 0, f"--noise {args.noise} must be a number >= 0 (Jy/beam)"),
+                  (args.inclination is None or 0 <= args.inclination <= 180, f"--inclination {args.inclination} must be 0-180 deg"),
+                  (args.position_angle is None or math.isfinite(args.position_angle), "--position-angle must be a number"),
+                  (args.object is None or (args.object.isascii() and args.object.isprintable()),
+                   f"--object {args.object!r}: FITS headers hold printable ASCII only")]
+        for good, problem in checks:
+            if not good:
+                raise ProtolibInputError(f"{args.out}: {problem}.")
         if args.from_bank is not None:
             with Bank(args.from_bank) as bank:
                 if not 0 <= args.system < bank.n_systems:
@@ -364,7 +378,7 @@ def _register_simulate_observation(sub) -> None:
         position_angle = args.position_angle if args.position_angle is not None else float(position_angle)
         write_observation_fits(args.out, system, inclination_deg=inclination, position_angle_deg=position_angle,
                                distance_pc=args.distance, pixel_arcsec=args.pixel, image_size=args.size,
-                               beam=_beam_argument(args.beam, str(args.out)), noise_rms_jy_beam=args.noise, seed=args.seed,
+                               beam=beam, noise_rms_jy_beam=args.noise, seed=args.seed,
                                source_offset_arcsec=tuple(args.offset), object_name=args.object)
         print(f"Wrote {args.out}: {args.size}x{args.size} px of {args.pixel:g}\" at {args.distance:g} pc, "
               f"inclination {inclination:.0f} deg, PA {position_angle:.0f} deg.")
@@ -401,14 +415,14 @@ def _stage_overrides(args, stage: str, options: dict) -> dict:
 
 
 def _add_learning_options(p) -> None:
-    p.add_argument("--bank", required=True, type=Path, help="bank file (.h5)")
-    p.add_argument("--out", required=True, type=Path, help="run folder for the checkpoint, history and metrics")
+    p.add_argument("--bank", required=True, type=_path, help="bank file (.h5)")
+    p.add_argument("--out", required=True, type=_path, help="run folder for the checkpoint, history and metrics")
     p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
     p.add_argument("--epochs", type=int, help="most epochs to train (early stopping may end sooner)")
     p.add_argument("--batch-systems", type=int, help="systems per batch")
     p.add_argument("--learning-rate", type=float, help="AdamW learning rate at the start")
     p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
-    p.add_argument("--seed", type=int, help="seed of initialisation, batch order and augmentation")
+    p.add_argument("--seed", type=_seed, help="seed of initialisation, batch order and augmentation")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -465,7 +479,7 @@ def _register_train_siamese(sub) -> None:
                        description="Train the Siamese network from a pretrained autoencoder; writes OUT/siamese.pt and "
                                    "OUT/metrics.json (held-out spearman, mse, within_0.1).")
     _add_learning_options(p)
-    p.add_argument("--autoencoder", required=True, type=Path, help="autoencoder checkpoint (RUN/autoencoder.pt)")
+    p.add_argument("--autoencoder", required=True, type=_path, help="autoencoder checkpoint (RUN/autoencoder.pt)")
     p.add_argument("--target", choices=["kernel", "cosine"], help="target similarity from parameters")
     p.add_argument("--parameters", type=lambda s: s.split(","), help="parameters defining similarity, comma-separated")
     p.add_argument("--weights", type=lambda s: [float(w) for w in s.split(",")], help="a weight per parameter, comma-separated")
@@ -508,9 +522,9 @@ def _register_evaluate(sub) -> None:
                        description="Match every test system of the model's split against the training systems with the Siamese "
                                    "network and the baselines (random, pixel chi-square, PCA, autoencoder); write OUT/metrics.json "
                                    "(similarity, retrieval, parameter recovery, calibration per method and parameter) and figures.")
-    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
-    p.add_argument("--bank", required=True, type=Path, help="the bank the network was trained on (.h5)")
-    p.add_argument("--out", required=True, type=Path, help="folder for metrics.json, headline.md and the figures")
+    p.add_argument("--model", required=True, type=_path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=_path, help="the bank the network was trained on (.h5)")
+    p.add_argument("--out", required=True, type=_path, help="folder for metrics.json, headline.md and the figures")
     p.add_argument("--top-k", type=int, default=None, help="matches per target (default: from the config's evaluation section)")
     p.add_argument("--projection", type=int, default=None, help="evaluate one projection of each test system (default: all)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=None,
@@ -539,13 +553,13 @@ def _register_attribute(sub) -> None:
                        description="Draw integrated-gradient attribution maps of the best, middle and worst held-out pairs of the "
                                    "model's test systems (OUT/pair_best.png, pair_middle.png, pair_worst.png), compare them with "
                                    "a network of randomised weights, and write OUT/attribution.json.")
-    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
-    p.add_argument("--bank", required=True, type=Path, help="the bank the network was trained on (.h5)")
-    p.add_argument("--out", required=True, type=Path, help="folder for the figures and attribution.json")
-    p.add_argument("--observation", type=Path, default=None,
+    p.add_argument("--model", required=True, type=_path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=_path, help="the bank the network was trained on (.h5)")
+    p.add_argument("--out", required=True, type=_path, help="folder for the figures and attribution.json")
+    p.add_argument("--observation", type=_path, default=None,
                    help="a prepared observation (FITS from `protolib observe --out`): also draw it against its best match")
     p.add_argument("--steps", type=int, default=32, help="steps of the integrated-gradients path (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the randomised network and of the test-system subset (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the randomised network and of the test-system subset (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
 
     def handler(args):
@@ -574,12 +588,12 @@ def _register_embedding_map(sub) -> None:
                        description="Project the bank's embeddings to 2-D (PCA or UMAP), one panel per parameter the model was "
                                    "trained on and one for inclination, an observation optionally marked; write the figure "
                                    "and <OUT stem>_smoothness.json (0: the parameter varies smoothly across the map, 1: no trace).")
-    p.add_argument("--model", required=True, type=Path, help="trained Siamese network (RUN/siamese.pt)")
-    p.add_argument("--bank", required=True, type=Path, help="bank whose embeddings to map (.h5)")
-    p.add_argument("--out", required=True, type=Path, help="figure to write (PNG, PDF ...)")
+    p.add_argument("--model", required=True, type=_path, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=_path, help="bank whose embeddings to map (.h5)")
+    p.add_argument("--out", required=True, type=_path, help="figure to write (PNG, PDF ...)")
     p.add_argument("--method", choices=["pca", "umap"], default="pca", help="projection (default pca; umap needs protolib[maps])")
-    p.add_argument("--observation", type=Path, default=None, help="a prepared observation (FITS from `protolib observe --out`) to mark")
-    p.add_argument("--seed", type=int, default=0, help="seed of the UMAP layout and of the smoothness measure (default 0)")
+    p.add_argument("--observation", type=_path, default=None, help="a prepared observation (FITS from `protolib observe --out`) to mark")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the UMAP layout and of the smoothness measure (default 0)")
 
     def handler(args):
         import matplotlib
@@ -602,19 +616,19 @@ def _register_tune(sub) -> None:
                                    "learning rate and batch size (Optuna), scoring each trial by the validation recovery error of "
                                    "protolib's evaluation and stopping poor trials early (successive halving). Writes the table of "
                                    "trials and figures to --out and the best configuration to configs/.")
-    p.add_argument("--bank", required=True, type=Path, help="bank to tune on (.h5); its systems are split as the configuration says")
+    p.add_argument("--bank", required=True, type=_path, help="bank to tune on (.h5); its systems are split as the configuration says")
     p.add_argument("--trials", type=int, help="trials in the run folder in all (default: the config's tuning.trials or 20); "
                                                "rerun with more to add trials")
-    p.add_argument("--out", required=True, type=Path, help="run folder (created; an existing one is continued)")
+    p.add_argument("--out", required=True, type=_path, help="run folder (created; an existing one is continued)")
     p.add_argument("--epochs", type=int, help="most epochs per trial (default: the config's siamese epochs)")
     p.add_argument("--sampler", choices=["tpe", "random"], help="how trials are drawn (default tpe; random = the thesis's random search)")
     p.add_argument("--pruner", choices=["asha", "hyperband", "none"], help="early stopping of poor trials (default asha)")
-    p.add_argument("--seed", type=int, help="the sampler's seed (default 0)")
+    p.add_argument("--seed", type=_seed, help="the sampler's seed (default 0)")
     p.add_argument("--workers", type=int, default=1, help="trials at once, in local Dask processes (default 1)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler: one trial loop per Dask worker")
     p.add_argument("--config", default=None, help="base configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
     p.add_argument("--config-name", default="tuned", help="name of the best configuration written (default: tuned -> configs/tuned.yaml)")
-    p.add_argument("--configs-dir", type=Path, default=None, help="where it is written (default: the repository's configs/)")
+    p.add_argument("--configs-dir", type=_path, default=None, help="where it is written (default: the repository's configs/)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
 
     def handler(args):
@@ -661,6 +675,24 @@ def _register_tune(sub) -> None:
 REGISTRY = [_register_simulate, _register_import_thesis, _register_train_autoencoder, _register_train_siamese,
             _register_observe, _register_simulate_observation, _register_match]
 REGISTRY += [_register_evaluate, _register_attribute, _register_embedding_map, _register_tune]
+
+
+def _path(text: str) -> Path:
+    """A path argument; an empty one (``--out ''``) would mean the current folder, and is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return Path(text)
+
+
+def _seed(text: str) -> int:
+    """A random seed: a whole number >= 0 (numpy's generators take no negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: give a whole number >= 0")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):

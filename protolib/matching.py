@@ -792,8 +792,17 @@ class Matcher:
         def embed(images: np.ndarray) -> np.ndarray:
             return model.embed_images(images, batch_size=batch_size, progress=False)
 
-        embeddings = bank_embeddings(embed, bank, cache_path=cache_path if cache else None, key=key,
-                                     transform=transform, batch_size=batch_size, progress=progress)
+        try:
+            embeddings = bank_embeddings(embed, bank, cache_path=cache_path if cache else None, key=key,
+                                         transform=transform, batch_size=batch_size, progress=progress)
+        except ProtolibInputError as error:
+            if not cache or "could not write" not in str(error):
+                raise
+            warnings.warn(f"The embedding cache could not be written beside the model ({error}); the bank's embeddings are "
+                          "kept in memory for this run only.", stacklevel=2)
+            cache = False
+            embeddings = bank_embeddings(embed, bank, cache_path=None, key=key, transform=transform, batch_size=batch_size,
+                                         progress=progress)
         if cache:
             with contextlib.suppress(OSError):
                 os.utime(cache_path)  # most recently used

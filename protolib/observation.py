@@ -215,6 +215,16 @@ def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
             raise ProtolibInputError(
                 f"{path}: no pixel scale for axis {axis} ({wcs.wcs.ctype[axis - 1]}): the header has neither CDELT{axis} nor a "
                 f"CD{axis}_j matrix. Add the pixel size in degrees (e.g. CDELT{axis} = -8.3e-6 for 0.03\" pixels).")
+    for axis in (wcs.wcs.lng + 1, wcs.wcs.lat + 1):  # the cards themselves: astropy may read a NaN card as a default
+        for card in (f"CRVAL{axis}", f"CRPIX{axis}", f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1)),
+                     *(f"PC{axis}_{j}" for j in range(1, wcs.naxis + 1))):
+            if card in header:
+                try:
+                    finite = math.isfinite(float(header[card]))
+                except (TypeError, ValueError):
+                    finite = False
+                if not finite:
+                    raise ProtolibInputError(f"{path}: the header card {card} = {header[card]!r} is not a finite number; fix the header.")
     celestial = wcs.celestial
     matrix = celestial.pixel_scale_matrix
     reference = np.asarray(celestial.wcs.crval, dtype=float)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import re
 import math
 import hashlib
 import os
@@ -288,7 +289,12 @@ def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, wo
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
+    journal = run_dir / "study.journal"
+    try:
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ProtolibInputError(f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to "
+                                 "start afresh.") from None
     existing = next((len(storage.get_all_trials(s._study_id, deepcopy=False)) for s in storage.get_all_studies() if s.study_name == "protolib"), 0)
     # parallel workers, and each rerun that adds trials, must not draw the same hyperparameters again
     seed = settings.seed + 7919 * worker + 104729 * existing
@@ -480,17 +486,27 @@ def tune(
 
     optuna = _optuna()
     settings = settings or tune_settings(config)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config_name or "") or ".." in config_name:
+        raise ProtolibInputError(f"--config-name {config_name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; "
+                                 "the file goes to --configs-dir.")
+    if configs_dir is not None and Path(configs_dir).exists() and not Path(configs_dir).is_dir():
+        raise ProtolibInputError(f"{configs_dir} is a file; --configs-dir must be a folder.")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     bank_path = Path(bank_path)
-    with Bank(bank_path) as bank:
+    with Bank(bank_path) as bank:  # opened (and checked) before the run folder is made
         identity = {k: bank.identity[k] for k in ("shape", "seed", "created")}
+        if bank.n_systems < 3:
+            raise ProtolibInputError(f"{bank_path} has {bank.n_systems} system(s); tuning needs systems to train, validate and test on.")
+    run_dir.mkdir(parents=True, exist_ok=True)
     config_data = config_as_dict(config)
     fingerprint = _fingerprint(config_data, settings)
     stamp = run_dir / "run.json"
     run_info = {"bank": str(bank_path.resolve()), "bank_identity": json.loads(json.dumps(identity)), "config": str(config.path),
                 "fingerprint": fingerprint}
-    earlier = json.loads(stamp.read_text()) if stamp.exists() else None
+    try:
+        earlier = json.loads(stamp.read_text()) if stamp.exists() else None
+    except ValueError:
+        raise ProtolibInputError(f"{stamp} is damaged (not JSON); give a new --out, or delete the run folder to start afresh.") from None
     problem = None
     if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
         problem = f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank."
