@@ -277,6 +277,11 @@ def _check_structure(f: h5py.File, path: Path) -> None:
     if not isinstance(version, (int, np.integer)) or int(version) > SCHEMA_VERSION:
         raise ProtolibInputError(f"{path}: bank schema version {version!r} is newer than this protolib reads "
                                  f"({SCHEMA_VERSION}); upgrade protolib.")
+    for name in ("images", "parameters", "viewing", "system_id"):  # links first: testing `name in f` would follow them
+        link = f.get(name, getlink=True)
+        if link is not None and not isinstance(link, h5py.HardLink):
+            raise ProtolibInputError(f"{path}: /{name} is a {type(link).__name__} to elsewhere; a bank must hold its own data "
+                                     "(links could read any file).")
     required = ["images", "parameters", "viewing/inclination", "viewing/position_angle", "system_id"]
     for name in required:
         if name not in f:
@@ -428,9 +433,9 @@ def simulate_bank(
     whatever ``threads`` and however the systems are grouped.
 
     ``threads`` is the number of torch threads used while rendering on the CPU (restored afterwards;
-    ``None``: torch's setting). One is the default: on a machine shared with other jobs, two threads
-    rendered 5 images per CPU-second against 21.6 for one (benchmarks/README.md); use processes for
-    parallelism (:func:`protolib.cluster.simulate_bank_parallel`, ``protolib simulate --workers``).
+    ``None``: torch's setting). One is the default: on a machine shared with other jobs a second
+    thread loses more to waiting than it gains (benchmarks/README.md, "The bank command"); use
+    processes for parallelism (:func:`protolib.cluster.simulate_bank_parallel`, ``protolib simulate --workers``).
 
     Example:
         >>> simulate_bank("bank.h5", n_systems=100, n_projections=8, seed=1)  # doctest: +SKIP

@@ -58,7 +58,11 @@ def _register_simulate(sub) -> None:
             if args.scheduler:
                 from dask.distributed import Client
 
-                client = Client(args.scheduler)
+                try:
+                    client = Client(args.scheduler, timeout="30s")
+                except (OSError, ValueError, TypeError) as error:
+                    raise ProtolibInputError(f"Could not reach the Dask scheduler at {args.scheduler!r} ({error}); is it running, "
+                                             "and is the address tcp://HOST:PORT?") from None
             report = simulate_bank_parallel(args.out, config.bank.n_systems, config.bank.n_projections, client=client,
                                             n_workers=workers, shard_systems=args.shard_systems, **common)
             print(f"Rendered {len(report.rendered)} of {report.n_shards} shards on {workers if not args.scheduler else 'the'} "

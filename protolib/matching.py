@@ -779,6 +779,8 @@ class Matcher:
         model = load_siamese(model_path)
         checkpoint = getattr(model, "checkpoint", {}) or {}
         model_size = checkpoint.get("image_size")
+        if model_size is not None and not isinstance(model_size, int):
+            raise ProtolibInputError(f"Model {model_path}: its image_size {model_size!r} is not a whole number; the file was edited.")
         if model_size is not None and int(model_size) != bank.image_size:
             raise ProtolibInputError(
                 f"Model {model_path} was trained on {model_size}x{model_size} px images but bank {bank.path} has "

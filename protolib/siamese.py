@@ -340,6 +340,8 @@ def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, de
         problem = f"was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px."
     elif trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
         problem = f"was trained on another bank ({trained_on.get('path')}); its test systems are only held out in that bank. Use that bank."
+    elif not all(len(part) and np.all((part >= 0) & (part < bank.n_systems)) for part in (model.split.train, model.split.test)):
+        problem = f"holds a split of systems that is empty or outside bank {bank.path}'s 0..{bank.n_systems - 1}; the file was edited."
     else:
         return model, bank
     bank.close()

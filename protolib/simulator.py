@@ -52,9 +52,9 @@ class SimulatorConfig:
     batch_elements: int = 4_000_000  # images per batch are chosen to keep rays x samples under this
 
     def __post_init__(self):
-        if not (isinstance(self.image_size, int) and self.image_size >= 8):
-            raise ProtolibInputError(f"The image size must be at least 8 pixels a side (the networks halve it several times), "
-                                     f"got {self.image_size}.")
+        if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
+            raise ProtolibInputError(f"The image size must be at least 8 pixels a side (the networks halve it several times) "
+                                     f"and at most 4096, got {self.image_size}.")
         for name in ("field_of_view_au", "frequency_ghz", "envelope_outer_radius_au", "inner_radius_au"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
