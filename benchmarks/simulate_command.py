@@ -6,7 +6,7 @@ Measures, on this machine and in this order:
    images per second of wall time and per CPU-second;
 2. the whole command ``protolib simulate --systems 250 --projections 8 --size 64`` (start-up and the
    HDF5 file included) with the old default (one process, 2 threads), one process with 1 thread, and
-   the new default (one single-threaded worker process per core).
+   the new default (one single-threaded worker process per core from 1024 images, else one process).
 
     python benchmarks/simulate_command.py [--systems 250] [--out results.json]
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from protolib.bank import draw_systems, render_systems
+from protolib.cli import PARALLEL_FROM_IMAGES
 from protolib.config import load_config
 from protolib.simulator import SimulatorConfig
 
@@ -76,7 +77,8 @@ def main() -> None:
     renderer = [renderer_rate(1), renderer_rate(2)]
     commands = [command_rate("old default: 1 process, 2 threads", ["--workers", "1", "--threads", "2"], args.systems),
                 command_rate("1 process, 1 thread", ["--workers", "1", "--threads", "1"], args.systems),
-                command_rate(f"new default: {cores} worker processes, 1 thread each", [], args.systems)]
+                command_rate(f"new default: {cores if args.systems * 8 >= PARALLEL_FROM_IMAGES else 1} process(es), 1 thread each", [],
+                             args.systems)]
     print(f"{platform.node()}: {cores} cores, load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
     print("renderer in-process (64x64):")
     for row in renderer:

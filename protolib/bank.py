@@ -425,6 +425,7 @@ def simulate_bank(
     device: torch.device | str | None = None,
     progress: bool = True,
     threads: int | None = 1,
+    workers: int = 1,
 ) -> Path:
     """Simulate a bank and write it to ``out`` (HDF5), atomically.
 
@@ -435,7 +436,10 @@ def simulate_bank(
     ``threads`` is the number of torch threads used while rendering on the CPU (restored afterwards;
     ``None``: torch's setting). One is the default: on a machine shared with other jobs a second
     thread loses more to waiting than it gains (benchmarks/README.md, "The bank command"); use
-    processes for parallelism (:func:`protolib.cluster.simulate_bank_parallel`, ``protolib simulate --workers``).
+    processes for parallelism: ``workers > 1`` renders on that many local processes of ``threads``
+    threads each (a standard-library process pool: a Dask cluster costs more to start and to gather
+    shards than a bank of thousands of images takes to render; :func:`protolib.cluster.simulate_bank_parallel`
+    is for clusters). The file is the same whatever ``workers``.
 
     Example:
         >>> simulate_bank("bank.h5", n_systems=100, n_projections=8, seed=1)  # doctest: +SKIP
@@ -447,19 +451,54 @@ def simulate_bank(
         raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
     systems = draw_systems(n_systems, n_projections, seed, prior)
 
+    chunks = [np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)]
+
     def blocks():
-        for start in range(0, n_systems, systems_per_batch):
-            idx = np.arange(start, min(n_systems, start + systems_per_batch))
+        for idx in chunks:
             yield (idx, *render_systems(systems, idx, config, instrument, seed, device))
 
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+        if workers > 1 and default_device(device).type == "cpu":
+            _write_with_workers(out, systems, chunks, workers, threads or 1, seed=seed, config=config, instrument=instrument,
+                                prior=prior, progress=progress)
+        else:
+            write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
     finally:
         torch.set_num_threads(previous)
     return Path(out)
+
+
+def _render_block(task: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Worker task of :func:`_write_with_workers`: the images and envelope masses of one block of systems."""
+    rows, config, instrument, seed = task
+    return render_systems(rows, np.arange(len(rows["system_index"])), SimulatorConfig(**config), Instrument(**instrument), seed, "cpu")
+
+
+def _start_worker(threads: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    torch.set_num_threads(threads)
+
+
+def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads: int, **written) -> None:
+    """Render ``chunks`` of systems on ``workers`` local processes, in order, into the bank ``out``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    def rows(idx):
+        return {**{k: v[idx] for k, v in systems.items()}, "system_index": idx}
+
+    tasks = [(rows(idx), written["config"].to_dict(), written["instrument"].to_dict(), written["seed"]) for idx in chunks]
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,))
+    try:
+        results = pool.map(_render_block, tasks)
+        write_simulated_bank(out, systems, ((idx, *block) for idx, block in zip(chunks, results)), **written)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: SimulatorConfig, instrument: Instrument,

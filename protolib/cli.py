@@ -29,8 +29,8 @@ def _register_simulate(sub) -> None:
     p.add_argument("--config", default=None, help="configuration name or YAML path (default: $PROTOLIB_CONFIG or 'default')")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--workers", type=int, default=None,
-                   help="render in parallel on a local Dask cluster of this many processes, one thread each (default: one per "
-                        f"CPU core for banks of {PARALLEL_FROM_IMAGES} images or more on the CPU, else 1)")
+                   help="render on this many local processes, --threads threads each (default: one per CPU core for banks "
+                        f"of {PARALLEL_FROM_IMAGES} images or more on the CPU, else 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of each rendering process (default 1: on a shared machine more threads per process "
                         "lose more to waiting than they gain)")
@@ -51,7 +51,7 @@ def _register_simulate(sub) -> None:
         config = load_config(args.config, overrides)
         common = dict(seed=config.bank.seed, config=config.simulator, instrument=config.instrument)
         workers = _simulate_workers(args, config.bank.n_systems * config.bank.n_projections)
-        if workers > 1 or args.scheduler:
+        if args.scheduler:
             from .cluster import simulate_bank_parallel
 
             client = None
@@ -64,12 +64,12 @@ def _register_simulate(sub) -> None:
                     raise ProtolibInputError(f"Could not reach the Dask scheduler at {args.scheduler!r} ({error}); is it running, "
                                              "and is the address tcp://HOST:PORT?") from None
             report = simulate_bank_parallel(args.out, config.bank.n_systems, config.bank.n_projections, client=client,
-                                            n_workers=workers, shard_systems=args.shard_systems, **common)
-            print(f"Rendered {len(report.rendered)} of {report.n_shards} shards on {workers if not args.scheduler else 'the'} "
-                  f"worker(s) ({len(report.reused)} reused from an earlier run).")
+                                            shard_systems=args.shard_systems, **common)
+            print(f"Rendered {len(report.rendered)} of {report.n_shards} shards on the cluster's workers "
+                  f"({len(report.reused)} reused from an earlier run).")
         else:
             simulate_bank(args.out, config.bank.n_systems, config.bank.n_projections, device=args.device, threads=args.threads,
-                          **common)
+                          workers=workers, **common)
         with Bank(args.out) as bank:
             print(f"Wrote {bank}")
 

@@ -45,6 +45,8 @@ def test_parallel_bank_is_bit_identical_to_the_serial_one(tmp_path, local_client
     # Threads and the grouping of systems into calls do not change a bit either.
     simulate_bank(tmp_path / "threads.h5", 10, 3, seed=5, config=SMALL, progress=False, threads=2, systems_per_batch=3)
     _same_bank(tmp_path / "serial.h5", tmp_path / "threads.h5")
+    simulate_bank(tmp_path / "pool.h5", 10, 3, seed=5, config=SMALL, progress=False, workers=2, systems_per_batch=3)  # processes
+    _same_bank(tmp_path / "serial.h5", tmp_path / "pool.h5")
     assert not shard_folder(tmp_path / "two.h5").exists()
 
 
