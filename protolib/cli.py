@@ -778,19 +778,14 @@ def _run_handler(args, command: str) -> int:
     try:
         args.handler(args)
         finished = True
-    except ProtolibInputError as error:
-        if args.debug:
-            raise
-        _close_progress_bars()
-        print(f"{command}: error: {_one_line(str(error))}", file=sys.stderr)
-        return 2
-    except OSError as error:
+    except (ProtolibInputError, OSError) as error:  # the user's input, or a file-system failure: one line
         if args.debug:
             raise
         from .runtime import describe_os_error
 
         _close_progress_bars()
-        print(f"{command}: error: {_one_line(describe_os_error(error))}", file=sys.stderr)
+        message = str(error) if isinstance(error, ProtolibInputError) else describe_os_error(error)
+        print(f"{command}: error: {_one_line(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, _Terminated)
