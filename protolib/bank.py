@@ -41,6 +41,7 @@ __all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "ren
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
 IMAGE_CHECK_BYTES = 4 * 2**30  # banks up to this size have every pixel checked for NaN and inf when opened
+_PIXELS_CHECKED: set = set()  # (path, size, mtime) of bank files whose pixels passed, so reopening one does not read it again
 
 
 class Bank:
@@ -130,6 +131,10 @@ class Bank:
                     f"(system(s) {_first(systems)}); fix or remove those systems.")
         if np.isfinite(self.inclination).all() and (np.any(self.inclination < 0) or np.any(self.inclination > 180)):
             raise ProtolibInputError(f"{self.path}: viewing/inclination holds angles outside 0-180 deg.")
+        stat = self.path.stat()
+        checked = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if checked in _PIXELS_CHECKED:  # this file, unchanged, passed the pixel scan in this process already
+            return
         n = self.n_systems
         step = max(1, math.ceil(self.images.nbytes / IMAGE_CHECK_BYTES))
         systems = np.arange(0, n, step)
@@ -148,6 +153,7 @@ class Bank:
         if not brightest > 0:
             raise ProtolibInputError(f"{self.path}: no image of the bank has a positive pixel (all zero or negative); "
                                      "it holds no emission to match.")
+        _PIXELS_CHECKED.add(checked)
 
     @property
     def n_systems(self) -> int:
