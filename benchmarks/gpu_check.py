@@ -70,7 +70,7 @@ def training_rates(work: Path, device: torch.device, smoke: bool) -> dict:
     from protolib.autoencoder import load_autoencoder, train_autoencoder
     from protolib.bank import Bank, simulate_bank
     from protolib.config import load_config
-    from protolib.learning import autoencoder_settings, run_split, siamese_settings
+    from protolib.pipelines.train import autoencoder_settings, run_split, siamese_settings
     from protolib.siamese import load_siamese, train_siamese
 
     config = load_config("tiny" if smoke else "gpu")

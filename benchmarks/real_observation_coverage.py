@@ -32,7 +32,7 @@ import numpy as np
 from protolib.config import ensure_bank, load_config
 from protolib.distributions import match_parameters, prior_parameters, weighted_percentile
 from protolib.instrument import Beam
-from protolib.learning import ensure_autoencoder, ensure_siamese, run_split
+from protolib.pipelines.train import ensure_autoencoder, ensure_siamese, run_split
 from protolib.matching import Matcher, fit_matches, prepare_observation_target
 from protolib.observation import write_observation_fits
 

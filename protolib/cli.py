@@ -460,7 +460,7 @@ def _register_train_autoencoder(sub) -> None:
         from .autoencoder import load_autoencoder, train_autoencoder
         from .distributed import is_main
         from .bank import Bank
-        from .learning import autoencoder_settings, run_split
+        from .pipelines.train import autoencoder_settings, run_split
 
         options = {**_TRAINING_OPTIONS, "latent_size": ("model", "latent_size"), "channels": ("model", "channels"),
                    "use_flux": ("model", "use_flux"), "stretch": ("images", "stretch")}
@@ -497,7 +497,7 @@ def _register_train_siamese(sub) -> None:
         import json
 
         from .bank import Bank
-        from .learning import run_split, siamese_settings
+        from .pipelines.train import run_split, siamese_settings
         from .distributed import is_main
         from .siamese import metrics_path, train_siamese
 

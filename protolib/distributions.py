@@ -21,7 +21,7 @@ import numpy as np
 from .bank import Bank
 from .matching import Matches
 from .parameters import PARAMETERS, VIEWING_PARAMETERS, Parameter
-from .runtime import ProtolibInputError, atomic_path
+from .runtime import ProtolibInputError, atomic_path, plain_json
 
 __all__ = [
     "PERCENTILES",
@@ -769,7 +769,7 @@ def write_match_report(
         "files": sorted(["matches.csv", "summary.csv", *figures, "report.json"]),
     }
     with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(_plain_json(report), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(plain_json(report), indent=2, allow_nan=False) + "\n")
     return report
 
 
@@ -793,21 +793,6 @@ def _overall_verdict(embedding_check, fit_verdict) -> dict:
 def match_images(bank: Bank, matches: Matches) -> np.ndarray:
     """The images ``(n, H, W)`` of the matches, best first (read one by one: meant for a gallery's few)."""
     return bank.images_at(matches.system, matches.projection)
-
-
-def _plain_json(value):
-    """``value`` as strict JSON data: numpy to Python, NaN and infinities to ``None``."""
-    if isinstance(value, dict):
-        return {str(k): _plain_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain_json(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def _versions(protolib_version: str, python_version: str) -> dict:

@@ -37,10 +37,10 @@ import torch
 from scipy.stats import chisquare, spearmanr
 
 from .bank import Bank
-from .distributions import _plain_json, central_coverage, central_intervals, similarity_weights, weighted_percentile
+from .distributions import central_coverage, central_intervals, similarity_weights, weighted_percentile
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser
-from .runtime import ProtolibInputError, atomic_path, output_folder, typed_settings
+from .runtime import ProtolibInputError, atomic_path, output_folder, plain_json, typed_settings
 from .siamese import similarity_metrics
 from .targets import TargetDefinition, target_similarity
 
@@ -656,7 +656,7 @@ def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict
     Returns:
         variant name -> the ``"siamese"`` entry of :func:`evaluate_methods`, plus ``"path"``.
     """
-    from .learning import ensure_siamese, run_split, siamese_settings
+    from .pipelines.train import ensure_siamese, run_split, siamese_settings
     from .siamese import load_siamese
 
     settings = settings or evaluation_settings(config)
@@ -814,5 +814,5 @@ def run_evaluation(
         with atomic_path(staging / "headline.md") as tmp:
             tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
         with atomic_path(staging / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(_plain_json(report), indent=2, allow_nan=True))
+            tmp.write_text(json.dumps(plain_json(report), indent=2, allow_nan=True))
     return report

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "write_figure", "write_json", "ProtolibInputError",
-           "describe_os_error", "remove_stale_temporaries", "typed_settings"]
+           "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json"]
 
 
 class ProtolibInputError(ValueError):
@@ -332,8 +332,28 @@ def write_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     return path
 
 
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
+def plain_json(value):
+    """``value`` as strict JSON data: numpy to Python, NaN and infinities to ``None``, other objects to ``str``."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_json(data: dict, path: str | os.PathLike, *, strict: bool = False, allow_nan: bool = True) -> Path:
+    """Write ``data`` as indented JSON, atomically.
+
+    ``strict=True`` first passes it through :func:`plain_json` (numpy to Python, NaN to ``null``), for
+    files other programs read; ``allow_nan=False`` then guarantees the file is standard JSON.
+    """
+    text = json.dumps(plain_json(data) if strict else data, indent=2, allow_nan=allow_nan) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(text)
     return Path(path)

@@ -231,7 +231,7 @@ def trial_overrides(params: dict, epochs: int | None = None) -> tuple[dict, dict
 
 def _base_hyperparameters(config, space: dict) -> dict:
     """The configuration's own values of the searched hyperparameters (the first trial), added to ``choices`` when outside them."""
-    from .learning import autoencoder_settings, siamese_settings
+    from .pipelines.train import autoencoder_settings, siamese_settings
 
     ae, si = autoencoder_settings(config), siamese_settings(config)
     values = {"encoder_width": ae["model"].channels[0], "encoder_depth": len(ae["model"].channels),
@@ -255,7 +255,7 @@ def _base_hyperparameters(config, space: dict) -> dict:
 
 def _base_differences(config, base: dict) -> list[str]:
     """How the first trial differs from the configuration (an encoder whose levels do not double, a value outside a range)."""
-    from .learning import autoencoder_settings
+    from .pipelines.train import autoencoder_settings
 
     ae_overrides, si_overrides = trial_overrides(base)
     differences = []
@@ -316,7 +316,7 @@ def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, wo
 def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict, split, device=None) -> Path:
     """The autoencoder of one encoder architecture, trained once per run folder (atomically: parallel workers never see half of one)."""
     from .autoencoder import train_autoencoder
-    from .learning import autoencoder_settings
+    from .pipelines.train import autoencoder_settings
 
     settings = autoencoder_settings(config, overrides)
     channels = "-".join(str(c) for c in settings["model"].channels)
@@ -337,7 +337,7 @@ def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict
 
 def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space: dict, relevance, split, top_k: int, device):
     optuna = _optuna()
-    from .learning import siamese_settings
+    from .pipelines.train import siamese_settings
     from .siamese import train_siamese
 
     images = bank.load_images(np.concatenate([split.train, split.validation]))  # scored every epoch: read once
@@ -377,7 +377,7 @@ def _scoring(config, bank: Bank, settings: TuneSettings):
     """What every trial is scored with: the configuration's split, its own target similarity (whatever kernel width a
     trial trains with, as :func:`~protolib.evaluation.compare_variants` does) and the number of matches."""
     from .evaluation import Relevance, evaluation_settings
-    from .learning import run_split, siamese_settings
+    from .pipelines.train import run_split, siamese_settings
     from .normalise import ParameterNormaliser
 
     split = run_split(config, bank)
@@ -391,7 +391,7 @@ STALE_AFTER_S = 3600.0
 
 
 def _max_epochs(config, settings: TuneSettings) -> int:
-    from .learning import siamese_settings
+    from .pipelines.train import siamese_settings
 
     return settings.epochs or siamese_settings(config)["training"].epochs
 

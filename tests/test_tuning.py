@@ -11,7 +11,7 @@ import yaml
 from conftest import open_small_bank
 from protolib.cli import main
 from protolib.config import load_config
-from protolib.learning import siamese_settings
+from protolib.pipelines.train import siamese_settings
 from protolib.runtime import ProtolibInputError
 from protolib.tuning import TuneSettings, paired_difference, trial_overrides, tune, tune_settings
 
