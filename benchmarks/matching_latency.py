@@ -22,6 +22,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -75,7 +76,44 @@ def pairwise_seconds(embed, target: np.ndarray, n_bank: int, image_size: int, ba
     return time.perf_counter() - start
 
 
-def main() -> None:
+@dataclass
+class BackendTiming:
+    """One search backend at one bank size: building its index and one query's search [s]."""
+
+    build_s: float
+    search_s: float
+
+
+@dataclass
+class LatencyRow:
+    """One bank size's timings [s]: the target's forward pass, each search backend, and the pairwise approach.
+
+    ``pairwise_s`` is ``None`` when the pairwise cost was neither measured nor extrapolated (no smaller
+    size measured); ``pairwise_extrapolated`` says whether it was extrapolated.
+    """
+
+    bank_images: int
+    target_forward_s: float
+    backends: dict[str, BackendTiming] = field(default_factory=dict)  # name -> timing, in the order timed
+    pairwise_s: float | None = None
+    pairwise_extrapolated: bool = False
+
+    def query_s(self, backend: str) -> float:
+        """One query's cost with ``backend``: the target's forward pass plus the search."""
+        return self.target_forward_s + self.backends[backend].search_s
+
+    def to_dict(self) -> dict:
+        """The row as written to the JSON results (flat keys ``<backend>_build_s``, ``<backend>_search_s`` ...)."""
+        row = {"bank_images": self.bank_images, "target_forward_s": self.target_forward_s}
+        for name, timing in self.backends.items():
+            row.update({f"{name}_build_s": timing.build_s, f"{name}_search_s": timing.search_s, f"{name}_query_s": self.query_s(name)})
+        if self.pairwise_s is not None:
+            row.update(pairwise_s=self.pairwise_s, pairwise_extrapolated=self.pairwise_extrapolated,
+                       speedup_exact_vs_pairwise=self.pairwise_s / self.query_s("exact"))
+        return row
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000], help="bank sizes (images)")
     parser.add_argument("--dimension", type=int, default=SiameseConfig().embedding_size, help="embedding length")
@@ -87,8 +125,34 @@ def main() -> None:
     parser.add_argument("--pairwise-max", type=int, default=10_000, help="largest bank size timed pairwise; larger ones extrapolated")
     parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest bank size given an HNSW32 index (its build is slow)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
-    args = parser.parse_args()
+    return parser
 
+
+def search_timings(n: int, args, forward_s: float) -> LatencyRow:
+    """Build each backend's index over ``n`` random unit vectors and time one query's search."""
+    vectors = unit_vectors(n, args.dimension, seed=n)
+    system = np.arange(n) // args.images_per_system
+    projection = np.arange(n) % args.images_per_system
+    query = vectors[n // 2 : n // 2 + 1]
+    excluded = [int(system[n // 2])]
+    row = LatencyRow(n, forward_s)
+    backends = [("exact", "exact", "Flat")]
+    if faiss_available():
+        backends.append(("faiss_flat", "faiss", "Flat"))
+        if n <= args.hnsw_max:
+            backends.append(("faiss_hnsw32", "faiss", "HNSW32"))
+    for name, backend, factory in backends:
+        start = time.perf_counter()
+        index = EmbeddingIndex(vectors, system, projection, backend=backend, faiss_factory=factory, device="cpu")
+        build_s = time.perf_counter() - start
+        row.backends[name] = BackendTiming(build_s, median_seconds(lambda: index.search(query, top_k=args.top_k, exclude_systems=excluded),
+                                                                   args.repeats))
+        del index
+    return row
+
+
+def main() -> None:
+    args = _parser().parse_args()
     torch.set_num_threads(args.threads)
     if faiss_available():
         import faiss
@@ -100,34 +164,13 @@ def main() -> None:
     pairs_per_s = None
     rows = []
     for n in args.sizes:
-        vectors = unit_vectors(n, args.dimension, seed=n)
-        system = np.arange(n) // args.images_per_system
-        projection = np.arange(n) % args.images_per_system
-        query = vectors[n // 2 : n // 2 + 1]
-        excluded = [int(system[n // 2])]
-        row = {"bank_images": n, "target_forward_s": forward_s}
-        backends = [("exact", "exact", "Flat")]
-        if faiss_available():
-            backends.append(("faiss_flat", "faiss", "Flat"))
-            if n <= args.hnsw_max:
-                backends.append(("faiss_hnsw32", "faiss", "HNSW32"))
-        for name, backend, factory in backends:
-            start = time.perf_counter()
-            index = EmbeddingIndex(vectors, system, projection, backend=backend, faiss_factory=factory, device="cpu")
-            row[f"{name}_build_s"] = time.perf_counter() - start
-            row[f"{name}_search_s"] = median_seconds(lambda: index.search(query, top_k=args.top_k, exclude_systems=excluded), args.repeats)
-            row[f"{name}_query_s"] = forward_s + row[f"{name}_search_s"]
-            del index
+        row = search_timings(n, args, forward_s)
         if n <= args.pairwise_max:
-            row["pairwise_s"] = pairwise_seconds(embed, target, n, args.image_size, batch_size=256)
-            row["pairwise_extrapolated"] = False
-            pairs_per_s = n / row["pairwise_s"]
+            row.pairwise_s = pairwise_seconds(embed, target, n, args.image_size, batch_size=256)
+            pairs_per_s = n / row.pairwise_s
         elif pairs_per_s is not None:
-            row["pairwise_s"] = n / pairs_per_s
-            row["pairwise_extrapolated"] = True
-        if "pairwise_s" in row:
-            row["speedup_exact_vs_pairwise"] = row["pairwise_s"] / row["exact_query_s"]
-        rows.append(row)
+            row.pairwise_s, row.pairwise_extrapolated = n / pairs_per_s, True
+        rows.append(row.to_dict())
         print(_line(row), flush=True)
     result = {
         "settings": vars(args),
@@ -140,14 +183,14 @@ def main() -> None:
             json.dump(result, handle, indent=2)
 
 
-def _line(row: dict) -> str:
-    parts = [f"N={row['bank_images']:>8d}", f"forward {1e3 * row['target_forward_s']:.2f} ms"]
-    for name in ("exact", "faiss_flat", "faiss_hnsw32"):
-        if f"{name}_search_s" in row:
-            parts.append(f"{name} search {1e3 * row[f'{name}_search_s']:.2f} ms (build {row[f'{name}_build_s']:.2f} s)")
-    if "pairwise_s" in row:
-        label = "extrapolated" if row["pairwise_extrapolated"] else "measured"
-        parts.append(f"pairwise {row['pairwise_s']:.2f} s ({label}); exact query {row['speedup_exact_vs_pairwise']:.0f}x faster")
+def _line(row: LatencyRow) -> str:
+    parts = [f"N={row.bank_images:>8d}", f"forward {1e3 * row.target_forward_s:.2f} ms"]
+    for name, timing in row.backends.items():
+        parts.append(f"{name} search {1e3 * timing.search_s:.2f} ms (build {timing.build_s:.2f} s)")
+    if row.pairwise_s is not None:
+        label = "extrapolated" if row.pairwise_extrapolated else "measured"
+        speedup = row.pairwise_s / row.query_s("exact")
+        parts.append(f"pairwise {row.pairwise_s:.2f} s ({label}); exact query {speedup:.0f}x faster")
     return " | ".join(parts)
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from protolib.config import ensure_bank, load_config
+from protolib.config import load_config
+from protolib.pipelines.simulate import ensure_bank
 from protolib.distributions import match_parameters, prior_parameters, weighted_percentile
 from protolib.instrument import Beam
 from protolib.pipelines.train import ensure_autoencoder, ensure_siamese, run_split

@@ -91,7 +91,7 @@ def training(workdir: Path, n_systems: int, image_size: int, epochs: int) -> dic
 
 def write_random_bank(path: Path, gigabytes: float, image_size: int, projections: int = 8) -> int:
     """A bank of random images with the bank schema, about ``gigabytes`` GB, written 256 systems at a time."""
-    from protolib.bank import _write_attrs, _write_tables
+    from protolib.bank import write_bank_attributes, write_bank_tables
     from protolib.instrument import Instrument
     from protolib.parameters import Prior, sample_viewing
 
@@ -104,8 +104,8 @@ def write_random_bank(path: Path, gigabytes: float, image_size: int, projections
         for start in range(0, n_systems, 256):
             count = min(256, n_systems - start)
             images[start : start + count] = block[:count] * rng.uniform(0.5, 2.0, (count, 1, 1, 1)).astype(np.float32)
-        _write_tables(f, sample_viewing(n_systems, projections, rng), Prior().sample(n_systems, rng))
-        _write_attrs(f, seed=0, config=None, instrument=Instrument(), prior=None, source="benchmark", pixel_size_au=10.0)
+        write_bank_tables(f, sample_viewing(n_systems, projections, rng), Prior().sample(n_systems, rng))
+        write_bank_attributes(f, seed=0, config=None, instrument=Instrument(), prior=None, source="benchmark", pixel_size_au=10.0)
     return n_systems
 
 

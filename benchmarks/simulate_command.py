@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from protolib.bank import draw_systems, render_systems
-from protolib.cli import PARALLEL_FROM_IMAGES
+from protolib.pipelines.simulate import PARALLEL_FROM_IMAGES
 from protolib.config import load_config
 from protolib.simulator import SimulatorConfig
 

@@ -26,7 +26,8 @@ import torch
 
 from protolib.autoencoder import load_autoencoder, train_autoencoder
 from protolib.bank import Bank
-from protolib.config import ensure_bank, load_config
+from protolib.config import load_config
+from protolib.pipelines.simulate import ensure_bank
 from protolib.pipelines.train import autoencoder_settings, run_split, siamese_settings
 from protolib.runtime import default_device
 from protolib.siamese import load_siamese, train_siamese

@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,11 @@ from matplotlib.colors import TwoSlopeNorm
 from scipy.stats import spearmanr
 
 from .plotting import draw_image, image_extent_au
-from .runtime import ProtolibInputError, output_folder, write_figure, write_json
+from .runtime import ProtolibInputError
 from .siamese import SiameseModel, evaluate_similarity, load_siamese_with_its_bank
 
 __all__ = ["pair_similarity", "pair_attributions", "randomised_copy", "attribution_rank_correlation", "pick_pairs", "plot_pair_attributions",
-           "run_attribution"]
+           "AttributionSettings", "MAX_STEPS"]
 
 
 def _network_inputs(model: SiameseModel, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,65 +140,10 @@ def plot_pair_attributions(
 MAX_STEPS = 4096  # integrated-gradient steps: more is no better, and costs memory in proportion
 
 
-def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str | Path, *, observation: str | Path | None = None,
-                    steps: int = 32, seed: int = 0, device: str | None = "cpu") -> dict:
-    """What ``protolib attribute`` does: attribution maps of the best, middle and worst held-out pairs, and their sanity check.
+@dataclass
+class AttributionSettings:
+    """The ``attribution:`` section: how ``protolib attribute`` draws its maps."""
 
-    Among pairs of different test systems of the model's split (:func:`~protolib.siamese.evaluate_similarity`,
-    at most 250 systems drawn with ``seed``), the pairs :func:`pick_pairs` picks are drawn to
-    ``pair_best.png``, ``pair_middle.png`` and ``pair_worst.png``; each pair's maps are compared with those of
-    :func:`randomised_copy` (seeded by ``seed``) by :func:`attribution_rank_correlation`. With ``observation``
-    (a file written by ``protolib observe --out``), ``observation_best_match.png`` shows it against its
-    best match, seen at the observation's beam and noise.
-
-    Returns:
-        The report written to ``attribution.json``: per pair its images (system, projection), ``predicted`` and
-        ``target`` similarity and ``rank_correlation_trained_vs_randomised``; with an observation, its best match.
-    """
-    out_dir = Path(out_dir)
-    if not 1 <= steps <= MAX_STEPS:
-        raise ProtolibInputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}.")
-    model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
-    with bank, output_folder(out_dir) as staging:  # the products of one run, published together
-        if observation is not None:
-            from .matching import read_observation_target
-
-            read_observation_target(observation, bank)  # a wrong file is refused before any work
-        held_out = evaluate_similarity(model, bank, model.split.test, seed=seed)
-        first, second, system = held_out["first"], held_out["second"], held_out["system"]
-        between = np.flatnonzero(system[first] != system[second])
-        if len(between) == 0:
-            raise ProtolibInputError(f"Model {model_path} has fewer than two test systems; attribution maps need pairs of different systems.")
-        randomised = randomised_copy(model, seed)
-        report = {"model": str(Path(model_path).resolve()), "bank": str(bank.path.resolve()), "steps": steps, "seed": seed, "pairs": {}}
-        for name, k in pick_pairs(held_out["predicted"][between], held_out["target"][between]).items():
-            k = between[k]
-            images = [held_out["images"][first[k]], held_out["images"][second[k]]]
-            maps = pair_attributions(model, *images, steps=steps)
-            random_maps = pair_attributions(randomised, *images, steps=steps)
-            predicted, target = float(held_out["predicted"][k]), float(held_out["target"][k])
-            write_figure(plot_pair_attributions(*images, *maps, pixel_size_au=bank.pixel_size_au,
-                                                suptitle=f"{name} pair: predicted {predicted:.2f}, target {target:.2f}"), staging / f"pair_{name}.png")
-            report["pairs"][name] = {
-                "images": [{"system": int(system[i]), "projection": int(i % bank.n_projections)} for i in (first[k], second[k])],
-                "predicted": predicted, "target": target,
-                "rank_correlation_trained_vs_randomised": attribution_rank_correlation(np.r_[maps], np.r_[random_maps])}
-        if observation is not None:
-            report["observation"] = _observation_attribution(model, model_path, bank, observation, steps, staging / "observation_best_match.png")
-        write_json(report, staging / "attribution.json")
-    return report
-
-
-def _observation_attribution(model: SiameseModel, model_path, bank, observation, steps: int, figure_path: Path) -> dict:
-    """Draw a prepared observation against its best match in ``bank`` with their attribution maps; returns the match."""
-    from .distributions import match_images
-    from .matching import Matcher, read_observation_target
-
-    target = read_observation_target(observation, bank)
-    matcher = Matcher.from_model(model_path, bank, transform=target.transform, transform_key=target.transform_key, progress=False)
-    best = matcher.match(target.image, top_k=1)
-    best_image = target.transform(match_images(bank, best))[0]
-    system, projection, similarity = int(best.system[0]), int(best.projection[0]), float(best.similarity[0])
-    write_figure(plot_pair_attributions(target.image, best_image, *pair_attributions(model, target.image, best_image, steps=steps),
-                                        pixel_size_au=bank.pixel_size_au, titles=("observation", f"best match (system {system})")), figure_path)
-    return {"file": str(Path(observation).resolve()), "best_match": {"system": system, "projection": projection, "similarity": similarity}}
+    steps: int = 32  # steps of the integrated-gradients path from a black image (1 to MAX_STEPS)
+    seed: int = 0  # seed of the randomised network and of the test-system subset
+    device: str | None = "cpu"  # where attributions are computed ("cpu", "cuda", ...; None: CUDA when present)

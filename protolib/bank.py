@@ -36,7 +36,8 @@ from .parameters import PARAMETERS, Parameter, Prior, sample_viewing
 from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
 from .simulator import SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS"]
+__all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
+           "write_bank_tables", "write_bank_attributes"]
 
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
@@ -293,6 +294,13 @@ def _check_structure(f: h5py.File, path: Path) -> None:
         if name not in f:
             raise ProtolibInputError(f"{path}: the bank has no /{name}; it is incomplete or not written by protolib "
                                      "(see `protolib simulate` / `protolib import-thesis`).")
+    datasets = _own_datasets(f, path)
+    _check_shapes(datasets, path)
+    _check_attributes(f, path, datasets["images"].shape[-1])
+
+
+def _own_datasets(f: h5py.File, path: Path) -> dict:
+    """The bank's datasets by name, each checked to be a real-valued dataset stored in this file."""
     datasets = {"images": f["images"], "system_id": f["system_id"], "viewing/inclination": f["viewing/inclination"],
                 "viewing/position_angle": f["viewing/position_angle"]}
     datasets.update({f"parameters/{n}": f["parameters"][n] for n in f["parameters"]})
@@ -309,6 +317,11 @@ def _check_structure(f: h5py.File, path: Path) -> None:
                                      "a bank must hold its own data.")
         if dataset.dtype.kind not in "fiu":
             raise ProtolibInputError(f"{path}: /{name} holds {dataset.dtype} values, not real numbers.")
+    return datasets
+
+
+def _check_shapes(datasets: dict, path: Path) -> None:
+    """Images of (systems, projections, side, side), and every other dataset of the shape they make it."""
     images = datasets["images"]
     if images.ndim != 4 or images.shape[0] < 1 or images.shape[1] < 1 or images.shape[2] != images.shape[3]:
         raise ProtolibInputError(f"{path}: /images has shape {images.shape}; a bank holds (systems >= 1, projections >= 1, "
@@ -324,6 +337,10 @@ def _check_structure(f: h5py.File, path: Path) -> None:
             raise ProtolibInputError(f"{path}: /{name} has shape {datasets[name].shape}, but the bank's images make it {shape}.")
     if len(np.unique(datasets["system_id"][()])) != n:
         raise ProtolibInputError(f"{path}: /system_id repeats identifiers; each system needs its own.")
+
+
+def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
+    """The numeric attributes are numbers of the right sign, agree with each other, and the JSON ones parse."""
     for key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz", "beam_major_arcsec", "beam_minor_arcsec",
                 "beam_position_angle_deg", "noise_rms_jy_beam"):
         if key in f.attrs:
@@ -335,7 +352,7 @@ def _check_structure(f: h5py.File, path: Path) -> None:
             if (positive and not (value > 0 or (key == "pixel_size_au" and math.isnan(value)))) or (
                     not positive and key != "beam_position_angle_deg" and value < 0):
                 raise ProtolibInputError(f"{path}: the bank attribute {key} = {value} must be {'positive' if positive else '>= 0'}.")
-    side, fov, pixel = images.shape[-1], f.attrs.get("field_of_view_au"), f.attrs.get("pixel_size_au")
+    fov, pixel = f.attrs.get("field_of_view_au"), f.attrs.get("pixel_size_au")
     if fov is not None and pixel is not None and math.isfinite(float(pixel)) and abs(float(pixel) * side - float(fov)) > 0.01 * float(fov):
         raise ProtolibInputError(f"{path}: the bank's pixel size ({float(pixel):g} au) times its {side} pixels is not its field of "
                                  f"view ({float(fov):g} au); the attributes disagree.")
@@ -532,11 +549,12 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
                 bar.update(len(idx) * n_projections)
             bar.close()
             tables = {**systems, "envelope_mass": env_mass}
-            _write_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
-            _write_attrs(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
+            write_bank_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
+            write_bank_attributes(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
 
 
-def _write_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
+def write_bank_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
+    """Write a bank's ``/parameters`` (with units), ``/viewing`` angles and ``/system_id`` into the open file ``f``."""
     group = f.create_group("parameters")
     for name in [n for n in PARAMETERS if n in parameters] + [n for n in parameters if n not in PARAMETERS]:
         ds = group.create_dataset(name, data=np.asarray(parameters[name], dtype="f8"))
@@ -549,7 +567,8 @@ def _write_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
     f.create_dataset("system_id", data=np.asarray(viewing.get("system_id", np.arange(len(viewing["inclination"]))), dtype="i8"))
 
 
-def _write_attrs(f, *, seed, config: SimulatorConfig | None, instrument: Instrument, prior: Prior | None, source: str, pixel_size_au=None):
+def write_bank_attributes(f, *, seed, config: SimulatorConfig | None, instrument: Instrument, prior: Prior | None, source: str, pixel_size_au=None):
+    """Write a bank's provenance attributes (format, schema, version, seed, simulator, prior, instrument, pixel size) into ``f``."""
     f.attrs["format"] = FORMAT
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["protolib_version"] = __version__
@@ -591,15 +610,8 @@ class ImportReport:
     skipped: dict[str, str]
 
 
-def import_thesis_snapshots(
-    folder: str | Path,
-    out: str | Path,
-    *,
-    n_projections: int = 8,
-    pixel_size_au: float | None = None,
-    on_error: str = "raise",
-    progress: bool = True,
-) -> ImportReport:
+def import_thesis_snapshots(folder: str | Path, out: str | Path, *, n_projections: int = 8, pixel_size_au: float | None = None,
+                            on_error: str = "raise", progress: bool = True) -> ImportReport:
     """Convert a folder of the thesis's per-snapshot HDF5 files into one protolib bank.
 
     Each file must hold ``intensity_projection_1`` ... ``intensity_projection_{n_projections}``
@@ -626,6 +638,31 @@ def import_thesis_snapshots(
         raise ProtolibInputError(f"No .h5 or .hdf5 files in {folder}.")
     if Path(out).exists() and any(Path(out).resolve() == f.resolve() for f in files):
         raise ProtolibInputError(f"{out}: --out is one of the snapshot files being imported, which would be overwritten; write elsewhere.")
+    images, params, imported, skipped = _read_thesis_snapshots(files, n_projections, on_error, progress)
+    shape = images[0].shape if images else None
+    if not images:
+        raise ProtolibInputError(f"None of the {len(files)} files in {folder} could be imported: {skipped}")
+    n = len(images)
+    viewing = {
+        "inclination": np.full((n, n_projections), np.nan),
+        "position_angle": np.full((n, n_projections), np.nan),
+        "system_id": np.arange(n),
+    }
+    stacked = np.stack(images).astype("f4")
+    with atomic_path(out, expected_bytes=stacked.nbytes + 64 * n * (n_projections + 16)) as tmp:
+        with h5py.File(tmp, "w") as f:
+            ds = f.create_dataset("images", data=stacked, chunks=(1, n_projections, *shape[1:]))
+            ds.attrs["unit"] = "arbitrary"
+            ds.attrs["axes"] = "system, projection, north, west"
+            write_bank_tables(f, viewing, {k: np.array(v) for k, v in params.items()})
+            f.create_dataset("source_files", data=np.array([Path(p).name for p in imported], dtype="S"))
+            write_bank_attributes(f, seed=None, config=None, instrument=Instrument(beam_major_arcsec=0.0, noise_rms_jy_beam=0.0),
+                         prior=None, source=f"thesis snapshots from {folder}", pixel_size_au=pixel_size_au)
+    return ImportReport(imported=imported, skipped=skipped)
+
+
+def _read_thesis_snapshots(files: list[Path], n_projections: int, on_error: str, progress: bool):
+    """Every snapshot's images and parameters: ``(image stacks, {parameter: values}, files imported, {file: why skipped})``."""
     images, params, imported, skipped = [], {v: [] for v in THESIS_DATASETS.values()}, [], {}
     shape = None
     for path in tqdm(files, desc="Importing snapshots", disable=not progress):
@@ -643,25 +680,7 @@ def import_thesis_snapshots(
         for key, value in values.items():
             params[key].append(value)
         imported.append(str(path))
-    if not images:
-        raise ProtolibInputError(f"None of the {len(files)} files in {folder} could be imported: {skipped}")
-    n = len(images)
-    viewing = {
-        "inclination": np.full((n, n_projections), np.nan),
-        "position_angle": np.full((n, n_projections), np.nan),
-        "system_id": np.arange(n),
-    }
-    stacked = np.stack(images).astype("f4")
-    with atomic_path(out, expected_bytes=stacked.nbytes + 64 * n * (n_projections + 16)) as tmp:
-        with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("images", data=stacked, chunks=(1, n_projections, *shape[1:]))
-            ds.attrs["unit"] = "arbitrary"
-            ds.attrs["axes"] = "system, projection, north, west"
-            _write_tables(f, viewing, {k: np.array(v) for k, v in params.items()})
-            f.create_dataset("source_files", data=np.array([Path(p).name for p in imported], dtype="S"))
-            _write_attrs(f, seed=None, config=None, instrument=Instrument(beam_major_arcsec=0.0, noise_rms_jy_beam=0.0),
-                         prior=None, source=f"thesis snapshots from {folder}", pixel_size_au=pixel_size_au)
-    return ImportReport(imported=imported, skipped=skipped)
+    return images, params, imported, skipped
 
 
 def _read_thesis_snapshot(path: Path, n_projections: int) -> tuple[np.ndarray, dict[str, float]]:

@@ -85,21 +85,9 @@ def _shard_is_complete(path: Path, fingerprint: str) -> bool:
         return False
 
 
-def simulate_bank_parallel(
-    out: str | Path,
-    n_systems: int,
-    n_projections: int = 8,
-    *,
-    seed: int = 0,
-    config: SimulatorConfig | None = None,
-    instrument: Instrument | None = None,
-    prior: Prior | None = None,
-    shard_systems: int = 16,
-    client=None,
-    n_workers: int = 2,
-    keep_shards: bool = False,
-    progress: bool = True,
-) -> ParallelReport:
+def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int = 8, *, seed: int = 0, config: SimulatorConfig | None = None,
+                           instrument: Instrument | None = None, prior: Prior | None = None, shard_systems: int = 16, client=None,
+                           n_workers: int = 2, keep_shards: bool = False, progress: bool = True) -> ParallelReport:
     """Simulate a bank with Dask workers; the file equals :func:`~protolib.bank.simulate_bank`'s.
 
     Arguments:
@@ -120,49 +108,22 @@ def simulate_bank_parallel(
         >>> simulate_bank_parallel("bank.h5", 100_000, client=Client(cluster))
     """
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        import dask.distributed  # noqa: F401
     except ImportError:
         raise ProtolibInputError("Parallel bank building needs Dask: pip install 'protolib[cluster]' (dask[distributed]).") from None
-    config = config or SimulatorConfig()
-    instrument = instrument or Instrument()
-    prior = prior or Prior()
+    config, instrument, prior = config or SimulatorConfig(), instrument or Instrument(), prior or Prior()
     if n_systems < 1 or n_projections < 1 or shard_systems < 1:
         raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
     systems = draw_systems(n_systems, n_projections, seed, prior)
     fingerprint = _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems)
-    folder = shard_folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = folder / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
-        raise ProtolibInputError(
-            f"{folder} holds shards of a different bank (other size, seed or settings). Delete that folder to start "
-            "afresh, or write the new bank to another --out."
-        )
-    manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_systems": n_systems, "shard_systems": shard_systems}))
+    folder = _claim_shard_folder(out, fingerprint, n_systems, shard_systems)
     n_shards = -(-n_systems // shard_systems)
     paths = [folder / f"shard_{k:05d}.h5" for k in range(n_shards)]
     todo = [k for k in range(n_shards) if not _shard_is_complete(paths[k], fingerprint)]
     reused = [k for k in range(n_shards) if k not in todo]
-
     if todo:
-        own_cluster = None
-        if client is None:
-            own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
-            client = Client(own_cluster)
-        try:
-            futures = [
-                client.submit(_render_shard, k, _shard_rows(systems, k, shard_systems), config=config.to_dict(),
-                              instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint, pure=False)
-                for k in todo
-            ]
-            with tqdm(total=len(todo), unit="shard", desc="Rendering shards", disable=not progress) as bar:
-                for future in as_completed(futures):
-                    future.result()
-                    bar.update(1)
-        finally:
-            if own_cluster is not None:
-                client.close()
-                own_cluster.close()
+        tasks = dict(config=config.to_dict(), instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint)
+        _render_shards(client, n_workers, {k: _shard_rows(systems, k, shard_systems) for k in todo}, tasks, progress)
 
     def blocks():
         for path in paths:
@@ -174,3 +135,37 @@ def simulate_bank_parallel(
     if not keep_shards:
         shutil.rmtree(folder)
     return ParallelReport(bank=Path(out), n_shards=n_shards, rendered=todo, reused=reused)
+
+
+def _claim_shard_folder(out, fingerprint: str, n_systems: int, shard_systems: int) -> Path:
+    """``OUT.shards/`` with its manifest; refused when it holds the shards of another bank."""
+    folder = shard_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
+        raise ProtolibInputError(
+            f"{folder} holds shards of a different bank (other size, seed or settings). Delete that folder to start "
+            "afresh, or write the new bank to another --out."
+        )
+    manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_systems": n_systems, "shard_systems": shard_systems}))
+    return folder
+
+
+def _render_shards(client, n_workers: int, rows: dict, tasks: dict, progress: bool) -> None:
+    """Render the shards ``rows`` ({shard: system rows}) on ``client``, or on a local cluster of ``n_workers`` started here."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    own_cluster = None
+    if client is None:
+        own_cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(own_cluster)
+    try:
+        futures = [client.submit(_render_shard, k, shard_rows, pure=False, **tasks) for k, shard_rows in rows.items()]
+        with tqdm(total=len(futures), unit="shard", desc="Rendering shards", disable=not progress) as bar:
+            for future in as_completed(futures):
+                future.result()
+                bar.update(1)
+    finally:
+        if own_cluster is not None:
+            client.close()
+            own_cluster.close()

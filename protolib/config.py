@@ -1,26 +1,45 @@
-"""Named run configurations (``configs/*.yaml``) and the artifacts they produce.
+"""Named run configurations (``configs/*.yaml``): one typed tree of every stage's settings.
 
-A configuration has one section per pipeline stage. ``bank``, ``simulator``, ``instrument`` and
-``split`` are read into typed objects here; later stages read their own sections from
-:attr:`RunConfig.sections`. The notebooks pick the configuration named by the environment variable
-``PROTOLIB_CONFIG`` (``default`` when unset); the test suite runs them with ``tiny``.
+A configuration has one section per pipeline stage, and each section is read into a dataclass
+whose fields carry their units and reasons (``bank`` -> :class:`BankSettings`, ``simulator`` ->
+:class:`~protolib.simulator.SimulatorConfig`, ``matching`` -> :class:`~protolib.matching.MatchingSettings`,
+and so on; :data:`SECTION_TYPES` lists them). Every section is checked when the file is loaded, by
+the one validator :func:`~protolib.runtime.typed_settings`, so a typo fails at once, naming the key
+and the known ones. The command line (``--config NAME --set SECTION.KEY=VALUE``) and the notebooks
+(``PROTOLIB_CONFIG``, ``default`` when unset; the test suite runs them with ``tiny``) read the same
+tree. Building artifacts from it is the pipelines' job (:mod:`protolib.pipelines`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import inspect
+import io
 import os
-from dataclasses import dataclass, field
+import re
+import tokenize
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
+from .attribution import AttributionSettings
+from .autoencoder import AutoencoderConfig
+from .embedding_maps import EmbeddingMapSettings
+from .evaluation import EvaluationSettings
+from .images import AugmentationConfig, ImagePreprocessing
 from .instrument import Instrument
+from .matching import MatchingSettings
 from .runtime import ProtolibInputError, typed_settings
+from .siamese import LossConfig, PairConfig, SiameseConfig
 from .simulator import SimulatorConfig
+from .target_similarity import TargetDefinition
+from .training import TrainingConfig
+from .tuning import TuneSettings
 
-__all__ = ["RunConfig", "BankSettings", "SplitSettings", "load_config", "ensure_bank", "find_configs_dir", "apply_overrides"]
+__all__ = ["RunConfig", "BankSettings", "SplitSettings", "AutoencoderSettings", "SiameseSettings", "SECTION_TYPES", "load_config",
+           "find_configs_dir", "apply_overrides", "stage_settings", "setting_type", "setting_help"]
 
 
 @dataclass
@@ -36,13 +55,52 @@ class BankSettings:
 class SplitSettings:
     """Fractions of systems for training, validation and test, and the split's seed."""
 
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # of the bank's systems; a system's projections stay together
+    seed: int = 0  # seed of the shuffle before the cut
+
+
+IMAGE_SETTINGS = tuple(sorted({f.name for f in fields(ImagePreprocessing)} - {"distance_pc", "pixels_per_beam", "flux_centre", "flux_spread"}))
+
+
+@dataclass
+class AutoencoderSettings:
+    """The ``autoencoder:`` section: the keyword arguments of :func:`~protolib.autoencoder.train_autoencoder`."""
+
+    model: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # the network's shape
+    images: dict = field(default_factory=dict)  # how images are stretched before the network (IMAGE_SETTINGS keys)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)  # random rotations, flips, beam and noise jitter
+    training: TrainingConfig = field(default_factory=TrainingConfig)  # epochs, batch size, learning rate, seed
+
+
+@dataclass
+class SiameseSettings:
+    """The ``siamese:`` section: the keyword arguments of :func:`~protolib.siamese.train_siamese`."""
+
+    model: SiameseConfig = field(default_factory=SiameseConfig)  # embedding and head sizes
+    target: TargetDefinition = field(default_factory=TargetDefinition)  # the target similarity from parameters
+    loss: LossConfig = field(default_factory=LossConfig)  # how predicted similarity is compared with the target
+    pairs: PairConfig = field(default_factory=PairConfig)  # which pairs of images a batch trains on
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)  # as for the autoencoder
+    training: TrainingConfig = field(default_factory=TrainingConfig)  # epochs, batch size, learning rate, seed
+
+
+STAGE_PARTS = {"autoencoder": AutoencoderSettings, "siamese": SiameseSettings}
+
+# Each section's dataclass. `name` is the configuration's name (its artifacts folder).
+SECTION_TYPES = {"bank": BankSettings, "simulator": SimulatorConfig, "instrument": Instrument, "split": SplitSettings,
+                 "autoencoder": AutoencoderSettings, "siamese": SiameseSettings, "matching": MatchingSettings,
+                 "evaluation": EvaluationSettings, "tuning": TuneSettings, "attribution": AttributionSettings,
+                 "embedding_map": EmbeddingMapSettings}
+SECTIONS = ("name", *SECTION_TYPES)
 
 
 @dataclass
 class RunConfig:
-    """A whole configuration: where it came from and every stage's settings."""
+    """A whole configuration: where it came from and every stage's typed settings.
+
+    ``sections`` keeps the file's sections as read (after overrides), for stages that apply further
+    overrides of their own (:func:`stage_settings`).
+    """
 
     name: str
     path: Path | None
@@ -50,6 +108,13 @@ class RunConfig:
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     instrument: Instrument = field(default_factory=Instrument)
     split: SplitSettings = field(default_factory=SplitSettings)
+    autoencoder: AutoencoderSettings = field(default_factory=AutoencoderSettings)
+    siamese: SiameseSettings = field(default_factory=SiameseSettings)
+    matching: MatchingSettings = field(default_factory=MatchingSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    tuning: TuneSettings = field(default_factory=TuneSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    embedding_map: EmbeddingMapSettings = field(default_factory=EmbeddingMapSettings)
     sections: dict = field(default_factory=dict)
 
     @property
@@ -64,7 +129,7 @@ class RunConfig:
         return self.artifacts_dir / "bank.h5"
 
     def section(self, name: str) -> dict:
-        """A later stage's settings (an empty dict when the configuration has none)."""
+        """A section as written in the file (an empty dict when the configuration has none)."""
         return copy.deepcopy(self.sections.get(name, {}))
 
 
@@ -89,20 +154,16 @@ def find_configs_dir() -> Path | None:
     return folders[0] if folders else None
 
 
-SECTIONS = ("name", "bank", "simulator", "instrument", "split", "autoencoder", "siamese", "matching", "evaluation", "tuning")
-
-
-def _typed(cls, values: dict, where: str):
-    return typed_settings(cls, values, where)
-
-
 def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict | None = None) -> RunConfig:
     """Load a configuration by name (``configs/NAME.yaml``) or path.
 
     With no argument the name comes from ``PROTOLIB_CONFIG``, else ``default``. ``overrides`` is a
     nested dict (``{"bank": {"n_systems": 50}}``) applied on top of the file.
     """
-    name_or_path = name_or_path or os.environ.get("PROTOLIB_CONFIG") or "default"
+    named = name_or_path or os.environ.get("PROTOLIB_CONFIG")
+    if named is None and find_configs_dir() is None:  # installed without the repository: the built-in defaults
+        return _config_from({}, Path("default"), None, overrides)
+    name_or_path = named or "default"
     path = Path(name_or_path)
     if not path.suffix:
         configs = find_configs_dir()
@@ -122,22 +183,60 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
         raise ProtolibInputError(f"{path} is not valid YAML{line}: {getattr(error, 'problem', None) or error}.") from None
     if not isinstance(data, dict):
         raise ProtolibInputError(f"{path}: a configuration is a mapping of sections (bank:, simulator:, ...), not a {type(data).__name__}.")
+    return _config_from(data, path, path, overrides)
+
+
+def _config_from(data: dict, where: Path, path: Path | None, overrides: dict | None) -> RunConfig:
+    """The typed configuration of the sections ``data`` with ``overrides`` on top (``where`` names it in messages)."""
     data = apply_overrides(data, overrides or {})
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise ProtolibInputError(f"{path}: unknown section(s) {unknown}; known ones are {list(SECTIONS)}.")
-    for name in SECTIONS[1:]:
-        if name in data and data[name] is not None and not isinstance(data[name], dict):
-            raise ProtolibInputError(f"{path} [{name}]: expected settings (KEY: VALUE lines), got {data[name]!r}.")
-    return RunConfig(
-        name=str(data.pop("name", path.stem)),
-        path=path,
-        bank=_typed(BankSettings, data.pop("bank", {}), f"{path} [bank]"),
-        simulator=_typed(SimulatorConfig, data.pop("simulator", {}), f"{path} [simulator]"),
-        instrument=_typed(Instrument, data.pop("instrument", {}), f"{path} [instrument]"),
-        split=_typed(SplitSettings, data.pop("split", {}), f"{path} [split]"),
-        sections=data,
-    )
+        raise ProtolibInputError(f"{where}: unknown section(s) {unknown}; known ones are {list(SECTIONS)}.")
+    sections = {name: data.get(name) or {} for name in SECTION_TYPES if name in data}
+    typed = {name: _typed_section(name, sections.get(name), f"{where} [{name}]") for name in SECTION_TYPES}
+    later = {name: value for name, value in sections.items() if name not in ("bank", "simulator", "instrument", "split")}
+    return RunConfig(name=str(data.get("name", where.stem)), path=path, sections=later, **typed)
+
+
+def _typed_section(name: str, values, where: str):
+    """One section as its dataclass; a stage of several parts (``autoencoder``, ``siamese``) part by part."""
+    if name in STAGE_PARTS:
+        return STAGE_PARTS[name](**stage_settings_from(values, name, where))
+    return typed_settings(SECTION_TYPES[name], values, where)
+
+
+def stage_settings_from(section, stage: str, where: str) -> dict:
+    """A learning stage's section (``autoencoder`` or ``siamese``) as ``{part: typed settings}``.
+
+    The parts are the fields of :class:`AutoencoderSettings` or :class:`SiameseSettings`; ``images``
+    stays a dict of :data:`IMAGE_SETTINGS` keys, because the bank fills in the rest of the preprocessing.
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ProtolibInputError(f"{where}: expected settings (KEY: VALUE lines), got {section!r}.")
+    parts = {f.name: f for f in fields(STAGE_PARTS[stage])}
+    unknown = set(section) - set(parts)
+    if unknown:
+        raise ProtolibInputError(f"{where}: unknown part(s) {sorted(unknown)}; known ones are {sorted(parts)}.")
+    result = {}
+    for name in parts:
+        values = section.get(name) or {}
+        if name == "images":
+            if not isinstance(values, dict) or set(values) - set(IMAGE_SETTINGS):
+                bad = sorted(set(values) - set(IMAGE_SETTINGS)) if isinstance(values, dict) else values
+                raise ProtolibInputError(f"{where[:-1]}.{name}]: unknown setting(s) {bad}; known ones are {list(IMAGE_SETTINGS)}.")
+            result[name] = dict(values)
+        else:
+            cls = setting_type(STAGE_PARTS[stage], name)
+            result[name] = typed_settings(cls, values, f"{where[:-1]}.{name}]")
+    return result
+
+
+def stage_settings(config: RunConfig, stage: str, overrides: dict | None = None) -> dict:
+    """``config``'s ``autoencoder`` or ``siamese`` section with nested ``overrides`` on top, part by part."""
+    section = apply_overrides(config.section(stage), overrides or {})
+    return stage_settings_from(section, stage, f"{config.path} [{stage}]")
 
 
 def apply_overrides(data: dict, overrides: dict) -> dict:
@@ -151,34 +250,45 @@ def apply_overrides(data: dict, overrides: dict) -> dict:
     return merged
 
 
-def ensure_bank(config: RunConfig, progress: bool = True):
-    """The configuration's bank: opened when it exists and matches the configuration, else simulated.
-
-    A bank made with other settings (size, seed, simulator, instrument) is rebuilt, so a notebook
-    never silently uses a stale bank.
-    """
-    from .bank import Bank, simulate_bank
-
-    path = config.bank_path
-    if path.exists():
-        bank = Bank(path)
-        if _bank_matches(bank, config):
-            return bank
-        bank.close()
-    simulate_bank(
-        path,
-        config.bank.n_systems,
-        config.bank.n_projections,
-        seed=config.bank.seed,
-        config=config.simulator,
-        instrument=config.instrument,
-        progress=progress,
-    )
-    return Bank(path)
+@lru_cache(maxsize=None)
+def _field_comments(cls) -> dict:
+    """The trailing ``# comment`` of each field in ``cls``'s source: its unit and reason."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments, names = {}, {f.name for f in fields(cls)}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            match = re.match(r"\s*(\w+)\s*:", token.line)
+            if match and match.group(1) in names and match.group(1) not in comments:
+                comments[match.group(1)] = token.string.lstrip("# ").strip()
+    return comments
 
 
-def _bank_matches(bank, config: RunConfig) -> bool:
-    same_shape = bank.images.shape[:2] == (config.bank.n_systems, config.bank.n_projections)
-    same_sim = json.loads(bank.attrs.get("simulator_config", "{}")) == json.loads(json.dumps(config.simulator.to_dict()))
-    same_inst = all(abs(float(bank.attrs.get(k, float("nan"))) - float(v)) < 1e-12 for k, v in config.instrument.to_dict().items())
-    return same_shape and same_sim and same_inst and int(bank.attrs.get("seed", -1)) == config.bank.seed
+def setting_type(cls, name: str):
+    """The dataclass (or plain type) of field ``name`` of the settings dataclass ``cls``."""
+    import typing
+
+    if cls in STAGE_PARTS.values() and name == "images":  # a dict of these preprocessing fields
+        return ImagePreprocessing
+    return typing.get_type_hints(cls)[name]
+
+
+def setting_help(key: str) -> str:
+    """The documentation of a dotted configuration key, e.g. ``"matching.top_k"``, from its field's comment."""
+    cls, *parts = [SECTION_TYPES[key.split(".")[0]], *key.split(".")[1:]]
+    for part in parts[:-1]:
+        cls = setting_type(cls, part)
+    return _field_comments(cls).get(parts[-1], "")
+
+
+def __getattr__(name: str):
+    if name == "ensure_bank":  # deprecated: moved to the pipelines layer in 0.2
+        import warnings
+
+        from .pipelines.simulate import ensure_bank
+
+        warnings.warn("protolib.config.ensure_bank is now protolib.pipelines.simulate.ensure_bank.", DeprecationWarning, stacklevel=2)
+        return ensure_bank
+    raise AttributeError(f"module 'protolib.config' has no attribute {name!r}")

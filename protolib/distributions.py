@@ -4,6 +4,11 @@ The parameters of the best matches form a posterior-like distribution for the ta
 bank is its prior. Quantities spanning decades (``log_scale``) are summarised and plotted in
 log10 and reported in physical units. Plot functions take data and keyword options and return
 the figure; they never show or save it.
+
+The parameters of matches, the interval statistics and their calibration on reference targets live
+in :mod:`protolib.matching` (:mod:`~protolib.matching.matches`, :mod:`~protolib.matching.calibration`),
+which needs them for its image-space fit; they are re-exported here. A match run's report is written
+by :func:`protolib.pipelines.match.write_match_report`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -19,9 +23,21 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .bank import Bank
-from .matching import Matches
-from .parameters import PARAMETERS, VIEWING_PARAMETERS, Parameter
-from .runtime import ProtolibInputError, atomic_path, plain_json
+from .matching import (
+    WIDENING_CANDIDATES,
+    Matches,
+    calibrate_widening,
+    central_coverage,
+    central_intervals,
+    describe_parameter,
+    match_parameters,
+    reference_calibration,
+    scaled_for_summary,
+    truth_parameters,
+    weighted_percentile,
+)
+from .parameters import Parameter
+from .runtime import ProtolibInputError, atomic_path
 
 __all__ = [
     "PERCENTILES",
@@ -44,27 +60,10 @@ __all__ = [
     "central_coverage",
     "calibrate_widening",
     "reference_calibration",
-    "write_match_report",
+    "WIDENING_CANDIDATES",
 ]
 
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
-
-
-def match_parameters(bank: Bank, matches: Matches, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """The physical parameters of each match, in physical units, plus its viewing angles.
-
-    Returns:
-        A dict name -> ``(n_matches,)``: every bank parameter (or ``names``), ``inclination`` and
-        ``position_angle`` [deg] of the matched projection.
-    """
-    names = list(bank.parameters) if names is None else list(names)
-    table = {name: bank.parameters[name][matches.system] for name in names if name in bank.parameters}
-    missing = [n for n in names if n not in bank.parameters and n not in VIEWING_PARAMETERS]
-    if missing:
-        raise ProtolibInputError(f"Bank {bank.path} has no parameter(s) {missing}; it has {list(bank.parameters)}.")
-    table["inclination"] = bank.inclination[matches.system, matches.projection]
-    table["position_angle"] = bank.position_angle[matches.system, matches.projection]
-    return table
 
 
 def prior_parameters(bank: Bank, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -74,156 +73,6 @@ def prior_parameters(bank: Bank, names: Sequence[str] | None = None) -> dict[str
     table["inclination"] = bank.inclination.reshape(-1)
     table["position_angle"] = bank.position_angle.reshape(-1)
     return table
-
-
-def truth_parameters(bank: Bank, system: int, projection: int = 0) -> dict[str, float]:
-    """The true parameters of a bank system seen in one projection (for a simulated target)."""
-    truths = {name: float(values[system]) for name, values in bank.parameters.items()}
-    truths["inclination"] = float(bank.inclination[system, projection])
-    truths["position_angle"] = float(bank.position_angle[system, projection])
-    return truths
-
-
-def _info(name: str, parameter_info: Mapping[str, Parameter] | None) -> Parameter:
-    if parameter_info and name in parameter_info:
-        return parameter_info[name]
-    if name in PARAMETERS:
-        return PARAMETERS[name]
-    if name in VIEWING_PARAMETERS:
-        return VIEWING_PARAMETERS[name]
-    return Parameter(name, "", "", log_scale=False)
-
-
-def _scaled(values: np.ndarray, log_scale: bool, name: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if not log_scale:
-        return values
-    if np.any(values <= 0):
-        raise ProtolibInputError(f"Parameter {name} is log-scaled but has values <= 0.")
-    return np.log10(values)
-
-
-def weighted_percentile(values: np.ndarray, percentiles: Sequence[float], weights: np.ndarray | None = None) -> np.ndarray:
-    """Percentiles of ``values`` (in 0..100), each value counting with its weight.
-
-    Without weights this is ``numpy.percentile`` (linear interpolation). With weights, the
-    percentile is read off the weighted cumulative distribution at the mid-points of each value's
-    weight, which gives back ``numpy.percentile`` for equal weights.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return np.full(len(percentiles), np.nan)
-    if weights is None:
-        return np.percentile(values, percentiles)
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.shape != values.shape or np.any(weights < 0) or not np.any(weights > 0):
-        raise ProtolibInputError("Weights must be non-negative, not all zero, one per value.")
-    order = np.argsort(values)
-    values, weights = values[order], weights[order]
-    cumulative = np.cumsum(weights) - 0.5 * weights
-    cumulative = (cumulative - cumulative[0]) / max(cumulative[-1] - cumulative[0], np.finfo(float).tiny)
-    return np.interp(np.asarray(percentiles) / 100.0, cumulative, values)
-
-
-def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.ndarray | None = None,
-                      *, widening: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median and central intervals of each target's samples, optionally widened about the median.
-
-    Arguments:
-        samples: ``(T, n)`` each target's match values (one parameter, scaled).
-        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
-        weights: ``(T, n)`` optional weight per match.
-        widening: each interval's distance from the median is multiplied by this (1: the percentiles).
-
-    Returns:
-        ``median (T,)``, ``low (T, L)`` and ``high (T, L)``.
-    """
-    levels = np.asarray(levels, dtype=np.float64)
-    percentiles = np.r_[50.0, 50 - 50 * levels, 50 + 50 * levels]
-    bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
-    median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
-    return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
-
-
-def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float] = (0.5, 0.68, 0.95),
-                     weights: np.ndarray | None = None, *, widening: float = 1.0) -> np.ndarray:
-    """How often the truth lies within the samples' central interval at each level.
-
-    Arguments:
-        samples: ``(T, n)`` each target's match values (one parameter, scaled).
-        truths: ``(T,)`` the true values.
-        levels: interval probabilities, e.g. 0.68 for the 16-84 percentile range.
-        weights: ``(T, n)`` optional weight per match.
-        widening: intervals widened about the median by this factor (:func:`central_intervals`).
-
-    Returns:
-        ``(len(levels),)`` the fraction of targets covered; a calibrated method gives ``levels``.
-    """
-    _, low, high = central_intervals(samples, levels, weights, widening=widening)
-    truths = np.asarray(truths)[:, None]
-    return ((low <= truths) & (truths <= high)).mean(0)
-
-
-WIDENING_CANDIDATES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
-
-
-def calibrate_widening(
-    samples: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray], candidates: Sequence[float] = WIDENING_CANDIDATES
-) -> dict[str, dict]:
-    """Per parameter, the widening of the central intervals about the median that makes them honest on reference targets.
-
-    The reference targets are bank images seen like the target (see
-    :func:`protolib.matching.fit_matches`), whose true parameters are known. For each parameter the
-    least widening whose 68% and 95% coverage both reach nominal on the references, within one
-    binomial standard error of their number, is chosen (the largest candidate when none does). This is
-    one-sided on purpose: measured on NOEMA-like synthetic observations, choosing the widening whose
-    coverage is closest to nominal instead left the intervals short (benchmarks/README.md). Widening
-    never narrows.
-
-    Arguments:
-        samples: name -> ``(T, n)`` each reference target's match values, scaled (log10 where the
-            parameter is log-scaled).
-        truths: name -> ``(T,)`` their true values, scaled the same way.
-        candidates: widenings tried.
-
-    Returns:
-        name -> ``{"widening", "coverage_68", "coverage_95", "raw_coverage_68", "raw_coverage_95", "n_reference"}``.
-    """
-    out = {}
-    for name, values in samples.items():
-        scored = []
-        for widening in candidates:
-            c68, c95 = central_coverage(values, truths[name], (0.68, 0.95), widening=widening)
-            scored.append((abs(c68 - 0.68) + abs(c95 - 0.95), float(widening), float(c68), float(c95)))
-        n = max(len(values), 1)
-        enough = [s for s in scored if s[2] >= 0.68 - math.sqrt(0.68 * 0.32 / n) and s[3] >= 0.95 - math.sqrt(0.95 * 0.05 / n)]
-        _, widening, c68, c95 = min(enough, key=lambda s: s[1]) if enough else max(scored, key=lambda s: s[1])
-        raw = next(s for s in scored if s[1] == 1.0) if 1.0 in candidates else scored[0]
-        out[name] = {"widening": widening, "coverage_68": c68, "coverage_95": c95, "raw_coverage_68": raw[2],
-                     "raw_coverage_95": raw[3], "n_reference": int(len(values))}
-    return out
-
-
-def reference_calibration(bank: Bank, reference_rows: np.ndarray, reference_matches: Sequence[Matches]) -> dict[str, dict]:
-    """:func:`calibrate_widening` over reference bank images and their matches, for every bank parameter and the inclination.
-
-    Arguments:
-        bank: the bank.
-        reference_rows: ``(T,)`` the reference images' rows (``system * n_projections + projection``).
-        reference_matches: each reference image's matches (as many as the target's), best first.
-    """
-    names = [*bank.parameters, "inclination"]
-    k = min(len(m) for m in reference_matches)
-    samples = {name: [] for name in names}
-    truths = {name: [] for name in names}
-    for row, matches in zip(np.asarray(reference_rows), reference_matches):
-        values = match_parameters(bank, matches.head(k), names)
-        truth = truth_parameters(bank, int(row) // bank.n_projections, int(row) % bank.n_projections)
-        for name in names:
-            info = _info(name, bank.parameter_info)
-            samples[name].append(_scaled(values[name], info.log_scale, name))
-            truths[name].append(_scaled(np.array([truth[name]]), info.log_scale, name)[0])
-    return calibrate_widening({n: np.stack(v) for n, v in samples.items()}, {n: np.array(v) for n, v in truths.items()})
 
 
 def similarity_weights(similarity: np.ndarray, temperature: float = 0.02) -> np.ndarray:
@@ -298,18 +147,18 @@ def summarise(
     for name in parameters:
         if name not in samples:
             raise ProtolibInputError(f"No parameter {name!r} among the matches' parameters {list(samples)}.")
-        info = _info(name, parameter_info)
-        scaled = _scaled(samples[name], info.log_scale, name)
+        info = describe_parameter(name, parameter_info)
+        scaled = scaled_for_summary(samples[name], info.log_scale, name)
         p2_5, p16, p50, p84, p97_5 = weighted_percentile(scaled, PERCENTILES, weights)
         factor = float((widening or {}).get(name, 1.0))
         p2_5, p16, p84, p97_5 = (p50 + factor * (p - p50) for p in (p2_5, p16, p84, p97_5))
         if factor != 1.0 and prior is not None and name in prior:  # a widened range stops at the bank's own range
-            bounds = _scaled(prior[name], info.log_scale, name)
+            bounds = scaled_for_summary(prior[name], info.log_scale, name)
             p2_5, p16, p84, p97_5 = np.clip([p2_5, p16, p84, p97_5], bounds.min(), bounds.max())
         width = 0.5 * (p84 - p16)
         ratio = float("nan")
         if prior is not None and name in prior:
-            q16, q84 = np.percentile(_scaled(prior[name], info.log_scale, name), [16, 84])
+            q16, q84 = np.percentile(scaled_for_summary(prior[name], info.log_scale, name), [16, 84])
             ratio = float(width / (0.5 * (q84 - q16))) if q84 > q16 else float("nan")
         back = (lambda v: float(10**v)) if info.log_scale else float
         truth = float(truths[name]) if truths and name in truths else float("nan")
@@ -380,7 +229,7 @@ def write_csv(rows: Sequence[Mapping] | Sequence[ParameterSummary], path: str | 
 
 
 def _matrix(samples: Mapping[str, np.ndarray], parameters: Sequence[str], parameter_info) -> np.ndarray:
-    return np.stack([_scaled(samples[n], _info(n, parameter_info).log_scale, n) for n in parameters], axis=1)
+    return np.stack([scaled_for_summary(samples[n], describe_parameter(n, parameter_info).log_scale, n) for n in parameters], axis=1)
 
 
 def corner_plot(
@@ -412,9 +261,6 @@ def corner_plot(
     Returns:
         The matplotlib figure.
     """
-    import corner
-    from matplotlib.lines import Line2D
-
     parameters = [p for p in samples if p != "position_angle"] if parameters is None else list(parameters)
     if len(parameters) < 2:
         raise ProtolibInputError(f"A corner plot needs at least two parameters; got {list(parameters)}.")
@@ -423,35 +269,57 @@ def corner_plot(
     lo, hi = np.minimum(bank.min(0), matches.min(0)), np.maximum(bank.max(0), matches.max(0))
     pad = 0.02 * np.where(hi > lo, hi - lo, 1.0)
     ranges = list(zip(lo - pad, hi + pad))
-    labels = [_info(n, parameter_info).axis_label for n in parameters]
+    labels = [describe_parameter(n, parameter_info).axis_label for n in parameters]
     common = dict(range=ranges, bins=bins, labels=labels, plot_datapoints=False, plot_density=False,
                   levels=(0.393, 0.865), label_kwargs={"fontsize": 9})
-    dense_prior = len(bank) >= 500  # fewer: contours of the prior are noise, show its points
-    with _quiet_corner():
-        fig = corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
-                            contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
-                            "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}, "smooth": 1.0})
+    fig = _corner_prior(bank, common)
     truth_values = None
     if truths:
-        truth_values = [float(_scaled([truths[n]], _info(n, parameter_info).log_scale, n)[0]) if n in truths else None
-                        for n in parameters]
+        truth_values = [float(scaled_for_summary([truths[n]], describe_parameter(n, parameter_info).log_scale, n)[0])
+                        if n in truths else None for n in parameters]
+    _overplot_matches(fig, matches, weights, truth_values, common, color)
+    _fit_diagonal(fig, len(parameters))
+    _corner_legend(fig, f"{label} ({len(matches)})", color, len(bank), bool(truth_values))
+    return fig
+
+
+def _corner_prior(bank: np.ndarray, common: dict):
+    """The corner figure of the prior ``(n, K)`` (scaled): dashed contours, or its points when it has fewer than 500."""
+    import corner
+
+    dense_prior = len(bank) >= 500  # fewer: contours of the prior are noise, show its points
+    with _quiet_corner():
+        return corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
+                             contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
+                             "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}, "smooth": 1.0})
+
+
+def _overplot_matches(fig, matches: np.ndarray, weights, truth_values, common: dict, color: str) -> None:
+    """The matches ``(n, K)`` (scaled) over the prior's corner figure: filled contours from 50 matches, points below."""
+    import corner
+
+    bins = common["bins"]
     if len(matches) >= 50:
         with _quiet_corner():
-            fig = corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
-                                hist_kwargs={"density": True, "color": color}, fill_contours=True, smooth=1.0,
-                                **{**common, "bins": max(8, min(bins, int(np.sqrt(len(matches)))))})
+            corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
+                          hist_kwargs={"density": True, "color": color}, fill_contours=True, smooth=1.0,
+                          **{**common, "bins": max(8, min(bins, int(np.sqrt(len(matches)))))})
     else:  # too few for contours (or for corner itself): the matches as points
-        _overplot_few(fig, matches, weights, ranges, max(5, min(bins, len(matches) // 3)), color)
+        _overplot_few(fig, matches, weights, common["range"], max(5, min(bins, len(matches) // 3)), color)
         if truth_values:
             corner.overplot_lines(fig, truth_values, color="C3")
             corner.overplot_points(fig, [truth_values], marker="s", color="C3", ms=4)
-    _fit_diagonal(fig, len(parameters))
-    handles = [Line2D([], [], color=color, label=f"{label} ({len(matches)})"),
-               Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({len(bank)})")]
-    if truth_values:
+
+
+def _corner_legend(fig, label: str, color: str, n_prior: int, with_truth: bool) -> None:
+    """The corner figure's legend: the matches (``label``), the prior and, when drawn, the truth."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=color, label=label),
+               Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({n_prior})")]
+    if with_truth:
         handles.append(Line2D([], [], color="C3", label="truth"))
     fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=10)
-    return fig
 
 
 def _fit_diagonal(fig, n: int) -> None:
@@ -520,15 +388,15 @@ def marginals_plot(
     n_rows = int(np.ceil(len(parameters) / n_columns))
     fig, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 2.6 * n_rows), squeeze=False)
     for ax, name in zip(axes.flat, parameters):
-        info = _info(name, parameter_info)
-        bank = _scaled(prior[name], info.log_scale, name)
+        info = describe_parameter(name, parameter_info)
+        bank = scaled_for_summary(prior[name], info.log_scale, name)
         edges = np.linspace(bank.min(), bank.max(), bins + 1)
         ax.hist(bank, edges, density=True, color="0.8", label="prior (bank)")
         for i, (label, samples) in enumerate(distributions.items()):
-            ax.hist(np.clip(_scaled(samples[name], info.log_scale, name), edges[0], edges[-1]), edges, density=True,
+            ax.hist(np.clip(scaled_for_summary(samples[name], info.log_scale, name), edges[0], edges[-1]), edges, density=True,
                     histtype="step", lw=1.6, color=f"C{i}", label=label)
         if truths and name in truths:
-            ax.axvline(_scaled([truths[name]], info.log_scale, name)[0], color="C3", lw=1.5, label="truth")
+            ax.axvline(scaled_for_summary([truths[name]], info.log_scale, name)[0], color="C3", lw=1.5, label="truth")
         ax.set_xlabel(info.axis_label, fontsize=9)
         ax.set_yticks([])
     for ax in axes.flat[len(parameters):]:
@@ -577,6 +445,12 @@ def gallery_plot(
     if residuals is not None:
         return _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, captions=captions,
                                        target_caption=target_caption, n_columns=n_columns, pixel_size_au=pixel_size_au, cmap=cmap)
+    return _plain_gallery(target_image, images, similarities, captions=captions, target_caption=target_caption,
+                          n_columns=n_columns, pixel_size_au=pixel_size_au, cmap=cmap)
+
+
+def _plain_gallery(target_image, images, similarities, *, captions, target_caption, n_columns, pixel_size_au, cmap):
+    """:func:`gallery_plot` without residuals: each image on its own 0.5-99.8 percentile scale, the target framed in red."""
     import matplotlib.pyplot as plt
 
     images = np.asarray(images)
@@ -669,139 +543,8 @@ def match_rows(bank: Bank, matches: Matches) -> list[dict]:
     return rows
 
 
-def write_match_report(
-    out_dir: str | Path,
-    bank: Bank,
-    matches: Matches,
-    target_image: np.ndarray,
-    *,
-    verdict,
-    truths: Mapping[str, float] | None = None,
-    weight_temperature: float | None = None,
-    inputs: Mapping | None = None,
-    settings: Mapping | None = None,
-    n_gallery: int = 11,
-    corner_parameters: Sequence[str] | None = None,
-    match_image_transform=None,
-    reduced_chi2: np.ndarray | None = None,
-    fit_verdict=None,
-    gallery_residuals: np.ndarray | None = None,
-    calibration: Mapping[str, dict] | None = None,
-) -> dict:
-    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
-
-    Every file is written atomically, ``report.json`` last.
-
-    Arguments:
-        out_dir: the folder (created when missing).
-        bank: the bank searched.
-        matches: the target's best matches.
-        target_image: ``(H, W)`` the target as matched.
-        verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
-        truths: the target's true parameters, when it is simulated.
-        weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
-        inputs, settings: recorded in the report as given.
-        n_gallery: matches shown in the gallery.
-        corner_parameters: the corner plot's parameters (default: every bank parameter and the
-            inclination); ``summary.csv`` always has them all.
-        match_image_transform: shows the matches in the gallery as the network saw them (e.g. at an
-            observation's beam and noise).
-        reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target (a column of
-            ``matches.csv``); ``fit_verdict``: the :class:`~protolib.goodness_of_fit.FitVerdict`;
-            ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
-        calibration: name -> the calibration of :func:`reference_calibration`; ``summary.csv`` then
-            holds the calibrated (widened) ranges, and ``report.json`` the calibration.
-
-    Returns:
-        The report (as written to ``report.json``).
-    """
-    import json
-    import platform
-
-    import matplotlib.pyplot as plt
-
-    from . import __version__
-
-    out_dir = Path(out_dir)
-    if len(matches) == 0:
-        raise ProtolibInputError("No matches to report: lower the similarity threshold or raise --top-k.")
-    samples = match_parameters(bank, matches)
-    prior = prior_parameters(bank)
-    weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
-    widening = None if calibration is None else {name: c["widening"] for name, c in calibration.items()}
-    summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening)
-    gallery_images = match_images(bank, matches.head(n_gallery))
-    if match_image_transform is not None:
-        gallery_images = match_image_transform(gallery_images)
-    rows = match_rows(bank, matches)
-    if reduced_chi2 is not None:
-        for row, value in zip(rows, reduced_chi2):
-            row["reduced_chi2"] = float(value)
-    write_csv(rows, out_dir / "matches.csv")
-    write_csv(summaries, out_dir / "summary.csv")
-    corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
-    figures = {
-        "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
-                                  parameters=corner_parameters),
-        "gallery.png": gallery_plot(target_image, gallery_images, matches.similarity[:n_gallery],
-                                    captions=[f"system {s}, i = {i:.0f} deg" for s, i in
-                                              zip(matches.system[:n_gallery], samples["inclination"][:n_gallery])],
-                                    pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
-                                    residuals=gallery_residuals,
-                                    reduced_chi2=None if reduced_chi2 is None else reduced_chi2[:n_gallery]),
-    }
-    for name, fig in figures.items():
-        with atomic_path(out_dir / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-    report = {
-        "inputs": dict(inputs or {}),
-        "settings": dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
-        "bank": bank.identity,
-        "n_matches": len(matches),
-        "best_similarity": float(matches.similarity[0]),
-        "out_of_distribution": verdict.to_dict(),
-        "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
-        "interval_calibration": None if calibration is None else dict(calibration),
-        "verdict": _overall_verdict(verdict, fit_verdict),
-        "summary": [asdict(s) for s in summaries],
-        "versions": _versions(__version__, platform.python_version()),
-        "files": sorted(["matches.csv", "summary.csv", *figures, "report.json"]),
-    }
-    with atomic_path(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(plain_json(report), indent=2, allow_nan=False) + "\n")
-    return report
-
-
-def _overall_verdict(embedding_check, fit_verdict) -> dict:
-    """Both checks in one: the distributions are to be trusted only when both pass."""
-    in_distribution = not embedding_check.is_out_of_distribution
-    reproduces = None if fit_verdict is None else bool(fit_verdict.reproduces)
-    trusted = in_distribution and reproduces is not False
-    if trusted:
-        message = "Both checks pass: the best matches are typical in embedding space" + (
-            " and reproduce the target in image space." if reproduces else " (no image-space check: noiseless bank).")
-    elif in_distribution:
-        message = ("The embedding check passes but the image-space check does not: the network finds the bank's nearest "
-                   "images, but none reproduces the target. Do not read the distributions as the target's.")
-    else:
-        message = "The target is out of distribution in embedding space" + (
-            " and no bank image reproduces it." if reproduces is False else "; read the distributions with caution.")
-    return {"trusted": trusted, "embedding_in_distribution": in_distribution, "image_reproduced": reproduces, "message": message}
-
-
 def match_images(bank: Bank, matches: Matches) -> np.ndarray:
     """The images ``(n, H, W)`` of the matches, best first (read one by one: meant for a gallery's few)."""
     return bank.images_at(matches.system, matches.projection)
 
 
-def _versions(protolib_version: str, python_version: str) -> dict:
-    import importlib.metadata as metadata
-
-    versions = {"protolib": protolib_version, "python": python_version}
-    for package in ("numpy", "torch", "h5py", "corner", "matplotlib", "faiss-cpu", "astropy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions

@@ -10,7 +10,15 @@ import numpy as np
 from .parameters import PARAMETERS
 from .runtime import ProtolibInputError
 
-__all__ = ["PcaMap", "UmapMap", "embedding_map", "image_parameters", "map_smoothness", "plot_embedding_maps", "run_embedding_map"]
+__all__ = ["EmbeddingMapSettings", "PcaMap", "UmapMap", "embedding_map", "image_parameters", "map_smoothness", "plot_embedding_maps"]
+
+
+@dataclass
+class EmbeddingMapSettings:
+    """The ``embedding_map:`` section: how ``protolib embedding-map`` projects the embeddings."""
+
+    method: str = "pca"  # "pca" (linear, fast) or "umap" (non-linear; needs protolib[maps])
+    seed: int = 0  # seed of the UMAP layout and of the smoothness measure
 
 
 @dataclass
@@ -153,38 +161,3 @@ def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray],
     for ax in axes.flat[len(colours):]:
         ax.set_visible(False)
     return fig
-
-
-def run_embedding_map(model_path: str | Path, bank_path: str | Path, out_path: str | Path, *, method: str = "pca",
-                      observation: str | Path | None = None, seed: int = 0) -> dict:
-    """Map a bank's embeddings under a trained model, coloured by parameter, and write the figure and its smoothness.
-
-    What ``protolib embedding-map`` does: the bank's cached embeddings (:meth:`~protolib.matching.Matcher.from_model`)
-    mapped by :func:`embedding_map`, one panel per parameter the model was trained on and one for inclination,
-    an observation prepared by ``protolib observe`` marked as a star; the figure goes to ``out_path`` and
-    :func:`map_smoothness` of each quantity to ``<out_path stem>_smoothness.json`` beside it.
-
-    Returns:
-        The report written to the JSON file: ``method``, ``seed``, ``n_images``, ``smoothness`` ``{name: value}``
-        and ``observation`` (its map coordinates, or ``None``).
-    """
-    from .bank import Bank
-    from .matching import Matcher, read_observation_target
-    from .runtime import write_figure, write_json
-
-    out_path = Path(out_path)
-    with Bank(bank_path) as bank:
-        matcher = Matcher.from_model(model_path, bank, progress=False)
-        target = read_observation_target(observation, bank) if observation is not None else None
-        embeddings = matcher.embeddings
-        colours = image_parameters(bank, embeddings.system, embeddings.projection, matcher.checkpoint.get("parameter_names"))
-    projection = embedding_map(embeddings.vectors, method, seed)
-    coordinates = projection(embeddings.vectors)
-    marked = projection(matcher.embed(target.image)[0]) if target is not None else None
-    smoothness = {name: map_smoothness(coordinates, values, seed=seed) for name, values in colours.items()}
-    write_figure(plot_embedding_maps(coordinates, colours, observation=marked, smoothness=smoothness, axis_name=projection.axis_name),
-                 out_path)
-    report = {"method": method, "seed": seed, "n_images": len(coordinates), "smoothness": smoothness,
-              "observation": None if marked is None else [float(x) for x in marked]}
-    write_json(report, out_path.with_name(f"{out_path.stem}_smoothness.json"))
-    return report

@@ -17,18 +17,19 @@ with the same :class:`~protolib.matching.EmbeddingIndex`. The same targets give,
 Matches are neighbours, not posterior draws, so their intervals need not be calibrated at a given k:
 :func:`choose_correction` picks k (and a widening of the intervals about the median) on the
 *validation* systems, and the test figures are reported before and after. A neural posterior estimate
-on the same frozen embedding (:mod:`protolib.posterior`, optional ``sbi``) is the reference, and
-:func:`compare_variants` scores Siamese networks trained with other target similarities and losses.
+on the same frozen embedding (:mod:`protolib.npe`, optional ``sbi``) is the reference, and
+:func:`~protolib.pipelines.evaluate.compare_variants` scores Siamese networks trained with other
+target similarities and losses.
 
-:func:`run_evaluation` is ``protolib evaluate``: it writes ``metrics.json`` and the figures.
+Each method's figures come back as a :class:`MethodResult`. ``protolib evaluate``, which writes
+``metrics.json`` and the figures, is :func:`protolib.pipelines.evaluate.run_evaluation`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -37,20 +38,22 @@ import torch
 from scipy.stats import chisquare, spearmanr
 
 from .bank import Bank
-from .distributions import central_coverage, central_intervals, similarity_weights, weighted_percentile
+from .distributions import central_coverage, central_intervals, similarity_weights
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
-from .normalise import ParameterNormaliser
-from .runtime import ProtolibInputError, atomic_path, output_folder, plain_json, typed_settings
+from .normalise import ParameterNormaliser, scaled_image_parameters
+from .runtime import ProtolibInputError
 from .siamese import similarity_metrics
-from .targets import TargetDefinition, target_similarity
+from .target_similarity import TargetDefinition, target_similarity
 
 __all__ = [
     "EvaluationSettings",
-    "evaluation_settings",
     "MatchingMethod",
     "Relevance",
     "Ranking",
     "MethodEvaluation",
+    "MethodResult",
+    "distribution_metrics",
+    "image_rows",
     "random_method",
     "pixel_method",
     "pca_method",
@@ -70,9 +73,7 @@ __all__ = [
     "headline_table",
     "parameter_table",
     "verdicts",
-    "run_evaluation",
     "VARIANTS",
-    "compare_variants",
     "COVERAGE_LEVELS",
     "METHOD_NAMES",
 ]
@@ -109,13 +110,6 @@ class EvaluationSettings:
             raise ProtolibInputError(f"Evaluation correction must be one of {CORRECTIONS}, got {self.correction!r}.")
         if self.top_k < 1:
             raise ProtolibInputError(f"Evaluation top_k must be at least 1, got {self.top_k}.")
-
-
-def evaluation_settings(config=None, overrides: dict | None = None) -> EvaluationSettings:
-    """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent)."""
-    section = {} if config is None else config.section("evaluation")
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return typed_settings(EvaluationSettings, section, f"{getattr(config, 'path', 'evaluation settings')} [evaluation]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +209,7 @@ def baseline_methods(model, bank: Bank, train_systems: np.ndarray, settings: Eva
         elif name == "pca":
             methods.append(pca_method(train_images, model.preprocessing, settings.pca_components))
         elif name == "npe":
-            continue  # not a matching method: see protolib.posterior.npe_evaluation
+            continue  # not a matching method: see protolib.npe.npe_evaluation
         elif name == "autoencoder":
             path = Path(model.checkpoint.get("autoencoder", ""))
             if not path.is_file():
@@ -236,7 +230,7 @@ class Relevance:
     """What counts as a good match: the target similarity of two systems' parameters.
 
     Attributes:
-        definition: which parameters and how (:class:`~protolib.targets.TargetDefinition`).
+        definition: which parameters and how (:class:`~protolib.target_similarity.TargetDefinition`).
         normaliser: the parameter normaliser fit on training systems.
     """
 
@@ -247,6 +241,11 @@ class Relevance:
     def from_model(cls, model) -> "Relevance":
         """The relevance a trained Siamese network was taught (its checkpoint's target and normaliser)."""
         return cls(model.target, model.normaliser)
+
+    @classmethod
+    def fit(cls, definition: TargetDefinition, bank: Bank, train_systems: np.ndarray) -> "Relevance":
+        """The relevance of ``definition``, its parameters normalised on the bank's ``train_systems``."""
+        return cls(definition, ParameterNormaliser.fit_on_systems(definition.parameters, definition.normalisation, bank, train_systems))
 
     def normalised(self, bank: Bank) -> np.ndarray:
         """Normalised parameters ``(n_systems, K)`` of every bank system."""
@@ -284,7 +283,12 @@ class Ranking:
     relevance: np.ndarray
 
 
-def _image_rows(bank: Bank, systems: np.ndarray, projection: int | None) -> tuple[np.ndarray, np.ndarray]:
+def image_rows(bank: Bank, systems: np.ndarray, projection: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The images of ``systems`` in one ``projection`` (``None``: every projection of each, in turn).
+
+    Returns:
+        ``(system, projection)``, two ``(n_images,)`` integer arrays; bank row ``system * n_projections + projection``.
+    """
     systems = np.asarray(systems, dtype=np.int64)
     projections = np.arange(bank.n_projections) if projection is None else np.array([int(projection)])
     if projection is not None and not 0 <= projection < bank.n_projections:
@@ -316,8 +320,8 @@ def rank_targets(
     if np.intersect1d(target_systems, reference_systems).size:
         raise ProtolibInputError("Target systems must not be among the reference systems (a system never matches itself).")
     p = bank.n_projections
-    t_sys, t_proj = _image_rows(bank, target_systems, projection)
-    r_sys, r_proj = _image_rows(bank, reference_systems, None)
+    t_sys, t_proj = image_rows(bank, target_systems, projection)
+    r_sys, r_proj = image_rows(bank, reference_systems, None)
     queries, reference = vectors[t_sys * p + t_proj].astype(np.float32), vectors[r_sys * p + r_proj].astype(np.float32)
     shift = np.zeros(len(queries), dtype=np.float32)
     if method.metric == "euclidean":  # -|q - b|^2 / 2 = q.b - |b|^2 / 2 - |q|^2 / 2: an inner product on augmented vectors
@@ -442,19 +446,50 @@ class MethodEvaluation:
     tarp: tuple[np.ndarray, np.ndarray]
 
 
-def _scaled_values(bank: Bank, names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
-    """Every bank image's parameters ``(n_images, K)``, log10 where log-scaled (inclination per projection)."""
-    columns, logs = [], []
-    for name in names:
-        if name == "inclination":
-            values, log = bank.inclination.reshape(-1).astype(np.float64), False
-        else:
-            log = bank.parameter_info[name].log_scale
-            values = np.repeat(bank.parameters[name].astype(np.float64), bank.n_projections)
-            values = np.log10(values) if log else values
-        columns.append(values)
-        logs.append(bool(log))
-    return np.stack(columns, axis=1), logs
+@dataclass
+class MethodResult:
+    """One method evaluated on the test targets: at the configured ``k``, and corrected on validation systems.
+
+    Attributes:
+        method: the :class:`MatchingMethod` (its name, metric and description).
+        evaluation: its figures at the configured ``top_k``.
+        corrected: its figures at the ``k`` and interval widening chosen on the validation systems
+            (:func:`choose_correction`); ``None`` without a correction.
+        chosen_k, chosen_widening: that choice (``None`` without one).
+        k_scores: the validation score of every candidate, ``{"k=..,widening=..": score}``.
+        path: the checkpoint of the network evaluated (set by
+            :func:`~protolib.pipelines.evaluate.compare_variants`; else ``None``).
+
+    ``result["evaluation"]`` reads ``result.evaluation``, as for the dicts earlier versions returned.
+    """
+
+    method: MatchingMethod
+    evaluation: MethodEvaluation
+    corrected: MethodEvaluation | None = None
+    chosen_k: int | None = None
+    chosen_widening: float | None = None
+    k_scores: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def __getitem__(self, key: str):
+        """The attribute ``key`` (``result["chosen_k"]`` is ``result.chosen_k``)."""
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def figures(self, corrected: bool = False) -> MethodEvaluation:
+        """The corrected figures when ``corrected`` and there are some, else those at the configured ``k``."""
+        return self.corrected if corrected and self.corrected is not None else self.evaluation
+
+    def to_json(self) -> dict:
+        """This result as its ``metrics.json`` entry: description, metric, ``at_top_k`` and, when corrected, the correction."""
+        entry = {"description": self.method.description, "metric": self.method.metric,
+                 "at_top_k": {**self.evaluation.metrics, "top_k": self.evaluation.top_k}}
+        if self.corrected is not None:
+            entry["corrected"] = {**self.corrected.metrics, "top_k": self.corrected.top_k}
+            entry["chosen_k"], entry["chosen_widening"] = self.chosen_k, self.chosen_widening
+            entry["correction_scores_on_validation"] = self.k_scores
+        return entry
 
 
 def score_ranking(
@@ -491,17 +526,26 @@ def score_ranking(
     weights = None
     if weight_temperature is not None:
         weights = np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :top_k]])
-    # similarity and retrieval
+    z_images = np.repeat(relevance.normalised(bank), p, axis=0)
+    distance = np.sqrt(((z_images[match_rows] - z_images[target_rows][:, None, :]) ** 2).mean(-1))  # (T, k)
+    values, logs = scaled_image_parameters(bank, names)
+    prior_spread = values[np.unique(ranking.reference_system * p + ranking.reference_projection)].std(0)
+    evaluation = distribution_metrics(values[match_rows], values[target_rows], names, logs, prior_spread, bank, relevance, z_images[match_rows],
+                                      z_images[target_rows], method=ranking.method, weights=weights, widening=widening, rank_bins=rank_bins,
+                                      seed=seed)
+    evaluation.metrics = {**_similarity_and_retrieval(ranking, top_k, distance), **evaluation.metrics}  # similarity and retrieval first
+    return evaluation
+
+
+def _similarity_and_retrieval(ranking: Ranking, top_k: int, distance: np.ndarray) -> dict:
+    """The ``similarity`` and ``retrieval`` figures of a ranking at ``top_k``; ``distance (T, k)``: each match's normalised parameter distance."""
     ranked_relevance = np.take_along_axis(ranking.relevance, ranking.order, axis=1)
     pooled = similarity_metrics(ranking.score.ravel(), ranked_relevance.ravel())
     per_target = [spearmanr(s, r).statistic for s, r in zip(ranking.score, ranked_relevance) if np.ptp(s) > 0 and np.ptp(r) > 0]
     ndcg = ndcg_at_k(ranked_relevance, ranking.relevance, top_k)
     chance = ranking.relevance.mean(1) * (1.0 / np.log2(np.arange(2, top_k + 2))).sum() / (
         -np.sort(-ranking.relevance, axis=1)[:, :top_k] * (1.0 / np.log2(np.arange(2, top_k + 2)))).sum(1)
-    z = relevance.normalised(bank)
-    z_images = np.repeat(z, p, axis=0)
-    distance = np.sqrt(((z_images[match_rows] - z_images[target_rows][:, None, :]) ** 2).mean(-1))  # (T, k)
-    metrics = {
+    return {
         "similarity": {"spearman": pooled["spearman"], "spearman_per_target": float(np.nanmean(per_target)) if per_target else float("nan"),
                        "mse": pooled["mse"] if ranking.metric == "cosine" else float("nan"),
                        "within_0.1": pooled["within_0.1"] if ranking.metric == "cosine" else float("nan")},
@@ -509,18 +553,30 @@ def score_ranking(
                       "ndcg_chance": float(np.nanmean(chance)), "mean_normalised_parameter_distance": float(distance.mean()),
                       "best_match_normalised_parameter_distance": float(distance[:, 0].mean())},
     }
-    values, logs = _scaled_values(bank, names)
-    prior_spread = values[np.unique(ranking.reference_system * p + ranking.reference_projection)].std(0)
-    parts = _distribution_metrics(values[match_rows], values[target_rows], names, logs, prior_spread, bank, relevance, z_images[match_rows],
-                                  z_images[target_rows], weights=weights, widening=widening, rank_bins=rank_bins, seed=seed)
-    metrics.update(parameters=parts["parameters"], calibration=parts["calibration"])
-    return MethodEvaluation(ranking.method, top_k, metrics, names, *parts["arrays"])
 
 
-def _distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[str], logs: list[bool], prior_spread: np.ndarray, bank: Bank,
-                          relevance: Relevance, z_samples: np.ndarray, z_truths: np.ndarray, *, weights: np.ndarray | None,
-                          widening: float, rank_bins: int, seed: int) -> dict:
-    """Recovery and calibration figures of samples ``(T, n, K)`` (scaled) against truths ``(T, K)``, any method."""
+def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[str], logs: list[bool], prior_spread: np.ndarray, bank: Bank,
+                         relevance: Relevance, z_samples: np.ndarray, z_truths: np.ndarray, *, method: str, weights: np.ndarray | None,
+                         widening: float, rank_bins: int, seed: int) -> MethodEvaluation:
+    """Recovery and calibration figures of any method's samples against the truths.
+
+    Arguments:
+        samples: ``(T, n, K)`` each target's samples (matches, or posterior draws), scaled as
+            :func:`~protolib.normalise.scaled_image_parameters` (log10 where ``logs``).
+        truths: ``(T, K)`` the true values, scaled the same way.
+        names, logs: the ``K`` parameters and whether each is log-scaled.
+        prior_spread: ``(K,)`` the prior's standard deviation of each scaled parameter (errors are divided by it).
+        bank: the bank (for the parameters' units).
+        relevance: the target similarity (which parameters it constrains; TARP's parameters).
+        z_samples, z_truths: ``(T, n, K')`` and ``(T, K')`` the same in the relevance's normalised parameters (for TARP).
+        method: the method's name.
+        weights: ``(T, n)`` weight per sample, or ``None`` for equal weights.
+        widening: intervals widened about the median by this factor.
+        rank_bins, seed: as in :func:`score_ranking`.
+
+    Returns:
+        The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and ``calibration`` figures only.
+    """
     table, truth, median, interval, ranks, curves = {}, {}, {}, {}, {}, {}
     constrained = set(relevance.definition.parameters)
     for j, name in enumerate(names):
@@ -549,14 +605,20 @@ def _distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[s
         widened = median_j[:, None] + widening * (np.c_[low_j[:, 0], high_j[:, 0]] - median_j[:, None])
         truth[name], median[name], interval[name], ranks[name], curves[name] = truths_j, median_j, widened, rank, curve
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
-    calibration = {
+    calibration = _calibration(table, curves, names, widening, alpha, ecp, relevance)
+    return MethodEvaluation(method, samples.shape[1], {"parameters": table, "calibration": calibration}, list(names), truth, median, interval,
+                            ranks, curves, (alpha, ecp))
+
+
+def _calibration(table: dict, curves: dict, names: list[str], widening: float, alpha: np.ndarray, ecp: np.ndarray, relevance: Relevance) -> dict:
+    """The ``calibration`` figures over all parameters: mean coverage, the coverage curves and TARP's ``(alpha, ecp)``."""
+    return {
         "interval_widening": float(widening),
         **{f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names])) for c in COVERAGE_LEVELS},
         "coverage_curve": {"levels": list(CURVE_LEVELS), **{n: curves[n].tolist() for n in names}},
         "tarp": {"alpha": alpha.tolist(), "ecp": ecp.tolist(), "max_deviation": float(np.max(np.abs(ecp - alpha))),
                  "mean_abs_deviation": float(np.mean(np.abs(ecp - alpha))), "parameters": list(relevance.definition.parameters)},
     }
-    return {"parameters": table, "calibration": calibration, "arrays": (truth, median, interval, ranks, curves, (alpha, ecp))}
 
 
 def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int], widening_candidates: Sequence[float] = (1.0,), *,
@@ -572,7 +634,7 @@ def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int],
         The chosen ``k``, the chosen widening, and ``{"k=..,widening=..": score}`` for every candidate.
     """
     names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
-    values, _ = _scaled_values(bank, names)
+    values, _ = scaled_image_parameters(bank, names)
     p = bank.n_projections
     target_rows = ranking.target_system * p + ranking.target_projection
     scores = {}
@@ -600,7 +662,7 @@ def evaluate_methods(
     settings: EvaluationSettings | None = None,
     *,
     parameters: Sequence[str] | None = None,
-) -> dict[str, dict]:
+) -> dict[str, MethodResult]:
     """Evaluate every method on the same test targets, against the training systems.
 
     With ``settings.correction`` other than ``"none"``, ``k`` (and with ``"choose_k_and_widening"`` an
@@ -608,8 +670,7 @@ def evaluate_methods(
     and the test figures with that choice are reported as ``corrected``.
 
     Returns:
-        method name -> ``{"method": MatchingMethod, "evaluation": MethodEvaluation, "corrected":
-        MethodEvaluation or None, "chosen_k": int or None, "chosen_widening": float or None, "k_scores": dict}``.
+        method name -> its :class:`MethodResult`.
     """
     settings = settings or EvaluationSettings()
     options = dict(parameters=parameters, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
@@ -617,15 +678,14 @@ def evaluate_methods(
     for method in methods:
         vectors, _, _ = embed_bank(method.embed, bank, progress=False, unit_norm=method.metric == "cosine")
         ranking = rank_targets(method, vectors, bank, relevance, split.test, split.train, projection=settings.projection)
-        result = {"method": method, "evaluation": score_ranking(ranking, bank, relevance, top_k=settings.top_k, **options),
-                  "corrected": None, "chosen_k": None, "chosen_widening": None, "k_scores": {}}
+        result = MethodResult(method, score_ranking(ranking, bank, relevance, top_k=settings.top_k, **options))
         if settings.correction != "none" and len(split.validation):
             validation = rank_targets(method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection)
             widenings = settings.widening_candidates if settings.correction == "choose_k_and_widening" else [1.0]
             k, widening, scores = choose_correction(validation, bank, settings.k_candidates, widenings, parameters=parameters,
                                                     weight_temperature=settings.weight_temperature)
-            result.update(chosen_k=k, chosen_widening=widening, k_scores=scores,
-                          corrected=score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options))
+            result.chosen_k, result.chosen_widening, result.k_scores = k, widening, scores
+            result.corrected = score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options)
         results[method.name] = result
     return results
 
@@ -639,48 +699,16 @@ VARIANTS = {
     "kernel + contrastive": ("siamese_contrastive.pt", {"loss": {"kind": "contrastive"}}),
     "kernel + log_ratio": ("siamese_log_ratio.pt", {"loss": {"kind": "log_ratio"}}),
 }
-"""Variants compared by :func:`compare_variants`: name -> (checkpoint file, overrides of the ``siamese:`` section).
+"""Variants compared by :func:`~protolib.pipelines.evaluate.compare_variants`: name -> (checkpoint file, overrides of the ``siamese:`` section).
 
 The first two are the networks notebook 03 trains, so a book build reuses them."""
-
-
-def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, tuple[str, dict]] | None = None,
-                     settings: EvaluationSettings | None = None, *, progress: bool = False) -> dict[str, dict]:
-    """Train (or reuse) one Siamese network per variant and evaluate each on the same test targets.
-
-    Every variant is scored against the same relevance, the configuration's own target similarity
-    (so a cosine-trained network is not judged by the cosine it was taught). Networks are made by
-    :func:`~protolib.learning.ensure_siamese` in ``config.artifacts_dir``, with the configuration's
-    epochs, or ``settings.variant_epochs`` (then as ``<file>_e<epochs>.pt``, beside the full ones).
-
-    Returns:
-        variant name -> the ``"siamese"`` entry of :func:`evaluate_methods`, plus ``"path"``.
-    """
-    from .pipelines.train import ensure_siamese, run_split, siamese_settings
-    from .siamese import load_siamese
-
-    settings = settings or evaluation_settings(config)
-    variants = VARIANTS if variants is None else variants
-    split = run_split(config, bank)
-    reference = siamese_settings(config)["target"]
-    normaliser = ParameterNormaliser(list(reference.parameters), reference.normalisation).fit(bank.parameter_table(list(reference.parameters))[split.train])
-    relevance = Relevance(reference, normaliser)
-    epochs = settings.variant_epochs
-    results = {}
-    for name, (file_name, overrides) in variants.items():
-        if epochs:
-            file_name, overrides = f"{Path(file_name).stem}_e{epochs}.pt", {"training": {"epochs": epochs}, **overrides}
-        path = ensure_siamese(config, bank, autoencoder, name=file_name, overrides=overrides, progress=progress)
-        result = evaluate_methods([siamese_method(load_siamese(path))], bank, relevance, split, settings)["siamese"]
-        results[name] = {**result, "path": path}
-    return results
 
 
 # ---------------------------------------------------------------------------------------------
 # Reports
 
 
-def headline_table(results: dict[str, dict], parameters: Sequence[str] | None = None, *, corrected: bool = False) -> str:
+def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence[str] | None = None, *, corrected: bool = False) -> str:
     """A markdown table: per method, nDCG, Spearman, RMS error / prior spread per parameter, and coverage.
 
     Arguments:
@@ -703,7 +731,7 @@ def headline_table(results: dict[str, dict], parameters: Sequence[str] | None = 
     return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
 
 
-def parameter_table(results: dict[str, dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False) -> str:
+def parameter_table(results: dict[str, MethodResult | dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False) -> str:
     """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a column per method."""
     tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
     names = list(next(iter(tables.values())))
@@ -713,7 +741,7 @@ def parameter_table(results: dict[str, dict], figure: str = "rms_error_over_prio
                       "", "\\* in the network's target similarity"])
 
 
-def verdicts(results: dict[str, dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
+def verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
     """One plain sentence per parameter: does ``reference`` recover it better than every baseline, and does it constrain it?
 
     A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
@@ -741,78 +769,9 @@ def verdicts(results: dict[str, dict], reference: str = "siamese", *, corrected:
     return lines
 
 
-def _metrics_of(result: dict, corrected: bool) -> dict:
-    if "evaluation" in result:
-        chosen = result["corrected"] if corrected and result.get("corrected") is not None else result["evaluation"]
+def _metrics_of(result: MethodResult | dict, corrected: bool) -> dict:
+    """The figures of a :class:`MethodResult`, or of its ``metrics.json`` entry (:meth:`MethodResult.to_json`), with ``top_k``."""
+    if isinstance(result, MethodResult):
+        chosen = result.figures(corrected)
         return {**chosen.metrics, "top_k": chosen.top_k}
     return result["corrected"] if corrected and result.get("corrected") else result["at_top_k"]
-
-
-def _to_json(results: dict[str, dict]) -> dict:
-    out = {}
-    for name, result in results.items():
-        entry = {"description": result["method"].description, "metric": result["method"].metric,
-                 "at_top_k": {**result["evaluation"].metrics, "top_k": result["evaluation"].top_k}}
-        if result["corrected"] is not None:
-            entry["corrected"] = {**result["corrected"].metrics, "top_k": result["corrected"].top_k}
-            entry["chosen_k"], entry["chosen_widening"] = result["chosen_k"], result["chosen_widening"]
-            entry["correction_scores_on_validation"] = result["k_scores"]
-        out[name] = entry
-    return out
-
-
-def run_evaluation(
-    model_path: str | Path,
-    bank_path: str | Path,
-    out_dir: str | Path,
-    settings: EvaluationSettings | None = None,
-    *,
-    device: str | None = None,
-) -> dict:
-    """What ``protolib evaluate`` does: evaluate every method on the model's test systems and write the results.
-
-    Writes ``metrics.json`` (every figure per method and per parameter, at the configured ``k`` and
-    corrected), ``coverage.png``, ``recovery.png`` (the Siamese network's recovered against true
-    values, or the last method's), ``rank_histograms.png``, ``tarp.png`` and ``headline.md`` to ``out_dir``.
-
-    Returns:
-        The contents of ``metrics.json``.
-    """
-    import matplotlib.pyplot as plt
-
-    from . import plots_evaluation as plots
-    from .siamese import load_siamese_with_its_bank
-
-    settings = settings or EvaluationSettings()
-    model_path, out_dir = Path(model_path), Path(out_dir)
-    model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
-    split = model.split
-    methods = baseline_methods(model, bank, split.train, settings)
-    relevance = Relevance.from_model(model)
-    results = evaluate_methods(methods, bank, relevance, split, settings)
-    if "npe" in settings.methods:
-        from .posterior import add_npe_result
-
-        add_npe_result(results, model, bank, split, relevance, settings)
-    report = {
-        "inputs": {"model": str(model_path.resolve()), "bank": str(Path(bank_path).resolve()),
-                   "target": model.checkpoint["target"], "loss": model.checkpoint["config"]["loss"]},
-        "settings": asdict(settings),
-        "targets": {"systems": split.test.tolist(), "projection": settings.projection,
-                    "n_targets": int(len(split.test) * (bank.n_projections if settings.projection is None else 1)),
-                    "reference_systems": int(len(split.train))},
-        "methods": _to_json(results),
-    }
-    main = results.get("siamese") or list(results.values())[-1]
-    figures = {"coverage.png": plots.coverage_plot(results), "recovery.png": plots.recovery_plot(main["evaluation"]),
-               "rank_histograms.png": plots.rank_histogram_plot(main["evaluation"]), "tarp.png": plots.tarp_plot(results)}
-    with output_folder(out_dir) as staging:  # the products of one run, published together
-        for name, fig in figures.items():
-            with atomic_path(staging / name) as tmp:
-                fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
-        with atomic_path(staging / "headline.md") as tmp:
-            tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
-        with atomic_path(staging / "metrics.json") as tmp:
-            tmp.write_text(json.dumps(plain_json(report), indent=2, allow_nan=True))
-    return report

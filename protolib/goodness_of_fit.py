@@ -101,7 +101,7 @@ def reference_chi2(
     load_images: Callable[[np.ndarray, np.ndarray], np.ndarray],
     reference_rows: np.ndarray,
     n_projections: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, list]:
     """Best reduced chi-square of held-out bank images against their own best matches, seen like the target.
 
     Each reference bank image is turned into a target (``observe``: the transform *with* noise), embedded,

@@ -1,17 +1,33 @@
-"""The instrument: a Gaussian beam, thermal noise correlated on the beam scale, and sky units."""
+"""The instrument: a Gaussian beam, thermal noise correlated on the beam scale, and sky units.
+
+:func:`convolve_beam` is protolib's one convolution: with a :class:`Beam` it applies the restoring beam
+as an interferometric image has it (sampled at pixel centres), with a covariance in pixels a
+Fourier-space Gaussian (covariances add exactly); :func:`effective_beam_covariance` relates the two.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["Beam", "Instrument", "beam_kernel", "convolve_beam", "beam_noise", "pixel_solid_angle_sr"]
+__all__ = [
+    "Beam",
+    "Instrument",
+    "beam_kernel",
+    "convolve_beam",
+    "effective_beam_covariance",
+    "gaussian_solid_angle_pixels",
+    "beam_noise",
+    "pixel_solid_angle_sr",
+]
 
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+MIN_BEAM_VARIANCE = 1e-9  # [pixel^2] the least variance of a beam covariance (a sub-pixel beam sampled at pixel centres has 0)
 
 
 def pixel_solid_angle_sr(pixel_size_au: float, distance_pc: float) -> float:
@@ -140,24 +156,114 @@ def beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int = 1) -> np.ndar
     return kernel / kernel.sum()
 
 
-def convolve_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float) -> torch.Tensor:
-    """Convolve images ``(..., H, W)`` with the pixel-integrated beam (:func:`beam_kernel`).
+def convolve_beam(images: torch.Tensor, beam: Beam | np.ndarray, pixel_arcsec: float | None = None) -> torch.Tensor:
+    """Convolve images ``(..., H, W)`` with a beam: the one convolution of protolib.
 
-    Total flux is conserved: the kernel sums to one, and the images are zero-padded by the kernel's
-    half-width before the FFT, so nothing wraps around; only what the beam spreads beyond the image
-    edge is lost.
+    ``beam`` is either
+
+    - a :class:`Beam`, with ``pixel_arcsec``: the restoring beam as an interferometric image has it,
+      the pixel-sampled kernel of :func:`beam_kernel`. The images are zero padded by the kernel's
+      half-width, so nothing wraps around; the kernel sums to one, so total flux is conserved and only
+      what the beam spreads beyond the image edge is lost. The Gaussian it applies in effect is
+      :func:`effective_beam_covariance`.
+    - a covariance ``(2, 2)`` [pixels^2] in (column, row) = (west, north) pixel coordinates, as
+      :meth:`Beam.covariance_pixels` gives it: a unit-integral Gaussian defined in Fourier space, so
+      covariances add exactly (the difference of two beams, which may be degenerate, or the wide
+      Gaussian of a maximum recoverable scale). The images are zero padded by three widths; a zero
+      covariance returns them unchanged. ``pixel_arcsec`` is not used.
     """
-    kernel = beam_kernel(beam, pixel_arcsec)
-    half = kernel.shape[0] // 2
+    if isinstance(beam, Beam):
+        if pixel_arcsec is None:
+            raise TypeError("convolve_beam(images, beam, pixel_arcsec): a Beam needs the pixel side in arcsec.")
+        kernel = beam_kernel(beam, pixel_arcsec)
+        return _fft_convolve(images, kernel.shape[0] // 2, lambda shape: _kernel_transfer(kernel, shape, images))
+    return _convolve_covariance(images, np.asarray(beam, dtype=float))
+
+
+def _fft_convolve(images: torch.Tensor, pad: int, transfer) -> torch.Tensor:
+    """Images ``(..., H, W)`` zero padded by ``pad`` pixels a side, multiplied in Fourier space by
+    ``transfer(padded_shape)`` (the ``rfft2`` layout) and cropped back to ``(H, W)``."""
     height, width = images.shape[-2:]
-    shape = (height + 2 * half, width + 2 * half)
-    padded = torch.nn.functional.pad(images, (half, half, half, half))
+    shape = (height + 2 * pad, width + 2 * pad)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer(shape), s=shape)
+    return result[..., pad : pad + height, pad : pad + width]
+
+
+def _kernel_transfer(kernel: np.ndarray, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """The ``rfft2`` of a centred real-space ``kernel`` placed on a grid of ``shape``, in ``like``'s type and device."""
+    half = kernel.shape[0] // 2
     placed = np.zeros(shape)
     placed[: kernel.shape[0], : kernel.shape[1]] = kernel
     placed = np.roll(placed, (-half, -half), axis=(0, 1))
-    transfer = torch.fft.rfft2(torch.as_tensor(placed, dtype=images.dtype, device=images.device))
-    result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer, s=shape)
-    return result[..., half : half + height, half : half + width]
+    return torch.fft.rfft2(torch.as_tensor(placed, dtype=like.dtype, device=like.device))
+
+
+def _convolve_covariance(images: torch.Tensor, covariance: np.ndarray) -> torch.Tensor:
+    """:func:`convolve_beam` for a Gaussian given as a covariance [pixels^2]: two matrix products
+    when it is separable (no cross term), else one 2-D FFT."""
+    if not np.any(np.abs(covariance) > 1e-12):
+        return images
+    pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
+    height, width = images.shape[-2:]
+    if abs(covariance[0, 1]) <= 1e-9 * math.sqrt(covariance[0, 0] * covariance[1, 1]):  # separable: two small matrix products
+        rows = _gaussian_matrix(height, covariance[1, 1], pad).to(images.device, images.dtype)
+        cols = _gaussian_matrix(width, covariance[0, 0], pad).to(images.device, images.dtype)
+        return rows @ images @ cols.T
+
+    def transfer(shape: tuple[int, int]) -> torch.Tensor:
+        ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+        kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+        cxx, cxy, cyy = covariance[0, 0], covariance[0, 1], covariance[1, 1]
+        return torch.exp(-2.0 * math.pi**2 * (cxx * kx**2 + 2.0 * cxy * kx * ky + cyy * ky**2)).to(images.device, images.dtype)
+
+    return _fft_convolve(images, pad, transfer)
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian_matrix(n: int, variance: float, pad: int) -> torch.Tensor:
+    """``(n, n)`` matrix of the 1-D convolution a covariance Gaussian applies along one axis.
+
+    Column ``j`` is the response to a unit impulse at ``j``, computed with the same zero-padded FFT and
+    the same Fourier-space Gaussian, so the separable path gives what the 2-D FFT gives, in a matrix
+    product that costs far less when the kernel is wide (a recoverable scale many times the image).
+    """
+    size = n + 2 * pad
+    transfer = torch.exp(-2.0 * math.pi**2 * variance * torch.fft.rfftfreq(size, dtype=torch.float64) ** 2)
+    impulses = torch.zeros((n, size), dtype=torch.float64)
+    impulses[torch.arange(n), pad + torch.arange(n)] = 1.0
+    responses = torch.fft.irfft(torch.fft.rfft(impulses) * transfer, n=size)[:, pad : pad + n]  # (impulse j, position i)
+    return responses.T.contiguous()
+
+
+def effective_beam_covariance(beam: Beam, pixel_arcsec: float) -> np.ndarray:
+    """The covariance [pixels^2] of the Gaussian that :func:`convolve_beam` really applies for ``beam``.
+
+    Fitted to the transfer function of a convolved point source at low spatial frequencies, where a
+    Gaussian of covariance ``C`` has ``-ln |T(k)| = 2 pi^2 k^T C k``. It equals the nominal beam for a
+    Fourier-space Gaussian and includes the pixel (``+1/12``) for a pixel-integrated kernel, so the
+    transform matches however the bank's beam was applied, even for beams of about a pixel.
+    """
+    nominal = beam.covariance_pixels(pixel_arcsec)
+    n = max(64, 2 * int(math.ceil(8.0 * math.sqrt(max(nominal[0, 0], nominal[1, 1])))) + 1)
+    point = torch.zeros((n, n), dtype=torch.float64)
+    point[n // 2, n // 2] = 1.0
+    kernel = convolve_beam(point, beam, pixel_arcsec).numpy()
+    transfer = np.abs(np.fft.fft2(np.fft.ifftshift(kernel)))
+    ky, kx = np.meshgrid(np.fft.fftfreq(n), np.fft.fftfreq(n), indexing="ij")
+    use = (np.hypot(kx, ky) < 0.2) & (transfer > 0.05) & (np.hypot(kx, ky) > 0)
+    design = np.stack([kx[use] ** 2, 2 * kx[use] * ky[use], ky[use] ** 2], axis=1)
+    cxx, cxy, cyy = np.linalg.lstsq(design, -np.log(transfer[use]) / (2 * math.pi**2), rcond=None)[0]
+    # A beam much narrower than a pixel, sampled at pixel centres, is a delta function: its covariance
+    # is zero, and the fit gives +-1e-15. Eigenvalues are kept at least MIN_BEAM_VARIANCE, so that
+    # the covariance stays positive definite whatever the rounding.
+    values, vectors = np.linalg.eigh(np.array([[cxx, cxy], [cxy, cyy]]))
+    return vectors @ np.diag(np.maximum(values, MIN_BEAM_VARIANCE)) @ vectors.T
+
+
+def gaussian_solid_angle_pixels(covariance: np.ndarray) -> float:
+    """Solid angle [pixels] of a Gaussian beam of ``covariance`` [pixels^2]: ``2 pi sqrt(det C)``."""
+    return 2.0 * math.pi * math.sqrt(max(np.linalg.det(covariance), 0.0))
 
 
 def beam_noise(shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.random.Generator) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Losses for weakly supervised metric learning, each a separate module taking what it needs.
 
 All of them compare a predicted similarity (the cosine of two embeddings, in ``[-1, 1]``) with a
-target similarity from physical parameters (:mod:`protolib.targets`).
+target similarity from physical parameters (:mod:`protolib.target_similarity`).
 """
 
 from __future__ import annotations

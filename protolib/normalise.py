@@ -1,15 +1,76 @@
-"""Parameter normalisation: log10 for quantities spanning decades, then z-score or min-max."""
+"""Parameter scaling and normalisation: log10 for quantities spanning decades, then z-score or min-max.
+
+:func:`scale_parameters` is the one place a parameter goes to the scale it is compared on (log10
+where log-scaled); :func:`scaled_image_parameters` gives that for every image of a bank, and
+:class:`ParameterNormaliser` scales and then standardises on training systems.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from .parameters import PARAMETERS
 from .runtime import ProtolibInputError
 
-__all__ = ["ParameterNormaliser"]
+__all__ = ["ParameterNormaliser", "scale_parameters", "scaled_image_parameters"]
+
+
+def scale_parameters(values, log_scale, names) -> np.ndarray:
+    """Physical parameter values on the scale they are compared on: log10 (dex) where log-scaled, as given otherwise.
+
+    Arguments:
+        values: one parameter's values ``(n,)`` (then ``log_scale`` is one bool and ``names`` its name),
+            or a table ``(n, K)`` (then ``log_scale`` and ``names`` have one entry per column).
+        log_scale: whether each parameter is log-scaled.
+        names: the parameters' names, for the error message.
+
+    Returns:
+        A float64 array of the same shape.
+
+    Raises:
+        ProtolibInputError: a log-scaled parameter has values <= 0 (they are named).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if np.ndim(log_scale) == 0:
+        if not log_scale:
+            return values
+        if np.any(values <= 0):
+            raise ProtolibInputError(f"Parameter {names} is log-scaled but has values <= 0.")
+        return np.log10(values)
+    logs = np.asarray(log_scale, dtype=bool)
+    out = values.copy()
+    logged = out[:, logs]
+    if np.any(logged <= 0):
+        bad = [n for n, lg, col in zip(names, logs, values.T) if lg and np.any(col <= 0)]
+        raise ProtolibInputError(f"Parameters {bad} are log-scaled but have values <= 0.")
+    out[:, logs] = np.log10(logged)
+    return out
+
+
+def scaled_image_parameters(bank, names: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+    """Every image's parameters of a :class:`~protolib.bank.Bank`, on the scale they are compared on.
+
+    A system's parameters are repeated for each of its projections; ``"inclination"`` (deg) is the
+    image's own viewing angle.
+
+    Returns:
+        ``values (n_systems * n_projections, K)``, log10 (dex) where log-scaled, rows in the bank's image
+        order (system-major), and ``log_scale``: one bool per name.
+    """
+    columns, logs = [], []
+    for name in names:
+        if name == "inclination":
+            values, log = bank.inclination.reshape(-1).astype(np.float64), False
+        else:
+            log = bank.parameter_info[name].log_scale
+            values = np.repeat(bank.parameters[name].astype(np.float64), bank.n_projections)
+            values = scale_parameters(values, log, name)
+        columns.append(values)
+        logs.append(bool(log))
+    return np.stack(columns, axis=1), logs
 
 
 @dataclass
@@ -42,13 +103,7 @@ class ParameterNormaliser:
         table = np.asarray(table, dtype=np.float64)
         if table.ndim != 2 or table.shape[1] != len(self.names):
             raise ProtolibInputError(f"Expected a table of shape (n, {len(self.names)}) for {self.names}, got {table.shape}.")
-        out = table.copy()
-        logged = out[:, self._log]
-        if np.any(logged <= 0):
-            bad = [n for n, lg, col in zip(self.names, self._log, table.T) if lg and np.any(col <= 0)]
-            raise ProtolibInputError(f"Parameters {bad} are log-scaled but have values <= 0.")
-        out[:, self._log] = np.log10(logged)
-        return out
+        return scale_parameters(table, self._log, self.names)
 
     def fit(self, table: np.ndarray) -> "ParameterNormaliser":
         """Learn centre and spread from ``table`` ``(n, len(names))`` of training systems."""
@@ -59,6 +114,11 @@ class ParameterNormaliser:
             self.centre, self.spread = logged.min(0), logged.max(0) - logged.min(0)
         self.spread = np.where(self.spread > 0, self.spread, 1.0)
         return self
+
+    @classmethod
+    def fit_on_systems(cls, names: Sequence[str], method: str, bank, systems: np.ndarray) -> "ParameterNormaliser":
+        """A normaliser of the parameters ``names`` fit on the :class:`~protolib.bank.Bank` systems ``systems`` (the training ones)."""
+        return cls(list(names), method).fit(bank.parameter_table(list(names))[systems])
 
     def transform(self, table: np.ndarray) -> np.ndarray:
         """Physical values ``(n, k)`` to normalised values ``(n, k)``."""

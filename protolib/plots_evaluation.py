@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .evaluation import CURVE_LEVELS, MethodEvaluation
+from .evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
 from .parameters import PARAMETERS, VIEWING_PARAMETERS
 
 __all__ = ["coverage_plot", "recovery_plot", "rank_histogram_plot", "tarp_plot"]
@@ -21,18 +21,16 @@ def _label(name: str, log_scale: bool | None = None) -> str:
     return f"log10 {info.label or name}" if info.log_scale else (info.label or name)
 
 
-def _evaluation(result, corrected: bool) -> MethodEvaluation:
-    if isinstance(result, MethodEvaluation):
-        return result
-    return result["corrected"] if corrected and result.get("corrected") is not None else result["evaluation"]
+def _evaluation(result: MethodEvaluation | MethodResult, corrected: bool) -> MethodEvaluation:
+    return result if isinstance(result, MethodEvaluation) else result.figures(corrected)
 
 
 def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[str] | None = None, panel_size: float = 2.6) -> Figure:
     """Coverage of central intervals against their nominal level, one panel per method.
 
     Arguments:
-        results: method name -> :class:`~protolib.evaluation.MethodEvaluation`, or the dicts of
-            :func:`~protolib.evaluation.evaluate_methods`.
+        results: method name -> :class:`~protolib.evaluation.MethodEvaluation`, or the
+            :class:`~protolib.evaluation.MethodResult` of :func:`~protolib.evaluation.evaluate_methods`.
         corrected: show each method's corrected (chosen-``k``) figures.
         parameters: lines drawn (default: every evaluated parameter); their mean is the thick line.
     """

@@ -98,7 +98,7 @@ def plot_prior_corner(bank: Bank, names: list[str] | None = None, *, systems=Non
     table = bank.parameter_table(names)
     if systems is not None:
         table = table[np.asarray(systems)]
-    logged = np.column_stack([np.log10(table[:, j]) if bank.parameter_info[n].log_scale else table[:, j] for j, n in enumerate(names)])
+    logged = scale_parameters(table, [bank.parameter_info[n].log_scale for n in names], names)
     labels = [bank.parameter_info[n].axis_label if n in bank.parameter_info else n for n in names]
     return corner.corner(logged, labels=labels, bins=bins, color=color, fig=fig, plot_datapoints=True, plot_density=False,
                          plot_contours=False, label_kwargs={"fontsize": 8}, max_n_ticks=3)

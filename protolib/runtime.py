@@ -321,13 +321,16 @@ def _publish(staging: Path, final: Path) -> None:
         tmp.write_text("\n".join(products) + "\n")
 
 
-def write_figure(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix, PNG without one) and close it."""
+def write_figure(fig, path: str | os.PathLike, *, dpi: int = 120, bbox_inches: str | None = None) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix, PNG without one) and close it.
+
+    ``bbox_inches="tight"`` trims the saved image to what is drawn, as :meth:`~matplotlib.figure.Figure.savefig` does.
+    """
     import matplotlib.pyplot as plt
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches=bbox_inches)
     plt.close(fig)
     return path
 

@@ -3,7 +3,7 @@
 Two weight-sharing branches (in practice one network applied to every image) built on the
 pretrained encoder, frozen or fine-tuned, with a projection head to a unit-length embedding. The
 predicted similarity of two images is the cosine of their embeddings; training makes it reproduce a
-target similarity computed from the two systems' physical parameters (:mod:`protolib.targets`).
+target similarity computed from the two systems' physical parameters (:mod:`protolib.target_similarity`).
 
 By default every pair within a batch is used (``B`` images give ``B (B - 1) / 2`` pairs for ``B``
 forward passes, projections of one system being natural positives); ``pairs.mode = "fixed"`` is the
@@ -16,6 +16,7 @@ the whole batch in one process; in fixed mode each process takes a share of the 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .normalise import ParameterNormaliser
 from .pairs import all_pairs, sample_fixed_pairs
 from .runtime import ProtolibInputError, atomic_path, default_device
 from .splits import Split
-from .targets import TargetDefinition, pairwise_target_similarity, target_similarity
+from .target_similarity import TargetDefinition, pairwise_target_similarity, target_similarity
 from .training import TrainingConfig, fit, load_checkpoint, network_from_checkpoint
 
 __all__ = [
@@ -175,24 +176,11 @@ class _SiameseTask:
         return self._metadata
 
 
-def train_siamese(
-    bank,
-    autoencoder: str | Path,
-    out: str | Path,
-    *,
-    model: SiameseConfig | None = None,
-    target: TargetDefinition | None = None,
-    loss: LossConfig | None = None,
-    pairs: PairConfig | None = None,
-    augmentation: AugmentationConfig | None = None,
-    training: TrainingConfig | None = None,
-    split: Split | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    device: str | torch.device | None = None,
-    on_epoch: Callable[[dict, "SiameseModel"], None] | None = None,
-    test_metrics: bool = True,
-) -> Path:
+def train_siamese(bank, autoencoder: str | Path, out: str | Path, *, model: SiameseConfig | None = None,
+                  target: TargetDefinition | None = None, loss: LossConfig | None = None, pairs: PairConfig | None = None,
+                  augmentation: AugmentationConfig | None = None, training: TrainingConfig | None = None, split: Split | None = None,
+                  resume: bool = False, progress: bool = True, device: str | torch.device | None = None,
+                  on_epoch: Callable[[dict, "SiameseModel"], None] | None = None, test_metrics: bool = True) -> Path:
     """Train a Siamese network on ``bank`` from a pretrained autoencoder; write checkpoint and metrics.
 
     Writes ``out`` (e.g. ``RUN/siamese.pt``) and, beside it, ``metrics.json`` (:func:`metrics_path`) with the held-out
@@ -222,16 +210,49 @@ def train_siamese(
     if pretrained.checkpoint["image_size"] != bank.image_size:
         raise ProtolibInputError(f"Autoencoder {autoencoder} was trained on {pretrained.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
     split = split or Split.from_dict(pretrained.checkpoint["split"])
-    normaliser = ParameterNormaliser(list(target.parameters), target.normalisation).fit(bank.parameter_table(target.parameters)[split.train])
+    normaliser = ParameterNormaliser.fit_on_systems(target.parameters, target.normalisation, bank, split.train)
     parameters = torch.as_tensor(normaliser.transform(bank.parameter_table(target.parameters)), dtype=torch.float32, device=device)
+    ae_config, network = _network_on_pretrained_encoder(pretrained, model, training.seed)
+    settings = {"model": model, "loss": loss, "pairs": pairs, "augmentation": augmentation, "training": training}
+    metadata = _checkpoint_metadata(bank, pretrained, autoencoder, ae_config, settings, target, normaliser, split)
+    data = BankImages(bank, split, training, augmentation, device)
+    task = _SiameseTask(network.to(device), data, pretrained.preprocessing, parameters, target, make_loss(**loss.to_dict()), pairs, metadata)
+    callback = None
+    if on_epoch is not None:
+        def callback(record):
+            on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
+
+    # the test metrics are written before the new model replaces the old one, so the two always agree
+    write_metrics = functools.partial(_write_test_metrics, bank=bank, split=split, settings=settings, target=target, out=out, device=device)
+    fit(task, training, out, resume=resume, progress=progress, on_epoch=callback, before_finish=write_metrics if test_metrics else None)
+    return Path(out)
+
+
+def _network_on_pretrained_encoder(pretrained, model: SiameseConfig, seed: int) -> tuple[AutoencoderConfig, "SiameseNetwork"]:
+    """A new Siamese network (its head initialised with ``seed``) on a copy of the pretrained autoencoder's encoder."""
     ae_config = AutoencoderConfig(**pretrained.checkpoint["config"]["model"])
-    torch.manual_seed(training.seed)
+    torch.manual_seed(seed)
     network = SiameseNetwork(ae_config, model)
     network.encoder.load_state_dict(pretrained.network.encoder.state_dict())
-    metadata = {
+    return ae_config, network
+
+
+def _write_test_metrics(finished: Path, *, bank, split: Split, settings: dict, target: TargetDefinition, out, device) -> None:
+    """The held-out metrics of the finished checkpoint ``finished``, written to :func:`metrics_path` of ``out``."""
+    trained = load_siamese(finished, device)
+    metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
+    metrics.update(systems=len(split.test), target=target.kind, loss=settings["loss"].kind, pair_mode=settings["pairs"].mode,
+                   best_epoch=trained.checkpoint["best_epoch"])
+    with atomic_path(metrics_path(out)) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+
+
+def _checkpoint_metadata(bank, pretrained, autoencoder, ae_config: AutoencoderConfig, settings: dict, target: TargetDefinition,
+                         normaliser: ParameterNormaliser, split: Split) -> dict:
+    """What a Siamese checkpoint says about itself: its settings, preprocessing, normaliser, bank, split and encoder."""
+    return {
         "kind": "siamese",
-        "config": {"autoencoder": ae_config.to_dict(), "model": model.to_dict(), "loss": loss.to_dict(), "pairs": pairs.to_dict(),
-                   "augmentation": augmentation.to_dict(), "training": training.to_dict()},
+        "config": {"autoencoder": ae_config.to_dict(), **{name: value.to_dict() for name, value in settings.items()}},
         "preprocessing": pretrained.preprocessing.to_dict(),
         "normaliser": normaliser.to_dict(),
         "parameter_names": list(target.parameters),
@@ -241,23 +262,6 @@ def train_siamese(
         "split": split.to_dict(),
         "autoencoder": str(Path(autoencoder).resolve()),
     }
-    data = BankImages(bank, split, training, augmentation, device)
-    task = _SiameseTask(network.to(device), data, pretrained.preprocessing, parameters, target, make_loss(**loss.to_dict()), pairs, metadata)
-    callback = None
-    if on_epoch is not None:
-        def callback(record):
-            on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
-
-    def write_metrics(finished: Path) -> None:  # before the new model replaces the old one, so the two always agree
-        trained = load_siamese(finished, device)
-        metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
-        metrics.update(systems=len(split.test), target=target.kind, loss=loss.kind, pair_mode=pairs.mode,
-                       best_epoch=trained.checkpoint["best_epoch"])
-        with atomic_path(metrics_path(out)) as tmp:
-            tmp.write_text(json.dumps(metrics, indent=2))
-
-    fit(task, training, out, resume=resume, progress=progress, on_epoch=callback, before_finish=write_metrics if test_metrics else None)
-    return Path(out)
 
 
 def metrics_path(checkpoint: str | Path) -> Path:

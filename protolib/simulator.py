@@ -274,16 +274,9 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     r_disk = (p2.unsqueeze(-1) + s_disk**2).sqrt()
     z_disk = q.unsqueeze(-1) * sin_i + s_disk * cos_i
     cyl_disk = (r_disk**2 - z_disk**2).clamp(min=0.0).sqrt()
-    rho_disk = physics.disk_density(
-        cyl_disk,
-        z_disk,
-        disk_mass_msun=param["disk_mass"],
-        disk_radius_au=param["disk_radius"],
-        scale_height_100au=param["disk_scale_height"],
-        gamma=config.disk_gamma,
-        flaring=config.disk_flaring,
-        inner_radius_au=r_in,
-    )
+    rho_disk = physics.disk_density(cyl_disk, z_disk, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
+                                    scale_height_100au=param["disk_scale_height"], gamma=config.disk_gamma,
+                                    flaring=config.disk_flaring, inner_radius_au=r_in)
     column_disk = rho_disk * ds_disk * valid.unsqueeze(-1)
     # The envelope's midplane (where its centrifugal-barrier sheet lies) is integrated on the disk samples.
     envelope_near_midplane = _envelope_column(r_disk, z_disk, ds_disk, prefactor, param, config) * _midplane_window(r_disk, z_disk, param, config)

@@ -297,17 +297,72 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
     checkpoint_path = Path(checkpoint_path)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    model, device, rank = task.model, task.device, ranks()
+    step, optimiser, scaler = _training_parts(task, config)
+    partial = partial_checkpoint_path(checkpoint_path)
+    run = _start_or_resume(task.model, optimiser, checkpoint_path, partial, resume)
+    bar = tqdm(range(run.state["epoch"] + 1, config.epochs), desc=f"Training {checkpoint_path.stem}", unit="epoch",
+               disable=not progress or run.state["stopped"] or not is_main())
+    for epoch in bar:
+        if run.state["stopped"]:
+            break
+        record = _epoch(task, step, optimiser, scaler, config, epoch, run.state["plateau_factor"], checkpoint_path, partial)
+        _keep_best(task, config, run, record, optimiser, partial)
+        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{record['validation_loss']:.4g}", best=run.state["best_epoch"])
+        if on_epoch is not None:
+            _report_epoch(task, on_epoch, record, run, partial, checkpoint_path)
+    bar.close()
+    if is_main():
+        _publish_run(task, config, run, optimiser, partial, checkpoint_path, before_finish)
+    barrier()
+    task.model.load_state_dict(run.best_weights)
+    return run.history
+
+
+@dataclass
+class _Run:
+    """What one training carries from epoch to epoch: early-stopping state, history and the best weights."""
+
+    state: dict
+    history: list
+    best_weights: dict
+
+
+def _report_epoch(task: TrainingTask, on_epoch: Callable[[dict], None], record: dict, run: _Run, partial: Path, checkpoint_path: Path) -> None:
+    """Call ``on_epoch`` with the model in eval mode; if it raises, training ends with the epochs done kept."""
+    task.model.eval()
+    try:
+        on_epoch(record)
+    except Exception:
+        if is_main():
+            _finish_run(partial, checkpoint_path, run.history, run.state)
+        raise
+
+
+def _publish_run(task: TrainingTask, config: TrainingConfig, run: _Run, optimiser, partial: Path, checkpoint_path: Path,
+                 before_finish: Callable[[Path], None] | None) -> None:
+    """A finished training's partial checkpoint (written now if no epoch ran) promoted to ``checkpoint_path``."""
+    if not partial.exists() and not checkpoint_path.exists():
+        _write_run(task, config, partial, run.best_weights, optimiser, run.state, run.history)
+    if partial.exists() and before_finish is not None:
+        before_finish(partial)
+    _finish_run(partial, checkpoint_path, run.history, run.state)
+
+
+def _training_parts(task: TrainingTask, config: TrainingConfig):
+    """The step (wrapped for DistributedDataParallel under torchrun), the AdamW optimiser and the gradient scaler."""
+    model, device = task.model, task.device
     step = _TaskStep(task)
-    if rank.world_size > 1:
+    if ranks().world_size > 1:
         step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay)
     use_scaler = config.mixed_precision and device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    return step, optimiser, torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+
+def _start_or_resume(model, optimiser, checkpoint_path: Path, partial: Path, resume: bool) -> _Run:
+    """A fresh run, or with ``resume`` the interrupted one in ``partial`` (else ``checkpoint_path``), weights loaded."""
     state = {"epoch": -1, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "plateau_factor": 1.0, "stopped": False}
-    history: list[dict] = []
-    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    partial = partial_checkpoint_path(checkpoint_path)
+    run = _Run(state, [], {k: v.detach().clone() for k, v in model.state_dict().items()})
     resume_from = partial if partial.exists() else checkpoint_path
     if resume and resume_from.exists():
         saved = load_checkpoint(resume_from)
@@ -317,82 +372,68 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
             optimiser.load_state_dict(training["optimiser"])
         except (RuntimeError, ValueError) as error:
             raise ProtolibInputError(f"Cannot resume from {checkpoint_path}: it was made with another model configuration ({error}).") from None
-        state.update(training["state"])
-        history = list(saved["history"])
-        best_weights = saved["model_state"]
-    first_epoch = state["epoch"] + 1
-    bar = tqdm(range(first_epoch, config.epochs), desc=f"Training {checkpoint_path.stem}", unit="epoch", disable=not progress or state["stopped"] or not is_main())
-    for epoch in bar:
-        if state["stopped"]:
+        run.state.update(training["state"])
+        run.history, run.best_weights = list(saved["history"]), saved["model_state"]
+    return run
+
+
+def _epoch(task: TrainingTask, step, optimiser, scaler, config: TrainingConfig, epoch: int, plateau_factor: float,
+           checkpoint_path: Path, partial: Path) -> dict:
+    """One epoch of training steps, then the validation loss; returns the epoch's history record."""
+    rank = ranks()
+    learning_rate = _learning_rate(config, epoch, plateau_factor)
+    for group in optimiser.param_groups:
+        group["lr"] = learning_rate
+    generator = torch.Generator().manual_seed(int(config.seed + rank.rank) * 1_000_003 + epoch)
+    start = time.perf_counter()
+    total, n_batches, n_images, data_seconds = _training_steps(task, step, optimiser, scaler, config, generator, epoch)
+    total, n_images = reduce_sum([total, n_images], task.device)
+    total /= rank.world_size
+    train_seconds = time.perf_counter() - start
+    validation, n_validation = _validation_loss(task, config)
+    _check_finite(total / max(1, n_batches), validation, n_validation, epoch, checkpoint_path, partial)
+    return {"epoch": epoch + 1, "train_loss": total / max(1, n_batches), "validation_loss": validation, "learning_rate": learning_rate,
+            "seconds": time.perf_counter() - start, "train_seconds": train_seconds, "data_seconds": data_seconds, "images": int(n_images)}
+
+
+def _training_steps(task: TrainingTask, step, optimiser, scaler, config: TrainingConfig, generator, epoch: int):
+    """The optimiser steps of one epoch: ``(summed loss, batches, images, seconds spent waiting for batches)``."""
+    data_seconds, total, n_batches, n_images = 0.0, 0.0, 0, 0
+    task.model.train()
+    batches = iter(task.training_batches(epoch))
+    while True:
+        tick = time.perf_counter()
+        batch = next(batches, None)
+        data_seconds += time.perf_counter() - tick
+        if batch is None:
             break
-        learning_rate = _learning_rate(config, epoch, state["plateau_factor"])
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate
-        generator = torch.Generator().manual_seed(int(config.seed + rank.rank) * 1_000_003 + epoch)
-        start, data_seconds, total, n_batches, n_images = time.perf_counter(), 0.0, 0.0, 0, 0
-        model.train()
-        batches = iter(task.training_batches(epoch))
-        while True:
-            tick = time.perf_counter()
-            batch = next(batches, None)
-            data_seconds += time.perf_counter() - tick
-            if batch is None:
-                break
-            with autocast_for(device, config.mixed_precision):
-                loss = step(batch, generator)
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            total += float(loss.detach())
-            n_batches += 1
-            n_images += sum(len(images) for images in batch[::2])  # (images, systems) or (images_a, systems_a, images_b, systems_b)
-        total, n_images = reduce_sum([total, n_images], device)
-        total /= rank.world_size
-        train_seconds = time.perf_counter() - start
-        validation, n_validation = _validation_loss(task, config)
-        _check_finite(total / max(1, n_batches), validation, n_validation, epoch, checkpoint_path, partial)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": total / max(1, n_batches),
-            "validation_loss": validation,
-            "learning_rate": learning_rate,
-            "seconds": time.perf_counter() - start,
-            "train_seconds": train_seconds,
-            "data_seconds": data_seconds,
-            "images": int(n_images),
-        }
-        history.append(record)
-        if validation < state["best_loss"] - config.min_delta:
-            state.update(best_loss=validation, best_epoch=epoch + 1, bad_epochs=0)
-            best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            state["bad_epochs"] += 1
-            if config.schedule == "plateau" and state["bad_epochs"] % max(1, config.patience // 2) == 0:
-                state["plateau_factor"] *= 0.5
-        state["epoch"] = epoch
-        state["stopped"] = state["bad_epochs"] >= config.patience
-        if is_main():
-            _write_run(task, config, partial, best_weights, optimiser, state, history)
-        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{validation:.4g}", best=state["best_epoch"])
-        if on_epoch is not None:
-            task.model.eval()
-            try:
-                on_epoch(record)
-            except Exception:
-                if is_main():
-                    _finish_run(partial, checkpoint_path, history, state)
-                raise
-    bar.close()
+        with autocast_for(task.device, config.mixed_precision):
+            loss = step(batch, generator)
+        optimiser.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        total += float(loss.detach())
+        n_batches += 1
+        n_images += sum(len(images) for images in batch[::2])  # (images, systems) or (images_a, systems_a, images_b, systems_b)
+    return total, n_batches, n_images, data_seconds
+
+
+def _keep_best(task: TrainingTask, config: TrainingConfig, run: _Run, record: dict, optimiser, partial: Path) -> None:
+    """Record an epoch: the best weights, early stopping and the plateau schedule; the partial checkpoint rewritten."""
+    state, validation, epoch = run.state, record["validation_loss"], record["epoch"] - 1
+    run.history.append(record)
+    if validation < state["best_loss"] - config.min_delta:
+        state.update(best_loss=validation, best_epoch=epoch + 1, bad_epochs=0)
+        run.best_weights = {k: v.detach().cpu().clone() for k, v in task.model.state_dict().items()}
+    else:
+        state["bad_epochs"] += 1
+        if config.schedule == "plateau" and state["bad_epochs"] % max(1, config.patience // 2) == 0:
+            state["plateau_factor"] *= 0.5
+    state["epoch"] = epoch
+    state["stopped"] = state["bad_epochs"] >= config.patience
     if is_main():
-        if not partial.exists() and not checkpoint_path.exists():
-            _write_run(task, config, partial, best_weights, optimiser, state, history)
-        if partial.exists() and before_finish is not None:
-            before_finish(partial)
-        _finish_run(partial, checkpoint_path, history, state)
-    barrier()
-    model.load_state_dict(best_weights)
-    return history
+        _write_run(task, config, partial, run.best_weights, optimiser, state, run.history)
 
 
 def _check_finite(train_loss: float, validation_loss: float, n_validation: int, epoch: int, checkpoint_path: Path,

@@ -22,6 +22,8 @@ by simply pointing several workers at that file: the same Dask workers (local pr
 cluster through ``--scheduler``) that build banks in parallel (:mod:`protolib.cluster`). Ray Tune
 would bring its own cluster runtime next to Dask and hundreds of megabytes of dependencies.
 
+This module holds the search space, the score, the study and the figures; running a search on a
+configuration and writing its run folder is ``protolib tune``, :func:`protolib.pipelines.tune.tune`.
 The run folder holds everything: ``study.journal`` (the Optuna study: rerun with a larger
 ``--trials`` to add trials), ``trials.csv`` and ``trials.md`` (the table), ``scores.png`` (score
 against each hyperparameter), ``learning_curves.png`` (score per epoch, pruned trials ending early),
@@ -35,28 +37,21 @@ References:
 
 from __future__ import annotations
 
-import csv
-import datetime
 import json
-import re
 import math
-import hashlib
-import os
-import shutil
-import tempfile
-import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from .bank import Bank
-from .runtime import ProtolibInputError, atomic_path, write_figure, write_json
+from .evaluation import rank_targets, score_ranking, siamese_method
+from .normalise import scaled_image_parameters
+from .runtime import ProtolibInputError
 
-__all__ = ["SEARCH_SPACE", "TuneSettings", "tune_settings", "recovery_error", "recovery_errors", "paired_difference", "trial_overrides", "tune", "load_study", "trials_table",
-           "plot_scores", "plot_learning_curves", "plot_tuning", "write_tuned_config"]
+__all__ = ["SEARCH_SPACE", "TuneSettings", "recovery_error", "recovery_errors", "paired_difference", "suggest_hyperparameters",
+           "trial_overrides", "require_optuna", "open_study", "STALE_AFTER_S", "load_study", "trials_table", "trials_markdown",
+           "plot_scores", "plot_learning_curves", "plot_tuning"]
 
 SEARCH_SPACE = {
     "encoder_width": {"choices": [4, 8, 16]},  # feature maps of the encoder's first level (doubling at each level)
@@ -111,18 +106,8 @@ class TuneSettings:
 
     @property
     def search_space(self) -> dict:
+        """:data:`SEARCH_SPACE` with this run's replacements."""
         return {**SEARCH_SPACE, **self.space}
-
-
-def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
-    """The configuration's ``tuning:`` section (defaults where silent), with ``overrides`` (``None`` values ignored)."""
-    section = config.section("tuning") if config is not None else {}
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = set(TuneSettings.__dataclass_fields__)
-    if set(section) - known:
-        raise ProtolibInputError(f"{getattr(config, 'path', 'tuning settings')} [tuning]: unknown setting(s) {sorted(set(section) - known)}; "
-                                 f"known ones are {sorted(known)}.")
-    return TuneSettings(**section)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,8 +125,6 @@ def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, paramete
         ``errors (T, K)``: median minus truth in prior spreads (dex / spread for log-scaled parameters),
         one row per projection of every validation system, and ``systems (T,)``, each row's system.
     """
-    from .evaluation import _scaled_values, rank_targets, score_ranking, siamese_method
-
     if not len(split.validation):
         raise ProtolibInputError("Tuning scores trials on validation systems, and the split has none; give the split a validation fraction.")
     names = list(parameters or relevance.definition.parameters)
@@ -154,7 +137,7 @@ def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, paramete
     vectors[rows] = method.embed(images.reshape(-1, bank.image_size, bank.image_size))
     ranking = rank_targets(method, vectors, bank, relevance, split.validation, split.train)
     scored = score_ranking(ranking, bank, relevance, top_k=top_k, parameters=names)
-    values, _ = _scaled_values(bank, names)
+    values, _ = scaled_image_parameters(bank, names)
     spread = values[rows[: len(split.train) * bank.n_projections]].std(0)  # the prior's spread: over the training images
     spread = np.where(spread > 0, spread, 1.0)
     errors = np.stack([scored.median[n] - scored.truth[n] for n in names], axis=1) / spread
@@ -174,6 +157,7 @@ def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameter
 
 
 def _score(errors: np.ndarray) -> float:
+    """The recovery error of per-image errors ``(T, K)``: the mean over parameters of their RMS."""
     return float(np.sqrt((errors**2).mean(0)).mean())
 
 
@@ -229,53 +213,12 @@ def trial_overrides(params: dict, epochs: int | None = None) -> tuple[dict, dict
     return autoencoder, siamese
 
 
-def _base_hyperparameters(config, space: dict) -> dict:
-    """The configuration's own values of the searched hyperparameters (the first trial), added to ``choices`` when outside them."""
-    from .pipelines.train import autoencoder_settings, siamese_settings
-
-    ae, si = autoencoder_settings(config), siamese_settings(config)
-    values = {"encoder_width": ae["model"].channels[0], "encoder_depth": len(ae["model"].channels),
-              "embedding_size": si["model"].embedding_size, "kernel_width": si["target"].sigma, "loss": si["loss"].kind,
-              "margin": si["loss"].margin, "learning_rate": si["training"].learning_rate, "batch_systems": si["training"].batch_systems}
-    if values["loss"] != "contrastive":
-        values.pop("margin")
-    base = {}
-    for name, value in values.items():
-        spec = space.get(name)
-        if spec is None:
-            continue
-        if "choices" in spec:
-            if value not in spec["choices"]:
-                spec["choices"] = [*spec["choices"], value]
-        else:
-            value = min(max(float(value), float(spec["low"])), float(spec["high"]))
-        base[name] = value
-    return base
-
-
-def _base_differences(config, base: dict) -> list[str]:
-    """How the first trial differs from the configuration (an encoder whose levels do not double, a value outside a range)."""
-    from .pipelines.train import autoencoder_settings
-
-    ae_overrides, si_overrides = trial_overrides(base)
-    differences = []
-    channels = autoencoder_settings(config)["model"].channels
-    if "model" in ae_overrides and ae_overrides["model"]["channels"] != channels:
-        differences.append(f"encoder channels {ae_overrides['model']['channels']} instead of {channels}")
-    section = config.section("siamese")
-    for part, values in si_overrides.items():
-        for key, value in values.items():
-            own = (section.get(part) or {}).get(key)
-            if own is not None and own != value and not (isinstance(own, (int, float)) and abs(float(own) - float(value)) < 1e-12):
-                differences.append(f"{part}.{key} {value} instead of {own}")
-    return differences
-
-
 # ---------------------------------------------------------------------------------------------
-# Running trials
+# The study
 
 
-def _optuna():
+def require_optuna():
+    """The ``optuna`` module, its logging quietened to warnings; a :class:`ProtolibInputError` saying how to install it when missing."""
     try:
         import optuna
     except ImportError:
@@ -284,8 +227,18 @@ def _optuna():
     return optuna
 
 
-def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, worker: int = 0, max_epochs: int | None = None):
-    optuna = _optuna()
+def open_study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, worker: int = 0, max_epochs: int | None = None):
+    """The Optuna study ``"protolib"`` of a run folder's ``study.journal``, with ``settings``' sampler and pruner.
+
+    Arguments:
+        run_dir: the run folder.
+        settings: the sampler, pruner and their options.
+        load_only: load the study (it must exist) instead of creating it when missing.
+        worker: the worker's number; with the trials already in the study it shifts the sampler's seed,
+            so that parallel workers, and each rerun that adds trials, do not draw the same hyperparameters.
+        max_epochs: the most epochs a trial trains (Hyperband's last rung when ``settings.epochs`` is unset).
+    """
+    optuna = require_optuna()
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -313,301 +266,10 @@ def _study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, wo
                                load_if_exists=True)
 
 
-def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict, split, device=None) -> Path:
-    """The autoencoder of one encoder architecture, trained once per run folder (atomically: parallel workers never see half of one)."""
-    from .autoencoder import train_autoencoder
-    from .pipelines.train import autoencoder_settings
-
-    settings = autoencoder_settings(config, overrides)
-    channels = "-".join(str(c) for c in settings["model"].channels)
-    path = run_dir / "autoencoders" / f"autoencoder_{channels}.pt"
-    if not path.exists():  # two workers may both train it (same seed, same result); each in a folder of its own
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".training-", dir=path.parent))
-        try:
-            train_autoencoder(bank, scratch / path.name, split=split, progress=False, device=device, **settings)
-            history = f"{path.stem}_history.json"
-            if (scratch / history).exists():
-                os.replace(scratch / history, path.parent / history)
-            os.replace(scratch / path.name, path)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return path
-
-
-def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space: dict, relevance, split, top_k: int, device):
-    optuna = _optuna()
-    from .pipelines.train import siamese_settings
-    from .siamese import train_siamese
-
-    images = bank.load_images(np.concatenate([split.train, split.validation]))  # scored every epoch: read once
-
-    def objective(trial) -> float:
-        trial.set_user_attr("heartbeat", time.time())
-        params = suggest_hyperparameters(trial, space)
-        ae_overrides, si_overrides = trial_overrides(params, settings.epochs)
-        siamese = siamese_settings(config, si_overrides)
-        trial.set_user_attr("epochs_budget", siamese["training"].epochs)
-        autoencoder = _ensure_trial_autoencoder(config, bank, run_dir, ae_overrides, split, device)
-        checkpoint = run_dir / "trials" / f"trial_{trial.number:04d}.pt"
-        trial.set_user_attr("checkpoint", str(checkpoint))
-        curve = []
-
-        def on_epoch(record, model):
-            score = recovery_error(model, bank, split, relevance, top_k=top_k, images=images)
-            curve.append(score)
-            trial.set_user_attr("curve", curve)
-            trial.set_user_attr("heartbeat", time.time())
-            trial.report(score, step=record["epoch"])
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"recovery error {score:.3f} after epoch {record['epoch']}")
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            train_siamese(bank, autoencoder, checkpoint, split=split, progress=False, device=device, on_epoch=on_epoch,
-                          test_metrics=False, **siamese)  # the test systems are never looked at
-        from .siamese import load_siamese
-
-        return recovery_error(load_siamese(checkpoint, device), bank, split, relevance, top_k=top_k, images=images)
-
-    return objective
-
-
-def _scoring(config, bank: Bank, settings: TuneSettings):
-    """What every trial is scored with: the configuration's split, its own target similarity (whatever kernel width a
-    trial trains with, as :func:`~protolib.evaluation.compare_variants` does) and the number of matches."""
-    from .evaluation import Relevance, evaluation_settings
-    from .pipelines.train import run_split, siamese_settings
-    from .normalise import ParameterNormaliser
-
-    split = run_split(config, bank)
-    target = siamese_settings(config)["target"]
-    normaliser = ParameterNormaliser(list(target.parameters), target.normalisation).fit(bank.parameter_table(list(target.parameters))[split.train])
-    return split, Relevance(target, normaliser), settings.top_k or evaluation_settings(config).top_k
-
-
 STALE_AFTER_S = 3600.0
 """A RUNNING trial without a sign of life (an epoch scored) for this long is taken as left by a killed worker."""
 
 
-def _max_epochs(config, settings: TuneSettings) -> int:
-    from .pipelines.train import siamese_settings
-
-    return settings.epochs or siamese_settings(config)["training"].epochs
-
-
-def config_as_dict(config) -> dict:
-    """A :class:`~protolib.config.RunConfig` as the plain dict of its YAML file (``load_config`` of it gives it back)."""
-    from dataclasses import asdict
-
-    return {"name": config.name, "bank": asdict(config.bank), "simulator": config.simulator.to_dict(), "instrument": config.instrument.to_dict(),
-            "split": {"fractions": list(config.split.fractions), "seed": config.split.seed}, **json.loads(json.dumps(config.sections))}
-
-
-def _fingerprint(config_data: dict, settings: TuneSettings) -> str:
-    """What must not change between runs on one folder: every setting except the tuning budget."""
-    fixed = {k: v for k, v in config_data.items() if k not in ("name", "tuning")}
-    scoring = {"top_k": settings.top_k, "space": settings.search_space}
-    return hashlib.sha256(json.dumps([fixed, scoring], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n_threads: int | None = None, device: str | None = None,
-               worker: int = 0) -> int:
-    """One worker: run trials of the study in ``run_dir`` until it holds ``settings["trials"]`` trials.
-
-    Any number of workers (processes, cluster jobs) may run this on the same ``run_dir`` at once.
-    Returns the number of trials added to the study while it ran (by any worker).
-    """
-    import torch
-
-    from .config import load_config
-
-    optuna = _optuna()
-    from optuna.study import MaxTrialsCallback
-
-    if n_threads:
-        torch.set_num_threads(n_threads)
-    settings = TuneSettings(**settings)
-    config = load_config(config_path)
-    run_dir = Path(run_dir)
-    study = _study(run_dir, settings, load_only=True, worker=worker, max_epochs=_max_epochs(config, settings))
-    space = json.loads(study.user_attrs["space"])
-    with Bank(bank_path) as bank:
-        split, relevance, top_k = _scoring(config, bank, settings)
-        objective = _objective(config, bank, run_dir, settings, space, relevance, split, top_k, device)
-        before = len(study.trials)
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
-                  optuna.trial.TrialState.FAIL)  # not WAITING: the enqueued first trial is run by these
-        remaining = settings.trials - len(study.get_trials(deepcopy=False, states=states))
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(settings.trials, states=states)], catch=(RuntimeError,))
-        return len(study.trials) - before
-
-
-def tune(
-    bank_path: str | Path,
-    run_dir: str | Path,
-    config,
-    settings: TuneSettings | None = None,
-    *,
-    workers: int = 1,
-    client=None,
-    configs_dir: str | Path | None = None,
-    config_name: str = "tuned",
-    device: str | None = None,
-    progress: bool = True,
-    restart_if_changed: bool = False,
-) -> dict:
-    """What ``protolib tune`` does: search hyperparameters, then write the table, figures and best configuration.
-
-    Arguments:
-        bank_path: the bank to tune on (its training and validation systems, split as ``config`` says).
-        run_dir: the run folder; an existing one is continued (its trials are kept, ``settings.trials`` is the total).
-        config: the base :class:`~protolib.config.RunConfig`: every setting not searched, and the first
-            trial (its own hyperparameters, so the search starts from what it would beat).
-        settings: trials, epochs, sampler, pruner (default: the configuration's ``tuning:`` section).
-        workers: trials run at once in local processes (a Dask ``LocalCluster``); 1 runs them here.
-        client: a ``dask.distributed.Client`` of a running cluster: one worker loop per Dask worker.
-        configs_dir: where the best configuration goes (default: the repository's ``configs/``).
-        config_name: its name (``configs/<config_name>.yaml``, loadable with ``load_config(config_name)``).
-        device: where trials train (default: CUDA when present).
-        progress: a progress bar of finished trials.
-        restart_if_changed: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since) or with other
-            settings, move it aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an error.
-
-    A run folder is tied to its bank, configuration, search space and ``top_k`` (a rerun with other ones is
-    refused); the number of trials and the epochs per trial may change between runs.
-
-    Returns:
-        The contents of ``best.json``: the best trial's number, score and hyperparameters, the
-        configuration's own score, counts of complete and pruned trials, and the config file written.
-    """
-    from .config import find_configs_dir
-
-    optuna = _optuna()
-    settings = settings or tune_settings(config)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config_name or "") or ".." in config_name:
-        raise ProtolibInputError(f"--config-name {config_name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; "
-                                 "the file goes to --configs-dir.")
-    if configs_dir is not None and Path(configs_dir).exists() and not Path(configs_dir).is_dir():
-        raise ProtolibInputError(f"{configs_dir} is a file; --configs-dir must be a folder.")
-    run_dir = Path(run_dir)
-    bank_path = Path(bank_path)
-    with Bank(bank_path) as bank:  # opened (and checked) before the run folder is made
-        identity = {k: bank.identity[k] for k in ("shape", "seed", "created")}
-        if bank.n_systems < 3:
-            raise ProtolibInputError(f"{bank_path} has {bank.n_systems} system(s); tuning needs systems to train, validate and test on.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_data = config_as_dict(config)
-    fingerprint = _fingerprint(config_data, settings)
-    stamp = run_dir / "run.json"
-    run_info = {"bank": str(bank_path.resolve()), "bank_identity": json.loads(json.dumps(identity)), "config": str(config.path),
-                "fingerprint": fingerprint}
-    try:
-        earlier = json.loads(stamp.read_text()) if stamp.exists() else None
-    except ValueError:
-        raise ProtolibInputError(f"{stamp} is damaged (not JSON); give a new --out, or delete the run folder to start afresh.") from None
-    problem = None
-    if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
-        problem = f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank."
-    elif earlier and earlier.get("fingerprint") != fingerprint:
-        problem = (f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
-                   "their scores would not compare. Give a new --out, or go back to those settings.")
-    if problem and not restart_if_changed:
-        raise ProtolibInputError(problem)
-    if problem:  # kept, not deleted
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
-        run_dir.mkdir(parents=True)
-    with atomic_path(stamp) as tmp:
-        tmp.write_text(json.dumps(run_info, indent=2))
-    config_file = run_dir / "config.yaml"  # the configuration as given (overrides included): what every worker reads
-    with atomic_path(config_file) as tmp:
-        tmp.write_text(yaml.safe_dump(config_data, sort_keys=False))
-    max_epochs = _max_epochs(config, settings)
-    study = _study(run_dir, settings, max_epochs=max_epochs)
-    space = json.loads(json.dumps(settings.search_space))
-    if not study.trials:
-        base = _base_hyperparameters(config, space)
-        differences = _base_differences(config, base)
-        if differences:
-            warnings.warn(f"The first trial is the configuration {config.name} as near as the search space allows: "
-                          + "; ".join(differences) + ".", stacklevel=2)
-        study.set_user_attr("space", json.dumps(space))
-        study.set_user_attr("base_config", str(config.path))
-        origin = f"configuration {config.name}" + (" (nearest: " + "; ".join(differences) + ")" if differences else "")
-        study.enqueue_trial(base, user_attrs={"origin": origin})
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        last_sign = trial.user_attrs.get("heartbeat", trial.datetime_start.timestamp() if trial.datetime_start else 0.0)
-        if time.time() - last_sign > STALE_AFTER_S:  # left running by a killed worker, not by one still at work
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-    worker_settings = {k: getattr(settings, k) for k in TuneSettings.__dataclass_fields__}
-    args = (str(config_file.resolve()), str(bank_path.resolve()), str(run_dir.resolve()), worker_settings)
-    if client is None and workers <= 1:
-        _run_with_progress(lambda: run_trials(*args, device=device), run_dir, settings, progress)
-    else:
-        _run_on_dask(args, client, workers, device, run_dir, settings, progress)
-    study = _study(run_dir, settings, load_only=True, max_epochs=max_epochs)
-    return _report(study, run_dir, config_data, bank_path, settings, configs_dir or find_configs_dir() or Path("configs"), config_name,
-                   device=device)
-
-
-def _run_with_progress(work, run_dir: Path, settings: TuneSettings, progress: bool) -> None:
-    import threading
-
-    from tqdm.auto import tqdm
-
-    done = threading.Event()
-    bar = tqdm(total=settings.trials, desc="Tuning", unit="trial", disable=not progress)
-
-    def watch():
-        while not done.wait(2.0):
-            _update_bar(bar, run_dir, settings)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        work()
-    finally:
-        done.set()
-        watcher.join()
-        _update_bar(bar, run_dir, settings)
-        bar.close()
-
-
-def _update_bar(bar, run_dir: Path, settings: TuneSettings) -> None:
-    optuna = _optuna()
-    try:
-        trials = _study(run_dir, settings, load_only=True).get_trials(deepcopy=False)
-    except Exception:  # the journal is being written: try at the next tick
-        return
-    finished = [t for t in trials if t.state.is_finished()]
-    bar.n = len(finished)
-    complete = [t.value for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-    bar.set_postfix(best=f"{min(complete):.3f}" if complete else "-", pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in finished))
-    bar.refresh()
-
-
-def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: TuneSettings, progress: bool) -> None:
-    try:
-        from dask.distributed import Client, LocalCluster, wait
-    except ImportError:
-        raise ProtolibInputError("Parallel tuning needs Dask: pip install 'protolib[cluster]' (dask[distributed]).") from None
-    own_cluster = None
-    if client is None:
-        own_cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(own_cluster)
-    try:
-        n = len(client.scheduler_info()["workers"]) if own_cluster is None else workers
-        threads = max(1, (os.cpu_count() or 1) // n) if own_cluster is not None else None
-        futures = [client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False)
-                   for k in range(max(1, n))]
-        _run_with_progress(lambda: wait(futures), run_dir, settings, progress)
-        for future in futures:
-            future.result()
-    finally:
-        if own_cluster is not None:
-            client.close()
-            own_cluster.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +290,8 @@ def trials_table(study) -> list[dict]:
     return rows
 
 
-def _markdown(rows: list[dict], names: list[str]) -> str:
+def trials_markdown(rows: list[dict], names: list[str]) -> str:
+    """The rows of :func:`trials_table` as a markdown table (columns: state, score, epochs, seconds and the hyperparameters ``names``), best first."""
     def cell(value):
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -710,7 +373,7 @@ def load_study(run_dir: str | Path):
     run_dir = Path(run_dir)
     if not (run_dir / "study.journal").exists():
         raise ProtolibInputError(f"{run_dir} holds no tuning run (no study.journal); run `protolib tune --out {run_dir}` first.")
-    return _study(run_dir, TuneSettings(), load_only=True)
+    return open_study(run_dir, TuneSettings(), load_only=True)
 
 
 def plot_tuning(run_dir: str | Path):
@@ -719,71 +382,3 @@ def plot_tuning(run_dir: str | Path):
     rows = trials_table(study)
     own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
     return plot_scores(rows, json.loads(study.user_attrs["space"]), reference=own), plot_learning_curves(study)
-
-
-def write_tuned_config(path: str | Path, config_data: dict, bank: Bank, params: dict, *, epochs: int | None, header: str) -> Path:
-    """Write the base configuration (:func:`config_as_dict`) with the tuned hyperparameters, the epochs the trial
-    trained with and the bank it was tuned on, as a YAML configuration."""
-    from .config import apply_overrides
-
-    ae_overrides, si_overrides = trial_overrides(params, epochs)
-    data = apply_overrides(config_data, {"autoencoder": ae_overrides, "siamese": si_overrides})  # a new dict
-    data["name"] = Path(path).stem
-    data["bank"] = {"n_systems": bank.n_systems, "n_projections": bank.n_projections, "seed": int(bank.attrs.get("seed", data["bank"]["seed"]))}
-    simulator = bank.simulator_config
-    if simulator is not None:
-        data["simulator"] = simulator.to_dict()
-        data["instrument"] = bank.instrument.to_dict()
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(data, sort_keys=False))
-    return Path(path)
-
-
-def _compare_with_configuration(study, best, config, bank_path: Path, settings: TuneSettings, device=None) -> dict:
-    """The best trial's score minus the configuration's own (trial 0), with a paired bootstrap interval over validation systems."""
-    from .siamese import load_siamese
-
-    with Bank(bank_path) as bank:
-        split, relevance, top_k = _scoring(config, bank, settings)
-        errors = [recovery_errors(load_siamese(t.user_attrs["checkpoint"], device), bank, split, relevance, top_k=top_k)
-                  for t in (best, study.trials[0])]
-    comparison = paired_difference(errors[0][0], errors[1][0], errors[0][1])
-    comparison["beyond_validation_noise"] = comparison["interval_95"][1] < 0
-    return comparison
-
-
-def _report(study, run_dir: Path, config_data: dict, bank_path: Path, settings: TuneSettings, configs_dir: Path, config_name: str,
-            device=None) -> dict:
-    from .config import load_config
-
-    config = load_config(run_dir / "config.yaml")
-    rows = trials_table(study)
-    space = json.loads(study.user_attrs["space"])
-    names = list(space)
-    with atomic_path(run_dir / "trials.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_path(run_dir / "trials.md") as tmp:
-        tmp.write_text(_markdown(rows, names) + "\n")
-    complete = [r for r in rows if r["state"] == "complete"]
-    own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
-    write_figure(plot_scores(rows, space, reference=own), run_dir / "scores.png", dpi=110)
-    write_figure(plot_learning_curves(study), run_dir / "learning_curves.png", dpi=110)
-    summary = {"trials": len(rows), "complete": len(complete), "pruned": sum(r["state"] == "pruned" for r in rows),
-               "failed": sum(r["state"] == "fail" for r in rows), "configuration_score": own, "score": "validation recovery error "
-               "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is better)"}
-    if complete:
-        best = study.best_trial
-        header = (f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {config.name}: trial {best.number} of "
-                  f"{len(rows)} ({summary['pruned']} pruned),\nvalidation recovery error {best.value:.3f}"
-                  + (f" (the base configuration's own: {own:.3f})" if own is not None else "") + f", on bank {bank_path.name}.\nRun folder: {run_dir}")
-        with Bank(bank_path) as bank:
-            written = write_tuned_config(Path(configs_dir) / f"{config_name}.yaml", config_data, bank, best.params,
-                                         epochs=best.user_attrs.get("epochs_budget", settings.epochs), header=header)
-        summary.update(best_trial=best.number, best_score=best.value, best_hyperparameters=best.params,
-                       best_checkpoint=best.user_attrs.get("checkpoint"), config_file=str(written))
-        if own is not None and best.number != 0:
-            summary["best_minus_configuration"] = _compare_with_configuration(study, best, config, bank_path, settings, device)
-    write_json(json.loads(json.dumps(summary, default=str)), run_dir / "best.json")
-    return summary

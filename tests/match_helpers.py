@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import torch
 
-from protolib.bank import _write_attrs, _write_tables
+from protolib.bank import write_bank_attributes, write_bank_tables
 from protolib.instrument import Instrument
 from protolib.parameters import Prior, sample_viewing
 
@@ -28,8 +28,8 @@ def write_bank(path: Path, n_systems: int = 30, n_projections: int = 4, size: in
     viewing = sample_viewing(n_systems, n_projections, rng)
     with h5py.File(path, "w") as f:
         f.create_dataset("images", data=images.astype("f4")).attrs["unit"] = "Jy/beam"
-        _write_tables(f, viewing, parameters)
-        _write_attrs(f, seed=seed, config=None, instrument=Instrument(), prior=None, source="test", pixel_size_au=10.0)
+        write_bank_tables(f, viewing, parameters)
+        write_bank_attributes(f, seed=seed, config=None, instrument=Instrument(), prior=None, source="test", pixel_size_au=10.0)
     return path
 
 
@@ -49,7 +49,13 @@ class ProjectionEmbedder:
 
 
 def fake_siamese_module(image_size: int = 16, dimension: int = 24):
-    """A stand-in for ``protolib.siamese`` honouring its contract (load_siamese -> model with embed_images)."""
+    """A stand-in for ``protolib.siamese`` honouring its contract (load_siamese -> model with embed_images).
+
+    Every other name is the real module's, so modules first imported while the stand-in is installed
+    (``protolib.config``, which imports the Siamese settings) still find what they import.
+    """
+    import protolib.siamese as real
+
     embedder = ProjectionEmbedder(image_size, dimension)
 
     class FakeSiamese:
@@ -65,6 +71,7 @@ def fake_siamese_module(image_size: int = 16, dimension: int = 24):
             return np.sum(self.embedder(images_a) * self.embedder(images_b), axis=1)
 
     module = types.ModuleType("protolib.siamese")
+    module.__dict__.update({name: value for name, value in vars(real).items() if not name.startswith("__")})
     module.load_siamese = FakeSiamese
     module.embedder = embedder
     return module

@@ -26,7 +26,7 @@ from protolib.matching import embed_bank
 from protolib.normalise import ParameterNormaliser
 from protolib.siamese import train_siamese
 from protolib.splits import split_systems
-from protolib.targets import TargetDefinition
+from protolib.target_similarity import TargetDefinition
 from protolib.training import TrainingConfig
 
 PARAMETERS = ["stellar_mass", "disk_radius", "disk_mass"]

@@ -13,6 +13,7 @@ from protolib import matching
 from protolib.bank import Bank
 from protolib.cli import main
 from protolib.matching import EmbeddingIndex, Matcher, check_out_of_distribution, faiss_available, pairwise_matches
+from protolib.matching import embeddings as matching_embeddings
 from protolib.runtime import ProtolibInputError
 
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss-cpu is not installed")
@@ -116,7 +117,7 @@ def test_model_cache_lives_beside_the_model(bank, tmp_path, monkeypatch):
     caches = list(tmp_path.glob("siamese.embeddings-*.npz"))
     assert len(caches) == 1
     spy = []
-    monkeypatch.setattr(matching, "embed_bank", lambda *a, **k: spy.append(1))
+    monkeypatch.setattr(matching_embeddings, "embed_bank", lambda *a, **k: spy.append(1))
     again = Matcher.from_model(model, bank, progress=False)
     assert spy == [] and len(again.match_system(0, top_k=5)) == 5
 
@@ -199,6 +200,34 @@ def test_command_line_writes_every_output_for_a_bank_system(bank, tmp_path, monk
     assert "protolib" in report["versions"] and report["settings"]["top_k"] == 12
     assert report["settings"]["corner_parameters"] == ["stellar_mass", "disk_radius", "envelope_mass", "inclination"]
     assert "stellar_mass" in (out / "summary.csv").read_text()
+
+
+def test_command_line_match_takes_its_settings_from_the_configuration(bank, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
+    model = write_fake_model(tmp_path / "siamese.pt")
+    config = tmp_path / "mine.yaml"
+    config.write_text("name: mine\nmatching:\n  top_k: 7\n  weight_temperature: 0.05\n  limit_percentile: 50.0\n")
+    common = ["match", "--model", str(model), "--bank", str(bank.path), "--target-system", "5", "--config", str(config)]
+
+    def run(*extra):
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert main([*common, *extra, "--out", str(out)]) == 0
+        return json.loads((out / "report.json").read_text()), len((out / "matches.csv").read_text().splitlines()) - 1
+
+    report, rows = run()
+    assert rows == 7 and report["settings"]["top_k"] == 7 and report["settings"]["weight_temperature"] == 0.05
+    assert report["out_of_distribution"]["limit_percentile"] == 50.0
+    report, rows = run("--set", "matching.top_k=9", "--set", "matching.limit_percentile=2")
+    assert rows == 9 and report["out_of_distribution"]["limit_percentile"] == 2.0
+    report, rows = run("--set", "matching.top_k=9", "--top-k", "4")  # a named option wins over --set
+    assert rows == 4
+
+
+def test_command_line_refuses_an_unknown_configuration_key_in_one_line(bank, tmp_path, capsys):
+    code = main(["match", "--model", str(tmp_path / "m.pt"), "--bank", str(bank.path), "--target-system", "5",
+                 "--set", "matching.top_kk=3", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "top_kk" in err and "top_k" in err.replace("top_kk", "")
 
 
 @pytest.mark.parametrize(

@@ -19,11 +19,9 @@ from astropy.wcs import WCS
 
 from protolib.bank import Bank, simulate_bank
 from protolib.cli import main
-from protolib.instrument import Beam, Instrument, beam_noise
+from protolib.instrument import Beam, Instrument, beam_noise, convolve_beam, effective_beam_covariance
 from protolib.observation import (
     BankGrid,
-    convolve_gaussian,
-    effective_beam_covariance,
     ResolutionMatch,
     plot_prepared_observation,
     prepare_observation,
@@ -266,6 +264,29 @@ def test_transform_turns_bank_beam_into_the_target_beam():
         ResolutionMatch(Beam(0.2, 0.1, 0.0), pixel_arcsec, bank_beam=bank.beam)
 
 
+def test_one_convolution_takes_a_beam_or_a_covariance():
+    images = torch.as_tensor(np.random.default_rng(0).standard_normal((2, 40, 36)))
+    # A covariance is a Fourier-space Gaussian: its separable path (two matrix products) is the 2-D FFT's.
+    separable = convolve_beam(images, np.diag([2.0, 5.0]))
+    rotated = convolve_beam(images, np.array([[2.0, 1e-7], [1e-7, 5.0]]))
+    assert torch.allclose(separable, rotated, atol=1e-6)
+    # Covariances add exactly (for a source away from the edges), and a zero one changes nothing.
+    point = torch.zeros((64, 64), dtype=torch.float64)
+    point[30, 33] = 1.0
+    twice = convolve_beam(convolve_beam(point, np.array([[3.0, 1.0], [1.0, 2.0]])), np.array([[1.0, -0.5], [-0.5, 2.0]]))
+    assert torch.allclose(twice, convolve_beam(point, np.array([[4.0, 0.5], [0.5, 4.0]])), atol=1e-6)  # peak 0.04
+    assert convolve_beam(images, np.zeros((2, 2))) is images
+    # A beam is the pixel-sampled restoring beam, whose effective Gaussian is a well-sampled beam's covariance.
+    beam = Beam(0.4, 0.25, 30.0)
+    assert np.allclose(effective_beam_covariance(beam, 0.05), beam.covariance_pixels(0.05), rtol=1e-4)
+    # The old name is a deprecated alias of the covariance form.
+    from protolib.observation import convolve_gaussian
+
+    with pytest.warns(DeprecationWarning, match="convolve_beam"):
+        alias = convolve_gaussian(images, np.diag([2.0, 5.0]))
+    assert torch.equal(alias, separable)
+
+
 # ---------------------------------------------------------------------------------------------
 # Round trip through a synthetic ALMA-style observation.
 
@@ -305,7 +326,7 @@ def test_synthetic_observation_round_trip_recovers_the_clean_model(tmp_path):
     on_grid *= (grid.pixel_size_au / distance_pc / 0.05) ** 2 * prepared.flux_scale  # Jy/pixel at the bank's distance
     beam_pixels = prepared.beam.solid_angle_sr / (grid.pixel_arcsec * math.pi / 180 / 3600) ** 2
     observed_beam = prepared.observed_beam.covariance_pixels(grid.pixel_size_au / distance_pc)
-    model = convolve_gaussian(torch.as_tensor(on_grid), observed_beam).numpy() * beam_pixels
+    model = convolve_beam(torch.as_tensor(on_grid), observed_beam).numpy() * beam_pixels
     residual = (prepared.image_jy_beam - model)[prepared.coverage == 1]
     assert model.max() > 300 * prepared.noise_rms_jy_beam
     assert residual.std() < 1.3 * prepared.noise_rms_jy_beam
@@ -315,7 +336,7 @@ def test_synthetic_observation_round_trip_recovers_the_clean_model(tmp_path):
     fine = SimulatorConfig(**{**TINY.to_dict(), "image_size": 64, "oversample": 4})
     tensors = {k: torch.tensor([v]) for k, v in SYSTEM.items()}
     clean = render(tensors, torch.tensor([70.0]), torch.tensor([30.0]), fine, grid.distance_pc)[0].double()
-    bank_model = convolve_gaussian(clean, observed_beam + np.eye(2) * (0.05 / (grid.pixel_size_au / distance_pc)) ** 2 / 12).numpy() * beam_pixels
+    bank_model = convolve_beam(clean, observed_beam + np.eye(2) * (0.05 / (grid.pixel_size_au / distance_pc)) ** 2 / 12).numpy() * beam_pixels
     assert np.abs(prepared.image_jy_beam - bank_model).max() < 0.05 * bank_model.max()
     assert prepared.total_flux_jy == pytest.approx(bank_model.sum() / beam_pixels, rel=0.02)
 

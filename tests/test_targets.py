@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from protolib.pairs import all_pairs, sample_fixed_pairs
-from protolib.targets import TargetDefinition, pairwise_target_similarity, target_similarity
+from protolib.target_similarity import TargetDefinition, pairwise_target_similarity, target_similarity
 
 TWO = ["stellar_mass", "disk_radius"]
 

@@ -13,7 +13,8 @@ from protolib.cli import main
 from protolib.config import load_config
 from protolib.pipelines.train import siamese_settings
 from protolib.runtime import ProtolibInputError
-from protolib.tuning import TuneSettings, paired_difference, trial_overrides, tune, tune_settings
+from protolib.pipelines.tune import tune, tune_settings
+from protolib.tuning import TuneSettings, paired_difference, trial_overrides
 
 
 @pytest.fixture(scope="module")
@@ -182,11 +183,12 @@ def test_a_configs_folder_of_your_own_does_not_hide_the_repository_configs(run, 
 def test_the_first_trial_says_where_it_cannot_be_the_configuration_itself():
     import json as _json
 
-    from protolib.tuning import SEARCH_SPACE, _base_differences, _base_hyperparameters
+    from protolib.pipelines.tune import first_trial_differences, first_trial_hyperparameters
+    from protolib.tuning import SEARCH_SPACE
 
     space = _json.loads(_json.dumps(SEARCH_SPACE))
-    assert _base_differences(load_config("tiny"), _base_hyperparameters(load_config("tiny"), space)) == []
+    assert first_trial_differences(load_config("tiny"), first_trial_hyperparameters(load_config("tiny"), space)) == []
     odd = load_config("tiny", {"autoencoder": {"model": {"channels": [8, 12]}}, "siamese": {"training": {"learning_rate": 0.5}}})
-    differences = _base_differences(odd, _base_hyperparameters(odd, space))
+    differences = first_trial_differences(odd, first_trial_hyperparameters(odd, space))
     assert any("channels [8, 16] instead of [8, 12]" in d for d in differences)
     assert any("learning_rate 0.01 instead of 0.5" in d for d in differences)

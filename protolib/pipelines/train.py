@@ -1,7 +1,8 @@
-"""The learning stages as configured runs: settings from a YAML config, and artifacts made once.
+"""The learning stages as configured runs: settings from a configuration, and checkpoints made once.
 
-:func:`autoencoder_settings` and :func:`siamese_settings` read the ``autoencoder:`` and ``siamese:``
-sections of a :class:`~protolib.config.RunConfig` into typed settings. :func:`ensure_autoencoder` and
+:func:`autoencoder_settings` and :func:`siamese_settings` give the ``autoencoder:`` and ``siamese:``
+sections of a :class:`~protolib.config.RunConfig`, with overrides, as the keyword arguments of the
+training functions. :func:`ensure_autoencoder` and
 :func:`ensure_siamese` return a configuration's checkpoint, training it (through the same call as
 ``protolib train-autoencoder`` / ``train-siamese``) only when it is missing or was made from another
 bank or other settings. The notebooks use these, so each runs alone in a fresh kernel.
@@ -9,43 +10,17 @@ bank or other settings. The notebooks use these, so each runs alone in a fresh k
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-from ..autoencoder import AutoencoderConfig, train_autoencoder
-from ..images import AugmentationConfig, ImagePreprocessing
-from ..runtime import ProtolibInputError, typed_settings
-from ..siamese import LossConfig, PairConfig, SiameseConfig, train_siamese
+from ..autoencoder import train_autoencoder
+from ..config import stage_settings
+from ..runtime import ProtolibInputError
+from ..siamese import train_siamese
 from ..splits import split_systems
-from ..targets import TargetDefinition
-from ..training import TrainingConfig, load_checkpoint
+from ..training import load_checkpoint
 
 __all__ = ["autoencoder_settings", "siamese_settings", "ensure_autoencoder", "ensure_siamese", "run_split"]
-
-IMAGE_SETTINGS = {f.name for f in fields(ImagePreprocessing)} - {"distance_pc", "pixels_per_beam", "flux_centre", "flux_spread"}
-AUTOENCODER_PARTS = {"model": AutoencoderConfig, "images": dict, "augmentation": AugmentationConfig, "training": TrainingConfig}
-SIAMESE_PARTS = {"model": SiameseConfig, "target": TargetDefinition, "loss": LossConfig, "pairs": PairConfig,
-                 "augmentation": AugmentationConfig, "training": TrainingConfig}
-
-
-def _settings(config, stage: str, parts: dict, overrides: dict | None) -> dict:
-    from ..config import apply_overrides
-
-    section = apply_overrides(config.section(stage), overrides or {})
-    unknown = set(section) - set(parts)
-    if unknown:
-        raise ProtolibInputError(f"{config.path} [{stage}]: unknown part(s) {sorted(unknown)}; known ones are {sorted(parts)}.")
-    result = {}
-    for name, cls in parts.items():
-        values = section.get(name) or {}
-        if cls is dict:
-            if set(values) - IMAGE_SETTINGS:
-                raise ProtolibInputError(f"{config.path} [{stage}.{name}]: unknown setting(s) {sorted(set(values) - IMAGE_SETTINGS)}; "
-                                         f"known ones are {sorted(IMAGE_SETTINGS)}.")
-            result[name] = dict(values)
-        else:
-            result[name] = typed_settings(cls, values, f"{config.path} [{stage}.{name}]")
-    return result
 
 
 def autoencoder_settings(config, overrides: dict | None = None) -> dict:
@@ -53,12 +28,12 @@ def autoencoder_settings(config, overrides: dict | None = None) -> dict:
 
     ``overrides`` is a nested dict on top of the section, e.g. ``{"model": {"use_flux": False}}``.
     """
-    return _settings(config, "autoencoder", AUTOENCODER_PARTS, overrides)
+    return stage_settings(config, "autoencoder", overrides)
 
 
 def siamese_settings(config, overrides: dict | None = None) -> dict:
     """The ``siamese`` section as ``{"model", "target", "loss", "pairs", "augmentation", "training"}`` settings."""
-    return _settings(config, "siamese", SIAMESE_PARTS, overrides)
+    return stage_settings(config, "siamese", overrides)
 
 
 def run_split(config, bank):

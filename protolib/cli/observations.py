@@ -1,0 +1,167 @@
+"""``protolib observe`` and ``protolib match``: an observation on the bank's grid, and its best matches."""
+
+from __future__ import annotations
+
+from ..runtime import ProtolibInputError
+from .common import (add_setting, beam_argument, check_figure_path, path_argument, refuse_overwriting_input, run_config,
+                     run_reporting_warnings, say)
+
+__all__ = ["register_observe", "register_match", "preparation_notes"]
+
+
+def add_real_file_options(p) -> None:
+    """Options for what real files need: frequency, spectral index, recoverable scale, other sources."""
+    p.add_argument("--frequency", type=float, default=None,
+                   help="observed frequency in GHz (default: from the file's spectral axis)")
+    p.add_argument("--spectral-index", type=float, default=None,
+                   help="dust spectral index alpha, S ~ nu^alpha, to bring fluxes to the bank's frequency "
+                        "(default 2 + the bank's opacity index beta: 3 for the built-in simulator)")
+    p.add_argument("--max-scale", type=float, default=None,
+                   help="maximum recoverable scale of the observation in arcsec: larger scales are removed from the bank "
+                        "images as the interferometer removed them (default: 10 beam major axes; 0: no filtering)")
+    p.add_argument("--mask-radius", type=float, default=None,
+                   help="blank everything further than this many arcsec from the centre (e.g. a companion)")
+
+
+def real_file_options(args) -> dict:
+    """The real-file options as keyword arguments of :func:`~protolib.observation.prepare_observation`."""
+    return {"frequency_ghz": args.frequency, "spectral_index": args.spectral_index, "max_scale_arcsec": args.max_scale,
+            "mask_radius_arcsec": args.mask_radius}
+
+
+def preparation_notes(info: dict) -> str:
+    """One line on the real-file steps: frequency, blanking, recoverable scale, sources."""
+    observed = info.get("observed_frequency_ghz")
+    frequency = (f"{observed:.2f} GHz ({info['frequency_source']}) -> bank {info['bank_frequency_ghz']:g} GHz, fluxes "
+                 f"x{info['frequency_factor']:.3f} (alpha = {info['spectral_index']:g})" if observed else
+                 f"frequency unknown, taken as the bank's {info['bank_frequency_ghz']:g} GHz")
+    scale = (f"scales above {info['max_scale_arcsec']:.3g}\" removed from the bank images ({info['max_scale_source']})"
+             if info.get("max_scale_arcsec") else "no interferometric filtering")
+    zeros = f"; {100 * info['blanked_zero_fraction']:.0f}% of pixels were zero-valued blanking" if info.get("blanked_zero_fraction") else ""
+    return f"Frequency {frequency}; {scale}; {len(info.get('compact_sources', []))} compact source(s) in the field{zeros}."
+
+
+def calibration_note(calibration: dict) -> str:
+    """One line: how much the intervals were widened to be honest on the reference targets."""
+    widened = {name: c for name, c in calibration.items() if c["widening"] > 1.0}
+    n = next(iter(calibration.values()))["n_reference"]
+    if not widened:
+        return f"Intervals as the matches give them: on {n} reference bank images seen like this target they already hold the truth as often as claimed."
+    parts = ", ".join(f"{name} x{c['widening']:g} (95% coverage {c['raw_coverage_95']:.2f} -> {c['coverage_95']:.2f})"
+                      for name, c in widened.items())
+    return (f"Intervals in summary.csv widened about the median, so that on {n} reference bank images seen like this target "
+            f"they hold the truth as often as claimed: {parts}.")
+
+
+def _add_observation_options(p, prefix: str = "") -> None:
+    p.add_argument("--centre", "--center", dest="centre", default=None,
+                   help=f"{prefix}sky position to centre on, 'RA DEC' ('04:39:53.9 +26:03:09.4' or degrees); default: the emission peak")
+    p.add_argument("--beam", nargs=3, type=float, metavar=("MAJ", "MIN", "PA"), default=None,
+                   help=f"{prefix}beam FWHM axes [arcsec] and PA [deg east of north], when the header has none (or to override it)")
+    p.add_argument("--noise", type=float, default=None, help=f"{prefix}noise rms of the observation [Jy/beam] (default: estimated)")
+    add_real_file_options(p)
+
+
+def register_observe(sub) -> None:
+    p = sub.add_parser("observe", help="put an observed FITS image on a bank's grid, as the pipeline sees it",
+                       description="Read an observed continuum image (FITS), centre it on the source, resample it onto the "
+                                   "bank's grid in au (flux conserving), bring it to the bank's units and distance, and write "
+                                   "the prepared image (FITS) and optionally a figure.")
+    p.add_argument("observation", type=path_argument, help="the observed image (FITS: 2-4 axes, Jy/beam or Jy/pixel)")
+    p.add_argument("--distance", type=float, default=None, help="distance to the source in pc (required)")
+    p.add_argument("--bank", type=path_argument, default=None,
+                   help="bank whose grid to use (default: the configuration's bank, see --config)")
+    p.add_argument("--out", type=path_argument, required=True, help="prepared image to write (FITS)")
+    p.add_argument("--plot", type=path_argument, default=None,
+                   help="also write a figure: original and prepared side by side (PNG, PDF...)")
+    _add_observation_options(p)
+    p.set_defaults(handler=_observe)
+
+
+def _check_observe_outputs(args) -> None:
+    if args.distance is None:
+        raise ProtolibInputError(f"{args.observation}: the distance to the source is missing; give it with --distance PC.")
+    refuse_overwriting_input(args.out, [args.observation])
+    if args.plot is not None:
+        check_figure_path(args.plot)
+        if args.plot.resolve() == args.out.resolve():
+            raise ProtolibInputError(f"{args.plot}: --plot and --out name the same file; give the figure its own name.")
+
+
+def _observe(args) -> None:
+    from ..observation import plot_prepared_observation, prepare_observation
+    from ..runtime import write_figure
+
+    _check_observe_outputs(args)
+    bank = args.bank if args.bank is not None else run_config(args).bank_path
+    prepared = run_reporting_warnings("observe", lambda: prepare_observation(
+        args.observation, bank, args.distance, centre=args.centre,
+        beam=beam_argument(args.beam, str(args.observation)), noise_rms_jy_beam=args.noise, **real_file_options(args)))
+    prepared.write_fits(args.out)
+    b = prepared.beam
+    print(f"Wrote {args.out}: {prepared.grid.image_size}x{prepared.grid.image_size} px of {prepared.grid.pixel_size_au:.3g} au, "
+          f"centred on {prepared.centre.to_string('hmsdms', precision=2)}, fluxes x{prepared.flux_scale:.3f} "
+          f"({prepared.distance_pc:g} -> {prepared.grid.distance_pc:g} pc), beam {b.major_arcsec:.3g}\"x{b.minor_arcsec:.3g}\" "
+          f"PA {b.position_angle_deg:.0f} deg{' (smoothed to contain the bank beam)' if prepared.smoothed else ''}, "
+          f"noise {prepared.noise_rms_jy_beam * 1e3:.3g} mJy/beam.")
+    print(preparation_notes(prepared.info()))
+    if args.plot is not None:
+        write_figure(plot_prepared_observation(prepared), args.plot)
+        print(f"Wrote {args.plot}")
+
+
+def register_match(sub) -> None:
+    p = sub.add_parser("match", help="match a target image to the bank and summarise its best matches' parameters",
+                       description="Find the bank images most similar to a target (an observation FITS file or a bank "
+                                   "system) and write the matches, parameter summaries, a corner plot, a gallery and a report. "
+                                   "How many matches, their weights, the search backend and the out-of-distribution limit "
+                                   "come from the configuration's matching section.")
+    p.add_argument("--model", required=True, type=path_argument, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=path_argument, help="bank file to search (.h5)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", type=path_argument, help="observation to match (FITS image)")
+    target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
+    p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
+    p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
+    _add_observation_options(p, "with --target: ")
+    add_setting(p, "--top-k", key="matching.top_k", type=int, help="number of best matches (0: all above --threshold)")
+    p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
+    add_setting(p, "--weight-temperature", key="matching.weight_temperature", type=float,
+                help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (null: equal weights)")
+    add_setting(p, "--backend", key="matching.backend", choices=["auto", "exact", "faiss"], help="nearest-neighbour search")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--out", required=True, type=path_argument,
+                   help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
+    p.set_defaults(handler=_match)
+
+
+def _match(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..pipelines.match import run_match
+
+    settings = run_config(args).matching
+    report = run_reporting_warnings("match", lambda: run_match(
+        args.model, args.bank, args.out, target=args.target, target_system=args.target_system, projection=args.projection,
+        distance_pc=args.distance, top_k=settings.top_k or None, threshold=args.threshold,
+        weight_temperature=settings.weight_temperature, backend=settings.backend, device=args.device,
+        limit_percentile=settings.limit_percentile,
+        observation_options={"centre": args.centre, "beam": beam_argument(args.beam, str(args.target)),
+                             "noise_rms_jy_beam": args.noise, **real_file_options(args)}))
+    _print_match_report(args, report)
+
+
+def _print_match_report(args, report: dict) -> None:
+    verdict, fit, overall = report["out_of_distribution"], report["goodness_of_fit"], report["verdict"]
+    print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
+          f"{report['best_similarity']:.3f}).")
+    preparation = (report["inputs"].get("target") or {}).get("preparation")
+    if preparation:
+        print(preparation_notes(preparation))
+    say("match", verdict["message"], not verdict["is_out_of_distribution"])
+    if fit is not None:
+        say("match", fit["message"], fit["reproduces"])
+    if report.get("interval_calibration"):
+        print(calibration_note(report["interval_calibration"]))
+    say("match", f"Verdict: {overall['message']}", overall["trusted"])

@@ -1,0 +1,104 @@
+"""``protolib evaluate``, ``attribute`` and ``embedding-map``: how well matching works, and what the network looks at."""
+
+from __future__ import annotations
+
+from ..runtime import ProtolibInputError
+from .common import add_setting, check_figure_path, path_argument, run_config, run_reporting_warnings, seed_argument
+
+__all__ = ["register_evaluate", "register_attribute", "register_embedding_map"]
+
+
+def _add_model_and_bank(p, bank_help: str) -> None:
+    p.add_argument("--model", required=True, type=path_argument, help="trained Siamese network (RUN/siamese.pt)")
+    p.add_argument("--bank", required=True, type=path_argument, help=bank_help)
+
+
+def register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate matching on held-out systems against baselines",
+                       description="Match every test system of the model's split against the training systems with the Siamese "
+                                   "network and the baselines (random, pixel chi-square, PCA, autoencoder); write OUT/metrics.json "
+                                   "(similarity, retrieval, parameter recovery, calibration per method and parameter) and figures.")
+    _add_model_and_bank(p, "the bank the network was trained on (.h5)")
+    p.add_argument("--out", required=True, type=path_argument, help="folder for metrics.json, headline.md and the figures")
+    add_setting(p, "--top-k", key="evaluation.top_k", type=int, help="matches per target")
+    add_setting(p, "--projection", key="evaluation.projection", type=int, help="evaluate one projection of each test system (null: all)")
+    add_setting(p, "--methods", key="evaluation.methods", type=lambda s: s.split(","),
+                help="comma-separated subset of random,pixel,pca,autoencoder,siamese,npe")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..pipelines.evaluate import evaluation_settings, run_evaluation
+
+        settings = evaluation_settings(run_config(args))
+        report = run_reporting_warnings("evaluate", lambda: run_evaluation(args.model, args.bank, args.out, settings, device=args.device))
+        print(f"Evaluated {len(report['methods'])} methods on {report['targets']['n_targets']} test images; wrote {args.out}/metrics.json.")
+        print((args.out / "headline.md").read_text())
+
+    p.set_defaults(handler=handler)
+
+
+def register_attribute(sub) -> None:
+    p = sub.add_parser("attribute", help="attribution maps of held-out pairs (and an observation), with their sanity check",
+                       description="Draw integrated-gradient attribution maps of the best, middle and worst held-out pairs of the "
+                                   "model's test systems (OUT/pair_best.png, pair_middle.png, pair_worst.png), compare them with "
+                                   "a network of randomised weights, and write OUT/attribution.json.")
+    _add_model_and_bank(p, "the bank the network was trained on (.h5)")
+    p.add_argument("--out", required=True, type=path_argument, help="folder for the figures and attribution.json")
+    p.add_argument("--observation", type=path_argument, default=None,
+                   help="a prepared observation (FITS from `protolib observe --out`): also draw it against its best match")
+    add_setting(p, "--steps", key="attribution.steps", type=int, help="steps of the integrated-gradients path")
+    add_setting(p, "--seed", key="attribution.seed", type=seed_argument, help="seed of the randomised network and of the test-system subset")
+    add_setting(p, "--device", key="attribution.device", help="cpu, cuda, cuda:1 ...")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..pipelines.understand import run_attribution
+
+        settings = run_config(args).attribution
+        if settings.steps < 1:
+            raise ProtolibInputError(f"--steps must be at least 1, got {settings.steps}.")
+        report = run_reporting_warnings("attribute", lambda: run_attribution(
+            args.model, args.bank, args.out, observation=args.observation, steps=settings.steps, seed=settings.seed,
+            device=settings.device))
+        for name, pair in report["pairs"].items():
+            print(f"{name:6s} pair: predicted {pair['predicted']:.2f}, target {pair['target']:.2f}, "
+                  f"rank correlation trained vs randomised {pair['rank_correlation_trained_vs_randomised']:.2f}")
+        if "observation" in report:
+            best = report["observation"]["best_match"]
+            print(f"observation: best match system {best['system']}, projection {best['projection']}, similarity {best['similarity']:.3f}")
+        print(f"Wrote the figures and attribution.json to {args.out}/.")
+
+    p.set_defaults(handler=handler)
+
+
+def register_embedding_map(sub) -> None:
+    p = sub.add_parser("embedding-map", help="the bank's embeddings on a 2-D map, coloured by each parameter",
+                       description="Project the bank's embeddings to 2-D (PCA or UMAP), one panel per parameter the model was "
+                                   "trained on and one for inclination, an observation optionally marked; write the figure "
+                                   "and <OUT stem>_smoothness.json (0: the parameter varies smoothly across the map, 1: no trace).")
+    _add_model_and_bank(p, "bank whose embeddings to map (.h5)")
+    p.add_argument("--out", required=True, type=path_argument, help="figure to write (PNG, PDF ...)")
+    add_setting(p, "--method", key="embedding_map.method", choices=["pca", "umap"], help="projection (umap needs protolib[maps])")
+    p.add_argument("--observation", type=path_argument, default=None,
+                   help="a prepared observation (FITS from `protolib observe --out`) to mark")
+    add_setting(p, "--seed", key="embedding_map.seed", type=seed_argument, help="seed of the UMAP layout and of the smoothness measure")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..pipelines.understand import run_embedding_map
+
+        check_figure_path(args.out)
+        settings = run_config(args).embedding_map
+        report = run_reporting_warnings("embedding-map", lambda: run_embedding_map(
+            args.model, args.bank, args.out, method=settings.method, observation=args.observation, seed=settings.seed))
+        print(f"Wrote {args.out} ({report['method']} map of {report['n_images']} bank images); smoothness (0 smooth, 1 none): "
+              + ", ".join(f"{name} {value:.2f}" for name, value in report["smoothness"].items()))
+
+    p.set_defaults(handler=handler)

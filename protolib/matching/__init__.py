@@ -1,0 +1,100 @@
+"""Matching: embed the bank once, then find the bank images most similar to a target image.
+
+The Siamese network's two branches share weights, so every bank image is embedded once
+(:func:`embed_bank`), the embeddings are cached beside the model (:func:`bank_embeddings`), and a
+query costs one forward pass plus a nearest-neighbour search in an :class:`EmbeddingIndex`: exact
+search by chunked matrix products (torch, CPU or GPU), or a FAISS index for very large banks.
+:class:`Matcher` ties these together for one model and one bank. The thesis's way, running the
+network on every (target, bank image) pair, is kept as :func:`pairwise_matches`, the reference the
+benchmark compares against.
+
+Embeddings are L2-normalised, so the similarity of two images is the cosine of their embeddings,
+1 for identical images.
+
+What each submodule owns:
+
+- :mod:`~protolib.matching.matches`: :class:`Matches` (what a search returns) and the parameters of
+  matched bank images;
+- :mod:`~protolib.matching.index`: :class:`EmbeddingIndex`, exact and FAISS search;
+- :mod:`~protolib.matching.ood`: the out-of-distribution check and its reference;
+- :mod:`~protolib.matching.embeddings`: embedding the bank, and the embedding cache beside the model;
+- :mod:`~protolib.matching.baselines`: pairwise matching (the thesis's) and random matches;
+- :mod:`~protolib.matching.observation_targets`: observations prepared as targets;
+- :mod:`~protolib.matching.matcher`: :class:`Matcher` and :class:`MatchingSettings`;
+- :mod:`~protolib.matching.calibration`: central intervals, their coverage and their calibration on
+  reference targets;
+- :mod:`~protolib.matching.fit`: the matches compared with the target in image space (:func:`fit_matches`).
+
+Matching one target and writing its report (``protolib match``) is a run of the pipelines layer:
+:func:`protolib.pipelines.match.run_match`.
+"""
+
+from .baselines import pairwise_matches, random_matches
+from .calibration import (
+    WIDENING_CANDIDATES,
+    calibrate_widening,
+    central_coverage,
+    central_intervals,
+    reference_calibration,
+    weighted_percentile,
+)
+from .embeddings import (
+    CACHE_FORMAT,
+    MAX_CACHES,
+    BankEmbeddings,
+    EmbedFunction,
+    ImageTransform,
+    bank_embeddings,
+    cached_bank_embeddings,
+    embed_bank,
+    file_sha256,
+    key_digest,
+    model_cache_path,
+    prune_embedding_caches,
+)
+from .fit import MatchFit, fit_matches
+from .index import EmbeddingIndex, faiss_available
+from .matcher import Matcher, MatchingSettings
+from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
+from .observation_targets import ObservationTarget, prepare_observation_target, read_observation_target
+from .ood import OutOfDistributionCheck, check_out_of_distribution, nearest_neighbour_similarities
+
+__all__ = [
+    "EmbedFunction",
+    "ImageTransform",
+    "Matches",
+    "BankEmbeddings",
+    "EmbeddingIndex",
+    "OutOfDistributionCheck",
+    "Matcher",
+    "embed_bank",
+    "bank_embeddings",
+    "cached_bank_embeddings",
+    "model_cache_path",
+    "prune_embedding_caches",
+    "key_digest",
+    "file_sha256",
+    "CACHE_FORMAT",
+    "MAX_CACHES",
+    "nearest_neighbour_similarities",
+    "check_out_of_distribution",
+    "pairwise_matches",
+    "random_matches",
+    "faiss_available",
+    "ObservationTarget",
+    "prepare_observation_target",
+    "read_observation_target",
+    "fit_matches",
+    "MatchFit",
+    "MatchingSettings",
+    "match_parameters",
+    "truth_parameters",
+    "describe_parameter",
+    "scaled_for_summary",
+    "WIDENING_CANDIDATES",
+    "weighted_percentile",
+    "central_intervals",
+    "central_coverage",
+    "calibrate_widening",
+    "reference_calibration",
+]

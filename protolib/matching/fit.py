@@ -1,0 +1,101 @@
+"""The matches compared with the target in image space, and the target's intervals calibrated.
+
+:func:`fit_matches` gives every match's reduced chi-square against the target, the image-space
+verdict (:mod:`protolib.goodness_of_fit`) and the widening that makes the intervals honest
+(:func:`~protolib.matching.calibration.reference_calibration`), both measured on reference targets:
+bank images as bright as the target, seen like it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..bank import Bank
+from ..goodness_of_fit import ImageFit, judge_fit, reference_chi2
+from .calibration import reference_calibration
+from .matcher import Matcher
+from .matches import Matches
+from .observation_targets import ObservationTarget
+
+__all__ = ["MatchFit", "fit_matches"]
+
+
+@dataclass
+class MatchFit:
+    """What the image-space comparison of a target with its matches gives (:func:`fit_matches`).
+
+    Attributes:
+        reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target.
+        verdict: the :class:`~protolib.goodness_of_fit.FitVerdict`.
+        residuals: ``(n_gallery, H, W)`` the first matches' residual maps, in noise rms.
+        calibration: parameter -> the widening of the intervals that makes them honest on the
+            reference targets, with the coverage before and after
+            (:func:`~protolib.matching.calibration.reference_calibration`).
+    """
+
+    reduced_chi2: np.ndarray
+    verdict: Any
+    residuals: np.ndarray
+    calibration: dict
+
+
+def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: np.random.Generator) -> np.ndarray:
+    """Bank image rows as bright as the target: from ``8 n_reference`` drawn at random, the ``n_reference``
+    whose signal rms after the transform is nearest the target's (the excess residual of faint images
+    is dominated by noise, of bright ones by the bank's coarseness: the yardstick must be like the target)."""
+    n_rows = bank.n_systems * bank.n_projections
+    candidates = np.sort(rng.choice(n_rows, size=min(8 * n_reference, n_rows), replace=False))
+    models = fit.models(bank.images_at(candidates // bank.n_projections, candidates % bank.n_projections))
+    brightness = np.sqrt(np.mean(np.square(models[:, fit.used(np.shape(image))]), axis=1)) + 1e-30
+    return candidates[np.argsort(np.abs(np.log(brightness / fit.signal_rms(image))), kind="stable")[:n_reference]]
+
+
+def fit_matches(
+    matcher: Matcher, image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
+    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0,
+) -> MatchFit | None:
+    """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
+    residuals, and the intervals' calibration at the target's resolution and noise.
+
+    See :mod:`protolib.goodness_of_fit`. The reference is ``n_reference`` bank images as bright as the
+    target (:func:`_reference_rows`, drawn with ``seed``), turned into targets like this one (the
+    observation's transform and noise, or the bank's own for a bank target) and matched with their
+    ``reference_top_k`` best matches (default: as many as the target has). Their true parameters are
+    known, so they also calibrate the target's intervals: how much the central intervals of that many
+    matches must be widened about the median to hold the truth as often as they claim, at this
+    observation's beam and noise.
+
+    Returns:
+        The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
+    """
+    bank = matcher.bank
+    rng = np.random.default_rng(seed)
+    if observation is not None:
+        resolution = observation.resolution
+        fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage)
+
+        def observe(images):
+            return resolution(images, rng)
+    else:
+        noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
+        if not noise > 0:
+            return None
+        fit = ImageFit(None, noise, noise)
+
+        def observe(images):
+            return images
+    chi2 = fit.reduced_chi2(image, bank.images_at(matches.system, matches.projection))
+    rows = _reference_rows(bank, fit, image, n_reference, rng)
+
+    def search(vectors, excluded):
+        return matcher.index.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)
+
+    best_chi2, best_excess, found = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections)
+    head = matches.head(n_gallery)
+    residuals = fit.residuals(image, bank.images_at(head.system, head.projection))
+    best = float(chi2.min())
+    verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess))
+    return MatchFit(chi2, verdict, residuals, reference_calibration(bank, rows, found))

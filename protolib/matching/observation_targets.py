@@ -1,0 +1,110 @@
+"""Observations as matching targets: an observation on the bank's grid, with the transform that sees the bank like it.
+
+:func:`prepare_observation_target` prepares a FITS file (:mod:`protolib.observation`);
+:func:`read_observation_target` reads one prepared already (``protolib observe --out``). Both give an
+:class:`ObservationTarget`, whose ``transform_key`` keys the bank's embedding cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..bank import Bank
+from ..runtime import ProtolibInputError
+from .embeddings import ImageTransform
+
+__all__ = ["ObservationTarget", "prepare_observation_target", "read_observation_target"]
+
+
+@dataclass
+class ObservationTarget:
+    """An observation prepared for matching (see :func:`prepare_observation_target`).
+
+    Attributes:
+        image: ``(H, W)`` the observation on the bank's grid [Jy/beam at the bank's distance].
+        transform: bank images ``(N, H, W)`` to the observation's resolution, units and noise.
+        transform_key: plain data describing ``transform`` (keys the embedding cache).
+        info: what the preparation did (beam, noise, flux scale, padding), for the report.
+        truths: the true parameters when the file is a synthetic observation, else ``None``.
+        resolution: the noise-free part of ``transform`` (for residuals and the goodness of fit).
+        noise_rms_jy_beam: the noise rms of ``image``.
+        coverage: ``(H, W)`` fraction of each pixel holding observed data.
+    """
+
+    image: np.ndarray
+    transform: ImageTransform
+    transform_key: dict
+    info: dict
+    truths: dict | None
+    resolution: Any = None
+    noise_rms_jy_beam: float = 0.0
+    coverage: np.ndarray | None = None
+
+
+def prepare_observation_target(
+    path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0, **options
+) -> ObservationTarget:
+    """An observation FITS file prepared onto the bank's grid, with the transform that sees the bank like it.
+
+    Uses :func:`protolib.observation.prepare_observation` (``options``: its ``centre``, ``beam`` and
+    ``noise_rms_jy_beam``); the bank's noise is topped up to the observation's with a generator
+    seeded by ``noise_seed``, so the cached embeddings are reproducible.
+
+    Raises:
+        ProtolibInputError: the file is missing, the distance is not given, or the image cannot be
+            prepared onto the bank's grid.
+    """
+    from ..observation import prepare_observation
+
+    path = Path(path)
+    if not path.exists():
+        raise ProtolibInputError(f"Target file {path} does not exist.")
+    if distance_pc is None or not distance_pc > 0:
+        raise ProtolibInputError(f"Matching the observation {path} needs its distance in pc (e.g. --distance 140).")
+    return _observation_target(prepare_observation(path, bank, distance_pc, **options), bank, noise_seed)
+
+
+def read_observation_target(path: str | Path, bank: Bank, *, noise_seed: int = 0) -> ObservationTarget:
+    """An observation already prepared onto ``bank``'s grid (``protolib observe --out``), ready for matching.
+
+    Raises:
+        ProtolibInputError: the file is missing, is not a prepared observation, or was prepared for
+            another grid (image size or pixel size) than the bank's.
+    """
+    from ..observation import read_prepared_observation
+
+    path = Path(path)
+    if not path.exists():
+        raise ProtolibInputError(f"Observation file {path} does not exist. Prepare one with `protolib observe OBS.fits --out {path}`.")
+    prepared = read_prepared_observation(path)
+    grid = prepared.grid
+    if grid.image_size != bank.image_size or not math.isclose(grid.pixel_size_au, bank.pixel_size_au, rel_tol=1e-4):
+        raise ProtolibInputError(
+            f"{path} was prepared for {grid.image_size}x{grid.image_size} px of {grid.pixel_size_au:.3g} au but bank {bank.path} has "
+            f"{bank.image_size}x{bank.image_size} px of {bank.pixel_size_au:.3g} au; prepare it again with `protolib observe --bank {bank.path}`."
+        )
+    return _observation_target(prepared, bank, noise_seed)
+
+
+def _observation_target(prepared, bank: Bank, noise_seed: int) -> ObservationTarget:
+    """The :class:`ObservationTarget` of a :class:`~protolib.observation.PreparedObservation` for ``bank``."""
+    resolution = prepared.transform()
+    rng = np.random.default_rng(noise_seed)
+
+    def transform(images: np.ndarray) -> np.ndarray:
+        return resolution(images, rng)
+
+    beam = prepared.beam
+    coverage = None if resolution.coverage is None else hashlib.sha256(np.ascontiguousarray(prepared.coverage).tobytes()).hexdigest()
+    key = {"beam_arcsec": [beam.major_arcsec, beam.minor_arcsec, beam.position_angle_deg],
+           "noise_rms_jy_beam": prepared.noise_rms_jy_beam, "coverage_sha256": coverage, "noise_seed": noise_seed,
+           "max_scale_arcsec": resolution.max_scale_arcsec}
+    truths = {k: v for k, v in prepared.true_parameters.items() if k in bank.parameters or k in ("inclination", "position_angle")}
+    return ObservationTarget(prepared.image_jy_beam, transform, key, prepared.info(), truths or None, resolution,
+                             prepared.noise_rms_jy_beam, prepared.coverage)

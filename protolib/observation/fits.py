@@ -1,0 +1,489 @@
+"""Reading an observed continuum image from a FITS file: :class:`Observation` and :func:`read_observation`.
+
+Every common layout is read: 2, 3 or 4 axes (degenerate frequency, velocity or Stokes axes in any
+order), any celestial projection astropy knows, pixel scales from CDELT or a CD/PC matrix, BUNIT in
+Jy/beam, mJy/beam or Jy/pixel, the beam from BMAJ/BMIN/BPA or a CASA BEAMS table, zero-valued
+blanking (:func:`blank_zero_regions`) and the observed frequency from the spectral axis. A broken
+file or header is refused with a message that names the file and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS, WCSSUB_SPECTRAL, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+from scipy import ndimage
+
+from ..instrument import Beam
+from ..runtime import ProtolibInputError
+
+__all__ = [
+    "Observation",
+    "read_observation",
+    "blank_zero_regions",
+    "refine_peak",
+    "plain_icrs",
+    "true_parameters_from_header",
+    "DEG_ARCSEC",
+    "MIN_IMAGE_PIXELS",
+    "TRUE_CARD",
+]
+
+DEG_ARCSEC = 3600.0
+MIN_IMAGE_PIXELS = 16  # an image smaller than this (per side) holds too little to centre, measure the noise and resample
+TRUE_CARD = "PROTOLIB TRUE "  # header cards holding the true parameters of a synthetic observation
+
+
+@dataclass
+class Observation:
+    """An observed image as read from a FITS file, in Jy/beam.
+
+    ``image_jy_beam`` is 2-D and indexed like :attr:`wcs` (``[y, x]`` pixel), NaN where blanked;
+    ``wcs`` is the celestial part of the file's WCS. ``true_parameters`` holds the physical parameters
+    of a synthetic observation written by :func:`~protolib.observation.write_observation_fits` (empty for real data).
+
+    ``frequency_ghz`` is the observed frequency (``None`` when the file does not say) and
+    ``frequency_source`` how it was found. ``blanked_zero_fraction`` is the fraction of pixels that
+    were exact zeros outside the observed region (primary-beam-corrected NOEMA and some CASA maps
+    blank with 0.0) and are now NaN. ``max_scale_arcsec`` is the maximum recoverable scale the file
+    declares (``0``: no interferometric filtering, as in protolib's synthetic observations).
+    """
+
+    path: Path
+    image_jy_beam: np.ndarray
+    wcs: WCS
+    beam: Beam
+    header: fits.Header
+    object_name: str = ""
+    frequency_ghz: float | None = None
+    frequency_source: str = ""
+    blanked_zero_fraction: float = 0.0
+    max_scale_arcsec: float | None = None
+    true_parameters: dict[str, float] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        ny, nx = self.image_jy_beam.shape
+        return (f"Observation({self.path.name!r}: {nx}x{ny} px of {self.pixel_scale_arcsec:.3g}\", beam "
+                f"{self.beam.major_arcsec:.3g}\"x{self.beam.minor_arcsec:.3g}\" PA {self.beam.position_angle_deg:.0f} deg, "
+                f"object {self.object_name!r})")
+
+    @property
+    def pixel_scale_arcsec(self) -> float:
+        """Geometric mean pixel side [arcsec]."""
+        scales = proj_plane_pixel_scales(self.wcs) * DEG_ARCSEC
+        return float(math.sqrt(scales[0] * scales[1]))
+
+    def peak_coordinate(self) -> SkyCoord:
+        """Sky position of the brightest pixel, refined by a 2-D quadratic fit to the log of its 3 x 3
+        neighbourhood (exact for a Gaussian peak of any orientation)."""
+        data = np.where(np.isfinite(self.image_jy_beam), self.image_jy_beam, -np.inf)
+        row, col = np.unravel_index(int(np.argmax(data)), data.shape)
+        return self.wcs.pixel_to_world(*refine_peak(data, row, col))
+
+
+def refine_peak(data: np.ndarray, row: int, col: int) -> tuple[float, float]:
+    """(column, row) of the peak near pixel (row, col) of ``data`` ``(ny, nx)``, to a fraction of a pixel.
+
+    A 2-D quadratic is fitted to the log of the 3 x 3 neighbourhood (exact for a Gaussian peak); at the
+    border, or where a neighbour is blank or not positive, the pixel itself is returned.
+    """
+    if not (1 <= row < data.shape[0] - 1 and 1 <= col < data.shape[1] - 1):
+        return float(col), float(row)
+    patch = data[row - 1 : row + 2, col - 1 : col + 2]
+    if not (np.isfinite(patch).all() and (patch > 0).all()):
+        return float(col), float(row)
+    dy, dx = np.mgrid[-1:2, -1:2]
+    design = np.stack([np.ones(9), dx.ravel(), dy.ravel(), dx.ravel() ** 2, dx.ravel() * dy.ravel(), dy.ravel() ** 2], axis=1)
+    _, bx, by, cxx, cxy, cyy = np.linalg.lstsq(design, np.log(patch.ravel()), rcond=None)[0]
+    hessian = np.array([[2 * cxx, cxy], [cxy, 2 * cyy]])
+    if np.any(np.linalg.eigvalsh(hessian) >= 0):
+        return float(col), float(row)
+    offset = np.linalg.solve(hessian, -np.array([bx, by]))
+    offset = np.clip(offset, -1.0, 1.0)
+    return float(col + offset[0]), float(row + offset[1])
+
+
+def plain_icrs(coordinate: SkyCoord) -> SkyCoord:
+    """The position in ICRS with no other frame attributes (an FK5 file's equinox would make offsets refuse)."""
+    icrs = coordinate.icrs
+    return SkyCoord(icrs.ra, icrs.dec, frame="icrs")
+
+
+def true_parameters_from_header(header: fits.Header) -> dict[str, float]:
+    """The true parameters a synthetic observation declares (``PROTOLIB TRUE <NAME>`` cards), by lower-case name."""
+    return {key[len(TRUE_CARD) :].lower(): float(value) for key, value in header.items() if key.startswith(TRUE_CARD)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The header's cards and axes.
+
+_JY_BEAM = re.compile(r"^(m|u|µ)?jy(/beam|/bm|beam-1|/beam_area|/bea)$")
+_JY_PIXEL = re.compile(r"^(m|u|µ)?jy(/pixel|/pix|pixel-1|pix-1|/px)$")
+_PREFIX = {None: 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6}
+
+
+def _parse_bunit(bunit: str | None, path: Path) -> tuple[str, float]:
+    """``("beam" | "pixel", factor to Jy)`` from a BUNIT string."""
+    text = (bunit or "").strip().lower().replace(" ", "").replace("**", "").replace("^", "")
+    text = text.replace("/beam-1", "beam-1")
+    for kind, pattern in (("beam", _JY_BEAM), ("pixel", _JY_PIXEL)):
+        match = pattern.match(text)
+        if match:
+            return kind, _PREFIX[match.group(1)]
+    raise ProtolibInputError(
+        f"{path}: BUNIT = {bunit!r} is not a unit protolib reads; it needs Jy/beam (or mJy/beam) or Jy/pixel. "
+        "Convert the image (e.g. from K) to Jy/beam first, or fix the BUNIT card."
+    )
+
+
+def _header_beam(header: fits.Header, hdul: fits.HDUList, path: Path | None = None) -> Beam | None:
+    """The beam from BMAJ/BMIN/BPA [deg], or from a CASA BEAMS table [arcsec]; ``None`` when absent.
+
+    A BMAJ or BMIN that is present but not a positive number is an error naming ``path`` (a broken
+    header, not a missing beam).
+    """
+    if "BMAJ" in header and "BMIN" in header:
+        try:
+            major, minor = float(header["BMAJ"]) * DEG_ARCSEC, float(header["BMIN"]) * DEG_ARCSEC
+        except (TypeError, ValueError):
+            major = minor = math.nan
+        if not (math.isfinite(major) and math.isfinite(minor) and major > 0 and minor > 0):
+            raise ProtolibInputError(
+                f"{path}: BMAJ = {header['BMAJ']!r}, BMIN = {header['BMIN']!r} is not a beam size (FWHM axes in degrees, both "
+                "positive); fix the header, or give the beam with --beam MAJ MIN PA (arcsec, arcsec, deg).")
+        try:
+            angle = float(header.get("BPA", 0.0))
+        except (TypeError, ValueError):
+            angle = math.nan
+        if not math.isfinite(angle):
+            raise ProtolibInputError(f"{path}: BPA = {header.get('BPA')!r} is not a position angle (degrees east of north); "
+                                     "fix the header, or give the beam with --beam MAJ MIN PA.")
+        return Beam(major, minor, angle)
+    if "BEAMS" in hdul and hdul["BEAMS"].data is not None and len(hdul["BEAMS"].data):
+        row = hdul["BEAMS"].data[0]
+        return Beam(float(row["BMAJ"]), float(row["BMIN"]), float(row["BPA"]))
+    return None
+
+
+def _image_hdu(hdul: fits.HDUList, path: Path):
+    """The first HDU holding an image (an array of 2 or more axes)."""
+    for hdu in hdul:
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.data is not None and hdu.data.ndim >= 2:
+            return hdu
+    raise ProtolibInputError(
+        f"{path}: no image data (no HDU holds an array of 2 or more axes). protolib needs a continuum image, "
+        "as exported by CASA exportfits or GILDAS."
+    )
+
+
+def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
+    """Refuse a header whose celestial axes have no usable pixel scale or reference.
+
+    Without CDELT or CD astropy takes 1 degree per pixel; a NaN card, or a CD matrix of zeros, gives
+    a grid of NaN or of no size. Each would later ask for absurd amounts of memory.
+    """
+    for axis in (wcs.wcs.lng + 1, wcs.wcs.lat + 1):
+        cards = [f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1))]
+        if not any(card in header for card in cards):
+            raise ProtolibInputError(
+                f"{path}: no pixel scale for axis {axis} ({wcs.wcs.ctype[axis - 1]}): the header has neither CDELT{axis} nor a "
+                f"CD{axis}_j matrix. Add the pixel size in degrees (e.g. CDELT{axis} = -8.3e-6 for 0.03\" pixels).")
+    for axis in (wcs.wcs.lng + 1, wcs.wcs.lat + 1):  # the cards themselves: astropy may read a NaN card as a default
+        for card in (f"CRVAL{axis}", f"CRPIX{axis}", f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1)),
+                     *(f"PC{axis}_{j}" for j in range(1, wcs.naxis + 1))):
+            if card in header:
+                try:
+                    finite = math.isfinite(float(header[card]))
+                except (TypeError, ValueError):
+                    finite = False
+                if not finite:
+                    raise ProtolibInputError(f"{path}: the header card {card} = {header[card]!r} is not a finite number; fix the header.")
+    celestial = wcs.celestial
+    matrix = celestial.pixel_scale_matrix
+    reference = np.asarray(celestial.wcs.crval, dtype=float)
+    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(reference)) and np.all(np.isfinite(celestial.wcs.crpix))):
+        raise ProtolibInputError(f"{path}: the celestial WCS holds NaN or infinite values (CRVAL, CRPIX, CDELT, CD or PC); "
+                                 "fix the header.")
+    if abs(float(np.linalg.det(matrix))) <= 0.0:
+        raise ProtolibInputError(f"{path}: the celestial pixel scale matrix (CDELT x PC, or CD) is singular: pixels of no size.")
+
+
+def _check_stokes(header: fits.Header, wcs: WCS, path: Path) -> None:
+    """Refuse a plane of polarised intensity (Stokes Q, U, V or a cross-hand correlation): the bank is total intensity."""
+    names = {2: "Q", 3: "U", 4: "V", -3: "RL", -4: "LR", -7: "XY", -8: "YX"}
+    for axis, ctype in enumerate(wcs.wcs.ctype):
+        if ctype.strip().upper() == "STOKES":
+            value = int(round(float(wcs.wcs.crval[axis]) + (1.0 - float(wcs.wcs.crpix[axis])) * float(wcs.wcs.cdelt[axis])))
+            if value in names:
+                raise ProtolibInputError(f"{path}: the image is Stokes {names[value]}, not total intensity (Stokes I); "
+                                         "protolib matches dust continuum intensity.")
+
+
+def _check_beam_sampling(beam: Beam, pixel_arcsec: float, shape: tuple[int, int], path: Path) -> None:
+    """Refuse a beam that spans less than a tenth of a pixel or more than the image: the pixel scale or the beam is wrong."""
+    pixels = beam.major_arcsec / pixel_arcsec
+    if not 0.1 <= pixels <= max(shape):
+        raise ProtolibInputError(
+            f"{path}: the beam ({beam.major_arcsec:.3g}\" FWHM) spans {pixels:.3g} pixels of {pixel_arcsec:.3g}\" in a "
+            f"{shape[1]} x {shape[0]} image; the header's pixel scale (CDELT/CD) or its beam (BMAJ, or --beam) is wrong.")
+
+
+def _celestial_plane(data: np.ndarray, wcs: WCS, path: Path) -> np.ndarray:
+    """The 2-D celestial plane of ``data``, all other axes being of length one."""
+    n_axes = data.ndim
+    celestial = sorted([wcs.wcs.lng, wcs.wcs.lat])
+    index = []
+    for fits_axis in reversed(range(n_axes)):
+        length = data.shape[n_axes - 1 - fits_axis]
+        if fits_axis in celestial:
+            index.append(slice(None))
+        elif length == 1:
+            index.append(0)
+        else:
+            name = wcs.wcs.ctype[fits_axis] if fits_axis < wcs.naxis else f"axis {fits_axis + 1}"
+            raise ProtolibInputError(
+                f"{path}: the image has {length} planes along its {name or 'axis ' + str(fits_axis + 1)} axis; "
+                "protolib needs a continuum image (one plane). Collapse the cube first (e.g. CASA immoments)."
+            )
+    return np.asarray(data[tuple(index)], dtype=np.float64)
+
+
+def blank_zero_regions(image: np.ndarray, beam_area_pixels: float) -> tuple[np.ndarray, float]:
+    """``image`` with zero-valued blanking set to NaN, and the fraction of pixels so blanked.
+
+    Primary-beam-corrected NOEMA (GILDAS) maps, and some CASA exports, mark pixels that were never
+    observed with exactly 0.0 rather than NaN. A connected region (8-neighbour) of exact zeros is taken
+    as blanking when it touches the image border or covers at least four beam areas: thermal noise
+    never gives exact zeros over a region that size, while a real pixel that happens to be 0.0 inside
+    the data (an isolated pixel, a short run) is kept as data. An image with no negative pixel at all
+    is a noiseless model, not an observation: its zeros are sky and are kept.
+
+    Arguments:
+        image: ``(ny, nx)``, NaN where already blanked.
+        beam_area_pixels: the beam's solid angle in pixels.
+    """
+    zeros = image == 0.0
+    if not zeros.any() or not (image < 0).any():
+        return image, 0.0
+    labels, n = ndimage.label(zeros, structure=np.ones((3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    blank = sizes >= 4.0 * beam_area_pixels
+    blank[border] = True
+    blank[0] = False
+    mask = blank[labels]
+    if not mask.any():
+        return image, 0.0
+    return np.where(mask, np.nan, image), float(mask.mean())
+
+
+def _observed_frequency(header: fits.Header, wcs: WCS) -> tuple[float | None, str]:
+    """The observed frequency [GHz] and how it was found, from the spectral axis.
+
+    A frequency axis (``FREQ``, ``FREQ-LSR``... in any ``CUNIT``) gives its value at the image's plane;
+    a velocity axis (``VRAD``, ``VOPT``, ``VELO-LSR``...) is converted with the rest frequency
+    (``RESTFRQ``/``RESTFREQ``) by wcslib. ``RESTFRQ`` alone is not used: in continuum maps made beside
+    line cubes it is often a line's frequency (CO 2-1 at 230.538 GHz in a 224.6 GHz continuum map).
+    """
+    spec = wcs.wcs.spec
+    if spec < 0:
+        return None, ""
+    ctype = wcs.wcs.ctype[spec]
+    spectral = wcs.sub([WCSSUB_SPECTRAL])
+    is_frequency = ctype.upper().startswith("FREQ")
+    if not is_frequency:
+        if not wcs.wcs.restfrq > 0:
+            return None, ""
+        try:
+            spectral.wcs.sptr("FREQ-???")
+        except Exception:  # wcslib raises several kinds for axes it cannot convert
+            return None, ""
+    value = float(spectral.pixel_to_world_values(0)) * u.Unit(spectral.wcs.cunit[0] or "Hz")
+    ghz = value.to_value(u.GHz)
+    if not (math.isfinite(ghz) and ghz > 0):
+        return None, ""
+    source = f"spectral axis {ctype}" if is_frequency else f"velocity axis {ctype} with rest frequency {wcs.wcs.restfrq / 1e9:.4g} GHz"
+    return ghz, source
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a file.
+
+
+def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observation:
+    """Read an observed image from a FITS file, in Jy/beam.
+
+    Accepts 2, 3 or 4 axes (degenerate frequency, velocity or Stokes axes in any order), any celestial
+    projection astropy knows (SIN, TAN, ARC...), pixel scales from CDELT or a CD/PC matrix, BUNIT in
+    Jy/beam, mJy/beam or Jy/pixel, and blanked pixels: NaN, or regions of exact zeros outside the
+    observed field (:func:`blank_zero_regions`). The frequency comes from the spectral axis
+    (:func:`_observed_frequency`).
+
+    Arguments:
+        path: the FITS file.
+        beam: the restoring beam, when the header has none (BMAJ/BMIN/BPA) or to override it. A header
+            without a beam is an error unless ``beam`` is given (then a warning).
+
+    Returns:
+        The :class:`Observation`.
+
+    Raises:
+        ProtolibInputError: for a file that is not FITS, has no image, no celestial WCS, only NaN, or
+            no beam; the message names the file.
+    """
+    path = Path(path)
+    with _open_fits(path) as hdul:
+        hdu, data = _image_data(hdul, path)
+        header = hdu.header.copy()
+        full_wcs = _celestial_wcs(header, path)
+        _warn_about_other_images(hdul, hdu, data, path)
+        plane = _celestial_plane(data, full_wcs, path)
+        header_beam = _header_beam_unless_given(header, hdul, path, beam)
+        frequency_ghz, frequency_source = _observed_frequency(header, full_wcs)
+    plane = _finite_plane(plane, path)
+    kind, to_jy = _brightness_unit(header, path)
+    beam = _chosen_beam(beam, header_beam, path)
+    wcs = full_wcs.celestial
+    image, zero_fraction = _in_jy_beam(plane * to_jy, kind, wcs, beam, path)
+    max_scale = header.get("PROTOLIB MAX_SCALE")
+    return Observation(
+        path=path,
+        image_jy_beam=image,
+        wcs=wcs,
+        beam=beam,
+        header=header,
+        object_name=str(header.get("OBJECT", "")),
+        frequency_ghz=frequency_ghz,
+        frequency_source=frequency_source,
+        blanked_zero_fraction=zero_fraction,
+        max_scale_arcsec=float(max_scale) if max_scale is not None else None,
+        true_parameters=true_parameters_from_header(header),
+    )
+
+
+def _open_fits(path: Path) -> fits.HDUList:
+    """The file, opened and silently fixed where the FITS standard allows; an error naming it when it is no FITS file."""
+    if not path.is_file():
+        raise ProtolibInputError(f"{path}: no such file.")
+    try:
+        with warnings.catch_warnings():  # a short file is reported below, in one line
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            hdul = fits.open(path, memmap=False)
+            hdul.verify("silentfix")
+    except (OSError, ValueError, TypeError) as error:
+        reason = str(error).split(",")[0].split(". ")[0]
+        raise ProtolibInputError(f"{path}: not a FITS file, or a damaged one ({reason}).") from None
+    return hdul
+
+
+def _image_data(hdul: fits.HDUList, path: Path) -> tuple[fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU, np.ndarray]:
+    """The first image HDU and its data; astropy reads the data only here, so a short file fails now."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="File may have been truncated")
+            hdu = _image_hdu(hdul, path)
+            data = hdu.data
+    except (OSError, ValueError, TypeError) as error:
+        raise ProtolibInputError(f"{path}: the file is truncated or damaged: its data do not fill the image the header "
+                                 f"describes ({str(error)[:120]}). Export it again.") from None
+    return hdu, data
+
+
+def _celestial_wcs(header: fits.Header, path: Path) -> WCS:
+    """The header's full WCS, refused when it has no usable celestial axes or is a polarised plane."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        try:
+            full_wcs = WCS(header, fix=True)
+        except Exception as error:  # astropy raises several kinds for broken WCS headers
+            raise ProtolibInputError(f"{path}: the header's WCS cannot be read ({error}).") from None
+    if not full_wcs.has_celestial or full_wcs.wcs.lng < 0 or full_wcs.wcs.lat < 0:
+        raise ProtolibInputError(
+            f"{path}: no celestial WCS (CTYPE1/CTYPE2 such as RA---SIN/DEC--SIN with CRVAL, CRPIX and CDELT or CD). "
+            "protolib needs sky coordinates to find the pixel scale and orientation."
+        )
+    _check_pixel_scale(header, full_wcs, path)
+    _check_stokes(header, full_wcs, path)
+    return full_wcs
+
+
+def _warn_about_other_images(hdul: fits.HDUList, hdu, data: np.ndarray, path: Path) -> None:
+    """A warning when the file holds more images than the one read (``hdu``, holding ``data``)."""
+    others = [h for h in hdul if h is not hdu and isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+              and h.header.get("NAXIS", 0) >= 2]
+    if others:
+        warnings.warn(f"{path}: the file holds {len(others) + 1} images; using the first ({hdu.name or 'PRIMARY'}, "
+                      f"{'x'.join(str(n) for n in data.shape)}). Write the image you mean into a file of its own.", stacklevel=3)
+
+
+def _header_beam_unless_given(header: fits.Header, hdul: fits.HDUList, path: Path, beam: Beam | None) -> Beam | None:
+    """The header's beam; when a ``beam`` is given, a broken beam in the header does not matter (``None``)."""
+    if beam is None:
+        return _header_beam(header, hdul, path)
+    with contextlib.suppress(ProtolibInputError):
+        return _header_beam(header, hdul, path)
+    return None
+
+
+def _finite_plane(plane: np.ndarray, path: Path) -> np.ndarray:
+    """``plane`` with infinite pixels blanked (with a warning); refused when too small or without data."""
+    if min(plane.shape) < MIN_IMAGE_PIXELS:
+        raise ProtolibInputError(f"{path}: the image is only {plane.shape[1]} x {plane.shape[0]} pixels, too small to prepare; "
+                                 f"protolib needs at least {MIN_IMAGE_PIXELS} pixels a side (the source and the noise about it).")
+    infinite = np.isinf(plane)
+    if infinite.any():
+        plane = np.where(infinite, np.nan, plane)
+        warnings.warn(f"{path}: {int(infinite.sum())} infinite pixel(s) (+inf or -inf) were blanked (read as NaN); they are "
+                      "not data.", stacklevel=3)
+    if not np.isfinite(plane).any():
+        raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
+    return plane
+
+
+def _brightness_unit(header: fits.Header, path: Path) -> tuple[str, float]:
+    """``("beam" | "pixel", factor to Jy)`` from BUNIT; Jy/beam, with a warning, when the header has none."""
+    kind, to_jy = _parse_bunit(header.get("BUNIT"), path) if header.get("BUNIT") else ("beam", 1.0)
+    if not header.get("BUNIT"):
+        warnings.warn(f"{path}: no BUNIT card; assuming Jy/beam.", stacklevel=3)
+    return kind, to_jy
+
+
+def _chosen_beam(beam: Beam | None, header_beam: Beam | None, path: Path) -> Beam:
+    """The beam given, else the header's; a warning when the one given replaces or stands in for the header's."""
+    if header_beam is None and beam is None:
+        raise ProtolibInputError(
+            f"{path}: the header has no beam (BMAJ, BMIN, BPA); pass it with --beam MAJ MIN PA (arcsec, arcsec, deg) "
+            "or beam=Beam(...)."
+        )
+    if header_beam is None:
+        warnings.warn(f"{path}: the header has no beam (BMAJ/BMIN/BPA); using the beam given, {beam}.", stacklevel=3)
+    elif beam is not None and not np.allclose(
+        [beam.major_arcsec, beam.minor_arcsec], [header_beam.major_arcsec, header_beam.minor_arcsec], rtol=1e-3
+    ):
+        warnings.warn(f"{path}: using the beam given, {beam}, instead of the header's {header_beam}.", stacklevel=3)
+    return beam or header_beam
+
+
+def _in_jy_beam(image: np.ndarray, kind: str, wcs: WCS, beam: Beam, path: Path) -> tuple[np.ndarray, float]:
+    """The image [Jy] in Jy/beam, with zero-valued blanking set to NaN, and the fraction so blanked."""
+    if kind == "pixel":
+        pixel_sr = float(np.prod(proj_plane_pixel_scales(wcs))) * (math.pi / 180.0) ** 2
+        image = image * (beam.solid_angle_sr / pixel_sr)
+    pixel_arcsec = float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs)))) * DEG_ARCSEC
+    _check_beam_sampling(beam, pixel_arcsec, image.shape, path)
+    image, zero_fraction = blank_zero_regions(image, beam.solid_angle_sr / (pixel_arcsec * math.pi / 180.0 / 3600.0) ** 2)
+    if not np.isfinite(image).any():
+        raise ProtolibInputError(f"{path}: every pixel is NaN or zero-valued blanking; there is no data to prepare.")
+    return image, zero_fraction

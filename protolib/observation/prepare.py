@@ -1,0 +1,359 @@
+"""Preparing an observation for matching: :func:`prepare_observation` puts an observed image on the bank's grid.
+
+The steps, in the order :func:`prepare_observation` takes them:
+
+1. Read the file (:func:`~protolib.observation.read_observation`; zero-valued blanking is read as
+   blank, :func:`~protolib.observation.blank_zero_regions`) and check the distance.
+2. Centre on the emission peak, or on the ``centre`` given.
+3. Estimate the noise rms (:func:`~protolib.observation.estimate_noise_rms`, within
+   :data:`NOISE_BOX` pixels about the source) unless it is given.
+4. Bring fluxes from the observed frequency to the bank's with ``S ~ nu^spectral_index``
+   (:func:`frequency_scale`; refused beyond a factor :data:`MAX_FREQUENCY_RATIO`), and settle the
+   maximum recoverable scale (``max_scale_arcsec``, else the file's ``PROTOLIB MAX_SCALE`` card, else
+   :data:`MAX_SCALE_BEAMS` beam major axes, the assumption stated in the result). It is recorded for
+   the transform, which removes larger scales from the bank images as the interferometer did from the sky.
+5. Find the compact sources in the field (:func:`~protolib.observation.find_compact_sources`); when
+   there is more than one, a warning gives their offsets and peaks, ``centre`` picks one and
+   ``mask_radius_arcsec`` blanks everything further from it.
+6. Resample onto the bank's grid in au at ``distance_pc``
+   (:func:`~protolib.observation.resample_to_grid`, flux conserving). Fields smaller than the bank's
+   are zero padded with a warning; less than half the bank's field is refused.
+7. Smooth to a beam that contains the bank's where the observation is sharper than the bank;
+   convert to Jy per resulting beam and scale fluxes by ``(distance_pc / bank_distance_pc) ** 2``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+
+from ..instrument import Beam, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
+from ..runtime import ProtolibInputError
+from .fits import Observation, plain_icrs, read_observation
+from .noise import DETECTION_SIGMA, CompactSource, estimate_noise_rms, find_compact_sources
+from .prepared import PreparedObservation
+from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
+from .resolution import common_beam_covariance
+
+__all__ = [
+    "prepare_observation",
+    "frequency_scale",
+    "MIN_FIELD_FRACTION",
+    "NOISE_BOX",
+    "MAX_FREQUENCY_RATIO",
+    "MAX_SCALE_LIMIT_ARCSEC",
+    "MAX_SCALE_BEAMS",
+]
+
+MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
+NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
+MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
+MAX_SCALE_LIMIT_ARCSEC = 3600.0  # a "maximum recoverable scale" beyond a degree is a mistake (0 means no filtering)
+MAX_SCALE_BEAMS = 10.0  # assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
+
+
+def prepare_observation(
+    observation: Observation | str | Path, bank, distance_pc: float | None, *, centre: SkyCoord | str | None = None,
+    beam: Beam | None = None, noise_rms_jy_beam: float | None = None, frequency_ghz: float | None = None,
+    spectral_index: float | None = None, max_scale_arcsec: float | None = None, mask_radius_arcsec: float | None = None,
+) -> PreparedObservation:
+    """Put an observed image on the bank's grid, in the bank's units, at a resolution the bank can match.
+
+    The steps (read, centre, noise, frequency and recoverable scale, compact sources, resampling,
+    resolution and units) are listed in :mod:`protolib.observation.prepare`.
+
+    Arguments:
+        observation: an :class:`~protolib.observation.Observation` or a FITS path.
+        bank: a :class:`~protolib.bank.Bank`, a path to one, or a :class:`~protolib.observation.BankGrid`.
+        distance_pc: distance to the observed source [pc].
+        centre: sky position to centre on (a SkyCoord or ``"RA DEC"``); default the emission peak.
+        beam: the beam, when the file's header has none (or to override it).
+        noise_rms_jy_beam: the observation's noise rms [Jy/beam], instead of estimating it.
+        frequency_ghz: the observed frequency, instead of the file's spectral axis.
+        spectral_index: dust spectral index ``alpha`` (``S ~ nu^alpha``) for the frequency scaling;
+            default ``2 + beta`` with the bank's opacity index ``beta``.
+        max_scale_arcsec: the maximum recoverable scale of the observation [arcsec]; ``0`` for none.
+        mask_radius_arcsec: blank everything further than this from the centre (other sources).
+
+    Returns:
+        The :class:`~protolib.observation.PreparedObservation`; its :meth:`~protolib.observation.PreparedObservation.transform`
+        matches bank images to it.
+
+    Example:
+        >>> prepared = prepare_observation("L1527.fits", "bank.h5", distance_pc=140)   # doctest: +SKIP
+        >>> prepared.image_jy_beam.shape                                            # (64, 64)  # doctest: +SKIP
+    """
+    observation = _as_observation(observation, beam)
+    path = observation.path
+    distance_pc = _checked_distance(distance_pc, path)
+    grid = _as_grid(bank)
+    _check_resolved(observation, grid, distance_pc)
+    centre, (x, y) = _centre_in_image(observation, centre)
+    if noise_rms_jy_beam is None:  # from at most NOISE_BOX x NOISE_BOX pixels about the source
+        box, box_centre = _noise_box(observation.image_jy_beam, x, y)
+        noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec, centre=box_centre)
+        _check_not_noiseless(path, noise_rms_jy_beam, box)
+    _check_positive(path, {"noise rms": noise_rms_jy_beam, "frequency": frequency_ghz, "mask radius": mask_radius_arcsec})
+    frequency = _frequency_settings(observation, grid, frequency_ghz, spectral_index)
+    max_scale, max_scale_source = _max_scale_setting(observation, max_scale_arcsec)
+    sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
+    _warn_about_sources(path, sources, distance_pc, grid.field_of_view_au, mask_radius_arcsec)
+    _warn_if_faint(observation, noise_rms_jy_beam)
+    resampled, coverage = _on_bank_grid(observation, grid, distance_pc, centre, mask_radius_arcsec)
+    image, working, unit_factor, smoothed = _at_common_resolution(resampled, observation, grid, distance_pc)
+    flux_scale = (distance_pc / grid.distance_pc) ** 2 * frequency["frequency_factor"]
+    return PreparedObservation(
+        image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32), coverage=coverage.astype(np.float32),
+        beam=Beam.from_covariance_pixels(working, grid.pixel_arcsec), grid=grid, distance_pc=distance_pc, centre=centre,
+        noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
+        observed_noise_rms_jy_beam=float(noise_rms_jy_beam), smoothed=smoothed, **_as_read(observation), **frequency,
+        max_scale_arcsec=max_scale, max_scale_source=max_scale_source, mask_radius_arcsec=mask_radius_arcsec,
+        sources=[source.to_dict(distance_pc) for source in sources],
+    )
+
+
+def _as_observation(observation: Observation | str | Path, beam: Beam | None) -> Observation:
+    """The observation (read from its file when it is a path), with ``beam`` in place of its own when given."""
+    if not isinstance(observation, Observation):
+        return read_observation(observation, beam=beam)
+    if beam is not None:
+        observation.beam = beam
+    return observation
+
+
+def _checked_distance(distance_pc, path: Path) -> float:
+    """``distance_pc`` as a positive number of pc, or an error saying what is wrong with it."""
+    if distance_pc is None:
+        raise ProtolibInputError(f"{path}: the distance to the source is missing; give it in pc (e.g. --distance 146).")
+    try:
+        distance_pc = float(distance_pc)
+    except (TypeError, ValueError):
+        raise ProtolibInputError(f"{path}: the distance {distance_pc!r} is not a number of pc.") from None
+    if not (math.isfinite(distance_pc) and distance_pc > 0):
+        raise ProtolibInputError(f"{path}: the distance must be a positive number of pc, got {distance_pc}.")
+    return distance_pc
+
+
+def _as_grid(bank) -> BankGrid:
+    """The grid of ``bank`` (a :class:`~protolib.bank.Bank`, a path to one, or a grid already)."""
+    return bank if isinstance(bank, BankGrid) else BankGrid.from_bank(bank)
+
+
+def _check_resolved(observation: Observation, grid: BankGrid, distance_pc: float) -> None:
+    """Refuse a beam larger than the bank's field: the source would be unresolved at the bank's scale."""
+    field_au = grid.field_of_view_au
+    beam_au = observation.beam.major_arcsec * distance_pc
+    if beam_au >= field_au:
+        raise ProtolibInputError(
+            f"{observation.path}: the beam ({observation.beam.major_arcsec:.3g}\" = {beam_au:.0f} au at {distance_pc:g} pc) is larger than "
+            f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
+        )
+
+
+def _centre_in_image(observation: Observation, centre) -> tuple[SkyCoord, tuple[float, float]]:
+    """The centre (the emission peak by default) in ICRS, and its (column, row) in the image; refused outside it."""
+    if centre is None:  # in ICRS whatever the map's frame (a galactic map's l, b must not be printed as RA, Dec)
+        centre = plain_icrs(observation.peak_coordinate())
+    else:
+        centre = _parse_centre(centre, observation.path)
+    x, y = observation.wcs.world_to_pixel(centre)
+    ny, nx = observation.image_jy_beam.shape
+    if not (np.isfinite(x) and np.isfinite(y) and -0.5 <= x <= nx - 0.5 and -0.5 <= y <= ny - 0.5):
+        raise ProtolibInputError(f"{observation.path}: the centre {centre.to_string('hmsdms')} lies outside the image.")
+    return centre, (x, y)
+
+
+def _parse_centre(centre, path: Path) -> SkyCoord:
+    """A SkyCoord, or ``"RA DEC"`` in sexagesimal hours and degrees or in decimal degrees, as a position."""
+    if isinstance(centre, SkyCoord):
+        return centre
+    text = str(centre).strip()
+    try:
+        if re.search(r"[:hms]", text.split()[0] if text.split() else ""):
+            return SkyCoord(text, unit=(u.hourangle, u.deg))
+        return SkyCoord(text, unit=(u.deg, u.deg))
+    except (ValueError, IndexError) as error:
+        raise ProtolibInputError(
+            f"{path}: cannot read the centre {centre!r} ({error}); give 'RA DEC' as '04:39:53.9 +26:03:09.4' or in degrees '69.97458 26.05261'."
+        ) from None
+
+
+def _noise_box(image: np.ndarray, x, y) -> tuple[np.ndarray, tuple[float, float]]:
+    """At most :data:`NOISE_BOX` x :data:`NOISE_BOX` pixels of ``image`` about the source at (column ``x``, row ``y``),
+    and the source's (column, row) within them."""
+    ny, nx = image.shape
+    row0 = int(np.clip(round(float(y)) - NOISE_BOX // 2, 0, max(0, ny - NOISE_BOX)))
+    col0 = int(np.clip(round(float(x)) - NOISE_BOX // 2, 0, max(0, nx - NOISE_BOX)))
+    return image[row0 : row0 + NOISE_BOX, col0 : col0 + NOISE_BOX], (float(x) - col0, float(y) - row0)
+
+
+def _check_not_noiseless(path: Path, noise_rms_jy_beam: float, box: np.ndarray) -> None:
+    """Refuse an estimated noise under a millionth of the peak: a model image, whose noise must be given."""
+    if not noise_rms_jy_beam > 1e-6 * float(np.nanmax(np.abs(box))):
+        raise ProtolibInputError(
+            f"{path}: the image looks noiseless (estimated noise rms {noise_rms_jy_beam:.3g} Jy/beam, under a millionth of "
+            "its peak), as a model image would be; give the noise rms of the observation it stands for with --noise.")
+
+
+def _check_positive(path: Path, values: dict[str, float | None]) -> None:
+    """Refuse any of ``values`` (by name) that is given but not a positive number."""
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ProtolibInputError(f"{path}: the {name} must be a positive number, got {value}.")
+
+
+def _frequency_settings(observation: Observation, grid: BankGrid, frequency_ghz: float | None, spectral_index: float | None) -> dict:
+    """The observed frequency, its source, the spectral index and the flux factor to the bank's frequency."""
+    path = observation.path
+    alpha = grid.spectral_index if spectral_index is None else float(spectral_index)
+    if not (math.isfinite(alpha) and -1.0 <= alpha <= 6.0):
+        raise ProtolibInputError(f"{path}: the spectral index {spectral_index} is not a dust spectral index (between -1 and 6; thin dust: 2 + beta, about 3-4).")
+    observed, source = (float(frequency_ghz), "given") if frequency_ghz else (observation.frequency_ghz, observation.frequency_source)
+    if observed is None:
+        warnings.warn(f"{path}: the file has no spectral axis to read the frequency from; assuming the bank's "
+                      f"{grid.frequency_ghz:g} GHz (give --frequency GHz if it differs).", stacklevel=3)
+        return {"observed_frequency_ghz": None, "frequency_source": "assumed the bank's", "spectral_index": alpha,
+                "frequency_factor": 1.0}
+    factor = frequency_scale(observed, grid.frequency_ghz, alpha, str(path))
+    return {"observed_frequency_ghz": observed, "frequency_source": source, "spectral_index": alpha, "frequency_factor": factor}
+
+
+def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float, where: str = "") -> float:
+    """Factor that brings a dust-continuum flux from ``observed_ghz`` to ``bank_ghz``: ``(bank/observed)^alpha``.
+
+    Dust emission scales as ``S ~ nu^alpha``, ``alpha = 2 + beta`` where the dust is optically thin
+    and in the Rayleigh-Jeans limit. The scaling is refused beyond a frequency ratio of
+    :data:`MAX_FREQUENCY_RATIO`: there an uncertainty of 0.5 in ``alpha`` alone changes the flux by
+    more than 25%, and the optical depth and temperature structure no longer scale together.
+
+    Raises:
+        ProtolibInputError: the frequencies are too far apart.
+    """
+    ratio = bank_ghz / observed_ghz
+    if max(ratio, 1.0 / ratio) > MAX_FREQUENCY_RATIO:
+        raise ProtolibInputError(
+            f"{where}: the observation is at {observed_ghz:.1f} GHz and the bank at {bank_ghz:.1f} GHz, a ratio of "
+            f"{max(ratio, 1 / ratio):.2f}; scaling dust fluxes over more than a factor {MAX_FREQUENCY_RATIO} in frequency would be "
+            "guesswork. Make a bank at the observed frequency (simulator.frequency_ghz in the configuration), or give "
+            "--frequency if the header's frequency is wrong."
+        )
+    return float(ratio**spectral_index)
+
+
+def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None) -> tuple[float | None, str]:
+    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from."""
+    if max_scale_arcsec is not None:
+        if not (math.isfinite(max_scale_arcsec) and max_scale_arcsec >= 0):
+            raise ProtolibInputError(f"{observation.path}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {max_scale_arcsec}.")
+        beam = observation.beam.major_arcsec
+        if max_scale_arcsec and not beam <= max_scale_arcsec <= MAX_SCALE_LIMIT_ARCSEC:
+            raise ProtolibInputError(
+                f"{observation.path}: a maximum recoverable scale of {max_scale_arcsec:g}\" is "
+                + (f"smaller than the beam ({beam:.3g}\"): nothing would be left" if max_scale_arcsec < beam else
+                   f"beyond {MAX_SCALE_LIMIT_ARCSEC:g}\" (give 0 for no filtering)") + ".")
+        return (float(max_scale_arcsec) or None), "given"
+    if observation.max_scale_arcsec is not None:
+        return (observation.max_scale_arcsec or None), "file"
+    return MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)"
+
+
+def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: float, field_au: float, mask_radius: float | None) -> None:
+    """One warning naming every compact source but the one nearest the centre, when there are several."""
+    if len(sources) < 2:
+        return
+    centred = min(sources, key=lambda s: s.separation_arcsec)
+    half_field = 0.5 * field_au / distance_pc
+
+    def where(s: CompactSource) -> str:
+        if mask_radius and s.separation_arcsec > mask_radius:
+            return "masked"
+        if max(abs(s.east_arcsec), abs(s.north_arcsec)) < half_field:
+            return "inside the bank's field: it is matched as part of the target"
+        return "outside the bank's field"
+
+    described = "; ".join(
+        f"{s.separation_arcsec:.1f}\" ({s.separation_arcsec * distance_pc:.0f} au) away, {s.east_arcsec:+.1f}\" east "
+        f"{s.north_arcsec:+.1f}\" north, peak {s.peak_jy_beam * 1e3:.3g} mJy/beam ({s.signal_to_noise:.0f} sigma), {where(s)}"
+        for s in sources if s is not centred)
+    warnings.warn(f"{path}: {len(sources)} compact sources above {DETECTION_SIGMA:g} sigma in the field. Centred on "
+                  f"{centred.coordinate.to_string('hmsdms', precision=2)} (peak {centred.peak_jy_beam * 1e3:.3g} mJy/beam); "
+                  f"the other{'s' if len(sources) > 2 else ''}: {described}. Pick a source with --centre 'RA DEC'; "
+                  "--mask-radius ARCSEC blanks everything further from the centre.", stacklevel=3)
+
+
+def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
+    """A warning when the brightest pixel is under 5 times the noise: no source, or a noise peak as centre."""
+    peak = float(np.nanmax(observation.image_jy_beam))
+    if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
+        warnings.warn(
+            f"{observation.path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
+            "undetected or the centre a noise peak. Give the source's position (--centre / centre=).", stacklevel=3)
+
+
+def _on_bank_grid(observation: Observation, grid: BankGrid, distance_pc: float, centre: SkyCoord,
+                  mask_radius_arcsec: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The observed image resampled onto the bank's grid about ``centre`` (its pixels seen at ``distance_pc``),
+    and its coverage; refused below :data:`MIN_FIELD_FRACTION` of the field, masked beyond ``mask_radius_arcsec``."""
+    path, size, field_au = observation.path, grid.image_size, grid.field_of_view_au
+    target_wcs = sky_grid_wcs(centre, size, grid.pixel_size_au / distance_pc)  # bank pixel seen at the observed distance
+    resampled, coverage = resample_to_grid(observation.image_jy_beam, observation.wcs, target_wcs, (size, size))
+    covered = float(coverage.mean())
+    if covered < MIN_FIELD_FRACTION:
+        raise ProtolibInputError(
+            f"{path}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au field "
+            f"({field_au / distance_pc:.2f}\" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed. "
+            "Check the distance and centre, or use a bank with a smaller field."
+        )
+    if mask_radius_arcsec:  # after the field check: what the user masks is not missing data
+        resampled, coverage = resample_to_grid(_blank_beyond(observation, centre, mask_radius_arcsec), observation.wcs,
+                                               target_wcs, (size, size))
+    elif covered < 1.0 - 1e-3:
+        warnings.warn(
+            f"{path}: the observation covers {100 * covered:.1f}% of the bank's {field_au:.0f} au field; "
+            f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).", stacklevel=3)
+    return resampled, coverage
+
+
+def _blank_beyond(observation: Observation, centre: SkyCoord, radius_arcsec: float) -> np.ndarray:
+    """The observation's image with every pixel further than ``radius_arcsec`` from ``centre`` blanked (NaN)."""
+    ny, nx = observation.image_jy_beam.shape
+    rows, cols = np.mgrid[0:ny, 0:nx]
+    separation = observation.wcs.pixel_to_world(cols, rows).separation(centre).to_value(u.arcsec)
+    return np.where(separation <= radius_arcsec, observation.image_jy_beam, np.nan)
+
+
+def _at_common_resolution(resampled: np.ndarray, observation: Observation, grid: BankGrid,
+                          distance_pc: float) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """The resampled image at a resolution that contains the bank's: ``(image, working covariance [pixels^2],
+    Jy/observed beam -> Jy/working beam factor, whether it was smoothed)``.
+
+    The resolution is the beam plus the pixels. Observed pixels are samples of the beam-convolved sky;
+    the histospline takes them as pixel means (a box of the source pixel taken away) and the target
+    pixel averages over its own box, each box taken as a Gaussian of the same variance (side^2 / 12).
+    """
+    pixel_arcsec_obs = grid.pixel_size_au / distance_pc  # bank pixel seen at the observed distance
+    observed = observation.beam.covariance_pixels(pixel_arcsec_obs)
+    source_pixel = observation.pixel_scale_arcsec / pixel_arcsec_obs  # in target pixels
+    effective = observed + (1.0 - source_pixel**2) / 12.0 * np.eye(2)
+    working = effective
+    if grid.beam is not None:
+        working = common_beam_covariance(effective, effective_beam_covariance(grid.beam, grid.pixel_arcsec))
+    smoothing = working - effective
+    smoothed = bool(np.abs(smoothing).max() > 1e-6 * np.trace(working))
+    image = convolve_beam(torch.as_tensor(resampled), smoothing).numpy() if smoothed else resampled
+    unit_factor = gaussian_solid_angle_pixels(working) / gaussian_solid_angle_pixels(observed)  # Jy/observed beam -> Jy/working beam
+    return image, working, unit_factor, smoothed
+
+
+def _as_read(observation: Observation) -> dict:
+    """The fields of a :class:`~protolib.observation.PreparedObservation` that are the observation's as read."""
+    return {"observed_beam": observation.beam, "source_path": str(observation.path), "object_name": observation.object_name,
+            "true_parameters": dict(observation.true_parameters), "original": observation,
+            "blanked_zero_fraction": observation.blanked_zero_fraction}

@@ -1,0 +1,256 @@
+"""The prepared observation, the product of :func:`~protolib.observation.prepare_observation`, and its FITS file.
+
+:class:`PreparedObservation` holds the image on the bank's grid, what was done to it and the transform
+that matches bank images to it; :meth:`PreparedObservation.write_fits` writes it (``protolib observe
+--out``) and :func:`read_prepared_observation` reads it back.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
+
+from .. import __version__
+from ..instrument import Beam
+from ..runtime import ProtolibInputError, atomic_path
+from .fits import DEG_ARCSEC, Observation, true_parameters_from_header
+from .regrid import BankGrid, sky_grid_wcs
+from .resolution import ResolutionMatch
+
+__all__ = ["PreparedObservation", "read_prepared_observation"]
+
+
+@dataclass
+class PreparedObservation:
+    """An observation on the bank's grid, as the pipeline sees it (see the conventions of :mod:`protolib.observation`).
+
+    ``image_jy_beam`` is ``(N, N)``, rows north, columns west, in Jy per :attr:`beam` with the source at
+    the bank's distance; ``coverage`` is the fraction of each pixel holding observed data (the rest is
+    zero padding). ``noise_rms_jy_beam`` is the noise in ``image_jy_beam``.
+    """
+
+    image_jy_beam: np.ndarray
+    coverage: np.ndarray
+    beam: Beam
+    noise_rms_jy_beam: float
+    grid: BankGrid
+    distance_pc: float
+    centre: SkyCoord
+    observed_beam: Beam
+    observed_noise_rms_jy_beam: float
+    smoothed: bool
+    source_path: str = ""
+    object_name: str = ""
+    true_parameters: dict[str, float] = field(default_factory=dict)
+    original: Observation | None = None
+    observed_frequency_ghz: float | None = None  # None: the file did not say (taken as the bank's)
+    frequency_source: str = ""  # how the frequency was found
+    spectral_index: float = 3.0  # dust spectral index used to bring fluxes to the bank's frequency
+    frequency_factor: float = 1.0  # (bank frequency / observed)^spectral_index, applied to the image and noise
+    max_scale_arcsec: float | None = None  # maximum recoverable scale, at the observed distance (None: no filtering)
+    max_scale_source: str = ""  # "given", "file" or the assumption made
+    blanked_zero_fraction: float = 0.0  # fraction of the file's pixels that were zero-valued blanking
+    mask_radius_arcsec: float | None = None  # everything further than this from the centre was blanked
+    sources: list[dict] = field(default_factory=list)  # compact sources in the field (CompactSource.to_dict), brightest first
+
+    def __repr__(self) -> str:
+        n, b = self.grid.image_size, self.beam
+        return (f"PreparedObservation({Path(self.source_path).name!r} at {self.distance_pc:g} pc -> {n}x{n} px of "
+                f"{self.grid.pixel_size_au:.3g} au at {self.grid.distance_pc:g} pc; beam {b.major_arcsec:.3g}\"x"
+                f"{b.minor_arcsec:.3g}\" PA {b.position_angle_deg:.0f} deg; noise {self.noise_rms_jy_beam:.3g} Jy/beam; "
+                f"{100 * self.padded_fraction:.1f}% padded)")
+
+    @property
+    def flux_scale(self) -> float:
+        """Factor applied to fluxes to move the source to the bank's distance: ``(d / d_bank)^2``."""
+        return (self.distance_pc / self.grid.distance_pc) ** 2
+
+    @property
+    def padded_fraction(self) -> float:
+        """Fraction of the bank's field with no observed data (zero padded)."""
+        return float(1.0 - self.coverage.mean())
+
+    @property
+    def total_flux_jy(self) -> float:
+        """Total flux in the prepared image [Jy], at the bank's distance."""
+        pixel = self.grid.pixel_arcsec
+        beam_pixels = self.beam.solid_angle_sr / (pixel * math.pi / 180.0 / 3600.0) ** 2
+        return float(self.image_jy_beam.sum() / beam_pixels)
+
+    def transform(self) -> ResolutionMatch:
+        """The transform that brings bank images to this observation's resolution, units and noise."""
+        return ResolutionMatch(
+            self.beam,
+            self.grid.pixel_arcsec,
+            bank_beam=self.grid.beam,
+            noise_rms_jy_beam=self.noise_rms_jy_beam,
+            bank_noise_rms_jy_beam=self.grid.noise_rms_jy_beam,
+            coverage=self.coverage if self.coverage.min() < 1.0 - 1e-6 else None,
+            max_scale_arcsec=self.max_scale_at_bank_arcsec,
+        )
+
+    @property
+    def max_scale_at_bank_arcsec(self) -> float | None:
+        """The maximum recoverable scale seen at the bank's distance (its size in au is kept)."""
+        if not self.max_scale_arcsec:
+            return None
+        return self.max_scale_arcsec * self.distance_pc / self.grid.distance_pc
+
+    def info(self) -> dict:
+        """What the preparation did, as plain data (for ``report.json``)."""
+        observed = self.observed_beam
+        return {
+            "object": self.object_name,
+            "centre": self.centre.to_string("hmsdms", precision=2),
+            "beam_arcsec_at_bank_distance": [self.beam.major_arcsec, self.beam.minor_arcsec, self.beam.position_angle_deg],
+            "observed_beam_arcsec": [observed.major_arcsec, observed.minor_arcsec, observed.position_angle_deg],
+            "noise_rms_jy_beam": self.noise_rms_jy_beam,
+            "observed_noise_rms_jy_beam": self.observed_noise_rms_jy_beam,
+            "flux_scale": self.flux_scale,
+            "smoothed_to_bank_beam": self.smoothed,
+            "padded_fraction": self.padded_fraction,
+            "observed_frequency_ghz": self.observed_frequency_ghz,
+            "frequency_source": self.frequency_source,
+            "bank_frequency_ghz": self.grid.frequency_ghz,
+            "spectral_index": self.spectral_index,
+            "frequency_factor": self.frequency_factor,
+            "max_scale_arcsec": self.max_scale_arcsec,
+            "max_scale_source": self.max_scale_source,
+            "blanked_zero_fraction": self.blanked_zero_fraction,
+            "mask_radius_arcsec": self.mask_radius_arcsec,
+            "compact_sources": list(self.sources),
+        }
+
+    def to_header(self) -> fits.Header:
+        """A FITS header for the prepared image: its WCS at the bank's distance and what was done."""
+        header = sky_grid_wcs(self.centre, self.grid.image_size, self.grid.pixel_arcsec).to_header()
+        header["BUNIT"] = ("Jy/beam", "for BMAJ/BMIN/BPA, source moved to DIST_BNK")
+        header["BMAJ"] = (self.beam.major_arcsec / DEG_ARCSEC, "[deg] resolution at the bank's distance")
+        header["BMIN"] = (self.beam.minor_arcsec / DEG_ARCSEC, "[deg]")
+        header["BPA"] = (self.beam.position_angle_deg, "[deg] east of north")
+        header["OBJECT"] = self.object_name
+        cards = {
+            "PROTOLIB VERSION": (__version__, "software"),
+            "PROTOLIB SOURCE": (Path(self.source_path).name, "observed file"),
+            "PROTOLIB BANK": (Path(self.grid.name).name, "bank file"),
+            "PROTOLIB DIST_OBS": (self.distance_pc, "[pc] observed source"),
+            "PROTOLIB DIST_BNK": (self.grid.distance_pc, "[pc] bank"),
+            "PROTOLIB PIX_AU": (self.grid.pixel_size_au, "[au] pixel side"),
+            "PROTOLIB FLUX_SCALE": (self.flux_scale, "(DIST_OBS/DIST_BNK)^2"),
+            "PROTOLIB NOISE_RMS": (self.noise_rms_jy_beam, "[Jy/beam] here"),
+            "PROTOLIB OBS_RMS": (self.observed_noise_rms_jy_beam, "[Jy/beam] observed"),
+            "PROTOLIB OBS_BMAJ": (self.observed_beam.major_arcsec, "[arcsec]"),
+            "PROTOLIB OBS_BMIN": (self.observed_beam.minor_arcsec, "[arcsec]"),
+            "PROTOLIB OBS_BPA": (self.observed_beam.position_angle_deg, "[deg]"),
+            "PROTOLIB SMOOTHED": (self.smoothed, "to contain bank beam"),
+            "PROTOLIB PADDED": (self.padded_fraction, "fraction padded"),
+            "PROTOLIB CENTRE_RA": (self.centre.icrs.ra.deg, "[deg]"),
+            "PROTOLIB CENTRE_DEC": (self.centre.icrs.dec.deg, "[deg]"),
+        }
+        if self.grid.beam is not None:
+            cards["PROTOLIB BANK_BMAJ"] = (self.grid.beam.major_arcsec, "[arcsec]")
+            cards["PROTOLIB BANK_BMIN"] = (self.grid.beam.minor_arcsec, "[arcsec]")
+            cards["PROTOLIB BANK_BPA"] = (self.grid.beam.position_angle_deg, "[deg]")
+        cards["PROTOLIB BANK_RMS"] = (self.grid.noise_rms_jy_beam, "[Jy/beam]")
+        cards["PROTOLIB BANK_FREQ"] = (self.grid.frequency_ghz, "[GHz] bank")
+        cards["PROTOLIB BANK_BETA"] = (self.grid.opacity_beta, "bank opacity index")
+        cards["PROTOLIB OBS_FREQ"] = (self.observed_frequency_ghz if self.observed_frequency_ghz else 0.0, "[GHz] 0: unknown")
+        cards["PROTOLIB SPEC_INDEX"] = (self.spectral_index, "S ~ nu^index")
+        cards["PROTOLIB FREQ_FACTOR"] = (self.frequency_factor, "applied to flux")
+        cards["PROTOLIB MAX_SCALE"] = (self.max_scale_arcsec or 0.0, "[arcsec] observed; 0: none")
+        cards["PROTOLIB ZERO_BLANK"] = (self.blanked_zero_fraction, "zero-blanked fraction")
+        cards["PROTOLIB N_SOURCES"] = (len(self.sources), "compact sources found")
+        if self.mask_radius_arcsec:
+            cards["PROTOLIB MASK_RAD"] = (self.mask_radius_arcsec, "[arcsec] blanked beyond")
+        for key, value in self.true_parameters.items():
+            cards[f"PROTOLIB TRUE {key.upper()}"] = (value, "true")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)  # long comments are shortened; values are kept
+            for key, (value, comment) in cards.items():
+                header[f"HIERARCH {key}"] = (value, comment)
+        header["COMMENT"] = "Prepared by protolib observe: resampled onto the bank grid (flux conserving), centred"
+        header["COMMENT"] = "on the source, fluxes scaled to the bank distance; the sky scale (CDELT, BMAJ) is the"
+        header["COMMENT"] = "one the source would have at DIST_BNK. NOISE_RMS: noise here; OBS_*: the observed"
+        header["COMMENT"] = "beam and rms; BANK_*: the bank's. SMOOTHED: smoothed to a beam containing the bank's."
+        header["COMMENT"] = "Extension COVERAGE: fraction of each pixel with observed data (the rest is zero)."
+        header["COMMENT"] = "Fluxes are brought to BANK_FREQ by FREQ_FACTOR = (BANK_FREQ/OBS_FREQ)^SPEC_INDEX; bank"
+        header["COMMENT"] = "images are matched to it with scales above MAX_SCALE removed (interferometric filtering)."
+        return header
+
+    def write_fits(self, path: str | Path) -> Path:
+        """Write the prepared image (primary HDU) and its coverage (extension ``COVERAGE``), atomically."""
+        header = self.to_header()
+        hdus = fits.HDUList([
+            fits.PrimaryHDU(self.image_jy_beam.astype(np.float32), header=header),
+            fits.ImageHDU(self.coverage.astype(np.float32), name="COVERAGE"),
+        ])
+        with atomic_path(path) as tmp:
+            hdus.writeto(tmp, overwrite=True)
+        return Path(path)
+
+
+def read_prepared_observation(path: str | Path) -> PreparedObservation:
+    """Read a file written by :meth:`PreparedObservation.write_fits` (``protolib observe --out``)."""
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            image = np.asarray(hdul[0].data, dtype=np.float32)
+            coverage = np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
+    except (OSError, ValueError, TypeError) as error:
+        raise ProtolibInputError(f"{path}: not a readable FITS file ({error}).") from None
+    if "PROTOLIB DIST_BNK" not in header:
+        raise ProtolibInputError(f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`.")
+    grid = _grid_from_header(header, image.shape[-1])
+    truth = true_parameters_from_header(header)
+    return PreparedObservation(
+        image_jy_beam=image,
+        coverage=coverage,
+        beam=Beam(header["BMAJ"] * DEG_ARCSEC, header["BMIN"] * DEG_ARCSEC, header["BPA"]),
+        noise_rms_jy_beam=float(header["PROTOLIB NOISE_RMS"]),
+        grid=grid,
+        distance_pc=float(header["PROTOLIB DIST_OBS"]),
+        centre=SkyCoord(header["PROTOLIB CENTRE_RA"] * u.deg, header["PROTOLIB CENTRE_DEC"] * u.deg),
+        observed_beam=_beam_from_header(header, "OBS_"),
+        observed_noise_rms_jy_beam=float(header["PROTOLIB OBS_RMS"]),
+        smoothed=bool(header["PROTOLIB SMOOTHED"]),
+        source_path=str(header.get("PROTOLIB SOURCE", "")),
+        object_name=str(header.get("OBJECT", "")),
+        true_parameters=truth,
+        observed_frequency_ghz=float(header.get("PROTOLIB OBS_FREQ", 0.0)) or None,
+        spectral_index=float(header.get("PROTOLIB SPEC_INDEX", 3.0)),
+        frequency_factor=float(header.get("PROTOLIB FREQ_FACTOR", 1.0)),
+        max_scale_arcsec=float(header.get("PROTOLIB MAX_SCALE", 0.0)) or None,
+        max_scale_source="file",
+        blanked_zero_fraction=float(header.get("PROTOLIB ZERO_BLANK", 0.0)),
+        mask_radius_arcsec=float(header.get("PROTOLIB MASK_RAD", 0.0)) or None,
+    )
+
+
+def _beam_from_header(header: fits.Header, prefix: str) -> Beam | None:
+    """The beam of the ``PROTOLIB <prefix>BMAJ/BMIN/BPA`` cards [arcsec, deg] (``None`` when absent)."""
+    if f"PROTOLIB {prefix}BMAJ" not in header:
+        return None
+    return Beam(header[f"PROTOLIB {prefix}BMAJ"], header[f"PROTOLIB {prefix}BMIN"], header[f"PROTOLIB {prefix}BPA"])
+
+
+def _grid_from_header(header: fits.Header, image_size: int) -> BankGrid:
+    """The bank's grid as a prepared observation's header describes it (``PROTOLIB`` cards)."""
+    return BankGrid(
+        image_size=image_size,
+        pixel_size_au=float(header["PROTOLIB PIX_AU"]),
+        distance_pc=float(header["PROTOLIB DIST_BNK"]),
+        beam=_beam_from_header(header, "BANK_"),
+        noise_rms_jy_beam=float(header.get("PROTOLIB BANK_RMS", 0.0)),
+        name=str(header.get("PROTOLIB BANK", "")),
+        frequency_ghz=float(header.get("PROTOLIB BANK_FREQ", 230.0)),
+        opacity_beta=float(header.get("PROTOLIB BANK_BETA", 1.0)),
+    )

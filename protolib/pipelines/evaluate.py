@@ -1,0 +1,119 @@
+"""The evaluation as configured runs: ``protolib evaluate``, and the comparison of target similarities and losses.
+
+:func:`evaluation_settings` reads a configuration's ``evaluation:`` section;
+:func:`run_evaluation` evaluates every method of :mod:`protolib.evaluation` (and the neural
+posterior estimate of :mod:`protolib.npe`) on a trained network's test systems and writes the run's
+products: ``metrics.json``, ``headline.md`` and the figures of :mod:`protolib.plots_evaluation`.
+:func:`compare_variants` trains (or reuses) one Siamese network per variant of
+:data:`~protolib.evaluation.VARIANTS` and scores each on the same test targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .. import plots_evaluation as plots
+from ..bank import Bank
+from ..evaluation import (VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods, headline_table,
+                          siamese_method)
+from ..npe import add_npe_result
+from ..runtime import atomic_path, output_folder, typed_settings, write_figure, write_json
+from ..siamese import load_siamese, load_siamese_with_its_bank
+from .train import ensure_siamese, run_split, siamese_settings
+
+__all__ = ["evaluation_settings", "run_evaluation", "compare_variants", "evaluation_report"]
+
+
+def evaluation_settings(config=None, overrides: dict | None = None) -> EvaluationSettings:
+    """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent), with ``overrides`` (``None`` values ignored)."""
+    section = {} if config is None else config.section("evaluation")
+    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return typed_settings(EvaluationSettings, section, f"{getattr(config, 'path', 'evaluation settings')} [evaluation]")
+
+
+def run_evaluation(
+    model_path: str | Path,
+    bank_path: str | Path,
+    out_dir: str | Path,
+    settings: EvaluationSettings | None = None,
+    *,
+    device: str | None = None,
+) -> dict:
+    """What ``protolib evaluate`` does: evaluate every method on the model's test systems and write the results.
+
+    Writes ``metrics.json`` (every figure per method and per parameter, at the configured ``k`` and
+    corrected), ``coverage.png``, ``recovery.png`` (the Siamese network's recovered against true
+    values, or the last method's), ``rank_histograms.png``, ``tarp.png`` and ``headline.md`` to ``out_dir``.
+
+    Returns:
+        The contents of ``metrics.json``.
+    """
+    settings = settings or EvaluationSettings()
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
+    split = model.split
+    methods = baseline_methods(model, bank, split.train, settings)
+    relevance = Relevance.from_model(model)
+    results = evaluate_methods(methods, bank, relevance, split, settings)
+    if "npe" in settings.methods:
+        add_npe_result(results, model, bank, split, relevance, settings)
+    report = evaluation_report(results, model, bank, settings, model_path=model_path, bank_path=bank_path)
+    _write_products(out_dir, results, report)
+    return report
+
+
+def evaluation_report(results: dict[str, MethodResult], model, bank: Bank, settings: EvaluationSettings, *, model_path: str | Path,
+                      bank_path: str | Path) -> dict:
+    """The contents of ``metrics.json``: the inputs, the settings, the targets and every method's figures (:meth:`MethodResult.to_json`)."""
+    split = model.split
+    return {
+        "inputs": {"model": str(Path(model_path).resolve()), "bank": str(Path(bank_path).resolve()),
+                   "target": model.checkpoint["target"], "loss": model.checkpoint["config"]["loss"]},
+        "settings": asdict(settings),
+        "targets": {"systems": split.test.tolist(), "projection": settings.projection,
+                    "n_targets": int(len(split.test) * (bank.n_projections if settings.projection is None else 1)),
+                    "reference_systems": int(len(split.train))},
+        "methods": {name: result.to_json() for name, result in results.items()},
+    }
+
+
+def _write_products(out_dir: Path, results: dict[str, MethodResult], report: dict) -> None:
+    """The figures, ``headline.md`` and ``metrics.json`` of one evaluation, published together in ``out_dir``."""
+    main = results.get("siamese") or list(results.values())[-1]
+    figures = {"coverage.png": plots.coverage_plot(results), "recovery.png": plots.recovery_plot(main.evaluation),
+               "rank_histograms.png": plots.rank_histogram_plot(main.evaluation), "tarp.png": plots.tarp_plot(results)}
+    with output_folder(out_dir) as staging:  # the products of one run, published together
+        for name, fig in figures.items():
+            write_figure(fig, staging / name, dpi=110, bbox_inches="tight")
+        with atomic_path(staging / "headline.md") as tmp:
+            tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
+        write_json(report, staging / "metrics.json", strict=True)
+
+
+def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, tuple[str, dict]] | None = None,
+                     settings: EvaluationSettings | None = None, *, progress: bool = False) -> dict[str, MethodResult]:
+    """Train (or reuse) one Siamese network per variant and evaluate each on the same test targets.
+
+    Every variant is scored against the same relevance, the configuration's own target similarity
+    (so a cosine-trained network is not judged by the cosine it was taught). Networks are made by
+    :func:`~protolib.pipelines.train.ensure_siamese` in ``config.artifacts_dir``, with the configuration's
+    epochs, or ``settings.variant_epochs`` (then as ``<file>_e<epochs>.pt``, beside the full ones).
+
+    Returns:
+        variant name -> the ``"siamese"`` :class:`~protolib.evaluation.MethodResult` of
+        :func:`~protolib.evaluation.evaluate_methods`, with its checkpoint as ``path``.
+    """
+    settings = settings or evaluation_settings(config)
+    variants = VARIANTS if variants is None else variants
+    split = run_split(config, bank)
+    relevance = Relevance.fit(siamese_settings(config)["target"], bank, split.train)
+    epochs = settings.variant_epochs
+    results = {}
+    for name, (file_name, overrides) in variants.items():
+        if epochs:
+            file_name, overrides = f"{Path(file_name).stem}_e{epochs}.pt", {"training": {"epochs": epochs}, **overrides}
+        path = ensure_siamese(config, bank, autoencoder, name=file_name, overrides=overrides, progress=progress)
+        result = evaluate_methods([siamese_method(load_siamese(path))], bank, relevance, split, settings)["siamese"]
+        results[name] = replace(result, path=path)
+    return results

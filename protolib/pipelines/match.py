@@ -1,0 +1,266 @@
+"""The match stage: one target (an observation or a bank system) matched against a bank, with its report.
+
+:func:`run_match` is what ``protolib match`` does: it prepares the target, matches it with a trained
+Siamese network (:class:`~protolib.matching.Matcher`), judges the matches in embedding space and in
+image space (:func:`~protolib.matching.fit_matches`), and writes the products with
+:func:`write_match_report`. :func:`matching_settings` reads the ``matching:`` section of a run
+configuration.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..bank import Bank
+from ..distributions import (
+    ParameterSummary,
+    corner_plot,
+    gallery_plot,
+    match_images,
+    match_rows,
+    prior_parameters,
+    similarity_weights,
+    summarise,
+    write_csv,
+)
+from ..matching import (
+    Matcher,
+    Matches,
+    MatchingSettings,
+    fit_matches,
+    match_parameters,
+    prepare_observation_target,
+    truth_parameters,
+)
+from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
+
+__all__ = ["matching_settings", "run_match", "write_match_report"]
+
+
+def matching_settings(config) -> MatchingSettings:
+    """The configuration's matching settings (defaults where its ``matching:`` section is silent)."""
+    return typed_settings(MatchingSettings, config.section("matching"), f"{config.path} [matching]")
+
+
+def run_match(
+    model_path: str | Path,
+    bank_path: str | Path,
+    out_dir: str | Path,
+    *,
+    target: str | Path | None = None,
+    target_system: int | None = None,
+    projection: int = 0,
+    distance_pc: float | None = None,
+    top_k: int | None = 200,
+    threshold: float | None = None,
+    weight_temperature: float | None = None,
+    backend: str = "auto",
+    device: str | None = None,
+    progress: bool = True,
+    observation_options: dict | None = None,
+    limit_percentile: float = 5.0,
+) -> dict:
+    """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
+
+    What ``protolib match`` does: ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png``
+    and ``report.json`` (see :func:`write_match_report`). The corner plot shows the parameters the
+    network's target similarity was computed from, and the inclination. ``observation_options`` go to
+    :func:`~protolib.matching.prepare_observation_target` (``centre``, ``beam``, ``noise_rms_jy_beam``).
+    ``limit_percentile`` is the out-of-distribution limit of :meth:`~protolib.matching.Matcher.check`.
+
+    Returns:
+        The report written to ``report.json``.
+    """
+    if (target is None) == (target_system is None):
+        raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
+    if top_k is not None and top_k < 1:
+        raise ProtolibInputError(f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}.")
+    if not Path(model_path).exists():
+        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
+    with Bank(bank_path) as bank, output_folder(out_dir) as staging:
+        return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
+                           weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
+                           limit_percentile)
+
+
+def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
+                weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0) -> dict:
+    """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
+    inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
+    observation = None
+    if target_system is not None:
+        matcher, matches, image, truths, inputs["target"] = _match_bank_system(model_path, bank, target_system, projection,
+                                                                               top_k, threshold, options)
+    else:
+        observation = prepare_observation_target(target, bank, distance_pc, **(observation_options or {}))
+        matcher = Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key, **options)
+        image, truths = observation.image, observation.truths
+        matches = matcher.match(image, top_k=top_k, threshold=threshold)
+        inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
+                            "true_parameters_in_file": truths is not None}
+    verdict = matcher.check(matches, limit_percentile=limit_percentile)
+    fit = fit_matches(matcher, image, matches, observation=observation)
+    settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
+                "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None}
+    trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
+    corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
+    fitted = {} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
+                                     "gallery_residuals": fit.residuals, "calibration": fit.calibration}
+    return write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
+                              inputs=inputs, settings=settings, corner_parameters=corner_parameters,
+                              match_image_transform=matcher.transform, **fitted)
+
+
+def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top_k, threshold, options: dict):
+    """A bank system's matches (never from its own system): the matcher, the matches, the target image, its true
+    parameters and the report's description of the target."""
+    if not 0 <= system < bank.n_systems or not 0 <= projection < bank.n_projections:
+        raise ProtolibInputError(
+            f"Bank {bank.path} has systems 0..{bank.n_systems - 1} and projections 0..{bank.n_projections - 1}; "
+            f"got system {system}, projection {projection}."
+        )
+    matcher = Matcher.from_model(model_path, bank, **options)
+    matches = matcher.match_system(system, projection, top_k=top_k, threshold=threshold)
+    image = bank.images[system, projection]
+    truths = truth_parameters(bank, system, projection)
+    described = {"system": system, "projection": projection, "system_id": int(bank.system_id[system]),
+                 "part_of_model_split": matcher.training_part(system)}
+    return matcher, matches, image, truths, described
+
+
+def write_match_report(
+    out_dir: str | Path, bank: Bank, matches: Matches, target_image: np.ndarray, *, verdict,
+    truths: Mapping[str, float] | None = None, weight_temperature: float | None = None, inputs: Mapping | None = None,
+    settings: Mapping | None = None, n_gallery: int = 11, corner_parameters: Sequence[str] | None = None,
+    match_image_transform=None, reduced_chi2: np.ndarray | None = None, fit_verdict=None,
+    gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None,
+) -> dict:
+    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
+
+    Every file is written atomically, ``report.json`` last.
+
+    Arguments:
+        out_dir: the folder (created when missing).
+        bank: the bank searched.
+        matches: the target's best matches.
+        target_image: ``(H, W)`` the target as matched.
+        verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
+        truths: the target's true parameters, when it is simulated.
+        weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
+        inputs, settings: recorded in the report as given.
+        n_gallery: matches shown in the gallery.
+        corner_parameters: the corner plot's parameters (default: every bank parameter and the
+            inclination); ``summary.csv`` always has them all.
+        match_image_transform: shows the matches in the gallery as the network saw them (e.g. at an
+            observation's beam and noise).
+        reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target (a column of
+            ``matches.csv``); ``fit_verdict``: the :class:`~protolib.goodness_of_fit.FitVerdict`;
+            ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
+        calibration: name -> the calibration of :func:`~protolib.matching.reference_calibration`;
+            ``summary.csv`` then holds the calibrated (widened) ranges, and ``report.json`` the calibration.
+
+    Returns:
+        The report (as written to ``report.json``).
+    """
+    out_dir = Path(out_dir)
+    if len(matches) == 0:
+        raise ProtolibInputError("No matches to report: lower the similarity threshold or raise --top-k.")
+    samples, prior = match_parameters(bank, matches), prior_parameters(bank)
+    weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
+    shown = matches.head(n_gallery)
+    gallery_images = match_images(bank, shown) if match_image_transform is None else match_image_transform(match_images(bank, shown))
+    summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2)
+    corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
+    figures = {
+        "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
+                                  parameters=corner_parameters),
+        "gallery.png": _gallery(bank, shown, target_image, gallery_images, samples["inclination"][:n_gallery], gallery_residuals,
+                                None if reduced_chi2 is None else reduced_chi2[:n_gallery]),
+    }
+    for name, fig in figures.items():
+        write_figure(fig, out_dir / name, dpi=110)
+    report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, inputs=dict(inputs or {}),
+                     settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
+                     files=sorted(["matches.csv", "summary.csv", *figures, "report.json"]))
+    write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
+    return report
+
+
+def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, prior: dict, weights, truths, calibration,
+                  reduced_chi2) -> list[ParameterSummary]:
+    """Write ``matches.csv`` (one row per match, with its reduced chi-square when known) and ``summary.csv``
+    (the summaries, widened as calibrated when ``calibration`` is given); return the summaries."""
+    widening = None if calibration is None else {name: c["widening"] for name, c in calibration.items()}
+    summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening)
+    rows = match_rows(bank, matches)
+    if reduced_chi2 is not None:
+        for row, value in zip(rows, reduced_chi2):
+            row["reduced_chi2"] = float(value)
+    write_csv(rows, out_dir / "matches.csv")
+    write_csv(summaries, out_dir / "summary.csv")
+    return summaries
+
+
+def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, images: np.ndarray, inclination: np.ndarray, residuals,
+             reduced_chi2):
+    """The gallery figure of the matches ``shown`` (their ``images`` as the network saw them), captioned with
+    their system and inclination [deg]."""
+    return gallery_plot(target_image, images, shown.similarity,
+                        captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
+                        pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
+                        residuals=residuals, reduced_chi2=reduced_chi2)
+
+
+def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, *,
+            inputs: dict, settings: dict, files: list[str]) -> dict:
+    """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the summaries,
+    the versions of protolib and its dependencies, and the files written."""
+    return {
+        "inputs": inputs,
+        "settings": settings,
+        "bank": bank.identity,
+        "n_matches": len(matches),
+        "best_similarity": float(matches.similarity[0]),
+        "out_of_distribution": verdict.to_dict(),
+        "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
+        "interval_calibration": None if calibration is None else dict(calibration),
+        "verdict": _overall_verdict(verdict, fit_verdict),
+        "summary": [asdict(s) for s in summaries],
+        "versions": _versions(__version__, platform.python_version()),
+        "files": files,
+    }
+
+
+def _overall_verdict(embedding_check, fit_verdict) -> dict:
+    """Both checks in one: the distributions are to be trusted only when both pass."""
+    in_distribution = not embedding_check.is_out_of_distribution
+    reproduces = None if fit_verdict is None else bool(fit_verdict.reproduces)
+    trusted = in_distribution and reproduces is not False
+    if trusted:
+        message = "Both checks pass: the best matches are typical in embedding space" + (
+            " and reproduce the target in image space." if reproduces else " (no image-space check: noiseless bank).")
+    elif in_distribution:
+        message = ("The embedding check passes but the image-space check does not: the network finds the bank's nearest "
+                   "images, but none reproduces the target. Do not read the distributions as the target's.")
+    else:
+        message = "The target is out of distribution in embedding space" + (
+            " and no bank image reproduces it." if reproduces is False else "; read the distributions with caution.")
+    return {"trusted": trusted, "embedding_in_distribution": in_distribution, "image_reproduced": reproduces, "message": message}
+
+
+def _versions(protolib_version: str, python_version: str) -> dict:
+    import importlib.metadata as metadata
+
+    versions = {"protolib": protolib_version, "python": python_version}
+    for package in ("numpy", "torch", "h5py", "corner", "matplotlib", "faiss-cpu", "astropy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions

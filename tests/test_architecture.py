@@ -1,0 +1,192 @@
+"""The floor plan: layers without cycles or upward imports, no private names across modules, short functions.
+
+The import graph is read from the source with :mod:`ast`, imports inside functions included, so a
+cycle cannot hide behind a late import. ``book/architecture.md`` describes the layers checked here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "protolib"
+
+# Lowest first. A module may import from its own layer (without a cycle) and from the layers below.
+LAYERS = [
+    {"runtime", "physics", "instrument", "distributed", "goodness_of_fit", "losses", "pairs", "splits", "target_similarity",
+     "plots_learning"},
+    {"parameters", "simulator", "normalise", "images"},
+    {"bank", "cluster", "training", "plotting"},
+    {"autoencoder", "siamese", "observation"},
+    {"matching", "distributions", "literature", "embedding_maps", "attribution", "explorer"},
+    {"evaluation", "plots_evaluation", "npe", "tuning"},
+    {"config"},
+    {"pipelines"},
+    {"cli", "__main__"},
+]
+# Deprecation aliases for one release: each re-exports the module it was renamed to.
+ALIASES = {"protolib.learning": "protolib.pipelines.train", "protolib.posterior": "protolib.npe",
+           "protolib.targets": "protolib.target_similarity"}
+# config.ensure_bank's deprecation alias, imported on first use only (so neither a cycle nor a layer break at import)
+ALLOWED_UPWARD = {("protolib.config", "protolib.pipelines.simulate")}
+MAX_FUNCTION_LINES = 59
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {_module_name(path): ast.parse(path.read_text(), filename=str(path)) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+MODULES = _modules()
+
+
+def _is_package(name: str) -> bool:
+    return (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()
+
+
+def _resolve(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if _is_package(module) else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(module: str) -> list[tuple[str, str, int]]:
+    """``(imported module, imported name or "", line)`` for every protolib import in ``module``."""
+    found = []
+    for node in ast.walk(MODULES[module]):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve(module, node)
+            if target.startswith("protolib"):
+                for alias in node.names:
+                    submodule = f"{target}.{alias.name}"
+                    found.append((submodule, "", node.lineno) if submodule in MODULES else (target, alias.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, "", node.lineno) for alias in node.names if alias.name.startswith("protolib")]
+    return found
+
+
+def _edges() -> dict[str, set[str]]:
+    graph = {name: set() for name in MODULES}
+    for module in MODULES:
+        for target, _, _ in _imports(module):
+            if target != "protolib" and target != module and target in MODULES and (module, target) not in ALLOWED_UPWARD:
+                graph[module].add(target)
+    return graph
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for level, names in enumerate(LAYERS):
+        if top in names:
+            return level
+    raise AssertionError(f"{module} is in no layer of tests/test_architecture.py; add it where it belongs (and to book/architecture.md)")
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        if module != "protolib" and module not in ALIASES:
+            _layer(module)
+
+
+def test_the_import_graph_has_no_cycle():
+    graph, state, cycles = _edges(), {}, []
+
+    def visit(node, path):
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_no_module_imports_upward():
+    upward = []
+    for module, targets in _edges().items():
+        if module == "protolib" or module in ALIASES:
+            continue
+        for target in targets:
+            if target in ALIASES:
+                upward.append(f"{module} imports the deprecated alias {target}; import {ALIASES[target]}")
+            elif _layer(target) > _layer(module):
+                upward.append(f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})")
+    assert not upward, "; ".join(sorted(upward))
+
+
+def test_only_the_pipelines_and_the_command_line_read_configurations():
+    readers = {module for module, targets in _edges().items() if "protolib.config" in targets}
+    assert readers <= {m for m in MODULES if m.startswith(("protolib.pipelines", "protolib.cli"))}, readers
+
+
+def test_no_private_name_crosses_a_module():
+    crossings = [f"{module}:{line} imports {name} from {target}" for module in MODULES for target, name, line in _imports(module)
+                 if name.startswith("_") and not name.startswith("__") and target != module]
+    assert not crossings, "; ".join(crossings)
+
+
+def test_every_function_is_shorter_than_60_lines():
+    long = [f"{module}.{node.name} ({node.end_lineno - node.lineno + 1} lines)" for module, tree in MODULES.items()
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, "functions of 60 lines or more: " + ", ".join(long)
+
+
+def _subcommands():
+    from protolib.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse keeps sub-parsers only here
+    return sub.choices
+
+
+def test_every_subcommand_takes_config_and_set():
+    for name, command in _subcommands().items():
+        options = {flag for action in command._actions for flag in action.option_strings}
+        assert {"--config", "--set"} <= options, name
+
+
+def test_every_option_that_sets_a_configuration_key_names_a_real_one_of_its_type():
+    import typing
+
+    from protolib.cli.common import SETTING_PREFIX
+    from protolib.config import SECTION_TYPES, setting_type
+
+    checked = 0
+    for name, command in _subcommands().items():
+        for action in command._actions:
+            if not action.dest.startswith(SETTING_PREFIX):
+                continue
+            section, *parts = action.dest[len(SETTING_PREFIX):].split(".")
+            cls = SECTION_TYPES[section]
+            for part in parts:
+                cls = setting_type(cls, part)
+            allowed = {t for t in typing.get_args(cls)} or {cls}
+            if action.type in (int, float):
+                assert action.type in allowed or (action.type is int and float in allowed), f"{name} {action.option_strings}: {cls}"
+            checked += 1
+    assert checked >= 30
+
+
+@pytest.mark.parametrize("alias, new", sorted(ALIASES.items()))
+def test_renamed_modules_still_import_with_a_deprecation_warning(alias, new):
+    import importlib
+    import sys
+
+    sys.modules.pop(alias, None)
+    with pytest.warns(DeprecationWarning, match=new):
+        old = importlib.import_module(alias)
+    assert set(importlib.import_module(new).__all__) <= set(dir(old))
