@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from scipy.stats import spearmanr
 
 from .plotting import draw_image, image_extent_au
 from .runtime import ProtolibInputError
-from .siamese import SiameseModel, evaluate_similarity, load_siamese_with_its_bank
+from .siamese import SiameseModel
 
 __all__ = ["pair_similarity", "pair_attributions", "randomised_copy", "attribution_rank_correlation", "pick_pairs", "plot_pair_attributions",
            "AttributionSettings", "MAX_STEPS"]

@@ -12,6 +12,7 @@ from matplotlib.patches import Ellipse
 
 from .bank import Bank
 from .instrument import Beam
+from .normalise import scale_parameters
 from .parameters import PARAMETERS
 
 __all__ = ["image_extent_au", "draw_image", "plot_image_grid", "plot_parameter_gallery", "plot_prior_corner",

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from .distributed import gather_rows, global_mean_weight, idle_output, is_main, shard, start
+from .distributed import gather_rows, global_mean_weight, idle_output, shard, start
 from .autoencoder import AutoencoderConfig, BankImages, Encoder, load_autoencoder
 from .images import AugmentationConfig, ImagePreprocessing
 from .losses import make_loss

@@ -190,3 +190,20 @@ def test_renamed_modules_still_import_with_a_deprecation_warning(alias, new):
     with pytest.warns(DeprecationWarning, match=new):
         old = importlib.import_module(alias)
     assert set(importlib.import_module(new).__all__) <= set(dir(old))
+
+
+def test_every_configuration_field_says_what_it_is():
+    """Each setting of the configuration tree carries its unit and reason as a comment, where it is defined."""
+    import dataclasses
+
+    from protolib.config import SECTION_TYPES, load_config, setting_help, setting_type
+
+    def keys(cls, prefix):
+        for field in dataclasses.fields(cls):
+            kind = setting_type(cls, field.name)
+            yield from keys(kind, f"{prefix}.{field.name}") if dataclasses.is_dataclass(kind) else [f"{prefix}.{field.name}"]
+
+    every = [key for section, cls in SECTION_TYPES.items() for key in keys(cls, section)]
+    assert len(every) > 80 and not [key for key in every if not setting_help(key)]
+    tree = load_config("default")
+    assert tree.matching.top_k == 200 and tree.siamese.training.epochs == 30 and tree.autoencoder.images["stretch"] == "asinh"
