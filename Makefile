@@ -12,10 +12,11 @@ STAMP := $(VENV)/.protolib-installed
 
 export PROTOLIB_CONFIG
 
-.PHONY: help venv book test test-fast bank benchmark clean clean-artifacts
+.PHONY: help venv book lab test test-fast bank benchmark clean clean-artifacts
 
 help:
 	@echo "make book       set up .venv, run the pipeline notebooks and render the book to _build/html"
+	@echo "make lab        set up .venv and open the notebooks in JupyterLab with the project's kernel"
 	@echo "make test       set up .venv and run the whole test suite (notebooks included)"
 	@echo "make test-fast  the tests without executing the notebooks"
 	@echo "make benchmark  measure simulator, training and matching speed (benchmarks/README.md)"
@@ -33,6 +34,9 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --builder html -W --keep-going
 	@echo "The book is in _build/html/index.html"
+
+lab: $(STAMP)  # the notebooks' kernel, "Python 3", is then .venv's Python, with protolib installed
+	$(BIN)/jupyter lab notebooks/
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -34,6 +34,7 @@ __all__ = [
     "latent_probe",
     "probe_parameters",
     "principal_components",
+    "describe_network",
 ]
 
 
@@ -316,3 +317,52 @@ def principal_components(values: np.ndarray, n: int = 2) -> np.ndarray:
     centred = values - values.mean(0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return centred @ vt[:n].T
+
+
+def describe_network(network: nn.Module, image_size: int | None = None) -> str:
+    """A table of a network's blocks, to read beside ``print(network)``: layers, output shapes and parameters.
+
+    The blocks are the network's parts one level down (``encoder.convolutions``, ``encoder.to_latent``,
+    ``decoder.upsample``, ``head``...). With ``image_size``, one blank image ``(1, 1, H, W)`` and a log
+    flux of 0 go through the network to read the output shape (without the batch axis) of each layer
+    that changes it. Works for the autoencoder and the Siamese network (both take pixels and a log flux).
+
+    Example:
+        >>> print(describe_network(load_autoencoder("RUN/autoencoder.pt").network, 64))   # doctest: +SKIP
+    """
+    blocks = []
+    for name, child in network.named_children():
+        inner = list(child.named_children())
+        blocks += [(name, child)] if isinstance(child, nn.Sequential) or not inner else [(f"{name}.{sub}", part) for sub, part in inner]
+    shapes = _layer_output_shapes(network, image_size) if image_size else {}
+    rows = [("block", "layers", "output shapes (one image)", "parameters")]
+    for name, block in blocks:
+        layers = list(block) if isinstance(block, nn.Sequential) else [block]
+        words = [type(layer).__name__ for layer in layers if not isinstance(layer, nn.SiLU)]  # activations: see print(network)
+        words = [f"{words.count(w)} x {w}" if words.count(w) > 1 else w for w in dict.fromkeys(words)]
+        count = sum(p.numel() for p in block.parameters())
+        frozen = " (frozen)" if count and not any(p.requires_grad for p in block.parameters()) else ""
+        outputs = ["x".join(map(str, shapes[id(layer)])) for layer in layers if id(layer) in shapes]
+        outputs = ", ".join(o for k, o in enumerate(outputs) if not k or o != outputs[k - 1])  # a level's repeated shape once
+        rows.append((name, ", ".join(words), outputs or "-", f"{count:,d}{frozen}"))
+    total = sum(p.numel() for p in network.parameters())
+    trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    rows.append(("total", "", "", f"{total:,d}" + ("" if trainable == total else f" ({trainable:,d} trained)")))
+    widths = [max(len(row[k]) for row in rows) for k in range(4)]
+    lines = [f"{a:{widths[0]}s}  {b:{widths[1]}s}  {c:{widths[2]}s}  {d:>{widths[3]}s}" for a, b, c, d in rows]
+    rule = "-" * len(lines[0])
+    return "\n".join([lines[0], rule, *lines[1:-1], rule, lines[-1]])
+
+
+def _layer_output_shapes(network: nn.Module, image_size: int) -> dict[int, tuple[int, ...]]:
+    """``{id(layer): output shape}`` of every layer with weights, or that flattens, for one blank image."""
+    shapes, parameter = {}, next(network.parameters())
+    layers = [m for m in network.modules() if isinstance(m, nn.Flatten) or (not list(m.children()) and any(True for _ in m.parameters()))]
+    hooks = [m.register_forward_hook(lambda module, inputs, output: shapes.__setitem__(id(module), tuple(output.shape[1:]))) for m in layers]
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 1, image_size, image_size, device=parameter.device), torch.zeros(1, 1, device=parameter.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes

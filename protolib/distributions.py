@@ -37,6 +37,8 @@ from .matching import (
     weighted_percentile,
 )
 from .parameters import Parameter
+from .plotting import (add_colorbar, add_orientation, add_scale_bar, corner_figure, display_unit, fit_title, make_corner_legible,
+                       page_fontsize)
 from .runtime import ProtolibInputError, atomic_path
 
 __all__ = [
@@ -271,25 +273,26 @@ def corner_plot(
     ranges = list(zip(lo - pad, hi + pad))
     labels = [describe_parameter(n, parameter_info).axis_label for n in parameters]
     common = dict(range=ranges, bins=bins, labels=labels, plot_datapoints=False, plot_density=False,
-                  levels=(0.393, 0.865), label_kwargs={"fontsize": 9})
-    fig = _corner_prior(bank, common)
+                  levels=(0.393, 0.865), max_n_ticks=3)
+    fig = _corner_prior(bank, common, corner_figure(len(parameters)))
     truth_values = None
     if truths:
         truth_values = [float(scaled_for_summary([truths[n]], describe_parameter(n, parameter_info).log_scale, n)[0])
                         if n in truths else None for n in parameters]
     _overplot_matches(fig, matches, weights, truth_values, common, color)
     _fit_diagonal(fig, len(parameters))
+    make_corner_legible(fig, len(parameters))
     _corner_legend(fig, f"{label} ({len(matches)})", color, len(bank), bool(truth_values))
     return fig
 
 
-def _corner_prior(bank: np.ndarray, common: dict):
-    """The corner figure of the prior ``(n, K)`` (scaled): dashed contours, or its points when it has fewer than 500."""
+def _corner_prior(bank: np.ndarray, common: dict, fig):
+    """The corner figure of the prior ``(n, K)`` (scaled) drawn on ``fig``: dashed contours, or its points when it has fewer than 500."""
     import corner
 
     dense_prior = len(bank) >= 500  # fewer: contours of the prior are noise, show its points
     with _quiet_corner():
-        return corner.corner(bank, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
+        return corner.corner(bank, fig=fig, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
                              contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
                              "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}, "smooth": 1.0})
 
@@ -319,7 +322,7 @@ def _corner_legend(fig, label: str, color: str, n_prior: int, with_truth: bool) 
                Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({n_prior})")]
     if with_truth:
         handles.append(Line2D([], [], color="C3", label="truth"))
-    fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=10)
+    fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=page_fontsize(fig, 9.5))
 
 
 def _fit_diagonal(fig, n: int) -> None:
@@ -419,115 +422,147 @@ def gallery_plot(
     cmap: str = "inferno",
     residuals: np.ndarray | None = None,
     reduced_chi2: np.ndarray | None = None,
+    unit: str | None = "Jy/beam",
+    scale: str = "each",
 ):
     """The target beside its best matches, each titled with its similarity.
 
-    Images are shown north up, east left, each scaled to its own 0.5-99.8 percentile range. With
-    ``residuals``, every image is shown on the target's scale (in mJy/beam) and each match's panel has
-    below it its residual map, target minus match in units of the noise rms, on one diverging scale,
-    linear within +-3 and logarithmic beyond (white: within the noise), titled with its reduced
-    chi-square.
+    Images are shown north up, east left. With ``scale="each"`` every image has its own 0.5-99.8
+    percentile range (the network, too, sees each image stretched on its own) and its own colour bar
+    below it; with ``scale="target"`` all share the target's range and one colour bar, so that a match
+    brighter or fainter than the target shows as such. Colour bars are in ``unit`` (the images' unit,
+    shown in mJy: see :func:`~protolib.plotting.display_unit`). The target's panel, framed in red,
+    has the N and E arrows and, with ``pixel_size_au``, a scale bar in au. With ``residuals``, every
+    image is on the target's scale and each match's panel has below it its residual map, target minus
+    match in units of the noise rms, on one diverging scale, linear within +-3 and logarithmic beyond
+    (white: within the noise), titled with its reduced chi-square.
 
     Arguments:
         target_image: ``(H, W)``.
-        images: ``(n, H, W)`` the matches' images, best first.
+        images: ``(n, H, W)`` the matches' images, best first, in the target's unit (match an
+            observation's through its transform, so that they are shown as the network saw them).
         similarities: ``(n,)`` similarity of each match.
         captions: optional extra line per match (e.g. its system and inclination).
         target_caption: the target's title.
-        n_columns: panels per row (the target takes the first).
-        pixel_size_au: when given, axes in au offsets from the centre.
+        n_columns: panels per row at most (the target takes the first).
+        pixel_size_au: when given, a scale bar in au.
         residuals: ``(n, H, W)`` (target - match) / noise rms, one per match.
         reduced_chi2: ``(n,)`` each match's reduced chi-square, for the residual panels' titles.
+        unit: the images' unit, for the colour bars (``"Jy/beam"``, ``"Jy/pixel"``, ``"stretched"``).
+        scale: ``"each"`` (every image on its own range) or ``"target"`` (all on the target's); residual
+            galleries are always on the target's.
 
     Returns:
         The matplotlib figure.
     """
+    options = dict(captions=captions, target_caption=target_caption, pixel_size_au=pixel_size_au, cmap=cmap, unit=unit)
     if residuals is not None:
-        return _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, captions=captions,
-                                       target_caption=target_caption, n_columns=n_columns, pixel_size_au=pixel_size_au, cmap=cmap)
-    return _plain_gallery(target_image, images, similarities, captions=captions, target_caption=target_caption,
-                          n_columns=n_columns, pixel_size_au=pixel_size_au, cmap=cmap)
+        return _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, n_columns=n_columns, **options)
+    if scale not in ("each", "target"):
+        raise ProtolibInputError(f"A gallery's scale is 'each' or 'target', got {scale!r}.")
+    return _plain_gallery(target_image, images, similarities, n_columns=min(n_columns, len(images) + 1), scale=scale, **options)
 
 
-def _plain_gallery(target_image, images, similarities, *, captions, target_caption, n_columns, pixel_size_au, cmap):
-    """:func:`gallery_plot` without residuals: each image on its own 0.5-99.8 percentile scale, the target framed in red."""
+def _gallery_titles(similarities, captions, width_in: float, n_columns: int, fontsize: float) -> list[str]:
+    """Each match's panel title: its rank and similarity, and its caption, wrapped to the panel's width."""
+    panel_in = width_in / n_columns
+    return [fit_title(f"#{i + 1}  s = {s:.3f}" + (f"\n{captions[i]}" if captions is not None else ""), panel_in, fontsize)
+            for i, s in enumerate(similarities)]
+
+
+def _decorate_target(ax, image_size: int, pixel_size_au: float | None, fontsize: float) -> None:
+    """The target's panel: a red frame, the N and E arrows and, with a pixel size, a scale bar in au."""
+    for spine in ax.spines.values():
+        spine.set_edgecolor("C3")
+        spine.set_linewidth(2)
+    add_orientation(ax, fontsize=fontsize)
+    if pixel_size_au is not None:
+        add_scale_bar(ax, image_size * pixel_size_au, fontsize=fontsize)
+
+
+def _target_scale(target_image, factor: float) -> tuple[float, float]:
+    """The colour range of a gallery's image (the target's when shared): its 0.5-99.8 percentiles, in the shown unit."""
+    lo, hi = np.percentile(np.asarray(target_image, dtype=np.float64) * factor, [0.5, 99.8])
+    return float(lo), float(hi if hi > lo else lo + max(abs(lo), 1e-12) * 1e-6)
+
+
+def _plain_gallery(target_image, images, similarities, *, captions, target_caption, n_columns, pixel_size_au, cmap, unit, scale):
+    """:func:`gallery_plot` without residuals: each image on its own scale (or all on the target's), the target framed in red."""
     import matplotlib.pyplot as plt
 
-    images = np.asarray(images)
-    panels = [(np.asarray(target_image), target_caption)] + [
-        (img, f"#{i + 1}  s = {s:.3f}" + (f"\n{captions[i]}" if captions is not None else ""))
-        for i, (img, s) in enumerate(zip(images, similarities))
-    ]
-    n_rows = int(np.ceil(len(panels) / n_columns))
-    fig, axes = plt.subplots(n_rows, n_columns, figsize=(2.2 * n_columns, 2.5 * n_rows), squeeze=False)
-    extent = None
-    if pixel_size_au is not None:
-        half = 0.5 * pixel_size_au * target_image.shape[-1]
-        extent = (half, -half, -half, half)  # east offset grows to the left
-    for i, (ax, (img, title)) in enumerate(zip(axes.flat, panels)):
-        lo, hi = np.percentile(img, [0.5, 99.8])
-        ax.imshow(img, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-12, extent=extent)
-        ax.set_title(title, fontsize=8, color="C3" if i == 0 else "black")
+    target_image, images = np.asarray(target_image), np.asarray(images)
+    factor, label = display_unit(unit)
+    n_rows, width = int(np.ceil((len(images) + 1) / n_columns)), 2.2 * n_columns + 0.6
+    text = page_fontsize(width, 8.5)
+    titles = [fit_title(target_caption, width / n_columns, text)] + _gallery_titles(similarities, captions, width, n_columns, text)
+    lines = max(t.count("\n") + 1 for t in titles)
+    row_in = 2.05 + (1.25 * lines * text + (3.6 * text if scale == "each" else 0.0)) / 72  # image, title, colour bar
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(width, row_in * n_rows), squeeze=False, layout="constrained")
+    extent = None if pixel_size_au is None else 0.5 * pixel_size_au * target_image.shape[-1] * np.array([1, -1, -1, 1])
+    for i, (ax, img, title) in enumerate(zip(axes.flat, [target_image, *images], titles)):
+        lo, hi = _target_scale(target_image if scale == "target" else img, factor)
+        shown = ax.imshow(np.asarray(img) * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi, extent=extent)
+        ax.set_title(title, fontsize=text, color="C3" if i == 0 else "black")
         ax.set_xticks([])
         ax.set_yticks([])
         if i == 0:
-            for spine in ax.spines.values():
-                spine.set_edgecolor("C3")
-                spine.set_linewidth(2)
-    for ax in axes.flat[len(panels):]:
+            _decorate_target(ax, target_image.shape[-1], pixel_size_au, text)
+        if scale == "each":
+            add_colorbar(ax, shown, label, fontsize=0.9 * text, location="bottom", size=0.06, pad=0.03, n_ticks=3)
+    for ax in axes.flat[len(images) + 1:]:
         ax.set_visible(False)
-    fig.tight_layout()
+    if scale == "target":  # the first row is always full: its last panel carries the colour bar of all
+        add_colorbar(axes[0, -1], shown, f"{label} (all panels)", fontsize=text, size=0.07)
     return fig
 
 
 def _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, *, captions, target_caption,
-                            n_columns, pixel_size_au, cmap):
+                            n_columns, pixel_size_au, cmap, unit):
     """:func:`gallery_plot` with a residual row under each row of images, all images on the target's scale."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
 
     panels = [np.asarray(target_image)] + list(np.asarray(images))
-    n_rows = int(np.ceil(len(panels) / n_columns))
-    fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(2.1 * n_columns + 1.4, 4.3 * n_rows), squeeze=False,
-                             layout="constrained")
-    extent = None
-    if pixel_size_au is not None:
-        half = 0.5 * pixel_size_au * np.shape(target_image)[-1]
-        extent = (half, -half, -half, half)
-    lo, hi = np.percentile(target_image, [0.5, 99.8]) * 1e3
+    factor, label = display_unit(unit)
+    n_rows, width = int(np.ceil(len(panels) / n_columns)), 2.2 * n_columns + 1.2
+    text = page_fontsize(width, 8.5)
+    titles = _gallery_titles(similarities, captions, width - 1.2, n_columns, text)
+    lines = max([t.count("\n") + 1 for t in titles] + [fit_title(target_caption, width / n_columns, text).count("\n") + 1])
+    pair_in = 2 * 2.05 + 1.25 * (lines + 1) * text / 72  # an image and its residual, with their titles
+    fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(width, pair_in * n_rows + 0.8), squeeze=False, layout="constrained")
+    lo, hi = _target_scale(target_image, factor)
     reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
     norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
     shown_image = shown_residual = None
     for k, img in enumerate(panels):
         ax_image, ax_residual = axes[2 * (k // n_columns), k % n_columns], axes[2 * (k // n_columns) + 1, k % n_columns]
-        shown_image = ax_image.imshow(img * 1e3, origin="lower", cmap=cmap, vmin=lo, vmax=hi if hi > lo else lo + 1e-9, extent=extent)
+        shown_image = ax_image.imshow(img * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
         if k == 0:
-            ax_image.set_title(target_caption, fontsize=8, color="C3")
+            ax_image.set_title(fit_title(target_caption, width / n_columns, text), fontsize=text, color="C3")
+            _decorate_target(ax_image, np.shape(target_image)[-1], pixel_size_au, text)
             ax_residual.text(0.5, 0.5, "below each match:\ntarget minus match\nin noise rms", ha="center",
-                             va="center", fontsize=8, transform=ax_residual.transAxes)
+                             va="center", fontsize=text, transform=ax_residual.transAxes)
             ax_residual.set_axis_off()
         else:
-            caption = f"\n{captions[k - 1]}" if captions is not None else ""
-            ax_image.set_title(f"#{k}  s = {similarities[k - 1]:.3f}{caption}", fontsize=8)
-            shown_residual = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", norm=norm, extent=extent)
+            ax_image.set_title(titles[k - 1], fontsize=text)
+            shown_residual = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", norm=norm)
             if reduced_chi2 is not None:
-                ax_residual.set_title(f"#{k}  chi2_red = {reduced_chi2[k - 1]:.3g}", fontsize=8)
+                ax_residual.set_title(rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k - 1]:.3g}", fontsize=text)
         for ax in (ax_image, ax_residual):
             ax.set_xticks([])
             ax.set_yticks([])
     for k in range(len(panels), n_rows * n_columns):
         axes[2 * (k // n_columns), k % n_columns].set_visible(False)
         axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
-    if pixel_size_au is not None:
-        bar = 0.25 * 2 * half
-        ax = axes[0, 0]
-        ax.plot([0.9 * half, 0.9 * half - bar], [-0.85 * half, -0.85 * half], color="white", lw=2)
-        ax.text(0.9 * half - bar / 2, -0.8 * half, f"{bar:.0f} au", color="white", ha="center", va="bottom", fontsize=7)
-        ax.text(0.05, 0.95, "N up, E left", color="white", fontsize=7, transform=ax.transAxes, va="top")
-    fig.colorbar(shown_image, ax=axes[0::2].ravel().tolist(), shrink=0.8, label="image rows: mJy/beam (the target's scale)")
+    bar = fig.colorbar(shown_image, ax=axes[0::2].ravel().tolist(), shrink=0.8)
+    bar.set_label(f"images: {label} (the target's scale)", fontsize=text)
+    bar.ax.tick_params(labelsize=0.9 * text)
     if shown_residual is not None:
-        fig.colorbar(shown_residual, ax=axes[1::2].ravel().tolist(), shrink=0.5, location="bottom", aspect=40,
-                     label="residual rows: (target - match) / noise rms (linear within +-3, logarithmic beyond)")
+        ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
+        bar = fig.colorbar(shown_residual, ax=axes[1::2].ravel().tolist(), shrink=0.5, location="bottom", aspect=40, ticks=ticks)
+        bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
+        bar.set_label("residuals: (target - match) / noise rms (linear within +-3, logarithmic beyond)", fontsize=text)
+        bar.ax.tick_params(labelsize=0.9 * text)
     return fig
 
 

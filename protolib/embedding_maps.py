@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .parameters import PARAMETERS
+from .parameters import PARAMETERS, VIEWING_PARAMETERS
+from .plotting import page_fontsize
 from .runtime import ProtolibInputError
 
 __all__ = ["EmbeddingMapSettings", "PcaMap", "UmapMap", "embedding_map", "image_parameters", "map_smoothness", "plot_embedding_maps"]
@@ -128,7 +129,7 @@ def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n
 
 
 def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray], *, observation: np.ndarray | None = None,
-                        smoothness: dict[str, float] | None = None, columns: int = 4, axis_name: str = "PC"):
+                        smoothness: dict[str, float] | None = None, columns: int = 3, axis_name: str = "PC"):
     """One panel per quantity: the map ``(N, 2)`` with points coloured by it, an observation optionally marked.
 
     Arguments:
@@ -146,17 +147,23 @@ def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray],
 
     rows = -(-len(colours) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), constrained_layout=True, squeeze=False)
+    text, tick = page_fontsize(fig, 8.5), page_fontsize(fig, 7.5)
     for ax, (name, values) in zip(axes.flat, colours.items()):
         logged = name in PARAMETERS and PARAMETERS[name].log_scale and np.all(np.asarray(values) > 0)
         shown = np.log10(values) if logged else values
-        handle = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=shown, s=8, cmap="viridis")
-        fig.colorbar(handle, ax=ax, label=f"log10 {name}" if logged else name)
+        handle = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=shown, s=8 * text / 8.5, cmap="viridis")
+        info = PARAMETERS.get(name) or VIEWING_PARAMETERS.get(name)
+        unit = f" [{info.unit}]" if info is not None else ""
+        bar = fig.colorbar(handle, ax=ax)
+        bar.set_label(f"log10 {name}{unit}" if logged else f"{name}{unit}", fontsize=text)
+        bar.ax.tick_params(labelsize=tick)
         if observation is not None:
-            ax.scatter(*observation, marker="*", s=200, color="red", edgecolor="black", label="observation")
+            ax.scatter(*observation, marker="*", s=200 * text / 8.5, color="red", edgecolor="black", label="observation")
         suffix = f" (smoothness {smoothness[name]:.2f})" if smoothness and name in smoothness else ""
-        ax.set_title(name + suffix, fontsize=8)
-        ax.set_xlabel(f"{axis_name} 1")
-        ax.set_ylabel(f"{axis_name} 2")
+        ax.set_title(name + suffix, fontsize=text)
+        ax.set_xlabel(f"{axis_name} 1", fontsize=text)
+        ax.set_ylabel(f"{axis_name} 2", fontsize=text)
+        ax.tick_params(labelsize=tick)
     for ax in axes.flat[len(colours):]:
         ax.set_visible(False)
     return fig

@@ -28,6 +28,7 @@ Each method's figures come back as a :class:`MethodResult`. ``protolib evaluate`
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -71,8 +72,14 @@ __all__ = [
     "truth_ranks",
     "tarp_coverage",
     "headline_table",
+    "summary_table",
     "parameter_table",
+    "mean_target_error",
+    "parameter_verdicts",
     "verdicts",
+    "evaluation_figures",
+    "variant_figures",
+    "METHOD_LABELS",
     "VARIANTS",
     "COVERAGE_LEVELS",
     "METHOD_NAMES",
@@ -705,11 +712,17 @@ The first two are the networks notebook 03 trains, so a book build reuses them."
 
 
 # ---------------------------------------------------------------------------------------------
-# Reports
+# Reports: tables narrow enough for a page, and the figures a page's prose quotes (glued, never typed)
+
+METHOD_LABELS = {"random": "random matches", "pixel": "the pixel chi-square", "pca": "PCA", "autoencoder": "the autoencoder latent",
+                 "siamese": "the Siamese network", "npe": "the neural posterior estimate"}
+"""How prose names each method (:func:`evaluation_figures`); other names (variants) are used as they are."""
 
 
 def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence[str] | None = None, *, corrected: bool = False) -> str:
     """A markdown table: per method, nDCG, Spearman, RMS error / prior spread per parameter, and coverage.
+
+    Wide (a column per parameter): ``headline.md`` keeps it; a page shows :func:`summary_table` and :func:`parameter_table`.
 
     Arguments:
         results: from :func:`evaluate_methods` (or the ``methods`` entry of ``metrics.json`` in the same shape).
@@ -731,42 +744,228 @@ def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence
     return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
 
 
-def parameter_table(results: dict[str, MethodResult | dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False) -> str:
-    """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a column per method."""
+def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = False, label: str = "method") -> str:
+    """A markdown table narrow enough for a page: per method (or variant, headed ``label``), eight columns.
+
+    k, the interval widening, nDCG@k, the per-target Spearman correlation, the RMS error of the median
+    over the prior's spread averaged over the target similarity's parameters (:func:`parameter_table`
+    gives them one by one), and the mean coverage of the 68% and 95% ranges over all parameters.
+    """
+    rows = []
+    for name, result in results.items():
+        metrics = _metrics_of(result, corrected)
+        calibration = metrics["calibration"]
+        cells = [str(metrics.get("top_k", "")), f"{calibration.get('interval_widening') or 1.0:g}",
+                 f"{metrics.get('retrieval', {}).get('ndcg', float('nan')):.3f}",
+                 f"{metrics.get('similarity', {}).get('spearman_per_target', float('nan')):.3f}",
+                 f"{mean_target_error(metrics):.2f}", f"{calibration['coverage_68']:.2f}", f"{calibration['coverage_95']:.2f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join([f"| {label} | k | widening | nDCG@k | Spearman | RMS/prior | cov68 | cov95 |", "|" + " --- |" * 8, *rows, "",
+                      "RMS/prior: mean over the target similarity's parameters of the median's RMS error, in prior spreads"])
+
+
+def parameter_table(results: dict[str, MethodResult | dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False,
+                    title: str | None = None) -> str:
+    """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a column per method.
+
+    ``title`` heads the first column (default: ``figure``).
+    """
     tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
     names = list(next(iter(tables.values())))
     rows = [f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
             + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables) + " |" for n in names]
-    return "\n".join([f"| {figure} | " + " | ".join(tables) + " |", "|" + " --- |" * (len(tables) + 1), *rows,
+    return "\n".join([f"| {title or figure} | " + " | ".join(tables) + " |", "|" + " --- |" * (len(tables) + 1), *rows,
                       "", "\\* in the network's target similarity"])
+
+
+def mean_target_error(metrics: dict) -> float:
+    """The RMS error over the prior's spread, averaged over the target similarity's parameters, of one method's figures."""
+    errors = [row["rms_error_over_prior_spread"] for row in metrics["parameters"].values() if row["in_target_similarity"]]
+    return float(np.mean(errors)) if errors else float("nan")
+
+
+def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False,
+                       margin: float = 0.05) -> dict[str, dict]:
+    """Per parameter: how ``reference`` compares with the best other method, and whether it constrains the parameter.
+
+    A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
+    range are below ``1 - margin`` prior spreads; ``reference`` is better (worse) when its RMS error is
+    lower (higher) than the best other method's by more than ``margin`` prior spreads, else level.
+
+    Returns:
+        name -> ``{"error", "r2", "coverage_68", "in_target_similarity", "constrained", "best", "best_error", "comparison"}``:
+        ``best`` the other method with the lowest RMS error, ``comparison`` ``"better"``, ``"level"`` or
+        ``"worse"`` (both ``None`` when ``reference`` is alone).
+    """
+    tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
+    found = {}
+    for name, row in tables[reference].items():
+        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference}
+        best = min(others, key=others.get) if others else None
+        error = row["rms_error_over_prior_spread"]
+        comparison = None if best is None else "better" if error < others[best] - margin else "worse" if error > others[best] + margin else "level"
+        found[name] = {"error": error, "r2": row["r2_knn"], "coverage_68": row["coverage_68"], "in_target_similarity": row["in_target_similarity"],
+                       "constrained": _constrains(row, margin), "best": best, "best_error": others.get(best, float("nan")),
+                       "comparison": comparison}
+    return found
 
 
 def verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
     """One plain sentence per parameter: does ``reference`` recover it better than every baseline, and does it constrain it?
 
-    A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
-    range are below ``1 - margin`` prior spreads; ``reference`` is better when its RMS error is lower
-    than the best baseline's by more than ``margin`` prior spreads.
+    The judgement is :func:`parameter_verdicts`'s.
     """
-    tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
-    own = tables[reference]
     lines = []
-    for name, row in own.items():
-        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference}
-        best = min(others, key=others.get) if others else None
-        error = row["rms_error_over_prior_spread"]
-        constrained = error < 1 - margin and row["width_68_over_prior_spread"] < 1 - margin
-        if best is None:
-            comparison = ""
-        elif error < others[best] - margin:
-            comparison = f"better than every baseline (best: {best}, {others[best]:.2f})"
-        elif error > others[best] + margin:
-            comparison = f"WORSE than {best} ({others[best]:.2f})"
-        else:
-            comparison = f"no better than {best} ({others[best]:.2f})"
-        lines.append(f"{name}: RMS error {error:.2f} prior spreads, R^2 {row['r2_knn']:.2f}, 68% coverage {row['coverage_68']:.2f}; "
-                     f"{'constrained' if constrained else 'NOT constrained by the images'}; {comparison}")
+    for name, v in parameter_verdicts(results, reference, corrected=corrected, margin=margin).items():
+        comparison = {None: "", "better": f"better than every baseline (best: {v['best']}, {v['best_error']:.2f})",
+                      "worse": f"WORSE than {v['best']} ({v['best_error']:.2f})",
+                      "level": f"no better than {v['best']} ({v['best_error']:.2f})"}[v["comparison"]]
+        lines.append(f"{name}: RMS error {v['error']:.2f} prior spreads, R^2 {v['r2']:.2f}, 68% coverage {v['coverage_68']:.2f}; "
+                     f"{'constrained' if v['constrained'] else 'NOT constrained by the images'}; {comparison}")
     return lines
+
+
+def evaluation_figures(results: dict[str, MethodResult | dict], reference: str = "siamese", *, margin: float = 0.05) -> dict:
+    """The figures the evaluation's prose quotes, by plain identifier (for MyST-NB ``glue``): numbers, names and phrases.
+
+    Per method ``m``: ``ndcg_m``, ``spearman_m``, ``cov68_m``, ``cov95_m``, ``tarp_m`` (TARP's largest
+    deviation), ``rms_m`` (:func:`mean_target_error`), ``r2_inclination_m`` and, for ``reference`` when
+    corrected, the same with ``_corrected`` and ``k_{reference}_corrected``, ``widening_{reference}_corrected``. Then who ranks best
+    (``best_ndcg_method``, ``best_spearman_method``), how ``reference`` compares per parameter
+    (:func:`parameter_verdicts` at the configured k: ``{reference}_better``, ``_level``, ``_worse`` as
+    phrases), the calibration in brief, and what the correction changes for ``reference``.
+    """
+    figures = {}
+    for name, result in results.items():
+        corrected = [("_corrected", _metrics_of(result, True))] if name == reference and _corrected(result) else []
+        for suffix, metrics in [("", _metrics_of(result, False))] + corrected:
+            calibration, parameters = metrics["calibration"], metrics["parameters"]
+            figures.update({f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
+                            f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
+                            f"cov68_{name}{suffix}": calibration["coverage_68"], f"cov95_{name}{suffix}": calibration["coverage_95"],
+                            f"tarp_{name}{suffix}": calibration["tarp"]["max_deviation"], f"rms_{name}{suffix}": mean_target_error(metrics)})
+            if "inclination" in parameters:
+                figures[f"r2_inclination_{name}{suffix}"] = parameters["inclination"]["r2_knn"]
+            if suffix:
+                figures.update({f"k_{name}_corrected": int(metrics["top_k"]), f"widening_{name}_corrected": calibration["interval_widening"]})
+        if "retrieval" in _metrics_of(result, False):
+            figures["ndcg_chance"] = _metrics_of(result, False)["retrieval"]["ndcg_chance"]
+    figures["best_ndcg_method"] = _label(_best({m: figures[f"ndcg_{m}"] for m in results}))
+    figures["best_spearman_method"] = _label(_best({m: figures[f"spearman_{m}"] for m in results}))
+    figures.update(_recovery_figures(results, reference, margin))
+    figures.update(_calibration_figures(results, reference))
+    return {name: _plain(value) for name, value in figures.items()}
+
+
+def _recovery_figures(results: dict, reference: str, margin: float) -> dict:
+    """How ``reference`` recovers each parameter against the best other method, and what no method constrains."""
+    judged = parameter_verdicts(results, reference, margin=margin)
+    target = {name: v for name, v in judged.items() if v["in_target_similarity"]}
+    figures = {"n_target_parameters": len(target)}
+    for group in ("better", "level", "worse"):
+        members = [name for name, v in target.items() if v["comparison"] == group]
+        figures[f"{reference}_n_{group}"] = len(members)
+        figures[f"{reference}_{group}"] = _phrase([f"{_label(n)} ({target[n]['error']:.2f} against {target[n]['best_error']:.2f}, "
+                                                   f"{_label(target[n]['best'])})" for n in members])
+    figures[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
+    tables = {name: _metrics_of(result, False)["parameters"] for name, result in results.items()}
+    nobody = [n for n in judged if not any(_constrains(t[n], margin) for t in tables.values())]
+    errors = [t[n]["rms_error_over_prior_spread"] for n in nobody for t in tables.values()]
+    figures["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
+        f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else "")
+    if target:
+        best = min(target, key=lambda n: target[n]["error"])
+        own, rival = tables[reference][best], target[best]["best"]
+        figures.update({f"{reference}_best_parameter": _label(best), f"{reference}_best_error": own["rms_error_over_prior_spread"],
+                        f"{reference}_best_error_unit": own["rms_error"], f"{reference}_best_unit": own["unit"],
+                        f"{reference}_best_r2": own["r2_knn"], f"{reference}_best_rival": _label(rival),
+                        f"{reference}_best_rival_error": target[best]["best_error"],
+                        f"{reference}_best_rival_r2": tables[rival][best]["r2_knn"] if rival else float("nan")})
+    return figures
+
+
+def _calibration_figures(results: dict, reference: str, rejection_p: float = 0.01) -> dict:
+    """Coverage of the matching methods in brief, and what the correction changes for ``reference``."""
+    matching = {m: _metrics_of(r, False)["calibration"] for m, r in results.items() if m not in ("random", "npe")}
+    c68, c95 = [c["coverage_68"] for c in matching.values()], [c["coverage_95"] for c in matching.values()]
+    figures = {"n_matching": len(matching), "cov68_min": min(c68), "cov68_max": max(c68), "cov95_min": min(c95), "cov95_max": max(c95),
+               "n_overconfident": sum(a < 0.68 and b < 0.95 for a, b in zip(c68, c95))}
+    result = results[reference]
+    if not _corrected(result):
+        return figures
+    before, after = _metrics_of(result, False)["parameters"], _metrics_of(result, True)["parameters"]
+    target = [n for n, row in before.items() if row["in_target_similarity"]]
+    change = {n: after[n]["rms_error_over_prior_spread"] - before[n]["rms_error_over_prior_spread"] for n in target}
+    for key, name in (("most_improved", min(change, key=change.get)), ("most_worsened", max(change, key=change.get))):
+        figures[f"{reference}_{key}"] = (f"{_label(name)} ({before[name]['rms_error_over_prior_spread']:.2f} to "
+                                         f"{after[name]['rms_error_over_prior_spread']:.2f})")
+    worst = max(after, key=lambda n: abs(after[n]["coverage_68"] - 0.68))
+    figures.update({f"{reference}_worst_coverage_parameter": _label(worst), f"{reference}_worst_coverage": after[worst]["coverage_68"],
+                    f"{reference}_n_rank_rejected": sum(row["rank_uniformity_p"] < rejection_p for row in after.values()),
+                    "n_parameters": len(after)})
+    return figures
+
+
+def variant_figures(variants: dict[str, MethodResult | dict], reference: str = "kernel + mse", *, margin: float = 0.05) -> dict:
+    """The figures the comparison of target similarities and losses quotes, by plain identifier (for ``glue``).
+
+    Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
+    ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
+    ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
+    ``best_rms_corrected_variant``; and per variant other than ``reference``, ``better_v`` and
+    ``worse_v``: the target similarity's parameters on which its error is lower (higher) than
+    ``reference``'s by more than ``margin`` prior spreads, as phrases.
+    """
+    slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
+    figures = {}
+    for name, result in variants.items():
+        at_k, corrected = _metrics_of(result, False), _metrics_of(result, True)
+        figures.update({f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"], f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
+                        f"rms_{slug[name]}": mean_target_error(at_k), f"rms_{slug[name]}_corrected": mean_target_error(corrected),
+                        f"cov68_{slug[name]}_corrected": corrected["calibration"]["coverage_68"],
+                        f"cov95_{slug[name]}_corrected": corrected["calibration"]["coverage_95"]})
+    for figure, template in (("ndcg", "ndcg_{}"), ("spearman", "spearman_{}"), ("rms", "rms_{}"), ("rms_corrected", "rms_{}_corrected")):
+        values = {name: figures[template.format(slug[name])] for name in variants}
+        figures[f"best_{figure}_variant"] = _best(values, lowest=figure.startswith("rms"))
+    own = _metrics_of(variants[reference], False)["parameters"]
+    for name, result in variants.items():
+        if name != reference:
+            table = _metrics_of(result, False)["parameters"]
+            change = {n: table[n]["rms_error_over_prior_spread"] - own[n]["rms_error_over_prior_spread"] for n in own if own[n]["in_target_similarity"]}
+            for word, sign in (("better", -1), ("worse", 1)):
+                figures[f"{word}_{slug[name]}"] = _phrase([f"{_label(n)} ({table[n]['rms_error_over_prior_spread']:.2f} against "
+                                                           f"{own[n]['rms_error_over_prior_spread']:.2f})" for n, d in change.items() if sign * d > margin])
+    return {name: _plain(value) for name, value in figures.items()}
+
+
+def _constrains(row: dict, margin: float) -> bool:
+    """Whether one method's row of a parameter has both RMS error and 68% half-width below ``1 - margin`` prior spreads."""
+    return bool(row["rms_error_over_prior_spread"] < 1 - margin and row["width_68_over_prior_spread"] < 1 - margin)
+
+
+def _corrected(result: MethodResult | dict) -> bool:
+    return (result.corrected if isinstance(result, MethodResult) else result.get("corrected")) is not None
+
+
+def _best(values: dict[str, float], *, lowest: bool = False) -> str | None:
+    """The key of the highest (``lowest``: lowest) value, NaN ignored; ``None`` when every value is NaN."""
+    finite = {k: v for k, v in values.items() if v == v}
+    return (min if lowest else max)(finite, key=finite.get) if finite else None
+
+
+def _label(name: str | None) -> str:
+    """How prose names a method (:data:`METHOD_LABELS`) or a parameter (underscores as spaces)."""
+    return "none" if name is None else METHOD_LABELS.get(name, name.replace("_", " "))
+
+
+def _phrase(items: list[str]) -> str:
+    """``"a, b and c"``; ``"none"`` for no items."""
+    return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _plain(value):
+    """A glue-able plain Python value (numpy scalars to int or float), so that MyST-NB formats it."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _metrics_of(result: MethodResult | dict, corrected: bool) -> dict:

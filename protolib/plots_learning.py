@@ -5,8 +5,10 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Rectangle
 
-__all__ = ["plot_history", "plot_reconstructions", "plot_latent_space", "plot_similarity_scatter", "plot_pair_gallery", "plot_target_comparison"]
+__all__ = ["plot_history", "plot_reconstructions", "plot_latent_space", "plot_similarity_scatter", "plot_pair_gallery", "plot_target_comparison",
+           "plot_autoencoder_sketch", "plot_siamese_sketch"]
 
 
 def plot_history(histories: dict[str, list[dict]], *, log: bool = True, figsize=(9, 3.5)) -> Figure:
@@ -30,14 +32,21 @@ def plot_reconstructions(inputs: np.ndarray, reconstructions: np.ndarray, *, tit
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.5), squeeze=False)
     for k in range(n):
         for row, image in enumerate((inputs[k], reconstructions[k])):
-            axes[row, k].imshow(image, origin="lower", cmap="inferno", vmin=0, vmax=max(1e-6, float(inputs[k].max())))
+            handle = axes[row, k].imshow(image, origin="lower", cmap="inferno", vmin=0, vmax=max(1e-6, float(inputs[k].max())))
             axes[row, k].set_xticks([]), axes[row, k].set_yticks([])
         if titles:
             axes[0, k].set_title(titles[k], fontsize=7)
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("rebuilt")
     fig.tight_layout()
+    _network_input_colorbar(fig, axes, handle, "0 to each input's peak")
     return fig
+
+
+def _network_input_colorbar(fig: Figure, axes, handle, scale: str) -> None:
+    """One colour bar for panels of network inputs: stretched brightness, which has no physical unit."""
+    bar = fig.colorbar(handle, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, ticks=[])
+    bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=7)
 
 
 def plot_latent_space(points: np.ndarray, colours: dict[str, np.ndarray], *, xlabel: str = "PC 1", ylabel: str = "PC 2", ncols: int = 3) -> Figure:
@@ -86,11 +95,12 @@ def plot_pair_gallery(images: np.ndarray, first: np.ndarray, second: np.ndarray,
             for row, index in enumerate((first[pair], second[pair])):
                 image = images[index]
                 ax = axes[2 * block + row, k]
-                ax.imshow(stretch(image / (0.02 * max(image.max(), 1e-30))), origin="lower", cmap="inferno")
+                handle = ax.imshow(stretch(image / (0.02 * max(image.max(), 1e-30))), origin="lower", cmap="inferno")
                 ax.set_xticks([]), ax.set_yticks([])
             axes[2 * block, k].set_title(f"p {predicted[pair]:.2f}\nt {target[pair]:.2f}", fontsize=8)
         axes[2 * block, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
+    _network_input_colorbar(fig, axes, handle, "each image to its peak")
     return fig
 
 
@@ -102,5 +112,94 @@ def plot_target_comparison(distance: np.ndarray, cosine: np.ndarray, kernel: np.
     ax.scatter(distance[keep], kernel[keep], s=3, alpha=0.4, label="kernel exp(-d²/2σ²)")
     ax.set(xlabel="rms difference of normalised parameters", ylabel="target similarity")
     ax.legend(markerscale=4)
+    fig.tight_layout()
+    return fig
+
+
+def _feature_map(ax, x: float, side: float, depth: float, colour: str, label: str, note: str = "") -> float:
+    """A stack of feature maps drawn as a box ``depth`` wide and ``side`` tall, centred at height 0; returns its right edge."""
+    ax.add_patch(Rectangle((x, -side / 2), depth, side, facecolor=colour, edgecolor="k", lw=0.8))
+    ax.text(x + depth / 2, -side / 2 - 0.06, label, ha="center", va="top", fontsize=8)
+    if note:
+        ax.text(x + depth / 2, side / 2 + 0.05, note, ha="center", va="bottom", fontsize=8, color="0.3")
+    return x + depth
+
+
+def _arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = "", **kwargs) -> None:
+    ax.annotate("", end, start, arrowprops=dict(arrowstyle="->", color="0.25", lw=1.1, **kwargs))
+    if text:
+        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.04, text, ha="center", va="bottom", fontsize=7, color="0.3")
+
+
+def plot_autoencoder_sketch(image_size: int, channels: list[int], latent_size: int, *, use_flux: bool = True,
+                            figsize=(11, 3.6)) -> Figure:
+    """The autoencoder's architecture to scale in image size: input, encoder levels, latent, decoder levels, output.
+
+    Each box is a stack of feature maps, as tall as their side (relative to the image's) and as wide as
+    the log of their number; the shapes are written under them as channels x height x width.
+    """
+    fig, ax = plt.subplots(figsize=figsize)
+    sides = [image_size // 2**k for k in range(len(channels) + 1)]
+    depth = lambda c: 0.08 + 0.06 * np.log2(c)  # noqa: E731 - the box width for c feature maps
+    x = _feature_map(ax, 0.0, 1.0, depth(1), "#fde0c5", f"1x{image_size}x{image_size}", "input image")
+    for width, side in zip(channels, sides[1:]):
+        _arrow(ax, (x, 0), (x + 0.25, 0), "conv/2")
+        x = _feature_map(ax, x + 0.25, side / image_size, depth(width), "#9ecae1", f"{width}x{side}x{side}")
+    _arrow(ax, (x, 0), (x + 0.35, 0), "flatten,\nlinear")
+    x = _feature_map(ax, x + 0.35, 0.6, 0.12, "#fdae6b", f"latent\n{latent_size}", "code")
+    if use_flux:
+        ax.text(x - 0.06, -0.62, "the log total flux joins the flattened maps;\na linear layer rebuilds it from the latent",
+                ha="center", va="top", fontsize=7, color="0.3")
+    _arrow(ax, (x, 0), (x + 0.35, 0), "linear,\nreshape")
+    for width, side in zip(reversed(channels), reversed(sides[1:])):
+        x = _feature_map(ax, x + 0.35 if side == sides[-1] else x + 0.25, side / image_size, depth(width), "#a1d99b", f"{width}x{side}x{side}")
+        _arrow(ax, (x, 0), (x + 0.25, 0), "up x2" if side < sides[1] else "up x2,\nconv")
+    _feature_map(ax, x + 0.25, 1.0, depth(1), "#fde0c5", f"1x{image_size}x{image_size}", "rebuilt image")
+    middle = depth(1) + 0.25 * len(channels) + sum(depth(c) for c in channels)
+    ax.text(middle / 2, 0.78, "encoder", ha="center", fontsize=10, weight="bold", color="#3182bd")
+    ax.text(x - middle / 2 + 0.3, 0.78, "decoder", ha="center", fontsize=10, weight="bold", color="#31a354")
+    ax.set(xlim=(-0.1, x + 0.25 + depth(1) + 0.1), ylim=(-0.85, 0.9), aspect="equal")
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _step(ax, x: float, y: float, text: str, colour: str, width: float = 1.3) -> tuple[float, float]:
+    """A rounded box of text centred at ``(x, y)``; returns its left and right edges."""
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - 0.22), width, 0.44, boxstyle="round,pad=0.02", facecolor=colour, edgecolor="k", lw=0.8))
+    ax.text(x, y, text, ha="center", va="center", fontsize=8)
+    return x - width / 2 - 0.02, x + width / 2 + 0.02
+
+
+def plot_siamese_sketch(image_size: int, channels: list[int], latent_size: int, hidden_size: int, embedding_size: int, *,
+                        figsize=(11, 3.4)) -> Figure:
+    """One training comparison of the Siamese network: two images through the same encoder and head to unit
+    embeddings, whose cosine is the predicted similarity, set against the target similarity of the two
+    systems' parameters by the loss."""
+    fig, ax = plt.subplots(figsize=figsize)
+    levels = " -> ".join(f"{c}x{image_size // 2 ** (k + 1)}²" for k, c in enumerate(channels))
+    columns = [(0.7, f"image {{}}\n1x{image_size}x{image_size}\n(+ log flux)", "#fde0c5", 1.2),
+               (2.5, f"encoder\n{levels}\n-> latent {latent_size}", "#9ecae1", 2.0),
+               (4.4, f"head\n{latent_size} -> {hidden_size} -> {embedding_size}", "#c6dbef", 1.4),
+               (6.0, f"embedding {{}}\n{embedding_size}, unit length", "#fdae6b", 1.4)]
+    for y, name in ((0.55, "A"), (-0.55, "B")):
+        previous = None
+        for x, text, colour, width in columns:
+            left, right = _step(ax, x, y, text.format(name.lower() if "embedding" in text else name), colour, width)
+            if previous is not None:
+                _arrow(ax, (previous, y), (left, y))
+            previous = right
+    for x, _, _, _ in columns[1:3]:
+        ax.annotate("", (x, -0.33), (x, 0.33), arrowprops=dict(arrowstyle="<->", color="0.4", ls="--"))
+        ax.text(x + 0.05, 0, "same weights", fontsize=7, color="0.3", va="center")
+    left, right = _step(ax, 8.0, 0.0, "predicted similarity\ncos(a, b) = a · b", "#fdd0a2", 1.6)
+    for y in (0.55, -0.55):
+        _arrow(ax, (6.72, y), (left, 0.12 if y > 0 else -0.12))
+    _step(ax, 8.0, -1.25, "target similarity from the\ntwo systems' parameters", "#e5f5e0", 1.9)
+    _step(ax, 10.0, -0.6, "loss\n(e.g. squared\ndifference)", "#fcbba1", 1.1)
+    _arrow(ax, (right, 0), (9.43, -0.45))
+    _arrow(ax, (8.97, -1.2), (9.43, -0.75))
+    ax.set(xlim=(0, 10.7), ylim=(-1.6, 1.0), aspect="equal")
+    ax.axis("off")
     fig.tight_layout()
     return fig

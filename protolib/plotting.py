@@ -1,10 +1,20 @@
 """Figures of images and banks: galleries, the prior, the instrument's effect, the split.
 
 Every function takes data and keyword-only options and returns the :class:`matplotlib.figure.Figure`;
-none calls ``show()`` or ``savefig()``. Images are drawn north up, east left, with offsets in au.
+none calls ``show()`` or ``savefig()``. Images are drawn north up, east left (``origin="lower"`` with
+the east offset growing to the left), with offsets in au, a colour bar in the image's unit and, on
+galleries, a scale bar in au and the N and E arrows once.
+
+Figures are read in the book at about page width (:data:`PAGE_WIDTH_IN`, some 700 px); wider ones
+are shrunk to it. :func:`page_fontsize` sizes text in proportion, so that it reads at the same size
+whatever the figure's width. The helpers here (:func:`add_colorbar`, :func:`add_scale_bar`,
+:func:`add_orientation`, :func:`corner_figure`, :func:`make_corner_legible`) are shared by the
+other modules' figures.
 """
 
 from __future__ import annotations
+
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,8 +25,176 @@ from .instrument import Beam
 from .normalise import scale_parameters
 from .parameters import PARAMETERS
 
-__all__ = ["image_extent_au", "draw_image", "plot_image_grid", "plot_parameter_gallery", "plot_prior_corner",
-           "plot_instrument_effects", "plot_split"]
+__all__ = ["PAGE_WIDTH_IN", "page_fontsize", "display_unit", "image_norm", "add_colorbar", "scale_bar_length_au", "add_scale_bar",
+           "add_orientation", "fit_title", "corner_figure", "make_corner_legible", "image_extent_au", "draw_image", "plot_image_grid",
+           "plot_parameter_gallery", "plot_prior_corner", "plot_instrument_effects", "plot_split"]
+
+PAGE_WIDTH_IN = 7.0  # the book's text column: about 700 px at the 100 dpi figures are drawn with
+
+
+def page_fontsize(fig_or_width, points: float = 9.0) -> float:
+    """The font size [pt] that reads as ``points`` pt once the figure is shown at page width.
+
+    ``fig_or_width`` is a figure or its width [in]. A figure wider than :data:`PAGE_WIDTH_IN` is
+    shrunk to the page, so its text is made larger in proportion; a narrower one is shown as drawn.
+    """
+    width = fig_or_width.get_figwidth() if hasattr(fig_or_width, "get_figwidth") else float(fig_or_width)
+    return float(points) * max(1.0, width / PAGE_WIDTH_IN)
+
+
+def display_unit(unit: str | None) -> tuple[float, str]:
+    """``(factor, label)``: images in ``unit`` are shown multiplied by ``factor``, their colour bar labelled ``label``.
+
+    Jy/beam and Jy/pixel are shown in mJy (protostellar continuum peaks at a few mJy/beam);
+    ``"stretched"`` marks a network input (the per-image brightness stretch, no physical unit).
+    """
+    unit = (unit or "").strip()
+    if unit in ("Jy/beam", "Jy/pixel"):
+        return 1e3, "m" + unit
+    if unit == "stretched":
+        return 1.0, "stretched brightness (network input)"
+    return 1.0, unit or "bank unit"
+
+
+def image_norm(images: np.ndarray, stretch: str = "asinh", *, low: float | None = None, high: float | None = None):
+    """The colour normalisation of ``images`` (one image or a stack sharing a scale).
+
+    ``stretch`` is ``"linear"``, ``"asinh"`` (shows faint envelopes next to bright disks) or ``"log"``;
+    ``low`` and ``high`` override the range (default: the minimum, or 0 when lower, and the peak).
+    """
+    from matplotlib.colors import AsinhNorm, LogNorm, Normalize
+
+    images = np.asarray(images, dtype=np.float64)
+    finite = images[np.isfinite(images)]
+    peak = float(finite.max()) if high is None and finite.size else (1.0 if high is None else float(high))
+    floor = (float(finite.min()) if finite.size else 0.0) if low is None else float(low)
+    if not peak > floor:
+        peak = floor + max(abs(floor), 1e-30) * 1e-6
+    if stretch == "asinh":
+        return AsinhNorm(linear_width=max(abs(peak), 1e-30) * 0.02, vmin=min(0.0, floor), vmax=peak)
+    if stretch == "log":
+        return LogNorm(vmin=max(peak, 1e-30) * 1e-3, vmax=max(peak, 1e-30))
+    return Normalize(vmin=floor, vmax=peak)
+
+
+def add_colorbar(ax, mappable, label: str, *, fontsize: float | None = None, location: str = "right", size: float = 0.06,
+                 pad: float = 0.03, n_ticks: int = 4):
+    """A colour bar beside ``ax`` labelled ``label`` (its unit), with few ticks at reading size; returns the colour bar.
+
+    It is drawn in a child axes of ``ax``, so ``fig.axes`` keeps only the panels and a constrained
+    layout makes room for it. ``location`` is ``"right"`` or ``"bottom"``; ``size`` and ``pad`` are
+    fractions of the panel.
+    """
+    from matplotlib.colors import AsinhNorm, LogNorm
+    from matplotlib.ticker import MaxNLocator
+
+    fontsize = page_fontsize(ax.figure, 8) if fontsize is None else fontsize
+    vertical = location == "right"
+    cax = ax.inset_axes([1 + pad, 0, size, 1] if vertical else [0, -pad - size, 1, size])
+    bar = ax.figure.colorbar(mappable, cax=cax, orientation="vertical" if vertical else "horizontal")
+    if isinstance(mappable.norm, (AsinhNorm, LogNorm)):
+        bar.set_ticks(_decade_ticks(mappable.norm, n_ticks), labels=[f"{t:g}" for t in _decade_ticks(mappable.norm, n_ticks)])
+    else:
+        bar.locator = MaxNLocator(n_ticks)
+        bar.update_ticks()
+    bar.ax.tick_params(labelsize=0.9 * fontsize, length=2)
+    bar.set_label(label, fontsize=fontsize)
+    return bar
+
+
+def _decade_ticks(norm, n_ticks: int) -> list[float]:
+    """Ticks of an asinh or log colour scale: 0 (asinh) and whole decades up to its top, at most ``n_ticks``."""
+    from matplotlib.colors import AsinhNorm
+
+    top = float(norm.vmax)
+    bottom = 2.0 * norm.linear_width if isinstance(norm, AsinhNorm) else float(norm.vmin)
+    decades = [10.0**e for e in range(int(np.ceil(np.log10(max(bottom, 1e-30)))), int(np.floor(np.log10(max(top, 1e-30)))) + 1)]
+    keep = max(1, n_ticks - isinstance(norm, AsinhNorm))
+    decades = decades[::-1][:: int(np.ceil(len(decades) / keep)) or 1][::-1]
+    return ([0.0] if isinstance(norm, AsinhNorm) and norm.vmin <= 0 else []) + decades
+
+
+def scale_bar_length_au(field_au: float) -> float:
+    """A round length [au] near a quarter of ``field_au``, for a scale bar."""
+    target = field_au / 4.0
+    candidates = [m * 10.0**e for e in range(-1, 6) for m in (1, 2, 5)]
+    return float(min(candidates, key=lambda b: abs(np.log(b / target))))
+
+
+def add_scale_bar(ax, field_au: float, *, fontsize: float | None = None, color: str = "white"):
+    """A scale bar of a round length in au in the lower right of ``ax`` (whose x axis spans ``field_au``); returns its text."""
+    length = scale_bar_length_au(field_au)
+    fraction = length / field_au
+    fontsize = page_fontsize(ax.figure, 8) if fontsize is None else fontsize
+    ax.plot([0.94 - fraction, 0.94], [0.08, 0.08], color=color, lw=2, transform=ax.transAxes, solid_capstyle="butt")
+    return ax.text(0.95, 0.11, f"{length:g} au", color=color, ha="right", va="bottom", fontsize=fontsize, transform=ax.transAxes)
+
+
+def add_orientation(ax, *, fontsize: float | None = None, color: str = "white"):
+    """The sky orientation arrows in the upper right of ``ax``: N up, E to the left."""
+    fontsize = page_fontsize(ax.figure, 8) if fontsize is None else fontsize
+    corner, reach = (0.9, 0.66), 0.22
+    style = dict(arrowstyle="-|>", color=color, lw=1.2, shrinkA=0, shrinkB=0, mutation_scale=0.9 * fontsize)
+    for label, tip, align in (("N", (corner[0], corner[1] + reach), dict(ha="center", va="bottom")),
+                              ("E", (corner[0] - reach, corner[1]), dict(ha="right", va="center"))):
+        ax.annotate("", xy=tip, xytext=corner, xycoords="axes fraction", arrowprops=style)
+        ax.text(*tip, label, color=color, fontsize=fontsize, transform=ax.transAxes, **align)
+
+
+def fit_title(text: str, panel_width_in: float, fontsize: float) -> str:
+    """``text`` with every line longer than a panel of ``panel_width_in`` allows (at ``fontsize`` pt) wrapped.
+
+    A line is broken at its commas first (``"system 3, i = 45 deg"``), then at spaces.
+    """
+    width = max(8, int(panel_width_in * 72 / (0.56 * fontsize)))
+
+    def wrap(line: str) -> list[str]:
+        if len(line) <= width:
+            return [line]
+        if ", " in line:
+            return [piece for part in line.split(", ") for piece in wrap(part)]
+        return textwrap.wrap(line, width, break_long_words=False) or [line]
+
+    return "\n".join(piece for line in text.split("\n") for piece in wrap(line))
+
+
+def corner_figure(n_parameters: int):
+    """An empty figure for a corner plot of ``n_parameters``, about page width whatever their number."""
+    side = float(np.clip(1.0 * n_parameters + 1.2, 4.5, 9.0))
+    return plt.figure(figsize=(side, side))
+
+
+def make_corner_legible(fig, n_parameters: int, *, label_points: float = 9.0, tick_points: float = 8.0, n_ticks: int = 3) -> None:
+    """Resize a corner plot's labels and ticks so that they read at ``label_points`` and ``tick_points`` at page width.
+
+    Axis labels too long for a panel are wrapped at spaces (the unit on its own line); each axis
+    keeps at most ``n_ticks`` ticks, and the margins make room for the tick labels and the labels.
+    Beyond eight parameters the panels are too small at page width for that: the text shrinks with
+    them (such figures are meant to be opened at full size, like ``protolib match``'s ``corner.png``).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    axes = np.array(fig.axes[: n_parameters**2]).reshape(n_parameters, n_parameters)
+    crowding = min(1.0, 8.0 / n_parameters)
+    label_size, tick_size = page_fontsize(fig, label_points * crowding), page_fontsize(fig, tick_points * crowding)
+    lines = 1
+    for ax in axes.ravel():
+        ax.tick_params(labelsize=tick_size, length=3)
+        for axis, text in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
+            if any(t.get_visible() for t in axis.get_ticklabels()):
+                axis.set_major_locator(MaxNLocator(n_ticks, prune="lower"))
+            if text:
+                axis.label.set_text(fit_title(text, 0.85 * fig.get_figwidth() / n_parameters, label_size))
+                axis.label.set_fontsize(label_size)
+                lines = max(lines, axis.label.get_text().count("\n") + 1)
+    offset_in = (2.6 * tick_size + 6.0) / 72  # rotated tick labels of a few characters, and their ticks
+    margin = min(0.35, (offset_in + lines * 1.3 * label_size / 72 + 0.05) / fig.get_figheight())
+    top = 1.0 - min(0.05, 0.15 / fig.get_figheight())
+    fig.subplots_adjust(left=margin, bottom=margin, right=top, top=top, wspace=0.06, hspace=0.06)
+    panel_in = fig.get_figheight() * (top - margin) / (n_parameters + 0.06 * (n_parameters - 1))
+    for i in range(n_parameters):
+        axes[-1, i].xaxis.set_label_coords(0.5, -offset_in / panel_in)
+        axes[i, 0].yaxis.set_label_coords(-offset_in / panel_in, 0.5)
 
 
 def image_extent_au(image_size: int, pixel_size_au: float) -> tuple[float, float, float, float]:
@@ -26,51 +204,60 @@ def image_extent_au(image_size: int, pixel_size_au: float) -> tuple[float, float
 
 
 def draw_image(ax, image: np.ndarray, *, pixel_size_au: float, stretch: str = "asinh", beam: Beam | None = None,
-               distance_pc: float | None = None, title: str | None = None, cmap: str = "inferno", colorbar_label: str | None = None):
-    """Draw one image on ``ax``: north up, east left, axes in au, optional beam ellipse.
+               distance_pc: float | None = None, title: str | None = None, cmap: str = "inferno", colorbar_label: str | None = None,
+               unit: str | None = None, norm=None):
+    """Draw one image on ``ax``: north up, east left, axes in au, optional beam ellipse and colour bar.
 
-    ``stretch`` is ``"linear"``, ``"asinh"`` (shows faint envelopes next to bright disks) or ``"log"``.
-    Returns the ``AxesImage``.
+    ``stretch`` is ``"linear"``, ``"asinh"`` (shows faint envelopes next to bright disks) or ``"log"``;
+    ``norm`` (in the shown unit) replaces it, e.g. to share one scale between panels. With ``unit``
+    (the image's, e.g. ``"Jy/beam"``) the image is shown in :func:`display_unit` and given a colour bar
+    labelled with it (``colorbar_label`` replaces the label). Returns the ``AxesImage``.
     """
-    from matplotlib.colors import AsinhNorm, LogNorm, Normalize
-
-    peak = float(np.nanmax(image)) if np.isfinite(image).any() else 1.0
-    if stretch == "asinh":
-        norm = AsinhNorm(linear_width=max(peak, 1e-30) * 0.02, vmin=min(0.0, float(np.nanmin(image))), vmax=peak)
-    elif stretch == "log":
-        norm = LogNorm(vmin=max(peak, 1e-30) * 1e-3, vmax=max(peak, 1e-30))
-    else:
-        norm = Normalize(vmin=float(np.nanmin(image)), vmax=peak)
-    handle = ax.imshow(image, origin="lower", extent=image_extent_au(image.shape[-1], pixel_size_au), cmap=cmap, norm=norm)
+    factor, label = display_unit(unit) if unit is not None else (1.0, None)
+    shown = np.asarray(image, dtype=np.float64) * factor
+    handle = ax.imshow(shown, origin="lower", extent=image_extent_au(shown.shape[-1], pixel_size_au), cmap=cmap,
+                       norm=norm if norm is not None else image_norm(shown, stretch))
     if beam is not None and distance_pc is not None:
-        half = image.shape[-1] * pixel_size_au / 2.0
+        half = shown.shape[-1] * pixel_size_au / 2.0
         ax.add_patch(Ellipse((0.8 * half, -0.8 * half), beam.minor_arcsec * distance_pc, beam.major_arcsec * distance_pc,
-                             angle=beam.position_angle_deg, facecolor="none", edgecolor="white", lw=1.0))
+                             angle=-beam.position_angle_deg, facecolor="none", edgecolor="white", lw=1.0))  # PA east of north
     if title:
-        ax.set_title(title, fontsize=8)
-    if colorbar_label:
-        ax.figure.colorbar(handle, ax=ax, label=colorbar_label, fraction=0.046, pad=0.04)
+        ax.set_title(title, fontsize=page_fontsize(ax.figure, 8))
+    if colorbar_label or label:
+        add_colorbar(ax, handle, colorbar_label or label)
     return handle
 
 
 def plot_image_grid(images: np.ndarray, *, pixel_size_au: float, titles=None, row_labels=None, stretch: str = "asinh",
-                    panel_size: float = 1.8, suptitle: str | None = None):
-    """A grid of images ``(rows, columns, H, W)`` with per-panel titles and per-row labels."""
+                    panel_size: float = 1.8, suptitle: str | None = None, unit: str | None = None):
+    """A grid of images ``(rows, columns, H, W)`` with per-panel titles and per-row labels.
+
+    Each row shares one colour scale, shown by a colour bar at its end in ``unit`` (the images' unit,
+    e.g. ``"Jy/beam"``; see :func:`display_unit`). The first panel has a scale bar in au and the N and
+    E arrows.
+    """
     images = np.asarray(images)
     n_rows, n_cols = images.shape[:2]
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols, panel_size * n_rows), squeeze=False,
-                             sharex=True, sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols + 0.9, panel_size * n_rows), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    factor, label = display_unit(unit)
+    tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
     for r in range(n_rows):
+        norm = image_norm(images[r] * factor, stretch)
         for c in range(n_cols):
-            draw_image(axes[r, c], images[r, c], pixel_size_au=pixel_size_au, stretch=stretch,
-                       title=None if titles is None else titles[r][c])
-            axes[r, c].tick_params(labelsize=6)
+            handle = draw_image(axes[r, c], images[r, c] * factor, pixel_size_au=pixel_size_au, norm=norm)
+            if titles is not None:
+                axes[r, c].set_title(titles[r][c], fontsize=text)
+            axes[r, c].tick_params(labelsize=tick)
+        add_colorbar(axes[r, -1], handle, label, fontsize=text)
         if row_labels is not None:
-            axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=text)
     for c in range(n_cols):
-        axes[-1, c].set_xlabel("east offset [au]", fontsize=7)
+        axes[-1, c].set_xlabel("east offset [au]", fontsize=text)
+    add_scale_bar(axes[0, 0], images.shape[-1] * pixel_size_au, fontsize=text)
+    add_orientation(axes[0, 0], fontsize=text)
     if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
+        fig.suptitle(suptitle, fontsize=page_fontsize(fig, 10))
     return fig
 
 
@@ -87,12 +274,16 @@ def plot_parameter_gallery(bank: Bank, parameter: str, *, n_systems: int = 5, n_
         images.append(bank.load_images([system])[0][cols])
         titles.append([f"i = {incl[c]:.0f} deg" for c in cols])
         labels.append(f"{info.label or parameter} = {values[system]:.3g} {info.unit}\nnorth offset [au]")
-    return plot_image_grid(np.stack(images), pixel_size_au=bank.pixel_size_au, titles=titles, row_labels=labels,
-                           stretch=stretch, suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({bank.unit}, asinh stretch)")
+    return plot_image_grid(np.stack(images), pixel_size_au=bank.pixel_size_au, titles=titles, row_labels=labels, stretch=stretch,
+                           unit=bank.unit,
+                           suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({stretch} stretch, one scale per row)")
 
 
 def plot_prior_corner(bank: Bank, names: list[str] | None = None, *, systems=None, color: str = "k", fig=None, bins: int = 20):
-    """Corner plot of the bank's parameters (log10 for log-scaled ones): the prior of the matching stage."""
+    """Corner plot of the bank's parameters (log10 for log-scaled ones): the prior of the matching stage.
+
+    The figure is about page width whatever the number of parameters, its labels readable there.
+    """
     import corner
 
     names = names or [n for n in PARAMETERS if n in bank.parameters and n not in ("disk_scale_height", "cavity_angle")]
@@ -101,23 +292,36 @@ def plot_prior_corner(bank: Bank, names: list[str] | None = None, *, systems=Non
         table = table[np.asarray(systems)]
     logged = scale_parameters(table, [bank.parameter_info[n].log_scale for n in names], names)
     labels = [bank.parameter_info[n].axis_label if n in bank.parameter_info else n for n in names]
-    return corner.corner(logged, labels=labels, bins=bins, color=color, fig=fig, plot_datapoints=True, plot_density=False,
-                         plot_contours=False, label_kwargs={"fontsize": 8}, max_n_ticks=3)
+    fig = corner.corner(logged, labels=labels, bins=bins, color=color, fig=fig if fig is not None else corner_figure(len(names)),
+                        plot_datapoints=True, plot_density=False, plot_contours=False, max_n_ticks=3,
+                        data_kwargs={"ms": 2.5, "alpha": 0.4})
+    make_corner_legible(fig, len(names))
+    return fig
 
 
 def plot_instrument_effects(clean: np.ndarray, convolved: np.ndarray, observed: np.ndarray, *, pixel_size_au: float,
-                            beam: Beam, distance_pc: float, titles=("clean model [Jy/pixel]", "with beam [Jy/beam]", "beam + noise [Jy/beam]")):
-    """The same system as a clean model, through the beam, and with thermal noise, one row per view ``(rows, H, W)``."""
+                            beam: Beam, distance_pc: float, titles=("clean model", "with beam", "beam + noise"),
+                            units=("Jy/pixel", "Jy/beam", "Jy/beam")):
+    """The same system as a clean model, through the beam, and with thermal noise, one row per view ``(rows, H, W)``.
+
+    Every panel has its own asinh scale and colour bar in its unit (``units``, shown in mJy); the
+    beam panels show the beam (lower left), the first panel a scale bar and the N and E arrows.
+    """
     rows = np.asarray(clean).shape[0]
-    fig, axes = plt.subplots(rows, 3, figsize=(8.4, 2.6 * rows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(rows, 3, figsize=(9.0, 2.6 * rows), squeeze=False, layout="constrained")
+    tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
     for r in range(rows):
-        for c, (stack, title) in enumerate(zip((clean, convolved, observed), titles)):
-            draw_image(axes[r, c], stack[r], pixel_size_au=pixel_size_au, stretch="asinh",
-                       beam=beam if c > 0 else None, distance_pc=distance_pc, title=title if r == 0 else None)
-            axes[r, c].tick_params(labelsize=6)
-        axes[r, 0].set_ylabel("north offset [au]", fontsize=7)
+        for c, (stack, title, unit) in enumerate(zip((clean, convolved, observed), titles, units)):
+            draw_image(axes[r, c], stack[r], pixel_size_au=pixel_size_au, stretch="asinh", unit=unit,
+                       beam=beam if c > 0 else None, distance_pc=distance_pc)
+            if r == 0:
+                axes[r, c].set_title(title, fontsize=text)
+            axes[r, c].tick_params(labelsize=tick)
+        axes[r, 0].set_ylabel("north offset [au]", fontsize=text)
     for c in range(3):
-        axes[-1, c].set_xlabel("east offset [au]", fontsize=7)
+        axes[-1, c].set_xlabel("east offset [au]", fontsize=text)
+    add_scale_bar(axes[0, 0], np.shape(clean)[-1] * pixel_size_au, fontsize=text)
+    add_orientation(axes[0, 0], fontsize=text)
     return fig
 
 

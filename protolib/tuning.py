@@ -5,8 +5,8 @@ trained once per architecture and shared between trials) with hyperparameters dr
 is scored by what the pipeline is for: the **validation recovery error**, the mean over the
 parameters of the target similarity of the RMS error of the top-k matches' median, in units of the
 prior's spread (:func:`recovery_error`; the validation systems matched against the training systems,
-exactly as :mod:`protolib.evaluation` scores the test systems). Lower is better; 0 is perfect, about
-1.4 is what random matches give. The test systems are never looked at.
+exactly as :mod:`protolib.evaluation` scores the test systems). Lower is better; 0 is perfect, and
+about 1 is what guessing the prior's centre gives (random matches score about the same). The test systems are never looked at.
 
 The score is also taken after every epoch, and poor trials are stopped early by asynchronous
 successive halving (ASHA, Li et al. 2020; Optuna's ``SuccessiveHalvingPruner``) or Hyperband: a

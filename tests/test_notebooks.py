@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_prose_numbers import glued_names
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -45,6 +46,9 @@ def test_notebook_runs_alone_on_the_tiny_configuration(path, tmp_path, monkeypat
     client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()  # raises CellExecutionError, with the failing cell and traceback, on any error
     outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+    emitted = {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs}
+    missing = sorted(glued_names(path) - emitted)
+    assert not missing, f"{path.name}: its text takes {missing} from glue, but no cell glues them"
     figures = sum("image/png" in o.get("data", {}) for o in outputs)
     assert figures >= MIN_FIGURES.get(path.stem, 1), f"{path.name} drew {figures} figures"
     if path.stem == "05_distributions":  # the explorer's static view, not an empty widget, without a front end

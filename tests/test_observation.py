@@ -341,6 +341,19 @@ def test_synthetic_observation_round_trip_recovers_the_clean_model(tmp_path):
     assert prepared.total_flux_jy == pytest.approx(bank_model.sum() / beam_pixels, rel=0.02)
 
 
+def test_a_second_image_is_warned_about_but_not_the_synthetic_files_own_model(tmp_path):
+    path = write_observation_fits(tmp_path / "synthetic.fits", SYSTEM, inclination_deg=40.0, position_angle_deg=0.0, distance_pc=140.0,
+                                  pixel_arcsec=0.05, image_size=64, beam=Beam(0.3, 0.3, 0.0), noise_rms_jy_beam=1e-4, seed=0, config=TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the MODEL extension protolib writes beside the image is not a second image
+        read_observation(path)
+    with fits.open(path) as hdul:
+        hdul.append(fits.ImageHDU(hdul[0].data[0, 0], name="RESIDUAL"))
+        hdul.writeto(tmp_path / "two.fits")
+    with pytest.warns(UserWarning, match="holds 2 images; using the first"):
+        read_observation(tmp_path / "two.fits")
+
+
 # ---------------------------------------------------------------------------------------------
 # Small fields, missing beams, bad input.
 

@@ -167,3 +167,13 @@ def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(tmp_path)
     with pytest.raises(ProtolibInputError, match=r"siamese\.pt was refused: it holds Python objects.*could run code"):
         load_checkpoint(path, "siamese")
     assert not marker.exists()
+
+
+def test_the_printed_network_summary_counts_every_parameter_and_shape():
+    from protolib.autoencoder import Autoencoder, describe_network
+
+    network = Autoencoder(AutoencoderConfig(image_size=32, channels=[8, 16], latent_size=16))
+    table = describe_network(network, 32)
+    total = int(table.splitlines()[-1].split()[-1].replace(",", ""))
+    assert total == sum(p.numel() for p in network.parameters())
+    assert "16x8x8" in table and "1x32x32" in table  # the encoder's last level and the reconstruction, for one image

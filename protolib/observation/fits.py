@@ -422,10 +422,15 @@ def _celestial_wcs(header: fits.Header, path: Path) -> WCS:
 def _warn_about_other_images(hdul: fits.HDUList, hdu, data: np.ndarray, path: Path) -> None:
     """A warning when the file holds more images than the one read (``hdu``, holding ``data``)."""
     others = [h for h in hdul if h is not hdu and isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
-              and h.header.get("NAXIS", 0) >= 2]
+              and h.header.get("NAXIS", 0) >= 2 and not _is_protolib_model(h)]
     if others:
         warnings.warn(f"{path}: the file holds {len(others) + 1} images; using the first ({hdu.name or 'PRIMARY'}, "
                       f"{'x'.join(str(n) for n in data.shape)}). Write the image you mean into a file of its own.", stacklevel=3)
+
+
+def _is_protolib_model(hdu) -> bool:
+    """The clean-model extension that ``protolib simulate-observation`` writes beside the image (not a second image)."""
+    return hdu.name == "MODEL" and "Clean model (no beam, no noise) of the primary image." in str(hdu.header.get("COMMENT", ""))
 
 
 def _header_beam_unless_given(header: fits.Header, hdul: fits.HDUList, path: Path, beam: Beam | None) -> Beam | None:

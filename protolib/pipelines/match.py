@@ -181,7 +181,8 @@ def write_match_report(
         "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
                                   parameters=corner_parameters),
         "gallery.png": _gallery(bank, shown, target_image, gallery_images, samples["inclination"][:n_gallery], gallery_residuals,
-                                None if reduced_chi2 is None else reduced_chi2[:n_gallery]),
+                                None if reduced_chi2 is None else reduced_chi2[:n_gallery],
+                                "Jy/beam" if match_image_transform is not None else bank.unit),
     }
     for name, fig in figures.items():
         write_figure(fig, out_dir / name, dpi=110)
@@ -208,13 +209,13 @@ def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, pr
 
 
 def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, images: np.ndarray, inclination: np.ndarray, residuals,
-             reduced_chi2):
-    """The gallery figure of the matches ``shown`` (their ``images`` as the network saw them), captioned with
-    their system and inclination [deg]."""
+             reduced_chi2, unit: str):
+    """The gallery figure of the matches ``shown`` (their ``images`` as the network saw them, in ``unit``), captioned
+    with their system and inclination [deg]."""
     return gallery_plot(target_image, images, shown.similarity,
                         captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
                         pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
-                        residuals=residuals, reduced_chi2=reduced_chi2)
+                        residuals=residuals, reduced_chi2=reduced_chi2, unit=unit)
 
 
 def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, *,

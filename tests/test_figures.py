@@ -1,0 +1,139 @@
+"""Figures at reading size: what a reader of the book would notice on a page about 700 px wide.
+
+Every image panel has a colour bar with a unit, galleries a scale bar in au and the N and E arrows
+(once), images keep the sky convention (north up, east left), and corner plots' labels stay legible
+when the figure is shrunk to page width.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from match_helpers import write_bank
+from protolib import plotting
+from protolib.bank import Bank
+from protolib.distributions import corner_plot, gallery_plot, match_parameters, prior_parameters, truth_parameters
+from protolib.instrument import Beam
+from protolib.matching import Matches
+
+MIN_POINTS_AT_PAGE_WIDTH = 7.5  # the smallest text a reader should meet, as shown on the page
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory):
+    with Bank(write_bank(tmp_path_factory.mktemp("figures") / "bank.h5", n_systems=40)) as b:
+        yield b
+
+
+def _colorbar_labels(fig) -> list[str]:
+    """The labels of every colour bar: child axes of the panels (galleries) or axes of their own."""
+    bars = [child for ax in fig.axes for child in ax.child_axes] + [ax for ax in fig.axes if hasattr(ax, "_colorbar")]
+    return [bar.get_ylabel() or bar.get_xlabel() for bar in bars]
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def _points_at_page_width(fig, size: float) -> float:
+    return size * min(1.0, plotting.PAGE_WIDTH_IN / fig.get_figwidth())
+
+
+def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orientation_once(bank):
+    images = bank.load_images(list(range(12)))[:, 0]
+    fig = gallery_plot(images[0], images[1:], np.linspace(0.99, 0.9, 11), pixel_size_au=bank.pixel_size_au,
+                       captions=[f"system {s}, i = 45 deg" for s in range(1, 12)])
+    labels = _colorbar_labels(fig)
+    assert len(labels) == 12 and all(label == "mJy/beam" for label in labels)  # one per image, each image on its own scale
+    assert sum(text.endswith(" au") for text in _texts(fig)) == 1
+    assert _texts(fig).count("N") == 1 and _texts(fig).count("E") == 1
+    target = fig.axes[0]
+    assert target.images[0].origin == "lower" and target.images[0].get_extent()[0] > 0  # east (positive offset) to the left
+    shared = gallery_plot(images[0], images[1:4], np.ones(3), scale="target", unit="Jy/pixel")
+    assert _colorbar_labels(shared) == ["mJy/pixel (all panels)"]
+    assert len({ax.images[0].norm.vmax for ax in shared.axes}) == 1
+    plt.close("all")
+
+
+def test_gallery_titles_stay_within_their_panels_at_page_width(bank):
+    images = bank.load_images(list(range(12)))[:, 0]
+    fig = gallery_plot(images[0], images[1:], np.linspace(0.99, 0.9, 11), captions=[f"system {s}, i = 45 deg" for s in range(1, 12)])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        assert _points_at_page_width(fig, ax.title.get_fontsize()) >= MIN_POINTS_AT_PAGE_WIDTH
+        panel, title = ax.get_window_extent(renderer), ax.title.get_window_extent(renderer)
+        assert title.width <= 1.25 * panel.width, ax.get_title()
+    plt.close(fig)
+
+
+def test_the_bank_figures_have_colour_bars_in_their_units_and_a_scale_bar(bank):
+    fig = plotting.plot_parameter_gallery(bank, "disk_radius", n_systems=3, n_projections=3)
+    assert _colorbar_labels(fig) == ["mJy/beam"] * 3  # one shared scale per row
+    assert "50 au" in _texts(fig) and {"N", "E"} <= set(_texts(fig))
+    images = bank.load_images([0])[0][:2]
+    fig = plotting.plot_instrument_effects(images, images, images, pixel_size_au=bank.pixel_size_au, beam=Beam(0.25, 0.2, 30.0),
+                                           distance_pc=140.0)
+    assert sorted(_colorbar_labels(fig)) == ["mJy/beam"] * 4 + ["mJy/pixel"] * 2
+    plt.close("all")
+
+
+def test_the_beam_is_drawn_with_its_position_angle_east_of_north(bank):
+    fig, ax = plt.subplots()
+    plotting.draw_image(ax, bank.images[0, 0], pixel_size_au=10.0, beam=Beam(0.5, 0.1, 30.0), distance_pc=140.0)
+    [beam] = ax.patches
+    tip = beam.get_patch_transform().transform([(0.0, 0.5)])[0] - beam.center  # the major axis' northern end, in (east, north) au
+    assert np.degrees(np.arctan2(tip[0], tip[1])) == pytest.approx(30.0)
+    plt.close(fig)
+
+
+def _bottom_row_label_boxes(fig, n: int):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = np.array(fig.axes[: n * n]).reshape(n, n)
+    return [ax.xaxis.label.get_window_extent(renderer) for ax in axes[-1]], axes
+
+
+@pytest.mark.parametrize("n_parameters", [4, 8])
+def test_corner_labels_are_legible_at_page_width_and_do_not_overlap(bank, n_parameters):
+    names = ["stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "envelope_mass", "luminosity", "age", "inclination"]
+    names = names[:n_parameters]
+    matches = Matches(np.linspace(0.99, 0.9, 80), np.arange(80) % 40, np.arange(80) % 4)
+    fig = corner_plot(match_parameters(bank, matches), prior_parameters(bank), parameters=names, truths=truth_parameters(bank, 5, 1),
+                      parameter_info=bank.parameter_info)
+    assert fig.get_figwidth() <= 1.3 * plotting.PAGE_WIDTH_IN  # about page width, whatever the number of parameters
+    boxes, axes = _bottom_row_label_boxes(fig, n_parameters)
+    for ax in axes.ravel():
+        if ax.get_xlabel():
+            assert _points_at_page_width(fig, ax.xaxis.label.get_fontsize()) >= 8.5
+        for tick in ax.get_xticklabels() + ax.get_yticklabels():
+            assert _points_at_page_width(fig, tick.get_fontsize()) >= MIN_POINTS_AT_PAGE_WIDTH
+        assert len([t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]) <= 3  # few ticks
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "neighbouring axis labels overlap"
+    figure_box = fig.bbox
+    assert all(figure_box.x0 <= box.x0 and box.y0 >= figure_box.y0 for box in boxes)  # inside the figure
+    plt.close(fig)
+
+
+def test_the_prior_corner_is_page_sized_with_legible_labels(bank):
+    fig = plotting.plot_prior_corner(bank)
+    n = int(round(np.sqrt(len(fig.axes))))
+    assert n >= 7 and fig.get_figwidth() <= 1.3 * plotting.PAGE_WIDTH_IN
+    boxes, axes = _bottom_row_label_boxes(fig, n)
+    assert all(_points_at_page_width(fig, ax.xaxis.label.get_fontsize()) >= 8.5 for ax in axes[-1])
+    assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    plt.close(fig)
+
+
+def test_fonts_grow_with_figures_wider_than_the_page():
+    assert plotting.page_fontsize(5.0, 9) == 9
+    assert plotting.page_fontsize(14.0, 9) == pytest.approx(18)
+    assert plotting.display_unit("Jy/beam") == (1e3, "mJy/beam")
+    assert "network input" in plotting.display_unit("stretched")[1]
+    assert plotting.fit_title("system 12, i = 45 deg", 1.0, 9) == "system 12\ni = 45 deg"
