@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -266,12 +267,21 @@ def gaussian_solid_angle_pixels(covariance: np.ndarray) -> float:
     return 2.0 * math.pi * math.sqrt(max(np.linalg.det(covariance), 0.0))
 
 
-def beam_noise(shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.random.Generator) -> torch.Tensor:
+def beam_noise(shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.random.Generator | Sequence[np.random.Generator]) -> torch.Tensor:
     """Unit-rms Gaussian noise correlated on the beam scale, as in an interferometric image.
 
     White noise is convolved with the beam and divided by the kernel's root-sum-square, so the
-    expected rms per pixel is exactly one.
+    expected rms per pixel is exactly one. ``rng`` is one generator for the whole ``shape``, or one
+    per image (``shape[:-2]`` images of ``shape[-2:]`` each, in order), so an image's noise can be
+    drawn from its own seed whatever batch it is in.
     """
-    white = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    if isinstance(rng, np.random.Generator):
+        white = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    else:
+        generators = list(rng)
+        if len(generators) != int(np.prod(shape[:-2], dtype=np.int64)):
+            raise ValueError(f"beam_noise: {len(generators)} generators for {int(np.prod(shape[:-2]))} images of shape {shape}.")
+        planes = [g.standard_normal(shape[-2:]).astype(np.float32) for g in generators]
+        white = torch.from_numpy(np.stack(planes).reshape(shape) if planes else np.zeros(shape, dtype=np.float32))
     kernel = beam_kernel(beam, pixel_arcsec)
     return convolve_beam(white, beam, pixel_arcsec) / float(np.sqrt((kernel**2).sum()))

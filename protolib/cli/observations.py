@@ -129,6 +129,9 @@ def register_match(sub) -> None:
     add_setting(p, "--weight-temperature", key="matching.weight_temperature", type=float,
                 help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (null: equal weights)")
     add_setting(p, "--backend", key="matching.backend", choices=["auto", "exact", "faiss"], help="nearest-neighbour search")
+    add_setting(p, "--search", key="matching.search", choices=["auto", "exhaustive", "tiered"],
+                help="with --target: re-embed the whole bank at the observation's beam and noise, or re-rank a shortlist "
+                     "from the nearest pre-embedded resolution tier (auto: tiered from matching.tiered_above bank images)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--out", required=True, type=path_argument,
                    help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
@@ -146,7 +149,7 @@ def _match(args) -> None:
         args.model, args.bank, args.out, target=args.target, target_system=args.target_system, projection=args.projection,
         distance_pc=args.distance, top_k=settings.top_k or None, threshold=args.threshold,
         weight_temperature=settings.weight_temperature, backend=settings.backend, device=args.device,
-        limit_percentile=settings.limit_percentile,
+        limit_percentile=settings.limit_percentile, matching=settings,
         observation_options={"centre": args.centre, "beam": beam_argument(args.beam, str(args.target)),
                              "noise_rms_jy_beam": args.noise, **real_file_options(args)}))
     _print_match_report(args, report)

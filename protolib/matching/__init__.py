@@ -20,7 +20,10 @@ What each submodule owns:
 - :mod:`~protolib.matching.embeddings`: embedding the bank, and the embedding cache beside the model;
 - :mod:`~protolib.matching.baselines`: pairwise matching (the thesis's) and random matches;
 - :mod:`~protolib.matching.observation_targets`: observations prepared as targets;
-- :mod:`~protolib.matching.matcher`: :class:`Matcher` and :class:`MatchingSettings`;
+- :mod:`~protolib.matching.tiers`: the bank embedded at a few resolution tiers (beams and noise
+  levels), so a new observation need not re-embed it;
+- :mod:`~protolib.matching.matcher`: :class:`Matcher`, :class:`TieredMatcher` (shortlist from a
+  tier, re-rank at the observation's exact transform) and :class:`MatchingSettings`;
 - :mod:`~protolib.matching.calibration`: central intervals, their coverage and their calibration on
   reference targets;
 - :mod:`~protolib.matching.fit`: the matches compared with the target in image space (:func:`fit_matches`).
@@ -45,6 +48,7 @@ from .embeddings import (
     EmbedFunction,
     ImageTransform,
     bank_embeddings,
+    apply_transform,
     cached_bank_embeddings,
     embed_bank,
     file_sha256,
@@ -54,10 +58,11 @@ from .embeddings import (
 )
 from .fit import MatchFit, fit_matches
 from .index import EmbeddingIndex, faiss_available
-from .matcher import Matcher, MatchingSettings
+from .matcher import Matcher, MatchingSettings, TieredMatcher, read_rows
 from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
-from .observation_targets import ObservationTarget, prepare_observation_target, read_observation_target
+from .observation_targets import ObservationTarget, ObservationTransform, prepare_observation_target, read_observation_target
 from .ood import OutOfDistributionCheck, check_out_of_distribution, nearest_neighbour_similarities
+from .tiers import ResolutionTier, nearest_tier, resolution_tiers, tier_cache_path, tier_embeddings
 
 __all__ = [
     "EmbedFunction",
@@ -67,6 +72,15 @@ __all__ = [
     "EmbeddingIndex",
     "OutOfDistributionCheck",
     "Matcher",
+    "TieredMatcher",
+    "read_rows",
+    "ResolutionTier",
+    "resolution_tiers",
+    "nearest_tier",
+    "tier_cache_path",
+    "tier_embeddings",
+    "ObservationTransform",
+    "apply_transform",
     "embed_bank",
     "bank_embeddings",
     "cached_bank_embeddings",

@@ -26,14 +26,16 @@ from ..runtime import ProtolibInputError, atomic_path
 from .ood import nearest_neighbour_similarities
 
 __all__ = ["EmbedFunction", "ImageTransform", "CACHE_FORMAT", "MAX_CACHES", "BankEmbeddings", "embed_bank", "bank_embeddings",
-           "cached_bank_embeddings", "model_cache_path", "prune_embedding_caches", "key_digest", "file_sha256"]
+           "cached_bank_embeddings", "apply_transform", "model_cache_path", "prune_embedding_caches", "key_digest", "file_sha256"]
 
 
 EmbedFunction = Callable[[np.ndarray], np.ndarray]
 """Images ``(N, H, W)`` to L2-normalised embeddings ``(N, D)`` float32."""
 
-ImageTransform = Callable[[np.ndarray], np.ndarray]
-"""Bank images ``(N, H, W)`` to images seen like the target ``(N, H, W)`` (beam, noise, ...)."""
+ImageTransform = Callable[..., np.ndarray]
+"""Bank images ``(N, H, W)`` to images seen like the target ``(N, H, W)`` (beam, noise, ...). One with a
+true ``seeded_by_row`` attribute also takes ``rows=`` (each image's bank row) to seed its noise by row
+(:class:`~protolib.matching.ObservationTransform`); :func:`apply_transform` calls either kind."""
 
 CACHE_FORMAT = 3  # 2: vectors in their own .npy, written batch by batch; 3: a digest of the contents, checked on reading
 MAX_CACHES = 8  # embedding caches kept beside a model (one per observation transform); the oldest beyond are removed
@@ -118,8 +120,9 @@ def embed_bank(
     """
     n, p = bank.n_systems, bank.n_projections
     bar = tqdm(total=n * p, unit="img", desc="Embedding bank", disable=not progress)
-    batches = (_embedded(embed, images.reshape(-1, *images.shape[2:]), transform, bar, unit_norm)
-               for _, images in bank.iter_batches(np.arange(n), max(1, batch_size // p)))
+    batches = (_embedded(embed, images.reshape(-1, *images.shape[2:]), transform, bar, unit_norm,
+                         rows=(systems[:, None] * p + np.arange(p)).ravel())
+               for systems, images in bank.iter_batches(np.arange(n), max(1, batch_size // p)))
     if out is None:
         vectors = np.concatenate(list(batches))
     else:
@@ -130,8 +133,9 @@ def embed_bank(
     return vectors, np.repeat(np.arange(n), p), np.tile(np.arange(p), n)
 
 
-def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransform | None, bar, unit_norm: bool = True) -> np.ndarray:
-    vectors = np.asarray(embed(images if transform is None else transform(images)), dtype=np.float32)
+def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransform | None, bar, unit_norm: bool = True,
+              rows: np.ndarray | None = None) -> np.ndarray:
+    vectors = np.asarray(embed(images if transform is None else apply_transform(transform, images, rows)), dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(images):
         raise ProtolibInputError(f"The embedding function returned shape {vectors.shape} for {len(images)} images; expected ({len(images)}, D).")
     norms = np.linalg.norm(vectors, axis=1)
@@ -139,6 +143,13 @@ def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransfor
         raise ProtolibInputError("The embedding function must return finite, L2-normalised embeddings (norm 1 per row).")
     bar.update(len(images))
     return vectors
+
+
+def apply_transform(transform: ImageTransform, images: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """``transform(images)``, given the images' bank rows when it seeds its noise by row (``transform.seeded_by_row``)."""
+    if rows is not None and getattr(transform, "seeded_by_row", False):
+        return transform(images, rows=rows)
+    return transform(images)
 
 
 def _write_npy(handle, batches, n_rows: int) -> None:

@@ -7,7 +7,7 @@ systems, judges them (:meth:`Matcher.check`) and, for the benchmark, matches pai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -21,8 +21,9 @@ from .embeddings import BankEmbeddings, EmbedFunction, ImageTransform, bank_embe
 from .index import EmbeddingIndex
 from .matches import Matches
 from .ood import OutOfDistributionCheck, check_out_of_distribution
+from .tiers import DEFAULT_TIER_BEAM_FACTORS, DEFAULT_TIER_PEAK_SNR, nearest_tier, resolution_tiers, tier_cache_path, tier_embeddings
 
-__all__ = ["MatchingSettings", "Matcher"]
+__all__ = ["MatchingSettings", "Matcher", "TieredMatcher", "read_rows"]
 
 
 @dataclass
@@ -34,6 +35,17 @@ class MatchingSettings:
     backend: str = "auto"  # "exact", "faiss" or "auto" (FAISS for banks of millions of images)
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
     limit_percentile: float = 5.0  # out of distribution below this percentile of bank images' own best similarity
+    search: str = "auto"  # an observation against the bank: "exhaustive" re-embeds the whole bank at its beam and noise, "tiered" re-ranks a shortlist from the nearest pre-embedded tier, "auto" is tiered from tiered_above bank images
+    tiered_above: int = 50_000  # bank images from which "auto" search is tiered (below, re-embedding the bank takes under a minute on a laptop CPU)
+    tier_beam_factors: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_BEAM_FACTORS))  # tier beams: circular, FWHM these times the bank beam's major axis
+    tier_peak_snr: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_PEAK_SNR))  # tier noise levels: a typical bank image's peak signal-to-noise at each tier beam
+    shortlist: int = 2000  # tiered search: candidates per observation taken from its tier and re-embedded at its exact beam and noise (at least top_k)
+
+    def tiered(self, n_bank_images: int) -> bool:
+        """Whether an observation against a bank of ``n_bank_images`` is matched by tiers (see :attr:`search`)."""
+        if self.search not in ("auto", "exhaustive", "tiered"):
+            raise ProtolibInputError(f"matching.search must be 'auto', 'exhaustive' or 'tiered', got {self.search!r}.")
+        return self.search == "tiered" or (self.search == "auto" and n_bank_images >= self.tiered_above)
 
 
 class Matcher:
@@ -193,6 +205,115 @@ class Matcher:
             if system in set(int(s) for s in split.get(part, [])):
                 return part
         return None
+
+
+class TieredMatcher(Matcher):
+    """A matcher that shortlists from a pre-embedded resolution tier, then re-ranks with the observation's exact transform.
+
+    The index searched is the bank at ``tier`` (:func:`~protolib.matching.tier_embeddings`), so a new
+    observation costs one forward pass, one search and ``shortlist`` re-embedded bank images, whatever
+    the bank's size. The out-of-distribution reference is the tier's. Bank rows are re-embedded
+    with ``transform``'s noise seeded by row, exactly as exhaustive matching embeds them.
+
+    Arguments:
+        embed, bank: as for :class:`Matcher`.
+        embeddings: the bank's embeddings at ``tier``.
+        tier: the :class:`~protolib.matching.ResolutionTier` they were made at.
+        transform: the observation's exact transform (an :class:`~protolib.matching.ObservationTransform`).
+        shortlist: candidates taken from the tier per target and re-embedded (at least ``top_k``).
+        options: as for :class:`Matcher`.
+    """
+
+    def __init__(self, embed: EmbedFunction, bank: Bank, embeddings: BankEmbeddings, tier, *, transform: ImageTransform,
+                 shortlist: int = 2000, **options):
+        if shortlist < 1:
+            raise ProtolibInputError(f"The shortlist must hold at least one candidate, got {shortlist}.")
+        super().__init__(embed, bank, embeddings, transform=transform, **options)
+        self.tier, self.shortlist = tier, int(shortlist)
+
+    @classmethod
+    def from_model(  # type: ignore[override]
+        cls,
+        model_path: str | Path,
+        bank: Bank,
+        *,
+        transform: ImageTransform,
+        settings: MatchingSettings | None = None,
+        batch_size: int = 256,
+        progress: bool = True,
+        **options,
+    ) -> "TieredMatcher":
+        """A tiered matcher for the Siamese network at ``model_path`` and an observation's ``transform``.
+
+        The tiers come from ``settings`` (:attr:`MatchingSettings.tier_beam_factors` and
+        :attr:`~MatchingSettings.tier_peak_snr`); the one nearest the observation's beam and noise is
+        embedded the first time it is needed and cached beside the model (``<model>.tier-<hash>.npz``),
+        then read from there by every later observation near it.
+
+        Raises:
+            ProtolibInputError: as :meth:`Matcher.from_model`, or ``transform`` is not an observation's
+                (:class:`~protolib.matching.ObservationTransform`, which knows its beam and noise).
+        """
+        settings = settings or MatchingSettings()
+        resolution = getattr(transform, "resolution", None)
+        if resolution is None or not getattr(transform, "seeded_by_row", False):
+            raise ProtolibInputError("Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
+                                     "prepare_observation_target(...).transform); use Matcher.from_model for other transforms.")
+        model_path = Path(model_path)
+        model, checkpoint, model_size = _load_siamese_for(model_path, bank)
+        tier = nearest_tier(resolution_tiers(bank, settings.tier_beam_factors, settings.tier_peak_snr),
+                            resolution.target_beam, resolution.noise_rms_jy_beam)
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return model.embed_images(images, batch_size=batch_size, progress=False)
+
+        embeddings = tier_embeddings(embed, bank, tier, model_key={"model_sha256": file_sha256(model_path)},
+                                     cache_path=tier_cache_path(model_path, bank, tier), batch_size=batch_size, progress=progress)
+        return cls(embed, bank, embeddings, tier, transform=transform, shortlist=max(settings.shortlist, settings.top_k or 0),
+                   similarity=getattr(model, "similarity", None), image_size=int(model_size) if model_size else None,
+                   checkpoint=checkpoint, **options)
+
+    def match(
+        self, image: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None, exclude_system: int | None = None
+    ) -> Matches:
+        """The best matches of one target image ``(H, W)``: shortlisted in the tier, re-ranked at the target's transform.
+
+        With ``threshold`` alone, only shortlisted candidates can pass it.
+        """
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ProtolibInputError(f"match() takes one image (H, W); got shape {image.shape}.")
+        query = self.embed(image)
+        [candidates] = self.index.search(query, top_k=max(self.shortlist, top_k or 0), exclude_systems=[exclude_system])
+        similarity = self.embed_rows(candidates.system, candidates.projection) @ query[0]
+        order = np.argsort(-similarity, kind="stable")[: top_k or None]
+        if threshold is not None:
+            order = order[similarity[order] >= threshold]
+        return Matches(similarity[order].astype(np.float32), candidates.system[order], candidates.projection[order],
+                       candidates.excluded_system)
+
+    def embed_rows(self, systems: np.ndarray, projections: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Embeddings ``(n, D)`` of the bank images ``(systems[i], projections[i])`` seen through the exact transform."""
+        rows = np.asarray(systems, dtype=np.int64) * self.bank.n_projections + np.asarray(projections, dtype=np.int64)
+        parts = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            images = read_rows(self.bank, chunk)
+            parts.append(np.asarray(self.embed_images(self.transform(images, rows=chunk)), dtype=np.float32))
+        return np.concatenate(parts) if parts else np.zeros((0, self.embeddings.vectors.shape[1]), dtype=np.float32)
+
+
+def read_rows(bank: Bank, rows: np.ndarray) -> np.ndarray:
+    """The bank images ``(n, H, W)`` of bank rows ``system * n_projections + projection``, each read alone.
+
+    A shortlist is spread over the whole bank: reading its images one by one (in file order) costs
+    what it holds, where :meth:`~protolib.bank.Bank.images_at` reads every projection of each system.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), bank.image_size, bank.image_size), dtype=np.float32)
+    for i in np.argsort(rows, kind="stable"):
+        out[i] = bank.images[rows[i] // bank.n_projections, rows[i] % bank.n_projections]
+    return out
 
 
 def _load_siamese_for(model_path: Path, bank: Bank):

@@ -19,7 +19,7 @@ from ..bank import Bank
 from ..runtime import ProtolibInputError
 from .embeddings import ImageTransform
 
-__all__ = ["ObservationTarget", "prepare_observation_target", "read_observation_target"]
+__all__ = ["ObservationTarget", "ObservationTransform", "prepare_observation_target", "read_observation_target"]
 
 
 @dataclass
@@ -53,8 +53,9 @@ def prepare_observation_target(
     """An observation FITS file prepared onto the bank's grid, with the transform that sees the bank like it.
 
     Uses :func:`protolib.observation.prepare_observation` (``options``: its ``centre``, ``beam`` and
-    ``noise_rms_jy_beam``); the bank's noise is topped up to the observation's with a generator
-    seeded by ``noise_seed``, so the cached embeddings are reproducible.
+    ``noise_rms_jy_beam``); the bank's noise is topped up to the observation's, each bank row's
+    from a generator seeded by ``(noise_seed, row)`` (:class:`ObservationTransform`), so the cached
+    embeddings are reproducible and a row re-embedded alone is what the whole bank's embedding gave.
 
     Raises:
         ProtolibInputError: the file is missing, the distance is not given, or the image cannot be
@@ -92,19 +93,49 @@ def read_observation_target(path: str | Path, bank: Bank, *, noise_seed: int = 0
     return _observation_target(prepared, bank, noise_seed)
 
 
+class ObservationTransform:
+    """Bank images seen like an observation (its :class:`~protolib.observation.ResolutionMatch`), with noise seeded by bank row.
+
+    Called with ``rows`` (each image's bank row, ``system * n_projections + projection``), as the
+    bank's embedding and the gallery do, each image's noise comes from its own generator seeded by
+    ``(seed, row)``: a bank row gets the same noise whatever batch, order or subset it is transformed
+    in, so a shortlist embedded again later (:class:`~protolib.matching.TieredMatcher`) is exactly what
+    embedding the whole bank gave. Without ``rows``, the noise comes from one generator seeded by
+    ``seed``, drawn on from call to call.
+
+    Attributes:
+        resolution: the noise-free part and the noise level (``target_beam``, ``noise_rms_jy_beam``).
+        seed: the noise seed.
+    """
+
+    seeded_by_row = True  # embed_bank passes each image's bank row
+
+    def __init__(self, resolution, seed: int = 0):
+        self.resolution, self.seed = resolution, int(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def __call__(self, images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """``images`` ``(N, H, W)`` at the observation's resolution, units and noise; ``rows``: their bank rows ``(N,)``."""
+        if rows is None:
+            return self.resolution(images, self._rng)
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if len(rows) != len(images):
+            raise ProtolibInputError(f"{len(images)} images but {len(rows)} bank rows to seed their noise.")
+        return self.resolution(images, [np.random.default_rng([self.seed, int(row)]) for row in rows])
+
+    def __repr__(self) -> str:
+        return f"ObservationTransform({self.resolution!r}, noise seeded by bank row from seed {self.seed})"
+
+
 def _observation_target(prepared, bank: Bank, noise_seed: int) -> ObservationTarget:
     """The :class:`ObservationTarget` of a :class:`~protolib.observation.PreparedObservation` for ``bank``."""
     resolution = prepared.transform()
-    rng = np.random.default_rng(noise_seed)
-
-    def transform(images: np.ndarray) -> np.ndarray:
-        return resolution(images, rng)
-
+    transform = ObservationTransform(resolution, noise_seed)
     beam = prepared.beam
     coverage = None if resolution.coverage is None else hashlib.sha256(np.ascontiguousarray(prepared.coverage).tobytes()).hexdigest()
     key = {"beam_arcsec": [beam.major_arcsec, beam.minor_arcsec, beam.position_angle_deg],
            "noise_rms_jy_beam": prepared.noise_rms_jy_beam, "coverage_sha256": coverage, "noise_seed": noise_seed,
-           "max_scale_arcsec": resolution.max_scale_arcsec}
+           "max_scale_arcsec": resolution.max_scale_arcsec, "noise": "seeded by bank row"}
     truths = {k: v for k, v in prepared.true_parameters.items() if k in bank.parameters or k in ("inclination", "position_angle")}
     return ObservationTarget(prepared.image_jy_beam, transform, key, prepared.info(), truths or None, resolution,
                              prepared.noise_rms_jy_beam, prepared.coverage)

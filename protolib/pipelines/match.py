@@ -33,6 +33,8 @@ from ..matching import (
     Matcher,
     Matches,
     MatchingSettings,
+    TieredMatcher,
+    apply_transform,
     fit_matches,
     match_parameters,
     prepare_observation_target,
@@ -65,6 +67,7 @@ def run_match(
     progress: bool = True,
     observation_options: dict | None = None,
     limit_percentile: float = 5.0,
+    matching: MatchingSettings | None = None,
 ) -> dict:
     """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
 
@@ -73,6 +76,9 @@ def run_match(
     network's target similarity was computed from, and the inclination. ``observation_options`` go to
     :func:`~protolib.matching.prepare_observation_target` (``centre``, ``beam``, ``noise_rms_jy_beam``).
     ``limit_percentile`` is the out-of-distribution limit of :meth:`~protolib.matching.Matcher.check`.
+    ``matching`` chooses how an observation is searched (:attr:`~protolib.matching.MatchingSettings.search`:
+    the whole bank re-embedded at its beam and noise, or a shortlist from the nearest resolution tier
+    re-ranked, :class:`~protolib.matching.TieredMatcher`); without it, exhaustively.
 
     Returns:
         The report written to ``report.json``.
@@ -86,11 +92,12 @@ def run_match(
     with Bank(bank_path) as bank, output_folder(out_dir) as staging:
         return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
                            weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
-                           limit_percentile)
+                           limit_percentile, matching)
 
 
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
-                weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0) -> dict:
+                weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0,
+                matching: MatchingSettings | None = None) -> dict:
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
     observation = None
@@ -99,7 +106,7 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
                                                                                top_k, threshold, options)
     else:
         observation = prepare_observation_target(target, bank, distance_pc, **(observation_options or {}))
-        matcher = Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key, **options)
+        matcher = _observation_matcher(model_path, bank, observation, matching, options)
         image, truths = observation.image, observation.truths
         matches = matcher.match(image, top_k=top_k, threshold=threshold)
         inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
@@ -107,7 +114,9 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
     fit = fit_matches(matcher, image, matches, observation=observation)
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
-                "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None}
+                "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
+                "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive",
+                **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
     fitted = {} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
@@ -115,6 +124,13 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
     return write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
                               inputs=inputs, settings=settings, corner_parameters=corner_parameters,
                               match_image_transform=matcher.transform, **fitted)
+
+
+def _observation_matcher(model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict) -> Matcher:
+    """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive."""
+    if matching is not None and matching.tiered(bank.n_systems * bank.n_projections):
+        return TieredMatcher.from_model(model_path, bank, transform=observation.transform, settings=matching, **options)
+    return Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key, **options)
 
 
 def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top_k, threshold, options: dict):
@@ -174,7 +190,9 @@ def write_match_report(
     samples, prior = match_parameters(bank, matches), prior_parameters(bank)
     weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
     shown = matches.head(n_gallery)
-    gallery_images = match_images(bank, shown) if match_image_transform is None else match_image_transform(match_images(bank, shown))
+    gallery_images = match_images(bank, shown)
+    if match_image_transform is not None:  # as the network saw them: the same noise as in the embedding, when seeded by row
+        gallery_images = apply_transform(match_image_transform, gallery_images, shown.system * bank.n_projections + shown.projection)
     summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2)
     corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
     figures = {
