@@ -74,13 +74,18 @@ def recall(found, truth, k: int) -> float:
 
 
 def measure_recall(model, bank, tiers, systems, ks, shortlists, model_key, rng) -> dict:
-    """Recall of the tiered top k against exhaustive re-embedding, and the seconds per observation of each."""
+    """Recall of the tiered top k against exhaustive re-embedding, and the seconds per observation of each.
+
+    The noise floor is the recall of exhaustive matching against itself with the bank's noise drawn
+    from another seed: how much of the top k is set by the noise realisation alone.
+    """
     embed = lambda images: model.embed_images(images, progress=False)  # noqa: E731
     tier_cache, recalls = {}, {f"k={k},shortlist={s}": [] for k in ks for s in shortlists if s >= k}
+    recalls.update({f"k={k},noise_floor": [] for k in ks})
     times = {"exhaustive_s": [], "tiered_s": []}
     tier_seconds = 0.0
     for i, system in enumerate(systems):
-        transform = random_observation(bank, rng, seed=1000 + i)
+        transform = random_observation(bank, rng, seed=0)  # protolib match's noise seed (matching_targets' noise_seed)
         target = transform(bank.images_at([system], [0]), rows=np.array([system * bank.n_projections]))[0]
         tier = nearest_tier(tiers, transform.resolution.target_beam, transform.resolution.noise_rms_jy_beam)
         if tier not in tier_cache:
@@ -91,6 +96,10 @@ def measure_recall(model, bank, tiers, systems, ks, shortlists, model_key, rng) 
         truth = Matcher.from_embed_function(embed, bank, transform=transform, progress=False).match(target, top_k=max(ks),
                                                                                                     exclude_system=system)
         times["exhaustive_s"].append(time.perf_counter() - start)
+        other = ObservationTransform(transform.resolution, seed=1)
+        floor = Matcher.from_embed_function(embed, bank, transform=other, progress=False).match(target, top_k=max(ks), exclude_system=system)
+        for k in ks:
+            recalls[f"k={k},noise_floor"].append(recall(floor, truth, k))
         for shortlist in shortlists:
             matcher = TieredMatcher(embed, bank, tier_cache[tier], tier, transform=transform, shortlist=shortlist)
             start = time.perf_counter()
@@ -155,6 +164,7 @@ def main() -> None:
     parser.add_argument("--shortlists", type=int, nargs="+", default=[200, 500, 1000], help="shortlist sizes")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="bank sizes for the timing")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--beam-factors", type=float, nargs="+", default=None, help="tier beams (default: the configuration's)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -165,7 +175,7 @@ def main() -> None:
         model_path = ensure_siamese(config, bank, ensure_autoencoder(config, bank))
         model = load_siamese(model_path)
         settings = config.matching
-        tiers = resolution_tiers(bank, settings.tier_beam_factors, settings.tier_peak_snr)
+        tiers = resolution_tiers(bank, args.beam_factors or settings.tier_beam_factors, settings.tier_peak_snr)
         test = run_split(config, bank).test
         systems = rng.choice(test, min(args.targets, len(test)), replace=False)
         result = {
