@@ -48,8 +48,41 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, ``kill``), turned into an exception so that clean-up runs."""
 
 
+_TERMINATION = {"caught": False, "repeating": False}
+REPEAT_SIGTERM_S = 3.0  # a SIGTERM whose exception was lost is delivered again after this long
+
+
 def _on_sigterm(signum, frame):
+    """Raise :class:`_Terminated` where the main thread is, and make sure it is not lost.
+
+    Python drops an exception raised while it runs a finaliser or a weak-reference callback
+    ("Exception ignored in ..."), and a signal can land there: the run would then go on as if never
+    told to stop. So until the exception has reached the command's handler, the signal is sent
+    again every :data:`REPEAT_SIGTERM_S` seconds; once caught, a repeated SIGTERM is ignored so that
+    clean-up is not interrupted.
+    """
+    if _TERMINATION["caught"]:
+        return
+    if not _TERMINATION["repeating"]:
+        _TERMINATION["repeating"] = True
+        _repeat_sigterm()
     raise _Terminated()
+
+
+def _repeat_sigterm() -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    def repeat():
+        for _ in range(20):
+            time.sleep(REPEAT_SIGTERM_S)
+            if _TERMINATION["caught"]:
+                return
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=repeat, name="protolib-sigterm", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return _run_handler(args, command)
     except KeyboardInterrupt as interrupt:
+        _TERMINATION["caught"] = True
         terminated = isinstance(interrupt, _Terminated)
         print(f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'} before it started; nothing was written.",
               file=sys.stderr)
@@ -108,6 +142,7 @@ def _run_handler(args, command: str) -> int:
         print(f"{command}: error: {one_line(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
+        _TERMINATION["caught"] = True
         terminated = isinstance(interrupt, _Terminated)
         print(f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; the previous outputs are as they were "
               "(a training can be continued with --resume).", file=sys.stderr)
