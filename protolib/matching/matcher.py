@@ -134,18 +134,13 @@ class Matcher:
                 images of another size than the bank's.
         """
         model_path = Path(model_path)
-        model, checkpoint, model_size = _load_siamese_for(model_path, bank)
+        embed, model_options = _siamese_embedding(model_path, bank, batch_size)
         if transform is not None and transform_key is None:
             raise ProtolibInputError("Describe the bank transform in transform_key (plain data), so its embeddings are cached apart.")
         key = {"model_sha256": file_sha256(model_path), "transform": transform_key}
-
-        def embed(images: np.ndarray) -> np.ndarray:
-            return model.embed_images(images, batch_size=batch_size, progress=False)
-
         embeddings = cached_bank_embeddings(embed, bank, model_path, key=key, transform=transform, cache=cache,
                                             batch_size=batch_size, progress=progress)
-        return cls(embed, bank, embeddings, similarity=getattr(model, "similarity", None),
-                   image_size=int(model_size) if model_size else None, checkpoint=checkpoint, transform=transform, **options)
+        return cls(embed, bank, embeddings, transform=transform, **model_options, **options)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embeddings ``(N, D)`` of target images ``(N, H, W)`` (or one ``(H, W)``)."""
@@ -260,18 +255,13 @@ class TieredMatcher(Matcher):
             raise ProtolibInputError("Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
                                      "prepare_observation_target(...).transform); use Matcher.from_model for other transforms.")
         model_path = Path(model_path)
-        model, checkpoint, model_size = _load_siamese_for(model_path, bank)
+        embed, model_options = _siamese_embedding(model_path, bank, batch_size)
         tier = nearest_tier(resolution_tiers(bank, settings.tier_beam_factors, settings.tier_peak_snr),
                             resolution.target_beam, resolution.noise_rms_jy_beam)
-
-        def embed(images: np.ndarray) -> np.ndarray:
-            return model.embed_images(images, batch_size=batch_size, progress=False)
-
         embeddings = tier_embeddings(embed, bank, tier, model_key={"model_sha256": file_sha256(model_path)},
                                      cache_path=tier_cache_path(model_path, bank, tier), batch_size=batch_size, progress=progress)
         return cls(embed, bank, embeddings, tier, transform=transform, shortlist=max(settings.shortlist, settings.top_k or 0),
-                   similarity=getattr(model, "similarity", None), image_size=int(model_size) if model_size else None,
-                   checkpoint=checkpoint, **options)
+                   **model_options, **options)
 
     def match(
         self, image: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None, exclude_system: int | None = None
@@ -314,6 +304,18 @@ def read_rows(bank: Bank, rows: np.ndarray) -> np.ndarray:
     for i in np.argsort(rows, kind="stable"):
         out[i] = bank.images[rows[i] // bank.n_projections, rows[i] % bank.n_projections]
     return out
+
+
+def _siamese_embedding(model_path: Path, bank: Bank, batch_size: int) -> tuple[EmbedFunction, dict]:
+    """The embedding function of the Siamese network at ``model_path`` (checked against ``bank``), and the
+    :class:`Matcher` options that come with it (its pairwise similarity, image size and checkpoint)."""
+    model, checkpoint, model_size = _load_siamese_for(Path(model_path), bank)
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return model.embed_images(images, batch_size=batch_size, progress=False)
+
+    return embed, {"similarity": getattr(model, "similarity", None), "image_size": int(model_size) if model_size else None,
+                   "checkpoint": checkpoint}
 
 
 def _load_siamese_for(model_path: Path, bank: Bank):
