@@ -42,14 +42,15 @@ def _synchronise(device: torch.device) -> None:
 
 def simulator_rate(image_size: int, device: torch.device, n_images: int) -> dict:
     """Images per second of :func:`protolib.simulator.render` at ``image_size`` (best of 3, after a warm-up)."""
-    from protolib.bank import _RENDER_KEYS, draw_systems
+    from protolib.bank import draw_systems
+    from protolib.simulator import NUISANCE_FIELDS, RENDER_KEYS
     from protolib.config import load_config
     from protolib.simulator import SimulatorConfig, render
 
     base = load_config("gpu").simulator.to_dict()
     config = SimulatorConfig(**{**base, "image_size": image_size})
     systems = draw_systems(n_images, 1, seed=1)
-    params = {k: torch.as_tensor(systems[k], device=device) for k in _RENDER_KEYS}
+    params = {k: torch.as_tensor(systems[k], device=device) for k in (*RENDER_KEYS, *NUISANCE_FIELDS)}
     inclination = torch.as_tensor(systems["inclination"][:, 0], device=device)
     position_angle = torch.as_tensor(systems["position_angle"][:, 0], device=device)
     best = float("inf")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,11 +33,11 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .instrument import Instrument
-from .parameters import PARAMETERS, Parameter, Prior, sample_viewing
+from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
 from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
-from .simulator import SimulatorConfig, envelope_mass, render
+from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
+__all__ = ["Bank", "bank_with_systems_from", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
            "write_bank_tables", "write_bank_attributes"]
 
 FORMAT = "protolib-bank"
@@ -236,6 +237,17 @@ class Bank:
         unique, inverse = np.unique(systems, return_inverse=True)
         return self.load_images(unique)[inverse, projections]
 
+    @property
+    def physical_parameters(self) -> list[str]:
+        """The bank's parameters other than the nuisance physics (:data:`~protolib.parameters.NUISANCE_PARAMETERS`):
+        what the summaries and the evaluation report by default. The nuisance ones stay in :attr:`parameters`."""
+        return [n for n in self.parameters if n not in NUISANCE_PARAMETERS]
+
+    @property
+    def nuisance_parameters(self) -> list[str]:
+        """The nuisance physics the bank stores (empty for banks made before it was drawn per system)."""
+        return [n for n in self.parameters if n in NUISANCE_PARAMETERS]
+
     def iter_batches(self, systems, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(system_indices, images)`` in batches of whole systems, without loading the bank."""
         systems = np.asarray(systems)
@@ -250,7 +262,8 @@ class Bank:
             raise ProtolibInputError(f"{self.path} was not made by the protolib simulator; its clean models cannot be rendered.")
         device = default_device(device)
         n_proj = self.n_projections
-        params = {k: torch.full((n_proj,), float(self.parameters[k][system]), dtype=torch.float64, device=device) for k in _RENDER_KEYS}
+        params = {k: torch.full((n_proj,), float(self.parameters[k][system]), dtype=torch.float64, device=device)
+                  for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in self.parameters}
         with torch.no_grad():
             clean = render(params, torch.as_tensor(self.inclination[system], device=device),
                            torch.as_tensor(self.position_angle[system], device=device), config, self.instrument.distance_pc)
@@ -381,15 +394,48 @@ def _plain(value):
     return value
 
 
-def draw_systems(n_systems: int, n_projections: int, seed: int, prior: Prior | None = None) -> dict[str, np.ndarray]:
+def bank_with_systems_from(base: Bank, other: Bank, systems, out: str | Path) -> Path:
+    """A copy of ``base`` in which the images and parameters of ``systems`` are ``other``'s, written to ``out`` atomically.
+
+    For the domain-shift comparison: the fixed-physics bank, its test systems replaced by the same
+    systems rendered with drawn nuisance physics (banks of one seed hold the same systems seen the
+    same ways, :func:`draw_systems`). Both banks must have the same shape, pixels and instrument, and
+    the replaced systems the same viewing angles; every other row, and the provenance, stay ``base``'s
+    (``source`` records the replacement).
+    """
+    systems = np.asarray(systems, dtype=np.int64)
+    if base.images.shape != other.images.shape or abs(base.pixel_size_au - other.pixel_size_au) > 1e-9:
+        raise ProtolibInputError(f"{other.path} ({other.images.shape}, {other.pixel_size_au:g} au/px) does not match {base.path} "
+                                 f"({base.images.shape}, {base.pixel_size_au:g} au/px); make both with the same bank and simulator settings.")
+    if not (np.allclose(base.inclination[systems], other.inclination[systems]) and set(other.parameters) >= set(base.parameters)):
+        raise ProtolibInputError(f"Systems {systems.tolist()[:5]}... of {other.path} are not seen as in {base.path}, or it lacks some of its "
+                                 "parameters; make both banks with the same seed.")
+    with atomic_path(out, expected_bytes=base.path.stat().st_size) as tmp:
+        shutil.copyfile(base.path, tmp)
+        with h5py.File(tmp, "r+") as f:
+            for system in systems:
+                f["images"][system] = other.images[system]
+            for name in base.parameters:
+                values = f["parameters"][name][()]
+                values[systems] = other.parameters[name][systems]
+                f["parameters"][name][...] = values
+            f.attrs["source"] = f"{base.attrs.get('source', '')}; systems {systems.tolist()} from {other.path}"
+    return Path(out)
+
+
+def draw_systems(n_systems: int, n_projections: int, seed: int, prior: Prior | None = None,
+                 config: SimulatorConfig | None = None) -> dict[str, np.ndarray]:
     """Draw the physical parameters and viewing angles of a bank (no images), reproducibly.
 
     Returns a dict with every parameter ``(n_systems,)`` except ``envelope_mass`` (computed by
     :func:`render_systems`), and ``inclination``, ``position_angle`` ``(n_systems, n_projections)``.
+    The nuisance physics comes from its own random stream (or ``config``'s values when the prior
+    fixes it), so banks with drawn and with fixed nuisances hold the same systems seen the same ways.
     """
     prior = prior or Prior()
     rng = np.random.default_rng([int(seed), 0])
-    systems = prior.sample(n_systems, rng)
+    fixed = (config or SimulatorConfig()).nuisance_values()
+    systems = prior.sample(n_systems, rng, np.random.default_rng([int(seed), 3]), fixed)
     systems.update(sample_viewing(n_systems, n_projections, np.random.default_rng([int(seed), 1])))
     return systems
 
@@ -415,7 +461,7 @@ def render_systems(
     device = default_device(device)
     indices = np.asarray(indices)
     n_proj = systems["inclination"].shape[1]
-    per_system = {k: torch.as_tensor(systems[k][indices], device=device) for k in _RENDER_KEYS}
+    per_system = {k: torch.as_tensor(systems[k][indices], device=device) for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in systems}
     per_image = {k: v.repeat_interleave(n_proj) for k, v in per_system.items()}
     inclination = torch.as_tensor(systems["inclination"][indices].reshape(-1), device=device)
     position_angle = torch.as_tensor(systems["position_angle"][indices].reshape(-1), device=device)
@@ -430,9 +476,6 @@ def render_systems(
         images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
     return images.astype(np.float32), masses
-
-
-_RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
 
 
 def simulate_bank(
@@ -472,7 +515,7 @@ def simulate_bank(
     prior = prior or Prior()
     if n_systems < 1 or n_projections < 1:
         raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
-    systems = draw_systems(n_systems, n_projections, seed, prior)
+    systems = draw_systems(n_systems, n_projections, seed, prior, config)
 
     chunks = [np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)]
 

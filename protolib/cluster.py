@@ -114,7 +114,7 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
     config, instrument, prior = config or SimulatorConfig(), instrument or Instrument(), prior or Prior()
     if n_systems < 1 or n_projections < 1 or shard_systems < 1:
         raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
-    systems = draw_systems(n_systems, n_projections, seed, prior)
+    systems = draw_systems(n_systems, n_projections, seed, prior, config)
     fingerprint = _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems)
     folder = _claim_shard_folder(out, fingerprint, n_systems, shard_systems)
     n_shards = -(-n_systems // shard_systems)

@@ -1,7 +1,8 @@
 """Named run configurations (``configs/*.yaml``): one typed tree of every stage's settings.
 
 A configuration has one section per pipeline stage, and each section is read into a dataclass
-whose fields carry their units and reasons (``bank`` -> :class:`BankSettings`, ``simulator`` ->
+whose fields carry their units and reasons (``bank`` -> :class:`BankSettings`, ``prior`` ->
+:class:`~protolib.parameters.Prior`, ``simulator`` ->
 :class:`~protolib.simulator.SimulatorConfig`, ``matching`` -> :class:`~protolib.matching.MatchingSettings`,
 and so on; :data:`SECTION_TYPES` lists them). Every section is checked when the file is loaded, by
 the one validator :func:`~protolib.runtime.typed_settings`, so a typo fails at once, naming the key
@@ -31,6 +32,7 @@ from .evaluation import EvaluationSettings
 from .images import AugmentationConfig, ImagePreprocessing
 from .instrument import Instrument
 from .matching import MatchingSettings
+from .parameters import Prior
 from .runtime import ProtolibInputError, typed_settings
 from .siamese import LossConfig, PairConfig, SiameseConfig
 from .simulator import SimulatorConfig
@@ -87,7 +89,7 @@ class SiameseSettings:
 STAGE_PARTS = {"autoencoder": AutoencoderSettings, "siamese": SiameseSettings}
 
 # Each section's dataclass. `name` is the configuration's name (its artifacts folder).
-SECTION_TYPES = {"bank": BankSettings, "simulator": SimulatorConfig, "instrument": Instrument, "split": SplitSettings,
+SECTION_TYPES = {"bank": BankSettings, "prior": Prior, "simulator": SimulatorConfig, "instrument": Instrument, "split": SplitSettings,
                  "autoencoder": AutoencoderSettings, "siamese": SiameseSettings, "matching": MatchingSettings,
                  "evaluation": EvaluationSettings, "tuning": TuneSettings, "attribution": AttributionSettings,
                  "embedding_map": EmbeddingMapSettings}
@@ -105,6 +107,7 @@ class RunConfig:
     name: str
     path: Path | None
     bank: BankSettings = field(default_factory=BankSettings)
+    prior: Prior = field(default_factory=Prior)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
     instrument: Instrument = field(default_factory=Instrument)
     split: SplitSettings = field(default_factory=SplitSettings)
@@ -194,7 +197,7 @@ def _config_from(data: dict, where: Path, path: Path | None, overrides: dict | N
         raise ProtolibInputError(f"{where}: unknown section(s) {unknown}; known ones are {list(SECTIONS)}.")
     sections = {name: data.get(name) or {} for name in SECTION_TYPES if name in data}
     typed = {name: _typed_section(name, sections.get(name), f"{where} [{name}]") for name in SECTION_TYPES}
-    later = {name: value for name, value in sections.items() if name not in ("bank", "simulator", "instrument", "split")}
+    later = {name: value for name, value in sections.items() if name not in ("bank", "prior", "simulator", "instrument", "split")}
     return RunConfig(name=str(data.get("name", where.stem)), path=path, sections=later, **typed)
 
 

@@ -187,7 +187,7 @@ def truth_coverage(
         One dict per parameter: ``parameter``, ``within_68``, ``within_95``, ``median_width_ratio``, ``n_targets``.
     """
     prior = prior_parameters(bank)
-    parameters = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    parameters = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
     rows = {name: [] for name in parameters}
     for system, matches in matches_by_system.items():
         truths = truth_parameters(bank, system, projection)

@@ -53,6 +53,7 @@ __all__ = [
     "Ranking",
     "MethodEvaluation",
     "MethodResult",
+    "constrains",
     "distribution_metrics",
     "image_rows",
     "random_method",
@@ -524,7 +525,7 @@ def score_ranking(
         seed: tie-breaking of ranks and TARP's reference points.
         widening: intervals (coverage, 68% ranges) widened about the median by this factor (the correction).
     """
-    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
     top_k = min(top_k, ranking.order.shape[1])
     p = bank.n_projections
     top = ranking.order[:, :top_k]  # (T, k)
@@ -640,7 +641,7 @@ def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int],
     Returns:
         The chosen ``k``, the chosen widening, and ``{"k=..,widening=..": score}`` for every candidate.
     """
-    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
     values, _ = scaled_image_parameters(bank, names)
     p = bank.n_projections
     target_rows = ranking.target_system * p + ranking.target_projection
@@ -669,18 +670,23 @@ def evaluate_methods(
     settings: EvaluationSettings | None = None,
     *,
     parameters: Sequence[str] | None = None,
+    extra_parameters: Sequence[str] = (),
 ) -> dict[str, MethodResult]:
     """Evaluate every method on the same test targets, against the training systems.
 
     With ``settings.correction`` other than ``"none"``, ``k`` (and with ``"choose_k_and_widening"`` an
     interval widening) is also chosen per method on the validation systems (:func:`choose_correction`),
-    and the test figures with that choice are reported as ``corrected``.
+    and the test figures with that choice are reported as ``corrected``. ``parameters`` (default: the
+    bank's physical ones and the inclination) are evaluated and calibrated; ``extra_parameters`` (e.g.
+    the nuisance physics) are evaluated too, with the ``k`` and widening chosen on ``parameters``.
 
     Returns:
         method name -> its :class:`MethodResult`.
     """
     settings = settings or EvaluationSettings()
-    options = dict(parameters=parameters, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
+    scored = None if parameters is None and not extra_parameters else [*(parameters or [*bank.physical_parameters, "inclination"]),
+                                                                         *extra_parameters]
+    options = dict(parameters=scored, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
     results = {}
     for method in methods:
         vectors, _, _ = embed_bank(method.embed, bank, progress=False, unit_norm=method.metric == "cosine")
@@ -805,7 +811,7 @@ def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str =
         error = row["rms_error_over_prior_spread"]
         comparison = None if best is None else "better" if error < others[best] - margin else "worse" if error > others[best] + margin else "level"
         found[name] = {"error": error, "r2": row["r2_knn"], "coverage_68": row["coverage_68"], "in_target_similarity": row["in_target_similarity"],
-                       "constrained": _constrains(row, margin), "best": best, "best_error": others.get(best, float("nan")),
+                       "constrained": constrains(row, margin), "best": best, "best_error": others.get(best, float("nan")),
                        "comparison": comparison}
     return found
 
@@ -869,7 +875,7 @@ def _recovery_figures(results: dict, reference: str, margin: float) -> dict:
                                                    f"{_label(target[n]['best'])})" for n in members])
     figures[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
     tables = {name: _metrics_of(result, False)["parameters"] for name, result in results.items()}
-    nobody = [n for n in judged if not any(_constrains(t[n], margin) for t in tables.values())]
+    nobody = [n for n in judged if not any(constrains(t[n], margin) for t in tables.values())]
     errors = [t[n]["rms_error_over_prior_spread"] for n in nobody for t in tables.values()]
     figures["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
         f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else "")
@@ -938,7 +944,7 @@ def variant_figures(variants: dict[str, MethodResult | dict], reference: str = "
     return {name: _plain(value) for name, value in figures.items()}
 
 
-def _constrains(row: dict, margin: float) -> bool:
+def constrains(row: dict, margin: float = 0.05) -> bool:
     """Whether one method's row of a parameter has both RMS error and 68% half-width below ``1 - margin`` prior spreads."""
     return bool(row["rms_error_over_prior_spread"] < 1 - margin and row["width_68_over_prior_spread"] < 1 - margin)
 

@@ -193,7 +193,7 @@ def _widget(bank, targets, parameters, k, k_max, n_gallery, prior):
 
     choice = widgets.Dropdown(options=[(t.label, i) for i, t in enumerate(targets)], description="target")
     k_slider = widgets.IntSlider(value=k, min=min(5, k_max), max=k_max, step=1, description="k", continuous_update=False)
-    names = [*bank.parameters, "inclination"]
+    names = [*bank.physical_parameters, "inclination"]
     picked = widgets.SelectMultiple(options=names, value=[p for p in parameters if p in names], rows=6, description="parameters")
     verdict = widgets.HTML(layout=widgets.Layout(width="100%"))
     gallery_out, corner_out = widgets.Output(), widgets.Output()

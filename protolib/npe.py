@@ -66,7 +66,7 @@ def npe_evaluation(
     """
     if not sbi_available():
         raise ProtolibInputError("The neural posterior estimate needs the sbi package (pip install 'protolib[posterior]').")
-    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
     method = siamese_method(model)
     vectors, _, _ = embed_bank(method.embed, bank, progress=False)
     values, logs = scaled_image_parameters(bank, names)

@@ -9,6 +9,8 @@ References:
     Lynden-Bell & Pringle (1974) MNRAS 168, 603; Andrews et al. (2009) ApJ 700, 1502 -- disk.
     Motte & André (2001) A&A 365, 440 -- envelope dust temperature.
     Beckwith et al. (1990) AJ 99, 924 -- millimetre dust opacity.
+    Dartois, Dutrey & Guilloteau (2003) A&A 399, 773 -- a disk's warm surface over a colder midplane.
+    Whitney et al. (2003) ApJ 591, 1049 -- curved (power-law) outflow cavity walls.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = [
     "disk_scale_height",
     "disk_surface_density_norm",
     "disk_density",
+    "disk_temperature_factor",
+    "in_cavity",
     "dust_temperature",
     "dust_opacity",
     "planck_intensity",
@@ -108,10 +112,12 @@ def envelope_density(
     stellar_mass_msun: torch.Tensor,
     centrifugal_radius_au: torch.Tensor,
     cavity_half_angle_deg: torch.Tensor,
-    cavity_contrast: float = 1e-3,
+    cavity_contrast: float | torch.Tensor = 1e-3,
     inner_radius_au: float = 1.0,
-    outer_radius_au: float = 5000.0,
+    outer_radius_au: float | torch.Tensor = 5000.0,
     shape: torch.Tensor | None = None,
+    cavity_wall_exponent: float | torch.Tensor = 1.0,
+    cavity_reference_radius_au: float = 1000.0,
 ) -> torch.Tensor:
     r"""Density of a rotating, infalling envelope with bipolar outflow cavities [g cm^-3].
 
@@ -119,9 +125,10 @@ def envelope_density(
         \rho = \frac{\dot M}{4\pi\sqrt{G M r^3}}\, f(r / R_c, \mu)
 
     with ``f`` from :func:`envelope_shape` (computed here unless given, e.g. from a lookup table).
-    Inside a cone of half-opening ``cavity_half_angle_deg`` about the rotation axis the density is
-    multiplied by ``cavity_contrast``; outside ``[inner_radius_au, outer_radius_au]`` it is zero.
-    The per-system arguments broadcast against ``r_au``.
+    Inside the outflow cavities (:func:`in_cavity`: a cone of half-opening ``cavity_half_angle_deg``
+    about the rotation axis, or a curved wall through that angle at ``cavity_reference_radius_au``)
+    the density is multiplied by ``cavity_contrast``; outside ``[inner_radius_au, outer_radius_au]``
+    it is zero. The per-system arguments broadcast against ``r_au``.
 
     References:
         Ulrich (1976) ApJ 210, 377, eq. 8; Terebey, Shu & Cassen (1984).
@@ -133,10 +140,37 @@ def envelope_density(
     # rho0 = Mdot / (4 pi sqrt(G M r^3)), written to stay inside float32's range.
     prefactor = (mdot_g_s / (4.0 * math.pi)) * torch.rsqrt(gm)
     rho = prefactor * (r_au * AU_CM).clamp(min=1.0).pow(-1.5) * shape
-    in_cavity = mu.abs() > torch.cos(torch.deg2rad(cavity_half_angle_deg))
-    rho = torch.where(in_cavity, rho * cavity_contrast, rho)
+    height = r_au * mu
+    cylindrical = r_au * (1.0 - mu * mu).clamp(min=0.0).sqrt()
+    cavity = in_cavity(cylindrical, height, cavity_half_angle_deg, cavity_wall_exponent, cavity_reference_radius_au)
+    rho = torch.where(cavity, rho * cavity_contrast, rho)
     inside = (r_au >= inner_radius_au) & (r_au <= outer_radius_au)
     return torch.where(inside, rho, torch.zeros_like(rho))
+
+
+def in_cavity(
+    cylindrical_au: torch.Tensor,
+    height_au: torch.Tensor,
+    half_angle_deg: torch.Tensor | float,
+    wall_exponent: torch.Tensor | float = 1.0,
+    reference_radius_au: float = 1000.0,
+) -> torch.Tensor:
+    r"""Whether points ``(R, z)`` lie inside the bipolar outflow cavities (boolean, broadcast shape).
+
+    The cavity wall is :math:`|z| = z_0 (R / R_0)^b` (Whitney et al. 2003), through the point at
+    distance ``reference_radius_au`` from the star and ``half_angle_deg`` from the axis
+    (:math:`R_0 = r_0 \sin\theta`, :math:`z_0 = r_0 \cos\theta`). ``b = 1`` is a cone of that
+    half-opening angle at every radius; ``b > 1`` a curved wall, whose width grows with height as
+    :math:`R \propto |z|^{1/b}`: wider than the cone inside ``r_0``, narrower beyond.
+    Compared in logarithms, so that very small and very large radii stay in float32's range.
+    """
+    theta = torch.deg2rad(torch.as_tensor(half_angle_deg, dtype=height_au.dtype, device=height_au.device))
+    log_r0 = math.log(reference_radius_au)
+    log_z0 = log_r0 + torch.log(torch.cos(theta))
+    log_cyl0 = log_r0 + torch.log(torch.sin(theta))
+    log_z = torch.log(height_au.abs().clamp(min=1e-6))
+    log_cyl = torch.log(cylindrical_au.clamp(min=1e-6))
+    return (log_z > log_z0 + wall_exponent * (log_cyl - log_cyl0)) & (height_au != 0)
 
 
 def disk_scale_height(radius_au: torch.Tensor, scale_height_100au: torch.Tensor, flaring: float = 0.25) -> torch.Tensor:
@@ -147,13 +181,23 @@ def disk_scale_height(radius_au: torch.Tensor, scale_height_100au: torch.Tensor,
     return scale_height_100au * x.pow(1.0 + flaring)
 
 
-def disk_surface_density_norm(disk_mass_msun: torch.Tensor, disk_radius_au: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+def disk_surface_density_norm(disk_mass_msun: torch.Tensor, disk_radius_au: torch.Tensor, gamma: float | torch.Tensor = 1.0,
+                              taper: float | torch.Tensor | None = None) -> torch.Tensor:
     r""":math:`\Sigma_c` [g cm^-2] such that the tapered power law holds ``disk_mass_msun``.
 
-    :math:`M_\mathrm{disk} = 2\pi \Sigma_c R_c^2 / (2 - \gamma)` (Andrews et al. 2009, eq. 2).
+    For :math:`\Sigma = \Sigma_c (R/R_c)^{-\gamma} \exp[-(R/R_c)^{\tau}]`,
+    :math:`M_\mathrm{disk} = 2\pi \Sigma_c R_c^2\, \Gamma((2 - \gamma)/\tau) / \tau`; the self-similar
+    taper :math:`\tau = 2 - \gamma` (``taper=None``) gives :math:`2\pi \Sigma_c R_c^2 / (2 - \gamma)`
+    (Andrews et al. 2009, eq. 2).
     """
     rc_cm = disk_radius_au * AU_CM
-    return disk_mass_msun * MSUN_G * (2.0 - gamma) / (2.0 * math.pi * rc_cm**2)
+    if taper is None:
+        return disk_mass_msun * MSUN_G * (2.0 - gamma) / (2.0 * math.pi * rc_cm**2)
+    gamma_t = torch.as_tensor(gamma, dtype=torch.float64)
+    taper_t = torch.as_tensor(taper, dtype=torch.float64)
+    shape = (taper_t / torch.exp(torch.lgamma((2.0 - gamma_t) / taper_t))).to(dtype=torch.as_tensor(rc_cm).dtype,
+                                                                               device=torch.as_tensor(rc_cm).device)
+    return disk_mass_msun * MSUN_G * shape / (2.0 * math.pi * rc_cm**2)
 
 
 def disk_density(
@@ -163,50 +207,81 @@ def disk_density(
     disk_mass_msun: torch.Tensor,
     disk_radius_au: torch.Tensor,
     scale_height_100au: torch.Tensor,
-    gamma: float = 1.0,
+    gamma: float | torch.Tensor = 1.0,
     flaring: float = 0.25,
     inner_radius_au: float = 1.0,
+    taper: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Density of a flared disk with a tapered power-law surface density [g cm^-3].
 
     .. math::
-        \Sigma(R) = \Sigma_c (R/R_c)^{-\gamma} \exp[-(R/R_c)^{2-\gamma}], \quad
+        \Sigma(R) = \Sigma_c (R/R_c)^{-\gamma} \exp[-(R/R_c)^{\tau}], \quad
         \rho(R, z) = \frac{\Sigma(R)}{\sqrt{2\pi} H} e^{-z^2 / 2H^2}
+
+    with the outer taper's exponent :math:`\tau` (``taper``; ``None``: the self-similar
+    :math:`2 - \gamma` of a viscous disk). A larger :math:`\tau` cuts the disk off more sharply.
 
     References:
         Lynden-Bell & Pringle (1974); Andrews et al. (2009) ApJ 700, 1502.
     """
-    sigma_c = disk_surface_density_norm(disk_mass_msun, disk_radius_au, gamma)
+    sigma_c = disk_surface_density_norm(disk_mass_msun, disk_radius_au, gamma, taper)
     radius = radius_au.clamp(min=inner_radius_au)
     x = radius / disk_radius_au
-    if gamma == 1.0:
+    exponent = (2.0 - gamma) if taper is None else taper
+    if isinstance(gamma, float) and isinstance(exponent, float) and gamma == 1.0 and exponent == 1.0:
         sigma = sigma_c * torch.exp(-x) / x
     else:
-        sigma = sigma_c * x.pow(-gamma) * torch.exp(-x.pow(2.0 - gamma))
+        log_x = torch.log(x)
+        sigma = sigma_c * torch.exp(-gamma * log_x - torch.exp(exponent * log_x))
     h_au = disk_scale_height(radius, scale_height_100au, flaring)
     rho = sigma / (math.sqrt(2.0 * math.pi) * AU_CM) / h_au * torch.exp(-0.5 * (height_au / h_au) ** 2)
     return rho * (radius_au >= inner_radius_au)
 
 
 def dust_temperature(
-    r_au: torch.Tensor, luminosity_lsun: torch.Tensor, floor_k: float = 10.0, ceiling_k: float = 1500.0
+    r_au: torch.Tensor, luminosity_lsun: torch.Tensor, floor_k: float = 10.0, ceiling_k: float = 1500.0,
+    temperature_1lsun_k: float | torch.Tensor = 38.0, index: float | torch.Tensor = 0.4,
 ) -> torch.Tensor:
-    r"""Dust temperature :math:`T = 38\,\mathrm{K}\,(L/L_\odot)^{0.2} (r/100\,\mathrm{au})^{-0.4}` [K].
+    r"""Dust temperature :math:`T = T_0\,(L/L_\odot)^{0.2} (r/100\,\mathrm{au})^{-q}` [K].
 
-    Heating by the central source in the optically thin far-infrared limit (Motte & André 2001),
-    with a floor for external heating and a ceiling at dust sublimation.
+    Heating by the central source in the optically thin far-infrared limit (Motte & André 2001:
+    :math:`T_0 = 38` K, :math:`q = 0.4`, the defaults), with a floor for external heating and a
+    ceiling at dust sublimation.
     """
-    t = 38.0 * luminosity_lsun.pow(0.2) * (r_au.clamp(min=1e-3) / 100.0).pow(-0.4)
+    t = temperature_1lsun_k * luminosity_lsun.pow(0.2) * torch.exp(-index * torch.log(r_au.clamp(min=1e-3) / 100.0))
     return t.clamp(min=floor_k, max=ceiling_k)
 
 
-def dust_opacity(frequency_ghz: float, beta: float = 1.0) -> float:
-    r"""Dust opacity per gram of gas :math:`\kappa_\nu = 0.1 (\nu / 1000\,\mathrm{GHz})^\beta` [cm^2 g^-1].
+def disk_temperature_factor(height_au: torch.Tensor, scale_height_au: torch.Tensor, midplane_ratio: float | torch.Tensor,
+                            surface_heights: float = 3.0) -> torch.Tensor:
+    r"""A disk's vertical temperature structure: the ratio of the local to the surface layer's temperature.
+
+    .. math::
+        \frac{T(z)}{T_\mathrm{surface}} = 1 + (f - 1) \cos^4\left(\frac{\pi |z|}{2 z_q}\right)
+        \quad (|z| < z_q), \qquad 1 \text{ above}
+
+    with :math:`f` = ``midplane_ratio`` the midplane's temperature over the surface's and
+    :math:`z_q` = ``surface_heights`` scale heights (Dartois et al. 2003; the form of Williams & Best
+    2014, with their :math:`\delta = 2`). ``f = 1`` is a vertically isothermal disk.
+    """
+    z_q = surface_heights * scale_height_au
+    phase = (0.5 * math.pi * height_au.abs() / z_q).clamp(max=0.5 * math.pi)
+    return 1.0 + (midplane_ratio - 1.0) * torch.cos(phase) ** 4
+
+
+def dust_opacity(frequency_ghz: float, beta: float | torch.Tensor = 1.0, kappa_230ghz: float | torch.Tensor | None = None):
+    r"""Dust opacity per gram of gas [cm^2 g^-1].
+
+    With ``kappa_230ghz``: :math:`\kappa_\nu = \kappa_{230} (\nu / 230\,\mathrm{GHz})^\beta`, normalised at
+    1.3 mm, so that a change of ``beta`` leaves the 1.3 mm opacity alone. Without it, Beckwith et al.'s
+    :math:`0.1 (\nu / 1000\,\mathrm{GHz})^\beta` (0.023 at 230 GHz for ``beta = 1``).
 
     References:
         Beckwith et al. (1990) AJ 99, 924.
     """
-    return 0.1 * (frequency_ghz / 1000.0) ** beta
+    if kappa_230ghz is None:
+        return 0.1 * (frequency_ghz / 1000.0) ** beta
+    return kappa_230ghz * (frequency_ghz / 230.0) ** beta
 
 
 def planck_intensity(temperature_k: torch.Tensor, frequency_ghz: float) -> torch.Tensor:

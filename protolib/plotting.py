@@ -286,7 +286,7 @@ def plot_prior_corner(bank: Bank, names: list[str] | None = None, *, systems=Non
     """
     import corner
 
-    names = names or [n for n in PARAMETERS if n in bank.parameters and n not in ("disk_scale_height", "cavity_angle")]
+    names = names or [n for n in bank.physical_parameters if n not in ("disk_scale_height", "cavity_angle")]
     table = bank.parameter_table(names)
     if systems is not None:
         table = table[np.asarray(systems)]

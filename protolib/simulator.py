@@ -26,7 +26,25 @@ from .runtime import ProtolibInputError
 
 from . import physics
 
-__all__ = ["SimulatorConfig", "render", "envelope_mass", "pixel_offsets_au"]
+__all__ = ["SimulatorConfig", "render", "envelope_mass", "pixel_offsets_au", "NUISANCE_FIELDS", "RENDER_KEYS"]
+
+NUISANCE_FIELDS = {
+    "opacity_beta": "opacity_beta",
+    "opacity_230ghz": "opacity_230ghz",
+    "temperature_1lsun": "temperature_1lsun_k",
+    "temperature_index": "temperature_index",
+    "midplane_temperature_ratio": "midplane_temperature_ratio",
+    "disk_gamma": "disk_gamma",
+    "disk_taper": "disk_taper",
+    "cavity_wall_exponent": "cavity_wall_exponent",
+    "cavity_contrast": "cavity_contrast",
+    "envelope_outer_radius": "envelope_outer_radius_au",
+}
+"""The nuisance physics: each per-system parameter (as in :data:`~protolib.parameters.PARAMETERS`) -> the
+:class:`SimulatorConfig` field that holds its value for systems that do not carry their own."""
+
+RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
+"""The physical parameters :func:`render` needs for every system (the nuisance ones are optional)."""
 
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 JANSKY_CGS = 1e-23
@@ -39,11 +57,19 @@ class SimulatorConfig:
     image_size: int = 64  # pixels per side of the bank images
     field_of_view_au: float = 1000.0  # side of the image, in au
     frequency_ghz: float = 230.0  # observing frequency (230 GHz = 1.3 mm)
-    opacity_beta: float = 1.0  # dust opacity index, kappa ~ nu^beta
-    envelope_outer_radius_au: float = 5000.0  # envelope (and line of sight) extent
-    inner_radius_au: float = 1.0  # dust sublimation radius: no dust inside
+    # The nuisance physics: the values for systems that do not draw their own (prior.nuisance: fixed).
+    opacity_beta: float = 1.0  # dust opacity index, kappa ~ nu^beta (Beckwith et al. 1990)
+    opacity_230ghz: float = 0.023  # dust opacity at 230 GHz [cm^2 per g of gas]: Beckwith et al.'s 0.1 (nu/1000 GHz)^beta
+    temperature_1lsun_k: float = 38.0  # dust temperature at 100 au for 1 Lsun [K], T ~ L^0.2 (Motte & Andre 2001)
+    temperature_index: float = 0.4  # radial index q of the temperature law, T ~ r^-q (Motte & Andre 2001)
+    midplane_temperature_ratio: float = 1.0  # disk midplane over surface-layer temperature (1: vertically isothermal)
+    envelope_outer_radius_au: float = 5000.0  # envelope extent [au]
     cavity_contrast: float = 1e-3  # density inside the outflow cavities relative to the envelope
-    disk_gamma: float = 1.0  # surface density power-law index
+    cavity_wall_exponent: float = 1.0  # cavity wall z ~ R^b: 1 a cone, 1.5-2 a curved wall (Whitney et al. 2003)
+    cavity_reference_radius_au: float = 1000.0  # where the cavity's half-opening angle is measured [au] (a cone: everywhere)
+    disk_gamma: float = 1.0  # surface density power-law index, Sigma ~ R^-gamma
+    disk_taper: float = 1.0  # outer taper exp[-(R/R_c)^taper] (1 = 2 - gamma: the self-similar disk for gamma = 1)
+    inner_radius_au: float = 1.0  # dust sublimation radius [au]: no dust inside
     disk_flaring: float = 0.25  # H ~ R^(1 + flaring)
     disk_extent: float = 6.0  # the disk is followed out to this many disk radii
     envelope_samples: int = 32  # line-of-sight samples for the envelope
@@ -55,7 +81,9 @@ class SimulatorConfig:
         if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
             raise ProtolibInputError(f"The image size must be at least 8 pixels a side (the networks halve it several times) "
                                      f"and at most 4096, got {self.image_size}.")
-        for name in ("field_of_view_au", "frequency_ghz", "envelope_outer_radius_au", "inner_radius_au"):
+        for name in ("field_of_view_au", "frequency_ghz", "envelope_outer_radius_au", "inner_radius_au", "opacity_230ghz",
+                     "temperature_1lsun_k", "midplane_temperature_ratio", "cavity_contrast", "cavity_wall_exponent",
+                     "cavity_reference_radius_au", "disk_taper"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ProtolibInputError(f"The simulator's {name} must be a positive number, got {value!r}.")
@@ -65,6 +93,10 @@ class SimulatorConfig:
     def to_dict(self) -> dict:
         """The configuration as plain data (stored in banks and checkpoints)."""
         return asdict(self)
+
+    def nuisance_values(self) -> dict[str, float]:
+        """The fixed nuisance physics as per-system parameters: name (:data:`NUISANCE_FIELDS`) -> value."""
+        return {name: float(getattr(self, field)) for name, field in NUISANCE_FIELDS.items()}
 
     @property
     def pixel_size_au(self) -> float:
@@ -121,7 +153,7 @@ def _depth_in_front(s_query, depth_from_each, centre, scale, u_lo, du):
     return torch.gather(depth_from_each.expand(*first.shape[:-1], n + 1), -1, first)
 
 
-def _disk_window(q, p2, sin_i, cos_i, disk_radius, scale_height, config):
+def _disk_window(q, p2, sin_i, cos_i, disk_radius, scale_height, outer_radius, config):
     """The depth interval where a ray can meet the disk, its midplane crossing and sampling scale."""
     r_max = config.disk_extent * disk_radius
     z_max = 4.0 * physics.disk_scale_height(r_max, scale_height, config.disk_flaring)
@@ -139,9 +171,9 @@ def _disk_window(q, p2, sin_i, cos_i, disk_radius, scale_height, config):
     cyl_lo = torch.where(a > 1e-12, (-b - sqrt_disc) / (2.0 * a_safe), torch.full_like(q, -1e30))
     cyl_hi = torch.where(a > 1e-12, (-b + sqrt_disc) / (2.0 * a_safe), torch.full_like(q, 1e30))
     hits_cylinder = torch.where(a > 1e-12, disc > 0, c < 0)
-    s_out = config.envelope_outer_radius_au
-    lo = torch.maximum(torch.maximum(lo, cyl_lo), torch.full_like(lo, -s_out))
-    hi = torch.minimum(torch.minimum(hi, cyl_hi), torch.full_like(hi, s_out))
+    s_out = outer_radius.expand_as(lo)
+    lo = torch.maximum(torch.maximum(lo, cyl_lo), -s_out)
+    hi = torch.minimum(torch.minimum(hi, cyl_hi), s_out)
     valid = hits_cylinder & (hi > lo)
     hi = torch.where(valid, hi, lo + 1.0)
     crossing = (-q * sin_i / cos_safe).clamp(min=-1e30, max=1e30)
@@ -164,7 +196,9 @@ def render(
     Arguments:
         systems: per-image physical parameters, each ``(B,)``: ``stellar_mass`` [Msun],
             ``accretion_rate`` [Msun/yr], ``disk_radius`` [au], ``disk_mass`` [Msun],
-            ``luminosity`` [Lsun], ``disk_scale_height`` [au], ``cavity_angle`` [deg].
+            ``luminosity`` [Lsun], ``disk_scale_height`` [au], ``cavity_angle`` [deg]; and optionally
+            the nuisance physics of :data:`NUISANCE_FIELDS` (``opacity_beta``, ``disk_gamma``, ...),
+            each ``(B,)``, where a name is missing the configuration's value.
         inclination_deg: ``(B,)``, 0 face-on, 90 edge-on.
         position_angle_deg: ``(B,)``, of the disk's major axis, east of north.
         config: image size, field of view and sampling.
@@ -181,6 +215,7 @@ def render(
     east = -offsets[None, :].expand(n_sub, n_sub).reshape(-1)
     n_samples = config.envelope_samples + config.disk_samples
     per_batch = max(1, config.batch_elements // (north.numel() * n_samples))
+    systems = _with_nuisance(systems, config, inclination_deg.shape[0], device)
     out = []
     for start in range(0, inclination_deg.shape[0], per_batch):
         sl = slice(start, start + per_batch)
@@ -192,6 +227,18 @@ def render(
     pixel_arcsec = config.pixel_size_au / distance_pc
     pixel_sr = (pixel_arcsec * ARCSEC_RAD) ** 2
     return intensity * pixel_sr
+
+
+def _with_nuisance(systems: dict, config: SimulatorConfig, n: int, device, needed=RENDER_KEYS) -> dict:
+    """``systems`` with every nuisance parameter it lacks set to the configuration's value, ``(n,)`` each."""
+    missing = [k for k in needed if k not in systems]
+    if missing:
+        raise ProtolibInputError(f"render() needs the parameters {missing} of every system (it has {sorted(systems)}).")
+    filled = {k: torch.as_tensor(v) for k, v in systems.items()}
+    for name, value in config.nuisance_values().items():
+        if name not in filled:
+            filled[name] = torch.full((n,), value, dtype=torch.float64, device=device)
+    return filled
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,17 +264,28 @@ def _lookup_envelope_shape(log10_x: torch.Tensor, abs_mu: torch.Tensor) -> torch
     return values.reshape(log10_x.shape)
 
 
-def _temperature_profile(r_au: torch.Tensor) -> torch.Tensor:
-    """``38 K (r / 100 au)^-0.4``: the dust temperature for 1 Lsun, before floor and ceiling."""
-    return 38.0 * torch.exp(-0.4 * torch.log(r_au.clamp(min=1e-3) / 100.0))
+def _temperature(r, z, param, config):
+    """Dust temperature [K] at samples ``(r, z)``: :func:`physics.dust_temperature`'s law of each system,
+    times the disk's vertical structure (:func:`physics.disk_temperature_factor`) inside the disk region."""
+    temperature = param["temperature_1lsun"] * param["luminosity"].pow(0.2) * torch.exp(
+        -param["temperature_index"] * torch.log(r.clamp(min=1e-3) / 100.0))
+    if bool((param["midplane_temperature_ratio"] != 1.0).any()):
+        cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
+        height = physics.disk_scale_height(cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring)
+        within = cylindrical < config.disk_extent * param["disk_radius"]
+        factor = physics.disk_temperature_factor(z, height, param["midplane_temperature_ratio"])
+        temperature = temperature * torch.where(within, factor, torch.ones_like(factor))
+    return temperature.clamp(10.0, 1500.0)
 
 
 def _envelope_column(r, z, ds, prefactor, param, config):
     """Envelope density times path length at samples ``(r, z)`` [g cm^-3 au], via the shape table."""
-    inside = ((r >= config.inner_radius_au) & (r <= config.envelope_outer_radius_au)).to(r.dtype)
+    inside = ((r >= config.inner_radius_au) & (r <= param["envelope_outer_radius"])).to(r.dtype)
     abs_mu = (z.abs() / r).clamp(max=1.0)
     shape = _lookup_envelope_shape(torch.log10(r) - torch.log10(param["disk_radius"]), abs_mu)
-    cavity = torch.where(abs_mu > torch.cos(torch.deg2rad(param["cavity_angle"])), config.cavity_contrast, 1.0)
+    cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
+    in_cavity = physics.in_cavity(cylindrical, z, param["cavity_angle"], param["cavity_wall_exponent"], config.cavity_reference_radius_au)
+    cavity = torch.where(in_cavity, param["cavity_contrast"], torch.ones_like(r))
     r_cm = r * physics.AU_CM
     return prefactor * (torch.rsqrt(r_cm) / r_cm) * shape * cavity * ds * inside  # r^-1.5
 
@@ -253,10 +311,10 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     # Sky offset along the disk's minor axis; the rotation axis is n = cos i (line of sight) + sin i (minor axis).
     q = -torch.cos(pa[..., 0]) * east + torch.sin(pa[..., 0]) * north  # (B, P)
     p2 = (east**2 + north**2)[None, :]  # (1, P)
-    r_in, r_out = config.inner_radius_au, config.envelope_outer_radius_au
+    r_in, r_out = config.inner_radius_au, param["envelope_outer_radius"][..., 0]  # r_out (B, 1)
 
-    # Envelope samples: sinh-spaced about closest approach to the star; geometry shared by the batch.
-    s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()
+    # Envelope samples: sinh-spaced about closest approach to the star, out to each system's outer radius.
+    s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, P)
     impact = p2.sqrt().clamp(min=r_in)
     s_env, ds_env, u_lo_env, du_env = _sinh_samples(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (1, P, Ne)
     r_env = (p2.unsqueeze(-1) + s_env**2).sqrt()
@@ -268,22 +326,22 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
 
     # Disk samples: sinh-spaced about the midplane crossing, inside the disk's bounding region.
     lo, hi, centre, scale, valid = _disk_window(
-        q, p2, sin_i[..., 0], cos_i[..., 0], param["disk_radius"][..., 0], param["disk_scale_height"][..., 0], config
+        q, p2, sin_i[..., 0], cos_i[..., 0], param["disk_radius"][..., 0], param["disk_scale_height"][..., 0], r_out, config
     )
     s_disk, ds_disk, u_lo_disk, du_disk = _sinh_samples(centre, scale, lo, hi, config.disk_samples)  # (B, P, Nd)
     r_disk = (p2.unsqueeze(-1) + s_disk**2).sqrt()
     z_disk = q.unsqueeze(-1) * sin_i + s_disk * cos_i
     cyl_disk = (r_disk**2 - z_disk**2).clamp(min=0.0).sqrt()
     rho_disk = physics.disk_density(cyl_disk, z_disk, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
-                                    scale_height_100au=param["disk_scale_height"], gamma=config.disk_gamma,
-                                    flaring=config.disk_flaring, inner_radius_au=r_in)
+                                    scale_height_100au=param["disk_scale_height"], gamma=param["disk_gamma"],
+                                    flaring=config.disk_flaring, inner_radius_au=r_in, taper=param["disk_taper"])
     column_disk = rho_disk * ds_disk * valid.unsqueeze(-1)
     # The envelope's midplane (where its centrifugal-barrier sheet lies) is integrated on the disk samples.
     envelope_near_midplane = _envelope_column(r_disk, z_disk, ds_disk, prefactor, param, config) * _midplane_window(r_disk, z_disk, param, config)
     column_disk = column_disk + envelope_near_midplane * valid.unsqueeze(-1)
 
     # Radiative transfer, front to back: each sample is dimmed by everything nearer the observer.
-    kappa_au = physics.dust_opacity(config.frequency_ghz, config.opacity_beta) * physics.AU_CM
+    kappa_au = physics.dust_opacity(config.frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
     dtau_env = kappa_au * column_env
     dtau_disk = kappa_au * column_disk
     zeros = torch.zeros_like(impact)
@@ -291,10 +349,9 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     front_env = from_env[..., 1:] + _depth_in_front(s_env.expand_as(dtau_env), from_disk, centre, scale, u_lo_disk, du_disk)
     front_disk = from_disk[..., 1:] + _depth_in_front(s_disk, from_env, zeros.expand_as(centre), impact.expand_as(centre),
                                                       u_lo_env.expand_as(centre), du_env.expand_as(centre))
-    warmth = param["luminosity"].pow(0.2)
     intensity = 0.0
-    for r, dtau, front in ((r_env, dtau_env, front_env), (r_disk, dtau_disk, front_disk)):
-        temperature = (_temperature_profile(r) * warmth).clamp(10.0, 1500.0)
+    for r, z, dtau, front in ((r_env, z_env, dtau_env, front_env), (r_disk, z_disk, dtau_disk, front_disk)):
+        temperature = _temperature(r, z, param, config)
         source = physics.planck_intensity(temperature, config.frequency_ghz) / JANSKY_CGS  # Jy/sr
         intensity = intensity + (source * -torch.expm1(-dtau) * torch.exp(-front)).sum(-1)
     return intensity
@@ -306,18 +363,22 @@ def envelope_mass(
     """Envelope mass [Msun] within the model's outer radius, cavities included, ``(B,)``.
 
     Integrates the envelope density on a grid logarithmic in radius and uniform in ``cos(theta)``
-    (midpoint rule), which converges to better than a per cent at the default resolution.
+    (midpoint rule), which converges to better than a per cent at the default resolution. Each
+    system's own outer radius, cavity shape and contrast are used where it carries them.
     """
     device = systems["stellar_mass"].device
     dtype = torch.float64
-    log_r = torch.linspace(math.log(config.inner_radius_au), math.log(config.envelope_outer_radius_au), n_radii + 1, dtype=dtype, device=device)
-    r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
-    dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
+    needed = ("stellar_mass", "accretion_rate", "disk_radius", "cavity_angle")
+    systems = _with_nuisance(systems, config, systems["stellar_mass"].shape[0], device, needed)
     mu_edges = torch.linspace(-1.0, 1.0, n_angles + 1, dtype=dtype, device=device)
     mu_mid = 0.5 * (mu_edges[1:] + mu_edges[:-1])
     dmu = 2.0 / n_angles
     masses = []
     for i in range(systems["stellar_mass"].shape[0]):
+        outer = float(systems["envelope_outer_radius"][i])
+        log_r = torch.linspace(math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device)
+        r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
+        dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
         rho = physics.envelope_density(
             r_mid[:, None],
             mu_mid[None, :],
@@ -325,9 +386,11 @@ def envelope_mass(
             stellar_mass_msun=systems["stellar_mass"][i].to(dtype),
             centrifugal_radius_au=systems["disk_radius"][i].to(dtype),
             cavity_half_angle_deg=systems["cavity_angle"][i].to(dtype),
-            cavity_contrast=config.cavity_contrast,
+            cavity_contrast=systems["cavity_contrast"][i].to(dtype),
             inner_radius_au=config.inner_radius_au,
-            outer_radius_au=config.envelope_outer_radius_au,
+            outer_radius_au=outer,
+            cavity_wall_exponent=systems["cavity_wall_exponent"][i].to(dtype),
+            cavity_reference_radius_au=config.cavity_reference_radius_au,
         )
         volume = 2.0 * math.pi * (r_mid * physics.AU_CM) ** 2 * (dr * physics.AU_CM)
         # numpy's sum: the same bits whatever the number of torch threads (parallel banks rely on it).

@@ -15,7 +15,7 @@ from test_prose_numbers import glued_names
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 MIN_FIGURES = {"01_data_preparation": 5, "01b_observations": 1, "02_autoencoder": 3, "03_siamese_wsml": 3,
-               "04_matching": 3, "05_distributions": 4, "06_evaluation": 3,
+               "04_matching": 3, "05_distributions": 4, "06_evaluation": 3, "06b_domain_shift": 3,
                "07_understanding": 3}
 
 

@@ -189,4 +189,4 @@ def test_prior_couples_parameters_physically():
     # Luminosity grows with mass x accretion rate; age with mass / accretion rate.
     assert np.corrcoef(log["luminosity"], log["stellar_mass"] + log["accretion_rate"])[0, 1] > 0.8
     assert np.corrcoef(log["age"], log["stellar_mass"] - log["accretion_rate"])[0, 1] > 0.8
-    assert np.allclose(draws["temperature"], 38.0 * draws["luminosity"] ** 0.2)
+    assert np.allclose(draws["temperature"], draws["temperature_1lsun"] * draws["luminosity"] ** 0.2)

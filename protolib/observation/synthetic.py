@@ -21,13 +21,13 @@ from .. import __version__
 from ..instrument import Beam, Instrument
 from ..parameters import PARAMETERS
 from ..runtime import ProtolibInputError, atomic_path
-from ..simulator import SimulatorConfig, render
+from ..simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, render
 from .fits import DEG_ARCSEC, TRUE_CARD
 from .regrid import sky_grid_wcs
 
 __all__ = ["write_observation_fits"]
 
-RENDER_PARAMETERS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
+RENDER_PARAMETERS = RENDER_KEYS
 
 
 def write_observation_fits(
@@ -48,7 +48,8 @@ def write_observation_fits(
     Arguments:
         path: the FITS file to write.
         system: physical parameters of one system (names as in :data:`~protolib.parameters.PARAMETERS`;
-            those :func:`~protolib.simulator.render` needs must be present).
+            those :func:`~protolib.simulator.render` needs must be present; nuisance physics it carries,
+            such as ``opacity_beta``, is used, the rest is ``config``'s).
         inclination_deg, position_angle_deg: viewing angles (0 face-on; PA of the disk's major axis east of north).
         distance_pc: distance to the system.
         pixel_arcsec: pixel side; ``image_size``: pixels per side.
@@ -95,7 +96,7 @@ def _render_at_whole_pixel(system: dict[str, float], viewing: tuple[float, float
     cropped (whole-pixel offsets, so the model is not resampled). ``viewing`` is (inclination,
     position angle) [deg].
     """
-    tensors = {k: torch.tensor([float(system[k])]) for k in RENDER_PARAMETERS}
+    tensors = {k: torch.tensor([float(system[k])]) for k in (*RENDER_PARAMETERS, *NUISANCE_FIELDS) if k in system}
     pixel_au = config.pixel_size_au
     x, y = ref.world_to_pixel(source)
     centre_pixel = (image_size - 1) / 2.0

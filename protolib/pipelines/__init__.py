@@ -6,6 +6,7 @@ Each module is one stage a user runs, as ``protolib <command>`` or from a notebo
 - :mod:`~protolib.pipelines.train`: a configuration's autoencoder and Siamese network, trained once;
 - :mod:`~protolib.pipelines.match`: one target against a bank, with its report;
 - :mod:`~protolib.pipelines.evaluate`: every method on the held-out systems;
+- :mod:`~protolib.pipelines.shift`: the domain-shift comparison (fixed against drawn nuisance physics);
 - :mod:`~protolib.pipelines.tune`: the hyperparameter search;
 - :mod:`~protolib.pipelines.understand`: attribution maps and embedding maps.
 

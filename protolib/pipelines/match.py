@@ -194,7 +194,7 @@ def write_match_report(
     if match_image_transform is not None:  # as the network saw them: the same noise as in the embedding, when seeded by row
         gallery_images = apply_transform(match_image_transform, gallery_images, shown.system * bank.n_projections + shown.projection)
     summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2)
-    corner_parameters = list(corner_parameters or [*bank.parameters, "inclination"])
+    corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
     figures = {
         "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
                                   parameters=corner_parameters),

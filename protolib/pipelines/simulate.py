@@ -24,7 +24,7 @@ PARALLEL_FROM_IMAGES = 1024  # below this, starting worker processes costs more 
 def ensure_bank(config: RunConfig, progress: bool = True):
     """The configuration's bank: opened when it exists and matches the configuration, else simulated.
 
-    A bank made with other settings (size, seed, simulator, instrument) is rebuilt, so a notebook
+    A bank made with other settings (size, seed, prior, simulator, instrument) is rebuilt, so a notebook
     never silently uses a stale bank.
     """
     path = config.bank_path
@@ -40,7 +40,9 @@ def ensure_bank(config: RunConfig, progress: bool = True):
         seed=config.bank.seed,
         config=config.simulator,
         instrument=config.instrument,
+        prior=config.prior,
         progress=progress,
+        workers=local_workers(None, 1, config.bank.n_systems * config.bank.n_projections),
     )
     return Bank(path)
 
@@ -48,8 +50,9 @@ def ensure_bank(config: RunConfig, progress: bool = True):
 def _bank_matches(bank, config: RunConfig) -> bool:
     same_shape = bank.images.shape[:2] == (config.bank.n_systems, config.bank.n_projections)
     same_sim = json.loads(bank.attrs.get("simulator_config", "{}")) == json.loads(json.dumps(config.simulator.to_dict()))
+    same_prior = json.loads(bank.attrs.get("prior", "{}")) == json.loads(json.dumps(config.prior.to_dict()))
     same_inst = all(abs(float(bank.attrs.get(k, float("nan"))) - float(v)) < 1e-12 for k, v in config.instrument.to_dict().items())
-    return same_shape and same_sim and same_inst and int(bank.attrs.get("seed", -1)) == config.bank.seed
+    return same_shape and same_sim and same_prior and same_inst and int(bank.attrs.get("seed", -1)) == config.bank.seed
 
 
 def local_workers(requested: int | None, threads: int, n_images: int, device: str | None = None) -> int:
@@ -76,7 +79,7 @@ class SimulateReport:
 def simulate_command_bank(out: Path, config: RunConfig, *, device: str | None = None, threads: int = 1, workers: int | None = None,
                           scheduler: str | None = None, shard_systems: int = 16) -> SimulateReport:
     """``protolib simulate``: the configuration's bank written to ``out``, locally or on a Dask scheduler."""
-    common = dict(seed=config.bank.seed, config=config.simulator, instrument=config.instrument)
+    common = dict(seed=config.bank.seed, config=config.simulator, instrument=config.instrument, prior=config.prior)
     n_workers = local_workers(workers, threads, config.bank.n_systems * config.bank.n_projections, device)
     if not scheduler:
         simulate_bank(out, config.bank.n_systems, config.bank.n_projections, device=device, threads=threads, workers=n_workers, **common)

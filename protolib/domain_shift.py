@@ -1,0 +1,150 @@
+"""Domain shift: a bank of one physics matched against systems of another, and what marginalising buys.
+
+Three cases, the same test systems (same parameters, same viewing angles), every method:
+
+- ``"no shift"``: the bank with the nuisance physics held fixed, its own networks, its own test systems;
+- ``"shift"``: the same networks and bank, the test systems rendered with their nuisance physics
+  drawn from its prior (real systems differ in opacity, temperature law, disk profile, cavities);
+- ``"marginalised"``: the bank whose nuisance physics is drawn per system, its own networks, the
+  same drawn test systems.
+
+:func:`shift_rows` gives one row per case, method and parameter (error, coverage, interval width, in
+the parameter's own scaled units: dex for log-scaled ones); :func:`shift_figures` the figures the
+book's prose quotes (glued), among them whether the issue's goal is met: under the shift, 68% and 95%
+coverage of the image-constrained parameters within 0.05 of nominal, with errors no more than 10%
+above those without the shift. :func:`nuisance_rows` says how well the images constrain each nuisance
+parameter itself. The cases are made by :func:`protolib.pipelines.shift.run_domain_shift`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .evaluation import MethodResult, constrains
+
+__all__ = ["CASES", "shift_rows", "shift_table", "method_table", "constrained_parameters", "nuisance_rows", "shift_figures", "GOAL_COVERAGE", "GOAL_ERROR"]
+
+CASES = ("no shift", "shift", "marginalised")
+GOAL_COVERAGE = 0.05  # coverage within this of nominal (0.68, 0.95) under the shift
+GOAL_ERROR = 0.10  # recovery error at most this fraction above the error without the shift
+
+
+def _row(result: MethodResult, name: str, corrected: bool) -> dict:
+    """One method's figures for one parameter: median |error|, 68%/95% coverage, median 68% half-width, all in scaled units."""
+    evaluation = result.figures(corrected)
+    table = evaluation.metrics["parameters"][name]
+    interval = evaluation.interval_68[name]
+    return {"median_abs_error": table["median_abs_error"], "coverage_68": table["coverage_68"], "coverage_95": table["coverage_95"],
+            "half_width_68": float(np.median(0.5 * (interval[:, 1] - interval[:, 0]))), "unit": table["unit"],
+            "rms_error_over_prior_spread": table["rms_error_over_prior_spread"],
+            "width_68_over_prior_spread": table["width_68_over_prior_spread"]}
+
+
+def _spreads(results: dict[str, MethodResult], parameters: list[str], corrected: bool) -> dict[str, float]:
+    """Each parameter's prior spread (standard deviation over the reference systems, scaled units) in ``results``' bank."""
+    table = next(iter(results.values())).figures(corrected).metrics["parameters"]
+    return {n: table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in parameters}
+
+
+def shift_rows(cases: dict[str, dict[str, MethodResult]], parameters: list[str], *, corrected: bool = True) -> list[dict]:
+    """One row per case, method and parameter: ``case``, ``method``, ``parameter`` and :func:`_row`'s figures."""
+    return [{"case": case, "method": method, "parameter": name, **_row(result, name, corrected)}
+            for case, results in cases.items() for method, result in results.items() for name in parameters]
+
+
+def shift_table(cases: dict[str, dict[str, MethodResult]], parameters: list[str], *, method: str = "siamese", corrected: bool = True) -> str:
+    """A text table for one method: a row per parameter; median |error|, 68% and 95% coverage and 68% half-width per case."""
+    rows = {(r["parameter"], r["case"]): r for r in shift_rows(cases, parameters, corrected=corrected) if r["method"] == method}
+    figures = (("median |error|", "median_abs_error"), ("68% coverage", "coverage_68"), ("95% coverage", "coverage_95"),
+               ("68% half-width", "half_width_68"))
+    short = {"no shift": "fixed", "shift": "shifted", "marginalised": "marg."}
+    width = max(len(p) for p in parameters) + 7
+    header = " " * width + " | ".join(f"{title:^23}" for title, _ in figures)
+    cases_line = " " * width + " | ".join(" ".join(f"{short.get(c, c)[:7]:>7}" for c in cases) for _ in figures)
+    lines = [header, cases_line]
+    for name in parameters:
+        unit = rows[(name, next(iter(cases)))]["unit"]
+        cells = [" ".join(f"{rows[(name, c)][key]:7.2f}" for c in cases) for _, key in figures]
+        lines.append(f"{name + ' [' + unit + ']':<{width}}" + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def method_table(figures: dict, methods: list[str], cases=CASES) -> str:
+    """A Markdown table of :func:`shift_figures`: per method and case, the mean 68% and 95% coverage and the error over the prior spread."""
+    slug = {case: case.replace(" ", "_") for case in cases}
+    head = "| method | " + " | ".join(f"{case}: 68% / 95% / error" for case in cases) + " |"
+    lines = [head, "| --- | " + " | ".join("---" for _ in cases) + " |"]
+    for method in methods:
+        cells = [f"{figures[f'cov68_{method}_{slug[c]}']:.2f} / {figures[f'cov95_{method}_{slug[c]}']:.2f} / "
+                 f"{figures[f'error_{method}_{slug[c]}']:.2f}" for c in cases]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def constrained_parameters(results: dict[str, MethodResult], parameters: list[str], *, reference: str = "siamese",
+                           margin: float = 0.05, corrected: bool = True) -> list[str]:
+    """The parameters ``reference`` constrains (:func:`~protolib.evaluation.constrains`: RMS error and 68% half-width both below
+    ``1 - margin`` prior spreads) in ``results``: the image-constrained parameters the goal is judged on."""
+    table = results[reference].figures(corrected).metrics["parameters"]
+    return [name for name in parameters if constrains(table[name], margin)]
+
+
+def nuisance_rows(result: MethodResult, nuisance: list[str], *, corrected: bool = True, margin: float = 0.05) -> list[dict]:
+    """How well one method's matches constrain each nuisance parameter: :func:`_row`'s figures and ``constrained``."""
+    table = result.figures(corrected).metrics["parameters"]
+    return [{"parameter": name, **_row(result, name, corrected), "constrained": constrains(table[name], margin)} for name in nuisance]
+
+
+def _mean(rows: list[dict], figure: str) -> float:
+    return float(np.mean([r[figure] for r in rows])) if rows else float("nan")
+
+
+def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[str], *, reference: str = "siamese",
+                  nuisance: list[str] | None = None, corrected: bool = True) -> dict:
+    """The figures the domain-shift chapter quotes, by plain identifier (for MyST-NB ``glue``).
+
+    Per case ``c`` (``no_shift``, ``shift``, ``marginalised``) and method ``m``: ``cov68_m_c``,
+    ``cov95_m_c`` and ``error_m_c`` (means over the image-constrained parameters; the error is the
+    median |error| over the drawn bank's prior spread, one yardstick for all cases), ``width_m_c``
+    (mean median 68% half-width, scaled units). For ``reference``: the constrained
+    parameters (``constrained``, ``n_constrained``; when there are none, every parameter is judged), the worst coverage offset under the shift with and
+    without marginalising (``worst_offset_c``), the error ratio to the unshifted case
+    (``error_ratio_c``: the mean over parameters of their median |error| ratios; worst parameter
+    ``worst_error_ratio_c``), the width cost of marginalising (``width_ratio_marginalised``: mean ratio of half-widths), whether the goal is met (``goal_met``: ``"met"`` or ``"not met"``),
+    and for the nuisance parameters which the images constrain (``nuisance_constrained``).
+    """
+    constrained = constrained_parameters(cases["marginalised"], parameters, reference=reference, corrected=corrected)
+    judged = constrained or list(parameters)  # a network that constrains nothing (a test-sized one) is judged on every parameter
+    rows = shift_rows(cases, judged, corrected=corrected)
+    spread = _spreads(cases["marginalised"], judged, corrected)  # one yardstick for every case: the drawn bank's prior spread
+    for r in rows:
+        r["error_over_spread"] = r["median_abs_error"] / spread[r["parameter"]]
+    slug = {case: case.replace(" ", "_") for case in cases}
+    figures: dict = {"constrained": ", ".join(n.replace("_", " ") for n in constrained) or "none (the goal is judged on every parameter)",
+                     "n_constrained": len(constrained)}
+    for case in cases:
+        for method in cases[case]:
+            own = [r for r in rows if r["case"] == case and r["method"] == method]
+            for figure, key in (("coverage_68", "cov68"), ("coverage_95", "cov95"), ("error_over_spread", "error"), ("half_width_68", "width")):
+                figures[f"{key}_{method}_{slug[case]}"] = _mean(own, figure)
+    ref = {case: {r["parameter"]: r for r in rows if r["case"] == case and r["method"] == reference} for case in cases}
+    for case in ("shift", "marginalised"):
+        offsets = [max(abs(r["coverage_68"] - 0.68), abs(r["coverage_95"] - 0.95)) for r in ref[case].values()]
+        ratios = {n: ref[case][n]["median_abs_error"] / ref["no shift"][n]["median_abs_error"] for n in judged}
+        figures[f"worst_offset_{slug[case]}"] = max(offsets) if offsets else float("nan")
+        figures[f"error_ratio_{slug[case]}"] = float(np.mean(list(ratios.values())))
+        worst = max(ratios, key=ratios.get) if ratios else None
+        figures[f"worst_error_ratio_{slug[case]}"] = ratios[worst] if worst else float("nan")
+        figures[f"worst_error_parameter_{slug[case]}"] = worst.replace("_", " ") if worst else "none"
+    figures["width_ratio_marginalised"] = float(np.mean([ref["marginalised"][n]["half_width_68"] / ref["no shift"][n]["half_width_68"]
+                                                          for n in judged]))
+    met = figures["worst_offset_marginalised"] <= GOAL_COVERAGE and figures["error_ratio_marginalised"] <= 1.0 + GOAL_ERROR
+    figures["goal_met"] = "met" if met else "not met"
+    if nuisance:
+        judged = nuisance_rows(cases["marginalised"][reference], nuisance, corrected=corrected)
+        figures["nuisance_constrained"] = ", ".join(r["parameter"].replace("_", " ") for r in judged if r["constrained"]) or "none"
+        figures["n_nuisance_constrained"] = sum(r["constrained"] for r in judged)
+        best = min(judged, key=lambda r: r["width_68_over_prior_spread"])
+        figures.update({"best_nuisance": best["parameter"].replace("_", " "), "best_nuisance_width": best["width_68_over_prior_spread"],
+                        "best_nuisance_error": best["rms_error_over_prior_spread"]})
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in figures.items()}
