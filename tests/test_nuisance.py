@@ -191,3 +191,43 @@ def test_the_configurations_draw_the_nuisance_physics_and_a_bank_of_another_prio
     assert not _bank_matches(_Stored(), fixed)  # a bank with drawn nuisances is not the fixed configuration's
     _Stored.attrs["prior"] = __import__("json").dumps(fixed.prior.to_dict())
     assert _bank_matches(_Stored(), fixed)
+
+
+def test_the_shifted_bank_holds_the_fixed_banks_training_systems_and_the_drawn_banks_targets(tmp_path):
+    from protolib.bank import bank_with_systems_from
+
+    config = SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8)
+    drawn = Bank(simulate_bank(tmp_path / "drawn.h5", 6, 2, seed=2, config=config, progress=False))
+    fixed = Bank(simulate_bank(tmp_path / "fixed.h5", 6, 2, seed=2, config=config, prior=Prior(nuisance="fixed"), progress=False))
+    with drawn, fixed, Bank(bank_with_systems_from(fixed, drawn, [1, 4], tmp_path / "shifted.h5")) as shifted:
+        for system, source in [(0, fixed), (1, drawn), (2, fixed), (4, drawn), (5, fixed)]:
+            assert np.array_equal(shifted.load_images([system]), source.load_images([system]))
+            assert all(shifted.parameters[n][system] == source.parameters[n][system] for n in shifted.parameters)
+        assert shifted.identity["created"] == fixed.identity["created"]  # the fixed networks' bank, its test rows replaced
+        assert "systems [1, 4] from" in shifted.attrs["source"]
+    other = Bank(simulate_bank(tmp_path / "other.h5", 6, 2, seed=3, config=config, progress=False))
+    with other, Bank(tmp_path / "fixed.h5") as fixed, pytest.raises(ProtolibInputError, match="same seed"):
+        bank_with_systems_from(fixed, other, [1], tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
+
+
+def test_protolib_domain_shift_writes_the_three_cases_on_the_same_systems(tmp_path, monkeypatch, capsys):
+    import json
+
+    from protolib.cli import main
+
+    monkeypatch.setenv("PROTOLIB_ARTIFACTS", str(tmp_path / "artifacts"))
+    assert main(["domain-shift", "--config", "tiny", "--methods", "random,pca,siamese", "--out", str(tmp_path / "shift")]) == 0
+    printed = capsys.readouterr().out
+    assert "68% coverage" in printed and "Goal" in printed
+    report = json.loads((tmp_path / "shift" / "domain_shift.json").read_text())
+    assert {(r["case"], r["method"]) for r in report["rows"]} == {(c, m) for c in ("no shift", "shift", "marginalised")
+                                                                  for m in ("random", "pca", "siamese")}
+    assert (tmp_path / "shift" / "domain_shift.png").stat().st_size > 0 and (tmp_path / "shift" / "nuisance.png").exists()
+    assert {r["parameter"] for r in report["nuisance"]} == set(NUISANCE_PARAMETERS)
+    assert report["figures"]["goal_met"] in ("met", "not met")
+    with Bank(report["paths"]["shifted targets"]) as shifted, Bank(report["paths"]["fixed bank"]) as fixed:
+        test = np.array(report["test_systems"])
+        assert np.ptp(shifted.parameters["opacity_beta"][test]) > 0  # the targets carry drawn physics ...
+        assert np.ptp(np.delete(shifted.parameters["opacity_beta"], test)) == 0  # ... the bank searched does not
+        assert np.array_equal(shifted.parameters["disk_radius"], fixed.parameters["disk_radius"])  # the same systems

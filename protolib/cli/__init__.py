@@ -19,13 +19,13 @@ from ..runtime import ProtolibInputError
 from .common import ProtolibParser, add_config_options, one_line
 from .learning import register_train_autoencoder, register_train_siamese, register_tune
 from .observations import register_match, register_observe
-from .results import register_attribute, register_embedding_map, register_evaluate
+from .results import register_attribute, register_domain_shift, register_embedding_map, register_evaluate
 from .simulation import register_import_thesis, register_simulate, register_simulate_observation
 
 __all__ = ["main", "build_parser"]
 
 REGISTRY = [register_simulate, register_import_thesis, register_train_autoencoder, register_train_siamese, register_observe,
-            register_simulate_observation, register_match, register_evaluate, register_attribute, register_embedding_map,
+            register_simulate_observation, register_match, register_evaluate, register_domain_shift, register_attribute, register_embedding_map,
             register_tune]
 
 

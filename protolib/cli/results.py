@@ -1,11 +1,11 @@
-"""``protolib evaluate``, ``attribute`` and ``embedding-map``: how well matching works, and what the network looks at."""
+"""``protolib evaluate``, ``domain-shift``, ``attribute`` and ``embedding-map``: how well matching works, and what the network looks at."""
 
 from __future__ import annotations
 
 from ..runtime import ProtolibInputError
 from .common import add_setting, check_figure_path, path_argument, run_config, run_reporting_warnings, seed_argument
 
-__all__ = ["register_evaluate", "register_attribute", "register_embedding_map"]
+__all__ = ["register_evaluate", "register_domain_shift", "register_attribute", "register_embedding_map"]
 
 
 def _add_model_and_bank(p, bank_help: str) -> None:
@@ -36,6 +36,39 @@ def register_evaluate(sub) -> None:
         report = run_reporting_warnings("evaluate", lambda: run_evaluation(args.model, args.bank, args.out, settings, device=args.device))
         print(f"Evaluated {len(report['methods'])} methods on {report['targets']['n_targets']} test images; wrote {args.out}/metrics.json.")
         print((args.out / "headline.md").read_text())
+
+    p.set_defaults(handler=handler)
+
+
+def register_domain_shift(sub) -> None:
+    p = sub.add_parser("domain-shift", help="what a bank of fixed physics gets wrong on systems of other physics, and what drawing it buys",
+                       description="Make (or reuse) the configuration's bank and networks and those of its fixed-physics twin "
+                                   "(artifacts/NAME-fixed-physics: prior.nuisance = fixed), then evaluate every method on the same test "
+                                   "systems with no shift, under the shift and marginalised; write domain_shift.json, domain_shift.png "
+                                   "and nuisance.png to OUT (default artifacts/NAME/domain_shift) and print the Siamese network's table.")
+    p.add_argument("--out", type=path_argument, default=None, help="folder for the products (default: artifacts/NAME/domain_shift)")
+    add_setting(p, "--top-k", key="evaluation.top_k", type=int, help="matches per target")
+    add_setting(p, "--methods", key="evaluation.methods", type=lambda s: s.split(","),
+                help="comma-separated subset of random,pixel,pca,autoencoder,siamese")
+
+    def handler(args):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from ..domain_shift import GOAL_COVERAGE, GOAL_ERROR, shift_table
+        from ..pipelines.evaluate import evaluation_settings
+        from ..pipelines.shift import run_domain_shift
+
+        config = run_config(args)
+        settings = evaluation_settings(config)
+        result = run_reporting_warnings("domain-shift", lambda: run_domain_shift(config, settings, out_dir=args.out))
+        if "siamese" in result.cases["no shift"]:
+            print(shift_table(result.cases, result.parameters))
+        figures = result.figures
+        print(f"Image-constrained: {figures['constrained']}. Goal (marginalised: coverage within {GOAL_COVERAGE} of nominal, errors "
+              f"at most {GOAL_ERROR:.0%} above the no-shift ones): {figures['goal_met']}; worst coverage offset "
+              f"{figures['worst_offset_marginalised']:.2f} (fixed-physics bank: {figures['worst_offset_shift']:.2f}), error ratio "
+              f"{figures['error_ratio_marginalised']:.2f}. Wrote {result.paths.get('out', '')}".rstrip() + ".")
 
     p.set_defaults(handler=handler)
 

@@ -132,7 +132,7 @@ def reference_calibration(bank: Bank, reference_rows: np.ndarray, reference_matc
         reference_rows: ``(T,)`` the reference images' rows (``system * n_projections + projection``).
         reference_matches: each reference image's matches (as many as the target's), best first.
     """
-    names = [*bank.physical_parameters, "inclination"]
+    names = [*bank.parameters, "inclination"]  # the nuisance physics too: its summaries are widened like the rest
     k = min(len(m) for m in reference_matches)
     samples = {name: [] for name in names}
     truths = {name: [] for name in names}

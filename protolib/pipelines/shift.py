@@ -4,7 +4,9 @@
 simulator's values (its own artifacts folder, ``<name>-fixed-physics``); :func:`run_domain_shift`
 makes both banks and both pairs of networks (each only when missing or stale), then evaluates every
 method in the three cases of :mod:`protolib.domain_shift` on the same test systems, and writes
-``domain_shift.json`` to the configuration's artifacts folder.
+``domain_shift.json`` (the figures, every case's rows, the nuisance parameters' constraints),
+``domain_shift.png`` and ``nuisance.png`` to ``<artifacts>/domain_shift/``. ``protolib domain-shift``
+runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 from ..bank import Bank, bank_with_systems_from
 from ..domain_shift import CASES, nuisance_rows, shift_figures, shift_rows
 from ..evaluation import EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods
-from ..runtime import ProtolibInputError, write_json
+from ..plots_evaluation import domain_shift_plot, nuisance_constraint_plot
+from ..runtime import ProtolibInputError, output_folder, write_figure, write_json
 from ..siamese import load_siamese
 from .evaluate import evaluation_settings
 from .simulate import ensure_bank
@@ -64,12 +67,13 @@ def _evaluate(model_path: Path, bank: Bank, settings: EvaluationSettings, extra:
     return evaluate_methods(methods, bank, Relevance.from_model(model), model.split, settings, extra_parameters=extra)
 
 
-def run_domain_shift(config, settings: EvaluationSettings | None = None, *, progress: bool = True) -> DomainShift:
+def run_domain_shift(config, settings: EvaluationSettings | None = None, *, progress: bool = True, out_dir: str | Path | None = None) -> DomainShift:
     """Make (or reuse) the drawn- and fixed-physics banks and networks, and evaluate the three cases.
 
     ``config`` is the configuration with drawn nuisance physics (the book's); its twin
     :func:`fixed_physics_config` is trained the same way. The shifted targets are the fixed bank's test
     systems rendered with drawn physics: the drawn bank's own test systems (same seed, same systems).
+    The products go to ``out_dir`` (default ``<artifacts>/domain_shift``), published together.
     """
     if config.prior.nuisance != "drawn":
         raise ProtolibInputError(f"The domain-shift comparison starts from a configuration that draws its nuisance physics; "
@@ -91,9 +95,21 @@ def run_domain_shift(config, settings: EvaluationSettings | None = None, *, prog
     figures = shift_figures(cases, parameters, nuisance=nuisance)
     paths = {"drawn bank": drawn_bank.path, "drawn network": drawn_model, "fixed bank": fixed_bank.path, "fixed network": fixed_model,
              "shifted targets": shifted_path}
+    paths["out"] = Path(out_dir) if out_dir is not None else config.artifacts_dir / "domain_shift"
     result = DomainShift({c: cases[c] for c in CASES}, parameters, nuisance, figures, paths, np.asarray(split.test))
-    write_json({"figures": figures, "paths": {k: str(v) for k, v in paths.items()},
-                "rows": shift_rows(result.cases, parameters),
-                "nuisance": nuisance_rows(cases["marginalised"]["siamese"], nuisance) if "siamese" in cases["marginalised"] else []},
-               config.artifacts_dir / "domain_shift.json")
+    _write_products(result, paths["out"])
     return result
+
+
+def _write_products(result: DomainShift, out_dir: Path) -> None:
+    """``domain_shift.json`` and the two figures, published together in ``out_dir``."""
+    marginalised = result.cases["marginalised"].get("siamese")
+    with output_folder(out_dir) as staging:
+        if "siamese" in result.cases["no shift"]:
+            write_figure(domain_shift_plot(result.cases, result.parameters), staging / "domain_shift.png", dpi=110, bbox_inches="tight")
+        if marginalised is not None and result.nuisance:
+            write_figure(nuisance_constraint_plot(marginalised, result.nuisance), staging / "nuisance.png", dpi=110, bbox_inches="tight")
+        write_json({"figures": result.figures, "paths": {k: str(v) for k, v in result.paths.items()},
+                    "test_systems": result.test_systems.tolist(), "rows": shift_rows(result.cases, result.parameters),
+                    "nuisance": nuisance_rows(marginalised, result.nuisance) if marginalised is not None else []},
+                   staging / "domain_shift.json", strict=True)
