@@ -141,7 +141,7 @@ def test_protolib_evaluate_writes_every_figure_per_method_and_parameter(bank, sp
     for entry in metrics["methods"].values():
         figures = entry["at_top_k"]
         assert figures["top_k"] == 4 and set(figures) >= {"similarity", "retrieval", "parameters", "calibration"}
-        assert set(figures["parameters"]) == {*bank.parameters, "inclination"}
+        assert set(figures["parameters"]) == {*bank.physical_parameters, "inclination"}  # the nuisance physics left out by default
         assert 0 <= figures["calibration"]["coverage_68"] <= 1 and 0 <= figures["retrieval"]["ndcg"] <= 1
         assert sum(figures["parameters"]["disk_radius"]["rank_histogram"]) == len(split.test) * 2
     for name in ("coverage.png", "recovery.png", "rank_histograms.png", "tarp.png", "headline.md"):
