@@ -64,6 +64,7 @@ class SimulatorConfig:
     temperature_index: float = 0.4  # radial index q of the temperature law, T ~ r^-q (Motte & Andre 2001)
     midplane_temperature_ratio: float = 1.0  # disk midplane over surface-layer temperature (1: vertically isothermal)
     envelope_outer_radius_au: float = 5000.0  # envelope extent [au]
+    envelope_mass_radius_au: float = 5000.0  # envelope_mass counts the envelope within this radius of the star, or its outer radius if smaller [au]
     cavity_contrast: float = 1e-3  # density inside the outflow cavities relative to the envelope
     cavity_wall_exponent: float = 1.0  # cavity wall z ~ R^b: 1 a cone, 1.5-2 a curved wall (Whitney et al. 2003)
     cavity_reference_radius_au: float = 1000.0  # where the cavity's half-opening angle is measured [au] (a cone: everywhere)
@@ -83,7 +84,7 @@ class SimulatorConfig:
                                      f"and at most 4096, got {self.image_size}.")
         for name in ("field_of_view_au", "frequency_ghz", "envelope_outer_radius_au", "inner_radius_au", "opacity_230ghz",
                      "temperature_1lsun_k", "midplane_temperature_ratio", "cavity_contrast", "cavity_wall_exponent",
-                     "cavity_reference_radius_au", "disk_taper"):
+                     "cavity_reference_radius_au", "disk_taper", "envelope_mass_radius_au"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ProtolibInputError(f"The simulator's {name} must be a positive number, got {value!r}.")
@@ -264,42 +265,44 @@ def _lookup_envelope_shape(log10_x: torch.Tensor, abs_mu: torch.Tensor) -> torch
     return values.reshape(log10_x.shape)
 
 
-def _temperature(r, z, param, config):
+def _geometry(r, z, param, config) -> dict:
+    """What the disk-related terms share at samples ``(r, z)``, computed once per sample set: the
+    cylindrical radius, the disk's scale height there, and whether the sample lies in the disk region."""
+    cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
+    height = physics.disk_scale_height(cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring)
+    return {"cylindrical": cylindrical, "height": height, "within": cylindrical < config.disk_extent * param["disk_radius"]}
+
+
+def _temperature(r, z, param, geometry):
     """Dust temperature [K] at samples ``(r, z)``: :func:`physics.dust_temperature`'s law of each system,
     times the disk's vertical structure (:func:`physics.disk_temperature_factor`) inside the disk region."""
     temperature = param["temperature_1lsun"] * param["luminosity"].pow(0.2) * torch.exp(
         -param["temperature_index"] * torch.log(r.clamp(min=1e-3) / 100.0))
     if bool((param["midplane_temperature_ratio"] != 1.0).any()):
-        cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
-        height = physics.disk_scale_height(cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring)
-        within = cylindrical < config.disk_extent * param["disk_radius"]
-        factor = physics.disk_temperature_factor(z, height, param["midplane_temperature_ratio"])
-        temperature = temperature * torch.where(within, factor, torch.ones_like(factor))
+        factor = physics.disk_temperature_factor(z, geometry["height"], param["midplane_temperature_ratio"])
+        temperature = temperature * torch.where(geometry["within"], factor, torch.ones_like(factor))
     return temperature.clamp(10.0, 1500.0)
 
 
-def _envelope_column(r, z, ds, prefactor, param, config):
+def _envelope_column(r, z, ds, prefactor, param, config, geometry):
     """Envelope density times path length at samples ``(r, z)`` [g cm^-3 au], via the shape table."""
     inside = ((r >= config.inner_radius_au) & (r <= param["envelope_outer_radius"])).to(r.dtype)
     abs_mu = (z.abs() / r).clamp(max=1.0)
     shape = _lookup_envelope_shape(torch.log10(r) - torch.log10(param["disk_radius"]), abs_mu)
-    cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
-    in_cavity = physics.in_cavity(cylindrical, z, param["cavity_angle"], param["cavity_wall_exponent"], config.cavity_reference_radius_au)
+    in_cavity = physics.in_cavity(geometry["cylindrical"], z, param["cavity_angle"], param["cavity_wall_exponent"],
+                                  config.cavity_reference_radius_au)
     cavity = torch.where(in_cavity, param["cavity_contrast"], torch.ones_like(r))
     r_cm = r * physics.AU_CM
     return prefactor * (torch.rsqrt(r_cm) / r_cm) * shape * cavity * ds * inside  # r^-1.5
 
 
-def _midplane_window(r, z, param, config):
+def _midplane_window(z, geometry):
     """Smooth weight, one in the disk's midplane and zero above it or beyond the disk region.
 
     It splits the envelope's density between the two sample sets: ``window`` on the disk samples,
     which resolve the midplane, and ``1 - window`` on the envelope samples. The sum is exact.
     """
-    cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
-    height = physics.disk_scale_height(cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring)
-    within = (cylindrical < config.disk_extent * param["disk_radius"]).to(r.dtype)
-    return torch.exp(-0.5 * (z / height) ** 2) * within
+    return torch.exp(-0.5 * (z / geometry["height"]) ** 2) * geometry["within"].to(z.dtype)
 
 
 def _render_rays(systems, inclination_deg, position_angle_deg, east, north, config):
@@ -321,8 +324,9 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     z_env = q.unsqueeze(-1) * sin_i + s_env * cos_i  # (B, P, Ne)
     mdot_g_s = param["accretion_rate"] * (physics.MSUN_G / physics.YEAR_S)
     prefactor = mdot_g_s / (4.0 * math.pi) * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
-    midplane_share = _midplane_window(r_env, z_env, param, config)
-    column_env = _envelope_column(r_env, z_env, ds_env, prefactor, param, config) * (1.0 - midplane_share)
+    geometry_env = _geometry(r_env, z_env, param, config)
+    midplane_share = _midplane_window(z_env, geometry_env)
+    column_env = _envelope_column(r_env, z_env, ds_env, prefactor, param, config, geometry_env) * (1.0 - midplane_share)
 
     # Disk samples: sinh-spaced about the midplane crossing, inside the disk's bounding region.
     lo, hi, centre, scale, valid = _disk_window(
@@ -331,13 +335,14 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     s_disk, ds_disk, u_lo_disk, du_disk = _sinh_samples(centre, scale, lo, hi, config.disk_samples)  # (B, P, Nd)
     r_disk = (p2.unsqueeze(-1) + s_disk**2).sqrt()
     z_disk = q.unsqueeze(-1) * sin_i + s_disk * cos_i
-    cyl_disk = (r_disk**2 - z_disk**2).clamp(min=0.0).sqrt()
-    rho_disk = physics.disk_density(cyl_disk, z_disk, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
+    geometry_disk = _geometry(r_disk, z_disk, param, config)
+    rho_disk = physics.disk_density(geometry_disk["cylindrical"], z_disk, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
                                     scale_height_100au=param["disk_scale_height"], gamma=param["disk_gamma"],
                                     flaring=config.disk_flaring, inner_radius_au=r_in, taper=param["disk_taper"])
     column_disk = rho_disk * ds_disk * valid.unsqueeze(-1)
     # The envelope's midplane (where its centrifugal-barrier sheet lies) is integrated on the disk samples.
-    envelope_near_midplane = _envelope_column(r_disk, z_disk, ds_disk, prefactor, param, config) * _midplane_window(r_disk, z_disk, param, config)
+    envelope_near_midplane = (_envelope_column(r_disk, z_disk, ds_disk, prefactor, param, config, geometry_disk)
+                              * _midplane_window(z_disk, geometry_disk))
     column_disk = column_disk + envelope_near_midplane * valid.unsqueeze(-1)
 
     # Radiative transfer, front to back: each sample is dimmed by everything nearer the observer.
@@ -350,8 +355,9 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     front_disk = from_disk[..., 1:] + _depth_in_front(s_disk, from_env, zeros.expand_as(centre), impact.expand_as(centre),
                                                       u_lo_env.expand_as(centre), du_env.expand_as(centre))
     intensity = 0.0
-    for r, z, dtau, front in ((r_env, z_env, dtau_env, front_env), (r_disk, z_disk, dtau_disk, front_disk)):
-        temperature = _temperature(r, z, param, config)
+    for r, z, geometry, dtau, front in ((r_env, z_env, geometry_env, dtau_env, front_env),
+                                        (r_disk, z_disk, geometry_disk, dtau_disk, front_disk)):
+        temperature = _temperature(r, z, param, geometry)
         source = physics.planck_intensity(temperature, config.frequency_ghz) / JANSKY_CGS  # Jy/sr
         intensity = intensity + (source * -torch.expm1(-dtau) * torch.exp(-front)).sum(-1)
     return intensity
@@ -360,11 +366,15 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
 def envelope_mass(
     systems: dict[str, torch.Tensor], config: SimulatorConfig, n_radii: int = 400, n_angles: int = 400
 ) -> torch.Tensor:
-    """Envelope mass [Msun] within the model's outer radius, cavities included, ``(B,)``.
+    """Envelope mass [Msun] within ``config.envelope_mass_radius_au`` of the star (or the system's outer
+    radius, when smaller), cavities included, ``(B,)``.
 
-    Integrates the envelope density on a grid logarithmic in radius and uniform in ``cos(theta)``
-    (midpoint rule), which converges to better than a per cent at the default resolution. Each
-    system's own outer radius, cavity shape and contrast are used where it carries them.
+    A fixed radius, as observers quote envelope masses within an aperture: integrated to each
+    system's outer radius instead (thousands of au beyond an interferometer's field, and drawn per
+    system), the mass would be set by a radius no image of the inner envelope constrains. Integrates
+    the envelope density on a grid logarithmic in radius and uniform in ``cos(theta)`` (midpoint
+    rule), which converges to better than a per cent at the default resolution. Each system's own
+    outer radius, cavity shape and contrast are used where it carries them.
     """
     device = systems["stellar_mass"].device
     dtype = torch.float64
@@ -375,7 +385,7 @@ def envelope_mass(
     dmu = 2.0 / n_angles
     masses = []
     for i in range(systems["stellar_mass"].shape[0]):
-        outer = float(systems["envelope_outer_radius"][i])
+        outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
         log_r = torch.linspace(math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device)
         r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
         dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])

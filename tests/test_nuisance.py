@@ -105,9 +105,13 @@ def test_cavity_contrast_and_outer_radius_set_the_envelope_mass():
     empty = envelope_mass({**systems, "cavity_contrast": torch.tensor([1.0, 1e-4], dtype=torch.float64)}, SimulatorConfig())
     cone_fraction = 1.0 - math.cos(math.radians(30.0))  # solid angle of both cones over 4 pi
     assert (empty[1] / empty[0]).item() == pytest.approx(1.0 - cone_fraction, rel=0.02)
-    sizes = envelope_mass({**systems, "cavity_contrast": torch.tensor([1.0, 1.0], dtype=torch.float64),
-                           "envelope_outer_radius": torch.tensor([2000.0, 8000.0], dtype=torch.float64)}, SimulatorConfig())
+    radii = {**systems, "cavity_contrast": torch.tensor([1.0, 1.0], dtype=torch.float64),
+             "envelope_outer_radius": torch.tensor([2000.0, 8000.0], dtype=torch.float64)}
+    sizes = envelope_mass(radii, SimulatorConfig(envelope_mass_radius_au=1e5))
     assert (sizes[1] / sizes[0]).item() == pytest.approx((8000.0**1.5 - 1.0) / (2000.0**1.5 - 1.0), rel=0.02)
+    # By default the mass is counted within 5000 au, or the outer radius when smaller, as in an aperture.
+    within = envelope_mass(radii, SimulatorConfig())
+    assert (within[1] / within[0]).item() == pytest.approx((5000.0**1.5 - 1.0) / (2000.0**1.5 - 1.0), rel=0.02)
 
 
 @pytest.mark.parametrize("gamma, taper", [(1.0, 1.0), (0.5, 1.5), (1.3, 0.7), (0.3, 2.5)])
