@@ -22,7 +22,7 @@ import numpy as np
 
 from .evaluation import MethodResult, constrains
 
-__all__ = ["CASES", "shift_rows", "shift_table", "method_table", "constrained_parameters", "nuisance_rows", "shift_figures", "GOAL_COVERAGE", "GOAL_ERROR"]
+__all__ = ["CASES", "SHIFT_FIGURES", "shift_rows", "shift_table", "nuisance_table", "method_table", "constrained_parameters", "nuisance_rows", "shift_figures", "GOAL_COVERAGE", "GOAL_ERROR"]
 
 CASES = ("no shift", "shift", "marginalised")
 GOAL_COVERAGE = 0.05  # coverage within this of nominal (0.68, 0.95) under the shift
@@ -52,20 +52,32 @@ def shift_rows(cases: dict[str, dict[str, MethodResult]], parameters: list[str],
             for case, results in cases.items() for method, result in results.items() for name in parameters]
 
 
-def shift_table(cases: dict[str, dict[str, MethodResult]], parameters: list[str], *, method: str = "siamese", corrected: bool = True) -> str:
-    """A text table for one method: a row per parameter; median |error|, 68% and 95% coverage and 68% half-width per case."""
+SHIFT_FIGURES = {"coverage": (("68% coverage", "coverage_68"), ("95% coverage", "coverage_95")),
+                 "error": (("median abs. error", "median_abs_error"), ("68% half-width", "half_width_68"))}
+"""The column groups of :func:`shift_table`: its ``figures`` argument picks one."""
+
+
+def shift_table(cases: dict[str, dict[str, MethodResult]], parameters: list[str], *, figures: str = "coverage", method: str = "siamese",
+                corrected: bool = True) -> str:
+    """A Markdown table for one method: a row per parameter, a column per figure of ``SHIFT_FIGURES[figures]`` and case."""
     rows = {(r["parameter"], r["case"]): r for r in shift_rows(cases, parameters, corrected=corrected) if r["method"] == method}
-    figures = (("median |error|", "median_abs_error"), ("68% coverage", "coverage_68"), ("95% coverage", "coverage_95"),
-               ("68% half-width", "half_width_68"))
-    short = {"no shift": "fixed", "shift": "shifted", "marginalised": "marg."}
-    width = max(len(p) for p in parameters) + 7
-    header = " " * width + " | ".join(f"{title:^23}" for title, _ in figures)
-    cases_line = " " * width + " | ".join(" ".join(f"{short.get(c, c)[:7]:>7}" for c in cases) for _ in figures)
-    lines = [header, cases_line]
+    chosen = SHIFT_FIGURES[figures]
+    head = "| parameter | " + " | ".join(f"{title}, {case}" for title, _ in chosen for case in cases) + " |"
+    lines = [head, "| --- |" + " ---: |" * (len(chosen) * len(cases))]
     for name in parameters:
         unit = rows[(name, next(iter(cases)))]["unit"]
-        cells = [" ".join(f"{rows[(name, c)][key]:7.2f}" for c in cases) for _, key in figures]
-        lines.append(f"{name + ' [' + unit + ']':<{width}}" + " | ".join(cells))
+        cells = [f"{rows[(name, c)][key]:.2f}" for _, key in chosen for c in cases]
+        lines.append(f"| {name.replace('_', ' ')} [{unit}] | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def nuisance_table(result: MethodResult, nuisance: list[str], *, corrected: bool = True) -> str:
+    """A Markdown table of :func:`nuisance_rows`: 68% half-width and RMS error over the prior's spread, coverage, constrained or not."""
+    lines = ["| nuisance parameter | 68% half-width / prior spread | RMS error / prior spread | 68% coverage | constrained |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for row in nuisance_rows(result, nuisance, corrected=corrected):
+        lines.append(f"| {row['parameter'].replace('_', ' ')} | {row['width_68_over_prior_spread']:.2f} | "
+                     f"{row['rms_error_over_prior_spread']:.2f} | {row['coverage_68']:.2f} | {'yes' if row['constrained'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -106,12 +118,18 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
     Per case ``c`` (``no_shift``, ``shift``, ``marginalised``) and method ``m``: ``cov68_m_c``,
     ``cov95_m_c`` and ``error_m_c`` (means over the image-constrained parameters; the error is the
     median |error| over the drawn bank's prior spread, one yardstick for all cases), ``width_m_c``
-    (mean median 68% half-width, scaled units). For ``reference``: the constrained
-    parameters (``constrained``, ``n_constrained``; when there are none, every parameter is judged), the worst coverage offset under the shift with and
-    without marginalising (``worst_offset_c``), the error ratio to the unshifted case
-    (``error_ratio_c``: the mean over parameters of their median |error| ratios; worst parameter
-    ``worst_error_ratio_c``), the width cost of marginalising (``width_ratio_marginalised``: mean ratio of half-widths), whether the goal is met (``goal_met``: ``"met"`` or ``"not met"``),
-    and for the nuisance parameters which the images constrain (``nuisance_constrained``).
+    (mean median 68% half-width, scaled units). For ``reference``:
+
+    - ``constrained``, ``n_constrained``: the image-constrained parameters (when there are none,
+      every parameter is judged);
+    - ``worst_offset_c`` and ``worst_offset_parameter_c``: the largest distance of a 68% or 95%
+      coverage from nominal, under the shift with and without marginalising, and which interval;
+    - ``error_ratio_c``: the mean over parameters of each one's median |error| over its no-shift
+      median |error| (``worst_error_ratio_c``, ``worst_error_parameter_c``: the largest);
+    - ``width_ratio_marginalised``: the mean of the same ratio for the 68% half-widths;
+    - ``goal_met``: ``"met"`` or ``"not met"``;
+    - ``nuisance_constrained``, ``n_nuisance_constrained``, ``nuisance_verdict`` (a phrase) and the
+      narrowest nuisance parameter (``best_nuisance``, ``best_nuisance_width``, ``best_nuisance_error``).
     """
     constrained = constrained_parameters(cases["marginalised"], parameters, reference=reference, corrected=corrected)
     judged = constrained or list(parameters)  # a network that constrains nothing (a test-sized one) is judged on every parameter
@@ -129,9 +147,13 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
                 figures[f"{key}_{method}_{slug[case]}"] = _mean(own, figure)
     ref = {case: {r["parameter"]: r for r in rows if r["case"] == case and r["method"] == reference} for case in cases}
     for case in ("shift", "marginalised"):
-        offsets = [max(abs(r["coverage_68"] - 0.68), abs(r["coverage_95"] - 0.95)) for r in ref[case].values()]
+        offsets = {(n, level): abs(r[f"coverage_{level}"] - nominal) for n, r in ref[case].items() for level, nominal in ((68, 0.68), (95, 0.95))}
+        worst_offset = max(offsets, key=offsets.get) if offsets else None
+        figures[f"worst_offset_parameter_{slug[case]}"] = (f"{worst_offset[0].replace('_', ' ')}'s {worst_offset[1]}% interval, which holds "
+                                                           f"the truth {ref[case][worst_offset[0]][f'coverage_{worst_offset[1]}']:.2f} of the time"
+                                                           if worst_offset else "none")
         ratios = {n: ref[case][n]["median_abs_error"] / ref["no shift"][n]["median_abs_error"] for n in judged}
-        figures[f"worst_offset_{slug[case]}"] = max(offsets) if offsets else float("nan")
+        figures[f"worst_offset_{slug[case]}"] = offsets[worst_offset] if offsets else float("nan")
         figures[f"error_ratio_{slug[case]}"] = float(np.mean(list(ratios.values())))
         worst = max(ratios, key=ratios.get) if ratios else None
         figures[f"worst_error_ratio_{slug[case]}"] = ratios[worst] if worst else float("nan")
@@ -143,7 +165,9 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
     if nuisance:
         judged = nuisance_rows(cases["marginalised"][reference], nuisance, corrected=corrected)
         figures["nuisance_constrained"] = ", ".join(r["parameter"].replace("_", " ") for r in judged if r["constrained"]) or "none"
-        figures["n_nuisance_constrained"] = sum(r["constrained"] for r in judged)
+        figures["n_nuisance_constrained"] = n = sum(r["constrained"] for r in judged)
+        figures["nuisance_verdict"] = (f"none of the {len(judged)} nuisance parameters" if n == 0 else
+                                       f"{n} of the {len(judged)} nuisance parameters ({figures['nuisance_constrained']})")
         best = min(judged, key=lambda r: r["width_68_over_prior_spread"])
         figures.update({"best_nuisance": best["parameter"].replace("_", " "), "best_nuisance_width": best["width_68_over_prior_spread"],
                         "best_nuisance_error": best["rms_error_over_prior_spread"]})

@@ -31,6 +31,8 @@ DEFINITIONS = {
     "05b_real_protostars": {"0.0", "3.5"},  # GILDAS's blank value; the mask radius chosen for IRS3A
     # the verdicts' margin (0.05 of a prior spread), the band of a flat rank histogram, and the uniformity test's level
     "06_evaluation": {"0.05", "99%", "1%"},
+    # a uniform prior's central 68% spans 0.68 sqrt(3) = 1.18 standard deviations either side (arithmetic, not a result)
+    "06b_domain_shift": {"1.18", "1.2"},
 }
 
 NUMBER = re.compile(r"(?<![\w.\-])(\d+\.\d+(?:\s?(?:mm|%))?|\d+(?:\.\d+)?\s?%|\d+\s?mm)")

@@ -63,7 +63,8 @@ def register_domain_shift(sub) -> None:
         settings = evaluation_settings(config)
         result = run_reporting_warnings("domain-shift", lambda: run_domain_shift(config, settings, out_dir=args.out))
         if "siamese" in result.cases["no shift"]:
-            print(shift_table(result.cases, result.parameters))
+            print(shift_table(result.cases, result.parameters, figures="coverage"))
+            print(shift_table(result.cases, result.parameters, figures="error"))
         figures = result.figures
         print(f"Image-constrained: {figures['constrained']}. Goal (marginalised: coverage within {GOAL_COVERAGE} of nominal, errors "
               f"at most {GOAL_ERROR:.0%} above the no-shift ones): {figures['goal_met']}; worst coverage offset "
