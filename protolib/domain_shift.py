@@ -163,12 +163,19 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
     met = figures["worst_offset_marginalised"] <= GOAL_COVERAGE and figures["error_ratio_marginalised"] <= 1.0 + GOAL_ERROR
     figures["goal_met"] = "met" if met else "not met"
     if nuisance:
-        judged = nuisance_rows(cases["marginalised"][reference], nuisance, corrected=corrected)
-        figures["nuisance_constrained"] = ", ".join(r["parameter"].replace("_", " ") for r in judged if r["constrained"]) or "none"
-        figures["n_nuisance_constrained"] = n = sum(r["constrained"] for r in judged)
-        figures["nuisance_verdict"] = (f"none of the {len(judged)} nuisance parameters" if n == 0 else
-                                       f"{n} of the {len(judged)} nuisance parameters ({figures['nuisance_constrained']})")
-        best = min(judged, key=lambda r: r["width_68_over_prior_spread"])
-        figures.update({"best_nuisance": best["parameter"].replace("_", " "), "best_nuisance_width": best["width_68_over_prior_spread"],
-                        "best_nuisance_error": best["rms_error_over_prior_spread"]})
+        figures.update(_nuisance_figures(cases["marginalised"][reference], nuisance, corrected))
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in figures.items()}
+
+
+def _nuisance_figures(result: MethodResult, nuisance: list[str], corrected: bool) -> dict:
+    """:func:`shift_figures`' figures of the nuisance parameters: which the matches constrain, and the narrowest."""
+    figures: dict = {}
+    judged = nuisance_rows(result, nuisance, corrected=corrected)
+    figures["nuisance_constrained"] = ", ".join(r["parameter"].replace("_", " ") for r in judged if r["constrained"]) or "none"
+    figures["n_nuisance_constrained"] = n = sum(r["constrained"] for r in judged)
+    figures["nuisance_verdict"] = (f"none of the {len(judged)} nuisance parameters" if n == 0 else
+                                   f"{n} of the {len(judged)} nuisance parameters ({figures['nuisance_constrained']})")
+    best = min(judged, key=lambda r: r["width_68_over_prior_spread"])
+    figures.update({"best_nuisance": best["parameter"].replace("_", " "), "best_nuisance_width": best["width_68_over_prior_spread"],
+                    "best_nuisance_error": best["rms_error_over_prior_spread"]})
+    return figures
