@@ -145,7 +145,7 @@ def domain_shift_plot(cases: dict, parameters: list[str], *, method: str = "siam
         ax.tick_params(labelsize=8)
     axes[0].set_ylim(0, 1.05)
     axes[1].set_ylim(0, 1.05)
-    axes[0].legend(fontsize=8, ncols=3, loc="lower left")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside upper center")  # above the panels, over no bar
     axes[-1].set_xticks(x, [n.replace("_", " ") for n in parameters], rotation=30, ha="right", fontsize=8)
     return fig
 
