@@ -15,8 +15,8 @@ with the same :class:`~protolib.matching.EmbeddingIndex`. The same targets give,
   (simulation-based calibration, Talts et al. 2018) and TARP (Lemos et al. 2023).
 
 Matches are neighbours, not posterior draws, so their intervals need not be calibrated at a given k:
-:func:`choose_correction` picks k (and a widening of the intervals about the median) on the
-*validation* systems, and the test figures are reported before and after. A neural posterior estimate
+:func:`choose_correction` picks k (and, per parameter, a widening of the intervals about the median)
+on the *validation* systems, and the test figures are reported before and after. A neural posterior estimate
 on the same frozen embedding (:mod:`protolib.npe`, optional ``sbi``) is the reference, and
 :func:`~protolib.pipelines.evaluate.compare_variants` scores Siamese networks trained with other
 target similarities and losses.
@@ -32,7 +32,7 @@ import re
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ __all__ = [
     "score_ranking",
     "evaluate_methods",
     "choose_correction",
+    "widening_label",
     "ndcg_at_k",
     "r_squared",
     "central_intervals",
@@ -105,7 +106,7 @@ class EvaluationSettings:
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
     correction: str = "choose_k_and_widening"  # on validation systems: "choose_k", "choose_k_and_widening" or "none"
     k_candidates: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])  # k tried by the correction
-    widening_candidates: list[float] = field(default_factory=lambda: [1.0, 1.25, 1.5, 2.0, 2.5, 3.0])  # interval scalings tried
+    widening_candidates: list[float] = field(default_factory=lambda: [1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0])  # interval scalings tried, per parameter
     rank_bins: int = 10  # bins of the rank histograms
     seed: int = 0  # random matches and TARP reference points
     variant_epochs: int | None = None  # epochs per network in the target/loss comparison (None: the config's)
@@ -463,8 +464,8 @@ class MethodResult:
         evaluation: its figures at the configured ``top_k``.
         corrected: its figures at the ``k`` and interval widening chosen on the validation systems
             (:func:`choose_correction`); ``None`` without a correction.
-        chosen_k, chosen_widening: that choice (``None`` without one).
-        k_scores: the validation score of every candidate, ``{"k=..,widening=..": score}``.
+        chosen_k, chosen_widening: that choice, the widening per parameter (``None`` without one).
+        k_scores: the validation score of every candidate ``k``, ``{"k=..": score}``.
         path: the checkpoint of the network evaluated (set by
             :func:`~protolib.pipelines.evaluate.compare_variants`; else ``None``).
 
@@ -475,7 +476,7 @@ class MethodResult:
     evaluation: MethodEvaluation
     corrected: MethodEvaluation | None = None
     chosen_k: int | None = None
-    chosen_widening: float | None = None
+    chosen_widening: dict[str, float] | None = None
     k_scores: dict = field(default_factory=dict)
     path: Path | None = None
 
@@ -510,7 +511,7 @@ def score_ranking(
     weight_temperature: float | None = None,
     rank_bins: int = 10,
     seed: int = 0,
-    widening: float = 1.0,
+    widening: float | Mapping[str, float] = 1.0,
 ) -> MethodEvaluation:
     """Every figure of one method's ranking at ``top_k`` matches per target.
 
@@ -523,7 +524,8 @@ def score_ranking(
         weight_temperature: weight matches by :func:`~protolib.distributions.similarity_weights` (``None``: equal).
         rank_bins: bins of the rank histograms (for the uniformity test).
         seed: tie-breaking of ranks and TARP's reference points.
-        widening: intervals (coverage, 68% ranges) widened about the median by this factor (the correction).
+        widening: intervals (coverage, 68% ranges) widened about the median by this factor, or by
+            ``widening[name]`` per parameter (the correction; 1 for a parameter it does not name).
     """
     names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
     top_k = min(top_k, ranking.order.shape[1])
@@ -565,7 +567,7 @@ def _similarity_and_retrieval(ranking: Ranking, top_k: int, distance: np.ndarray
 
 def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[str], logs: list[bool], prior_spread: np.ndarray, bank: Bank,
                          relevance: Relevance, z_samples: np.ndarray, z_truths: np.ndarray, *, method: str, weights: np.ndarray | None,
-                         widening: float, rank_bins: int, seed: int) -> MethodEvaluation:
+                         widening: float | Mapping[str, float], rank_bins: int, seed: int) -> MethodEvaluation:
     """Recovery and calibration figures of any method's samples against the truths.
 
     Arguments:
@@ -579,7 +581,7 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
         z_samples, z_truths: ``(T, n, K')`` and ``(T, K')`` the same in the relevance's normalised parameters (for TARP).
         method: the method's name.
         weights: ``(T, n)`` weight per sample, or ``None`` for equal weights.
-        widening: intervals widened about the median by this factor.
+        widening: intervals widened about the median by this factor, or ``widening[name]`` per parameter (default 1).
         rank_bins, seed: as in :func:`score_ranking`.
 
     Returns:
@@ -587,18 +589,19 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
     """
     table, truth, median, interval, ranks, curves = {}, {}, {}, {}, {}, {}
     constrained = set(relevance.definition.parameters)
+    factors = {name: _widening_of(widening, name) for name in names}
     for j, name in enumerate(names):
-        values, truths_j = samples[..., j], truths[:, j]
+        values, truths_j, factor = samples[..., j], truths[:, j], factors[name]
         median_j, low_j, high_j = central_intervals(values, [0.68], weights)
         estimate = values.mean(1) if weights is None else (values * weights).sum(1)
         error = median_j - truths_j
-        coverage = central_coverage(values, truths_j, COVERAGE_LEVELS, weights, widening=widening)
-        curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=widening)
+        coverage = central_coverage(values, truths_j, COVERAGE_LEVELS, weights, widening=factor)
+        curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=factor)
         rank = truth_ranks(values, truths_j, seed=seed + j)  # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
         rank = (rank + np.random.default_rng([seed, j]).uniform(size=len(rank))) / (values.shape[1] + 1)
         counts = np.histogram(rank, bins=rank_bins, range=(0.0, 1.0))[0]
         spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
-        half_width = 0.5 * widening * (high_j[:, 0] - low_j[:, 0])
+        half_width = 0.5 * factor * (high_j[:, 0] - low_j[:, 0])
         table[name] = {
             "log_scale": logs[j], "unit": "dex" if logs[j] else ("deg" if name == "inclination" else bank.parameter_info[name].unit),
             "in_target_similarity": name in constrained,
@@ -610,18 +613,31 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
             "rank_histogram": counts.tolist(),
             "rank_uniformity_p": float(chisquare(counts).pvalue) if counts.sum() else float("nan"),
         }
-        widened = median_j[:, None] + widening * (np.c_[low_j[:, 0], high_j[:, 0]] - median_j[:, None])
+        widened = median_j[:, None] + factor * (np.c_[low_j[:, 0], high_j[:, 0]] - median_j[:, None])
         truth[name], median[name], interval[name], ranks[name], curves[name] = truths_j, median_j, widened, rank, curve
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
-    calibration = _calibration(table, curves, names, widening, alpha, ecp, relevance)
+    calibration = _calibration(table, curves, names, factors, alpha, ecp, relevance)
     return MethodEvaluation(method, samples.shape[1], {"parameters": table, "calibration": calibration}, list(names), truth, median, interval,
                             ranks, curves, (alpha, ecp))
 
 
-def _calibration(table: dict, curves: dict, names: list[str], widening: float, alpha: np.ndarray, ecp: np.ndarray, relevance: Relevance) -> dict:
-    """The ``calibration`` figures over all parameters: mean coverage, the coverage curves and TARP's ``(alpha, ecp)``."""
+def _widening_of(widening: float | Mapping[str, float], name: str) -> float:
+    """The widening factor of parameter ``name``: ``widening`` itself, or its entry (1 where it has none)."""
+    return float(widening.get(name, 1.0)) if isinstance(widening, Mapping) else float(widening)
+
+
+def widening_label(widening: float | Mapping[str, float] | None) -> str:
+    """A widening for a table or a sentence: ``"1"``, ``"1.25"``, or the range of the per-parameter factors, ``"1–2"``."""
+    factors = [1.0] if widening is None else list(widening.values()) if isinstance(widening, Mapping) else [float(widening)]
+    low, high = min(factors, default=1.0), max(factors, default=1.0)
+    return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+
+
+def _calibration(table: dict, curves: dict, names: list[str], widening: dict[str, float], alpha: np.ndarray, ecp: np.ndarray,
+                 relevance: Relevance) -> dict:
+    """The ``calibration`` figures over all parameters: the widening per parameter, mean coverage, the coverage curves and TARP's ``(alpha, ecp)``."""
     return {
-        "interval_widening": float(widening),
+        "interval_widening": {name: float(widening[name]) for name in names},
         **{f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names])) for c in COVERAGE_LEVELS},
         "coverage_curve": {"levels": list(CURVE_LEVELS), **{n: curves[n].tolist() for n in names}},
         "tarp": {"alpha": alpha.tolist(), "ecp": ecp.tolist(), "max_deviation": float(np.max(np.abs(ecp - alpha))),
@@ -630,36 +646,54 @@ def _calibration(table: dict, curves: dict, names: list[str], widening: float, a
 
 
 def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int], widening_candidates: Sequence[float] = (1.0,), *,
-                      parameters: Sequence[str] | None = None, weight_temperature: float | None = None) -> tuple[int, float, dict]:
-    """The ``k`` and interval widening whose 68% and 95% coverage is closest to nominal on ``ranking``'s targets.
+                      parameters: Sequence[str] | None = None, extra_parameters: Sequence[str] = (),
+                      weight_temperature: float | None = None) -> tuple[int, dict[str, float], dict]:
+    """The ``k``, and per parameter the interval widening, whose 68% and 95% coverage is closest to nominal on ``ranking``'s targets.
 
     Run it on validation systems, never the test ones. Few matches give narrow, overconfident
     distributions; many tend to the prior and over-cover; widening the intervals about the median
-    (a scale factor, as in conformal calibration) fixes what no ``k`` does. The score is the mean
-    over parameters of ``|c68 - 0.68| + |c95 - 0.95|``; among near-ties (within 0.01) the least widening wins.
+    (a scale factor, as in conformal calibration) fixes what no ``k`` does. A parameter's miss is
+    ``|c68 - 0.68| + |c95 - 0.95|``; at each ``k`` every parameter takes the least widening whose miss is
+    within 0.01 of its smallest, and the ``k`` with the smallest mean miss over ``parameters`` wins
+    (among near-ties, within 0.01, the one with the least mean widening). ``extra_parameters`` (e.g.
+    the nuisance physics) get their own widening at that ``k`` without taking part in its choice.
+
+    The widening is chosen per parameter because one factor for all cannot make each honest: a
+    parameter whose matches' spread falls short of their error by more than the rest (a mass seen
+    through an unknown opacity, say) stays under-covered at the factor that suits the others. The
+    observation pipeline calibrates per parameter too (:func:`~protolib.matching.calibration.calibrate_widening`).
 
     Returns:
-        The chosen ``k``, the chosen widening, and ``{"k=..,widening=..": score}`` for every candidate.
+        The chosen ``k``, the widening per parameter (``parameters`` and ``extra_parameters``), and
+        ``{"k=..": score}`` for every candidate ``k``.
     """
     names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
-    values, _ = scaled_image_parameters(bank, names)
+    extra = [n for n in extra_parameters if n not in names]
+    values, _ = scaled_image_parameters(bank, [*names, *extra])
     p = bank.n_projections
     target_rows = ranking.target_system * p + ranking.target_projection
-    scores = {}
+    candidates = sorted({float(w) for w in widening_candidates})
+    scores, chosen = {}, {}
     for k in sorted({min(int(c), ranking.order.shape[1]) for c in k_candidates}):
         match_rows = (ranking.reference_system * p + ranking.reference_projection)[ranking.order[:, :k]]
         weights = None if weight_temperature is None else np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :k]])
-        bounds = [(central_intervals(values[match_rows, j], (0.68, 0.95), weights), values[target_rows, j]) for j in range(len(names))]
-        for widening in widening_candidates:
-            misses = []
-            for (median, low, high), truths in bounds:
-                low, high = median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
-                covered = ((low <= truths[:, None]) & (truths[:, None] <= high)).mean(0)
-                misses.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
-            scores[(k, float(widening))] = float(np.mean(misses))
+        misses, widenings = {}, {}
+        for j, name in enumerate([*names, *extra]):
+            median, low, high = central_intervals(values[match_rows, j], (0.68, 0.95), weights)
+            truths = values[target_rows, j][:, None]
+            miss = []
+            for widening in candidates:
+                covered = ((median[:, None] + widening * (low - median[:, None]) <= truths)
+                           & (truths <= median[:, None] + widening * (high - median[:, None]))).mean(0)
+                miss.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
+            best = min(miss)
+            i = next(i for i, m in enumerate(miss) if m <= best + 0.01)  # the least widening among near-ties
+            misses[name], widenings[name] = miss[i], candidates[i]
+        scores[k] = float(np.mean([misses[n] for n in names]))
+        chosen[k] = widenings
     best = min(scores.values())
-    k, widening = min((key for key, score in scores.items() if score <= best + 0.01), key=lambda key: (key[1], scores[key]))
-    return k, widening, {f"k={key[0]},widening={key[1]:g}": score for key, score in scores.items()}
+    k = min((k for k, score in scores.items() if score <= best + 0.01), key=lambda k: (np.mean([chosen[k][n] for n in names]), scores[k]))
+    return k, chosen[k], {f"k={key}": score for key, score in scores.items()}
 
 
 def evaluate_methods(
@@ -675,10 +709,11 @@ def evaluate_methods(
     """Evaluate every method on the same test targets, against the training systems.
 
     With ``settings.correction`` other than ``"none"``, ``k`` (and with ``"choose_k_and_widening"`` an
-    interval widening) is also chosen per method on the validation systems (:func:`choose_correction`),
-    and the test figures with that choice are reported as ``corrected``. ``parameters`` (default: the
-    bank's physical ones and the inclination) are evaluated and calibrated; ``extra_parameters`` (e.g.
-    the nuisance physics) are evaluated too, with the ``k`` and widening chosen on ``parameters``.
+    interval widening per parameter) is also chosen per method on the validation systems
+    (:func:`choose_correction`), and the test figures with that choice are reported as ``corrected``.
+    ``parameters`` (default: the bank's physical ones and the inclination) are evaluated and calibrated;
+    ``extra_parameters`` (e.g. the nuisance physics) are evaluated too, at the ``k`` chosen on
+    ``parameters``, each with its own widening.
 
     Returns:
         method name -> its :class:`MethodResult`.
@@ -696,7 +731,7 @@ def evaluate_methods(
             validation = rank_targets(method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection)
             widenings = settings.widening_candidates if settings.correction == "choose_k_and_widening" else [1.0]
             k, widening, scores = choose_correction(validation, bank, settings.k_candidates, widenings, parameters=parameters,
-                                                    weight_temperature=settings.weight_temperature)
+                                                    extra_parameters=extra_parameters, weight_temperature=settings.weight_temperature)
             result.chosen_k, result.chosen_widening, result.k_scores = k, widening, scores
             result.corrected = score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options)
         results[method.name] = result
@@ -743,8 +778,8 @@ def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence
         cells = [f"{retrieval.get('ndcg', float('nan')):.3f}", f"{similarity.get('spearman_per_target', float('nan')):.3f}"]
         cells += [f"{metrics['parameters'][n]['rms_error_over_prior_spread']:.2f}" for n in names]
         cells += [f"{metrics['calibration']['coverage_68']:.2f}", f"{metrics['calibration']['coverage_95']:.2f}"]
-        widening = metrics["calibration"].get("interval_widening") or 1.0
-        k = f"{metrics.get('top_k', '')}" + (f", x{widening:g}" if widening != 1.0 else "")
+        widening = widening_label(metrics["calibration"].get("interval_widening"))
+        k = f"{metrics.get('top_k', '')}" + (f", x{widening}" if widening != "1" else "")
         rows.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     header = "| method | k (, widening) | nDCG@k | Spearman | " + " | ".join(f"{n} RMS/prior" for n in names) + " | cov68 | cov95 |"
     return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
@@ -753,7 +788,7 @@ def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence
 def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = False, label: str = "method") -> str:
     """A markdown table narrow enough for a page: per method (or variant, headed ``label``), eight columns.
 
-    k, the interval widening, nDCG@k, the per-target Spearman correlation, the RMS error of the median
+    k, the interval widening (the range of the per-parameter factors), nDCG@k, the per-target Spearman correlation, the RMS error of the median
     over the prior's spread averaged over the target similarity's parameters (:func:`parameter_table`
     gives them one by one), and the mean coverage of the 68% and 95% ranges over all parameters.
     """
@@ -761,7 +796,7 @@ def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = 
     for name, result in results.items():
         metrics = _metrics_of(result, corrected)
         calibration = metrics["calibration"]
-        cells = [str(metrics.get("top_k", "")), f"{calibration.get('interval_widening') or 1.0:g}",
+        cells = [str(metrics.get("top_k", "")), widening_label(calibration.get("interval_widening")),
                  f"{metrics.get('retrieval', {}).get('ndcg', float('nan')):.3f}",
                  f"{metrics.get('similarity', {}).get('spearman_per_target', float('nan')):.3f}",
                  f"{mean_target_error(metrics):.2f}", f"{calibration['coverage_68']:.2f}", f"{calibration['coverage_95']:.2f}"]
@@ -836,7 +871,7 @@ def evaluation_figures(results: dict[str, MethodResult | dict], reference: str =
 
     Per method ``m``: ``ndcg_m``, ``spearman_m``, ``cov68_m``, ``cov95_m``, ``tarp_m`` (TARP's largest
     deviation), ``rms_m`` (:func:`mean_target_error`), ``r2_inclination_m`` and, for ``reference`` when
-    corrected, the same with ``_corrected`` and ``k_{reference}_corrected``, ``widening_{reference}_corrected``. Then who ranks best
+    corrected, the same with ``_corrected`` and ``k_{reference}_corrected``, ``widening_{reference}_corrected`` (:func:`widening_label`). Then who ranks best
     (``best_ndcg_method``, ``best_spearman_method``), how ``reference`` compares per parameter
     (:func:`parameter_verdicts` at the configured k: ``{reference}_better``, ``_level``, ``_worse`` as
     phrases), the calibration in brief, and what the correction changes for ``reference``.
@@ -853,7 +888,8 @@ def evaluation_figures(results: dict[str, MethodResult | dict], reference: str =
             if "inclination" in parameters:
                 figures[f"r2_inclination_{name}{suffix}"] = parameters["inclination"]["r2_knn"]
             if suffix:
-                figures.update({f"k_{name}_corrected": int(metrics["top_k"]), f"widening_{name}_corrected": calibration["interval_widening"]})
+                figures.update({f"k_{name}_corrected": int(metrics["top_k"]),
+                                f"widening_{name}_corrected": widening_label(calibration["interval_widening"])})
         if "retrieval" in _metrics_of(result, False):
             figures["ndcg_chance"] = _metrics_of(result, False)["retrieval"]["ndcg_chance"]
     figures["best_ndcg_method"] = _label(_best({m: figures[f"ndcg_{m}"] for m in results}))

@@ -1,6 +1,7 @@
 """Evaluation metrics on cases with known answers, and `protolib evaluate` on a tiny bank and model."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from protolib.evaluation import (
     EvaluationSettings,
     MatchingMethod,
     Relevance,
+    Ranking,
     central_coverage,
+    choose_correction,
     evaluate_methods,
     ndcg_at_k,
     r_squared,
@@ -83,6 +86,31 @@ def test_tarp_follows_the_diagonal_when_calibrated_and_not_when_overconfident():
     assert np.max(np.abs(ecp - alpha)) < 0.05
     alpha, ecp = tarp_coverage(*gaussian_toy(0.3), seed=3)
     assert np.max(np.abs(ecp - alpha)) > 0.2
+
+
+def test_the_correction_widens_only_the_parameter_whose_matches_are_too_narrow():
+    """Matches ranked by one parameter, with an error larger than their spread: that one needs widening, not the others."""
+    rng = np.random.default_rng(4)
+    n_references, n_targets = 400, 600
+    values = {"narrow": rng.uniform(0, 1, n_references + n_targets), "independent": rng.uniform(0, 1, n_references + n_targets),
+              "nuisance": rng.uniform(0, 1, n_references + n_targets)}
+    bank = SimpleNamespace(n_projections=1, physical_parameters=["narrow", "independent"], parameters=values,
+                           parameter_info={n: SimpleNamespace(log_scale=False) for n in values})
+    references, targets = np.arange(n_references), np.arange(n_references, n_references + n_targets)
+    aimed_at = values["narrow"][targets] + rng.normal(0, 0.15, n_targets)  # each target's matches cluster around a wrong value
+    order = np.argsort(np.abs(values["narrow"][references][None, :] - aimed_at[:, None]), axis=1)
+    zeros = np.zeros(n_targets, dtype=int)
+    ranking = Ranking("toy", "euclidean", targets, zeros, references, np.zeros(n_references, dtype=int), order,
+                      -np.sort(np.abs(values["narrow"][references][None, :] - aimed_at[:, None]), axis=1), np.zeros((n_targets, n_references)))
+    k, widening, scores = choose_correction(ranking, bank, [10, 50], [1.0, 1.5, 2.0, 3.0, 4.0, 6.0], parameters=["narrow", "independent"],
+                                            extra_parameters=["nuisance"])
+    assert set(widening) == {"narrow", "independent", "nuisance"} and set(scores) == {"k=10", "k=50"} and k in (10, 50)
+    assert widening["narrow"] >= 3.0  # 10-50 of 400 uniform references span 0.01-0.06, the aim is off by 0.15 rms
+    assert widening["independent"] <= 1.5 and widening["nuisance"] <= 1.5  # their matches are draws from the prior: near nominal as they are
+    matches = values["independent"][references][order[:, :k]]
+    one_factor = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["narrow"])[0]
+    per_parameter = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["independent"])[0]
+    assert one_factor > 0.85 and abs(per_parameter - 0.68) < 0.06  # one factor for all would over-cover the rest
 
 
 @pytest.fixture(scope="module")
