@@ -37,7 +37,7 @@ from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sampl
 from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "bank_with_systems_from", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
+__all__ = ["Bank", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
            "write_bank_tables", "write_bank_attributes"]
 
 FORMAT = "protolib-bank"
@@ -420,6 +420,41 @@ def bank_with_systems_from(base: Bank, other: Bank, systems, out: str | Path) ->
                 values[systems] = other.parameters[name][systems]
                 f["parameters"][name][...] = values
             f.attrs["source"] = f"{base.attrs.get('source', '')}; systems {systems.tolist()} from {other.path}"
+    return Path(out)
+
+
+def concatenate_banks(first: Bank, second: Bank, out: str | Path) -> Path:
+    """One bank holding ``first``'s systems, then ``second``'s, written to ``out`` atomically.
+
+    For more test systems than a bank holds out (the domain-shift comparison): ``second``'s systems
+    get the indices ``first.n_systems ...``, and every index of ``first`` keeps its meaning, so a
+    network's split into training, validation and test systems still holds. Both banks must have the
+    same projections, pixels, instrument, simulator settings and parameters; the provenance is
+    ``first``'s, and ``source`` records the addition.
+    """
+    if first.images.shape[1:] != second.images.shape[1:] or abs(first.pixel_size_au - second.pixel_size_au) > 1e-9:
+        raise ProtolibInputError(f"{second.path} ({second.images.shape[1:]}, {second.pixel_size_au:g} au/px) cannot follow {first.path} "
+                                 f"({first.images.shape[1:]}, {first.pixel_size_au:g} au/px); make both with the same bank and simulator settings.")
+    same = [first.attrs.get(k) == second.attrs.get(k) for k in ("simulator_config", "prior", *first.instrument.to_dict())]
+    if not all(same) or list(first.parameters) != list(second.parameters):
+        raise ProtolibInputError(f"{second.path} was not rendered as {first.path} was (simulator, prior, instrument or parameters differ); "
+                                 "make both with one configuration.")
+    n_first, n_all = first.n_systems, first.n_systems + second.n_systems
+    with atomic_path(out, expected_bytes=first.path.stat().st_size + second.path.stat().st_size) as tmp:
+        with h5py.File(tmp, "w") as f:
+            images = f.create_dataset("images", (n_all, *first.images.shape[1:]), dtype="f4", chunks=first.images.chunks)
+            images.attrs.update(dict(first.images.attrs))
+            for offset, bank in ((0, first), (n_first, second)):
+                for start in range(0, bank.n_systems, 64):
+                    stop = min(bank.n_systems, start + 64)
+                    images[offset + start : offset + stop] = bank.images[start:stop]
+            viewing = {name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in ("inclination", "position_angle")}
+            viewing["system_id"] = np.r_[first.system_id, first.system_id.max() + 1 + second.system_id]
+            write_bank_tables(f, viewing, {name: np.r_[first.parameters[name], second.parameters[name]] for name in first.parameters})
+            for name, info in first.parameter_info.items():  # imported or older banks: their own units and scales, not today's
+                f["parameters"][name].attrs.update(unit=info.unit, description=info.description, log_scale=info.log_scale)
+            f.attrs.update(first._file.attrs)
+            f.attrs["source"] = f"{first.attrs.get('source', '')}; systems {n_first}-{n_all - 1} from {second.path} (seed {second.attrs.get('seed')})"
     return Path(out)
 
 

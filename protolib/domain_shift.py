@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluation import MethodResult, constrains
+from .evaluation import COVERAGE_LEVELS, MethodResult, constrains, coverage_standard_error
 
 __all__ = ["CASES", "SHIFT_FIGURES", "shift_rows", "shift_table", "nuisance_table", "method_table", "constrained_parameters", "nuisance_rows", "shift_figures", "GOAL_COVERAGE", "GOAL_ERROR"]
 
@@ -30,11 +30,14 @@ GOAL_ERROR = 0.10  # recovery error at most this fraction above the error withou
 
 
 def _row(result: MethodResult, name: str, corrected: bool) -> dict:
-    """One method's figures for one parameter: median |error|, 68%/95% coverage, median 68% half-width, all in scaled units."""
+    """One method's figures for one parameter: median |error|, 68%/95% coverage and their standard errors (a bootstrap over
+    the test systems, :func:`~protolib.evaluation.coverage_standard_error`), median 68% half-width, all in scaled units."""
     evaluation = result.figures(corrected)
     table = evaluation.metrics["parameters"][name]
     interval = evaluation.interval_68[name]
+    se = dict(zip(COVERAGE_LEVELS, coverage_standard_error(evaluation, name))) if name in evaluation.covered else {}
     return {"median_abs_error": table["median_abs_error"], "coverage_68": table["coverage_68"], "coverage_95": table["coverage_95"],
+            "coverage_68_se": float(se.get(0.68, np.nan)), "coverage_95_se": float(se.get(0.95, np.nan)),
             "half_width_68": float(np.median(0.5 * (interval[:, 1] - interval[:, 0]))), "unit": table["unit"],
             "rms_error_over_prior_spread": table["rms_error_over_prior_spread"],
             "width_68_over_prior_spread": table["width_68_over_prior_spread"]}
@@ -124,6 +127,11 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
       every parameter is judged);
     - ``worst_offset_c`` and ``worst_offset_parameter_c``: the largest distance of a 68% or 95%
       coverage from nominal, under the shift with and without marginalising, and which interval;
+      ``worst_offset_se_c`` that coverage's standard error (a bootstrap over the test systems);
+    - ``n_intervals``, ``n_beyond_goal_c`` and ``n_significantly_beyond_goal_c``: the intervals judged,
+      those further from nominal than the goal, and those further than the goal by more than twice
+      their standard error (a miss the test set can tell from chance); ``coverage_se_68_c`` and
+      ``coverage_se_95_c``: the mean standard errors; ``n_test_systems``;
     - ``error_ratio_c``: the mean over parameters of each one's median |error| over its no-shift
       median |error| (``worst_error_ratio_c``, ``worst_error_parameter_c``: the largest);
     - ``width_ratio_marginalised``: the mean of the same ratio for the 68% half-widths;
@@ -147,17 +155,10 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
                 figures[f"{key}_{method}_{slug[case]}"] = _mean(own, figure)
     ref = {case: {r["parameter"]: r for r in rows if r["case"] == case and r["method"] == reference} for case in cases}
     for case in ("shift", "marginalised"):
-        offsets = {(n, level): abs(r[f"coverage_{level}"] - nominal) for n, r in ref[case].items() for level, nominal in ((68, 0.68), (95, 0.95))}
-        worst_offset = max(offsets, key=offsets.get) if offsets else None
-        figures[f"worst_offset_parameter_{slug[case]}"] = (f"{worst_offset[0].replace('_', ' ')}'s {worst_offset[1]}% interval, which holds "
-                                                           f"the truth {ref[case][worst_offset[0]][f'coverage_{worst_offset[1]}']:.2f} of the time"
-                                                           if worst_offset else "none")
-        ratios = {n: ref[case][n]["median_abs_error"] / ref["no shift"][n]["median_abs_error"] for n in judged}
-        figures[f"worst_offset_{slug[case]}"] = offsets[worst_offset] if offsets else float("nan")
-        figures[f"error_ratio_{slug[case]}"] = float(np.mean(list(ratios.values())))
-        worst = max(ratios, key=ratios.get) if ratios else None
-        figures[f"worst_error_ratio_{slug[case]}"] = ratios[worst] if worst else float("nan")
-        figures[f"worst_error_parameter_{slug[case]}"] = worst.replace("_", " ") if worst else "none"
+        figures.update(_case_figures(ref, case, judged))
+    figures["n_intervals"] = 2 * len(judged)
+    target_system = cases["marginalised"][reference].figures(corrected).target_system
+    figures["n_test_systems"] = len(np.unique(target_system)) if target_system is not None else 0
     figures["width_ratio_marginalised"] = float(np.mean([ref["marginalised"][n]["half_width_68"] / ref["no shift"][n]["half_width_68"]
                                                           for n in judged]))
     met = figures["worst_offset_marginalised"] <= GOAL_COVERAGE and figures["error_ratio_marginalised"] <= 1.0 + GOAL_ERROR
@@ -165,6 +166,33 @@ def shift_figures(cases: dict[str, dict[str, MethodResult]], parameters: list[st
     if nuisance:
         figures.update(_nuisance_figures(cases["marginalised"][reference], nuisance, corrected))
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in figures.items()}
+
+
+def _case_figures(ref: dict[str, dict[str, dict]], case: str, judged: list[str]) -> dict:
+    """:func:`shift_figures`' figures of one shifted case for the reference method: the worst interval, the misses, the error ratios.
+
+    ``ref``: case -> parameter -> :func:`shift_rows` row of the reference method.
+    """
+    slug = {case: case.replace(" ", "_")}
+    figures: dict = {}
+    offsets = {(n, level): abs(r[f"coverage_{level}"] - nominal) for n, r in ref[case].items() for level, nominal in ((68, 0.68), (95, 0.95))}
+    worst_offset = max(offsets, key=offsets.get) if offsets else None
+    figures[f"worst_offset_parameter_{slug[case]}"] = (f"{worst_offset[0].replace('_', ' ')}'s {worst_offset[1]}% interval, which holds "
+                                                       f"the truth {ref[case][worst_offset[0]][f'coverage_{worst_offset[1]}']:.2f} of the time"
+                                                       if worst_offset else "none")
+    ratios = {n: ref[case][n]["median_abs_error"] / ref["no shift"][n]["median_abs_error"] for n in judged}
+    figures[f"worst_offset_{slug[case]}"] = offsets[worst_offset] if offsets else float("nan")
+    figures[f"worst_offset_se_{slug[case]}"] = ref[case][worst_offset[0]][f"coverage_{worst_offset[1]}_se"] if offsets else float("nan")
+    se = {(n, level): ref[case][n][f"coverage_{level}_se"] for n, level in offsets}
+    figures[f"n_beyond_goal_{slug[case]}"] = sum(offset > GOAL_COVERAGE for offset in offsets.values())
+    figures[f"n_significantly_beyond_goal_{slug[case]}"] = sum(offsets[key] - GOAL_COVERAGE > 2 * se[key] for key in offsets)
+    for level in (68, 95):
+        figures[f"coverage_se_{level}_{slug[case]}"] = _mean(list(ref[case].values()), f"coverage_{level}_se")
+    figures[f"error_ratio_{slug[case]}"] = float(np.mean(list(ratios.values())))
+    worst = max(ratios, key=ratios.get) if ratios else None
+    figures[f"worst_error_ratio_{slug[case]}"] = ratios[worst] if worst else float("nan")
+    figures[f"worst_error_parameter_{slug[case]}"] = worst.replace("_", " ") if worst else "none"
+    return figures
 
 
 def _nuisance_figures(result: MethodResult, nuisance: list[str], corrected: bool) -> dict:

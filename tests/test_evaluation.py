@@ -15,7 +15,9 @@ from protolib.evaluation import (
     Relevance,
     Ranking,
     central_coverage,
+    MethodEvaluation,
     choose_correction,
+    coverage_standard_error,
     evaluate_methods,
     ndcg_at_k,
     r_squared,
@@ -111,6 +113,21 @@ def test_the_correction_widens_only_the_parameter_whose_matches_are_too_narrow()
     one_factor = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["narrow"])[0]
     per_parameter = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["independent"])[0]
     assert one_factor > 0.85 and abs(per_parameter - 0.68) < 0.06  # one factor for all would over-cover the rest
+
+
+def test_a_coverage_s_standard_error_counts_systems_not_their_projections():
+    """Eight projections of one system share its verdict: the error is that of the systems' number, not the images'."""
+    rng = np.random.default_rng(5)
+    n_systems, n_projections = 50, 8
+    verdict = rng.uniform(size=(n_systems, 2)) < np.array([0.68, 0.95])  # each system covered or not, at two levels
+    covered = np.repeat(verdict, n_projections, axis=0)
+    evaluation = MethodEvaluation("toy", 20, {}, ["x"], {}, {}, {}, {}, {}, (None, None), {"x": covered},
+                                  np.repeat(np.arange(n_systems), n_projections))
+    clustered = coverage_standard_error(evaluation, "x", seed=1)
+    expected = np.sqrt(verdict.mean(0) * (1 - verdict.mean(0)) / n_systems)
+    assert clustered == pytest.approx(expected, rel=0.15)
+    evaluation.target_system = None  # every image taken as independent: eight times the targets, a third of the error
+    assert coverage_standard_error(evaluation, "x", seed=1) == pytest.approx(expected / np.sqrt(n_projections), rel=0.15)
 
 
 @pytest.fixture(scope="module")

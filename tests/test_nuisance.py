@@ -215,6 +215,26 @@ def test_the_shifted_bank_holds_the_fixed_banks_training_systems_and_the_drawn_b
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_concatenated_banks_keep_every_index_of_the_first_and_refuse_other_physics(tmp_path):
+    from protolib.bank import concatenate_banks
+
+    config = SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8)
+    first = Bank(simulate_bank(tmp_path / "first.h5", 4, 2, seed=2, config=config, progress=False))
+    second = Bank(simulate_bank(tmp_path / "second.h5", 3, 2, seed=3, config=config, progress=False))
+    with first, second, Bank(concatenate_banks(first, second, tmp_path / "both.h5")) as both:
+        assert both.n_systems == 7 and both.identity["created"] == first.identity["created"]
+        assert np.array_equal(both.load_images([0, 3]), first.load_images([0, 3]))
+        assert np.array_equal(both.load_images([4, 6]), second.load_images([0, 2]))
+        for name in first.parameters:
+            assert np.array_equal(both.parameters[name], np.r_[first.parameters[name], second.parameters[name]])
+        assert np.array_equal(both.inclination[4:], second.inclination) and len(set(both.system_id)) == 7
+        assert "systems 4-6 from" in both.attrs["source"]
+        fixed = Bank(simulate_bank(tmp_path / "fixed.h5", 3, 2, seed=3, config=config, prior=Prior(nuisance="fixed"), progress=False))
+        with fixed, pytest.raises(ProtolibInputError, match="not rendered as"):
+            concatenate_banks(first, fixed, tmp_path / "bad.h5")
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_protolib_domain_shift_writes_the_three_cases_on_the_same_systems(tmp_path, monkeypatch, capsys):
     import json
 
@@ -235,3 +255,5 @@ def test_protolib_domain_shift_writes_the_three_cases_on_the_same_systems(tmp_pa
         assert np.ptp(shifted.parameters["opacity_beta"][test]) > 0  # the targets carry drawn physics ...
         assert np.ptp(np.delete(shifted.parameters["opacity_beta"], test)) == 0  # ... the bank searched does not
         assert np.array_equal(shifted.parameters["disk_radius"], fixed.parameters["disk_radius"])  # the same systems
+        assert report["figures"]["n_test_systems"] == len(test) and (test >= 24).sum() == 4  # the tiny bank's 24, then 4 more test systems
+        assert shifted.n_systems == fixed.n_systems == 28
