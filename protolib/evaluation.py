@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import chisquare, spearmanr
+from scipy.stats import chisquare, rankdata
 
 from .bank import Bank
 from .distributions import central_coverage, central_intervals, similarity_weights
@@ -576,16 +576,29 @@ def score_ranking(
     return evaluation
 
 
+def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's correlation of each row of ``a`` with the same row of ``b`` (rows constant in either left out).
+
+    ``scipy.stats.spearmanr`` correlates one pair of vectors per call; this ranks every row at once
+    (average ranks for ties, as it does) and takes each row's Pearson correlation of the ranks.
+    """
+    keep = (np.ptp(a, axis=1) > 0) & (np.ptp(b, axis=1) > 0)
+    ranks_a, ranks_b = (rankdata(x[keep], axis=1) for x in (a, b))
+    ranks_a -= ranks_a.mean(1, keepdims=True)
+    ranks_b -= ranks_b.mean(1, keepdims=True)
+    return (ranks_a * ranks_b).sum(1) / np.sqrt((ranks_a**2).sum(1) * (ranks_b**2).sum(1))
+
+
 def _similarity_and_retrieval(ranking: Ranking, top_k: int, distance: np.ndarray) -> dict:
     """The ``similarity`` and ``retrieval`` figures of a ranking at ``top_k``; ``distance (T, k)``: each match's normalised parameter distance."""
     ranked_relevance = np.take_along_axis(ranking.relevance, ranking.order, axis=1)
     pooled = similarity_metrics(ranking.score.ravel(), ranked_relevance.ravel())
-    per_target = [spearmanr(s, r).statistic for s, r in zip(ranking.score, ranked_relevance) if np.ptp(s) > 0 and np.ptp(r) > 0]
+    per_target = _row_spearman(ranking.score, ranked_relevance)
     ndcg = ndcg_at_k(ranked_relevance, ranking.relevance, top_k)
     chance = ranking.relevance.mean(1) * (1.0 / np.log2(np.arange(2, top_k + 2))).sum() / (
         -np.sort(-ranking.relevance, axis=1)[:, :top_k] * (1.0 / np.log2(np.arange(2, top_k + 2)))).sum(1)
     return {
-        "similarity": {"spearman": pooled["spearman"], "spearman_per_target": float(np.nanmean(per_target)) if per_target else float("nan"),
+        "similarity": {"spearman": pooled["spearman"], "spearman_per_target": float(np.nanmean(per_target)) if len(per_target) else float("nan"),
                        "mse": pooled["mse"] if ranking.metric == "cosine" else float("nan"),
                        "within_0.1": pooled["within_0.1"] if ranking.metric == "cosine" else float("nan")},
         "retrieval": {f"ndcg_at_{top_k}": float(np.nanmean(ndcg)), "ndcg": float(np.nanmean(ndcg)),

@@ -60,7 +60,11 @@ def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.
     """
     levels = np.asarray(levels, dtype=np.float64)
     percentiles = np.r_[50.0, 50 - 50 * levels, 50 + 50 * levels]
-    bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
+    samples = np.asarray(samples, dtype=np.float64)
+    if weights is None and samples.shape[1] > 0:  # one call for every target: the same numbers as row by row, many times faster
+        bounds = np.percentile(samples, percentiles, axis=1).T
+    else:
+        bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
     median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
     return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
 
