@@ -120,7 +120,7 @@ def _sinh_samples(centre, scale, lower, upper, n):
     """``n`` samples on ``[lower, upper]`` equally spaced in ``u = asinh((s - centre) / scale)``.
 
     Returns the positions ``s`` and weights ``ds`` (``(..., n)``), and ``u_lower``, ``du`` so that
-    other positions can be located among the samples without a search (:func:`_depth_in_front`).
+    other positions can be located among the samples without a search (:func:`_samples_below`).
     """
     u_lo = _asinh((lower - centre) / scale)
     u_hi = _asinh((upper - centre) / scale)
@@ -131,27 +131,6 @@ def _sinh_samples(centre, scale, lower, upper, n):
     s = centre.unsqueeze(-1) + scale.unsqueeze(-1) * (0.5 * (grow - 1.0 / grow))  # sinh(u)
     ds = scale.unsqueeze(-1) * (0.5 * (grow + 1.0 / grow)) * du.unsqueeze(-1)  # cosh(u) du
     return s, ds, u_lo, du
-
-
-def _depth_from_each(dtau: torch.Tensor) -> torch.Tensor:
-    """``sum_{m >= k} dtau_m`` for ``k = 0 .. n``, ``(..., n + 1)`` (the last entry is zero).
-
-    Entry ``k + 1`` is the optical depth in front of sample ``k`` from its own set; the whole array is
-    what :func:`_depth_in_front` looks positions of the other set up in.
-    """
-    total = torch.flip(torch.cumsum(torch.flip(dtau, [-1]), -1), [-1])
-    return torch.cat([total, torch.zeros_like(total[..., :1])], dim=-1)
-
-
-def _depth_in_front(s_query, depth_from_each, centre, scale, u_lo, du):
-    """Optical depth of a sample set (spaced as by :func:`_sinh_samples`, with ``depth_from_each`` from
-    :func:`_depth_from_each`) lying nearer the observer (larger ``s``) than each of ``s_query``;
-    exact, without sorting the two sets together."""
-    n = depth_from_each.shape[-1] - 1
-    u = _asinh((s_query - centre.unsqueeze(-1)) / scale.unsqueeze(-1))
-    position = (u - u_lo.unsqueeze(-1)) / du.clamp(min=1e-12).unsqueeze(-1) + 0.5
-    first = torch.nan_to_num(torch.floor(position), nan=0.0).clamp(0, n).long()
-    return torch.gather(depth_from_each.expand(*first.shape[:-1], n + 1), -1, first)
 
 
 def _disk_window(q, p2, sin_i, cos_i, disk_radius, scale_height, outer_radius, config):
@@ -214,15 +193,26 @@ def render(
     offsets = torch.as_tensor(pixel_offsets_au(n_sub, config.field_of_view_au), dtype=dtype, device=device)
     north = offsets[:, None].expand(n_sub, n_sub).reshape(-1)
     east = -offsets[None, :].expand(n_sub, n_sub).reshape(-1)
-    n_samples = config.envelope_samples + config.disk_samples
-    per_batch = max(1, config.batch_elements // (north.numel() * n_samples))
     systems = _with_nuisance(systems, config, inclination_deg.shape[0], device)
-    out = []
-    for start in range(0, inclination_deg.shape[0], per_batch):
-        sl = slice(start, start + per_batch)
+    n_images, n_rays = inclination_deg.shape[0], north.numel()
+    # Ray n_rays - 1 - k passes through the point opposite ray k (pixel offsets are symmetric about the
+    # centre): the first half of the rays, rendered in both directions, make the whole image.
+    half = (n_rays + 1) // 2
+    rays_per_batch = max(1, config.batch_elements // (config.envelope_samples + config.disk_samples))
+    images_per_batch = max(1, rays_per_batch // half)
+    rays_per_batch = min(half, rays_per_batch)
+    intensity = torch.empty(n_images, n_rays, dtype=dtype, device=device)
+    for start in range(0, n_images, images_per_batch):
+        sl = slice(start, start + images_per_batch)
         chunk = {k: v[sl].to(device=device, dtype=dtype) for k, v in systems.items()}
-        out.append(_render_rays(chunk, inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype), east, north, config))
-    intensity = torch.cat(out).reshape(-1, n_sub, n_sub)
+        angles = inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype)
+        for first in range(0, half, rays_per_batch):
+            rays = slice(first, min(half, first + rays_per_batch))
+            near, far = _render_rays(chunk, *angles, east[rays], north[rays], config)
+            intensity[sl, rays] = near
+            mirrored = torch.arange(first, min(rays.stop, n_rays // 2), device=device)
+            intensity[sl, n_rays - 1 - mirrored] = far[:, : mirrored.numel()]
+    intensity = intensity.reshape(-1, n_sub, n_sub)
     if config.oversample > 1:
         intensity = F.avg_pool2d(intensity.unsqueeze(1), config.oversample).squeeze(1)
     pixel_arcsec = config.pixel_size_au / distance_pc
@@ -306,61 +296,130 @@ def _midplane_window(z, geometry):
 
 
 def _render_rays(systems, inclination_deg, position_angle_deg, east, north, config):
-    """Specific intensity [Jy/sr] along each ray, ``(B, n_rays)``."""
+    """Specific intensity [Jy/sr] along each ray and along its mirror image through the star, ``(B, R)`` each.
+
+    The model is unchanged by inversion through the star (its axisymmetry and the mirror symmetry of its
+    midplane together), so the ray through the sky offset ``-p`` meets the density and temperature of the
+    ray through ``p`` at the same samples, in the opposite order: the physics is evaluated once for the
+    pair and only the radiative transfer (:func:`_transfer`) runs in each direction.
+    """
     incl = torch.deg2rad(inclination_deg)[:, None, None]
     pa = torch.deg2rad(position_angle_deg)[:, None, None]
     sin_i, cos_i = torch.sin(incl), torch.cos(incl)
     param = {k: v[:, None, None] for k, v in systems.items()}
     # Sky offset along the disk's minor axis; the rotation axis is n = cos i (line of sight) + sin i (minor axis).
-    q = -torch.cos(pa[..., 0]) * east + torch.sin(pa[..., 0]) * north  # (B, P)
-    p2 = (east**2 + north**2)[None, :]  # (1, P)
-    r_in, r_out = config.inner_radius_au, param["envelope_outer_radius"][..., 0]  # r_out (B, 1)
-
-    # Envelope samples: sinh-spaced about closest approach to the star, out to each system's outer radius.
-    s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, P)
-    impact = p2.sqrt().clamp(min=r_in)
-    s_env, ds_env, u_lo_env, du_env = _sinh_samples(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (1, P, Ne)
-    r_env = (p2.unsqueeze(-1) + s_env**2).sqrt()
-    z_env = q.unsqueeze(-1) * sin_i + s_env * cos_i  # (B, P, Ne)
+    q = -torch.cos(pa[..., 0]) * east + torch.sin(pa[..., 0]) * north  # (B, R)
+    p2 = (east**2 + north**2)[None, :]  # (1, R)
     mdot_g_s = param["accretion_rate"] * (physics.MSUN_G / physics.YEAR_S)
     prefactor = mdot_g_s / (4.0 * math.pi) * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
-    geometry_env = _geometry(r_env, z_env, param, config)
-    midplane_share = _midplane_window(z_env, geometry_env)
-    column_env = _envelope_column(r_env, z_env, ds_env, prefactor, param, config, geometry_env) * (1.0 - midplane_share)
-
-    # Disk samples: sinh-spaced about the midplane crossing, inside the disk's bounding region.
-    lo, hi, centre, scale, valid = _disk_window(
-        q, p2, sin_i[..., 0], cos_i[..., 0], param["disk_radius"][..., 0], param["disk_scale_height"][..., 0], r_out, config
-    )
-    s_disk, ds_disk, u_lo_disk, du_disk = _sinh_samples(centre, scale, lo, hi, config.disk_samples)  # (B, P, Nd)
-    r_disk = (p2.unsqueeze(-1) + s_disk**2).sqrt()
-    z_disk = q.unsqueeze(-1) * sin_i + s_disk * cos_i
-    geometry_disk = _geometry(r_disk, z_disk, param, config)
-    rho_disk = physics.disk_density(geometry_disk["cylindrical"], z_disk, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
-                                    scale_height_100au=param["disk_scale_height"], gamma=param["disk_gamma"],
-                                    flaring=config.disk_flaring, inner_radius_au=r_in, taper=param["disk_taper"])
-    column_disk = rho_disk * ds_disk * valid.unsqueeze(-1)
-    # The envelope's midplane (where its centrifugal-barrier sheet lies) is integrated on the disk samples.
-    envelope_near_midplane = (_envelope_column(r_disk, z_disk, ds_disk, prefactor, param, config, geometry_disk)
-                              * _midplane_window(z_disk, geometry_disk))
-    column_disk = column_disk + envelope_near_midplane * valid.unsqueeze(-1)
-
-    # Radiative transfer, front to back: each sample is dimmed by everything nearer the observer.
     kappa_au = physics.dust_opacity(config.frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
-    dtau_env = kappa_au * column_env
-    dtau_disk = kappa_au * column_disk
-    zeros = torch.zeros_like(impact)
-    from_env, from_disk = _depth_from_each(dtau_env), _depth_from_each(dtau_disk)
-    front_env = from_env[..., 1:] + _depth_in_front(s_env.expand_as(dtau_env), from_disk, centre, scale, u_lo_disk, du_disk)
-    front_disk = from_disk[..., 1:] + _depth_in_front(s_disk, from_env, zeros.expand_as(centre), impact.expand_as(centre),
-                                                      u_lo_env.expand_as(centre), du_env.expand_as(centre))
-    intensity = 0.0
-    for r, z, geometry, dtau, front in ((r_env, z_env, geometry_env, dtau_env, front_env),
-                                        (r_disk, z_disk, geometry_disk, dtau_disk, front_disk)):
-        temperature = _temperature(r, z, param, geometry)
-        source = physics.planck_intensity(temperature, config.frequency_ghz) / JANSKY_CGS  # Jy/sr
-        intensity = intensity + (source * -torch.expm1(-dtau) * torch.exp(-front)).sum(-1)
-    return intensity
+    ray = (q, p2, sin_i, cos_i)
+    envelope = _envelope_samples(ray, prefactor, kappa_au, param, config)
+    disk = _disk_samples(ray, prefactor, kappa_au, param, config)
+    return _transfer(envelope, disk)
+
+
+def _envelope_samples(ray, prefactor, kappa_au, param, config):
+    """The envelope's sample set along each ray: sinh-spaced about the closest approach to the star, out to
+    each system's outer radius. Returns ``(s, dtau, source, spacing)`` (:func:`_transfer`)."""
+    q, p2, sin_i, cos_i = ray
+    r_out = param["envelope_outer_radius"][..., 0]  # (B, 1)
+    s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, R)
+    impact = p2.sqrt().clamp(min=config.inner_radius_au)
+    s, ds, u_lo, du = _sinh_samples(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (B, R, Ne)
+    r = (p2.unsqueeze(-1) + s**2).sqrt()
+    z = q.unsqueeze(-1) * sin_i + s * cos_i
+    geometry = _geometry(r, z, param, config)
+    column = _envelope_column(r, z, ds, prefactor, param, config, geometry) * (1.0 - _midplane_window(z, geometry))
+    source = physics.planck_intensity(_temperature(r, z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
+    spacing = (torch.zeros_like(u_lo), impact.expand_as(u_lo), u_lo, du)
+    return s, kappa_au * column, source, spacing
+
+
+def _disk_samples(ray, prefactor, kappa_au, param, config):
+    """The disk's sample set along each ray: sinh-spaced about the midplane crossing, inside the disk's
+    bounding region, holding the disk and the envelope's midplane (where its centrifugal-barrier sheet
+    lies). Returns ``(s, dtau, source, spacing)`` (:func:`_transfer`).
+
+    Only the rays that meet the disk's region are sampled (often under half of them); the others get an
+    empty set (``dtau = 0``).
+    """
+    q, p2, sin_i, cos_i = ray
+    lo, hi, centre, scale, valid = _disk_window(q, p2, sin_i[..., 0], cos_i[..., 0], param["disk_radius"][..., 0],
+                                                param["disk_scale_height"][..., 0], param["envelope_outer_radius"][..., 0], config)
+    image, index = valid.nonzero(as_tuple=True)  # (M,) each
+
+    def meeting(x):  # (B or 1, R or 1, ...) -> (1, M, ...): the values of the rays that meet the disk
+        return x.expand(*valid.shape, *x.shape[2:])[image, index].unsqueeze(0)
+
+    s, ds, u_lo, du = _sinh_samples(meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples)  # (1, M, Nd)
+    q, p2, sin_i, cos_i = meeting(q), meeting(p2), meeting(sin_i), meeting(cos_i)
+    param = {k: meeting(v) for k, v in param.items()}
+    r = (p2.unsqueeze(-1) + s**2).sqrt()
+    z = q.unsqueeze(-1) * sin_i + s * cos_i
+    geometry = _geometry(r, z, param, config)
+    rho = physics.disk_density(geometry["cylindrical"], z, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
+                               scale_height_100au=param["disk_scale_height"], gamma=param["disk_gamma"],
+                               flaring=config.disk_flaring, inner_radius_au=config.inner_radius_au, taper=param["disk_taper"])
+    envelope_near_midplane = _envelope_column(r, z, ds, meeting(prefactor), param, config, geometry) * _midplane_window(z, geometry)
+    dtau = meeting(kappa_au) * (rho * ds + envelope_near_midplane)
+    source = physics.planck_intensity(_temperature(r, z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
+
+    def everywhere(x, fill=0.0):  # (1, M, ...) -> (B, R, ...), ``fill`` where a ray misses the disk
+        whole = torch.full((*valid.shape, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
+        whole[image, index] = x[0]
+        return whole
+
+    return everywhere(s), everywhere(dtau), everywhere(source), (centre, scale, everywhere(u_lo), everywhere(du, 1.0))
+
+
+def _transfer(envelope, disk):
+    """Radiative transfer through two sample sets of each ray, merged in depth, seen from either end.
+
+    Each set is ``(s, dtau, source, spacing)``, ``(B, R, n)`` with ``spacing`` the ``(centre, scale,
+    u_lo, du)`` of its sinh samples (:func:`_sinh_samples`). Every sample is dimmed by the optical depth
+    nearer the observer: at larger ``s`` for the ray itself, at smaller ``s`` for its mirror image.
+
+    Returns:
+        the specific intensity of the ray and of its mirror image, each ``(B, R)``.
+    """
+    sets = (envelope, disk)
+    sums = [_partial_sums(dtau) for _, dtau, _, _ in sets]
+    near = far = 0.0
+    for own, other in ((0, 1), (1, 0)):
+        s, dtau, source, _ = sets[own]
+        (in_front, behind), (other_in_front, other_behind) = sums[own], sums[other]
+        index = _samples_below(s, sets[other][3], other_in_front.shape[-1] - 1)
+        front = in_front[..., 1:] + torch.gather(other_in_front.expand(*index.shape[:-1], -1), -1, index)
+        back = behind[..., :-1] + torch.gather(other_behind.expand(*index.shape[:-1], -1), -1, index)
+        emitted = source * -torch.expm1(-dtau)
+        near = near + (emitted * torch.exp(-front)).sum(-1)
+        far = far + (emitted * torch.exp(-back)).sum(-1)
+    return near, far
+
+
+def _partial_sums(dtau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum_{m >= k} dtau_m`` and ``sum_{m < k} dtau_m`` for ``k = 0 .. n``, each ``(..., n + 1)``.
+
+    Entry ``k + 1`` of the first is the optical depth in front of sample ``k`` from its own set, entry
+    ``k`` of the second the depth behind it; both are what :func:`_samples_below` positions of the other
+    set are looked up in. Each is summed in its own direction, so that a small depth is never the
+    difference of two large ones (optically thick disks).
+    """
+    zero = torch.zeros_like(dtau[..., :1])
+    in_front = torch.cat([torch.flip(torch.cumsum(torch.flip(dtau, [-1]), -1), [-1]), zero], dim=-1)
+    behind = torch.cat([zero, torch.cumsum(dtau, -1)], dim=-1)
+    return in_front, behind
+
+
+def _samples_below(s_query, spacing, n):
+    """How many samples of a set spaced as by :func:`_sinh_samples` (``spacing`` its ``(centre, scale,
+    u_lo, du)``, ``n`` samples) lie behind (smaller ``s`` than) each of ``s_query``; exact, without sorting
+    the two sets together. ``(..., n_query)`` int64."""
+    centre, scale, u_lo, du = spacing
+    u = _asinh((s_query - centre.unsqueeze(-1)) / scale.unsqueeze(-1))
+    position = (u - u_lo.unsqueeze(-1)) / du.clamp(min=1e-12).unsqueeze(-1) + 0.5
+    return torch.nan_to_num(torch.floor(position), nan=0.0).clamp(0, n).long()
 
 
 def envelope_mass(
