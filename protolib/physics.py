@@ -33,6 +33,7 @@ __all__ = [
     "envelope_density",
     "disk_scale_height",
     "disk_surface_density_norm",
+    "disk_surface_density",
     "disk_density",
     "disk_temperature_factor",
     "in_cavity",
@@ -200,6 +201,36 @@ def disk_surface_density_norm(disk_mass_msun: torch.Tensor, disk_radius_au: torc
     return disk_mass_msun * MSUN_G * shape / (2.0 * math.pi * rc_cm**2)
 
 
+def disk_surface_density(
+    radius_au: torch.Tensor,
+    *,
+    disk_mass_msun: torch.Tensor,
+    disk_radius_au: torch.Tensor,
+    gamma: float | torch.Tensor = 1.0,
+    inner_radius_au: float = 1.0,
+    taper: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Tapered power-law surface density :math:`\Sigma(R) = \Sigma_c (R/R_c)^{-\gamma} \exp[-(R/R_c)^{\tau}]`
+    [g cm^-2], zero inside ``inner_radius_au``.
+
+    ``taper`` is the outer taper's exponent :math:`\tau` (``None``: the self-similar :math:`2 - \gamma` of a
+    viscous disk); a larger :math:`\tau` cuts the disk off more sharply. :math:`\Sigma_c` is set by the
+    disk mass (:func:`disk_surface_density_norm`).
+
+    References:
+        Lynden-Bell & Pringle (1974); Andrews et al. (2009) ApJ 700, 1502.
+    """
+    sigma_c = disk_surface_density_norm(disk_mass_msun, disk_radius_au, gamma, taper)
+    x = radius_au.clamp(min=inner_radius_au) / disk_radius_au
+    exponent = (2.0 - gamma) if taper is None else taper
+    if isinstance(gamma, float) and isinstance(exponent, float) and gamma == 1.0 and exponent == 1.0:
+        sigma = sigma_c * torch.exp(-x) / x
+    else:
+        log_x = torch.log(x)
+        sigma = sigma_c * torch.exp(-gamma * log_x - torch.exp(exponent * log_x))
+    return sigma * (radius_au >= inner_radius_au)
+
+
 def disk_density(
     radius_au: torch.Tensor,
     height_au: torch.Tensor,
@@ -215,27 +246,17 @@ def disk_density(
     r"""Density of a flared disk with a tapered power-law surface density [g cm^-3].
 
     .. math::
-        \Sigma(R) = \Sigma_c (R/R_c)^{-\gamma} \exp[-(R/R_c)^{\tau}], \quad
         \rho(R, z) = \frac{\Sigma(R)}{\sqrt{2\pi} H} e^{-z^2 / 2H^2}
 
-    with the outer taper's exponent :math:`\tau` (``taper``; ``None``: the self-similar
-    :math:`2 - \gamma` of a viscous disk). A larger :math:`\tau` cuts the disk off more sharply.
+    with :math:`\Sigma` from :func:`disk_surface_density` and :math:`H` from :func:`disk_scale_height`.
 
     References:
         Lynden-Bell & Pringle (1974); Andrews et al. (2009) ApJ 700, 1502.
     """
-    sigma_c = disk_surface_density_norm(disk_mass_msun, disk_radius_au, gamma, taper)
-    radius = radius_au.clamp(min=inner_radius_au)
-    x = radius / disk_radius_au
-    exponent = (2.0 - gamma) if taper is None else taper
-    if isinstance(gamma, float) and isinstance(exponent, float) and gamma == 1.0 and exponent == 1.0:
-        sigma = sigma_c * torch.exp(-x) / x
-    else:
-        log_x = torch.log(x)
-        sigma = sigma_c * torch.exp(-gamma * log_x - torch.exp(exponent * log_x))
-    h_au = disk_scale_height(radius, scale_height_100au, flaring)
-    rho = sigma / (math.sqrt(2.0 * math.pi) * AU_CM) / h_au * torch.exp(-0.5 * (height_au / h_au) ** 2)
-    return rho * (radius_au >= inner_radius_au)
+    sigma = disk_surface_density(radius_au, disk_mass_msun=disk_mass_msun, disk_radius_au=disk_radius_au, gamma=gamma,
+                                 inner_radius_au=inner_radius_au, taper=taper)
+    h_au = disk_scale_height(radius_au.clamp(min=inner_radius_au), scale_height_100au, flaring)
+    return sigma / (math.sqrt(2.0 * math.pi) * AU_CM) / h_au * torch.exp(-0.5 * (height_au / h_au) ** 2)
 
 
 def dust_temperature(
@@ -266,7 +287,8 @@ def disk_temperature_factor(height_au: torch.Tensor, scale_height_au: torch.Tens
     """
     z_q = surface_heights * scale_height_au
     phase = (0.5 * math.pi * height_au.abs() / z_q).clamp(max=0.5 * math.pi)
-    return 1.0 + (midplane_ratio - 1.0) * torch.cos(phase) ** 4
+    cos2 = torch.cos(phase).square()
+    return 1.0 + (midplane_ratio - 1.0) * cos2.square()
 
 
 def dust_opacity(frequency_ghz: float, beta: float | torch.Tensor = 1.0, kappa_230ghz: float | torch.Tensor | None = None):

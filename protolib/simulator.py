@@ -76,7 +76,7 @@ class SimulatorConfig:
     envelope_samples: int = 32  # line-of-sight samples for the envelope
     disk_samples: int = 24  # line-of-sight samples through the disk
     oversample: int = 1  # rays per pixel along each axis (pixel-averaged intensity)
-    batch_elements: int = 4_000_000  # images per batch are chosen to keep rays x samples under this
+    batch_elements: int = 250_000  # rays x line-of-sight samples per batch: ~1 MB arrays that stay in a CPU core's cache (a GPU wants ~5e7)
 
     def __post_init__(self):
         if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
@@ -255,44 +255,51 @@ def _lookup_envelope_shape(log10_x: torch.Tensor, abs_mu: torch.Tensor) -> torch
     return values.reshape(log10_x.shape)
 
 
-def _geometry(r, z, param, config) -> dict:
-    """What the disk-related terms share at samples ``(r, z)``, computed once per sample set: the
-    cylindrical radius, the disk's scale height there, and whether the sample lies in the disk region."""
-    cylindrical = (r**2 - z**2).clamp(min=0.0).sqrt()
+def _geometry(r2, z, param, config) -> dict:
+    """What the terms of one sample set share at samples of squared distance ``r2`` from the star and
+    height ``z`` above the midplane, computed once: the distance ``r`` and its logarithm, the cylindrical
+    radius, the disk's scale height there, whether the sample lies in the disk region (0 or 1), and the
+    disk's vertical profile ``exp(-z^2 / 2 H^2)``."""
+    r = r2.sqrt()
+    cylindrical = (r2 - z * z).clamp(min=0.0).sqrt()
     height = physics.disk_scale_height(cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring)
-    return {"cylindrical": cylindrical, "height": height, "within": cylindrical < config.disk_extent * param["disk_radius"]}
+    z_over_height = z / height
+    return {"r": r, "log_r": torch.log(r.clamp(min=1e-3)), "cylindrical": cylindrical, "height": height,
+            "within": (cylindrical < config.disk_extent * param["disk_radius"]).to(z.dtype),
+            "vertical": torch.exp(-0.5 * z_over_height * z_over_height)}
 
 
-def _temperature(r, z, param, geometry):
-    """Dust temperature [K] at samples ``(r, z)``: :func:`physics.dust_temperature`'s law of each system,
-    times the disk's vertical structure (:func:`physics.disk_temperature_factor`) inside the disk region."""
-    temperature = param["temperature_1lsun"] * param["luminosity"].pow(0.2) * torch.exp(
-        -param["temperature_index"] * torch.log(r.clamp(min=1e-3) / 100.0))
+def _temperature(z, param, geometry):
+    """Dust temperature [K] at the samples: :func:`physics.dust_temperature`'s law of each system (from
+    ``log_temperature_100au``, the logarithm of its temperature at 100 au), times the disk's vertical
+    structure (:func:`physics.disk_temperature_factor`) inside the disk region."""
+    temperature = torch.exp(param["log_temperature_100au"] - param["temperature_index"] * (geometry["log_r"] - math.log(100.0)))
     if bool((param["midplane_temperature_ratio"] != 1.0).any()):
         factor = physics.disk_temperature_factor(z, geometry["height"], param["midplane_temperature_ratio"])
-        temperature = temperature * torch.where(geometry["within"], factor, torch.ones_like(factor))
+        temperature = temperature * (1.0 + (factor - 1.0) * geometry["within"])
     return temperature.clamp(10.0, 1500.0)
 
 
-def _envelope_column(r, z, ds, prefactor, param, config, geometry):
-    """Envelope density times path length at samples ``(r, z)`` [g cm^-3 au], via the shape table."""
+def _envelope_column(z, ds, param, config, geometry):
+    """Envelope density times path length at the samples [g cm^-3 au], via the shape table; ``param``
+    holds each system's ``envelope_density_1au``, the density of a spherical infall at 1 au."""
+    r = geometry["r"]
     inside = ((r >= config.inner_radius_au) & (r <= param["envelope_outer_radius"])).to(r.dtype)
     abs_mu = (z.abs() / r).clamp(max=1.0)
-    shape = _lookup_envelope_shape(torch.log10(r) - torch.log10(param["disk_radius"]), abs_mu)
+    shape = _lookup_envelope_shape(geometry["log_r"] * (1.0 / math.log(10.0)) - torch.log10(param["disk_radius"]), abs_mu)
     in_cavity = physics.in_cavity(geometry["cylindrical"], z, param["cavity_angle"], param["cavity_wall_exponent"],
                                   config.cavity_reference_radius_au)
-    cavity = torch.where(in_cavity, param["cavity_contrast"], torch.ones_like(r))
-    r_cm = r * physics.AU_CM
-    return prefactor * (torch.rsqrt(r_cm) / r_cm) * shape * cavity * ds * inside  # r^-1.5
+    cavity = torch.where(in_cavity, param["cavity_contrast"], inside)
+    return param["envelope_density_1au"] * torch.exp(-1.5 * geometry["log_r"]) * shape * (cavity * inside) * ds  # r^-1.5
 
 
-def _midplane_window(z, geometry):
+def _midplane_window(geometry):
     """Smooth weight, one in the disk's midplane and zero above it or beyond the disk region.
 
     It splits the envelope's density between the two sample sets: ``window`` on the disk samples,
     which resolve the midplane, and ``1 - window`` on the envelope samples. The sum is exact.
     """
-    return torch.exp(-0.5 * (z / geometry["height"]) ** 2) * geometry["within"].to(z.dtype)
+    return geometry["vertical"] * geometry["within"]
 
 
 def _render_rays(systems, inclination_deg, position_angle_deg, east, north, config):
@@ -311,15 +318,16 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     q = -torch.cos(pa[..., 0]) * east + torch.sin(pa[..., 0]) * north  # (B, R)
     p2 = (east**2 + north**2)[None, :]  # (1, R)
     mdot_g_s = param["accretion_rate"] * (physics.MSUN_G / physics.YEAR_S)
-    prefactor = mdot_g_s / (4.0 * math.pi) * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
+    # rho0 = Mdot / (4 pi sqrt(G M r^3)) at r = 1 au, then scaled by r^-1.5 (r in au).
+    param["envelope_density_1au"] = (mdot_g_s / (4.0 * math.pi) * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
+                                     * physics.AU_CM**-1.5)
+    param["log_temperature_100au"] = torch.log(param["temperature_1lsun"] * param["luminosity"].pow(0.2))
     kappa_au = physics.dust_opacity(config.frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
     ray = (q, p2, sin_i, cos_i)
-    envelope = _envelope_samples(ray, prefactor, kappa_au, param, config)
-    disk = _disk_samples(ray, prefactor, kappa_au, param, config)
-    return _transfer(envelope, disk)
+    return _transfer(_envelope_samples(ray, kappa_au, param, config), _disk_samples(ray, kappa_au, param, config))
 
 
-def _envelope_samples(ray, prefactor, kappa_au, param, config):
+def _envelope_samples(ray, kappa_au, param, config):
     """The envelope's sample set along each ray: sinh-spaced about the closest approach to the star, out to
     each system's outer radius. Returns ``(s, dtau, source, spacing)`` (:func:`_transfer`)."""
     q, p2, sin_i, cos_i = ray
@@ -327,16 +335,15 @@ def _envelope_samples(ray, prefactor, kappa_au, param, config):
     s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, R)
     impact = p2.sqrt().clamp(min=config.inner_radius_au)
     s, ds, u_lo, du = _sinh_samples(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (B, R, Ne)
-    r = (p2.unsqueeze(-1) + s**2).sqrt()
     z = q.unsqueeze(-1) * sin_i + s * cos_i
-    geometry = _geometry(r, z, param, config)
-    column = _envelope_column(r, z, ds, prefactor, param, config, geometry) * (1.0 - _midplane_window(z, geometry))
-    source = physics.planck_intensity(_temperature(r, z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
+    geometry = _geometry(p2.unsqueeze(-1) + s * s, z, param, config)
+    column = _envelope_column(z, ds, param, config, geometry) * (1.0 - _midplane_window(geometry))
+    source = physics.planck_intensity(_temperature(z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
     spacing = (torch.zeros_like(u_lo), impact.expand_as(u_lo), u_lo, du)
     return s, kappa_au * column, source, spacing
 
 
-def _disk_samples(ray, prefactor, kappa_au, param, config):
+def _disk_samples(ray, kappa_au, param, config):
     """The disk's sample set along each ray: sinh-spaced about the midplane crossing, inside the disk's
     bounding region, holding the disk and the envelope's midplane (where its centrifugal-barrier sheet
     lies). Returns ``(s, dtau, source, spacing)`` (:func:`_transfer`).
@@ -355,15 +362,14 @@ def _disk_samples(ray, prefactor, kappa_au, param, config):
     s, ds, u_lo, du = _sinh_samples(meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples)  # (1, M, Nd)
     q, p2, sin_i, cos_i = meeting(q), meeting(p2), meeting(sin_i), meeting(cos_i)
     param = {k: meeting(v) for k, v in param.items()}
-    r = (p2.unsqueeze(-1) + s**2).sqrt()
     z = q.unsqueeze(-1) * sin_i + s * cos_i
-    geometry = _geometry(r, z, param, config)
-    rho = physics.disk_density(geometry["cylindrical"], z, disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
-                               scale_height_100au=param["disk_scale_height"], gamma=param["disk_gamma"],
-                               flaring=config.disk_flaring, inner_radius_au=config.inner_radius_au, taper=param["disk_taper"])
-    envelope_near_midplane = _envelope_column(r, z, ds, meeting(prefactor), param, config, geometry) * _midplane_window(z, geometry)
+    geometry = _geometry(p2.unsqueeze(-1) + s * s, z, param, config)
+    sigma = physics.disk_surface_density(geometry["cylindrical"], disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
+                                         gamma=param["disk_gamma"], inner_radius_au=config.inner_radius_au, taper=param["disk_taper"])
+    rho = sigma * geometry["vertical"] / (geometry["height"] * (math.sqrt(2.0 * math.pi) * physics.AU_CM))  # physics.disk_density
+    envelope_near_midplane = _envelope_column(z, ds, param, config, geometry) * _midplane_window(geometry)
     dtau = meeting(kappa_au) * (rho * ds + envelope_near_midplane)
-    source = physics.planck_intensity(_temperature(r, z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
+    source = physics.planck_intensity(_temperature(z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
 
     def everywhere(x, fill=0.0):  # (1, M, ...) -> (B, R, ...), ``fill`` where a ray misses the disk
         whole = torch.full((*valid.shape, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
@@ -423,7 +429,7 @@ def _samples_below(s_query, spacing, n):
 
 
 def envelope_mass(
-    systems: dict[str, torch.Tensor], config: SimulatorConfig, n_radii: int = 400, n_angles: int = 400
+    systems: dict[str, torch.Tensor], config: SimulatorConfig, n_radii: int = 400, n_angles: int = 200
 ) -> torch.Tensor:
     """Envelope mass [Msun] within ``config.envelope_mass_radius_au`` of the star (or the system's outer
     radius, when smaller), cavities included, ``(B,)``.
@@ -432,16 +438,15 @@ def envelope_mass(
     system's outer radius instead (thousands of au beyond an interferometer's field, and drawn per
     system), the mass would be set by a radius no image of the inner envelope constrains. Integrates
     the envelope density on a grid logarithmic in radius and uniform in ``cos(theta)`` (midpoint
-    rule), which converges to better than a per cent at the default resolution. Each system's own
+    rule; ``n_angles`` cells over one hemisphere, the other its mirror image), which converges to better than a per cent at the default resolution. Each system's own
     outer radius, cavity shape and contrast are used where it carries them.
     """
     device = systems["stellar_mass"].device
     dtype = torch.float64
     needed = ("stellar_mass", "accretion_rate", "disk_radius", "cavity_angle")
     systems = _with_nuisance(systems, config, systems["stellar_mass"].shape[0], device, needed)
-    mu_edges = torch.linspace(-1.0, 1.0, n_angles + 1, dtype=dtype, device=device)
-    mu_mid = 0.5 * (mu_edges[1:] + mu_edges[:-1])
-    dmu = 2.0 / n_angles
+    mu_mid = 1.0 - (torch.arange(n_angles, dtype=dtype, device=device) + 0.5) / n_angles
+    dmu = 2.0 / n_angles  # both hemispheres: the density is even in mu (the midplane's mirror symmetry)
     masses = []
     for i in range(systems["stellar_mass"].shape[0]):
         outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
