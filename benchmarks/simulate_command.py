@@ -6,9 +6,11 @@ Measures, on this machine and in this order:
    images per second of wall time and per CPU-second;
 2. the whole command ``protolib simulate --systems 250 --projections 8 --size 64`` (start-up and the
    HDF5 file included) with the old default (one process, 2 threads), one process with 1 thread, and
-   the new default (one single-threaded worker process per core from 1024 images, else one process).
+   the new default (one single-threaded worker process per core from 1024 images, else one process);
+   with ``--baseline PATH``, the default command of another protolib checkout too (for example
+   ``git worktree add /tmp/base <commit>``).
 
-    python benchmarks/simulate_command.py [--systems 250] [--out results.json]
+    python benchmarks/simulate_command.py [--systems 250] [--baseline /tmp/base] [--out results.json]
 
 The machine is shared and noisy: compare the rows of one run, not runs of different days.
 """
@@ -52,14 +54,16 @@ def renderer_rate(threads: int, n_systems: int = 16, n_projections: int = 8) -> 
     return {"threads": threads, "images_per_second": n / wall, "images_per_cpu_second": n / cpu}
 
 
-def command_rate(label: str, extra: list[str], n_systems: int, n_projections: int = 8) -> dict:
-    """Images per second of the whole ``protolib simulate`` command (a fresh process, start-up included)."""
+def command_rate(label: str, extra: list[str], n_systems: int, n_projections: int = 8, checkout: str | None = None) -> dict:
+    """Images per second of the whole ``protolib simulate`` command (a fresh process, start-up included),
+    of this checkout or of the protolib checkout at ``checkout``."""
     with tempfile.TemporaryDirectory() as folder:
         argv = [sys.executable, "-m", "protolib", "simulate", "--config", "default", "--systems", str(n_systems),
                 "--projections", str(n_projections), "--size", "64", "--out", str(Path(folder) / "bank.h5"), *extra]
         start = time.perf_counter()
         usage = os.times()
-        subprocess.run(argv, check=True, capture_output=True, env={**os.environ, "PROTOLIB_DEVICE": "cpu"})
+        env = {**os.environ, "PROTOLIB_DEVICE": "cpu", **({"PYTHONPATH": checkout} if checkout else {})}
+        subprocess.run(argv, check=True, capture_output=True, env=env, cwd=checkout)
         seconds = time.perf_counter() - start
         after = os.times()
     cpu = (after.children_user - usage.children_user) + (after.children_system - usage.children_system)
@@ -72,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", type=int, default=250)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
+    parser.add_argument("--baseline", default=None, help="another protolib checkout whose default command is timed too")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     renderer = [renderer_rate(1), renderer_rate(2)]
@@ -79,6 +84,8 @@ def main() -> None:
                 command_rate("1 process, 1 thread", ["--workers", "1", "--threads", "1"], args.systems),
                 command_rate(f"new default: {cores if args.systems * 8 >= PARALLEL_FROM_IMAGES else 1} process(es), 1 thread each", [],
                              args.systems)]
+    if args.baseline:
+        commands.append(command_rate(f"baseline {args.baseline}, its default", [], args.systems, checkout=args.baseline))
     print(f"{platform.node()}: {cores} cores, load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
     print("renderer in-process (64x64):")
     for row in renderer:
