@@ -297,11 +297,7 @@ def _check_structure(f: h5py.File, path: Path) -> None:
     if not isinstance(version, (int, np.integer)) or int(version) > SCHEMA_VERSION:
         raise ProtolibInputError(f"{path}: bank schema version {version!r} is newer than this protolib reads "
                                  f"({SCHEMA_VERSION}); upgrade protolib.")
-    for name in ("images", "parameters", "viewing", "system_id"):  # links first: testing `name in f` would follow them
-        link = f.get(name, getlink=True)
-        if link is not None and not isinstance(link, h5py.HardLink):
-            raise ProtolibInputError(f"{path}: /{name} is a {type(link).__name__} to elsewhere; a bank must hold its own data "
-                                     "(links could read any file).")
+    _refuse_data_elsewhere(f, ("images", "parameters", "viewing", "system_id"), path)  # first: testing `name in f` follows links
     required = ["images", "parameters", "viewing/inclination", "viewing/position_angle", "system_id"]
     for name in required:
         if name not in f:
@@ -312,22 +308,34 @@ def _check_structure(f: h5py.File, path: Path) -> None:
     _check_attributes(f, path, datasets["images"].shape[-1])
 
 
+def _refuse_data_elsewhere(f: h5py.File, names, path: Path) -> None:
+    """Refuse, in one line, any of ``names`` in ``f`` whose data lie in another file.
+
+    The one check of HDF5 files protolib reads (banks, the thesis's snapshots): soft and external
+    links, external raw storage and virtual datasets would read other files (``/etc/passwd`` as
+    pixels). Links are tested first, without following them; names absent from ``f`` are skipped.
+    """
+    for name in names:
+        link = f.get(name, getlink=True)
+        if link is not None and not isinstance(link, h5py.HardLink):
+            raise ProtolibInputError(f"{path}: /{name} is a {type(link).__name__} to elsewhere; the file must hold its own data "
+                                     "(links could read any file): copy the data into it.")
+    for name in names:
+        item = f.get(name)
+        if isinstance(item, h5py.Dataset) and (item.is_virtual or item.id.get_create_plist().get_external_count() > 0):
+            raise ProtolibInputError(f"{path}: /{name} keeps its data outside this file (external or virtual storage), which "
+                                     "could read any file; write the data into the file itself.")
+
+
 def _own_datasets(f: h5py.File, path: Path) -> dict:
     """The bank's datasets by name, each checked to be a real-valued dataset stored in this file."""
     datasets = {"images": f["images"], "system_id": f["system_id"], "viewing/inclination": f["viewing/inclination"],
                 "viewing/position_angle": f["viewing/position_angle"]}
     datasets.update({f"parameters/{n}": f["parameters"][n] for n in f["parameters"]})
-    for name in ["images", "parameters", "viewing", "system_id", *datasets]:
-        link = f.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise ProtolibInputError(f"{path}: /{name} is a {type(link).__name__} to elsewhere; a bank must hold its own data "
-                                     "(links could read any file).")
+    _refuse_data_elsewhere(f, list(datasets), path)
     for name, dataset in datasets.items():
         if not isinstance(dataset, h5py.Dataset):
             raise ProtolibInputError(f"{path}: /{name} is a group, not a dataset.")
-        if dataset.is_virtual or dataset.id.get_create_plist().get_external_count() > 0:
-            raise ProtolibInputError(f"{path}: /{name} keeps its data outside the bank file (external or virtual storage); "
-                                     "a bank must hold its own data.")
         if dataset.dtype.kind not in "fiu":
             raise ProtolibInputError(f"{path}: /{name} holds {dataset.dtype} values, not real numbers.")
     return datasets
@@ -362,9 +370,12 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
             except (TypeError, ValueError):
                 raise ProtolibInputError(f"{path}: the bank attribute {key} = {f.attrs[key]!r} is not a number.") from None
             positive = key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz")
-            if (positive and not (value > 0 or (key == "pixel_size_au" and math.isnan(value)))) or (
-                    not positive and key != "beam_position_angle_deg" and value < 0):
-                raise ProtolibInputError(f"{path}: the bank attribute {key} = {value} must be {'positive' if positive else '>= 0'}.")
+            if key == "pixel_size_au" and math.isnan(value):
+                continue  # unknown (an imported bank)
+            if not math.isfinite(value) or (positive and not value > 0) or (key != "beam_position_angle_deg" and value < 0):
+                sign = " > 0" if positive else "" if key == "beam_position_angle_deg" else " >= 0"
+                raise ProtolibInputError(f"{path}: the bank attribute {key} = {value} must be a finite number{sign}; the file is "
+                                         "damaged or was not written by protolib.")
     fov, pixel = f.attrs.get("field_of_view_au"), f.attrs.get("pixel_size_au")
     if fov is not None and pixel is not None and math.isfinite(float(pixel)) and abs(float(pixel) * side - float(fov)) > 0.01 * float(fov):
         raise ProtolibInputError(f"{path}: the bank's pixel size ({float(pixel):g} au) times its {side} pixels is not its field of "
@@ -375,6 +386,12 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
                 json.loads(_plain(f.attrs[key]))
             except (TypeError, ValueError):
                 raise ProtolibInputError(f"{path}: the bank attribute {key} is not valid JSON.") from None
+
+
+def _check_written(tmp: Path, out) -> None:
+    """The bank just written to ``tmp`` checked as opening ``out`` will check it, before it replaces ``out``."""
+    with h5py.File(tmp, "r") as f:
+        _check_structure(f, Path(out))
 
 
 def _first(indices: np.ndarray, n: int = 5) -> str:
@@ -629,6 +646,7 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
             tables = {**systems, "envelope_mass": env_mass}
             write_bank_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
             write_bank_attributes(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
+        _check_written(tmp, out)
 
 
 def write_bank_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
@@ -736,6 +754,7 @@ def import_thesis_snapshots(folder: str | Path, out: str | Path, *, n_projection
             f.create_dataset("source_files", data=np.array([Path(p).name for p in imported], dtype="S"))
             write_bank_attributes(f, seed=None, config=None, instrument=Instrument(beam_major_arcsec=0.0, noise_rms_jy_beam=0.0),
                          prior=None, source=f"thesis snapshots from {folder}", pixel_size_au=pixel_size_au)
+        _check_written(tmp, out)
     return ImportReport(imported=imported, skipped=skipped)
 
 
@@ -768,6 +787,7 @@ def _read_thesis_snapshot(path: Path, n_projections: int) -> tuple[np.ndarray, d
         raise ProtolibInputError(f"{path}: not a readable HDF5 file ({error}).") from None
     with handle as f:
         names = [f"intensity_projection_{k}" for k in range(1, n_projections + 1)]
+        _refuse_data_elsewhere(f, [*names, *THESIS_DATASETS], path)
         missing = [n for n in [*names, *THESIS_DATASETS] if n not in f]
         if missing:
             raise ProtolibInputError(f"{path}: missing dataset(s) {', '.join(missing)}.")

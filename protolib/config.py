@@ -33,7 +33,7 @@ from .images import AugmentationConfig, ImagePreprocessing
 from .instrument import Instrument
 from .matching import MatchingSettings
 from .parameters import Prior
-from .runtime import ProtolibInputError, typed_settings
+from .runtime import ProtolibInputError, plain_name, typed_settings
 from .siamese import LossConfig, PairConfig, SiameseConfig
 from .simulator import SimulatorConfig
 from .target_similarity import TargetDefinition
@@ -51,6 +51,14 @@ class BankSettings:
     n_systems: int = 400  # systems (snapshots) in the bank
     n_projections: int = 8  # viewing angles per system, as the thesis banks had
     seed: int = 0  # one seed for parameters, viewing angles and noise
+
+    def __post_init__(self):
+        for name, least, expected in (("n_systems", 1, "a bank needs at least one system"),
+                                      ("n_projections", 1, "a bank needs at least one projection"),
+                                      ("seed", 0, "a seed is a whole number >= 0")):
+            value = getattr(self, name)
+            if isinstance(value, int) and not least <= value < 2**63:
+                raise ProtolibInputError(f"bank.{name} = {value}: {expected} (and below 2**63); give one from {least} to 2**63 - 1.")
 
 
 @dataclass
@@ -198,7 +206,9 @@ def _config_from(data: dict, where: Path, path: Path | None, overrides: dict | N
     sections = {name: data.get(name) or {} for name in SECTION_TYPES if name in data}
     typed = {name: _typed_section(name, sections.get(name), f"{where} [{name}]") for name in SECTION_TYPES}
     later = {name: value for name, value in sections.items() if name not in ("bank", "prior", "simulator", "instrument", "split")}
-    return RunConfig(name=str(data.get("name", where.stem)), path=path, sections=later, **typed)
+    name = plain_name(data["name"], f"{where}: name", "it names the configuration's folder of banks and models under artifacts/ "
+                      "(or $PROTOLIB_ARTIFACTS)") if "name" in data else where.stem
+    return RunConfig(name=name, path=path, sections=later, **typed)
 
 
 def _typed_section(name: str, values, where: str):

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .runtime import ProtolibInputError
 
 __all__ = [
     "Beam",
@@ -91,6 +94,19 @@ class Instrument:
     beam_minor_arcsec: float = 0.25  # beam FWHM along its minor axis
     beam_position_angle_deg: float = 0.0  # beam major axis, east of north
     noise_rms_jy_beam: float = 1e-4  # thermal noise (0: noiseless)
+
+    def __post_init__(self):
+        checks = [("distance_pc", lambda v: v > 0, "a positive number of parsecs"),
+                  ("beam_major_arcsec", lambda v: v >= 0, "a number of arcsec >= 0 (0: no beam)"),
+                  ("beam_minor_arcsec", lambda v: v > 0 or (v == 0 and self.beam_major_arcsec == 0),
+                   "a positive number of arcsec (0 only with no beam, beam_major_arcsec = 0)"),
+                  ("beam_position_angle_deg", lambda v: True, "a number of degrees east of north"),
+                  ("noise_rms_jy_beam", lambda v: v >= 0, "a number of Jy/beam >= 0 (0: noiseless)")]
+        for name, good, expected in checks:
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and good(value)):
+                raise ProtolibInputError(f"The instrument's {name} must be {expected}, got {value!r}; "
+                                         f"set instrument.{name} to such a value.")
 
     @property
     def beam(self) -> Beam | None:

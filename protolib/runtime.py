@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -17,12 +18,25 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protolib --help` and errors stay fast
     import torch
 
-__all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "write_figure", "write_json", "ProtolibInputError",
-           "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json"]
+__all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "check_output", "write_figure", "write_json",
+           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
 
 
 class ProtolibInputError(ValueError):
     """A problem with the user's input (a file, a value): the message says what and how to fix it."""
+
+
+def plain_name(name, what: str, purpose: str) -> str:
+    """``name`` when it is a plain name (letters, digits, ``_``, ``-``, ``.``; no ``..``), else one line naming ``what``.
+
+    The one check of names that become file or folder names (a configuration's ``name``, ``tune
+    --config-name``): a name that is a path (``../x``, ``/etc/x``) would write outside the folder
+    meant for it. ``purpose`` says where the name goes.
+    """
+    text = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or ".." in text:
+        raise ProtolibInputError(f"{what} {name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; {purpose}.")
+    return text
 
 
 def _type_problem(value, hint) -> str | None:
@@ -165,17 +179,47 @@ def remove_stale_temporaries(final: Path) -> list[Path]:
     return removed
 
 
-def _check_output_path(final: Path, folder: bool = False) -> None:
-    """Refuse, in one line, an output path of the wrong kind (before anything is computed)."""
-    if not folder and final.is_dir():
-        raise ProtolibInputError(f"{final} is a folder; give a file name inside it, e.g. {final / ('out' + (final.suffix or '.h5'))}.")
-    if folder and final.exists() and not final.is_dir():
-        raise ProtolibInputError(f"{final} exists and is not a folder; give a folder for the outputs (--out).")
+def _kind(path: Path) -> str:
+    """What ``path`` is, in words: a file, a folder, or a special file protolib must never replace."""
+    import stat
+
+    mode = path.stat().st_mode
+    for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def check_output(path: str | os.PathLike, *, folder: bool = False, command: str | None = None) -> Path:
+    """Refuse, in one line, an output path of the wrong kind, before anything is computed.
+
+    The one check of every output (:func:`atomic_path` and :func:`output_folder` call it; a command
+    may call it earlier): a file's path must be new or a regular file, a folder's new or a folder
+    (links followed), never a device, FIFO or socket, which a write would replace (``--out
+    /dev/null``). With ``command``, a folder holding another command's products is refused too.
+    """
+    final = Path(path)
+    if os.path.islink(final) and not final.exists():
+        raise ProtolibInputError(f"{final} is a broken symbolic link; remove it or choose another --out.")
+    if final.exists():
+        kind = _kind(final) if not os.path.islink(final) or _kind(final) in ("file", "folder") else f"link to a {_kind(final)}"
+        if kind == "folder" and not folder:
+            raise ProtolibInputError(f"{final} is a folder; give a file name inside it, e.g. {final / ('out' + (final.suffix or '.h5'))}.")
+        if kind == "file" and folder:
+            raise ProtolibInputError(f"{final} exists and is not a folder; give a folder for the outputs (--out).")
+        if kind not in ("file", "folder"):
+            raise ProtolibInputError(f"{final} is a {kind}, not a {'folder' if folder else 'regular file'}; protolib writes its "
+                                     f"outputs by replacing them and will not replace a {kind}: give a new "
+                                     f"{'folder' if folder else 'file'} name (--out).")
     for parent in final.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise ProtolibInputError(f"{final}: {parent} is a file, not a folder; choose another --out.")
             break
+    if folder and command is not None and final.is_dir():
+        _refuse_other_products(final, command)
+    return final
 
 
 def _write_failure(error: BaseException, tmp: Path, final: Path) -> OSError | None:
@@ -219,7 +263,7 @@ def atomic_path(path: str | os.PathLike, *, expected_bytes: int | None = None) -
         ...     write_everything(tmp)
     """
     final = Path(path)
-    _check_output_path(final)
+    check_output(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(final)
@@ -249,22 +293,23 @@ def atomic_path(path: str | os.PathLike, *, expected_bytes: int | None = None) -
 
 
 @contextlib.contextmanager
-def output_folder(path: str | os.PathLike) -> Iterator[Path]:
+def output_folder(path: str | os.PathLike, command: str) -> Iterator[Path]:
     """Write a run's products into a fresh folder, then move them into ``path`` all at once.
 
     The run holds a lock on ``path`` (``path/.protolib.lock``) from the start, so a second run
     writing to the same folder is refused at once rather than mixing its products with this one's.
     The products go to ``path/.staging-<host>-<pid>-<random>/``; when the run finishes, the
-    products of the previous run in ``path`` (listed in ``path/.protolib-products``) are removed and
-    the new ones moved in. An interrupted or failed run leaves ``path`` as it was. Other files in
-    ``path`` are never touched.
+    products of the previous run of the same ``command`` in ``path`` (listed in
+    ``path/.protolib-products``, under the command's name) are removed and the new ones moved in. An
+    interrupted or failed run leaves ``path`` as it was. A folder holding another command's products
+    (``evaluate`` into ``match``'s folder) is refused before the run starts. Other files in ``path``
+    are never touched.
 
     Example:
-        >>> with output_folder("match_L1527") as staging:   # doctest: +SKIP
+        >>> with output_folder("match_L1527", "match") as staging:   # doctest: +SKIP
         ...     write_csv(rows, staging / "matches.csv")
     """
-    final = Path(path)
-    _check_output_path(final, folder=True)
+    final = check_output(path, folder=True, command=command)
     created = not final.exists()
     try:
         final.mkdir(parents=True, exist_ok=True)
@@ -273,14 +318,14 @@ def output_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise ProtolibInputError(describe_os_error(error, final)) from None
     try:
         with lock:
-            yield from _locked_run(final, lock)
+            yield from _locked_run(final, lock, command)
     except BaseException:
         if created and {p.name for p in final.iterdir()} <= {".protolib.lock"}:
             shutil.rmtree(final, ignore_errors=True)  # a failed first run leaves no empty folder behind
         raise
 
 
-def _locked_run(final: Path, lock) -> Iterator[Path]:
+def _locked_run(final: Path, lock, command: str) -> Iterator[Path]:
     """Take the folder's lock, yield a fresh staging folder, publish its products when the run ends well."""
     import fcntl
 
@@ -295,6 +340,7 @@ def _locked_run(final: Path, lock) -> Iterator[Path]:
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
+    _refuse_other_products(final, command)  # again under the lock: another command may have published meanwhile
     for stale in final.glob(f".staging-{_HOST}-*"):
         pid = stale.name[len(f".staging-{_HOST}-") :].split("-")[0]
         if pid.isdigit() and not _process_alive(int(pid)):
@@ -302,23 +348,48 @@ def _locked_run(final: Path, lock) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{_HOST}-{os.getpid()}-", dir=final))
     try:
         yield staging
-        _publish(staging, final)
+        _publish(staging, final, command)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging: Path, final: Path) -> None:
-    """Replace the previous run's products in ``final`` by those in ``staging``."""
-    manifest = final / ".protolib-products"
-    previous = manifest.read_text().split("\n") if manifest.exists() else []
+MANIFEST = ".protolib-products"  # in an output folder: "# protolib COMMAND", then the products that command wrote there
+
+
+def _previous_products(final: Path) -> tuple[str | None, list[str]]:
+    """The command whose products ``final`` holds (``None``: none, or a manifest of an older protolib) and their names."""
+    manifest = final / MANIFEST
+    lines = manifest.read_text().split("\n") if manifest.is_file() else []
+    owner = lines[0].removeprefix("# protolib ").strip() if lines and lines[0].startswith("# protolib ") else None
+    return owner, [name for name in lines if name and not name.startswith("#") and "/" not in name]
+
+
+def _refuse_other_products(final: Path, command: str) -> None:
+    """Refuse an output folder that holds the products of another sub-command (they would be lost or mixed)."""
+    owner, products = _previous_products(final)
+    if owner is not None and owner != command and any((final / name).exists() for name in products):
+        shown = ", ".join(products[:4]) + (", ..." if len(products) > 4 else "")
+        raise ProtolibInputError(f"{final} holds the products of `protolib {owner}` ({shown}); give `protolib {command}` a "
+                                 f"folder of its own (--out), or remove those products first.")
+
+
+def _publish(staging: Path, final: Path, command: str) -> None:
+    """Replace the previous products of ``command`` in ``final`` by those in ``staging``; nothing else is removed."""
+    owner, previous = _previous_products(final)
     products = sorted(p.name for p in staging.iterdir())
-    for name in previous:
-        if name and name not in products and "/" not in name:
-            (final / name).unlink(missing_ok=True)
+    for name in products:
+        target = final / name
+        if os.path.lexists(target) and not target.is_file():
+            raise ProtolibInputError(f"{target} exists and is not a regular file; protolib will not replace it: remove it, "
+                                     "or choose another --out.")
+    if owner == command:  # an older protolib's manifest names no command: its files are left alone
+        for name in previous:
+            if name not in products:
+                (final / name).unlink(missing_ok=True)
     for name in products:
         os.replace(staging / name, final / name)
-    with atomic_path(manifest) as tmp:
-        tmp.write_text("\n".join(products) + "\n")
+    with atomic_path(final / MANIFEST) as tmp:
+        tmp.write_text(f"# protolib {command}\n" + "\n".join(products) + "\n")
 
 
 def write_figure(fig, path: str | os.PathLike, *, dpi: int = 120, bbox_inches: str | None = None) -> Path:

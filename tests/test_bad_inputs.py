@@ -13,6 +13,7 @@ import re
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from protolib.bank import THESIS_DATASETS
 from protolib.cli import main
 
 pytestmark = pytest.mark.battery
@@ -231,6 +233,7 @@ def _cases(b: Path) -> dict[str, Case]:
                                                  [out / "t.h5"])
 
     cases.update(_second_round(b, bank, model, obs, out))
+    cases.update(_third_round(b, bank, out))
     infinite = _fits_variant(b, "inf.fits", lambda d, h: _with_inf(d))
     cases["observe_infinite_pixel_is_blanked"] = Case(["observe", str(infinite), "--distance", "140", "--bank", str(bank),
                                                        "--out", str(out / "inf_prepared.fits")], code=0)
@@ -299,6 +302,67 @@ def _second_round(b: Path, bank: Path, model: Path, obs: Path, out: Path) -> dic
     cases["tune_config_name_is_a_path"] = Case(["tune", "--config", "tiny", "--bank", str(bank), "--trials", "1", "--epochs", "1",
                                                 "--config-name", "../../evil", "--configs-dir", str(out / "cfg"), "--out", str(out / "tune")],
                                                r"--config-name '\.\./\.\./evil': give a plain name", [out / "tune", out / "evil.yaml"])
+    return cases
+
+
+def _thesis_folder(b: Path, name: str, second_projection) -> Path:
+    """A folder of one thesis snapshot (two projections) whose second projection is made by ``second_projection(f, name)``."""
+    folder = b / "inputs" / f"thesis_{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "snap.h5", "w") as f:
+        f["intensity_projection_1"] = np.random.default_rng(0).random((32, 32)).astype("f4")
+        second_projection(f, "intensity_projection_2")
+        for key in THESIS_DATASETS:
+            f[key] = 1.0
+    return folder
+
+
+def _thesis_cases(b: Path) -> dict[str, Path]:
+    """id -> a folder of snapshots whose image is read from another file, in each of HDF5's three ways."""
+    secret = b / "inputs" / "secret.txt"
+    good = _thesis_folder(b, "good", lambda f, name: f.create_dataset(name, data=np.ones((32, 32), "f4"))) / "snap.h5"
+
+    def virtual(f, name):
+        layout = h5py.VirtualLayout(shape=(32, 32), dtype="<f4")
+        layout[:] = h5py.VirtualSource(str(good), "intensity_projection_1", shape=(32, 32))
+        f.create_virtual_dataset(name, layout)
+
+    return {"external_storage": _thesis_folder(b, "external", lambda f, name: f.create_dataset(
+                name, shape=(32, 32), dtype="<f4", external=[(str(secret), 0, h5py.h5f.UNLIMITED)])),
+            "external_link": _thesis_folder(b, "link", lambda f, name: f.__setitem__(name, h5py.ExternalLink(str(good), "/intensity_projection_1"))),
+            "virtual_dataset": _thesis_folder(b, "virtual", virtual)}
+
+
+def _third_round(b: Path, bank: Path, out: Path) -> dict[str, Case]:
+    """Cases of issue 31: files read from elsewhere, outputs that are not files, settings that reach past their folder."""
+    cases = {f"import_thesis_{name}": Case(["import-thesis", str(folder), "--projections", "2", "--out", str(out / f"thesis_{name}.h5")],
+                                           r"thesis_\w+/snap\.h5: /intensity_projection_2 (keeps its data outside|is a ExternalLink)",
+                                           [out / f"thesis_{name}.h5"]) for name, folder in _thesis_cases(b).items()}
+    fifo, link = b / "inputs" / "pipe", b / "inputs" / "null_link"
+    if not os.path.lexists(fifo):
+        os.mkfifo(fifo)
+        link.symlink_to(os.devnull)
+    observe = ["observe", str(b / "obs.fits"), "--distance", "140", "--bank", str(bank), "--out"]
+    simulate = ["simulate", "--config", "tiny", "--systems", "2", "--projections", "2"]
+    cases["observe_out_is_a_fifo"] = Case([*observe, str(fifo)], r"pipe is a FIFO \(named pipe\), not a regular file")
+    cases["simulate_out_is_a_device"] = Case([*simulate, "--out", os.devnull], r"/dev/null is a character device, not a regular file")
+    cases["simulate_out_links_to_a_device"] = Case([*simulate, "--out", str(link)], r"null_link is a link to a character device")
+    cases["match_out_is_a_fifo"] = Case(["match", "--model", str(b / "run" / "siamese.pt"), "--bank", str(bank), "--target-system", "1",
+                                         "--out", str(fifo)], r"pipe is a FIFO \(named pipe\), not a folder")
+    cases["simulate_out_ends_with_a_slash"] = Case([*simulate, "--out", f"{out / 'new_folder'}/"], r"new_folder/' names a folder, but this is a file",
+                                                   [out / "new_folder"])
+    for name, setting in {"noise_negative": "instrument.noise_rms_jy_beam=-1", "noise_nan": "instrument.noise_rms_jy_beam=.nan",
+                          "distance_zero": "instrument.distance_pc=0", "beam_negative": "instrument.beam_major_arcsec=-0.1",
+                          "seed_huge": f"bank.seed={2**70}"}.items():
+        kept = b / "inputs" / f"good_{name}.h5"
+        shutil.copy(bank, kept)
+        cases[f"simulate_{name}_keeps_the_bank"] = Case([*simulate, "--set", setting, "--out", str(kept)],
+                                                        r"\[(instrument|bank)\]: .*(must be|a seed is)", intact={kept: bank.read_bytes()})
+    train = ["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--quiet", "--epochs", "1", "--out", str(out / "t_name")]
+    cases["config_name_is_a_path"] = Case([*train, "--set", "name=../../evil"], r"tiny\.yaml: name '\.\./\.\./evil': give a plain name",
+                                          [out / "t_name"])
+    cases["config_name_is_absolute"] = Case([*train, "--set", f"name={out / 'abs'}"], r"tiny\.yaml: name '/.*abs': give a plain name",
+                                            [out / "t_name", out / "abs"])
     return cases
 
 
@@ -386,6 +450,10 @@ def _error_lines(stderr: str) -> list[str]:
                                "out_is_its_input"]),
     "train_config_is_a_list", "train_set_wrong_type", "train_learning_rate_nan", "simulate_negative_seed", "match_device_bogus",
     "match_empty_out", "tune_config_name_is_a_path",
+    *(f"import_thesis_{n}" for n in ["external_storage", "external_link", "virtual_dataset"]),
+    "observe_out_is_a_fifo", "simulate_out_is_a_device", "simulate_out_links_to_a_device", "match_out_is_a_fifo",
+    "simulate_out_ends_with_a_slash", "config_name_is_a_path", "config_name_is_absolute",
+    *(f"simulate_{n}_keeps_the_bank" for n in ["noise_negative", "noise_nan", "distance_zero", "beam_negative", "seed_huge"]),
 ])
 def test_refused_with_one_line_and_no_partial_output(name, results):
     case, done, before = results[name]
@@ -401,6 +469,30 @@ def test_refused_with_one_line_and_no_partial_output(name, results):
         assert path.read_bytes() == content, f"{path} was changed"
     strays = [p for p in (Path(case.argv[-1]).parent if case.argv else Path(".")).glob(".*.tmp")]
     assert not strays, f"temporary files left: {strays}"
+
+
+def test_an_output_that_is_not_a_regular_file_is_left_as_it_was(results, base):
+    for name in ("observe_out_is_a_fifo", "match_out_is_a_fifo", "simulate_out_is_a_device", "simulate_out_links_to_a_device"):
+        assert results[name][1].returncode == 2
+    assert stat.S_ISFIFO((base / "inputs" / "pipe").stat().st_mode)
+    assert (base / "inputs" / "null_link").is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_a_command_never_deletes_another_commands_products(base, tmp_path):
+    shared = tmp_path / "shared"
+    assert _run(_match_argv(base, shared)).returncode == 0
+    products = lambda: {p.name: p.read_bytes() for p in shared.iterdir() if p.is_file()}  # noqa: E731
+    before = products()
+    assert {"matches.csv", "summary.csv", "report.json"} <= set(before)
+    evaluate = _run(["evaluate", "--config", "tiny", "--model", str(base / "run" / "siamese.pt"), "--bank", str(base / "bank.h5"),
+                     "--out", str(shared)])
+    assert evaluate.returncode == 2 and "Traceback" not in evaluate.stderr, evaluate.stderr[-2000:]
+    assert _error_lines(evaluate.stderr) == [f"protolib evaluate: error: {shared} holds the products of `protolib match` (corner.png, "
+                                             "gallery.png, matches.csv, report.json, ...); give `protolib evaluate` a folder of its own "
+                                             "(--out), or remove those products first."]
+    assert products() == before and not any(shared.glob(".staging-*"))
+    again = _run(_match_argv(base, shared))  # the same command still replaces its own products
+    assert again.returncode == 0 and set(products()) == set(before)
 
 
 def test_a_crafted_checkpoint_never_runs_its_code(results, base):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..runtime import ProtolibInputError
 
-__all__ = ["ProtolibParser", "path_argument", "seed_argument", "add_setting", "add_config_options", "run_config", "parse_set",
+__all__ = ["ProtolibParser", "path_argument", "output_file", "seed_argument", "add_setting", "add_config_options", "run_config", "parse_set",
            "setting_overrides", "one_line", "say", "run_reporting_warnings", "beam_argument", "refuse_overwriting_input", "check_figure_path",
            "SETTING_PREFIX"]
 
@@ -40,6 +40,19 @@ def path_argument(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
     return Path(text)
+
+
+def output_file(example_suffix: str):
+    """The type of an option naming one output file: a path that does not end with ``/`` (which names a folder)."""
+
+    def argument(text: str) -> Path:
+        path = path_argument(text)
+        if text.endswith("/") or Path(text).name in ("", ".", ".."):
+            raise argparse.ArgumentTypeError(f"{text!r} names a folder, but this is a file; give a file name, e.g. "
+                                             f"{text.rstrip('/') or '.'}/out{example_suffix}")
+        return path
+
+    return argument
 
 
 def seed_argument(text: str) -> int:

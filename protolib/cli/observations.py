@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..runtime import ProtolibInputError
-from .common import (add_setting, beam_argument, check_figure_path, path_argument, refuse_overwriting_input, run_config,
+from .common import (add_setting, beam_argument, check_figure_path, output_file, path_argument, refuse_overwriting_input, run_config,
                      run_reporting_warnings, say)
 
 __all__ = ["register_observe", "register_match", "preparation_notes"]
@@ -71,8 +71,8 @@ def register_observe(sub) -> None:
     p.add_argument("--distance", type=float, default=None, help="distance to the source in pc (required)")
     p.add_argument("--bank", type=path_argument, default=None,
                    help="bank whose grid to use (default: the configuration's bank, see --config)")
-    p.add_argument("--out", type=path_argument, required=True, help="prepared image to write (FITS)")
-    p.add_argument("--plot", type=path_argument, default=None,
+    p.add_argument("--out", type=output_file(".fits"), required=True, help="prepared image to write (FITS)")
+    p.add_argument("--plot", type=output_file(".png"), default=None,
                    help="also write a figure: original and prepared side by side (PNG, PDF...)")
     _add_observation_options(p)
     p.set_defaults(handler=_observe)

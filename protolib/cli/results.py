@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..runtime import ProtolibInputError
-from .common import add_setting, check_figure_path, path_argument, run_config, run_reporting_warnings, seed_argument
+from .common import add_setting, check_figure_path, output_file, path_argument, run_config, run_reporting_warnings, seed_argument
 
 __all__ = ["register_evaluate", "register_domain_shift", "register_attribute", "register_embedding_map"]
 
@@ -116,7 +116,7 @@ def register_embedding_map(sub) -> None:
                                    "trained on and one for inclination, an observation optionally marked; write the figure "
                                    "and <OUT stem>_smoothness.json (0: the parameter varies smoothly across the map, 1: no trace).")
     _add_model_and_bank(p, "bank whose embeddings to map (.h5)")
-    p.add_argument("--out", required=True, type=path_argument, help="figure to write (PNG, PDF ...)")
+    p.add_argument("--out", required=True, type=output_file(".png"), help="figure to write (PNG, PDF ...)")
     add_setting(p, "--method", key="embedding_map.method", choices=["pca", "umap"], help="projection (umap needs protolib[maps])")
     p.add_argument("--observation", type=path_argument, default=None,
                    help="a prepared observation (FITS from `protolib observe --out`) to mark")

@@ -6,7 +6,7 @@ import math
 import sys
 
 from ..runtime import ProtolibInputError
-from .common import add_setting, beam_argument, one_line, path_argument, run_config, seed_argument
+from .common import add_setting, beam_argument, one_line, output_file, path_argument, run_config, seed_argument
 
 __all__ = ["register_simulate", "register_import_thesis", "register_simulate_observation"]
 
@@ -28,7 +28,7 @@ def register_simulate(sub) -> None:
                         "lose more to waiting than they gain)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (e.g. tcp://node:8786) to render on")
     p.add_argument("--shard-systems", type=int, default=16, help="systems per shard in parallel runs (default 16)")
-    p.add_argument("--out", required=True, type=path_argument, help="bank file to write (.h5)")
+    p.add_argument("--out", required=True, type=output_file(".h5"), help="bank file to write (.h5)")
 
     def handler(args):
         from ..bank import Bank
@@ -48,7 +48,7 @@ def register_simulate(sub) -> None:
 def register_import_thesis(sub) -> None:
     p = sub.add_parser("import-thesis", help="convert a folder of the thesis's per-snapshot HDF5 files into a bank")
     p.add_argument("folder", type=path_argument, help="folder of snapshot files with intensity_projection_1..8 and parameters")
-    p.add_argument("--out", required=True, type=path_argument, help="bank file to write (.h5)")
+    p.add_argument("--out", required=True, type=output_file(".h5"), help="bank file to write (.h5)")
     add_setting(p, "--projections", key="bank.n_projections", type=int, help="projections per snapshot")
     p.add_argument("--pixel-size-au", type=float, default=None, help="pixel size of the images in au, if known")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or incomplete files (each is reported)")
@@ -72,7 +72,7 @@ def register_simulate_observation(sub) -> None:
                                    "distance and pixel scale, convolve with a beam, add noise, and write an ALMA-style FITS "
                                    "image whose header holds the true parameters (PROTOLIB TRUE cards). The configuration's "
                                    "simulator section sets the rendering's sampling when --config or --set is given.")
-    p.add_argument("--out", type=path_argument, required=True, help="FITS file to write")
+    p.add_argument("--out", type=output_file(".fits"), required=True, help="FITS file to write")
     p.add_argument("--distance", type=float, default=140.0, help="distance in pc (default 140)")
     p.add_argument("--pixel", type=float, default=0.03, help="pixel side in arcsec (default 0.03)")
     p.add_argument("--size", type=int, default=256, help="pixels per side (default 256)")

@@ -18,7 +18,7 @@ from ..bank import Bank
 from ..evaluation import (VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods, headline_table,
                           siamese_method)
 from ..npe import add_npe_result
-from ..runtime import atomic_path, output_folder, typed_settings, write_figure, write_json
+from ..runtime import atomic_path, check_output, output_folder, typed_settings, write_figure, write_json
 from ..siamese import load_siamese, load_siamese_with_its_bank
 from .train import ensure_siamese, run_split, siamese_settings
 
@@ -50,7 +50,7 @@ def run_evaluation(
         The contents of ``metrics.json``.
     """
     settings = settings or EvaluationSettings()
-    model_path, out_dir = Path(model_path), Path(out_dir)
+    model_path, out_dir = Path(model_path), check_output(out_dir, folder=True, command="evaluate")
     model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
     split = model.split
     methods = baseline_methods(model, bank, split.train, settings)
@@ -83,7 +83,7 @@ def _write_products(out_dir: Path, results: dict[str, MethodResult], report: dic
     main = results.get("siamese") or list(results.values())[-1]
     figures = {"coverage.png": plots.coverage_plot(results), "recovery.png": plots.recovery_plot(main.evaluation),
                "rank_histograms.png": plots.rank_histogram_plot(main.evaluation), "tarp.png": plots.tarp_plot(results)}
-    with output_folder(out_dir) as staging:  # the products of one run, published together
+    with output_folder(out_dir, "evaluate") as staging:  # the products of one run, published together
         for name, fig in figures.items():
             write_figure(fig, staging / name, dpi=110, bbox_inches="tight")
         with atomic_path(staging / "headline.md") as tmp:

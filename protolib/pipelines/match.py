@@ -89,7 +89,7 @@ def run_match(
         raise ProtolibInputError(f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}.")
     if not Path(model_path).exists():
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
-    with Bank(bank_path) as bank, output_folder(out_dir) as staging:
+    with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
         return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
                            weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
                            limit_percentile, matching)

@@ -20,7 +20,7 @@ from ..bank import Bank, bank_with_systems_from, concatenate_banks
 from ..domain_shift import CASES, nuisance_rows, shift_figures, shift_rows
 from ..evaluation import EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods
 from ..plots_evaluation import domain_shift_plot, nuisance_constraint_plot
-from ..runtime import ProtolibInputError, output_folder, write_figure, write_json
+from ..runtime import ProtolibInputError, check_output, output_folder, write_figure, write_json
 from ..siamese import load_siamese
 from .evaluate import evaluation_settings
 from .simulate import ensure_bank
@@ -103,6 +103,7 @@ def run_domain_shift(config, settings: EvaluationSettings | None = None, *, prog
         raise ProtolibInputError(f"The domain-shift comparison starts from a configuration that draws its nuisance physics; "
                                  f"{config.name} has prior.nuisance = {config.prior.nuisance!r}.")
     settings = settings or evaluation_settings(config)
+    check_output(out_dir if out_dir is not None else config.artifacts_dir / "domain_shift", folder=True, command="domain-shift")
     drawn_bank, drawn_model = _networks(config, progress)
     fixed_config = fixed_physics_config(config)
     fixed_bank, fixed_model = _networks(fixed_config, progress)
@@ -132,7 +133,7 @@ def run_domain_shift(config, settings: EvaluationSettings | None = None, *, prog
 def _write_products(result: DomainShift, out_dir: Path) -> None:
     """``domain_shift.json`` and the two figures, published together in ``out_dir``."""
     marginalised = result.cases["marginalised"].get("siamese")
-    with output_folder(out_dir) as staging:
+    with output_folder(out_dir, "domain-shift") as staging:
         if "siamese" in result.cases["no shift"]:
             write_figure(domain_shift_plot(result.cases, result.parameters), staging / "domain_shift.png", dpi=110, bbox_inches="tight")
         if marginalised is not None and result.nuisance:

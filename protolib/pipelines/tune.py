@@ -14,7 +14,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -29,7 +28,7 @@ from ..autoencoder import train_autoencoder
 from ..bank import Bank
 from ..config import apply_overrides, find_configs_dir, load_config
 from ..evaluation import Relevance
-from ..runtime import ProtolibInputError, atomic_path, typed_settings, write_figure, write_json
+from ..runtime import ProtolibInputError, atomic_path, plain_name, typed_settings, write_figure, write_json
 from ..siamese import load_siamese, train_siamese
 from ..tuning import (STALE_AFTER_S, TuneSettings, open_study, paired_difference, plot_learning_curves, plot_scores, recovery_error,
                       recovery_errors, require_optuna, suggest_hyperparameters, trial_overrides, trials_markdown, trials_table)
@@ -269,9 +268,7 @@ def tune(
 
 def _check_destination(config_name: str, configs_dir: str | Path | None) -> None:
     """Refuse a best-configuration name that is a path, and a ``--configs-dir`` that is a file."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", config_name or "") or ".." in config_name:
-        raise ProtolibInputError(f"--config-name {config_name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; "
-                                 "the file goes to --configs-dir.")
+    plain_name(config_name, "--config-name", "the file goes to --configs-dir")
     if configs_dir is not None and Path(configs_dir).exists() and not Path(configs_dir).is_dir():
         raise ProtolibInputError(f"{configs_dir} is a file; --configs-dir must be a folder.")
 

@@ -43,7 +43,7 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
     if not 1 <= steps <= MAX_STEPS:
         raise ProtolibInputError(f"--steps must be between 1 and {MAX_STEPS}, got {steps}.")
     model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
-    with bank, output_folder(out_dir) as staging:  # the products of one run, published together
+    with bank, output_folder(out_dir, "attribute") as staging:  # the products of one run, published together
         if observation is not None:
             read_observation_target(observation, bank)  # a wrong file is refused before any work
         held_out = evaluate_similarity(model, bank, model.split.test, seed=seed)
