@@ -388,6 +388,17 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
                 raise ProtolibInputError(f"{path}: the bank attribute {key} is not valid JSON.") from None
 
 
+def _brightest_finite(out, systems: np.ndarray, images: np.ndarray) -> float:
+    """The brightest pixel of a block of rendered ``images``, after refusing NaN or infinite pixels (before the bank replaces ``out``)."""
+    bad = ~np.isfinite(images)
+    if bad.any():
+        where = systems[np.any(bad.reshape(len(systems), -1), axis=1)]
+        raise ProtolibInputError(f"{out}: the simulator rendered {int(bad.sum())} NaN or infinite pixel(s) (system(s) "
+                                 f"{_first(where)}); the settings are outside what it can render. Check the simulator, "
+                                 "instrument and prior settings; the previous bank is kept.")
+    return float(images.max())
+
+
 def _check_written(tmp: Path, out) -> None:
     """The bank just written to ``tmp`` checked as opening ``out`` will check it, before it replaces ``out``."""
     with h5py.File(tmp, "r") as f:
@@ -638,11 +649,16 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
             images.attrs["axes"] = "system, projection, north, west"
             env_mass = np.zeros(n_systems)
             bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
+            brightest = -np.inf
             for idx, block_images, block_mass in blocks:
+                brightest = max(brightest, _brightest_finite(out, idx, block_images))
                 images[idx[0] : idx[-1] + 1] = block_images
                 env_mass[idx] = block_mass
                 bar.update(len(idx) * n_projections)
             bar.close()
+            if not brightest > 0:
+                raise ProtolibInputError(f"{out}: every rendered image is zero or negative; the bank would hold no emission to "
+                                         "match. Check the simulator and prior settings.")
             tables = {**systems, "envelope_mass": env_mass}
             write_bank_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
             write_bank_attributes(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")

@@ -358,6 +358,11 @@ def _third_round(b: Path, bank: Path, out: Path) -> dict[str, Case]:
         shutil.copy(bank, kept)
         cases[f"simulate_{name}_keeps_the_bank"] = Case([*simulate, "--set", setting, "--out", str(kept)],
                                                         r"\[(instrument|bank)\]: .*(must be|a seed is)", intact={kept: bank.read_bytes()})
+    kept = b / "inputs" / "good_nan_images.h5"
+    shutil.copy(bank, kept)
+    cases["simulate_nan_images_keeps_the_bank"] = Case([*simulate, "--set", "simulator.frequency_ghz=1.0e+300", "--out", str(kept)],
+                                                       r"good_nan_images\.h5: the simulator rendered \d+ NaN or infinite pixel",
+                                                       intact={kept: bank.read_bytes()})
     train = ["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--quiet", "--epochs", "1", "--out", str(out / "t_name")]
     cases["config_name_is_a_path"] = Case([*train, "--set", "name=../../evil"], r"tiny\.yaml: name '\.\./\.\./evil': give a plain name",
                                           [out / "t_name"])
@@ -453,7 +458,8 @@ def _error_lines(stderr: str) -> list[str]:
     *(f"import_thesis_{n}" for n in ["external_storage", "external_link", "virtual_dataset"]),
     "observe_out_is_a_fifo", "simulate_out_is_a_device", "simulate_out_links_to_a_device", "match_out_is_a_fifo",
     "simulate_out_ends_with_a_slash", "config_name_is_a_path", "config_name_is_absolute",
-    *(f"simulate_{n}_keeps_the_bank" for n in ["noise_negative", "noise_nan", "distance_zero", "beam_negative", "seed_huge"]),
+    *(f"simulate_{n}_keeps_the_bank" for n in ["noise_negative", "noise_nan", "distance_zero", "beam_negative", "seed_huge",
+                                               "nan_images"]),
 ])
 def test_refused_with_one_line_and_no_partial_output(name, results):
     case, done, before = results[name]
