@@ -199,11 +199,22 @@ def convolve_beam(images: torch.Tensor, beam: Beam | np.ndarray, pixel_arcsec: f
 
 def _fft_convolve(images: torch.Tensor, pad: int, transfer) -> torch.Tensor:
     """Images ``(..., H, W)`` zero padded by ``pad`` pixels a side, multiplied in Fourier space by
-    ``transfer(padded_shape)`` (the ``rfft2`` layout) and cropped back to ``(H, W)``."""
+    ``transfer(padded_shape)`` (the ``rfft2`` layout) and cropped back to ``(H, W)``.
+
+    On the CPU the images are transformed one at a time: MKL's batched inverse FFT is not the same to
+    the last bit as its single one for some sizes (36 x 36, for one), so an image's result would depend
+    on the batch it was in, and a bank row seen alone (a shortlist) would differ from the same row seen
+    with the whole bank. One at a time costs about what the batch does on a CPU.
+    """
     height, width = images.shape[-2:]
     shape = (height + 2 * pad, width + 2 * pad)
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    result = torch.fft.irfft2(torch.fft.rfft2(padded) * transfer(shape), s=shape)
+    response = transfer(shape)
+    if padded.device.type == "cpu" and padded.dim() > 2:
+        planes = [torch.fft.irfft2(torch.fft.rfft2(plane) * response, s=shape) for plane in padded.reshape(-1, *shape)]
+        result = torch.stack(planes).reshape(padded.shape) if planes else padded
+    else:
+        result = torch.fft.irfft2(torch.fft.rfft2(padded) * response, s=shape)
     return result[..., pad : pad + height, pad : pad + width]
 
 
