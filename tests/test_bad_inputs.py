@@ -349,6 +349,12 @@ def _third_round(b: Path, bank: Path, out: Path) -> dict[str, Case]:
     cases["simulate_out_links_to_a_device"] = Case([*simulate, "--out", str(link)], r"null_link is a link to a character device")
     cases["match_out_is_a_fifo"] = Case(["match", "--model", str(b / "run" / "siamese.pt"), "--bank", str(bank), "--target-system", "1",
                                          "--out", str(fifo)], r"pipe is a FIFO \(named pipe\), not a folder")
+    piped = b / "inputs" / "piped_products"
+    if not os.path.lexists(piped / "matches.csv"):
+        piped.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(piped / "matches.csv")
+    cases["match_product_is_a_fifo"] = Case(["match", "--model", str(b / "run" / "siamese.pt"), "--bank", str(bank), "--target-system", "1",
+                                             "--out", str(piped)], r"piped_products/matches\.csv exists and is not a regular file")
     cases["simulate_out_ends_with_a_slash"] = Case([*simulate, "--out", f"{out / 'new_folder'}/"], r"new_folder/' names a folder, but this is a file",
                                                    [out / "new_folder"])
     for name, setting in {"noise_negative": "instrument.noise_rms_jy_beam=-1", "noise_nan": "instrument.noise_rms_jy_beam=.nan",
@@ -456,7 +462,7 @@ def _error_lines(stderr: str) -> list[str]:
     "train_config_is_a_list", "train_set_wrong_type", "train_learning_rate_nan", "simulate_negative_seed", "match_device_bogus",
     "match_empty_out", "tune_config_name_is_a_path",
     *(f"import_thesis_{n}" for n in ["external_storage", "external_link", "virtual_dataset"]),
-    "observe_out_is_a_fifo", "simulate_out_is_a_device", "simulate_out_links_to_a_device", "match_out_is_a_fifo",
+    "observe_out_is_a_fifo", "simulate_out_is_a_device", "simulate_out_links_to_a_device", "match_out_is_a_fifo", "match_product_is_a_fifo",
     "simulate_out_ends_with_a_slash", "config_name_is_a_path", "config_name_is_absolute",
     *(f"simulate_{n}_keeps_the_bank" for n in ["noise_negative", "noise_nan", "distance_zero", "beam_negative", "seed_huge",
                                                "nan_images"]),
@@ -478,9 +484,12 @@ def test_refused_with_one_line_and_no_partial_output(name, results):
 
 
 def test_an_output_that_is_not_a_regular_file_is_left_as_it_was(results, base):
-    for name in ("observe_out_is_a_fifo", "match_out_is_a_fifo", "simulate_out_is_a_device", "simulate_out_links_to_a_device"):
+    for name in ("observe_out_is_a_fifo", "match_out_is_a_fifo", "match_product_is_a_fifo", "simulate_out_is_a_device",
+                 "simulate_out_links_to_a_device"):
         assert results[name][1].returncode == 2
     assert stat.S_ISFIFO((base / "inputs" / "pipe").stat().st_mode)
+    assert stat.S_ISFIFO((base / "inputs" / "piped_products" / "matches.csv").stat().st_mode)
+    assert sorted(p.name for p in (base / "inputs" / "piped_products").iterdir()) == [".protolib.lock", "matches.csv"]
     assert (base / "inputs" / "null_link").is_symlink() and stat.S_ISCHR(os.stat(os.devnull).st_mode)
 
 
