@@ -41,6 +41,7 @@ from .training import TrainingConfig
 from .tuning import TuneSettings
 
 __all__ = ["RunConfig", "BankSettings", "SplitSettings", "AutoencoderSettings", "SiameseSettings", "SECTION_TYPES", "load_config",
+           "config_from_data",
            "find_configs_dir", "apply_overrides", "stage_settings", "setting_type", "setting_help"]
 
 
@@ -127,10 +128,14 @@ class RunConfig:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     embedding_map: EmbeddingMapSettings = field(default_factory=EmbeddingMapSettings)
     sections: dict = field(default_factory=dict)
+    artifacts: Path | None = None  # where its bank and models live (None: artifacts/NAME, or $PROTOLIB_ARTIFACTS/NAME)
 
     @property
     def artifacts_dir(self) -> Path:
-        """Where this configuration's bank, models and results live (``PROTOLIB_ARTIFACTS`` overrides)."""
+        """Where this configuration's bank, models and results live: ``artifacts`` when set, else a folder
+        named after it under ``artifacts/`` (``PROTOLIB_ARTIFACTS`` overrides)."""
+        if self.artifacts is not None:
+            return Path(self.artifacts)
         root = os.environ.get("PROTOLIB_ARTIFACTS")
         base = Path(root) if root else _repository_root() / "artifacts"
         return base / self.name
@@ -195,6 +200,11 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
     if not isinstance(data, dict):
         raise ProtolibInputError(f"{path}: a configuration is a mapping of sections (bank:, simulator:, ...), not a {type(data).__name__}.")
     return _config_from(data, path, path, overrides)
+
+
+def config_from_data(data: dict, path: Path) -> RunConfig:
+    """The typed configuration of the sections ``data`` (a parsed YAML mapping), as if read from the file ``path``."""
+    return _config_from(data, path, path, None)
 
 
 def _config_from(data: dict, where: Path, path: Path | None, overrides: dict | None) -> RunConfig:

@@ -3,6 +3,7 @@
 - :mod:`~protolib.cli.simulation`: ``simulate``, ``import-thesis``, ``simulate-observation``;
 - :mod:`~protolib.cli.learning`: ``train-autoencoder``, ``train-siamese``, ``tune``;
 - :mod:`~protolib.cli.observations`: ``observe``, ``match``;
+- :mod:`~protolib.cli.fitted`: ``bank-for``, a bank and networks made for a map;
 - :mod:`~protolib.cli.results`: ``evaluate``, ``attribute``, ``embedding-map``;
 - :mod:`~protolib.cli.common`: what they share, among it the options that set configuration keys.
 
@@ -17,6 +18,7 @@ import sys
 
 from ..runtime import ProtolibInputError
 from .common import ProtolibParser, add_config_options, one_line
+from .fitted import register_bank_for
 from .learning import register_train_autoencoder, register_train_siamese, register_tune
 from .observations import register_match, register_observe
 from .results import register_attribute, register_domain_shift, register_embedding_map, register_evaluate
@@ -25,7 +27,7 @@ from .simulation import register_import_thesis, register_simulate, register_simu
 __all__ = ["main", "build_parser"]
 
 REGISTRY = [register_simulate, register_import_thesis, register_train_autoencoder, register_train_siamese, register_observe,
-            register_simulate_observation, register_match, register_evaluate, register_domain_shift, register_attribute, register_embedding_map,
+            register_simulate_observation, register_bank_for, register_match, register_evaluate, register_domain_shift, register_attribute, register_embedding_map,
             register_tune]
 
 

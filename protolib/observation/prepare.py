@@ -44,6 +44,9 @@ from .resolution import common_beam_covariance
 
 __all__ = [
     "prepare_observation",
+    "centre_in_image",
+    "measured_noise_rms",
+    "usable_field_pixels",
     "frequency_scale",
     "MIN_FIELD_FRACTION",
     "NOISE_BOX",
@@ -95,13 +98,12 @@ def prepare_observation(
     distance_pc = _checked_distance(distance_pc, path)
     grid = _as_grid(bank)
     _check_resolved(observation, grid, distance_pc)
-    centre, (x, y) = _centre_in_image(observation, centre)
-    if noise_rms_jy_beam is None:  # from at most NOISE_BOX x NOISE_BOX pixels about the source
-        box, box_centre = _noise_box(observation.image_jy_beam, x, y)
-        noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec, centre=box_centre)
-        _check_not_noiseless(path, noise_rms_jy_beam, box)
+    centre, (x, y) = centre_in_image(observation, centre)
+    if noise_rms_jy_beam is None:
+        noise_rms_jy_beam = measured_noise_rms(observation, x, y)
     _check_positive(path, {"noise rms": noise_rms_jy_beam, "frequency": frequency_ghz, "mask radius": mask_radius_arcsec})
     frequency = _frequency_settings(observation, grid, frequency_ghz, spectral_index)
+    _warn_if_bank_does_not_fit(observation, grid, distance_pc, (x, y), frequency)
     max_scale, max_scale_source = _max_scale_setting(observation, max_scale_arcsec)
     sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
     _warn_about_sources(path, sources, distance_pc, grid.field_of_view_au, mask_radius_arcsec)
@@ -153,11 +155,12 @@ def _check_resolved(observation: Observation, grid: BankGrid, distance_pc: float
     if beam_au >= field_au:
         raise ProtolibInputError(
             f"{observation.path}: the beam ({observation.beam.major_arcsec:.3g}\" = {beam_au:.0f} au at {distance_pc:g} pc) is larger than "
-            f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. Use a bank with a larger field."
+            f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. `protolib bank-for "
+            f"{observation.path} --distance {distance_pc:g} --out DIR` builds a bank made for this map."
         )
 
 
-def _centre_in_image(observation: Observation, centre) -> tuple[SkyCoord, tuple[float, float]]:
+def centre_in_image(observation: Observation, centre=None) -> tuple[SkyCoord, tuple[float, float]]:
     """The centre (the emission peak by default) in ICRS, and its (column, row) in the image; refused outside it."""
     if centre is None:  # in ICRS whatever the map's frame (a galactic map's l, b must not be printed as RA, Dec)
         centre = plain_icrs(observation.peak_coordinate())
@@ -183,6 +186,15 @@ def _parse_centre(centre, path: Path) -> SkyCoord:
         raise ProtolibInputError(
             f"{path}: cannot read the centre {centre!r} ({error}); give 'RA DEC' as '04:39:53.9 +26:03:09.4' or in degrees '69.97458 26.05261'."
         ) from None
+
+
+def measured_noise_rms(observation: Observation, x: float, y: float) -> float:
+    """The observation's noise rms [Jy/beam] from at most :data:`NOISE_BOX` x :data:`NOISE_BOX` pixels about the
+    source at (column ``x``, row ``y``); an image too clean to be an observation (a model) is refused."""
+    box, box_centre = _noise_box(observation.image_jy_beam, x, y)
+    noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec, centre=box_centre)
+    _check_not_noiseless(observation.path, noise_rms_jy_beam, box)
+    return noise_rms_jy_beam
 
 
 def _noise_box(image: np.ndarray, x, y) -> tuple[np.ndarray, tuple[float, float]]:
@@ -288,6 +300,53 @@ def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: f
                   "--mask-radius ARCSEC blanks everything further from the centre.", stacklevel=3)
 
 
+def usable_field_pixels(image: np.ndarray, x: float, y: float, covered: float = 0.99) -> float:
+    """Side [pixels] of the largest square centred on (column ``x``, row ``y``) whose pixels are at least the
+    fraction ``covered`` observed (finite); the map's edges count as unobserved."""
+    observed = np.isfinite(image)
+    ny, nx = observed.shape
+    integral = np.pad(np.cumsum(np.cumsum(observed, 0), 1), ((1, 0), (1, 0)))
+    row, col = int(round(float(y))), int(round(float(x)))
+    best = 0
+    for half in range(1, max(nx, ny)):
+        top, bottom, left, right = row - half, row + half + 1, col - half, col + half + 1
+        inside = integral[min(max(bottom, 0), ny), min(max(right, 0), nx)] - integral[min(max(top, 0), ny), min(max(right, 0), nx)] \
+            - integral[min(max(bottom, 0), ny), min(max(left, 0), nx)] + integral[min(max(top, 0), ny), min(max(left, 0), nx)]
+        if inside < covered * (2 * half + 1) ** 2:
+            break
+        best = 2 * half + 1
+    return float(best)
+
+
+BANK_FIT_BEAMS = 6.0  # a bank fits a map when its field holds at least this many of the map's beams,
+BANK_FIT_FIELD = 3.0  # the map shows at most this many times the bank's field about the source,
+BANK_FIT_SHARPER = 1.5  # and the map's beam is at most this many times sharper than the bank's
+
+
+def _warn_if_bank_does_not_fit(observation: Observation, grid: BankGrid, distance_pc: float, source: tuple[float, float],
+                               frequency: dict) -> None:
+    """One warning, with the numbers, when ``grid``'s bank is not made for this map (its field, beam or band),
+    naming the ``protolib bank-for`` command that would build one that is."""
+    field_au, beam_au = grid.field_of_view_au, observation.beam.major_arcsec * distance_pc
+    bank_beam_au = grid.beam.major_arcsec * grid.distance_pc if grid.beam is not None else 0.0
+    usable_au = usable_field_pixels(observation.image_jy_beam, *source) * observation.pixel_scale_arcsec * distance_pc
+    reasons = []
+    if field_au < BANK_FIT_BEAMS * beam_au:
+        reasons.append(f"the bank's {field_au:.0f} au field holds only {field_au / beam_au:.1f} of the map's {beam_au:.0f} au beams")
+    if usable_au > BANK_FIT_FIELD * field_au:
+        reasons.append(f"the map shows {usable_au:.0f} au about the source, the bank {field_au:.0f} au")
+    if bank_beam_au > BANK_FIT_SHARPER * beam_au:
+        reasons.append(f"the map's beam ({beam_au:.3g} au) is {bank_beam_au / beam_au:.1f} times sharper than the bank's and is "
+                       "smoothed to it")
+    observed = frequency["observed_frequency_ghz"]
+    if observed and abs(observed / grid.frequency_ghz - 1.0) > 0.1:
+        reasons.append(f"the map is at {observed:.0f} GHz and the bank at {grid.frequency_ghz:.0f} GHz, so fluxes are scaled with "
+                       f"an assumed spectral index of {frequency['spectral_index']:g}")
+    if reasons:
+        warnings.warn(f"{observation.path}: the bank is not made for this map: {'; '.join(reasons)}. `protolib bank-for "
+                      f"{observation.path} --distance {distance_pc:g} --out DIR` builds a bank and networks that are.", stacklevel=3)
+
+
 def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
     """A warning when the brightest pixel is under 5 times the noise: no source, or a noise peak as centre."""
     peak = float(np.nanmax(observation.image_jy_beam))
@@ -309,7 +368,8 @@ def _on_bank_grid(observation: Observation, grid: BankGrid, distance_pc: float, 
         raise ProtolibInputError(
             f"{path}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au field "
             f"({field_au / distance_pc:.2f}\" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed. "
-            "Check the distance and centre, or use a bank with a smaller field."
+            f"Check the distance and centre, or build a bank made for this map: `protolib bank-for {path} --distance "
+            f"{distance_pc:g} --out DIR`."
         )
     if mask_radius_arcsec:  # after the field check: what the user masks is not missing data
         resampled, coverage = resample_to_grid(_blank_beyond(observation, centre, mask_radius_arcsec), observation.wcs,

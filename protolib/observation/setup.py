@@ -1,0 +1,178 @@
+"""What bank a map needs: its field, pixel scale, band, beam and noise (``protolib bank-for``).
+
+:func:`map_setup` reads a continuum map and derives the bank that fits it:
+
+- the **field**: the largest square about the source whose pixels are observed (at least
+  :data:`COVERED` of them), capped at :data:`MAX_FIELD_AU` (the prior's largest envelopes);
+- the **pixel**: the beam's minor axis sampled by at least :data:`PIXELS_PER_BEAM` pixels, with the
+  smallest image of :data:`IMAGE_SIZES` that holds the field at that sampling; where even the largest
+  cannot, the field shrinks to what it holds (a long-baseline map: the disk, not the whole field);
+- the **band, beam and noise** of the map, at the source's distance: the bank is rendered at the
+  map's frequency (no flux scaling with an assumed spectral index) and observed with its beam.
+
+:func:`common_setup` checks that several maps (a survey's) share one setup within :data:`TOLERANCES`,
+and :meth:`MapSetup.differences` says whether an existing bank fits another map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..instrument import Beam
+from ..runtime import ProtolibInputError
+from .fits import Observation, read_observation
+from .prepare import centre_in_image, measured_noise_rms, usable_field_pixels
+
+__all__ = ["MapSetup", "map_setup", "common_setup", "MAX_FIELD_AU", "MIN_FIELD_AU", "MIN_FIELD_BEAMS", "PIXELS_PER_BEAM",
+           "IMAGE_SIZES", "COVERED", "TOLERANCES"]
+
+MAX_FIELD_AU = 20_000.0  # the largest field of a fitted bank [au]: the prior's envelopes reach 20,000 au
+MIN_FIELD_AU = 100.0  # a smaller field means a distance in the wrong unit (the smallest disks are ~10 au)
+MIN_FIELD_BEAMS = 4.0  # a usable field narrower than this many beam major axes holds nothing to match
+PIXELS_PER_BEAM = 2.5  # the bank's pixel samples the beam's minor axis at least this finely (Nyquist: 2)
+IMAGE_SIZES = (64, 128)  # bank image sizes, smallest first; 128 px costs 4x the rendering and training of 64 px
+COVERED = 0.99  # the usable field: the largest square about the source with at least this fraction of pixels observed
+TOLERANCES = {"distance": 0.10, "frequency": 0.05, "beam": 0.15, "field": 0.25, "noise": 2.0}
+"""How far a map may be from a bank's setup and still use it: relative differences in distance,
+frequency, beam axes and field, and a factor in noise (a noisier map adds noise to the bank images;
+a much cleaner one would be matched against noise it does not have)."""
+
+
+@dataclass
+class MapSetup:
+    """The bank that fits a map (or a survey's maps): what ``protolib bank-for`` builds."""
+
+    distance_pc: float  # distance to the source(s)
+    field_au: float  # side of the bank's field
+    image_size: int  # pixels per side of the bank's images
+    frequency_ghz: float  # the map's observing frequency: the bank is rendered in this band
+    beam: Beam  # the map's restoring beam
+    noise_rms_jy_beam: float  # the map's noise rms near the source
+    usable_field_au: float  # the map's usable field about the source, before any cap
+    limited_by: str  # what set the field: "the map", the cap, or the beam's sampling
+    maps: list[str] = field(default_factory=list)  # the maps it was derived from
+
+    @property
+    def pixel_au(self) -> float:
+        """Side of one bank pixel [au]."""
+        return self.field_au / self.image_size
+
+    def overrides(self) -> dict:
+        """The configuration keys this setup sets (``simulator:`` and ``instrument:`` sections)."""
+        def rounded(value: float, digits: int = 6) -> float:
+            return float(f"{float(value):.{digits}g}")
+
+        return {"simulator": {"image_size": int(self.image_size), "field_of_view_au": rounded(self.field_au),
+                              "frequency_ghz": rounded(self.frequency_ghz)},
+                "instrument": {"distance_pc": rounded(self.distance_pc), "beam_major_arcsec": rounded(self.beam.major_arcsec),
+                               "beam_minor_arcsec": rounded(self.beam.minor_arcsec),
+                               "beam_position_angle_deg": rounded(self.beam.position_angle_deg, 4),
+                               "noise_rms_jy_beam": rounded(self.noise_rms_jy_beam)}}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["beam"] = {"major_arcsec": self.beam.major_arcsec, "minor_arcsec": self.beam.minor_arcsec,
+                        "position_angle_deg": self.beam.position_angle_deg}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MapSetup:
+        return cls(**{**data, "beam": Beam(**data["beam"])})
+
+    def describe(self) -> str:
+        """One line: field, pixels, band, beam and noise."""
+        beam = self.beam
+        return (f"{self.field_au:,.0f} au field ({self.field_au / self.distance_pc:.3g}\" at {self.distance_pc:g} pc; {self.limited_by}) "
+                f"in {self.image_size}x{self.image_size} px of {self.pixel_au:.3g} au, {self.frequency_ghz:.1f} GHz, beam "
+                f"{beam.major_arcsec:.3g}\"x{beam.minor_arcsec:.3g}\" PA {beam.position_angle_deg:.0f} deg "
+                f"({beam.major_arcsec * self.distance_pc:.3g} au), noise {self.noise_rms_jy_beam * 1e3:.3g} mJy/beam")
+
+    def differences(self, other: MapSetup) -> list[str]:
+        """What differs between two setups beyond :data:`TOLERANCES`, one phrase each (empty: one bank serves both)."""
+        found = []
+        for name, mine, theirs, unit in (("distance", self.distance_pc, other.distance_pc, "pc"),
+                                         ("frequency", self.frequency_ghz, other.frequency_ghz, "GHz"),
+                                         ("beam", self.beam.major_arcsec, other.beam.major_arcsec, "\" major axis"),
+                                         ("beam", self.beam.minor_arcsec, other.beam.minor_arcsec, "\" minor axis"),
+                                         ("field", self.field_au, other.field_au, "au field")):
+            if abs(theirs / mine - 1.0) > TOLERANCES[name]:
+                found.append(f"{name} {theirs:.4g} against {mine:.4g} {unit} (more than {100 * TOLERANCES[name]:.0f}% apart)")
+        ratio = other.noise_rms_jy_beam / self.noise_rms_jy_beam
+        if max(ratio, 1.0 / ratio) > TOLERANCES["noise"]:
+            found.append(f"noise {other.noise_rms_jy_beam * 1e3:.3g} against {self.noise_rms_jy_beam * 1e3:.3g} mJy/beam "
+                         f"(more than a factor {TOLERANCES['noise']:g})")
+        return found
+
+
+def map_setup(path: str | Path | Observation, distance_pc: float, *, frequency_ghz: float | None = None,
+              noise_rms_jy_beam: float | None = None, centre=None) -> MapSetup:
+    """The bank setup that fits one map (see the module's description for how each part is chosen).
+
+    Arguments:
+        path: the map (a FITS file, or an :class:`~protolib.observation.Observation`).
+        distance_pc: distance to the source [pc].
+        frequency_ghz: the observed frequency, when the file does not give it.
+        noise_rms_jy_beam: the map's noise rms, instead of estimating it.
+        centre: the source's position (``"RA DEC"`` or a SkyCoord); default the emission peak.
+
+    Raises:
+        ProtolibInputError: no beam or frequency, a distance that makes the field absurd, or a usable
+            field of fewer than :data:`MIN_FIELD_BEAMS` beams.
+    """
+    observation = path if isinstance(path, Observation) else read_observation(path)
+    where = observation.path
+    if not (isinstance(distance_pc, (int, float)) and math.isfinite(distance_pc) and distance_pc > 0):
+        raise ProtolibInputError(f"{where}: the distance must be a positive number of pc, got {distance_pc!r}.")
+    frequency = frequency_ghz or observation.frequency_ghz
+    if not frequency or not (math.isfinite(frequency) and frequency > 0):
+        raise ProtolibInputError(f"{where}: the file gives no observing frequency; give it with --frequency GHZ (the bank is "
+                                 "rendered in the map's band).")
+    _, (x, y) = centre_in_image(observation, centre)
+    noise = noise_rms_jy_beam if noise_rms_jy_beam is not None else measured_noise_rms(observation, x, y)
+    usable_au = usable_field_pixels(observation.image_jy_beam, x, y, COVERED) * observation.pixel_scale_arcsec * distance_pc
+    beam = observation.beam
+    _check_field(where, usable_au, beam, distance_pc)
+    size, field_au, limited_by = _grid(usable_au, beam.minor_arcsec * distance_pc / PIXELS_PER_BEAM)
+    return MapSetup(distance_pc=float(distance_pc), field_au=field_au, image_size=size, frequency_ghz=float(frequency), beam=beam,
+                    noise_rms_jy_beam=float(noise), usable_field_au=usable_au, limited_by=limited_by, maps=[str(where)])
+
+
+def _check_field(where: Path, usable_au: float, beam: Beam, distance_pc: float) -> None:
+    """Refuse a field that shows the distance is wrong, or that holds too few beams to match."""
+    if usable_au < MIN_FIELD_AU:
+        raise ProtolibInputError(f"{where}: at {distance_pc:g} pc its usable field is only {usable_au:.3g} au across; is the "
+                                 "distance in pc? (a protostar's disk alone is tens of au)")
+    beams = usable_au / (beam.major_arcsec * distance_pc)
+    if beams < MIN_FIELD_BEAMS:
+        raise ProtolibInputError(f"{where}: its usable field about the source ({usable_au:.0f} au) holds only {beams:.1f} beams of "
+                                 f"{beam.major_arcsec * distance_pc:.0f} au; at least {MIN_FIELD_BEAMS:g} are needed to match "
+                                 "a structure (is the source near the map's edge, or the map mostly blank?).")
+
+
+def _grid(usable_au: float, pixel_needed_au: float) -> tuple[int, float, str]:
+    """Image size, field [au] and what limited the field, for a usable field and the pixel the beam needs."""
+    field_au, limited_by = (usable_au, "the map's usable field") if usable_au <= MAX_FIELD_AU else (MAX_FIELD_AU, "the 20,000 au cap")
+    for size in IMAGE_SIZES:
+        if field_au / size <= pixel_needed_au:
+            return size, field_au, limited_by
+    size = IMAGE_SIZES[-1]
+    return size, size * pixel_needed_au, f"{size} px sampling the beam with {PIXELS_PER_BEAM:g} px"
+
+
+def common_setup(setups: list[MapSetup]) -> MapSetup:
+    """One setup for maps of one survey: the first map's, once every other is within :data:`TOLERANCES` of it.
+
+    Raises:
+        ProtolibInputError: two maps need different banks (naming them and what differs).
+    """
+    first = setups[0]
+    for other in setups[1:]:
+        differences = first.differences(other)
+        if differences:
+            raise ProtolibInputError(f"{other.maps[0]} and {first.maps[0]} need different banks: {'; '.join(differences)}. "
+                                     "Build one bank for each (protolib bank-for, one --out each).")
+    return MapSetup(**{**asdict(first), "beam": first.beam, "maps": [m for s in setups for m in s.maps]})
