@@ -47,6 +47,7 @@ RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "lu
 """The physical parameters :func:`render` needs for every system (the nuisance ones are optional)."""
 
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
+MAX_FIELD_OF_VIEW_AU = 1e6  # a larger field is a unit mistake (and overflows single precision in the renderer)
 JANSKY_CGS = 1e-23
 
 
@@ -88,6 +89,9 @@ class SimulatorConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ProtolibInputError(f"The simulator's {name} must be a positive number, got {value!r}.")
+        if self.field_of_view_au > MAX_FIELD_OF_VIEW_AU:
+            raise ProtolibInputError(f"The simulator's field_of_view_au must be at most {MAX_FIELD_OF_VIEW_AU:g} au (5 pc, beyond any "
+                                     f"protostar's envelope), got {self.field_of_view_au:g}.")
         if self.envelope_samples < 1 or self.disk_samples < 1 or self.oversample < 1:
             raise ProtolibInputError("The simulator's envelope_samples, disk_samples and oversample must be at least 1.")
 

@@ -22,7 +22,7 @@ from protolib.cli import main
 from protolib.config import load_config
 from protolib.instrument import FWHM_TO_SIGMA, Beam, beam_noise
 from protolib.observation import BankGrid, prepare_observation
-from protolib.observation.setup import MAX_FIELD_AU, PIXELS_PER_BEAM, map_setup
+from protolib.observation.setup import MAX_FIELD_AU, PIXELS_PER_BEAM, common_setup, map_setup
 
 CENTRE = SkyCoord(67.8923 * u.deg, 18.1347 * u.deg)
 
@@ -116,7 +116,7 @@ def test_bad_input_gets_one_line_and_leaves_nothing_built(tmp_path, capsys):
     cases = [
         ([str(no_beam), "--distance", "140"], "beam"),
         ([str(good), "--distance", "0.01"], "is the distance in pc"),
-        ([str(good), str(other), "--distance", "140"], "need different banks"),
+        ([str(good), str(other), "--distance", "140"], "are in different bands"),
     ]
     for arguments, message in cases:
         out = tmp_path / f"out_{message.split()[0]}"
@@ -130,3 +130,15 @@ def test_bad_input_gets_one_line_and_leaves_nothing_built(tmp_path, capsys):
     (held / "bank.h5").write_bytes(b"somebody's bank")
     assert main(["bank-for", str(good), "--distance", "140", "--out", str(held)]) == 2
     assert "cannot be read" in capsys.readouterr().err and (held / "bank.h5").read_bytes() == b"somebody's bank"
+
+
+def test_a_survey_shares_one_bank_that_serves_each_map(tmp_path):
+    """Maps of one band with different beams and noise get one bank with the sharpest beam, the lowest noise
+    and the smallest field; a bank does not serve a map sharper or much cleaner than itself."""
+    sharp = map_setup(write_map(tmp_path / "sharp.fits", distance_pc=300.0, field_au=6000.0, beam_au=(200.0, 150.0), noise=2e-4), 300.0)
+    coarse = map_setup(write_map(tmp_path / "coarse.fits", distance_pc=300.0, field_au=4000.0, beam_au=(300.0, 250.0), noise=1e-4), 300.0)
+    survey = common_setup([sharp, coarse])
+    assert survey.beam == sharp.beam and survey.field_au <= coarse.field_au * 1.0001
+    assert survey.noise_rms_jy_beam == pytest.approx(min(sharp.noise_rms_jy_beam, coarse.noise_rms_jy_beam))
+    assert survey.shortfalls(sharp) == [] and survey.shortfalls(coarse) == []
+    assert any("sharper than the bank's" in s for s in coarse.shortfalls(sharp))

@@ -19,7 +19,8 @@ def register_bank_for(sub) -> None:
                                    "reuses what OUT holds. --config names the configuration it starts from (bank size, prior, "
                                    "networks); --set changes any of it, e.g. --set bank.n_systems=1000.")
     p.add_argument("maps", nargs="+", type=path_argument, metavar="MAP", help="continuum map(s) of one setup (FITS)")
-    p.add_argument("--distance", type=float, required=True, help="distance to the source(s) in pc")
+    p.add_argument("--distance", type=float, required=True, action="append",
+                   help="distance to the source(s) in pc: once for all maps, or once per map in their order")
     p.add_argument("--frequency", type=float, default=None, help="observing frequency in GHz, when the files do not give it")
     p.add_argument("--out", required=True, type=path_argument, help="folder for config.yaml, setup.json, bank.h5, autoencoder.pt, siamese.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -30,10 +31,11 @@ def _bank_for(args) -> None:
     from ..config import apply_overrides
     from ..pipelines.bank_for import bank_for
 
-    if not (math.isfinite(args.distance) and args.distance > 0):
-        raise ProtolibInputError(f"--distance must be a positive number of pc, got {args.distance}.")
+    for distance in args.distance:
+        if not (math.isfinite(distance) and distance > 0):
+            raise ProtolibInputError(f"--distance must be a positive number of pc, got {distance}.")
     report = run_reporting_warnings("bank-for", lambda: bank_for(
-        args.maps, args.distance, args.out, run_config(args), apply_overrides(parse_set(args.set), setting_overrides(args)),
+        args.maps, args.distance if len(args.distance) > 1 else args.distance[0], args.out, run_config(args), apply_overrides(parse_set(args.set), setting_overrides(args)),
         frequency_ghz=args.frequency, progress=not args.quiet))
     made = [name for name, reused in report.reused.items() if not reused]
     print(f"{'Built ' + ', '.join(made) if made else 'Reused everything'} in {report.folder}/ ({report.seconds:.0f} s). Match a map of "

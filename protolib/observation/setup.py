@@ -10,14 +10,14 @@
 - the **band, beam and noise** of the map, at the source's distance: the bank is rendered at the
   map's frequency (no flux scaling with an assumed spectral index) and observed with its beam.
 
-:func:`common_setup` checks that several maps (a survey's) share one setup within :data:`TOLERANCES`,
-and :meth:`MapSetup.differences` says whether an existing bank fits another map.
+:func:`common_setup` makes one setup serve several maps of a survey (its sharpest beam, lowest noise and
+smallest field), and :meth:`MapSetup.shortfalls` says whether an existing bank can serve another map.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +37,10 @@ PIXELS_PER_BEAM = 2.5  # the bank's pixel samples the beam's minor axis at least
 IMAGE_SIZES = (64, 128)  # bank image sizes, smallest first; 128 px costs 4x the rendering and training of 64 px
 COVERED = 0.99  # the usable field: the largest square about the source with at least this fraction of pixels observed
 TOLERANCES = {"distance": 0.10, "frequency": 0.05, "beam": 0.15, "field": 0.25, "noise": 2.0}
-"""How far a map may be from a bank's setup and still use it: relative differences in distance,
-frequency, beam axes and field, and a factor in noise (a noisier map adds noise to the bank images;
-a much cleaner one would be matched against noise it does not have)."""
+"""How far a map may be from a bank's setup and still be served by it (:meth:`MapSetup.shortfalls`):
+distance and frequency within these fractions, a beam at most this fraction sharper than the bank's,
+a usable field at most this fraction smaller than the bank's, a noise at most this factor below the
+bank's (the match adds noise to bank images and widens their beam, but cannot take either away)."""
 
 
 @dataclass
@@ -91,20 +92,27 @@ class MapSetup:
                 f"{beam.major_arcsec:.3g}\"x{beam.minor_arcsec:.3g}\" PA {beam.position_angle_deg:.0f} deg "
                 f"({beam.major_arcsec * self.distance_pc:.3g} au), noise {self.noise_rms_jy_beam * 1e3:.3g} mJy/beam")
 
-    def differences(self, other: MapSetup) -> list[str]:
-        """What differs between two setups beyond :data:`TOLERANCES`, one phrase each (empty: one bank serves both)."""
+    def shortfalls(self, other: MapSetup) -> list[str]:
+        """Why a bank of this setup cannot serve the map of setup ``other``, one phrase each (empty: it can).
+
+        A bank serves a map when they share the band and the distance (within :data:`TOLERANCES`), its
+        beam is no coarser than the map's and its noise not much higher (the match brings bank images to
+        the map's beam and noise, never the other way), and the map covers most of the bank's field.
+        """
         found = []
         for name, mine, theirs, unit in (("distance", self.distance_pc, other.distance_pc, "pc"),
-                                         ("frequency", self.frequency_ghz, other.frequency_ghz, "GHz"),
-                                         ("beam", self.beam.major_arcsec, other.beam.major_arcsec, "\" major axis"),
-                                         ("beam", self.beam.minor_arcsec, other.beam.minor_arcsec, "\" minor axis"),
-                                         ("field", self.field_au, other.field_au, "au field")):
+                                         ("frequency", self.frequency_ghz, other.frequency_ghz, "GHz")):
             if abs(theirs / mine - 1.0) > TOLERANCES[name]:
-                found.append(f"{name} {theirs:.4g} against {mine:.4g} {unit} (more than {100 * TOLERANCES[name]:.0f}% apart)")
-        ratio = other.noise_rms_jy_beam / self.noise_rms_jy_beam
-        if max(ratio, 1.0 / ratio) > TOLERANCES["noise"]:
-            found.append(f"noise {other.noise_rms_jy_beam * 1e3:.3g} against {self.noise_rms_jy_beam * 1e3:.3g} mJy/beam "
-                         f"(more than a factor {TOLERANCES['noise']:g})")
+                found.append(f"its {name} is {theirs:.4g} {unit}, the bank's {mine:.4g} {unit} (more than {100 * TOLERANCES[name]:.0f}% apart)")
+        mine_au, theirs_au = self.beam.major_arcsec * self.distance_pc, other.beam.major_arcsec * other.distance_pc
+        if theirs_au < mine_au / (1.0 + TOLERANCES["beam"]):
+            found.append(f"its beam ({theirs_au:.3g} au) is sharper than the bank's ({mine_au:.3g} au)")
+        if other.noise_rms_jy_beam < self.noise_rms_jy_beam / TOLERANCES["noise"]:
+            found.append(f"its noise ({other.noise_rms_jy_beam * 1e3:.3g} mJy/beam) is under 1/{TOLERANCES['noise']:g} of the bank's "
+                         f"({self.noise_rms_jy_beam * 1e3:.3g} mJy/beam)")
+        if other.usable_field_au < (1.0 - TOLERANCES["field"]) * self.field_au:
+            found.append(f"it shows {other.usable_field_au:.0f} au about the source, under {100 * (1 - TOLERANCES['field']):.0f}% of "
+                         f"the bank's {self.field_au:.0f} au field")
         return found
 
 
@@ -164,15 +172,27 @@ def _grid(usable_au: float, pixel_needed_au: float) -> tuple[int, float, str]:
 
 
 def common_setup(setups: list[MapSetup]) -> MapSetup:
-    """One setup for maps of one survey: the first map's, once every other is within :data:`TOLERANCES` of it.
+    """One setup for maps of one survey: at their median distance, with their sharpest beam (in au), their
+    lowest noise and their smallest field, so that the bank serves every map (:meth:`MapSetup.shortfalls`).
 
     Raises:
-        ProtolibInputError: two maps need different banks (naming them and what differs).
+        ProtolibInputError: two maps in different bands, or at distances too far apart for one bank.
     """
     first = setups[0]
-    for other in setups[1:]:
-        differences = first.differences(other)
-        if differences:
-            raise ProtolibInputError(f"{other.maps[0]} and {first.maps[0]} need different banks: {'; '.join(differences)}. "
-                                     "Build one bank for each (protolib bank-for, one --out each).")
-    return MapSetup(**{**asdict(first), "beam": first.beam, "maps": [m for s in setups for m in s.maps]})
+    distance = float(np.median([s.distance_pc for s in setups]))
+    for other in setups:
+        if abs(other.frequency_ghz / first.frequency_ghz - 1.0) > TOLERANCES["frequency"]:
+            raise ProtolibInputError(f"{other.maps[0]} ({other.frequency_ghz:.4g} GHz) and {first.maps[0]} ({first.frequency_ghz:.4g} GHz) "
+                                     "are in different bands and need different banks: build one for each (one --out each).")
+        if abs(other.distance_pc / distance - 1.0) > TOLERANCES["distance"]:
+            raise ProtolibInputError(f"{other.maps[0]} at {other.distance_pc:g} pc is more than {100 * TOLERANCES['distance']:.0f}% from "
+                                     f"the maps' median distance ({distance:g} pc); build it a bank of its own (another --out).")
+    sharpest = min(setups, key=lambda s: s.beam.major_arcsec * s.distance_pc)
+    scale = sharpest.distance_pc / distance  # the same beam in au, seen at the bank's distance
+    beam = Beam(sharpest.beam.major_arcsec * scale, sharpest.beam.minor_arcsec * scale, sharpest.beam.position_angle_deg)
+    narrowest = min(setups, key=lambda s: s.field_au)
+    size, field_au, limited_by = _grid(narrowest.field_au, beam.minor_arcsec * distance / PIXELS_PER_BEAM)
+    return replace(sharpest, distance_pc=distance, beam=beam, field_au=field_au, image_size=size,
+                   limited_by=narrowest.limited_by if field_au == narrowest.field_au else limited_by,
+                   noise_rms_jy_beam=min(s.noise_rms_jy_beam for s in setups), usable_field_au=min(s.usable_field_au for s in setups),
+                   maps=[m for s in setups for m in s.maps])

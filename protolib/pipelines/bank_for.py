@@ -48,14 +48,14 @@ class BankForReport:
     seconds: float = 0.0
 
 
-def bank_for(maps: list[str | Path], distance_pc: float, out: str | Path, base: RunConfig, overrides: dict | None = None, *,
+def bank_for(maps: list[str | Path], distance_pc: float | list[float], out: str | Path, base: RunConfig, overrides: dict | None = None, *,
              frequency_ghz: float | None = None, progress: bool = True, announce=print) -> BankForReport:
     """Build (or reuse) the bank and networks that fit ``maps`` (one setup) in the folder ``out``.
 
     Arguments:
-        maps: FITS maps of one setup (a survey's): the first sets it, the others must agree within
-            :data:`~protolib.observation.setup.TOLERANCES`.
-        distance_pc: distance to the sources [pc].
+        maps: FITS maps of one band (a survey's): the bank takes their sharpest beam, lowest noise and
+            smallest field (:func:`~protolib.observation.setup.common_setup`), so that it serves each.
+        distance_pc: distance to the sources [pc], one for all or one per map (the bank is at their median).
         out: the folder for ``config.yaml``, ``setup.json``, ``bank.h5``, ``autoencoder.pt`` and ``siamese.pt``.
         base: the configuration the fitted one starts from (sizes, prior, networks).
         overrides: the user's settings, applied last (e.g. ``{"bank": {"n_systems": 1000}}``).
@@ -63,12 +63,15 @@ def bank_for(maps: list[str | Path], distance_pc: float, out: str | Path, base: 
         announce: where the plan and its time estimate are said, before any work.
 
     Raises:
-        ProtolibInputError: a map that cannot be used, maps of different setups, or an ``out`` folder
-            holding another setup's bank (nothing is written then).
+        ProtolibInputError: a map that cannot be used, maps in different bands, or an ``out`` folder
+            holding a bank that cannot serve these maps (nothing is written then).
     """
     started = time.perf_counter()
     out = Path(out)
-    setup = common_setup([map_setup(path, distance_pc, frequency_ghz=frequency_ghz) for path in maps])
+    distances = list(distance_pc) if isinstance(distance_pc, (list, tuple)) else [distance_pc] * len(maps)
+    if len(distances) != len(maps):
+        raise ProtolibInputError(f"{len(maps)} maps but {len(distances)} distances: give one --distance for all, or one per map.")
+    setup = common_setup([map_setup(path, d, frequency_ghz=frequency_ghz) for path, d in zip(maps, distances)])
     setup = _setup_in_folder(out, setup)
     data = fitted_data(base, setup, overrides)
     config = config_from_data(data, out / "config.yaml")
@@ -104,10 +107,10 @@ def _setup_in_folder(out: Path, setup: MapSetup) -> MapSetup:
         existing = MapSetup.from_dict(json.loads(recorded.read_text()))
     except (ValueError, TypeError, KeyError) as error:
         raise ProtolibInputError(f"{recorded} cannot be read ({error}); remove the folder or give another --out.") from None
-    differences = existing.differences(setup)
-    if differences:
-        raise ProtolibInputError(f"{out} holds the bank of another setup ({', '.join(Path(m).name for m in existing.maps[:2])}): "
-                                 f"{'; '.join(differences)}. Give another --out for this map.")
+    shortfalls = existing.shortfalls(setup)
+    if shortfalls:
+        raise ProtolibInputError(f"{out} holds a bank made for {', '.join(Path(m).name for m in existing.maps[:2])} that cannot serve "
+                                 f"{Path(setup.maps[0]).name}: {'; '.join(shortfalls)}. Give another --out for this map.")
     return replace(existing, maps=list(dict.fromkeys([*existing.maps, *setup.maps])))
 
 
