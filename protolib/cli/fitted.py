@@ -40,4 +40,4 @@ def _bank_for(args) -> None:
     made = [name for name, reused in report.reused.items() if not reused]
     print(f"{'Built ' + ', '.join(made) if made else 'Reused everything'} in {report.folder}/ ({report.seconds:.0f} s). Match a map of "
           f"this setup with:\n  protolib match --model {report.siamese} --bank {report.bank} --target {report.setup.maps[-1]} "
-          f"--distance {report.setup.distance_pc:g} --out MATCHES")
+          f"--distance {args.distance[-1]:g} --out MATCHES")
