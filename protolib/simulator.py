@@ -293,8 +293,8 @@ def _envelope_column(z, ds, param, config, geometry):
     shape = _lookup_envelope_shape(geometry["log_r"] * (1.0 / math.log(10.0)) - torch.log10(param["disk_radius"]), abs_mu)
     in_cavity = physics.in_cavity(geometry["cylindrical"], z, param["cavity_angle"], param["cavity_wall_exponent"],
                                   config.cavity_reference_radius_au)
-    cavity = torch.where(in_cavity, param["cavity_contrast"], inside)
-    return param["envelope_density_1au"] * torch.exp(-1.5 * geometry["log_r"]) * shape * (cavity * inside) * ds  # r^-1.5
+    present = torch.where(in_cavity, param["cavity_contrast"] * inside, inside)  # 0 outside the envelope, the contrast in a cavity
+    return param["envelope_density_1au"] * torch.exp(-1.5 * geometry["log_r"]) * shape * present * ds  # r^-1.5
 
 
 def _midplane_window(geometry):
