@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["ImageFit", "FitVerdict", "reference_chi2", "judge_fit"]
+__all__ = ["ImageFit", "FitVerdict", "reference_chi2", "judge_fit", "Detection", "detection", "non_detection_fraction", "DETECTION_SIGMA"]
 
 
 class ImageFit:
@@ -207,3 +207,47 @@ def judge_fit(best_reduced_chi2: float, best_excess: float, reference: tuple[np.
                    f"(residuals {rms:.2g} times the noise rms), an excess of {100 * excess:.0f}% of the signal, while {yardstick}; "
                    f"only {100 * worse:.1f}% of them do worse. The parameter distributions describe the nearest bank images, not this target.")
     return FitVerdict(best, excess, rms, chi2_pct, excess_pct, limit_percentile, limit, worse, reproduces, message)
+
+
+DETECTION_SIGMA = 5.0  # a target is detected when its brightest pixel is at least this many times the noise rms
+
+
+@dataclass
+class Detection:
+    """Is there a source to match at all? The target's brightest pixel against its noise.
+
+    A map of noise, or a source below the noise, gets matches and a verdict from the embedding like any
+    other target (a network finds the nearest bank images of anything), and an image-space fit at the
+    noise level: both checks pass. Only the signal-to-noise ratio says that there is nothing to match.
+
+    Attributes:
+        peak_snr: the brightest pixel over the noise rms.
+        threshold: the detection limit in noise rms (:data:`DETECTION_SIGMA`).
+        detected: ``peak_snr >= threshold``.
+        message: the finding in words, with the numbers.
+    """
+
+    peak_snr: float
+    threshold: float
+    detected: bool
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def detection(image: np.ndarray, noise_rms: float, threshold: float = DETECTION_SIGMA) -> Detection:
+    """Whether ``image`` (``(H, W)``, NaN where unobserved) holds a source above ``threshold`` times ``noise_rms``."""
+    peak = float(np.nanmax(image)) if np.isfinite(image).any() else float("nan")
+    snr = peak / noise_rms if noise_rms > 0 and math.isfinite(peak) else float("nan")
+    detected = bool(snr >= threshold)
+    message = (f"Detected: the brightest pixel is {snr:.3g} times the noise rms." if detected else
+               f"No source detected: the brightest pixel is {snr:.3g} times the noise rms, under the {threshold:g} a detection needs; "
+               "the matches describe noise, and the parameter distributions are not the target's.")
+    return Detection(snr, threshold, detected, message)
+
+
+def non_detection_fraction(images: np.ndarray, noise_rms: float, threshold: float = DETECTION_SIGMA) -> float:
+    """The fraction of ``images`` (``(N, H, W)``) whose brightest pixel is under ``threshold`` times ``noise_rms``."""
+    peaks = np.nanmax(images.reshape(len(images), -1), axis=1)
+    return float(np.mean(peaks < threshold * noise_rms)) if len(images) else float("nan")

@@ -162,6 +162,12 @@ def _print_match_report(args, report: dict) -> None:
     preparation = (report["inputs"].get("target") or {}).get("preparation")
     if preparation:
         print(preparation_notes(preparation))
+    if report.get("detection"):
+        say("match", report["detection"]["message"], report["detection"]["detected"])
+    if report.get("bank_non_detections"):
+        missing = report["bank_non_detections"]
+        print(f"The bank: {100 * missing['fraction']:.1f}% of {missing['images_checked']} of its images hold no source above "
+              f"{missing['threshold_sigma']:g} times its noise (they are matched like the others).")
     say("match", verdict["message"], not verdict["is_out_of_distribution"])
     if fit is not None:
         say("match", fit["message"], fit["reproduces"])

@@ -40,6 +40,7 @@ from ..matching import (
     prepare_observation_target,
     truth_parameters,
 )
+from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
 from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
 
 __all__ = ["matching_settings", "run_match", "write_match_report"]
@@ -113,6 +114,9 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
                             "true_parameters_in_file": truths is not None}
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
     fit = fit_matches(matcher, image, matches, observation=observation)
+    bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
+    noise = observation.noise_rms_jy_beam if observation is not None else bank_noise
+    found = detection(image, noise) if noise > 0 else None
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
                 "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive",
@@ -123,7 +127,19 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
                                      "gallery_residuals": fit.residuals, "calibration": fit.calibration}
     return write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
                               inputs=inputs, settings=settings, corner_parameters=corner_parameters,
-                              match_image_transform=matcher.transform, **fitted)
+                              match_image_transform=matcher.transform, detected=found,
+                              bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None, **fitted)
+
+
+def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
+    """The fraction of the bank's images with no source above :data:`~protolib.goodness_of_fit.DETECTION_SIGMA` times
+    its noise, from at most ``most`` images drawn at random (seeded). They stay in the bank, and a target
+    like them is told it holds no detection."""
+    n_images = bank.n_systems * bank.n_projections
+    rows = np.sort(np.random.default_rng(seed).choice(n_images, size=min(most, n_images), replace=False))
+    images = bank.images_at(rows // bank.n_projections, rows % bank.n_projections)
+    return {"fraction": non_detection_fraction(images, noise_rms_jy_beam), "images_checked": int(len(rows)),
+            "threshold_sigma": DETECTION_SIGMA}
 
 
 def _observation_matcher(model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict) -> Matcher:
@@ -156,6 +172,7 @@ def write_match_report(
     settings: Mapping | None = None, n_gallery: int = 11, corner_parameters: Sequence[str] | None = None,
     match_image_transform=None, reduced_chi2: np.ndarray | None = None, fit_verdict=None,
     gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None,
+    detected: Detection | None = None, bank_non_detections: Mapping | None = None,
 ) -> dict:
     """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
 
@@ -180,6 +197,8 @@ def write_match_report(
             ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
         calibration: name -> the calibration of :func:`~protolib.matching.reference_calibration`;
             ``summary.csv`` then holds the calibrated (widened) ranges, and ``report.json`` the calibration.
+        detected: the target's :class:`~protolib.goodness_of_fit.Detection` (``None``: not checked, a noiseless bank);
+            an undetected target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
 
     Returns:
         The report (as written to ``report.json``).
@@ -204,7 +223,7 @@ def write_match_report(
     }
     for name, fig in figures.items():
         write_figure(fig, out_dir / name, dpi=110)
-    report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, inputs=dict(inputs or {}),
+    report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, detected, bank_non_detections, inputs=dict(inputs or {}),
                      settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
                      files=sorted(["matches.csv", "summary.csv", *figures, "report.json"]))
     write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
@@ -236,8 +255,8 @@ def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, images: np.nd
                         residuals=residuals, reduced_chi2=reduced_chi2, unit=unit)
 
 
-def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, *,
-            inputs: dict, settings: dict, files: list[str]) -> dict:
+def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, detected,
+            non_detections, *, inputs: dict, settings: dict, files: list[str]) -> dict:
     """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the summaries,
     the versions of protolib and its dependencies, and the files written."""
     return {
@@ -249,19 +268,24 @@ def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], ver
         "out_of_distribution": verdict.to_dict(),
         "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
         "interval_calibration": None if calibration is None else dict(calibration),
-        "verdict": _overall_verdict(verdict, fit_verdict),
+        "detection": None if detected is None else detected.to_dict(),
+        "bank_non_detections": None if non_detections is None else dict(non_detections),
+        "verdict": _overall_verdict(verdict, fit_verdict, detected),
         "summary": [asdict(s) for s in summaries],
         "versions": _versions(__version__, platform.python_version()),
         "files": files,
     }
 
 
-def _overall_verdict(embedding_check, fit_verdict) -> dict:
-    """Both checks in one: the distributions are to be trusted only when both pass."""
+def _overall_verdict(embedding_check, fit_verdict, detected=None) -> dict:
+    """Both checks in one: the distributions are to be trusted only when both pass, and a source is detected."""
     in_distribution = not embedding_check.is_out_of_distribution
     reproduces = None if fit_verdict is None else bool(fit_verdict.reproduces)
-    trusted = in_distribution and reproduces is not False
-    if trusted:
+    seen = detected is None or detected.detected
+    trusted = in_distribution and reproduces is not False and seen
+    if not seen:
+        message = "No source detected in the target: do not read the distributions as the target's."
+    elif trusted:
         message = "Both checks pass: the best matches are typical in embedding space" + (
             " and reproduce the target in image space." if reproduces else " (no image-space check: noiseless bank).")
     elif in_distribution:
@@ -270,7 +294,8 @@ def _overall_verdict(embedding_check, fit_verdict) -> dict:
     else:
         message = "The target is out of distribution in embedding space" + (
             " and no bank image reproduces it." if reproduces is False else "; read the distributions with caution.")
-    return {"trusted": trusted, "embedding_in_distribution": in_distribution, "image_reproduced": reproduces, "message": message}
+    return {"trusted": trusted, "embedding_in_distribution": in_distribution, "image_reproduced": reproduces, "detected": seen,
+            "message": message}
 
 
 def _versions(protolib_version: str, python_version: str) -> dict:
