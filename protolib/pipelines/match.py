@@ -171,12 +171,9 @@ def write_match_report(
     truths: Mapping[str, float] | None = None, weight_temperature: float | None = None, inputs: Mapping | None = None,
     settings: Mapping | None = None, n_gallery: int = 11, corner_parameters: Sequence[str] | None = None,
     match_image_transform=None, reduced_chi2: np.ndarray | None = None, fit_verdict=None,
-    gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None,
-    detected: Detection | None = None, bank_non_detections: Mapping | None = None,
-) -> dict:
-    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` to ``out_dir``.
-
-    Every file is written atomically, ``report.json`` last.
+    gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None, detected: Detection | None = None,
+    bank_non_detections: Mapping | None = None) -> dict:
+    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` (last) to ``out_dir``, atomically.
 
     Arguments:
         out_dir: the folder (created when missing).
@@ -184,9 +181,8 @@ def write_match_report(
         matches: the target's best matches.
         target_image: ``(H, W)`` the target as matched.
         verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
-        truths: the target's true parameters, when it is simulated.
+        truths: the target's true parameters, when it is simulated; ``inputs``, ``settings``: recorded as given.
         weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
-        inputs, settings: recorded in the report as given.
         n_gallery: matches shown in the gallery.
         corner_parameters: the corner plot's parameters (default: every bank parameter and the
             inclination); ``summary.csv`` always has them all.
@@ -197,8 +193,8 @@ def write_match_report(
             ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
         calibration: name -> the calibration of :func:`~protolib.matching.reference_calibration`;
             ``summary.csv`` then holds the calibrated (widened) ranges, and ``report.json`` the calibration.
-        detected: the target's :class:`~protolib.goodness_of_fit.Detection` (``None``: not checked, a noiseless bank);
-            an undetected target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
+        detected: the target's :class:`~protolib.goodness_of_fit.Detection` (``None``: a noiseless bank); an undetected
+            target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
 
     Returns:
         The report (as written to ``report.json``).
