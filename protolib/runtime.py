@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protolib --help` and errors stay fast
     import torch
 
-__all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "check_output", "write_figure", "write_json",
+__all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
            "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
 
 
@@ -325,8 +325,8 @@ def output_folder(path: str | os.PathLike, command: str) -> Iterator[Path]:
         raise
 
 
-def _locked_run(final: Path, lock, command: str) -> Iterator[Path]:
-    """Take the folder's lock, yield a fresh staging folder, publish its products when the run ends well."""
+def _take_lock(lock, target: Path, kind: str = "folder") -> None:
+    """Lock the open file ``lock`` for this process, or refuse in one line naming ``target`` (a ``kind``) and the run holding it."""
     import fcntl
 
     try:
@@ -334,12 +334,39 @@ def _locked_run(final: Path, lock, command: str) -> Iterator[Path]:
     except OSError:
         lock.seek(0)
         owner = lock.read().strip() or "another process"
-        raise ProtolibInputError(f"{final}: another protolib run ({owner}) is writing to this folder; wait for it to "
+        raise ProtolibInputError(f"{target}: another protolib run ({owner}) is writing to this {kind}; wait for it to "
                                  "finish, or choose another --out.") from None
     lock.seek(0)
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
     lock.flush()
+
+
+@contextlib.contextmanager
+def run_lock(target: str | os.PathLike, *, folder: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a file a run is about to write, or with ``folder`` a run's folder) while
+    the run lasts; ``target`` is checked first (:func:`check_output`).
+
+    A second run writing the same bank or ``bank-for`` folder is refused at once, in one
+    line, instead of racing the first (both would print "Wrote" and one result would be lost). The lock
+    is ``.NAME.protolib.lock`` beside a file and ``.protolib.lock`` inside a folder (as
+    :func:`output_folder`'s), released when the run ends or its process dies.
+    """
+    target = check_output(target, folder=folder)
+    lock_path = target / ".protolib.lock" if folder else target.with_name(f".{target.name}.protolib.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a+")
+    except OSError as error:
+        raise ProtolibInputError(describe_os_error(error, target)) from None
+    with lock:
+        _take_lock(lock, target, "folder" if folder else "file")
+        yield
+
+
+def _locked_run(final: Path, lock, command: str) -> Iterator[Path]:
+    """Take the folder's lock, yield a fresh staging folder, publish its products when the run ends well."""
+    _take_lock(lock, final)
     _refuse_other_products(final, command)  # again under the lock: another command may have published meanwhile
     for stale in final.glob(f".staging-{_HOST}-*"):
         pid = stale.name[len(f".staging-{_HOST}-") :].split("-")[0]

@@ -181,3 +181,18 @@ def test_simulate_command_writes_a_bank_and_reports_user_errors_in_one_line(tmp_
     assert cli_main(["simulate", "--config", "no-such-config", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-config" in err[0] and "Traceback" not in err[0]
+
+
+def test_a_second_simulate_writing_the_same_bank_is_refused_and_the_bank_kept(tmp_path, capsys):
+    """Two runs into one --out both printed "Wrote" and one result was lost (issue 31): the second is refused."""
+    from protolib.runtime import run_lock
+
+    out = tmp_path / "bank.h5"
+    assert cli_main(["simulate", "--config", "tiny", "--systems", "2", "--projections", "2", "--size", "16", "--out", str(out)]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    with run_lock(out, folder=False):  # another simulate writing this bank
+        assert cli_main(["simulate", "--config", "tiny", "--systems", "3", "--projections", "2", "--size", "16", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "another protolib run" in error[0] and "this file" in error[0]
+    assert out.read_bytes() == before

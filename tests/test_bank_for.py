@@ -23,6 +23,7 @@ from protolib.config import load_config
 from protolib.instrument import FWHM_TO_SIGMA, Beam, beam_noise
 from protolib.observation import BankGrid, prepare_observation
 from protolib.observation.setup import MAX_FIELD_AU, PIXELS_PER_BEAM, common_setup, map_setup
+from protolib.runtime import run_lock
 
 CENTRE = SkyCoord(67.8923 * u.deg, 18.1347 * u.deg)
 
@@ -142,3 +143,13 @@ def test_a_survey_shares_one_bank_that_serves_each_map(tmp_path):
     assert survey.noise_rms_jy_beam == pytest.approx(min(sharp.noise_rms_jy_beam, coarse.noise_rms_jy_beam))
     assert survey.shortfalls(sharp) == [] and survey.shortfalls(coarse) == []
     assert any("sharper than the bank's" in s for s in coarse.shortfalls(sharp))
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_leaves_it_alone(tmp_path, capsys):
+    good = write_map(tmp_path / "good.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0))
+    out = tmp_path / "fitted"
+    with run_lock(out, folder=True):  # another bank-for at work in the folder
+        assert main(["bank-for", str(good), "--distance", "140", "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "another protolib run" in error and "this folder" in error
+    assert {p.name for p in out.iterdir()} == {".protolib.lock"}

@@ -33,9 +33,12 @@ def register_simulate(sub) -> None:
     def handler(args):
         from ..bank import Bank
         from ..pipelines.simulate import simulate_command_bank
+        from ..runtime import run_lock
 
-        report = simulate_command_bank(args.out, run_config(args), device=args.device, threads=args.threads, workers=args.workers,
-                                       scheduler=args.scheduler, shard_systems=args.shard_systems)
+        config = run_config(args)
+        with run_lock(args.out, folder=False):  # a second run writing the same bank is refused, not raced
+            report = simulate_command_bank(args.out, config, device=args.device, threads=args.threads, workers=args.workers,
+                                           scheduler=args.scheduler, shard_systems=args.shard_systems)
         if report.n_shards is not None:
             print(f"Rendered {report.rendered} of {report.n_shards} shards on the cluster's workers "
                   f"({report.reused} reused from an earlier run).")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, config_from_data
 from ..observation.setup import MapSetup, common_setup, map_setup
-from ..runtime import ProtolibInputError, atomic_path, write_json
+from ..runtime import ProtolibInputError, atomic_path, run_lock, write_json
 from .simulate import ensure_bank, local_workers
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -67,11 +68,25 @@ def bank_for(maps: list[str | Path], distance_pc: float | list[float], out: str 
             holding a bank that cannot serve these maps (nothing is written then).
     """
     started = time.perf_counter()
-    out = Path(out)
     distances = list(distance_pc) if isinstance(distance_pc, (list, tuple)) else [distance_pc] * len(maps)
     if len(distances) != len(maps):
         raise ProtolibInputError(f"{len(maps)} maps but {len(distances)} distances: give one --distance for all, or one per map.")
     setup = common_setup([map_setup(path, d, frequency_ghz=frequency_ghz) for path, d in zip(maps, distances)])
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ProtolibInputError(f"--out {out} is a file; bank-for writes a folder (config.yaml, bank.h5, autoencoder.pt, siamese.pt).")
+    created = not out.exists()
+    try:
+        with run_lock(out, folder=True):  # a second bank-for into the same folder is refused, not raced
+            return _build(out, setup, base, overrides, progress, announce, started)
+    except BaseException:
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {".protolib.lock"}:
+            shutil.rmtree(out, ignore_errors=True)  # a refused first run leaves no folder behind
+        raise
+
+
+def _build(out: Path, setup: MapSetup, base: RunConfig, overrides, progress: bool, announce, started: float) -> BankForReport:
+    """The body of :func:`bank_for`, under its folder's lock: the configuration, then the bank and the networks."""
     setup = _setup_in_folder(out, setup)
     data = fitted_data(base, setup, overrides)
     config = config_from_data(data, out / "config.yaml")
