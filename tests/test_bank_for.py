@@ -49,9 +49,10 @@ def write_map(path: Path, *, distance_pc: float, field_au: float, beam_au: tuple
     return path
 
 
-def test_a_long_baseline_map_gets_a_small_sharp_bank(tmp_path):
+def test_a_long_baseline_map_gets_a_small_sharp_bank_and_is_matched_with_it(tmp_path, capsys):
     """ALMA long baselines at 140 pc: a 500 au field and a 5 au beam. The bank samples the beam, so at the
-    largest image size it holds the central part of the field, and says so."""
+    largest image size it holds the central part of the field, and says so; bank-for and match run on it
+    (the book's bank refuses such a map: its 1000 au field is twice the map's)."""
     path = write_map(tmp_path / "long_baseline.fits", distance_pc=140.0, field_au=500.0, beam_au=(5.0, 4.0))
     setup = map_setup(path, 140.0)
     assert setup.image_size == 128
@@ -59,6 +60,14 @@ def test_a_long_baseline_map_gets_a_small_sharp_bank(tmp_path):
     assert 150.0 < setup.field_au < 500.0 and "sampling the beam" in setup.limited_by
     assert setup.beam.major_arcsec == pytest.approx(5.0 / 140.0, rel=1e-4) and setup.frequency_ghz == pytest.approx(230.0)
     assert setup.noise_rms_jy_beam == pytest.approx(1e-4, rel=0.25)
+    out = tmp_path / "fitted"
+    small = ["--config", "tiny", "--set", "bank.n_systems=10", "--set", "autoencoder.training.epochs=1",
+             "--set", "siamese.training.epochs=1", "--quiet"]
+    assert main(["bank-for", str(path), "--distance", "140", "--out", str(out), *small]) == 0
+    assert "128x128 px" in capsys.readouterr().out
+    code = main(["match", "--model", str(out / "siamese.pt"), "--bank", str(out / "bank.h5"), "--target", str(path),
+                 "--distance", "140", "--out", str(tmp_path / "matches"), "--config", "tiny"])
+    assert code == 0 and "not made for this map" not in capsys.readouterr().err
 
 
 def test_a_wide_noema_map_gets_a_wide_bank(tmp_path):
