@@ -300,13 +300,16 @@ def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: f
                   "--mask-radius ARCSEC blanks everything further from the centre.", stacklevel=3)
 
 
-def usable_field_pixels(image: np.ndarray, x: float, y: float, covered: float = 0.99) -> float:
+def usable_field_pixels(image: np.ndarray, x: float, y: float, covered: float = 0.99, most: int = 4097) -> float:
     """Side [pixels] of the largest square centred on (column ``x``, row ``y``) whose pixels are at least the
-    fraction ``covered`` observed (finite); the map's edges count as unobserved."""
-    observed = np.isfinite(image)
-    ny, nx = observed.shape
-    integral = np.pad(np.cumsum(np.cumsum(observed, 0), 1), ((1, 0), (1, 0)))
+    fraction ``covered`` observed (finite); the map's edges count as unobserved. Only ``most`` pixels a side
+    about the source are looked at (so a huge map costs no more than a large one)."""
     row, col = int(round(float(y))), int(round(float(x)))
+    row0, col0 = max(0, row - most // 2), max(0, col - most // 2)
+    observed = np.isfinite(image[row0 : row0 + most, col0 : col0 + most])
+    row, col = row - row0, col - col0
+    ny, nx = observed.shape
+    integral = np.pad(np.cumsum(np.cumsum(observed, 0, dtype=np.int32), 1, dtype=np.int32), ((1, 0), (1, 0)))
     best = 0
     for half in range(1, max(nx, ny)):
         top, bottom, left, right = row - half, row + half + 1, col - half, col + half + 1
