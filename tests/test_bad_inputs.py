@@ -625,6 +625,14 @@ def test_two_matches_at_once_never_mix_their_outputs_or_corrupt_the_cache(base, 
     assert (tmp_path / "again" / "matches.csv").read_bytes() == (alone / "matches.csv").read_bytes()
 
 
+def _start(argv: list[str]) -> subprocess.Popen:
+    """``protolib ARGV`` in a subprocess that SIGINT interrupts as Ctrl-C would in a terminal. A test suite run
+    from a background job hands its children SIGINT ignored (the shell's rule for background jobs), and
+    the tests below send it."""
+    return subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -643,7 +651,7 @@ def test_an_interrupted_simulate_keeps_the_previous_bank_and_leaves_no_temporary
     shutil.copy(base / "bank.h5", bank)
     before = bank.read_bytes()
     argv = ["simulate", "--config", "tiny", "--systems", "3000", "--projections", "2", "--workers", "1", "--out", str(bank)]
-    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start(argv)
     _wait_for(lambda: _temporaries(tmp_path), process)
     time.sleep(0.5)
     process.send_signal(signum)
@@ -704,7 +712,7 @@ def test_an_interrupted_retraining_keeps_the_previous_model_and_can_be_resumed(b
     before = {model: model.read_bytes(), metrics: metrics.read_bytes()}
     argv = ["train-siamese", "--config", "tiny", "--bank", str(base / "bank.h5"), "--autoencoder", str(run / "autoencoder.pt"),
             "--out", str(run), "--epochs", "40", "--patience", "40", "--quiet"]
-    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start(argv)
     partial = run / "siamese.partial.pt"
     _wait_for(partial.exists, process)
     process.send_signal(signal.SIGINT)
@@ -738,7 +746,7 @@ def test_an_interrupted_match_keeps_the_previous_products(base, tmp_path):
     model.parent.mkdir()
     shutil.copy(base / "run" / "siamese.pt", model)
     argv = ["match", "--model", str(model), "--bank", str(base / "bank.h5"), "--target-system", "5", "--out", str(out)]
-    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start(argv)
     _wait_for(lambda: any(out.glob(".staging-*")), process)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
@@ -775,7 +783,7 @@ def test_products_get_the_usual_permissions_not_mkstemps(base, tmp_path):
 
 def test_an_interrupt_while_starting_is_one_line(base, tmp_path):
     argv = ["simulate", "--config", "tiny", "--systems", "2", "--out", str(tmp_path / "b.h5")]
-    process = subprocess.Popen([*PROTOLIB, *argv], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start(argv)
     time.sleep(0.6)  # while torch is being imported
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
