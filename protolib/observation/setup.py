@@ -75,10 +75,7 @@ class MapSetup:
                                "noise_rms_jy_beam": rounded(self.noise_rms_jy_beam)}}
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["beam"] = {"major_arcsec": self.beam.major_arcsec, "minor_arcsec": self.beam.minor_arcsec,
-                        "position_angle_deg": self.beam.position_angle_deg}
-        return data
+        return asdict(self)  # the beam as a dict of its three fields
 
     @classmethod
     def from_dict(cls, data: dict) -> MapSetup:

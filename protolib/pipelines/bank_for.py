@@ -111,8 +111,6 @@ def _modified(path: Path) -> int | None:
 
 def _setup_in_folder(out: Path, setup: MapSetup) -> MapSetup:
     """The setup to build in ``out``: the one already there when the maps fit it (so that its bank is reused)."""
-    if out.exists() and not out.is_dir():
-        raise ProtolibInputError(f"--out {out} is a file; bank-for writes a folder (config.yaml, bank.h5, autoencoder.pt, siamese.pt).")
     recorded = out / SETUP_FILE
     if not recorded.exists():
         if (out / "bank.h5").exists() or (out / "siamese.pt").exists():
