@@ -182,9 +182,7 @@ def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n
     """
     import torch
 
-    optuna = require_optuna()
-    from optuna.study import MaxTrialsCallback
-
+    require_optuna()
     if n_threads:
         torch.set_num_threads(n_threads)
     settings = TuneSettings(**settings)
@@ -196,12 +194,46 @@ def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n
         split, relevance, top_k = _scoring(config, bank, settings)
         objective = _objective(config, bank, run_dir, settings, space, relevance, split, top_k, device)
         before = len(study.trials)
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
-                  optuna.trial.TrialState.FAIL)  # not WAITING: the enqueued first trial is run by these
-        remaining = settings.trials - len(study.get_trials(deepcopy=False, states=states))
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, callbacks=[MaxTrialsCallback(settings.trials, states=states)], catch=(RuntimeError,))
+        while (trial := _claim_trial(study, run_dir, settings.trials)) is not None:
+            _run_claimed(study, trial, objective)
         return len(study.trials) - before
+
+
+def _claim_trial(study, run_dir: Path, total: int):
+    """The next trial of the study for this worker, or ``None`` when the study holds ``total`` already.
+
+    Counting the trials and asking for one happen under an exclusive lock on the run folder, so parallel
+    workers never start more than ``total`` trials between them (Optuna's ``MaxTrialsCallback`` counts only
+    after a trial ends: two workers could both start the last one). Written by hand: Optuna has no
+    cross-process claim.
+    """
+    import fcntl
+
+    optuna = require_optuna()
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
+              optuna.trial.TrialState.FAIL)  # not WAITING: the enqueued first trial is claimed by ask()
+    with open(run_dir / ".claim.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if len(study.get_trials(deepcopy=False, states=states)) >= total:
+            return None
+        return study.ask()
+
+
+def _run_claimed(study, trial, objective) -> None:
+    """Run ``objective`` on a claimed trial and record how it ended (a ``RuntimeError`` fails the trial only)."""
+    optuna = require_optuna()
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    except RuntimeError as error:
+        warnings.warn(f"Trial {trial.number} failed: {error}", stacklevel=2)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except BaseException:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
 
 
 # ---------------------------------------------------------------------------------------------
