@@ -46,6 +46,12 @@ IMAGE_CHECK_BYTES = 4 * 2**30  # banks up to this size have every pixel checked 
 _PIXELS_CHECKED: set = set()  # (path, size, mtime) of bank files whose pixels passed, so reopening one does not read it again
 
 
+IMAGES_IN_MEMORY_BYTES = 2**28
+"""A bank whose images take at most this many bytes (256 MiB: 8,000 images of 128 x 128 pixels) keeps them in memory
+once read: matching reads a few hundred scattered images per target and per reference image, and h5py reads
+scattered rows of a file hundreds of times slower than numpy indexes an array."""
+
+
 class Bank:
     """A bank of images and parameters, read lazily from its HDF5 file.
 
@@ -78,6 +84,7 @@ class Bank:
             self._file.close()
             raise
         self.images: h5py.Dataset = self._file["images"]
+        self._held: np.ndarray | None = None  # the images, once read, of a bank small enough to hold (load_images)
         stored = list(self._file["parameters"])
         ordered = [n for n in PARAMETERS if n in stored] + [n for n in stored if n not in PARAMETERS]
         self.parameters: dict[str, np.ndarray] = {name: self._file["parameters"][name][()] for name in ordered}
@@ -221,6 +228,10 @@ class Bank:
         if systems is None:
             return self.images[()]
         systems = np.asarray(systems, dtype=np.int64)
+        if self.images.nbytes <= IMAGES_IN_MEMORY_BYTES:  # h5py reads scattered rows slowly: hold a small bank's images
+            if self._held is None:
+                self._held = self.images[()]
+            return self._held[systems]
         order = np.argsort(systems, kind="stable")
         unique, inverse = np.unique(systems[order], return_inverse=True)
         block = self.images[unique]

@@ -30,12 +30,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from .bank import Bank, draw_systems
 from .instrument import Instrument, beam_noise
+from .matching import Matcher, fit_matches
 from .parameters import Prior
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, render
 
-__all__ = ["KINDS", "MISFIT_KINDS", "STRUCTURE_FRACTION", "SNR_BINS", "SyntheticTargets", "synthetic_targets", "targets_for_bank"]
+__all__ = ["KINDS", "MISFIT_KINDS", "STRUCTURE_FRACTION", "SNR_BINS", "SyntheticTargets", "synthetic_targets", "targets_for_bank",
+           "verdict_rates", "rates_table"]
 
 MISFIT_KINDS = ("binary", "clump", "ring", "spiral", "streamer")
 KINDS = ("plain", *MISFIT_KINDS)
@@ -190,3 +194,39 @@ def _shifted(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     h, w = image.shape
     out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
     return out
+
+
+def verdict_rates(matcher: Matcher, *, kinds=KINDS, bins=SNR_BINS, n: int = 16, seed: int = 0, top_k: int = 200,
+                  n_reference: int = 48, progress: bool = True) -> list[dict]:
+    """The image-space verdict on ``n`` synthetic targets of each kind in each peak-S/N bin, one row per target.
+
+    Each target is matched as ``protolib match`` matches a bank target (``top_k`` matches, then
+    :func:`~protolib.matching.fit_matches`); a row holds its kind, S/N bin, whether it was flagged
+    (not reproduced), the failed tests and the statistics they use. ``n_reference``: the reference images of
+    the relative test (:func:`~protolib.matching.fit_matches`).
+    """
+    rows = []
+    cells = [(kind, lo, hi) for kind in kinds for lo, hi in bins]
+    for kind, lo, hi in tqdm(cells, desc="verdict on synthetic targets", unit="set", disable=not progress):
+        targets = targets_for_bank(matcher.bank, kind, n, snr=(lo, hi), seed=seed)
+        for image, snr, fraction in zip(targets.images, targets.peak_snr, targets.structure_fraction):
+            verdict = fit_matches(matcher, image, matcher.match(image, top_k=top_k), n_reference=n_reference, seed=seed).verdict
+            peak = verdict.residual_peak or {}
+            rows.append({"kind": kind, "snr_bin": f"{lo:g}-{hi:g}", "peak_snr": float(snr), "structure_fraction": float(fraction),
+                         "flagged": not verdict.reproduces, "reasons": list(verdict.reasons), "best_reduced_chi2": verdict.best_reduced_chi2,
+                         "best_excess": verdict.best_excess, "residual_peak_sigma": peak.get("significance"),
+                         "residual_peak_fraction": peak.get("fraction_of_peak")})
+    return rows
+
+
+def rates_table(rows: list[dict]) -> list[dict]:
+    """The fraction flagged per kind (rows) and S/N bin (columns), with the count, from :func:`verdict_rates` rows."""
+    table = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        line = {"kind": kind}
+        for snr_bin in dict.fromkeys(r["snr_bin"] for r in rows):
+            flags = [r["flagged"] for r in rows if r["kind"] == kind and r["snr_bin"] == snr_bin]
+            line[f"S/N {snr_bin}"] = float(np.mean(flags)) if flags else float("nan")
+        line["n per bin"] = sum(r["kind"] == kind for r in rows) // max(1, len({r["snr_bin"] for r in rows}))
+        table.append(line)
+    return table

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..bank import Bank
-from ..goodness_of_fit import ImageFit, judge_fit, reference_chi2
+from ..goodness_of_fit import ImageFit, judge_fit, reference_chi2, residual_peak
 from .calibration import reference_calibration
 from .matcher import Matcher
 from .matches import Matches
@@ -76,6 +76,7 @@ def fit_matches(
     if observation is not None:
         resolution = observation.resolution
         fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage)
+        beam, pixel_arcsec = resolution.target_beam, resolution.pixel_arcsec
 
         def observe(images):
             return resolution(images, rng)
@@ -84,6 +85,7 @@ def fit_matches(
         if not noise > 0:
             return None
         fit = ImageFit(None, noise, noise)
+        beam, pixel_arcsec = bank.instrument.beam, bank.pixel_size_au / bank.instrument.distance_pc
 
         def observe(images):
             return images
@@ -93,9 +95,15 @@ def fit_matches(
     def search(vectors, excluded):
         return matcher.index.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)
 
-    best_chi2, best_excess, found = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections)
+    def structure(target, match):
+        return residual_peak(fit.residuals(target, match[None])[0], target, fit.sigma, beam, pixel_arcsec, fit.used(np.shape(target)))
+
+    best_chi2, best_excess, found, peaks = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections,
+                                                          structure)
     head = matches.head(n_gallery)
     residuals = fit.residuals(image, bank.images_at(head.system, head.projection))
-    best = float(chi2.min())
-    verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess))
+    k = int(np.argmin(chi2))
+    best = float(chi2[k])
+    peak = structure(image, bank.images_at(matches.system[k : k + 1], matches.projection[k : k + 1])[0])
+    verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks)
     return MatchFit(chi2, verdict, residuals, reference_calibration(bank, rows, found))
