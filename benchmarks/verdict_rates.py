@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+import torch
+
 from protolib.bank import Bank
 from protolib.matching import Matcher
 from protolib.misfits import rates_table, verdict_rates
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # the machine is shared: one thread per process waits least
     results = {}
     for folder in map(Path, args.folders):
         start = time.perf_counter()

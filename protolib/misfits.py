@@ -106,10 +106,15 @@ def synthetic_targets(kind: str, n: int, *, simulator: SimulatorConfig, instrume
 def _render_observed(systems: dict, simulator: SimulatorConfig, instrument: Instrument) -> np.ndarray:
     """Beam-convolved, noise-free images ``(n, H, W)`` of drawn systems (first projection each)."""
     params = {k: torch.as_tensor(systems[k], dtype=torch.float64) for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in systems}
-    with torch.no_grad():
-        clean = render(params, torch.as_tensor(systems["inclination"][:, 0]), torch.as_tensor(systems["position_angle"][:, 0]),
-                       simulator, instrument.distance_pc)
-        return instrument.observe(clean, simulator.pixel_size_au, None).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the bank renders: on a shared machine a second thread waits more than it works
+    try:
+        with torch.no_grad():
+            clean = render(params, torch.as_tensor(systems["inclination"][:, 0]), torch.as_tensor(systems["position_angle"][:, 0]),
+                           simulator, instrument.distance_pc)
+            return instrument.observe(clean, simulator.pixel_size_au, None).numpy()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _plain_systems(n: int, simulator, instrument, prior, snr, rng, most_draws: int) -> tuple[np.ndarray, dict]:
