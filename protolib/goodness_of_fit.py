@@ -251,8 +251,8 @@ def _misfit_reasons(best: float, excess: float, limit: float, peak: ResidualPeak
         reasons.append(("absolute", f"its excess is above the {100 * EXCESS_LIMIT:.0f}% of the signal that no reproduced target leaves"))
     if peak is not None and peak.significance >= STRUCTURE_SIGMA and peak.fraction_of_peak >= STRUCTURE_FRACTION:
         reasons.append(("structure", f"the residual holds a structure {peak.significance:.3g} times the noise, {100 * peak.fraction_of_peak:.0f}% "
-                                     f"of the target's peak (smoothed to {peak.scale_beams:g} beam), at pixel (row, column) "
-                                     f"{tuple(peak.position)}: a companion, clump or arc that no bank image has"))
+                                     f"of the target's peak (smoothed to {peak.scale_beams:g} beam), {peak.offset_beams:.1f} beams from the centre "
+                                     f"(pixel row, column {tuple(peak.position)}): a companion, clump or arc that no bank image has"))
     return reasons
 
 
@@ -340,12 +340,14 @@ class ResidualPeak:
         fraction_of_peak: that residual over the target's brightest pixel, both smoothed alike (how much
             of the signal the structure is).
         position: ``(row, column)`` of the peak.
+        offset_beams: its distance from the image's centre, in beams (geometric-mean FWHM).
     """
 
     significance: float
     scale_beams: float
     fraction_of_peak: float
     position: tuple[int, int]
+    offset_beams: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -378,7 +380,9 @@ def residual_peak(residual: np.ndarray, target: np.ndarray, sigma: float, beam: 
         row, column = np.unravel_index(int(np.argmax(values)), values.shape)
         if values[row, column] > best.significance:
             peak = float(np.max(smoothed[1][used])) if used.any() else float("nan")
-            best = ResidualPeak(float(values[row, column]), float(scale), float(abs(smoothed[0][row, column]) * sigma / peak), (int(row), int(column)))
+            offset = math.hypot(row - (values.shape[0] - 1) / 2, column - (values.shape[1] - 1) / 2) / width_pixels
+            best = ResidualPeak(float(values[row, column]), float(scale), float(abs(smoothed[0][row, column]) * sigma / peak),
+                                (int(row), int(column)), float(offset))
     return best
 
 

@@ -28,6 +28,7 @@ def test_noise_leaves_no_structure_and_a_faint_clump_is_found_where_it_is():
     target = 100 * np.exp(-((rows - 31.5) ** 2 + (columns - 31.5) ** 2) / 8.0)
     found = residual_peak(clump + beam_noise((64, 64), BEAM, PIXEL, rng).numpy(), target, 1.0, BEAM, PIXEL)
     assert found.significance > STRUCTURE_SIGMA and abs(found.position[0] - 40) <= 1 and abs(found.position[1] - 20) <= 1
+    assert found.offset_beams == pytest.approx(np.hypot(40 - 31.5, 20 - 31.5) / (0.25 / PIXEL), abs=0.5)
 
 
 def test_the_absolute_limit_holds_however_poorly_the_bank_fits_itself():
