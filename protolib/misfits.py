@@ -10,7 +10,7 @@ Every target starts from a plain system drawn from the bank's prior (a seed of i
 bank's) and seen at a random angle, whose brightest pixel is ``peak_snr`` times the bank's noise
 (systems are drawn until enough fall in the asked range: the noise is the bank's, so the S/N is the
 system's own, as in a survey). A misfit adds one structure, drawn as clean emission, convolved with the
-bank's beam, and scaled so that its brightest pixel is a fraction of the system's (``STRUCTURE_FRACTION``):
+bank's beam, and scaled so that its brightest pixel is a fraction of the system's (``ADDED_FRACTION``):
 
 - ``binary``: a second system from the prior, 3 beams or more from the first;
 - ``clump``: a compact Gaussian clump (0.3-1 beam wide) 2-6 beams off the source;
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
 from .bank import Bank, draw_systems
@@ -38,12 +37,12 @@ from .matching import Matcher, fit_matches
 from .parameters import Prior
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, render
 
-__all__ = ["KINDS", "MISFIT_KINDS", "STRUCTURE_FRACTION", "SNR_BINS", "SyntheticTargets", "synthetic_targets", "targets_for_bank",
+__all__ = ["KINDS", "MISFIT_KINDS", "ADDED_FRACTION", "SNR_BINS", "SyntheticTargets", "synthetic_targets", "targets_for_bank",
            "verdict_rates", "rates_table"]
 
 MISFIT_KINDS = ("binary", "clump", "ring", "spiral", "streamer")
 KINDS = ("plain", *MISFIT_KINDS)
-STRUCTURE_FRACTION = (0.25, 0.6)  # the added structure's brightest pixel over the system's, drawn uniformly
+ADDED_FRACTION = (0.25, 0.6)  # the added structure's brightest pixel over the system's, drawn uniformly
 SNR_BINS = ((30.0, 60.0), (60.0, 150.0), (150.0, 300.0))  # the peak S/N ranges the verdict is measured in
 
 
@@ -90,7 +89,7 @@ def synthetic_targets(kind: str, n: int, *, simulator: SimulatorConfig, instrume
         raise ValueError("Synthetic targets need a bank with a beam and noise (the verdict judges residuals by the noise).")
     rng = np.random.default_rng([seed, KINDS.index(kind), 17])
     observed, parameters = _plain_systems(n, simulator, instrument, prior, snr, rng, most_draws)
-    fraction = np.zeros(n) if kind == "plain" else rng.uniform(*STRUCTURE_FRACTION, n)
+    fraction = np.zeros(n) if kind == "plain" else rng.uniform(*ADDED_FRACTION, n)
     images = observed.copy()
     peaks = observed.reshape(n, -1).max(axis=1)
     if kind != "plain":

@@ -10,7 +10,7 @@ from protolib.bank import Bank, simulate_bank
 from protolib.goodness_of_fit import EXCESS_LIMIT, STRUCTURE_SIGMA, judge_fit, residual_peak
 from protolib.instrument import Beam, beam_noise
 from protolib.matching import Matcher, fit_matches
-from protolib.misfits import KINDS, MISFIT_KINDS, STRUCTURE_FRACTION, rates_table, targets_for_bank, verdict_rates
+from protolib.misfits import KINDS, MISFIT_KINDS, ADDED_FRACTION, rates_table, targets_for_bank, verdict_rates
 from protolib.simulator import SimulatorConfig
 
 from match_helpers import ProjectionEmbedder
@@ -53,7 +53,7 @@ def test_synthetic_targets_are_reproducible_and_have_their_signal_to_noise(bank)
     for kind in MISFIT_KINDS:
         made = targets_for_bank(bank, kind, 3, snr=(60.0, 150.0), seed=4)
         assert made.images.shape == (3, 32, 32) and np.all((made.peak_snr >= 60) & (made.peak_snr < 150))
-        assert np.all((made.structure_fraction >= STRUCTURE_FRACTION[0]) & (made.structure_fraction <= STRUCTURE_FRACTION[1]))
+        assert np.all((made.structure_fraction >= ADDED_FRACTION[0]) & (made.structure_fraction <= ADDED_FRACTION[1]))
         added = made.images.max(axis=(1, 2)) / (made.peak_snr * made.noise_rms)  # the structure adds to the brightest pixel, or not
         assert np.all(added > 0.9), (kind, added)
     assert set(KINDS) == {"plain", *MISFIT_KINDS}

@@ -89,7 +89,8 @@ def fit_matches(
 
         def observe(images):
             return images
-    chi2 = fit.reduced_chi2(image, bank.images_at(matches.system, matches.projection))
+    match_images = bank.images_at(matches.system, matches.projection)
+    chi2 = fit.reduced_chi2(image, match_images)
     rows = _reference_rows(bank, fit, image, n_reference, rng)
 
     def search(vectors, excluded):
@@ -101,9 +102,9 @@ def fit_matches(
     best_chi2, best_excess, found, peaks = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections,
                                                           structure)
     head = matches.head(n_gallery)
-    residuals = fit.residuals(image, bank.images_at(head.system, head.projection))
+    residuals = fit.residuals(image, match_images[: len(head)])
     k = int(np.argmin(chi2))
     best = float(chi2[k])
-    peak = structure(image, bank.images_at(matches.system[k : k + 1], matches.projection[k : k + 1])[0])
+    peak = structure(image, match_images[k])
     verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks)
     return MatchFit(chi2, verdict, residuals, reference_calibration(bank, rows, found))
