@@ -66,6 +66,7 @@ __all__ = [
     "score_ranking",
     "evaluate_methods",
     "choose_correction",
+    "choose_widening",
     "coverage_standard_error",
     "widening_label",
     "ndcg_at_k",
@@ -86,11 +87,13 @@ __all__ = [
     "VARIANTS",
     "COVERAGE_LEVELS",
     "METHOD_NAMES",
+    "NPE_METHODS",
 ]
 
 COVERAGE_LEVELS = (0.5, 0.68, 0.95)
 CURVE_LEVELS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2).tolist())
-METHOD_NAMES = ("random", "pixel", "pca", "autoencoder", "siamese", "npe")
+METHOD_NAMES = ("random", "pixel", "pca", "autoencoder", "siamese", "npe", "npe_end_to_end")
+NPE_METHODS = ("npe", "npe_end_to_end")
 CORRECTIONS = ("choose_k", "choose_k_and_widening", "none")
 
 
@@ -100,7 +103,7 @@ class EvaluationSettings:
 
     top_k: int = 20  # matches per target that form its distribution
     projection: int | None = None  # targets' projection; None: every projection of every test system
-    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES[:5]))  # methods compared on the same targets ("npe": needs sbi)
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES[:5]))  # methods compared on the same targets (NPE_METHODS: need sbi)
     npe_samples: int = 200  # posterior samples per target of the neural posterior estimate
     npe_max_epochs: int = 200  # its flow's training epochs at most
     pca_components: int = 32  # dimensions kept by the PCA baseline
@@ -135,7 +138,9 @@ class MatchingMethod:
         name: short name (``"siamese"``, ``"pixel"`` ...).
         embed: images ``(N, H, W)`` to vectors ``(N, D)``.
         metric: ``"cosine"`` (vectors are L2-normalised; similarity is their cosine) or
-            ``"euclidean"`` (similarity is ``-|a - b|^2 / 2``; for pixels scaled by the noise, ``-chi^2 / 2``).
+            ``"euclidean"`` (similarity is ``-|a - b|^2 / 2``; for pixels scaled by the noise, ``-chi^2 / 2``), or
+            ``"posterior"`` for a neural posterior estimate (:mod:`protolib.npe`), which draws samples and ranks nothing
+            (its ``embed`` is ``None``).
         description: one line for tables and reports.
     """
 
@@ -145,8 +150,8 @@ class MatchingMethod:
     description: str = ""
 
     def __post_init__(self):
-        if self.metric not in ("cosine", "euclidean"):
-            raise ProtolibInputError(f"Method metric must be 'cosine' or 'euclidean', got {self.metric!r}.")
+        if self.metric not in ("cosine", "euclidean", "posterior"):
+            raise ProtolibInputError(f"Method metric must be 'cosine', 'euclidean' or 'posterior', got {self.metric!r}.")
 
 
 def random_method(seed: int = 0) -> MatchingMethod:
@@ -219,7 +224,7 @@ def baseline_methods(model, bank: Bank, train_systems: np.ndarray, settings: Eva
             methods.append(pixel_method(bank.instrument.noise_rms_jy_beam or float(np.std(train_images))))
         elif name == "pca":
             methods.append(pca_method(train_images, model.preprocessing, settings.pca_components))
-        elif name == "npe":
+        elif name in NPE_METHODS:
             continue  # not a matching method: see protolib.npe.npe_evaluation
         elif name == "autoencoder":
             path = Path(model.checkpoint.get("autoencoder", ""))
@@ -723,21 +728,37 @@ def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int],
         weights = None if weight_temperature is None else np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :k]])
         misses, widenings = {}, {}
         for j, name in enumerate([*names, *extra]):
-            median, low, high = central_intervals(values[match_rows, j], (0.68, 0.95), weights)
-            truths = values[target_rows, j][:, None]
-            miss = []
-            for widening in candidates:
-                covered = ((median[:, None] + widening * (low - median[:, None]) <= truths)
-                           & (truths <= median[:, None] + widening * (high - median[:, None]))).mean(0)
-                miss.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
-            best = min(miss)
-            i = next(i for i, m in enumerate(miss) if m <= best + 0.01)  # the least widening among near-ties
-            misses[name], widenings[name] = miss[i], candidates[i]
+            widenings[name], misses[name] = choose_widening(values[match_rows, j], values[target_rows, j], candidates, weights)
         scores[k] = float(np.mean([misses[n] for n in names]))
         chosen[k] = widenings
     best = min(scores.values())
     k = min((k for k, score in scores.items() if score <= best + 0.01), key=lambda k: (np.mean([chosen[k][n] for n in names]), scores[k]))
     return k, chosen[k], {f"k={key}": score for key, score in scores.items()}
+
+
+def choose_widening(samples: np.ndarray, truths: np.ndarray, candidates: Sequence[float], weights: np.ndarray | None = None) -> tuple[float, float]:
+    """The least interval widening whose 68% and 95% coverage is within 0.01 of the closest to nominal.
+
+    Arguments:
+        samples: ``(T, n)`` each validation target's samples of one parameter (matches or posterior draws).
+        truths: ``(T,)`` their true values.
+        candidates: widening factors tried (intervals scaled about the median).
+        weights: ``(T, n)`` optional weight per sample.
+
+    Returns:
+        The chosen widening and its miss, ``|c68 - 0.68| + |c95 - 0.95|``.
+    """
+    median, low, high = central_intervals(samples, (0.68, 0.95), weights)
+    truths = np.asarray(truths)[:, None]
+    candidates = sorted(float(c) for c in candidates)
+    miss = []
+    for widening in candidates:
+        covered = ((median[:, None] + widening * (low - median[:, None]) <= truths)
+                   & (truths <= median[:, None] + widening * (high - median[:, None]))).mean(0)
+        miss.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
+    best = min(miss)
+    i = next(i for i, m in enumerate(miss) if m <= best + 0.01)  # the least widening among near-ties
+    return candidates[i], float(miss[i])
 
 
 def evaluate_methods(
@@ -800,7 +821,8 @@ The first two are the networks notebook 03 trains, so a book build reuses them."
 # Reports: tables narrow enough for a page, and the figures a page's prose quotes (glued, never typed)
 
 METHOD_LABELS = {"random": "random matches", "pixel": "the pixel chi-square", "pca": "PCA", "autoencoder": "the autoencoder latent",
-                 "siamese": "the Siamese network", "npe": "the neural posterior estimate"}
+                 "siamese": "the Siamese network", "npe": "the neural posterior estimate on the Siamese embedding",
+                 "npe_end_to_end": "the end-to-end neural posterior estimate"}
 """How prose names each method (:func:`evaluation_figures`); other names (variants) are used as they are."""
 
 
@@ -819,7 +841,7 @@ def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence
         metrics = _metrics_of(result, corrected)
         names = list(parameters) if parameters is not None else [n for n, r in metrics["parameters"].items() if r["in_target_similarity"]]
         retrieval, similarity = metrics.get("retrieval", {}), metrics.get("similarity", {})
-        cells = [f"{retrieval.get('ndcg', float('nan')):.3f}", f"{similarity.get('spearman_per_target', float('nan')):.3f}"]
+        cells = [_cell(retrieval.get("ndcg"), ".3f"), _cell(similarity.get("spearman_per_target"), ".3f")]
         cells += [f"{metrics['parameters'][n]['rms_error_over_prior_spread']:.2f}" for n in names]
         cells += [f"{metrics['calibration']['coverage_68']:.2f}", f"{metrics['calibration']['coverage_95']:.2f}"]
         widening = widening_label(metrics["calibration"].get("interval_widening"))
@@ -841,12 +863,19 @@ def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = 
         metrics = _metrics_of(result, corrected)
         calibration = metrics["calibration"]
         cells = [str(metrics.get("top_k", "")), widening_label(calibration.get("interval_widening")),
-                 f"{metrics.get('retrieval', {}).get('ndcg', float('nan')):.3f}",
-                 f"{metrics.get('similarity', {}).get('spearman_per_target', float('nan')):.3f}",
+                 _cell(metrics.get("retrieval", {}).get("ndcg"), ".3f"), _cell(metrics.get("similarity", {}).get("spearman_per_target"), ".3f"),
                  f"{mean_target_error(metrics):.2f}", f"{calibration['coverage_68']:.2f}", f"{calibration['coverage_95']:.2f}"]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join([f"| {label} | k | widening | nDCG@k | Spearman | RMS/prior | cov68 | cov95 |", "|" + " --- |" * 8, *rows, "",
-                      "RMS/prior: mean over the target similarity's parameters of the median's RMS error, in prior spreads"])
+    notes = ["", "RMS/prior: mean over the target similarity's parameters of the median's RMS error, in prior spreads"]
+    if any(name in NPE_METHODS for name in results):
+        notes.append("; for a posterior estimate, k is its samples per target, and — marks a ranking figure it has none of")
+    return "\n".join([f"| {label} | k | widening | nDCG@k | Spearman | RMS/prior | cov68 | cov95 |", "|" + " --- |" * 8, *rows, *notes[:2]]
+                     ) + "".join(notes[2:])
+
+
+def _cell(value: float | None, spec: str) -> str:
+    """A table cell: the number formatted, or an em dash where there is none (a posterior estimate ranks nothing)."""
+    return "—" if value is None or not np.isfinite(value) else format(value, spec)
 
 
 def parameter_table(results: dict[str, MethodResult | dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False,

@@ -1,33 +1,58 @@
-"""Neural posterior estimation on the Siamese network's frozen embedding: the reference matching is measured against.
+"""Neural posterior estimates: the reference that matching is measured against.
 
 A normalising flow (a masked autoregressive flow, trained with the ``sbi`` package) learns the
-posterior of the parameters given an image's embedding from the training images; its samples for each
-test image are scored exactly like a matching method's matches (:mod:`protolib.evaluation`). The
-encoder stays frozen: the flow sees the same 32 numbers per image the matching does. ``sbi`` is an
-optional dependency (``pip install 'protolib[posterior]'``); nothing here downloads anything.
+posterior of the parameters given an image from the training images; its samples for each test image
+are scored exactly like a matching method's matches (:mod:`protolib.evaluation`). Two estimates:
+
+- ``npe``: the flow on the Siamese network's **frozen** embedding, the same 32 numbers per image that
+  the matching sees. It asks whether a posterior estimator reads more out of the embedding than its
+  nearest neighbours do.
+- ``npe_end_to_end``: the flow trained **together with its embedding network**, a copy of the
+  autoencoder's encoder (chapter 02) that starts from the autoencoder's weights and learns from the
+  parameters directly. This is what a practitioner of simulation-based inference would build: it asks
+  whether the images hold more than the Siamese embedding keeps.
+
+Both are amortised: one training, then samples for every target at once, in capped batches of targets
+(``NPE_TARGET_BATCH``) so that memory stays bounded. Like the matches, each gets an interval widening
+per parameter chosen on the validation systems (:func:`~protolib.evaluation.choose_widening`), so the
+corrected rows of every method are compared on equal terms. ``sbi`` is installed by the project's set-up
+(``make test``, ``make book``); elsewhere ``pip install 'protolib[posterior]'``. Nothing here downloads
+anything, and sbi's TensorBoard log goes to a temporary folder.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
-
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
+from .autoencoder import load_autoencoder
 from .bank import Bank
-from .evaluation import (EvaluationSettings, MatchingMethod, MethodEvaluation, MethodResult, Relevance, distribution_metrics, image_rows,
-                         siamese_method)
+from .evaluation import (EvaluationSettings, MatchingMethod, MethodEvaluation, MethodResult, Relevance, choose_widening, distribution_metrics,
+                         image_rows, siamese_method)
 from .matching import embed_bank
 from .normalise import scaled_image_parameters
-from .runtime import ProtolibInputError
+from .runtime import ProtolibInputError, default_device
 
-__all__ = ["sbi_available", "npe_evaluation", "add_npe_result"]
+__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
+           "npe_evaluation", "add_npe_result"]
+
+NPE_TARGET_BATCH = 64
+"""Targets whose posterior samples are drawn at once (sbi holds ``n_samples`` x this many inputs in memory)."""
+
+NPE_KINDS = {"npe": "frozen", "npe_end_to_end": "end_to_end"}
+"""Evaluation method name -> the kind of estimate :func:`npe_evaluation` trains."""
 
 
 def sbi_available() -> bool:
-    """Whether the optional ``sbi`` package can be imported."""
+    """Whether the ``sbi`` package can be imported."""
     try:
         import sbi  # noqa: F401
     except ImportError:
@@ -35,74 +60,188 @@ def sbi_available() -> bool:
     return True
 
 
+class ImageEmbedding(nn.Module):
+    """The autoencoder's encoder as sbi's embedding network: ``x (N, 1 + H*W)`` (log flux, then stretched pixels) to ``(N, latent)``.
+
+    sbi passes the data as one flat tensor per simulation; this splits it back into the encoder's two
+    inputs. The encoder is a copy: training the flow changes it, never the autoencoder it came from.
+    """
+
+    def __init__(self, encoder: nn.Module, image_size: int):
+        super().__init__()
+        self.encoder, self.image_size = copy.deepcopy(encoder), image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flux, pixels = x[:, :1], x[:, 1:].reshape(-1, 1, self.image_size, self.image_size)
+        return self.encoder(pixels, flux)
+
+
+@dataclass
+class NPEData:
+    """What a flow learns from and is asked about, for one kind of estimate.
+
+    Attributes:
+        kind: ``"frozen"`` (inputs are Siamese embeddings) or ``"end_to_end"`` (inputs are images, see :class:`ImageEmbedding`).
+        inputs: ``(N_images, D)`` the input of every bank image, row ``system * n_projections + projection``.
+        values: ``(N_images, K)`` the parameters, scaled (log10 where log-scaled).
+        names, logs: the ``K`` parameters and whether each is log-scaled.
+        embedding_net: the network sbi trains with the flow (``None``: the inputs as they are).
+    """
+
+    kind: str
+    inputs: np.ndarray
+    values: np.ndarray
+    names: list[str]
+    logs: list[bool]
+    embedding_net: nn.Module | None = None
+
+
+def npe_data(kind: str, bank: Bank, *, model=None, autoencoder=None, parameters: list[str] | None = None) -> NPEData:
+    """The inputs and scaled parameters of every bank image for a ``"frozen"`` or ``"end_to_end"`` estimate.
+
+    ``"frozen"`` needs the Siamese ``model``; ``"end_to_end"`` the autoencoder (its preprocessing and a
+    copy of its encoder).
+    """
+    names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
+    values, logs = scaled_image_parameters(bank, names)
+    if kind == "frozen":
+        if model is None:
+            raise ProtolibInputError("The neural posterior estimate on the Siamese embedding needs the trained Siamese network.")
+        vectors, _, _ = embed_bank(siamese_method(model).embed, bank, progress=False)
+        return NPEData(kind, np.asarray(vectors, dtype=np.float32), values, names, logs)
+    if kind != "end_to_end":
+        raise ProtolibInputError(f"Unknown kind of neural posterior estimate {kind!r}; known ones are 'frozen' and 'end_to_end'.")
+    if autoencoder is None:
+        raise ProtolibInputError("The end-to-end neural posterior estimate needs the trained autoencoder (its encoder starts the embedding).")
+    images = bank.load_images().reshape(-1, bank.image_size, bank.image_size)
+    inputs = []
+    with torch.no_grad():
+        for start in range(0, len(images), 256):
+            pixels, flux = autoencoder.preprocessing(torch.as_tensor(np.ascontiguousarray(images[start : start + 256])))
+            inputs.append(torch.cat([flux, pixels.flatten(1)], 1).numpy())
+    embedding = ImageEmbedding(autoencoder.network.encoder.cpu(), bank.image_size)
+    return NPEData(kind, np.concatenate(inputs).astype(np.float32), values, names, logs, embedding)
+
+
+def train_flow(theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | None = None, max_epochs: int = 200, seed: int = 0,
+               progress: bool = False, device: str | torch.device | None = None):
+    """Train sbi's masked autoregressive flow on ``(theta (N, K), x (N, D))``; return its amortised posterior.
+
+    ``theta`` should be standardised (mean 0, spread 1 per column). With an ``embedding_net`` the data
+    are taken as they are (images are already stretched by the autoencoder's preprocessing); without one
+    sbi standardises each input dimension. Training stops early on sbi's validation loss (10% of ``x``
+    held out, after 20 epochs without improvement) or at ``max_epochs``.
+    """
+    from sbi.inference import NPE
+    from sbi.neural_nets import posterior_nn
+    from torch.utils.tensorboard import SummaryWriter
+
+    device = str(default_device(device)) if embedding_net is not None else "cpu"  # a flow on 32 numbers is faster on the CPU
+    torch.manual_seed(seed)
+    builder = posterior_nn(model="maf", z_score_x="none" if embedding_net is not None else "independent",
+                           **({"embedding_net": embedding_net} if embedding_net is not None else {}))
+    with tempfile.TemporaryDirectory() as log_dir, warnings.catch_warnings():  # sbi would otherwise write ./sbi-logs wherever it runs
+        warnings.filterwarnings("ignore", message=".*(prior|Prior).*")  # no prior given: sbi warns that it uses the data's range
+        writer = SummaryWriter(log_dir=log_dir)
+        inference = NPE(density_estimator=builder, device=device, show_progress_bars=progress, summary_writer=writer)
+        inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32))
+        estimator = inference.train(max_num_epochs=max_epochs, show_train_summary=False)
+        writer.close()
+    return inference.build_posterior(estimator)
+
+
+def draw_samples(posterior, x: np.ndarray, n_samples: int, *, seed: int = 0, batch: int = NPE_TARGET_BATCH, progress: bool = False) -> np.ndarray:
+    """``(T, n_samples, K)`` posterior samples for inputs ``x (T, D)``, drawn for ``batch`` targets at a time."""
+    torch.manual_seed(seed)
+    out = []
+    for start in tqdm(range(0, len(x), batch), desc="posterior samples", unit="batch", disable=not progress):
+        chunk = torch.as_tensor(x[start : start + batch], dtype=torch.float32)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(acceptance|rejection).*")  # few draws fall outside the data's range
+            drawn = posterior.sample_batched((n_samples,), x=chunk, show_progress_bars=False)  # (n, t, K)
+        out.append(drawn.permute(1, 0, 2).cpu().numpy().astype(np.float64))
+    return np.concatenate(out)
+
+
+def _rows(bank: Bank, systems, projection: int | None) -> np.ndarray:
+    """Image rows (``system * n_projections + projection``) of ``systems``' targets, every projection when ``projection`` is ``None``."""
+    system, proj = image_rows(bank, np.asarray(systems), projection)
+    return system * bank.n_projections + proj
+
+
 def npe_evaluation(
-    model,
     bank: Bank,
     split,
     relevance: Relevance,
     *,
-    projection: int | None = None,
+    kind: str = "frozen",
+    model=None,
+    autoencoder=None,
+    settings: EvaluationSettings | None = None,
     parameters: list[str] | None = None,
-    n_samples: int = 200,
-    max_epochs: int = 200,
-    rank_bins: int = 10,
-    seed: int = 0,
-) -> tuple[MatchingMethod, MethodEvaluation]:
-    """Train a neural posterior estimate on the training images' frozen embeddings and score it on the test images.
+    progress: bool = False,
+) -> MethodResult:
+    """Train a neural posterior estimate on the training images and score it on the test images, as a matching method is scored.
 
     Arguments:
-        model: a trained :class:`~protolib.siamese.SiameseModel` (its embedding is the flow's input).
-        bank: the bank it was trained on.
-        split: the model's split (flow trained on ``train``, with sbi's own validation fraction; scored on ``test``).
-        relevance: the target similarity (for TARP's normalised parameters).
-        projection: the targets' projection (``None``: all).
-        parameters: parameters estimated (default: every bank parameter and the inclination), log10 where log-scaled.
-        n_samples: posterior samples per test image (they play the matches' part).
-        max_epochs: the flow's training epochs at most (sbi stops early on its validation loss).
-        rank_bins, seed: as in :func:`~protolib.evaluation.score_ranking`.
+        bank: the bank the networks were trained on.
+        split: the networks' split: the flow learns from ``train`` (every projection), its widening per
+            parameter is chosen on ``validation``, and it is scored on ``test``.
+        relevance: the target similarity (which parameters TARP checks).
+        kind: ``"frozen"`` (on the Siamese embedding; needs ``model``) or ``"end_to_end"`` (needs ``autoencoder``).
+        settings: the evaluation's settings (``npe_samples``, ``npe_max_epochs``, ``projection``,
+            ``widening_candidates``, ``correction``, ``rank_bins``, ``seed``).
+        parameters: parameters estimated (default: every bank parameter and the inclination).
+        progress: show sbi's training progress and the sampling's progress bar.
 
     Returns:
-        The method (for reports) and its :class:`~protolib.evaluation.MethodEvaluation` (no similarity or retrieval figures).
+        Its :class:`~protolib.evaluation.MethodResult`: ``evaluation`` with the flow's samples as they come,
+        ``corrected`` with the widening chosen on validation systems (``chosen_k`` is the number of samples).
     """
     if not sbi_available():
         raise ProtolibInputError("The neural posterior estimate needs the sbi package (pip install 'protolib[posterior]').")
-    names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
-    method = siamese_method(model)
-    vectors, _, _ = embed_bank(method.embed, bank, progress=False)
-    values, logs = scaled_image_parameters(bank, names)
-    p = bank.n_projections
-    train_rows = (np.asarray(split.train)[:, None] * p + np.arange(p)).ravel()
-    target_system, target_projection = image_rows(bank, split.test, projection)
-    target_rows = target_system * p + target_projection
-    samples = _posterior_samples(values[train_rows], vectors[train_rows], vectors[target_rows], n_samples=n_samples, max_epochs=max_epochs,
-                                 seed=seed)
-    z_samples, z_truths = _normalised(samples, names, logs, relevance), _normalised(values[target_rows][:, None, :], names, logs, relevance)[:, 0]
-    evaluation = distribution_metrics(samples, values[target_rows], names, logs, values[train_rows].std(0), bank, relevance, z_samples, z_truths,
-                                      method="npe", weights=None, widening=1.0, rank_bins=rank_bins, seed=seed)
-    npe = MatchingMethod("npe", method.embed, "cosine", f"neural posterior estimate (sbi MAF) on the frozen Siamese embedding, {n_samples} samples")
-    return npe, evaluation
+    settings = settings or EvaluationSettings()
+    data = npe_data(kind, bank, model=model, autoencoder=autoencoder, parameters=parameters)
+    train = _rows(bank, split.train, None)
+    centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
+    posterior = train_flow((data.values[train] - centre) / spread, data.inputs[train], embedding_net=data.embedding_net,
+                           max_epochs=settings.npe_max_epochs, seed=settings.seed, progress=progress)
+    test = _rows(bank, split.test, settings.projection)
+    samples = draw_samples(posterior, data.inputs[test], settings.npe_samples, seed=settings.seed, progress=progress) * spread + centre
+    name = next(n for n, k in NPE_KINDS.items() if k == kind)
+    score = lambda widening: _score(samples, data, test, train, bank, relevance, name, widening, settings)  # noqa: E731
+    description = ("neural posterior estimate (sbi MAF) on the frozen Siamese embedding" if kind == "frozen" else
+                   "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder")
+    result = MethodResult(MatchingMethod(name, None, "posterior", f"{description}, {settings.npe_samples} samples per target"), score(1.0))
+    if settings.correction == "choose_k_and_widening" and len(split.validation):
+        validation = _rows(bank, split.validation, settings.projection)
+        drawn = draw_samples(posterior, data.inputs[validation], settings.npe_samples, seed=settings.seed + 1) * spread + centre
+        widening = {n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
+                    for j, n in enumerate(data.names)}
+        result.chosen_k, result.chosen_widening, result.corrected = settings.npe_samples, widening, score(widening)
+    return result
 
 
-def _posterior_samples(train_values: np.ndarray, train_vectors: np.ndarray, target_vectors: np.ndarray, *, n_samples: int, max_epochs: int,
-                       seed: int) -> np.ndarray:
-    """Train sbi's MAF on ``(train_values (N, K), train_vectors (N, D))`` and draw ``(T, n_samples, K)`` for ``target_vectors (T, D)``.
+def _score(samples: np.ndarray, data: NPEData, test: np.ndarray, train: np.ndarray, bank: Bank, relevance: Relevance, name: str, widening,
+           settings: EvaluationSettings) -> MethodEvaluation:
+    """The test samples' figures, as :func:`~protolib.evaluation.distribution_metrics` gives them for matches."""
+    z_samples = _normalised(samples, data.names, data.logs, relevance)
+    z_truths = _normalised(data.values[test][:, None, :], data.names, data.logs, relevance)[:, 0]
+    evaluation = distribution_metrics(samples, data.values[test], data.names, data.logs, data.values[train].std(0), bank, relevance,
+                                      z_samples, z_truths, method=name, weights=None, widening=widening, rank_bins=settings.rank_bins,
+                                      seed=settings.seed)
+    evaluation.target_system = test // bank.n_projections
+    return evaluation
 
-    The flow sees the values standardised on the training images; its samples come back in the values' own scale.
-    """
-    from sbi.inference import NPE
-    from torch.utils.tensorboard import SummaryWriter
 
-    centre, spread = train_values.mean(0), train_values.std(0) + 1e-12
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as log_dir:  # sbi would otherwise write ./sbi-logs wherever it runs
-        writer = SummaryWriter(log_dir=log_dir)
-        inference = NPE(density_estimator="maf", show_progress_bars=False, summary_writer=writer)
-        theta = torch.as_tensor((train_values - centre) / spread, dtype=torch.float32)
-        inference.append_simulations(theta, torch.as_tensor(train_vectors)).train(max_num_epochs=max_epochs, show_train_summary=False)
-        writer.close()
-    posterior = inference.build_posterior()
-    drawn = posterior.sample_batched((n_samples,), x=torch.as_tensor(target_vectors), show_progress_bars=False)  # (n, T, K)
-    return drawn.permute(1, 0, 2).numpy().astype(np.float64) * spread + centre  # (T, n, K)
+def _autoencoder_of(model):
+    """The autoencoder the Siamese ``model`` was trained from, or ``None`` (with a warning) when its checkpoint is gone."""
+    path = Path((model.checkpoint if model is not None else {}).get("autoencoder", ""))
+    if not path.is_file():
+        warnings.warn(f"The autoencoder {path} the network was trained from is gone; the end-to-end neural posterior estimate is left out.",
+                      stacklevel=3)
+        return None
+    return load_autoencoder(path)
 
 
 def _normalised(samples: np.ndarray, names: list[str], logs: list[bool], relevance: Relevance) -> np.ndarray:
@@ -113,16 +252,22 @@ def _normalised(samples: np.ndarray, names: list[str], logs: list[bool], relevan
     return relevance.normaliser.transform(physical.reshape(-1, len(columns))).reshape(*samples.shape[:2], len(columns))
 
 
-def add_npe_result(results: dict, model, bank: Bank, split, relevance: Relevance, settings: EvaluationSettings) -> dict:
-    """Add the neural posterior estimate to :func:`~protolib.evaluation.evaluate_methods`'s ``results`` as ``"npe"``.
+def add_npe_result(results: dict, bank: Bank, split, relevance: Relevance, settings: EvaluationSettings, *, model=None, autoencoder=None,
+                   parameters: list[str] | None = None, progress: bool = False) -> dict:
+    """Add each neural posterior estimate that ``settings.methods`` lists (``npe``, ``npe_end_to_end``) to ``results``.
 
     Warns and adds nothing when ``sbi`` is not installed. Returns ``results``.
     """
-    if not sbi_available():
-        warnings.warn("The sbi package is not installed; the neural posterior estimate is left out (pip install 'protolib[posterior]').",
+    wanted = [name for name in NPE_KINDS if name in settings.methods]
+    if wanted and not sbi_available():
+        warnings.warn("The sbi package is not installed; the neural posterior estimates are left out (pip install 'protolib[posterior]').",
                       stacklevel=2)
         return results
-    npe, evaluation = npe_evaluation(model, bank, split, relevance, projection=settings.projection, n_samples=settings.npe_samples,
-                                     max_epochs=settings.npe_max_epochs, rank_bins=settings.rank_bins, seed=settings.seed)
-    results["npe"] = MethodResult(npe, evaluation)
+    if "npe_end_to_end" in wanted and autoencoder is None:
+        autoencoder = _autoencoder_of(model)
+        if autoencoder is None:
+            wanted.remove("npe_end_to_end")
+    for name in wanted:
+        results[name] = npe_evaluation(bank, split, relevance, kind=NPE_KINDS[name], model=model, autoencoder=autoencoder, settings=settings,
+                                       parameters=parameters, progress=progress)
     return results

@@ -21,7 +21,7 @@ LAYERS = [
     {"bank", "cluster", "training", "plotting"},
     {"autoencoder", "siamese", "observation"},
     {"matching", "distributions", "literature", "embedding_maps", "attribution", "explorer"},
-    {"evaluation", "domain_shift", "plots_evaluation", "npe", "tuning", "misfits"},
+    {"evaluation", "comparison", "domain_shift", "plots_evaluation", "npe", "tuning", "misfits"},
     {"config"},
     {"pipelines"},
     {"cli", "__main__"},

@@ -16,14 +16,15 @@ def _add_model_and_bank(p, bank_help: str) -> None:
 def register_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate matching on held-out systems against baselines",
                        description="Match every test system of the model's split against the training systems with the Siamese "
-                                   "network and the baselines (random, pixel chi-square, PCA, autoencoder); write OUT/metrics.json "
+                                   "network and the baselines (random, pixel chi-square, PCA, autoencoder), beside the neural posterior "
+                                   "estimates (npe, npe_end_to_end) where the methods list them; write OUT/metrics.json "
                                    "(similarity, retrieval, parameter recovery, calibration per method and parameter) and figures.")
     _add_model_and_bank(p, "the bank the network was trained on (.h5)")
     p.add_argument("--out", required=True, type=path_argument, help="folder for metrics.json, headline.md and the figures")
     add_setting(p, "--top-k", key="evaluation.top_k", type=int, help="matches per target")
     add_setting(p, "--projection", key="evaluation.projection", type=int, help="evaluate one projection of each test system (null: all)")
     add_setting(p, "--methods", key="evaluation.methods", type=lambda s: s.split(","),
-                help="comma-separated subset of random,pixel,pca,autoencoder,siamese,npe")
+                help="comma-separated subset of random,pixel,pca,autoencoder,siamese,npe,npe_end_to_end")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
 
     def handler(args):

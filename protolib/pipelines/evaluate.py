@@ -56,8 +56,7 @@ def run_evaluation(
     methods = baseline_methods(model, bank, split.train, settings)
     relevance = Relevance.from_model(model)
     results = evaluate_methods(methods, bank, relevance, split, settings)
-    if "npe" in settings.methods:
-        add_npe_result(results, model, bank, split, relevance, settings)
+    add_npe_result(results, bank, split, relevance, settings, model=model)
     report = evaluation_report(results, model, bank, settings, model_path=model_path, bank_path=bank_path)
     _write_products(out_dir, results, report)
     return report

@@ -1,0 +1,136 @@
+"""Differences between methods, with their noise: a paired bootstrap over the test systems.
+
+Two methods scored on the same test targets (:class:`~protolib.evaluation.MethodEvaluation`) differ
+by a few hundredths of a prior spread on a few dozen systems. Whether that is a difference or noise
+is what a reader needs to know before "better" is written. Each resample draws the test *systems*
+with replacement, with all of their projections (one disk seen from eight sides is not eight
+independent targets), and recomputes both methods' figures on the same draw, so that what the two
+methods share (a hard system, an easy one) cancels in the difference. ``scipy.stats.bootstrap``
+resamples single observations, and its paired mode cannot keep a system's targets together, hence
+this module.
+
+A claim of "better" holds only when the interval excludes zero; otherwise the two are "level".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluation import METHOD_LABELS, MethodEvaluation, MethodResult
+from .runtime import ProtolibInputError
+
+__all__ = ["Difference", "paired_difference", "paired_differences", "difference_table", "difference_figures"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How much method ``a``'s RMS error of the median exceeds method ``b``'s on one parameter, with its bootstrap interval.
+
+    Attributes:
+        parameter: the parameter.
+        a, b: the two methods' names.
+        difference: ``rms_a - rms_b`` in prior spreads (negative: ``a`` is better).
+        low, high: its central interval at ``level`` over the resamples.
+        ratio: ``rms_a / rms_b``; ``ratio_low``, ``ratio_high`` its interval.
+        level: the interval's probability (0.95).
+        n_systems: the test systems resampled.
+    """
+
+    parameter: str
+    a: str
+    b: str
+    difference: float
+    low: float
+    high: float
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    level: float
+    n_systems: int
+
+    @property
+    def verdict(self) -> str:
+        """``"better"`` when ``a``'s error is lower and the interval excludes zero, ``"worse"`` when higher, else ``"level"``."""
+        return "better" if self.high < 0 else "worse" if self.low > 0 else "level"
+
+
+def paired_difference(a: MethodEvaluation, b: MethodEvaluation, parameter: str, *, n_resamples: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> Difference:
+    """The difference of two methods' RMS error of the median on ``parameter``, with a cluster bootstrap interval.
+
+    Both must have been scored on the same targets in the same order (their truths and target
+    systems agree). Errors are in prior spreads, as in the evaluation's tables.
+    """
+    truth_a, truth_b = np.asarray(a.truth[parameter]), np.asarray(b.truth[parameter])
+    if truth_a.shape != truth_b.shape or not np.allclose(truth_a, truth_b):
+        raise ProtolibInputError(f"{a.method} and {b.method} were not scored on the same targets; a paired comparison needs the same ones.")
+    row = a.metrics["parameters"][parameter]
+    spread = row["rms_error"] / row["rms_error_over_prior_spread"] if row["rms_error_over_prior_spread"] else float("nan")
+    squared = np.stack([(np.asarray(e.median[parameter]) - truth_a) ** 2 for e in (a, b)], 1) / spread**2  # (T, 2)
+    systems = np.arange(len(truth_a)) if a.target_system is None else np.asarray(a.target_system)
+    _, group = np.unique(systems, return_inverse=True)
+    n_groups = group.max() + 1
+    sums, counts = np.zeros((n_groups, 2)), np.bincount(group, minlength=n_groups).astype(np.float64)
+    np.add.at(sums, group, squared)
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_resamples, n_groups))
+    rms = np.sqrt(sums[draws].sum(1) / counts[draws].sum(1)[:, None])  # (R, 2)
+    point = np.sqrt(sums.sum(0) / counts.sum())
+    tails = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
+    low, high = np.percentile(rms[:, 0] - rms[:, 1], tails)
+    ratio_low, ratio_high = np.percentile(rms[:, 0] / rms[:, 1], tails)
+    return Difference(parameter, a.method, b.method, float(point[0] - point[1]), float(low), float(high), float(point[0] / point[1]),
+                      float(ratio_low), float(ratio_high), level, int(n_groups))
+
+
+def paired_differences(results: dict[str, MethodResult], reference: str, rivals: list[str] | None = None, *, corrected: bool = True,
+                       parameters: list[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> list[Difference]:
+    """:func:`paired_difference` of ``reference`` against each rival (default: every other method) on each parameter.
+
+    ``parameters`` defaults to those in the target similarity. ``corrected`` compares the figures after
+    each method's own correction (its k and widening chosen on validation systems); the widening does
+    not move a median, so it changes the errors only through k.
+    """
+    first = results[reference].figures(corrected)
+    names = parameters or [n for n, row in first.metrics["parameters"].items() if row["in_target_similarity"]]
+    rivals = [name for name in results if name != reference] if rivals is None else rivals
+    return [paired_difference(first, results[rival].figures(corrected), name, n_resamples=n_resamples, seed=seed)
+            for rival in rivals for name in names]
+
+
+def difference_table(differences: list[Difference]) -> str:
+    """A markdown table: a row per parameter, a column per rival, each cell the difference and its interval, and the verdict."""
+    rivals = list(dict.fromkeys(d.b for d in differences))
+    parameters = list(dict.fromkeys(d.parameter for d in differences))
+    cell = {(d.parameter, d.b): d for d in differences}
+    reference = differences[0].a if differences else ""
+    rows = [f"| {p} | " + " | ".join(f"{cell[p, r].difference:+.2f} [{cell[p, r].low:+.2f}, {cell[p, r].high:+.2f}] {cell[p, r].verdict}"
+                                      for r in rivals) + " |" for p in parameters]
+    level = round(100 * differences[0].level) if differences else 95
+    return "\n".join([f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "",
+                      f"RMS error of the median, in prior spreads: {reference}'s minus the other's, with its {level}% paired bootstrap interval "
+                      f"over {differences[0].n_systems if differences else 0} test systems; better or worse only where it excludes zero"])
+
+
+def difference_figures(differences: list[Difference], rival: str) -> dict:
+    """Numbers a page's prose quotes about one rival: the parameters better, level and worse, and the largest ratio with its interval."""
+    mine = [d for d in differences if d.b == rival]
+    by = {verdict: [d.parameter.replace("_", " ") for d in mine if d.verdict == verdict] for verdict in ("better", "level", "worse")}
+    worst = max(mine, key=lambda d: d.ratio) if mine else None
+    label = METHOD_LABELS.get(rival, rival)
+    return {
+        f"vs_{rival}_better": _phrase(by["better"]), f"vs_{rival}_level": _phrase(by["level"]), f"vs_{rival}_worse": _phrase(by["worse"]),
+        f"vs_{rival}_worst_parameter": worst.parameter.replace("_", " ") if worst else "none",
+        f"vs_{rival}_worst_ratio": worst.ratio if worst else float("nan"),
+        f"vs_{rival}_worst_ratio_low": worst.ratio_low if worst else float("nan"),
+        f"vs_{rival}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
+        f"vs_{rival}_label": label,
+        f"vs_{rival}_n_within_goal": sum(d.ratio <= 1.1 for d in mine),
+        f"vs_{rival}_n_parameters": len(mine),
+    }
+
+
+def _phrase(items: list[str]) -> str:
+    """``"a, b and c"``, or ``"none"``."""
+    return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]

@@ -1,0 +1,86 @@
+"""The neural posterior estimates (sbi) and the paired bootstrap that compares methods."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import open_small_bank
+
+from protolib.autoencoder import AutoencoderConfig, train_autoencoder
+from protolib.cli import main
+from protolib.comparison import difference_table, paired_difference
+from protolib.evaluation import MethodEvaluation, central_coverage
+from protolib.npe import draw_samples, sbi_available, train_flow
+from protolib.runtime import ProtolibInputError
+from protolib.siamese import train_siamese
+from protolib.splits import split_systems
+from protolib.training import TrainingConfig
+
+needs_sbi = pytest.mark.skipif(not sbi_available(), reason="sbi is not installed")
+
+
+def toy_evaluation(name: str, errors: np.ndarray, truths: np.ndarray, systems: np.ndarray) -> MethodEvaluation:
+    """A method's figures on one parameter ``x`` whose medians miss the truths by ``errors`` (prior spread 1)."""
+    rms = float(np.sqrt(np.mean(errors**2)))
+    metrics = {"parameters": {"x": {"rms_error": rms, "rms_error_over_prior_spread": rms, "in_target_similarity": True}}}
+    return MethodEvaluation(name, 20, metrics, ["x"], {"x": truths}, {"x": truths + errors}, {}, {}, {}, (None, None), {}, systems)
+
+
+def test_a_paired_bootstrap_calls_a_clear_gain_better_and_noise_level():
+    rng = np.random.default_rng(0)
+    systems = np.repeat(np.arange(45), 8)  # 45 test systems seen in 8 projections, as in chapter 06
+    truths = rng.normal(size=len(systems))
+    shared = np.repeat(rng.normal(size=45), 8)  # what is hard for one method is hard for the other: it cancels in the pairing
+    worse = toy_evaluation("b", shared + 0.5 * rng.normal(size=len(systems)), truths, systems)
+    better = toy_evaluation("a", 0.6 * shared + 0.3 * rng.normal(size=len(systems)), truths, systems)
+    gain = paired_difference(better, worse, "x")
+    assert gain.verdict == "better" and gain.high < 0 and gain.ratio < 1 and gain.n_systems == 45
+    twin = toy_evaluation("c", shared + 0.5 * rng.normal(size=len(systems)), truths, systems)  # the same method again, other noise
+    tie = paired_difference(twin, worse, "x")
+    assert tie.verdict == "level" and tie.low < 0 < tie.high
+    assert "level" in difference_table([tie]) and "45 test systems" in difference_table([tie])
+    # eight projections of a system are one sample: the interval is that of 45 systems, far wider than of 360 independent images
+    independent = toy_evaluation("b", worse.median["x"] - truths, truths, np.arange(len(systems)))
+    narrow = paired_difference(toy_evaluation("a", better.median["x"] - truths, truths, np.arange(len(systems))), independent, "x")
+    assert (gain.high - gain.low) > 1.3 * (narrow.high - narrow.low)
+    with pytest.raises(ProtolibInputError, match="same targets"):
+        paired_difference(better, toy_evaluation("d", shared, truths + 1, systems), "x")
+
+
+@needs_sbi
+def test_the_flow_recovers_a_known_gaussian_posterior_with_nominal_coverage():
+    """theta ~ N(0, 1), x = theta + N(0, 0.5): the posterior is N(0.8 x, 0.45); samples must centre and spread as that."""
+    rng = np.random.default_rng(1)
+    theta = rng.normal(size=(3000, 2))
+    x = theta + 0.5 * rng.normal(size=theta.shape)
+    posterior = train_flow(theta, x, max_epochs=60, seed=0)
+    truths = rng.normal(size=(300, 2))
+    observed = truths + 0.5 * rng.normal(size=truths.shape)
+    samples = draw_samples(posterior, observed, 300, seed=0, batch=64)
+    assert samples.shape == (300, 300, 2)
+    assert np.abs(np.median(samples, 1) - 0.8 * observed).mean() < 0.1
+    assert np.std(samples, 1).mean() == pytest.approx(np.sqrt(0.2), rel=0.15)
+    coverage = central_coverage(samples[..., 0], truths[:, 0], (0.68, 0.95))
+    assert coverage == pytest.approx([0.68, 0.95], abs=0.08)
+
+
+@needs_sbi
+def test_protolib_evaluate_scores_both_posterior_estimates_beside_the_matches(tmp_path_factory, tmp_path):
+    with open_small_bank(tmp_path_factory, 16, seed=2) as bank:
+        split = split_systems(bank.n_systems, (0.5, 0.25, 0.25), seed=0)
+        quick = TrainingConfig(epochs=1, batch_systems=4, learning_rate=3e-3, num_threads=1)
+        autoencoder = train_autoencoder(bank, tmp_path / "autoencoder.pt", split=split, model=AutoencoderConfig(channels=[4, 8], latent_size=8),
+                                        training=quick, progress=False)
+        model = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", training=quick, progress=False)
+        out = tmp_path / "evaluation"
+        assert main(["evaluate", "--model", str(model), "--bank", str(bank.path), "--out", str(out), "--top-k", "4", "--config", "tiny",
+                     "--methods", "random,siamese,npe,npe_end_to_end", "--set", "evaluation.npe_max_epochs=3",
+                     "--set", "evaluation.npe_samples=50"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["random", "siamese", "npe", "npe_end_to_end"]
+    for name in ("npe", "npe_end_to_end"):
+        entry = metrics["methods"][name]
+        assert entry["metric"] == "posterior" and entry["at_top_k"]["top_k"] == 50
+        assert sum(entry["at_top_k"]["parameters"]["disk_radius"]["rank_histogram"]) == len(split.test) * bank.n_projections
+        assert set(entry["chosen_widening"]) == {*bank.physical_parameters, "inclination"}
+        assert 0 <= entry["corrected"]["calibration"]["coverage_68"] <= 1
