@@ -21,7 +21,7 @@ import numpy as np
 from .evaluation import METHOD_LABELS, MethodEvaluation, MethodResult
 from .runtime import ProtolibInputError
 
-__all__ = ["Difference", "paired_difference", "paired_differences", "difference_table", "difference_figures"]
+__all__ = ["Difference", "paired_difference", "paired_differences", "best_rival_differences", "difference_table", "difference_figures"]
 
 
 @dataclass(frozen=True)
@@ -100,35 +100,76 @@ def paired_differences(results: dict[str, MethodResult], reference: str, rivals:
 
 
 def difference_table(differences: list[Difference]) -> str:
-    """A markdown table: a row per parameter, a column per rival, each cell the difference and its interval, and the verdict."""
+    """A markdown table of differences, each with its interval and verdict.
+
+    With one difference per parameter (:func:`best_rival_differences`): a row per parameter, naming the
+    method it is against, with the error ratio. Otherwise (:func:`paired_differences`): a row per
+    parameter and a column per other method.
+    """
+    if not differences:
+        return "(no differences to show)"
+    reference, parameters = differences[0].a, list(dict.fromkeys(d.parameter for d in differences))
+    level, n_systems = round(100 * differences[0].level), differences[0].n_systems
+    note = (f"RMS error of the median, in prior spreads: {reference}'s minus the other's, with its {level}% paired bootstrap interval over "
+            f"{n_systems} test systems; better or worse only where it excludes zero")
+
+    def text(d: Difference) -> str:
+        return f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict}"
+
+    if len(parameters) == len(differences):
+        rows = [f"| {d.parameter} | {d.b} | {text(d)} | {d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] |" for d in differences]
+        return "\n".join([f"| parameter | against | {reference} minus it | error ratio |", "| --- | --- | --- | --- |", *rows, "", note])
     rivals = list(dict.fromkeys(d.b for d in differences))
-    parameters = list(dict.fromkeys(d.parameter for d in differences))
-    cell = {(d.parameter, d.b): d for d in differences}
-    reference = differences[0].a if differences else ""
-    rows = [f"| {p} | " + " | ".join(f"{cell[p, r].difference:+.2f} [{cell[p, r].low:+.2f}, {cell[p, r].high:+.2f}] {cell[p, r].verdict}"
-                                      for r in rivals) + " |" for p in parameters]
-    level = round(100 * differences[0].level) if differences else 95
-    return "\n".join([f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "",
-                      f"RMS error of the median, in prior spreads: {reference}'s minus the other's, with its {level}% paired bootstrap interval "
-                      f"over {differences[0].n_systems if differences else 0} test systems; better or worse only where it excludes zero"])
+    cell = {(d.parameter, d.b): text(d) for d in differences}
+    rows = [f"| {p} | " + " | ".join(cell.get((p, r), "") for r in rivals) + " |" for p in parameters]
+    return "\n".join([f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "", note])
 
 
-def difference_figures(differences: list[Difference], rival: str) -> dict:
-    """Numbers a page's prose quotes about one rival: the parameters better, level and worse, and the largest ratio with its interval."""
-    mine = [d for d in differences if d.b == rival]
-    by = {verdict: [d.parameter.replace("_", " ") for d in mine if d.verdict == verdict] for verdict in ("better", "level", "worse")}
-    worst = max(mine, key=lambda d: d.ratio) if mine else None
-    label = METHOD_LABELS.get(rival, rival)
-    return {
-        f"vs_{rival}_better": _phrase(by["better"]), f"vs_{rival}_level": _phrase(by["level"]), f"vs_{rival}_worse": _phrase(by["worse"]),
-        f"vs_{rival}_worst_parameter": worst.parameter.replace("_", " ") if worst else "none",
-        f"vs_{rival}_worst_ratio": worst.ratio if worst else float("nan"),
-        f"vs_{rival}_worst_ratio_low": worst.ratio_low if worst else float("nan"),
-        f"vs_{rival}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
-        f"vs_{rival}_label": label,
-        f"vs_{rival}_n_within_goal": sum(d.ratio <= 1.1 for d in mine),
-        f"vs_{rival}_n_parameters": len(mine),
-    }
+def best_rival_differences(results: dict[str, MethodResult], reference: str, rivals: list[str], *, corrected: bool = True,
+                           parameters: list[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> list[Difference]:
+    """Per parameter, :func:`paired_difference` of ``reference`` against whichever of ``rivals`` has the lowest error on it."""
+    first = results[reference].figures(corrected)
+    names = parameters or [n for n, row in first.metrics["parameters"].items() if row["in_target_similarity"]]
+    rivals = [r for r in rivals if r in results and r != reference]
+    if not rivals:
+        return []
+    tables = {r: results[r].figures(corrected).metrics["parameters"] for r in rivals}
+    best = {n: min(rivals, key=lambda r: tables[r][n]["rms_error_over_prior_spread"]) for n in names}
+    return [paired_difference(first, results[best[n]].figures(corrected), n, n_resamples=n_resamples, seed=seed) for n in names]
+
+
+def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio: float = 1.1) -> dict:
+    """Numbers a page's prose quotes about a set of differences, as ``{prefix}_...``.
+
+    ``_better``, ``_level``, ``_worse``: phrases naming the parameters, each with its difference and
+    interval and the method it is against; ``_n_better`` ...: their counts; ``_worst_parameter``,
+    ``_worst_ratio`` (``_low``, ``_high``): the largest error ratio and its interval; ``_n_within_goal``:
+    the parameters whose ratio is at most ``goal_ratio``, of ``_n_parameters``; ``_beyond_goal``: a
+    phrase naming the others with their ratios.
+    """
+    by = {verdict: [d for d in differences if d.verdict == verdict] for verdict in ("better", "level", "worse")}
+    figures = {}
+    for verdict, members in by.items():
+        figures[f"{prefix}_n_{verdict}"] = len(members)
+        figures[f"{prefix}_{verdict}"] = _phrase([f"{_name(d.parameter)} ({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] against "
+                                                  f"{METHOD_LABELS.get(d.b, d.b)})" for d in members])
+    worst = max(differences, key=lambda d: d.ratio) if differences else None
+    beyond = [d for d in differences if d.ratio > goal_ratio]
+    figures.update({
+        f"{prefix}_worst_parameter": _name(worst.parameter) if worst else "none",
+        f"{prefix}_worst_ratio": worst.ratio if worst else float("nan"),
+        f"{prefix}_worst_ratio_low": worst.ratio_low if worst else float("nan"),
+        f"{prefix}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
+        f"{prefix}_n_within_goal": len(differences) - len(beyond), f"{prefix}_n_parameters": len(differences),
+        f"{prefix}_beyond_goal": _phrase([f"{_name(d.parameter)} ({d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
+                                          f"{METHOD_LABELS.get(d.b, d.b)}'s)" for d in beyond]),
+        f"{prefix}_n_systems": differences[0].n_systems if differences else 0,
+    })
+    return figures
+
+
+def _name(parameter: str) -> str:
+    return parameter.replace("_", " ")
 
 
 def _phrase(items: list[str]) -> str:

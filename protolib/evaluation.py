@@ -900,7 +900,10 @@ def mean_target_error(metrics: dict) -> float:
 
 def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False,
                        margin: float = 0.05) -> dict[str, dict]:
-    """Per parameter: how ``reference`` compares with the best other method, and whether it constrains the parameter.
+    """Per parameter: how ``reference`` compares with the best other matching method, and whether it constrains the parameter.
+
+    The neural posterior estimates are not matching methods and are left out of the comparison
+    (:mod:`protolib.comparison` sets the reference against them, with intervals).
 
     A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
     range are below ``1 - margin`` prior spreads; ``reference`` is better (worse) when its RMS error is
@@ -914,7 +917,7 @@ def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str =
     tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
     found = {}
     for name, row in tables[reference].items():
-        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference}
+        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference and m not in NPE_METHODS}
         best = min(others, key=others.get) if others else None
         error = row["rms_error_over_prior_spread"]
         comparison = None if best is None else "better" if error < others[best] - margin else "worse" if error > others[best] + margin else "level"
