@@ -14,11 +14,13 @@ A claim of "better" holds only when the interval excludes zero; otherwise the tw
 
 from __future__ import annotations
 
+# Method results are taken by what they hold (``truth``, ``median``, ``metrics``, ``target_system``; ``figures(corrected)``), not by
+# type, so that protolib.evaluation can judge its own verdicts with this module without an import cycle.
+
 from dataclasses import dataclass
 
 import numpy as np
 
-from .evaluation import METHOD_LABELS, MethodEvaluation, MethodResult
 from .runtime import ProtolibInputError
 
 __all__ = ["Difference", "paired_difference", "paired_differences", "best_rival_differences", "difference_table", "difference_figures"]
@@ -56,7 +58,7 @@ class Difference:
         return "better" if self.high < 0 else "worse" if self.low > 0 else "level"
 
 
-def paired_difference(a: MethodEvaluation, b: MethodEvaluation, parameter: str, *, n_resamples: int = 2000, level: float = 0.95,
+def paired_difference(a, b, parameter: str, *, n_resamples: int = 2000, level: float = 0.95,
                       seed: int = 0) -> Difference:
     """The difference of two methods' RMS error of the median on ``parameter``, with a cluster bootstrap interval.
 
@@ -84,7 +86,7 @@ def paired_difference(a: MethodEvaluation, b: MethodEvaluation, parameter: str, 
                       float(ratio_low), float(ratio_high), level, int(n_groups))
 
 
-def paired_differences(results: dict[str, MethodResult], reference: str, rivals: list[str] | None = None, *, corrected: bool = True,
+def paired_differences(results: dict, reference: str, rivals: list[str] | None = None, *, corrected: bool = True,
                        parameters: list[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> list[Difference]:
     """:func:`paired_difference` of ``reference`` against each rival (default: every other method) on each parameter.
 
@@ -125,7 +127,7 @@ def difference_table(differences: list[Difference]) -> str:
     return "\n".join([f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "", note])
 
 
-def best_rival_differences(results: dict[str, MethodResult], reference: str, rivals: list[str], *, corrected: bool = True,
+def best_rival_differences(results: dict, reference: str, rivals: list[str], *, corrected: bool = True,
                            parameters: list[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> list[Difference]:
     """Per parameter, :func:`paired_difference` of ``reference`` against whichever of ``rivals`` has the lowest error on it."""
     first = results[reference].figures(corrected)
@@ -138,21 +140,23 @@ def best_rival_differences(results: dict[str, MethodResult], reference: str, riv
     return [paired_difference(first, results[best[n]].figures(corrected), n, n_resamples=n_resamples, seed=seed) for n in names]
 
 
-def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio: float = 1.1) -> dict:
+def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio: float = 1.1, labels: dict[str, str] | None = None) -> dict:
     """Numbers a page's prose quotes about a set of differences, as ``{prefix}_...``.
 
     ``_better``, ``_level``, ``_worse``: phrases naming the parameters, each with its difference and
     interval and the method it is against; ``_n_better`` ...: their counts; ``_worst_parameter``,
     ``_worst_ratio`` (``_low``, ``_high``): the largest error ratio and its interval; ``_n_within_goal``:
     the parameters whose ratio is at most ``goal_ratio``, of ``_n_parameters``; ``_beyond_goal``: a
-    phrase naming the others with their ratios.
+    phrase naming the others with their ratios. ``labels`` names methods in prose (e.g.
+    :data:`~protolib.evaluation.METHOD_LABELS`; default: their names).
     """
+    labels = labels or {}
     by = {verdict: [d for d in differences if d.verdict == verdict] for verdict in ("better", "level", "worse")}
     figures = {}
     for verdict, members in by.items():
         figures[f"{prefix}_n_{verdict}"] = len(members)
         figures[f"{prefix}_{verdict}"] = _phrase([f"{_name(d.parameter)} ({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] against "
-                                                  f"{METHOD_LABELS.get(d.b, d.b)})" for d in members])
+                                                  f"{labels.get(d.b, d.b)})" for d in members])
     worst = max(differences, key=lambda d: d.ratio) if differences else None
     beyond = [d for d in differences if d.ratio > goal_ratio]
     figures.update({
@@ -162,7 +166,7 @@ def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio
         f"{prefix}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
         f"{prefix}_n_within_goal": len(differences) - len(beyond), f"{prefix}_n_parameters": len(differences),
         f"{prefix}_beyond_goal": _phrase([f"{_name(d.parameter)} ({d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
-                                          f"{METHOD_LABELS.get(d.b, d.b)}'s)" for d in beyond]),
+                                          f"{labels.get(d.b, d.b)}'s)" for d in beyond]),
         f"{prefix}_n_systems": differences[0].n_systems if differences else 0,
     })
     return figures

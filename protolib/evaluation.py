@@ -39,6 +39,7 @@ import torch
 from scipy.stats import chisquare, rankdata
 
 from .bank import Bank
+from .comparison import paired_difference
 from .distributions import central_coverage, central_intervals, similarity_weights
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser, scaled_image_parameters
@@ -906,8 +907,11 @@ def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str =
     (:mod:`protolib.comparison` sets the reference against them, with intervals).
 
     A parameter counts as constrained when both its RMS error and the half-width of the matches' 68%
-    range are below ``1 - margin`` prior spreads; ``reference`` is better (worse) when its RMS error is
-    lower (higher) than the best other method's by more than ``margin`` prior spreads, else level.
+    range are below ``1 - margin`` prior spreads. ``reference`` is better (worse) than the best other
+    method when the 95% paired bootstrap interval of the difference of their RMS errors, over the test
+    systems (:func:`~protolib.comparison.paired_difference`), lies wholly below (above) zero, else
+    level. Results read back from JSON hold no per-target errors; for them the rule is a difference of
+    more than ``margin`` prior spreads.
 
     Returns:
         name -> ``{"error", "r2", "coverage_68", "in_target_similarity", "constrained", "best", "best_error", "comparison"}``:
@@ -920,11 +924,20 @@ def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str =
         others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference and m not in NPE_METHODS}
         best = min(others, key=others.get) if others else None
         error = row["rms_error_over_prior_spread"]
-        comparison = None if best is None else "better" if error < others[best] - margin else "worse" if error > others[best] + margin else "level"
+        comparison = None if best is None else _compare(results, reference, best, name, corrected, margin)
         found[name] = {"error": error, "r2": row["r2_knn"], "coverage_68": row["coverage_68"], "in_target_similarity": row["in_target_similarity"],
                        "constrained": constrains(row, margin), "best": best, "best_error": others.get(best, float("nan")),
                        "comparison": comparison}
     return found
+
+
+def _compare(results: dict, reference: str, other: str, name: str, corrected: bool, margin: float) -> str:
+    """``"better"``, ``"level"`` or ``"worse"``: ``reference`` against ``other`` on parameter ``name`` (see :func:`parameter_verdicts`)."""
+    mine, theirs = (results[m] for m in (reference, other))
+    if isinstance(mine, MethodResult) and isinstance(theirs, MethodResult) and mine.figures(corrected).target_system is not None:
+        return paired_difference(mine.figures(corrected), theirs.figures(corrected), name).verdict
+    error, best = (_metrics_of(r, corrected)["parameters"][name]["rms_error_over_prior_spread"] for r in (mine, theirs))
+    return "better" if error < best - margin else "worse" if error > best + margin else "level"
 
 
 def verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:

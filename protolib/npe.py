@@ -22,8 +22,12 @@ anything, and sbi's TensorBoard log goes to a temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import tempfile
+import io
+import re
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +45,7 @@ from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
 
-__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
+__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "TrainedFlow", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
            "npe_evaluation", "add_npe_result"]
 
 NPE_TARGET_BATCH = 64
@@ -123,42 +127,112 @@ def npe_data(kind: str, bank: Bank, *, model=None, autoencoder=None, parameters:
     return NPEData(kind, np.concatenate(inputs).astype(np.float32), values, names, logs, embedding)
 
 
+@dataclass
+class TrainedFlow:
+    """An amortised posterior from :func:`train_flow`, and how its training went.
+
+    Attributes:
+        posterior: sbi's posterior (``sample_batched`` draws for many inputs at once).
+        epochs: the epochs trained.
+        converged: whether training stopped because sbi's held-out loss stopped improving (``False``: it hit ``max_epochs``).
+        seconds: the training's wall time.
+    """
+
+    posterior: object
+    epochs: int
+    converged: bool
+    seconds: float
+
+    def describe(self) -> str:
+        """How it was trained, for a report: ``"trained 143 epochs (converged), 21 s"``."""
+        how = "converged" if self.converged else "the cap; its held-out loss was still falling"
+        return f"trained {self.epochs} epochs ({how}), {self.seconds:.0f} s"
+
+
+class _NoTracking:
+    """sbi's experiment-tracking protocol, doing nothing: sbi would otherwise write TensorBoard logs to ./sbi-logs."""
+
+    log_dir = None
+
+    def log_metric(self, name, value, step=None):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_params(self, params):
+        pass
+
+    def add_figure(self, name, figure, step=None):
+        pass
+
+    def flush(self):
+        pass
+
+
+class _EpochBar(io.TextIOBase):
+    """Turns sbi's printed epoch counter ("Training neural network. Epochs trained: N") into a tqdm bar.
+
+    sbi reports progress only by printing with a carriage return, which a notebook keeps line after
+    line; it takes no callback. Everything else written goes on to the real stdout.
+    """
+
+    def __init__(self, bar, stdout):
+        self.bar, self.stdout = bar, stdout
+
+    def write(self, text: str) -> int:
+        found = re.findall(r"Epochs trained: (\d+)", text)
+        if found:
+            self.bar.update(int(found[-1]) - self.bar.n)
+        elif text.strip():
+            self.stdout.write(text)
+        return len(text)
+
+
 def train_flow(theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | None = None, max_epochs: int = 200, seed: int = 0,
-               progress: bool = False, device: str | torch.device | None = None):
+               progress: bool = False, device: str | torch.device | None = None, description: str = "posterior estimate") -> TrainedFlow:
     """Train sbi's masked autoregressive flow on ``(theta (N, K), x (N, D))``; return its amortised posterior.
 
     ``theta`` should be standardised (mean 0, spread 1 per column). With an ``embedding_net`` the data
     are taken as they are (images are already stretched by the autoencoder's preprocessing); without one
     sbi standardises each input dimension. Training stops early on sbi's validation loss (10% of ``x``
-    held out, after 20 epochs without improvement) or at ``max_epochs``.
+    held out, after 20 epochs without improvement) or at ``max_epochs``; the result says which.
     """
     from sbi.inference import NPE
     from sbi.neural_nets import posterior_nn
-    from torch.utils.tensorboard import SummaryWriter
 
     device = str(default_device(device)) if embedding_net is not None else "cpu"  # a flow on 32 numbers is faster on the CPU
     torch.manual_seed(seed)
     builder = posterior_nn(model="maf", z_score_x="none" if embedding_net is not None else "independent",
                            **({"embedding_net": embedding_net} if embedding_net is not None else {}))
-    with tempfile.TemporaryDirectory() as log_dir, warnings.catch_warnings():  # sbi would otherwise write ./sbi-logs wherever it runs
-        warnings.filterwarnings("ignore", message=".*(prior|Prior).*")  # no prior given: sbi warns that it uses the data's range
-        writer = SummaryWriter(log_dir=log_dir)
-        inference = NPE(density_estimator=builder, device=device, show_progress_bars=progress, summary_writer=writer)
+    start = time.perf_counter()
+    with warnings.catch_warnings(), tqdm(total=max_epochs, desc=description, unit="epoch", disable=not progress) as bar:
+        # understood and handled here: no prior is given (the training data's range is used), the epoch cap is reported by
+        # TrainedFlow.converged, and sbi's outlier check on z-scoring fires for image pixels, which are not z-scored (z_score_x="none")
+        for message in (".*prior.*", ".*not yet fully converged.*", ".*extreme outliers.*"):
+            warnings.filterwarnings("ignore", message=message)
+        inference = NPE(density_estimator=builder, device=device, show_progress_bars=progress, tracker=_NoTracking())
         inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32))
-        estimator = inference.train(max_num_epochs=max_epochs, show_train_summary=False)
-        writer.close()
-    return inference.build_posterior(estimator)
+        with contextlib.redirect_stdout(_EpochBar(bar, sys.stdout)):
+            estimator = inference.train(max_num_epochs=max_epochs, show_train_summary=False)
+        posterior = inference.build_posterior(estimator)
+    epochs = int(inference.summary["epochs_trained"][-1])
+    return TrainedFlow(posterior, epochs, epochs < max_epochs, time.perf_counter() - start)
 
 
-def draw_samples(posterior, x: np.ndarray, n_samples: int, *, seed: int = 0, batch: int = NPE_TARGET_BATCH, progress: bool = False) -> np.ndarray:
-    """``(T, n_samples, K)`` posterior samples for inputs ``x (T, D)``, drawn for ``batch`` targets at a time."""
+def draw_samples(flow: TrainedFlow, x: np.ndarray, n_samples: int, *, seed: int = 0, batch: int = NPE_TARGET_BATCH, progress: bool = False) -> np.ndarray:
+    """``(T, n_samples, K)`` posterior samples for inputs ``x (T, D)``, drawn for ``batch`` targets at a time.
+
+    sbi caps its own sampling batch to bound memory and says so each time; that cap is what we want, so
+    it is not shown.
+    """
     torch.manual_seed(seed)
     out = []
     for start in tqdm(range(0, len(x), batch), desc="posterior samples", unit="batch", disable=not progress):
         chunk = torch.as_tensor(x[start : start + batch], dtype=torch.float32)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(acceptance|rejection).*")  # few draws fall outside the data's range
-            drawn = posterior.sample_batched((n_samples,), x=chunk, show_progress_bars=False)  # (n, t, K)
+            warnings.filterwarnings("ignore", message=".*(acceptance|rejection|max_sampling_batch_size|support).*")
+            drawn = flow.posterior.sample_batched((n_samples,), x=chunk, show_progress_bars=False)  # (n, t, K)
         out.append(drawn.permute(1, 0, 2).cpu().numpy().astype(np.float64))
     return np.concatenate(out)
 
@@ -204,15 +278,15 @@ def npe_evaluation(
     data = npe_data(kind, bank, model=model, autoencoder=autoencoder, parameters=parameters)
     train = _rows(bank, split.train, None)
     centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
+    name = next(n for n, k in NPE_KINDS.items() if k == kind)
     posterior = train_flow((data.values[train] - centre) / spread, data.inputs[train], embedding_net=data.embedding_net,
-                           max_epochs=settings.npe_max_epochs, seed=settings.seed, progress=progress)
+                           max_epochs=settings.npe_max_epochs, seed=settings.seed, progress=progress, description=f"training {name}")
     test = _rows(bank, split.test, settings.projection)
     samples = draw_samples(posterior, data.inputs[test], settings.npe_samples, seed=settings.seed, progress=progress) * spread + centre
-    name = next(n for n, k in NPE_KINDS.items() if k == kind)
     score = lambda widening: _score(samples, data, test, train, bank, relevance, name, widening, settings)  # noqa: E731
     description = ("neural posterior estimate (sbi MAF) on the frozen Siamese embedding" if kind == "frozen" else
                    "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder")
-    result = MethodResult(MatchingMethod(name, None, "posterior", f"{description}, {settings.npe_samples} samples per target"), score(1.0))
+    result = MethodResult(MatchingMethod(name, None, "posterior", f"{description}, {posterior.describe()}, {settings.npe_samples} samples per target"), score(1.0))
     if settings.correction == "choose_k_and_widening" and len(split.validation):
         validation = _rows(bank, split.validation, settings.projection)
         drawn = draw_samples(posterior, data.inputs[validation], settings.npe_samples, seed=settings.seed + 1) * spread + centre

@@ -12,7 +12,8 @@ from .domain_shift import nuisance_rows, shift_rows
 from .evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
 from .parameters import PARAMETERS, VIEWING_PARAMETERS
 
-__all__ = ["coverage_plot", "recovery_plot", "rank_histogram_plot", "tarp_plot", "domain_shift_plot", "nuisance_constraint_plot"]
+__all__ = ["coverage_plot", "recovery_plot", "rank_histogram_plot", "tarp_plot", "domain_shift_plot", "nuisance_constraint_plot",
+           "learning_curve_plot"]
 
 
 def _label(name: str, log_scale: bool | None = None) -> str:
@@ -167,3 +168,65 @@ def nuisance_constraint_plot(result: MethodResult, nuisance: list[str], *, corre
     ax.legend(fontsize=8, loc="upper left", ncols=2)
     ax.set_ylim(0, max(1.6, max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows) * 1.15))
     return fig
+
+
+METHOD_COLOURS = {"pixel": "tab:grey", "pca": "tab:brown", "autoencoder": "tab:green", "siamese": "tab:blue", "npe": "tab:orange",
+                  "npe_end_to_end": "tab:red", "random": "k"}
+
+
+def learning_curve_plot(curves: dict, *, methods: list[str] | None = None, columns: int = 4, panel_size: float = 2.5) -> Figure:
+    """Each method's error against its training systems (the JSON of ``benchmarks/learning_curves.py``), one panel per parameter.
+
+    Panels: every parameter of the target similarity (``curves["target_parameters"]``), then their mean.
+    Points joined by solid lines are measured (corrected RMS error of the median over the prior's
+    spread, on the same test systems at every size); the dashed line is the fitted curve
+    (``curves["fits"]``), carried from the largest measured size to ``curves["extrapolation"]`` — an
+    extrapolation, not a measurement, drawn with an open marker; the grey dotted line is the largest size measured, the
+    light grey line at 1 the prior (no information).
+
+    Arguments:
+        curves: the JSON's contents (``train_systems``, ``methods``, ``fits``, ``extrapolation``, ``target_parameters``).
+        methods: lines drawn (default: every method in ``curves["methods"]``).
+    """
+    names = [*curves["target_parameters"], "mean_target"]
+    methods = methods or list(curves["methods"])
+    rows = math.ceil(len(names) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, panel_size * rows), squeeze=False, sharex=True, layout="constrained")
+    sizes = np.asarray(curves["train_systems"], dtype=float)
+    far = float(curves.get("extrapolation", {}).get("train_systems", sizes.max()))
+    fits = curves.get("fits", {}).get("by_method", {})
+    for ax, name in zip(axes.flat, names):
+        for i, method in enumerate(methods):
+            colour = METHOD_COLOURS.get(method, f"C{i}")
+            ax.plot(sizes, [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes], "o-", color=colour,
+                    lw=1.5, ms=3.5, label=method)
+            fit = fits.get(method, {}).get(name)
+            if fit is not None and far > sizes.max():
+                n = np.geomspace(sizes.max(), far, 30)
+                ax.plot(n, _fitted(fit, n), "--", color=colour, lw=1.2)
+                ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
+        ax.axvline(sizes.max(), color="0.6", ls=":", lw=1)
+        ax.axhline(1.0, color="0.8", lw=0.8)  # no information: the prior
+        ax.set_xscale("log")
+        ax.set_title("mean of the target parameters" if name == "mean_target" else name.replace("_", " "), fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("RMS error / prior spread", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("training systems", fontsize=8)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=8, ncols=len(methods), loc="outside upper center")
+    return fig
+
+
+def _curve_value(row: dict, name: str) -> float:
+    """One size's corrected RMS error over the prior's spread of parameter ``name`` (``"mean_target"``: the target parameters' mean)."""
+    return row["mean_target_rms_error_over_prior_spread"] if name == "mean_target" else row["parameters"][name]["rms_error_over_prior_spread"]
+
+
+def _fitted(fit: dict, n: np.ndarray) -> np.ndarray:
+    """A fitted learning curve at ``n`` training systems: ``a + b n^-c``, or the log-linear fallback ``alpha + beta log10 n``."""
+    if "c" in fit:
+        return fit["a"] + fit["b"] * np.power(n, -fit["c"])
+    return fit["alpha"] + fit["beta"] * np.log10(n)
