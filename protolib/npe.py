@@ -45,7 +45,7 @@ from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
 
-__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "TrainedFlow", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
+__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "TrainedFlow", "FittedNPE", "fit_npe", "score_npe", "npe_results", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
            "npe_evaluation", "add_npe_result"]
 
 NPE_TARGET_BATCH = 64
@@ -216,8 +216,8 @@ def train_flow(theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | N
         with contextlib.redirect_stdout(_EpochBar(bar, sys.stdout)):
             estimator = inference.train(max_num_epochs=max_epochs, show_train_summary=False)
         posterior = inference.build_posterior(estimator)
-    epochs = int(inference.summary["epochs_trained"][-1])
-    return TrainedFlow(posterior, epochs, epochs < max_epochs, time.perf_counter() - start)
+    epochs = int(inference.summary["epochs_trained"][-1])  # sbi's counter ends one past the cap when it hits it
+    return TrainedFlow(posterior, min(epochs, max_epochs), epochs < max_epochs, time.perf_counter() - start)
 
 
 def draw_samples(flow: TrainedFlow, x: np.ndarray, n_samples: int, *, seed: int = 0, batch: int = NPE_TARGET_BATCH, progress: bool = False) -> np.ndarray:
@@ -243,34 +243,42 @@ def _rows(bank: Bank, systems, projection: int | None) -> np.ndarray:
     return system * bank.n_projections + proj
 
 
-def npe_evaluation(
-    bank: Bank,
-    split,
-    relevance: Relevance,
-    *,
-    kind: str = "frozen",
-    model=None,
-    autoencoder=None,
-    settings: EvaluationSettings | None = None,
-    parameters: list[str] | None = None,
-    progress: bool = False,
-) -> MethodResult:
-    """Train a neural posterior estimate on the training images and score it on the test images, as a matching method is scored.
+@dataclass
+class FittedNPE:
+    """A neural posterior estimate trained on one bank's training systems, ready to score targets from any bank of the same setup.
 
-    Arguments:
-        bank: the bank the networks were trained on.
-        split: the networks' split: the flow learns from ``train`` (every projection), its widening per
-            parameter is chosen on ``validation``, and it is scored on ``test``.
-        relevance: the target similarity (which parameters TARP checks).
-        kind: ``"frozen"`` (on the Siamese embedding; needs ``model``) or ``"end_to_end"`` (needs ``autoencoder``).
-        settings: the evaluation's settings (``npe_samples``, ``npe_max_epochs``, ``projection``,
-            ``widening_candidates``, ``correction``, ``rank_bins``, ``seed``).
-        parameters: parameters estimated (default: every bank parameter and the inclination).
-        progress: show sbi's training progress and the sampling's progress bar.
+    Attributes:
+        name: its evaluation method name (``"npe"`` or ``"npe_end_to_end"``).
+        flow: the trained flow (:class:`TrainedFlow`).
+        data: the training bank's inputs and parameters (:class:`NPEData`).
+        centre, spread: the training values' mean and spread (the flow learns standardised values).
+        train: the training image rows.
+        bank_path: the bank it learnt from (targets from it reuse ``data``).
+        widening: per parameter, the interval widening chosen on the validation systems (``None``: none chosen).
+    """
 
-    Returns:
-        Its :class:`~protolib.evaluation.MethodResult`: ``evaluation`` with the flow's samples as they come,
-        ``corrected`` with the widening chosen on validation systems (``chosen_k`` is the number of samples).
+    name: str
+    flow: TrainedFlow
+    data: NPEData
+    centre: np.ndarray
+    spread: np.ndarray
+    train: np.ndarray
+    bank_path: Path
+    widening: dict[str, float] | None = None
+
+    def samples(self, inputs: np.ndarray, n_samples: int, *, seed: int = 0, progress: bool = False) -> np.ndarray:
+        """``(T, n_samples, K)`` samples in the parameters' scaled units for inputs ``(T, D)``."""
+        return draw_samples(self.flow, inputs, n_samples, seed=seed, progress=progress) * self.spread + self.centre
+
+
+def fit_npe(bank: Bank, split, *, kind: str = "frozen", model=None, autoencoder=None, settings: EvaluationSettings | None = None,
+            parameters: list[str] | None = None, progress: bool = False) -> FittedNPE:
+    """Train a neural posterior estimate on ``split.train`` (every projection) and choose its widenings on ``split.validation``.
+
+    ``kind``: ``"frozen"`` (on the Siamese embedding; needs ``model``) or ``"end_to_end"`` (needs
+    ``autoencoder``). ``settings``: ``npe_max_epochs``, ``npe_samples``, ``projection``,
+    ``widening_candidates``, ``correction`` and ``seed`` are used. ``parameters``: estimated (default:
+    every bank parameter and the inclination).
     """
     if not sbi_available():
         raise ProtolibInputError("The neural posterior estimate needs the sbi package (pip install 'protolib[posterior]').")
@@ -279,29 +287,56 @@ def npe_evaluation(
     train = _rows(bank, split.train, None)
     centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
     name = next(n for n, k in NPE_KINDS.items() if k == kind)
-    posterior = train_flow((data.values[train] - centre) / spread, data.inputs[train], embedding_net=data.embedding_net,
-                           max_epochs=settings.npe_max_epochs, seed=settings.seed, progress=progress, description=f"training {name}")
-    test = _rows(bank, split.test, settings.projection)
-    samples = draw_samples(posterior, data.inputs[test], settings.npe_samples, seed=settings.seed, progress=progress) * spread + centre
-    score = lambda widening: _score(samples, data, test, train, bank, relevance, name, widening, settings)  # noqa: E731
-    description = ("neural posterior estimate (sbi MAF) on the frozen Siamese embedding" if kind == "frozen" else
-                   "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder")
-    result = MethodResult(MatchingMethod(name, None, "posterior", f"{description}, {posterior.describe()}, {settings.npe_samples} samples per target"), score(1.0))
+    flow = train_flow((data.values[train] - centre) / spread, data.inputs[train], embedding_net=data.embedding_net,
+                      max_epochs=settings.npe_max_epochs, seed=settings.seed, progress=progress, description=f"training {name}")
+    fitted = FittedNPE(name, flow, data, centre, spread, train, Path(bank.path))
     if settings.correction == "choose_k_and_widening" and len(split.validation):
         validation = _rows(bank, split.validation, settings.projection)
-        drawn = draw_samples(posterior, data.inputs[validation], settings.npe_samples, seed=settings.seed + 1) * spread + centre
-        widening = {n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
-                    for j, n in enumerate(data.names)}
-        result.chosen_k, result.chosen_widening, result.corrected = settings.npe_samples, widening, score(widening)
+        drawn = fitted.samples(data.inputs[validation], settings.npe_samples, seed=settings.seed + 1)
+        fitted.widening = {n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
+                           for j, n in enumerate(data.names)}
+    return fitted
+
+
+def score_npe(fitted: FittedNPE, bank: Bank, systems, relevance: Relevance, *, settings: EvaluationSettings | None = None, model=None,
+              autoencoder=None, progress: bool = False) -> MethodResult:
+    """Score a fitted estimate on ``systems`` of ``bank``, as a matching method is scored.
+
+    ``bank`` may be another bank of the same setup than the one it learnt from (chapter 06b's shifted
+    targets); its inputs are then computed with the same ``model`` or ``autoencoder``.
+
+    Returns:
+        Its :class:`~protolib.evaluation.MethodResult`: ``evaluation`` with the flow's samples as they come,
+        ``corrected`` with the widening chosen on validation systems (``chosen_k`` is the number of samples).
+    """
+    settings = settings or EvaluationSettings()
+    data = fitted.data if Path(bank.path) == fitted.bank_path else npe_data(fitted.data.kind, bank, model=model, autoencoder=autoencoder, parameters=fitted.data.names)
+    test = _rows(bank, systems, settings.projection)
+    samples = fitted.samples(data.inputs[test], settings.npe_samples, seed=settings.seed, progress=progress)
+    prior_spread = fitted.data.values[fitted.train].std(0)
+    score = lambda widening: _score(samples, data, test, prior_spread, bank, relevance, fitted.name, widening, settings)  # noqa: E731
+    description = ("neural posterior estimate (sbi MAF) on the frozen Siamese embedding" if fitted.data.kind == "frozen" else
+                   "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder")
+    method = MatchingMethod(fitted.name, None, "posterior", f"{description}, {fitted.flow.describe()}, {settings.npe_samples} samples per target")
+    result = MethodResult(method, score(1.0))
+    if fitted.widening is not None:
+        result.chosen_k, result.chosen_widening, result.corrected = settings.npe_samples, fitted.widening, score(fitted.widening)
     return result
 
 
-def _score(samples: np.ndarray, data: NPEData, test: np.ndarray, train: np.ndarray, bank: Bank, relevance: Relevance, name: str, widening,
-           settings: EvaluationSettings) -> MethodEvaluation:
+def npe_evaluation(bank: Bank, split, relevance: Relevance, *, kind: str = "frozen", model=None, autoencoder=None,
+                   settings: EvaluationSettings | None = None, parameters: list[str] | None = None, progress: bool = False) -> MethodResult:
+    """Train a neural posterior estimate on ``split.train`` and score it on ``split.test`` of the same bank (:func:`fit_npe`, :func:`score_npe`)."""
+    fitted = fit_npe(bank, split, kind=kind, model=model, autoencoder=autoencoder, settings=settings, parameters=parameters, progress=progress)
+    return score_npe(fitted, bank, split.test, relevance, settings=settings, progress=progress)
+
+
+def _score(samples: np.ndarray, data: NPEData, test: np.ndarray, prior_spread: np.ndarray, bank: Bank, relevance: Relevance, name: str,
+           widening, settings: EvaluationSettings) -> MethodEvaluation:
     """The test samples' figures, as :func:`~protolib.evaluation.distribution_metrics` gives them for matches."""
     z_samples = _normalised(samples, data.names, data.logs, relevance)
     z_truths = _normalised(data.values[test][:, None, :], data.names, data.logs, relevance)[:, 0]
-    evaluation = distribution_metrics(samples, data.values[test], data.names, data.logs, data.values[train].std(0), bank, relevance,
+    evaluation = distribution_metrics(samples, data.values[test], data.names, data.logs, prior_spread, bank, relevance,
                                       z_samples, z_truths, method=name, weights=None, widening=widening, rank_bins=settings.rank_bins,
                                       seed=settings.seed)
     evaluation.target_system = test // bank.n_projections
@@ -332,16 +367,35 @@ def add_npe_result(results: dict, bank: Bank, split, relevance: Relevance, setti
 
     Warns and adds nothing when ``sbi`` is not installed. Returns ``results``.
     """
+    found = npe_results(bank, split, relevance, settings, {"test": (bank, split.test)}, model=model, autoencoder=autoencoder,
+                        parameters=parameters, progress=progress)
+    results.update(found.get("test", {}))
+    return results
+
+
+def npe_results(bank: Bank, split, relevance: Relevance, settings: EvaluationSettings, targets: dict, *, model=None, autoencoder=None,
+                parameters: list[str] | None = None, progress: bool = False) -> dict[str, dict[str, MethodResult]]:
+    """Each estimate that ``settings.methods`` lists, trained once on ``bank``'s training systems and scored on several sets of targets.
+
+    ``targets``: case -> ``(bank, systems)``, e.g. the same test systems rendered with the bank's physics
+    and with another (chapter 06b). The autoencoder of the end-to-end estimate defaults to the one
+    ``model`` was trained from. Returns case -> method name -> :class:`~protolib.evaluation.MethodResult`
+    (empty, with a warning, when ``sbi`` is not installed).
+    """
     wanted = [name for name in NPE_KINDS if name in settings.methods]
     if wanted and not sbi_available():
         warnings.warn("The sbi package is not installed; the neural posterior estimates are left out (pip install 'protolib[posterior]').",
                       stacklevel=2)
-        return results
+        return {}
     if "npe_end_to_end" in wanted and autoencoder is None:
         autoencoder = _autoencoder_of(model)
         if autoencoder is None:
             wanted.remove("npe_end_to_end")
+    found = {case: {} for case in targets}
     for name in wanted:
-        results[name] = npe_evaluation(bank, split, relevance, kind=NPE_KINDS[name], model=model, autoencoder=autoencoder, settings=settings,
-                                       parameters=parameters, progress=progress)
-    return results
+        fitted = fit_npe(bank, split, kind=NPE_KINDS[name], model=model, autoencoder=autoencoder, settings=settings, parameters=parameters,
+                         progress=progress)
+        for case, (target_bank, systems) in targets.items():
+            found[case][name] = score_npe(fitted, target_bank, systems, relevance, settings=settings, model=model, autoencoder=autoencoder,
+                                          progress=progress)
+    return found

@@ -19,6 +19,7 @@ import numpy as np
 from ..bank import Bank, bank_with_systems_from, concatenate_banks
 from ..domain_shift import CASES, nuisance_rows, shift_figures, shift_rows
 from ..evaluation import EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods
+from ..npe import npe_results
 from ..plots_evaluation import domain_shift_plot, nuisance_constraint_plot
 from ..runtime import ProtolibInputError, check_output, output_folder, write_figure, write_json
 from ..siamese import load_siamese
@@ -78,6 +79,21 @@ def _evaluate(model_path: Path, bank: Bank, settings: EvaluationSettings, extra:
     return evaluate_methods(methods, bank, Relevance.from_model(model), replace(model.split, test=test), settings, extra_parameters=extra)
 
 
+def _add_posterior_estimates(cases: dict, fixed_model: Path, fixed_bank: Bank, shifted: Bank, drawn_model: Path, drawn_bank: Bank,
+                             settings: EvaluationSettings, test: np.ndarray, nuisance: list[str], progress: bool) -> None:
+    """The neural posterior estimates in each case: trained once on the fixed bank (scored without and with the shift), once on the drawn one."""
+    parameters = [*drawn_bank.physical_parameters, "inclination"]
+    model = load_siamese(fixed_model)
+    for case, found in npe_results(fixed_bank, model.split, Relevance.from_model(model), settings,
+                                   {"no shift": (fixed_bank, test), "shift": (shifted, test)}, model=model, parameters=parameters,
+                                   progress=progress).items():
+        cases[case].update(found)
+    model = load_siamese(drawn_model)
+    found = npe_results(drawn_bank, model.split, Relevance.from_model(model), settings, {"marginalised": (drawn_bank, test)}, model=model,
+                        parameters=[*parameters, *nuisance], progress=progress)
+    cases["marginalised"].update(found.get("marginalised", {}))
+
+
 def _with_more_targets(config, bank: Bank, n_systems: int, progress: bool) -> Bank:
     """``bank`` followed by ``n_systems`` more systems of ``config``'s physics (:func:`shift_targets_config`), or ``bank`` itself for none."""
     if n_systems < 1:
@@ -121,6 +137,7 @@ def run_domain_shift(config, settings: EvaluationSettings | None = None, *, prog
         cases = {"no shift": _evaluate(fixed_model, fixed_bank, settings, [], test),
                  "shift": _evaluate(fixed_model, shifted, settings, [], test),
                  "marginalised": _evaluate(drawn_model, drawn_bank, settings, nuisance, test)}
+        _add_posterior_estimates(cases, fixed_model, fixed_bank, shifted, drawn_model, drawn_bank, settings, test, nuisance, progress)
     figures = shift_figures(cases, parameters, nuisance=nuisance)
     paths = {"drawn bank": drawn_bank.path, "drawn network": drawn_model, "fixed bank": fixed_bank.path, "fixed network": fixed_model,
              "shifted targets": shifted_path}
