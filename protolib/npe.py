@@ -29,7 +29,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +39,14 @@ from tqdm.auto import tqdm
 
 from .autoencoder import load_autoencoder
 from .bank import Bank
+from .distributions import summarise
 from .evaluation import (EvaluationSettings, MatchingMethod, MethodEvaluation, MethodResult, Relevance, choose_widening, distribution_metrics,
                          image_rows, siamese_method)
 from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
 
-__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "TrainedFlow", "FittedNPE", "fit_npe", "score_npe", "npe_results", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
+__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "TrainedFlow", "FittedNPE", "fit_npe", "score_npe", "npe_results", "observation_posterior", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
            "npe_evaluation", "add_npe_result"]
 
 NPE_TARGET_BATCH = 64
@@ -183,7 +184,7 @@ class _EpochBar(io.TextIOBase):
     def write(self, text: str) -> int:
         found = re.findall(r"Epochs trained: (\d+)", text)
         if found:
-            self.bar.update(int(found[-1]) - self.bar.n)
+            self.bar.update(min(int(found[-1]), self.bar.total) - self.bar.n)  # sbi counts one past the cap when it stops there
         elif text.strip():
             self.stdout.write(text)
         return len(text)
@@ -399,3 +400,42 @@ def npe_results(bank: Bank, split, relevance: Relevance, settings: EvaluationSet
             found[case][name] = score_npe(fitted, target_bank, systems, relevance, settings=settings, model=model, autoencoder=autoencoder,
                                           progress=progress)
     return found
+
+
+def observation_posterior(matcher, image: np.ndarray, *, parameters: list[str] | None = None, settings: EvaluationSettings | None = None,
+                          n_samples: int = 4000, validation_fraction: float = 0.15, progress: bool = False) -> dict:
+    """The neural posterior estimate for one observation, beside its matches: trained on the bank as the matcher sees it.
+
+    The flow learns from the matcher's bank embeddings, that is the bank brought to the observation's
+    beam, noise and recoverable scale (or, for a tiered search, to its nearest resolution tier); a
+    seeded ``validation_fraction`` of the systems is held out to choose each parameter's widening, as
+    the matches' intervals are calibrated on reference targets. The observation's own embedding is then
+    the flow's input. Only the estimate on the frozen Siamese embedding is made here: the end-to-end
+    one would train a network per map.
+
+    Returns:
+        ``{"description": ..., "summary": [ParameterSummary as dict, ...]}`` in physical units, the
+        intervals widened (``widening`` per parameter), for ``report.json`` and
+        :func:`~protolib.literature.compare_with_literature`.
+    """
+    settings = settings or EvaluationSettings()
+    bank = matcher.bank
+    # the rows of the matches' summary.csv, less the position angle: the sky's orientation, which the embedding ignores by design
+    names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
+    values, logs = scaled_image_parameters(bank, names)
+    embeddings = matcher.embeddings
+    rows = np.asarray(embeddings.system) * bank.n_projections + np.asarray(embeddings.projection)
+    vectors, values = np.asarray(embeddings.vectors, dtype=np.float32), values[rows]
+    systems = np.unique(embeddings.system)
+    held = np.isin(embeddings.system, np.random.default_rng(settings.seed).permutation(systems)[: max(1, round(validation_fraction * len(systems)))])
+    centre, spread = values[~held].mean(0), values[~held].std(0) + 1e-12
+    flow = train_flow((values[~held] - centre) / spread, vectors[~held], max_epochs=settings.npe_max_epochs, seed=settings.seed,
+                      progress=progress, description="training the posterior estimate")
+    drawn = draw_samples(flow, vectors[held], settings.npe_samples, seed=settings.seed + 1) * spread + centre
+    widening = {n: choose_widening(drawn[..., j], values[held, j], settings.widening_candidates)[0] for j, n in enumerate(names)}
+    scaled = draw_samples(flow, matcher.embed(image), n_samples, seed=settings.seed)[0] * spread + centre  # (n, K)
+    samples = {n: 10.0 ** scaled[:, j] if logs[j] else scaled[:, j] for j, n in enumerate(names)}
+    prior = {n: 10.0 ** values[:, j] if logs[j] else values[:, j] for j, n in enumerate(names)}
+    summaries = summarise(samples, parameters=names, prior=prior, parameter_info=bank.parameter_info, widening=widening)
+    return {"description": f"neural posterior estimate (sbi MAF) on the Siamese embedding of the bank at this observation's setup, "
+                           f"{flow.describe()}, {n_samples} samples", "summary": [asdict(s) for s in summaries]}

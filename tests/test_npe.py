@@ -84,3 +84,32 @@ def test_protolib_evaluate_scores_both_posterior_estimates_beside_the_matches(tm
         assert sum(entry["at_top_k"]["parameters"]["disk_radius"]["rank_histogram"]) == len(split.test) * bank.n_projections
         assert set(entry["chosen_widening"]) == {*bank.physical_parameters, "inclination"}
         assert 0 <= entry["corrected"]["calibration"]["coverage_68"] <= 1
+
+
+@needs_sbi
+def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tmp_path, monkeypatch):
+    import sys
+
+    from match_helpers import fake_siamese_module, write_bank, write_fake_model
+
+    from protolib.bank import Bank
+    from protolib.instrument import Beam
+    from protolib.observation import write_observation_fits
+
+    monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
+    with Bank(write_bank(tmp_path / "bank.h5", n_systems=40)) as bank:
+        system = {name: float(values[3]) for name, values in bank.parameters.items()}
+    model = write_fake_model(tmp_path / "siamese.pt")
+    fits_path = write_observation_fits(tmp_path / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
+                                       distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
+                                       noise_rms_jy_beam=1e-4, seed=1)
+    out = tmp_path / "out"
+    assert main(["match", "--model", str(model), "--bank", str(tmp_path / "bank.h5"), "--target", str(fits_path), "--distance", "150",
+                 "--top-k", "10", "--out", str(out), "--posterior-estimate", "--set", "evaluation.npe_max_epochs=20"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    estimate = report["posterior_estimate"]
+    assert "neural posterior estimate" in estimate["description"]
+    assert [s["parameter"] for s in estimate["summary"]] == [s["parameter"] for s in report["summary"] if s["parameter"] != "position_angle"]
+    for row in estimate["summary"]:
+        assert row["p2_5"] <= row["p16"] <= row["median"] <= row["p84"] <= row["p97_5"]
+        assert row["widening"] >= 1.0

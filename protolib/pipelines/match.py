@@ -41,6 +41,8 @@ from ..matching import (
     truth_parameters,
 )
 from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
+from ..evaluation import EvaluationSettings
+from ..npe import observation_posterior
 from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
 
 __all__ = ["matching_settings", "run_match", "write_match_report"]
@@ -69,6 +71,8 @@ def run_match(
     observation_options: dict | None = None,
     limit_percentile: float = 5.0,
     matching: MatchingSettings | None = None,
+    posterior_estimate: bool = False,
+    posterior_settings: EvaluationSettings | None = None,
 ) -> dict:
     """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
 
@@ -80,6 +84,10 @@ def run_match(
     ``matching`` chooses how an observation is searched (:attr:`~protolib.matching.MatchingSettings.search`:
     the whole bank re-embedded at its beam and noise, or a shortlist from the nearest resolution tier
     re-ranked, :class:`~protolib.matching.TieredMatcher`); without it, exhaustively.
+    ``posterior_estimate``: for an observation, also train the neural posterior estimate of
+    :func:`~protolib.npe.observation_posterior` and put its intervals in ``report.json``
+    (``posterior_estimate``), beside the matches', with ``posterior_settings`` (the ``evaluation:``
+    section's ``npe_max_epochs``, ``npe_samples``, ``widening_candidates`` and ``seed``; default: their defaults).
 
     Returns:
         The report written to ``report.json``.
@@ -93,12 +101,13 @@ def run_match(
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
         return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
                            weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
-                           limit_percentile, matching)
+                           limit_percentile, matching, posterior_estimate, posterior_settings)
 
 
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
                 weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0,
-                matching: MatchingSettings | None = None) -> dict:
+                matching: MatchingSettings | None = None, posterior_estimate: bool = False,
+                posterior_settings: EvaluationSettings | None = None) -> dict:
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
     observation = None
@@ -125,10 +134,14 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
     fitted = {} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
                                      "gallery_residuals": fit.residuals, "calibration": fit.calibration}
-    return write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
-                              inputs=inputs, settings=settings, corner_parameters=corner_parameters,
-                              match_image_transform=matcher.transform, detected=found,
-                              bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None, **fitted)
+    report = write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
+                                inputs=inputs, settings=settings, corner_parameters=corner_parameters,
+                                match_image_transform=matcher.transform, detected=found,
+                                bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None, **fitted)
+    if posterior_estimate and observation is not None:  # beside the matches, in the same report (rewritten in the staging folder)
+        report["posterior_estimate"] = observation_posterior(matcher, image, settings=posterior_settings, progress=options.get("progress", False))
+        write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
+    return report
 
 
 def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
