@@ -113,3 +113,27 @@ def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tm
     for row in estimate["summary"]:
         assert row["p2_5"] <= row["p16"] <= row["median"] <= row["p84"] <= row["p97_5"]
         assert row["widening"] >= 1.0
+
+
+def test_learning_curve_figures_say_what_still_improves_and_plot_every_parameter():
+    from protolib.comparison import learning_curve_figures
+    from protolib.plots_evaluation import learning_curve_plot
+
+    def row(errors):
+        return {"mean_target_rms_error_over_prior_spread": float(np.mean(list(errors.values()))), "coverage_68": 0.68, "coverage_95": 0.95,
+                "parameters": {p: {"rms_error_over_prior_spread": e} for p, e in errors.items()}}
+
+    sizes = [210, 700, 2100]
+    siamese = {"210": row({"disk_mass": 0.8, "age": 0.7}), "700": row({"disk_mass": 0.7, "age": 0.65}), "2100": row({"disk_mass": 0.6, "age": 0.64})}
+    npe = {n: row({p: v["rms_error_over_prior_spread"] - 0.05 for p, v in r["parameters"].items()}) for n, r in siamese.items()}
+    fit = {"a": 0.5, "b": 2.0, "c": 0.5, "extrapolation": {"value": 0.52}}
+    curves = {"train_systems": sizes, "target_parameters": ["disk_mass", "age"], "systems": {"test": list(range(60))},
+              "methods": {"siamese": {"sizes": siamese}, "npe": {"sizes": npe}},
+              "fits": {"by_method": {m: {"disk_mass": fit, "age": fit, "mean_target": fit} for m in ("siamese", "npe")}},
+              "extrapolation": {"train_systems": 14000}}
+    figures = learning_curve_figures(curves)
+    assert figures["lc_improving"].startswith("disk mass") and figures["lc_flat"].startswith("age")  # fell 0.10 against 0.01
+    assert figures["lc_siamese_first"] == pytest.approx(0.75) and figures["lc_npe_last"] == pytest.approx(0.57)
+    assert figures["lc_ratio_last"] == pytest.approx(0.62 / 0.57) and figures["lc_n_test"] == 60 and figures["lc_far_size"] == 14000
+    fig = learning_curve_plot(curves)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 3  # two parameters and their mean
