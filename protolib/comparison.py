@@ -23,8 +23,12 @@ import numpy as np
 
 from .runtime import ProtolibInputError
 
-__all__ = ["Difference", "paired_difference", "paired_differences", "best_rival_differences", "difference_table", "difference_figures",
+__all__ = ["NPE_GOAL_RATIO", "Difference", "paired_difference", "paired_differences", "best_rival_differences", "difference_table", "difference_figures",
            "learning_curve_figures"]
+
+
+NPE_GOAL_RATIO = 1.1
+"""The goal for a matching method against the better neural posterior estimate: an error at most this many times its error."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ def best_rival_differences(results: dict, reference: str, rivals: list[str], *, 
     return [paired_difference(first, results[best[n]].figures(corrected), n, n_resamples=n_resamples, seed=seed) for n in names]
 
 
-def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio: float = 1.1, labels: dict[str, str] | None = None) -> dict:
+def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio: float = NPE_GOAL_RATIO, labels: dict[str, str] | None = None) -> dict:
     """Numbers a page's prose quotes about a set of differences, as ``{prefix}_...``.
 
     ``_better``, ``_level``, ``_worse``: phrases naming the parameters, each with its difference and

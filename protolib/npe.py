@@ -46,7 +46,7 @@ from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
 
-__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "NPEData", "TrainedFlow", "FittedNPE", "fit_npe", "score_npe", "npe_results", "observation_posterior", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
+__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "OBSERVATION_VALIDATION_FRACTION", "NPEData", "TrainedFlow", "FittedNPE", "fit_npe", "score_npe", "npe_results", "observation_posterior", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
            "npe_evaluation", "add_npe_result"]
 
 NPE_TARGET_BATCH = 64
@@ -54,6 +54,9 @@ NPE_TARGET_BATCH = 64
 
 NPE_KINDS = {"npe": "frozen", "npe_end_to_end": "end_to_end"}
 """Evaluation method name -> the kind of estimate :func:`npe_evaluation` trains."""
+
+OBSERVATION_VALIDATION_FRACTION = 0.15
+"""The fraction of a bank's systems :func:`observation_posterior` holds out to choose its widenings."""
 
 
 def sbi_available() -> bool:
@@ -403,7 +406,7 @@ def npe_results(bank: Bank, split, relevance: Relevance, settings: EvaluationSet
 
 
 def observation_posterior(matcher, image: np.ndarray, *, parameters: list[str] | None = None, settings: EvaluationSettings | None = None,
-                          n_samples: int = 4000, validation_fraction: float = 0.15, progress: bool = False) -> dict:
+                          n_samples: int = 4000, validation_fraction: float = OBSERVATION_VALIDATION_FRACTION, progress: bool = False) -> dict:
     """The neural posterior estimate for one observation, beside its matches: trained on the bank as the matcher sees it.
 
     The flow learns from the matcher's bank embeddings, that is the bank brought to the observation's
