@@ -213,8 +213,8 @@ def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
                         f"lc_ratio_{key}": mean("siamese", n) / better_npe[n]})
     last, before = (methods["siamese"]["sizes"][n]["parameters"] for n in (sizes[-1], sizes[-2]))
     fall = {p: before[p]["rms_error_over_prior_spread"] - last[p]["rms_error_over_prior_spread"] for p in curves["target_parameters"]}
-    figures["lc_improving"] = _phrase([f"{_name(p)} ({d:.2f})" for p, d in fall.items() if d > flat_margin])
-    figures["lc_flat"] = _phrase([f"{_name(p)} ({d:+.2f})" for p, d in fall.items() if d <= flat_margin])
+    figures["lc_improving"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin])  # in brackets: the change
+    figures["lc_flat"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d <= flat_margin])
     extrapolated = {m: fits.get(m, {}).get("mean_target", {}).get("extrapolation", {}).get("value", float("nan")) for m in methods}
     figures["lc_siamese_far"] = extrapolated.get("siamese", float("nan"))
     figures["lc_npe_far"] = min((extrapolated[m] for m in npes), default=float("nan"))

@@ -1017,7 +1017,7 @@ def _recovery_figures(results: dict, reference: str, margin: float) -> dict:
 
 def _calibration_figures(results: dict, reference: str, rejection_p: float = 0.01) -> dict:
     """Coverage of the matching methods in brief, and what the correction changes for ``reference``."""
-    matching = {m: _metrics_of(r, False)["calibration"] for m, r in results.items() if m not in ("random", "npe")}
+    matching = {m: _metrics_of(r, False)["calibration"] for m, r in results.items() if m != "random" and m not in NPE_METHODS}
     c68, c95 = [c["coverage_68"] for c in matching.values()], [c["coverage_95"] for c in matching.values()]
     figures = {"n_matching": len(matching), "cov68_min": min(c68), "cov68_max": max(c68), "cov95_min": min(c95), "cov95_max": max(c95),
                "n_overconfident": sum(a < 0.68 and b < 0.95 for a, b in zip(c68, c95))}

@@ -188,7 +188,7 @@ class _EpochBar(io.TextIOBase):
         found = re.findall(r"Epochs trained: (\d+)", text)
         if found:
             self.bar.update(min(int(found[-1]), self.bar.total) - self.bar.n)  # sbi counts one past the cap when it stops there
-        elif text.strip():
+        elif text.strip() and "successfully converged" not in text:  # sbi's own note; TrainedFlow.describe() says it
             self.stdout.write(text)
         return len(text)
 
