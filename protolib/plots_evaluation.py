@@ -27,30 +27,40 @@ def _evaluation(result: MethodEvaluation | MethodResult, corrected: bool) -> Met
     return result if isinstance(result, MethodEvaluation) else result.figures(corrected)
 
 
-def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[str] | None = None, panel_size: float = 2.6) -> Figure:
-    """Coverage of central intervals against their nominal level, one panel per method.
+def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[str] | None = None, panel_size: float = 2.6,
+                  columns: int = 4) -> Figure:
+    """Coverage of central intervals against their nominal level, one panel per method, ``columns`` panels a row.
 
     Arguments:
         results: method name -> :class:`~protolib.evaluation.MethodEvaluation`, or the
             :class:`~protolib.evaluation.MethodResult` of :func:`~protolib.evaluation.evaluate_methods`.
         corrected: show each method's corrected (chosen-``k``) figures.
-        parameters: lines drawn (default: every evaluated parameter); their mean is the thick line.
+        parameters: lines drawn (default: every evaluated parameter); their mean is the thick line. Each
+            parameter keeps its colour in every panel (up to 20 distinct ones), named in one legend below.
     """
-    fig, axes = plt.subplots(1, len(results), figsize=(panel_size * len(results), panel_size + 0.4), squeeze=False, sharey=True)
+    rows = math.ceil(len(results) / columns)
+    width = min(columns, len(results))
+    fig, axes = plt.subplots(rows, width, figsize=(panel_size * width, panel_size * rows + 0.9), squeeze=False, sharey=True,
+                             layout="constrained")
     levels = np.asarray(CURVE_LEVELS)
-    for ax, (name, result) in zip(axes[0], results.items()):
+    colours = plt.get_cmap("tab20").colors
+    for ax, (name, result) in zip(axes.flat, results.items()):
         evaluation = _evaluation(result, corrected)
         names = parameters or evaluation.parameters
         curves = np.array([evaluation.coverage_curve[n] for n in names])
-        for n, curve in zip(names, curves):
-            ax.plot(levels, curve, lw=0.8, alpha=0.6, label=_label(n))
+        for i, (n, curve) in enumerate(zip(names, curves)):
+            ax.plot(levels, curve, lw=0.9, alpha=0.8, color=colours[i % len(colours)], label=n.replace("_", " "))
         ax.plot(levels, curves.mean(0), color="k", lw=2.2, label="mean")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level", title=f"{name} (k={evaluation.top_k})")
-    axes[0, 0].set_ylabel("fraction of truths covered")
-    axes[0, -1].legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
+        draws = "samples" if name in ("npe", "npe_end_to_end") else "k"
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level")
+        ax.set_title(f"{name} ({draws}={evaluation.top_k})", fontsize=9)
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of truths covered")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=7, ncols=6, loc="outside lower center")
     return fig
 
 
