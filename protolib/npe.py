@@ -127,7 +127,7 @@ def npe_data(kind: str, bank: Bank, *, model=None, autoencoder=None, parameters:
         for start in range(0, len(images), 256):
             pixels, flux = autoencoder.preprocessing(torch.as_tensor(np.ascontiguousarray(images[start : start + 256])))
             inputs.append(torch.cat([flux, pixels.flatten(1)], 1).numpy())
-    embedding = ImageEmbedding(autoencoder.network.encoder.cpu(), bank.image_size)
+    embedding = ImageEmbedding(autoencoder.network.encoder, bank.image_size)  # a copy: the autoencoder is left where it is
     return NPEData(kind, np.concatenate(inputs).astype(np.float32), values, names, logs, embedding)
 
 
