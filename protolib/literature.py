@@ -49,6 +49,13 @@ class LiteratureSource:
     not_found: list
     source_class: str = ""
 
+    @property
+    def distance_error_pc(self) -> float:
+        """The distance's 1-sigma error [pc]: a quarter of its published low-high range, read as a 95% range
+        (0 when no range is given)."""
+        distance = self.values["distance_pc"]
+        return 0.25 * (float(distance.get("high", distance["value"])) - float(distance.get("low", distance["value"])))
+
 
 def load_literature(path: str | Path | None = None) -> dict[str, LiteratureSource]:
     """The sources of ``literature.yaml`` (default: the shipped one), by name.

@@ -266,7 +266,7 @@ def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monke
                                        noise_rms_jy_beam=1e-4, seed=1)
     out = tmp_path / "out"
     assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
-                 "--top-k", "10", "--out", str(out)]) == 0
+                 "--top-k", "10", "--observing-draws", "4", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     preparation = report["inputs"]["target"]["preparation"]
     assert preparation["flux_scale"] == pytest.approx((150 / 140) ** 2)
@@ -274,7 +274,20 @@ def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monke
     summary = (out / "summary.csv").read_text().splitlines()
     stellar_mass = next(line for line in summary if line.startswith("stellar_mass,"))
     assert float(stellar_mass.split(",")[-1]) == pytest.approx(system["stellar_mass"], rel=1e-5)
-    assert len(list(tmp_path.glob("siamese.embeddings-*.npz"))) == 1
+    assert len(list(tmp_path.glob("siamese.embeddings-*.npz"))) == 1  # the observing draws' embeddings are not cached
+    observing = report["observing_uncertainty"]  # the flux scale drawn (nominal); the file says the recoverable scale
+    assert preparation["max_scale_source"] == "file" and observing["max_scale_range_arcsec"] is None
+    assert observing["sources"] == ["flux_calibration"] and len(observing["draws"]) == 4
+    assert observing["flux_calibration"] == 0.10 and "nominal" in observing["flux_calibration_source"]
+    assert set(observing["parameters"]["stellar_mass"]["by_source"]) == {"flux_calibration"}
+    assert len((out / "observing_draws.csv").read_text().splitlines()) == 1 + 4 * 10
+    assert "Observing uncertainties" in capsys.readouterr().out
+
+    exact = tmp_path / "exact"  # told the recoverable scale and no draws: the summaries are the nominal matches'
+    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
+                 "--top-k", "10", "--max-scale", "3", "--distance-error", "15", "--observing-draws", "0", "--out", str(exact)]) == 0
+    report = json.loads((exact / "report.json").read_text())
+    assert report["observing_uncertainty"] is None and not (exact / "observing_draws.csv").exists()
 
 
 @pytest.mark.filterwarnings("ignore:.*too few negative pixels")

@@ -402,6 +402,7 @@ def test_the_literature_table_names_a_shipped_map_and_a_reference_for_every_valu
     assert {"B5-IRS1", "HH211-mms", "L1448-IRS3B", "L1448-IRS3A"} <= set(sources)
     for source in sources.values():
         assert source.path.is_file() and source.distance_pc > 0
+        assert 0.02 < source.distance_error_pc / source.distance_pc < 0.1  # Perseus: 5-10% (a quarter of the 95% range)
         for quantity, value in source.values.items():
             assert value["low"] <= value["value"] <= value["high"], (source.name, quantity)
             assert value["reference"] in source.references and value["certainty"] in {"measured", "estimated", "uncertain"}

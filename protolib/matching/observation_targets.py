@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ class ObservationTarget:
 
 
 def prepare_observation_target(
-    path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0, **options
+    path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0, flux_factor: float = 1.0, **options
 ) -> ObservationTarget:
     """An observation FITS file prepared onto the bank's grid, with the transform that sees the bank like it.
 
@@ -56,6 +56,8 @@ def prepare_observation_target(
     ``noise_rms_jy_beam``); the bank's noise is topped up to the observation's, each bank row's
     from a generator seeded by ``(noise_seed, row)`` (:class:`ObservationTransform`), so the cached
     embeddings are reproducible and a row re-embedded alone is what the whole bank's embedding gave.
+    ``flux_factor`` multiplies the map's fluxes and noise (a draw of its flux-calibration error,
+    :mod:`~protolib.matching.observing`).
 
     Raises:
         ProtolibInputError: the file is missing, the distance is not given, or the image cannot be
@@ -68,7 +70,11 @@ def prepare_observation_target(
         raise ProtolibInputError(f"Target file {path} does not exist.")
     if distance_pc is None or not distance_pc > 0:
         raise ProtolibInputError(f"Matching the observation {path} needs its distance in pc (e.g. --distance 140).")
-    return _observation_target(prepare_observation(path, bank, distance_pc, **options), bank, noise_seed)
+    prepared = prepare_observation(path, bank, distance_pc, **options)
+    if flux_factor != 1.0:
+        prepared = replace(prepared, image_jy_beam=(prepared.image_jy_beam * flux_factor).astype(np.float32),
+                           noise_rms_jy_beam=prepared.noise_rms_jy_beam * flux_factor)
+    return _observation_target(prepared, bank, noise_seed)
 
 
 def read_observation_target(path: str | Path, bank: Bank, *, noise_seed: int = 0) -> ObservationTarget:

@@ -10,11 +10,13 @@ configuration.
 from __future__ import annotations
 
 import platform
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..bank import Bank
@@ -40,6 +42,7 @@ from ..matching import (
     prepare_observation_target,
     truth_parameters,
 )
+from ..matching.observing import OBSERVING_DRAWS, ObservingDraws, ObservingUncertainty, observing_uncertainty, widening_by_source
 from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
 from ..evaluation import EvaluationSettings
 from ..npe import observation_posterior
@@ -73,6 +76,9 @@ def run_match(
     matching: MatchingSettings | None = None,
     posterior_estimate: bool = False,
     posterior_settings: EvaluationSettings | None = None,
+    distance_error_pc: float | None = None,
+    flux_calibration: float | None = None,
+    observing_draws: int | None = None,
 ) -> dict:
     """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
 
@@ -88,6 +94,12 @@ def run_match(
     :func:`~protolib.npe.observation_posterior` and put its intervals in ``report.json``
     (``posterior_estimate``), beside the matches', with ``posterior_settings`` (the ``evaluation:``
     section's ``npe_max_epochs``, ``npe_samples``, ``widening_candidates`` and ``seed``; default: their defaults).
+    ``distance_error_pc``, ``flux_calibration`` (default: the band's nominal error) and, when neither the user
+    nor the file gives it, the recoverable scale are carried into an observation's intervals: the match is
+    repeated over ``observing_draws`` draws of them (default :data:`~protolib.matching.observing.OBSERVING_DRAWS`; 0: none) and the draws' matches are pooled
+    (:mod:`~protolib.matching.observing`); ``summary.csv`` and ``corner.png`` then describe the pooled matches,
+    ``observing_draws.csv`` lists them, and ``report.json`` (``observing_uncertainty``) says how much each setting
+    widened each interval.
 
     Returns:
         The report written to ``report.json``.
@@ -101,16 +113,17 @@ def run_match(
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
         return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
                            weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
-                           limit_percentile, matching, posterior_estimate, posterior_settings)
+                           limit_percentile, matching, posterior_estimate, posterior_settings,
+                           dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws))
 
 
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
                 weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0,
                 matching: MatchingSettings | None = None, posterior_estimate: bool = False,
-                posterior_settings: EvaluationSettings | None = None) -> dict:
+                posterior_settings: EvaluationSettings | None = None, observing: dict | None = None) -> dict:
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
-    observation = None
+    observation, pooled = None, None
     if target_system is not None:
         matcher, matches, image, truths, inputs["target"] = _match_bank_system(model_path, bank, target_system, projection,
                                                                                top_k, threshold, options)
@@ -121,6 +134,9 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
         matches = matcher.match(image, top_k=top_k, threshold=threshold)
         inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
                             "true_parameters_in_file": truths is not None}
+        uncertainty = _observing_uncertainty(target, distance_pc, observation.info, observing or {})
+        if uncertainty.sources:
+            pooled = _observing_draws(model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold)
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
     fit = fit_matches(matcher, image, matches, observation=observation)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
@@ -136,12 +152,43 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
                                      "gallery_residuals": fit.residuals, "calibration": fit.calibration}
     report = write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
                                 inputs=inputs, settings=settings, corner_parameters=corner_parameters,
-                                match_image_transform=matcher.transform, detected=found,
+                                match_image_transform=matcher.transform, detected=found, observing=pooled,
                                 bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None, **fitted)
     if posterior_estimate and observation is not None:  # beside the matches, in the same report (rewritten in the staging folder)
         report["posterior_estimate"] = observation_posterior(matcher, image, settings=posterior_settings, progress=options.get("progress", False))
         write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _observing_uncertainty(target, distance_pc: float, preparation: dict, observing: dict) -> ObservingUncertainty:
+    """The uncertainty of the observation's distance, flux scale and (when neither the user nor the file gave it)
+    recoverable scale, with the band's nominal flux-calibration error unless one is given."""
+    frequency = preparation.get("observed_frequency_ghz") or preparation.get("bank_frequency_ghz")
+    return observing_uncertainty(distance_pc, distance_error_pc=observing.get("distance_error_pc"),
+                                 flux_calibration=observing.get("flux_calibration"), frequency_ghz=frequency,
+                                 beam_major_arcsec=preparation["observed_beam_arcsec"][0],
+                                 max_scale_known=preparation.get("max_scale_source") in ("given", "file"),
+                                 n_draws=OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"],
+                                 source=str(target))
+
+
+def _observing_draws(model_path, bank: Bank, target, uncertainty: ObservingUncertainty, observation_options: dict | None,
+                     matching: MatchingSettings | None, options: dict, top_k, threshold) -> ObservingDraws:
+    """The observation matched again at each draw of its uncertain settings (prepared, re-embedded and searched like
+    the nominal match; the draws' bank embeddings are not cached, and the preparation's warnings, said once for the
+    nominal match, are not repeated)."""
+    found, draws = [], uncertainty.draws()
+    quiet = dict(options, progress=False)
+    for draw in tqdm(draws, desc="Observing draws", unit="draw", disable=not options.get("progress", True)):
+        settings = dict(observation_options or {})
+        if draw.max_scale_arcsec is not None:
+            settings["max_scale_arcsec"] = draw.max_scale_arcsec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            observation = prepare_observation_target(target, bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings)
+        matcher = _observation_matcher(model_path, bank, observation, matching, quiet, cache=False)
+        found.append(matcher.match(observation.image, top_k=top_k, threshold=threshold))
+    return ObservingDraws(uncertainty, draws, found)
 
 
 def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
@@ -155,11 +202,14 @@ def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, 
             "threshold_sigma": DETECTION_SIGMA}
 
 
-def _observation_matcher(model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict) -> Matcher:
-    """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive."""
+def _observation_matcher(model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict,
+                         cache: bool = True) -> Matcher:
+    """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive
+    (its bank embeddings cached beside the model when ``cache``)."""
     if matching is not None and matching.tiered(bank.n_systems * bank.n_projections):
         return TieredMatcher.from_model(model_path, bank, transform=observation.transform, settings=matching, **options)
-    return Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key, **options)
+    return Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key,
+                              cache=cache, **options)
 
 
 def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top_k, threshold, options: dict):
@@ -185,7 +235,7 @@ def write_match_report(
     settings: Mapping | None = None, n_gallery: int = 11, corner_parameters: Sequence[str] | None = None,
     match_image_transform=None, reduced_chi2: np.ndarray | None = None, fit_verdict=None,
     gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None, detected: Detection | None = None,
-    bank_non_detections: Mapping | None = None) -> dict:
+    bank_non_detections: Mapping | None = None, observing: ObservingDraws | None = None) -> dict:
     """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` (last) to ``out_dir``, atomically.
 
     Arguments:
@@ -208,6 +258,8 @@ def write_match_report(
             ``summary.csv`` then holds the calibrated (widened) ranges, and ``report.json`` the calibration.
         detected: the target's :class:`~protolib.goodness_of_fit.Detection` (``None``: a noiseless bank); an undetected
             target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
+        observing: the target matched at draws of its uncertain observing settings: ``summary.csv`` and ``corner.png`` then pool
+            them, ``observing_draws.csv`` lists them, ``report.json`` says what each widened (``observing_uncertainty``).
 
     Returns:
         The report (as written to ``report.json``).
@@ -215,28 +267,56 @@ def write_match_report(
     out_dir = Path(out_dir)
     if len(matches) == 0:
         raise ProtolibInputError("No matches to report: lower the similarity threshold or raise --top-k.")
-    samples, prior = match_parameters(bank, matches), prior_parameters(bank)
-    weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
-    shown = matches.head(n_gallery)
-    gallery_images = match_images(bank, shown)
-    if match_image_transform is not None:  # as the network saw them: the same noise as in the embedding, when seeded by row
-        gallery_images = apply_transform(match_image_transform, gallery_images, shown.system * bank.n_projections + shown.projection)
+    prior = prior_parameters(bank)
+    described = matches if observing is None else observing.pooled()[0]
+    samples = match_parameters(bank, described)
+    weights = _summary_weights(described, observing, weight_temperature)
     summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2)
+    observing_report = None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
     corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
     figures = {
         "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
                                   parameters=corner_parameters),
-        "gallery.png": _gallery(bank, shown, target_image, gallery_images, samples["inclination"][:n_gallery], gallery_residuals,
-                                None if reduced_chi2 is None else reduced_chi2[:n_gallery],
-                                "Jy/beam" if match_image_transform is not None else bank.unit),
+        "gallery.png": _gallery(bank, matches.head(n_gallery), target_image, match_image_transform, gallery_residuals,
+                                None if reduced_chi2 is None else reduced_chi2[:n_gallery]),
     }
     for name, fig in figures.items():
         write_figure(fig, out_dir / name, dpi=110)
+    files = ["matches.csv", "summary.csv", *figures, "report.json"] + ([] if observing is None else ["observing_draws.csv"])
     report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, detected, bank_non_detections, inputs=dict(inputs or {}),
                      settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
-                     files=sorted(["matches.csv", "summary.csv", *figures, "report.json"]))
+                     files=sorted(files), observing=observing_report)
     write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _summary_weights(matches: Matches, observing: ObservingDraws | None, weight_temperature: float | None) -> np.ndarray | None:
+    """The summaries' weight of each match: by similarity with ``weight_temperature``, and the same total for each
+    observing draw (``None``: equal weights)."""
+    weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
+    if observing is None:
+        return weights
+    draw_weights = observing.pooled()[1]
+    if weights is not None:  # similarity weights within each draw, each draw's total kept
+        draw = observing.draw_of_each_match()
+        totals = np.bincount(draw, weights=weights)
+        draw_weights = weights / totals[draw] / len(totals)
+    return draw_weights
+
+
+def _observing_report(out_dir: Path, bank: Bank, observing: ObservingDraws, matches: Matches, pooled_samples: dict,
+                      pooled_weights) -> dict:
+    """Write ``observing_draws.csv`` (every draw's matches, with the draw's settings) and return the report's
+    ``observing_uncertainty``: the settings' uncertainty, the draws, and how much each widened each interval."""
+    rows = []
+    for i, (draw, found) in enumerate(zip(observing.draws, observing.matches)):
+        rows += [{"draw": i, **asdict(draw), **row} for row in match_rows(bank, found)]
+    write_csv(rows, out_dir / "observing_draws.csv")
+    names = [*bank.physical_parameters, "inclination"]
+    weights = np.full(len(pooled_samples[names[0]]), 1.0) if pooled_weights is None else pooled_weights
+    widening = widening_by_source(observing.uncertainty, observing.draws, [match_parameters(bank, m) for m in observing.matches],
+                                  match_parameters(bank, matches), pooled_samples, weights, names, bank.parameter_info)
+    return {**observing.uncertainty.to_dict(), "draws": [asdict(d) for d in observing.draws], "parameters": widening}
 
 
 def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, prior: dict, weights, truths, calibration,
@@ -254,20 +334,23 @@ def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, pr
     return summaries
 
 
-def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, images: np.ndarray, inclination: np.ndarray, residuals,
-             reduced_chi2, unit: str):
-    """The gallery figure of the matches ``shown`` (their ``images`` as the network saw them, in ``unit``), captioned
-    with their system and inclination [deg]."""
+def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, residuals, reduced_chi2):
+    """The gallery figure of the matches ``shown``, as the network saw them through ``transform`` (the same noise as
+    in the embedding, when seeded by row; ``None``: as in the bank), captioned with their system and inclination [deg]."""
+    images = match_images(bank, shown)
+    if transform is not None:
+        images = apply_transform(transform, images, shown.system * bank.n_projections + shown.projection)
+    inclination = bank.inclination[shown.system, shown.projection]
     return gallery_plot(target_image, images, shown.similarity,
                         captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
                         pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
-                        residuals=residuals, reduced_chi2=reduced_chi2, unit=unit)
+                        residuals=residuals, reduced_chi2=reduced_chi2, unit="Jy/beam" if transform is not None else bank.unit)
 
 
 def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, detected,
-            non_detections, *, inputs: dict, settings: dict, files: list[str]) -> dict:
-    """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the summaries,
-    the versions of protolib and its dependencies, and the files written."""
+            non_detections, *, inputs: dict, settings: dict, files: list[str], observing: dict | None = None) -> dict:
+    """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the observing
+    uncertainties, the summaries, the versions of protolib and its dependencies, and the files written."""
     return {
         "inputs": inputs,
         "settings": settings,
@@ -277,6 +360,7 @@ def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], ver
         "out_of_distribution": verdict.to_dict(),
         "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
         "interval_calibration": None if calibration is None else dict(calibration),
+        "observing_uncertainty": observing,
         "detection": None if detected is None else detected.to_dict(),
         "bank_non_detections": None if non_detections is None else dict(non_detections),
         "verdict": _overall_verdict(verdict, fit_verdict, detected),

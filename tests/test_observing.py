@@ -1,0 +1,85 @@
+"""The observation's own uncertainties (distance, flux calibration, recoverable scale) carried into the intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from protolib.matching import Matches
+from protolib.matching.observing import (
+    MAX_SCALE_RANGE_BEAMS,
+    default_flux_calibration,
+    observing_uncertainty,
+    pooled_matches,
+    widening_by_source,
+)
+from protolib.runtime import ProtolibInputError
+
+
+def test_draws_cover_each_setting_evenly_and_repeat_with_their_seed():
+    uncertainty = observing_uncertainty(300.0, distance_error_pc=30.0, flux_calibration=0.1, beam_major_arcsec=1.0,
+                                        max_scale_known=False, n_draws=20, seed=4)
+    draws = uncertainty.draws()
+    assert draws == uncertainty.draws() and len(draws) == 20
+    assert uncertainty.sources == ["distance", "flux_calibration", "recoverable_scale"]
+    distance = np.array([d.distance_pc for d in draws])
+    assert distance.mean() == pytest.approx(300, abs=3) and distance.std() == pytest.approx(30, rel=0.15)
+    assert np.std(np.log([d.flux_factor for d in draws])) == pytest.approx(math.log(1.1), rel=0.15)
+    scales = np.log([d.max_scale_arcsec for d in draws])
+    low, high = np.log(MAX_SCALE_RANGE_BEAMS)
+    strata = np.floor((scales - low) / (high - low) * 20).astype(int)  # a Latin hypercube: one draw in each twentieth
+    assert sorted(strata) == list(range(20))
+    assert draws != observing_uncertainty(300.0, distance_error_pc=30.0, flux_calibration=0.1, n_draws=20, seed=5).draws()
+
+
+def test_a_known_recoverable_scale_and_exact_settings_are_not_drawn():
+    known = observing_uncertainty(140.0, distance_error_pc=10.0, flux_calibration=0.0, beam_major_arcsec=0.3, max_scale_known=True)
+    assert known.sources == ["distance"] and all(d.max_scale_arcsec is None and d.flux_factor == 1.0 for d in known.draws())
+    assert observing_uncertainty(140.0, flux_calibration=0.0).sources == []
+    assert observing_uncertainty(140.0, distance_error_pc=10.0, n_draws=0).draws() == []
+
+
+@pytest.mark.parametrize("frequency, error", [(100.0, 0.05), (230.0, 0.10), (345.0, 0.10), (690.0, 0.20), (None, 0.10)])
+def test_the_flux_calibration_error_defaults_to_the_bands_nominal_accuracy(frequency, error):
+    assert default_flux_calibration(frequency) == error
+    uncertainty = observing_uncertainty(140.0, frequency_ghz=frequency)
+    assert uncertainty.flux_calibration == error and uncertainty.flux_calibration_source.startswith("nominal")
+
+
+@pytest.mark.parametrize("options, said", [
+    ({"distance_error_pc": -1.0}, "distance error"),
+    ({"distance_error_pc": 80.0}, "half the distance"),
+    ({"distance_error_pc": float("nan")}, "distance error"),
+    ({"flux_calibration": 0.8}, "flux-calibration"),
+    ({"n_draws": -2}, "observing draws"),
+])
+def test_absurd_uncertainties_are_refused_in_one_line(options, said):
+    with pytest.raises(ProtolibInputError, match=said) as refused:
+        observing_uncertainty(140.0, source="map.fits", **options)
+    assert "map.fits" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_pooled_matches_give_every_draw_the_same_weight():
+    draws = [Matches(np.linspace(1, 0.9, n), np.arange(n), np.zeros(n, int)) for n in (10, 4, 6)]
+    pooled, weights = pooled_matches(draws)
+    assert len(pooled) == 20 and weights.sum() == pytest.approx(1.0)
+    assert [weights[:10].sum(), weights[10:14].sum(), weights[14:].sum()] == pytest.approx([1 / 3] * 3)
+
+
+def test_the_widening_says_which_setting_moved_a_parameter_and_by_how_much():
+    uncertainty = observing_uncertainty(300.0, distance_error_pc=30.0, flux_calibration=0.1, n_draws=16, seed=1)
+    draws = uncertainty.draws()
+    rng = np.random.default_rng(0)
+    # the disk mass's median moves by 0.2 dex per sigma of distance, and by nothing with the flux scale
+    samples = [{"disk_mass": 10 ** (-2 + 0.2 * (d.distance_pc - 300) / 30 + 0.1 * rng.normal(size=200))} for d in draws]
+    nominal = {"disk_mass": 10 ** (-2 + 0.1 * rng.normal(size=200))}
+    pooled = {"disk_mass": np.concatenate([s["disk_mass"] for s in samples])}
+    result = widening_by_source(uncertainty, draws, samples, nominal, pooled, np.full(len(pooled["disk_mass"]), 1.0),
+                                ["disk_mass"])["disk_mass"]
+    assert result["unit"] == "dex"
+    assert result["by_source"]["distance"]["shift"] == pytest.approx(0.4, abs=0.03)
+    assert abs(result["by_source"]["flux_calibration"]["shift"]) < 0.03
+    assert result["by_source"]["distance"]["widening"] > 1.5 > 1.05 > result["by_source"]["flux_calibration"]["widening"]
+    assert result["widening"] > 1.5  # the pooled 68% width against the nominal one, measured
