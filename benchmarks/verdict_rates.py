@@ -6,7 +6,7 @@ clump, a ring, spiral arms, a streamer: :mod:`protolib.misfits`) in each peak-S/
 judged as ``protolib match`` judges a target. Prints the fraction flagged per kind and bin, and which
 of the verdict's tests flagged them; ``--out`` keeps every target's row as JSON.
 
-    python benchmarks/verdict_rates.py artifacts/default [/path/to/fitted] [--n 16] [--seed 0] [--out rates.json]
+    python benchmarks/verdict_rates.py artifacts/default [/path/to/fitted] [--n 16] [--seed 0] [--flux-tolerance 0.2] [--out rates.json]
 
 Goal (issue 25): at least 90% of each misfit kind flagged, at most 10% of plain systems.
 """
@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="targets per kind and S/N bin")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--flux-tolerance", type=float, default=0.0,
+                        help="each match's fluxes may be scaled within this fraction to fit (as protolib match allows "
+                             "twice a map's flux-calibration error; default 0)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the machine is shared: one thread per process waits least
     results = {}
@@ -40,7 +43,7 @@ def main() -> None:
         start = time.perf_counter()
         with Bank(folder / "bank.h5") as bank:
             matcher = Matcher.from_model(folder / "siamese.pt", bank, progress=False)
-            rows = verdict_rates(matcher, n=args.n, seed=args.seed)
+            rows = verdict_rates(matcher, n=args.n, seed=args.seed, flux_tolerance=args.flux_tolerance)
             setup = f"{bank.n_systems} systems, {bank.image_size}^2 px of {bank.pixel_size_au:.3g} au, beam {bank.instrument.beam}"
         results[str(folder)] = {"setup": setup, "rows": rows, "seconds": time.perf_counter() - start}
         print(f"\n{folder}: {setup} ({time.perf_counter() - start:.0f} s)")

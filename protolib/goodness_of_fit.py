@@ -54,6 +54,9 @@ class ImageFit:
         match_noise_rms_jy_beam: the noise left in a transformed bank image (the bank's own, smoothed).
         coverage: ``(H, W)`` fraction of each pixel with observed data; pixels under half covered are
             left out of the chi-square.
+        flux_tolerance: each model's fluxes may be scaled by a factor from ``1 / (1 + t)`` to ``1 + t``, the one
+            that fits the target best (least squares, clipped): the target's flux-calibration uncertainty
+            (twice its 1-sigma error covers 95%). 0: the model as it is.
     """
 
     def __init__(
@@ -62,7 +65,9 @@ class ImageFit:
         noise_rms_jy_beam: float,
         match_noise_rms_jy_beam: float = 0.0,
         coverage: np.ndarray | None = None,
+        flux_tolerance: float = 0.0,
     ):
+        self.flux_tolerance = float(flux_tolerance)
         self.model_transform = model_transform
         self.noise_rms_jy_beam = float(noise_rms_jy_beam)
         self.match_noise_rms_jy_beam = float(match_noise_rms_jy_beam)
@@ -85,9 +90,21 @@ class ImageFit:
         images = np.asarray(bank_images, dtype=np.float32)
         return images if self.model_transform is None else np.asarray(self.model_transform(images), dtype=np.float32)
 
+    def flux_factors(self, target: np.ndarray, models: np.ndarray) -> np.ndarray:
+        """``(N,)`` the factor each model's fluxes are scaled by to fit ``target`` best, within :attr:`flux_tolerance`."""
+        if not self.flux_tolerance > 0:
+            return np.ones(len(models), dtype=np.float32)
+        used = self.used(np.shape(target))
+        x, m = np.asarray(target, dtype=np.float64)[used], np.asarray(models, dtype=np.float64)[:, used]
+        best = (m @ x) / np.maximum(np.einsum("ij,ij->i", m, m), 1e-300)
+        return np.clip(best, 1.0 / (1.0 + self.flux_tolerance), 1.0 + self.flux_tolerance).astype(np.float32)
+
     def residuals(self, target: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
-        """``(target - T(image)) / sigma`` for each bank image, ``(N, H, W)``; zero where not observed."""
-        residual = (np.asarray(target, dtype=np.float32)[None] - self.models(bank_images)) / self.sigma
+        """``(target - a T(image)) / sigma`` for each bank image, ``(N, H, W)``, with ``a`` its :meth:`flux_factors`;
+        zero where not observed."""
+        models = self.models(bank_images)
+        models = models * self.flux_factors(target, models)[:, None, None]
+        residual = (np.asarray(target, dtype=np.float32)[None] - models) / self.sigma
         if self.coverage is not None:
             residual = residual * (self.coverage >= 0.5)
         return residual

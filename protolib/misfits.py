@@ -201,20 +201,22 @@ def _shifted(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
 
 
 def verdict_rates(matcher: Matcher, *, kinds=KINDS, bins=SNR_BINS, n: int = 16, seed: int = 0, top_k: int = 200,
-                  n_reference: int = 48, progress: bool = True) -> list[dict]:
+                  n_reference: int = 48, progress: bool = True, flux_tolerance: float = 0.0) -> list[dict]:
     """The image-space verdict on ``n`` synthetic targets of each kind in each peak-S/N bin, one row per target.
 
     Each target is matched as ``protolib match`` matches a bank target (``top_k`` matches, then
     :func:`~protolib.matching.fit_matches`); a row holds its kind, S/N bin, whether it was flagged
     (not reproduced), the failed tests and the statistics they use. ``n_reference``: the reference images of
-    the relative test (:func:`~protolib.matching.fit_matches`).
+    the relative test (:func:`~protolib.matching.fit_matches`); ``flux_tolerance``: how far each match's fluxes may be
+    scaled to fit (:class:`~protolib.goodness_of_fit.ImageFit`).
     """
     rows = []
     cells = [(kind, lo, hi) for kind in kinds for lo, hi in bins]
     for kind, lo, hi in tqdm(cells, desc="verdict on synthetic targets", unit="set", disable=not progress):
         targets = targets_for_bank(matcher.bank, kind, n, snr=(lo, hi), seed=seed)
         for image, snr, fraction in zip(targets.images, targets.peak_snr, targets.structure_fraction):
-            verdict = fit_matches(matcher, image, matcher.match(image, top_k=top_k), n_reference=n_reference, seed=seed).verdict
+            verdict = fit_matches(matcher, image, matcher.match(image, top_k=top_k), n_reference=n_reference, seed=seed,
+                                  flux_tolerance=flux_tolerance).verdict
             peak = verdict.residual_peak or {}
             rows.append({"kind": kind, "snr_bin": f"{lo:g}-{hi:g}", "peak_snr": float(snr), "structure_fraction": float(fraction),
                          "flagged": not verdict.reproduces, "reasons": list(verdict.reasons), "best_reduced_chi2": verdict.best_reduced_chi2,

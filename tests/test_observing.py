@@ -10,6 +10,7 @@ import pytest
 from protolib.matching import Matches
 from protolib.matching.observing import (
     MAX_SCALE_RANGE_BEAMS,
+    NO_FILTER_SHARE,
     default_flux_calibration,
     observing_uncertainty,
     pooled_matches,
@@ -27,10 +28,14 @@ def test_draws_cover_each_setting_evenly_and_repeat_with_their_seed():
     distance = np.array([d.distance_pc for d in draws])
     assert distance.mean() == pytest.approx(300, abs=3) and distance.std() == pytest.approx(30, rel=0.15)
     assert np.std(np.log([d.flux_factor for d in draws])) == pytest.approx(math.log(1.1), rel=0.15)
-    scales = np.log([d.max_scale_arcsec for d in draws])
+    scales = np.array([d.max_scale_arcsec for d in draws])
+    assert np.sum(scales == 0) == NO_FILTER_SHARE * 20  # unfiltered draws (a model, single-dish data)
     low, high = np.log(MAX_SCALE_RANGE_BEAMS)
-    strata = np.floor((scales - low) / (high - low) * 20).astype(int)  # a Latin hypercube: one draw in each twentieth
-    assert sorted(strata) == list(range(20))
+    kept = int(20 * (1 - NO_FILTER_SHARE))
+    strata = np.floor((np.log(scales[scales > 0]) - low) / (high - low) * kept).astype(int)  # Latin hypercube: one in each stratum
+    assert sorted(strata) == list(range(kept))
+    z = uncertainty.standardised(draws)[:, 2]
+    assert z.min() >= -1 and z.max() <= 1 and np.all(z[scales == 0] > z[scales > 0].max())
     assert draws != observing_uncertainty(300.0, distance_error_pc=30.0, flux_calibration=0.1, n_draws=20, seed=5).draws()
 
 

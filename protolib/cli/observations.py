@@ -57,8 +57,9 @@ def observing_note(observing: dict) -> str:
     """One line: which observing settings were drawn, and how much they widened the 68% intervals."""
     said = {"distance": f"distance {observing['distance_pc']:g} +- {observing['distance_error_pc']:g} pc",
             "flux_calibration": f"flux scale +-{100 * observing['flux_calibration']:.0f}% ({observing['flux_calibration_source']})",
-            "recoverable_scale": "recoverable scale {:.3g}-{:.3g}\" (not known: {:g}-{:g} beams)".format(
-                *(observing["max_scale_range_arcsec"] or [0, 0]), *(observing["max_scale_range_beams"] or [0, 0]))}
+            "recoverable_scale": "recoverable scale {:.3g}-{:.3g}\" or none (not known: {:g}-{:g} beams, {:.0f}% unfiltered)".format(
+                *(observing["max_scale_range_arcsec"] or [0, 0]), *(observing["max_scale_range_beams"] or [0, 0]),
+                100 * observing.get("no_filter_share", 0))}
     widened = sorted(observing["parameters"].items(), key=lambda item: -item[1]["widening"])[:4]
     parts = ", ".join(f"{name} x{p['widening']:.2f} (most from {max(p['by_source'], key=lambda s: p['by_source'][s]['widening'])})"
                       for name, p in widened)

@@ -55,7 +55,7 @@ def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: n
 
 def fit_matches(
     matcher: Matcher, image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
-    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0,
+    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0, flux_tolerance: float = 0.0,
 ) -> MatchFit | None:
     """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
     residuals, and the intervals' calibration at the target's resolution and noise.
@@ -66,7 +66,8 @@ def fit_matches(
     ``reference_top_k`` best matches (default: as many as the target has). Their true parameters are
     known, so they also calibrate the target's intervals: how much the central intervals of that many
     matches must be widened about the median to hold the truth as often as they claim, at this
-    observation's beam and noise.
+    observation's beam and noise. ``flux_tolerance``: each match's fluxes may be scaled within it to fit
+    (:class:`~protolib.goodness_of_fit.ImageFit`; the target's flux-calibration uncertainty), the references' alike.
 
     Returns:
         The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
@@ -75,7 +76,8 @@ def fit_matches(
     rng = np.random.default_rng(seed)
     if observation is not None:
         resolution = observation.resolution
-        fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage)
+        fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage,
+                       flux_tolerance)
         beam, pixel_arcsec = resolution.target_beam, resolution.pixel_arcsec
 
         def observe(images):
@@ -84,7 +86,7 @@ def fit_matches(
         noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
         if not noise > 0:
             return None
-        fit = ImageFit(None, noise, noise)
+        fit = ImageFit(None, noise, noise, flux_tolerance=flux_tolerance)
         beam, pixel_arcsec = bank.instrument.beam, bank.pixel_size_au / bank.instrument.distance_pc
 
         def observe(images):

@@ -6,7 +6,8 @@ Three settings of a match are uncertain for every real map:
 - **the flux calibration**: an interferometer's absolute flux scale is good to 5-20% depending on
   the band (:func:`default_flux_calibration`);
 - **the maximum recoverable scale**, when neither the user nor the file gives it: any value from
-  :data:`MAX_SCALE_RANGE_BEAMS` beam major axes is plausible for an interferometer.
+  :data:`MAX_SCALE_RANGE_BEAMS` beam major axes is plausible for an interferometer, and none at all
+  for a model image or a map combined with single-dish data (:data:`NO_FILTER_SHARE` of the draws).
 
 A match is repeated over draws of all three (:meth:`ObservingUncertainty.draws`, a Latin hypercube
 from :mod:`scipy.stats.qmc`, so a dozen draws cover each range evenly), each draw prepared and
@@ -27,14 +28,15 @@ import numpy as np
 from ..runtime import ProtolibInputError
 from .matches import Matches, describe_parameter, scaled_for_summary
 
-__all__ = ["FLUX_CALIBRATION_BANDS", "MAX_SCALE_RANGE_BEAMS", "OBSERVING_DRAWS", "ObservingDraw", "ObservingDraws", "ObservingUncertainty",
+__all__ = ["FLUX_CALIBRATION_BANDS", "MAX_SCALE_RANGE_BEAMS", "NO_FILTER_SHARE", "OBSERVING_DRAWS", "ObservingDraw", "ObservingDraws", "ObservingUncertainty",
            "default_flux_calibration", "observing_uncertainty", "pooled_matches", "widening_by_source"]
 
 # Nominal absolute flux-calibration accuracy (1 sigma) by observed frequency: up to 211 GHz (ALMA Bands 1-5,
 # NOEMA 3 and 2 mm) 5%; to 373 GHz (Bands 6-7, NOEMA 1.3 mm) 10%; above (Bands 8-10) 20%. These are the ALMA
 # Technical Handbook's nominal figures; Francis et al. (2020, AJ 160, 270) measured the nominal 10% in Band 7.
 FLUX_CALIBRATION_BANDS = ((211.0, 0.05), (373.0, 0.10), (math.inf, 0.20))
-MAX_SCALE_RANGE_BEAMS = (5.0, 50.0)  # recoverable scales drawn (log-uniform) when the map does not say, in beam major axes
+MAX_SCALE_RANGE_BEAMS = (5.0, 50.0)  # recoverable scales drawn (log-uniform) when the map does not say, in beam major axes ...
+NO_FILTER_SHARE = 0.25  # ... and this share of the draws with no filtering at all (a model, or a map with single-dish data)
 OBSERVING_DRAWS = 12  # draws of (distance, flux scale, recoverable scale) a match is repeated over
 SOURCES = ("distance", "flux_calibration", "recoverable_scale")
 
@@ -42,7 +44,7 @@ SOURCES = ("distance", "flux_calibration", "recoverable_scale")
 @dataclass(frozen=True)
 class ObservingDraw:
     """One draw of the uncertain settings: the distance [pc], the factor the map's fluxes are multiplied by,
-    and the maximum recoverable scale [arcsec] (``None``: as given or as the file says)."""
+    and the maximum recoverable scale [arcsec] (``None``: as given or as the file says; 0: no filtering)."""
 
     distance_pc: float
     flux_factor: float
@@ -78,7 +80,8 @@ class ObservingUncertainty:
 
     def draws(self) -> list[ObservingDraw]:
         """The draws: a Latin hypercube over the three settings (seeded), normal in distance (kept above half
-        of it), log-normal in flux scale, log-uniform in recoverable scale."""
+        of it), log-normal in flux scale, log-uniform in recoverable scale with :data:`NO_FILTER_SHARE` of the
+        draws unfiltered."""
         from scipy.stats import norm, qmc
 
         if not self.sources:
@@ -90,17 +93,21 @@ class ObservingUncertainty:
             scales = [None] * self.n_draws
         else:
             low, high = np.log(self.max_scale_range_arcsec)
-            scales = [float(s) for s in np.exp(low + (high - low) * unit[:, 2])]
+            position = unit[:, 2] / (1.0 - NO_FILTER_SHARE)
+            scales = [float(np.exp(low + (high - low) * u)) if u < 1.0 else 0.0 for u in position]
         return [ObservingDraw(float(d), float(f), s) for d, f, s in zip(distance, flux, scales)]
 
     def standardised(self, draws: Sequence[ObservingDraw]) -> np.ndarray:
         """``(n_draws, n_sources)``: each uncertain setting of each draw in units of its spread (distance and log
-        flux scale in sigmas, log recoverable scale from -1 to 1 across its range)."""
+        flux scale in sigmas; the recoverable scale from -1 to 1: log-uniformly across its range, then the
+        unfiltered draws at the top)."""
         columns = {"distance": [(d.distance_pc - self.distance_pc) / (self.distance_error_pc or 1.0) for d in draws],
                    "flux_calibration": [math.log(d.flux_factor) / math.log1p(self.flux_calibration or 1.0) for d in draws]}
         if self.max_scale_range_arcsec is not None:
             low, high = np.log(self.max_scale_range_arcsec)
-            columns["recoverable_scale"] = [2 * (math.log(d.max_scale_arcsec) - low) / (high - low) - 1 for d in draws]
+            kept = 1.0 - NO_FILTER_SHARE
+            columns["recoverable_scale"] = [2 * (kept * (math.log(d.max_scale_arcsec) - low) / (high - low) if d.max_scale_arcsec
+                                                 else 1.0 - 0.5 * NO_FILTER_SHARE) - 1 for d in draws]
         return np.column_stack([columns[name] for name in self.sources]) if self.sources else np.zeros((len(draws), 0))
 
     def to_dict(self) -> dict:
@@ -108,6 +115,7 @@ class ObservingUncertainty:
         described = asdict(self)
         described["sources"] = self.sources
         described["max_scale_range_beams"] = list(MAX_SCALE_RANGE_BEAMS) if self.max_scale_range_arcsec is not None else None
+        described["no_filter_share"] = NO_FILTER_SHARE if self.max_scale_range_arcsec is not None else 0.0
         return described
 
 
