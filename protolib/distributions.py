@@ -433,9 +433,10 @@ def gallery_plot(
     brighter or fainter than the target shows as such. Colour bars are in ``unit`` (the images' unit,
     shown in mJy: see :func:`~protolib.plotting.display_unit`). The target's panel, framed in red,
     has the N and E arrows and, with ``pixel_size_au``, a scale bar in au. With ``residuals``, every
-    image is on the target's scale and each match's panel has below it its residual map, target minus
-    match in units of the noise rms, on one diverging scale, linear within +-3 and logarithmic beyond
-    (white: within the noise), titled with its reduced chi-square.
+    image is on one scale (wide enough that no panel saturates, so a match brighter or fainter than the
+    target shows as such) and each match's panel has below it its residual map, target minus match in
+    units of the noise rms, on one diverging scale, linear within +-3 and logarithmic beyond (white:
+    within the noise), labelled with its reduced chi-square and its peak against the target's.
 
     Arguments:
         target_image: ``(H, W)``.
@@ -450,7 +451,7 @@ def gallery_plot(
         reduced_chi2: ``(n,)`` each match's reduced chi-square, for the residual panels' titles.
         unit: the images' unit, for the colour bars (``"Jy/beam"``, ``"Jy/pixel"``, ``"stretched"``).
         scale: ``"each"`` (every image on its own range) or ``"target"`` (all on the target's); residual
-            galleries are always on the target's.
+            galleries always share one range.
 
     Returns:
         The matplotlib figure.
@@ -518,7 +519,7 @@ def _plain_gallery(target_image, images, similarities, *, captions, target_capti
 
 def _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, *, captions, target_caption,
                             n_columns, pixel_size_au, cmap, unit):
-    """:func:`gallery_plot` with a residual row under each row of images, all images on the target's scale."""
+    """:func:`gallery_plot` with a residual row under each row of images, all images on one scale."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
 
@@ -528,9 +529,11 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
     text = page_fontsize(width, 8.5)
     titles = _gallery_titles(similarities, captions, width - 1.2, n_columns, text)
     lines = max([t.count("\n") + 1 for t in titles] + [fit_title(target_caption, width / n_columns, text).count("\n") + 1])
-    pair_in = 2 * 2.05 + 1.25 * (lines + 1) * text / 72  # an image and its residual, with their titles
+    pair_in = 2 * 2.05 + 1.25 * lines * text / 72  # an image with its title, and its residual
     fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(width, pair_in * n_rows + 0.8), squeeze=False, layout="constrained")
-    lo, hi = _target_scale(target_image, factor)
+    scales = [_target_scale(img, factor) for img in panels]  # one range that saturates no panel
+    lo, hi = min(a for a, _ in scales), max(b for _, b in scales)
+    target_peak = float(np.nanmax(panels[0])) or 1.0
     reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
     norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
     shown_image = shown_residual = None
@@ -540,14 +543,16 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
         if k == 0:
             ax_image.set_title(fit_title(target_caption, width / n_columns, text), fontsize=text, color="C3")
             _decorate_target(ax_image, np.shape(target_image)[-1], pixel_size_au, text)
-            ax_residual.text(0.5, 0.5, "below each match:\ntarget minus match\nin noise rms", ha="center",
+            ax_residual.text(0.5, 0.5, "below each match:\ntarget minus match\nin noise rms; its\nreduced chi-square,\nits peak over\nthe target's", ha="center",
                              va="center", fontsize=text, transform=ax_residual.transAxes)
             ax_residual.set_axis_off()
         else:
             ax_image.set_title(titles[k - 1], fontsize=text)
             shown_residual = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", norm=norm)
-            if reduced_chi2 is not None:
-                ax_residual.set_title(rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k - 1]:.3g}", fontsize=text)
+            said = ([rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k - 1]:.3g}"] if reduced_chi2 is not None else []) + [
+                f"peak x{float(np.nanmax(img)) / target_peak:.2g}"]
+            ax_residual.text(0.03, 0.97, "\n".join(said), transform=ax_residual.transAxes, ha="left", va="top", fontsize=0.85 * text,
+                             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5}, in_layout=False)
         for ax in (ax_image, ax_residual):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -555,7 +560,7 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
         axes[2 * (k // n_columns), k % n_columns].set_visible(False)
         axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
     bar = fig.colorbar(shown_image, ax=axes[0::2].ravel().tolist(), shrink=0.8)
-    bar.set_label(f"images: {label} (the target's scale)", fontsize=text)
+    bar.set_label(f"images: {label} (one scale for all)", fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
     if shown_residual is not None:
         ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]

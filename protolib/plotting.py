@@ -25,7 +25,7 @@ from .instrument import Beam
 from .normalise import scale_parameters
 from .parameters import PARAMETERS
 
-__all__ = ["PAGE_WIDTH_IN", "page_fontsize", "display_unit", "image_norm", "add_colorbar", "scale_bar_length_au", "add_scale_bar",
+__all__ = ["PAGE_WIDTH_IN", "page_fontsize", "display_unit", "image_norm", "add_colorbar", "scale_bar_length_au", "add_scale_bar", "add_beam",
            "add_orientation", "fit_title", "corner_figure", "make_corner_legible", "image_extent_au", "draw_image", "plot_image_grid",
            "plot_parameter_gallery", "plot_prior_corner", "plot_instrument_effects", "plot_split"]
 
@@ -203,6 +203,14 @@ def image_extent_au(image_size: int, pixel_size_au: float) -> tuple[float, float
     return (half, -half, -half, half)
 
 
+def add_beam(ax, half_width: float, major: float, minor: float, position_angle_deg: float, lw: float = 1.5) -> None:
+    """The beam (FWHM axes ``major`` and ``minor``, position angle east of north) as a white ellipse in the lower
+    left (east) corner of a panel ``2 half_width`` across, in the panel's units (au), whole inside the panel."""
+    inset = min(max(0.6 * major, 0.08 * half_width), 0.5 * half_width)
+    ax.add_patch(Ellipse((half_width - inset, -half_width + inset), minor, major, angle=-position_angle_deg,
+                         facecolor="none", edgecolor="white", lw=lw))
+
+
 def draw_image(ax, image: np.ndarray, *, pixel_size_au: float, stretch: str = "asinh", beam: Beam | None = None,
                distance_pc: float | None = None, title: str | None = None, cmap: str = "inferno", colorbar_label: str | None = None,
                unit: str | None = None, norm=None):
@@ -218,9 +226,8 @@ def draw_image(ax, image: np.ndarray, *, pixel_size_au: float, stretch: str = "a
     handle = ax.imshow(shown, origin="lower", extent=image_extent_au(shown.shape[-1], pixel_size_au), cmap=cmap,
                        norm=norm if norm is not None else image_norm(shown, stretch))
     if beam is not None and distance_pc is not None:
-        half = shown.shape[-1] * pixel_size_au / 2.0
-        ax.add_patch(Ellipse((0.8 * half, -0.8 * half), beam.minor_arcsec * distance_pc, beam.major_arcsec * distance_pc,
-                             angle=-beam.position_angle_deg, facecolor="none", edgecolor="white", lw=1.0))  # PA east of north
+        add_beam(ax, shown.shape[-1] * pixel_size_au / 2.0, beam.major_arcsec * distance_pc, beam.minor_arcsec * distance_pc,
+                 beam.position_angle_deg, lw=1.0)
     if title:
         ax.set_title(title, fontsize=page_fontsize(ax.figure, 8))
     if colorbar_label or label:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from ..plotting import add_colorbar, add_orientation, add_scale_bar, page_fontsize
+from ..plotting import add_beam, add_colorbar, add_orientation, add_scale_bar, page_fontsize
 from .fits import DEG_ARCSEC
 from .prepared import PreparedObservation
 
@@ -22,7 +22,6 @@ def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inf
     drawn in the lower left.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Ellipse
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
     text, tick = page_fontsize(fig, 8.5), page_fontsize(fig, 7.5)
@@ -33,8 +32,7 @@ def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inf
         add_colorbar(ax, image, label, fontsize=text, size=0.05)
         add_scale_bar(ax, 2 * half_width, fontsize=text)
         add_orientation(ax, fontsize=text)
-        ax.add_patch(Ellipse((half_width * 0.8, -half_width * 0.8), beam_au_minor, beam_au_major, angle=-pa,
-                             facecolor="none", edgecolor="white", lw=1.5))  # the beam, lower left; PA east of north
+        add_beam(ax, half_width, beam_au_major, beam_au_minor, pa)  # the beam, lower left, whole inside the panel
         ax.set_xlim(half_width, -half_width)
         ax.set_ylim(-half_width, half_width)
         ax.set_xlabel("offset east [au]", fontsize=text)
