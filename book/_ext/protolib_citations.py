@@ -5,7 +5,8 @@ sphinxcontrib-bibtex's ``author_year`` reference style writes citations in the t
 ("[Ulr76]"), so a reader sees two styles. This Sphinx extension registers a pybtex formatting style,
 ``protolib_author_year``: the ``unsrt`` entry format, sorted by author and year, with labels
 "Ulrich, 1976", "Lynden-Bell and Pringle, 1974", "Terebey et al., 1984", as the text cites them (a, b
-suffixes where an author-year pair repeats). pybtex has
+suffixes where an author-year pair repeats). Like the citations in the text, an entry with no author is
+labelled by its title ("Siamese, 2024"), and one with no year by "n.d.". pybtex has
 no such label style built in; it is the documented way to add one (a ``pybtex.style.labels`` plugin).
 """
 
@@ -24,7 +25,7 @@ def _authors(entry) -> str:
     people = entry.persons.get("author") or entry.persons.get("editor") or []
     names = [Text.from_latex(" ".join(person.last_names)).render_as("text") for person in people]
     if not names:
-        return entry.fields.get("title", entry.key).split(":")[0]
+        return Text.from_latex(entry.fields.get("title", entry.key)).render_as("text").split(":")[0]
     if len(names) == 1:
         return names[0]
     return f"{names[0]} and {names[1]}" if len(names) == 2 else f"{names[0]} et al."
@@ -35,7 +36,7 @@ class AuthorYearLabelStyle(BaseLabelStyle):
 
     def format_labels(self, sorted_entries):
         entries = list(sorted_entries)
-        labels = [f"{_authors(entry)}, {entry.fields.get('year', '')}".strip(", ") for entry in entries]
+        labels = [f"{_authors(entry)}, {entry.fields.get('year', 'n.d.')}" for entry in entries]
         counts, seen = Counter(labels), Counter()
         for label in labels:
             if counts[label] > 1:
@@ -44,9 +45,18 @@ class AuthorYearLabelStyle(BaseLabelStyle):
             yield label
 
 
+class AuthorYearSortingStyle(SortingStyle):
+    """By author and year; an entry with no author or editor sorts by its title, where its label puts it."""
+
+    def sorting_key(self, entry):
+        if entry.persons.get("author") or entry.persons.get("editor"):
+            return super().sorting_key(entry)
+        return (_authors(entry).lower(), entry.fields.get("year", ""), entry.fields.get("title", ""))
+
+
 class AuthorYearStyle(UnsrtStyle):
     default_label_style = AuthorYearLabelStyle
-    default_sorting_style = SortingStyle
+    default_sorting_style = AuthorYearSortingStyle
 
 
 def setup(app):
