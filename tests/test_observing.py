@@ -88,3 +88,18 @@ def test_the_widening_says_which_setting_moved_a_parameter_and_by_how_much():
     assert abs(result["by_source"]["flux_calibration"]["shift"]) < 0.03
     assert result["by_source"]["distance"]["widening"] > 1.5 > 1.05 > result["by_source"]["flux_calibration"]["widening"]
     assert result["widening"] > 1.5  # the pooled 68% width against the nominal one, measured
+
+
+def test_the_fit_rescales_a_match_within_the_flux_calibration_and_no_further():
+    from protolib.goodness_of_fit import ImageFit
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:32, :32] - 15.5
+    model = np.exp(-0.5 * (x**2 + y**2) / 16.0)[None].astype(np.float32)
+    target = 1.15 * model[0] + 0.01 * rng.normal(size=(32, 32))  # the map's flux scale off by 15%
+    exact, tolerant = ImageFit(None, 0.01), ImageFit(None, 0.01, flux_tolerance=0.2)
+    assert exact.reduced_chi2(target, model)[0] > 20
+    assert tolerant.flux_factors(target, model)[0] == pytest.approx(1.15, abs=0.01)
+    assert tolerant.reduced_chi2(target, model)[0] == pytest.approx(1.0, abs=0.15)
+    far = 2.0 * model[0] + 0.01 * rng.normal(size=(32, 32))  # twice as bright: beyond any calibration error
+    assert tolerant.flux_factors(far, model)[0] == pytest.approx(1.2) and tolerant.reduced_chi2(far, model)[0] > 20

@@ -123,7 +123,7 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
                 posterior_settings: EvaluationSettings | None = None, observing: dict | None = None) -> dict:
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
-    observation, pooled = None, None
+    observation, pooled, flux_tolerance = None, None, 0.0
     if target_system is not None:
         matcher, matches, image, truths, inputs["target"] = _match_bank_system(model_path, bank, target_system, projection,
                                                                                top_k, threshold, options)
@@ -135,16 +135,17 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
         inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
                             "true_parameters_in_file": truths is not None}
         uncertainty = _observing_uncertainty(target, distance_pc, observation.info, observing or {})
+        flux_tolerance = 2.0 * uncertainty.flux_calibration  # the image-space fit may rescale a match within 2 sigma
         if uncertainty.sources:
             pooled = _observing_draws(model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold)
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
-    fit = fit_matches(matcher, image, matches, observation=observation)
+    fit = fit_matches(matcher, image, matches, observation=observation, flux_tolerance=flux_tolerance)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
     noise = observation.noise_rms_jy_beam if observation is not None else bank_noise
     found = detection(image, noise) if noise > 0 else None
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
-                "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive",
+                "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive", "fit_flux_tolerance": flux_tolerance,
                 **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
