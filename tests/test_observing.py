@@ -98,7 +98,7 @@ def test_the_fit_rescales_a_match_within_the_flux_calibration_and_no_further():
     model = np.exp(-0.5 * (x**2 + y**2) / 16.0)[None].astype(np.float32)
     target = 1.15 * model[0] + 0.01 * rng.normal(size=(32, 32))  # the map's flux scale off by 15%
     exact, tolerant = ImageFit(None, 0.01), ImageFit(None, 0.01, flux_tolerance=0.2)
-    assert exact.reduced_chi2(target, model)[0] > 20
+    assert exact.reduced_chi2(target, model)[0] > 5
     assert tolerant.flux_factors(target, model)[0] == pytest.approx(1.15, abs=0.01)
     assert tolerant.reduced_chi2(target, model)[0] == pytest.approx(1.0, abs=0.15)
     far = 2.0 * model[0] + 0.01 * rng.normal(size=(32, 32))  # twice as bright: beyond any calibration error
