@@ -350,18 +350,25 @@ def run_lock(target: str | os.PathLike, *, folder: bool) -> Iterator[None]:
     A second run writing the same bank or ``bank-for`` folder is refused at once, in one
     line, instead of racing the first (both would print "Wrote" and one result would be lost). The lock
     is ``.NAME.protolib.lock`` beside a file and ``.protolib.lock`` inside a folder (as
-    :func:`output_folder`'s), released when the run ends or its process dies.
+    :func:`output_folder`'s), released when the run ends or its process dies. A folder this run
+    created is removed again when the run fails with nothing written in it.
     """
     target = check_output(target, folder=folder)
     lock_path = target / ".protolib.lock" if folder else target.with_name(f".{target.name}.protolib.lock")
+    created = folder and not target.exists()
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(lock_path, "a+")
     except OSError as error:
         raise ProtolibInputError(describe_os_error(error, target)) from None
-    with lock:
-        _take_lock(lock, target, "folder" if folder else "file")
-        yield
+    try:
+        with lock:
+            _take_lock(lock, target, "folder" if folder else "file")
+            yield
+    except BaseException:
+        if created and target.is_dir() and {p.name for p in target.iterdir()} <= {".protolib.lock"}:
+            shutil.rmtree(target, ignore_errors=True)  # a refused or failed first run leaves no folder behind
+        raise
 
 
 def _locked_run(final: Path, lock, command: str) -> Iterator[Path]:

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..bank import Bank
+from ..bank import Bank, check_same_setup
 from ..runtime import ProtolibInputError
 from .baselines import pairwise_matches
 from .embeddings import BankEmbeddings, EmbedFunction, ImageTransform, bank_embeddings, cached_bank_embeddings, file_sha256
@@ -335,4 +335,5 @@ def _load_siamese_for(model_path: Path, bank: Bank):
             f"Model {model_path} was trained on {model_size}x{model_size} px images but bank {bank.path} has "
             f"{bank.image_size}x{bank.image_size} px images; use a bank made with the model's image size."
         )
+    check_same_setup(checkpoint, bank, model_path)
     return model, checkpoint, model_size

@@ -58,6 +58,7 @@ def run_evaluation(
     results = evaluate_methods(methods, bank, relevance, split, settings)
     add_npe_result(results, bank, split, relevance, settings, model=model)
     report = evaluation_report(results, model, bank, settings, model_path=model_path, bank_path=bank_path)
+    bank.check_unchanged()  # a bank rewritten meanwhile: refused, so metrics.json never names a file it does not come from
     _write_products(out_dir, results, report)
     return report
 
