@@ -43,7 +43,7 @@ from .comparison import paired_difference
 from .distributions import central_coverage, central_intervals, similarity_weights
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser, scaled_image_parameters
-from .runtime import ProtolibInputError
+from .runtime import ProtolibInputError, interruptible
 from .siamese import similarity_metrics
 from .target_similarity import TargetDefinition, target_similarity
 
@@ -189,10 +189,15 @@ def pca_method(train_images: np.ndarray, preprocessing, n_components: int = 32) 
 
     flat = stretched(train_images)
     mean = flat.mean(0)
-    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
-    basis = vt[:n_components].T  # (H*W, n)
+    basis = interruptible(_principal_axes, flat - mean, n_components)  # (H*W, n); tens of seconds on a large bank: stoppable
     return MatchingMethod("pca", lambda images: ((stretched(images) - mean) @ basis).astype(np.float32), "euclidean",
                           f"PCA of the stretched images ({basis.shape[1]} components)")
+
+
+def _principal_axes(centred: np.ndarray, n_components: int) -> np.ndarray:
+    """The first ``n_components`` principal axes ``(D, n)`` of the rows of ``centred`` ``(N, D)`` (numpy's SVD)."""
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return np.ascontiguousarray(vt[:n_components].T)
 
 
 def autoencoder_method(autoencoder, train_images: np.ndarray) -> MatchingMethod:

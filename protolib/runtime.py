@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
-           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
+           "ProtolibInputError", "describe_os_error", "interruptible", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
 
 
 class ProtolibInputError(ValueError):
@@ -93,6 +93,64 @@ def typed_settings(cls, values, where: str):
         return cls(**values)
     except (TypeError, ValueError) as error:
         raise ProtolibInputError(f"{where}: {error}") from None
+
+
+def interruptible(function, *args, poll_s: float = 0.2, **kwargs):
+    """``function(*args, **kwargs)``, run so that SIGINT and SIGTERM stop the program within ``poll_s`` seconds.
+
+    Python acts on a signal only between steps of Python code, so one long call into compiled code
+    (numpy's SVD of a large matrix takes tens of seconds) would delay Ctrl-C or a batch system's
+    SIGTERM until it returns. Here the call runs in a forked child process (which sees the arguments
+    without copying them) and sends its result back; the parent waits in steps of ``poll_s`` seconds,
+    so the signal acts at once, and the child is killed. Keep the result small: it is pickled.
+    Where processes cannot be forked, or outside the main thread, ``function`` is simply called.
+
+    Raises:
+        ProtolibInputError: the child ended without a result (killed, e.g. for memory).
+    """
+    import multiprocessing
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or "fork" not in multiprocessing.get_all_start_methods():
+        return function(*args, **kwargs)
+    receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=_run_and_send, args=(send, function, args, kwargs), daemon=True)
+    child.start()
+    send.close()
+    try:
+        while not receive.poll(poll_s):
+            if not child.is_alive() and not receive.poll(0):
+                raise ProtolibInputError(f"A long computation ({getattr(function, '__name__', function)}) ended without a result (its "
+                                         f"process exited with {child.exitcode}, killed for memory?); give it less to do.")
+        kind, value = receive.recv()
+    except EOFError:
+        raise ProtolibInputError(f"A long computation ({getattr(function, '__name__', function)}) ended without a result; "
+                                 "give it less to do.") from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if kind == "error":
+        raise value
+    return value
+
+
+def _run_and_send(send, function, args, kwargs) -> None:
+    """In :func:`interruptible`'s child: run, and send ``("value", result)`` or ``("error", exception)``.
+
+    Signals are the parent's to handle: the child ignores Ctrl-C and dies quietly on SIGTERM.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        result = ("value", function(*args, **kwargs))
+    except Exception as error:  # noqa: BLE001 - handed to the parent
+        result = ("error", error)
+    send.send(result)
+    send.close()
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
