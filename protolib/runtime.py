@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
-           "ProtolibInputError", "describe_os_error", "interruptible", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
+           "ProtolibInputError", "describe_os_error", "interruptible",
+           "available_memory_bytes", "check_memory", "describe_bytes", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
 
 
 class ProtolibInputError(ValueError):
@@ -151,6 +152,47 @@ def _run_and_send(send, function, args, kwargs) -> None:
         result = ("error", error)
     send.send(result)
     send.close()
+
+
+def available_memory_bytes() -> int | None:
+    """The memory this machine can still give a run [bytes] (``MemAvailable``: free memory and what the kernel can reclaim).
+
+    From ``psutil`` when it is installed, else ``/proc/meminfo``; ``None`` where neither tells.
+    """
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def describe_bytes(n: float) -> str:
+    """``n`` bytes in words a user reads at a glance: ``"3.2 GB"``, ``"410 MB"``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n / 1e3:.3g} kB"
+
+
+def check_memory(need_bytes: float, what: str, advice: str) -> None:
+    """Refuse, in one line, a run whose estimated peak memory ``need_bytes`` exceeds the machine's available memory.
+
+    ``what`` names the run and what makes it large (``"simulate: 32000 x 32000 rays per image"``);
+    ``advice`` names the setting to change. Better refused at once than killed for memory an hour in,
+    after other programs on the machine were pushed to swap.
+    """
+    available = available_memory_bytes()
+    if available is not None and need_bytes > available:
+        raise ProtolibInputError(f"{what} needs about {describe_bytes(need_bytes)} of memory, more than the {describe_bytes(available)} "
+                                 f"this machine has available; {advice}.")
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
