@@ -49,7 +49,7 @@ def protolib(tree: Path, argv: list[str], *, timeout: float = 300, limit: int | 
     start = time.monotonic()
     try:
         done = subprocess.run([sys.executable, "-m", "protolib", *argv], capture_output=True, text=True, env=env, timeout=timeout,
-                              preexec_fn=cap)
+                              preexec_fn=cap, cwd=tree)  # in the tree: `-m` puts the working folder first on sys.path
         return done.returncode, done.stdout, done.stderr, time.monotonic() - start
     except subprocess.TimeoutExpired as expired:
         return -999, str(expired.stdout or ""), str(expired.stderr or ""), time.monotonic() - start
@@ -79,7 +79,8 @@ def protolib_batch(tree: Path, argvs: list[list[str]]) -> list[tuple[int, str, s
     messages as the command line, without importing torch once per command. For the inputs that need no process of their own."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PROTOLIB_DEVICE": "cpu",
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    done = subprocess.run([sys.executable, "-c", BATCH], input=json.dumps(argvs), capture_output=True, text=True, env=env, timeout=3600)
+    done = subprocess.run([sys.executable, "-c", BATCH], input=json.dumps(argvs), capture_output=True, text=True, env=env, timeout=3600,
+                          cwd=tree)
     return [tuple(r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
@@ -275,7 +276,7 @@ def signal_inputs(tree: Path, work: Path, base: dict, big: dict | None) -> list[
             process = subprocess.Popen([sys.executable, "-m", "protolib", "evaluate", "--config", "tiny", "--set",
                                         "evaluation.methods=[random,pixel,pca,siamese]", "--model", str(model), "--bank", str(bank),
                                         "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), cwd=tree)
             time.sleep(delay)
             sent = time.monotonic()
             process.send_signal(signum)
