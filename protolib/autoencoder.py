@@ -230,6 +230,7 @@ def train_autoencoder(
         "config": {"model": model_config.to_dict(), "augmentation": augmentation.to_dict(), "training": training.to_dict()},
         "preprocessing": preprocessing.to_dict(),
         "bank": bank.identity,
+        "setup": bank.setup,
         "image_size": bank.image_size,
         "split": split.to_dict(),
     }

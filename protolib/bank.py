@@ -37,7 +37,7 @@ from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sampl
 from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
+__all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
            "write_bank_tables", "write_bank_attributes"]
 
 FORMAT = "protolib-bank"
@@ -68,6 +68,7 @@ class Bank:
             raise ProtolibInputError(f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`.")
         if self.path.is_dir():
             raise ProtolibInputError(f"{self.path} is a folder, not a bank file; give the .h5 file inside it.")
+        self._opened = _file_identity(self.path)  # what the file was when opened (check_unchanged)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as error:
@@ -212,6 +213,30 @@ class Bank:
         stat = self.path.stat()
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
+    def check_unchanged(self) -> None:
+        """Refuse, in one line, a bank file replaced or rewritten since this bank was opened.
+
+        A run reads the file it opened; a bank rewritten in place meanwhile (another ``simulate
+        --out`` of the same path) would leave the run's report naming a file that no longer holds what
+        was matched. Runs call this before they publish their products.
+        """
+        now = _file_identity(self.path) if self.path.exists() else None
+        if now != self._opened:
+            raise ProtolibInputError(f"{self.path}: the bank file was {'removed' if now is None else 'replaced or rewritten'} while this "
+                                     "run read it, so its results would name a bank they do not come from; nothing was written. Run "
+                                     "again once the bank is no longer being written.")
+
+    @property
+    def setup(self) -> dict:
+        """The observing setup the bank's images were made for, as a checkpoint records it (:func:`check_same_setup`).
+
+        Image size [px], pixel scale [au/px], field [au], frequency [GHz], distance [pc], beam FWHM
+        axes [arcsec] and position angle [deg], image unit, and the names of the physical parameters.
+        Values a bank does not record (an imported one's field or frequency) are NaN.
+        """
+        number = {key: float(self.attrs.get(key, float("nan"))) for key in SETUP_NUMBERS}
+        return {"image_size": self.image_size, **number, "unit": self.unit, "parameters": list(self.physical_parameters)}
+
     def parameter_table(self, names: list[str] | None = None) -> np.ndarray:
         """Parameters as a ``(n_systems, n_names)`` float64 array, in ``names`` order."""
         names = list(self.parameters) if names is None else names
@@ -292,6 +317,76 @@ class Bank:
     def __repr__(self) -> str:
         n, p, h, w = self.images.shape
         return f"Bank({str(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
+
+
+def _file_identity(path: Path) -> tuple:
+    """The file's device, inode, size and modification time: any rewrite or replacement changes one of them."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+SETUP_NUMBERS = ("pixel_size_au", "field_of_view_au", "frequency_ghz", "distance_pc", "beam_major_arcsec", "beam_minor_arcsec",
+                 "beam_position_angle_deg")
+SETUP_TOLERANCE = 1e-3
+"""Relative difference below which two setups' numbers are the same (config files and FITS headers round them)."""
+_SETUP_WORDS = {"pixel_size_au": ("pixel scale", "au/px"), "field_of_view_au": ("field", "au"), "frequency_ghz": ("frequency", "GHz"),
+                "distance_pc": ("distance", "pc"), "beam_major_arcsec": ("beam major axis", "arcsec"),
+                "beam_minor_arcsec": ("beam minor axis", "arcsec"), "beam_position_angle_deg": ("beam position angle", "deg")}
+
+
+def setup_difference(recorded: dict, bank: Bank) -> str | None:
+    """The first way ``bank``'s setup (:attr:`Bank.setup`) differs from ``recorded`` (another bank's), in words; ``None`` when alike.
+
+    Numbers differ when their relative difference exceeds :data:`SETUP_TOLERANCE` (0.1%); a number
+    either side does not record (NaN, or absent from an older checkpoint) is not compared. A beam
+    position angle is compared modulo 180 deg, within 0.1 deg, and only for elliptical beams. The
+    physical parameters must be the same names (the nuisance physics may differ); the unit must be the same.
+    """
+    mine = bank.setup
+    for key in ("image_size", *SETUP_NUMBERS):
+        a, b = recorded.get(key), mine[key]
+        if not isinstance(a, (int, float)) or isinstance(a, bool) or not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        if key == "beam_position_angle_deg":
+            circular = all(math.isclose(m.get("beam_major_arcsec", 0), m.get("beam_minor_arcsec", 0), rel_tol=SETUP_TOLERANCE)
+                           for m in (recorded, mine))
+            if circular or abs((a - b + 90) % 180 - 90) <= 0.1:
+                continue
+        elif math.isclose(a, b, rel_tol=SETUP_TOLERANCE, abs_tol=0.0 if key != "image_size" else 0.5):
+            continue
+        word, unit = _SETUP_WORDS.get(key, ("image size", "px"))
+        return f"{word} {a:.4g} {unit} against {b:.4g} {unit}"
+    for key in ("unit", "parameters"):
+        a, b = recorded.get(key), mine[key]
+        if a is not None and (sorted(a) if key == "parameters" else a) != (sorted(b) if key == "parameters" else b):
+            return f"{'image unit' if key == 'unit' else 'physical parameters'} {a} against {b}"
+    return None
+
+
+def check_same_setup(checkpoint: dict, bank: Bank, model: str | Path) -> None:
+    """Refuse, in one line naming both values, a model whose training bank had another setup than ``bank``.
+
+    ``checkpoint`` is the model's: its ``setup`` is its training bank's :attr:`Bank.setup`. A network
+    trained at one pixel scale, field, frequency, beam or distance sees different images in another
+    bank, and its matches there mean nothing. Tolerances: :func:`setup_difference`. The model's own
+    bank (same shape and creation time) passes at once; a checkpoint of an older protolib records no
+    setup and is then checked against nothing but its image size, with a warning.
+    """
+    import warnings
+
+    trained_on = checkpoint.get("bank") if isinstance(checkpoint.get("bank"), dict) else {}
+    if all(trained_on.get(k) == bank.identity[k] for k in ("shape", "created")):
+        return
+    recorded = checkpoint.get("setup")
+    if not isinstance(recorded, dict):
+        warnings.warn(f"Model {model} records no observing setup (an older checkpoint); only its image size is checked against "
+                      f"bank {bank.path}. Train it again to have pixel scale, beam and frequency checked.", stacklevel=2)
+        return
+    difference = setup_difference(recorded, bank)
+    if difference is not None:
+        raise ProtolibInputError(f"Model {model} was trained on a bank of another setup than bank {bank.path}: {difference} "
+                                 "(model's first); its matches there would mean nothing. Use the model trained for this bank's setup, "
+                                 "or make a bank and model for it (`protolib bank-for`).")
 
 
 MAX_IMAGE_SIDE = 4096  # pixels: larger bank images are refused when a bank is opened (a crafted file could ask for terabytes)

@@ -43,12 +43,13 @@ from .comparison import paired_difference
 from .distributions import central_coverage, central_intervals, similarity_weights
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
 from .normalise import ParameterNormaliser, scaled_image_parameters
-from .runtime import ProtolibInputError
+from .runtime import ProtolibInputError, interruptible
 from .siamese import similarity_metrics
 from .target_similarity import TargetDefinition, target_similarity
 
 __all__ = [
     "EvaluationSettings",
+    "evaluation_cost",
     "MatchingMethod",
     "Relevance",
     "Ranking",
@@ -127,6 +128,33 @@ class EvaluationSettings:
             raise ProtolibInputError(f"Evaluation top_k must be at least 1, got {self.top_k}.")
 
 
+def evaluation_cost(bank: Bank, split, settings: EvaluationSettings, n_parameters: int) -> tuple[float, float]:
+    """The peak memory [bytes] and a rough time [s] of :func:`evaluate_methods` with ``settings``, before any work.
+
+    Every method ranks every reference image (training systems, every projection: ``R``) for every
+    target image (test, and with a correction validation systems: ``T`` and ``V``). A ranking holds
+    three ``(T, R)`` arrays (order, similarity, target similarity: 24 bytes a pair, 32 with a block at work), the test ranking
+    is held while the validation one is scored, and scoring makes about 96 bytes a pair of temporary
+    arrays (ranks, sorted copies), so the memory grows with ``(T + V) x R``, the square of the bank.
+    Then the bank's images as pixel vectors (4 bytes a pixel), the training images with the PCA's
+    float64 copies and SVD (about 36 bytes a training pixel), and ``n_parameters`` per image. Time:
+    10 s to start, about 2,000 images embedded a second per method (at 64 x 64 px) and 1.5e6 ranked pairs a second;
+    the neural posterior estimates' training is not counted.
+    """
+    per_system = bank.n_projections if settings.projection is None else 1
+    targets = len(split.test) * per_system
+    validation = len(split.validation) * per_system if settings.correction != "none" else 0
+    references = len(split.train) * bank.n_projections
+    pairs = (targets + validation) * references
+    pixels = bank.image_size**2
+    n_images = bank.n_systems * bank.n_projections
+    matching = [m for m in settings.methods if m not in NPE_METHODS]
+    memory = (4e8 + 32.0 * pairs + 96.0 * max(targets, validation) * references + 4.0 * n_images * pixels * ("pixel" in matching)
+              + 36.0 * references * pixels * ("pca" in matching) + 8.0 * n_images * max(1, n_parameters))
+    seconds = 10.0 + len(matching) * (n_images * pixels / 64**2 / 2000.0 + pairs / 1.5e6)
+    return memory, seconds
+
+
 # ---------------------------------------------------------------------------------------------
 # Methods: one interface, an embedding function plus how embeddings compare
 
@@ -189,10 +217,15 @@ def pca_method(train_images: np.ndarray, preprocessing, n_components: int = 32) 
 
     flat = stretched(train_images)
     mean = flat.mean(0)
-    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
-    basis = vt[:n_components].T  # (H*W, n)
+    basis = interruptible(_principal_axes, flat - mean, n_components)  # (H*W, n); tens of seconds on a large bank: stoppable
     return MatchingMethod("pca", lambda images: ((stretched(images) - mean) @ basis).astype(np.float32), "euclidean",
                           f"PCA of the stretched images ({basis.shape[1]} components)")
+
+
+def _principal_axes(centred: np.ndarray, n_components: int) -> np.ndarray:
+    """The first ``n_components`` principal axes ``(D, n)`` of the rows of ``centred`` ``(N, D)`` (numpy's SVD)."""
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return np.ascontiguousarray(vt[:n_components].T)
 
 
 def autoencoder_method(autoencoder, train_images: np.ndarray) -> MatchingMethod:
@@ -269,10 +302,18 @@ class Relevance:
         return self.normaliser.transform(bank.parameter_table(list(self.definition.parameters)))
 
     def matrix(self, z_a: np.ndarray, z_b: np.ndarray) -> np.ndarray:
-        """Target similarity of every row of ``z_a`` ``(A, K)`` with every row of ``z_b`` ``(B, K)``: ``(A, B)``."""
-        a = np.broadcast_to(z_a[:, None, :], (len(z_a), len(z_b), z_a.shape[1]))
-        b = np.broadcast_to(z_b[None, :, :], a.shape)
-        return np.asarray(target_similarity(np.ascontiguousarray(a), np.ascontiguousarray(b), self.definition))
+        """Target similarity of every row of ``z_a`` ``(A, K)`` with every row of ``z_b`` ``(B, K)``: ``(A, B)``.
+
+        Computed a block of rows at a time, so that its working arrays stay near 32 MB whatever ``A`` and ``B``.
+        """
+        rows = max(1, 2**22 // max(1, len(z_b) * z_a.shape[1]))
+        blocks = []
+        for start in range(0, max(len(z_a), 1), rows):
+            part = z_a[start : start + rows]
+            a = np.broadcast_to(part[:, None, :], (len(part), len(z_b), z_a.shape[1]))
+            b = np.broadcast_to(z_b[None, :, :], a.shape)
+            blocks.append(np.asarray(target_similarity(np.ascontiguousarray(a), np.ascontiguousarray(b), self.definition)))
+        return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 @dataclass
@@ -348,9 +389,13 @@ def rank_targets(
         queries, shift = np.c_[queries, np.ones(len(queries), dtype=np.float32)], -0.5 * (queries**2).sum(1)
     local = np.arange(len(reference))
     index = EmbeddingIndex(reference, local, np.zeros_like(local), backend="exact")
-    found = index.search(queries, top_k=len(reference))
-    order = np.stack([m.system for m in found])
-    score = np.stack([m.similarity for m in found]).astype(np.float64) + shift[:, None]
+    order = np.empty((len(queries), len(reference)), dtype=np.int64)  # filled a block of targets at a time: bounded working memory
+    score = np.empty((len(queries), len(reference)), dtype=np.float64)
+    step = max(1, 2**22 // max(1, len(reference)))
+    for start in range(0, len(queries), step):
+        found = index.search(queries[start : start + step], top_k=len(reference))
+        order[start : start + step] = np.stack([m.system for m in found])
+        score[start : start + step] = np.stack([m.similarity for m in found]).astype(np.float64) + shift[start : start + step, None]
     z = relevance.normalised(bank)
     return Ranking(method.name, method.metric, t_sys, t_proj, r_sys, r_proj, order, score, relevance.matrix(z[t_sys], z[r_sys]))
 

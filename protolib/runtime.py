@@ -19,7 +19,8 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
-           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
+           "ProtolibInputError", "describe_os_error", "interruptible",
+           "available_memory_bytes", "check_memory", "describe_bytes", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
 
 
 class ProtolibInputError(ValueError):
@@ -93,6 +94,105 @@ def typed_settings(cls, values, where: str):
         return cls(**values)
     except (TypeError, ValueError) as error:
         raise ProtolibInputError(f"{where}: {error}") from None
+
+
+def interruptible(function, *args, poll_s: float = 0.2, **kwargs):
+    """``function(*args, **kwargs)``, run so that SIGINT and SIGTERM stop the program within ``poll_s`` seconds.
+
+    Python acts on a signal only between steps of Python code, so one long call into compiled code
+    (numpy's SVD of a large matrix takes tens of seconds) would delay Ctrl-C or a batch system's
+    SIGTERM until it returns. Here the call runs in a forked child process (which sees the arguments
+    without copying them) and sends its result back; the parent waits in steps of ``poll_s`` seconds,
+    so the signal acts at once, and the child is killed. Keep the result small: it is pickled.
+    Where processes cannot be forked, or outside the main thread, ``function`` is simply called.
+
+    Raises:
+        ProtolibInputError: the child ended without a result (killed, e.g. for memory).
+    """
+    import multiprocessing
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or "fork" not in multiprocessing.get_all_start_methods():
+        return function(*args, **kwargs)
+    receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(target=_run_and_send, args=(send, function, args, kwargs), daemon=True)
+    child.start()
+    send.close()
+    try:
+        while not receive.poll(poll_s):
+            if not child.is_alive() and not receive.poll(0):
+                raise ProtolibInputError(f"A long computation ({getattr(function, '__name__', function)}) ended without a result (its "
+                                         f"process exited with {child.exitcode}, killed for memory?); give it less to do.")
+        kind, value = receive.recv()
+    except EOFError:
+        raise ProtolibInputError(f"A long computation ({getattr(function, '__name__', function)}) ended without a result; "
+                                 "give it less to do.") from None
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receive.close()
+    if kind == "error":
+        raise value
+    return value
+
+
+def _run_and_send(send, function, args, kwargs) -> None:
+    """In :func:`interruptible`'s child: run, and send ``("value", result)`` or ``("error", exception)``.
+
+    Signals are the parent's to handle: the child ignores Ctrl-C and dies quietly on SIGTERM.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        result = ("value", function(*args, **kwargs))
+    except Exception as error:  # noqa: BLE001 - handed to the parent
+        result = ("error", error)
+    send.send(result)
+    send.close()
+
+
+def available_memory_bytes() -> int | None:
+    """The memory this machine can still give a run [bytes] (``MemAvailable``: free memory and what the kernel can reclaim).
+
+    From ``psutil`` when it is installed, else ``/proc/meminfo``; ``None`` where neither tells.
+    """
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def describe_bytes(n: float) -> str:
+    """``n`` bytes in words a user reads at a glance: ``"3.2 GB"``, ``"410 MB"``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n / 1e3:.3g} kB"
+
+
+def check_memory(need_bytes: float, what: str, advice: str) -> None:
+    """Refuse, in one line, a run whose estimated peak memory ``need_bytes`` exceeds the machine's available memory.
+
+    ``what`` names the run and what makes it large (``"simulate: 32000 x 32000 rays per image"``);
+    ``advice`` names the setting to change. Better refused at once than killed for memory an hour in,
+    after other programs on the machine were pushed to swap.
+    """
+    available = available_memory_bytes()
+    if available is not None and need_bytes > available:
+        raise ProtolibInputError(f"{what} needs about {describe_bytes(need_bytes)} of memory, more than the {describe_bytes(available)} "
+                                 f"this machine has available; {advice}.")
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -350,18 +450,25 @@ def run_lock(target: str | os.PathLike, *, folder: bool) -> Iterator[None]:
     A second run writing the same bank or ``bank-for`` folder is refused at once, in one
     line, instead of racing the first (both would print "Wrote" and one result would be lost). The lock
     is ``.NAME.protolib.lock`` beside a file and ``.protolib.lock`` inside a folder (as
-    :func:`output_folder`'s), released when the run ends or its process dies.
+    :func:`output_folder`'s), released when the run ends or its process dies. A folder this run
+    created is removed again when the run fails with nothing written in it.
     """
     target = check_output(target, folder=folder)
     lock_path = target / ".protolib.lock" if folder else target.with_name(f".{target.name}.protolib.lock")
+    created = folder and not target.exists()
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(lock_path, "a+")
     except OSError as error:
         raise ProtolibInputError(describe_os_error(error, target)) from None
-    with lock:
-        _take_lock(lock, target, "folder" if folder else "file")
-        yield
+    try:
+        with lock:
+            _take_lock(lock, target, "folder" if folder else "file")
+            yield
+    except BaseException:
+        if created and target.is_dir() and {p.name for p in target.iterdir()} <= {".protolib.lock"}:
+            shutil.rmtree(target, ignore_errors=True)  # a refused or failed first run leaves no folder behind
+        raise
 
 
 def _locked_run(final: Path, lock, command: str) -> Iterator[Path]:

@@ -258,6 +258,7 @@ def _checkpoint_metadata(bank, pretrained, autoencoder, ae_config: AutoencoderCo
         "parameter_names": list(target.parameters),
         "target": target.to_dict(),
         "bank": bank.identity,
+        "setup": bank.setup,
         "image_size": bank.image_size,
         "split": split.to_dict(),
         "autoencoder": str(Path(autoencoder).resolve()),
@@ -332,7 +333,7 @@ def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, de
     Raises:
         ProtolibInputError: the model file is missing, or the bank is not the one the model was trained on.
     """
-    from .bank import Bank
+    from .bank import Bank, check_same_setup
 
     model_path = Path(model_path)
     if not model_path.exists():
@@ -343,6 +344,7 @@ def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, de
     if int(model.checkpoint["image_size"]) != bank.image_size:
         problem = f"was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px."
     elif trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
+        check_same_setup(model.checkpoint, bank, model_path)  # another setup is named as such, before "another bank"
         problem = f"was trained on another bank ({trained_on.get('path')}); its test systems are only held out in that bank. Use that bank."
     elif not all(len(part) and np.all((part >= 0) & (part < bank.n_systems)) for part in (model.split.train, model.split.test)):
         problem = f"holds a split of systems that is empty or outside bank {bank.path}'s 0..{bank.n_systems - 1}; the file was edited."

@@ -793,3 +793,136 @@ def test_an_interrupt_while_starting_is_one_line(base, tmp_path):
     # KeyboardInterrupt as unhandled and re-raises SIGINT at exit, whatever main() returned.
     assert process.returncode in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr[-2000:]
     assert len(_error_lines(stderr)) == 1 and not (tmp_path / "b.h5").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 31, items 6, 11, 14 and 15: runs that race, model and bank of different setups, runs too large, signals.
+
+
+def _held_lock(path: Path):
+    """An exclusive lock on ``path`` held by this process, as a running protolib command holds it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "a+")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.write("pid 4242 on a-node\n")
+    lock.flush()
+    return lock
+
+
+def _runs_cases(b: Path) -> dict[str, Case]:
+    bank, model, out = b / "bank.h5", b / "run" / "siamese.pt", b / "outputs_runs"
+    other = {"pixel_scale": (["--fov", "4000"], r"pixel scale 31\.25 au/px against 125 au/px"),
+             "band": (["--set", "simulator.frequency_ghz=100"], r"frequency 230 GHz against 100 GHz"),
+             "beam": (["--set", "instrument.beam_major_arcsec=1.0"], r"beam major axis 0\.25 arcsec against 1 arcsec"),
+             "distance": (["--set", "instrument.distance_pc=400"], r"distance 140 pc against 400 pc")}
+    cases = {}
+    for name, (settings, message) in other.items():
+        path = b / "inputs" / f"setup_{name}.h5"
+        if not path.exists():
+            assert main(["simulate", "--config", "tiny", "--systems", "6", "--projections", "2", *settings, "--out", str(path)]) == 0
+        cases[f"match_model_of_another_{name}"] = Case(["match", "--model", str(model), "--bank", str(path), "--target-system", "1",
+                                                        "--out", str(out / f"m_{name}")], message, [out / f"m_{name}"])
+    cases["evaluate_model_of_another_pixel_scale"] = Case(["evaluate", "--config", "tiny", "--model", str(model), "--bank",
+                                                           str(b / "inputs" / "setup_pixel_scale.h5"), "--out", str(out / "e_scale")],
+                                                          r"another setup than bank .*pixel scale", [out / "e_scale"])
+    busy = out / "busy_run"
+    cases["train_autoencoder_into_a_busy_folder"] = Case(["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--epochs", "1",
+                                                          "--quiet", "--out", str(busy)], r"busy_run: another protolib run \(pid 4242 on "
+                                                          r"a-node\) is writing to this folder", [busy / "autoencoder.pt"])
+    cases["train_siamese_into_a_busy_folder"] = Case(["train-siamese", "--config", "tiny", "--bank", str(bank), "--autoencoder",
+                                                      str(b / "run" / "autoencoder.pt"), "--epochs", "1", "--quiet", "--out", str(busy)],
+                                                     r"busy_run: another protolib run", [busy / "siamese.pt"])
+    cases["simulate_into_a_busy_bank"] = Case(["simulate", "--config", "tiny", "--systems", "2", "--out", str(out / "busy.h5")],
+                                              r"busy\.h5: another protolib run \(pid 4242 on a-node\) is writing to this file", [out / "busy.h5"])
+    cases["simulate_oversample_beyond_memory"] = Case(["simulate", "--config", "tiny", "--systems", "1", "--set", "simulator.oversample=100000",
+                                                       "--out", str(out / "huge.h5")], r"Rendering 3200000 x 3200000 rays .* needs "
+                                                       r"about .* more than the .* available; lower simulator\.oversample", [out / "huge.h5"])
+    return cases
+
+
+@pytest.fixture(scope="module")
+def runs_results(base):
+    cases = _runs_cases(base)
+    out = base / "outputs_runs"
+    locks = [_held_lock(out / "busy_run" / ".protolib.lock"), _held_lock(out / ".busy.h5.protolib.lock")]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = {name: pool.submit(_run, case.argv) for name, case in cases.items()}
+            done = {name: future.result() for name, future in futures.items()}
+    finally:
+        for lock in locks:
+            lock.close()
+    return {name: (cases[name], done[name], {}) for name in cases}
+
+
+@pytest.mark.parametrize("name", ["match_model_of_another_pixel_scale", "match_model_of_another_band", "match_model_of_another_beam",
+                                  "match_model_of_another_distance", "evaluate_model_of_another_pixel_scale",
+                                  "train_autoencoder_into_a_busy_folder", "train_siamese_into_a_busy_folder", "simulate_into_a_busy_bank",
+                                  "simulate_oversample_beyond_memory"])
+def test_runs_refused_with_one_line_and_no_partial_output(name, runs_results):
+    test_refused_with_one_line_and_no_partial_output(name, runs_results)
+
+
+def test_a_bank_rewritten_while_match_reads_it_is_refused_and_nothing_is_published(base, tmp_path, monkeypatch, capsys):
+    from protolib.pipelines import match as match_pipeline
+
+    bank = tmp_path / "bank.h5"
+    shutil.copy(base / "bank.h5", bank)
+    original = match_pipeline._match_into
+
+    def rewritten_meanwhile(*args, **kwargs):
+        report = original(*args, **kwargs)
+        replacement = tmp_path / "new.h5"
+        shutil.copy(base / "bank.h5", replacement)
+        os.replace(replacement, bank)  # another `simulate --out bank.h5` finished while this match ran
+        return report
+
+    monkeypatch.setattr(match_pipeline, "_match_into", rewritten_meanwhile)
+    out = tmp_path / "m"
+    code = main(["match", "--model", str(base / "run" / "siamese.pt"), "--bank", str(bank), "--target-system", "1", "--out", str(out)])
+    errors = _error_lines(capsys.readouterr().err)
+    assert code == 2 and len(errors) == 1 and "bank.h5: the bank file was replaced or rewritten while this run read it" in errors[0]
+    assert not out.exists()
+
+
+def test_an_evaluation_too_large_for_the_memory_is_refused_before_any_work():
+    from types import SimpleNamespace
+
+    from protolib.evaluation import EvaluationSettings
+    from protolib.pipelines.evaluate import evaluation_plan
+    from protolib.runtime import ProtolibInputError
+
+    bank = SimpleNamespace(n_systems=300_000, n_projections=8, image_size=64)
+    split = SimpleNamespace(train=np.arange(180_000), validation=np.arange(60_000), test=np.arange(60_000))
+    with pytest.raises(ProtolibInputError, match=r"Ranking 1440000 reference images .* needs about .* TB .*\(--projection 0\)"):
+        evaluation_plan(bank, split, EvaluationSettings(), 7)
+    small = SimpleNamespace(train=np.arange(12), validation=np.arange(4), test=np.arange(4))
+    assert "peak memory about" in evaluation_plan(SimpleNamespace(n_systems=20, n_projections=2, image_size=32), small, EvaluationSettings(), 7)
+
+
+SLOW_SVD = """
+import os, signal, sys, threading, time
+import numpy as np
+from protolib.runtime import interruptible
+def stop(*_):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+started = time.monotonic()
+try:
+    interruptible(np.linalg.svd, np.random.default_rng(0).random((4000, 3000)), full_matrices=False, compute_uv=False)
+    print("finished", time.monotonic() - started)
+except KeyboardInterrupt:
+    print("stopped", time.monotonic() - started)
+"""
+
+
+def test_a_sigterm_during_a_long_svd_acts_within_seconds():
+    """Issue 31, item 15: evaluate's PCA runs numpy's SVD (25-51 s on a large bank), during which Python cannot act on
+    a signal; run through runtime.interruptible, SIGTERM stops it within seconds and leaves no process behind."""
+    done = subprocess.run([sys.executable, "-c", SLOW_SVD], capture_output=True, text=True, env=ENV, timeout=120)
+    word, seconds = done.stdout.split()
+    assert word == "stopped" and float(seconds) < 10.0, done.stdout + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "BLAS" not in done.stderr, done.stderr[-2000:]

@@ -150,3 +150,30 @@ def test_the_command_line_matches_an_observation_by_tiers_and_keeps_the_tier_for
     assert report["settings"]["search"] == "tiered" and report["settings"]["shortlist"] == 40 and "tier beam" in report["settings"]["tier"]
     assert report["n_matches"] == 10 and len(list(tmp_path.glob("siamese.tier-*.npz"))) == 1
     assert not list(tmp_path.glob("siamese.embeddings-*.npz"))  # the whole bank was never embedded at the observation's transform
+
+
+def test_tiered_and_exhaustive_search_give_the_same_calibrated_intervals(tmp_path, monkeypatch):
+    """Issue 31, item 13: the reference targets that calibrate the intervals are searched as the target is (a tiered
+    search re-ranks their shortlists too), so with a shortlist holding the exhaustive matches both searches give the
+    same matches, the same widenings and the same intervals; the report says which search was used."""
+    import json
+    import sys
+
+    from match_helpers import fake_siamese_module, write_fake_model
+    from protolib.cli import main
+    from protolib.observation import write_observation_fits
+
+    monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
+    bank_path = write_bank(tmp_path / "bank.h5", n_systems=60, n_projections=4, size=16, seed=5)
+    model = write_fake_model(tmp_path / "siamese.pt")
+    with Bank(bank_path) as bank:
+        system = {name: float(values[7]) for name, values in bank.parameters.items()}
+    fits_path = write_observation_fits(tmp_path / "obs.fits", system, inclination_deg=50.0, position_angle_deg=10.0, distance_pc=150.0,
+                                       pixel_arcsec=0.05, image_size=40, beam=Beam(0.4, 0.3, 20.0), noise_rms_jy_beam=1e-4, seed=3)
+    argv = ["match", "--model", str(model), "--bank", str(bank_path), "--distance", "150", "--top-k", "10", "--target", str(fits_path)]
+    assert main([*argv, "--search", "exhaustive", "--out", str(tmp_path / "exhaustive")]) == 0
+    assert main([*argv, "--search", "tiered", "--set", "matching.shortlist=240", "--out", str(tmp_path / "tiered")]) == 0
+    reports = {s: json.loads((tmp_path / s / "report.json").read_text()) for s in ("exhaustive", "tiered")}
+    assert [r["settings"]["search"] for r in reports.values()] == ["exhaustive", "tiered"]
+    assert reports["tiered"]["interval_calibration"] == reports["exhaustive"]["interval_calibration"]
+    assert (tmp_path / "tiered" / "summary.csv").read_text() == (tmp_path / "exhaustive" / "summary.csv").read_text()

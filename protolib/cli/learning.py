@@ -23,6 +23,21 @@ def _add_training_options(p, stage: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _training_lock(out):
+    """The run folder's lock (:func:`~protolib.runtime.run_lock`), taken by the first process of a run only.
+
+    A second training into the same ``--out`` is refused in one line while the first runs, instead of
+    both printing "Wrote" and one checkpoint being lost. The other processes of a distributed run
+    (``torchrun``, ``RANK`` > 0) write through the first and take no lock.
+    """
+    import contextlib
+    import os
+
+    from ..runtime import run_lock
+
+    return run_lock(out, folder=True) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext()
+
+
 def _channels(text: str) -> list[int]:
     return [int(c) for c in text.split(",")]
 
@@ -44,7 +59,7 @@ def register_train_autoencoder(sub) -> None:
         from ..pipelines.train import autoencoder_settings, run_split
 
         config = run_config(args)
-        with Bank(args.bank) as bank:
+        with _training_lock(args.out), Bank(args.bank) as bank:
             path = train_autoencoder(bank, args.out / "autoencoder.pt", split=run_split(config, bank), resume=args.resume,
                                      progress=not args.quiet, device=args.device, **autoencoder_settings(config))
         if not is_main():
@@ -82,7 +97,7 @@ def register_train_siamese(sub) -> None:
         from ..siamese import metrics_path, train_siamese
 
         config = run_config(args)
-        with Bank(args.bank) as bank:
+        with _training_lock(args.out), Bank(args.bank) as bank:
             path = train_siamese(bank, args.autoencoder, args.out / "siamese.pt", split=run_split(config, bank), resume=args.resume,
                                  progress=not args.quiet, device=args.device, **siamese_settings(config))
         if not is_main():

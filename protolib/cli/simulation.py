@@ -32,10 +32,12 @@ def register_simulate(sub) -> None:
 
     def handler(args):
         from ..bank import Bank
-        from ..pipelines.simulate import simulate_command_bank
+        from ..pipelines.simulate import local_workers, simulate_command_bank, simulate_plan
         from ..runtime import run_lock
 
         config = run_config(args)
+        n_images = config.bank.n_systems * config.bank.n_projections
+        print(simulate_plan(config, 1 if args.scheduler else local_workers(args.workers, args.threads, n_images, args.device)), flush=True)
         with run_lock(args.out, folder=False):  # a second run writing the same bank is refused, not raced
             report = simulate_command_bank(args.out, config, device=args.device, threads=args.threads, workers=args.workers,
                                            scheduler=args.scheduler, shard_systems=args.shard_systems)

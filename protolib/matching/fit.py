@@ -96,7 +96,7 @@ def fit_matches(
     rows = _reference_rows(bank, fit, image, n_reference, rng)
 
     def search(vectors, excluded):
-        return matcher.index.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)
+        return matcher.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)  # as the target was searched
 
     def structure(target, match):
         return residual_peak(fit.residuals(target, match[None])[0], target, fit.sigma, beam, pixel_arcsec, fit.used(np.shape(target)))

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..bank import Bank
+from ..bank import Bank, check_same_setup
 from ..runtime import ProtolibInputError
 from .baselines import pairwise_matches
 from .embeddings import BankEmbeddings, EmbedFunction, ImageTransform, bank_embeddings, cached_bank_embeddings, file_sha256
@@ -162,8 +162,17 @@ class Matcher:
         image = np.asarray(image)
         if image.ndim != 2:
             raise ProtolibInputError(f"match() takes one image (H, W); got shape {image.shape}.")
-        [found] = self.index.search(self.embed(image), top_k=top_k, threshold=threshold, exclude_systems=[exclude_system])
+        [found] = self.search(self.embed(image), top_k=top_k, threshold=threshold, exclude_systems=[exclude_system])
         return found
+
+    def search(self, queries: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None,
+               exclude_systems: Sequence[int | None] | None = None) -> list[Matches]:
+        """The best matches of each embedded target ``(Q, D)`` (rows of :meth:`embed`), as :meth:`match` finds them.
+
+        The one search of this matcher, used for the target and for the reference targets that
+        calibrate its intervals, so that both are found the same way (a :class:`TieredMatcher` re-ranks).
+        """
+        return self.index.search(queries, top_k=top_k, threshold=threshold, exclude_systems=exclude_systems)
 
     def match_system(
         self, system: int, projection: int = 0, *, top_k: int | None = 200, threshold: float | None = None
@@ -273,14 +282,30 @@ class TieredMatcher(Matcher):
         image = np.asarray(image)
         if image.ndim != 2:
             raise ProtolibInputError(f"match() takes one image (H, W); got shape {image.shape}.")
-        query = self.embed(image)
-        [candidates] = self.index.search(query, top_k=max(self.shortlist, top_k or 0), exclude_systems=[exclude_system])
-        similarity = self.embed_rows(candidates.system, candidates.projection) @ query[0]
-        order = np.argsort(-similarity, kind="stable")[: top_k or None]
-        if threshold is not None:
-            order = order[similarity[order] >= threshold]
-        return Matches(similarity[order].astype(np.float32), candidates.system[order], candidates.projection[order],
-                       candidates.excluded_system)
+        [found] = self.search(self.embed(image), top_k=top_k, threshold=threshold, exclude_systems=[exclude_system])
+        return found
+
+    def search(self, queries: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None,
+               exclude_systems: Sequence[int | None] | None = None) -> list[Matches]:
+        """The best matches of each embedded target ``(Q, D)``: shortlisted in the tier, re-ranked at the exact transform.
+
+        Every candidate of every shortlist is embedded once, so the reference targets of the
+        calibration (:func:`~protolib.matching.fit_matches`) cost what their shortlists hold together.
+        """
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        shortlists = self.index.search(queries, top_k=max(self.shortlist, top_k or 0), exclude_systems=exclude_systems)
+        rows = np.unique(np.concatenate([m.system.astype(np.int64) * self.bank.n_projections + m.projection for m in shortlists]))
+        vectors = self.embed_rows(rows // self.bank.n_projections, rows % self.bank.n_projections)
+        found = []
+        for query, candidates in zip(queries, shortlists):
+            at = np.searchsorted(rows, candidates.system.astype(np.int64) * self.bank.n_projections + candidates.projection)
+            similarity = vectors[at] @ query
+            order = np.argsort(-similarity, kind="stable")[: top_k or None]
+            if threshold is not None:
+                order = order[similarity[order] >= threshold]
+            found.append(Matches(similarity[order].astype(np.float32), candidates.system[order], candidates.projection[order],
+                                 candidates.excluded_system))
+        return found
 
     def embed_rows(self, systems: np.ndarray, projections: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Embeddings ``(n, D)`` of the bank images ``(systems[i], projections[i])`` seen through the exact transform."""
@@ -335,4 +360,5 @@ def _load_siamese_for(model_path: Path, bank: Bank):
             f"Model {model_path} was trained on {model_size}x{model_size} px images but bank {bank.path} has "
             f"{bank.image_size}x{bank.image_size} px images; use a bank made with the model's image size."
         )
+    check_same_setup(checkpoint, bank, model_path)
     return model, checkpoint, model_size

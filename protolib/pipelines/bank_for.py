@@ -25,7 +25,7 @@ import yaml
 from ..config import RunConfig, apply_overrides, config_from_data
 from ..observation.setup import MapSetup, common_setup, map_setup
 from ..runtime import ProtolibInputError, atomic_path, run_lock, write_json
-from .simulate import ensure_bank, local_workers
+from .simulate import ensure_bank, local_workers, simulate_plan
 from .train import ensure_autoencoder, ensure_siamese
 
 __all__ = ["bank_for", "BankForReport", "fitted_data", "estimate_seconds", "SETUP_FILE", "TRAINING_IMAGES_PER_SECOND"]
@@ -171,12 +171,14 @@ def estimate_seconds(config: RunConfig) -> dict[str, float]:
 
 
 def _plan(config: RunConfig, setup: MapSetup, before: dict) -> str:
-    """What bank-for will build, and about how long it will take."""
+    """What bank-for will build, about how long it will take and how much memory it will need at its peak
+    (refused in one line when more than the machine has available, see :func:`~protolib.pipelines.simulate.simulate_plan`)."""
     n = config.bank.n_systems * config.bank.n_projections
+    memory = simulate_plan(config, local_workers(None, 1, n), "bank-for") if before["bank"] is None else ""
     seconds = estimate_seconds(config)
     there = [name for name in seconds if before[name] is not None]
-    return (f"A bank for {len(setup.maps)} map(s): {setup.describe()}.\n"
-            f"{config.bank.n_systems} systems x {config.bank.n_projections} projections ({n} images) in {config.artifacts_dir}: "
+    return (f"A bank for {len(setup.maps)} map(s): {setup.describe()}.\n" + (f"{memory}\n" if memory else "")
+            + f"{config.bank.n_systems} systems x {config.bank.n_projections} projections ({n} images) in {config.artifacts_dir}: "
             f"bank ~{seconds['bank']:.0f} s, autoencoder ~{seconds['autoencoder']:.0f} s, Siamese network ~{seconds['siamese']:.0f} s, "
             f"about {sum(seconds.values()) / 60:.1f} min from scratch"
             + (f" ({', '.join(there)} already there: reused if made with these settings)." if there else "."))

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from .. import plots_evaluation as plots
 from ..bank import Bank
-from ..evaluation import (VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods, headline_table,
-                          siamese_method)
+from ..evaluation import (VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods, evaluation_cost,
+                          headline_table, siamese_method)
 from ..npe import add_npe_result
-from ..runtime import atomic_path, check_output, output_folder, typed_settings, write_figure, write_json
+from ..runtime import atomic_path, check_memory, check_output, describe_bytes, output_folder, typed_settings, write_figure, write_json
 from ..siamese import load_siamese, load_siamese_with_its_bank
 from .train import ensure_siamese, run_split, siamese_settings
 
-__all__ = ["evaluation_settings", "run_evaluation", "compare_variants", "evaluation_report"]
+__all__ = ["evaluation_settings", "run_evaluation", "evaluation_plan", "compare_variants", "evaluation_report"]
 
 
 def evaluation_settings(config=None, overrides: dict | None = None) -> EvaluationSettings:
@@ -39,8 +39,12 @@ def run_evaluation(
     settings: EvaluationSettings | None = None,
     *,
     device: str | None = None,
+    announce=print,
 ) -> dict:
     """What ``protolib evaluate`` does: evaluate every method on the model's test systems and write the results.
+
+    Before any work, ``announce`` is given the estimated time and peak memory (:func:`evaluation_plan`);
+    an evaluation that would not fit in the machine's available memory is refused.
 
     Writes ``metrics.json`` (every figure per method and per parameter, at the configured ``k`` and
     corrected), ``coverage.png``, ``recovery.png`` (the Siamese network's recovered against true
@@ -53,13 +57,28 @@ def run_evaluation(
     model_path, out_dir = Path(model_path), check_output(out_dir, folder=True, command="evaluate")
     model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
     split = model.split
+    announce(evaluation_plan(bank, split, settings, len(model.checkpoint.get("parameter_names") or [])))
     methods = baseline_methods(model, bank, split.train, settings)
     relevance = Relevance.from_model(model)
     results = evaluate_methods(methods, bank, relevance, split, settings)
     add_npe_result(results, bank, split, relevance, settings, model=model)
     report = evaluation_report(results, model, bank, settings, model_path=model_path, bank_path=bank_path)
+    bank.check_unchanged()  # a bank rewritten meanwhile: refused, so metrics.json never names a file it does not come from
     _write_products(out_dir, results, report)
     return report
+
+
+def evaluation_plan(bank: Bank, split, settings: EvaluationSettings, n_parameters: int) -> str:
+    """One line with the estimated time and peak memory of the evaluation (:func:`~protolib.evaluation.evaluation_cost`),
+    refused in one line, naming the settings to change, when the memory exceeds what the machine has available."""
+    memory, seconds = evaluation_cost(bank, split, settings, n_parameters)
+    per_system = bank.n_projections if settings.projection is None else 1
+    targets, references = (len(split.test) + len(split.validation)) * per_system, len(split.train) * bank.n_projections
+    check_memory(memory, f"Ranking {references} reference images for each of {targets} test and validation images",
+                 "evaluate one projection of each system (--projection 0), or a bank with fewer systems")
+    duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return (f"evaluate: {targets} target images x {references} reference images per method: about {duration} "
+            f"(not counting the neural posterior estimates' training), peak memory about {describe_bytes(memory)}.")
 
 
 def evaluation_report(results: dict[str, MethodResult], model, bank: Bank, settings: EvaluationSettings, *, model_path: str | Path,

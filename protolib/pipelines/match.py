@@ -111,10 +111,12 @@ def run_match(
     if not Path(model_path).exists():
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
-        return _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
-                           weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
-                           limit_percentile, matching, posterior_estimate, posterior_settings,
-                           dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws))
+        report = _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
+                             weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
+                             limit_percentile, matching, posterior_estimate, posterior_settings,
+                             dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws))
+        bank.check_unchanged()  # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
+        return report
 
 
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,

@@ -16,7 +16,8 @@ from ..bank import Bank, simulate_bank
 from ..config import RunConfig
 from ..runtime import ProtolibInputError, default_device
 
-__all__ = ["ensure_bank", "simulate_command_bank", "local_workers", "PARALLEL_FROM_IMAGES", "SimulateReport"]
+__all__ = ["ensure_bank", "simulate_command_bank", "local_workers", "PARALLEL_FROM_IMAGES", "SimulateReport", "simulate_cost",
+           "simulate_plan", "PROCESS_BYTES"]
 
 PARALLEL_FROM_IMAGES = 1024  # below this, starting worker processes costs more than it saves
 
@@ -64,6 +65,66 @@ def local_workers(requested: int | None, threads: int, n_images: int, device: st
     if default_device(device).type != "cpu" or n_images < PARALLEL_FROM_IMAGES:
         return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+PROCESS_BYTES = 4e8
+"""Memory of one Python process with torch and numpy loaded [bytes] (about 350 MB measured)."""
+
+
+def simulate_cost(config: RunConfig, workers: int = 1) -> tuple[float, float]:
+    """The peak memory [bytes] and the time [s] of simulating ``config``'s bank on this machine, estimated before any work.
+
+    Memory: each rendering process holds, for one system, a float32 value per ray of every projection
+    and the ray offsets (``(image_size x oversample)^2`` rays per image, ``n_projections + 3`` arrays),
+    and its batch of rays at work (``batch_elements`` line-of-sight samples, about 64 arrays of it),
+    on top of :data:`PROCESS_BYTES`. Time: one system rendered here (a second time) at 64 px without oversampling,
+    scaled by the rays per image, times the systems, over the worker processes (an overestimate of up
+    to twice for heavy oversampling, whose rays cost less each).
+    """
+    import time
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from ..bank import draw_systems, render_systems
+
+    sim, n_proj = config.simulator, config.bank.n_projections
+    rays = float(sim.image_size * sim.oversample) ** 2
+    per_process = 4.0 * rays * (n_proj + 3) + 4.0 * sim.batch_elements * 64
+    memory = PROCESS_BYTES + workers * per_process + (workers * PROCESS_BYTES if workers > 1 else 0.0)
+    probe = replace(sim, image_size=min(sim.image_size, 64), oversample=1)
+    systems = draw_systems(1, n_proj, config.bank.seed, config.prior, probe)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        render_systems(systems, np.arange(1), probe, config.instrument, config.bank.seed, "cpu")  # the first call also warms up
+        start = time.process_time()
+        render_systems(systems, np.arange(1), probe, config.instrument, config.bank.seed, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    seconds = (time.process_time() - start) * rays / probe.image_size**2 * config.bank.n_systems / max(1, workers)
+    return memory, seconds
+
+
+def simulate_plan(config: RunConfig, workers: int = 1, what: str = "simulate") -> str:
+    """One line with the estimated time and peak memory of simulating ``config``'s bank (:func:`simulate_cost`); a bank
+    that would not fit in the machine's available memory is refused in one line naming the settings to change."""
+    from ..runtime import check_memory, describe_bytes
+
+    memory, seconds = simulate_cost(config, workers)
+    sim = config.simulator
+    side = sim.image_size * sim.oversample
+    check_memory(memory, f"Rendering {side} x {side} rays per image (simulator.image_size = {sim.image_size}, "
+                         f"simulator.oversample = {sim.oversample}, {config.bank.n_projections} projections, {workers} process(es))",
+                 "lower simulator.oversample or simulator.image_size (or --workers)")
+    return (f"{what}: {config.bank.n_systems} systems x {config.bank.n_projections} projections of {sim.image_size} px "
+            f"({side} x {side} rays each): about {_duration(seconds)} on {workers} process(es), peak memory about "
+            f"{describe_bytes(memory)}.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 @dataclass
