@@ -141,3 +141,19 @@ def test_fonts_grow_with_figures_wider_than_the_page():
     assert plotting.display_unit("Jy/beam") == (1e3, "mJy/beam")
     assert "network input" in plotting.display_unit("stretched")[1]
     assert plotting.fit_title("system 12, i = 45 deg", 1.0, 9) == "system 12\ni = 45 deg"
+
+
+def test_the_coverage_legend_covers_no_curve():
+    from types import SimpleNamespace
+
+    from protolib.evaluation import CURVE_LEVELS
+    from protolib.plots_evaluation import coverage_plot
+
+    names = [f"parameter {i}" for i in range(11)]
+    evaluation = SimpleNamespace(parameters=names, top_k=20, coverage_curve={n: np.asarray(CURVE_LEVELS) for n in names})
+    results = {method: SimpleNamespace(figures=lambda corrected: evaluation) for method in ("random", "pixel", "pca", "autoencoder", "siamese")}
+    fig = coverage_plot(results)
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes if ax.get_visible())
+    plt.close(fig)
