@@ -27,8 +27,12 @@ from .plotting import add_colorbar, add_orientation, add_scale_bar, draw_image, 
 from .runtime import ProtolibInputError
 from .siamese import SiameseModel
 
-__all__ = ["pair_similarity", "pair_attributions", "randomised_copy", "attribution_rank_correlation", "pick_pairs", "plot_pair_attributions",
-           "AttributionSettings", "MAX_STEPS"]
+__all__ = ["pair_similarity", "pair_attributions", "randomised_copy", "attribution_rank_correlation", "randomisation_check_passes",
+           "half_weight_radius", "pick_pairs", "plot_pair_attributions", "AttributionSettings", "MAX_STEPS", "RANDOMISATION_LIMIT"]
+
+# The sanity check passes when the median rank correlation of |attribution| between the trained and a
+# randomised network is below this: the trained maps order the pixels differently (1: identically).
+RANDOMISATION_LIMIT = 0.75
 
 
 def _network_inputs(model: SiameseModel, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +96,34 @@ def randomised_copy(model: SiameseModel, seed: int) -> SiameseModel:
 def attribution_rank_correlation(map_one: np.ndarray, map_two: np.ndarray) -> float:
     """Spearman rank correlation of ``|map_one|`` and ``|map_two|`` over pixels (the sanity checks' measure)."""
     return float(spearmanr(np.abs(map_one).ravel(), np.abs(map_two).ravel()).statistic)
+
+
+def randomisation_check_passes(rank_correlations) -> bool:
+    """Whether attribution maps pass the randomisation sanity check (Adebayo et al. 2018).
+
+    Arguments:
+        rank_correlations: :func:`attribution_rank_correlation` of the trained and the randomised
+            network's maps, one per pair.
+
+    Returns:
+        ``True`` when their median is below :data:`RANDOMISATION_LIMIT`: the maps depend on what the
+        network learnt, not only on the images.
+    """
+    return bool(np.median(np.asarray(list(rank_correlations), dtype=float)) < RANDOMISATION_LIMIT)
+
+
+def half_weight_radius(weight: np.ndarray, pixel_size_au: float) -> float:
+    """The radius [au] about the image centre within which half of ``weight`` ``(H, W)`` (non-negative) lies.
+
+    For a uniform map over a square field of half-width ``L`` this is about ``L sqrt(2 / pi)``, 0.8 ``L``:
+    the reference for an attribution map, whose value near it says the network uses the whole field.
+    """
+    weight = np.asarray(weight, dtype=float)
+    rows, columns = weight.shape
+    y, x = np.meshgrid((np.arange(rows) - (rows - 1) / 2) * pixel_size_au, (np.arange(columns) - (columns - 1) / 2) * pixel_size_au, indexing="ij")
+    radius, flat = np.hypot(x, y).ravel(), weight.ravel()
+    order = np.argsort(radius, kind="stable")
+    return float(radius[order][np.searchsorted(np.cumsum(flat[order]), flat.sum() / 2)])
 
 
 def pick_pairs(predicted: np.ndarray, target: np.ndarray) -> dict[str, int]:

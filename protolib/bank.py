@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .instrument import Instrument
 from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
-from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
+from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
 __all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
@@ -316,7 +316,7 @@ class Bank:
 
     def __repr__(self) -> str:
         n, p, h, w = self.images.shape
-        return f"Bank({str(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
+        return f"Bank({shown_path(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
 
 
 def _file_identity(path: Path) -> tuple:

@@ -56,6 +56,10 @@ class Beam:
             object.__setattr__(self, "minor_arcsec", minor)
             object.__setattr__(self, "position_angle_deg", self.position_angle_deg + 90.0)
 
+    def __str__(self) -> str:
+        """The beam as an astronomer writes it, e.g. ``0.35" x 0.28", PA 25 deg`` (``repr`` keeps every digit)."""
+        return f'{self.major_arcsec:.3g}" x {self.minor_arcsec:.3g}", PA {self.position_angle_deg:.0f} deg'
+
     @property
     def solid_angle_sr(self) -> float:
         r"""Beam solid angle :math:`\pi \theta_\mathrm{maj} \theta_\mathrm{min} / (4 \ln 2)` [sr]."""

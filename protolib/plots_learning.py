@@ -32,20 +32,23 @@ def plot_reconstructions(inputs: np.ndarray, reconstructions: np.ndarray, *, tit
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.5), squeeze=False)
     for k in range(n):
         for row, image in enumerate((inputs[k], reconstructions[k])):
-            handle = axes[row, k].imshow(image, origin="lower", cmap="inferno", vmin=0, vmax=max(1e-6, float(inputs[k].max())))
+            peak = max(1e-6, float(inputs[k].max()))  # each column on its input's scale, so the bar reads in fractions of it
+            handle = axes[row, k].imshow(image / peak, origin="lower", cmap="inferno", vmin=0, vmax=1)
             axes[row, k].set_xticks([]), axes[row, k].set_yticks([])
         if titles:
             axes[0, k].set_title(titles[k], fontsize=7)
     axes[0, 0].set_ylabel("input")
     axes[1, 0].set_ylabel("rebuilt")
     fig.tight_layout()
-    _network_input_colorbar(fig, axes, handle, "0 to each input's peak")
+    _network_input_colorbar(fig, axes, handle, "fraction of each input's peak", ticks=[0, 0.25, 0.5, 0.75, 1])
     return fig
 
 
-def _network_input_colorbar(fig: Figure, axes, handle, scale: str) -> None:
-    """One colour bar for panels of network inputs: stretched brightness, which has no physical unit."""
-    bar = fig.colorbar(handle, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, ticks=[])
+def _network_input_colorbar(fig: Figure, axes, handle, scale: str, ticks: list[float] | None = None) -> None:
+    """One colour bar for panels of network inputs: stretched brightness, which has no physical unit;
+    ``ticks`` when every panel shares the bar's scale, none when each panel has its own."""
+    bar = fig.colorbar(handle, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, ticks=ticks or [])
+    bar.ax.tick_params(labelsize=7)
     bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=7)
 
 

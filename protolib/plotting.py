@@ -19,13 +19,14 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Ellipse
+from matplotlib.ticker import MaxNLocator
 
 from .bank import Bank
 from .instrument import Beam
 from .normalise import scale_parameters
 from .parameters import PARAMETERS
 
-__all__ = ["PAGE_WIDTH_IN", "page_fontsize", "display_unit", "image_norm", "add_colorbar", "scale_bar_length_au", "add_scale_bar", "add_beam",
+__all__ = ["PAGE_WIDTH_IN", "InnerTicks", "page_fontsize", "display_unit", "image_norm", "add_colorbar", "scale_bar_length_au", "add_scale_bar", "add_beam",
            "add_orientation", "fit_title", "corner_figure", "make_corner_legible", "image_extent_au", "draw_image", "plot_image_grid",
            "plot_parameter_gallery", "plot_prior_corner", "plot_instrument_effects", "plot_split"]
 
@@ -86,7 +87,6 @@ def add_colorbar(ax, mappable, label: str, *, fontsize: float | None = None, loc
     fractions of the panel.
     """
     from matplotlib.colors import AsinhNorm, LogNorm
-    from matplotlib.ticker import MaxNLocator
 
     fontsize = page_fontsize(ax.figure, 8) if fontsize is None else fontsize
     vertical = location == "right"
@@ -158,6 +158,30 @@ def fit_title(text: str, panel_width_in: float, fontsize: float) -> str:
     return "\n".join(piece for line in text.split("\n") for piece in wrap(line))
 
 
+class InnerTicks(MaxNLocator):
+    """At most ``n_ticks`` round ticks, none within ``margin`` (a fraction of the axis) of either end.
+
+    In a corner plot the panels touch: a tick label at the right end of one panel and one at the left
+    end of the next would run together ("3.04.0"). Keeping ticks off the ends keeps them apart.
+    """
+
+    def __init__(self, n_ticks: int = 3, margin: float = 0.12):
+        super().__init__(n_ticks)
+        self.n_ticks, self.margin = n_ticks, margin
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        low, high = sorted((float(vmin), float(vmax)))
+        inner = (low + self.margin * (high - low), high - self.margin * (high - low))
+        for bins in (self.n_ticks, self.n_ticks + 1, 2 * self.n_ticks):  # finer steps when too few ticks stay inside
+            self.set_params(nbins=bins)
+            ticks = super().tick_values(vmin, vmax)
+            ticks = ticks[(ticks >= inner[0]) & (ticks <= inner[1])]
+            if len(ticks) >= 2:
+                break
+        self.set_params(nbins=self.n_ticks)
+        return ticks[: self.n_ticks]
+
+
 def corner_figure(n_parameters: int):
     """An empty figure for a corner plot of ``n_parameters``, about page width whatever their number."""
     side = float(np.clip(1.0 * n_parameters + 1.2, 4.5, 9.0))
@@ -168,12 +192,11 @@ def make_corner_legible(fig, n_parameters: int, *, label_points: float = 9.0, ti
     """Resize a corner plot's labels and ticks so that they read at ``label_points`` and ``tick_points`` at page width.
 
     Axis labels too long for a panel are wrapped at spaces (the unit on its own line); each axis
-    keeps at most ``n_ticks`` ticks, and the margins make room for the tick labels and the labels.
+    keeps at most ``n_ticks`` ticks, away from the panel's ends (:class:`InnerTicks`, so that
+    neighbouring panels' tick labels never meet), and the margins make room for the tick labels and the labels.
     Beyond eight parameters the panels are too small at page width for that: the text shrinks with
     them (such figures are meant to be opened at full size, like ``protolib match``'s ``corner.png``).
     """
-    from matplotlib.ticker import MaxNLocator
-
     axes = np.array(fig.axes[: n_parameters**2]).reshape(n_parameters, n_parameters)
     crowding = min(1.0, 8.0 / n_parameters)
     label_size, tick_size = page_fontsize(fig, label_points * crowding), page_fontsize(fig, tick_points * crowding)
@@ -182,7 +205,7 @@ def make_corner_legible(fig, n_parameters: int, *, label_points: float = 9.0, ti
         ax.tick_params(labelsize=tick_size, length=3)
         for axis, text in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
             if any(t.get_visible() for t in axis.get_ticklabels()):
-                axis.set_major_locator(MaxNLocator(n_ticks, prune="lower"))
+                axis.set_major_locator(InnerTicks(n_ticks))
             if text:
                 axis.label.set_text(fit_title(text, 0.85 * fig.get_figwidth() / n_parameters, label_size))
                 axis.label.set_fontsize(label_size)

@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
            "ProtolibInputError", "describe_os_error", "interruptible",
-           "available_memory_bytes", "check_memory", "describe_bytes", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
+           "available_memory_bytes", "check_memory", "describe_bytes", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name",
+           "shown_path", "rounded"]
 
 
 class ProtolibInputError(ValueError):
@@ -538,6 +539,38 @@ def write_figure(fig, path: str | os.PathLike, *, dpi: int = 120, bbox_inches: s
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches=bbox_inches)
     plt.close(fig)
     return path
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as a page or a message shows it: under the artifacts folder (``$PROTOLIB_ARTIFACTS``) as
+    ``artifacts/...``, under protolib's repository relative to it, anywhere else as given.
+
+    Example:
+        >>> shown_path(Path(__file__).resolve().parent / "bank.py")
+        'protolib/bank.py'
+    """
+    path = Path(path)
+    repository = Path(__file__).resolve().parent.parent
+    roots = [(Path(os.environ["PROTOLIB_ARTIFACTS"]), Path("artifacts"))] if os.environ.get("PROTOLIB_ARTIFACTS") else []
+    if (repository / "pyproject.toml").exists():
+        roots.append((repository, Path()))
+    for root, shown_as in roots:
+        for inside, folder in ((Path(os.path.abspath(path)), Path(os.path.abspath(root))), (path.resolve(), root.resolve())):
+            if inside.is_relative_to(folder):
+                return str(shown_as / inside.relative_to(folder))
+    return str(path)
+
+
+def rounded(value, digits: int = 6):
+    """``value`` (a number, or a dict, list or tuple of them) with floats to ``digits`` significant digits,
+    for printing: ``0.3499999999999999`` becomes ``0.35``; other values are kept."""
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(rounded(v, digits) for v in value)
+    if isinstance(value, (float, np.floating)) and np.isfinite(value):
+        return float(f"{float(value):.{digits}g}")
+    return value
 
 
 def plain_json(value):

@@ -116,6 +116,10 @@ def test_corner_labels_are_legible_at_page_width_and_do_not_overlap(bank, n_para
             assert _points_at_page_width(fig, tick.get_fontsize()) >= MIN_POINTS_AT_PAGE_WIDTH
         assert len([t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]) <= 3  # few ticks
     assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "neighbouring axis labels overlap"
+    renderer = fig.canvas.get_renderer()
+    for panels, labels in ((axes[-1], lambda ax: ax.get_xticklabels()), (axes[:, 0], lambda ax: ax.get_yticklabels())):
+        ticks = [[t.get_window_extent(renderer) for t in labels(ax) if t.get_visible() and t.get_text()] for ax in panels]
+        assert not any(a.overlaps(b) for one, two in zip(ticks, ticks[1:]) for a in one for b in two), "tick labels run together"
     figure_box = fig.bbox
     assert all(figure_box.x0 <= box.x0 and box.y0 >= figure_box.y0 for box in boxes)  # inside the figure
     plt.close(fig)
@@ -137,3 +141,19 @@ def test_fonts_grow_with_figures_wider_than_the_page():
     assert plotting.display_unit("Jy/beam") == (1e3, "mJy/beam")
     assert "network input" in plotting.display_unit("stretched")[1]
     assert plotting.fit_title("system 12, i = 45 deg", 1.0, 9) == "system 12\ni = 45 deg"
+
+
+def test_the_coverage_legend_covers_no_curve():
+    from types import SimpleNamespace
+
+    from protolib.evaluation import CURVE_LEVELS
+    from protolib.plots_evaluation import coverage_plot
+
+    names = [f"parameter {i}" for i in range(11)]
+    evaluation = SimpleNamespace(parameters=names, top_k=20, coverage_curve={n: np.asarray(CURVE_LEVELS) for n in names})
+    results = {method: SimpleNamespace(figures=lambda corrected: evaluation) for method in ("random", "pixel", "pca", "autoencoder", "siamese")}
+    fig = coverage_plot(results)
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes if ax.get_visible())
+    plt.close(fig)

@@ -8,7 +8,8 @@ import pytest
 from conftest import open_small_bank
 import torch
 
-from protolib.attribution import attribution_rank_correlation, pair_attributions, pair_similarity, pick_pairs, plot_pair_attributions, randomised_copy
+from protolib.attribution import (attribution_rank_correlation, half_weight_radius, pair_attributions, pair_similarity, pick_pairs, plot_pair_attributions,
+                                  randomisation_check_passes, randomised_copy)
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
 from protolib.cli import main
 from protolib.embedding_maps import PcaMap, UmapMap, embedding_map, image_parameters, map_smoothness, plot_embedding_maps
@@ -83,6 +84,7 @@ def test_a_network_with_randomised_weights_attributes_differently(bank, model):
         trained_vs_itself.append(attribution_rank_correlation(np.r_[trained], np.r_[pair_attributions(model, image_a, image_b, steps=48)]))
     assert np.median(trained_vs_itself) > 0.95
     assert np.median(trained_vs_random) < 0.75, trained_vs_random  # about 0.5 here; 1 if randomising changed nothing
+    assert randomisation_check_passes(trained_vs_random) and not randomisation_check_passes(trained_vs_itself)
     weights = [p for p in randomised_copy(model, seed=1).network.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(weights, model.network.parameters()))
 
@@ -166,7 +168,9 @@ def test_attribute_command_writes_three_pairs_their_sanity_check_and_the_observa
         assert all(image["system"] in set(load_siamese(model_path, "cpu").split.test.tolist()) for image in pair["images"])
     assert report["observation"]["best_match"]["similarity"] <= 1 + 1e-6
     assert all((out / f"{name}.png").stat().st_size > 0 for name in ("pair_best", "pair_middle", "pair_worst", "observation_best_match"))
-    assert "best   pair: predicted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "best   pair: predicted" in printed
+    assert isinstance(report["randomisation_check_passes"], bool) and "randomisation check: " in printed
 
 
 @pytest.mark.parametrize("command", [["attribute", "--out", "OUT"], ["embedding-map", "--out", "OUT/map.png"]])
@@ -177,3 +181,10 @@ def test_understanding_commands_name_a_missing_model_file(bank, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"protolib {command[0]}: error:") and str(missing) in err and "train-siamese" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_uniform_map_holds_half_its_weight_within_0_8_of_the_half_width():
+    assert half_weight_radius(np.ones((64, 64)), 15.625) == pytest.approx(500 * np.sqrt(2 / np.pi), rel=0.01)
+    centred = np.zeros((64, 64))
+    centred[31:33, 31:33] = 1
+    assert half_weight_radius(centred, 15.625) < 20

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..runtime import ProtolibInputError
+from ..runtime import ProtolibInputError, shown_path
 from .common import (add_setting, beam_argument, check_figure_path, output_file, path_argument, refuse_overwriting_input, run_config,
                      run_reporting_warnings, say)
 
@@ -188,7 +188,7 @@ def _match(args) -> None:
 
 def _print_match_report(args, report: dict) -> None:
     verdict, fit, overall = report["out_of_distribution"], report["goodness_of_fit"], report["verdict"]
-    print(f"Wrote {report['n_matches']} matches and their summaries to {args.out}/ (best similarity "
+    print(f"Wrote {report['n_matches']} matches and their summaries to {shown_path(args.out)}/ (best similarity "
           f"{report['best_similarity']:.3f}).")
     preparation = (report["inputs"].get("target") or {}).get("preparation")
     if preparation:

@@ -92,6 +92,7 @@ def register_attribute(sub) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
+        from ..attribution import RANDOMISATION_LIMIT
         from ..pipelines.understand import run_attribution
 
         settings = run_config(args).attribution
@@ -103,6 +104,8 @@ def register_attribute(sub) -> None:
         for name, pair in report["pairs"].items():
             print(f"{name:6s} pair: predicted {pair['predicted']:.2f}, target {pair['target']:.2f}, "
                   f"rank correlation trained vs randomised {pair['rank_correlation_trained_vs_randomised']:.2f}")
+        print(f"randomisation check: {'passes' if report['randomisation_check_passes'] else 'fails'} (median rank correlation "
+              f"below {RANDOMISATION_LIMIT:g} passes: the maps depend on what the network learnt)")
         if "observation" in report:
             best = report["observation"]["best_match"]
             print(f"observation: best match system {best['system']}, projection {best['projection']}, similarity {best['similarity']:.3f}")

@@ -35,7 +35,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 
 from ..instrument import Beam, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
-from ..runtime import ProtolibInputError
+from ..runtime import ProtolibInputError, shown_path
 from .fits import Observation, plain_icrs, read_observation
 from .noise import DETECTION_SIGMA, CompactSource, estimate_noise_rms, find_compact_sources
 from .prepared import PreparedObservation
@@ -294,7 +294,7 @@ def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: f
         f"{s.separation_arcsec:.1f}\" ({s.separation_arcsec * distance_pc:.0f} au) away, {s.east_arcsec:+.1f}\" east "
         f"{s.north_arcsec:+.1f}\" north, peak {s.peak_jy_beam * 1e3:.3g} mJy/beam ({s.signal_to_noise:.0f} sigma), {where(s)}"
         for s in sources if s is not centred)
-    warnings.warn(f"{path}: {len(sources)} compact sources above {DETECTION_SIGMA:g} sigma in the field. Centred on "
+    warnings.warn(f"{shown_path(path)}: {len(sources)} compact sources above {DETECTION_SIGMA:g} sigma in the field. Centred on "
                   f"{centred.coordinate.to_string('hmsdms', precision=2)} (peak {centred.peak_jy_beam * 1e3:.3g} mJy/beam); "
                   f"the other{'s' if len(sources) > 2 else ''}: {described}. Pick a source with --centre 'RA DEC'; "
                   "--mask-radius ARCSEC blanks everything further from the centre.", stacklevel=3)
@@ -346,8 +346,8 @@ def _warn_if_bank_does_not_fit(observation: Observation, grid: BankGrid, distanc
         reasons.append(f"the map is at {observed:.0f} GHz and the bank at {grid.frequency_ghz:.0f} GHz, so fluxes are scaled with "
                        f"an assumed spectral index of {frequency['spectral_index']:g}")
     if reasons:
-        warnings.warn(f"{observation.path}: the bank is not made for this map: {'; '.join(reasons)}. `protolib bank-for "
-                      f"{observation.path} --distance {distance_pc:g} --out DIR` builds a bank and networks that are.", stacklevel=3)
+        warnings.warn(f"{shown_path(observation.path)}: the bank is not made for this map: {'; '.join(reasons)}. `protolib bank-for "
+                      f"{shown_path(observation.path)} --distance {distance_pc:g} --out DIR` builds a bank and networks that are.", stacklevel=3)
 
 
 def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
@@ -355,7 +355,7 @@ def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
     peak = float(np.nanmax(observation.image_jy_beam))
     if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
         warnings.warn(
-            f"{observation.path}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
+            f"{shown_path(observation.path)}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
             "undetected or the centre a noise peak. Give the source's position (--centre / centre=).", stacklevel=3)
 
 
@@ -369,9 +369,9 @@ def _on_bank_grid(observation: Observation, grid: BankGrid, distance_pc: float, 
     covered = float(coverage.mean())
     if covered < MIN_FIELD_FRACTION:
         raise ProtolibInputError(
-            f"{path}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au field "
+            f"{shown_path(path)}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au field "
             f"({field_au / distance_pc:.2f}\" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed. "
-            f"Check the distance and centre, or build a bank made for this map: `protolib bank-for {path} --distance "
+            f"Check the distance and centre, or build a bank made for this map: `protolib bank-for {shown_path(path)} --distance "
             f"{distance_pc:g} --out DIR`."
         )
     if mask_radius_arcsec:  # after the field check: what the user masks is not missing data

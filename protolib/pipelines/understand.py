@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attribution import (MAX_STEPS, attribution_rank_correlation, pair_attributions, pick_pairs, plot_pair_attributions,
-                           randomised_copy)
+from ..attribution import (MAX_STEPS, RANDOMISATION_LIMIT, attribution_rank_correlation, pair_attributions, pick_pairs,
+                           plot_pair_attributions, randomisation_check_passes, randomised_copy)
 from ..bank import Bank
 from ..distributions import match_images
 from ..embedding_maps import embedding_map, image_parameters, map_smoothness, plot_embedding_maps
@@ -37,7 +37,8 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
 
     Returns:
         The report written to ``attribution.json``: per pair its images (system, projection), ``predicted`` and
-        ``target`` similarity and ``rank_correlation_trained_vs_randomised``; with an observation, its best match.
+        ``target`` similarity and ``rank_correlation_trained_vs_randomised``, ``randomisation_check_passes``
+        (:func:`~protolib.attribution.randomisation_check_passes`); with an observation, its best match.
     """
     out_dir = Path(out_dir)
     if not 1 <= steps <= MAX_STEPS:
@@ -53,6 +54,8 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
             raise ProtolibInputError(f"Model {model_path} has fewer than two test systems; attribution maps need pairs of different systems.")
         report = {"model": str(Path(model_path).resolve()), "bank": str(bank.path.resolve()), "steps": steps, "seed": seed,
                   "pairs": _pair_attributions(model, bank, held_out, between, steps, seed, staging)}
+        report["randomisation_check_passes"] = randomisation_check_passes(
+            pair["rank_correlation_trained_vs_randomised"] for pair in report["pairs"].values())
         if observation is not None:
             report["observation"] = _observation_attribution(model, model_path, bank, observation, steps, staging / "observation_best_match.png")
         write_json(report, staging / "attribution.json")
