@@ -94,12 +94,10 @@ def run_match(
     :func:`~protolib.npe.observation_posterior` and put its intervals in ``report.json``
     (``posterior_estimate``), beside the matches', with ``posterior_settings`` (the ``evaluation:``
     section's ``npe_max_epochs``, ``npe_samples``, ``widening_candidates`` and ``seed``; default: their defaults).
-    ``distance_error_pc``, ``flux_calibration`` (default: the band's nominal error) and, when neither the user
-    nor the file gives it, the recoverable scale are carried into an observation's intervals: the match is
-    repeated over ``observing_draws`` draws of them (default :data:`~protolib.matching.observing.OBSERVING_DRAWS`; 0: none) and the draws' matches are pooled
-    (:mod:`~protolib.matching.observing`); ``summary.csv`` and ``corner.png`` then describe the pooled matches,
-    ``observing_draws.csv`` lists them, and ``report.json`` (``observing_uncertainty``) says how much each setting
-    widened each interval.
+    ``distance_error_pc``, ``flux_calibration`` (default: the band's nominal error) and an unknown recoverable
+    scale enter an observation's intervals: the match is repeated over ``observing_draws`` draws of them (default
+    12; 0: none) and pooled (:mod:`~protolib.matching.observing`; ``summary.csv`` and ``corner.png`` then describe
+    the pooled matches, ``observing_draws.csv`` lists them, ``report.json`` ``observing_uncertainty`` says what each widened).
 
     Returns:
         The report written to ``report.json``.
