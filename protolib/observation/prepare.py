@@ -36,9 +36,9 @@ from astropy.coordinates import SkyCoord
 
 from ..instrument import Beam, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
 from ..runtime import ProtolibInputError
-from .fits import Observation, plain_icrs, read_observation
+from .fits import MAX_SCALE_LIMIT_ARCSEC, Observation, checked_max_scale, plain_icrs, read_observation
 from .noise import DETECTION_SIGMA, CompactSource, estimate_noise_rms, find_compact_sources
-from .prepared import PreparedObservation
+from .prepared import PreparedObservation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
 from .resolution import common_beam_covariance
 
@@ -58,7 +58,6 @@ __all__ = [
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
 NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
 MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
-MAX_SCALE_LIMIT_ARCSEC = 3600.0  # a "maximum recoverable scale" beyond a degree is a mistake (0 means no filtering)
 MAX_SCALE_BEAMS = 10.0  # assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
 
 
@@ -110,15 +109,25 @@ def prepare_observation(
     _warn_if_faint(observation, noise_rms_jy_beam)
     resampled, coverage = _on_bank_grid(observation, grid, distance_pc, centre, mask_radius_arcsec)
     image, working, unit_factor, smoothed = _at_common_resolution(resampled, observation, grid, distance_pc)
+    working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
+    refuse_empty_target(image, coverage, working_beam, grid.pixel_arcsec, str(path), _empty_hint(observation, mask_radius_arcsec))
     flux_scale = (distance_pc / grid.distance_pc) ** 2 * frequency["frequency_factor"]
     return PreparedObservation(
         image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32), coverage=coverage.astype(np.float32),
-        beam=Beam.from_covariance_pixels(working, grid.pixel_arcsec), grid=grid, distance_pc=distance_pc, centre=centre,
+        beam=working_beam, grid=grid, distance_pc=distance_pc, centre=centre,
         noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
         observed_noise_rms_jy_beam=float(noise_rms_jy_beam), smoothed=smoothed, **_as_read(observation), **frequency,
         max_scale_arcsec=max_scale, max_scale_source=max_scale_source, mask_radius_arcsec=mask_radius_arcsec,
         sources=[source.to_dict(distance_pc) for source in sources],
     )
+
+
+def _empty_hint(observation: Observation, mask_radius_arcsec: float | None) -> str:
+    """What to change when nothing is left to match: the mask radius when one was given, else the centre."""
+    if mask_radius_arcsec:
+        return (f"--mask-radius {mask_radius_arcsec:g}\" blanks nearly everything; give a radius of a few beams (the beam is "
+                f"{observation.beam.major_arcsec:.3g}\").")
+    return "The map holds no emission about the centre: check the file, and --centre."
 
 
 def _as_observation(observation: Observation | str | Path, beam: Beam | None) -> Observation:
@@ -260,19 +269,13 @@ def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float,
 
 
 def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None) -> tuple[float | None, str]:
-    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from."""
+    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from; the value
+    given and the file's card are checked alike (:func:`~protolib.observation.fits.checked_max_scale`)."""
     if max_scale_arcsec is not None:
-        if not (math.isfinite(max_scale_arcsec) and max_scale_arcsec >= 0):
-            raise ProtolibInputError(f"{observation.path}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {max_scale_arcsec}.")
-        beam = observation.beam.major_arcsec
-        if max_scale_arcsec and not beam <= max_scale_arcsec <= MAX_SCALE_LIMIT_ARCSEC:
-            raise ProtolibInputError(
-                f"{observation.path}: a maximum recoverable scale of {max_scale_arcsec:g}\" is "
-                + (f"smaller than the beam ({beam:.3g}\"): nothing would be left" if max_scale_arcsec < beam else
-                   f"beyond {MAX_SCALE_LIMIT_ARCSEC:g}\" (give 0 for no filtering)") + ".")
-        return (float(max_scale_arcsec) or None), "given"
+        return checked_max_scale(float(max_scale_arcsec), observation.beam.major_arcsec, str(observation.path)), "given"
     if observation.max_scale_arcsec is not None:
-        return (observation.max_scale_arcsec or None), "file"
+        where = f"{observation.path}: the card PROTOLIB MAX_SCALE"
+        return checked_max_scale(observation.max_scale_arcsec, observation.beam.major_arcsec, where), "file"
     return MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)"
 
 
