@@ -33,6 +33,8 @@ __all__ = [
     "read_observation",
     "blank_zero_regions",
     "refine_peak",
+    "is_spike",
+    "source_peak",
     "plain_icrs",
     "true_parameters_from_header",
     "DEG_ARCSEC",
@@ -94,12 +96,83 @@ class Observation:
         scales = proj_plane_pixel_scales(self.wcs) * DEG_ARCSEC
         return float(math.sqrt(scales[0] * scales[1]))
 
+    @property
+    def beam_fwhm_pixels(self) -> float:
+        """The beam's FWHM in pixels (geometric mean of its axes)."""
+        return math.sqrt(self.beam.major_arcsec * self.beam.minor_arcsec) / self.pixel_scale_arcsec
+
+    def source_peak(self) -> tuple[int, int, list[tuple[int, int]]]:
+        """``(row, column)`` of the brightest pixel that is not a single-pixel spike, and the spikes passed over
+        (:func:`source_peak`); kept until the image or the beam changes."""
+        key = (id(self.image_jy_beam), self.image_jy_beam.shape, self.beam_fwhm_pixels)
+        cached = self.__dict__.get("_source_peak")
+        if cached is None or cached[0] != key:
+            cached = (key, source_peak(self.image_jy_beam, self.beam_fwhm_pixels))
+            self.__dict__["_source_peak"] = cached
+        return cached[1]
+
     def peak_coordinate(self) -> SkyCoord:
-        """Sky position of the brightest pixel, refined by a 2-D quadratic fit to the log of its 3 x 3
-        neighbourhood (exact for a Gaussian peak of any orientation)."""
+        """Sky position of the brightest pixel that is extended over the beam (a single hot pixel is passed
+        over, :func:`source_peak`), refined by a 2-D quadratic fit to the log of its 3 x 3 neighbourhood
+        (exact for a Gaussian peak of any orientation)."""
+        row, col, _ = self.source_peak()
         data = np.where(np.isfinite(self.image_jy_beam), self.image_jy_beam, -np.inf)
-        row, col = np.unravel_index(int(np.argmax(data)), data.shape)
         return self.wcs.pixel_to_world(*refine_peak(data, row, col))
+
+
+SPIKE_FRACTION = 0.15  # a pixel whose beam-weighted surroundings hold less than this fraction of it is a spike
+SPIKE_MIN_FWHM_PIXELS = 1.7  # below this beam FWHM [pixels], a real point source looks like a spike: no test
+
+
+def is_spike(image: np.ndarray, row: int, col: int, fwhm_pixels: float) -> bool:
+    """Whether pixel (row, col) of ``image`` is a single-pixel spike (a hot pixel, a cosmic ray, a glitch).
+
+    Everything an interferometer images is seen through its beam, so real emission is extended over
+    it: the beam-weighted mean of a real peak's neighbours (the pixel itself left out) is 30-50% of its
+    value for a beam of 1.7 pixels or more. A pixel whose neighbours hold under :data:`SPIKE_FRACTION`
+    of it is not sky emission. Maps whose beam spans under :data:`SPIKE_MIN_FWHM_PIXELS` pixels cannot
+    tell them apart: nothing is a spike there.
+    """
+    value = image[row, col]
+    if fwhm_pixels < SPIKE_MIN_FWHM_PIXELS or not (np.isfinite(value) and value > 0):
+        return False
+    half = int(math.ceil(1.5 * fwhm_pixels))
+    r0, c0 = max(0, row - half), max(0, col - half)
+    patch = image[r0 : row + half + 1, c0 : col + half + 1]
+    dy, dx = np.mgrid[r0 - row : r0 - row + patch.shape[0], c0 - col : c0 - col + patch.shape[1]]
+    weight = np.exp(-4.0 * math.log(2.0) * (dx**2 + dy**2) / fwhm_pixels**2)
+    weight[(dy == 0) & (dx == 0)] = 0.0
+    weight = np.where(np.isfinite(patch), weight, 0.0)
+    if weight.sum() <= 0:
+        return True
+    around = float(np.sum(weight * np.where(np.isfinite(patch), patch, 0.0)) / weight.sum())
+    return around < SPIKE_FRACTION * float(value)
+
+
+def source_peak(image: np.ndarray, fwhm_pixels: float, candidates: int = 64, rounds: int = 8) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(row, column)`` of the brightest pixel of ``image`` that is not a spike (:func:`is_spike`), and the
+    spikes, brightest first, that were brighter.
+
+    The ``candidates`` brightest pixels are tested, then the next ones, for at most ``rounds`` rounds;
+    when every one is a spike the brightest pixel is returned. Only a few hundred pixels are looked
+    at closely, so a map of any size costs one pass.
+    """
+    data = np.where(np.isfinite(image), image, -np.inf).ravel()
+    first = int(np.argmax(data))
+    spikes: list[tuple[int, int]] = []
+    for _ in range(rounds):
+        k = min(candidates, data.size)
+        top = np.argpartition(-data, k - 1)[:k]
+        for index in top[np.argsort(-data[top], kind="stable")]:
+            if not np.isfinite(data[index]):  # no pixel left but spikes
+                break
+            row, col = (int(v) for v in np.unravel_index(int(index), image.shape))
+            if not is_spike(image, row, col, fwhm_pixels):
+                return row, col, spikes
+            spikes.append((row, col))
+        data[top] = -np.inf
+    row, col = (int(v) for v in np.unravel_index(first, image.shape))
+    return row, col, spikes
 
 
 def refine_peak(data: np.ndarray, row: int, col: int) -> tuple[float, float]:
