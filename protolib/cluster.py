@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from .parameters import Prior
 from .runtime import ProtolibInputError, atomic_path
 from .simulator import SimulatorConfig
 
-__all__ = ["ParallelReport", "simulate_bank_parallel", "shard_folder"]
+__all__ = ["ParallelReport", "simulate_bank_parallel", "shard_folder", "connect_scheduler"]
 
 
 @dataclass
@@ -83,6 +84,23 @@ def _shard_is_complete(path: Path, fingerprint: str) -> bool:
             return f.attrs.get("fingerprint") == fingerprint and "envelope_mass" in f
     except OSError:
         return False
+
+
+def connect_scheduler(address: str):
+    """A client of the running Dask scheduler at ``address`` (``tcp://HOST:PORT``, ``HOST:PORT`` or another Dask
+    protocol), for ``--scheduler`` of every command; an address of another shape, or one that cannot be
+    reached within 30 s, is one line saying so."""
+    if not re.fullmatch(r"([a-z]+://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}/?", str(address).strip()):
+        raise ProtolibInputError(f"--scheduler {address!r} is not a Dask scheduler address; give tcp://HOST:PORT (e.g. tcp://node1:8786).")
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ProtolibInputError("--scheduler needs Dask: pip install 'protolib[cluster]'.") from None
+    try:
+        return Client(str(address).strip(), timeout="30s")
+    except (OSError, ValueError, TypeError, TimeoutError) as error:
+        raise ProtolibInputError(f"Could not reach the Dask scheduler at {address!r} ({error}); is it running, "
+                                 "and is the address tcp://HOST:PORT?") from None
 
 
 def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int = 8, *, seed: int = 0, config: SimulatorConfig | None = None,

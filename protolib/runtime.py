@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
-           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name"]
+           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name", "load_yaml"]
 
 
 class ProtolibInputError(ValueError):
@@ -37,6 +37,26 @@ def plain_name(name, what: str, purpose: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or ".." in text:
         raise ProtolibInputError(f"{what} {name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; {purpose}.")
     return text
+
+
+def load_yaml(text: str, where: str):
+    """``text`` read as YAML, safely (no ``!!python`` tags), with ``1e6`` and ``1e-3`` read as numbers as a
+    person means them (plain YAML 1.1 reads them as text); a syntax error or a tag is one line naming ``where``."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader with one more number format
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        tag = " (tags such as !!python/... are never read: they could run code)" if "tag" in str(problem) else ""
+        raise ProtolibInputError(f"{where} is not valid YAML{line}: {' '.join(str(problem).split())}{tag}.") from None
 
 
 def _type_problem(value, hint) -> str | None:

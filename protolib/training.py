@@ -69,6 +69,8 @@ class TrainingConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or self.patience < 1 or self.min_delta < 0:
             raise ProtolibInputError(f"Training needs weight_decay >= 0, patience >= 1 and min_delta >= 0 (got {self.weight_decay}, "
                                      f"{self.patience}, {self.min_delta}).")
+        if self.num_threads is not None and not (isinstance(self.num_threads, int) and self.num_threads >= 1):
+            raise ProtolibInputError(f"num_threads (--threads) must be a whole number >= 1 (or null: torch's default), got {self.num_threads}.")
         if self.projections_per_system is not None and self.projections_per_system < 1:
             raise ProtolibInputError(f"projections_per_system must be at least 1 (or null: all), got {self.projections_per_system}.")
 

@@ -83,7 +83,7 @@ def add_config_options(p) -> None:
 
 def parse_set(items: list[str] | None) -> dict:
     """``["autoencoder.model.latent_size=16", ...]`` as a nested dict (values read as YAML)."""
-    import yaml
+    from ..runtime import load_yaml
 
     result: dict = {}
     for item in items or []:
@@ -96,7 +96,7 @@ def parse_set(items: list[str] | None) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ProtolibInputError(f"--set {item!r}: {part} is a setting, not a section.")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value, f"--set {item!r}: the value")
     return result
 
 
