@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .instrument import Instrument
 from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
-from .runtime import ProtolibInputError, atomic_path, default_device, system_rng
+from .runtime import ProtolibInputError, atomic_path, default_device, system_rng, typed_settings
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
 __all__ = ["Bank", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
@@ -192,8 +192,9 @@ class Bank:
 
     @property
     def simulator_config(self) -> SimulatorConfig | None:
+        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are."""
         text = self.attrs.get("simulator_config")
-        return SimulatorConfig(**json.loads(text)) if text else None
+        return typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
 
     @property
     def identity(self) -> dict:
@@ -394,9 +395,11 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
     for key in ("simulator_config", "prior"):
         if key in f.attrs:
             try:
-                json.loads(_plain(f.attrs[key]))
+                values = json.loads(_plain(f.attrs[key]))
             except (TypeError, ValueError):
                 raise ProtolibInputError(f"{path}: the bank attribute {key} is not valid JSON.") from None
+            if key == "simulator_config":  # checked at opening as a configuration's simulator: section is
+                typed_settings(SimulatorConfig, values, f"{path}: the bank's simulator_config")
 
 
 def _brightest_finite(out, systems: np.ndarray, images: np.ndarray) -> float:

@@ -96,6 +96,8 @@ def run_match(
         raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
     if top_k is not None and top_k < 1:
         raise ProtolibInputError(f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}.")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0):
+        raise ProtolibInputError(f"--threshold must be a similarity between -1 and 1 (the cosine of two embeddings), got {threshold}.")
     if not Path(model_path).exists():
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
@@ -121,6 +123,7 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
         matches = matcher.match(image, top_k=top_k, threshold=threshold)
         inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
                             "true_parameters_in_file": truths is not None}
+    _refuse_no_matches(matches, threshold, bank)
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
     fit = fit_matches(matcher, image, matches, observation=observation)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
@@ -142,6 +145,16 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
         report["posterior_estimate"] = observation_posterior(matcher, image, settings=posterior_settings, progress=options.get("progress", False))
         write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) -> None:
+    """Refuse a target left with no match: nothing above ``threshold``, or a bank with no other image."""
+    if len(matches.similarity):
+        return
+    if threshold is not None:
+        raise ProtolibInputError(f"No bank image reaches a similarity of {threshold:g} (--threshold); lower it, or give --top-k instead.")
+    raise ProtolibInputError(f"Bank {bank.path} holds no image to match the target against; a bank system is matched against the "
+                             "other systems, so the bank needs at least two.")
 
 
 def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
@@ -170,6 +183,9 @@ def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top
             f"Bank {bank.path} has systems 0..{bank.n_systems - 1} and projections 0..{bank.n_projections - 1}; "
             f"got system {system}, projection {projection}."
         )
+    if bank.n_systems < 2:
+        raise ProtolibInputError(f"Bank {bank.path} has one system; a bank system is matched against the other systems, so --target-system "
+                                 "needs a bank of at least two (or match an observation with --target).")
     matcher = Matcher.from_model(model_path, bank, **options)
     matches = matcher.match_system(system, projection, top_k=top_k, threshold=threshold)
     image = bank.images[system, projection]
