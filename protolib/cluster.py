@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .bank import draw_systems, render_systems, write_simulated_bank
+from .bank import check_beam_fits_field, draw_systems, render_systems, write_simulated_bank
 from .instrument import Instrument
 from .parameters import Prior
 from .runtime import ProtolibInputError, atomic_path
@@ -132,6 +132,7 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
     config, instrument, prior = config or SimulatorConfig(), instrument or Instrument(), prior or Prior()
     if n_systems < 1 or n_projections < 1 or shard_systems < 1:
         raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
+    check_beam_fits_field(config, instrument)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
     fingerprint = _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems)
     folder = _claim_shard_folder(out, fingerprint, n_systems, shard_systems)
