@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
     import torch
 
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
-           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name", "load_yaml"]
+           "ProtolibInputError", "describe_os_error", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name", "load_yaml", "checked_seed", "MAX_SEED"]
 
 
 class ProtolibInputError(ValueError):
@@ -84,6 +84,17 @@ def _type_problem(value, hint) -> str | None:
     return None
 
 
+MAX_SEED = 2**63 - 1  # numpy and torch take seeds up to this
+
+
+def checked_seed(value, where: str) -> int:
+    """``value`` as a random seed, a whole number from 0 to :data:`MAX_SEED`; anything else is one line naming ``where``
+    (the one check of seeds, from the command line, a configuration or a checkpoint)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ProtolibInputError(f"{where} = {value!r}: a seed is a whole number from 0 to 2**63 - 1.")
+    return value
+
+
 def typed_settings(cls, values, where: str):
     """``cls(**values)`` for a settings dataclass, after checking every key and every value's type.
 
@@ -109,6 +120,8 @@ def typed_settings(cls, values, where: str):
         problem = _type_problem(value, hints.get(name))
         if problem:
             raise ProtolibInputError(f"{where}: {name} = {value!r} {problem}.")
+        if (name == "seed" or name.endswith("_seed")) and value is not None:
+            checked_seed(value, f"{where}: {name}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:

@@ -57,12 +57,14 @@ def output_file(example_suffix: str):
 
 def seed_argument(text: str) -> int:
     """A random seed: a whole number >= 0 (numpy's generators take no negative seeds)."""
+    from ..runtime import MAX_SEED
+
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {value}: give a whole number >= 0")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: give a whole number >= 0 (and at most 2**63 - 1)")
     return value
 
 
