@@ -681,8 +681,12 @@ def _finite_plane(plane: np.ndarray, path: Path) -> np.ndarray:
         plane = np.where(infinite, np.nan, plane)
         warnings.warn(f"{path}: {int(infinite.sum())} infinite pixel(s) (+inf or -inf) were blanked (read as NaN); they are "
                       "not data.", stacklevel=3)
-    if not np.isfinite(plane).any():
+    finite = plane[np.isfinite(plane)]
+    if not finite.size:
         raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
+    if float(finite.min()) == float(finite.max()):
+        raise ProtolibInputError(f"{path}: every pixel that is not blank holds the same value ({float(finite[0]):g}); there is no "
+                                 "image to prepare. Check that the right plane or extension was exported.")
     return plane
 
 
