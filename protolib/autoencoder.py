@@ -21,7 +21,7 @@ from .distributed import global_mean_weight, idle_output, start
 from .images import AugmentationConfig, ImagePreprocessing, augment_images
 from .runtime import ProtolibInputError, default_device
 from .splits import Split
-from .training import ImageSource, TrainingConfig, fit, load_checkpoint, network_from_checkpoint, system_batches
+from .training import ImageSource, TrainingConfig, checkpoint_part, fit, load_checkpoint, network_from_checkpoint, system_batches
 
 __all__ = [
     "AutoencoderConfig",
@@ -278,7 +278,8 @@ def load_autoencoder(path: str | Path, device: str | torch.device | None = None)
     checkpoint = load_checkpoint(path, "autoencoder")
     device = default_device(device)
     network = network_from_checkpoint(lambda: Autoencoder(AutoencoderConfig(**checkpoint["config"]["model"])), checkpoint, path)
-    return AutoencoderModel(network.to(device), ImagePreprocessing.from_dict(checkpoint["preprocessing"]), checkpoint, device)
+    preprocessing = checkpoint_part(path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"]))
+    return AutoencoderModel(network.to(device), preprocessing, checkpoint, device)
 
 
 def latent_probe(train_latents: np.ndarray, train_values: np.ndarray, test_latents: np.ndarray, test_values: np.ndarray, ridge: float = 1e-3) -> np.ndarray:

@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .instrument import Instrument
 from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
-from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng
+from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng, typed_settings
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
-__all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
+__all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "check_beam_fits_field", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
            "write_bank_tables", "write_bank_attributes"]
 
 FORMAT = "protolib-bank"
@@ -193,8 +193,9 @@ class Bank:
 
     @property
     def simulator_config(self) -> SimulatorConfig | None:
+        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are."""
         text = self.attrs.get("simulator_config")
-        return SimulatorConfig(**json.loads(text)) if text else None
+        return typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
 
     @property
     def identity(self) -> dict:
@@ -489,9 +490,11 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
     for key in ("simulator_config", "prior"):
         if key in f.attrs:
             try:
-                json.loads(_plain(f.attrs[key]))
+                values = json.loads(_plain(f.attrs[key]))
             except (TypeError, ValueError):
                 raise ProtolibInputError(f"{path}: the bank attribute {key} is not valid JSON.") from None
+            if key == "simulator_config":  # checked at opening as a configuration's simulator: section is
+                typed_settings(SimulatorConfig, values, f"{path}: the bank's simulator_config")
 
 
 def _brightest_finite(out, systems: np.ndarray, images: np.ndarray) -> float:
@@ -647,6 +650,21 @@ def render_systems(
     return images.astype(np.float32), masses
 
 
+def check_beam_fits_field(config: SimulatorConfig, instrument: Instrument) -> None:
+    """Refuse, before any rendering, a beam wider than the field of view: it would be convolved with a kernel of
+    more pixels than the image (a field of 1e-9 au asks for terabytes), and nothing of the source would be seen."""
+    beam = instrument.beam
+    if beam is None:
+        return
+    beam_au = beam.major_arcsec * instrument.distance_pc
+    if beam_au > config.field_of_view_au:
+        pixels = beam_au / (config.field_of_view_au / config.image_size)
+        raise ProtolibInputError(
+            f"The instrument's beam ({beam.major_arcsec:g}\" = {beam_au:.3g} au at {instrument.distance_pc:g} pc) is wider than the "
+            f"simulator's field of view ({config.field_of_view_au:g} au; the beam would span {pixels:.3g} of its {config.image_size} "
+            "pixels); set simulator.field_of_view_au (--fov) to at least a few beams, or instrument.beam_major_arcsec to a smaller beam.")
+
+
 def simulate_bank(
     out: str | Path,
     n_systems: int,
@@ -684,6 +702,7 @@ def simulate_bank(
     prior = prior or Prior()
     if n_systems < 1 or n_projections < 1:
         raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
+    check_beam_fits_field(config, instrument)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
 
     chunks = [np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)]

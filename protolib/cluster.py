@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,13 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from .bank import draw_systems, render_systems, write_simulated_bank
+from .bank import check_beam_fits_field, draw_systems, render_systems, write_simulated_bank
 from .instrument import Instrument
 from .parameters import Prior
 from .runtime import ProtolibInputError, atomic_path
 from .simulator import SimulatorConfig
 
-__all__ = ["ParallelReport", "simulate_bank_parallel", "shard_folder"]
+__all__ = ["ParallelReport", "simulate_bank_parallel", "shard_folder", "connect_scheduler"]
 
 
 @dataclass
@@ -85,6 +86,23 @@ def _shard_is_complete(path: Path, fingerprint: str) -> bool:
         return False
 
 
+def connect_scheduler(address: str):
+    """A client of the running Dask scheduler at ``address`` (``tcp://HOST:PORT``, ``HOST:PORT`` or another Dask
+    protocol), for ``--scheduler`` of every command; an address of another shape, or one that cannot be
+    reached within 30 s, is one line saying so."""
+    if not re.fullmatch(r"([a-z]+://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}/?", str(address).strip()):
+        raise ProtolibInputError(f"--scheduler {address!r} is not a Dask scheduler address; give tcp://HOST:PORT (e.g. tcp://node1:8786).")
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise ProtolibInputError("--scheduler needs Dask: pip install 'protolib[cluster]'.") from None
+    try:
+        return Client(str(address).strip(), timeout="30s")
+    except (OSError, ValueError, TypeError, TimeoutError) as error:
+        raise ProtolibInputError(f"Could not reach the Dask scheduler at {address!r} ({error}); is it running, "
+                                 "and is the address tcp://HOST:PORT?") from None
+
+
 def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int = 8, *, seed: int = 0, config: SimulatorConfig | None = None,
                            instrument: Instrument | None = None, prior: Prior | None = None, shard_systems: int = 16, client=None,
                            n_workers: int = 2, keep_shards: bool = False, progress: bool = True) -> ParallelReport:
@@ -114,6 +132,7 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
     config, instrument, prior = config or SimulatorConfig(), instrument or Instrument(), prior or Prior()
     if n_systems < 1 or n_projections < 1 or shard_systems < 1:
         raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
+    check_beam_fits_field(config, instrument)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
     fingerprint = _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems)
     folder = _claim_shard_folder(out, fingerprint, n_systems, shard_systems)

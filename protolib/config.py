@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
 
 from .attribution import AttributionSettings
 from .autoencoder import AutoencoderConfig
@@ -33,7 +32,7 @@ from .images import AugmentationConfig, ImagePreprocessing
 from .instrument import Instrument
 from .matching import MatchingSettings
 from .parameters import Prior
-from .runtime import ProtolibInputError, plain_name, typed_settings
+from .runtime import ProtolibInputError, load_yaml, plain_name, typed_settings
 from .siamese import LossConfig, PairConfig, SiameseConfig
 from .simulator import SimulatorConfig
 from .target_similarity import TargetDefinition
@@ -191,12 +190,13 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         raise ProtolibInputError(f"Configuration {path} does not exist (available: {available}).")
+    if path.is_dir():
+        raise ProtolibInputError(f"Configuration {path} is a folder; give a YAML file (e.g. {path / 'default.yaml'}) or a configuration name.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        raise ProtolibInputError(f"{path} is not valid YAML{line}: {getattr(error, 'problem', None) or error}.") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ProtolibInputError(f"Configuration {path} is not a text file (it is binary); give a YAML configuration.") from None
+    data = load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ProtolibInputError(f"{path}: a configuration is a mapping of sections (bank:, simulator:, ...), not a {type(data).__name__}.")
     return _config_from(data, path, path, overrides)

@@ -264,8 +264,9 @@ def corner_plot(
         The matplotlib figure.
     """
     parameters = [p for p in samples if p != "position_angle"] if parameters is None else list(parameters)
+    parameters = [p for p in parameters if _known(prior, samples, p, parameter_info)]  # an imported bank's inclination is unknown (NaN)
     if len(parameters) < 2:
-        raise ProtolibInputError(f"A corner plot needs at least two parameters; got {list(parameters)}.")
+        raise ProtolibInputError(f"A corner plot needs at least two parameters with known values; got {list(parameters)}.")
     matches = _matrix(samples, parameters, parameter_info)
     bank = _matrix(prior, parameters, parameter_info)
     lo, hi = np.minimum(bank.min(0), matches.min(0)), np.maximum(bank.max(0), matches.max(0))
@@ -284,6 +285,13 @@ def corner_plot(
     make_corner_legible(fig, len(parameters))
     _corner_legend(fig, f"{label} ({len(matches)})", color, len(bank), bool(truth_values))
     return fig
+
+
+def _known(prior: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray], name: str, parameter_info) -> bool:
+    """Whether parameter ``name`` has finite values (as plotted: log10 where log-scaled) over the bank and the matches."""
+    if name not in prior or name not in samples:
+        return True  # _matrix names what is missing
+    return bool(np.isfinite(_matrix(prior, [name], parameter_info)).all() and np.isfinite(_matrix(samples, [name], parameter_info)).all())
 
 
 def _corner_prior(bank: np.ndarray, common: dict, fig):

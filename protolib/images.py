@@ -75,8 +75,19 @@ class ImagePreprocessing:
     flux_spread: float = 1.0  # spread of log10 flux of training images (set by fit)
 
     def __post_init__(self):
+        """One check of every setting, whether it comes from a configuration (``images:``) or a checkpoint."""
         if self.stretch not in STRETCHES:
             raise ProtolibInputError(f"Image stretch must be one of {STRETCHES}, got {self.stretch!r}.")
+        checks = {"asinh_softening": ("a positive fraction of the peak", lambda v: v > 0),
+                  "reference_distance_pc": ("a positive number of pc", lambda v: v > 0),
+                  "distance_pc": ("a positive number of pc (the bank's distance)", lambda v: v > 0),
+                  "pixels_per_beam": ("a positive number (beam solid angle over pixel solid angle)", lambda v: v > 0),
+                  "flux_centre": ("a finite number", lambda v: True),
+                  "flux_spread": ("a positive number (the spread of training log fluxes)", lambda v: v > 0)}
+        for name, (expected, good) in checks.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not good(value):
+                raise ProtolibInputError(f"The image preprocessing's {name} must be {expected}, got {value!r}.")
 
     @classmethod
     def from_bank(cls, bank, **settings) -> "ImagePreprocessing":

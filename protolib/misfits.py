@@ -35,6 +35,7 @@ from .bank import Bank, draw_systems
 from .instrument import Instrument, beam_noise
 from .matching import Matcher, fit_matches
 from .parameters import Prior
+from .runtime import ProtolibInputError, typed_settings
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, render
 
 __all__ = ["KINDS", "MISFIT_KINDS", "ADDED_FRACTION", "SNR_BINS", "SyntheticTargets", "synthetic_targets", "targets_for_bank",
@@ -71,8 +72,8 @@ def targets_for_bank(bank: Bank, kind: str, n: int, *, snr: tuple[float, float] 
     """:func:`synthetic_targets` at ``bank``'s simulator, instrument and prior (the bank must be simulated by protolib)."""
     config = bank.simulator_config
     if config is None or "prior" not in bank.attrs:
-        raise ValueError(f"{bank.path} was not made by the protolib simulator: its prior and renderer are unknown.")
-    prior = Prior(**json.loads(bank.attrs["prior"]))
+        raise ProtolibInputError(f"{bank.path} was not made by the protolib simulator: its prior and renderer are unknown.")
+    prior = typed_settings(Prior, json.loads(bank.attrs["prior"]), f"{bank.path}: the bank's prior")
     return synthetic_targets(kind, n, simulator=config, instrument=bank.instrument, prior=prior, snr=snr, seed=seed)
 
 

@@ -7,6 +7,8 @@ where log-scaled); :func:`scaled_image_parameters` gives that for every image of
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -143,7 +145,19 @@ class ParameterNormaliser:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ParameterNormaliser":
+        """The normaliser :meth:`to_dict` wrote; its centre and spread are checked as :meth:`fit` makes them (one
+        finite centre and one positive, finite spread per parameter), since a zero spread would turn every
+        normalised value into NaN."""
         norm = cls(list(data["names"]), data["method"], list(data["log_scale"]))
+        if len(norm.log_scale) != len(norm.names):
+            raise ProtolibInputError(f"The parameter normaliser has {len(norm.log_scale)} log-scale flags for {len(norm.names)} parameters.")
         if data.get("centre") is not None:
-            norm.centre, norm.spread = np.asarray(data["centre"]), np.asarray(data["spread"])
+            centre, spread = np.asarray(data["centre"], dtype=np.float64), np.asarray(data["spread"], dtype=np.float64)
+            if centre.shape != (len(norm.names),) or spread.shape != (len(norm.names),):
+                raise ProtolibInputError(f"The parameter normaliser needs one centre and one spread for each of {norm.names}.")
+            if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(spread)) and np.all(spread > 0)):
+                bad = [n for n, c, w in zip(norm.names, centre, spread) if not (math.isfinite(c) and math.isfinite(w) and w > 0)]
+                raise ProtolibInputError(f"The parameter normaliser's centre and spread must be finite, the spread positive; "
+                                         f"they are not for {bad}.")
+            norm.centre, norm.spread = centre, spread
         return norm

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -72,6 +74,10 @@ VIEWING_PARAMETERS: dict[str, Parameter] = {
 }
 
 
+PHYSICAL_RANGES = ("stellar_mass_msun", "accretion_rate_msun_yr", "disk_radius_au", "disk_to_star_mass_ratio", "disk_scale_height_100au",
+                   "cavity_angle_deg")  # the prior's ranges of physical parameters [low, high]; all but the cavity angle log-uniform
+
+
 @dataclass
 class Prior:
     """The prior of the built-in bank: independent draws, then physical couplings and cuts.
@@ -125,11 +131,22 @@ class Prior:
     def __post_init__(self):
         if self.nuisance not in ("drawn", "fixed"):
             raise ProtolibInputError(f"prior.nuisance is 'drawn' or 'fixed', got {self.nuisance!r}.")
-        for name in NUISANCE_PARAMETERS:
-            low, high = getattr(self, name)
-            if not (np.isfinite(low) and np.isfinite(high) and low <= high) or (PARAMETERS[name].log_scale and low <= 0):
+        for name in (*PHYSICAL_RANGES, *NUISANCE_PARAMETERS):
+            value = getattr(self, name)
+            log_scale = name != "cavity_angle_deg" if name in PHYSICAL_RANGES else PARAMETERS[name].log_scale
+            pair = value if isinstance(value, (list, tuple)) and len(value) == 2 else (math.nan, math.nan)
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+            low, high = (float(v) for v in pair) if numbers else (math.nan, math.nan)
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high) or (log_scale and low <= 0):
                 raise ProtolibInputError(f"prior.{name} must be a range [low, high] with low <= high"
-                                         f"{' and low > 0 (it is drawn log-uniform)' if PARAMETERS[name].log_scale else ''}; got {[low, high]}.")
+                                         f"{' and low > 0 (it is drawn log-uniform)' if log_scale else ''}; got {value!r}.")
+        for name in ("history_factor_dex", "accretion_efficiency", "stellar_radius_rsun", "min_age_yr", "max_age_yr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or \
+                    (value == 0 and name != "history_factor_dex"):
+                raise ProtolibInputError(f"prior.{name} must be a positive number, got {value!r}.")
+        if self.min_age_yr >= self.max_age_yr:
+            raise ProtolibInputError(f"prior.min_age_yr ({self.min_age_yr:g}) must be below prior.max_age_yr ({self.max_age_yr:g}).")
 
     def sample(self, n_systems: int, rng: np.random.Generator, nuisance_rng: np.random.Generator | None = None,
                fixed: dict[str, float] | None = None) -> dict[str, np.ndarray]:

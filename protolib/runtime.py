@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protol
 __all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
            "ProtolibInputError", "describe_os_error", "interruptible",
            "available_memory_bytes", "check_memory", "describe_bytes", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name",
-           "shown_path", "rounded"]
+           "shown_path", "rounded", "load_yaml", "checked_seed", "MAX_SEED"]
 
 
 class ProtolibInputError(ValueError):
@@ -39,6 +39,26 @@ def plain_name(name, what: str, purpose: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or ".." in text:
         raise ProtolibInputError(f"{what} {name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; {purpose}.")
     return text
+
+
+def load_yaml(text: str, where: str):
+    """``text`` read as YAML, safely (no ``!!python`` tags), with ``1e6`` and ``1e-3`` read as numbers as a
+    person means them (plain YAML 1.1 reads them as text); a syntax error or a tag is one line naming ``where``."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader with one more number format
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        tag = " (tags such as !!python/... are never read: they could run code)" if "tag" in str(problem) else ""
+        raise ProtolibInputError(f"{where} is not valid YAML{line}: {' '.join(str(problem).split())}{tag}.") from None
 
 
 def _type_problem(value, hint) -> str | None:
@@ -66,6 +86,17 @@ def _type_problem(value, hint) -> str | None:
     return None
 
 
+MAX_SEED = 2**63 - 1  # numpy and torch take seeds up to this
+
+
+def checked_seed(value, where: str) -> int:
+    """``value`` as a random seed, a whole number from 0 to :data:`MAX_SEED`; anything else is one line naming ``where``
+    (the one check of seeds, from the command line, a configuration or a checkpoint)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ProtolibInputError(f"{where} = {value!r}: a seed is a whole number from 0 to 2**63 - 1.")
+    return value
+
+
 def typed_settings(cls, values, where: str):
     """``cls(**values)`` for a settings dataclass, after checking every key and every value's type.
 
@@ -91,6 +122,8 @@ def typed_settings(cls, values, where: str):
         problem = _type_problem(value, hints.get(name))
         if problem:
             raise ProtolibInputError(f"{where}: {name} = {value!r} {problem}.")
+        if (name == "seed" or name.endswith("_seed")) and value is not None:
+            checked_seed(value, f"{where}: {name}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:

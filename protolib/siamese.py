@@ -37,7 +37,7 @@ from .pairs import all_pairs, sample_fixed_pairs
 from .runtime import ProtolibInputError, atomic_path, default_device
 from .splits import Split
 from .target_similarity import TargetDefinition, pairwise_target_similarity, target_similarity
-from .training import TrainingConfig, fit, load_checkpoint, network_from_checkpoint
+from .training import TrainingConfig, checkpoint_part, fit, load_checkpoint, network_from_checkpoint
 
 __all__ = [
     "SiameseConfig",
@@ -324,7 +324,10 @@ def load_siamese(path: str | Path, device: str | torch.device | None = None) -> 
     config = checkpoint["config"]
     network = network_from_checkpoint(lambda: SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"])),
                                       checkpoint, path)
-    return SiameseModel(network.to(device), ImagePreprocessing.from_dict(checkpoint["preprocessing"]), checkpoint, device)
+    preprocessing = checkpoint_part(path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"]))
+    checkpoint_part(path, "parameter normaliser", lambda: ParameterNormaliser.from_dict(checkpoint["normaliser"]))
+    checkpoint_part(path, "target definition", lambda: TargetDefinition.from_dict(checkpoint["target"]))
+    return SiameseModel(network.to(device), preprocessing, checkpoint, device)
 
 
 def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, device: str | torch.device | None = None):

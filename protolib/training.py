@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from .distributed import barrier, is_main, ranks, reduce_sum, shard
 from .runtime import ProtolibInputError, atomic_path
 
-__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for"]
+__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for",
+           "checkpoint_part", "CHECKPOINT_KEYS"]
 
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -68,6 +69,8 @@ class TrainingConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or self.patience < 1 or self.min_delta < 0:
             raise ProtolibInputError(f"Training needs weight_decay >= 0, patience >= 1 and min_delta >= 0 (got {self.weight_decay}, "
                                      f"{self.patience}, {self.min_delta}).")
+        if self.num_threads is not None and not (isinstance(self.num_threads, int) and self.num_threads >= 1):
+            raise ProtolibInputError(f"num_threads (--threads) must be a whole number >= 1 (or null: torch's default), got {self.num_threads}.")
         if self.projections_per_system is not None and self.projections_per_system < 1:
             raise ProtolibInputError(f"projections_per_system must be at least 1 (or null: all), got {self.projections_per_system}.")
 
@@ -194,15 +197,29 @@ def save_checkpoint(data: dict, path: str | Path) -> None:
         torch.save(data, tmp)
 
 
+CHECKPOINT_KEYS = {  # what a checkpoint of each kind must hold to be rebuilt
+    "autoencoder": ("model_state", "config", "image_size", "preprocessing", "split", "history"),
+    "siamese": ("model_state", "config", "image_size", "preprocessing", "split", "history", "normaliser", "target", "parameter_names"),
+}
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
-    """Read a checkpoint written by :func:`fit`, checking it is one (and of ``kind`` when given).
+    """Read a checkpoint written by :func:`fit`, checking it is one (and of ``kind`` when given, with every
+    part that kind needs, :data:`CHECKPOINT_KEYS`).
 
     The file is read with ``torch.load(weights_only=True)``: tensors and plain data only, so a crafted
-    file cannot run code when it is loaded. protolib's checkpoints hold nothing else.
+    file cannot run code when it is loaded. protolib's checkpoints hold nothing else. A file that is
+    not a checkpoint at all (an HDF5 bank, a FITS image, text) is named as what it is.
     """
     path = Path(path)
     if not path.exists():
         raise ProtolibInputError(f"Checkpoint {path} does not exist.")
+    if path.is_dir():
+        raise ProtolibInputError(f"Checkpoint {path} is a folder; give the .pt file in it (e.g. {path / 'siamese.pt'}).")
+    other = _other_file_kind(path)
+    if other:
+        raise ProtolibInputError(f"{path} is {other}, not a protolib checkpoint (a .pt file written by `protolib train-autoencoder` "
+                                 "or `protolib train-siamese`); check which file --model (or --autoencoder) names.")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -218,7 +235,42 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
         raise ProtolibInputError(f"{path} is not a protolib checkpoint (no model weights).")
     if kind is not None and data.get("kind") != kind:
         raise ProtolibInputError(f"{path} holds a {data.get('kind')!r} model, not a {kind!r} one.")
+    missing = [key for key in CHECKPOINT_KEYS.get(kind or data.get("kind"), ()) if key not in data]
+    if missing:
+        raise ProtolibInputError(f"Checkpoint {path} lacks {', '.join(missing)}; it is damaged or was not written by this protolib. "
+                                 "Train the model again.")
     return data
+
+
+def _other_file_kind(path: Path) -> str:
+    """What a file that is plainly not a checkpoint is, from its first bytes (``""`` when it may be one)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (a bank?)"
+    if head.startswith(b"SIMPLE  ="):
+        return "a FITS file"
+    if head.startswith(b"\x89PNG") or head.startswith(b"%PDF"):
+        return "an image or document"
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return ""  # a zip archive (torch's format) or a pickle: torch.load decides
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return "a text file" if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text) else ""
+
+
+def checkpoint_part(path: str | Path, what: str, build: Callable[[], object]):
+    """``build()``, a part of a model rebuilt from the checkpoint ``path`` (its preprocessing, normaliser,
+    target definition); a part that is missing or fails its checks is refused in one line naming the file."""
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        reason = str(error) if isinstance(error, ProtolibInputError) else f"{type(error).__name__}: {error}"
+        raise ProtolibInputError(f"Checkpoint {path}: its {what} is not usable ({reason}); train the model again.") from None
 
 
 def network_from_checkpoint(build: Callable[[], torch.nn.Module], checkpoint: dict, path: str | Path) -> torch.nn.Module:

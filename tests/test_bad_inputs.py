@@ -161,6 +161,7 @@ class Case:
     intact: dict[Path, bytes] = field(default_factory=dict)  # files that must keep these bytes
     limit_file_bytes: int | None = None  # RLIMIT_FSIZE for the run (a full disk, as the process sees it)
     code: int = 2
+    env: dict = field(default_factory=dict)  # extra environment variables for the run
 
 
 def _cases(b: Path) -> dict[str, Case]:
@@ -234,6 +235,7 @@ def _cases(b: Path) -> dict[str, Case]:
 
     cases.update(_second_round(b, bank, model, obs, out))
     cases.update(_third_round(b, bank, out))
+    cases.update(_fourth_round(b, bank, model, obs, out))
     infinite = _fits_variant(b, "inf.fits", lambda d, h: _with_inf(d))
     cases["observe_infinite_pixel_is_blanked"] = Case(["observe", str(infinite), "--distance", "140", "--bank", str(bank),
                                                        "--out", str(out / "inf_prepared.fits")], code=0)
@@ -377,6 +379,161 @@ def _third_round(b: Path, bank: Path, out: Path) -> dict[str, Case]:
     return cases
 
 
+def _fourth_round(b: Path, bank: Path, model: Path, obs: Path, out: Path) -> dict[str, Case]:
+    """Cases of issue 31, items 7-14: what files say about themselves (units, beams, cards, checkpoints, banks),
+    targets with nothing to match, prepared files prepared again, and options that reached a traceback."""
+    cases = {f"observe_{name}": Case(["observe", str(path), "--distance", "140", *extra, "--bank", str(bank), "--out",
+                                      str(out / f"observe_{name}.fits")], message, [out / f"observe_{name}.fits"])
+             for name, (path, extra, message) in _fourth_round_fits(b).items()}
+    prepared = b / "inputs" / "prepared.fits"
+    assert main(["observe", str(obs), "--distance", "140", "--bank", str(bank), "--out", str(prepared)]) == 0
+    match = ["match", "--model", str(model), "--bank", str(bank)]
+    cases["observe_prepared_again"] = Case(["observe", str(prepared), "--distance", "140", "--bank", str(bank), "--out",
+                                            str(out / "twice.fits")], r"prepared\.fits: this image was written by `protolib observe`",
+                                           [out / "twice.fits"])
+    cases["match_prepared_with_options"] = Case([*match, "--target", str(prepared), "--centre", "69.9746 26.0527", "--out",
+                                                 str(out / "m_prep_opt")], r"prepared\.fits was prepared already .* --centre cannot",
+                                                [out / "m_prep_opt"])
+    cases["match_prepared_as_it_is"] = Case([*match, "--target", str(prepared), "--out", str(out / "m_prep")], code=0)
+    cases["match_mask_blanks_everything"] = Case([*match, "--target", str(obs), "--distance", "140", "--mask-radius", "1e-6",
+                                                  "--out", str(out / "m_empty")], r"obs\.fits: nothing to match on the bank's grid",
+                                                 [out / "m_empty"])
+    zeros = _fits_variant(b, "zeros.fits", lambda d, h: np.zeros_like(d))
+    cases["match_all_zero_target"] = Case([*match, "--target", str(zeros), "--distance", "140", "--noise", "1e-4", "--out",
+                                           str(out / "m_zero")], r"zeros\.fits: every pixel that is not blank holds the same value \(0\)", [out / "m_zero"])
+    for name, (path, message) in _fourth_round_models(b, model).items():
+        cases[f"match_{name}"] = Case([*match, "--target-system", "1", "--model", str(path), "--out", str(out / f"m_{name}")],
+                                      message, [out / f"m_{name}"])
+    cases.update(_fourth_round_settings(b, bank, model, out))
+    return cases
+
+
+def _fourth_round_fits(b: Path) -> dict:
+    """id -> (FITS file, extra arguments, message) refused by ``observe``."""
+    def beams_table(name, columns):
+        path = _fits_variant(b, name, lambda d, h: (_delete(h, "BMAJ", "BMIN", "BPA"), d)[1])
+        table = fits.BinTableHDU.from_columns([fits.Column(name=k, format="E", array=np.array([v])) for k, v in columns.items()],
+                                              name="BEAMS")
+        with fits.open(path, mode="append") as hdul:
+            hdul.append(table)
+        return path
+
+    tables = b / "inputs" / "table_only.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column(name="FLUX", format="E", array=np.ones(3))])]).writeto(
+        tables, overwrite=True)
+    huge = b / "inputs" / "huge.fits"
+    header = fits.getheader(b / "obs.fits")
+    header.update(NAXIS1=300_000, NAXIS2=300_000)
+    huge.write_bytes(header.tostring().encode() + b"\0" * 2880)  # the header declares 360 GB; the data are not there
+    card = lambda name, key, value: _fits_variant(b, name, lambda d, h: (h.__setitem__(f"HIERARCH {key}", value), d)[1])  # noqa: E731
+    return {
+        "bunit_ambiguous_capitals": (_fits_variant(b, "mjy_caps.fits", lambda d, h: (h.update(BUNIT="MJY/BEAM"), d)[1]), [],
+                                     r"mjy_caps\.fits: BUNIT = 'MJY/BEAM' is ambiguous"),
+        "bunit_per_second": (_fits_variant(b, "jys.fits", lambda d, h: (h.update(BUNIT="Jy/s"), d)[1]), [], r"jys\.fits: BUNIT = 'Jy/s' is not"),
+        "beams_table_nan": (beams_table("beams_nan.fits", {"BMAJ": np.nan, "BMIN": 0.2, "BPA": 0.0}), [],
+                            r"beams_nan\.fits: the BEAMS table gives BMAJ = nan"),
+        "beams_table_negative": (beams_table("beams_neg.fits", {"BMAJ": -0.3, "BMIN": 0.2, "BPA": 0.0}), [],
+                                 r"beams_neg\.fits: the BEAMS table gives BMAJ = -0.3"),
+        "beams_table_no_bmaj": (beams_table("beams_nobmaj.fits", {"BMIN": 0.2, "BPA": 0.0}), [], r"beams_nobmaj\.fits: the BEAMS table has no BMAJ"),
+        "card_max_scale_negative": (card("maxscale.fits", "PROTOLIB MAX_SCALE", -5.0), [],
+                                    r"maxscale\.fits: the card PROTOLIB MAX_SCALE: the maximum recoverable scale must be 0"),
+        "card_not_a_number": (card("cardtext.fits", "PROTOLIB TRUE STELLAR_MASS", "heavy"), [],
+                              r"cardtext\.fits: the header card PROTOLIB TRUE STELLAR_MASS = 'heavy' is not a finite number"),
+        "table_only": (tables, [], r"table_only\.fits: no image data \(it holds only table"),
+        "too_large_for_memory": (huge, [], r"huge\.fits: the image is 300000 x 300000 (x 1 )*values .* needs about .* GB"),
+    }
+
+
+def _fourth_round_models(b: Path, model: Path) -> dict:
+    """id -> (checkpoint, message): checkpoints whose values would not pass the options that set them."""
+    import torch
+
+    good = torch.load(model, weights_only=True)
+
+    def variant(name, change):
+        data = {**good, "preprocessing": dict(good["preprocessing"]), "normaliser": dict(good["normaliser"])}
+        change(data)
+        path = b / "inputs" / name
+        torch.save(data, path)
+        return path
+
+    return {
+        "model_distance_zero": (variant("dist0.pt", lambda d: d["preprocessing"].update(distance_pc=0.0)),
+                                r"dist0\.pt: its image preprocessing .* distance_pc must be a positive number"),
+        "model_pixels_per_beam_negative": (variant("ppb.pt", lambda d: d["preprocessing"].update(pixels_per_beam=-3.0)),
+                                           r"ppb\.pt: its image preprocessing .* pixels_per_beam must be a positive"),
+        "model_zero_spread": (variant("spread0.pt", lambda d: d["normaliser"].update(spread=[0.0] * len(d["normaliser"]["spread"]))),
+                              r"spread0\.pt: its parameter normaliser .* spread positive"),
+        "model_missing_part": (variant("nonorm.pt", lambda d: d.pop("normaliser")), r"nonorm\.pt lacks normaliser"),
+        "model_is_a_bank": (b / "bank.h5", r"bank\.h5 is an HDF5 file \(a bank\?\), not a protolib checkpoint"),
+    }
+
+
+def _fourth_round_settings(b: Path, bank: Path, model: Path, out: Path) -> dict[str, Case]:
+    """Options and configuration values that reached a traceback or said the wrong thing."""
+    train = ["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--quiet", "--epochs", "1"]
+    simulate = ["simulate", "--config", "tiny", "--systems", "2", "--projections", "2"]
+    match = ["match", "--model", str(model), "--bank", str(bank), "--target-system", "1"]
+    binary = b / "inputs" / "binary.yaml"
+    binary.write_bytes(bytes(range(256)) * 4)
+    unknown = _bank_variant(b, "unknown_key.h5", lambda f: f.attrs.__setitem__(
+        "simulator_config", json.dumps({**json.loads(f.attrs["simulator_config"]), "warp_factor": 9})))
+    one = b / "inputs" / "one_system.h5"
+    assert main([*simulate[:3], "--systems", "1", "--projections", "2", "--out", str(one)]) == 0
+    thesis = _thesis_folder(b, "three", lambda f, name: f.create_dataset(name, data=np.ones((32, 32), "f4")))
+    for k in (1, 2):
+        shutil.copy(thesis / "snap.h5", thesis / f"snap{k}.h5")
+    imported = b / "inputs" / "thesis.h5"
+    assert main(["import-thesis", str(thesis), "--projections", "2", "--out", str(imported)]) == 0
+    no_sbi = b / "inputs" / "no_sbi" / "sbi"
+    no_sbi.mkdir(parents=True, exist_ok=True)
+    (no_sbi / "__init__.py").write_text("raise ImportError('sbi is not installed (as the test pretends)')\n")
+    path = os.pathsep.join([str(no_sbi.parent), os.environ.get("PYTHONPATH", "")])
+    settings = {
+        "set_yaml_syntax_error": ([*train, "--set", "autoencoder.training.patience=[1"], r"--set .*the value is not valid YAML"),
+        "set_python_tag": ([*train, "--set", "autoencoder.training.patience=!!python/object/apply:os.system ['true']"],
+                           r"not valid YAML.*tags such as !!python"),
+        "set_exponent_is_a_number": ([*train, "--set", "autoencoder.training.learning_rate=-1e6"],
+                                     r"learning rate must be a number >= 0, got -1000000"),
+        "config_is_binary": ([*train, "--config", str(binary)], r"binary\.yaml is not a text file"),
+        "threads_negative": ([*train, "--threads", "-2"], r"num_threads \(--threads\) must be a whole number >= 1"),
+        "seed_huge": ([*train, "--seed", str(2**70)], r"invalid seed \d+: give a whole number >= 0 \(and at most 2\*\*63 - 1\)"),
+        "prior_inverted": ([*simulate, "--set", "prior.stellar_mass_msun=[2, 1]"], r"prior\.stellar_mass_msun must be a range \[low, high\]"),
+        "fov_tiny": ([*simulate, "--fov", "1e-9"], r"beam .* is wider than the simulator's field of view"),
+        "scheduler_not_an_address": ([*simulate, "--scheduler", "not a url"], r"--scheduler 'not a url' is not a Dask scheduler address"),
+        "threshold_above_one": ([*match, "--top-k", "0", "--threshold", "2"], r"--threshold must be a similarity between -1 and 1 .*got 2"),
+        "threshold_nan": ([*match, "--threshold", "nan"], r"--threshold must be a similarity between -1 and 1 .*got nan"),
+        "one_system_bank": (["match", "--model", str(model), "--bank", str(one), "--target-system", "0"], r"one_system\.h5 has one system"),
+        "bank_unknown_simulator_key": (["match", "--model", str(model), "--bank", str(unknown), "--target-system", "1"],
+                                       r"unknown_key\.h5: the bank's simulator_config: unknown setting\(s\) \['warp_factor'\]"),
+    }
+    cases = {name: Case([*argv, "--out", str(out / f"s4_{name}")], message, [out / f"s4_{name}"]) for name, (argv, message) in settings.items()}
+    cases["evaluate_npe_without_sbi"] = Case(["evaluate", "--config", "tiny", "--model", str(model), "--bank", str(bank), "--methods", "npe",
+                                              "--out", str(out / "e_npe")], r"--methods npe needs the sbi package", [out / "e_npe"],
+                                             env={"PYTHONPATH": path})
+    for name, change in {"hot_pixel": _hot_pixel, "blank_peak": _blank_peak}.items():
+        cases[f"observe_{name}"] = Case(["observe", str(_fits_variant(b, f"{name}.fits", lambda d, h: change(d))), "--distance", "140",
+                                         "--bank", str(bank), "--out", str(out / f"{name}_prepared.fits")], code=0)
+    cases["match_imported_thesis_bank"] = Case(["match", "--model", str(model), "--bank", str(imported), "--target-system", "0", "--out",
+                                                str(out / "m_thesis")], code=0)
+    return cases
+
+
+def _hot_pixel(data):
+    """One pixel, far from the source, ten times brighter than the source's peak (a glitch, a cosmic ray)."""
+    data = data.copy()
+    data[..., 10, 10] = 10 * np.nanmax(data)
+    return data
+
+
+def _blank_peak(data):
+    """The 3 x 3 pixels on the source's peak blanked (NaN)."""
+    data = data.copy()
+    row, col = np.unravel_index(int(np.nanargmax(data[0, 0])), data.shape[-2:])
+    data[..., row - 1 : row + 2, col - 1 : col + 2] = np.nan
+    return data
+
+
 def _nan_card(path: Path) -> Path:
     """The file with its card of value 123456.0 made NaN (astropy writes no NaN cards; other software does)."""
     content = path.read_bytes()
@@ -419,12 +576,12 @@ def _pickle_payload(marker: Path) -> bytes:
     return pickle.dumps({"kind": "siamese", "model_state": Payload()})
 
 
-def _run(argv: list[str], limit_file_bytes: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def _run(argv: list[str], limit_file_bytes: int | None = None, timeout: float = 240, env: dict | None = None) -> subprocess.CompletedProcess:
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
 
-    return subprocess.run([*PROTOLIB, *argv], capture_output=True, text=True, env=ENV, timeout=timeout,
+    return subprocess.run([*PROTOLIB, *argv], capture_output=True, text=True, env={**ENV, **(env or {})}, timeout=timeout,
                           preexec_fn=limit if limit_file_bytes else None)
 
 
@@ -433,7 +590,7 @@ def results(base):
     cases = _cases(base)
     before = {name: {p: p.read_bytes() for p in case.intact} for name, case in cases.items()}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run, case.argv, case.limit_file_bytes) for name, case in cases.items()}
+        futures = {name: pool.submit(_run, case.argv, case.limit_file_bytes, 240, case.env) for name, case in cases.items()}
         done = {name: future.result() for name, future in futures.items()}
     return {name: (cases[name], done[name], before[name]) for name in cases}
 
@@ -466,6 +623,14 @@ def _error_lines(stderr: str) -> list[str]:
     "simulate_out_ends_with_a_slash", "config_name_is_a_path", "config_name_is_absolute",
     *(f"simulate_{n}_keeps_the_bank" for n in ["noise_negative", "noise_nan", "distance_zero", "beam_negative", "seed_huge",
                                                "nan_images"]),
+    *(f"observe_{n}" for n in ["bunit_ambiguous_capitals", "bunit_per_second", "beams_table_nan", "beams_table_negative",
+                               "beams_table_no_bmaj", "card_max_scale_negative", "card_not_a_number", "table_only",
+                               "too_large_for_memory", "prepared_again"]),
+    "match_prepared_with_options", "match_mask_blanks_everything", "match_all_zero_target",
+    *(f"match_model_{n}" for n in ["distance_zero", "pixels_per_beam_negative", "zero_spread", "missing_part", "is_a_bank"]),
+    "set_yaml_syntax_error", "set_python_tag", "set_exponent_is_a_number", "config_is_binary", "threads_negative", "seed_huge",
+    "prior_inverted", "fov_tiny", "scheduler_not_an_address", "threshold_above_one", "threshold_nan", "one_system_bank",
+    "bank_unknown_simulator_key", "evaluate_npe_without_sbi",
 ])
 def test_refused_with_one_line_and_no_partial_output(name, results):
     case, done, before = results[name]
@@ -503,7 +668,7 @@ def test_a_command_never_deletes_another_commands_products(base, tmp_path):
                      "--out", str(shared)])
     assert evaluate.returncode == 2 and "Traceback" not in evaluate.stderr, evaluate.stderr[-2000:]
     assert _error_lines(evaluate.stderr) == [f"protolib evaluate: error: {shared} holds the products of `protolib match` (corner.png, "
-                                             "gallery.png, matches.csv, report.json, ...); give `protolib evaluate` a folder of its own "
+                                             "gallery.png, matches.csv, observing_draws.csv, ...); give `protolib evaluate` a folder of its own "
                                              "(--out), or remove those products first."]
     assert products() == before and not any(shared.glob(".staging-*"))
     again = _run(_match_argv(base, shared))  # the same command still replaces its own products
@@ -531,6 +696,28 @@ def test_a_zero_blanked_border_is_not_taken_for_noise(results, base):
     noise = fits.getheader(base / "outputs" / "border_prepared.fits")["PROTOLIB NOISE_RMS"]
     assert 3e-5 < noise < 1e-4  # about simulate-observation's 5e-5 Jy/beam, not ~1e-19 from the zeros
     assert "zero-valued blanking" in done.stdout
+
+
+def test_a_hot_pixel_never_takes_the_centre_and_blanks_on_the_source_are_said(results, base):
+    good = fits.getheader(base / "obs.fits")
+    hot, blank = results["observe_hot_pixel"][1], results["observe_blank_peak"][1]
+    assert hot.returncode == 0 and blank.returncode == 0, hot.stderr[-2000:] + blank.stderr[-2000:]
+    prepared = fits.getheader(base / "outputs" / "hot_pixel_prepared.fits")
+    assert abs(prepared["CRVAL1"] - good["CRVAL1"]) * 3600 < 0.2 and abs(prepared["CRVAL2"] - good["CRVAL2"]) * 3600 < 0.2
+    assert re.search(r"hot_pixel\.fits: 1 single-pixel spike\(s\) brighter than the source .* \(pixel x=10, y=10\)", hot.stderr)
+    assert "1 compact source(s)" in hot.stdout  # the hot pixel is no companion
+    assert re.search(r"blank_peak\.fits: 9 of the \d+ pixels within a beam FWHM of the source centre are blanked", blank.stderr)
+
+
+def test_a_prepared_file_is_matched_as_it_is_and_an_imported_bank_can_be_matched(results, base):
+    for name in ("match_prepared_as_it_is", "match_imported_thesis_bank"):
+        done = results[name][1]
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    report = json.loads((base / "outputs" / "m_prep" / "report.json").read_text())
+    header = fits.getheader(base / "inputs" / "prepared.fits")
+    preparation = report["inputs"]["target"]["preparation"]
+    assert preparation["beam_arcsec_at_bank_distance"][0] == pytest.approx(header["BMAJ"] * 3600, rel=1e-6)  # not widened again
+    assert preparation["noise_rms_jy_beam"] == pytest.approx(header["PROTOLIB NOISE_RMS"], rel=1e-6)  # nor scaled again
 
 
 def test_a_galactic_map_is_read_and_its_coordinates_named_as_such(results):

@@ -31,6 +31,7 @@ from protolib.observation import (
     sky_grid_wcs,
     write_observation_fits,
 )
+from protolib.observation.fits import is_spike, parse_brightness_unit, source_peak
 from protolib.runtime import ProtolibInputError
 from protolib.simulator import SimulatorConfig, render
 
@@ -209,6 +210,32 @@ def test_centre_on_the_peak_by_default_or_on_a_given_coordinate(tmp_path):
     for prepared in (bright, faint):  # the chosen source sits at the middle of the prepared image
         middle = prepared.image_jy_beam[15:17, 15:17].max()
         assert middle == prepared.image_jy_beam[11:21, 11:21].max()
+
+
+@pytest.mark.parametrize("bunit, kind, to_jy", [("Jy/beam", "beam", 1.0), ("JY/BEAM", "beam", 1.0), ("mJy/beam", "beam", 1e-3),
+                                              ("MJy/beam", "beam", 1e6), ("Jy beam-1", "beam", 1.0), ("uJy/beam", "beam", 1e-6),
+                                              ("Jy/pixel", "pixel", 1.0), ("JY/PIXEL", "pixel", 1.0)])
+def test_brightness_units_are_read_case_sensitively(bunit, kind, to_jy):
+    """MJy/beam is mega-jansky (it was read as milli); CASA's capitals are read where they are not ambiguous."""
+    assert parse_brightness_unit(bunit, "map.fits") == (kind, pytest.approx(to_jy))
+
+
+@pytest.mark.parametrize("bunit", ["MJY/BEAM", "mjy/beam", "K", "Jy", "MJy/sr", "Jy/beam/beam"])
+def test_brightness_units_that_are_not_flux_per_beam_or_pixel_or_are_ambiguous_are_refused(bunit):
+    with pytest.raises(ProtolibInputError, match=r"map\.fits: BUNIT = .* (is ambiguous|is not a unit protolib reads)"):
+        parse_brightness_unit(bunit, "map.fits")
+
+
+def test_a_single_hot_pixel_is_passed_over_when_centring_but_an_extended_peak_is_not(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.0, 1.0, (64, 64))
+    rows, cols = np.mgrid[0:64, 0:64]
+    image += 50.0 * np.exp(-4 * math.log(2) * ((rows - 40) ** 2 + (cols - 30) ** 2) / 3.0**2)  # a source, 3 pixels FWHM
+    image[5, 50] = 5000.0
+    row, col, spikes = source_peak(image, 3.0)
+    assert (row, col) == (40, 30) and spikes == [(5, 50)]
+    assert not is_spike(image, 40, 30, 3.0) and is_spike(image, 5, 50, 3.0)
+    assert not is_spike(image, 5, 50, 1.2)  # an undersampled beam cannot tell a point source from a spike
 
 
 def test_sharper_observation_is_smoothed_to_a_beam_the_bank_can_match(tmp_path):

@@ -57,12 +57,14 @@ def output_file(example_suffix: str):
 
 def seed_argument(text: str) -> int:
     """A random seed: a whole number >= 0 (numpy's generators take no negative seeds)."""
+    from ..runtime import MAX_SEED
+
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give a whole number >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {value}: give a whole number >= 0")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: give a whole number >= 0 (and at most 2**63 - 1)")
     return value
 
 
@@ -83,7 +85,7 @@ def add_config_options(p) -> None:
 
 def parse_set(items: list[str] | None) -> dict:
     """``["autoencoder.model.latent_size=16", ...]`` as a nested dict (values read as YAML)."""
-    import yaml
+    from ..runtime import load_yaml
 
     result: dict = {}
     for item in items or []:
@@ -96,7 +98,7 @@ def parse_set(items: list[str] | None) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ProtolibInputError(f"--set {item!r}: {part} is a setting, not a section.")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = load_yaml(value, f"--set {item!r}: the value")
     return result
 
 

@@ -135,14 +135,9 @@ def _dask_client(address: str | None):
     """A client of the Dask scheduler at ``address`` (``None`` without one)."""
     if not address:
         return None
-    try:
-        from dask.distributed import Client
-    except ImportError:
-        raise ProtolibInputError("--scheduler needs Dask: pip install 'protolib[cluster]'.") from None
-    try:
-        return Client(address, timeout="30s")
-    except OSError as error:
-        raise ProtolibInputError(f"Could not reach the Dask scheduler at {address} ({error}); is it running?") from None
+    from ..cluster import connect_scheduler
+
+    return connect_scheduler(address)
 
 
 def _tune(args) -> None:

@@ -63,11 +63,17 @@ def prepare_observation_target(
         ProtolibInputError: the file is missing, the distance is not given, or the image cannot be
             prepared onto the bank's grid.
     """
-    from ..observation import prepare_observation
+    from ..observation import prepare_observation, prepared_file
 
     path = Path(path)
     if not path.exists():
         raise ProtolibInputError(f"Target file {path} does not exist.")
+    if prepared_file(path):  # written by `protolib observe`: used as it is, never prepared twice
+        given = sorted(PREPARATION_OPTIONS.get(name, name) for name, value in options.items() if value is not None)
+        if given:
+            raise ProtolibInputError(f"{path} was prepared already by `protolib observe`; {', '.join(given)} cannot be applied to it "
+                                     "again. Give them to `protolib observe` with the original observation, or match this file without them.")
+        return read_observation_target(path, bank, noise_seed=noise_seed, distance_pc=distance_pc)
     if distance_pc is None or not distance_pc > 0:
         raise ProtolibInputError(f"Matching the observation {path} needs its distance in pc (e.g. --distance 140).")
     prepared = prepare_observation(path, bank, distance_pc, **options)
@@ -77,26 +83,45 @@ def prepare_observation_target(
     return _observation_target(prepared, bank, noise_seed)
 
 
-def read_observation_target(path: str | Path, bank: Bank, *, noise_seed: int = 0) -> ObservationTarget:
+def read_observation_target(path: str | Path, bank: Bank, *, noise_seed: int = 0, distance_pc: float | None = None) -> ObservationTarget:
     """An observation already prepared onto ``bank``'s grid (``protolib observe --out``), ready for matching.
 
+    ``distance_pc``, when given, must be the distance it was prepared at.
+
     Raises:
-        ProtolibInputError: the file is missing, is not a prepared observation, or was prepared for
-            another grid (image size or pixel size) than the bank's.
+        ProtolibInputError: the file is missing, is not a prepared observation, was prepared for
+            another setup (grid, distance, beam or frequency) than the bank's, or at another distance.
     """
-    from ..observation import read_prepared_observation
+    from ..observation import BankGrid, read_prepared_observation
 
     path = Path(path)
     if not path.exists():
         raise ProtolibInputError(f"Observation file {path} does not exist. Prepare one with `protolib observe OBS.fits --out {path}`.")
     prepared = read_prepared_observation(path)
-    grid = prepared.grid
-    if grid.image_size != bank.image_size or not math.isclose(grid.pixel_size_au, bank.pixel_size_au, rel_tol=1e-4):
-        raise ProtolibInputError(
-            f"{path} was prepared for {grid.image_size}x{grid.image_size} px of {grid.pixel_size_au:.3g} au but bank {bank.path} has "
-            f"{bank.image_size}x{bank.image_size} px of {bank.pixel_size_au:.3g} au; prepare it again with `protolib observe --bank {bank.path}`."
-        )
+    if distance_pc is not None and not math.isclose(float(distance_pc), prepared.distance_pc, rel_tol=1e-6):
+        raise ProtolibInputError(f"{path} was prepared for a source at {prepared.distance_pc:g} pc, not {distance_pc:g} pc; prepare the "
+                                 "original observation again with `protolib observe --distance`, or leave --distance out.")
+    _check_same_setup(path, prepared.grid, BankGrid.from_bank(bank), bank.path)
     return _observation_target(prepared, bank, noise_seed)
+
+
+def _check_same_setup(path: Path, prepared, bank_grid, bank_path) -> None:
+    """Refuse a prepared observation whose grid (``prepared``, from its cards) is not ``bank_grid``: image and pixel
+    size, the bank's distance, beam and frequency."""
+    def beam(grid):
+        return (grid.beam.major_arcsec, grid.beam.minor_arcsec) if grid.beam is not None else (0.0, 0.0)
+
+    pairs = {"image size [px]": (prepared.image_size, bank_grid.image_size), "pixel size [au]": (prepared.pixel_size_au, bank_grid.pixel_size_au),
+             "distance [pc]": (prepared.distance_pc, bank_grid.distance_pc), "frequency [GHz]": (prepared.frequency_ghz, bank_grid.frequency_ghz),
+             "beam major axis [arcsec]": (beam(prepared)[0], beam(bank_grid)[0]), "beam minor axis [arcsec]": (beam(prepared)[1], beam(bank_grid)[1])}
+    differ = [f"{name} {a:.4g} against {b:.4g}" for name, (a, b) in pairs.items() if not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9)]
+    if differ:
+        raise ProtolibInputError(f"{path} was prepared for another bank than {bank_path} ({'; '.join(differ)}); prepare the original "
+                                 f"observation again with `protolib observe --bank {bank_path}`.")
+
+
+PREPARATION_OPTIONS = {"centre": "--centre", "beam": "--beam", "noise_rms_jy_beam": "--noise", "frequency_ghz": "--frequency",
+                       "spectral_index": "--spectral-index", "max_scale_arcsec": "--max-scale", "mask_radius_arcsec": "--mask-radius"}
 
 
 class ObservationTransform:

@@ -39,6 +39,7 @@ from .fits import (
     MIN_IMAGE_PIXELS,
     Observation,
     blank_zero_regions,
+    is_prepared,
     plain_icrs,
     read_observation,
     refine_peak,
@@ -55,7 +56,7 @@ from .prepare import (
     frequency_scale,
     prepare_observation,
 )
-from .prepared import PreparedObservation, read_prepared_observation
+from .prepared import PreparedObservation, prepared_file, read_prepared_observation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
 from .resolution import ResolutionMatch, common_beam_covariance, convolve_gaussian
 from .synthetic import write_observation_fits
@@ -92,5 +93,8 @@ __all__ = [
     "MAX_FREQUENCY_RATIO",
     "DETECTION_SIGMA",
     "MAX_SCALE_LIMIT_ARCSEC",
+    "is_prepared",
+    "prepared_file",
+    "refuse_empty_target",
     "MAX_SCALE_BEAMS",
 ]

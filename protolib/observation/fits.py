@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -32,16 +33,28 @@ __all__ = [
     "read_observation",
     "blank_zero_regions",
     "refine_peak",
+    "is_spike",
+    "source_peak",
     "plain_icrs",
     "true_parameters_from_header",
     "DEG_ARCSEC",
     "MIN_IMAGE_PIXELS",
+    "parse_brightness_unit",
     "TRUE_CARD",
+    "PREPARED_CARD",
+    "MAX_SCALE_LIMIT_ARCSEC",
+    "card_number",
+    "checked_max_scale",
+    "is_prepared",
+    "available_memory_bytes",
+    "IMAGE_WORKING_COPIES",
 ]
 
 DEG_ARCSEC = 3600.0
 MIN_IMAGE_PIXELS = 16  # an image smaller than this (per side) holds too little to centre, measure the noise and resample
 TRUE_CARD = "PROTOLIB TRUE "  # header cards holding the true parameters of a synthetic observation
+PREPARED_CARD = "PROTOLIB PREPARED"  # the card that marks an image written by ``protolib observe``
+MAX_SCALE_LIMIT_ARCSEC = 3600.0  # a "maximum recoverable scale" beyond a degree is a mistake (0 means no filtering)
 
 
 @dataclass
@@ -83,12 +96,83 @@ class Observation:
         scales = proj_plane_pixel_scales(self.wcs) * DEG_ARCSEC
         return float(math.sqrt(scales[0] * scales[1]))
 
+    @property
+    def beam_fwhm_pixels(self) -> float:
+        """The beam's FWHM in pixels (geometric mean of its axes)."""
+        return math.sqrt(self.beam.major_arcsec * self.beam.minor_arcsec) / self.pixel_scale_arcsec
+
+    def source_peak(self) -> tuple[int, int, list[tuple[int, int]]]:
+        """``(row, column)`` of the brightest pixel that is not a single-pixel spike, and the spikes passed over
+        (:func:`source_peak`); kept until the image or the beam changes."""
+        key = (id(self.image_jy_beam), self.image_jy_beam.shape, self.beam_fwhm_pixels)
+        cached = self.__dict__.get("_source_peak")
+        if cached is None or cached[0] != key:
+            cached = (key, source_peak(self.image_jy_beam, self.beam_fwhm_pixels))
+            self.__dict__["_source_peak"] = cached
+        return cached[1]
+
     def peak_coordinate(self) -> SkyCoord:
-        """Sky position of the brightest pixel, refined by a 2-D quadratic fit to the log of its 3 x 3
-        neighbourhood (exact for a Gaussian peak of any orientation)."""
+        """Sky position of the brightest pixel that is extended over the beam (a single hot pixel is passed
+        over, :func:`source_peak`), refined by a 2-D quadratic fit to the log of its 3 x 3 neighbourhood
+        (exact for a Gaussian peak of any orientation)."""
+        row, col, _ = self.source_peak()
         data = np.where(np.isfinite(self.image_jy_beam), self.image_jy_beam, -np.inf)
-        row, col = np.unravel_index(int(np.argmax(data)), data.shape)
         return self.wcs.pixel_to_world(*refine_peak(data, row, col))
+
+
+SPIKE_FRACTION = 0.15  # a pixel whose beam-weighted surroundings hold less than this fraction of it is a spike
+SPIKE_MIN_FWHM_PIXELS = 1.7  # below this beam FWHM [pixels], a real point source looks like a spike: no test
+
+
+def is_spike(image: np.ndarray, row: int, col: int, fwhm_pixels: float) -> bool:
+    """Whether pixel (row, col) of ``image`` is a single-pixel spike (a hot pixel, a cosmic ray, a glitch).
+
+    Everything an interferometer images is seen through its beam, so real emission is extended over
+    it: the beam-weighted mean of a real peak's neighbours (the pixel itself left out) is 30-50% of its
+    value for a beam of 1.7 pixels or more. A pixel whose neighbours hold under :data:`SPIKE_FRACTION`
+    of it is not sky emission. Maps whose beam spans under :data:`SPIKE_MIN_FWHM_PIXELS` pixels cannot
+    tell them apart: nothing is a spike there.
+    """
+    value = image[row, col]
+    if fwhm_pixels < SPIKE_MIN_FWHM_PIXELS or not (np.isfinite(value) and value > 0):
+        return False
+    half = int(math.ceil(1.5 * fwhm_pixels))
+    r0, c0 = max(0, row - half), max(0, col - half)
+    patch = image[r0 : row + half + 1, c0 : col + half + 1]
+    dy, dx = np.mgrid[r0 - row : r0 - row + patch.shape[0], c0 - col : c0 - col + patch.shape[1]]
+    weight = np.exp(-4.0 * math.log(2.0) * (dx**2 + dy**2) / fwhm_pixels**2)
+    weight[(dy == 0) & (dx == 0)] = 0.0
+    weight = np.where(np.isfinite(patch), weight, 0.0)
+    if weight.sum() <= 0:
+        return True
+    around = float(np.sum(weight * np.where(np.isfinite(patch), patch, 0.0)) / weight.sum())
+    return around < SPIKE_FRACTION * float(value)
+
+
+def source_peak(image: np.ndarray, fwhm_pixels: float, candidates: int = 64, rounds: int = 8) -> tuple[int, int, list[tuple[int, int]]]:
+    """``(row, column)`` of the brightest pixel of ``image`` that is not a spike (:func:`is_spike`), and the
+    spikes, brightest first, that were brighter.
+
+    The ``candidates`` brightest pixels are tested, then the next ones, for at most ``rounds`` rounds;
+    when every one is a spike the brightest pixel is returned. Only a few hundred pixels are looked
+    at closely, so a map of any size costs one pass.
+    """
+    data = np.where(np.isfinite(image), image, -np.inf).ravel()
+    first = int(np.argmax(data))
+    spikes: list[tuple[int, int]] = []
+    for _ in range(rounds):
+        k = min(candidates, data.size)
+        top = np.argpartition(-data, k - 1)[:k]
+        for index in top[np.argsort(-data[top], kind="stable")]:
+            if not np.isfinite(data[index]):  # no pixel left but spikes
+                break
+            row, col = (int(v) for v in np.unravel_index(int(index), image.shape))
+            if not is_spike(image, row, col, fwhm_pixels):
+                return row, col, spikes
+            spikes.append((row, col))
+        data[top] = -np.inf
+    row, col = (int(v) for v in np.unravel_index(first, image.shape))
+    return row, col, spikes
 
 
 def refine_peak(data: np.ndarray, row: int, col: int) -> tuple[float, float]:
@@ -119,30 +203,89 @@ def plain_icrs(coordinate: SkyCoord) -> SkyCoord:
     return SkyCoord(icrs.ra, icrs.dec, frame="icrs")
 
 
-def true_parameters_from_header(header: fits.Header) -> dict[str, float]:
-    """The true parameters a synthetic observation declares (``PROTOLIB TRUE <NAME>`` cards), by lower-case name."""
-    return {key[len(TRUE_CARD) :].lower(): float(value) for key, value in header.items() if key.startswith(TRUE_CARD)}
+def true_parameters_from_header(header: fits.Header, path: str | Path = "") -> dict[str, float]:
+    """The true parameters a synthetic observation declares (``PROTOLIB TRUE <NAME>`` cards), by lower-case name;
+    a card that is not a finite number is refused, naming ``path``."""
+    return {key[len(TRUE_CARD) :].lower(): card_number(header, key, path) for key in header if key.startswith(TRUE_CARD)}
+
+
+def card_number(header: fits.Header, key: str, path: str | Path = "", default: float | None = None) -> float | None:
+    """The header card ``key`` as a finite number (``default`` when the card is absent); any other value is
+    refused in one line naming ``path`` and the card."""
+    if key not in header:
+        return default
+    value = header[key]
+    try:
+        number = float(value) if not isinstance(value, str) else float(value.strip())
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise ProtolibInputError(f"{path}: the header card {key} = {value!r} is not a finite number; fix the card or remove it.")
+    return number
+
+
+def checked_max_scale(value: float, beam_major_arcsec: float, where: str) -> float | None:
+    """A maximum recoverable scale [arcsec] checked the same way wherever it comes from (``--max-scale`` or a
+    file's ``PROTOLIB MAX_SCALE`` card, named in ``where``): 0 means no filtering (``None``); otherwise it must
+    lie between the beam's major axis and :data:`MAX_SCALE_LIMIT_ARCSEC`."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ProtolibInputError(f"{where}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {value:g}.")
+    if value and not beam_major_arcsec <= value <= MAX_SCALE_LIMIT_ARCSEC:
+        raise ProtolibInputError(
+            f"{where}: a maximum recoverable scale of {value:g}\" is "
+            + (f"smaller than the beam ({beam_major_arcsec:.3g}\"): nothing would be left" if value < beam_major_arcsec else
+               f"beyond {MAX_SCALE_LIMIT_ARCSEC:g}\" (give 0 for no filtering)") + ".")
+    return float(value) or None
+
+
+def is_prepared(header: fits.Header) -> bool:
+    """Whether ``header`` is that of an image written by ``protolib observe`` (already on a bank's grid)."""
+    return PREPARED_CARD in header or "PROTOLIB DIST_BNK" in header
 
 
 # ---------------------------------------------------------------------------------------------
 # The header's cards and axes.
 
-_JY_BEAM = re.compile(r"^(m|u|µ)?jy(/beam|/bm|beam-1|/beam_area|/bea)$")
-_JY_PIXEL = re.compile(r"^(m|u|µ)?jy(/pixel|/pix|pixel-1|pix-1|/px)$")
-_PREFIX = {None: 1.0, "m": 1e-3, "u": 1e-6, "µ": 1e-6}
+_FLUX_PREFIXES = {"": "", "u": "u", "µ": "u", "n": "n", "k": "k"}  # prefixes of JY or jy that are not ambiguous
+_PER_BEAM, _PER_PIXEL = u.Jy / u.beam, u.Jy / u.pix
 
 
-def _parse_bunit(bunit: str | None, path: Path) -> tuple[str, float]:
-    """``("beam" | "pixel", factor to Jy)`` from a BUNIT string."""
-    text = (bunit or "").strip().lower().replace(" ", "").replace("**", "").replace("^", "")
-    text = text.replace("/beam-1", "beam-1")
-    for kind, pattern in (("beam", _JY_BEAM), ("pixel", _JY_PIXEL)):
-        match = pattern.match(text)
-        if match:
-            return kind, _PREFIX[match.group(1)]
+def parse_brightness_unit(bunit: str, where: str) -> tuple[str, float]:
+    """``("beam" | "pixel", factor to Jy)`` from a BUNIT string, read by astropy, case-sensitively.
+
+    ``MJy/beam`` is mega-jansky and ``mJy/beam`` milli-jansky per beam. CASA and GILDAS write units in
+    capitals (``JY/BEAM``) and some pipelines in lower case (``jy/beam``); those are read too, unless a
+    prefix makes them ambiguous (``MJY/BEAM``: milli or mega?). ``bm``, ``BEAM``, ``pixel``, ``PIX`` are
+    read as ``beam`` and ``pix``. Anything that is not a flux density per beam or per pixel (K, MJy/sr,
+    Jy) is refused: ``where`` (the file) and the card are named, with how to fix it.
+    """
+    text = str(bunit).strip().replace("**", "").replace("^", "")
+    text = re.sub(r"(?i)/(beam|pixel|pix)-1$", r" \1-1", text)  # "Jy/beam-1": a common slip for Jy beam-1
+    text = re.sub(r"(?i)(?<=[/ .])(bm|beam_area|beam|bea)(?=(-1)?$)", "beam", text)
+    text = re.sub(r"(?i)(?<=[/ .])(pixel|pix|px)(?=(-1)?$)", "pix", text)
+    match = re.match(r"^([A-Za-zµ]?)(JY|jy)(?=[/ .]|$)", text)
+    if match:  # all capitals or all lower case: only an unambiguous prefix is read
+        prefix = match.group(1).lower()
+        if prefix == "m":
+            raise ProtolibInputError(
+                f"{where}: BUNIT = {bunit!r} is ambiguous: written in {'capitals' if match.group(2) == 'JY' else 'lower case'}, "
+                "its M may be milli- or mega-jansky; write BUNIT = 'mJy/beam' (milli) or 'MJy/beam' (mega).")
+        text = _FLUX_PREFIXES.get(prefix, match.group(1)) + "Jy" + text[match.end():]
+    unit = None
+    for form in ("fits", "generic"):
+        try:
+            unit = u.Unit(text, format=form)
+            break
+        except (ValueError, TypeError):
+            continue
+    for kind, per in (("beam", _PER_BEAM), ("pixel", _PER_PIXEL)):
+        if unit is not None and unit.is_equivalent(per):
+            factor = float(unit.to(per))
+            if math.isfinite(factor) and factor > 0:
+                return kind, factor
     raise ProtolibInputError(
-        f"{path}: BUNIT = {bunit!r} is not a unit protolib reads; it needs Jy/beam (or mJy/beam) or Jy/pixel. "
-        "Convert the image (e.g. from K) to Jy/beam first, or fix the BUNIT card."
+        f"{where}: BUNIT = {bunit!r} is not a unit protolib reads; it needs a flux density per beam (Jy/beam, mJy/beam...) or "
+        "per pixel (Jy/pixel). Convert the image (e.g. from K or MJy/sr) to Jy/beam first, or fix the BUNIT card."
     )
 
 
@@ -169,21 +312,93 @@ def _header_beam(header: fits.Header, hdul: fits.HDUList, path: Path | None = No
             raise ProtolibInputError(f"{path}: BPA = {header.get('BPA')!r} is not a position angle (degrees east of north); "
                                      "fix the header, or give the beam with --beam MAJ MIN PA.")
         return Beam(major, minor, angle)
-    if "BEAMS" in hdul and hdul["BEAMS"].data is not None and len(hdul["BEAMS"].data):
-        row = hdul["BEAMS"].data[0]
-        return Beam(float(row["BMAJ"]), float(row["BMIN"]), float(row["BPA"]))
+    if "BEAMS" in hdul:
+        return _table_beam(hdul["BEAMS"], path)
     return None
 
 
+def _table_beam(table, path: Path | None) -> Beam | None:
+    """The first beam of a CASA ``BEAMS`` table [arcsec, deg] (``None`` when it has no rows), refused when it
+    lacks the BMAJ, BMIN or BPA column or its axes are not positive numbers."""
+    try:
+        data = table.data
+        names = [name.upper() for name in (data.columns.names if data is not None else [])]
+        if data is None or not len(data):
+            return None
+        row = data[0]
+        values = {name: float(row[names.index(name)]) if name in names else None for name in ("BMAJ", "BMIN", "BPA")}
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as error:
+        raise ProtolibInputError(f"{path}: the BEAMS table cannot be read ({error}); fix it, or give the beam with --beam MAJ MIN PA "
+                                 "(arcsec, arcsec, deg).") from None
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise ProtolibInputError(f"{path}: the BEAMS table has no {', '.join(missing)} column; give the beam with --beam MAJ MIN PA "
+                                 "(arcsec, arcsec, deg), or add BMAJ, BMIN, BPA cards to the header.")
+    major, minor, angle = values["BMAJ"], values["BMIN"], values["BPA"]
+    if not (math.isfinite(major) and math.isfinite(minor) and major > 0 and minor > 0 and math.isfinite(angle)):
+        raise ProtolibInputError(f"{path}: the BEAMS table gives BMAJ = {major:g}, BMIN = {minor:g}, BPA = {angle:g}, not a beam "
+                                 "(FWHM axes in arcsec, both positive, and a finite angle); fix it, or give the beam with --beam MAJ MIN PA.")
+    return Beam(major, minor, angle)
+
+
 def _image_hdu(hdul: fits.HDUList, path: Path):
-    """The first HDU holding an image (an array of 2 or more axes)."""
+    """The first HDU holding an image (an array of 2 or more axes), checked to fit in memory before it is read."""
     for hdu in hdul:
-        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and hdu.data is not None and hdu.data.ndim >= 2:
-            return hdu
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and len(_image_shape(hdu.header)) >= 2:
+            _check_fits_in_memory(hdu.header, path)
+            if hdu.data is not None and hdu.data.ndim >= 2:
+                return hdu
+    tables = [hdu.name or f"HDU {k}" for k, hdu in enumerate(hdul) if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))]
+    held = f"it holds only table(s) ({', '.join(tables)})" if tables else "no HDU holds an array of 2 or more axes"
     raise ProtolibInputError(
-        f"{path}: no image data (no HDU holds an array of 2 or more axes). protolib needs a continuum image, "
-        "as exported by CASA exportfits or GILDAS."
+        f"{path}: no image data ({held}). protolib needs a continuum image, as exported by CASA exportfits or GILDAS."
     )
+
+
+def _image_shape(header: fits.Header) -> tuple[int, ...]:
+    """The image's axis lengths as the header declares them (``ZNAXISn`` for a compressed image), without reading it."""
+    prefix = "ZNAXIS" if "ZNAXIS" in header else "NAXIS"
+    try:
+        return tuple(int(header[f"{prefix}{k}"]) for k in range(1, int(header.get(prefix, 0)) + 1))
+    except (KeyError, TypeError, ValueError):
+        return ()
+
+
+def available_memory_bytes() -> int | None:
+    """The memory this machine can still give a process [bytes] (``MemAvailable``), ``None`` when it cannot be told."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+IMAGE_WORKING_COPIES = 6  # the image is held, as 8-byte numbers, about this many times while it is read and prepared
+
+
+def _check_fits_in_memory(header: fits.Header, path: Path) -> None:
+    """Refuse, before reading it, an image whose decompressed data would not fit in the memory left.
+
+    A compressed FITS file of a few MB can expand to many GB; the size is the product of its axes
+    (``NAXISn``, or ``ZNAXISn``) times the bytes per value (``BITPIX``/``ZBITPIX``), and reading and
+    preparing it holds it in double precision about :data:`IMAGE_WORKING_COPIES` times.
+    """
+    shape = _image_shape(header)
+    n_values = math.prod(shape)
+    bits = abs(int(header.get("ZBITPIX", header.get("BITPIX", 32)) or 32))
+    need = n_values * (bits // 8 + 8 * IMAGE_WORKING_COPIES)
+    free = available_memory_bytes()
+    if free is not None and need > free:
+        raise ProtolibInputError(
+            f"{path}: the image is {' x '.join(str(n) for n in shape)} values ({n_values * bits / 8 / 1e9:.3g} GB as stored, "
+            f"decompressed); reading and preparing it needs about {need / 1e9:.3g} GB, but only {free / 1e9:.3g} GB of memory is "
+            "free. Cut out the region about the source first (e.g. CASA imsubimage, or astropy's Cutout2D).")
 
 
 def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
@@ -347,6 +562,7 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
     with _open_fits(path) as hdul:
         hdu, data = _image_data(hdul, path)
         header = hdu.header.copy()
+        _refuse_prepared(header, path)
         full_wcs = _celestial_wcs(header, path)
         _warn_about_other_images(hdul, hdu, data, path)
         plane = _celestial_plane(data, full_wcs, path)
@@ -357,7 +573,9 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
     beam = _chosen_beam(beam, header_beam, path)
     wcs = full_wcs.celestial
     image, zero_fraction = _in_jy_beam(plane * to_jy, kind, wcs, beam, path)
-    max_scale = header.get("PROTOLIB MAX_SCALE")
+    max_scale = card_number(header, "PROTOLIB MAX_SCALE", path)
+    if max_scale is not None:
+        max_scale = checked_max_scale(max_scale, beam.major_arcsec, f"{path}: the card PROTOLIB MAX_SCALE") or 0.0
     return Observation(
         path=path,
         image_jy_beam=image,
@@ -368,9 +586,18 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
         frequency_ghz=frequency_ghz,
         frequency_source=frequency_source,
         blanked_zero_fraction=zero_fraction,
-        max_scale_arcsec=float(max_scale) if max_scale is not None else None,
-        true_parameters=true_parameters_from_header(header),
+        max_scale_arcsec=max_scale,
+        true_parameters=true_parameters_from_header(header, path),
     )
+
+
+def _refuse_prepared(header: fits.Header, path: Path) -> None:
+    """Refuse an image written by ``protolib observe``: preparing it again would scale its fluxes and widen its beam twice."""
+    if is_prepared(header):
+        raise ProtolibInputError(
+            f"{path}: this image was written by `protolib observe` (card {PREPARED_CARD}): it is already on a bank's grid, its "
+            "fluxes scaled and its beam widened; preparing it again would do both twice. Give the original observation, or "
+            f"match this file as it is with `protolib match --target {path}` (no --distance, --centre or --beam needed).")
 
 
 def _open_fits(path: Path) -> fits.HDUList:
@@ -395,6 +622,8 @@ def _image_data(hdul: fits.HDUList, path: Path) -> tuple[fits.PrimaryHDU | fits.
             warnings.filterwarnings("ignore", message="File may have been truncated")
             hdu = _image_hdu(hdul, path)
             data = hdu.data
+    except ProtolibInputError:
+        raise
     except (OSError, ValueError, TypeError) as error:
         raise ProtolibInputError(f"{path}: the file is truncated or damaged: its data do not fill the image the header "
                                  f"describes ({str(error)[:120]}). Export it again.") from None
@@ -452,14 +681,18 @@ def _finite_plane(plane: np.ndarray, path: Path) -> np.ndarray:
         plane = np.where(infinite, np.nan, plane)
         warnings.warn(f"{path}: {int(infinite.sum())} infinite pixel(s) (+inf or -inf) were blanked (read as NaN); they are "
                       "not data.", stacklevel=3)
-    if not np.isfinite(plane).any():
+    finite = plane[np.isfinite(plane)]
+    if not finite.size:
         raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
+    if float(finite.min()) == float(finite.max()):
+        raise ProtolibInputError(f"{path}: every pixel that is not blank holds the same value ({float(finite[0]):g}); there is no "
+                                 "image to prepare. Check that the right plane or extension was exported.")
     return plane
 
 
 def _brightness_unit(header: fits.Header, path: Path) -> tuple[str, float]:
     """``("beam" | "pixel", factor to Jy)`` from BUNIT; Jy/beam, with a warning, when the header has none."""
-    kind, to_jy = _parse_bunit(header.get("BUNIT"), path) if header.get("BUNIT") else ("beam", 1.0)
+    kind, to_jy = parse_brightness_unit(header.get("BUNIT"), str(path)) if header.get("BUNIT") else ("beam", 1.0)
     if not header.get("BUNIT"):
         warnings.warn(f"{path}: no BUNIT card; assuming Jy/beam.", stacklevel=3)
     return kind, to_jy

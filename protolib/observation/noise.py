@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,9 +20,9 @@ from astropy.stats import sigma_clipped_stats
 from scipy import ndimage
 
 from ..instrument import Beam, beam_noise, convolve_beam, gaussian_solid_angle_pixels
-from .fits import Observation, plain_icrs, refine_peak
+from .fits import Observation, is_spike, plain_icrs, refine_peak
 
-__all__ = ["estimate_noise_rms", "CompactSource", "find_compact_sources", "NOISE_BEAMS", "DETECTION_SIGMA"]
+__all__ = ["estimate_noise_rms", "CompactSource", "find_compact_sources", "NOISE_BEAMS", "DETECTION_SIGMA", "SOURCE_BOX"]
 
 NOISE_BEAMS = 300  # the noise is measured on the emission-free pixels nearest the source, this many beam areas of them
 DETECTION_SIGMA = 5.0  # compact sources are reported above this many times the local noise
@@ -172,6 +172,7 @@ def find_compact_sources(
         centre: offsets are measured from here.
         threshold_sigma: detection threshold in noise rms.
     """
+    observation = _about_centre(observation, centre)
     image = observation.image_jy_beam
     valid = np.isfinite(image)
     pixel = observation.pixel_scale_arcsec
@@ -186,11 +187,29 @@ def find_compact_sources(
     peaks = (residual > threshold_sigma * local) & (filled > threshold_sigma * noise_rms_jy_beam)
     sources = []
     for r, c in _separate_peaks(residual, filled, inside, peaks, observation.beam.major_arcsec, pixel):
+        if is_spike(image, r, c, observation.beam_fwhm_pixels):  # a hot pixel is no source
+            continue
         coordinate = observation.wcs.pixel_to_world(*refine_peak(np.where(valid, image, -np.inf), r, c))
         east, north = plain_icrs(centre).spherical_offsets_to(plain_icrs(coordinate))
         sources.append(CompactSource(coordinate, float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec)),
                                      float(image[r, c]), float(image[r, c] / noise_rms_jy_beam)))
     return sources
+
+
+SOURCE_BOX = 2048  # compact sources are looked for within this many pixels (per side) about the centre
+
+
+def _about_centre(observation: Observation, centre: SkyCoord) -> Observation:
+    """The observation cut to :data:`SOURCE_BOX` x :data:`SOURCE_BOX` pixels about ``centre`` (itself when smaller), its
+    WCS cut alike, so that a huge map costs no more than a large one."""
+    ny, nx = observation.image_jy_beam.shape
+    if max(ny, nx) <= SOURCE_BOX:
+        return observation
+    x, y = observation.wcs.world_to_pixel(centre)
+    row0 = int(np.clip(round(float(y)) - SOURCE_BOX // 2, 0, max(0, ny - SOURCE_BOX)))
+    col0 = int(np.clip(round(float(x)) - SOURCE_BOX // 2, 0, max(0, nx - SOURCE_BOX)))
+    rows, cols = slice(row0, row0 + SOURCE_BOX), slice(col0, col0 + SOURCE_BOX)
+    return replace(observation, image_jy_beam=observation.image_jy_beam[rows, cols], wcs=observation.wcs.slice((rows, cols)))
 
 
 def _local_noise(observation: Observation, residual: np.ndarray, inside: np.ndarray, floor: float) -> np.ndarray:

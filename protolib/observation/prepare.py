@@ -36,9 +36,9 @@ from astropy.coordinates import SkyCoord
 
 from ..instrument import Beam, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
 from ..runtime import ProtolibInputError, shown_path
-from .fits import Observation, plain_icrs, read_observation
+from .fits import MAX_SCALE_LIMIT_ARCSEC, Observation, checked_max_scale, plain_icrs, read_observation
 from .noise import DETECTION_SIGMA, CompactSource, estimate_noise_rms, find_compact_sources
-from .prepared import PreparedObservation
+from .prepared import PreparedObservation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
 from .resolution import common_beam_covariance
 
@@ -58,7 +58,6 @@ __all__ = [
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
 NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
 MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
-MAX_SCALE_LIMIT_ARCSEC = 3600.0  # a "maximum recoverable scale" beyond a degree is a mistake (0 means no filtering)
 MAX_SCALE_BEAMS = 10.0  # assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
 
 
@@ -107,18 +106,28 @@ def prepare_observation(
     max_scale, max_scale_source = _max_scale_setting(observation, max_scale_arcsec)
     sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
     _warn_about_sources(path, sources, distance_pc, grid.field_of_view_au, mask_radius_arcsec)
-    _warn_if_faint(observation, noise_rms_jy_beam)
+    _warn_about_spikes_and_blanks(observation, (x, y), noise_rms_jy_beam)
     resampled, coverage = _on_bank_grid(observation, grid, distance_pc, centre, mask_radius_arcsec)
     image, working, unit_factor, smoothed = _at_common_resolution(resampled, observation, grid, distance_pc)
+    working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
+    refuse_empty_target(image, coverage, working_beam, grid.pixel_arcsec, str(path), _empty_hint(observation, mask_radius_arcsec))
     flux_scale = (distance_pc / grid.distance_pc) ** 2 * frequency["frequency_factor"]
     return PreparedObservation(
         image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32), coverage=coverage.astype(np.float32),
-        beam=Beam.from_covariance_pixels(working, grid.pixel_arcsec), grid=grid, distance_pc=distance_pc, centre=centre,
+        beam=working_beam, grid=grid, distance_pc=distance_pc, centre=centre,
         noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
         observed_noise_rms_jy_beam=float(noise_rms_jy_beam), smoothed=smoothed, **_as_read(observation), **frequency,
         max_scale_arcsec=max_scale, max_scale_source=max_scale_source, mask_radius_arcsec=mask_radius_arcsec,
         sources=[source.to_dict(distance_pc) for source in sources],
     )
+
+
+def _empty_hint(observation: Observation, mask_radius_arcsec: float | None) -> str:
+    """What to change when nothing is left to match: the mask radius when one was given, else the centre."""
+    if mask_radius_arcsec:
+        return (f"--mask-radius {mask_radius_arcsec:g}\" blanks nearly everything; give a radius of a few beams (the beam is "
+                f"{observation.beam.major_arcsec:.3g}\").")
+    return "The map holds no emission about the centre: check the file, and --centre."
 
 
 def _as_observation(observation: Observation | str | Path, beam: Beam | None) -> Observation:
@@ -193,7 +202,8 @@ def measured_noise_rms(observation: Observation, x: float, y: float) -> float:
     source at (column ``x``, row ``y``); an image too clean to be an observation (a model) is refused."""
     box, box_centre = _noise_box(observation.image_jy_beam, x, y)
     noise_rms_jy_beam = estimate_noise_rms(box, observation.beam, observation.pixel_scale_arcsec, centre=box_centre)
-    _check_not_noiseless(observation.path, noise_rms_jy_beam, box)
+    row, col, _ = observation.source_peak()
+    _check_not_noiseless(observation.path, noise_rms_jy_beam, abs(float(observation.image_jy_beam[row, col])))
     return noise_rms_jy_beam
 
 
@@ -206,9 +216,10 @@ def _noise_box(image: np.ndarray, x, y) -> tuple[np.ndarray, tuple[float, float]
     return image[row0 : row0 + NOISE_BOX, col0 : col0 + NOISE_BOX], (float(x) - col0, float(y) - row0)
 
 
-def _check_not_noiseless(path: Path, noise_rms_jy_beam: float, box: np.ndarray) -> None:
-    """Refuse an estimated noise under a millionth of the peak: a model image, whose noise must be given."""
-    if not noise_rms_jy_beam > 1e-6 * float(np.nanmax(np.abs(box))):
+def _check_not_noiseless(path: Path, noise_rms_jy_beam: float, peak: float) -> None:
+    """Refuse an estimated noise under a millionth of the source's ``peak`` (single-pixel spikes left out): a
+    model image, whose noise must be given."""
+    if not noise_rms_jy_beam > 1e-6 * peak:
         raise ProtolibInputError(
             f"{path}: the image looks noiseless (estimated noise rms {noise_rms_jy_beam:.3g} Jy/beam, under a millionth of "
             "its peak), as a model image would be; give the noise rms of the observation it stands for with --noise.")
@@ -260,19 +271,13 @@ def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float,
 
 
 def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None) -> tuple[float | None, str]:
-    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from."""
+    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from; the value
+    given and the file's card are checked alike (:func:`~protolib.observation.fits.checked_max_scale`)."""
     if max_scale_arcsec is not None:
-        if not (math.isfinite(max_scale_arcsec) and max_scale_arcsec >= 0):
-            raise ProtolibInputError(f"{observation.path}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {max_scale_arcsec}.")
-        beam = observation.beam.major_arcsec
-        if max_scale_arcsec and not beam <= max_scale_arcsec <= MAX_SCALE_LIMIT_ARCSEC:
-            raise ProtolibInputError(
-                f"{observation.path}: a maximum recoverable scale of {max_scale_arcsec:g}\" is "
-                + (f"smaller than the beam ({beam:.3g}\"): nothing would be left" if max_scale_arcsec < beam else
-                   f"beyond {MAX_SCALE_LIMIT_ARCSEC:g}\" (give 0 for no filtering)") + ".")
-        return (float(max_scale_arcsec) or None), "given"
+        return checked_max_scale(float(max_scale_arcsec), observation.beam.major_arcsec, str(observation.path)), "given"
     if observation.max_scale_arcsec is not None:
-        return (observation.max_scale_arcsec or None), "file"
+        where = f"{observation.path}: the card PROTOLIB MAX_SCALE"
+        return checked_max_scale(observation.max_scale_arcsec, observation.beam.major_arcsec, where), "file"
     return MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)"
 
 
@@ -351,12 +356,41 @@ def _warn_if_bank_does_not_fit(observation: Observation, grid: BankGrid, distanc
 
 
 def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
-    """A warning when the brightest pixel is under 5 times the noise: no source, or a noise peak as centre."""
-    peak = float(np.nanmax(observation.image_jy_beam))
+    """A warning when the brightest pixel (single-pixel spikes left out) is under 5 times the noise: no source,
+    or a noise peak as centre."""
+    row, col, _ = observation.source_peak()
+    peak = float(observation.image_jy_beam[row, col])
     if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
         warnings.warn(
             f"{shown_path(observation.path)}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
             "undetected or the centre a noise peak. Give the source's position (--centre / centre=).", stacklevel=3)
+
+
+def _warn_about_spikes_and_blanks(observation: Observation, source: tuple[float, float], noise_rms_jy_beam: float) -> None:
+    """The warnings about the source: too faint (:func:`_warn_if_faint`), single-pixel spikes brighter than the source (passed over when centring, but matched as
+    data if they lie in the field), and one when blanked pixels lie within a beam of the source (their flux
+    is missing from the target, and the bank images are blanked alike)."""
+    _warn_if_faint(observation, noise_rms_jy_beam)
+    image, path = observation.image_jy_beam, observation.path
+    _, _, spikes = observation.source_peak()
+    if spikes:
+        row, col = spikes[0]
+        where = observation.wcs.pixel_to_world(col, row).to_string("hmsdms", precision=2)
+        warnings.warn(f"{path}: {len(spikes)} single-pixel spike(s) brighter than the source (not extended over the beam, so not sky "
+                      f"emission), the brightest {image[row, col] / noise_rms_jy_beam:.0f} times the noise at {where} (pixel x={col}, "
+                      f"y={row}); they were passed over when centring. Blank them (NaN) in the file if they lie near the source.", stacklevel=3)
+    fwhm = observation.beam_fwhm_pixels
+    x, y = (float(v) for v in source)
+    half = int(math.ceil(fwhm))
+    r0, c0 = max(0, int(round(y)) - half), max(0, int(round(x)) - half)
+    patch = image[r0 : int(round(y)) + half + 1, c0 : int(round(x)) + half + 1]
+    rows, cols = np.mgrid[r0 : r0 + patch.shape[0], c0 : c0 + patch.shape[1]]
+    near = np.hypot(rows - y, cols - x) <= fwhm
+    blanked = int(np.sum(near & ~np.isfinite(patch)))
+    if blanked:
+        warnings.warn(f"{path}: {blanked} of the {int(near.sum())} pixels within a beam FWHM of the source centre are blanked (NaN); "
+                      "the flux there is missing from the target (the bank images are blanked the same way when matched). Use a map "
+                      "without blanks on the source if there is one.", stacklevel=3)
 
 
 def _on_bank_grid(observation: Observation, grid: BankGrid, distance_pc: float, centre: SkyCoord,
@@ -386,10 +420,17 @@ def _on_bank_grid(observation: Observation, grid: BankGrid, distance_pc: float, 
 
 def _blank_beyond(observation: Observation, centre: SkyCoord, radius_arcsec: float) -> np.ndarray:
     """The observation's image with every pixel further than ``radius_arcsec`` from ``centre`` blanked (NaN)."""
-    ny, nx = observation.image_jy_beam.shape
-    rows, cols = np.mgrid[0:ny, 0:nx]
-    separation = observation.wcs.pixel_to_world(cols, rows).separation(centre).to_value(u.arcsec)
-    return np.where(separation <= radius_arcsec, observation.image_jy_beam, np.nan)
+    image = observation.image_jy_beam
+    x, y = (float(v) for v in observation.wcs.world_to_pixel(centre))
+    half = int(math.ceil(1.5 * radius_arcsec / observation.pixel_scale_arcsec)) + 2  # only pixels this near can be kept
+    r0, r1 = max(0, int(round(y)) - half), min(image.shape[0], int(round(y)) + half + 1)
+    c0, c1 = max(0, int(round(x)) - half), min(image.shape[1], int(round(x)) + half + 1)
+    kept = np.full(image.shape, np.nan)
+    if r0 < r1 and c0 < c1:
+        rows, cols = np.mgrid[r0:r1, c0:c1]
+        separation = observation.wcs.pixel_to_world(cols, rows).separation(centre).to_value(u.arcsec)
+        kept[r0:r1, c0:c1] = np.where(separation <= radius_arcsec, image[r0:r1, c0:c1], np.nan)
+    return kept
 
 
 def _at_common_resolution(resampled: np.ndarray, observation: Observation, grid: BankGrid,

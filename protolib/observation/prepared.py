@@ -21,11 +21,11 @@ from astropy.io.fits.verify import VerifyWarning
 from .. import __version__
 from ..instrument import Beam
 from ..runtime import ProtolibInputError, atomic_path
-from .fits import DEG_ARCSEC, Observation, true_parameters_from_header
+from .fits import DEG_ARCSEC, PREPARED_CARD, Observation, card_number, checked_max_scale, is_prepared, true_parameters_from_header
 from .regrid import BankGrid, sky_grid_wcs
 from .resolution import ResolutionMatch
 
-__all__ = ["PreparedObservation", "read_prepared_observation"]
+__all__ = ["PreparedObservation", "read_prepared_observation", "prepared_file", "refuse_empty_target", "MIN_TARGET_BEAMS"]
 
 
 @dataclass
@@ -138,6 +138,7 @@ class PreparedObservation:
         header["BPA"] = (self.beam.position_angle_deg, "[deg] east of north")
         header["OBJECT"] = self.object_name
         cards = {
+            PREPARED_CARD: (True, "made by protolib observe; never prepare again"),
             "PROTOLIB VERSION": (__version__, "software"),
             "PROTOLIB SOURCE": (Path(self.source_path).name, "observed file"),
             "PROTOLIB BANK": (Path(self.grid.name).name, "bank file"),
@@ -198,7 +199,12 @@ class PreparedObservation:
 
 
 def read_prepared_observation(path: str | Path) -> PreparedObservation:
-    """Read a file written by :meth:`PreparedObservation.write_fits` (``protolib observe --out``)."""
+    """Read a file written by :meth:`PreparedObservation.write_fits` (``protolib observe --out``).
+
+    Every ``PROTOLIB`` card is checked as the option that set it was (positive distances, noise and
+    beam, a recoverable scale of 0 or between the beam and a degree); a file whose image holds no data
+    is refused (:func:`refuse_empty_target`).
+    """
     path = Path(path)
     try:
         with fits.open(path, memmap=False) as hdul:
@@ -207,50 +213,89 @@ def read_prepared_observation(path: str | Path) -> PreparedObservation:
             coverage = np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
     except (OSError, ValueError, TypeError) as error:
         raise ProtolibInputError(f"{path}: not a readable FITS file ({error}).") from None
-    if "PROTOLIB DIST_BNK" not in header:
+    if not is_prepared(header):
         raise ProtolibInputError(f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`.")
-    grid = _grid_from_header(header, image.shape[-1])
-    truth = true_parameters_from_header(header)
-    return PreparedObservation(
-        image_jy_beam=image,
-        coverage=coverage,
-        beam=Beam(header["BMAJ"] * DEG_ARCSEC, header["BMIN"] * DEG_ARCSEC, header["BPA"]),
-        noise_rms_jy_beam=float(header["PROTOLIB NOISE_RMS"]),
-        grid=grid,
-        distance_pc=float(header["PROTOLIB DIST_OBS"]),
-        centre=SkyCoord(header["PROTOLIB CENTRE_RA"] * u.deg, header["PROTOLIB CENTRE_DEC"] * u.deg),
-        observed_beam=_beam_from_header(header, "OBS_"),
-        observed_noise_rms_jy_beam=float(header["PROTOLIB OBS_RMS"]),
-        smoothed=bool(header["PROTOLIB SMOOTHED"]),
-        source_path=str(header.get("PROTOLIB SOURCE", "")),
-        object_name=str(header.get("OBJECT", "")),
-        true_parameters=truth,
-        observed_frequency_ghz=float(header.get("PROTOLIB OBS_FREQ", 0.0)) or None,
-        spectral_index=float(header.get("PROTOLIB SPEC_INDEX", 3.0)),
-        frequency_factor=float(header.get("PROTOLIB FREQ_FACTOR", 1.0)),
-        max_scale_arcsec=float(header.get("PROTOLIB MAX_SCALE", 0.0)) or None,
-        max_scale_source="file",
-        blanked_zero_fraction=float(header.get("PROTOLIB ZERO_BLANK", 0.0)),
-        mask_radius_arcsec=float(header.get("PROTOLIB MASK_RAD", 0.0)) or None,
+    if image.ndim != 2 or image.shape[0] != image.shape[1] or coverage.shape != image.shape:
+        raise ProtolibInputError(f"{path}: a prepared observation is one square image (and a COVERAGE of its shape); this one is "
+                                 f"{image.shape}. Prepare it again with `protolib observe`.")
+    number = lambda key, default=None: card_number(header, key, path, default)  # noqa: E731
+    positive = {key: number(key) for key in ("PROTOLIB NOISE_RMS", "PROTOLIB DIST_OBS", "PROTOLIB OBS_RMS", "PROTOLIB PIX_AU",
+                                             "PROTOLIB DIST_BNK", "BMAJ", "BMIN")}
+    for key, value in positive.items():
+        if value is None or not value > 0:
+            raise ProtolibInputError(f"{path}: the card {key} is {'missing' if value is None else f'{value:g}'}; it must be a positive "
+                                     "number. Prepare the file again with `protolib observe`.")
+    beam = Beam(positive["BMAJ"] * DEG_ARCSEC, positive["BMIN"] * DEG_ARCSEC, number("BPA", 0.0))
+    observed_beam = _beam_from_header(header, "OBS_", path)
+    max_scale = checked_max_scale(number("PROTOLIB MAX_SCALE", 0.0), observed_beam.major_arcsec if observed_beam else 0.0,
+                                  f"{path}: the card PROTOLIB MAX_SCALE")
+    prepared = PreparedObservation(
+        image_jy_beam=image, coverage=coverage, beam=beam, noise_rms_jy_beam=positive["PROTOLIB NOISE_RMS"],
+        grid=_grid_from_header(header, image.shape[-1], path), distance_pc=positive["PROTOLIB DIST_OBS"],
+        centre=SkyCoord(number("PROTOLIB CENTRE_RA", 0.0) * u.deg, number("PROTOLIB CENTRE_DEC", 0.0) * u.deg),
+        observed_beam=observed_beam, observed_noise_rms_jy_beam=positive["PROTOLIB OBS_RMS"],
+        smoothed=bool(header.get("PROTOLIB SMOOTHED", False)), source_path=str(header.get("PROTOLIB SOURCE", "")),
+        object_name=str(header.get("OBJECT", "")), true_parameters=true_parameters_from_header(header, path),
+        observed_frequency_ghz=number("PROTOLIB OBS_FREQ", 0.0) or None, spectral_index=number("PROTOLIB SPEC_INDEX", 3.0),
+        frequency_factor=number("PROTOLIB FREQ_FACTOR", 1.0), max_scale_arcsec=max_scale, max_scale_source="file",
+        blanked_zero_fraction=number("PROTOLIB ZERO_BLANK", 0.0), mask_radius_arcsec=number("PROTOLIB MASK_RAD", 0.0) or None,
     )
+    refuse_empty_target(prepared.image_jy_beam, prepared.coverage, prepared.beam, prepared.grid.pixel_arcsec, str(path))
+    return prepared
 
 
-def _beam_from_header(header: fits.Header, prefix: str) -> Beam | None:
-    """The beam of the ``PROTOLIB <prefix>BMAJ/BMIN/BPA`` cards [arcsec, deg] (``None`` when absent)."""
+def prepared_file(path: str | Path) -> bool:
+    """Whether ``path`` is a FITS file written by ``protolib observe`` (its primary header says so); ``False`` for
+    any file that cannot be read (reading it as an observation then says why)."""
+    try:
+        return is_prepared(fits.getheader(path, 0))
+    except Exception:  # noqa: BLE001 - any file astropy cannot read is not a prepared observation
+        return False
+
+
+MIN_TARGET_BEAMS = 1.0  # a target needs observed, non-zero data over at least this many beam areas
+
+
+def refuse_empty_target(image: np.ndarray, coverage: np.ndarray, beam: Beam, pixel_arcsec: float, where: str, hint: str = "") -> None:
+    """Refuse a target with (almost) nothing to match: observed data over less than :data:`MIN_TARGET_BEAMS` beam
+    area, or an image that is zero (or not finite) everywhere. Matching it would give perfect-looking
+    scores (every bank image, blanked the same way, looks alike) for no information.
+
+    Arguments:
+        image, coverage: ``(N, N)`` the target on the bank's grid and the observed fraction of each pixel.
+        beam: its beam; ``pixel_arcsec``: the grid's pixel side; ``where``: the file, for the message;
+            ``hint``: what to change (e.g. a larger ``--mask-radius``).
+    """
+    beam_pixels = beam.solid_angle_sr / (pixel_arcsec * math.pi / 180.0 / 3600.0) ** 2
+    observed = float(np.sum(np.where(np.isfinite(coverage), coverage, 0.0)))
+    finite = np.isfinite(image)
+    if observed < MIN_TARGET_BEAMS * beam_pixels or not finite.any() or not np.any(image[finite] != 0.0):
+        state = (f"observed data cover only {observed:.3g} pixel(s), under one beam ({beam_pixels:.3g} pixels)"
+                 if observed < MIN_TARGET_BEAMS * beam_pixels else "every pixel is zero or blank")
+        raise ProtolibInputError(f"{where}: nothing to match on the bank's grid: {state}. {hint or 'Check the file and the centre.'}")
+
+
+def _beam_from_header(header: fits.Header, prefix: str, path: Path) -> Beam | None:
+    """The beam of the ``PROTOLIB <prefix>BMAJ/BMIN/BPA`` cards [arcsec, deg] (``None`` when absent), checked like ``--beam``."""
     if f"PROTOLIB {prefix}BMAJ" not in header:
         return None
-    return Beam(header[f"PROTOLIB {prefix}BMAJ"], header[f"PROTOLIB {prefix}BMIN"], header[f"PROTOLIB {prefix}BPA"])
+    major, minor, angle = (card_number(header, f"PROTOLIB {prefix}{axis}", path, 0.0) for axis in ("BMAJ", "BMIN", "BPA"))
+    if not (major > 0 and minor > 0):
+        raise ProtolibInputError(f"{path}: the cards PROTOLIB {prefix}BMAJ/BMIN = {major:g}, {minor:g} are not a beam (positive FWHM "
+                                 "axes in arcsec). Prepare the file again with `protolib observe`.")
+    return Beam(major, minor, angle)
 
 
-def _grid_from_header(header: fits.Header, image_size: int) -> BankGrid:
+def _grid_from_header(header: fits.Header, image_size: int, path: Path) -> BankGrid:
     """The bank's grid as a prepared observation's header describes it (``PROTOLIB`` cards)."""
+    number = lambda key, default=None: card_number(header, key, path, default)  # noqa: E731
     return BankGrid(
         image_size=image_size,
-        pixel_size_au=float(header["PROTOLIB PIX_AU"]),
-        distance_pc=float(header["PROTOLIB DIST_BNK"]),
-        beam=_beam_from_header(header, "BANK_"),
-        noise_rms_jy_beam=float(header.get("PROTOLIB BANK_RMS", 0.0)),
+        pixel_size_au=number("PROTOLIB PIX_AU"),
+        distance_pc=number("PROTOLIB DIST_BNK"),
+        beam=_beam_from_header(header, "BANK_", path),
+        noise_rms_jy_beam=number("PROTOLIB BANK_RMS", 0.0),
         name=str(header.get("PROTOLIB BANK", "")),
-        frequency_ghz=float(header.get("PROTOLIB BANK_FREQ", 230.0)),
-        opacity_beta=float(header.get("PROTOLIB BANK_BETA", 1.0)),
+        frequency_ghz=number("PROTOLIB BANK_FREQ", 230.0),
+        opacity_beta=number("PROTOLIB BANK_BETA", 1.0),
     )

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from .. import plots_evaluation as plots
 from ..bank import Bank
-from ..evaluation import (VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods, evaluation_cost,
-                          headline_table, siamese_method)
-from ..npe import add_npe_result
-from ..runtime import atomic_path, check_memory, check_output, describe_bytes, output_folder, typed_settings, write_figure, write_json
+from ..evaluation import (NPE_METHODS, VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods,
+                          evaluation_cost, headline_table, siamese_method)
+from ..npe import add_npe_result, sbi_available
+from ..runtime import (ProtolibInputError, atomic_path, check_memory, check_output, describe_bytes, output_folder, typed_settings,
+                       write_figure, write_json)
 from ..siamese import load_siamese, load_siamese_with_its_bank
 from .train import ensure_siamese, run_split, siamese_settings
 
@@ -54,6 +55,7 @@ def run_evaluation(
         The contents of ``metrics.json``.
     """
     settings = settings or EvaluationSettings()
+    _check_methods_can_run(settings)
     model_path, out_dir = Path(model_path), check_output(out_dir, folder=True, command="evaluate")
     model, bank = load_siamese_with_its_bank(model_path, bank_path, device)
     split = model.split
@@ -94,6 +96,16 @@ def evaluation_report(results: dict[str, MethodResult], model, bank: Bank, setti
                     "reference_systems": int(len(split.train))},
         "methods": {name: result.to_json() for name, result in results.items()},
     }
+
+
+def _check_methods_can_run(settings: EvaluationSettings) -> None:
+    """Refuse, before any work, an evaluation whose only methods are neural posterior estimates when ``sbi`` is
+    missing (with other methods, the estimates are left out with a warning)."""
+    if settings.methods and all(name in NPE_METHODS for name in settings.methods) and not sbi_available():
+        raise ProtolibInputError(f"--methods {','.join(settings.methods)} needs the sbi package, which is not installed: pip install "
+                                 "'protolib[posterior]', or add a matching method (e.g. --methods siamese,npe).")
+    if not settings.methods:
+        raise ProtolibInputError("--methods is empty; name at least one method (e.g. --methods siamese).")
 
 
 def _write_products(out_dir: Path, results: dict[str, MethodResult], report: dict) -> None:

@@ -42,6 +42,7 @@ from ..matching import (
     prepare_observation_target,
     truth_parameters,
 )
+from ..observation import prepared_file
 from ..matching.observing import OBSERVING_DRAWS, ObservingDraws, ObservingUncertainty, observing_uncertainty, widening_by_source
 from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
 from ..evaluation import EvaluationSettings
@@ -98,14 +99,14 @@ def run_match(
     scale enter an observation's intervals: the match is repeated over ``observing_draws`` draws of them (default
     12; 0: none) and pooled (:mod:`~protolib.matching.observing`; ``summary.csv`` and ``corner.png`` then describe
     the pooled matches, ``observing_draws.csv`` lists them, ``report.json`` ``observing_uncertainty`` says what each widened).
-
-    Returns:
-        The report written to ``report.json``.
+    Returns the report written to ``report.json``.
     """
     if (target is None) == (target_system is None):
         raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
     if top_k is not None and top_k < 1:
         raise ProtolibInputError(f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}.")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0):
+        raise ProtolibInputError(f"--threshold must be a similarity between -1 and 1 (the cosine of two embeddings), got {threshold}.")
     if not Path(model_path).exists():
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
@@ -138,6 +139,7 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
         flux_tolerance = 2.0 * uncertainty.flux_calibration  # the image-space fit may rescale a match within 2 sigma
         if uncertainty.sources:
             pooled = _observing_draws(model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold)
+    _refuse_no_matches(matches, threshold, bank)
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
     fit = fit_matches(matcher, image, matches, observation=observation, flux_tolerance=flux_tolerance)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
@@ -169,8 +171,8 @@ def _observing_uncertainty(target, distance_pc: float, preparation: dict, observ
                                  flux_calibration=observing.get("flux_calibration"), frequency_ghz=frequency,
                                  beam_major_arcsec=preparation["observed_beam_arcsec"][0],
                                  max_scale_known=preparation.get("max_scale_source") in ("given", "file"),
-                                 n_draws=OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"],
-                                 source=str(target))
+                                 n_draws=0 if prepared_file(target) else  # prepared by `observe`: its settings are fixed
+                                 OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"], source=str(target))
 
 
 def _observing_draws(model_path, bank: Bank, target, uncertainty: ObservingUncertainty, observation_options: dict | None,
@@ -190,6 +192,14 @@ def _observing_draws(model_path, bank: Bank, target, uncertainty: ObservingUncer
         matcher = _observation_matcher(model_path, bank, observation, matching, quiet, cache=False)
         found.append(matcher.match(observation.image, top_k=top_k, threshold=threshold))
     return ObservingDraws(uncertainty, draws, found)
+def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) -> None:
+    """Refuse a target left with no match: nothing above ``threshold``, or a bank with no other image."""
+    if len(matches.similarity):
+        return
+    if threshold is not None:
+        raise ProtolibInputError(f"No bank image reaches a similarity of {threshold:g} (--threshold); lower it, or give --top-k instead.")
+    raise ProtolibInputError(f"Bank {bank.path} holds no image to match the target against; a bank system is matched against the "
+                             "other systems, so the bank needs at least two.")
 
 
 def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
@@ -221,6 +231,9 @@ def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top
             f"Bank {bank.path} has systems 0..{bank.n_systems - 1} and projections 0..{bank.n_projections - 1}; "
             f"got system {system}, projection {projection}."
         )
+    if bank.n_systems < 2:
+        raise ProtolibInputError(f"Bank {bank.path} has one system; a bank system is matched against the other systems, so --target-system "
+                                 "needs a bank of at least two (or match an observation with --target).")
     matcher = Matcher.from_model(model_path, bank, **options)
     matches = matcher.match_system(system, projection, top_k=top_k, threshold=threshold)
     image = bank.images[system, projection]

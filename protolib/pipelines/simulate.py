@@ -145,15 +145,9 @@ def simulate_command_bank(out: Path, config: RunConfig, *, device: str | None = 
     if not scheduler:
         simulate_bank(out, config.bank.n_systems, config.bank.n_projections, device=device, threads=threads, workers=n_workers, **common)
         return SimulateReport(Path(out))
-    from dask.distributed import Client
+    from ..cluster import connect_scheduler, simulate_bank_parallel
 
-    from ..cluster import simulate_bank_parallel
-
-    try:
-        client = Client(scheduler, timeout="30s")
-    except (OSError, ValueError, TypeError) as error:
-        raise ProtolibInputError(f"Could not reach the Dask scheduler at {scheduler!r} ({error}); is it running, "
-                                 "and is the address tcp://HOST:PORT?") from None
+    client = connect_scheduler(scheduler)
     report = simulate_bank_parallel(out, config.bank.n_systems, config.bank.n_projections, client=client, shard_systems=shard_systems,
                                     **common)
     return SimulateReport(Path(out), report.n_shards, len(report.rendered), len(report.reused))
