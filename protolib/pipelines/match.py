@@ -167,12 +167,15 @@ def _observing_uncertainty(target, distance_pc: float, preparation: dict, observ
     """The uncertainty of the observation's distance, flux scale and (when neither the user nor the file gave it)
     recoverable scale, with the band's nominal flux-calibration error unless one is given."""
     frequency = preparation.get("observed_frequency_ghz") or preparation.get("bank_frequency_ghz")
+    if prepared_file(target):  # prepared by `observe`: its distance and recoverable scale are fixed, only its flux scale is uncertain
+        return observing_uncertainty(1.0, frequency_ghz=frequency, flux_calibration=observing.get("flux_calibration"), n_draws=0,
+                                     source=str(target))
     return observing_uncertainty(distance_pc, distance_error_pc=observing.get("distance_error_pc"),
                                  flux_calibration=observing.get("flux_calibration"), frequency_ghz=frequency,
                                  beam_major_arcsec=preparation["observed_beam_arcsec"][0],
                                  max_scale_known=preparation.get("max_scale_source") in ("given", "file"),
-                                 n_draws=0 if prepared_file(target) else  # prepared by `observe`: its settings are fixed
-                                 OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"], source=str(target))
+                                 n_draws=OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"],
+                                 source=str(target))
 
 
 def _observing_draws(model_path, bank: Bank, target, uncertainty: ObservingUncertainty, observation_options: dict | None,

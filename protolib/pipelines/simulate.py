@@ -110,8 +110,10 @@ def simulate_cost(config: RunConfig, workers: int = 1) -> tuple[float, float]:
 def simulate_plan(config: RunConfig, workers: int = 1, what: str = "simulate") -> str:
     """One line with the estimated time and peak memory of simulating ``config``'s bank (:func:`simulate_cost`); a bank
     that would not fit in the machine's available memory is refused in one line naming the settings to change."""
+    from ..bank import check_beam_fits_field
     from ..runtime import check_memory, describe_bytes
 
+    check_beam_fits_field(config.simulator, config.instrument)  # before the probe renders anything
     memory, seconds = simulate_cost(config, workers)
     sim = config.simulator
     side = sim.image_size * sim.oversample
