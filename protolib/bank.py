@@ -233,9 +233,12 @@ class Bank:
 
         Image size [px], pixel scale [au/px], field [au], frequency [GHz], distance [pc], beam FWHM
         axes [arcsec] and position angle [deg], image unit, and the names of the physical parameters.
-        Values a bank does not record (an imported one's field or frequency) are NaN.
+        Values a bank does not record (an imported one's field or frequency) are NaN; so are an imported thesis
+        bank's beam and distance, which its snapshots do not say (its zero beam means "not recorded").
         """
         number = {key: float(self.attrs.get(key, float("nan"))) for key in SETUP_NUMBERS}
+        if str(self.attrs.get("source", "")).startswith("thesis snapshots"):
+            number.update({key: float("nan") for key in ("distance_pc", "beam_major_arcsec", "beam_minor_arcsec", "beam_position_angle_deg")})
         return {"image_size": self.image_size, **number, "unit": self.unit, "parameters": list(self.physical_parameters)}
 
     def parameter_table(self, names: list[str] | None = None) -> np.ndarray:
