@@ -514,8 +514,9 @@ def _fourth_round_settings(b: Path, bank: Path, model: Path, out: Path) -> dict[
     for name, change in {"hot_pixel": _hot_pixel, "blank_peak": _blank_peak}.items():
         cases[f"observe_{name}"] = Case(["observe", str(_fits_variant(b, f"{name}.fits", lambda d, h: change(d))), "--distance", "140",
                                          "--bank", str(bank), "--out", str(out / f"{name}_prepared.fits")], code=0)
+    # a model trained on Jy/beam images is refused on an imported bank of arbitrary units (issue 31 item 11), in one line
     cases["match_imported_thesis_bank"] = Case(["match", "--model", str(model), "--bank", str(imported), "--target-system", "0", "--out",
-                                                str(out / "m_thesis")], code=0)
+                                                str(out / "m_thesis")], r"another setup .*image unit Jy/beam against arbitrary")
     return cases
 
 
@@ -709,10 +710,9 @@ def test_a_hot_pixel_never_takes_the_centre_and_blanks_on_the_source_are_said(re
     assert re.search(r"blank_peak\.fits: 9 of the \d+ pixels within a beam FWHM of the source centre are blanked", blank.stderr)
 
 
-def test_a_prepared_file_is_matched_as_it_is_and_an_imported_bank_can_be_matched(results, base):
-    for name in ("match_prepared_as_it_is", "match_imported_thesis_bank"):
-        done = results[name][1]
-        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+def test_a_prepared_file_is_matched_as_it_is(results, base):
+    done = results["match_prepared_as_it_is"][1]
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     report = json.loads((base / "outputs" / "m_prep" / "report.json").read_text())
     header = fits.getheader(base / "inputs" / "prepared.fits")
     preparation = report["inputs"]["target"]["preparation"]

@@ -157,3 +157,19 @@ def test_truth_coverage_counts_truths_inside_the_ranges(bank):
     [other_mass] = truth_coverage(bank, others, parameters=["stellar_mass"])
     assert own_mass["within_68"] == 1.0 and own_mass["n_targets"] == 5
     assert other_mass["within_95"] == 0.0
+
+
+def test_a_corner_plot_leaves_out_a_parameter_the_bank_does_not_know():
+    """An imported thesis bank has no inclinations (NaN): its corner plot shows the other parameters, never fails on NaN limits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from protolib.distributions import corner_plot
+
+    rng = np.random.default_rng(0)
+    prior = {"stellar_mass": 10 ** rng.uniform(-1, 0.5, 200), "disk_radius": 10 ** rng.uniform(1, 2.5, 200),
+             "inclination": np.full(200, np.nan)}
+    samples = {name: values[:20] for name, values in prior.items()}
+    fig = corner_plot(samples, prior, parameters=["stellar_mass", "disk_radius", "inclination"])
+    labels = " ".join(ax.get_xlabel() for ax in fig.axes)
+    assert "inclination" not in labels and len(fig.axes) == 4
