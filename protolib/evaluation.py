@@ -42,6 +42,7 @@ from .bank import Bank
 from .comparison import paired_difference
 from .distributions import central_coverage, central_intervals, similarity_weights
 from .matching import EmbedFunction, EmbeddingIndex, embed_bank
+from .matching.calibration import required_widening
 from .normalise import ParameterNormaliser, scaled_image_parameters
 from .runtime import ProtolibInputError, interruptible
 from .siamese import similarity_metrics
@@ -495,6 +496,9 @@ class MethodEvaluation:
         coverage_curve: name -> ``(len(CURVE_LEVELS),)`` coverage at :data:`CURVE_LEVELS`.
         tarp: ``(alpha, ecp)``.
         covered: name -> ``(T, len(COVERAGE_LEVELS))`` whether each target's (widened) central interval holds its truth.
+        needed_widening: name -> ``(T, len(COVERAGE_LEVELS))`` the widening of the matches' own intervals at which each
+            target would be covered (:func:`~protolib.matching.calibration.required_widening`): ``covered`` is it at most the
+            widening applied; a further term (:mod:`protolib.out_of_family`) is scored from it.
         target_system: ``(T,)`` each target's system (set by :func:`score_ranking`; ``None``: every target its own),
             which :func:`coverage_standard_error` resamples.
     """
@@ -511,6 +515,7 @@ class MethodEvaluation:
     tarp: tuple[np.ndarray, np.ndarray]
     covered: dict = field(default_factory=dict)
     target_system: np.ndarray | None = None
+    needed_widening: dict = field(default_factory=dict)
 
 
 def coverage_standard_error(evaluation: MethodEvaluation, name: str, *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
@@ -680,7 +685,7 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
     Returns:
         The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and ``calibration`` figures only.
     """
-    table, truth, median, interval, ranks, curves, covered = {}, {}, {}, {}, {}, {}, {}
+    table, truth, median, interval, ranks, curves, covered, needed = {}, {}, {}, {}, {}, {}, {}, {}
     constrained = set(relevance.definition.parameters)
     factors = {name: _widening_of(widening, name) for name in names}
     for j, name in enumerate(names):
@@ -690,6 +695,7 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
         error = median_j - truths_j
         _, low_c, high_c = central_intervals(values, COVERAGE_LEVELS, weights, widening=factor)
         covered[name] = (low_c <= truths_j[:, None]) & (truths_j[:, None] <= high_c)  # (T, levels)
+        needed[name] = required_widening(values, truths_j, COVERAGE_LEVELS, weights)
         coverage = covered[name].mean(0)
         curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=factor)
         rank = truth_ranks(values, truths_j, seed=seed + j)  # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
@@ -713,7 +719,7 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
     calibration = _calibration(table, curves, names, factors, alpha, ecp, relevance)
     return MethodEvaluation(method, samples.shape[1], {"parameters": table, "calibration": calibration}, list(names), truth, median, interval,
-                            ranks, curves, (alpha, ecp), covered)
+                            ranks, curves, (alpha, ecp), covered, needed_widening=needed)
 
 
 def _widening_of(widening: float | Mapping[str, float], name: str) -> float:

@@ -46,6 +46,7 @@ NUISANCE_FIELDS = {
 RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
 """The physical parameters :func:`render` needs for every system (the nuisance ones are optional)."""
 
+ENVELOPE_LAWS = ("collapse", "power_law")
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 MAX_FIELD_OF_VIEW_AU = 1e6  # a larger field is a unit mistake (and overflows single precision in the renderer)
 JANSKY_CGS = 1e-23
@@ -69,6 +70,10 @@ class SimulatorConfig:
     cavity_contrast: float = 1e-3  # density inside the outflow cavities relative to the envelope
     cavity_wall_exponent: float = 1.0  # cavity wall z ~ R^b: 1 a cone, 1.5-2 a curved wall (Whitney et al. 2003)
     cavity_reference_radius_au: float = 1000.0  # where the cavity's half-opening angle is measured [au] (a cone: everywhere)
+    # Physics outside the bank's family, for test sets only (chapter 06b, benchmarks/out_of_family.py): no bank uses them.
+    envelope_law: str = "collapse"  # "collapse": the rotating infall (Ulrich 1976); "power_law": a static rho ~ r^-index
+    envelope_power_index: float = 2.0  # the power-law envelope's index (2: the singular isothermal sphere, Shu 1977)
+    external_temperature_k: float = 0.0  # external heating: T = (T_law^4 + T_ext^4)^(1/4) (0: none; the ISRF gives 10-20 K)
     disk_gamma: float = 1.0  # surface density power-law index, Sigma ~ R^-gamma
     disk_taper: float = 1.0  # outer taper exp[-(R/R_c)^taper] (1 = 2 - gamma: the self-similar disk for gamma = 1)
     inner_radius_au: float = 1.0  # dust sublimation radius [au]: no dust inside
@@ -92,6 +97,12 @@ class SimulatorConfig:
         if self.field_of_view_au > MAX_FIELD_OF_VIEW_AU:
             raise ProtolibInputError(f"The simulator's field_of_view_au must be at most {MAX_FIELD_OF_VIEW_AU:g} au (5 pc, beyond any "
                                      f"protostar's envelope), got {self.field_of_view_au:g}.")
+        if self.envelope_law not in ENVELOPE_LAWS:
+            raise ProtolibInputError(f"The simulator's envelope_law must be one of {list(ENVELOPE_LAWS)}, got {self.envelope_law!r}.")
+        if not (0.0 < self.envelope_power_index < 3.0) or not (0.0 <= self.external_temperature_k <= 100.0):
+            raise ProtolibInputError(f"The simulator's envelope_power_index must lie in (0, 3) (a finite mass) and its "
+                                     f"external_temperature_k in [0, 100] K, got {self.envelope_power_index} and "
+                                     f"{self.external_temperature_k}.")
         if self.envelope_samples < 1 or self.disk_samples < 1 or self.oversample < 1:
             raise ProtolibInputError("The simulator's envelope_samples, disk_samples and oversample must be at least 1.")
 
@@ -281,7 +292,22 @@ def _temperature(z, param, geometry):
     if bool((param["midplane_temperature_ratio"] != 1.0).any()):
         factor = physics.disk_temperature_factor(z, geometry["height"], param["midplane_temperature_ratio"])
         temperature = temperature * (1.0 + (factor - 1.0) * geometry["within"])
+    if "external_temperature_k" in param:  # an out-of-family test set's external heating (SimulatorConfig)
+        temperature = (temperature**4 + param["external_temperature_k"] ** 4) ** 0.25
     return temperature.clamp(10.0, 1500.0)
+
+
+def _power_law_norm(outer_radius_au: torch.Tensor, config: SimulatorConfig) -> torch.Tensor:
+    """The factor that gives a static ``rho ~ r^-p`` envelope (``config.envelope_power_index``) the mass
+    of the collapse's spherical ``r^-1.5`` law within :func:`envelope_mass`'s aperture, written as
+    ``norm * r^(1.5 - p)`` times the collapse's ``r^-1.5``: the two envelopes then hold about the same
+    mass where the bank measures it, and differ in how it is spread (an out-of-family test's point)."""
+    p = config.envelope_power_index
+    outer = outer_radius_au.clamp(max=config.envelope_mass_radius_au)
+    inner = config.inner_radius_au
+    collapse = (outer**1.5 - inner**1.5) / 1.5
+    power_law = (outer ** (3.0 - p) - inner ** (3.0 - p)) / (3.0 - p)
+    return collapse / power_law
 
 
 def _envelope_column(z, ds, param, config, geometry):
@@ -290,7 +316,10 @@ def _envelope_column(z, ds, param, config, geometry):
     r = geometry["r"]
     inside = ((r >= config.inner_radius_au) & (r <= param["envelope_outer_radius"])).to(r.dtype)
     abs_mu = (z.abs() / r).clamp(max=1.0)
-    shape = _lookup_envelope_shape(geometry["log_r"] * (1.0 / math.log(10.0)) - torch.log10(param["disk_radius"]), abs_mu)
+    if "power_law_norm" in param:  # an out-of-family test set's static envelope: no rotation, rho ~ r^-p (SimulatorConfig)
+        shape = param["power_law_norm"] * torch.exp((1.5 - config.envelope_power_index) * geometry["log_r"])
+    else:
+        shape = _lookup_envelope_shape(geometry["log_r"] * (1.0 / math.log(10.0)) - torch.log10(param["disk_radius"]), abs_mu)
     in_cavity = physics.in_cavity(geometry["cylindrical"], z, param["cavity_angle"], param["cavity_wall_exponent"],
                                   config.cavity_reference_radius_au)
     present = torch.where(in_cavity, param["cavity_contrast"] * inside, inside)  # 0 outside the envelope, the contrast in a cavity
@@ -326,6 +355,10 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     param["envelope_density_1au"] = (mdot_g_s / (4.0 * math.pi) * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
                                      * physics.AU_CM**-1.5)
     param["log_temperature_100au"] = torch.log(param["temperature_1lsun"] * param["luminosity"].pow(0.2))
+    if config.external_temperature_k > 0:
+        param["external_temperature_k"] = torch.full_like(param["luminosity"], config.external_temperature_k)
+    if config.envelope_law == "power_law":
+        param["power_law_norm"] = _power_law_norm(param["envelope_outer_radius"], config)
     kappa_au = physics.dust_opacity(config.frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
     ray = (q, p2, sin_i, cos_i)
     return _transfer(_envelope_samples(ray, kappa_au, param, config), _disk_samples(ray, kappa_au, param, config))

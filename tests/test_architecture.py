@@ -21,7 +21,7 @@ LAYERS = [
     {"bank", "cluster", "training", "plotting"},
     {"autoencoder", "siamese", "observation"},
     {"matching", "distributions", "literature", "embedding_maps", "attribution", "explorer"},
-    {"evaluation", "comparison", "domain_shift", "plots_evaluation", "npe", "tuning", "misfits"},
+    {"evaluation", "comparison", "domain_shift", "plots_evaluation", "npe", "tuning", "misfits", "out_of_family"},
     {"config"},
     {"pipelines"},
     {"cli", "__main__"},

@@ -19,7 +19,7 @@ from ..bank import Bank
 from ..runtime import ProtolibInputError
 from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
 
-__all__ = ["WIDENING_CANDIDATES", "weighted_percentile", "central_intervals", "central_coverage", "calibrate_widening",
+__all__ = ["WIDENING_CANDIDATES", "weighted_percentile", "central_intervals", "central_coverage", "required_widening", "calibrate_widening",
            "reference_calibration"]
 
 
@@ -67,6 +67,26 @@ def central_intervals(samples: np.ndarray, levels: Sequence[float], weights: np.
         bounds = np.stack([weighted_percentile(values, percentiles, None if weights is None else weights[t]) for t, values in enumerate(samples)])
     median, low, high = bounds[:, 0], bounds[:, 1 : 1 + len(levels)], bounds[:, 1 + len(levels):]
     return median, median[:, None] + widening * (low - median[:, None]), median[:, None] + widening * (high - median[:, None])
+
+
+def required_widening(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float], weights: np.ndarray | None = None) -> np.ndarray:
+    """The smallest widening about the median at which each target's central interval holds its truth.
+
+    A target is covered at widening ``w`` (:func:`central_intervals`) exactly when its entry here is at
+    most ``w``: the truth's distance from the median over the interval's half on the truth's side (0
+    at the median; infinite when that half is empty and the truth lies beyond it). Kept per target so
+    that a further widening, such as a misspecification term, can be scored without the samples.
+
+    Returns:
+        ``(T, len(levels))``.
+    """
+    median, low, high = central_intervals(samples, levels, weights)
+    truths = np.asarray(truths, dtype=np.float64)[:, None]
+    offset = truths - median[:, None]
+    half = np.where(offset >= 0, high - median[:, None], median[:, None] - low)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.abs(offset) / half
+    return np.where(offset == 0, 0.0, np.where(half > 0, need, np.inf))
 
 
 def central_coverage(samples: np.ndarray, truths: np.ndarray, levels: Sequence[float] = (0.5, 0.68, 0.95),
