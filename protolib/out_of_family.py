@@ -17,11 +17,14 @@ two terms mean the same thing and multiply. The run is :func:`protolib.pipelines
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .evaluation import COVERAGE_LEVELS, MethodEvaluation
+from .runtime import ProtolibInputError
 
-__all__ = ["FAMILIES", "IN_FAMILY", "TERM_CANDIDATES", "misspecification_terms", "family_rows", "family_table"]
+__all__ = ["FAMILIES", "IN_FAMILY", "TERM_CANDIDATES", "misspecification_terms", "family_rows", "family_table", "read_terms", "with_terms"]
 
 FAMILIES = {
     "power_law_envelope": ("a static envelope, rho ~ r^-2 (the singular isothermal sphere), with the collapse's mass within the "
@@ -84,3 +87,43 @@ def family_table(rows: list[dict], family: str) -> str:
                      f"{row['coverage_68_after']:.2f} / {row['coverage_95_after']:.2f} | {row['half_width_68_before']:.2f} | "
                      f"{row['half_width_68_after']:.2f} | {row['median_abs_error_over_prior_spread']:.2f} |")
     return "\n".join(lines)
+
+
+def read_terms(path) -> dict[str, float]:
+    """The misspecification terms in ``path``: an ``out_of_family.json`` (its ``terms``) or a JSON object of parameter -> term.
+
+    Plain JSON only (nothing in it runs). Each term must be a number from 1 (no widening) to 10; the file is named in
+    the one-line error otherwise.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProtolibInputError(f"{path}: cannot read misspecification terms ({error}); give the out_of_family.json that "
+                                 "`protolib out-of-family` wrote.") from None
+    terms = data.get("terms", data) if isinstance(data, dict) else None
+    if not isinstance(terms, dict) or not terms:
+        raise ProtolibInputError(f"{path}: no misspecification terms (expected an object of parameter -> term, or out_of_family.json).")
+    bad = {k: v for k, v in terms.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= v <= 10.0}
+    if bad:
+        raise ProtolibInputError(f"{path}: misspecification terms must be numbers from 1 to 10, got {bad}.")
+    return {str(k): float(v) for k, v in terms.items()}
+
+
+def with_terms(calibration: dict | None, terms: dict[str, float] | None) -> dict | None:
+    """A match's calibration (parameter -> ``{"widening", ...}``) with each parameter's widening multiplied by its term.
+
+    Each entry keeps the calibration's own widening as ``calibration_widening`` and records ``misspecification_term``;
+    parameters without a term, and a match without terms, are left as they are.
+    """
+    if not calibration or not terms:
+        return calibration
+    out = dict(calibration)
+    for name, entry in calibration.items():
+        if name in terms:
+            term = float(terms[name])
+            out[name] = {**entry, "widening": entry["widening"] * term, "calibration_widening": entry["widening"],
+                         "misspecification_term": term}
+    return out

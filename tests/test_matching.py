@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 
@@ -288,6 +289,23 @@ def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monke
                  "--top-k", "10", "--max-scale", "3", "--distance-error", "15", "--observing-draws", "0", "--out", str(exact)]) == 0
     report = json.loads((exact / "report.json").read_text())
     assert report["observing_uncertainty"] is None and not (exact / "observing_draws.csv").exists()
+
+    (tmp_path / "terms.json").write_text(json.dumps({"terms": {"stellar_mass": 2.0}}))  # physics the bank does not hold: wider
+    wider = tmp_path / "wider"
+    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
+                 "--top-k", "10", "--max-scale", "3", "--observing-draws", "0", "--misspecification", str(tmp_path / "terms.json"),
+                 "--out", str(wider)]) == 0
+    calibration = json.loads((wider / "report.json").read_text())["interval_calibration"]
+    assert calibration["stellar_mass"]["misspecification_term"] == 2.0 and "misspecification_term" not in calibration["disk_mass"]
+    assert calibration["stellar_mass"]["widening"] == pytest.approx(2.0 * calibration["stellar_mass"]["calibration_widening"])
+    rows = {f: {r["parameter"]: r for r in csv.DictReader((f / "summary.csv").open())} for f in (exact, wider)}
+    assert float(rows[wider]["stellar_mass"]["widening"]) == 2.0 * float(rows[exact]["stellar_mass"]["widening"])  # in summary.csv
+    assert float(rows[wider]["stellar_mass"]["p2_5"]) <= float(rows[exact]["stellar_mass"]["p2_5"])  # (stopped at the bank's range)
+    assert rows[wider]["disk_mass"]["p97_5"] == rows[exact]["disk_mass"]["p97_5"]
+    (tmp_path / "bad.json").write_text(json.dumps({"terms": {"stellar_mass": 0.5}}))
+    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
+                 "--misspecification", str(tmp_path / "bad.json"), "--out", str(tmp_path / "bad")]) == 2
+    assert "bad.json: misspecification terms must be numbers from 1 to 10" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore:.*too few negative pixels")

@@ -81,7 +81,8 @@ def test_the_term_is_the_smallest_widening_that_reaches_nominal():
     assert misspecification_terms(_evaluation(needed * 10), ["x"], {})["x"] == TERM_CANDIDATES[-1]  # out of reach: the largest
 
 
-def test_run_out_of_family_scores_every_set_and_the_term_reaches_nominal_where_learnt(tmp_path, monkeypatch):
+def test_run_out_of_family_scores_every_set_and_the_term_reaches_nominal_where_learnt(tmp_path, monkeypatch, capsys):
+    from protolib.cli import main
     from protolib.config import load_config
     from protolib.pipelines.out_of_family import family_config, run_out_of_family
 
@@ -99,3 +100,9 @@ def test_run_out_of_family_scores_every_set_and_the_term_reaches_nominal_where_l
             assert row["coverage_68_after"] >= 0.68 and row["coverage_95_after"] >= 0.95
     systems = [e.target_system for e in result.evaluations.values()]
     assert all(np.array_equal(s, systems[0]) for s in systems) and len(np.unique(systems[0])) == written["test_systems"]
+    assert main(["out-of-family", "--config", "tiny", "--learn-on", "external_heating"]) == 0  # the banks reused
+    printed = capsys.readouterr().out
+    assert "Terms learnt on external_heating" in printed and "power_law_envelope: coverage" in printed
+    assert json.loads(result.path.read_text())["learnt_on"] == "external_heating"
+    assert main(["out-of-family", "--config", "tiny", "--learn-on", "cold_dust"]) == 2
+    assert "--learn-on must be one of" in capsys.readouterr().err

@@ -21,13 +21,13 @@ from .common import ProtolibParser, add_config_options, one_line
 from .fitted import register_bank_for
 from .learning import register_train_autoencoder, register_train_siamese, register_tune
 from .observations import register_match, register_observe
-from .results import register_attribute, register_domain_shift, register_embedding_map, register_evaluate
+from .results import register_attribute, register_domain_shift, register_embedding_map, register_evaluate, register_out_of_family
 from .simulation import register_import_thesis, register_simulate, register_simulate_observation
 
 __all__ = ["main", "build_parser"]
 
 REGISTRY = [register_simulate, register_import_thesis, register_train_autoencoder, register_train_siamese, register_observe,
-            register_simulate_observation, register_bank_for, register_match, register_evaluate, register_domain_shift, register_attribute, register_embedding_map,
+            register_simulate_observation, register_bank_for, register_match, register_evaluate, register_domain_shift, register_out_of_family, register_attribute, register_embedding_map,
             register_tune]
 
 

@@ -155,6 +155,9 @@ def register_match(sub) -> None:
     p.add_argument("--observing-draws", type=int, default=None,
                    help="with --target: repeat the match over this many draws of the distance, flux scale and (when not "
                         "known) recoverable scale, and pool them (default 12; 0: take them as exact)")
+    p.add_argument("--misspecification", type=path_argument, default=None, metavar="FILE",
+                   help="with --target: widen the calibrated intervals further by the terms in FILE (out_of_family.json from "
+                        "`protolib out-of-family`, or a JSON object of parameter -> term), for physics the bank does not hold")
     p.add_argument("--posterior-estimate", action="store_true",
                    help="also train a neural posterior estimate (sbi) on the bank at the observation's setup and put its intervals "
                         "beside the matches' in report.json (about half a minute on a CPU; --target only)")
@@ -181,7 +184,7 @@ def _match(args) -> None:
         limit_percentile=settings.limit_percentile, matching=settings, posterior_estimate=args.posterior_estimate,
         posterior_settings=evaluation_settings(config) if args.posterior_estimate else None,
         distance_error_pc=args.distance_error, flux_calibration=args.flux_calibration, observing_draws=args.observing_draws,
-        observation_options={"centre": args.centre, "beam": beam_argument(args.beam, str(args.target)),
+        misspecification=args.misspecification, observation_options={"centre": args.centre, "beam": beam_argument(args.beam, str(args.target)),
                              "noise_rms_jy_beam": args.noise, **real_file_options(args)}))
     _print_match_report(args, report)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..runtime import ProtolibInputError
+from ..runtime import ProtolibInputError, shown_path
 from .common import add_setting, check_figure_path, output_file, path_argument, run_config, run_reporting_warnings, seed_argument
 
-__all__ = ["register_evaluate", "register_domain_shift", "register_attribute", "register_embedding_map"]
+__all__ = ["register_evaluate", "register_domain_shift", "register_out_of_family", "register_attribute", "register_embedding_map"]
 
 
 def _add_model_and_bank(p, bank_help: str) -> None:
@@ -71,6 +71,30 @@ def register_domain_shift(sub) -> None:
               f"at most {GOAL_ERROR:.0%} above the no-shift ones): {figures['goal_met']}; worst coverage offset "
               f"{figures['worst_offset_marginalised']:.2f} (fixed-physics bank: {figures['worst_offset_shift']:.2f}), error ratio "
               f"{figures['error_ratio_marginalised']:.2f}. Wrote {result.paths.get('out', '')}".rstrip() + ".")
+
+    p.set_defaults(handler=handler)
+
+
+def register_out_of_family(sub) -> None:
+    p = sub.add_parser("out-of-family", help="how honest the intervals stay under physics the bank does not hold, and a term that keeps them so",
+                       description="Render the configuration's held-out systems (and domain-shift's added ones) with physics outside "
+                                   "the bank's family (a static power-law envelope; external heating), score the Siamese network's "
+                                   "calibrated intervals on each and on the bank's own systems, learn a misspecification term per "
+                                   "parameter on one family, and write artifacts/NAME/out_of_family/out_of_family.json "
+                                   "(give it to `protolib match --misspecification`).")
+    p.add_argument("--learn-on", default="power_law_envelope", help="the family the term is learnt on (power_law_envelope, external_heating)")
+
+    def handler(args):
+        from ..out_of_family import FAMILIES, IN_FAMILY, family_table
+        from ..pipelines.out_of_family import run_out_of_family
+
+        if args.learn_on not in FAMILIES:
+            raise ProtolibInputError(f"--learn-on must be one of {list(FAMILIES)}, got {args.learn_on!r}.")
+        result = run_reporting_warnings("out-of-family", lambda: run_out_of_family(run_config(args), learn_on=args.learn_on))
+        for family in (IN_FAMILY, *FAMILIES):
+            print(f"{family}: coverage 68% / 95% and 68% half-width over the prior's spread, before and after the term\n"
+                  f"{family_table(result.rows, family)}\n")
+        print(f"Terms learnt on {args.learn_on}; wrote {shown_path(result.path)}.")
 
     p.set_defaults(handler=handler)
 

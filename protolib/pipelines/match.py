@@ -47,6 +47,7 @@ from ..matching.observing import OBSERVING_DRAWS, ObservingDraws, ObservingUncer
 from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
 from ..evaluation import EvaluationSettings
 from ..npe import observation_posterior
+from ..out_of_family import read_terms, with_terms
 from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
 
 __all__ = ["matching_settings", "run_match", "write_match_report"]
@@ -80,6 +81,7 @@ def run_match(
     distance_error_pc: float | None = None,
     flux_calibration: float | None = None,
     observing_draws: int | None = None,
+    misspecification: str | Path | Mapping[str, float] | None = None,
 ) -> dict:
     """Match one target (an observation FITS file or a bank system) and write every product to ``out_dir``.
 
@@ -99,8 +101,25 @@ def run_match(
     scale enter an observation's intervals: the match is repeated over ``observing_draws`` draws of them (default
     12; 0: none) and pooled (:mod:`~protolib.matching.observing`; ``summary.csv`` and ``corner.png`` then describe
     the pooled matches, ``observing_draws.csv`` lists them, ``report.json`` ``observing_uncertainty`` says what each widened).
+    ``misspecification``: per-parameter terms (or the ``out_of_family.json`` holding them,
+    :func:`~protolib.out_of_family.read_terms`) that widen an observation's calibrated intervals further, for physics the
+    bank does not hold (:mod:`protolib.out_of_family`); ``report.json`` records each in ``calibration``.
     Returns the report written to ``report.json``.
     """
+    _check_arguments(model_path, target, target_system, top_k, threshold)
+    terms = read_terms(misspecification) if isinstance(misspecification, (str, Path)) else dict(misspecification or {})
+    with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
+        report = _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
+                             weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
+                             limit_percentile, matching, posterior_estimate, posterior_settings,
+                             dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws,
+                                  misspecification=terms))
+        bank.check_unchanged()  # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
+        return report
+
+
+def _check_arguments(model_path, target, target_system, top_k, threshold) -> None:
+    """Refuse, in one line, arguments :func:`run_match` cannot use, before any file is opened."""
     if (target is None) == (target_system is None):
         raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
     if top_k is not None and top_k < 1:
@@ -109,13 +128,6 @@ def run_match(
         raise ProtolibInputError(f"--threshold must be a similarity between -1 and 1 (the cosine of two embeddings), got {threshold}.")
     if not Path(model_path).exists():
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
-    with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
-        report = _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
-                             weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
-                             limit_percentile, matching, posterior_estimate, posterior_settings,
-                             dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws))
-        bank.check_unchanged()  # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
-        return report
 
 
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
@@ -152,7 +164,8 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
     fitted = {} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
-                                     "gallery_residuals": fit.residuals, "calibration": fit.calibration}
+                                     "gallery_residuals": fit.residuals,
+                                     "calibration": with_terms(fit.calibration, (observing or {}).get("misspecification") if observation else None)}
     report = write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
                                 inputs=inputs, settings=settings, corner_parameters=corner_parameters,
                                 match_image_transform=matcher.transform, detected=found, observing=pooled,

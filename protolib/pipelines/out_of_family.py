@@ -43,6 +43,8 @@ class OutOfFamily:
         evaluations: test set (a family's name, or :data:`~protolib.out_of_family.IN_FAMILY`) -> the calibrated figures.
         calibration: the calibration's widening per parameter (chosen on the bank's own validation systems).
         learnt_on: the family the term was learnt on; ``terms``: the term per parameter.
+        terms_own_physics: the term the bank's own test systems alone would ask (the calibration's own shortfall):
+            the part of ``terms`` beyond it is the other physics'.
         rows: coverage and widths before and after the term, per test set and parameter.
         path: the JSON written.
     """
@@ -51,6 +53,7 @@ class OutOfFamily:
     calibration: dict[str, float]
     learnt_on: str
     terms: dict[str, float]
+    terms_own_physics: dict[str, float]
     rows: list[dict]
     path: Path
 
@@ -94,10 +97,11 @@ def run_out_of_family(config, settings: EvaluationSettings | None = None, *, lea
     table = own.figures(True).metrics["parameters"]
     spread = {n: table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in parameters}
     terms = misspecification_terms(evaluations[learn_on], parameters, calibration)
+    own_terms = misspecification_terms(evaluations[IN_FAMILY], parameters, calibration)  # what the bank's own systems alone ask
     rows = family_rows(evaluations, parameters, calibration, terms, spread)
     out = config.artifacts_dir / "out_of_family" / "out_of_family.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json({"families": {k: v[0] for k, v in FAMILIES.items()}, "learnt_on": learn_on, "calibration": calibration, "terms": terms,
-                "test_systems": len(test), "rows": rows}, out, strict=True)
+                "terms_own_physics": own_terms, "test_systems": len(test), "rows": rows}, out, strict=True)
     bank.close()
-    return OutOfFamily(evaluations, calibration, learn_on, terms, rows, out)
+    return OutOfFamily(evaluations, calibration, learn_on, terms, own_terms, rows, out)
