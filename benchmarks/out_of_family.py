@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -45,7 +46,9 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"config": args.config, "learnt_on": result.learnt_on, "terms": result.terms, "terms_own_physics": result.terms_own_physics,
-                                         "calibration": result.calibration, "rows": result.rows, "tables": tables,
+                                         "calibration": result.calibration, "rows": result.rows,
+                                         "families": {k: v[0] for k, v in FAMILIES.items()},
+                                         "test_systems": int(len(np.unique(result.evaluations[IN_FAMILY].target_system))), "tables": tables,
                                          "seconds": seconds}, indent=1))
     return 0
 

@@ -24,7 +24,7 @@ import numpy as np
 from .evaluation import COVERAGE_LEVELS, MethodEvaluation
 from .runtime import ProtolibInputError
 
-__all__ = ["FAMILIES", "IN_FAMILY", "TERM_CANDIDATES", "misspecification_terms", "family_rows", "family_table", "read_terms", "with_terms"]
+__all__ = ["FAMILIES", "IN_FAMILY", "TERM_CANDIDATES", "misspecification_terms", "family_rows", "family_table", "read_terms", "with_terms", "out_of_family_figures"]
 
 FAMILIES = {
     "power_law_envelope": ("a static envelope, rho ~ r^-2 (the singular isothermal sphere), with the collapse's mass within the "
@@ -127,3 +127,27 @@ def with_terms(calibration: dict | None, terms: dict[str, float] | None) -> dict
             out[name] = {**entry, "widening": entry["widening"] * term, "calibration_widening": entry["widening"],
                          "misspecification_term": term}
     return out
+
+
+def out_of_family_figures(results: dict) -> dict:
+    """The figures chapter 06b quotes from an ``out_of_family.json`` (:func:`~protolib.pipelines.out_of_family.run_out_of_family`):
+    per test set the mean and the lowest coverage before and after the term, and the terms' ranges."""
+    rows, figures = results["rows"], {}
+    for key, family in (("own", IN_FAMILY), *((name, name) for name in FAMILIES)):
+        mine = [r for r in rows if r["family"] == family]
+        for when in ("before", "after"):
+            for level in (68, 95):
+                values = [r[f"coverage_{level}_{when}"] for r in mine]
+                figures[f"oof_{key}_cov{level}_{when}"] = float(np.mean(values))
+                lowest = min(mine, key=lambda r: r[f"coverage_{level}_{when}"])
+                figures[f"oof_{key}_min{level}_{when}"] = float(lowest[f"coverage_{level}_{when}"])
+                figures[f"oof_{key}_min{level}_{when}_parameter"] = lowest["parameter"].replace("_", " ")
+        figures[f"oof_{key}_error"] = float(np.mean([r["median_abs_error_over_prior_spread"] for r in mine]))
+    terms, own = results["terms"], results.get("terms_own_physics", {})
+    figures.update({"oof_learnt_on": results["learnt_on"].replace("_", " "), "oof_term_min": min(terms.values()), "oof_term_max": max(terms.values()),
+                    "oof_term_max_parameter": max(terms, key=terms.get).replace("_", " "), "oof_term_mean": float(np.mean(list(terms.values()))),
+                    "oof_n_systems": int(results.get("test_systems", 0))})
+    if own:
+        figures.update({"oof_own_term_min": min(own.values()), "oof_own_term_max": max(own.values()),
+                        "oof_beyond_own_max": max(terms[n] / own[n] for n in terms if n in own)})
+    return figures
