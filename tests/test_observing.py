@@ -103,3 +103,45 @@ def test_the_fit_rescales_a_match_within_the_flux_calibration_and_no_further():
     assert tolerant.reduced_chi2(target, model)[0] == pytest.approx(1.0, abs=0.15)
     far = 2.0 * model[0] + 0.01 * rng.normal(size=(32, 32))  # twice as bright: beyond any calibration error
     assert tolerant.flux_factors(far, model)[0] == pytest.approx(1.2) and tolerant.reduced_chi2(far, model)[0] > 20
+
+
+def _filtered_map(tmp_path, scale_arcsec: float | None):
+    """A bright NOEMA-like synthetic map with its MAX_SCALE card removed, filtered at ``scale_arcsec`` (``None``: not)."""
+    import torch
+    from astropy.io import fits
+
+    from protolib.instrument import FWHM_TO_SIGMA, Beam, convolve_beam
+    from protolib.observation import write_observation_fits
+
+    system = dict(stellar_mass=0.5, accretion_rate=3e-5, disk_radius=60.0, disk_mass=0.05, luminosity=3.0, disk_scale_height=6.0,
+                  cavity_angle=20.0)
+    path = write_observation_fits(tmp_path / f"map_{scale_arcsec}.fits", system, inclination_deg=50.0, position_angle_deg=30.0,
+                                  distance_pc=300.0, pixel_arcsec=0.2, image_size=128, beam=Beam(0.86, 0.69, 18.0),
+                                  noise_rms_jy_beam=1.6e-4, seed=3, frequency_ghz=220.0, include_model=False)
+    with fits.open(path) as hdus:
+        header, data = hdus[0].header, hdus[0].data.astype(np.float64)
+    del header["HIERARCH PROTOLIB MAX_SCALE"]
+    if scale_arcsec:
+        image = data[0, 0]
+        covariance = (scale_arcsec / 0.2 * FWHM_TO_SIGMA) ** 2 * np.eye(2)
+        data[0, 0] = image - convolve_beam(torch.as_tensor(image), covariance).numpy()
+    fits.PrimaryHDU(data.astype(np.float32), header).writeto(path, overwrite=True)
+    return path
+
+
+def test_the_maps_negative_bowl_gives_its_recoverable_scale_and_every_draw_is_filtered(tmp_path):
+    from protolib.instrument import Beam
+    from protolib.observation import prepare_observation
+    from protolib.observation.regrid import BankGrid
+
+    grid = BankGrid(image_size=64, pixel_size_au=120.0, distance_pc=300.0, beam=Beam(0.86, 0.69, 18.0), frequency_ghz=220.0)
+    filtered = prepare_observation(_filtered_map(tmp_path, 6.0), grid, 300.0)
+    assert filtered.max_scale_source.startswith("estimated: a negative bowl")
+    low, high = filtered.max_scale_estimate["range_arcsec"]
+    assert low <= 6.0 <= high and high / low < 0.5 * MAX_SCALE_RANGE_BEAMS[1] / MAX_SCALE_RANGE_BEAMS[0]  # narrower than the default's
+    uncertainty = observing_uncertainty(300.0, frequency_ghz=220.0, beam_major_arcsec=0.86, max_scale_known=False,
+                                        estimated_scale=filtered.max_scale_estimate)
+    assert uncertainty.no_filter_share == 0.0 and all(low <= d.max_scale_arcsec <= high for d in uncertainty.draws())
+    plain = prepare_observation(_filtered_map(tmp_path, None), grid, 300.0)  # no bowl: the default assumption, and its wide draws
+    assert plain.max_scale_source.startswith("assumed") and plain.max_scale_estimate["range_arcsec"] is None
+    assert "no significant negative bowl" in plain.max_scale_estimate["reason"]

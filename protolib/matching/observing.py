@@ -62,6 +62,9 @@ class ObservingUncertainty:
             (``None``: it is known).
         n_draws: how many draws the match is repeated over; ``seed``: the draws' seed.
         flux_calibration_source: where ``flux_calibration`` came from ("given" or the band's default).
+        no_filter_share: the share of the draws with no filtering (:data:`NO_FILTER_SHARE`; 0 when the map's
+            negative bowl shows that it is filtered).
+        max_scale_range_source: where ``max_scale_range_arcsec`` came from.
     """
 
     distance_pc: float
@@ -71,6 +74,8 @@ class ObservingUncertainty:
     n_draws: int = OBSERVING_DRAWS
     seed: int = 0
     flux_calibration_source: str = "given"
+    no_filter_share: float = NO_FILTER_SHARE
+    max_scale_range_source: str = ""
 
     @property
     def sources(self) -> list[str]:
@@ -93,7 +98,7 @@ class ObservingUncertainty:
             scales = [None] * self.n_draws
         else:
             low, high = np.log(self.max_scale_range_arcsec)
-            position = unit[:, 2] / (1.0 - NO_FILTER_SHARE)
+            position = unit[:, 2] / (1.0 - self.no_filter_share)
             scales = [float(np.exp(low + (high - low) * u)) if u < 1.0 else 0.0 for u in position]
         return [ObservingDraw(float(d), float(f), s) for d, f, s in zip(distance, flux, scales)]
 
@@ -105,17 +110,18 @@ class ObservingUncertainty:
                    "flux_calibration": [math.log(d.flux_factor) / math.log1p(self.flux_calibration or 1.0) for d in draws]}
         if self.max_scale_range_arcsec is not None:
             low, high = np.log(self.max_scale_range_arcsec)
-            kept = 1.0 - NO_FILTER_SHARE
+            kept = 1.0 - self.no_filter_share
             columns["recoverable_scale"] = [2 * (kept * (math.log(d.max_scale_arcsec) - low) / (high - low) if d.max_scale_arcsec
-                                                 else 1.0 - 0.5 * NO_FILTER_SHARE) - 1 for d in draws]
+                                                 else 1.0 - 0.5 * self.no_filter_share) - 1 for d in draws]
         return np.column_stack([columns[name] for name in self.sources]) if self.sources else np.zeros((len(draws), 0))
 
     def to_dict(self) -> dict:
         """Plain data for ``report.json``."""
         described = asdict(self)
         described["sources"] = self.sources
-        described["max_scale_range_beams"] = list(MAX_SCALE_RANGE_BEAMS) if self.max_scale_range_arcsec is not None else None
-        described["no_filter_share"] = NO_FILTER_SHARE if self.max_scale_range_arcsec is not None else 0.0
+        assumed = self.max_scale_range_arcsec is not None and not self.max_scale_range_source
+        described["max_scale_range_beams"] = list(MAX_SCALE_RANGE_BEAMS) if assumed else None
+        described["no_filter_share"] = self.no_filter_share if self.max_scale_range_arcsec is not None else 0.0
         return described
 
 
@@ -130,7 +136,7 @@ def default_flux_calibration(frequency_ghz: float | None) -> float:
 def observing_uncertainty(
     distance_pc: float, *, distance_error_pc: float | None = None, flux_calibration: float | None = None,
     frequency_ghz: float | None = None, beam_major_arcsec: float | None = None, max_scale_known: bool = True,
-    n_draws: int = OBSERVING_DRAWS, seed: int = 0, source: str = "the map",
+    n_draws: int = OBSERVING_DRAWS, seed: int = 0, source: str = "the map", estimated_scale: dict | None = None,
 ) -> ObservingUncertainty:
     """The uncertainty of a map's observing settings, checked.
 
@@ -139,7 +145,9 @@ def observing_uncertainty(
         flux_calibration: 1-sigma fractional flux-scale error (``None``: :func:`default_flux_calibration` at
             ``frequency_ghz``).
         beam_major_arcsec, max_scale_known: when the recoverable scale is not known, it is drawn over
-            :data:`MAX_SCALE_RANGE_BEAMS` beam major axes.
+            :data:`MAX_SCALE_RANGE_BEAMS` beam major axes, with :data:`NO_FILTER_SHARE` of the draws unfiltered ...
+        estimated_scale: ... unless the map's negative bowl gave a range (:class:`~protolib.observation.scale.ScaleEstimate`'s
+            ``to_dict()``): it is then drawn over that range, every draw filtered.
         n_draws: draws to repeat the match over (0: none, the settings taken as exact).
         source: the map, for the messages.
 
@@ -156,12 +164,14 @@ def observing_uncertainty(
         raise ProtolibInputError(f"{source}: the flux-calibration error is a fraction from 0 to 0.5 (0.1 for 10%), got {flux_calibration}.")
     if not (isinstance(n_draws, (int, np.integer)) and 0 <= n_draws <= 200):
         raise ProtolibInputError(f"{source}: the number of observing draws must be 0 (none) to 200, got {n_draws}.")
-    scale_range = None
-    if not max_scale_known and beam_major_arcsec:
+    scale_range, share, how = None, NO_FILTER_SHARE, ""
+    if estimated_scale and estimated_scale.get("range_arcsec"):
+        scale_range, share, how = tuple(estimated_scale["range_arcsec"]), 0.0, estimated_scale["reason"]
+    elif not max_scale_known and beam_major_arcsec:
         scale_range = (MAX_SCALE_RANGE_BEAMS[0] * beam_major_arcsec, MAX_SCALE_RANGE_BEAMS[1] * beam_major_arcsec)
     at = f"{frequency_ghz:.0f} GHz" if frequency_ghz else "an unknown frequency"
     return ObservingUncertainty(float(distance_pc), error, flux, scale_range, int(n_draws), int(seed),
-                                "given" if given else f"nominal at {at}")
+                                "given" if given else f"nominal at {at}", share, how)
 
 
 def pooled_matches(draws: Sequence[Matches]) -> tuple[Matches, np.ndarray]:

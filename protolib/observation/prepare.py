@@ -37,6 +37,7 @@ from astropy.coordinates import SkyCoord
 from ..instrument import Beam, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
 from ..runtime import ProtolibInputError, shown_path
 from .fits import MAX_SCALE_LIMIT_ARCSEC, Observation, checked_max_scale, plain_icrs, read_observation
+from .scale import estimate_max_scale
 from .noise import DETECTION_SIGMA, CompactSource, estimate_noise_rms, find_compact_sources
 from .prepared import PreparedObservation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
@@ -103,7 +104,7 @@ def prepare_observation(
     _check_positive(path, {"noise rms": noise_rms_jy_beam, "frequency": frequency_ghz, "mask radius": mask_radius_arcsec})
     frequency = _frequency_settings(observation, grid, frequency_ghz, spectral_index)
     _warn_if_bank_does_not_fit(observation, grid, distance_pc, (x, y), frequency)
-    max_scale, max_scale_source = _max_scale_setting(observation, max_scale_arcsec)
+    max_scale, max_scale_source, scale_estimate = _max_scale_setting(observation, max_scale_arcsec, (x, y), noise_rms_jy_beam)
     sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
     _warn_about_sources(path, sources, distance_pc, grid.field_of_view_au, mask_radius_arcsec)
     _warn_about_spikes_and_blanks(observation, (x, y), noise_rms_jy_beam)
@@ -117,7 +118,7 @@ def prepare_observation(
         beam=working_beam, grid=grid, distance_pc=distance_pc, centre=centre,
         noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
         observed_noise_rms_jy_beam=float(noise_rms_jy_beam), smoothed=smoothed, **_as_read(observation), **frequency,
-        max_scale_arcsec=max_scale, max_scale_source=max_scale_source, mask_radius_arcsec=mask_radius_arcsec,
+        max_scale_arcsec=max_scale, max_scale_source=max_scale_source, max_scale_estimate=scale_estimate, mask_radius_arcsec=mask_radius_arcsec,
         sources=[source.to_dict(distance_pc) for source in sources],
     )
 
@@ -270,15 +271,24 @@ def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float,
     return float(ratio**spectral_index)
 
 
-def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None) -> tuple[float | None, str]:
-    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering) and where it came from; the value
-    given and the file's card are checked alike (:func:`~protolib.observation.fits.checked_max_scale`)."""
+def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None, centre_xy: tuple[float, float],
+                       noise_rms_jy_beam: float) -> tuple[float | None, str, dict | None]:
+    """The maximum recoverable scale [arcsec, observed] (``None``: no filtering), where it came from, and the map's own
+    estimate when neither the user nor the file gave it. The value given and the file's card are checked alike
+    (:func:`~protolib.observation.fits.checked_max_scale`); otherwise the negative bowl about the source is read
+    (:func:`~protolib.observation.scale.estimate_max_scale`), and without one a default is assumed."""
     if max_scale_arcsec is not None:
-        return checked_max_scale(float(max_scale_arcsec), observation.beam.major_arcsec, str(observation.path)), "given"
+        return checked_max_scale(float(max_scale_arcsec), observation.beam.major_arcsec, str(observation.path)), "given", None
     if observation.max_scale_arcsec is not None:
         where = f"{observation.path}: the card PROTOLIB MAX_SCALE"
-        return checked_max_scale(observation.max_scale_arcsec, observation.beam.major_arcsec, where), "file"
-    return MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)"
+        return checked_max_scale(observation.max_scale_arcsec, observation.beam.major_arcsec, where), "file", None
+    pixel = observation.pixel_scale_arcsec
+    estimate = estimate_max_scale(observation.image_jy_beam, centre_xy, noise_rms=noise_rms_jy_beam, beam_major_px=observation.beam.major_arcsec / pixel,
+                                  beam_minor_px=observation.beam.minor_arcsec / pixel, pixel_arcsec=pixel)
+    if estimate.range_arcsec is not None and estimate.range_arcsec[1] <= MAX_SCALE_LIMIT_ARCSEC:
+        return estimate.max_scale_arcsec, f"estimated: {estimate.reason}", estimate.to_dict()
+    return (MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)",
+            estimate.to_dict())
 
 
 def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: float, field_au: float, mask_radius: float | None) -> None:

@@ -56,7 +56,8 @@ class PreparedObservation:
     spectral_index: float = 3.0  # dust spectral index used to bring fluxes to the bank's frequency
     frequency_factor: float = 1.0  # (bank frequency / observed)^spectral_index, applied to the image and noise
     max_scale_arcsec: float | None = None  # maximum recoverable scale, at the observed distance (None: no filtering)
-    max_scale_source: str = ""  # "given", "file" or the assumption made
+    max_scale_source: str = ""  # "given", "file", "estimated: ..." (the map's negative bowl) or the assumption made
+    max_scale_estimate: dict | None = None  # the negative bowl's estimate (ScaleEstimate.to_dict) when neither user nor file gave it
     blanked_zero_fraction: float = 0.0  # fraction of the file's pixels that were zero-valued blanking
     mask_radius_arcsec: float | None = None  # everything further than this from the centre was blanked
     sources: list[dict] = field(default_factory=list)  # compact sources in the field (CompactSource.to_dict), brightest first
@@ -124,6 +125,7 @@ class PreparedObservation:
             "frequency_factor": self.frequency_factor,
             "max_scale_arcsec": self.max_scale_arcsec,
             "max_scale_source": self.max_scale_source,
+            "max_scale_estimate": self.max_scale_estimate,
             "blanked_zero_fraction": self.blanked_zero_fraction,
             "mask_radius_arcsec": self.mask_radius_arcsec,
             "compact_sources": list(self.sources),

@@ -187,6 +187,8 @@ def _observing_uncertainty(target, distance_pc: float, preparation: dict, observ
                                  flux_calibration=observing.get("flux_calibration"), frequency_ghz=frequency,
                                  beam_major_arcsec=preparation["observed_beam_arcsec"][0],
                                  max_scale_known=preparation.get("max_scale_source") in ("given", "file"),
+                                 estimated_scale=preparation.get("max_scale_estimate")
+                                 if str(preparation.get("max_scale_source", "")).startswith("estimated") else None,
                                  n_draws=OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"],
                                  source=str(target))
 
