@@ -20,7 +20,7 @@ from ..runtime import ProtolibInputError
 from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
 
 __all__ = ["WIDENING_CANDIDATES", "weighted_percentile", "central_intervals", "central_coverage", "required_widening", "calibrate_widening",
-           "reference_calibration"]
+           "reference_calibration", "choose_k_and_widening", "K_CANDIDATES"]
 
 
 def weighted_percentile(values: np.ndarray, percentiles: Sequence[float], weights: np.ndarray | None = None) -> np.ndarray:
@@ -148,16 +148,13 @@ def calibrate_widening(
     return out
 
 
-def reference_calibration(bank: Bank, reference_rows: np.ndarray, reference_matches: Sequence[Matches]) -> dict[str, dict]:
-    """:func:`calibrate_widening` over reference bank images and their matches, for every bank parameter and the inclination.
+K_CANDIDATES = (10, 20, 50, 100, 200)
+"""The numbers of matches :func:`choose_k_and_widening` tries for a target's distribution."""
 
-    Arguments:
-        bank: the bank.
-        reference_rows: ``(T,)`` the reference images' rows (``system * n_projections + projection``).
-        reference_matches: each reference image's matches (as many as the target's), best first.
-    """
+
+def _reference_samples(bank: Bank, reference_rows: np.ndarray, reference_matches: Sequence[Matches], k: int) -> tuple[dict, dict]:
+    """Each reference image's first ``k`` matches' values and its truth, scaled, for every bank parameter and the inclination."""
     names = [*bank.parameters, "inclination"]  # the nuisance physics too: its summaries are widened like the rest
-    k = min(len(m) for m in reference_matches)
     samples = {name: [] for name in names}
     truths = {name: [] for name in names}
     for row, matches in zip(np.asarray(reference_rows), reference_matches):
@@ -167,4 +164,48 @@ def reference_calibration(bank: Bank, reference_rows: np.ndarray, reference_matc
             info = describe_parameter(name, bank.parameter_info)
             samples[name].append(scaled_for_summary(values[name], info.log_scale, name))
             truths[name].append(scaled_for_summary(np.array([truth[name]]), info.log_scale, name)[0])
-    return calibrate_widening({n: np.stack(v) for n, v in samples.items()}, {n: np.array(v) for n, v in truths.items()})
+    return {n: np.stack(v) for n, v in samples.items()}, {n: np.array(v) for n, v in truths.items()}
+
+
+def reference_calibration(bank: Bank, reference_rows: np.ndarray, reference_matches: Sequence[Matches]) -> dict[str, dict]:
+    """:func:`calibrate_widening` over reference bank images and their matches, for every bank parameter and the inclination.
+
+    Arguments:
+        bank: the bank.
+        reference_rows: ``(T,)`` the reference images' rows (``system * n_projections + projection``).
+        reference_matches: each reference image's matches (as many as the target's), best first.
+    """
+    k = min(len(m) for m in reference_matches)
+    return calibrate_widening(*_reference_samples(bank, reference_rows, reference_matches, k))
+
+
+def choose_k_and_widening(bank: Bank, reference_rows: np.ndarray, reference_matches: Sequence[Matches],
+                          k_candidates: Sequence[int] = K_CANDIDATES) -> tuple[int, dict[str, dict], dict[str, float]]:
+    """The number of matches, and the widening per parameter, that give the narrowest honest intervals on the references.
+
+    For each ``k`` (of ``k_candidates``, at most the matches each reference has) the references' first ``k``
+    matches are calibrated (:func:`calibrate_widening`), and the calibrated 68% half-width of every physical
+    parameter is measured in units of its spread over the bank. The ``k`` whose mean half-width is smallest
+    wins. A fixed ``k`` large against the bank (200 of a few thousand images) draws the distribution from
+    a wide neighbourhood, and a small one from too few matches to have percentiles; which one serves a
+    target best depends on the bank's density near it and on the observation's beam and noise, so it is
+    measured there, on reference images seen like the target, as the evaluation does on validation
+    systems (:func:`protolib.evaluation.choose_correction`).
+
+    Returns:
+        ``(k, calibration, scores)``: the ``k`` chosen, :func:`calibrate_widening`'s result at it, and every ``k``
+        tried -> its mean calibrated half-width in bank spreads.
+    """
+    most = min(len(m) for m in reference_matches)
+    tried = sorted({int(k) for k in k_candidates if 2 <= k <= most} | {most})
+    physical, scores, found = list(bank.physical_parameters), {}, {}
+    spread = {n: float(np.std(scaled_for_summary(bank.parameters[n], describe_parameter(n, bank.parameter_info).log_scale, n)))
+              for n in physical}
+    for k in tried:
+        samples, truths = _reference_samples(bank, reference_rows, reference_matches, k)
+        found[k] = calibrate_widening(samples, truths)
+        widths = [found[k][n]["widening"] * np.median(np.diff(np.percentile(samples[n], [16, 84], axis=1), axis=0)) / 2 / spread[n]
+                  for n in physical if spread[n] > 0]
+        scores[k] = float(np.mean(widths))
+    best = min(tried, key=lambda k: (scores[k], -k))
+    return best, found[best], {str(k): scores[k] for k in tried}

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..bank import Bank
 from ..goodness_of_fit import ImageFit, judge_fit, reference_chi2, residual_peak
-from .calibration import reference_calibration
+from .calibration import K_CANDIDATES, choose_k_and_widening
 from .matcher import Matcher
 from .matches import Matches
 from .observation_targets import ObservationTarget
@@ -32,14 +32,18 @@ class MatchFit:
         verdict: the :class:`~protolib.goodness_of_fit.FitVerdict`.
         residuals: ``(n_gallery, H, W)`` the first matches' residual maps, in noise rms.
         calibration: parameter -> the widening of the intervals that makes them honest on the
-            reference targets, with the coverage before and after
-            (:func:`~protolib.matching.calibration.reference_calibration`).
+            reference targets, with the coverage before and after, at ``k`` matches
+            (:func:`~protolib.matching.calibration.choose_k_and_widening`).
+        k: how many of the best matches form the distribution: of ``k_candidates``, the one whose calibrated
+            intervals are narrowest on the references; ``k_scores``: every ``k`` tried -> that mean half-width.
     """
 
     reduced_chi2: np.ndarray
     verdict: Any
     residuals: np.ndarray
     calibration: dict
+    k: int | None = None
+    k_scores: dict | None = None
 
 
 def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,7 +60,7 @@ def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: n
 def fit_matches(
     matcher: Matcher, image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
     n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0, flux_tolerance: float = 0.0,
-) -> MatchFit | None:
+    k_candidates=K_CANDIDATES) -> MatchFit | None:
     """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
     residuals, and the intervals' calibration at the target's resolution and noise.
 
@@ -68,6 +72,7 @@ def fit_matches(
     matches must be widened about the median to hold the truth as often as they claim, at this
     observation's beam and noise. ``flux_tolerance``: each match's fluxes may be scaled within it to fit
     (:class:`~protolib.goodness_of_fit.ImageFit`; the target's flux-calibration uncertainty), the references' alike.
+    ``k_candidates``: how many best matches the distribution may take (the narrowest honest is chosen).
 
     Returns:
         The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
@@ -109,4 +114,5 @@ def fit_matches(
     best = float(chi2[k])
     peak = structure(image, match_images[k])
     verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks)
-    return MatchFit(chi2, verdict, residuals, reference_calibration(bank, rows, found))
+    k_chosen, calibration, scores = choose_k_and_widening(bank, rows, found, k_candidates)
+    return MatchFit(chi2, verdict, residuals, calibration, k_chosen, scores)

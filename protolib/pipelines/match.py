@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -154,12 +154,15 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
     _refuse_no_matches(matches, threshold, bank)
     verdict = matcher.check(matches, limit_percentile=limit_percentile)
     fit = fit_matches(matcher, image, matches, observation=observation, flux_tolerance=flux_tolerance)
+    searched = len(matches)
+    matches, pooled, fit = _distribution_matches(matches, pooled, fit)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
     noise = observation.noise_rms_jy_beam if observation is not None else bank_noise
     found = detection(image, noise) if noise > 0 else None
     settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
                 "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
                 "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive", "fit_flux_tolerance": flux_tolerance,
+                "matches_searched": searched, "distribution_k": len(matches), "k_scores": None if fit is None else fit.k_scores,
                 **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
@@ -174,6 +177,17 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
         report["posterior_estimate"] = observation_posterior(matcher, image, settings=posterior_settings, progress=options.get("progress", False))
         write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _distribution_matches(matches: Matches, pooled: ObservingDraws | None, fit):
+    """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose (:func:`~protolib.matching.fit_matches`):
+    the distribution, ``matches.csv`` and the gallery are theirs; the verdict has already looked at every match searched."""
+    if fit is None or fit.k is None or fit.k >= len(matches):
+        return matches, pooled, fit
+    k = fit.k
+    if pooled is not None:
+        pooled = ObservingDraws(pooled.uncertainty, pooled.draws, [m.head(k) for m in pooled.matches])
+    return matches.head(k), pooled, replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k])
 
 
 def _observing_uncertainty(target, distance_pc: float, preparation: dict, observing: dict) -> ObservingUncertainty:
