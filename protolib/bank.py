@@ -35,7 +35,7 @@ import datetime as _dt
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -267,9 +267,13 @@ class Bank:
 
     @property
     def simulator_config(self) -> SimulatorConfig | None:
-        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are."""
+        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are;
+        for one band of several (:meth:`band`), the settings that render that band alone, as a one-band bank's."""
         text = self.attrs.get("simulator_config")
-        return typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
+        config = typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
+        if config is not None and self.band_index is not None:
+            config = replace(config, frequency_ghz=self.frequencies_ghz[0], frequencies_ghz=None)
+        return config
 
     @property
     def identity(self) -> dict:
@@ -389,8 +393,6 @@ class Bank:
         with torch.no_grad():
             clean = render(params, torch.as_tensor(self.inclination[system], device=device),
                            torch.as_tensor(self.position_angle[system], device=device), config, self.instrument.distance_pc)
-        if self.band_index is not None:
-            clean = clean[:, self.band_index]
         return clean.cpu().numpy()
 
     def close(self) -> None:

@@ -60,7 +60,7 @@ def test_one_band_of_a_three_band_bank_is_the_one_band_bank_of_the_same_seed(ban
         assert b6.setup == one.setup and b6.frequencies_ghz == (230.0,)
         assert b3.instrument.beam_major_arcsec == 0.6 and b3.setup["frequency_ghz"] == 100.0
         np.testing.assert_array_equal(b3.load_images([1, 3]), three.load_images([1, 3])[:, :, 0])
-        assert b3.render_clean(0).shape == (2, 16, 16)
+        assert b3.render_clean(0).shape == (2, 16, 16) and b3.simulator_config.bands_ghz == (100.0,)  # re-rendered as a one-band bank
         assert b3.identity["band_ghz"] == 100.0
 
 
