@@ -809,8 +809,8 @@ def render_systems(
             clean = render({k: v[own] for k, v in per_image.items()}, inclination[own], position_angle[own], config, instrument.distance_pc)
             clean = clean.cpu().reshape(n_proj, len(instruments), *clean.shape[-2:])
             noise_index = int(systems["system_index"][i]) if "system_index" in systems else int(i)
-            bands = [seen.observe(clean[:, band].contiguous(), config.pixel_size_au, system_rng(seed, noise_index, stream=_noise_stream(band, config)))
-                     for band, seen in enumerate(instruments)]
+            bands = [seen.observe(clean[:, band].contiguous(), config.pixel_size_au,
+                                  system_rng(seed, noise_index, stream=_noise_stream(band, config))) for band, seen in enumerate(instruments)]
             images.append((bands[0] if len(bands) == 1 else torch.stack(bands, dim=1)).numpy())
         images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()

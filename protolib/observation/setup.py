@@ -31,7 +31,8 @@ from ..runtime import ProtolibInputError
 from .fits import Observation, read_observation
 from .prepare import centre_in_image, measured_noise_rms, usable_field_pixels
 
-__all__ = ["MapSetup", "map_setup", "common_setup", "band_setup", "fitted_setup", "MAX_FIELD_AU", "MIN_FIELD_AU", "MIN_FIELD_BEAMS", "PIXELS_PER_BEAM",
+__all__ = ["MapSetup", "map_setup", "common_setup", "band_setup", "fitted_setup",
+           "MAX_FIELD_AU", "MIN_FIELD_AU", "MIN_FIELD_BEAMS", "PIXELS_PER_BEAM",
            "IMAGE_SIZES", "COVERED", "TOLERANCES"]
 
 MAX_FIELD_AU = 20_000.0  # the largest field of a fitted bank [au]: the prior's envelopes reach 20,000 au
