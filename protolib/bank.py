@@ -13,6 +13,19 @@ Schema (``format = "protolib-bank"``, ``schema_version = 1``)::
                                 beam_major_arcsec, beam_minor_arcsec, beam_position_angle_deg,
                                 noise_rms_jy_beam, simulator_config (JSON), prior (JSON), source
 
+A bank in several bands (``simulator.frequencies_ghz``) has one more axis and one more table::
+
+    /images                     float32 (n_systems, n_projections, n_bands, height, width), chunked by systems
+                                and bands; attrs: axes ("system, projection, band, north, west")
+    /bands/frequency_ghz        float64 (n_bands,), increasing [GHz]
+    /bands/<beam or noise key>  float64 (n_bands,): beam_major_arcsec, beam_minor_arcsec,
+                                beam_position_angle_deg, noise_rms_jy_beam of each band
+
+and its root attributes describe its reference band (the one nearest the simulator's
+``frequency_ghz``), so that its setup reads as a one-band bank's. A bank of one band has no band
+axis and no ``/bands``, as before several bands existed. ``Bank(path, frequency_ghz=...)`` and
+:meth:`Bank.band` open one band of either as a one-band bank.
+
 Rows of an image run north, columns west (``imshow(origin="lower")`` shows north up, east left).
 """
 
@@ -22,7 +35,7 @@ import datetime as _dt
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,18 +45,22 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .instrument import Instrument
+from .instrument import BAND_SETTINGS, Instrument
 from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
 from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng, typed_settings
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
 
 __all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "check_beam_fits_field", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
-           "write_bank_tables", "write_bank_attributes"]
+           "write_bank_tables", "write_bank_attributes", "BAND_SETTINGS", "BAND_TOLERANCE"]
 
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
 IMAGE_CHECK_BYTES = 4 * 2**30  # banks up to this size have every pixel checked for NaN and inf when opened
 _PIXELS_CHECKED: set = set()  # (path, size, mtime) of bank files whose pixels passed, so reopening one does not read it again
+
+
+BAND_TOLERANCE = 0.05
+"""A band is selected (:meth:`Bank.band`) by a frequency within this fraction of its own; farther, it is refused."""
 
 
 IMAGES_IN_MEMORY_BYTES = 2**28
@@ -60,9 +77,14 @@ class Bank:
         >>> bank.images.shape                           # (systems, projections, height, width)
         >>> bank.parameters["disk_radius"]              # numpy array, one value per system [au]
         >>> bank.load_images([0, 5, 7])                 # numpy (3, P, H, W)
+
+    A bank in several bands holds images ``(systems, projections, bands, height, width)``;
+    ``Bank(path, frequency_ghz=230)``, or ``bank.band(230)``, opens its 230 GHz band as a one-band bank
+    (images ``(systems, projections, height, width)``, that band's frequency, beam and noise), which
+    every reader of one-band banks takes as it is.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, frequency_ghz: float | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise ProtolibInputError(f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`.")
@@ -104,6 +126,7 @@ class Bank:
         self.system_id: np.ndarray = self._file["system_id"][()]
         self.attrs: dict = {k: _plain(v) for k, v in self._file.attrs.items()}
         try:
+            self._select_band(frequency_ghz)
             self._validate()
         except ProtolibInputError:
             self._file.close()
@@ -165,6 +188,57 @@ class Bank:
                                      "it holds no emission to match.")
         _PIXELS_CHECKED.add(checked)
 
+    def _select_band(self, frequency_ghz: float | None) -> None:
+        """Read one band of the file as a one-band bank (``frequency_ghz``: the band nearest it), or all (``None``)."""
+        self.band_index: int | None = None
+        if frequency_ghz is None:
+            return
+        bands = self.frequencies_ghz
+        if not (isinstance(frequency_ghz, (int, float)) and math.isfinite(frequency_ghz) and frequency_ghz > 0):
+            raise ProtolibInputError(f"{self.path}: a band is chosen by a positive frequency in GHz, got {frequency_ghz!r}.")
+        if not all(math.isfinite(b) for b in bands):
+            raise ProtolibInputError(f"{self.path}: the bank records no frequency (an imported bank), so no band of "
+                                     f"{frequency_ghz:g} GHz can be chosen; open it without one.")
+        index = int(np.argmin([abs(math.log(b / frequency_ghz)) for b in bands]))
+        if abs(bands[index] / frequency_ghz - 1.0) > BAND_TOLERANCE:
+            raise ProtolibInputError(f"{self.path}: the bank has no band within {100 * BAND_TOLERANCE:.0f}% of {frequency_ghz:g} GHz (its "
+                                     f"band(s): {', '.join(f'{b:g}' for b in bands)} GHz); choose one of those, or make a bank in that band.")
+        if self.images.ndim == 5:
+            self.band_index = index
+            self.images = _BandImages(self._file["images"], index)
+            table = self._file["bands"]
+            self.attrs.update({key: float(table[key][index]) for key in BAND_SETTINGS if key in table})
+            self.attrs["frequency_ghz"] = bands[index]
+
+    @property
+    def frequencies_ghz(self) -> tuple[float, ...]:
+        """The bands' frequencies [GHz], increasing; one (NaN when unknown: an imported bank) for a one-band bank or band."""
+        if self.band_index is None and "bands" in self._file:
+            return tuple(float(v) for v in self._file["bands/frequency_ghz"][()])
+        return (float(self.attrs.get("frequency_ghz", float("nan"))),)
+
+    @property
+    def n_bands(self) -> int:
+        """How many bands the images hold (1: no band axis)."""
+        return len(self.frequencies_ghz)
+
+    @property
+    def band_instruments(self) -> list[Instrument]:
+        """The instrument of each band (its beam and noise), in :attr:`frequencies_ghz` order."""
+        if self.n_bands == 1:
+            return [self.instrument]
+        table = self._file["bands"]
+        return [Instrument(**{**self.instrument.to_dict(), **{key: float(table[key][i]) for key in BAND_SETTINGS if key in table}})
+                for i in range(self.n_bands)]
+
+    def band(self, frequency_ghz: float) -> "Bank":
+        """The band nearest ``frequency_ghz`` (within :data:`BAND_TOLERANCE`) as a one-band bank, opened anew (close it too).
+
+        Its images are ``(systems, projections, height, width)`` and its attributes, instrument and setup
+        are that band's, so that whatever reads one-band banks (training, matching) reads it unchanged.
+        """
+        return Bank(self.path, frequency_ghz)
+
     @property
     def n_systems(self) -> int:
         return int(self.images.shape[0])
@@ -193,20 +267,27 @@ class Bank:
 
     @property
     def simulator_config(self) -> SimulatorConfig | None:
-        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are."""
+        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are;
+        for one band of several (:meth:`band`), the settings that render that band alone, as a one-band bank's."""
         text = self.attrs.get("simulator_config")
-        return typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
+        config = typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
+        if config is not None and self.band_index is not None:
+            config = replace(config, frequency_ghz=self.frequencies_ghz[0], frequencies_ghz=None)
+        return config
 
     @property
     def identity(self) -> dict:
         """What identifies this bank in a model checkpoint: path, shape, seed, creation time."""
-        return {
+        identity = {
             "path": str(self.path.resolve()),
             "shape": list(self.images.shape),
             "seed": self.attrs.get("seed"),
             "created": self.attrs.get("created"),
             "protolib_version": self.attrs.get("protolib_version"),
         }
+        if self.band_index is not None:
+            identity["band_ghz"] = self.frequencies_ghz[0]
+        return identity
 
     @property
     def file_state(self) -> dict:
@@ -239,7 +320,10 @@ class Bank:
         number = {key: float(self.attrs.get(key, float("nan"))) for key in SETUP_NUMBERS}
         if str(self.attrs.get("source", "")).startswith("thesis snapshots"):
             number.update({key: float("nan") for key in ("distance_pc", "beam_major_arcsec", "beam_minor_arcsec", "beam_position_angle_deg")})
-        return {"image_size": self.image_size, **number, "unit": self.unit, "parameters": list(self.physical_parameters)}
+        setup = {"image_size": self.image_size, **number, "unit": self.unit, "parameters": list(self.physical_parameters)}
+        if self.n_bands > 1:
+            setup["frequencies_ghz"] = list(self.frequencies_ghz)
+        return setup
 
     def parameter_table(self, names: list[str] | None = None) -> np.ndarray:
         """Parameters as a ``(n_systems, n_names)`` float64 array, in ``names`` order."""
@@ -250,7 +334,8 @@ class Bank:
         return np.stack([self.parameters[n] for n in names], axis=1)
 
     def load_images(self, systems=None) -> np.ndarray:
-        """Images of the given systems (all when ``None``) as a numpy array ``(n, P, H, W)``.
+        """Images of the given systems (all when ``None``) as a numpy array ``(n, P, H, W)`` (``(n, P, bands, H, W)``
+        for a bank of several bands opened whole).
 
         Indices may be in any order and repeat; reads are done in sorted order, chunk-friendly.
         """
@@ -296,7 +381,8 @@ class Bank:
             yield chunk, self.load_images(chunk)
 
     def render_clean(self, system: int, device=None) -> np.ndarray:
-        """Re-render every projection of one simulated system without beam and noise [Jy/pixel], ``(P, H, W)``."""
+        """Re-render every projection of one simulated system without beam and noise [Jy/pixel], ``(P, H, W)``
+        (``(P, bands, H, W)`` for a bank of several bands opened whole)."""
         config = self.simulator_config
         if config is None:
             raise ProtolibInputError(f"{self.path} was not made by the protolib simulator; its clean models cannot be rendered.")
@@ -319,8 +405,41 @@ class Bank:
         self.close()
 
     def __repr__(self) -> str:
-        n, p, h, w = self.images.shape
-        return f"Bank({shown_path(self.path)!r}: {n} systems x {p} projections of {h}x{w} px, {self.pixel_size_au:.3g} au/px, {self.unit})"
+        n, p, h, w = (*self.images.shape[:2], *self.images.shape[-2:])
+        bands = "" if self.n_bands == 1 else f" in {self.n_bands} bands ({', '.join(f'{b:g}' for b in self.frequencies_ghz)} GHz)"
+        return (f"Bank({shown_path(self.path)!r}: {n} systems x {p} projections of {h}x{w} px{bands}, {self.pixel_size_au:.3g} au/px, "
+                f"{self.unit})")
+
+
+class _BandImages:
+    """One band of a multi-band bank's ``/images``, read as a one-band bank's ``(systems, projections, H, W)`` dataset.
+
+    It answers what readers of ``Bank.images`` ask of an h5py dataset (shape, dtype, nbytes, chunks,
+    attrs, and indexing by systems and projections), reading only its band from the file.
+    """
+
+    ndim = 4
+
+    def __init__(self, dataset: h5py.Dataset, band: int):
+        self.dataset, self.band = dataset, band
+        n, p, _, h, w = dataset.shape
+        self.shape = (n, p, h, w)
+        self.dtype, self.attrs = dataset.dtype, dataset.attrs
+        self.chunks = None if dataset.chunks is None else (*dataset.chunks[:2], *dataset.chunks[3:])
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key) or len(key) > 4:
+            raise IndexError("a band of a bank's images is indexed by system, projection, row and column (no ellipsis)")
+        key = key + (slice(None),) * max(0, 2 - len(key))
+        return self.dataset[(*key[:2], self.band, *key[2:])]
 
 
 def _file_identity(path: Path) -> tuple:
@@ -407,7 +526,7 @@ def _check_structure(f: h5py.File, path: Path) -> None:
     if not isinstance(version, (int, np.integer)) or int(version) > SCHEMA_VERSION:
         raise ProtolibInputError(f"{path}: bank schema version {version!r} is newer than this protolib reads "
                                  f"({SCHEMA_VERSION}); upgrade protolib.")
-    _refuse_data_elsewhere(f, ("images", "parameters", "viewing", "system_id"), path)  # first: testing `name in f` follows links
+    _refuse_data_elsewhere(f, ("images", "parameters", "viewing", "system_id", "bands"), path)  # first: testing `name in f` follows links
     required = ["images", "parameters", "viewing/inclination", "viewing/position_angle", "system_id"]
     for name in required:
         if name not in f:
@@ -415,6 +534,7 @@ def _check_structure(f: h5py.File, path: Path) -> None:
                                      "(see `protolib simulate` / `protolib import-thesis`).")
     datasets = _own_datasets(f, path)
     _check_shapes(datasets, path)
+    _check_bands(f, datasets["images"], path)
     _check_attributes(f, path, datasets["images"].shape[-1])
 
 
@@ -442,6 +562,10 @@ def _own_datasets(f: h5py.File, path: Path) -> dict:
     datasets = {"images": f["images"], "system_id": f["system_id"], "viewing/inclination": f["viewing/inclination"],
                 "viewing/position_angle": f["viewing/position_angle"]}
     datasets.update({f"parameters/{n}": f["parameters"][n] for n in f["parameters"]})
+    if "bands" in f:
+        if not isinstance(f["bands"], h5py.Group):
+            raise ProtolibInputError(f"{path}: /bands is a dataset, not the bands' table (a group of datasets).")
+        datasets.update({f"bands/{n}": f["bands"][n] for n in f["bands"]})
     _refuse_data_elsewhere(f, list(datasets), path)
     for name, dataset in datasets.items():
         if not isinstance(dataset, h5py.Dataset):
@@ -454,9 +578,9 @@ def _own_datasets(f: h5py.File, path: Path) -> dict:
 def _check_shapes(datasets: dict, path: Path) -> None:
     """Images of (systems, projections, side, side), and every other dataset of the shape they make it."""
     images = datasets["images"]
-    if images.ndim != 4 or images.shape[0] < 1 or images.shape[1] < 1 or images.shape[2] != images.shape[3]:
+    if images.ndim not in (4, 5) or min(images.shape[:-2]) < 1 or images.shape[-2] != images.shape[-1]:
         raise ProtolibInputError(f"{path}: /images has shape {images.shape}; a bank holds (systems >= 1, projections >= 1, "
-                                 "side, side) images.")
+                                 "side, side) images, or (systems, projections, bands, side, side) in several bands.")
     if not 8 <= images.shape[-1] <= MAX_IMAGE_SIDE:
         raise ProtolibInputError(f"{path}: /images are {images.shape[-1]} pixels a side; protolib works with 8 to "
                                  f"{MAX_IMAGE_SIDE}.")
@@ -468,6 +592,30 @@ def _check_shapes(datasets: dict, path: Path) -> None:
             raise ProtolibInputError(f"{path}: /{name} has shape {datasets[name].shape}, but the bank's images make it {shape}.")
     if len(np.unique(datasets["system_id"][()])) != n:
         raise ProtolibInputError(f"{path}: /system_id repeats identifiers; each system needs its own.")
+
+
+def _check_bands(f: h5py.File, images, path: Path) -> None:
+    """Images with a band axis have the ``/bands`` table (increasing positive frequencies, one row per band, and
+    each band's beam and noise of the signs the instrument's take); images without one have none."""
+    if images.ndim == 4:
+        if "bands" in f:
+            raise ProtolibInputError(f"{path}: the bank has a /bands table but its images have no band axis; the file is damaged.")
+        return
+    if "bands" not in f or "frequency_ghz" not in f["bands"]:
+        raise ProtolibInputError(f"{path}: /images has a band axis but the bank has no /bands/frequency_ghz; the file is damaged "
+                                 "or was not written by protolib.")
+    n_bands = images.shape[2]
+    for name in f["bands"]:
+        values = np.asarray(f["bands"][name][()], dtype=np.float64)
+        if values.shape != (n_bands,):
+            raise ProtolibInputError(f"{path}: /bands/{name} has shape {values.shape}, but the images hold {n_bands} bands.")
+        signed = values > 0 if name == "frequency_ghz" else values >= 0 if name != "beam_position_angle_deg" else True
+        if not (np.all(np.isfinite(values)) and np.all(signed)):
+            raise ProtolibInputError(f"{path}: /bands/{name} holds {values.tolist()}, not finite numbers of the sign it needs; "
+                                     "the file is damaged.")
+    frequencies = f["bands/frequency_ghz"][()]
+    if np.any(np.diff(frequencies) <= 0):
+        raise ProtolibInputError(f"{path}: /bands/frequency_ghz is {frequencies.tolist()}, not increasing; the file is damaged.")
 
 
 def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
@@ -544,6 +692,7 @@ def bank_with_systems_from(base: Bank, other: Bank, systems, out: str | Path) ->
     (``source`` records the replacement).
     """
     systems = np.asarray(systems, dtype=np.int64)
+    _refuse_band_views(base, other)
     if base.images.shape != other.images.shape or abs(base.pixel_size_au - other.pixel_size_au) > 1e-9:
         raise ProtolibInputError(f"{other.path} ({other.images.shape}, {other.pixel_size_au:g} au/px) does not match {base.path} "
                                  f"({base.images.shape}, {base.pixel_size_au:g} au/px); make both with the same bank and simulator settings.")
@@ -572,6 +721,7 @@ def concatenate_banks(first: Bank, second: Bank, out: str | Path) -> Path:
     same projections, pixels, instrument, simulator settings and parameters; the provenance is
     ``first``'s, and ``source`` records the addition.
     """
+    _refuse_band_views(first, second)
     if first.images.shape[1:] != second.images.shape[1:] or abs(first.pixel_size_au - second.pixel_size_au) > 1e-9:
         raise ProtolibInputError(f"{second.path} ({second.images.shape[1:]}, {second.pixel_size_au:g} au/px) cannot follow {first.path} "
                                  f"({first.images.shape[1:]}, {first.pixel_size_au:g} au/px); make both with the same bank and simulator settings.")
@@ -595,7 +745,16 @@ def concatenate_banks(first: Bank, second: Bank, out: str | Path) -> Path:
                 f["parameters"][name].attrs.update(unit=info.unit, description=info.description, log_scale=info.log_scale)
             f.attrs.update(first._file.attrs)
             f.attrs["source"] = f"{first.attrs.get('source', '')}; systems {n_first}-{n_all - 1} from {second.path} (seed {second.attrs.get('seed')})"
+            if "bands" in first._file:
+                first._file.copy(first._file["bands"], f, "bands")
     return Path(out)
+
+
+def _refuse_band_views(*banks: Bank) -> None:
+    """Files are combined whole: refuse a bank opened as one band of several (:meth:`Bank.band`)."""
+    for bank in banks:
+        if bank.band_index is not None:
+            raise ProtolibInputError(f"{bank.path} was opened as one band of several; banks are combined whole: open it without a band.")
 
 
 def draw_systems(n_systems: int, n_projections: int, seed: int, prior: Prior | None = None,
@@ -627,11 +786,12 @@ def render_systems(
 
     Noise for system ``i`` comes from :func:`protolib.runtime.system_rng` (``seed``, ``i``), so the
     result does not depend on how systems are grouped into calls. When ``systems`` holds only some
-    rows of a bank, its ``system_index`` array gives each row's index in the whole bank.
+    rows of a bank, its ``system_index`` array gives each row's index in the whole bank. In several
+    bands each band is seen through its own beam and noise (:meth:`Instrument.per_band`).
 
     Returns:
-        ``(len(indices), P, H, W)`` float32 images in the instrument's unit, and ``(len(indices),)``
-        envelope masses [Msun].
+        ``(len(indices), P, H, W)`` float32 images in the instrument's unit (``(len(indices), P, bands, H, W)``
+        in several bands), and ``(len(indices),)`` envelope masses [Msun].
     """
     device = default_device(device)
     indices = np.asarray(indices)
@@ -640,17 +800,27 @@ def render_systems(
     per_image = {k: v.repeat_interleave(n_proj) for k, v in per_system.items()}
     inclination = torch.as_tensor(systems["inclination"][indices].reshape(-1), device=device)
     position_angle = torch.as_tensor(systems["position_angle"][indices].reshape(-1), device=device)
+    instruments = instrument.per_band(len(config.bands_ghz))
     images = []
     with torch.no_grad():
         for j, i in enumerate(indices):
             # One system per call: the result is then the same however systems are grouped.
             own = slice(j * n_proj, (j + 1) * n_proj)
             clean = render({k: v[own] for k, v in per_image.items()}, inclination[own], position_angle[own], config, instrument.distance_pc)
+            clean = clean.cpu().reshape(n_proj, len(instruments), *clean.shape[-2:])
             noise_index = int(systems["system_index"][i]) if "system_index" in systems else int(i)
-            images.append(instrument.observe(clean.cpu(), config.pixel_size_au, system_rng(seed, noise_index, stream=2)).numpy())
+            bands = [seen.observe(clean[:, band].contiguous(), config.pixel_size_au,
+                                  system_rng(seed, noise_index, stream=_noise_stream(band, config))) for band, seen in enumerate(instruments)]
+            images.append((bands[0] if len(bands) == 1 else torch.stack(bands, dim=1)).numpy())
         images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
     return images.astype(np.float32), masses
+
+
+def _noise_stream(band: int, config: SimulatorConfig) -> int:
+    """The random stream of a band's noise: the reference band's is a one-band bank's (2), so that band of a bank
+    in several bands is, pixel for pixel, the one-band bank of the same seed; the others have streams of their own."""
+    return 2 if band == config.reference_band else 1002 + band
 
 
 def check_beam_fits_field(config: SimulatorConfig, instrument: Instrument) -> None:
@@ -705,7 +875,8 @@ def simulate_bank(
     prior = prior or Prior()
     if n_systems < 1 or n_projections < 1:
         raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
-    check_beam_fits_field(config, instrument)
+    for seen in instrument.per_band(len(config.bands_ghz)):  # an instrument.bands list of another length is refused here
+        check_beam_fits_field(config, seen)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
 
     chunks = [np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)]
@@ -763,18 +934,20 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
     """Write a bank atomically from drawn ``systems`` and ``blocks`` of ``(indices, images, envelope_masses)``.
 
     The blocks may come from this process (:func:`simulate_bank`) or from shards rendered elsewhere
-    (:func:`protolib.cluster.simulate_bank_parallel`): the file is the same either way.
+    (:func:`protolib.cluster.simulate_bank_parallel`): the file is the same either way. In several
+    bands the images have a band axis (chunked one band at a time, so one band reads alone) and the
+    bank a ``/bands`` table (see the module's schema).
     """
     n_systems, n_projections = systems["inclination"].shape
-    size = config.image_size
-    with atomic_path(out, expected_bytes=n_systems * n_projections * (size * size * 4 + 16) + 8 * 10 * n_systems) as tmp:
+    size, n_bands = config.image_size, len(config.bands_ghz)
+    bands = (n_bands,) if n_bands > 1 else ()
+    with atomic_path(out, expected_bytes=n_systems * n_projections * (n_bands * size * size * 4 + 16) + 8 * 10 * n_systems) as tmp:
         with h5py.File(tmp, "w") as f:
             chunk_systems = max(1, min(n_systems, (1 << 20) // (n_projections * size * size * 4)))
-            images = f.create_dataset(
-                "images", (n_systems, n_projections, size, size), dtype="f4", chunks=(chunk_systems, n_projections, size, size)
-            )
+            images = f.create_dataset("images", (n_systems, n_projections, *bands, size, size), dtype="f4",
+                                      chunks=(chunk_systems, n_projections, *(1 for _ in bands), size, size))
             images.attrs["unit"] = instrument.unit
-            images.attrs["axes"] = "system, projection, north, west"
+            images.attrs["axes"] = "system, projection, band, north, west" if bands else "system, projection, north, west"
             env_mass = np.zeros(n_systems)
             bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
             brightest = -np.inf
@@ -793,6 +966,16 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
         _check_written(tmp, out)
 
 
+def _write_band_table(f: h5py.File, config: SimulatorConfig, instrument: Instrument) -> None:
+    """A bank's ``/bands`` table: each band's frequency, beam and noise (banks in several bands only)."""
+    group = f.create_group("bands")
+    group.create_dataset("frequency_ghz", data=np.asarray(config.bands_ghz, dtype="f8")).attrs["unit"] = "GHz"
+    seen = instrument.per_band(len(config.bands_ghz))
+    for key in BAND_SETTINGS:
+        group.create_dataset(key, data=np.asarray([getattr(band, key) for band in seen], dtype="f8"))
+        group[key].attrs["unit"] = "Jy/beam" if key.startswith("noise") else "deg" if key.endswith("deg") else "arcsec"
+
+
 def write_bank_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
     """Write a bank's ``/parameters`` (with units), ``/viewing`` angles and ``/system_id`` into the open file ``f``."""
     group = f.create_group("parameters")
@@ -808,7 +991,8 @@ def write_bank_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
 
 
 def write_bank_attributes(f, *, seed, config: SimulatorConfig | None, instrument: Instrument, prior: Prior | None, source: str, pixel_size_au=None):
-    """Write a bank's provenance attributes (format, schema, version, seed, simulator, prior, instrument, pixel size) into ``f``."""
+    """Write a bank's provenance attributes (format, schema, version, seed, simulator, prior, instrument, pixel size) into ``f``,
+    and the ``/bands`` table of a bank in several bands (whose root attributes are then its reference band's)."""
     f.attrs["format"] = FORMAT
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["protolib_version"] = __version__
@@ -820,9 +1004,12 @@ def write_bank_attributes(f, *, seed, config: SimulatorConfig | None, instrument
         f.attrs["field_of_view_au"] = config.field_of_view_au
         f.attrs["frequency_ghz"] = config.frequency_ghz
         f.attrs["simulator_config"] = json.dumps(config.to_dict())
+        if len(config.bands_ghz) > 1:
+            _write_band_table(f, config, instrument)
+        instrument = instrument.per_band(len(config.bands_ghz))[config.reference_band]  # the root's setup is the reference band's
     else:
         f.attrs["pixel_size_au"] = float("nan") if pixel_size_au is None else float(pixel_size_au)
-    for key, value in instrument.to_dict().items():
+    for key, value in instrument.single().to_dict().items():
         f.attrs[key] = float(value)
     if prior is not None:
         f.attrs["prior"] = json.dumps(prior.to_dict())

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
+BAND_SETTINGS = ("beam_major_arcsec", "beam_minor_arcsec", "beam_position_angle_deg", "noise_rms_jy_beam")
+"""The instrument settings a band may have of its own (:attr:`Instrument.bands`)."""
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 MIN_BEAM_VARIANCE = 1e-9  # [pixel^2] the least variance of a beam covariance (a sub-pixel beam sampled at pixel centres has 0)
 
@@ -98,6 +100,7 @@ class Instrument:
     beam_minor_arcsec: float = 0.25  # beam FWHM along its minor axis
     beam_position_angle_deg: float = 0.0  # beam major axis, east of north
     noise_rms_jy_beam: float = 1e-4  # thermal noise (0: noiseless)
+    bands: list[dict] | None = None  # several bands: one mapping per simulator band of the beam and noise keys above that differ there
 
     def __post_init__(self):
         checks = [("distance_pc", lambda v: v > 0, "a positive number of parsecs"),
@@ -111,6 +114,35 @@ class Instrument:
             if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and good(value)):
                 raise ProtolibInputError(f"The instrument's {name} must be {expected}, got {value!r}; "
                                          f"set instrument.{name} to such a value.")
+        if self.bands is not None:
+            self.per_band(len(self.bands))  # each band's settings checked as the instrument's are
+
+    def per_band(self, n_bands: int) -> list["Instrument"]:
+        """The instrument of each of ``n_bands`` bands (one-band instruments, in the simulator's band order).
+
+        Each band has its own beam and noise where ``bands`` gives them (an interferometer's beam grows
+        with wavelength, and each receiver has its own noise); what an entry leaves out is the
+        instrument's own setting. Without ``bands``, every band is seen as the instrument's one.
+        """
+        if self.bands is None:
+            return [self.single()] * n_bands
+        if not isinstance(self.bands, (list, tuple)) or len(self.bands) != n_bands:
+            raise ProtolibInputError(f"instrument.bands gives {len(self.bands) if isinstance(self.bands, (list, tuple)) else self.bands!r} "
+                                     f"band(s) for a simulator of {n_bands}; give one entry per simulator.frequencies_ghz band.")
+        allowed = set(BAND_SETTINGS)
+        for entry in self.bands:
+            if not isinstance(entry, dict) or set(entry) - allowed:
+                raise ProtolibInputError(f"instrument.bands entry {entry!r} must be a mapping of {sorted(allowed)} (the distance is "
+                                         "the same in every band); fix that entry.")
+        seen = [Instrument(**{**self.single().to_dict(), **entry}) for entry in self.bands]
+        if len({band.unit for band in seen}) > 1:
+            raise ProtolibInputError("instrument.bands gives a beam to some bands and none (beam_major_arcsec 0) to others, whose "
+                                     "images would be in Jy/beam and Jy/pixel; give every band a beam, or none.")
+        return seen
+
+    def single(self) -> "Instrument":
+        """This instrument without per-band settings (its own beam and noise only)."""
+        return Instrument(**{k: v for k, v in self.to_dict().items() if k != "bands"}) if self.bands is not None else self
 
     @property
     def beam(self) -> Beam | None:
@@ -125,12 +157,16 @@ class Instrument:
         return "Jy/beam" if self.beam is not None else "Jy/pixel"
 
     def to_dict(self) -> dict:
-        """The settings as plain data."""
-        return asdict(self)
+        """The settings as plain data (``bands`` only where it is given: a one-band instrument's are as before several bands)."""
+        values = asdict(self)
+        if values["bands"] is None:
+            del values["bands"]
+        return values
 
     def without_noise(self) -> "Instrument":
-        """The same instrument with a perfect receiver (no thermal noise)."""
-        return Instrument(**{**self.to_dict(), "noise_rms_jy_beam": 0.0})
+        """The same instrument with a perfect receiver (no thermal noise), in every band."""
+        bands = None if self.bands is None else [{**entry, "noise_rms_jy_beam": 0.0} for entry in self.bands]
+        return Instrument(**{**self.to_dict(), "noise_rms_jy_beam": 0.0, "bands": bands})
 
     def total_flux_jy(self, images: np.ndarray, pixel_size_au: float) -> np.ndarray:
         """Total flux [Jy] of images ``(..., H, W)`` in this instrument's unit (Jy/beam or Jy/pixel)."""

@@ -47,9 +47,12 @@ RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "lu
 """The physical parameters :func:`render` needs for every system (the nuisance ones are optional)."""
 
 ENVELOPE_LAWS = ("collapse", "power_law")
+OUT_OF_FAMILY_DEFAULTS = {"envelope_law": "collapse", "envelope_power_index": 2.0, "external_temperature_k": 0.0}
+"""The out-of-family physics' settings (:mod:`protolib.out_of_family`) at the bank's own physics: left out of stored settings."""
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 MAX_FIELD_OF_VIEW_AU = 1e6  # a larger field is a unit mistake (and overflows single precision in the renderer)
 JANSKY_CGS = 1e-23
+MAX_BANDS = 16  # more frequencies than an interferometer's receivers give is a mistake (and each costs a radiative transfer)
 
 
 @dataclass
@@ -58,7 +61,8 @@ class SimulatorConfig:
 
     image_size: int = 64  # pixels per side of the bank images
     field_of_view_au: float = 1000.0  # side of the image, in au
-    frequency_ghz: float = 230.0  # observing frequency (230 GHz = 1.3 mm)
+    frequency_ghz: float = 230.0  # observing frequency (230 GHz = 1.3 mm); with frequencies_ghz, the band nearest it (the reference band)
+    frequencies_ghz: list[float] | None = None  # several bands at once, increasing [GHz], e.g. [100, 230, 345]; null: one band
     # The nuisance physics: the values for systems that do not draw their own (prior.nuisance: fixed).
     opacity_beta: float = 1.0  # dust opacity index, kappa ~ nu^beta (Beckwith et al. 1990)
     opacity_230ghz: float = 0.023  # dust opacity at 230 GHz [cm^2 per g of gas]: Beckwith et al.'s 0.1 (nu/1000 GHz)^beta
@@ -105,10 +109,48 @@ class SimulatorConfig:
                                      f"{self.external_temperature_k}.")
         if self.envelope_samples < 1 or self.disk_samples < 1 or self.oversample < 1:
             raise ProtolibInputError("The simulator's envelope_samples, disk_samples and oversample must be at least 1.")
+        if self.frequencies_ghz is not None:
+            self._settle_bands()
+
+    def _settle_bands(self) -> None:
+        """Check ``frequencies_ghz`` and make the settings canonical: one band is ``frequency_ghz`` alone (a one-band
+        bank then is the same file however it was asked for), and with several ``frequency_ghz`` is the band nearest it."""
+        bands = self.frequencies_ghz
+        if (not isinstance(bands, (list, tuple)) or not 1 <= len(bands) <= MAX_BANDS
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in bands)):
+            raise ProtolibInputError(f"The simulator's frequencies_ghz must be a list of 1 to {MAX_BANDS} positive frequencies in GHz, "
+                                     f"e.g. [100, 230, 345], got {bands!r}.")
+        if any(b <= a for a, b in zip(bands, bands[1:])):
+            raise ProtolibInputError(f"The simulator's frequencies_ghz must increase, each band once, got {list(bands)}; "
+                                     "write them in increasing order.")
+        bands = [float(v) for v in bands]
+        self.frequency_ghz = min(bands, key=lambda v: abs(math.log(v / self.frequency_ghz)))
+        self.frequencies_ghz = bands if len(bands) > 1 else None
+
+    @property
+    def bands_ghz(self) -> tuple[float, ...]:
+        """The frequencies rendered [GHz], increasing: ``frequencies_ghz``, or ``frequency_ghz`` alone."""
+        return tuple(self.frequencies_ghz) if self.frequencies_ghz else (float(self.frequency_ghz),)
+
+    @property
+    def reference_band(self) -> int:
+        """The index in :attr:`bands_ghz` of ``frequency_ghz``: the band a one-band reader of a multi-band bank sees."""
+        return self.bands_ghz.index(float(self.frequency_ghz))
 
     def to_dict(self) -> dict:
-        """The configuration as plain data (stored in banks and checkpoints)."""
-        return asdict(self)
+        """The configuration as plain data (stored in banks and checkpoints).
+
+        ``frequencies_ghz`` is left out for one band, and the out-of-family test physics
+        (:data:`OUT_OF_FAMILY_DEFAULTS`) where it is the bank's own, so that a bank records its settings
+        as before those existed, and a bank made then is still recognised as current.
+        """
+        values = asdict(self)
+        if values["frequencies_ghz"] is None:
+            del values["frequencies_ghz"]
+        for name, default in OUT_OF_FAMILY_DEFAULTS.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
     def nuisance_values(self) -> dict[str, float]:
         """The fixed nuisance physics as per-system parameters: name (:data:`NUISANCE_FIELDS`) -> value."""
@@ -186,7 +228,10 @@ def render(
     config: SimulatorConfig,
     distance_pc: float,
 ) -> torch.Tensor:
-    """Render clean (no beam, no noise) images of a batch of systems, in Jy per pixel.
+    """Render clean (no beam, no noise) images of a batch of systems, in Jy per pixel, in every band of ``config``.
+
+    The geometry (rays, samples, densities, temperatures) is computed once per system; only the
+    opacity and the Planck function, and the radiative transfer, are repeated per band.
 
     Arguments:
         systems: per-image physical parameters, each ``(B,)``: ``stellar_mass`` [Msun],
@@ -196,11 +241,12 @@ def render(
             each ``(B,)``, where a name is missing the configuration's value.
         inclination_deg: ``(B,)``, 0 face-on, 90 edge-on.
         position_angle_deg: ``(B,)``, of the disk's major axis, east of north.
-        config: image size, field of view and sampling.
+        config: image size, field of view, sampling and band(s).
         distance_pc: distance to the source; sets the flux per pixel.
 
     Returns:
-        ``(B, image_size, image_size)`` float32 tensor in Jy/pixel, rows to the north, columns to the west.
+        ``(B, image_size, image_size)`` float32 tensor in Jy/pixel for one band, rows to the north,
+        columns to the west; ``(B, n_bands, image_size, image_size)`` for several (``config.bands_ghz``).
     """
     device = inclination_deg.device
     dtype = torch.float32
@@ -209,30 +255,30 @@ def render(
     north = offsets[:, None].expand(n_sub, n_sub).reshape(-1)
     east = -offsets[None, :].expand(n_sub, n_sub).reshape(-1)
     systems = _with_nuisance(systems, config, inclination_deg.shape[0], device)
-    n_images, n_rays = inclination_deg.shape[0], north.numel()
+    n_images, n_rays, n_bands = inclination_deg.shape[0], north.numel(), len(config.bands_ghz)
     # Ray n_rays - 1 - k passes through the point opposite ray k (pixel offsets are symmetric about the
     # centre): the first half of the rays, rendered in both directions, make the whole image.
     half = (n_rays + 1) // 2
     rays_per_batch = max(1, config.batch_elements // (config.envelope_samples + config.disk_samples))
     images_per_batch = max(1, rays_per_batch // half)
     rays_per_batch = min(half, rays_per_batch)
-    intensity = torch.empty(n_images, n_rays, dtype=dtype, device=device)
+    intensity = torch.empty(n_images, n_bands, n_rays, dtype=dtype, device=device)
     for start in range(0, n_images, images_per_batch):
         sl = slice(start, start + images_per_batch)
         chunk = {k: v[sl].to(device=device, dtype=dtype) for k, v in systems.items()}
         angles = inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype)
         for first in range(0, half, rays_per_batch):
             rays = slice(first, min(half, first + rays_per_batch))
-            near, far = _render_rays(chunk, *angles, east[rays], north[rays], config)
-            intensity[sl, rays] = near
             mirrored = torch.arange(first, min(rays.stop, n_rays // 2), device=device)
-            intensity[sl, n_rays - 1 - mirrored] = far[:, : mirrored.numel()]
-    intensity = intensity.reshape(-1, n_sub, n_sub)
+            for band, (near, far) in enumerate(_render_rays(chunk, *angles, east[rays], north[rays], config)):
+                intensity[sl, band, rays] = near
+                intensity[sl, band, n_rays - 1 - mirrored] = far[:, : mirrored.numel()]
+    intensity = intensity.reshape(n_images, n_bands, n_sub, n_sub)
     if config.oversample > 1:
-        intensity = F.avg_pool2d(intensity.unsqueeze(1), config.oversample).squeeze(1)
+        intensity = F.avg_pool2d(intensity, config.oversample)
     pixel_arcsec = config.pixel_size_au / distance_pc
     pixel_sr = (pixel_arcsec * ARCSEC_RAD) ** 2
-    return intensity * pixel_sr
+    return (intensity[:, 0] if n_bands == 1 else intensity) * pixel_sr
 
 
 def _with_nuisance(systems: dict, config: SimulatorConfig, n: int, device, needed=RENDER_KEYS) -> dict:
@@ -336,12 +382,14 @@ def _midplane_window(geometry):
 
 
 def _render_rays(systems, inclination_deg, position_angle_deg, east, north, config):
-    """Specific intensity [Jy/sr] along each ray and along its mirror image through the star, ``(B, R)`` each.
+    """Specific intensity [Jy/sr] along each ray and along its mirror image through the star, ``(B, R)`` each,
+    one such pair per band of ``config``.
 
     The model is unchanged by inversion through the star (its axisymmetry and the mirror symmetry of its
     midplane together), so the ray through the sky offset ``-p`` meets the density and temperature of the
     ray through ``p`` at the same samples, in the opposite order: the physics is evaluated once for the
-    pair and only the radiative transfer (:func:`_transfer`) runs in each direction.
+    pair and only the radiative transfer (:func:`_transfer`) runs in each direction. The geometry is the
+    same in every band: only the opacity and the Planck function differ (:func:`_in_band`).
     """
     incl = torch.deg2rad(inclination_deg)[:, None, None]
     pa = torch.deg2rad(position_angle_deg)[:, None, None]
@@ -359,14 +407,43 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
         param["external_temperature_k"] = torch.full_like(param["luminosity"], config.external_temperature_k)
     if config.envelope_law == "power_law":
         param["power_law_norm"] = _power_law_norm(param["envelope_outer_radius"], config)
-    kappa_au = physics.dust_opacity(config.frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
     ray = (q, p2, sin_i, cos_i)
-    return _transfer(_envelope_samples(ray, kappa_au, param, config), _disk_samples(ray, kappa_au, param, config))
+    envelope, disk = _envelope_samples(ray, param, config), _disk_samples(ray, param, config)
+    below = _samples_below(envelope[0], disk[3], disk[0].shape[-1]), _samples_below(disk[0], envelope[3], envelope[0].shape[-1])
+    results = []
+    for frequency_ghz in config.bands_ghz:
+        kappa_au = physics.dust_opacity(frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
+        results.append(_transfer(_in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below))
+    return results
 
 
-def _envelope_samples(ray, kappa_au, param, config):
+def _in_band(samples, kappa_au, frequency_ghz):
+    """A sample set (:func:`_envelope_samples`, :func:`_disk_samples`) in one band: ``(s, dtau, source, spacing)``.
+
+    ``dtau = kappa_nu x column`` and the source ``B_nu(T)`` [Jy/sr], computed for the rays that meet the
+    set only (``where``, as the set's ``everywhere`` gives them back on every ray).
+    """
+    s, column, temperature, spacing, where = samples
+    dtau = where(where.kappa(kappa_au) * column)
+    source = where(physics.planck_intensity(temperature, frequency_ghz) / JANSKY_CGS)  # Jy/sr
+    return s, dtau, source, spacing
+
+
+class _AllRays:
+    """The ``where`` of a sample set that every ray meets (the envelope's): nothing to select or scatter."""
+
+    @staticmethod
+    def kappa(kappa_au):
+        return kappa_au
+
+    def __call__(self, x):
+        return x
+
+
+def _envelope_samples(ray, param, config):
     """The envelope's sample set along each ray: sinh-spaced about the closest approach to the star, out to
-    each system's outer radius. Returns ``(s, dtau, source, spacing)`` (:func:`_transfer`)."""
+    each system's outer radius. Returns ``(s, column, temperature, spacing, where)``, the band-free parts
+    of a set (:func:`_in_band`)."""
     q, p2, sin_i, cos_i = ray
     r_out = param["envelope_outer_radius"][..., 0]  # (B, 1)
     s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, R)
@@ -375,27 +452,45 @@ def _envelope_samples(ray, kappa_au, param, config):
     z = q.unsqueeze(-1) * sin_i + s * cos_i
     geometry = _geometry(p2.unsqueeze(-1) + s * s, z, param, config)
     column = _envelope_column(z, ds, param, config, geometry) * (1.0 - _midplane_window(geometry))
-    source = physics.planck_intensity(_temperature(z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
     spacing = (torch.zeros_like(u_lo), impact.expand_as(u_lo), u_lo, du)
-    return s, kappa_au * column, source, spacing
+    return s, column, _temperature(z, param, geometry), spacing, _AllRays()
 
 
-def _disk_samples(ray, kappa_au, param, config):
+class _MeetingRays:
+    """The ``where`` of the disk's sample set: computed on the ``M`` rays that meet the disk's region,
+    ``(1, M, ...)``, and given back on every ray, ``(B, R, ...)``, zero where a ray misses it."""
+
+    def __init__(self, valid: torch.Tensor):
+        self.valid = valid
+        self.image, self.index = valid.nonzero(as_tuple=True)  # (M,) each
+
+    def meeting(self, x):
+        """``(B or 1, R or 1, ...)`` -> ``(1, M, ...)``: the values of the rays that meet the disk."""
+        return x.expand(*self.valid.shape, *x.shape[2:])[self.image, self.index].unsqueeze(0)
+
+    def kappa(self, kappa_au):
+        return self.meeting(kappa_au)
+
+    def __call__(self, x, fill=0.0):
+        """``(1, M, ...)`` -> ``(B, R, ...)``, ``fill`` where a ray misses the disk."""
+        whole = torch.full((*self.valid.shape, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
+        whole[self.image, self.index] = x[0]
+        return whole
+
+
+def _disk_samples(ray, param, config):
     """The disk's sample set along each ray: sinh-spaced about the midplane crossing, inside the disk's
     bounding region, holding the disk and the envelope's midplane (where its centrifugal-barrier sheet
-    lies). Returns ``(s, dtau, source, spacing)`` (:func:`_transfer`).
+    lies). Returns ``(s, column, temperature, spacing, where)``, the band-free parts of a set (:func:`_in_band`).
 
-    Only the rays that meet the disk's region are sampled (often under half of them); the others get an
-    empty set (``dtau = 0``).
+    Only the rays that meet the disk's region are sampled (often under half of them): ``column`` and
+    ``temperature`` are theirs, ``(1, M, Nd)``; the others get an empty set (``dtau = 0``) from ``where``.
     """
     q, p2, sin_i, cos_i = ray
     lo, hi, centre, scale, valid = _disk_window(q, p2, sin_i[..., 0], cos_i[..., 0], param["disk_radius"][..., 0],
                                                 param["disk_scale_height"][..., 0], param["envelope_outer_radius"][..., 0], config)
-    image, index = valid.nonzero(as_tuple=True)  # (M,) each
-
-    def meeting(x):  # (B or 1, R or 1, ...) -> (1, M, ...): the values of the rays that meet the disk
-        return x.expand(*valid.shape, *x.shape[2:])[image, index].unsqueeze(0)
-
+    where = _MeetingRays(valid)
+    meeting = where.meeting
     s, ds, u_lo, du = _sinh_samples(meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples)  # (1, M, Nd)
     q, p2, sin_i, cos_i = meeting(q), meeting(p2), meeting(sin_i), meeting(cos_i)
     param = {k: meeting(v) for k, v in param.items()}
@@ -405,23 +500,18 @@ def _disk_samples(ray, kappa_au, param, config):
                                          gamma=param["disk_gamma"], inner_radius_au=config.inner_radius_au, taper=param["disk_taper"])
     rho = sigma * geometry["vertical"] / (geometry["height"] * (math.sqrt(2.0 * math.pi) * physics.AU_CM))  # physics.disk_density
     envelope_near_midplane = _envelope_column(z, ds, param, config, geometry) * _midplane_window(geometry)
-    dtau = meeting(kappa_au) * (rho * ds + envelope_near_midplane)
-    source = physics.planck_intensity(_temperature(z, param, geometry), config.frequency_ghz) / JANSKY_CGS  # Jy/sr
-
-    def everywhere(x, fill=0.0):  # (1, M, ...) -> (B, R, ...), ``fill`` where a ray misses the disk
-        whole = torch.full((*valid.shape, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
-        whole[image, index] = x[0]
-        return whole
-
-    return everywhere(s), everywhere(dtau), everywhere(source), (centre, scale, everywhere(u_lo), everywhere(du, 1.0))
+    column = rho * ds + envelope_near_midplane
+    return where(s), column, _temperature(z, param, geometry), (centre, scale, where(u_lo), where(du, 1.0)), where
 
 
-def _transfer(envelope, disk):
+def _transfer(envelope, disk, below):
     """Radiative transfer through two sample sets of each ray, merged in depth, seen from either end.
 
     Each set is ``(s, dtau, source, spacing)``, ``(B, R, n)`` with ``spacing`` the ``(centre, scale,
     u_lo, du)`` of its sinh samples (:func:`_sinh_samples`). Every sample is dimmed by the optical depth
     nearer the observer: at larger ``s`` for the ray itself, at smaller ``s`` for its mirror image.
+    ``below`` holds, for each set, how many samples of the other lie behind each of its own
+    (:func:`_samples_below`): the same in every band, so found once.
 
     Returns:
         the specific intensity of the ray and of its mirror image, each ``(B, R)``.
@@ -430,9 +520,9 @@ def _transfer(envelope, disk):
     sums = [_partial_sums(dtau) for _, dtau, _, _ in sets]
     near = far = 0.0
     for own, other in ((0, 1), (1, 0)):
-        s, dtau, source, _ = sets[own]
+        _, dtau, source, _ = sets[own]
         (in_front, behind), (other_in_front, other_behind) = sums[own], sums[other]
-        index = _samples_below(s, sets[other][3], other_in_front.shape[-1] - 1)
+        index = below[own]
         front = in_front[..., 1:] + torch.gather(other_in_front.expand(*index.shape[:-1], -1), -1, index)
         back = behind[..., :-1] + torch.gather(other_behind.expand(*index.shape[:-1], -1), -1, index)
         emitted = source * -torch.expm1(-dtau)

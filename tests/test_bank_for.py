@@ -18,6 +18,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 
+from protolib.bank import Bank
 from protolib.cli import main
 from protolib.config import load_config
 from protolib.instrument import FWHM_TO_SIGMA, Beam, beam_noise
@@ -29,7 +30,8 @@ CENTRE = SkyCoord(67.8923 * u.deg, 18.1347 * u.deg)
 
 
 def write_map(path: Path, *, distance_pc: float, field_au: float, beam_au: tuple[float, float], pixels_per_beam: float = 4.0,
-              noise: float = 1e-4, snr: float = 100.0, frequency_ghz: float = 230.0, seed: int = 0, beam_card: bool = True) -> Path:
+              noise: float = 1e-4, snr: float = 100.0, frequency_ghz: float = 230.0, seed: int = 0, beam_card: bool = True,
+              centre: SkyCoord = CENTRE) -> Path:
     """A continuum map of a Gaussian source plus beam-correlated noise: RA---SIN, DEC--SIN and a frequency plane."""
     beam = Beam(beam_au[0] / distance_pc, beam_au[1] / distance_pc, 30.0)
     pixel = beam.minor_arcsec / pixels_per_beam
@@ -39,7 +41,7 @@ def write_map(path: Path, *, distance_pc: float, field_au: float, beam_au: tuple
     source = snr * noise * np.exp(-0.5 * (offsets[:, None] ** 2 + (offsets[None, :] / 0.6) ** 2) / sigma**2)
     image = source + noise * beam_noise((size, size), beam, pixel, np.random.default_rng(seed)).numpy()
     header = fits.Header()
-    for k, (ctype, crval, cdelt) in enumerate([("RA---SIN", CENTRE.ra.deg, -pixel / 3600), ("DEC--SIN", CENTRE.dec.deg, pixel / 3600),
+    for k, (ctype, crval, cdelt) in enumerate([("RA---SIN", centre.ra.deg, -pixel / 3600), ("DEC--SIN", centre.dec.deg, pixel / 3600),
                                                 ("FREQ", frequency_ghz * 1e9, 1e9)], start=1):
         header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"] = ctype, crval, cdelt, (size + 1) / 2 if k < 3 else 1.0
     header["BUNIT"], header["RADESYS"] = "Jy/beam", "ICRS"
@@ -121,12 +123,16 @@ def test_bank_for_builds_the_bank_and_networks_a_second_map_reuses_them_and_matc
 
 def test_bad_input_gets_one_line_and_leaves_nothing_built(tmp_path, capsys):
     good = write_map(tmp_path / "good.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0))
+    elsewhere = write_map(tmp_path / "elsewhere.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=100.0,
+                          centre=CENTRE.spherical_offsets_by(0 * u.arcsec, 3 * u.arcsec))
+    same_band = write_map(tmp_path / "same_band.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=233.0)
     other = write_map(tmp_path / "other.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=100.0)
     no_beam = write_map(tmp_path / "no_beam.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), beam_card=False)
     cases = [
         ([str(no_beam), "--distance", "140"], "beam"),
         ([str(good), "--distance", "0.01"], "is the distance in pc"),
-        ([str(good), str(other), "--distance", "140"], "are in different bands"),
+        ([str(good), str(elsewhere), "--distance", "140"], "more than a beam"),
+        ([str(good), str(same_band), str(other), "--distance", "140"], "two maps in one band"),
     ]
     for arguments, message in cases:
         out = tmp_path / f"out_{message.split()[0]}"
@@ -140,6 +146,37 @@ def test_bad_input_gets_one_line_and_leaves_nothing_built(tmp_path, capsys):
     (held / "bank.h5").write_bytes(b"somebody's bank")
     assert main(["bank-for", str(good), "--distance", "140", "--out", str(held)]) == 2
     assert "cannot be read" in capsys.readouterr().err and (held / "bank.h5").read_bytes() == b"somebody's bank"
+
+
+def test_maps_of_one_source_in_three_bands_make_one_bank_in_those_bands_at_each_maps_beam_and_noise(tmp_path, capsys):
+    """ALMA bands 3, 6 and 7 of one source: one bank, rendered at the three frequencies read from the files, each
+    band seen through its map's beam and noise, on the pixel grid of the sharpest beam; the B6 map alone is then
+    served by it (its networks are the 230 GHz band's until they embed several bands)."""
+    maps = {f: write_map(tmp_path / f"band_{f:.0f}.fits", distance_pc=140.0, field_au=field, beam_au=beam, noise=noise, frequency_ghz=f,
+                         seed=seed) for seed, (f, field, beam, noise) in enumerate([(97.5, 4000.0, (220.0, 180.0), 3e-5),
+                                                                                   (230.0, 1500.0, (100.0, 80.0), 1e-4),
+                                                                                   (343.5, 1500.0, (80.0, 64.0), 2e-4)])}
+    measured = [map_setup(path, 140.0).noise_rms_jy_beam for path in maps.values()]
+    out = tmp_path / "bands"
+    small = ["--config", "tiny", "--set", "bank.n_systems=10", "--set", "autoencoder.training.epochs=1",
+             "--set", "siamese.training.epochs=1", "--quiet"]
+    assert main(["bank-for", *map(str, maps.values()), "--distance", "140", "--out", str(out), *small]) == 0
+    said = capsys.readouterr().out
+    assert "3 bands: 97.5 GHz" in said and "the bank holds 3 bands (97.5, 230, 343.5 GHz)" in said
+    config = load_config(out / "config.yaml")
+    assert config.simulator.bands_ghz == (97.5, 230.0, 343.5) and config.simulator.frequency_ghz == 230.0
+    with Bank(out / "bank.h5") as bank:
+        assert bank.images.shape[2] == 3 and bank.frequencies_ghz == (97.5, 230.0, 343.5)
+        beams = [i.beam_major_arcsec * 140.0 for i in bank.band_instruments]
+        noise = [i.noise_rms_jy_beam for i in bank.band_instruments]
+        assert beams == pytest.approx([220.0, 100.0, 80.0], rel=1e-3) and noise == pytest.approx(measured, rel=1e-4)
+        assert measured == pytest.approx([3e-5, 1e-4, 2e-4], rel=0.3)
+        assert bank.pixel_size_au <= 64.0 / PIXELS_PER_BEAM * 1.001  # the sharpest band's beam is sampled
+    assert main(["bank-for", str(maps[230.0]), "--distance", "140", "--out", str(out), *small]) == 0
+    assert "Reused everything" in capsys.readouterr().out
+    assert main(["bank-for", str(maps[230.0]), str(maps[343.5]), "--distance", "140", "--out", str(tmp_path / "b6b7"),
+                 "--set", "bank.n_systems=10", "--quiet", "--config", "tiny", "--set", "autoencoder.training.epochs=1",
+                 "--set", "siamese.training.epochs=1"]) == 0
 
 
 def test_a_survey_shares_one_bank_that_serves_each_map(tmp_path):

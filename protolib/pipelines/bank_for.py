@@ -7,6 +7,10 @@ builds ``OUT/bank.h5``, ``OUT/autoencoder.pt`` and ``OUT/siamese.pt`` through th
 book uses (:func:`~protolib.pipelines.simulate.ensure_bank`,
 :func:`~protolib.pipelines.train.ensure_autoencoder`, :func:`~protolib.pipelines.train.ensure_siamese`),
 so a rerun, or a second map of the same setup, reuses what is there.
+
+Maps of one source at several frequencies (one map per band) make one bank in those bands, each band
+observed with its map's beam and noise (:func:`~protolib.observation.setup.band_setup`); its networks
+are, until they embed several bands, trained on its reference band (the one nearest 230 GHz).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 import yaml
 
 from ..config import RunConfig, apply_overrides, config_from_data
-from ..observation.setup import MapSetup, common_setup, map_setup
+from ..observation.setup import MapSetup, fitted_setup, map_setup
 from ..runtime import ProtolibInputError, atomic_path, run_lock, write_json
 from .simulate import ensure_bank, local_workers, simulate_plan
 from .train import ensure_autoencoder, ensure_siamese
@@ -55,23 +59,26 @@ def bank_for(maps: list[str | Path], distance_pc: float | list[float], out: str 
 
     Arguments:
         maps: FITS maps of one band (a survey's): the bank takes their sharpest beam, lowest noise and
-            smallest field (:func:`~protolib.observation.setup.common_setup`), so that it serves each.
+            smallest field (:func:`~protolib.observation.setup.common_setup`), so that it serves each; or maps
+            of one source in several bands, one per band: the bank is rendered in those bands, each at its
+            map's beam and noise (:func:`~protolib.observation.setup.band_setup`).
         distance_pc: distance to the sources [pc], one for all or one per map (the bank is at their median).
         out: the folder for ``config.yaml``, ``setup.json``, ``bank.h5``, ``autoencoder.pt`` and ``siamese.pt``.
         base: the configuration the fitted one starts from (sizes, prior, networks).
         overrides: the user's settings, applied last (e.g. ``{"bank": {"n_systems": 1000}}``).
-        frequency_ghz: the observing frequency, when the files do not give it.
+        frequency_ghz: the observing frequency, when the files do not give it (then every map is taken to be in it).
         announce: where the plan and its time estimate are said, before any work.
 
     Raises:
-        ProtolibInputError: a map that cannot be used, maps in different bands, or an ``out`` folder
-            holding a bank that cannot serve these maps (nothing is written then).
+        ProtolibInputError: a map that cannot be used, maps in several bands that are not of one source or
+            give two maps for one band, or an ``out`` folder holding a bank that cannot serve these maps
+            (nothing is written then).
     """
     started = time.perf_counter()
     distances = list(distance_pc) if isinstance(distance_pc, (list, tuple)) else [distance_pc] * len(maps)
     if len(distances) != len(maps):
         raise ProtolibInputError(f"{len(maps)} maps but {len(distances)} distances: give one --distance for all, or one per map.")
-    setup = common_setup([map_setup(path, d, frequency_ghz=frequency_ghz) for path, d in zip(maps, distances)])
+    setup = fitted_setup([map_setup(path, d, frequency_ghz=frequency_ghz) for path, d in zip(maps, distances)])
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ProtolibInputError(f"--out {out} is a file; bank-for writes a folder (config.yaml, bank.h5, autoencoder.pt, siamese.pt).")
@@ -95,12 +102,14 @@ def _build(out: Path, setup: MapSetup, base: RunConfig, overrides, progress: boo
     before = {name: _modified(path) for name, path in paths.items()}
     announce(_plan(config, setup, before))
     _write_config(out, data, setup)
-    bank = ensure_bank(config, progress=progress)
+    whole = ensure_bank(config, progress=progress)
+    bank = whole.band(setup.frequency_ghz) if setup.bands else whole  # the networks read one band (the reference band)
     try:
         autoencoder = ensure_autoencoder(config, bank, progress=progress)
         siamese = ensure_siamese(config, bank, autoencoder, progress=progress)
     finally:
         bank.close()
+        whole.close()
     reused = {name: before[name] is not None and before[name] == _modified(path) for name, path in paths.items()}
     return BankForReport(out, setup, out / "config.yaml", paths["bank"], autoencoder, siamese, reused, time.perf_counter() - started)
 

@@ -52,7 +52,12 @@ def _bank_matches(bank, config: RunConfig) -> bool:
     same_shape = bank.images.shape[:2] == (config.bank.n_systems, config.bank.n_projections)
     same_sim = json.loads(bank.attrs.get("simulator_config", "{}")) == json.loads(json.dumps(config.simulator.to_dict()))
     same_prior = json.loads(bank.attrs.get("prior", "{}")) == json.loads(json.dumps(config.prior.to_dict()))
-    same_inst = all(abs(float(bank.attrs.get(k, float("nan"))) - float(v)) < 1e-12 for k, v in config.instrument.to_dict().items())
+    wanted = config.instrument.per_band(len(config.simulator.bands_ghz))
+    if len(wanted) == 1:  # the instrument's settings, as the bank's attributes record them
+        same_inst = all(abs(float(bank.attrs.get(k, float("nan"))) - float(v)) < 1e-12 for k, v in wanted[0].to_dict().items())
+    else:  # each band's, as its /bands table records them
+        same_inst = len(wanted) == bank.n_bands and all(abs(float(getattr(have, k)) - float(v)) < 1e-12
+                                                        for have, want in zip(bank.band_instruments, wanted) for k, v in want.to_dict().items())
     return same_shape and same_sim and same_prior and same_inst and int(bank.attrs.get("seed", -1)) == config.bank.seed
 
 
