@@ -328,3 +328,31 @@ def test_observation_transform_is_reproducible_and_keys_its_own_cache(bank, tmp_
     like_obs = Matcher.from_embed_function(seen, bank, cache_path=tmp_path / "c.npz", key={"m": 1, "t": first.transform_key},
                                            transform=first.transform, progress=False)
     assert seen.images_embedded == 120 and not np.allclose(plain.embeddings.vectors, like_obs.embeddings.vectors)
+
+
+def test_the_distribution_takes_the_number_of_matches_whose_honest_intervals_are_narrowest(tmp_path):
+    from protolib.matching import Matches
+    from protolib.matching.calibration import choose_k_and_widening
+
+    with Bank(write_bank(tmp_path / "big.h5", n_systems=120, n_projections=2)) as big:
+        physical = list(big.physical_parameters)
+        scaled = np.stack([np.log10(big.parameters[n]) if n != "cavity_angle" else big.parameters[n] for n in physical], axis=1)
+        scaled = (scaled - scaled.mean(0)) / scaled.std(0)
+        rows = np.arange(0, 240, 5)  # 48 reference images
+
+        def matches_by(order_key):
+            found = []
+            for row in rows:
+                system = row // 2
+                others = np.array([s for s in range(big.n_systems) if s != system])
+                order = others[np.argsort(order_key(system, others), kind="stable")]
+                found.append(Matches(np.linspace(1, 0, len(order)), order, np.zeros(len(order), dtype=int), system))
+            return found
+
+        near = matches_by(lambda system, others: np.linalg.norm(scaled[others] - scaled[system], axis=1))  # a perfect network
+        k, calibration, scores = choose_k_and_widening(big, rows, near, (10, 20, 50, 100))
+        assert k == 10 and scores["10"] < scores["20"] < scores["50"] < scores["100"]  # its nearest matches say the most
+        assert all(c["coverage_95"] >= 0.95 - np.sqrt(0.95 * 0.05 / 48) for c in calibration.values())  # ... honestly
+        shuffled = matches_by(lambda system, others: np.random.default_rng(system).permutation(len(others)))  # a useless one
+        _, _, flat = choose_k_and_widening(big, rows, shuffled, (10, 20, 50, 100))
+        assert min(flat.values()) > 1.5 * scores["10"]  # no k makes a useless ranking as informative

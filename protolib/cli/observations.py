@@ -57,9 +57,11 @@ def observing_note(observing: dict) -> str:
     """One line: which observing settings were drawn, and how much they widened the 68% intervals."""
     said = {"distance": f"distance {observing['distance_pc']:g} +- {observing['distance_error_pc']:g} pc",
             "flux_calibration": f"flux scale +-{100 * observing['flux_calibration']:.0f}% ({observing['flux_calibration_source']})",
-            "recoverable_scale": "recoverable scale {:.3g}-{:.3g}\" or none (not known: {:g}-{:g} beams, {:.0f}% unfiltered)".format(
-                *(observing["max_scale_range_arcsec"] or [0, 0]), *(observing["max_scale_range_beams"] or [0, 0]),
-                100 * observing.get("no_filter_share", 0))}
+            "recoverable_scale": ("recoverable scale {:.3g}-{:.3g}\" (from the map's negative bowl)".format(*observing["max_scale_range_arcsec"])
+                                  if observing.get("max_scale_range_source") else
+                                  "recoverable scale {:.3g}-{:.3g}\" or none (not known: {:g}-{:g} beams, {:.0f}% unfiltered)".format(
+                                      *(observing["max_scale_range_arcsec"] or [0, 0]), *(observing["max_scale_range_beams"] or [0, 0]),
+                                      100 * observing.get("no_filter_share", 0)))}
     widened = sorted(observing["parameters"].items(), key=lambda item: -item[1]["widening"])[:4]
     parts = ", ".join(f"{name} x{p['widening']:.2f} (most from {max(p['by_source'], key=lambda s: p['by_source'][s]['widening'])})"
                       for name, p in widened)
@@ -206,6 +208,10 @@ def _print_match_report(args, report: dict) -> None:
     if fit is not None:
         say("match", fit["message"], fit["reproduces"])
     if report.get("interval_calibration"):
+        settings = report.get("settings", {})
+        if settings.get("distribution_k") and settings.get("matches_searched", 0) > settings["distribution_k"]:
+            print(f"The distributions are the best {settings['distribution_k']} of the {settings['matches_searched']} matches searched: "
+                  f"the number whose calibrated intervals are narrowest on the reference images (report.json settings.k_scores).")
         print(calibration_note(report["interval_calibration"]))
     if report.get("observing_uncertainty"):
         print(observing_note(report["observing_uncertainty"]))
