@@ -304,14 +304,3 @@ def setting_help(key: str) -> str:
     for part in parts[:-1]:
         cls = setting_type(cls, part)
     return _field_comments(cls).get(parts[-1], "")
-
-
-def __getattr__(name: str):
-    if name == "ensure_bank":  # deprecated: moved to the pipelines layer in 0.2
-        import warnings
-
-        from .pipelines.simulate import ensure_bank
-
-        warnings.warn("protolib.config.ensure_bank is now protolib.pipelines.simulate.ensure_bank.", DeprecationWarning, stacklevel=2)
-        return ensure_bank
-    raise AttributeError(f"module 'protolib.config' has no attribute {name!r}")

@@ -26,11 +26,6 @@ LAYERS = [
     {"pipelines"},
     {"cli", "__main__"},
 ]
-# Deprecation aliases for one release: each re-exports the module it was renamed to.
-ALIASES = {"protolib.learning": "protolib.pipelines.train", "protolib.posterior": "protolib.npe",
-           "protolib.targets": "protolib.target_similarity"}
-# config.ensure_bank's deprecation alias, imported on first use only (so neither a cycle nor a layer break at import)
-ALLOWED_UPWARD = {("protolib.config", "protolib.pipelines.simulate")}
 MAX_FUNCTION_LINES = 59
 
 
@@ -77,7 +72,7 @@ def _edges() -> dict[str, set[str]]:
     graph = {name: set() for name in MODULES}
     for module in MODULES:
         for target, _, _ in _imports(module):
-            if target != "protolib" and target != module and target in MODULES and (module, target) not in ALLOWED_UPWARD:
+            if target != "protolib" and target != module and target in MODULES:
                 graph[module].add(target)
     return graph
 
@@ -92,7 +87,7 @@ def _layer(module: str) -> int:
 
 def test_every_module_has_a_layer():
     for module in MODULES:
-        if module != "protolib" and module not in ALIASES:
+        if module != "protolib":
             _layer(module)
 
 
@@ -117,12 +112,10 @@ def test_the_import_graph_has_no_cycle():
 def test_no_module_imports_upward():
     upward = []
     for module, targets in _edges().items():
-        if module == "protolib" or module in ALIASES:
+        if module == "protolib":
             continue
         for target in targets:
-            if target in ALIASES:
-                upward.append(f"{module} imports the deprecated alias {target}; import {ALIASES[target]}")
-            elif _layer(target) > _layer(module):
+            if _layer(target) > _layer(module):
                 upward.append(f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})")
     assert not upward, "; ".join(sorted(upward))
 
@@ -179,17 +172,6 @@ def test_every_option_that_sets_a_configuration_key_names_a_real_one_of_its_type
                 assert action.type in allowed or (action.type is int and float in allowed), f"{name} {action.option_strings}: {cls}"
             checked += 1
     assert checked >= 30
-
-
-@pytest.mark.parametrize("alias, new", sorted(ALIASES.items()))
-def test_renamed_modules_still_import_with_a_deprecation_warning(alias, new):
-    import importlib
-    import sys
-
-    sys.modules.pop(alias, None)
-    with pytest.warns(DeprecationWarning, match=new):
-        old = importlib.import_module(alias)
-    assert set(importlib.import_module(new).__all__) <= set(dir(old))
 
 
 def test_every_configuration_field_says_what_it_is():

@@ -306,12 +306,6 @@ def test_one_convolution_takes_a_beam_or_a_covariance():
     # A beam is the pixel-sampled restoring beam, whose effective Gaussian is a well-sampled beam's covariance.
     beam = Beam(0.4, 0.25, 30.0)
     assert np.allclose(effective_beam_covariance(beam, 0.05), beam.covariance_pixels(0.05), rtol=1e-4)
-    # The old name is a deprecated alias of the covariance form.
-    from protolib.observation import convolve_gaussian
-
-    with pytest.warns(DeprecationWarning, match="convolve_beam"):
-        alias = convolve_gaussian(images, np.diag([2.0, 5.0]))
-    assert torch.equal(alias, separable)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from .prepare import (
 )
 from .prepared import PreparedObservation, prepared_file, read_prepared_observation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
-from .resolution import ResolutionMatch, common_beam_covariance, convolve_gaussian
+from .resolution import ResolutionMatch, common_beam_covariance
 from .synthetic import write_observation_fits
 
 __all__ = [
@@ -72,7 +72,6 @@ __all__ = [
     "resample_to_grid",
     "common_beam_covariance",
     "effective_beam_covariance",
-    "convolve_gaussian",
     "sky_grid_wcs",
     "estimate_noise_rms",
     "CompactSource",

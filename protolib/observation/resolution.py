@@ -7,7 +7,6 @@ resolutions add and subtract exactly; every convolution is :func:`protolib.instr
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ import torch
 from ..instrument import FWHM_TO_SIGMA, Beam, beam_noise, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
 from ..runtime import ProtolibInputError
 
-__all__ = ["ResolutionMatch", "common_beam_covariance", "convolve_gaussian"]
+__all__ = ["ResolutionMatch", "common_beam_covariance"]
 
 
 def common_beam_covariance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -127,10 +126,3 @@ class ResolutionMatch:
         scale = f", scales above {self.max_scale_arcsec:.3g}\" removed" if self.max_scale_arcsec else ""
         return (f"ResolutionMatch(bank beam {self.bank_beam} -> {self.target_beam}, "
                 f"noise {self.noise_rms_jy_beam:.3g} Jy/beam, {self.pixel_arcsec:.4g}\"/px{scale})")
-
-
-def convolve_gaussian(images: torch.Tensor, covariance: np.ndarray) -> torch.Tensor:
-    """Deprecated: :func:`protolib.instrument.convolve_beam` with ``covariance`` [pixels^2] in place of a beam does this."""
-    warnings.warn("protolib.observation.convolve_gaussian(images, covariance) is now protolib.instrument.convolve_beam(images, "
-                  "covariance); import it from there (the alias goes in the next release).", DeprecationWarning, stacklevel=2)
-    return convolve_beam(images, covariance)
