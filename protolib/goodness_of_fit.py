@@ -158,16 +158,14 @@ def reference_chi2(
     if fit.coverage is not None:
         targets = targets * fit.coverage
     found = search(embed(targets), systems.tolist())
-    best, excess = (np.full(len(reference_rows), np.nan) for _ in range(2))
-    peaks = np.full((len(reference_rows), 2), np.nan)
+    best, excess, peaks = (np.full(len(reference_rows), np.nan) for _ in range(3))
     for i, matches in enumerate(found):
         images = load_images(matches.system, matches.projection)
         chi2 = fit.reduced_chi2(targets[i], images)
         best[i] = chi2.min()
         excess[i] = fit.excess(targets[i], best[i])
         if structure is not None:
-            peak = structure(targets[i], images[int(np.argmin(chi2))])
-            peaks[i] = peak.fraction_of_peak, peak.significance
+            peaks[i] = structure(targets[i], images[int(np.argmin(chi2))]).fraction_of_peak
     return best, excess, found, peaks
 
 
@@ -189,9 +187,6 @@ class FitVerdict:
         message: the verdict in words, with the numbers.
         residual_peak: the best match's :class:`ResidualPeak` (as a dict), or ``None``.
         reference_residual_peak: percentiles (5, 50, 95) of the reference images' residual-peak fractions.
-        structure_limit_sigma: how far above the smoothed noise a residual structure must stand to count:
-            :data:`STRUCTURE_SIGMA`, or the ``limit_percentile`` of the reference images' own largest
-            structures when that is higher (the look-elsewhere effect of searching the whole map).
         absolute_limits: the limits no reproduced target exceeds (:data:`EXCESS_LIMIT`, :data:`STRUCTURE_SIGMA`,
             :data:`STRUCTURE_FRACTION`).
         reasons: which tests failed: ``"bank"``, ``"absolute"``, ``"structure"`` (empty when reproduced).
@@ -211,7 +206,6 @@ class FitVerdict:
     reference_residual_peak: dict = field(default_factory=dict)
     absolute_limits: dict = field(default_factory=dict)
     reasons: list = field(default_factory=list)
-    structure_limit_sigma: float = 5.0
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -239,10 +233,7 @@ def judge_fit(best_reduced_chi2: float, best_excess: float, reference: tuple[np.
     2. **Absolutely**: its excess residual is at most :data:`EXCESS_LIMIT` of the signal.
     3. **No structure left**: the residual holds no structure (:func:`residual_peak`) of at least
        :data:`STRUCTURE_SIGMA` times the smoothed noise and :data:`STRUCTURE_FRACTION` of the target's peak:
-       a companion, a clump or an arc that the chi-square, a mean over the whole map, dilutes. Where the
-       reference images' own largest structures stand higher (their ``limit_percentile``), that is the
-       limit: the largest of many smoothed-noise peaks is often above 5 sigma by chance (on plain systems at
-       peak S/N 30-60 with the teaching bank, a quarter were flagged so by the fixed limit alone).
+       a companion, a clump or an arc that the chi-square, a mean over the whole map, dilutes.
 
     A best match within the noise (reduced chi-square at most :data:`NOISE_LEVEL_CHI2`) passes 1 and 2.
 
@@ -251,36 +242,31 @@ def judge_fit(best_reduced_chi2: float, best_excess: float, reference: tuple[np.
         reference: ``(best chi-squares, excess residuals)`` of held-out bank images (:func:`reference_chi2`).
         limit_percentile: the percentile of the reference's excess that test 1 allows.
         peak: the best match's :class:`ResidualPeak` (``None``: test 3 is not made).
-        reference_peaks: ``(T, 2)`` the reference images' largest residual structures: fraction of their peak
-            (reported) and significance (sets the structure test's limit, see :class:`FitVerdict`).
+        reference_peaks: the reference images' residual-peak fractions of their peak (reported only).
     """
     chi2_ref, excess_ref = (np.asarray(r, dtype=np.float64) for r in reference)
     best, excess = float(best_reduced_chi2), float(best_excess)
     qs = (5, 50, 95)
-    peaks = np.asarray(reference_peaks if reference_peaks is not None else np.zeros((0, 2)), dtype=np.float64).reshape(-1, 2)
     pct = {name: ({q: float(np.percentile(values, q)) for q in qs} if len(values) else {})
-           for name, values in (("chi2", chi2_ref), ("excess", excess_ref), ("peaks", peaks[:, 0][np.isfinite(peaks[:, 0])]))}
+           for name, values in (("chi2", chi2_ref), ("excess", excess_ref), ("peaks", np.asarray(reference_peaks if reference_peaks is not None else [])))}
     limit = float(np.percentile(excess_ref, limit_percentile)) if len(excess_ref) else float("nan")
     worse = float(np.mean(excess_ref > excess)) if len(excess_ref) else float("nan")
-    own = peaks[:, 1][np.isfinite(peaks[:, 1])]
-    structure_limit = max(STRUCTURE_SIGMA, float(np.percentile(own, limit_percentile))) if len(own) else STRUCTURE_SIGMA
-    reasons = _misfit_reasons(best, excess, limit, peak, structure_limit)
+    reasons = _misfit_reasons(best, excess, limit, peak)
     message = _verdict_message(best, excess, pct, worse, peak, reasons, has_reference=len(excess_ref) > 0)
     return FitVerdict(best, excess, float(np.sqrt(max(best, 0.0))), pct["chi2"], pct["excess"], limit_percentile, limit, worse, not reasons,
                       message, None if peak is None else peak.to_dict(), pct["peaks"],
                       {"excess": EXCESS_LIMIT, "structure_sigma": STRUCTURE_SIGMA, "structure_fraction": STRUCTURE_FRACTION},
-                      [key for key, _ in reasons], structure_limit)
+                      [key for key, _ in reasons])
 
 
-def _misfit_reasons(best: float, excess: float, limit: float, peak: ResidualPeak | None,
-                    structure_limit: float = 5.0) -> list[tuple[str, str]]:
+def _misfit_reasons(best: float, excess: float, limit: float, peak: ResidualPeak | None) -> list[tuple[str, str]]:
     """``(key, sentence)`` for each test of :func:`judge_fit` that the target fails."""
     reasons = []
     if best > NOISE_LEVEL_CHI2 and excess > limit:
         reasons.append(("bank", "it leaves more than the bank's own images are left by theirs"))
     if best > NOISE_LEVEL_CHI2 and excess > EXCESS_LIMIT:
         reasons.append(("absolute", f"its excess is above the {100 * EXCESS_LIMIT:.0f}% of the signal that no reproduced target leaves"))
-    if peak is not None and peak.significance >= structure_limit and peak.fraction_of_peak >= STRUCTURE_FRACTION:
+    if peak is not None and peak.significance >= STRUCTURE_SIGMA and peak.fraction_of_peak >= STRUCTURE_FRACTION:
         reasons.append(("structure", f"the residual holds a structure {peak.significance:.3g} times the noise, {100 * peak.fraction_of_peak:.0f}% "
                                      f"of the target's peak (smoothed to {peak.scale_beams:g} beam), {peak.offset_beams:.1f} beams from the centre "
                                      f"(pixel row, column {tuple(peak.position)}): a companion, clump or arc that no bank image has"))
