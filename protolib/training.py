@@ -36,6 +36,7 @@ from .distributed import barrier, is_main, ranks, reduce_sum, shard
 from .runtime import ProtolibInputError, atomic_path
 
 __all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for",
+           "why_training_stopped",
            "checkpoint_part", "CHECKPOINT_KEYS"]
 
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -306,6 +307,27 @@ def _learning_rate(config: TrainingConfig, epoch: int, plateau_factor: float) ->
         progress = epoch / max(1, config.epochs - 1)
         return config.learning_rate * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
     return config.learning_rate * plateau_factor
+
+
+def why_training_stopped(checkpoint: dict) -> dict:
+    """Why a finished training ended, from its checkpoint: early stopping on a flat validation loss, or its epoch cap.
+
+    Returns:
+        ``epochs_run``, ``epoch_cap``, ``best_epoch``, ``patience``, ``min_delta``, ``stopped_early``
+        (``True`` when ``patience`` epochs in a row did not beat the best validation loss by more than
+        ``min_delta``) and ``reason``, a sentence saying so.
+    """
+    training, history = checkpoint.get("training") or {}, checkpoint["history"]
+    cap, patience, min_delta = int(training.get("epochs", len(history))), int(training.get("patience", 0)), float(training.get("min_delta", 0.0))
+    run, best = len(history), int(checkpoint["best_epoch"])
+    stopped_early = run < cap and run - best >= patience
+    if stopped_early:
+        margin = f"by more than {min_delta:.2g}" if min_delta > 0 else "at all"
+        reason = f"its validation loss had not improved {margin} for {patience} epochs (the best was epoch {best})"
+    else:
+        reason = f"it reached its cap of {cap} epochs (the best was epoch {best}{', the last' if best == run else ''})"
+    return {"epochs_run": run, "epoch_cap": cap, "best_epoch": best, "patience": patience, "min_delta": min_delta,
+            "stopped_early": stopped_early, "reason": reason}
 
 
 def partial_checkpoint_path(checkpoint_path: str | Path) -> Path:
