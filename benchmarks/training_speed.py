@@ -10,7 +10,8 @@ Siamese network on it for as many (early stopping off), and reports for each net
 - ``images_per_cpu_s``: training images per CPU-second of the process over the whole training call
   (set-up and validation included), the figure to compare on a shared machine.
 
-The best of the repeats is kept per checkout and thread count, with their ratio. With ``--quality`` each
+The best of the repeats is kept per checkout and thread count, with their ratio. ``--autoencoder-batch-systems N``
+gives both checkouts' autoencoders the same batch (the configurations may differ in it) for a like-for-like figure. With ``--quality`` each
 checkout also trains both networks once as its configuration says (its epochs, early stopping and
 schedule, one thread) and reports what the project measures of them: the autoencoder's best epoch, epochs
 run and best validation loss, with the mean squared error of its reconstructions of the validation and
@@ -42,7 +43,7 @@ from protolib.bank import Bank
 from protolib.config import load_config
 from protolib.pipelines.train import autoencoder_settings, run_split, siamese_settings
 from protolib.siamese import load_siamese, train_siamese
-epochs, quality = {epochs}, {quality}
+epochs, quality, ae_batch = {epochs}, {quality}, {ae_batch}
 config = load_config("default")
 bank = Bank({bank!r})
 split = run_split(config, bank)
@@ -61,7 +62,8 @@ def reconstruction_mse(model, systems):
 result = {{}}
 with tempfile.TemporaryDirectory() as run:
     wall, cpu = time.perf_counter(), time.process_time()
-    ae_path = train_autoencoder(bank, Path(run) / "autoencoder.pt", split=split, progress=False, **autoencoder_settings(config, {{"training": changes}}))
+    ae_changes = {{**changes, **({{"batch_systems": ae_batch}} if ae_batch else {{}})}}
+    ae_path = train_autoencoder(bank, Path(run) / "autoencoder.pt", split=split, progress=False, **autoencoder_settings(config, {{"training": ae_changes}}))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     ae = load_autoencoder(ae_path, "cpu")
     result["autoencoder"] = {{**rates(ae.history, cpu), "wall_s": wall, "cpu_s": cpu, "epochs_run": len(ae.history),
@@ -83,10 +85,10 @@ print("RESULT " + json.dumps(result))
 """
 
 
-def measure(path: str, bank: str, threads: int, epochs: int, quality: bool = False) -> dict:
+def measure(path: str, bank: str, threads: int, epochs: int, quality: bool = False, ae_batch: int | None = None) -> dict:
     """One fresh process training both networks with the protolib checkout at ``path``."""
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    code = TIMER.format(threads=threads, epochs=epochs, quality=quality, bank=str(Path(bank).resolve()))
+    code = TIMER.format(threads=threads, epochs=epochs, quality=quality, ae_batch=ae_batch, bank=str(Path(bank).resolve()))
     out = subprocess.run([sys.executable, "-c", code], cwd=path, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"training with {path} failed:\n{out.stderr[-3000:]}")
@@ -106,6 +108,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--epochs", type=int, default=4, help="epochs per network in the speed runs (the first is warm-up)")
+    parser.add_argument("--autoencoder-batch-systems", type=int, default=None,
+                        help="speed runs: this many systems per autoencoder batch in both checkouts (default: each configuration's)")
     parser.add_argument("--quality", action="store_true", help="also train both networks as configured and compare their losses")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -114,9 +118,9 @@ def main() -> None:
     for _ in range(args.repeats):
         for threads in args.threads:
             for name, path in checkouts.items():
-                runs[name][threads].append(measure(path, args.bank, threads, args.epochs))
+                runs[name][threads].append(measure(path, args.bank, threads, args.epochs, ae_batch=args.autoencoder_batch_systems))
     report = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "load_average_after_speed_runs": os.getloadavg(),
-              "bank": args.bank, "epochs": args.epochs, "repeats": args.repeats,
+              "bank": args.bank, "epochs": args.epochs, "repeats": args.repeats, "autoencoder_batch_systems": args.autoencoder_batch_systems,
               "runs": {name: {str(t): v for t, v in by_threads.items()} for name, by_threads in runs.items()},
               "best": {name: {str(t): best_of(v) for t, v in by_threads.items()} for name, by_threads in runs.items()}}
     if args.baseline:
