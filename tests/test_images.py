@@ -54,3 +54,14 @@ def test_flips_and_quarter_turns_are_exact_and_noise_jitter_adds_noise():
     noisy = augment_images(image, AugmentationConfig(rotate=False, flip=False, beam_jitter=0, noise_jitter=1.0),
                            torch.Generator().manual_seed(0), beam=Beam(0.25, 0.25), pixel_arcsec=0.05, noise_rms=0.1)
     assert 0 < (noisy - image).std().item() < 0.2
+
+
+@pytest.mark.parametrize("beam", [Beam(0.25, 0.25), Beam(0.4, 0.2, 0.0), Beam(0.4, 0.2, 30.0), Beam(3.0, 2.0, 10.0)])
+def test_augmentation_convolves_as_the_instrument_does(beam):
+    """The fast real-space beam of augmentation (separable, 2-D or FFT by size) gives the instrument's convolution."""
+    from protolib.images import convolve_small_beam
+    from protolib.instrument import convolve_beam
+
+    images = torch.randn(5, 40, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = convolve_beam(images, beam, 0.11)
+    assert torch.allclose(convolve_small_beam(images, beam, 0.11), expected, atol=1e-12 * expected.abs().max().item())

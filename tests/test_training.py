@@ -11,7 +11,7 @@ from protolib.autoencoder import AutoencoderConfig, load_autoencoder, train_auto
 from protolib.cli import main
 from protolib.siamese import LossConfig, PairConfig, SiameseConfig, load_siamese, train_siamese
 from protolib.splits import split_systems
-from protolib.training import ImageSource, TrainingConfig, system_batches
+from protolib.training import ImageSource, TrainingConfig, system_batches, why_training_stopped
 
 SMALL = AutoencoderConfig(channels=[4, 8], latent_size=8)
 
@@ -64,8 +64,20 @@ def test_same_seed_gives_the_same_weights_and_the_best_checkpoint_reloads_alone(
 def test_early_stopping_ends_training_when_validation_stops_improving(bank, split, tmp_path):
     path = train_autoencoder(bank, tmp_path / "stuck.pt", split=split, model=SMALL, progress=False,
                              training=quick(epochs=20, learning_rate=0.0, patience=2, schedule="constant"))
-    history = load_autoencoder(path, "cpu").history
-    assert len(history) == 3  # one epoch sets the best, two more without improvement
+    stuck = load_autoencoder(path, "cpu")
+    assert len(stuck.history) == 3  # one epoch sets the best, two more without improvement
+    stopped = why_training_stopped(stuck.checkpoint)
+    assert stopped["stopped_early"] and (stopped["epochs_run"], stopped["epoch_cap"], stopped["best_epoch"]) == (3, 20, 1)
+    assert "not improved at all for 2 epochs" in stopped["reason"]
+
+
+def test_a_small_gain_counts_as_flat_and_a_run_at_its_cap_says_so(bank, split, tmp_path, autoencoder):
+    """With min_delta, gains smaller than it do not reset the patience; a run that used every epoch is described as capped."""
+    history = [{"validation_loss": loss} for loss in (1.0, 0.5, 0.49, 0.485, 0.48)]
+    flat = why_training_stopped({"training": {"epochs": 10, "patience": 3, "min_delta": 0.05}, "history": history, "best_epoch": 2})
+    assert flat["stopped_early"] and "by more than 0.05 for 3 epochs" in flat["reason"]
+    capped = why_training_stopped(load_autoencoder(autoencoder, "cpu").checkpoint)
+    assert not capped["stopped_early"] and capped["epochs_run"] == capped["epoch_cap"] == 3 and "cap of 3 epochs" in capped["reason"]
 
 
 class Interrupt(Exception):
