@@ -53,7 +53,7 @@ ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 MAX_FIELD_OF_VIEW_AU = 1e6  # a larger field is a unit mistake (and overflows single precision in the renderer)
 JANSKY_CGS = 1e-23
 COMPILE_SETTINGS = ("auto", "true", "false")
-COMPILE_FROM_IMAGES = 20_000
+COMPILE_FROM_IMAGES = 50_000
 """``compile: auto`` compiles the renderer's kernels for banks of this many images or more (benchmarks/README.md:
 a process's compilation, from torch's on-disk cache, costs what a few thousand images take to render)."""
 MAX_BANDS = 16  # more frequencies than an interferometer's receivers give is a mistake (and each costs a radiative transfer)
@@ -91,7 +91,7 @@ class SimulatorConfig:
     disk_samples: int = 24  # line-of-sight samples through the disk
     oversample: int = 1  # rays per pixel along each axis (pixel-averaged intensity)
     batch_elements: int = 250_000  # rays x line-of-sight samples per batch: ~1 MB arrays that stay in a CPU core's cache (a GPU wants ~5e7)
-    compile: str = "auto"  # fused kernels (torch.compile) on the CPU: "true", "false", or "auto": for banks of COMPILE_FROM_IMAGES images or more
+    compile: str | bool = "auto"  # fused kernels (torch.compile) on the CPU: "true", "false", or "auto": for banks of COMPILE_FROM_IMAGES images or more
 
     def __post_init__(self):
         if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
