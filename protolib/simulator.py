@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -282,9 +283,9 @@ def render(
     return (intensity[:, 0] if n_bands == 1 else intensity) * pixel_sr
 
 
-_KERNELS = {"available": True, "active": False, "compiled": {}}
+_KERNELS = {"available": True, "active": threading.local(), "compiled": {}}
 """The renderer's kernels: whether torch.compile works in this process, whether :func:`render` now runs the
-compiled kernels (``config.compile``), and the compiled functions, compiled on first use."""
+compiled kernels in this thread (``config.compile``), and the compiled functions, compiled on first use."""
 
 
 def _fused(function):
@@ -294,7 +295,7 @@ def _fused(function):
     not recompile. torch keeps what it compiles on disk (``TORCHINDUCTOR_CACHE_DIR``, by default under the
     temporary folder), so that a later process compiles from the cache in seconds.
     """
-    if not _KERNELS["active"]:
+    if not getattr(_KERNELS["active"], "on", False):
         return function
     if function not in _KERNELS["compiled"]:
         _KERNELS["compiled"][function] = torch.compile(function, dynamic=True)
@@ -323,7 +324,7 @@ def _intensity(systems, inclination_deg, position_angle_deg, offsets, config, co
     images_per_batch = max(1, rays_per_batch // half)
     rays_per_batch = min(half, rays_per_batch)
     intensity = torch.empty(n_images, n_bands, n_rays, dtype=dtype, device=device)
-    _KERNELS["active"] = compiled
+    _KERNELS["active"].on = compiled
     try:
         for start in range(0, n_images, images_per_batch):
             sl = slice(start, start + images_per_batch)
@@ -336,7 +337,7 @@ def _intensity(systems, inclination_deg, position_angle_deg, offsets, config, co
                     intensity[sl, band, rays] = near
                     intensity[sl, band, n_rays - 1 - mirrored] = far[:, : mirrored.numel()]
     finally:
-        _KERNELS["active"] = False
+        _KERNELS["active"].on = False
     return intensity
 
 
