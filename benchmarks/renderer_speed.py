@@ -6,12 +6,15 @@ Times, with one torch thread, drawn nuisance physics and the default configurati
 - ``bank path``: :func:`protolib.bank.render_systems`, which adds the envelope mass and the instrument
   (beam and noise): what ``protolib simulate`` does per system.
 
-Each is measured as images per CPU-second of the process (one thread: one core), this checkout and,
-with ``--baseline PATH``, another protolib checkout (``git worktree add /tmp/base <commit>``) in a fresh
-process, alternating ``--repeats`` times; the best of each is reported with their ratio. With a
-baseline, the two renderers' clean images of the same systems are also compared: the relative
-difference in total flux and the largest difference of the azimuthally averaged radial profile, as a
-fraction of its peak.
+Each is measured as images per CPU-second of the process (one thread: one core), after a warm-up
+call, this checkout with its compiled kernels (``simulator.compile: true``) and with its eager ones
+and, with ``--baseline PATH``, another protolib checkout (``git worktree add /tmp/base <commit>``), each
+in a fresh process, alternating ``--repeats`` times; the best of each is reported with the ratios. The
+warm-up call's wall time is reported too: for the compiled kernels, what compiling costs a process
+(from torch's on-disk cache after the first run; ``TORCHINDUCTOR_CACHE_DIR`` set to an empty folder
+measures a cold compile). With a baseline, the renderers' clean images of the same systems are also
+compared: the relative difference in total flux and the largest difference of the azimuthally averaged
+radial profile, as a fraction of its peak.
 
     python benchmarks/renderer_speed.py [--systems 16] [--repeats 3] [--baseline /tmp/base] [--out results.json]
 
@@ -40,6 +43,8 @@ from protolib.parameters import Prior
 from protolib.simulator import render, RENDER_KEYS, NUISANCE_FIELDS
 n, images_out = {n}, {images_out!r}
 config = load_config("default")
+if {compile!r} and hasattr(config.simulator, "compile"):
+    config.simulator.compile = {compile!r}
 systems = draw_systems(n, 8, 3, Prior(nuisance="drawn"), config.simulator)
 per_image = {{k: torch.as_tensor(np.repeat(systems[k], 8)) for k in (*RENDER_KEYS, *NUISANCE_FIELDS)}}
 angles = [torch.as_tensor(systems[k].reshape(-1)) for k in ("inclination", "position_angle")]
@@ -49,7 +54,9 @@ def clean():
                                  angles[1][8 * i:8 * i + 8], config.simulator, 140.0) for i in range(n)])
 def bank_path():
     render_systems(systems, np.arange(n), config.simulator, config.instrument, 0, "cpu")
-render_systems(systems, np.arange(1), config.simulator, config.instrument, 0, "cpu")  # warm-up
+warm_up = time.time()
+render_systems(systems, np.arange(1), config.simulator, config.instrument, 0, "cpu")  # warm-up (and compiling)
+warm_up = time.time() - warm_up
 rates = []
 for f in (clean, bank_path):
     start = time.process_time()
@@ -57,17 +64,18 @@ for f in (clean, bank_path):
     rates.append(n * 8 / (time.process_time() - start))
 if images_out:
     np.save(images_out, clean().numpy())
-print(rates[0], rates[1])
+print(rates[0], rates[1], warm_up)
 """
 
 
-def timed(path: str, n_systems: int, images_out: str = "") -> tuple[float, float]:
-    """Images per CPU-second of ``render`` and of the bank path with the protolib checkout at ``path``."""
+def timed(path: str, n_systems: int, images_out: str = "", compile: str = "") -> tuple[float, float, float]:
+    """Images per CPU-second of ``render`` and of the bank path with the protolib checkout at ``path``, and the
+    warm-up's wall time [s]; ``compile``: its ``simulator.compile`` setting (where it has one)."""
     env = {**os.environ, "PYTHONPATH": path}
-    code = TIMER.format(n=n_systems, images_out=images_out)
+    code = TIMER.format(n=n_systems, images_out=images_out, compile=compile)
     out = subprocess.run([sys.executable, "-c", code], cwd=path, env=env, capture_output=True, text=True, check=True)
-    render_rate, bank_rate = map(float, out.stdout.strip().splitlines()[-1].split())
-    return render_rate, bank_rate
+    render_rate, bank_rate, warm_up = map(float, out.stdout.strip().splitlines()[-1].split())
+    return render_rate, bank_rate, warm_up
 
 
 def agreement(new: np.ndarray, old: np.ndarray) -> dict:
@@ -96,21 +104,24 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parents[1])
-    runs = {"this": [], **({"baseline": []} if args.baseline else {})}
+    checkouts = {"this": (here, "true"), "this_eager": (here, "false"), **({"baseline": (args.baseline, "")} if args.baseline else {})}
+    runs = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
-            first = repeat == 0
-            runs["this"].append(timed(here, args.systems, f"{folder}/this.npy" if first else ""))
-            if args.baseline:
-                runs["baseline"].append(timed(args.baseline, args.systems, f"{folder}/baseline.npy" if first else ""))
+            for name, (path, compile) in checkouts.items():
+                runs[name].append(timed(path, args.systems, f"{folder}/{name}.npy" if repeat == 0 else "", compile))
         report = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
                   "images": args.systems * 8, "threads": 1,
-                  "images_per_cpu_second": {k: {"render": [r for r, _ in v], "bank_path": [b for _, b in v]} for k, v in runs.items()}}
-        best = {k: {"render": max(r for r, _ in v), "bank_path": max(b for _, b in v)} for k, v in runs.items()}
+                  "images_per_cpu_second": {k: {"render": [r[0] for r in v], "bank_path": [r[1] for r in v]} for k, v in runs.items()},
+                  "warm_up_wall_s": {k: [r[2] for r in v] for k, v in runs.items()}}
+        best = {k: {"render": max(r[0] for r in v), "bank_path": max(r[1] for r in v)} for k, v in runs.items()}
         report["best"] = best
+        report["compiled_over_eager"] = {k: best["this"][k] / best["this_eager"][k] for k in ("render", "bank_path")}
         if args.baseline:
             report["speed_up"] = {k: best["this"][k] / best["baseline"][k] for k in ("render", "bank_path")}
+            report["eager_speed_up"] = {k: best["this_eager"][k] / best["baseline"][k] for k in ("render", "bank_path")}
             report["agreement"] = agreement(np.load(f"{folder}/this.npy"), np.load(f"{folder}/baseline.npy"))
+            report["agreement_eager"] = agreement(np.load(f"{folder}/this_eager.npy"), np.load(f"{folder}/baseline.npy"))
     print(json.dumps(report, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -6,7 +6,9 @@ Measures, on this machine and in this order:
    images per second of wall time and per CPU-second;
 2. the whole command ``protolib simulate --systems 250 --projections 8 --size 64`` (start-up and the
    HDF5 file included) with the old default (one process, 2 threads), one process with 1 thread, and
-   the new default (one single-threaded worker process per core from 1024 images, else one process);
+   the new default (one single-threaded worker process per core from 1024 images, else one process), and
+   the new default with the renderer's compiled kernels (``--set simulator.compile=true``, what a bank of
+   ``COMPILE_FROM_IMAGES`` images or more gets; each worker compiles, from torch's on-disk cache once warm);
    with ``--baseline PATH``, the default command of another protolib checkout too (for example
    ``git worktree add /tmp/base <commit>``).
 
@@ -83,7 +85,8 @@ def main() -> None:
     commands = [command_rate("old default: 1 process, 2 threads", ["--workers", "1", "--threads", "2"], args.systems),
                 command_rate("1 process, 1 thread", ["--workers", "1", "--threads", "1"], args.systems),
                 command_rate(f"new default: {cores if args.systems * 8 >= PARALLEL_FROM_IMAGES else 1} process(es), 1 thread each", [],
-                             args.systems)]
+                             args.systems),
+                command_rate("new default, compiled kernels (warm cache)", ["--set", "simulator.compile=true"], args.systems)]
     if args.baseline:
         commands.append(command_rate(f"baseline {args.baseline}, its default", [], args.systems, checkout=args.baseline))
     print(f"{platform.node()}: {cores} cores, load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")

@@ -48,7 +48,7 @@ from . import __version__
 from .instrument import BAND_SETTINGS, Instrument
 from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
 from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng, typed_settings
-from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render
+from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render, settle_compile
 
 __all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "check_beam_fits_field", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
            "write_bank_tables", "write_bank_attributes", "BAND_SETTINGS", "BAND_TOLERANCE"]
@@ -878,12 +878,12 @@ def simulate_bank(
     for seen in instrument.per_band(len(config.bands_ghz)):  # an instrument.bands list of another length is refused here
         check_beam_fits_field(config, seen)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
-
+    rendering = settle_compile(config, n_systems * n_projections, device)  # the compiled kernels for a large bank, in every worker
     chunks = [np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)]
 
     def blocks():
         for idx in chunks:
-            yield (idx, *render_systems(systems, idx, config, instrument, seed, device))
+            yield (idx, *render_systems(systems, idx, rendering, instrument, seed, device))
 
     previous = torch.get_num_threads()
     if threads is not None:
@@ -891,7 +891,7 @@ def simulate_bank(
     try:
         if workers > 1 and default_device(device).type == "cpu":
             _write_with_workers(out, systems, chunks, workers, threads or 1, seed=seed, config=config, instrument=instrument,
-                                prior=prior, progress=progress)
+                                prior=prior, progress=progress, compile=rendering.compile)
         else:
             write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
     finally:
@@ -901,8 +901,9 @@ def simulate_bank(
 
 def _render_block(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Worker task of :func:`_write_with_workers`: the images and envelope masses of one block of systems."""
-    rows, config, instrument, seed = task
-    return render_systems(rows, np.arange(len(rows["system_index"])), SimulatorConfig(**config), Instrument(**instrument), seed, "cpu")
+    rows, config, instrument, seed, compile = task
+    return render_systems(rows, np.arange(len(rows["system_index"])), SimulatorConfig(**config, compile=compile), Instrument(**instrument),
+                          seed, "cpu")
 
 
 def _start_worker(threads: int) -> None:
@@ -912,15 +913,16 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads: int, **written) -> None:
-    """Render ``chunks`` of systems on ``workers`` local processes, in order, into the bank ``out``."""
+def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads: int, compile: str, **written) -> None:
+    """Render ``chunks`` of systems on ``workers`` local processes, in order, into the bank ``out``; ``compile``: the
+    simulator's setting, settled (:func:`~protolib.simulator.settle_compile`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     def rows(idx):
         return {**{k: v[idx] for k, v in systems.items()}, "system_index": idx}
 
-    tasks = [(rows(idx), written["config"].to_dict(), written["instrument"].to_dict(), written["seed"]) for idx in chunks]
+    tasks = [(rows(idx), written["config"].to_dict(), written["instrument"].to_dict(), written["seed"], compile) for idx in chunks]
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,))
     try:
         results = pool.map(_render_block, tasks)

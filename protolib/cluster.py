@@ -28,7 +28,7 @@ from .bank import check_beam_fits_field, draw_systems, render_systems, write_sim
 from .instrument import Instrument
 from .parameters import Prior
 from .runtime import ProtolibInputError, atomic_path
-from .simulator import SimulatorConfig
+from .simulator import SimulatorConfig, settle_compile
 
 __all__ = ["ParallelReport", "simulate_bank_parallel", "shard_folder", "connect_scheduler"]
 
@@ -55,13 +55,16 @@ def _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shar
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def _render_shard(shard: int, rows: dict, config: dict, instrument: dict, seed: int, folder: str, fingerprint: str) -> int:
-    """Worker task: render the shard's ``rows`` (parameters of its systems) into ``folder/shard_NNNNN.h5``."""
+def _render_shard(shard: int, rows: dict, config: dict, instrument: dict, seed: int, folder: str, fingerprint: str,
+                  compile: str = "false") -> int:
+    """Worker task: render the shard's ``rows`` (parameters of its systems) into ``folder/shard_NNNNN.h5``; ``compile``:
+    the simulator's setting, settled for the whole bank (:func:`~protolib.simulator.settle_compile`)."""
     import torch
 
     torch.set_num_threads(1)
     indices = rows["system_index"]
-    images, masses = render_systems(rows, np.arange(len(indices)), SimulatorConfig(**config), Instrument(**instrument), seed, device="cpu")
+    images, masses = render_systems(rows, np.arange(len(indices)), SimulatorConfig(**config, compile=compile), Instrument(**instrument),
+                                    seed, device="cpu")
     with atomic_path(Path(folder) / f"shard_{shard:05d}.h5", expected_bytes=images.nbytes + 64 * len(indices)) as tmp:
         with h5py.File(tmp, "w") as f:
             f["images"] = images
@@ -141,7 +144,8 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
     todo = [k for k in range(n_shards) if not _shard_is_complete(paths[k], fingerprint)]
     reused = [k for k in range(n_shards) if k not in todo]
     if todo:
-        tasks = dict(config=config.to_dict(), instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint)
+        tasks = dict(config=config.to_dict(), instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint,
+                     compile=settle_compile(config, n_systems * n_projections).compile)  # as simulate_bank settles it
         _render_shards(client, n_workers, {k: _shard_rows(systems, k, shard_systems) for k in todo}, tasks, progress)
 
     def blocks():

@@ -40,6 +40,7 @@ __all__ = [
     "dust_temperature",
     "dust_opacity",
     "planck_intensity",
+    "expm1",
     "accretion_luminosity",
 ]
 
@@ -310,7 +311,16 @@ def planck_intensity(temperature_k: torch.Tensor, frequency_ghz: float) -> torch
     r"""Planck function :math:`B_\nu(T)` [erg s^-1 cm^-2 Hz^-1 sr^-1]."""
     nu = frequency_ghz * 1e9
     h_nu_over_k = H_CGS * nu / K_B_CGS
-    return (2.0 * H_CGS * nu**3 / C_CGS**2) / torch.expm1(h_nu_over_k / temperature_k)
+    return (2.0 * H_CGS * nu**3 / C_CGS**2) / expm1(h_nu_over_k / temperature_k)
+
+
+def expm1(x: torch.Tensor) -> torch.Tensor:
+    """``exp(x) - 1``, accurate near zero also inside ``torch.compile`` (whose CPU kernels compute ``expm1`` as
+    ``exp(x) - 1``, which loses every digit below ``|x|`` ~ 1e-7 in single precision): there a series below 0.05."""
+    if not torch.compiler.is_compiling():
+        return torch.expm1(x)
+    series = x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x * (1.0 / 120.0)))))
+    return torch.where(x.abs() < 0.05, series, torch.exp(x) - 1.0)
 
 
 def accretion_luminosity(stellar_mass_msun, accretion_rate_msun_yr, stellar_radius_rsun=3.0):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from .runtime import ProtolibInputError
 
 from . import physics
 
-__all__ = ["SimulatorConfig", "render", "envelope_mass", "pixel_offsets_au", "NUISANCE_FIELDS", "RENDER_KEYS"]
+__all__ = ["SimulatorConfig", "render", "settle_compile", "COMPILE_FROM_IMAGES", "envelope_mass", "pixel_offsets_au", "NUISANCE_FIELDS", "RENDER_KEYS"]
 
 NUISANCE_FIELDS = {
     "opacity_beta": "opacity_beta",
@@ -52,6 +53,10 @@ OUT_OF_FAMILY_DEFAULTS = {"envelope_law": "collapse", "envelope_power_index": 2.
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 MAX_FIELD_OF_VIEW_AU = 1e6  # a larger field is a unit mistake (and overflows single precision in the renderer)
 JANSKY_CGS = 1e-23
+COMPILE_SETTINGS = ("auto", "true", "false")
+COMPILE_FROM_IMAGES = 50_000
+"""``compile: auto`` compiles the renderer's kernels for banks of this many images or more (benchmarks/README.md:
+a process's compilation, from torch's on-disk cache, costs what a few thousand images take to render)."""
 MAX_BANDS = 16  # more frequencies than an interferometer's receivers give is a mistake (and each costs a radiative transfer)
 
 
@@ -87,6 +92,7 @@ class SimulatorConfig:
     disk_samples: int = 24  # line-of-sight samples through the disk
     oversample: int = 1  # rays per pixel along each axis (pixel-averaged intensity)
     batch_elements: int = 250_000  # rays x line-of-sight samples per batch: ~1 MB arrays that stay in a CPU core's cache (a GPU wants ~5e7)
+    compile: str | bool = "auto"  # fused kernels (torch.compile) on the CPU: "true", "false", or "auto": for banks of COMPILE_FROM_IMAGES images or more
 
     def __post_init__(self):
         if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
@@ -107,6 +113,10 @@ class SimulatorConfig:
             raise ProtolibInputError(f"The simulator's envelope_power_index must lie in (0, 3) (a finite mass) and its "
                                      f"external_temperature_k in [0, 100] K, got {self.envelope_power_index} and "
                                      f"{self.external_temperature_k}.")
+        if isinstance(self.compile, bool):  # YAML's and --set's true and false
+            self.compile = "true" if self.compile else "false"
+        if self.compile not in COMPILE_SETTINGS:
+            raise ProtolibInputError(f"The simulator's compile must be one of {list(COMPILE_SETTINGS)}, got {self.compile!r}.")
         if self.envelope_samples < 1 or self.disk_samples < 1 or self.oversample < 1:
             raise ProtolibInputError("The simulator's envelope_samples, disk_samples and oversample must be at least 1.")
         if self.frequencies_ghz is not None:
@@ -150,6 +160,7 @@ class SimulatorConfig:
         for name, default in OUT_OF_FAMILY_DEFAULTS.items():
             if values[name] == default:
                 del values[name]
+        del values["compile"]  # how the images are computed, not what they are (they agree to float rounding)
         return values
 
     def nuisance_values(self) -> dict[str, float]:
@@ -255,6 +266,56 @@ def render(
     north = offsets[:, None].expand(n_sub, n_sub).reshape(-1)
     east = -offsets[None, :].expand(n_sub, n_sub).reshape(-1)
     systems = _with_nuisance(systems, config, inclination_deg.shape[0], device)
+    compiled = config.compile == "true" and device.type == "cpu" and _KERNELS["available"]
+    try:
+        intensity = _intensity(systems, inclination_deg, position_angle_deg, (east, north), config, compiled)
+    except Exception as error:  # a compiler that fails (none installed, an unsupported platform): the eager kernels instead
+        if not compiled:
+            raise
+        _stop_compiling(error)
+        intensity = _intensity(systems, inclination_deg, position_angle_deg, (east, north), config, False)
+    n_images, n_bands = inclination_deg.shape[0], len(config.bands_ghz)
+    intensity = intensity.reshape(n_images, n_bands, n_sub, n_sub)
+    if config.oversample > 1:
+        intensity = F.avg_pool2d(intensity, config.oversample)
+    pixel_arcsec = config.pixel_size_au / distance_pc
+    pixel_sr = (pixel_arcsec * ARCSEC_RAD) ** 2
+    return (intensity[:, 0] if n_bands == 1 else intensity) * pixel_sr
+
+
+_KERNELS = {"available": True, "active": threading.local(), "compiled": {}}
+"""The renderer's kernels: whether torch.compile works in this process, whether :func:`render` now runs the
+compiled kernels in this thread (``config.compile``), and the compiled functions, compiled on first use."""
+
+
+def _fused(function):
+    """``function`` (a pure elementwise chain) compiled while :func:`render` runs compiled kernels, else as it is.
+
+    ``dynamic=True``: the numbers of images, rays and rays meeting the disk vary from call to call and must
+    not recompile. torch keeps what it compiles on disk (``TORCHINDUCTOR_CACHE_DIR``, by default under the
+    temporary folder), so that a later process compiles from the cache in seconds.
+    """
+    if not getattr(_KERNELS["active"], "on", False):
+        return function
+    if function not in _KERNELS["compiled"]:
+        _KERNELS["compiled"][function] = torch.compile(function, dynamic=True)
+    return _KERNELS["compiled"][function]
+
+
+def _stop_compiling(error: Exception) -> None:
+    """Render with the eager kernels from now on in this process, saying why once."""
+    import warnings
+
+    _KERNELS["available"] = False
+    warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); rendering with the eager kernels "
+                  "(set simulator.compile: false to skip trying).", RuntimeWarning, stacklevel=3)
+
+
+def _intensity(systems, inclination_deg, position_angle_deg, offsets, config, compiled: bool) -> torch.Tensor:
+    """Specific intensity [Jy/sr] of every ray of every image and band, ``(B, n_bands, rays)``; ``compiled``:
+    with the compiled kernels (:func:`_fused`)."""
+    device, dtype = inclination_deg.device, torch.float32
+    east, north = offsets
     n_images, n_rays, n_bands = inclination_deg.shape[0], north.numel(), len(config.bands_ghz)
     # Ray n_rays - 1 - k passes through the point opposite ray k (pixel offsets are symmetric about the
     # centre): the first half of the rays, rendered in both directions, make the whole image.
@@ -263,22 +324,35 @@ def render(
     images_per_batch = max(1, rays_per_batch // half)
     rays_per_batch = min(half, rays_per_batch)
     intensity = torch.empty(n_images, n_bands, n_rays, dtype=dtype, device=device)
-    for start in range(0, n_images, images_per_batch):
-        sl = slice(start, start + images_per_batch)
-        chunk = {k: v[sl].to(device=device, dtype=dtype) for k, v in systems.items()}
-        angles = inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype)
-        for first in range(0, half, rays_per_batch):
-            rays = slice(first, min(half, first + rays_per_batch))
-            mirrored = torch.arange(first, min(rays.stop, n_rays // 2), device=device)
-            for band, (near, far) in enumerate(_render_rays(chunk, *angles, east[rays], north[rays], config)):
-                intensity[sl, band, rays] = near
-                intensity[sl, band, n_rays - 1 - mirrored] = far[:, : mirrored.numel()]
-    intensity = intensity.reshape(n_images, n_bands, n_sub, n_sub)
-    if config.oversample > 1:
-        intensity = F.avg_pool2d(intensity, config.oversample)
-    pixel_arcsec = config.pixel_size_au / distance_pc
-    pixel_sr = (pixel_arcsec * ARCSEC_RAD) ** 2
-    return (intensity[:, 0] if n_bands == 1 else intensity) * pixel_sr
+    _KERNELS["active"].on = compiled
+    try:
+        for start in range(0, n_images, images_per_batch):
+            sl = slice(start, start + images_per_batch)
+            chunk = {k: v[sl].to(device=device, dtype=dtype) for k, v in systems.items()}
+            angles = inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype)
+            for first in range(0, half, rays_per_batch):
+                rays = slice(first, min(half, first + rays_per_batch))
+                mirrored = torch.arange(first, min(rays.stop, n_rays // 2), device=device)
+                for band, (near, far) in enumerate(_render_rays(chunk, *angles, east[rays], north[rays], config)):
+                    intensity[sl, band, rays] = near
+                    intensity[sl, band, n_rays - 1 - mirrored] = far[:, : mirrored.numel()]
+    finally:
+        _KERNELS["active"].on = False
+    return intensity
+
+
+def settle_compile(config: SimulatorConfig, n_images: int, device: torch.device | str | None = None) -> SimulatorConfig:
+    """``config`` with its ``compile`` setting settled for rendering ``n_images`` images on ``device`` at once:
+    ``"auto"`` becomes ``"true"`` on a CPU from :data:`COMPILE_FROM_IMAGES` images, else ``"false"``.
+
+    A bank settles it once, for all its images, so that the same settings give the same bank whatever
+    the number of worker processes (the compiled kernels agree with the eager ones to float rounding only).
+    """
+    from dataclasses import replace
+
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    wanted = config.compile == "true" or (config.compile == "auto" and n_images >= COMPILE_FROM_IMAGES)
+    return replace(config, compile="true" if wanted and on_cpu else "false")
 
 
 def _with_nuisance(systems: dict, config: SimulatorConfig, n: int, device, needed=RENDER_KEYS) -> dict:
@@ -306,14 +380,32 @@ _TABLE_LOG_X = (-4.0, 4.0)
 _TABLE_SIZE = (513, 2049)
 
 
-def _lookup_envelope_shape(log10_x: torch.Tensor, abs_mu: torch.Tensor) -> torch.Tensor:
-    """Bilinear interpolation in the envelope-shape table; ``log10_x`` and ``abs_mu`` any equal shape."""
-    table = _envelope_shape_table(log10_x.device)
-    gx = (log10_x - _TABLE_LOG_X[0]) * (2.0 / (_TABLE_LOG_X[1] - _TABLE_LOG_X[0])) - 1.0
-    gy = abs_mu * 2.0 - 1.0
-    grid = torch.stack([gx, gy], dim=-1).reshape(1, 1, -1, 2)
-    values = F.grid_sample(table, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return values.reshape(log10_x.shape)
+def _envelope_shape(geometry, param, config) -> torch.Tensor:
+    """The envelope's density over the spherical infall's ``r^-1.5`` law at a sample set: bilinear
+    interpolation in the envelope-shape table at ``geometry["grid"]`` (:func:`_set_geometry`), or the
+    out-of-family power law's ``norm * r^(1.5 - p)`` (:class:`SimulatorConfig`)."""
+    if "power_law_norm" in param:  # an out-of-family test set's static envelope: no rotation, rho ~ r^-p
+        return param["power_law_norm"] * torch.exp((1.5 - config.envelope_power_index) * geometry["log_r"])
+    grid = geometry["grid"]
+    table = _envelope_shape_table(grid.device)
+    values = F.grid_sample(table, grid.reshape(1, 1, -1, 2), mode="bilinear", padding_mode="border", align_corners=True)
+    return values.reshape(grid.shape[:-1])
+
+
+def _set_geometry(ray, s, param, config) -> dict:
+    """A sample set's geometry (:func:`_geometry`) at the positions ``s`` along the rays ``(q, p2, sin i,
+    cos i)``, with the height ``z`` above the midplane and, for the collapse's envelope, the coordinates
+    ``grid`` of the shape table (:func:`_envelope_shape`). A fused kernel (:func:`_fused`)."""
+    q, p2, sin_i, cos_i = ray
+    z = q.unsqueeze(-1) * sin_i + s * cos_i
+    geometry = _geometry(p2.unsqueeze(-1) + s * s, z, param, config)
+    geometry["z"] = z
+    if "power_law_norm" not in param:
+        log10_x = geometry["log_r"] * (1.0 / math.log(10.0)) - torch.log10(param["disk_radius"])
+        gx = (log10_x - _TABLE_LOG_X[0]) * (2.0 / (_TABLE_LOG_X[1] - _TABLE_LOG_X[0])) - 1.0
+        gy = (z.abs() / geometry["r"]).clamp(max=1.0) * 2.0 - 1.0  # |mu|
+        geometry["grid"] = torch.stack([gx, gy], dim=-1)
+    return geometry
 
 
 def _geometry(r2, z, param, config) -> dict:
@@ -330,13 +422,14 @@ def _geometry(r2, z, param, config) -> dict:
             "vertical": torch.exp(-0.5 * z_over_height * z_over_height)}
 
 
-def _temperature(z, param, geometry):
+def _temperature(param, geometry):
     """Dust temperature [K] at the samples: :func:`physics.dust_temperature`'s law of each system (from
     ``log_temperature_100au``, the logarithm of its temperature at 100 au), times the disk's vertical
-    structure (:func:`physics.disk_temperature_factor`) inside the disk region."""
+    structure (:func:`physics.disk_temperature_factor`) inside the disk region, where ``param`` holds a
+    ``midplane_temperature_ratio`` (:func:`_render_rays` leaves it out where every system's is 1)."""
     temperature = torch.exp(param["log_temperature_100au"] - param["temperature_index"] * (geometry["log_r"] - math.log(100.0)))
-    if bool((param["midplane_temperature_ratio"] != 1.0).any()):
-        factor = physics.disk_temperature_factor(z, geometry["height"], param["midplane_temperature_ratio"])
+    if "midplane_temperature_ratio" in param:
+        factor = physics.disk_temperature_factor(geometry["z"], geometry["height"], param["midplane_temperature_ratio"])
         temperature = temperature * (1.0 + (factor - 1.0) * geometry["within"])
     if "external_temperature_k" in param:  # an out-of-family test set's external heating (SimulatorConfig)
         temperature = (temperature**4 + param["external_temperature_k"] ** 4) ** 0.25
@@ -356,16 +449,12 @@ def _power_law_norm(outer_radius_au: torch.Tensor, config: SimulatorConfig) -> t
     return collapse / power_law
 
 
-def _envelope_column(z, ds, param, config, geometry):
-    """Envelope density times path length at the samples [g cm^-3 au], via the shape table; ``param``
-    holds each system's ``envelope_density_1au``, the density of a spherical infall at 1 au."""
-    r = geometry["r"]
+def _envelope_column(ds, shape, geometry, param, config):
+    """Envelope density times path length at the samples [g cm^-3 au], with ``shape`` from
+    :func:`_envelope_shape`; ``param`` holds each system's ``envelope_density_1au``, the density of a
+    spherical infall at 1 au."""
+    r, z = geometry["r"], geometry["z"]
     inside = ((r >= config.inner_radius_au) & (r <= param["envelope_outer_radius"])).to(r.dtype)
-    abs_mu = (z.abs() / r).clamp(max=1.0)
-    if "power_law_norm" in param:  # an out-of-family test set's static envelope: no rotation, rho ~ r^-p (SimulatorConfig)
-        shape = param["power_law_norm"] * torch.exp((1.5 - config.envelope_power_index) * geometry["log_r"])
-    else:
-        shape = _lookup_envelope_shape(geometry["log_r"] * (1.0 / math.log(10.0)) - torch.log10(param["disk_radius"]), abs_mu)
     in_cavity = physics.in_cavity(geometry["cylindrical"], z, param["cavity_angle"], param["cavity_wall_exponent"],
                                   config.cavity_reference_radius_au)
     present = torch.where(in_cavity, param["cavity_contrast"] * inside, inside)  # 0 outside the envelope, the contrast in a cavity
@@ -407,9 +496,12 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
         param["external_temperature_k"] = torch.full_like(param["luminosity"], config.external_temperature_k)
     if config.envelope_law == "power_law":
         param["power_law_norm"] = _power_law_norm(param["envelope_outer_radius"], config)
+    if not bool((param["midplane_temperature_ratio"] != 1.0).any()):
+        del param["midplane_temperature_ratio"]  # vertically isothermal disks (_temperature)
     ray = (q, p2, sin_i, cos_i)
     envelope, disk = _envelope_samples(ray, param, config), _disk_samples(ray, param, config)
-    below = _samples_below(envelope[0], disk[3], disk[0].shape[-1]), _samples_below(disk[0], envelope[3], envelope[0].shape[-1])
+    below = (_fused(_samples_below)(envelope[0], disk[3], disk[0].shape[-1]),
+             _fused(_samples_below)(disk[0], envelope[3], envelope[0].shape[-1]))
     results = []
     for frequency_ghz in config.bands_ghz:
         kappa_au = physics.dust_opacity(frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
@@ -424,9 +516,13 @@ def _in_band(samples, kappa_au, frequency_ghz):
     set only (``where``, as the set's ``everywhere`` gives them back on every ray).
     """
     s, column, temperature, spacing, where = samples
-    dtau = where(where.kappa(kappa_au) * column)
-    source = where(physics.planck_intensity(temperature, frequency_ghz) / JANSKY_CGS)  # Jy/sr
-    return s, dtau, source, spacing
+    dtau, source = _fused(_band_terms)(column, temperature, where.kappa(kappa_au), frequency_ghz)
+    return s, where(dtau), where(source), spacing
+
+
+def _band_terms(column, temperature, kappa_au, frequency_ghz: float):
+    """``dtau = kappa_nu x column`` and the source ``B_nu(T)`` [Jy/sr]: a fused kernel (:func:`_fused`)."""
+    return kappa_au * column, physics.planck_intensity(temperature, frequency_ghz) / JANSKY_CGS
 
 
 class _AllRays:
@@ -448,12 +544,18 @@ def _envelope_samples(ray, param, config):
     r_out = param["envelope_outer_radius"][..., 0]  # (B, 1)
     s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, R)
     impact = p2.sqrt().clamp(min=config.inner_radius_au)
-    s, ds, u_lo, du = _sinh_samples(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (B, R, Ne)
-    z = q.unsqueeze(-1) * sin_i + s * cos_i
-    geometry = _geometry(p2.unsqueeze(-1) + s * s, z, param, config)
-    column = _envelope_column(z, ds, param, config, geometry) * (1.0 - _midplane_window(geometry))
+    s, ds, u_lo, du = _fused(_sinh_samples)(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (B, R, Ne)
+    geometry = _fused(_set_geometry)(ray, s, param, config)
+    column, temperature = _fused(_envelope_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
     spacing = (torch.zeros_like(u_lo), impact.expand_as(u_lo), u_lo, du)
-    return s, column, _temperature(z, param, geometry), spacing, _AllRays()
+    return s, column, temperature, spacing, _AllRays()
+
+
+def _envelope_terms(ds, shape, geometry, param, config):
+    """The envelope set's column (less the part the disk set's samples hold, :func:`_midplane_window`) and
+    temperature: a fused kernel (:func:`_fused`)."""
+    column = _envelope_column(ds, shape, geometry, param, config) * (1.0 - _midplane_window(geometry))
+    return column, _temperature(param, geometry)
 
 
 class _MeetingRays:
@@ -491,17 +593,21 @@ def _disk_samples(ray, param, config):
                                                 param["disk_scale_height"][..., 0], param["envelope_outer_radius"][..., 0], config)
     where = _MeetingRays(valid)
     meeting = where.meeting
-    s, ds, u_lo, du = _sinh_samples(meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples)  # (1, M, Nd)
-    q, p2, sin_i, cos_i = meeting(q), meeting(p2), meeting(sin_i), meeting(cos_i)
+    s, ds, u_lo, du = _fused(_sinh_samples)(meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples)  # (1, M, Nd)
     param = {k: meeting(v) for k, v in param.items()}
-    z = q.unsqueeze(-1) * sin_i + s * cos_i
-    geometry = _geometry(p2.unsqueeze(-1) + s * s, z, param, config)
+    geometry = _fused(_set_geometry)(tuple(meeting(v) for v in ray), s, param, config)
+    column, temperature = _fused(_disk_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
+    return where(s), column, temperature, (centre, scale, where(u_lo), where(du, 1.0)), where
+
+
+def _disk_terms(ds, shape, geometry, param, config):
+    """The disk set's column (the disk and the envelope near the midplane, :func:`_midplane_window`) and
+    temperature: a fused kernel (:func:`_fused`)."""
     sigma = physics.disk_surface_density(geometry["cylindrical"], disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
                                          gamma=param["disk_gamma"], inner_radius_au=config.inner_radius_au, taper=param["disk_taper"])
     rho = sigma * geometry["vertical"] / (geometry["height"] * (math.sqrt(2.0 * math.pi) * physics.AU_CM))  # physics.disk_density
-    envelope_near_midplane = _envelope_column(z, ds, param, config, geometry) * _midplane_window(geometry)
-    column = rho * ds + envelope_near_midplane
-    return where(s), column, _temperature(z, param, geometry), (centre, scale, where(u_lo), where(du, 1.0)), where
+    column = rho * ds + _envelope_column(ds, shape, geometry, param, config) * _midplane_window(geometry)
+    return column, _temperature(param, geometry)
 
 
 def _transfer(envelope, disk, below):
@@ -521,14 +627,24 @@ def _transfer(envelope, disk, below):
     near = far = 0.0
     for own, other in ((0, 1), (1, 0)):
         _, dtau, source, _ = sets[own]
-        (in_front, behind), (other_in_front, other_behind) = sums[own], sums[other]
-        index = below[own]
-        front = in_front[..., 1:] + torch.gather(other_in_front.expand(*index.shape[:-1], -1), -1, index)
-        back = behind[..., :-1] + torch.gather(other_behind.expand(*index.shape[:-1], -1), -1, index)
-        emitted = source * -torch.expm1(-dtau)
-        near = near + (emitted * torch.exp(-front)).sum(-1)
-        far = far + (emitted * torch.exp(-back)).sum(-1)
+        (in_front, behind), (other_in_front, other_behind), index = sums[own], sums[other], below[own]
+        other_front = torch.gather(other_in_front.expand(*index.shape[:-1], -1), -1, index)
+        other_back = torch.gather(other_behind.expand(*index.shape[:-1], -1), -1, index)
+        own_near, own_far = _fused(_emission)(dtau, source, (in_front, behind), (other_front, other_back))
+        near, far = near + own_near, far + own_far
     return near, far
+
+
+def _emission(dtau, source, own_sums, other_depths):
+    """What one sample set's samples add to the intensity of the ray and of its mirror image, each ``(B, R)``:
+    each sample's emission dimmed by the depth in front of it, its own set's (``own_sums``, from
+    :func:`_partial_sums`) and the other's (``other_depths``, toward the ray's end and its start). A fused
+    kernel (:func:`_fused`)."""
+    (in_front, behind), (other_front, other_back) = own_sums, other_depths
+    emitted = source * -physics.expm1(-dtau)
+    near = emitted * torch.exp(-(in_front[..., 1:] + other_front))
+    far = emitted * torch.exp(-(behind[..., :-1] + other_back))
+    return near.sum(-1), far.sum(-1)
 
 
 def _partial_sums(dtau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

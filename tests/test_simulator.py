@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,9 @@ from conftest import DISK_ONLY, image_moments, render_one
 from protolib import physics
 from protolib.instrument import Beam, Instrument, convolve_beam, pixel_solid_angle_sr
 from protolib.parameters import Prior
-from protolib.simulator import SimulatorConfig, envelope_mass, render
+from protolib.runtime import ProtolibInputError
+from protolib import simulator
+from protolib.simulator import COMPILE_FROM_IMAGES, SimulatorConfig, envelope_mass, render, settle_compile
 
 
 def test_face_on_disk_is_round(fine_config):
@@ -196,19 +200,25 @@ def test_prior_couples_parameters_physically():
 REFERENCE = Path(__file__).parent / "data" / "renderer_reference.npz"
 
 
+COMPILED = pytest.param("true", marks=pytest.mark.skipif(os.environ.get("PROTOLIB_TEST_COMPILE") != "1", reason=(
+    "compiling the renderer's kernels takes a minute cold: PROTOLIB_TEST_COMPILE=1 runs it")))
+
+
 @pytest.mark.parametrize("size, field_of_view_au", [(64, 1000.0), (33, 400.0)])
 @pytest.mark.parametrize("batch_elements", [250_000, 3_000])
-def test_renderer_agrees_with_the_renderer_before_issue_29(size, field_of_view_au, batch_elements):
+@pytest.mark.parametrize("compile", ["false", COMPILED])
+def test_renderer_agrees_with_the_renderer_before_issue_29(size, field_of_view_au, batch_elements, compile):
     """The faster renderer (each ray's physics serving its mirror image through the star, the disk sampled
     only where rays meet it) draws what the renderer of commit ae2c637 drew, for 20 systems with drawn
     physics (face-on, edge-on and 89.5 deg among them), an odd image size (its centre ray is its own
     mirror image) and batches that split an image's rays: total flux within 1e-4, the azimuthally
-    averaged radial profile and every pixel within 1e-4 of the image's peak."""
+    averaged radial profile and every pixel within 1e-4 of the image's peak; with the eager kernels and
+    with the compiled ones (``simulator.compile``)."""
     with np.load(REFERENCE, allow_pickle=False) as reference:
         params = {k.removeprefix("param_"): torch.as_tensor(reference[k]) for k in reference.files if k.startswith("param_")}
         angles = torch.as_tensor(reference["inclination"]), torch.as_tensor(reference["position_angle"])
         expected = reference[f"images_{size}"].astype(np.float64)
-    config = SimulatorConfig(image_size=size, field_of_view_au=field_of_view_au, batch_elements=batch_elements)
+    config = SimulatorConfig(image_size=size, field_of_view_au=field_of_view_au, batch_elements=batch_elements, compile=compile)
     with torch.no_grad():
         images = render(params, *angles, config, 140.0).numpy().astype(np.float64)
     peak = expected.max(axis=(1, 2))
@@ -222,6 +232,45 @@ def test_renderer_agrees_with_the_renderer_before_issue_29(size, field_of_view_a
     for image, reference_image, image_peak in zip(images, expected, peak):
         assert np.abs(profile(image) - profile(reference_image)).max() < 1e-4 * image_peak
         assert np.abs(image - reference_image).max() < 1e-4 * image_peak
+
+
+def test_the_compile_setting_is_settled_once_per_bank_and_never_stored():
+    """``simulator.compile``: "auto" compiles from COMPILE_FROM_IMAGES images on a CPU only; "true" never on a GPU;
+    the setting is how images are computed, not what they are, so a bank's stored settings leave it out."""
+    auto = SimulatorConfig()
+    assert settle_compile(auto, 64).compile == "false"
+    assert settle_compile(auto, COMPILE_FROM_IMAGES).compile == "true"
+    assert settle_compile(auto, COMPILE_FROM_IMAGES, "meta").compile == "false"
+    assert settle_compile(SimulatorConfig(compile="true"), 8).compile == "true"
+    assert settle_compile(SimulatorConfig(compile="false"), 10**7).compile == "false"
+    assert "compile" not in SimulatorConfig(compile="true").to_dict()
+    assert SimulatorConfig(compile=True).compile == "true" and SimulatorConfig(compile=False).compile == "false"  # YAML's booleans
+    with pytest.raises(ProtolibInputError, match="compile"):
+        SimulatorConfig(compile="yes")
+
+
+def test_the_renderer_falls_back_to_the_eager_kernels_where_compiling_fails(monkeypatch):
+    """No compiler (or a platform torch.compile does not support): a warning, and the eager kernels' image."""
+
+    def broken(function, **options):
+        def fails(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+        return fails
+
+    params = {"stellar_mass": torch.tensor([0.5]), "accretion_rate": torch.tensor([1e-5]), "disk_radius": torch.tensor([50.0]),
+              "disk_mass": torch.tensor([0.05]), "luminosity": torch.tensor([2.0]), "disk_scale_height": torch.tensor([5.0]),
+              "cavity_angle": torch.tensor([20.0])}
+    angles = torch.tensor([60.0]), torch.tensor([30.0])
+    config = SimulatorConfig(image_size=16)
+    with torch.no_grad():
+        eager = render(params, *angles, config, 140.0)
+        monkeypatch.setattr(torch, "compile", broken)
+        monkeypatch.setitem(simulator._KERNELS, "available", True)
+        monkeypatch.setitem(simulator._KERNELS, "compiled", {})
+        with pytest.warns(RuntimeWarning, match="eager kernels"):
+            fallen_back = render(params, *angles, replace(config, compile="true"), 140.0)
+        again = render(params, *angles, replace(config, compile="true"), 140.0)  # no second try, no second warning
+    assert torch.equal(fallen_back, eager) and torch.equal(again, eager)
 
 
 @pytest.mark.parametrize("size", [16, 26, 64])
