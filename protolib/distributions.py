@@ -638,12 +638,17 @@ def band_gallery_plot(target_images: np.ndarray, images: np.ndarray, similaritie
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    _residual_colorbar(fig, residual, axes[1::2, 1:].ravel().tolist(), reach, text)
+    return fig
+
+
+def _residual_colorbar(fig, mappable, axes, reach: float, text: float) -> None:
+    """The residuals' colour bar of :func:`band_gallery_plot`, below them, ticked at the noise levels shown."""
     ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
-    bar = fig.colorbar(residual, ax=axes[1::2, 1:].ravel().tolist(), shrink=0.5, location="bottom", aspect=40, ticks=ticks)
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.5, location="bottom", aspect=40, ticks=ticks)
     bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
     bar.set_label("residuals: (target - match) / that band's noise rms (linear within +-3, logarithmic beyond)", fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
-    return fig
 
 
 def _compact(value: float) -> str:

@@ -111,17 +111,10 @@ def run_match(
     ``misspecification``: per-parameter terms (or the ``out_of_family.json`` holding them,
     :func:`~protolib.out_of_family.read_terms`) that widen an observation's calibrated intervals further, for physics the
     bank does not hold (:mod:`protolib.out_of_family`); ``report.json`` records each in ``calibration``.
-    ``target`` may be several maps of one source in different bands (a list): each is prepared in the bank's band nearest
-    its frequency, with its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one
-    in the band the networks were trained on (else the nearest) is searched, and the image-space fit, the verdict and the
-    calibration's references use every band (``matches.csv`` gains ``reduced_chi2_<band>`` columns, ``report.json``
-    ``bands``, ``gallery.png`` a row per band, and ``spectral_index.png`` is written). One map in a list is matched as alone.
+    ``target`` may be maps of one source in several bands (a list), matched jointly: see :func:`_match_bands`.
     Returns the report written to ``report.json``.
     """
-    target = _one_or_several(target)
-    _check_arguments(model_path, target, target_system, top_k, threshold)
-    if isinstance(target, list):
-        _check_band_options(observation_options or {}, posterior_estimate)
+    target = _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate)
     terms = read_terms(misspecification) if isinstance(misspecification, (str, Path)) else dict(misspecification or {})
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
         report = _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
@@ -133,12 +126,16 @@ def run_match(
         return report
 
 
-def _one_or_several(target):
-    """``target`` as given for one map (a path) or none, as a list for several maps; a list of one is that one map."""
-    if target is None or isinstance(target, (str, Path)):
-        return target
-    targets = list(target)
-    return None if not targets else targets[0] if len(targets) == 1 else targets
+def _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate):
+    """``target`` as given for one map (a path) or none, as a list for several maps (a list of one is that one map),
+    with :func:`run_match`'s arguments checked (:func:`_check_arguments`, and for several maps :func:`_check_band_options`)."""
+    if target is not None and not isinstance(target, (str, Path)):
+        targets = list(target)
+        target = None if not targets else targets[0] if len(targets) == 1 else targets
+    _check_arguments(model_path, target, target_system, top_k, threshold)
+    if isinstance(target, list):
+        _check_band_options(observation_options or {}, posterior_estimate)
+    return target
 
 
 def _check_band_options(observation_options: dict, posterior_estimate: bool) -> None:
@@ -226,8 +223,12 @@ def _match_observation(bank: Bank, target, distance_pc, observation_options, mod
 
 def _match_bands(bank: Bank, targets: list, distance_pc, observation_options, model_path, matching, options, top_k, threshold,
                  observing: dict) -> _Searched:
-    """Maps of one source in several bands: each prepared in its bank band (:func:`~protolib.matching.prepare_band_targets`), the
-    one in the reference band (else the nearest) searched and drawn as one map is; each band's flux tolerance its own."""
+    """Maps of one source in several bands, matched jointly: each is prepared in the bank's band nearest its frequency, with
+    its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one in the band the
+    networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the verdict and
+    the calibration's references then use every band, each with its own flux tolerance (``matches.csv`` gains
+    ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and ``spectral_index.png``
+    is written: :func:`write_match_report`)."""
     bands = prepare_band_targets(targets, bank, distance_pc, **(observation_options or {}))
     try:
         path = bands.maps[bands.search].path
@@ -393,8 +394,7 @@ def write_match_report(
     Arguments:
         out_dir: the folder (created when missing).
         bank: the bank searched.
-        matches: the target's best matches.
-        target_image: ``(H, W)`` the target as matched.
+        matches: the target's best matches; ``target_image``: ``(H, W)`` the target as matched.
         verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
         truths: the target's true parameters, when it is simulated; ``inputs``, ``settings``: recorded as given.
         weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
@@ -412,10 +412,7 @@ def write_match_report(
             target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
         observing: the target matched at draws of its uncertain observing settings: ``summary.csv`` and ``corner.png`` then pool
             them, ``observing_draws.csv`` lists them, ``report.json`` says what each widened (``observing_uncertainty``).
-        bands: the target's maps in several bands (:class:`~protolib.matching.BandTargets`), with ``reduced_chi2_by_band``
-            ``(bands, n_matches)`` (``reduced_chi2`` the joint one, ``gallery_residuals`` ``(n, bands, H, W)``): ``matches.csv`` gains
-            a ``reduced_chi2_<band>`` column per band, the gallery a row per band, ``report.json`` ``bands``, and
-            ``spectral_index.png`` shows the target's spectral index beside its best matches'.
+        bands, reduced_chi2_by_band: a target in several bands and each band's chi-square ``(bands, n_matches)``: :func:`_band_products`.
 
     Returns:
         The report (as written to ``report.json``).
@@ -427,28 +424,34 @@ def write_match_report(
     described = matches if observing is None else observing.pooled()[0]
     samples = match_parameters(bank, described)
     weights = _summary_weights(described, observing, weight_temperature)
-    by_band = None if bands is None else dict(zip(bands.labels, reduced_chi2_by_band))
-    summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2, by_band)
+    summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2,
+                              None if bands is None else dict(zip(bands.labels, reduced_chi2_by_band)))
     observing_report = None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
     corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
     figures = {"corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
                                          parameters=corner_parameters)}
-    if bands is None:
-        figures["gallery.png"] = _gallery(bank, matches.head(n_gallery), target_image, match_image_transform, gallery_residuals,
-                                          None if reduced_chi2 is None else reduced_chi2[:n_gallery])
-    else:
-        band_figures, bands_report = _band_products(bank, bands, matches, gallery_residuals, reduced_chi2, reduced_chi2_by_band)
-        figures.update(band_figures)
+    bands_report = _galleries(figures, bank, matches.head(n_gallery) if bands is None else matches, target_image, match_image_transform,
+                              gallery_residuals, reduced_chi2, bands, reduced_chi2_by_band)
     for name, fig in figures.items():
         write_figure(fig, out_dir / name, dpi=110)
     files = ["matches.csv", "summary.csv", *figures, "report.json"] + ([] if observing is None else ["observing_draws.csv"])
     report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, detected, bank_non_detections, inputs=dict(inputs or {}),
                      settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
-                     files=sorted(files), observing=observing_report)
-    if bands is not None:
-        report["bands"] = bands_report
+                     files=sorted(files), observing=observing_report, **({} if bands is None else {"bands": bands_report}))
     write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _galleries(figures: dict, bank: Bank, shown: Matches, target_image, transform, residuals, reduced_chi2, bands: BandTargets | None,
+               by_band) -> dict | None:
+    """Add the gallery of the matches ``shown`` to ``figures`` (for a target in several bands, the matches' figures of
+    :func:`_band_products`, and return the report's ``bands``)."""
+    if bands is None:
+        figures["gallery.png"] = _gallery(bank, shown, target_image, transform, residuals, None if reduced_chi2 is None else reduced_chi2[: len(shown)])
+        return None
+    band_figures, said = _band_products(bank, bands, shown, residuals, reduced_chi2, by_band)
+    figures.update(band_figures)
+    return said
 
 
 def _summary_weights(matches: Matches, observing: ObservingDraws | None, weight_temperature: float | None) -> np.ndarray | None:
@@ -554,9 +557,9 @@ def _finite_or_none(value) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, detected,
-            non_detections, *, inputs: dict, settings: dict, files: list[str], observing: dict | None = None) -> dict:
+            non_detections, *, inputs: dict, settings: dict, files: list[str], observing: dict | None = None, **more) -> dict:
     """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the observing
-    uncertainties, the summaries, the versions of protolib and its dependencies, and the files written."""
+    uncertainties, the summaries, the versions of protolib and its dependencies, the files written, and ``more`` (``bands``)."""
     return {
         "inputs": inputs,
         "settings": settings,
@@ -573,6 +576,7 @@ def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], ver
         "summary": [asdict(s) for s in summaries],
         "versions": _versions(__version__, platform.python_version()),
         "files": files,
+        **more,
     }
 
 
