@@ -36,6 +36,7 @@ from ..distributions import (
 from ..matching import (
     BandTargets,
     Matcher,
+    map_bands,
     Matches,
     MatchingSettings,
     ObservationTarget,
@@ -179,6 +180,24 @@ class _Searched:
     flux_tolerance: float | list = 0.0
     bands: BandTargets | None = None
 
+    def close(self) -> None:
+        """Close the bands of a bank of several that were opened for this target."""
+        if self.bands is not None:
+            self.bands.close()
+        elif self.bank.band_index is not None:
+            self.bank.close()
+
+
+def _one_band(bank: Bank, target, observation_options: dict | None) -> Bank:
+    """``bank`` when it has one band; else its band nearest the map ``target``'s frequency (``--frequency``, else the file's),
+    or for a bank system (``target`` ``None``) its reference band, the networks' (opened anew: close it)."""
+    if bank.n_bands == 1:
+        return bank
+    if target is None:
+        return bank.band(float(bank.attrs["frequency_ghz"]))
+    given = (observation_options or {}).get("frequency_ghz")
+    return bank.band(given) if given else bank.band(map_bands([target], bank, (observation_options or {}).get("centre"))[0].band_ghz)
+
 
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
                 weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0,
@@ -187,20 +206,26 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
     search = (model_path, matching, options, top_k, threshold, observing or {})
-    if target_system is not None:
-        matcher, matches, image, truths, described = _match_bank_system(model_path, bank, target_system, projection, top_k, threshold, options)
-        searched = _Searched(matcher, matches, image, truths, described, bank)
-    elif isinstance(target, list):
+    if isinstance(target, list):
         searched = _match_bands(bank, target, distance_pc, observation_options, *search)
     else:
-        searched = _match_observation(bank, target, distance_pc, observation_options, *search)
+        band = _one_band(bank, target, observation_options)  # a bank of several bands: the map's (a bank system: the networks')
+        try:
+            if target_system is not None:
+                found = _match_bank_system(model_path, band, target_system, projection, top_k, threshold, options)
+                searched = _Searched(*found, band)
+            else:
+                searched = _match_observation(band, target, distance_pc, observation_options, *search)
+        except BaseException:
+            if band is not bank:
+                band.close()
+            raise
     inputs["target"] = searched.described
     try:
         return _judge_and_report(out_dir, searched, inputs, top_k, threshold, weight_temperature, limit_percentile,
                                  posterior_estimate, posterior_settings, observing, options)
     finally:
-        if searched.bands is not None:
-            searched.bands.close()
+        searched.close()
 
 
 def _match_observation(bank: Bank, target, distance_pc, observation_options, model_path, matching, options, top_k, threshold,
