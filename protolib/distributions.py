@@ -677,7 +677,7 @@ def spectral_index_plot(target_alpha: np.ndarray, match_alphas: np.ndarray, *, l
     half = max(0.75, float(np.percentile(np.abs(known - centre), 95))) if len(known) else 1.0
     width = 2.2 * len(panels) + 1.0
     text = page_fontsize(width, 8.5)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.0), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.2), squeeze=False, layout="constrained")
     colours = plt.get_cmap(cmap).copy()
     colours.set_bad("0.85")
     titles = ["target"] + [fit_title(c, width / len(panels), text) for c in (captions or [f"#{i + 1}" for i in range(len(panels) - 1)])]
@@ -688,10 +688,10 @@ def spectral_index_plot(target_alpha: np.ndarray, match_alphas: np.ndarray, *, l
         ax.set_xticks([])
         ax.set_yticks([])
     bar = fig.colorbar(shown, ax=axes[0].tolist(), shrink=0.9)
-    bar.set_label(rf"$\alpha$, $S \propto \nu^\alpha$ ({low_ghz:g}-{high_ghz:g} GHz)", fontsize=text)
+    bar.set_label(rf"$\alpha$ ({low_ghz:g}-{high_ghz:g} GHz)", fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
-    fig.suptitle(f"Spectral index where both bands are above {sigma:g} sigma, at the coarser beam ({beam_arcsec:.2g}\"); "
-                 "grey: below it", fontsize=text)
+    fig.suptitle(rf"Spectral index $\alpha$ ($S \propto \nu^\alpha$) where both bands are above {sigma:g} sigma, at the coarser beam "
+                 f"({beam_arcsec:.2g}\"); grey: below it", fontsize=text)
     return fig
 
 def match_rows(bank: Bank, matches: Matches) -> list[dict]:
