@@ -123,7 +123,8 @@ def _map_frequency_and_centre(path: Path, centre) -> tuple[float, SkyCoord | Non
     observation = read_observation(path)
     if not observation.frequency_ghz:
         raise ProtolibInputError(f"{path}: the file has no spectral axis to read its frequency from, and a joint match puts each map in "
-                                 "the bank band nearest its frequency; add the frequency to the header (CRVAL3 of a FREQ axis, or RESTFRQ).")
+                                 "the bank band nearest its frequency; add the frequency to the header (CRVAL3 of a FREQ axis, or RESTFRQ), or, "
+                                 "matching this map alone, give --frequency GHZ.")
     position, _ = centre_in_image(observation, centre)
     beam = observation.beam.major_arcsec if observation.beam is not None else 0.0
     return float(observation.frequency_ghz), position, beam
