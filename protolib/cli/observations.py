@@ -168,7 +168,8 @@ def register_match(sub) -> None:
                         "beside the matches' in report.json (about half a minute on a CPU; --target only)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--out", required=True, type=path_argument,
-                   help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
+                   help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json (and spectral_index.png "
+                        "for maps in several bands)")
     p.set_defaults(handler=_match)
 
 
