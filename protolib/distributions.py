@@ -54,6 +54,8 @@ __all__ = [
     "write_csv",
     "corner_plot",
     "marginals_plot",
+    "band_gallery_plot",
+    "spectral_index_plot",
     "gallery_plot",
     "truth_coverage",
     "match_rows",
@@ -578,6 +580,119 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
         bar.ax.tick_params(labelsize=0.9 * text)
     return fig
 
+
+CHI2_RED = r"$\chi^2_\mathrm{red}$"
+
+
+def band_gallery_plot(target_images: np.ndarray, images: np.ndarray, similarities: np.ndarray, *, band_names: Sequence[str],
+                      residuals: np.ndarray, reduced_chi2: np.ndarray, reduced_chi2_by_band: np.ndarray, searched: int = 0,
+                      captions: Sequence[str] | None = None, pixel_size_au: float | None = None, unit: str = "Jy/beam",
+                      cmap: str = "inferno"):
+    """The target in several bands beside its best matches: one column per match, two rows per band (the images,
+    then target minus match in that band's noise rms).
+
+    Each band's images share the target's range in that band (bands differ in flux by the spectral index; a
+    match brighter than the target saturates, and its residual says by how much); every residual shares
+    one diverging scale, linear within +-3 and logarithmic beyond. A match's title gives its joint reduced
+    chi-square (:class:`~protolib.goodness_of_fit.BandsFit`); each residual panel, that band's.
+
+    Arguments:
+        target_images: ``(bands, H, W)``; ``images``: ``(n, bands, H, W)`` the matches as the target sees them.
+        similarities: ``(n,)``; ``band_names``: one per band (e.g. ``"230 GHz"``); ``searched``: the band the network searched.
+        residuals: ``(n, bands, H, W)``; ``reduced_chi2``: ``(n,)`` joint; ``reduced_chi2_by_band``: ``(bands, n)``.
+        captions: an extra line per match; ``pixel_size_au``: a scale bar on the target's first panel.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
+
+    n_bands, n = len(band_names), len(images)
+    factor, label = display_unit(unit)
+    width = 2.0 * (n + 1) + 1.4
+    text = page_fontsize(width, 8.5)
+    fig, axes = plt.subplots(2 * n_bands, n + 1, figsize=(width, 4.1 * n_bands + 0.9), squeeze=False, layout="constrained")
+    reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
+    norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
+    titles = _gallery_titles(similarities, captions, width - 1.4, n + 1, text)
+    for b, name in enumerate(band_names):
+        row_images, row_residuals = axes[2 * b], axes[2 * b + 1]
+        panels = [target_images[b], *images[:, b]]
+        lo, hi = _target_scale(target_images[b], factor)
+        for k, (ax, image) in enumerate(zip(row_images, panels)):
+            shown = ax.imshow(np.asarray(image) * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+            if b == 0:
+                ax.set_title("target\n(its range\nin each band)" if k == 0 else titles[k - 1] + f"\njoint {CHI2_RED} {_compact(reduced_chi2[k - 1])}",
+                             fontsize=text, color="C3" if k == 0 else "black")
+        row_images[0].set_ylabel(f"{name}{' (searched)' if b == searched else ''}", fontsize=text)
+        _decorate_target(row_images[0], np.shape(target_images)[-1], pixel_size_au if b == 0 else None, text)
+        add_colorbar(row_images[-1], shown, label, fontsize=0.9 * text, size=0.07, n_ticks=3)
+        for k, ax in enumerate(row_residuals[1:]):
+            residual = ax.imshow(residuals[k, b], origin="lower", cmap="RdBu_r", norm=norm)
+            ax.text(0.03, 0.97, f"{CHI2_RED} {_compact(reduced_chi2_by_band[b, k])}", transform=ax.transAxes, ha="left",
+                    va="top", fontsize=0.85 * text, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5}, in_layout=False)
+        row_residuals[0].text(0.5, 0.5, f"{name}:\ntarget minus match\nin noise rms", ha="center", va="center", fontsize=text,
+                              transform=row_residuals[0].transAxes)
+        row_residuals[0].set_axis_off()
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _residual_colorbar(fig, residual, axes[1::2, 1:].ravel().tolist(), reach, text)
+    return fig
+
+
+def _residual_colorbar(fig, mappable, axes, reach: float, text: float) -> None:
+    """The residuals' colour bar of :func:`band_gallery_plot`, below them, ticked at the noise levels shown."""
+    ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
+    bar = fig.colorbar(mappable, ax=axes, shrink=0.5, location="bottom", aspect=40, ticks=ticks)
+    bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
+    bar.set_label("residuals: (target - match) / that band's noise rms (linear within +-3, logarithmic beyond)", fontsize=text)
+    bar.ax.tick_params(labelsize=0.9 * text)
+
+
+def _compact(value: float) -> str:
+    """A chi-square for a panel's corner: three figures, whole numbers from 100 on."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def spectral_index_plot(target_alpha: np.ndarray, match_alphas: np.ndarray, *, low_ghz: float, high_ghz: float, beam_arcsec: float,
+                        captions: Sequence[str] | None = None, sigma: float = 3.0, cmap: str = "RdYlBu_r"):
+    """The target's spectral-index map beside its best matches', on one colour scale.
+
+    Arguments:
+        target_alpha: ``(H, W)`` the target's index, NaN where either band is below ``sigma`` times its noise
+            (:func:`~protolib.observation.spectral_index_map`); ``match_alphas``: ``(n, H, W)`` the matches', cut alike.
+        low_ghz, high_ghz: the two bands; ``beam_arcsec``: the common beam's FWHM (geometric mean).
+        captions: one title per match.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    panels = [np.asarray(target_alpha), *np.asarray(match_alphas)]
+    known = np.concatenate([p[np.isfinite(p)] for p in panels] + [np.zeros(0)])
+    centre = float(np.nanmedian(panels[0])) if np.isfinite(panels[0]).any() else (float(np.median(known)) if len(known) else 3.0)
+    half = max(0.75, float(np.percentile(np.abs(known - centre), 95))) if len(known) else 1.0
+    width = 2.2 * len(panels) + 1.0
+    text = page_fontsize(width, 8.5)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.2), squeeze=False, layout="constrained")
+    colours = plt.get_cmap(cmap).copy()
+    colours.set_bad("0.85")
+    titles = ["target"] + [fit_title(c, width / len(panels), text) for c in (captions or [f"#{i + 1}" for i in range(len(panels) - 1)])]
+    for k, (ax, alpha, title) in enumerate(zip(axes[0], panels, titles)):
+        shown = ax.imshow(alpha, origin="lower", cmap=colours, vmin=centre - half, vmax=centre + half)
+        median = f"median {np.nanmedian(alpha):.2f}" if np.isfinite(alpha).any() else "no pixel above the noise in both"
+        ax.set_title(f"{title}\n{median}", fontsize=text, color="C3" if k == 0 else "black")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bar = fig.colorbar(shown, ax=axes[0].tolist(), shrink=0.9)
+    bar.set_label(rf"$\alpha$ ({low_ghz:g}-{high_ghz:g} GHz)", fontsize=text)
+    bar.ax.tick_params(labelsize=0.9 * text)
+    fig.suptitle(rf"Spectral index $\alpha$ ($S \propto \nu^\alpha$) where both bands are above {sigma:g} sigma, at the coarser beam "
+                 f"({beam_arcsec:.2g}\"); grey: below it", fontsize=text)
+    return fig
 
 def match_rows(bank: Bank, matches: Matches) -> list[dict]:
     """One row per match: rank, similarity, system, system id, projection, viewing angles, every parameter."""

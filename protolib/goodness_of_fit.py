@@ -41,7 +41,7 @@ from scipy import ndimage
 
 from .instrument import Beam, beam_kernel
 
-__all__ = ["ResidualPeak", "residual_peak", "RESIDUAL_SCALES", "EXCESS_LIMIT", "STRUCTURE_SIGMA", "STRUCTURE_FRACTION", "ImageFit", "FitVerdict", "reference_chi2", "judge_fit", "Detection", "detection", "non_detection_fraction", "DETECTION_SIGMA"]
+__all__ = ["ResidualPeak", "residual_peak", "RESIDUAL_SCALES", "EXCESS_LIMIT", "STRUCTURE_SIGMA", "STRUCTURE_FRACTION", "ImageFit", "BandsFit", "FitVerdict", "reference_chi2", "judge_fit", "Detection", "detection", "non_detection_fraction", "DETECTION_SIGMA"]
 
 
 class ImageFit:
@@ -119,6 +119,65 @@ class ImageFit:
     def excess(self, target: np.ndarray, reduced_chi2: np.ndarray | float) -> np.ndarray:
         """The residual beyond the noise as a fraction of the target's signal rms (see the module)."""
         return np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None)) * self.sigma / self.signal_rms(target)
+
+
+class BandsFit:
+    """Residuals and reduced chi-square of bank images against one target seen in several bands, each band in its own noise.
+
+    The target is ``(bands, H, W)`` and bank images ``(N, bands, H, W)``; band ``b`` is compared through
+    ``fits[b]`` (an :class:`ImageFit`: its transform, noise, coverage and flux tolerance, so that each band's
+    flux scale is free within its own calibration). The joint reduced chi-square is the chi-square summed over
+    every band's used pixels divided by their number, about 1 when every band differs by noise alone; the
+    excess residual is taken against the signal-to-noise ratio of all bands together. With one band both are
+    :class:`ImageFit`'s. The methods take and return what :class:`ImageFit`'s do, with the band axis added.
+    """
+
+    def __init__(self, fits):
+        self.fits = list(fits)
+        coverages = [f.coverage for f in self.fits]
+        self.coverage = None if all(c is None for c in coverages) else np.stack(
+            [np.ones_like(next(c for c in coverages if c is not None)) if c is None else c for c in coverages])
+
+    def used(self, shape: tuple[int, ...]) -> np.ndarray:
+        """``(bands, H, W)`` the pixels each band's chi-square is taken over."""
+        return np.stack([f.used(tuple(shape[1:])) for f in self.fits])
+
+    def _pixels(self, shape: tuple[int, ...]) -> np.ndarray:
+        return np.array([max(int(f.used(tuple(shape[1:])).sum()), 1) for f in self.fits], dtype=np.float64)
+
+    def signal_rms(self, image: np.ndarray) -> float:
+        """The rms of the target's signal over every band's used pixels, its noise taken out."""
+        values = np.asarray(image, dtype=np.float64)[self.used(np.shape(image))]
+        pixels = self._pixels(np.shape(image))
+        noise = sum(n * f.noise_rms_jy_beam**2 for n, f in zip(pixels, self.fits)) / pixels.sum()
+        return math.sqrt(max(float(np.mean(np.square(values))) - noise, 1e-30))
+
+    def models(self, bank_images: np.ndarray) -> np.ndarray:
+        """``(N, bands, H, W)`` bank images as the target sees them in each band (noise-free)."""
+        return np.stack([f.models(bank_images[:, b]) for b, f in enumerate(self.fits)], axis=1)
+
+    def residuals(self, target: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
+        """``(N, bands, H, W)`` each band's residual in its own noise rms (:meth:`ImageFit.residuals`)."""
+        return np.stack([f.residuals(target[b], bank_images[:, b]) for b, f in enumerate(self.fits)], axis=1)
+
+    def reduced_chi2_by_band(self, target: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
+        """``(bands, N)`` each band's reduced chi-square."""
+        return np.stack([f.reduced_chi2(target[b], bank_images[:, b]) for b, f in enumerate(self.fits)])
+
+    def joint(self, by_band: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """``(N,)`` the joint reduced chi-square from each band's (``(bands, N)``): weighted by the bands' used pixels."""
+        pixels = self._pixels(shape)
+        return (pixels @ np.asarray(by_band, dtype=np.float64)) / pixels.sum()
+
+    def reduced_chi2(self, target: np.ndarray, bank_images: np.ndarray) -> np.ndarray:
+        """``(N,)`` the joint reduced chi-square of each bank image against ``target``."""
+        return self.joint(self.reduced_chi2_by_band(target, bank_images), np.shape(target))
+
+    def excess(self, target: np.ndarray, reduced_chi2: np.ndarray | float) -> np.ndarray:
+        """The residual beyond the noise as a fraction of the signal, the signal-to-noise ratio pooled over the bands."""
+        pixels = self._pixels(np.shape(target))
+        snr2 = sum(n * (f.signal_rms(target[b]) / f.sigma) ** 2 for b, (n, f) in enumerate(zip(pixels, self.fits))) / pixels.sum()
+        return np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None) / snr2)
 
 
 def reference_chi2(

@@ -136,7 +136,10 @@ def register_match(sub) -> None:
     p.add_argument("--model", required=True, type=path_argument, help="trained Siamese network (RUN/siamese.pt)")
     p.add_argument("--bank", required=True, type=path_argument, help="bank file to search (.h5)")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target", type=path_argument, help="observation to match (FITS image)")
+    target.add_argument("--target", type=path_argument, action="append",
+                        help="observation to match (FITS image); give it once per band for maps of one source in several bands "
+                             "(--target b6.fits --target b3.fits): each goes to the bank band nearest its frequency and they are "
+                             "matched jointly")
     target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
     p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
     p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
@@ -165,7 +168,8 @@ def register_match(sub) -> None:
                         "beside the matches' in report.json (about half a minute on a CPU; --target only)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--out", required=True, type=path_argument,
-                   help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json")
+                   help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json (and spectral_index.png "
+                        "for maps in several bands)")
     p.set_defaults(handler=_match)
 
 
@@ -186,9 +190,23 @@ def _match(args) -> None:
         limit_percentile=settings.limit_percentile, matching=settings, posterior_estimate=args.posterior_estimate,
         posterior_settings=evaluation_settings(config) if args.posterior_estimate else None,
         distance_error_pc=args.distance_error, flux_calibration=args.flux_calibration, observing_draws=args.observing_draws,
-        misspecification=args.misspecification, observation_options={"centre": args.centre, "beam": beam_argument(args.beam, str(args.target)),
+        misspecification=args.misspecification, observation_options={"centre": args.centre, "beam": beam_argument(args.beam, _first(args.target)),
                              "noise_rms_jy_beam": args.noise, **real_file_options(args)}))
     _print_match_report(args, report)
+
+
+def _first(targets) -> str:
+    return str(targets[0]) if targets else ""
+
+
+def bands_note(bands: dict) -> str:
+    """One line: the bands matched jointly, which one was searched, and each band's reduced chi-square for the best match."""
+    parts = ", ".join(f"{m['bank_band_ghz']:g} GHz {m['best_match_reduced_chi2']:.3g}" for m in bands["maps"])
+    index = bands["spectral_index"]
+    said = "" if index["target_median"] is None else (f"; spectral index {index['bands_ghz'][0]:g}-{index['bands_ghz'][1]:g} GHz: target median "
+                                                       f"{index['target_median']:.2f} (spectral_index.png)")
+    return (f"{len(bands['maps'])} bands matched jointly, searched in {bands['searched_band_ghz']:g} GHz (the networks' band is "
+            f"{bands['reference_band_ghz']:g} GHz); the best match's reduced chi-square by band: {parts}{said}.")
 
 
 def _print_match_report(args, report: dict) -> None:
@@ -198,6 +216,8 @@ def _print_match_report(args, report: dict) -> None:
     preparation = (report["inputs"].get("target") or {}).get("preparation")
     if preparation:
         print(preparation_notes(preparation))
+    if report.get("bands"):
+        print(bands_note(report["bands"]))
     if report.get("detection"):
         say("match", report["detection"]["message"], report["detection"]["detected"])
     if report.get("bank_non_detections"):

@@ -26,12 +26,15 @@ What each submodule owns:
   tier, re-rank at the observation's exact transform) and :class:`MatchingSettings`;
 - :mod:`~protolib.matching.calibration`: central intervals, their coverage and their calibration on
   reference targets;
+- :mod:`~protolib.matching.bands`: maps of one source in several bands, each prepared in the bank's
+  band nearest it, for one joint match (:func:`prepare_band_targets`);
 - :mod:`~protolib.matching.fit`: the matches compared with the target in image space (:func:`fit_matches`).
 
 Matching one target and writing its report (``protolib match``) is a run of the pipelines layer:
 :func:`protolib.pipelines.match.run_match`.
 """
 
+from .bands import BandTargets, MapBand, band_label, map_bands, prepare_band_targets, spectral_indices
 from .baselines import pairwise_matches, random_matches
 from .calibration import (
     WIDENING_CANDIDATES,
@@ -99,6 +102,12 @@ __all__ = [
     "prepare_observation_target",
     "read_observation_target",
     "fit_matches",
+    "BandTargets",
+    "MapBand",
+    "band_label",
+    "map_bands",
+    "prepare_band_targets",
+    "spectral_indices",
     "MatchFit",
     "MatchingSettings",
     "match_parameters",

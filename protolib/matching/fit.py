@@ -9,12 +9,13 @@ bank images as bright as the target, seen like it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..bank import Bank
-from ..goodness_of_fit import ImageFit, judge_fit, reference_chi2, residual_peak
+from ..goodness_of_fit import STRUCTURE_FRACTION, STRUCTURE_SIGMA, BandsFit, ImageFit, judge_fit, reference_chi2, residual_peak
+from .bands import BandTargets
 from .calibration import K_CANDIDATES, choose_k_and_widening
 from .matcher import Matcher
 from .matches import Matches
@@ -36,6 +37,9 @@ class MatchFit:
             (:func:`~protolib.matching.calibration.choose_k_and_widening`).
         k: how many of the best matches form the distribution: of ``k_candidates``, the one whose calibrated
             intervals are narrowest on the references; ``k_scores``: every ``k`` tried -> that mean half-width.
+        reduced_chi2_by_band: ``(bands, n_matches)`` each band's reduced chi-square, for a target in several bands
+            (``reduced_chi2`` is then the joint one, :class:`~protolib.goodness_of_fit.BandsFit`; ``residuals``
+            ``(n_gallery, bands, H, W)``); ``None`` for one band.
     """
 
     reduced_chi2: np.ndarray
@@ -44,23 +48,37 @@ class MatchFit:
     calibration: dict
     k: int | None = None
     k_scores: dict | None = None
+    reduced_chi2_by_band: np.ndarray | None = None
 
 
-def _reference_rows(bank: Bank, fit, image: np.ndarray, n_reference: int, rng: np.random.Generator) -> np.ndarray:
+@dataclass
+class _FitView:
+    """How a target is compared with bank images: its fit, the bank seen like it (with noise), the bank's images,
+    the embedding of target-like images, and the residual structure of a target against a match."""
+
+    fit: Any
+    observe: Callable
+    load: Callable
+    embed: Callable
+    structure: Callable
+
+
+def _reference_rows(bank: Bank, view: _FitView, image: np.ndarray, n_reference: int, rng: np.random.Generator) -> np.ndarray:
     """Bank image rows as bright as the target: from ``8 n_reference`` drawn at random, the ``n_reference``
     whose signal rms after the transform is nearest the target's (the excess residual of faint images
     is dominated by noise, of bright ones by the bank's coarseness: the yardstick must be like the target)."""
+    fit = view.fit
     n_rows = bank.n_systems * bank.n_projections
     candidates = np.sort(rng.choice(n_rows, size=min(8 * n_reference, n_rows), replace=False))
-    models = fit.models(bank.images_at(candidates // bank.n_projections, candidates % bank.n_projections))
+    models = fit.models(view.load(candidates // bank.n_projections, candidates % bank.n_projections))
     brightness = np.sqrt(np.mean(np.square(models[:, fit.used(np.shape(image))]), axis=1)) + 1e-30
     return candidates[np.argsort(np.abs(np.log(brightness / fit.signal_rms(image))), kind="stable")[:n_reference]]
 
 
 def fit_matches(
     matcher: Matcher, image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
-    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0, flux_tolerance: float = 0.0,
-    k_candidates=K_CANDIDATES) -> MatchFit | None:
+    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0, flux_tolerance=0.0,
+    k_candidates=K_CANDIDATES, bands: BandTargets | None = None) -> MatchFit | None:
     """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
     residuals, and the intervals' calibration at the target's resolution and noise.
 
@@ -73,12 +91,42 @@ def fit_matches(
     observation's beam and noise. ``flux_tolerance``: each match's fluxes may be scaled within it to fit
     (:class:`~protolib.goodness_of_fit.ImageFit`; the target's flux-calibration uncertainty), the references' alike.
     ``k_candidates``: how many best matches the distribution may take (the narrowest honest is chosen).
+    ``bands``: the target is the maps of one source in several bands (``image`` ``(bands, H, W)``,
+    :func:`~protolib.matching.prepare_band_targets`; ``flux_tolerance`` one per band): every match and every
+    reference is compared in each band, in that band's noise (:class:`~protolib.goodness_of_fit.BandsFit`),
+    while the references are searched, as the target was, in the searched band.
 
     Returns:
         The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
     """
-    bank = matcher.bank
     rng = np.random.default_rng(seed)
+    view = _bands_view(matcher, bands, flux_tolerance, rng) if bands is not None else _one_band_view(matcher, observation, flux_tolerance, rng)
+    if view is None:
+        return None
+    bank = matcher.bank
+    match_images = view.load(matches.system, matches.projection)
+    chi2 = view.fit.reduced_chi2(image, match_images)
+    rows = _reference_rows(bank, view, image, n_reference, rng)
+
+    def search(vectors, excluded):
+        return matcher.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)  # as the target was searched
+
+    best_chi2, best_excess, found, peaks = reference_chi2(view.fit, view.observe, view.embed, search, view.load, rows, bank.n_projections,
+                                                          view.structure)
+    head = matches.head(n_gallery)
+    residuals = view.fit.residuals(image, match_images[: len(head)])
+    k = int(np.argmin(chi2))
+    best = float(chi2[k])
+    peak = view.structure(image, match_images[k])
+    verdict = judge_fit(best, float(view.fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks)
+    k_chosen, calibration, scores = choose_k_and_widening(bank, rows, found, k_candidates)
+    by_band = view.fit.reduced_chi2_by_band(image, match_images) if bands is not None else None
+    return MatchFit(chi2, verdict, residuals, calibration, k_chosen, scores, by_band)
+
+
+def _one_band_view(matcher: Matcher, observation: ObservationTarget | None, flux_tolerance: float, rng) -> _FitView | None:
+    """The comparison of one image: an observation's (its transform and noise) or a bank target's (``None`` when noiseless)."""
+    bank = matcher.bank
     if observation is not None:
         resolution = observation.resolution
         fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage,
@@ -96,23 +144,30 @@ def fit_matches(
 
         def observe(images):
             return images
-    match_images = bank.images_at(matches.system, matches.projection)
-    chi2 = fit.reduced_chi2(image, match_images)
-    rows = _reference_rows(bank, fit, image, n_reference, rng)
-
-    def search(vectors, excluded):
-        return matcher.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)  # as the target was searched
 
     def structure(target, match):
         return residual_peak(fit.residuals(target, match[None])[0], target, fit.sigma, beam, pixel_arcsec, fit.used(np.shape(target)))
 
-    best_chi2, best_excess, found, peaks = reference_chi2(fit, observe, matcher.embed, search, bank.images_at, rows, bank.n_projections,
-                                                          structure)
-    head = matches.head(n_gallery)
-    residuals = fit.residuals(image, match_images[: len(head)])
-    k = int(np.argmin(chi2))
-    best = float(chi2[k])
-    peak = structure(image, match_images[k])
-    verdict = judge_fit(best, float(fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks)
-    k_chosen, calibration, scores = choose_k_and_widening(bank, rows, found, k_candidates)
-    return MatchFit(chi2, verdict, residuals, calibration, k_chosen, scores)
+    return _FitView(fit, observe, bank.images_at, matcher.embed, structure)
+
+
+def _bands_view(matcher: Matcher, bands: BandTargets, flux_tolerance, rng) -> _FitView:
+    """The comparison of one source's maps in several bands: each band through its map's transform and noise; the
+    searched band embedded; the residual structure the most significant of any band's (one that fails the test first)."""
+    tolerances = np.broadcast_to(np.asarray(flux_tolerance, dtype=np.float64), (len(bands.targets),))
+    fits = [ImageFit(t.resolution, t.noise_rms_jy_beam, t.resolution.bank_noise_rms_jy_beam, t.coverage, float(tol))
+            for t, tol in zip(bands.targets, tolerances)]
+
+    def observe(images):
+        return np.stack([t.resolution(images[:, b], rng) for b, t in enumerate(bands.targets)], axis=1)
+
+    def embed(images):
+        return matcher.embed(images[:, bands.search])
+
+    def structure(target, match):
+        peaks = [residual_peak(f.residuals(target[b], match[b][None])[0], target[b], f.sigma, t.resolution.target_beam,
+                               t.resolution.pixel_arcsec, f.used(np.shape(target[b])))
+                 for b, (f, t) in enumerate(zip(fits, bands.targets))]
+        return max(peaks, key=lambda p: (p.significance >= STRUCTURE_SIGMA and p.fraction_of_peak >= STRUCTURE_FRACTION, p.significance))
+
+    return _FitView(BandsFit(fits), observe, bands.load_images, embed, structure)

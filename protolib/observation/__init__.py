@@ -14,6 +14,8 @@ Submodules, in the order an observation travels through them:
 - :mod:`~protolib.observation.prepared`: the product, :class:`PreparedObservation`, and its FITS file
   (:func:`read_prepared_observation`).
 - :mod:`~protolib.observation.prepare`: the steps that make it, :func:`prepare_observation`.
+- :mod:`~protolib.observation.spectral_index`: the spectral index of two maps at a common beam
+  (:func:`spectral_index_map`).
 - :mod:`~protolib.observation.synthetic`: a simulated system written as an observation
   (:func:`write_observation_fits`).
 - :mod:`~protolib.observation.plot`: the figure (:func:`plot_prepared_observation`).
@@ -59,6 +61,7 @@ from .prepare import (
 from .prepared import PreparedObservation, prepared_file, read_prepared_observation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
 from .resolution import ResolutionMatch, common_beam_covariance
+from .spectral_index import SPECTRAL_INDEX_SIGMA, SpectralIndexMap, spectral_index_map
 from .synthetic import write_observation_fits
 
 __all__ = [
@@ -79,6 +82,9 @@ __all__ = [
     "blank_zero_regions",
     "frequency_scale",
     "write_observation_fits",
+    "SpectralIndexMap",
+    "spectral_index_map",
+    "SPECTRAL_INDEX_SIGMA",
     "plot_prepared_observation",
     "refine_peak",
     "plain_icrs",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -22,24 +22,32 @@ from .. import __version__
 from ..bank import Bank
 from ..distributions import (
     ParameterSummary,
+    band_gallery_plot,
     corner_plot,
     gallery_plot,
     match_images,
     match_rows,
     prior_parameters,
     similarity_weights,
+    spectral_index_plot,
     summarise,
     write_csv,
 )
 from ..matching import (
+    BandTargets,
     Matcher,
+    map_bands,
     Matches,
     MatchingSettings,
+    ObservationTarget,
     TieredMatcher,
     apply_transform,
+    band_label,
     fit_matches,
     match_parameters,
+    prepare_band_targets,
     prepare_observation_target,
+    spectral_indices,
     truth_parameters,
 )
 from ..observation import prepared_file
@@ -63,7 +71,7 @@ def run_match(
     bank_path: str | Path,
     out_dir: str | Path,
     *,
-    target: str | Path | None = None,
+    target: str | Path | Sequence[str | Path] | None = None,
     target_system: int | None = None,
     projection: int = 0,
     distance_pc: float | None = None,
@@ -104,9 +112,10 @@ def run_match(
     ``misspecification``: per-parameter terms (or the ``out_of_family.json`` holding them,
     :func:`~protolib.out_of_family.read_terms`) that widen an observation's calibrated intervals further, for physics the
     bank does not hold (:mod:`protolib.out_of_family`); ``report.json`` records each in ``calibration``.
+    ``target`` may be maps of one source in several bands (a list), matched jointly: see :func:`_match_bands`.
     Returns the report written to ``report.json``.
     """
-    _check_arguments(model_path, target, target_system, top_k, threshold)
+    target = _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate)
     terms = read_terms(misspecification) if isinstance(misspecification, (str, Path)) else dict(misspecification or {})
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
         report = _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
@@ -116,6 +125,30 @@ def run_match(
                                   misspecification=terms))
         bank.check_unchanged()  # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
         return report
+
+
+def _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate):
+    """``target`` as given for one map (a path) or none, as a list for several maps (a list of one is that one map),
+    with :func:`run_match`'s arguments checked (:func:`_check_arguments`, and for several maps :func:`_check_band_options`)."""
+    if target is not None and not isinstance(target, (str, Path)):
+        targets = list(target)
+        target = None if not targets else targets[0] if len(targets) == 1 else targets
+    _check_arguments(model_path, target, target_system, top_k, threshold)
+    if isinstance(target, list):
+        _check_band_options(observation_options or {}, posterior_estimate)
+    return target
+
+
+def _check_band_options(observation_options: dict, posterior_estimate: bool) -> None:
+    """Refuse, in one line, settings that describe one map when several are matched jointly."""
+    said = {"beam": "--beam", "noise_rms_jy_beam": "--noise", "frequency_ghz": "--frequency", "max_scale_arcsec": "--max-scale"}
+    given = [flag for key, flag in said.items() if observation_options.get(key) is not None]
+    if given:
+        raise ProtolibInputError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} one map, and several --target maps are "
+                                 "matched jointly, each with its own header's beam, noise and frequency; leave them out, or match each map alone.")
+    if posterior_estimate:
+        raise ProtolibInputError("--posterior-estimate takes one map; it is not made for several --target maps yet: match the map "
+                                 "of one band with it.")
 
 
 def _check_arguments(model_path, target, target_system, top_k, threshold) -> None:
@@ -130,53 +163,150 @@ def _check_arguments(model_path, target, target_system, top_k, threshold) -> Non
         raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
 
 
+@dataclass
+class _Searched:
+    """A target searched: its matcher and matches, the image searched, its truths and description, the bank the report
+    reads (a band of several: the searched one), and for an observation its preparation, observing draws and flux
+    tolerance (one per band for maps in several bands, ``bands``)."""
+
+    matcher: Matcher
+    matches: Matches
+    image: np.ndarray
+    truths: dict | None
+    described: dict
+    bank: Bank
+    observation: ObservationTarget | None = None
+    pooled: ObservingDraws | None = None
+    flux_tolerance: float | list = 0.0
+    bands: BandTargets | None = None
+
+    def close(self) -> None:
+        """Close the bands of a bank of several that were opened for this target."""
+        if self.bands is not None:
+            self.bands.close()
+        elif self.bank.band_index is not None:
+            self.bank.close()
+
+
+def _one_band(bank: Bank, target, observation_options: dict | None) -> Bank:
+    """``bank`` when it has one band; else its band nearest the map ``target``'s frequency (``--frequency``, else the file's),
+    or for a bank system (``target`` ``None``) its reference band, the networks' (opened anew: close it)."""
+    if bank.n_bands == 1:
+        return bank
+    if target is None:
+        return bank.band(float(bank.attrs["frequency_ghz"]))
+    given = (observation_options or {}).get("frequency_ghz")
+    return bank.band(given) if given else bank.band(map_bands([target], bank, (observation_options or {}).get("centre"))[0].band_ghz)
+
+
 def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
                 weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0,
                 matching: MatchingSettings | None = None, posterior_estimate: bool = False,
                 posterior_settings: EvaluationSettings | None = None, observing: dict | None = None) -> dict:
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
-    observation, pooled, flux_tolerance = None, None, 0.0
-    if target_system is not None:
-        matcher, matches, image, truths, inputs["target"] = _match_bank_system(model_path, bank, target_system, projection,
-                                                                               top_k, threshold, options)
+    search = (model_path, matching, options, top_k, threshold, observing or {})
+    if isinstance(target, list):
+        searched = _match_bands(bank, target, distance_pc, observation_options, *search)
     else:
+        band = _one_band(bank, target, observation_options)  # a bank of several bands: the map's (a bank system: the networks')
+        try:
+            if target_system is not None:
+                found = _match_bank_system(model_path, band, target_system, projection, top_k, threshold, options)
+                searched = _Searched(*found, band)
+            else:
+                searched = _match_observation(band, target, distance_pc, observation_options, *search)
+        except BaseException:
+            if band is not bank:
+                band.close()
+            raise
+    inputs["target"] = searched.described
+    try:
+        return _judge_and_report(out_dir, searched, inputs, top_k, threshold, weight_temperature, limit_percentile,
+                                 posterior_estimate, posterior_settings, observing, options)
+    finally:
+        searched.close()
+
+
+def _match_observation(bank: Bank, target, distance_pc, observation_options, model_path, matching, options, top_k, threshold,
+                       observing: dict, observation: ObservationTarget | None = None) -> _Searched:
+    """An observation prepared (unless ``observation`` is), searched, and matched again at draws of its observing settings."""
+    if observation is None:
         observation = prepare_observation_target(target, bank, distance_pc, **(observation_options or {}))
-        matcher = _observation_matcher(model_path, bank, observation, matching, options)
-        image, truths = observation.image, observation.truths
-        matches = matcher.match(image, top_k=top_k, threshold=threshold)
-        inputs["target"] = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
-                            "true_parameters_in_file": truths is not None}
-        uncertainty = _observing_uncertainty(target, distance_pc, observation.info, observing or {})
-        flux_tolerance = 2.0 * uncertainty.flux_calibration  # the image-space fit may rescale a match within 2 sigma
-        if uncertainty.sources:
-            pooled = _observing_draws(model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold)
-    _refuse_no_matches(matches, threshold, bank)
-    verdict = matcher.check(matches, limit_percentile=limit_percentile)
-    fit = fit_matches(matcher, image, matches, observation=observation, flux_tolerance=flux_tolerance)
-    searched = len(matches)
-    matches, pooled, fit = _distribution_matches(matches, pooled, fit)
+    matcher = _observation_matcher(model_path, bank, observation, matching, options)
+    image, truths = observation.image, observation.truths
+    matches = matcher.match(image, top_k=top_k, threshold=threshold)
+    described = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
+                 "true_parameters_in_file": truths is not None}
+    uncertainty = _observing_uncertainty(target, distance_pc, observation.info, observing)
+    flux_tolerance = 2.0 * uncertainty.flux_calibration  # the image-space fit may rescale a match within 2 sigma
+    pooled = None
+    if uncertainty.sources:
+        pooled = _observing_draws(model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold)
+    return _Searched(matcher, matches, image, truths, described, bank, observation, pooled, flux_tolerance)
+
+
+def _match_bands(bank: Bank, targets: list, distance_pc, observation_options, model_path, matching, options, top_k, threshold,
+                 observing: dict) -> _Searched:
+    """Maps of one source in several bands, matched jointly: each is prepared in the bank's band nearest its frequency, with
+    its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one in the band the
+    networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the verdict and
+    the calibration's references then use every band, each with its own flux tolerance (``matches.csv`` gains
+    ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and ``spectral_index.png``
+    is written: :func:`write_match_report`)."""
+    bands = prepare_band_targets(targets, bank, distance_pc, **(observation_options or {}))
+    try:
+        path = bands.maps[bands.search].path
+        searched = _match_observation(bands.banks[bands.search], path, distance_pc, observation_options, model_path, matching, options,
+                                      top_k, threshold, observing, observation=bands.targets[bands.search])
+        tolerances = [2.0 * _observing_uncertainty(m.path, distance_pc, t.info, dict(observing, n_draws=0)).flux_calibration
+                      for m, t in zip(bands.maps, bands.targets)]
+    except BaseException:
+        bands.close()
+        raise
+    described = {**searched.described, "files": [str(m.path.resolve()) for m in bands.maps], "bands_ghz": bands.frequencies_ghz,
+                 "searched_band_ghz": bands.frequencies_ghz[bands.search], "reference_band_ghz": bands.reference_ghz}
+    return replace(searched, described=described, flux_tolerance=tolerances, bands=bands)
+
+
+def _judge_and_report(out_dir: Path, searched: _Searched, inputs: dict, top_k, threshold, weight_temperature, limit_percentile,
+                      posterior_estimate, posterior_settings, observing, options) -> dict:
+    """The matches judged (embedding check, image-space fit and calibration, detection) and the report written."""
+    matcher, bank, observation, bands = searched.matcher, searched.bank, searched.observation, searched.bands
+    _refuse_no_matches(searched.matches, threshold, bank)
+    verdict = matcher.check(searched.matches, limit_percentile=limit_percentile)
+    fit = fit_matches(matcher, searched.image if bands is None else bands.images(), searched.matches, observation=observation,
+                      flux_tolerance=searched.flux_tolerance, bands=bands)
+    matches, pooled, fit = _distribution_matches(searched.matches, searched.pooled, fit)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
     noise = observation.noise_rms_jy_beam if observation is not None else bank_noise
-    found = detection(image, noise) if noise > 0 else None
-    settings = {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
-                "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
-                "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive", "fit_flux_tolerance": flux_tolerance,
-                "matches_searched": searched, "distribution_k": len(matches), "k_scores": None if fit is None else fit.k_scores,
-                **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
+    found = detection(searched.image, noise) if noise > 0 else None
+    settings = _match_settings(matcher, top_k, threshold, searched.flux_tolerance, len(searched.matches), len(matches), fit)
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
     fitted = {} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
                                      "gallery_residuals": fit.residuals,
                                      "calibration": with_terms(fit.calibration, (observing or {}).get("misspecification") if observation else None)}
-    report = write_match_report(out_dir, bank, matches, image, verdict=verdict, truths=truths, weight_temperature=weight_temperature,
-                                inputs=inputs, settings=settings, corner_parameters=corner_parameters,
+    if bands is not None:
+        fitted.update(bands=bands, reduced_chi2_by_band=fit.reduced_chi2_by_band)
+    report = write_match_report(out_dir, bank, matches, searched.image, verdict=verdict, truths=searched.truths,
+                                weight_temperature=weight_temperature, inputs=inputs, settings=settings, corner_parameters=corner_parameters,
                                 match_image_transform=matcher.transform, detected=found, observing=pooled,
                                 bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None, **fitted)
     if posterior_estimate and observation is not None:  # beside the matches, in the same report (rewritten in the staging folder)
-        report["posterior_estimate"] = observation_posterior(matcher, image, settings=posterior_settings, progress=options.get("progress", False))
+        report["posterior_estimate"] = observation_posterior(matcher, searched.image, settings=posterior_settings,
+                                                             progress=options.get("progress", False))
         write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _match_settings(matcher: Matcher, top_k, threshold, flux_tolerance, searched: int, kept: int, fit) -> dict:
+    """The report's ``settings``: how the target was searched and how many matches form the distribution."""
+    return {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
+            "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
+            "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive", "fit_flux_tolerance": flux_tolerance,
+            "matches_searched": searched, "distribution_k": kept, "k_scores": None if fit is None else fit.k_scores,
+            **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
 
 
 def _distribution_matches(matches: Matches, pooled: ObservingDraws | None, fit):
@@ -187,7 +317,8 @@ def _distribution_matches(matches: Matches, pooled: ObservingDraws | None, fit):
     k = fit.k
     if pooled is not None:
         pooled = ObservingDraws(pooled.uncertainty, pooled.draws, [m.head(k) for m in pooled.matches])
-    return matches.head(k), pooled, replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k])
+    by_band = None if fit.reduced_chi2_by_band is None else fit.reduced_chi2_by_band[:, :k]
+    return matches.head(k), pooled, replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k], reduced_chi2_by_band=by_band)
 
 
 def _observing_uncertainty(target, distance_pc: float, preparation: dict, observing: dict) -> ObservingUncertainty:
@@ -281,14 +412,14 @@ def write_match_report(
     settings: Mapping | None = None, n_gallery: int = 11, corner_parameters: Sequence[str] | None = None,
     match_image_transform=None, reduced_chi2: np.ndarray | None = None, fit_verdict=None,
     gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None, detected: Detection | None = None,
-    bank_non_detections: Mapping | None = None, observing: ObservingDraws | None = None) -> dict:
+    bank_non_detections: Mapping | None = None, observing: ObservingDraws | None = None, bands: BandTargets | None = None,
+    reduced_chi2_by_band: np.ndarray | None = None) -> dict:
     """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` (last) to ``out_dir``, atomically.
 
     Arguments:
         out_dir: the folder (created when missing).
         bank: the bank searched.
-        matches: the target's best matches.
-        target_image: ``(H, W)`` the target as matched.
+        matches: the target's best matches; ``target_image``: ``(H, W)`` the target as matched.
         verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
         truths: the target's true parameters, when it is simulated; ``inputs``, ``settings``: recorded as given.
         weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
@@ -306,6 +437,7 @@ def write_match_report(
             target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
         observing: the target matched at draws of its uncertain observing settings: ``summary.csv`` and ``corner.png`` then pool
             them, ``observing_draws.csv`` lists them, ``report.json`` says what each widened (``observing_uncertainty``).
+        bands, reduced_chi2_by_band: a target in several bands and each band's chi-square ``(bands, n_matches)``: :func:`_band_products`.
 
     Returns:
         The report (as written to ``report.json``).
@@ -317,23 +449,34 @@ def write_match_report(
     described = matches if observing is None else observing.pooled()[0]
     samples = match_parameters(bank, described)
     weights = _summary_weights(described, observing, weight_temperature)
-    summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2)
+    summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2,
+                              None if bands is None else dict(zip(bands.labels, reduced_chi2_by_band)))
     observing_report = None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
     corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
-    figures = {
-        "corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
-                                  parameters=corner_parameters),
-        "gallery.png": _gallery(bank, matches.head(n_gallery), target_image, match_image_transform, gallery_residuals,
-                                None if reduced_chi2 is None else reduced_chi2[:n_gallery]),
-    }
+    figures = {"corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
+                                         parameters=corner_parameters)}
+    bands_report = _galleries(figures, bank, matches.head(n_gallery) if bands is None else matches, target_image, match_image_transform,
+                              gallery_residuals, reduced_chi2, bands, reduced_chi2_by_band)
     for name, fig in figures.items():
         write_figure(fig, out_dir / name, dpi=110)
     files = ["matches.csv", "summary.csv", *figures, "report.json"] + ([] if observing is None else ["observing_draws.csv"])
     report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, detected, bank_non_detections, inputs=dict(inputs or {}),
                      settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
-                     files=sorted(files), observing=observing_report)
+                     files=sorted(files), observing=observing_report, **({} if bands is None else {"bands": bands_report}))
     write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
+
+
+def _galleries(figures: dict, bank: Bank, shown: Matches, target_image, transform, residuals, reduced_chi2, bands: BandTargets | None,
+               by_band) -> dict | None:
+    """Add the gallery of the matches ``shown`` to ``figures`` (for a target in several bands, the matches' figures of
+    :func:`_band_products`, and return the report's ``bands``)."""
+    if bands is None:
+        figures["gallery.png"] = _gallery(bank, shown, target_image, transform, residuals, None if reduced_chi2 is None else reduced_chi2[: len(shown)])
+        return None
+    band_figures, said = _band_products(bank, bands, shown, residuals, reduced_chi2, by_band)
+    figures.update(band_figures)
+    return said
 
 
 def _summary_weights(matches: Matches, observing: ObservingDraws | None, weight_temperature: float | None) -> np.ndarray | None:
@@ -366,15 +509,17 @@ def _observing_report(out_dir: Path, bank: Bank, observing: ObservingDraws, matc
 
 
 def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, prior: dict, weights, truths, calibration,
-                  reduced_chi2) -> list[ParameterSummary]:
-    """Write ``matches.csv`` (one row per match, with its reduced chi-square when known) and ``summary.csv``
-    (the summaries, widened as calibrated when ``calibration`` is given); return the summaries."""
+                  reduced_chi2, by_band: Mapping[str, np.ndarray] | None = None) -> list[ParameterSummary]:
+    """Write ``matches.csv`` (one row per match, with its reduced chi-square when known, and each band's, ``by_band``: band
+    label -> ``(n_matches,)``) and ``summary.csv`` (the summaries, widened as calibrated when ``calibration`` is given);
+    return the summaries."""
     widening = None if calibration is None else {name: c["widening"] for name, c in calibration.items()}
     summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening)
     rows = match_rows(bank, matches)
     if reduced_chi2 is not None:
-        for row, value in zip(rows, reduced_chi2):
+        for i, (row, value) in enumerate(zip(rows, reduced_chi2)):
             row["reduced_chi2"] = float(value)
+            row.update({f"reduced_chi2_{label}": float(values[i]) for label, values in (by_band or {}).items()})
     write_csv(rows, out_dir / "matches.csv")
     write_csv(summaries, out_dir / "summary.csv")
     return summaries
@@ -393,10 +538,53 @@ def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, re
                         residuals=residuals, reduced_chi2=reduced_chi2, unit="Jy/beam" if transform is not None else bank.unit)
 
 
+BAND_GALLERY_MATCHES = 6  # matches shown in a gallery of several bands (two rows per band)
+SPECTRAL_INDEX_MATCHES = 4  # best matches shown beside the target's spectral index
+
+
+def _band_products(bank: Bank, bands: BandTargets, matches: Matches, residuals: np.ndarray, reduced_chi2: np.ndarray,
+                   by_band: np.ndarray) -> tuple[dict, dict]:
+    """The figures of a target in several bands (``gallery.png``: every band of each match and its residuals;
+    ``spectral_index.png``) and the report's ``bands``: each map, its band, whether it was searched, and its reduced
+    chi-square for the best match (the lowest joint one) and over the distribution's matches; the spectral indices."""
+    shown = matches.head(BAND_GALLERY_MATCHES)
+    rows = shown.system * bank.n_projections + shown.projection
+    images = np.stack([apply_transform(t.transform, b.images_at(shown.system, shown.projection), rows)
+                       for t, b in zip(bands.targets, bands.banks)], axis=1)
+    inclination = bank.inclination[shown.system, shown.projection]
+    captions = [f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)]
+    gallery = band_gallery_plot(bands.images(), images, shown.similarity, band_names=[f"{f:g} GHz" for f in bands.frequencies_ghz],
+                                residuals=residuals[: len(shown)], reduced_chi2=reduced_chi2[: len(shown)],
+                                reduced_chi2_by_band=by_band[:, : len(shown)], searched=bands.search, captions=captions,
+                                pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None)
+    best = matches.head(SPECTRAL_INDEX_MATCHES)
+    target_index, match_index = spectral_indices(bands, best.system, best.projection)
+    index = spectral_index_plot(target_index.alpha, match_index.alpha, low_ghz=target_index.low_ghz, high_ghz=target_index.high_ghz,
+                                beam_arcsec=float(np.sqrt(target_index.beam.major_arcsec * target_index.beam.minor_arcsec)),
+                                captions=[f"#{k + 1} system {s}" for k, s in enumerate(best.system)], sigma=target_index.sigma)
+    k = int(np.argmin(reduced_chi2))
+    maps = [{"file": str(m.path.resolve()), "observed_frequency_ghz": m.observed_ghz, "bank_band_ghz": m.band_ghz, "searched": b == bands.search,
+             "noise_rms_jy_beam": t.noise_rms_jy_beam, "beam_arcsec": [t.resolution.target_beam.major_arcsec, t.resolution.target_beam.minor_arcsec,
+                                                                       t.resolution.target_beam.position_angle_deg],
+             "best_match_reduced_chi2": float(by_band[b, k]), "median_reduced_chi2": float(np.median(by_band[b])), "preparation": t.info}
+            for b, (m, t) in enumerate(zip(bands.maps, bands.targets))]
+    said = {"frequencies_ghz": bands.frequencies_ghz, "reference_band_ghz": bands.reference_ghz,
+            "searched_band_ghz": bands.frequencies_ghz[bands.search], "best_match_rank": k + 1, "maps": maps,
+            "joint_reduced_chi2": "each band's chi-square in its own noise, summed over the bands' used pixels and divided by their number",
+            "spectral_index": {"bands_ghz": [target_index.low_ghz, target_index.high_ghz], "sigma": target_index.sigma,
+                               "common_beam_arcsec": [target_index.beam.major_arcsec, target_index.beam.minor_arcsec],
+                               "target_median": _finite_or_none(target_index.median()),
+                               "best_matches_median": [_finite_or_none(v) for v in match_index.median()]}}
+    return {"gallery.png": gallery, "spectral_index.png": index}, said
+
+
+def _finite_or_none(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
 def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, detected,
-            non_detections, *, inputs: dict, settings: dict, files: list[str], observing: dict | None = None) -> dict:
+            non_detections, *, inputs: dict, settings: dict, files: list[str], observing: dict | None = None, **more) -> dict:
     """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the observing
-    uncertainties, the summaries, the versions of protolib and its dependencies, and the files written."""
+    uncertainties, the summaries, the versions of protolib and its dependencies, the files written, and ``more`` (``bands``)."""
     return {
         "inputs": inputs,
         "settings": settings,
@@ -413,6 +601,7 @@ def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], ver
         "summary": [asdict(s) for s in summaries],
         "versions": _versions(__version__, platform.python_version()),
         "files": files,
+        **more,
     }
 
 
