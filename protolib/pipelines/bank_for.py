@@ -28,7 +28,7 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, config_from_data
 from ..observation.setup import MapSetup, fitted_setup, map_setup
-from ..runtime import ProtolibInputError, atomic_path, run_lock, write_json
+from ..runtime import ProtolibInputError, atomic_path, run_lock, write_json, shown_path
 from .simulate import ensure_bank, local_workers, simulate_plan
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -187,7 +187,7 @@ def _plan(config: RunConfig, setup: MapSetup, before: dict) -> str:
     seconds = estimate_seconds(config)
     there = [name for name in seconds if before[name] is not None]
     return (f"A bank for {len(setup.maps)} map(s): {setup.describe()}.\n" + (f"{memory}\n" if memory else "")
-            + f"{config.bank.n_systems} systems x {config.bank.n_projections} projections ({n} images) in {config.artifacts_dir}: "
+            + f"{config.bank.n_systems} systems x {config.bank.n_projections} projections ({n} images) in {shown_path(config.artifacts_dir)}: "
             f"bank ~{seconds['bank']:.0f} s, autoencoder ~{seconds['autoencoder']:.0f} s, Siamese network ~{seconds['siamese']:.0f} s, "
             f"about {sum(seconds.values()) / 60:.1f} min from scratch"
             + (f" ({', '.join(there)} already there: reused if made with these settings)." if there else "."))
