@@ -309,6 +309,12 @@ def _match_settings(matcher: Matcher, top_k, threshold, flux_tolerance, searched
             **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
 
 
+def _corner_label(observing: ObservingDraws | None) -> str:
+    """The corner plot's name for the matches: with observing draws, the matches of every draw pooled (so they can
+    number as many as the bank's images without being the prior)."""
+    return "best matches" if observing is None else f"best matches of {len(observing.matches)} observing draws, pooled"
+
+
 def _distribution_matches(matches: Matches, pooled: ObservingDraws | None, fit):
     """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose (:func:`~protolib.matching.fit_matches`):
     the distribution, ``matches.csv`` and the gallery are theirs; the verdict has already looked at every match searched."""
@@ -454,7 +460,7 @@ def write_match_report(
     observing_report = None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
     corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
     figures = {"corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
-                                         parameters=corner_parameters)}
+                                         parameters=corner_parameters, label=_corner_label(observing))}
     bands_report = _galleries(figures, bank, matches.head(n_gallery) if bands is None else matches, target_image, match_image_transform,
                               gallery_residuals, reduced_chi2, bands, reduced_chi2_by_band)
     for name, fig in figures.items():
