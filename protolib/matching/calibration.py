@@ -205,8 +205,9 @@ def choose_k_and_widening(bank: Bank, reference_rows: np.ndarray, reference_matc
     physical, scores, found = list(bank.physical_parameters), {}, {}
     spread = {n: float(np.std(scaled_for_summary(bank.parameters[n], describe_parameter(n, bank.parameter_info).log_scale, n)))
               for n in physical}
+    every, truths = _reference_samples(bank, reference_rows, reference_matches, most)  # read once; each k is a prefix
     for k in tried:
-        samples, truths = _reference_samples(bank, reference_rows, reference_matches, k)
+        samples = {name: values[:, :k] for name, values in every.items()}
         found[k] = calibrate_widening(samples, truths)
         widths = [found[k][n]["widening"] * np.median(np.diff(np.percentile(samples[n], [16, 84], axis=1), axis=0)) / 2 / spread[n]
                   for n in physical if spread[n] > 0]

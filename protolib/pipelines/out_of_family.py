@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bank import Bank, bank_with_systems_from, concatenate_banks
+from ..bank import Bank, bank_with_systems_from
 from ..evaluation import EvaluationSettings, MethodEvaluation, Relevance, baseline_methods, evaluate_methods
 from ..out_of_family import FAMILIES, IN_FAMILY, family_rows, misspecification_terms
 from ..runtime import ProtolibInputError, write_json
 from ..siamese import load_siamese
 from .evaluate import evaluation_settings
-from .shift import shift_targets_config
+from .shift import with_more_targets
 from .simulate import ensure_bank
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -58,20 +58,10 @@ class OutOfFamily:
     path: Path
 
 
-def _with_more_systems(config, bank: Bank, n_systems: int, progress: bool) -> Bank:
-    """``bank`` followed by the domain-shift comparison's ``n_systems`` added test systems of ``config``'s physics."""
-    if n_systems < 1:
-        return bank
-    with ensure_bank(shift_targets_config(config, n_systems), progress=progress) as more:
-        path = concatenate_banks(bank, more, config.artifacts_dir / "bank_with_shift_targets.h5")
-    bank.close()
-    return Bank(path)
-
-
 def _siamese_figures(model_path: Path, bank: Bank, settings: EvaluationSettings, test: np.ndarray):
     """The Siamese network's calibrated result on ``bank``'s systems ``test`` (its k and widening chosen on validation systems)."""
     model = load_siamese(model_path)
-    methods = [m for m in baseline_methods(model, bank, model.split.train, replace(settings, methods=["siamese"]))]
+    methods = baseline_methods(model, bank, model.split.train, replace(settings, methods=["siamese"]))
     return evaluate_methods(methods, bank, Relevance.from_model(model), replace(model.split, test=test), settings)["siamese"]
 
 
@@ -82,13 +72,13 @@ def run_out_of_family(config, settings: EvaluationSettings | None = None, *, lea
     bank = ensure_bank(config, progress=progress)
     model_path = ensure_siamese(config, bank, ensure_autoencoder(config, bank, progress=progress), progress=progress)
     n_bank = bank.n_systems
-    bank = _with_more_systems(config, bank, settings.shift_test_systems, progress)
+    bank = with_more_targets(config, bank, settings.shift_test_systems, progress)
     test = np.r_[load_siamese(model_path).split.test, np.arange(n_bank, bank.n_systems)]
     own = _siamese_figures(model_path, bank, settings, test)
     evaluations, calibration = {IN_FAMILY: own.figures(True)}, dict(own.chosen_widening or {})
     for family in FAMILIES:
         other_config = family_config(config, family)
-        other = _with_more_systems(other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress)
+        other = with_more_targets(other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress)
         path = bank_with_systems_from(bank, other, test, other_config.artifacts_dir / "bank_out_of_family_targets.h5")
         other.close()
         with Bank(path) as targets:

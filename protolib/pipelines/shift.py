@@ -27,7 +27,7 @@ from .evaluate import evaluation_settings
 from .simulate import ensure_bank
 from .train import ensure_autoencoder, ensure_siamese
 
-__all__ = ["fixed_physics_config", "shift_targets_config", "run_domain_shift", "DomainShift"]
+__all__ = ["fixed_physics_config", "shift_targets_config", "with_more_targets", "run_domain_shift", "DomainShift"]
 
 
 def fixed_physics_config(config):
@@ -94,7 +94,7 @@ def _add_posterior_estimates(cases: dict, fixed_model: Path, fixed_bank: Bank, s
     cases["marginalised"].update(found.get("marginalised", {}))
 
 
-def _with_more_targets(config, bank: Bank, n_systems: int, progress: bool) -> Bank:
+def with_more_targets(config, bank: Bank, n_systems: int, progress: bool) -> Bank:
     """``bank`` followed by ``n_systems`` more systems of ``config``'s physics (:func:`shift_targets_config`), or ``bank`` itself for none."""
     if n_systems < 1:
         return bank
@@ -127,8 +127,8 @@ def run_domain_shift(config, settings: EvaluationSettings | None = None, *, prog
     if not np.array_equal(split.test, load_siamese(drawn_model).split.test):
         raise ProtolibInputError("The fixed- and drawn-physics networks hold out different test systems; give both the same split settings.")
     n_bank = drawn_bank.n_systems
-    drawn_bank = _with_more_targets(config, drawn_bank, settings.shift_test_systems, progress)
-    fixed_bank = _with_more_targets(fixed_config, fixed_bank, settings.shift_test_systems, progress)
+    drawn_bank = with_more_targets(config, drawn_bank, settings.shift_test_systems, progress)
+    fixed_bank = with_more_targets(fixed_config, fixed_bank, settings.shift_test_systems, progress)
     test = np.r_[split.test, np.arange(n_bank, drawn_bank.n_systems)]
     shifted_path = bank_with_systems_from(fixed_bank, drawn_bank, test, fixed_config.artifacts_dir / "bank_shifted_targets.h5")
     nuisance = drawn_bank.nuisance_parameters
