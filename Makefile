@@ -12,13 +12,14 @@ STAMP := $(VENV)/.protolib-installed
 
 export PROTOLIB_CONFIG
 
-.PHONY: help venv book lab test test-fast bank benchmark clean clean-artifacts
+.PHONY: help venv book lab test lint test-fast bank benchmark clean clean-artifacts
 
 help:
 	@echo "make book       set up .venv, run the pipeline notebooks and render the book to _build/html"
 	@echo "make lab        set up .venv and open the notebooks in JupyterLab with the project's kernel"
 	@echo "make test       set up .venv and run the whole test suite (notebooks included)"
 	@echo "make test-fast  the tests without executing the notebooks"
+	@echo "make lint       check the code's format and lint with ruff (make test runs it first)"
 	@echo "make benchmark  measure simulator, training and matching speed (benchmarks/README.md)"
 	@echo "make clean      remove the book build and artifacts (keeps .venv)"
 
@@ -38,8 +39,12 @@ book: $(STAMP)
 lab: $(STAMP)  # the notebooks' kernel, "Python 3", is then .venv's Python, with protolib installed
 	$(BIN)/jupyter lab notebooks/
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)  # ruff: the format (ruff format) and the lint rules in pyproject.toml's [tool.ruff]
+	$(BIN)/ruff format --check --quiet . || (echo "Run '$(BIN)/ruff format .' to format the code." && false)
+	$(BIN)/ruff check --quiet .
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not notebooks"

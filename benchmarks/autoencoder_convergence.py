@@ -8,7 +8,8 @@ large epoch cap and early stopping on a flat validation loss (``--schedule``, ``
 the test systems' reconstructions, and the wall-clock and CPU seconds. Chapter 02 quotes the second
 from the committed ``benchmarks/results/autoencoder_convergence.json``.
 
-    python benchmarks/autoencoder_convergence.py --bank BANK.h5 --threads 2 --out benchmarks/results/autoencoder_convergence.json
+    python benchmarks/autoencoder_convergence.py --bank BANK.h5 --threads 2 --out
+benchmarks/results/autoencoder_convergence.json
 """
 
 from __future__ import annotations
@@ -38,15 +39,23 @@ def train_and_describe(bank, split, settings: dict, folder: Path, name: str) -> 
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     model = load_autoencoder(path, "cpu")
     inputs, rebuilt = model.reconstruct(bank.load_images(split.test).reshape(-1, bank.image_size, bank.image_size))
-    return {**why_training_stopped(model.checkpoint), "training": settings["training"].to_dict(),
-            "best_validation_loss": model.checkpoint["best_validation_loss"], "test_reconstruction_mse": float(np.mean((inputs - rebuilt) ** 2)),
-            "validation_losses": [h["validation_loss"] for h in model.history], "wall_s": wall, "cpu_s": cpu}
+    return {
+        **why_training_stopped(model.checkpoint),
+        "training": settings["training"].to_dict(),
+        "best_validation_loss": model.checkpoint["best_validation_loss"],
+        "test_reconstruction_mse": float(np.mean((inputs - rebuilt) ** 2)),
+        "validation_losses": [h["validation_loss"] for h in model.history],
+        "wall_s": wall,
+        "cpu_s": cpu,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default")
-    parser.add_argument("--bank", type=Path, default=None, help="the configuration's bank (default: its artifacts folder's)")
+    parser.add_argument(
+        "--bank", type=Path, default=None, help="the configuration's bank (default: its artifacts folder's)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cap", type=int, default=300, help="most epochs of the run to convergence")
     parser.add_argument("--schedule", default="plateau")
@@ -61,11 +70,27 @@ def main() -> None:
     book = autoencoder_settings(config, {"training": {"num_threads": args.threads}})
     patience = args.patience or book["training"].patience
     min_delta = book["training"].min_delta if args.min_delta is None else args.min_delta
-    flat = autoencoder_settings(config, {"training": {"num_threads": args.threads, "epochs": args.cap, "schedule": args.schedule,
-                                                      "patience": patience, "min_delta": min_delta}})
-    report = {"machine": f"{platform.node()}, {os.cpu_count()} cores, {args.threads} torch threads", "config": args.config,
-              "bank": repr(bank), "command": "python benchmarks/autoencoder_convergence.py " + " ".join(
-                  f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("bank", "out"))}
+    flat = autoencoder_settings(
+        config,
+        {
+            "training": {
+                "num_threads": args.threads,
+                "epochs": args.cap,
+                "schedule": args.schedule,
+                "patience": patience,
+                "min_delta": min_delta,
+            }
+        },
+    )
+    report = {
+        "machine": f"{platform.node()}, {os.cpu_count()} cores, {args.threads} torch threads",
+        "config": args.config,
+        "bank": repr(bank),
+        "command": "python benchmarks/autoencoder_convergence.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("bank", "out")
+        ),
+    }
     with tempfile.TemporaryDirectory() as folder:
         report["book"] = train_and_describe(bank, split, book, Path(folder), "book")
         report["until_flat"] = train_and_describe(bank, split, flat, Path(folder), "until_flat")

@@ -54,8 +54,16 @@ def main() -> None:
     three = replace(config.simulator, frequencies_ghz=list(BANDS_GHZ))
     singles = [replace(config.simulator, frequency_ghz=f, frequencies_ghz=None) for f in BANDS_GHZ]
     instrument = config.instrument
-    three_instrument = Instrument(**{**instrument.to_dict(), "bands": [{"beam_major_arcsec": 0.55, "beam_minor_arcsec": 0.55},
-                                                                      {}, {"beam_major_arcsec": 0.2, "beam_minor_arcsec": 0.2}]})
+    three_instrument = Instrument(
+        **{
+            **instrument.to_dict(),
+            "bands": [
+                {"beam_major_arcsec": 0.55, "beam_minor_arcsec": 0.55},
+                {},
+                {"beam_major_arcsec": 0.2, "beam_minor_arcsec": 0.2},
+            ],
+        }
+    )
     systems = draw_systems(args.systems, PROJECTIONS, 3, Prior(nuisance="drawn"), config.simulator)
     cases = {
         "one band": ([one], [instrument]),
@@ -66,9 +74,19 @@ def main() -> None:
     best = {(name, kind): 0.0 for name in cases for kind in ("render", "bank path")}
     for _ in range(args.repeats):
         for name, (configs, instruments) in cases.items():
-            best[name, "render"] = max(best[name, "render"], _rate(lambda: [_clean(systems, c) for c in configs], args.systems))
-            best[name, "bank path"] = max(best[name, "bank path"], _rate(
-                lambda: [render_systems(systems, np.arange(args.systems), c, i, 0, "cpu") for c, i in zip(configs, instruments)], args.systems))
+            best[name, "render"] = max(
+                best[name, "render"], _rate(lambda configs=configs: [_clean(systems, c) for c in configs], args.systems)
+            )
+            best[name, "bank path"] = max(
+                best[name, "bank path"],
+                _rate(
+                    lambda configs=configs, instruments=instruments: [
+                        render_systems(systems, np.arange(args.systems), c, i, 0, "cpu")
+                        for c, i in zip(configs, instruments)
+                    ],
+                    args.systems,
+                ),
+            )
     together = _clean(systems, three)
     alike = all(torch.equal(together[:, b], _clean(systems, c)) for b, c in enumerate(singles))
     _report(best, alike, args)
@@ -80,7 +98,9 @@ def _clean(systems: dict, config) -> torch.Tensor:
     angles = [torch.as_tensor(systems[k].reshape(-1)) for k in ("inclination", "position_angle")]
     own = [slice(PROJECTIONS * i, PROJECTIONS * (i + 1)) for i in range(len(systems["inclination"]))]
     with torch.no_grad():
-        return torch.cat([render({k: v[s] for k, v in per_image.items()}, angles[0][s], angles[1][s], config, 140.0) for s in own])
+        return torch.cat(
+            [render({k: v[s] for k, v in per_image.items()}, angles[0][s], angles[1][s], config, 140.0) for s in own]
+        )
 
 
 def _rate(work, n_systems: int) -> float:
@@ -91,9 +111,15 @@ def _rate(work, n_systems: int) -> float:
 
 def _report(best: dict, alike: bool, args) -> None:
     one = best["one band", "render"], best["one band", "bank path"]
-    print(f"{args.systems} systems x {PROJECTIONS} projections, 64x64, one thread, best of {args.repeats}; images per CPU-second "
-          f"(an image: one view in all its bands). Load average {os.getloadavg()[0]:.1f}.")
-    print(f"{'':26s} {'render':>10s} {'cost':>11s} {'bank path':>10s} {'cost':>11s}   (cost: CPU time per image against one band)")
+    print(
+        f"{args.systems} systems x {PROJECTIONS} projections, 64x64, one thread, best of {args.repeats}; images per "
+        "CPU-second "
+        f"(an image: one view in all its bands). Load average {os.getloadavg()[0]:.1f}."
+    )
+    print(
+        f"{'':26s} {'render':>10s} {'cost':>11s} {'bank path':>10s} {'cost':>11s}   (cost: CPU time per image against "
+        "one band)"
+    )
     for name in ("one band", "three bands at once", "three bands one by one"):
         rates = best[name, "render"], best[name, "bank path"]
         print(f"{name:26s} {rates[0]:10.1f} {one[0] / rates[0]:10.2f}x {rates[1]:10.1f} {one[1] / rates[1]:10.2f}x")
@@ -102,9 +128,16 @@ def _report(best: dict, alike: bool, args) -> None:
         print(f"{kind}: three bands at once are {saving:.2f}x as fast as one by one")
     print(f"three bands at once give the one-band images bit for bit: {alike}")
     if args.out:
-        record = {"systems": args.systems, "projections": PROJECTIONS, "repeats": args.repeats, "bit_identical": alike,
-                  "load_average": os.getloadavg()[0], "machine": platform.platform(), "torch": torch.__version__,
-                  "images_per_cpu_second": {f"{name} / {kind}": rate for (name, kind), rate in best.items()}}
+        record = {
+            "systems": args.systems,
+            "projections": PROJECTIONS,
+            "repeats": args.repeats,
+            "bit_identical": alike,
+            "load_average": os.getloadavg()[0],
+            "machine": platform.platform(),
+            "torch": torch.__version__,
+            "images_per_cpu_second": {f"{name} / {kind}": rate for (name, kind), rate in best.items()},
+        }
         with open(args.out, "w") as handle:
             json.dump(record, handle, indent=1)
 

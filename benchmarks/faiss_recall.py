@@ -31,7 +31,9 @@ def clustered_embeddings(n_images: int, projections: int, dimension: int, spread
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_images // projections, 1, dimension), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=-1, keepdims=True)
-    vectors = (centres + spread * rng.standard_normal((len(centres), projections, dimension), dtype=np.float32)).reshape(-1, dimension)
+    vectors = (
+        centres + spread * rng.standard_normal((len(centres), projections, dimension), dtype=np.float32)
+    ).reshape(-1, dimension)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -40,7 +42,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200_000, help="bank images")
     parser.add_argument("--projections", type=int, default=8, help="images per system")
     parser.add_argument("--dimension", type=int, default=32, help="embedding size")
-    parser.add_argument("--spread", type=float, default=0.15, help="scatter of a system's projections around its direction")
+    parser.add_argument(
+        "--spread", type=float, default=0.15, help="scatter of a system's projections around its direction"
+    )
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--nlist", type=int, nargs="+", default=[256, 1024])
@@ -55,23 +59,63 @@ def main() -> None:
     queries, excluded = vectors[rows], system[rows].tolist()
     exact = EmbeddingIndex(vectors, system, projection, backend="exact")
     tick = time.perf_counter()
-    truth = [set((m.system * args.projections + m.projection).tolist()) for m in exact.search(queries, top_k=args.top_k, exclude_systems=excluded)]
-    results = [{"index": "exact", "settings": "", "recall": 1.0, "ms_per_query": 1e3 * (time.perf_counter() - tick) / args.queries}]
+    truth = [
+        set((m.system * args.projections + m.projection).tolist())
+        for m in exact.search(queries, top_k=args.top_k, exclude_systems=excluded)
+    ]
+    results = [
+        {
+            "index": "exact",
+            "settings": "",
+            "recall": 1.0,
+            "ms_per_query": 1e3 * (time.perf_counter() - tick) / args.queries,
+        }
+    ]
     for nlist in args.nlist:
         for nprobe in (n for n in args.nprobe if n <= nlist):
             tick = time.perf_counter()
-            index = EmbeddingIndex(vectors, system, projection, backend="faiss", faiss_factory=f"IVF{nlist},Flat", faiss_parameters=f"nprobe={nprobe}")
+            index = EmbeddingIndex(
+                vectors,
+                system,
+                projection,
+                backend="faiss",
+                faiss_factory=f"IVF{nlist},Flat",
+                faiss_parameters=f"nprobe={nprobe}",
+            )
             build = time.perf_counter() - tick
             tick = time.perf_counter()
             found = index.search(queries, top_k=args.top_k, exclude_systems=excluded)
             seconds = time.perf_counter() - tick
-            recall = np.mean([len(t & set((m.system * args.projections + m.projection).tolist())) / args.top_k for t, m in zip(truth, found)])
-            results.append({"index": f"IVF{nlist},Flat", "settings": f"nprobe={nprobe}", "recall": float(recall),
-                            "ms_per_query": 1e3 * seconds / args.queries, "build_seconds": build})
-    report = {"images": args.images, "projections": args.projections, "dimension": args.dimension, "spread": args.spread,
-              "queries": args.queries, "top_k": args.top_k, "threads": args.threads, "machine": platform.processor() or platform.machine(),
-              "results": results}
-    print(f"recall@{args.top_k} against exact search, {args.images} images of dimension {args.dimension}, {args.queries} queries")
+            recall = np.mean(
+                [
+                    len(t & set((m.system * args.projections + m.projection).tolist())) / args.top_k
+                    for t, m in zip(truth, found)
+                ]
+            )
+            results.append(
+                {
+                    "index": f"IVF{nlist},Flat",
+                    "settings": f"nprobe={nprobe}",
+                    "recall": float(recall),
+                    "ms_per_query": 1e3 * seconds / args.queries,
+                    "build_seconds": build,
+                }
+            )
+    report = {
+        "images": args.images,
+        "projections": args.projections,
+        "dimension": args.dimension,
+        "spread": args.spread,
+        "queries": args.queries,
+        "top_k": args.top_k,
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "results": results,
+    }
+    print(
+        f"recall@{args.top_k} against exact search, {args.images} images of dimension {args.dimension}, {args.queries} "
+        "queries"
+    )
     for r in results:
         print(f"  {r['index']:>14} {r['settings']:>10}  recall {r['recall']:.3f}  {r['ms_per_query']:.2f} ms/query")
     if args.out:

@@ -32,10 +32,22 @@ from pathlib import Path
 import numpy as np
 
 SETUPS = {
-    "noema": {"distance_pc": 300.0, "beam": (0.86, 0.69, 18.0), "noise_rms_jy_beam": 1.6e-4, "pixel_arcsec": 0.2,
-              "image_size": 128, "frequency_ghz": 220.0},
-    "long_baseline": {"distance_pc": 140.0, "beam": (0.036, 0.029, 0.0), "noise_rms_jy_beam": 2e-5, "pixel_arcsec": 0.008,
-                      "image_size": 500, "frequency_ghz": 230.0},
+    "noema": {
+        "distance_pc": 300.0,
+        "beam": (0.86, 0.69, 18.0),
+        "noise_rms_jy_beam": 1.6e-4,
+        "pixel_arcsec": 0.2,
+        "image_size": 128,
+        "frequency_ghz": 220.0,
+    },
+    "long_baseline": {
+        "distance_pc": 140.0,
+        "beam": (0.036, 0.029, 0.0),
+        "noise_rms_jy_beam": 2e-5,
+        "pixel_arcsec": 0.008,
+        "image_size": 500,
+        "frequency_ghz": 230.0,
+    },
 }
 
 
@@ -52,11 +64,20 @@ def write_maps(setup: dict, n: int, folder: Path, seed: int) -> list[Path]:
         system = {k: float(v[i]) for k, v in drawn.items() if v.ndim == 1}
         path = folder / f"map{i:03d}.fits"
         if not path.exists():
-            write_observation_fits(path, system, inclination_deg=float(drawn["inclination"][i, 0]),
-                                   position_angle_deg=float(drawn["position_angle"][i, 0]), distance_pc=setup["distance_pc"],
-                                   pixel_arcsec=setup["pixel_arcsec"], image_size=setup["image_size"], beam=Beam(*setup["beam"]),
-                                   noise_rms_jy_beam=setup["noise_rms_jy_beam"], seed=seed + i, frequency_ghz=setup["frequency_ghz"],
-                                   include_model=False)
+            write_observation_fits(
+                path,
+                system,
+                inclination_deg=float(drawn["inclination"][i, 0]),
+                position_angle_deg=float(drawn["position_angle"][i, 0]),
+                distance_pc=setup["distance_pc"],
+                pixel_arcsec=setup["pixel_arcsec"],
+                image_size=setup["image_size"],
+                beam=Beam(*setup["beam"]),
+                noise_rms_jy_beam=setup["noise_rms_jy_beam"],
+                seed=seed + i,
+                frequency_ghz=setup["frequency_ghz"],
+                include_model=False,
+            )
         paths.append(path)
     return paths
 
@@ -67,8 +88,11 @@ def score(report: dict) -> dict:
     for s in report["summary"]:
         truth = s["truth"]
         if truth is not None and np.isfinite(truth):
-            out[s["parameter"]] = {"width": float(s["prior_width_ratio"]), "in68": bool(s["p16"] <= truth <= s["p84"]),
-                                   "in95": bool(s["p2_5"] <= truth <= s["p97_5"])}
+            out[s["parameter"]] = {
+                "width": float(s["prior_width_ratio"]),
+                "in68": bool(s["p16"] <= truth <= s["p84"]),
+                "in95": bool(s["p2_5"] <= truth <= s["p97_5"]),
+            }
     return out
 
 
@@ -82,7 +106,15 @@ def match_all(maps: list[Path], model: Path, bank: Path, out: Path, distance_pc:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                report = run_match(model, bank, out / path.stem, target=path, distance_pc=distance_pc, progress=False, observing_draws=0)
+                report = run_match(
+                    model,
+                    bank,
+                    out / path.stem,
+                    target=path,
+                    distance_pc=distance_pc,
+                    progress=False,
+                    observing_draws=0,
+                )
             results.append(score(report))
         except ProtolibInputError as error:
             results.append(str(error))
@@ -95,21 +127,33 @@ def table(by_bank: dict[str, list]) -> str:
     scored = {label: [r for r in rows if isinstance(r, dict)] for label, rows in by_bank.items()}
     refused = {label: sum(isinstance(r, str) for r in rows) for label, rows in by_bank.items()}
     names = next((list(rows[0]) for rows in scored.values() if rows), [])
-    lines = [f"| parameter | " + " | ".join(f"{label} ({len(rows)} maps, {refused[label]} refused): width, cov. 68/95"
-                                             for label, rows in scored.items()) + " |", "|---|" + "---|" * len(scored)]
+    lines = [
+        "| parameter | "
+        + " | ".join(
+            f"{label} ({len(rows)} maps, {refused[label]} refused): width, cov. 68/95" for label, rows in scored.items()
+        )
+        + " |",
+        "|---|" + "---|" * len(scored),
+    ]
     for name in names:
         cells = []
         for rows in scored.values():
             values = [r[name] for r in rows if name in r]
-            cells.append(f"{np.median([v['width'] for v in values]):.2f}, {np.mean([v['in68'] for v in values]):.2f}/"
-                         f"{np.mean([v['in95'] for v in values]):.2f}" if values else "—")
+            cells.append(
+                f"{np.median([v['width'] for v in values]):.2f}, {np.mean([v['in68'] for v in values]):.2f}/"
+                f"{np.mean([v['in95'] for v in values]):.2f}"
+                if values
+                else "—"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teaching", type=Path, default=Path("artifacts/default"), help="the teaching run (bank.h5, siamese.pt)")
+    parser.add_argument(
+        "--teaching", type=Path, default=Path("artifacts/default"), help="the teaching run (bank.h5, siamese.pt)"
+    )
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--maps", type=int, default=30, help="synthetic maps per setup")
     parser.add_argument("--config", default="default", help="configuration the fitted banks start from")
@@ -128,16 +172,34 @@ def main(argv=None) -> int:
     for name in args.setups:
         setup, started = SETUPS[name], time.perf_counter()
         maps = write_maps(setup, args.maps, args.work / name / "maps", args.seed)
-        fitted = bank_for(maps[:1], setup["distance_pc"], args.work / name / "bank", load_config(args.config), progress=False,
-                          announce=lambda text: print(text, file=sys.stderr))
+        fitted = bank_for(
+            maps[:1],
+            setup["distance_pc"],
+            args.work / name / "bank",
+            load_config(args.config),
+            progress=False,
+            announce=lambda text: print(text, file=sys.stderr),
+        )
         built = time.perf_counter() - started
-        by_bank = {"teaching": match_all(maps, args.teaching / "siamese.pt", args.teaching / "bank.h5", args.work / name / "teaching",
-                                         setup["distance_pc"]),
-                   "fitted": match_all(maps, fitted.siamese, fitted.bank, args.work / name / "fitted", setup["distance_pc"])}
+        by_bank = {
+            "teaching": match_all(
+                maps,
+                args.teaching / "siamese.pt",
+                args.teaching / "bank.h5",
+                args.work / name / "teaching",
+                setup["distance_pc"],
+            ),
+            "fitted": match_all(maps, fitted.siamese, fitted.bank, args.work / name / "fitted", setup["distance_pc"]),
+        }
         text = table(by_bank)
         print(f"\n{name}: {fitted.setup.describe()}; fitted bank and networks {built:.0f} s\n{text}")
-        results[name] = {"setup": fitted.setup.describe(), "bank_seconds": built, "results": by_bank, "table": text,
-                         "seconds": time.perf_counter() - started}
+        results[name] = {
+            "setup": fitted.setup.describe(),
+            "bank_seconds": built,
+            "results": by_bank,
+            "table": text,
+            "seconds": time.perf_counter() - started,
+        }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

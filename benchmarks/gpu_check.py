@@ -43,9 +43,8 @@ def _synchronise(device: torch.device) -> None:
 def simulator_rate(image_size: int, device: torch.device, n_images: int) -> dict:
     """Images per second of :func:`protolib.simulator.render` at ``image_size`` (best of 3, after a warm-up)."""
     from protolib.bank import draw_systems
-    from protolib.simulator import NUISANCE_FIELDS, RENDER_KEYS
     from protolib.config import load_config
-    from protolib.simulator import SimulatorConfig, render
+    from protolib.simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, render
 
     base = load_config("gpu").simulator.to_dict()
     config = SimulatorConfig(**{**base, "image_size": image_size})
@@ -62,12 +61,18 @@ def simulator_rate(image_size: int, device: torch.device, n_images: int) -> dict
             render(params, inclination, position_angle, config, 140.0)
             _synchronise(device)
             best = min(best, time.perf_counter() - start)
-    return {"image_size": image_size, "images": n_images, "seconds": best, "images_per_second": n_images / best,
-            "samples": {"envelope": config.envelope_samples, "disk": config.disk_samples, "oversample": config.oversample}}
+    return {
+        "image_size": image_size,
+        "images": n_images,
+        "seconds": best,
+        "images_per_second": n_images / best,
+        "samples": {"envelope": config.envelope_samples, "disk": config.disk_samples, "oversample": config.oversample},
+    }
 
 
 def training_rates(work: Path, device: torch.device, smoke: bool) -> dict:
-    """A bank of the ``gpu`` configuration's simulator, then the autoencoder and the Siamese network with mixed precision."""
+    """A bank of the ``gpu`` configuration's simulator, then the autoencoder and the Siamese network with mixed
+    precision."""
     from protolib.autoencoder import load_autoencoder, train_autoencoder
     from protolib.bank import Bank, simulate_bank
     from protolib.config import load_config
@@ -78,19 +83,48 @@ def training_rates(work: Path, device: torch.device, smoke: bool) -> dict:
     n_systems, epochs = (24, 2) if smoke else (2048, 3)
     bank_path = work / "bank.h5"
     start = time.perf_counter()
-    simulate_bank(bank_path, n_systems, config.bank.n_projections, seed=0, config=config.simulator, instrument=config.instrument,
-                  device=device, progress=False, threads=None)
+    simulate_bank(
+        bank_path,
+        n_systems,
+        config.bank.n_projections,
+        seed=0,
+        config=config.simulator,
+        instrument=config.instrument,
+        device=device,
+        progress=False,
+        threads=None,
+    )
     bank_seconds = time.perf_counter() - start
     changes = {"epochs": epochs, "patience": epochs + 1, "mixed_precision": True}
-    result = {"bank": {"systems": n_systems, "projections": config.bank.n_projections, "image_size": config.simulator.image_size,
-                       "seconds": bank_seconds, "images_per_second": n_systems * config.bank.n_projections / bank_seconds}}
+    result = {
+        "bank": {
+            "systems": n_systems,
+            "projections": config.bank.n_projections,
+            "image_size": config.simulator.image_size,
+            "seconds": bank_seconds,
+            "images_per_second": n_systems * config.bank.n_projections / bank_seconds,
+        }
+    }
     with Bank(bank_path) as bank:
         split = run_split(config, bank)
-        ae = train_autoencoder(bank, work / "autoencoder.pt", split=split, progress=False, device=device,
-                               **autoencoder_settings(config, {"training": changes}))
+        ae = train_autoencoder(
+            bank,
+            work / "autoencoder.pt",
+            split=split,
+            progress=False,
+            device=device,
+            **autoencoder_settings(config, {"training": changes}),
+        )
         result["autoencoder"] = _throughput(load_autoencoder(ae, "cpu").history)
-        si = train_siamese(bank, ae, work / "siamese.pt", split=split, progress=False, device=device,
-                           **siamese_settings(config, {"training": changes}))
+        si = train_siamese(
+            bank,
+            ae,
+            work / "siamese.pt",
+            split=split,
+            progress=False,
+            device=device,
+            **siamese_settings(config, {"training": changes}),
+        )
         model = load_siamese(si, device)
         result["siamese"] = _throughput(model.checkpoint["history"])
         images = bank.load_images(np.arange(min(bank.n_systems, 512))).reshape(-1, bank.image_size, bank.image_size)
@@ -107,12 +141,18 @@ def _throughput(history: list[dict]) -> dict:
     epochs = history[1:] if len(history) > 1 else history  # the first epoch is warm-up (compilation, caches)
     seconds = sum(h["train_seconds"] for h in epochs)
     images = sum(h["images"] for h in epochs)
-    return {"epochs_counted": len(epochs), "images": images, "train_seconds": seconds, "images_per_second": images / seconds,
-            "waiting_for_data": sum(h["data_seconds"] for h in epochs) / seconds}
+    return {
+        "epochs_counted": len(epochs),
+        "images": images,
+        "train_seconds": seconds,
+        "images_per_second": images / seconds,
+        "waiting_for_data": sum(h["data_seconds"] for h in epochs) / seconds,
+    }
 
 
 def search_million(device: torch.device, n_bank: int) -> dict:
-    """One query against ``n_bank`` random unit vectors of 64 dimensions: exact search on the device (and FAISS when installed)."""
+    """One query against ``n_bank`` random unit vectors of 64 dimensions: exact search on the device (and FAISS when
+    installed)."""
     from protolib.matching import EmbeddingIndex
 
     rng = np.random.default_rng(0)
@@ -142,9 +182,27 @@ def nccl_run(work: Path) -> dict:
     """A one-epoch Siamese training under torchrun on two GPUs (NCCL); skipped with fewer GPUs."""
     if torch.cuda.device_count() < 2:
         return {"skipped": f"{torch.cuda.device_count()} GPU(s): NCCL needs two"}
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "protolib", "train-siamese",
-            "--config", "tiny", "--bank", str(work / "bank.h5"), "--autoencoder", str(work / "autoencoder.pt"),
-            "--out", str(work / "ddp"), "--epochs", "1", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "protolib",
+        "train-siamese",
+        "--config",
+        "tiny",
+        "--bank",
+        str(work / "bank.h5"),
+        "--autoencoder",
+        str(work / "autoencoder.pt"),
+        "--out",
+        str(work / "ddp"),
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
     start = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
@@ -159,11 +217,19 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: seconds, not minutes")
     args = parser.parse_args()
     if not torch.cuda.is_available() and not args.allow_cpu:
-        print("gpu_check: no CUDA device; this check is for a GPU machine (--allow-cpu runs it anyway)", file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device; this check is for a GPU machine (--allow-cpu runs it anyway)", file=sys.stderr
+        )
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    report = {"machine": platform.node(), "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "gpus": torch.cuda.device_count(), "torch": torch.__version__, "cuda": torch.version.cuda, "sections": {}}
+    report = {
+        "machine": platform.node(),
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "gpus": torch.cuda.device_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "sections": {},
+    }
     n_sim, n_search = (16, 20_000) if args.smoke else (8192, 1_000_000)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -179,15 +245,23 @@ def main() -> int:
             try:
                 report["sections"][name] = {"passed": True, **run()}
             except Exception as error:  # noqa: BLE001 - every failure is recorded, and fails the check
-                report["sections"][name] = {"passed": False, "error": f"{type(error).__name__}: {error}",
-                                            "traceback": traceback.format_exc()[-3000:]}
+                report["sections"][name] = {
+                    "passed": False,
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
             report["sections"][name]["wall_seconds"] = time.perf_counter() - start
-            print(f"{name}: {'ok' if report['sections'][name]['passed'] else 'FAILED'} ({report['sections'][name]['wall_seconds']:.1f} s)",
-                  flush=True)
+            print(
+                f"{name}: {'ok' if report['sections'][name]['passed'] else 'FAILED'} "
+                f"({report['sections'][name]['wall_seconds']:.1f} s)",
+                flush=True,
+            )
     sim = report["sections"]["simulator_64"].get("images_per_second")
     train = (report["sections"]["training"].get("siamese") or {}).get("images_per_second")
-    report["goals"] = {name: {"goal": goal, "measured": value, "met": value is not None and value >= goal}
-                       for (name, goal), value in zip(GOALS.items(), (sim, train))}
+    report["goals"] = {
+        name: {"goal": goal, "measured": value, "met": value is not None and value >= goal}
+        for (name, goal), value in zip(GOALS.items(), (sim, train))
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps({"goals": report["goals"]}, indent=1))

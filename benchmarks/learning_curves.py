@@ -118,27 +118,50 @@ def timed_stage(name: str, path: Path, timings_path: Path, train, run_dir: Path)
     seconds = time.perf_counter() - start
     history = read(path.with_name(f"{path.stem}_history.json"))
     epochs = history.get("history", [])
-    timings[name] = {"seconds": seconds, "resumed": resume, "epochs_run": len(epochs), "best_epoch": history.get("best_epoch"),
-                     "seconds_in_epochs": float(sum(e.get("seconds", 0.0) for e in epochs))}
+    timings[name] = {
+        "seconds": seconds,
+        "resumed": resume,
+        "epochs_run": len(epochs),
+        "best_epoch": history.get("best_epoch"),
+        "seconds_in_epochs": float(sum(e.get("seconds", 0.0) for e in epochs)),
+    }
     write(timings, timings_path)
     log(f"trained {name}: {seconds:.0f} s, {len(epochs)} epochs (best {history.get('best_epoch')})", run_dir)
 
 
-def train_networks(config, bank, split, folder: Path, epochs: int | None, ae_epochs: int | None, run_dir: Path) -> tuple[Path, Path]:
+def train_networks(
+    config, bank, split, folder: Path, epochs: int | None, ae_epochs: int | None, run_dir: Path
+) -> tuple[Path, Path]:
     """The size's autoencoder and Siamese network, with the configuration's settings on one thread (trained once)."""
     from protolib.autoencoder import train_autoencoder
     from protolib.pipelines.train import autoencoder_settings, siamese_settings
     from protolib.siamese import train_siamese
 
-    ae_settings = autoencoder_settings(config, {"training": {"num_threads": 1, **({"epochs": ae_epochs} if ae_epochs else {})}})
+    ae_settings = autoencoder_settings(
+        config, {"training": {"num_threads": 1, **({"epochs": ae_epochs} if ae_epochs else {})}}
+    )
     siamese_overrides = {"training": {"num_threads": 1, **({"epochs": epochs} if epochs else {})}}
     si_settings = siamese_settings(config, siamese_overrides)
     ae_path, si_path, timings = folder / "autoencoder.pt", folder / "siamese.pt", folder / "training_seconds.json"
-    timed_stage("autoencoder", ae_path, timings, lambda resume: train_autoencoder(bank, ae_path, split=split, resume=resume,
-                                                                                   progress=False, device="cpu", **ae_settings), run_dir)
+    timed_stage(
+        "autoencoder",
+        ae_path,
+        timings,
+        lambda resume: train_autoencoder(
+            bank, ae_path, split=split, resume=resume, progress=False, device="cpu", **ae_settings
+        ),
+        run_dir,
+    )
     torch.set_num_threads(1)
-    timed_stage("siamese", si_path, timings, lambda resume: train_siamese(bank, ae_path, si_path, split=split, resume=resume,
-                                                                           progress=False, device="cpu", **si_settings), run_dir)
+    timed_stage(
+        "siamese",
+        si_path,
+        timings,
+        lambda resume: train_siamese(
+            bank, ae_path, si_path, split=split, resume=resume, progress=False, device="cpu", **si_settings
+        ),
+        run_dir,
+    )
     torch.set_num_threads(1)
     return ae_path, si_path
 
@@ -156,7 +179,8 @@ class FlowTimer:
             start = time.perf_counter()
             flow = self.original(*args, **kwargs)
             self.seconds.append(time.perf_counter() - start)
-            self.epochs.append(getattr(flow, "epochs", None))  # protolib versions whose train_flow says how training went
+            # protolib versions whose train_flow says how training went
+            self.epochs.append(getattr(flow, "epochs", None))
             self.converged.append(getattr(flow, "converged", None))
             return flow
 
@@ -167,7 +191,9 @@ class FlowTimer:
         self.module.train_flow = self.original
 
 
-def evaluate_size(bank, split, ae_path: Path, si_path: Path, settings, folder: Path, run_dir: Path, origin: dict) -> dict:
+def evaluate_size(
+    bank, split, ae_path: Path, si_path: Path, settings, folder: Path, run_dir: Path, origin: dict
+) -> dict:
     """Every method's figures at one size, each computed once (``folder/results.json`` keeps them)."""
     from dataclasses import replace
 
@@ -188,20 +214,32 @@ def evaluate_size(bank, split, ae_path: Path, si_path: Path, settings, folder: P
         start = time.perf_counter()
         with FlowTimer() as timer:
             if name in ("npe", "npe_end_to_end"):
-                results = add_npe_result({}, bank, split, relevance, one, model=model, autoencoder=load_autoencoder(ae_path, "cpu"))
+                results = add_npe_result(
+                    {}, bank, split, relevance, one, model=model, autoencoder=load_autoencoder(ae_path, "cpu")
+                )
             else:
                 results = evaluate_methods(baseline_methods(model, bank, split.train, one), bank, relevance, split, one)
         torch.set_num_threads(1)
         if name not in results:
             raise SystemExit(f"{name} gave no result (is sbi installed?)")
-        cache[name] = {"result": results[name].to_json(), "seconds": time.perf_counter() - start,
-                       "flow_training_seconds": timer.seconds[0] if timer.seconds else None,
-                       "code": {"git_commit": origin["git_commit"], "protolib_diff_sha256": origin["protolib_uncommitted_changes"]["diff_sha256"]},
-                       "flow_epochs": timer.epochs[0] if timer.epochs else None, "flow_converged": timer.converged[0] if timer.converged else None}
+        cache[name] = {
+            "result": results[name].to_json(),
+            "seconds": time.perf_counter() - start,
+            "flow_training_seconds": timer.seconds[0] if timer.seconds else None,
+            "code": {
+                "git_commit": origin["git_commit"],
+                "protolib_diff_sha256": origin["protolib_uncommitted_changes"]["diff_sha256"],
+            },
+            "flow_epochs": timer.epochs[0] if timer.epochs else None,
+            "flow_converged": timer.converged[0] if timer.converged else None,
+        }
         write(cache, cache_path)
         corrected = cache[name]["result"]["corrected"]["calibration"]
-        log(f"{name}: {cache[name]['seconds']:.0f} s; corrected coverage {corrected['coverage_68']:.2f} / {corrected['coverage_95']:.2f}",
-            run_dir)
+        log(
+            f"{name}: {cache[name]['seconds']:.0f} s; corrected coverage {corrected['coverage_68']:.2f} / "
+            f"{corrected['coverage_95']:.2f}",
+            run_dir,
+        )
     return cache
 
 
@@ -211,27 +249,44 @@ def compact(entry: dict, fixed_spread: dict) -> dict:
     corrected = result["corrected"]
     parameters = {}
     for name, row in corrected["parameters"].items():
-        spread = row["rms_error"] / row["rms_error_over_prior_spread"] if row["rms_error_over_prior_spread"] else float("nan")
+        spread = (
+            row["rms_error"] / row["rms_error_over_prior_spread"]
+            if row["rms_error_over_prior_spread"]
+            else float("nan")
+        )
         parameters[name] = {
             "in_target_similarity": row["in_target_similarity"],
             "rms_error_over_prior_spread": row["rms_error_over_prior_spread"],
             "rms_error_over_fixed_spread": row["rms_error"] / fixed_spread[name],
             "median_abs_error_over_prior_spread": row["median_abs_error"] / spread,
-            "rms_error": row["rms_error"], "unit": row["unit"], "prior_spread": spread,
-            "coverage_68": row["coverage_68"], "coverage_95": row["coverage_95"],
+            "rms_error": row["rms_error"],
+            "unit": row["unit"],
+            "prior_spread": spread,
+            "coverage_68": row["coverage_68"],
+            "coverage_95": row["coverage_95"],
             "width_68_over_prior_spread": row["width_68_over_prior_spread"],
-            "uncorrected_rms_error_over_prior_spread": result["at_top_k"]["parameters"][name]["rms_error_over_prior_spread"],
+            "uncorrected_rms_error_over_prior_spread": result["at_top_k"]["parameters"][name][
+                "rms_error_over_prior_spread"
+            ],
         }
     target = [n for n, row in parameters.items() if row["in_target_similarity"]]
     return {
-        "chosen_k": result.get("chosen_k"), "chosen_widening": result.get("chosen_widening"),
-        "coverage_68": corrected["calibration"]["coverage_68"], "coverage_95": corrected["calibration"]["coverage_95"],
+        "chosen_k": result.get("chosen_k"),
+        "chosen_widening": result.get("chosen_widening"),
+        "coverage_68": corrected["calibration"]["coverage_68"],
+        "coverage_95": corrected["calibration"]["coverage_95"],
         "uncorrected_coverage_68": result["at_top_k"]["calibration"]["coverage_68"],
         "uncorrected_coverage_95": result["at_top_k"]["calibration"]["coverage_95"],
-        "mean_target_rms_error_over_prior_spread": float(np.mean([parameters[n]["rms_error_over_prior_spread"] for n in target])),
-        "mean_target_rms_error_over_fixed_spread": float(np.mean([parameters[n]["rms_error_over_fixed_spread"] for n in target])),
-        "ndcg": corrected.get("retrieval", {}).get("ndcg"), "spearman": corrected.get("similarity", {}).get("spearman_per_target"),
-        "evaluation_seconds": entry["seconds"], "parameters": parameters,
+        "mean_target_rms_error_over_prior_spread": float(
+            np.mean([parameters[n]["rms_error_over_prior_spread"] for n in target])
+        ),
+        "mean_target_rms_error_over_fixed_spread": float(
+            np.mean([parameters[n]["rms_error_over_fixed_spread"] for n in target])
+        ),
+        "ndcg": corrected.get("retrieval", {}).get("ndcg"),
+        "spearman": corrected.get("similarity", {}).get("spearman_per_target"),
+        "evaluation_seconds": entry["seconds"],
+        "parameters": parameters,
     }
 
 
@@ -240,7 +295,8 @@ def power_law(n, a, b, c):
 
 
 def fit_curve(sizes, errors, extrapolate_to: float) -> dict:
-    """``error(N) = a + b N^-c`` (a, b >= 0, 0 < c <= 2) by least squares, else ``alpha + beta log10 N``; and its value at ``extrapolate_to``."""
+    """``error(N) = a + b N^-c`` (a, b >= 0, 0 < c <= 2) by least squares, else ``alpha + beta log10 N``; and its value
+    at ``extrapolate_to``."""
     from scipy.optimize import curve_fit
 
     n, y = np.asarray(sizes, dtype=float), np.asarray(errors, dtype=float)
@@ -248,8 +304,14 @@ def fit_curve(sizes, errors, extrapolate_to: float) -> dict:
     best = None
     for c0 in (0.25, 0.5, 1.0, 1.5):
         try:
-            p, _ = curve_fit(power_law, n / reference, y, p0=(max(y.min() * 0.5, 1e-3), max(y.max() - y.min(), 1e-3), c0),
-                             bounds=([0.0, 0.0, 1e-6], [np.inf, np.inf, 2.0]), maxfev=20000)
+            p, _ = curve_fit(
+                power_law,
+                n / reference,
+                y,
+                p0=(max(y.min() * 0.5, 1e-3), max(y.max() - y.min(), 1e-3), c0),
+                bounds=([0.0, 0.0, 1e-6], [np.inf, np.inf, 2.0]),
+                maxfev=20000,
+            )
         except (RuntimeError, ValueError):
             continue
         sse = float(np.sum((power_law(n / reference, *p) - y) ** 2))
@@ -258,24 +320,44 @@ def fit_curve(sizes, errors, extrapolate_to: float) -> dict:
     if best is not None:
         a, b_ref, c = (float(v) for v in best[0])
         fitted = power_law(n / reference, a, b_ref, c)
-        at_bound = [name for name, v, low, high in (("a", a, 0, None), ("b", b_ref, 0, None), ("c", c, 1e-6, 2.0))
-                    if abs(v - low) < 1e-6 or (high is not None and abs(v - high) < 1e-6)]
+        at_bound = [
+            name
+            for name, v, low, high in (("a", a, 0, None), ("b", b_ref, 0, None), ("c", c, 1e-6, 2.0))
+            if abs(v - low) < 1e-6 or (high is not None and abs(v - high) < 1e-6)
+        ]
         beta, alpha = np.polyfit(np.log10(n), y, 1)
-        return {"model": "a + b * N**(-c)", "a": a, "b": b_ref * reference**c, "c": c, "fitted": fitted.tolist(),
-                "residuals": (y - fitted).tolist(), "parameters_at_bounds": at_bound,
-                "extrapolation": {"value": float(power_law(extrapolate_to / reference, a, b_ref, c)), "is_extrapolation": True,
-                                  "log_linear_value": float(alpha + beta * np.log10(extrapolate_to)),
-                                  "note": "three sizes for three constants: the power law passes through them unless a bound holds (parameters_at_bounds); log_linear_value "
-                                          "(alpha + beta log10 N, least squares) shows how much the extrapolation rests on the curve chosen"}}
+        return {
+            "model": "a + b * N**(-c)",
+            "a": a,
+            "b": b_ref * reference**c,
+            "c": c,
+            "fitted": fitted.tolist(),
+            "residuals": (y - fitted).tolist(),
+            "parameters_at_bounds": at_bound,
+            "extrapolation": {
+                "value": float(power_law(extrapolate_to / reference, a, b_ref, c)),
+                "is_extrapolation": True,
+                "log_linear_value": float(alpha + beta * np.log10(extrapolate_to)),
+                "note": "three sizes for three constants: the power law passes through them unless a bound holds "
+                "(parameters_at_bounds); log_linear_value "
+                "(alpha + beta log10 N, least squares) shows how much the extrapolation rests on the curve chosen",
+            },
+        }
     beta, alpha = np.polyfit(np.log10(n), y, 1)
     fitted = alpha + beta * np.log10(n)
-    return {"model": "alpha + beta * log10(N) (the power law failed)", "alpha": float(alpha), "beta": float(beta), "fitted": fitted.tolist(),
-            "residuals": (y - fitted).tolist(),
-            "extrapolation": {"value": float(alpha + beta * np.log10(extrapolate_to)), "is_extrapolation": True}}
+    return {
+        "model": "alpha + beta * log10(N) (the power law failed)",
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "fitted": fitted.tolist(),
+        "residuals": (y - fitted).tolist(),
+        "extrapolation": {"value": float(alpha + beta * np.log10(extrapolate_to)), "is_extrapolation": True},
+    }
 
 
 def add_fits(summary: dict) -> dict:
-    """Fit every method's corrected RMS error over the prior's spread (each parameter and the target mean) against training systems."""
+    """Fit every method's corrected RMS error over the prior's spread (each parameter and the target mean) against
+    training systems."""
     sizes = summary["train_systems"]
     to = summary["extrapolation"]["train_systems"]
     fits = {}
@@ -283,31 +365,56 @@ def add_fits(summary: dict) -> dict:
         rows = [data["sizes"][str(s)] for s in sizes if str(s) in data["sizes"]]
         if len(rows) < 3:
             continue
-        fits[method] = {name: fit_curve(sizes, [r["parameters"][name]["rms_error_over_prior_spread"] for r in rows], to)
-                        for name in summary["target_parameters"]}
+        fits[method] = {
+            name: fit_curve(sizes, [r["parameters"][name]["rms_error_over_prior_spread"] for r in rows], to)
+            for name in summary["target_parameters"]
+        }
         fits[method]["mean_target"] = fit_curve(sizes, [r["mean_target_rms_error_over_prior_spread"] for r in rows], to)
-    summary["fits"] = {"figure": "corrected rms_error_over_prior_spread", "N": "training systems",
-                       "extrapolated_to": summary["extrapolation"], "by_method": fits}
+    summary["fits"] = {
+        "figure": "corrected rms_error_over_prior_spread",
+        "N": "training systems",
+        "extrapolated_to": summary["extrapolation"],
+        "by_method": fits,
+    }
     return summary
 
 
 def provenance() -> dict:
     import platform
 
-    import scipy
     import sbi
+    import scipy
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     import hashlib
 
-    diff = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", "protolib"], capture_output=True, text=True).stdout
-    changed = subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--name-only", "--", "protolib"], capture_output=True, text=True).stdout
-    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "git_commit": commit,
-            "protolib_uncommitted_changes": {"files": changed.split(), "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
-                                             "note": "when the run's process started; the working tree is shared with other sessions"},
-            "machine": {"cpu_count": os.cpu_count(), "threads_used": 1, "platform": platform.platform(), "python": platform.python_version(),
-                        "torch": torch.__version__, "sbi": sbi.__version__, "scipy": scipy.__version__,
-                        "note": "2 CPU cores shared with another session's work; one torch thread throughout"}}
+    diff = subprocess.run(
+        ["git", "-C", str(ROOT), "diff", "HEAD", "--", "protolib"], capture_output=True, text=True
+    ).stdout
+    changed = subprocess.run(
+        ["git", "-C", str(ROOT), "diff", "HEAD", "--name-only", "--", "protolib"], capture_output=True, text=True
+    ).stdout
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": commit,
+        "protolib_uncommitted_changes": {
+            "files": changed.split(),
+            "diff_sha256": hashlib.sha256(diff.encode()).hexdigest() if diff else None,
+            "note": "when the run's process started; the working tree is shared with other sessions",
+        },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads_used": 1,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sbi": sbi.__version__,
+            "scipy": scipy.__version__,
+            "note": "2 CPU cores shared with another session's work; one torch thread throughout",
+        },
+    }
 
 
 def fixed_spreads(bank, systems: np.ndarray, names: list[str]) -> dict:
@@ -321,12 +428,20 @@ def fixed_spreads(bank, systems: np.ndarray, names: list[str]) -> dict:
 
 def reductions(args) -> str:
     """What this run changed from the configuration's training and evaluation, in words."""
-    done = [f"Siamese epochs {args.siamese_epochs} at every size" if args.siamese_epochs else "",
-            f"autoencoder epochs {args.autoencoder_epochs} at every size" if args.autoencoder_epochs else "",
-            f"one projection ({args.projection}) of each held-out system as targets, at every size" if args.projection is not None else "",
-            args.note or ""]
+    done = [
+        f"Siamese epochs {args.siamese_epochs} at every size" if args.siamese_epochs else "",
+        f"autoencoder epochs {args.autoencoder_epochs} at every size" if args.autoencoder_epochs else "",
+        f"one projection ({args.projection}) of each held-out system as targets, at every size"
+        if args.projection is not None
+        else "",
+        args.note or "",
+    ]
     done = [d for d in done if d]
-    return "; ".join(done) if done else "none: the configuration's epochs at every size, every projection of every held-out system"
+    return (
+        "; ".join(done)
+        if done
+        else "none: the configuration's epochs at every size, every projection of every held-out system"
+    )
 
 
 def run(args) -> dict:
@@ -341,14 +456,20 @@ def run(args) -> dict:
     bank = Bank(args.bank)
     settings = evaluation_settings(config, {"methods": list(args.methods), "projection": args.projection})
     test, validation, pool = held_out(bank.n_systems, args.test_systems, args.validation_systems, args.seed)
-    log(f"start: bank {args.bank} ({bank.n_systems} systems), sizes {args.sizes}, {len(test)} test / {len(validation)} validation systems, "
-        f"methods {list(args.methods)}, projection {args.projection}", args.run_dir)
+    log(
+        f"start: bank {args.bank} ({bank.n_systems} systems), sizes {args.sizes}, {len(test)} test / {len(validation)} "
+        "validation systems, "
+        f"methods {list(args.methods)}, projection {args.projection}",
+        args.run_dir,
+    )
     per_size, training = {}, {}
     for size in args.sizes:
         split = split_for(size, pool, validation, test, args.seed)
         folder = args.run_dir / f"N{size}"
         folder.mkdir(parents=True, exist_ok=True)
-        ae_path, si_path = train_networks(config, bank, split, folder, args.siamese_epochs, args.autoencoder_epochs, args.run_dir)
+        ae_path, si_path = train_networks(
+            config, bank, split, folder, args.siamese_epochs, args.autoencoder_epochs, args.run_dir
+        )
         per_size[size] = evaluate_size(bank, split, ae_path, si_path, settings, folder, args.run_dir, origin)
         training[size] = read(folder / "training_seconds.json")
         log(f"size {size} done", args.run_dir)
@@ -359,24 +480,50 @@ def run(args) -> dict:
         "description": __doc__.split("\n")[0],
         "command": COMMAND,
         **origin,
-        "settings": {"config": "default", "bank": str(args.bank), "bank_systems": bank.n_systems, "projections": bank.n_projections,
-                     "seed": args.seed, "evaluation": {k: getattr(settings, k) for k in ("top_k", "projection", "npe_samples", "npe_max_epochs",
-                                                                                          "correction", "k_candidates", "widening_candidates", "seed")},
-                     "targets": f"{len(test)} test systems x {bank.n_projections if args.projection is None else 1} projection(s)",
-                     "siamese_epochs": args.siamese_epochs or config.section("siamese")["training"]["epochs"],
-                     "autoencoder_epochs": args.autoencoder_epochs or config.section("autoencoder")["training"]["epochs"],
-                     "reductions": reductions(args),
-                     "prior_spread": "rms_error_over_prior_spread divides by the spread over each size's own training images (the library's "
-                                     "figure); rms_error_over_fixed_spread by the 2,100-system training set's spread at every size"},
-        "systems": {"test": test.tolist(), "validation": validation.tolist(), "training_order": pool[: max(args.sizes)].tolist()},
+        "settings": {
+            "config": "default",
+            "bank": str(args.bank),
+            "bank_systems": bank.n_systems,
+            "projections": bank.n_projections,
+            "seed": args.seed,
+            "evaluation": {
+                k: getattr(settings, k)
+                for k in (
+                    "top_k",
+                    "projection",
+                    "npe_samples",
+                    "npe_max_epochs",
+                    "correction",
+                    "k_candidates",
+                    "widening_candidates",
+                    "seed",
+                )
+            },
+            "targets": f"{len(test)} test systems x {bank.n_projections if args.projection is None else 1} "
+            "projection(s)",
+            "siamese_epochs": args.siamese_epochs or config.section("siamese")["training"]["epochs"],
+            "autoencoder_epochs": args.autoencoder_epochs or config.section("autoencoder")["training"]["epochs"],
+            "reductions": reductions(args),
+            "prior_spread": "rms_error_over_prior_spread divides by the spread over each size's own training images "
+            "(the library's "
+            "figure); rms_error_over_fixed_spread by the 2,100-system training set's spread at every size",
+        },
+        "systems": {
+            "test": test.tolist(),
+            "validation": validation.tolist(),
+            "training_order": pool[: max(args.sizes)].tolist(),
+        },
         "train_systems": list(args.sizes),
         "bank_systems_equivalent": [round(s / TRAIN_FRACTION) for s in args.sizes],
         "target_parameters": target,
         "fixed_spread": spread,
         "training_seconds": {str(s): training[s] for s in args.sizes},
         "methods": {},
-        "extrapolation": {"train_systems": round(EXTRAPOLATE_BANK * TRAIN_FRACTION), "bank_systems": EXTRAPOLATE_BANK,
-                          "note": "configs/gpu.yaml's bank size; an extrapolation from three sizes, not a measurement"},
+        "extrapolation": {
+            "train_systems": round(EXTRAPOLATE_BANK * TRAIN_FRACTION),
+            "bank_systems": EXTRAPOLATE_BANK,
+            "note": "configs/gpu.yaml's bank size; an extrapolation from three sizes, not a measurement",
+        },
     }
     for method in args.methods:
         sizes = {str(s): compact(per_size[s][method], spread) for s in args.sizes}
@@ -384,21 +531,35 @@ def run(args) -> dict:
             flow = per_size[s][method].get("flow_training_seconds")
             if flow is not None:
                 summary["training_seconds"][str(s)][method] = {
-                    "seconds": flow, "epochs_run": per_size[s][method].get("flow_epochs"), "converged": per_size[s][method].get("flow_converged"),
-                    "note": "the flow's training (sbi; max epochs from the evaluation settings, early stopping on its held-out loss), sampling excluded"}
-        summary["methods"][method] = {"description": per_size[args.sizes[0]][method]["result"]["description"], "sizes": sizes}
+                    "seconds": flow,
+                    "epochs_run": per_size[s][method].get("flow_epochs"),
+                    "converged": per_size[s][method].get("flow_converged"),
+                    "note": "the flow's training (sbi; max epochs from the evaluation settings, early stopping on its "
+                    "held-out loss), sampling excluded",
+                }
+        summary["methods"][method] = {
+            "description": per_size[args.sizes[0]][method]["result"]["description"],
+            "sizes": sizes,
+        }
     return summary
 
 
 def table(summary: dict) -> str:
-    """The corrected RMS error over the prior's spread (target parameters), mean coverage and training seconds, as markdown."""
-    lines = ["| method | N train | " + " | ".join(summary["target_parameters"]) + " | mean | cov68 | cov95 |",
-             "|" + " --- |" * (len(summary["target_parameters"]) + 5)]
+    """The corrected RMS error over the prior's spread (target parameters), mean coverage and training seconds, as
+    markdown."""
+    lines = [
+        "| method | N train | " + " | ".join(summary["target_parameters"]) + " | mean | cov68 | cov95 |",
+        "|" + " --- |" * (len(summary["target_parameters"]) + 5),
+    ]
     for method, data in summary["methods"].items():
         for size, row in data["sizes"].items():
             cells = [f"{row['parameters'][n]['rms_error_over_prior_spread']:.3f}" for n in summary["target_parameters"]]
-            lines.append(f"| {method} | {size} | " + " | ".join(cells) + f" | {row['mean_target_rms_error_over_prior_spread']:.3f} | "
-                         f"{row['coverage_68']:.3f} | {row['coverage_95']:.3f} |")
+            lines.append(
+                f"| {method} | {size} | "
+                + " | ".join(cells)
+                + f" | {row['mean_target_rms_error_over_prior_spread']:.3f} | "
+                f"{row['coverage_68']:.3f} | {row['coverage_95']:.3f} |"
+            )
     return "\n".join(lines)
 
 
@@ -412,9 +573,21 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--test-systems", type=int, default=100)
     parser.add_argument("--validation-systems", type=int, default=60)
-    parser.add_argument("--projection", type=int, default=None, help="one projection of each held-out system (default: all)")
-    parser.add_argument("--siamese-epochs", type=int, default=None, help="fewer Siamese epochs at every size (default: the configuration's)")
-    parser.add_argument("--autoencoder-epochs", type=int, default=None, help="fewer autoencoder epochs at every size (default: the configuration's)")
+    parser.add_argument(
+        "--projection", type=int, default=None, help="one projection of each held-out system (default: all)"
+    )
+    parser.add_argument(
+        "--siamese-epochs",
+        type=int,
+        default=None,
+        help="fewer Siamese epochs at every size (default: the configuration's)",
+    )
+    parser.add_argument(
+        "--autoencoder-epochs",
+        type=int,
+        default=None,
+        help="fewer autoencoder epochs at every size (default: the configuration's)",
+    )
     parser.add_argument("--note", default=None, help="what was reduced, for the JSON's settings")
     parser.add_argument("--seed", type=int, default=0, help="draws the held-out systems and the training order")
     args = parser.parse_args(argv)

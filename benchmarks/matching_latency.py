@@ -23,6 +23,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -65,7 +66,9 @@ def network(image_size: int):
 
 def pairwise_seconds(embed, target: np.ndarray, n_bank: int, image_size: int, batch_size: int) -> float:
     """Seconds to score ``n_bank`` bank images against the target, two forward passes per pair."""
-    bank = np.abs(np.random.default_rng(1).normal(size=(min(n_bank, batch_size), image_size, image_size))).astype(np.float32)
+    bank = np.abs(np.random.default_rng(1).normal(size=(min(n_bank, batch_size), image_size, image_size))).astype(
+        np.float32
+    )
     start = time.perf_counter()
     done = 0
     while done < n_bank:
@@ -106,24 +109,41 @@ class LatencyRow:
         """The row as written to the JSON results (flat keys ``<backend>_build_s``, ``<backend>_search_s`` ...)."""
         row = {"bank_images": self.bank_images, "target_forward_s": self.target_forward_s}
         for name, timing in self.backends.items():
-            row.update({f"{name}_build_s": timing.build_s, f"{name}_search_s": timing.search_s, f"{name}_query_s": self.query_s(name)})
+            row.update(
+                {
+                    f"{name}_build_s": timing.build_s,
+                    f"{name}_search_s": timing.search_s,
+                    f"{name}_query_s": self.query_s(name),
+                }
+            )
         if self.pairwise_s is not None:
-            row.update(pairwise_s=self.pairwise_s, pairwise_extrapolated=self.pairwise_extrapolated,
-                       speedup_exact_vs_pairwise=self.pairwise_s / self.query_s("exact"))
+            row.update(
+                pairwise_s=self.pairwise_s,
+                pairwise_extrapolated=self.pairwise_extrapolated,
+                speedup_exact_vs_pairwise=self.pairwise_s / self.query_s("exact"),
+            )
         return row
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000], help="bank sizes (images)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000, 1_000_000], help="bank sizes (images)"
+    )
     parser.add_argument("--dimension", type=int, default=SiameseConfig().embedding_size, help="embedding length")
     parser.add_argument("--image-size", type=int, default=64, help="image side in pixels (the default config's)")
     parser.add_argument("--top-k", type=int, default=200)
-    parser.add_argument("--images-per-system", type=int, default=8, help="projections per system (own-system exclusion)")
+    parser.add_argument(
+        "--images-per-system", type=int, default=8, help="projections per system (own-system exclusion)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and FAISS")
     parser.add_argument("--repeats", type=int, default=20, help="timed queries per size (median reported)")
-    parser.add_argument("--pairwise-max", type=int, default=10_000, help="largest bank size timed pairwise; larger ones extrapolated")
-    parser.add_argument("--hnsw-max", type=int, default=100_000, help="largest bank size given an HNSW32 index (its build is slow)")
+    parser.add_argument(
+        "--pairwise-max", type=int, default=10_000, help="largest bank size timed pairwise; larger ones extrapolated"
+    )
+    parser.add_argument(
+        "--hnsw-max", type=int, default=100_000, help="largest bank size given an HNSW32 index (its build is slow)"
+    )
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     return parser
 
@@ -145,8 +165,10 @@ def search_timings(n: int, args, forward_s: float) -> LatencyRow:
         start = time.perf_counter()
         index = EmbeddingIndex(vectors, system, projection, backend=backend, faiss_factory=factory, device="cpu")
         build_s = time.perf_counter() - start
-        row.backends[name] = BackendTiming(build_s, median_seconds(lambda: index.search(query, top_k=args.top_k, exclude_systems=excluded),
-                                                                   args.repeats))
+        row.backends[name] = BackendTiming(
+            build_s,
+            median_seconds(partial(index.search, query, top_k=args.top_k, exclude_systems=excluded), args.repeats),
+        )
         del index
     return row
 
@@ -174,8 +196,12 @@ def main() -> None:
         print(_line(row), flush=True)
     result = {
         "settings": vars(args),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "processor": platform.processor(),
-                    "cpu_threads": args.threads},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "processor": platform.processor(),
+            "cpu_threads": args.threads,
+        },
         "rows": rows,
     }
     if args.out:

@@ -38,8 +38,13 @@ def mmd_p_value(target: np.ndarray, bank_vectors: np.ndarray, *, shuffles: int, 
     from sbi.diagnostics import calc_misspecification_mmd
 
     torch.manual_seed(seed)
-    p_value, _ = calc_misspecification_mmd(torch.as_tensor(target[None]), torch.as_tensor(bank_vectors), mode="x_space", n_shuffle=shuffles,
-                                           max_samples=1000)
+    p_value, _ = calc_misspecification_mmd(
+        torch.as_tensor(target[None]),
+        torch.as_tensor(bank_vectors),
+        mode="x_space",
+        n_shuffle=shuffles,
+        max_samples=1000,
+    )
     return float(p_value)
 
 
@@ -56,7 +61,15 @@ def rates(folder: Path, n: int, seed: int, shuffles: int, alpha: float) -> list[
             for i, (image, vector) in enumerate(zip(targets.images, embedded)):
                 p_value = mmd_p_value(vector, vectors, shuffles=shuffles, seed=seed + i)
                 ood = matcher.check(matcher.match(image, top_k=20)).is_out_of_distribution
-                rows.append({"kind": kind, "snr_bin": f"{lo:g}-{hi:g}", "mmd_p": p_value, "mmd_flagged": p_value < alpha, "ood_flagged": bool(ood)})
+                rows.append(
+                    {
+                        "kind": kind,
+                        "snr_bin": f"{lo:g}-{hi:g}",
+                        "mmd_p": p_value,
+                        "mmd_flagged": p_value < alpha,
+                        "ood_flagged": bool(ood),
+                    }
+                )
     return rows
 
 
@@ -75,14 +88,19 @@ def main() -> None:
         start = time.perf_counter()
         rows = rates(folder, args.n, args.seed, args.shuffles, args.alpha)
         results[str(folder)] = {"rows": rows, "seconds": time.perf_counter() - start}
-        print(f"\n{folder} ({time.perf_counter() - start:.0f} s): fraction flagged, MMD test (p < {args.alpha}) / out-of-distribution check")
+        print(
+            f"\n{folder} ({time.perf_counter() - start:.0f} s): fraction flagged, MMD test (p < {args.alpha}) / "
+            "out-of-distribution check"
+        )
         bins = list(dict.fromkeys(r["snr_bin"] for r in rows))
         print("| kind | " + " | ".join(f"S/N {b}" for b in bins) + " |\n|---|" + "---|" * len(bins))
         for kind in dict.fromkeys(r["kind"] for r in rows):
             cells = []
             for b in bins:
                 mine = [r for r in rows if r["kind"] == kind and r["snr_bin"] == b]
-                cells.append(f"{np.mean([r['mmd_flagged'] for r in mine]):.2f} / {np.mean([r['ood_flagged'] for r in mine]):.2f}")
+                cells.append(
+                    f"{np.mean([r['mmd_flagged'] for r in mine]):.2f} / {np.mean([r['ood_flagged'] for r in mine]):.2f}"
+                )
             print(f"| {kind} | " + " | ".join(cells) + " |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

@@ -39,7 +39,8 @@ print({n} * 8 / (time.perf_counter() - start))
 
 
 def rate(mode: str, n_systems: int) -> float:
-    """Images per second of :func:`protolib.bank.render_systems` with the nuisance physics ``mode`` ("fixed" or "drawn")."""
+    """Images per second of :func:`protolib.bank.render_systems` with the nuisance physics ``mode`` ("fixed" or
+    "drawn")."""
     from protolib.bank import draw_systems, render_systems
     from protolib.config import load_config
     from protolib.parameters import Prior
@@ -55,7 +56,9 @@ def rate(mode: str, n_systems: int) -> float:
 def baseline_rate(path: str, n_systems: int) -> float:
     """The same timing with the protolib checkout at ``path`` (a fresh process)."""
     env = {**os.environ, "PYTHONPATH": path}
-    out = subprocess.run([sys.executable, "-c", TIMER.format(n=n_systems)], cwd=path, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", TIMER.format(n=n_systems)], cwd=path, env=env, capture_output=True, text=True, check=True
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -74,8 +77,15 @@ def main() -> None:
         if args.baseline:
             runs["baseline"].append(baseline_rate(args.baseline, args.systems))
     best = {k: max(v) for k, v in runs.items()}
-    report = {"machine": platform.node(), "cores": os.cpu_count(), "load_average": os.getloadavg(), "images": args.systems * 8,
-              "images_per_second": runs, "best": best, "drawn_over_fixed": best["drawn"] / best["fixed"]}
+    report = {
+        "machine": platform.node(),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "images": args.systems * 8,
+        "images_per_second": runs,
+        "best": best,
+        "drawn_over_fixed": best["drawn"] / best["fixed"],
+    }
     if args.baseline:
         report["drawn_over_baseline"] = best["drawn"] / best["baseline"]
         report["fixed_over_baseline"] = best["fixed"] / best["baseline"]

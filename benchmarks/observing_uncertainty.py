@@ -14,7 +14,8 @@ combined with single-dish data, does not say what scales it holds. Each map is m
 It prints, per parameter, the median error of the median [dex for log-scaled parameters] and the 68%
 and 95% coverage, and writes the table as JSON.
 
-    python benchmarks/observing_uncertainty.py artifacts/default --maps 16 --json benchmarks/results/observing_uncertainty.json
+    python benchmarks/observing_uncertainty.py artifacts/default --maps 16 --json
+benchmarks/results/observing_uncertainty.json
 """
 
 from __future__ import annotations
@@ -47,11 +48,22 @@ def write_maps(bank_path: Path, systems: list[int], folder: Path) -> list[Path]:
         for system in systems:
             parameters = {k: float(v[system]) for k, v in bank.parameters.items()}
             path = folder / f"system{system}.fits"
-            write_observation_fits(path, parameters, inclination_deg=float(bank.inclination[system, 0]),
-                                   position_angle_deg=float(bank.position_angle[system, 0]), distance_pc=instrument.distance_pc,
-                                   pixel_arcsec=0.05, image_size=int(1.25 * field_arcsec / 0.05),
-                                   beam=Beam(instrument.beam_major_arcsec, instrument.beam_minor_arcsec, instrument.beam_position_angle_deg),
-                                   noise_rms_jy_beam=instrument.noise_rms_jy_beam, seed=system, config=config, include_model=False)
+            write_observation_fits(
+                path,
+                parameters,
+                inclination_deg=float(bank.inclination[system, 0]),
+                position_angle_deg=float(bank.position_angle[system, 0]),
+                distance_pc=instrument.distance_pc,
+                pixel_arcsec=0.05,
+                image_size=int(1.25 * field_arcsec / 0.05),
+                beam=Beam(
+                    instrument.beam_major_arcsec, instrument.beam_minor_arcsec, instrument.beam_position_angle_deg
+                ),
+                noise_rms_jy_beam=instrument.noise_rms_jy_beam,
+                seed=system,
+                config=config,
+                include_model=False,
+            )
             with fits.open(path, mode="update") as hdul:
                 del hdul[0].header["HIERARCH PROTOLIB MAX_SCALE"]
             paths.append(path)
@@ -66,21 +78,28 @@ def score(report: dict) -> dict:
         if truth is None or not np.isfinite(truth):
             continue
         value = (lambda x: np.log10(x)) if s["log_scale"] else (lambda x: x)
-        out[s["parameter"]] = {"error": float(value(s["median"]) - value(truth)),
-                               "in68": bool(s["p16"] <= truth <= s["p84"]), "in95": bool(s["p2_5"] <= truth <= s["p97_5"]),
-                               "width68": float(s["width_68"])}
+        out[s["parameter"]] = {
+            "error": float(value(s["median"]) - value(truth)),
+            "in68": bool(s["p16"] <= truth <= s["p84"]),
+            "in95": bool(s["p2_5"] <= truth <= s["p97_5"]),
+            "width68": float(s["width_68"]),
+        }
     return out
 
 
 def table(results: dict, parameters: list[str]) -> str:
-    lines = ["| parameter | " + " | ".join(f"{m}: median abs. error, cov. 68/95, half-width" for m in MODES) + " |",
-             "|---|" + "---|" * len(MODES)]
+    lines = [
+        "| parameter | " + " | ".join(f"{m}: median abs. error, cov. 68/95, half-width" for m in MODES) + " |",
+        "|---|" + "---|" * len(MODES),
+    ]
     for name in parameters:
         cells = []
         for mode in MODES:
             rows = [r[name] for r in results[mode] if name in r]
-            cells.append(f"{np.median([abs(r['error']) for r in rows]):.2f}, {np.mean([r['in68'] for r in rows]):.2f}/"
-                         f"{np.mean([r['in95'] for r in rows]):.2f}, {np.median([r['width68'] for r in rows]):.2f}")
+            cells.append(
+                f"{np.median([abs(r['error']) for r in rows]):.2f}, {np.mean([r['in68'] for r in rows]):.2f}/"
+                f"{np.mean([r['in95'] for r in rows]):.2f}, {np.median([r['width68'] for r in rows]):.2f}"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -109,8 +128,16 @@ def main(argv=None) -> int:
                 scale = {"max_scale_arcsec": options["max_scale_arcsec"]} if "max_scale_arcsec" in options else {}
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    report = run_match(args.run / "siamese.pt", args.run / "bank.h5", Path(tmp) / f"{mode}{i}", target=path,
-                                       distance_pc=140.0, progress=False, observing_draws=draws, observation_options=scale)
+                    report = run_match(
+                        args.run / "siamese.pt",
+                        args.run / "bank.h5",
+                        Path(tmp) / f"{mode}{i}",
+                        target=path,
+                        distance_pc=140.0,
+                        progress=False,
+                        observing_draws=draws,
+                        observation_options=scale,
+                    )
                 results[mode].append(score(report))
             print(f"map {i + 1}/{len(maps)} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     parameters = [p for p in results["told"][0]]
@@ -118,8 +145,12 @@ def main(argv=None) -> int:
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"systems": systems, "results": results, "table": text,
-                                         "seconds": time.perf_counter() - started}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"systems": systems, "results": results, "table": text, "seconds": time.perf_counter() - started},
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -42,14 +42,29 @@ def main(argv=None) -> int:
         tables[family] = family_table(result.rows, family)
         print(f"\n{family}" + (f" ({FAMILIES[family][0]})" if family in FAMILIES else "") + f":\n{tables[family]}")
     print(f"\nterm learnt on {result.learnt_on}; {seconds:.0f} s")
-    print("terms the bank's own test systems alone ask: " + ", ".join(f"{k} {v:.2f}" for k, v in result.terms_own_physics.items()))
+    print(
+        "terms the bank's own test systems alone ask: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result.terms_own_physics.items())
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"config": args.config, "learnt_on": result.learnt_on, "terms": result.terms, "terms_own_physics": result.terms_own_physics,
-                                         "calibration": result.calibration, "rows": result.rows,
-                                         "families": {k: v[0] for k, v in FAMILIES.items()},
-                                         "test_systems": int(len(np.unique(result.evaluations[IN_FAMILY].target_system))), "tables": tables,
-                                         "seconds": seconds}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "config": args.config,
+                    "learnt_on": result.learnt_on,
+                    "terms": result.terms,
+                    "terms_own_physics": result.terms_own_physics,
+                    "calibration": result.calibration,
+                    "rows": result.rows,
+                    "families": {k: v[0] for k, v in FAMILIES.items()},
+                    "test_systems": int(len(np.unique(result.evaluations[IN_FAMILY].target_system))),
+                    "tables": tables,
+                    "seconds": seconds,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Adversarial probe of issue 31, items 6, 11, 13-15: runs that race, model/bank pairs of different setups, huge settings, signals.
+"""Adversarial probe of issue 31, items 6, 11, 13-15: runs that race, model/bank pairs of different setups, huge
+settings, signals.
 
 Every input runs ``python -m protolib ...`` in a subprocess against the tree given by ``--tree`` (its
 ``protolib`` is put first on ``PYTHONPATH``), and each outcome is put in one class:
@@ -34,13 +35,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-MEMORY_LIMIT = 6 * 2**30  # bytes of address space a probed run may take: a run meant to be refused must not take the machine
+# bytes of address space a probed run may take: a run meant to be refused must not take the machine
+MEMORY_LIMIT = 6 * 2**30
 
 
-def protolib(tree: Path, argv: list[str], *, timeout: float = 300, limit: int | None = None) -> tuple[int, str, str, float]:
+def protolib(
+    tree: Path, argv: list[str], *, timeout: float = 300, limit: int | None = None
+) -> tuple[int, str, str, float]:
     """``python -m protolib ARGV`` with ``tree``'s protolib: (exit code, stdout, stderr, seconds)."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PROTOLIB_DEVICE": "cpu",
-           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "OMP_NUM_THREADS": "1",
+        "PROTOLIB_DEVICE": "cpu",
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    }
 
     def cap():
         if limit:
@@ -48,8 +57,16 @@ def protolib(tree: Path, argv: list[str], *, timeout: float = 300, limit: int | 
 
     start = time.monotonic()
     try:
-        done = subprocess.run([sys.executable, "-m", "protolib", *argv], capture_output=True, text=True, env=env, timeout=timeout,
-                              preexec_fn=cap, cwd=tree)  # in the tree: `-m` puts the working folder first on sys.path
+        # in the tree: `-m` puts the working folder first on sys.path
+        done = subprocess.run(
+            [sys.executable, "-m", "protolib", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            preexec_fn=cap,
+            cwd=tree,
+        )
         return done.returncode, done.stdout, done.stderr, time.monotonic() - start
     except subprocess.TimeoutExpired as expired:
         return -999, str(expired.stdout or ""), str(expired.stderr or ""), time.monotonic() - start
@@ -75,25 +92,51 @@ print(json.dumps(results))
 
 
 def protolib_batch(tree: Path, argvs: list[list[str]]) -> list[tuple[int, str, str]]:
-    """Many ``protolib`` commands run one after the other in one process (``protolib.cli.main``): the same exit codes and
-    messages as the command line, without importing torch once per command. For the inputs that need no process of their own."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", "PROTOLIB_DEVICE": "cpu",
-           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    done = subprocess.run([sys.executable, "-c", BATCH], input=json.dumps(argvs), capture_output=True, text=True, env=env, timeout=3600,
-                          cwd=tree)
+    """Many ``protolib`` commands run one after the other in one process (``protolib.cli.main``): the same exit codes
+    and
+    messages as the command line, without importing torch once per command. For the inputs that need no process of
+    their own."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "OMP_NUM_THREADS": "1",
+        "PROTOLIB_DEVICE": "cpu",
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", BATCH],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+        cwd=tree,
+    )
     return [tuple(r) for r in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
 def error_lines(stderr: str) -> list[str]:
     lines = [part for line in stderr.splitlines() for part in line.split("\r") if part.strip()]
-    return [x for x in lines if "it/s]" not in x and "img/s]" not in x and "%|" not in x and ": warning: " not in x
-            and "Warning" not in x and not x.startswith("  ")]
+    return [
+        x
+        for x in lines
+        if "it/s]" not in x
+        and "img/s]" not in x
+        and "%|" not in x
+        and ": warning: " not in x
+        and "Warning" not in x
+        and not x.startswith("  ")
+    ]
 
 
 def classify_refusal_expected(rc: int, stderr: str, pattern: str, written: Path | None = None) -> str:
     """The class of a run that should be refused with a line matching ``pattern``."""
     if "Traceback" in stderr:
-        return "killed for memory" if re.search(r"MemoryError|can't allocate|Cannot allocate|out of memory", stderr) else "traceback"
+        return (
+            "killed for memory"
+            if re.search(r"MemoryError|can't allocate|Cannot allocate|out of memory", stderr)
+            else "traceback"
+        )
     if rc in (-9, -999):
         return "killed for memory"
     if rc == 0:
@@ -120,31 +163,63 @@ def build_base(tree: Path, work: Path) -> dict:
     """A tiny bank and its model, made by the probed tree."""
     work.mkdir(parents=True, exist_ok=True)
     bank, run = work / "bank.h5", work / "run"
-    steps = [["simulate", "--config", "tiny", "--systems", "12", "--projections", "2", "--out", str(bank)],
-             ["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--out", str(run), "--epochs", "1", "--quiet"],
-             ["train-siamese", "--config", "tiny", "--bank", str(bank), "--autoencoder", str(run / "autoencoder.pt"), "--out", str(run),
-              "--epochs", "1", "--quiet"]]
+    steps = [
+        ["simulate", "--config", "tiny", "--systems", "12", "--projections", "2", "--out", str(bank)],
+        ["train-autoencoder", "--config", "tiny", "--bank", str(bank), "--out", str(run), "--epochs", "1", "--quiet"],
+        [
+            "train-siamese",
+            "--config",
+            "tiny",
+            "--bank",
+            str(bank),
+            "--autoencoder",
+            str(run / "autoencoder.pt"),
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
+    ]
     for argv in steps:
         rc, _, err, _ = protolib(tree, argv)
         assert rc == 0, err[-2000:]
     return {"bank": bank, "model": run / "siamese.pt", "autoencoder": run / "autoencoder.pt"}
 
 
-SETUPS = {  # bank name -> (settings, same setup as the model's bank?)
-    "fov_500": (["--fov", "500"], False), "fov_900": (["--fov", "900"], False), "fov_999_9": (["--fov", "999.9"], True),
-    "fov_1100": (["--fov", "1100"], False), "fov_2000": (["--fov", "2000"], False), "fov_4000": (["--fov", "4000"], False),
-    "freq_100": (["--set", "simulator.frequency_ghz=100"], False), "freq_345": (["--set", "simulator.frequency_ghz=345"], False),
-    "freq_230_1": (["--set", "simulator.frequency_ghz=230.1"], True), "freq_240": (["--set", "simulator.frequency_ghz=240"], False),
+# bank name -> (settings, same setup as the model's bank?)
+SETUPS = {
+    "fov_500": (["--fov", "500"], False),
+    "fov_900": (["--fov", "900"], False),
+    "fov_999_9": (["--fov", "999.9"], True),
+    "fov_1100": (["--fov", "1100"], False),
+    "fov_2000": (["--fov", "2000"], False),
+    "fov_4000": (["--fov", "4000"], False),
+    "freq_100": (["--set", "simulator.frequency_ghz=100"], False),
+    "freq_345": (["--set", "simulator.frequency_ghz=345"], False),
+    "freq_230_1": (["--set", "simulator.frequency_ghz=230.1"], True),
+    "freq_240": (["--set", "simulator.frequency_ghz=240"], False),
     "beam_0_3": (["--set", "instrument.beam_major_arcsec=0.3", "--set", "instrument.beam_minor_arcsec=0.3"], False),
     "beam_1": (["--set", "instrument.beam_major_arcsec=1.0", "--set", "instrument.beam_minor_arcsec=1.0"], False),
     "beam_elliptic": (["--set", "instrument.beam_minor_arcsec=0.15"], False),
     "beam_pa_circular": (["--set", "instrument.beam_position_angle_deg=45"], True),
-    "dist_100": (["--set", "instrument.distance_pc=100"], False), "dist_400": (["--set", "instrument.distance_pc=400"], False),
+    "dist_100": (["--set", "instrument.distance_pc=100"], False),
+    "dist_400": (["--set", "instrument.distance_pc=400"], False),
     "dist_140_05": (["--set", "instrument.distance_pc=140.05"], True),
-    "noise_1e-3": (["--set", "instrument.noise_rms_jy_beam=0.001"], True), "seed_5": (["--seed", "5"], True),
+    "noise_1e-3": (["--set", "instrument.noise_rms_jy_beam=0.001"], True),
+    "seed_5": (["--seed", "5"], True),
     "nuisance_fixed": (["--set", "prior.nuisance=fixed"], True),
-    "band_and_beam": (["--set", "simulator.frequency_ghz=100", "--set", "instrument.beam_major_arcsec=1",
-                       "--set", "instrument.beam_minor_arcsec=1"], False),
+    "band_and_beam": (
+        [
+            "--set",
+            "simulator.frequency_ghz=100",
+            "--set",
+            "instrument.beam_major_arcsec=1",
+            "--set",
+            "instrument.beam_minor_arcsec=1",
+        ],
+        False,
+    ),
 }
 
 
@@ -153,24 +228,44 @@ def setup_inputs(tree: Path, work: Path, base: dict) -> list[tuple[str, str]]:
     outcomes, simulated, runs = [], [], []
     for name, (settings, same) in SETUPS.items():
         bank = work / f"bank_{name}.h5"
-        simulated.append(["simulate", "--config", "tiny", "--systems", "12", "--projections", "2", *settings, "--out", str(bank)])
-        for label, argv in {"match": ["match", "--model", str(base["model"]), "--bank", str(bank), "--target-system", "1"],
-                            "match top-k 5": ["match", "--model", str(base["model"]), "--bank", str(bank), "--target-system", "2",
-                                              "--top-k", "5"],
-                            "embedding-map": ["embedding-map", "--model", str(base["model"]), "--bank", str(bank)]}.items():
+        simulated.append(
+            ["simulate", "--config", "tiny", "--systems", "12", "--projections", "2", *settings, "--out", str(bank)]
+        )
+        for label, argv in {
+            "match": ["match", "--model", str(base["model"]), "--bank", str(bank), "--target-system", "1"],
+            "match top-k 5": [
+                "match",
+                "--model",
+                str(base["model"]),
+                "--bank",
+                str(bank),
+                "--target-system",
+                "2",
+                "--top-k",
+                "5",
+            ],
+            "embedding-map": ["embedding-map", "--model", str(base["model"]), "--bank", str(bank)],
+        }.items():
             out = work / f"out_{name}_{label.replace(' ', '_')}"
             written = Path(str(out) + ".png") if label == "embedding-map" else out
             runs.append((f"setup {name}: {label}", same, written, [*argv, "--out", str(written)]))
-    for argv, (rc, _, err) in zip(simulated, protolib_batch(tree, simulated)):
+    for _argv, (rc, _, err) in zip(simulated, protolib_batch(tree, simulated)):
         assert rc == 0, err[-2000:]
     for (label, same, written, _), (rc, _, err) in zip(runs, protolib_batch(tree, [r[3] for r in runs])):
-        outcomes.append((label, classify_success_expected(rc, err) if same else
-                         classify_refusal_expected(rc, err, r"another setup|trained on \d+x\d+ px", written)))
+        outcomes.append(
+            (
+                label,
+                classify_success_expected(rc, err)
+                if same
+                else classify_refusal_expected(rc, err, r"another setup|trained on \d+x\d+ px", written),
+            )
+        )
     return outcomes
 
 
 def race(tree: Path, first: list[str], second: list[str], delay: float) -> tuple[tuple, tuple, tuple]:
     """Two runs, the second started ``delay`` s after the first: each (rc, stderr, start, end)."""
+
     def timed(argv, wait):
         time.sleep(wait)
         start = time.monotonic()
@@ -199,8 +294,26 @@ def race_inputs(tree: Path, work: Path, base: dict) -> list[tuple[str, str]]:
     for delay in (0.0, 0.5, 1.5):
         tag = str(delay).replace(".", "_")
         bank = work / f"race_{tag}.h5"
-        a, b = race(tree, *[["simulate", "--config", "tiny", "--systems", "30", "--projections", "2", "--seed", str(s), "--out", str(bank)]
-                            for s in (1, 2)], delay)
+        a, b = race(
+            tree,
+            *[
+                [
+                    "simulate",
+                    "--config",
+                    "tiny",
+                    "--systems",
+                    "30",
+                    "--projections",
+                    "2",
+                    "--seed",
+                    str(s),
+                    "--out",
+                    str(bank),
+                ]
+                for s in (1, 2)
+            ],
+            delay,
+        )
         outcomes.append((f"race simulate +{delay}s", classify_race(a, b)))
         for stage in ("autoencoder", "siamese"):
             out = work / f"race_{stage}_{tag}"
@@ -210,7 +323,17 @@ def race_inputs(tree: Path, work: Path, base: dict) -> list[tuple[str, str]]:
             a, b = race(tree, [*argv, "--epochs", "2"], [*argv, "--epochs", "3"], delay)
             outcomes.append((f"race train-{stage} +{delay}s", classify_race(a, b)))
         out = work / f"race_match_{tag}"
-        argv = ["match", "--model", str(base["model"]), "--bank", str(base["bank"]), "--target-system", "1", "--out", str(out)]
+        argv = [
+            "match",
+            "--model",
+            str(base["model"]),
+            "--bank",
+            str(base["bank"]),
+            "--target-system",
+            "1",
+            "--out",
+            str(out),
+        ]
         a, b = race(tree, argv, [*argv[:-4], "--target-system", "2", "--out", str(out)], delay)
         outcomes.append((f"race match +{delay}s", classify_race(a, b)))
     return outcomes
@@ -224,16 +347,45 @@ def rewrite_inputs(tree: Path, work: Path, base: dict) -> list[tuple[str, str]]:
             bank = work / f"rewritten_{command}_{delay}.h5"
             shutil.copy(base["bank"], bank)
             out = work / f"rewritten_{command}_{delay}_out"
-            argv = (["match", "--model", str(base["model"]), "--bank", str(bank), "--target-system", "1", "--out", str(out)] if command == "match"
-                    else ["evaluate", "--config", "tiny", "--model", str(base["model"]), "--bank", str(bank), "--out", str(out)])
-            rewrite = ["simulate", "--config", "tiny", "--systems", "12", "--projections", "2", "--seed", "9", "--out", str(bank)]
+            argv = (
+                ["match", "--model", str(base["model"]), "--bank", str(bank), "--target-system", "1", "--out", str(out)]
+                if command == "match"
+                else [
+                    "evaluate",
+                    "--config",
+                    "tiny",
+                    "--model",
+                    str(base["model"]),
+                    "--bank",
+                    str(bank),
+                    "--out",
+                    str(out),
+                ]
+            )
+            rewrite = [
+                "simulate",
+                "--config",
+                "tiny",
+                "--systems",
+                "12",
+                "--projections",
+                "2",
+                "--seed",
+                "9",
+                "--out",
+                str(bank),
+            ]
             a, b = race(tree, argv, rewrite, delay)
             rewritten_before_end = b[0] == 0 and b[4] < a[4]
             if "Traceback" in a[2]:
                 outcome = "traceback"
             elif a[0] == 0:
                 outcome = "silent wrong result" if rewritten_before_end else "correct success"
-            elif a[0] == 2 and len(error_lines(a[2])) == 1 and re.search(r"replaced or rewritten|another bank|another setup", a[2]):
+            elif (
+                a[0] == 2
+                and len(error_lines(a[2])) == 1
+                and re.search(r"replaced or rewritten|another bank|another setup", a[2])
+            ):
                 outcome = "clean refusal" if rewritten_before_end or "another" in a[2] else "misleading message"
             else:
                 outcome = "misleading message"
@@ -244,24 +396,75 @@ def rewrite_inputs(tree: Path, work: Path, base: dict) -> list[tuple[str, str]]:
 def huge_inputs(tree: Path, work: Path, base: dict) -> list[tuple[str, str]]:
     """Settings that would not fit in memory: refused before any work, or stopped by the probe's memory limit."""
     outcomes = []
-    cases = [(["--set", f"simulator.oversample={o}", "--projections", str(p)], f"oversample {o}, {p} projections")
-             for o in (1000, 2000, 5000, 10_000, 100_000, 1_000_000) for p in (1, 4)]
-    cases += [(["--size", str(s), "--set", f"simulator.oversample={o}"], f"size {s}, oversample {o}") for s in (2048, 4096) for o in (16, 64)]
-    cases += [(["--set", "simulator.oversample=3000", "--workers", str(w)], f"oversample 3000, {w} workers") for w in (2, 4)]
+    cases = [
+        (["--set", f"simulator.oversample={o}", "--projections", str(p)], f"oversample {o}, {p} projections")
+        for o in (1000, 2000, 5000, 10_000, 100_000, 1_000_000)
+        for p in (1, 4)
+    ]
+    cases += [
+        (["--size", str(s), "--set", f"simulator.oversample={o}"], f"size {s}, oversample {o}")
+        for s in (2048, 4096)
+        for o in (16, 64)
+    ]
+    cases += [
+        (["--set", "simulator.oversample=3000", "--workers", str(w)], f"oversample 3000, {w} workers") for w in (2, 4)
+    ]
     for settings, label in cases:
         out = work / f"huge_{len(outcomes)}.h5"
-        rc, _, err, _ = protolib(tree, ["simulate", "--config", "tiny", "--systems", "1", *settings, "--out", str(out)], timeout=90,
-                                 limit=MEMORY_LIMIT)
-        outcomes.append((f"simulate {label}", classify_refusal_expected(rc, err, r"needs about .* more than .* available", out)))
+        rc, _, err, _ = protolib(
+            tree,
+            ["simulate", "--config", "tiny", "--systems", "1", *settings, "--out", str(out)],
+            timeout=90,
+            limit=MEMORY_LIMIT,
+        )
+        outcomes.append(
+            (f"simulate {label}", classify_refusal_expected(rc, err, r"needs about .* more than .* available", out))
+        )
     obs = work / "obs.fits"
-    protolib(tree, ["simulate-observation", "--out", str(obs), "--from-bank", str(base["bank"]), "--system", "3", "--pixel", "0.05",
-                    "--size", "64"])
+    protolib(
+        tree,
+        [
+            "simulate-observation",
+            "--out",
+            str(obs),
+            "--from-bank",
+            str(base["bank"]),
+            "--system",
+            "3",
+            "--pixel",
+            "0.05",
+            "--size",
+            "64",
+        ],
+    )
     for o in (1000, 5000, 50_000):
         out = work / f"huge_bank_for_{o}"
-        rc, _, err, _ = protolib(tree, ["bank-for", str(obs), "--distance", "140", "--config", "tiny", "--set", f"simulator.oversample={o}",
-                                        "--set", "bank.n_systems=2", "--out", str(out), "--quiet"], timeout=90, limit=MEMORY_LIMIT)
-        outcomes.append((f"bank-for oversample {o}", classify_refusal_expected(rc, err, r"needs about .* more than .* available",
-                                                                               out / "bank.h5")))
+        rc, _, err, _ = protolib(
+            tree,
+            [
+                "bank-for",
+                str(obs),
+                "--distance",
+                "140",
+                "--config",
+                "tiny",
+                "--set",
+                f"simulator.oversample={o}",
+                "--set",
+                "bank.n_systems=2",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            timeout=90,
+            limit=MEMORY_LIMIT,
+        )
+        outcomes.append(
+            (
+                f"bank-for oversample {o}",
+                classify_refusal_expected(rc, err, r"needs about .* more than .* available", out / "bank.h5"),
+            )
+        )
     return outcomes
 
 
@@ -273,10 +476,30 @@ def signal_inputs(tree: Path, work: Path, base: dict, big: dict | None) -> list[
     for signum in (signal.SIGINT, signal.SIGTERM):
         for delay in (5.0, 10.0, 20.0):
             out = work / f"signal_{signum}_{delay}"
-            process = subprocess.Popen([sys.executable, "-m", "protolib", "evaluate", "--config", "tiny", "--set",
-                                        "evaluation.methods=[random,pixel,pca,siamese]", "--model", str(model), "--bank", str(bank),
-                                        "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), cwd=tree)
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "protolib",
+                    "evaluate",
+                    "--config",
+                    "tiny",
+                    "--set",
+                    "evaluation.methods=[random,pixel,pca,siamese]",
+                    "--model",
+                    str(model),
+                    "--bank",
+                    str(bank),
+                    "--out",
+                    str(out),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                cwd=tree,
+            )
             time.sleep(delay)
             sent = time.monotonic()
             process.send_signal(signum)
@@ -300,7 +523,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=Path, required=True, help="the protolib checkout to probe")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (emptied)")
-    parser.add_argument("--big-bank", type=Path, default=None, help="a larger bank for the signal inputs (with --big-model)")
+    parser.add_argument(
+        "--big-bank", type=Path, default=None, help="a larger bank for the signal inputs (with --big-model)"
+    )
     parser.add_argument("--big-model", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write every input's outcome here")
     args = parser.parse_args()

@@ -8,7 +8,8 @@ and left unfiltered. :func:`protolib.observation.scale.estimate_max_scale` then 
 prints, per true scale, how many maps show a bowl, and the estimate over the truth (its range and
 median); and how many unfiltered maps are wrongly said to show one.
 
-    python benchmarks/recoverable_scale.py --maps 40 --scales 3 6 12 --seed 11   # the maps BOWL_OVER_TRUTH was read from
+    python benchmarks/recoverable_scale.py --maps 40 --scales 3 6 12 --seed 11   # the maps BOWL_OVER_TRUTH was read
+from
     python benchmarks/recoverable_scale.py --maps 40 --scales 3 6 12 --seed 23 --work /tmp/recoverable-scale-23 \
         --json benchmarks/results/recoverable_scale.json                         # other maps: the check
 """
@@ -23,8 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-SETUP = {"distance_pc": 300.0, "beam": (0.86, 0.69, 18.0), "noise_rms_jy_beam": 1.6e-4, "pixel_arcsec": 0.2, "image_size": 128,
-         "frequency_ghz": 220.0}
+SETUP = {
+    "distance_pc": 300.0,
+    "beam": (0.86, 0.69, 18.0),
+    "noise_rms_jy_beam": 1.6e-4,
+    "pixel_arcsec": 0.2,
+    "image_size": 128,
+    "frequency_ghz": 220.0,
+}
 
 
 def estimates(maps: int, scales: list[float], folder: Path, seed: int) -> dict:
@@ -42,10 +49,20 @@ def estimates(maps: int, scales: list[float], folder: Path, seed: int) -> dict:
     for i in range(maps):
         path = folder / f"map{i:03d}.fits"
         if not path.exists():
-            write_observation_fits(path, {k: float(v[i]) for k, v in drawn.items() if v.ndim == 1}, inclination_deg=float(drawn["inclination"][i, 0]),
-                                   position_angle_deg=float(drawn["position_angle"][i, 0]), distance_pc=SETUP["distance_pc"], pixel_arcsec=pixel,
-                                   image_size=SETUP["image_size"], beam=beam, noise_rms_jy_beam=SETUP["noise_rms_jy_beam"], seed=seed + i,
-                                   frequency_ghz=SETUP["frequency_ghz"], include_model=False)
+            write_observation_fits(
+                path,
+                {k: float(v[i]) for k, v in drawn.items() if v.ndim == 1},
+                inclination_deg=float(drawn["inclination"][i, 0]),
+                position_angle_deg=float(drawn["position_angle"][i, 0]),
+                distance_pc=SETUP["distance_pc"],
+                pixel_arcsec=pixel,
+                image_size=SETUP["image_size"],
+                beam=beam,
+                noise_rms_jy_beam=SETUP["noise_rms_jy_beam"],
+                seed=seed + i,
+                frequency_ghz=SETUP["frequency_ghz"],
+                include_model=False,
+            )
         image = read_observation(path).image_jy_beam.astype(np.float64)
         row, col = np.unravel_index(np.nanargmax(image), image.shape)
         snr = float(np.nanmax(image) / SETUP["noise_rms_jy_beam"])
@@ -54,16 +71,31 @@ def estimates(maps: int, scales: list[float], folder: Path, seed: int) -> dict:
             if key != "unfiltered":
                 covariance = (float(key) / pixel * FWHM_TO_SIGMA) ** 2 * np.eye(2)
                 filtered = image - convolve_beam(torch.as_tensor(image), covariance).numpy()
-            estimate = estimate_max_scale(filtered, (col, row), noise_rms=SETUP["noise_rms_jy_beam"], beam_major_px=beam.major_arcsec / pixel,
-                                          beam_minor_px=beam.minor_arcsec / pixel, pixel_arcsec=pixel)
-            found[key].append({"estimate": estimate.max_scale_arcsec, "range": estimate.range_arcsec, "significance": estimate.significance,
-                               "snr": snr})
+            estimate = estimate_max_scale(
+                filtered,
+                (col, row),
+                noise_rms=SETUP["noise_rms_jy_beam"],
+                beam_major_px=beam.major_arcsec / pixel,
+                beam_minor_px=beam.minor_arcsec / pixel,
+                pixel_arcsec=pixel,
+            )
+            found[key].append(
+                {
+                    "estimate": estimate.max_scale_arcsec,
+                    "range": estimate.range_arcsec,
+                    "significance": estimate.significance,
+                    "snr": snr,
+                }
+            )
     return found
 
 
 def table(found: dict) -> str:
     """Markdown: per true scale, maps with a bowl, and the estimate over the truth."""
-    lines = ["| true scale | maps with a bowl | estimate / truth: min, median, max | truth inside the stated range |", "|---|---|---|---|"]
+    lines = [
+        "| true scale | maps with a bowl | estimate / truth: min, median, max | truth inside the stated range |",
+        "|---|---|---|---|",
+    ]
     for key, rows in found.items():
         values = [r["estimate"] for r in rows if r["estimate"] is not None]
         if key == "unfiltered":
@@ -72,7 +104,7 @@ def table(found: dict) -> str:
         ratios = np.array(values) / float(key)
         spread = f"{ratios.min():.2f}, {np.median(ratios):.2f}, {ratios.max():.2f}" if len(ratios) else "—"
         inside = sum(r["range"][0] <= float(key) <= r["range"][1] for r in rows if r["range"])
-        lines.append(f"| {float(key):g}\" | {len(values)} of {len(rows)} | {spread} | {inside} of {len(values)} |")
+        lines.append(f'| {float(key):g}" | {len(values)} of {len(rows)} | {spread} | {inside} of {len(values)} |')
     return "\n".join(lines)
 
 

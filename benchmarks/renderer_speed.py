@@ -92,8 +92,13 @@ def agreement(new: np.ndarray, old: np.ndarray) -> dict:
 
     profile_new, profile_old = profiles(new), profiles(old)
     profile = np.abs(profile_new - profile_old).max(1) / profile_old.max(1)
-    return {"images": int(old.shape[0]), "total_flux_max": float(flux.max()), "total_flux_median": float(np.median(flux)),
-            "radial_profile_max": float(profile.max()), "radial_profile_median": float(np.median(profile))}
+    return {
+        "images": int(old.shape[0]),
+        "total_flux_max": float(flux.max()),
+        "total_flux_median": float(np.median(flux)),
+        "radial_profile_max": float(profile.max()),
+        "radial_profile_median": float(np.median(profile)),
+    }
 
 
 def main() -> None:
@@ -104,16 +109,26 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parents[1])
-    checkouts = {"this": (here, "true"), "this_eager": (here, "false"), **({"baseline": (args.baseline, "")} if args.baseline else {})}
+    checkouts = {
+        "this": (here, "true"),
+        "this_eager": (here, "false"),
+        **({"baseline": (args.baseline, "")} if args.baseline else {}),
+    }
     runs = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as folder:
         for repeat in range(args.repeats):
             for name, (path, compile) in checkouts.items():
                 runs[name].append(timed(path, args.systems, f"{folder}/{name}.npy" if repeat == 0 else "", compile))
-        report = {"machine": f"{platform.node()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
-                  "images": args.systems * 8, "threads": 1,
-                  "images_per_cpu_second": {k: {"render": [r[0] for r in v], "bank_path": [r[1] for r in v]} for k, v in runs.items()},
-                  "warm_up_wall_s": {k: [r[2] for r in v] for k, v in runs.items()}}
+        report = {
+            "machine": f"{platform.node()}, {os.cpu_count()} cores",
+            "load_average": os.getloadavg(),
+            "images": args.systems * 8,
+            "threads": 1,
+            "images_per_cpu_second": {
+                k: {"render": [r[0] for r in v], "bank_path": [r[1] for r in v]} for k, v in runs.items()
+            },
+            "warm_up_wall_s": {k: [r[2] for r in v] for k, v in runs.items()},
+        }
         best = {k: {"render": max(r[0] for r in v), "bank_path": max(r[1] for r in v)} for k, v in runs.items()}
         report["best"] = best
         report["compiled_over_eager"] = {k: best["this"][k] / best["this_eager"][k] for k in ("render", "bank_path")}
@@ -121,7 +136,9 @@ def main() -> None:
             report["speed_up"] = {k: best["this"][k] / best["baseline"][k] for k in ("render", "bank_path")}
             report["eager_speed_up"] = {k: best["this_eager"][k] / best["baseline"][k] for k in ("render", "bank_path")}
             report["agreement"] = agreement(np.load(f"{folder}/this.npy"), np.load(f"{folder}/baseline.npy"))
-            report["agreement_eager"] = agreement(np.load(f"{folder}/this_eager.npy"), np.load(f"{folder}/baseline.npy"))
+            report["agreement_eager"] = agreement(
+                np.load(f"{folder}/this_eager.npy"), np.load(f"{folder}/baseline.npy")
+            )
     print(json.dumps(report, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

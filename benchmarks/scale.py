@@ -1,4 +1,5 @@
-"""Scaling: bank generation with 1 and 2 Dask workers, training with 1 and 2 processes, memory while embedding a big bank.
+"""Scaling: bank generation with 1 and 2 Dask workers, training with 1 and 2 processes, memory while embedding a big
+bank.
 
 Three measurements, each run on its own (``--part``) or all together:
 
@@ -52,13 +53,22 @@ def generation(workdir: Path, n_systems: int, image_size: int) -> dict:
     for workers in (1, 2):
         out = workdir / f"generated_{workers}.h5"
         tick = time.perf_counter()
-        simulate_bank_parallel(out, n_systems, 8, seed=0, config=config, shard_systems=8, n_workers=workers, progress=False)
+        simulate_bank_parallel(
+            out, n_systems, 8, seed=0, config=config, shard_systems=8, n_workers=workers, progress=False
+        )
         seconds = time.perf_counter() - tick
         with h5py.File(out, "r") as f:
             digests.append(hashlib.sha256(f["images"][()].tobytes()).hexdigest())
         rows.append({"workers": workers, "seconds": seconds, "systems_per_second": n_systems / seconds})
-    return {"systems": n_systems, "projections": 8, "image_size": image_size, "shard_systems": 8, "runs": rows,
-            "bit_identical": digests[0] == digests[1], "speedup": rows[0]["seconds"] / rows[1]["seconds"]}
+    return {
+        "systems": n_systems,
+        "projections": 8,
+        "image_size": image_size,
+        "shard_systems": 8,
+        "runs": rows,
+        "bit_identical": digests[0] == digests[1],
+        "speedup": rows[0]["seconds"] / rows[1]["seconds"],
+    }
 
 
 def training(workdir: Path, n_systems: int, image_size: int, epochs: int) -> dict:
@@ -67,13 +77,47 @@ def training(workdir: Path, n_systems: int, image_size: int, epochs: int) -> dic
 
     bank = workdir / "training_bank.h5"
     if not bank.exists():
-        simulate_bank(bank, n_systems, 8, seed=0, config=SimulatorConfig(image_size=image_size, envelope_samples=16, disk_samples=16), progress=False)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", "PROTOLIB_DEVICE": "cpu"}
-    arguments = ["-m", "protolib", "train-autoencoder", "--bank", str(bank), "--config", "tiny", "--epochs", str(epochs),
-                 "--batch-systems", "8", "--threads", "1", "--quiet", "--set", "autoencoder.training.patience=100",
-                 *[part for key, value in (("rotate", "false"), ("flip", "false"), ("beam_jitter", 0), ("noise_jitter", 0))
-                   for part in ("--set", f"autoencoder.augmentation.{key}={value}")]]
-    launchers = {1: [sys.executable], 2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]}
+        simulate_bank(
+            bank,
+            n_systems,
+            8,
+            seed=0,
+            config=SimulatorConfig(image_size=image_size, envelope_samples=16, disk_samples=16),
+            progress=False,
+        )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "PROTOLIB_DEVICE": "cpu",
+    }
+    arguments = [
+        "-m",
+        "protolib",
+        "train-autoencoder",
+        "--bank",
+        str(bank),
+        "--config",
+        "tiny",
+        "--epochs",
+        str(epochs),
+        "--batch-systems",
+        "8",
+        "--threads",
+        "1",
+        "--quiet",
+        "--set",
+        "autoencoder.training.patience=100",
+        *[
+            part
+            for key, value in (("rotate", "false"), ("flip", "false"), ("beam_jitter", 0), ("noise_jitter", 0))
+            for part in ("--set", f"autoencoder.augmentation.{key}={value}")
+        ],
+    ]
+    launchers = {
+        1: [sys.executable],
+        2: [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    }
     rows = []
     for processes, launcher in launchers.items():
         out = workdir / f"training_{processes}"
@@ -82,11 +126,28 @@ def training(workdir: Path, n_systems: int, image_size: int, epochs: int) -> dic
         wall = time.perf_counter() - tick
         history = json.loads((out / "autoencoder_history.json").read_text())["history"]
         images, seconds = sum(h["images"] for h in history), sum(h["train_seconds"] for h in history)
-        rows.append({"processes": processes, "threads_per_process": 1, "images_per_second": images / seconds, "train_seconds": seconds,
-                     "wall_seconds_with_startup": wall, "train_loss": [h["train_loss"] for h in history]})
-    return {"systems": n_systems, "projections": 8, "image_size": image_size, "epochs": epochs, "batch_systems": 8, "runs": rows,
-            "speedup": rows[1]["images_per_second"] / rows[0]["images_per_second"],
-            "largest_relative_loss_difference": float(np.max(np.abs(np.subtract(rows[1]["train_loss"], rows[0]["train_loss"])) / np.abs(rows[0]["train_loss"])))}
+        rows.append(
+            {
+                "processes": processes,
+                "threads_per_process": 1,
+                "images_per_second": images / seconds,
+                "train_seconds": seconds,
+                "wall_seconds_with_startup": wall,
+                "train_loss": [h["train_loss"] for h in history],
+            }
+        )
+    return {
+        "systems": n_systems,
+        "projections": 8,
+        "image_size": image_size,
+        "epochs": epochs,
+        "batch_systems": 8,
+        "runs": rows,
+        "speedup": rows[1]["images_per_second"] / rows[0]["images_per_second"],
+        "largest_relative_loss_difference": float(
+            np.max(np.abs(np.subtract(rows[1]["train_loss"], rows[0]["train_loss"])) / np.abs(rows[0]["train_loss"]))
+        ),
+    }
 
 
 def write_random_bank(path: Path, gigabytes: float, image_size: int, projections: int = 8) -> int:
@@ -98,14 +159,21 @@ def write_random_bank(path: Path, gigabytes: float, image_size: int, projections
     n_systems = int(gigabytes * 2**30 / (projections * image_size**2 * 4))
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (n_systems, projections, image_size, image_size), dtype="f4", chunks=(16, projections, image_size, image_size))
+        images = f.create_dataset(
+            "images",
+            (n_systems, projections, image_size, image_size),
+            dtype="f4",
+            chunks=(16, projections, image_size, image_size),
+        )
         images.attrs["unit"] = "Jy/beam"
         block = rng.random((256, projections, image_size, image_size), dtype=np.float32) * 1e-3
         for start in range(0, n_systems, 256):
             count = min(256, n_systems - start)
             images[start : start + count] = block[:count] * rng.uniform(0.5, 2.0, (count, 1, 1, 1)).astype(np.float32)
         write_bank_tables(f, sample_viewing(n_systems, projections, rng), Prior().sample(n_systems, rng))
-        write_bank_attributes(f, seed=0, config=None, instrument=Instrument(), prior=None, source="benchmark", pixel_size_au=10.0)
+        write_bank_attributes(
+            f, seed=0, config=None, instrument=Instrument(), prior=None, source="benchmark", pixel_size_au=10.0
+        )
     return n_systems
 
 
@@ -131,11 +199,23 @@ def embedding_child(bank_path: Path, cache: Path, batch_size: int) -> None:
 
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         tick = time.perf_counter()
-        result = bank_embeddings(embed, bank, cache_path=cache, key={"model": "untrained"}, batch_size=batch_size, progress=False)
+        result = bank_embeddings(
+            embed, bank, cache_path=cache, key={"model": "untrained"}, batch_size=batch_size, progress=False
+        )
         seconds = time.perf_counter() - tick
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"images": int(len(result.system)), "dimension": int(result.vectors.shape[1]), "seconds": seconds,
-                          "peak_rss_mb_before": before, "peak_rss_mb": after, "embeddings_mb": result.vectors.nbytes / 2**20}))
+        print(
+            json.dumps(
+                {
+                    "images": int(len(result.system)),
+                    "dimension": int(result.vectors.shape[1]),
+                    "seconds": seconds,
+                    "peak_rss_mb_before": before,
+                    "peak_rss_mb": after,
+                    "embeddings_mb": result.vectors.nbytes / 2**20,
+                }
+            )
+        )
 
 
 def embedding(workdir: Path, gigabytes: float, image_size: int, batch_size: int) -> dict:
@@ -144,18 +224,39 @@ def embedding(workdir: Path, gigabytes: float, image_size: int, batch_size: int)
     n_systems = write_random_bank(bank, gigabytes, image_size)
     written = time.perf_counter() - tick
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, __file__, "--embedding-child", str(bank), "--cache", str(workdir / "big_bank.embeddings.npz"), "--batch-size", str(batch_size)]
-    child = json.loads(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    command = [
+        sys.executable,
+        __file__,
+        "--embedding-child",
+        str(bank),
+        "--cache",
+        str(workdir / "big_bank.embeddings.npz"),
+        "--batch-size",
+        str(batch_size),
+    ]
+    child = json.loads(
+        subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    )
     bank_mb = bank.stat().st_size / 2**20
-    return {"bank_mb": bank_mb, "systems": n_systems, "projections": 8, "image_size": image_size, "batch_size": batch_size,
-            "bank_write_seconds": written, **child, "images_per_second": child["images"] / child["seconds"],
-            "peak_rss_over_bank_size": child["peak_rss_mb"] / bank_mb}
+    return {
+        "bank_mb": bank_mb,
+        "systems": n_systems,
+        "projections": 8,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "bank_write_seconds": written,
+        **child,
+        "images_per_second": child["images"] / child["seconds"],
+        "peak_rss_over_bank_size": child["peak_rss_mb"] / bank_mb,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["generation", "training", "embedding", "all"], default="all")
-    parser.add_argument("--workdir", type=Path, default=None, help="where banks and runs go (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where banks and runs go (default: a temporary folder)"
+    )
     parser.add_argument("--generation-systems", type=int, default=64)
     parser.add_argument("--training-systems", type=int, default=240)
     parser.add_argument("--epochs", type=int, default=3)

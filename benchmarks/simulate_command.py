@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from protolib.bank import draw_systems, render_systems
-from protolib.pipelines.simulate import PARALLEL_FROM_IMAGES
 from protolib.config import load_config
+from protolib.pipelines.simulate import PARALLEL_FROM_IMAGES
 from protolib.simulator import SimulatorConfig
 
 
@@ -56,12 +56,29 @@ def renderer_rate(threads: int, n_systems: int = 16, n_projections: int = 8) -> 
     return {"threads": threads, "images_per_second": n / wall, "images_per_cpu_second": n / cpu}
 
 
-def command_rate(label: str, extra: list[str], n_systems: int, n_projections: int = 8, checkout: str | None = None) -> dict:
+def command_rate(
+    label: str, extra: list[str], n_systems: int, n_projections: int = 8, checkout: str | None = None
+) -> dict:
     """Images per second of the whole ``protolib simulate`` command (a fresh process, start-up included),
     of this checkout or of the protolib checkout at ``checkout``."""
     with tempfile.TemporaryDirectory() as folder:
-        argv = [sys.executable, "-m", "protolib", "simulate", "--config", "default", "--systems", str(n_systems),
-                "--projections", str(n_projections), "--size", "64", "--out", str(Path(folder) / "bank.h5"), *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "protolib",
+            "simulate",
+            "--config",
+            "default",
+            "--systems",
+            str(n_systems),
+            "--projections",
+            str(n_projections),
+            "--size",
+            "64",
+            "--out",
+            str(Path(folder) / "bank.h5"),
+            *extra,
+        ]
         start = time.perf_counter()
         usage = os.times()
         env = {**os.environ, "PROTOLIB_DEVICE": "cpu", **({"PYTHONPATH": checkout} if checkout else {})}
@@ -70,8 +87,13 @@ def command_rate(label: str, extra: list[str], n_systems: int, n_projections: in
         after = os.times()
     cpu = (after.children_user - usage.children_user) + (after.children_system - usage.children_system)
     n = n_systems * n_projections
-    return {"command": label, "arguments": " ".join(extra) or "(defaults)", "seconds": seconds, "images_per_second": n / seconds,
-            "images_per_cpu_second": n / cpu if cpu > 0 else None}
+    return {
+        "command": label,
+        "arguments": " ".join(extra) or "(defaults)",
+        "seconds": seconds,
+        "images_per_second": n / seconds,
+        "images_per_cpu_second": n / cpu if cpu > 0 else None,
+    }
 
 
 def main() -> None:
@@ -82,25 +104,49 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     renderer = [renderer_rate(1), renderer_rate(2)]
-    commands = [command_rate("old default: 1 process, 2 threads", ["--workers", "1", "--threads", "2"], args.systems),
-                command_rate("1 process, 1 thread", ["--workers", "1", "--threads", "1"], args.systems),
-                command_rate(f"new default: {cores if args.systems * 8 >= PARALLEL_FROM_IMAGES else 1} process(es), 1 thread each", [],
-                             args.systems),
-                command_rate("new default, compiled kernels (warm cache)", ["--set", "simulator.compile=true"], args.systems)]
+    commands = [
+        command_rate("old default: 1 process, 2 threads", ["--workers", "1", "--threads", "2"], args.systems),
+        command_rate("1 process, 1 thread", ["--workers", "1", "--threads", "1"], args.systems),
+        command_rate(
+            f"new default: {cores if args.systems * 8 >= PARALLEL_FROM_IMAGES else 1} process(es), 1 thread each",
+            [],
+            args.systems,
+        ),
+        command_rate("new default, compiled kernels (warm cache)", ["--set", "simulator.compile=true"], args.systems),
+    ]
     if args.baseline:
-        commands.append(command_rate(f"baseline {args.baseline}, its default", [], args.systems, checkout=args.baseline))
+        commands.append(
+            command_rate(f"baseline {args.baseline}, its default", [], args.systems, checkout=args.baseline)
+        )
     print(f"{platform.node()}: {cores} cores, load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}")
     print("renderer in-process (64x64):")
     for row in renderer:
-        print(f"  {row['threads']} thread(s): {row['images_per_second']:7.1f} images/s, {row['images_per_cpu_second']:7.1f} images/CPU-s")
+        print(
+            f"  {row['threads']} thread(s): {row['images_per_second']:7.1f} images/s, "
+            f"{row['images_per_cpu_second']:7.1f} images/CPU-s"
+        )
     print(f"protolib simulate --systems {args.systems} --projections 8 --size 64 (whole command):")
     for row in commands:
         per_cpu = f"{row['images_per_cpu_second']:.1f}" if row["images_per_cpu_second"] else "n/a"
-        print(f"  {row['command']:48s} {row['seconds']:6.1f} s  {row['images_per_second']:7.1f} images/s  {per_cpu} images/CPU-s")
+        print(
+            f"  {row['command']:48s} {row['seconds']:6.1f} s  {row['images_per_second']:7.1f} images/s  {per_cpu} "
+            "images/CPU-s"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": platform.node(), "cores": cores, "load_average": os.getloadavg(),
-                                        "renderer": renderer, "commands": commands}, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": platform.node(),
+                    "cores": cores,
+                    "load_average": os.getloadavg(),
+                    "renderer": renderer,
+                    "commands": commands,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,18 @@ from protolib.simulator import SimulatorConfig, render
 
 def images_per_second(config: SimulatorConfig, n_images: int, device: torch.device, repeats: int = 3) -> float:
     systems = draw_systems(n_images, 1, seed=1)
-    params = {k: torch.as_tensor(systems[k], device=device) for k in
-              ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")}
+    params = {
+        k: torch.as_tensor(systems[k], device=device)
+        for k in (
+            "stellar_mass",
+            "accretion_rate",
+            "disk_radius",
+            "disk_mass",
+            "luminosity",
+            "disk_scale_height",
+            "cavity_angle",
+        )
+    }
     inclination = torch.as_tensor(systems["inclination"][:, 0], device=device)
     position_angle = torch.as_tensor(systems["position_angle"][:, 0], device=device)
     with torch.no_grad():
@@ -71,7 +81,7 @@ def main() -> None:
     results = {
         "load_average_1min": os.getloadavg()[0],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, device {device}",
+        f"{torch.get_num_threads()} threads, device {device}",
         "simulator": [],
     }
     print(results["machine"], f"(load average {results['load_average_1min']:.1f})")
@@ -81,13 +91,25 @@ def main() -> None:
             n = args.images if size == 64 else max(8, args.images // 4)
             rate, per_cpu_second = images_per_second(config, n, device)
             work = size * size * (env + disk)
-            row = {"image_size": size, "envelope_samples": env, "disk_samples": disk, "images_per_second": rate,
-                   "images_per_cpu_second": per_cpu_second, "cpu_ns_per_pixel_sample": 1e9 / (per_cpu_second * work)}
+            row = {
+                "image_size": size,
+                "envelope_samples": env,
+                "disk_samples": disk,
+                "images_per_second": rate,
+                "images_per_cpu_second": per_cpu_second,
+                "cpu_ns_per_pixel_sample": 1e9 / (per_cpu_second * work),
+            }
             results["simulator"].append(row)
-            print(f"simulator {size}x{size}, {env}+{disk} samples: {rate:8.1f} images/s wall, {per_cpu_second:8.1f} per CPU-second "
-                  f"({row['cpu_ns_per_pixel_sample']:.1f} CPU-ns per pixel-sample)")
+            print(
+                f"simulator {size}x{size}, {env}+{disk} samples: {rate:8.1f} images/s wall, {per_cpu_second:8.1f} per "
+                "CPU-second "
+                f"({row['cpu_ns_per_pixel_sample']:.1f} CPU-ns per pixel-sample)"
+            )
     results["bank_read"] = bank_read_rate()
-    print(f"bank read (batches of 32 systems x 8 projections, 64x64): {results['bank_read']['images_per_second']:.0f} images/s")
+    print(
+        f"bank read (batches of 32 systems x 8 projections, 64x64): {results['bank_read']['images_per_second']:.0f} "
+        "images/s"
+    )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

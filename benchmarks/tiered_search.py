@@ -60,12 +60,19 @@ def random_observation(bank: Bank, rng: np.random.Generator, seed: int) -> Obser
     base = grid.beam.major_arcsec
     major = base * math.exp(rng.uniform(0.0, math.log(8.0)))
     beam = Beam(major, max(base, major * rng.uniform(0.6, 1.0)), rng.uniform(0, 180))
-    noise_free = ResolutionMatch(beam, grid.pixel_arcsec, bank_beam=grid.beam, bank_noise_rms_jy_beam=grid.noise_rms_jy_beam)
+    noise_free = ResolutionMatch(
+        beam, grid.pixel_arcsec, bank_beam=grid.beam, bank_noise_rms_jy_beam=grid.noise_rms_jy_beam
+    )
     sample = bank.images_at(np.arange(min(64, bank.n_systems)), np.zeros(min(64, bank.n_systems), dtype=int))
     peak = float(np.median(noise_free(sample).reshape(len(sample), -1).max(axis=1)))
     noise = max(peak / math.exp(rng.uniform(math.log(10.0), math.log(300.0))), noise_free.bank_noise_rms_jy_beam)
-    resolution = ResolutionMatch(beam, grid.pixel_arcsec, bank_beam=grid.beam, noise_rms_jy_beam=noise,
-                                 bank_noise_rms_jy_beam=grid.noise_rms_jy_beam)
+    resolution = ResolutionMatch(
+        beam,
+        grid.pixel_arcsec,
+        bank_beam=grid.beam,
+        noise_rms_jy_beam=noise,
+        bank_noise_rms_jy_beam=grid.noise_rms_jy_beam,
+    )
     return ObservationTransform(resolution, seed)
 
 
@@ -84,7 +91,7 @@ def measure_recall(model, bank, tiers, systems, ks, shortlists, model_key, rng) 
     recalls.update({f"k={k},noise_floor": [] for k in ks})
     times = {"exhaustive_s": [], "tiered_s": []}
     tier_seconds = 0.0
-    for i, system in enumerate(systems):
+    for system in systems:
         transform = random_observation(bank, rng, seed=0)  # protolib match's noise seed (matching_targets' noise_seed)
         target = transform(bank.images_at([system], [0]), rows=np.array([system * bank.n_projections]))[0]
         tier = nearest_tier(tiers, transform.resolution.target_beam, transform.resolution.noise_rms_jy_beam)
@@ -93,11 +100,14 @@ def measure_recall(model, bank, tiers, systems, ks, shortlists, model_key, rng) 
             tier_cache[tier] = tier_embeddings(embed, bank, tier, model_key=model_key, cache_path=None, progress=False)
             tier_seconds += time.perf_counter() - start
         start = time.perf_counter()
-        truth = Matcher.from_embed_function(embed, bank, transform=transform, progress=False).match(target, top_k=max(ks),
-                                                                                                    exclude_system=system)
+        truth = Matcher.from_embed_function(embed, bank, transform=transform, progress=False).match(
+            target, top_k=max(ks), exclude_system=system
+        )
         times["exhaustive_s"].append(time.perf_counter() - start)
         other = ObservationTransform(transform.resolution, seed=1)
-        floor = Matcher.from_embed_function(embed, bank, transform=other, progress=False).match(target, top_k=max(ks), exclude_system=system)
+        floor = Matcher.from_embed_function(embed, bank, transform=other, progress=False).match(
+            target, top_k=max(ks), exclude_system=system
+        )
         for k in ks:
             recalls[f"k={k},noise_floor"].append(recall(floor, truth, k))
         for shortlist in shortlists:
@@ -109,10 +119,13 @@ def measure_recall(model, bank, tiers, systems, ks, shortlists, model_key, rng) 
             for k in ks:
                 if shortlist >= k:
                     recalls[f"k={k},shortlist={shortlist}"].append(recall(found, truth, k))
-    return {"recall": {name: {"mean": float(np.mean(v)), "min": float(np.min(v))} for name, v in recalls.items()},
-            "seconds_per_observation": {name: float(np.median(v)) for name, v in times.items()},
-            "tiers_embedded": len(tier_cache), "tier_embedding_s": tier_seconds,
-            "exhaustive_images_per_s": bank.n_systems * bank.n_projections / float(np.median(times["exhaustive_s"]))}
+    return {
+        "recall": {name: {"mean": float(np.mean(v)), "min": float(np.min(v))} for name, v in recalls.items()},
+        "seconds_per_observation": {name: float(np.median(v)) for name, v in times.items()},
+        "tiers_embedded": len(tier_cache),
+        "tier_embedding_s": tier_seconds,
+        "exhaustive_images_per_s": bank.n_systems * bank.n_projections / float(np.median(times["exhaustive_s"])),
+    }
 
 
 def measure_scale(model, bank, tiers, sizes, shortlist, top_k, rng) -> dict:
@@ -123,7 +136,9 @@ def measure_scale(model, bank, tiers, sizes, shortlist, top_k, rng) -> dict:
     for size in sizes:
         vectors = rng.standard_normal((size, dimension), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        index = EmbeddingIndex(vectors, np.arange(size) // bank.n_projections, np.arange(size) % bank.n_projections, backend="exact")
+        index = EmbeddingIndex(
+            vectors, np.arange(size) // bank.n_projections, np.arange(size) % bank.n_projections, backend="exact"
+        )
         transform = random_observation(bank, rng, seed=7)
         tier = nearest_tier(tiers, transform.resolution.target_beam, transform.resolution.noise_rms_jy_beam)
         target = transform(bank.images_at([1], [0]), rows=np.array([bank.n_projections]))[0]
@@ -137,7 +152,9 @@ def measure_scale(model, bank, tiers, sizes, shortlist, top_k, rng) -> dict:
         steps["search_s"] = time.perf_counter() - start
         rows = (candidates.system * bank.n_projections + candidates.projection) % n_rows
         start = time.perf_counter()
-        matcher = TieredMatcher(embed, bank, _dummy_embeddings(bank, dimension), tier, transform=transform, shortlist=shortlist)
+        matcher = TieredMatcher(
+            embed, bank, _dummy_embeddings(bank, dimension), tier, transform=transform, shortlist=shortlist
+        )
         similarity = matcher.embed_rows(rows // bank.n_projections, rows % bank.n_projections) @ query[0]
         np.argsort(-similarity)[:top_k]
         steps["re_embed_and_re_rank_s"] = time.perf_counter() - start
@@ -152,8 +169,12 @@ def _dummy_embeddings(bank, dimension):
     n = bank.n_systems * bank.n_projections
     vectors = np.zeros((n, dimension), dtype=np.float32)
     vectors[:, 0] = 1.0
-    return BankEmbeddings(vectors, np.repeat(np.arange(bank.n_systems), bank.n_projections),
-                          np.tile(np.arange(bank.n_projections), bank.n_systems), np.ones(8, dtype=np.float32))
+    return BankEmbeddings(
+        vectors,
+        np.repeat(np.arange(bank.n_systems), bank.n_projections),
+        np.tile(np.arange(bank.n_projections), bank.n_systems),
+        np.ones(8, dtype=np.float32),
+    )
 
 
 def main() -> None:
@@ -164,7 +185,9 @@ def main() -> None:
     parser.add_argument("--shortlists", type=int, nargs="+", default=[200, 500, 1000], help="shortlist sizes")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="bank sizes for the timing")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--beam-factors", type=float, nargs="+", default=None, help="tier beams (default: the configuration's)")
+    parser.add_argument(
+        "--beam-factors", type=float, nargs="+", default=None, help="tier beams (default: the configuration's)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -179,11 +202,21 @@ def main() -> None:
         test = run_split(config, bank).test
         systems = rng.choice(test, min(args.targets, len(test)), replace=False)
         result = {
-            "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "processor": platform.processor() or platform.machine()},
-            "bank": {"path": str(bank.path), "images": bank.n_systems * bank.n_projections, "image_size": bank.image_size},
+            "machine": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "processor": platform.processor() or platform.machine(),
+            },
+            "bank": {
+                "path": str(bank.path),
+                "images": bank.n_systems * bank.n_projections,
+                "image_size": bank.image_size,
+            },
             "tiers": [str(t) for t in tiers],
-            "recall": measure_recall(model, bank, tiers, systems, args.k, args.shortlists, {"model": str(model_path)}, rng),
+            "recall": measure_recall(
+                model, bank, tiers, systems, args.k, args.shortlists, {"model": str(model_path)}, rng
+            ),
             "scale": measure_scale(model, bank, tiers, args.sizes, settings.shortlist, settings.top_k, rng),
         }
     rate = result["recall"]["exhaustive_images_per_s"]

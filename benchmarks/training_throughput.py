@@ -39,7 +39,11 @@ def summarise(history: list[dict], pairs_per_image: float = 0.0) -> dict:
     seconds = sum(h["train_seconds"] for h in epochs)
     images = sum(h["images"] for h in epochs)
     waiting = sum(h["data_seconds"] for h in epochs)
-    result = {"images_per_s": images / seconds, "data_wait_share": waiting / seconds, "epoch_train_s": seconds / len(epochs)}
+    result = {
+        "images_per_s": images / seconds,
+        "data_wait_share": waiting / seconds,
+        "epoch_train_s": seconds / len(epochs),
+    }
     if pairs_per_image:
         result["pairs_per_s"] = images * pairs_per_image / seconds
     return result
@@ -51,26 +55,46 @@ def main() -> None:
     parser.add_argument("--bank", type=Path, default=None, help="a bank file instead of the configuration's")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per stage (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--stream", action="store_true", help="read the bank chunk by chunk instead of loading it into memory")
+    parser.add_argument(
+        "--stream", action="store_true", help="read the bank chunk by chunk instead of loading it into memory"
+    )
     args = parser.parse_args()
     config = load_config(args.config)
     bank = Bank(args.bank) if args.bank else ensure_bank(config)
     split = run_split(config, bank)
-    changes = {"epochs": args.epochs, "patience": args.epochs + 1, "num_threads": args.threads, **({"memory_limit_mb": 0.0} if args.stream else {})}
+    changes = {
+        "epochs": args.epochs,
+        "patience": args.epochs + 1,
+        "num_threads": args.threads,
+        **({"memory_limit_mb": 0.0} if args.stream else {}),
+    }
     ae = autoencoder_settings(config, {"training": changes})
     si = siamese_settings(config, {"training": changes})
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads() if not args.threads else args.threads} torch threads",
-               "device": str(default_device()), "bank": repr(bank), "stream": args.stream}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads() if not args.threads else args.threads} torch threads",
+        "device": str(default_device()),
+        "bank": repr(bank),
+        "stream": args.stream,
+    }
     with tempfile.TemporaryDirectory() as run:
         start, cpu = time.perf_counter(), time.process_time()
         ae_path = train_autoencoder(bank, Path(run) / "autoencoder.pt", split=split, progress=False, **ae)
-        results["autoencoder"] = {**summarise(load_autoencoder(ae_path, "cpu").history), "wall_s": time.perf_counter() - start,
-                                  "cpu_s": time.process_time() - cpu}
+        results["autoencoder"] = {
+            **summarise(load_autoencoder(ae_path, "cpu").history),
+            "wall_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu,
+        }
         start, cpu = time.perf_counter(), time.process_time()
         si_path = train_siamese(bank, ae_path, Path(run) / "siamese.pt", split=split, progress=False, **si)
         per_batch = si["training"].batch_systems * (si["training"].projections_per_system or bank.n_projections)
-        results["siamese"] = {**summarise(load_siamese(si_path, "cpu").history, (per_batch - 1) / 2), "wall_s": time.perf_counter() - start,
-                              "cpu_s": time.process_time() - cpu, "images_per_batch": per_batch, "pairs_per_batch": per_batch * (per_batch - 1) // 2}
+        results["siamese"] = {
+            **summarise(load_siamese(si_path, "cpu").history, (per_batch - 1) / 2),
+            "wall_s": time.perf_counter() - start,
+            "cpu_s": time.process_time() - cpu,
+            "images_per_batch": per_batch,
+            "pairs_per_batch": per_batch * (per_batch - 1) // 2,
+        }
     print(json.dumps(results, indent=1))
 
 

@@ -5,12 +5,29 @@ __version__ = "0.1.0"
 # Names are imported on first use (PEP 562), so that `import protolib` and the command line start
 # fast and torch is loaded only by what needs it.
 _EXPORTS = {
-    "Bank": "bank", "draw_systems": "bank", "import_thesis_snapshots": "bank", "render_systems": "bank", "simulate_bank": "bank",
-    "load_config": "config", "load_autoencoder": "autoencoder", "Beam": "instrument", "Instrument": "instrument",
-    "Matcher": "matching", "ParameterNormaliser": "normalise", "ResolutionMatch": "observation",
-    "prepare_observation": "observation", "read_observation": "observation", "write_observation_fits": "observation",
-    "PARAMETER_NAMES": "parameters", "PARAMETERS": "parameters", "Prior": "parameters", "load_siamese": "siamese",
-    "SimulatorConfig": "simulator", "render": "simulator", "Split": "splits", "split_systems": "splits",
+    "Bank": "bank",
+    "draw_systems": "bank",
+    "import_thesis_snapshots": "bank",
+    "render_systems": "bank",
+    "simulate_bank": "bank",
+    "load_config": "config",
+    "load_autoencoder": "autoencoder",
+    "Beam": "instrument",
+    "Instrument": "instrument",
+    "Matcher": "matching",
+    "ParameterNormaliser": "normalise",
+    "ResolutionMatch": "observation",
+    "prepare_observation": "observation",
+    "read_observation": "observation",
+    "write_observation_fits": "observation",
+    "PARAMETER_NAMES": "parameters",
+    "PARAMETERS": "parameters",
+    "Prior": "parameters",
+    "load_siamese": "siamese",
+    "SimulatorConfig": "simulator",
+    "render": "simulator",
+    "Split": "splits",
+    "split_systems": "splits",
 }
 
 

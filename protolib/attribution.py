@@ -27,8 +27,19 @@ from .plotting import add_colorbar, add_orientation, add_scale_bar, draw_image, 
 from .runtime import ProtolibInputError
 from .siamese import SiameseModel
 
-__all__ = ["pair_similarity", "pair_attributions", "randomised_copy", "attribution_rank_correlation", "randomisation_check_passes",
-           "half_weight_radius", "pick_pairs", "plot_pair_attributions", "AttributionSettings", "MAX_STEPS", "RANDOMISATION_LIMIT"]
+__all__ = [
+    "pair_similarity",
+    "pair_attributions",
+    "randomised_copy",
+    "attribution_rank_correlation",
+    "randomisation_check_passes",
+    "half_weight_radius",
+    "pick_pairs",
+    "plot_pair_attributions",
+    "AttributionSettings",
+    "MAX_STEPS",
+    "RANDOMISATION_LIMIT",
+]
 
 # The sanity check passes when the median rank correlation of |attribution| between the trained and a
 # randomised network is below this: the trained maps order the pixels differently (1: identically).
@@ -43,12 +54,16 @@ def _network_inputs(model: SiameseModel, image: np.ndarray) -> tuple[torch.Tenso
     return model.preprocessing(torch.as_tensor(image, device=model.device)[None])  # (1, 1, H, W), (1, 1)
 
 
-def pair_similarity(model: SiameseModel, pixels_a: torch.Tensor, pixels_b: torch.Tensor, flux_a: torch.Tensor, flux_b: torch.Tensor) -> torch.Tensor:
+def pair_similarity(
+    model: SiameseModel, pixels_a: torch.Tensor, pixels_b: torch.Tensor, flux_a: torch.Tensor, flux_b: torch.Tensor
+) -> torch.Tensor:
     """Differentiable predicted similarity ``(N,)`` of stretched pixels ``(N, 1, H, W)`` with log fluxes ``(N, 1)``."""
     return (model.network(pixels_a, flux_a) * model.network(pixels_b, flux_b)).sum(1)
 
 
-def pair_attributions(model: SiameseModel, image_a: np.ndarray, image_b: np.ndarray, *, steps: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def pair_attributions(
+    model: SiameseModel, image_a: np.ndarray, image_b: np.ndarray, *, steps: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Integrated gradients of the predicted similarity of two images with respect to both images' pixels.
 
     Arguments:
@@ -68,8 +83,12 @@ def pair_attributions(model: SiameseModel, image_a: np.ndarray, image_b: np.ndar
     pixels_b, flux_b = _network_inputs(model, image_b)
     was_training = model.network.training
     model.network.eval()
-    method = IntegratedGradients(lambda a, b: pair_similarity(model, a, b, flux_a.expand(len(a), 1), flux_b.expand(len(b), 1)))
-    map_a, map_b = method.attribute((pixels_a, pixels_b), baselines=(torch.zeros_like(pixels_a), torch.zeros_like(pixels_b)), n_steps=steps)
+    method = IntegratedGradients(
+        lambda a, b: pair_similarity(model, a, b, flux_a.expand(len(a), 1), flux_b.expand(len(b), 1))
+    )
+    map_a, map_b = method.attribute(
+        (pixels_a, pixels_b), baselines=(torch.zeros_like(pixels_a), torch.zeros_like(pixels_b)), n_steps=steps
+    )
     model.network.train(was_training)
     return map_a[0, 0].detach().cpu().double().numpy(), map_b[0, 0].detach().cpu().double().numpy()
 
@@ -120,14 +139,19 @@ def half_weight_radius(weight: np.ndarray, pixel_size_au: float) -> float:
     """
     weight = np.asarray(weight, dtype=float)
     rows, columns = weight.shape
-    y, x = np.meshgrid((np.arange(rows) - (rows - 1) / 2) * pixel_size_au, (np.arange(columns) - (columns - 1) / 2) * pixel_size_au, indexing="ij")
+    y, x = np.meshgrid(
+        (np.arange(rows) - (rows - 1) / 2) * pixel_size_au,
+        (np.arange(columns) - (columns - 1) / 2) * pixel_size_au,
+        indexing="ij",
+    )
     radius, flat = np.hypot(x, y).ravel(), weight.ravel()
     order = np.argsort(radius, kind="stable")
     return float(radius[order][np.searchsorted(np.cumsum(flat[order]), flat.sum() / 2)])
 
 
 def pick_pairs(predicted: np.ndarray, target: np.ndarray) -> dict[str, int]:
-    """Indices of the pairs whose predicted similarity is closest to, at the median distance from, and furthest from the target."""
+    """Indices of the pairs whose predicted similarity is closest to, at the median distance from, and furthest from
+    the target."""
     order = np.argsort(np.abs(np.asarray(predicted) - np.asarray(target)), kind="stable")
     return {"best": int(order[0]), "middle": int(order[len(order) // 2]), "worst": int(order[-1])}
 
@@ -159,9 +183,18 @@ def plot_pair_attributions(
     text, tick = page_fontsize(fig, 8.5), page_fontsize(fig, 7.5)
     limit = max(float(np.abs(map_a).max()), float(np.abs(map_b).max()), 1e-12)
     norm = TwoSlopeNorm(0.0, -limit, limit)
-    for ax_image, ax_map, image, attribution, title in ((axes[0], axes[1], image_a, map_a, titles[0]), (axes[2], axes[3], image_b, map_b, titles[1])):
+    for ax_image, ax_map, image, attribution, title in (
+        (axes[0], axes[1], image_a, map_a, titles[0]),
+        (axes[2], axes[3], image_b, map_b, titles[1]),
+    ):
         draw_image(ax_image, image, pixel_size_au=pixel_size_au, title=title, unit=unit)
-        handle = ax_map.imshow(attribution, origin="lower", extent=image_extent_au(attribution.shape[-1], pixel_size_au), cmap="RdBu_r", norm=norm)
+        handle = ax_map.imshow(
+            attribution,
+            origin="lower",
+            extent=image_extent_au(attribution.shape[-1], pixel_size_au),
+            cmap="RdBu_r",
+            norm=norm,
+        )
         ax_map.set_title(f"attribution, {title}", fontsize=text)
         add_colorbar(ax_map, handle, "similarity per pixel", fontsize=text)
     for ax in axes:

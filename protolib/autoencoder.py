@@ -9,7 +9,6 @@ defaults train on 2 CPU cores in a few minutes on the book's bank.
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,15 @@ from .distributed import global_mean_weight, idle_output, start
 from .images import AugmentationConfig, ImagePreprocessing, augment_images
 from .runtime import ProtolibInputError, default_device
 from .splits import Split
-from .training import ImageSource, TrainingConfig, checkpoint_part, fit, load_checkpoint, network_from_checkpoint, system_batches
+from .training import (
+    ImageSource,
+    TrainingConfig,
+    checkpoint_part,
+    fit,
+    load_checkpoint,
+    network_from_checkpoint,
+    system_batches,
+)
 
 __all__ = [
     "AutoencoderConfig",
@@ -38,7 +45,8 @@ __all__ = [
 ]
 
 
-MAX_WIDTH = 16384  # the most feature maps, latent or embedding entries a layer may have (a crafted file could ask for terabytes)
+# the most feature maps, latent or embedding entries a layer may have (a crafted file could ask for terabytes)
+MAX_WIDTH = 16384
 
 
 @dataclass
@@ -46,7 +54,8 @@ class AutoencoderConfig:
     """Shape of the autoencoder; stored in its checkpoint (and the Siamese network's)."""
 
     image_size: int = 64  # side of the input images in pixels (taken from the bank)
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # feature maps per level; each level halves the image
+    # feature maps per level; each level halves the image
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     latent_size: int = 32  # length of the latent vector
     convs_per_level: int = 1  # convolutions per level (more: deeper and slower)
     use_flux: bool = True  # give the encoder the log total flux and make the decoder rebuild it
@@ -54,7 +63,11 @@ class AutoencoderConfig:
 
     def __post_init__(self):
         self.channels = [int(c) for c in self.channels]
-        sizes = {"latent_size": self.latent_size, "convs_per_level": self.convs_per_level, **{f"channels[{i}]": c for i, c in enumerate(self.channels)}}
+        sizes = {
+            "latent_size": self.latent_size,
+            "convs_per_level": self.convs_per_level,
+            **{f"channels[{i}]": c for i, c in enumerate(self.channels)},
+        }
         for name, value in sizes.items():
             if not 1 <= int(value) <= MAX_WIDTH:
                 raise ProtolibInputError(f"The autoencoder's {name} must be between 1 and {MAX_WIDTH}, got {value}.")
@@ -62,7 +75,8 @@ class AutoencoderConfig:
             raise ProtolibInputError(f"The autoencoder's flux_weight must be a number >= 0, got {self.flux_weight}.")
         if not self.channels or self.image_size % 2 ** len(self.channels):
             raise ProtolibInputError(
-                f"Images of {self.image_size} px cannot be halved {len(self.channels)} times (channels {self.channels}); "
+                f"Images of {self.image_size} px cannot be halved {len(self.channels)} times (channels "
+                f"{self.channels}); "
                 "use fewer levels or an image size divisible by 2**levels."
             )
 
@@ -144,7 +158,9 @@ class Autoencoder(nn.Module):
 class BankImages:
     """Training and validation batches of one bank split, with the augmentation for training."""
 
-    def __init__(self, bank, split: Split, training: TrainingConfig, augmentation: AugmentationConfig, device: torch.device):
+    def __init__(
+        self, bank, split: Split, training: TrainingConfig, augmentation: AugmentationConfig, device: torch.device
+    ):
         self.source = ImageSource(bank, training.memory_limit_mb)
         self.split, self.training, self.augmentation, self.device = split, training, augmentation, device
         self.beam = bank.instrument.beam
@@ -153,15 +169,30 @@ class BankImages:
 
     def batches(self, systems: np.ndarray, epoch: int, shuffle: bool = True):
         t = self.training
-        return system_batches(self.source, systems, batch_systems=t.batch_systems, projections_per_system=t.projections_per_system,
-                              chunk_systems=t.chunk_systems, seed=t.seed, epoch=epoch, shuffle=shuffle)
+        return system_batches(
+            self.source,
+            systems,
+            batch_systems=t.batch_systems,
+            projections_per_system=t.projections_per_system,
+            chunk_systems=t.chunk_systems,
+            seed=t.seed,
+            epoch=epoch,
+            shuffle=shuffle,
+        )
 
     def to_device(self, images: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
         """Images ``(B, H, W)`` as a tensor on the device, augmented when ``generator`` is given."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
         if generator is None or not self.augmentation.enabled:
             return tensor
-        return augment_images(tensor, self.augmentation, generator, beam=self.beam, pixel_arcsec=self.pixel_arcsec, noise_rms=self.noise_rms)
+        return augment_images(
+            tensor,
+            self.augmentation,
+            generator,
+            beam=self.beam,
+            pixel_arcsec=self.pixel_arcsec,
+            noise_rms=self.noise_rms,
+        )
 
 
 class _AutoencoderTask:
@@ -221,13 +252,18 @@ def train_autoencoder(
     model_config = AutoencoderConfig(**{**(model.to_dict() if model else {}), "image_size": bank.image_size})
     device = start(default_device(device))
     preprocessing = ImagePreprocessing.from_bank(bank, **(images or {}))
-    flux_systems = split.train[:: max(1, len(split.train) // 1000)]  # at most ~1000 systems: enough for a mean and spread
+    # at most ~1000 systems: enough for a mean and spread
+    flux_systems = split.train[:: max(1, len(split.train) // 1000)]
     preprocessing.fit(bank.load_images(flux_systems).reshape(-1, bank.image_size, bank.image_size))
     torch.manual_seed(training.seed)
     network = Autoencoder(model_config).to(device)
     metadata = {
         "kind": "autoencoder",
-        "config": {"model": model_config.to_dict(), "augmentation": augmentation.to_dict(), "training": training.to_dict()},
+        "config": {
+            "model": model_config.to_dict(),
+            "augmentation": augmentation.to_dict(),
+            "training": training.to_dict(),
+        },
         "preprocessing": preprocessing.to_dict(),
         "bank": bank.identity,
         "setup": bank.setup,
@@ -248,7 +284,12 @@ class AutoencoderModel:
     """
 
     def __init__(self, network: Autoencoder, preprocessing: ImagePreprocessing, checkpoint: dict, device: torch.device):
-        self.network, self.preprocessing, self.checkpoint, self.device = network.eval(), preprocessing, checkpoint, device
+        self.network, self.preprocessing, self.checkpoint, self.device = (
+            network.eval(),
+            preprocessing,
+            checkpoint,
+            device,
+        )
 
     @property
     def history(self) -> list[dict]:
@@ -258,7 +299,9 @@ class AutoencoderModel:
         outputs = []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                chunk = torch.as_tensor(np.ascontiguousarray(images[start : start + batch_size]), dtype=torch.float32, device=self.device)
+                chunk = torch.as_tensor(
+                    np.ascontiguousarray(images[start : start + batch_size]), dtype=torch.float32, device=self.device
+                )
                 pixels, flux = self.preprocessing(chunk)
                 outputs.append((pixels, *self.network(pixels, flux)))
         return [torch.cat(parts).cpu().numpy() for parts in zip(*outputs)]
@@ -277,12 +320,22 @@ def load_autoencoder(path: str | Path, device: str | torch.device | None = None)
     """Rebuild a trained autoencoder from its checkpoint alone."""
     checkpoint = load_checkpoint(path, "autoencoder")
     device = default_device(device)
-    network = network_from_checkpoint(lambda: Autoencoder(AutoencoderConfig(**checkpoint["config"]["model"])), checkpoint, path)
-    preprocessing = checkpoint_part(path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"]))
+    network = network_from_checkpoint(
+        lambda: Autoencoder(AutoencoderConfig(**checkpoint["config"]["model"])), checkpoint, path
+    )
+    preprocessing = checkpoint_part(
+        path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"])
+    )
     return AutoencoderModel(network.to(device), preprocessing, checkpoint, device)
 
 
-def latent_probe(train_latents: np.ndarray, train_values: np.ndarray, test_latents: np.ndarray, test_values: np.ndarray, ridge: float = 1e-3) -> np.ndarray:
+def latent_probe(
+    train_latents: np.ndarray,
+    train_values: np.ndarray,
+    test_latents: np.ndarray,
+    test_values: np.ndarray,
+    ridge: float = 1e-3,
+) -> np.ndarray:
     """How much of each parameter a linear read-out of the latent recovers on held-out systems.
 
     Fits ridge regression from latents ``(N, L)`` to normalised parameters ``(N, K)`` on training
@@ -310,7 +363,10 @@ def probe_parameters(model: AutoencoderModel, bank, split: Split, names: list[st
     parts = {}
     for part in ("train", "test"):
         systems = getattr(split, part)
-        parts[part] = (model.encode_images(bank.load_images(systems).reshape(-1, size, size)), normaliser.transform(np.repeat(table[systems], n_proj, axis=0)))
+        parts[part] = (
+            model.encode_images(bank.load_images(systems).reshape(-1, size, size)),
+            normaliser.transform(np.repeat(table[systems], n_proj, axis=0)),
+        )
     return dict(zip(names, latent_probe(*parts["train"], *parts["test"]).tolist()))
 
 
@@ -335,17 +391,23 @@ def describe_network(network: nn.Module, image_size: int | None = None) -> str:
     blocks = []
     for name, child in network.named_children():
         inner = list(child.named_children())
-        blocks += [(name, child)] if isinstance(child, nn.Sequential) or not inner else [(f"{name}.{sub}", part) for sub, part in inner]
+        blocks += (
+            [(name, child)]
+            if isinstance(child, nn.Sequential) or not inner
+            else [(f"{name}.{sub}", part) for sub, part in inner]
+        )
     shapes = _layer_output_shapes(network, image_size) if image_size else {}
     rows = [("block", "layers", "output shapes (one image)", "parameters")]
     for name, block in blocks:
         layers = list(block) if isinstance(block, nn.Sequential) else [block]
-        words = [type(layer).__name__ for layer in layers if not isinstance(layer, nn.SiLU)]  # activations: see print(network)
+        # activations: see print(network)
+        words = [type(layer).__name__ for layer in layers if not isinstance(layer, nn.SiLU)]
         words = [f"{words.count(w)} x {w}" if words.count(w) > 1 else w for w in dict.fromkeys(words)]
         count = sum(p.numel() for p in block.parameters())
         frozen = " (frozen)" if count and not any(p.requires_grad for p in block.parameters()) else ""
         outputs = ["x".join(map(str, shapes[id(layer)])) for layer in layers if id(layer) in shapes]
-        outputs = ", ".join(o for k, o in enumerate(outputs) if not k or o != outputs[k - 1])  # a level's repeated shape once
+        # a level's repeated shape once
+        outputs = ", ".join(o for k, o in enumerate(outputs) if not k or o != outputs[k - 1])
         rows.append((name, ", ".join(words), outputs or "-", f"{count:,d}{frozen}"))
     total = sum(p.numel() for p in network.parameters())
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
@@ -359,11 +421,21 @@ def describe_network(network: nn.Module, image_size: int | None = None) -> str:
 def _layer_output_shapes(network: nn.Module, image_size: int) -> dict[int, tuple[int, ...]]:
     """``{id(layer): output shape}`` of every layer with weights, or that flattens, for one blank image."""
     shapes, parameter = {}, next(network.parameters())
-    layers = [m for m in network.modules() if isinstance(m, nn.Flatten) or (not list(m.children()) and any(True for _ in m.parameters()))]
-    hooks = [m.register_forward_hook(lambda module, inputs, output: shapes.__setitem__(id(module), tuple(output.shape[1:]))) for m in layers]
+    layers = [
+        m
+        for m in network.modules()
+        if isinstance(m, nn.Flatten) or (not list(m.children()) and any(True for _ in m.parameters()))
+    ]
+    hooks = [
+        m.register_forward_hook(lambda module, inputs, output: shapes.__setitem__(id(module), tuple(output.shape[1:])))
+        for m in layers
+    ]
     try:
         with torch.no_grad():
-            network(torch.zeros(1, 1, image_size, image_size, device=parameter.device), torch.zeros(1, 1, device=parameter.device))
+            network(
+                torch.zeros(1, 1, image_size, image_size, device=parameter.device),
+                torch.zeros(1, 1, device=parameter.device),
+            )
     finally:
         for hook in hooks:
             hook.remove()

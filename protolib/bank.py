@@ -35,9 +35,9 @@ import datetime as _dt
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -50,13 +50,31 @@ from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sampl
 from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng, typed_settings
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render, settle_compile
 
-__all__ = ["Bank", "check_same_setup", "setup_difference", "SETUP_TOLERANCE", "bank_with_systems_from", "concatenate_banks", "simulate_bank", "check_beam_fits_field", "write_simulated_bank", "draw_systems", "render_systems", "import_thesis_snapshots", "THESIS_DATASETS",
-           "write_bank_tables", "write_bank_attributes", "BAND_SETTINGS", "BAND_TOLERANCE"]
+__all__ = [
+    "Bank",
+    "check_same_setup",
+    "setup_difference",
+    "SETUP_TOLERANCE",
+    "bank_with_systems_from",
+    "concatenate_banks",
+    "simulate_bank",
+    "check_beam_fits_field",
+    "write_simulated_bank",
+    "draw_systems",
+    "render_systems",
+    "import_thesis_snapshots",
+    "THESIS_DATASETS",
+    "write_bank_tables",
+    "write_bank_attributes",
+    "BAND_SETTINGS",
+    "BAND_TOLERANCE",
+]
 
 FORMAT = "protolib-bank"
 SCHEMA_VERSION = 1
 IMAGE_CHECK_BYTES = 4 * 2**30  # banks up to this size have every pixel checked for NaN and inf when opened
-_PIXELS_CHECKED: set = set()  # (path, size, mtime) of bank files whose pixels passed, so reopening one does not read it again
+# (path, size, mtime) of bank files whose pixels passed, so reopening one does not read it again
+_PIXELS_CHECKED: set = set()
 
 
 BAND_TOLERANCE = 0.05
@@ -87,7 +105,9 @@ class Bank:
     def __init__(self, path: str | Path, frequency_ghz: float | None = None):
         self.path = Path(path)
         if not self.path.exists():
-            raise ProtolibInputError(f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`.")
+            raise ProtolibInputError(
+                f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`."
+            )
         if self.path.is_dir():
             raise ProtolibInputError(f"{self.path} is a folder, not a bank file; give the .h5 file inside it.")
         self._opened = _file_identity(self.path)  # what the file was when opened (check_unchanged)
@@ -153,15 +173,19 @@ class Bank:
             if bad.any():
                 systems = np.unique(np.nonzero(bad)[0])
                 raise ProtolibInputError(
-                    f"{self.path}: {name} holds {int(bad.sum())} NaN or infinite value(s) (system(s) {_first(systems)}); "
-                    "re-render or remove those systems.")
+                    f"{self.path}: {name} holds {int(bad.sum())} NaN or infinite value(s) (system(s) "
+                    f"{_first(systems)}); "
+                    "re-render or remove those systems."
+                )
         for name, info in self.parameter_info.items():
             values = self.parameters[name]
             if info.log_scale and np.any(values <= 0):
                 systems = np.nonzero(values <= 0)[0]
                 raise ProtolibInputError(
-                    f"{self.path}: parameters/{name} is log-scaled and must be positive, but {len(systems)} value(s) are <= 0 "
-                    f"(system(s) {_first(systems)}); fix or remove those systems.")
+                    f"{self.path}: parameters/{name} is log-scaled and must be positive, but {len(systems)} value(s) "
+                    "are <= 0 "
+                    f"(system(s) {_first(systems)}); fix or remove those systems."
+                )
         if np.isfinite(self.inclination).all() and (np.any(self.inclination < 0) or np.any(self.inclination > 180)):
             raise ProtolibInputError(f"{self.path}: viewing/inclination holds angles outside 0-180 deg.")
         stat = self.path.stat()
@@ -181,11 +205,15 @@ class Bank:
         if count:
             checked = "" if step == 1 else f" in the {len(systems)} systems checked of {n}"
             raise ProtolibInputError(
-                f"{self.path}: images holds {count} NaN or infinite pixel(s){checked} (system(s) {_first(np.array(where))}); "
-                "re-render or remove those systems.")
+                f"{self.path}: images holds {count} NaN or infinite pixel(s){checked} (system(s) "
+                f"{_first(np.array(where))}); "
+                "re-render or remove those systems."
+            )
         if not brightest > 0:
-            raise ProtolibInputError(f"{self.path}: no image of the bank has a positive pixel (all zero or negative); "
-                                     "it holds no emission to match.")
+            raise ProtolibInputError(
+                f"{self.path}: no image of the bank has a positive pixel (all zero or negative); "
+                "it holds no emission to match."
+            )
         _PIXELS_CHECKED.add(checked)
 
     def _select_band(self, frequency_ghz: float | None) -> None:
@@ -195,14 +223,20 @@ class Bank:
             return
         bands = self.frequencies_ghz
         if not (isinstance(frequency_ghz, (int, float)) and math.isfinite(frequency_ghz) and frequency_ghz > 0):
-            raise ProtolibInputError(f"{self.path}: a band is chosen by a positive frequency in GHz, got {frequency_ghz!r}.")
+            raise ProtolibInputError(
+                f"{self.path}: a band is chosen by a positive frequency in GHz, got {frequency_ghz!r}."
+            )
         if not all(math.isfinite(b) for b in bands):
-            raise ProtolibInputError(f"{self.path}: the bank records no frequency (an imported bank), so no band of "
-                                     f"{frequency_ghz:g} GHz can be chosen; open it without one.")
+            raise ProtolibInputError(
+                f"{self.path}: the bank records no frequency (an imported bank), so no band of "
+                f"{frequency_ghz:g} GHz can be chosen; open it without one."
+            )
         index = int(np.argmin([abs(math.log(b / frequency_ghz)) for b in bands]))
         if abs(bands[index] / frequency_ghz - 1.0) > BAND_TOLERANCE:
-            raise ProtolibInputError(f"{self.path}: the bank has no band within {100 * BAND_TOLERANCE:.0f}% of {frequency_ghz:g} GHz (its "
-                                     f"band(s): {', '.join(f'{b:g}' for b in bands)} GHz); choose one of those, or make a bank in that band.")
+            raise ProtolibInputError(
+                f"{self.path}: the bank has no band within {100 * BAND_TOLERANCE:.0f}% of {frequency_ghz:g} GHz (its "
+                f"band(s): {', '.join(f'{b:g}' for b in bands)} GHz); choose one of those, or make a bank in that band."
+            )
         if self.images.ndim == 5:
             self.band_index = index
             self.images = _BandImages(self._file["images"], index)
@@ -212,7 +246,8 @@ class Bank:
 
     @property
     def frequencies_ghz(self) -> tuple[float, ...]:
-        """The bands' frequencies [GHz], increasing; one (NaN when unknown: an imported bank) for a one-band bank or band."""
+        """The bands' frequencies [GHz], increasing; one (NaN when unknown: an imported bank) for a one-band bank or
+        band."""
         if self.band_index is None and "bands" in self._file:
             return tuple(float(v) for v in self._file["bands/frequency_ghz"][()])
         return (float(self.attrs.get("frequency_ghz", float("nan"))),)
@@ -228,11 +263,16 @@ class Bank:
         if self.n_bands == 1:
             return [self.instrument]
         table = self._file["bands"]
-        return [Instrument(**{**self.instrument.to_dict(), **{key: float(table[key][i]) for key in BAND_SETTINGS if key in table}})
-                for i in range(self.n_bands)]
+        return [
+            Instrument(
+                **{**self.instrument.to_dict(), **{key: float(table[key][i]) for key in BAND_SETTINGS if key in table}}
+            )
+            for i in range(self.n_bands)
+        ]
 
-    def band(self, frequency_ghz: float) -> "Bank":
-        """The band nearest ``frequency_ghz`` (within :data:`BAND_TOLERANCE`) as a one-band bank, opened anew (close it too).
+    def band(self, frequency_ghz: float) -> Bank:
+        """The band nearest ``frequency_ghz`` (within :data:`BAND_TOLERANCE`) as a one-band bank, opened anew (close it
+        too).
 
         Its images are ``(systems, projections, height, width)`` and its attributes, instrument and setup
         are that band's, so that whatever reads one-band banks (training, matching) reads it unchanged.
@@ -267,10 +307,15 @@ class Bank:
 
     @property
     def simulator_config(self) -> SimulatorConfig | None:
-        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a configuration's are;
+        """The simulator settings the bank was rendered with (``None`` for an imported bank), checked as a
+        configuration's are;
         for one band of several (:meth:`band`), the settings that render that band alone, as a one-band bank's."""
         text = self.attrs.get("simulator_config")
-        config = typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config") if text else None
+        config = (
+            typed_settings(SimulatorConfig, json.loads(text), f"{self.path}: the bank's simulator_config")
+            if text
+            else None
+        )
         if config is not None and self.band_index is not None:
             config = replace(config, frequency_ghz=self.frequencies_ghz[0], frequencies_ghz=None)
         return config
@@ -304,9 +349,11 @@ class Bank:
         """
         now = _file_identity(self.path) if self.path.exists() else None
         if now != self._opened:
-            raise ProtolibInputError(f"{self.path}: the bank file was {'removed' if now is None else 'replaced or rewritten'} while this "
-                                     "run read it, so its results would name a bank they do not come from; nothing was written. Run "
-                                     "again once the bank is no longer being written.")
+            raise ProtolibInputError(
+                f"{self.path}: the bank file was {'removed' if now is None else 'replaced or rewritten'} while this "
+                "run read it, so its results would name a bank they do not come from; nothing was written. Run "
+                "again once the bank is no longer being written."
+            )
 
     @property
     def setup(self) -> dict:
@@ -319,8 +366,18 @@ class Bank:
         """
         number = {key: float(self.attrs.get(key, float("nan"))) for key in SETUP_NUMBERS}
         if str(self.attrs.get("source", "")).startswith("thesis snapshots"):
-            number.update({key: float("nan") for key in ("distance_pc", "beam_major_arcsec", "beam_minor_arcsec", "beam_position_angle_deg")})
-        setup = {"image_size": self.image_size, **number, "unit": self.unit, "parameters": list(self.physical_parameters)}
+            number.update(
+                {
+                    key: float("nan")
+                    for key in ("distance_pc", "beam_major_arcsec", "beam_minor_arcsec", "beam_position_angle_deg")
+                }
+            )
+        setup = {
+            "image_size": self.image_size,
+            **number,
+            "unit": self.unit,
+            "parameters": list(self.physical_parameters),
+        }
         if self.n_bands > 1:
             setup["frequencies_ghz"] = list(self.frequencies_ghz)
         return setup
@@ -330,7 +387,9 @@ class Bank:
         names = list(self.parameters) if names is None else names
         missing = [n for n in names if n not in self.parameters]
         if missing:
-            raise ProtolibInputError(f"Bank {self.path} has no parameter(s) {missing}; it has {sorted(self.parameters)}.")
+            raise ProtolibInputError(
+                f"Bank {self.path} has no parameter(s) {missing}; it has {sorted(self.parameters)}."
+            )
         return np.stack([self.parameters[n] for n in names], axis=1)
 
     def load_images(self, systems=None) -> np.ndarray:
@@ -385,14 +444,24 @@ class Bank:
         (``(P, bands, H, W)`` for a bank of several bands opened whole)."""
         config = self.simulator_config
         if config is None:
-            raise ProtolibInputError(f"{self.path} was not made by the protolib simulator; its clean models cannot be rendered.")
+            raise ProtolibInputError(
+                f"{self.path} was not made by the protolib simulator; its clean models cannot be rendered."
+            )
         device = default_device(device)
         n_proj = self.n_projections
-        params = {k: torch.full((n_proj,), float(self.parameters[k][system]), dtype=torch.float64, device=device)
-                  for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in self.parameters}
+        params = {
+            k: torch.full((n_proj,), float(self.parameters[k][system]), dtype=torch.float64, device=device)
+            for k in (*RENDER_KEYS, *NUISANCE_FIELDS)
+            if k in self.parameters
+        }
         with torch.no_grad():
-            clean = render(params, torch.as_tensor(self.inclination[system], device=device),
-                           torch.as_tensor(self.position_angle[system], device=device), config, self.instrument.distance_pc)
+            clean = render(
+                params,
+                torch.as_tensor(self.inclination[system], device=device),
+                torch.as_tensor(self.position_angle[system], device=device),
+                config,
+                self.instrument.distance_pc,
+            )
         return clean.cpu().numpy()
 
     def close(self) -> None:
@@ -406,9 +475,16 @@ class Bank:
 
     def __repr__(self) -> str:
         n, p, h, w = (*self.images.shape[:2], *self.images.shape[-2:])
-        bands = "" if self.n_bands == 1 else f" in {self.n_bands} bands ({', '.join(f'{b:g}' for b in self.frequencies_ghz)} GHz)"
-        return (f"Bank({shown_path(self.path)!r}: {n} systems x {p} projections of {h}x{w} px{bands}, {self.pixel_size_au:.3g} au/px, "
-                f"{self.unit})")
+        bands = (
+            ""
+            if self.n_bands == 1
+            else f" in {self.n_bands} bands ({', '.join(f'{b:g}' for b in self.frequencies_ghz)} GHz)"
+        )
+        return (
+            f"Bank({shown_path(self.path)!r}: {n} systems x {p} projections of {h}x{w} px{bands}, "
+            f"{self.pixel_size_au:.3g} au/px, "
+            f"{self.unit})"
+        )
 
 
 class _BandImages:
@@ -448,17 +524,31 @@ def _file_identity(path: Path) -> tuple:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-SETUP_NUMBERS = ("pixel_size_au", "field_of_view_au", "frequency_ghz", "distance_pc", "beam_major_arcsec", "beam_minor_arcsec",
-                 "beam_position_angle_deg")
+SETUP_NUMBERS = (
+    "pixel_size_au",
+    "field_of_view_au",
+    "frequency_ghz",
+    "distance_pc",
+    "beam_major_arcsec",
+    "beam_minor_arcsec",
+    "beam_position_angle_deg",
+)
 SETUP_TOLERANCE = 1e-3
 """Relative difference below which two setups' numbers are the same (config files and FITS headers round them)."""
-_SETUP_WORDS = {"pixel_size_au": ("pixel scale", "au/px"), "field_of_view_au": ("field", "au"), "frequency_ghz": ("frequency", "GHz"),
-                "distance_pc": ("distance", "pc"), "beam_major_arcsec": ("beam major axis", "arcsec"),
-                "beam_minor_arcsec": ("beam minor axis", "arcsec"), "beam_position_angle_deg": ("beam position angle", "deg")}
+_SETUP_WORDS = {
+    "pixel_size_au": ("pixel scale", "au/px"),
+    "field_of_view_au": ("field", "au"),
+    "frequency_ghz": ("frequency", "GHz"),
+    "distance_pc": ("distance", "pc"),
+    "beam_major_arcsec": ("beam major axis", "arcsec"),
+    "beam_minor_arcsec": ("beam minor axis", "arcsec"),
+    "beam_position_angle_deg": ("beam position angle", "deg"),
+}
 
 
 def setup_difference(recorded: dict, bank: Bank) -> str | None:
-    """The first way ``bank``'s setup (:attr:`Bank.setup`) differs from ``recorded`` (another bank's), in words; ``None`` when alike.
+    """The first way ``bank``'s setup (:attr:`Bank.setup`) differs from ``recorded`` (another bank's), in words;
+    ``None`` when alike.
 
     Numbers differ when their relative difference exceeds :data:`SETUP_TOLERANCE` (0.1%); a number
     either side does not record (NaN, or absent from an older checkpoint) is not compared. A beam
@@ -471,8 +561,10 @@ def setup_difference(recorded: dict, bank: Bank) -> str | None:
         if not isinstance(a, (int, float)) or isinstance(a, bool) or not (math.isfinite(a) and math.isfinite(b)):
             continue
         if key == "beam_position_angle_deg":
-            circular = all(math.isclose(m.get("beam_major_arcsec", 0), m.get("beam_minor_arcsec", 0), rel_tol=SETUP_TOLERANCE)
-                           for m in (recorded, mine))
+            circular = all(
+                math.isclose(m.get("beam_major_arcsec", 0), m.get("beam_minor_arcsec", 0), rel_tol=SETUP_TOLERANCE)
+                for m in (recorded, mine)
+            )
             if circular or abs((a - b + 90) % 180 - 90) <= 0.1:
                 continue
         elif math.isclose(a, b, rel_tol=SETUP_TOLERANCE, abs_tol=0.0 if key != "image_size" else 0.5):
@@ -502,17 +594,23 @@ def check_same_setup(checkpoint: dict, bank: Bank, model: str | Path) -> None:
         return
     recorded = checkpoint.get("setup")
     if not isinstance(recorded, dict):
-        warnings.warn(f"Model {model} records no observing setup (an older checkpoint); only its image size is checked against "
-                      f"bank {bank.path}. Train it again to have pixel scale, beam and frequency checked.", stacklevel=2)
+        warnings.warn(
+            f"Model {model} records no observing setup (an older checkpoint); only its image size is checked against "
+            f"bank {bank.path}. Train it again to have pixel scale, beam and frequency checked.",
+            stacklevel=2,
+        )
         return
     difference = setup_difference(recorded, bank)
     if difference is not None:
-        raise ProtolibInputError(f"Model {model} was trained on a bank of another setup than bank {bank.path}: {difference} "
-                                 "(model's first); its matches there would mean nothing. Use the model trained for this bank's setup, "
-                                 "or make a bank and model for it (`protolib bank-for`).")
+        raise ProtolibInputError(
+            f"Model {model} was trained on a bank of another setup than bank {bank.path}: {difference} "
+            "(model's first); its matches there would mean nothing. Use the model trained for this bank's setup, "
+            "or make a bank and model for it (`protolib bank-for`)."
+        )
 
 
-MAX_IMAGE_SIDE = 4096  # pixels: larger bank images are refused when a bank is opened (a crafted file could ask for terabytes)
+# pixels: larger bank images are refused when a bank is opened (a crafted file could ask for terabytes)
+MAX_IMAGE_SIDE = 4096
 
 
 def _check_structure(f: h5py.File, path: Path) -> None:
@@ -524,14 +622,19 @@ def _check_structure(f: h5py.File, path: Path) -> None:
     """
     version = f.attrs.get("schema_version", SCHEMA_VERSION)
     if not isinstance(version, (int, np.integer)) or int(version) > SCHEMA_VERSION:
-        raise ProtolibInputError(f"{path}: bank schema version {version!r} is newer than this protolib reads "
-                                 f"({SCHEMA_VERSION}); upgrade protolib.")
-    _refuse_data_elsewhere(f, ("images", "parameters", "viewing", "system_id", "bands"), path)  # first: testing `name in f` follows links
+        raise ProtolibInputError(
+            f"{path}: bank schema version {version!r} is newer than this protolib reads "
+            f"({SCHEMA_VERSION}); upgrade protolib."
+        )
+    # first: testing `name in f` follows links
+    _refuse_data_elsewhere(f, ("images", "parameters", "viewing", "system_id", "bands"), path)
     required = ["images", "parameters", "viewing/inclination", "viewing/position_angle", "system_id"]
     for name in required:
         if name not in f:
-            raise ProtolibInputError(f"{path}: the bank has no /{name}; it is incomplete or not written by protolib "
-                                     "(see `protolib simulate` / `protolib import-thesis`).")
+            raise ProtolibInputError(
+                f"{path}: the bank has no /{name}; it is incomplete or not written by protolib "
+                "(see `protolib simulate` / `protolib import-thesis`)."
+            )
     datasets = _own_datasets(f, path)
     _check_shapes(datasets, path)
     _check_bands(f, datasets["images"], path)
@@ -548,19 +651,27 @@ def _refuse_data_elsewhere(f: h5py.File, names, path: Path) -> None:
     for name in names:
         link = f.get(name, getlink=True)
         if link is not None and not isinstance(link, h5py.HardLink):
-            raise ProtolibInputError(f"{path}: /{name} is a {type(link).__name__} to elsewhere; the file must hold its own data "
-                                     "(links could read any file): copy the data into it.")
+            raise ProtolibInputError(
+                f"{path}: /{name} is a {type(link).__name__} to elsewhere; the file must hold its own data "
+                "(links could read any file): copy the data into it."
+            )
     for name in names:
         item = f.get(name)
         if isinstance(item, h5py.Dataset) and (item.is_virtual or item.id.get_create_plist().get_external_count() > 0):
-            raise ProtolibInputError(f"{path}: /{name} keeps its data outside this file (external or virtual storage), which "
-                                     "could read any file; write the data into the file itself.")
+            raise ProtolibInputError(
+                f"{path}: /{name} keeps its data outside this file (external or virtual storage), which "
+                "could read any file; write the data into the file itself."
+            )
 
 
 def _own_datasets(f: h5py.File, path: Path) -> dict:
     """The bank's datasets by name, each checked to be a real-valued dataset stored in this file."""
-    datasets = {"images": f["images"], "system_id": f["system_id"], "viewing/inclination": f["viewing/inclination"],
-                "viewing/position_angle": f["viewing/position_angle"]}
+    datasets = {
+        "images": f["images"],
+        "system_id": f["system_id"],
+        "viewing/inclination": f["viewing/inclination"],
+        "viewing/position_angle": f["viewing/position_angle"],
+    }
     datasets.update({f"parameters/{n}": f["parameters"][n] for n in f["parameters"]})
     if "bands" in f:
         if not isinstance(f["bands"], h5py.Group):
@@ -579,17 +690,22 @@ def _check_shapes(datasets: dict, path: Path) -> None:
     """Images of (systems, projections, side, side), and every other dataset of the shape they make it."""
     images = datasets["images"]
     if images.ndim not in (4, 5) or min(images.shape[:-2]) < 1 or images.shape[-2] != images.shape[-1]:
-        raise ProtolibInputError(f"{path}: /images has shape {images.shape}; a bank holds (systems >= 1, projections >= 1, "
-                                 "side, side) images, or (systems, projections, bands, side, side) in several bands.")
+        raise ProtolibInputError(
+            f"{path}: /images has shape {images.shape}; a bank holds (systems >= 1, projections >= 1, "
+            "side, side) images, or (systems, projections, bands, side, side) in several bands."
+        )
     if not 8 <= images.shape[-1] <= MAX_IMAGE_SIDE:
-        raise ProtolibInputError(f"{path}: /images are {images.shape[-1]} pixels a side; protolib works with 8 to "
-                                 f"{MAX_IMAGE_SIDE}.")
+        raise ProtolibInputError(
+            f"{path}: /images are {images.shape[-1]} pixels a side; protolib works with 8 to {MAX_IMAGE_SIDE}."
+        )
     n, p = images.shape[:2]
     expected = {"system_id": (n,), "viewing/inclination": (n, p), "viewing/position_angle": (n, p)}
     expected.update({name: (n,) for name in datasets if name.startswith("parameters/")})
     for name, shape in expected.items():
         if datasets[name].shape != shape:
-            raise ProtolibInputError(f"{path}: /{name} has shape {datasets[name].shape}, but the bank's images make it {shape}.")
+            raise ProtolibInputError(
+                f"{path}: /{name} has shape {datasets[name].shape}, but the bank's images make it {shape}."
+            )
     if len(np.unique(datasets["system_id"][()])) != n:
         raise ProtolibInputError(f"{path}: /system_id repeats identifiers; each system needs its own.")
 
@@ -599,45 +715,78 @@ def _check_bands(f: h5py.File, images, path: Path) -> None:
     each band's beam and noise of the signs the instrument's take); images without one have none."""
     if images.ndim == 4:
         if "bands" in f:
-            raise ProtolibInputError(f"{path}: the bank has a /bands table but its images have no band axis; the file is damaged.")
+            raise ProtolibInputError(
+                f"{path}: the bank has a /bands table but its images have no band axis; the file is damaged."
+            )
         return
     if "bands" not in f or "frequency_ghz" not in f["bands"]:
-        raise ProtolibInputError(f"{path}: /images has a band axis but the bank has no /bands/frequency_ghz; the file is damaged "
-                                 "or was not written by protolib.")
+        raise ProtolibInputError(
+            f"{path}: /images has a band axis but the bank has no /bands/frequency_ghz; the file is damaged "
+            "or was not written by protolib."
+        )
     n_bands = images.shape[2]
     for name in f["bands"]:
         values = np.asarray(f["bands"][name][()], dtype=np.float64)
         if values.shape != (n_bands,):
-            raise ProtolibInputError(f"{path}: /bands/{name} has shape {values.shape}, but the images hold {n_bands} bands.")
+            raise ProtolibInputError(
+                f"{path}: /bands/{name} has shape {values.shape}, but the images hold {n_bands} bands."
+            )
         signed = values > 0 if name == "frequency_ghz" else values >= 0 if name != "beam_position_angle_deg" else True
         if not (np.all(np.isfinite(values)) and np.all(signed)):
-            raise ProtolibInputError(f"{path}: /bands/{name} holds {values.tolist()}, not finite numbers of the sign it needs; "
-                                     "the file is damaged.")
+            raise ProtolibInputError(
+                f"{path}: /bands/{name} holds {values.tolist()}, not finite numbers of the sign it needs; "
+                "the file is damaged."
+            )
     frequencies = f["bands/frequency_ghz"][()]
     if np.any(np.diff(frequencies) <= 0):
-        raise ProtolibInputError(f"{path}: /bands/frequency_ghz is {frequencies.tolist()}, not increasing; the file is damaged.")
+        raise ProtolibInputError(
+            f"{path}: /bands/frequency_ghz is {frequencies.tolist()}, not increasing; the file is damaged."
+        )
 
 
 def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
     """The numeric attributes are numbers of the right sign, agree with each other, and the JSON ones parse."""
-    for key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz", "beam_major_arcsec", "beam_minor_arcsec",
-                "beam_position_angle_deg", "noise_rms_jy_beam"):
+    for key in (
+        "pixel_size_au",
+        "field_of_view_au",
+        "distance_pc",
+        "frequency_ghz",
+        "beam_major_arcsec",
+        "beam_minor_arcsec",
+        "beam_position_angle_deg",
+        "noise_rms_jy_beam",
+    ):
         if key in f.attrs:
             try:
                 value = float(f.attrs[key])
             except (TypeError, ValueError):
-                raise ProtolibInputError(f"{path}: the bank attribute {key} = {f.attrs[key]!r} is not a number.") from None
+                raise ProtolibInputError(
+                    f"{path}: the bank attribute {key} = {f.attrs[key]!r} is not a number."
+                ) from None
             positive = key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz")
             if key == "pixel_size_au" and math.isnan(value):
                 continue  # unknown (an imported bank)
-            if not math.isfinite(value) or (positive and not value > 0) or (key != "beam_position_angle_deg" and value < 0):
+            if (
+                not math.isfinite(value)
+                or (positive and not value > 0)
+                or (key != "beam_position_angle_deg" and value < 0)
+            ):
                 sign = " > 0" if positive else "" if key == "beam_position_angle_deg" else " >= 0"
-                raise ProtolibInputError(f"{path}: the bank attribute {key} = {value} must be a finite number{sign}; the file is "
-                                         "damaged or was not written by protolib.")
+                raise ProtolibInputError(
+                    f"{path}: the bank attribute {key} = {value} must be a finite number{sign}; the file is "
+                    "damaged or was not written by protolib."
+                )
     fov, pixel = f.attrs.get("field_of_view_au"), f.attrs.get("pixel_size_au")
-    if fov is not None and pixel is not None and math.isfinite(float(pixel)) and abs(float(pixel) * side - float(fov)) > 0.01 * float(fov):
-        raise ProtolibInputError(f"{path}: the bank's pixel size ({float(pixel):g} au) times its {side} pixels is not its field of "
-                                 f"view ({float(fov):g} au); the attributes disagree.")
+    if (
+        fov is not None
+        and pixel is not None
+        and math.isfinite(float(pixel))
+        and abs(float(pixel) * side - float(fov)) > 0.01 * float(fov)
+    ):
+        raise ProtolibInputError(
+            f"{path}: the bank's pixel size ({float(pixel):g} au) times its {side} pixels is not its field of "
+            f"view ({float(fov):g} au); the attributes disagree."
+        )
     for key in ("simulator_config", "prior"):
         if key in f.attrs:
             try:
@@ -649,13 +798,16 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
 
 
 def _brightest_finite(out, systems: np.ndarray, images: np.ndarray) -> float:
-    """The brightest pixel of a block of rendered ``images``, after refusing NaN or infinite pixels (before the bank replaces ``out``)."""
+    """The brightest pixel of a block of rendered ``images``, after refusing NaN or infinite pixels (before the bank
+    replaces ``out``)."""
     bad = ~np.isfinite(images)
     if bad.any():
         where = systems[np.any(bad.reshape(len(systems), -1), axis=1)]
-        raise ProtolibInputError(f"{out}: the simulator rendered {int(bad.sum())} NaN or infinite pixel(s) (system(s) "
-                                 f"{_first(where)}); the settings are outside what it can render. Check the simulator, "
-                                 "instrument and prior settings; the previous bank is kept.")
+        raise ProtolibInputError(
+            f"{out}: the simulator rendered {int(bad.sum())} NaN or infinite pixel(s) (system(s) "
+            f"{_first(where)}); the settings are outside what it can render. Check the simulator, "
+            "instrument and prior settings; the previous bank is kept."
+        )
     return float(images.max())
 
 
@@ -683,7 +835,8 @@ def _plain(value):
 
 
 def bank_with_systems_from(base: Bank, other: Bank, systems, out: str | Path) -> Path:
-    """A copy of ``base`` in which the images and parameters of ``systems`` are ``other``'s, written to ``out`` atomically.
+    """A copy of ``base`` in which the images and parameters of ``systems`` are ``other``'s, written to ``out``
+    atomically.
 
     For the domain-shift comparison: the fixed-physics bank, its test systems replaced by the same
     systems rendered with drawn nuisance physics (banks of one seed hold the same systems seen the
@@ -694,11 +847,19 @@ def bank_with_systems_from(base: Bank, other: Bank, systems, out: str | Path) ->
     systems = np.asarray(systems, dtype=np.int64)
     _refuse_band_views(base, other)
     if base.images.shape != other.images.shape or abs(base.pixel_size_au - other.pixel_size_au) > 1e-9:
-        raise ProtolibInputError(f"{other.path} ({other.images.shape}, {other.pixel_size_au:g} au/px) does not match {base.path} "
-                                 f"({base.images.shape}, {base.pixel_size_au:g} au/px); make both with the same bank and simulator settings.")
-    if not (np.allclose(base.inclination[systems], other.inclination[systems]) and set(other.parameters) >= set(base.parameters)):
-        raise ProtolibInputError(f"Systems {systems.tolist()[:5]}... of {other.path} are not seen as in {base.path}, or it lacks some of its "
-                                 "parameters; make both banks with the same seed.")
+        raise ProtolibInputError(
+            f"{other.path} ({other.images.shape}, {other.pixel_size_au:g} au/px) does not match {base.path} "
+            f"({base.images.shape}, {base.pixel_size_au:g} au/px); make both with the same bank and simulator settings."
+        )
+    if not (
+        np.allclose(base.inclination[systems], other.inclination[systems])
+        and set(other.parameters) >= set(base.parameters)
+    ):
+        raise ProtolibInputError(
+            f"Systems {systems.tolist()[:5]}... of {other.path} are not seen as in {base.path}, or it lacks some of "
+            "its "
+            "parameters; make both banks with the same seed."
+        )
     with atomic_path(out, expected_bytes=base.path.stat().st_size) as tmp:
         shutil.copyfile(base.path, tmp)
         with h5py.File(tmp, "r+") as f:
@@ -723,28 +884,51 @@ def concatenate_banks(first: Bank, second: Bank, out: str | Path) -> Path:
     """
     _refuse_band_views(first, second)
     if first.images.shape[1:] != second.images.shape[1:] or abs(first.pixel_size_au - second.pixel_size_au) > 1e-9:
-        raise ProtolibInputError(f"{second.path} ({second.images.shape[1:]}, {second.pixel_size_au:g} au/px) cannot follow {first.path} "
-                                 f"({first.images.shape[1:]}, {first.pixel_size_au:g} au/px); make both with the same bank and simulator settings.")
-    same = [first.attrs.get(k) == second.attrs.get(k) for k in ("simulator_config", "prior", *first.instrument.to_dict())]
+        raise ProtolibInputError(
+            f"{second.path} ({second.images.shape[1:]}, {second.pixel_size_au:g} au/px) cannot follow {first.path} "
+            f"({first.images.shape[1:]}, {first.pixel_size_au:g} au/px); make both with the same bank and simulator "
+            "settings."
+        )
+    same = [
+        first.attrs.get(k) == second.attrs.get(k) for k in ("simulator_config", "prior", *first.instrument.to_dict())
+    ]
     if not all(same) or list(first.parameters) != list(second.parameters):
-        raise ProtolibInputError(f"{second.path} was not rendered as {first.path} was (simulator, prior, instrument or parameters differ); "
-                                 "make both with one configuration.")
+        raise ProtolibInputError(
+            f"{second.path} was not rendered as {first.path} was (simulator, prior, instrument or parameters differ); "
+            "make both with one configuration."
+        )
     n_first, n_all = first.n_systems, first.n_systems + second.n_systems
     with atomic_path(out, expected_bytes=first.path.stat().st_size + second.path.stat().st_size) as tmp:
         with h5py.File(tmp, "w") as f:
-            images = f.create_dataset("images", (n_all, *first.images.shape[1:]), dtype="f4", chunks=first.images.chunks)
+            images = f.create_dataset(
+                "images", (n_all, *first.images.shape[1:]), dtype="f4", chunks=first.images.chunks
+            )
             images.attrs.update(dict(first.images.attrs))
             for offset, bank in ((0, first), (n_first, second)):
                 for start in range(0, bank.n_systems, 64):
                     stop = min(bank.n_systems, start + 64)
                     images[offset + start : offset + stop] = bank.images[start:stop]
-            viewing = {name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in ("inclination", "position_angle")}
+            viewing = {
+                name: np.concatenate([getattr(first, name), getattr(second, name)])
+                for name in ("inclination", "position_angle")
+            }
             viewing["system_id"] = np.r_[first.system_id, first.system_id.max() + 1 + second.system_id]
-            write_bank_tables(f, viewing, {name: np.r_[first.parameters[name], second.parameters[name]] for name in first.parameters})
-            for name, info in first.parameter_info.items():  # imported or older banks: their own units and scales, not today's
-                f["parameters"][name].attrs.update(unit=info.unit, description=info.description, log_scale=info.log_scale)
+            write_bank_tables(
+                f, viewing, {name: np.r_[first.parameters[name], second.parameters[name]] for name in first.parameters}
+            )
+            # imported or older banks: their own units and scales, not today's
+            for (
+                name,
+                info,
+            ) in first.parameter_info.items():
+                f["parameters"][name].attrs.update(
+                    unit=info.unit, description=info.description, log_scale=info.log_scale
+                )
             f.attrs.update(first._file.attrs)
-            f.attrs["source"] = f"{first.attrs.get('source', '')}; systems {n_first}-{n_all - 1} from {second.path} (seed {second.attrs.get('seed')})"
+            f.attrs["source"] = (
+                f"{first.attrs.get('source', '')}; systems {n_first}-{n_all - 1} from {second.path} (seed "
+                f"{second.attrs.get('seed')})"
+            )
             if "bands" in first._file:
                 first._file.copy(first._file["bands"], f, "bands")
     return Path(out)
@@ -754,11 +938,14 @@ def _refuse_band_views(*banks: Bank) -> None:
     """Files are combined whole: refuse a bank opened as one band of several (:meth:`Bank.band`)."""
     for bank in banks:
         if bank.band_index is not None:
-            raise ProtolibInputError(f"{bank.path} was opened as one band of several; banks are combined whole: open it without a band.")
+            raise ProtolibInputError(
+                f"{bank.path} was opened as one band of several; banks are combined whole: open it without a band."
+            )
 
 
-def draw_systems(n_systems: int, n_projections: int, seed: int, prior: Prior | None = None,
-                 config: SimulatorConfig | None = None) -> dict[str, np.ndarray]:
+def draw_systems(
+    n_systems: int, n_projections: int, seed: int, prior: Prior | None = None, config: SimulatorConfig | None = None
+) -> dict[str, np.ndarray]:
     """Draw the physical parameters and viewing angles of a bank (no images), reproducibly.
 
     Returns a dict with every parameter ``(n_systems,)`` except ``envelope_mass`` (computed by
@@ -796,7 +983,9 @@ def render_systems(
     device = default_device(device)
     indices = np.asarray(indices)
     n_proj = systems["inclination"].shape[1]
-    per_system = {k: torch.as_tensor(systems[k][indices], device=device) for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in systems}
+    per_system = {
+        k: torch.as_tensor(systems[k][indices], device=device) for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in systems
+    }
     per_image = {k: v.repeat_interleave(n_proj) for k, v in per_system.items()}
     inclination = torch.as_tensor(systems["inclination"][indices].reshape(-1), device=device)
     position_angle = torch.as_tensor(systems["position_angle"][indices].reshape(-1), device=device)
@@ -806,11 +995,23 @@ def render_systems(
         for j, i in enumerate(indices):
             # One system per call: the result is then the same however systems are grouped.
             own = slice(j * n_proj, (j + 1) * n_proj)
-            clean = render({k: v[own] for k, v in per_image.items()}, inclination[own], position_angle[own], config, instrument.distance_pc)
+            clean = render(
+                {k: v[own] for k, v in per_image.items()},
+                inclination[own],
+                position_angle[own],
+                config,
+                instrument.distance_pc,
+            )
             clean = clean.cpu().reshape(n_proj, len(instruments), *clean.shape[-2:])
             noise_index = int(systems["system_index"][i]) if "system_index" in systems else int(i)
-            bands = [seen.observe(clean[:, band].contiguous(), config.pixel_size_au,
-                                  system_rng(seed, noise_index, stream=_noise_stream(band, config))) for band, seen in enumerate(instruments)]
+            bands = [
+                seen.observe(
+                    clean[:, band].contiguous(),
+                    config.pixel_size_au,
+                    system_rng(seed, noise_index, stream=_noise_stream(band, config)),
+                )
+                for band, seen in enumerate(instruments)
+            ]
             images.append((bands[0] if len(bands) == 1 else torch.stack(bands, dim=1)).numpy())
         images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
@@ -833,9 +1034,13 @@ def check_beam_fits_field(config: SimulatorConfig, instrument: Instrument) -> No
     if beam_au > config.field_of_view_au:
         pixels = beam_au / (config.field_of_view_au / config.image_size)
         raise ProtolibInputError(
-            f"The instrument's beam ({beam.major_arcsec:g}\" = {beam_au:.3g} au at {instrument.distance_pc:g} pc) is wider than the "
-            f"simulator's field of view ({config.field_of_view_au:g} au; the beam would span {pixels:.3g} of its {config.image_size} "
-            "pixels); set simulator.field_of_view_au (--fov) to at least a few beams, or instrument.beam_major_arcsec to a smaller beam.")
+            f"The instrument's beam ({beam.major_arcsec:g}\" = {beam_au:.3g} au at {instrument.distance_pc:g} pc) is "
+            "wider than the "
+            f"simulator's field of view ({config.field_of_view_au:g} au; the beam would span {pixels:.3g} of its "
+            f"{config.image_size} "
+            "pixels); set simulator.field_of_view_au (--fov) to at least a few beams, or instrument.beam_major_arcsec "
+            "to a smaller beam."
+        )
 
 
 def simulate_bank(
@@ -874,12 +1079,18 @@ def simulate_bank(
     instrument = instrument or Instrument()
     prior = prior or Prior()
     if n_systems < 1 or n_projections < 1:
-        raise ProtolibInputError(f"A bank needs at least one system and one projection (got {n_systems} and {n_projections}).")
-    for seen in instrument.per_band(len(config.bands_ghz)):  # an instrument.bands list of another length is refused here
+        raise ProtolibInputError(
+            f"A bank needs at least one system and one projection (got {n_systems} and {n_projections})."
+        )
+    # an instrument.bands list of another length is refused here
+    for seen in instrument.per_band(len(config.bands_ghz)):
         check_beam_fits_field(config, seen)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
-    rendering = settle_compile(config, n_systems * n_projections, device)  # the compiled kernels for a large bank, in every worker
-    chunks = [np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)]
+    # the compiled kernels for a large bank, in every worker
+    rendering = settle_compile(config, n_systems * n_projections, device)
+    chunks = [
+        np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)
+    ]
 
     def blocks():
         for idx in chunks:
@@ -890,10 +1101,23 @@ def simulate_bank(
         torch.set_num_threads(threads)
     try:
         if workers > 1 and default_device(device).type == "cpu":
-            _write_with_workers(out, systems, chunks, workers, threads or 1, seed=seed, config=config, instrument=instrument,
-                                prior=prior, progress=progress, compile=rendering.compile)
+            _write_with_workers(
+                out,
+                systems,
+                chunks,
+                workers,
+                threads or 1,
+                seed=seed,
+                config=config,
+                instrument=instrument,
+                prior=prior,
+                progress=progress,
+                compile=rendering.compile,
+            )
         else:
-            write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+            write_simulated_bank(
+                out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress
+            )
     finally:
         torch.set_num_threads(previous)
     return Path(out)
@@ -902,8 +1126,14 @@ def simulate_bank(
 def _render_block(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Worker task of :func:`_write_with_workers`: the images and envelope masses of one block of systems."""
     rows, config, instrument, seed, compile = task
-    return render_systems(rows, np.arange(len(rows["system_index"])), SimulatorConfig(**config, compile=compile), Instrument(**instrument),
-                          seed, "cpu")
+    return render_systems(
+        rows,
+        np.arange(len(rows["system_index"])),
+        SimulatorConfig(**config, compile=compile),
+        Instrument(**instrument),
+        seed,
+        "cpu",
+    )
 
 
 def _start_worker(threads: int) -> None:
@@ -922,8 +1152,13 @@ def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads:
     def rows(idx):
         return {**{k: v[idx] for k, v in systems.items()}, "system_index": idx}
 
-    tasks = [(rows(idx), written["config"].to_dict(), written["instrument"].to_dict(), written["seed"], compile) for idx in chunks]
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,))
+    tasks = [
+        (rows(idx), written["config"].to_dict(), written["instrument"].to_dict(), written["seed"], compile)
+        for idx in chunks
+    ]
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,)
+    )
     try:
         results = pool.map(_render_block, tasks)
         write_simulated_bank(out, systems, ((idx, *block) for idx, block in zip(chunks, results)), **written)
@@ -931,8 +1166,18 @@ def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: SimulatorConfig, instrument: Instrument,
-                         prior: Prior, progress: bool = True, description: str = "Simulating bank") -> None:
+def write_simulated_bank(
+    out,
+    systems: dict,
+    blocks,
+    *,
+    seed: int,
+    config: SimulatorConfig,
+    instrument: Instrument,
+    prior: Prior,
+    progress: bool = True,
+    description: str = "Simulating bank",
+) -> None:
     """Write a bank atomically from drawn ``systems`` and ``blocks`` of ``(indices, images, envelope_masses)``.
 
     The blocks may come from this process (:func:`simulate_bank`) or from shards rendered elsewhere
@@ -943,13 +1188,21 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
     n_systems, n_projections = systems["inclination"].shape
     size, n_bands = config.image_size, len(config.bands_ghz)
     bands = (n_bands,) if n_bands > 1 else ()
-    with atomic_path(out, expected_bytes=n_systems * n_projections * (n_bands * size * size * 4 + 16) + 8 * 10 * n_systems) as tmp:
+    with atomic_path(
+        out, expected_bytes=n_systems * n_projections * (n_bands * size * size * 4 + 16) + 8 * 10 * n_systems
+    ) as tmp:
         with h5py.File(tmp, "w") as f:
             chunk_systems = max(1, min(n_systems, (1 << 20) // (n_projections * size * size * 4)))
-            images = f.create_dataset("images", (n_systems, n_projections, *bands, size, size), dtype="f4",
-                                      chunks=(chunk_systems, n_projections, *(1 for _ in bands), size, size))
+            images = f.create_dataset(
+                "images",
+                (n_systems, n_projections, *bands, size, size),
+                dtype="f4",
+                chunks=(chunk_systems, n_projections, *(1 for _ in bands), size, size),
+            )
             images.attrs["unit"] = instrument.unit
-            images.attrs["axes"] = "system, projection, band, north, west" if bands else "system, projection, north, west"
+            images.attrs["axes"] = (
+                "system, projection, band, north, west" if bands else "system, projection, north, west"
+            )
             env_mass = np.zeros(n_systems)
             bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
             brightest = -np.inf
@@ -960,11 +1213,15 @@ def write_simulated_bank(out, systems: dict, blocks, *, seed: int, config: Simul
                 bar.update(len(idx) * n_projections)
             bar.close()
             if not brightest > 0:
-                raise ProtolibInputError(f"{out}: every rendered image is zero or negative; the bank would hold no emission to "
-                                         "match. Check the simulator and prior settings.")
+                raise ProtolibInputError(
+                    f"{out}: every rendered image is zero or negative; the bank would hold no emission to "
+                    "match. Check the simulator and prior settings."
+                )
             tables = {**systems, "envelope_mass": env_mass}
             write_bank_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
-            write_bank_attributes(f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator")
+            write_bank_attributes(
+                f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator"
+            )
         _check_written(tmp, out)
 
 
@@ -989,11 +1246,23 @@ def write_bank_tables(f: h5py.File, viewing: dict, parameters: dict) -> None:
     for name in ("inclination", "position_angle"):
         ds = view.create_dataset(name, data=np.asarray(viewing[name], dtype="f8"))
         ds.attrs["unit"] = "deg"
-    f.create_dataset("system_id", data=np.asarray(viewing.get("system_id", np.arange(len(viewing["inclination"]))), dtype="i8"))
+    f.create_dataset(
+        "system_id", data=np.asarray(viewing.get("system_id", np.arange(len(viewing["inclination"]))), dtype="i8")
+    )
 
 
-def write_bank_attributes(f, *, seed, config: SimulatorConfig | None, instrument: Instrument, prior: Prior | None, source: str, pixel_size_au=None):
-    """Write a bank's provenance attributes (format, schema, version, seed, simulator, prior, instrument, pixel size) into ``f``,
+def write_bank_attributes(
+    f,
+    *,
+    seed,
+    config: SimulatorConfig | None,
+    instrument: Instrument,
+    prior: Prior | None,
+    source: str,
+    pixel_size_au=None,
+):
+    """Write a bank's provenance attributes (format, schema, version, seed, simulator, prior, instrument, pixel size)
+    into ``f``,
     and the ``/bands`` table of a bank in several bands (whose root attributes are then its reference band's)."""
     f.attrs["format"] = FORMAT
     f.attrs["schema_version"] = SCHEMA_VERSION
@@ -1008,7 +1277,8 @@ def write_bank_attributes(f, *, seed, config: SimulatorConfig | None, instrument
         f.attrs["simulator_config"] = json.dumps(config.to_dict())
         if len(config.bands_ghz) > 1:
             _write_band_table(f, config, instrument)
-        instrument = instrument.per_band(len(config.bands_ghz))[config.reference_band]  # the root's setup is the reference band's
+        # the root's setup is the reference band's
+        instrument = instrument.per_band(len(config.bands_ghz))[config.reference_band]
     else:
         f.attrs["pixel_size_au"] = float("nan") if pixel_size_au is None else float(pixel_size_au)
     for key, value in instrument.single().to_dict().items():
@@ -1039,8 +1309,15 @@ class ImportReport:
     skipped: dict[str, str]
 
 
-def import_thesis_snapshots(folder: str | Path, out: str | Path, *, n_projections: int = 8, pixel_size_au: float | None = None,
-                            on_error: str = "raise", progress: bool = True) -> ImportReport:
+def import_thesis_snapshots(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    n_projections: int = 8,
+    pixel_size_au: float | None = None,
+    on_error: str = "raise",
+    progress: bool = True,
+) -> ImportReport:
     """Convert a folder of the thesis's per-snapshot HDF5 files into one protolib bank.
 
     Each file must hold ``intensity_projection_1`` ... ``intensity_projection_{n_projections}``
@@ -1066,7 +1343,9 @@ def import_thesis_snapshots(folder: str | Path, out: str | Path, *, n_projection
     if not files:
         raise ProtolibInputError(f"No .h5 or .hdf5 files in {folder}.")
     if Path(out).exists() and any(Path(out).resolve() == f.resolve() for f in files):
-        raise ProtolibInputError(f"{out}: --out is one of the snapshot files being imported, which would be overwritten; write elsewhere.")
+        raise ProtolibInputError(
+            f"{out}: --out is one of the snapshot files being imported, which would be overwritten; write elsewhere."
+        )
     images, params, imported, skipped = _read_thesis_snapshots(files, n_projections, on_error, progress)
     shape = images[0].shape if images else None
     if not images:
@@ -1085,21 +1364,31 @@ def import_thesis_snapshots(folder: str | Path, out: str | Path, *, n_projection
             ds.attrs["axes"] = "system, projection, north, west"
             write_bank_tables(f, viewing, {k: np.array(v) for k, v in params.items()})
             f.create_dataset("source_files", data=np.array([Path(p).name for p in imported], dtype="S"))
-            write_bank_attributes(f, seed=None, config=None, instrument=Instrument(beam_major_arcsec=0.0, noise_rms_jy_beam=0.0),
-                         prior=None, source=f"thesis snapshots from {folder}", pixel_size_au=pixel_size_au)
+            write_bank_attributes(
+                f,
+                seed=None,
+                config=None,
+                instrument=Instrument(beam_major_arcsec=0.0, noise_rms_jy_beam=0.0),
+                prior=None,
+                source=f"thesis snapshots from {folder}",
+                pixel_size_au=pixel_size_au,
+            )
         _check_written(tmp, out)
     return ImportReport(imported=imported, skipped=skipped)
 
 
 def _read_thesis_snapshots(files: list[Path], n_projections: int, on_error: str, progress: bool):
-    """Every snapshot's images and parameters: ``(image stacks, {parameter: values}, files imported, {file: why skipped})``."""
+    """Every snapshot's images and parameters: ``(image stacks, {parameter: values}, files imported, {file: why
+    skipped})``."""
     images, params, imported, skipped = [], {v: [] for v in THESIS_DATASETS.values()}, [], {}
     shape = None
     for path in tqdm(files, desc="Importing snapshots", disable=not progress):
         try:
             stack, values = _read_thesis_snapshot(path, n_projections)
             if shape is not None and stack.shape != shape:
-                raise ProtolibInputError(f"{path}: images are {stack.shape[1:]} pixels but earlier files had {shape[1:]}.")
+                raise ProtolibInputError(
+                    f"{path}: images are {stack.shape[1:]} pixels but earlier files had {shape[1:]}."
+                )
         except ProtolibInputError as error:
             if on_error != "skip":
                 raise

@@ -50,21 +50,38 @@ def shard_folder(out: str | Path) -> Path:
 
 
 def _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems) -> str:
-    recipe = json.dumps([n_systems, n_projections, seed, config.to_dict(), instrument.to_dict(), prior.to_dict(), shard_systems],
-                        sort_keys=True, default=str)
+    recipe = json.dumps(
+        [n_systems, n_projections, seed, config.to_dict(), instrument.to_dict(), prior.to_dict(), shard_systems],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def _render_shard(shard: int, rows: dict, config: dict, instrument: dict, seed: int, folder: str, fingerprint: str,
-                  compile: str = "false") -> int:
+def _render_shard(
+    shard: int,
+    rows: dict,
+    config: dict,
+    instrument: dict,
+    seed: int,
+    folder: str,
+    fingerprint: str,
+    compile: str = "false",
+) -> int:
     """Worker task: render the shard's ``rows`` (parameters of its systems) into ``folder/shard_NNNNN.h5``; ``compile``:
     the simulator's setting, settled for the whole bank (:func:`~protolib.simulator.settle_compile`)."""
     import torch
 
     torch.set_num_threads(1)
     indices = rows["system_index"]
-    images, masses = render_systems(rows, np.arange(len(indices)), SimulatorConfig(**config, compile=compile), Instrument(**instrument),
-                                    seed, device="cpu")
+    images, masses = render_systems(
+        rows,
+        np.arange(len(indices)),
+        SimulatorConfig(**config, compile=compile),
+        Instrument(**instrument),
+        seed,
+        device="cpu",
+    )
     with atomic_path(Path(folder) / f"shard_{shard:05d}.h5", expected_bytes=images.nbytes + 64 * len(indices)) as tmp:
         with h5py.File(tmp, "w") as f:
             f["images"] = images
@@ -94,7 +111,9 @@ def connect_scheduler(address: str):
     protocol), for ``--scheduler`` of every command; an address of another shape, or one that cannot be
     reached within 30 s, is one line saying so."""
     if not re.fullmatch(r"([a-z]+://)?[A-Za-z0-9_.\-\[\]:]+:[0-9]{1,5}/?", str(address).strip()):
-        raise ProtolibInputError(f"--scheduler {address!r} is not a Dask scheduler address; give tcp://HOST:PORT (e.g. tcp://node1:8786).")
+        raise ProtolibInputError(
+            f"--scheduler {address!r} is not a Dask scheduler address; give tcp://HOST:PORT (e.g. tcp://node1:8786)."
+        )
     try:
         from dask.distributed import Client
     except ImportError:
@@ -102,13 +121,27 @@ def connect_scheduler(address: str):
     try:
         return Client(str(address).strip(), timeout="30s")
     except (OSError, ValueError, TypeError, TimeoutError) as error:
-        raise ProtolibInputError(f"Could not reach the Dask scheduler at {address!r} ({error}); is it running, "
-                                 "and is the address tcp://HOST:PORT?") from None
+        raise ProtolibInputError(
+            f"Could not reach the Dask scheduler at {address!r} ({error}); is it running, "
+            "and is the address tcp://HOST:PORT?"
+        ) from None
 
 
-def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int = 8, *, seed: int = 0, config: SimulatorConfig | None = None,
-                           instrument: Instrument | None = None, prior: Prior | None = None, shard_systems: int = 16, client=None,
-                           n_workers: int = 2, keep_shards: bool = False, progress: bool = True) -> ParallelReport:
+def simulate_bank_parallel(
+    out: str | Path,
+    n_systems: int,
+    n_projections: int = 8,
+    *,
+    seed: int = 0,
+    config: SimulatorConfig | None = None,
+    instrument: Instrument | None = None,
+    prior: Prior | None = None,
+    shard_systems: int = 16,
+    client=None,
+    n_workers: int = 2,
+    keep_shards: bool = False,
+    progress: bool = True,
+) -> ParallelReport:
     """Simulate a bank with Dask workers; the file equals :func:`~protolib.bank.simulate_bank`'s.
 
     Arguments:
@@ -131,7 +164,9 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
     try:
         import dask.distributed  # noqa: F401
     except ImportError:
-        raise ProtolibInputError("Parallel bank building needs Dask: pip install 'protolib[cluster]' (dask[distributed]).") from None
+        raise ProtolibInputError(
+            "Parallel bank building needs Dask: pip install 'protolib[cluster]' (dask[distributed])."
+        ) from None
     config, instrument, prior = config or SimulatorConfig(), instrument or Instrument(), prior or Prior()
     if n_systems < 1 or n_projections < 1 or shard_systems < 1:
         raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
@@ -144,8 +179,15 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
     todo = [k for k in range(n_shards) if not _shard_is_complete(paths[k], fingerprint)]
     reused = [k for k in range(n_shards) if k not in todo]
     if todo:
-        tasks = dict(config=config.to_dict(), instrument=instrument.to_dict(), seed=seed, folder=str(folder), fingerprint=fingerprint,
-                     compile=settle_compile(config, n_systems * n_projections).compile)  # as simulate_bank settles it
+        # as simulate_bank settles it
+        tasks = dict(
+            config=config.to_dict(),
+            instrument=instrument.to_dict(),
+            seed=seed,
+            folder=str(folder),
+            fingerprint=fingerprint,
+            compile=settle_compile(config, n_systems * n_projections).compile,
+        )
         _render_shards(client, n_workers, {k: _shard_rows(systems, k, shard_systems) for k in todo}, tasks, progress)
 
     def blocks():
@@ -153,8 +195,17 @@ def simulate_bank_parallel(out: str | Path, n_systems: int, n_projections: int =
             with h5py.File(path, "r") as f:
                 yield f["indices"][()], f["images"][()], f["envelope_mass"][()]
 
-    write_simulated_bank(out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior,
-                         progress=progress, description="Writing bank")
+    write_simulated_bank(
+        out,
+        systems,
+        blocks(),
+        seed=seed,
+        config=config,
+        instrument=instrument,
+        prior=prior,
+        progress=progress,
+        description="Writing bank",
+    )
     if not keep_shards:
         shutil.rmtree(folder)
     return ParallelReport(bank=Path(out), n_shards=n_shards, rendered=todo, reused=reused)
@@ -170,12 +221,15 @@ def _claim_shard_folder(out, fingerprint: str, n_systems: int, shard_systems: in
             f"{folder} holds shards of a different bank (other size, seed or settings). Delete that folder to start "
             "afresh, or write the new bank to another --out."
         )
-    manifest.write_text(json.dumps({"fingerprint": fingerprint, "n_systems": n_systems, "shard_systems": shard_systems}))
+    manifest.write_text(
+        json.dumps({"fingerprint": fingerprint, "n_systems": n_systems, "shard_systems": shard_systems})
+    )
     return folder
 
 
 def _render_shards(client, n_workers: int, rows: dict, tasks: dict, progress: bool) -> None:
-    """Render the shards ``rows`` ({shard: system rows}) on ``client``, or on a local cluster of ``n_workers`` started here."""
+    """Render the shards ``rows`` ({shard: system rows}) on ``client``, or on a local cluster of ``n_workers`` started
+    here."""
     from dask.distributed import Client, LocalCluster, as_completed
 
     own_cluster = None

@@ -14,26 +14,36 @@ A claim of "better" holds only when the interval excludes zero; otherwise the tw
 
 from __future__ import annotations
 
-# Method results are taken by what they hold (``truth``, ``median``, ``metrics``, ``target_system``; ``figures(corrected)``), not by
+# Method results are taken by what they hold (``truth``, ``median``, ``metrics``, ``target_system``;
+# ``figures(corrected)``), not by
 # type, so that protolib.evaluation can judge its own verdicts with this module without an import cycle.
-
 from dataclasses import dataclass
 
 import numpy as np
 
 from .runtime import ProtolibInputError
 
-__all__ = ["NPE_GOAL_RATIO", "Difference", "paired_difference", "paired_differences", "best_rival_differences", "difference_table", "difference_figures",
-           "learning_curve_figures"]
+__all__ = [
+    "NPE_GOAL_RATIO",
+    "Difference",
+    "paired_difference",
+    "paired_differences",
+    "best_rival_differences",
+    "difference_table",
+    "difference_figures",
+    "learning_curve_figures",
+]
 
 
 NPE_GOAL_RATIO = 1.1
-"""The goal for a matching method against the better neural posterior estimate: an error at most this many times its error."""
+"""The goal for a matching method against the better neural posterior estimate: an error at most this many times its
+error."""
 
 
 @dataclass(frozen=True)
 class Difference:
-    """How much method ``a``'s RMS error of the median exceeds method ``b``'s on one parameter, with its bootstrap interval.
+    """How much method ``a``'s RMS error of the median exceeds method ``b``'s on one parameter, with its bootstrap
+    interval.
 
     Attributes:
         parameter: the parameter.
@@ -59,12 +69,14 @@ class Difference:
 
     @property
     def verdict(self) -> str:
-        """``"better"`` when ``a``'s error is lower and the interval excludes zero, ``"worse"`` when higher, else ``"level"``."""
+        """``"better"`` when ``a``'s error is lower and the interval excludes zero, ``"worse"`` when higher, else
+        ``"level"``."""
         return "better" if self.high < 0 else "worse" if self.low > 0 else "level"
 
 
-def paired_difference(a, b, parameter: str, *, n_resamples: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> Difference:
+def paired_difference(
+    a, b, parameter: str, *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> Difference:
     """The difference of two methods' RMS error of the median on ``parameter``, with a cluster bootstrap interval.
 
     Both must have been scored on the same targets in the same order (their truths and target
@@ -72,9 +84,13 @@ def paired_difference(a, b, parameter: str, *, n_resamples: int = 2000, level: f
     """
     truth_a, truth_b = np.asarray(a.truth[parameter]), np.asarray(b.truth[parameter])
     if truth_a.shape != truth_b.shape or not np.allclose(truth_a, truth_b):
-        raise ProtolibInputError(f"{a.method} and {b.method} were not scored on the same targets; a paired comparison needs the same ones.")
+        raise ProtolibInputError(
+            f"{a.method} and {b.method} were not scored on the same targets; a paired comparison needs the same ones."
+        )
     row = a.metrics["parameters"][parameter]
-    spread = row["rms_error"] / row["rms_error_over_prior_spread"] if row["rms_error_over_prior_spread"] else float("nan")
+    spread = (
+        row["rms_error"] / row["rms_error_over_prior_spread"] if row["rms_error_over_prior_spread"] else float("nan")
+    )
     squared = np.stack([(np.asarray(e.median[parameter]) - truth_a) ** 2 for e in (a, b)], 1) / spread**2  # (T, 2)
     systems = np.arange(len(truth_a)) if a.target_system is None else np.asarray(a.target_system)
     _, group = np.unique(systems, return_inverse=True)
@@ -87,12 +103,31 @@ def paired_difference(a, b, parameter: str, *, n_resamples: int = 2000, level: f
     tails = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
     low, high = np.percentile(rms[:, 0] - rms[:, 1], tails)
     ratio_low, ratio_high = np.percentile(rms[:, 0] / rms[:, 1], tails)
-    return Difference(parameter, a.method, b.method, float(point[0] - point[1]), float(low), float(high), float(point[0] / point[1]),
-                      float(ratio_low), float(ratio_high), level, int(n_groups))
+    return Difference(
+        parameter,
+        a.method,
+        b.method,
+        float(point[0] - point[1]),
+        float(low),
+        float(high),
+        float(point[0] / point[1]),
+        float(ratio_low),
+        float(ratio_high),
+        level,
+        int(n_groups),
+    )
 
 
-def paired_differences(results: dict, reference: str, rivals: list[str] | None = None, *, corrected: bool = True,
-                       parameters: list[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> list[Difference]:
+def paired_differences(
+    results: dict,
+    reference: str,
+    rivals: list[str] | None = None,
+    *,
+    corrected: bool = True,
+    parameters: list[str] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> list[Difference]:
     """:func:`paired_difference` of ``reference`` against each rival (default: every other method) on each parameter.
 
     ``parameters`` defaults to those in the target similarity. ``corrected`` compares the figures after
@@ -102,8 +137,11 @@ def paired_differences(results: dict, reference: str, rivals: list[str] | None =
     first = results[reference].figures(corrected)
     names = parameters or [n for n, row in first.metrics["parameters"].items() if row["in_target_similarity"]]
     rivals = [name for name in results if name != reference] if rivals is None else rivals
-    return [paired_difference(first, results[rival].figures(corrected), name, n_resamples=n_resamples, seed=seed)
-            for rival in rivals for name in names]
+    return [
+        paired_difference(first, results[rival].figures(corrected), name, n_resamples=n_resamples, seed=seed)
+        for rival in rivals
+        for name in names
+    ]
 
 
 def difference_table(differences: list[Difference]) -> str:
@@ -117,24 +155,49 @@ def difference_table(differences: list[Difference]) -> str:
         return "(no differences to show)"
     reference, parameters = differences[0].a, list(dict.fromkeys(d.parameter for d in differences))
     level, n_systems = round(100 * differences[0].level), differences[0].n_systems
-    note = (f"RMS error of the median, in prior spreads: {reference}'s minus the other's, with its {level}% paired bootstrap interval over "
-            f"{n_systems} test systems; better or worse only where it excludes zero")
+    note = (
+        f"RMS error of the median, in prior spreads: {reference}'s minus the other's, with its {level}% paired "
+        "bootstrap interval over "
+        f"{n_systems} test systems; better or worse only where it excludes zero"
+    )
 
     def text(d: Difference) -> str:
         return f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict}"
 
     if len(parameters) == len(differences):
-        rows = [f"| {d.parameter} | {d.b} | {text(d)} | {d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] |" for d in differences]
-        return "\n".join([f"| parameter | against | {reference} minus it | error ratio |", "| --- | --- | --- | --- |", *rows, "", note])
+        rows = [
+            f"| {d.parameter} | {d.b} | {text(d)} | {d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] |"
+            for d in differences
+        ]
+        return "\n".join(
+            [
+                f"| parameter | against | {reference} minus it | error ratio |",
+                "| --- | --- | --- | --- |",
+                *rows,
+                "",
+                note,
+            ]
+        )
     rivals = list(dict.fromkeys(d.b for d in differences))
     cell = {(d.parameter, d.b): text(d) for d in differences}
     rows = [f"| {p} | " + " | ".join(cell.get((p, r), "") for r in rivals) + " |" for p in parameters]
-    return "\n".join([f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "", note])
+    return "\n".join(
+        [f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "", note]
+    )
 
 
-def best_rival_differences(results: dict, reference: str, rivals: list[str], *, corrected: bool = True,
-                           parameters: list[str] | None = None, n_resamples: int = 2000, seed: int = 0) -> list[Difference]:
-    """Per parameter, :func:`paired_difference` of ``reference`` against whichever of ``rivals`` has the lowest error on it."""
+def best_rival_differences(
+    results: dict,
+    reference: str,
+    rivals: list[str],
+    *,
+    corrected: bool = True,
+    parameters: list[str] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> list[Difference]:
+    """Per parameter, :func:`paired_difference` of ``reference`` against whichever of ``rivals`` has the lowest error
+    on it."""
     first = results[reference].figures(corrected)
     names = parameters or [n for n, row in first.metrics["parameters"].items() if row["in_target_similarity"]]
     rivals = [r for r in rivals if r in results and r != reference]
@@ -142,10 +205,19 @@ def best_rival_differences(results: dict, reference: str, rivals: list[str], *, 
         return []
     tables = {r: results[r].figures(corrected).metrics["parameters"] for r in rivals}
     best = {n: min(rivals, key=lambda r: tables[r][n]["rms_error_over_prior_spread"]) for n in names}
-    return [paired_difference(first, results[best[n]].figures(corrected), n, n_resamples=n_resamples, seed=seed) for n in names]
+    return [
+        paired_difference(first, results[best[n]].figures(corrected), n, n_resamples=n_resamples, seed=seed)
+        for n in names
+    ]
 
 
-def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio: float = NPE_GOAL_RATIO, labels: dict[str, str] | None = None) -> dict:
+def difference_figures(
+    differences: list[Difference],
+    prefix: str,
+    *,
+    goal_ratio: float = NPE_GOAL_RATIO,
+    labels: dict[str, str] | None = None,
+) -> dict:
     """Numbers a page's prose quotes about a set of differences, as ``{prefix}_...``.
 
     ``_better``, ``_level``, ``_worse``: phrases naming the parameters, each with its difference and
@@ -160,20 +232,33 @@ def difference_figures(differences: list[Difference], prefix: str, *, goal_ratio
     figures = {}
     for verdict, members in by.items():
         figures[f"{prefix}_n_{verdict}"] = len(members)
-        figures[f"{prefix}_{verdict}"] = _phrase([f"{_name(d.parameter)} ({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] against "
-                                                  f"{labels.get(d.b, d.b)})" for d in members])
+        figures[f"{prefix}_{verdict}"] = _phrase(
+            [
+                f"{_name(d.parameter)} ({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] against "
+                f"{labels.get(d.b, d.b)})"
+                for d in members
+            ]
+        )
     worst = max(differences, key=lambda d: d.ratio) if differences else None
     beyond = [d for d in differences if d.ratio > goal_ratio]
-    figures.update({
-        f"{prefix}_worst_parameter": _name(worst.parameter) if worst else "none",
-        f"{prefix}_worst_ratio": worst.ratio if worst else float("nan"),
-        f"{prefix}_worst_ratio_low": worst.ratio_low if worst else float("nan"),
-        f"{prefix}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
-        f"{prefix}_n_within_goal": len(differences) - len(beyond), f"{prefix}_n_parameters": len(differences),
-        f"{prefix}_beyond_goal": _phrase([f"{_name(d.parameter)} ({d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
-                                          f"{labels.get(d.b, d.b)}'s)" for d in beyond]),
-        f"{prefix}_n_systems": differences[0].n_systems if differences else 0,
-    })
+    figures.update(
+        {
+            f"{prefix}_worst_parameter": _name(worst.parameter) if worst else "none",
+            f"{prefix}_worst_ratio": worst.ratio if worst else float("nan"),
+            f"{prefix}_worst_ratio_low": worst.ratio_low if worst else float("nan"),
+            f"{prefix}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
+            f"{prefix}_n_within_goal": len(differences) - len(beyond),
+            f"{prefix}_n_parameters": len(differences),
+            f"{prefix}_beyond_goal": _phrase(
+                [
+                    f"{_name(d.parameter)} ({d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
+                    f"{labels.get(d.b, d.b)}'s)"
+                    for d in beyond
+                ]
+            ),
+            f"{prefix}_n_systems": differences[0].n_systems if differences else 0,
+        }
+    )
     return figures
 
 
@@ -187,7 +272,8 @@ def _phrase(items: list[str]) -> str:
 
 
 def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
-    """What a page says about ``benchmarks/learning_curves.py``'s results: the first and last sizes' errors, what still improves.
+    """What a page says about ``benchmarks/learning_curves.py``'s results: the first and last sizes' errors, what still
+    improves.
 
     Figures, by plain identifier (for MyST-NB ``glue``): ``lc_first_size``, ``lc_last_size``,
     ``lc_n_test``; the mean target error at the first and last size of the Siamese matches
@@ -202,20 +288,41 @@ def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
     fits = curves.get("fits", {}).get("by_method", {})
 
     def mean(method: str, size: str) -> float:
-        return methods[method]["sizes"][size]["mean_target_rms_error_over_prior_spread"] if method in methods else float("nan")
+        return (
+            methods[method]["sizes"][size]["mean_target_rms_error_over_prior_spread"]
+            if method in methods
+            else float("nan")
+        )
 
     npes = [m for m in ("npe", "npe_end_to_end") if m in methods]
     better_npe = {n: min((mean(m, n) for m in npes), default=float("nan")) for n in sizes}
-    figures = {"lc_first_size": int(sizes[0]), "lc_last_size": int(sizes[-1]), "lc_n_test": len(curves.get("systems", {}).get("test", [])),
-               "lc_flat_margin": flat_margin, "lc_far_size": int(curves.get("extrapolation", {}).get("train_systems", 0))}
+    figures = {
+        "lc_first_size": int(sizes[0]),
+        "lc_last_size": int(sizes[-1]),
+        "lc_n_test": len(curves.get("systems", {}).get("test", [])),
+        "lc_flat_margin": flat_margin,
+        "lc_far_size": int(curves.get("extrapolation", {}).get("train_systems", 0)),
+    }
     for key, n in (("first", sizes[0]), ("last", sizes[-1])):
-        figures.update({f"lc_siamese_{key}": mean("siamese", n), f"lc_pixel_{key}": mean("pixel", n), f"lc_npe_{key}": better_npe[n],
-                        f"lc_ratio_{key}": mean("siamese", n) / better_npe[n]})
+        figures.update(
+            {
+                f"lc_siamese_{key}": mean("siamese", n),
+                f"lc_pixel_{key}": mean("pixel", n),
+                f"lc_npe_{key}": better_npe[n],
+                f"lc_ratio_{key}": mean("siamese", n) / better_npe[n],
+            }
+        )
     last, before = (methods["siamese"]["sizes"][n]["parameters"] for n in (sizes[-1], sizes[-2]))
-    fall = {p: before[p]["rms_error_over_prior_spread"] - last[p]["rms_error_over_prior_spread"] for p in curves["target_parameters"]}
-    figures["lc_improving"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin])  # in brackets: the change
+    fall = {
+        p: before[p]["rms_error_over_prior_spread"] - last[p]["rms_error_over_prior_spread"]
+        for p in curves["target_parameters"]
+    }
+    # in brackets: the change
+    figures["lc_improving"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin])
     figures["lc_flat"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d <= flat_margin])
-    extrapolated = {m: fits.get(m, {}).get("mean_target", {}).get("extrapolation", {}).get("value", float("nan")) for m in methods}
+    extrapolated = {
+        m: fits.get(m, {}).get("mean_target", {}).get("extrapolation", {}).get("value", float("nan")) for m in methods
+    }
     figures["lc_siamese_far"] = extrapolated.get("siamese", float("nan"))
     figures["lc_npe_far"] = min((extrapolated[m] for m in npes), default=float("nan"))
     return figures

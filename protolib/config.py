@@ -20,9 +20,8 @@ import os
 import re
 import tokenize
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-
 
 from .attribution import AttributionSettings
 from .autoencoder import AutoencoderConfig
@@ -39,9 +38,21 @@ from .target_similarity import TargetDefinition
 from .training import TrainingConfig
 from .tuning import TuneSettings
 
-__all__ = ["RunConfig", "BankSettings", "SplitSettings", "AutoencoderSettings", "SiameseSettings", "SECTION_TYPES", "load_config",
-           "config_from_data",
-           "find_configs_dir", "apply_overrides", "stage_settings", "setting_type", "setting_help"]
+__all__ = [
+    "RunConfig",
+    "BankSettings",
+    "SplitSettings",
+    "AutoencoderSettings",
+    "SiameseSettings",
+    "SECTION_TYPES",
+    "load_config",
+    "config_from_data",
+    "find_configs_dir",
+    "apply_overrides",
+    "stage_settings",
+    "setting_type",
+    "setting_help",
+]
 
 
 @dataclass
@@ -53,23 +64,32 @@ class BankSettings:
     seed: int = 0  # one seed for parameters, viewing angles and noise
 
     def __post_init__(self):
-        for name, least, expected in (("n_systems", 1, "a bank needs at least one system"),
-                                      ("n_projections", 1, "a bank needs at least one projection"),
-                                      ("seed", 0, "a seed is a whole number >= 0")):
+        for name, least, expected in (
+            ("n_systems", 1, "a bank needs at least one system"),
+            ("n_projections", 1, "a bank needs at least one projection"),
+            ("seed", 0, "a seed is a whole number >= 0"),
+        ):
             value = getattr(self, name)
             if isinstance(value, int) and not least <= value < 2**63:
-                raise ProtolibInputError(f"bank.{name} = {value}: {expected} (and below 2**63); give one from {least} to 2**63 - 1.")
+                raise ProtolibInputError(
+                    f"bank.{name} = {value}: {expected} (and below 2**63); give one from {least} to 2**63 - 1."
+                )
 
 
 @dataclass
 class SplitSettings:
     """Fractions of systems for training, validation and test, and the split's seed."""
 
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)  # of the bank's systems; a system's projections stay together
+    # of the bank's systems; a system's projections stay together
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     seed: int = 0  # seed of the shuffle before the cut
 
 
-IMAGE_SETTINGS = tuple(sorted({f.name for f in fields(ImagePreprocessing)} - {"distance_pc", "pixels_per_beam", "flux_centre", "flux_spread"}))
+IMAGE_SETTINGS = tuple(
+    sorted(
+        {f.name for f in fields(ImagePreprocessing)} - {"distance_pc", "pixels_per_beam", "flux_centre", "flux_spread"}
+    )
+)
 
 
 @dataclass
@@ -78,7 +98,8 @@ class AutoencoderSettings:
 
     model: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # the network's shape
     images: dict = field(default_factory=dict)  # how images are stretched before the network (IMAGE_SETTINGS keys)
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)  # random rotations, flips, beam and noise jitter
+    # random rotations, flips, beam and noise jitter
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)  # epochs, batch size, learning rate, seed
 
 
@@ -97,10 +118,20 @@ class SiameseSettings:
 STAGE_PARTS = {"autoencoder": AutoencoderSettings, "siamese": SiameseSettings}
 
 # Each section's dataclass. `name` is the configuration's name (its artifacts folder).
-SECTION_TYPES = {"bank": BankSettings, "prior": Prior, "simulator": SimulatorConfig, "instrument": Instrument, "split": SplitSettings,
-                 "autoencoder": AutoencoderSettings, "siamese": SiameseSettings, "matching": MatchingSettings,
-                 "evaluation": EvaluationSettings, "tuning": TuneSettings, "attribution": AttributionSettings,
-                 "embedding_map": EmbeddingMapSettings}
+SECTION_TYPES = {
+    "bank": BankSettings,
+    "prior": Prior,
+    "simulator": SimulatorConfig,
+    "instrument": Instrument,
+    "split": SplitSettings,
+    "autoencoder": AutoencoderSettings,
+    "siamese": SiameseSettings,
+    "matching": MatchingSettings,
+    "evaluation": EvaluationSettings,
+    "tuning": TuneSettings,
+    "attribution": AttributionSettings,
+    "embedding_map": EmbeddingMapSettings,
+}
 SECTIONS = ("name", *SECTION_TYPES)
 
 
@@ -183,22 +214,38 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
     if not path.suffix:
         configs = find_configs_dir()
         if configs is None:
-            raise ProtolibInputError(f"No configs/ folder found to look up configuration {name_or_path!r}; pass a path to a YAML file.")
+            raise ProtolibInputError(
+                f"No configs/ folder found to look up configuration {name_or_path!r}; pass a path to a YAML file."
+            )
         path = configs / f"{name_or_path}.yaml"
         if not path.exists():  # a configs/ folder of the working directory without it: the repository's own configs
-            path = next((folder / f"{name_or_path}.yaml" for folder in _configs_dirs() if (folder / f"{name_or_path}.yaml").exists()), path)
+            path = next(
+                (
+                    folder / f"{name_or_path}.yaml"
+                    for folder in _configs_dirs()
+                    if (folder / f"{name_or_path}.yaml").exists()
+                ),
+                path,
+            )
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         raise ProtolibInputError(f"Configuration {path} does not exist (available: {available}).")
     if path.is_dir():
-        raise ProtolibInputError(f"Configuration {path} is a folder; give a YAML file (e.g. {path / 'default.yaml'}) or a configuration name.")
+        raise ProtolibInputError(
+            f"Configuration {path} is a folder; give a YAML file (e.g. {path / 'default.yaml'}) or a configuration "
+            "name."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ProtolibInputError(f"Configuration {path} is not a text file (it is binary); give a YAML configuration.") from None
+        raise ProtolibInputError(
+            f"Configuration {path} is not a text file (it is binary); give a YAML configuration."
+        ) from None
     data = load_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
-        raise ProtolibInputError(f"{path}: a configuration is a mapping of sections (bank:, simulator:, ...), not a {type(data).__name__}.")
+        raise ProtolibInputError(
+            f"{path}: a configuration is a mapping of sections (bank:, simulator:, ...), not a {type(data).__name__}."
+        )
     return _config_from(data, path, path, overrides)
 
 
@@ -215,9 +262,20 @@ def _config_from(data: dict, where: Path, path: Path | None, overrides: dict | N
         raise ProtolibInputError(f"{where}: unknown section(s) {unknown}; known ones are {list(SECTIONS)}.")
     sections = {name: data.get(name) or {} for name in SECTION_TYPES if name in data}
     typed = {name: _typed_section(name, sections.get(name), f"{where} [{name}]") for name in SECTION_TYPES}
-    later = {name: value for name, value in sections.items() if name not in ("bank", "prior", "simulator", "instrument", "split")}
-    name = plain_name(data["name"], f"{where}: name", "it names the configuration's folder of banks and models under artifacts/ "
-                      "(or $PROTOLIB_ARTIFACTS)") if "name" in data else where.stem
+    later = {
+        name: value
+        for name, value in sections.items()
+        if name not in ("bank", "prior", "simulator", "instrument", "split")
+    }
+    name = (
+        plain_name(
+            data["name"],
+            f"{where}: name",
+            "it names the configuration's folder of banks and models under artifacts/ (or $PROTOLIB_ARTIFACTS)",
+        )
+        if "name" in data
+        else where.stem
+    )
     return RunConfig(name=name, path=path, sections=later, **typed)
 
 
@@ -248,7 +306,9 @@ def stage_settings_from(section, stage: str, where: str) -> dict:
         if name == "images":
             if not isinstance(values, dict) or set(values) - set(IMAGE_SETTINGS):
                 bad = sorted(set(values) - set(IMAGE_SETTINGS)) if isinstance(values, dict) else values
-                raise ProtolibInputError(f"{where[:-1]}.{name}]: unknown setting(s) {bad}; known ones are {list(IMAGE_SETTINGS)}.")
+                raise ProtolibInputError(
+                    f"{where[:-1]}.{name}]: unknown setting(s) {bad}; known ones are {list(IMAGE_SETTINGS)}."
+                )
             result[name] = dict(values)
         else:
             cls = setting_type(STAGE_PARTS[stage], name)
@@ -273,19 +333,29 @@ def apply_overrides(data: dict, overrides: dict) -> dict:
     return merged
 
 
-@lru_cache(maxsize=None)
+@cache
 def _field_comments(cls) -> dict:
-    """The trailing ``# comment`` of each field in ``cls``'s source: its unit and reason."""
+    """Each field's comment in ``cls``'s source, its unit and reason: the comment on the field's line, or else the
+    comment lines directly above it (where the line would be too long for both)."""
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    comments, names = {}, {f.name for f in fields(cls)}
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.COMMENT:
-            match = re.match(r"\s*(\w+)\s*:", token.line)
-            if match and match.group(1) in names and match.group(1) not in comments:
-                comments[match.group(1)] = token.string.lstrip("# ").strip()
+    trailing = {
+        token.start[0]: token.string.lstrip("# ").strip()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and token.line.strip()[:1] != "#"
+    }
+    comments, names, above = {}, {f.name for f in fields(cls)}, []
+    for number, line in enumerate(source.splitlines(), 1):
+        if line.strip().startswith("#"):
+            above.append(line.strip().lstrip("# ").strip())
+            continue
+        match = re.match(r"\s*(\w+)\s*:", line)
+        text = trailing.get(number) or " ".join(above)
+        if match and match.group(1) in names and match.group(1) not in comments and text:
+            comments[match.group(1)] = text
+        above = []
     return comments
 
 

@@ -23,7 +23,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Ranks", "ranks", "start", "stop", "is_main", "barrier", "shard", "gather_rows", "reduce_sum", "global_mean_weight", "idle_output"]
+__all__ = [
+    "Ranks",
+    "ranks",
+    "start",
+    "stop",
+    "is_main",
+    "barrier",
+    "shard",
+    "gather_rows",
+    "reduce_sum",
+    "global_mean_weight",
+    "idle_output",
+]
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -37,8 +37,16 @@ from .matching import (
     weighted_percentile,
 )
 from .parameters import Parameter
-from .plotting import (add_colorbar, add_orientation, add_scale_bar, corner_figure, display_unit, fit_title, make_corner_legible,
-                       page_fontsize)
+from .plotting import (
+    add_colorbar,
+    add_orientation,
+    add_scale_bar,
+    corner_figure,
+    display_unit,
+    fit_title,
+    make_corner_legible,
+    page_fontsize,
+)
 from .runtime import ProtolibInputError, atomic_path
 
 __all__ = [
@@ -114,7 +122,8 @@ class ParameterSummary:
     width_68: float
     prior_width_ratio: float
     n_matches: int
-    widening: float = 1.0  # the intervals' scaling about the median (calibration on reference targets; 1: the raw percentiles)
+    # the intervals' scaling about the median (calibration on reference targets; 1: the raw percentiles)
+    widening: float = 1.0
     truth: float = float("nan")
 
 
@@ -166,13 +175,32 @@ def summarise(
             ratio = float(width / (0.5 * (q84 - q16))) if q84 > q16 else float("nan")
         back = (lambda v: float(10**v)) if info.log_scale else float
         truth = float(truths[name]) if truths and name in truths else float("nan")
-        summaries.append(ParameterSummary(name, info.unit, info.log_scale, back(p50), back(p16), back(p84), back(p2_5),
-                                          back(p97_5), float(width), ratio, len(scaled), widening=factor, truth=truth))
+        summaries.append(
+            ParameterSummary(
+                name,
+                info.unit,
+                info.log_scale,
+                back(p50),
+                back(p16),
+                back(p84),
+                back(p2_5),
+                back(p97_5),
+                float(width),
+                ratio,
+                len(scaled),
+                widening=factor,
+                truth=truth,
+            )
+        )
     return summaries
 
 
 def truth_coverage(
-    bank: Bank, matches_by_system: Mapping[int, Matches], *, projection: int = 0, parameters: Sequence[str] | None = None
+    bank: Bank,
+    matches_by_system: Mapping[int, Matches],
+    *,
+    projection: int = 0,
+    parameters: Sequence[str] | None = None,
 ) -> list[dict]:
     """How often the true value lies within the matches' 68% and 95% ranges, over many bank targets.
 
@@ -193,12 +221,26 @@ def truth_coverage(
     rows = {name: [] for name in parameters}
     for system, matches in matches_by_system.items():
         truths = truth_parameters(bank, system, projection)
-        for s in summarise(match_parameters(bank, matches), parameters=parameters, prior=prior, truths=truths,
-                           parameter_info=bank.parameter_info):
-            rows[s.parameter].append((_within(s.p16, s.truth, s.p84), _within(s.p2_5, s.truth, s.p97_5), s.prior_width_ratio))
-    return [{"parameter": name, "within_68": float(np.mean([r[0] for r in hits])), "within_95": float(np.mean([r[1] for r in hits])),
-             "median_width_ratio": float(np.nanmedian([r[2] for r in hits])), "n_targets": len(hits)}
-            for name, hits in rows.items()]
+        for s in summarise(
+            match_parameters(bank, matches),
+            parameters=parameters,
+            prior=prior,
+            truths=truths,
+            parameter_info=bank.parameter_info,
+        ):
+            rows[s.parameter].append(
+                (_within(s.p16, s.truth, s.p84), _within(s.p2_5, s.truth, s.p97_5), s.prior_width_ratio)
+            )
+    return [
+        {
+            "parameter": name,
+            "within_68": float(np.mean([r[0] for r in hits])),
+            "within_95": float(np.mean([r[1] for r in hits])),
+            "median_width_ratio": float(np.nanmedian([r[2] for r in hits])),
+            "n_targets": len(hits),
+        }
+        for name, hits in rows.items()
+    ]
 
 
 def _within(low: float, value: float, high: float, rtol: float = 1e-9) -> bool:
@@ -210,12 +252,15 @@ def format_summary(summaries: Sequence[ParameterSummary]) -> str:
     """A plain-text table of summaries: median with 68% and 95% ranges, units, and truth when known
     (with a ``widened`` column when any range was calibrated)."""
     calibrated = any(s.widening != 1.0 for s in summaries)
-    lines = [f"{'parameter':<18} {'median':>10} {'16%':>10} {'84%':>10} {'2.5%':>10} {'97.5%':>10}  {'unit':<8} {'width/prior':>11} {'truth':>10}"
-             + (f" {'widened':>8}" if calibrated else "")]
+    lines = [
+        f"{'parameter':<18} {'median':>10} {'16%':>10} {'84%':>10} {'2.5%':>10} {'97.5%':>10}  {'unit':<8} "
+        f"{'width/prior':>11} {'truth':>10}" + (f" {'widened':>8}" if calibrated else "")
+    ]
     for s in summaries:
         lines.append(
             f"{s.parameter:<18} {s.median:>10.3g} {s.p16:>10.3g} {s.p84:>10.3g} {s.p2_5:>10.3g} {s.p97_5:>10.3g}  "
-            f"{s.unit:<8} {s.prior_width_ratio:>11.2f} {s.truth:>10.3g}" + (f" {s.widening:>8.3g}" if calibrated else "")
+            f"{s.unit:<8} {s.prior_width_ratio:>11.2f} {s.truth:>10.3g}"
+            + (f" {s.widening:>8.3g}" if calibrated else "")
         )
     return "\n".join(lines)
 
@@ -233,7 +278,9 @@ def write_csv(rows: Sequence[Mapping] | Sequence[ParameterSummary], path: str | 
 
 
 def _matrix(samples: Mapping[str, np.ndarray], parameters: Sequence[str], parameter_info) -> np.ndarray:
-    return np.stack([scaled_for_summary(samples[n], describe_parameter(n, parameter_info).log_scale, n) for n in parameters], axis=1)
+    return np.stack(
+        [scaled_for_summary(samples[n], describe_parameter(n, parameter_info).log_scale, n) for n in parameters], axis=1
+    )
 
 
 def corner_plot(
@@ -266,22 +313,36 @@ def corner_plot(
         The matplotlib figure.
     """
     parameters = [p for p in samples if p != "position_angle"] if parameters is None else list(parameters)
-    parameters = [p for p in parameters if _known(prior, samples, p, parameter_info)]  # an imported bank's inclination is unknown (NaN)
+    # an imported bank's inclination is unknown (NaN)
+    parameters = [p for p in parameters if _known(prior, samples, p, parameter_info)]
     if len(parameters) < 2:
-        raise ProtolibInputError(f"A corner plot needs at least two parameters with known values; got {list(parameters)}.")
+        raise ProtolibInputError(
+            f"A corner plot needs at least two parameters with known values; got {list(parameters)}."
+        )
     matches = _matrix(samples, parameters, parameter_info)
     bank = _matrix(prior, parameters, parameter_info)
     lo, hi = np.minimum(bank.min(0), matches.min(0)), np.maximum(bank.max(0), matches.max(0))
     pad = 0.02 * np.where(hi > lo, hi - lo, 1.0)
     ranges = list(zip(lo - pad, hi + pad))
     labels = [describe_parameter(n, parameter_info).axis_label for n in parameters]
-    common = dict(range=ranges, bins=bins, labels=labels, plot_datapoints=False, plot_density=False,
-                  levels=(0.393, 0.865), max_n_ticks=3)
+    common = dict(
+        range=ranges,
+        bins=bins,
+        labels=labels,
+        plot_datapoints=False,
+        plot_density=False,
+        levels=(0.393, 0.865),
+        max_n_ticks=3,
+    )
     fig = _corner_prior(bank, common, corner_figure(len(parameters)))
     truth_values = None
     if truths:
-        truth_values = [float(scaled_for_summary([truths[n]], describe_parameter(n, parameter_info).log_scale, n)[0])
-                        if n in truths else None for n in parameters]
+        truth_values = [
+            float(scaled_for_summary([truths[n]], describe_parameter(n, parameter_info).log_scale, n)[0])
+            if n in truths
+            else None
+            for n in parameters
+        ]
     _overplot_matches(fig, matches, weights, truth_values, common, color)
     _fit_diagonal(fig, len(parameters))
     make_corner_legible(fig, len(parameters))
@@ -290,21 +351,38 @@ def corner_plot(
 
 
 def _known(prior: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray], name: str, parameter_info) -> bool:
-    """Whether parameter ``name`` has finite values (as plotted: log10 where log-scaled) over the bank and the matches."""
+    """Whether parameter ``name`` has finite values (as plotted: log10 where log-scaled) over the bank and the
+    matches."""
     if name not in prior or name not in samples:
         return True  # _matrix names what is missing
-    return bool(np.isfinite(_matrix(prior, [name], parameter_info)).all() and np.isfinite(_matrix(samples, [name], parameter_info)).all())
+    return bool(
+        np.isfinite(_matrix(prior, [name], parameter_info)).all()
+        and np.isfinite(_matrix(samples, [name], parameter_info)).all()
+    )
 
 
 def _corner_prior(bank: np.ndarray, common: dict, fig):
-    """The corner figure of the prior ``(n, K)`` (scaled) drawn on ``fig``: dashed contours, or its points when it has fewer than 500."""
+    """The corner figure of the prior ``(n, K)`` (scaled) drawn on ``fig``: dashed contours, or its points when it has
+    fewer than 500."""
     import corner
 
     dense_prior = len(bank) >= 500  # fewer: contours of the prior are noise, show its points
     with _quiet_corner():
-        return corner.corner(bank, fig=fig, color="0.55", hist_kwargs={"density": True, "color": "0.55"}, no_fill_contours=True,
-                             contour_kwargs={"linestyles": "--"}, **{**common, "plot_contours": dense_prior,
-                             "plot_datapoints": not dense_prior, "data_kwargs": {"alpha": 0.35, "ms": 2}, "smooth": 1.0})
+        return corner.corner(
+            bank,
+            fig=fig,
+            color="0.55",
+            hist_kwargs={"density": True, "color": "0.55"},
+            no_fill_contours=True,
+            contour_kwargs={"linestyles": "--"},
+            **{
+                **common,
+                "plot_contours": dense_prior,
+                "plot_datapoints": not dense_prior,
+                "data_kwargs": {"alpha": 0.35, "ms": 2},
+                "smooth": 1.0,
+            },
+        )
 
 
 def _overplot_matches(fig, matches: np.ndarray, weights, truth_values, common: dict, color: str) -> None:
@@ -314,9 +392,18 @@ def _overplot_matches(fig, matches: np.ndarray, weights, truth_values, common: d
     bins = common["bins"]
     if len(matches) >= 50:
         with _quiet_corner():
-            corner.corner(matches, fig=fig, weights=weights, color=color, truths=truth_values, truth_color="C3",
-                          hist_kwargs={"density": True, "color": color}, fill_contours=True, smooth=1.0,
-                          **{**common, "bins": max(8, min(bins, int(np.sqrt(len(matches)))))})
+            corner.corner(
+                matches,
+                fig=fig,
+                weights=weights,
+                color=color,
+                truths=truth_values,
+                truth_color="C3",
+                hist_kwargs={"density": True, "color": color},
+                fill_contours=True,
+                smooth=1.0,
+                **{**common, "bins": max(8, min(bins, int(np.sqrt(len(matches)))))},
+            )
     else:  # too few for contours (or for corner itself): the matches as points
         _overplot_few(fig, matches, weights, common["range"], max(5, min(bins, len(matches) // 3)), color)
         if truth_values:
@@ -328,8 +415,10 @@ def _corner_legend(fig, label: str, color: str, n_prior: int, with_truth: bool) 
     """The corner figure's legend: the matches (``label``), the prior and, when drawn, the truth."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=color, label=label),
-               Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({n_prior})")]
+    handles = [
+        Line2D([], [], color=color, label=label),
+        Line2D([], [], color="0.55", ls="--", label=f"prior: whole bank ({n_prior})"),
+    ]
     if with_truth:
         handles.append(Line2D([], [], color="C3", label="truth"))
     fig.legend(handles=handles, loc="upper right", frameon=False, fontsize=page_fontsize(fig, 9.5))
@@ -367,8 +456,15 @@ def _overplot_few(fig, matches: np.ndarray, weights, ranges, bins: int, color: s
     n = matches.shape[1]
     axes = np.array(fig.axes).reshape(n, n)
     for i in range(n):
-        axes[i, i].hist(matches[:, i], bins=np.linspace(*ranges[i], bins + 1), weights=weights, density=True,
-                        histtype="step", color=color, lw=1.5)
+        axes[i, i].hist(
+            matches[:, i],
+            bins=np.linspace(*ranges[i], bins + 1),
+            weights=weights,
+            density=True,
+            histtype="step",
+            color=color,
+            lw=1.5,
+        )
     corner.overplot_points(fig, matches, marker="o", ms=3, alpha=0.7, color=color)
 
 
@@ -406,13 +502,20 @@ def marginals_plot(
         edges = np.linspace(bank.min(), bank.max(), bins + 1)
         ax.hist(bank, edges, density=True, color="0.8", label="prior (bank)")
         for i, (label, samples) in enumerate(distributions.items()):
-            ax.hist(np.clip(scaled_for_summary(samples[name], info.log_scale, name), edges[0], edges[-1]), edges, density=True,
-                    histtype="step", lw=1.6, color=f"C{i}", label=label)
+            ax.hist(
+                np.clip(scaled_for_summary(samples[name], info.log_scale, name), edges[0], edges[-1]),
+                edges,
+                density=True,
+                histtype="step",
+                lw=1.6,
+                color=f"C{i}",
+                label=label,
+            )
         if truths and name in truths:
             ax.axvline(scaled_for_summary([truths[name]], info.log_scale, name)[0], color="C3", lw=1.5, label="truth")
         ax.set_xlabel(info.axis_label, fontsize=9)
         ax.set_yticks([])
-    for ax in axes.flat[len(parameters):]:
+    for ax in axes.flat[len(parameters) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
@@ -468,17 +571,23 @@ def gallery_plot(
     """
     options = dict(captions=captions, target_caption=target_caption, pixel_size_au=pixel_size_au, cmap=cmap, unit=unit)
     if residuals is not None:
-        return _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, n_columns=n_columns, **options)
+        return _gallery_with_residuals(
+            target_image, images, similarities, residuals, reduced_chi2, n_columns=n_columns, **options
+        )
     if scale not in ("each", "target"):
         raise ProtolibInputError(f"A gallery's scale is 'each' or 'target', got {scale!r}.")
-    return _plain_gallery(target_image, images, similarities, n_columns=min(n_columns, len(images) + 1), scale=scale, **options)
+    return _plain_gallery(
+        target_image, images, similarities, n_columns=min(n_columns, len(images) + 1), scale=scale, **options
+    )
 
 
 def _gallery_titles(similarities, captions, width_in: float, n_columns: int, fontsize: float) -> list[str]:
     """Each match's panel title: its rank and similarity, and its caption, wrapped to the panel's width."""
     panel_in = width_in / n_columns
-    return [fit_title(f"#{i + 1}  s = {s:.3f}" + (f"\n{captions[i]}" if captions is not None else ""), panel_in, fontsize)
-            for i, s in enumerate(similarities)]
+    return [
+        fit_title(f"#{i + 1}  s = {s:.3f}" + (f"\n{captions[i]}" if captions is not None else ""), panel_in, fontsize)
+        for i, s in enumerate(similarities)
+    ]
 
 
 def _decorate_target(ax, image_size: int, pixel_size_au: float | None, fontsize: float) -> None:
@@ -497,15 +606,20 @@ def _target_scale(target_image, factor: float) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + max(abs(lo), 1e-12) * 1e-6)
 
 
-def _plain_gallery(target_image, images, similarities, *, captions, target_caption, n_columns, pixel_size_au, cmap, unit, scale):
-    """:func:`gallery_plot` without residuals: each image on its own scale (or all on the target's), the target framed in red."""
+def _plain_gallery(
+    target_image, images, similarities, *, captions, target_caption, n_columns, pixel_size_au, cmap, unit, scale
+):
+    """:func:`gallery_plot` without residuals: each image on its own scale (or all on the target's), the target framed
+    in red."""
     import matplotlib.pyplot as plt
 
     target_image, images = np.asarray(target_image), np.asarray(images)
     factor, label = display_unit(unit)
     n_rows, width = int(np.ceil((len(images) + 1) / n_columns)), 2.2 * n_columns + 0.6
     text = page_fontsize(width, 8.5)
-    titles = [fit_title(target_caption, width / n_columns, text)] + _gallery_titles(similarities, captions, width, n_columns, text)
+    titles = [fit_title(target_caption, width / n_columns, text)] + _gallery_titles(
+        similarities, captions, width, n_columns, text
+    )
     lines = max(t.count("\n") + 1 for t in titles)
     row_in = 2.05 + (1.25 * lines * text + (3.6 * text if scale == "each" else 0.0)) / 72  # image, title, colour bar
     fig, axes = plt.subplots(n_rows, n_columns, figsize=(width, row_in * n_rows), squeeze=False, layout="constrained")
@@ -520,15 +634,27 @@ def _plain_gallery(target_image, images, similarities, *, captions, target_capti
             _decorate_target(ax, target_image.shape[-1], pixel_size_au, text)
         if scale == "each":
             add_colorbar(ax, shown, label, fontsize=0.9 * text, location="bottom", size=0.06, pad=0.03, n_ticks=3)
-    for ax in axes.flat[len(images) + 1:]:
+    for ax in axes.flat[len(images) + 1 :]:
         ax.set_visible(False)
     if scale == "target":  # the first row is always full: its last panel carries the colour bar of all
         add_colorbar(axes[0, -1], shown, f"{label} (all panels)", fontsize=text, size=0.07)
     return fig
 
 
-def _gallery_with_residuals(target_image, images, similarities, residuals, reduced_chi2, *, captions, target_caption,
-                            n_columns, pixel_size_au, cmap, unit):
+def _gallery_with_residuals(
+    target_image,
+    images,
+    similarities,
+    residuals,
+    reduced_chi2,
+    *,
+    captions,
+    target_caption,
+    n_columns,
+    pixel_size_au,
+    cmap,
+    unit,
+):
     """:func:`gallery_plot` with a residual row under each row of images, all images on one scale."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import SymLogNorm
@@ -538,9 +664,13 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
     n_rows, width = int(np.ceil(len(panels) / n_columns)), 2.2 * n_columns + 1.2
     text = page_fontsize(width, 8.5)
     titles = _gallery_titles(similarities, captions, width - 1.2, n_columns, text)
-    lines = max([t.count("\n") + 1 for t in titles] + [fit_title(target_caption, width / n_columns, text).count("\n") + 1])
+    lines = max(
+        [t.count("\n") + 1 for t in titles] + [fit_title(target_caption, width / n_columns, text).count("\n") + 1]
+    )
     pair_in = 2 * 2.05 + 1.25 * lines * text / 72  # an image with its title, and its residual
-    fig, axes = plt.subplots(2 * n_rows, n_columns, figsize=(width, pair_in * n_rows + 0.8), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        2 * n_rows, n_columns, figsize=(width, pair_in * n_rows + 0.8), squeeze=False, layout="constrained"
+    )
     scales = [_target_scale(img, factor) for img in panels]  # one range that saturates no panel
     lo, hi = min(a for a, _ in scales), max(b for _, b in scales)
     target_peak = float(np.nanmax(panels[0])) or 1.0
@@ -553,16 +683,34 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
         if k == 0:
             ax_image.set_title(fit_title(target_caption, width / n_columns, text), fontsize=text, color="C3")
             _decorate_target(ax_image, np.shape(target_image)[-1], pixel_size_au, text)
-            ax_residual.text(0.5, 0.5, "below each match:\ntarget minus match\nin noise rms; its\nreduced chi-square,\nits peak over\nthe target's", ha="center",
-                             va="center", fontsize=text, transform=ax_residual.transAxes)
+            ax_residual.text(
+                0.5,
+                0.5,
+                "below each match:\ntarget minus match\nin noise rms; its\nreduced chi-square,\nits peak over\nthe "
+                "target's",
+                ha="center",
+                va="center",
+                fontsize=text,
+                transform=ax_residual.transAxes,
+            )
             ax_residual.set_axis_off()
         else:
             ax_image.set_title(titles[k - 1], fontsize=text)
             shown_residual = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", norm=norm)
             said = ([rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k - 1]:.3g}"] if reduced_chi2 is not None else []) + [
-                f"peak x{float(np.nanmax(img)) / target_peak:.2g}"]
-            ax_residual.text(0.03, 0.97, "\n".join(said), transform=ax_residual.transAxes, ha="left", va="top", fontsize=0.85 * text,
-                             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5}, in_layout=False)
+                f"peak x{float(np.nanmax(img)) / target_peak:.2g}"
+            ]
+            ax_residual.text(
+                0.03,
+                0.97,
+                "\n".join(said),
+                transform=ax_residual.transAxes,
+                ha="left",
+                va="top",
+                fontsize=0.85 * text,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5},
+                in_layout=False,
+            )
         for ax in (ax_image, ax_residual):
             ax.set_xticks([])
             ax.set_yticks([])
@@ -574,7 +722,9 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
     bar.ax.tick_params(labelsize=0.9 * text)
     if shown_residual is not None:
         ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
-        bar = fig.colorbar(shown_residual, ax=axes[1::2].ravel().tolist(), shrink=0.5, location="bottom", aspect=40, ticks=ticks)
+        bar = fig.colorbar(
+            shown_residual, ax=axes[1::2].ravel().tolist(), shrink=0.5, location="bottom", aspect=40, ticks=ticks
+        )
         bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
         bar.set_label("residuals: (target - match) / noise rms (linear within +-3, logarithmic beyond)", fontsize=text)
         bar.ax.tick_params(labelsize=0.9 * text)
@@ -584,10 +734,21 @@ def _gallery_with_residuals(target_image, images, similarities, residuals, reduc
 CHI2_RED = r"$\chi^2_\mathrm{red}$"
 
 
-def band_gallery_plot(target_images: np.ndarray, images: np.ndarray, similarities: np.ndarray, *, band_names: Sequence[str],
-                      residuals: np.ndarray, reduced_chi2: np.ndarray, reduced_chi2_by_band: np.ndarray, searched: int = 0,
-                      captions: Sequence[str] | None = None, pixel_size_au: float | None = None, unit: str = "Jy/beam",
-                      cmap: str = "inferno"):
+def band_gallery_plot(
+    target_images: np.ndarray,
+    images: np.ndarray,
+    similarities: np.ndarray,
+    *,
+    band_names: Sequence[str],
+    residuals: np.ndarray,
+    reduced_chi2: np.ndarray,
+    reduced_chi2_by_band: np.ndarray,
+    searched: int = 0,
+    captions: Sequence[str] | None = None,
+    pixel_size_au: float | None = None,
+    unit: str = "Jy/beam",
+    cmap: str = "inferno",
+):
     """The target in several bands beside its best matches: one column per match, two rows per band (the images,
     then target minus match in that band's noise rms).
 
@@ -598,7 +759,8 @@ def band_gallery_plot(target_images: np.ndarray, images: np.ndarray, similaritie
 
     Arguments:
         target_images: ``(bands, H, W)``; ``images``: ``(n, bands, H, W)`` the matches as the target sees them.
-        similarities: ``(n,)``; ``band_names``: one per band (e.g. ``"230 GHz"``); ``searched``: the band the network searched.
+        similarities: ``(n,)``; ``band_names``: one per band (e.g. ``"230 GHz"``); ``searched``: the band the network
+    searched.
         residuals: ``(n, bands, H, W)``; ``reduced_chi2``: ``(n,)`` joint; ``reduced_chi2_by_band``: ``(bands, n)``.
         captions: an extra line per match; ``pixel_size_au``: a scale bar on the target's first panel.
 
@@ -612,7 +774,9 @@ def band_gallery_plot(target_images: np.ndarray, images: np.ndarray, similaritie
     factor, label = display_unit(unit)
     width = 2.0 * (n + 1) + 1.4
     text = page_fontsize(width, 8.5)
-    fig, axes = plt.subplots(2 * n_bands, n + 1, figsize=(width, 4.1 * n_bands + 0.9), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        2 * n_bands, n + 1, figsize=(width, 4.1 * n_bands + 0.9), squeeze=False, layout="constrained"
+    )
     reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
     norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
     titles = _gallery_titles(similarities, captions, width - 1.4, n + 1, text)
@@ -623,17 +787,38 @@ def band_gallery_plot(target_images: np.ndarray, images: np.ndarray, similaritie
         for k, (ax, image) in enumerate(zip(row_images, panels)):
             shown = ax.imshow(np.asarray(image) * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
             if b == 0:
-                ax.set_title("target\n(its range\nin each band)" if k == 0 else titles[k - 1] + f"\njoint {CHI2_RED} {_compact(reduced_chi2[k - 1])}",
-                             fontsize=text, color="C3" if k == 0 else "black")
+                ax.set_title(
+                    "target\n(its range\nin each band)"
+                    if k == 0
+                    else titles[k - 1] + f"\njoint {CHI2_RED} {_compact(reduced_chi2[k - 1])}",
+                    fontsize=text,
+                    color="C3" if k == 0 else "black",
+                )
         row_images[0].set_ylabel(f"{name}{' (searched)' if b == searched else ''}", fontsize=text)
         _decorate_target(row_images[0], np.shape(target_images)[-1], pixel_size_au if b == 0 else None, text)
         add_colorbar(row_images[-1], shown, label, fontsize=0.9 * text, size=0.07, n_ticks=3)
         for k, ax in enumerate(row_residuals[1:]):
             residual = ax.imshow(residuals[k, b], origin="lower", cmap="RdBu_r", norm=norm)
-            ax.text(0.03, 0.97, f"{CHI2_RED} {_compact(reduced_chi2_by_band[b, k])}", transform=ax.transAxes, ha="left",
-                    va="top", fontsize=0.85 * text, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5}, in_layout=False)
-        row_residuals[0].text(0.5, 0.5, f"{name}:\ntarget minus match\nin noise rms", ha="center", va="center", fontsize=text,
-                              transform=row_residuals[0].transAxes)
+            ax.text(
+                0.03,
+                0.97,
+                f"{CHI2_RED} {_compact(reduced_chi2_by_band[b, k])}",
+                transform=ax.transAxes,
+                ha="left",
+                va="top",
+                fontsize=0.85 * text,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5},
+                in_layout=False,
+            )
+        row_residuals[0].text(
+            0.5,
+            0.5,
+            f"{name}:\ntarget minus match\nin noise rms",
+            ha="center",
+            va="center",
+            fontsize=text,
+            transform=row_residuals[0].transAxes,
+        )
         row_residuals[0].set_axis_off()
     for ax in axes.flat:
         ax.set_xticks([])
@@ -647,7 +832,9 @@ def _residual_colorbar(fig, mappable, axes, reach: float, text: float) -> None:
     ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
     bar = fig.colorbar(mappable, ax=axes, shrink=0.5, location="bottom", aspect=40, ticks=ticks)
     bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
-    bar.set_label("residuals: (target - match) / that band's noise rms (linear within +-3, logarithmic beyond)", fontsize=text)
+    bar.set_label(
+        "residuals: (target - match) / that band's noise rms (linear within +-3, logarithmic beyond)", fontsize=text
+    )
     bar.ax.tick_params(labelsize=0.9 * text)
 
 
@@ -656,8 +843,17 @@ def _compact(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def spectral_index_plot(target_alpha: np.ndarray, match_alphas: np.ndarray, *, low_ghz: float, high_ghz: float, beam_arcsec: float,
-                        captions: Sequence[str] | None = None, sigma: float = 3.0, cmap: str = "RdYlBu_r"):
+def spectral_index_plot(
+    target_alpha: np.ndarray,
+    match_alphas: np.ndarray,
+    *,
+    low_ghz: float,
+    high_ghz: float,
+    beam_arcsec: float,
+    captions: Sequence[str] | None = None,
+    sigma: float = 3.0,
+    cmap: str = "RdYlBu_r",
+):
     """The target's spectral-index map beside its best matches', on one colour scale.
 
     Arguments:
@@ -673,14 +869,20 @@ def spectral_index_plot(target_alpha: np.ndarray, match_alphas: np.ndarray, *, l
 
     panels = [np.asarray(target_alpha), *np.asarray(match_alphas)]
     known = np.concatenate([p[np.isfinite(p)] for p in panels] + [np.zeros(0)])
-    centre = float(np.nanmedian(panels[0])) if np.isfinite(panels[0]).any() else (float(np.median(known)) if len(known) else 3.0)
+    centre = (
+        float(np.nanmedian(panels[0]))
+        if np.isfinite(panels[0]).any()
+        else (float(np.median(known)) if len(known) else 3.0)
+    )
     half = max(0.75, float(np.percentile(np.abs(known - centre), 95))) if len(known) else 1.0
     width = 2.2 * len(panels) + 1.0
     text = page_fontsize(width, 8.5)
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.2), squeeze=False, layout="constrained")
     colours = plt.get_cmap(cmap).copy()
     colours.set_bad("0.85")
-    titles = ["target"] + [fit_title(c, width / len(panels), text) for c in (captions or [f"#{i + 1}" for i in range(len(panels) - 1)])]
+    titles = ["target"] + [
+        fit_title(c, width / len(panels), text) for c in (captions or [f"#{i + 1}" for i in range(len(panels) - 1)])
+    ]
     for k, (ax, alpha, title) in enumerate(zip(axes[0], panels, titles)):
         shown = ax.imshow(alpha, origin="lower", cmap=colours, vmin=centre - half, vmax=centre + half)
         median = f"median {np.nanmedian(alpha):.2f}" if np.isfinite(alpha).any() else "no pixel above the noise in both"
@@ -690,17 +892,27 @@ def spectral_index_plot(target_alpha: np.ndarray, match_alphas: np.ndarray, *, l
     bar = fig.colorbar(shown, ax=axes[0].tolist(), shrink=0.9)
     bar.set_label(rf"$\alpha$ ({low_ghz:g}-{high_ghz:g} GHz)", fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
-    fig.suptitle(rf"Spectral index $\alpha$ ($S \propto \nu^\alpha$) where both bands are above {sigma:g} sigma, at the coarser beam "
-                 f"({beam_arcsec:.2g}\"); grey: below it", fontsize=text)
+    fig.suptitle(
+        rf"Spectral index $\alpha$ ($S \propto \nu^\alpha$) where both bands are above {sigma:g} sigma, at the coarser "
+        r"beam "
+        f'({beam_arcsec:.2g}"); grey: below it',
+        fontsize=text,
+    )
     return fig
+
 
 def match_rows(bank: Bank, matches: Matches) -> list[dict]:
     """One row per match: rank, similarity, system, system id, projection, viewing angles, every parameter."""
     table = match_parameters(bank, matches)
     rows = []
     for i in range(len(matches)):
-        row = {"rank": i + 1, "similarity": float(matches.similarity[i]), "system": int(matches.system[i]),
-               "system_id": int(bank.system_id[matches.system[i]]), "projection": int(matches.projection[i])}
+        row = {
+            "rank": i + 1,
+            "similarity": float(matches.similarity[i]),
+            "system": int(matches.system[i]),
+            "system_id": int(bank.system_id[matches.system[i]]),
+            "projection": int(matches.projection[i]),
+        }
         row.update({name: float(values[i]) for name, values in table.items()})
         rows.append(row)
     return rows
@@ -709,5 +921,3 @@ def match_rows(bank: Bank, matches: Matches) -> list[dict]:
 def match_images(bank: Bank, matches: Matches) -> np.ndarray:
     """The images ``(n, H, W)`` of the matches, best first (read one by one: meant for a gallery's few)."""
     return bank.images_at(matches.system, matches.projection)
-
-

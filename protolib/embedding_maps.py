@@ -10,7 +10,15 @@ from .parameters import PARAMETERS, VIEWING_PARAMETERS
 from .plotting import page_fontsize
 from .runtime import ProtolibInputError
 
-__all__ = ["EmbeddingMapSettings", "PcaMap", "UmapMap", "embedding_map", "image_parameters", "map_smoothness", "plot_embedding_maps"]
+__all__ = [
+    "EmbeddingMapSettings",
+    "PcaMap",
+    "UmapMap",
+    "embedding_map",
+    "image_parameters",
+    "map_smoothness",
+    "plot_embedding_maps",
+]
 
 
 @dataclass
@@ -31,7 +39,7 @@ class PcaMap:
     axis_name = "PC"
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, n_components: int = 2) -> "PcaMap":
+    def fit(cls, embeddings: np.ndarray, n_components: int = 2) -> PcaMap:
         """Principal components of ``embeddings`` ``(N, D)`` by singular value decomposition."""
         embeddings = np.asarray(embeddings, dtype=np.float64)
         if embeddings.ndim != 2 or len(embeddings) < 2:
@@ -42,7 +50,8 @@ class PcaMap:
         return cls(mean, directions[:n_components], variance[:n_components] / max(variance.sum(), 1e-300))
 
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
-        """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving ``(n_components,)``)."""
+        """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving
+        ``(n_components,)``)."""
         return (np.asarray(embeddings, dtype=np.float64) - self.mean) @ self.components.T
 
 
@@ -59,21 +68,34 @@ class UmapMap:
     axis_name = "UMAP"
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, n_components: int = 2, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> "UmapMap":
-        """UMAP of ``embeddings`` ``(N, D)`` with ``n_neighbors`` (capped at ``N - 1``) and ``min_dist``, seeded by ``seed``."""
+    def fit(
+        cls, embeddings: np.ndarray, n_components: int = 2, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1
+    ) -> UmapMap:
+        """UMAP of ``embeddings`` ``(N, D)`` with ``n_neighbors`` (capped at ``N - 1``) and ``min_dist``, seeded by
+        ``seed``."""
         try:
             import umap
         except ImportError:
-            raise ProtolibInputError('UMAP maps need the umap-learn package: pip install "protolib[maps]" (or umap-learn).') from None
+            raise ProtolibInputError(
+                'UMAP maps need the umap-learn package: pip install "protolib[maps]" (or umap-learn).'
+            ) from None
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) < 3:
-            raise ProtolibInputError(f"Expected at least three embeddings (N, D) for a UMAP map, got shape {embeddings.shape}.")
-        reducer = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, len(embeddings) - 1), min_dist=min_dist,
-                            random_state=seed, n_jobs=1)
+            raise ProtolibInputError(
+                f"Expected at least three embeddings (N, D) for a UMAP map, got shape {embeddings.shape}."
+            )
+        reducer = umap.UMAP(
+            n_components=n_components,
+            n_neighbors=min(n_neighbors, len(embeddings) - 1),
+            min_dist=min_dist,
+            random_state=seed,
+            n_jobs=1,
+        )
         return cls(reducer.fit(embeddings))
 
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
-        """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving ``(n_components,)``)."""
+        """Map coordinates ``(N, n_components)`` of embeddings ``(N, D)`` (or one ``(D,)``, giving
+        ``(n_components,)``)."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         coordinates = self.reducer.transform(np.atleast_2d(embeddings)).astype(np.float64)
         return coordinates[0] if embeddings.ndim == 1 else coordinates
@@ -93,8 +115,11 @@ def embedding_map(embeddings: np.ndarray, method: str = "pca", seed: int = 0) ->
     raise ProtolibInputError(f"Unknown embedding map {method!r}; choose 'pca' or 'umap'.")
 
 
-def image_parameters(bank, systems: np.ndarray, projections: np.ndarray, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Physical parameters (``names``, default all) and the inclination [deg] of bank images ``(N,)``, one array each."""
+def image_parameters(
+    bank, systems: np.ndarray, projections: np.ndarray, names: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Physical parameters (``names``, default all) and the inclination [deg] of bank images ``(N,)``, one array
+    each."""
     names = list(names or bank.parameters)
     table = bank.parameter_table(names)[systems]
     values = {name: table[:, k] for k, name in enumerate(names)}
@@ -102,7 +127,15 @@ def image_parameters(bank, systems: np.ndarray, projections: np.ndarray, names: 
     return values
 
 
-def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n_random: int = 20000, max_points: int = 4000, seed: int = 0) -> float:
+def map_smoothness(
+    coordinates: np.ndarray,
+    values: np.ndarray,
+    *,
+    k: int = 5,
+    n_random: int = 20000,
+    max_points: int = 4000,
+    seed: int = 0,
+) -> float:
     """How smoothly ``values`` ``(N,)`` vary across a map ``(N, 2)``: 0 perfectly smooth, about 1 no structure.
 
     Values are replaced by their ranks scaled to ``[0, 1]`` (so a log-distributed parameter counts
@@ -113,7 +146,10 @@ def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n
     """
     coordinates, values = np.asarray(coordinates, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if len(coordinates) != len(values) or len(values) <= k:
-        raise ProtolibInputError(f"Need more than k = {k} points with one value each; got {len(coordinates)} points and {len(values)} values.")
+        raise ProtolibInputError(
+            f"Need more than k = {k} points with one value each; got {len(coordinates)} points and {len(values)} "
+            "values."
+        )
     rng = np.random.default_rng(seed)
     if len(values) > max_points:
         keep = rng.choice(len(values), max_points, replace=False)
@@ -128,8 +164,15 @@ def map_smoothness(coordinates: np.ndarray, values: np.ndarray, *, k: int = 5, n
     return float(local / max(np.abs(ranks[first[keep]] - ranks[second[keep]]).mean(), 1e-300))
 
 
-def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray], *, observation: np.ndarray | None = None,
-                        smoothness: dict[str, float] | None = None, columns: int = 3, axis_name: str = "PC"):
+def plot_embedding_maps(
+    coordinates: np.ndarray,
+    colours: dict[str, np.ndarray],
+    *,
+    observation: np.ndarray | None = None,
+    smoothness: dict[str, float] | None = None,
+    columns: int = 3,
+    axis_name: str = "PC",
+):
     """One panel per quantity: the map ``(N, 2)`` with points coloured by it, an observation optionally marked.
 
     Arguments:
@@ -158,12 +201,14 @@ def plot_embedding_maps(coordinates: np.ndarray, colours: dict[str, np.ndarray],
         bar.set_label(f"log10 {name}{unit}" if logged else f"{name}{unit}", fontsize=text)
         bar.ax.tick_params(labelsize=tick)
         if observation is not None:
-            ax.scatter(*observation, marker="*", s=200 * text / 8.5, color="red", edgecolor="black", label="observation")
+            ax.scatter(
+                *observation, marker="*", s=200 * text / 8.5, color="red", edgecolor="black", label="observation"
+            )
         suffix = f" (smoothness {smoothness[name]:.2f})" if smoothness and name in smoothness else ""
         ax.set_title(name + suffix, fontsize=text)
         ax.set_xlabel(f"{axis_name} 1", fontsize=text)
         ax.set_ylabel(f"{axis_name} 2", fontsize=text)
         ax.tick_params(labelsize=tick)
-    for ax in axes.flat[len(colours):]:
+    for ax in axes.flat[len(colours) :]:
         ax.set_visible(False)
     return fig

@@ -30,9 +30,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from scipy.stats import chisquare, rankdata
 from .bank import Bank
 from .comparison import paired_difference
 from .distributions import central_coverage, central_intervals, similarity_weights
-from .matching import EmbedFunction, EmbeddingIndex, embed_bank
+from .matching import EmbeddingIndex, EmbedFunction, embed_bank
 from .matching.calibration import required_widening
 from .normalise import ParameterNormaliser, scaled_image_parameters
 from .runtime import ProtolibInputError, interruptible
@@ -106,14 +106,16 @@ class EvaluationSettings:
 
     top_k: int = 20  # matches per target that form its distribution
     projection: int | None = None  # targets' projection; None: every projection of every test system
-    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES[:5]))  # methods compared on the same targets (NPE_METHODS: need sbi)
+    # methods compared on the same targets (NPE_METHODS: need sbi)
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES[:5]))
     npe_samples: int = 200  # posterior samples per target of the neural posterior estimate
     npe_max_epochs: int = 200  # its flow's training epochs at most
     pca_components: int = 32  # dimensions kept by the PCA baseline
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
     correction: str = "choose_k_and_widening"  # on validation systems: "choose_k", "choose_k_and_widening" or "none"
     k_candidates: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 200])  # k tried by the correction
-    widening_candidates: list[float] = field(default_factory=lambda: [1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0])  # interval scalings tried, per parameter
+    # interval scalings tried, per parameter
+    widening_candidates: list[float] = field(default_factory=lambda: [1.0, 1.1, 1.25, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0])
     rank_bins: int = 10  # bins of the rank histograms
     seed: int = 0  # random matches and TARP reference points
     variant_epochs: int | None = None  # epochs per network in the target/loss comparison (None: the config's)
@@ -122,7 +124,9 @@ class EvaluationSettings:
     def __post_init__(self):
         unknown = set(self.methods) - set(METHOD_NAMES)
         if unknown:
-            raise ProtolibInputError(f"Unknown evaluation method(s) {sorted(unknown)}; known ones are {list(METHOD_NAMES)}.")
+            raise ProtolibInputError(
+                f"Unknown evaluation method(s) {sorted(unknown)}; known ones are {list(METHOD_NAMES)}."
+            )
         if self.correction not in CORRECTIONS:
             raise ProtolibInputError(f"Evaluation correction must be one of {CORRECTIONS}, got {self.correction!r}.")
         if self.top_k < 1:
@@ -134,7 +138,8 @@ def evaluation_cost(bank: Bank, split, settings: EvaluationSettings, n_parameter
 
     Every method ranks every reference image (training systems, every projection: ``R``) for every
     target image (test, and with a correction validation systems: ``T`` and ``V``). A ranking holds
-    three ``(T, R)`` arrays (order, similarity, target similarity: 24 bytes a pair, 32 with a block at work), the test ranking
+    three ``(T, R)`` arrays (order, similarity, target similarity: 24 bytes a pair, 32 with a block at work), the test
+    ranking
     is held while the validation one is scored, and scoring makes about 96 bytes a pair of temporary
     arrays (ranks, sorted copies), so the memory grows with ``(T + V) x R``, the square of the bank.
     Then the bank's images as pixel vectors (4 bytes a pixel), the training images with the PCA's
@@ -150,8 +155,14 @@ def evaluation_cost(bank: Bank, split, settings: EvaluationSettings, n_parameter
     pixels = bank.image_size**2
     n_images = bank.n_systems * bank.n_projections
     matching = [m for m in settings.methods if m not in NPE_METHODS]
-    memory = (4e8 + 32.0 * pairs + 96.0 * max(targets, validation) * references + 4.0 * n_images * pixels * ("pixel" in matching)
-              + 36.0 * references * pixels * ("pca" in matching) + 8.0 * n_images * max(1, n_parameters))
+    memory = (
+        4e8
+        + 32.0 * pairs
+        + 96.0 * max(targets, validation) * references
+        + 4.0 * n_images * pixels * ("pixel" in matching)
+        + 36.0 * references * pixels * ("pca" in matching)
+        + 8.0 * n_images * max(1, n_parameters)
+    )
     seconds = 10.0 + len(matching) * (n_images * pixels / 64**2 / 2000.0 + pairs / 1.5e6)
     return memory, seconds
 
@@ -181,7 +192,9 @@ class MatchingMethod:
 
     def __post_init__(self):
         if self.metric not in ("cosine", "euclidean", "posterior"):
-            raise ProtolibInputError(f"Method metric must be 'cosine', 'euclidean' or 'posterior', got {self.metric!r}.")
+            raise ProtolibInputError(
+                f"Method metric must be 'cosine', 'euclidean' or 'posterior', got {self.metric!r}."
+            )
 
 
 def random_method(seed: int = 0) -> MatchingMethod:
@@ -200,8 +213,12 @@ def pixel_method(noise_rms: float) -> MatchingMethod:
     if not noise_rms > 0:
         raise ProtolibInputError(f"The pixel chi-square needs a positive noise rms, got {noise_rms}.")
     scale = 1.0 / (math.sqrt(2.0) * noise_rms)
-    return MatchingMethod("pixel", lambda images: images.reshape(len(images), -1).astype(np.float32) * scale, "euclidean",
-                          "pixel chi-square on the noise")
+    return MatchingMethod(
+        "pixel",
+        lambda images: images.reshape(len(images), -1).astype(np.float32) * scale,
+        "euclidean",
+        "pixel chi-square on the noise",
+    )
 
 
 def pca_method(train_images: np.ndarray, preprocessing, n_components: int = 32) -> MatchingMethod:
@@ -212,15 +229,21 @@ def pca_method(train_images: np.ndarray, preprocessing, n_components: int = 32) 
         preprocessing: the networks' :class:`~protolib.images.ImagePreprocessing` (the same stretch).
         n_components: dimensions kept.
     """
+
     def stretched(images: np.ndarray) -> np.ndarray:
         pixels, _ = preprocessing(torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32))
         return pixels.reshape(len(images), -1).numpy().astype(np.float64)
 
     flat = stretched(train_images)
     mean = flat.mean(0)
-    basis = interruptible(_principal_axes, flat - mean, n_components)  # (H*W, n); tens of seconds on a large bank: stoppable
-    return MatchingMethod("pca", lambda images: ((stretched(images) - mean) @ basis).astype(np.float32), "euclidean",
-                          f"PCA of the stretched images ({basis.shape[1]} components)")
+    # (H*W, n); tens of seconds on a large bank: stoppable
+    basis = interruptible(_principal_axes, flat - mean, n_components)
+    return MatchingMethod(
+        "pca",
+        lambda images: ((stretched(images) - mean) @ basis).astype(np.float32),
+        "euclidean",
+        f"PCA of the stretched images ({basis.shape[1]} components)",
+    )
 
 
 def _principal_axes(centred: np.ndarray, n_components: int) -> np.ndarray:
@@ -233,8 +256,12 @@ def autoencoder_method(autoencoder, train_images: np.ndarray) -> MatchingMethod:
     """Nearest neighbours in the autoencoder's latent space, each dimension scaled to unit spread on training images."""
     latents = autoencoder.encode_images(train_images)
     mean, spread = latents.mean(0), latents.std(0) + 1e-8
-    return MatchingMethod("autoencoder", lambda images: ((autoencoder.encode_images(images) - mean) / spread).astype(np.float32),
-                          "euclidean", "autoencoder latent (standardised)")
+    return MatchingMethod(
+        "autoencoder",
+        lambda images: ((autoencoder.encode_images(images) - mean) / spread).astype(np.float32),
+        "euclidean",
+        "autoencoder latent (standardised)",
+    )
 
 
 def siamese_method(model) -> MatchingMethod:
@@ -242,7 +269,9 @@ def siamese_method(model) -> MatchingMethod:
     return MatchingMethod("siamese", lambda images: model.embed_images(images), "cosine", "Siamese network (WSML)")
 
 
-def baseline_methods(model, bank: Bank, train_systems: np.ndarray, settings: EvaluationSettings) -> list[MatchingMethod]:
+def baseline_methods(
+    model, bank: Bank, train_systems: np.ndarray, settings: EvaluationSettings
+) -> list[MatchingMethod]:
     """The methods named in ``settings.methods``, built for a trained Siamese ``model`` and its bank.
 
     The autoencoder baseline uses the autoencoder the network was trained from; it is left out,
@@ -264,7 +293,10 @@ def baseline_methods(model, bank: Bank, train_systems: np.ndarray, settings: Eva
         elif name == "autoencoder":
             path = Path(model.checkpoint.get("autoencoder", ""))
             if not path.is_file():
-                warnings.warn(f"The autoencoder {path} the network was trained from is gone; its baseline is left out.", stacklevel=2)
+                warnings.warn(
+                    f"The autoencoder {path} the network was trained from is gone; its baseline is left out.",
+                    stacklevel=2,
+                )
                 continue
             methods.append(autoencoder_method(load_autoencoder(path, model.device), train_images))
         else:
@@ -289,14 +321,17 @@ class Relevance:
     normaliser: ParameterNormaliser
 
     @classmethod
-    def from_model(cls, model) -> "Relevance":
+    def from_model(cls, model) -> Relevance:
         """The relevance a trained Siamese network was taught (its checkpoint's target and normaliser)."""
         return cls(model.target, model.normaliser)
 
     @classmethod
-    def fit(cls, definition: TargetDefinition, bank: Bank, train_systems: np.ndarray) -> "Relevance":
+    def fit(cls, definition: TargetDefinition, bank: Bank, train_systems: np.ndarray) -> Relevance:
         """The relevance of ``definition``, its parameters normalised on the bank's ``train_systems``."""
-        return cls(definition, ParameterNormaliser.fit_on_systems(definition.parameters, definition.normalisation, bank, train_systems))
+        return cls(
+            definition,
+            ParameterNormaliser.fit_on_systems(definition.parameters, definition.normalisation, bank, train_systems),
+        )
 
     def normalised(self, bank: Bank) -> np.ndarray:
         """Normalised parameters ``(n_systems, K)`` of every bank system."""
@@ -313,7 +348,9 @@ class Relevance:
             part = z_a[start : start + rows]
             a = np.broadcast_to(part[:, None, :], (len(part), len(z_b), z_a.shape[1]))
             b = np.broadcast_to(z_b[None, :, :], a.shape)
-            blocks.append(np.asarray(target_similarity(np.ascontiguousarray(a), np.ascontiguousarray(b), self.definition)))
+            blocks.append(
+                np.asarray(target_similarity(np.ascontiguousarray(a), np.ascontiguousarray(b), self.definition))
+            )
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
@@ -369,7 +406,8 @@ def rank_targets(
 
     Arguments:
         method: the method (for its metric).
-        vectors: ``(n_systems * n_projections, D)`` the method's vector of every bank image (:func:`~protolib.matching.embed_bank`).
+        vectors: ``(n_systems * n_projections, D)`` the method's vector of every bank image
+    (:func:`~protolib.matching.embed_bank`).
         bank: the bank.
         relevance: the target similarity (graded relevance).
         target_systems: systems taken as targets (test or validation).
@@ -377,28 +415,36 @@ def rank_targets(
         projection: the targets' projection (``None``: all); every projection of a reference system is searched.
     """
     if np.intersect1d(target_systems, reference_systems).size:
-        raise ProtolibInputError("Target systems must not be among the reference systems (a system never matches itself).")
+        raise ProtolibInputError(
+            "Target systems must not be among the reference systems (a system never matches itself)."
+        )
     p = bank.n_projections
     t_sys, t_proj = image_rows(bank, target_systems, projection)
     r_sys, r_proj = image_rows(bank, reference_systems, None)
     queries, reference = vectors[t_sys * p + t_proj].astype(np.float32), vectors[r_sys * p + r_proj].astype(np.float32)
     shift = np.zeros(len(queries), dtype=np.float32)
-    if method.metric == "euclidean":  # -|q - b|^2 / 2 = q.b - |b|^2 / 2 - |q|^2 / 2: an inner product on augmented vectors
+    # -|q - b|^2 / 2 = q.b - |b|^2 / 2 - |q|^2 / 2: an inner product on augmented vectors
+    if method.metric == "euclidean":
         centre = reference.mean(0)  # distances do not change; float32 products lose less
         queries, reference = queries - centre, reference - centre
         reference = np.c_[reference, -0.5 * (reference**2).sum(1)]
         queries, shift = np.c_[queries, np.ones(len(queries), dtype=np.float32)], -0.5 * (queries**2).sum(1)
     local = np.arange(len(reference))
     index = EmbeddingIndex(reference, local, np.zeros_like(local), backend="exact")
-    order = np.empty((len(queries), len(reference)), dtype=np.int64)  # filled a block of targets at a time: bounded working memory
+    # filled a block of targets at a time: bounded working memory
+    order = np.empty((len(queries), len(reference)), dtype=np.int64)
     score = np.empty((len(queries), len(reference)), dtype=np.float64)
     step = max(1, 2**22 // max(1, len(reference)))
     for start in range(0, len(queries), step):
         found = index.search(queries[start : start + step], top_k=len(reference))
         order[start : start + step] = np.stack([m.system for m in found])
-        score[start : start + step] = np.stack([m.similarity for m in found]).astype(np.float64) + shift[start : start + step, None]
+        score[start : start + step] = (
+            np.stack([m.similarity for m in found]).astype(np.float64) + shift[start : start + step, None]
+        )
     z = relevance.normalised(bank)
-    return Ranking(method.name, method.metric, t_sys, t_proj, r_sys, r_proj, order, score, relevance.matrix(z[t_sys], z[r_sys]))
+    return Ranking(
+        method.name, method.metric, t_sys, t_proj, r_sys, r_proj, order, score, relevance.matrix(z[t_sys], z[r_sys])
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,8 +489,9 @@ def truth_ranks(samples: np.ndarray, truths: np.ndarray, *, seed: int = 0) -> np
     return below + np.random.default_rng(seed).integers(0, ties + 1)
 
 
-def tarp_coverage(samples: np.ndarray, truths: np.ndarray, *, weights: np.ndarray | None = None,
-                  n_alpha: int = 21, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def tarp_coverage(
+    samples: np.ndarray, truths: np.ndarray, *, weights: np.ndarray | None = None, n_alpha: int = 21, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Expected coverage of random-point-centred regions: TARP (Lemos et al. 2023).
 
     For each target a reference point is drawn uniformly in the box spanned by the truths; the
@@ -469,7 +516,9 @@ def tarp_coverage(samples: np.ndarray, truths: np.ndarray, *, weights: np.ndarra
     sample_distance = np.linalg.norm(samples - reference[:, None, :], axis=-1)  # (T, n)
     truth_distance = np.linalg.norm(truths - reference, axis=-1)  # (T,)
     closer = sample_distance < truth_distance[:, None]
-    weights = np.full(closer.shape, 1.0 / closer.shape[1]) if weights is None else weights / weights.sum(1, keepdims=True)
+    weights = (
+        np.full(closer.shape, 1.0 / closer.shape[1]) if weights is None else weights / weights.sum(1, keepdims=True)
+    )
     credibility = (closer * weights).sum(1)
     alpha = np.linspace(0.0, 1.0, n_alpha)
     return alpha, (credibility[:, None] < alpha[None, :] + 1e-12).mean(0) * (alpha > 0)
@@ -491,13 +540,15 @@ class MethodEvaluation:
         truth: name -> ``(T,)`` true values (log10 where log-scaled).
         median: name -> ``(T,)`` the matches' median.
         interval_68: name -> ``(T, 2)`` the matches' 16th and 84th percentiles.
-        ranks: name -> ``(T,)`` SBC rank of the truth among the ``top_k`` matches, as a fraction: ``(rank + u) / (top_k + 1)``
+        ranks: name -> ``(T,)`` SBC rank of the truth among the ``top_k`` matches, as a fraction: ``(rank + u) / (top_k
+    + 1)``
             with ``u`` uniform in [0, 1), so that it is uniform on [0, 1] for a calibrated method whatever the bins.
         coverage_curve: name -> ``(len(CURVE_LEVELS),)`` coverage at :data:`CURVE_LEVELS`.
         tarp: ``(alpha, ecp)``.
         covered: name -> ``(T, len(COVERAGE_LEVELS))`` whether each target's (widened) central interval holds its truth.
         needed_widening: name -> ``(T, len(COVERAGE_LEVELS))`` the widening of the matches' own intervals at which each
-            target would be covered (:func:`~protolib.matching.calibration.required_widening`): ``covered`` is it at most the
+            target would be covered (:func:`~protolib.matching.calibration.required_widening`): ``covered`` is it at
+    most the
             widening applied; a further term (:mod:`protolib.out_of_family`) is scored from it.
         target_system: ``(T,)`` each target's system (set by :func:`score_ranking`; ``None``: every target its own),
             which :func:`coverage_standard_error` resamples.
@@ -518,8 +569,11 @@ class MethodEvaluation:
     needed_widening: dict = field(default_factory=dict)
 
 
-def coverage_standard_error(evaluation: MethodEvaluation, name: str, *, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
-    """The standard error of each coverage in :data:`COVERAGE_LEVELS` of one parameter, by a bootstrap over the target systems.
+def coverage_standard_error(
+    evaluation: MethodEvaluation, name: str, *, n_resamples: int = 2000, seed: int = 0
+) -> np.ndarray:
+    """The standard error of each coverage in :data:`COVERAGE_LEVELS` of one parameter, by a bootstrap over the target
+    systems.
 
     The projections of one system are not independent targets (one disk seen from eight sides), so
     the systems are resampled with replacement, each with all its targets (a cluster bootstrap;
@@ -575,9 +629,13 @@ class MethodResult:
         return self.corrected if corrected and self.corrected is not None else self.evaluation
 
     def to_json(self) -> dict:
-        """This result as its ``metrics.json`` entry: description, metric, ``at_top_k`` and, when corrected, the correction."""
-        entry = {"description": self.method.description, "metric": self.method.metric,
-                 "at_top_k": {**self.evaluation.metrics, "top_k": self.evaluation.top_k}}
+        """This result as its ``metrics.json`` entry: description, metric, ``at_top_k`` and, when corrected, the
+        correction."""
+        entry = {
+            "description": self.method.description,
+            "metric": self.method.metric,
+            "at_top_k": {**self.evaluation.metrics, "top_k": self.evaluation.top_k},
+        }
         if self.corrected is not None:
             entry["corrected"] = {**self.corrected.metrics, "top_k": self.corrected.top_k}
             entry["chosen_k"], entry["chosen_widening"] = self.chosen_k, self.chosen_widening
@@ -624,10 +682,27 @@ def score_ranking(
     distance = np.sqrt(((z_images[match_rows] - z_images[target_rows][:, None, :]) ** 2).mean(-1))  # (T, k)
     values, logs = scaled_image_parameters(bank, names)
     prior_spread = values[np.unique(ranking.reference_system * p + ranking.reference_projection)].std(0)
-    evaluation = distribution_metrics(values[match_rows], values[target_rows], names, logs, prior_spread, bank, relevance, z_images[match_rows],
-                                      z_images[target_rows], method=ranking.method, weights=weights, widening=widening, rank_bins=rank_bins,
-                                      seed=seed)
-    evaluation.metrics = {**_similarity_and_retrieval(ranking, top_k, distance), **evaluation.metrics}  # similarity and retrieval first
+    evaluation = distribution_metrics(
+        values[match_rows],
+        values[target_rows],
+        names,
+        logs,
+        prior_spread,
+        bank,
+        relevance,
+        z_images[match_rows],
+        z_images[target_rows],
+        method=ranking.method,
+        weights=weights,
+        widening=widening,
+        rank_bins=rank_bins,
+        seed=seed,
+    )
+    # similarity and retrieval first
+    evaluation.metrics = {
+        **_similarity_and_retrieval(ranking, top_k, distance),
+        **evaluation.metrics,
+    }
     evaluation.target_system = np.asarray(ranking.target_system)
     return evaluation
 
@@ -646,26 +721,51 @@ def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _similarity_and_retrieval(ranking: Ranking, top_k: int, distance: np.ndarray) -> dict:
-    """The ``similarity`` and ``retrieval`` figures of a ranking at ``top_k``; ``distance (T, k)``: each match's normalised parameter distance."""
+    """The ``similarity`` and ``retrieval`` figures of a ranking at ``top_k``; ``distance (T, k)``: each match's
+    normalised parameter distance."""
     ranked_relevance = np.take_along_axis(ranking.relevance, ranking.order, axis=1)
     pooled = similarity_metrics(ranking.score.ravel(), ranked_relevance.ravel())
     per_target = _row_spearman(ranking.score, ranked_relevance)
     ndcg = ndcg_at_k(ranked_relevance, ranking.relevance, top_k)
-    chance = ranking.relevance.mean(1) * (1.0 / np.log2(np.arange(2, top_k + 2))).sum() / (
-        -np.sort(-ranking.relevance, axis=1)[:, :top_k] * (1.0 / np.log2(np.arange(2, top_k + 2)))).sum(1)
+    chance = (
+        ranking.relevance.mean(1)
+        * (1.0 / np.log2(np.arange(2, top_k + 2))).sum()
+        / (-np.sort(-ranking.relevance, axis=1)[:, :top_k] * (1.0 / np.log2(np.arange(2, top_k + 2)))).sum(1)
+    )
     return {
-        "similarity": {"spearman": pooled["spearman"], "spearman_per_target": float(np.nanmean(per_target)) if len(per_target) else float("nan"),
-                       "mse": pooled["mse"] if ranking.metric == "cosine" else float("nan"),
-                       "within_0.1": pooled["within_0.1"] if ranking.metric == "cosine" else float("nan")},
-        "retrieval": {f"ndcg_at_{top_k}": float(np.nanmean(ndcg)), "ndcg": float(np.nanmean(ndcg)),
-                      "ndcg_chance": float(np.nanmean(chance)), "mean_normalised_parameter_distance": float(distance.mean()),
-                      "best_match_normalised_parameter_distance": float(distance[:, 0].mean())},
+        "similarity": {
+            "spearman": pooled["spearman"],
+            "spearman_per_target": float(np.nanmean(per_target)) if len(per_target) else float("nan"),
+            "mse": pooled["mse"] if ranking.metric == "cosine" else float("nan"),
+            "within_0.1": pooled["within_0.1"] if ranking.metric == "cosine" else float("nan"),
+        },
+        "retrieval": {
+            f"ndcg_at_{top_k}": float(np.nanmean(ndcg)),
+            "ndcg": float(np.nanmean(ndcg)),
+            "ndcg_chance": float(np.nanmean(chance)),
+            "mean_normalised_parameter_distance": float(distance.mean()),
+            "best_match_normalised_parameter_distance": float(distance[:, 0].mean()),
+        },
     }
 
 
-def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[str], logs: list[bool], prior_spread: np.ndarray, bank: Bank,
-                         relevance: Relevance, z_samples: np.ndarray, z_truths: np.ndarray, *, method: str, weights: np.ndarray | None,
-                         widening: float | Mapping[str, float], rank_bins: int, seed: int) -> MethodEvaluation:
+def distribution_metrics(
+    samples: np.ndarray,
+    truths: np.ndarray,
+    names: list[str],
+    logs: list[bool],
+    prior_spread: np.ndarray,
+    bank: Bank,
+    relevance: Relevance,
+    z_samples: np.ndarray,
+    z_truths: np.ndarray,
+    *,
+    method: str,
+    weights: np.ndarray | None,
+    widening: float | Mapping[str, float],
+    rank_bins: int,
+    seed: int,
+) -> MethodEvaluation:
     """Recovery and calibration figures of any method's samples against the truths.
 
     Arguments:
@@ -676,14 +776,16 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
         prior_spread: ``(K,)`` the prior's standard deviation of each scaled parameter (errors are divided by it).
         bank: the bank (for the parameters' units).
         relevance: the target similarity (which parameters it constrains; TARP's parameters).
-        z_samples, z_truths: ``(T, n, K')`` and ``(T, K')`` the same in the relevance's normalised parameters (for TARP).
+        z_samples, z_truths: ``(T, n, K')`` and ``(T, K')`` the same in the relevance's normalised parameters (for
+    TARP).
         method: the method's name.
         weights: ``(T, n)`` weight per sample, or ``None`` for equal weights.
         widening: intervals widened about the median by this factor, or ``widening[name]`` per parameter (default 1).
         rank_bins, seed: as in :func:`score_ranking`.
 
     Returns:
-        The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and ``calibration`` figures only.
+        The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and ``calibration``
+    figures only.
     """
     table, truth, median, interval, ranks, curves, covered, needed = {}, {}, {}, {}, {}, {}, {}, {}
     constrained = set(relevance.definition.parameters)
@@ -698,17 +800,21 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
         needed[name] = required_widening(values, truths_j, COVERAGE_LEVELS, weights)
         coverage = covered[name].mean(0)
         curve = central_coverage(values, truths_j, CURVE_LEVELS, weights, widening=factor)
-        rank = truth_ranks(values, truths_j, seed=seed + j)  # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
+        # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
+        rank = truth_ranks(values, truths_j, seed=seed + j)
         rank = (rank + np.random.default_rng([seed, j]).uniform(size=len(rank))) / (values.shape[1] + 1)
         counts = np.histogram(rank, bins=rank_bins, range=(0.0, 1.0))[0]
         spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
         half_width = 0.5 * factor * (high_j[:, 0] - low_j[:, 0])
         table[name] = {
-            "log_scale": logs[j], "unit": "dex" if logs[j] else ("deg" if name == "inclination" else bank.parameter_info[name].unit),
+            "log_scale": logs[j],
+            "unit": "dex" if logs[j] else ("deg" if name == "inclination" else bank.parameter_info[name].unit),
             "in_target_similarity": name in constrained,
-            "median_abs_error": float(np.median(np.abs(error))), "rms_error": float(np.sqrt(np.mean(error**2))),
+            "median_abs_error": float(np.median(np.abs(error))),
+            "rms_error": float(np.sqrt(np.mean(error**2))),
             "rms_error_over_prior_spread": float(np.sqrt(np.mean(error**2)) / spread),
-            "r2_knn": r_squared(estimate, truths_j), "r2_median": r_squared(median_j, truths_j),
+            "r2_knn": r_squared(estimate, truths_j),
+            "r2_median": r_squared(median_j, truths_j),
             "width_68_over_prior_spread": float(np.median(half_width) / spread),
             **{f"coverage_{round(100 * c)}": float(v) for c, v in zip(COVERAGE_LEVELS, coverage)},
             "rank_histogram": counts.tolist(),
@@ -718,8 +824,20 @@ def distribution_metrics(samples: np.ndarray, truths: np.ndarray, names: list[st
         truth[name], median[name], interval[name], ranks[name], curves[name] = truths_j, median_j, widened, rank, curve
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
     calibration = _calibration(table, curves, names, factors, alpha, ecp, relevance)
-    return MethodEvaluation(method, samples.shape[1], {"parameters": table, "calibration": calibration}, list(names), truth, median, interval,
-                            ranks, curves, (alpha, ecp), covered, needed_widening=needed)
+    return MethodEvaluation(
+        method,
+        samples.shape[1],
+        {"parameters": table, "calibration": calibration},
+        list(names),
+        truth,
+        median,
+        interval,
+        ranks,
+        curves,
+        (alpha, ecp),
+        covered,
+        needed_widening=needed,
+    )
 
 
 def _widening_of(widening: float | Mapping[str, float], name: str) -> float:
@@ -728,28 +846,55 @@ def _widening_of(widening: float | Mapping[str, float], name: str) -> float:
 
 
 def widening_label(widening: float | Mapping[str, float] | None) -> str:
-    """A widening for a table or a sentence: ``"1"``, ``"1.25"``, or the range of the per-parameter factors, ``"1–2"``."""
-    factors = [1.0] if widening is None else list(widening.values()) if isinstance(widening, Mapping) else [float(widening)]
+    """A widening for a table or a sentence: ``"1"``, ``"1.25"``, or the range of the per-parameter factors,
+    ``"1–2"``."""
+    factors = (
+        [1.0] if widening is None else list(widening.values()) if isinstance(widening, Mapping) else [float(widening)]
+    )
     low, high = min(factors, default=1.0), max(factors, default=1.0)
     return f"{low:g}" if low == high else f"{low:g}–{high:g}"
 
 
-def _calibration(table: dict, curves: dict, names: list[str], widening: dict[str, float], alpha: np.ndarray, ecp: np.ndarray,
-                 relevance: Relevance) -> dict:
-    """The ``calibration`` figures over all parameters: the widening per parameter, mean coverage, the coverage curves and TARP's ``(alpha, ecp)``."""
+def _calibration(
+    table: dict,
+    curves: dict,
+    names: list[str],
+    widening: dict[str, float],
+    alpha: np.ndarray,
+    ecp: np.ndarray,
+    relevance: Relevance,
+) -> dict:
+    """The ``calibration`` figures over all parameters: the widening per parameter, mean coverage, the coverage curves
+    and TARP's ``(alpha, ecp)``."""
     return {
         "interval_widening": {name: float(widening[name]) for name in names},
-        **{f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names])) for c in COVERAGE_LEVELS},
+        **{
+            f"coverage_{round(100 * c)}": float(np.mean([table[n][f"coverage_{round(100 * c)}"] for n in names]))
+            for c in COVERAGE_LEVELS
+        },
         "coverage_curve": {"levels": list(CURVE_LEVELS), **{n: curves[n].tolist() for n in names}},
-        "tarp": {"alpha": alpha.tolist(), "ecp": ecp.tolist(), "max_deviation": float(np.max(np.abs(ecp - alpha))),
-                 "mean_abs_deviation": float(np.mean(np.abs(ecp - alpha))), "parameters": list(relevance.definition.parameters)},
+        "tarp": {
+            "alpha": alpha.tolist(),
+            "ecp": ecp.tolist(),
+            "max_deviation": float(np.max(np.abs(ecp - alpha))),
+            "mean_abs_deviation": float(np.mean(np.abs(ecp - alpha))),
+            "parameters": list(relevance.definition.parameters),
+        },
     }
 
 
-def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int], widening_candidates: Sequence[float] = (1.0,), *,
-                      parameters: Sequence[str] | None = None, extra_parameters: Sequence[str] = (),
-                      weight_temperature: float | None = None) -> tuple[int, dict[str, float], dict]:
-    """The ``k``, and per parameter the interval widening, whose 68% and 95% coverage is closest to nominal on ``ranking``'s targets.
+def choose_correction(
+    ranking: Ranking,
+    bank: Bank,
+    k_candidates: Sequence[int],
+    widening_candidates: Sequence[float] = (1.0,),
+    *,
+    parameters: Sequence[str] | None = None,
+    extra_parameters: Sequence[str] = (),
+    weight_temperature: float | None = None,
+) -> tuple[int, dict[str, float], dict]:
+    """The ``k``, and per parameter the interval widening, whose 68% and 95% coverage is closest to nominal on
+    ``ranking``'s targets.
 
     Run it on validation systems, never the test ones. Few matches give narrow, overconfident
     distributions; many tend to the prior and over-cover; widening the intervals about the median
@@ -777,18 +922,29 @@ def choose_correction(ranking: Ranking, bank: Bank, k_candidates: Sequence[int],
     scores, chosen = {}, {}
     for k in sorted({min(int(c), ranking.order.shape[1]) for c in k_candidates}):
         match_rows = (ranking.reference_system * p + ranking.reference_projection)[ranking.order[:, :k]]
-        weights = None if weight_temperature is None else np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :k]])
+        weights = (
+            None
+            if weight_temperature is None
+            else np.stack([similarity_weights(s, weight_temperature) for s in ranking.score[:, :k]])
+        )
         misses, widenings = {}, {}
         for j, name in enumerate([*names, *extra]):
-            widenings[name], misses[name] = choose_widening(values[match_rows, j], values[target_rows, j], candidates, weights)
+            widenings[name], misses[name] = choose_widening(
+                values[match_rows, j], values[target_rows, j], candidates, weights
+            )
         scores[k] = float(np.mean([misses[n] for n in names]))
         chosen[k] = widenings
     best = min(scores.values())
-    k = min((k for k, score in scores.items() if score <= best + 0.01), key=lambda k: (np.mean([chosen[k][n] for n in names]), scores[k]))
+    k = min(
+        (k for k, score in scores.items() if score <= best + 0.01),
+        key=lambda k: (np.mean([chosen[k][n] for n in names]), scores[k]),
+    )
     return k, chosen[k], {f"k={key}": score for key, score in scores.items()}
 
 
-def choose_widening(samples: np.ndarray, truths: np.ndarray, candidates: Sequence[float], weights: np.ndarray | None = None) -> tuple[float, float]:
+def choose_widening(
+    samples: np.ndarray, truths: np.ndarray, candidates: Sequence[float], weights: np.ndarray | None = None
+) -> tuple[float, float]:
     """The least interval widening whose 68% and 95% coverage is within 0.01 of the closest to nominal.
 
     Arguments:
@@ -805,8 +961,10 @@ def choose_widening(samples: np.ndarray, truths: np.ndarray, candidates: Sequenc
     candidates = sorted(float(c) for c in candidates)
     miss = []
     for widening in candidates:
-        covered = ((median[:, None] + widening * (low - median[:, None]) <= truths)
-                   & (truths <= median[:, None] + widening * (high - median[:, None]))).mean(0)
+        covered = (
+            (median[:, None] + widening * (low - median[:, None]) <= truths)
+            & (truths <= median[:, None] + widening * (high - median[:, None]))
+        ).mean(0)
         miss.append(abs(covered[0] - 0.68) + abs(covered[1] - 0.95))
     best = min(miss)
     i = next(i for i, m in enumerate(miss) if m <= best + 0.01)  # the least widening among near-ties
@@ -836,19 +994,38 @@ def evaluate_methods(
         method name -> its :class:`MethodResult`.
     """
     settings = settings or EvaluationSettings()
-    scored = None if parameters is None and not extra_parameters else [*(parameters or [*bank.physical_parameters, "inclination"]),
-                                                                         *extra_parameters]
-    options = dict(parameters=scored, weight_temperature=settings.weight_temperature, rank_bins=settings.rank_bins, seed=settings.seed)
+    scored = (
+        None
+        if parameters is None and not extra_parameters
+        else [*(parameters or [*bank.physical_parameters, "inclination"]), *extra_parameters]
+    )
+    options = dict(
+        parameters=scored,
+        weight_temperature=settings.weight_temperature,
+        rank_bins=settings.rank_bins,
+        seed=settings.seed,
+    )
     results = {}
     for method in methods:
         vectors, _, _ = embed_bank(method.embed, bank, progress=False, unit_norm=method.metric == "cosine")
-        ranking = rank_targets(method, vectors, bank, relevance, split.test, split.train, projection=settings.projection)
+        ranking = rank_targets(
+            method, vectors, bank, relevance, split.test, split.train, projection=settings.projection
+        )
         result = MethodResult(method, score_ranking(ranking, bank, relevance, top_k=settings.top_k, **options))
         if settings.correction != "none" and len(split.validation):
-            validation = rank_targets(method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection)
+            validation = rank_targets(
+                method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection
+            )
             widenings = settings.widening_candidates if settings.correction == "choose_k_and_widening" else [1.0]
-            k, widening, scores = choose_correction(validation, bank, settings.k_candidates, widenings, parameters=parameters,
-                                                    extra_parameters=extra_parameters, weight_temperature=settings.weight_temperature)
+            k, widening, scores = choose_correction(
+                validation,
+                bank,
+                settings.k_candidates,
+                widenings,
+                parameters=parameters,
+                extra_parameters=extra_parameters,
+                weight_temperature=settings.weight_temperature,
+            )
             result.chosen_k, result.chosen_widening, result.k_scores = k, widening, scores
             result.corrected = score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options)
         results[method.name] = result
@@ -864,7 +1041,8 @@ VARIANTS = {
     "kernel + contrastive": ("siamese_contrastive.pt", {"loss": {"kind": "contrastive"}}),
     "kernel + log_ratio": ("siamese_log_ratio.pt", {"loss": {"kind": "log_ratio"}}),
 }
-"""Variants compared by :func:`~protolib.pipelines.evaluate.compare_variants`: name -> (checkpoint file, overrides of the ``siamese:`` section).
+"""Variants compared by :func:`~protolib.pipelines.evaluate.compare_variants`: name -> (checkpoint file, overrides of
+the ``siamese:`` section).
 
 The first two are the networks notebook 03 trains, so a book build reuses them."""
 
@@ -872,16 +1050,25 @@ The first two are the networks notebook 03 trains, so a book build reuses them."
 # ---------------------------------------------------------------------------------------------
 # Reports: tables narrow enough for a page, and the figures a page's prose quotes (glued, never typed)
 
-METHOD_LABELS = {"random": "random matches", "pixel": "the pixel chi-square", "pca": "PCA", "autoencoder": "the autoencoder latent",
-                 "siamese": "the Siamese network", "npe": "the neural posterior estimate on the Siamese embedding",
-                 "npe_end_to_end": "the end-to-end neural posterior estimate"}
+METHOD_LABELS = {
+    "random": "random matches",
+    "pixel": "the pixel chi-square",
+    "pca": "PCA",
+    "autoencoder": "the autoencoder latent",
+    "siamese": "the Siamese network",
+    "npe": "the neural posterior estimate on the Siamese embedding",
+    "npe_end_to_end": "the end-to-end neural posterior estimate",
+}
 """How prose names each method (:func:`evaluation_figures`); other names (variants) are used as they are."""
 
 
-def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence[str] | None = None, *, corrected: bool = False) -> str:
+def headline_table(
+    results: dict[str, MethodResult | dict], parameters: Sequence[str] | None = None, *, corrected: bool = False
+) -> str:
     """A markdown table: per method, nDCG, Spearman, RMS error / prior spread per parameter, and coverage.
 
-    Wide (a column per parameter): ``headline.md`` keeps it; a page shows :func:`summary_table` and :func:`parameter_table`.
+    Wide (a column per parameter): ``headline.md`` keeps it; a page shows :func:`summary_table` and
+    :func:`parameter_table`.
 
     Arguments:
         results: from :func:`evaluate_methods` (or the ``methods`` entry of ``metrics.json`` in the same shape).
@@ -891,7 +1078,11 @@ def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence
     rows = []
     for name, result in results.items():
         metrics = _metrics_of(result, corrected)
-        names = list(parameters) if parameters is not None else [n for n, r in metrics["parameters"].items() if r["in_target_similarity"]]
+        names = (
+            list(parameters)
+            if parameters is not None
+            else [n for n, r in metrics["parameters"].items() if r["in_target_similarity"]]
+        )
         retrieval, similarity = metrics.get("retrieval", {}), metrics.get("similarity", {})
         cells = [_cell(retrieval.get("ndcg"), ".3f"), _cell(similarity.get("spearman_per_target"), ".3f")]
         cells += [f"{metrics['parameters'][n]['rms_error_over_prior_spread']:.2f}" for n in names]
@@ -899,14 +1090,19 @@ def headline_table(results: dict[str, MethodResult | dict], parameters: Sequence
         widening = widening_label(metrics["calibration"].get("interval_widening"))
         k = f"{metrics.get('top_k', '')}" + (f", x{widening}" if widening != "1" else "")
         rows.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
-    header = "| method | k (, widening) | nDCG@k | Spearman | " + " | ".join(f"{n} RMS/prior" for n in names) + " | cov68 | cov95 |"
+    header = (
+        "| method | k (, widening) | nDCG@k | Spearman | "
+        + " | ".join(f"{n} RMS/prior" for n in names)
+        + " | cov68 | cov95 |"
+    )
     return "\n".join([header, "|" + " --- |" * (len(names) + 6), *rows])
 
 
 def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = False, label: str = "method") -> str:
     """A markdown table narrow enough for a page: per method (or variant, headed ``label``), eight columns.
 
-    k, the interval widening (the range of the per-parameter factors), nDCG@k, the per-target Spearman correlation, the RMS error of the median
+    k, the interval widening (the range of the per-parameter factors), nDCG@k, the per-target Spearman correlation, the
+    RMS error of the median
     over the prior's spread averaged over the target similarity's parameters (:func:`parameter_table`
     gives them one by one), and the mean coverage of the 68% and 95% ranges over all parameters.
     """
@@ -914,15 +1110,29 @@ def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = 
     for name, result in results.items():
         metrics = _metrics_of(result, corrected)
         calibration = metrics["calibration"]
-        cells = [str(metrics.get("top_k", "")), widening_label(calibration.get("interval_widening")),
-                 _cell(metrics.get("retrieval", {}).get("ndcg"), ".3f"), _cell(metrics.get("similarity", {}).get("spearman_per_target"), ".3f"),
-                 f"{mean_target_error(metrics):.2f}", f"{calibration['coverage_68']:.2f}", f"{calibration['coverage_95']:.2f}"]
+        cells = [
+            str(metrics.get("top_k", "")),
+            widening_label(calibration.get("interval_widening")),
+            _cell(metrics.get("retrieval", {}).get("ndcg"), ".3f"),
+            _cell(metrics.get("similarity", {}).get("spearman_per_target"), ".3f"),
+            f"{mean_target_error(metrics):.2f}",
+            f"{calibration['coverage_68']:.2f}",
+            f"{calibration['coverage_95']:.2f}",
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     notes = ["", "RMS/prior: mean over the target similarity's parameters of the median's RMS error, in prior spreads"]
     if any(name in NPE_METHODS for name in results):
-        notes.append("; for a posterior estimate, k is its samples per target, and — marks a ranking figure it has none of")
-    return "\n".join([f"| {label} | k | widening | nDCG@k | Spearman | RMS/prior | cov68 | cov95 |", "|" + " --- |" * 8, *rows, *notes[:2]]
-                     ) + "".join(notes[2:])
+        notes.append(
+            "; for a posterior estimate, k is its samples per target, and — marks a ranking figure it has none of"
+        )
+    return "\n".join(
+        [
+            f"| {label} | k | widening | nDCG@k | Spearman | RMS/prior | cov68 | cov95 |",
+            "|" + " --- |" * 8,
+            *rows,
+            *notes[:2],
+        ]
+    ) + "".join(notes[2:])
 
 
 def _cell(value: float | None, spec: str) -> str:
@@ -930,29 +1140,55 @@ def _cell(value: float | None, spec: str) -> str:
     return "—" if value is None or not np.isfinite(value) else format(value, spec)
 
 
-def parameter_table(results: dict[str, MethodResult | dict], figure: str = "rms_error_over_prior_spread", *, corrected: bool = False,
-                    title: str | None = None) -> str:
-    """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a column per method.
+def parameter_table(
+    results: dict[str, MethodResult | dict],
+    figure: str = "rms_error_over_prior_spread",
+    *,
+    corrected: bool = False,
+    title: str | None = None,
+) -> str:
+    """A markdown table of one per-parameter figure (e.g. ``"r2_knn"``, ``"coverage_68"``): a row per parameter, a
+    column per method.
 
     ``title`` heads the first column (default: ``figure``).
     """
     tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
     names = list(next(iter(tables.values())))
-    rows = [f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
-            + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables) + " |" for n in names]
-    return "\n".join([f"| {title or figure} | " + " | ".join(tables) + " |", "|" + " --- |" * (len(tables) + 1), *rows,
-                      "", "\\* in the network's target similarity"])
+    rows = [
+        f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
+        + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables)
+        + " |"
+        for n in names
+    ]
+    return "\n".join(
+        [
+            f"| {title or figure} | " + " | ".join(tables) + " |",
+            "|" + " --- |" * (len(tables) + 1),
+            *rows,
+            "",
+            "\\* in the network's target similarity",
+        ]
+    )
 
 
 def mean_target_error(metrics: dict) -> float:
-    """The RMS error over the prior's spread, averaged over the target similarity's parameters, of one method's figures."""
-    errors = [row["rms_error_over_prior_spread"] for row in metrics["parameters"].values() if row["in_target_similarity"]]
+    """The RMS error over the prior's spread, averaged over the target similarity's parameters, of one method's
+    figures."""
+    errors = [
+        row["rms_error_over_prior_spread"] for row in metrics["parameters"].values() if row["in_target_similarity"]
+    ]
     return float(np.mean(errors)) if errors else float("nan")
 
 
-def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False,
-                       margin: float = 0.05) -> dict[str, dict]:
-    """Per parameter: how ``reference`` compares with the best other matching method, and whether it constrains the parameter.
+def parameter_verdicts(
+    results: dict[str, MethodResult | dict],
+    reference: str = "siamese",
+    *,
+    corrected: bool = False,
+    margin: float = 0.05,
+) -> dict[str, dict]:
+    """Per parameter: how ``reference`` compares with the best other matching method, and whether it constrains the
+    parameter.
 
     The neural posterior estimates are not matching methods and are left out of the comparison
     (:mod:`protolib.comparison` sets the reference against them, with intervals).
@@ -965,53 +1201,87 @@ def parameter_verdicts(results: dict[str, MethodResult | dict], reference: str =
     more than ``margin`` prior spreads.
 
     Returns:
-        name -> ``{"error", "r2", "coverage_68", "in_target_similarity", "constrained", "best", "best_error", "comparison"}``:
+        name -> ``{"error", "r2", "coverage_68", "in_target_similarity", "constrained", "best", "best_error",
+    "comparison"}``:
         ``best`` the other method with the lowest RMS error, ``comparison`` ``"better"``, ``"level"`` or
         ``"worse"`` (both ``None`` when ``reference`` is alone).
     """
     tables = {name: _metrics_of(result, corrected)["parameters"] for name, result in results.items()}
     found = {}
     for name, row in tables[reference].items():
-        others = {m: t[name]["rms_error_over_prior_spread"] for m, t in tables.items() if m != reference and m not in NPE_METHODS}
+        others = {
+            m: t[name]["rms_error_over_prior_spread"]
+            for m, t in tables.items()
+            if m != reference and m not in NPE_METHODS
+        }
         best = min(others, key=others.get) if others else None
         error = row["rms_error_over_prior_spread"]
         comparison = None if best is None else _compare(results, reference, best, name, corrected, margin)
-        found[name] = {"error": error, "r2": row["r2_knn"], "coverage_68": row["coverage_68"], "in_target_similarity": row["in_target_similarity"],
-                       "constrained": constrains(row, margin), "best": best, "best_error": others.get(best, float("nan")),
-                       "comparison": comparison}
+        found[name] = {
+            "error": error,
+            "r2": row["r2_knn"],
+            "coverage_68": row["coverage_68"],
+            "in_target_similarity": row["in_target_similarity"],
+            "constrained": constrains(row, margin),
+            "best": best,
+            "best_error": others.get(best, float("nan")),
+            "comparison": comparison,
+        }
     return found
 
 
 def _compare(results: dict, reference: str, other: str, name: str, corrected: bool, margin: float) -> str:
-    """``"better"``, ``"level"`` or ``"worse"``: ``reference`` against ``other`` on parameter ``name`` (see :func:`parameter_verdicts`)."""
+    """``"better"``, ``"level"`` or ``"worse"``: ``reference`` against ``other`` on parameter ``name`` (see
+    :func:`parameter_verdicts`)."""
     mine, theirs = (results[m] for m in (reference, other))
-    if isinstance(mine, MethodResult) and isinstance(theirs, MethodResult) and mine.figures(corrected).target_system is not None:
+    if (
+        isinstance(mine, MethodResult)
+        and isinstance(theirs, MethodResult)
+        and mine.figures(corrected).target_system is not None
+    ):
         return paired_difference(mine.figures(corrected), theirs.figures(corrected), name).verdict
     error, best = (_metrics_of(r, corrected)["parameters"][name]["rms_error_over_prior_spread"] for r in (mine, theirs))
     return "better" if error < best - margin else "worse" if error > best + margin else "level"
 
 
-def verdicts(results: dict[str, MethodResult | dict], reference: str = "siamese", *, corrected: bool = False, margin: float = 0.05) -> list[str]:
-    """One plain sentence per parameter: does ``reference`` recover it better than every baseline, and does it constrain it?
+def verdicts(
+    results: dict[str, MethodResult | dict],
+    reference: str = "siamese",
+    *,
+    corrected: bool = False,
+    margin: float = 0.05,
+) -> list[str]:
+    """One plain sentence per parameter: does ``reference`` recover it better than every baseline, and does it
+    constrain it?
 
     The judgement is :func:`parameter_verdicts`'s.
     """
     lines = []
     for name, v in parameter_verdicts(results, reference, corrected=corrected, margin=margin).items():
-        comparison = {None: "", "better": f"better than every baseline (best: {v['best']}, {v['best_error']:.2f})",
-                      "worse": f"WORSE than {v['best']} ({v['best_error']:.2f})",
-                      "level": f"no better than {v['best']} ({v['best_error']:.2f})"}[v["comparison"]]
-        lines.append(f"{name}: RMS error {v['error']:.2f} prior spreads, R^2 {v['r2']:.2f}, 68% coverage {v['coverage_68']:.2f}; "
-                     f"{'constrained' if v['constrained'] else 'NOT constrained by the images'}; {comparison}")
+        comparison = {
+            None: "",
+            "better": f"better than every baseline (best: {v['best']}, {v['best_error']:.2f})",
+            "worse": f"WORSE than {v['best']} ({v['best_error']:.2f})",
+            "level": f"no better than {v['best']} ({v['best_error']:.2f})",
+        }[v["comparison"]]
+        lines.append(
+            f"{name}: RMS error {v['error']:.2f} prior spreads, R^2 {v['r2']:.2f}, 68% coverage "
+            f"{v['coverage_68']:.2f}; "
+            f"{'constrained' if v['constrained'] else 'NOT constrained by the images'}; {comparison}"
+        )
     return lines
 
 
-def evaluation_figures(results: dict[str, MethodResult | dict], reference: str = "siamese", *, margin: float = 0.05) -> dict:
-    """The figures the evaluation's prose quotes, by plain identifier (for MyST-NB ``glue``): numbers, names and phrases.
+def evaluation_figures(
+    results: dict[str, MethodResult | dict], reference: str = "siamese", *, margin: float = 0.05
+) -> dict:
+    """The figures the evaluation's prose quotes, by plain identifier (for MyST-NB ``glue``): numbers, names and
+    phrases.
 
     Per method ``m``: ``ndcg_m``, ``spearman_m``, ``cov68_m``, ``cov95_m``, ``tarp_m`` (TARP's largest
     deviation), ``rms_m`` (:func:`mean_target_error`), ``r2_inclination_m`` and, for ``reference`` when
-    corrected, the same with ``_corrected`` and ``k_{reference}_corrected``, ``widening_{reference}_corrected`` (:func:`widening_label`). Then who ranks best
+    corrected, the same with ``_corrected`` and ``k_{reference}_corrected``, ``widening_{reference}_corrected``
+    (:func:`widening_label`). Then who ranks best
     (``best_ndcg_method``, ``best_spearman_method``), how ``reference`` compares per parameter
     (:func:`parameter_verdicts` at the configured k: ``{reference}_better``, ``_level``, ``_worse`` as
     phrases), the calibration in brief, and what the correction changes for ``reference``.
@@ -1021,15 +1291,25 @@ def evaluation_figures(results: dict[str, MethodResult | dict], reference: str =
         corrected = [("_corrected", _metrics_of(result, True))] if name == reference and _corrected(result) else []
         for suffix, metrics in [("", _metrics_of(result, False))] + corrected:
             calibration, parameters = metrics["calibration"], metrics["parameters"]
-            figures.update({f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
-                            f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
-                            f"cov68_{name}{suffix}": calibration["coverage_68"], f"cov95_{name}{suffix}": calibration["coverage_95"],
-                            f"tarp_{name}{suffix}": calibration["tarp"]["max_deviation"], f"rms_{name}{suffix}": mean_target_error(metrics)})
+            figures.update(
+                {
+                    f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
+                    f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
+                    f"cov68_{name}{suffix}": calibration["coverage_68"],
+                    f"cov95_{name}{suffix}": calibration["coverage_95"],
+                    f"tarp_{name}{suffix}": calibration["tarp"]["max_deviation"],
+                    f"rms_{name}{suffix}": mean_target_error(metrics),
+                }
+            )
             if "inclination" in parameters:
                 figures[f"r2_inclination_{name}{suffix}"] = parameters["inclination"]["r2_knn"]
             if suffix:
-                figures.update({f"k_{name}_corrected": int(metrics["top_k"]),
-                                f"widening_{name}_corrected": widening_label(calibration["interval_widening"])})
+                figures.update(
+                    {
+                        f"k_{name}_corrected": int(metrics["top_k"]),
+                        f"widening_{name}_corrected": widening_label(calibration["interval_widening"]),
+                    }
+                )
         if "retrieval" in _metrics_of(result, False):
             figures["ndcg_chance"] = _metrics_of(result, False)["retrieval"]["ndcg_chance"]
     figures["best_ndcg_method"] = _label(_best({m: figures[f"ndcg_{m}"] for m in results}))
@@ -1047,31 +1327,52 @@ def _recovery_figures(results: dict, reference: str, margin: float) -> dict:
     for group in ("better", "level", "worse"):
         members = [name for name, v in target.items() if v["comparison"] == group]
         figures[f"{reference}_n_{group}"] = len(members)
-        figures[f"{reference}_{group}"] = _phrase([f"{_label(n)} ({target[n]['error']:.2f} against {target[n]['best_error']:.2f}, "
-                                                   f"{_label(target[n]['best'])})" for n in members])
+        figures[f"{reference}_{group}"] = _phrase(
+            [
+                f"{_label(n)} ({target[n]['error']:.2f} against {target[n]['best_error']:.2f}, "
+                f"{_label(target[n]['best'])})"
+                for n in members
+            ]
+        )
     figures[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
     tables = {name: _metrics_of(result, False)["parameters"] for name, result in results.items()}
     nobody = [n for n in judged if not any(constrains(t[n], margin) for t in tables.values())]
     errors = [t[n]["rms_error_over_prior_spread"] for n in nobody for t in tables.values()]
     figures["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
-        f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else "")
+        f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else ""
+    )
     if target:
         best = min(target, key=lambda n: target[n]["error"])
         own, rival = tables[reference][best], target[best]["best"]
-        figures.update({f"{reference}_best_parameter": _label(best), f"{reference}_best_error": own["rms_error_over_prior_spread"],
-                        f"{reference}_best_error_unit": own["rms_error"], f"{reference}_best_unit": own["unit"],
-                        f"{reference}_best_r2": own["r2_knn"], f"{reference}_best_rival": _label(rival),
-                        f"{reference}_best_rival_error": target[best]["best_error"],
-                        f"{reference}_best_rival_r2": tables[rival][best]["r2_knn"] if rival else float("nan")})
+        figures.update(
+            {
+                f"{reference}_best_parameter": _label(best),
+                f"{reference}_best_error": own["rms_error_over_prior_spread"],
+                f"{reference}_best_error_unit": own["rms_error"],
+                f"{reference}_best_unit": own["unit"],
+                f"{reference}_best_r2": own["r2_knn"],
+                f"{reference}_best_rival": _label(rival),
+                f"{reference}_best_rival_error": target[best]["best_error"],
+                f"{reference}_best_rival_r2": tables[rival][best]["r2_knn"] if rival else float("nan"),
+            }
+        )
     return figures
 
 
 def _calibration_figures(results: dict, reference: str, rejection_p: float = 0.01) -> dict:
     """Coverage of the matching methods in brief, and what the correction changes for ``reference``."""
-    matching = {m: _metrics_of(r, False)["calibration"] for m, r in results.items() if m != "random" and m not in NPE_METHODS}
+    matching = {
+        m: _metrics_of(r, False)["calibration"] for m, r in results.items() if m != "random" and m not in NPE_METHODS
+    }
     c68, c95 = [c["coverage_68"] for c in matching.values()], [c["coverage_95"] for c in matching.values()]
-    figures = {"n_matching": len(matching), "cov68_min": min(c68), "cov68_max": max(c68), "cov95_min": min(c95), "cov95_max": max(c95),
-               "n_overconfident": sum(a < 0.68 and b < 0.95 for a, b in zip(c68, c95))}
+    figures = {
+        "n_matching": len(matching),
+        "cov68_min": min(c68),
+        "cov68_max": max(c68),
+        "cov95_min": min(c95),
+        "cov95_max": max(c95),
+        "n_overconfident": sum(a < 0.68 and b < 0.95 for a, b in zip(c68, c95)),
+    }
     result = results[reference]
     if not _corrected(result):
         return figures
@@ -1079,16 +1380,25 @@ def _calibration_figures(results: dict, reference: str, rejection_p: float = 0.0
     target = [n for n, row in before.items() if row["in_target_similarity"]]
     change = {n: after[n]["rms_error_over_prior_spread"] - before[n]["rms_error_over_prior_spread"] for n in target}
     for key, name in (("most_improved", min(change, key=change.get)), ("most_worsened", max(change, key=change.get))):
-        figures[f"{reference}_{key}"] = (f"{_label(name)} ({before[name]['rms_error_over_prior_spread']:.2f} to "
-                                         f"{after[name]['rms_error_over_prior_spread']:.2f})")
+        figures[f"{reference}_{key}"] = (
+            f"{_label(name)} ({before[name]['rms_error_over_prior_spread']:.2f} to "
+            f"{after[name]['rms_error_over_prior_spread']:.2f})"
+        )
     worst = max(after, key=lambda n: abs(after[n]["coverage_68"] - 0.68))
-    figures.update({f"{reference}_worst_coverage_parameter": _label(worst), f"{reference}_worst_coverage": after[worst]["coverage_68"],
-                    f"{reference}_n_rank_rejected": sum(row["rank_uniformity_p"] < rejection_p for row in after.values()),
-                    "n_parameters": len(after)})
+    figures.update(
+        {
+            f"{reference}_worst_coverage_parameter": _label(worst),
+            f"{reference}_worst_coverage": after[worst]["coverage_68"],
+            f"{reference}_n_rank_rejected": sum(row["rank_uniformity_p"] < rejection_p for row in after.values()),
+            "n_parameters": len(after),
+        }
+    )
     return figures
 
 
-def variant_figures(variants: dict[str, MethodResult | dict], reference: str = "kernel + mse", *, margin: float = 0.05) -> dict:
+def variant_figures(
+    variants: dict[str, MethodResult | dict], reference: str = "kernel + mse", *, margin: float = 0.05
+) -> dict:
     """The figures the comparison of target similarities and losses quotes, by plain identifier (for ``glue``).
 
     Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
@@ -1102,26 +1412,48 @@ def variant_figures(variants: dict[str, MethodResult | dict], reference: str = "
     figures = {}
     for name, result in variants.items():
         at_k, corrected = _metrics_of(result, False), _metrics_of(result, True)
-        figures.update({f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"], f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
-                        f"rms_{slug[name]}": mean_target_error(at_k), f"rms_{slug[name]}_corrected": mean_target_error(corrected),
-                        f"cov68_{slug[name]}_corrected": corrected["calibration"]["coverage_68"],
-                        f"cov95_{slug[name]}_corrected": corrected["calibration"]["coverage_95"]})
-    for figure, template in (("ndcg", "ndcg_{}"), ("spearman", "spearman_{}"), ("rms", "rms_{}"), ("rms_corrected", "rms_{}_corrected")):
+        figures.update(
+            {
+                f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"],
+                f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
+                f"rms_{slug[name]}": mean_target_error(at_k),
+                f"rms_{slug[name]}_corrected": mean_target_error(corrected),
+                f"cov68_{slug[name]}_corrected": corrected["calibration"]["coverage_68"],
+                f"cov95_{slug[name]}_corrected": corrected["calibration"]["coverage_95"],
+            }
+        )
+    for figure, template in (
+        ("ndcg", "ndcg_{}"),
+        ("spearman", "spearman_{}"),
+        ("rms", "rms_{}"),
+        ("rms_corrected", "rms_{}_corrected"),
+    ):
         values = {name: figures[template.format(slug[name])] for name in variants}
         figures[f"best_{figure}_variant"] = _best(values, lowest=figure.startswith("rms"))
     own = _metrics_of(variants[reference], False)["parameters"]
     for name, result in variants.items():
         if name != reference:
             table = _metrics_of(result, False)["parameters"]
-            change = {n: table[n]["rms_error_over_prior_spread"] - own[n]["rms_error_over_prior_spread"] for n in own if own[n]["in_target_similarity"]}
+            change = {
+                n: table[n]["rms_error_over_prior_spread"] - own[n]["rms_error_over_prior_spread"]
+                for n in own
+                if own[n]["in_target_similarity"]
+            }
             for word, sign in (("better", -1), ("worse", 1)):
-                figures[f"{word}_{slug[name]}"] = _phrase([f"{_label(n)} ({table[n]['rms_error_over_prior_spread']:.2f} against "
-                                                           f"{own[n]['rms_error_over_prior_spread']:.2f})" for n, d in change.items() if sign * d > margin])
+                figures[f"{word}_{slug[name]}"] = _phrase(
+                    [
+                        f"{_label(n)} ({table[n]['rms_error_over_prior_spread']:.2f} against "
+                        f"{own[n]['rms_error_over_prior_spread']:.2f})"
+                        for n, d in change.items()
+                        if sign * d > margin
+                    ]
+                )
     return {name: _plain(value) for name, value in figures.items()}
 
 
 def constrains(row: dict, margin: float = 0.05) -> bool:
-    """Whether one method's row of a parameter has both RMS error and 68% half-width below ``1 - margin`` prior spreads."""
+    """Whether one method's row of a parameter has both RMS error and 68% half-width below ``1 - margin`` prior
+    spreads."""
     return bool(row["rms_error_over_prior_spread"] < 1 - margin and row["width_68_over_prior_spread"] < 1 - margin)
 
 
@@ -1151,7 +1483,8 @@ def _plain(value):
 
 
 def _metrics_of(result: MethodResult | dict, corrected: bool) -> dict:
-    """The figures of a :class:`MethodResult`, or of its ``metrics.json`` entry (:meth:`MethodResult.to_json`), with ``top_k``."""
+    """The figures of a :class:`MethodResult`, or of its ``metrics.json`` entry (:meth:`MethodResult.to_json`), with
+    ``top_k``."""
     if isinstance(result, MethodResult):
         chosen = result.figures(corrected)
         return {**chosen.metrics, "top_k": chosen.top_k}

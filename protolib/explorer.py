@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -24,7 +24,14 @@ from .distributions import corner_plot, gallery_plot, match_images, match_parame
 from .matching import ImageTransform, Matcher, Matches, OutOfDistributionCheck
 from .runtime import ProtolibInputError
 
-__all__ = ["ExplorerTarget", "bank_target", "image_target", "match_explorer", "has_interactive_frontend", "verdict_line"]
+__all__ = [
+    "ExplorerTarget",
+    "bank_target",
+    "image_target",
+    "match_explorer",
+    "has_interactive_frontend",
+    "verdict_line",
+]
 
 
 @dataclass
@@ -50,7 +57,9 @@ class ExplorerTarget:
     unit: str = "Jy/beam"
 
 
-def bank_target(matcher: Matcher, system: int, projection: int = 0, *, k_max: int = 200, limit_percentile: float = 5.0) -> ExplorerTarget:
+def bank_target(
+    matcher: Matcher, system: int, projection: int = 0, *, k_max: int = 200, limit_percentile: float = 5.0
+) -> ExplorerTarget:
     """A bank system as a target (its own system excluded, its parameters as truths), judged by ``matcher.check``.
 
     When the matcher embedded the bank through a transform, the target and its matches are shown
@@ -60,13 +69,28 @@ def bank_target(matcher: Matcher, system: int, projection: int = 0, *, k_max: in
     image = matcher.bank.images[system, projection]
     if matcher.transform is not None:
         image = matcher.transform(np.asarray(image)[None])[0]
-    return ExplorerTarget(f"bank system {system} (projection {projection})", image, matches,
-                          truth_parameters(matcher.bank, system, projection), matcher.check(matches, limit_percentile=limit_percentile),
-                          matcher.transform, matcher.bank.unit if matcher.transform is None else "Jy/beam")
+    return ExplorerTarget(
+        f"bank system {system} (projection {projection})",
+        image,
+        matches,
+        truth_parameters(matcher.bank, system, projection),
+        matcher.check(matches, limit_percentile=limit_percentile),
+        matcher.transform,
+        matcher.bank.unit if matcher.transform is None else "Jy/beam",
+    )
 
 
-def image_target(matcher: Matcher, image: np.ndarray, label: str, *, k_max: int = 200, truths: dict | None = None,
-                 transform: ImageTransform | None = None, limit_percentile: float = 5.0, unit: str = "Jy/beam") -> ExplorerTarget:
+def image_target(
+    matcher: Matcher,
+    image: np.ndarray,
+    label: str,
+    *,
+    k_max: int = 200,
+    truths: dict | None = None,
+    transform: ImageTransform | None = None,
+    limit_percentile: float = 5.0,
+    unit: str = "Jy/beam",
+) -> ExplorerTarget:
     """A prepared image (e.g. an observation on the bank's grid) as a target, judged by ``matcher.check``.
 
     Arguments:
@@ -82,12 +106,20 @@ def image_target(matcher: Matcher, image: np.ndarray, label: str, *, k_max: int 
         unit: the image's unit, for the colour bars.
     """
     matches = matcher.match(image, top_k=k_max)
-    return ExplorerTarget(label, np.asarray(image), matches, truths, matcher.check(matches, limit_percentile=limit_percentile),
-                          transform if transform is not None else matcher.transform, unit)
+    return ExplorerTarget(
+        label,
+        np.asarray(image),
+        matches,
+        truths,
+        matcher.check(matches, limit_percentile=limit_percentile),
+        transform if transform is not None else matcher.transform,
+        unit,
+    )
 
 
 def verdict_line(target: ExplorerTarget) -> tuple[bool | None, str]:
-    """``(out_of_distribution, line)``: the target's verdict in one line, a warning first when it is out of distribution."""
+    """``(out_of_distribution, line)``: the target's verdict in one line, a warning first when it is out of
+    distribution."""
     check = target.check
     if check is None:
         return None, f"{target.label}: not judged (no out-of-distribution check was made for this target)."
@@ -109,24 +141,41 @@ def has_interactive_frontend() -> bool:
 
 
 def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[str], n_gallery: int, prior: dict):
-    """The gallery (the matches as the network saw them, the verdict over it) and the corner plot of ``target``'s best ``k``."""
+    """The gallery (the matches as the network saw them, the verdict over it) and the corner plot of ``target``'s best
+    ``k``."""
     matches = target.matches.head(k)
     best = matches.head(n_gallery)
     images = match_images(bank, best)
     if target.transform is not None:
         images = target.transform(images)
     inclination = bank.inclination[best.system, best.projection]
-    gallery = gallery_plot(target.image, images, best.similarity, target_caption=target.label, n_columns=min(n_gallery + 1, 3),
-                           captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(best.system, inclination)],
-                           pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None, unit=target.unit)
+    gallery = gallery_plot(
+        target.image,
+        images,
+        best.similarity,
+        target_caption=target.label,
+        n_columns=min(n_gallery + 1, 3),
+        captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(best.system, inclination)],
+        pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
+        unit=target.unit,
+    )
     outside, _ = verdict_line(target)
     if outside is not None:
         verdict = "OUT OF DISTRIBUTION: do not trust these matches" if outside else "in distribution"
         shown = "through the target's transform" if target.transform is not None else "as stored in the bank"
-        gallery.suptitle(f"{verdict} (best similarity {target.check.best_similarity:.3f}); matches {shown}",
-                         color="C3" if outside else "black", fontsize=gallery.axes[0].title.get_fontsize())
-    corner = corner_plot(match_parameters(bank, matches), prior, parameters=list(parameters), truths=target.truths,
-                         parameter_info=bank.parameter_info, label="best matches")
+        gallery.suptitle(
+            f"{verdict} (best similarity {target.check.best_similarity:.3f}); matches {shown}",
+            color="C3" if outside else "black",
+            fontsize=gallery.axes[0].title.get_fontsize(),
+        )
+    corner = corner_plot(
+        match_parameters(bank, matches),
+        prior,
+        parameters=list(parameters),
+        truths=target.truths,
+        parameter_info=bank.parameter_info,
+        label="best matches",
+    )
     return gallery, corner
 
 
@@ -167,9 +216,13 @@ def match_explorer(
     interactive = has_interactive_frontend() if interactive is None else interactive
     if not interactive:
         outside, line = verdict_line(targets[0])
-        display(Markdown(f"*Static view of the explorer* (open this notebook in JupyterLab to change the target, k "
-                         f"and the parameters): **{targets[0].label}**, the best {k} matches.\n\n"
-                         + (f"**{line}**" if outside else line)))
+        display(
+            Markdown(
+                f"*Static view of the explorer* (open this notebook in JupyterLab to change the target, k "
+                f"and the parameters): **{targets[0].label}**, the best {k} matches.\n\n"
+                + (f"**{line}**" if outside else line)
+            )
+        )
         figures = _figures(bank, targets[0], k, parameters, n_gallery, prior)
         for fig in figures:
             display(fig)
@@ -181,9 +234,15 @@ def match_explorer(
 def _verdict_html(target: ExplorerTarget) -> str:
     """The verdict line as HTML: a red warning box when out of distribution, a plain line otherwise."""
     outside, line = verdict_line(target)
-    style = ("background:#fde2e1;border-left:6px solid #c0392b;color:#7b1d1d;font-weight:bold" if outside
-             else "background:#e8f4ea;border-left:6px solid #2e7d32;color:#1b4d20")
-    return f'<div class="protolib-verdict" style="{style};padding:6px 10px;margin:4px 0;white-space:normal">{html.escape(line)}</div>'
+    style = (
+        "background:#fde2e1;border-left:6px solid #c0392b;color:#7b1d1d;font-weight:bold"
+        if outside
+        else "background:#e8f4ea;border-left:6px solid #2e7d32;color:#1b4d20"
+    )
+    return (
+        f'<div class="protolib-verdict" style="{style};padding:6px 10px;margin:4px '
+        f'0;white-space:normal">{html.escape(line)}</div>'
+    )
 
 
 def _widget(bank, targets, parameters, k, k_max, n_gallery, prior):
@@ -192,14 +251,22 @@ def _widget(bank, targets, parameters, k, k_max, n_gallery, prior):
     from IPython.display import display
 
     choice = widgets.Dropdown(options=[(t.label, i) for i, t in enumerate(targets)], description="target")
-    k_slider = widgets.IntSlider(value=k, min=min(5, k_max), max=k_max, step=1, description="k", continuous_update=False)
+    k_slider = widgets.IntSlider(
+        value=k, min=min(5, k_max), max=k_max, step=1, description="k", continuous_update=False
+    )
     names = [*bank.physical_parameters, "inclination"]
-    picked = widgets.SelectMultiple(options=names, value=[p for p in parameters if p in names], rows=6, description="parameters")
+    picked = widgets.SelectMultiple(
+        options=names, value=[p for p in parameters if p in names], rows=6, description="parameters"
+    )
     verdict = widgets.HTML(layout=widgets.Layout(width="100%"))
     gallery_out, corner_out = widgets.Output(), widgets.Output()
 
     def redraw(_=None):
-        chosen = list(picked.value) if len(picked.value) >= 2 else [*picked.value, *[n for n in names if n not in picked.value]][:2]
+        chosen = (
+            list(picked.value)
+            if len(picked.value) >= 2
+            else [*picked.value, *[n for n in names if n not in picked.value]][:2]
+        )
         verdict.value = _verdict_html(targets[choice.value])
         figures = _figures(bank, targets[choice.value], k_slider.value, chosen, n_gallery, prior)
         for out, fig in zip((gallery_out, corner_out), figures):

@@ -33,15 +33,31 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
 
 from .instrument import Beam, beam_kernel
 
-__all__ = ["ResidualPeak", "residual_peak", "RESIDUAL_SCALES", "EXCESS_LIMIT", "STRUCTURE_SIGMA", "STRUCTURE_FRACTION", "ImageFit", "BandsFit", "FitVerdict", "reference_chi2", "judge_fit", "Detection", "detection", "non_detection_fraction", "DETECTION_SIGMA"]
+__all__ = [
+    "ResidualPeak",
+    "residual_peak",
+    "RESIDUAL_SCALES",
+    "EXCESS_LIMIT",
+    "STRUCTURE_SIGMA",
+    "STRUCTURE_FRACTION",
+    "ImageFit",
+    "BandsFit",
+    "FitVerdict",
+    "reference_chi2",
+    "judge_fit",
+    "Detection",
+    "detection",
+    "non_detection_fraction",
+    "DETECTION_SIGMA",
+]
 
 
 class ImageFit:
@@ -91,7 +107,8 @@ class ImageFit:
         return images if self.model_transform is None else np.asarray(self.model_transform(images), dtype=np.float32)
 
     def flux_factors(self, target: np.ndarray, models: np.ndarray) -> np.ndarray:
-        """``(N,)`` the factor each model's fluxes are scaled by to fit ``target`` best, within :attr:`flux_tolerance`."""
+        """``(N,)`` the factor each model's fluxes are scaled by to fit ``target`` best, within
+        :attr:`flux_tolerance`."""
         if not self.flux_tolerance > 0:
             return np.ones(len(models), dtype=np.float32)
         used = self.used(np.shape(target))
@@ -112,17 +129,24 @@ class ImageFit:
     def reduced_chi2(self, target: np.ndarray, bank_images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Reduced chi-square ``(N,)`` of each bank image against ``target`` (mean over observed pixels)."""
         n_used = max(int(self.used(np.shape(target)).sum()), 1)
-        out = [np.square(self.residuals(target, bank_images[i : i + batch_size])).sum(axis=(1, 2)) / n_used
-               for i in range(0, len(bank_images), batch_size)]
+        out = [
+            np.square(self.residuals(target, bank_images[i : i + batch_size])).sum(axis=(1, 2)) / n_used
+            for i in range(0, len(bank_images), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
     def excess(self, target: np.ndarray, reduced_chi2: np.ndarray | float) -> np.ndarray:
         """The residual beyond the noise as a fraction of the target's signal rms (see the module)."""
-        return np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None)) * self.sigma / self.signal_rms(target)
+        return (
+            np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None))
+            * self.sigma
+            / self.signal_rms(target)
+        )
 
 
 class BandsFit:
-    """Residuals and reduced chi-square of bank images against one target seen in several bands, each band in its own noise.
+    """Residuals and reduced chi-square of bank images against one target seen in several bands, each band in its own
+    noise.
 
     The target is ``(bands, H, W)`` and bank images ``(N, bands, H, W)``; band ``b`` is compared through
     ``fits[b]`` (an :class:`ImageFit`: its transform, noise, coverage and flux tolerance, so that each band's
@@ -135,8 +159,13 @@ class BandsFit:
     def __init__(self, fits):
         self.fits = list(fits)
         coverages = [f.coverage for f in self.fits]
-        self.coverage = None if all(c is None for c in coverages) else np.stack(
-            [np.ones_like(next(c for c in coverages if c is not None)) if c is None else c for c in coverages])
+        self.coverage = (
+            None
+            if all(c is None for c in coverages)
+            else np.stack(
+                [np.ones_like(next(c for c in coverages if c is not None)) if c is None else c for c in coverages]
+            )
+        )
 
     def used(self, shape: tuple[int, ...]) -> np.ndarray:
         """``(bands, H, W)`` the pixels each band's chi-square is taken over."""
@@ -165,7 +194,8 @@ class BandsFit:
         return np.stack([f.reduced_chi2(target[b], bank_images[:, b]) for b, f in enumerate(self.fits)])
 
     def joint(self, by_band: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """``(N,)`` the joint reduced chi-square from each band's (``(bands, N)``): weighted by the bands' used pixels."""
+        """``(N,)`` the joint reduced chi-square from each band's (``(bands, N)``): weighted by the bands' used
+        pixels."""
         pixels = self._pixels(shape)
         return (pixels @ np.asarray(by_band, dtype=np.float64)) / pixels.sum()
 
@@ -174,9 +204,13 @@ class BandsFit:
         return self.joint(self.reduced_chi2_by_band(target, bank_images), np.shape(target))
 
     def excess(self, target: np.ndarray, reduced_chi2: np.ndarray | float) -> np.ndarray:
-        """The residual beyond the noise as a fraction of the signal, the signal-to-noise ratio pooled over the bands."""
+        """The residual beyond the noise as a fraction of the signal, the signal-to-noise ratio pooled over the
+        bands."""
         pixels = self._pixels(np.shape(target))
-        snr2 = sum(n * (f.signal_rms(target[b]) / f.sigma) ** 2 for b, (n, f) in enumerate(zip(pixels, self.fits))) / pixels.sum()
+        snr2 = (
+            sum(n * (f.signal_rms(target[b]) / f.sigma) ** 2 for b, (n, f) in enumerate(zip(pixels, self.fits)))
+            / pixels.sum()
+        )
         return np.sqrt(np.clip(np.asarray(reduced_chi2, dtype=np.float64) - 1.0, 0.0, None) / snr2)
 
 
@@ -188,7 +222,7 @@ def reference_chi2(
     load_images: Callable[[np.ndarray, np.ndarray], np.ndarray],
     reference_rows: np.ndarray,
     n_projections: int,
-    structure: Callable[[np.ndarray, np.ndarray], "ResidualPeak"] | None = None,
+    structure: Callable[[np.ndarray, np.ndarray], ResidualPeak] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
     """Best reduced chi-square of held-out bank images against their own best matches, seen like the target.
 
@@ -280,11 +314,19 @@ EXCESS_LIMIT = 0.30
 """No target whose best match leaves an excess residual beyond this fraction of its signal is called reproduced,
 however poorly the bank fits its own images (chosen from the synthetic sets: ``benchmarks/verdict_rates.py``)."""
 STRUCTURE_SIGMA = 5.0  # a residual structure counts only when it stands this far above the smoothed noise ...
-STRUCTURE_FRACTION = 0.20  # ... and holds at least this fraction of the target's (smoothed) peak: chosen as EXCESS_LIMIT
+# ... and holds at least this fraction of the target's (smoothed) peak: chosen as EXCESS_LIMIT
+STRUCTURE_FRACTION = 0.20
 
 
-def judge_fit(best_reduced_chi2: float, best_excess: float, reference: tuple[np.ndarray, np.ndarray], *,
-              limit_percentile: float = 95.0, peak: ResidualPeak | None = None, reference_peaks=None) -> FitVerdict:
+def judge_fit(
+    best_reduced_chi2: float,
+    best_excess: float,
+    reference: tuple[np.ndarray, np.ndarray],
+    *,
+    limit_percentile: float = 95.0,
+    peak: ResidualPeak | None = None,
+    reference_peaks=None,
+) -> FitVerdict:
     """The image-space verdict: does the target's best match reproduce it, by three tests?
 
     1. **Against the bank** (relative): the best match leaves no more excess residual than held-out bank
@@ -306,16 +348,34 @@ def judge_fit(best_reduced_chi2: float, best_excess: float, reference: tuple[np.
     chi2_ref, excess_ref = (np.asarray(r, dtype=np.float64) for r in reference)
     best, excess = float(best_reduced_chi2), float(best_excess)
     qs = (5, 50, 95)
-    pct = {name: ({q: float(np.percentile(values, q)) for q in qs} if len(values) else {})
-           for name, values in (("chi2", chi2_ref), ("excess", excess_ref), ("peaks", np.asarray(reference_peaks if reference_peaks is not None else [])))}
+    pct = {
+        name: ({q: float(np.percentile(values, q)) for q in qs} if len(values) else {})
+        for name, values in (
+            ("chi2", chi2_ref),
+            ("excess", excess_ref),
+            ("peaks", np.asarray(reference_peaks if reference_peaks is not None else [])),
+        )
+    }
     limit = float(np.percentile(excess_ref, limit_percentile)) if len(excess_ref) else float("nan")
     worse = float(np.mean(excess_ref > excess)) if len(excess_ref) else float("nan")
     reasons = _misfit_reasons(best, excess, limit, peak)
     message = _verdict_message(best, excess, pct, worse, peak, reasons, has_reference=len(excess_ref) > 0)
-    return FitVerdict(best, excess, float(np.sqrt(max(best, 0.0))), pct["chi2"], pct["excess"], limit_percentile, limit, worse, not reasons,
-                      message, None if peak is None else peak.to_dict(), pct["peaks"],
-                      {"excess": EXCESS_LIMIT, "structure_sigma": STRUCTURE_SIGMA, "structure_fraction": STRUCTURE_FRACTION},
-                      [key for key, _ in reasons])
+    return FitVerdict(
+        best,
+        excess,
+        float(np.sqrt(max(best, 0.0))),
+        pct["chi2"],
+        pct["excess"],
+        limit_percentile,
+        limit,
+        worse,
+        not reasons,
+        message,
+        None if peak is None else peak.to_dict(),
+        pct["peaks"],
+        {"excess": EXCESS_LIMIT, "structure_sigma": STRUCTURE_SIGMA, "structure_fraction": STRUCTURE_FRACTION},
+        [key for key, _ in reasons],
+    )
 
 
 def _misfit_reasons(best: float, excess: float, limit: float, peak: ResidualPeak | None) -> list[tuple[str, str]]:
@@ -324,31 +384,71 @@ def _misfit_reasons(best: float, excess: float, limit: float, peak: ResidualPeak
     if best > NOISE_LEVEL_CHI2 and excess > limit:
         reasons.append(("bank", "it leaves more than the bank's own images are left by theirs"))
     if best > NOISE_LEVEL_CHI2 and excess > EXCESS_LIMIT:
-        reasons.append(("absolute", f"its excess is above the {100 * EXCESS_LIMIT:.0f}% of the signal that no reproduced target leaves"))
+        reasons.append(
+            (
+                "absolute",
+                f"its excess is above the {100 * EXCESS_LIMIT:.0f}% of the signal that no reproduced target leaves",
+            )
+        )
     if peak is not None and peak.significance >= STRUCTURE_SIGMA and peak.fraction_of_peak >= STRUCTURE_FRACTION:
-        reasons.append(("structure", f"the residual holds a structure {peak.significance:.3g} times the noise, {100 * peak.fraction_of_peak:.0f}% "
-                                     f"of the target's peak (smoothed to {peak.scale_beams:g} beam), {peak.offset_beams:.1f} beams from the centre "
-                                     f"(pixel row, column {tuple(peak.position)}): a companion, clump or arc that no bank image has"))
+        reasons.append(
+            (
+                "structure",
+                f"the residual holds a structure {peak.significance:.3g} times the noise, "
+                f"{100 * peak.fraction_of_peak:.0f}% "
+                f"of the target's peak (smoothed to {peak.scale_beams:g} beam), {peak.offset_beams:.1f} beams from the "
+                "centre "
+                f"(pixel row, column {tuple(peak.position)}): a companion, clump or arc that no bank image has",
+            )
+        )
     return reasons
 
 
-def _verdict_message(best: float, excess: float, pct: dict, worse: float, peak: ResidualPeak | None, reasons: list, *,
-                     has_reference: bool) -> str:
+def _verdict_message(
+    best: float,
+    excess: float,
+    pct: dict,
+    worse: float,
+    peak: ResidualPeak | None,
+    reasons: list,
+    *,
+    has_reference: bool,
+) -> str:
     """The verdict of :func:`judge_fit` in words, with the numbers."""
     rms = float(np.sqrt(max(best, 0.0)))
-    left = f"the best match leaves a reduced chi-square of {best:.3g} (residuals {rms:.2g} times the noise rms), an excess of {100 * excess:.0f}% of the signal"
-    structure = "" if peak is None else (f" Its largest residual structure is {peak.significance:.3g} times the noise, "
-                                         f"{100 * peak.fraction_of_peak:.0f}% of the target's peak.")
-    yardstick = "" if not has_reference else (
-        f"; held-out bank images seen the same way are left {100 * pct['excess'][50]:.0f}% by their best match "
-        f"({100 * pct['excess'][5]:.0f}-{100 * pct['excess'][95]:.0f}%, 5th-95th percentile; reduced chi-square median {pct['chi2'][50]:.3g})")
+    left = (
+        f"the best match leaves a reduced chi-square of {best:.3g} (residuals {rms:.2g} times the noise rms), an "
+        f"excess of {100 * excess:.0f}% of the signal"
+    )
+    structure = (
+        ""
+        if peak is None
+        else (
+            f" Its largest residual structure is {peak.significance:.3g} times the noise, "
+            f"{100 * peak.fraction_of_peak:.0f}% of the target's peak."
+        )
+    )
+    yardstick = (
+        ""
+        if not has_reference
+        else (
+            f"; held-out bank images seen the same way are left {100 * pct['excess'][50]:.0f}% by their best match "
+            f"({100 * pct['excess'][5]:.0f}-{100 * pct['excess'][95]:.0f}%, 5th-95th percentile; reduced chi-square "
+            f"median {pct['chi2'][50]:.3g})"
+        )
+    )
     if reasons:
         why = "; ".join(sentence for _, sentence in reasons)
         share = f" (only {100 * worse:.1f}% of them do worse)" if has_reference and "bank" in dict(reasons) else ""
-        return (f"WARNING: no bank image reproduces the target: {why}. In numbers, {left}{yardstick}{share}. "
-                "The parameter distributions describe the nearest bank images, not this target.")
+        return (
+            f"WARNING: no bank image reproduces the target: {why}. In numbers, {left}{yardstick}{share}. "
+            "The parameter distributions describe the nearest bank images, not this target."
+        )
     if best <= NOISE_LEVEL_CHI2:
-        return f"Fits in image space: the best match leaves a reduced chi-square of {best:.3g}, residuals at the noise level.{structure}"
+        return (
+            f"Fits in image space: the best match leaves a reduced chi-square of {best:.3g}, residuals at the "
+            f"noise level.{structure}"
+        )
     if not has_reference:
         return f"Fits in image space: {left} (no reference to compare with).{structure}"
     return f"Fits in image space as well as the bank fits itself: {left}{yardstick}.{structure}"
@@ -386,9 +486,13 @@ def detection(image: np.ndarray, noise_rms: float, threshold: float = DETECTION_
     peak = float(np.nanmax(image)) if np.isfinite(image).any() else float("nan")
     snr = peak / noise_rms if noise_rms > 0 and math.isfinite(peak) else float("nan")
     detected = bool(snr >= threshold)
-    message = (f"Detected: the brightest pixel is {snr:.3g} times the noise rms." if detected else
-               f"No source detected: the brightest pixel is {snr:.3g} times the noise rms, under the {threshold:g} a detection needs; "
-               "the matches describe noise, and the parameter distributions are not the target's.")
+    message = (
+        f"Detected: the brightest pixel is {snr:.3g} times the noise rms."
+        if detected
+        else f"No source detected: the brightest pixel is {snr:.3g} times the noise rms, under the {threshold:g} a "
+        "detection needs; "
+        "the matches describe noise, and the parameter distributions are not the target's."
+    )
     return Detection(snr, threshold, detected, message)
 
 
@@ -429,8 +533,15 @@ class ResidualPeak:
         return asdict(self)
 
 
-def residual_peak(residual: np.ndarray, target: np.ndarray, sigma: float, beam: Beam, pixel_arcsec: float,
-                  used: np.ndarray | None = None, scales=RESIDUAL_SCALES) -> ResidualPeak:
+def residual_peak(
+    residual: np.ndarray,
+    target: np.ndarray,
+    sigma: float,
+    beam: Beam,
+    pixel_arcsec: float,
+    used: np.ndarray | None = None,
+    scales=RESIDUAL_SCALES,
+) -> ResidualPeak:
     """The residual's most significant structure (:class:`ResidualPeak`).
 
     Arguments:
@@ -442,7 +553,8 @@ def residual_peak(residual: np.ndarray, target: np.ndarray, sigma: float, beam: 
         scales: the circular Gaussians to smooth with, as multiples of the beam's geometric-mean FWHM
             (``scipy.ndimage.gaussian_filter``, zero beyond the map).
 
-    The smoothed noise's rms is exact for noise correlated over ``beam`` (as in :func:`~protolib.instrument.beam_noise`):
+    The smoothed noise's rms is exact for noise correlated over ``beam`` (as in
+    :func:`~protolib.instrument.beam_noise`):
     ``||b * g|| / ||b||`` for the beam kernel ``b`` and the smoothing kernel ``g``, both of unit sum.
     """
     used = np.ones(np.shape(residual), dtype=bool) if used is None else np.asarray(used, dtype=bool)
@@ -457,8 +569,13 @@ def residual_peak(residual: np.ndarray, target: np.ndarray, sigma: float, beam: 
         if values[row, column] > best.significance:
             peak = float(np.max(smoothed[1][used])) if used.any() else float("nan")
             offset = math.hypot(row - (values.shape[0] - 1) / 2, column - (values.shape[1] - 1) / 2) / width_pixels
-            best = ResidualPeak(float(values[row, column]), float(scale), float(abs(smoothed[0][row, column]) * sigma / peak),
-                                (int(row), int(column)), float(offset))
+            best = ResidualPeak(
+                float(values[row, column]),
+                float(scale),
+                float(abs(smoothed[0][row, column]) * sigma / peak),
+                (int(row), int(column)),
+                float(offset),
+            )
     return best
 
 
@@ -467,7 +584,10 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 @functools.lru_cache(maxsize=64)
 def _smoothed_noise_rms(beam: Beam, pixel_arcsec: float, sigma_pixels: float) -> float:
-    """The rms of unit-rms noise correlated over ``beam`` after a Gaussian smoothing of ``sigma_pixels``: ``||b * g|| / ||b||``."""
+    """The rms of unit-rms noise correlated over ``beam`` after a Gaussian smoothing of ``sigma_pixels``: ``||b * g|| /
+    ||b||``."""
     kernel = beam_kernel(beam, pixel_arcsec)
-    both = ndimage.gaussian_filter(np.pad(kernel, int(4 * sigma_pixels) + 2), sigma_pixels, mode="constant", truncate=4.0)
+    both = ndimage.gaussian_filter(
+        np.pad(kernel, int(4 * sigma_pixels) + 2), sigma_pixels, mode="constant", truncate=4.0
+    )
     return float(np.sqrt(np.square(both).sum() / np.square(kernel).sum()))

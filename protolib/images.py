@@ -79,19 +79,26 @@ class ImagePreprocessing:
         """One check of every setting, whether it comes from a configuration (``images:``) or a checkpoint."""
         if self.stretch not in STRETCHES:
             raise ProtolibInputError(f"Image stretch must be one of {STRETCHES}, got {self.stretch!r}.")
-        checks = {"asinh_softening": ("a positive fraction of the peak", lambda v: v > 0),
-                  "reference_distance_pc": ("a positive number of pc", lambda v: v > 0),
-                  "distance_pc": ("a positive number of pc (the bank's distance)", lambda v: v > 0),
-                  "pixels_per_beam": ("a positive number (beam solid angle over pixel solid angle)", lambda v: v > 0),
-                  "flux_centre": ("a finite number", lambda v: True),
-                  "flux_spread": ("a positive number (the spread of training log fluxes)", lambda v: v > 0)}
+        checks = {
+            "asinh_softening": ("a positive fraction of the peak", lambda v: v > 0),
+            "reference_distance_pc": ("a positive number of pc", lambda v: v > 0),
+            "distance_pc": ("a positive number of pc (the bank's distance)", lambda v: v > 0),
+            "pixels_per_beam": ("a positive number (beam solid angle over pixel solid angle)", lambda v: v > 0),
+            "flux_centre": ("a finite number", lambda v: True),
+            "flux_spread": ("a positive number (the spread of training log fluxes)", lambda v: v > 0),
+        }
         for name, (expected, good) in checks.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not good(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not good(value)
+            ):
                 raise ProtolibInputError(f"The image preprocessing's {name} must be {expected}, got {value!r}.")
 
     @classmethod
-    def from_bank(cls, bank, **settings) -> "ImagePreprocessing":
+    def from_bank(cls, bank, **settings) -> ImagePreprocessing:
         """Preprocessing for ``bank``'s images (its distance, beam and pixel size), with ``settings``."""
         instrument = bank.instrument
         beam = instrument.beam
@@ -105,7 +112,7 @@ class ImagePreprocessing:
         total = images.sum((-2, -1)) / self.pixels_per_beam * (self.distance_pc / self.reference_distance_pc) ** 2
         return torch.log10(total.clamp_min(FLUX_FLOOR_JY))
 
-    def fit(self, images: np.ndarray | torch.Tensor) -> "ImagePreprocessing":
+    def fit(self, images: np.ndarray | torch.Tensor) -> ImagePreprocessing:
         """Learn the log-flux centre and spread from training images ``(N, H, W)``."""
         log_flux = self.log_flux(torch.as_tensor(np.asarray(images), dtype=torch.float64))
         self.flux_centre = float(log_flux.mean())
@@ -113,7 +120,8 @@ class ImagePreprocessing:
         return self
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network inputs from images ``(N, H, W)``: stretched pixels ``(N, 1, H, W)``, standardised log flux ``(N, 1)``."""
+        """Network inputs from images ``(N, H, W)``: stretched pixels ``(N, 1, H, W)``, standardised log flux ``(N,
+        1)``."""
         images = images.float()
         pixels = stretch_images(images, self.stretch, self.asinh_softening)
         flux = (self.log_flux(images) - self.flux_centre) / self.flux_spread
@@ -123,7 +131,7 @@ class ImagePreprocessing:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ImagePreprocessing":
+    def from_dict(cls, data: dict) -> ImagePreprocessing:
         return cls(**data)
 
 
@@ -187,7 +195,8 @@ def augment_images(
 
 
 def convolve_small_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float) -> torch.Tensor:
-    """:func:`~protolib.instrument.convolve_beam` of images ``(N, H, W)`` with a beam, in real space when its kernel is small.
+    """:func:`~protolib.instrument.convolve_beam` of images ``(N, H, W)`` with a beam, in real space when its kernel is
+    small.
 
     The same pixel-sampled kernel (:func:`~protolib.instrument.beam_kernel`) and zero padding, so the
     result equals ``convolve_beam``'s to float rounding (about 1e-6 of the peak): a separable kernel
@@ -204,9 +213,13 @@ def convolve_small_beam(images: torch.Tensor, beam: Beam, pixel_arcsec: float) -
     u, s, vt = np.linalg.svd(kernel)
     if s[1] <= 1e-7 * s[0]:  # kernel = outer(along_rows, along_columns)
         along_rows, along_columns = u[:, 0] * math.sqrt(s[0]), vt[0] * math.sqrt(s[0])
-        rows, columns = (_band_matrix(n, taps).to(images.device, images.dtype) for n, taps in zip(images.shape[-2:], (along_rows, along_columns)))
+        rows, columns = (
+            _band_matrix(n, taps).to(images.device, images.dtype)
+            for n, taps in zip(images.shape[-2:], (along_rows, along_columns))
+        )
         return rows @ images @ columns.T  # (N, H, W)
-    weights = torch.as_tensor(kernel[::-1, ::-1].copy(), dtype=images.dtype, device=images.device)[None, None]  # flipped: conv2d correlates
+    # flipped: conv2d correlates
+    weights = torch.as_tensor(kernel[::-1, ::-1].copy(), dtype=images.dtype, device=images.device)[None, None]
     return F.conv2d(images[:, None], weights, padding=side // 2)[:, 0]
 
 
@@ -220,7 +233,9 @@ def _band_matrix(n: int, taps: np.ndarray) -> torch.Tensor:
 def _rotate(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate images ``(N, H, W)`` about their centre by ``angles`` ``(N,)`` [rad], bilinear, zero outside."""
     cos, sin = torch.cos(angles), torch.sin(angles)
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1
+    )
     grid = F.affine_grid(theta.to(images), (len(images), 1, *images.shape[-2:]), align_corners=False)
     return F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
 

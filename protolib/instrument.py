@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,8 @@ ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 BAND_SETTINGS = ("beam_major_arcsec", "beam_minor_arcsec", "beam_position_angle_deg", "noise_rms_jy_beam")
 """The instrument settings a band may have of its own (:attr:`Instrument.bands`)."""
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-MIN_BEAM_VARIANCE = 1e-9  # [pixel^2] the least variance of a beam covariance (a sub-pixel beam sampled at pixel centres has 0)
+# [pixel^2] the least variance of a beam covariance (a sub-pixel beam sampled at pixel centres has 0)
+MIN_BEAM_VARIANCE = 1e-9
 
 
 def pixel_solid_angle_sr(pixel_size_au: float, distance_pc: float) -> float:
@@ -51,7 +52,9 @@ class Beam:
 
     def __post_init__(self):
         if not (self.major_arcsec > 0 and self.minor_arcsec > 0):
-            raise ValueError(f"A beam needs positive FWHM axes, got {self.major_arcsec} and {self.minor_arcsec} arcsec.")
+            raise ValueError(
+                f"A beam needs positive FWHM axes, got {self.major_arcsec} and {self.minor_arcsec} arcsec."
+            )
         if self.minor_arcsec > self.major_arcsec:
             major, minor = self.minor_arcsec, self.major_arcsec
             object.__setattr__(self, "major_arcsec", major)
@@ -77,7 +80,7 @@ class Beam:
         return sigma_major**2 * np.outer(major_axis, major_axis) + sigma_minor**2 * np.outer(minor_axis, minor_axis)
 
     @classmethod
-    def from_covariance_pixels(cls, covariance: np.ndarray, pixel_arcsec: float) -> "Beam":
+    def from_covariance_pixels(cls, covariance: np.ndarray, pixel_arcsec: float) -> Beam:
         """The beam whose :meth:`covariance_pixels` at ``pixel_arcsec`` is ``covariance`` (the inverse)."""
         values, vectors = np.linalg.eigh(np.asarray(covariance, dtype=float))
         minor_var, major_var = np.clip(values, 0.0, None)
@@ -100,24 +103,33 @@ class Instrument:
     beam_minor_arcsec: float = 0.25  # beam FWHM along its minor axis
     beam_position_angle_deg: float = 0.0  # beam major axis, east of north
     noise_rms_jy_beam: float = 1e-4  # thermal noise (0: noiseless)
-    bands: list[dict] | None = None  # several bands: one mapping per simulator band of the beam and noise keys above that differ there
+    # several bands: one mapping per simulator band of the beam and noise keys above that differ there
+    bands: list[dict] | None = None
 
     def __post_init__(self):
-        checks = [("distance_pc", lambda v: v > 0, "a positive number of parsecs"),
-                  ("beam_major_arcsec", lambda v: v >= 0, "a number of arcsec >= 0 (0: no beam)"),
-                  ("beam_minor_arcsec", lambda v: v > 0 or (v == 0 and self.beam_major_arcsec == 0),
-                   "a positive number of arcsec (0 only with no beam, beam_major_arcsec = 0)"),
-                  ("beam_position_angle_deg", lambda v: True, "a number of degrees east of north"),
-                  ("noise_rms_jy_beam", lambda v: v >= 0, "a number of Jy/beam >= 0 (0: noiseless)")]
+        checks = [
+            ("distance_pc", lambda v: v > 0, "a positive number of parsecs"),
+            ("beam_major_arcsec", lambda v: v >= 0, "a number of arcsec >= 0 (0: no beam)"),
+            (
+                "beam_minor_arcsec",
+                lambda v: v > 0 or (v == 0 and self.beam_major_arcsec == 0),
+                "a positive number of arcsec (0 only with no beam, beam_major_arcsec = 0)",
+            ),
+            ("beam_position_angle_deg", lambda v: True, "a number of degrees east of north"),
+            ("noise_rms_jy_beam", lambda v: v >= 0, "a number of Jy/beam >= 0 (0: noiseless)"),
+        ]
         for name, good, expected in checks:
             value = getattr(self, name)
-            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and good(value)):
-                raise ProtolibInputError(f"The instrument's {name} must be {expected}, got {value!r}; "
-                                         f"set instrument.{name} to such a value.")
+            if not (
+                isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and good(value)
+            ):
+                raise ProtolibInputError(
+                    f"The instrument's {name} must be {expected}, got {value!r}; set instrument.{name} to such a value."
+                )
         if self.bands is not None:
             self.per_band(len(self.bands))  # each band's settings checked as the instrument's are
 
-    def per_band(self, n_bands: int) -> list["Instrument"]:
+    def per_band(self, n_bands: int) -> list[Instrument]:
         """The instrument of each of ``n_bands`` bands (one-band instruments, in the simulator's band order).
 
         Each band has its own beam and noise where ``bands`` gives them (an interferometer's beam grows
@@ -127,22 +139,30 @@ class Instrument:
         if self.bands is None:
             return [self.single()] * n_bands
         if not isinstance(self.bands, (list, tuple)) or len(self.bands) != n_bands:
-            raise ProtolibInputError(f"instrument.bands gives {len(self.bands) if isinstance(self.bands, (list, tuple)) else self.bands!r} "
-                                     f"band(s) for a simulator of {n_bands}; give one entry per simulator.frequencies_ghz band.")
+            raise ProtolibInputError(
+                f"instrument.bands gives {len(self.bands) if isinstance(self.bands, (list, tuple)) else self.bands!r} "
+                f"band(s) for a simulator of {n_bands}; give one entry per simulator.frequencies_ghz band."
+            )
         allowed = set(BAND_SETTINGS)
         for entry in self.bands:
             if not isinstance(entry, dict) or set(entry) - allowed:
-                raise ProtolibInputError(f"instrument.bands entry {entry!r} must be a mapping of {sorted(allowed)} (the distance is "
-                                         "the same in every band); fix that entry.")
+                raise ProtolibInputError(
+                    f"instrument.bands entry {entry!r} must be a mapping of {sorted(allowed)} (the distance is "
+                    "the same in every band); fix that entry."
+                )
         seen = [Instrument(**{**self.single().to_dict(), **entry}) for entry in self.bands]
         if len({band.unit for band in seen}) > 1:
-            raise ProtolibInputError("instrument.bands gives a beam to some bands and none (beam_major_arcsec 0) to others, whose "
-                                     "images would be in Jy/beam and Jy/pixel; give every band a beam, or none.")
+            raise ProtolibInputError(
+                "instrument.bands gives a beam to some bands and none (beam_major_arcsec 0) to others, whose "
+                "images would be in Jy/beam and Jy/pixel; give every band a beam, or none."
+            )
         return seen
 
-    def single(self) -> "Instrument":
+    def single(self) -> Instrument:
         """This instrument without per-band settings (its own beam and noise only)."""
-        return Instrument(**{k: v for k, v in self.to_dict().items() if k != "bands"}) if self.bands is not None else self
+        return (
+            Instrument(**{k: v for k, v in self.to_dict().items() if k != "bands"}) if self.bands is not None else self
+        )
 
     @property
     def beam(self) -> Beam | None:
@@ -157,13 +177,14 @@ class Instrument:
         return "Jy/beam" if self.beam is not None else "Jy/pixel"
 
     def to_dict(self) -> dict:
-        """The settings as plain data (``bands`` only where it is given: a one-band instrument's are as before several bands)."""
+        """The settings as plain data (``bands`` only where it is given: a one-band instrument's are as before several
+        bands)."""
         values = asdict(self)
         if values["bands"] is None:
             del values["bands"]
         return values
 
-    def without_noise(self) -> "Instrument":
+    def without_noise(self) -> Instrument:
         """The same instrument with a perfect receiver (no thermal noise), in every band."""
         bands = None if self.bands is None else [{**entry, "noise_rms_jy_beam": 0.0} for entry in self.bands]
         return Instrument(**{**self.to_dict(), "noise_rms_jy_beam": 0.0, "bands": bands})
@@ -172,9 +193,15 @@ class Instrument:
         """Total flux [Jy] of images ``(..., H, W)`` in this instrument's unit (Jy/beam or Jy/pixel)."""
         total = np.asarray(images, dtype=np.float64).sum(axis=(-2, -1))
         beam = self.beam
-        return total if beam is None else total * pixel_solid_angle_sr(pixel_size_au, self.distance_pc) / beam.solid_angle_sr
+        return (
+            total
+            if beam is None
+            else total * pixel_solid_angle_sr(pixel_size_au, self.distance_pc) / beam.solid_angle_sr
+        )
 
-    def observe(self, clean_jy_pixel: torch.Tensor, pixel_size_au: float, rng: np.random.Generator | None) -> torch.Tensor:
+    def observe(
+        self, clean_jy_pixel: torch.Tensor, pixel_size_au: float, rng: np.random.Generator | None
+    ) -> torch.Tensor:
         """Convolve clean images ``(B, H, W)`` [Jy/pixel] with the beam and add noise; returns Jy/beam.
 
         Accepts a tensor or a numpy array and returns the same kind.
@@ -182,7 +209,9 @@ class Instrument:
         Noise is drawn from ``rng`` (skipped when ``rng`` is ``None`` or the rms is zero).
         """
         if isinstance(clean_jy_pixel, np.ndarray):
-            return self.observe(torch.from_numpy(np.ascontiguousarray(clean_jy_pixel, dtype=np.float32)), pixel_size_au, rng).numpy()
+            return self.observe(
+                torch.from_numpy(np.ascontiguousarray(clean_jy_pixel, dtype=np.float32)), pixel_size_au, rng
+            ).numpy()
         beam = self.beam
         if beam is None:
             return clean_jy_pixel
@@ -274,7 +303,8 @@ def _convolve_covariance(images: torch.Tensor, covariance: np.ndarray) -> torch.
         return images
     pad = int(math.ceil(3.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1]))))
     height, width = images.shape[-2:]
-    if abs(covariance[0, 1]) <= 1e-9 * math.sqrt(covariance[0, 0] * covariance[1, 1]):  # separable: two small matrix products
+    # separable: two small matrix products
+    if abs(covariance[0, 1]) <= 1e-9 * math.sqrt(covariance[0, 0] * covariance[1, 1]):
         rows = _gaussian_matrix(height, covariance[1, 1], pad).to(images.device, images.dtype)
         cols = _gaussian_matrix(width, covariance[0, 0], pad).to(images.device, images.dtype)
         return rows @ images @ cols.T
@@ -283,7 +313,9 @@ def _convolve_covariance(images: torch.Tensor, covariance: np.ndarray) -> torch.
         ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
         kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
         cxx, cxy, cyy = covariance[0, 0], covariance[0, 1], covariance[1, 1]
-        return torch.exp(-2.0 * math.pi**2 * (cxx * kx**2 + 2.0 * cxy * kx * ky + cyy * ky**2)).to(images.device, images.dtype)
+        return torch.exp(-2.0 * math.pi**2 * (cxx * kx**2 + 2.0 * cxy * kx * ky + cyy * ky**2)).to(
+            images.device, images.dtype
+        )
 
     return _fft_convolve(images, pad, transfer)
 
@@ -300,7 +332,8 @@ def _gaussian_matrix(n: int, variance: float, pad: int) -> torch.Tensor:
     transfer = torch.exp(-2.0 * math.pi**2 * variance * torch.fft.rfftfreq(size, dtype=torch.float64) ** 2)
     impulses = torch.zeros((n, size), dtype=torch.float64)
     impulses[torch.arange(n), pad + torch.arange(n)] = 1.0
-    responses = torch.fft.irfft(torch.fft.rfft(impulses) * transfer, n=size)[:, pad : pad + n]  # (impulse j, position i)
+    # (impulse j, position i)
+    responses = torch.fft.irfft(torch.fft.rfft(impulses) * transfer, n=size)[:, pad : pad + n]
     return responses.T.contiguous()
 
 
@@ -334,7 +367,9 @@ def gaussian_solid_angle_pixels(covariance: np.ndarray) -> float:
     return 2.0 * math.pi * math.sqrt(max(np.linalg.det(covariance), 0.0))
 
 
-def beam_noise(shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.random.Generator | Sequence[np.random.Generator]) -> torch.Tensor:
+def beam_noise(
+    shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.random.Generator | Sequence[np.random.Generator]
+) -> torch.Tensor:
     """Unit-rms Gaussian noise correlated on the beam scale, as in an interferometric image.
 
     White noise is convolved with the beam and divided by the kernel's root-sum-square, so the
@@ -347,7 +382,9 @@ def beam_noise(shape: tuple[int, ...], beam: Beam, pixel_arcsec: float, rng: np.
     else:
         generators = list(rng)
         if len(generators) != int(np.prod(shape[:-2], dtype=np.int64)):
-            raise ValueError(f"beam_noise: {len(generators)} generators for {int(np.prod(shape[:-2]))} images of shape {shape}.")
+            raise ValueError(
+                f"beam_noise: {len(generators)} generators for {int(np.prod(shape[:-2]))} images of shape {shape}."
+            )
         planes = [g.standard_normal(shape[-2:]).astype(np.float32) for g in generators]
         white = torch.from_numpy(np.stack(planes).reshape(shape) if planes else np.zeros(shape, dtype=np.float32))
     kernel = beam_kernel(beam, pixel_arcsec)

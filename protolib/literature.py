@@ -9,9 +9,9 @@ low-high range, a reference and how certain it is.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -65,7 +65,9 @@ def load_literature(path: str | Path | None = None) -> dict[str, LiteratureSourc
     """
     path = Path(path) if path is not None else OBSERVATIONS_DIR / "literature.yaml"
     if not path.is_file():
-        raise ProtolibInputError(f"{path}: no literature table here (it ships in data/observations/ of a protolib checkout).")
+        raise ProtolibInputError(
+            f"{path}: no literature table here (it ships in data/observations/ of a protolib checkout)."
+        )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -77,8 +79,16 @@ def load_literature(path: str | Path | None = None) -> dict[str, LiteratureSourc
         if "file" not in entry or "distance_pc" not in values:
             raise ProtolibInputError(f"{path}: source {name!r} needs a 'file' and a distance_pc value.")
         position = f"{entry['ra']} {entry['dec']}" if entry.get("ra") and entry.get("dec") else None
-        sources[name] = LiteratureSource(name, path.parent / entry["file"], float(values["distance_pc"]["value"]), position,
-                                         values, references, list(entry.get("not_found") or []), str(entry.get("class", "")))
+        sources[name] = LiteratureSource(
+            name,
+            path.parent / entry["file"],
+            float(values["distance_pc"]["value"]),
+            position,
+            values,
+            references,
+            list(entry.get("not_found") or []),
+            str(entry.get("class", "")),
+        )
     return sources
 
 
@@ -105,16 +115,32 @@ def compare_with_literature(
         summary = by_name.get(quantity)
         if summary is None:
             continue
-        best, low, high = float(value["value"]), float(value.get("low", value["value"])), float(value.get("high", value["value"]))
-        rows.append({
-            "parameter": quantity, "unit": value.get("unit", summary.unit), "literature": best, "low": low, "high": high,
-            "certainty": value.get("certainty", ""), "reference": value.get("reference", ""),
-            "p2_5": summary.p2_5, "median": summary.median, "p97_5": summary.p97_5,
-            "inside": bool(summary.p2_5 <= best <= summary.p97_5),
-            "overlaps": bool(low <= summary.p97_5 and high >= summary.p2_5),
-            "factor_from_median": float(best / summary.median) if summary.log_scale and summary.median > 0 else math.nan,
-            "informative": bool(summary.prior_width_ratio < 0.9),
-            "in_prior": None if prior is None or quantity not in prior else
-            bool(np.min(prior[quantity]) <= best <= np.max(prior[quantity])),
-        })
+        best, low, high = (
+            float(value["value"]),
+            float(value.get("low", value["value"])),
+            float(value.get("high", value["value"])),
+        )
+        rows.append(
+            {
+                "parameter": quantity,
+                "unit": value.get("unit", summary.unit),
+                "literature": best,
+                "low": low,
+                "high": high,
+                "certainty": value.get("certainty", ""),
+                "reference": value.get("reference", ""),
+                "p2_5": summary.p2_5,
+                "median": summary.median,
+                "p97_5": summary.p97_5,
+                "inside": bool(summary.p2_5 <= best <= summary.p97_5),
+                "overlaps": bool(low <= summary.p97_5 and high >= summary.p2_5),
+                "factor_from_median": float(best / summary.median)
+                if summary.log_scale and summary.median > 0
+                else math.nan,
+                "informative": bool(summary.prior_width_ratio < 0.9),
+                "in_prior": None
+                if prior is None or quantity not in prior
+                else bool(np.min(prior[quantity]) <= best <= np.max(prior[quantity])),
+            }
+        )
     return rows

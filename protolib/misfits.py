@@ -38,8 +38,17 @@ from .parameters import Prior
 from .runtime import ProtolibInputError, typed_settings
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, render
 
-__all__ = ["KINDS", "MISFIT_KINDS", "ADDED_FRACTION", "SNR_BINS", "SyntheticTargets", "synthetic_targets", "targets_for_bank",
-           "verdict_rates", "rates_table"]
+__all__ = [
+    "KINDS",
+    "MISFIT_KINDS",
+    "ADDED_FRACTION",
+    "SNR_BINS",
+    "SyntheticTargets",
+    "synthetic_targets",
+    "targets_for_bank",
+    "verdict_rates",
+    "rates_table",
+]
 
 MISFIT_KINDS = ("binary", "clump", "ring", "spiral", "streamer")
 KINDS = ("plain", *MISFIT_KINDS)
@@ -68,17 +77,31 @@ class SyntheticTargets:
     noise_rms: float = 0.0
 
 
-def targets_for_bank(bank: Bank, kind: str, n: int, *, snr: tuple[float, float] = (30.0, 300.0), seed: int = 0) -> SyntheticTargets:
-    """:func:`synthetic_targets` at ``bank``'s simulator, instrument and prior (the bank must be simulated by protolib)."""
+def targets_for_bank(
+    bank: Bank, kind: str, n: int, *, snr: tuple[float, float] = (30.0, 300.0), seed: int = 0
+) -> SyntheticTargets:
+    """:func:`synthetic_targets` at ``bank``'s simulator, instrument and prior (the bank must be simulated by
+    protolib)."""
     config = bank.simulator_config
     if config is None or "prior" not in bank.attrs:
-        raise ProtolibInputError(f"{bank.path} was not made by the protolib simulator: its prior and renderer are unknown.")
+        raise ProtolibInputError(
+            f"{bank.path} was not made by the protolib simulator: its prior and renderer are unknown."
+        )
     prior = typed_settings(Prior, json.loads(bank.attrs["prior"]), f"{bank.path}: the bank's prior")
     return synthetic_targets(kind, n, simulator=config, instrument=bank.instrument, prior=prior, snr=snr, seed=seed)
 
 
-def synthetic_targets(kind: str, n: int, *, simulator: SimulatorConfig, instrument: Instrument, prior: Prior,
-                      snr: tuple[float, float] = (30.0, 300.0), seed: int = 0, most_draws: int = 40) -> SyntheticTargets:
+def synthetic_targets(
+    kind: str,
+    n: int,
+    *,
+    simulator: SimulatorConfig,
+    instrument: Instrument,
+    prior: Prior,
+    snr: tuple[float, float] = (30.0, 300.0),
+    seed: int = 0,
+    most_draws: int = 40,
+) -> SyntheticTargets:
     """``n`` targets of ``kind`` (:data:`KINDS`) whose plain system has a peak S/N in ``snr`` (see the module).
 
     Systems are drawn in batches of ``4 n`` until ``n`` fall in ``snr``; after ``most_draws`` batches
@@ -87,7 +110,9 @@ def synthetic_targets(kind: str, n: int, *, simulator: SimulatorConfig, instrume
     if kind not in KINDS:
         raise ValueError(f"Unknown kind of synthetic target {kind!r}; choose from {', '.join(KINDS)}.")
     if instrument.beam is None or not instrument.noise_rms_jy_beam > 0:
-        raise ValueError("Synthetic targets need a bank with a beam and noise (the verdict judges residuals by the noise).")
+        raise ValueError(
+            "Synthetic targets need a bank with a beam and noise (the verdict judges residuals by the noise)."
+        )
     rng = np.random.default_rng([seed, KINDS.index(kind), 17])
     observed, parameters = _plain_systems(n, simulator, instrument, prior, snr, rng, most_draws)
     fraction = np.zeros(n) if kind == "plain" else rng.uniform(*ADDED_FRACTION, n)
@@ -99,19 +124,32 @@ def synthetic_targets(kind: str, n: int, *, simulator: SimulatorConfig, instrume
             images[i] += fraction[i] * peaks[i] * shape / shape.max()
     pixel_arcsec = simulator.pixel_size_au / instrument.distance_pc
     noise = beam_noise(images.shape, instrument.beam, pixel_arcsec, rng).numpy()
-    return SyntheticTargets(kind, (images + instrument.noise_rms_jy_beam * noise).astype(np.float32),
-                            peaks / instrument.noise_rms_jy_beam, fraction, parameters, instrument.noise_rms_jy_beam)
+    return SyntheticTargets(
+        kind,
+        (images + instrument.noise_rms_jy_beam * noise).astype(np.float32),
+        peaks / instrument.noise_rms_jy_beam,
+        fraction,
+        parameters,
+        instrument.noise_rms_jy_beam,
+    )
 
 
 def _render_observed(systems: dict, simulator: SimulatorConfig, instrument: Instrument) -> np.ndarray:
     """Beam-convolved, noise-free images ``(n, H, W)`` of drawn systems (first projection each)."""
-    params = {k: torch.as_tensor(systems[k], dtype=torch.float64) for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in systems}
+    params = {
+        k: torch.as_tensor(systems[k], dtype=torch.float64) for k in (*RENDER_KEYS, *NUISANCE_FIELDS) if k in systems
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the bank renders: on a shared machine a second thread waits more than it works
     try:
         with torch.no_grad():
-            clean = render(params, torch.as_tensor(systems["inclination"][:, 0]), torch.as_tensor(systems["position_angle"][:, 0]),
-                           simulator, instrument.distance_pc)
+            clean = render(
+                params,
+                torch.as_tensor(systems["inclination"][:, 0]),
+                torch.as_tensor(systems["position_angle"][:, 0]),
+                simulator,
+                instrument.distance_pc,
+            )
             return instrument.observe(clean, simulator.pixel_size_au, None).numpy()
     finally:
         torch.set_num_threads(threads)
@@ -130,18 +168,24 @@ def _plain_systems(n: int, simulator, instrument, prior, snr, rng, most_draws: i
         if sum(len(i) for i in images) >= n:
             parameters = {k: np.concatenate([p[k] for p in kept])[:n] for k in kept[0]}
             return np.concatenate(images)[:n], parameters
-    raise ValueError(f"The prior rarely gives a system with a peak S/N of {snr[0]:g}-{snr[1]:g} at this noise: "
-                     f"{sum(len(i) for i in images)} of {4 * n * most_draws} drawn.")
+    raise ValueError(
+        f"The prior rarely gives a system with a peak S/N of {snr[0]:g}-{snr[1]:g} at this noise: "
+        f"{sum(len(i) for i in images)} of {4 * n * most_draws} drawn."
+    )
 
 
-def _structure(kind: str, simulator: SimulatorConfig, instrument: Instrument, prior: Prior, rng: np.random.Generator) -> np.ndarray:
+def _structure(
+    kind: str, simulator: SimulatorConfig, instrument: Instrument, prior: Prior, rng: np.random.Generator
+) -> np.ndarray:
     """One structure of ``kind``, beam-convolved and noise-free, ``(H, W)``, peak positive (scaled by the caller)."""
     size = simulator.image_size
     beam_px = instrument.beam.major_arcsec * instrument.distance_pc / simulator.pixel_size_au  # beam FWHM [pixels]
     half = (size - 1) / 2.0
     y, x = np.mgrid[0:size, 0:size] - half
     if kind == "binary":
-        companion = _render_observed(draw_systems(1, 1, int(rng.integers(2**31)), prior, simulator), simulator, instrument)[0]
+        companion = _render_observed(
+            draw_systems(1, 1, int(rng.integers(2**31)), prior, simulator), simulator, instrument
+        )[0]
         return _shifted(companion, _offset(rng, 3.0 * beam_px, 0.4 * size))
     if kind == "clump":
         dy, dx = _offset(rng, 2.0 * beam_px, min(6.0 * beam_px, 0.4 * size))
@@ -180,8 +224,13 @@ def _gaussian_line(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray,
     for cx, cy in zip(px, py):
         image += np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
     if len(px) > 1:
-        top = np.percentile(image[np.round(py + (x.shape[0] - 1) / 2).astype(int).clip(0, x.shape[0] - 1),
-                                  np.round(px + (x.shape[1] - 1) / 2).astype(int).clip(0, x.shape[1] - 1)], 95)
+        top = np.percentile(
+            image[
+                np.round(py + (x.shape[0] - 1) / 2).astype(int).clip(0, x.shape[0] - 1),
+                np.round(px + (x.shape[1] - 1) / 2).astype(int).clip(0, x.shape[1] - 1),
+            ],
+            95,
+        )
         image = np.minimum(image, top)
     return image
 
@@ -197,12 +246,24 @@ def _shifted(image: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
     out = np.zeros_like(image)
     dy, dx = offset
     h, w = image.shape
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 
-def verdict_rates(matcher: Matcher, *, kinds=KINDS, bins=SNR_BINS, n: int = 16, seed: int = 0, top_k: int = 200,
-                  n_reference: int = 48, progress: bool = True, flux_tolerance: float = 0.0) -> list[dict]:
+def verdict_rates(
+    matcher: Matcher,
+    *,
+    kinds=KINDS,
+    bins=SNR_BINS,
+    n: int = 16,
+    seed: int = 0,
+    top_k: int = 200,
+    n_reference: int = 48,
+    progress: bool = True,
+    flux_tolerance: float = 0.0,
+) -> list[dict]:
     """The image-space verdict on ``n`` synthetic targets of each kind in each peak-S/N bin, one row per target.
 
     Each target is matched as ``protolib match`` matches a bank target (``top_k`` matches, then
@@ -216,13 +277,29 @@ def verdict_rates(matcher: Matcher, *, kinds=KINDS, bins=SNR_BINS, n: int = 16, 
     for kind, lo, hi in tqdm(cells, desc="verdict on synthetic targets", unit="set", disable=not progress):
         targets = targets_for_bank(matcher.bank, kind, n, snr=(lo, hi), seed=seed)
         for image, snr, fraction in zip(targets.images, targets.peak_snr, targets.structure_fraction):
-            verdict = fit_matches(matcher, image, matcher.match(image, top_k=top_k), n_reference=n_reference, seed=seed,
-                                  flux_tolerance=flux_tolerance).verdict
+            verdict = fit_matches(
+                matcher,
+                image,
+                matcher.match(image, top_k=top_k),
+                n_reference=n_reference,
+                seed=seed,
+                flux_tolerance=flux_tolerance,
+            ).verdict
             peak = verdict.residual_peak or {}
-            rows.append({"kind": kind, "snr_bin": f"{lo:g}-{hi:g}", "peak_snr": float(snr), "structure_fraction": float(fraction),
-                         "flagged": not verdict.reproduces, "reasons": list(verdict.reasons), "best_reduced_chi2": verdict.best_reduced_chi2,
-                         "best_excess": verdict.best_excess, "residual_peak_sigma": peak.get("significance"),
-                         "residual_peak_fraction": peak.get("fraction_of_peak")})
+            rows.append(
+                {
+                    "kind": kind,
+                    "snr_bin": f"{lo:g}-{hi:g}",
+                    "peak_snr": float(snr),
+                    "structure_fraction": float(fraction),
+                    "flagged": not verdict.reproduces,
+                    "reasons": list(verdict.reasons),
+                    "best_reduced_chi2": verdict.best_reduced_chi2,
+                    "best_excess": verdict.best_excess,
+                    "residual_peak_sigma": peak.get("significance"),
+                    "residual_peak_fraction": peak.get("fraction_of_peak"),
+                }
+            )
     return rows
 
 

@@ -8,9 +8,8 @@ where log-scaled); :func:`scaled_image_parameters` gives that for every image of
 from __future__ import annotations
 
 import math
-
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -104,10 +103,12 @@ class ParameterNormaliser:
     def _to_log(self, table: np.ndarray) -> np.ndarray:
         table = np.asarray(table, dtype=np.float64)
         if table.ndim != 2 or table.shape[1] != len(self.names):
-            raise ProtolibInputError(f"Expected a table of shape (n, {len(self.names)}) for {self.names}, got {table.shape}.")
+            raise ProtolibInputError(
+                f"Expected a table of shape (n, {len(self.names)}) for {self.names}, got {table.shape}."
+            )
         return scale_parameters(table, self._log, self.names)
 
-    def fit(self, table: np.ndarray) -> "ParameterNormaliser":
+    def fit(self, table: np.ndarray) -> ParameterNormaliser:
         """Learn centre and spread from ``table`` ``(n, len(names))`` of training systems."""
         logged = self._to_log(table)
         if self.method == "zscore":
@@ -118,8 +119,9 @@ class ParameterNormaliser:
         return self
 
     @classmethod
-    def fit_on_systems(cls, names: Sequence[str], method: str, bank, systems: np.ndarray) -> "ParameterNormaliser":
-        """A normaliser of the parameters ``names`` fit on the :class:`~protolib.bank.Bank` systems ``systems`` (the training ones)."""
+    def fit_on_systems(cls, names: Sequence[str], method: str, bank, systems: np.ndarray) -> ParameterNormaliser:
+        """A normaliser of the parameters ``names`` fit on the :class:`~protolib.bank.Bank` systems ``systems`` (the
+        training ones)."""
         return cls(list(names), method).fit(bank.parameter_table(list(names))[systems])
 
     def transform(self, table: np.ndarray) -> np.ndarray:
@@ -144,20 +146,30 @@ class ParameterNormaliser:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ParameterNormaliser":
+    def from_dict(cls, data: dict) -> ParameterNormaliser:
         """The normaliser :meth:`to_dict` wrote; its centre and spread are checked as :meth:`fit` makes them (one
         finite centre and one positive, finite spread per parameter), since a zero spread would turn every
         normalised value into NaN."""
         norm = cls(list(data["names"]), data["method"], list(data["log_scale"]))
         if len(norm.log_scale) != len(norm.names):
-            raise ProtolibInputError(f"The parameter normaliser has {len(norm.log_scale)} log-scale flags for {len(norm.names)} parameters.")
+            raise ProtolibInputError(
+                f"The parameter normaliser has {len(norm.log_scale)} log-scale flags for {len(norm.names)} parameters."
+            )
         if data.get("centre") is not None:
             centre, spread = np.asarray(data["centre"], dtype=np.float64), np.asarray(data["spread"], dtype=np.float64)
             if centre.shape != (len(norm.names),) or spread.shape != (len(norm.names),):
-                raise ProtolibInputError(f"The parameter normaliser needs one centre and one spread for each of {norm.names}.")
+                raise ProtolibInputError(
+                    f"The parameter normaliser needs one centre and one spread for each of {norm.names}."
+                )
             if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(spread)) and np.all(spread > 0)):
-                bad = [n for n, c, w in zip(norm.names, centre, spread) if not (math.isfinite(c) and math.isfinite(w) and w > 0)]
-                raise ProtolibInputError(f"The parameter normaliser's centre and spread must be finite, the spread positive; "
-                                         f"they are not for {bad}.")
+                bad = [
+                    n
+                    for n, c, w in zip(norm.names, centre, spread)
+                    if not (math.isfinite(c) and math.isfinite(w) and w > 0)
+                ]
+                raise ProtolibInputError(
+                    f"The parameter normaliser's centre and spread must be finite, the spread positive; "
+                    f"they are not for {bad}."
+                )
             norm.centre, norm.spread = centre, spread
         return norm

@@ -40,14 +40,40 @@ from tqdm.auto import tqdm
 from .autoencoder import load_autoencoder
 from .bank import Bank
 from .distributions import summarise
-from .evaluation import (EvaluationSettings, MatchingMethod, MethodEvaluation, MethodResult, Relevance, choose_widening, distribution_metrics,
-                         image_rows, siamese_method)
+from .evaluation import (
+    EvaluationSettings,
+    MatchingMethod,
+    MethodEvaluation,
+    MethodResult,
+    Relevance,
+    choose_widening,
+    distribution_metrics,
+    image_rows,
+    siamese_method,
+)
 from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
 
-__all__ = ["NPE_TARGET_BATCH", "NPE_KINDS", "OBSERVATION_VALIDATION_FRACTION", "NPEData", "TrainedFlow", "FittedNPE", "fit_npe", "score_npe", "npe_results", "observation_posterior", "ImageEmbedding", "sbi_available", "npe_data", "train_flow", "draw_samples",
-           "npe_evaluation", "add_npe_result"]
+__all__ = [
+    "NPE_TARGET_BATCH",
+    "NPE_KINDS",
+    "OBSERVATION_VALIDATION_FRACTION",
+    "NPEData",
+    "TrainedFlow",
+    "FittedNPE",
+    "fit_npe",
+    "score_npe",
+    "npe_results",
+    "observation_posterior",
+    "ImageEmbedding",
+    "sbi_available",
+    "npe_data",
+    "train_flow",
+    "draw_samples",
+    "npe_evaluation",
+    "add_npe_result",
+]
 
 NPE_TARGET_BATCH = 64
 """Targets whose posterior samples are drawn at once (sbi holds ``n_samples`` x this many inputs in memory)."""
@@ -69,7 +95,8 @@ def sbi_available() -> bool:
 
 
 class ImageEmbedding(nn.Module):
-    """The autoencoder's encoder as sbi's embedding network: ``x (N, 1 + H*W)`` (log flux, then stretched pixels) to ``(N, latent)``.
+    """The autoencoder's encoder as sbi's embedding network: ``x (N, 1 + H*W)`` (log flux, then stretched pixels) to
+    ``(N, latent)``.
 
     sbi passes the data as one flat tensor per simulation; this splits it back into the encoder's two
     inputs. The encoder is a copy: training the flow changes it, never the autoencoder it came from.
@@ -89,7 +116,8 @@ class NPEData:
     """What a flow learns from and is asked about, for one kind of estimate.
 
     Attributes:
-        kind: ``"frozen"`` (inputs are Siamese embeddings) or ``"end_to_end"`` (inputs are images, see :class:`ImageEmbedding`).
+        kind: ``"frozen"`` (inputs are Siamese embeddings) or ``"end_to_end"`` (inputs are images, see
+    :class:`ImageEmbedding`).
         inputs: ``(N_images, D)`` the input of every bank image, row ``system * n_projections + projection``.
         values: ``(N_images, K)`` the parameters, scaled (log10 where log-scaled).
         names, logs: the ``K`` parameters and whether each is log-scaled.
@@ -114,20 +142,27 @@ def npe_data(kind: str, bank: Bank, *, model=None, autoencoder=None, parameters:
     values, logs = scaled_image_parameters(bank, names)
     if kind == "frozen":
         if model is None:
-            raise ProtolibInputError("The neural posterior estimate on the Siamese embedding needs the trained Siamese network.")
+            raise ProtolibInputError(
+                "The neural posterior estimate on the Siamese embedding needs the trained Siamese network."
+            )
         vectors, _, _ = embed_bank(siamese_method(model).embed, bank, progress=False)
         return NPEData(kind, np.asarray(vectors, dtype=np.float32), values, names, logs)
     if kind != "end_to_end":
-        raise ProtolibInputError(f"Unknown kind of neural posterior estimate {kind!r}; known ones are 'frozen' and 'end_to_end'.")
+        raise ProtolibInputError(
+            f"Unknown kind of neural posterior estimate {kind!r}; known ones are 'frozen' and 'end_to_end'."
+        )
     if autoencoder is None:
-        raise ProtolibInputError("The end-to-end neural posterior estimate needs the trained autoencoder (its encoder starts the embedding).")
+        raise ProtolibInputError(
+            "The end-to-end neural posterior estimate needs the trained autoencoder (its encoder starts the embedding)."
+        )
     images = bank.load_images().reshape(-1, bank.image_size, bank.image_size)
     inputs = []
     with torch.no_grad():
         for start in range(0, len(images), 256):
             pixels, flux = autoencoder.preprocessing(torch.as_tensor(np.ascontiguousarray(images[start : start + 256])))
             inputs.append(torch.cat([flux, pixels.flatten(1)], 1).numpy())
-    embedding = ImageEmbedding(autoencoder.network.encoder, bank.image_size)  # a copy: the autoencoder is left where it is
+    # a copy: the autoencoder is left where it is
+    embedding = ImageEmbedding(autoencoder.network.encoder, bank.image_size)
     return NPEData(kind, np.concatenate(inputs).astype(np.float32), values, names, logs, embedding)
 
 
@@ -138,7 +173,8 @@ class TrainedFlow:
     Attributes:
         posterior: sbi's posterior (``sample_batched`` draws for many inputs at once).
         epochs: the epochs trained.
-        converged: whether training stopped because sbi's held-out loss stopped improving (``False``: it hit ``max_epochs``).
+        converged: whether training stopped because sbi's held-out loss stopped improving (``False``: it hit
+    ``max_epochs``).
         seconds: the training's wall time.
     """
 
@@ -187,14 +223,24 @@ class _EpochBar(io.TextIOBase):
     def write(self, text: str) -> int:
         found = re.findall(r"Epochs trained: (\d+)", text)
         if found:
-            self.bar.update(min(int(found[-1]), self.bar.total) - self.bar.n)  # sbi counts one past the cap when it stops there
+            # sbi counts one past the cap when it stops there
+            self.bar.update(min(int(found[-1]), self.bar.total) - self.bar.n)
         elif text.strip() and "successfully converged" not in text:  # sbi's own note; TrainedFlow.describe() says it
             self.stdout.write(text)
         return len(text)
 
 
-def train_flow(theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | None = None, max_epochs: int = 200, seed: int = 0,
-               progress: bool = False, device: str | torch.device | None = None, description: str = "posterior estimate") -> TrainedFlow:
+def train_flow(
+    theta: np.ndarray,
+    x: np.ndarray,
+    *,
+    embedding_net: nn.Module | None = None,
+    max_epochs: int = 200,
+    seed: int = 0,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    description: str = "posterior estimate",
+) -> TrainedFlow:
     """Train sbi's masked autoregressive flow on ``(theta (N, K), x (N, D))``; return its amortised posterior.
 
     ``theta`` should be standardised (mean 0, spread 1 per column). With an ``embedding_net`` the data
@@ -205,18 +251,26 @@ def train_flow(theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | N
     from sbi.inference import NPE
     from sbi.neural_nets import posterior_nn
 
-    device = str(default_device(device)) if embedding_net is not None else "cpu"  # a flow on 32 numbers is faster on the CPU
+    # a flow on 32 numbers is faster on the CPU
+    device = str(default_device(device)) if embedding_net is not None else "cpu"
     torch.manual_seed(seed)
-    builder = posterior_nn(model="maf", z_score_x="none" if embedding_net is not None else "independent",
-                           **({"embedding_net": embedding_net} if embedding_net is not None else {}))
+    builder = posterior_nn(
+        model="maf",
+        z_score_x="none" if embedding_net is not None else "independent",
+        **({"embedding_net": embedding_net} if embedding_net is not None else {}),
+    )
     start = time.perf_counter()
     with warnings.catch_warnings(), tqdm(total=max_epochs, desc=description, unit="epoch", disable=not progress) as bar:
-        # understood and handled here: no prior is given (the training data's range is used), the epoch cap is reported by
-        # TrainedFlow.converged, and sbi's outlier check on z-scoring fires for image pixels, which are not z-scored (z_score_x="none")
+        # understood and handled here: no prior is given (the training data's range is used), the epoch cap is reported
+        # by
+        # TrainedFlow.converged, and sbi's outlier check on z-scoring fires for image pixels, which are not z-scored
+        # (z_score_x="none")
         for message in (".*prior.*", ".*not yet fully converged.*", ".*extreme outliers.*"):
             warnings.filterwarnings("ignore", message=message)
         inference = NPE(density_estimator=builder, device=device, show_progress_bars=progress, tracker=_NoTracking())
-        inference.append_simulations(torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32))
+        inference.append_simulations(
+            torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
+        )
         with contextlib.redirect_stdout(_EpochBar(bar, sys.stdout)):
             estimator = inference.train(max_num_epochs=max_epochs, show_train_summary=False)
         posterior = inference.build_posterior(estimator)
@@ -224,7 +278,15 @@ def train_flow(theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | N
     return TrainedFlow(posterior, min(epochs, max_epochs), epochs < max_epochs, time.perf_counter() - start)
 
 
-def draw_samples(flow: TrainedFlow, x: np.ndarray, n_samples: int, *, seed: int = 0, batch: int = NPE_TARGET_BATCH, progress: bool = False) -> np.ndarray:
+def draw_samples(
+    flow: TrainedFlow,
+    x: np.ndarray,
+    n_samples: int,
+    *,
+    seed: int = 0,
+    batch: int = NPE_TARGET_BATCH,
+    progress: bool = False,
+) -> np.ndarray:
     """``(T, n_samples, K)`` posterior samples for inputs ``x (T, D)``, drawn for ``batch`` targets at a time.
 
     sbi caps its own sampling batch to bound memory and says so each time; that cap is what we want, so
@@ -242,14 +304,16 @@ def draw_samples(flow: TrainedFlow, x: np.ndarray, n_samples: int, *, seed: int 
 
 
 def _rows(bank: Bank, systems, projection: int | None) -> np.ndarray:
-    """Image rows (``system * n_projections + projection``) of ``systems``' targets, every projection when ``projection`` is ``None``."""
+    """Image rows (``system * n_projections + projection``) of ``systems``' targets, every projection when
+    ``projection`` is ``None``."""
     system, proj = image_rows(bank, np.asarray(systems), projection)
     return system * bank.n_projections + proj
 
 
 @dataclass
 class FittedNPE:
-    """A neural posterior estimate trained on one bank's training systems, ready to score targets from any bank of the same setup.
+    """A neural posterior estimate trained on one bank's training systems, ready to score targets from any bank of the
+    same setup.
 
     Attributes:
         name: its evaluation method name (``"npe"`` or ``"npe_end_to_end"``).
@@ -275,9 +339,19 @@ class FittedNPE:
         return draw_samples(self.flow, inputs, n_samples, seed=seed, progress=progress) * self.spread + self.centre
 
 
-def fit_npe(bank: Bank, split, *, kind: str = "frozen", model=None, autoencoder=None, settings: EvaluationSettings | None = None,
-            parameters: list[str] | None = None, progress: bool = False) -> FittedNPE:
-    """Train a neural posterior estimate on ``split.train`` (every projection) and choose its widenings on ``split.validation``.
+def fit_npe(
+    bank: Bank,
+    split,
+    *,
+    kind: str = "frozen",
+    model=None,
+    autoencoder=None,
+    settings: EvaluationSettings | None = None,
+    parameters: list[str] | None = None,
+    progress: bool = False,
+) -> FittedNPE:
+    """Train a neural posterior estimate on ``split.train`` (every projection) and choose its widenings on
+    ``split.validation``.
 
     ``kind``: ``"frozen"`` (on the Siamese embedding; needs ``model``) or ``"end_to_end"`` (needs
     ``autoencoder``). ``settings``: ``npe_max_epochs``, ``npe_samples``, ``projection``,
@@ -285,25 +359,45 @@ def fit_npe(bank: Bank, split, *, kind: str = "frozen", model=None, autoencoder=
     every bank parameter and the inclination).
     """
     if not sbi_available():
-        raise ProtolibInputError("The neural posterior estimate needs the sbi package (pip install 'protolib[posterior]').")
+        raise ProtolibInputError(
+            "The neural posterior estimate needs the sbi package (pip install 'protolib[posterior]')."
+        )
     settings = settings or EvaluationSettings()
     data = npe_data(kind, bank, model=model, autoencoder=autoencoder, parameters=parameters)
     train = _rows(bank, split.train, None)
     centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
     name = next(n for n, k in NPE_KINDS.items() if k == kind)
-    flow = train_flow((data.values[train] - centre) / spread, data.inputs[train], embedding_net=data.embedding_net,
-                      max_epochs=settings.npe_max_epochs, seed=settings.seed, progress=progress, description=f"training {name}")
+    flow = train_flow(
+        (data.values[train] - centre) / spread,
+        data.inputs[train],
+        embedding_net=data.embedding_net,
+        max_epochs=settings.npe_max_epochs,
+        seed=settings.seed,
+        progress=progress,
+        description=f"training {name}",
+    )
     fitted = FittedNPE(name, flow, data, centre, spread, train, Path(bank.path))
     if settings.correction == "choose_k_and_widening" and len(split.validation):
         validation = _rows(bank, split.validation, settings.projection)
         drawn = fitted.samples(data.inputs[validation], settings.npe_samples, seed=settings.seed + 1)
-        fitted.widening = {n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
-                           for j, n in enumerate(data.names)}
+        fitted.widening = {
+            n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
+            for j, n in enumerate(data.names)
+        }
     return fitted
 
 
-def score_npe(fitted: FittedNPE, bank: Bank, systems, relevance: Relevance, *, settings: EvaluationSettings | None = None, model=None,
-              autoencoder=None, progress: bool = False) -> MethodResult:
+def score_npe(
+    fitted: FittedNPE,
+    bank: Bank,
+    systems,
+    relevance: Relevance,
+    *,
+    settings: EvaluationSettings | None = None,
+    model=None,
+    autoencoder=None,
+    progress: bool = False,
+) -> MethodResult:
     """Score a fitted estimate on ``systems`` of ``bank``, as a matching method is scored.
 
     ``bank`` may be another bank of the same setup than the one it learnt from (chapter 06b's shifted
@@ -314,45 +408,110 @@ def score_npe(fitted: FittedNPE, bank: Bank, systems, relevance: Relevance, *, s
         ``corrected`` with the widening chosen on validation systems (``chosen_k`` is the number of samples).
     """
     settings = settings or EvaluationSettings()
-    data = fitted.data if Path(bank.path) == fitted.bank_path else npe_data(fitted.data.kind, bank, model=model, autoencoder=autoencoder, parameters=fitted.data.names)
+    data = (
+        fitted.data
+        if Path(bank.path) == fitted.bank_path
+        else npe_data(fitted.data.kind, bank, model=model, autoencoder=autoencoder, parameters=fitted.data.names)
+    )
     test = _rows(bank, systems, settings.projection)
     samples = fitted.samples(data.inputs[test], settings.npe_samples, seed=settings.seed, progress=progress)
     prior_spread = fitted.data.values[fitted.train].std(0)
-    score = lambda widening: _score(samples, data, test, prior_spread, bank, relevance, fitted.name, widening, settings)  # noqa: E731
-    description = ("neural posterior estimate (sbi MAF) on the frozen Siamese embedding" if fitted.data.kind == "frozen" else
-                   "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder")
-    method = MatchingMethod(fitted.name, None, "posterior", f"{description}, {fitted.flow.describe()}, {settings.npe_samples} samples per target")
+
+    def score(widening):
+        return _score(samples, data, test, prior_spread, bank, relevance, fitted.name, widening, settings)
+
+    description = (
+        "neural posterior estimate (sbi MAF) on the frozen Siamese embedding"
+        if fitted.data.kind == "frozen"
+        else "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder"
+    )
+    method = MatchingMethod(
+        fitted.name,
+        None,
+        "posterior",
+        f"{description}, {fitted.flow.describe()}, {settings.npe_samples} samples per target",
+    )
     result = MethodResult(method, score(1.0))
     if fitted.widening is not None:
-        result.chosen_k, result.chosen_widening, result.corrected = settings.npe_samples, fitted.widening, score(fitted.widening)
+        result.chosen_k, result.chosen_widening, result.corrected = (
+            settings.npe_samples,
+            fitted.widening,
+            score(fitted.widening),
+        )
     return result
 
 
-def npe_evaluation(bank: Bank, split, relevance: Relevance, *, kind: str = "frozen", model=None, autoencoder=None,
-                   settings: EvaluationSettings | None = None, parameters: list[str] | None = None, progress: bool = False) -> MethodResult:
-    """Train a neural posterior estimate on ``split.train`` and score it on ``split.test`` of the same bank (:func:`fit_npe`, :func:`score_npe`)."""
-    fitted = fit_npe(bank, split, kind=kind, model=model, autoencoder=autoencoder, settings=settings, parameters=parameters, progress=progress)
+def npe_evaluation(
+    bank: Bank,
+    split,
+    relevance: Relevance,
+    *,
+    kind: str = "frozen",
+    model=None,
+    autoencoder=None,
+    settings: EvaluationSettings | None = None,
+    parameters: list[str] | None = None,
+    progress: bool = False,
+) -> MethodResult:
+    """Train a neural posterior estimate on ``split.train`` and score it on ``split.test`` of the same bank
+    (:func:`fit_npe`, :func:`score_npe`)."""
+    fitted = fit_npe(
+        bank,
+        split,
+        kind=kind,
+        model=model,
+        autoencoder=autoencoder,
+        settings=settings,
+        parameters=parameters,
+        progress=progress,
+    )
     return score_npe(fitted, bank, split.test, relevance, settings=settings, progress=progress)
 
 
-def _score(samples: np.ndarray, data: NPEData, test: np.ndarray, prior_spread: np.ndarray, bank: Bank, relevance: Relevance, name: str,
-           widening, settings: EvaluationSettings) -> MethodEvaluation:
+def _score(
+    samples: np.ndarray,
+    data: NPEData,
+    test: np.ndarray,
+    prior_spread: np.ndarray,
+    bank: Bank,
+    relevance: Relevance,
+    name: str,
+    widening,
+    settings: EvaluationSettings,
+) -> MethodEvaluation:
     """The test samples' figures, as :func:`~protolib.evaluation.distribution_metrics` gives them for matches."""
     z_samples = _normalised(samples, data.names, data.logs, relevance)
     z_truths = _normalised(data.values[test][:, None, :], data.names, data.logs, relevance)[:, 0]
-    evaluation = distribution_metrics(samples, data.values[test], data.names, data.logs, prior_spread, bank, relevance,
-                                      z_samples, z_truths, method=name, weights=None, widening=widening, rank_bins=settings.rank_bins,
-                                      seed=settings.seed)
+    evaluation = distribution_metrics(
+        samples,
+        data.values[test],
+        data.names,
+        data.logs,
+        prior_spread,
+        bank,
+        relevance,
+        z_samples,
+        z_truths,
+        method=name,
+        weights=None,
+        widening=widening,
+        rank_bins=settings.rank_bins,
+        seed=settings.seed,
+    )
     evaluation.target_system = test // bank.n_projections
     return evaluation
 
 
 def _autoencoder_of(model):
-    """The autoencoder the Siamese ``model`` was trained from, or ``None`` (with a warning) when its checkpoint is gone."""
+    """The autoencoder the Siamese ``model`` was trained from, or ``None`` (with a warning) when its checkpoint is
+    gone."""
     path = Path((model.checkpoint if model is not None else {}).get("autoencoder", ""))
     if not path.is_file():
-        warnings.warn(f"The autoencoder {path} the network was trained from is gone; the end-to-end neural posterior estimate is left out.",
-                      stacklevel=3)
+        warnings.warn(
+            f"The autoencoder {path} the network was trained from is gone; the end-to-end neural posterior estimate is "
+            "left out.",
+            stacklevel=3,
+        )
         return None
     return load_autoencoder(path)
 
@@ -365,21 +524,51 @@ def _normalised(samples: np.ndarray, names: list[str], logs: list[bool], relevan
     return relevance.normaliser.transform(physical.reshape(-1, len(columns))).reshape(*samples.shape[:2], len(columns))
 
 
-def add_npe_result(results: dict, bank: Bank, split, relevance: Relevance, settings: EvaluationSettings, *, model=None, autoencoder=None,
-                   parameters: list[str] | None = None, progress: bool = False) -> dict:
+def add_npe_result(
+    results: dict,
+    bank: Bank,
+    split,
+    relevance: Relevance,
+    settings: EvaluationSettings,
+    *,
+    model=None,
+    autoencoder=None,
+    parameters: list[str] | None = None,
+    progress: bool = False,
+) -> dict:
     """Add each neural posterior estimate that ``settings.methods`` lists (``npe``, ``npe_end_to_end``) to ``results``.
 
     Warns and adds nothing when ``sbi`` is not installed. Returns ``results``.
     """
-    found = npe_results(bank, split, relevance, settings, {"test": (bank, split.test)}, model=model, autoencoder=autoencoder,
-                        parameters=parameters, progress=progress)
+    found = npe_results(
+        bank,
+        split,
+        relevance,
+        settings,
+        {"test": (bank, split.test)},
+        model=model,
+        autoencoder=autoencoder,
+        parameters=parameters,
+        progress=progress,
+    )
     results.update(found.get("test", {}))
     return results
 
 
-def npe_results(bank: Bank, split, relevance: Relevance, settings: EvaluationSettings, targets: dict, *, model=None, autoencoder=None,
-                parameters: list[str] | None = None, progress: bool = False) -> dict[str, dict[str, MethodResult]]:
-    """Each estimate that ``settings.methods`` lists, trained once on ``bank``'s training systems and scored on several sets of targets.
+def npe_results(
+    bank: Bank,
+    split,
+    relevance: Relevance,
+    settings: EvaluationSettings,
+    targets: dict,
+    *,
+    model=None,
+    autoencoder=None,
+    parameters: list[str] | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, MethodResult]]:
+    """Each estimate that ``settings.methods`` lists, trained once on ``bank``'s training systems and scored on several
+    sets of targets.
 
     ``targets``: case -> ``(bank, systems)``, e.g. the same test systems rendered with the bank's physics
     and with another (chapter 06b). The autoencoder of the end-to-end estimate defaults to the one
@@ -388,8 +577,11 @@ def npe_results(bank: Bank, split, relevance: Relevance, settings: EvaluationSet
     """
     wanted = [name for name in NPE_KINDS if name in settings.methods]
     if wanted and not sbi_available():
-        warnings.warn("The sbi package is not installed; the neural posterior estimates are left out (pip install 'protolib[posterior]').",
-                      stacklevel=2)
+        warnings.warn(
+            "The sbi package is not installed; the neural posterior estimates are left out (pip install "
+            "'protolib[posterior]').",
+            stacklevel=2,
+        )
         return {}
     if "npe_end_to_end" in wanted and autoencoder is None:
         autoencoder = _autoencoder_of(model)
@@ -397,17 +589,42 @@ def npe_results(bank: Bank, split, relevance: Relevance, settings: EvaluationSet
             wanted.remove("npe_end_to_end")
     found = {case: {} for case in targets}
     for name in wanted:
-        fitted = fit_npe(bank, split, kind=NPE_KINDS[name], model=model, autoencoder=autoencoder, settings=settings, parameters=parameters,
-                         progress=progress)
+        fitted = fit_npe(
+            bank,
+            split,
+            kind=NPE_KINDS[name],
+            model=model,
+            autoencoder=autoencoder,
+            settings=settings,
+            parameters=parameters,
+            progress=progress,
+        )
         for case, (target_bank, systems) in targets.items():
-            found[case][name] = score_npe(fitted, target_bank, systems, relevance, settings=settings, model=model, autoencoder=autoencoder,
-                                          progress=progress)
+            found[case][name] = score_npe(
+                fitted,
+                target_bank,
+                systems,
+                relevance,
+                settings=settings,
+                model=model,
+                autoencoder=autoencoder,
+                progress=progress,
+            )
     return found
 
 
-def observation_posterior(matcher, image: np.ndarray, *, parameters: list[str] | None = None, settings: EvaluationSettings | None = None,
-                          n_samples: int = 4000, validation_fraction: float = OBSERVATION_VALIDATION_FRACTION, progress: bool = False) -> dict:
-    """The neural posterior estimate for one observation, beside its matches: trained on the bank as the matcher sees it.
+def observation_posterior(
+    matcher,
+    image: np.ndarray,
+    *,
+    parameters: list[str] | None = None,
+    settings: EvaluationSettings | None = None,
+    n_samples: int = 4000,
+    validation_fraction: float = OBSERVATION_VALIDATION_FRACTION,
+    progress: bool = False,
+) -> dict:
+    """The neural posterior estimate for one observation, beside its matches: trained on the bank as the matcher sees
+    it.
 
     The flow learns from the matcher's bank embeddings, that is the bank brought to the observation's
     beam, noise and recoverable scale (or, for a tiered search, to its nearest resolution tier); a
@@ -423,22 +640,38 @@ def observation_posterior(matcher, image: np.ndarray, *, parameters: list[str] |
     """
     settings = settings or EvaluationSettings()
     bank = matcher.bank
-    # the rows of the matches' summary.csv, less the position angle: the sky's orientation, which the embedding ignores by design
+    # the rows of the matches' summary.csv, less the position angle: the sky's orientation, which the embedding ignores
+    # by design
     names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
     values, logs = scaled_image_parameters(bank, names)
     embeddings = matcher.embeddings
     rows = np.asarray(embeddings.system) * bank.n_projections + np.asarray(embeddings.projection)
     vectors, values = np.asarray(embeddings.vectors, dtype=np.float32), values[rows]
     systems = np.unique(embeddings.system)
-    held = np.isin(embeddings.system, np.random.default_rng(settings.seed).permutation(systems)[: max(1, round(validation_fraction * len(systems)))])
+    held = np.isin(
+        embeddings.system,
+        np.random.default_rng(settings.seed).permutation(systems)[: max(1, round(validation_fraction * len(systems)))],
+    )
     centre, spread = values[~held].mean(0), values[~held].std(0) + 1e-12
-    flow = train_flow((values[~held] - centre) / spread, vectors[~held], max_epochs=settings.npe_max_epochs, seed=settings.seed,
-                      progress=progress, description="training the posterior estimate")
+    flow = train_flow(
+        (values[~held] - centre) / spread,
+        vectors[~held],
+        max_epochs=settings.npe_max_epochs,
+        seed=settings.seed,
+        progress=progress,
+        description="training the posterior estimate",
+    )
     drawn = draw_samples(flow, vectors[held], settings.npe_samples, seed=settings.seed + 1) * spread + centre
-    widening = {n: choose_widening(drawn[..., j], values[held, j], settings.widening_candidates)[0] for j, n in enumerate(names)}
+    widening = {
+        n: choose_widening(drawn[..., j], values[held, j], settings.widening_candidates)[0] for j, n in enumerate(names)
+    }
     scaled = draw_samples(flow, matcher.embed(image), n_samples, seed=settings.seed)[0] * spread + centre  # (n, K)
     samples = {n: 10.0 ** scaled[:, j] if logs[j] else scaled[:, j] for j, n in enumerate(names)}
     prior = {n: 10.0 ** values[:, j] if logs[j] else values[:, j] for j, n in enumerate(names)}
     summaries = summarise(samples, parameters=names, prior=prior, parameter_info=bank.parameter_info, widening=widening)
-    return {"description": f"neural posterior estimate (sbi MAF) on the Siamese embedding of the bank at this observation's setup, "
-                           f"{flow.describe()}, {n_samples} samples", "summary": [asdict(s) for s in summaries]}
+    return {
+        "description": "neural posterior estimate (sbi MAF) on the Siamese embedding of the bank at this "
+        "observation's setup, "
+        f"{flow.describe()}, {n_samples} samples",
+        "summary": [asdict(s) for s in summaries],
+    }

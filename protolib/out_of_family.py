@@ -24,13 +24,28 @@ import numpy as np
 from .evaluation import COVERAGE_LEVELS, MethodEvaluation
 from .runtime import ProtolibInputError
 
-__all__ = ["FAMILIES", "IN_FAMILY", "TERM_CANDIDATES", "misspecification_terms", "family_rows", "family_table", "read_terms", "with_terms", "out_of_family_figures"]
+__all__ = [
+    "FAMILIES",
+    "IN_FAMILY",
+    "TERM_CANDIDATES",
+    "misspecification_terms",
+    "family_rows",
+    "family_table",
+    "read_terms",
+    "with_terms",
+    "out_of_family_figures",
+]
 
 FAMILIES = {
-    "power_law_envelope": ("a static envelope, rho ~ r^-2 (the singular isothermal sphere), with the collapse's mass within the "
-                           "aperture, instead of the rotating collapse", {"envelope_law": "power_law", "envelope_power_index": 2.0}),
-    "external_heating": ("the bank's temperature law with 15 K of external heating added, T = (T_law^4 + (15 K)^4)^(1/4)",
-                         {"external_temperature_k": 15.0}),
+    "power_law_envelope": (
+        "a static envelope, rho ~ r^-2 (the singular isothermal sphere), with the collapse's mass within the "
+        "aperture, instead of the rotating collapse",
+        {"envelope_law": "power_law", "envelope_power_index": 2.0},
+    ),
+    "external_heating": (
+        "the bank's temperature law with 15 K of external heating added, T = (T_law^4 + (15 K)^4)^(1/4)",
+        {"external_temperature_k": 15.0},
+    ),
 }
 """Each out-of-family test set: name -> (what differs from the bank's physics, the simulator settings that make it)."""
 
@@ -40,13 +55,16 @@ TERM_CANDIDATES = tuple(np.round(np.arange(1.0, 4.01, 0.05), 2))
 
 
 def _coverage(evaluation: MethodEvaluation, name: str, widening: float) -> np.ndarray:
-    """``(len(COVERAGE_LEVELS),)`` the coverage of parameter ``name``'s intervals widened by ``widening`` (calibration included)."""
+    """``(len(COVERAGE_LEVELS),)`` the coverage of parameter ``name``'s intervals widened by ``widening`` (calibration
+    included)."""
     return (evaluation.needed_widening[name] <= widening).mean(0)
 
 
-def misspecification_terms(evaluation: MethodEvaluation, parameters: list[str], calibration: dict[str, float],
-                           candidates=TERM_CANDIDATES) -> dict[str, float]:
-    """Per parameter, the smallest further widening at which ``evaluation``'s intervals reach nominal coverage at every level.
+def misspecification_terms(
+    evaluation: MethodEvaluation, parameters: list[str], calibration: dict[str, float], candidates=TERM_CANDIDATES
+) -> dict[str, float]:
+    """Per parameter, the smallest further widening at which ``evaluation``'s intervals reach nominal coverage at every
+    level.
 
     Arguments:
         evaluation: the network's figures on an out-of-family test set (with ``needed_widening``).
@@ -57,40 +75,68 @@ def misspecification_terms(evaluation: MethodEvaluation, parameters: list[str], 
     terms = {}
     for name in parameters:
         factor = float(calibration.get(name, 1.0))
-        reached = [c for c in candidates if np.all(_coverage(evaluation, name, factor * c) >= np.asarray(COVERAGE_LEVELS))]
+        reached = [
+            c for c in candidates if np.all(_coverage(evaluation, name, factor * c) >= np.asarray(COVERAGE_LEVELS))
+        ]
         terms[name] = float(reached[0] if reached else candidates[-1])
     return terms
 
 
-def family_rows(evaluations: dict[str, MethodEvaluation], parameters: list[str], calibration: dict[str, float],
-                terms: dict[str, float], prior_spread: dict[str, float]) -> list[dict]:
-    """One row per test set and parameter: 68%/95% coverage and the 68% half-width over the prior's spread, before and after the term."""
+def family_rows(
+    evaluations: dict[str, MethodEvaluation],
+    parameters: list[str],
+    calibration: dict[str, float],
+    terms: dict[str, float],
+    prior_spread: dict[str, float],
+) -> list[dict]:
+    """One row per test set and parameter: 68%/95% coverage and the 68% half-width over the prior's spread, before and
+    after the term."""
     rows = []
     for family, evaluation in evaluations.items():
         for name in parameters:
             factor, term = float(calibration.get(name, 1.0)), float(terms.get(name, 1.0))
             before, after = _coverage(evaluation, name, factor), _coverage(evaluation, name, factor * term)
-            half = 0.5 * np.median(evaluation.interval_68[name][:, 1] - evaluation.interval_68[name][:, 0]) / prior_spread[name]
+            half = (
+                0.5
+                * np.median(evaluation.interval_68[name][:, 1] - evaluation.interval_68[name][:, 0])
+                / prior_spread[name]
+            )
             error = np.median(np.abs(evaluation.median[name] - evaluation.truth[name])) / prior_spread[name]
-            rows.append({"family": family, "parameter": name, "term": term, "median_abs_error_over_prior_spread": float(error),
-                         **{f"coverage_{round(100 * c)}_before": float(v) for c, v in zip(COVERAGE_LEVELS, before)},
-                         **{f"coverage_{round(100 * c)}_after": float(v) for c, v in zip(COVERAGE_LEVELS, after)},
-                         "half_width_68_before": float(half), "half_width_68_after": float(half * term)})
+            rows.append(
+                {
+                    "family": family,
+                    "parameter": name,
+                    "term": term,
+                    "median_abs_error_over_prior_spread": float(error),
+                    **{f"coverage_{round(100 * c)}_before": float(v) for c, v in zip(COVERAGE_LEVELS, before)},
+                    **{f"coverage_{round(100 * c)}_after": float(v) for c, v in zip(COVERAGE_LEVELS, after)},
+                    "half_width_68_before": float(half),
+                    "half_width_68_after": float(half * term),
+                }
+            )
     return rows
 
 
 def family_table(rows: list[dict], family: str) -> str:
-    """Markdown: one test set's coverage (68% / 95%) and half-width over the prior's spread, before and after the term."""
-    lines = ["| parameter | term | coverage before | coverage after | half-width before | after | error |", "|---|---|---|---|---|---|---|"]
+    """Markdown: one test set's coverage (68% / 95%) and half-width over the prior's spread, before and after the
+    term."""
+    lines = [
+        "| parameter | term | coverage before | coverage after | half-width before | after | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in (r for r in rows if r["family"] == family):
-        lines.append(f"| {row['parameter']} | {row['term']:.2f} | {row['coverage_68_before']:.2f} / {row['coverage_95_before']:.2f} | "
-                     f"{row['coverage_68_after']:.2f} / {row['coverage_95_after']:.2f} | {row['half_width_68_before']:.2f} | "
-                     f"{row['half_width_68_after']:.2f} | {row['median_abs_error_over_prior_spread']:.2f} |")
+        lines.append(
+            f"| {row['parameter']} | {row['term']:.2f} | {row['coverage_68_before']:.2f} / "
+            f"{row['coverage_95_before']:.2f} | "
+            f"{row['coverage_68_after']:.2f} / {row['coverage_95_after']:.2f} | {row['half_width_68_before']:.2f} | "
+            f"{row['half_width_68_after']:.2f} | {row['median_abs_error_over_prior_spread']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def read_terms(path) -> dict[str, float]:
-    """The misspecification terms in ``path``: an ``out_of_family.json`` (its ``terms``) or a JSON object of parameter -> term.
+    """The misspecification terms in ``path``: an ``out_of_family.json`` (its ``terms``) or a JSON object of parameter
+    -> term.
 
     Plain JSON only (nothing in it runs). Each term must be a number from 1 (no widening) to 10; the file is named in
     the one-line error otherwise.
@@ -101,12 +147,18 @@ def read_terms(path) -> dict[str, float]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProtolibInputError(f"{path}: cannot read misspecification terms ({error}); give the out_of_family.json that "
-                                 "`protolib out-of-family` wrote.") from None
+        raise ProtolibInputError(
+            f"{path}: cannot read misspecification terms ({error}); give the out_of_family.json that "
+            "`protolib out-of-family` wrote."
+        ) from None
     terms = data.get("terms", data) if isinstance(data, dict) else None
     if not isinstance(terms, dict) or not terms:
-        raise ProtolibInputError(f"{path}: no misspecification terms (expected an object of parameter -> term, or out_of_family.json).")
-    bad = {k: v for k, v in terms.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= v <= 10.0}
+        raise ProtolibInputError(
+            f"{path}: no misspecification terms (expected an object of parameter -> term, or out_of_family.json)."
+        )
+    bad = {
+        k: v for k, v in terms.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 <= v <= 10.0
+    }
     if bad:
         raise ProtolibInputError(f"{path}: misspecification terms must be numbers from 1 to 10, got {bad}.")
     return {str(k): float(v) for k, v in terms.items()}
@@ -124,13 +176,18 @@ def with_terms(calibration: dict | None, terms: dict[str, float] | None) -> dict
     for name, entry in calibration.items():
         if name in terms:
             term = float(terms[name])
-            out[name] = {**entry, "widening": entry["widening"] * term, "calibration_widening": entry["widening"],
-                         "misspecification_term": term}
+            out[name] = {
+                **entry,
+                "widening": entry["widening"] * term,
+                "calibration_widening": entry["widening"],
+                "misspecification_term": term,
+            }
     return out
 
 
 def out_of_family_figures(results: dict) -> dict:
-    """The figures chapter 06b quotes from an ``out_of_family.json`` (:func:`~protolib.pipelines.out_of_family.run_out_of_family`):
+    """The figures chapter 06b quotes from an ``out_of_family.json``
+    (:func:`~protolib.pipelines.out_of_family.run_out_of_family`):
     per test set the mean and the lowest coverage before and after the term, and the terms' ranges."""
     rows, figures = results["rows"], {}
     for key, family in (("own", IN_FAMILY), *((name, name) for name in FAMILIES)):
@@ -144,10 +201,22 @@ def out_of_family_figures(results: dict) -> dict:
                 figures[f"oof_{key}_min{level}_{when}_parameter"] = lowest["parameter"].replace("_", " ")
         figures[f"oof_{key}_error"] = float(np.mean([r["median_abs_error_over_prior_spread"] for r in mine]))
     terms, own = results["terms"], results.get("terms_own_physics", {})
-    figures.update({"oof_learnt_on": results["learnt_on"].replace("_", " "), "oof_term_min": min(terms.values()), "oof_term_max": max(terms.values()),
-                    "oof_term_max_parameter": max(terms, key=terms.get).replace("_", " "), "oof_term_mean": float(np.mean(list(terms.values()))),
-                    "oof_n_systems": int(results.get("test_systems", 0))})
+    figures.update(
+        {
+            "oof_learnt_on": results["learnt_on"].replace("_", " "),
+            "oof_term_min": min(terms.values()),
+            "oof_term_max": max(terms.values()),
+            "oof_term_max_parameter": max(terms, key=terms.get).replace("_", " "),
+            "oof_term_mean": float(np.mean(list(terms.values()))),
+            "oof_n_systems": int(results.get("test_systems", 0)),
+        }
+    )
     if own:
-        figures.update({"oof_own_term_min": min(own.values()), "oof_own_term_max": max(own.values()),
-                        "oof_beyond_own_max": max(terms[n] / own[n] for n in terms if n in own)})
+        figures.update(
+            {
+                "oof_own_term_min": min(own.values()),
+                "oof_own_term_max": max(own.values()),
+                "oof_beyond_own_max": max(terms[n] / own[n] for n in terms if n in own),
+            }
+        )
     return figures

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -12,8 +11,16 @@ from .physics import accretion_luminosity
 from .runtime import ProtolibInputError
 from .simulator import SimulatorConfig
 
-__all__ = ["Parameter", "PARAMETERS", "PARAMETER_NAMES", "PHYSICAL_PARAMETERS", "NUISANCE_PARAMETERS", "VIEWING_PARAMETERS", "Prior",
-           "sample_viewing"]
+__all__ = [
+    "Parameter",
+    "PARAMETERS",
+    "PARAMETER_NAMES",
+    "PHYSICAL_PARAMETERS",
+    "NUISANCE_PARAMETERS",
+    "VIEWING_PARAMETERS",
+    "Prior",
+    "sample_viewing",
+]
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,8 @@ class Parameter:
     description: str
     log_scale: bool = True
     label: str = ""
-    nuisance: bool = False  # a modelling choice of the simulator (opacity, temperature law, ...), not a property asked for
+    # a modelling choice of the simulator (opacity, temperature law, ...), not a property asked for
+    nuisance: bool = False
 
     @property
     def axis_label(self) -> str:
@@ -41,27 +49,74 @@ PARAMETERS: dict[str, Parameter] = {
         Parameter("accretion_rate", "Msun/yr", "envelope infall rate", label="Mdot"),
         Parameter("disk_radius", "au", "disk (centrifugal) radius", label="R_disk"),
         Parameter("disk_mass", "Msun", "disk mass", label="M_disk"),
-        Parameter("envelope_mass", "Msun", "envelope mass within 5000 au (simulator.envelope_mass_radius_au) or the outer radius if smaller",
-                  label="M_env"),
+        Parameter(
+            "envelope_mass",
+            "Msun",
+            "envelope mass within 5000 au (simulator.envelope_mass_radius_au) or the outer radius if smaller",
+            label="M_env",
+        ),
         Parameter("luminosity", "Lsun", "total luminosity (stellar + accretion)", label="L"),
         Parameter("temperature", "K", "dust temperature at 100 au", label="T_100"),
         Parameter("age", "yr", "time since protostar formation", label="age"),
         Parameter("disk_scale_height", "au", "disk gas scale height at 100 au", label="H_100"),
         Parameter("cavity_angle", "deg", "outflow cavity half-opening angle", log_scale=False, label="theta_cav"),
         # The nuisance physics (simulator.NUISANCE_FIELDS): drawn per system by the prior, or fixed.
-        Parameter("opacity_beta", "1", "dust opacity index, kappa ~ nu^beta", log_scale=False, label="beta", nuisance=True),
-        Parameter("opacity_230ghz", "cm2/g", "dust opacity at 230 GHz per gram of gas", label="kappa_230", nuisance=True),
-        Parameter("temperature_1lsun", "K", "dust temperature at 100 au for 1 Lsun (T = T_0 L^0.2 (r/100 au)^-q)", log_scale=False,
-                  label="T_0", nuisance=True),
-        Parameter("temperature_index", "1", "radial index q of the temperature law", log_scale=False, label="q", nuisance=True),
-        Parameter("midplane_temperature_ratio", "1", "disk midplane over surface-layer temperature", log_scale=False, label="T_mid/T_surf",
-                  nuisance=True),
-        Parameter("disk_gamma", "1", "disk surface-density index, Sigma ~ R^-gamma", log_scale=False, label="gamma", nuisance=True),
-        Parameter("disk_taper", "1", "exponent of the disk's outer taper, exp[-(R/R_disk)^taper]", log_scale=False, label="taper",
-                  nuisance=True),
-        Parameter("cavity_wall_exponent", "1", "cavity wall shape z ~ R^b: 1 a cone, > 1 curved", log_scale=False, label="b_cav",
-                  nuisance=True),
-        Parameter("cavity_contrast", "1", "density inside the outflow cavities over the envelope's", label="cavity contrast", nuisance=True),
+        Parameter(
+            "opacity_beta", "1", "dust opacity index, kappa ~ nu^beta", log_scale=False, label="beta", nuisance=True
+        ),
+        Parameter(
+            "opacity_230ghz", "cm2/g", "dust opacity at 230 GHz per gram of gas", label="kappa_230", nuisance=True
+        ),
+        Parameter(
+            "temperature_1lsun",
+            "K",
+            "dust temperature at 100 au for 1 Lsun (T = T_0 L^0.2 (r/100 au)^-q)",
+            log_scale=False,
+            label="T_0",
+            nuisance=True,
+        ),
+        Parameter(
+            "temperature_index", "1", "radial index q of the temperature law", log_scale=False, label="q", nuisance=True
+        ),
+        Parameter(
+            "midplane_temperature_ratio",
+            "1",
+            "disk midplane over surface-layer temperature",
+            log_scale=False,
+            label="T_mid/T_surf",
+            nuisance=True,
+        ),
+        Parameter(
+            "disk_gamma",
+            "1",
+            "disk surface-density index, Sigma ~ R^-gamma",
+            log_scale=False,
+            label="gamma",
+            nuisance=True,
+        ),
+        Parameter(
+            "disk_taper",
+            "1",
+            "exponent of the disk's outer taper, exp[-(R/R_disk)^taper]",
+            log_scale=False,
+            label="taper",
+            nuisance=True,
+        ),
+        Parameter(
+            "cavity_wall_exponent",
+            "1",
+            "cavity wall shape z ~ R^b: 1 a cone, > 1 curved",
+            log_scale=False,
+            label="b_cav",
+            nuisance=True,
+        ),
+        Parameter(
+            "cavity_contrast",
+            "1",
+            "density inside the outflow cavities over the envelope's",
+            label="cavity contrast",
+            nuisance=True,
+        ),
         Parameter("envelope_outer_radius", "au", "envelope outer radius", label="R_env", nuisance=True),
     ]
 }
@@ -74,8 +129,15 @@ VIEWING_PARAMETERS: dict[str, Parameter] = {
 }
 
 
-PHYSICAL_RANGES = ("stellar_mass_msun", "accretion_rate_msun_yr", "disk_radius_au", "disk_to_star_mass_ratio", "disk_scale_height_100au",
-                   "cavity_angle_deg")  # the prior's ranges of physical parameters [low, high]; all but the cavity angle log-uniform
+# the prior's ranges of physical parameters [low, high]; all but the cavity angle log-uniform
+PHYSICAL_RANGES = (
+    "stellar_mass_msun",
+    "accretion_rate_msun_yr",
+    "disk_radius_au",
+    "disk_to_star_mass_ratio",
+    "disk_scale_height_100au",
+    "cavity_angle_deg",
+)
 
 
 @dataclass
@@ -106,7 +168,8 @@ class Prior:
 
     stellar_mass_msun: tuple[float, float] = (0.05, 3.0)  # [Msun], log-uniform: brown-dwarf mass to intermediate mass
     accretion_rate_msun_yr: tuple[float, float] = (1e-7, 1e-4)  # envelope infall rate [Msun/yr], log-uniform
-    disk_radius_au: tuple[float, float] = (5.0, 500.0)  # centrifugal (disk) radius [au], log-uniform; Class I disks reach several hundred au
+    # centrifugal (disk) radius [au], log-uniform; Class I disks reach several hundred au
+    disk_radius_au: tuple[float, float] = (5.0, 500.0)
     disk_to_star_mass_ratio: tuple[float, float] = (3e-3, 0.3)  # disk mass over stellar mass, log-uniform
     disk_scale_height_100au: tuple[float, float] = (3.0, 12.0)  # disk scale height at 100 au [au], log-uniform
     cavity_angle_deg: tuple[float, float] = (10.0, 35.0)  # cavity half-opening angle [deg], uniform
@@ -115,17 +178,25 @@ class Prior:
     stellar_radius_rsun: float = 3.0  # protostellar radius [Rsun] in L_acc = G M Mdot / R
     min_age_yr: float = 1e4  # systems younger than this are redrawn [yr]
     max_age_yr: float = 1e6  # systems older than this are redrawn [yr] (Class 0/I lifetimes)
-    nuisance: str = "drawn"  # "drawn": each system draws its nuisance physics from the ranges below; "fixed": the simulator's values
-    opacity_beta: tuple[float, float] = (0.5, 2.0)  # dust opacity index beta, uniform: grown grains (< 1) to ISM dust (1.7-2)
-    opacity_230ghz: tuple[float, float] = (0.005, 0.03)  # dust opacity at 230 GHz [cm^2 per g of gas], log-uniform: OH94 to Beckwith
-    temperature_1lsun: tuple[float, float] = (25.0, 55.0)  # T at 100 au for 1 Lsun [K], uniform (38 K: Motte & Andre 2001)
-    temperature_index: tuple[float, float] = (0.33, 0.6)  # radial index q of T ~ r^-q, uniform: envelopes 0.33-0.4, disks to 0.6
-    midplane_temperature_ratio: tuple[float, float] = (0.4, 1.0)  # disk midplane over surface temperature, uniform (DM Tau: 0.4-0.7; 1: isothermal)
+    # "drawn": each system draws its nuisance physics from the ranges below; "fixed": the simulator's values
+    nuisance: str = "drawn"
+    # dust opacity index beta, uniform: grown grains (< 1) to ISM dust (1.7-2)
+    opacity_beta: tuple[float, float] = (0.5, 2.0)
+    # dust opacity at 230 GHz [cm^2 per g of gas], log-uniform: OH94 to Beckwith
+    opacity_230ghz: tuple[float, float] = (0.005, 0.03)
+    # T at 100 au for 1 Lsun [K], uniform (38 K: Motte & Andre 2001)
+    temperature_1lsun: tuple[float, float] = (25.0, 55.0)
+    # radial index q of T ~ r^-q, uniform: envelopes 0.33-0.4, disks to 0.6
+    temperature_index: tuple[float, float] = (0.33, 0.6)
+    # disk midplane over surface temperature, uniform (DM Tau: 0.4-0.7; 1: isothermal)
+    midplane_temperature_ratio: tuple[float, float] = (0.4, 1.0)
     disk_gamma: tuple[float, float] = (0.3, 1.5)  # surface-density index, uniform (Andrews et al. 2009, 2010: 0.4-1.1)
     disk_taper: tuple[float, float] = (0.7, 2.5)  # outer taper exponent, uniform: 2 - gamma (viscous) to sharper edges
     cavity_wall_exponent: tuple[float, float] = (1.0, 2.0)  # cavity wall z ~ R^b, uniform: cones (1) to paraboloids (2)
-    cavity_contrast: tuple[float, float] = (1e-4, 1e-1)  # cavity over envelope density, log-uniform (an assumption: few measurements)
-    envelope_outer_radius: tuple[float, float] = (1500.0, 20000.0)  # envelope outer radius [au], log-uniform (Motte & Andre 2001)
+    # cavity over envelope density, log-uniform (an assumption: few measurements)
+    cavity_contrast: tuple[float, float] = (1e-4, 1e-1)
+    # envelope outer radius [au], log-uniform (Motte & Andre 2001)
+    envelope_outer_radius: tuple[float, float] = (1500.0, 20000.0)
     extra: dict = field(default_factory=dict)  # free-form notes kept with the prior in a bank's provenance
 
     def __post_init__(self):
@@ -138,18 +209,32 @@ class Prior:
             numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
             low, high = (float(v) for v in pair) if numbers else (math.nan, math.nan)
             if not (math.isfinite(low) and math.isfinite(high) and low <= high) or (log_scale and low <= 0):
-                raise ProtolibInputError(f"prior.{name} must be a range [low, high] with low <= high"
-                                         f"{' and low > 0 (it is drawn log-uniform)' if log_scale else ''}; got {value!r}.")
+                raise ProtolibInputError(
+                    f"prior.{name} must be a range [low, high] with low <= high"
+                    f"{' and low > 0 (it is drawn log-uniform)' if log_scale else ''}; got {value!r}."
+                )
         for name in ("history_factor_dex", "accretion_efficiency", "stellar_radius_rsun", "min_age_yr", "max_age_yr"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or \
-                    (value == 0 and name != "history_factor_dex"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and name != "history_factor_dex")
+            ):
                 raise ProtolibInputError(f"prior.{name} must be a positive number, got {value!r}.")
         if self.min_age_yr >= self.max_age_yr:
-            raise ProtolibInputError(f"prior.min_age_yr ({self.min_age_yr:g}) must be below prior.max_age_yr ({self.max_age_yr:g}).")
+            raise ProtolibInputError(
+                f"prior.min_age_yr ({self.min_age_yr:g}) must be below prior.max_age_yr ({self.max_age_yr:g})."
+            )
 
-    def sample(self, n_systems: int, rng: np.random.Generator, nuisance_rng: np.random.Generator | None = None,
-               fixed: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    def sample(
+        self,
+        n_systems: int,
+        rng: np.random.Generator,
+        nuisance_rng: np.random.Generator | None = None,
+        fixed: dict[str, float] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Draw ``n_systems`` systems; returns a dict of float64 arrays (``envelope_mass`` excluded).
 
         Arguments:
@@ -177,7 +262,9 @@ class Prior:
         systems["temperature"] = systems["temperature_1lsun"] * systems["luminosity"] ** 0.2
         return systems
 
-    def sample_nuisance(self, n_systems: int, rng: np.random.Generator, fixed: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    def sample_nuisance(
+        self, n_systems: int, rng: np.random.Generator, fixed: dict[str, float] | None = None
+    ) -> dict[str, np.ndarray]:
         """The nuisance physics of ``n_systems`` systems: drawn from the ranges, or ``fixed`` (``nuisance: fixed``)."""
         if self.nuisance == "fixed":
             values = {**SimulatorConfig().nuisance_values(), **(fixed or {})}

@@ -183,8 +183,12 @@ def disk_scale_height(radius_au: torch.Tensor, scale_height_100au: torch.Tensor,
     return scale_height_100au * x.pow(1.0 + flaring)
 
 
-def disk_surface_density_norm(disk_mass_msun: torch.Tensor, disk_radius_au: torch.Tensor, gamma: float | torch.Tensor = 1.0,
-                              taper: float | torch.Tensor | None = None) -> torch.Tensor:
+def disk_surface_density_norm(
+    disk_mass_msun: torch.Tensor,
+    disk_radius_au: torch.Tensor,
+    gamma: float | torch.Tensor = 1.0,
+    taper: float | torch.Tensor | None = None,
+) -> torch.Tensor:
     r""":math:`\Sigma_c` [g cm^-2] such that the tapered power law holds ``disk_mass_msun``.
 
     For :math:`\Sigma = \Sigma_c (R/R_c)^{-\gamma} \exp[-(R/R_c)^{\tau}]`,
@@ -197,8 +201,9 @@ def disk_surface_density_norm(disk_mass_msun: torch.Tensor, disk_radius_au: torc
         return disk_mass_msun * MSUN_G * (2.0 - gamma) / (2.0 * math.pi * rc_cm**2)
     gamma_t = torch.as_tensor(gamma, dtype=torch.float64)
     taper_t = torch.as_tensor(taper, dtype=torch.float64)
-    shape = (taper_t / torch.exp(torch.lgamma((2.0 - gamma_t) / taper_t))).to(dtype=torch.as_tensor(rc_cm).dtype,
-                                                                               device=torch.as_tensor(rc_cm).device)
+    shape = (taper_t / torch.exp(torch.lgamma((2.0 - gamma_t) / taper_t))).to(
+        dtype=torch.as_tensor(rc_cm).dtype, device=torch.as_tensor(rc_cm).device
+    )
     return disk_mass_msun * MSUN_G * shape / (2.0 * math.pi * rc_cm**2)
 
 
@@ -254,15 +259,25 @@ def disk_density(
     References:
         Lynden-Bell & Pringle (1974); Andrews et al. (2009) ApJ 700, 1502.
     """
-    sigma = disk_surface_density(radius_au, disk_mass_msun=disk_mass_msun, disk_radius_au=disk_radius_au, gamma=gamma,
-                                 inner_radius_au=inner_radius_au, taper=taper)
+    sigma = disk_surface_density(
+        radius_au,
+        disk_mass_msun=disk_mass_msun,
+        disk_radius_au=disk_radius_au,
+        gamma=gamma,
+        inner_radius_au=inner_radius_au,
+        taper=taper,
+    )
     h_au = disk_scale_height(radius_au.clamp(min=inner_radius_au), scale_height_100au, flaring)
     return sigma / (math.sqrt(2.0 * math.pi) * AU_CM) / h_au * torch.exp(-0.5 * (height_au / h_au) ** 2)
 
 
 def dust_temperature(
-    r_au: torch.Tensor, luminosity_lsun: torch.Tensor, floor_k: float = 10.0, ceiling_k: float = 1500.0,
-    temperature_1lsun_k: float | torch.Tensor = 38.0, index: float | torch.Tensor = 0.4,
+    r_au: torch.Tensor,
+    luminosity_lsun: torch.Tensor,
+    floor_k: float = 10.0,
+    ceiling_k: float = 1500.0,
+    temperature_1lsun_k: float | torch.Tensor = 38.0,
+    index: float | torch.Tensor = 0.4,
 ) -> torch.Tensor:
     r"""Dust temperature :math:`T = T_0\,(L/L_\odot)^{0.2} (r/100\,\mathrm{au})^{-q}` [K].
 
@@ -274,8 +289,12 @@ def dust_temperature(
     return t.clamp(min=floor_k, max=ceiling_k)
 
 
-def disk_temperature_factor(height_au: torch.Tensor, scale_height_au: torch.Tensor, midplane_ratio: float | torch.Tensor,
-                            surface_heights: float = 3.0) -> torch.Tensor:
+def disk_temperature_factor(
+    height_au: torch.Tensor,
+    scale_height_au: torch.Tensor,
+    midplane_ratio: float | torch.Tensor,
+    surface_heights: float = 3.0,
+) -> torch.Tensor:
     r"""A disk's vertical temperature structure: the ratio of the local to the surface layer's temperature.
 
     .. math::
@@ -292,7 +311,9 @@ def disk_temperature_factor(height_au: torch.Tensor, scale_height_au: torch.Tens
     return 1.0 + (midplane_ratio - 1.0) * cos2.square()
 
 
-def dust_opacity(frequency_ghz: float, beta: float | torch.Tensor = 1.0, kappa_230ghz: float | torch.Tensor | None = None):
+def dust_opacity(
+    frequency_ghz: float, beta: float | torch.Tensor = 1.0, kappa_230ghz: float | torch.Tensor | None = None
+):
     r"""Dust opacity per gram of gas [cm^2 g^-1].
 
     With ``kappa_230ghz``: :math:`\kappa_\nu = \kappa_{230} (\nu / 230\,\mathrm{GHz})^\beta`, normalised at

@@ -12,8 +12,15 @@ from .domain_shift import nuisance_rows, shift_rows
 from .evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
 from .parameters import PARAMETERS, VIEWING_PARAMETERS
 
-__all__ = ["coverage_plot", "recovery_plot", "rank_histogram_plot", "tarp_plot", "domain_shift_plot", "nuisance_constraint_plot",
-           "learning_curve_plot"]
+__all__ = [
+    "coverage_plot",
+    "recovery_plot",
+    "rank_histogram_plot",
+    "tarp_plot",
+    "domain_shift_plot",
+    "nuisance_constraint_plot",
+    "learning_curve_plot",
+]
 
 
 def _label(name: str, log_scale: bool | None = None) -> str:
@@ -27,8 +34,14 @@ def _evaluation(result: MethodEvaluation | MethodResult, corrected: bool) -> Met
     return result if isinstance(result, MethodEvaluation) else result.figures(corrected)
 
 
-def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[str] | None = None, panel_size: float = 2.6,
-                  columns: int = 4) -> Figure:
+def coverage_plot(
+    results: dict,
+    *,
+    corrected: bool = False,
+    parameters: list[str] | None = None,
+    panel_size: float = 2.6,
+    columns: int = 4,
+) -> Figure:
     """Coverage of central intervals against their nominal level, one panel per method, ``columns`` panels a row.
 
     Arguments:
@@ -40,8 +53,14 @@ def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[st
     """
     rows = math.ceil(len(results) / columns)
     width = min(columns, len(results))
-    fig, axes = plt.subplots(rows, width, figsize=(panel_size * width, panel_size * rows + 0.9), squeeze=False, sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        width,
+        figsize=(panel_size * width, panel_size * rows + 0.9),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
     levels = np.asarray(CURVE_LEVELS)
     colours = plt.get_cmap("tab20").colors
     for ax, (name, result) in zip(axes.flat, results.items()):
@@ -56,7 +75,7 @@ def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[st
         draws = "samples" if name in ("npe", "npe_end_to_end") else "k"
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level")
         ax.set_title(f"{name} ({draws}={evaluation.top_k})", fontsize=9)
-    for ax in axes.flat[len(results):]:
+    for ax in axes.flat[len(results) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("fraction of truths covered")
@@ -64,21 +83,31 @@ def coverage_plot(results: dict, *, corrected: bool = False, parameters: list[st
     return fig
 
 
-def recovery_plot(evaluation: MethodEvaluation, *, parameters: list[str] | None = None, columns: int = 4, panel_size: float = 2.5) -> Figure:
+def recovery_plot(
+    evaluation: MethodEvaluation, *, parameters: list[str] | None = None, columns: int = 4, panel_size: float = 2.5
+) -> Figure:
     """Recovered (matches' median, with 16-84% range) against true value, one panel per parameter."""
     names = parameters or evaluation.parameters
     rows = math.ceil(len(names) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, panel_size * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         truth, median, interval = evaluation.truth[name], evaluation.median[name], evaluation.interval_68[name]
-        ax.errorbar(truth, median, yerr=[median - interval[:, 0], interval[:, 1] - median], fmt="o", ms=2.5, lw=0.6,
-                    alpha=0.6, color="C0")
+        ax.errorbar(
+            truth,
+            median,
+            yerr=[median - interval[:, 0], interval[:, 1] - median],
+            fmt="o",
+            ms=2.5,
+            lw=0.6,
+            alpha=0.6,
+            color="C0",
+        )
         low, high = float(min(truth.min(), interval.min())), float(max(truth.max(), interval.max()))
         ax.plot([low, high], [low, high], color="grey", ls="--", lw=1)
         r2 = evaluation.metrics["parameters"][name]["r2_knn"]
         ax.set_title(f"{_label(name)}  R²={r2:.2f}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.supxlabel("true value")
     fig.supylabel(f"recovered: median of {evaluation.top_k} matches ({evaluation.method})")
@@ -86,8 +115,14 @@ def recovery_plot(evaluation: MethodEvaluation, *, parameters: list[str] | None 
     return fig
 
 
-def rank_histogram_plot(evaluation: MethodEvaluation, *, parameters: list[str] | None = None, bins: int = 10,
-                        columns: int = 4, panel_size: float = 2.4) -> Figure:
+def rank_histogram_plot(
+    evaluation: MethodEvaluation,
+    *,
+    parameters: list[str] | None = None,
+    bins: int = 10,
+    columns: int = 4,
+    panel_size: float = 2.4,
+) -> Figure:
     """Rank of each truth among its matches (SBC): flat for calibrated distributions, with the 99% band of a flat one.
 
     A U shape means overconfident (too narrow), a hump underconfident (too wide), a slope biased.
@@ -105,7 +140,7 @@ def rank_histogram_plot(evaluation: MethodEvaluation, *, parameters: list[str] |
         ax.axhline(expected, color="grey", lw=1)
         ax.set_title(_label(name), fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.supxlabel(f"rank of the truth among the {evaluation.top_k} matches (fraction)")
     fig.tight_layout()
@@ -129,26 +164,41 @@ def tarp_plot(results: dict, *, corrected: bool = False, size: float = 3.6) -> F
 CASE_COLOURS = {"no shift": "0.55", "shift": "tab:red", "marginalised": "tab:blue"}
 
 
-def domain_shift_plot(cases: dict, parameters: list[str], *, method: str = "siamese", corrected: bool = True, width: float = 7.2) -> Figure:
-    """One method in the three cases of :mod:`protolib.domain_shift`: 68% and 95% coverage and the median error, per parameter.
+def domain_shift_plot(
+    cases: dict, parameters: list[str], *, method: str = "siamese", corrected: bool = True, width: float = 7.2
+) -> Figure:
+    """One method in the three cases of :mod:`protolib.domain_shift`: 68% and 95% coverage and the median error, per
+    parameter.
 
     Bars per parameter, one per case (grey: fixed physics on fixed-physics systems; red: the same bank
     on systems of drawn physics; blue: the bank with drawn physics on those systems); dashed lines
     are the nominal coverage, the band the goal's +-0.05. The error panel is the median |error| over
     the no-shift case's, so 1 is "as good as without the shift".
     """
-    rows = {(r["case"], r["parameter"]): r for r in shift_rows(cases, parameters, corrected=corrected) if r["method"] == method}
+    rows = {
+        (r["case"], r["parameter"]): r
+        for r in shift_rows(cases, parameters, corrected=corrected)
+        if r["method"] == method
+    }
     fig, axes = plt.subplots(3, 1, figsize=(width, 6.4), sharex=True, layout="constrained")
     x = np.arange(len(parameters))
     step = 0.8 / len(cases)
-    panels = (("coverage_68", 0.68, "68% coverage"), ("coverage_95", 0.95, "95% coverage"), ("error_ratio", 1.0, "error / no-shift error"))
+    panels = (
+        ("coverage_68", 0.68, "68% coverage"),
+        ("coverage_95", 0.95, "95% coverage"),
+        ("error_ratio", 1.0, "error / no-shift error"),
+    )
     for ax, (figure, nominal, title) in zip(axes, panels):
         for i, case in enumerate(cases):
             if figure == "error_ratio":
-                values = [rows[(case, n)]["median_abs_error"] / rows[("no shift", n)]["median_abs_error"] for n in parameters]
+                values = [
+                    rows[(case, n)]["median_abs_error"] / rows[("no shift", n)]["median_abs_error"] for n in parameters
+                ]
             else:
                 values = [rows[(case, n)][figure] for n in parameters]
-            ax.bar(x + (i - (len(cases) - 1) / 2) * step, values, step, color=CASE_COLOURS.get(case, f"C{i}"), label=case)
+            ax.bar(
+                x + (i - (len(cases) - 1) / 2) * step, values, step, color=CASE_COLOURS.get(case, f"C{i}"), label=case
+            )
         ax.axhline(nominal, color="k", ls="--", lw=1)
         band = 0.05 if figure != "error_ratio" else 0.10
         ax.axhspan(nominal - band if figure != "error_ratio" else 0, nominal + band, color="k", alpha=0.08, lw=0)
@@ -156,13 +206,17 @@ def domain_shift_plot(cases: dict, parameters: list[str], *, method: str = "siam
         ax.tick_params(labelsize=8)
     axes[0].set_ylim(0, 1.05)
     axes[1].set_ylim(0, 1.05)
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside upper center")  # above the panels, over no bar
+    # above the panels, over no bar
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside upper center")
     axes[-1].set_xticks(x, [n.replace("_", " ") for n in parameters], rotation=30, ha="right", fontsize=8)
     return fig
 
 
-def nuisance_constraint_plot(result: MethodResult, nuisance: list[str], *, corrected: bool = True, width: float = 7.2) -> Figure:
-    """How narrowly one method's matches pin each nuisance parameter: 68% half-width and RMS error over the prior's spread.
+def nuisance_constraint_plot(
+    result: MethodResult, nuisance: list[str], *, corrected: bool = True, width: float = 7.2
+) -> Figure:
+    """How narrowly one method's matches pin each nuisance parameter: 68% half-width and RMS error over the prior's
+    spread.
 
     An RMS error near 1, and a half-width near 1.2 (a uniform prior's central 68% spans 1.18 standard
     deviations either side of its middle), are "the images say nothing about it"; well below, they constrain it.
@@ -170,22 +224,46 @@ def nuisance_constraint_plot(result: MethodResult, nuisance: list[str], *, corre
     rows = nuisance_rows(result, nuisance, corrected=corrected)
     fig, ax = plt.subplots(figsize=(width, 2.8), layout="constrained")
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["width_68_over_prior_spread"] for r in rows], 0.4, color="tab:blue", label="68% half-width / prior spread")
-    ax.bar(x + 0.2, [r["rms_error_over_prior_spread"] for r in rows], 0.4, color="tab:orange", label="RMS error / prior spread")
+    ax.bar(
+        x - 0.2,
+        [r["width_68_over_prior_spread"] for r in rows],
+        0.4,
+        color="tab:blue",
+        label="68% half-width / prior spread",
+    )
+    ax.bar(
+        x + 0.2,
+        [r["rms_error_over_prior_spread"] for r in rows],
+        0.4,
+        color="tab:orange",
+        label="RMS error / prior spread",
+    )
     ax.axhline(1.0, color="k", ls="--", lw=1)
     ax.set_xticks(x, [r["parameter"].replace("_", " ") for r in rows], rotation=30, ha="right", fontsize=8)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=8, loc="upper left", ncols=2)
-    ax.set_ylim(0, max(1.6, max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows) * 1.15))
+    ax.set_ylim(
+        0, max(1.6, max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows) * 1.15)
+    )
     return fig
 
 
-METHOD_COLOURS = {"pixel": "tab:grey", "pca": "tab:brown", "autoencoder": "tab:green", "siamese": "tab:blue", "npe": "tab:orange",
-                  "npe_end_to_end": "tab:red", "random": "k"}
+METHOD_COLOURS = {
+    "pixel": "tab:grey",
+    "pca": "tab:brown",
+    "autoencoder": "tab:green",
+    "siamese": "tab:blue",
+    "npe": "tab:orange",
+    "npe_end_to_end": "tab:red",
+    "random": "k",
+}
 
 
-def learning_curve_plot(curves: dict, *, methods: list[str] | None = None, columns: int = 4, panel_size: float = 2.5) -> Figure:
-    """Each method's error against its training systems (the JSON of ``benchmarks/learning_curves.py``), one panel per parameter.
+def learning_curve_plot(
+    curves: dict, *, methods: list[str] | None = None, columns: int = 4, panel_size: float = 2.5
+) -> Figure:
+    """Each method's error against its training systems (the JSON of ``benchmarks/learning_curves.py``), one panel per
+    parameter.
 
     Panels: every parameter of the target similarity (``curves["target_parameters"]``), then their mean.
     Points joined by solid lines are measured (corrected RMS error of the median over the prior's
@@ -195,21 +273,36 @@ def learning_curve_plot(curves: dict, *, methods: list[str] | None = None, colum
     light grey line at 1 the prior (no information).
 
     Arguments:
-        curves: the JSON's contents (``train_systems``, ``methods``, ``fits``, ``extrapolation``, ``target_parameters``).
+        curves: the JSON's contents (``train_systems``, ``methods``, ``fits``, ``extrapolation``,
+    ``target_parameters``).
         methods: lines drawn (default: every method in ``curves["methods"]``).
     """
     names = [*curves["target_parameters"], "mean_target"]
     methods = methods or list(curves["methods"])
     rows = math.ceil(len(names) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(panel_size * columns, panel_size * rows), squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(panel_size * columns, panel_size * rows),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
     sizes = np.asarray(curves["train_systems"], dtype=float)
     far = float(curves.get("extrapolation", {}).get("train_systems", sizes.max()))
     fits = curves.get("fits", {}).get("by_method", {})
     for ax, name in zip(axes.flat, names):
         for i, method in enumerate(methods):
             colour = METHOD_COLOURS.get(method, f"C{i}")
-            ax.plot(sizes, [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes], "o-", color=colour,
-                    lw=1.5, ms=3.5, label=method)
+            ax.plot(
+                sizes,
+                [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes],
+                "o-",
+                color=colour,
+                lw=1.5,
+                ms=3.5,
+                label=method,
+            )
             fit = fits.get(method, {}).get(name)
             if fit is not None and far > sizes.max():
                 n = np.geomspace(sizes.max(), far, 30)
@@ -220,7 +313,7 @@ def learning_curve_plot(curves: dict, *, methods: list[str] | None = None, colum
         ax.set_xscale("log")
         ax.set_title("mean of the target parameters" if name == "mean_target" else name.replace("_", " "), fontsize=9)
         ax.tick_params(labelsize=8)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("RMS error / prior spread", fontsize=8)
@@ -231,12 +324,18 @@ def learning_curve_plot(curves: dict, *, methods: list[str] | None = None, colum
 
 
 def _curve_value(row: dict, name: str) -> float:
-    """One size's corrected RMS error over the prior's spread of parameter ``name`` (``"mean_target"``: the target parameters' mean)."""
-    return row["mean_target_rms_error_over_prior_spread"] if name == "mean_target" else row["parameters"][name]["rms_error_over_prior_spread"]
+    """One size's corrected RMS error over the prior's spread of parameter ``name`` (``"mean_target"``: the target
+    parameters' mean)."""
+    return (
+        row["mean_target_rms_error_over_prior_spread"]
+        if name == "mean_target"
+        else row["parameters"][name]["rms_error_over_prior_spread"]
+    )
 
 
 def _fitted(fit: dict, n: np.ndarray) -> np.ndarray:
-    """A fitted learning curve at ``n`` training systems: ``a + b n^-c``, or the log-linear fallback ``alpha + beta log10 n``."""
+    """A fitted learning curve at ``n`` training systems: ``a + b n^-c``, or the log-linear fallback ``alpha + beta
+    log10 n``."""
     if "c" in fit:
         return fit["a"] + fit["b"] * np.power(n, -fit["c"])
     return fit["alpha"] + fit["beta"] * np.log10(n)

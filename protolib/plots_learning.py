@@ -7,8 +7,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 
-__all__ = ["plot_history", "plot_reconstructions", "plot_latent_space", "plot_similarity_scatter", "plot_pair_gallery", "plot_target_comparison",
-           "plot_autoencoder_sketch", "plot_siamese_sketch"]
+__all__ = [
+    "plot_history",
+    "plot_reconstructions",
+    "plot_latent_space",
+    "plot_similarity_scatter",
+    "plot_pair_gallery",
+    "plot_target_comparison",
+    "plot_autoencoder_sketch",
+    "plot_siamese_sketch",
+]
 
 
 def plot_history(histories: dict[str, list[dict]], *, log: bool = True, figsize=(9, 3.5)) -> Figure:
@@ -26,13 +34,16 @@ def plot_history(histories: dict[str, list[dict]], *, log: bool = True, figsize=
     return fig
 
 
-def plot_reconstructions(inputs: np.ndarray, reconstructions: np.ndarray, *, titles: list[str] | None = None, n: int = 8) -> Figure:
+def plot_reconstructions(
+    inputs: np.ndarray, reconstructions: np.ndarray, *, titles: list[str] | None = None, n: int = 8
+) -> Figure:
     """Stretched inputs ``(N, H, W)`` (top row) above their reconstructions (bottom row), north up, east left."""
     n = min(n, len(inputs))
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.5), squeeze=False)
     for k in range(n):
         for row, image in enumerate((inputs[k], reconstructions[k])):
-            peak = max(1e-6, float(inputs[k].max()))  # each column on its input's scale, so the bar reads in fractions of it
+            # each column on its input's scale, so the bar reads in fractions of it
+            peak = max(1e-6, float(inputs[k].max()))
             handle = axes[row, k].imshow(image / peak, origin="lower", cmap="inferno", vmin=0, vmax=1)
             axes[row, k].set_xticks([]), axes[row, k].set_yticks([])
         if titles:
@@ -52,7 +63,9 @@ def _network_input_colorbar(fig: Figure, axes, handle, scale: str, ticks: list[f
     bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=7)
 
 
-def plot_latent_space(points: np.ndarray, colours: dict[str, np.ndarray], *, xlabel: str = "PC 1", ylabel: str = "PC 2", ncols: int = 3) -> Figure:
+def plot_latent_space(
+    points: np.ndarray, colours: dict[str, np.ndarray], *, xlabel: str = "PC 1", ylabel: str = "PC 2", ncols: int = 3
+) -> Figure:
     """2D projection of latents ``(N, 2)``, one panel per colouring (``{label: values (N,)}``)."""
     nrows = int(np.ceil(len(colours) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
@@ -60,13 +73,21 @@ def plot_latent_space(points: np.ndarray, colours: dict[str, np.ndarray], *, xla
         sc = ax.scatter(points[:, 0], points[:, 1], c=values, s=6, cmap="viridis")
         fig.colorbar(sc, ax=ax, label=label)
         ax.set(xlabel=xlabel, ylabel=ylabel)
-    for ax in list(axes.flat)[len(colours):]:
+    for ax in list(axes.flat)[len(colours) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
 
 
-def plot_similarity_scatter(predicted: np.ndarray, target: np.ndarray, *, metrics: dict | None = None, title: str = "held-out systems", max_points: int = 20000, seed: int = 0) -> Figure:
+def plot_similarity_scatter(
+    predicted: np.ndarray,
+    target: np.ndarray,
+    *,
+    metrics: dict | None = None,
+    title: str = "held-out systems",
+    max_points: int = 20000,
+    seed: int = 0,
+) -> Figure:
     """Predicted against target similarity of pairs, with the metrics in the title and the 1:1 line."""
     keep = np.random.default_rng(seed).permutation(len(predicted))[:max_points]
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
@@ -74,16 +95,32 @@ def plot_similarity_scatter(predicted: np.ndarray, target: np.ndarray, *, metric
     ax.plot([-1, 1], [-1, 1], "k--", lw=1)
     ax.fill_between([-1, 1], [-1.1, 0.9], [-0.9, 1.1], color="orange", alpha=0.2, label="within 0.1")
     low = min(float(target.min()), float(predicted.min()), 0.0)
-    ax.set(xlim=(low, 1.02), ylim=(low, 1.02), xlabel="target similarity (parameters)", ylabel="predicted similarity (images)")
+    ax.set(
+        xlim=(low, 1.02),
+        ylim=(low, 1.02),
+        xlabel="target similarity (parameters)",
+        ylabel="predicted similarity (images)",
+    )
     if metrics:
-        title += f"\nSpearman {metrics['spearman']:.3f}, MSE {metrics['mse']:.4f}, within 0.1 {metrics['within_0.1']:.2f}"
+        title += (
+            f"\nSpearman {metrics['spearman']:.3f}, MSE {metrics['mse']:.4f}, within 0.1 {metrics['within_0.1']:.2f}"
+        )
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def plot_pair_gallery(images: np.ndarray, first: np.ndarray, second: np.ndarray, predicted: np.ndarray, target: np.ndarray, *, per_group: int = 8, stretch=np.arcsinh) -> Figure:
+def plot_pair_gallery(
+    images: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    predicted: np.ndarray,
+    target: np.ndarray,
+    *,
+    per_group: int = 8,
+    stretch=np.arcsinh,
+) -> Figure:
     """The thesis's figure: the ``per_group`` most, middle and least similar pairs by prediction.
 
     Each column is a pair (two images one above the other) titled with predicted (p) and true (t)
@@ -91,7 +128,11 @@ def plot_pair_gallery(images: np.ndarray, first: np.ndarray, second: np.ndarray,
     """
     order = np.argsort(-predicted)
     middle = len(order) // 2 - per_group // 2
-    groups = {"most similar": order[:per_group], "middle": order[middle : middle + per_group], "least similar": order[-per_group:]}
+    groups = {
+        "most similar": order[:per_group],
+        "middle": order[middle : middle + per_group],
+        "least similar": order[-per_group:],
+    }
     fig, axes = plt.subplots(6, per_group, figsize=(1.5 * per_group, 9.5), squeeze=False)
     for block, (name, pairs) in enumerate(groups.items()):
         for k, pair in enumerate(pairs):
@@ -107,7 +148,9 @@ def plot_pair_gallery(images: np.ndarray, first: np.ndarray, second: np.ndarray,
     return fig
 
 
-def plot_target_comparison(distance: np.ndarray, cosine: np.ndarray, kernel: np.ndarray, *, max_points: int = 5000, seed: int = 0) -> Figure:
+def plot_target_comparison(
+    distance: np.ndarray, cosine: np.ndarray, kernel: np.ndarray, *, max_points: int = 5000, seed: int = 0
+) -> Figure:
     """Cosine and kernel targets of pairs against the distance of their normalised parameter vectors."""
     keep = np.random.default_rng(seed).permutation(len(distance))[:max_points]
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -120,7 +163,8 @@ def plot_target_comparison(distance: np.ndarray, cosine: np.ndarray, kernel: np.
 
 
 def _feature_map(ax, x: float, side: float, depth: float, colour: str, label: str, note: str = "") -> float:
-    """A stack of feature maps drawn as a box ``depth`` wide and ``side`` tall, centred at height 0; returns its right edge."""
+    """A stack of feature maps drawn as a box ``depth`` wide and ``side`` tall, centred at height 0; returns its right
+    edge."""
     ax.add_patch(Rectangle((x, -side / 2), depth, side, facecolor=colour, edgecolor="k", lw=0.8))
     ax.text(x + depth / 2, -side / 2 - 0.06, label, ha="center", va="top", fontsize=8)
     if note:
@@ -131,11 +175,20 @@ def _feature_map(ax, x: float, side: float, depth: float, colour: str, label: st
 def _arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str = "", **kwargs) -> None:
     ax.annotate("", end, start, arrowprops=dict(arrowstyle="->", color="0.25", lw=1.1, **kwargs))
     if text:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.04, text, ha="center", va="bottom", fontsize=7, color="0.3")
+        ax.text(
+            (start[0] + end[0]) / 2,
+            (start[1] + end[1]) / 2 + 0.04,
+            text,
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="0.3",
+        )
 
 
-def plot_autoencoder_sketch(image_size: int, channels: list[int], latent_size: int, *, use_flux: bool = True,
-                            figsize=(11, 3.6)) -> Figure:
+def plot_autoencoder_sketch(
+    image_size: int, channels: list[int], latent_size: int, *, use_flux: bool = True, figsize=(11, 3.6)
+) -> Figure:
     """The autoencoder's architecture to scale in image size: input, encoder levels, latent, decoder levels, output.
 
     Each box is a stack of feature maps, as tall as their side (relative to the image's) and as wide as
@@ -151,11 +204,25 @@ def plot_autoencoder_sketch(image_size: int, channels: list[int], latent_size: i
     _arrow(ax, (x, 0), (x + 0.35, 0), "flatten,\nlinear")
     x = _feature_map(ax, x + 0.35, 0.6, 0.12, "#fdae6b", f"latent\n{latent_size}", "code")
     if use_flux:
-        ax.text(x - 0.06, -0.62, "the log total flux joins the flattened maps;\na linear layer rebuilds it from the latent",
-                ha="center", va="top", fontsize=7, color="0.3")
+        ax.text(
+            x - 0.06,
+            -0.62,
+            "the log total flux joins the flattened maps;\na linear layer rebuilds it from the latent",
+            ha="center",
+            va="top",
+            fontsize=7,
+            color="0.3",
+        )
     _arrow(ax, (x, 0), (x + 0.35, 0), "linear,\nreshape")
     for width, side in zip(reversed(channels), reversed(sides[1:])):
-        x = _feature_map(ax, x + 0.35 if side == sides[-1] else x + 0.25, side / image_size, depth(width), "#a1d99b", f"{width}x{side}x{side}")
+        x = _feature_map(
+            ax,
+            x + 0.35 if side == sides[-1] else x + 0.25,
+            side / image_size,
+            depth(width),
+            "#a1d99b",
+            f"{width}x{side}x{side}",
+        )
         _arrow(ax, (x, 0), (x + 0.25, 0), "up x2" if side < sides[1] else "up x2,\nconv")
     _feature_map(ax, x + 0.25, 1.0, depth(1), "#fde0c5", f"1x{image_size}x{image_size}", "rebuilt image")
     middle = depth(1) + 0.25 * len(channels) + sum(depth(c) for c in channels)
@@ -169,22 +236,29 @@ def plot_autoencoder_sketch(image_size: int, channels: list[int], latent_size: i
 
 def _step(ax, x: float, y: float, text: str, colour: str, width: float = 1.3) -> tuple[float, float]:
     """A rounded box of text centred at ``(x, y)``; returns its left and right edges."""
-    ax.add_patch(FancyBboxPatch((x - width / 2, y - 0.22), width, 0.44, boxstyle="round,pad=0.02", facecolor=colour, edgecolor="k", lw=0.8))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - width / 2, y - 0.22), width, 0.44, boxstyle="round,pad=0.02", facecolor=colour, edgecolor="k", lw=0.8
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=8)
     return x - width / 2 - 0.02, x + width / 2 + 0.02
 
 
-def plot_siamese_sketch(image_size: int, channels: list[int], latent_size: int, hidden_size: int, embedding_size: int, *,
-                        figsize=(11, 3.4)) -> Figure:
+def plot_siamese_sketch(
+    image_size: int, channels: list[int], latent_size: int, hidden_size: int, embedding_size: int, *, figsize=(11, 3.4)
+) -> Figure:
     """One training comparison of the Siamese network: two images through the same encoder and head to unit
     embeddings, whose cosine is the predicted similarity, set against the target similarity of the two
     systems' parameters by the loss."""
     fig, ax = plt.subplots(figsize=figsize)
     levels = " -> ".join(f"{c}x{image_size // 2 ** (k + 1)}²" for k, c in enumerate(channels))
-    columns = [(0.7, f"image {{}}\n1x{image_size}x{image_size}\n(+ log flux)", "#fde0c5", 1.2),
-               (2.5, f"encoder\n{levels}\n-> latent {latent_size}", "#9ecae1", 2.0),
-               (4.4, f"head\n{latent_size} -> {hidden_size} -> {embedding_size}", "#c6dbef", 1.4),
-               (6.0, f"embedding {{}}\n{embedding_size}, unit length", "#fdae6b", 1.4)]
+    columns = [
+        (0.7, f"image {{}}\n1x{image_size}x{image_size}\n(+ log flux)", "#fde0c5", 1.2),
+        (2.5, f"encoder\n{levels}\n-> latent {latent_size}", "#9ecae1", 2.0),
+        (4.4, f"head\n{latent_size} -> {hidden_size} -> {embedding_size}", "#c6dbef", 1.4),
+        (6.0, f"embedding {{}}\n{embedding_size}, unit length", "#fdae6b", 1.4),
+    ]
     for y, name in ((0.55, "A"), (-0.55, "B")):
         previous = None
         for x, text, colour, width in columns:

@@ -24,11 +24,29 @@ from matplotlib.ticker import MaxNLocator
 from .bank import Bank
 from .instrument import Beam
 from .normalise import scale_parameters
-from .parameters import PARAMETERS
 
-__all__ = ["PAGE_WIDTH_IN", "InnerTicks", "page_fontsize", "display_unit", "image_norm", "add_colorbar", "scale_bar_length_au", "add_scale_bar", "add_beam",
-           "add_orientation", "fit_title", "corner_figure", "make_corner_legible", "image_extent_au", "draw_image", "plot_image_grid",
-           "plot_parameter_gallery", "plot_prior_corner", "plot_instrument_effects", "plot_split"]
+__all__ = [
+    "PAGE_WIDTH_IN",
+    "InnerTicks",
+    "page_fontsize",
+    "display_unit",
+    "image_norm",
+    "add_colorbar",
+    "scale_bar_length_au",
+    "add_scale_bar",
+    "add_beam",
+    "add_orientation",
+    "fit_title",
+    "corner_figure",
+    "make_corner_legible",
+    "image_extent_au",
+    "draw_image",
+    "plot_image_grid",
+    "plot_parameter_gallery",
+    "plot_prior_corner",
+    "plot_instrument_effects",
+    "plot_split",
+]
 
 PAGE_WIDTH_IN = 7.0  # the book's text column: about 700 px at the 100 dpi figures are drawn with
 
@@ -78,8 +96,17 @@ def image_norm(images: np.ndarray, stretch: str = "asinh", *, low: float | None 
     return Normalize(vmin=floor, vmax=peak)
 
 
-def add_colorbar(ax, mappable, label: str, *, fontsize: float | None = None, location: str = "right", size: float = 0.06,
-                 pad: float = 0.03, n_ticks: int = 4):
+def add_colorbar(
+    ax,
+    mappable,
+    label: str,
+    *,
+    fontsize: float | None = None,
+    location: str = "right",
+    size: float = 0.06,
+    pad: float = 0.03,
+    n_ticks: int = 4,
+):
     """A colour bar beside ``ax`` labelled ``label`` (its unit), with few ticks at reading size; returns the colour bar.
 
     It is drawn in a child axes of ``ax``, so ``fig.axes`` keeps only the panels and a constrained
@@ -93,7 +120,9 @@ def add_colorbar(ax, mappable, label: str, *, fontsize: float | None = None, loc
     cax = ax.inset_axes([1 + pad, 0, size, 1] if vertical else [0, -pad - size, 1, size])
     bar = ax.figure.colorbar(mappable, cax=cax, orientation="vertical" if vertical else "horizontal")
     if isinstance(mappable.norm, (AsinhNorm, LogNorm)):
-        bar.set_ticks(_decade_ticks(mappable.norm, n_ticks), labels=[f"{t:g}" for t in _decade_ticks(mappable.norm, n_ticks)])
+        bar.set_ticks(
+            _decade_ticks(mappable.norm, n_ticks), labels=[f"{t:g}" for t in _decade_ticks(mappable.norm, n_ticks)]
+        )
     else:
         bar.locator = MaxNLocator(n_ticks)
         bar.update_ticks()
@@ -108,7 +137,9 @@ def _decade_ticks(norm, n_ticks: int) -> list[float]:
 
     top = float(norm.vmax)
     bottom = 2.0 * norm.linear_width if isinstance(norm, AsinhNorm) else float(norm.vmin)
-    decades = [10.0**e for e in range(int(np.ceil(np.log10(max(bottom, 1e-30)))), int(np.floor(np.log10(max(top, 1e-30)))) + 1)]
+    decades = [
+        10.0**e for e in range(int(np.ceil(np.log10(max(bottom, 1e-30)))), int(np.floor(np.log10(max(top, 1e-30)))) + 1)
+    ]
     keep = max(1, n_ticks - isinstance(norm, AsinhNorm))
     decades = decades[::-1][:: int(np.ceil(len(decades) / keep)) or 1][::-1]
     return ([0.0] if isinstance(norm, AsinhNorm) and norm.vmin <= 0 else []) + decades
@@ -122,12 +153,15 @@ def scale_bar_length_au(field_au: float) -> float:
 
 
 def add_scale_bar(ax, field_au: float, *, fontsize: float | None = None, color: str = "white"):
-    """A scale bar of a round length in au in the lower right of ``ax`` (whose x axis spans ``field_au``); returns its text."""
+    """A scale bar of a round length in au in the lower right of ``ax`` (whose x axis spans ``field_au``); returns its
+    text."""
     length = scale_bar_length_au(field_au)
     fraction = length / field_au
     fontsize = page_fontsize(ax.figure, 8) if fontsize is None else fontsize
     ax.plot([0.94 - fraction, 0.94], [0.08, 0.08], color=color, lw=2, transform=ax.transAxes, solid_capstyle="butt")
-    return ax.text(0.95, 0.11, f"{length:g} au", color=color, ha="right", va="bottom", fontsize=fontsize, transform=ax.transAxes)
+    return ax.text(
+        0.95, 0.11, f"{length:g} au", color=color, ha="right", va="bottom", fontsize=fontsize, transform=ax.transAxes
+    )
 
 
 def add_orientation(ax, *, fontsize: float | None = None, color: str = "white"):
@@ -135,8 +169,10 @@ def add_orientation(ax, *, fontsize: float | None = None, color: str = "white"):
     fontsize = page_fontsize(ax.figure, 8) if fontsize is None else fontsize
     corner, reach = (0.9, 0.66), 0.22
     style = dict(arrowstyle="-|>", color=color, lw=1.2, shrinkA=0, shrinkB=0, mutation_scale=0.9 * fontsize)
-    for label, tip, align in (("N", (corner[0], corner[1] + reach), dict(ha="center", va="bottom")),
-                              ("E", (corner[0] - reach, corner[1]), dict(ha="right", va="center"))):
+    for label, tip, align in (
+        ("N", (corner[0], corner[1] + reach), dict(ha="center", va="bottom")),
+        ("E", (corner[0] - reach, corner[1]), dict(ha="right", va="center")),
+    ):
         ax.annotate("", xy=tip, xytext=corner, xycoords="axes fraction", arrowprops=style)
         ax.text(*tip, label, color=color, fontsize=fontsize, transform=ax.transAxes, **align)
 
@@ -188,7 +224,9 @@ def corner_figure(n_parameters: int):
     return plt.figure(figsize=(side, side))
 
 
-def make_corner_legible(fig, n_parameters: int, *, label_points: float = 9.0, tick_points: float = 8.0, n_ticks: int = 3) -> None:
+def make_corner_legible(
+    fig, n_parameters: int, *, label_points: float = 9.0, tick_points: float = 8.0, n_ticks: int = 3
+) -> None:
     """Resize a corner plot's labels and ticks so that they read at ``label_points`` and ``tick_points`` at page width.
 
     Axis labels too long for a panel are wrapped at spaces (the unit on its own line); each axis
@@ -230,13 +268,33 @@ def add_beam(ax, half_width: float, major: float, minor: float, position_angle_d
     """The beam (FWHM axes ``major`` and ``minor``, position angle east of north) as a white ellipse in the lower
     left (east) corner of a panel ``2 half_width`` across, in the panel's units (au), whole inside the panel."""
     inset = min(max(0.6 * major, 0.08 * half_width), 0.5 * half_width)
-    ax.add_patch(Ellipse((half_width - inset, -half_width + inset), minor, major, angle=-position_angle_deg,
-                         facecolor="none", edgecolor="white", lw=lw))
+    ax.add_patch(
+        Ellipse(
+            (half_width - inset, -half_width + inset),
+            minor,
+            major,
+            angle=-position_angle_deg,
+            facecolor="none",
+            edgecolor="white",
+            lw=lw,
+        )
+    )
 
 
-def draw_image(ax, image: np.ndarray, *, pixel_size_au: float, stretch: str = "asinh", beam: Beam | None = None,
-               distance_pc: float | None = None, title: str | None = None, cmap: str = "inferno", colorbar_label: str | None = None,
-               unit: str | None = None, norm=None):
+def draw_image(
+    ax,
+    image: np.ndarray,
+    *,
+    pixel_size_au: float,
+    stretch: str = "asinh",
+    beam: Beam | None = None,
+    distance_pc: float | None = None,
+    title: str | None = None,
+    cmap: str = "inferno",
+    colorbar_label: str | None = None,
+    unit: str | None = None,
+    norm=None,
+):
     """Draw one image on ``ax``: north up, east left, axes in au, optional beam ellipse and colour bar.
 
     ``stretch`` is ``"linear"``, ``"asinh"`` (shows faint envelopes next to bright disks) or ``"log"``;
@@ -246,11 +304,22 @@ def draw_image(ax, image: np.ndarray, *, pixel_size_au: float, stretch: str = "a
     """
     factor, label = display_unit(unit) if unit is not None else (1.0, None)
     shown = np.asarray(image, dtype=np.float64) * factor
-    handle = ax.imshow(shown, origin="lower", extent=image_extent_au(shown.shape[-1], pixel_size_au), cmap=cmap,
-                       norm=norm if norm is not None else image_norm(shown, stretch))
+    handle = ax.imshow(
+        shown,
+        origin="lower",
+        extent=image_extent_au(shown.shape[-1], pixel_size_au),
+        cmap=cmap,
+        norm=norm if norm is not None else image_norm(shown, stretch),
+    )
     if beam is not None and distance_pc is not None:
-        add_beam(ax, shown.shape[-1] * pixel_size_au / 2.0, beam.major_arcsec * distance_pc, beam.minor_arcsec * distance_pc,
-                 beam.position_angle_deg, lw=1.0)
+        add_beam(
+            ax,
+            shown.shape[-1] * pixel_size_au / 2.0,
+            beam.major_arcsec * distance_pc,
+            beam.minor_arcsec * distance_pc,
+            beam.position_angle_deg,
+            lw=1.0,
+        )
     if title:
         ax.set_title(title, fontsize=page_fontsize(ax.figure, 8))
     if colorbar_label or label:
@@ -258,8 +327,17 @@ def draw_image(ax, image: np.ndarray, *, pixel_size_au: float, stretch: str = "a
     return handle
 
 
-def plot_image_grid(images: np.ndarray, *, pixel_size_au: float, titles=None, row_labels=None, stretch: str = "asinh",
-                    panel_size: float = 1.8, suptitle: str | None = None, unit: str | None = None):
+def plot_image_grid(
+    images: np.ndarray,
+    *,
+    pixel_size_au: float,
+    titles=None,
+    row_labels=None,
+    stretch: str = "asinh",
+    panel_size: float = 1.8,
+    suptitle: str | None = None,
+    unit: str | None = None,
+):
     """A grid of images ``(rows, columns, H, W)`` with per-panel titles and per-row labels.
 
     Each row shares one colour scale, shown by a colour bar at its end in ``unit`` (the images' unit,
@@ -268,8 +346,15 @@ def plot_image_grid(images: np.ndarray, *, pixel_size_au: float, titles=None, ro
     """
     images = np.asarray(images)
     n_rows, n_cols = images.shape[:2]
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols + 0.9, panel_size * n_rows), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        figsize=(panel_size * n_cols + 0.9, panel_size * n_rows),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
     factor, label = display_unit(unit)
     tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
     for r in range(n_rows):
@@ -291,7 +376,9 @@ def plot_image_grid(images: np.ndarray, *, pixel_size_au: float, titles=None, ro
     return fig
 
 
-def plot_parameter_gallery(bank: Bank, parameter: str, *, n_systems: int = 5, n_projections: int = 4, stretch: str = "asinh"):
+def plot_parameter_gallery(
+    bank: Bank, parameter: str, *, n_systems: int = 5, n_projections: int = 4, stretch: str = "asinh"
+):
     """Systems spanning ``parameter`` (rows, low to high) seen at their projections (columns, by inclination)."""
     values = bank.parameters[parameter]
     order = np.argsort(values)
@@ -300,16 +387,26 @@ def plot_parameter_gallery(bank: Bank, parameter: str, *, n_systems: int = 5, n_
     info = bank.parameter_info[parameter]
     for system in picks:
         incl = bank.inclination[system]
-        cols = np.argsort(incl)[np.linspace(0, bank.n_projections - 1, min(n_projections, bank.n_projections)).round().astype(int)]
+        cols = np.argsort(incl)[
+            np.linspace(0, bank.n_projections - 1, min(n_projections, bank.n_projections)).round().astype(int)
+        ]
         images.append(bank.load_images([system])[0][cols])
         titles.append([f"i = {incl[c]:.0f} deg" for c in cols])
         labels.append(f"{info.label or parameter} = {values[system]:.3g} {info.unit}\nnorth offset [au]")
-    return plot_image_grid(np.stack(images), pixel_size_au=bank.pixel_size_au, titles=titles, row_labels=labels, stretch=stretch,
-                           unit=bank.unit,
-                           suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({stretch} stretch, one scale per row)")
+    return plot_image_grid(
+        np.stack(images),
+        pixel_size_au=bank.pixel_size_au,
+        titles=titles,
+        row_labels=labels,
+        stretch=stretch,
+        unit=bank.unit,
+        suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({stretch} stretch, one scale per row)",
+    )
 
 
-def plot_prior_corner(bank: Bank, names: list[str] | None = None, *, systems=None, color: str = "k", fig=None, bins: int = 20):
+def plot_prior_corner(
+    bank: Bank, names: list[str] | None = None, *, systems=None, color: str = "k", fig=None, bins: int = 20
+):
     """Corner plot of the bank's parameters (log10 for log-scaled ones): the prior of the matching stage.
 
     The figure is about page width whatever the number of parameters, its labels readable there.
@@ -322,16 +419,33 @@ def plot_prior_corner(bank: Bank, names: list[str] | None = None, *, systems=Non
         table = table[np.asarray(systems)]
     logged = scale_parameters(table, [bank.parameter_info[n].log_scale for n in names], names)
     labels = [bank.parameter_info[n].axis_label if n in bank.parameter_info else n for n in names]
-    fig = corner.corner(logged, labels=labels, bins=bins, color=color, fig=fig if fig is not None else corner_figure(len(names)),
-                        plot_datapoints=True, plot_density=False, plot_contours=False, max_n_ticks=3,
-                        data_kwargs={"ms": 2.5, "alpha": 0.4})
+    fig = corner.corner(
+        logged,
+        labels=labels,
+        bins=bins,
+        color=color,
+        fig=fig if fig is not None else corner_figure(len(names)),
+        plot_datapoints=True,
+        plot_density=False,
+        plot_contours=False,
+        max_n_ticks=3,
+        data_kwargs={"ms": 2.5, "alpha": 0.4},
+    )
     make_corner_legible(fig, len(names))
     return fig
 
 
-def plot_instrument_effects(clean: np.ndarray, convolved: np.ndarray, observed: np.ndarray, *, pixel_size_au: float,
-                            beam: Beam, distance_pc: float, titles=("clean model", "with beam", "beam + noise"),
-                            units=("Jy/pixel", "Jy/beam", "Jy/beam")):
+def plot_instrument_effects(
+    clean: np.ndarray,
+    convolved: np.ndarray,
+    observed: np.ndarray,
+    *,
+    pixel_size_au: float,
+    beam: Beam,
+    distance_pc: float,
+    titles=("clean model", "with beam", "beam + noise"),
+    units=("Jy/pixel", "Jy/beam", "Jy/beam"),
+):
     """The same system as a clean model, through the beam, and with thermal noise, one row per view ``(rows, H, W)``.
 
     Every panel has its own asinh scale and colour bar in its unit (``units``, shown in mJy); the
@@ -342,8 +456,15 @@ def plot_instrument_effects(clean: np.ndarray, convolved: np.ndarray, observed: 
     tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
     for r in range(rows):
         for c, (stack, title, unit) in enumerate(zip((clean, convolved, observed), titles, units)):
-            draw_image(axes[r, c], stack[r], pixel_size_au=pixel_size_au, stretch="asinh", unit=unit,
-                       beam=beam if c > 0 else None, distance_pc=distance_pc)
+            draw_image(
+                axes[r, c],
+                stack[r],
+                pixel_size_au=pixel_size_au,
+                stretch="asinh",
+                unit=unit,
+                beam=beam if c > 0 else None,
+                distance_pc=distance_pc,
+            )
             if r == 0:
                 axes[r, c].set_title(title, fontsize=text)
             axes[r, c].tick_params(labelsize=tick)
@@ -360,7 +481,9 @@ def plot_split(bank: Bank, split, *, x: str = "stellar_mass", y: str = "disk_rad
     fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
     for part, colour in (("train", "tab:blue"), ("validation", "tab:orange"), ("test", "tab:green")):
         idx = getattr(split, part)
-        ax.scatter(bank.parameters[x][idx], bank.parameters[y][idx], s=12, color=colour, label=f"{part} ({len(idx)} systems)")
+        ax.scatter(
+            bank.parameters[x][idx], bank.parameters[y][idx], s=12, color=colour, label=f"{part} ({len(idx)} systems)"
+        )
     ax.set_xscale("log" if bank.parameter_info[x].log_scale else "linear")
     ax.set_yscale("log" if bank.parameter_info[y].log_scale else "linear")
     ax.set_xlabel(f"{x} [{bank.parameter_info[x].unit}]")

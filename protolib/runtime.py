@@ -10,18 +10,40 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that `protolib --help` and errors stay fast
     import torch
 
-__all__ = ["default_device", "system_rng", "atomic_path", "output_folder", "run_lock", "check_output", "write_figure", "write_json",
-           "ProtolibInputError", "describe_os_error", "interruptible",
-           "available_memory_bytes", "check_memory", "describe_bytes", "remove_stale_temporaries", "typed_settings", "plain_json", "plain_name",
-           "shown_path", "rounded", "load_yaml", "checked_seed", "MAX_SEED"]
+__all__ = [
+    "default_device",
+    "system_rng",
+    "atomic_path",
+    "output_folder",
+    "run_lock",
+    "check_output",
+    "write_figure",
+    "write_json",
+    "ProtolibInputError",
+    "describe_os_error",
+    "interruptible",
+    "available_memory_bytes",
+    "check_memory",
+    "describe_bytes",
+    "remove_stale_temporaries",
+    "typed_settings",
+    "plain_json",
+    "plain_name",
+    "shown_path",
+    "rounded",
+    "load_yaml",
+    "checked_seed",
+    "MAX_SEED",
+]
 
 
 class ProtolibInputError(ValueError):
@@ -29,7 +51,8 @@ class ProtolibInputError(ValueError):
 
 
 def plain_name(name, what: str, purpose: str) -> str:
-    """``name`` when it is a plain name (letters, digits, ``_``, ``-``, ``.``; no ``..``), else one line naming ``what``.
+    """``name`` when it is a plain name (letters, digits, ``_``, ``-``, ``.``; no ``..``), else one line naming
+    ``what``.
 
     The one check of names that become file or folder names (a configuration's ``name``, ``tune
     --config-name``): a name that is a path (``../x``, ``/etc/x``) would write outside the folder
@@ -37,7 +60,9 @@ def plain_name(name, what: str, purpose: str) -> str:
     """
     text = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else ""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text) or ".." in text:
-        raise ProtolibInputError(f"{what} {name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; {purpose}.")
+        raise ProtolibInputError(
+            f"{what} {name!r}: give a plain name (letters, digits, '_', '-', '.'), not a path; {purpose}."
+        )
     return text
 
 
@@ -49,8 +74,11 @@ def load_yaml(text: str, where: str):
     class Loader(yaml.SafeLoader):
         pass
 
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
     try:
         return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader with one more number format
     except yaml.YAMLError as error:
@@ -109,7 +137,9 @@ def typed_settings(cls, values, where: str):
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ProtolibInputError(f"{where}: expected settings (KEY: VALUE lines), got {type(values).__name__} {values!r}.")
+        raise ProtolibInputError(
+            f"{where}: expected settings (KEY: VALUE lines), got {type(values).__name__} {values!r}."
+        )
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -146,21 +176,30 @@ def interruptible(function, *args, poll_s: float = 0.2, **kwargs):
     import multiprocessing
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or "fork" not in multiprocessing.get_all_start_methods():
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or "fork" not in multiprocessing.get_all_start_methods()
+    ):
         return function(*args, **kwargs)
     receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
-    child = multiprocessing.get_context("fork").Process(target=_run_and_send, args=(send, function, args, kwargs), daemon=True)
+    child = multiprocessing.get_context("fork").Process(
+        target=_run_and_send, args=(send, function, args, kwargs), daemon=True
+    )
     child.start()
     send.close()
     try:
         while not receive.poll(poll_s):
             if not child.is_alive() and not receive.poll(0):
-                raise ProtolibInputError(f"A long computation ({getattr(function, '__name__', function)}) ended without a result (its "
-                                         f"process exited with {child.exitcode}, killed for memory?); give it less to do.")
+                raise ProtolibInputError(
+                    f"A long computation ({getattr(function, '__name__', function)}) ended without a result (its "
+                    f"process exited with {child.exitcode}, killed for memory?); give it less to do."
+                )
         kind, value = receive.recv()
     except EOFError:
-        raise ProtolibInputError(f"A long computation ({getattr(function, '__name__', function)}) ended without a result; "
-                                 "give it less to do.") from None
+        raise ProtolibInputError(
+            f"A long computation ({getattr(function, '__name__', function)}) ended without a result; "
+            "give it less to do."
+        ) from None
     finally:
         if child.is_alive():
             child.kill()
@@ -189,7 +228,8 @@ def _run_and_send(send, function, args, kwargs) -> None:
 
 
 def available_memory_bytes() -> int | None:
-    """The memory this machine can still give a run [bytes] (``MemAvailable``: free memory and what the kernel can reclaim).
+    """The memory this machine can still give a run [bytes] (``MemAvailable``: free memory and what the kernel can
+    reclaim).
 
     From ``psutil`` when it is installed, else ``/proc/meminfo``; ``None`` where neither tells.
     """
@@ -225,8 +265,10 @@ def check_memory(need_bytes: float, what: str, advice: str) -> None:
     """
     available = available_memory_bytes()
     if available is not None and need_bytes > available:
-        raise ProtolibInputError(f"{what} needs about {describe_bytes(need_bytes)} of memory, more than the {describe_bytes(available)} "
-                                 f"this machine has available; {advice}.")
+        raise ProtolibInputError(
+            f"{what} needs about {describe_bytes(need_bytes)} of memory, more than the {describe_bytes(available)} "
+            f"this machine has available; {advice}."
+        )
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -251,9 +293,13 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if chosen.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ProtolibInputError(f"{where} = {device!r}, but this torch ({torch.__version__}) sees no CUDA device; use cpu.")
+            raise ProtolibInputError(
+                f"{where} = {device!r}, but this torch ({torch.__version__}) sees no CUDA device; use cpu."
+            )
         if chosen.index is not None and chosen.index >= count:
-            raise ProtolibInputError(f"{where} = {device!r}, but there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1}).")
+            raise ProtolibInputError(
+                f"{where} = {device!r}, but there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})."
+            )
     return chosen
 
 
@@ -278,11 +324,15 @@ _HOST = socket.gethostname().replace(".", "-") or "host"
 def describe_os_error(error: OSError, path: str | os.PathLike | None = None) -> str:
     """One line for a file-system failure: the path, what went wrong, and what to do."""
     where = path or error.filename or "the output"
-    advice = {errno.ENOSPC: " Free some space, or write somewhere else (--out).",
-              errno.EFBIG: " The file system (or a ulimit -f) does not allow a file this large; write somewhere else (--out).",
-              errno.EDQUOT: " Your disk quota is full; free some space, or write somewhere else (--out).",
-              errno.EACCES: " Choose a folder you can write to (--out).", errno.EPERM: " Choose a folder you can write to (--out).",
-              errno.EROFS: " The file system is read-only; write somewhere else (--out)."}.get(error.errno, "")
+    advice = {
+        errno.ENOSPC: " Free some space, or write somewhere else (--out).",
+        errno.EFBIG: " The file system (or a ulimit -f) does not allow a file this large; write somewhere else "
+        "(--out).",
+        errno.EDQUOT: " Your disk quota is full; free some space, or write somewhere else (--out).",
+        errno.EACCES: " Choose a folder you can write to (--out).",
+        errno.EPERM: " Choose a folder you can write to (--out).",
+        errno.EROFS: " The file system is read-only; write somewhere else (--out).",
+    }.get(error.errno, "")
     return f"{where}: could not write: {error.strerror or error}.{advice}"
 
 
@@ -318,8 +368,14 @@ def _kind(path: Path) -> str:
     import stat
 
     mode = path.stat().st_mode
-    for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")):
+    for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -337,15 +393,23 @@ def check_output(path: str | os.PathLike, *, folder: bool = False, command: str 
     if os.path.islink(final) and not final.exists():
         raise ProtolibInputError(f"{final} is a broken symbolic link; remove it or choose another --out.")
     if final.exists():
-        kind = _kind(final) if not os.path.islink(final) or _kind(final) in ("file", "folder") else f"link to a {_kind(final)}"
+        kind = (
+            _kind(final)
+            if not os.path.islink(final) or _kind(final) in ("file", "folder")
+            else f"link to a {_kind(final)}"
+        )
         if kind == "folder" and not folder:
-            raise ProtolibInputError(f"{final} is a folder; give a file name inside it, e.g. {final / ('out' + (final.suffix or '.h5'))}.")
+            raise ProtolibInputError(
+                f"{final} is a folder; give a file name inside it, e.g. {final / ('out' + (final.suffix or '.h5'))}."
+            )
         if kind == "file" and folder:
             raise ProtolibInputError(f"{final} exists and is not a folder; give a folder for the outputs (--out).")
         if kind not in ("file", "folder"):
-            raise ProtolibInputError(f"{final} is a {kind}, not a {'folder' if folder else 'regular file'}; protolib writes its "
-                                     f"outputs by replacing them and will not replace a {kind}: give a new "
-                                     f"{'folder' if folder else 'file'} name (--out).")
+            raise ProtolibInputError(
+                f"{final} is a {kind}, not a {'folder' if folder else 'regular file'}; protolib writes its "
+                f"outputs by replacing them and will not replace a {kind}: give a new "
+                f"{'folder' if folder else 'file'} name (--out)."
+            )
     for parent in final.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -362,7 +426,13 @@ def _write_failure(error: BaseException, tmp: Path, final: Path) -> OSError | No
     Libraries report a full disk in their own ways (h5py and torch raise ``RuntimeError``); growing
     the temporary file by one byte tells whether the file system refuses to (ENOSPC, EFBIG, EDQUOT).
     """
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+    if isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EFBIG,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+    ):
         return error
     if not isinstance(error, Exception) or isinstance(error, ProtolibInputError) or not tmp.is_file():
         return None
@@ -460,7 +530,8 @@ def output_folder(path: str | os.PathLike, command: str) -> Iterator[Path]:
 
 
 def _take_lock(lock, target: Path, kind: str = "folder") -> None:
-    """Lock the open file ``lock`` for this process, or refuse in one line naming ``target`` (a ``kind``) and the run holding it."""
+    """Lock the open file ``lock`` for this process, or refuse in one line naming ``target`` (a ``kind``) and the run
+    holding it."""
     import fcntl
 
     try:
@@ -468,8 +539,10 @@ def _take_lock(lock, target: Path, kind: str = "folder") -> None:
     except OSError:
         lock.seek(0)
         owner = lock.read().strip() or "another process"
-        raise ProtolibInputError(f"{target}: another protolib run ({owner}) is writing to this {kind}; wait for it to "
-                                 "finish, or choose another --out.") from None
+        raise ProtolibInputError(
+            f"{target}: another protolib run ({owner}) is writing to this {kind}; wait for it to "
+            "finish, or choose another --out."
+        ) from None
     lock.seek(0)
     lock.truncate()
     lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -525,7 +598,8 @@ MANIFEST = ".protolib-products"  # in an output folder: "# protolib COMMAND", th
 
 
 def _previous_products(final: Path) -> tuple[str | None, list[str]]:
-    """The command whose products ``final`` holds (``None``: none, or a manifest of an older protolib) and their names."""
+    """The command whose products ``final`` holds (``None``: none, or a manifest of an older protolib) and their
+    names."""
     manifest = final / MANIFEST
     lines = manifest.read_text().split("\n") if manifest.is_file() else []
     owner = lines[0].removeprefix("# protolib ").strip() if lines and lines[0].startswith("# protolib ") else None
@@ -537,8 +611,10 @@ def _refuse_other_products(final: Path, command: str) -> None:
     owner, products = _previous_products(final)
     if owner is not None and owner != command and any((final / name).exists() for name in products):
         shown = ", ".join(products[:4]) + (", ..." if len(products) > 4 else "")
-        raise ProtolibInputError(f"{final} holds the products of `protolib {owner}` ({shown}); give `protolib {command}` a "
-                                 f"folder of its own (--out), or remove those products first.")
+        raise ProtolibInputError(
+            f"{final} holds the products of `protolib {owner}` ({shown}); give `protolib {command}` a "
+            f"folder of its own (--out), or remove those products first."
+        )
 
 
 def _publish(staging: Path, final: Path, command: str) -> None:
@@ -548,8 +624,10 @@ def _publish(staging: Path, final: Path, command: str) -> None:
     for name in products:
         target = final / name
         if os.path.lexists(target) and not target.is_file():
-            raise ProtolibInputError(f"{target} exists and is not a regular file; protolib will not replace it: remove it, "
-                                     "or choose another --out.")
+            raise ProtolibInputError(
+                f"{target} exists and is not a regular file; protolib will not replace it: remove it, "
+                "or choose another --out."
+            )
     if owner == command:  # an older protolib's manifest names no command: its files are left alone
         for name in previous:
             if name not in products:
@@ -584,11 +662,16 @@ def shown_path(path: str | os.PathLike) -> str:
     """
     path = Path(path)
     repository = Path(__file__).resolve().parent.parent
-    roots = [(Path(os.environ["PROTOLIB_ARTIFACTS"]), Path("artifacts"))] if os.environ.get("PROTOLIB_ARTIFACTS") else []
+    roots = (
+        [(Path(os.environ["PROTOLIB_ARTIFACTS"]), Path("artifacts"))] if os.environ.get("PROTOLIB_ARTIFACTS") else []
+    )
     if (repository / "pyproject.toml").exists():
         roots.append((repository, Path()))
     for root, shown_as in roots:
-        for inside, folder in ((Path(os.path.abspath(path)), Path(os.path.abspath(root))), (path.resolve(), root.resolve())):
+        for inside, folder in (
+            (Path(os.path.abspath(path)), Path(os.path.abspath(root))),
+            (path.resolve(), root.resolve()),
+        ):
             if inside.is_relative_to(folder):
                 return str(shown_as / inside.relative_to(folder))
     return str(path)

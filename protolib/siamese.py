@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
-from .distributed import gather_rows, global_mean_weight, idle_output, shard, start
 from .autoencoder import AutoencoderConfig, BankImages, Encoder, load_autoencoder
+from .distributed import gather_rows, global_mean_weight, idle_output, shard, start
 from .images import AugmentationConfig, ImagePreprocessing
 from .losses import make_loss
 from .normalise import ParameterNormaliser
@@ -68,7 +68,9 @@ class SiameseConfig:
 
         for name in ("embedding_size", "hidden_size"):
             if not 1 <= int(getattr(self, name)) <= MAX_WIDTH:
-                raise ProtolibInputError(f"The Siamese network's {name} must be between 1 and {MAX_WIDTH}, got {getattr(self, name)}.")
+                raise ProtolibInputError(
+                    f"The Siamese network's {name} must be between 1 and {MAX_WIDTH}, got {getattr(self, name)}."
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +93,8 @@ class PairConfig:
     """Which pairs a training step compares."""
 
     mode: str = "all"  # "all": every pair within a batch; "fixed": the thesis's fixed random pairs
-    fixed_fraction: float = 0.001  # fixed mode: fraction of all pairs of training images drawn once (each epoch visits all)
+    # fixed mode: fraction of all pairs of training images drawn once (each epoch visits all)
+    fixed_fraction: float = 0.001
 
     def __post_init__(self):
         if self.mode not in ("all", "fixed"):
@@ -107,7 +110,11 @@ class SiameseNetwork(nn.Module):
     def __init__(self, autoencoder: AutoencoderConfig, config: SiameseConfig):
         super().__init__()
         self.encoder = Encoder(autoencoder)
-        self.head = nn.Sequential(nn.Linear(autoencoder.latent_size, config.hidden_size), nn.SiLU(), nn.Linear(config.hidden_size, config.embedding_size))
+        self.head = nn.Sequential(
+            nn.Linear(autoencoder.latent_size, config.hidden_size),
+            nn.SiLU(),
+            nn.Linear(config.hidden_size, config.embedding_size),
+        )
         self.encoder.requires_grad_(not config.freeze_encoder)
 
     def forward(self, pixels: torch.Tensor, log_flux: torch.Tensor) -> torch.Tensor:
@@ -116,12 +123,30 @@ class SiameseNetwork(nn.Module):
 
 
 class _SiameseTask:
-    def __init__(self, network, data: BankImages, preprocessing, parameters: torch.Tensor, target: TargetDefinition, loss, pairs: PairConfig, metadata):
-        self.model, self.data, self.preprocessing, self.target, self.loss_fn = network, data, preprocessing, target, loss
+    def __init__(
+        self,
+        network,
+        data: BankImages,
+        preprocessing,
+        parameters: torch.Tensor,
+        target: TargetDefinition,
+        loss,
+        pairs: PairConfig,
+        metadata,
+    ):
+        self.model, self.data, self.preprocessing, self.target, self.loss_fn = (
+            network,
+            data,
+            preprocessing,
+            target,
+            loss,
+        )
         self.parameters, self.pairs, self._metadata, self.device = parameters, pairs, metadata, data.device
         if pairs.mode == "fixed":
             if getattr(loss, "takes_matrices", False):
-                raise ProtolibInputError("The log-ratio loss compares pairs sharing an anchor; use it with pairs.mode = 'all'.")
+                raise ProtolibInputError(
+                    "The log-ratio loss compares pairs sharing an anchor; use it with pairs.mode = 'all'."
+                )
             n_proj = data.source.bank.n_projections
             self.fixed = sample_fixed_pairs(len(data.split.train) * n_proj, pairs.fixed_fraction, data.training.seed)
             self.n_proj = n_proj
@@ -141,8 +166,8 @@ class _SiameseTask:
         per_batch = max(1, t.batch_systems * (t.projections_per_system or self.n_proj) // 2)
         order = np.random.default_rng([t.seed, epoch, 5]).permutation(len(self.fixed))
         systems = self.data.split.train
-        for start in range(0, len(order), per_batch):
-            pairs = self.fixed[order[start : start + per_batch]]
+        for first in range(0, len(order), per_batch):
+            pairs = self.fixed[order[first : first + per_batch]]
             sys_a, sys_b = systems[pairs[:, 0] // self.n_proj], systems[pairs[:, 1] // self.n_proj]
             wanted = np.unique(np.r_[sys_a, sys_b])
             block = self.data.source.systems(wanted)
@@ -163,7 +188,8 @@ class _SiameseTask:
             if len(embed_a) == 0:
                 return idle_output(self.model, (), self.device)
             return self.loss_fn((embed_a * embed_b).sum(1), target.float()) * weight
-        embeddings = gather_rows(self._embed(batch[0], generator))  # (B, D): every rank's share, in one process the batch
+        # (B, D): every rank's share, in one process the batch
+        embeddings = gather_rows(self._embed(batch[0], generator))
         systems = gather_rows(torch.as_tensor(batch[1], device=self.parameters.device))  # (B,)
         similarity = (embeddings[:, None, :] * embeddings[None, :, :]).sum(-1)  # (B, B), float32 even under autocast
         target = pairwise_target_similarity(self.parameters[systems], self.target).float()  # (B, B)
@@ -176,11 +202,24 @@ class _SiameseTask:
         return self._metadata
 
 
-def train_siamese(bank, autoencoder: str | Path, out: str | Path, *, model: SiameseConfig | None = None,
-                  target: TargetDefinition | None = None, loss: LossConfig | None = None, pairs: PairConfig | None = None,
-                  augmentation: AugmentationConfig | None = None, training: TrainingConfig | None = None, split: Split | None = None,
-                  resume: bool = False, progress: bool = True, device: str | torch.device | None = None,
-                  on_epoch: Callable[[dict, "SiameseModel"], None] | None = None, test_metrics: bool = True) -> Path:
+def train_siamese(
+    bank,
+    autoencoder: str | Path,
+    out: str | Path,
+    *,
+    model: SiameseConfig | None = None,
+    target: TargetDefinition | None = None,
+    loss: LossConfig | None = None,
+    pairs: PairConfig | None = None,
+    augmentation: AugmentationConfig | None = None,
+    training: TrainingConfig | None = None,
+    split: Split | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    on_epoch: Callable[[dict, SiameseModel], None] | None = None,
+    test_metrics: bool = True,
+) -> Path:
     """Train a Siamese network on ``bank`` from a pretrained autoencoder; write checkpoint and metrics.
 
     Writes ``out`` (e.g. ``RUN/siamese.pt``) and, beside it, ``metrics.json`` (:func:`metrics_path`) with the held-out
@@ -196,7 +235,8 @@ def train_siamese(bank, autoencoder: str | Path, out: str | Path, *, model: Siam
         progress: show progress bars.
         device: where to train (default: CUDA when present).
         on_epoch: called after every epoch with its history record and a :class:`SiameseModel` of the
-            network as it is then (see :func:`~protolib.training.fit`); ``protolib tune`` scores and prunes trials with it.
+            network as it is then (see :func:`~protolib.training.fit`); ``protolib tune`` scores and prunes trials with
+    it.
         test_metrics: write the held-out (test systems) metrics beside the checkpoint; ``protolib tune`` does not,
             so that a search never looks at the test systems.
 
@@ -204,31 +244,62 @@ def train_siamese(bank, autoencoder: str | Path, out: str | Path, *, model: Siam
         ``out``.
     """
     model, target, loss = model or SiameseConfig(), target or TargetDefinition(), loss or LossConfig()
-    pairs, augmentation, training = pairs or PairConfig(), augmentation or AugmentationConfig(), training or TrainingConfig()
+    pairs, augmentation, training = (
+        pairs or PairConfig(),
+        augmentation or AugmentationConfig(),
+        training or TrainingConfig(),
+    )
     device = start(default_device(device))
     pretrained = load_autoencoder(autoencoder, "cpu")
     if pretrained.checkpoint["image_size"] != bank.image_size:
-        raise ProtolibInputError(f"Autoencoder {autoencoder} was trained on {pretrained.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px.")
+        raise ProtolibInputError(
+            f"Autoencoder {autoencoder} was trained on {pretrained.checkpoint['image_size']} px images; bank "
+            f"{bank.path} has {bank.image_size} px."
+        )
     split = split or Split.from_dict(pretrained.checkpoint["split"])
     normaliser = ParameterNormaliser.fit_on_systems(target.parameters, target.normalisation, bank, split.train)
-    parameters = torch.as_tensor(normaliser.transform(bank.parameter_table(target.parameters)), dtype=torch.float32, device=device)
+    parameters = torch.as_tensor(
+        normaliser.transform(bank.parameter_table(target.parameters)), dtype=torch.float32, device=device
+    )
     ae_config, network = _network_on_pretrained_encoder(pretrained, model, training.seed)
     settings = {"model": model, "loss": loss, "pairs": pairs, "augmentation": augmentation, "training": training}
     metadata = _checkpoint_metadata(bank, pretrained, autoencoder, ae_config, settings, target, normaliser, split)
     data = BankImages(bank, split, training, augmentation, device)
-    task = _SiameseTask(network.to(device), data, pretrained.preprocessing, parameters, target, make_loss(**loss.to_dict()), pairs, metadata)
+    task = _SiameseTask(
+        network.to(device),
+        data,
+        pretrained.preprocessing,
+        parameters,
+        target,
+        make_loss(**loss.to_dict()),
+        pairs,
+        metadata,
+    )
     callback = None
     if on_epoch is not None:
+
         def callback(record):
             on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
 
     # the test metrics are written before the new model replaces the old one, so the two always agree
-    write_metrics = functools.partial(_write_test_metrics, bank=bank, split=split, settings=settings, target=target, out=out, device=device)
-    fit(task, training, out, resume=resume, progress=progress, on_epoch=callback, before_finish=write_metrics if test_metrics else None)
+    write_metrics = functools.partial(
+        _write_test_metrics, bank=bank, split=split, settings=settings, target=target, out=out, device=device
+    )
+    fit(
+        task,
+        training,
+        out,
+        resume=resume,
+        progress=progress,
+        on_epoch=callback,
+        before_finish=write_metrics if test_metrics else None,
+    )
     return Path(out)
 
 
-def _network_on_pretrained_encoder(pretrained, model: SiameseConfig, seed: int) -> tuple[AutoencoderConfig, "SiameseNetwork"]:
+def _network_on_pretrained_encoder(
+    pretrained, model: SiameseConfig, seed: int
+) -> tuple[AutoencoderConfig, SiameseNetwork]:
     """A new Siamese network (its head initialised with ``seed``) on a copy of the pretrained autoencoder's encoder."""
     ae_config = AutoencoderConfig(**pretrained.checkpoint["config"]["model"])
     torch.manual_seed(seed)
@@ -237,18 +308,33 @@ def _network_on_pretrained_encoder(pretrained, model: SiameseConfig, seed: int) 
     return ae_config, network
 
 
-def _write_test_metrics(finished: Path, *, bank, split: Split, settings: dict, target: TargetDefinition, out, device) -> None:
+def _write_test_metrics(
+    finished: Path, *, bank, split: Split, settings: dict, target: TargetDefinition, out, device
+) -> None:
     """The held-out metrics of the finished checkpoint ``finished``, written to :func:`metrics_path` of ``out``."""
     trained = load_siamese(finished, device)
     metrics = evaluate_similarity(trained, bank, split.test)["metrics"]
-    metrics.update(systems=len(split.test), target=target.kind, loss=settings["loss"].kind, pair_mode=settings["pairs"].mode,
-                   best_epoch=trained.checkpoint["best_epoch"])
+    metrics.update(
+        systems=len(split.test),
+        target=target.kind,
+        loss=settings["loss"].kind,
+        pair_mode=settings["pairs"].mode,
+        best_epoch=trained.checkpoint["best_epoch"],
+    )
     with atomic_path(metrics_path(out)) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))
 
 
-def _checkpoint_metadata(bank, pretrained, autoencoder, ae_config: AutoencoderConfig, settings: dict, target: TargetDefinition,
-                         normaliser: ParameterNormaliser, split: Split) -> dict:
+def _checkpoint_metadata(
+    bank,
+    pretrained,
+    autoencoder,
+    ae_config: AutoencoderConfig,
+    settings: dict,
+    target: TargetDefinition,
+    normaliser: ParameterNormaliser,
+    split: Split,
+) -> dict:
     """What a Siamese checkpoint says about itself: its settings, preprocessing, normaliser, bank, split and encoder."""
     return {
         "kind": "siamese",
@@ -266,7 +352,8 @@ def _checkpoint_metadata(bank, pretrained, autoencoder, ae_config: AutoencoderCo
 
 
 def metrics_path(checkpoint: str | Path) -> Path:
-    """Where the held-out metrics of a Siamese checkpoint go: ``metrics.json`` beside ``siamese.pt``, else ``<stem>_metrics.json``."""
+    """Where the held-out metrics of a Siamese checkpoint go: ``metrics.json`` beside ``siamese.pt``, else
+    ``<stem>_metrics.json``."""
     checkpoint = Path(checkpoint)
     return checkpoint.with_name("metrics.json" if checkpoint.stem == "siamese" else f"{checkpoint.stem}_metrics.json")
 
@@ -280,8 +367,15 @@ class SiameseModel:
         >>> model.similarity(images_a, images_b)            # (N,) cosine similarities
     """
 
-    def __init__(self, network: SiameseNetwork, preprocessing: ImagePreprocessing, checkpoint: dict, device: torch.device):
-        self.network, self.preprocessing, self.checkpoint, self.device = network.eval(), preprocessing, checkpoint, device
+    def __init__(
+        self, network: SiameseNetwork, preprocessing: ImagePreprocessing, checkpoint: dict, device: torch.device
+    ):
+        self.network, self.preprocessing, self.checkpoint, self.device = (
+            network.eval(),
+            preprocessing,
+            checkpoint,
+            device,
+        )
         self.normaliser = ParameterNormaliser.from_dict(checkpoint["normaliser"])
         self.target = TargetDefinition.from_dict(checkpoint["target"])
 
@@ -299,7 +393,10 @@ class SiameseModel:
 
         images = np.ascontiguousarray(images)
         if images.ndim != 3 or images.shape[1:] != (self.checkpoint["image_size"],) * 2:
-            raise ProtolibInputError(f"Expected images of shape (N, {self.checkpoint['image_size']}, {self.checkpoint['image_size']}), got {images.shape}.")
+            raise ProtolibInputError(
+                f"Expected images of shape (N, {self.checkpoint['image_size']}, {self.checkpoint['image_size']}), got "
+                f"{images.shape}."
+            )
         parts = []
         with torch.no_grad():
             for start in tqdm(range(0, len(images), batch_size), desc="Embedding", unit="batch", disable=not progress):
@@ -322,9 +419,14 @@ def load_siamese(path: str | Path, device: str | torch.device | None = None) -> 
     checkpoint = load_checkpoint(path, "siamese")
     device = default_device(device)
     config = checkpoint["config"]
-    network = network_from_checkpoint(lambda: SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"])),
-                                      checkpoint, path)
-    preprocessing = checkpoint_part(path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"]))
+    network = network_from_checkpoint(
+        lambda: SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"])),
+        checkpoint,
+        path,
+    )
+    preprocessing = checkpoint_part(
+        path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"])
+    )
     checkpoint_part(path, "parameter normaliser", lambda: ParameterNormaliser.from_dict(checkpoint["normaliser"]))
     checkpoint_part(path, "target definition", lambda: TargetDefinition.from_dict(checkpoint["target"]))
     return SiameseModel(network.to(device), preprocessing, checkpoint, device)
@@ -340,17 +442,29 @@ def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, de
 
     model_path = Path(model_path)
     if not model_path.exists():
-        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
+        raise ProtolibInputError(
+            f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`)."
+        )
     bank = Bank(bank_path)
     model = load_siamese(model_path, device)
     trained_on = model.checkpoint.get("bank") or {}
     if int(model.checkpoint["image_size"]) != bank.image_size:
-        problem = f"was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px."
+        problem = (
+            f"was trained on {model.checkpoint['image_size']} px images; bank {bank.path} has {bank.image_size} px."
+        )
     elif trained_on.get("shape") != bank.identity["shape"] or trained_on.get("created") != bank.identity["created"]:
         check_same_setup(model.checkpoint, bank, model_path)  # another setup is named as such, before "another bank"
-        problem = f"was trained on another bank ({trained_on.get('path')}); its test systems are only held out in that bank. Use that bank."
-    elif not all(len(part) and np.all((part >= 0) & (part < bank.n_systems)) for part in (model.split.train, model.split.test)):
-        problem = f"holds a split of systems that is empty or outside bank {bank.path}'s 0..{bank.n_systems - 1}; the file was edited."
+        problem = (
+            f"was trained on another bank ({trained_on.get('path')}); its test systems are only held out in "
+            "that bank. Use that bank."
+        )
+    elif not all(
+        len(part) and np.all((part >= 0) & (part < bank.n_systems)) for part in (model.split.train, model.split.test)
+    ):
+        problem = (
+            f"holds a split of systems that is empty or outside bank {bank.path}'s 0..{bank.n_systems - 1}; the "
+            "file was edited."
+        )
     else:
         return model, bank
     bank.close()
@@ -361,7 +475,9 @@ def similarity_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
     """Spearman correlation, mean-squared error and the thesis's fraction within 0.1 of the target."""
     predicted, target = np.asarray(predicted, dtype=np.float64), np.asarray(target, dtype=np.float64)
     return {
-        "spearman": float(spearmanr(predicted, target).statistic) if np.ptp(predicted) > 0 and np.ptp(target) > 0 else float("nan"),
+        "spearman": float(spearmanr(predicted, target).statistic)
+        if np.ptp(predicted) > 0 and np.ptp(target) > 0
+        else float("nan"),
         "mse": float(np.mean((predicted - target) ** 2)),
         "within_0.1": float(np.mean(np.abs(predicted - target) < 0.1)),
         "pairs": int(len(predicted)),
@@ -394,12 +510,24 @@ def evaluate_similarity(model: SiameseModel, bank, systems: np.ndarray, max_syst
     target = model.target_similarity(table[first], table[second])
     metrics = similarity_metrics(predicted, target)
     between = system[first] != system[second]
-    metrics.update({f"{k}_between_systems": v for k, v in similarity_metrics(predicted[between], target[between]).items()})
-    return {"metrics": metrics, "predicted": predicted, "target": target, "first": first, "second": second,
-            "images": images, "system": system, "embeddings": embeddings}
+    metrics.update(
+        {f"{k}_between_systems": v for k, v in similarity_metrics(predicted[between], target[between]).items()}
+    )
+    return {
+        "metrics": metrics,
+        "predicted": predicted,
+        "target": target,
+        "first": first,
+        "second": second,
+        "images": images,
+        "system": system,
+        "embeddings": embeddings,
+    }
 
 
-def neighbour_parameter_error(model: SiameseModel, bank, query_systems: np.ndarray, reference_systems: np.ndarray, k: int = 8) -> dict:
+def neighbour_parameter_error(
+    model: SiameseModel, bank, query_systems: np.ndarray, reference_systems: np.ndarray, k: int = 8
+) -> dict:
     """How well nearest neighbours in embedding space recover the parameters of held-out systems.
 
     Each image of ``query_systems`` is matched to its ``k`` most similar images of

@@ -23,11 +23,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import physics
 from .runtime import ProtolibInputError
 
-from . import physics
-
-__all__ = ["SimulatorConfig", "render", "settle_compile", "COMPILE_FROM_IMAGES", "envelope_mass", "pixel_offsets_au", "NUISANCE_FIELDS", "RENDER_KEYS"]
+__all__ = [
+    "SimulatorConfig",
+    "render",
+    "settle_compile",
+    "COMPILE_FROM_IMAGES",
+    "envelope_mass",
+    "pixel_offsets_au",
+    "NUISANCE_FIELDS",
+    "RENDER_KEYS",
+]
 
 NUISANCE_FIELDS = {
     "opacity_beta": "opacity_beta",
@@ -44,12 +52,21 @@ NUISANCE_FIELDS = {
 """The nuisance physics: each per-system parameter (as in :data:`~protolib.parameters.PARAMETERS`) -> the
 :class:`SimulatorConfig` field that holds its value for systems that do not carry their own."""
 
-RENDER_KEYS = ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "disk_scale_height", "cavity_angle")
+RENDER_KEYS = (
+    "stellar_mass",
+    "accretion_rate",
+    "disk_radius",
+    "disk_mass",
+    "luminosity",
+    "disk_scale_height",
+    "cavity_angle",
+)
 """The physical parameters :func:`render` needs for every system (the nuisance ones are optional)."""
 
 ENVELOPE_LAWS = ("collapse", "power_law")
 OUT_OF_FAMILY_DEFAULTS = {"envelope_law": "collapse", "envelope_power_index": 2.0, "external_temperature_k": 0.0}
-"""The out-of-family physics' settings (:mod:`protolib.out_of_family`) at the bank's own physics: left out of stored settings."""
+"""The out-of-family physics' settings (:mod:`protolib.out_of_family`) at the bank's own physics: left out of stored
+settings."""
 ARCSEC_RAD = math.pi / (180.0 * 3600.0)
 MAX_FIELD_OF_VIEW_AU = 1e6  # a larger field is a unit mistake (and overflows single precision in the renderer)
 JANSKY_CGS = 1e-23
@@ -57,7 +74,8 @@ COMPILE_SETTINGS = ("auto", "true", "false")
 COMPILE_FROM_IMAGES = 50_000
 """``compile: auto`` compiles the renderer's kernels for banks of this many images or more (benchmarks/README.md:
 a process's compilation, from torch's on-disk cache, costs what a few thousand images take to render)."""
-MAX_BANDS = 16  # more frequencies than an interferometer's receivers give is a mistake (and each costs a radiative transfer)
+# more frequencies than an interferometer's receivers give is a mistake (and each costs a radiative transfer)
+MAX_BANDS = 16
 
 
 @dataclass
@@ -66,23 +84,31 @@ class SimulatorConfig:
 
     image_size: int = 64  # pixels per side of the bank images
     field_of_view_au: float = 1000.0  # side of the image, in au
-    frequency_ghz: float = 230.0  # observing frequency (230 GHz = 1.3 mm); with frequencies_ghz, the band nearest it (the reference band)
-    frequencies_ghz: list[float] | None = None  # several bands at once, increasing [GHz], e.g. [100, 230, 345]; null: one band
+    # observing frequency (230 GHz = 1.3 mm); with frequencies_ghz, the band nearest it (the reference band)
+    frequency_ghz: float = 230.0
+    # several bands at once, increasing [GHz], e.g. [100, 230, 345]; null: one band
+    frequencies_ghz: list[float] | None = None
     # The nuisance physics: the values for systems that do not draw their own (prior.nuisance: fixed).
     opacity_beta: float = 1.0  # dust opacity index, kappa ~ nu^beta (Beckwith et al. 1990)
-    opacity_230ghz: float = 0.023  # dust opacity at 230 GHz [cm^2 per g of gas]: Beckwith et al.'s 0.1 (nu/1000 GHz)^beta
+    # dust opacity at 230 GHz [cm^2 per g of gas]: Beckwith et al.'s 0.1 (nu/1000 GHz)^beta
+    opacity_230ghz: float = 0.023
     temperature_1lsun_k: float = 38.0  # dust temperature at 100 au for 1 Lsun [K], T ~ L^0.2 (Motte & Andre 2001)
     temperature_index: float = 0.4  # radial index q of the temperature law, T ~ r^-q (Motte & Andre 2001)
     midplane_temperature_ratio: float = 1.0  # disk midplane over surface-layer temperature (1: vertically isothermal)
     envelope_outer_radius_au: float = 5000.0  # envelope extent [au]
-    envelope_mass_radius_au: float = 5000.0  # envelope_mass counts the envelope within this radius of the star, or its outer radius if smaller [au]
+    # envelope_mass counts the envelope within this radius of the star, or its outer radius if smaller [au]
+    envelope_mass_radius_au: float = 5000.0
     cavity_contrast: float = 1e-3  # density inside the outflow cavities relative to the envelope
     cavity_wall_exponent: float = 1.0  # cavity wall z ~ R^b: 1 a cone, 1.5-2 a curved wall (Whitney et al. 2003)
-    cavity_reference_radius_au: float = 1000.0  # where the cavity's half-opening angle is measured [au] (a cone: everywhere)
-    # Physics outside the bank's family, for test sets only (chapter 06b, benchmarks/out_of_family.py): no bank uses them.
-    envelope_law: str = "collapse"  # "collapse": the rotating infall (Ulrich 1976); "power_law": a static rho ~ r^-index
+    # where the cavity's half-opening angle is measured [au] (a cone: everywhere)
+    cavity_reference_radius_au: float = 1000.0
+    # Physics outside the bank's family, for test sets only (chapter 06b, benchmarks/out_of_family.py): no bank uses
+    # them.
+    # "collapse": the rotating infall (Ulrich 1976); "power_law": a static rho ~ r^-index
+    envelope_law: str = "collapse"
     envelope_power_index: float = 2.0  # the power-law envelope's index (2: the singular isothermal sphere, Shu 1977)
-    external_temperature_k: float = 0.0  # external heating: T = (T_law^4 + T_ext^4)^(1/4) (0: none; the ISRF gives 10-20 K)
+    # external heating: T = (T_law^4 + T_ext^4)^(1/4) (0: none; the ISRF gives 10-20 K)
+    external_temperature_k: float = 0.0
     disk_gamma: float = 1.0  # surface density power-law index, Sigma ~ R^-gamma
     disk_taper: float = 1.0  # outer taper exp[-(R/R_c)^taper] (1 = 2 - gamma: the self-similar disk for gamma = 1)
     inner_radius_au: float = 1.0  # dust sublimation radius [au]: no dust inside
@@ -91,48 +117,84 @@ class SimulatorConfig:
     envelope_samples: int = 32  # line-of-sight samples for the envelope
     disk_samples: int = 24  # line-of-sight samples through the disk
     oversample: int = 1  # rays per pixel along each axis (pixel-averaged intensity)
-    batch_elements: int = 250_000  # rays x line-of-sight samples per batch: ~1 MB arrays that stay in a CPU core's cache (a GPU wants ~5e7)
-    compile: str | bool = "auto"  # fused kernels (torch.compile) on the CPU: "true", "false", or "auto": for banks of COMPILE_FROM_IMAGES images or more
+    # rays x line-of-sight samples per batch: ~1 MB arrays that stay in a CPU core's cache (a GPU wants ~5e7)
+    batch_elements: int = 250_000
+    # fused kernels (torch.compile) on the CPU: "true", "false", or "auto": for banks of COMPILE_FROM_IMAGES images
+    # or more
+    compile: str | bool = "auto"
 
     def __post_init__(self):
         if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
-            raise ProtolibInputError(f"The image size must be at least 8 pixels a side (the networks halve it several times) "
-                                     f"and at most 4096, got {self.image_size}.")
-        for name in ("field_of_view_au", "frequency_ghz", "envelope_outer_radius_au", "inner_radius_au", "opacity_230ghz",
-                     "temperature_1lsun_k", "midplane_temperature_ratio", "cavity_contrast", "cavity_wall_exponent",
-                     "cavity_reference_radius_au", "disk_taper", "envelope_mass_radius_au"):
+            raise ProtolibInputError(
+                f"The image size must be at least 8 pixels a side (the networks halve it several times) "
+                f"and at most 4096, got {self.image_size}."
+            )
+        for name in (
+            "field_of_view_au",
+            "frequency_ghz",
+            "envelope_outer_radius_au",
+            "inner_radius_au",
+            "opacity_230ghz",
+            "temperature_1lsun_k",
+            "midplane_temperature_ratio",
+            "cavity_contrast",
+            "cavity_wall_exponent",
+            "cavity_reference_radius_au",
+            "disk_taper",
+            "envelope_mass_radius_au",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ProtolibInputError(f"The simulator's {name} must be a positive number, got {value!r}.")
         if self.field_of_view_au > MAX_FIELD_OF_VIEW_AU:
-            raise ProtolibInputError(f"The simulator's field_of_view_au must be at most {MAX_FIELD_OF_VIEW_AU:g} au (5 pc, beyond any "
-                                     f"protostar's envelope), got {self.field_of_view_au:g}.")
+            raise ProtolibInputError(
+                f"The simulator's field_of_view_au must be at most {MAX_FIELD_OF_VIEW_AU:g} au (5 pc, beyond any "
+                f"protostar's envelope), got {self.field_of_view_au:g}."
+            )
         if self.envelope_law not in ENVELOPE_LAWS:
-            raise ProtolibInputError(f"The simulator's envelope_law must be one of {list(ENVELOPE_LAWS)}, got {self.envelope_law!r}.")
+            raise ProtolibInputError(
+                f"The simulator's envelope_law must be one of {list(ENVELOPE_LAWS)}, got {self.envelope_law!r}."
+            )
         if not (0.0 < self.envelope_power_index < 3.0) or not (0.0 <= self.external_temperature_k <= 100.0):
-            raise ProtolibInputError(f"The simulator's envelope_power_index must lie in (0, 3) (a finite mass) and its "
-                                     f"external_temperature_k in [0, 100] K, got {self.envelope_power_index} and "
-                                     f"{self.external_temperature_k}.")
+            raise ProtolibInputError(
+                f"The simulator's envelope_power_index must lie in (0, 3) (a finite mass) and its "
+                f"external_temperature_k in [0, 100] K, got {self.envelope_power_index} and "
+                f"{self.external_temperature_k}."
+            )
         if isinstance(self.compile, bool):  # YAML's and --set's true and false
             self.compile = "true" if self.compile else "false"
         if self.compile not in COMPILE_SETTINGS:
-            raise ProtolibInputError(f"The simulator's compile must be one of {list(COMPILE_SETTINGS)}, got {self.compile!r}.")
+            raise ProtolibInputError(
+                f"The simulator's compile must be one of {list(COMPILE_SETTINGS)}, got {self.compile!r}."
+            )
         if self.envelope_samples < 1 or self.disk_samples < 1 or self.oversample < 1:
-            raise ProtolibInputError("The simulator's envelope_samples, disk_samples and oversample must be at least 1.")
+            raise ProtolibInputError(
+                "The simulator's envelope_samples, disk_samples and oversample must be at least 1."
+            )
         if self.frequencies_ghz is not None:
             self._settle_bands()
 
     def _settle_bands(self) -> None:
         """Check ``frequencies_ghz`` and make the settings canonical: one band is ``frequency_ghz`` alone (a one-band
-        bank then is the same file however it was asked for), and with several ``frequency_ghz`` is the band nearest it."""
+        bank then is the same file however it was asked for), and with several ``frequency_ghz`` is the band nearest
+        it."""
         bands = self.frequencies_ghz
-        if (not isinstance(bands, (list, tuple)) or not 1 <= len(bands) <= MAX_BANDS
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in bands)):
-            raise ProtolibInputError(f"The simulator's frequencies_ghz must be a list of 1 to {MAX_BANDS} positive frequencies in GHz, "
-                                     f"e.g. [100, 230, 345], got {bands!r}.")
+        if (
+            not isinstance(bands, (list, tuple))
+            or not 1 <= len(bands) <= MAX_BANDS
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in bands
+            )
+        ):
+            raise ProtolibInputError(
+                f"The simulator's frequencies_ghz must be a list of 1 to {MAX_BANDS} positive frequencies in GHz, "
+                f"e.g. [100, 230, 345], got {bands!r}."
+            )
         if any(b <= a for a, b in zip(bands, bands[1:])):
-            raise ProtolibInputError(f"The simulator's frequencies_ghz must increase, each band once, got {list(bands)}; "
-                                     "write them in increasing order.")
+            raise ProtolibInputError(
+                f"The simulator's frequencies_ghz must increase, each band once, got {list(bands)}; "
+                "write them in increasing order."
+            )
         bands = [float(v) for v in bands]
         self.frequency_ghz = min(bands, key=lambda v: abs(math.log(v / self.frequency_ghz)))
         self.frequencies_ghz = bands if len(bands) > 1 else None
@@ -227,7 +289,9 @@ def _disk_window(q, p2, sin_i, cos_i, disk_radius, scale_height, outer_radius, c
     crossing = (-q * sin_i / cos_safe).clamp(min=-1e30, max=1e30)
     centre = torch.minimum(torch.maximum(crossing, lo), hi)
     radius_at_centre = (p2 + centre**2 - (q * sin_i + centre * cos_i) ** 2).clamp(min=0.0).sqrt()
-    height = physics.disk_scale_height(radius_at_centre.clamp(min=config.inner_radius_au), scale_height, config.disk_flaring)
+    height = physics.disk_scale_height(
+        radius_at_centre.clamp(min=config.inner_radius_au), scale_height, config.disk_flaring
+    )
     scale = torch.minimum((height / cos_safe), hi - lo).clamp(min=1e-3)
     return lo, hi, centre, scale, valid
 
@@ -269,7 +333,9 @@ def render(
     compiled = config.compile == "true" and device.type == "cpu" and _KERNELS["available"]
     try:
         intensity = _intensity(systems, inclination_deg, position_angle_deg, (east, north), config, compiled)
-    except Exception as error:  # a compiler that fails (none installed, an unsupported platform): the eager kernels instead
+    except (
+        Exception
+    ) as error:  # a compiler that fails (none installed, an unsupported platform): the eager kernels instead
         if not compiled:
             raise
         _stop_compiling(error)
@@ -307,8 +373,12 @@ def _stop_compiling(error: Exception) -> None:
     import warnings
 
     _KERNELS["available"] = False
-    warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); rendering with the eager kernels "
-                  "(set simulator.compile: false to skip trying).", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); rendering with the eager kernels "
+        "(set simulator.compile: false to skip trying).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _intensity(systems, inclination_deg, position_angle_deg, offsets, config, compiled: bool) -> torch.Tensor:
@@ -415,11 +485,18 @@ def _geometry(r2, z, param, config) -> dict:
     disk's vertical profile ``exp(-z^2 / 2 H^2)``."""
     r = r2.sqrt()
     cylindrical = (r2 - z * z).clamp(min=0.0).sqrt()
-    height = physics.disk_scale_height(cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring)
+    height = physics.disk_scale_height(
+        cylindrical.clamp(min=config.inner_radius_au), param["disk_scale_height"], config.disk_flaring
+    )
     z_over_height = z / height
-    return {"r": r, "log_r": torch.log(r.clamp(min=1e-3)), "cylindrical": cylindrical, "height": height,
-            "within": (cylindrical < config.disk_extent * param["disk_radius"]).to(z.dtype),
-            "vertical": torch.exp(-0.5 * z_over_height * z_over_height)}
+    return {
+        "r": r,
+        "log_r": torch.log(r.clamp(min=1e-3)),
+        "cylindrical": cylindrical,
+        "height": height,
+        "within": (cylindrical < config.disk_extent * param["disk_radius"]).to(z.dtype),
+        "vertical": torch.exp(-0.5 * z_over_height * z_over_height),
+    }
 
 
 def _temperature(param, geometry):
@@ -427,7 +504,9 @@ def _temperature(param, geometry):
     ``log_temperature_100au``, the logarithm of its temperature at 100 au), times the disk's vertical
     structure (:func:`physics.disk_temperature_factor`) inside the disk region, where ``param`` holds a
     ``midplane_temperature_ratio`` (:func:`_render_rays` leaves it out where every system's is 1)."""
-    temperature = torch.exp(param["log_temperature_100au"] - param["temperature_index"] * (geometry["log_r"] - math.log(100.0)))
+    temperature = torch.exp(
+        param["log_temperature_100au"] - param["temperature_index"] * (geometry["log_r"] - math.log(100.0))
+    )
     if "midplane_temperature_ratio" in param:
         factor = physics.disk_temperature_factor(geometry["z"], geometry["height"], param["midplane_temperature_ratio"])
         temperature = temperature * (1.0 + (factor - 1.0) * geometry["within"])
@@ -455,9 +534,15 @@ def _envelope_column(ds, shape, geometry, param, config):
     spherical infall at 1 au."""
     r, z = geometry["r"], geometry["z"]
     inside = ((r >= config.inner_radius_au) & (r <= param["envelope_outer_radius"])).to(r.dtype)
-    in_cavity = physics.in_cavity(geometry["cylindrical"], z, param["cavity_angle"], param["cavity_wall_exponent"],
-                                  config.cavity_reference_radius_au)
-    present = torch.where(in_cavity, param["cavity_contrast"] * inside, inside)  # 0 outside the envelope, the contrast in a cavity
+    in_cavity = physics.in_cavity(
+        geometry["cylindrical"],
+        z,
+        param["cavity_angle"],
+        param["cavity_wall_exponent"],
+        config.cavity_reference_radius_au,
+    )
+    # 0 outside the envelope, the contrast in a cavity
+    present = torch.where(in_cavity, param["cavity_contrast"] * inside, inside)
     return param["envelope_density_1au"] * torch.exp(-1.5 * geometry["log_r"]) * shape * present * ds  # r^-1.5
 
 
@@ -489,8 +574,12 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
     p2 = (east**2 + north**2)[None, :]  # (1, R)
     mdot_g_s = param["accretion_rate"] * (physics.MSUN_G / physics.YEAR_S)
     # rho0 = Mdot / (4 pi sqrt(G M r^3)) at r = 1 au, then scaled by r^-1.5 (r in au).
-    param["envelope_density_1au"] = (mdot_g_s / (4.0 * math.pi) * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
-                                     * physics.AU_CM**-1.5)
+    param["envelope_density_1au"] = (
+        mdot_g_s
+        / (4.0 * math.pi)
+        * torch.rsqrt(physics.G_CGS * physics.MSUN_G * param["stellar_mass"])
+        * physics.AU_CM**-1.5
+    )
     param["log_temperature_100au"] = torch.log(param["temperature_1lsun"] * param["luminosity"].pow(0.2))
     if config.external_temperature_k > 0:
         param["external_temperature_k"] = torch.full_like(param["luminosity"], config.external_temperature_k)
@@ -500,12 +589,16 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
         del param["midplane_temperature_ratio"]  # vertically isothermal disks (_temperature)
     ray = (q, p2, sin_i, cos_i)
     envelope, disk = _envelope_samples(ray, param, config), _disk_samples(ray, param, config)
-    below = (_fused(_samples_below)(envelope[0], disk[3], disk[0].shape[-1]),
-             _fused(_samples_below)(disk[0], envelope[3], envelope[0].shape[-1]))
+    below = (
+        _fused(_samples_below)(envelope[0], disk[3], disk[0].shape[-1]),
+        _fused(_samples_below)(disk[0], envelope[3], envelope[0].shape[-1]),
+    )
     results = []
     for frequency_ghz in config.bands_ghz:
         kappa_au = physics.dust_opacity(frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
-        results.append(_transfer(_in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below))
+        results.append(
+            _transfer(_in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below)
+        )
     return results
 
 
@@ -544,7 +637,8 @@ def _envelope_samples(ray, param, config):
     r_out = param["envelope_outer_radius"][..., 0]  # (B, 1)
     s_max = (r_out**2 - p2).clamp(min=1.0).sqrt()  # (B, R)
     impact = p2.sqrt().clamp(min=config.inner_radius_au)
-    s, ds, u_lo, du = _fused(_sinh_samples)(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)  # (B, R, Ne)
+    # (B, R, Ne)
+    s, ds, u_lo, du = _fused(_sinh_samples)(torch.zeros_like(impact), impact, -s_max, s_max, config.envelope_samples)
     geometry = _fused(_set_geometry)(ray, s, param, config)
     column, temperature = _fused(_envelope_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
     spacing = (torch.zeros_like(u_lo), impact.expand_as(u_lo), u_lo, du)
@@ -589,11 +683,22 @@ def _disk_samples(ray, param, config):
     ``temperature`` are theirs, ``(1, M, Nd)``; the others get an empty set (``dtau = 0``) from ``where``.
     """
     q, p2, sin_i, cos_i = ray
-    lo, hi, centre, scale, valid = _disk_window(q, p2, sin_i[..., 0], cos_i[..., 0], param["disk_radius"][..., 0],
-                                                param["disk_scale_height"][..., 0], param["envelope_outer_radius"][..., 0], config)
+    lo, hi, centre, scale, valid = _disk_window(
+        q,
+        p2,
+        sin_i[..., 0],
+        cos_i[..., 0],
+        param["disk_radius"][..., 0],
+        param["disk_scale_height"][..., 0],
+        param["envelope_outer_radius"][..., 0],
+        config,
+    )
     where = _MeetingRays(valid)
     meeting = where.meeting
-    s, ds, u_lo, du = _fused(_sinh_samples)(meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples)  # (1, M, Nd)
+    # (1, M, Nd)
+    s, ds, u_lo, du = _fused(_sinh_samples)(
+        meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples
+    )
     param = {k: meeting(v) for k, v in param.items()}
     geometry = _fused(_set_geometry)(tuple(meeting(v) for v in ray), s, param, config)
     column, temperature = _fused(_disk_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
@@ -603,9 +708,16 @@ def _disk_samples(ray, param, config):
 def _disk_terms(ds, shape, geometry, param, config):
     """The disk set's column (the disk and the envelope near the midplane, :func:`_midplane_window`) and
     temperature: a fused kernel (:func:`_fused`)."""
-    sigma = physics.disk_surface_density(geometry["cylindrical"], disk_mass_msun=param["disk_mass"], disk_radius_au=param["disk_radius"],
-                                         gamma=param["disk_gamma"], inner_radius_au=config.inner_radius_au, taper=param["disk_taper"])
-    rho = sigma * geometry["vertical"] / (geometry["height"] * (math.sqrt(2.0 * math.pi) * physics.AU_CM))  # physics.disk_density
+    sigma = physics.disk_surface_density(
+        geometry["cylindrical"],
+        disk_mass_msun=param["disk_mass"],
+        disk_radius_au=param["disk_radius"],
+        gamma=param["disk_gamma"],
+        inner_radius_au=config.inner_radius_au,
+        taper=param["disk_taper"],
+    )
+    # physics.disk_density
+    rho = sigma * geometry["vertical"] / (geometry["height"] * (math.sqrt(2.0 * math.pi) * physics.AU_CM))
     column = rho * ds + _envelope_column(ds, shape, geometry, param, config) * _midplane_window(geometry)
     return column, _temperature(param, geometry)
 
@@ -681,7 +793,8 @@ def envelope_mass(
     system's outer radius instead (thousands of au beyond an interferometer's field, and drawn per
     system), the mass would be set by a radius no image of the inner envelope constrains. Integrates
     the envelope density on a grid logarithmic in radius and uniform in ``cos(theta)`` (midpoint
-    rule; ``n_angles`` cells over one hemisphere, the other its mirror image), which converges to better than a per cent at the default resolution. Each system's own
+    rule; ``n_angles`` cells over one hemisphere, the other its mirror image), which converges to better than a per
+    cent at the default resolution. Each system's own
     outer radius, cavity shape and contrast are used where it carries them.
     """
     device = systems["stellar_mass"].device
@@ -693,7 +806,9 @@ def envelope_mass(
     masses = []
     for i in range(systems["stellar_mass"].shape[0]):
         outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
-        log_r = torch.linspace(math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device)
+        log_r = torch.linspace(
+            math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device
+        )
         r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
         dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
         rho = physics.envelope_density(

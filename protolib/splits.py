@@ -22,11 +22,18 @@ class Split:
 
     def to_dict(self) -> dict:
         """Plain data for checkpoints and JSON."""
-        return {"train": self.train.tolist(), "validation": self.validation.tolist(), "test": self.test.tolist(), "seed": self.seed}
+        return {
+            "train": self.train.tolist(),
+            "validation": self.validation.tolist(),
+            "test": self.test.tolist(),
+            "seed": self.seed,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Split":
-        return cls(*(np.asarray(data[k], dtype=np.int64) for k in ("train", "validation", "test")), seed=int(data["seed"]))
+    def from_dict(cls, data: dict) -> Split:
+        return cls(
+            *(np.asarray(data[k], dtype=np.int64) for k in ("train", "validation", "test")), seed=int(data["seed"])
+        )
 
     def part_of(self, n_systems: int) -> np.ndarray:
         """A label per system: ``"train"``, ``"validation"`` or ``"test"``."""
@@ -49,9 +56,13 @@ def split_systems(n_systems: int, fractions: tuple[float, float, float] = (0.7, 
     """
     fractions = np.asarray(fractions, dtype=float)
     if fractions.shape != (3,) or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
-        raise ProtolibInputError(f"Split fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}.")
+        raise ProtolibInputError(
+            f"Split fractions must be three non-negative numbers summing to 1, got {fractions.tolist()}."
+        )
     if n_systems < 3:
-        raise ProtolibInputError(f"A bank needs at least 3 systems to be split into train, validation and test; it has {n_systems}.")
+        raise ProtolibInputError(
+            f"A bank needs at least 3 systems to be split into train, validation and test; it has {n_systems}."
+        )
     order = np.random.default_rng([int(seed), 7]).permutation(n_systems)
     n_val = max(1, int(round(fractions[1] * n_systems)))
     n_test = max(1, int(round(fractions[2] * n_systems)))

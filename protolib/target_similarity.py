@@ -39,13 +39,19 @@ class TargetDefinition:
         if self.kind not in KINDS:
             raise ProtolibInputError(f"Target similarity kind must be one of {KINDS}, got {self.kind!r}.")
         if self.weights is not None and len(self.weights) != len(self.parameters):
-            raise ProtolibInputError(f"{len(self.weights)} weights given for {len(self.parameters)} parameters {self.parameters}.")
+            raise ProtolibInputError(
+                f"{len(self.weights)} weights given for {len(self.parameters)} parameters {self.parameters}."
+            )
         if not self.parameters:
             raise ProtolibInputError("A target similarity needs at least one parameter.")
 
     def weight_vector(self) -> torch.Tensor:
         """Weights ``(K,)`` summing to one."""
-        w = torch.ones(len(self.parameters), dtype=torch.float64) if self.weights is None else torch.as_tensor(self.weights, dtype=torch.float64)
+        w = (
+            torch.ones(len(self.parameters), dtype=torch.float64)
+            if self.weights is None
+            else torch.as_tensor(self.weights, dtype=torch.float64)
+        )
         if torch.any(w < 0) or w.sum() <= 0:
             raise ProtolibInputError(f"Parameter weights must be non-negative and not all zero, got {w.tolist()}.")
         return w / w.sum()
@@ -54,7 +60,7 @@ class TargetDefinition:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TargetDefinition":
+    def from_dict(cls, data: dict) -> TargetDefinition:
         return cls(**data)
 
 

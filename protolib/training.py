@@ -24,9 +24,10 @@ import math
 import os
 import pickle
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,9 +36,20 @@ from tqdm.auto import tqdm
 from .distributed import barrier, is_main, ranks, reduce_sum, shard
 from .runtime import ProtolibInputError, atomic_path
 
-__all__ = ["TrainingConfig", "TrainingTask", "ImageSource", "system_batches", "fit", "evaluate_loss", "load_checkpoint", "save_checkpoint", "autocast_for",
-           "why_training_stopped",
-           "checkpoint_part", "CHECKPOINT_KEYS"]
+__all__ = [
+    "TrainingConfig",
+    "TrainingTask",
+    "ImageSource",
+    "system_batches",
+    "fit",
+    "evaluate_loss",
+    "load_checkpoint",
+    "save_checkpoint",
+    "autocast_for",
+    "why_training_stopped",
+    "checkpoint_part",
+    "CHECKPOINT_KEYS",
+]
 
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -64,16 +76,25 @@ class TrainingConfig:
         if self.schedule not in SCHEDULES:
             raise ProtolibInputError(f"Learning-rate schedule must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.epochs < 1 or self.batch_systems < 1:
-            raise ProtolibInputError(f"Training needs epochs >= 1 and batch_systems >= 1 (got {self.epochs}, {self.batch_systems}).")
+            raise ProtolibInputError(
+                f"Training needs epochs >= 1 and batch_systems >= 1 (got {self.epochs}, {self.batch_systems})."
+            )
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise ProtolibInputError(f"The learning rate must be a number >= 0, got {self.learning_rate}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or self.patience < 1 or self.min_delta < 0:
-            raise ProtolibInputError(f"Training needs weight_decay >= 0, patience >= 1 and min_delta >= 0 (got {self.weight_decay}, "
-                                     f"{self.patience}, {self.min_delta}).")
+            raise ProtolibInputError(
+                f"Training needs weight_decay >= 0, patience >= 1 and min_delta >= 0 (got {self.weight_decay}, "
+                f"{self.patience}, {self.min_delta})."
+            )
         if self.num_threads is not None and not (isinstance(self.num_threads, int) and self.num_threads >= 1):
-            raise ProtolibInputError(f"num_threads (--threads) must be a whole number >= 1 (or null: torch's default), got {self.num_threads}.")
+            raise ProtolibInputError(
+                "num_threads (--threads) must be a whole number >= 1 (or null: torch's default), got "
+                f"{self.num_threads}."
+            )
         if self.projections_per_system is not None and self.projections_per_system < 1:
-            raise ProtolibInputError(f"projections_per_system must be at least 1 (or null: all), got {self.projections_per_system}.")
+            raise ProtolibInputError(
+                f"projections_per_system must be at least 1 (or null: all), got {self.projections_per_system}."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,9 +219,20 @@ def save_checkpoint(data: dict, path: str | Path) -> None:
         torch.save(data, tmp)
 
 
-CHECKPOINT_KEYS = {  # what a checkpoint of each kind must hold to be rebuilt
+# what a checkpoint of each kind must hold to be rebuilt
+CHECKPOINT_KEYS = {
     "autoencoder": ("model_state", "config", "image_size", "preprocessing", "split", "history"),
-    "siamese": ("model_state", "config", "image_size", "preprocessing", "split", "history", "normaliser", "target", "parameter_names"),
+    "siamese": (
+        "model_state",
+        "config",
+        "image_size",
+        "preprocessing",
+        "split",
+        "history",
+        "normaliser",
+        "target",
+        "parameter_names",
+    ),
 }
 
 
@@ -216,18 +248,23 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     if not path.exists():
         raise ProtolibInputError(f"Checkpoint {path} does not exist.")
     if path.is_dir():
-        raise ProtolibInputError(f"Checkpoint {path} is a folder; give the .pt file in it (e.g. {path / 'siamese.pt'}).")
+        raise ProtolibInputError(
+            f"Checkpoint {path} is a folder; give the .pt file in it (e.g. {path / 'siamese.pt'})."
+        )
     other = _other_file_kind(path)
     if other:
-        raise ProtolibInputError(f"{path} is {other}, not a protolib checkpoint (a .pt file written by `protolib train-autoencoder` "
-                                 "or `protolib train-siamese`); check which file --model (or --autoencoder) names.")
+        raise ProtolibInputError(
+            f"{path} is {other}, not a protolib checkpoint (a .pt file written by `protolib train-autoencoder` "
+            "or `protolib train-siamese`); check which file --model (or --autoencoder) names."
+        )
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         raise ProtolibInputError(
             f"Checkpoint {path} was refused: it holds Python objects, not only weights and plain data ({first[:160]}), "
-            "and loading it could run code. protolib's own checkpoints never do; retrain, or ask whoever sent it for one "
+            "and loading it could run code. protolib's own checkpoints never do; retrain, or ask whoever sent it for "
+            "one "
             "written by protolib."
         ) from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input problem
@@ -238,8 +275,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
         raise ProtolibInputError(f"{path} holds a {data.get('kind')!r} model, not a {kind!r} one.")
     missing = [key for key in CHECKPOINT_KEYS.get(kind or data.get("kind"), ()) if key not in data]
     if missing:
-        raise ProtolibInputError(f"Checkpoint {path} lacks {', '.join(missing)}; it is damaged or was not written by this protolib. "
-                                 "Train the model again.")
+        raise ProtolibInputError(
+            f"Checkpoint {path} lacks {', '.join(missing)}; it is damaged or was not written by this protolib. "
+            "Train the model again."
+        )
     return data
 
 
@@ -271,10 +310,14 @@ def checkpoint_part(path: str | Path, what: str, build: Callable[[], object]):
         return build()
     except (KeyError, TypeError, ValueError, IndexError) as error:
         reason = str(error) if isinstance(error, ProtolibInputError) else f"{type(error).__name__}: {error}"
-        raise ProtolibInputError(f"Checkpoint {path}: its {what} is not usable ({reason}); train the model again.") from None
+        raise ProtolibInputError(
+            f"Checkpoint {path}: its {what} is not usable ({reason}); train the model again."
+        ) from None
 
 
-def network_from_checkpoint(build: Callable[[], torch.nn.Module], checkpoint: dict, path: str | Path) -> torch.nn.Module:
+def network_from_checkpoint(
+    build: Callable[[], torch.nn.Module], checkpoint: dict, path: str | Path
+) -> torch.nn.Module:
     """The network ``build()`` makes, with the checkpoint's weights, checked before anything is allocated.
 
     The architecture is first built on PyTorch's ``meta`` device (no memory), and its tensors' names
@@ -287,14 +330,18 @@ def network_from_checkpoint(build: Callable[[], torch.nn.Module], checkpoint: di
         with torch.device("meta"):
             skeleton = build()
     except (TypeError, ValueError, RuntimeError, KeyError, ProtolibInputError) as error:
-        raise ProtolibInputError(f"Checkpoint {path}: its configuration does not describe a protolib network ({error}).") from None
+        raise ProtolibInputError(
+            f"Checkpoint {path}: its configuration does not describe a protolib network ({error})."
+        ) from None
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
     stored = {name: tuple(t.shape) for name, t in state.items() if isinstance(t, torch.Tensor)}
     if expected != stored or len(stored) != len(state):
         different = sorted(set(expected) ^ set(stored)) or [n for n in expected if expected[n] != stored.get(n)]
-        raise ProtolibInputError(f"Checkpoint {path}: its weights do not fit the network its configuration describes "
-                                 f"(first difference: {different[0] if different else 'non-tensor entries'}); the file is damaged "
-                                 "or was edited.")
+        raise ProtolibInputError(
+            f"Checkpoint {path}: its weights do not fit the network its configuration describes "
+            f"(first difference: {different[0] if different else 'non-tensor entries'}); the file is damaged "
+            "or was edited."
+        )
     if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
         raise ProtolibInputError(f"Checkpoint {path} holds NaN or infinite weights; retrain the network.")
     network = build()
@@ -318,7 +365,11 @@ def why_training_stopped(checkpoint: dict) -> dict:
         ``min_delta``) and ``reason``, a sentence saying so.
     """
     training, history = checkpoint.get("training") or {}, checkpoint["history"]
-    cap, patience, min_delta = int(training.get("epochs", len(history))), int(training.get("patience", 0)), float(training.get("min_delta", 0.0))
+    cap, patience, min_delta = (
+        int(training.get("epochs", len(history))),
+        int(training.get("patience", 0)),
+        float(training.get("min_delta", 0.0)),
+    )
     run, best = len(history), int(checkpoint["best_epoch"])
     stopped_early = run < cap and run - best >= patience
     if stopped_early:
@@ -326,8 +377,15 @@ def why_training_stopped(checkpoint: dict) -> dict:
         reason = f"its validation loss had not improved {margin} for {patience} epochs (the best was epoch {best})"
     else:
         reason = f"it reached its cap of {cap} epochs (the best was epoch {best}{', the last' if best == run else ''})"
-    return {"epochs_run": run, "epoch_cap": cap, "best_epoch": best, "patience": patience, "min_delta": min_delta,
-            "stopped_early": stopped_early, "reason": reason}
+    return {
+        "epochs_run": run,
+        "epoch_cap": cap,
+        "best_epoch": best,
+        "patience": patience,
+        "min_delta": min_delta,
+        "stopped_early": stopped_early,
+        "reason": reason,
+    }
 
 
 def partial_checkpoint_path(checkpoint_path: str | Path) -> Path:
@@ -336,8 +394,16 @@ def partial_checkpoint_path(checkpoint_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
-def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path, *, resume: bool = False, progress: bool = True,
-        on_epoch: Callable[[dict], None] | None = None, before_finish: Callable[[Path], None] | None = None) -> list[dict]:
+def fit(
+    task: TrainingTask,
+    config: TrainingConfig,
+    checkpoint_path: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+    before_finish: Callable[[Path], None] | None = None,
+) -> list[dict]:
     """Train ``task.model``, keeping the best weights (by validation loss) in ``checkpoint_path``.
 
     While training runs, its checkpoint is :func:`partial_checkpoint_path` (``siamese.partial.pt``),
@@ -371,18 +437,27 @@ def fit(task: TrainingTask, config: TrainingConfig, checkpoint_path: str | Path,
     checkpoint_path = Path(checkpoint_path)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    task.model.to(memory_format=torch.channels_last)  # convolutions 1.7x faster on the CPU (oneDNN); the weights' values unchanged
+    # convolutions 1.7x faster on the CPU (oneDNN); the weights' values unchanged
+    task.model.to(memory_format=torch.channels_last)
     step, optimiser, scaler = _training_parts(task, config)
     partial = partial_checkpoint_path(checkpoint_path)
     run = _start_or_resume(task.model, optimiser, checkpoint_path, partial, resume)
-    bar = tqdm(range(run.state["epoch"] + 1, config.epochs), desc=f"Training {checkpoint_path.stem}", unit="epoch",
-               disable=not progress or run.state["stopped"] or not is_main())
+    bar = tqdm(
+        range(run.state["epoch"] + 1, config.epochs),
+        desc=f"Training {checkpoint_path.stem}",
+        unit="epoch",
+        disable=not progress or run.state["stopped"] or not is_main(),
+    )
     for epoch in bar:
         if run.state["stopped"]:
             break
-        record = _epoch(task, step, optimiser, scaler, config, epoch, run.state["plateau_factor"], checkpoint_path, partial)
+        record = _epoch(
+            task, step, optimiser, scaler, config, epoch, run.state["plateau_factor"], checkpoint_path, partial
+        )
         _keep_best(task, config, run, record, optimiser, partial)
-        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{record['validation_loss']:.4g}", best=run.state["best_epoch"])
+        bar.set_postfix(
+            train=f"{record['train_loss']:.4g}", val=f"{record['validation_loss']:.4g}", best=run.state["best_epoch"]
+        )
         if on_epoch is not None:
             _report_epoch(task, on_epoch, record, run, partial, checkpoint_path)
     bar.close()
@@ -402,7 +477,9 @@ class _Run:
     best_weights: dict
 
 
-def _report_epoch(task: TrainingTask, on_epoch: Callable[[dict], None], record: dict, run: _Run, partial: Path, checkpoint_path: Path) -> None:
+def _report_epoch(
+    task: TrainingTask, on_epoch: Callable[[dict], None], record: dict, run: _Run, partial: Path, checkpoint_path: Path
+) -> None:
     """Call ``on_epoch`` with the model in eval mode; if it raises, training ends with the epochs done kept."""
     task.model.eval()
     try:
@@ -413,8 +490,15 @@ def _report_epoch(task: TrainingTask, on_epoch: Callable[[dict], None], record: 
         raise
 
 
-def _publish_run(task: TrainingTask, config: TrainingConfig, run: _Run, optimiser, partial: Path, checkpoint_path: Path,
-                 before_finish: Callable[[Path], None] | None) -> None:
+def _publish_run(
+    task: TrainingTask,
+    config: TrainingConfig,
+    run: _Run,
+    optimiser,
+    partial: Path,
+    checkpoint_path: Path,
+    before_finish: Callable[[Path], None] | None,
+) -> None:
     """A finished training's partial checkpoint (written now if no epoch ran) promoted to ``checkpoint_path``."""
     if not partial.exists() and not checkpoint_path.exists():
         _write_run(task, config, partial, run.best_weights, optimiser, run.state, run.history)
@@ -428,14 +512,17 @@ def _training_parts(task: TrainingTask, config: TrainingConfig):
     model, device = task.model, task.device
     step = _TaskStep(task)
     if ranks().world_size > 1:
-        step = torch.nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+        step = torch.nn.parallel.DistributedDataParallel(
+            step, device_ids=[device.index] if device.type == "cuda" else None
+        )
     optimiser = _adamw([p for p in model.parameters() if p.requires_grad], config)
     use_scaler = config.mixed_precision and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     return step, optimiser, torch.amp.GradScaler("cuda", enabled=use_scaler)
 
 
 def _adamw(parameters: list, config: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW, its update fused into one kernel where this torch and device allow it (3x faster a step on the CPU), else the plain one."""
+    """AdamW, its update fused into one kernel where this torch and device allow it (3x faster a step on the CPU), else
+    the plain one."""
     try:
         return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
@@ -444,7 +531,14 @@ def _adamw(parameters: list, config: TrainingConfig) -> torch.optim.AdamW:
 
 def _start_or_resume(model, optimiser, checkpoint_path: Path, partial: Path, resume: bool) -> _Run:
     """A fresh run, or with ``resume`` the interrupted one in ``partial`` (else ``checkpoint_path``), weights loaded."""
-    state = {"epoch": -1, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "plateau_factor": 1.0, "stopped": False}
+    state = {
+        "epoch": -1,
+        "best_loss": math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "plateau_factor": 1.0,
+        "stopped": False,
+    }
     run = _Run(state, [], {k: v.detach().clone() for k, v in model.state_dict().items()})
     resume_from = partial if partial.exists() else checkpoint_path
     if resume and resume_from.exists():
@@ -454,14 +548,25 @@ def _start_or_resume(model, optimiser, checkpoint_path: Path, partial: Path, res
             model.load_state_dict(training["model_state"])
             optimiser.load_state_dict(training["optimiser"])
         except (RuntimeError, ValueError) as error:
-            raise ProtolibInputError(f"Cannot resume from {checkpoint_path}: it was made with another model configuration ({error}).") from None
+            raise ProtolibInputError(
+                f"Cannot resume from {checkpoint_path}: it was made with another model configuration ({error})."
+            ) from None
         run.state.update(training["state"])
         run.history, run.best_weights = list(saved["history"]), saved["model_state"]
     return run
 
 
-def _epoch(task: TrainingTask, step, optimiser, scaler, config: TrainingConfig, epoch: int, plateau_factor: float,
-           checkpoint_path: Path, partial: Path) -> dict:
+def _epoch(
+    task: TrainingTask,
+    step,
+    optimiser,
+    scaler,
+    config: TrainingConfig,
+    epoch: int,
+    plateau_factor: float,
+    checkpoint_path: Path,
+    partial: Path,
+) -> dict:
     """One epoch of training steps, then the validation loss; returns the epoch's history record."""
     rank = ranks()
     learning_rate = _learning_rate(config, epoch, plateau_factor)
@@ -475,8 +580,16 @@ def _epoch(task: TrainingTask, step, optimiser, scaler, config: TrainingConfig, 
     train_seconds = time.perf_counter() - start
     validation, n_validation = _validation_loss(task, config)
     _check_finite(total / max(1, n_batches), validation, n_validation, epoch, checkpoint_path, partial)
-    return {"epoch": epoch + 1, "train_loss": total / max(1, n_batches), "validation_loss": validation, "learning_rate": learning_rate,
-            "seconds": time.perf_counter() - start, "train_seconds": train_seconds, "data_seconds": data_seconds, "images": int(n_images)}
+    return {
+        "epoch": epoch + 1,
+        "train_loss": total / max(1, n_batches),
+        "validation_loss": validation,
+        "learning_rate": learning_rate,
+        "seconds": time.perf_counter() - start,
+        "train_seconds": train_seconds,
+        "data_seconds": data_seconds,
+        "images": int(n_images),
+    }
 
 
 def _training_steps(task: TrainingTask, step, optimiser, scaler, config: TrainingConfig, generator, epoch: int):
@@ -498,7 +611,8 @@ def _training_steps(task: TrainingTask, step, optimiser, scaler, config: Trainin
         scaler.update()
         total += loss.detach().double()  # summed on the device: no wait for the GPU at every step
         n_batches += 1
-        n_images += sum(len(images) for images in batch[::2])  # (images, systems) or (images_a, systems_a, images_b, systems_b)
+        # (images, systems) or (images_a, systems_a, images_b, systems_b)
+        n_images += sum(len(images) for images in batch[::2])
     return float(total), n_batches, n_images, data_seconds
 
 
@@ -519,8 +633,9 @@ def _keep_best(task: TrainingTask, config: TrainingConfig, run: _Run, record: di
         _write_run(task, config, partial, run.best_weights, optimiser, state, run.history)
 
 
-def _check_finite(train_loss: float, validation_loss: float, n_validation: int, epoch: int, checkpoint_path: Path,
-                  partial: Path) -> None:
+def _check_finite(
+    train_loss: float, validation_loss: float, n_validation: int, epoch: int, checkpoint_path: Path, partial: Path
+) -> None:
     """Stop a training whose loss is NaN or infinite, writing nothing (its partial checkpoint is removed).
 
     A NaN validation loss is accepted only when there are no validation batches at all.
@@ -530,9 +645,12 @@ def _check_finite(train_loss: float, validation_loss: float, n_validation: int, 
     if is_main():
         partial.unlink(missing_ok=True)
     raise ProtolibInputError(
-        f"Training {checkpoint_path.name} stopped in epoch {epoch + 1}: the loss became {train_loss:.4g} (training) and "
-        f"{validation_loss:.4g} (validation), not finite; nothing was written. Check the bank for NaN or extreme pixels, "
-        "or lower the learning rate.")
+        f"Training {checkpoint_path.name} stopped in epoch {epoch + 1}: the loss became {train_loss:.4g} (training) "
+        "and "
+        f"{validation_loss:.4g} (validation), not finite; nothing was written. Check the bank for NaN or extreme "
+        "pixels, "
+        "or lower the learning rate."
+    )
 
 
 def _finish_run(partial: Path, checkpoint_path: Path, history: list[dict], state: dict) -> None:
@@ -571,7 +689,9 @@ def _validation_loss(task: TrainingTask, config: TrainingConfig) -> tuple[float,
     return (total / count if count else math.nan), count
 
 
-def _write_run(task, config: TrainingConfig, path: Path, best_weights: dict, optimiser, state: dict, history: list[dict]) -> None:
+def _write_run(
+    task, config: TrainingConfig, path: Path, best_weights: dict, optimiser, state: dict, history: list[dict]
+) -> None:
     from . import __version__
 
     data = {

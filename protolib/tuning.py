@@ -6,7 +6,8 @@ is scored by what the pipeline is for: the **validation recovery error**, the me
 parameters of the target similarity of the RMS error of the top-k matches' median, in units of the
 prior's spread (:func:`recovery_error`; the validation systems matched against the training systems,
 exactly as :mod:`protolib.evaluation` scores the test systems). Lower is better; 0 is perfect, and
-about 1 is what guessing the prior's centre gives (random matches score about the same). The test systems are never looked at.
+about 1 is what guessing the prior's centre gives (random matches score about the same). The test systems are never
+looked at.
 
 The score is also taken after every epoch, and poor trials are stopped early by asynchronous
 successive halving (ASHA, Li et al. 2020; Optuna's ``SuccessiveHalvingPruner``) or Hyperband: a
@@ -49,9 +50,24 @@ from .evaluation import rank_targets, score_ranking, siamese_method
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError
 
-__all__ = ["SEARCH_SPACE", "TuneSettings", "recovery_error", "recovery_errors", "paired_difference", "suggest_hyperparameters",
-           "trial_overrides", "require_optuna", "open_study", "STALE_AFTER_S", "load_study", "trials_table", "trials_markdown",
-           "plot_scores", "plot_learning_curves", "plot_tuning"]
+__all__ = [
+    "SEARCH_SPACE",
+    "TuneSettings",
+    "recovery_error",
+    "recovery_errors",
+    "paired_difference",
+    "suggest_hyperparameters",
+    "trial_overrides",
+    "require_optuna",
+    "open_study",
+    "STALE_AFTER_S",
+    "load_study",
+    "trials_table",
+    "trials_markdown",
+    "plot_scores",
+    "plot_learning_curves",
+    "plot_tuning",
+]
 
 SEARCH_SPACE = {
     "encoder_width": {"choices": [4, 8, 16]},  # feature maps of the encoder's first level (doubling at each level)
@@ -63,7 +79,8 @@ SEARCH_SPACE = {
     "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},  # AdamW's starting step size
     "batch_systems": {"choices": [4, 8, 16, 32]},  # systems per batch (all their projections' pairs compared)
 }
-"""The hyperparameters searched, with their ranges (``choices``, or ``low``/``high`` with ``log`` for a log-uniform draw).
+"""The hyperparameters searched, with their ranges (``choices``, or ``low``/``high`` with ``log`` for a log-uniform
+draw).
 
 A configuration's ``tuning: {space: {...}}`` section replaces any entry (e.g. ``encoder_depth: {choices: [2, 3, 4]}``
 for 64 px images)."""
@@ -92,17 +109,29 @@ class TuneSettings:
         if self.pruner not in PRUNERS:
             raise ProtolibInputError(f"Tuning pruner must be one of {PRUNERS}, got {self.pruner!r}.")
         if self.trials < 1 or (self.epochs is not None and self.epochs < 1):
-            raise ProtolibInputError(f"Tuning needs at least one trial and one epoch (got trials={self.trials}, epochs={self.epochs}).")
+            raise ProtolibInputError(
+                f"Tuning needs at least one trial and one epoch (got trials={self.trials}, epochs={self.epochs})."
+            )
         unknown = set(self.space) - set(SEARCH_SPACE)
         if unknown:
-            raise ProtolibInputError(f"Unknown hyperparameter(s) {sorted(unknown)} in tuning.space; known ones are {sorted(SEARCH_SPACE)}.")
+            raise ProtolibInputError(
+                f"Unknown hyperparameter(s) {sorted(unknown)} in tuning.space; known ones are {sorted(SEARCH_SPACE)}."
+            )
         if self.reduction_factor < 2 or self.min_epochs < 1:
-            raise ProtolibInputError(f"Tuning needs reduction_factor >= 2 and min_epochs >= 1 (got {self.reduction_factor}, {self.min_epochs}).")
+            raise ProtolibInputError(
+                f"Tuning needs reduction_factor >= 2 and min_epochs >= 1 (got {self.reduction_factor}, "
+                f"{self.min_epochs})."
+            )
         for name, spec in self.space.items():
-            ranged = isinstance(spec, dict) and {"low", "high"} <= set(spec) and float(spec["low"]) < float(spec["high"])
+            ranged = (
+                isinstance(spec, dict) and {"low", "high"} <= set(spec) and float(spec["low"]) < float(spec["high"])
+            )
             if not (isinstance(spec, dict) and (spec.get("choices") or ranged)):
-                raise ProtolibInputError(f"tuning.space.{name} must be {{choices: [...]}} or {{low: L, high: H}} with L < H (log: true for a "
-                                         f"log-uniform draw); got {spec!r}.")
+                raise ProtolibInputError(
+                    f"tuning.space.{name} must be {{choices: [...]}} or {{low: L, high: H}} with L < H (log: true for "
+                    "a "
+                    f"log-uniform draw); got {spec!r}."
+                )
 
     @property
     def search_space(self) -> dict:
@@ -114,8 +143,9 @@ class TuneSettings:
 # The objective
 
 
-def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, parameters=None, images: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def recovery_errors(
+    model, bank: Bank, split, relevance, *, top_k: int, parameters=None, images: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per validation image, the scaled error of the top-``top_k`` matches' median for each parameter.
 
     ``images``: the training then validation systems' images ``(n, P, H, W)`` when already in memory
@@ -126,7 +156,9 @@ def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, paramete
         one row per projection of every validation system, and ``systems (T,)``, each row's system.
     """
     if not len(split.validation):
-        raise ProtolibInputError("Tuning scores trials on validation systems, and the split has none; give the split a validation fraction.")
+        raise ProtolibInputError(
+            "Tuning scores trials on validation systems, and the split has none; give the split a validation fraction."
+        )
     names = list(parameters or relevance.definition.parameters)
     method = siamese_method(model)
     systems = np.concatenate([split.train, split.validation])
@@ -138,13 +170,16 @@ def recovery_errors(model, bank: Bank, split, relevance, *, top_k: int, paramete
     ranking = rank_targets(method, vectors, bank, relevance, split.validation, split.train)
     scored = score_ranking(ranking, bank, relevance, top_k=top_k, parameters=names)
     values, _ = scaled_image_parameters(bank, names)
-    spread = values[rows[: len(split.train) * bank.n_projections]].std(0)  # the prior's spread: over the training images
+    # the prior's spread: over the training images
+    spread = values[rows[: len(split.train) * bank.n_projections]].std(0)
     spread = np.where(spread > 0, spread, 1.0)
     errors = np.stack([scored.median[n] - scored.truth[n] for n in names], axis=1) / spread
     return errors, ranking.target_system
 
 
-def recovery_error(model, bank: Bank, split, relevance, *, top_k: int, parameters=None, images: np.ndarray | None = None) -> float:
+def recovery_error(
+    model, bank: Bank, split, relevance, *, top_k: int, parameters=None, images: np.ndarray | None = None
+) -> float:
     """Validation recovery error of a Siamese ``model``: lower is better.
 
     Every projection of every validation system is matched against the training systems' images;
@@ -161,7 +196,9 @@ def _score(errors: np.ndarray) -> float:
     return float(np.sqrt((errors**2).mean(0)).mean())
 
 
-def paired_difference(errors_a: np.ndarray, errors_b: np.ndarray, systems: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> dict:
+def paired_difference(
+    errors_a: np.ndarray, errors_b: np.ndarray, systems: np.ndarray, *, n_boot: int = 2000, seed: int = 0
+) -> dict:
     """Score of ``a`` minus score of ``b`` on the same validation images, with a 95% bootstrap interval over systems.
 
     Systems (all their projections together) are resampled with replacement, the same for both, so the
@@ -177,7 +214,11 @@ def paired_difference(errors_a: np.ndarray, errors_b: np.ndarray, systems: np.nd
         rows = np.concatenate([members[k] for k in rng.integers(0, len(unique), len(unique))])
         draws.append(_score(errors_a[rows]) - _score(errors_b[rows]))
     low, high = np.percentile(draws, [2.5, 97.5])
-    return {"difference": _score(errors_a) - _score(errors_b), "interval_95": [float(low), float(high)], "systems": int(len(unique))}
+    return {
+        "difference": _score(errors_a) - _score(errors_b),
+        "interval_95": [float(low), float(high)],
+        "systems": int(len(unique)),
+    }
 
 
 def _suggest(trial, name: str, spec: dict):
@@ -205,9 +246,19 @@ def trial_overrides(params: dict, epochs: int | None = None) -> tuple[dict, dict
     if "kernel_width" in params:
         siamese["target"] = {"sigma": float(params["kernel_width"])}
     if "loss" in params:
-        siamese["loss"] = {"kind": params["loss"], **({"margin": float(params["margin"])} if "margin" in params else {})}
-    training = {k: v for k, v in (("learning_rate", params.get("learning_rate")), ("batch_systems", params.get("batch_systems")),
-                                  ("epochs", epochs)) if v is not None}
+        siamese["loss"] = {
+            "kind": params["loss"],
+            **({"margin": float(params["margin"])} if "margin" in params else {}),
+        }
+    training = {
+        k: v
+        for k, v in (
+            ("learning_rate", params.get("learning_rate")),
+            ("batch_systems", params.get("batch_systems")),
+            ("epochs", epochs),
+        )
+        if v is not None
+    }
     if training:
         siamese["training"] = training
     return autoencoder, siamese
@@ -218,7 +269,8 @@ def trial_overrides(params: dict, epochs: int | None = None) -> tuple[dict, dict
 
 
 def require_optuna():
-    """The ``optuna`` module, its logging quietened to warnings; a :class:`ProtolibInputError` saying how to install it when missing."""
+    """The ``optuna`` module, its logging quietened to warnings; a :class:`ProtolibInputError` saying how to install it
+    when missing."""
     try:
         import optuna
     except ImportError:
@@ -227,7 +279,9 @@ def require_optuna():
     return optuna
 
 
-def open_study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False, worker: int = 0, max_epochs: int | None = None):
+def open_study(
+    run_dir: Path, settings: TuneSettings, *, load_only: bool = False, worker: int = 0, max_epochs: int | None = None
+):
     """The Optuna study ``"protolib"`` of a run folder's ``study.journal``, with ``settings``' sampler and pruner.
 
     Arguments:
@@ -246,30 +300,52 @@ def open_study(run_dir: Path, settings: TuneSettings, *, load_only: bool = False
     try:
         storage = JournalStorage(JournalFileBackend(str(journal)))
     except (ValueError, KeyError, TypeError) as error:
-        raise ProtolibInputError(f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to "
-                                 "start afresh.") from None
-    existing = next((len(storage.get_all_trials(s._study_id, deepcopy=False)) for s in storage.get_all_studies() if s.study_name == "protolib"), 0)
+        raise ProtolibInputError(
+            f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to start afresh."
+        ) from None
+    existing = next(
+        (
+            len(storage.get_all_trials(s._study_id, deepcopy=False))
+            for s in storage.get_all_studies()
+            if s.study_name == "protolib"
+        ),
+        0,
+    )
     # parallel workers, and each rerun that adds trials, must not draw the same hyperparameters again
     seed = settings.seed + 7919 * worker + 104729 * existing
-    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, settings.trials // 3)), constant_liar=True)
-               if settings.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
+    sampler = (
+        optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=min(10, max(2, settings.trials // 3)), constant_liar=True
+        )
+        if settings.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
     if settings.pruner == "asha":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor
+        )
     elif settings.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(min_resource=settings.min_epochs, max_resource=settings.epochs or max_epochs or "auto",
-                                                reduction_factor=settings.reduction_factor)
+        pruner = optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_epochs,
+            max_resource=settings.epochs or max_epochs or "auto",
+            reduction_factor=settings.reduction_factor,
+        )
     else:
         pruner = optuna.pruners.NopPruner()
     if load_only:
         return optuna.load_study(study_name="protolib", storage=storage, sampler=sampler, pruner=pruner)
-    return optuna.create_study(study_name="protolib", storage=storage, sampler=sampler, pruner=pruner, direction="minimize",
-                               load_if_exists=True)
+    return optuna.create_study(
+        study_name="protolib",
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
 
 
 STALE_AFTER_S = 3600.0
 """A RUNNING trial without a sign of life (an epoch scored) for this long is taken as left by a killed worker."""
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,28 +358,47 @@ def trials_table(study) -> list[dict]:
     names = list(json.loads(study.user_attrs.get("space", "{}"))) or sorted({k for t in study.trials for k in t.params})
     for t in study.trials:
         curve = t.user_attrs.get("curve", [])
-        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else float("nan")
+        seconds = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else float("nan")
+        )
         value = t.value if t.value is not None else (curve[-1] if curve else float("nan"))
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "recovery_error": float(value), "epochs": len(curve),
-                     "seconds": round(seconds, 1), **{n: t.params.get(n, "") for n in names}, "checkpoint": t.user_attrs.get("checkpoint", ""),
-                     "origin": t.user_attrs.get("origin", "")})
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "recovery_error": float(value),
+                "epochs": len(curve),
+                "seconds": round(seconds, 1),
+                **{n: t.params.get(n, "") for n in names},
+                "checkpoint": t.user_attrs.get("checkpoint", ""),
+                "origin": t.user_attrs.get("origin", ""),
+            }
+        )
     return rows
 
 
 def trials_markdown(rows: list[dict], names: list[str]) -> str:
-    """The rows of :func:`trials_table` as a markdown table (columns: state, score, epochs, seconds and the hyperparameters ``names``), best first."""
+    """The rows of :func:`trials_table` as a markdown table (columns: state, score, epochs, seconds and the
+    hyperparameters ``names``), best first."""
+
     def cell(value):
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     columns = ["trial", "state", "recovery_error", "epochs", "seconds", *names]
-    ordered = sorted(rows, key=lambda r: (r["state"] != "complete", r["recovery_error"] if np.isfinite(r["recovery_error"]) else math.inf))
+    ordered = sorted(
+        rows,
+        key=lambda r: (r["state"] != "complete", r["recovery_error"] if np.isfinite(r["recovery_error"]) else math.inf),
+    )
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in ordered]
     return "\n".join(lines)
 
 
 def plot_scores(rows: list[dict], space: dict, *, reference: float | None = None):
-    """Recovery error against each hyperparameter: complete trials coloured by order, pruned ones grey at their last score."""
+    """Recovery error against each hyperparameter: complete trials coloured by order, pruned ones grey at their last
+    score."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
@@ -313,14 +408,18 @@ def plot_scores(rows: list[dict], space: dict, *, reference: float | None = None
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True)
     for ax, name in zip(axes.ravel(), names):
         spec = space[name]
-        for state, style in (("pruned", dict(color="0.6", marker="x", s=22, label="pruned (last score)")),
-                             ("complete", dict(c=None, marker="o", s=28, label="complete (colour: trial number)"))):
+        for state, style in (
+            ("pruned", dict(color="0.6", marker="x", s=22, label="pruned (last score)")),
+            ("complete", dict(c=None, marker="o", s=28, label="complete (colour: trial number)")),
+        ):
             chosen = [r for r in rows if r["state"] == state and r[name] != "" and np.isfinite(r["recovery_error"])]
             if not chosen:
                 continue
             if "choices" in spec:
                 labels = [str(c) for c in spec["choices"]]
-                x = [labels.index(str(r[name])) + np.random.default_rng(r["trial"]).uniform(-0.15, 0.15) for r in chosen]
+                x = [
+                    labels.index(str(r[name])) + np.random.default_rng(r["trial"]).uniform(-0.15, 0.15) for r in chosen
+                ]
             else:
                 x = [float(r[name]) for r in chosen]
             y = [r["recovery_error"] for r in chosen]
@@ -339,7 +438,7 @@ def plot_scores(rows: list[dict], space: dict, *, reference: float | None = None
             ax.axhline(reference, color="C3", ls="--", lw=1, label="configuration's own")
         ax.set_xlabel(name.replace("_", " "))
         ax.set_ylabel("validation recovery error")
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(names) :]:
         ax.set_visible(False)
     axes.ravel()[0].legend(fontsize=7, loc="best")
     fig.suptitle("Validation recovery error (RMS error / prior spread, lower is better) against each hyperparameter")
@@ -358,8 +457,16 @@ def plot_learning_curves(study):
         if not curve:
             continue
         complete = t.state.name == "COMPLETE"
-        ax.plot(np.arange(1, len(curve) + 1), curve, color=None if complete else "0.65", lw=1.5 if complete else 0.8,
-                marker="o" if len(curve) < 3 else None, ms=3, label=f"trial {t.number}" if complete else None, zorder=3 if complete else 2)
+        ax.plot(
+            np.arange(1, len(curve) + 1),
+            curve,
+            color=None if complete else "0.65",
+            lw=1.5 if complete else 0.8,
+            marker="o" if len(curve) < 3 else None,
+            ms=3,
+            label=f"trial {t.number}" if complete else None,
+            zorder=3 if complete else 2,
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation recovery error")
     ax.set_title("Score per epoch (grey: stopped early by the pruner)")
@@ -372,7 +479,9 @@ def load_study(run_dir: str | Path):
     """The Optuna study of a ``protolib tune`` run folder (read-only use: its ``trials``, ``best_trial``, ...)."""
     run_dir = Path(run_dir)
     if not (run_dir / "study.journal").exists():
-        raise ProtolibInputError(f"{run_dir} holds no tuning run (no study.journal); run `protolib tune --out {run_dir}` first.")
+        raise ProtolibInputError(
+            f"{run_dir} holds no tuning run (no study.journal); run `protolib tune --out {run_dir}` first."
+        )
     return open_study(run_dir, TuneSettings(), load_only=True)
 
 

@@ -15,9 +15,10 @@ from protolib.simulator import SimulatorConfig, render
 
 torch.set_num_threads(2)
 
+# no envelope to speak of
 DISK_ONLY = dict(
     stellar_mass=0.5,
-    accretion_rate=1e-10,  # no envelope to speak of
+    accretion_rate=1e-10,
     disk_radius=100.0,
     disk_mass=0.01,
     luminosity=1.0,
@@ -26,11 +27,15 @@ DISK_ONLY = dict(
 )
 
 
-def render_one(inclination: float, position_angle: float, config: SimulatorConfig, distance_pc: float = 140.0, **overrides) -> np.ndarray:
+def render_one(
+    inclination: float, position_angle: float, config: SimulatorConfig, distance_pc: float = 140.0, **overrides
+) -> np.ndarray:
     """Render one system (``DISK_ONLY`` with ``overrides``) as a numpy image in Jy/pixel."""
     params = {**DISK_ONLY, **overrides}
     systems = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in params.items()}
-    image = render(systems, torch.tensor([float(inclination)]), torch.tensor([float(position_angle)]), config, distance_pc)
+    image = render(
+        systems, torch.tensor([float(inclination)]), torch.tensor([float(position_angle)]), config, distance_pc
+    )
     return image[0].numpy().astype(np.float64)
 
 
@@ -61,5 +66,12 @@ def fine_config() -> SimulatorConfig:
 def open_small_bank(tmp_path_factory, n_systems: int, seed: int):
     """A 16x16-pixel bank of ``n_systems`` x 2 projections for learning tests (seconds to make), opened."""
     path = tmp_path_factory.mktemp("bank") / "bank.h5"
-    simulate_bank(path, n_systems, 2, seed=seed, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
+    simulate_bank(
+        path,
+        n_systems,
+        2,
+        seed=seed,
+        config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8),
+        progress=False,
+    )
     return Bank(path)

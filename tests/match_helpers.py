@@ -29,7 +29,9 @@ def write_bank(path: Path, n_systems: int = 30, n_projections: int = 4, size: in
     with h5py.File(path, "w") as f:
         f.create_dataset("images", data=images.astype("f4")).attrs["unit"] = "Jy/beam"
         write_bank_tables(f, viewing, parameters)
-        write_bank_attributes(f, seed=seed, config=None, instrument=Instrument(), prior=None, source="test", pixel_size_au=10.0)
+        write_bank_attributes(
+            f, seed=seed, config=None, instrument=Instrument(), prior=None, source="test", pixel_size_au=10.0
+        )
     return path
 
 
@@ -78,6 +80,15 @@ def fake_siamese_module(image_size: int = 16, dimension: int = 24):
 
 
 def write_fake_model(path: Path, image_size: int = 16) -> Path:
-    torch.save({"image_size": image_size, "config": {}, "bank": {}, "split": {}, "parameter_names": [],
-                "target": {"parameters": ["stellar_mass", "disk_radius", "envelope_mass"]}}, path)
+    torch.save(
+        {
+            "image_size": image_size,
+            "config": {},
+            "bank": {},
+            "split": {},
+            "parameter_names": [],
+            "target": {"parameters": ["stellar_mass", "disk_radius", "envelope_mass"]},
+        },
+        path,
+    )
     return path

@@ -31,7 +31,16 @@ def test_bank_schema_has_units_viewing_angles_and_provenance(small_bank):
         assert bank.images.dtype == np.float32
         assert bank.images.chunks[1:] == (3, 24, 24)
         assert bank.unit == "Jy/beam"
-        for name in ["stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "envelope_mass", "luminosity", "temperature", "age"]:
+        for name in [
+            "stellar_mass",
+            "accretion_rate",
+            "disk_radius",
+            "disk_mass",
+            "envelope_mass",
+            "luminosity",
+            "temperature",
+            "age",
+        ]:
             assert bank.parameter_info[name].unit == PARAMETERS[name].unit
             assert bank.parameters[name].shape == (6,)
             assert np.all(bank.parameters[name] > 0)
@@ -103,7 +112,15 @@ def _write_snapshot(path, seed, n_projections=8, size=16, drop=None):
     with h5py.File(path, "w") as f:
         for k in range(1, n_projections + 1):
             f[f"intensity_projection_{k}"] = rng.random((size, size))
-        values = dict(Envelope_mass=0.5 + seed, accretion_rate=1e-5, temperature=40.0, mass=0.3 + seed, disk_size=50.0, luminosity=3.0, age=1e5)
+        values = dict(
+            Envelope_mass=0.5 + seed,
+            accretion_rate=1e-5,
+            temperature=40.0,
+            mass=0.3 + seed,
+            disk_size=50.0,
+            luminosity=3.0,
+            age=1e5,
+        )
         for name, value in values.items():
             if name != drop:
                 f[name] = value
@@ -174,7 +191,26 @@ def test_normaliser_is_fitted_on_training_systems_and_inverts(small_bank):
 
 def test_simulate_command_writes_a_bank_and_reports_user_errors_in_one_line(tmp_path, capsys):
     out = tmp_path / "cli.h5"
-    assert cli_main(["simulate", "--config", "tiny", "--systems", "3", "--projections", "2", "--size", "16", "--seed", "1", "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "simulate",
+                "--config",
+                "tiny",
+                "--systems",
+                "3",
+                "--projections",
+                "2",
+                "--size",
+                "16",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     with Bank(out) as bank:
         assert bank.images.shape == (3, 2, 16, 16)
     capsys.readouterr()
@@ -188,11 +224,33 @@ def test_a_second_simulate_writing_the_same_bank_is_refused_and_the_bank_kept(tm
     from protolib.runtime import run_lock
 
     out = tmp_path / "bank.h5"
-    assert cli_main(["simulate", "--config", "tiny", "--systems", "2", "--projections", "2", "--size", "16", "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            ["simulate", "--config", "tiny", "--systems", "2", "--projections", "2", "--size", "16", "--out", str(out)]
+        )
+        == 0
+    )
     before = out.read_bytes()
     capsys.readouterr()
     with run_lock(out, folder=False):  # another simulate writing this bank
-        assert cli_main(["simulate", "--config", "tiny", "--systems", "3", "--projections", "2", "--size", "16", "--out", str(out)]) == 2
+        assert (
+            cli_main(
+                [
+                    "simulate",
+                    "--config",
+                    "tiny",
+                    "--systems",
+                    "3",
+                    "--projections",
+                    "2",
+                    "--size",
+                    "16",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "another protolib run" in error[0] and "this file" in error[0]
     assert out.read_bytes() == before

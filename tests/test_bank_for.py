@@ -29,9 +29,20 @@ from protolib.runtime import run_lock
 CENTRE = SkyCoord(67.8923 * u.deg, 18.1347 * u.deg)
 
 
-def write_map(path: Path, *, distance_pc: float, field_au: float, beam_au: tuple[float, float], pixels_per_beam: float = 4.0,
-              noise: float = 1e-4, snr: float = 100.0, frequency_ghz: float = 230.0, seed: int = 0, beam_card: bool = True,
-              centre: SkyCoord = CENTRE) -> Path:
+def write_map(
+    path: Path,
+    *,
+    distance_pc: float,
+    field_au: float,
+    beam_au: tuple[float, float],
+    pixels_per_beam: float = 4.0,
+    noise: float = 1e-4,
+    snr: float = 100.0,
+    frequency_ghz: float = 230.0,
+    seed: int = 0,
+    beam_card: bool = True,
+    centre: SkyCoord = CENTRE,
+) -> Path:
     """A continuum map of a Gaussian source plus beam-correlated noise: RA---SIN, DEC--SIN and a frequency plane."""
     beam = Beam(beam_au[0] / distance_pc, beam_au[1] / distance_pc, 30.0)
     pixel = beam.minor_arcsec / pixels_per_beam
@@ -41,12 +52,27 @@ def write_map(path: Path, *, distance_pc: float, field_au: float, beam_au: tuple
     source = snr * noise * np.exp(-0.5 * (offsets[:, None] ** 2 + (offsets[None, :] / 0.6) ** 2) / sigma**2)
     image = source + noise * beam_noise((size, size), beam, pixel, np.random.default_rng(seed)).numpy()
     header = fits.Header()
-    for k, (ctype, crval, cdelt) in enumerate([("RA---SIN", centre.ra.deg, -pixel / 3600), ("DEC--SIN", centre.dec.deg, pixel / 3600),
-                                                ("FREQ", frequency_ghz * 1e9, 1e9)], start=1):
-        header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"] = ctype, crval, cdelt, (size + 1) / 2 if k < 3 else 1.0
+    for k, (ctype, crval, cdelt) in enumerate(
+        [
+            ("RA---SIN", centre.ra.deg, -pixel / 3600),
+            ("DEC--SIN", centre.dec.deg, pixel / 3600),
+            ("FREQ", frequency_ghz * 1e9, 1e9),
+        ],
+        start=1,
+    ):
+        header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"] = (
+            ctype,
+            crval,
+            cdelt,
+            (size + 1) / 2 if k < 3 else 1.0,
+        )
     header["BUNIT"], header["RADESYS"] = "Jy/beam", "ICRS"
     if beam_card:
-        header["BMAJ"], header["BMIN"], header["BPA"] = beam.major_arcsec / 3600, beam.minor_arcsec / 3600, beam.position_angle_deg
+        header["BMAJ"], header["BMIN"], header["BPA"] = (
+            beam.major_arcsec / 3600,
+            beam.minor_arcsec / 3600,
+            beam.position_angle_deg,
+        )
     fits.PrimaryHDU(image[None].astype(np.float32), header=header).writeto(path, overwrite=True)
     return path
 
@@ -60,22 +86,54 @@ def test_a_long_baseline_map_gets_a_small_sharp_bank_and_is_matched_with_it(tmp_
     assert setup.image_size == 128
     assert setup.pixel_au <= 4.0 / PIXELS_PER_BEAM * 1.001
     assert 150.0 < setup.field_au < 500.0 and "sampling the beam" in setup.limited_by
-    assert setup.beam.major_arcsec == pytest.approx(5.0 / 140.0, rel=1e-4) and setup.frequency_ghz == pytest.approx(230.0)
+    assert setup.beam.major_arcsec == pytest.approx(5.0 / 140.0, rel=1e-4) and setup.frequency_ghz == pytest.approx(
+        230.0
+    )
     assert setup.noise_rms_jy_beam == pytest.approx(1e-4, rel=0.25)
     out = tmp_path / "fitted"
-    small = ["--config", "tiny", "--set", "bank.n_systems=10", "--set", "autoencoder.training.epochs=1",
-             "--set", "siamese.training.epochs=1", "--quiet"]
+    small = [
+        "--config",
+        "tiny",
+        "--set",
+        "bank.n_systems=10",
+        "--set",
+        "autoencoder.training.epochs=1",
+        "--set",
+        "siamese.training.epochs=1",
+        "--quiet",
+    ]
     assert main(["bank-for", str(path), "--distance", "140", "--out", str(out), *small]) == 0
     assert "128x128 px" in capsys.readouterr().out
-    code = main(["match", "--model", str(out / "siamese.pt"), "--bank", str(out / "bank.h5"), "--target", str(path),
-                 "--distance", "140", "--out", str(tmp_path / "matches"), "--config", "tiny"])
+    code = main(
+        [
+            "match",
+            "--model",
+            str(out / "siamese.pt"),
+            "--bank",
+            str(out / "bank.h5"),
+            "--target",
+            str(path),
+            "--distance",
+            "140",
+            "--out",
+            str(tmp_path / "matches"),
+            "--config",
+            "tiny",
+        ]
+    )
     assert code == 0 and "not made for this map" not in capsys.readouterr().err
 
 
 def test_a_wide_noema_map_gets_a_wide_bank(tmp_path):
     """NOEMA at 300 pc: a 20,000 au map with a 1" beam gets a bank ten times the teaching bank's field."""
-    path = write_map(tmp_path / "noema.fits", distance_pc=300.0, field_au=21_000.0, beam_au=(300.0, 240.0), pixels_per_beam=3.0,
-                     frequency_ghz=220.0)
+    path = write_map(
+        tmp_path / "noema.fits",
+        distance_pc=300.0,
+        field_au=21_000.0,
+        beam_au=(300.0, 240.0),
+        pixels_per_beam=3.0,
+        frequency_ghz=220.0,
+    )
     setup = map_setup(path, 300.0)
     assert setup.image_size == 128 and 10_000.0 < setup.field_au <= MAX_FIELD_AU
     assert setup.pixel_au <= 240.0 / PIXELS_PER_BEAM * 1.001
@@ -83,11 +141,19 @@ def test_a_wide_noema_map_gets_a_wide_bank(tmp_path):
 
 
 def test_a_bank_that_does_not_fit_the_map_is_named_with_the_command_that_would(tmp_path):
-    path = write_map(tmp_path / "noema.fits", distance_pc=300.0, field_au=12_000.0, beam_au=(300.0, 240.0), pixels_per_beam=3.0)
-    teaching = BankGrid(image_size=32, pixel_size_au=31.25, distance_pc=140.0, beam=Beam(0.25, 0.25, 0.0), frequency_ghz=230.0)
-    with pytest.warns(UserWarning, match=r"holds only 3\.3 of the map's 300 au beams.*protolib bank-for .*noema.fits --distance 300"):
+    path = write_map(
+        tmp_path / "noema.fits", distance_pc=300.0, field_au=12_000.0, beam_au=(300.0, 240.0), pixels_per_beam=3.0
+    )
+    teaching = BankGrid(
+        image_size=32, pixel_size_au=31.25, distance_pc=140.0, beam=Beam(0.25, 0.25, 0.0), frequency_ghz=230.0
+    )
+    with pytest.warns(
+        UserWarning, match=r"holds only 3\.3 of the map's 300 au beams.*protolib bank-for .*noema.fits --distance 300"
+    ):
         prepare_observation(path, teaching, 300.0)
-    fitted = BankGrid(image_size=64, pixel_size_au=187.5, distance_pc=300.0, beam=Beam(1.0, 0.8, 30.0), frequency_ghz=230.0)
+    fitted = BankGrid(
+        image_size=64, pixel_size_au=187.5, distance_pc=300.0, beam=Beam(1.0, 0.8, 30.0), frequency_ghz=230.0
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         prepare_observation(path, fitted, 300.0)
@@ -96,10 +162,21 @@ def test_a_bank_that_does_not_fit_the_map_is_named_with_the_command_that_would(t
 
 def test_bank_for_builds_the_bank_and_networks_a_second_map_reuses_them_and_match_uses_them(tmp_path, capsys):
     first = write_map(tmp_path / "source_a.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), seed=1)
-    second = write_map(tmp_path / "source_b.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), seed=2, snr=60.0)
+    second = write_map(
+        tmp_path / "source_b.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), seed=2, snr=60.0
+    )
     out = tmp_path / "fitted"
-    small = ["--config", "tiny", "--set", "bank.n_systems=12", "--set", "autoencoder.training.epochs=1",
-             "--set", "siamese.training.epochs=1", "--quiet"]
+    small = [
+        "--config",
+        "tiny",
+        "--set",
+        "bank.n_systems=12",
+        "--set",
+        "autoencoder.training.epochs=1",
+        "--set",
+        "siamese.training.epochs=1",
+        "--quiet",
+    ]
     assert main(["bank-for", str(first), "--distance", "140", "--out", str(out), *small]) == 0
     said = capsys.readouterr().out
     assert "A bank for 1 map(s)" in said and "min from scratch" in said and "Built bank, autoencoder, siamese" in said
@@ -111,11 +188,29 @@ def test_bank_for_builds_the_bank_and_networks_a_second_map_reuses_them_and_matc
     assert main(["bank-for", str(second), "--distance", "140", "--out", str(out), *small]) == 0
     assert "Reused everything" in capsys.readouterr().out
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
-    assert [Path(m).name for m in yaml.safe_load((out / "setup.json").read_text())["maps"]] == ["source_a.fits", "source_b.fits"]
+    assert [Path(m).name for m in yaml.safe_load((out / "setup.json").read_text())["maps"]] == [
+        "source_a.fits",
+        "source_b.fits",
+    ]
 
     matches = tmp_path / "matches"
-    code = main(["match", "--model", str(out / "siamese.pt"), "--bank", str(out / "bank.h5"), "--target", str(second),
-                 "--distance", "140", "--out", str(matches), "--config", "tiny"])
+    code = main(
+        [
+            "match",
+            "--model",
+            str(out / "siamese.pt"),
+            "--bank",
+            str(out / "bank.h5"),
+            "--target",
+            str(second),
+            "--distance",
+            "140",
+            "--out",
+            str(matches),
+            "--config",
+            "tiny",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and (matches / "summary.csv").exists()
     assert "not made for this map" not in captured.err
@@ -123,11 +218,23 @@ def test_bank_for_builds_the_bank_and_networks_a_second_map_reuses_them_and_matc
 
 def test_bad_input_gets_one_line_and_leaves_nothing_built(tmp_path, capsys):
     good = write_map(tmp_path / "good.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0))
-    elsewhere = write_map(tmp_path / "elsewhere.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=100.0,
-                          centre=CENTRE.spherical_offsets_by(0 * u.arcsec, 3 * u.arcsec))
-    same_band = write_map(tmp_path / "same_band.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=233.0)
-    other = write_map(tmp_path / "other.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=100.0)
-    no_beam = write_map(tmp_path / "no_beam.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), beam_card=False)
+    elsewhere = write_map(
+        tmp_path / "elsewhere.fits",
+        distance_pc=140.0,
+        field_au=1500.0,
+        beam_au=(100.0, 80.0),
+        frequency_ghz=100.0,
+        centre=CENTRE.spherical_offsets_by(0 * u.arcsec, 3 * u.arcsec),
+    )
+    same_band = write_map(
+        tmp_path / "same_band.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=233.0
+    )
+    other = write_map(
+        tmp_path / "other.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), frequency_ghz=100.0
+    )
+    no_beam = write_map(
+        tmp_path / "no_beam.fits", distance_pc=140.0, field_au=1500.0, beam_au=(100.0, 80.0), beam_card=False
+    )
     cases = [
         ([str(no_beam), "--distance", "140"], "beam"),
         ([str(good), "--distance", "0.01"], "is the distance in pc"),
@@ -152,14 +259,37 @@ def test_maps_of_one_source_in_three_bands_make_one_bank_in_those_bands_at_each_
     """ALMA bands 3, 6 and 7 of one source: one bank, rendered at the three frequencies read from the files, each
     band seen through its map's beam and noise, on the pixel grid of the sharpest beam; the B6 map alone is then
     served by it (its networks are the 230 GHz band's until they embed several bands)."""
-    maps = {f: write_map(tmp_path / f"band_{f:.0f}.fits", distance_pc=140.0, field_au=field, beam_au=beam, noise=noise, frequency_ghz=f,
-                         seed=seed) for seed, (f, field, beam, noise) in enumerate([(97.5, 4000.0, (220.0, 180.0), 3e-5),
-                                                                                   (230.0, 1500.0, (100.0, 80.0), 1e-4),
-                                                                                   (343.5, 1500.0, (80.0, 64.0), 2e-4)])}
+    maps = {
+        f: write_map(
+            tmp_path / f"band_{f:.0f}.fits",
+            distance_pc=140.0,
+            field_au=field,
+            beam_au=beam,
+            noise=noise,
+            frequency_ghz=f,
+            seed=seed,
+        )
+        for seed, (f, field, beam, noise) in enumerate(
+            [
+                (97.5, 4000.0, (220.0, 180.0), 3e-5),
+                (230.0, 1500.0, (100.0, 80.0), 1e-4),
+                (343.5, 1500.0, (80.0, 64.0), 2e-4),
+            ]
+        )
+    }
     measured = [map_setup(path, 140.0).noise_rms_jy_beam for path in maps.values()]
     out = tmp_path / "bands"
-    small = ["--config", "tiny", "--set", "bank.n_systems=10", "--set", "autoencoder.training.epochs=1",
-             "--set", "siamese.training.epochs=1", "--quiet"]
+    small = [
+        "--config",
+        "tiny",
+        "--set",
+        "bank.n_systems=10",
+        "--set",
+        "autoencoder.training.epochs=1",
+        "--set",
+        "siamese.training.epochs=1",
+        "--quiet",
+    ]
     assert main(["bank-for", *map(str, maps.values()), "--distance", "140", "--out", str(out), *small]) == 0
     said = capsys.readouterr().out
     assert "3 bands: 97.5 GHz" in said and "the bank holds 3 bands (97.5, 230, 343.5 GHz)" in said
@@ -174,16 +304,42 @@ def test_maps_of_one_source_in_three_bands_make_one_bank_in_those_bands_at_each_
         assert bank.pixel_size_au <= 64.0 / PIXELS_PER_BEAM * 1.001  # the sharpest band's beam is sampled
     assert main(["bank-for", str(maps[230.0]), "--distance", "140", "--out", str(out), *small]) == 0
     assert "Reused everything" in capsys.readouterr().out
-    assert main(["bank-for", str(maps[230.0]), str(maps[343.5]), "--distance", "140", "--out", str(tmp_path / "b6b7"),
-                 "--set", "bank.n_systems=10", "--quiet", "--config", "tiny", "--set", "autoencoder.training.epochs=1",
-                 "--set", "siamese.training.epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "bank-for",
+                str(maps[230.0]),
+                str(maps[343.5]),
+                "--distance",
+                "140",
+                "--out",
+                str(tmp_path / "b6b7"),
+                "--set",
+                "bank.n_systems=10",
+                "--quiet",
+                "--config",
+                "tiny",
+                "--set",
+                "autoencoder.training.epochs=1",
+                "--set",
+                "siamese.training.epochs=1",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_survey_shares_one_bank_that_serves_each_map(tmp_path):
     """Maps of one band with different beams and noise get one bank with the sharpest beam, the lowest noise
     and the smallest field; a bank does not serve a map sharper or much cleaner than itself."""
-    sharp = map_setup(write_map(tmp_path / "sharp.fits", distance_pc=300.0, field_au=6000.0, beam_au=(200.0, 150.0), noise=2e-4), 300.0)
-    coarse = map_setup(write_map(tmp_path / "coarse.fits", distance_pc=300.0, field_au=4000.0, beam_au=(300.0, 250.0), noise=1e-4), 300.0)
+    sharp = map_setup(
+        write_map(tmp_path / "sharp.fits", distance_pc=300.0, field_au=6000.0, beam_au=(200.0, 150.0), noise=2e-4),
+        300.0,
+    )
+    coarse = map_setup(
+        write_map(tmp_path / "coarse.fits", distance_pc=300.0, field_au=4000.0, beam_au=(300.0, 250.0), noise=1e-4),
+        300.0,
+    )
     survey = common_setup([sharp, coarse])
     assert survey.beam == sharp.beam and survey.field_au <= coarse.field_au * 1.0001
     assert survey.noise_rms_jy_beam == pytest.approx(min(sharp.noise_rms_jy_beam, coarse.noise_rms_jy_beam))

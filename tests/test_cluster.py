@@ -37,22 +37,29 @@ def _same_bank(a_path, b_path):
 
 def test_parallel_bank_is_bit_identical_to_the_serial_one(tmp_path, local_client):
     simulate_bank(tmp_path / "serial.h5", 10, 3, seed=5, config=SMALL, progress=False)
-    report = simulate_bank_parallel(tmp_path / "two.h5", 10, 3, seed=5, config=SMALL, shard_systems=3, client=local_client, progress=False)
+    report = simulate_bank_parallel(
+        tmp_path / "two.h5", 10, 3, seed=5, config=SMALL, shard_systems=3, client=local_client, progress=False
+    )
     assert report.n_shards == 4 and report.rendered == [0, 1, 2, 3]
-    simulate_bank_parallel(tmp_path / "one.h5", 10, 3, seed=5, config=SMALL, shard_systems=4, n_workers=1, progress=False)
+    simulate_bank_parallel(
+        tmp_path / "one.h5", 10, 3, seed=5, config=SMALL, shard_systems=4, n_workers=1, progress=False
+    )
     _same_bank(tmp_path / "serial.h5", tmp_path / "two.h5")
     _same_bank(tmp_path / "serial.h5", tmp_path / "one.h5")
     # Threads and the grouping of systems into calls do not change a bit either.
     simulate_bank(tmp_path / "threads.h5", 10, 3, seed=5, config=SMALL, progress=False, threads=2, systems_per_batch=3)
     _same_bank(tmp_path / "serial.h5", tmp_path / "threads.h5")
-    simulate_bank(tmp_path / "pool.h5", 10, 3, seed=5, config=SMALL, progress=False, workers=2, systems_per_batch=3)  # processes
+    # processes
+    simulate_bank(tmp_path / "pool.h5", 10, 3, seed=5, config=SMALL, progress=False, workers=2, systems_per_batch=3)
     _same_bank(tmp_path / "serial.h5", tmp_path / "pool.h5")
     assert not shard_folder(tmp_path / "two.h5").exists()
 
 
 def test_rerun_after_an_interruption_renders_only_missing_shards(tmp_path, local_client):
     out = tmp_path / "bank.h5"
-    first = simulate_bank_parallel(out, 8, 2, seed=1, config=SMALL, shard_systems=2, client=local_client, keep_shards=True, progress=False)
+    first = simulate_bank_parallel(
+        out, 8, 2, seed=1, config=SMALL, shard_systems=2, client=local_client, keep_shards=True, progress=False
+    )
     assert first.rendered == [0, 1, 2, 3]
     reference = tmp_path / "reference.h5"
     reference.write_bytes(out.read_bytes())
@@ -60,13 +67,17 @@ def test_rerun_after_an_interruption_renders_only_missing_shards(tmp_path, local
     (shard_folder(out) / "shard_00001.h5").unlink()
     (shard_folder(out) / "shard_00003.h5").unlink()
     out.unlink()
-    again = simulate_bank_parallel(out, 8, 2, seed=1, config=SMALL, shard_systems=2, client=local_client, progress=False)
+    again = simulate_bank_parallel(
+        out, 8, 2, seed=1, config=SMALL, shard_systems=2, client=local_client, progress=False
+    )
     assert again.rendered == [1, 3] and again.reused == [0, 2]
     _same_bank(reference, out)
 
 
 def test_shards_of_another_bank_are_not_mixed_in(tmp_path, local_client):
     out = tmp_path / "bank.h5"
-    simulate_bank_parallel(out, 4, 2, seed=1, config=SMALL, shard_systems=2, client=local_client, keep_shards=True, progress=False)
+    simulate_bank_parallel(
+        out, 4, 2, seed=1, config=SMALL, shard_systems=2, client=local_client, keep_shards=True, progress=False
+    )
     with pytest.raises(ProtolibInputError, match="different bank"):
         simulate_bank_parallel(out, 4, 2, seed=2, config=SMALL, shard_systems=2, client=local_client, progress=False)

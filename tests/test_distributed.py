@@ -20,19 +20,51 @@ TOLERANCE = 1e-4  # relative: only the order of floating-point sums differs betw
 
 
 def options(stage: str) -> list[str]:
-    """Tiny networks, 13 systems split 7/3/3 (so the last batch of 3 systems leaves one process idle), no augmentation."""
-    no_augmentation = [f"{stage}.augmentation.{key}={value}" for key, value in
-                       (("rotate", "false"), ("flip", "false"), ("beam_jitter", 0), ("noise_jitter", 0))]
-    settings = ["split.fractions=[0.6,0.2,0.2]", "autoencoder.model.channels=[4,8]", "autoencoder.model.latent_size=8",
-                "siamese.model.hidden_size=16", *no_augmentation]
-    return ["--config", "tiny", "--epochs", "2", "--batch-systems", "3", "--quiet", "--threads", "1",
-            *[part for setting in settings for part in ("--set", setting)]]
+    """Tiny networks, 13 systems split 7/3/3 (so the last batch of 3 systems leaves one process idle), no
+    augmentation."""
+    no_augmentation = [
+        f"{stage}.augmentation.{key}={value}"
+        for key, value in (("rotate", "false"), ("flip", "false"), ("beam_jitter", 0), ("noise_jitter", 0))
+    ]
+    settings = [
+        "split.fractions=[0.6,0.2,0.2]",
+        "autoencoder.model.channels=[4,8]",
+        "autoencoder.model.latent_size=8",
+        "siamese.model.hidden_size=16",
+        *no_augmentation,
+    ]
+    return [
+        "--config",
+        "tiny",
+        "--epochs",
+        "2",
+        "--batch-systems",
+        "3",
+        "--quiet",
+        "--threads",
+        "1",
+        *[part for setting in settings for part in ("--set", setting)],
+    ]
 
 
 def torchrun(*arguments: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(protolib.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "PROTOLIB_DEVICE": "cpu"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "protolib", *arguments]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(protolib.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "PROTOLIB_DEVICE": "cpu",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "protolib",
+        *arguments,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -46,7 +78,9 @@ def losses(run: Path, name: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
     path = tmp_path_factory.mktemp("bank") / "bank.h5"
-    simulate_bank(path, 13, 2, seed=3, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False)
+    simulate_bank(
+        path, 13, 2, seed=3, config=SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8), progress=False
+    )
     return path
 
 
@@ -71,7 +105,9 @@ def test_two_processes_share_each_batch_by_system_and_together_see_what_one_proc
             shares.append(list(system_batches(source, systems, batch_systems=3, projections_per_system=1, seed=4)))
     for (images, system), (images_0, system_0), (images_1, system_1) in zip(whole, *shares):
         assert not set(system_0) & set(system_1)
-        assert np.array_equal(np.r_[system_0, system_1], system) and np.array_equal(np.concatenate([images_0, images_1]), images)
+        assert np.array_equal(np.r_[system_0, system_1], system) and np.array_equal(
+            np.concatenate([images_0, images_1]), images
+        )
 
 
 def test_torchrun_with_two_processes_gives_the_loss_history_of_one_process(bank, alone, tmp_path):
@@ -82,8 +118,13 @@ def test_torchrun_with_two_processes_gives_the_loss_history_of_one_process(bank,
         one, two = losses(alone, name), losses(tmp_path, name)
         assert one.shape == two.shape == (2, 2)
         np.testing.assert_allclose(two, one, rtol=TOLERANCE)
-    images = [json.loads((run / "siamese_history.json").read_text())["history"][0]["images"] for run in (alone, tmp_path)]
+    images = [
+        json.loads((run / "siamese_history.json").read_text())["history"][0]["images"] for run in (alone, tmp_path)
+    ]
     assert images[0] == images[1] == 7 * 2
     assert result.stdout.count("held-out spearman") == 1 and (tmp_path / "metrics.json").exists()
     assert not list(tmp_path.glob("*.tmp"))
-    assert torch.load(tmp_path / "siamese.pt", weights_only=False)["history"] == json.loads((tmp_path / "siamese_history.json").read_text())["history"]
+    assert (
+        torch.load(tmp_path / "siamese.pt", weights_only=False)["history"]
+        == json.loads((tmp_path / "siamese_history.json").read_text())["history"]
+    )

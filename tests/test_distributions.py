@@ -9,8 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-
 from match_helpers import write_bank
+
 from protolib.bank import Bank
 from protolib.distributions import (
     corner_plot,
@@ -42,11 +42,21 @@ def test_log_normal_samples_recover_their_percentiles_in_physical_units():
     assert mdot.log_scale and mdot.unit == "Msun/yr"
     assert mdot.median == pytest.approx(1e-5, rel=0.01)
     one_sigma, two_sigma = 0.4 * 0.9945, 0.4 * 1.9600  # 16/84 and 2.5/97.5 percentiles of a normal, in dex
-    assert (mdot.p16, mdot.p84) == (pytest.approx(10 ** (-5 - one_sigma), rel=0.02), pytest.approx(10 ** (-5 + one_sigma), rel=0.02))
-    assert (mdot.p2_5, mdot.p97_5) == (pytest.approx(10 ** (-5 - two_sigma), rel=0.03), pytest.approx(10 ** (-5 + two_sigma), rel=0.03))
+    assert (mdot.p16, mdot.p84) == (
+        pytest.approx(10 ** (-5 - one_sigma), rel=0.02),
+        pytest.approx(10 ** (-5 + one_sigma), rel=0.02),
+    )
+    assert (mdot.p2_5, mdot.p97_5) == (
+        pytest.approx(10 ** (-5 - two_sigma), rel=0.03),
+        pytest.approx(10 ** (-5 + two_sigma), rel=0.03),
+    )
     assert mdot.width_68 == pytest.approx(0.4, rel=0.02)
     assert not cavity.log_scale
-    assert (cavity.median, cavity.p16, cavity.p84) == (pytest.approx(25.0, abs=0.05), pytest.approx(22.0, abs=0.06), pytest.approx(28.0, abs=0.06))
+    assert (cavity.median, cavity.p16, cavity.p84) == (
+        pytest.approx(25.0, abs=0.05),
+        pytest.approx(22.0, abs=0.06),
+        pytest.approx(28.0, abs=0.06),
+    )
 
 
 def test_summary_compares_width_with_the_prior_and_keeps_the_truth():
@@ -61,7 +71,9 @@ def test_summary_compares_width_with_the_prior_and_keeps_the_truth():
 
 def test_weighted_percentiles():
     values = np.arange(11.0)
-    np.testing.assert_allclose(weighted_percentile(values, [10, 50, 90], np.ones(11)), np.percentile(values, [10, 50, 90]))
+    np.testing.assert_allclose(
+        weighted_percentile(values, [10, 50, 90], np.ones(11)), np.percentile(values, [10, 50, 90])
+    )
     heavy = np.full(11, 1e-6)
     heavy[8] = 1.0
     assert weighted_percentile(values, [50], heavy)[0] == pytest.approx(8.0, abs=0.01)
@@ -95,8 +107,13 @@ def test_corner_plot_overlays_matches_on_prior_with_truths(bank):
     matches = Matches(np.linspace(0.99, 0.9, 60), np.arange(60) % 40, np.arange(60) % 4)
     names = ["stellar_mass", "disk_radius", "inclination"]
     truths = truth_parameters(bank, 5, 1)
-    fig = corner_plot(match_parameters(bank, matches), prior_parameters(bank), parameters=names, truths=truths,
-                      parameter_info=bank.parameter_info)
+    fig = corner_plot(
+        match_parameters(bank, matches),
+        prior_parameters(bank),
+        parameters=names,
+        truths=truths,
+        parameter_info=bank.parameter_info,
+    )
     assert len(fig.axes) == 9
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["best matches (60)", "prior: whole bank (160)", "truth"]
@@ -109,8 +126,12 @@ def test_corner_plot_overlays_matches_on_prior_with_truths(bank):
 def test_marginals_plot_shows_each_distribution(bank):
     best = match_parameters(bank, Matches(np.ones(20), np.arange(20), np.zeros(20, int)))
     random = match_parameters(bank, Matches(np.ones(20), np.arange(20, 40), np.ones(20, int)))
-    fig = marginals_plot({"best 20": best, "random 20": random}, prior_parameters(bank), parameters=["stellar_mass", "age"],
-                         truths={"stellar_mass": 1.0})
+    fig = marginals_plot(
+        {"best 20": best, "random 20": random},
+        prior_parameters(bank),
+        parameters=["stellar_mass", "age"],
+        truths={"stellar_mass": 1.0},
+    )
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["prior (bank)", "best 20", "random 20", "truth"]
     plt.close(fig)
@@ -127,6 +148,7 @@ def test_gallery_titles_each_match_with_its_similarity(bank):
 
 def test_explorer_shows_a_static_view_without_a_frontend_and_a_live_widget_with_one(bank, monkeypatch):
     from match_helpers import ProjectionEmbedder
+
     from protolib import explorer
     from protolib.explorer import bank_target, match_explorer
     from protolib.matching import Matcher
@@ -139,8 +161,13 @@ def test_explorer_shows_a_static_view_without_a_frontend_and_a_live_widget_with_
     assert len(figures[1].axes) == 4
     monkeypatch.setenv("PROTOLIB_INTERACTIVE", "1")
     drawn = []
-    monkeypatch.setattr(explorer, "corner_plot", lambda samples, *a, **k: drawn.append(
-        (len(samples["stellar_mass"]), k["truths"]["stellar_mass"], k["parameters"])) or plt.figure())
+    monkeypatch.setattr(
+        explorer,
+        "corner_plot",
+        lambda samples, *a, **k: (
+            drawn.append((len(samples["stellar_mass"]), k["truths"]["stellar_mass"], k["parameters"])) or plt.figure()
+        ),
+    )
     widget = match_explorer(bank, targets, parameters=["stellar_mass"], k=30)
     choice, k_slider = widget.children[0].children[0].children
     k_slider.value = 12
@@ -160,15 +187,19 @@ def test_truth_coverage_counts_truths_inside_the_ranges(bank):
 
 
 def test_a_corner_plot_leaves_out_a_parameter_the_bank_does_not_know():
-    """An imported thesis bank has no inclinations (NaN): its corner plot shows the other parameters, never fails on NaN limits."""
+    """An imported thesis bank has no inclinations (NaN): its corner plot shows the other parameters, never fails on
+    NaN limits."""
     import matplotlib
 
     matplotlib.use("Agg")
     from protolib.distributions import corner_plot
 
     rng = np.random.default_rng(0)
-    prior = {"stellar_mass": 10 ** rng.uniform(-1, 0.5, 200), "disk_radius": 10 ** rng.uniform(1, 2.5, 200),
-             "inclination": np.full(200, np.nan)}
+    prior = {
+        "stellar_mass": 10 ** rng.uniform(-1, 0.5, 200),
+        "disk_radius": 10 ** rng.uniform(1, 2.5, 200),
+        "inclination": np.full(200, np.nan),
+    }
     samples = {name: values[:20] for name, values in prior.items()}
     fig = corner_plot(samples, prior, parameters=["stellar_mass", "disk_radius", "inclination"])
     labels = " ".join(ax.get_xlabel() for ax in fig.axes)

@@ -12,10 +12,10 @@ from protolib.cli import main
 from protolib.evaluation import (
     EvaluationSettings,
     MatchingMethod,
-    Relevance,
-    Ranking,
-    central_coverage,
     MethodEvaluation,
+    Ranking,
+    Relevance,
+    central_coverage,
     choose_correction,
     coverage_standard_error,
     evaluate_methods,
@@ -52,7 +52,9 @@ def test_ndcg_is_one_for_the_ideal_order_and_at_chance_for_random_orders():
     ideal = -np.sort(-relevance, axis=1)
     assert np.allclose(ndcg_at_k(ideal, relevance, 10), 1.0)
     shuffled = np.stack([rng.permutation(r) for r in relevance])
-    chance = relevance.mean(1) * (1 / np.log2(np.arange(2, 12))).sum() / (ideal[:, :10] / np.log2(np.arange(2, 12))).sum(1)
+    chance = (
+        relevance.mean(1) * (1 / np.log2(np.arange(2, 12))).sum() / (ideal[:, :10] / np.log2(np.arange(2, 12))).sum(1)
+    )
     assert ndcg_at_k(shuffled, relevance, 10).mean() == pytest.approx(chance.mean(), abs=0.02)
     assert ndcg_at_k(ideal[:, ::-1], relevance, 10).mean() < 0.2
 
@@ -79,7 +81,9 @@ def test_rank_histogram_is_flat_when_calibrated_and_u_shaped_when_overconfident(
     samples, truths = gaussian_toy(1.0, dims=1)
     flat = np.histogram(truth_ranks(samples[..., 0], truths[:, 0]) / 200, bins=10, range=(0, 1 + 1e-9))[0]
     assert flat.min() > 0.7 * flat.mean() and flat.max() < 1.3 * flat.mean()
-    narrow = np.histogram(truth_ranks(gaussian_toy(0.3, dims=1)[0][..., 0], truths[:, 0]) / 200, bins=10, range=(0, 1 + 1e-9))[0]
+    narrow = np.histogram(
+        truth_ranks(gaussian_toy(0.3, dims=1)[0][..., 0], truths[:, 0]) / 200, bins=10, range=(0, 1 + 1e-9)
+    )[0]
     assert narrow[0] + narrow[-1] > 0.5 * narrow.sum()
 
 
@@ -91,27 +95,54 @@ def test_tarp_follows_the_diagonal_when_calibrated_and_not_when_overconfident():
 
 
 def test_the_correction_widens_only_the_parameter_whose_matches_are_too_narrow():
-    """Matches ranked by one parameter, with an error larger than their spread: that one needs widening, not the others."""
+    """Matches ranked by one parameter, with an error larger than their spread: that one needs widening, not the
+    others."""
     rng = np.random.default_rng(4)
     n_references, n_targets = 400, 600
-    values = {"narrow": rng.uniform(0, 1, n_references + n_targets), "independent": rng.uniform(0, 1, n_references + n_targets),
-              "nuisance": rng.uniform(0, 1, n_references + n_targets)}
-    bank = SimpleNamespace(n_projections=1, physical_parameters=["narrow", "independent"], parameters=values,
-                           parameter_info={n: SimpleNamespace(log_scale=False) for n in values})
+    values = {
+        "narrow": rng.uniform(0, 1, n_references + n_targets),
+        "independent": rng.uniform(0, 1, n_references + n_targets),
+        "nuisance": rng.uniform(0, 1, n_references + n_targets),
+    }
+    bank = SimpleNamespace(
+        n_projections=1,
+        physical_parameters=["narrow", "independent"],
+        parameters=values,
+        parameter_info={n: SimpleNamespace(log_scale=False) for n in values},
+    )
     references, targets = np.arange(n_references), np.arange(n_references, n_references + n_targets)
-    aimed_at = values["narrow"][targets] + rng.normal(0, 0.15, n_targets)  # each target's matches cluster around a wrong value
+    # each target's matches cluster around a wrong value
+    aimed_at = values["narrow"][targets] + rng.normal(0, 0.15, n_targets)
     order = np.argsort(np.abs(values["narrow"][references][None, :] - aimed_at[:, None]), axis=1)
     zeros = np.zeros(n_targets, dtype=int)
-    ranking = Ranking("toy", "euclidean", targets, zeros, references, np.zeros(n_references, dtype=int), order,
-                      -np.sort(np.abs(values["narrow"][references][None, :] - aimed_at[:, None]), axis=1), np.zeros((n_targets, n_references)))
-    k, widening, scores = choose_correction(ranking, bank, [10, 50], [1.0, 1.5, 2.0, 3.0, 4.0, 6.0], parameters=["narrow", "independent"],
-                                            extra_parameters=["nuisance"])
+    ranking = Ranking(
+        "toy",
+        "euclidean",
+        targets,
+        zeros,
+        references,
+        np.zeros(n_references, dtype=int),
+        order,
+        -np.sort(np.abs(values["narrow"][references][None, :] - aimed_at[:, None]), axis=1),
+        np.zeros((n_targets, n_references)),
+    )
+    k, widening, scores = choose_correction(
+        ranking,
+        bank,
+        [10, 50],
+        [1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+        parameters=["narrow", "independent"],
+        extra_parameters=["nuisance"],
+    )
     assert set(widening) == {"narrow", "independent", "nuisance"} and set(scores) == {"k=10", "k=50"} and k in (10, 50)
     assert widening["narrow"] >= 3.0  # 10-50 of 400 uniform references span 0.01-0.06, the aim is off by 0.15 rms
-    assert widening["independent"] <= 1.5 and widening["nuisance"] <= 1.5  # their matches are draws from the prior: near nominal as they are
+    # their matches are draws from the prior: near nominal as they are
+    assert widening["independent"] <= 1.5 and widening["nuisance"] <= 1.5
     matches = values["independent"][references][order[:, :k]]
     one_factor = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["narrow"])[0]
-    per_parameter = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["independent"])[0]
+    per_parameter = central_coverage(
+        matches, values["independent"][targets], (0.68,), widening=widening["independent"]
+    )[0]
     assert one_factor > 0.85 and abs(per_parameter - 0.68) < 0.06  # one factor for all would over-cover the rest
 
 
@@ -121,13 +152,27 @@ def test_a_coverage_s_standard_error_counts_systems_not_their_projections():
     n_systems, n_projections = 50, 8
     verdict = rng.uniform(size=(n_systems, 2)) < np.array([0.68, 0.95])  # each system covered or not, at two levels
     covered = np.repeat(verdict, n_projections, axis=0)
-    evaluation = MethodEvaluation("toy", 20, {}, ["x"], {}, {}, {}, {}, {}, (None, None), {"x": covered},
-                                  np.repeat(np.arange(n_systems), n_projections))
+    evaluation = MethodEvaluation(
+        "toy",
+        20,
+        {},
+        ["x"],
+        {},
+        {},
+        {},
+        {},
+        {},
+        (None, None),
+        {"x": covered},
+        np.repeat(np.arange(n_systems), n_projections),
+    )
     clustered = coverage_standard_error(evaluation, "x", seed=1)
     expected = np.sqrt(verdict.mean(0) * (1 - verdict.mean(0)) / n_systems)
     assert clustered == pytest.approx(expected, rel=0.15)
     evaluation.target_system = None  # every image taken as independent: eight times the targets, a third of the error
-    assert coverage_standard_error(evaluation, "x", seed=1) == pytest.approx(expected / np.sqrt(n_projections), rel=0.15)
+    assert coverage_standard_error(evaluation, "x", seed=1) == pytest.approx(
+        expected / np.sqrt(n_projections), rel=0.15
+    )
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +195,10 @@ def relevance(bank, split):
 def oracle_method(bank, relevance) -> MatchingMethod:
     """A perfect method: it recognises each image's system and embeds its normalised parameters."""
     images = bank.load_images().reshape(-1, bank.image_size, bank.image_size)
-    lookup = {image.tobytes(): z for image, z in zip(images, np.repeat(relevance.normalised(bank), bank.n_projections, axis=0))}
+    lookup = {
+        image.tobytes(): z
+        for image, z in zip(images, np.repeat(relevance.normalised(bank), bank.n_projections, axis=0))
+    }
     return MatchingMethod("oracle", lambda batch: np.stack([lookup[image.tobytes()] for image in batch]), "euclidean")
 
 
@@ -162,8 +210,14 @@ def test_a_perfect_method_ranks_ideally_and_random_matches_do_not(bank, split, r
     metrics = score_ranking(ranking, bank, relevance, top_k=4, parameters=PARAMETERS).metrics
     assert metrics["retrieval"]["ndcg"] == pytest.approx(1.0)
     assert metrics["similarity"]["spearman_per_target"] == pytest.approx(1.0)
-    results = evaluate_methods([oracle, random_method(0)], bank, relevance, split, EvaluationSettings(top_k=4, k_candidates=[2, 4], widening_candidates=[1.0, 2.0]),
-                               parameters=PARAMETERS)
+    results = evaluate_methods(
+        [oracle, random_method(0)],
+        bank,
+        relevance,
+        split,
+        EvaluationSettings(top_k=4, k_candidates=[2, 4], widening_candidates=[1.0, 2.0]),
+        parameters=PARAMETERS,
+    )
     oracle_metrics, random_metrics = (results[n]["evaluation"].metrics for n in ("oracle", "random"))
     assert random_metrics["retrieval"]["ndcg"] < oracle_metrics["retrieval"]["ndcg"]
     for name in PARAMETERS:
@@ -175,19 +229,50 @@ def test_a_perfect_method_ranks_ideally_and_random_matches_do_not(bank, split, r
 
 def test_protolib_evaluate_writes_every_figure_per_method_and_parameter(bank, split, tmp_path):
     quick = TrainingConfig(epochs=1, batch_systems=4, learning_rate=3e-3, num_threads=1)
-    autoencoder = train_autoencoder(bank, tmp_path / "autoencoder.pt", split=split, model=AutoencoderConfig(channels=[4, 8], latent_size=8),
-                                    training=quick, progress=False)
+    autoencoder = train_autoencoder(
+        bank,
+        tmp_path / "autoencoder.pt",
+        split=split,
+        model=AutoencoderConfig(channels=[4, 8], latent_size=8),
+        training=quick,
+        progress=False,
+    )
     model = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", training=quick, progress=False)
     out = tmp_path / "evaluation"
-    assert main(["evaluate", "--model", str(model), "--bank", str(bank.path), "--out", str(out), "--top-k", "4", "--config", "tiny",
-                 "--methods", "random,pixel,pca,autoencoder,siamese"]) == 0  # the posterior estimates: tests/test_npe.py
+    # the posterior estimates: tests/test_npe.py
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--bank",
+                str(bank.path),
+                "--out",
+                str(out),
+                "--top-k",
+                "4",
+                "--config",
+                "tiny",
+                "--methods",
+                "random,pixel,pca,autoencoder,siamese",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["methods"]) == ["random", "pixel", "pca", "autoencoder", "siamese"]
-    assert metrics["targets"]["systems"] == split.test.tolist() and metrics["targets"]["n_targets"] == len(split.test) * 2
+    assert (
+        metrics["targets"]["systems"] == split.test.tolist() and metrics["targets"]["n_targets"] == len(split.test) * 2
+    )
     for entry in metrics["methods"].values():
         figures = entry["at_top_k"]
         assert figures["top_k"] == 4 and set(figures) >= {"similarity", "retrieval", "parameters", "calibration"}
-        assert set(figures["parameters"]) == {*bank.physical_parameters, "inclination"}  # the nuisance physics left out by default
+        # the nuisance physics left out by default
+        assert set(figures["parameters"]) == {
+            *bank.physical_parameters,
+            "inclination",
+        }
         assert 0 <= figures["calibration"]["coverage_68"] <= 1 and 0 <= figures["retrieval"]["ndcg"] <= 1
         assert sum(figures["parameters"]["disk_radius"]["rank_histogram"]) == len(split.test) * 2
     for name in ("coverage.png", "recovery.png", "rank_histograms.png", "tarp.png", "headline.md"):

@@ -1,4 +1,5 @@
-"""The explorer in a real kernel: its widgets are built, and the chosen target's verdict is shown, a warning when out of distribution."""
+"""The explorer in a real kernel: its widgets are built, and the chosen target's verdict is shown, a warning when out
+of distribution."""
 
 from __future__ import annotations
 
@@ -46,13 +47,17 @@ def test_the_explorer_builds_its_widgets_in_a_kernel_and_shows_the_verdict(tmp_p
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipywidgets")
     monkeypatch.setenv("PYTHONPATH", str(TESTS.parent))
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell(SETUP.format(tests=str(TESTS), bank=str(tmp_path / "bank.h5"))),
-        nbformat.v4.new_code_cell(PROBE),
-    ])
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(SETUP.format(tests=str(TESTS), bank=str(tmp_path / "bank.h5"))),
+            nbformat.v4.new_code_cell(PROBE),
+        ]
+    )
     nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
     shown = [o for o in notebook.cells[0].outputs if o.get("output_type") == "display_data"]
-    assert any("application/vnd.jupyter.widget-view+json" in o["data"] for o in shown), "the explorer displayed no widget"
+    assert any("application/vnd.jupyter.widget-view+json" in o["data"] for o in shown), (
+        "the explorer displayed no widget"
+    )
     [probe] = [json.loads(o["text"]) for o in notebook.cells[1].outputs if o.get("output_type") == "stream"]
     assert {"Dropdown", "IntSlider", "SelectMultiple", "HTML", "Output"} <= set(probe["kinds"])
     assert "bank system 2" in probe["first"] and "distribution" in probe["first"]
@@ -67,8 +72,8 @@ def test_the_static_view_states_the_verdict_and_shows_an_observation_through_its
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from IPython.display import Markdown
-
     from match_helpers import ProjectionEmbedder, write_bank
+
     from protolib import explorer
     from protolib.bank import Bank
     from protolib.explorer import image_target, match_explorer
@@ -88,8 +93,9 @@ def test_the_static_view_states_the_verdict_and_shows_an_observation_through_its
         noise = np.random.default_rng(0).normal(size=(16, 16))
         target = image_target(matcher, noise, "pure noise", k_max=40)
         assert target.transform is transform and target.check.is_out_of_distribution
-        gallery, corner = match_explorer(bank, [target], parameters=["stellar_mass", "disk_radius"], k=20, n_gallery=4,
-                                         interactive=False)
+        gallery, corner = match_explorer(
+            bank, [target], parameters=["stellar_mass", "disk_radius"], k=20, n_gallery=4, interactive=False
+        )
         assert seen == [4]  # the gallery's matches went through the target's transform
         expected = 2.0 * bank.images[target.matches.system[0], target.matches.projection[0]]
         np.testing.assert_allclose(gallery.axes[1].images[0].get_array(), 1e3 * expected, rtol=1e-5)  # in mJy/beam

@@ -14,8 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-
 from match_helpers import write_bank
+
 from protolib import plotting
 from protolib.bank import Bank
 from protolib.distributions import corner_plot, gallery_plot, match_parameters, prior_parameters, truth_parameters
@@ -47,14 +47,21 @@ def _points_at_page_width(fig, size: float) -> float:
 
 def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orientation_once(bank):
     images = bank.load_images(list(range(12)))[:, 0]
-    fig = gallery_plot(images[0], images[1:], np.linspace(0.99, 0.9, 11), pixel_size_au=bank.pixel_size_au,
-                       captions=[f"system {s}, i = 45 deg" for s in range(1, 12)])
+    fig = gallery_plot(
+        images[0],
+        images[1:],
+        np.linspace(0.99, 0.9, 11),
+        pixel_size_au=bank.pixel_size_au,
+        captions=[f"system {s}, i = 45 deg" for s in range(1, 12)],
+    )
     labels = _colorbar_labels(fig)
-    assert len(labels) == 12 and all(label == "mJy/beam" for label in labels)  # one per image, each image on its own scale
+    # one per image, each image on its own scale
+    assert len(labels) == 12 and all(label == "mJy/beam" for label in labels)
     assert sum(text.endswith(" au") for text in _texts(fig)) == 1
     assert _texts(fig).count("N") == 1 and _texts(fig).count("E") == 1
     target = fig.axes[0]
-    assert target.images[0].origin == "lower" and target.images[0].get_extent()[0] > 0  # east (positive offset) to the left
+    # east (positive offset) to the left
+    assert target.images[0].origin == "lower" and target.images[0].get_extent()[0] > 0
     shared = gallery_plot(images[0], images[1:4], np.ones(3), scale="target", unit="Jy/pixel")
     assert _colorbar_labels(shared) == ["mJy/pixel (all panels)"]
     assert len({ax.images[0].norm.vmax for ax in shared.axes}) == 1
@@ -63,7 +70,9 @@ def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orie
 
 def test_gallery_titles_stay_within_their_panels_at_page_width(bank):
     images = bank.load_images(list(range(12)))[:, 0]
-    fig = gallery_plot(images[0], images[1:], np.linspace(0.99, 0.9, 11), captions=[f"system {s}, i = 45 deg" for s in range(1, 12)])
+    fig = gallery_plot(
+        images[0], images[1:], np.linspace(0.99, 0.9, 11), captions=[f"system {s}, i = 45 deg" for s in range(1, 12)]
+    )
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
@@ -78,8 +87,9 @@ def test_the_bank_figures_have_colour_bars_in_their_units_and_a_scale_bar(bank):
     assert _colorbar_labels(fig) == ["mJy/beam"] * 3  # one shared scale per row
     assert "50 au" in _texts(fig) and {"N", "E"} <= set(_texts(fig))
     images = bank.load_images([0])[0][:2]
-    fig = plotting.plot_instrument_effects(images, images, images, pixel_size_au=bank.pixel_size_au, beam=Beam(0.25, 0.2, 30.0),
-                                           distance_pc=140.0)
+    fig = plotting.plot_instrument_effects(
+        images, images, images, pixel_size_au=bank.pixel_size_au, beam=Beam(0.25, 0.2, 30.0), distance_pc=140.0
+    )
     assert sorted(_colorbar_labels(fig)) == ["mJy/beam"] * 4 + ["mJy/pixel"] * 2
     plt.close("all")
 
@@ -88,7 +98,8 @@ def test_the_beam_is_drawn_with_its_position_angle_east_of_north(bank):
     fig, ax = plt.subplots()
     plotting.draw_image(ax, bank.images[0, 0], pixel_size_au=10.0, beam=Beam(0.5, 0.1, 30.0), distance_pc=140.0)
     [beam] = ax.patches
-    tip = beam.get_patch_transform().transform([(0.0, 0.5)])[0] - beam.center  # the major axis' northern end, in (east, north) au
+    # the major axis' northern end, in (east, north) au
+    tip = beam.get_patch_transform().transform([(0.0, 0.5)])[0] - beam.center
     assert np.degrees(np.arctan2(tip[0], tip[1])) == pytest.approx(30.0)
     plt.close(fig)
 
@@ -102,11 +113,25 @@ def _bottom_row_label_boxes(fig, n: int):
 
 @pytest.mark.parametrize("n_parameters", [4, 8])
 def test_corner_labels_are_legible_at_page_width_and_do_not_overlap(bank, n_parameters):
-    names = ["stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "envelope_mass", "luminosity", "age", "inclination"]
+    names = [
+        "stellar_mass",
+        "accretion_rate",
+        "disk_radius",
+        "disk_mass",
+        "envelope_mass",
+        "luminosity",
+        "age",
+        "inclination",
+    ]
     names = names[:n_parameters]
     matches = Matches(np.linspace(0.99, 0.9, 80), np.arange(80) % 40, np.arange(80) % 4)
-    fig = corner_plot(match_parameters(bank, matches), prior_parameters(bank), parameters=names, truths=truth_parameters(bank, 5, 1),
-                      parameter_info=bank.parameter_info)
+    fig = corner_plot(
+        match_parameters(bank, matches),
+        prior_parameters(bank),
+        parameters=names,
+        truths=truth_parameters(bank, 5, 1),
+        parameter_info=bank.parameter_info,
+    )
     assert fig.get_figwidth() <= 1.3 * plotting.PAGE_WIDTH_IN  # about page width, whatever the number of parameters
     boxes, axes = _bottom_row_label_boxes(fig, n_parameters)
     for ax in axes.ravel():
@@ -118,8 +143,12 @@ def test_corner_labels_are_legible_at_page_width_and_do_not_overlap(bank, n_para
     assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:])), "neighbouring axis labels overlap"
     renderer = fig.canvas.get_renderer()
     for panels, labels in ((axes[-1], lambda ax: ax.get_xticklabels()), (axes[:, 0], lambda ax: ax.get_yticklabels())):
-        ticks = [[t.get_window_extent(renderer) for t in labels(ax) if t.get_visible() and t.get_text()] for ax in panels]
-        assert not any(a.overlaps(b) for one, two in zip(ticks, ticks[1:]) for a in one for b in two), "tick labels run together"
+        ticks = [
+            [t.get_window_extent(renderer) for t in labels(ax) if t.get_visible() and t.get_text()] for ax in panels
+        ]
+        assert not any(a.overlaps(b) for one, two in zip(ticks, ticks[1:]) for a in one for b in two), (
+            "tick labels run together"
+        )
     figure_box = fig.bbox
     assert all(figure_box.x0 <= box.x0 and box.y0 >= figure_box.y0 for box in boxes)  # inside the figure
     plt.close(fig)
@@ -150,8 +179,13 @@ def test_the_coverage_legend_covers_no_curve():
     from protolib.plots_evaluation import coverage_plot
 
     names = [f"parameter {i}" for i in range(11)]
-    evaluation = SimpleNamespace(parameters=names, top_k=20, coverage_curve={n: np.asarray(CURVE_LEVELS) for n in names})
-    results = {method: SimpleNamespace(figures=lambda corrected: evaluation) for method in ("random", "pixel", "pca", "autoencoder", "siamese")}
+    evaluation = SimpleNamespace(
+        parameters=names, top_k=20, coverage_curve={n: np.asarray(CURVE_LEVELS) for n in names}
+    )
+    results = {
+        method: SimpleNamespace(figures=lambda corrected: evaluation)
+        for method in ("random", "pixel", "pca", "autoencoder", "siamese")
+    }
     fig = coverage_plot(results)
     fig.canvas.draw()
     legend = fig.legends[0].get_window_extent(fig.canvas.get_renderer())

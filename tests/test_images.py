@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -49,10 +48,20 @@ def test_augmentation_keeps_total_flux_and_is_reproducible():
 
 def test_flips_and_quarter_turns_are_exact_and_noise_jitter_adds_noise():
     image = disk_image()
-    turned = augment_images(image, AugmentationConfig(rotate=False, flip=True, beam_jitter=0, noise_jitter=0), torch.Generator().manual_seed(0))
+    turned = augment_images(
+        image,
+        AugmentationConfig(rotate=False, flip=True, beam_jitter=0, noise_jitter=0),
+        torch.Generator().manual_seed(0),
+    )
     assert sorted(turned.flatten().tolist()) == pytest.approx(sorted(image.flatten().tolist()))
-    noisy = augment_images(image, AugmentationConfig(rotate=False, flip=False, beam_jitter=0, noise_jitter=1.0),
-                           torch.Generator().manual_seed(0), beam=Beam(0.25, 0.25), pixel_arcsec=0.05, noise_rms=0.1)
+    noisy = augment_images(
+        image,
+        AugmentationConfig(rotate=False, flip=False, beam_jitter=0, noise_jitter=1.0),
+        torch.Generator().manual_seed(0),
+        beam=Beam(0.25, 0.25),
+        pixel_arcsec=0.05,
+        noise_rms=0.1,
+    )
     assert 0 < (noisy - image).std().item() < 0.2
 
 

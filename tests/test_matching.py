@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from match_helpers import ProjectionEmbedder, fake_siamese_module, write_bank, write_fake_model
+
 from protolib import matching
 from protolib.bank import Bank
 from protolib.cli import main
@@ -44,7 +44,10 @@ def test_exact_and_faiss_return_the_same_top_k():
     exact = EmbeddingIndex(vectors, system, projection, backend="exact", chunk_rows=700)
     flat = EmbeddingIndex(vectors, system, projection, backend="faiss")
     excluded = [None, 3, None, 100, 7, None]
-    for e, f in zip(exact.search(queries, top_k=50, exclude_systems=excluded), flat.search(queries, top_k=50, exclude_systems=excluded)):
+    for e, f in zip(
+        exact.search(queries, top_k=50, exclude_systems=excluded),
+        flat.search(queries, top_k=50, exclude_systems=excluded),
+    ):
         assert np.array_equal(e.system * 4 + e.projection, f.system * 4 + f.projection)
         np.testing.assert_allclose(e.similarity, f.similarity, atol=1e-5)
     brute = vectors @ queries[0]
@@ -57,7 +60,9 @@ def test_approximate_faiss_index_finds_most_true_neighbours():
     system, projection = np.arange(4000), np.zeros(4000, int)
     queries = unit_vectors(20, 16, seed=2)
     truth = EmbeddingIndex(vectors, system, projection, backend="exact").search(queries, top_k=10)
-    hnsw = EmbeddingIndex(vectors, system, projection, backend="faiss", faiss_factory="HNSW32").search(queries, top_k=10)
+    hnsw = EmbeddingIndex(vectors, system, projection, backend="faiss", faiss_factory="HNSW32").search(
+        queries, top_k=10
+    )
     recall = np.mean([len(set(t.system) & set(h.system)) / 10 for t, h in zip(truth, hnsw)])
     assert recall >= 0.9
 
@@ -131,8 +136,9 @@ def test_caches_beside_a_model_stop_at_the_most_recent_few(bank, tmp_path, monke
     caches = list(tmp_path.glob("siamese.embeddings-*.npz"))
     assert len(caches) == matching.MAX_CACHES
     assert len(list(tmp_path.glob("siamese.embeddings-*.npy"))) == matching.MAX_CACHES
-    newest = Matcher.from_model(model, bank, transform=lambda images: images, transform_key={"noise": matching.MAX_CACHES + 2},
-                                progress=False)
+    newest = Matcher.from_model(
+        model, bank, transform=lambda images: images, transform_key={"noise": matching.MAX_CACHES + 2}, progress=False
+    )
     assert newest.embeddings.path in caches
 
 
@@ -157,8 +163,14 @@ def test_out_of_distribution_verdict_from_known_numbers():
 
 def test_pairwise_reference_agrees_with_embedding_search(bank, matcher):
     embedder = ProjectionEmbedder()
-    pairwise = pairwise_matches(lambda a, b: np.sum(embedder(a) * embedder(b), axis=1), bank.load_images([9])[0, 1], bank,
-                                top_k=15, exclude_system=9, batch_size=32)
+    pairwise = pairwise_matches(
+        lambda a, b: np.sum(embedder(a) * embedder(b), axis=1),
+        bank.load_images([9])[0, 1],
+        bank,
+        top_k=15,
+        exclude_system=9,
+        batch_size=32,
+    )
     fast = matcher.match_system(9, projection=1, top_k=15)
     assert np.array_equal(pairwise.system * 4 + pairwise.projection, fast.system * 4 + fast.projection)
 
@@ -189,12 +201,35 @@ def test_command_line_writes_every_output_for_a_bank_system(bank, tmp_path, monk
     monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
     model = write_fake_model(tmp_path / "siamese.pt")
     out = tmp_path / "out"
-    code = main(["match", "--model", str(model), "--bank", str(bank.path), "--target-system", "5", "--top-k", "12",
-                 "--out", str(out)])
+    code = main(
+        [
+            "match",
+            "--model",
+            str(model),
+            "--bank",
+            str(bank.path),
+            "--target-system",
+            "5",
+            "--top-k",
+            "12",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["corner.png", "gallery.png", "matches.csv", "report.json", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "corner.png",
+        "gallery.png",
+        "matches.csv",
+        "report.json",
+        "summary.csv",
+    ]
     rows = (out / "matches.csv").read_text().splitlines()
-    assert rows[0].startswith("rank,similarity,system,system_id,projection") and "stellar_mass" in rows[0] and len(rows) == 13
+    assert (
+        rows[0].startswith("rank,similarity,system,system_id,projection")
+        and "stellar_mass" in rows[0]
+        and len(rows) == 13
+    )
     assert all(line.split(",")[2] != "5" for line in rows[1:])
     report = json.loads((out / "report.json").read_text())
     assert report["inputs"]["target"]["system"] == 5 and "is_out_of_distribution" in report["out_of_distribution"]
@@ -225,8 +260,21 @@ def test_command_line_match_takes_its_settings_from_the_configuration(bank, tmp_
 
 
 def test_command_line_refuses_an_unknown_configuration_key_in_one_line(bank, tmp_path, capsys):
-    code = main(["match", "--model", str(tmp_path / "m.pt"), "--bank", str(bank.path), "--target-system", "5",
-                 "--set", "matching.top_kk=3", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "match",
+            "--model",
+            str(tmp_path / "m.pt"),
+            "--bank",
+            str(bank.path),
+            "--target-system",
+            "5",
+            "--set",
+            "matching.top_kk=3",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "top_kk" in err and "top_k" in err.replace("top_kk", "")
 
@@ -236,9 +284,15 @@ def test_command_line_refuses_an_unknown_configuration_key_in_one_line(bank, tmp
     [
         (["--model", "{tmp}/nope.pt", "--bank", "{bank}", "--target-system", "1"], "nope.pt does not exist"),
         (["--model", "{model}", "--bank", "{tmp}/nobank.h5", "--target-system", "1"], "nobank.h5 does not exist"),
-        (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/missing.fits", "--distance", "140"], "missing.fits"),
+        (
+            ["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/missing.fits", "--distance", "140"],
+            "missing.fits",
+        ),
         (["--model", "{model}", "--bank", "{bank}", "--target-system", "99"], "systems 0..29"),
-        (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits", "--distance", "140"], "garbage.fits"),
+        (
+            ["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits", "--distance", "140"],
+            "garbage.fits",
+        ),
         (["--model", "{model}", "--bank", "{bank}", "--target", "{tmp}/garbage.fits"], "distance"),
         (["--model", "{model64}", "--bank", "{bank}", "--target-system", "1"], "trained on 64x64 px images"),
     ],
@@ -262,12 +316,41 @@ def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monke
     monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
     model = write_fake_model(tmp_path / "siamese.pt")
     system = {name: float(values[3]) for name, values in bank.parameters.items()}
-    fits_path = write_observation_fits(tmp_path / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
-                                       distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
-                                       noise_rms_jy_beam=1e-4, seed=1)
+    fits_path = write_observation_fits(
+        tmp_path / "synthetic.fits",
+        system,
+        inclination_deg=60.0,
+        position_angle_deg=30.0,
+        distance_pc=150.0,
+        pixel_arcsec=0.05,
+        image_size=40,
+        beam=Beam(0.35, 0.3, 20.0),
+        noise_rms_jy_beam=1e-4,
+        seed=1,
+    )
     out = tmp_path / "out"
-    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
-                 "--top-k", "10", "--observing-draws", "4", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "match",
+                "--model",
+                str(model),
+                "--bank",
+                str(bank.path),
+                "--target",
+                str(fits_path),
+                "--distance",
+                "150",
+                "--top-k",
+                "10",
+                "--observing-draws",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     preparation = report["inputs"]["target"]["preparation"]
     assert preparation["flux_scale"] == pytest.approx((150 / 140) ** 2)
@@ -285,26 +368,99 @@ def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monke
     assert "Observing uncertainties" in capsys.readouterr().out
 
     exact = tmp_path / "exact"  # told the recoverable scale and no draws: the summaries are the nominal matches'
-    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
-                 "--top-k", "10", "--max-scale", "3", "--distance-error", "15", "--observing-draws", "0", "--out", str(exact)]) == 0
+    assert (
+        main(
+            [
+                "match",
+                "--model",
+                str(model),
+                "--bank",
+                str(bank.path),
+                "--target",
+                str(fits_path),
+                "--distance",
+                "150",
+                "--top-k",
+                "10",
+                "--max-scale",
+                "3",
+                "--distance-error",
+                "15",
+                "--observing-draws",
+                "0",
+                "--out",
+                str(exact),
+            ]
+        )
+        == 0
+    )
     report = json.loads((exact / "report.json").read_text())
     assert report["observing_uncertainty"] is None and not (exact / "observing_draws.csv").exists()
 
-    (tmp_path / "terms.json").write_text(json.dumps({"terms": {"stellar_mass": 2.0}}))  # physics the bank does not hold: wider
+    # physics the bank does not hold: wider
+    (tmp_path / "terms.json").write_text(json.dumps({"terms": {"stellar_mass": 2.0}}))
     wider = tmp_path / "wider"
-    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
-                 "--top-k", "10", "--max-scale", "3", "--observing-draws", "0", "--misspecification", str(tmp_path / "terms.json"),
-                 "--out", str(wider)]) == 0
+    assert (
+        main(
+            [
+                "match",
+                "--model",
+                str(model),
+                "--bank",
+                str(bank.path),
+                "--target",
+                str(fits_path),
+                "--distance",
+                "150",
+                "--top-k",
+                "10",
+                "--max-scale",
+                "3",
+                "--observing-draws",
+                "0",
+                "--misspecification",
+                str(tmp_path / "terms.json"),
+                "--out",
+                str(wider),
+            ]
+        )
+        == 0
+    )
     calibration = json.loads((wider / "report.json").read_text())["interval_calibration"]
-    assert calibration["stellar_mass"]["misspecification_term"] == 2.0 and "misspecification_term" not in calibration["disk_mass"]
-    assert calibration["stellar_mass"]["widening"] == pytest.approx(2.0 * calibration["stellar_mass"]["calibration_widening"])
+    assert (
+        calibration["stellar_mass"]["misspecification_term"] == 2.0
+        and "misspecification_term" not in calibration["disk_mass"]
+    )
+    assert calibration["stellar_mass"]["widening"] == pytest.approx(
+        2.0 * calibration["stellar_mass"]["calibration_widening"]
+    )
     rows = {f: {r["parameter"]: r for r in csv.DictReader((f / "summary.csv").open())} for f in (exact, wider)}
-    assert float(rows[wider]["stellar_mass"]["widening"]) == 2.0 * float(rows[exact]["stellar_mass"]["widening"])  # in summary.csv
-    assert float(rows[wider]["stellar_mass"]["p2_5"]) <= float(rows[exact]["stellar_mass"]["p2_5"])  # (stopped at the bank's range)
+    # in summary.csv
+    assert float(rows[wider]["stellar_mass"]["widening"]) == 2.0 * float(rows[exact]["stellar_mass"]["widening"])
+    # (stopped at the bank's range)
+    assert float(rows[wider]["stellar_mass"]["p2_5"]) <= float(rows[exact]["stellar_mass"]["p2_5"])
     assert rows[wider]["disk_mass"]["p97_5"] == rows[exact]["disk_mass"]["p97_5"]
     (tmp_path / "bad.json").write_text(json.dumps({"terms": {"stellar_mass": 0.5}}))
-    assert main(["match", "--model", str(model), "--bank", str(bank.path), "--target", str(fits_path), "--distance", "150",
-                 "--misspecification", str(tmp_path / "bad.json"), "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "match",
+                "--model",
+                str(model),
+                "--bank",
+                str(bank.path),
+                "--target",
+                str(fits_path),
+                "--distance",
+                "150",
+                "--misspecification",
+                str(tmp_path / "bad.json"),
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     assert "bad.json: misspecification terms must be numbers from 1 to 10" in capsys.readouterr().err
 
 
@@ -315,18 +471,35 @@ def test_observation_transform_is_reproducible_and_keys_its_own_cache(bank, tmp_
     from protolib.observation import write_observation_fits
 
     system = {name: float(values[3]) for name, values in bank.parameters.items()}
-    fits_path = write_observation_fits(tmp_path / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
-                                       distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
-                                       noise_rms_jy_beam=1e-4, seed=1)
+    fits_path = write_observation_fits(
+        tmp_path / "synthetic.fits",
+        system,
+        inclination_deg=60.0,
+        position_angle_deg=30.0,
+        distance_pc=150.0,
+        pixel_arcsec=0.05,
+        image_size=40,
+        beam=Beam(0.35, 0.3, 20.0),
+        noise_rms_jy_beam=1e-4,
+        seed=1,
+    )
     first, second = (prepare_observation_target(fits_path, bank, 150.0) for _ in range(2))
     images = bank.load_images([0, 1]).reshape(-1, 16, 16)
     np.testing.assert_array_equal(first.transform(images), second.transform(images))
     assert first.transform_key == second.transform_key and first.image.shape == (16, 16)
     assert first.truths["stellar_mass"] == pytest.approx(system["stellar_mass"]) and first.truths["inclination"] == 60.0
-    plain = Matcher.from_embed_function(ProjectionEmbedder(), bank, cache_path=tmp_path / "c.npz", key={"m": 1}, progress=False)
+    plain = Matcher.from_embed_function(
+        ProjectionEmbedder(), bank, cache_path=tmp_path / "c.npz", key={"m": 1}, progress=False
+    )
     seen = ProjectionEmbedder()
-    like_obs = Matcher.from_embed_function(seen, bank, cache_path=tmp_path / "c.npz", key={"m": 1, "t": first.transform_key},
-                                           transform=first.transform, progress=False)
+    like_obs = Matcher.from_embed_function(
+        seen,
+        bank,
+        cache_path=tmp_path / "c.npz",
+        key={"m": 1, "t": first.transform_key},
+        transform=first.transform,
+        progress=False,
+    )
     assert seen.images_embedded == 120 and not np.allclose(plain.embeddings.vectors, like_obs.embeddings.vectors)
 
 
@@ -336,7 +509,9 @@ def test_the_distribution_takes_the_number_of_matches_whose_honest_intervals_are
 
     with Bank(write_bank(tmp_path / "big.h5", n_systems=120, n_projections=2)) as big:
         physical = list(big.physical_parameters)
-        scaled = np.stack([np.log10(big.parameters[n]) if n != "cavity_angle" else big.parameters[n] for n in physical], axis=1)
+        scaled = np.stack(
+            [np.log10(big.parameters[n]) if n != "cavity_angle" else big.parameters[n] for n in physical], axis=1
+        )
         scaled = (scaled - scaled.mean(0)) / scaled.std(0)
         rows = np.arange(0, 240, 5)  # 48 reference images
 
@@ -349,10 +524,13 @@ def test_the_distribution_takes_the_number_of_matches_whose_honest_intervals_are
                 found.append(Matches(np.linspace(1, 0, len(order)), order, np.zeros(len(order), dtype=int), system))
             return found
 
-        near = matches_by(lambda system, others: np.linalg.norm(scaled[others] - scaled[system], axis=1))  # a perfect network
+        # a perfect network
+        near = matches_by(lambda system, others: np.linalg.norm(scaled[others] - scaled[system], axis=1))
         k, calibration, scores = choose_k_and_widening(big, rows, near, (10, 20, 50, 100))
-        assert k == 10 and scores["10"] < scores["20"] < scores["50"] < scores["100"]  # its nearest matches say the most
+        # its nearest matches say the most
+        assert k == 10 and scores["10"] < scores["20"] < scores["50"] < scores["100"]
         assert all(c["coverage_95"] >= 0.95 - np.sqrt(0.95 * 0.05 / 48) for c in calibration.values())  # ... honestly
-        shuffled = matches_by(lambda system, others: np.random.default_rng(system).permutation(len(others)))  # a useless one
+        # a useless one
+        shuffled = matches_by(lambda system, others: np.random.default_rng(system).permutation(len(others)))
         _, _, flat = choose_k_and_widening(big, rows, shuffled, (10, 20, 50, 100))
         assert min(flat.values()) > 1.5 * scores["10"]  # no k makes a useless ranking as informative

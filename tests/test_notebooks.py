@@ -14,9 +14,17 @@ from test_prose_numbers import glued_names
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-MIN_FIGURES = {"01_data_preparation": 5, "01b_observations": 1, "02_autoencoder": 3, "03_siamese_wsml": 3,
-               "04_matching": 3, "05_distributions": 4, "06_evaluation": 3, "06b_domain_shift": 3,
-               "07_understanding": 3}
+MIN_FIGURES = {
+    "01_data_preparation": 5,
+    "01b_observations": 1,
+    "02_autoencoder": 3,
+    "03_siamese_wsml": 3,
+    "04_matching": 3,
+    "05_distributions": 4,
+    "06_evaluation": 3,
+    "06b_domain_shift": 3,
+    "07_understanding": 3,
+}
 
 
 def test_every_notebook_is_in_the_book():
@@ -43,7 +51,9 @@ def test_notebook_runs_alone_on_the_tiny_configuration(path, tmp_path, monkeypat
     monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
     monkeypatch.delenv("PROTOLIB_INTERACTIVE", raising=False)
     notebook = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
+    )
     client.execute()  # raises CellExecutionError, with the failing cell and traceback, on any error
     outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
     emitted = {o.get("metadata", {}).get("scrapbook", {}).get("name") for o in outputs}

@@ -22,26 +22,35 @@ needs_sbi = pytest.mark.skipif(not sbi_available(), reason="sbi is not installed
 def toy_evaluation(name: str, errors: np.ndarray, truths: np.ndarray, systems: np.ndarray) -> MethodEvaluation:
     """A method's figures on one parameter ``x`` whose medians miss the truths by ``errors`` (prior spread 1)."""
     rms = float(np.sqrt(np.mean(errors**2)))
-    metrics = {"parameters": {"x": {"rms_error": rms, "rms_error_over_prior_spread": rms, "in_target_similarity": True}}}
-    return MethodEvaluation(name, 20, metrics, ["x"], {"x": truths}, {"x": truths + errors}, {}, {}, {}, (None, None), {}, systems)
+    metrics = {
+        "parameters": {"x": {"rms_error": rms, "rms_error_over_prior_spread": rms, "in_target_similarity": True}}
+    }
+    return MethodEvaluation(
+        name, 20, metrics, ["x"], {"x": truths}, {"x": truths + errors}, {}, {}, {}, (None, None), {}, systems
+    )
 
 
 def test_a_paired_bootstrap_calls_a_clear_gain_better_and_noise_level():
     rng = np.random.default_rng(0)
     systems = np.repeat(np.arange(45), 8)  # 45 test systems seen in 8 projections, as in chapter 06
     truths = rng.normal(size=len(systems))
-    shared = np.repeat(rng.normal(size=45), 8)  # what is hard for one method is hard for the other: it cancels in the pairing
+    # what is hard for one method is hard for the other: it cancels in the pairing
+    shared = np.repeat(rng.normal(size=45), 8)
     worse = toy_evaluation("b", shared + 0.5 * rng.normal(size=len(systems)), truths, systems)
     better = toy_evaluation("a", 0.6 * shared + 0.3 * rng.normal(size=len(systems)), truths, systems)
     gain = paired_difference(better, worse, "x")
     assert gain.verdict == "better" and gain.high < 0 and gain.ratio < 1 and gain.n_systems == 45
-    twin = toy_evaluation("c", shared + 0.5 * rng.normal(size=len(systems)), truths, systems)  # the same method again, other noise
+    # the same method again, other noise
+    twin = toy_evaluation("c", shared + 0.5 * rng.normal(size=len(systems)), truths, systems)
     tie = paired_difference(twin, worse, "x")
     assert tie.verdict == "level" and tie.low < 0 < tie.high
     assert "level" in difference_table([tie]) and "45 test systems" in difference_table([tie])
-    # eight projections of a system are one sample: the interval is that of 45 systems, far wider than of 360 independent images
+    # eight projections of a system are one sample: the interval is that of 45 systems, far wider than of 360
+    # independent images
     independent = toy_evaluation("b", worse.median["x"] - truths, truths, np.arange(len(systems)))
-    narrow = paired_difference(toy_evaluation("a", better.median["x"] - truths, truths, np.arange(len(systems))), independent, "x")
+    narrow = paired_difference(
+        toy_evaluation("a", better.median["x"] - truths, truths, np.arange(len(systems))), independent, "x"
+    )
     assert (gain.high - gain.low) > 1.3 * (narrow.high - narrow.low)
     with pytest.raises(ProtolibInputError, match="same targets"):
         paired_difference(better, toy_evaluation("d", shared, truths + 1, systems), "x")
@@ -49,7 +58,8 @@ def test_a_paired_bootstrap_calls_a_clear_gain_better_and_noise_level():
 
 @needs_sbi
 def test_the_flow_recovers_a_known_gaussian_posterior_with_nominal_coverage():
-    """theta ~ N(0, 1), x = theta + N(0, 0.5): the posterior is N(0.8 x, 0.45); samples must centre and spread as that."""
+    """theta ~ N(0, 1), x = theta + N(0, 0.5): the posterior is N(0.8 x, 0.45); samples must centre and spread as
+    that."""
     rng = np.random.default_rng(1)
     theta = rng.normal(size=(3000, 2))
     x = theta + 0.5 * rng.normal(size=theta.shape)
@@ -69,19 +79,49 @@ def test_protolib_evaluate_scores_both_posterior_estimates_beside_the_matches(tm
     with open_small_bank(tmp_path_factory, 16, seed=2) as bank:
         split = split_systems(bank.n_systems, (0.5, 0.25, 0.25), seed=0)
         quick = TrainingConfig(epochs=1, batch_systems=4, learning_rate=3e-3, num_threads=1)
-        autoencoder = train_autoencoder(bank, tmp_path / "autoencoder.pt", split=split, model=AutoencoderConfig(channels=[4, 8], latent_size=8),
-                                        training=quick, progress=False)
+        autoencoder = train_autoencoder(
+            bank,
+            tmp_path / "autoencoder.pt",
+            split=split,
+            model=AutoencoderConfig(channels=[4, 8], latent_size=8),
+            training=quick,
+            progress=False,
+        )
         model = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", training=quick, progress=False)
         out = tmp_path / "evaluation"
-        assert main(["evaluate", "--model", str(model), "--bank", str(bank.path), "--out", str(out), "--top-k", "4", "--config", "tiny",
-                     "--methods", "random,siamese,npe,npe_end_to_end", "--set", "evaluation.npe_max_epochs=3",
-                     "--set", "evaluation.npe_samples=50"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--model",
+                    str(model),
+                    "--bank",
+                    str(bank.path),
+                    "--out",
+                    str(out),
+                    "--top-k",
+                    "4",
+                    "--config",
+                    "tiny",
+                    "--methods",
+                    "random,siamese,npe,npe_end_to_end",
+                    "--set",
+                    "evaluation.npe_max_epochs=3",
+                    "--set",
+                    "evaluation.npe_samples=50",
+                ]
+            )
+            == 0
+        )
         metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["methods"]) == ["random", "siamese", "npe", "npe_end_to_end"]
     for name in ("npe", "npe_end_to_end"):
         entry = metrics["methods"][name]
         assert entry["metric"] == "posterior" and entry["at_top_k"]["top_k"] == 50
-        assert sum(entry["at_top_k"]["parameters"]["disk_radius"]["rank_histogram"]) == len(split.test) * bank.n_projections
+        assert (
+            sum(entry["at_top_k"]["parameters"]["disk_radius"]["rank_histogram"])
+            == len(split.test) * bank.n_projections
+        )
         assert set(entry["chosen_widening"]) == {*bank.physical_parameters, "inclination"}
         assert 0 <= entry["corrected"]["calibration"]["coverage_68"] <= 1
 
@@ -100,16 +140,48 @@ def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tm
     with Bank(write_bank(tmp_path / "bank.h5", n_systems=40)) as bank:
         system = {name: float(values[3]) for name, values in bank.parameters.items()}
     model = write_fake_model(tmp_path / "siamese.pt")
-    fits_path = write_observation_fits(tmp_path / "synthetic.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
-                                       distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
-                                       noise_rms_jy_beam=1e-4, seed=1)
+    fits_path = write_observation_fits(
+        tmp_path / "synthetic.fits",
+        system,
+        inclination_deg=60.0,
+        position_angle_deg=30.0,
+        distance_pc=150.0,
+        pixel_arcsec=0.05,
+        image_size=40,
+        beam=Beam(0.35, 0.3, 20.0),
+        noise_rms_jy_beam=1e-4,
+        seed=1,
+    )
     out = tmp_path / "out"
-    assert main(["match", "--model", str(model), "--bank", str(tmp_path / "bank.h5"), "--target", str(fits_path), "--distance", "150",
-                 "--top-k", "10", "--out", str(out), "--posterior-estimate", "--set", "evaluation.npe_max_epochs=20"]) == 0
+    assert (
+        main(
+            [
+                "match",
+                "--model",
+                str(model),
+                "--bank",
+                str(tmp_path / "bank.h5"),
+                "--target",
+                str(fits_path),
+                "--distance",
+                "150",
+                "--top-k",
+                "10",
+                "--out",
+                str(out),
+                "--posterior-estimate",
+                "--set",
+                "evaluation.npe_max_epochs=20",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     estimate = report["posterior_estimate"]
     assert "neural posterior estimate" in estimate["description"]
-    assert [s["parameter"] for s in estimate["summary"]] == [s["parameter"] for s in report["summary"] if s["parameter"] != "position_angle"]
+    assert [s["parameter"] for s in estimate["summary"]] == [
+        s["parameter"] for s in report["summary"] if s["parameter"] != "position_angle"
+    ]
     for row in estimate["summary"]:
         assert row["p2_5"] <= row["p16"] <= row["median"] <= row["p84"] <= row["p97_5"]
         assert row["widening"] >= 1.0
@@ -120,20 +192,40 @@ def test_learning_curve_figures_say_what_still_improves_and_plot_every_parameter
     from protolib.plots_evaluation import learning_curve_plot
 
     def row(errors):
-        return {"mean_target_rms_error_over_prior_spread": float(np.mean(list(errors.values()))), "coverage_68": 0.68, "coverage_95": 0.95,
-                "parameters": {p: {"rms_error_over_prior_spread": e} for p, e in errors.items()}}
+        return {
+            "mean_target_rms_error_over_prior_spread": float(np.mean(list(errors.values()))),
+            "coverage_68": 0.68,
+            "coverage_95": 0.95,
+            "parameters": {p: {"rms_error_over_prior_spread": e} for p, e in errors.items()},
+        }
 
     sizes = [210, 700, 2100]
-    siamese = {"210": row({"disk_mass": 0.8, "age": 0.7}), "700": row({"disk_mass": 0.7, "age": 0.65}), "2100": row({"disk_mass": 0.6, "age": 0.64})}
-    npe = {n: row({p: v["rms_error_over_prior_spread"] - 0.05 for p, v in r["parameters"].items()}) for n, r in siamese.items()}
+    siamese = {
+        "210": row({"disk_mass": 0.8, "age": 0.7}),
+        "700": row({"disk_mass": 0.7, "age": 0.65}),
+        "2100": row({"disk_mass": 0.6, "age": 0.64}),
+    }
+    npe = {
+        n: row({p: v["rms_error_over_prior_spread"] - 0.05 for p, v in r["parameters"].items()})
+        for n, r in siamese.items()
+    }
     fit = {"a": 0.5, "b": 2.0, "c": 0.5, "extrapolation": {"value": 0.52}}
-    curves = {"train_systems": sizes, "target_parameters": ["disk_mass", "age"], "systems": {"test": list(range(60))},
-              "methods": {"siamese": {"sizes": siamese}, "npe": {"sizes": npe}},
-              "fits": {"by_method": {m: {"disk_mass": fit, "age": fit, "mean_target": fit} for m in ("siamese", "npe")}},
-              "extrapolation": {"train_systems": 14000}}
+    curves = {
+        "train_systems": sizes,
+        "target_parameters": ["disk_mass", "age"],
+        "systems": {"test": list(range(60))},
+        "methods": {"siamese": {"sizes": siamese}, "npe": {"sizes": npe}},
+        "fits": {"by_method": {m: {"disk_mass": fit, "age": fit, "mean_target": fit} for m in ("siamese", "npe")}},
+        "extrapolation": {"train_systems": 14000},
+    }
     figures = learning_curve_figures(curves)
-    assert figures["lc_improving"].startswith("disk mass") and figures["lc_flat"].startswith("age")  # fell 0.10 against 0.01
+    # fell 0.10 against 0.01
+    assert figures["lc_improving"].startswith("disk mass") and figures["lc_flat"].startswith("age")
     assert figures["lc_siamese_first"] == pytest.approx(0.75) and figures["lc_npe_last"] == pytest.approx(0.57)
-    assert figures["lc_ratio_last"] == pytest.approx(0.62 / 0.57) and figures["lc_n_test"] == 60 and figures["lc_far_size"] == 14000
+    assert (
+        figures["lc_ratio_last"] == pytest.approx(0.62 / 0.57)
+        and figures["lc_n_test"] == 60
+        and figures["lc_far_size"] == 14000
+    )
     fig = learning_curve_plot(curves)
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 3  # two parameters and their mean

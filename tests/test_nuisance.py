@@ -45,7 +45,8 @@ def test_optically_thin_flux_scales_as_nu_to_the_two_plus_beta(beta):
 
 
 def test_beta_changes_the_flux_away_from_the_reference_frequency_only():
-    """With kappa normalised at 230 GHz, F(beta = 2) / F(beta = 1) = (nu / 230 GHz) in the thin limit, at any temperature."""
+    """With kappa normalised at 230 GHz, F(beta = 2) / F(beta = 1) = (nu / 230 GHz) in the thin limit, at any
+    temperature."""
     for frequency in (100.0, 230.0, 345.0):
         ratio = _flux(frequency, opacity_beta=2.0) / _flux(frequency, opacity_beta=1.0)
         assert ratio == pytest.approx(frequency / 230.0, rel=2e-3)
@@ -59,7 +60,8 @@ def test_temperature_law_normalisation_and_index():
     r = torch.tensor([100.0, 200.0, 400.0])
     t = physics.dust_temperature(r, torch.tensor(1.0), temperature_1lsun_k=30.0, index=0.5)
     assert t.tolist() == pytest.approx([30.0, 30.0 / 2**0.5, 15.0], rel=1e-6)
-    # Rendered: in the Rayleigh-Jeans limit a thin source's flux follows its temperature (floor never reached at L = 10 Lsun).
+    # Rendered: in the Rayleigh-Jeans limit a thin source's flux follows its temperature (floor never reached at L = 10
+    # Lsun).
     assert _flux(30.0, temperature_1lsun=50.0) / _flux(30.0, temperature_1lsun=25.0) == pytest.approx(2.0, rel=0.03)
     contrast = {}
     for index in (0.33, 0.6):  # face-on: brightness ~ T Sigma; a steeper law is warmer inside 100 au and colder outside
@@ -73,7 +75,8 @@ def test_a_colder_midplane_darkens_an_edge_on_disk_more():
     disk = dict(disk_mass=0.1, disk_radius=100.0, disk_scale_height=8.0, luminosity=10.0, accretion_rate=1e-10)
     depth = {}
     for ratio in (1.0, 0.4):
-        image = render_one(90.0, 0.0, config, midplane_temperature_ratio=ratio, **disk)  # PA 0: the midplane along the central columns
+        # PA 0: the midplane along the central columns
+        image = render_one(90.0, 0.0, config, midplane_temperature_ratio=ratio, **disk)
         profile = image[56:62].mean(0)[28:68]  # across the midplane, about 55 au north of the star
         depth[ratio] = profile[19:21].mean() / profile.max()
     assert depth[1.0] > 0.95  # vertically isothermal: hardly a lane (what the README said of every bank disk)
@@ -94,19 +97,28 @@ def test_a_curved_cavity_wall_widens_with_height_as_its_exponent_says(exponent):
         walls.append(radii[inside].max().item())  # the widest cylindrical radius still in the cavity at this height
     assert walls[1] / walls[0] == pytest.approx(4.0 ** (1.0 / exponent), rel=0.01)
     assert walls[2] / walls[1] == pytest.approx(4.0 ** (1.0 / exponent), rel=0.01)
-    at_reference = physics.in_cavity(torch.tensor([math.sin(math.radians(19.9)), math.sin(math.radians(20.1))]) * 1000.0,
-                                     torch.tensor([math.cos(math.radians(19.9)), math.cos(math.radians(20.1))]) * 1000.0, 20.0, exponent)
+    at_reference = physics.in_cavity(
+        torch.tensor([math.sin(math.radians(19.9)), math.sin(math.radians(20.1))]) * 1000.0,
+        torch.tensor([math.cos(math.radians(19.9)), math.cos(math.radians(20.1))]) * 1000.0,
+        20.0,
+        exponent,
+    )
     assert at_reference.tolist() == [True, False]  # through the half-angle at the reference radius, whatever the shape
 
 
 def test_cavity_contrast_and_outer_radius_set_the_envelope_mass():
     base = dict(stellar_mass=0.5, accretion_rate=1e-5, disk_radius=1e-3, cavity_angle=30.0)
     systems = {k: torch.tensor([v, v], dtype=torch.float64) for k, v in base.items()}
-    empty = envelope_mass({**systems, "cavity_contrast": torch.tensor([1.0, 1e-4], dtype=torch.float64)}, SimulatorConfig())
+    empty = envelope_mass(
+        {**systems, "cavity_contrast": torch.tensor([1.0, 1e-4], dtype=torch.float64)}, SimulatorConfig()
+    )
     cone_fraction = 1.0 - math.cos(math.radians(30.0))  # solid angle of both cones over 4 pi
     assert (empty[1] / empty[0]).item() == pytest.approx(1.0 - cone_fraction, rel=0.02)
-    radii = {**systems, "cavity_contrast": torch.tensor([1.0, 1.0], dtype=torch.float64),
-             "envelope_outer_radius": torch.tensor([2000.0, 8000.0], dtype=torch.float64)}
+    radii = {
+        **systems,
+        "cavity_contrast": torch.tensor([1.0, 1.0], dtype=torch.float64),
+        "envelope_outer_radius": torch.tensor([2000.0, 8000.0], dtype=torch.float64),
+    }
     sizes = envelope_mass(radii, SimulatorConfig(envelope_mass_radius_au=1e5))
     assert (sizes[1] / sizes[0]).item() == pytest.approx((8000.0**1.5 - 1.0) / (2000.0**1.5 - 1.0), rel=0.02)
     # By default the mass is counted within 5000 au, or the outer radius when smaller, as in an aperture.
@@ -117,7 +129,9 @@ def test_cavity_contrast_and_outer_radius_set_the_envelope_mass():
 @pytest.mark.parametrize("gamma, taper", [(1.0, 1.0), (0.5, 1.5), (1.3, 0.7), (0.3, 2.5)])
 def test_tapered_disk_holds_its_mass_for_any_index_and_taper(gamma, taper):
     radius = torch.logspace(-3, 4, 6000, dtype=torch.float64)
-    sigma_c = physics.disk_surface_density_norm(torch.tensor(0.05, dtype=torch.float64), torch.tensor(50.0, dtype=torch.float64), gamma, taper)
+    sigma_c = physics.disk_surface_density_norm(
+        torch.tensor(0.05, dtype=torch.float64), torch.tensor(50.0, dtype=torch.float64), gamma, taper
+    )
     x = radius / 50.0
     sigma = sigma_c * x ** (-gamma) * torch.exp(-(x**taper))
     mass = torch.trapezoid(2 * math.pi * radius * physics.AU_CM * sigma, radius * physics.AU_CM) / physics.MSUN_G
@@ -125,8 +139,12 @@ def test_tapered_disk_holds_its_mass_for_any_index_and_taper(gamma, taper):
 
 
 def test_a_larger_taper_cuts_the_disk_edge_more_sharply():
-    face_on = {taper: render_one(0.0, 0.0, _config(), **{**THIN, "disk_mass": 1e-4, "disk_taper": taper}) for taper in (0.7, 2.5)}
-    outer = {taper: image[16, 16 + 8:].sum() / image[16, 16:].sum() for taper, image in face_on.items()}  # beyond ~150 au = 1.5 R_disk
+    face_on = {
+        taper: render_one(0.0, 0.0, _config(), **{**THIN, "disk_mass": 1e-4, "disk_taper": taper})
+        for taper in (0.7, 2.5)
+    }
+    # beyond ~150 au = 1.5 R_disk
+    outer = {taper: image[16, 16 + 8 :].sum() / image[16, 16:].sum() for taper, image in face_on.items()}
     assert outer[2.5] < 0.5 * outer[0.7]
 
 
@@ -135,18 +153,27 @@ def test_missing_nuisance_values_are_the_configurations():
     angles = torch.tensor([50.0]), torch.tensor([10.0])
     config = _config(opacity_beta=1.7, disk_gamma=0.6, midplane_temperature_ratio=0.5, cavity_wall_exponent=1.5)
     implicit = render(params, *angles, config, 140.0)
-    explicit = render({**params, **{k: torch.tensor([v], dtype=torch.float64) for k, v in config.nuisance_values().items()}},
-                      *angles, SMALL, 140.0)
+    explicit = render(
+        {**params, **{k: torch.tensor([v], dtype=torch.float64) for k, v in config.nuisance_values().items()}},
+        *angles,
+        SMALL,
+        140.0,
+    )
     assert torch.equal(implicit, explicit)
 
 
 def test_the_prior_draws_nuisances_in_their_ranges_without_touching_the_physical_draws():
     drawn = Prior().sample(2000, np.random.default_rng(3), np.random.default_rng(4))
-    fixed = Prior(nuisance="fixed").sample(2000, np.random.default_rng(3), np.random.default_rng(4), SimulatorConfig().nuisance_values())
+    fixed = Prior(nuisance="fixed").sample(
+        2000, np.random.default_rng(3), np.random.default_rng(4), SimulatorConfig().nuisance_values()
+    )
     for name in NUISANCE_PARAMETERS:
         low, high = getattr(Prior(), name)
-        assert drawn[name].min() >= low and drawn[name].max() <= high and np.ptp(drawn[name]) > 0.8 * (high - low) * (
-            0.1 if PARAMETERS[name].log_scale else 1.0)
+        assert (
+            drawn[name].min() >= low
+            and drawn[name].max() <= high
+            and np.ptp(drawn[name]) > 0.8 * (high - low) * (0.1 if PARAMETERS[name].log_scale else 1.0)
+        )
         assert np.all(fixed[name] == SimulatorConfig().nuisance_values()[name])
     for name in ("stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "luminosity", "age"):
         assert np.array_equal(drawn[name], fixed[name])
@@ -162,11 +189,15 @@ def test_banks_store_the_nuisance_physics_and_fixed_banks_hold_the_same_systems(
     config = SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8)
     paths = {}
     for mode in ("drawn", "fixed"):
-        paths[mode] = simulate_bank(tmp_path / f"{mode}.h5", 6, 2, seed=5, config=config, prior=Prior(nuisance=mode), progress=False)
+        paths[mode] = simulate_bank(
+            tmp_path / f"{mode}.h5", 6, 2, seed=5, config=config, prior=Prior(nuisance=mode), progress=False
+        )
     with Bank(paths["drawn"]) as drawn, Bank(paths["fixed"]) as fixed:
         assert drawn.nuisance_parameters == NUISANCE_PARAMETERS == fixed.nuisance_parameters
         assert "opacity_beta" not in drawn.physical_parameters and "disk_radius" in drawn.physical_parameters
-        assert drawn.parameter_info["opacity_230ghz"].unit == "cm2/g" and drawn.parameter_info["opacity_230ghz"].log_scale
+        assert (
+            drawn.parameter_info["opacity_230ghz"].unit == "cm2/g" and drawn.parameter_info["opacity_230ghz"].log_scale
+        )
         assert np.ptp(drawn.parameters["opacity_beta"]) > 0 and np.ptp(fixed.parameters["opacity_beta"]) == 0
         assert np.array_equal(drawn.parameters["disk_radius"], fixed.parameters["disk_radius"])
         assert np.array_equal(drawn.inclination, fixed.inclination)
@@ -189,8 +220,12 @@ def test_the_configurations_draw_the_nuisance_physics_and_a_bank_of_another_prio
 
     class _Stored:
         images = np.zeros((fixed.bank.n_systems, fixed.bank.n_projections, 1, 1))
-        attrs = {"simulator_config": __import__("json").dumps(fixed.simulator.to_dict()), "prior": __import__("json").dumps(Prior().to_dict()),
-                 "seed": fixed.bank.seed, **fixed.instrument.to_dict()}
+        attrs = {
+            "simulator_config": __import__("json").dumps(fixed.simulator.to_dict()),
+            "prior": __import__("json").dumps(Prior().to_dict()),
+            "seed": fixed.bank.seed,
+            **fixed.instrument.to_dict(),
+        }
 
     assert not _bank_matches(_Stored(), fixed)  # a bank with drawn nuisances is not the fixed configuration's
     _Stored.attrs["prior"] = __import__("json").dumps(fixed.prior.to_dict())
@@ -202,12 +237,15 @@ def test_the_shifted_bank_holds_the_fixed_banks_training_systems_and_the_drawn_b
 
     config = SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8)
     drawn = Bank(simulate_bank(tmp_path / "drawn.h5", 6, 2, seed=2, config=config, progress=False))
-    fixed = Bank(simulate_bank(tmp_path / "fixed.h5", 6, 2, seed=2, config=config, prior=Prior(nuisance="fixed"), progress=False))
+    fixed = Bank(
+        simulate_bank(tmp_path / "fixed.h5", 6, 2, seed=2, config=config, prior=Prior(nuisance="fixed"), progress=False)
+    )
     with drawn, fixed, Bank(bank_with_systems_from(fixed, drawn, [1, 4], tmp_path / "shifted.h5")) as shifted:
         for system, source in [(0, fixed), (1, drawn), (2, fixed), (4, drawn), (5, fixed)]:
             assert np.array_equal(shifted.load_images([system]), source.load_images([system]))
             assert all(shifted.parameters[n][system] == source.parameters[n][system] for n in shifted.parameters)
-        assert shifted.identity["created"] == fixed.identity["created"]  # the fixed networks' bank, its test rows replaced
+        # the fixed networks' bank, its test rows replaced
+        assert shifted.identity["created"] == fixed.identity["created"]
         assert "systems [1, 4] from" in shifted.attrs["source"]
     other = Bank(simulate_bank(tmp_path / "other.h5", 6, 2, seed=3, config=config, progress=False))
     with other, Bank(tmp_path / "fixed.h5") as fixed, pytest.raises(ProtolibInputError, match="same seed"):
@@ -229,7 +267,11 @@ def test_concatenated_banks_keep_every_index_of_the_first_and_refuse_other_physi
             assert np.array_equal(both.parameters[name], np.r_[first.parameters[name], second.parameters[name]])
         assert np.array_equal(both.inclination[4:], second.inclination) and len(set(both.system_id)) == 7
         assert "systems 4-6 from" in both.attrs["source"]
-        fixed = Bank(simulate_bank(tmp_path / "fixed.h5", 3, 2, seed=3, config=config, prior=Prior(nuisance="fixed"), progress=False))
+        fixed = Bank(
+            simulate_bank(
+                tmp_path / "fixed.h5", 3, 2, seed=3, config=config, prior=Prior(nuisance="fixed"), progress=False
+            )
+        )
         with fixed, pytest.raises(ProtolibInputError, match="not rendered as"):
             concatenate_banks(first, fixed, tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
@@ -241,13 +283,19 @@ def test_protolib_domain_shift_writes_the_three_cases_on_the_same_systems(tmp_pa
     from protolib.cli import main
 
     monkeypatch.setenv("PROTOLIB_ARTIFACTS", str(tmp_path / "artifacts"))
-    assert main(["domain-shift", "--config", "tiny", "--methods", "random,pca,siamese", "--out", str(tmp_path / "shift")]) == 0
+    assert (
+        main(["domain-shift", "--config", "tiny", "--methods", "random,pca,siamese", "--out", str(tmp_path / "shift")])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "68% coverage" in printed and "Goal" in printed
     report = json.loads((tmp_path / "shift" / "domain_shift.json").read_text())
-    assert {(r["case"], r["method"]) for r in report["rows"]} == {(c, m) for c in ("no shift", "shift", "marginalised")
-                                                                  for m in ("random", "pca", "siamese")}
-    assert (tmp_path / "shift" / "domain_shift.png").stat().st_size > 0 and (tmp_path / "shift" / "nuisance.png").exists()
+    assert {(r["case"], r["method"]) for r in report["rows"]} == {
+        (c, m) for c in ("no shift", "shift", "marginalised") for m in ("random", "pca", "siamese")
+    }
+    assert (tmp_path / "shift" / "domain_shift.png").stat().st_size > 0 and (
+        tmp_path / "shift" / "nuisance.png"
+    ).exists()
     assert {r["parameter"] for r in report["nuisance"]} == set(NUISANCE_PARAMETERS)
     assert report["figures"]["goal_met"] in ("met", "not met")
     with Bank(report["paths"]["shifted targets"]) as shifted, Bank(report["paths"]["fixed bank"]) as fixed:
@@ -255,5 +303,6 @@ def test_protolib_domain_shift_writes_the_three_cases_on_the_same_systems(tmp_pa
         assert np.ptp(shifted.parameters["opacity_beta"][test]) > 0  # the targets carry drawn physics ...
         assert np.ptp(np.delete(shifted.parameters["opacity_beta"], test)) == 0  # ... the bank searched does not
         assert np.array_equal(shifted.parameters["disk_radius"], fixed.parameters["disk_radius"])  # the same systems
-        assert report["figures"]["n_test_systems"] == len(test) and (test >= 24).sum() == 4  # the tiny bank's 24, then 4 more test systems
+        # the tiny bank's 24, then 4 more test systems
+        assert report["figures"]["n_test_systems"] == len(test) and (test >= 24).sum() == 4
         assert shifted.n_systems == fixed.n_systems == 28

@@ -36,14 +36,18 @@ from protolib.runtime import ProtolibInputError
 from protolib.simulator import SimulatorConfig, render
 
 torch.set_num_threads(2)
-pytestmark = [pytest.mark.filterwarnings("ignore:.*zero padding:UserWarning"),
-              pytest.mark.filterwarnings("ignore:.*no spectral axis:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*zero padding:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*no spectral axis:UserWarning"),
+]
 
 PHASE_CENTRE = SkyCoord(69.97458 * u.deg, 26.05261 * u.deg)
 SOURCE = PHASE_CENTRE.spherical_offsets_by(0.7 * u.arcsec, -0.4 * u.arcsec)  # not at the reference pixel
 OBS_BEAM = Beam(0.3, 0.3, 0.0)
 # A bank grid like the tiny configuration's: 32 px of 31.25 au at 140 pc, 0.25" beam.
-GRID = BankGrid(image_size=32, pixel_size_au=31.25, distance_pc=140.0, beam=Beam(0.25, 0.25, 0.0), noise_rms_jy_beam=0.0)
+GRID = BankGrid(
+    image_size=32, pixel_size_au=31.25, distance_pc=140.0, beam=Beam(0.25, 0.25, 0.0), noise_rms_jy_beam=0.0
+)
 TINY = SimulatorConfig(image_size=32, envelope_samples=24, disk_samples=16)
 
 SOURCE_FLUX_JY = 0.05
@@ -51,8 +55,14 @@ SOURCE_FWHM_ARCSEC = (1.0, 0.5)  # an elongated source (as observed, beam includ
 SOURCE_PA_DEG = 30.0
 
 
-def gaussian_jy_beam(world: SkyCoord, centre: SkyCoord = SOURCE, flux_jy: float = SOURCE_FLUX_JY,
-                     fwhm_arcsec=SOURCE_FWHM_ARCSEC, pa_deg: float = SOURCE_PA_DEG, beam: Beam = OBS_BEAM) -> np.ndarray:
+def gaussian_jy_beam(
+    world: SkyCoord,
+    centre: SkyCoord = SOURCE,
+    flux_jy: float = SOURCE_FLUX_JY,
+    fwhm_arcsec=SOURCE_FWHM_ARCSEC,
+    pa_deg: float = SOURCE_PA_DEG,
+    beam: Beam = OBS_BEAM,
+) -> np.ndarray:
     """An elliptical Gaussian source evaluated at sky positions, in Jy/beam."""
     east, north = centre.spherical_offsets_to(world)
     east, north = east.to_value(u.arcsec), north.to_value(u.arcsec)
@@ -60,14 +70,28 @@ def gaussian_jy_beam(world: SkyCoord, centre: SkyCoord = SOURCE, flux_jy: float 
     along = east * math.sin(pa) + north * math.cos(pa)
     across = east * math.cos(pa) - north * math.sin(pa)
     s_major, s_minor = (f / (2 * math.sqrt(2 * math.log(2))) for f in fwhm_arcsec)
-    per_arcsec2 = flux_jy / (2 * math.pi * s_major * s_minor) * np.exp(-0.5 * ((along / s_major) ** 2 + (across / s_minor) ** 2))
+    per_arcsec2 = (
+        flux_jy / (2 * math.pi * s_major * s_minor) * np.exp(-0.5 * ((along / s_major) ** 2 + (across / s_minor) ** 2))
+    )
     beam_arcsec2 = beam.solid_angle_sr / (math.pi / 180 / 3600) ** 2
     return per_arcsec2 * beam_arcsec2
 
 
-def write_fits(path, *, shape=(200, 200), pixel_arcsec=0.05, projection="SIN", axes="2", matrix="cdelt",
-               rotation_deg=0.0, flip_ra=False, bunit="Jy/beam", beam: Beam | None = OBS_BEAM, blank_border=0,
-               data_fn=gaussian_jy_beam):
+def write_fits(
+    path,
+    *,
+    shape=(200, 200),
+    pixel_arcsec=0.05,
+    projection="SIN",
+    axes="2",
+    matrix="cdelt",
+    rotation_deg=0.0,
+    flip_ra=False,
+    bunit="Jy/beam",
+    beam: Beam | None = OBS_BEAM,
+    blank_border=0,
+    data_fn=gaussian_jy_beam,
+):
     """Write a FITS image of the test source in one of the layouts real files come in."""
     ny, nx = shape
     header = fits.Header()
@@ -86,7 +110,12 @@ def write_fits(path, *, shape=(200, 200), pixel_arcsec=0.05, projection="SIN", a
     else:
         header["CDELT1"], header["CDELT2"] = sign * scale, scale
         if matrix == "pc":
-            header["PC1_1"], header["PC1_2"], header["PC2_1"], header["PC2_2"] = rot[0, 0], rot[0, 1], rot[1, 0], rot[1, 1]
+            header["PC1_1"], header["PC1_2"], header["PC2_1"], header["PC2_2"] = (
+                rot[0, 0],
+                rot[0, 1],
+                rot[1, 0],
+                rot[1, 1],
+            )
     celestial = WCS(header)
     rows, cols = np.mgrid[0:ny, 0:nx]
     data = data_fn(celestial.pixel_to_world(cols, rows))
@@ -97,14 +126,28 @@ def write_fits(path, *, shape=(200, 200), pixel_arcsec=0.05, projection="SIN", a
     if blank_border:
         data[:blank_border] = np.nan
         data[:, -blank_border:] = np.nan
-    extra = {"3": [("VELO-LSR", 0.0, 1000.0, "m/s")], "4": [("FREQ", 2.3e11, 2e9, "Hz"), ("STOKES", 1.0, 1.0, "")],
-             "4swapped": [("STOKES", 1.0, 1.0, ""), ("FREQ", 2.3e11, 2e9, "Hz")], "2": []}[axes]
+    extra = {
+        "3": [("VELO-LSR", 0.0, 1000.0, "m/s")],
+        "4": [("FREQ", 2.3e11, 2e9, "Hz"), ("STOKES", 1.0, 1.0, "")],
+        "4swapped": [("STOKES", 1.0, 1.0, ""), ("FREQ", 2.3e11, 2e9, "Hz")],
+        "2": [],
+    }[axes]
     for k, (ctype, crval, cdelt, cunit) in enumerate(extra, start=3):
-        header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"], header[f"CUNIT{k}"] = ctype, crval, cdelt, 1.0, cunit
+        header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"], header[f"CUNIT{k}"] = (
+            ctype,
+            crval,
+            cdelt,
+            1.0,
+            cunit,
+        )
         data = data[None]
     header["BUNIT"] = bunit
     if beam is not None:
-        header["BMAJ"], header["BMIN"], header["BPA"] = beam.major_arcsec / 3600, beam.minor_arcsec / 3600, beam.position_angle_deg
+        header["BMAJ"], header["BMIN"], header["BPA"] = (
+            beam.major_arcsec / 3600,
+            beam.minor_arcsec / 3600,
+            beam.position_angle_deg,
+        )
     header["OBJECT"] = "test source"
     fits.PrimaryHDU(data.astype(np.float32), header=header).writeto(path, overwrite=True)
     return path
@@ -117,8 +160,12 @@ def moments(image: np.ndarray):
     east = -(np.arange(n_cols) - (n_cols - 1) / 2)[None, :] + 0 * image
     w = np.clip(image, 0, None) / np.clip(image, 0, None).sum()
     me, mn = (w * east).sum(), (w * north).sum()
-    cov = np.array([[(w * (east - me) ** 2).sum(), (w * (east - me) * (north - mn)).sum()],
-                    [(w * (east - me) * (north - mn)).sum(), (w * (north - mn) ** 2).sum()]])
+    cov = np.array(
+        [
+            [(w * (east - me) ** 2).sum(), (w * (east - me) * (north - mn)).sum()],
+            [(w * (east - me) * (north - mn)).sum(), (w * (north - mn) ** 2).sum()],
+        ]
+    )
     values, vectors = np.linalg.eigh(cov)
     e, n = vectors[:, 1]
     return -me, mn, math.degrees(math.atan2(e, n)) % 180.0
@@ -191,7 +238,9 @@ def test_distance_scales_flux_by_distance_squared(tmp_path):
     assert far.total_flux_jy == pytest.approx(4.0 * near.total_flux_jy, rel=0.01)
     assert far.noise_rms_jy_beam > near.noise_rms_jy_beam
     # At twice the distance the same arcsec source spans twice the au: second moments grow by four.
-    assert (far.image_jy_beam > far.image_jy_beam.max() / 2).sum() > 2.5 * (near.image_jy_beam > near.image_jy_beam.max() / 2).sum()
+    assert (far.image_jy_beam > far.image_jy_beam.max() / 2).sum() > 2.5 * (
+        near.image_jy_beam > near.image_jy_beam.max() / 2
+    ).sum()
 
 
 def test_centre_on_the_peak_by_default_or_on_a_given_coordinate(tmp_path):
@@ -202,7 +251,8 @@ def test_centre_on_the_peak_by_default_or_on_a_given_coordinate(tmp_path):
 
     path = write_fits(tmp_path / "two.fits", data_fn=two_sources)
     with pytest.warns(UserWarning, match=r"2 compact sources .* 2\.6\" .*inside the bank's field"):
-        bright = prepare_observation(path, GRID, 140.0, noise_rms_jy_beam=1e-4)  # the compact source has the brighter peak
+        # the compact source has the brighter peak
+        bright = prepare_observation(path, GRID, 140.0, noise_rms_jy_beam=1e-4)
     with pytest.warns(UserWarning, match="2 compact sources"):
         faint = prepare_observation(path, GRID, 140.0, centre=SOURCE.to_string("hmsdms"), noise_rms_jy_beam=1e-4)
     assert bright.centre.separation(other).arcsec < 0.01
@@ -212,9 +262,19 @@ def test_centre_on_the_peak_by_default_or_on_a_given_coordinate(tmp_path):
         assert middle == prepared.image_jy_beam[11:21, 11:21].max()
 
 
-@pytest.mark.parametrize("bunit, kind, to_jy", [("Jy/beam", "beam", 1.0), ("JY/BEAM", "beam", 1.0), ("mJy/beam", "beam", 1e-3),
-                                              ("MJy/beam", "beam", 1e6), ("Jy beam-1", "beam", 1.0), ("uJy/beam", "beam", 1e-6),
-                                              ("Jy/pixel", "pixel", 1.0), ("JY/PIXEL", "pixel", 1.0)])
+@pytest.mark.parametrize(
+    "bunit, kind, to_jy",
+    [
+        ("Jy/beam", "beam", 1.0),
+        ("JY/BEAM", "beam", 1.0),
+        ("mJy/beam", "beam", 1e-3),
+        ("MJy/beam", "beam", 1e6),
+        ("Jy beam-1", "beam", 1.0),
+        ("uJy/beam", "beam", 1e-6),
+        ("Jy/pixel", "pixel", 1.0),
+        ("JY/PIXEL", "pixel", 1.0),
+    ],
+)
 def test_brightness_units_are_read_case_sensitively(bunit, kind, to_jy):
     """MJy/beam is mega-jansky (it was read as milli); CASA's capitals are read where they are not ambiguous."""
     assert parse_brightness_unit(bunit, "map.fits") == (kind, pytest.approx(to_jy))
@@ -260,8 +320,9 @@ def test_noise_estimate_and_matched_bank_noise_agree_with_the_prepared_image(tmp
     rng = np.random.default_rng(3)
     rms = 2e-4
     noise = rms * beam_noise((300, 300), OBS_BEAM, 0.04, rng).numpy()
-    path = write_fits(tmp_path / "noise.fits", shape=(300, 300), pixel_arcsec=0.04,
-                      data_fn=lambda w: gaussian_jy_beam(w) + noise)
+    path = write_fits(
+        tmp_path / "noise.fits", shape=(300, 300), pixel_arcsec=0.04, data_fn=lambda w: gaussian_jy_beam(w) + noise
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_observation(path, GRID, 180.0)
@@ -277,7 +338,9 @@ def test_noise_estimate_and_matched_bank_noise_agree_with_the_prepared_image(tmp
 def test_transform_turns_bank_beam_into_the_target_beam():
     pixel_arcsec, pixel_au = 0.05, 7.0  # well-sampled beams
     bank = Instrument(distance_pc=140, beam_major_arcsec=0.25, beam_minor_arcsec=0.25, noise_rms_jy_beam=0)
-    target = Instrument(distance_pc=140, beam_major_arcsec=0.45, beam_minor_arcsec=0.3, beam_position_angle_deg=30, noise_rms_jy_beam=0)
+    target = Instrument(
+        distance_pc=140, beam_major_arcsec=0.45, beam_minor_arcsec=0.3, beam_position_angle_deg=30, noise_rms_jy_beam=0
+    )
     point = torch.zeros((1, 64, 64))
     point[0, 32, 30] = 1.0  # 1 Jy
     matched = ResolutionMatch(target.beam, pixel_arcsec, bank_beam=bank.beam)(bank.observe(point, pixel_au, None))
@@ -300,7 +363,9 @@ def test_one_convolution_takes_a_beam_or_a_covariance():
     # Covariances add exactly (for a source away from the edges), and a zero one changes nothing.
     point = torch.zeros((64, 64), dtype=torch.float64)
     point[30, 33] = 1.0
-    twice = convolve_beam(convolve_beam(point, np.array([[3.0, 1.0], [1.0, 2.0]])), np.array([[1.0, -0.5], [-0.5, 2.0]]))
+    twice = convolve_beam(
+        convolve_beam(point, np.array([[3.0, 1.0], [1.0, 2.0]])), np.array([[1.0, -0.5], [-0.5, 2.0]])
+    )
     assert torch.allclose(twice, convolve_beam(point, np.array([[4.0, 0.5], [0.5, 4.0]])), atol=1e-6)  # peak 0.04
     assert convolve_beam(images, np.zeros((2, 2))) is images
     # A beam is the pixel-sampled restoring beam, whose effective Gaussian is a well-sampled beam's covariance.
@@ -311,21 +376,40 @@ def test_one_convolution_takes_a_beam_or_a_covariance():
 # ---------------------------------------------------------------------------------------------
 # Round trip through a synthetic ALMA-style observation.
 
-SYSTEM = dict(stellar_mass=0.5, accretion_rate=3e-6, disk_radius=80.0, disk_mass=0.03, luminosity=3.0,
-              disk_scale_height=6.0, cavity_angle=20.0)
+SYSTEM = dict(
+    stellar_mass=0.5,
+    accretion_rate=3e-6,
+    disk_radius=80.0,
+    disk_mass=0.03,
+    luminosity=3.0,
+    disk_scale_height=6.0,
+    cavity_angle=20.0,
+)
 
 
 # The default configuration's bank grid (64 px of 15.6 au): the tiny bank's 31 au pixels barely sample
 # the beam, so pixel-level comparisons there measure pixelisation rather than the preparation.
-DEFAULT_GRID = BankGrid(image_size=64, pixel_size_au=15.625, distance_pc=140.0, beam=Beam(0.25, 0.25, 0.0), noise_rms_jy_beam=1e-4)
+DEFAULT_GRID = BankGrid(
+    image_size=64, pixel_size_au=15.625, distance_pc=140.0, beam=Beam(0.25, 0.25, 0.0), noise_rms_jy_beam=1e-4
+)
 
 
 def test_synthetic_observation_round_trip_recovers_the_clean_model(tmp_path):
     distance_pc, noise = 180.0, 1e-4
     path = write_observation_fits(
-        tmp_path / "synthetic.fits", SYSTEM, inclination_deg=70.0, position_angle_deg=30.0, distance_pc=distance_pc,
-        pixel_arcsec=0.05, image_size=140, beam=Beam(0.35, 0.3, 20.0), noise_rms_jy_beam=noise, seed=2,
-        source_offset_arcsec=(0.6, -0.4), config=TINY)
+        tmp_path / "synthetic.fits",
+        SYSTEM,
+        inclination_deg=70.0,
+        position_angle_deg=30.0,
+        distance_pc=distance_pc,
+        pixel_arcsec=0.05,
+        image_size=140,
+        beam=Beam(0.35, 0.3, 20.0),
+        noise_rms_jy_beam=noise,
+        seed=2,
+        source_offset_arcsec=(0.6, -0.4),
+        config=TINY,
+    )
     header = fits.getheader(path)
     assert header["NAXIS"] == 4 and header["CTYPE1"] == "RA---SIN" and header["CTYPE3"] == "FREQ"
     assert header["CTYPE4"] == "STOKES" and header["BUNIT"] == "Jy/beam" and header["RESTFRQ"] == 230e9
@@ -335,15 +419,21 @@ def test_synthetic_observation_round_trip_recovers_the_clean_model(tmp_path):
 
     prepared = prepare_observation(observation, DEFAULT_GRID, distance_pc)
     assert prepared.observed_noise_rms_jy_beam == pytest.approx(noise, rel=0.15)
-    true_centre = SkyCoord(observation.true_parameters["source_ra"] * u.deg, observation.true_parameters["source_dec"] * u.deg)
+    true_centre = SkyCoord(
+        observation.true_parameters["source_ra"] * u.deg, observation.true_parameters["source_dec"] * u.deg
+    )
     assert prepared.centre.separation(true_centre).arcsec < 0.01
 
     # The clean model stored in the file, put on the bank grid, moved to the bank's distance, seen
     # through the observed beam, in Jy per prepared beam: the prepared image must be it plus noise.
     grid = prepared.grid
     model_jy_pixel = fits.getdata(path, "MODEL").astype(np.float64)
-    on_grid, _ = resample_to_grid(model_jy_pixel, WCS(fits.getheader(path, "MODEL")),
-                                  sky_grid_wcs(true_centre, grid.image_size, grid.pixel_size_au / distance_pc), (64, 64))
+    on_grid, _ = resample_to_grid(
+        model_jy_pixel,
+        WCS(fits.getheader(path, "MODEL")),
+        sky_grid_wcs(true_centre, grid.image_size, grid.pixel_size_au / distance_pc),
+        (64, 64),
+    )
     on_grid *= (grid.pixel_size_au / distance_pc / 0.05) ** 2 * prepared.flux_scale  # Jy/pixel at the bank's distance
     beam_pixels = prepared.beam.solid_angle_sr / (grid.pixel_arcsec * math.pi / 180 / 3600) ** 2
     observed_beam = prepared.observed_beam.covariance_pixels(grid.pixel_size_au / distance_pc)
@@ -357,14 +447,28 @@ def test_synthetic_observation_round_trip_recovers_the_clean_model(tmp_path):
     fine = SimulatorConfig(**{**TINY.to_dict(), "image_size": 64, "oversample": 4})
     tensors = {k: torch.tensor([v]) for k, v in SYSTEM.items()}
     clean = render(tensors, torch.tensor([70.0]), torch.tensor([30.0]), fine, grid.distance_pc)[0].double()
-    bank_model = convolve_beam(clean, observed_beam + np.eye(2) * (0.05 / (grid.pixel_size_au / distance_pc)) ** 2 / 12).numpy() * beam_pixels
+    bank_model = (
+        convolve_beam(clean, observed_beam + np.eye(2) * (0.05 / (grid.pixel_size_au / distance_pc)) ** 2 / 12).numpy()
+        * beam_pixels
+    )
     assert np.abs(prepared.image_jy_beam - bank_model).max() < 0.05 * bank_model.max()
     assert prepared.total_flux_jy == pytest.approx(bank_model.sum() / beam_pixels, rel=0.02)
 
 
 def test_a_second_image_is_warned_about_but_not_the_synthetic_files_own_model(tmp_path):
-    path = write_observation_fits(tmp_path / "synthetic.fits", SYSTEM, inclination_deg=40.0, position_angle_deg=0.0, distance_pc=140.0,
-                                  pixel_arcsec=0.05, image_size=64, beam=Beam(0.3, 0.3, 0.0), noise_rms_jy_beam=1e-4, seed=0, config=TINY)
+    path = write_observation_fits(
+        tmp_path / "synthetic.fits",
+        SYSTEM,
+        inclination_deg=40.0,
+        position_angle_deg=0.0,
+        distance_pc=140.0,
+        pixel_arcsec=0.05,
+        image_size=64,
+        beam=Beam(0.3, 0.3, 0.0),
+        noise_rms_jy_beam=1e-4,
+        seed=0,
+        config=TINY,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the MODEL extension protolib writes beside the image is not a second image
         read_observation(path)
@@ -402,7 +506,9 @@ def _bad_files(tmp_path):
     text = tmp_path / "notes.fits"
     text.write_text("this is not a FITS file\n")
     table = tmp_path / "table.fits"
-    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("x", "E", array=np.ones(3))])]).writeto(table)
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([fits.Column("x", "E", array=np.ones(3))])]).writeto(
+        table
+    )
     linear = tmp_path / "linear.fits"
     header = fits.Header({"CTYPE1": "LINEAR", "CTYPE2": "LINEAR", "BUNIT": "Jy/beam", "BMAJ": 1e-4, "BMIN": 1e-4})
     fits.PrimaryHDU(np.ones((8, 8), np.float32), header=header).writeto(linear)
@@ -453,24 +559,78 @@ def test_prepared_file_keeps_what_the_transform_needs(tmp_path, reference):
 
 def test_cli_observe_writes_the_prepared_image_and_figure(tmp_path, tiny_bank, capsys):
     obs = tmp_path / "obs.fits"
-    assert main(["simulate-observation", "--out", str(obs), "--size", "96", "--pixel", "0.08", "--distance", "146",
-                 "--from-bank", str(tiny_bank), "--system", "1", "--offset", "0.5", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "simulate-observation",
+                "--out",
+                str(obs),
+                "--size",
+                "96",
+                "--pixel",
+                "0.08",
+                "--distance",
+                "146",
+                "--from-bank",
+                str(tiny_bank),
+                "--system",
+                "1",
+                "--offset",
+                "0.5",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     with Bank(tiny_bank) as bank:
         assert read_observation(obs).true_parameters["disk_radius"] == pytest.approx(bank.parameters["disk_radius"][1])
     out = tmp_path / "prepared.fits"
-    assert main(["observe", str(obs), "--distance", "146", "--bank", str(tiny_bank), "--out", str(out),
-                 "--plot", str(tmp_path / "prepared.png")]) == 0
+    assert (
+        main(
+            [
+                "observe",
+                str(obs),
+                "--distance",
+                "146",
+                "--bank",
+                str(tiny_bank),
+                "--out",
+                str(out),
+                "--plot",
+                str(tmp_path / "prepared.png"),
+            ]
+        )
+        == 0
+    )
     assert fits.getdata(out).shape == (32, 32) and (tmp_path / "prepared.png").stat().st_size > 10_000
     assert "Wrote" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["observe", "{tmp}/nothing.fits", "--distance", "140", "--bank", "{bank}", "--out", "{tmp}/p.fits"], "nothing.fits: no such file"),
-    (["observe", "{tmp}/notes.fits", "--distance", "140", "--bank", "{bank}", "--out", "{tmp}/p.fits"], "notes.fits: not a FITS file"),
-    (["observe", "{tmp}/good.fits", "--bank", "{bank}", "--out", "{tmp}/p.fits"], "good.fits: the distance to the source is missing"),
-    (["observe", "{tmp}/good.fits", "--distance", "-3", "--bank", "{bank}", "--out", "{tmp}/p.fits"], "must be a positive"),
-    (["observe", "{tmp}/good.fits", "--distance", "140", "--bank", "{tmp}/nobank.h5", "--out", "{tmp}/p.fits"], "nobank.h5 does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["observe", "{tmp}/nothing.fits", "--distance", "140", "--bank", "{bank}", "--out", "{tmp}/p.fits"],
+            "nothing.fits: no such file",
+        ),
+        (
+            ["observe", "{tmp}/notes.fits", "--distance", "140", "--bank", "{bank}", "--out", "{tmp}/p.fits"],
+            "notes.fits: not a FITS file",
+        ),
+        (
+            ["observe", "{tmp}/good.fits", "--bank", "{bank}", "--out", "{tmp}/p.fits"],
+            "good.fits: the distance to the source is missing",
+        ),
+        (
+            ["observe", "{tmp}/good.fits", "--distance", "-3", "--bank", "{bank}", "--out", "{tmp}/p.fits"],
+            "must be a positive",
+        ),
+        (
+            ["observe", "{tmp}/good.fits", "--distance", "140", "--bank", "{tmp}/nobank.h5", "--out", "{tmp}/p.fits"],
+            "nobank.h5 does not exist",
+        ),
+    ],
+)
 def test_cli_user_mistakes_exit_2_with_one_line(args, message, tmp_path, tiny_bank, capsys):
     (tmp_path / "notes.fits").write_text("not FITS")
     write_fits(tmp_path / "good.fits")

@@ -1,4 +1,5 @@
-"""Physics outside the bank's family: the test sets' renderings, the widening each target needs, and the misspecification term."""
+"""Physics outside the bank's family: the test sets' renderings, the widening each target needs, and the
+misspecification term."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import render_one
+
 from protolib.evaluation import COVERAGE_LEVELS, MethodEvaluation
 from protolib.matching.calibration import central_intervals, required_widening
 from protolib.out_of_family import FAMILIES, IN_FAMILY, TERM_CANDIDATES, misspecification_terms
@@ -54,7 +55,8 @@ def test_out_of_family_settings_are_checked():
         SimulatorConfig(envelope_law="plummer")
     with pytest.raises(ProtolibInputError, match="envelope_power_index"):
         SimulatorConfig(envelope_power_index=3.0)
-    assert SimulatorConfig().envelope_law == "collapse" and SimulatorConfig().external_temperature_k == 0.0  # the bank's own physics
+    # the bank's own physics
+    assert SimulatorConfig().envelope_law == "collapse" and SimulatorConfig().external_temperature_k == 0.0
 
 
 def test_required_widening_says_at_which_widening_each_target_is_covered():
@@ -76,9 +78,11 @@ def test_the_term_is_the_smallest_widening_that_reaches_nominal():
     # targets need widenings spread evenly over 0-3 at both levels: nominal 68% is reached at 0.68*3 = 2.04, 95% at 2.85
     needed = np.repeat(np.linspace(0.0, 3.0, 1001)[:, None], len(COVERAGE_LEVELS), axis=1)
     terms = misspecification_terms(_evaluation(needed), ["x"], {"x": 1.2})
-    assert terms["x"] == pytest.approx(2.4)  # on top of the calibration's 1.2: 1.2 x 2.35 = 2.82 falls short of 2.85, 1.2 x 2.4 reaches it
+    # on top of the calibration's 1.2: 1.2 x 2.35 = 2.82 falls short of 2.85, 1.2 x 2.4 reaches it
+    assert terms["x"] == pytest.approx(2.4)
     assert misspecification_terms(_evaluation(needed / 10), ["x"], {"x": 1.0})["x"] == 1.0  # already honest: no term
-    assert misspecification_terms(_evaluation(needed * 10), ["x"], {})["x"] == TERM_CANDIDATES[-1]  # out of reach: the largest
+    # out of reach: the largest
+    assert misspecification_terms(_evaluation(needed * 10), ["x"], {})["x"] == TERM_CANDIDATES[-1]
 
 
 def test_run_out_of_family_scores_every_set_and_the_term_reaches_nominal_where_learnt(tmp_path, monkeypatch, capsys):
@@ -93,7 +97,9 @@ def test_run_out_of_family_scores_every_set_and_the_term_reaches_nominal_where_l
     result = run_out_of_family(config, progress=False)
     written = json.loads(result.path.read_text())
     parameters = list(result.evaluations[IN_FAMILY].parameters)
-    assert {(r["family"], r["parameter"]) for r in written["rows"]} == {(f, p) for f in (IN_FAMILY, *FAMILIES) for p in parameters}
+    assert {(r["family"], r["parameter"]) for r in written["rows"]} == {
+        (f, p) for f in (IN_FAMILY, *FAMILIES) for p in parameters
+    }
     for row in written["rows"]:
         assert row["half_width_68_after"] == pytest.approx(row["half_width_68_before"] * row["term"])
         if row["family"] == result.learnt_on and row["term"] < TERM_CANDIDATES[-1]:

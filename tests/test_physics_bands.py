@@ -26,11 +26,22 @@ BANDS_GHZ = [100.0, 230.0, 345.0]
 SPAN = math.log(BANDS_GHZ[2] / BANDS_GHZ[0])
 
 
-def isothermal_disk(beta: float, disk_mass: float, temperature_k: float = 20.0, disk_radius: float = 50.0) -> np.ndarray:
+def isothermal_disk(
+    beta: float, disk_mass: float, temperature_k: float = 20.0, disk_radius: float = 50.0
+) -> np.ndarray:
     """A disk (no envelope to speak of) at one temperature everywhere, in the three bands, ``(3, H, W)`` [Jy/pixel]."""
-    config = SimulatorConfig(image_size=32, field_of_view_au=400.0, envelope_samples=24, disk_samples=24, frequencies_ghz=BANDS_GHZ)
-    params = {**DISK_ONLY, "disk_mass": disk_mass, "disk_radius": disk_radius, "opacity_beta": beta,
-              "temperature_index": 0.0, "temperature_1lsun": temperature_k, "luminosity": 1.0}
+    config = SimulatorConfig(
+        image_size=32, field_of_view_au=400.0, envelope_samples=24, disk_samples=24, frequencies_ghz=BANDS_GHZ
+    )
+    params = {
+        **DISK_ONLY,
+        "disk_mass": disk_mass,
+        "disk_radius": disk_radius,
+        "opacity_beta": beta,
+        "temperature_index": 0.0,
+        "temperature_1lsun": temperature_k,
+        "luminosity": 1.0,
+    }
     systems = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in params.items()}
     with torch.no_grad():
         images = render(systems, torch.tensor([30.0]), torch.tensor([0.0]), config, 140.0)
@@ -46,7 +57,10 @@ def spectral_index(flux: np.ndarray) -> float:
 def planck_index(temperature_k: float) -> float:
     """``ln(B_nu2(T) / B_nu1(T)) / ln(nu2 / nu1)``: 2 in the Rayleigh-Jeans limit, less for cold dust."""
     t = torch.tensor(temperature_k, dtype=torch.float64)
-    return math.log(physics.planck_intensity(t, BANDS_GHZ[2]).item() / physics.planck_intensity(t, BANDS_GHZ[0]).item()) / SPAN
+    return (
+        math.log(physics.planck_intensity(t, BANDS_GHZ[2]).item() / physics.planck_intensity(t, BANDS_GHZ[0]).item())
+        / SPAN
+    )
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0, 1.7])
@@ -64,7 +78,8 @@ def test_optically_thick_dust_flattens_the_index_to_the_planck_functions_whateve
     for beta, images in thick.items():
         centre = images[:, 15:17, 15:17]  # tau >> 1 at every frequency
         assert spectral_index(centre) == pytest.approx(planck_index(20.0), abs=2e-3)
-        assert planck_index(20.0) < spectral_index(images) < thin[beta] - 0.25  # the whole disk, thick at its centre: between
+        # the whole disk, thick at its centre: between
+        assert planck_index(20.0) < spectral_index(images) < thin[beta] - 0.25
     assert spectral_index(thick[0.5]) < spectral_index(thick[1.7])  # its thin outskirts still feel beta
 
 
@@ -72,9 +87,19 @@ def test_beta_drawn_per_system_shows_in_the_index_of_a_three_band_bank(tmp_path)
     """Systems of steeper opacity laws have steeper spectra, whatever else each system draws (temperature law,
     disk profile, optical depth): the band ratio carries beta, which one band cannot."""
     path = tmp_path / "bands.h5"
-    config = SimulatorConfig(image_size=32, field_of_view_au=1000.0, envelope_samples=16, disk_samples=16, frequencies_ghz=BANDS_GHZ)
-    simulate_bank(path, 30, 1, seed=3, config=config, instrument=Instrument(beam_major_arcsec=0.0, beam_minor_arcsec=0.0,
-                  noise_rms_jy_beam=0.0), prior=Prior(nuisance="drawn"), progress=False)
+    config = SimulatorConfig(
+        image_size=32, field_of_view_au=1000.0, envelope_samples=16, disk_samples=16, frequencies_ghz=BANDS_GHZ
+    )
+    simulate_bank(
+        path,
+        30,
+        1,
+        seed=3,
+        config=config,
+        instrument=Instrument(beam_major_arcsec=0.0, beam_minor_arcsec=0.0, noise_rms_jy_beam=0.0),
+        prior=Prior(nuisance="drawn"),
+        progress=False,
+    )
     with Bank(path) as bank:
         images = bank.load_images()[:, 0]  # (systems, bands, H, W)
         beta = bank.parameters["opacity_beta"]

@@ -52,7 +52,9 @@ def prose(markdown: str) -> str:
 
 
 def markdown_cells(path: Path) -> list[str]:
-    return ["".join(cell["source"]) for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "markdown"]
+    return [
+        "".join(cell["source"]) for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "markdown"
+    ]
 
 
 def glued_names(path: Path) -> set[str]:
@@ -68,15 +70,17 @@ def typed_numbers(path: Path) -> list[str]:
             token = re.sub(r"\s+", " ", match.group(1))
             if token not in allowed and token.replace(" ", "") not in allowed:
                 start = max(0, match.start() - 40)
-                found.append(f"{token!r} in ...{prose(text)[start:match.end() + 20]!r}")
+                found.append(f"{token!r} in ...{prose(text)[start : match.end() + 20]!r}")
     return found
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_the_prose_types_no_result(path):
     typed = typed_numbers(path)
-    assert not typed, (f"{path.name} types numbers that look like results; glue them from the computation "
-                       f"(or, for a definition, add it to DEFINITIONS): " + "; ".join(typed))
+    assert not typed, (
+        f"{path.name} types numbers that look like results; glue them from the computation "
+        f"(or, for a definition, add it to DEFINITIONS): " + "; ".join(typed)
+    )
 
 
 def test_the_check_catches_a_typed_result():

@@ -49,4 +49,6 @@ def test_its_protolib_commands_parse():
 def test_every_option_it_names_exists(capsys):
     known = set().union(*(options_of(command, capsys) for command in COMMANDS))
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", QUICKSTART.read_text()))
-    assert named and not named - known, f"options named in book/quickstart.md that match and bank-for lack: {sorted(named - known)}"
+    assert named and not named - known, (
+        f"options named in book/quickstart.md that match and bank-for lack: {sorted(named - known)}"
+    )

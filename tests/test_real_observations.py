@@ -22,9 +22,8 @@ import torch
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
-from astropy.wcs import WCS
-
 from match_helpers import ProjectionEmbedder, fake_siamese_module
+
 from protolib.bank import Bank, simulate_bank
 from protolib.cli import main
 from protolib.instrument import FWHM_TO_SIGMA, Beam, beam_noise
@@ -63,21 +62,40 @@ def write_map(path, data, *, pixel=PIXEL, spectral=("FREQ", 224.6, "GHz"), restf
     """A NOEMA/CASA-like 3-axis continuum map: RA---SIN, DEC--SIN and one spectral plane."""
     ny, nx = data.shape
     header = fits.Header()
-    for k, (ctype, crval, cdelt, crpix, cunit) in enumerate([
-        ("RA---SIN", CENTRE.ra.deg, -pixel / 3600, (nx + 1) / 2, "deg"),
-        ("DEC--SIN", CENTRE.dec.deg, pixel / 3600, (ny + 1) / 2, "deg"),
-    ], start=1):
-        header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"], header[f"CUNIT{k}"] = ctype, crval, cdelt, crpix, cunit
+    for k, (ctype, crval, cdelt, crpix, cunit) in enumerate(
+        [
+            ("RA---SIN", CENTRE.ra.deg, -pixel / 3600, (nx + 1) / 2, "deg"),
+            ("DEC--SIN", CENTRE.dec.deg, pixel / 3600, (ny + 1) / 2, "deg"),
+        ],
+        start=1,
+    ):
+        header[f"CTYPE{k}"], header[f"CRVAL{k}"], header[f"CDELT{k}"], header[f"CRPIX{k}"], header[f"CUNIT{k}"] = (
+            ctype,
+            crval,
+            cdelt,
+            crpix,
+            cunit,
+        )
     cube = data[None]
     if spectral is not None:
         ctype, value, unit = spectral
-        header["CTYPE3"], header["CRVAL3"], header["CDELT3"], header["CRPIX3"], header["CUNIT3"] = ctype, value, 1.0, 1.0, unit
+        header["CTYPE3"], header["CRVAL3"], header["CDELT3"], header["CRPIX3"], header["CUNIT3"] = (
+            ctype,
+            value,
+            1.0,
+            1.0,
+            unit,
+        )
     else:
         cube = data
     if restfrq:
         header["RESTFRQ"] = restfrq
     header["BUNIT"] = "Jy/beam"
-    header["BMAJ"], header["BMIN"], header["BPA"] = beam.major_arcsec / 3600, beam.minor_arcsec / 3600, beam.position_angle_deg
+    header["BMAJ"], header["BMIN"], header["BPA"] = (
+        beam.major_arcsec / 3600,
+        beam.minor_arcsec / 3600,
+        beam.position_angle_deg,
+    )
     header["RADESYS"] = "ICRS"
     for key, value in (extra or {}).items():
         header[key] = value
@@ -113,11 +131,14 @@ def test_zero_blanking_outside_the_primary_beam_is_blank_and_real_zeros_are_kept
     assert prepared.blanked_zero_fraction == pytest.approx(outside.mean(), abs=1e-6)
 
 
-@pytest.mark.parametrize("name, zero_fraction, frequency", [
-    ("B5-IRS1", 0.8126, 216.716),  # GILDAS pbcor: 0.0 outside the primary beam, VRAD axis
-    ("HH211", 0.5950, 220.779),
-    ("L1448N-IRS3", 0.0, 220.781),  # NaN outside the mosaic
-])
+@pytest.mark.parametrize(
+    "name, zero_fraction, frequency",
+    [
+        ("B5-IRS1", 0.8126, 216.716),  # GILDAS pbcor: 0.0 outside the primary beam, VRAD axis
+        ("HH211", 0.5950, 220.779),
+        ("L1448N-IRS3", 0.0, 220.781),  # NaN outside the mosaic
+    ],
+)
 def test_shipped_noema_maps_are_read_with_their_quirks(name, zero_fraction, frequency):
     observation = read_observation(DATA / f"{name}_NOEMA_1mm_PRODIGE.fits")
     assert observation.blanked_zero_fraction == pytest.approx(zero_fraction, abs=1e-3)
@@ -129,17 +150,22 @@ def test_shipped_noema_maps_are_read_with_their_quirks(name, zero_fraction, freq
 # The frequency.
 
 
-@pytest.mark.parametrize("spectral, restfrq, expected", [
-    (("FREQ", 224.6, "GHz"), 230.538e9, 224.6),  # a continuum map with CO 2-1 as its rest frequency
-    (("FREQ-LSR", 2.246e11, "Hz"), 230.538e9, 224.6),  # AIPS convention
-    (("FREQ", 224600.0, "MHz"), None, 224.6),
-    (("VRAD", 9100.0, "m/s"), 216.723e9, 216.7164),  # GILDAS: velocity axis and rest frequency
-    (("VELO-LSR", 0.0, "m/s"), 230.0e9, 230.0),
-    (("VRAD", 9100.0, "m/s"), None, None),  # a velocity axis with no rest frequency says nothing
-    (None, 230.538e9, None),  # RESTFRQ alone is not trusted
-])
+@pytest.mark.parametrize(
+    "spectral, restfrq, expected",
+    [
+        (("FREQ", 224.6, "GHz"), 230.538e9, 224.6),  # a continuum map with CO 2-1 as its rest frequency
+        (("FREQ-LSR", 2.246e11, "Hz"), 230.538e9, 224.6),  # AIPS convention
+        (("FREQ", 224600.0, "MHz"), None, 224.6),
+        (("VRAD", 9100.0, "m/s"), 216.723e9, 216.7164),  # GILDAS: velocity axis and rest frequency
+        (("VELO-LSR", 0.0, "m/s"), 230.0e9, 230.0),
+        (("VRAD", 9100.0, "m/s"), None, None),  # a velocity axis with no rest frequency says nothing
+        (None, 230.538e9, None),  # RESTFRQ alone is not trusted
+    ],
+)
 def test_frequency_comes_from_the_spectral_axis(tmp_path, spectral, restfrq, expected):
-    observation = read_observation(write_map(tmp_path / "f.fits", noisy_source((64, 64)), spectral=spectral, restfrq=restfrq))
+    observation = read_observation(
+        write_map(tmp_path / "f.fits", noisy_source((64, 64)), spectral=spectral, restfrq=restfrq)
+    )
     if expected is None:
         assert observation.frequency_ghz is None
     else:
@@ -148,7 +174,9 @@ def test_frequency_comes_from_the_spectral_axis(tmp_path, spectral, restfrq, exp
 
 def test_fluxes_are_brought_to_the_bank_frequency_with_the_stated_spectral_index(tmp_path):
     data = gaussian((160, 160), PIXEL, 1.2, 0.02) + 1e-4 * np.random.default_rng(0).normal(size=(160, 160))
-    at_bank = prepare_observation(write_map(tmp_path / "230.fits", data, spectral=("FREQ", 230.0, "GHz")), GRID, 140.0, noise_rms_jy_beam=1e-4)
+    at_bank = prepare_observation(
+        write_map(tmp_path / "230.fits", data, spectral=("FREQ", 230.0, "GHz")), GRID, 140.0, noise_rms_jy_beam=1e-4
+    )
     band7 = write_map(tmp_path / "289.fits", data, spectral=("FREQ", 289.0, "GHz"))
     default = prepare_observation(band7, GRID, 140.0, noise_rms_jy_beam=1e-4)
     shallow = prepare_observation(band7, GRID, 140.0, noise_rms_jy_beam=1e-4, spectral_index=2.5)
@@ -160,7 +188,9 @@ def test_fluxes_are_brought_to_the_bank_frequency_with_the_stated_spectral_index
     assert header["PROTOLIB OBS_FREQ"] == pytest.approx(289.0) and header["PROTOLIB SPEC_INDEX"] == 3.0
     assert default.info()["frequency_factor"] == pytest.approx((230 / 289) ** 3)
     with pytest.raises(ProtolibInputError, match=r"100\.0 GHz and the bank at 230\.0 GHz, a ratio of 2\.30.*guesswork"):
-        prepare_observation(write_map(tmp_path / "100.fits", data, spectral=("FREQ", 100.0, "GHz")), GRID, 140.0, noise_rms_jy_beam=1e-4)
+        prepare_observation(
+            write_map(tmp_path / "100.fits", data, spectral=("FREQ", 100.0, "GHz")), GRID, 140.0, noise_rms_jy_beam=1e-4
+        )
 
 
 def test_a_file_without_a_spectral_axis_is_taken_at_the_bank_frequency_with_a_warning(tmp_path):
@@ -168,7 +198,9 @@ def test_a_file_without_a_spectral_axis_is_taken_at_the_bank_frequency_with_a_wa
     with pytest.warns(UserWarning, match=r"no spectral axis .* assuming the bank's 230 GHz .*--frequency"):
         prepared = prepare_observation(path, GRID, 140.0)
     assert prepared.frequency_factor == 1.0
-    assert prepare_observation(path, GRID, 140.0, frequency_ghz=240.0).frequency_factor == pytest.approx((230 / 240) ** 3)
+    assert prepare_observation(path, GRID, 140.0, frequency_ghz=240.0).frequency_factor == pytest.approx(
+        (230 / 240) ** 3
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +211,11 @@ def test_a_companion_is_reported_and_can_be_masked(tmp_path):
     data = noisy_source() + gaussian((240, 240), PIXEL, 1.0, 20 * NOISE, offset=(1.0, 4.0))  # 4.1" NNE
     path = write_map(tmp_path / "binary.fits", data)
     wide = BankGrid(32, 125.0, 140.0, Beam(0.25, 0.25))  # 4000 au: 13" across at 300 pc
-    with pytest.warns(UserWarning, match=r"2 compact sources .*4\.\d\" \(1\d\d\d au\) away, \+1\.\d\" east \+4\.\d\" north, "
-                                         r"peak [34]\.\d+ mJy/beam \(\d+ sigma\), inside the bank's field"):
+    with pytest.warns(
+        UserWarning,
+        match=r"2 compact sources .*4\.\d\" \(1\d\d\d au\) away, \+1\.\d\" east \+4\.\d\" north, "
+        r"peak [34]\.\d+ mJy/beam \(\d+ sigma\), inside the bank's field",
+    ):
         prepared = prepare_observation(path, wide, 300.0)
     assert len(prepared.sources) == 2 and prepared.sources[0]["separation_arcsec"] < 0.1
     assert prepared.sources[1]["separation_arcsec"] == pytest.approx(4.12, abs=0.15)
@@ -190,8 +225,11 @@ def test_a_companion_is_reported_and_can_be_masked(tmp_path):
     clean = write_map(tmp_path / "clean.fits", data - noisy_source(flux_peak=0.0))  # the same two sources without noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        both, primary = (prepare_observation(clean, wide, 300.0, noise_rms_jy_beam=NOISE, mask_radius_arcsec=r) for r in (None, 2.5))
-    companion_jy = 20 * NOISE / (BEAM.major_arcsec * BEAM.minor_arcsec) * both.flux_scale * both.frequency_factor  # bank's distance, frequency
+        both, primary = (
+            prepare_observation(clean, wide, 300.0, noise_rms_jy_beam=NOISE, mask_radius_arcsec=r) for r in (None, 2.5)
+        )
+    # bank's distance, frequency
+    companion_jy = 20 * NOISE / (BEAM.major_arcsec * BEAM.minor_arcsec) * both.flux_scale * both.frequency_factor
     assert both.total_flux_jy - primary.total_flux_jy == pytest.approx(companion_jy, rel=0.02)
 
 
@@ -237,7 +275,9 @@ def test_resampling_is_smooth_and_conserves_flux(source_pixel, target_pixel):
     truth = gaussian((n_target, n_target), target_pixel, effective / FWHM_TO_SIGMA, (sigma / effective) ** 2)
     assert np.abs(resampled - truth).max() < 0.005  # of a peak of 1 (piecewise constant pixels: 0.17)
     steepest = target_pixel * math.exp(-0.5) / sigma  # the largest step between neighbours a smooth Gaussian has
-    assert np.abs(np.diff(resampled, axis=1)).max() < 1.2 * max(steepest, source_pixel * math.exp(-0.5) / sigma * (target_pixel > source_pixel))
+    assert np.abs(np.diff(resampled, axis=1)).max() < 1.2 * max(
+        steepest, source_pixel * math.exp(-0.5) / sigma * (target_pixel > source_pixel)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,8 +304,11 @@ def test_the_assumed_max_scale_is_stated_and_synthetic_files_declare_none(tmp_pa
     prepared = prepare_observation(write_map(tmp_path / "real.fits", noisy_source((96, 96))), GRID, 140.0)
     assert prepared.max_scale_arcsec == pytest.approx(10 * BEAM.major_arcsec)
     assert "assumed" in prepared.max_scale_source
-    declared = prepare_observation(write_map(tmp_path / "syn.fits", noisy_source((96, 96)), extra={"HIERARCH PROTOLIB MAX_SCALE": 0.0}),
-                                   GRID, 140.0)
+    declared = prepare_observation(
+        write_map(tmp_path / "syn.fits", noisy_source((96, 96)), extra={"HIERARCH PROTOLIB MAX_SCALE": 0.0}),
+        GRID,
+        140.0,
+    )
     assert declared.max_scale_arcsec is None and declared.transform().max_scale_arcsec is None
     given = prepare_observation(tmp_path / "real.fits", GRID, 300.0, max_scale_arcsec=4.0)
     assert given.transform().max_scale_arcsec == pytest.approx(4.0 * 300 / 140)  # same au, at the bank's distance
@@ -278,21 +321,32 @@ def test_the_assumed_max_scale_is_stated_and_synthetic_files_declare_none(tmp_pa
 @pytest.fixture(scope="module")
 def fit_bank(tmp_path_factory):
     path = tmp_path_factory.mktemp("fit") / "bank.h5"
-    simulate_bank(path, 40, 4, seed=3, config=SimulatorConfig(image_size=32, envelope_samples=16, disk_samples=12), progress=False)
+    simulate_bank(
+        path, 40, 4, seed=3, config=SimulatorConfig(image_size=32, envelope_samples=16, disk_samples=12), progress=False
+    )
     return Bank(path)
 
 
-def observation_like(bank: Bank, noise: float, beam=Beam(0.6, 0.5, 30.0)):
+def observation_like(bank: Bank, noise: float, beam: Beam | None = None):
+    beam = beam or Beam(0.6, 0.5, 30.0)
     grid = BankGrid.from_bank(bank)
-    resolution = ResolutionMatch(beam, grid.pixel_arcsec, bank_beam=grid.beam, noise_rms_jy_beam=noise,
-                                 bank_noise_rms_jy_beam=grid.noise_rms_jy_beam)
+    resolution = ResolutionMatch(
+        beam,
+        grid.pixel_arcsec,
+        bank_beam=grid.beam,
+        noise_rms_jy_beam=noise,
+        bank_noise_rms_jy_beam=grid.noise_rms_jy_beam,
+    )
     rng = np.random.default_rng(0)
     embedder = ProjectionEmbedder(bank.image_size, 24)
-    matcher = Matcher.from_embed_function(embedder, bank, transform=lambda images: resolution(images, rng), progress=False)
+    matcher = Matcher.from_embed_function(
+        embedder, bank, transform=lambda images: resolution(images, rng), progress=False
+    )
 
     def target(image, seed):
         observed = resolution(image[None], np.random.default_rng(seed))[0]
         return observed, ObservationTarget(observed, None, {}, {}, None, resolution, noise, None)
+
     return matcher, target
 
 
@@ -342,21 +396,45 @@ def test_a_binary_or_a_ring_is_flagged(fit_bank, kind):
 def wide_bank(tmp_path_factory):
     """A bank like the tiny configuration's (32 px over 1000 au at 140 pc)."""
     path = tmp_path_factory.mktemp("wide") / "bank.h5"
-    simulate_bank(path, 12, 2, seed=1, config=SimulatorConfig(image_size=32, envelope_samples=16, disk_samples=12), progress=False)
+    simulate_bank(
+        path, 12, 2, seed=1, config=SimulatorConfig(image_size=32, envelope_samples=16, disk_samples=12), progress=False
+    )
     return path
 
 
 def test_cli_observe_reports_the_quirks_of_the_shipped_maps(wide_bank, tmp_path, capsys):
-    code = main(["observe", str(DATA / "L1448N-IRS3_NOEMA_1mm_PRODIGE.fits"), "--distance", "288", "--bank", str(wide_bank),
-                 "--out", str(tmp_path / "l1448.fits")])
+    code = main(
+        [
+            "observe",
+            str(DATA / "L1448N-IRS3_NOEMA_1mm_PRODIGE.fits"),
+            "--distance",
+            "288",
+            "--bank",
+            str(wide_bank),
+            "--out",
+            str(tmp_path / "l1448.fits"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
-    assert "2 compact sources" in err and "7.3\" (2109 au) away" in err and "outside the bank's field" in err
+    assert "2 compact sources" in err and '7.3" (2109 au) away' in err and "outside the bank's field" in err
     assert "220.78 GHz (velocity axis VRAD" in out and "fluxes x1.131 (alpha = 3)" in out
-    code = main(["observe", str(DATA / "B5-IRS1_NOEMA_1mm_PRODIGE.fits"), "--distance", "302", "--bank", str(wide_bank),
-                 "--out", str(tmp_path / "b5.fits"), "--max-scale", "7"])
+    code = main(
+        [
+            "observe",
+            str(DATA / "B5-IRS1_NOEMA_1mm_PRODIGE.fits"),
+            "--distance",
+            "302",
+            "--bank",
+            str(wide_bank),
+            "--out",
+            str(tmp_path / "b5.fits"),
+            "--max-scale",
+            "7",
+        ]
+    )
     out, err = capsys.readouterr()
-    assert code == 0 and "81% of pixels were zero-valued blanking" in out and "scales above 7\" removed" in out
+    assert code == 0 and "81% of pixels were zero-valued blanking" in out and 'scales above 7" removed' in out
     header = fits.getheader(tmp_path / "b5.fits")
     assert header["PROTOLIB MAX_SCALE"] == 7.0 and header["PROTOLIB ZERO_BLANK"] == pytest.approx(0.8126, abs=1e-3)
 
@@ -364,11 +442,35 @@ def test_cli_observe_reports_the_quirks_of_the_shipped_maps(wide_bank, tmp_path,
 def test_cli_match_writes_chi2_and_the_verdict_for_a_real_map(wide_bank, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module(32))
     model = tmp_path / "siamese.pt"
-    torch.save({"image_size": 32, "config": {}, "bank": {}, "split": {}, "parameter_names": [],
-                "target": {"parameters": ["stellar_mass", "disk_radius", "envelope_mass"]}}, model)
+    torch.save(
+        {
+            "image_size": 32,
+            "config": {},
+            "bank": {},
+            "split": {},
+            "parameter_names": [],
+            "target": {"parameters": ["stellar_mass", "disk_radius", "envelope_mass"]},
+        },
+        model,
+    )
     out = tmp_path / "match"
-    code = main(["match", "--model", str(model), "--bank", str(wide_bank), "--target", str(DATA / "HH211_NOEMA_1mm_PRODIGE.fits"),
-                 "--distance", "321", "--top-k", "10", "--out", str(out)])
+    code = main(
+        [
+            "match",
+            "--model",
+            str(model),
+            "--bank",
+            str(wide_bank),
+            "--target",
+            str(DATA / "HH211_NOEMA_1mm_PRODIGE.fits"),
+            "--distance",
+            "321",
+            "--top-k",
+            "10",
+            "--out",
+            str(out),
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -377,7 +479,9 @@ def test_cli_match_writes_chi2_and_the_verdict_for_a_real_map(wide_bank, tmp_pat
     assert report["verdict"]["message"] in stdout + stderr
     preparation = report["inputs"]["target"]["preparation"]
     assert preparation["observed_frequency_ghz"] == pytest.approx(220.779, abs=1e-3)
-    assert preparation["spectral_index"] == 3.0 and preparation["blanked_zero_fraction"] == pytest.approx(0.595, abs=1e-3)
+    assert preparation["spectral_index"] == 3.0 and preparation["blanked_zero_fraction"] == pytest.approx(
+        0.595, abs=1e-3
+    )
     header = (out / "matches.csv").read_text().splitlines()[0].split(",")
     assert "reduced_chi2" in header
     rows = [line.split(",") for line in (out / "matches.csv").read_text().splitlines()[1:]]
@@ -390,8 +494,13 @@ def test_a_given_centre_works_on_an_fk5_map_and_offsets_are_from_it(tmp_path):
     path = write_map(tmp_path / "fk5.fits", data, extra={"RADESYS": "FK5", "EQUINOX": 2000.0})
     companion = CENTRE.spherical_offsets_by(1.0 * u.arcsec, 4.0 * u.arcsec)
     with pytest.warns(UserWarning, match=r"2 compact sources .*4\.\d\" .*-1\.\d\" east -4\.\d\" north"):
-        prepared = prepare_observation(path, BankGrid(32, 125.0, 140.0, Beam(0.25, 0.25)), 300.0,
-                                       centre=companion.to_string("hmsdms"), mask_radius_arcsec=2.0)
+        prepared = prepare_observation(
+            path,
+            BankGrid(32, 125.0, 140.0, Beam(0.25, 0.25)),
+            300.0,
+            centre=companion.to_string("hmsdms"),
+            mask_radius_arcsec=2.0,
+        )
     assert prepared.centre.separation(companion).arcsec < 1e-3
 
 
@@ -405,7 +514,11 @@ def test_the_literature_table_names_a_shipped_map_and_a_reference_for_every_valu
         assert 0.02 < source.distance_error_pc / source.distance_pc < 0.1  # Perseus: 5-10% (a quarter of the 95% range)
         for quantity, value in source.values.items():
             assert value["low"] <= value["value"] <= value["high"], (source.name, quantity)
-            assert value["reference"] in source.references and value["certainty"] in {"measured", "estimated", "uncertain"}
+            assert value["reference"] in source.references and value["certainty"] in {
+                "measured",
+                "estimated",
+                "uncertain",
+            }
 
 
 def test_calibration_widens_intervals_that_are_too_narrow_and_leaves_honest_ones():

@@ -102,6 +102,6 @@ def test_the_check_catches_a_removed_entry():
     key = "zucker2018"
     assert key in literature_keys() and not unresolved({key}, bib_text)
     start = bib_text.index(f"{{{key},")
-    removed = bib_text[:bib_text.rindex("@", 0, start)] + bib_text[bib_text.index("\n}", start) + 2:]
+    removed = bib_text[: bib_text.rindex("@", 0, start)] + bib_text[bib_text.index("\n}", start) + 2 :]
     assert unresolved({key}, removed) == {key}
     assert cited_keys("as shown {cite:p}`a, b` and {cite:t}`c`; {cite}`d`") == {"a", "b", "c", "d"}

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DISK_ONLY, image_moments, render_one
+from conftest import image_moments, render_one
 
-from protolib import physics
+from protolib import physics, simulator
 from protolib.instrument import Beam, Instrument, convolve_beam, pixel_solid_angle_sr
 from protolib.parameters import Prior
 from protolib.runtime import ProtolibInputError
-from protolib import simulator
 from protolib.simulator import COMPILE_FROM_IMAGES, SimulatorConfig, envelope_mass, render, settle_compile
 
 
@@ -62,7 +61,13 @@ def test_beam_convolution_conserves_total_flux(fine_config):
     assert smoothed.sum().item() == pytest.approx(image.sum().item(), rel=1e-4)
     assert smoothed.max() < image.max()
     # In Jy/beam, the sum times (pixel / beam solid angle) is the flux again.
-    instrument = Instrument(distance_pc=140.0, beam_major_arcsec=0.4, beam_minor_arcsec=0.25, beam_position_angle_deg=30.0, noise_rms_jy_beam=0.0)
+    instrument = Instrument(
+        distance_pc=140.0,
+        beam_major_arcsec=0.4,
+        beam_minor_arcsec=0.25,
+        beam_position_angle_deg=30.0,
+        noise_rms_jy_beam=0.0,
+    )
     jy_beam = instrument.observe(image[None], fine_config.pixel_size_au, rng=None)[0]
     ratio = pixel_solid_angle_sr(fine_config.pixel_size_au, 140.0) / beam.solid_angle_sr
     assert (jy_beam.sum() * ratio).item() == pytest.approx(image.sum().item(), rel=1e-4)
@@ -124,8 +129,11 @@ def test_image_converges_with_line_of_sight_sampling(inclination, overrides):
 
 def test_image_converges_with_pixel_refinement():
     """Pixel-averaged images (more rays per pixel) converge; flux is then independent of the grid."""
+
     def at(oversample):
-        config = SimulatorConfig(image_size=32, field_of_view_au=600.0, envelope_samples=32, disk_samples=32, oversample=oversample)
+        config = SimulatorConfig(
+            image_size=32, field_of_view_au=600.0, envelope_samples=32, disk_samples=32, oversample=oversample
+        )
         image = torch.tensor(render_one(70.0, 10.0, config, accretion_rate=1e-5, disk_radius=20.0))
         return convolve_beam(image, Beam(0.3, 0.3), config.pixel_size_au / 140.0).numpy()
 
@@ -146,8 +154,13 @@ def test_ulrich_streamline_solves_the_cubic():
 
 
 def test_envelope_density_falls_as_r_to_minus_three_halves_far_out():
-    kwargs = dict(infall_rate_msun_yr=torch.tensor(1e-5), stellar_mass_msun=torch.tensor(0.5),
-                  centrifugal_radius_au=torch.tensor(10.0), cavity_half_angle_deg=torch.tensor(0.0), outer_radius_au=1e5)
+    kwargs = dict(
+        infall_rate_msun_yr=torch.tensor(1e-5),
+        stellar_mass_msun=torch.tensor(0.5),
+        centrifugal_radius_au=torch.tensor(10.0),
+        cavity_half_angle_deg=torch.tensor(0.0),
+        outer_radius_au=1e5,
+    )
     r = torch.tensor([2000.0, 4000.0], dtype=torch.float64)
     rho = physics.envelope_density(r, torch.tensor(0.5, dtype=torch.float64), **kwargs)
     assert (rho[1] / rho[0]).item() == pytest.approx(2**-1.5, rel=0.01)
@@ -156,12 +169,16 @@ def test_envelope_density_falls_as_r_to_minus_three_halves_far_out():
 def test_envelope_mass_matches_free_fall_integral():
     """With a tiny centrifugal radius and no cavity, M_env = Mdot / sqrt(2GM) * (2/3) (R_out^1.5 - R_in^1.5)."""
     config = SimulatorConfig(cavity_contrast=1.0)
-    systems = {k: torch.tensor([v], dtype=torch.float64) for k, v in
-               dict(stellar_mass=0.5, accretion_rate=1e-5, disk_radius=1e-3, cavity_angle=20.0).items()}
+    systems = {
+        k: torch.tensor([v], dtype=torch.float64)
+        for k, v in dict(stellar_mass=0.5, accretion_rate=1e-5, disk_radius=1e-3, cavity_angle=20.0).items()
+    }
     numeric = envelope_mass(systems, config).item()
     mdot = 1e-5 * physics.MSUN_G / physics.YEAR_S
     r_out, r_in = config.envelope_outer_radius_au * physics.AU_CM, config.inner_radius_au * physics.AU_CM
-    analytic = mdot / math.sqrt(2 * physics.G_CGS * 0.5 * physics.MSUN_G) * (2 / 3) * (r_out**1.5 - r_in**1.5) / physics.MSUN_G
+    analytic = (
+        mdot / math.sqrt(2 * physics.G_CGS * 0.5 * physics.MSUN_G) * (2 / 3) * (r_out**1.5 - r_in**1.5) / physics.MSUN_G
+    )
     assert numeric == pytest.approx(analytic, rel=0.02)
 
 
@@ -169,8 +186,14 @@ def test_disk_density_integrates_to_the_disk_mass():
     radius = torch.logspace(-1, 4, 3000, dtype=torch.float64)
     scale_height = physics.disk_scale_height(radius, torch.tensor(5.0, dtype=torch.float64))
     height = torch.linspace(-8, 8, 801, dtype=torch.float64)[None, :] * scale_height[:, None]  # resolve H at every R
-    rho = physics.disk_density(radius[:, None], height, disk_mass_msun=torch.tensor(0.05),
-                               disk_radius_au=torch.tensor(50.0), scale_height_100au=torch.tensor(5.0), inner_radius_au=0.0)
+    rho = physics.disk_density(
+        radius[:, None],
+        height,
+        disk_mass_msun=torch.tensor(0.05),
+        disk_radius_au=torch.tensor(50.0),
+        scale_height_100au=torch.tensor(5.0),
+        inner_radius_au=0.0,
+    )
     column = torch.trapezoid(rho, height * physics.AU_CM, dim=1)
     mass = torch.trapezoid(2 * math.pi * radius * physics.AU_CM * column, radius * physics.AU_CM) / physics.MSUN_G
     assert mass.item() == pytest.approx(0.05, rel=0.01)
@@ -200,8 +223,13 @@ def test_prior_couples_parameters_physically():
 REFERENCE = Path(__file__).parent / "data" / "renderer_reference.npz"
 
 
-COMPILED = pytest.param("true", marks=pytest.mark.skipif(os.environ.get("PROTOLIB_TEST_COMPILE") != "1", reason=(
-    "compiling the renderer's kernels takes a minute cold: PROTOLIB_TEST_COMPILE=1 runs it")))
+COMPILED = pytest.param(
+    "true",
+    marks=pytest.mark.skipif(
+        os.environ.get("PROTOLIB_TEST_COMPILE") != "1",
+        reason=("compiling the renderer's kernels takes a minute cold: PROTOLIB_TEST_COMPILE=1 runs it"),
+    ),
+)
 
 
 @pytest.mark.parametrize("size, field_of_view_au", [(64, 1000.0), (33, 400.0)])
@@ -215,10 +243,14 @@ def test_renderer_agrees_with_the_renderer_before_issue_29(size, field_of_view_a
     averaged radial profile and every pixel within 1e-4 of the image's peak; with the eager kernels and
     with the compiled ones (``simulator.compile``)."""
     with np.load(REFERENCE, allow_pickle=False) as reference:
-        params = {k.removeprefix("param_"): torch.as_tensor(reference[k]) for k in reference.files if k.startswith("param_")}
+        params = {
+            k.removeprefix("param_"): torch.as_tensor(reference[k]) for k in reference.files if k.startswith("param_")
+        }
         angles = torch.as_tensor(reference["inclination"]), torch.as_tensor(reference["position_angle"])
         expected = reference[f"images_{size}"].astype(np.float64)
-    config = SimulatorConfig(image_size=size, field_of_view_au=field_of_view_au, batch_elements=batch_elements, compile=compile)
+    config = SimulatorConfig(
+        image_size=size, field_of_view_au=field_of_view_au, batch_elements=batch_elements, compile=compile
+    )
     with torch.no_grad():
         images = render(params, *angles, config, 140.0).numpy().astype(np.float64)
     peak = expected.max(axis=(1, 2))
@@ -244,7 +276,8 @@ def test_the_compile_setting_is_settled_once_per_bank_and_never_stored():
     assert settle_compile(SimulatorConfig(compile="true"), 8).compile == "true"
     assert settle_compile(SimulatorConfig(compile="false"), 10**7).compile == "false"
     assert "compile" not in SimulatorConfig(compile="true").to_dict()
-    assert SimulatorConfig(compile=True).compile == "true" and SimulatorConfig(compile=False).compile == "false"  # YAML's booleans
+    # YAML's booleans
+    assert SimulatorConfig(compile=True).compile == "true" and SimulatorConfig(compile=False).compile == "false"
     with pytest.raises(ProtolibInputError, match="compile"):
         SimulatorConfig(compile="yes")
 
@@ -255,11 +288,18 @@ def test_the_renderer_falls_back_to_the_eager_kernels_where_compiling_fails(monk
     def broken(function, **options):
         def fails(*args, **kwargs):
             raise RuntimeError("no C++ compiler")
+
         return fails
 
-    params = {"stellar_mass": torch.tensor([0.5]), "accretion_rate": torch.tensor([1e-5]), "disk_radius": torch.tensor([50.0]),
-              "disk_mass": torch.tensor([0.05]), "luminosity": torch.tensor([2.0]), "disk_scale_height": torch.tensor([5.0]),
-              "cavity_angle": torch.tensor([20.0])}
+    params = {
+        "stellar_mass": torch.tensor([0.5]),
+        "accretion_rate": torch.tensor([1e-5]),
+        "disk_radius": torch.tensor([50.0]),
+        "disk_mass": torch.tensor([0.05]),
+        "luminosity": torch.tensor([2.0]),
+        "disk_scale_height": torch.tensor([5.0]),
+        "cavity_angle": torch.tensor([20.0]),
+    }
     angles = torch.tensor([60.0]), torch.tensor([30.0])
     config = SimulatorConfig(image_size=16)
     with torch.no_grad():

@@ -1,4 +1,5 @@
-"""Tiered matching: the bank embedded at a few resolution tiers, a shortlist re-ranked at the observation's exact transform.
+"""Tiered matching: the bank embedded at a few resolution tiers, a shortlist re-ranked at the observation's exact
+transform.
 
 What a user relies on: a bank row seen through an observation's transform is the same image whether it
 is transformed with the whole bank or alone in a shortlist (noise seeded by row), so the re-ranked
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from match_helpers import ProjectionEmbedder, write_bank
+
 from protolib.bank import Bank
 from protolib.instrument import Beam
 from protolib.matching import (
@@ -38,8 +39,13 @@ def _observation_transform(bank: Bank, major_factor: float, minor_factor: float,
     """An observation's transform: an elliptical beam these times the bank's, noise these times the bank's own."""
     grid = BankGrid.from_bank(bank)
     base = grid.beam.major_arcsec
-    resolution = ResolutionMatch(Beam(base * major_factor, base * minor_factor, 30.0), grid.pixel_arcsec, bank_beam=grid.beam,
-                                 noise_rms_jy_beam=noise_factor * 0.05, bank_noise_rms_jy_beam=grid.noise_rms_jy_beam)
+    resolution = ResolutionMatch(
+        Beam(base * major_factor, base * minor_factor, 30.0),
+        grid.pixel_arcsec,
+        bank_beam=grid.beam,
+        noise_rms_jy_beam=noise_factor * 0.05,
+        bank_noise_rms_jy_beam=grid.noise_rms_jy_beam,
+    )
     return ObservationTransform(resolution, seed)
 
 
@@ -50,7 +56,9 @@ def _exhaustive(embedder, bank, transform) -> Matcher:
 def _tiered(embedder, bank, transform, shortlist, tiers=None) -> TieredMatcher:
     tiers = tiers or resolution_tiers(bank, beam_factors=(1, 2, 4), peak_snr=(100, 30, 10))
     tier = nearest_tier(tiers, transform.resolution.target_beam, transform.resolution.noise_rms_jy_beam)
-    embeddings = tier_embeddings(embedder, bank, tier, model_key={"model": "projection"}, cache_path=None, progress=False)
+    embeddings = tier_embeddings(
+        embedder, bank, tier, model_key={"model": "projection"}, cache_path=None, progress=False
+    )
     return TieredMatcher(embedder, bank, embeddings, tier, transform=transform, shortlist=shortlist)
 
 
@@ -74,7 +82,9 @@ def test_a_shortlist_as_large_as_the_bank_gives_the_exhaustive_matches(bank):
     embedder = ProjectionEmbedder()
     target = _target(bank, transform, 11)
     exhaustive = _exhaustive(embedder, bank, transform).match(target, top_k=30, exclude_system=11)
-    tiered = _tiered(embedder, bank, transform, shortlist=bank.n_systems * bank.n_projections).match(target, top_k=30, exclude_system=11)
+    tiered = _tiered(embedder, bank, transform, shortlist=bank.n_systems * bank.n_projections).match(
+        target, top_k=30, exclude_system=11
+    )
     assert np.array_equal(tiered.system, exhaustive.system) and np.array_equal(tiered.projection, exhaustive.projection)
     np.testing.assert_allclose(tiered.similarity, exhaustive.similarity, atol=1e-5)
 
@@ -90,7 +100,8 @@ def test_the_re_ranked_top_k_recalls_the_exhaustive_one_and_beats_the_tier_alone
         recalls.append(len(truth & set(zip(*_pairs(tiered.match(target, top_k=k, exclude_system=system))))) / k)
         [unranked] = tiered.index.search(tiered.embed(target), top_k=k, exclude_systems=[system])
         tier_alone.append(len(truth & set(zip(*_pairs(unranked)))) / k)
-    assert np.mean(recalls) >= 0.95, recalls  # measured 0.985 (a random-projection embedding: noise moves it more than a trained network)
+    # measured 0.985 (a random-projection embedding: noise moves it more than a trained network)
+    assert np.mean(recalls) >= 0.95, recalls
     assert np.mean(recalls) > np.mean(tier_alone) + 0.1, (np.mean(recalls), np.mean(tier_alone))
 
 
@@ -103,8 +114,14 @@ def test_a_new_observation_embeds_its_shortlist_not_the_bank(bank):
     tiers = resolution_tiers(bank, beam_factors=(1, 2, 4), peak_snr=(100, 30, 10))
     first = _tiered(embedder, bank, _observation_transform(bank, 2.2, 1.9, 2.0), shortlist=50, tiers=tiers)
     embedded = embedder.images_embedded
-    second = TieredMatcher(embedder, bank, first.embeddings, first.tier, transform=_observation_transform(bank, 2.0, 1.6, 2.5, seed=9),
-                           shortlist=50)
+    second = TieredMatcher(
+        embedder,
+        bank,
+        first.embeddings,
+        first.tier,
+        transform=_observation_transform(bank, 2.0, 1.6, 2.5, seed=9),
+        shortlist=50,
+    )
     second.match(_target(bank, second.transform, 4), top_k=10)
     assert embedder.images_embedded - embedded == 1 + 50  # the target and its shortlist
 
@@ -128,6 +145,7 @@ def test_the_command_line_matches_an_observation_by_tiers_and_keeps_the_tier_for
     import sys
 
     from match_helpers import fake_siamese_module, write_fake_model
+
     from protolib.cli import main
     from protolib.matching import embeddings as matching_embeddings
     from protolib.observation import write_observation_fits
@@ -137,19 +155,48 @@ def test_the_command_line_matches_an_observation_by_tiers_and_keeps_the_tier_for
     model = write_fake_model(tmp_path / "siamese.pt")
     with Bank(bank_path) as bank:
         system = {name: float(values[3]) for name, values in bank.parameters.items()}
-    argv = ["match", "--model", str(model), "--bank", str(bank_path), "--distance", "150", "--top-k", "10",
-            "--search", "tiered", "--set", "matching.shortlist=40"]
+    argv = [
+        "match",
+        "--model",
+        str(model),
+        "--bank",
+        str(bank_path),
+        "--distance",
+        "150",
+        "--top-k",
+        "10",
+        "--search",
+        "tiered",
+        "--set",
+        "matching.shortlist=40",
+    ]
     for seed, out in ((1, "first"), (2, "second")):
-        fits_path = write_observation_fits(tmp_path / f"obs{seed}.fits", system, inclination_deg=60.0, position_angle_deg=30.0,
-                                           distance_pc=150.0, pixel_arcsec=0.05, image_size=40, beam=Beam(0.35, 0.3, 20.0),
-                                           noise_rms_jy_beam=1e-4, seed=seed)
+        fits_path = write_observation_fits(
+            tmp_path / f"obs{seed}.fits",
+            system,
+            inclination_deg=60.0,
+            position_angle_deg=30.0,
+            distance_pc=150.0,
+            pixel_arcsec=0.05,
+            image_size=40,
+            beam=Beam(0.35, 0.3, 20.0),
+            noise_rms_jy_beam=1e-4,
+            seed=seed,
+        )
         assert main([*argv, "--target", str(fits_path), "--out", str(tmp_path / out)]) == 0
         if seed == 1:
-            monkeypatch.setattr(matching_embeddings, "embed_bank", lambda *a, **k: pytest.fail("the bank was embedded again"))
+            monkeypatch.setattr(
+                matching_embeddings, "embed_bank", lambda *a, **k: pytest.fail("the bank was embedded again")
+            )
     report = json.loads((tmp_path / "second" / "report.json").read_text())
-    assert report["settings"]["search"] == "tiered" and report["settings"]["shortlist"] == 40 and "tier beam" in report["settings"]["tier"]
+    assert (
+        report["settings"]["search"] == "tiered"
+        and report["settings"]["shortlist"] == 40
+        and "tier beam" in report["settings"]["tier"]
+    )
     assert report["n_matches"] == 10 and len(list(tmp_path.glob("siamese.tier-*.npz"))) == 1
-    assert not list(tmp_path.glob("siamese.embeddings-*.npz"))  # the whole bank was never embedded at the observation's transform
+    # the whole bank was never embedded at the observation's transform
+    assert not list(tmp_path.glob("siamese.embeddings-*.npz"))
 
 
 def test_tiered_and_exhaustive_search_give_the_same_calibrated_intervals(tmp_path, monkeypatch):
@@ -160,6 +207,7 @@ def test_tiered_and_exhaustive_search_give_the_same_calibrated_intervals(tmp_pat
     import sys
 
     from match_helpers import fake_siamese_module, write_fake_model
+
     from protolib.cli import main
     from protolib.observation import write_observation_fits
 
@@ -168,11 +216,35 @@ def test_tiered_and_exhaustive_search_give_the_same_calibrated_intervals(tmp_pat
     model = write_fake_model(tmp_path / "siamese.pt")
     with Bank(bank_path) as bank:
         system = {name: float(values[7]) for name, values in bank.parameters.items()}
-    fits_path = write_observation_fits(tmp_path / "obs.fits", system, inclination_deg=50.0, position_angle_deg=10.0, distance_pc=150.0,
-                                       pixel_arcsec=0.05, image_size=40, beam=Beam(0.4, 0.3, 20.0), noise_rms_jy_beam=1e-4, seed=3)
-    argv = ["match", "--model", str(model), "--bank", str(bank_path), "--distance", "150", "--top-k", "10", "--target", str(fits_path)]
+    fits_path = write_observation_fits(
+        tmp_path / "obs.fits",
+        system,
+        inclination_deg=50.0,
+        position_angle_deg=10.0,
+        distance_pc=150.0,
+        pixel_arcsec=0.05,
+        image_size=40,
+        beam=Beam(0.4, 0.3, 20.0),
+        noise_rms_jy_beam=1e-4,
+        seed=3,
+    )
+    argv = [
+        "match",
+        "--model",
+        str(model),
+        "--bank",
+        str(bank_path),
+        "--distance",
+        "150",
+        "--top-k",
+        "10",
+        "--target",
+        str(fits_path),
+    ]
     assert main([*argv, "--search", "exhaustive", "--out", str(tmp_path / "exhaustive")]) == 0
-    assert main([*argv, "--search", "tiered", "--set", "matching.shortlist=240", "--out", str(tmp_path / "tiered")]) == 0
+    assert (
+        main([*argv, "--search", "tiered", "--set", "matching.shortlist=240", "--out", str(tmp_path / "tiered")]) == 0
+    )
     reports = {s: json.loads((tmp_path / s / "report.json").read_text()) for s in ("exhaustive", "tiered")}
     assert [r["settings"]["search"] for r in reports.values()] == ["exhaustive", "tiered"]
     assert reports["tiered"]["interval_calibration"] == reports["exhaustive"]["interval_calibration"]

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import open_small_bank
 import torch
+from conftest import open_small_bank
 
 from protolib.autoencoder import AutoencoderConfig, load_autoencoder, train_autoencoder
 from protolib.cli import main
@@ -17,7 +17,9 @@ SMALL = AutoencoderConfig(channels=[4, 8], latent_size=8)
 
 
 def quick(**changes) -> TrainingConfig:
-    return TrainingConfig(**{"epochs": 3, "batch_systems": 3, "learning_rate": 3e-3, "patience": 10, "num_threads": 1, **changes})
+    return TrainingConfig(
+        **{"epochs": 3, "batch_systems": 3, "learning_rate": 3e-3, "patience": 10, "num_threads": 1, **changes}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,14 @@ def split(bank):
 
 @pytest.fixture(scope="module")
 def autoencoder(bank, split, tmp_path_factory):
-    return train_autoencoder(bank, tmp_path_factory.mktemp("ae") / "autoencoder.pt", split=split, model=SMALL, training=quick(), progress=False)
+    return train_autoencoder(
+        bank,
+        tmp_path_factory.mktemp("ae") / "autoencoder.pt",
+        split=split,
+        model=SMALL,
+        training=quick(),
+        progress=False,
+    )
 
 
 def test_batches_visit_every_training_system_once_by_system_from_memory_or_file(bank, split):
@@ -62,22 +71,39 @@ def test_same_seed_gives_the_same_weights_and_the_best_checkpoint_reloads_alone(
 
 
 def test_early_stopping_ends_training_when_validation_stops_improving(bank, split, tmp_path):
-    path = train_autoencoder(bank, tmp_path / "stuck.pt", split=split, model=SMALL, progress=False,
-                             training=quick(epochs=20, learning_rate=0.0, patience=2, schedule="constant"))
+    path = train_autoencoder(
+        bank,
+        tmp_path / "stuck.pt",
+        split=split,
+        model=SMALL,
+        progress=False,
+        training=quick(epochs=20, learning_rate=0.0, patience=2, schedule="constant"),
+    )
     stuck = load_autoencoder(path, "cpu")
     assert len(stuck.history) == 3  # one epoch sets the best, two more without improvement
     stopped = why_training_stopped(stuck.checkpoint)
-    assert stopped["stopped_early"] and (stopped["epochs_run"], stopped["epoch_cap"], stopped["best_epoch"]) == (3, 20, 1)
+    assert stopped["stopped_early"] and (stopped["epochs_run"], stopped["epoch_cap"], stopped["best_epoch"]) == (
+        3,
+        20,
+        1,
+    )
     assert "not improved at all for 2 epochs" in stopped["reason"]
 
 
 def test_a_small_gain_counts_as_flat_and_a_run_at_its_cap_says_so(bank, split, tmp_path, autoencoder):
-    """With min_delta, gains smaller than it do not reset the patience; a run that used every epoch is described as capped."""
+    """With min_delta, gains smaller than it do not reset the patience; a run that used every epoch is described as
+    capped."""
     history = [{"validation_loss": loss} for loss in (1.0, 0.5, 0.49, 0.485, 0.48)]
-    flat = why_training_stopped({"training": {"epochs": 10, "patience": 3, "min_delta": 0.05}, "history": history, "best_epoch": 2})
+    flat = why_training_stopped(
+        {"training": {"epochs": 10, "patience": 3, "min_delta": 0.05}, "history": history, "best_epoch": 2}
+    )
     assert flat["stopped_early"] and "by more than 0.05 for 3 epochs" in flat["reason"]
     capped = why_training_stopped(load_autoencoder(autoencoder, "cpu").checkpoint)
-    assert not capped["stopped_early"] and capped["epochs_run"] == capped["epoch_cap"] == 3 and "cap of 3 epochs" in capped["reason"]
+    assert (
+        not capped["stopped_early"]
+        and capped["epochs_run"] == capped["epoch_cap"] == 3
+        and "cap of 3 epochs" in capped["reason"]
+    )
 
 
 class Interrupt(Exception):
@@ -102,7 +128,9 @@ def test_resume_after_an_interruption_continues_the_same_history(bank, split, tm
     assert not (tmp_path / "resumed.pt").exists()  # only a finished training writes the model
     assert len(load_checkpoint(partial_checkpoint_path(tmp_path / "resumed.pt"))["history"]) == 2
     monkeypatch.setattr(module._AutoencoderTask, "training_batches", original)
-    train_autoencoder(bank, tmp_path / "resumed.pt", split=split, model=SMALL, training=quick(), progress=False, resume=True)
+    train_autoencoder(
+        bank, tmp_path / "resumed.pt", split=split, model=SMALL, training=quick(), progress=False, resume=True
+    )
     resumed, straight = load_autoencoder(tmp_path / "resumed.pt", "cpu"), load_autoencoder(autoencoder, "cpu")
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert np.allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in straight.history])
@@ -124,16 +152,26 @@ def test_a_loss_that_is_not_finite_stops_training_and_writes_nothing(bank, split
     train_autoencoder(bank, previous, split=split, model=SMALL, training=quick(), progress=False)
     before = previous.read_bytes()
     monkeypatch.setattr(module._AutoencoderTask, "loss", diverging)
-    with pytest.raises(ProtolibInputError, match=r"autoencoder\.pt stopped in epoch 1: the loss became nan .*not finite; nothing was written"):
+    with pytest.raises(
+        ProtolibInputError,
+        match=r"autoencoder\.pt stopped in epoch 1: the loss became nan .*not finite; nothing was written",
+    ):
         train_autoencoder(bank, previous, split=split, model=SMALL, training=quick(), progress=False)
     assert previous.read_bytes() == before and not partial_checkpoint_path(previous).exists()
 
 
 @pytest.mark.parametrize("loss, pairs", [("mse", "all"), ("log_ratio", "all"), ("contrastive", "fixed")])
 def test_siamese_checkpoint_keeps_the_matching_contract(bank, split, tmp_path, autoencoder, loss, pairs):
-    path = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", model=SiameseConfig(embedding_size=6, hidden_size=16),
-                         loss=LossConfig(kind=loss), pairs=PairConfig(mode=pairs, fixed_fraction=0.5),
-                         training=quick(epochs=2, projections_per_system=2), progress=False)
+    path = train_siamese(
+        bank,
+        autoencoder,
+        tmp_path / "siamese.pt",
+        model=SiameseConfig(embedding_size=6, hidden_size=16),
+        loss=LossConfig(kind=loss),
+        pairs=PairConfig(mode=pairs, fixed_fraction=0.5),
+        training=quick(epochs=2, projections_per_system=2),
+        progress=False,
+    )
     model = load_siamese(path, "cpu")
     for key in ("config", "normaliser", "parameter_names", "target", "bank", "image_size", "split"):
         assert key in model.checkpoint
@@ -149,10 +187,49 @@ def test_siamese_checkpoint_keeps_the_matching_contract(bank, split, tmp_path, a
 
 
 def test_command_line_trains_both_networks_and_reports_held_out_metrics(bank, tmp_path, capsys):
-    common = ["--bank", str(bank.path), "--out", str(tmp_path), "--config", "tiny", "--epochs", "1", "--quiet", "--threads", "1"]
-    assert main(["train-autoencoder", *common, "--channels", "4,8", "--latent-size", "8", "--set", "split.fractions=[0.6,0.2,0.2]"]) == 0
-    assert main(["train-siamese", *common, "--autoencoder", str(tmp_path / "autoencoder.pt"), "--target", "cosine",
-                 "--set", "siamese.model.hidden_size=16"]) == 0
+    common = [
+        "--bank",
+        str(bank.path),
+        "--out",
+        str(tmp_path),
+        "--config",
+        "tiny",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--threads",
+        "1",
+    ]
+    assert (
+        main(
+            [
+                "train-autoencoder",
+                *common,
+                "--channels",
+                "4,8",
+                "--latent-size",
+                "8",
+                "--set",
+                "split.fractions=[0.6,0.2,0.2]",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train-siamese",
+                *common,
+                "--autoencoder",
+                str(tmp_path / "autoencoder.pt"),
+                "--target",
+                "cosine",
+                "--set",
+                "siamese.model.hidden_size=16",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["target"] == "cosine" and -1 <= metrics["spearman"] <= 1
     assert load_siamese(tmp_path / "siamese.pt", "cpu").checkpoint["config"]["model"]["hidden_size"] == 16

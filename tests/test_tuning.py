@@ -1,4 +1,5 @@
-"""Hyperparameter search (``protolib tune``): trials scored by validation parameter recovery, poor ones stopped early."""
+"""Hyperparameter search (``protolib tune``): trials scored by validation parameter recovery, poor ones stopped
+early."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import csv
 import numpy as np
 import pytest
 import yaml
-
 from conftest import open_small_bank
+
 from protolib.cli import main
 from protolib.config import load_config
 from protolib.pipelines.train import siamese_settings
-from protolib.runtime import ProtolibInputError
 from protolib.pipelines.tune import tune, tune_settings
+from protolib.runtime import ProtolibInputError
 from protolib.tuning import TuneSettings, paired_difference, trial_overrides
 
 
@@ -23,7 +24,11 @@ def bank(tmp_path_factory):
         yield opened
 
 
-ONE_ENCODER = {"encoder_width": {"choices": [8]}, "encoder_depth": {"choices": [2]}}  # one autoencoder to train: seconds, not a minute
+# one autoencoder to train: seconds, not a minute
+ONE_ENCODER = {
+    "encoder_width": {"choices": [8]},
+    "encoder_depth": {"choices": [2]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +36,14 @@ def run(bank, tmp_path_factory):
     """Five trials of at most three epochs on the tiny configuration, sequentially."""
     folder = tmp_path_factory.mktemp("tune")
     config = load_config("tiny")
-    summary = tune(bank.path, folder / "run", config, TuneSettings(trials=5, epochs=3, seed=0, space=ONE_ENCODER),
-                   configs_dir=folder / "configs", progress=False)
+    summary = tune(
+        bank.path,
+        folder / "run",
+        config,
+        TuneSettings(trials=5, epochs=3, seed=0, space=ONE_ENCODER),
+        configs_dir=folder / "configs",
+        progress=False,
+    )
     return folder, config, summary
 
 
@@ -84,25 +95,47 @@ def test_best_configuration_is_written_to_configs_and_loads(run, bank):
 def test_rerun_with_more_trials_continues_the_study(run, bank):
     folder, config, _ = run
     before = _rows(folder / "run" / "trials.csv")
-    summary = tune(bank.path, folder / "run", config, TuneSettings(trials=6, epochs=3, seed=0, space=ONE_ENCODER), configs_dir=folder / "configs",
-                   progress=False)
+    summary = tune(
+        bank.path,
+        folder / "run",
+        config,
+        TuneSettings(trials=6, epochs=3, seed=0, space=ONE_ENCODER),
+        configs_dir=folder / "configs",
+        progress=False,
+    )
     after = _rows(folder / "run" / "trials.csv")
     assert summary["trials"] == 6 and len(after) == 6
     assert [(r["trial"], r["recovery_error"]) for r in after[:5]] == [(r["trial"], r["recovery_error"]) for r in before]
     names = ("embedding_size", "kernel_width", "loss", "learning_rate", "batch_systems")
     assert tuple(after[5][n] for n in names) not in {tuple(r[n] for n in names) for r in before}  # the rerun draws anew
     with pytest.raises(ProtolibInputError, match="other settings"):
-        tune(bank.path, folder / "run", config, TuneSettings(trials=7, epochs=3, seed=0, space=ONE_ENCODER, top_k=3),
-             configs_dir=folder / "configs", progress=False)
+        tune(
+            bank.path,
+            folder / "run",
+            config,
+            TuneSettings(trials=7, epochs=3, seed=0, space=ONE_ENCODER, top_k=3),
+            configs_dir=folder / "configs",
+            progress=False,
+        )
 
 
 def test_parallel_workers_of_a_dask_cluster_draw_different_trials(bank, tmp_path):
     from dask.distributed import Client, LocalCluster
 
     # a running cluster, as `--scheduler ADDR` connects to (`--workers N` starts the same locally)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        summary = tune(bank.path, tmp_path / "run", load_config("tiny"), TuneSettings(trials=3, epochs=2, seed=1, pruner="none", space=ONE_ENCODER),
-                       client=client, configs_dir=tmp_path, progress=False)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        summary = tune(
+            bank.path,
+            tmp_path / "run",
+            load_config("tiny"),
+            TuneSettings(trials=3, epochs=2, seed=1, pruner="none", space=ONE_ENCODER),
+            client=client,
+            configs_dir=tmp_path,
+            progress=False,
+        )
     rows = _rows(tmp_path / "run" / "trials.csv")
     assert summary["complete"] == 3
     drawn = [tuple(r[k] for k in ("embedding_size", "kernel_width", "learning_rate", "batch_systems")) for r in rows]
@@ -110,8 +143,19 @@ def test_parallel_workers_of_a_dask_cluster_draw_different_trials(bank, tmp_path
 
 
 def test_trial_overrides_map_hyperparameters_onto_the_configuration():
-    autoencoder, siamese = trial_overrides({"encoder_width": 4, "encoder_depth": 3, "embedding_size": 16, "kernel_width": 0.5,
-                                            "loss": "contrastive", "margin": 0.3, "learning_rate": 1e-3, "batch_systems": 8}, epochs=7)
+    autoencoder, siamese = trial_overrides(
+        {
+            "encoder_width": 4,
+            "encoder_depth": 3,
+            "embedding_size": 16,
+            "kernel_width": 0.5,
+            "loss": "contrastive",
+            "margin": 0.3,
+            "learning_rate": 1e-3,
+            "batch_systems": 8,
+        },
+        epochs=7,
+    )
     assert autoencoder == {"model": {"channels": [4, 8, 16]}}
     assert siamese["loss"] == {"kind": "contrastive", "margin": 0.3}
     assert siamese["training"] == {"learning_rate": 1e-3, "batch_systems": 8, "epochs": 7}
@@ -137,12 +181,28 @@ def test_a_run_folder_of_another_bank_is_refused_or_moved_aside(run, tmp_path_fa
     folder, config, _ = run
     with open_small_bank(tmp_path_factory, 12, seed=6) as other:
         with pytest.raises(ProtolibInputError, match="another bank"):
-            tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1), configs_dir=folder / "configs", progress=False)
+            tune(
+                other.path,
+                folder / "run",
+                config,
+                TuneSettings(trials=1, epochs=1),
+                configs_dir=folder / "configs",
+                progress=False,
+            )
         assert (folder / "run" / "trials.csv").exists()  # nothing lost
-        summary = tune(other.path, folder / "run", config, TuneSettings(trials=1, epochs=1, space=ONE_ENCODER),
-                       configs_dir=folder / "other-configs", progress=False, restart_if_changed=True)
+        summary = tune(
+            other.path,
+            folder / "run",
+            config,
+            TuneSettings(trials=1, epochs=1, space=ONE_ENCODER),
+            configs_dir=folder / "other-configs",
+            progress=False,
+            restart_if_changed=True,
+        )
     assert summary["trials"] == 1
-    assert [p.name.startswith("run.previous-") for p in folder.iterdir() if (p / "trials.csv").exists() and p.name != "run"] == [True]
+    assert [
+        p.name.startswith("run.previous-") for p in folder.iterdir() if (p / "trials.csv").exists() and p.name != "run"
+    ] == [True]
 
 
 def test_paired_bootstrap_tells_a_real_improvement_from_noise():
@@ -188,7 +248,9 @@ def test_the_first_trial_says_where_it_cannot_be_the_configuration_itself():
 
     space = _json.loads(_json.dumps(SEARCH_SPACE))
     assert first_trial_differences(load_config("tiny"), first_trial_hyperparameters(load_config("tiny"), space)) == []
-    odd = load_config("tiny", {"autoencoder": {"model": {"channels": [8, 12]}}, "siamese": {"training": {"learning_rate": 0.5}}})
+    odd = load_config(
+        "tiny", {"autoencoder": {"model": {"channels": [8, 12]}}, "siamese": {"training": {"learning_rate": 0.5}}}
+    )
     differences = first_trial_differences(odd, first_trial_hyperparameters(odd, space))
     assert any("channels [8, 16] instead of [8, 12]" in d for d in differences)
     assert any("learning_rate 0.01 instead of 0.5" in d for d in differences)

@@ -21,14 +21,33 @@ from .common import ProtolibParser, add_config_options, one_line
 from .fitted import register_bank_for
 from .learning import register_train_autoencoder, register_train_siamese, register_tune
 from .observations import register_match, register_observe
-from .results import register_attribute, register_domain_shift, register_embedding_map, register_evaluate, register_out_of_family
+from .results import (
+    register_attribute,
+    register_domain_shift,
+    register_embedding_map,
+    register_evaluate,
+    register_out_of_family,
+)
 from .simulation import register_import_thesis, register_simulate, register_simulate_observation
 
 __all__ = ["main", "build_parser"]
 
-REGISTRY = [register_simulate, register_import_thesis, register_train_autoencoder, register_train_siamese, register_observe,
-            register_simulate_observation, register_bank_for, register_match, register_evaluate, register_domain_shift, register_out_of_family, register_attribute, register_embedding_map,
-            register_tune]
+REGISTRY = [
+    register_simulate,
+    register_import_thesis,
+    register_train_autoencoder,
+    register_train_siamese,
+    register_observe,
+    register_simulate_observation,
+    register_bank_for,
+    register_match,
+    register_evaluate,
+    register_domain_shift,
+    register_out_of_family,
+    register_attribute,
+    register_embedding_map,
+    register_tune,
+]
 
 
 def build_parser() -> ProtolibParser:
@@ -110,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         _TERMINATION["caught"] = True
         terminated = isinstance(interrupt, _Terminated)
-        print(f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'} before it started; nothing was written.",
-              file=sys.stderr)
+        print(
+            f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'} before it started; nothing was "
+            "written.",
+            file=sys.stderr,
+        )
         return 143 if terminated else 130
 
 
@@ -146,8 +168,12 @@ def _run_handler(args, command: str) -> int:
     except KeyboardInterrupt as interrupt:
         _TERMINATION["caught"] = True
         terminated = isinstance(interrupt, _Terminated)
-        print(f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; the previous outputs are as they were "
-              "(a training can be continued with --resume).", file=sys.stderr)
+        print(
+            f"{command}: {'terminated (SIGTERM)' if terminated else 'interrupted'}; the previous outputs are as they "
+            "were "
+            "(a training can be continued with --resume).",
+            file=sys.stderr,
+        )
         return 143 if terminated else 130
     finally:
         distributed = sys.modules.get("protolib.distributed")

@@ -21,9 +21,24 @@ from pathlib import Path
 
 from ..runtime import ProtolibInputError
 
-__all__ = ["ProtolibParser", "path_argument", "output_file", "seed_argument", "add_setting", "add_config_options", "run_config", "parse_set",
-           "setting_overrides", "one_line", "say", "run_reporting_warnings", "beam_argument", "refuse_overwriting_input", "check_figure_path",
-           "SETTING_PREFIX"]
+__all__ = [
+    "ProtolibParser",
+    "path_argument",
+    "output_file",
+    "seed_argument",
+    "add_setting",
+    "add_config_options",
+    "run_config",
+    "parse_set",
+    "setting_overrides",
+    "one_line",
+    "say",
+    "run_reporting_warnings",
+    "beam_argument",
+    "refuse_overwriting_input",
+    "check_figure_path",
+    "SETTING_PREFIX",
+]
 
 SETTING_PREFIX = "setting:"  # argparse destination of an option that sets a configuration key
 
@@ -48,8 +63,10 @@ def output_file(example_suffix: str):
     def argument(text: str) -> Path:
         path = path_argument(text)
         if text.endswith("/") or Path(text).name in ("", ".", ".."):
-            raise argparse.ArgumentTypeError(f"{text!r} names a folder, but this is a file; give a file name, e.g. "
-                                             f"{text.rstrip('/') or '.'}/out{example_suffix}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} names a folder, but this is a file; give a file name, e.g. "
+                f"{text.rstrip('/') or '.'}/out{example_suffix}"
+            )
         return path
 
     return argument
@@ -69,18 +86,29 @@ def seed_argument(text: str) -> int:
 
 
 def add_setting(p, *flags: str, key: str, help: str, **options) -> None:
-    """An option that sets configuration key ``key`` (``SECTION.KEY`` or ``SECTION.PART.KEY``); default: the configuration's."""
+    """An option that sets configuration key ``key`` (``SECTION.KEY`` or ``SECTION.PART.KEY``); default: the
+    configuration's."""
     if options.get("action") is None and "choices" not in options:
         options.setdefault("metavar", flags[0].lstrip("-").upper().replace("-", "_"))
-    p.add_argument(*flags, dest=SETTING_PREFIX + key, default=None, help=f"{help} (default: the configuration's {key})", **options)
+    p.add_argument(
+        *flags, dest=SETTING_PREFIX + key, default=None, help=f"{help} (default: the configuration's {key})", **options
+    )
 
 
 def add_config_options(p) -> None:
     """``--config`` and ``--set``, which every sub-command takes."""
-    p.add_argument("--config", default=None, help="configuration name (configs/NAME.yaml) or YAML path "
-                                                   "(default: $PROTOLIB_CONFIG or 'default')")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", dest="set",
-                   help="override any configuration setting, e.g. --set matching.top_k=50 (repeatable; values read as YAML)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="configuration name (configs/NAME.yaml) or YAML path (default: $PROTOLIB_CONFIG or 'default')",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        dest="set",
+        help="override any configuration setting, e.g. --set matching.top_k=50 (repeatable; values read as YAML)",
+    )
 
 
 def parse_set(items: list[str] | None) -> dict:
@@ -108,7 +136,7 @@ def setting_overrides(args) -> dict:
     for dest, value in vars(args).items():
         if dest.startswith(SETTING_PREFIX) and value is not None:
             node = result
-            *parents, leaf = dest[len(SETTING_PREFIX):].split(".")
+            *parents, leaf = dest[len(SETTING_PREFIX) :].split(".")
             for part in parents:
                 node = node.setdefault(part, {})
             node[leaf] = value
@@ -160,8 +188,10 @@ def beam_argument(values, where: str):
         return None
     major, minor, pa = values
     if not (major > 0 and minor > 0 and math.isfinite(major) and math.isfinite(minor) and math.isfinite(pa)):
-        raise ProtolibInputError(f"{where}: --beam needs finite, positive FWHM axes in arcsec and a finite PA in degrees "
-                                 f"(MAJ MIN PA), got {major} {minor} {pa}.")
+        raise ProtolibInputError(
+            f"{where}: --beam needs finite, positive FWHM axes in arcsec and a finite PA in degrees "
+            f"(MAJ MIN PA), got {major} {minor} {pa}."
+        )
     return Beam(major, minor, pa)
 
 
@@ -170,7 +200,9 @@ def refuse_overwriting_input(out: Path, inputs) -> None:
     if out.exists():
         for given in inputs:
             if given is not None and Path(given).exists() and Path(given).resolve() == out.resolve():
-                raise ProtolibInputError(f"{out}: --out is the input file itself, which would be overwritten; write elsewhere.")
+                raise ProtolibInputError(
+                    f"{out}: --out is the input file itself, which would be overwritten; write elsewhere."
+                )
 
 
 def check_figure_path(path: Path) -> None:
@@ -185,4 +217,6 @@ def check_figure_path(path: Path) -> None:
     if path.is_dir():
         raise ProtolibInputError(f"{path} is a folder; give a figure file name, e.g. {path / 'figure.png'}.")
     if suffix not in formats:
-        raise ProtolibInputError(f"{path}: matplotlib cannot write .{suffix} figures; use one of {', '.join(sorted(formats))}.")
+        raise ProtolibInputError(
+            f"{path}: matplotlib cannot write .{suffix} figures; use one of {', '.join(sorted(formats))}."
+        )

@@ -11,12 +11,30 @@ __all__ = ["register_train_autoencoder", "register_train_siamese", "register_tun
 def _add_training_options(p, stage: str) -> None:
     """What both trainings take: bank, run folder, the training settings of ``stage``, device, resume."""
     p.add_argument("--bank", required=True, type=path_argument, help="bank file (.h5)")
-    p.add_argument("--out", required=True, type=path_argument, help="run folder for the checkpoint, history and metrics")
-    add_setting(p, "--epochs", key=f"{stage}.training.epochs", type=int, help="most epochs to train (early stopping may end sooner)")
+    p.add_argument(
+        "--out", required=True, type=path_argument, help="run folder for the checkpoint, history and metrics"
+    )
+    add_setting(
+        p,
+        "--epochs",
+        key=f"{stage}.training.epochs",
+        type=int,
+        help="most epochs to train (early stopping may end sooner)",
+    )
     add_setting(p, "--batch-systems", key=f"{stage}.training.batch_systems", type=int, help="systems per batch")
-    add_setting(p, "--learning-rate", key=f"{stage}.training.learning_rate", type=float, help="AdamW learning rate at the start")
-    add_setting(p, "--patience", key=f"{stage}.training.patience", type=int, help="epochs without improvement before stopping")
-    add_setting(p, "--seed", key=f"{stage}.training.seed", type=seed_argument, help="seed of initialisation, batch order and augmentation")
+    add_setting(
+        p, "--learning-rate", key=f"{stage}.training.learning_rate", type=float, help="AdamW learning rate at the start"
+    )
+    add_setting(
+        p, "--patience", key=f"{stage}.training.patience", type=int, help="epochs without improvement before stopping"
+    )
+    add_setting(
+        p,
+        "--seed",
+        key=f"{stage}.training.seed",
+        type=seed_argument,
+        help="seed of initialisation, batch order and augmentation",
+    )
     add_setting(p, "--threads", key=f"{stage}.training.num_threads", type=int, help="CPU threads for torch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -43,14 +61,39 @@ def _channels(text: str) -> list[int]:
 
 
 def register_train_autoencoder(sub) -> None:
-    p = sub.add_parser("train-autoencoder", help="train the convolutional autoencoder on a bank",
-                       description="Train the autoencoder on the bank's training systems; writes OUT/autoencoder.pt.")
+    p = sub.add_parser(
+        "train-autoencoder",
+        help="train the convolutional autoencoder on a bank",
+        description="Train the autoencoder on the bank's training systems; writes OUT/autoencoder.pt.",
+    )
     _add_training_options(p, "autoencoder")
     add_setting(p, "--latent-size", key="autoencoder.model.latent_size", type=int, help="length of the latent vector")
-    add_setting(p, "--channels", key="autoencoder.model.channels", type=_channels, help="feature maps per level, e.g. 16,32,64")
-    add_setting(p, "--stretch", key="autoencoder.images.stretch", choices=["minmax", "asinh"], help="per-image brightness stretch")
-    add_setting(p, "--flux", key="autoencoder.model.use_flux", action="store_const", const=True, help="give the network the log total flux")
-    add_setting(p, "--no-flux", key="autoencoder.model.use_flux", action="store_const", const=False, help="stretched pixels only")
+    add_setting(
+        p, "--channels", key="autoencoder.model.channels", type=_channels, help="feature maps per level, e.g. 16,32,64"
+    )
+    add_setting(
+        p,
+        "--stretch",
+        key="autoencoder.images.stretch",
+        choices=["minmax", "asinh"],
+        help="per-image brightness stretch",
+    )
+    add_setting(
+        p,
+        "--flux",
+        key="autoencoder.model.use_flux",
+        action="store_const",
+        const=True,
+        help="give the network the log total flux",
+    )
+    add_setting(
+        p,
+        "--no-flux",
+        key="autoencoder.model.use_flux",
+        action="store_const",
+        const=False,
+        help="stretched pixels only",
+    )
 
     def handler(args):
         from ..autoencoder import load_autoencoder, train_autoencoder
@@ -60,33 +103,74 @@ def register_train_autoencoder(sub) -> None:
 
         config = run_config(args)
         with _training_lock(args.out), Bank(args.bank) as bank:
-            path = train_autoencoder(bank, args.out / "autoencoder.pt", split=run_split(config, bank), resume=args.resume,
-                                     progress=not args.quiet, device=args.device, **autoencoder_settings(config))
+            path = train_autoencoder(
+                bank,
+                args.out / "autoencoder.pt",
+                split=run_split(config, bank),
+                resume=args.resume,
+                progress=not args.quiet,
+                device=args.device,
+                **autoencoder_settings(config),
+            )
         if not is_main():
             return
         model = load_autoencoder(path, "cpu")
-        print(f"Wrote {path} (best epoch {model.checkpoint['best_epoch']}, validation loss {model.checkpoint['best_validation_loss']:.4g}).")
+        print(
+            f"Wrote {path} (best epoch {model.checkpoint['best_epoch']}, validation loss "
+            f"{model.checkpoint['best_validation_loss']:.4g})."
+        )
 
     p.set_defaults(handler=handler)
 
 
 def register_train_siamese(sub) -> None:
-    p = sub.add_parser("train-siamese", help="train the Siamese network by weakly supervised metric learning",
-                       description="Train the Siamese network from a pretrained autoencoder; writes OUT/siamese.pt and "
-                                   "OUT/metrics.json (held-out spearman, mse, within_0.1).")
+    p = sub.add_parser(
+        "train-siamese",
+        help="train the Siamese network by weakly supervised metric learning",
+        description="Train the Siamese network from a pretrained autoencoder; writes OUT/siamese.pt and "
+        "OUT/metrics.json (held-out spearman, mse, within_0.1).",
+    )
     _add_training_options(p, "siamese")
-    p.add_argument("--autoencoder", required=True, type=path_argument, help="autoencoder checkpoint (RUN/autoencoder.pt)")
-    add_setting(p, "--target", key="siamese.target.kind", choices=["kernel", "cosine"], help="target similarity from parameters")
-    add_setting(p, "--parameters", key="siamese.target.parameters", type=lambda s: s.split(","),
-                help="parameters defining similarity, comma-separated")
-    add_setting(p, "--weights", key="siamese.target.weights", type=lambda s: [float(w) for w in s.split(",")],
-                help="a weight per parameter, comma-separated")
+    p.add_argument(
+        "--autoencoder", required=True, type=path_argument, help="autoencoder checkpoint (RUN/autoencoder.pt)"
+    )
+    add_setting(
+        p, "--target", key="siamese.target.kind", choices=["kernel", "cosine"], help="target similarity from parameters"
+    )
+    add_setting(
+        p,
+        "--parameters",
+        key="siamese.target.parameters",
+        type=lambda s: s.split(","),
+        help="parameters defining similarity, comma-separated",
+    )
+    add_setting(
+        p,
+        "--weights",
+        key="siamese.target.weights",
+        type=lambda s: [float(w) for w in s.split(",")],
+        help="a weight per parameter, comma-separated",
+    )
     add_setting(p, "--sigma", key="siamese.target.sigma", type=float, help="kernel width in normalised units")
-    add_setting(p, "--loss", key="siamese.loss.kind", choices=["mse", "contrastive", "log_ratio"], help="metric-learning loss")
-    add_setting(p, "--pairs", key="siamese.pairs.mode", choices=["all", "fixed"], help="every pair within a batch, or the thesis's fixed pairs")
+    add_setting(
+        p, "--loss", key="siamese.loss.kind", choices=["mse", "contrastive", "log_ratio"], help="metric-learning loss"
+    )
+    add_setting(
+        p,
+        "--pairs",
+        key="siamese.pairs.mode",
+        choices=["all", "fixed"],
+        help="every pair within a batch, or the thesis's fixed pairs",
+    )
     add_setting(p, "--embedding-size", key="siamese.model.embedding_size", type=int, help="length of the embedding")
-    add_setting(p, "--freeze-encoder", key="siamese.model.freeze_encoder", action="store_const", const=True,
-                help="keep the pretrained encoder fixed")
+    add_setting(
+        p,
+        "--freeze-encoder",
+        key="siamese.model.freeze_encoder",
+        action="store_const",
+        const=True,
+        help="keep the pretrained encoder fixed",
+    )
 
     def handler(args):
         import json
@@ -98,35 +182,82 @@ def register_train_siamese(sub) -> None:
 
         config = run_config(args)
         with _training_lock(args.out), Bank(args.bank) as bank:
-            path = train_siamese(bank, args.autoencoder, args.out / "siamese.pt", split=run_split(config, bank), resume=args.resume,
-                                 progress=not args.quiet, device=args.device, **siamese_settings(config))
+            path = train_siamese(
+                bank,
+                args.autoencoder,
+                args.out / "siamese.pt",
+                split=run_split(config, bank),
+                resume=args.resume,
+                progress=not args.quiet,
+                device=args.device,
+                **siamese_settings(config),
+            )
         if not is_main():
             return
         metrics = json.loads(metrics_path(path).read_text())
-        print(f"Wrote {path} and {metrics_path(path)}: held-out spearman {metrics['spearman']:.3f}, "
-              f"mse {metrics['mse']:.4f}, within_0.1 {metrics['within_0.1']:.3f}.")
+        print(
+            f"Wrote {path} and {metrics_path(path)}: held-out spearman {metrics['spearman']:.3f}, "
+            f"mse {metrics['mse']:.4f}, within_0.1 {metrics['within_0.1']:.3f}."
+        )
 
     p.set_defaults(handler=handler)
 
 
 def register_tune(sub) -> None:
-    p = sub.add_parser("tune", help="search the networks' hyperparameters for the best parameter recovery",
-                       description="Search encoder width and depth, embedding size, the target's kernel width, the loss and its margin, "
-                                   "learning rate and batch size (Optuna), scoring each trial by the validation recovery error of "
-                                   "protolib's evaluation and stopping poor trials early (successive halving). Writes the table of "
-                                   "trials and figures to --out and the best configuration to configs/.")
-    p.add_argument("--bank", required=True, type=path_argument,
-                   help="bank to tune on (.h5); its systems are split as the configuration says")
-    add_setting(p, "--trials", key="tuning.trials", type=int, help="trials in the run folder in all; rerun with more to add trials")
-    p.add_argument("--out", required=True, type=path_argument, help="run folder (created; an existing one is continued)")
-    add_setting(p, "--epochs", key="tuning.epochs", type=int, help="most epochs per trial (null: the siamese section's)")
-    add_setting(p, "--sampler", key="tuning.sampler", choices=["tpe", "random"], help="how trials are drawn (random = the thesis's search)")
-    add_setting(p, "--pruner", key="tuning.pruner", choices=["asha", "hyperband", "none"], help="early stopping of poor trials")
+    p = sub.add_parser(
+        "tune",
+        help="search the networks' hyperparameters for the best parameter recovery",
+        description="Search encoder width and depth, embedding size, the target's kernel width, the loss and its "
+        "margin, "
+        "learning rate and batch size (Optuna), scoring each trial by the validation recovery error of "
+        "protolib's evaluation and stopping poor trials early (successive halving). Writes the table of "
+        "trials and figures to --out and the best configuration to configs/.",
+    )
+    p.add_argument(
+        "--bank",
+        required=True,
+        type=path_argument,
+        help="bank to tune on (.h5); its systems are split as the configuration says",
+    )
+    add_setting(
+        p,
+        "--trials",
+        key="tuning.trials",
+        type=int,
+        help="trials in the run folder in all; rerun with more to add trials",
+    )
+    p.add_argument(
+        "--out", required=True, type=path_argument, help="run folder (created; an existing one is continued)"
+    )
+    add_setting(
+        p, "--epochs", key="tuning.epochs", type=int, help="most epochs per trial (null: the siamese section's)"
+    )
+    add_setting(
+        p,
+        "--sampler",
+        key="tuning.sampler",
+        choices=["tpe", "random"],
+        help="how trials are drawn (random = the thesis's search)",
+    )
+    add_setting(
+        p, "--pruner", key="tuning.pruner", choices=["asha", "hyperband", "none"], help="early stopping of poor trials"
+    )
     add_setting(p, "--seed", key="tuning.seed", type=seed_argument, help="the sampler's seed")
     p.add_argument("--workers", type=int, default=1, help="trials at once, in local Dask processes (default 1)")
-    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler: one trial loop per Dask worker")
-    p.add_argument("--config-name", default="tuned", help="name of the best configuration written (default: tuned -> configs/tuned.yaml)")
-    p.add_argument("--configs-dir", type=path_argument, default=None, help="where it is written (default: the repository's configs/)")
+    p.add_argument(
+        "--scheduler", default=None, help="address of a running Dask scheduler: one trial loop per Dask worker"
+    )
+    p.add_argument(
+        "--config-name",
+        default="tuned",
+        help="name of the best configuration written (default: tuned -> configs/tuned.yaml)",
+    )
+    p.add_argument(
+        "--configs-dir",
+        type=path_argument,
+        default=None,
+        help="where it is written (default: the repository's configs/)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.set_defaults(handler=_tune)
 
@@ -147,20 +278,42 @@ def _tune(args) -> None:
     from ..pipelines.tune import tune, tune_settings
 
     if not args.bank.exists():
-        raise ProtolibInputError(f"Bank {args.bank} does not exist. Make one with `protolib simulate --out {args.bank}`.")
+        raise ProtolibInputError(
+            f"Bank {args.bank} does not exist. Make one with `protolib simulate --out {args.bank}`."
+        )
     config = run_config(args)
-    summary = tune(args.bank, args.out, config, tune_settings(config), workers=args.workers, client=_dask_client(args.scheduler),
-                   configs_dir=args.configs_dir, config_name=args.config_name, device=args.device)
-    print(f"{summary['trials']} trials: {summary['complete']} complete, {summary['pruned']} stopped early, {summary['failed']} failed.")
+    summary = tune(
+        args.bank,
+        args.out,
+        config,
+        tune_settings(config),
+        workers=args.workers,
+        client=_dask_client(args.scheduler),
+        configs_dir=args.configs_dir,
+        config_name=args.config_name,
+        device=args.device,
+    )
+    print(
+        f"{summary['trials']} trials: {summary['complete']} complete, {summary['pruned']} stopped early, "
+        f"{summary['failed']} failed."
+    )
     if "best_trial" in summary:
         own = summary["configuration_score"]
-        print(f"Best: trial {summary['best_trial']}, validation recovery error {summary['best_score']:.3f}"
-              + (f" (configuration {config.name}: {own:.3f})" if own is not None else "") + f"; wrote {summary['config_file']}.")
+        print(
+            f"Best: trial {summary['best_trial']}, validation recovery error {summary['best_score']:.3f}"
+            + (f" (configuration {config.name}: {own:.3f})" if own is not None else "")
+            + f"; wrote {summary['config_file']}."
+        )
         if "best_minus_configuration" in summary:
             diff = summary["best_minus_configuration"]
             low, high = diff["interval_95"]
-            print(f"Best minus configuration: {diff['difference']:+.3f} (95% over validation systems: {low:+.3f} to {high:+.3f}): "
-                  + ("better beyond the noise of the validation set (optimistic: the best was chosen on these systems)."
-                     if diff["beyond_validation_noise"] else
-                     "NOT better beyond the noise of the validation set; more validation systems would tell."))
+            print(
+                f"Best minus configuration: {diff['difference']:+.3f} (95% over validation systems: {low:+.3f} to "
+                f"{high:+.3f}): "
+                + (
+                    "better beyond the noise of the validation set (optimistic: the best was chosen on these systems)."
+                    if diff["beyond_validation_noise"]
+                    else "NOT better beyond the noise of the validation set; more validation systems would tell."
+                )
+            )
     print(f"Table: {args.out}/trials.md; figures: {args.out}/scores.png, {args.out}/learning_curves.png")

@@ -50,8 +50,8 @@ from .embeddings import (
     BankEmbeddings,
     EmbedFunction,
     ImageTransform,
-    bank_embeddings,
     apply_transform,
+    bank_embeddings,
     cached_bank_embeddings,
     embed_bank,
     file_sha256,
@@ -63,7 +63,12 @@ from .fit import MatchFit, fit_matches
 from .index import EmbeddingIndex, faiss_available
 from .matcher import Matcher, MatchingSettings, TieredMatcher, read_rows
 from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
-from .observation_targets import ObservationTarget, ObservationTransform, prepare_observation_target, read_observation_target
+from .observation_targets import (
+    ObservationTarget,
+    ObservationTransform,
+    prepare_observation_target,
+    read_observation_target,
+)
 from .ood import OutOfDistributionCheck, check_out_of_distribution, nearest_neighbour_similarities
 from .tiers import ResolutionTier, nearest_tier, resolution_tiers, tier_cache_path, tier_embeddings
 

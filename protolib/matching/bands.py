@@ -37,7 +37,8 @@ class MapBand:
     Attributes:
         path: the map's FITS file.
         observed_ghz: its frequency (the file's spectral axis); ``band_ghz``: the bank band nearest it.
-        centre: the source's position in it (the emission peak, or the centre given); ``beam_arcsec``: its beam's major axis.
+        centre: the source's position in it (the emission peak, or the centre given); ``beam_arcsec``: its beam's major
+    axis.
     """
 
     path: Path
@@ -54,7 +55,8 @@ class BandTargets:
     Attributes:
         maps: each map and its bank band.
         targets: each map prepared in its band (:class:`~protolib.matching.ObservationTarget`).
-        banks: each band of the bank, opened as a one-band bank (:meth:`~protolib.bank.Bank.band`); closed by :meth:`close`.
+        banks: each band of the bank, opened as a one-band bank (:meth:`~protolib.bank.Bank.band`); closed by
+    :meth:`close`.
         search: the index of the map that is searched (the reference band's, else the nearest band's).
         reference_ghz: the bank's reference band, the one its networks were trained on.
     """
@@ -90,7 +92,8 @@ class BandTargets:
 def map_bands(paths, bank: Bank, centre=None, reference_ghz: float | None = None) -> list[MapBand]:
     """Each map's bank band, in increasing frequency, refused in one line each for: a frequency no bank band is near
     (within :data:`~protolib.bank.BAND_TOLERANCE`; the bank's bands are named), two maps for one band, and maps of
-    different sources (centres further apart than the coarser map's beam). ``centre``: the source's position when given."""
+    different sources (centres further apart than the coarser map's beam). ``centre``: the source's position when
+    given."""
     bands = bank.frequencies_ghz
     found = []
     for path in map(Path, paths):
@@ -99,32 +102,45 @@ def map_bands(paths, bank: Bank, centre=None, reference_ghz: float | None = None
         observed, position, beam = _map_frequency_and_centre(path, centre)
         nearest = min(bands, key=lambda b: abs(math.log(b / observed)))
         if abs(nearest / observed - 1.0) > BAND_TOLERANCE:
-            raise ProtolibInputError(f"{path} is at {observed:.4g} GHz, and bank {bank.path} has no band within {100 * BAND_TOLERANCE:.0f}% "
-                                     f"of it (its bands: {', '.join(f'{b:g}' for b in bands)} GHz); match it with a bank in its band "
-                                     "(`protolib bank-for` with the maps of every band), or leave it out.")
+            raise ProtolibInputError(
+                f"{path} is at {observed:.4g} GHz, and bank {bank.path} has no band within {100 * BAND_TOLERANCE:.0f}% "
+                f"of it (its bands: {', '.join(f'{b:g}' for b in bands)} GHz); match it with a bank in its band "
+                "(`protolib bank-for` with the maps of every band), or leave it out."
+            )
         found.append(MapBand(path, observed, nearest, position, beam))
     found.sort(key=lambda m: m.band_ghz)
     for lower, upper in zip(found, found[1:]):
         if lower.band_ghz == upper.band_ghz:
-            raise ProtolibInputError(f"{lower.path} ({lower.observed_ghz:.4g} GHz) and {upper.path} ({upper.observed_ghz:.4g} GHz) are two maps "
-                                     f"for the bank's {lower.band_ghz:g} GHz band; a joint match takes one map per band: give one.")
+            raise ProtolibInputError(
+                f"{lower.path} ({lower.observed_ghz:.4g} GHz) and {upper.path} ({upper.observed_ghz:.4g} GHz) are two "
+                "maps "
+                f"for the bank's {lower.band_ghz:g} GHz band; a joint match takes one map per band: give one."
+            )
     _check_one_source(found)
     return found
 
 
 def _map_frequency_and_centre(path: Path, centre) -> tuple[float, SkyCoord | None, float]:
-    """A map's frequency [GHz], its source's position and its beam's major axis [arcsec] (0 when the file has no beam)."""
+    """A map's frequency [GHz], its source's position and its beam's major axis [arcsec] (0 when the file has no
+    beam)."""
     from ..observation import prepared_file, read_observation, read_prepared_observation
     from ..observation.prepare import centre_in_image
 
     if prepared_file(path):  # prepared by `observe` for one band: its grid names the band
         prepared = read_prepared_observation(path)
-        return prepared.grid.frequency_ghz, prepared.centre, prepared.beam.major_arcsec * prepared.grid.distance_pc / prepared.distance_pc
+        return (
+            prepared.grid.frequency_ghz,
+            prepared.centre,
+            prepared.beam.major_arcsec * prepared.grid.distance_pc / prepared.distance_pc,
+        )
     observation = read_observation(path)
     if not observation.frequency_ghz:
-        raise ProtolibInputError(f"{path}: the file has no spectral axis to read its frequency from, and a joint match puts each map in "
-                                 "the bank band nearest its frequency; add the frequency to the header (CRVAL3 of a FREQ axis, or RESTFRQ), or, "
-                                 "matching this map alone, give --frequency GHZ.")
+        raise ProtolibInputError(
+            f"{path}: the file has no spectral axis to read its frequency from, and a joint match puts each map in "
+            "the bank band nearest its frequency; add the frequency to the header (CRVAL3 of a FREQ axis, or RESTFRQ), "
+            "or, "
+            "matching this map alone, give --frequency GHZ."
+        )
     position, _ = centre_in_image(observation, centre)
     beam = observation.beam.major_arcsec if observation.beam is not None else 0.0
     return float(observation.frequency_ghz), position, beam
@@ -139,8 +155,11 @@ def _check_one_source(maps: list[MapBand]) -> None:
         apart = first.centre.separation(other.centre).to(u.arcsec).value
         beam = max(first.beam_arcsec, other.beam_arcsec)
         if beam > 0 and apart > beam:
-            raise ProtolibInputError(f"{other.path} and {first.path} are centred {apart:.3g}\" apart, more than a beam ({beam:.3g}\"): maps of "
-                                     "different sources are not matched jointly; match each alone (or give --centre if they are one source).")
+            raise ProtolibInputError(
+                f'{other.path} and {first.path} are centred {apart:.3g}" apart, more than a beam ({beam:.3g}"): maps '
+                "of "
+                "different sources are not matched jointly; match each alone (or give --centre if they are one source)."
+            )
 
 
 def prepare_band_targets(paths, bank: Bank, distance_pc: float | None, **options) -> BandTargets:
@@ -169,20 +188,30 @@ def prepare_band_targets(paths, bank: Bank, distance_pc: float | None, **options
 
 
 def spectral_indices(bands: BandTargets, systems, projections):
-    """The spectral-index maps (:func:`~protolib.observation.spectral_index_map`) of the target and of bank images, between
+    """The spectral-index maps (:func:`~protolib.observation.spectral_index_map`) of the target and of bank images,
+    between
     the lowest and the highest band, at their common beam, where both bands are above 3 times the target's noise.
 
     The bank images (``systems``, ``projections``) are seen as the target is in each band, without noise (the
     transform's noise-free part), and cut with the target's noise, so that their maps and the target's cover
-    alike. Returns ``(target's, the images')``: :class:`~protolib.observation.SpectralIndexMap` of ``(H, W)`` and ``(n, H, W)``.
+    alike. Returns ``(target's, the images')``: :class:`~protolib.observation.SpectralIndexMap` of ``(H, W)`` and ``(n,
+    H, W)``.
     """
     from ..observation import spectral_index_map
 
     low, high = bands.targets[0], bands.targets[-1]
-    setting = dict(low_ghz=bands.frequencies_ghz[0], high_ghz=bands.frequencies_ghz[-1], low_beam=low.resolution.target_beam,
-                   high_beam=high.resolution.target_beam, pixel_arcsec=low.resolution.pixel_arcsec,
-                   low_noise_jy_beam=low.noise_rms_jy_beam, high_noise_jy_beam=high.noise_rms_jy_beam)
+    setting = dict(
+        low_ghz=bands.frequencies_ghz[0],
+        high_ghz=bands.frequencies_ghz[-1],
+        low_beam=low.resolution.target_beam,
+        high_beam=high.resolution.target_beam,
+        pixel_arcsec=low.resolution.pixel_arcsec,
+        low_noise_jy_beam=low.noise_rms_jy_beam,
+        high_noise_jy_beam=high.noise_rms_jy_beam,
+    )
     target = spectral_index_map(low.image, high.image, **setting)
-    models = [t.resolution(np.asarray(bank.images_at(systems, projections), dtype=np.float32), None)
-              for t, bank in ((low, bands.banks[0]), (high, bands.banks[-1]))]
+    models = [
+        t.resolution(np.asarray(bank.images_at(systems, projections), dtype=np.float32), None)
+        for t, bank in ((low, bands.banks[0]), (high, bands.banks[-1]))
+    ]
     return target, spectral_index_map(models[0], models[1], **setting)

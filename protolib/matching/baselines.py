@@ -6,7 +6,7 @@ benchmarked against; :func:`random_matches` is the baseline of the distributions
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -67,4 +67,9 @@ def random_matches(bank: Bank, n: int, *, exclude_system: int | None = None, see
     if exclude_system is not None:
         rows = rows[rows // bank.n_projections != exclude_system]
     rows = np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False)
-    return Matches(np.full(len(rows), np.nan, dtype=np.float32), rows // bank.n_projections, rows % bank.n_projections, exclude_system)
+    return Matches(
+        np.full(len(rows), np.nan, dtype=np.float32),
+        rows // bank.n_projections,
+        rows % bank.n_projections,
+        exclude_system,
+    )

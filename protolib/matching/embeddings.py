@@ -14,9 +14,9 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,8 +25,21 @@ from ..bank import Bank
 from ..runtime import ProtolibInputError, atomic_path
 from .ood import nearest_neighbour_similarities
 
-__all__ = ["EmbedFunction", "ImageTransform", "CACHE_FORMAT", "MAX_CACHES", "BankEmbeddings", "embed_bank", "bank_embeddings",
-           "cached_bank_embeddings", "apply_transform", "model_cache_path", "prune_embedding_caches", "key_digest", "file_sha256"]
+__all__ = [
+    "EmbedFunction",
+    "ImageTransform",
+    "CACHE_FORMAT",
+    "MAX_CACHES",
+    "BankEmbeddings",
+    "embed_bank",
+    "bank_embeddings",
+    "cached_bank_embeddings",
+    "apply_transform",
+    "model_cache_path",
+    "prune_embedding_caches",
+    "key_digest",
+    "file_sha256",
+]
 
 
 EmbedFunction = Callable[[np.ndarray], np.ndarray]
@@ -37,7 +50,8 @@ ImageTransform = Callable[..., np.ndarray]
 true ``seeded_by_row`` attribute also takes ``rows=`` (each image's bank row) to seed its noise by row
 (:class:`~protolib.matching.ObservationTransform`); :func:`apply_transform` calls either kind."""
 
-CACHE_FORMAT = 3  # 2: vectors in their own .npy, written batch by batch; 3: a digest of the contents, checked on reading
+# 2: vectors in their own .npy, written batch by batch; 3: a digest of the contents, checked on reading
+CACHE_FORMAT = 3
 MAX_CACHES = 8  # embedding caches kept beside a model (one per observation transform); the oldest beyond are removed
 
 
@@ -116,13 +130,22 @@ def embed_bank(
         ``vectors (n_images, D)`` float32, ``system (n_images,)``, ``projection (n_images,)``.
 
     Example:
-        >>> vectors, system, projection = embed_bank(model.embed_images, bank, out="bank_embeddings.npy")  # doctest: +SKIP
+        >>> vectors, system, projection = embed_bank(model.embed_images, bank, out="bank_embeddings.npy")  # doctest:
+    +SKIP
     """
     n, p = bank.n_systems, bank.n_projections
     bar = tqdm(total=n * p, unit="img", desc="Embedding bank", disable=not progress)
-    batches = (_embedded(embed, images.reshape(-1, *images.shape[2:]), transform, bar, unit_norm,
-                         rows=(systems[:, None] * p + np.arange(p)).ravel())
-               for systems, images in bank.iter_batches(np.arange(n), max(1, batch_size // p)))
+    batches = (
+        _embedded(
+            embed,
+            images.reshape(-1, *images.shape[2:]),
+            transform,
+            bar,
+            unit_norm,
+            rows=(systems[:, None] * p + np.arange(p)).ravel(),
+        )
+        for systems, images in bank.iter_batches(np.arange(n), max(1, batch_size // p))
+    )
     if out is None:
         vectors = np.concatenate(list(batches))
     else:
@@ -133,20 +156,34 @@ def embed_bank(
     return vectors, np.repeat(np.arange(n), p), np.tile(np.arange(p), n)
 
 
-def _embedded(embed: EmbedFunction, images: np.ndarray, transform: ImageTransform | None, bar, unit_norm: bool = True,
-              rows: np.ndarray | None = None) -> np.ndarray:
-    vectors = np.asarray(embed(images if transform is None else apply_transform(transform, images, rows)), dtype=np.float32)
+def _embedded(
+    embed: EmbedFunction,
+    images: np.ndarray,
+    transform: ImageTransform | None,
+    bar,
+    unit_norm: bool = True,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    vectors = np.asarray(
+        embed(images if transform is None else apply_transform(transform, images, rows)), dtype=np.float32
+    )
     if vectors.ndim != 2 or len(vectors) != len(images):
-        raise ProtolibInputError(f"The embedding function returned shape {vectors.shape} for {len(images)} images; expected ({len(images)}, D).")
+        raise ProtolibInputError(
+            f"The embedding function returned shape {vectors.shape} for {len(images)} images; expected ({len(images)}, "
+            "D)."
+        )
     norms = np.linalg.norm(vectors, axis=1)
     if not np.all(np.isfinite(norms)) or (unit_norm and np.any(np.abs(norms - 1.0) > 1e-3)):
-        raise ProtolibInputError("The embedding function must return finite, L2-normalised embeddings (norm 1 per row).")
+        raise ProtolibInputError(
+            "The embedding function must return finite, L2-normalised embeddings (norm 1 per row)."
+        )
     bar.update(len(images))
     return vectors
 
 
 def apply_transform(transform: ImageTransform, images: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    """``transform(images)``, given the images' bank rows when it seeds its noise by row (``transform.seeded_by_row``)."""
+    """``transform(images)``, given the images' bank rows when it seeds its noise by row
+    (``transform.seeded_by_row``)."""
     if rows is not None and getattr(transform, "seeded_by_row", False):
         return transform(images, rows=rows)
     return transform(images)
@@ -157,7 +194,11 @@ def _write_npy(handle, batches, n_rows: int) -> None:
     written = 0
     for vectors in batches:
         if written == 0:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n_rows, vectors.shape[1])}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False,
+                "shape": (n_rows, vectors.shape[1]),
+            }
             np.lib.format.write_array_header_1_0(handle, header)
         handle.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
         written += len(vectors)
@@ -194,8 +235,13 @@ def bank_embeddings(
         transform, batch_size, progress: as in :func:`embed_bank`.
         n_reference: bank images sampled for the out-of-distribution reference.
     """
-    full_key = {"format": CACHE_FORMAT, "bank": bank.identity, "bank_file": bank.file_state, "embedding": key or {},
-                "n_reference": n_reference}
+    full_key = {
+        "format": CACHE_FORMAT,
+        "bank": bank.identity,
+        "bank_file": bank.file_state,
+        "embedding": key or {},
+        "n_reference": n_reference,
+    }
     digest = key_digest(full_key)
     if cache_path is not None and Path(cache_path).exists():
         cached = _read_cache(Path(cache_path), digest, bank.n_systems, bank.n_projections)
@@ -203,15 +249,23 @@ def bank_embeddings(
             cached.key = full_key
             return cached
     vectors_path = None if cache_path is None else _vectors_path(Path(cache_path), digest)
-    vectors, system, projection = embed_bank(embed, bank, transform=transform, batch_size=batch_size, progress=progress, out=vectors_path)
+    vectors, system, projection = embed_bank(
+        embed, bank, transform=transform, batch_size=batch_size, progress=progress, out=vectors_path
+    )
     reference = nearest_neighbour_similarities(vectors, system, projection, n_reference=n_reference)
     result = BankEmbeddings(vectors, system, projection, reference, full_key, Path(cache_path) if cache_path else None)
     if cache_path is not None:
         with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, vectors_file=np.array(vectors_path.name), system=system, projection=projection,
-                     nearest_neighbour_similarity=reference, key_hash=np.array(digest),
-                     key=np.array(json.dumps(full_key, sort_keys=True, default=str)),
-                     content_sha256=np.array(_content_digest(vectors, system, projection, reference)))
+            np.savez(
+                handle,
+                vectors_file=np.array(vectors_path.name),
+                system=system,
+                projection=projection,
+                nearest_neighbour_similarity=reference,
+                key_hash=np.array(digest),
+                key=np.array(json.dumps(full_key, sort_keys=True, default=str)),
+                content_sha256=np.array(_content_digest(vectors, system, projection, reference)),
+            )
         for stale in Path(cache_path).parent.glob(f"{Path(cache_path).stem}.*.npy"):
             if stale != vectors_path:
                 stale.unlink(missing_ok=True)
@@ -251,23 +305,34 @@ def _read_cache(path: Path, digest: str, n_systems: int, n_projections: int) -> 
         problem = None
         if vectors.dtype != np.float32 or vectors.ndim != 2 or len(vectors) != n:
             problem = f"vectors of shape {vectors.shape} and type {vectors.dtype}, not ({n}, D) float32"
-        elif not (np.array_equal(arrays["system"], np.repeat(np.arange(n_systems), n_projections))
-                  and np.array_equal(arrays["projection"], np.tile(np.arange(n_projections), n_systems))):
+        elif not (
+            np.array_equal(arrays["system"], np.repeat(np.arange(n_systems), n_projections))
+            and np.array_equal(arrays["projection"], np.tile(np.arange(n_projections), n_systems))
+        ):
             problem = "rows that are not the bank's systems and projections in order"
-        elif _content_digest(vectors, arrays["system"], arrays["projection"], arrays["nearest_neighbour_similarity"]) != recorded:
+        elif (
+            _content_digest(vectors, arrays["system"], arrays["projection"], arrays["nearest_neighbour_similarity"])
+            != recorded
+        ):
             problem = "contents that differ from what was written (its digest does not match)"
         if problem is not None:
             warnings.warn(f"The embedding cache {path} has {problem}; it was recomputed.", stacklevel=3)
             return None
-        return BankEmbeddings(vectors, arrays["system"], arrays["projection"], arrays["nearest_neighbour_similarity"], path=path)
+        return BankEmbeddings(
+            vectors, arrays["system"], arrays["projection"], arrays["nearest_neighbour_similarity"], path=path
+        )
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        warnings.warn(f"The embedding cache {path} could not be read ({str(error)[:120]}); it was recomputed.", stacklevel=3)
+        warnings.warn(
+            f"The embedding cache {path} could not be read ({str(error)[:120]}); it was recomputed.", stacklevel=3
+        )
         return None
 
 
 def prune_embedding_caches(model_path: Path, keep: int = MAX_CACHES) -> None:
     """Remove the oldest embedding caches beside a model beyond the ``keep`` most recently used."""
-    caches = sorted(model_path.parent.glob(f"{model_path.stem}.embeddings-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    caches = sorted(
+        model_path.parent.glob(f"{model_path.stem}.embeddings-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     for old in caches[keep:]:
         for vectors in old.parent.glob(f"{old.stem}.*.npy"):
             vectors.unlink(missing_ok=True)
@@ -275,7 +340,8 @@ def prune_embedding_caches(model_path: Path, keep: int = MAX_CACHES) -> None:
 
 
 def model_cache_path(model_path: Path, bank: Bank, key: dict) -> Path:
-    """Where a model's embeddings of ``bank`` are cached: ``<model>.embeddings-<hash of the bank and key>.npz`` beside it."""
+    """Where a model's embeddings of ``bank`` are cached: ``<model>.embeddings-<hash of the bank and key>.npz`` beside
+    it."""
     return model_path.with_name(f"{model_path.stem}.embeddings-{key_digest({'bank': bank.identity, **key})[:16]}.npz")
 
 
@@ -299,16 +365,27 @@ def cached_bank_embeddings(
     """
     cache_path = model_cache_path(model_path, bank, key)
     try:
-        embeddings = bank_embeddings(embed, bank, cache_path=cache_path if cache else None, key=key,
-                                     transform=transform, batch_size=batch_size, progress=progress)
+        embeddings = bank_embeddings(
+            embed,
+            bank,
+            cache_path=cache_path if cache else None,
+            key=key,
+            transform=transform,
+            batch_size=batch_size,
+            progress=progress,
+        )
     except ProtolibInputError as error:
         if not cache or "could not write" not in str(error):
             raise
-        warnings.warn(f"The embedding cache could not be written beside the model ({error}); the bank's embeddings are "
-                      "kept in memory for this run only.", stacklevel=3)
+        warnings.warn(
+            f"The embedding cache could not be written beside the model ({error}); the bank's embeddings are "
+            "kept in memory for this run only.",
+            stacklevel=3,
+        )
         cache = False
-        embeddings = bank_embeddings(embed, bank, cache_path=None, key=key, transform=transform, batch_size=batch_size,
-                                     progress=progress)
+        embeddings = bank_embeddings(
+            embed, bank, cache_path=None, key=key, transform=transform, batch_size=batch_size, progress=progress
+        )
     if cache:
         with contextlib.suppress(OSError):
             os.utime(cache_path)  # most recently used

@@ -8,13 +8,22 @@ bank images as bright as the target, seen like it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..bank import Bank
-from ..goodness_of_fit import STRUCTURE_FRACTION, STRUCTURE_SIGMA, BandsFit, ImageFit, judge_fit, reference_chi2, residual_peak
+from ..goodness_of_fit import (
+    STRUCTURE_FRACTION,
+    STRUCTURE_SIGMA,
+    BandsFit,
+    ImageFit,
+    judge_fit,
+    reference_chi2,
+    residual_peak,
+)
 from .bands import BandTargets
 from .calibration import K_CANDIDATES, choose_k_and_widening
 from .matcher import Matcher
@@ -63,7 +72,9 @@ class _FitView:
     structure: Callable
 
 
-def _reference_rows(bank: Bank, view: _FitView, image: np.ndarray, n_reference: int, rng: np.random.Generator) -> np.ndarray:
+def _reference_rows(
+    bank: Bank, view: _FitView, image: np.ndarray, n_reference: int, rng: np.random.Generator
+) -> np.ndarray:
     """Bank image rows as bright as the target: from ``8 n_reference`` drawn at random, the ``n_reference``
     whose signal rms after the transform is nearest the target's (the excess residual of faint images
     is dominated by noise, of bright ones by the bank's coarseness: the yardstick must be like the target)."""
@@ -76,9 +87,19 @@ def _reference_rows(bank: Bank, view: _FitView, image: np.ndarray, n_reference: 
 
 
 def fit_matches(
-    matcher: Matcher, image: np.ndarray, matches: Matches, *, observation: ObservationTarget | None = None,
-    n_reference: int = 48, reference_top_k: int | None = None, n_gallery: int = 11, seed: int = 0, flux_tolerance=0.0,
-    k_candidates=K_CANDIDATES, bands: BandTargets | None = None) -> MatchFit | None:
+    matcher: Matcher,
+    image: np.ndarray,
+    matches: Matches,
+    *,
+    observation: ObservationTarget | None = None,
+    n_reference: int = 48,
+    reference_top_k: int | None = None,
+    n_gallery: int = 11,
+    seed: int = 0,
+    flux_tolerance=0.0,
+    k_candidates=K_CANDIDATES,
+    bands: BandTargets | None = None,
+) -> MatchFit | None:
     """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
     residuals, and the intervals' calibration at the target's resolution and noise.
 
@@ -100,7 +121,11 @@ def fit_matches(
         The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
     """
     rng = np.random.default_rng(seed)
-    view = _bands_view(matcher, bands, flux_tolerance, rng) if bands is not None else _one_band_view(matcher, observation, flux_tolerance, rng)
+    view = (
+        _bands_view(matcher, bands, flux_tolerance, rng)
+        if bands is not None
+        else _one_band_view(matcher, observation, flux_tolerance, rng)
+    )
     if view is None:
         return None
     bank = matcher.bank
@@ -109,28 +134,40 @@ def fit_matches(
     rows = _reference_rows(bank, view, image, n_reference, rng)
 
     def search(vectors, excluded):
-        return matcher.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)  # as the target was searched
+        # as the target was searched
+        return matcher.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)
 
-    best_chi2, best_excess, found, peaks = reference_chi2(view.fit, view.observe, view.embed, search, view.load, rows, bank.n_projections,
-                                                          view.structure)
+    best_chi2, best_excess, found, peaks = reference_chi2(
+        view.fit, view.observe, view.embed, search, view.load, rows, bank.n_projections, view.structure
+    )
     head = matches.head(n_gallery)
     residuals = view.fit.residuals(image, match_images[: len(head)])
     k = int(np.argmin(chi2))
     best = float(chi2[k])
     peak = view.structure(image, match_images[k])
-    verdict = judge_fit(best, float(view.fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks)
+    verdict = judge_fit(
+        best, float(view.fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks
+    )
     k_chosen, calibration, scores = choose_k_and_widening(bank, rows, found, k_candidates)
     by_band = view.fit.reduced_chi2_by_band(image, match_images) if bands is not None else None
     return MatchFit(chi2, verdict, residuals, calibration, k_chosen, scores, by_band)
 
 
-def _one_band_view(matcher: Matcher, observation: ObservationTarget | None, flux_tolerance: float, rng) -> _FitView | None:
-    """The comparison of one image: an observation's (its transform and noise) or a bank target's (``None`` when noiseless)."""
+def _one_band_view(
+    matcher: Matcher, observation: ObservationTarget | None, flux_tolerance: float, rng
+) -> _FitView | None:
+    """The comparison of one image: an observation's (its transform and noise) or a bank target's (``None`` when
+    noiseless)."""
     bank = matcher.bank
     if observation is not None:
         resolution = observation.resolution
-        fit = ImageFit(resolution, observation.noise_rms_jy_beam, resolution.bank_noise_rms_jy_beam, observation.coverage,
-                       flux_tolerance)
+        fit = ImageFit(
+            resolution,
+            observation.noise_rms_jy_beam,
+            resolution.bank_noise_rms_jy_beam,
+            observation.coverage,
+            flux_tolerance,
+        )
         beam, pixel_arcsec = resolution.target_beam, resolution.pixel_arcsec
 
         def observe(images):
@@ -146,17 +183,22 @@ def _one_band_view(matcher: Matcher, observation: ObservationTarget | None, flux
             return images
 
     def structure(target, match):
-        return residual_peak(fit.residuals(target, match[None])[0], target, fit.sigma, beam, pixel_arcsec, fit.used(np.shape(target)))
+        return residual_peak(
+            fit.residuals(target, match[None])[0], target, fit.sigma, beam, pixel_arcsec, fit.used(np.shape(target))
+        )
 
     return _FitView(fit, observe, bank.images_at, matcher.embed, structure)
 
 
 def _bands_view(matcher: Matcher, bands: BandTargets, flux_tolerance, rng) -> _FitView:
     """The comparison of one source's maps in several bands: each band through its map's transform and noise; the
-    searched band embedded; the residual structure the most significant of any band's (one that fails the test first)."""
+    searched band embedded; the residual structure the most significant of any band's (one that fails the test
+    first)."""
     tolerances = np.broadcast_to(np.asarray(flux_tolerance, dtype=np.float64), (len(bands.targets),))
-    fits = [ImageFit(t.resolution, t.noise_rms_jy_beam, t.resolution.bank_noise_rms_jy_beam, t.coverage, float(tol))
-            for t, tol in zip(bands.targets, tolerances)]
+    fits = [
+        ImageFit(t.resolution, t.noise_rms_jy_beam, t.resolution.bank_noise_rms_jy_beam, t.coverage, float(tol))
+        for t, tol in zip(bands.targets, tolerances)
+    ]
 
     def observe(images):
         return np.stack([t.resolution(images[:, b], rng) for b, t in enumerate(bands.targets)], axis=1)
@@ -165,9 +207,23 @@ def _bands_view(matcher: Matcher, bands: BandTargets, flux_tolerance, rng) -> _F
         return matcher.embed(images[:, bands.search])
 
     def structure(target, match):
-        peaks = [residual_peak(f.residuals(target[b], match[b][None])[0], target[b], f.sigma, t.resolution.target_beam,
-                               t.resolution.pixel_arcsec, f.used(np.shape(target[b])))
-                 for b, (f, t) in enumerate(zip(fits, bands.targets))]
-        return max(peaks, key=lambda p: (p.significance >= STRUCTURE_SIGMA and p.fraction_of_peak >= STRUCTURE_FRACTION, p.significance))
+        peaks = [
+            residual_peak(
+                f.residuals(target[b], match[b][None])[0],
+                target[b],
+                f.sigma,
+                t.resolution.target_beam,
+                t.resolution.pixel_arcsec,
+                f.used(np.shape(target[b])),
+            )
+            for b, (f, t) in enumerate(zip(fits, bands.targets))
+        ]
+        return max(
+            peaks,
+            key=lambda p: (
+                p.significance >= STRUCTURE_SIGMA and p.fraction_of_peak >= STRUCTURE_FRACTION,
+                p.significance,
+            ),
+        )
 
     return _FitView(BandsFit(fits), observe, bands.load_images, embed, structure)

@@ -7,7 +7,7 @@ FAISS index for very large banks (:func:`faiss_available` says whether FAISS is 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -127,7 +127,9 @@ class EmbeddingIndex:
         """
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dimension:
-            raise ProtolibInputError(f"Query embeddings have {queries.shape[1]} dimensions; the bank's have {self.dimension}.")
+            raise ProtolibInputError(
+                f"Query embeddings have {queries.shape[1]} dimensions; the bank's have {self.dimension}."
+            )
         if top_k is None and threshold is None:
             raise ProtolibInputError("Give top_k, a similarity threshold, or both.")
         if top_k is not None and top_k < 1:
@@ -146,14 +148,22 @@ class EmbeddingIndex:
     def _matches(self, sims: np.ndarray, rows: np.ndarray, excluded: int | None) -> Matches:
         valid = rows >= 0
         rows = rows[valid]
-        return Matches(sims[valid].astype(np.float32), self.system[rows], self.projection[rows], None if excluded is None else int(excluded))
+        return Matches(
+            sims[valid].astype(np.float32),
+            self.system[rows],
+            self.projection[rows],
+            None if excluded is None else int(excluded),
+        )
 
     def _top_k(self, queries: np.ndarray, k: int, excluded: list) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "faiss":
             return self._faiss_top_k(queries, k, excluded)
         if len(queries) > 1:
             batch = max(1, (1 << 25) // max(1, min(len(self), self.chunk_rows)))
-            parts = [self._exact_top_k(queries[i : i + batch], k, excluded[i : i + batch]) for i in range(0, len(queries), batch)]
+            parts = [
+                self._exact_top_k(queries[i : i + batch], k, excluded[i : i + batch])
+                for i in range(0, len(queries), batch)
+            ]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         return self._exact_top_k(queries, k, excluded)
 
@@ -200,7 +210,8 @@ class EmbeddingIndex:
                 _, sims, rows = self._faiss.range_search(query[None], float(threshold))
             except RuntimeError as error:
                 raise ProtolibInputError(
-                    f"The FAISS index {self.faiss_factory!r} cannot search by threshold ({error}); give top_k too, or use 'Flat'."
+                    f"The FAISS index {self.faiss_factory!r} cannot search by threshold ({error}); give top_k too, or "
+                    "use 'Flat'."
                 ) from None
         else:
             q = torch.from_numpy(query).to(self.device)
@@ -232,5 +243,7 @@ def _build_faiss(vectors: np.ndarray, factory: str, parameters: str = ""):
         try:
             faiss.ParameterSpace().set_index_parameters(index, parameters)
         except RuntimeError as error:
-            raise ProtolibInputError(f"FAISS search settings {parameters!r} do not apply to the index {factory!r} ({error}).") from None
+            raise ProtolibInputError(
+                f"FAISS search settings {parameters!r} do not apply to the index {factory!r} ({error})."
+            ) from None
     return index

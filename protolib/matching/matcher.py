@@ -7,9 +7,9 @@ systems, judges them (:meth:`Matcher.check`) and, for the benchmark, matches pai
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -17,11 +17,25 @@ import torch
 from ..bank import Bank, check_same_setup
 from ..runtime import ProtolibInputError
 from .baselines import pairwise_matches
-from .embeddings import BankEmbeddings, EmbedFunction, ImageTransform, bank_embeddings, cached_bank_embeddings, file_sha256
+from .embeddings import (
+    BankEmbeddings,
+    EmbedFunction,
+    ImageTransform,
+    bank_embeddings,
+    cached_bank_embeddings,
+    file_sha256,
+)
 from .index import EmbeddingIndex
 from .matches import Matches
 from .ood import OutOfDistributionCheck, check_out_of_distribution
-from .tiers import DEFAULT_TIER_BEAM_FACTORS, DEFAULT_TIER_PEAK_SNR, nearest_tier, resolution_tiers, tier_cache_path, tier_embeddings
+from .tiers import (
+    DEFAULT_TIER_BEAM_FACTORS,
+    DEFAULT_TIER_PEAK_SNR,
+    nearest_tier,
+    resolution_tiers,
+    tier_cache_path,
+    tier_embeddings,
+)
 
 __all__ = ["MatchingSettings", "Matcher", "TieredMatcher", "read_rows"]
 
@@ -35,11 +49,18 @@ class MatchingSettings:
     backend: str = "auto"  # "exact", "faiss" or "auto" (FAISS for banks of millions of images)
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
     limit_percentile: float = 5.0  # out of distribution below this percentile of bank images' own best similarity
-    search: str = "auto"  # an observation against the bank: "exhaustive" re-embeds the whole bank at its beam and noise, "tiered" re-ranks a shortlist from the nearest pre-embedded tier, "auto" is tiered from tiered_above bank images
-    tiered_above: int = 50_000  # bank images from which "auto" search is tiered (below, re-embedding the bank takes under a minute on a laptop CPU)
-    tier_beam_factors: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_BEAM_FACTORS))  # tier beams: circular, FWHM these times the bank beam's major axis
-    tier_peak_snr: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_PEAK_SNR))  # tier noise levels: a typical bank image's peak signal-to-noise at each tier beam
-    shortlist: int = 2000  # tiered search: candidates per observation taken from its tier and re-embedded at its exact beam and noise (at least top_k)
+    # an observation against the bank: "exhaustive" re-embeds the whole bank at its beam and noise, "tiered" re-ranks a
+    # shortlist from the nearest pre-embedded tier, "auto" is tiered from tiered_above bank images
+    search: str = "auto"
+    # bank images from which "auto" search is tiered (below, re-embedding the bank takes under a minute on a laptop CPU)
+    tiered_above: int = 50_000
+    # tier beams: circular, FWHM these times the bank beam's major axis
+    tier_beam_factors: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_BEAM_FACTORS))
+    # tier noise levels: a typical bank image's peak signal-to-noise at each tier beam
+    tier_peak_snr: list[float] = field(default_factory=lambda: list(DEFAULT_TIER_PEAK_SNR))
+    # tiered search: candidates per observation taken from its tier and re-embedded at its exact beam and noise (at
+    # least top_k)
+    shortlist: int = 2000
 
     def tiered(self, n_bank_images: int) -> bool:
         """Whether an observation against a bank of ``n_bank_images`` is matched by tiers (see :attr:`search`)."""
@@ -89,8 +110,15 @@ class Matcher:
         self.similarity = similarity
         self.image_size = image_size or bank.image_size
         self.checkpoint = checkpoint or {}
-        self.index = EmbeddingIndex(embeddings.vectors, embeddings.system, embeddings.projection,
-                                    backend=backend, faiss_factory=faiss_factory, faiss_parameters=faiss_parameters, device=device)
+        self.index = EmbeddingIndex(
+            embeddings.vectors,
+            embeddings.system,
+            embeddings.projection,
+            backend=backend,
+            faiss_factory=faiss_factory,
+            faiss_parameters=faiss_parameters,
+            device=device,
+        )
 
     @classmethod
     def from_embed_function(
@@ -104,10 +132,11 @@ class Matcher:
         batch_size: int = 256,
         progress: bool = True,
         **options,
-    ) -> "Matcher":
+    ) -> Matcher:
         """A matcher for any embedding function, the bank embedded (or read from ``cache_path``)."""
-        embeddings = bank_embeddings(embed, bank, cache_path=cache_path, key=key, transform=transform,
-                                     batch_size=batch_size, progress=progress)
+        embeddings = bank_embeddings(
+            embed, bank, cache_path=cache_path, key=key, transform=transform, batch_size=batch_size, progress=progress
+        )
         return cls(embed, bank, embeddings, transform=transform, **options)
 
     @classmethod
@@ -122,7 +151,7 @@ class Matcher:
         batch_size: int = 256,
         progress: bool = True,
         **options,
-    ) -> "Matcher":
+    ) -> Matcher:
         """A matcher for a trained Siamese network saved at ``model_path``.
 
         The bank's embeddings are cached beside the model (``<model>.embeddings-<hash>.npz``),
@@ -136,10 +165,13 @@ class Matcher:
         model_path = Path(model_path)
         embed, model_options = _siamese_embedding(model_path, bank, batch_size)
         if transform is not None and transform_key is None:
-            raise ProtolibInputError("Describe the bank transform in transform_key (plain data), so its embeddings are cached apart.")
+            raise ProtolibInputError(
+                "Describe the bank transform in transform_key (plain data), so its embeddings are cached apart."
+            )
         key = {"model_sha256": file_sha256(model_path), "transform": transform_key}
-        embeddings = cached_bank_embeddings(embed, bank, model_path, key=key, transform=transform, cache=cache,
-                                            batch_size=batch_size, progress=progress)
+        embeddings = cached_bank_embeddings(
+            embed, bank, model_path, key=key, transform=transform, cache=cache, batch_size=batch_size, progress=progress
+        )
         return cls(embed, bank, embeddings, transform=transform, **model_options, **options)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -148,7 +180,8 @@ class Matcher:
         images = images[None] if images.ndim == 2 else images
         if images.ndim != 3 or images.shape[1:] != (self.image_size, self.image_size):
             raise ProtolibInputError(
-                f"Target images must be {self.image_size}x{self.image_size} px like the bank's; got shape {images.shape[1:]}. "
+                f"Target images must be {self.image_size}x{self.image_size} px like the bank's; got shape "
+                f"{images.shape[1:]}. "
                 "Prepare observations onto the bank's grid first."
             )
         if not np.all(np.isfinite(images)):
@@ -156,7 +189,12 @@ class Matcher:
         return np.asarray(self.embed_images(images), dtype=np.float32)
 
     def match(
-        self, image: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None, exclude_system: int | None = None
+        self,
+        image: np.ndarray,
+        *,
+        top_k: int | None = 200,
+        threshold: float | None = None,
+        exclude_system: int | None = None,
     ) -> Matches:
         """The best matches of one target image ``(H, W)``: by ``top_k``, ``threshold``, or both."""
         image = np.asarray(image)
@@ -165,8 +203,14 @@ class Matcher:
         [found] = self.search(self.embed(image), top_k=top_k, threshold=threshold, exclude_systems=[exclude_system])
         return found
 
-    def search(self, queries: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None,
-               exclude_systems: Sequence[int | None] | None = None) -> list[Matches]:
+    def search(
+        self,
+        queries: np.ndarray,
+        *,
+        top_k: int | None = 200,
+        threshold: float | None = None,
+        exclude_systems: Sequence[int | None] | None = None,
+    ) -> list[Matches]:
         """The best matches of each embedded target ``(Q, D)`` (rows of :meth:`embed`), as :meth:`match` finds them.
 
         The one search of this matcher, used for the target and for the reference targets that
@@ -190,20 +234,37 @@ class Matcher:
 
     def check(self, matches: Matches, *, limit_percentile: float = 5.0) -> OutOfDistributionCheck:
         """The out-of-distribution verdict for a target's matches (see :func:`check_out_of_distribution`)."""
-        return check_out_of_distribution(matches, self.embeddings.nearest_neighbour_similarity, limit_percentile=limit_percentile)
+        return check_out_of_distribution(
+            matches, self.embeddings.nearest_neighbour_similarity, limit_percentile=limit_percentile
+        )
 
-    def pairwise(self, image: np.ndarray, *, top_k: int = 200, exclude_system: int | None = None, batch_size: int = 256) -> Matches:
+    def pairwise(
+        self, image: np.ndarray, *, top_k: int = 200, exclude_system: int | None = None, batch_size: int = 256
+    ) -> Matches:
         """The thesis's pairwise matching with the network (slow; the benchmark's reference)."""
         if self.similarity is None:
-            raise ProtolibInputError("This matcher has no pairwise similarity function (make it with Matcher.from_model).")
-        return pairwise_matches(self.similarity, np.asarray(image, dtype=np.float32), self.bank, top_k=top_k,
-                                exclude_system=exclude_system, transform=self.transform, batch_size=batch_size)
+            raise ProtolibInputError(
+                "This matcher has no pairwise similarity function (make it with Matcher.from_model)."
+            )
+        return pairwise_matches(
+            self.similarity,
+            np.asarray(image, dtype=np.float32),
+            self.bank,
+            top_k=top_k,
+            exclude_system=exclude_system,
+            transform=self.transform,
+            batch_size=batch_size,
+        )
 
     def training_part(self, system: int) -> str | None:
         """``"train"``, ``"validation"`` or ``"test"`` when the model was trained on this bank, else ``None``."""
         split = self.checkpoint.get("split")
-        trained_on = (self.checkpoint.get("bank") or {})
-        if not split or trained_on.get("path") != self.bank.identity["path"] or trained_on.get("created") != self.bank.identity["created"]:
+        trained_on = self.checkpoint.get("bank") or {}
+        if (
+            not split
+            or trained_on.get("path") != self.bank.identity["path"]
+            or trained_on.get("created") != self.bank.identity["created"]
+        ):
             return None
         for part in ("train", "validation", "test"):
             if system in set(int(s) for s in split.get(part, [])):
@@ -212,7 +273,8 @@ class Matcher:
 
 
 class TieredMatcher(Matcher):
-    """A matcher that shortlists from a pre-embedded resolution tier, then re-ranks with the observation's exact transform.
+    """A matcher that shortlists from a pre-embedded resolution tier, then re-ranks with the observation's exact
+    transform.
 
     The index searched is the bank at ``tier`` (:func:`~protolib.matching.tier_embeddings`), so a new
     observation costs one forward pass, one search and ``shortlist`` re-embedded bank images, whatever
@@ -228,8 +290,17 @@ class TieredMatcher(Matcher):
         options: as for :class:`Matcher`.
     """
 
-    def __init__(self, embed: EmbedFunction, bank: Bank, embeddings: BankEmbeddings, tier, *, transform: ImageTransform,
-                 shortlist: int = 2000, **options):
+    def __init__(
+        self,
+        embed: EmbedFunction,
+        bank: Bank,
+        embeddings: BankEmbeddings,
+        tier,
+        *,
+        transform: ImageTransform,
+        shortlist: int = 2000,
+        **options,
+    ):
         if shortlist < 1:
             raise ProtolibInputError(f"The shortlist must hold at least one candidate, got {shortlist}.")
         super().__init__(embed, bank, embeddings, transform=transform, **options)
@@ -246,7 +317,7 @@ class TieredMatcher(Matcher):
         batch_size: int = 256,
         progress: bool = True,
         **options,
-    ) -> "TieredMatcher":
+    ) -> TieredMatcher:
         """A tiered matcher for the Siamese network at ``model_path`` and an observation's ``transform``.
 
         The tiers come from ``settings`` (:attr:`MatchingSettings.tier_beam_factors` and
@@ -261,21 +332,47 @@ class TieredMatcher(Matcher):
         settings = settings or MatchingSettings()
         resolution = getattr(transform, "resolution", None)
         if resolution is None or not getattr(transform, "seeded_by_row", False):
-            raise ProtolibInputError("Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
-                                     "prepare_observation_target(...).transform); use Matcher.from_model for other transforms.")
+            raise ProtolibInputError(
+                "Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
+                "prepare_observation_target(...).transform); use Matcher.from_model for other transforms."
+            )
         model_path = Path(model_path)
         embed, model_options = _siamese_embedding(model_path, bank, batch_size)
-        tier = nearest_tier(resolution_tiers(bank, settings.tier_beam_factors, settings.tier_peak_snr),
-                            resolution.target_beam, resolution.noise_rms_jy_beam)
-        embeddings = tier_embeddings(embed, bank, tier, model_key={"model_sha256": file_sha256(model_path)},
-                                     cache_path=tier_cache_path(model_path, bank, tier), batch_size=batch_size, progress=progress)
-        return cls(embed, bank, embeddings, tier, transform=transform, shortlist=max(settings.shortlist, settings.top_k or 0),
-                   **model_options, **options)
+        tier = nearest_tier(
+            resolution_tiers(bank, settings.tier_beam_factors, settings.tier_peak_snr),
+            resolution.target_beam,
+            resolution.noise_rms_jy_beam,
+        )
+        embeddings = tier_embeddings(
+            embed,
+            bank,
+            tier,
+            model_key={"model_sha256": file_sha256(model_path)},
+            cache_path=tier_cache_path(model_path, bank, tier),
+            batch_size=batch_size,
+            progress=progress,
+        )
+        return cls(
+            embed,
+            bank,
+            embeddings,
+            tier,
+            transform=transform,
+            shortlist=max(settings.shortlist, settings.top_k or 0),
+            **model_options,
+            **options,
+        )
 
     def match(
-        self, image: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None, exclude_system: int | None = None
+        self,
+        image: np.ndarray,
+        *,
+        top_k: int | None = 200,
+        threshold: float | None = None,
+        exclude_system: int | None = None,
     ) -> Matches:
-        """The best matches of one target image ``(H, W)``: shortlisted in the tier, re-ranked at the target's transform.
+        """The best matches of one target image ``(H, W)``: shortlisted in the tier, re-ranked at the target's
+        transform.
 
         With ``threshold`` alone, only shortlisted candidates can pass it.
         """
@@ -285,30 +382,48 @@ class TieredMatcher(Matcher):
         [found] = self.search(self.embed(image), top_k=top_k, threshold=threshold, exclude_systems=[exclude_system])
         return found
 
-    def search(self, queries: np.ndarray, *, top_k: int | None = 200, threshold: float | None = None,
-               exclude_systems: Sequence[int | None] | None = None) -> list[Matches]:
-        """The best matches of each embedded target ``(Q, D)``: shortlisted in the tier, re-ranked at the exact transform.
+    def search(
+        self,
+        queries: np.ndarray,
+        *,
+        top_k: int | None = 200,
+        threshold: float | None = None,
+        exclude_systems: Sequence[int | None] | None = None,
+    ) -> list[Matches]:
+        """The best matches of each embedded target ``(Q, D)``: shortlisted in the tier, re-ranked at the exact
+        transform.
 
         Every candidate of every shortlist is embedded once, so the reference targets of the
         calibration (:func:`~protolib.matching.fit_matches`) cost what their shortlists hold together.
         """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         shortlists = self.index.search(queries, top_k=max(self.shortlist, top_k or 0), exclude_systems=exclude_systems)
-        rows = np.unique(np.concatenate([m.system.astype(np.int64) * self.bank.n_projections + m.projection for m in shortlists]))
+        rows = np.unique(
+            np.concatenate([m.system.astype(np.int64) * self.bank.n_projections + m.projection for m in shortlists])
+        )
         vectors = self.embed_rows(rows // self.bank.n_projections, rows % self.bank.n_projections)
         found = []
         for query, candidates in zip(queries, shortlists):
-            at = np.searchsorted(rows, candidates.system.astype(np.int64) * self.bank.n_projections + candidates.projection)
+            at = np.searchsorted(
+                rows, candidates.system.astype(np.int64) * self.bank.n_projections + candidates.projection
+            )
             similarity = vectors[at] @ query
             order = np.argsort(-similarity, kind="stable")[: top_k or None]
             if threshold is not None:
                 order = order[similarity[order] >= threshold]
-            found.append(Matches(similarity[order].astype(np.float32), candidates.system[order], candidates.projection[order],
-                                 candidates.excluded_system))
+            found.append(
+                Matches(
+                    similarity[order].astype(np.float32),
+                    candidates.system[order],
+                    candidates.projection[order],
+                    candidates.excluded_system,
+                )
+            )
         return found
 
     def embed_rows(self, systems: np.ndarray, projections: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Embeddings ``(n, D)`` of the bank images ``(systems[i], projections[i])`` seen through the exact transform."""
+        """Embeddings ``(n, D)`` of the bank images ``(systems[i], projections[i])`` seen through the exact
+        transform."""
         rows = np.asarray(systems, dtype=np.int64) * self.bank.n_projections + np.asarray(projections, dtype=np.int64)
         parts = []
         for start in range(0, len(rows), batch_size):
@@ -339,8 +454,11 @@ def _siamese_embedding(model_path: Path, bank: Bank, batch_size: int) -> tuple[E
     def embed(images: np.ndarray) -> np.ndarray:
         return model.embed_images(images, batch_size=batch_size, progress=False)
 
-    return embed, {"similarity": getattr(model, "similarity", None), "image_size": int(model_size) if model_size else None,
-                   "checkpoint": checkpoint}
+    return embed, {
+        "similarity": getattr(model, "similarity", None),
+        "image_size": int(model_size) if model_size else None,
+        "checkpoint": checkpoint,
+    }
 
 
 def _load_siamese_for(model_path: Path, bank: Bank):
@@ -349,12 +467,16 @@ def _load_siamese_for(model_path: Path, bank: Bank):
     from ..siamese import load_siamese
 
     if not model_path.exists():
-        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one with `protolib train-siamese` (notebook 03).")
+        raise ProtolibInputError(
+            f"Model file {model_path} does not exist. Train one with `protolib train-siamese` (notebook 03)."
+        )
     model = load_siamese(model_path)
     checkpoint = getattr(model, "checkpoint", {}) or {}
     model_size = checkpoint.get("image_size")
     if model_size is not None and not isinstance(model_size, int):
-        raise ProtolibInputError(f"Model {model_path}: its image_size {model_size!r} is not a whole number; the file was edited.")
+        raise ProtolibInputError(
+            f"Model {model_path}: its image_size {model_size!r} is not a whole number; the file was edited."
+        )
     if model_size is not None and int(model_size) != bank.image_size:
         raise ProtolibInputError(
             f"Model {model_path} was trained on {model_size}x{model_size} px images but bank {bank.path} has "

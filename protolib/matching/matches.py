@@ -8,14 +8,14 @@ log10 where it spans decades).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..bank import Bank
-from ..parameters import PARAMETERS, VIEWING_PARAMETERS, Parameter
 from ..normalise import scale_parameters
+from ..parameters import PARAMETERS, VIEWING_PARAMETERS, Parameter
 from ..runtime import ProtolibInputError
 
 __all__ = ["Matches", "match_parameters", "truth_parameters", "describe_parameter", "scaled_for_summary"]
@@ -45,7 +45,7 @@ class Matches:
         """``(n,)`` rank of each match, 1 for the best."""
         return np.arange(1, len(self) + 1)
 
-    def head(self, k: int) -> "Matches":
+    def head(self, k: int) -> Matches:
         """The ``k`` best matches."""
         return Matches(self.similarity[:k], self.system[:k], self.projection[:k], self.excluded_system)
 

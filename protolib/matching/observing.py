@@ -20,23 +20,39 @@ parameter moves across its range, from a linear fit of every draw's median on th
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..runtime import ProtolibInputError
 from .matches import Matches, describe_parameter, scaled_for_summary
 
-__all__ = ["FLUX_CALIBRATION_BANDS", "MAX_SCALE_RANGE_BEAMS", "NO_FILTER_SHARE", "OBSERVING_DRAWS", "ObservingDraw", "ObservingDraws", "ObservingUncertainty",
-           "default_flux_calibration", "observing_uncertainty", "pooled_matches", "widening_by_source"]
+__all__ = [
+    "FLUX_CALIBRATION_BANDS",
+    "MAX_SCALE_RANGE_BEAMS",
+    "NO_FILTER_SHARE",
+    "OBSERVING_DRAWS",
+    "ObservingDraw",
+    "ObservingDraws",
+    "ObservingUncertainty",
+    "default_flux_calibration",
+    "observing_uncertainty",
+    "pooled_matches",
+    "widening_by_source",
+]
 
 # Nominal absolute flux-calibration accuracy (1 sigma) by observed frequency: up to 211 GHz (ALMA Bands 1-5,
 # NOEMA 3 and 2 mm) 5%; to 373 GHz (Bands 6-7, NOEMA 1.3 mm) 10%; above (Bands 8-10) 20%. These are the ALMA
 # Technical Handbook's nominal figures; Francis et al. (2020, AJ 160, 270) measured the nominal 10% in Band 7.
 FLUX_CALIBRATION_BANDS = ((211.0, 0.05), (373.0, 0.10), (math.inf, 0.20))
-MAX_SCALE_RANGE_BEAMS = (5.0, 50.0)  # recoverable scales drawn (log-uniform) when the map does not say, in beam major axes ...
-NO_FILTER_SHARE = 0.25  # ... and this share of the draws with no filtering at all (a model, or a map with single-dish data)
+# recoverable scales drawn (log-uniform) when the map does not say, in beam major axes ...
+MAX_SCALE_RANGE_BEAMS = (
+    5.0,
+    50.0,
+)
+# ... and this share of the draws with no filtering at all (a model, or a map with single-dish data)
+NO_FILTER_SHARE = 0.25
 OBSERVING_DRAWS = 12  # draws of (distance, flux scale, recoverable scale) a match is repeated over
 SOURCES = ("distance", "flux_calibration", "recoverable_scale")
 
@@ -106,13 +122,23 @@ class ObservingUncertainty:
         """``(n_draws, n_sources)``: each uncertain setting of each draw in units of its spread (distance and log
         flux scale in sigmas; the recoverable scale from -1 to 1: log-uniformly across its range, then the
         unfiltered draws at the top)."""
-        columns = {"distance": [(d.distance_pc - self.distance_pc) / (self.distance_error_pc or 1.0) for d in draws],
-                   "flux_calibration": [math.log(d.flux_factor) / math.log1p(self.flux_calibration or 1.0) for d in draws]}
+        columns = {
+            "distance": [(d.distance_pc - self.distance_pc) / (self.distance_error_pc or 1.0) for d in draws],
+            "flux_calibration": [math.log(d.flux_factor) / math.log1p(self.flux_calibration or 1.0) for d in draws],
+        }
         if self.max_scale_range_arcsec is not None:
             low, high = np.log(self.max_scale_range_arcsec)
             kept = 1.0 - self.no_filter_share
-            columns["recoverable_scale"] = [2 * (kept * (math.log(d.max_scale_arcsec) - low) / (high - low) if d.max_scale_arcsec
-                                                 else 1.0 - 0.5 * self.no_filter_share) - 1 for d in draws]
+            columns["recoverable_scale"] = [
+                2
+                * (
+                    kept * (math.log(d.max_scale_arcsec) - low) / (high - low)
+                    if d.max_scale_arcsec
+                    else 1.0 - 0.5 * self.no_filter_share
+                )
+                - 1
+                for d in draws
+            ]
         return np.column_stack([columns[name] for name in self.sources]) if self.sources else np.zeros((len(draws), 0))
 
     def to_dict(self) -> dict:
@@ -134,9 +160,17 @@ def default_flux_calibration(frequency_ghz: float | None) -> float:
 
 
 def observing_uncertainty(
-    distance_pc: float, *, distance_error_pc: float | None = None, flux_calibration: float | None = None,
-    frequency_ghz: float | None = None, beam_major_arcsec: float | None = None, max_scale_known: bool = True,
-    n_draws: int = OBSERVING_DRAWS, seed: int = 0, source: str = "the map", estimated_scale: dict | None = None,
+    distance_pc: float,
+    *,
+    distance_error_pc: float | None = None,
+    flux_calibration: float | None = None,
+    frequency_ghz: float | None = None,
+    beam_major_arcsec: float | None = None,
+    max_scale_known: bool = True,
+    n_draws: int = OBSERVING_DRAWS,
+    seed: int = 0,
+    source: str = "the map",
+    estimated_scale: dict | None = None,
 ) -> ObservingUncertainty:
     """The uncertainty of a map's observing settings, checked.
 
@@ -146,7 +180,8 @@ def observing_uncertainty(
             ``frequency_ghz``).
         beam_major_arcsec, max_scale_known: when the recoverable scale is not known, it is drawn over
             :data:`MAX_SCALE_RANGE_BEAMS` beam major axes, with :data:`NO_FILTER_SHARE` of the draws unfiltered ...
-        estimated_scale: ... unless the map's negative bowl gave a range (:class:`~protolib.observation.scale.ScaleEstimate`'s
+        estimated_scale: ... unless the map's negative bowl gave a range
+    (:class:`~protolib.observation.scale.ScaleEstimate`'s
             ``to_dict()``): it is then drawn over that range, every draw filtered.
         n_draws: draws to repeat the match over (0: none, the settings taken as exact).
         source: the map, for the messages.
@@ -156,12 +191,16 @@ def observing_uncertainty(
     """
     error = 0.0 if distance_error_pc is None else float(distance_error_pc)
     if not (math.isfinite(error) and 0 <= error < 0.5 * distance_pc):
-        raise ProtolibInputError(f"{source}: the distance error must be at least 0 and under half the distance ({distance_pc:g} pc), "
-                                 f"got {distance_error_pc}.")
+        raise ProtolibInputError(
+            f"{source}: the distance error must be at least 0 and under half the distance ({distance_pc:g} pc), "
+            f"got {distance_error_pc}."
+        )
     given = flux_calibration is not None
     flux = float(flux_calibration) if given else default_flux_calibration(frequency_ghz)
     if not (math.isfinite(flux) and 0 <= flux <= 0.5):
-        raise ProtolibInputError(f"{source}: the flux-calibration error is a fraction from 0 to 0.5 (0.1 for 10%), got {flux_calibration}.")
+        raise ProtolibInputError(
+            f"{source}: the flux-calibration error is a fraction from 0 to 0.5 (0.1 for 10%), got {flux_calibration}."
+        )
     if not (isinstance(n_draws, (int, np.integer)) and 0 <= n_draws <= 200):
         raise ProtolibInputError(f"{source}: the number of observing draws must be 0 (none) to 200, got {n_draws}.")
     scale_range, share, how = None, NO_FILTER_SHARE, ""
@@ -170,8 +209,17 @@ def observing_uncertainty(
     elif not max_scale_known and beam_major_arcsec:
         scale_range = (MAX_SCALE_RANGE_BEAMS[0] * beam_major_arcsec, MAX_SCALE_RANGE_BEAMS[1] * beam_major_arcsec)
     at = f"{frequency_ghz:.0f} GHz" if frequency_ghz else "an unknown frequency"
-    return ObservingUncertainty(float(distance_pc), error, flux, scale_range, int(n_draws), int(seed),
-                                "given" if given else f"nominal at {at}", share, how)
+    return ObservingUncertainty(
+        float(distance_pc),
+        error,
+        flux,
+        scale_range,
+        int(n_draws),
+        int(seed),
+        "given" if given else f"nominal at {at}",
+        share,
+        how,
+    )
 
 
 def pooled_matches(draws: Sequence[Matches]) -> tuple[Matches, np.ndarray]:
@@ -180,15 +228,24 @@ def pooled_matches(draws: Sequence[Matches]) -> tuple[Matches, np.ndarray]:
     if not draws:
         raise ProtolibInputError("No draws to pool.")
     weights = np.concatenate([np.full(len(m), 1.0 / max(len(m), 1)) for m in draws])
-    pooled = Matches(np.concatenate([m.similarity for m in draws]), np.concatenate([m.system for m in draws]),
-                     np.concatenate([m.projection for m in draws]), draws[0].excluded_system)
+    pooled = Matches(
+        np.concatenate([m.similarity for m in draws]),
+        np.concatenate([m.system for m in draws]),
+        np.concatenate([m.projection for m in draws]),
+        draws[0].excluded_system,
+    )
     return pooled, weights / weights.sum()
 
 
 def widening_by_source(
-    uncertainty: ObservingUncertainty, draws: Sequence[ObservingDraw], draw_samples: Sequence[Mapping[str, np.ndarray]],
-    nominal: Mapping[str, np.ndarray], pooled: Mapping[str, np.ndarray], pooled_weights: np.ndarray,
-    parameters: Sequence[str], parameter_info=None,
+    uncertainty: ObservingUncertainty,
+    draws: Sequence[ObservingDraw],
+    draw_samples: Sequence[Mapping[str, np.ndarray]],
+    nominal: Mapping[str, np.ndarray],
+    pooled: Mapping[str, np.ndarray],
+    pooled_weights: np.ndarray,
+    parameters: Sequence[str],
+    parameter_info=None,
 ) -> dict:
     """How much each uncertain setting widened each parameter's 68% interval, and how far it moves the parameter.
 
@@ -200,7 +257,8 @@ def widening_by_source(
     measured ``widening`` of all together is the pooled matches' 68% width against the nominal matches'.
 
     Returns:
-        parameter -> ``{"nominal_width", "pooled_width", "widening", "unit", "by_source": {setting: {"shift", "widening"}}}``.
+        parameter -> ``{"nominal_width", "pooled_width", "widening", "unit", "by_source": {setting: {"shift",
+    "widening"}}}``.
     """
     from .calibration import weighted_percentile
 
@@ -213,12 +271,21 @@ def widening_by_source(
         medians = np.array([np.median(scaled_for_summary(s[name], info.log_scale, name)) for s in draw_samples])
         slopes = np.linalg.lstsq(design, medians, rcond=None)[0][1:]
         low, high = weighted_percentile(scaled_for_summary(nominal[name], info.log_scale, name), [16, 84])
-        p_low, p_high = weighted_percentile(scaled_for_summary(pooled[name], info.log_scale, name), [16, 84], pooled_weights)
+        p_low, p_high = weighted_percentile(
+            scaled_for_summary(pooled[name], info.log_scale, name), [16, 84], pooled_weights
+        )
         half = max(0.5 * (high - low), 1e-12)
-        by_source = {source: {"shift": float(2 * slope), "widening": float(math.sqrt(1 + (slope * s / half) ** 2))}
-                     for source, slope, s in zip(uncertainty.sources, slopes, spread)}
-        out[name] = {"unit": "dex" if info.log_scale else info.unit, "nominal_width": float(high - low),
-                     "pooled_width": float(p_high - p_low), "widening": float((p_high - p_low) / (2 * half)), "by_source": by_source}
+        by_source = {
+            source: {"shift": float(2 * slope), "widening": float(math.sqrt(1 + (slope * s / half) ** 2))}
+            for source, slope, s in zip(uncertainty.sources, slopes, spread)
+        }
+        out[name] = {
+            "unit": "dex" if info.log_scale else info.unit,
+            "nominal_width": float(high - low),
+            "pooled_width": float(p_high - p_low),
+            "widening": float((p_high - p_low) / (2 * half)),
+            "by_source": by_source,
+        }
     return out
 
 

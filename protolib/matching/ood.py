@@ -89,7 +89,12 @@ def check_out_of_distribution(
 
 
 def nearest_neighbour_similarities(
-    vectors: np.ndarray, system: np.ndarray, projection: np.ndarray, *, n_reference: int = 2000, seed: int = 0,
+    vectors: np.ndarray,
+    system: np.ndarray,
+    projection: np.ndarray,
+    *,
+    n_reference: int = 2000,
+    seed: int = 0,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """For a random sample of bank images, the best similarity to an image of another system.

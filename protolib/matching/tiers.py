@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -36,8 +36,15 @@ from ..runtime import ProtolibInputError
 from .embeddings import BankEmbeddings, EmbedFunction, bank_embeddings, key_digest
 from .observation_targets import ObservationTransform
 
-__all__ = ["ResolutionTier", "resolution_tiers", "nearest_tier", "tier_cache_path", "tier_embeddings",
-           "DEFAULT_TIER_BEAM_FACTORS", "DEFAULT_TIER_PEAK_SNR"]
+__all__ = [
+    "ResolutionTier",
+    "resolution_tiers",
+    "nearest_tier",
+    "tier_cache_path",
+    "tier_embeddings",
+    "DEFAULT_TIER_BEAM_FACTORS",
+    "DEFAULT_TIER_PEAK_SNR",
+]
 
 DEFAULT_TIER_BEAM_FACTORS = (1.0, 2.0, 4.0, 8.0)  # tier beam FWHM / the bank beam's major axis
 DEFAULT_TIER_PEAK_SNR = (300.0, 100.0, 30.0, 10.0)  # a typical bank system's peak / the tier's noise rms
@@ -66,8 +73,11 @@ class ResolutionTier:
 
     def key(self, noise_seed: int) -> dict:
         """Plain data identifying the tier's transform (keys its embedding cache)."""
-        return {"tier_beam_fwhm_arcsec": round(self.beam_fwhm_arcsec, 9), "tier_noise_rms_jy_beam": float(f"{self.noise_rms_jy_beam:.9g}"),
-                "noise_seed": int(noise_seed)}
+        return {
+            "tier_beam_fwhm_arcsec": round(self.beam_fwhm_arcsec, 9),
+            "tier_noise_rms_jy_beam": float(f"{self.noise_rms_jy_beam:.9g}"),
+            "noise_seed": int(noise_seed),
+        }
 
     def transform(self, bank: Bank, noise_seed: int = 0) -> ObservationTransform:
         """Bank images seen at this tier's beam and noise, the noise of each row seeded by ``(noise_seed, row)``."""
@@ -75,13 +85,20 @@ class ResolutionTier:
         from ..observation.regrid import BankGrid
 
         grid = BankGrid.from_bank(bank)
-        resolution = ResolutionMatch(self.beam, grid.pixel_arcsec, bank_beam=grid.beam, noise_rms_jy_beam=self.noise_rms_jy_beam,
-                                     bank_noise_rms_jy_beam=grid.noise_rms_jy_beam)
+        resolution = ResolutionMatch(
+            self.beam,
+            grid.pixel_arcsec,
+            bank_beam=grid.beam,
+            noise_rms_jy_beam=self.noise_rms_jy_beam,
+            bank_noise_rms_jy_beam=grid.noise_rms_jy_beam,
+        )
         return ObservationTransform(resolution, noise_seed)
 
     def __str__(self) -> str:
-        return (f"tier beam {self.beam_fwhm_arcsec:.3g}\" ({self.beam_factor:g} x the bank's), noise "
-                f"{self.noise_rms_jy_beam * 1e3:.3g} mJy/beam (peak S/N {self.peak_snr:.3g})")
+        return (
+            f"tier beam {self.beam_fwhm_arcsec:.3g}\" ({self.beam_factor:g} x the bank's), noise "
+            f"{self.noise_rms_jy_beam * 1e3:.3g} mJy/beam (peak S/N {self.peak_snr:.3g})"
+        )
 
 
 def resolution_tiers(
@@ -105,22 +122,31 @@ def resolution_tiers(
     from ..observation.regrid import BankGrid
 
     if not beam_factors or min(beam_factors) < 1.0:
-        raise ProtolibInputError(f"Tier beam factors must be at least 1 (a bank cannot be sharpened), got {list(beam_factors)}.")
+        raise ProtolibInputError(
+            f"Tier beam factors must be at least 1 (a bank cannot be sharpened), got {list(beam_factors)}."
+        )
     if not peak_snr or min(peak_snr) <= 0:
         raise ProtolibInputError(f"Tier peak signal-to-noise ratios must be positive, got {list(peak_snr)}.")
     grid = BankGrid.from_bank(bank)
     base = grid.beam.major_arcsec if grid.beam is not None else 2.0 * grid.pixel_arcsec
-    sample = np.random.default_rng(0).choice(bank.n_systems * bank.n_projections, min(n_sample, bank.n_systems * bank.n_projections),
-                                             replace=False)
+    sample = np.random.default_rng(0).choice(
+        bank.n_systems * bank.n_projections, min(n_sample, bank.n_systems * bank.n_projections), replace=False
+    )
     images = bank.images_at(sample // bank.n_projections, sample % bank.n_projections)
     tiers: list[ResolutionTier] = []
     for factor in sorted(set(float(f) for f in beam_factors)):
-        resolution = ResolutionMatch(Beam(base * factor, base * factor), grid.pixel_arcsec, bank_beam=grid.beam,
-                                     bank_noise_rms_jy_beam=grid.noise_rms_jy_beam)
+        resolution = ResolutionMatch(
+            Beam(base * factor, base * factor),
+            grid.pixel_arcsec,
+            bank_beam=grid.beam,
+            bank_noise_rms_jy_beam=grid.noise_rms_jy_beam,
+        )
         peak = float(np.median(resolution(images).reshape(len(images), -1).max(axis=1)))
         for snr in sorted(set(float(s) for s in peak_snr), reverse=True):
             noise = max(peak / snr, resolution.bank_noise_rms_jy_beam)
-            if not any(t.beam_factor == factor and math.isclose(t.noise_rms_jy_beam, noise, rel_tol=1e-6) for t in tiers):
+            if not any(
+                t.beam_factor == factor and math.isclose(t.noise_rms_jy_beam, noise, rel_tol=1e-6) for t in tiers
+            ):
                 tiers.append(ResolutionTier(base * factor, noise, factor, peak / noise if noise > 0 else math.inf))
     return tiers
 
@@ -132,13 +158,16 @@ def nearest_tier(tiers: Sequence[ResolutionTier], beam: Beam, noise_rms_jy_beam:
     FWHM and ``sigma`` the noise rms: the beam matters more than the noise to what the network sees.
     """
     if not tiers:
-        raise ProtolibInputError("No resolution tiers to choose from; give at least one beam factor and one peak signal-to-noise.")
+        raise ProtolibInputError(
+            "No resolution tiers to choose from; give at least one beam factor and one peak signal-to-noise."
+        )
     size = math.sqrt(beam.major_arcsec * beam.minor_arcsec)
     floor = 1e-30
 
     def distance(tier: ResolutionTier) -> float:
-        return (abs(math.log(size / tier.beam_fwhm_arcsec))
-                + 0.5 * abs(math.log(max(noise_rms_jy_beam, floor) / max(tier.noise_rms_jy_beam, floor))))
+        return abs(math.log(size / tier.beam_fwhm_arcsec)) + 0.5 * abs(
+            math.log(max(noise_rms_jy_beam, floor) / max(tier.noise_rms_jy_beam, floor))
+        )
 
     return min(tiers, key=distance)
 
@@ -150,7 +179,9 @@ def tier_cache_path(model_path: str | Path, bank: Bank, tier: ResolutionTier, no
     they are the point of embedding once.
     """
     model_path = Path(model_path)
-    return model_path.with_name(f"{model_path.stem}.tier-{key_digest({'bank': bank.identity, **tier.key(noise_seed)})[:16]}.npz")
+    return model_path.with_name(
+        f"{model_path.stem}.tier-{key_digest({'bank': bank.identity, **tier.key(noise_seed)})[:16]}.npz"
+    )
 
 
 def tier_embeddings(
@@ -168,12 +199,19 @@ def tier_embeddings(
 
     When ``cache_path``'s folder cannot be written, they are kept in memory for this run, with a warning.
     """
-    options = dict(key={**model_key, "tier": tier.key(noise_seed)}, transform=tier.transform(bank, noise_seed),
-                   batch_size=batch_size, progress=progress)
+    options = dict(
+        key={**model_key, "tier": tier.key(noise_seed)},
+        transform=tier.transform(bank, noise_seed),
+        batch_size=batch_size,
+        progress=progress,
+    )
     try:
         return bank_embeddings(embed, bank, cache_path=cache_path, **options)
     except ProtolibInputError as error:
         if cache_path is None or "could not write" not in str(error):
             raise
-        warnings.warn(f"The tier's embeddings could not be cached ({error}); they are kept in memory for this run only.", stacklevel=2)
+        warnings.warn(
+            f"The tier's embeddings could not be cached ({error}); they are kept in memory for this run only.",
+            stacklevel=2,
+        )
         return bank_embeddings(embed, bank, cache_path=None, **options)

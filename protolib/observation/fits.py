@@ -51,7 +51,8 @@ __all__ = [
 ]
 
 DEG_ARCSEC = 3600.0
-MIN_IMAGE_PIXELS = 16  # an image smaller than this (per side) holds too little to centre, measure the noise and resample
+# an image smaller than this (per side) holds too little to centre, measure the noise and resample
+MIN_IMAGE_PIXELS = 16
 TRUE_CARD = "PROTOLIB TRUE "  # header cards holding the true parameters of a synthetic observation
 PREPARED_CARD = "PROTOLIB PREPARED"  # the card that marks an image written by ``protolib observe``
 MAX_SCALE_LIMIT_ARCSEC = 3600.0  # a "maximum recoverable scale" beyond a degree is a mistake (0 means no filtering)
@@ -86,9 +87,11 @@ class Observation:
 
     def __repr__(self) -> str:
         ny, nx = self.image_jy_beam.shape
-        return (f"Observation({self.path.name!r}: {nx}x{ny} px of {self.pixel_scale_arcsec:.3g}\", beam "
-                f"{self.beam.major_arcsec:.3g}\"x{self.beam.minor_arcsec:.3g}\" PA {self.beam.position_angle_deg:.0f} deg, "
-                f"object {self.object_name!r})")
+        return (
+            f'Observation({self.path.name!r}: {nx}x{ny} px of {self.pixel_scale_arcsec:.3g}", beam '
+            f'{self.beam.major_arcsec:.3g}"x{self.beam.minor_arcsec:.3g}" PA {self.beam.position_angle_deg:.0f} deg, '
+            f"object {self.object_name!r})"
+        )
 
     @property
     def pixel_scale_arcsec(self) -> float:
@@ -149,7 +152,9 @@ def is_spike(image: np.ndarray, row: int, col: int, fwhm_pixels: float) -> bool:
     return around < SPIKE_FRACTION * float(value)
 
 
-def source_peak(image: np.ndarray, fwhm_pixels: float, candidates: int = 64, rounds: int = 8) -> tuple[int, int, list[tuple[int, int]]]:
+def source_peak(
+    image: np.ndarray, fwhm_pixels: float, candidates: int = 64, rounds: int = 8
+) -> tuple[int, int, list[tuple[int, int]]]:
     """``(row, column)`` of the brightest pixel of ``image`` that is not a spike (:func:`is_spike`), and the
     spikes, brightest first, that were brighter.
 
@@ -187,7 +192,9 @@ def refine_peak(data: np.ndarray, row: int, col: int) -> tuple[float, float]:
     if not (np.isfinite(patch).all() and (patch > 0).all()):
         return float(col), float(row)
     dy, dx = np.mgrid[-1:2, -1:2]
-    design = np.stack([np.ones(9), dx.ravel(), dy.ravel(), dx.ravel() ** 2, dx.ravel() * dy.ravel(), dy.ravel() ** 2], axis=1)
+    design = np.stack(
+        [np.ones(9), dx.ravel(), dy.ravel(), dx.ravel() ** 2, dx.ravel() * dy.ravel(), dy.ravel() ** 2], axis=1
+    )
     _, bx, by, cxx, cxy, cyy = np.linalg.lstsq(design, np.log(patch.ravel()), rcond=None)[0]
     hessian = np.array([[2 * cxx, cxy], [cxy, 2 * cyy]])
     if np.any(np.linalg.eigvalsh(hessian) >= 0):
@@ -206,7 +213,9 @@ def plain_icrs(coordinate: SkyCoord) -> SkyCoord:
 def true_parameters_from_header(header: fits.Header, path: str | Path = "") -> dict[str, float]:
     """The true parameters a synthetic observation declares (``PROTOLIB TRUE <NAME>`` cards), by lower-case name;
     a card that is not a finite number is refused, naming ``path``."""
-    return {key[len(TRUE_CARD) :].lower(): card_number(header, key, path) for key in header if key.startswith(TRUE_CARD)}
+    return {
+        key[len(TRUE_CARD) :].lower(): card_number(header, key, path) for key in header if key.startswith(TRUE_CARD)
+    }
 
 
 def card_number(header: fits.Header, key: str, path: str | Path = "", default: float | None = None) -> float | None:
@@ -220,7 +229,9 @@ def card_number(header: fits.Header, key: str, path: str | Path = "", default: f
     except (TypeError, ValueError):
         number = math.nan
     if isinstance(value, bool) or not math.isfinite(number):
-        raise ProtolibInputError(f"{path}: the header card {key} = {value!r} is not a finite number; fix the card or remove it.")
+        raise ProtolibInputError(
+            f"{path}: the header card {key} = {value!r} is not a finite number; fix the card or remove it."
+        )
     return number
 
 
@@ -229,12 +240,19 @@ def checked_max_scale(value: float, beam_major_arcsec: float, where: str) -> flo
     file's ``PROTOLIB MAX_SCALE`` card, named in ``where``): 0 means no filtering (``None``); otherwise it must
     lie between the beam's major axis and :data:`MAX_SCALE_LIMIT_ARCSEC`."""
     if not (math.isfinite(value) and value >= 0):
-        raise ProtolibInputError(f"{where}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {value:g}.")
+        raise ProtolibInputError(
+            f"{where}: the maximum recoverable scale must be 0 (none) or a positive number of arcsec, got {value:g}."
+        )
     if value and not beam_major_arcsec <= value <= MAX_SCALE_LIMIT_ARCSEC:
         raise ProtolibInputError(
-            f"{where}: a maximum recoverable scale of {value:g}\" is "
-            + (f"smaller than the beam ({beam_major_arcsec:.3g}\"): nothing would be left" if value < beam_major_arcsec else
-               f"beyond {MAX_SCALE_LIMIT_ARCSEC:g}\" (give 0 for no filtering)") + ".")
+            f'{where}: a maximum recoverable scale of {value:g}" is '
+            + (
+                f'smaller than the beam ({beam_major_arcsec:.3g}"): nothing would be left'
+                if value < beam_major_arcsec
+                else f'beyond {MAX_SCALE_LIMIT_ARCSEC:g}" (give 0 for no filtering)'
+            )
+            + "."
+        )
     return float(value) or None
 
 
@@ -268,9 +286,11 @@ def parse_brightness_unit(bunit: str, where: str) -> tuple[str, float]:
         prefix = match.group(1).lower()
         if prefix == "m":
             raise ProtolibInputError(
-                f"{where}: BUNIT = {bunit!r} is ambiguous: written in {'capitals' if match.group(2) == 'JY' else 'lower case'}, "
-                "its M may be milli- or mega-jansky; write BUNIT = 'mJy/beam' (milli) or 'MJy/beam' (mega).")
-        text = _FLUX_PREFIXES.get(prefix, match.group(1)) + "Jy" + text[match.end():]
+                f"{where}: BUNIT = {bunit!r} is ambiguous: written in "
+                f"{'capitals' if match.group(2) == 'JY' else 'lower case'}, "
+                "its M may be milli- or mega-jansky; write BUNIT = 'mJy/beam' (milli) or 'MJy/beam' (mega)."
+            )
+        text = _FLUX_PREFIXES.get(prefix, match.group(1)) + "Jy" + text[match.end() :]
     unit = None
     for form in ("fits", "generic"):
         try:
@@ -284,7 +304,8 @@ def parse_brightness_unit(bunit: str, where: str) -> tuple[str, float]:
             if math.isfinite(factor) and factor > 0:
                 return kind, factor
     raise ProtolibInputError(
-        f"{where}: BUNIT = {bunit!r} is not a unit protolib reads; it needs a flux density per beam (Jy/beam, mJy/beam...) or "
+        f"{where}: BUNIT = {bunit!r} is not a unit protolib reads; it needs a flux density per beam (Jy/beam, "
+        "mJy/beam...) or "
         "per pixel (Jy/pixel). Convert the image (e.g. from K or MJy/sr) to Jy/beam first, or fix the BUNIT card."
     )
 
@@ -302,15 +323,19 @@ def _header_beam(header: fits.Header, hdul: fits.HDUList, path: Path | None = No
             major = minor = math.nan
         if not (math.isfinite(major) and math.isfinite(minor) and major > 0 and minor > 0):
             raise ProtolibInputError(
-                f"{path}: BMAJ = {header['BMAJ']!r}, BMIN = {header['BMIN']!r} is not a beam size (FWHM axes in degrees, both "
-                "positive); fix the header, or give the beam with --beam MAJ MIN PA (arcsec, arcsec, deg).")
+                f"{path}: BMAJ = {header['BMAJ']!r}, BMIN = {header['BMIN']!r} is not a beam size (FWHM axes in "
+                "degrees, both "
+                "positive); fix the header, or give the beam with --beam MAJ MIN PA (arcsec, arcsec, deg)."
+            )
         try:
             angle = float(header.get("BPA", 0.0))
         except (TypeError, ValueError):
             angle = math.nan
         if not math.isfinite(angle):
-            raise ProtolibInputError(f"{path}: BPA = {header.get('BPA')!r} is not a position angle (degrees east of north); "
-                                     "fix the header, or give the beam with --beam MAJ MIN PA.")
+            raise ProtolibInputError(
+                f"{path}: BPA = {header.get('BPA')!r} is not a position angle (degrees east of north); "
+                "fix the header, or give the beam with --beam MAJ MIN PA."
+            )
         return Beam(major, minor, angle)
     if "BEAMS" in hdul:
         return _table_beam(hdul["BEAMS"], path)
@@ -328,16 +353,22 @@ def _table_beam(table, path: Path | None) -> Beam | None:
         row = data[0]
         values = {name: float(row[names.index(name)]) if name in names else None for name in ("BMAJ", "BMIN", "BPA")}
     except (TypeError, ValueError, AttributeError, IndexError, KeyError) as error:
-        raise ProtolibInputError(f"{path}: the BEAMS table cannot be read ({error}); fix it, or give the beam with --beam MAJ MIN PA "
-                                 "(arcsec, arcsec, deg).") from None
+        raise ProtolibInputError(
+            f"{path}: the BEAMS table cannot be read ({error}); fix it, or give the beam with --beam MAJ MIN PA "
+            "(arcsec, arcsec, deg)."
+        ) from None
     missing = [name for name, value in values.items() if value is None]
     if missing:
-        raise ProtolibInputError(f"{path}: the BEAMS table has no {', '.join(missing)} column; give the beam with --beam MAJ MIN PA "
-                                 "(arcsec, arcsec, deg), or add BMAJ, BMIN, BPA cards to the header.")
+        raise ProtolibInputError(
+            f"{path}: the BEAMS table has no {', '.join(missing)} column; give the beam with --beam MAJ MIN PA "
+            "(arcsec, arcsec, deg), or add BMAJ, BMIN, BPA cards to the header."
+        )
     major, minor, angle = values["BMAJ"], values["BMIN"], values["BPA"]
     if not (math.isfinite(major) and math.isfinite(minor) and major > 0 and minor > 0 and math.isfinite(angle)):
-        raise ProtolibInputError(f"{path}: the BEAMS table gives BMAJ = {major:g}, BMIN = {minor:g}, BPA = {angle:g}, not a beam "
-                                 "(FWHM axes in arcsec, both positive, and a finite angle); fix it, or give the beam with --beam MAJ MIN PA.")
+        raise ProtolibInputError(
+            f"{path}: the BEAMS table gives BMAJ = {major:g}, BMIN = {minor:g}, BPA = {angle:g}, not a beam "
+            "(FWHM axes in arcsec, both positive, and a finite angle); fix it, or give the beam with --beam MAJ MIN PA."
+        )
     return Beam(major, minor, angle)
 
 
@@ -348,7 +379,9 @@ def _image_hdu(hdul: fits.HDUList, path: Path):
             _check_fits_in_memory(hdu.header, path)
             if hdu.data is not None and hdu.data.ndim >= 2:
                 return hdu
-    tables = [hdu.name or f"HDU {k}" for k, hdu in enumerate(hdul) if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))]
+    tables = [
+        hdu.name or f"HDU {k}" for k, hdu in enumerate(hdul) if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU))
+    ]
     held = f"it holds only table(s) ({', '.join(tables)})" if tables else "no HDU holds an array of 2 or more axes"
     raise ProtolibInputError(
         f"{path}: no image data ({held}). protolib needs a continuum image, as exported by CASA exportfits or GILDAS."
@@ -396,9 +429,12 @@ def _check_fits_in_memory(header: fits.Header, path: Path) -> None:
     free = available_memory_bytes()
     if free is not None and need > free:
         raise ProtolibInputError(
-            f"{path}: the image is {' x '.join(str(n) for n in shape)} values ({n_values * bits / 8 / 1e9:.3g} GB as stored, "
-            f"decompressed); reading and preparing it needs about {need / 1e9:.3g} GB, but only {free / 1e9:.3g} GB of memory is "
-            "free. Cut out the region about the source first (e.g. CASA imsubimage, or astropy's Cutout2D).")
+            f"{path}: the image is {' x '.join(str(n) for n in shape)} values ({n_values * bits / 8 / 1e9:.3g} GB as "
+            "stored, "
+            f"decompressed); reading and preparing it needs about {need / 1e9:.3g} GB, but only {free / 1e9:.3g} GB of "
+            "memory is "
+            "free. Cut out the region about the source first (e.g. CASA imsubimage, or astropy's Cutout2D)."
+        )
 
 
 def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
@@ -411,46 +447,68 @@ def _check_pixel_scale(header: fits.Header, wcs: WCS, path: Path) -> None:
         cards = [f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1))]
         if not any(card in header for card in cards):
             raise ProtolibInputError(
-                f"{path}: no pixel scale for axis {axis} ({wcs.wcs.ctype[axis - 1]}): the header has neither CDELT{axis} nor a "
-                f"CD{axis}_j matrix. Add the pixel size in degrees (e.g. CDELT{axis} = -8.3e-6 for 0.03\" pixels).")
+                f"{path}: no pixel scale for axis {axis} ({wcs.wcs.ctype[axis - 1]}): the header has neither "
+                f"CDELT{axis} nor a "
+                f'CD{axis}_j matrix. Add the pixel size in degrees (e.g. CDELT{axis} = -8.3e-6 for 0.03" pixels).'
+            )
     for axis in (wcs.wcs.lng + 1, wcs.wcs.lat + 1):  # the cards themselves: astropy may read a NaN card as a default
-        for card in (f"CRVAL{axis}", f"CRPIX{axis}", f"CDELT{axis}", *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1)),
-                     *(f"PC{axis}_{j}" for j in range(1, wcs.naxis + 1))):
+        for card in (
+            f"CRVAL{axis}",
+            f"CRPIX{axis}",
+            f"CDELT{axis}",
+            *(f"CD{axis}_{j}" for j in range(1, wcs.naxis + 1)),
+            *(f"PC{axis}_{j}" for j in range(1, wcs.naxis + 1)),
+        ):
             if card in header:
                 try:
                     finite = math.isfinite(float(header[card]))
                 except (TypeError, ValueError):
                     finite = False
                 if not finite:
-                    raise ProtolibInputError(f"{path}: the header card {card} = {header[card]!r} is not a finite number; fix the header.")
+                    raise ProtolibInputError(
+                        f"{path}: the header card {card} = {header[card]!r} is not a finite number; fix the header."
+                    )
     celestial = wcs.celestial
     matrix = celestial.pixel_scale_matrix
     reference = np.asarray(celestial.wcs.crval, dtype=float)
-    if not (np.all(np.isfinite(matrix)) and np.all(np.isfinite(reference)) and np.all(np.isfinite(celestial.wcs.crpix))):
-        raise ProtolibInputError(f"{path}: the celestial WCS holds NaN or infinite values (CRVAL, CRPIX, CDELT, CD or PC); "
-                                 "fix the header.")
+    if not (
+        np.all(np.isfinite(matrix)) and np.all(np.isfinite(reference)) and np.all(np.isfinite(celestial.wcs.crpix))
+    ):
+        raise ProtolibInputError(
+            f"{path}: the celestial WCS holds NaN or infinite values (CRVAL, CRPIX, CDELT, CD or PC); fix the header."
+        )
     if abs(float(np.linalg.det(matrix))) <= 0.0:
-        raise ProtolibInputError(f"{path}: the celestial pixel scale matrix (CDELT x PC, or CD) is singular: pixels of no size.")
+        raise ProtolibInputError(
+            f"{path}: the celestial pixel scale matrix (CDELT x PC, or CD) is singular: pixels of no size."
+        )
 
 
 def _check_stokes(header: fits.Header, wcs: WCS, path: Path) -> None:
-    """Refuse a plane of polarised intensity (Stokes Q, U, V or a cross-hand correlation): the bank is total intensity."""
+    """Refuse a plane of polarised intensity (Stokes Q, U, V or a cross-hand correlation): the bank is total
+    intensity."""
     names = {2: "Q", 3: "U", 4: "V", -3: "RL", -4: "LR", -7: "XY", -8: "YX"}
     for axis, ctype in enumerate(wcs.wcs.ctype):
         if ctype.strip().upper() == "STOKES":
-            value = int(round(float(wcs.wcs.crval[axis]) + (1.0 - float(wcs.wcs.crpix[axis])) * float(wcs.wcs.cdelt[axis])))
+            value = int(
+                round(float(wcs.wcs.crval[axis]) + (1.0 - float(wcs.wcs.crpix[axis])) * float(wcs.wcs.cdelt[axis]))
+            )
             if value in names:
-                raise ProtolibInputError(f"{path}: the image is Stokes {names[value]}, not total intensity (Stokes I); "
-                                         "protolib matches dust continuum intensity.")
+                raise ProtolibInputError(
+                    f"{path}: the image is Stokes {names[value]}, not total intensity (Stokes I); "
+                    "protolib matches dust continuum intensity."
+                )
 
 
 def _check_beam_sampling(beam: Beam, pixel_arcsec: float, shape: tuple[int, int], path: Path) -> None:
-    """Refuse a beam that spans less than a tenth of a pixel or more than the image: the pixel scale or the beam is wrong."""
+    """Refuse a beam that spans less than a tenth of a pixel or more than the image: the pixel scale or the beam is
+    wrong."""
     pixels = beam.major_arcsec / pixel_arcsec
     if not 0.1 <= pixels <= max(shape):
         raise ProtolibInputError(
-            f"{path}: the beam ({beam.major_arcsec:.3g}\" FWHM) spans {pixels:.3g} pixels of {pixel_arcsec:.3g}\" in a "
-            f"{shape[1]} x {shape[0]} image; the header's pixel scale (CDELT/CD) or its beam (BMAJ, or --beam) is wrong.")
+            f'{path}: the beam ({beam.major_arcsec:.3g}" FWHM) spans {pixels:.3g} pixels of {pixel_arcsec:.3g}" in a '
+            f"{shape[1]} x {shape[0]} image; the header's pixel scale (CDELT/CD) or its beam (BMAJ, or --beam) is "
+            "wrong."
+        )
 
 
 def _celestial_plane(data: np.ndarray, wcs: WCS, path: Path) -> np.ndarray:
@@ -527,10 +585,12 @@ def _observed_frequency(header: fits.Header, wcs: WCS) -> tuple[float | None, st
     ghz = value.to_value(u.GHz)
     if not (math.isfinite(ghz) and ghz > 0):
         return None, ""
-    source = f"spectral axis {ctype}" if is_frequency else f"velocity axis {ctype} with rest frequency {wcs.wcs.restfrq / 1e9:.4g} GHz"
+    source = (
+        f"spectral axis {ctype}"
+        if is_frequency
+        else f"velocity axis {ctype} with rest frequency {wcs.wcs.restfrq / 1e9:.4g} GHz"
+    )
     return ghz, source
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,16 +652,22 @@ def read_observation(path: str | Path, *, beam: Beam | None = None) -> Observati
 
 
 def _refuse_prepared(header: fits.Header, path: Path) -> None:
-    """Refuse an image written by ``protolib observe``: preparing it again would scale its fluxes and widen its beam twice."""
+    """Refuse an image written by ``protolib observe``: preparing it again would scale its fluxes and widen its beam
+    twice."""
     if is_prepared(header):
         raise ProtolibInputError(
-            f"{path}: this image was written by `protolib observe` (card {PREPARED_CARD}): it is already on a bank's grid, its "
-            "fluxes scaled and its beam widened; preparing it again would do both twice. Give the original observation, or "
-            f"match this file as it is with `protolib match --target {path}` (no --distance, --centre or --beam needed).")
+            f"{path}: this image was written by `protolib observe` (card {PREPARED_CARD}): it is already on a bank's "
+            "grid, its "
+            "fluxes scaled and its beam widened; preparing it again would do both twice. Give the original "
+            "observation, or "
+            f"match this file as it is with `protolib match --target {path}` (no --distance, --centre or --beam "
+            "needed)."
+        )
 
 
 def _open_fits(path: Path) -> fits.HDUList:
-    """The file, opened and silently fixed where the FITS standard allows; an error naming it when it is no FITS file."""
+    """The file, opened and silently fixed where the FITS standard allows; an error naming it when it is no FITS
+    file."""
     if not path.is_file():
         raise ProtolibInputError(f"{path}: no such file.")
     try:
@@ -615,7 +681,9 @@ def _open_fits(path: Path) -> fits.HDUList:
     return hdul
 
 
-def _image_data(hdul: fits.HDUList, path: Path) -> tuple[fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU, np.ndarray]:
+def _image_data(
+    hdul: fits.HDUList, path: Path
+) -> tuple[fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU, np.ndarray]:
     """The first image HDU and its data; astropy reads the data only here, so a short file fails now."""
     try:
         with warnings.catch_warnings():
@@ -625,8 +693,10 @@ def _image_data(hdul: fits.HDUList, path: Path) -> tuple[fits.PrimaryHDU | fits.
     except ProtolibInputError:
         raise
     except (OSError, ValueError, TypeError) as error:
-        raise ProtolibInputError(f"{path}: the file is truncated or damaged: its data do not fill the image the header "
-                                 f"describes ({str(error)[:120]}). Export it again.") from None
+        raise ProtolibInputError(
+            f"{path}: the file is truncated or damaged: its data do not fill the image the header "
+            f"describes ({str(error)[:120]}). Export it again."
+        ) from None
     return hdu, data
 
 
@@ -650,16 +720,27 @@ def _celestial_wcs(header: fits.Header, path: Path) -> WCS:
 
 def _warn_about_other_images(hdul: fits.HDUList, hdu, data: np.ndarray, path: Path) -> None:
     """A warning when the file holds more images than the one read (``hdu``, holding ``data``)."""
-    others = [h for h in hdul if h is not hdu and isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
-              and h.header.get("NAXIS", 0) >= 2 and not _is_protolib_model(h)]
+    others = [
+        h
+        for h in hdul
+        if h is not hdu
+        and isinstance(h, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
+        and h.header.get("NAXIS", 0) >= 2
+        and not _is_protolib_model(h)
+    ]
     if others:
-        warnings.warn(f"{path}: the file holds {len(others) + 1} images; using the first ({hdu.name or 'PRIMARY'}, "
-                      f"{'x'.join(str(n) for n in data.shape)}). Write the image you mean into a file of its own.", stacklevel=3)
+        warnings.warn(
+            f"{path}: the file holds {len(others) + 1} images; using the first ({hdu.name or 'PRIMARY'}, "
+            f"{'x'.join(str(n) for n in data.shape)}). Write the image you mean into a file of its own.",
+            stacklevel=3,
+        )
 
 
 def _is_protolib_model(hdu) -> bool:
     """The clean-model extension that ``protolib simulate-observation`` writes beside the image (not a second image)."""
-    return hdu.name == "MODEL" and "Clean model (no beam, no noise) of the primary image." in str(hdu.header.get("COMMENT", ""))
+    return hdu.name == "MODEL" and "Clean model (no beam, no noise) of the primary image." in str(
+        hdu.header.get("COMMENT", "")
+    )
 
 
 def _header_beam_unless_given(header: fits.Header, hdul: fits.HDUList, path: Path, beam: Beam | None) -> Beam | None:
@@ -674,19 +755,26 @@ def _header_beam_unless_given(header: fits.Header, hdul: fits.HDUList, path: Pat
 def _finite_plane(plane: np.ndarray, path: Path) -> np.ndarray:
     """``plane`` with infinite pixels blanked (with a warning); refused when too small or without data."""
     if min(plane.shape) < MIN_IMAGE_PIXELS:
-        raise ProtolibInputError(f"{path}: the image is only {plane.shape[1]} x {plane.shape[0]} pixels, too small to prepare; "
-                                 f"protolib needs at least {MIN_IMAGE_PIXELS} pixels a side (the source and the noise about it).")
+        raise ProtolibInputError(
+            f"{path}: the image is only {plane.shape[1]} x {plane.shape[0]} pixels, too small to prepare; "
+            f"protolib needs at least {MIN_IMAGE_PIXELS} pixels a side (the source and the noise about it)."
+        )
     infinite = np.isinf(plane)
     if infinite.any():
         plane = np.where(infinite, np.nan, plane)
-        warnings.warn(f"{path}: {int(infinite.sum())} infinite pixel(s) (+inf or -inf) were blanked (read as NaN); they are "
-                      "not data.", stacklevel=3)
+        warnings.warn(
+            f"{path}: {int(infinite.sum())} infinite pixel(s) (+inf or -inf) were blanked (read as NaN); they are "
+            "not data.",
+            stacklevel=3,
+        )
     finite = plane[np.isfinite(plane)]
     if not finite.size:
         raise ProtolibInputError(f"{path}: every pixel is NaN or blank; there is no data to prepare.")
     if float(finite.min()) == float(finite.max()):
-        raise ProtolibInputError(f"{path}: every pixel that is not blank holds the same value ({float(finite[0]):g}); there is no "
-                                 "image to prepare. Check that the right plane or extension was exported.")
+        raise ProtolibInputError(
+            f"{path}: every pixel that is not blank holds the same value ({float(finite[0]):g}); there is no "
+            "image to prepare. Check that the right plane or extension was exported."
+        )
     return plane
 
 
@@ -721,7 +809,9 @@ def _in_jy_beam(image: np.ndarray, kind: str, wcs: WCS, beam: Beam, path: Path) 
         image = image * (beam.solid_angle_sr / pixel_sr)
     pixel_arcsec = float(np.sqrt(np.prod(proj_plane_pixel_scales(wcs)))) * DEG_ARCSEC
     _check_beam_sampling(beam, pixel_arcsec, image.shape, path)
-    image, zero_fraction = blank_zero_regions(image, beam.solid_angle_sr / (pixel_arcsec * math.pi / 180.0 / 3600.0) ** 2)
+    image, zero_fraction = blank_zero_regions(
+        image, beam.solid_angle_sr / (pixel_arcsec * math.pi / 180.0 / 3600.0) ** 2
+    )
     if not np.isfinite(image).any():
         raise ProtolibInputError(f"{path}: every pixel is NaN or zero-valued blanking; there is no data to prepare.")
     return image, zero_fraction

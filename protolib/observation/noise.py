@@ -22,7 +22,14 @@ from scipy import ndimage
 from ..instrument import Beam, beam_noise, convolve_beam, gaussian_solid_angle_pixels
 from .fits import Observation, is_spike, plain_icrs, refine_peak
 
-__all__ = ["estimate_noise_rms", "CompactSource", "find_compact_sources", "NOISE_BEAMS", "DETECTION_SIGMA", "SOURCE_BOX"]
+__all__ = [
+    "estimate_noise_rms",
+    "CompactSource",
+    "find_compact_sources",
+    "NOISE_BEAMS",
+    "DETECTION_SIGMA",
+    "SOURCE_BOX",
+]
 
 NOISE_BEAMS = 300  # the noise is measured on the emission-free pixels nearest the source, this many beam areas of them
 DETECTION_SIGMA = 5.0  # compact sources are reported above this many times the local noise
@@ -41,7 +48,7 @@ class _SmoothSplit:
     weight: np.ndarray
 
     @classmethod
-    def over(cls, valid: np.ndarray, smoothing: np.ndarray) -> "_SmoothSplit":
+    def over(cls, valid: np.ndarray, smoothing: np.ndarray) -> _SmoothSplit:
         """The split over the pixels ``valid`` ``(ny, nx)``."""
         return cls(valid, smoothing, convolve_beam(torch.as_tensor(valid.astype(np.float64)), smoothing).numpy())
 
@@ -64,7 +71,9 @@ def _distance_from(shape: tuple[int, int], col: float, row: float) -> np.ndarray
     return np.hypot(*np.meshgrid(np.arange(shape[0]) - row, np.arange(shape[1]) - col, indexing="ij"))
 
 
-def estimate_noise_rms(image: np.ndarray, beam: Beam, pixel_arcsec: float, *, centre: tuple[float, float] | None = None) -> float:
+def estimate_noise_rms(
+    image: np.ndarray, beam: Beam, pixel_arcsec: float, *, centre: tuple[float, float] | None = None
+) -> float:
     """Noise rms per pixel of an interferometric image [its unit], from the emission-free pixels near the source.
 
     The usual hand measurement, made automatic: find the emission, leave it out, and take the rms of
@@ -105,11 +114,19 @@ def estimate_noise_rms(image: np.ndarray, beam: Beam, pixel_arcsec: float, *, ce
     for _ in range(6):
         free = keep & ~_emission(smooth, 3.0 * sigma * smooth_fraction, beam.major_arcsec / pixel_arcsec)
         if free.sum() < 30 * beam_area:
-            warnings.warn(f"emission covers nearly the whole map (under 30 beam areas free of it); the noise estimate "
-                          f"({sigma:.3g}) may be high: pass the rms if you know it (--noise).", stacklevel=3)
+            warnings.warn(
+                f"emission covers nearly the whole map (under 30 beam areas free of it); the noise estimate "
+                f"({sigma:.3g}) may be high: pass the rms if you know it (--noise).",
+                stacklevel=3,
+            )
             return sigma
-        nearest = np.flatnonzero(free.ravel())[np.argsort(distance.ravel()[free.ravel()], kind="stable")[: int(NOISE_BEAMS * beam_area)]]
-        updated = float(sigma_clipped_stats(residual.ravel()[nearest], sigma=4.0, maxiters=5, stdfunc="std")[2]) / residual_fraction
+        nearest = np.flatnonzero(free.ravel())[
+            np.argsort(distance.ravel()[free.ravel()], kind="stable")[: int(NOISE_BEAMS * beam_area)]
+        ]
+        updated = (
+            float(sigma_clipped_stats(residual.ravel()[nearest], sigma=4.0, maxiters=5, stdfunc="std")[2])
+            / residual_fraction
+        )
         if abs(updated - sigma) < 1e-3 * sigma:
             return updated
         sigma = updated
@@ -142,15 +159,19 @@ class CompactSource:
 
     def to_dict(self, distance_pc: float | None = None) -> dict:
         """Plain data for reports (offsets also in au at ``distance_pc``)."""
-        row = {"ra_deg": float(self.coordinate.icrs.ra.deg), "dec_deg": float(self.coordinate.icrs.dec.deg),
-               "position": self.coordinate.to_string("hmsdms", precision=2),
-               "east_arcsec": self.east_arcsec, "north_arcsec": self.north_arcsec,
-               "separation_arcsec": self.separation_arcsec, "peak_jy_beam": self.peak_jy_beam,
-               "signal_to_noise": self.signal_to_noise}
+        row = {
+            "ra_deg": float(self.coordinate.icrs.ra.deg),
+            "dec_deg": float(self.coordinate.icrs.dec.deg),
+            "position": self.coordinate.to_string("hmsdms", precision=2),
+            "east_arcsec": self.east_arcsec,
+            "north_arcsec": self.north_arcsec,
+            "separation_arcsec": self.separation_arcsec,
+            "peak_jy_beam": self.peak_jy_beam,
+            "signal_to_noise": self.signal_to_noise,
+        }
         if distance_pc:
             row["separation_au"] = self.separation_arcsec * distance_pc
         return row
-
 
 
 def find_compact_sources(
@@ -162,7 +183,8 @@ def find_compact_sources(
     beams), so the peaks of extended emission are not counted as sources, while a binary or a
     neighbour a few beams away is. The threshold is applied against the local noise (the robust rms
     of that residual in rings one beam wide about the phase centre, never below ``noise_rms_jy_beam``'s
-    share of it), so the noisier edges of primary-beam-corrected maps give no false sources, and against the image itself
+    share of it), so the noisier edges of primary-beam-corrected maps give no false sources, and against the image
+    itself
     (the peak must exceed ``threshold_sigma * noise_rms_jy_beam``). Peaks within two beams of a brighter
     one count as part of it.
 
@@ -191,8 +213,15 @@ def find_compact_sources(
             continue
         coordinate = observation.wcs.pixel_to_world(*refine_peak(np.where(valid, image, -np.inf), r, c))
         east, north = plain_icrs(centre).spherical_offsets_to(plain_icrs(coordinate))
-        sources.append(CompactSource(coordinate, float(east.to_value(u.arcsec)), float(north.to_value(u.arcsec)),
-                                     float(image[r, c]), float(image[r, c] / noise_rms_jy_beam)))
+        sources.append(
+            CompactSource(
+                coordinate,
+                float(east.to_value(u.arcsec)),
+                float(north.to_value(u.arcsec)),
+                float(image[r, c]),
+                float(image[r, c] / noise_rms_jy_beam),
+            )
+        )
     return sources
 
 
@@ -209,7 +238,9 @@ def _about_centre(observation: Observation, centre: SkyCoord) -> Observation:
     row0 = int(np.clip(round(float(y)) - SOURCE_BOX // 2, 0, max(0, ny - SOURCE_BOX)))
     col0 = int(np.clip(round(float(x)) - SOURCE_BOX // 2, 0, max(0, nx - SOURCE_BOX)))
     rows, cols = slice(row0, row0 + SOURCE_BOX), slice(col0, col0 + SOURCE_BOX)
-    return replace(observation, image_jy_beam=observation.image_jy_beam[rows, cols], wcs=observation.wcs.slice((rows, cols)))
+    return replace(
+        observation, image_jy_beam=observation.image_jy_beam[rows, cols], wcs=observation.wcs.slice((rows, cols))
+    )
 
 
 def _local_noise(observation: Observation, residual: np.ndarray, inside: np.ndarray, floor: float) -> np.ndarray:
@@ -230,8 +261,14 @@ def _local_noise(observation: Observation, residual: np.ndarray, inside: np.ndar
     return local
 
 
-def _separate_peaks(residual: np.ndarray, filled: np.ndarray, inside: np.ndarray, above: np.ndarray,
-                    beam_major_arcsec: float, pixel_arcsec: float) -> list[tuple[int, int]]:
+def _separate_peaks(
+    residual: np.ndarray,
+    filled: np.ndarray,
+    inside: np.ndarray,
+    above: np.ndarray,
+    beam_major_arcsec: float,
+    pixel_arcsec: float,
+) -> list[tuple[int, int]]:
     """(row, column) of the local maxima of ``residual`` that are ``above`` the thresholds, brightest in
     ``filled`` first, leaving out those within two beams of a brighter one."""
     size = max(3, int(round(beam_major_arcsec / pixel_arcsec)) | 1)

@@ -48,12 +48,26 @@ def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inf
         cols_au = (np.arange(nx) - float(x)) * scales[0]
         rows_au = (np.arange(ny) - float(y)) * scales[1]
         east_sign = -1.0 if original.wcs.wcs.get_pc()[0, 0] * original.wcs.wcs.cdelt[0] < 0 else 1.0
-        extent = [east_sign * (cols_au[0] - scales[0] / 2), east_sign * (cols_au[-1] + scales[0] / 2),
-                  rows_au[0] - scales[1] / 2, rows_au[-1] + scales[1] / 2]
-        im = axes[0].imshow(original.image_jy_beam * 1e3, origin="lower", extent=extent, cmap=cmap, interpolation="nearest")
+        extent = [
+            east_sign * (cols_au[0] - scales[0] / 2),
+            east_sign * (cols_au[-1] + scales[0] / 2),
+            rows_au[0] - scales[1] / 2,
+            rows_au[-1] + scales[1] / 2,
+        ]
+        im = axes[0].imshow(
+            original.image_jy_beam * 1e3, origin="lower", extent=extent, cmap=cmap, interpolation="nearest"
+        )
         ob = original.beam
-        decorate(axes[0], im, ob.major_arcsec * prepared.distance_pc, ob.minor_arcsec * prepared.distance_pc, ob.position_angle_deg,
-                 half, f"{Path(prepared.source_path).name} at {prepared.distance_pc:g} pc", "mJy/beam (observed)")
+        decorate(
+            axes[0],
+            im,
+            ob.major_arcsec * prepared.distance_pc,
+            ob.minor_arcsec * prepared.distance_pc,
+            ob.position_angle_deg,
+            half,
+            f"{Path(prepared.source_path).name} at {prepared.distance_pc:g} pc",
+            "mJy/beam (observed)",
+        )
     else:
         axes[0].set_axis_off()
     half_bank = field_au / 2
@@ -61,7 +75,16 @@ def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inf
     im = axes[1].imshow(prepared.image_jy_beam * 1e3, origin="lower", extent=extent, cmap=cmap, interpolation="nearest")
     b = prepared.beam
     d_bank = prepared.grid.distance_pc
-    decorate(axes[1], im, b.major_arcsec * d_bank, b.minor_arcsec * d_bank, b.position_angle_deg, half_bank,
-             f"prepared: {prepared.grid.image_size}x{prepared.grid.image_size} px, {prepared.grid.pixel_size_au:.3g} au/px,\n"
-             f"at {d_bank:g} pc", "mJy/beam (at bank distance)")
+    decorate(
+        axes[1],
+        im,
+        b.major_arcsec * d_bank,
+        b.minor_arcsec * d_bank,
+        b.position_angle_deg,
+        half_bank,
+        f"prepared: {prepared.grid.image_size}x{prepared.grid.image_size} px, {prepared.grid.pixel_size_au:.3g} "
+        "au/px,\n"
+        f"at {d_bank:g} pc",
+        "mJy/beam (at bank distance)",
+    )
     return fig

@@ -37,11 +37,11 @@ from astropy.coordinates import SkyCoord
 from ..instrument import Beam, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
 from ..runtime import ProtolibInputError, shown_path
 from .fits import MAX_SCALE_LIMIT_ARCSEC, Observation, checked_max_scale, plain_icrs, read_observation
-from .scale import estimate_max_scale
 from .noise import DETECTION_SIGMA, CompactSource, estimate_noise_rms, find_compact_sources
 from .prepared import PreparedObservation, refuse_empty_target
 from .regrid import BankGrid, resample_to_grid, sky_grid_wcs
 from .resolution import common_beam_covariance
+from .scale import estimate_max_scale
 
 __all__ = [
     "prepare_observation",
@@ -59,13 +59,22 @@ __all__ = [
 MIN_FIELD_FRACTION = 0.5  # refuse observations covering less than this fraction of the bank's field
 NOISE_BOX = 1024  # the noise is estimated within this many pixels (per side) about the source
 MAX_FREQUENCY_RATIO = 1.6  # beyond this ratio of observed to bank frequency, scaling the flux is refused
-MAX_SCALE_BEAMS = 10.0  # assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
+# assumed maximum recoverable scale, in beam major axes, when neither the user nor the file gives one
+MAX_SCALE_BEAMS = 10.0
 
 
 def prepare_observation(
-    observation: Observation | str | Path, bank, distance_pc: float | None, *, centre: SkyCoord | str | None = None,
-    beam: Beam | None = None, noise_rms_jy_beam: float | None = None, frequency_ghz: float | None = None,
-    spectral_index: float | None = None, max_scale_arcsec: float | None = None, mask_radius_arcsec: float | None = None,
+    observation: Observation | str | Path,
+    bank,
+    distance_pc: float | None,
+    *,
+    centre: SkyCoord | str | None = None,
+    beam: Beam | None = None,
+    noise_rms_jy_beam: float | None = None,
+    frequency_ghz: float | None = None,
+    spectral_index: float | None = None,
+    max_scale_arcsec: float | None = None,
+    mask_radius_arcsec: float | None = None,
 ) -> PreparedObservation:
     """Put an observed image on the bank's grid, in the bank's units, at a resolution the bank can match.
 
@@ -86,7 +95,8 @@ def prepare_observation(
         mask_radius_arcsec: blank everything further than this from the centre (other sources).
 
     Returns:
-        The :class:`~protolib.observation.PreparedObservation`; its :meth:`~protolib.observation.PreparedObservation.transform`
+        The :class:`~protolib.observation.PreparedObservation`; its
+    :meth:`~protolib.observation.PreparedObservation.transform`
         matches bank images to it.
 
     Example:
@@ -101,24 +111,40 @@ def prepare_observation(
     centre, (x, y) = centre_in_image(observation, centre)
     if noise_rms_jy_beam is None:
         noise_rms_jy_beam = measured_noise_rms(observation, x, y)
-    _check_positive(path, {"noise rms": noise_rms_jy_beam, "frequency": frequency_ghz, "mask radius": mask_radius_arcsec})
+    _check_positive(
+        path, {"noise rms": noise_rms_jy_beam, "frequency": frequency_ghz, "mask radius": mask_radius_arcsec}
+    )
     frequency = _frequency_settings(observation, grid, frequency_ghz, spectral_index)
     _warn_if_bank_does_not_fit(observation, grid, distance_pc, (x, y), frequency)
-    max_scale, max_scale_source, scale_estimate = _max_scale_setting(observation, max_scale_arcsec, (x, y), noise_rms_jy_beam)
+    max_scale, max_scale_source, scale_estimate = _max_scale_setting(
+        observation, max_scale_arcsec, (x, y), noise_rms_jy_beam
+    )
     sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
     _warn_about_sources(path, sources, distance_pc, grid.field_of_view_au, mask_radius_arcsec)
     _warn_about_spikes_and_blanks(observation, (x, y), noise_rms_jy_beam)
     resampled, coverage = _on_bank_grid(observation, grid, distance_pc, centre, mask_radius_arcsec)
     image, working, unit_factor, smoothed = _at_common_resolution(resampled, observation, grid, distance_pc)
     working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
-    refuse_empty_target(image, coverage, working_beam, grid.pixel_arcsec, str(path), _empty_hint(observation, mask_radius_arcsec))
+    refuse_empty_target(
+        image, coverage, working_beam, grid.pixel_arcsec, str(path), _empty_hint(observation, mask_radius_arcsec)
+    )
     flux_scale = (distance_pc / grid.distance_pc) ** 2 * frequency["frequency_factor"]
     return PreparedObservation(
-        image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32), coverage=coverage.astype(np.float32),
-        beam=working_beam, grid=grid, distance_pc=distance_pc, centre=centre,
+        image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32),
+        coverage=coverage.astype(np.float32),
+        beam=working_beam,
+        grid=grid,
+        distance_pc=distance_pc,
+        centre=centre,
         noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
-        observed_noise_rms_jy_beam=float(noise_rms_jy_beam), smoothed=smoothed, **_as_read(observation), **frequency,
-        max_scale_arcsec=max_scale, max_scale_source=max_scale_source, max_scale_estimate=scale_estimate, mask_radius_arcsec=mask_radius_arcsec,
+        observed_noise_rms_jy_beam=float(noise_rms_jy_beam),
+        smoothed=smoothed,
+        **_as_read(observation),
+        **frequency,
+        max_scale_arcsec=max_scale,
+        max_scale_source=max_scale_source,
+        max_scale_estimate=scale_estimate,
+        mask_radius_arcsec=mask_radius_arcsec,
         sources=[source.to_dict(distance_pc) for source in sources],
     )
 
@@ -126,8 +152,11 @@ def prepare_observation(
 def _empty_hint(observation: Observation, mask_radius_arcsec: float | None) -> str:
     """What to change when nothing is left to match: the mask radius when one was given, else the centre."""
     if mask_radius_arcsec:
-        return (f"--mask-radius {mask_radius_arcsec:g}\" blanks nearly everything; give a radius of a few beams (the beam is "
-                f"{observation.beam.major_arcsec:.3g}\").")
+        return (
+            f'--mask-radius {mask_radius_arcsec:g}" blanks nearly everything; give a radius of a few beams (the beam '
+            "is "
+            f'{observation.beam.major_arcsec:.3g}").'
+        )
     return "The map holds no emission about the centre: check the file, and --centre."
 
 
@@ -164,8 +193,10 @@ def _check_resolved(observation: Observation, grid: BankGrid, distance_pc: float
     beam_au = observation.beam.major_arcsec * distance_pc
     if beam_au >= field_au:
         raise ProtolibInputError(
-            f"{observation.path}: the beam ({observation.beam.major_arcsec:.3g}\" = {beam_au:.0f} au at {distance_pc:g} pc) is larger than "
-            f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. `protolib bank-for "
+            f'{observation.path}: the beam ({observation.beam.major_arcsec:.3g}" = {beam_au:.0f} au at {distance_pc:g} '
+            "pc) is larger than "
+            f"the bank's field of view ({field_au:.0f} au); the source is unresolved at the bank's scale. `protolib "
+            "bank-for "
             f"{observation.path} --distance {distance_pc:g} --out DIR` builds a bank made for this map."
         )
 
@@ -194,7 +225,8 @@ def _parse_centre(centre, path: Path) -> SkyCoord:
         return SkyCoord(text, unit=(u.deg, u.deg))
     except (ValueError, IndexError) as error:
         raise ProtolibInputError(
-            f"{path}: cannot read the centre {centre!r} ({error}); give 'RA DEC' as '04:39:53.9 +26:03:09.4' or in degrees '69.97458 26.05261'."
+            f"{path}: cannot read the centre {centre!r} ({error}); give 'RA DEC' as '04:39:53.9 +26:03:09.4' or in "
+            "degrees '69.97458 26.05261'."
         ) from None
 
 
@@ -222,8 +254,10 @@ def _check_not_noiseless(path: Path, noise_rms_jy_beam: float, peak: float) -> N
     model image, whose noise must be given."""
     if not noise_rms_jy_beam > 1e-6 * peak:
         raise ProtolibInputError(
-            f"{path}: the image looks noiseless (estimated noise rms {noise_rms_jy_beam:.3g} Jy/beam, under a millionth of "
-            "its peak), as a model image would be; give the noise rms of the observation it stands for with --noise.")
+            f"{path}: the image looks noiseless (estimated noise rms {noise_rms_jy_beam:.3g} Jy/beam, under a "
+            "millionth of "
+            "its peak), as a model image would be; give the noise rms of the observation it stands for with --noise."
+        )
 
 
 def _check_positive(path: Path, values: dict[str, float | None]) -> None:
@@ -233,20 +267,39 @@ def _check_positive(path: Path, values: dict[str, float | None]) -> None:
             raise ProtolibInputError(f"{path}: the {name} must be a positive number, got {value}.")
 
 
-def _frequency_settings(observation: Observation, grid: BankGrid, frequency_ghz: float | None, spectral_index: float | None) -> dict:
+def _frequency_settings(
+    observation: Observation, grid: BankGrid, frequency_ghz: float | None, spectral_index: float | None
+) -> dict:
     """The observed frequency, its source, the spectral index and the flux factor to the bank's frequency."""
     path = observation.path
     alpha = grid.spectral_index if spectral_index is None else float(spectral_index)
     if not (math.isfinite(alpha) and -1.0 <= alpha <= 6.0):
-        raise ProtolibInputError(f"{path}: the spectral index {spectral_index} is not a dust spectral index (between -1 and 6; thin dust: 2 + beta, about 3-4).")
-    observed, source = (float(frequency_ghz), "given") if frequency_ghz else (observation.frequency_ghz, observation.frequency_source)
+        raise ProtolibInputError(
+            f"{path}: the spectral index {spectral_index} is not a dust spectral index (between -1 and 6; thin dust: 2 "
+            "+ beta, about 3-4)."
+        )
+    observed, source = (
+        (float(frequency_ghz), "given") if frequency_ghz else (observation.frequency_ghz, observation.frequency_source)
+    )
     if observed is None:
-        warnings.warn(f"{path}: the file has no spectral axis to read the frequency from; assuming the bank's "
-                      f"{grid.frequency_ghz:g} GHz (give --frequency GHz if it differs).", stacklevel=3)
-        return {"observed_frequency_ghz": None, "frequency_source": "assumed the bank's", "spectral_index": alpha,
-                "frequency_factor": 1.0}
+        warnings.warn(
+            f"{path}: the file has no spectral axis to read the frequency from; assuming the bank's "
+            f"{grid.frequency_ghz:g} GHz (give --frequency GHz if it differs).",
+            stacklevel=3,
+        )
+        return {
+            "observed_frequency_ghz": None,
+            "frequency_source": "assumed the bank's",
+            "spectral_index": alpha,
+            "frequency_factor": 1.0,
+        }
     factor = frequency_scale(observed, grid.frequency_ghz, alpha, str(path))
-    return {"observed_frequency_ghz": observed, "frequency_source": source, "spectral_index": alpha, "frequency_factor": factor}
+    return {
+        "observed_frequency_ghz": observed,
+        "frequency_source": source,
+        "spectral_index": alpha,
+        "frequency_factor": factor,
+    }
 
 
 def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float, where: str = "") -> float:
@@ -264,34 +317,51 @@ def frequency_scale(observed_ghz: float, bank_ghz: float, spectral_index: float,
     if max(ratio, 1.0 / ratio) > MAX_FREQUENCY_RATIO:
         raise ProtolibInputError(
             f"{where}: the observation is at {observed_ghz:.1f} GHz and the bank at {bank_ghz:.1f} GHz, a ratio of "
-            f"{max(ratio, 1 / ratio):.2f}; scaling dust fluxes over more than a factor {MAX_FREQUENCY_RATIO} in frequency would be "
+            f"{max(ratio, 1 / ratio):.2f}; scaling dust fluxes over more than a factor {MAX_FREQUENCY_RATIO} in "
+            "frequency would be "
             "guesswork. Make a bank at the observed frequency (simulator.frequency_ghz in the configuration), or give "
             "--frequency if the header's frequency is wrong."
         )
     return float(ratio**spectral_index)
 
 
-def _max_scale_setting(observation: Observation, max_scale_arcsec: float | None, centre_xy: tuple[float, float],
-                       noise_rms_jy_beam: float) -> tuple[float | None, str, dict | None]:
+def _max_scale_setting(
+    observation: Observation, max_scale_arcsec: float | None, centre_xy: tuple[float, float], noise_rms_jy_beam: float
+) -> tuple[float | None, str, dict | None]:
     """The maximum recoverable scale [arcsec, observed] (``None``: no filtering), where it came from, and the map's own
     estimate when neither the user nor the file gave it. The value given and the file's card are checked alike
     (:func:`~protolib.observation.fits.checked_max_scale`); otherwise the negative bowl about the source is read
     (:func:`~protolib.observation.scale.estimate_max_scale`), and without one a default is assumed."""
     if max_scale_arcsec is not None:
-        return checked_max_scale(float(max_scale_arcsec), observation.beam.major_arcsec, str(observation.path)), "given", None
+        return (
+            checked_max_scale(float(max_scale_arcsec), observation.beam.major_arcsec, str(observation.path)),
+            "given",
+            None,
+        )
     if observation.max_scale_arcsec is not None:
         where = f"{observation.path}: the card PROTOLIB MAX_SCALE"
         return checked_max_scale(observation.max_scale_arcsec, observation.beam.major_arcsec, where), "file", None
     pixel = observation.pixel_scale_arcsec
-    estimate = estimate_max_scale(observation.image_jy_beam, centre_xy, noise_rms=noise_rms_jy_beam, beam_major_px=observation.beam.major_arcsec / pixel,
-                                  beam_minor_px=observation.beam.minor_arcsec / pixel, pixel_arcsec=pixel)
+    estimate = estimate_max_scale(
+        observation.image_jy_beam,
+        centre_xy,
+        noise_rms=noise_rms_jy_beam,
+        beam_major_px=observation.beam.major_arcsec / pixel,
+        beam_minor_px=observation.beam.minor_arcsec / pixel,
+        pixel_arcsec=pixel,
+    )
     if estimate.range_arcsec is not None and estimate.range_arcsec[1] <= MAX_SCALE_LIMIT_ARCSEC:
         return estimate.max_scale_arcsec, f"estimated: {estimate.reason}", estimate.to_dict()
-    return (MAX_SCALE_BEAMS * observation.beam.major_arcsec, f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)",
-            estimate.to_dict())
+    return (
+        MAX_SCALE_BEAMS * observation.beam.major_arcsec,
+        f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)",
+        estimate.to_dict(),
+    )
 
 
-def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: float, field_au: float, mask_radius: float | None) -> None:
+def _warn_about_sources(
+    path: Path, sources: list[CompactSource], distance_pc: float, field_au: float, mask_radius: float | None
+) -> None:
     """One warning naming every compact source but the one nearest the centre, when there are several."""
     if len(sources) < 2:
         return
@@ -306,13 +376,19 @@ def _warn_about_sources(path: Path, sources: list[CompactSource], distance_pc: f
         return "outside the bank's field"
 
     described = "; ".join(
-        f"{s.separation_arcsec:.1f}\" ({s.separation_arcsec * distance_pc:.0f} au) away, {s.east_arcsec:+.1f}\" east "
-        f"{s.north_arcsec:+.1f}\" north, peak {s.peak_jy_beam * 1e3:.3g} mJy/beam ({s.signal_to_noise:.0f} sigma), {where(s)}"
-        for s in sources if s is not centred)
-    warnings.warn(f"{shown_path(path)}: {len(sources)} compact sources above {DETECTION_SIGMA:g} sigma in the field. Centred on "
-                  f"{centred.coordinate.to_string('hmsdms', precision=2)} (peak {centred.peak_jy_beam * 1e3:.3g} mJy/beam); "
-                  f"the other{'s' if len(sources) > 2 else ''}: {described}. Pick a source with --centre 'RA DEC'; "
-                  "--mask-radius ARCSEC blanks everything further from the centre.", stacklevel=3)
+        f'{s.separation_arcsec:.1f}" ({s.separation_arcsec * distance_pc:.0f} au) away, {s.east_arcsec:+.1f}" east '
+        f'{s.north_arcsec:+.1f}" north, peak {s.peak_jy_beam * 1e3:.3g} mJy/beam ({s.signal_to_noise:.0f} sigma), '
+        f"{where(s)}"
+        for s in sources
+        if s is not centred
+    )
+    warnings.warn(
+        f"{shown_path(path)}: {len(sources)} compact sources above {DETECTION_SIGMA:g} sigma in the field. Centred on "
+        f"{centred.coordinate.to_string('hmsdms', precision=2)} (peak {centred.peak_jy_beam * 1e3:.3g} mJy/beam); "
+        f"the other{'s' if len(sources) > 2 else ''}: {described}. Pick a source with --centre 'RA DEC'; "
+        "--mask-radius ARCSEC blanks everything further from the centre.",
+        stacklevel=3,
+    )
 
 
 def usable_field_pixels(image: np.ndarray, x: float, y: float, covered: float = 0.99, most: int = 4097) -> float:
@@ -328,8 +404,12 @@ def usable_field_pixels(image: np.ndarray, x: float, y: float, covered: float = 
     best = 0
     for half in range(1, max(nx, ny)):
         top, bottom, left, right = row - half, row + half + 1, col - half, col + half + 1
-        inside = integral[min(max(bottom, 0), ny), min(max(right, 0), nx)] - integral[min(max(top, 0), ny), min(max(right, 0), nx)] \
-            - integral[min(max(bottom, 0), ny), min(max(left, 0), nx)] + integral[min(max(top, 0), ny), min(max(left, 0), nx)]
+        inside = (
+            integral[min(max(bottom, 0), ny), min(max(right, 0), nx)]
+            - integral[min(max(top, 0), ny), min(max(right, 0), nx)]
+            - integral[min(max(bottom, 0), ny), min(max(left, 0), nx)]
+            + integral[min(max(top, 0), ny), min(max(left, 0), nx)]
+        )
         if inside < covered * (2 * half + 1) ** 2:
             break
         best = 2 * half + 1
@@ -341,8 +421,9 @@ BANK_FIT_FIELD = 3.0  # the map shows at most this many times the bank's field a
 BANK_FIT_SHARPER = 1.5  # and the map's beam is at most this many times sharper than the bank's
 
 
-def _warn_if_bank_does_not_fit(observation: Observation, grid: BankGrid, distance_pc: float, source: tuple[float, float],
-                               frequency: dict) -> None:
+def _warn_if_bank_does_not_fit(
+    observation: Observation, grid: BankGrid, distance_pc: float, source: tuple[float, float], frequency: dict
+) -> None:
     """One warning, with the numbers, when ``grid``'s bank is not made for this map (its field, beam or band),
     naming the ``protolib bank-for`` command that would build one that is."""
     field_au, beam_au = grid.field_of_view_au, observation.beam.major_arcsec * distance_pc
@@ -350,19 +431,31 @@ def _warn_if_bank_does_not_fit(observation: Observation, grid: BankGrid, distanc
     usable_au = usable_field_pixels(observation.image_jy_beam, *source) * observation.pixel_scale_arcsec * distance_pc
     reasons = []
     if field_au < BANK_FIT_BEAMS * beam_au:
-        reasons.append(f"the bank's {field_au:.0f} au field holds only {field_au / beam_au:.1f} of the map's {beam_au:.0f} au beams")
+        reasons.append(
+            f"the bank's {field_au:.0f} au field holds only {field_au / beam_au:.1f} of the map's {beam_au:.0f} au "
+            "beams"
+        )
     if usable_au > BANK_FIT_FIELD * field_au:
         reasons.append(f"the map shows {usable_au:.0f} au about the source, the bank {field_au:.0f} au")
     if bank_beam_au > BANK_FIT_SHARPER * beam_au:
-        reasons.append(f"the map's beam ({beam_au:.3g} au) is {bank_beam_au / beam_au:.1f} times sharper than the bank's and is "
-                       "smoothed to it")
+        reasons.append(
+            f"the map's beam ({beam_au:.3g} au) is {bank_beam_au / beam_au:.1f} times sharper than the bank's and is "
+            "smoothed to it"
+        )
     observed = frequency["observed_frequency_ghz"]
     if observed and abs(observed / grid.frequency_ghz - 1.0) > 0.1:
-        reasons.append(f"the map is at {observed:.0f} GHz and the bank at {grid.frequency_ghz:.0f} GHz, so fluxes are scaled with "
-                       f"an assumed spectral index of {frequency['spectral_index']:g}")
+        reasons.append(
+            f"the map is at {observed:.0f} GHz and the bank at {grid.frequency_ghz:.0f} GHz, so fluxes are scaled with "
+            f"an assumed spectral index of {frequency['spectral_index']:g}"
+        )
     if reasons:
-        warnings.warn(f"{shown_path(observation.path)}: the bank is not made for this map: {'; '.join(reasons)}. `protolib bank-for "
-                      f"{shown_path(observation.path)} --distance {distance_pc:g} --out DIR` builds a bank and networks that are.", stacklevel=3)
+        warnings.warn(
+            f"{shown_path(observation.path)}: the bank is not made for this map: {'; '.join(reasons)}. `protolib "
+            "bank-for "
+            f"{shown_path(observation.path)} --distance {distance_pc:g} --out DIR` builds a bank and networks that "
+            "are.",
+            stacklevel=3,
+        )
 
 
 def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
@@ -372,12 +465,18 @@ def _warn_if_faint(observation: Observation, noise_rms_jy_beam: float) -> None:
     peak = float(observation.image_jy_beam[row, col])
     if noise_rms_jy_beam > 0 and peak < 5.0 * noise_rms_jy_beam:
         warnings.warn(
-            f"{shown_path(observation.path)}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the noise rms; the source may be "
-            "undetected or the centre a noise peak. Give the source's position (--centre / centre=).", stacklevel=3)
+            f"{shown_path(observation.path)}: the brightest pixel is only {peak / noise_rms_jy_beam:.1f} times the "
+            "noise rms; the source may be "
+            "undetected or the centre a noise peak. Give the source's position (--centre / centre=).",
+            stacklevel=3,
+        )
 
 
-def _warn_about_spikes_and_blanks(observation: Observation, source: tuple[float, float], noise_rms_jy_beam: float) -> None:
-    """The warnings about the source: too faint (:func:`_warn_if_faint`), single-pixel spikes brighter than the source (passed over when centring, but matched as
+def _warn_about_spikes_and_blanks(
+    observation: Observation, source: tuple[float, float], noise_rms_jy_beam: float
+) -> None:
+    """The warnings about the source: too faint (:func:`_warn_if_faint`), single-pixel spikes brighter than the source
+    (passed over when centring, but matched as
     data if they lie in the field), and one when blanked pixels lie within a beam of the source (their flux
     is missing from the target, and the bank images are blanked alike)."""
     _warn_if_faint(observation, noise_rms_jy_beam)
@@ -386,9 +485,14 @@ def _warn_about_spikes_and_blanks(observation: Observation, source: tuple[float,
     if spikes:
         row, col = spikes[0]
         where = observation.wcs.pixel_to_world(col, row).to_string("hmsdms", precision=2)
-        warnings.warn(f"{path}: {len(spikes)} single-pixel spike(s) brighter than the source (not extended over the beam, so not sky "
-                      f"emission), the brightest {image[row, col] / noise_rms_jy_beam:.0f} times the noise at {where} (pixel x={col}, "
-                      f"y={row}); they were passed over when centring. Blank them (NaN) in the file if they lie near the source.", stacklevel=3)
+        warnings.warn(
+            f"{path}: {len(spikes)} single-pixel spike(s) brighter than the source (not extended over the beam, so not "
+            "sky "
+            f"emission), the brightest {image[row, col] / noise_rms_jy_beam:.0f} times the noise at {where} (pixel "
+            f"x={col}, "
+            f"y={row}); they were passed over when centring. Blank them (NaN) in the file if they lie near the source.",
+            stacklevel=3,
+        )
     fwhm = observation.beam_fwhm_pixels
     x, y = (float(v) for v in source)
     half = int(math.ceil(fwhm))
@@ -398,33 +502,46 @@ def _warn_about_spikes_and_blanks(observation: Observation, source: tuple[float,
     near = np.hypot(rows - y, cols - x) <= fwhm
     blanked = int(np.sum(near & ~np.isfinite(patch)))
     if blanked:
-        warnings.warn(f"{path}: {blanked} of the {int(near.sum())} pixels within a beam FWHM of the source centre are blanked (NaN); "
-                      "the flux there is missing from the target (the bank images are blanked the same way when matched). Use a map "
-                      "without blanks on the source if there is one.", stacklevel=3)
+        warnings.warn(
+            f"{path}: {blanked} of the {int(near.sum())} pixels within a beam FWHM of the source centre are blanked "
+            "(NaN); "
+            "the flux there is missing from the target (the bank images are blanked the same way when matched). Use a "
+            "map "
+            "without blanks on the source if there is one.",
+            stacklevel=3,
+        )
 
 
-def _on_bank_grid(observation: Observation, grid: BankGrid, distance_pc: float, centre: SkyCoord,
-                  mask_radius_arcsec: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _on_bank_grid(
+    observation: Observation, grid: BankGrid, distance_pc: float, centre: SkyCoord, mask_radius_arcsec: float | None
+) -> tuple[np.ndarray, np.ndarray]:
     """The observed image resampled onto the bank's grid about ``centre`` (its pixels seen at ``distance_pc``),
     and its coverage; refused below :data:`MIN_FIELD_FRACTION` of the field, masked beyond ``mask_radius_arcsec``."""
     path, size, field_au = observation.path, grid.image_size, grid.field_of_view_au
-    target_wcs = sky_grid_wcs(centre, size, grid.pixel_size_au / distance_pc)  # bank pixel seen at the observed distance
+    # bank pixel seen at the observed distance
+    target_wcs = sky_grid_wcs(centre, size, grid.pixel_size_au / distance_pc)
     resampled, coverage = resample_to_grid(observation.image_jy_beam, observation.wcs, target_wcs, (size, size))
     covered = float(coverage.mean())
     if covered < MIN_FIELD_FRACTION:
         raise ProtolibInputError(
-            f"{shown_path(path)}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au field "
-            f"({field_au / distance_pc:.2f}\" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is needed. "
-            f"Check the distance and centre, or build a bank made for this map: `protolib bank-for {shown_path(path)} --distance "
+            f"{shown_path(path)}: the observation covers only {100 * covered:.0f}% of the bank's {field_au:.0f} au "
+            "field "
+            f'({field_au / distance_pc:.2f}" at {distance_pc:g} pc); at least {100 * MIN_FIELD_FRACTION:.0f}% is '
+            "needed. "
+            f"Check the distance and centre, or build a bank made for this map: `protolib bank-for {shown_path(path)} "
+            "--distance "
             f"{distance_pc:g} --out DIR`."
         )
     if mask_radius_arcsec:  # after the field check: what the user masks is not missing data
-        resampled, coverage = resample_to_grid(_blank_beyond(observation, centre, mask_radius_arcsec), observation.wcs,
-                                               target_wcs, (size, size))
+        resampled, coverage = resample_to_grid(
+            _blank_beyond(observation, centre, mask_radius_arcsec), observation.wcs, target_wcs, (size, size)
+        )
     elif covered < 1.0 - 1e-3:
         warnings.warn(
             f"{path}: the observation covers {100 * covered:.1f}% of the bank's {field_au:.0f} au field; "
-            f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).", stacklevel=3)
+            f"{100 * (1 - covered):.1f}% of the prepared image is zero padding (see its coverage).",
+            stacklevel=3,
+        )
     return resampled, coverage
 
 
@@ -443,8 +560,9 @@ def _blank_beyond(observation: Observation, centre: SkyCoord, radius_arcsec: flo
     return kept
 
 
-def _at_common_resolution(resampled: np.ndarray, observation: Observation, grid: BankGrid,
-                          distance_pc: float) -> tuple[np.ndarray, np.ndarray, float, bool]:
+def _at_common_resolution(
+    resampled: np.ndarray, observation: Observation, grid: BankGrid, distance_pc: float
+) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """The resampled image at a resolution that contains the bank's: ``(image, working covariance [pixels^2],
     Jy/observed beam -> Jy/working beam factor, whether it was smoothed)``.
 
@@ -462,12 +580,18 @@ def _at_common_resolution(resampled: np.ndarray, observation: Observation, grid:
     smoothing = working - effective
     smoothed = bool(np.abs(smoothing).max() > 1e-6 * np.trace(working))
     image = convolve_beam(torch.as_tensor(resampled), smoothing).numpy() if smoothed else resampled
-    unit_factor = gaussian_solid_angle_pixels(working) / gaussian_solid_angle_pixels(observed)  # Jy/observed beam -> Jy/working beam
+    # Jy/observed beam -> Jy/working beam
+    unit_factor = gaussian_solid_angle_pixels(working) / gaussian_solid_angle_pixels(observed)
     return image, working, unit_factor, smoothed
 
 
 def _as_read(observation: Observation) -> dict:
     """The fields of a :class:`~protolib.observation.PreparedObservation` that are the observation's as read."""
-    return {"observed_beam": observation.beam, "source_path": str(observation.path), "object_name": observation.object_name,
-            "true_parameters": dict(observation.true_parameters), "original": observation,
-            "blanked_zero_fraction": observation.blanked_zero_fraction}
+    return {
+        "observed_beam": observation.beam,
+        "source_path": str(observation.path),
+        "object_name": observation.object_name,
+        "true_parameters": dict(observation.true_parameters),
+        "original": observation,
+        "blanked_zero_fraction": observation.blanked_zero_fraction,
+    }

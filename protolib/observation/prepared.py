@@ -21,11 +21,25 @@ from astropy.io.fits.verify import VerifyWarning
 from .. import __version__
 from ..instrument import Beam
 from ..runtime import ProtolibInputError, atomic_path
-from .fits import DEG_ARCSEC, PREPARED_CARD, Observation, card_number, checked_max_scale, is_prepared, true_parameters_from_header
+from .fits import (
+    DEG_ARCSEC,
+    PREPARED_CARD,
+    Observation,
+    card_number,
+    checked_max_scale,
+    is_prepared,
+    true_parameters_from_header,
+)
 from .regrid import BankGrid, sky_grid_wcs
 from .resolution import ResolutionMatch
 
-__all__ = ["PreparedObservation", "read_prepared_observation", "prepared_file", "refuse_empty_target", "MIN_TARGET_BEAMS"]
+__all__ = [
+    "PreparedObservation",
+    "read_prepared_observation",
+    "prepared_file",
+    "refuse_empty_target",
+    "MIN_TARGET_BEAMS",
+]
 
 
 @dataclass
@@ -57,17 +71,21 @@ class PreparedObservation:
     frequency_factor: float = 1.0  # (bank frequency / observed)^spectral_index, applied to the image and noise
     max_scale_arcsec: float | None = None  # maximum recoverable scale, at the observed distance (None: no filtering)
     max_scale_source: str = ""  # "given", "file", "estimated: ..." (the map's negative bowl) or the assumption made
-    max_scale_estimate: dict | None = None  # the negative bowl's estimate (ScaleEstimate.to_dict) when neither user nor file gave it
+    # the negative bowl's estimate (ScaleEstimate.to_dict) when neither user nor file gave it
+    max_scale_estimate: dict | None = None
     blanked_zero_fraction: float = 0.0  # fraction of the file's pixels that were zero-valued blanking
     mask_radius_arcsec: float | None = None  # everything further than this from the centre was blanked
-    sources: list[dict] = field(default_factory=list)  # compact sources in the field (CompactSource.to_dict), brightest first
+    # compact sources in the field (CompactSource.to_dict), brightest first
+    sources: list[dict] = field(default_factory=list)
 
     def __repr__(self) -> str:
         n, b = self.grid.image_size, self.beam
-        return (f"PreparedObservation({Path(self.source_path).name!r} at {self.distance_pc:g} pc -> {n}x{n} px of "
-                f"{self.grid.pixel_size_au:.3g} au at {self.grid.distance_pc:g} pc; beam {b.major_arcsec:.3g}\"x"
-                f"{b.minor_arcsec:.3g}\" PA {b.position_angle_deg:.0f} deg; noise {self.noise_rms_jy_beam:.3g} Jy/beam; "
-                f"{100 * self.padded_fraction:.1f}% padded)")
+        return (
+            f"PreparedObservation({Path(self.source_path).name!r} at {self.distance_pc:g} pc -> {n}x{n} px of "
+            f'{self.grid.pixel_size_au:.3g} au at {self.grid.distance_pc:g} pc; beam {b.major_arcsec:.3g}"x'
+            f'{b.minor_arcsec:.3g}" PA {b.position_angle_deg:.0f} deg; noise {self.noise_rms_jy_beam:.3g} Jy/beam; '
+            f"{100 * self.padded_fraction:.1f}% padded)"
+        )
 
     @property
     def flux_scale(self) -> float:
@@ -111,7 +129,11 @@ class PreparedObservation:
         return {
             "object": self.object_name,
             "centre": self.centre.to_string("hmsdms", precision=2),
-            "beam_arcsec_at_bank_distance": [self.beam.major_arcsec, self.beam.minor_arcsec, self.beam.position_angle_deg],
+            "beam_arcsec_at_bank_distance": [
+                self.beam.major_arcsec,
+                self.beam.minor_arcsec,
+                self.beam.position_angle_deg,
+            ],
             "observed_beam_arcsec": [observed.major_arcsec, observed.minor_arcsec, observed.position_angle_deg],
             "noise_rms_jy_beam": self.noise_rms_jy_beam,
             "observed_noise_rms_jy_beam": self.observed_noise_rms_jy_beam,
@@ -165,7 +187,10 @@ class PreparedObservation:
         cards["PROTOLIB BANK_RMS"] = (self.grid.noise_rms_jy_beam, "[Jy/beam]")
         cards["PROTOLIB BANK_FREQ"] = (self.grid.frequency_ghz, "[GHz] bank")
         cards["PROTOLIB BANK_BETA"] = (self.grid.opacity_beta, "bank opacity index")
-        cards["PROTOLIB OBS_FREQ"] = (self.observed_frequency_ghz if self.observed_frequency_ghz else 0.0, "[GHz] 0: unknown")
+        cards["PROTOLIB OBS_FREQ"] = (
+            self.observed_frequency_ghz if self.observed_frequency_ghz else 0.0,
+            "[GHz] 0: unknown",
+        )
         cards["PROTOLIB SPEC_INDEX"] = (self.spectral_index, "S ~ nu^index")
         cards["PROTOLIB FREQ_FACTOR"] = (self.frequency_factor, "applied to flux")
         cards["PROTOLIB MAX_SCALE"] = (self.max_scale_arcsec or 0.0, "[arcsec] observed; 0: none")
@@ -191,10 +216,12 @@ class PreparedObservation:
     def write_fits(self, path: str | Path) -> Path:
         """Write the prepared image (primary HDU) and its coverage (extension ``COVERAGE``), atomically."""
         header = self.to_header()
-        hdus = fits.HDUList([
-            fits.PrimaryHDU(self.image_jy_beam.astype(np.float32), header=header),
-            fits.ImageHDU(self.coverage.astype(np.float32), name="COVERAGE"),
-        ])
+        hdus = fits.HDUList(
+            [
+                fits.PrimaryHDU(self.image_jy_beam.astype(np.float32), header=header),
+                fits.ImageHDU(self.coverage.astype(np.float32), name="COVERAGE"),
+            ]
+        )
         with atomic_path(path) as tmp:
             hdus.writeto(tmp, overwrite=True)
         return Path(path)
@@ -212,35 +239,67 @@ def read_prepared_observation(path: str | Path) -> PreparedObservation:
         with fits.open(path, memmap=False) as hdul:
             header = hdul[0].header.copy()
             image = np.asarray(hdul[0].data, dtype=np.float32)
-            coverage = np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
+            coverage = (
+                np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
+            )
     except (OSError, ValueError, TypeError) as error:
         raise ProtolibInputError(f"{path}: not a readable FITS file ({error}).") from None
     if not is_prepared(header):
-        raise ProtolibInputError(f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`.")
+        raise ProtolibInputError(
+            f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`."
+        )
     if image.ndim != 2 or image.shape[0] != image.shape[1] or coverage.shape != image.shape:
-        raise ProtolibInputError(f"{path}: a prepared observation is one square image (and a COVERAGE of its shape); this one is "
-                                 f"{image.shape}. Prepare it again with `protolib observe`.")
+        raise ProtolibInputError(
+            f"{path}: a prepared observation is one square image (and a COVERAGE of its shape); this one is "
+            f"{image.shape}. Prepare it again with `protolib observe`."
+        )
     number = lambda key, default=None: card_number(header, key, path, default)  # noqa: E731
-    positive = {key: number(key) for key in ("PROTOLIB NOISE_RMS", "PROTOLIB DIST_OBS", "PROTOLIB OBS_RMS", "PROTOLIB PIX_AU",
-                                             "PROTOLIB DIST_BNK", "BMAJ", "BMIN")}
+    positive = {
+        key: number(key)
+        for key in (
+            "PROTOLIB NOISE_RMS",
+            "PROTOLIB DIST_OBS",
+            "PROTOLIB OBS_RMS",
+            "PROTOLIB PIX_AU",
+            "PROTOLIB DIST_BNK",
+            "BMAJ",
+            "BMIN",
+        )
+    }
     for key, value in positive.items():
         if value is None or not value > 0:
-            raise ProtolibInputError(f"{path}: the card {key} is {'missing' if value is None else f'{value:g}'}; it must be a positive "
-                                     "number. Prepare the file again with `protolib observe`.")
+            raise ProtolibInputError(
+                f"{path}: the card {key} is {'missing' if value is None else f'{value:g}'}; it must be a positive "
+                "number. Prepare the file again with `protolib observe`."
+            )
     beam = Beam(positive["BMAJ"] * DEG_ARCSEC, positive["BMIN"] * DEG_ARCSEC, number("BPA", 0.0))
     observed_beam = _beam_from_header(header, "OBS_", path)
-    max_scale = checked_max_scale(number("PROTOLIB MAX_SCALE", 0.0), observed_beam.major_arcsec if observed_beam else 0.0,
-                                  f"{path}: the card PROTOLIB MAX_SCALE")
+    max_scale = checked_max_scale(
+        number("PROTOLIB MAX_SCALE", 0.0),
+        observed_beam.major_arcsec if observed_beam else 0.0,
+        f"{path}: the card PROTOLIB MAX_SCALE",
+    )
     prepared = PreparedObservation(
-        image_jy_beam=image, coverage=coverage, beam=beam, noise_rms_jy_beam=positive["PROTOLIB NOISE_RMS"],
-        grid=_grid_from_header(header, image.shape[-1], path), distance_pc=positive["PROTOLIB DIST_OBS"],
+        image_jy_beam=image,
+        coverage=coverage,
+        beam=beam,
+        noise_rms_jy_beam=positive["PROTOLIB NOISE_RMS"],
+        grid=_grid_from_header(header, image.shape[-1], path),
+        distance_pc=positive["PROTOLIB DIST_OBS"],
         centre=SkyCoord(number("PROTOLIB CENTRE_RA", 0.0) * u.deg, number("PROTOLIB CENTRE_DEC", 0.0) * u.deg),
-        observed_beam=observed_beam, observed_noise_rms_jy_beam=positive["PROTOLIB OBS_RMS"],
-        smoothed=bool(header.get("PROTOLIB SMOOTHED", False)), source_path=str(header.get("PROTOLIB SOURCE", "")),
-        object_name=str(header.get("OBJECT", "")), true_parameters=true_parameters_from_header(header, path),
-        observed_frequency_ghz=number("PROTOLIB OBS_FREQ", 0.0) or None, spectral_index=number("PROTOLIB SPEC_INDEX", 3.0),
-        frequency_factor=number("PROTOLIB FREQ_FACTOR", 1.0), max_scale_arcsec=max_scale, max_scale_source="file",
-        blanked_zero_fraction=number("PROTOLIB ZERO_BLANK", 0.0), mask_radius_arcsec=number("PROTOLIB MASK_RAD", 0.0) or None,
+        observed_beam=observed_beam,
+        observed_noise_rms_jy_beam=positive["PROTOLIB OBS_RMS"],
+        smoothed=bool(header.get("PROTOLIB SMOOTHED", False)),
+        source_path=str(header.get("PROTOLIB SOURCE", "")),
+        object_name=str(header.get("OBJECT", "")),
+        true_parameters=true_parameters_from_header(header, path),
+        observed_frequency_ghz=number("PROTOLIB OBS_FREQ", 0.0) or None,
+        spectral_index=number("PROTOLIB SPEC_INDEX", 3.0),
+        frequency_factor=number("PROTOLIB FREQ_FACTOR", 1.0),
+        max_scale_arcsec=max_scale,
+        max_scale_source="file",
+        blanked_zero_fraction=number("PROTOLIB ZERO_BLANK", 0.0),
+        mask_radius_arcsec=number("PROTOLIB MASK_RAD", 0.0) or None,
     )
     refuse_empty_target(prepared.image_jy_beam, prepared.coverage, prepared.beam, prepared.grid.pixel_arcsec, str(path))
     return prepared
@@ -258,7 +317,9 @@ def prepared_file(path: str | Path) -> bool:
 MIN_TARGET_BEAMS = 1.0  # a target needs observed, non-zero data over at least this many beam areas
 
 
-def refuse_empty_target(image: np.ndarray, coverage: np.ndarray, beam: Beam, pixel_arcsec: float, where: str, hint: str = "") -> None:
+def refuse_empty_target(
+    image: np.ndarray, coverage: np.ndarray, beam: Beam, pixel_arcsec: float, where: str, hint: str = ""
+) -> None:
     """Refuse a target with (almost) nothing to match: observed data over less than :data:`MIN_TARGET_BEAMS` beam
     area, or an image that is zero (or not finite) everywhere. Matching it would give perfect-looking
     scores (every bank image, blanked the same way, looks alike) for no information.
@@ -272,19 +333,29 @@ def refuse_empty_target(image: np.ndarray, coverage: np.ndarray, beam: Beam, pix
     observed = float(np.sum(np.where(np.isfinite(coverage), coverage, 0.0)))
     finite = np.isfinite(image)
     if observed < MIN_TARGET_BEAMS * beam_pixels or not finite.any() or not np.any(image[finite] != 0.0):
-        state = (f"observed data cover only {observed:.3g} pixel(s), under one beam ({beam_pixels:.3g} pixels)"
-                 if observed < MIN_TARGET_BEAMS * beam_pixels else "every pixel is zero or blank")
-        raise ProtolibInputError(f"{where}: nothing to match on the bank's grid: {state}. {hint or 'Check the file and the centre.'}")
+        state = (
+            f"observed data cover only {observed:.3g} pixel(s), under one beam ({beam_pixels:.3g} pixels)"
+            if observed < MIN_TARGET_BEAMS * beam_pixels
+            else "every pixel is zero or blank"
+        )
+        raise ProtolibInputError(
+            f"{where}: nothing to match on the bank's grid: {state}. {hint or 'Check the file and the centre.'}"
+        )
 
 
 def _beam_from_header(header: fits.Header, prefix: str, path: Path) -> Beam | None:
-    """The beam of the ``PROTOLIB <prefix>BMAJ/BMIN/BPA`` cards [arcsec, deg] (``None`` when absent), checked like ``--beam``."""
+    """The beam of the ``PROTOLIB <prefix>BMAJ/BMIN/BPA`` cards [arcsec, deg] (``None`` when absent), checked like
+    ``--beam``."""
     if f"PROTOLIB {prefix}BMAJ" not in header:
         return None
-    major, minor, angle = (card_number(header, f"PROTOLIB {prefix}{axis}", path, 0.0) for axis in ("BMAJ", "BMIN", "BPA"))
+    major, minor, angle = (
+        card_number(header, f"PROTOLIB {prefix}{axis}", path, 0.0) for axis in ("BMAJ", "BMIN", "BPA")
+    )
     if not (major > 0 and minor > 0):
-        raise ProtolibInputError(f"{path}: the cards PROTOLIB {prefix}BMAJ/BMIN = {major:g}, {minor:g} are not a beam (positive FWHM "
-                                 "axes in arcsec). Prepare the file again with `protolib observe`.")
+        raise ProtolibInputError(
+            f"{path}: the cards PROTOLIB {prefix}BMAJ/BMIN = {major:g}, {minor:g} are not a beam (positive FWHM "
+            "axes in arcsec). Prepare the file again with `protolib observe`."
+        )
     return Beam(major, minor, angle)
 
 

@@ -1,4 +1,5 @@
-"""The bank's grid, and resampling an observed image onto it: :class:`BankGrid`, :func:`sky_grid_wcs`, :func:`resample_to_grid`.
+"""The bank's grid, and resampling an observed image onto it: :class:`BankGrid`, :func:`sky_grid_wcs`,
+:func:`resample_to_grid`.
 
 Resampling conserves flux: each target pixel gets the mean of the source image over its footprint,
 the source being the smooth *histospline* whose mean over each of its pixels is that pixel's value.
@@ -49,7 +50,7 @@ class BankGrid:
         return self.pixel_size_au / self.distance_pc
 
     @classmethod
-    def from_bank(cls, bank) -> "BankGrid":
+    def from_bank(cls, bank) -> BankGrid:
         """The grid of a :class:`~protolib.bank.Bank` (an open bank or a path to one)."""
         from ..bank import Bank
 
@@ -59,7 +60,8 @@ class BankGrid:
         if bank.unit not in ("Jy/beam", "Jy/pixel") or not math.isfinite(bank.pixel_size_au):
             raise ProtolibInputError(
                 f"Bank {bank.path}: images in {bank.unit!r} with pixel size {bank.pixel_size_au} au; observations can "
-                "only be prepared for banks in Jy/beam or Jy/pixel with a known pixel size (banks made by `protolib simulate`)."
+                "only be prepared for banks in Jy/beam or Jy/pixel with a known pixel size (banks made by `protolib "
+                "simulate`)."
             )
         instrument = bank.instrument
         simulator = bank.simulator_config
@@ -122,7 +124,6 @@ def _box_integrals(table: np.ndarray, x0, x1, y0, y1, smooth: bool = False) -> n
     return cumulative(x1, y1) - cumulative(x0, y1) - cumulative(x1, y0) + cumulative(x0, y0)
 
 
-
 def resample_to_grid(
     image: np.ndarray, source_wcs: WCS, target_wcs: WCS, shape: tuple[int, int], subdivisions: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,7 +131,8 @@ def resample_to_grid(
 
     Each target pixel gets the mean of the source image over the pixel's footprint, the source being
     the smooth surface whose mean over each of its pixels is that pixel's value (a histospline, see
-    :func:`_box_integrals`), so pixels finer than the source's show no steps. The footprint of each target pixel (or of each of its
+    :func:`_box_integrals`), so pixels finer than the source's show no steps. The footprint of each target pixel (or of
+    each of its
     ``subdivisions x subdivisions`` sub-cells) is mapped into the source's pixel coordinates through
     both WCSs (any projection) and integrated exactly with a summed-area table. When the two grids are
     aligned (no rotation between them, the usual case) one cell per pixel is exact; rotated grids are
@@ -163,7 +165,8 @@ def resample_to_grid(
 
 
 def _cell_corners(source_wcs: WCS, target_wcs: WCS, shape: tuple[int, int], m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Corners of the ``m x m`` sub-cells of every target pixel, in source pixel coordinates where pixel ``k`` spans ``[k, k + 1]``;
+    """Corners of the ``m x m`` sub-cells of every target pixel, in source pixel coordinates where pixel ``k`` spans
+    ``[k, k + 1]``;
     each ``(rows * m + 1, columns * m + 1)``."""
     rows, cols = shape
     v, w = np.meshgrid(np.arange(rows * m + 1) / m - 0.5, np.arange(cols * m + 1) / m - 0.5, indexing="ij")
@@ -183,12 +186,18 @@ def _aligned_boxes(x: np.ndarray, y: np.ndarray):
     xs, ys = np.stack([q[0] for q in quad]), np.stack([q[1] for q in quad])
     x_lo, x_hi, y_lo, y_hi = xs.min(0), xs.max(0), ys.min(0), ys.max(0)
     shrink = np.sqrt(area / np.maximum((x_hi - x_lo) * (y_hi - y_lo), 1e-300))
-    xc, yc, hw, hh = 0.5 * (x_lo + x_hi), 0.5 * (y_lo + y_hi), 0.5 * (x_hi - x_lo) * shrink, 0.5 * (y_hi - y_lo) * shrink
+    xc, yc, hw, hh = (
+        0.5 * (x_lo + x_hi),
+        0.5 * (y_lo + y_hi),
+        0.5 * (x_hi - x_lo) * shrink,
+        0.5 * (y_hi - y_lo) * shrink,
+    )
     return (xc - hw, xc + hw, yc - hh, yc + hh), area, shrink
 
 
 def _integrate_boxes(image: np.ndarray, box, corners, shape: tuple[int, int], m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The integrals of ``image`` (smooth) and of its valid-pixel mask (as pixels) over the boxes, summed per target pixel.
+    """The integrals of ``image`` (smooth) and of its valid-pixel mask (as pixels) over the boxes, summed per target
+    pixel.
 
     The source is cropped to the region the grid's ``corners`` touch first; both results are ``shape``.
     """
@@ -201,7 +210,10 @@ def _integrate_boxes(image: np.ndarray, box, corners, shape: tuple[int, int], m:
     covered = np.zeros((rows, cols))
     if i0[1] > i0[0] and j0[1] > j0[0]:
         crop = (slice(j0[0], j0[1]), slice(i0[0], i0[1]))
-        for values, out, smooth in ((np.where(valid, image, 0.0)[crop], total, True), (valid[crop].astype(np.float64), covered, False)):
+        for values, out, smooth in (
+            (np.where(valid, image, 0.0)[crop], total, True),
+            (valid[crop].astype(np.float64), covered, False),
+        ):
             table = np.zeros((values.shape[0] + 1, values.shape[1] + 1))
             table[1:, 1:] = values.cumsum(0).cumsum(1)
             x_lo, x_hi, y_lo, y_hi = box

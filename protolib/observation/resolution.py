@@ -11,7 +11,14 @@ import math
 import numpy as np
 import torch
 
-from ..instrument import FWHM_TO_SIGMA, Beam, beam_noise, convolve_beam, effective_beam_covariance, gaussian_solid_angle_pixels
+from ..instrument import (
+    FWHM_TO_SIGMA,
+    Beam,
+    beam_noise,
+    convolve_beam,
+    effective_beam_covariance,
+    gaussian_solid_angle_pixels,
+)
 from ..runtime import ProtolibInputError
 
 __all__ = ["ResolutionMatch", "common_beam_covariance"]
@@ -66,7 +73,8 @@ class ResolutionMatch:
     Example:
         >>> prepared = prepare_observation("obs.fits", "bank.h5", distance_pc=146)  # doctest: +SKIP
         >>> transform = prepared.transform()                                      # doctest: +SKIP
-        >>> matched = transform(torch.as_tensor(bank.load_images([0, 1])[:, 0]), np.random.default_rng(0))  # doctest: +SKIP
+        >>> matched = transform(torch.as_tensor(bank.load_images([0, 1])[:, 0]), np.random.default_rng(0))  # doctest:
+    +SKIP
         >>> matched.shape                      # (2, H, W), Jy/beam at the observation's resolution  # doctest: +SKIP
     """
 
@@ -93,16 +101,22 @@ class ResolutionMatch:
         smallest = float(np.linalg.eigvalsh(kernel)[0])
         if smallest < -1e-6 * float(np.trace(target)):
             raise ProtolibInputError(
-                f"The target beam {target_beam} is smaller than the bank's beam {bank_beam} along some direction; a bank "
-                "cannot be sharpened. Prepare the observation with prepare_observation(), which smooths it to a common beam."
+                f"The target beam {target_beam} is smaller than the bank's beam {bank_beam} along some direction; a "
+                "bank "
+                "cannot be sharpened. Prepare the observation with prepare_observation(), which smooths it to a common "
+                "beam."
             )
         values, vectors = np.linalg.eigh(kernel)
         self.kernel_covariance = vectors @ np.diag(np.clip(values, 0.0, None)) @ vectors.T
         nominal = bank_beam.covariance_pixels(pixel_arcsec) if bank_beam is not None else None
-        self.unit_factor = gaussian_solid_angle_pixels(target) / (gaussian_solid_angle_pixels(nominal) if bank_beam is not None else 1.0)
+        self.unit_factor = gaussian_solid_angle_pixels(target) / (
+            gaussian_solid_angle_pixels(nominal) if bank_beam is not None else 1.0
+        )
         smoothed_bank_noise = 0.0
         if bank_beam is not None:  # noise correlated on the bank's beam, smoothed to the target's, in Jy/target beam
-            smoothed_bank_noise = bank_noise_rms_jy_beam * self.unit_factor * (np.linalg.det(bank) / np.linalg.det(target)) ** 0.25
+            smoothed_bank_noise = (
+                bank_noise_rms_jy_beam * self.unit_factor * (np.linalg.det(bank) / np.linalg.det(target)) ** 0.25
+            )
         self.noise_rms_jy_beam = float(noise_rms_jy_beam)
         self.bank_noise_rms_jy_beam = float(smoothed_bank_noise)
         self.added_noise_rms_jy_beam = math.sqrt(max(0.0, noise_rms_jy_beam**2 - smoothed_bank_noise**2))
@@ -123,6 +137,8 @@ class ResolutionMatch:
         return x.numpy() if as_numpy else x
 
     def __repr__(self) -> str:
-        scale = f", scales above {self.max_scale_arcsec:.3g}\" removed" if self.max_scale_arcsec else ""
-        return (f"ResolutionMatch(bank beam {self.bank_beam} -> {self.target_beam}, "
-                f"noise {self.noise_rms_jy_beam:.3g} Jy/beam, {self.pixel_arcsec:.4g}\"/px{scale})")
+        scale = f', scales above {self.max_scale_arcsec:.3g}" removed' if self.max_scale_arcsec else ""
+        return (
+            f"ResolutionMatch(bank beam {self.bank_beam} -> {self.target_beam}, "
+            f'noise {self.noise_rms_jy_beam:.3g} Jy/beam, {self.pixel_arcsec:.4g}"/px{scale})'
+        )

@@ -29,10 +29,12 @@ __all__ = ["ScaleEstimate", "estimate_max_scale", "BOWL_SIGNIFICANCE", "BOWL_OVE
 BOWL_SIGNIFICANCE = 5.0  # the deepest annulus of the profile must lie this many of its standard errors below zero
 BOWL_OVER_TRUTH = (0.5, 1.4, 2.2)
 """The fitted filter's width over the true recoverable scale: a low ratio, the median and a high one, read from 40
-synthetic NOEMA-like maps at three scales (``benchmarks/recoverable_scale.py --seed 11``: 36 maps with a bowl, median 1.4,
+synthetic NOEMA-like maps at three scales (``benchmarks/recoverable_scale.py --seed 11``: 36 maps with a bowl, median
+1.4,
 all but one between 0.55 and 2.0), widened a little so that the range holds the truth in about 95% of maps; other maps
 (``--seed 23``) are the check (benchmarks/README.md). The fit reads wide because the smoothed source is wider than the
-filter (its envelope extends beyond what the map shows); the estimate is the fit over the median, and its range runs from
+filter (its envelope extends beyond what the map shows); the estimate is the fit over the median, and its range runs
+from
 the fit over the high ratio to the fit over the low one."""
 
 
@@ -75,9 +77,17 @@ def _profile(image: np.ndarray, centre_xy: tuple[float, float], width_px: float,
     return np.array(radii), np.array(means), np.array(errors)
 
 
-def estimate_max_scale(image: np.ndarray, centre_xy: tuple[float, float], *, noise_rms: float, beam_major_px: float,
-                       beam_minor_px: float, pixel_arcsec: float) -> ScaleEstimate:
-    """The maximum recoverable scale [arcsec] that the negative bowl about ``centre_xy`` (column, row) of ``image`` shows.
+def estimate_max_scale(
+    image: np.ndarray,
+    centre_xy: tuple[float, float],
+    *,
+    noise_rms: float,
+    beam_major_px: float,
+    beam_minor_px: float,
+    pixel_arcsec: float,
+) -> ScaleEstimate:
+    """The maximum recoverable scale [arcsec] that the negative bowl about ``centre_xy`` (column, row) of ``image``
+    shows.
 
     The profile is averaged in annuli half a beam wide, out to the largest circle inside the map. The
     bowl must reach :data:`BOWL_SIGNIFICANCE` standard errors below zero; the Gaussian is then fitted
@@ -92,26 +102,46 @@ def estimate_max_scale(image: np.ndarray, centre_xy: tuple[float, float], *, noi
     significance = float(np.min(means / errors))
     negative = np.nonzero(means < 0)[0]
     if significance > -BOWL_SIGNIFICANCE or not len(negative):
-        return ScaleEstimate(None, significance, f"no significant negative bowl (deepest annulus {significance:.1f} sigma)")
+        return ScaleEstimate(
+            None, significance, f"no significant negative bowl (deepest annulus {significance:.1f} sigma)"
+        )
     use = slice(int(negative[0]), None)
     r, m, e = radii[use], means[use], errors[use]
     if len(r) < 3:
         return ScaleEstimate(None, significance, "the bowl lies at the map's edge")
     try:
-        (depth, sigma), _ = curve_fit(lambda x, a, s: -a * np.exp(-0.5 * (x / s) ** 2), r, m, p0=(-m.min() * 2, r[np.argmin(m)] + r[0]),
-                                      sigma=e, bounds=([0.0, 0.5 * beam_major_px], [np.inf, 10.0 * radii[-1]]))
+        (depth, sigma), _ = curve_fit(
+            lambda x, a, s: -a * np.exp(-0.5 * (x / s) ** 2),
+            r,
+            m,
+            p0=(-m.min() * 2, r[np.argmin(m)] + r[0]),
+            sigma=e,
+            bounds=([0.0, 0.5 * beam_major_px], [np.inf, 10.0 * radii[-1]]),
+        )
     except (RuntimeError, ValueError):
         return ScaleEstimate(None, significance, "the bowl's shape could not be fitted")
     # The bowl is the source smoothed by the filter: its width adds the source's own extent (its positive
     # emission's second moment per axis) to the filter's, in quadrature.
     rows, cols = np.indices(image.shape)
     positive = np.where(np.isfinite(image) & (image > 3.0 * noise_rms), image, 0.0)
-    extent2 = float((positive * ((cols - centre_xy[0]) ** 2 + (rows - centre_xy[1]) ** 2)).sum() / (2.0 * positive.sum())) if positive.sum() > 0 else 0.0
+    extent2 = (
+        float((positive * ((cols - centre_xy[0]) ** 2 + (rows - centre_xy[1]) ** 2)).sum() / (2.0 * positive.sum()))
+        if positive.sum() > 0
+        else 0.0
+    )
     sigma = math.sqrt(max(sigma**2 - extent2, (0.5 * beam_major_px) ** 2))
     if sigma > radii[-1]:
-        return ScaleEstimate(None, significance, f"a bowl wider than the map ({sigma / FWHM_TO_SIGMA * pixel_arcsec:.3g}\" at least)")
+        return ScaleEstimate(
+            None, significance, f'a bowl wider than the map ({sigma / FWHM_TO_SIGMA * pixel_arcsec:.3g}" at least)'
+        )
     fitted, beam = float(sigma / FWHM_TO_SIGMA * pixel_arcsec), beam_major_px * pixel_arcsec
     low, median, high = BOWL_OVER_TRUTH
-    scale, least, most = (max(fitted / ratio, beam) for ratio in (median, high, low))  # no scale below the beam: nothing would be left
-    return ScaleEstimate(scale, significance, f"a negative bowl {-significance:.0f} sigma deep about the source: a recoverable scale "
-                         f"of about {scale:.3g}\" ({least:.3g}-{most:.3g}\")", (least, most))
+    # no scale below the beam: nothing would be left
+    scale, least, most = (max(fitted / ratio, beam) for ratio in (median, high, low))
+    return ScaleEstimate(
+        scale,
+        significance,
+        f"a negative bowl {-significance:.0f} sigma deep about the source: a recoverable scale "
+        f'of about {scale:.3g}" ({least:.3g}-{most:.3g}")',
+        (least, most),
+    )

@@ -1,4 +1,5 @@
-"""The spectral index of a source seen in two bands: ``alpha = ln(S_high / S_low) / ln(nu_high / nu_low)``, pixel by pixel.
+"""The spectral index of a source seen in two bands: ``alpha = ln(S_high / S_low) / ln(nu_high / nu_low)``, pixel by
+pixel.
 
 Two maps of one source rarely share a beam, and a ratio of maps at different resolutions is not a
 spectral index: each map is first smoothed to the smallest beam that contains both (the coarser one, for
@@ -52,16 +53,29 @@ class SpectralIndexMap:
         return out
 
 
-def spectral_index_map(low: np.ndarray, high: np.ndarray, *, low_ghz: float, high_ghz: float, low_beam: Beam, high_beam: Beam,
-                       pixel_arcsec: float, low_noise_jy_beam: float, high_noise_jy_beam: float,
-                       sigma: float = SPECTRAL_INDEX_SIGMA) -> SpectralIndexMap:
-    """The spectral index of maps ``low`` and ``high`` (``(..., H, W)`` in Jy/beam for their own beams, on one pixel grid).
+def spectral_index_map(
+    low: np.ndarray,
+    high: np.ndarray,
+    *,
+    low_ghz: float,
+    high_ghz: float,
+    low_beam: Beam,
+    high_beam: Beam,
+    pixel_arcsec: float,
+    low_noise_jy_beam: float,
+    high_noise_jy_beam: float,
+    sigma: float = SPECTRAL_INDEX_SIGMA,
+) -> SpectralIndexMap:
+    """The spectral index of maps ``low`` and ``high`` (``(..., H, W)`` in Jy/beam for their own beams, on one pixel
+    grid).
 
     Arguments:
-        low, high: the maps at ``low_ghz`` and ``high_ghz``, with beams ``low_beam`` and ``high_beam`` [arcsec on the grid].
+        low, high: the maps at ``low_ghz`` and ``high_ghz``, with beams ``low_beam`` and ``high_beam`` [arcsec on the
+    grid].
         pixel_arcsec: the grid's pixel side.
         low_noise_jy_beam, high_noise_jy_beam: each map's noise rms at its own beam: the threshold is ``sigma``
-            times it, smoothed alike (give a target's noise for noise-free models, so that they are cut as the target is).
+            times it, smoothed alike (give a target's noise for noise-free models, so that they are cut as the target
+    is).
         sigma: the threshold in noise rms.
 
     Returns:
@@ -75,10 +89,18 @@ def spectral_index_map(low: np.ndarray, high: np.ndarray, *, low_ghz: float, hig
         kernel = vectors @ np.diag(np.clip(values, 0.0, None)) @ vectors.T
         ratio = gaussian_solid_angle_pixels(common) / gaussian_solid_angle_pixels(covariance)
         tensor = torch.as_tensor(np.asarray(image, dtype=np.float64))
-        smoothed.append((convolve_beam(tensor, kernel) * ratio).numpy() if np.trace(kernel) > 1e-9 else tensor.numpy() * ratio)
+        smoothed.append(
+            (convolve_beam(tensor, kernel) * ratio).numpy() if np.trace(kernel) > 1e-9 else tensor.numpy() * ratio
+        )
         noise.append(float(rms) * math.sqrt(ratio))
     above = (smoothed[0] > sigma * noise[0]) & (smoothed[1] > sigma * noise[1])
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha = np.where(above, np.log(smoothed[1] / smoothed[0]) / math.log(high_ghz / low_ghz), np.nan)
-    return SpectralIndexMap(alpha, float(low_ghz), float(high_ghz), Beam.from_covariance_pixels(common, pixel_arcsec),
-                            (noise[0], noise[1]), float(sigma))
+    return SpectralIndexMap(
+        alpha,
+        float(low_ghz),
+        float(high_ghz),
+        Beam.from_covariance_pixels(common, pixel_arcsec),
+        (noise[0], noise[1]),
+        float(sigma),
+    )

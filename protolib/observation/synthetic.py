@@ -31,10 +31,23 @@ RENDER_PARAMETERS = RENDER_KEYS
 
 
 def write_observation_fits(
-    path: str | Path, system: dict[str, float], *, inclination_deg: float, position_angle_deg: float, distance_pc: float,
-    pixel_arcsec: float, image_size: int, beam: Beam, noise_rms_jy_beam: float, seed: int = 0,
-    phase_centre: SkyCoord | None = None, source_offset_arcsec: tuple[float, float] = (0.0, 0.0), frequency_ghz: float = 230.0,
-    object_name: str = "protolib synthetic", config: SimulatorConfig | None = None, include_model: bool = True,
+    path: str | Path,
+    system: dict[str, float],
+    *,
+    inclination_deg: float,
+    position_angle_deg: float,
+    distance_pc: float,
+    pixel_arcsec: float,
+    image_size: int,
+    beam: Beam,
+    noise_rms_jy_beam: float,
+    seed: int = 0,
+    phase_centre: SkyCoord | None = None,
+    source_offset_arcsec: tuple[float, float] = (0.0, 0.0),
+    frequency_ghz: float = 230.0,
+    object_name: str = "protolib synthetic",
+    config: SimulatorConfig | None = None,
+    include_model: bool = True,
 ) -> Path:
     """Write one simulated system as an ALMA-style continuum FITS image, atomically.
 
@@ -63,8 +76,14 @@ def write_observation_fits(
     phase_centre = phase_centre or SkyCoord("04h39m53.9s", "+26d03m09.8s", frame="icrs")
     field_au = image_size * pixel_arcsec * distance_pc
     base = config or SimulatorConfig(envelope_samples=32, disk_samples=24, oversample=1)
-    render_config = SimulatorConfig(**{**base.to_dict(), "image_size": int(image_size), "field_of_view_au": field_au,
-                                       "frequency_ghz": frequency_ghz})
+    render_config = SimulatorConfig(
+        **{
+            **base.to_dict(),
+            "image_size": int(image_size),
+            "field_of_view_au": field_au,
+            "frequency_ghz": frequency_ghz,
+        }
+    )
     east, north = source_offset_arcsec
     source = phase_centre.spherical_offsets_by(east * u.arcsec, north * u.arcsec)
     missing = [k for k in RENDER_PARAMETERS if k not in system]
@@ -72,11 +91,19 @@ def write_observation_fits(
         raise ProtolibInputError(f"{path}: the system lacks parameter(s) {missing} needed to render it.")
     ref = sky_grid_wcs(phase_centre, image_size, pixel_arcsec)
     with torch.no_grad():
-        clean, source = _render_at_whole_pixel(system, (inclination_deg, position_angle_deg), distance_pc, render_config,
-                                               ref, source, image_size)
-        instrument = Instrument(distance_pc=distance_pc, beam_major_arcsec=beam.major_arcsec, beam_minor_arcsec=beam.minor_arcsec,
-                                beam_position_angle_deg=beam.position_angle_deg, noise_rms_jy_beam=noise_rms_jy_beam)
-        observed = instrument.observe(clean.contiguous(), render_config.pixel_size_au, np.random.default_rng(seed))[0].numpy()
+        clean, source = _render_at_whole_pixel(
+            system, (inclination_deg, position_angle_deg), distance_pc, render_config, ref, source, image_size
+        )
+        instrument = Instrument(
+            distance_pc=distance_pc,
+            beam_major_arcsec=beam.major_arcsec,
+            beam_minor_arcsec=beam.minor_arcsec,
+            beam_position_angle_deg=beam.position_angle_deg,
+            noise_rms_jy_beam=noise_rms_jy_beam,
+        )
+        observed = instrument.observe(clean.contiguous(), render_config.pixel_size_au, np.random.default_rng(seed))[
+            0
+        ].numpy()
     header = _exportfits_header(ref, phase_centre, pixel_arcsec, beam, frequency_ghz, object_name)
     _add_true_cards(header, system, (inclination_deg, position_angle_deg), distance_pc, noise_rms_jy_beam, source)
     hdus = [fits.PrimaryHDU(observed.astype(np.float32)[None, None], header=header)]
@@ -87,8 +114,15 @@ def write_observation_fits(
     return Path(path)
 
 
-def _render_at_whole_pixel(system: dict[str, float], viewing: tuple[float, float], distance_pc: float, config: SimulatorConfig,
-                           ref: WCS, source: SkyCoord, image_size: int) -> tuple[torch.Tensor, SkyCoord]:
+def _render_at_whole_pixel(
+    system: dict[str, float],
+    viewing: tuple[float, float],
+    distance_pc: float,
+    config: SimulatorConfig,
+    ref: WCS,
+    source: SkyCoord,
+    image_size: int,
+) -> tuple[torch.Tensor, SkyCoord]:
     """The clean model [Jy/pixel] ``(1, N, N)`` on ``ref``'s grid with the source at the whole pixel nearest
     ``source``, and that pixel's position.
 
@@ -102,33 +136,51 @@ def _render_at_whole_pixel(system: dict[str, float], viewing: tuple[float, float
     centre_pixel = (image_size - 1) / 2.0
     shift_cols, shift_rows = int(round(float(x) - centre_pixel)), int(round(float(y) - centre_pixel))
     pad = max(abs(shift_cols), abs(shift_rows))
-    padded_config = SimulatorConfig(**{**config.to_dict(), "image_size": image_size + 2 * pad,
-                                      "field_of_view_au": (image_size + 2 * pad) * pixel_au})
+    padded_config = SimulatorConfig(
+        **{
+            **config.to_dict(),
+            "image_size": image_size + 2 * pad,
+            "field_of_view_au": (image_size + 2 * pad) * pixel_au,
+        }
+    )
     inclination_deg, position_angle_deg = viewing
-    clean = render(tensors, torch.tensor([float(inclination_deg)]), torch.tensor([float(position_angle_deg)]),
-                   padded_config, distance_pc)
+    clean = render(
+        tensors,
+        torch.tensor([float(inclination_deg)]),
+        torch.tensor([float(position_angle_deg)]),
+        padded_config,
+        distance_pc,
+    )
     clean = clean[:, pad - shift_rows : pad - shift_rows + image_size, pad - shift_cols : pad - shift_cols + image_size]
     return clean, ref.pixel_to_world(centre_pixel + shift_cols, centre_pixel + shift_rows)
 
 
-def _exportfits_header(ref: WCS, phase_centre: SkyCoord, pixel_arcsec: float, beam: Beam, frequency_ghz: float,
-                       object_name: str) -> fits.Header:
+def _exportfits_header(
+    ref: WCS, phase_centre: SkyCoord, pixel_arcsec: float, beam: Beam, frequency_ghz: float, object_name: str
+) -> fits.Header:
     """The header CASA ``exportfits`` writes for a continuum image on ``ref``'s grid: 4 axes (RA---SIN,
     DEC--SIN, FREQ, STOKES), BUNIT Jy/beam, BMAJ/BMIN/BPA [deg], RESTFRQ, OBJECT, TELESCOP."""
     header = fits.Header()
     wcs_header = ref.to_header()
     header["NAXIS"] = 4
-    header["BMAJ"], header["BMIN"], header["BPA"] = beam.major_arcsec / DEG_ARCSEC, beam.minor_arcsec / DEG_ARCSEC, beam.position_angle_deg
+    header["BMAJ"], header["BMIN"], header["BPA"] = (
+        beam.major_arcsec / DEG_ARCSEC,
+        beam.minor_arcsec / DEG_ARCSEC,
+        beam.position_angle_deg,
+    )
     header["BTYPE"] = "Intensity"
     header["OBJECT"] = object_name
     header["BUNIT"] = ("Jy/beam", "Brightness (pixel) unit")
     header["RADESYS"] = "ICRS"
-    for axis, (ctype, crval, cdelt, crpix, cunit) in enumerate([
-        ("RA---SIN", phase_centre.icrs.ra.deg, -pixel_arcsec / DEG_ARCSEC, wcs_header["CRPIX1"], "deg"),
-        ("DEC--SIN", phase_centre.icrs.dec.deg, pixel_arcsec / DEG_ARCSEC, wcs_header["CRPIX2"], "deg"),
-        ("FREQ", frequency_ghz * 1e9, 2e9, 1.0, "Hz"),
-        ("STOKES", 1.0, 1.0, 1.0, ""),
-    ], start=1):
+    for axis, (ctype, crval, cdelt, crpix, cunit) in enumerate(
+        [
+            ("RA---SIN", phase_centre.icrs.ra.deg, -pixel_arcsec / DEG_ARCSEC, wcs_header["CRPIX1"], "deg"),
+            ("DEC--SIN", phase_centre.icrs.dec.deg, pixel_arcsec / DEG_ARCSEC, wcs_header["CRPIX2"], "deg"),
+            ("FREQ", frequency_ghz * 1e9, 2e9, 1.0, "Hz"),
+            ("STOKES", 1.0, 1.0, 1.0, ""),
+        ],
+        start=1,
+    ):
         header[f"CTYPE{axis}"], header[f"CRVAL{axis}"], header[f"CDELT{axis}"] = ctype, crval, cdelt
         header[f"CRPIX{axis}"], header[f"CUNIT{axis}"] = crpix, cunit
     header["RESTFRQ"] = (frequency_ghz * 1e9, "Rest Frequency (Hz)")
@@ -139,16 +191,33 @@ def _exportfits_header(ref: WCS, phase_centre: SkyCoord, pixel_arcsec: float, be
     return header
 
 
-def _add_true_cards(header: fits.Header, system: dict[str, float], viewing: tuple[float, float], distance_pc: float,
-                    noise_rms_jy_beam: float, source: SkyCoord) -> None:
+def _add_true_cards(
+    header: fits.Header,
+    system: dict[str, float],
+    viewing: tuple[float, float],
+    distance_pc: float,
+    noise_rms_jy_beam: float,
+    source: SkyCoord,
+) -> None:
     """Write the true parameters, viewing angles (inclination, position angle) [deg], distance, noise and
     source position as ``PROTOLIB TRUE`` cards, with ``PROTOLIB MAX_SCALE`` 0: no interferometric filtering."""
     inclination_deg, position_angle_deg = viewing
-    truth = {**{k: float(v) for k, v in system.items()}, "inclination": float(inclination_deg),
-             "position_angle": float(position_angle_deg), "distance_pc": float(distance_pc),
-             "noise_rms_jy_beam": float(noise_rms_jy_beam), "source_ra": source.icrs.ra.deg, "source_dec": source.icrs.dec.deg}
-    units = {**{name: p.unit for name, p in PARAMETERS.items()}, "inclination": "deg", "position_angle": "deg",
-             "source_ra": "deg", "source_dec": "deg"}
+    truth = {
+        **{k: float(v) for k, v in system.items()},
+        "inclination": float(inclination_deg),
+        "position_angle": float(position_angle_deg),
+        "distance_pc": float(distance_pc),
+        "noise_rms_jy_beam": float(noise_rms_jy_beam),
+        "source_ra": source.icrs.ra.deg,
+        "source_dec": source.icrs.dec.deg,
+    }
+    units = {
+        **{name: p.unit for name, p in PARAMETERS.items()},
+        "inclination": "deg",
+        "position_angle": "deg",
+        "source_ra": "deg",
+        "source_dec": "deg",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", VerifyWarning)
         for key, value in truth.items():

@@ -28,7 +28,7 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, config_from_data
 from ..observation.setup import MapSetup, fitted_setup, map_setup
-from ..runtime import ProtolibInputError, atomic_path, run_lock, write_json, shown_path
+from ..runtime import ProtolibInputError, atomic_path, run_lock, shown_path, write_json
 from .simulate import ensure_bank, local_workers, simulate_plan
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -53,8 +53,17 @@ class BankForReport:
     seconds: float = 0.0
 
 
-def bank_for(maps: list[str | Path], distance_pc: float | list[float], out: str | Path, base: RunConfig, overrides: dict | None = None, *,
-             frequency_ghz: float | None = None, progress: bool = True, announce=print) -> BankForReport:
+def bank_for(
+    maps: list[str | Path],
+    distance_pc: float | list[float],
+    out: str | Path,
+    base: RunConfig,
+    overrides: dict | None = None,
+    *,
+    frequency_ghz: float | None = None,
+    progress: bool = True,
+    announce=print,
+) -> BankForReport:
     """Build (or reuse) the bank and networks that fit ``maps`` (one setup) in the folder ``out``.
 
     Arguments:
@@ -77,11 +86,15 @@ def bank_for(maps: list[str | Path], distance_pc: float | list[float], out: str 
     started = time.perf_counter()
     distances = list(distance_pc) if isinstance(distance_pc, (list, tuple)) else [distance_pc] * len(maps)
     if len(distances) != len(maps):
-        raise ProtolibInputError(f"{len(maps)} maps but {len(distances)} distances: give one --distance for all, or one per map.")
+        raise ProtolibInputError(
+            f"{len(maps)} maps but {len(distances)} distances: give one --distance for all, or one per map."
+        )
     setup = fitted_setup([map_setup(path, d, frequency_ghz=frequency_ghz) for path, d in zip(maps, distances)])
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ProtolibInputError(f"--out {out} is a file; bank-for writes a folder (config.yaml, bank.h5, autoencoder.pt, siamese.pt).")
+        raise ProtolibInputError(
+            f"--out {out} is a file; bank-for writes a folder (config.yaml, bank.h5, autoencoder.pt, siamese.pt)."
+        )
     created = not out.exists()
     try:
         with run_lock(out, folder=True):  # a second bank-for into the same folder is refused, not raced
@@ -92,7 +105,9 @@ def bank_for(maps: list[str | Path], distance_pc: float | list[float], out: str 
         raise
 
 
-def _build(out: Path, setup: MapSetup, base: RunConfig, overrides, progress: bool, announce, started: float) -> BankForReport:
+def _build(
+    out: Path, setup: MapSetup, base: RunConfig, overrides, progress: bool, announce, started: float
+) -> BankForReport:
     """The body of :func:`bank_for`, under its folder's lock: the configuration, then the bank and the networks."""
     setup = _setup_in_folder(out, setup)
     data = fitted_data(base, setup, overrides)
@@ -111,7 +126,9 @@ def _build(out: Path, setup: MapSetup, base: RunConfig, overrides, progress: boo
         bank.close()
         whole.close()
     reused = {name: before[name] is not None and before[name] == _modified(path) for name, path in paths.items()}
-    return BankForReport(out, setup, out / "config.yaml", paths["bank"], autoencoder, siamese, reused, time.perf_counter() - started)
+    return BankForReport(
+        out, setup, out / "config.yaml", paths["bank"], autoencoder, siamese, reused, time.perf_counter() - started
+    )
 
 
 def _modified(path: Path) -> int | None:
@@ -123,21 +140,28 @@ def _setup_in_folder(out: Path, setup: MapSetup) -> MapSetup:
     recorded = out / SETUP_FILE
     if not recorded.exists():
         if (out / "bank.h5").exists() or (out / "siamese.pt").exists():
-            raise ProtolibInputError(f"{out} holds a bank or networks that bank-for did not make (no {SETUP_FILE}); give another --out.")
+            raise ProtolibInputError(
+                f"{out} holds a bank or networks that bank-for did not make (no {SETUP_FILE}); give another --out."
+            )
         return setup
     try:
         existing = MapSetup.from_dict(json.loads(recorded.read_text()))
     except (ValueError, TypeError, KeyError) as error:
-        raise ProtolibInputError(f"{recorded} cannot be read ({error}); remove the folder or give another --out.") from None
+        raise ProtolibInputError(
+            f"{recorded} cannot be read ({error}); remove the folder or give another --out."
+        ) from None
     shortfalls = existing.shortfalls(setup)
     if shortfalls:
-        raise ProtolibInputError(f"{out} holds a bank made for {', '.join(Path(m).name for m in existing.maps[:2])} that cannot serve "
-                                 f"{Path(setup.maps[0]).name}: {'; '.join(shortfalls)}. Give another --out for this map.")
+        raise ProtolibInputError(
+            f"{out} holds a bank made for {', '.join(Path(m).name for m in existing.maps[:2])} that cannot serve "
+            f"{Path(setup.maps[0]).name}: {'; '.join(shortfalls)}. Give another --out for this map."
+        )
     return replace(existing, maps=list(dict.fromkeys([*existing.maps, *setup.maps])))
 
 
 def fitted_data(base: RunConfig, setup: MapSetup, overrides: dict | None = None) -> dict:
-    """The fitted configuration as plain data: ``base``'s file, ``setup``'s simulator and instrument keys, then ``overrides``."""
+    """The fitted configuration as plain data: ``base``'s file, ``setup``'s simulator and instrument keys, then
+    ``overrides``."""
     data = (yaml.safe_load(base.path.read_text()) if base.path is not None else None) or {}
     data = apply_overrides(apply_overrides(data, setup.overrides()), overrides or {})
     return {**data, "name": "bank-for"}
@@ -145,9 +169,12 @@ def fitted_data(base: RunConfig, setup: MapSetup, overrides: dict | None = None)
 
 def _write_config(out: Path, data: dict, setup: MapSetup) -> None:
     """``OUT/config.yaml`` (the configuration as YAML, headed by how it was made) and ``OUT/setup.json``."""
-    header = (f"# Made by protolib bank-for for {', '.join(Path(m).name for m in setup.maps)}:\n# {setup.describe()}.\n"
-              "# The bank, autoencoder.pt and siamese.pt beside it were made from it; edit it and pass it to bank-for as --config\n"
-              "# to build another.\n")
+    header = (
+        f"# Made by protolib bank-for for {', '.join(Path(m).name for m in setup.maps)}:\n# {setup.describe()}.\n"
+        "# The bank, autoencoder.pt and siamese.pt beside it were made from it; edit it and pass it to bank-for as "
+        "--config\n"
+        "# to build another.\n"
+    )
     text = header + yaml.safe_dump(data, sort_keys=False)
     path = out / "config.yaml"
     if not path.exists() or path.read_text() != text:
@@ -181,13 +208,19 @@ def estimate_seconds(config: RunConfig) -> dict[str, float]:
 
 def _plan(config: RunConfig, setup: MapSetup, before: dict) -> str:
     """What bank-for will build, about how long it will take and how much memory it will need at its peak
-    (refused in one line when more than the machine has available, see :func:`~protolib.pipelines.simulate.simulate_plan`)."""
+    (refused in one line when more than the machine has available, see
+    :func:`~protolib.pipelines.simulate.simulate_plan`)."""
     n = config.bank.n_systems * config.bank.n_projections
     memory = simulate_plan(config, local_workers(None, 1, n), "bank-for") if before["bank"] is None else ""
     seconds = estimate_seconds(config)
     there = [name for name in seconds if before[name] is not None]
-    return (f"A bank for {len(setup.maps)} map(s): {setup.describe()}.\n" + (f"{memory}\n" if memory else "")
-            + f"{config.bank.n_systems} systems x {config.bank.n_projections} projections ({n} images) in {shown_path(config.artifacts_dir)}: "
-            f"bank ~{seconds['bank']:.0f} s, autoencoder ~{seconds['autoencoder']:.0f} s, Siamese network ~{seconds['siamese']:.0f} s, "
-            f"about {sum(seconds.values()) / 60:.1f} min from scratch"
-            + (f" ({', '.join(there)} already there: reused if made with these settings)." if there else "."))
+    return (
+        f"A bank for {len(setup.maps)} map(s): {setup.describe()}.\n"
+        + (f"{memory}\n" if memory else "")
+        + f"{config.bank.n_systems} systems x {config.bank.n_projections} projections ({n} images) in "
+        f"{shown_path(config.artifacts_dir)}: "
+        f"bank ~{seconds['bank']:.0f} s, autoencoder ~{seconds['autoencoder']:.0f} s, Siamese network "
+        f"~{seconds['siamese']:.0f} s, "
+        f"about {sum(seconds.values()) / 60:.1f} min from scratch"
+        + (f" ({', '.join(there)} already there: reused if made with these settings)." if there else ".")
+    )

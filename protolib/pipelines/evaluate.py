@@ -15,11 +15,30 @@ from pathlib import Path
 
 from .. import plots_evaluation as plots
 from ..bank import Bank
-from ..evaluation import (NPE_METHODS, VARIANTS, EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods,
-                          evaluation_cost, headline_table, siamese_method)
+from ..evaluation import (
+    NPE_METHODS,
+    VARIANTS,
+    EvaluationSettings,
+    MethodResult,
+    Relevance,
+    baseline_methods,
+    evaluate_methods,
+    evaluation_cost,
+    headline_table,
+    siamese_method,
+)
 from ..npe import add_npe_result, sbi_available
-from ..runtime import (ProtolibInputError, atomic_path, check_memory, check_output, describe_bytes, output_folder, typed_settings,
-                       write_figure, write_json)
+from ..runtime import (
+    ProtolibInputError,
+    atomic_path,
+    check_memory,
+    check_output,
+    describe_bytes,
+    output_folder,
+    typed_settings,
+    write_figure,
+    write_json,
+)
 from ..siamese import load_siamese, load_siamese_with_its_bank
 from .train import ensure_siamese, run_split, siamese_settings
 
@@ -27,7 +46,8 @@ __all__ = ["evaluation_settings", "run_evaluation", "evaluation_plan", "compare_
 
 
 def evaluation_settings(config=None, overrides: dict | None = None) -> EvaluationSettings:
-    """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent), with ``overrides`` (``None`` values ignored)."""
+    """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent), with
+    ``overrides`` (``None`` values ignored)."""
     section = {} if config is None else config.section("evaluation")
     section.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return typed_settings(EvaluationSettings, section, f"{getattr(config, 'path', 'evaluation settings')} [evaluation]")
@@ -65,35 +85,57 @@ def run_evaluation(
     results = evaluate_methods(methods, bank, relevance, split, settings)
     add_npe_result(results, bank, split, relevance, settings, model=model)
     report = evaluation_report(results, model, bank, settings, model_path=model_path, bank_path=bank_path)
-    bank.check_unchanged()  # a bank rewritten meanwhile: refused, so metrics.json never names a file it does not come from
+    # a bank rewritten meanwhile: refused, so metrics.json never names a file it does not come from
+    bank.check_unchanged()
     _write_products(out_dir, results, report)
     return report
 
 
 def evaluation_plan(bank: Bank, split, settings: EvaluationSettings, n_parameters: int) -> str:
-    """One line with the estimated time and peak memory of the evaluation (:func:`~protolib.evaluation.evaluation_cost`),
+    """One line with the estimated time and peak memory of the evaluation
+    (:func:`~protolib.evaluation.evaluation_cost`),
     refused in one line, naming the settings to change, when the memory exceeds what the machine has available."""
     memory, seconds = evaluation_cost(bank, split, settings, n_parameters)
     per_system = bank.n_projections if settings.projection is None else 1
     targets, references = (len(split.test) + len(split.validation)) * per_system, len(split.train) * bank.n_projections
-    check_memory(memory, f"Ranking {references} reference images for each of {targets} test and validation images",
-                 "evaluate one projection of each system (--projection 0), or a bank with fewer systems")
+    check_memory(
+        memory,
+        f"Ranking {references} reference images for each of {targets} test and validation images",
+        "evaluate one projection of each system (--projection 0), or a bank with fewer systems",
+    )
     duration = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-    return (f"evaluate: {targets} target images x {references} reference images per method: about {duration} "
-            f"(not counting the neural posterior estimates' training), peak memory about {describe_bytes(memory)}.")
+    return (
+        f"evaluate: {targets} target images x {references} reference images per method: about {duration} "
+        f"(not counting the neural posterior estimates' training), peak memory about {describe_bytes(memory)}."
+    )
 
 
-def evaluation_report(results: dict[str, MethodResult], model, bank: Bank, settings: EvaluationSettings, *, model_path: str | Path,
-                      bank_path: str | Path) -> dict:
-    """The contents of ``metrics.json``: the inputs, the settings, the targets and every method's figures (:meth:`MethodResult.to_json`)."""
+def evaluation_report(
+    results: dict[str, MethodResult],
+    model,
+    bank: Bank,
+    settings: EvaluationSettings,
+    *,
+    model_path: str | Path,
+    bank_path: str | Path,
+) -> dict:
+    """The contents of ``metrics.json``: the inputs, the settings, the targets and every method's figures
+    (:meth:`MethodResult.to_json`)."""
     split = model.split
     return {
-        "inputs": {"model": str(Path(model_path).resolve()), "bank": str(Path(bank_path).resolve()),
-                   "target": model.checkpoint["target"], "loss": model.checkpoint["config"]["loss"]},
+        "inputs": {
+            "model": str(Path(model_path).resolve()),
+            "bank": str(Path(bank_path).resolve()),
+            "target": model.checkpoint["target"],
+            "loss": model.checkpoint["config"]["loss"],
+        },
         "settings": asdict(settings),
-        "targets": {"systems": split.test.tolist(), "projection": settings.projection,
-                    "n_targets": int(len(split.test) * (bank.n_projections if settings.projection is None else 1)),
-                    "reference_systems": int(len(split.train))},
+        "targets": {
+            "systems": split.test.tolist(),
+            "projection": settings.projection,
+            "n_targets": int(len(split.test) * (bank.n_projections if settings.projection is None else 1)),
+            "reference_systems": int(len(split.train)),
+        },
         "methods": {name: result.to_json() for name, result in results.items()},
     }
 
@@ -102,8 +144,10 @@ def _check_methods_can_run(settings: EvaluationSettings) -> None:
     """Refuse, before any work, an evaluation whose only methods are neural posterior estimates when ``sbi`` is
     missing (with other methods, the estimates are left out with a warning)."""
     if settings.methods and all(name in NPE_METHODS for name in settings.methods) and not sbi_available():
-        raise ProtolibInputError(f"--methods {','.join(settings.methods)} needs the sbi package, which is not installed: pip install "
-                                 "'protolib[posterior]', or add a matching method (e.g. --methods siamese,npe).")
+        raise ProtolibInputError(
+            f"--methods {','.join(settings.methods)} needs the sbi package, which is not installed: pip install "
+            "'protolib[posterior]', or add a matching method (e.g. --methods siamese,npe)."
+        )
     if not settings.methods:
         raise ProtolibInputError("--methods is empty; name at least one method (e.g. --methods siamese).")
 
@@ -111,18 +155,34 @@ def _check_methods_can_run(settings: EvaluationSettings) -> None:
 def _write_products(out_dir: Path, results: dict[str, MethodResult], report: dict) -> None:
     """The figures, ``headline.md`` and ``metrics.json`` of one evaluation, published together in ``out_dir``."""
     main = results.get("siamese") or list(results.values())[-1]
-    figures = {"coverage.png": plots.coverage_plot(results), "recovery.png": plots.recovery_plot(main.evaluation),
-               "rank_histograms.png": plots.rank_histogram_plot(main.evaluation), "tarp.png": plots.tarp_plot(results)}
+    figures = {
+        "coverage.png": plots.coverage_plot(results),
+        "recovery.png": plots.recovery_plot(main.evaluation),
+        "rank_histograms.png": plots.rank_histogram_plot(main.evaluation),
+        "tarp.png": plots.tarp_plot(results),
+    }
     with output_folder(out_dir, "evaluate") as staging:  # the products of one run, published together
         for name, fig in figures.items():
             write_figure(fig, staging / name, dpi=110, bbox_inches="tight")
         with atomic_path(staging / "headline.md") as tmp:
-            tmp.write_text(headline_table(results) + "\n\nCorrected (k chosen on validation systems):\n\n" + headline_table(results, corrected=True) + "\n")
+            tmp.write_text(
+                headline_table(results)
+                + "\n\nCorrected (k chosen on validation systems):\n\n"
+                + headline_table(results, corrected=True)
+                + "\n"
+            )
         write_json(report, staging / "metrics.json", strict=True)
 
 
-def compare_variants(config, bank: Bank, autoencoder: str | Path, variants: dict[str, tuple[str, dict]] | None = None,
-                     settings: EvaluationSettings | None = None, *, progress: bool = False) -> dict[str, MethodResult]:
+def compare_variants(
+    config,
+    bank: Bank,
+    autoencoder: str | Path,
+    variants: dict[str, tuple[str, dict]] | None = None,
+    settings: EvaluationSettings | None = None,
+    *,
+    progress: bool = False,
+) -> dict[str, MethodResult]:
     """Train (or reuse) one Siamese network per variant and evaluate each on the same test targets.
 
     Every variant is scored against the same relevance, the configuration's own target similarity

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import platform
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,28 +33,33 @@ from ..distributions import (
     summarise,
     write_csv,
 )
+from ..evaluation import EvaluationSettings
+from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
 from ..matching import (
     BandTargets,
     Matcher,
-    map_bands,
     Matches,
     MatchingSettings,
     ObservationTarget,
     TieredMatcher,
     apply_transform,
-    band_label,
     fit_matches,
+    map_bands,
     match_parameters,
     prepare_band_targets,
     prepare_observation_target,
     spectral_indices,
     truth_parameters,
 )
-from ..observation import prepared_file
-from ..matching.observing import OBSERVING_DRAWS, ObservingDraws, ObservingUncertainty, observing_uncertainty, widening_by_source
-from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
-from ..evaluation import EvaluationSettings
+from ..matching.observing import (
+    OBSERVING_DRAWS,
+    ObservingDraws,
+    ObservingUncertainty,
+    observing_uncertainty,
+    widening_by_source,
+)
 from ..npe import observation_posterior
+from ..observation import prepared_file
 from ..out_of_family import read_terms, with_terms
 from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
 
@@ -108,28 +113,53 @@ def run_match(
     ``distance_error_pc``, ``flux_calibration`` (default: the band's nominal error) and an unknown recoverable
     scale enter an observation's intervals: the match is repeated over ``observing_draws`` draws of them (default
     12; 0: none) and pooled (:mod:`~protolib.matching.observing`; ``summary.csv`` and ``corner.png`` then describe
-    the pooled matches, ``observing_draws.csv`` lists them, ``report.json`` ``observing_uncertainty`` says what each widened).
+    the pooled matches, ``observing_draws.csv`` lists them, ``report.json`` ``observing_uncertainty`` says what each
+    widened).
     ``misspecification``: per-parameter terms (or the ``out_of_family.json`` holding them,
-    :func:`~protolib.out_of_family.read_terms`) that widen an observation's calibrated intervals further, for physics the
+    :func:`~protolib.out_of_family.read_terms`) that widen an observation's calibrated intervals further, for physics
+    the
     bank does not hold (:mod:`protolib.out_of_family`); ``report.json`` records each in ``calibration``.
     ``target`` may be maps of one source in several bands (a list), matched jointly: see :func:`_match_bands`.
     Returns the report written to ``report.json``.
     """
-    target = _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate)
+    target = _checked_target(
+        model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate
+    )
     terms = read_terms(misspecification) if isinstance(misspecification, (str, Path)) else dict(misspecification or {})
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
-        report = _match_into(staging, model_path, bank, target, target_system, projection, distance_pc, top_k, threshold,
-                             weight_temperature, dict(backend=backend, device=device, progress=progress), observation_options,
-                             limit_percentile, matching, posterior_estimate, posterior_settings,
-                             dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws,
-                                  misspecification=terms))
-        bank.check_unchanged()  # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
+        report = _match_into(
+            staging,
+            model_path,
+            bank,
+            target,
+            target_system,
+            projection,
+            distance_pc,
+            top_k,
+            threshold,
+            weight_temperature,
+            dict(backend=backend, device=device, progress=progress),
+            observation_options,
+            limit_percentile,
+            matching,
+            posterior_estimate,
+            posterior_settings,
+            dict(
+                distance_error_pc=distance_error_pc,
+                flux_calibration=flux_calibration,
+                n_draws=observing_draws,
+                misspecification=terms,
+            ),
+        )
+        # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
+        bank.check_unchanged()
         return report
 
 
 def _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate):
     """``target`` as given for one map (a path) or none, as a list for several maps (a list of one is that one map),
-    with :func:`run_match`'s arguments checked (:func:`_check_arguments`, and for several maps :func:`_check_band_options`)."""
+    with :func:`run_match`'s arguments checked (:func:`_check_arguments`, and for several maps
+    :func:`_check_band_options`)."""
     if target is not None and not isinstance(target, (str, Path)):
         targets = list(target)
         target = None if not targets else targets[0] if len(targets) == 1 else targets
@@ -141,14 +171,24 @@ def _checked_target(model_path, target, target_system, top_k, threshold, observa
 
 def _check_band_options(observation_options: dict, posterior_estimate: bool) -> None:
     """Refuse, in one line, settings that describe one map when several are matched jointly."""
-    said = {"beam": "--beam", "noise_rms_jy_beam": "--noise", "frequency_ghz": "--frequency", "max_scale_arcsec": "--max-scale"}
+    said = {
+        "beam": "--beam",
+        "noise_rms_jy_beam": "--noise",
+        "frequency_ghz": "--frequency",
+        "max_scale_arcsec": "--max-scale",
+    }
     given = [flag for key, flag in said.items() if observation_options.get(key) is not None]
     if given:
-        raise ProtolibInputError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} one map, and several --target maps are "
-                                 "matched jointly, each with its own header's beam, noise and frequency; leave them out, or match each map alone.")
+        raise ProtolibInputError(
+            f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} one map, and several --target maps are "
+            "matched jointly, each with its own header's beam, noise and frequency; leave them out, or match each map "
+            "alone."
+        )
     if posterior_estimate:
-        raise ProtolibInputError("--posterior-estimate takes one map; it is not made for several --target maps yet: match the map "
-                                 "of one band with it.")
+        raise ProtolibInputError(
+            "--posterior-estimate takes one map; it is not made for several --target maps yet: match the map "
+            "of one band with it."
+        )
 
 
 def _check_arguments(model_path, target, target_system, top_k, threshold) -> None:
@@ -156,11 +196,17 @@ def _check_arguments(model_path, target, target_system, top_k, threshold) -> Non
     if (target is None) == (target_system is None):
         raise ProtolibInputError("Give exactly one target: an observation file or a bank system.")
     if top_k is not None and top_k < 1:
-        raise ProtolibInputError(f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}.")
+        raise ProtolibInputError(
+            f"--top-k must be 0 (all above --threshold) or a positive number of matches, got {top_k}."
+        )
     if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0):
-        raise ProtolibInputError(f"--threshold must be a similarity between -1 and 1 (the cosine of two embeddings), got {threshold}.")
+        raise ProtolibInputError(
+            f"--threshold must be a similarity between -1 and 1 (the cosine of two embeddings), got {threshold}."
+        )
     if not Path(model_path).exists():
-        raise ProtolibInputError(f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`).")
+        raise ProtolibInputError(
+            f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`)."
+        )
 
 
 @dataclass
@@ -189,27 +235,48 @@ class _Searched:
 
 
 def _one_band(bank: Bank, target, observation_options: dict | None) -> Bank:
-    """``bank`` when it has one band; else its band nearest the map ``target``'s frequency (``--frequency``, else the file's),
+    """``bank`` when it has one band; else its band nearest the map ``target``'s frequency (``--frequency``, else the
+    file's),
     or for a bank system (``target`` ``None``) its reference band, the networks' (opened anew: close it)."""
     if bank.n_bands == 1:
         return bank
     if target is None:
         return bank.band(float(bank.attrs["frequency_ghz"]))
     given = (observation_options or {}).get("frequency_ghz")
-    return bank.band(given) if given else bank.band(map_bands([target], bank, (observation_options or {}).get("centre"))[0].band_ghz)
+    return (
+        bank.band(given)
+        if given
+        else bank.band(map_bands([target], bank, (observation_options or {}).get("centre"))[0].band_ghz)
+    )
 
 
-def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, projection, distance_pc, top_k, threshold,
-                weight_temperature, options: dict, observation_options: dict | None, limit_percentile: float = 5.0,
-                matching: MatchingSettings | None = None, posterior_estimate: bool = False,
-                posterior_settings: EvaluationSettings | None = None, observing: dict | None = None) -> dict:
+def _match_into(
+    out_dir: Path,
+    model_path,
+    bank: Bank,
+    target,
+    target_system,
+    projection,
+    distance_pc,
+    top_k,
+    threshold,
+    weight_temperature,
+    options: dict,
+    observation_options: dict | None,
+    limit_percentile: float = 5.0,
+    matching: MatchingSettings | None = None,
+    posterior_estimate: bool = False,
+    posterior_settings: EvaluationSettings | None = None,
+    observing: dict | None = None,
+) -> dict:
     """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
     inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
     search = (model_path, matching, options, top_k, threshold, observing or {})
     if isinstance(target, list):
         searched = _match_bands(bank, target, distance_pc, observation_options, *search)
     else:
-        band = _one_band(bank, target, observation_options)  # a bank of several bands: the map's (a bank system: the networks')
+        # a bank of several bands: the map's (a bank system: the networks')
+        band = _one_band(bank, target, observation_options)
         try:
             if target_system is not None:
                 found = _match_bank_system(model_path, band, target_system, projection, top_k, threshold, options)
@@ -222,91 +289,202 @@ def _match_into(out_dir: Path, model_path, bank: Bank, target, target_system, pr
             raise
     inputs["target"] = searched.described
     try:
-        return _judge_and_report(out_dir, searched, inputs, top_k, threshold, weight_temperature, limit_percentile,
-                                 posterior_estimate, posterior_settings, observing, options)
+        return _judge_and_report(
+            out_dir,
+            searched,
+            inputs,
+            top_k,
+            threshold,
+            weight_temperature,
+            limit_percentile,
+            posterior_estimate,
+            posterior_settings,
+            observing,
+            options,
+        )
     finally:
         searched.close()
 
 
-def _match_observation(bank: Bank, target, distance_pc, observation_options, model_path, matching, options, top_k, threshold,
-                       observing: dict, observation: ObservationTarget | None = None) -> _Searched:
-    """An observation prepared (unless ``observation`` is), searched, and matched again at draws of its observing settings."""
+def _match_observation(
+    bank: Bank,
+    target,
+    distance_pc,
+    observation_options,
+    model_path,
+    matching,
+    options,
+    top_k,
+    threshold,
+    observing: dict,
+    observation: ObservationTarget | None = None,
+) -> _Searched:
+    """An observation prepared (unless ``observation`` is), searched, and matched again at draws of its observing
+    settings."""
     if observation is None:
         observation = prepare_observation_target(target, bank, distance_pc, **(observation_options or {}))
     matcher = _observation_matcher(model_path, bank, observation, matching, options)
     image, truths = observation.image, observation.truths
     matches = matcher.match(image, top_k=top_k, threshold=threshold)
-    described = {"file": str(Path(target).resolve()), "distance_pc": distance_pc, "preparation": observation.info,
-                 "true_parameters_in_file": truths is not None}
+    described = {
+        "file": str(Path(target).resolve()),
+        "distance_pc": distance_pc,
+        "preparation": observation.info,
+        "true_parameters_in_file": truths is not None,
+    }
     uncertainty = _observing_uncertainty(target, distance_pc, observation.info, observing)
     flux_tolerance = 2.0 * uncertainty.flux_calibration  # the image-space fit may rescale a match within 2 sigma
     pooled = None
     if uncertainty.sources:
-        pooled = _observing_draws(model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold)
+        pooled = _observing_draws(
+            model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold
+        )
     return _Searched(matcher, matches, image, truths, described, bank, observation, pooled, flux_tolerance)
 
 
-def _match_bands(bank: Bank, targets: list, distance_pc, observation_options, model_path, matching, options, top_k, threshold,
-                 observing: dict) -> _Searched:
-    """Maps of one source in several bands, matched jointly: each is prepared in the bank's band nearest its frequency, with
+def _match_bands(
+    bank: Bank,
+    targets: list,
+    distance_pc,
+    observation_options,
+    model_path,
+    matching,
+    options,
+    top_k,
+    threshold,
+    observing: dict,
+) -> _Searched:
+    """Maps of one source in several bands, matched jointly: each is prepared in the bank's band nearest its frequency,
+    with
     its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one in the band the
-    networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the verdict and
+    networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the verdict
+    and
     the calibration's references then use every band, each with its own flux tolerance (``matches.csv`` gains
-    ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and ``spectral_index.png``
+    ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and
+    ``spectral_index.png``
     is written: :func:`write_match_report`)."""
     bands = prepare_band_targets(targets, bank, distance_pc, **(observation_options or {}))
     try:
         path = bands.maps[bands.search].path
-        searched = _match_observation(bands.banks[bands.search], path, distance_pc, observation_options, model_path, matching, options,
-                                      top_k, threshold, observing, observation=bands.targets[bands.search])
-        tolerances = [2.0 * _observing_uncertainty(m.path, distance_pc, t.info, dict(observing, n_draws=0)).flux_calibration
-                      for m, t in zip(bands.maps, bands.targets)]
+        searched = _match_observation(
+            bands.banks[bands.search],
+            path,
+            distance_pc,
+            observation_options,
+            model_path,
+            matching,
+            options,
+            top_k,
+            threshold,
+            observing,
+            observation=bands.targets[bands.search],
+        )
+        tolerances = [
+            2.0 * _observing_uncertainty(m.path, distance_pc, t.info, dict(observing, n_draws=0)).flux_calibration
+            for m, t in zip(bands.maps, bands.targets)
+        ]
     except BaseException:
         bands.close()
         raise
-    described = {**searched.described, "files": [str(m.path.resolve()) for m in bands.maps], "bands_ghz": bands.frequencies_ghz,
-                 "searched_band_ghz": bands.frequencies_ghz[bands.search], "reference_band_ghz": bands.reference_ghz}
+    described = {
+        **searched.described,
+        "files": [str(m.path.resolve()) for m in bands.maps],
+        "bands_ghz": bands.frequencies_ghz,
+        "searched_band_ghz": bands.frequencies_ghz[bands.search],
+        "reference_band_ghz": bands.reference_ghz,
+    }
     return replace(searched, described=described, flux_tolerance=tolerances, bands=bands)
 
 
-def _judge_and_report(out_dir: Path, searched: _Searched, inputs: dict, top_k, threshold, weight_temperature, limit_percentile,
-                      posterior_estimate, posterior_settings, observing, options) -> dict:
+def _judge_and_report(
+    out_dir: Path,
+    searched: _Searched,
+    inputs: dict,
+    top_k,
+    threshold,
+    weight_temperature,
+    limit_percentile,
+    posterior_estimate,
+    posterior_settings,
+    observing,
+    options,
+) -> dict:
     """The matches judged (embedding check, image-space fit and calibration, detection) and the report written."""
     matcher, bank, observation, bands = searched.matcher, searched.bank, searched.observation, searched.bands
     _refuse_no_matches(searched.matches, threshold, bank)
     verdict = matcher.check(searched.matches, limit_percentile=limit_percentile)
-    fit = fit_matches(matcher, searched.image if bands is None else bands.images(), searched.matches, observation=observation,
-                      flux_tolerance=searched.flux_tolerance, bands=bands)
+    fit = fit_matches(
+        matcher,
+        searched.image if bands is None else bands.images(),
+        searched.matches,
+        observation=observation,
+        flux_tolerance=searched.flux_tolerance,
+        bands=bands,
+    )
     matches, pooled, fit = _distribution_matches(searched.matches, searched.pooled, fit)
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
     noise = observation.noise_rms_jy_beam if observation is not None else bank_noise
     found = detection(searched.image, noise) if noise > 0 else None
-    settings = _match_settings(matcher, top_k, threshold, searched.flux_tolerance, len(searched.matches), len(matches), fit)
+    settings = _match_settings(
+        matcher, top_k, threshold, searched.flux_tolerance, len(searched.matches), len(matches), fit
+    )
     trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
     corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
-    fitted = {} if fit is None else {"reduced_chi2": fit.reduced_chi2, "fit_verdict": fit.verdict,
-                                     "gallery_residuals": fit.residuals,
-                                     "calibration": with_terms(fit.calibration, (observing or {}).get("misspecification") if observation else None)}
+    fitted = (
+        {}
+        if fit is None
+        else {
+            "reduced_chi2": fit.reduced_chi2,
+            "fit_verdict": fit.verdict,
+            "gallery_residuals": fit.residuals,
+            "calibration": with_terms(
+                fit.calibration, (observing or {}).get("misspecification") if observation else None
+            ),
+        }
+    )
     if bands is not None:
         fitted.update(bands=bands, reduced_chi2_by_band=fit.reduced_chi2_by_band)
-    report = write_match_report(out_dir, bank, matches, searched.image, verdict=verdict, truths=searched.truths,
-                                weight_temperature=weight_temperature, inputs=inputs, settings=settings, corner_parameters=corner_parameters,
-                                match_image_transform=matcher.transform, detected=found, observing=pooled,
-                                bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None, **fitted)
-    if posterior_estimate and observation is not None:  # beside the matches, in the same report (rewritten in the staging folder)
-        report["posterior_estimate"] = observation_posterior(matcher, searched.image, settings=posterior_settings,
-                                                             progress=options.get("progress", False))
+    report = write_match_report(
+        out_dir,
+        bank,
+        matches,
+        searched.image,
+        verdict=verdict,
+        truths=searched.truths,
+        weight_temperature=weight_temperature,
+        inputs=inputs,
+        settings=settings,
+        corner_parameters=corner_parameters,
+        match_image_transform=matcher.transform,
+        detected=found,
+        observing=pooled,
+        bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None,
+        **fitted,
+    )
+    # beside the matches, in the same report (rewritten in the staging folder)
+    if posterior_estimate and observation is not None:
+        report["posterior_estimate"] = observation_posterior(
+            matcher, searched.image, settings=posterior_settings, progress=options.get("progress", False)
+        )
         write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
 
 
 def _match_settings(matcher: Matcher, top_k, threshold, flux_tolerance, searched: int, kept: int, fit) -> dict:
     """The report's ``settings``: how the target was searched and how many matches form the distribution."""
-    return {"top_k": top_k, "threshold": threshold, "backend": matcher.index.backend, "device": str(matcher.index.device),
-            "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
-            "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive", "fit_flux_tolerance": flux_tolerance,
-            "matches_searched": searched, "distribution_k": kept, "k_scores": None if fit is None else fit.k_scores,
-            **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {})}
+    return {
+        "top_k": top_k,
+        "threshold": threshold,
+        "backend": matcher.index.backend,
+        "device": str(matcher.index.device),
+        "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
+        "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive",
+        "fit_flux_tolerance": flux_tolerance,
+        "matches_searched": searched,
+        "distribution_k": kept,
+        "k_scores": None if fit is None else fit.k_scores,
+        **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {}),
+    }
 
 
 def _corner_label(observing: ObservingDraws | None) -> str:
@@ -316,36 +494,62 @@ def _corner_label(observing: ObservingDraws | None) -> str:
 
 
 def _distribution_matches(matches: Matches, pooled: ObservingDraws | None, fit):
-    """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose (:func:`~protolib.matching.fit_matches`):
-    the distribution, ``matches.csv`` and the gallery are theirs; the verdict has already looked at every match searched."""
+    """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose
+    (:func:`~protolib.matching.fit_matches`):
+    the distribution, ``matches.csv`` and the gallery are theirs; the verdict has already looked at every match
+    searched."""
     if fit is None or fit.k is None or fit.k >= len(matches):
         return matches, pooled, fit
     k = fit.k
     if pooled is not None:
         pooled = ObservingDraws(pooled.uncertainty, pooled.draws, [m.head(k) for m in pooled.matches])
     by_band = None if fit.reduced_chi2_by_band is None else fit.reduced_chi2_by_band[:, :k]
-    return matches.head(k), pooled, replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k], reduced_chi2_by_band=by_band)
+    return (
+        matches.head(k),
+        pooled,
+        replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k], reduced_chi2_by_band=by_band),
+    )
 
 
 def _observing_uncertainty(target, distance_pc: float, preparation: dict, observing: dict) -> ObservingUncertainty:
     """The uncertainty of the observation's distance, flux scale and (when neither the user nor the file gave it)
     recoverable scale, with the band's nominal flux-calibration error unless one is given."""
     frequency = preparation.get("observed_frequency_ghz") or preparation.get("bank_frequency_ghz")
-    if prepared_file(target):  # prepared by `observe`: its distance and recoverable scale are fixed, only its flux scale is uncertain
-        return observing_uncertainty(1.0, frequency_ghz=frequency, flux_calibration=observing.get("flux_calibration"), n_draws=0,
-                                     source=str(target))
-    return observing_uncertainty(distance_pc, distance_error_pc=observing.get("distance_error_pc"),
-                                 flux_calibration=observing.get("flux_calibration"), frequency_ghz=frequency,
-                                 beam_major_arcsec=preparation["observed_beam_arcsec"][0],
-                                 max_scale_known=preparation.get("max_scale_source") in ("given", "file"),
-                                 estimated_scale=preparation.get("max_scale_estimate")
-                                 if str(preparation.get("max_scale_source", "")).startswith("estimated") else None,
-                                 n_draws=OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"],
-                                 source=str(target))
+    # prepared by `observe`: its distance and recoverable scale are fixed, only its flux scale is uncertain
+    if prepared_file(target):
+        return observing_uncertainty(
+            1.0,
+            frequency_ghz=frequency,
+            flux_calibration=observing.get("flux_calibration"),
+            n_draws=0,
+            source=str(target),
+        )
+    return observing_uncertainty(
+        distance_pc,
+        distance_error_pc=observing.get("distance_error_pc"),
+        flux_calibration=observing.get("flux_calibration"),
+        frequency_ghz=frequency,
+        beam_major_arcsec=preparation["observed_beam_arcsec"][0],
+        max_scale_known=preparation.get("max_scale_source") in ("given", "file"),
+        estimated_scale=preparation.get("max_scale_estimate")
+        if str(preparation.get("max_scale_source", "")).startswith("estimated")
+        else None,
+        n_draws=OBSERVING_DRAWS if observing.get("n_draws") is None else observing["n_draws"],
+        source=str(target),
+    )
 
 
-def _observing_draws(model_path, bank: Bank, target, uncertainty: ObservingUncertainty, observation_options: dict | None,
-                     matching: MatchingSettings | None, options: dict, top_k, threshold) -> ObservingDraws:
+def _observing_draws(
+    model_path,
+    bank: Bank,
+    target,
+    uncertainty: ObservingUncertainty,
+    observation_options: dict | None,
+    matching: MatchingSettings | None,
+    options: dict,
+    top_k,
+    threshold,
+) -> ObservingDraws:
     """The observation matched again at each draw of its uncertain settings (prepared, re-embedded and searched like
     the nominal match; the draws' bank embeddings are not cached, and the preparation's warnings, said once for the
     nominal match, are not repeated)."""
@@ -357,18 +561,26 @@ def _observing_draws(model_path, bank: Bank, target, uncertainty: ObservingUncer
             settings["max_scale_arcsec"] = draw.max_scale_arcsec
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            observation = prepare_observation_target(target, bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings)
+            observation = prepare_observation_target(
+                target, bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings
+            )
         matcher = _observation_matcher(model_path, bank, observation, matching, quiet, cache=False)
         found.append(matcher.match(observation.image, top_k=top_k, threshold=threshold))
     return ObservingDraws(uncertainty, draws, found)
+
+
 def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) -> None:
     """Refuse a target left with no match: nothing above ``threshold``, or a bank with no other image."""
     if len(matches.similarity):
         return
     if threshold is not None:
-        raise ProtolibInputError(f"No bank image reaches a similarity of {threshold:g} (--threshold); lower it, or give --top-k instead.")
-    raise ProtolibInputError(f"Bank {bank.path} holds no image to match the target against; a bank system is matched against the "
-                             "other systems, so the bank needs at least two.")
+        raise ProtolibInputError(
+            f"No bank image reaches a similarity of {threshold:g} (--threshold); lower it, or give --top-k instead."
+        )
+    raise ProtolibInputError(
+        f"Bank {bank.path} holds no image to match the target against; a bank system is matched against the "
+        "other systems, so the bank needs at least two."
+    )
 
 
 def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
@@ -378,18 +590,28 @@ def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, 
     n_images = bank.n_systems * bank.n_projections
     rows = np.sort(np.random.default_rng(seed).choice(n_images, size=min(most, n_images), replace=False))
     images = bank.images_at(rows // bank.n_projections, rows % bank.n_projections)
-    return {"fraction": non_detection_fraction(images, noise_rms_jy_beam), "images_checked": int(len(rows)),
-            "threshold_sigma": DETECTION_SIGMA}
+    return {
+        "fraction": non_detection_fraction(images, noise_rms_jy_beam),
+        "images_checked": int(len(rows)),
+        "threshold_sigma": DETECTION_SIGMA,
+    }
 
 
-def _observation_matcher(model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict,
-                         cache: bool = True) -> Matcher:
+def _observation_matcher(
+    model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict, cache: bool = True
+) -> Matcher:
     """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive
     (its bank embeddings cached beside the model when ``cache``)."""
     if matching is not None and matching.tiered(bank.n_systems * bank.n_projections):
         return TieredMatcher.from_model(model_path, bank, transform=observation.transform, settings=matching, **options)
-    return Matcher.from_model(model_path, bank, transform=observation.transform, transform_key=observation.transform_key,
-                              cache=cache, **options)
+    return Matcher.from_model(
+        model_path,
+        bank,
+        transform=observation.transform,
+        transform_key=observation.transform_key,
+        cache=cache,
+        **options,
+    )
 
 
 def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top_k, threshold, options: dict):
@@ -401,26 +623,49 @@ def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top
             f"got system {system}, projection {projection}."
         )
     if bank.n_systems < 2:
-        raise ProtolibInputError(f"Bank {bank.path} has one system; a bank system is matched against the other systems, so --target-system "
-                                 "needs a bank of at least two (or match an observation with --target).")
+        raise ProtolibInputError(
+            f"Bank {bank.path} has one system; a bank system is matched against the other systems, so --target-system "
+            "needs a bank of at least two (or match an observation with --target)."
+        )
     matcher = Matcher.from_model(model_path, bank, **options)
     matches = matcher.match_system(system, projection, top_k=top_k, threshold=threshold)
     image = bank.images[system, projection]
     truths = truth_parameters(bank, system, projection)
-    described = {"system": system, "projection": projection, "system_id": int(bank.system_id[system]),
-                 "part_of_model_split": matcher.training_part(system)}
+    described = {
+        "system": system,
+        "projection": projection,
+        "system_id": int(bank.system_id[system]),
+        "part_of_model_split": matcher.training_part(system),
+    }
     return matcher, matches, image, truths, described
 
 
 def write_match_report(
-    out_dir: str | Path, bank: Bank, matches: Matches, target_image: np.ndarray, *, verdict,
-    truths: Mapping[str, float] | None = None, weight_temperature: float | None = None, inputs: Mapping | None = None,
-    settings: Mapping | None = None, n_gallery: int = 11, corner_parameters: Sequence[str] | None = None,
-    match_image_transform=None, reduced_chi2: np.ndarray | None = None, fit_verdict=None,
-    gallery_residuals: np.ndarray | None = None, calibration: Mapping[str, dict] | None = None, detected: Detection | None = None,
-    bank_non_detections: Mapping | None = None, observing: ObservingDraws | None = None, bands: BandTargets | None = None,
-    reduced_chi2_by_band: np.ndarray | None = None) -> dict:
-    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` (last) to ``out_dir``, atomically.
+    out_dir: str | Path,
+    bank: Bank,
+    matches: Matches,
+    target_image: np.ndarray,
+    *,
+    verdict,
+    truths: Mapping[str, float] | None = None,
+    weight_temperature: float | None = None,
+    inputs: Mapping | None = None,
+    settings: Mapping | None = None,
+    n_gallery: int = 11,
+    corner_parameters: Sequence[str] | None = None,
+    match_image_transform=None,
+    reduced_chi2: np.ndarray | None = None,
+    fit_verdict=None,
+    gallery_residuals: np.ndarray | None = None,
+    calibration: Mapping[str, dict] | None = None,
+    detected: Detection | None = None,
+    bank_non_detections: Mapping | None = None,
+    observing: ObservingDraws | None = None,
+    bands: BandTargets | None = None,
+    reduced_chi2_by_band: np.ndarray | None = None,
+) -> dict:
+    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` (last) to
+    ``out_dir``, atomically.
 
     Arguments:
         out_dir: the folder (created when missing).
@@ -441,9 +686,12 @@ def write_match_report(
             ``summary.csv`` then holds the calibrated (widened) ranges, and ``report.json`` the calibration.
         detected: the target's :class:`~protolib.goodness_of_fit.Detection` (``None``: a noiseless bank); an undetected
             target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
-        observing: the target matched at draws of its uncertain observing settings: ``summary.csv`` and ``corner.png`` then pool
-            them, ``observing_draws.csv`` lists them, ``report.json`` says what each widened (``observing_uncertainty``).
-        bands, reduced_chi2_by_band: a target in several bands and each band's chi-square ``(bands, n_matches)``: :func:`_band_products`.
+        observing: the target matched at draws of its uncertain observing settings: ``summary.csv`` and ``corner.png``
+    then pool
+            them, ``observing_draws.csv`` lists them, ``report.json`` says what each widened
+    (``observing_uncertainty``).
+        bands, reduced_chi2_by_band: a target in several bands and each band's chi-square ``(bands, n_matches)``:
+    :func:`_band_products`.
 
     Returns:
         The report (as written to ``report.json``).
@@ -455,37 +703,99 @@ def write_match_report(
     described = matches if observing is None else observing.pooled()[0]
     samples = match_parameters(bank, described)
     weights = _summary_weights(described, observing, weight_temperature)
-    summaries = _write_tables(out_dir, bank, matches, samples, prior, weights, truths, calibration, reduced_chi2,
-                              None if bands is None else dict(zip(bands.labels, reduced_chi2_by_band)))
-    observing_report = None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
+    summaries = _write_tables(
+        out_dir,
+        bank,
+        matches,
+        samples,
+        prior,
+        weights,
+        truths,
+        calibration,
+        reduced_chi2,
+        None if bands is None else dict(zip(bands.labels, reduced_chi2_by_band)),
+    )
+    observing_report = (
+        None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
+    )
     corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
-    figures = {"corner.png": corner_plot(samples, prior, weights=weights, truths=truths, parameter_info=bank.parameter_info,
-                                         parameters=corner_parameters, label=_corner_label(observing))}
-    bands_report = _galleries(figures, bank, matches.head(n_gallery) if bands is None else matches, target_image, match_image_transform,
-                              gallery_residuals, reduced_chi2, bands, reduced_chi2_by_band)
+    figures = {
+        "corner.png": corner_plot(
+            samples,
+            prior,
+            weights=weights,
+            truths=truths,
+            parameter_info=bank.parameter_info,
+            parameters=corner_parameters,
+            label=_corner_label(observing),
+        )
+    }
+    bands_report = _galleries(
+        figures,
+        bank,
+        matches.head(n_gallery) if bands is None else matches,
+        target_image,
+        match_image_transform,
+        gallery_residuals,
+        reduced_chi2,
+        bands,
+        reduced_chi2_by_band,
+    )
     for name, fig in figures.items():
         write_figure(fig, out_dir / name, dpi=110)
-    files = ["matches.csv", "summary.csv", *figures, "report.json"] + ([] if observing is None else ["observing_draws.csv"])
-    report = _report(bank, matches, summaries, verdict, fit_verdict, calibration, detected, bank_non_detections, inputs=dict(inputs or {}),
-                     settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
-                     files=sorted(files), observing=observing_report, **({} if bands is None else {"bands": bands_report}))
+    files = ["matches.csv", "summary.csv", *figures, "report.json"] + (
+        [] if observing is None else ["observing_draws.csv"]
+    )
+    report = _report(
+        bank,
+        matches,
+        summaries,
+        verdict,
+        fit_verdict,
+        calibration,
+        detected,
+        bank_non_detections,
+        inputs=dict(inputs or {}),
+        settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
+        files=sorted(files),
+        observing=observing_report,
+        **({} if bands is None else {"bands": bands_report}),
+    )
     write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
     return report
 
 
-def _galleries(figures: dict, bank: Bank, shown: Matches, target_image, transform, residuals, reduced_chi2, bands: BandTargets | None,
-               by_band) -> dict | None:
+def _galleries(
+    figures: dict,
+    bank: Bank,
+    shown: Matches,
+    target_image,
+    transform,
+    residuals,
+    reduced_chi2,
+    bands: BandTargets | None,
+    by_band,
+) -> dict | None:
     """Add the gallery of the matches ``shown`` to ``figures`` (for a target in several bands, the matches' figures of
     :func:`_band_products`, and return the report's ``bands``)."""
     if bands is None:
-        figures["gallery.png"] = _gallery(bank, shown, target_image, transform, residuals, None if reduced_chi2 is None else reduced_chi2[: len(shown)])
+        figures["gallery.png"] = _gallery(
+            bank,
+            shown,
+            target_image,
+            transform,
+            residuals,
+            None if reduced_chi2 is None else reduced_chi2[: len(shown)],
+        )
         return None
     band_figures, said = _band_products(bank, bands, shown, residuals, reduced_chi2, by_band)
     figures.update(band_figures)
     return said
 
 
-def _summary_weights(matches: Matches, observing: ObservingDraws | None, weight_temperature: float | None) -> np.ndarray | None:
+def _summary_weights(
+    matches: Matches, observing: ObservingDraws | None, weight_temperature: float | None
+) -> np.ndarray | None:
     """The summaries' weight of each match: by similarity with ``weight_temperature``, and the same total for each
     observing draw (``None``: equal weights)."""
     weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
@@ -499,8 +809,9 @@ def _summary_weights(matches: Matches, observing: ObservingDraws | None, weight_
     return draw_weights
 
 
-def _observing_report(out_dir: Path, bank: Bank, observing: ObservingDraws, matches: Matches, pooled_samples: dict,
-                      pooled_weights) -> dict:
+def _observing_report(
+    out_dir: Path, bank: Bank, observing: ObservingDraws, matches: Matches, pooled_samples: dict, pooled_weights
+) -> dict:
     """Write ``observing_draws.csv`` (every draw's matches, with the draw's settings) and return the report's
     ``observing_uncertainty``: the settings' uncertainty, the draws, and how much each widened each interval."""
     rows = []
@@ -509,18 +820,39 @@ def _observing_report(out_dir: Path, bank: Bank, observing: ObservingDraws, matc
     write_csv(rows, out_dir / "observing_draws.csv")
     names = [*bank.physical_parameters, "inclination"]
     weights = np.full(len(pooled_samples[names[0]]), 1.0) if pooled_weights is None else pooled_weights
-    widening = widening_by_source(observing.uncertainty, observing.draws, [match_parameters(bank, m) for m in observing.matches],
-                                  match_parameters(bank, matches), pooled_samples, weights, names, bank.parameter_info)
+    widening = widening_by_source(
+        observing.uncertainty,
+        observing.draws,
+        [match_parameters(bank, m) for m in observing.matches],
+        match_parameters(bank, matches),
+        pooled_samples,
+        weights,
+        names,
+        bank.parameter_info,
+    )
     return {**observing.uncertainty.to_dict(), "draws": [asdict(d) for d in observing.draws], "parameters": widening}
 
 
-def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, prior: dict, weights, truths, calibration,
-                  reduced_chi2, by_band: Mapping[str, np.ndarray] | None = None) -> list[ParameterSummary]:
-    """Write ``matches.csv`` (one row per match, with its reduced chi-square when known, and each band's, ``by_band``: band
+def _write_tables(
+    out_dir: Path,
+    bank: Bank,
+    matches: Matches,
+    samples: dict,
+    prior: dict,
+    weights,
+    truths,
+    calibration,
+    reduced_chi2,
+    by_band: Mapping[str, np.ndarray] | None = None,
+) -> list[ParameterSummary]:
+    """Write ``matches.csv`` (one row per match, with its reduced chi-square when known, and each band's, ``by_band``:
+    band
     label -> ``(n_matches,)``) and ``summary.csv`` (the summaries, widened as calibrated when ``calibration`` is given);
     return the summaries."""
     widening = None if calibration is None else {name: c["widening"] for name, c in calibration.items()}
-    summaries = summarise(samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening)
+    summaries = summarise(
+        samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening
+    )
     rows = match_rows(bank, matches)
     if reduced_chi2 is not None:
         for i, (row, value) in enumerate(zip(rows, reduced_chi2)):
@@ -533,64 +865,134 @@ def _write_tables(out_dir: Path, bank: Bank, matches: Matches, samples: dict, pr
 
 def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, residuals, reduced_chi2):
     """The gallery figure of the matches ``shown``, as the network saw them through ``transform`` (the same noise as
-    in the embedding, when seeded by row; ``None``: as in the bank), captioned with their system and inclination [deg]."""
+    in the embedding, when seeded by row; ``None``: as in the bank), captioned with their system and inclination
+    [deg]."""
     images = match_images(bank, shown)
     if transform is not None:
         images = apply_transform(transform, images, shown.system * bank.n_projections + shown.projection)
     inclination = bank.inclination[shown.system, shown.projection]
-    return gallery_plot(target_image, images, shown.similarity,
-                        captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
-                        pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
-                        residuals=residuals, reduced_chi2=reduced_chi2, unit="Jy/beam" if transform is not None else bank.unit)
+    return gallery_plot(
+        target_image,
+        images,
+        shown.similarity,
+        captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
+        pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
+        residuals=residuals,
+        reduced_chi2=reduced_chi2,
+        unit="Jy/beam" if transform is not None else bank.unit,
+    )
 
 
 BAND_GALLERY_MATCHES = 6  # matches shown in a gallery of several bands (two rows per band)
 SPECTRAL_INDEX_MATCHES = 4  # best matches shown beside the target's spectral index
 
 
-def _band_products(bank: Bank, bands: BandTargets, matches: Matches, residuals: np.ndarray, reduced_chi2: np.ndarray,
-                   by_band: np.ndarray) -> tuple[dict, dict]:
+def _band_products(
+    bank: Bank,
+    bands: BandTargets,
+    matches: Matches,
+    residuals: np.ndarray,
+    reduced_chi2: np.ndarray,
+    by_band: np.ndarray,
+) -> tuple[dict, dict]:
     """The figures of a target in several bands (``gallery.png``: every band of each match and its residuals;
     ``spectral_index.png``) and the report's ``bands``: each map, its band, whether it was searched, and its reduced
     chi-square for the best match (the lowest joint one) and over the distribution's matches; the spectral indices."""
     shown = matches.head(BAND_GALLERY_MATCHES)
     rows = shown.system * bank.n_projections + shown.projection
-    images = np.stack([apply_transform(t.transform, b.images_at(shown.system, shown.projection), rows)
-                       for t, b in zip(bands.targets, bands.banks)], axis=1)
+    images = np.stack(
+        [
+            apply_transform(t.transform, b.images_at(shown.system, shown.projection), rows)
+            for t, b in zip(bands.targets, bands.banks)
+        ],
+        axis=1,
+    )
     inclination = bank.inclination[shown.system, shown.projection]
     captions = [f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)]
-    gallery = band_gallery_plot(bands.images(), images, shown.similarity, band_names=[f"{f:g} GHz" for f in bands.frequencies_ghz],
-                                residuals=residuals[: len(shown)], reduced_chi2=reduced_chi2[: len(shown)],
-                                reduced_chi2_by_band=by_band[:, : len(shown)], searched=bands.search, captions=captions,
-                                pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None)
+    gallery = band_gallery_plot(
+        bands.images(),
+        images,
+        shown.similarity,
+        band_names=[f"{f:g} GHz" for f in bands.frequencies_ghz],
+        residuals=residuals[: len(shown)],
+        reduced_chi2=reduced_chi2[: len(shown)],
+        reduced_chi2_by_band=by_band[:, : len(shown)],
+        searched=bands.search,
+        captions=captions,
+        pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
+    )
     best = matches.head(SPECTRAL_INDEX_MATCHES)
     target_index, match_index = spectral_indices(bands, best.system, best.projection)
-    index = spectral_index_plot(target_index.alpha, match_index.alpha, low_ghz=target_index.low_ghz, high_ghz=target_index.high_ghz,
-                                beam_arcsec=float(np.sqrt(target_index.beam.major_arcsec * target_index.beam.minor_arcsec)),
-                                captions=[f"#{k + 1} system {s}" for k, s in enumerate(best.system)], sigma=target_index.sigma)
+    index = spectral_index_plot(
+        target_index.alpha,
+        match_index.alpha,
+        low_ghz=target_index.low_ghz,
+        high_ghz=target_index.high_ghz,
+        beam_arcsec=float(np.sqrt(target_index.beam.major_arcsec * target_index.beam.minor_arcsec)),
+        captions=[f"#{k + 1} system {s}" for k, s in enumerate(best.system)],
+        sigma=target_index.sigma,
+    )
     k = int(np.argmin(reduced_chi2))
-    maps = [{"file": str(m.path.resolve()), "observed_frequency_ghz": m.observed_ghz, "bank_band_ghz": m.band_ghz, "searched": b == bands.search,
-             "noise_rms_jy_beam": t.noise_rms_jy_beam, "beam_arcsec": [t.resolution.target_beam.major_arcsec, t.resolution.target_beam.minor_arcsec,
-                                                                       t.resolution.target_beam.position_angle_deg],
-             "best_match_reduced_chi2": float(by_band[b, k]), "median_reduced_chi2": float(np.median(by_band[b])), "preparation": t.info}
-            for b, (m, t) in enumerate(zip(bands.maps, bands.targets))]
-    said = {"frequencies_ghz": bands.frequencies_ghz, "reference_band_ghz": bands.reference_ghz,
-            "searched_band_ghz": bands.frequencies_ghz[bands.search], "best_match_rank": k + 1, "maps": maps,
-            "joint_reduced_chi2": "each band's chi-square in its own noise, summed over the bands' used pixels and divided by their number",
-            "spectral_index": {"bands_ghz": [target_index.low_ghz, target_index.high_ghz], "sigma": target_index.sigma,
-                               "common_beam_arcsec": [target_index.beam.major_arcsec, target_index.beam.minor_arcsec],
-                               "target_median": _finite_or_none(target_index.median()),
-                               "best_matches_median": [_finite_or_none(v) for v in match_index.median()]}}
+    maps = [
+        {
+            "file": str(m.path.resolve()),
+            "observed_frequency_ghz": m.observed_ghz,
+            "bank_band_ghz": m.band_ghz,
+            "searched": b == bands.search,
+            "noise_rms_jy_beam": t.noise_rms_jy_beam,
+            "beam_arcsec": [
+                t.resolution.target_beam.major_arcsec,
+                t.resolution.target_beam.minor_arcsec,
+                t.resolution.target_beam.position_angle_deg,
+            ],
+            "best_match_reduced_chi2": float(by_band[b, k]),
+            "median_reduced_chi2": float(np.median(by_band[b])),
+            "preparation": t.info,
+        }
+        for b, (m, t) in enumerate(zip(bands.maps, bands.targets))
+    ]
+    said = {
+        "frequencies_ghz": bands.frequencies_ghz,
+        "reference_band_ghz": bands.reference_ghz,
+        "searched_band_ghz": bands.frequencies_ghz[bands.search],
+        "best_match_rank": k + 1,
+        "maps": maps,
+        "joint_reduced_chi2": "each band's chi-square in its own noise, summed over the bands' used pixels and divided "
+        "by their number",
+        "spectral_index": {
+            "bands_ghz": [target_index.low_ghz, target_index.high_ghz],
+            "sigma": target_index.sigma,
+            "common_beam_arcsec": [target_index.beam.major_arcsec, target_index.beam.minor_arcsec],
+            "target_median": _finite_or_none(target_index.median()),
+            "best_matches_median": [_finite_or_none(v) for v in match_index.median()],
+        },
+    }
     return {"gallery.png": gallery, "spectral_index.png": index}, said
 
 
 def _finite_or_none(value) -> float | None:
     return float(value) if np.isfinite(value) else None
 
-def _report(bank: Bank, matches: Matches, summaries: list[ParameterSummary], verdict, fit_verdict, calibration, detected,
-            non_detections, *, inputs: dict, settings: dict, files: list[str], observing: dict | None = None, **more) -> dict:
+
+def _report(
+    bank: Bank,
+    matches: Matches,
+    summaries: list[ParameterSummary],
+    verdict,
+    fit_verdict,
+    calibration,
+    detected,
+    non_detections,
+    *,
+    inputs: dict,
+    settings: dict,
+    files: list[str],
+    observing: dict | None = None,
+    **more,
+) -> dict:
     """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the observing
-    uncertainties, the summaries, the versions of protolib and its dependencies, the files written, and ``more`` (``bands``)."""
+    uncertainties, the summaries, the versions of protolib and its dependencies, the files written, and ``more``
+    (``bands``)."""
     return {
         "inputs": inputs,
         "settings": settings,
@@ -621,15 +1023,24 @@ def _overall_verdict(embedding_check, fit_verdict, detected=None) -> dict:
         message = "No source detected in the target: do not read the distributions as the target's."
     elif trusted:
         message = "Both checks pass: the best matches are typical in embedding space" + (
-            " and reproduce the target in image space." if reproduces else " (no image-space check: noiseless bank).")
+            " and reproduce the target in image space." if reproduces else " (no image-space check: noiseless bank)."
+        )
     elif in_distribution:
-        message = ("The embedding check passes but the image-space check does not: the network finds the bank's nearest "
-                   "images, but none reproduces the target. Do not read the distributions as the target's.")
+        message = (
+            "The embedding check passes but the image-space check does not: the network finds the bank's nearest "
+            "images, but none reproduces the target. Do not read the distributions as the target's."
+        )
     else:
         message = "The target is out of distribution in embedding space" + (
-            " and no bank image reproduces it." if reproduces is False else "; read the distributions with caution.")
-    return {"trusted": trusted, "embedding_in_distribution": in_distribution, "image_reproduced": reproduces, "detected": seen,
-            "message": message}
+            " and no bank image reproduces it." if reproduces is False else "; read the distributions with caution."
+        )
+    return {
+        "trusted": trusted,
+        "embedding_in_distribution": in_distribution,
+        "image_reproduced": reproduces,
+        "detected": seen,
+        "message": message,
+    }
 
 
 def _versions(protolib_version: str, python_version: str) -> dict:

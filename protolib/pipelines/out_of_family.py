@@ -1,4 +1,5 @@
-"""Out-of-family physics as a configured run: the bank's held-out systems rendered with other physics, matched and scored.
+"""Out-of-family physics as a configured run: the bank's held-out systems rendered with other physics, matched and
+scored.
 
 :func:`run_out_of_family` uses the configuration's bank and Siamese network (made when missing, as
 every pipeline does), renders the same held-out systems (and the domain-shift comparison's added ones,
@@ -29,15 +30,21 @@ __all__ = ["family_config", "run_out_of_family", "OutOfFamily"]
 
 
 def family_config(config, family: str):
-    """``config`` rendering with ``family``'s physics (:data:`~protolib.out_of_family.FAMILIES`), in its own artifacts folder."""
+    """``config`` rendering with ``family``'s physics (:data:`~protolib.out_of_family.FAMILIES`), in its own artifacts
+    folder."""
     if family not in FAMILIES:
         raise ProtolibInputError(f"Unknown out-of-family physics {family!r}; choose one of {list(FAMILIES)}.")
-    return replace(config, name=f"{config.name}-{family.replace('_', '-')}", simulator=replace(config.simulator, **FAMILIES[family][1]))
+    return replace(
+        config,
+        name=f"{config.name}-{family.replace('_', '-')}",
+        simulator=replace(config.simulator, **FAMILIES[family][1]),
+    )
 
 
 @dataclass
 class OutOfFamily:
-    """The network's figures on each test set, the term learnt and the rows of :func:`~protolib.out_of_family.family_rows`.
+    """The network's figures on each test set, the term learnt and the rows of
+    :func:`~protolib.out_of_family.family_rows`.
 
     Attributes:
         evaluations: test set (a family's name, or :data:`~protolib.out_of_family.IN_FAMILY`) -> the calibrated figures.
@@ -59,15 +66,20 @@ class OutOfFamily:
 
 
 def _siamese_figures(model_path: Path, bank: Bank, settings: EvaluationSettings, test: np.ndarray):
-    """The Siamese network's calibrated result on ``bank``'s systems ``test`` (its k and widening chosen on validation systems)."""
+    """The Siamese network's calibrated result on ``bank``'s systems ``test`` (its k and widening chosen on validation
+    systems)."""
     model = load_siamese(model_path)
     methods = baseline_methods(model, bank, model.split.train, replace(settings, methods=["siamese"]))
-    return evaluate_methods(methods, bank, Relevance.from_model(model), replace(model.split, test=test), settings)["siamese"]
+    return evaluate_methods(methods, bank, Relevance.from_model(model), replace(model.split, test=test), settings)[
+        "siamese"
+    ]
 
 
-def run_out_of_family(config, settings: EvaluationSettings | None = None, *, learn_on: str = "power_law_envelope",
-                      progress: bool = True) -> OutOfFamily:
-    """Score the configuration's network on its held-out systems rendered with each family's physics, and learn a term on ``learn_on``."""
+def run_out_of_family(
+    config, settings: EvaluationSettings | None = None, *, learn_on: str = "power_law_envelope", progress: bool = True
+) -> OutOfFamily:
+    """Score the configuration's network on its held-out systems rendered with each family's physics, and learn a term
+    on ``learn_on``."""
     settings = settings or evaluation_settings(config)
     bank = ensure_bank(config, progress=progress)
     model_path = ensure_siamese(config, bank, ensure_autoencoder(config, bank, progress=progress), progress=progress)
@@ -78,7 +90,9 @@ def run_out_of_family(config, settings: EvaluationSettings | None = None, *, lea
     evaluations, calibration = {IN_FAMILY: own.figures(True)}, dict(own.chosen_widening or {})
     for family in FAMILIES:
         other_config = family_config(config, family)
-        other = with_more_targets(other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress)
+        other = with_more_targets(
+            other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress
+        )
         path = bank_with_systems_from(bank, other, test, other_config.artifacts_dir / "bank_out_of_family_targets.h5")
         other.close()
         with Bank(path) as targets:
@@ -87,11 +101,23 @@ def run_out_of_family(config, settings: EvaluationSettings | None = None, *, lea
     table = own.figures(True).metrics["parameters"]
     spread = {n: table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in parameters}
     terms = misspecification_terms(evaluations[learn_on], parameters, calibration)
-    own_terms = misspecification_terms(evaluations[IN_FAMILY], parameters, calibration)  # what the bank's own systems alone ask
+    # what the bank's own systems alone ask
+    own_terms = misspecification_terms(evaluations[IN_FAMILY], parameters, calibration)
     rows = family_rows(evaluations, parameters, calibration, terms, spread)
     out = config.artifacts_dir / "out_of_family" / "out_of_family.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json({"families": {k: v[0] for k, v in FAMILIES.items()}, "learnt_on": learn_on, "calibration": calibration, "terms": terms,
-                "terms_own_physics": own_terms, "test_systems": len(test), "rows": rows}, out, strict=True)
+    write_json(
+        {
+            "families": {k: v[0] for k, v in FAMILIES.items()},
+            "learnt_on": learn_on,
+            "calibration": calibration,
+            "terms": terms,
+            "terms_own_physics": own_terms,
+            "test_systems": len(test),
+            "rows": rows,
+        },
+        out,
+        strict=True,
+    )
     bank.close()
     return OutOfFamily(evaluations, calibration, learn_on, terms, own_terms, rows, out)

@@ -36,13 +36,18 @@ def fixed_physics_config(config):
 
 
 def shift_targets_config(config, n_systems: int):
-    """``config`` making ``n_systems`` more test systems: its bank settings with that size and the next seed, in its own folder.
+    """``config`` making ``n_systems`` more test systems: its bank settings with that size and the next seed, in its
+    own folder.
 
     A bank holds out only so many test systems (45 of the book's 300), and the coverage of a 68%
     interval measured on 45 systems has a standard error of about 0.06, more than the ±0.05 the
     comparison is judged by; these systems are added to them.
     """
-    return replace(config, name=f"{config.name}-shift-targets", bank=replace(config.bank, n_systems=int(n_systems), seed=config.bank.seed + 1))
+    return replace(
+        config,
+        name=f"{config.name}-shift-targets",
+        bank=replace(config.bank, n_systems=int(n_systems), seed=config.bank.seed + 1),
+    )
 
 
 @dataclass
@@ -73,29 +78,60 @@ def _networks(config, progress: bool) -> tuple[Bank, Path]:
     return bank, ensure_siamese(config, bank, autoencoder, progress=progress)
 
 
-def _evaluate(model_path: Path, bank: Bank, settings: EvaluationSettings, extra: list[str], test: np.ndarray) -> dict[str, MethodResult]:
+def _evaluate(
+    model_path: Path, bank: Bank, settings: EvaluationSettings, extra: list[str], test: np.ndarray
+) -> dict[str, MethodResult]:
     model = load_siamese(model_path)
     methods = baseline_methods(model, bank, model.split.train, settings)
-    return evaluate_methods(methods, bank, Relevance.from_model(model), replace(model.split, test=test), settings, extra_parameters=extra)
+    return evaluate_methods(
+        methods, bank, Relevance.from_model(model), replace(model.split, test=test), settings, extra_parameters=extra
+    )
 
 
-def _add_posterior_estimates(cases: dict, fixed_model: Path, fixed_bank: Bank, shifted: Bank, drawn_model: Path, drawn_bank: Bank,
-                             settings: EvaluationSettings, test: np.ndarray, nuisance: list[str], progress: bool) -> None:
-    """The neural posterior estimates in each case: trained once on the fixed bank (scored without and with the shift), once on the drawn one."""
+def _add_posterior_estimates(
+    cases: dict,
+    fixed_model: Path,
+    fixed_bank: Bank,
+    shifted: Bank,
+    drawn_model: Path,
+    drawn_bank: Bank,
+    settings: EvaluationSettings,
+    test: np.ndarray,
+    nuisance: list[str],
+    progress: bool,
+) -> None:
+    """The neural posterior estimates in each case: trained once on the fixed bank (scored without and with the shift),
+    once on the drawn one."""
     parameters = [*drawn_bank.physical_parameters, "inclination"]
     model = load_siamese(fixed_model)
-    for case, found in npe_results(fixed_bank, model.split, Relevance.from_model(model), settings,
-                                   {"no shift": (fixed_bank, test), "shift": (shifted, test)}, model=model, parameters=parameters,
-                                   progress=progress).items():
+    for case, found in npe_results(
+        fixed_bank,
+        model.split,
+        Relevance.from_model(model),
+        settings,
+        {"no shift": (fixed_bank, test), "shift": (shifted, test)},
+        model=model,
+        parameters=parameters,
+        progress=progress,
+    ).items():
         cases[case].update(found)
     model = load_siamese(drawn_model)
-    found = npe_results(drawn_bank, model.split, Relevance.from_model(model), settings, {"marginalised": (drawn_bank, test)}, model=model,
-                        parameters=[*parameters, *nuisance], progress=progress)
+    found = npe_results(
+        drawn_bank,
+        model.split,
+        Relevance.from_model(model),
+        settings,
+        {"marginalised": (drawn_bank, test)},
+        model=model,
+        parameters=[*parameters, *nuisance],
+        progress=progress,
+    )
     cases["marginalised"].update(found.get("marginalised", {}))
 
 
 def with_more_targets(config, bank: Bank, n_systems: int, progress: bool) -> Bank:
-    """``bank`` followed by ``n_systems`` more systems of ``config``'s physics (:func:`shift_targets_config`), or ``bank`` itself for none."""
+    """``bank`` followed by ``n_systems`` more systems of ``config``'s physics (:func:`shift_targets_config`), or
+    ``bank`` itself for none."""
     if n_systems < 1:
         return bank
     with ensure_bank(shift_targets_config(config, n_systems), progress=progress) as more:
@@ -104,7 +140,9 @@ def with_more_targets(config, bank: Bank, n_systems: int, progress: bool) -> Ban
     return Bank(path)
 
 
-def run_domain_shift(config, settings: EvaluationSettings | None = None, *, progress: bool = True, out_dir: str | Path | None = None) -> DomainShift:
+def run_domain_shift(
+    config, settings: EvaluationSettings | None = None, *, progress: bool = True, out_dir: str | Path | None = None
+) -> DomainShift:
     """Make (or reuse) the drawn- and fixed-physics banks and networks, and evaluate the three cases.
 
     ``config`` is the configuration with drawn nuisance physics (the book's); its twin
@@ -116,31 +154,48 @@ def run_domain_shift(config, settings: EvaluationSettings | None = None, *, prog
     The products go to ``out_dir`` (default ``<artifacts>/domain_shift``), published together.
     """
     if config.prior.nuisance != "drawn":
-        raise ProtolibInputError(f"The domain-shift comparison starts from a configuration that draws its nuisance physics; "
-                                 f"{config.name} has prior.nuisance = {config.prior.nuisance!r}.")
+        raise ProtolibInputError(
+            f"The domain-shift comparison starts from a configuration that draws its nuisance physics; "
+            f"{config.name} has prior.nuisance = {config.prior.nuisance!r}."
+        )
     settings = settings or evaluation_settings(config)
-    check_output(out_dir if out_dir is not None else config.artifacts_dir / "domain_shift", folder=True, command="domain-shift")
+    check_output(
+        out_dir if out_dir is not None else config.artifacts_dir / "domain_shift", folder=True, command="domain-shift"
+    )
     drawn_bank, drawn_model = _networks(config, progress)
     fixed_config = fixed_physics_config(config)
     fixed_bank, fixed_model = _networks(fixed_config, progress)
     split = load_siamese(fixed_model).split
     if not np.array_equal(split.test, load_siamese(drawn_model).split.test):
-        raise ProtolibInputError("The fixed- and drawn-physics networks hold out different test systems; give both the same split settings.")
+        raise ProtolibInputError(
+            "The fixed- and drawn-physics networks hold out different test systems; give both the same split settings."
+        )
     n_bank = drawn_bank.n_systems
     drawn_bank = with_more_targets(config, drawn_bank, settings.shift_test_systems, progress)
     fixed_bank = with_more_targets(fixed_config, fixed_bank, settings.shift_test_systems, progress)
     test = np.r_[split.test, np.arange(n_bank, drawn_bank.n_systems)]
-    shifted_path = bank_with_systems_from(fixed_bank, drawn_bank, test, fixed_config.artifacts_dir / "bank_shifted_targets.h5")
+    shifted_path = bank_with_systems_from(
+        fixed_bank, drawn_bank, test, fixed_config.artifacts_dir / "bank_shifted_targets.h5"
+    )
     nuisance = drawn_bank.nuisance_parameters
     parameters = [*drawn_bank.physical_parameters, "inclination"]
     with Bank(shifted_path) as shifted:
-        cases = {"no shift": _evaluate(fixed_model, fixed_bank, settings, [], test),
-                 "shift": _evaluate(fixed_model, shifted, settings, [], test),
-                 "marginalised": _evaluate(drawn_model, drawn_bank, settings, nuisance, test)}
-        _add_posterior_estimates(cases, fixed_model, fixed_bank, shifted, drawn_model, drawn_bank, settings, test, nuisance, progress)
+        cases = {
+            "no shift": _evaluate(fixed_model, fixed_bank, settings, [], test),
+            "shift": _evaluate(fixed_model, shifted, settings, [], test),
+            "marginalised": _evaluate(drawn_model, drawn_bank, settings, nuisance, test),
+        }
+        _add_posterior_estimates(
+            cases, fixed_model, fixed_bank, shifted, drawn_model, drawn_bank, settings, test, nuisance, progress
+        )
     figures = shift_figures(cases, parameters, nuisance=nuisance)
-    paths = {"drawn bank": drawn_bank.path, "drawn network": drawn_model, "fixed bank": fixed_bank.path, "fixed network": fixed_model,
-             "shifted targets": shifted_path}
+    paths = {
+        "drawn bank": drawn_bank.path,
+        "drawn network": drawn_model,
+        "fixed bank": fixed_bank.path,
+        "fixed network": fixed_model,
+        "shifted targets": shifted_path,
+    }
     paths["out"] = Path(out_dir) if out_dir is not None else config.artifacts_dir / "domain_shift"
     result = DomainShift({c: cases[c] for c in CASES}, parameters, nuisance, figures, paths, test)
     _write_products(result, paths["out"])
@@ -152,10 +207,27 @@ def _write_products(result: DomainShift, out_dir: Path) -> None:
     marginalised = result.cases["marginalised"].get("siamese")
     with output_folder(out_dir, "domain-shift") as staging:
         if "siamese" in result.cases["no shift"]:
-            write_figure(domain_shift_plot(result.cases, result.parameters), staging / "domain_shift.png", dpi=110, bbox_inches="tight")
+            write_figure(
+                domain_shift_plot(result.cases, result.parameters),
+                staging / "domain_shift.png",
+                dpi=110,
+                bbox_inches="tight",
+            )
         if marginalised is not None and result.nuisance:
-            write_figure(nuisance_constraint_plot(marginalised, result.nuisance), staging / "nuisance.png", dpi=110, bbox_inches="tight")
-        write_json({"figures": result.figures, "paths": {k: str(v) for k, v in result.paths.items()},
-                    "test_systems": result.test_systems.tolist(), "rows": shift_rows(result.cases, result.parameters),
-                    "nuisance": nuisance_rows(marginalised, result.nuisance) if marginalised is not None else []},
-                   staging / "domain_shift.json", strict=True)
+            write_figure(
+                nuisance_constraint_plot(marginalised, result.nuisance),
+                staging / "nuisance.png",
+                dpi=110,
+                bbox_inches="tight",
+            )
+        write_json(
+            {
+                "figures": result.figures,
+                "paths": {k: str(v) for k, v in result.paths.items()},
+                "test_systems": result.test_systems.tolist(),
+                "rows": shift_rows(result.cases, result.parameters),
+                "nuisance": nuisance_rows(marginalised, result.nuisance) if marginalised is not None else [],
+            },
+            staging / "domain_shift.json",
+            strict=True,
+        )

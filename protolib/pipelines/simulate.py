@@ -16,8 +16,16 @@ from ..bank import Bank, simulate_bank
 from ..config import RunConfig
 from ..runtime import ProtolibInputError, default_device
 
-__all__ = ["ensure_bank", "simulate_command_bank", "local_workers", "PARALLEL_FROM_IMAGES", "SimulateReport", "simulate_cost",
-           "simulate_plan", "PROCESS_BYTES"]
+__all__ = [
+    "ensure_bank",
+    "simulate_command_bank",
+    "local_workers",
+    "PARALLEL_FROM_IMAGES",
+    "SimulateReport",
+    "simulate_cost",
+    "simulate_plan",
+    "PROCESS_BYTES",
+]
 
 PARALLEL_FROM_IMAGES = 1024  # below this, starting worker processes costs more than it saves
 
@@ -50,14 +58,21 @@ def ensure_bank(config: RunConfig, progress: bool = True):
 
 def _bank_matches(bank, config: RunConfig) -> bool:
     same_shape = bank.images.shape[:2] == (config.bank.n_systems, config.bank.n_projections)
-    same_sim = json.loads(bank.attrs.get("simulator_config", "{}")) == json.loads(json.dumps(config.simulator.to_dict()))
+    same_sim = json.loads(bank.attrs.get("simulator_config", "{}")) == json.loads(
+        json.dumps(config.simulator.to_dict())
+    )
     same_prior = json.loads(bank.attrs.get("prior", "{}")) == json.loads(json.dumps(config.prior.to_dict()))
     wanted = config.instrument.per_band(len(config.simulator.bands_ghz))
     if len(wanted) == 1:  # the instrument's settings, as the bank's attributes record them
-        same_inst = all(abs(float(bank.attrs.get(k, float("nan"))) - float(v)) < 1e-12 for k, v in wanted[0].to_dict().items())
+        same_inst = all(
+            abs(float(bank.attrs.get(k, float("nan"))) - float(v)) < 1e-12 for k, v in wanted[0].to_dict().items()
+        )
     else:  # each band's, as its /bands table records them
-        same_inst = len(wanted) == bank.n_bands and all(abs(float(getattr(have, k)) - float(v)) < 1e-12
-                                                        for have, want in zip(bank.band_instruments, wanted) for k, v in want.to_dict().items())
+        same_inst = len(wanted) == bank.n_bands and all(
+            abs(float(getattr(have, k)) - float(v)) < 1e-12
+            for have, want in zip(bank.band_instruments, wanted)
+            for k, v in want.to_dict().items()
+        )
     return same_shape and same_sim and same_prior and same_inst and int(bank.attrs.get("seed", -1)) == config.bank.seed
 
 
@@ -77,7 +92,8 @@ PROCESS_BYTES = 4e8
 
 
 def simulate_cost(config: RunConfig, workers: int = 1) -> tuple[float, float]:
-    """The peak memory [bytes] and the time [s] of simulating ``config``'s bank on this machine, estimated before any work.
+    """The peak memory [bytes] and the time [s] of simulating ``config``'s bank on this machine, estimated before any
+    work.
 
     Memory: each rendering process holds, for one system, a float32 value per ray of every projection
     and the ray offsets (``(image_size x oversample)^2`` rays per image, ``n_projections + 3`` arrays),
@@ -103,7 +119,8 @@ def simulate_cost(config: RunConfig, workers: int = 1) -> tuple[float, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        render_systems(systems, np.arange(1), probe, config.instrument, config.bank.seed, "cpu")  # the first call also warms up
+        # the first call also warms up
+        render_systems(systems, np.arange(1), probe, config.instrument, config.bank.seed, "cpu")
         start = time.process_time()
         render_systems(systems, np.arange(1), probe, config.instrument, config.bank.seed, "cpu")
     finally:
@@ -122,16 +139,27 @@ def simulate_plan(config: RunConfig, workers: int = 1, what: str = "simulate") -
     memory, seconds = simulate_cost(config, workers)
     sim = config.simulator
     side = sim.image_size * sim.oversample
-    check_memory(memory, f"Rendering {side} x {side} rays per image (simulator.image_size = {sim.image_size}, "
-                         f"simulator.oversample = {sim.oversample}, {config.bank.n_projections} projections, {workers} process(es))",
-                 "lower simulator.oversample or simulator.image_size (or --workers)")
-    return (f"{what}: {config.bank.n_systems} systems x {config.bank.n_projections} projections of {sim.image_size} px "
-            f"({side} x {side} rays each): about {_duration(seconds)} on {workers} process(es), peak memory about "
-            f"{describe_bytes(memory)}.")
+    check_memory(
+        memory,
+        f"Rendering {side} x {side} rays per image (simulator.image_size = {sim.image_size}, "
+        f"simulator.oversample = {sim.oversample}, {config.bank.n_projections} projections, {workers} process(es))",
+        "lower simulator.oversample or simulator.image_size (or --workers)",
+    )
+    return (
+        f"{what}: {config.bank.n_systems} systems x {config.bank.n_projections} projections of {sim.image_size} px "
+        f"({side} x {side} rays each): about {_duration(seconds)} on {workers} process(es), peak memory about "
+        f"{describe_bytes(memory)}."
+    )
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.0f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
 @dataclass
@@ -144,17 +172,34 @@ class SimulateReport:
     reused: int = 0  # shards kept from an earlier, interrupted run
 
 
-def simulate_command_bank(out: Path, config: RunConfig, *, device: str | None = None, threads: int = 1, workers: int | None = None,
-                          scheduler: str | None = None, shard_systems: int = 16) -> SimulateReport:
+def simulate_command_bank(
+    out: Path,
+    config: RunConfig,
+    *,
+    device: str | None = None,
+    threads: int = 1,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    shard_systems: int = 16,
+) -> SimulateReport:
     """``protolib simulate``: the configuration's bank written to ``out``, locally or on a Dask scheduler."""
     common = dict(seed=config.bank.seed, config=config.simulator, instrument=config.instrument, prior=config.prior)
     n_workers = local_workers(workers, threads, config.bank.n_systems * config.bank.n_projections, device)
     if not scheduler:
-        simulate_bank(out, config.bank.n_systems, config.bank.n_projections, device=device, threads=threads, workers=n_workers, **common)
+        simulate_bank(
+            out,
+            config.bank.n_systems,
+            config.bank.n_projections,
+            device=device,
+            threads=threads,
+            workers=n_workers,
+            **common,
+        )
         return SimulateReport(Path(out))
     from ..cluster import connect_scheduler, simulate_bank_parallel
 
     client = connect_scheduler(scheduler)
-    report = simulate_bank_parallel(out, config.bank.n_systems, config.bank.n_projections, client=client, shard_systems=shard_systems,
-                                    **common)
+    report = simulate_bank_parallel(
+        out, config.bank.n_systems, config.bank.n_projections, client=client, shard_systems=shard_systems, **common
+    )
     return SimulateReport(Path(out), report.n_shards, len(report.rendered), len(report.reused))

@@ -52,17 +52,32 @@ def _is_current(path: Path, kind: str, bank, settings: dict, split) -> bool:
         checkpoint = load_checkpoint(path, kind)
     except ProtolibInputError:
         return False
-    same_bank = {k: checkpoint["bank"].get(k) for k in ("shape", "seed", "created")} == {k: bank.identity[k] for k in ("shape", "seed", "created")}
+    same_bank = {k: checkpoint["bank"].get(k) for k in ("shape", "seed", "created")} == {
+        k: bank.identity[k] for k in ("shape", "seed", "created")
+    }
     stored = checkpoint["config"]
-    same_settings = all(_plain(v) == stored.get(k, checkpoint.get(k)) for k, v in settings.items() if k not in ("images", "target", "model"))
+    same_settings = all(
+        _plain(v) == stored.get(k, checkpoint.get(k))
+        for k, v in settings.items()
+        if k not in ("images", "target", "model")
+    )
     same_images = all(checkpoint.get("preprocessing", {}).get(k) == v for k, v in settings.get("images", {}).items())
     same_target = "target" not in settings or checkpoint.get("target") == _plain(settings["target"])
     model = {k: v for k, v in _plain(settings["model"]).items() if k != "image_size"}
     same_model = all(stored["model"].get(k) == v for k, v in model.items())
-    return same_bank and same_settings and same_images and same_target and same_model and checkpoint["split"] == split.to_dict()
+    return (
+        same_bank
+        and same_settings
+        and same_images
+        and same_target
+        and same_model
+        and checkpoint["split"] == split.to_dict()
+    )
 
 
-def ensure_autoencoder(config, bank, name: str = "autoencoder.pt", overrides: dict | None = None, progress: bool = True) -> Path:
+def ensure_autoencoder(
+    config, bank, name: str = "autoencoder.pt", overrides: dict | None = None, progress: bool = True
+) -> Path:
     """The configuration's autoencoder checkpoint in ``config.artifacts_dir``, trained when missing or stale."""
     path = config.artifacts_dir / name
     settings, split = autoencoder_settings(config, overrides), run_split(config, bank)
@@ -71,13 +86,24 @@ def ensure_autoencoder(config, bank, name: str = "autoencoder.pt", overrides: di
     return path
 
 
-def ensure_siamese(config, bank, autoencoder: str | Path, name: str = "siamese.pt", overrides: dict | None = None, progress: bool = True) -> Path:
+def ensure_siamese(
+    config,
+    bank,
+    autoencoder: str | Path,
+    name: str = "siamese.pt",
+    overrides: dict | None = None,
+    progress: bool = True,
+) -> Path:
     """The configuration's Siamese checkpoint in ``config.artifacts_dir``, trained when missing or stale."""
     path = config.artifacts_dir / name
     settings, split = siamese_settings(config, overrides), run_split(config, bank)
     fresh = _is_current(path, "siamese", bank, settings, split)
     source = Path(load_checkpoint(path)["autoencoder"]) if fresh else None
-    if source is not None and (not source.exists() or source.resolve() != Path(autoencoder).resolve() or source.stat().st_mtime > path.stat().st_mtime):
+    if source is not None and (
+        not source.exists()
+        or source.resolve() != Path(autoencoder).resolve()
+        or source.stat().st_mtime > path.stat().st_mtime
+    ):
         fresh = False
     if not fresh:
         train_siamese(bank, autoencoder, path, split=split, progress=progress, **settings)

@@ -30,13 +30,33 @@ from ..config import apply_overrides, find_configs_dir, load_config
 from ..evaluation import Relevance
 from ..runtime import ProtolibInputError, atomic_path, plain_name, typed_settings, write_figure, write_json
 from ..siamese import load_siamese, train_siamese
-from ..tuning import (STALE_AFTER_S, TuneSettings, open_study, paired_difference, plot_learning_curves, plot_scores, recovery_error,
-                      recovery_errors, require_optuna, suggest_hyperparameters, trial_overrides, trials_markdown, trials_table)
+from ..tuning import (
+    STALE_AFTER_S,
+    TuneSettings,
+    open_study,
+    paired_difference,
+    plot_learning_curves,
+    plot_scores,
+    recovery_error,
+    recovery_errors,
+    require_optuna,
+    suggest_hyperparameters,
+    trial_overrides,
+    trials_markdown,
+    trials_table,
+)
 from .evaluate import evaluation_settings
 from .train import autoencoder_settings, run_split, siamese_settings
 
-__all__ = ["tune_settings", "tune", "run_trials", "write_tuned_config", "config_as_dict", "first_trial_hyperparameters",
-           "first_trial_differences"]
+__all__ = [
+    "tune_settings",
+    "tune",
+    "run_trials",
+    "write_tuned_config",
+    "config_as_dict",
+    "first_trial_hyperparameters",
+    "first_trial_differences",
+]
 
 
 def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
@@ -51,15 +71,23 @@ def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
 
 
 def first_trial_hyperparameters(config, space: dict) -> dict:
-    """The configuration's own values of the searched hyperparameters (the first trial), added to ``choices`` when outside them.
+    """The configuration's own values of the searched hyperparameters (the first trial), added to ``choices`` when
+    outside them.
 
     ``space`` (a copy of the search space) is changed in place: a configuration value outside a
     parameter's ``choices`` is added to them; one outside a ``low``/``high`` range is moved to its nearest end.
     """
     ae, si = autoencoder_settings(config), siamese_settings(config)
-    values = {"encoder_width": ae["model"].channels[0], "encoder_depth": len(ae["model"].channels),
-              "embedding_size": si["model"].embedding_size, "kernel_width": si["target"].sigma, "loss": si["loss"].kind,
-              "margin": si["loss"].margin, "learning_rate": si["training"].learning_rate, "batch_systems": si["training"].batch_systems}
+    values = {
+        "encoder_width": ae["model"].channels[0],
+        "encoder_depth": len(ae["model"].channels),
+        "embedding_size": si["model"].embedding_size,
+        "kernel_width": si["target"].sigma,
+        "loss": si["loss"].kind,
+        "margin": si["loss"].margin,
+        "learning_rate": si["training"].learning_rate,
+        "batch_systems": si["training"].batch_systems,
+    }
     if values["loss"] != "contrastive":
         values.pop("margin")
     base = {}
@@ -77,7 +105,8 @@ def first_trial_hyperparameters(config, space: dict) -> dict:
 
 
 def first_trial_differences(config, base: dict) -> list[str]:
-    """How the first trial ``base`` differs from the configuration (an encoder whose levels do not double, a value outside a range)."""
+    """How the first trial ``base`` differs from the configuration (an encoder whose levels do not double, a value
+    outside a range)."""
     ae_overrides, si_overrides = trial_overrides(base)
     differences = []
     channels = autoencoder_settings(config)["model"].channels
@@ -87,7 +116,11 @@ def first_trial_differences(config, base: dict) -> list[str]:
     for part, values in si_overrides.items():
         for key, value in values.items():
             own = (section.get(part) or {}).get(key)
-            if own is not None and own != value and not (isinstance(own, (int, float)) and abs(float(own) - float(value)) < 1e-12):
+            if (
+                own is not None
+                and own != value
+                and not (isinstance(own, (int, float)) and abs(float(own) - float(value)) < 1e-12)
+            ):
                 differences.append(f"{part}.{key} {value} instead of {own}")
     return differences
 
@@ -97,7 +130,8 @@ def first_trial_differences(config, base: dict) -> list[str]:
 
 
 def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict, split, device=None) -> Path:
-    """The autoencoder of one encoder architecture, trained once per run folder (atomically: parallel workers never see half of one)."""
+    """The autoencoder of one encoder architecture, trained once per run folder (atomically: parallel workers never see
+    half of one)."""
     settings = autoencoder_settings(config, overrides)
     channels = "-".join(str(c) for c in settings["model"].channels)
     path = run_dir / "autoencoders" / f"autoencoder_{channels}.pt"
@@ -115,8 +149,11 @@ def _ensure_trial_autoencoder(config, bank: Bank, run_dir: Path, overrides: dict
     return path
 
 
-def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space: dict, relevance, split, top_k: int, device):
-    """The study's objective: train one trial's network, scored (and perhaps pruned) after every epoch; its final score."""
+def _objective(
+    config, bank: Bank, run_dir: Path, settings: TuneSettings, space: dict, relevance, split, top_k: int, device
+):
+    """The study's objective: train one trial's network, scored (and perhaps pruned) after every epoch; its final
+    score."""
     optuna = require_optuna()
     images = bank.load_images(np.concatenate([split.train, split.validation]))  # scored every epoch: read once
 
@@ -142,8 +179,18 @@ def _objective(config, bank: Bank, run_dir: Path, settings: TuneSettings, space:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            train_siamese(bank, autoencoder, checkpoint, split=split, progress=False, device=device, on_epoch=on_epoch,
-                          test_metrics=False, **siamese)  # the test systems are never looked at
+            # the test systems are never looked at
+            train_siamese(
+                bank,
+                autoencoder,
+                checkpoint,
+                split=split,
+                progress=False,
+                device=device,
+                on_epoch=on_epoch,
+                test_metrics=False,
+                **siamese,
+            )
         return recovery_error(load_siamese(checkpoint, device), bank, split, relevance, top_k=top_k, images=images)
 
     return objective
@@ -153,7 +200,11 @@ def _scoring(config, bank: Bank, settings: TuneSettings):
     """What every trial is scored with: the configuration's split, its own target similarity (whatever kernel width a
     trial trains with, as :func:`~protolib.pipelines.evaluate.compare_variants` does) and the number of matches."""
     split = run_split(config, bank)
-    return split, Relevance.fit(siamese_settings(config)["target"], bank, split.train), settings.top_k or evaluation_settings(config).top_k
+    return (
+        split,
+        Relevance.fit(siamese_settings(config)["target"], bank, split.train),
+        settings.top_k or evaluation_settings(config).top_k,
+    )
 
 
 def _max_epochs(config, settings: TuneSettings) -> int:
@@ -161,9 +212,16 @@ def _max_epochs(config, settings: TuneSettings) -> int:
 
 
 def config_as_dict(config) -> dict:
-    """A :class:`~protolib.config.RunConfig` as the plain dict of its YAML file (``load_config`` of it gives it back)."""
-    return {"name": config.name, "bank": asdict(config.bank), "simulator": config.simulator.to_dict(), "instrument": config.instrument.to_dict(),
-            "split": {"fractions": list(config.split.fractions), "seed": config.split.seed}, **json.loads(json.dumps(config.sections))}
+    """A :class:`~protolib.config.RunConfig` as the plain dict of its YAML file (``load_config`` of it gives it
+    back)."""
+    return {
+        "name": config.name,
+        "bank": asdict(config.bank),
+        "simulator": config.simulator.to_dict(),
+        "instrument": config.instrument.to_dict(),
+        "split": {"fractions": list(config.split.fractions), "seed": config.split.seed},
+        **json.loads(json.dumps(config.sections)),
+    }
 
 
 def _fingerprint(config_data: dict, settings: TuneSettings) -> str:
@@ -173,8 +231,15 @@ def _fingerprint(config_data: dict, settings: TuneSettings) -> str:
     return hashlib.sha256(json.dumps([fixed, scoring], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_trials(config_path: str, bank_path: str, run_dir: str, settings: dict, n_threads: int | None = None, device: str | None = None,
-               worker: int = 0) -> int:
+def run_trials(
+    config_path: str,
+    bank_path: str,
+    run_dir: str,
+    settings: dict,
+    n_threads: int | None = None,
+    device: str | None = None,
+    worker: int = 0,
+) -> int:
     """One worker: run trials of the study in ``run_dir`` until it holds ``settings["trials"]`` trials.
 
     Any number of workers (processes, cluster jobs) may run this on the same ``run_dir`` at once.
@@ -210,8 +275,13 @@ def _claim_trial(study, run_dir: Path, total: int):
     import fcntl
 
     optuna = require_optuna()
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
-              optuna.trial.TrialState.FAIL)  # not WAITING: the enqueued first trial is claimed by ask()
+    # not WAITING: the enqueued first trial is claimed by ask()
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+        optuna.trial.TrialState.FAIL,
+    )
     with open(run_dir / ".claim.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if len(study.get_trials(deepcopy=False, states=states)) >= total:
@@ -269,7 +339,8 @@ def tune(
         device: where trials train (default: CUDA when present).
         progress: a progress bar of finished trials.
         restart_if_changed: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since) or with other
-            settings, move it aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an error.
+            settings, move it aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an
+    error.
 
     A run folder is tied to its bank, configuration, search space and ``top_k`` (a rerun with other ones is
     refused); the number of trials and the epochs per trial may change between runs.
@@ -294,8 +365,16 @@ def tune(
     else:
         _run_on_dask(args, client, workers, device, run_dir, settings, progress)
     study = open_study(run_dir, settings, load_only=True, max_epochs=max_epochs)
-    return _report(study, run_dir, config_data, bank_path, settings, configs_dir or find_configs_dir() or Path("configs"), config_name,
-                   device=device)
+    return _report(
+        study,
+        run_dir,
+        config_data,
+        bank_path,
+        settings,
+        configs_dir or find_configs_dir() or Path("configs"),
+        config_name,
+        device=device,
+    )
 
 
 def _check_destination(config_name: str, configs_dir: str | Path | None) -> None:
@@ -310,28 +389,46 @@ def _bank_identity(bank_path: Path) -> dict:
     with Bank(bank_path) as bank:
         identity = {k: bank.identity[k] for k in ("shape", "seed", "created")}
         if bank.n_systems < 3:
-            raise ProtolibInputError(f"{bank_path} has {bank.n_systems} system(s); tuning needs systems to train, validate and test on.")
+            raise ProtolibInputError(
+                f"{bank_path} has {bank.n_systems} system(s); tuning needs systems to train, validate and test on."
+            )
     return identity
 
 
-def _prepare_run_folder(run_dir: Path, bank_path: Path, identity: dict, config, config_data: dict, settings: TuneSettings,
-                        restart_if_changed: bool) -> Path:
-    """Make or check the run folder (``run.json`` ties it to its bank and settings); write ``config.yaml`` and return its path."""
+def _prepare_run_folder(
+    run_dir: Path,
+    bank_path: Path,
+    identity: dict,
+    config,
+    config_data: dict,
+    settings: TuneSettings,
+    restart_if_changed: bool,
+) -> Path:
+    """Make or check the run folder (``run.json`` ties it to its bank and settings); write ``config.yaml`` and return
+    its path."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(config_data, settings)
     stamp = run_dir / "run.json"
-    run_info = {"bank": str(bank_path.resolve()), "bank_identity": json.loads(json.dumps(identity)), "config": str(config.path),
-                "fingerprint": fingerprint}
+    run_info = {
+        "bank": str(bank_path.resolve()),
+        "bank_identity": json.loads(json.dumps(identity)),
+        "config": str(config.path),
+        "fingerprint": fingerprint,
+    }
     try:
         earlier = json.loads(stamp.read_text()) if stamp.exists() else None
     except ValueError:
-        raise ProtolibInputError(f"{stamp} is damaged (not JSON); give a new --out, or delete the run folder to start afresh.") from None
+        raise ProtolibInputError(
+            f"{stamp} is damaged (not JSON); give a new --out, or delete the run folder to start afresh."
+        ) from None
     problem = None
     if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
         problem = f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank."
     elif earlier and earlier.get("fingerprint") != fingerprint:
-        problem = (f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
-                   "their scores would not compare. Give a new --out, or go back to those settings.")
+        problem = (
+            f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
+            "their scores would not compare. Give a new --out, or go back to those settings."
+        )
     if problem and not restart_if_changed:
         raise ProtolibInputError(problem)
     if problem:  # kept, not deleted
@@ -346,7 +443,8 @@ def _prepare_run_folder(run_dir: Path, bank_path: Path, identity: dict, config, 
 
 
 def _start_study(run_dir: Path, config, settings: TuneSettings, max_epochs: int) -> None:
-    """Create the study (its first trial the configuration's own hyperparameters), or fail the trials a killed worker left running."""
+    """Create the study (its first trial the configuration's own hyperparameters), or fail the trials a killed worker
+    left running."""
     optuna = require_optuna()
     study = open_study(run_dir, settings, max_epochs=max_epochs)
     space = json.loads(json.dumps(settings.search_space))
@@ -354,8 +452,12 @@ def _start_study(run_dir: Path, config, settings: TuneSettings, max_epochs: int)
         base = first_trial_hyperparameters(config, space)
         differences = first_trial_differences(config, base)
         if differences:
-            warnings.warn(f"The first trial is the configuration {config.name} as near as the search space allows: "
-                          + "; ".join(differences) + ".", stacklevel=3)
+            warnings.warn(
+                f"The first trial is the configuration {config.name} as near as the search space allows: "
+                + "; ".join(differences)
+                + ".",
+                stacklevel=3,
+            )
         study.set_user_attr("space", json.dumps(space))
         study.set_user_attr("base_config", str(config.path))
         origin = f"configuration {config.name}" + (" (nearest: " + "; ".join(differences) + ")" if differences else "")
@@ -399,16 +501,22 @@ def _update_bar(bar, run_dir: Path, settings: TuneSettings) -> None:
     finished = [t for t in trials if t.state.is_finished()]
     bar.n = len(finished)
     complete = [t.value for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
-    bar.set_postfix(best=f"{min(complete):.3f}" if complete else "-", pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in finished))
+    bar.set_postfix(
+        best=f"{min(complete):.3f}" if complete else "-",
+        pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in finished),
+    )
     bar.refresh()
 
 
 def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: TuneSettings, progress: bool) -> None:
-    """One :func:`run_trials` loop per Dask worker: of ``client``'s cluster, or of a local one of ``workers`` processes."""
+    """One :func:`run_trials` loop per Dask worker: of ``client``'s cluster, or of a local one of ``workers``
+    processes."""
     try:
         from dask.distributed import Client, LocalCluster, wait
     except ImportError:
-        raise ProtolibInputError("Parallel tuning needs Dask: pip install 'protolib[cluster]' (dask[distributed]).") from None
+        raise ProtolibInputError(
+            "Parallel tuning needs Dask: pip install 'protolib[cluster]' (dask[distributed])."
+        ) from None
     own_cluster = None
     if client is None:
         own_cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
@@ -416,8 +524,10 @@ def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: Tu
     try:
         n = len(client.scheduler_info()["workers"]) if own_cluster is None else workers
         threads = max(1, (os.cpu_count() or 1) // n) if own_cluster is not None else None
-        futures = [client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False)
-                   for k in range(max(1, n))]
+        futures = [
+            client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False)
+            for k in range(max(1, n))
+        ]
         _run_with_progress(lambda: wait(futures), run_dir, settings, progress)
         for future in futures:
             future.result()
@@ -431,13 +541,19 @@ def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: Tu
 # Reports
 
 
-def write_tuned_config(path: str | Path, config_data: dict, bank: Bank, params: dict, *, epochs: int | None, header: str) -> Path:
+def write_tuned_config(
+    path: str | Path, config_data: dict, bank: Bank, params: dict, *, epochs: int | None, header: str
+) -> Path:
     """Write the base configuration (:func:`config_as_dict`) with the tuned hyperparameters, the epochs the trial
     trained with and the bank it was tuned on, as a YAML configuration."""
     ae_overrides, si_overrides = trial_overrides(params, epochs)
     data = apply_overrides(config_data, {"autoencoder": ae_overrides, "siamese": si_overrides})  # a new dict
     data["name"] = Path(path).stem
-    data["bank"] = {"n_systems": bank.n_systems, "n_projections": bank.n_projections, "seed": int(bank.attrs.get("seed", data["bank"]["seed"]))}
+    data["bank"] = {
+        "n_systems": bank.n_systems,
+        "n_projections": bank.n_projections,
+        "seed": int(bank.attrs.get("seed", data["bank"]["seed"])),
+    }
     simulator = bank.simulator_config
     if simulator is not None:
         data["simulator"] = simulator.to_dict()
@@ -448,19 +564,31 @@ def write_tuned_config(path: str | Path, config_data: dict, bank: Bank, params: 
 
 
 def _compare_with_configuration(study, best, config, bank_path: Path, settings: TuneSettings, device=None) -> dict:
-    """The best trial's score minus the configuration's own (trial 0), with a paired bootstrap interval over validation systems."""
+    """The best trial's score minus the configuration's own (trial 0), with a paired bootstrap interval over validation
+    systems."""
     with Bank(bank_path) as bank:
         split, relevance, top_k = _scoring(config, bank, settings)
-        errors = [recovery_errors(load_siamese(t.user_attrs["checkpoint"], device), bank, split, relevance, top_k=top_k)
-                  for t in (best, study.trials[0])]
+        errors = [
+            recovery_errors(load_siamese(t.user_attrs["checkpoint"], device), bank, split, relevance, top_k=top_k)
+            for t in (best, study.trials[0])
+        ]
     comparison = paired_difference(errors[0][0], errors[1][0], errors[0][1])
     comparison["beyond_validation_noise"] = comparison["interval_95"][1] < 0
     return comparison
 
 
-def _report(study, run_dir: Path, config_data: dict, bank_path: Path, settings: TuneSettings, configs_dir: Path, config_name: str,
-            device=None) -> dict:
-    """Write ``trials.csv``, ``trials.md``, the figures, the best configuration and ``best.json``; return ``best.json``'s contents."""
+def _report(
+    study,
+    run_dir: Path,
+    config_data: dict,
+    bank_path: Path,
+    settings: TuneSettings,
+    configs_dir: Path,
+    config_name: str,
+    device=None,
+) -> dict:
+    """Write ``trials.csv``, ``trials.md``, the figures, the best configuration and ``best.json``; return
+    ``best.json``'s contents."""
     config = load_config(run_dir / "config.yaml")
     rows = trials_table(study)
     space = json.loads(study.user_attrs["space"])
@@ -475,20 +603,44 @@ def _report(study, run_dir: Path, config_data: dict, bank_path: Path, settings: 
     own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
     write_figure(plot_scores(rows, space, reference=own), run_dir / "scores.png", dpi=110)
     write_figure(plot_learning_curves(study), run_dir / "learning_curves.png", dpi=110)
-    summary = {"trials": len(rows), "complete": len(complete), "pruned": sum(r["state"] == "pruned" for r in rows),
-               "failed": sum(r["state"] == "fail" for r in rows), "configuration_score": own, "score": "validation recovery error "
-               "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is better)"}
+    summary = {
+        "trials": len(rows),
+        "complete": len(complete),
+        "pruned": sum(r["state"] == "pruned" for r in rows),
+        "failed": sum(r["state"] == "fail" for r in rows),
+        "configuration_score": own,
+        "score": "validation recovery error "
+        "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is "
+        "better)",
+    }
     if complete:
         best = study.best_trial
-        header = (f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {config.name}: trial {best.number} of "
-                  f"{len(rows)} ({summary['pruned']} pruned),\nvalidation recovery error {best.value:.3f}"
-                  + (f" (the base configuration's own: {own:.3f})" if own is not None else "") + f", on bank {bank_path.name}.\nRun folder: {run_dir}")
+        header = (
+            f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {config.name}: trial {best.number} "
+            "of "
+            f"{len(rows)} ({summary['pruned']} pruned),\nvalidation recovery error {best.value:.3f}"
+            + (f" (the base configuration's own: {own:.3f})" if own is not None else "")
+            + f", on bank {bank_path.name}.\nRun folder: {run_dir}"
+        )
         with Bank(bank_path) as bank:
-            written = write_tuned_config(Path(configs_dir) / f"{config_name}.yaml", config_data, bank, best.params,
-                                         epochs=best.user_attrs.get("epochs_budget", settings.epochs), header=header)
-        summary.update(best_trial=best.number, best_score=best.value, best_hyperparameters=best.params,
-                       best_checkpoint=best.user_attrs.get("checkpoint"), config_file=str(written))
+            written = write_tuned_config(
+                Path(configs_dir) / f"{config_name}.yaml",
+                config_data,
+                bank,
+                best.params,
+                epochs=best.user_attrs.get("epochs_budget", settings.epochs),
+                header=header,
+            )
+        summary.update(
+            best_trial=best.number,
+            best_score=best.value,
+            best_hyperparameters=best.params,
+            best_checkpoint=best.user_attrs.get("checkpoint"),
+            config_file=str(written),
+        )
         if own is not None and best.number != 0:
-            summary["best_minus_configuration"] = _compare_with_configuration(study, best, config, bank_path, settings, device)
+            summary["best_minus_configuration"] = _compare_with_configuration(
+                study, best, config, bank_path, settings, device
+            )
     write_json(json.loads(json.dumps(summary, default=str)), run_dir / "best.json")
     return summary

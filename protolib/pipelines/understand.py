@@ -12,8 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attribution import (MAX_STEPS, RANDOMISATION_LIMIT, attribution_rank_correlation, pair_attributions, pick_pairs,
-                           plot_pair_attributions, randomisation_check_passes, randomised_copy)
+from ..attribution import (
+    MAX_STEPS,
+    attribution_rank_correlation,
+    pair_attributions,
+    pick_pairs,
+    plot_pair_attributions,
+    randomisation_check_passes,
+    randomised_copy,
+)
 from ..bank import Bank
 from ..distributions import match_images
 from ..embedding_maps import embedding_map, image_parameters, map_smoothness, plot_embedding_maps
@@ -24,14 +31,24 @@ from ..siamese import SiameseModel, evaluate_similarity, load_siamese_with_its_b
 __all__ = ["run_attribution", "run_embedding_map"]
 
 
-def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str | Path, *, observation: str | Path | None = None,
-                    steps: int = 32, seed: int = 0, device: str | None = "cpu") -> dict:
-    """What ``protolib attribute`` does: attribution maps of the best, middle and worst held-out pairs, and their sanity check.
+def run_attribution(
+    model_path: str | Path,
+    bank_path: str | Path,
+    out_dir: str | Path,
+    *,
+    observation: str | Path | None = None,
+    steps: int = 32,
+    seed: int = 0,
+    device: str | None = "cpu",
+) -> dict:
+    """What ``protolib attribute`` does: attribution maps of the best, middle and worst held-out pairs, and their
+    sanity check.
 
     Among pairs of different test systems of the model's split (:func:`~protolib.siamese.evaluate_similarity`,
     at most 250 systems drawn with ``seed``), the pairs :func:`~protolib.attribution.pick_pairs` picks are drawn to
     ``pair_best.png``, ``pair_middle.png`` and ``pair_worst.png``; each pair's maps are compared with those of
-    :func:`~protolib.attribution.randomised_copy` (seeded by ``seed``) by :func:`~protolib.attribution.attribution_rank_correlation`. With ``observation``
+    :func:`~protolib.attribution.randomised_copy` (seeded by ``seed``) by
+    :func:`~protolib.attribution.attribution_rank_correlation`. With ``observation``
     (a file written by ``protolib observe --out``), ``observation_best_match.png`` shows it against its
     best match, seen at the observation's beam and noise.
 
@@ -51,13 +68,23 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
         first, second, system = held_out["first"], held_out["second"], held_out["system"]
         between = np.flatnonzero(system[first] != system[second])
         if len(between) == 0:
-            raise ProtolibInputError(f"Model {model_path} has fewer than two test systems; attribution maps need pairs of different systems.")
-        report = {"model": str(Path(model_path).resolve()), "bank": str(bank.path.resolve()), "steps": steps, "seed": seed,
-                  "pairs": _pair_attributions(model, bank, held_out, between, steps, seed, staging)}
+            raise ProtolibInputError(
+                f"Model {model_path} has fewer than two test systems; attribution maps need pairs of different systems."
+            )
+        report = {
+            "model": str(Path(model_path).resolve()),
+            "bank": str(bank.path.resolve()),
+            "steps": steps,
+            "seed": seed,
+            "pairs": _pair_attributions(model, bank, held_out, between, steps, seed, staging),
+        }
         report["randomisation_check_passes"] = randomisation_check_passes(
-            pair["rank_correlation_trained_vs_randomised"] for pair in report["pairs"].values())
+            pair["rank_correlation_trained_vs_randomised"] for pair in report["pairs"].values()
+        )
         if observation is not None:
-            report["observation"] = _observation_attribution(model, model_path, bank, observation, steps, staging / "observation_best_match.png")
+            report["observation"] = _observation_attribution(
+                model, model_path, bank, observation, steps, staging / "observation_best_match.png"
+            )
         write_json(report, staging / "attribution.json")
     return report
 
@@ -65,17 +92,33 @@ def run_attribution(model_path: str | Path, bank_path: str | Path, out_dir: str 
 def _observation_attribution(model: SiameseModel, model_path, bank, observation, steps: int, figure_path: Path) -> dict:
     """Draw a prepared observation against its best match in ``bank`` with their attribution maps; returns the match."""
     target = read_observation_target(observation, bank)
-    matcher = Matcher.from_model(model_path, bank, transform=target.transform, transform_key=target.transform_key, progress=False)
+    matcher = Matcher.from_model(
+        model_path, bank, transform=target.transform, transform_key=target.transform_key, progress=False
+    )
     best = matcher.match(target.image, top_k=1)
     best_image = target.transform(match_images(bank, best))[0]
     system, projection, similarity = int(best.system[0]), int(best.projection[0]), float(best.similarity[0])
-    write_figure(plot_pair_attributions(target.image, best_image, *pair_attributions(model, target.image, best_image, steps=steps),
-                                        pixel_size_au=bank.pixel_size_au, titles=("observation", f"best match (system {system})")), figure_path)
-    return {"file": str(Path(observation).resolve()), "best_match": {"system": system, "projection": projection, "similarity": similarity}}
+    write_figure(
+        plot_pair_attributions(
+            target.image,
+            best_image,
+            *pair_attributions(model, target.image, best_image, steps=steps),
+            pixel_size_au=bank.pixel_size_au,
+            titles=("observation", f"best match (system {system})"),
+        ),
+        figure_path,
+    )
+    return {
+        "file": str(Path(observation).resolve()),
+        "best_match": {"system": system, "projection": projection, "similarity": similarity},
+    }
 
 
-def _pair_attributions(model: SiameseModel, bank, held_out: dict, between: np.ndarray, steps: int, seed: int, staging: Path) -> dict:
-    """The best, middle and worst held-out pairs (rows ``between`` of ``held_out``): figures in ``staging``, and their report."""
+def _pair_attributions(
+    model: SiameseModel, bank, held_out: dict, between: np.ndarray, steps: int, seed: int, staging: Path
+) -> dict:
+    """The best, middle and worst held-out pairs (rows ``between`` of ``held_out``): figures in ``staging``, and their
+    report."""
     first, second, system = held_out["first"], held_out["second"], held_out["system"]
     randomised = randomised_copy(model, seed)
     pairs = {}
@@ -85,21 +128,40 @@ def _pair_attributions(model: SiameseModel, bank, held_out: dict, between: np.nd
         maps = pair_attributions(model, *images, steps=steps)
         random_maps = pair_attributions(randomised, *images, steps=steps)
         predicted, target = float(held_out["predicted"][k]), float(held_out["target"][k])
-        write_figure(plot_pair_attributions(*images, *maps, pixel_size_au=bank.pixel_size_au,
-                                            suptitle=f"{name} pair: predicted {predicted:.2f}, target {target:.2f}"), staging / f"pair_{name}.png")
+        write_figure(
+            plot_pair_attributions(
+                *images,
+                *maps,
+                pixel_size_au=bank.pixel_size_au,
+                suptitle=f"{name} pair: predicted {predicted:.2f}, target {target:.2f}",
+            ),
+            staging / f"pair_{name}.png",
+        )
         pairs[name] = {
-            "images": [{"system": int(system[i]), "projection": int(i % bank.n_projections)} for i in (first[k], second[k])],
-            "predicted": predicted, "target": target,
-            "rank_correlation_trained_vs_randomised": attribution_rank_correlation(np.r_[maps], np.r_[random_maps])}
+            "images": [
+                {"system": int(system[i]), "projection": int(i % bank.n_projections)} for i in (first[k], second[k])
+            ],
+            "predicted": predicted,
+            "target": target,
+            "rank_correlation_trained_vs_randomised": attribution_rank_correlation(np.r_[maps], np.r_[random_maps]),
+        }
     return pairs
 
 
-def run_embedding_map(model_path: str | Path, bank_path: str | Path, out_path: str | Path, *, method: str = "pca",
-                      observation: str | Path | None = None, seed: int = 0) -> dict:
+def run_embedding_map(
+    model_path: str | Path,
+    bank_path: str | Path,
+    out_path: str | Path,
+    *,
+    method: str = "pca",
+    observation: str | Path | None = None,
+    seed: int = 0,
+) -> dict:
     """Map a bank's embeddings under a trained model, coloured by parameter, and write the figure and its smoothness.
 
     What ``protolib embedding-map`` does: the bank's cached embeddings (:meth:`~protolib.matching.Matcher.from_model`)
-    mapped by :func:`~protolib.embedding_maps.embedding_map`, one panel per parameter the model was trained on and one for inclination,
+    mapped by :func:`~protolib.embedding_maps.embedding_map`, one panel per parameter the model was trained on and one
+    for inclination,
     an observation prepared by ``protolib observe`` marked as a star; the figure goes to ``out_path`` and
     :func:`~protolib.embedding_maps.map_smoothness` of each quantity to ``<out_path stem>_smoothness.json`` beside it.
 
@@ -112,14 +174,25 @@ def run_embedding_map(model_path: str | Path, bank_path: str | Path, out_path: s
         matcher = Matcher.from_model(model_path, bank, progress=False)
         target = read_observation_target(observation, bank) if observation is not None else None
         embeddings = matcher.embeddings
-        colours = image_parameters(bank, embeddings.system, embeddings.projection, matcher.checkpoint.get("parameter_names"))
+        colours = image_parameters(
+            bank, embeddings.system, embeddings.projection, matcher.checkpoint.get("parameter_names")
+        )
     projection = embedding_map(embeddings.vectors, method, seed)
     coordinates = projection(embeddings.vectors)
     marked = projection(matcher.embed(target.image)[0]) if target is not None else None
     smoothness = {name: map_smoothness(coordinates, values, seed=seed) for name, values in colours.items()}
-    write_figure(plot_embedding_maps(coordinates, colours, observation=marked, smoothness=smoothness, axis_name=projection.axis_name),
-                 out_path)
-    report = {"method": method, "seed": seed, "n_images": len(coordinates), "smoothness": smoothness,
-              "observation": None if marked is None else [float(x) for x in marked]}
+    write_figure(
+        plot_embedding_maps(
+            coordinates, colours, observation=marked, smoothness=smoothness, axis_name=projection.axis_name
+        ),
+        out_path,
+    )
+    report = {
+        "method": method,
+        "seed": seed,
+        "n_images": len(coordinates),
+        "smoothness": smoothness,
+        "observation": None if marked is None else [float(x) for x in marked],
+    }
     write_json(report, out_path.with_name(f"{out_path.stem}_smoothness.json"))
     return report
