@@ -14,7 +14,7 @@ are scored exactly like a matching method's matches (:mod:`protolib.evaluation`)
 
 Both are amortised: one training, then samples for every target at once, in capped batches of targets
 (``NPE_TARGET_BATCH``) so that memory stays bounded. Like the matches, each gets an interval widening
-per parameter chosen on the validation systems (:func:`~protolib.evaluation.choose_widening`), so the
+per parameter chosen on the validation systems by the one rule (:func:`~protolib.statistics.calibrate_widening`), so the
 corrected rows of every method are compared on equal terms. ``sbi`` is installed by the project's set-up
 (``make test``, ``make book``); elsewhere ``pip install 'protolib[posterior]'``. Nothing here downloads
 anything, and sbi's TensorBoard log goes to a temporary folder.
@@ -41,12 +41,12 @@ from .autoencoder import load_autoencoder
 from .bank import Bank
 from .distributions import summarise
 from .evaluation import (
+    DRAWS_SAMPLES,
     EvaluationSettings,
     MatchingMethod,
     MethodEvaluation,
     MethodResult,
     Relevance,
-    choose_widening,
     distribution_metrics,
     image_rows,
     siamese_method,
@@ -54,6 +54,7 @@ from .evaluation import (
 from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
+from .statistics import calibrate_widening
 
 __all__ = [
     "NPE_TARGET_BATCH",
@@ -381,7 +382,7 @@ def fit_npe(
         validation = _rows(bank, split.validation, settings.projection)
         drawn = fitted.samples(data.inputs[validation], settings.npe_samples, seed=settings.seed + 1)
         fitted.widening = {
-            n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
+            n: calibrate_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)["widening"]
             for j, n in enumerate(data.names)
         }
     return fitted
@@ -428,7 +429,7 @@ def score_npe(
     method = MatchingMethod(
         fitted.name,
         None,
-        "posterior",
+        DRAWS_SAMPLES,
         f"{description}, {fitted.flow.describe()}, {settings.npe_samples} samples per target",
     )
     result = MethodResult(method, score(1.0))
@@ -663,7 +664,8 @@ def observation_posterior(
     )
     drawn = draw_samples(flow, vectors[held], settings.npe_samples, seed=settings.seed + 1) * spread + centre
     widening = {
-        n: choose_widening(drawn[..., j], values[held, j], settings.widening_candidates)[0] for j, n in enumerate(names)
+        n: calibrate_widening(drawn[..., j], values[held, j], settings.widening_candidates)["widening"]
+        for j, n in enumerate(names)
     }
     scaled = draw_samples(flow, matcher.embed(image), n_samples, seed=settings.seed)[0] * spread + centre  # (n, K)
     samples = {n: 10.0 ** scaled[:, j] if logs[j] else scaled[:, j] for j, n in enumerate(names)}

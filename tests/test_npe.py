@@ -9,11 +9,12 @@ from conftest import open_small_bank
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
 from protolib.cli import main
 from protolib.comparison import difference_table, paired_difference
-from protolib.evaluation import MethodEvaluation, central_coverage
+from protolib.evaluation import MethodEvaluation
 from protolib.npe import draw_samples, sbi_available, train_flow
 from protolib.runtime import ProtolibInputError
 from protolib.siamese import train_siamese
 from protolib.splits import split_systems
+from protolib.statistics import central_coverage
 from protolib.training import TrainingConfig
 
 needs_sbi = pytest.mark.skipif(not sbi_available(), reason="sbi is not installed")
