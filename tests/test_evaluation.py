@@ -68,7 +68,7 @@ def test_the_correction_widens_only_the_parameter_whose_matches_are_too_narrow()
         ranking,
         bank,
         [10, 50],
-        [1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
+        [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0],
         parameters=["narrow", "independent"],
         extra_parameters=["nuisance"],
     )
@@ -81,7 +81,8 @@ def test_the_correction_widens_only_the_parameter_whose_matches_are_too_narrow()
     per_parameter = central_coverage(
         matches, values["independent"][targets], (0.68,), widening=widening["independent"]
     )[0]
-    assert one_factor > 0.85 and abs(per_parameter - 0.68) < 0.06  # one factor for all would over-cover the rest
+    # one factor for all would over-cover the rest; the least widening that reaches nominal stays near it
+    assert one_factor > 0.85 and 0.68 - np.sqrt(0.68 * 0.32 / n_targets) <= per_parameter < 0.68 + 0.06
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,7 @@ def baseline_methods(
     The autoencoder baseline uses the autoencoder the network was trained from; it is left out,
     with a warning, when that file is gone.
     """
-    from .autoencoder import load_autoencoder
+    from ..autoencoder import load_autoencoder
 
     train_images = bank.load_images(train_systems).reshape(-1, bank.image_size, bank.image_size)
     methods = []
