@@ -184,7 +184,14 @@ def variant_book_numbers(
     ):
         values = {name: figures[template.format(slug[name])] for name in variants}
         figures[f"best_{figure}_variant"] = _best(values, lowest=figure.startswith("rms"))
-    own = result_metrics(variants[reference], False)["parameters"]
+    figures.update(_variant_changes(variants, reference, slug, margin))
+    return {name: _plain(value) for name, value in figures.items()}
+
+
+def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margin: float) -> dict:
+    """Per variant other than ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on
+    which its error is lower (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases."""
+    own, numbers = result_metrics(variants[reference], False)["parameters"], {}
     for name, result in variants.items():
         if name != reference:
             table = result_metrics(result, False)["parameters"]
@@ -194,7 +201,7 @@ def variant_book_numbers(
                 if own[n]["in_target_similarity"]
             }
             for word, sign in (("better", -1), ("worse", 1)):
-                figures[f"{word}_{slug[name]}"] = _phrase(
+                numbers[f"{word}_{slug[name]}"] = _phrase(
                     [
                         f"{_label(n)} ({table[n]['rms_error_over_prior_spread']:.2f} against "
                         f"{own[n]['rms_error_over_prior_spread']:.2f})"
@@ -202,7 +209,7 @@ def variant_book_numbers(
                         if sign * d > margin
                     ]
                 )
-    return {name: _plain(value) for name, value in figures.items()}
+    return numbers
 
 
 def _corrected(result: MethodResult | dict) -> bool:

@@ -287,37 +287,33 @@ def distribution_metrics(
         The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and ``calibration``
     figures only.
     """
-    constrained = set(relevance.definition.parameters)
     factors = {name: _widening_of(widening, name) for name in names}
     table, arrays = {}, {}
     for j, name in enumerate(names):
-        spread = prior_spread[j] if prior_spread[j] > 0 else float("nan")
-        unit = "dex" if logs[j] else ("deg" if name == "inclination" else bank.parameter_info[name].unit)
         row, arrays[name] = _parameter_figures(
-            samples[..., j], truths[:, j], factors[name], weights, spread, rank_bins=rank_bins, seed=(seed, j)
+            samples[..., j], truths[:, j], factors[name], weights, prior_spread[j], rank_bins=rank_bins, seed=(seed, j)
         )
-        table[name] = {"log_scale": logs[j], "unit": unit, "in_target_similarity": name in constrained, **row}
+        table[name] = {**_parameter_labels(name, logs[j], bank, relevance), **row}
     alpha, ecp = tarp_coverage(z_samples, z_truths, weights=weights, seed=seed)
-    curves = {name: arrays[name]["curve"] for name in names}
-    calibration = _calibration(table, curves, names, factors, alpha, ecp, relevance)
-
-    def each(key: str) -> dict:
-        return {name: arrays[name][key] for name in names}
-
+    each = {key: {name: arrays[name][key] for name in names} for key in next(iter(arrays.values()), {})}
+    calibration = _calibration(table, each.get("curve", {}), names, factors, alpha, ecp, relevance)
     return MethodEvaluation(
         method,
         samples.shape[1],
         {"parameters": table, "calibration": calibration},
         list(names),
-        each("truth"),
-        each("median"),
-        each("interval_68"),
-        each("rank"),
-        curves,
+        *(each.get(key, {}) for key in ("truth", "median", "interval_68", "rank", "curve")),
         (alpha, ecp),
-        each("covered"),
-        needed_widening=each("needed"),
+        each.get("covered", {}),
+        needed_widening=each.get("needed", {}),
     )
+
+
+def _parameter_labels(name: str, log: bool, bank: Bank, relevance: Relevance) -> dict:
+    """The first fields of a parameter's ``metrics.json`` row: whether log-scaled, its unit, whether in the target
+    similarity."""
+    unit = "dex" if log else ("deg" if name == "inclination" else bank.parameter_info[name].unit)
+    return {"log_scale": log, "unit": unit, "in_target_similarity": name in relevance.definition.parameters}
 
 
 def _parameter_figures(
@@ -336,7 +332,7 @@ def _parameter_figures(
         values: ``(T, n)`` each target's samples of the parameter; ``truths``: ``(T,)``.
         factor: the intervals' widening about the median.
         weights: ``(T, n)`` weight per sample, or ``None``.
-        spread: the prior's spread of the parameter (errors and widths are divided by it).
+        spread: the prior's spread of the parameter (errors and widths are divided by it; none where it is 0).
         rank_bins: bins of the rank histogram.
         seed: ``(seed, j)``: the random generators of the rank ties and of the rank spreading, for parameter ``j``.
 
@@ -344,14 +340,13 @@ def _parameter_figures(
         The row (errors, R^2, width, coverage, rank histogram), and ``truth``, ``median``, ``interval_68`` (widened),
         ``rank``, ``curve``, ``covered``, ``needed`` per target.
     """
+    spread = spread if spread > 0 else float("nan")
     median, low, high = central_intervals(values, [0.68], weights)
     estimate = values.mean(1) if weights is None else (values * weights).sum(1)
     error = median - truths
     _, low_c, high_c = central_intervals(values, COVERAGE_LEVELS, weights, widening=factor)
     covered = (low_c <= truths[:, None]) & (truths[:, None] <= high_c)  # (T, levels)
-    # 0 .. n; spread within each integer rank: uniform on [0, 1] when calibrated
-    rank = truth_ranks(values, truths, seed=seed[0] + seed[1])
-    rank = (rank + np.random.default_rng(list(seed)).uniform(size=len(rank))) / (values.shape[1] + 1)
+    rank = _rank_fractions(values, truths, seed)
     counts = np.histogram(rank, bins=rank_bins, range=(0.0, 1.0))[0]
     row = {
         "median_abs_error": float(np.median(np.abs(error))),
@@ -374,6 +369,14 @@ def _parameter_figures(
         "needed": required_widening(values, truths, COVERAGE_LEVELS, weights),
     }
     return row, arrays
+
+
+def _rank_fractions(values: np.ndarray, truths: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    """Each truth's SBC rank among its target's ``n`` samples as a fraction, ``(rank + u) / (n + 1)``: the integer rank
+    (0 .. n, :func:`~protolib.statistics.truth_ranks`) spread by ``u`` uniform in [0, 1), so that it is uniform on
+    [0, 1] for a calibrated method whatever the bins."""
+    rank = truth_ranks(values, truths, seed=seed[0] + seed[1])
+    return (rank + np.random.default_rng(list(seed)).uniform(size=len(rank))) / (values.shape[1] + 1)
 
 
 def _widening_of(widening: float | Mapping[str, float], name: str) -> float:
