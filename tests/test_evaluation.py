@@ -10,6 +10,8 @@ from conftest import open_small_bank
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
 from protolib.cli import main
 from protolib.evaluation import (
+    COSINE,
+    DRAWS_SAMPLES,
     EUCLIDEAN,
     EvaluationSettings,
     MatchingMethod,
@@ -23,6 +25,7 @@ from protolib.evaluation import (
 )
 from protolib.matching import embed_bank
 from protolib.normalise import ParameterNormaliser
+from protolib.runtime import ProtolibInputError
 from protolib.siamese import train_siamese
 from protolib.splits import split_systems
 from protolib.statistics import central_coverage
@@ -188,3 +191,16 @@ def test_protolib_evaluate_writes_every_figure_per_method_and_parameter(bank, sp
     for name in ("coverage.png", "recovery.png", "rank_histograms.png", "tarp.png", "headline.md"):
         assert (out / name).stat().st_size > 0
     assert main(["evaluate", "--model", str(tmp_path / "missing.pt"), "--bank", str(bank.path), "--out", str(out)]) == 2
+
+
+def test_each_comparison_ranks_by_its_own_similarity():
+    rng = np.random.default_rng(6)
+    queries, reference = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    q, r, shift = EUCLIDEAN.searchable(queries, reference)
+    expected = -0.5 * ((queries[:, None, :] - reference[None, :, :]) ** 2).sum(-1)
+    assert np.allclose(q @ r.T + shift[:, None], expected, atol=1e-5)
+    q, r, shift = COSINE.searchable(queries, reference)
+    assert np.allclose(q @ r.T + shift[:, None], queries @ reference.T)
+    assert COSINE.unit_norm and COSINE.on_target_scale and not EUCLIDEAN.on_target_scale and not DRAWS_SAMPLES.ranks
+    with pytest.raises(ProtolibInputError, match="Comparison"):
+        MatchingMethod("pixel", None, "euclidean")  # a string is no comparison

@@ -29,7 +29,7 @@ METHOD_LABELS = {
 
 
 def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siamese", *, margin: float = 0.05) -> dict:
-    """The figures the evaluation's prose quotes, by plain identifier (for MyST-NB ``glue``): numbers, names and
+    """The numbers the evaluation's prose quotes, by plain identifier (for MyST-NB ``glue``): numbers, names and
     phrases.
 
     Per method ``m``: ``ndcg_m``, ``spearman_m``, ``cov68_m``, ``cov95_m``, ``tarp_m`` (TARP's largest
@@ -40,12 +40,12 @@ def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siam
     (:func:`parameter_verdicts` at the configured k: ``{reference}_better``, ``_level``, ``_worse`` as
     phrases), the calibration in brief, and what the correction changes for ``reference``.
     """
-    figures = {}
+    numbers = {}
     for name, result in results.items():
         corrected = [("_corrected", result_metrics(result, True))] if name == reference and _corrected(result) else []
         for suffix, metrics in [("", result_metrics(result, False))] + corrected:
             calibration, parameters = metrics["calibration"], metrics["parameters"]
-            figures.update(
+            numbers.update(
                 {
                     f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
                     f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
@@ -56,49 +56,49 @@ def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siam
                 }
             )
             if "inclination" in parameters:
-                figures[f"r2_inclination_{name}{suffix}"] = parameters["inclination"]["r2_knn"]
+                numbers[f"r2_inclination_{name}{suffix}"] = parameters["inclination"]["r2_knn"]
             if suffix:
-                figures.update(
+                numbers.update(
                     {
                         f"k_{name}_corrected": int(metrics["top_k"]),
                         f"widening_{name}_corrected": widening_label(calibration["interval_widening"]),
                     }
                 )
         if "retrieval" in result_metrics(result, False):
-            figures["ndcg_chance"] = result_metrics(result, False)["retrieval"]["ndcg_chance"]
-    figures["best_ndcg_method"] = _label(_best({m: figures[f"ndcg_{m}"] for m in results}))
-    figures["best_spearman_method"] = _label(_best({m: figures[f"spearman_{m}"] for m in results}))
-    figures.update(_recovery_numbers(results, reference, margin))
-    figures.update(_calibration_numbers(results, reference))
-    return {name: _plain(value) for name, value in figures.items()}
+            numbers["ndcg_chance"] = result_metrics(result, False)["retrieval"]["ndcg_chance"]
+    numbers["best_ndcg_method"] = _label(_best({m: numbers[f"ndcg_{m}"] for m in results}))
+    numbers["best_spearman_method"] = _label(_best({m: numbers[f"spearman_{m}"] for m in results}))
+    numbers.update(_recovery_numbers(results, reference, margin))
+    numbers.update(_calibration_numbers(results, reference))
+    return {name: _plain(value) for name, value in numbers.items()}
 
 
 def _recovery_numbers(results: dict, reference: str, margin: float) -> dict:
     """How ``reference`` recovers each parameter against the best other method, and what no method constrains."""
     judged = parameter_verdicts(results, reference, margin=margin)
     target = {name: v for name, v in judged.items() if v["in_target_similarity"]}
-    figures = {"n_target_parameters": len(target)}
+    numbers = {"n_target_parameters": len(target)}
     for group in ("better", "level", "worse"):
         members = [name for name, v in target.items() if v["comparison"] == group]
-        figures[f"{reference}_n_{group}"] = len(members)
-        figures[f"{reference}_{group}"] = _phrase(
+        numbers[f"{reference}_n_{group}"] = len(members)
+        numbers[f"{reference}_{group}"] = _phrase(
             [
                 f"{_label(n)} ({target[n]['error']:.2f} against {target[n]['best_error']:.2f}, "
                 f"{_label(target[n]['best'])})"
                 for n in members
             ]
         )
-    figures[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
+    numbers[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
     tables = {name: result_metrics(result, False)["parameters"] for name, result in results.items()}
     nobody = [n for n in judged if not any(constrains(t[n], margin) for t in tables.values())]
     errors = [t[n]["rms_error_over_prior_spread"] for n in nobody for t in tables.values()]
-    figures["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
+    numbers["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
         f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else ""
     )
     if target:
         best = min(target, key=lambda n: target[n]["error"])
         own, rival = tables[reference][best], target[best]["best"]
-        figures.update(
+        numbers.update(
             {
                 f"{reference}_best_parameter": _label(best),
                 f"{reference}_best_error": own["rms_error_over_prior_spread"],
@@ -110,7 +110,7 @@ def _recovery_numbers(results: dict, reference: str, margin: float) -> dict:
                 f"{reference}_best_rival_r2": tables[rival][best]["r2_knn"] if rival else float("nan"),
             }
         )
-    return figures
+    return numbers
 
 
 def _calibration_numbers(results: dict, reference: str, rejection_p: float = 0.01) -> dict:
@@ -119,7 +119,7 @@ def _calibration_numbers(results: dict, reference: str, rejection_p: float = 0.0
         m: result_metrics(r, False)["calibration"] for m, r in results.items() if m != "random" and m not in NPE_METHODS
     }
     c68, c95 = [c["coverage_68"] for c in matching.values()], [c["coverage_95"] for c in matching.values()]
-    figures = {
+    numbers = {
         "n_matching": len(matching),
         "cov68_min": min(c68),
         "cov68_max": max(c68),
@@ -129,17 +129,17 @@ def _calibration_numbers(results: dict, reference: str, rejection_p: float = 0.0
     }
     result = results[reference]
     if not _corrected(result):
-        return figures
+        return numbers
     before, after = result_metrics(result, False)["parameters"], result_metrics(result, True)["parameters"]
     target = [n for n, row in before.items() if row["in_target_similarity"]]
     change = {n: after[n]["rms_error_over_prior_spread"] - before[n]["rms_error_over_prior_spread"] for n in target}
     for key, name in (("most_improved", min(change, key=change.get)), ("most_worsened", max(change, key=change.get))):
-        figures[f"{reference}_{key}"] = (
+        numbers[f"{reference}_{key}"] = (
             f"{_label(name)} ({before[name]['rms_error_over_prior_spread']:.2f} to "
             f"{after[name]['rms_error_over_prior_spread']:.2f})"
         )
     worst = max(after, key=lambda n: abs(after[n]["coverage_68"] - 0.68))
-    figures.update(
+    numbers.update(
         {
             f"{reference}_worst_coverage_parameter": _label(worst),
             f"{reference}_worst_coverage": after[worst]["coverage_68"],
@@ -147,13 +147,13 @@ def _calibration_numbers(results: dict, reference: str, rejection_p: float = 0.0
             "n_parameters": len(after),
         }
     )
-    return figures
+    return numbers
 
 
 def variant_book_numbers(
     variants: dict[str, MethodResult | dict], reference: str = "kernel + mse", *, margin: float = 0.05
 ) -> dict:
-    """The figures the comparison of target similarities and losses quotes, by plain identifier (for ``glue``).
+    """The numbers the comparison of target similarities and losses quotes, by plain identifier (for ``glue``).
 
     Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
     ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
@@ -163,10 +163,10 @@ def variant_book_numbers(
     ``reference``'s by more than ``margin`` prior spreads, as phrases.
     """
     slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
-    figures = {}
+    numbers = {}
     for name, result in variants.items():
         at_k, corrected = result_metrics(result, False), result_metrics(result, True)
-        figures.update(
+        numbers.update(
             {
                 f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"],
                 f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
@@ -176,16 +176,16 @@ def variant_book_numbers(
                 f"cov95_{slug[name]}_corrected": corrected["calibration"]["coverage_95"],
             }
         )
-    for figure, template in (
+    for number, template in (
         ("ndcg", "ndcg_{}"),
         ("spearman", "spearman_{}"),
         ("rms", "rms_{}"),
         ("rms_corrected", "rms_{}_corrected"),
     ):
-        values = {name: figures[template.format(slug[name])] for name in variants}
-        figures[f"best_{figure}_variant"] = _best(values, lowest=figure.startswith("rms"))
-    figures.update(_variant_changes(variants, reference, slug, margin))
-    return {name: _plain(value) for name, value in figures.items()}
+        values = {name: numbers[template.format(slug[name])] for name in variants}
+        numbers[f"best_{number}_variant"] = _best(values, lowest=number.startswith("rms"))
+    numbers.update(_variant_changes(variants, reference, slug, margin))
+    return {name: _plain(value) for name, value in numbers.items()}
 
 
 def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margin: float) -> dict:
