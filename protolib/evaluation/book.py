@@ -29,8 +29,7 @@ METHOD_LABELS = {
 
 
 def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siamese", *, margin: float = 0.05) -> dict:
-    """The numbers the evaluation's prose quotes, by plain identifier (for MyST-NB ``glue``): numbers, names and
-    phrases.
+    """The numbers chapter 06's prose quotes about the methods, by plain identifier (for MyST-NB ``glue``).
 
     Per method ``m``: ``ndcg_m``, ``spearman_m``, ``cov68_m``, ``cov95_m``, ``tarp_m`` (TARP's largest
     deviation), ``rms_m`` (:func:`mean_target_error`), ``r2_inclination_m`` and, for ``reference`` when

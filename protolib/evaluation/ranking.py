@@ -119,7 +119,7 @@ def rank_targets(
     Arguments:
         method: the method (for how its vectors compare).
         vectors: ``(n_systems * n_projections, D)`` the method's vector of every bank image
-    (:func:`~protolib.matching.embed_bank`).
+            (:func:`~protolib.matching.embed_bank`).
         bank: the bank.
         relevance: the target similarity (graded relevance).
         target_systems: systems taken as targets (test or validation).

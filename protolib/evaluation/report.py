@@ -167,9 +167,8 @@ def parameter_verdicts(
 
     Returns:
         name -> ``{"error", "r2", "coverage_68", "in_target_similarity", "constrained", "best", "best_error",
-    "comparison"}``:
-        ``best`` the other method with the lowest RMS error, ``comparison`` ``"better"``, ``"level"`` or
-        ``"worse"`` (both ``None`` when ``reference`` is alone).
+        "comparison"}``: ``best`` the other method with the lowest RMS error, ``comparison`` ``"better"``,
+        ``"level"`` or ``"worse"`` (both ``None`` when ``reference`` is alone).
     """
     tables = {name: result_metrics(result, corrected)["parameters"] for name, result in results.items()}
     found = {}

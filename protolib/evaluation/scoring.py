@@ -59,16 +59,15 @@ class MethodEvaluation:
         truth: name -> ``(T,)`` true values (log10 where log-scaled).
         median: name -> ``(T,)`` the matches' median.
         interval_68: name -> ``(T, 2)`` the matches' 16th and 84th percentiles.
-        ranks: name -> ``(T,)`` SBC rank of the truth among the ``top_k`` matches, as a fraction: ``(rank + u) / (top_k
-    + 1)``
-            with ``u`` uniform in [0, 1), so that it is uniform on [0, 1] for a calibrated method whatever the bins.
+        ranks: name -> ``(T,)`` SBC rank of the truth among the ``top_k`` matches, as a fraction:
+            ``(rank + u) / (top_k + 1)`` with ``u`` uniform in [0, 1), so that it is uniform on [0, 1] for a
+            calibrated method whatever the bins.
         coverage_curve: name -> ``(len(CURVE_LEVELS),)`` coverage at :data:`CURVE_LEVELS`.
         tarp: ``(alpha, ecp)``.
         covered: name -> ``(T, len(COVERAGE_LEVELS))`` whether each target's (widened) central interval holds its truth.
         needed_widening: name -> ``(T, len(COVERAGE_LEVELS))`` the widening of the matches' own intervals at which each
-            target would be covered (:func:`~protolib.statistics.required_widening`): ``covered`` is it at
-    most the
-            widening applied; a further term (:mod:`protolib.out_of_family`) is scored from it.
+            target would be covered (:func:`~protolib.statistics.required_widening`): ``covered`` is it at most
+            the widening applied; a further term (:mod:`protolib.out_of_family`) is scored from it.
         target_system: ``(T,)`` each target's system (set by :func:`score_ranking`; ``None``: every target its own),
             which :func:`~protolib.statistics.coverage_standard_error` resamples.
     """
@@ -276,16 +275,16 @@ def distribution_metrics(
         prior_spread: ``(K,)`` the prior's standard deviation of each scaled parameter (errors are divided by it).
         bank: the bank (for the parameters' units).
         relevance: the target similarity (which parameters it constrains; TARP's parameters).
-        z_samples, z_truths: ``(T, n, K')`` and ``(T, K')`` the same in the relevance's normalised parameters (for
-    TARP).
+        z_samples, z_truths: ``(T, n, K')`` and ``(T, K')`` the same in the relevance's normalised parameters
+            (for TARP).
         method: the method's name.
         weights: ``(T, n)`` weight per sample, or ``None`` for equal weights.
         widening: intervals widened about the median by this factor, or ``widening[name]`` per parameter (default 1).
         rank_bins, seed: as in :func:`score_ranking`.
 
     Returns:
-        The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and ``calibration``
-    figures only.
+        The method's :class:`MethodEvaluation` at ``top_k = n``, its ``metrics`` the ``parameters`` and
+        ``calibration`` figures only.
     """
     factors = {name: _widening_of(widening, name) for name in names}
     table, arrays = {}, {}

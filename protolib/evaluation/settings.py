@@ -68,9 +68,8 @@ def evaluation_cost(bank: Bank, split, settings: EvaluationSettings, n_parameter
 
     Every method ranks every reference image (training systems, every projection: ``R``) for every
     target image (test, and with a correction validation systems: ``T`` and ``V``). A ranking holds
-    three ``(T, R)`` arrays (order, similarity, target similarity: 24 bytes a pair, 32 with a block at work), the test
-    ranking
-    is held while the validation one is scored, and scoring makes about 96 bytes a pair of temporary
+    three ``(T, R)`` arrays (order, similarity, target similarity: 24 bytes a pair, 32 with a block at work),
+    the test ranking is held while the validation one is scored, and scoring makes about 96 bytes a pair of temporary
     arrays (ranks, sorted copies), so the memory grows with ``(T + V) x R``, the square of the bank.
     Then the bank's images as pixel vectors (4 bytes a pixel), the training images with the PCA's
     float64 copies and SVD (about 36 bytes a training pixel), and ``n_parameters`` per image. Time:
