@@ -28,7 +28,7 @@ from protolib.normalise import ParameterNormaliser
 from protolib.runtime import ProtolibInputError
 from protolib.siamese import train_siamese
 from protolib.splits import split_systems
-from protolib.statistics import central_coverage
+from protolib.statistics import calibrate_widening, central_coverage
 from protolib.target_similarity import TargetDefinition
 from protolib.training import TrainingConfig
 
@@ -79,6 +79,12 @@ def test_the_correction_widens_only_the_parameter_whose_matches_are_too_narrow()
     assert widening["narrow"] >= 3.0  # 10-50 of 400 uniform references span 0.01-0.06, the aim is off by 0.15 rms
     # their matches are draws from the prior: near nominal as they are
     assert widening["independent"] <= 1.5 and widening["nuisance"] <= 1.5
+    candidates = [1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0]
+    for name in widening:  # the one rule of the match reports, per parameter at the chosen k
+        truths = values[name][targets]
+        assert (
+            widening[name] == calibrate_widening(values[name][references][order[:, :k]], truths, candidates)["widening"]
+        )
     matches = values["independent"][references][order[:, :k]]
     one_factor = central_coverage(matches, values["independent"][targets], (0.68,), widening=widening["narrow"])[0]
     per_parameter = central_coverage(
