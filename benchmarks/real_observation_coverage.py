@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from protolib.config import load_config
-from protolib.distributions import match_parameters, prior_parameters, weighted_percentile
+from protolib.distributions import match_parameters, prior_parameters
 from protolib.instrument import Beam
 from protolib.matching import Matcher, fit_matches, prepare_observation_target
 from protolib.observation import write_observation_fits
 from protolib.pipelines.simulate import ensure_bank
 from protolib.pipelines.train import ensure_autoencoder, ensure_siamese, run_split
+from protolib.statistics import weighted_percentile
 
 PARAMETERS = ["stellar_mass", "accretion_rate", "disk_radius", "disk_mass", "envelope_mass", "luminosity", "age"]
 SHORTLIST = 200

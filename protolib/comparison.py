@@ -30,8 +30,8 @@ __all__ = [
     "paired_differences",
     "best_rival_differences",
     "difference_table",
-    "difference_figures",
-    "learning_curve_figures",
+    "difference_numbers",
+    "learning_curve_numbers",
 ]
 
 
@@ -211,7 +211,7 @@ def best_rival_differences(
     ]
 
 
-def difference_figures(
+def difference_numbers(
     differences: list[Difference],
     prefix: str,
     *,
@@ -271,11 +271,11 @@ def _phrase(items: list[str]) -> str:
     return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
+def learning_curve_numbers(curves: dict, *, flat_margin: float = 0.02) -> dict:
     """What a page says about ``benchmarks/learning_curves.py``'s results: the first and last sizes' errors, what still
     improves.
 
-    Figures, by plain identifier (for MyST-NB ``glue``): ``lc_first_size``, ``lc_last_size``,
+    Numbers, by plain identifier (for MyST-NB ``glue``): ``lc_first_size``, ``lc_last_size``,
     ``lc_n_test``; the mean target error at the first and last size of the Siamese matches
     (``lc_siamese_*``), the pixel chi-square (``lc_pixel_*``) and the better of the two neural posterior
     estimates at each size (``lc_npe_*``), and the Siamese one over the latter (``lc_ratio_*``);
@@ -285,7 +285,6 @@ def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
     """
     sizes = [str(n) for n in curves["train_systems"]]
     methods = curves["methods"]
-    fits = curves.get("fits", {}).get("by_method", {})
 
     def mean(method: str, size: str) -> float:
         return (
@@ -296,7 +295,7 @@ def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
 
     npes = [m for m in ("npe", "npe_end_to_end") if m in methods]
     better_npe = {n: min((mean(m, n) for m in npes), default=float("nan")) for n in sizes}
-    figures = {
+    numbers = {
         "lc_first_size": int(sizes[0]),
         "lc_last_size": int(sizes[-1]),
         "lc_n_test": len(curves.get("systems", {}).get("test", [])),
@@ -304,7 +303,7 @@ def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
         "lc_far_size": int(curves.get("extrapolation", {}).get("train_systems", 0)),
     }
     for key, n in (("first", sizes[0]), ("last", sizes[-1])):
-        figures.update(
+        numbers.update(
             {
                 f"lc_siamese_{key}": mean("siamese", n),
                 f"lc_pixel_{key}": mean("pixel", n),
@@ -312,17 +311,31 @@ def learning_curve_figures(curves: dict, *, flat_margin: float = 0.02) -> dict:
                 f"lc_ratio_{key}": mean("siamese", n) / better_npe[n],
             }
         )
-    last, before = (methods["siamese"]["sizes"][n]["parameters"] for n in (sizes[-1], sizes[-2]))
+    return {**numbers, **_last_step(curves, sizes, flat_margin), **_extrapolated(curves, npes)}
+
+
+def _last_step(curves: dict, sizes: list[str], flat_margin: float) -> dict:
+    """``lc_improving`` and ``lc_flat``: the target parameters whose Siamese error fell by more than ``flat_margin``
+    prior spreads over the last step of the learning curve, and the others, each with that change in brackets."""
+    last, before = (curves["methods"]["siamese"]["sizes"][n]["parameters"] for n in (sizes[-1], sizes[-2]))
     fall = {
         p: before[p]["rms_error_over_prior_spread"] - last[p]["rms_error_over_prior_spread"]
         for p in curves["target_parameters"]
     }
-    # in brackets: the change
-    figures["lc_improving"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin])
-    figures["lc_flat"] = _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d <= flat_margin])
-    extrapolated = {
-        m: fits.get(m, {}).get("mean_target", {}).get("extrapolation", {}).get("value", float("nan")) for m in methods
+    return {
+        "lc_improving": _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin]),
+        "lc_flat": _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d <= flat_margin]),
     }
-    figures["lc_siamese_far"] = extrapolated.get("siamese", float("nan"))
-    figures["lc_npe_far"] = min((extrapolated[m] for m in npes), default=float("nan"))
-    return figures
+
+
+def _extrapolated(curves: dict, npes: list[str]) -> dict:
+    """``lc_siamese_far`` and ``lc_npe_far``: the fitted curves' mean target error extrapolated to ``lc_far_size``."""
+    fits = curves.get("fits", {}).get("by_method", {})
+    extrapolated = {
+        m: fits.get(m, {}).get("mean_target", {}).get("extrapolation", {}).get("value", float("nan"))
+        for m in curves["methods"]
+    }
+    return {
+        "lc_siamese_far": extrapolated.get("siamese", float("nan")),
+        "lc_npe_far": min((extrapolated[m] for m in npes), default=float("nan")),
+    }

@@ -5,9 +5,9 @@ bank is its prior. Quantities spanning decades (``log_scale``) are summarised an
 log10 and reported in physical units. Plot functions take data and keyword options and return
 the figure; they never show or save it.
 
-The parameters of matches, the interval statistics and their calibration on reference targets live
-in :mod:`protolib.matching` (:mod:`~protolib.matching.matches`, :mod:`~protolib.matching.calibration`),
-which needs them for its image-space fit; they are re-exported here. A match run's report is written
+The parameters of matches live in :mod:`protolib.matching.matches` (re-exported here), the interval
+statistics in :mod:`protolib.statistics` and their calibration on reference targets in
+:mod:`protolib.matching.calibration`. A match run's report is written
 by :func:`protolib.pipelines.match.write_match_report`.
 """
 
@@ -24,17 +24,11 @@ import numpy as np
 
 from .bank import Bank
 from .matching import (
-    WIDENING_CANDIDATES,
     Matches,
-    calibrate_widening,
-    central_coverage,
-    central_intervals,
     describe_parameter,
     match_parameters,
-    reference_calibration,
     scaled_for_summary,
     truth_parameters,
-    weighted_percentile,
 )
 from .parameters import Parameter
 from .plotting import (
@@ -48,6 +42,7 @@ from .plotting import (
     page_fontsize,
 )
 from .runtime import ProtolibInputError, atomic_path
+from .statistics import weighted_percentile
 
 __all__ = [
     "PERCENTILES",
@@ -55,7 +50,6 @@ __all__ = [
     "match_parameters",
     "prior_parameters",
     "truth_parameters",
-    "weighted_percentile",
     "similarity_weights",
     "summarise",
     "format_summary",
@@ -68,11 +62,6 @@ __all__ = [
     "truth_coverage",
     "match_rows",
     "match_images",
-    "central_intervals",
-    "central_coverage",
-    "calibrate_widening",
-    "reference_calibration",
-    "WIDENING_CANDIDATES",
 ]
 
 PERCENTILES = (2.5, 16.0, 50.0, 84.0, 97.5)
@@ -108,7 +97,7 @@ class ParameterSummary:
     ``width_68`` is half the 16-84 range, in dex for log-scaled parameters; ``prior_width_ratio``
     compares it with the prior's (near 1: the matches do not constrain the parameter). When
     ``widening`` is not 1, the ranges are the matches' percentiles widened about the median by that
-    factor, as calibrated on reference targets (:func:`calibrate_widening`).
+    factor, as calibrated on reference targets (:func:`~protolib.statistics.calibrate_widening`).
     """
 
     parameter: str
@@ -150,7 +139,7 @@ def summarise(
         truths: name -> true value, when the target is simulated.
         parameter_info: units and log scaling (default: :data:`~protolib.parameters.PARAMETERS`).
         widening: name -> factor by which each range is widened about the median (default 1), e.g.
-            from :func:`calibrate_widening`.
+            from :func:`~protolib.statistics.calibrate_widening`.
 
     Returns:
         One :class:`ParameterSummary` per parameter.

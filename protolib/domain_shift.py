@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluation import COVERAGE_LEVELS, MethodResult, constrains, coverage_standard_error
+from .evaluation import COVERAGE_LEVELS, MethodResult, constrains
+from .statistics import coverage_standard_error
 
 __all__ = [
     "CASES",
@@ -43,13 +44,14 @@ GOAL_ERROR = 0.10  # recovery error at most this fraction above the error withou
 
 def _row(result: MethodResult, name: str, corrected: bool) -> dict:
     """One method's figures for one parameter: median |error|, 68%/95% coverage and their standard errors (a bootstrap
-    over
-    the test systems, :func:`~protolib.evaluation.coverage_standard_error`), median 68% half-width, all in scaled
+    over the test systems, :func:`~protolib.statistics.coverage_standard_error`), median 68% half-width, all in scaled
     units."""
     evaluation = result.figures(corrected)
     table = evaluation.metrics["parameters"][name]
     interval = evaluation.interval_68[name]
-    se = dict(zip(COVERAGE_LEVELS, coverage_standard_error(evaluation, name))) if name in evaluation.covered else {}
+    se = {}
+    if name in evaluation.covered:
+        se = dict(zip(COVERAGE_LEVELS, coverage_standard_error(evaluation.covered[name], evaluation.target_system)))
     return {
         "median_abs_error": table["median_abs_error"],
         "coverage_68": table["coverage_68"],

@@ -404,6 +404,25 @@ def _misfit_reasons(best: float, excess: float, limit: float, peak: ResidualPeak
     return reasons
 
 
+def _structure_sentence(peak: ResidualPeak | None) -> str:
+    """The largest residual structure in words (``""`` without one), for the end of the verdict."""
+    if peak is None:
+        return ""
+    return (
+        f" Its largest residual structure is {peak.significance:.3g} times the noise, "
+        f"{100 * peak.fraction_of_peak:.0f}% of the target's peak."
+    )
+
+
+def _yardstick_clause(pct: dict) -> str:
+    """How well held-out bank images seen like the target are fit by their best match: the verdict's yardstick."""
+    return (
+        f"; held-out bank images seen the same way are left {100 * pct['excess'][50]:.0f}% by their best match "
+        f"({100 * pct['excess'][5]:.0f}-{100 * pct['excess'][95]:.0f}%, 5th-95th percentile; reduced chi-square "
+        f"median {pct['chi2'][50]:.3g})"
+    )
+
+
 def _verdict_message(
     best: float,
     excess: float,
@@ -420,23 +439,8 @@ def _verdict_message(
         f"the best match leaves a reduced chi-square of {best:.3g} (residuals {rms:.2g} times the noise rms), an "
         f"excess of {100 * excess:.0f}% of the signal"
     )
-    structure = (
-        ""
-        if peak is None
-        else (
-            f" Its largest residual structure is {peak.significance:.3g} times the noise, "
-            f"{100 * peak.fraction_of_peak:.0f}% of the target's peak."
-        )
-    )
-    yardstick = (
-        ""
-        if not has_reference
-        else (
-            f"; held-out bank images seen the same way are left {100 * pct['excess'][50]:.0f}% by their best match "
-            f"({100 * pct['excess'][5]:.0f}-{100 * pct['excess'][95]:.0f}%, 5th-95th percentile; reduced chi-square "
-            f"median {pct['chi2'][50]:.3g})"
-        )
-    )
+    structure = _structure_sentence(peak)
+    yardstick = _yardstick_clause(pct) if has_reference else ""
     if reasons:
         why = "; ".join(sentence for _, sentence in reasons)
         share = f" (only {100 * worse:.1f}% of them do worse)" if has_reference and "bank" in dict(reasons) else ""

@@ -285,22 +285,23 @@ def verdict_rates(
                 seed=seed,
                 flux_tolerance=flux_tolerance,
             ).verdict
-            peak = verdict.residual_peak or {}
-            rows.append(
-                {
-                    "kind": kind,
-                    "snr_bin": f"{lo:g}-{hi:g}",
-                    "peak_snr": float(snr),
-                    "structure_fraction": float(fraction),
-                    "flagged": not verdict.reproduces,
-                    "reasons": list(verdict.reasons),
-                    "best_reduced_chi2": verdict.best_reduced_chi2,
-                    "best_excess": verdict.best_excess,
-                    "residual_peak_sigma": peak.get("significance"),
-                    "residual_peak_fraction": peak.get("fraction_of_peak"),
-                }
-            )
+            rows.append({"kind": kind, "snr_bin": f"{lo:g}-{hi:g}", **_verdict_row(verdict, snr, fraction)})
     return rows
+
+
+def _verdict_row(verdict, snr: float, fraction: float) -> dict:
+    """One synthetic target's row, after its kind and S/N bin: its S/N and structure, the verdict and its statistics."""
+    peak = verdict.residual_peak or {}
+    return {
+        "peak_snr": float(snr),
+        "structure_fraction": float(fraction),
+        "flagged": not verdict.reproduces,
+        "reasons": list(verdict.reasons),
+        "best_reduced_chi2": verdict.best_reduced_chi2,
+        "best_excess": verdict.best_excess,
+        "residual_peak_sigma": peak.get("significance"),
+        "residual_peak_fraction": peak.get("fraction_of_peak"),
+    }
 
 
 def rates_table(rows: list[dict]) -> list[dict]:

@@ -14,7 +14,7 @@ are scored exactly like a matching method's matches (:mod:`protolib.evaluation`)
 
 Both are amortised: one training, then samples for every target at once, in capped batches of targets
 (``NPE_TARGET_BATCH``) so that memory stays bounded. Like the matches, each gets an interval widening
-per parameter chosen on the validation systems (:func:`~protolib.evaluation.choose_widening`), so the
+per parameter chosen on the validation systems by the one rule (:func:`~protolib.statistics.calibrate_widening`), so the
 corrected rows of every method are compared on equal terms. ``sbi`` is installed by the project's set-up
 (``make test``, ``make book``); elsewhere ``pip install 'protolib[posterior]'``. Nothing here downloads
 anything, and sbi's TensorBoard log goes to a temporary folder.
@@ -41,12 +41,12 @@ from .autoencoder import load_autoencoder
 from .bank import Bank
 from .distributions import summarise
 from .evaluation import (
+    DRAWS_SAMPLES,
     EvaluationSettings,
     MatchingMethod,
     MethodEvaluation,
     MethodResult,
     Relevance,
-    choose_widening,
     distribution_metrics,
     image_rows,
     siamese_method,
@@ -54,6 +54,7 @@ from .evaluation import (
 from .matching import embed_bank
 from .normalise import scaled_image_parameters
 from .runtime import ProtolibInputError, default_device
+from .statistics import calibrate_widening
 
 __all__ = [
     "NPE_TARGET_BATCH",
@@ -380,10 +381,7 @@ def fit_npe(
     if settings.correction == "choose_k_and_widening" and len(split.validation):
         validation = _rows(bank, split.validation, settings.projection)
         drawn = fitted.samples(data.inputs[validation], settings.npe_samples, seed=settings.seed + 1)
-        fitted.widening = {
-            n: choose_widening(drawn[..., j], data.values[validation, j], settings.widening_candidates)[0]
-            for j, n in enumerate(data.names)
-        }
+        fitted.widening = _calibrated(drawn, data.values[validation], data.names, settings.widening_candidates)
     return fitted
 
 
@@ -420,17 +418,7 @@ def score_npe(
     def score(widening):
         return _score(samples, data, test, prior_spread, bank, relevance, fitted.name, widening, settings)
 
-    description = (
-        "neural posterior estimate (sbi MAF) on the frozen Siamese embedding"
-        if fitted.data.kind == "frozen"
-        else "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder"
-    )
-    method = MatchingMethod(
-        fitted.name,
-        None,
-        "posterior",
-        f"{description}, {fitted.flow.describe()}, {settings.npe_samples} samples per target",
-    )
+    method = MatchingMethod(fitted.name, None, DRAWS_SAMPLES, _describe(fitted, settings.npe_samples))
     result = MethodResult(method, score(1.0))
     if fitted.widening is not None:
         result.chosen_k, result.chosen_widening, result.corrected = (
@@ -439,6 +427,16 @@ def score_npe(
             score(fitted.widening),
         )
     return result
+
+
+def _describe(fitted: FittedNPE, n_samples: int) -> str:
+    """One line for tables and reports: which estimate, its flow, and its samples per target."""
+    description = (
+        "neural posterior estimate (sbi MAF) on the frozen Siamese embedding"
+        if fitted.data.kind == "frozen"
+        else "neural posterior estimate (sbi MAF) trained end to end with the autoencoder's encoder"
+    )
+    return f"{description}, {fitted.flow.describe()}, {n_samples} samples per target"
 
 
 def npe_evaluation(
@@ -555,6 +553,27 @@ def add_npe_result(
     return results
 
 
+def _estimates_to_make(settings: EvaluationSettings, model, autoencoder) -> tuple[list[str] | None, object]:
+    """The estimates ``settings.methods`` lists that can be made, and the end-to-end one's autoencoder.
+
+    ``None``, with a warning, when some are listed and ``sbi`` is not installed; the end-to-end estimate
+    is left out when no autoencoder is given and the one ``model`` was trained from is gone.
+    """
+    wanted = [name for name in NPE_KINDS if name in settings.methods]
+    if wanted and not sbi_available():
+        warnings.warn(
+            "The sbi package is not installed; the neural posterior estimates are left out (pip install "
+            "'protolib[posterior]').",
+            stacklevel=3,
+        )
+        return None, autoencoder
+    if "npe_end_to_end" in wanted and autoencoder is None:
+        autoencoder = _autoencoder_of(model)
+        if autoencoder is None:
+            wanted.remove("npe_end_to_end")
+    return wanted, autoencoder
+
+
 def npe_results(
     bank: Bank,
     split,
@@ -575,18 +594,9 @@ def npe_results(
     ``model`` was trained from. Returns case -> method name -> :class:`~protolib.evaluation.MethodResult`
     (empty, with a warning, when ``sbi`` is not installed).
     """
-    wanted = [name for name in NPE_KINDS if name in settings.methods]
-    if wanted and not sbi_available():
-        warnings.warn(
-            "The sbi package is not installed; the neural posterior estimates are left out (pip install "
-            "'protolib[posterior]').",
-            stacklevel=2,
-        )
+    wanted, autoencoder = _estimates_to_make(settings, model, autoencoder)
+    if wanted is None:
         return {}
-    if "npe_end_to_end" in wanted and autoencoder is None:
-        autoencoder = _autoencoder_of(model)
-        if autoencoder is None:
-            wanted.remove("npe_end_to_end")
     found = {case: {} for case in targets}
     for name in wanted:
         fitted = fit_npe(
@@ -611,6 +621,20 @@ def npe_results(
                 progress=progress,
             )
     return found
+
+
+def _held_out(systems: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Whether each row's system is among a seeded ``fraction`` of the distinct ``systems`` (at least one) held out."""
+    distinct = np.unique(systems)
+    return np.isin(
+        systems, np.random.default_rng(seed).permutation(distinct)[: max(1, round(fraction * len(distinct)))]
+    )
+
+
+def _calibrated(drawn: np.ndarray, truths: np.ndarray, names: list[str], candidates) -> dict[str, float]:
+    """Each parameter's widening of the posterior samples' intervals, by the one rule
+    (:func:`~protolib.statistics.calibrate_widening`) on held-out systems: ``drawn (T, n, K)``, ``truths (T, K)``."""
+    return {n: calibrate_widening(drawn[..., j], truths[:, j], candidates)["widening"] for j, n in enumerate(names)}
 
 
 def observation_posterior(
@@ -640,18 +664,13 @@ def observation_posterior(
     """
     settings = settings or EvaluationSettings()
     bank = matcher.bank
-    # the rows of the matches' summary.csv, less the position angle: the sky's orientation, which the embedding ignores
-    # by design
+    # summary.csv's rows less the position angle: the sky's orientation, which the embedding ignores by design
     names = [*bank.parameters, "inclination"] if parameters is None else list(parameters)
     values, logs = scaled_image_parameters(bank, names)
     embeddings = matcher.embeddings
     rows = np.asarray(embeddings.system) * bank.n_projections + np.asarray(embeddings.projection)
     vectors, values = np.asarray(embeddings.vectors, dtype=np.float32), values[rows]
-    systems = np.unique(embeddings.system)
-    held = np.isin(
-        embeddings.system,
-        np.random.default_rng(settings.seed).permutation(systems)[: max(1, round(validation_fraction * len(systems)))],
-    )
+    held = _held_out(np.asarray(embeddings.system), validation_fraction, settings.seed)
     centre, spread = values[~held].mean(0), values[~held].std(0) + 1e-12
     flow = train_flow(
         (values[~held] - centre) / spread,
@@ -662,9 +681,7 @@ def observation_posterior(
         description="training the posterior estimate",
     )
     drawn = draw_samples(flow, vectors[held], settings.npe_samples, seed=settings.seed + 1) * spread + centre
-    widening = {
-        n: choose_widening(drawn[..., j], values[held, j], settings.widening_candidates)[0] for j, n in enumerate(names)
-    }
+    widening = _calibrated(drawn, values[held], names, settings.widening_candidates)
     scaled = draw_samples(flow, matcher.embed(image), n_samples, seed=settings.seed)[0] * spread + centre  # (n, K)
     samples = {n: 10.0 ** scaled[:, j] if logs[j] else scaled[:, j] for j, n in enumerate(names)}
     prior = {n: 10.0 ** values[:, j] if logs[j] else values[:, j] for j, n in enumerate(names)}

@@ -24,6 +24,7 @@ LAYERS = [
         "splits",
         "target_similarity",
         "plots_learning",
+        "statistics",
     },
     {"parameters", "simulator", "normalise", "images"},
     {"bank", "cluster", "training", "plotting"},

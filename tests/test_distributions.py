@@ -22,7 +22,6 @@ from protolib.distributions import (
     summarise,
     truth_coverage,
     truth_parameters,
-    weighted_percentile,
 )
 from protolib.matching import Matches
 from protolib.runtime import ProtolibInputError
@@ -67,18 +66,6 @@ def test_summary_compares_width_with_the_prior_and_keeps_the_truth():
     assert summary.prior_width_ratio < 0.2 and summary.truth == 0.5
     [unconstrained] = summarise({"stellar_mass": prior["stellar_mass"][:5000]}, prior=prior)
     assert unconstrained.prior_width_ratio == pytest.approx(1.0, abs=0.1)
-
-
-def test_weighted_percentiles():
-    values = np.arange(11.0)
-    np.testing.assert_allclose(
-        weighted_percentile(values, [10, 50, 90], np.ones(11)), np.percentile(values, [10, 50, 90])
-    )
-    heavy = np.full(11, 1e-6)
-    heavy[8] = 1.0
-    assert weighted_percentile(values, [50], heavy)[0] == pytest.approx(8.0, abs=0.01)
-    with pytest.raises(ProtolibInputError, match="non-negative"):
-        weighted_percentile(values, [50], -np.ones(11))
 
 
 def test_similarity_weights_favour_the_best_matches():

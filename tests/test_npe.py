@@ -9,11 +9,12 @@ from conftest import open_small_bank
 from protolib.autoencoder import AutoencoderConfig, train_autoencoder
 from protolib.cli import main
 from protolib.comparison import difference_table, paired_difference
-from protolib.evaluation import MethodEvaluation, central_coverage
+from protolib.evaluation import MethodEvaluation
 from protolib.npe import draw_samples, sbi_available, train_flow
 from protolib.runtime import ProtolibInputError
 from protolib.siamese import train_siamese
 from protolib.splits import split_systems
+from protolib.statistics import central_coverage
 from protolib.training import TrainingConfig
 
 needs_sbi = pytest.mark.skipif(not sbi_available(), reason="sbi is not installed")
@@ -187,8 +188,8 @@ def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tm
         assert row["widening"] >= 1.0
 
 
-def test_learning_curve_figures_say_what_still_improves_and_plot_every_parameter():
-    from protolib.comparison import learning_curve_figures
+def test_learning_curve_numbers_say_what_still_improves_and_plot_every_parameter():
+    from protolib.comparison import learning_curve_numbers
     from protolib.plots_evaluation import learning_curve_plot
 
     def row(errors):
@@ -218,7 +219,7 @@ def test_learning_curve_figures_say_what_still_improves_and_plot_every_parameter
         "fits": {"by_method": {m: {"disk_mass": fit, "age": fit, "mean_target": fit} for m in ("siamese", "npe")}},
         "extrapolation": {"train_systems": 14000},
     }
-    figures = learning_curve_figures(curves)
+    figures = learning_curve_numbers(curves)
     # fell 0.10 against 0.01
     assert figures["lc_improving"].startswith("disk mass") and figures["lc_flat"].startswith("age")
     assert figures["lc_siamese_first"] == pytest.approx(0.75) and figures["lc_npe_last"] == pytest.approx(0.57)

@@ -10,7 +10,6 @@ import pytest
 from conftest import render_one
 
 from protolib.evaluation import COVERAGE_LEVELS, MethodEvaluation
-from protolib.matching.calibration import central_intervals, required_widening
 from protolib.out_of_family import FAMILIES, IN_FAMILY, TERM_CANDIDATES, misspecification_terms
 from protolib.runtime import ProtolibInputError
 from protolib.simulator import SimulatorConfig
@@ -57,17 +56,6 @@ def test_out_of_family_settings_are_checked():
         SimulatorConfig(envelope_power_index=3.0)
     # the bank's own physics
     assert SimulatorConfig().envelope_law == "collapse" and SimulatorConfig().external_temperature_k == 0.0
-
-
-def test_required_widening_says_at_which_widening_each_target_is_covered():
-    rng = np.random.default_rng(0)
-    samples = rng.normal(size=(400, 50))
-    truths = rng.normal(scale=1.5, size=400)
-    needed = required_widening(samples, truths, COVERAGE_LEVELS)
-    for widening in (0.5, 1.0, 1.7, 3.0):
-        _, low, high = central_intervals(samples, COVERAGE_LEVELS, widening=widening)
-        covered = (low <= truths[:, None]) & (truths[:, None] <= high)
-        assert np.array_equal(covered, needed <= widening)
 
 
 def _evaluation(needed: np.ndarray) -> MethodEvaluation:

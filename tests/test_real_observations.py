@@ -522,14 +522,14 @@ def test_the_literature_table_names_a_shipped_map_and_a_reference_for_every_valu
 
 
 def test_calibration_widens_intervals_that_are_too_narrow_and_leaves_honest_ones():
-    from protolib.distributions import calibrate_widening
+    from protolib.statistics import calibrate_widening
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=1000)
     truths = centres + rng.normal(size=1000)  # the truth scatters by 1 about each target's centre
     honest = centres[:, None] + 1.1 * rng.normal(size=(1000, 200))  # a little wide: already honest
     narrow = centres[:, None] + 0.5 * rng.normal(size=(1000, 200))  # matches twice too concentrated
-    result = calibrate_widening({"honest": honest, "narrow": narrow}, {"honest": truths, "narrow": truths})
+    result = {"honest": calibrate_widening(honest, truths), "narrow": calibrate_widening(narrow, truths)}
     assert result["honest"]["widening"] == 1.0
     assert result["narrow"]["widening"] in (2.0, 2.5) and result["narrow"]["raw_coverage_95"] < 0.75
     assert result["narrow"]["coverage_68"] >= 0.66 and result["narrow"]["coverage_95"] >= 0.94

@@ -24,8 +24,8 @@ What each submodule owns:
   levels), so a new observation need not re-embed it;
 - :mod:`~protolib.matching.matcher`: :class:`Matcher`, :class:`TieredMatcher` (shortlist from a
   tier, re-rank at the observation's exact transform) and :class:`MatchingSettings`;
-- :mod:`~protolib.matching.calibration`: central intervals, their coverage and their calibration on
-  reference targets;
+- :mod:`~protolib.matching.calibration`: the matches' intervals calibrated on reference targets (the
+  statistics are in :mod:`protolib.statistics`);
 - :mod:`~protolib.matching.bands`: maps of one source in several bands, each prepared in the bank's
   band nearest it, for one joint match (:func:`prepare_band_targets`);
 - :mod:`~protolib.matching.fit`: the matches compared with the target in image space (:func:`fit_matches`).
@@ -36,14 +36,7 @@ Matching one target and writing its report (``protolib match``) is a run of the 
 
 from .bands import BandTargets, MapBand, band_label, map_bands, prepare_band_targets, spectral_indices
 from .baselines import pairwise_matches, random_matches
-from .calibration import (
-    WIDENING_CANDIDATES,
-    calibrate_widening,
-    central_coverage,
-    central_intervals,
-    reference_calibration,
-    weighted_percentile,
-)
+from .calibration import reference_calibration
 from .embeddings import (
     CACHE_FORMAT,
     MAX_CACHES,
@@ -119,10 +112,5 @@ __all__ = [
     "truth_parameters",
     "describe_parameter",
     "scaled_for_summary",
-    "WIDENING_CANDIDATES",
-    "weighted_percentile",
-    "central_intervals",
-    "central_coverage",
-    "calibrate_widening",
     "reference_calibration",
 ]

@@ -260,7 +260,7 @@ def widening_by_source(
         parameter -> ``{"nominal_width", "pooled_width", "widening", "unit", "by_source": {setting: {"shift",
     "widening"}}}``.
     """
-    from .calibration import weighted_percentile
+    from ..statistics import weighted_percentile
 
     z = uncertainty.standardised(draws)
     design = np.column_stack([np.ones(len(draws)), z])

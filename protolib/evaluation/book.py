@@ -1,0 +1,236 @@
+"""The numbers the book's prose quotes, by plain identifier, for MyST-NB's ``glue``: numbers, names and phrases.
+
+Chapter 06 glues :func:`book_numbers` (the methods compared) and :func:`variant_book_numbers` (the
+target similarities and losses compared), so that no number in its prose is typed by hand.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .report import constrains, mean_target_error, parameter_verdicts, widening_label
+from .scoring import MethodResult, result_metrics
+from .settings import NPE_METHODS
+
+__all__ = ["METHOD_LABELS", "book_numbers", "variant_book_numbers"]
+
+METHOD_LABELS = {
+    "random": "random matches",
+    "pixel": "the pixel chi-square",
+    "pca": "PCA",
+    "autoencoder": "the autoencoder latent",
+    "siamese": "the Siamese network",
+    "npe": "the neural posterior estimate on the Siamese embedding",
+    "npe_end_to_end": "the end-to-end neural posterior estimate",
+}
+"""How prose names each method (:func:`book_numbers`); other names (variants) are used as they are."""
+
+
+def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siamese", *, margin: float = 0.05) -> dict:
+    """The numbers chapter 06's prose quotes about the methods, by plain identifier (for MyST-NB ``glue``).
+
+    Per method ``m``: ``ndcg_m``, ``spearman_m``, ``cov68_m``, ``cov95_m``, ``tarp_m`` (TARP's largest
+    deviation), ``rms_m`` (:func:`mean_target_error`), ``r2_inclination_m`` and, for ``reference`` when
+    corrected, the same with ``_corrected`` and ``k_{reference}_corrected``, ``widening_{reference}_corrected``
+    (:func:`widening_label`). Then who ranks best
+    (``best_ndcg_method``, ``best_spearman_method``), how ``reference`` compares per parameter
+    (:func:`parameter_verdicts` at the configured k: ``{reference}_better``, ``_level``, ``_worse`` as
+    phrases), the calibration in brief, and what the correction changes for ``reference``.
+    """
+    numbers = {}
+    for name, result in results.items():
+        corrected = [("_corrected", result_metrics(result, True))] if name == reference and _corrected(result) else []
+        for suffix, metrics in [("", result_metrics(result, False))] + corrected:
+            calibration, parameters = metrics["calibration"], metrics["parameters"]
+            numbers.update(
+                {
+                    f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
+                    f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
+                    f"cov68_{name}{suffix}": calibration["coverage_68"],
+                    f"cov95_{name}{suffix}": calibration["coverage_95"],
+                    f"tarp_{name}{suffix}": calibration["tarp"]["max_deviation"],
+                    f"rms_{name}{suffix}": mean_target_error(metrics),
+                }
+            )
+            if "inclination" in parameters:
+                numbers[f"r2_inclination_{name}{suffix}"] = parameters["inclination"]["r2_knn"]
+            if suffix:
+                numbers.update(
+                    {
+                        f"k_{name}_corrected": int(metrics["top_k"]),
+                        f"widening_{name}_corrected": widening_label(calibration["interval_widening"]),
+                    }
+                )
+        if "retrieval" in result_metrics(result, False):
+            numbers["ndcg_chance"] = result_metrics(result, False)["retrieval"]["ndcg_chance"]
+    numbers["best_ndcg_method"] = _label(_best({m: numbers[f"ndcg_{m}"] for m in results}))
+    numbers["best_spearman_method"] = _label(_best({m: numbers[f"spearman_{m}"] for m in results}))
+    numbers.update(_recovery_numbers(results, reference, margin))
+    numbers.update(_calibration_numbers(results, reference))
+    return {name: _plain(value) for name, value in numbers.items()}
+
+
+def _recovery_numbers(results: dict, reference: str, margin: float) -> dict:
+    """How ``reference`` recovers each parameter against the best other method, and what no method constrains."""
+    judged = parameter_verdicts(results, reference, margin=margin)
+    target = {name: v for name, v in judged.items() if v["in_target_similarity"]}
+    numbers = {"n_target_parameters": len(target)}
+    for group in ("better", "level", "worse"):
+        members = [name for name, v in target.items() if v["comparison"] == group]
+        numbers[f"{reference}_n_{group}"] = len(members)
+        numbers[f"{reference}_{group}"] = _phrase(
+            [
+                f"{_label(n)} ({target[n]['error']:.2f} against {target[n]['best_error']:.2f}, "
+                f"{_label(target[n]['best'])})"
+                for n in members
+            ]
+        )
+    numbers[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
+    tables = {name: result_metrics(result, False)["parameters"] for name, result in results.items()}
+    nobody = [n for n in judged if not any(constrains(t[n], margin) for t in tables.values())]
+    errors = [t[n]["rms_error_over_prior_spread"] for n in nobody for t in tables.values()]
+    numbers["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
+        f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else ""
+    )
+    if target:
+        best = min(target, key=lambda n: target[n]["error"])
+        own, rival = tables[reference][best], target[best]["best"]
+        numbers.update(
+            {
+                f"{reference}_best_parameter": _label(best),
+                f"{reference}_best_error": own["rms_error_over_prior_spread"],
+                f"{reference}_best_error_unit": own["rms_error"],
+                f"{reference}_best_unit": own["unit"],
+                f"{reference}_best_r2": own["r2_knn"],
+                f"{reference}_best_rival": _label(rival),
+                f"{reference}_best_rival_error": target[best]["best_error"],
+                f"{reference}_best_rival_r2": tables[rival][best]["r2_knn"] if rival else float("nan"),
+            }
+        )
+    return numbers
+
+
+def _calibration_numbers(results: dict, reference: str, rejection_p: float = 0.01) -> dict:
+    """Coverage of the matching methods in brief, and what the correction changes for ``reference``."""
+    matching = {
+        m: result_metrics(r, False)["calibration"] for m, r in results.items() if m != "random" and m not in NPE_METHODS
+    }
+    c68, c95 = [c["coverage_68"] for c in matching.values()], [c["coverage_95"] for c in matching.values()]
+    numbers = {
+        "n_matching": len(matching),
+        "cov68_min": min(c68),
+        "cov68_max": max(c68),
+        "cov95_min": min(c95),
+        "cov95_max": max(c95),
+        "n_overconfident": sum(a < 0.68 and b < 0.95 for a, b in zip(c68, c95)),
+    }
+    result = results[reference]
+    if not _corrected(result):
+        return numbers
+    before, after = result_metrics(result, False)["parameters"], result_metrics(result, True)["parameters"]
+    target = [n for n, row in before.items() if row["in_target_similarity"]]
+    change = {n: after[n]["rms_error_over_prior_spread"] - before[n]["rms_error_over_prior_spread"] for n in target}
+    for key, name in (("most_improved", min(change, key=change.get)), ("most_worsened", max(change, key=change.get))):
+        numbers[f"{reference}_{key}"] = (
+            f"{_label(name)} ({before[name]['rms_error_over_prior_spread']:.2f} to "
+            f"{after[name]['rms_error_over_prior_spread']:.2f})"
+        )
+    worst = max(after, key=lambda n: abs(after[n]["coverage_68"] - 0.68))
+    numbers.update(
+        {
+            f"{reference}_worst_coverage_parameter": _label(worst),
+            f"{reference}_worst_coverage": after[worst]["coverage_68"],
+            f"{reference}_n_rank_rejected": sum(row["rank_uniformity_p"] < rejection_p for row in after.values()),
+            "n_parameters": len(after),
+        }
+    )
+    return numbers
+
+
+def variant_book_numbers(
+    variants: dict[str, MethodResult | dict], reference: str = "kernel + mse", *, margin: float = 0.05
+) -> dict:
+    """The numbers the comparison of target similarities and losses quotes, by plain identifier (for ``glue``).
+
+    Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
+    ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
+    ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
+    ``best_rms_corrected_variant``; and per variant other than ``reference``, ``better_v`` and
+    ``worse_v``: the target similarity's parameters on which its error is lower (higher) than
+    ``reference``'s by more than ``margin`` prior spreads, as phrases.
+    """
+    slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
+    numbers = {}
+    for name, result in variants.items():
+        at_k, corrected = result_metrics(result, False), result_metrics(result, True)
+        numbers.update(
+            {
+                f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"],
+                f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
+                f"rms_{slug[name]}": mean_target_error(at_k),
+                f"rms_{slug[name]}_corrected": mean_target_error(corrected),
+                f"cov68_{slug[name]}_corrected": corrected["calibration"]["coverage_68"],
+                f"cov95_{slug[name]}_corrected": corrected["calibration"]["coverage_95"],
+            }
+        )
+    for number, template in (
+        ("ndcg", "ndcg_{}"),
+        ("spearman", "spearman_{}"),
+        ("rms", "rms_{}"),
+        ("rms_corrected", "rms_{}_corrected"),
+    ):
+        values = {name: numbers[template.format(slug[name])] for name in variants}
+        numbers[f"best_{number}_variant"] = _best(values, lowest=number.startswith("rms"))
+    numbers.update(_variant_changes(variants, reference, slug, margin))
+    return {name: _plain(value) for name, value in numbers.items()}
+
+
+def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margin: float) -> dict:
+    """Per variant other than ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on
+    which its error is lower (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases."""
+    own, numbers = result_metrics(variants[reference], False)["parameters"], {}
+    for name, result in variants.items():
+        if name != reference:
+            table = result_metrics(result, False)["parameters"]
+            change = {
+                n: table[n]["rms_error_over_prior_spread"] - own[n]["rms_error_over_prior_spread"]
+                for n in own
+                if own[n]["in_target_similarity"]
+            }
+            for word, sign in (("better", -1), ("worse", 1)):
+                numbers[f"{word}_{slug[name]}"] = _phrase(
+                    [
+                        f"{_label(n)} ({table[n]['rms_error_over_prior_spread']:.2f} against "
+                        f"{own[n]['rms_error_over_prior_spread']:.2f})"
+                        for n, d in change.items()
+                        if sign * d > margin
+                    ]
+                )
+    return numbers
+
+
+def _corrected(result: MethodResult | dict) -> bool:
+    return (result.corrected if isinstance(result, MethodResult) else result.get("corrected")) is not None
+
+
+def _best(values: dict[str, float], *, lowest: bool = False) -> str | None:
+    """The key of the highest (``lowest``: lowest) value, NaN ignored; ``None`` when every value is NaN."""
+    finite = {k: v for k, v in values.items() if v == v}
+    return (min if lowest else max)(finite, key=finite.get) if finite else None
+
+
+def _label(name: str | None) -> str:
+    """How prose names a method (:data:`METHOD_LABELS`) or a parameter (underscores as spaces)."""
+    return "none" if name is None else METHOD_LABELS.get(name, name.replace("_", " "))
+
+
+def _phrase(items: list[str]) -> str:
+    """``"a, b and c"``; ``"none"`` for no items."""
+    return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _plain(value):
+    """A glue-able plain Python value (numpy scalars to int or float), so that MyST-NB formats it."""
+    return value.item() if isinstance(value, np.generic) else value
