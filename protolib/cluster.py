@@ -171,15 +171,7 @@ def simulate_bank_parallel(
     todo = [k for k in range(n_shards) if not _shard_is_complete(paths[k], fingerprint)]
     reused = [k for k in range(n_shards) if k not in todo]
     if todo:
-        # as simulate_bank settles it
-        tasks = dict(
-            config=config.to_dict(),
-            instrument=instrument.to_dict(),
-            seed=seed,
-            folder=str(folder),
-            fingerprint=fingerprint,
-            compile=settle_compile(config, n_systems * n_projections).compile,
-        )
+        tasks = _shard_settings(config, instrument, seed, folder, fingerprint, n_systems * n_projections)
         _render_shards(client, n_workers, {k: _shard_rows(systems, k, shard_systems) for k in todo}, tasks, progress)
     written = dict(seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
     write_simulated_bank(out, systems, _shard_blocks(paths), description="Writing bank", **written)
@@ -202,6 +194,22 @@ def _refuse_impossible_request(
     if n_systems < 1 or n_projections < 1 or shard_systems < 1:
         raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
     check_beam_fits_field(config, instrument)
+
+
+def _shard_settings(
+    config: SimulatorConfig, instrument: Instrument, seed: int, folder: Path, fingerprint: str, n_images: int
+) -> dict:
+    """What every shard's task is given besides its systems, as plain data for the workers: the simulator and
+    instrument settings, the seed, where shards go and the bank's fingerprint."""
+    return dict(
+        config=config.to_dict(),
+        instrument=instrument.to_dict(),
+        seed=seed,
+        folder=str(folder),
+        fingerprint=fingerprint,
+        # as simulate_bank settles it
+        compile=settle_compile(config, n_images).compile,
+    )
 
 
 def _shard_blocks(paths: list[Path]):
