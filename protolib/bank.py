@@ -104,6 +104,20 @@ class Bank:
 
     def __init__(self, path: str | Path, frequency_ghz: float | None = None):
         self.path = Path(path)
+        self._file = self._open_checked()
+        self.images: h5py.Dataset = self._file["images"]
+        self._held: np.ndarray | None = None  # the images, once read, of a bank small enough to hold (load_images)
+        self._read_tables()
+        try:
+            self._select_band(frequency_ghz)
+            self._validate()
+        except ProtolibInputError:
+            self._file.close()
+            raise
+
+    def _open_checked(self) -> h5py.File:
+        """The bank file, open for reading; refused in one line when it is missing, a folder, not HDF5, not a bank,
+        or not laid out as the schema says (:func:`_check_structure`)."""
         if not self.path.exists():
             raise ProtolibInputError(
                 f"Bank file {self.path} does not exist. Make one with `protolib simulate --out {self.path}`."
@@ -112,22 +126,25 @@ class Bank:
             raise ProtolibInputError(f"{self.path} is a folder, not a bank file; give the .h5 file inside it.")
         self._opened = _file_identity(self.path)  # what the file was when opened (check_unchanged)
         try:
-            self._file = h5py.File(self.path, "r")
+            file = h5py.File(self.path, "r")
         except OSError as error:
             raise ProtolibInputError(f"Bank file {self.path} is not a readable HDF5 file ({error}).") from None
-        if self._file.attrs.get("format") != FORMAT or "images" not in self._file:
-            self._file.close()
+        if file.attrs.get("format") != FORMAT or "images" not in file:
+            file.close()
             raise ProtolibInputError(
                 f"{self.path} is an HDF5 file but not a protolib bank (no 'format = {FORMAT}' attribute or no "
                 "/images dataset). Banks are written by `protolib simulate` or `protolib import-thesis`."
             )
         try:
-            _check_structure(self._file, self.path)
+            _check_structure(file, self.path)
         except ProtolibInputError:
-            self._file.close()
+            file.close()
             raise
-        self.images: h5py.Dataset = self._file["images"]
-        self._held: np.ndarray | None = None  # the images, once read, of a bank small enough to hold (load_images)
+        return file
+
+    def _read_tables(self) -> None:
+        """Read the parameters (the built-in ones first, in their order) with their units, the viewing angles, the
+        system identifiers and the root attributes; the images stay in the file."""
         stored = list(self._file["parameters"])
         ordered = [n for n in PARAMETERS if n in stored] + [n for n in stored if n not in PARAMETERS]
         self.parameters: dict[str, np.ndarray] = {name: self._file["parameters"][name][()] for name in ordered}
@@ -145,12 +162,6 @@ class Bank:
         self.position_angle: np.ndarray = self._file["viewing/position_angle"][()]
         self.system_id: np.ndarray = self._file["system_id"][()]
         self.attrs: dict = {k: _plain(v) for k, v in self._file.attrs.items()}
-        try:
-            self._select_band(frequency_ghz)
-            self._validate()
-        except ProtolibInputError:
-            self._file.close()
-            raise
 
     def _validate(self) -> None:
         """Refuse NaN or infinite parameters, viewing angles and pixels, and log-scaled parameters <= 0.
@@ -163,6 +174,12 @@ class Bank:
         to :data:`IMAGE_CHECK_BYTES`; beyond, an evenly spaced sample of systems, so that opening a
         huge bank stays quick; training then stops on the first non-finite loss).
         """
+        self._check_tables()
+        self._check_pixels()
+
+    def _check_tables(self) -> None:
+        """Refuse NaN or infinite parameters and viewing angles (but angles unknown throughout), log-scaled
+        parameters <= 0 and inclinations outside 0-180 deg."""
         tables = {f"parameters/{n}": v for n, v in self.parameters.items()}
         tables.update({"viewing/inclination": self.inclination, "viewing/position_angle": self.position_angle})
         for name, values in tables.items():
@@ -188,6 +205,10 @@ class Bank:
                 )
         if np.isfinite(self.inclination).all() and (np.any(self.inclination < 0) or np.any(self.inclination > 180)):
             raise ProtolibInputError(f"{self.path}: viewing/inclination holds angles outside 0-180 deg.")
+
+    def _check_pixels(self) -> None:
+        """Refuse NaN or infinite pixels, and a bank without one positive pixel, in every system (or an evenly spaced
+        sample of systems, beyond :data:`IMAGE_CHECK_BYTES`); a file that passed is not read again."""
         stat = self.path.stat()
         checked = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
         if checked in _PIXELS_CHECKED:  # this file, unchanged, passed the pixel scan in this process already
@@ -744,38 +765,47 @@ def _check_bands(f: h5py.File, images, path: Path) -> None:
         )
 
 
+_ATTRIBUTE_SIGNS = {
+    "pixel_size_au": " > 0",
+    "field_of_view_au": " > 0",
+    "distance_pc": " > 0",
+    "frequency_ghz": " > 0",
+    "beam_major_arcsec": " >= 0",
+    "beam_minor_arcsec": " >= 0",
+    "beam_position_angle_deg": "",
+    "noise_rms_jy_beam": " >= 0",
+}
+"""The bank's numeric root attributes and the sign each must have ("": any finite number); an unknown (NaN) pixel
+size is accepted (an imported bank)."""
+
+
 def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
     """The numeric attributes are numbers of the right sign, agree with each other, and the JSON ones parse."""
-    for key in (
-        "pixel_size_au",
-        "field_of_view_au",
-        "distance_pc",
-        "frequency_ghz",
-        "beam_major_arcsec",
-        "beam_minor_arcsec",
-        "beam_position_angle_deg",
-        "noise_rms_jy_beam",
-    ):
+    for key, sign in _ATTRIBUTE_SIGNS.items():
         if key in f.attrs:
-            try:
-                value = float(f.attrs[key])
-            except (TypeError, ValueError):
-                raise ProtolibInputError(
-                    f"{path}: the bank attribute {key} = {f.attrs[key]!r} is not a number."
-                ) from None
-            positive = key in ("pixel_size_au", "field_of_view_au", "distance_pc", "frequency_ghz")
-            if key == "pixel_size_au" and math.isnan(value):
-                continue  # unknown (an imported bank)
-            if (
-                not math.isfinite(value)
-                or (positive and not value > 0)
-                or (key != "beam_position_angle_deg" and value < 0)
-            ):
-                sign = " > 0" if positive else "" if key == "beam_position_angle_deg" else " >= 0"
-                raise ProtolibInputError(
-                    f"{path}: the bank attribute {key} = {value} must be a finite number{sign}; the file is "
-                    "damaged or was not written by protolib."
-                )
+            _check_number_attribute(f, path, key, sign)
+    _check_field_is_pixels(f, path, side)
+    _check_json_attributes(f, path)
+
+
+def _check_number_attribute(f: h5py.File, path: Path, key: str, sign: str) -> None:
+    """Refuse a numeric attribute that is not a number, not finite, or not of its ``sign`` (``_ATTRIBUTE_SIGNS``)."""
+    try:
+        value = float(f.attrs[key])
+    except (TypeError, ValueError):
+        raise ProtolibInputError(f"{path}: the bank attribute {key} = {f.attrs[key]!r} is not a number.") from None
+    if key == "pixel_size_au" and math.isnan(value):
+        return  # unknown (an imported bank)
+    signed = {" > 0": value > 0, " >= 0": value >= 0, "": True}[sign]
+    if not (math.isfinite(value) and signed):
+        raise ProtolibInputError(
+            f"{path}: the bank attribute {key} = {value} must be a finite number{sign}; the file is "
+            "damaged or was not written by protolib."
+        )
+
+
+def _check_field_is_pixels(f: h5py.File, path: Path, side: int) -> None:
+    """Refuse a field of view that is not the pixel size times the ``side`` pixels (within 1%)."""
     fov, pixel = f.attrs.get("field_of_view_au"), f.attrs.get("pixel_size_au")
     if (
         fov is not None
@@ -787,6 +817,11 @@ def _check_attributes(f: h5py.File, path: Path, side: int) -> None:
             f"{path}: the bank's pixel size ({float(pixel):g} au) times its {side} pixels is not its field of "
             f"view ({float(fov):g} au); the attributes disagree."
         )
+
+
+def _check_json_attributes(f: h5py.File, path: Path) -> None:
+    """Refuse a ``simulator_config`` or ``prior`` attribute that is not JSON, or simulator settings that are not a
+    configuration's."""
     for key in ("simulator_config", "prior"):
         if key in f.attrs:
             try:
@@ -883,6 +918,32 @@ def concatenate_banks(first: Bank, second: Bank, out: str | Path) -> Path:
     ``first``'s, and ``source`` records the addition.
     """
     _refuse_band_views(first, second)
+    _refuse_unlike_banks(first, second)
+    n_first, n_all = first.n_systems, first.n_systems + second.n_systems
+    with atomic_path(out, expected_bytes=first.path.stat().st_size + second.path.stat().st_size) as tmp:
+        with h5py.File(tmp, "w") as f:
+            images = f.create_dataset(
+                "images", (n_all, *first.images.shape[1:]), dtype="f4", chunks=first.images.chunks
+            )
+            images.attrs.update(dict(first.images.attrs))
+            for offset, bank in ((0, first), (n_first, second)):
+                for start in range(0, bank.n_systems, 64):
+                    stop = min(bank.n_systems, start + 64)
+                    images[offset + start : offset + stop] = bank.images[start:stop]
+            _write_concatenated_tables(f, first, second)
+            f.attrs.update(first._file.attrs)
+            f.attrs["source"] = (
+                f"{first.attrs.get('source', '')}; systems {n_first}-{n_all - 1} from {second.path} (seed "
+                f"{second.attrs.get('seed')})"
+            )
+            if "bands" in first._file:
+                first._file.copy(first._file["bands"], f, "bands")
+    return Path(out)
+
+
+def _refuse_unlike_banks(first: Bank, second: Bank) -> None:
+    """Refuse, in one line, a ``second`` bank that cannot follow ``first``: other projections or pixels, or another
+    simulator, prior, instrument or parameters."""
     if first.images.shape[1:] != second.images.shape[1:] or abs(first.pixel_size_au - second.pixel_size_au) > 1e-9:
         raise ProtolibInputError(
             f"{second.path} ({second.images.shape[1:]}, {second.pixel_size_au:g} au/px) cannot follow {first.path} "
@@ -897,41 +958,22 @@ def concatenate_banks(first: Bank, second: Bank, out: str | Path) -> Path:
             f"{second.path} was not rendered as {first.path} was (simulator, prior, instrument or parameters differ); "
             "make both with one configuration."
         )
-    n_first, n_all = first.n_systems, first.n_systems + second.n_systems
-    with atomic_path(out, expected_bytes=first.path.stat().st_size + second.path.stat().st_size) as tmp:
-        with h5py.File(tmp, "w") as f:
-            images = f.create_dataset(
-                "images", (n_all, *first.images.shape[1:]), dtype="f4", chunks=first.images.chunks
-            )
-            images.attrs.update(dict(first.images.attrs))
-            for offset, bank in ((0, first), (n_first, second)):
-                for start in range(0, bank.n_systems, 64):
-                    stop = min(bank.n_systems, start + 64)
-                    images[offset + start : offset + stop] = bank.images[start:stop]
-            viewing = {
-                name: np.concatenate([getattr(first, name), getattr(second, name)])
-                for name in ("inclination", "position_angle")
-            }
-            viewing["system_id"] = np.r_[first.system_id, first.system_id.max() + 1 + second.system_id]
-            write_bank_tables(
-                f, viewing, {name: np.r_[first.parameters[name], second.parameters[name]] for name in first.parameters}
-            )
-            # imported or older banks: their own units and scales, not today's
-            for (
-                name,
-                info,
-            ) in first.parameter_info.items():
-                f["parameters"][name].attrs.update(
-                    unit=info.unit, description=info.description, log_scale=info.log_scale
-                )
-            f.attrs.update(first._file.attrs)
-            f.attrs["source"] = (
-                f"{first.attrs.get('source', '')}; systems {n_first}-{n_all - 1} from {second.path} (seed "
-                f"{second.attrs.get('seed')})"
-            )
-            if "bands" in first._file:
-                first._file.copy(first._file["bands"], f, "bands")
-    return Path(out)
+
+
+def _write_concatenated_tables(f: h5py.File, first: Bank, second: Bank) -> None:
+    """The viewing angles, system identifiers (``second``'s after ``first``'s largest) and parameters of ``first``
+    then ``second``, with ``first``'s units and scales."""
+    viewing = {
+        name: np.concatenate([getattr(first, name), getattr(second, name)])
+        for name in ("inclination", "position_angle")
+    }
+    viewing["system_id"] = np.r_[first.system_id, first.system_id.max() + 1 + second.system_id]
+    write_bank_tables(
+        f, viewing, {name: np.r_[first.parameters[name], second.parameters[name]] for name in first.parameters}
+    )
+    # imported or older banks: their own units and scales, not today's
+    for name, info in first.parameter_info.items():
+        f["parameters"][name].attrs.update(unit=info.unit, description=info.description, log_scale=info.log_scale)
 
 
 def _refuse_band_views(*banks: Bank) -> None:
@@ -1002,20 +1044,29 @@ def render_systems(
                 config,
                 instrument.distance_pc,
             )
-            clean = clean.cpu().reshape(n_proj, len(instruments), *clean.shape[-2:])
             noise_index = int(systems["system_index"][i]) if "system_index" in systems else int(i)
-            bands = [
-                seen.observe(
-                    clean[:, band].contiguous(),
-                    config.pixel_size_au,
-                    system_rng(seed, noise_index, stream=_noise_stream(band, config)),
-                )
-                for band, seen in enumerate(instruments)
-            ]
-            images.append((bands[0] if len(bands) == 1 else torch.stack(bands, dim=1)).numpy())
+            images.append(_observe_system(clean, instruments, config, seed, noise_index))
         images = np.stack(images)
         masses = envelope_mass({k: v.to("cpu") for k, v in per_system.items()}, config).numpy()
     return images.astype(np.float32), masses
+
+
+def _observe_system(
+    clean: torch.Tensor, instruments: list[Instrument], config: SimulatorConfig, seed: int, noise_index: int
+) -> np.ndarray:
+    """One system's clean projections [Jy/pixel] seen through each band's beam and noise, the noise drawn from the
+    system's own stream (:func:`protolib.runtime.system_rng`): ``(P, H, W)``, or ``(P, bands, H, W)`` in several
+    bands."""
+    clean = clean.cpu().reshape(clean.shape[0], len(instruments), *clean.shape[-2:])
+    bands = [
+        seen.observe(
+            clean[:, band].contiguous(),
+            config.pixel_size_au,
+            system_rng(seed, noise_index, stream=_noise_stream(band, config)),
+        )
+        for band, seen in enumerate(instruments)
+    ]
+    return (bands[0] if len(bands) == 1 else torch.stack(bands, dim=1)).numpy()
 
 
 def _noise_stream(band: int, config: SimulatorConfig) -> int:
@@ -1078,6 +1129,31 @@ def simulate_bank(
     config = config or SimulatorConfig()
     instrument = instrument or Instrument()
     prior = prior or Prior()
+    _refuse_impossible_bank(n_systems, n_projections, config, instrument)
+    systems = draw_systems(n_systems, n_projections, seed, prior, config)
+    # the compiled kernels for a large bank, in every worker
+    rendering = settle_compile(config, n_systems * n_projections, device)
+    chunks = [
+        np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)
+    ]
+    written = dict(seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        if workers > 1 and default_device(device).type == "cpu":
+            _write_with_workers(out, systems, chunks, workers, threads or 1, compile=rendering.compile, **written)
+        else:
+            blocks = ((idx, *render_systems(systems, idx, rendering, instrument, seed, device)) for idx in chunks)
+            write_simulated_bank(out, systems, blocks, **written)
+    finally:
+        torch.set_num_threads(previous)
+    return Path(out)
+
+
+def _refuse_impossible_bank(n_systems: int, n_projections: int, config: SimulatorConfig, instrument: Instrument):
+    """Refuse, before anything is drawn, a bank of no system or projection, and a beam of any band wider than the
+    field (:func:`check_beam_fits_field`)."""
     if n_systems < 1 or n_projections < 1:
         raise ProtolibInputError(
             f"A bank needs at least one system and one projection (got {n_systems} and {n_projections})."
@@ -1085,42 +1161,6 @@ def simulate_bank(
     # an instrument.bands list of another length is refused here
     for seen in instrument.per_band(len(config.bands_ghz)):
         check_beam_fits_field(config, seen)
-    systems = draw_systems(n_systems, n_projections, seed, prior, config)
-    # the compiled kernels for a large bank, in every worker
-    rendering = settle_compile(config, n_systems * n_projections, device)
-    chunks = [
-        np.arange(start, min(n_systems, start + systems_per_batch)) for start in range(0, n_systems, systems_per_batch)
-    ]
-
-    def blocks():
-        for idx in chunks:
-            yield (idx, *render_systems(systems, idx, rendering, instrument, seed, device))
-
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        if workers > 1 and default_device(device).type == "cpu":
-            _write_with_workers(
-                out,
-                systems,
-                chunks,
-                workers,
-                threads or 1,
-                seed=seed,
-                config=config,
-                instrument=instrument,
-                prior=prior,
-                progress=progress,
-                compile=rendering.compile,
-            )
-        else:
-            write_simulated_bank(
-                out, systems, blocks(), seed=seed, config=config, instrument=instrument, prior=prior, progress=progress
-            )
-    finally:
-        torch.set_num_threads(previous)
-    return Path(out)
 
 
 def _render_block(task: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -1187,42 +1227,59 @@ def write_simulated_bank(
     """
     n_systems, n_projections = systems["inclination"].shape
     size, n_bands = config.image_size, len(config.bands_ghz)
-    bands = (n_bands,) if n_bands > 1 else ()
     with atomic_path(
         out, expected_bytes=n_systems * n_projections * (n_bands * size * size * 4 + 16) + 8 * 10 * n_systems
     ) as tmp:
         with h5py.File(tmp, "w") as f:
-            chunk_systems = max(1, min(n_systems, (1 << 20) // (n_projections * size * size * 4)))
-            images = f.create_dataset(
-                "images",
-                (n_systems, n_projections, *bands, size, size),
-                dtype="f4",
-                chunks=(chunk_systems, n_projections, *(1 for _ in bands), size, size),
-            )
-            images.attrs["unit"] = instrument.unit
-            images.attrs["axes"] = (
-                "system, projection, band, north, west" if bands else "system, projection, north, west"
-            )
-            env_mass = np.zeros(n_systems)
-            bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
-            brightest = -np.inf
-            for idx, block_images, block_mass in blocks:
-                brightest = max(brightest, _brightest_finite(out, idx, block_images))
-                images[idx[0] : idx[-1] + 1] = block_images
-                env_mass[idx] = block_mass
-                bar.update(len(idx) * n_projections)
-            bar.close()
-            if not brightest > 0:
-                raise ProtolibInputError(
-                    f"{out}: every rendered image is zero or negative; the bank would hold no emission to "
-                    "match. Check the simulator and prior settings."
-                )
+            images = _create_images(f, n_systems, n_projections, config, instrument)
+            env_mass = _write_blocks(out, images, blocks, description, progress)
             tables = {**systems, "envelope_mass": env_mass}
             write_bank_tables(f, tables, {k: v for k, v in tables.items() if k in PARAMETERS})
             write_bank_attributes(
                 f, seed=seed, config=config, instrument=instrument, prior=prior, source="protolib simulator"
             )
         _check_written(tmp, out)
+
+
+def _create_images(
+    f: h5py.File, n_systems: int, n_projections: int, config: SimulatorConfig, instrument: Instrument
+) -> h5py.Dataset:
+    """A simulated bank's empty ``/images``, chunked by about a MiB of whole systems (and by band, in several)."""
+    size, n_bands = config.image_size, len(config.bands_ghz)
+    bands = (n_bands,) if n_bands > 1 else ()
+    chunk_systems = max(1, min(n_systems, (1 << 20) // (n_projections * size * size * 4)))
+    images = f.create_dataset(
+        "images",
+        (n_systems, n_projections, *bands, size, size),
+        dtype="f4",
+        chunks=(chunk_systems, n_projections, *(1 for _ in bands), size, size),
+    )
+    images.attrs["unit"] = instrument.unit
+    images.attrs["axes"] = "system, projection, band, north, west" if bands else "system, projection, north, west"
+    return images
+
+
+def _write_blocks(out, images: h5py.Dataset, blocks, description: str, progress: bool) -> np.ndarray:
+    """Write the ``blocks`` of ``(indices, images, envelope_masses)`` into ``images``; returns the envelope masses.
+
+    Refused, before the bank replaces ``out``: a NaN or infinite pixel, and a bank without one positive pixel.
+    """
+    n_systems, n_projections = images.shape[:2]
+    env_mass = np.zeros(n_systems)
+    bar = tqdm(total=n_systems * n_projections, unit="img", desc=description, disable=not progress)
+    brightest = -np.inf
+    for idx, block_images, block_mass in blocks:
+        brightest = max(brightest, _brightest_finite(out, idx, block_images))
+        images[idx[0] : idx[-1] + 1] = block_images
+        env_mass[idx] = block_mass
+        bar.update(len(idx) * n_projections)
+    bar.close()
+    if not brightest > 0:
+        raise ProtolibInputError(
+            f"{out}: every rendered image is zero or negative; the bank would hold no emission to "
+            "match. Check the simulator and prior settings."
+        )
+    return env_mass
 
 
 def _write_band_table(f: h5py.File, config: SimulatorConfig, instrument: Instrument) -> None:
@@ -1333,6 +1390,17 @@ def import_thesis_snapshots(
             ``"skip"`` leaves bad files out and reports each in the returned :class:`ImportReport`.
     """
     folder = Path(folder)
+    files = _snapshot_files(folder, out, n_projections, pixel_size_au)
+    images, params, imported, skipped = _read_thesis_snapshots(files, n_projections, on_error, progress)
+    if not images:
+        raise ProtolibInputError(f"None of the {len(files)} files in {folder} could be imported: {skipped}")
+    _write_imported_bank(out, images, params, imported, folder, pixel_size_au)
+    return ImportReport(imported=imported, skipped=skipped)
+
+
+def _snapshot_files(folder: Path, out, n_projections: int, pixel_size_au: float | None) -> list[Path]:
+    """The folder's snapshot files, sorted by name, once the import's arguments are checked (``out`` must not be
+    one of them: it would be overwritten)."""
     if not folder.is_dir():
         raise ProtolibInputError(f"{folder} is not a folder of snapshot files.")
     if n_projections < 1:
@@ -1346,11 +1414,16 @@ def import_thesis_snapshots(
         raise ProtolibInputError(
             f"{out}: --out is one of the snapshot files being imported, which would be overwritten; write elsewhere."
         )
-    images, params, imported, skipped = _read_thesis_snapshots(files, n_projections, on_error, progress)
-    shape = images[0].shape if images else None
-    if not images:
-        raise ProtolibInputError(f"None of the {len(files)} files in {folder} could be imported: {skipped}")
-    n = len(images)
+    return files
+
+
+def _write_imported_bank(
+    out, images: list, params: dict, imported: list[str], folder: Path, pixel_size_au: float | None
+) -> None:
+    """Write the snapshots' images and parameters as a bank, atomically: viewing angles unknown (NaN), unit
+    "arbitrary", no beam or noise, and the snapshot files' names in ``/source_files``."""
+    n, n_projections = len(images), images[0].shape[0]
+    shape = images[0].shape
     viewing = {
         "inclination": np.full((n, n_projections), np.nan),
         "position_angle": np.full((n, n_projections), np.nan),
@@ -1374,7 +1447,6 @@ def import_thesis_snapshots(
                 pixel_size_au=pixel_size_au,
             )
         _check_written(tmp, out)
-    return ImportReport(imported=imported, skipped=skipped)
 
 
 def _read_thesis_snapshots(files: list[Path], n_projections: int, on_error: str, progress: bool):

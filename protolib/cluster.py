@@ -161,16 +161,8 @@ def simulate_bank_parallel(
         >>> cluster.scale(jobs=10)
         >>> simulate_bank_parallel("bank.h5", 100_000, client=Client(cluster))
     """
-    try:
-        import dask.distributed  # noqa: F401
-    except ImportError:
-        raise ProtolibInputError(
-            "Parallel bank building needs Dask: pip install 'protolib[cluster]' (dask[distributed])."
-        ) from None
     config, instrument, prior = config or SimulatorConfig(), instrument or Instrument(), prior or Prior()
-    if n_systems < 1 or n_projections < 1 or shard_systems < 1:
-        raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
-    check_beam_fits_field(config, instrument)
+    _refuse_impossible_request(n_systems, n_projections, shard_systems, config, instrument)
     systems = draw_systems(n_systems, n_projections, seed, prior, config)
     fingerprint = _fingerprint(n_systems, n_projections, seed, config, instrument, prior, shard_systems)
     folder = _claim_shard_folder(out, fingerprint, n_systems, shard_systems)
@@ -179,36 +171,52 @@ def simulate_bank_parallel(
     todo = [k for k in range(n_shards) if not _shard_is_complete(paths[k], fingerprint)]
     reused = [k for k in range(n_shards) if k not in todo]
     if todo:
-        # as simulate_bank settles it
-        tasks = dict(
-            config=config.to_dict(),
-            instrument=instrument.to_dict(),
-            seed=seed,
-            folder=str(folder),
-            fingerprint=fingerprint,
-            compile=settle_compile(config, n_systems * n_projections).compile,
-        )
+        tasks = _shard_settings(config, instrument, seed, folder, fingerprint, n_systems * n_projections)
         _render_shards(client, n_workers, {k: _shard_rows(systems, k, shard_systems) for k in todo}, tasks, progress)
-
-    def blocks():
-        for path in paths:
-            with h5py.File(path, "r") as f:
-                yield f["indices"][()], f["images"][()], f["envelope_mass"][()]
-
-    write_simulated_bank(
-        out,
-        systems,
-        blocks(),
-        seed=seed,
-        config=config,
-        instrument=instrument,
-        prior=prior,
-        progress=progress,
-        description="Writing bank",
-    )
+    written = dict(seed=seed, config=config, instrument=instrument, prior=prior, progress=progress)
+    write_simulated_bank(out, systems, _shard_blocks(paths), description="Writing bank", **written)
     if not keep_shards:
         shutil.rmtree(folder)
     return ParallelReport(bank=Path(out), n_shards=n_shards, rendered=todo, reused=reused)
+
+
+def _refuse_impossible_request(
+    n_systems: int, n_projections: int, shard_systems: int, config: SimulatorConfig, instrument: Instrument
+) -> None:
+    """Refuse, before anything is drawn: no Dask, a bank of no system or projection, empty shards, or a beam wider
+    than the field (:func:`~protolib.bank.check_beam_fits_field`)."""
+    try:
+        import dask.distributed  # noqa: F401
+    except ImportError:
+        raise ProtolibInputError(
+            "Parallel bank building needs Dask: pip install 'protolib[cluster]' (dask[distributed])."
+        ) from None
+    if n_systems < 1 or n_projections < 1 or shard_systems < 1:
+        raise ProtolibInputError("A bank needs at least one system, one projection and one system per shard.")
+    check_beam_fits_field(config, instrument)
+
+
+def _shard_settings(
+    config: SimulatorConfig, instrument: Instrument, seed: int, folder: Path, fingerprint: str, n_images: int
+) -> dict:
+    """What every shard's task is given besides its systems, as plain data for the workers: the simulator and
+    instrument settings, the seed, where shards go and the bank's fingerprint."""
+    return dict(
+        config=config.to_dict(),
+        instrument=instrument.to_dict(),
+        seed=seed,
+        folder=str(folder),
+        fingerprint=fingerprint,
+        # as simulate_bank settles it
+        compile=settle_compile(config, n_images).compile,
+    )
+
+
+def _shard_blocks(paths: list[Path]):
+    """The shards' ``(indices, images, envelope_masses)``, read one shard at a time, in order."""
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            yield f["indices"][()], f["images"][()], f["envelope_mass"][()]
 
 
 def _claim_shard_folder(out, fingerprint: str, n_systems: int, shard_systems: int) -> Path:

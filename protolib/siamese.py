@@ -250,51 +250,64 @@ def train_siamese(
         training or TrainingConfig(),
     )
     device = start(default_device(device))
+    pretrained = _pretrained_for(bank, autoencoder)
+    split = split or Split.from_dict(pretrained.checkpoint["split"])
+    settings = {"model": model, "loss": loss, "pairs": pairs, "augmentation": augmentation, "training": training}
+    task = _siamese_task(bank, pretrained, autoencoder, settings, target, split, device)
+    # the test metrics are written before the new model replaces the old one, so the two always agree
+    write_metrics = functools.partial(
+        _write_test_metrics, bank=bank, split=split, settings=settings, target=target, out=out, device=device
+    )
+    hook = None if on_epoch is None else _with_model(on_epoch, task, pretrained)
+    finish = write_metrics if test_metrics else None
+    fit(task, training, out, resume=resume, progress=progress, on_epoch=hook, before_finish=finish)
+    return Path(out)
+
+
+def _pretrained_for(bank, autoencoder: str | Path):
+    """The pretrained autoencoder (on the CPU), refused when it was trained on images of another size than
+    ``bank``'s."""
     pretrained = load_autoencoder(autoencoder, "cpu")
     if pretrained.checkpoint["image_size"] != bank.image_size:
         raise ProtolibInputError(
             f"Autoencoder {autoencoder} was trained on {pretrained.checkpoint['image_size']} px images; bank "
             f"{bank.path} has {bank.image_size} px."
         )
-    split = split or Split.from_dict(pretrained.checkpoint["split"])
+    return pretrained
+
+
+def _siamese_task(
+    bank, pretrained, autoencoder: str | Path, settings: dict, target: TargetDefinition, split: Split, device
+) -> _SiameseTask:
+    """What :func:`~protolib.training.fit` trains: a new network on the pretrained encoder, the training systems'
+    normalised targets, the bank's batches, the loss and pairs, and the checkpoint's metadata."""
     normaliser = ParameterNormaliser.fit_on_systems(target.parameters, target.normalisation, bank, split.train)
     parameters = torch.as_tensor(
         normaliser.transform(bank.parameter_table(target.parameters)), dtype=torch.float32, device=device
     )
-    ae_config, network = _network_on_pretrained_encoder(pretrained, model, training.seed)
-    settings = {"model": model, "loss": loss, "pairs": pairs, "augmentation": augmentation, "training": training}
+    ae_config, network = _network_on_pretrained_encoder(pretrained, settings["model"], settings["training"].seed)
     metadata = _checkpoint_metadata(bank, pretrained, autoencoder, ae_config, settings, target, normaliser, split)
-    data = BankImages(bank, split, training, augmentation, device)
-    task = _SiameseTask(
+    data = BankImages(bank, split, settings["training"], settings["augmentation"], device)
+    return _SiameseTask(
         network.to(device),
         data,
         pretrained.preprocessing,
         parameters,
         target,
-        make_loss(**loss.to_dict()),
-        pairs,
+        make_loss(**settings["loss"].to_dict()),
+        settings["pairs"],
         metadata,
     )
-    callback = None
-    if on_epoch is not None:
 
-        def callback(record):
-            on_epoch(record, SiameseModel(network, pretrained.preprocessing, metadata, device))
 
-    # the test metrics are written before the new model replaces the old one, so the two always agree
-    write_metrics = functools.partial(
-        _write_test_metrics, bank=bank, split=split, settings=settings, target=target, out=out, device=device
-    )
-    fit(
-        task,
-        training,
-        out,
-        resume=resume,
-        progress=progress,
-        on_epoch=callback,
-        before_finish=write_metrics if test_metrics else None,
-    )
-    return Path(out)
+def _with_model(on_epoch: Callable[[dict, SiameseModel], None], task: _SiameseTask, pretrained):
+    """``on_epoch`` as :func:`~protolib.training.fit` calls it: with the epoch's record and a
+    :class:`SiameseModel` of the network as it is then."""
+
+    def callback(record):
+        on_epoch(record, SiameseModel(task.model, pretrained.preprocessing, task.metadata(), task.device))
+
+    return callback
 
 
 def _network_on_pretrained_encoder(

@@ -124,6 +124,15 @@ class SimulatorConfig:
     compile: str | bool = "auto"
 
     def __post_init__(self):
+        self._check_image_and_physics()
+        self._check_out_of_family()
+        self._check_sampling()
+        if self.frequencies_ghz is not None:
+            self._settle_bands()
+
+    def _check_image_and_physics(self) -> None:
+        """Refuse an image size outside 8-4096 pixels, a physical setting that is not a positive number, and a field
+        larger than :data:`MAX_FIELD_OF_VIEW_AU`."""
         if not (isinstance(self.image_size, int) and 8 <= self.image_size <= 4096):
             raise ProtolibInputError(
                 f"The image size must be at least 8 pixels a side (the networks halve it several times) "
@@ -151,6 +160,10 @@ class SimulatorConfig:
                 f"The simulator's field_of_view_au must be at most {MAX_FIELD_OF_VIEW_AU:g} au (5 pc, beyond any "
                 f"protostar's envelope), got {self.field_of_view_au:g}."
             )
+
+    def _check_out_of_family(self) -> None:
+        """Refuse an envelope law that is not one of :data:`ENVELOPE_LAWS`, a power-law index outside (0, 3) and an
+        external temperature outside 0-100 K."""
         if self.envelope_law not in ENVELOPE_LAWS:
             raise ProtolibInputError(
                 f"The simulator's envelope_law must be one of {list(ENVELOPE_LAWS)}, got {self.envelope_law!r}."
@@ -161,6 +174,10 @@ class SimulatorConfig:
                 f"external_temperature_k in [0, 100] K, got {self.envelope_power_index} and "
                 f"{self.external_temperature_k}."
             )
+
+    def _check_sampling(self) -> None:
+        """Make ``compile`` one of :data:`COMPILE_SETTINGS` (YAML's true and false as words) and refuse fewer than one
+        line-of-sight sample or ray per pixel."""
         if isinstance(self.compile, bool):  # YAML's and --set's true and false
             self.compile = "true" if self.compile else "false"
         if self.compile not in COMPILE_SETTINGS:
@@ -171,8 +188,6 @@ class SimulatorConfig:
             raise ProtolibInputError(
                 "The simulator's envelope_samples, disk_samples and oversample must be at least 1."
             )
-        if self.frequencies_ghz is not None:
-            self._settle_bands()
 
     def _settle_bands(self) -> None:
         """Check ``frequencies_ghz`` and make the settings canonical: one band is ``frequency_ghz`` alone (a one-band

@@ -255,21 +255,30 @@ def bank_embeddings(
     reference = nearest_neighbour_similarities(vectors, system, projection, n_reference=n_reference)
     result = BankEmbeddings(vectors, system, projection, reference, full_key, Path(cache_path) if cache_path else None)
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                vectors_file=np.array(vectors_path.name),
-                system=system,
-                projection=projection,
-                nearest_neighbour_similarity=reference,
-                key_hash=np.array(digest),
-                key=np.array(json.dumps(full_key, sort_keys=True, default=str)),
-                content_sha256=np.array(_content_digest(vectors, system, projection, reference)),
-            )
-        for stale in Path(cache_path).parent.glob(f"{Path(cache_path).stem}.*.npy"):
-            if stale != vectors_path:
-                stale.unlink(missing_ok=True)
+        _write_cache(Path(cache_path), vectors_path, result, digest)
     return result
+
+
+def _write_cache(cache_path: Path, vectors_path: Path, embeddings: BankEmbeddings, digest: str) -> None:
+    """Write ``cache_path`` (npz, atomically) beside the vectors already at ``vectors_path``: systems, projections,
+    the out-of-distribution reference, the key and its hash, and the arrays' SHA-256; then remove the vectors of
+    earlier keys."""
+    vectors, system, projection = embeddings.vectors, embeddings.system, embeddings.projection
+    reference = embeddings.nearest_neighbour_similarity
+    with atomic_path(cache_path) as tmp, open(tmp, "wb") as handle:
+        np.savez(
+            handle,
+            vectors_file=np.array(vectors_path.name),
+            system=system,
+            projection=projection,
+            nearest_neighbour_similarity=reference,
+            key_hash=np.array(digest),
+            key=np.array(json.dumps(embeddings.key, sort_keys=True, default=str)),
+            content_sha256=np.array(_content_digest(vectors, system, projection, reference)),
+        )
+    for stale in cache_path.parent.glob(f"{cache_path.stem}.*.npy"):
+        if stale != vectors_path:
+            stale.unlink(missing_ok=True)
 
 
 def _vectors_path(cache_path: Path, digest: str) -> Path:

@@ -31,6 +31,7 @@ from .ood import OutOfDistributionCheck, check_out_of_distribution
 from .tiers import (
     DEFAULT_TIER_BEAM_FACTORS,
     DEFAULT_TIER_PEAK_SNR,
+    ResolutionTier,
     nearest_tier,
     resolution_tiers,
     tier_cache_path,
@@ -330,12 +331,7 @@ class TieredMatcher(Matcher):
                 (:class:`~protolib.matching.ObservationTransform`, which knows its beam and noise).
         """
         settings = settings or MatchingSettings()
-        resolution = getattr(transform, "resolution", None)
-        if resolution is None or not getattr(transform, "seeded_by_row", False):
-            raise ProtolibInputError(
-                "Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
-                "prepare_observation_target(...).transform); use Matcher.from_model for other transforms."
-            )
+        resolution = _observation_resolution(transform)
         model_path = Path(model_path)
         embed, model_options = _siamese_embedding(model_path, bank, batch_size)
         tier = nearest_tier(
@@ -343,15 +339,7 @@ class TieredMatcher(Matcher):
             resolution.target_beam,
             resolution.noise_rms_jy_beam,
         )
-        embeddings = tier_embeddings(
-            embed,
-            bank,
-            tier,
-            model_key={"model_sha256": file_sha256(model_path)},
-            cache_path=tier_cache_path(model_path, bank, tier),
-            batch_size=batch_size,
-            progress=progress,
-        )
+        embeddings = _cached_tier_embeddings(embed, model_path, bank, tier, batch_size, progress)
         return cls(
             embed,
             bank,
@@ -431,6 +419,34 @@ class TieredMatcher(Matcher):
             images = read_rows(self.bank, chunk)
             parts.append(np.asarray(self.embed_images(self.transform(images, rows=chunk)), dtype=np.float32))
         return np.concatenate(parts) if parts else np.zeros((0, self.embeddings.vectors.shape[1]), dtype=np.float32)
+
+
+def _observation_resolution(transform: ImageTransform):
+    """The beam and noise an observation's ``transform`` degrades bank images to; refused, in one line, for any
+    other transform (tiers are chosen by the observation's beam and noise)."""
+    resolution = getattr(transform, "resolution", None)
+    if resolution is None or not getattr(transform, "seeded_by_row", False):
+        raise ProtolibInputError(
+            "Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
+            "prepare_observation_target(...).transform); use Matcher.from_model for other transforms."
+        )
+    return resolution
+
+
+def _cached_tier_embeddings(
+    embed: EmbedFunction, model_path: Path, bank: Bank, tier: ResolutionTier, batch_size: int, progress: bool
+) -> BankEmbeddings:
+    """The bank's embeddings at ``tier``, read from their cache beside the model (keyed by the model file's SHA-256),
+    or embedded now and cached there."""
+    return tier_embeddings(
+        embed,
+        bank,
+        tier,
+        model_key={"model_sha256": file_sha256(model_path)},
+        cache_path=tier_cache_path(model_path, bank, tier),
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def read_rows(bank: Bank, rows: np.ndarray) -> np.ndarray:

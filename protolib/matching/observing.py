@@ -189,25 +189,9 @@ def observing_uncertainty(
     Raises:
         ProtolibInputError: an error that is negative, not finite, or too large to mean anything.
     """
-    error = 0.0 if distance_error_pc is None else float(distance_error_pc)
-    if not (math.isfinite(error) and 0 <= error < 0.5 * distance_pc):
-        raise ProtolibInputError(
-            f"{source}: the distance error must be at least 0 and under half the distance ({distance_pc:g} pc), "
-            f"got {distance_error_pc}."
-        )
+    error, flux = _checked_errors(distance_pc, distance_error_pc, flux_calibration, frequency_ghz, n_draws, source)
     given = flux_calibration is not None
-    flux = float(flux_calibration) if given else default_flux_calibration(frequency_ghz)
-    if not (math.isfinite(flux) and 0 <= flux <= 0.5):
-        raise ProtolibInputError(
-            f"{source}: the flux-calibration error is a fraction from 0 to 0.5 (0.1 for 10%), got {flux_calibration}."
-        )
-    if not (isinstance(n_draws, (int, np.integer)) and 0 <= n_draws <= 200):
-        raise ProtolibInputError(f"{source}: the number of observing draws must be 0 (none) to 200, got {n_draws}.")
-    scale_range, share, how = None, NO_FILTER_SHARE, ""
-    if estimated_scale and estimated_scale.get("range_arcsec"):
-        scale_range, share, how = tuple(estimated_scale["range_arcsec"]), 0.0, estimated_scale["reason"]
-    elif not max_scale_known and beam_major_arcsec:
-        scale_range = (MAX_SCALE_RANGE_BEAMS[0] * beam_major_arcsec, MAX_SCALE_RANGE_BEAMS[1] * beam_major_arcsec)
+    scale_range, share, how = _max_scale_draws(estimated_scale, max_scale_known, beam_major_arcsec)
     at = f"{frequency_ghz:.0f} GHz" if frequency_ghz else "an unknown frequency"
     return ObservingUncertainty(
         float(distance_pc),
@@ -220,6 +204,47 @@ def observing_uncertainty(
         share,
         how,
     )
+
+
+def _checked_errors(
+    distance_pc: float,
+    distance_error_pc: float | None,
+    flux_calibration: float | None,
+    frequency_ghz: float | None,
+    n_draws,
+    source: str,
+) -> tuple[float, float]:
+    """The distance error [pc] and the fractional flux-calibration error (the band's nominal one when not given),
+    each refused in one line when negative, not finite or too large to mean anything, as is a number of draws outside
+    0-200."""
+    error = 0.0 if distance_error_pc is None else float(distance_error_pc)
+    if not (math.isfinite(error) and 0 <= error < 0.5 * distance_pc):
+        raise ProtolibInputError(
+            f"{source}: the distance error must be at least 0 and under half the distance ({distance_pc:g} pc), "
+            f"got {distance_error_pc}."
+        )
+    flux = float(flux_calibration) if flux_calibration is not None else default_flux_calibration(frequency_ghz)
+    if not (math.isfinite(flux) and 0 <= flux <= 0.5):
+        raise ProtolibInputError(
+            f"{source}: the flux-calibration error is a fraction from 0 to 0.5 (0.1 for 10%), got {flux_calibration}."
+        )
+    if not (isinstance(n_draws, (int, np.integer)) and 0 <= n_draws <= 200):
+        raise ProtolibInputError(f"{source}: the number of observing draws must be 0 (none) to 200, got {n_draws}.")
+    return error, flux
+
+
+def _max_scale_draws(
+    estimated_scale: dict | None, max_scale_known: bool, beam_major_arcsec: float | None
+) -> tuple[tuple[float, float] | None, float, str]:
+    """The range the recoverable scale is drawn over [arcsec], the share of draws left unfiltered and where the
+    range comes from: the map's negative bowl when it gave one (every draw filtered), else
+    :data:`MAX_SCALE_RANGE_BEAMS` beams when the scale is not known, else none."""
+    scale_range, share, how = None, NO_FILTER_SHARE, ""
+    if estimated_scale and estimated_scale.get("range_arcsec"):
+        scale_range, share, how = tuple(estimated_scale["range_arcsec"]), 0.0, estimated_scale["reason"]
+    elif not max_scale_known and beam_major_arcsec:
+        scale_range = (MAX_SCALE_RANGE_BEAMS[0] * beam_major_arcsec, MAX_SCALE_RANGE_BEAMS[1] * beam_major_arcsec)
+    return scale_range, share, how
 
 
 def pooled_matches(draws: Sequence[Matches]) -> tuple[Matches, np.ndarray]:

@@ -106,9 +106,24 @@ def estimate_max_scale(
             None, significance, f"no significant negative bowl (deepest annulus {significance:.1f} sigma)"
         )
     use = slice(int(negative[0]), None)
-    r, m, e = radii[use], means[use], errors[use]
-    if len(r) < 3:
+    if len(radii[use]) < 3:
         return ScaleEstimate(None, significance, "the bowl lies at the map's edge")
+    sigma = _fit_bowl(radii[use], means[use], errors[use], beam_major_px, radii[-1])
+    if sigma is None:
+        return ScaleEstimate(None, significance, "the bowl's shape could not be fitted")
+    # The bowl is the source smoothed by the filter: its width adds the source's own extent (its positive
+    # emission's second moment per axis) to the filter's, in quadrature.
+    sigma = math.sqrt(max(sigma**2 - _source_extent2(image, centre_xy, noise_rms), (0.5 * beam_major_px) ** 2))
+    if sigma > radii[-1]:
+        return ScaleEstimate(
+            None, significance, f'a bowl wider than the map ({sigma / FWHM_TO_SIGMA * pixel_arcsec:.3g}" at least)'
+        )
+    return _estimate_from_width(sigma, significance, beam_major_px, pixel_arcsec)
+
+
+def _fit_bowl(r: np.ndarray, m: np.ndarray, e: np.ndarray, beam_major_px: float, outer_px: float) -> float | None:
+    """The width [px] (standard deviation) of the Gaussian bowl ``-A exp(-r^2 / 2 sigma^2)`` fitted to the annuli
+    ``r`` of means ``m`` (least squares, weighted by their errors ``e``); ``None`` when it cannot be fitted."""
     try:
         (depth, sigma), _ = curve_fit(
             lambda x, a, s: -a * np.exp(-0.5 * (x / s) ** 2),
@@ -116,24 +131,28 @@ def estimate_max_scale(
             m,
             p0=(-m.min() * 2, r[np.argmin(m)] + r[0]),
             sigma=e,
-            bounds=([0.0, 0.5 * beam_major_px], [np.inf, 10.0 * radii[-1]]),
+            bounds=([0.0, 0.5 * beam_major_px], [np.inf, 10.0 * outer_px]),
         )
     except (RuntimeError, ValueError):
-        return ScaleEstimate(None, significance, "the bowl's shape could not be fitted")
-    # The bowl is the source smoothed by the filter: its width adds the source's own extent (its positive
-    # emission's second moment per axis) to the filter's, in quadrature.
+        return None
+    return sigma
+
+
+def _source_extent2(image: np.ndarray, centre_xy: tuple[float, float], noise_rms: float) -> float:
+    """The source's own extent squared [px^2]: the second moment per axis of its emission above 3 sigma about
+    ``centre_xy`` (0 without any)."""
     rows, cols = np.indices(image.shape)
     positive = np.where(np.isfinite(image) & (image > 3.0 * noise_rms), image, 0.0)
-    extent2 = (
+    return (
         float((positive * ((cols - centre_xy[0]) ** 2 + (rows - centre_xy[1]) ** 2)).sum() / (2.0 * positive.sum()))
         if positive.sum() > 0
         else 0.0
     )
-    sigma = math.sqrt(max(sigma**2 - extent2, (0.5 * beam_major_px) ** 2))
-    if sigma > radii[-1]:
-        return ScaleEstimate(
-            None, significance, f'a bowl wider than the map ({sigma / FWHM_TO_SIGMA * pixel_arcsec:.3g}" at least)'
-        )
+
+
+def _estimate_from_width(sigma: float, significance: float, beam_major_px: float, pixel_arcsec: float) -> ScaleEstimate:
+    """The recoverable scale and its range from the filter's width ``sigma`` [px] (:data:`BOWL_OVER_TRUTH`), none
+    below the beam."""
     fitted, beam = float(sigma / FWHM_TO_SIGMA * pixel_arcsec), beam_major_px * pixel_arcsec
     low, median, high = BOWL_OVER_TRUTH
     # no scale below the beam: nothing would be left

@@ -74,16 +74,7 @@ def write_observation_fits(
         config: sampling settings for the renderer (its size, field and frequency are replaced).
     """
     phase_centre = phase_centre or SkyCoord("04h39m53.9s", "+26d03m09.8s", frame="icrs")
-    field_au = image_size * pixel_arcsec * distance_pc
-    base = config or SimulatorConfig(envelope_samples=32, disk_samples=24, oversample=1)
-    render_config = SimulatorConfig(
-        **{
-            **base.to_dict(),
-            "image_size": int(image_size),
-            "field_of_view_au": field_au,
-            "frequency_ghz": frequency_ghz,
-        }
-    )
+    render_config = _sky_render_config(config, image_size, pixel_arcsec, distance_pc, frequency_ghz)
     east, north = source_offset_arcsec
     source = phase_centre.spherical_offsets_by(east * u.arcsec, north * u.arcsec)
     missing = [k for k in RENDER_PARAMETERS if k not in system]
@@ -94,16 +85,7 @@ def write_observation_fits(
         clean, source = _render_at_whole_pixel(
             system, (inclination_deg, position_angle_deg), distance_pc, render_config, ref, source, image_size
         )
-        instrument = Instrument(
-            distance_pc=distance_pc,
-            beam_major_arcsec=beam.major_arcsec,
-            beam_minor_arcsec=beam.minor_arcsec,
-            beam_position_angle_deg=beam.position_angle_deg,
-            noise_rms_jy_beam=noise_rms_jy_beam,
-        )
-        observed = instrument.observe(clean.contiguous(), render_config.pixel_size_au, np.random.default_rng(seed))[
-            0
-        ].numpy()
+        observed = _observe(clean, render_config, distance_pc, beam, noise_rms_jy_beam, seed)
     header = _exportfits_header(ref, phase_centre, pixel_arcsec, beam, frequency_ghz, object_name)
     _add_true_cards(header, system, (inclination_deg, position_angle_deg), distance_pc, noise_rms_jy_beam, source)
     hdus = [fits.PrimaryHDU(observed.astype(np.float32)[None, None], header=header)]
@@ -112,6 +94,38 @@ def write_observation_fits(
     with atomic_path(path) as tmp:
         fits.HDUList(hdus).writeto(tmp, overwrite=True)
     return Path(path)
+
+
+def _sky_render_config(
+    config: SimulatorConfig | None, image_size: int, pixel_arcsec: float, distance_pc: float, frequency_ghz: float
+) -> SimulatorConfig:
+    """The renderer's settings for a map of ``image_size`` pixels of ``pixel_arcsec`` at ``distance_pc``: ``config``'s
+    sampling (or the bank's defaults) with the map's size, field [au] and frequency."""
+    field_au = image_size * pixel_arcsec * distance_pc
+    base = config or SimulatorConfig(envelope_samples=32, disk_samples=24, oversample=1)
+    return SimulatorConfig(
+        **{
+            **base.to_dict(),
+            "image_size": int(image_size),
+            "field_of_view_au": field_au,
+            "frequency_ghz": frequency_ghz,
+        }
+    )
+
+
+def _observe(
+    clean: torch.Tensor, config: SimulatorConfig, distance_pc: float, beam: Beam, noise_rms_jy_beam: float, seed: int
+) -> np.ndarray:
+    """The clean model ``(1, N, N)`` [Jy/pixel] convolved with ``beam`` and given beam-correlated noise of ``seed``:
+    the map ``(N, N)`` [Jy/beam]."""
+    instrument = Instrument(
+        distance_pc=distance_pc,
+        beam_major_arcsec=beam.major_arcsec,
+        beam_minor_arcsec=beam.minor_arcsec,
+        beam_position_angle_deg=beam.position_angle_deg,
+        noise_rms_jy_beam=noise_rms_jy_beam,
+    )
+    return instrument.observe(clean.contiguous(), config.pixel_size_au, np.random.default_rng(seed))[0].numpy()
 
 
 def _render_at_whole_pixel(
