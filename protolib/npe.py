@@ -118,7 +118,7 @@ class NPEData:
 
     Attributes:
         kind: ``"frozen"`` (inputs are Siamese embeddings) or ``"end_to_end"`` (inputs are images, see
-    :class:`ImageEmbedding`).
+            :class:`ImageEmbedding`).
         inputs: ``(N_images, D)`` the input of every bank image, row ``system * n_projections + projection``.
         values: ``(N_images, K)`` the parameters, scaled (log10 where log-scaled).
         names, logs: the ``K`` parameters and whether each is log-scaled.
@@ -175,7 +175,7 @@ class TrainedFlow:
         posterior: sbi's posterior (``sample_batched`` draws for many inputs at once).
         epochs: the epochs trained.
         converged: whether training stopped because sbi's held-out loss stopped improving (``False``: it hit
-    ``max_epochs``).
+            ``max_epochs``).
         seconds: the training's wall time.
     """
 

@@ -283,7 +283,7 @@ def widening_by_source(
 
     Returns:
         parameter -> ``{"nominal_width", "pooled_width", "widening", "unit", "by_source": {setting: {"shift",
-    "widening"}}}``.
+        "widening"}}}``.
     """
     from ..statistics import weighted_percentile
 

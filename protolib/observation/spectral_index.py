@@ -71,11 +71,11 @@ def spectral_index_map(
 
     Arguments:
         low, high: the maps at ``low_ghz`` and ``high_ghz``, with beams ``low_beam`` and ``high_beam`` [arcsec on the
-    grid].
+            grid].
         pixel_arcsec: the grid's pixel side.
         low_noise_jy_beam, high_noise_jy_beam: each map's noise rms at its own beam: the threshold is ``sigma``
             times it, smoothed alike (give a target's noise for noise-free models, so that they are cut as the target
-    is).
+            is).
         sigma: the threshold in noise rms.
 
     Returns:
