@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from ..plotting import add_beam, add_colorbar, add_orientation, add_scale_bar, page_fontsize
-from .fits import DEG_ARCSEC
-from .prepared import PreparedObservation
+from ..observation.fits import DEG_ARCSEC
+from ..observation.prepared import PreparedObservation
+from .style import add_beam, add_colorbar, add_orientation, add_scale_bar, page_fontsize
 
 __all__ = ["plot_prepared_observation"]
 
