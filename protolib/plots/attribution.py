@@ -42,15 +42,7 @@ def plot_pair_attributions(
         (axes[2], axes[3], image_b, map_b, titles[1]),
     ):
         draw_image(ax_image, image, pixel_size_au=pixel_size_au, title=title, unit=unit)
-        handle = ax_map.imshow(
-            attribution,
-            origin="lower",
-            extent=image_extent_au(attribution.shape[-1], pixel_size_au),
-            cmap="RdBu_r",
-            norm=norm,
-        )
-        ax_map.set_title(f"attribution, {title}", fontsize=text)
-        add_colorbar(ax_map, handle, "similarity per pixel", fontsize=text)
+        _draw_attribution(ax_map, attribution, norm, pixel_size_au=pixel_size_au, title=title, fontsize=text)
     for ax in axes:
         ax.tick_params(labelsize=tick)
         ax.title.set_fontsize(text)
@@ -63,3 +55,16 @@ def plot_pair_attributions(
     if suptitle:
         fig.suptitle(suptitle, fontsize=page_fontsize(fig, 10))
     return fig
+
+
+def _draw_attribution(ax, attribution: np.ndarray, norm, *, pixel_size_au: float, title: str, fontsize: float) -> None:
+    """One attribution map on ``ax``, north up and east left on the diverging ``norm``, with its colour bar."""
+    handle = ax.imshow(
+        attribution,
+        origin="lower",
+        extent=image_extent_au(attribution.shape[-1], pixel_size_au),
+        cmap="RdBu_r",
+        norm=norm,
+    )
+    ax.set_title(f"attribution, {title}", fontsize=fontsize)
+    add_colorbar(ax, handle, "similarity per pixel", fontsize=fontsize)

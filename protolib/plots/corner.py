@@ -55,6 +55,30 @@ def plot_corner(
     Returns:
         The matplotlib figure.
     """
+    parameters = _corner_parameters(samples, prior, parameters, parameter_info)
+    matches = _matrix(samples, parameters, parameter_info)
+    bank = _matrix(prior, parameters, parameter_info)
+    common = dict(
+        range=_corner_ranges(bank, matches),
+        bins=bins,
+        labels=[describe_parameter(n, parameter_info).axis_label for n in parameters],
+        plot_datapoints=False,
+        plot_density=False,
+        levels=(0.393, 0.865),
+        max_n_ticks=3,
+    )
+    fig = _corner_prior(bank, common, corner_figure(len(parameters)))
+    truth_values = _scaled_truths(truths, parameters, parameter_info) if truths else None
+    _overplot_matches(fig, matches, weights, truth_values, common, color)
+    _fit_diagonal(fig, len(parameters))
+    make_corner_legible(fig, len(parameters))
+    _corner_legend(fig, f"{label} ({len(matches)})", color, len(bank), bool(truth_values))
+    return fig
+
+
+def _corner_parameters(samples, prior, parameters, parameter_info) -> list[str]:
+    """The parameters a corner plot shows: those asked for (default: the matches', less the position angle) whose
+    values are known over the bank and the matches; at least two."""
     parameters = [p for p in samples if p != "position_angle"] if parameters is None else list(parameters)
     # an imported bank's inclination is unknown (NaN)
     parameters = [p for p in parameters if _known(prior, samples, p, parameter_info)]
@@ -62,35 +86,24 @@ def plot_corner(
         raise ProtolibInputError(
             f"A corner plot needs at least two parameters with known values; got {list(parameters)}."
         )
-    matches = _matrix(samples, parameters, parameter_info)
-    bank = _matrix(prior, parameters, parameter_info)
+    return parameters
+
+
+def _corner_ranges(bank: np.ndarray, matches: np.ndarray) -> list[tuple[float, float]]:
+    """Each parameter's axis range: the bank's and the matches' values ``(n, K)`` (scaled), with 2% to spare."""
     lo, hi = np.minimum(bank.min(0), matches.min(0)), np.maximum(bank.max(0), matches.max(0))
     pad = 0.02 * np.where(hi > lo, hi - lo, 1.0)
-    ranges = list(zip(lo - pad, hi + pad))
-    labels = [describe_parameter(n, parameter_info).axis_label for n in parameters]
-    common = dict(
-        range=ranges,
-        bins=bins,
-        labels=labels,
-        plot_datapoints=False,
-        plot_density=False,
-        levels=(0.393, 0.865),
-        max_n_ticks=3,
-    )
-    fig = _corner_prior(bank, common, corner_figure(len(parameters)))
-    truth_values = None
-    if truths:
-        truth_values = [
-            float(scaled_for_summary([truths[n]], describe_parameter(n, parameter_info).log_scale, n)[0])
-            if n in truths
-            else None
-            for n in parameters
-        ]
-    _overplot_matches(fig, matches, weights, truth_values, common, color)
-    _fit_diagonal(fig, len(parameters))
-    make_corner_legible(fig, len(parameters))
-    _corner_legend(fig, f"{label} ({len(matches)})", color, len(bank), bool(truth_values))
-    return fig
+    return list(zip(lo - pad, hi + pad))
+
+
+def _scaled_truths(truths: Mapping[str, float], parameters: Sequence[str], parameter_info) -> list[float | None]:
+    """The true values as plotted (log10 where log-scaled), ``None`` where a parameter's truth is unknown."""
+    return [
+        float(scaled_for_summary([truths[n]], describe_parameter(n, parameter_info).log_scale, n)[0])
+        if n in truths
+        else None
+        for n in parameters
+    ]
 
 
 def _known(prior: Mapping[str, np.ndarray], samples: Mapping[str, np.ndarray], name: str, parameter_info) -> bool:
@@ -240,27 +253,32 @@ def plot_marginals(
     n_rows = int(np.ceil(len(parameters) / n_columns))
     fig, axes = plt.subplots(n_rows, n_columns, figsize=(3.2 * n_columns, 2.6 * n_rows), squeeze=False)
     for ax, name in zip(axes.flat, parameters):
-        info = describe_parameter(name, parameter_info)
-        bank = scaled_for_summary(prior[name], info.log_scale, name)
-        edges = np.linspace(bank.min(), bank.max(), bins + 1)
-        ax.hist(bank, edges, density=True, color="0.8", label="prior (bank)")
-        for i, (label, samples) in enumerate(distributions.items()):
-            ax.hist(
-                np.clip(scaled_for_summary(samples[name], info.log_scale, name), edges[0], edges[-1]),
-                edges,
-                density=True,
-                histtype="step",
-                lw=1.6,
-                color=f"C{i}",
-                label=label,
-            )
-        if truths and name in truths:
-            ax.axvline(scaled_for_summary([truths[name]], info.log_scale, name)[0], color="C3", lw=1.5, label="truth")
-        ax.set_xlabel(info.axis_label, fontsize=9)
-        ax.set_yticks([])
+        _marginal(ax, name, distributions, prior, truths, describe_parameter(name, parameter_info), bins)
     for ax in axes.flat[len(parameters) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
+
+
+def _marginal(ax, name: str, distributions, prior, truths, info: Parameter, bins: int) -> None:
+    """One parameter's panel of :func:`plot_marginals`: the prior filled, each distribution as a line (values beyond
+    the prior's range in its end bins), the truth when known."""
+    bank = scaled_for_summary(prior[name], info.log_scale, name)
+    edges = np.linspace(bank.min(), bank.max(), bins + 1)
+    ax.hist(bank, edges, density=True, color="0.8", label="prior (bank)")
+    for i, (label, samples) in enumerate(distributions.items()):
+        ax.hist(
+            np.clip(scaled_for_summary(samples[name], info.log_scale, name), edges[0], edges[-1]),
+            edges,
+            density=True,
+            histtype="step",
+            lw=1.6,
+            color=f"C{i}",
+            label=label,
+        )
+    if truths and name in truths:
+        ax.axvline(scaled_for_summary([truths[name]], info.log_scale, name)[0], color="C3", lw=1.5, label="truth")
+    ax.set_xlabel(info.axis_label, fontsize=9)
+    ax.set_yticks([])

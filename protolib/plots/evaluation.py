@@ -207,21 +207,10 @@ def plot_learning_curves(
     fits = curves.get("fits", {}).get("by_method", {})
     for ax, name in zip(axes.flat, names):
         for i, method in enumerate(methods):
-            colour = METHOD_COLOURS.get(method, f"C{i}")
-            ax.plot(
-                sizes,
-                [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes],
-                "o-",
-                color=colour,
-                lw=1.5,
-                ms=3.5,
-                label=method,
+            values = [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes]
+            _method_curve(
+                ax, method, METHOD_COLOURS.get(method, f"C{i}"), sizes, values, fits.get(method, {}).get(name), far
             )
-            fit = fits.get(method, {}).get(name)
-            if fit is not None and far > sizes.max():
-                n = np.geomspace(sizes.max(), far, 30)
-                ax.plot(n, _fitted(fit, n), "--", color=colour, lw=1.2)
-                ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
         ax.axvline(sizes.max(), color="0.6", ls=":", lw=1)
         ax.axhline(1.0, color="0.8", lw=0.8)  # no information: the prior
         ax.set_xscale("log")
@@ -235,6 +224,16 @@ def plot_learning_curves(
         ax.set_xlabel("training systems", fontsize=8)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=8, ncols=len(methods), loc="outside upper center")
     return fig
+
+
+def _method_curve(ax, method: str, colour, sizes: np.ndarray, values: list[float], fit: dict | None, far: float):
+    """One method's learning curve in a panel: the measured points joined, then (when fitted) the fitted curve dashed
+    from the largest measured size out to ``far`` training systems, its end an open marker."""
+    ax.plot(sizes, values, "o-", color=colour, lw=1.5, ms=3.5, label=method)
+    if fit is not None and far > sizes.max():
+        n = np.geomspace(sizes.max(), far, 30)
+        ax.plot(n, _fitted(fit, n), "--", color=colour, lw=1.2)
+        ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
 
 
 def _curve_value(row: dict, name: str) -> float:

@@ -149,79 +149,113 @@ def _gallery_with_residuals(
     unit,
 ):
     """:func:`plot_gallery` with a residual row under each row of images, all images on one scale."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import SymLogNorm
-
     panels = [np.asarray(target_image)] + list(np.asarray(images))
     factor, label = display_unit(unit)
-    n_rows, width = int(np.ceil(len(panels) / n_columns)), 2.2 * n_columns + 1.2
-    text = page_fontsize(width, 8.5)
-    titles = _gallery_titles(similarities, captions, width - 1.2, n_columns, text)
-    lines = max(
-        [t.count("\n") + 1 for t in titles] + [fit_title(target_caption, width / n_columns, text).count("\n") + 1]
-    )
-    pair_in = 2 * 2.05 + 1.25 * lines * text / 72  # an image with its title, and its residual
-    fig, axes = plt.subplots(
-        2 * n_rows, n_columns, figsize=(width, pair_in * n_rows + 0.8), squeeze=False, layout="constrained"
-    )
-    scales = [_target_scale(img, factor) for img in panels]  # one range that saturates no panel
-    lo, hi = min(a for a, _ in scales), max(b for _, b in scales)
+    fig, axes, titles, text = _residual_gallery_layout(len(panels), similarities, captions, target_caption, n_columns)
+    lo, hi = _shared_range(panels, factor)
     target_peak = float(np.nanmax(panels[0])) or 1.0
-    reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
-    norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
+    reach, norm = _residual_norm(residuals)
     shown_image = shown_residual = None
     for k, img in enumerate(panels):
         ax_image, ax_residual = axes[2 * (k // n_columns), k % n_columns], axes[2 * (k // n_columns) + 1, k % n_columns]
         shown_image = ax_image.imshow(img * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
         if k == 0:
-            ax_image.set_title(fit_title(target_caption, width / n_columns, text), fontsize=text, color="C3")
+            ax_image.set_title(titles[0], fontsize=text, color="C3")
             _decorate_target(ax_image, np.shape(target_image)[-1], pixel_size_au, text)
-            ax_residual.text(
-                0.5,
-                0.5,
-                "below each match:\ntarget minus match\nin noise rms; its\nreduced chi-square,\nits peak over\nthe "
-                "target's",
-                ha="center",
-                va="center",
-                fontsize=text,
-                transform=ax_residual.transAxes,
-            )
-            ax_residual.set_axis_off()
+            _residual_legend(ax_residual, RESIDUAL_LEGEND, text)
         else:
-            ax_image.set_title(titles[k - 1], fontsize=text)
+            ax_image.set_title(titles[k], fontsize=text)
             shown_residual = ax_residual.imshow(residuals[k - 1], origin="lower", cmap="RdBu_r", norm=norm)
-            said = ([rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k - 1]:.3g}"] if reduced_chi2 is not None else []) + [
-                f"peak x{float(np.nanmax(img)) / target_peak:.2g}"
-            ]
-            ax_residual.text(
-                0.03,
-                0.97,
-                "\n".join(said),
-                transform=ax_residual.transAxes,
-                ha="left",
-                va="top",
-                fontsize=0.85 * text,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5},
-                in_layout=False,
-            )
+            _corner_note(ax_residual, _residual_note(reduced_chi2, k - 1, img, target_peak), text)
         for ax in (ax_image, ax_residual):
             ax.set_xticks([])
             ax.set_yticks([])
-    for k in range(len(panels), n_rows * n_columns):
+    for k in range(len(panels), axes.size // 2):
         axes[2 * (k // n_columns), k % n_columns].set_visible(False)
         axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
+    _residual_gallery_colorbars(fig, axes, shown_image, shown_residual, label, reach, text)
+    return fig
+
+
+def _shared_range(panels: list[np.ndarray], factor: float) -> tuple[float, float]:
+    """One colour range for every panel of a residual gallery, wide enough that none saturates."""
+    scales = [_target_scale(img, factor) for img in panels]  # one range that saturates no panel
+    return min(a for a, _ in scales), max(b for _, b in scales)
+
+
+RESIDUAL_LEGEND = (
+    "below each match:\ntarget minus match\nin noise rms; its\nreduced chi-square,\nits peak over\nthe target's"
+)
+
+
+def _residual_gallery_layout(n_panels: int, similarities, captions, target_caption: str, n_columns: int):
+    """The figure of a residual gallery, two rows of axes (images, residuals) per row of panels, tall enough for the
+    longest title; returns it, its axes, every panel's title (the target's first) and the text size."""
+    import matplotlib.pyplot as plt
+
+    n_rows, width = int(np.ceil(n_panels / n_columns)), 2.2 * n_columns + 1.2
+    text = page_fontsize(width, 8.5)
+    titles = [fit_title(target_caption, width / n_columns, text)] + _gallery_titles(
+        similarities, captions, width - 1.2, n_columns, text
+    )
+    lines = max(t.count("\n") + 1 for t in titles)
+    pair_in = 2 * 2.05 + 1.25 * lines * text / 72  # an image with its title, and its residual
+    fig, axes = plt.subplots(
+        2 * n_rows, n_columns, figsize=(width, pair_in * n_rows + 0.8), squeeze=False, layout="constrained"
+    )
+    return fig, axes, titles, text
+
+
+def _residual_norm(residuals: np.ndarray):
+    """``(reach, norm)``: the residuals' one diverging scale, linear within +-3 noise rms and logarithmic beyond, out
+    to their 99.5th percentile of |residual| (at least 5)."""
+    from matplotlib.colors import SymLogNorm
+
+    reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
+    return reach, SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
+
+
+def _residual_legend(ax, message: str, fontsize: float) -> None:
+    """``message`` in the middle of an empty panel (the target has no residual): what the residual panels show."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=fontsize, transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def _residual_note(reduced_chi2, k: int, image: np.ndarray, target_peak: float) -> str:
+    """Match ``k``'s residual label: its reduced chi-square (when known) and its peak over the target's."""
+    said = [rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k]:.3g}"] if reduced_chi2 is not None else []
+    return "\n".join(said + [f"peak x{float(np.nanmax(image)) / target_peak:.2g}"])
+
+
+def _corner_note(ax, note: str, fontsize: float) -> None:
+    """``note`` in a white box in the upper left corner of a residual panel, outside the layout."""
+    ax.text(
+        0.03,
+        0.97,
+        note,
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        fontsize=0.85 * fontsize,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5},
+        in_layout=False,
+    )
+
+
+def _residual_gallery_colorbars(fig, axes, shown_image, shown_residual, label: str, reach: float, text: float) -> None:
+    """The residual gallery's two colour bars: the images' one scale beside them, the residuals' below."""
     bar = fig.colorbar(shown_image, ax=axes[0::2].ravel().tolist(), shrink=0.8)
     bar.set_label(f"images: {label} (one scale for all)", fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
     if shown_residual is not None:
-        ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
-        bar = fig.colorbar(
-            shown_residual, ax=axes[1::2].ravel().tolist(), shrink=0.5, location="bottom", aspect=40, ticks=ticks
+        _residual_colorbar(
+            fig,
+            shown_residual,
+            axes[1::2].ravel().tolist(),
+            reach,
+            text,
+            "residuals: (target - match) / noise rms (linear within +-3, logarithmic beyond)",
         )
-        bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
-        bar.set_label("residuals: (target - match) / noise rms (linear within +-3, logarithmic beyond)", fontsize=text)
-        bar.ax.tick_params(labelsize=0.9 * text)
-    return fig
 
 
 CHI2_RED = r"$\chi^2_\mathrm{red}$"
@@ -260,74 +294,73 @@ def plot_band_gallery(
     Returns:
         The matplotlib figure.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import SymLogNorm
-
-    n_bands, n = len(band_names), len(images)
     factor, label = display_unit(unit)
-    width = 2.0 * (n + 1) + 1.4
-    text = page_fontsize(width, 8.5)
-    fig, axes = plt.subplots(
-        2 * n_bands, n + 1, figsize=(width, 4.1 * n_bands + 0.9), squeeze=False, layout="constrained"
-    )
-    reach = max(5.0, float(np.percentile(np.abs(residuals), 99.5)))
-    norm = SymLogNorm(linthresh=3.0, vmin=-reach, vmax=reach)
-    titles = _gallery_titles(similarities, captions, width - 1.4, n + 1, text)
+    fig, axes, text = _band_gallery_layout(len(band_names), len(images))
+    reach, norm = _residual_norm(residuals)
+    titles = ["target\n(its range\nin each band)"] + [
+        title + f"\njoint {CHI2_RED} {_compact(chi2)}"
+        for title, chi2 in zip(
+            _gallery_titles(similarities, captions, fig.get_figwidth() - 1.4, len(images) + 1, text), reduced_chi2
+        )
+    ]
     for b, name in enumerate(band_names):
-        row_images, row_residuals = axes[2 * b], axes[2 * b + 1]
-        panels = [target_images[b], *images[:, b]]
-        lo, hi = _target_scale(target_images[b], factor)
-        for k, (ax, image) in enumerate(zip(row_images, panels)):
-            shown = ax.imshow(np.asarray(image) * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
-            if b == 0:
-                ax.set_title(
-                    "target\n(its range\nin each band)"
-                    if k == 0
-                    else titles[k - 1] + f"\njoint {CHI2_RED} {_compact(reduced_chi2[k - 1])}",
-                    fontsize=text,
-                    color="C3" if k == 0 else "black",
-                )
+        row_images = axes[2 * b]
+        shown = _band_images(
+            row_images, [target_images[b], *images[:, b]], titles if b == 0 else None, factor, cmap, text
+        )
         row_images[0].set_ylabel(f"{name}{' (searched)' if b == searched else ''}", fontsize=text)
         _decorate_target(row_images[0], np.shape(target_images)[-1], pixel_size_au if b == 0 else None, text)
         add_colorbar(row_images[-1], shown, label, fontsize=0.9 * text, size=0.07, n_ticks=3)
-        for k, ax in enumerate(row_residuals[1:]):
-            residual = ax.imshow(residuals[k, b], origin="lower", cmap="RdBu_r", norm=norm)
-            ax.text(
-                0.03,
-                0.97,
-                f"{CHI2_RED} {_compact(reduced_chi2_by_band[b, k])}",
-                transform=ax.transAxes,
-                ha="left",
-                va="top",
-                fontsize=0.85 * text,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5},
-                in_layout=False,
-            )
-        row_residuals[0].text(
-            0.5,
-            0.5,
-            f"{name}:\ntarget minus match\nin noise rms",
-            ha="center",
-            va="center",
-            fontsize=text,
-            transform=row_residuals[0].transAxes,
-        )
-        row_residuals[0].set_axis_off()
+        residual = _band_residuals(axes[2 * b + 1], name, residuals[:, b], reduced_chi2_by_band[b], norm, text)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    _residual_colorbar(fig, residual, axes[1::2, 1:].ravel().tolist(), reach, text)
+    _residual_colorbar(fig, residual, axes[1::2, 1:].ravel().tolist(), reach, text, BAND_RESIDUAL_LABEL)
     return fig
 
 
-def _residual_colorbar(fig, mappable, axes, reach: float, text: float) -> None:
-    """The residuals' colour bar of :func:`plot_band_gallery`, below them, ticked at the noise levels shown."""
+BAND_RESIDUAL_LABEL = "residuals: (target - match) / that band's noise rms (linear within +-3, logarithmic beyond)"
+
+
+def _band_gallery_layout(n_bands: int, n: int):
+    """The figure of a band gallery: two rows of axes (images, residuals) per band, a column for the target and one
+    per match; returns it, its axes and the text size."""
+    import matplotlib.pyplot as plt
+
+    width = 2.0 * (n + 1) + 1.4
+    fig, axes = plt.subplots(
+        2 * n_bands, n + 1, figsize=(width, 4.1 * n_bands + 0.9), squeeze=False, layout="constrained"
+    )
+    return fig, axes, page_fontsize(width, 8.5)
+
+
+def _band_images(row, panels: list, titles: list[str] | None, factor: float, cmap: str, text: float):
+    """One band's row of images, the target first, all on the target's range in that band; titled when ``titles`` are
+    given (the first band). Returns the last panel's image, for the row's colour bar."""
+    lo, hi = _target_scale(panels[0], factor)
+    for k, (ax, image) in enumerate(zip(row, panels)):
+        shown = ax.imshow(np.asarray(image) * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=text, color="C3" if k == 0 else "black")
+    return shown
+
+
+def _band_residuals(row, name: str, residuals: np.ndarray, reduced_chi2: np.ndarray, norm, text: float):
+    """One band's row of residuals ``(n, H, W)``, each labelled with its reduced chi-square in that band, under the
+    target's empty panel saying what they are. Returns the last one's image, for the colour bar."""
+    for k, ax in enumerate(row[1:]):
+        residual = ax.imshow(residuals[k], origin="lower", cmap="RdBu_r", norm=norm)
+        _corner_note(ax, f"{CHI2_RED} {_compact(reduced_chi2[k])}", text)
+    _residual_legend(row[0], f"{name}:\ntarget minus match\nin noise rms", text)
+    return residual
+
+
+def _residual_colorbar(fig, mappable, axes, reach: float, text: float, label: str) -> None:
+    """The residuals' colour bar, below them, ticked at the noise levels shown."""
     ticks = [t for t in (-1000, -100, -10, -3, 0, 3, 10, 100, 1000) if abs(t) <= reach]
     bar = fig.colorbar(mappable, ax=axes, shrink=0.5, location="bottom", aspect=40, ticks=ticks)
     bar.ax.set_xticklabels([f"{t:g}" for t in ticks])
-    bar.set_label(
-        "residuals: (target - match) / that band's noise rms (linear within +-3, logarithmic beyond)", fontsize=text
-    )
+    bar.set_label(label, fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
 
 
@@ -361,13 +394,7 @@ def plot_spectral_index(
     import matplotlib.pyplot as plt
 
     panels = [np.asarray(target_alpha), *np.asarray(match_alphas)]
-    known = np.concatenate([p[np.isfinite(p)] for p in panels] + [np.zeros(0)])
-    centre = (
-        float(np.nanmedian(panels[0]))
-        if np.isfinite(panels[0]).any()
-        else (float(np.median(known)) if len(known) else 3.0)
-    )
-    half = max(0.75, float(np.percentile(np.abs(known - centre), 95))) if len(known) else 1.0
+    centre, half = _index_range(panels)
     width = 2.2 * len(panels) + 1.0
     text = page_fontsize(width, 8.5)
     fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.2), squeeze=False, layout="constrained")
@@ -392,3 +419,16 @@ def plot_spectral_index(
         fontsize=text,
     )
     return fig
+
+
+def _index_range(panels: list[np.ndarray]) -> tuple[float, float]:
+    """``(centre, half)``: the spectral-index maps' one colour range, centred on the target's median index (else all
+    the maps', else 3) and reaching 95% of the known pixels (at least +-0.75)."""
+    known = np.concatenate([p[np.isfinite(p)] for p in panels] + [np.zeros(0)])
+    centre = (
+        float(np.nanmedian(panels[0]))
+        if np.isfinite(panels[0]).any()
+        else (float(np.median(known)) if len(known) else 3.0)
+    )
+    half = max(0.75, float(np.percentile(np.abs(known - centre), 95))) if len(known) else 1.0
+    return centre, half

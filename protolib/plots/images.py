@@ -49,12 +49,8 @@ def plot_image_grid(
     factor, label = display_unit(unit)
     tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
     for r in range(n_rows):
-        norm = image_norm(images[r] * factor, stretch)
-        for c in range(n_cols):
-            handle = draw_image(axes[r, c], images[r, c] * factor, pixel_size_au=pixel_size_au, norm=norm)
-            if titles is not None:
-                axes[r, c].set_title(titles[r][c], fontsize=text)
-            axes[r, c].tick_params(labelsize=tick)
+        row_titles = titles[r] if titles is not None else None
+        handle = _image_row(axes[r], images[r] * factor, row_titles, pixel_size_au, stretch, text, tick)
         add_colorbar(axes[r, -1], handle, label, fontsize=text)
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=text)
@@ -65,6 +61,18 @@ def plot_image_grid(
     if suptitle:
         fig.suptitle(suptitle, fontsize=page_fontsize(fig, 10))
     return fig
+
+
+def _image_row(axes, images: np.ndarray, titles, pixel_size_au: float, stretch: str, text: float, tick: float):
+    """One row of :func:`plot_image_grid`: its images (already in the shown unit) on one shared colour scale, each
+    titled when ``titles`` are given; returns the last image, for the row's colour bar."""
+    norm = image_norm(images, stretch)
+    for ax, image, title in zip(axes, images, titles if titles is not None else [None] * len(images)):
+        handle = draw_image(ax, image, pixel_size_au=pixel_size_au, norm=norm)
+        if title is not None:
+            ax.set_title(title, fontsize=text)
+        ax.tick_params(labelsize=tick)
+    return handle
 
 
 def plot_instrument_effects(

@@ -19,7 +19,6 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
     """Recovery error against each hyperparameter: complete trials coloured by order, pruned ones grey at their last
     score."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     names = [n for n in space if any(r[n] != "" for r in rows)]
     ncols = min(4, len(names))
@@ -32,27 +31,9 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
             ("complete", dict(c=None, marker="o", s=28, label="complete (colour: trial number)")),
         ):
             chosen = [r for r in rows if r["state"] == state and r[name] != "" and np.isfinite(r["recovery_error"])]
-            if not chosen:
-                continue
-            if "choices" in spec:
-                labels = [str(c) for c in spec["choices"]]
-                x = [
-                    labels.index(str(r[name])) + np.random.default_rng(r["trial"]).uniform(-0.15, 0.15) for r in chosen
-                ]
-            else:
-                x = [float(r[name]) for r in chosen]
-            y = [r["recovery_error"] for r in chosen]
-            if state == "complete":
-                style["c"] = [r["trial"] for r in chosen]
-                style["cmap"] = "viridis"
-            ax.scatter(x, y, **style)
-        if "choices" in spec:
-            ax.set_xticks(range(len(spec["choices"])), [str(c) for c in spec["choices"]])
-        elif spec.get("log"):
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0), numticks=6))
-            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            if chosen:
+                _scatter_trials(ax, chosen, name, spec, state, style)
+        _hyperparameter_axis(ax, spec)
         if reference is not None:
             ax.axhline(reference, color="C3", ls="--", lw=1, label="configuration's own")
         ax.set_xlabel(name.replace("_", " "))
@@ -62,6 +43,36 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
     axes.ravel()[0].legend(fontsize=7, loc="best")
     fig.suptitle("Validation recovery error (RMS error / prior spread, lower is better) against each hyperparameter")
     return fig
+
+
+def _scatter_trials(ax, chosen: list[dict], name: str, spec: dict, state: str, style: dict) -> None:
+    """The trials ``chosen`` (of one ``state``) at their value of hyperparameter ``name``: a choice's trials jittered
+    about its position (seeded by the trial, so the figure is the same every time), complete ones coloured by
+    number."""
+    if "choices" in spec:
+        labels = [str(c) for c in spec["choices"]]
+        x = [labels.index(str(r[name])) + np.random.default_rng(r["trial"]).uniform(-0.15, 0.15) for r in chosen]
+    else:
+        x = [float(r[name]) for r in chosen]
+    y = [r["recovery_error"] for r in chosen]
+    if state == "complete":
+        style["c"] = [r["trial"] for r in chosen]
+        style["cmap"] = "viridis"
+    ax.scatter(x, y, **style)
+
+
+def _hyperparameter_axis(ax, spec: dict) -> None:
+    """A hyperparameter's x axis: its choices by name, or a log axis ticked at 1 and 3 per decade for a log-uniform
+    range."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    if "choices" in spec:
+        ax.set_xticks(range(len(spec["choices"])), [str(c) for c in spec["choices"]])
+    elif spec.get("log"):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0), numticks=6))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_tuning_curves(study):
