@@ -291,26 +291,9 @@ def open_study(
         max_epochs: the most epochs a trial trains (Hyperband's last rung when ``settings.epochs`` is unset).
     """
     optuna = require_optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal = run_dir / "study.journal"
-    try:
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ProtolibInputError(
-            f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to start afresh."
-        ) from None
-    existing = next(
-        (
-            len(storage.get_all_trials(s._study_id, deepcopy=False))
-            for s in storage.get_all_studies()
-            if s.study_name == "protolib"
-        ),
-        0,
-    )
+    storage = _journal_storage(run_dir / "study.journal")
     # parallel workers, and each rerun that adds trials, must not draw the same hyperparameters again
-    seed = settings.seed + 7919 * worker + 104729 * existing
+    seed = settings.seed + 7919 * worker + 104729 * _trials_so_far(storage)
     sampler = (
         optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=min(10, max(2, settings.trials // 3)), constant_liar=True
@@ -318,18 +301,7 @@ def open_study(
         if settings.sampler == "tpe"
         else optuna.samplers.RandomSampler(seed=seed)
     )
-    if settings.pruner == "asha":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor
-        )
-    elif settings.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(
-            min_resource=settings.min_epochs,
-            max_resource=settings.epochs or max_epochs or "auto",
-            reduction_factor=settings.reduction_factor,
-        )
-    else:
-        pruner = optuna.pruners.NopPruner()
+    pruner = _pruner(optuna, settings, max_epochs)
     if load_only:
         return optuna.load_study(study_name="protolib", storage=storage, sampler=sampler, pruner=pruner)
     return optuna.create_study(
@@ -340,6 +312,47 @@ def open_study(
         direction="minimize",
         load_if_exists=True,
     )
+
+
+def _journal_storage(journal: Path):
+    """Optuna's storage of the journal file ``journal``; a :class:`ProtolibInputError` when it cannot be read."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return JournalStorage(JournalFileBackend(str(journal)))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ProtolibInputError(
+            f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to start afresh."
+        ) from None
+
+
+def _trials_so_far(storage) -> int:
+    """The trials of the study ``"protolib"`` in ``storage`` (0 before it exists)."""
+    return next(
+        (
+            len(storage.get_all_trials(s._study_id, deepcopy=False))
+            for s in storage.get_all_studies()
+            if s.study_name == "protolib"
+        ),
+        0,
+    )
+
+
+def _pruner(optuna, settings: TuneSettings, max_epochs: int | None):
+    """The pruner ``settings.pruner`` names: successive halving (ASHA), Hyperband (its last rung the most epochs a
+    trial trains) or none."""
+    if settings.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor
+        )
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_epochs,
+            max_resource=settings.epochs or max_epochs or "auto",
+            reduction_factor=settings.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
 
 
 STALE_AFTER_S = 3600.0
