@@ -145,37 +145,45 @@ def summarise(
             raise ProtolibInputError(f"No parameter {name!r} among the matches' parameters {list(samples)}.")
         info = describe_parameter(name, parameter_info)
         scaled = scaled_for_summary(samples[name], info.log_scale, name)
-        p2_5, p16, p50, p84, p97_5 = weighted_percentile(scaled, PERCENTILES, weights)
+        bank = scaled_for_summary(prior[name], info.log_scale, name) if prior is not None and name in prior else None
         factor = float((widening or {}).get(name, 1.0))
-        p2_5, p16, p84, p97_5 = (p50 + factor * (p - p50) for p in (p2_5, p16, p84, p97_5))
-        if factor != 1.0 and prior is not None and name in prior:  # a widened range stops at the bank's own range
-            bounds = scaled_for_summary(prior[name], info.log_scale, name)
-            p2_5, p16, p84, p97_5 = np.clip([p2_5, p16, p84, p97_5], bounds.min(), bounds.max())
+        p2_5, p16, p50, p84, p97_5 = _widened_percentiles(scaled, weights, factor, bank)
         width = 0.5 * (p84 - p16)
-        ratio = float("nan")
-        if prior is not None and name in prior:
-            q16, q84 = np.percentile(scaled_for_summary(prior[name], info.log_scale, name), [16, 84])
-            ratio = float(width / (0.5 * (q84 - q16))) if q84 > q16 else float("nan")
         back = (lambda v: float(10**v)) if info.log_scale else float
         truth = float(truths[name]) if truths and name in truths else float("nan")
+        percentiles = [back(p) for p in (p50, p16, p84, p2_5, p97_5)]  # physical units, in the summary's order
         summaries.append(
             ParameterSummary(
                 name,
                 info.unit,
                 info.log_scale,
-                back(p50),
-                back(p16),
-                back(p84),
-                back(p2_5),
-                back(p97_5),
+                *percentiles,
                 float(width),
-                ratio,
+                _prior_width_ratio(width, bank),
                 len(scaled),
                 widening=factor,
                 truth=truth,
             )
         )
     return summaries
+
+
+def _widened_percentiles(scaled: np.ndarray, weights, factor: float, bank: np.ndarray | None):
+    """The :data:`PERCENTILES` of the matches' ``scaled`` values, the ranges widened about the median by ``factor``
+    and, when widened, kept within the bank's own range (``bank``: its scaled values, when known)."""
+    p2_5, p16, p50, p84, p97_5 = weighted_percentile(scaled, PERCENTILES, weights)
+    p2_5, p16, p84, p97_5 = (p50 + factor * (p - p50) for p in (p2_5, p16, p84, p97_5))
+    if factor != 1.0 and bank is not None:  # a widened range stops at the bank's own range
+        p2_5, p16, p84, p97_5 = np.clip([p2_5, p16, p84, p97_5], bank.min(), bank.max())
+    return p2_5, p16, p50, p84, p97_5
+
+
+def _prior_width_ratio(width: float, bank: np.ndarray | None) -> float:
+    """A 68% half-width over the prior's (the bank's scaled values); NaN without a bank or when its range is 0."""
+    if bank is None:
+        return float("nan")
+    q16, q84 = np.percentile(bank, [16, 84])
+    return float(width / (0.5 * (q84 - q16))) if q84 > q16 else float("nan")
 
 
 def truth_coverage(
