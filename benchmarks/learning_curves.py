@@ -29,7 +29,7 @@ thread of a 2-core machine shared with other work, 4.4 GB at most; the largest s
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/learning_curves.py
     .venv/bin/python benchmarks/learning_curves.py --fit   # refit and rewrite the JSON's fits only
 
-Writes ``benchmarks/results/learning_curves.json``; ``protolib.plots_evaluation.learning_curve_plot`` draws it.
+Writes ``benchmarks/results/learning_curves.json``; ``protolib.plots.evaluation.plot_learning_curves`` draws it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .parameters import PARAMETERS, VIEWING_PARAMETERS
-from .plotting import page_fontsize
 from .runtime import ProtolibInputError
 
 __all__ = [
@@ -17,7 +15,6 @@ __all__ = [
     "embedding_map",
     "image_parameters",
     "map_smoothness",
-    "plot_embedding_maps",
 ]
 
 
@@ -162,53 +159,3 @@ def map_smoothness(
     first, second = rng.integers(len(values), size=(2, n_random))
     keep = first != second
     return float(local / max(np.abs(ranks[first[keep]] - ranks[second[keep]]).mean(), 1e-300))
-
-
-def plot_embedding_maps(
-    coordinates: np.ndarray,
-    colours: dict[str, np.ndarray],
-    *,
-    observation: np.ndarray | None = None,
-    smoothness: dict[str, float] | None = None,
-    columns: int = 3,
-    axis_name: str = "PC",
-):
-    """One panel per quantity: the map ``(N, 2)`` with points coloured by it, an observation optionally marked.
-
-    Arguments:
-        coordinates: map coordinates ``(N, 2)`` of the bank's images (e.g. from :class:`PcaMap`).
-        colours: ``{name: values (N,)}``; parameters with a log-scale prior are coloured by ``log10``.
-        observation: map coordinates ``(2,)`` of an observation, drawn as a star.
-        smoothness: ``{name: value}`` from :func:`map_smoothness`, written in the panel titles.
-        columns: panels per row.
-        axis_name: the map's axes are labelled ``"{axis_name} 1"`` and ``"{axis_name} 2"`` (a map's ``axis_name``).
-
-    Returns:
-        The figure.
-    """
-    import matplotlib.pyplot as plt
-
-    rows = -(-len(colours) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), constrained_layout=True, squeeze=False)
-    text, tick = page_fontsize(fig, 8.5), page_fontsize(fig, 7.5)
-    for ax, (name, values) in zip(axes.flat, colours.items()):
-        logged = name in PARAMETERS and PARAMETERS[name].log_scale and np.all(np.asarray(values) > 0)
-        shown = np.log10(values) if logged else values
-        handle = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=shown, s=8 * text / 8.5, cmap="viridis")
-        info = PARAMETERS.get(name) or VIEWING_PARAMETERS.get(name)
-        unit = f" [{info.unit}]" if info is not None else ""
-        bar = fig.colorbar(handle, ax=ax)
-        bar.set_label(f"log10 {name}{unit}" if logged else f"{name}{unit}", fontsize=text)
-        bar.ax.tick_params(labelsize=tick)
-        if observation is not None:
-            ax.scatter(
-                *observation, marker="*", s=200 * text / 8.5, color="red", edgecolor="black", label="observation"
-            )
-        suffix = f" (smoothness {smoothness[name]:.2f})" if smoothness and name in smoothness else ""
-        ax.set_title(name + suffix, fontsize=text)
-        ax.set_xlabel(f"{axis_name} 1", fontsize=text)
-        ax.set_ylabel(f"{axis_name} 2", fontsize=text)
-        ax.tick_params(labelsize=tick)
-    for ax in axes.flat[len(colours) :]:
-        ax.set_visible(False)
-    return fig

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bank import Bank
-from .distributions import corner_plot, gallery_plot, match_images, match_parameters, prior_parameters, truth_parameters
+from .distributions import match_images, match_parameters, prior_parameters, truth_parameters
 from .matching import ImageTransform, Matcher, Matches, OutOfDistributionCheck
+from .plots.corner import plot_corner
+from .plots.gallery import plot_gallery
 from .runtime import ProtolibInputError
 
 __all__ = [
@@ -149,7 +151,7 @@ def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[st
     if target.transform is not None:
         images = target.transform(images)
     inclination = bank.inclination[best.system, best.projection]
-    gallery = gallery_plot(
+    gallery = plot_gallery(
         target.image,
         images,
         best.similarity,
@@ -168,7 +170,7 @@ def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[st
             color="C3" if outside else "black",
             fontsize=gallery.axes[0].title.get_fontsize(),
         )
-    corner = corner_plot(
+    corner = plot_corner(
         match_parameters(bank, matches),
         prior,
         parameters=list(parameters),

@@ -23,8 +23,9 @@ by simply pointing several workers at that file: the same Dask workers (local pr
 cluster through ``--scheduler``) that build banks in parallel (:mod:`protolib.cluster`). Ray Tune
 would bring its own cluster runtime next to Dask and hundreds of megabytes of dependencies.
 
-This module holds the search space, the score, the study and the figures; running a search on a
-configuration and writing its run folder is ``protolib tune``, :func:`protolib.pipelines.tune.tune`.
+This module holds the search space, the score and the study (the figures are :mod:`protolib.plots.tuning`);
+running a search on a configuration and writing its run folder is ``protolib tune``,
+:func:`protolib.pipelines.tune.tune`.
 The run folder holds everything: ``study.journal`` (the Optuna study: rerun with a larger
 ``--trials`` to add trials), ``trials.csv`` and ``trials.md`` (the table), ``scores.png`` (score
 against each hyperparameter), ``learning_curves.png`` (score per epoch, pruned trials ending early),
@@ -64,9 +65,6 @@ __all__ = [
     "load_study",
     "trials_table",
     "trials_markdown",
-    "plot_scores",
-    "plot_learning_curves",
-    "plot_tuning",
 ]
 
 SEARCH_SPACE = {
@@ -293,26 +291,9 @@ def open_study(
         max_epochs: the most epochs a trial trains (Hyperband's last rung when ``settings.epochs`` is unset).
     """
     optuna = require_optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    journal = run_dir / "study.journal"
-    try:
-        storage = JournalStorage(JournalFileBackend(str(journal)))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ProtolibInputError(
-            f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to start afresh."
-        ) from None
-    existing = next(
-        (
-            len(storage.get_all_trials(s._study_id, deepcopy=False))
-            for s in storage.get_all_studies()
-            if s.study_name == "protolib"
-        ),
-        0,
-    )
+    storage = _journal_storage(run_dir / "study.journal")
     # parallel workers, and each rerun that adds trials, must not draw the same hyperparameters again
-    seed = settings.seed + 7919 * worker + 104729 * existing
+    seed = settings.seed + 7919 * worker + 104729 * _trials_so_far(storage)
     sampler = (
         optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=min(10, max(2, settings.trials // 3)), constant_liar=True
@@ -320,18 +301,7 @@ def open_study(
         if settings.sampler == "tpe"
         else optuna.samplers.RandomSampler(seed=seed)
     )
-    if settings.pruner == "asha":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor
-        )
-    elif settings.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(
-            min_resource=settings.min_epochs,
-            max_resource=settings.epochs or max_epochs or "auto",
-            reduction_factor=settings.reduction_factor,
-        )
-    else:
-        pruner = optuna.pruners.NopPruner()
+    pruner = _pruner(optuna, settings, max_epochs)
     if load_only:
         return optuna.load_study(study_name="protolib", storage=storage, sampler=sampler, pruner=pruner)
     return optuna.create_study(
@@ -342,6 +312,47 @@ def open_study(
         direction="minimize",
         load_if_exists=True,
     )
+
+
+def _journal_storage(journal: Path):
+    """Optuna's storage of the journal file ``journal``; a :class:`ProtolibInputError` when it cannot be read."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return JournalStorage(JournalFileBackend(str(journal)))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ProtolibInputError(
+            f"{journal} is damaged ({str(error)[:100]}); give a new --out, or delete the run folder to start afresh."
+        ) from None
+
+
+def _trials_so_far(storage) -> int:
+    """The trials of the study ``"protolib"`` in ``storage`` (0 before it exists)."""
+    return next(
+        (
+            len(storage.get_all_trials(s._study_id, deepcopy=False))
+            for s in storage.get_all_studies()
+            if s.study_name == "protolib"
+        ),
+        0,
+    )
+
+
+def _pruner(optuna, settings: TuneSettings, max_epochs: int | None):
+    """The pruner ``settings.pruner`` names: successive halving (ASHA), Hyperband (its last rung the most epochs a
+    trial trains) or none."""
+    if settings.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=settings.min_epochs, reduction_factor=settings.reduction_factor
+        )
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=settings.min_epochs,
+            max_resource=settings.epochs or max_epochs or "auto",
+            reduction_factor=settings.reduction_factor,
+        )
+    return optuna.pruners.NopPruner()
 
 
 STALE_AFTER_S = 3600.0
@@ -396,85 +407,6 @@ def trials_markdown(rows: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot_scores(rows: list[dict], space: dict, *, reference: float | None = None):
-    """Recovery error against each hyperparameter: complete trials coloured by order, pruned ones grey at their last
-    score."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
-
-    names = [n for n in space if any(r[n] != "" for r in rows)]
-    ncols = min(4, len(names))
-    nrows = -(-len(names) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True)
-    for ax, name in zip(axes.ravel(), names):
-        spec = space[name]
-        for state, style in (
-            ("pruned", dict(color="0.6", marker="x", s=22, label="pruned (last score)")),
-            ("complete", dict(c=None, marker="o", s=28, label="complete (colour: trial number)")),
-        ):
-            chosen = [r for r in rows if r["state"] == state and r[name] != "" and np.isfinite(r["recovery_error"])]
-            if not chosen:
-                continue
-            if "choices" in spec:
-                labels = [str(c) for c in spec["choices"]]
-                x = [
-                    labels.index(str(r[name])) + np.random.default_rng(r["trial"]).uniform(-0.15, 0.15) for r in chosen
-                ]
-            else:
-                x = [float(r[name]) for r in chosen]
-            y = [r["recovery_error"] for r in chosen]
-            if state == "complete":
-                style["c"] = [r["trial"] for r in chosen]
-                style["cmap"] = "viridis"
-            ax.scatter(x, y, **style)
-        if "choices" in spec:
-            ax.set_xticks(range(len(spec["choices"])), [str(c) for c in spec["choices"]])
-        elif spec.get("log"):
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 3.0), numticks=6))
-            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        if reference is not None:
-            ax.axhline(reference, color="C3", ls="--", lw=1, label="configuration's own")
-        ax.set_xlabel(name.replace("_", " "))
-        ax.set_ylabel("validation recovery error")
-    for ax in axes.ravel()[len(names) :]:
-        ax.set_visible(False)
-    axes.ravel()[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Validation recovery error (RMS error / prior spread, lower is better) against each hyperparameter")
-    return fig
-
-
-def plot_learning_curves(study):
-    """Recovery error after each epoch of every trial: pruned trials (grey) stop at a rung, complete ones run on."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for t in study.trials:
-        curve = t.user_attrs.get("curve", [])
-        if not curve:
-            continue
-        complete = t.state.name == "COMPLETE"
-        ax.plot(
-            np.arange(1, len(curve) + 1),
-            curve,
-            color=None if complete else "0.65",
-            lw=1.5 if complete else 0.8,
-            marker="o" if len(curve) < 3 else None,
-            ms=3,
-            label=f"trial {t.number}" if complete else None,
-            zorder=3 if complete else 2,
-        )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation recovery error")
-    ax.set_title("Score per epoch (grey: stopped early by the pruner)")
-    if len(ax.get_legend_handles_labels()[0]) <= 12:
-        ax.legend(fontsize=7, ncols=2)
-    return fig
-
-
 def load_study(run_dir: str | Path):
     """The Optuna study of a ``protolib tune`` run folder (read-only use: its ``trials``, ``best_trial``, ...)."""
     run_dir = Path(run_dir)
@@ -483,11 +415,3 @@ def load_study(run_dir: str | Path):
             f"{run_dir} holds no tuning run (no study.journal); run `protolib tune --out {run_dir}` first."
         )
     return open_study(run_dir, TuneSettings(), load_only=True)
-
-
-def plot_tuning(run_dir: str | Path):
-    """The two figures of a run folder, drawn afresh: score against each hyperparameter, and score per epoch."""
-    study = load_study(run_dir)
-    rows = trials_table(study)
-    own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
-    return plot_scores(rows, json.loads(study.user_attrs["space"]), reference=own), plot_learning_curves(study)

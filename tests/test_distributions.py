@@ -13,9 +13,6 @@ from match_helpers import write_bank
 
 from protolib.bank import Bank
 from protolib.distributions import (
-    corner_plot,
-    gallery_plot,
-    marginals_plot,
     match_parameters,
     prior_parameters,
     similarity_weights,
@@ -24,6 +21,8 @@ from protolib.distributions import (
     truth_parameters,
 )
 from protolib.matching import Matches
+from protolib.plots.corner import plot_corner, plot_marginals
+from protolib.plots.gallery import plot_gallery
 from protolib.runtime import ProtolibInputError
 
 
@@ -94,7 +93,7 @@ def test_corner_plot_overlays_matches_on_prior_with_truths(bank):
     matches = Matches(np.linspace(0.99, 0.9, 60), np.arange(60) % 40, np.arange(60) % 4)
     names = ["stellar_mass", "disk_radius", "inclination"]
     truths = truth_parameters(bank, 5, 1)
-    fig = corner_plot(
+    fig = plot_corner(
         match_parameters(bank, matches),
         prior_parameters(bank),
         parameters=names,
@@ -113,7 +112,7 @@ def test_corner_plot_overlays_matches_on_prior_with_truths(bank):
 def test_marginals_plot_shows_each_distribution(bank):
     best = match_parameters(bank, Matches(np.ones(20), np.arange(20), np.zeros(20, int)))
     random = match_parameters(bank, Matches(np.ones(20), np.arange(20, 40), np.ones(20, int)))
-    fig = marginals_plot(
+    fig = plot_marginals(
         {"best 20": best, "random 20": random},
         prior_parameters(bank),
         parameters=["stellar_mass", "age"],
@@ -126,7 +125,7 @@ def test_marginals_plot_shows_each_distribution(bank):
 
 def test_gallery_titles_each_match_with_its_similarity(bank):
     images = bank.load_images([1, 2, 3])[:, 0]
-    fig = gallery_plot(images[0], images[1:], np.array([0.987, 0.955]), captions=["system 2", "system 3"], n_columns=4)
+    fig = plot_gallery(images[0], images[1:], np.array([0.987, 0.955]), captions=["system 2", "system 3"], n_columns=4)
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles == ["target", "#1  s = 0.987\nsystem 2", "#2  s = 0.955\nsystem 3"]
     assert fig.axes[0].images[0].origin == "lower"
@@ -150,7 +149,7 @@ def test_explorer_shows_a_static_view_without_a_frontend_and_a_live_widget_with_
     drawn = []
     monkeypatch.setattr(
         explorer,
-        "corner_plot",
+        "plot_corner",
         lambda samples, *a, **k: (
             drawn.append((len(samples["stellar_mass"]), k["truths"]["stellar_mass"], k["parameters"])) or plt.figure()
         ),
@@ -179,7 +178,7 @@ def test_a_corner_plot_leaves_out_a_parameter_the_bank_does_not_know():
     import matplotlib
 
     matplotlib.use("Agg")
-    from protolib.distributions import corner_plot
+    from protolib.plots.corner import plot_corner
 
     rng = np.random.default_rng(0)
     prior = {
@@ -188,6 +187,6 @@ def test_a_corner_plot_leaves_out_a_parameter_the_bank_does_not_know():
         "inclination": np.full(200, np.nan),
     }
     samples = {name: values[:20] for name, values in prior.items()}
-    fig = corner_plot(samples, prior, parameters=["stellar_mass", "disk_radius", "inclination"])
+    fig = plot_corner(samples, prior, parameters=["stellar_mass", "disk_radius", "inclination"])
     labels = " ".join(ax.get_xlabel() for ax in fig.axes)
     assert "inclination" not in labels and len(fig.axes) == 4

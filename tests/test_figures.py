@@ -16,11 +16,15 @@ import numpy as np
 import pytest
 from match_helpers import write_bank
 
-from protolib import plotting
 from protolib.bank import Bank
-from protolib.distributions import corner_plot, gallery_plot, match_parameters, prior_parameters, truth_parameters
+from protolib.distributions import match_parameters, prior_parameters, truth_parameters
 from protolib.instrument import Beam
 from protolib.matching import Matches
+from protolib.plots import style
+from protolib.plots.bank import plot_parameter_gallery, plot_prior_corner
+from protolib.plots.corner import plot_corner
+from protolib.plots.gallery import plot_gallery
+from protolib.plots.images import plot_instrument_effects
 
 MIN_POINTS_AT_PAGE_WIDTH = 7.5  # the smallest text a reader should meet, as shown on the page
 
@@ -42,12 +46,12 @@ def _texts(fig) -> list[str]:
 
 
 def _points_at_page_width(fig, size: float) -> float:
-    return size * min(1.0, plotting.PAGE_WIDTH_IN / fig.get_figwidth())
+    return size * min(1.0, style.PAGE_WIDTH_IN / fig.get_figwidth())
 
 
 def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orientation_once(bank):
     images = bank.load_images(list(range(12)))[:, 0]
-    fig = gallery_plot(
+    fig = plot_gallery(
         images[0],
         images[1:],
         np.linspace(0.99, 0.9, 11),
@@ -62,7 +66,7 @@ def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orie
     target = fig.axes[0]
     # east (positive offset) to the left
     assert target.images[0].origin == "lower" and target.images[0].get_extent()[0] > 0
-    shared = gallery_plot(images[0], images[1:4], np.ones(3), scale="target", unit="Jy/pixel")
+    shared = plot_gallery(images[0], images[1:4], np.ones(3), scale="target", unit="Jy/pixel")
     assert _colorbar_labels(shared) == ["mJy/pixel (all panels)"]
     assert len({ax.images[0].norm.vmax for ax in shared.axes}) == 1
     plt.close("all")
@@ -70,7 +74,7 @@ def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orie
 
 def test_gallery_titles_stay_within_their_panels_at_page_width(bank):
     images = bank.load_images(list(range(12)))[:, 0]
-    fig = gallery_plot(
+    fig = plot_gallery(
         images[0], images[1:], np.linspace(0.99, 0.9, 11), captions=[f"system {s}, i = 45 deg" for s in range(1, 12)]
     )
     fig.canvas.draw()
@@ -83,11 +87,11 @@ def test_gallery_titles_stay_within_their_panels_at_page_width(bank):
 
 
 def test_the_bank_figures_have_colour_bars_in_their_units_and_a_scale_bar(bank):
-    fig = plotting.plot_parameter_gallery(bank, "disk_radius", n_systems=3, n_projections=3)
+    fig = plot_parameter_gallery(bank, "disk_radius", n_systems=3, n_projections=3)
     assert _colorbar_labels(fig) == ["mJy/beam"] * 3  # one shared scale per row
     assert "50 au" in _texts(fig) and {"N", "E"} <= set(_texts(fig))
     images = bank.load_images([0])[0][:2]
-    fig = plotting.plot_instrument_effects(
+    fig = plot_instrument_effects(
         images, images, images, pixel_size_au=bank.pixel_size_au, beam=Beam(0.25, 0.2, 30.0), distance_pc=140.0
     )
     assert sorted(_colorbar_labels(fig)) == ["mJy/beam"] * 4 + ["mJy/pixel"] * 2
@@ -96,7 +100,7 @@ def test_the_bank_figures_have_colour_bars_in_their_units_and_a_scale_bar(bank):
 
 def test_the_beam_is_drawn_with_its_position_angle_east_of_north(bank):
     fig, ax = plt.subplots()
-    plotting.draw_image(ax, bank.images[0, 0], pixel_size_au=10.0, beam=Beam(0.5, 0.1, 30.0), distance_pc=140.0)
+    style.draw_image(ax, bank.images[0, 0], pixel_size_au=10.0, beam=Beam(0.5, 0.1, 30.0), distance_pc=140.0)
     [beam] = ax.patches
     # the major axis' northern end, in (east, north) au
     tip = beam.get_patch_transform().transform([(0.0, 0.5)])[0] - beam.center
@@ -125,14 +129,14 @@ def test_corner_labels_are_legible_at_page_width_and_do_not_overlap(bank, n_para
     ]
     names = names[:n_parameters]
     matches = Matches(np.linspace(0.99, 0.9, 80), np.arange(80) % 40, np.arange(80) % 4)
-    fig = corner_plot(
+    fig = plot_corner(
         match_parameters(bank, matches),
         prior_parameters(bank),
         parameters=names,
         truths=truth_parameters(bank, 5, 1),
         parameter_info=bank.parameter_info,
     )
-    assert fig.get_figwidth() <= 1.3 * plotting.PAGE_WIDTH_IN  # about page width, whatever the number of parameters
+    assert fig.get_figwidth() <= 1.3 * style.PAGE_WIDTH_IN  # about page width, whatever the number of parameters
     boxes, axes = _bottom_row_label_boxes(fig, n_parameters)
     for ax in axes.ravel():
         if ax.get_xlabel():
@@ -155,9 +159,9 @@ def test_corner_labels_are_legible_at_page_width_and_do_not_overlap(bank, n_para
 
 
 def test_the_prior_corner_is_page_sized_with_legible_labels(bank):
-    fig = plotting.plot_prior_corner(bank)
+    fig = plot_prior_corner(bank)
     n = int(round(np.sqrt(len(fig.axes))))
-    assert n >= 7 and fig.get_figwidth() <= 1.3 * plotting.PAGE_WIDTH_IN
+    assert n >= 7 and fig.get_figwidth() <= 1.3 * style.PAGE_WIDTH_IN
     boxes, axes = _bottom_row_label_boxes(fig, n)
     assert all(_points_at_page_width(fig, ax.xaxis.label.get_fontsize()) >= 8.5 for ax in axes[-1])
     assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
@@ -165,18 +169,18 @@ def test_the_prior_corner_is_page_sized_with_legible_labels(bank):
 
 
 def test_fonts_grow_with_figures_wider_than_the_page():
-    assert plotting.page_fontsize(5.0, 9) == 9
-    assert plotting.page_fontsize(14.0, 9) == pytest.approx(18)
-    assert plotting.display_unit("Jy/beam") == (1e3, "mJy/beam")
-    assert "network input" in plotting.display_unit("stretched")[1]
-    assert plotting.fit_title("system 12, i = 45 deg", 1.0, 9) == "system 12\ni = 45 deg"
+    assert style.page_fontsize(5.0, 9) == 9
+    assert style.page_fontsize(14.0, 9) == pytest.approx(18)
+    assert style.display_unit("Jy/beam") == (1e3, "mJy/beam")
+    assert "network input" in style.display_unit("stretched")[1]
+    assert style.fit_title("system 12, i = 45 deg", 1.0, 9) == "system 12\ni = 45 deg"
 
 
 def test_the_coverage_legend_covers_no_curve():
     from types import SimpleNamespace
 
     from protolib.evaluation import CURVE_LEVELS
-    from protolib.plots_evaluation import coverage_plot
+    from protolib.plots.evaluation import plot_coverage
 
     names = [f"parameter {i}" for i in range(11)]
     evaluation = SimpleNamespace(
@@ -186,7 +190,7 @@ def test_the_coverage_legend_covers_no_curve():
         method: SimpleNamespace(figures=lambda corrected: evaluation)
         for method in ("random", "pixel", "pca", "autoencoder", "siamese")
     }
-    fig = coverage_plot(results)
+    fig = plot_coverage(results)
     fig.canvas.draw()
     legend = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
     assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes if ax.get_visible())

@@ -190,7 +190,7 @@ def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tm
 
 def test_learning_curve_numbers_say_what_still_improves_and_plot_every_parameter():
     from protolib.comparison import learning_curve_numbers
-    from protolib.plots_evaluation import learning_curve_plot
+    from protolib.plots.evaluation import plot_learning_curves
 
     def row(errors):
         return {
@@ -228,5 +228,5 @@ def test_learning_curve_numbers_say_what_still_improves_and_plot_every_parameter
         and figures["lc_n_test"] == 60
         and figures["lc_far_size"] == 14000
     )
-    fig = learning_curve_plot(curves)
+    fig = plot_learning_curves(curves)
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 3  # two parameters and their mean

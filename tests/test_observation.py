@@ -23,7 +23,6 @@ from protolib.instrument import Beam, Instrument, beam_noise, convolve_beam, eff
 from protolib.observation import (
     BankGrid,
     ResolutionMatch,
-    plot_prepared_observation,
     prepare_observation,
     read_observation,
     read_prepared_observation,
@@ -32,6 +31,7 @@ from protolib.observation import (
     write_observation_fits,
 )
 from protolib.observation.fits import is_spike, parse_brightness_unit, source_peak
+from protolib.plots.observation import plot_prepared_observation
 from protolib.runtime import ProtolibInputError
 from protolib.simulator import SimulatorConfig, render
 

@@ -15,7 +15,6 @@ from protolib.attribution import (
     pair_attributions,
     pair_similarity,
     pick_pairs,
-    plot_pair_attributions,
     randomisation_check_passes,
     randomised_copy,
 )
@@ -27,9 +26,10 @@ from protolib.embedding_maps import (
     embedding_map,
     image_parameters,
     map_smoothness,
-    plot_embedding_maps,
 )
 from protolib.matching import Matcher
+from protolib.plots.attribution import plot_pair_attributions
+from protolib.plots.embedding_maps import plot_embedding_maps
 from protolib.runtime import ProtolibInputError
 from protolib.siamese import load_siamese, train_siamese
 from protolib.splits import split_systems

@@ -196,7 +196,8 @@ def _check_observe_outputs(args) -> None:
 
 
 def _observe(args) -> None:
-    from ..observation import plot_prepared_observation, prepare_observation
+    from ..observation import prepare_observation
+    from ..plots.observation import plot_prepared_observation
     from ..runtime import write_figure
 
     _check_observe_outputs(args)

@@ -18,7 +18,8 @@ Submodules, in the order an observation travels through them:
   (:func:`spectral_index_map`).
 - :mod:`~protolib.observation.synthetic`: a simulated system written as an observation
   (:func:`write_observation_fits`).
-- :mod:`~protolib.observation.plot`: the figure (:func:`plot_prepared_observation`).
+
+Its figure, the map before and after preparation, is :func:`protolib.plots.observation.plot_prepared_observation`.
 
 Conventions (PHYSICS.md):
 
@@ -48,7 +49,6 @@ from .fits import (
     true_parameters_from_header,
 )
 from .noise import DETECTION_SIGMA, NOISE_BEAMS, CompactSource, estimate_noise_rms, find_compact_sources
-from .plot import plot_prepared_observation
 from .prepare import (
     MAX_FREQUENCY_RATIO,
     MAX_SCALE_BEAMS,
@@ -85,7 +85,6 @@ __all__ = [
     "SpectralIndexMap",
     "spectral_index_map",
     "SPECTRAL_INDEX_SIGMA",
-    "plot_prepared_observation",
     "refine_peak",
     "plain_icrs",
     "true_parameters_from_header",

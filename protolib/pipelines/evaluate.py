@@ -3,7 +3,7 @@
 :func:`evaluation_settings` reads a configuration's ``evaluation:`` section;
 :func:`run_evaluation` evaluates every method of :mod:`protolib.evaluation` (and the neural
 posterior estimate of :mod:`protolib.npe`) on a trained network's test systems and writes the run's
-products: ``metrics.json``, ``headline.md`` and the figures of :mod:`protolib.plots_evaluation`.
+products: ``metrics.json``, ``headline.md`` and the figures of :mod:`protolib.plots.evaluation`.
 :func:`compare_variants` trains (or reuses) one Siamese network per variant of
 :data:`~protolib.evaluation.VARIANTS` and scores each on the same test targets.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .. import plots_evaluation as plots
 from ..bank import Bank
 from ..evaluation import (
     NPE_METHODS,
@@ -28,6 +27,7 @@ from ..evaluation import (
     siamese_method,
 )
 from ..npe import add_npe_result, sbi_available
+from ..plots import evaluation as plots
 from ..runtime import (
     ProtolibInputError,
     atomic_path,
@@ -156,10 +156,10 @@ def _write_products(out_dir: Path, results: dict[str, MethodResult], report: dic
     """The figures, ``headline.md`` and ``metrics.json`` of one evaluation, published together in ``out_dir``."""
     main = results.get("siamese") or list(results.values())[-1]
     figures = {
-        "coverage.png": plots.coverage_plot(results),
-        "recovery.png": plots.recovery_plot(main.evaluation),
-        "rank_histograms.png": plots.rank_histogram_plot(main.evaluation),
-        "tarp.png": plots.tarp_plot(results),
+        "coverage.png": plots.plot_coverage(results),
+        "recovery.png": plots.plot_recovery(main.evaluation),
+        "rank_histograms.png": plots.plot_rank_histograms(main.evaluation),
+        "tarp.png": plots.plot_tarp(results),
     }
     with output_folder(out_dir, "evaluate") as staging:  # the products of one run, published together
         for name, fig in figures.items():

@@ -22,14 +22,10 @@ from .. import __version__
 from ..bank import Bank
 from ..distributions import (
     ParameterSummary,
-    band_gallery_plot,
-    corner_plot,
-    gallery_plot,
     match_images,
     match_rows,
     prior_parameters,
     similarity_weights,
-    spectral_index_plot,
     summarise,
     write_csv,
 )
@@ -61,6 +57,8 @@ from ..matching.observing import (
 from ..npe import observation_posterior
 from ..observation import prepared_file
 from ..out_of_family import read_terms, with_terms
+from ..plots.corner import plot_corner
+from ..plots.gallery import plot_band_gallery, plot_gallery, plot_spectral_index
 from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
 
 __all__ = ["matching_settings", "run_match", "write_match_report"]
@@ -720,7 +718,7 @@ def write_match_report(
     )
     corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
     figures = {
-        "corner.png": corner_plot(
+        "corner.png": plot_corner(
             samples,
             prior,
             weights=weights,
@@ -871,7 +869,7 @@ def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, re
     if transform is not None:
         images = apply_transform(transform, images, shown.system * bank.n_projections + shown.projection)
     inclination = bank.inclination[shown.system, shown.projection]
-    return gallery_plot(
+    return plot_gallery(
         target_image,
         images,
         shown.similarity,
@@ -909,7 +907,7 @@ def _band_products(
     )
     inclination = bank.inclination[shown.system, shown.projection]
     captions = [f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)]
-    gallery = band_gallery_plot(
+    gallery = plot_band_gallery(
         bands.images(),
         images,
         shown.similarity,
@@ -923,7 +921,7 @@ def _band_products(
     )
     best = matches.head(SPECTRAL_INDEX_MATCHES)
     target_index, match_index = spectral_indices(bands, best.system, best.projection)
-    index = spectral_index_plot(
+    index = plot_spectral_index(
         target_index.alpha,
         match_index.alpha,
         low_ghz=target_index.low_ghz,

@@ -20,7 +20,7 @@ from ..bank import Bank, bank_with_systems_from, concatenate_banks
 from ..domain_shift import CASES, nuisance_rows, shift_figures, shift_rows
 from ..evaluation import EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods
 from ..npe import npe_results
-from ..plots_evaluation import domain_shift_plot, nuisance_constraint_plot
+from ..plots.domain_shift import plot_domain_shift, plot_nuisance_constraints
 from ..runtime import ProtolibInputError, check_output, output_folder, write_figure, write_json
 from ..siamese import load_siamese
 from .evaluate import evaluation_settings
@@ -208,14 +208,14 @@ def _write_products(result: DomainShift, out_dir: Path) -> None:
     with output_folder(out_dir, "domain-shift") as staging:
         if "siamese" in result.cases["no shift"]:
             write_figure(
-                domain_shift_plot(result.cases, result.parameters),
+                plot_domain_shift(result.cases, result.parameters),
                 staging / "domain_shift.png",
                 dpi=110,
                 bbox_inches="tight",
             )
         if marginalised is not None and result.nuisance:
             write_figure(
-                nuisance_constraint_plot(marginalised, result.nuisance),
+                plot_nuisance_constraints(marginalised, result.nuisance),
                 staging / "nuisance.png",
                 dpi=110,
                 bbox_inches="tight",

@@ -28,6 +28,7 @@ from ..autoencoder import train_autoencoder
 from ..bank import Bank
 from ..config import apply_overrides, find_configs_dir, load_config
 from ..evaluation import Relevance
+from ..plots.tuning import plot_tuning_curves, plot_tuning_scores
 from ..runtime import ProtolibInputError, atomic_path, plain_name, typed_settings, write_figure, write_json
 from ..siamese import load_siamese, train_siamese
 from ..tuning import (
@@ -35,8 +36,6 @@ from ..tuning import (
     TuneSettings,
     open_study,
     paired_difference,
-    plot_learning_curves,
-    plot_scores,
     recovery_error,
     recovery_errors,
     require_optuna,
@@ -601,8 +600,8 @@ def _report(
         tmp.write_text(trials_markdown(rows, names) + "\n")
     complete = [r for r in rows if r["state"] == "complete"]
     own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
-    write_figure(plot_scores(rows, space, reference=own), run_dir / "scores.png", dpi=110)
-    write_figure(plot_learning_curves(study), run_dir / "learning_curves.png", dpi=110)
+    write_figure(plot_tuning_scores(rows, space, reference=own), run_dir / "scores.png", dpi=110)
+    write_figure(plot_tuning_curves(study), run_dir / "learning_curves.png", dpi=110)
     summary = {
         "trials": len(rows),
         "complete": len(complete),

@@ -17,14 +17,15 @@ from ..attribution import (
     attribution_rank_correlation,
     pair_attributions,
     pick_pairs,
-    plot_pair_attributions,
     randomisation_check_passes,
     randomised_copy,
 )
 from ..bank import Bank
 from ..distributions import match_images
-from ..embedding_maps import embedding_map, image_parameters, map_smoothness, plot_embedding_maps
+from ..embedding_maps import embedding_map, image_parameters, map_smoothness
 from ..matching import Matcher, read_observation_target
+from ..plots.attribution import plot_pair_attributions
+from ..plots.embedding_maps import plot_embedding_maps
 from ..runtime import ProtolibInputError, output_folder, write_figure, write_json
 from ..siamese import SiameseModel, evaluate_similarity, load_siamese_with_its_bank
 

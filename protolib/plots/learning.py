@@ -204,15 +204,7 @@ def plot_autoencoder_sketch(
     _arrow(ax, (x, 0), (x + 0.35, 0), "flatten,\nlinear")
     x = _feature_map(ax, x + 0.35, 0.6, 0.12, "#fdae6b", f"latent\n{latent_size}", "code")
     if use_flux:
-        ax.text(
-            x - 0.06,
-            -0.62,
-            "the log total flux joins the flattened maps;\na linear layer rebuilds it from the latent",
-            ha="center",
-            va="top",
-            fontsize=7,
-            color="0.3",
-        )
+        _flux_note(ax, x - 0.06)
     _arrow(ax, (x, 0), (x + 0.35, 0), "linear,\nreshape")
     for width, side in zip(reversed(channels), reversed(sides[1:])):
         x = _feature_map(
@@ -232,6 +224,19 @@ def plot_autoencoder_sketch(
     ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def _flux_note(ax, x: float) -> None:
+    """The note under the latent code, centred at ``x``: how the autoencoder carries the image's total flux."""
+    ax.text(
+        x,
+        -0.62,
+        "the log total flux joins the flattened maps;\na linear layer rebuilds it from the latent",
+        ha="center",
+        va="top",
+        fontsize=7,
+        color="0.3",
+    )
 
 
 def _step(ax, x: float, y: float, text: str, colour: str, width: float = 1.3) -> tuple[float, float]:

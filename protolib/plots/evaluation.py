@@ -1,4 +1,7 @@
-"""Figures for the evaluation. Each takes data and keyword options and returns the figure."""
+"""Figures for the evaluation: coverage, recovery, rank histograms, TARP and learning curves.
+
+Each takes data and keyword options and returns the figure.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .domain_shift import nuisance_rows, shift_rows
-from .evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
-from .parameters import PARAMETERS, VIEWING_PARAMETERS
+from ..evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
+from ..parameters import PARAMETERS, VIEWING_PARAMETERS
 
 __all__ = [
-    "coverage_plot",
-    "recovery_plot",
-    "rank_histogram_plot",
-    "tarp_plot",
-    "domain_shift_plot",
-    "nuisance_constraint_plot",
-    "learning_curve_plot",
+    "plot_coverage",
+    "plot_recovery",
+    "plot_rank_histograms",
+    "plot_tarp",
+    "plot_learning_curves",
+    "METHOD_COLOURS",
 ]
 
 
@@ -34,7 +35,7 @@ def _evaluation(result: MethodEvaluation | MethodResult, corrected: bool) -> Met
     return result if isinstance(result, MethodEvaluation) else result.figures(corrected)
 
 
-def coverage_plot(
+def plot_coverage(
     results: dict,
     *,
     corrected: bool = False,
@@ -83,7 +84,7 @@ def coverage_plot(
     return fig
 
 
-def recovery_plot(
+def plot_recovery(
     evaluation: MethodEvaluation, *, parameters: list[str] | None = None, columns: int = 4, panel_size: float = 2.5
 ) -> Figure:
     """Recovered (matches' median, with 16-84% range) against true value, one panel per parameter."""
@@ -115,7 +116,7 @@ def recovery_plot(
     return fig
 
 
-def rank_histogram_plot(
+def plot_rank_histograms(
     evaluation: MethodEvaluation,
     *,
     parameters: list[str] | None = None,
@@ -147,7 +148,7 @@ def rank_histogram_plot(
     return fig
 
 
-def tarp_plot(results: dict, *, corrected: bool = False, size: float = 3.6) -> Figure:
+def plot_tarp(results: dict, *, corrected: bool = False, size: float = 3.6) -> Figure:
     """TARP expected coverage against credibility level, one line per method (the diagonal is calibrated)."""
     fig, ax = plt.subplots(figsize=(size, size))
     for name, result in results.items():
@@ -158,93 +159,6 @@ def tarp_plot(results: dict, *, corrected: bool = False, size: float = 3.6) -> F
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return fig
-
-
-CASE_COLOURS = {"no shift": "0.55", "shift": "tab:red", "marginalised": "tab:blue"}
-
-
-def domain_shift_plot(
-    cases: dict, parameters: list[str], *, method: str = "siamese", corrected: bool = True, width: float = 7.2
-) -> Figure:
-    """One method in the three cases of :mod:`protolib.domain_shift`: 68% and 95% coverage and the median error, per
-    parameter.
-
-    Bars per parameter, one per case (grey: fixed physics on fixed-physics systems; red: the same bank
-    on systems of drawn physics; blue: the bank with drawn physics on those systems); dashed lines
-    are the nominal coverage, the band the goal's +-0.05. The error panel is the median |error| over
-    the no-shift case's, so 1 is "as good as without the shift".
-    """
-    rows = {
-        (r["case"], r["parameter"]): r
-        for r in shift_rows(cases, parameters, corrected=corrected)
-        if r["method"] == method
-    }
-    fig, axes = plt.subplots(3, 1, figsize=(width, 6.4), sharex=True, layout="constrained")
-    x = np.arange(len(parameters))
-    step = 0.8 / len(cases)
-    panels = (
-        ("coverage_68", 0.68, "68% coverage"),
-        ("coverage_95", 0.95, "95% coverage"),
-        ("error_ratio", 1.0, "error / no-shift error"),
-    )
-    for ax, (figure, nominal, title) in zip(axes, panels):
-        for i, case in enumerate(cases):
-            if figure == "error_ratio":
-                values = [
-                    rows[(case, n)]["median_abs_error"] / rows[("no shift", n)]["median_abs_error"] for n in parameters
-                ]
-            else:
-                values = [rows[(case, n)][figure] for n in parameters]
-            ax.bar(
-                x + (i - (len(cases) - 1) / 2) * step, values, step, color=CASE_COLOURS.get(case, f"C{i}"), label=case
-            )
-        ax.axhline(nominal, color="k", ls="--", lw=1)
-        band = 0.05 if figure != "error_ratio" else 0.10
-        ax.axhspan(nominal - band if figure != "error_ratio" else 0, nominal + band, color="k", alpha=0.08, lw=0)
-        ax.set_ylabel(title, fontsize=9)
-        ax.tick_params(labelsize=8)
-    axes[0].set_ylim(0, 1.05)
-    axes[1].set_ylim(0, 1.05)
-    # above the panels, over no bar
-    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside upper center")
-    axes[-1].set_xticks(x, [n.replace("_", " ") for n in parameters], rotation=30, ha="right", fontsize=8)
-    return fig
-
-
-def nuisance_constraint_plot(
-    result: MethodResult, nuisance: list[str], *, corrected: bool = True, width: float = 7.2
-) -> Figure:
-    """How narrowly one method's matches pin each nuisance parameter: 68% half-width and RMS error over the prior's
-    spread.
-
-    An RMS error near 1, and a half-width near 1.2 (a uniform prior's central 68% spans 1.18 standard
-    deviations either side of its middle), are "the images say nothing about it"; well below, they constrain it.
-    """
-    rows = nuisance_rows(result, nuisance, corrected=corrected)
-    fig, ax = plt.subplots(figsize=(width, 2.8), layout="constrained")
-    x = np.arange(len(rows))
-    ax.bar(
-        x - 0.2,
-        [r["width_68_over_prior_spread"] for r in rows],
-        0.4,
-        color="tab:blue",
-        label="68% half-width / prior spread",
-    )
-    ax.bar(
-        x + 0.2,
-        [r["rms_error_over_prior_spread"] for r in rows],
-        0.4,
-        color="tab:orange",
-        label="RMS error / prior spread",
-    )
-    ax.axhline(1.0, color="k", ls="--", lw=1)
-    ax.set_xticks(x, [r["parameter"].replace("_", " ") for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.tick_params(labelsize=8)
-    ax.legend(fontsize=8, loc="upper left", ncols=2)
-    ax.set_ylim(
-        0, max(1.6, max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows) * 1.15)
-    )
     return fig
 
 
@@ -259,7 +173,7 @@ METHOD_COLOURS = {
 }
 
 
-def learning_curve_plot(
+def plot_learning_curves(
     curves: dict, *, methods: list[str] | None = None, columns: int = 4, panel_size: float = 2.5
 ) -> Figure:
     """Each method's error against its training systems (the JSON of ``benchmarks/learning_curves.py``), one panel per
@@ -293,21 +207,10 @@ def learning_curve_plot(
     fits = curves.get("fits", {}).get("by_method", {})
     for ax, name in zip(axes.flat, names):
         for i, method in enumerate(methods):
-            colour = METHOD_COLOURS.get(method, f"C{i}")
-            ax.plot(
-                sizes,
-                [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes],
-                "o-",
-                color=colour,
-                lw=1.5,
-                ms=3.5,
-                label=method,
+            values = [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes]
+            _method_curve(
+                ax, method, METHOD_COLOURS.get(method, f"C{i}"), sizes, values, fits.get(method, {}).get(name), far
             )
-            fit = fits.get(method, {}).get(name)
-            if fit is not None and far > sizes.max():
-                n = np.geomspace(sizes.max(), far, 30)
-                ax.plot(n, _fitted(fit, n), "--", color=colour, lw=1.2)
-                ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
         ax.axvline(sizes.max(), color="0.6", ls=":", lw=1)
         ax.axhline(1.0, color="0.8", lw=0.8)  # no information: the prior
         ax.set_xscale("log")
@@ -321,6 +224,16 @@ def learning_curve_plot(
         ax.set_xlabel("training systems", fontsize=8)
     fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=8, ncols=len(methods), loc="outside upper center")
     return fig
+
+
+def _method_curve(ax, method: str, colour, sizes: np.ndarray, values: list[float], fit: dict | None, far: float):
+    """One method's learning curve in a panel: the measured points joined, then (when fitted) the fitted curve dashed
+    from the largest measured size out to ``far`` training systems, its end an open marker."""
+    ax.plot(sizes, values, "o-", color=colour, lw=1.5, ms=3.5, label=method)
+    if fit is not None and far > sizes.max():
+        n = np.geomspace(sizes.max(), far, 30)
+        ax.plot(n, _fitted(fit, n), "--", color=colour, lw=1.2)
+        ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
 
 
 def _curve_value(row: dict, name: str) -> float:

@@ -1,29 +1,29 @@
-"""Figures of images and banks: galleries, the prior, the instrument's effect, the split.
-
-Every function takes data and keyword-only options and returns the :class:`matplotlib.figure.Figure`;
-none calls ``show()`` or ``savefig()``. Images are drawn north up, east left (``origin="lower"`` with
-the east offset growing to the left), with offsets in au, a colour bar in the image's unit and, on
-galleries, a scale bar in au and the N and E arrows once.
+"""The page style every figure shares: text sizes at page width, units, colour scales and bars, sky decorations.
 
 Figures are read in the book at about page width (:data:`PAGE_WIDTH_IN`, some 700 px); wider ones
 are shrunk to it. :func:`page_fontsize` sizes text in proportion, so that it reads at the same size
-whatever the figure's width. The helpers here (:func:`add_colorbar`, :func:`add_scale_bar`,
-:func:`add_orientation`, :func:`corner_figure`, :func:`make_corner_legible`) are shared by the
-other modules' figures.
+whatever the figure's width. Images are drawn north up, east left (``origin="lower"`` with the east
+offset growing to the left), with offsets in au, a colour bar in the image's unit (:func:`add_colorbar`)
+and, on galleries, a scale bar in au (:func:`add_scale_bar`) and the N and E arrows once
+(:func:`add_orientation`). Corner plots are sized and made legible by :func:`corner_figure` and
+:func:`make_corner_legible`.
+
+This module imports only matplotlib and numpy, so that every layer, the lowest included, can draw
+in the book's style.
 """
 
 from __future__ import annotations
 
 import textwrap
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Ellipse
 from matplotlib.ticker import MaxNLocator
 
-from .bank import Bank
-from .instrument import Beam
-from .normalise import scale_parameters
+if TYPE_CHECKING:
+    from ..instrument import Beam
 
 __all__ = [
     "PAGE_WIDTH_IN",
@@ -41,12 +41,8 @@ __all__ = [
     "make_corner_legible",
     "image_extent_au",
     "draw_image",
-    "plot_image_grid",
-    "plot_parameter_gallery",
-    "plot_prior_corner",
-    "plot_instrument_effects",
-    "plot_split",
 ]
+
 
 PAGE_WIDTH_IN = 7.0  # the book's text column: about 700 px at the 100 dpi figures are drawn with
 
@@ -325,169 +321,3 @@ def draw_image(
     if colorbar_label or label:
         add_colorbar(ax, handle, colorbar_label or label)
     return handle
-
-
-def plot_image_grid(
-    images: np.ndarray,
-    *,
-    pixel_size_au: float,
-    titles=None,
-    row_labels=None,
-    stretch: str = "asinh",
-    panel_size: float = 1.8,
-    suptitle: str | None = None,
-    unit: str | None = None,
-):
-    """A grid of images ``(rows, columns, H, W)`` with per-panel titles and per-row labels.
-
-    Each row shares one colour scale, shown by a colour bar at its end in ``unit`` (the images' unit,
-    e.g. ``"Jy/beam"``; see :func:`display_unit`). The first panel has a scale bar in au and the N and
-    E arrows.
-    """
-    images = np.asarray(images)
-    n_rows, n_cols = images.shape[:2]
-    fig, axes = plt.subplots(
-        n_rows,
-        n_cols,
-        figsize=(panel_size * n_cols + 0.9, panel_size * n_rows),
-        squeeze=False,
-        sharex=True,
-        sharey=True,
-        layout="constrained",
-    )
-    factor, label = display_unit(unit)
-    tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
-    for r in range(n_rows):
-        norm = image_norm(images[r] * factor, stretch)
-        for c in range(n_cols):
-            handle = draw_image(axes[r, c], images[r, c] * factor, pixel_size_au=pixel_size_au, norm=norm)
-            if titles is not None:
-                axes[r, c].set_title(titles[r][c], fontsize=text)
-            axes[r, c].tick_params(labelsize=tick)
-        add_colorbar(axes[r, -1], handle, label, fontsize=text)
-        if row_labels is not None:
-            axes[r, 0].set_ylabel(row_labels[r], fontsize=text)
-    for c in range(n_cols):
-        axes[-1, c].set_xlabel("east offset [au]", fontsize=text)
-    add_scale_bar(axes[0, 0], images.shape[-1] * pixel_size_au, fontsize=text)
-    add_orientation(axes[0, 0], fontsize=text)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=page_fontsize(fig, 10))
-    return fig
-
-
-def plot_parameter_gallery(
-    bank: Bank, parameter: str, *, n_systems: int = 5, n_projections: int = 4, stretch: str = "asinh"
-):
-    """Systems spanning ``parameter`` (rows, low to high) seen at their projections (columns, by inclination)."""
-    values = bank.parameters[parameter]
-    order = np.argsort(values)
-    picks = order[np.linspace(0, len(order) - 1, min(n_systems, len(order))).round().astype(int)]
-    images, titles, labels = [], [], []
-    info = bank.parameter_info[parameter]
-    for system in picks:
-        incl = bank.inclination[system]
-        cols = np.argsort(incl)[
-            np.linspace(0, bank.n_projections - 1, min(n_projections, bank.n_projections)).round().astype(int)
-        ]
-        images.append(bank.load_images([system])[0][cols])
-        titles.append([f"i = {incl[c]:.0f} deg" for c in cols])
-        labels.append(f"{info.label or parameter} = {values[system]:.3g} {info.unit}\nnorth offset [au]")
-    return plot_image_grid(
-        np.stack(images),
-        pixel_size_au=bank.pixel_size_au,
-        titles=titles,
-        row_labels=labels,
-        stretch=stretch,
-        unit=bank.unit,
-        suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({stretch} stretch, one scale per row)",
-    )
-
-
-def plot_prior_corner(
-    bank: Bank, names: list[str] | None = None, *, systems=None, color: str = "k", fig=None, bins: int = 20
-):
-    """Corner plot of the bank's parameters (log10 for log-scaled ones): the prior of the matching stage.
-
-    The figure is about page width whatever the number of parameters, its labels readable there.
-    """
-    import corner
-
-    names = names or [n for n in bank.physical_parameters if n not in ("disk_scale_height", "cavity_angle")]
-    table = bank.parameter_table(names)
-    if systems is not None:
-        table = table[np.asarray(systems)]
-    logged = scale_parameters(table, [bank.parameter_info[n].log_scale for n in names], names)
-    labels = [bank.parameter_info[n].axis_label if n in bank.parameter_info else n for n in names]
-    fig = corner.corner(
-        logged,
-        labels=labels,
-        bins=bins,
-        color=color,
-        fig=fig if fig is not None else corner_figure(len(names)),
-        plot_datapoints=True,
-        plot_density=False,
-        plot_contours=False,
-        max_n_ticks=3,
-        data_kwargs={"ms": 2.5, "alpha": 0.4},
-    )
-    make_corner_legible(fig, len(names))
-    return fig
-
-
-def plot_instrument_effects(
-    clean: np.ndarray,
-    convolved: np.ndarray,
-    observed: np.ndarray,
-    *,
-    pixel_size_au: float,
-    beam: Beam,
-    distance_pc: float,
-    titles=("clean model", "with beam", "beam + noise"),
-    units=("Jy/pixel", "Jy/beam", "Jy/beam"),
-):
-    """The same system as a clean model, through the beam, and with thermal noise, one row per view ``(rows, H, W)``.
-
-    Every panel has its own asinh scale and colour bar in its unit (``units``, shown in mJy); the
-    beam panels show the beam (lower left), the first panel a scale bar and the N and E arrows.
-    """
-    rows = np.asarray(clean).shape[0]
-    fig, axes = plt.subplots(rows, 3, figsize=(9.0, 2.6 * rows), squeeze=False, layout="constrained")
-    tick, text = page_fontsize(fig, 7.5), page_fontsize(fig, 8.5)
-    for r in range(rows):
-        for c, (stack, title, unit) in enumerate(zip((clean, convolved, observed), titles, units)):
-            draw_image(
-                axes[r, c],
-                stack[r],
-                pixel_size_au=pixel_size_au,
-                stretch="asinh",
-                unit=unit,
-                beam=beam if c > 0 else None,
-                distance_pc=distance_pc,
-            )
-            if r == 0:
-                axes[r, c].set_title(title, fontsize=text)
-            axes[r, c].tick_params(labelsize=tick)
-        axes[r, 0].set_ylabel("north offset [au]", fontsize=text)
-    for c in range(3):
-        axes[-1, c].set_xlabel("east offset [au]", fontsize=text)
-    add_scale_bar(axes[0, 0], np.shape(clean)[-1] * pixel_size_au, fontsize=text)
-    add_orientation(axes[0, 0], fontsize=text)
-    return fig
-
-
-def plot_split(bank: Bank, split, *, x: str = "stellar_mass", y: str = "disk_radius"):
-    """Where the train, validation and test systems lie in two parameters: the split is by system."""
-    fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
-    for part, colour in (("train", "tab:blue"), ("validation", "tab:orange"), ("test", "tab:green")):
-        idx = getattr(split, part)
-        ax.scatter(
-            bank.parameters[x][idx], bank.parameters[y][idx], s=12, color=colour, label=f"{part} ({len(idx)} systems)"
-        )
-    ax.set_xscale("log" if bank.parameter_info[x].log_scale else "linear")
-    ax.set_yscale("log" if bank.parameter_info[y].log_scale else "linear")
-    ax.set_xlabel(f"{x} [{bank.parameter_info[x].unit}]")
-    ax.set_ylabel(f"{y} [{bank.parameter_info[y].unit}]")
-    ax.legend(fontsize=8)
-    ax.set_title(f"Split by system ({bank.n_projections} projections each stay together)", fontsize=9)
-    return fig

@@ -1,0 +1,93 @@
+"""Figures of a bank: its images ordered by a parameter, its prior, and its split into train, validation and test.
+
+Every function takes the :class:`~protolib.bank.Bank` and keyword-only options and returns the
+figure; none calls ``show()`` or ``savefig()``.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..bank import Bank
+from ..normalise import scale_parameters
+from .images import plot_image_grid
+from .style import corner_figure, make_corner_legible
+
+__all__ = ["plot_parameter_gallery", "plot_prior_corner", "plot_split"]
+
+
+def plot_parameter_gallery(
+    bank: Bank, parameter: str, *, n_systems: int = 5, n_projections: int = 4, stretch: str = "asinh"
+):
+    """Systems spanning ``parameter`` (rows, low to high) seen at their projections (columns, by inclination)."""
+    values = bank.parameters[parameter]
+    order = np.argsort(values)
+    picks = order[np.linspace(0, len(order) - 1, min(n_systems, len(order))).round().astype(int)]
+    images, titles, labels = [], [], []
+    info = bank.parameter_info[parameter]
+    for system in picks:
+        incl = bank.inclination[system]
+        cols = np.argsort(incl)[
+            np.linspace(0, bank.n_projections - 1, min(n_projections, bank.n_projections)).round().astype(int)
+        ]
+        images.append(bank.load_images([system])[0][cols])
+        titles.append([f"i = {incl[c]:.0f} deg" for c in cols])
+        labels.append(f"{info.label or parameter} = {values[system]:.3g} {info.unit}\nnorth offset [au]")
+    return plot_image_grid(
+        np.stack(images),
+        pixel_size_au=bank.pixel_size_au,
+        titles=titles,
+        row_labels=labels,
+        stretch=stretch,
+        unit=bank.unit,
+        suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({stretch} stretch, one scale per row)",
+    )
+
+
+def plot_prior_corner(
+    bank: Bank, names: list[str] | None = None, *, systems=None, color: str = "k", fig=None, bins: int = 20
+):
+    """Corner plot of the bank's parameters (log10 for log-scaled ones): the prior of the matching stage.
+
+    The figure is about page width whatever the number of parameters, its labels readable there.
+    """
+    import corner
+
+    names = names or [n for n in bank.physical_parameters if n not in ("disk_scale_height", "cavity_angle")]
+    table = bank.parameter_table(names)
+    if systems is not None:
+        table = table[np.asarray(systems)]
+    logged = scale_parameters(table, [bank.parameter_info[n].log_scale for n in names], names)
+    labels = [bank.parameter_info[n].axis_label if n in bank.parameter_info else n for n in names]
+    fig = corner.corner(
+        logged,
+        labels=labels,
+        bins=bins,
+        color=color,
+        fig=fig if fig is not None else corner_figure(len(names)),
+        plot_datapoints=True,
+        plot_density=False,
+        plot_contours=False,
+        max_n_ticks=3,
+        data_kwargs={"ms": 2.5, "alpha": 0.4},
+    )
+    make_corner_legible(fig, len(names))
+    return fig
+
+
+def plot_split(bank: Bank, split, *, x: str = "stellar_mass", y: str = "disk_radius"):
+    """Where the train, validation and test systems lie in two parameters: the split is by system."""
+    fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
+    for part, colour in (("train", "tab:blue"), ("validation", "tab:orange"), ("test", "tab:green")):
+        idx = getattr(split, part)
+        ax.scatter(
+            bank.parameters[x][idx], bank.parameters[y][idx], s=12, color=colour, label=f"{part} ({len(idx)} systems)"
+        )
+    ax.set_xscale("log" if bank.parameter_info[x].log_scale else "linear")
+    ax.set_yscale("log" if bank.parameter_info[y].log_scale else "linear")
+    ax.set_xlabel(f"{x} [{bank.parameter_info[x].unit}]")
+    ax.set_ylabel(f"{y} [{bank.parameter_info[y].unit}]")
+    ax.legend(fontsize=8)
+    ax.set_title(f"Split by system ({bank.n_projections} projections each stay together)", fontsize=9)
+    return fig
