@@ -33,7 +33,7 @@ import numpy as np
 from protolib.config import load_config
 from protolib.distributions import match_parameters, prior_parameters, weighted_percentile
 from protolib.instrument import Beam
-from protolib.matching import Matcher, fit_matches, prepare_observation_target
+from protolib.matching import Matcher, fit_matches, matching_target
 from protolib.observation import write_observation_fits
 from protolib.pipelines.simulate import ensure_bank
 from protolib.pipelines.train import ensure_autoencoder, ensure_siamese, run_split
@@ -111,7 +111,7 @@ def main() -> None:
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                target = prepare_observation_target(path, bank, 300.0)
+                target = matching_target(path, bank, 300.0)
             matcher = Matcher.from_model(
                 model, bank, transform=target.transform, transform_key=target.transform_key, cache=False, progress=False
             )

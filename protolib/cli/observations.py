@@ -324,11 +324,9 @@ def _match(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..pipelines.evaluate import evaluation_settings
     from ..pipelines.match import run_match
 
     config = run_config(args)
-    settings = config.matching
     report = run_reporting_warnings(
         "match",
         lambda: run_match(
@@ -339,15 +337,10 @@ def _match(args) -> None:
             target_system=args.target_system,
             projection=args.projection,
             distance_pc=args.distance,
-            top_k=settings.top_k or None,
+            matching=config.matching,
             threshold=args.threshold,
-            weight_temperature=settings.weight_temperature,
-            backend=settings.backend,
             device=args.device,
-            limit_percentile=settings.limit_percentile,
-            matching=settings,
-            posterior_estimate=args.posterior_estimate,
-            posterior_settings=evaluation_settings(config) if args.posterior_estimate else None,
+            posterior=config.evaluation if args.posterior_estimate else None,
             distance_error_pc=args.distance_error,
             flux_calibration=args.flux_calibration,
             observing_draws=args.observing_draws,

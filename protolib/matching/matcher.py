@@ -334,7 +334,7 @@ class TieredMatcher(Matcher):
         if resolution is None or not getattr(transform, "seeded_by_row", False):
             raise ProtolibInputError(
                 "Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
-                "prepare_observation_target(...).transform); use Matcher.from_model for other transforms."
+                "matching_target(...).transform); use Matcher.from_model for other transforms."
             )
         model_path = Path(model_path)
         embed, model_options = _siamese_embedding(model_path, bank, batch_size)
