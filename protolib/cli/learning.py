@@ -275,7 +275,7 @@ def _tune(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..pipelines.tune import tune, tune_settings
+    from ..pipelines.tune import tune
 
     if not args.bank.exists():
         raise ProtolibInputError(
@@ -286,7 +286,7 @@ def _tune(args) -> None:
         args.bank,
         args.out,
         config,
-        tune_settings(config),
+        config.tuning,
         workers=args.workers,
         client=_dask_client(args.scheduler),
         configs_dir=args.configs_dir,

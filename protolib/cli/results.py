@@ -62,9 +62,9 @@ def register_evaluate(sub) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        from ..pipelines.evaluate import evaluation_settings, run_evaluation
+        from ..pipelines.evaluate import run_evaluation
 
-        settings = evaluation_settings(run_config(args))
+        settings = run_config(args).evaluation
         report = run_reporting_warnings(
             "evaluate", lambda: run_evaluation(args.model, args.bank, args.out, settings, device=args.device)
         )
@@ -103,11 +103,10 @@ def register_domain_shift(sub) -> None:
 
         matplotlib.use("Agg")
         from ..domain_shift import GOAL_COVERAGE, GOAL_ERROR, shift_table
-        from ..pipelines.evaluate import evaluation_settings
         from ..pipelines.shift import run_domain_shift
 
         config = run_config(args)
-        settings = evaluation_settings(config)
+        settings = config.evaluation
         result = run_reporting_warnings("domain-shift", lambda: run_domain_shift(config, settings, out_dir=args.out))
         if "siamese" in result.cases["no shift"]:
             print(shift_table(result.cases, result.parameters, figures="coverage"))

@@ -21,7 +21,6 @@ from ..evaluation import EvaluationSettings, MethodEvaluation, Relevance, baseli
 from ..out_of_family import FAMILIES, IN_FAMILY, family_rows, misspecification_terms
 from ..runtime import ProtolibInputError, write_json
 from ..siamese import load_siamese
-from .evaluate import evaluation_settings
 from .shift import with_more_targets
 from .simulate import ensure_bank
 from .train import ensure_autoencoder, ensure_siamese
@@ -80,7 +79,7 @@ def run_out_of_family(
 ) -> OutOfFamily:
     """Score the configuration's network on its held-out systems rendered with each family's physics, and learn a term
     on ``learn_on``."""
-    settings = settings or evaluation_settings(config)
+    settings = settings or config.evaluation
     bank = ensure_bank(config, progress=progress)
     model_path = ensure_siamese(config, bank, ensure_autoencoder(config, bank, progress=progress), progress=progress)
     n_bank = bank.n_systems

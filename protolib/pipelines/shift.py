@@ -23,7 +23,6 @@ from ..npe import npe_results
 from ..plots_evaluation import domain_shift_plot, nuisance_constraint_plot
 from ..runtime import ProtolibInputError, check_output, output_folder, write_figure, write_json
 from ..siamese import load_siamese
-from .evaluate import evaluation_settings
 from .simulate import ensure_bank
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -158,7 +157,7 @@ def run_domain_shift(
             f"The domain-shift comparison starts from a configuration that draws its nuisance physics; "
             f"{config.name} has prior.nuisance = {config.prior.nuisance!r}."
         )
-    settings = settings or evaluation_settings(config)
+    settings = settings or config.evaluation
     check_output(
         out_dir if out_dir is not None else config.artifacts_dir / "domain_shift", folder=True, command="domain-shift"
     )

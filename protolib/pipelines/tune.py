@@ -1,6 +1,6 @@
 """``protolib tune``: a hyperparameter search on a configuration, and the run folder it writes.
 
-:func:`tune_settings` reads a configuration's ``tuning:`` section. :func:`tune` makes (or
+:func:`tune` (with the configuration's ``tuning:`` section, ``config.tuning``) makes (or
 continues) a run folder, runs the trials, here or on Dask workers (each worker is
 :func:`run_trials`), and writes the table, the figures, ``best.json`` and the best configuration
 (:func:`write_tuned_config`). What a trial is and how it is scored, the study and the figures are in
@@ -28,7 +28,7 @@ from ..autoencoder import train_autoencoder
 from ..bank import Bank
 from ..config import apply_overrides, find_configs_dir, load_config
 from ..evaluation import Relevance
-from ..runtime import ProtolibInputError, atomic_path, plain_name, typed_settings, write_figure, write_json
+from ..runtime import ProtolibInputError, atomic_path, plain_name, write_figure, write_json
 from ..siamese import load_siamese, train_siamese
 from ..tuning import (
     STALE_AFTER_S,
@@ -45,11 +45,9 @@ from ..tuning import (
     trials_markdown,
     trials_table,
 )
-from .evaluate import evaluation_settings
 from .train import autoencoder_settings, run_split, siamese_settings
 
 __all__ = [
-    "tune_settings",
     "tune",
     "run_trials",
     "write_tuned_config",
@@ -57,13 +55,6 @@ __all__ = [
     "first_trial_hyperparameters",
     "first_trial_differences",
 ]
-
-
-def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
-    """The configuration's ``tuning:`` section (defaults where silent), with ``overrides`` (``None`` values ignored)."""
-    section = config.section("tuning") if config is not None else {}
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return typed_settings(TuneSettings, section, f"{getattr(config, 'path', 'tuning settings')} [tuning]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +194,7 @@ def _scoring(config, bank: Bank, settings: TuneSettings):
     return (
         split,
         Relevance.fit(siamese_settings(config)["target"], bank, split.train),
-        settings.top_k or evaluation_settings(config).top_k,
+        settings.top_k or config.evaluation.top_k,
     )
 
 
@@ -350,7 +341,7 @@ def tune(
         configuration's own score, counts of complete and pruned trials, and the config file written.
     """
     require_optuna()
-    settings = settings or tune_settings(config)
+    settings = settings or config.tuning
     _check_destination(config_name, configs_dir)
     run_dir, bank_path = Path(run_dir), Path(bank_path)
     identity = _bank_identity(bank_path)
