@@ -74,6 +74,19 @@ def _siamese_figures(model_path: Path, bank: Bank, settings: EvaluationSettings,
     ]
 
 
+def _family_figures(config, family: str, bank: Bank, model_path, settings: EvaluationSettings, test, progress: bool):
+    """The network's figures on the ``test`` systems rendered with ``family``'s physics (its bank's systems, with as
+    many more targets as the in-family ones)."""
+    other_config = family_config(config, family)
+    other = with_more_targets(
+        other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress
+    )
+    path = bank_with_systems_from(bank, other, test, other_config.artifacts_dir / "bank_out_of_family_targets.h5")
+    other.close()
+    with Bank(path) as targets:
+        return _siamese_figures(model_path, targets, settings, test).figures(True)
+
+
 def run_out_of_family(
     config, settings: EvaluationSettings | None = None, *, learn_on: str = "power_law_envelope", progress: bool = True
 ) -> OutOfFamily:
@@ -88,14 +101,7 @@ def run_out_of_family(
     own = _siamese_figures(model_path, bank, settings, test)
     evaluations, calibration = {IN_FAMILY: own.figures(True)}, dict(own.chosen_widening or {})
     for family in FAMILIES:
-        other_config = family_config(config, family)
-        other = with_more_targets(
-            other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress
-        )
-        path = bank_with_systems_from(bank, other, test, other_config.artifacts_dir / "bank_out_of_family_targets.h5")
-        other.close()
-        with Bank(path) as targets:
-            evaluations[family] = _siamese_figures(model_path, targets, settings, test).figures(True)
+        evaluations[family] = _family_figures(config, family, bank, model_path, settings, test, progress)
     parameters = list(own.figures(True).parameters)
     table = own.figures(True).metrics["parameters"]
     spread = {n: table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in parameters}
