@@ -1,8 +1,10 @@
 """Observations as matching targets: an observation on the bank's grid, with the transform that sees the bank like it.
 
-:func:`matching_target` prepares a FITS file (:mod:`protolib.observation`);
-:func:`read_observation_target` reads one prepared already (``protolib observe --out``). Both give an
-:class:`ObservationTarget`, whose ``transform_key`` keys the bank's embedding cache.
+:func:`matching_target` makes one from a FITS file: prepared with
+:func:`protolib.observation.prepare_observation` (an :class:`~protolib.observation.Observation` read, then a
+:class:`~protolib.observation.PreparedObservation` on the bank's grid), or read as it is when ``protolib observe
+--out`` prepared it already (:func:`read_observation_target`). Either gives an :class:`ObservationTarget`, the type
+an observation has from here on; its ``transform_key`` keys the bank's embedding cache.
 """
 
 from __future__ import annotations
