@@ -570,20 +570,6 @@ def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) ->
     )
 
 
-def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
-    """The fraction of the bank's images with no source above :data:`~protolib.goodness_of_fit.DETECTION_SIGMA` times
-    its noise, from at most ``most`` images drawn at random (seeded). They stay in the bank, and a target
-    like them is told it holds no detection."""
-    n_images = bank.n_systems * bank.n_projections
-    rows = np.sort(np.random.default_rng(seed).choice(n_images, size=min(most, n_images), replace=False))
-    images = bank.images_at(rows // bank.n_projections, rows % bank.n_projections)
-    return {
-        "fraction": non_detection_fraction(images, noise_rms_jy_beam),
-        "images_checked": int(len(rows)),
-        "threshold_sigma": DETECTION_SIGMA,
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # 3. fit
 
@@ -619,6 +605,20 @@ def fit_target(target: MatchTarget, searched: Searched) -> Fitted:
         detection(target.image, noise) if noise > 0 else None,
         bank_non_detections(bank, bank_noise) if bank_noise > 0 else None,
     )
+
+
+def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, seed: int = 0) -> dict:
+    """The fraction of the bank's images with no source above :data:`~protolib.goodness_of_fit.DETECTION_SIGMA` times
+    its noise, from at most ``most`` images drawn at random (seeded). They stay in the bank, and a target
+    like them is told it holds no detection."""
+    n_images = bank.n_systems * bank.n_projections
+    rows = np.sort(np.random.default_rng(seed).choice(n_images, size=min(most, n_images), replace=False))
+    images = bank.images_at(rows // bank.n_projections, rows % bank.n_projections)
+    return {
+        "fraction": non_detection_fraction(images, noise_rms_jy_beam),
+        "images_checked": int(len(rows)),
+        "threshold_sigma": DETECTION_SIGMA,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
