@@ -40,6 +40,7 @@ os.environ["OMP_NUM_THREADS"] = "1"  # the machine is shared: one thread everywh
 os.environ["MKL_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
@@ -448,13 +449,13 @@ def run(args) -> dict:
     """Train and evaluate every size (resuming what is done) and gather the figures."""
     from protolib.bank import Bank
     from protolib.config import load_config
-    from protolib.pipelines.evaluate import evaluation_settings
     from protolib.pipelines.train import siamese_settings
 
     origin = provenance()  # the code this process imported (other sessions edit the working tree meanwhile)
     config = load_config("default")
     bank = Bank(args.bank)
-    settings = evaluation_settings(config, {"methods": list(args.methods), "projection": args.projection})
+    chosen = {"methods": list(args.methods), "projection": args.projection}
+    settings = dataclasses.replace(config.evaluation, **{k: v for k, v in chosen.items() if v is not None})
     test, validation, pool = held_out(bank.n_systems, args.test_systems, args.validation_systems, args.seed)
     log(
         f"start: bank {args.bank} ({bank.n_systems} systems), sizes {args.sizes}, {len(test)} test / {len(validation)} "

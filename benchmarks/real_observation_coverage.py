@@ -33,7 +33,8 @@ import numpy as np
 from protolib.config import load_config
 from protolib.distributions import match_parameters, prior_parameters
 from protolib.instrument import Beam
-from protolib.matching import Matcher, fit_matches, prepare_observation_target
+from protolib.matching import Matcher, fit_matches, matching_target
+from protolib.matching.calibration import choose_k_and_widening
 from protolib.observation import write_observation_fits
 from protolib.pipelines.simulate import ensure_bank
 from protolib.pipelines.train import ensure_autoencoder, ensure_siamese, run_split
@@ -112,7 +113,7 @@ def main() -> None:
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                target = prepare_observation_target(path, bank, 300.0)
+                target = matching_target(path, bank, 300.0)
             matcher = Matcher.from_model(
                 model, bank, transform=target.transform, transform_key=target.transform_key, cache=False, progress=False
             )
@@ -122,7 +123,8 @@ def main() -> None:
                 fit_matches(matcher, target.image, matches, observation=target, n_reference=8).reduced_chi2,
                 fit.verdict,
             )
-            widening = {name: c["widening"] for name, c in fit.calibration.items()}
+            _, calibration, _ = choose_k_and_widening(bank, fit.reference_rows, fit.reference_matches)
+            widening = {name: c["widening"] for name, c in calibration.items()}
             verdicts.append(bool(verdict.reproduces))
             best_chi2.append(float(chi2.min()))
             snr.append(float(target.image.max() / target.noise_rms_jy_beam))

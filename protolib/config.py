@@ -200,6 +200,29 @@ def find_configs_dir() -> Path | None:
     return folders[0] if folders else None
 
 
+def _config_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a configuration: a path as given, or a name looked up in the ``configs/`` folders."""
+    path = Path(name_or_path)
+    if path.suffix:
+        return path
+    configs = find_configs_dir()
+    if configs is None:
+        raise ProtolibInputError(
+            f"No configs/ folder found to look up configuration {name_or_path!r}; pass a path to a YAML file."
+        )
+    path = configs / f"{name_or_path}.yaml"
+    if not path.exists():  # a configs/ folder of the working directory without it: the repository's own configs
+        path = next(
+            (
+                folder / f"{name_or_path}.yaml"
+                for folder in _configs_dirs()
+                if (folder / f"{name_or_path}.yaml").exists()
+            ),
+            path,
+        )
+    return path
+
+
 def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict | None = None) -> RunConfig:
     """Load a configuration by name (``configs/NAME.yaml``) or path.
 
@@ -209,24 +232,7 @@ def load_config(name_or_path: str | os.PathLike | None = None, overrides: dict |
     named = name_or_path or os.environ.get("PROTOLIB_CONFIG")
     if named is None and find_configs_dir() is None:  # installed without the repository: the built-in defaults
         return _config_from({}, Path("default"), None, overrides)
-    name_or_path = named or "default"
-    path = Path(name_or_path)
-    if not path.suffix:
-        configs = find_configs_dir()
-        if configs is None:
-            raise ProtolibInputError(
-                f"No configs/ folder found to look up configuration {name_or_path!r}; pass a path to a YAML file."
-            )
-        path = configs / f"{name_or_path}.yaml"
-        if not path.exists():  # a configs/ folder of the working directory without it: the repository's own configs
-            path = next(
-                (
-                    folder / f"{name_or_path}.yaml"
-                    for folder in _configs_dirs()
-                    if (folder / f"{name_or_path}.yaml").exists()
-                ),
-                path,
-            )
+    path = _config_path(named or "default")
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.exists() else []
         raise ProtolibInputError(f"Configuration {path} does not exist (available: {available}).")

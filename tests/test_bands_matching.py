@@ -26,7 +26,7 @@ from protolib.bank import Bank, simulate_bank
 from protolib.cli import main
 from protolib.goodness_of_fit import BandsFit, ImageFit
 from protolib.instrument import Beam, Instrument, convolve_beam, gaussian_solid_angle_pixels
-from protolib.matching import prepare_band_targets
+from protolib.matching import MatchingSettings, prepare_band_targets
 from protolib.observation import spectral_index_map, write_observation_fits
 from protolib.parameters import Prior
 from protolib.simulator import SimulatorConfig
@@ -205,7 +205,7 @@ def test_one_map_is_matched_as_alone_and_in_its_own_band_of_the_bank(setup, tmp_
     from protolib.pipelines.match import run_match
 
     model = write_fake_model(tmp_path / "siamese.pt", image_size=32)
-    common = dict(distance_pc=140.0, top_k=20, observing_draws=0, progress=False)
+    common = dict(distance_pc=140.0, matching=MatchingSettings(top_k=20), observing_draws=0, progress=False)
     alone = run_match(model, setup["bank"], tmp_path / "alone", target=setup["maps"][100.0], **common)
     listed = run_match(model, setup["bank"], tmp_path / "listed", target=[setup["maps"][100.0]], **common)
     for name in ("matches.csv", "summary.csv", "report.json", "gallery.png", "corner.png"):

@@ -467,7 +467,7 @@ def test_command_line_matches_a_synthetic_observation_fits(bank, tmp_path, monke
 @pytest.mark.filterwarnings("ignore:.*too few negative pixels")
 def test_observation_transform_is_reproducible_and_keys_its_own_cache(bank, tmp_path):
     from protolib.instrument import Beam
-    from protolib.matching import prepare_observation_target
+    from protolib.matching import matching_target
     from protolib.observation import write_observation_fits
 
     system = {name: float(values[3]) for name, values in bank.parameters.items()}
@@ -483,7 +483,7 @@ def test_observation_transform_is_reproducible_and_keys_its_own_cache(bank, tmp_
         noise_rms_jy_beam=1e-4,
         seed=1,
     )
-    first, second = (prepare_observation_target(fits_path, bank, 150.0) for _ in range(2))
+    first, second = (matching_target(fits_path, bank, 150.0) for _ in range(2))
     images = bank.load_images([0, 1]).reshape(-1, 16, 16)
     np.testing.assert_array_equal(first.transform(images), second.transform(images))
     assert first.transform_key == second.transform_key and first.image.shape == (16, 16)

@@ -28,6 +28,7 @@ from protolib.bank import Bank, simulate_bank
 from protolib.cli import main
 from protolib.instrument import FWHM_TO_SIGMA, Beam, beam_noise
 from protolib.matching import Matcher, ObservationTarget, fit_matches
+from protolib.matching.calibration import choose_k_and_widening
 from protolib.observation import (
     BankGrid,
     ResolutionMatch,
@@ -540,5 +541,6 @@ def test_run_match_reports_calibrated_intervals(fit_bank, tmp_path):
     image, observation = target(fit_bank.images[5, 0], seed=9)
     matches = matcher.match(image, top_k=20, exclude_system=5)
     fit = fit_matches(matcher, image, matches, observation=observation, n_reference=32)
-    assert set(fit.calibration) >= {"stellar_mass", "disk_radius", "inclination"}
-    assert all(c["widening"] >= 1.0 and c["n_reference"] == 32 for c in fit.calibration.values())
+    _, calibration, _ = choose_k_and_widening(fit_bank, fit.reference_rows, fit.reference_matches)
+    assert set(calibration) >= {"stellar_mass", "disk_radius", "inclination"}
+    assert all(c["widening"] >= 1.0 and c["n_reference"] == 32 for c in calibration.values())

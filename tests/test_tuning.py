@@ -13,7 +13,7 @@ from conftest import open_small_bank
 from protolib.cli import main
 from protolib.config import load_config
 from protolib.pipelines.train import siamese_settings
-from protolib.pipelines.tune import tune, tune_settings
+from protolib.pipelines.tune import tune
 from protolib.runtime import ProtolibInputError
 from protolib.tuning import TuneSettings, paired_difference, trial_overrides
 
@@ -174,7 +174,7 @@ def test_bad_tuning_input_is_explained(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"name": "bad", "tuning": {"trails": 3}}))
     with pytest.raises(ProtolibInputError, match="trails"):
-        tune_settings(load_config(config))
+        load_config(config)
 
 
 def test_a_run_folder_of_another_bank_is_refused_or_moved_aside(run, tmp_path_factory):

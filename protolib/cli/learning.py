@@ -95,32 +95,33 @@ def register_train_autoencoder(sub) -> None:
         help="stretched pixels only",
     )
 
-    def handler(args):
-        from ..autoencoder import load_autoencoder, train_autoencoder
-        from ..bank import Bank
-        from ..distributed import is_main
-        from ..pipelines.train import autoencoder_settings, run_split
+    p.set_defaults(handler=_train_autoencoder)
 
-        config = run_config(args)
-        with _training_lock(args.out), Bank(args.bank) as bank:
-            path = train_autoencoder(
-                bank,
-                args.out / "autoencoder.pt",
-                split=run_split(config, bank),
-                resume=args.resume,
-                progress=not args.quiet,
-                device=args.device,
-                **autoencoder_settings(config),
-            )
-        if not is_main():
-            return
-        model = load_autoencoder(path, "cpu")
-        print(
-            f"Wrote {path} (best epoch {model.checkpoint['best_epoch']}, validation loss "
-            f"{model.checkpoint['best_validation_loss']:.4g})."
+
+def _train_autoencoder(args) -> None:
+    from ..autoencoder import load_autoencoder, train_autoencoder
+    from ..bank import Bank
+    from ..distributed import is_main
+    from ..pipelines.train import autoencoder_settings, run_split
+
+    config = run_config(args)
+    with _training_lock(args.out), Bank(args.bank) as bank:
+        path = train_autoencoder(
+            bank,
+            args.out / "autoencoder.pt",
+            split=run_split(config, bank),
+            resume=args.resume,
+            progress=not args.quiet,
+            device=args.device,
+            **autoencoder_settings(config),
         )
-
-    p.set_defaults(handler=handler)
+    if not is_main():
+        return
+    model = load_autoencoder(path, "cpu")
+    print(
+        f"Wrote {path} (best epoch {model.checkpoint['best_epoch']}, validation loss "
+        f"{model.checkpoint['best_validation_loss']:.4g})."
+    )
 
 
 def register_train_siamese(sub) -> None:
@@ -134,24 +135,7 @@ def register_train_siamese(sub) -> None:
     p.add_argument(
         "--autoencoder", required=True, type=path_argument, help="autoencoder checkpoint (RUN/autoencoder.pt)"
     )
-    add_setting(
-        p, "--target", key="siamese.target.kind", choices=["kernel", "cosine"], help="target similarity from parameters"
-    )
-    add_setting(
-        p,
-        "--parameters",
-        key="siamese.target.parameters",
-        type=lambda s: s.split(","),
-        help="parameters defining similarity, comma-separated",
-    )
-    add_setting(
-        p,
-        "--weights",
-        key="siamese.target.weights",
-        type=lambda s: [float(w) for w in s.split(",")],
-        help="a weight per parameter, comma-separated",
-    )
-    add_setting(p, "--sigma", key="siamese.target.sigma", type=float, help="kernel width in normalised units")
+    _add_similarity_options(p)
     add_setting(
         p, "--loss", key="siamese.loss.kind", choices=["mse", "contrastive", "log_ratio"], help="metric-learning loss"
     )
@@ -172,35 +156,58 @@ def register_train_siamese(sub) -> None:
         help="keep the pretrained encoder fixed",
     )
 
-    def handler(args):
-        import json
+    p.set_defaults(handler=_train_siamese)
 
-        from ..bank import Bank
-        from ..distributed import is_main
-        from ..pipelines.train import run_split, siamese_settings
-        from ..siamese import metrics_path, train_siamese
 
-        config = run_config(args)
-        with _training_lock(args.out), Bank(args.bank) as bank:
-            path = train_siamese(
-                bank,
-                args.autoencoder,
-                args.out / "siamese.pt",
-                split=run_split(config, bank),
-                resume=args.resume,
-                progress=not args.quiet,
-                device=args.device,
-                **siamese_settings(config),
-            )
-        if not is_main():
-            return
-        metrics = json.loads(metrics_path(path).read_text())
-        print(
-            f"Wrote {path} and {metrics_path(path)}: held-out spearman {metrics['spearman']:.3f}, "
-            f"mse {metrics['mse']:.4f}, within_0.1 {metrics['within_0.1']:.3f}."
+def _add_similarity_options(p) -> None:
+    """The target similarity the network learns: from which parameters, with which weights and kernel width."""
+    add_setting(
+        p, "--target", key="siamese.target.kind", choices=["kernel", "cosine"], help="target similarity from parameters"
+    )
+    add_setting(
+        p,
+        "--parameters",
+        key="siamese.target.parameters",
+        type=lambda s: s.split(","),
+        help="parameters defining similarity, comma-separated",
+    )
+    add_setting(
+        p,
+        "--weights",
+        key="siamese.target.weights",
+        type=lambda s: [float(w) for w in s.split(",")],
+        help="a weight per parameter, comma-separated",
+    )
+    add_setting(p, "--sigma", key="siamese.target.sigma", type=float, help="kernel width in normalised units")
+
+
+def _train_siamese(args) -> None:
+    import json
+
+    from ..bank import Bank
+    from ..distributed import is_main
+    from ..pipelines.train import run_split, siamese_settings
+    from ..siamese import metrics_path, train_siamese
+
+    config = run_config(args)
+    with _training_lock(args.out), Bank(args.bank) as bank:
+        path = train_siamese(
+            bank,
+            args.autoencoder,
+            args.out / "siamese.pt",
+            split=run_split(config, bank),
+            resume=args.resume,
+            progress=not args.quiet,
+            device=args.device,
+            **siamese_settings(config),
         )
-
-    p.set_defaults(handler=handler)
+    if not is_main():
+        return
+    metrics = json.loads(metrics_path(path).read_text())
+    print(
+        f"Wrote {path} and {metrics_path(path)}: held-out spearman {metrics['spearman']:.3f}, "
+        f"mse {metrics['mse']:.4f}, within_0.1 {metrics['within_0.1']:.3f}."
+    )
 
 
 def register_tune(sub) -> None:
@@ -219,6 +226,28 @@ def register_tune(sub) -> None:
         type=path_argument,
         help="bank to tune on (.h5); its systems are split as the configuration says",
     )
+    _add_search_options(p)
+    p.add_argument("--workers", type=int, default=1, help="trials at once, in local Dask processes (default 1)")
+    p.add_argument(
+        "--scheduler", default=None, help="address of a running Dask scheduler: one trial loop per Dask worker"
+    )
+    p.add_argument(
+        "--config-name",
+        default="tuned",
+        help="name of the best configuration written (default: tuned -> configs/tuned.yaml)",
+    )
+    p.add_argument(
+        "--configs-dir",
+        type=path_argument,
+        default=None,
+        help="where it is written (default: the repository's configs/)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.set_defaults(handler=_tune)
+
+
+def _add_search_options(p) -> None:
+    """The search: how many trials, their epochs, how they are drawn and stopped early, and the seed."""
     add_setting(
         p,
         "--trials",
@@ -243,23 +272,6 @@ def register_tune(sub) -> None:
         p, "--pruner", key="tuning.pruner", choices=["asha", "hyperband", "none"], help="early stopping of poor trials"
     )
     add_setting(p, "--seed", key="tuning.seed", type=seed_argument, help="the sampler's seed")
-    p.add_argument("--workers", type=int, default=1, help="trials at once, in local Dask processes (default 1)")
-    p.add_argument(
-        "--scheduler", default=None, help="address of a running Dask scheduler: one trial loop per Dask worker"
-    )
-    p.add_argument(
-        "--config-name",
-        default="tuned",
-        help="name of the best configuration written (default: tuned -> configs/tuned.yaml)",
-    )
-    p.add_argument(
-        "--configs-dir",
-        type=path_argument,
-        default=None,
-        help="where it is written (default: the repository's configs/)",
-    )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.set_defaults(handler=_tune)
 
 
 def _dask_client(address: str | None):
@@ -271,11 +283,33 @@ def _dask_client(address: str | None):
     return connect_scheduler(address)
 
 
+def _print_best_trial(summary: dict, config_name: str) -> None:
+    """The best trial's score beside the configuration's own, and whether it is better beyond the validation noise."""
+    own = summary["configuration_score"]
+    print(
+        f"Best: trial {summary['best_trial']}, validation recovery error {summary['best_score']:.3f}"
+        + (f" (configuration {config_name}: {own:.3f})" if own is not None else "")
+        + f"; wrote {summary['config_file']}."
+    )
+    if "best_minus_configuration" in summary:
+        diff = summary["best_minus_configuration"]
+        low, high = diff["interval_95"]
+        print(
+            f"Best minus configuration: {diff['difference']:+.3f} (95% over validation systems: {low:+.3f} to "
+            f"{high:+.3f}): "
+            + (
+                "better beyond the noise of the validation set (optimistic: the best was chosen on these systems)."
+                if diff["beyond_validation_noise"]
+                else "NOT better beyond the noise of the validation set; more validation systems would tell."
+            )
+        )
+
+
 def _tune(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..pipelines.tune import tune, tune_settings
+    from ..pipelines.tune import tune
 
     if not args.bank.exists():
         raise ProtolibInputError(
@@ -286,7 +320,7 @@ def _tune(args) -> None:
         args.bank,
         args.out,
         config,
-        tune_settings(config),
+        config.tuning,
         workers=args.workers,
         client=_dask_client(args.scheduler),
         configs_dir=args.configs_dir,
@@ -298,22 +332,5 @@ def _tune(args) -> None:
         f"{summary['failed']} failed."
     )
     if "best_trial" in summary:
-        own = summary["configuration_score"]
-        print(
-            f"Best: trial {summary['best_trial']}, validation recovery error {summary['best_score']:.3f}"
-            + (f" (configuration {config.name}: {own:.3f})" if own is not None else "")
-            + f"; wrote {summary['config_file']}."
-        )
-        if "best_minus_configuration" in summary:
-            diff = summary["best_minus_configuration"]
-            low, high = diff["interval_95"]
-            print(
-                f"Best minus configuration: {diff['difference']:+.3f} (95% over validation systems: {low:+.3f} to "
-                f"{high:+.3f}): "
-                + (
-                    "better beyond the noise of the validation set (optimistic: the best was chosen on these systems)."
-                    if diff["beyond_validation_noise"]
-                    else "NOT better beyond the noise of the validation set; more validation systems would tell."
-                )
-            )
+        _print_best_trial(summary, config.name)
     print(f"Table: {args.out}/trials.md; figures: {args.out}/scores.png, {args.out}/learning_curves.png")

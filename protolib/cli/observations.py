@@ -242,39 +242,30 @@ def register_match(sub) -> None:
     )
     p.add_argument("--model", required=True, type=path_argument, help="trained Siamese network (RUN/siamese.pt)")
     p.add_argument("--bank", required=True, type=path_argument, help="bank file to search (.h5)")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument(
-        "--target",
+    _add_match_target_options(p)
+    _add_match_search_options(p)
+    _add_observing_options(p)
+    p.add_argument(
+        "--posterior-estimate",
+        action="store_true",
+        help="also train a neural posterior estimate (sbi) on the bank at the observation's setup and put its "
+        "intervals "
+        "beside the matches' in report.json (about half a minute on a CPU; --target only)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument(
+        "--out",
+        required=True,
         type=path_argument,
-        action="append",
-        help="observation to match (FITS image); give it once per band for maps of one source in several bands "
-        "(--target b6.fits --target b3.fits): each goes to the bank band nearest its frequency and they are "
-        "matched jointly",
+        help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json (and spectral_index.png "
+        "for maps in several bands)",
     )
-    target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
-    p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
-    p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
-    _add_observation_options(p, "with --target: ")
-    add_setting(p, "--top-k", key="matching.top_k", type=int, help="number of best matches (0: all above --threshold)")
-    p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
-    add_setting(
-        p,
-        "--weight-temperature",
-        key="matching.weight_temperature",
-        type=float,
-        help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (null: equal weights)",
-    )
-    add_setting(
-        p, "--backend", key="matching.backend", choices=["auto", "exact", "faiss"], help="nearest-neighbour search"
-    )
-    add_setting(
-        p,
-        "--search",
-        key="matching.search",
-        choices=["auto", "exhaustive", "tiered"],
-        help="with --target: re-embed the whole bank at the observation's beam and noise, or re-rank a shortlist "
-        "from the nearest pre-embedded resolution tier (auto: tiered from matching.tiered_above bank images)",
-    )
+    p.set_defaults(handler=_match)
+
+
+def _add_observing_options(p) -> None:
+    """What is uncertain about an observation: its distance, flux scale and recoverable scale, and the physics the
+    bank does not hold."""
     p.add_argument(
         "--distance-error",
         type=float,
@@ -303,33 +294,56 @@ def register_match(sub) -> None:
         help="with --target: widen the calibrated intervals further by the terms in FILE (out_of_family.json from "
         "`protolib out-of-family`, or a JSON object of parameter -> term), for physics the bank does not hold",
     )
-    p.add_argument(
-        "--posterior-estimate",
-        action="store_true",
-        help="also train a neural posterior estimate (sbi) on the bank at the observation's setup and put its "
-        "intervals "
-        "beside the matches' in report.json (about half a minute on a CPU; --target only)",
+
+
+def _add_match_search_options(p) -> None:
+    """How the bank is searched: how many matches, their weights, the backend and the search of an observation."""
+    add_setting(p, "--top-k", key="matching.top_k", type=int, help="number of best matches (0: all above --threshold)")
+    p.add_argument("--threshold", type=float, default=None, help="keep only matches with similarity at least this")
+    add_setting(
+        p,
+        "--weight-temperature",
+        key="matching.weight_temperature",
+        type=float,
+        help="weight matches by exp((s - s_best) / T) in the summaries and corner plot (null: equal weights)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument(
-        "--out",
-        required=True,
+    add_setting(
+        p, "--backend", key="matching.backend", choices=["auto", "exact", "faiss"], help="nearest-neighbour search"
+    )
+    add_setting(
+        p,
+        "--search",
+        key="matching.search",
+        choices=["auto", "exhaustive", "tiered"],
+        help="with --target: re-embed the whole bank at the observation's beam and noise, or re-rank a shortlist "
+        "from the nearest pre-embedded resolution tier (auto: tiered from matching.tiered_above bank images)",
+    )
+
+
+def _add_match_target_options(p) -> None:
+    """The target: an observation (one map per band) or a bank system; the observation's distance and preparation."""
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--target",
         type=path_argument,
-        help="folder for matches.csv, summary.csv, corner.png, gallery.png, report.json (and spectral_index.png "
-        "for maps in several bands)",
+        action="append",
+        help="observation to match (FITS image); give it once per band for maps of one source in several bands "
+        "(--target b6.fits --target b3.fits): each goes to the bank band nearest its frequency and they are "
+        "matched jointly",
     )
-    p.set_defaults(handler=_match)
+    target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
+    p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
+    p.add_argument("--distance", type=float, help="distance to the observed source in pc (needed with --target)")
+    _add_observation_options(p, "with --target: ")
 
 
 def _match(args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from ..pipelines.evaluate import evaluation_settings
     from ..pipelines.match import run_match
 
     config = run_config(args)
-    settings = config.matching
     report = run_reporting_warnings(
         "match",
         lambda: run_match(
@@ -340,15 +354,10 @@ def _match(args) -> None:
             target_system=args.target_system,
             projection=args.projection,
             distance_pc=args.distance,
-            top_k=settings.top_k or None,
+            matching=config.matching,
             threshold=args.threshold,
-            weight_temperature=settings.weight_temperature,
-            backend=settings.backend,
             device=args.device,
-            limit_percentile=settings.limit_percentile,
-            matching=settings,
-            posterior_estimate=args.posterior_estimate,
-            posterior_settings=evaluation_settings(config) if args.posterior_estimate else None,
+            posterior=config.evaluation if args.posterior_estimate else None,
             distance_error_pc=args.distance_error,
             flux_calibration=args.flux_calibration,
             observing_draws=args.observing_draws,

@@ -58,23 +58,24 @@ def register_evaluate(sub) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
 
-    def handler(args):
-        import matplotlib
+    p.set_defaults(handler=_evaluate)
 
-        matplotlib.use("Agg")
-        from ..pipelines.evaluate import evaluation_settings, run_evaluation
 
-        settings = evaluation_settings(run_config(args))
-        report = run_reporting_warnings(
-            "evaluate", lambda: run_evaluation(args.model, args.bank, args.out, settings, device=args.device)
-        )
-        print(
-            f"Evaluated {len(report['methods'])} methods on {report['targets']['n_targets']} test images; wrote "
-            f"{args.out}/metrics.json."
-        )
-        print((args.out / "headline.md").read_text())
+def _evaluate(args) -> None:
+    import matplotlib
 
-    p.set_defaults(handler=handler)
+    matplotlib.use("Agg")
+    from ..pipelines.evaluate import run_evaluation
+
+    settings = run_config(args).evaluation
+    report = run_reporting_warnings(
+        "evaluate", lambda: run_evaluation(args.model, args.bank, args.out, settings, device=args.device)
+    )
+    print(
+        f"Evaluated {len(report['methods'])} methods on {report['targets']['n_targets']} test images; wrote "
+        f"{args.out}/metrics.json."
+    )
+    print((args.out / "headline.md").read_text())
 
 
 def register_domain_shift(sub) -> None:
@@ -98,32 +99,32 @@ def register_domain_shift(sub) -> None:
         help="comma-separated subset of random,pixel,pca,autoencoder,siamese",
     )
 
-    def handler(args):
-        import matplotlib
+    p.set_defaults(handler=_domain_shift)
 
-        matplotlib.use("Agg")
-        from ..domain_shift import GOAL_COVERAGE, GOAL_ERROR, shift_table
-        from ..pipelines.evaluate import evaluation_settings
-        from ..pipelines.shift import run_domain_shift
 
-        config = run_config(args)
-        settings = evaluation_settings(config)
-        result = run_reporting_warnings("domain-shift", lambda: run_domain_shift(config, settings, out_dir=args.out))
-        if "siamese" in result.cases["no shift"]:
-            print(shift_table(result.cases, result.parameters, figures="coverage"))
-            print(shift_table(result.cases, result.parameters, figures="error"))
-        figures = result.figures
-        print(
-            f"Image-constrained: {figures['constrained']}. Goal (marginalised: coverage within {GOAL_COVERAGE} of "
-            "nominal, errors "
-            f"at most {GOAL_ERROR:.0%} above the no-shift ones): {figures['goal_met']}; worst coverage offset "
-            f"{figures['worst_offset_marginalised']:.2f} (fixed-physics bank: {figures['worst_offset_shift']:.2f}), "
-            "error ratio "
-            f"{figures['error_ratio_marginalised']:.2f}. Wrote {result.paths.get('out', '')}".rstrip()
-            + "."
-        )
+def _domain_shift(args) -> None:
+    import matplotlib
 
-    p.set_defaults(handler=handler)
+    matplotlib.use("Agg")
+    from ..domain_shift import GOAL_COVERAGE, GOAL_ERROR, shift_table
+    from ..pipelines.shift import run_domain_shift
+
+    config = run_config(args)
+    settings = config.evaluation
+    result = run_reporting_warnings("domain-shift", lambda: run_domain_shift(config, settings, out_dir=args.out))
+    if "siamese" in result.cases["no shift"]:
+        print(shift_table(result.cases, result.parameters, figures="coverage"))
+        print(shift_table(result.cases, result.parameters, figures="error"))
+    figures = result.figures
+    print(
+        f"Image-constrained: {figures['constrained']}. Goal (marginalised: coverage within {GOAL_COVERAGE} of "
+        "nominal, errors "
+        f"at most {GOAL_ERROR:.0%} above the no-shift ones): {figures['goal_met']}; worst coverage offset "
+        f"{figures['worst_offset_marginalised']:.2f} (fixed-physics bank: {figures['worst_offset_shift']:.2f}), "
+        "error ratio "
+        f"{figures['error_ratio_marginalised']:.2f}. Wrote {result.paths.get('out', '')}".rstrip()
+        + "."
+    )
 
 
 def register_out_of_family(sub) -> None:
@@ -142,23 +143,24 @@ def register_out_of_family(sub) -> None:
         help="the family the term is learnt on (power_law_envelope, external_heating)",
     )
 
-    def handler(args):
-        from ..out_of_family import FAMILIES, IN_FAMILY, family_table
-        from ..pipelines.out_of_family import run_out_of_family
+    p.set_defaults(handler=_out_of_family)
 
-        if args.learn_on not in FAMILIES:
-            raise ProtolibInputError(f"--learn-on must be one of {list(FAMILIES)}, got {args.learn_on!r}.")
-        result = run_reporting_warnings(
-            "out-of-family", lambda: run_out_of_family(run_config(args), learn_on=args.learn_on)
+
+def _out_of_family(args) -> None:
+    from ..out_of_family import FAMILIES, IN_FAMILY, family_table
+    from ..pipelines.out_of_family import run_out_of_family
+
+    if args.learn_on not in FAMILIES:
+        raise ProtolibInputError(f"--learn-on must be one of {list(FAMILIES)}, got {args.learn_on!r}.")
+    result = run_reporting_warnings(
+        "out-of-family", lambda: run_out_of_family(run_config(args), learn_on=args.learn_on)
+    )
+    for family in (IN_FAMILY, *FAMILIES):
+        print(
+            f"{family}: coverage 68% / 95% and 68% half-width over the prior's spread, before and after the term\n"
+            f"{family_table(result.rows, family)}\n"
         )
-        for family in (IN_FAMILY, *FAMILIES):
-            print(
-                f"{family}: coverage 68% / 95% and 68% half-width over the prior's spread, before and after the term\n"
-                f"{family_table(result.rows, family)}\n"
-            )
-        print(f"Terms learnt on {args.learn_on}; wrote {shown_path(result.path)}.")
-
-    p.set_defaults(handler=handler)
+    print(f"Terms learnt on {args.learn_on}; wrote {shown_path(result.path)}.")
 
 
 def register_attribute(sub) -> None:
@@ -187,47 +189,48 @@ def register_attribute(sub) -> None:
     )
     add_setting(p, "--device", key="attribution.device", help="cpu, cuda, cuda:1 ...")
 
-    def handler(args):
-        import matplotlib
+    p.set_defaults(handler=_attribute)
 
-        matplotlib.use("Agg")
-        from ..attribution import RANDOMISATION_LIMIT
-        from ..pipelines.understand import run_attribution
 
-        settings = run_config(args).attribution
-        if settings.steps < 1:
-            raise ProtolibInputError(f"--steps must be at least 1, got {settings.steps}.")
-        report = run_reporting_warnings(
-            "attribute",
-            lambda: run_attribution(
-                args.model,
-                args.bank,
-                args.out,
-                observation=args.observation,
-                steps=settings.steps,
-                seed=settings.seed,
-                device=settings.device,
-            ),
-        )
-        for name, pair in report["pairs"].items():
-            print(
-                f"{name:6s} pair: predicted {pair['predicted']:.2f}, target {pair['target']:.2f}, "
-                f"rank correlation trained vs randomised {pair['rank_correlation_trained_vs_randomised']:.2f}"
-            )
+def _attribute(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..attribution import RANDOMISATION_LIMIT
+    from ..pipelines.understand import run_attribution
+
+    settings = run_config(args).attribution
+    if settings.steps < 1:
+        raise ProtolibInputError(f"--steps must be at least 1, got {settings.steps}.")
+    report = run_reporting_warnings(
+        "attribute",
+        lambda: run_attribution(
+            args.model,
+            args.bank,
+            args.out,
+            observation=args.observation,
+            steps=settings.steps,
+            seed=settings.seed,
+            device=settings.device,
+        ),
+    )
+    for name, pair in report["pairs"].items():
         print(
-            f"randomisation check: {'passes' if report['randomisation_check_passes'] else 'fails'} (median rank "
-            "correlation "
-            f"below {RANDOMISATION_LIMIT:g} passes: the maps depend on what the network learnt)"
+            f"{name:6s} pair: predicted {pair['predicted']:.2f}, target {pair['target']:.2f}, "
+            f"rank correlation trained vs randomised {pair['rank_correlation_trained_vs_randomised']:.2f}"
         )
-        if "observation" in report:
-            best = report["observation"]["best_match"]
-            print(
-                f"observation: best match system {best['system']}, projection {best['projection']}, similarity "
-                f"{best['similarity']:.3f}"
-            )
-        print(f"Wrote the figures and attribution.json to {args.out}/.")
-
-    p.set_defaults(handler=handler)
+    print(
+        f"randomisation check: {'passes' if report['randomisation_check_passes'] else 'fails'} (median rank "
+        "correlation "
+        f"below {RANDOMISATION_LIMIT:g} passes: the maps depend on what the network learnt)"
+    )
+    if "observation" in report:
+        best = report["observation"]["best_match"]
+        print(
+            f"observation: best match system {best['system']}, projection {best['projection']}, similarity "
+            f"{best['similarity']:.3f}"
+        )
+    print(f"Wrote the figures and attribution.json to {args.out}/.")
 
 
 def register_embedding_map(sub) -> None:
@@ -261,28 +264,29 @@ def register_embedding_map(sub) -> None:
         help="seed of the UMAP layout and of the smoothness measure",
     )
 
-    def handler(args):
-        import matplotlib
+    p.set_defaults(handler=_embedding_map)
 
-        matplotlib.use("Agg")
-        from ..pipelines.understand import run_embedding_map
 
-        check_figure_path(args.out)
-        settings = run_config(args).embedding_map
-        report = run_reporting_warnings(
-            "embedding-map",
-            lambda: run_embedding_map(
-                args.model,
-                args.bank,
-                args.out,
-                method=settings.method,
-                observation=args.observation,
-                seed=settings.seed,
-            ),
-        )
-        print(
-            f"Wrote {args.out} ({report['method']} map of {report['n_images']} bank images); smoothness (0 smooth, 1 "
-            "none): " + ", ".join(f"{name} {value:.2f}" for name, value in report["smoothness"].items())
-        )
+def _embedding_map(args) -> None:
+    import matplotlib
 
-    p.set_defaults(handler=handler)
+    matplotlib.use("Agg")
+    from ..pipelines.understand import run_embedding_map
+
+    check_figure_path(args.out)
+    settings = run_config(args).embedding_map
+    report = run_reporting_warnings(
+        "embedding-map",
+        lambda: run_embedding_map(
+            args.model,
+            args.bank,
+            args.out,
+            method=settings.method,
+            observation=args.observation,
+            seed=settings.seed,
+        ),
+    )
+    print(
+        f"Wrote {args.out} ({report['method']} map of {report['n_images']} bank images); smoothness (0 smooth, 1 "
+        "none): " + ", ".join(f"{name} {value:.2f}" for name, value in report["smoothness"].items())
+    )

@@ -43,38 +43,39 @@ def register_simulate(sub) -> None:
     p.add_argument("--shard-systems", type=int, default=16, help="systems per shard in parallel runs (default 16)")
     p.add_argument("--out", required=True, type=output_file(".h5"), help="bank file to write (.h5)")
 
-    def handler(args):
-        from ..bank import Bank
-        from ..pipelines.simulate import local_workers, simulate_command_bank, simulate_plan
-        from ..runtime import run_lock
+    p.set_defaults(handler=_simulate)
 
-        config = run_config(args)
-        n_images = config.bank.n_systems * config.bank.n_projections
-        print(
-            simulate_plan(
-                config, 1 if args.scheduler else local_workers(args.workers, args.threads, n_images, args.device)
-            ),
-            flush=True,
+
+def _simulate(args) -> None:
+    from ..bank import Bank
+    from ..pipelines.simulate import local_workers, simulate_command_bank, simulate_plan
+    from ..runtime import run_lock
+
+    config = run_config(args)
+    n_images = config.bank.n_systems * config.bank.n_projections
+    print(
+        simulate_plan(
+            config, 1 if args.scheduler else local_workers(args.workers, args.threads, n_images, args.device)
+        ),
+        flush=True,
+    )
+    with run_lock(args.out, folder=False):  # a second run writing the same bank is refused, not raced
+        report = simulate_command_bank(
+            args.out,
+            config,
+            device=args.device,
+            threads=args.threads,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            shard_systems=args.shard_systems,
         )
-        with run_lock(args.out, folder=False):  # a second run writing the same bank is refused, not raced
-            report = simulate_command_bank(
-                args.out,
-                config,
-                device=args.device,
-                threads=args.threads,
-                workers=args.workers,
-                scheduler=args.scheduler,
-                shard_systems=args.shard_systems,
-            )
-        if report.n_shards is not None:
-            print(
-                f"Rendered {report.rendered} of {report.n_shards} shards on the cluster's workers "
-                f"({report.reused} reused from an earlier run)."
-            )
-        with Bank(args.out) as bank:
-            print(f"Wrote {bank}")
-
-    p.set_defaults(handler=handler)
+    if report.n_shards is not None:
+        print(
+            f"Rendered {report.rendered} of {report.n_shards} shards on the cluster's workers "
+            f"({report.reused} reused from an earlier run)."
+        )
+    with Bank(args.out) as bank:
+        print(f"Wrote {bank}")
 
 
 def register_import_thesis(sub) -> None:
@@ -87,22 +88,23 @@ def register_import_thesis(sub) -> None:
     p.add_argument("--pixel-size-au", type=float, default=None, help="pixel size of the images in au, if known")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable or incomplete files (each is reported)")
 
-    def handler(args):
-        from ..bank import import_thesis_snapshots
+    p.set_defaults(handler=_import_thesis)
 
-        config = run_config(args)
-        report = import_thesis_snapshots(
-            args.folder,
-            args.out,
-            n_projections=config.bank.n_projections,
-            pixel_size_au=args.pixel_size_au,
-            on_error="skip" if args.skip_bad else "raise",
-        )
-        print(f"Imported {len(report.imported)} snapshot(s) into {args.out}.")
-        for path, reason in report.skipped.items():
-            print(f"protolib import-thesis: warning: skipped {path}: {one_line(reason)}", file=sys.stderr)
 
-    p.set_defaults(handler=handler)
+def _import_thesis(args) -> None:
+    from ..bank import import_thesis_snapshots
+
+    config = run_config(args)
+    report = import_thesis_snapshots(
+        args.folder,
+        args.out,
+        n_projections=config.bank.n_projections,
+        pixel_size_au=args.pixel_size_au,
+        on_error="skip" if args.skip_bad else "raise",
+    )
+    print(f"Imported {len(report.imported)} snapshot(s) into {args.out}.")
+    for path, reason in report.skipped.items():
+        print(f"protolib import-thesis: warning: skipped {path}: {one_line(reason)}", file=sys.stderr)
 
 
 def register_simulate_observation(sub) -> None:
@@ -130,6 +132,11 @@ def register_simulate_observation(sub) -> None:
     p.add_argument(
         "--seed", type=seed_argument, default=0, help="seed of the system drawn from the prior and of the noise"
     )
+    _add_system_options(p)
+
+
+def _add_system_options(p) -> None:
+    """Which system is observed: from a bank or the prior, its inclination and position angle, its offset and name."""
     p.add_argument(
         "--from-bank", type=path_argument, default=None, help="take the system from this bank instead of the prior"
     )

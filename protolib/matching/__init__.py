@@ -59,7 +59,7 @@ from .matches import Matches, describe_parameter, match_parameters, scaled_for_s
 from .observation_targets import (
     ObservationTarget,
     ObservationTransform,
-    prepare_observation_target,
+    matching_target,
     read_observation_target,
 )
 from .ood import OutOfDistributionCheck, check_out_of_distribution, nearest_neighbour_similarities
@@ -97,7 +97,7 @@ __all__ = [
     "random_matches",
     "faiss_available",
     "ObservationTarget",
-    "prepare_observation_target",
+    "matching_target",
     "read_observation_target",
     "fit_matches",
     "BandTargets",

@@ -1,7 +1,7 @@
 """Maps of one source in several bands, each prepared in the bank's band nearest in frequency, for one joint match.
 
 :func:`prepare_band_targets` checks that the maps fit the bank (one source, one map per band, every
-frequency near a bank band), prepares each in its band (:func:`~protolib.matching.prepare_observation_target`
+frequency near a bank band), prepares each in its band (:func:`~protolib.matching.matching_target`
 with the band's beam and noise, :meth:`~protolib.bank.Bank.band`) and says which map is searched: the
 networks embed the bank's reference band (the one they were trained on), so the map in that band, or
 else the map in the band nearest it. The image-space fit and the verdict then use every band
@@ -20,7 +20,7 @@ from astropy.coordinates import SkyCoord
 
 from ..bank import BAND_TOLERANCE, Bank
 from ..runtime import ProtolibInputError
-from .observation_targets import ObservationTarget, prepare_observation_target
+from .observation_targets import ObservationTarget, matching_target
 
 __all__ = ["BandTargets", "MapBand", "map_bands", "prepare_band_targets", "band_label", "spectral_indices"]
 
@@ -165,7 +165,7 @@ def _check_one_source(maps: list[MapBand]) -> None:
 def prepare_band_targets(paths, bank: Bank, distance_pc: float | None, **options) -> BandTargets:
     """The maps ``paths`` of one source, each prepared in the band of ``bank`` (opened whole) nearest its frequency.
 
-    ``options`` go to :func:`~protolib.matching.prepare_observation_target` for every map (``centre``,
+    ``options`` go to :func:`~protolib.matching.matching_target` for every map (``centre``,
     ``spectral_index``, ``mask_radius_arcsec``). The bands are opened as one-band banks; close them with
     :meth:`BandTargets.close`.
 
@@ -179,7 +179,7 @@ def prepare_band_targets(paths, bank: Bank, distance_pc: float | None, **options
     try:
         for band in maps:
             banks.append(bank.band(band.band_ghz))
-            targets.append(prepare_observation_target(band.path, banks[-1], distance_pc, **options))
+            targets.append(matching_target(band.path, banks[-1], distance_pc, **options))
     except BaseException:
         for opened in banks:
             opened.close()

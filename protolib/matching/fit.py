@@ -1,9 +1,10 @@
-"""The matches compared with the target in image space, and the target's intervals calibrated.
+"""The matches compared with the target in image space.
 
-:func:`fit_matches` gives every match's reduced chi-square against the target, the image-space
-verdict (:mod:`protolib.goodness_of_fit`) and the widening that makes the intervals honest
-(:func:`~protolib.matching.calibration.reference_calibration`), both measured on reference targets:
-bank images as bright as the target, seen like it.
+:func:`fit_matches` gives every match's reduced chi-square against the target and the image-space
+verdict (:mod:`protolib.goodness_of_fit`), measured on reference targets: bank images as bright as
+the target, seen like it. The references and their matches are kept in the :class:`MatchFit`: the
+calibration of the target's intervals (:func:`~protolib.matching.calibration.choose_k_and_widening`,
+a step of its own in ``protolib match``) is measured on the same references.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from ..goodness_of_fit import (
     residual_peak,
 )
 from .bands import BandTargets
-from .calibration import K_CANDIDATES, choose_k_and_widening
 from .matcher import Matcher
 from .matches import Matches
 from .observation_targets import ObservationTarget
@@ -41,11 +41,10 @@ class MatchFit:
         reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target.
         verdict: the :class:`~protolib.goodness_of_fit.FitVerdict`.
         residuals: ``(n_gallery, H, W)`` the first matches' residual maps, in noise rms.
-        calibration: parameter -> the widening of the intervals that makes them honest on the
-            reference targets, with the coverage before and after, at ``k`` matches
+        reference_rows: ``(n_reference,)`` the bank rows of the reference targets (bank images as bright as the
+            target, seen like it); ``reference_matches``: each one's matches, searched as the target was. Their
+            true parameters are known, so they calibrate the target's intervals
             (:func:`~protolib.matching.calibration.choose_k_and_widening`).
-        k: how many of the best matches form the distribution: of ``k_candidates``, the one whose calibrated
-            intervals are narrowest on the references; ``k_scores``: every ``k`` tried -> that mean half-width.
         reduced_chi2_by_band: ``(bands, n_matches)`` each band's reduced chi-square, for a target in several bands
             (``reduced_chi2`` is then the joint one, :class:`~protolib.goodness_of_fit.BandsFit`; ``residuals``
             ``(n_gallery, bands, H, W)``); ``None`` for one band.
@@ -54,9 +53,8 @@ class MatchFit:
     reduced_chi2: np.ndarray
     verdict: Any
     residuals: np.ndarray
-    calibration: dict
-    k: int | None = None
-    k_scores: dict | None = None
+    reference_rows: np.ndarray
+    reference_matches: list[Matches]
     reduced_chi2_by_band: np.ndarray | None = None
 
 
@@ -97,21 +95,20 @@ def fit_matches(
     n_gallery: int = 11,
     seed: int = 0,
     flux_tolerance=0.0,
-    k_candidates=K_CANDIDATES,
     bands: BandTargets | None = None,
 ) -> MatchFit | None:
     """Every match's reduced chi-square against the target, the image-space verdict, the gallery's
-    residuals, and the intervals' calibration at the target's resolution and noise.
+    residuals, and the reference targets that calibrate the intervals at the target's resolution and noise.
 
     See :mod:`protolib.goodness_of_fit`. The reference is ``n_reference`` bank images as bright as the
     target (:func:`_reference_rows`, drawn with ``seed``), turned into targets like this one (the
     observation's transform and noise, or the bank's own for a bank target) and matched with their
     ``reference_top_k`` best matches (default: as many as the target has). Their true parameters are
-    known, so they also calibrate the target's intervals: how much the central intervals of that many
+    known, so they also calibrate the target's intervals (kept in the :class:`MatchFit` for
+    :func:`~protolib.matching.calibration.choose_k_and_widening`: how much the central intervals of that many
     matches must be widened about the median to hold the truth as often as they claim, at this
-    observation's beam and noise. ``flux_tolerance``: each match's fluxes may be scaled within it to fit
+    observation's beam and noise). ``flux_tolerance``: each match's fluxes may be scaled within it to fit
     (:class:`~protolib.goodness_of_fit.ImageFit`; the target's flux-calibration uncertainty), the references' alike.
-    ``k_candidates``: how many best matches the distribution may take (the narrowest honest is chosen).
     ``bands``: the target is the maps of one source in several bands (``image`` ``(bands, H, W)``,
     :func:`~protolib.matching.prepare_band_targets`; ``flux_tolerance`` one per band): every match and every
     reference is compared in each band, in that band's noise (:class:`~protolib.goodness_of_fit.BandsFit`),
@@ -128,29 +125,34 @@ def fit_matches(
     )
     if view is None:
         return None
-    bank = matcher.bank
     match_images = view.load(matches.system, matches.projection)
     chi2 = view.fit.reduced_chi2(image, match_images)
-    rows = _reference_rows(bank, view, image, n_reference, rng)
-
-    def search(vectors, excluded):
-        # as the target was searched
-        return matcher.search(vectors, top_k=reference_top_k or len(matches), exclude_systems=excluded)
-
-    best_chi2, best_excess, found, peaks = reference_chi2(
-        view.fit, view.observe, view.embed, search, view.load, rows, bank.n_projections, view.structure
-    )
-    head = matches.head(n_gallery)
-    residuals = view.fit.residuals(image, match_images[: len(head)])
+    rows = _reference_rows(matcher.bank, view, image, n_reference, rng)
+    best_chi2, best_excess, found, peaks = _references(matcher, view, rows, reference_top_k or len(matches))
     k = int(np.argmin(chi2))
     best = float(chi2[k])
-    peak = view.structure(image, match_images[k])
     verdict = judge_fit(
-        best, float(view.fit.excess(image, best)), (best_chi2, best_excess), peak=peak, reference_peaks=peaks
+        best,
+        float(view.fit.excess(image, best)),
+        (best_chi2, best_excess),
+        peak=view.structure(image, match_images[k]),
+        reference_peaks=peaks,
     )
-    k_chosen, calibration, scores = choose_k_and_widening(bank, rows, found, k_candidates)
+    residuals = view.fit.residuals(image, match_images[: len(matches.head(n_gallery))])
     by_band = view.fit.reduced_chi2_by_band(image, match_images) if bands is not None else None
-    return MatchFit(chi2, verdict, residuals, calibration, k_chosen, scores, by_band)
+    return MatchFit(chi2, verdict, residuals, rows, found, by_band)
+
+
+def _references(matcher: Matcher, view: _FitView, rows: np.ndarray, top_k: int):
+    """The reference targets ``rows`` seen like the target and searched as it was (never in their own system):
+    :func:`~protolib.goodness_of_fit.reference_chi2`'s best chi-squares, excesses, matches and residual peaks."""
+
+    def search(vectors, excluded):
+        return matcher.search(vectors, top_k=top_k, exclude_systems=excluded)
+
+    return reference_chi2(
+        view.fit, view.observe, view.embed, search, view.load, rows, matcher.bank.n_projections, view.structure
+    )
 
 
 def _one_band_view(

@@ -428,7 +428,7 @@ def _observation_resolution(transform: ImageTransform):
     if resolution is None or not getattr(transform, "seeded_by_row", False):
         raise ProtolibInputError(
             "Tiered matching needs an observation's transform (an ObservationTransform, e.g. "
-            "prepare_observation_target(...).transform); use Matcher.from_model for other transforms."
+            "matching_target(...).transform); use Matcher.from_model for other transforms."
         )
     return resolution
 

@@ -1,8 +1,10 @@
 """Observations as matching targets: an observation on the bank's grid, with the transform that sees the bank like it.
 
-:func:`prepare_observation_target` prepares a FITS file (:mod:`protolib.observation`);
-:func:`read_observation_target` reads one prepared already (``protolib observe --out``). Both give an
-:class:`ObservationTarget`, whose ``transform_key`` keys the bank's embedding cache.
+:func:`matching_target` makes one from a FITS file: prepared with
+:func:`protolib.observation.prepare_observation` (an :class:`~protolib.observation.Observation` read, then a
+:class:`~protolib.observation.PreparedObservation` on the bank's grid), or read as it is when ``protolib observe
+--out`` prepared it already (:func:`read_observation_target`). Either gives an :class:`ObservationTarget`, the type
+an observation has from here on; its ``transform_key`` keys the bank's embedding cache.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from ..bank import Bank
 from ..runtime import ProtolibInputError
 from .embeddings import ImageTransform
 
-__all__ = ["ObservationTarget", "ObservationTransform", "prepare_observation_target", "read_observation_target"]
+__all__ = ["ObservationTarget", "ObservationTransform", "matching_target", "read_observation_target"]
 
 
 @dataclass
 class ObservationTarget:
-    """An observation prepared for matching (see :func:`prepare_observation_target`).
+    """An observation prepared for matching (see :func:`matching_target`).
 
     Attributes:
         image: ``(H, W)`` the observation on the bank's grid [Jy/beam at the bank's distance].
@@ -47,7 +49,7 @@ class ObservationTarget:
     coverage: np.ndarray | None = None
 
 
-def prepare_observation_target(
+def matching_target(
     path: str | Path, bank: Bank, distance_pc: float | None, *, noise_seed: int = 0, flux_factor: float = 1.0, **options
 ) -> ObservationTarget:
     """An observation FITS file prepared onto the bank's grid, with the transform that sees the bank like it.

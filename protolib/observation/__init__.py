@@ -21,6 +21,18 @@ Submodules, in the order an observation travels through them:
 
 Its figure, the map before and after preparation, is :func:`protolib.plots.observation.plot_prepared_observation`.
 
+Which type holds an observation, on its way to ``protolib match``:
+
+1. :class:`Observation`: the FITS file as read (its own grid, units, beam and frequency).
+2. :class:`PreparedObservation`: on the bank's grid (a :class:`BankGrid`, the bank's, not the
+   observation's), at the bank's distance and frequency; what ``protolib observe --out`` writes.
+3. :class:`~protolib.matching.ObservationTarget` (:func:`protolib.matching.matching_target`): ready to match,
+   with the transform that sees the bank like it (a :class:`ResolutionMatch`, the beam, recoverable scale and
+   coverage, with noise seeded by bank row: :class:`~protolib.matching.ObservationTransform`).
+
+The pipeline's own steps (:mod:`protolib.pipelines.match`) then hold a ``MatchTarget`` (the target and what is
+uncertain about it), its matches and their verdicts.
+
 Conventions (PHYSICS.md):
 
 - Prepared images are arrays ``(north, west)`` on the bank's grid: the bank's pixel size in au and its

@@ -104,49 +104,70 @@ def prepare_observation(
         >>> prepared.image_jy_beam.shape                                            # (64, 64)  # doctest: +SKIP
     """
     observation = _as_observation(observation, beam)
-    path = observation.path
-    distance_pc = _checked_distance(distance_pc, path)
+    distance_pc = _checked_distance(distance_pc, observation.path)
     grid = _as_grid(bank)
     _check_resolved(observation, grid, distance_pc)
     centre, (x, y) = centre_in_image(observation, centre)
-    if noise_rms_jy_beam is None:
-        noise_rms_jy_beam = measured_noise_rms(observation, x, y)
-    _check_positive(
-        path, {"noise rms": noise_rms_jy_beam, "frequency": frequency_ghz, "mask radius": mask_radius_arcsec}
+    given = dict(noise_rms_jy_beam=noise_rms_jy_beam, frequency_ghz=frequency_ghz, spectral_index=spectral_index)
+    noise_rms_jy_beam, frequency, scale = _map_settings(
+        observation, grid, distance_pc, (x, y), given, (max_scale_arcsec, mask_radius_arcsec)
     )
-    frequency = _frequency_settings(observation, grid, frequency_ghz, spectral_index)
-    _warn_if_bank_does_not_fit(observation, grid, distance_pc, (x, y), frequency)
-    max_scale, max_scale_source, scale_estimate = _max_scale_setting(
-        observation, max_scale_arcsec, (x, y), noise_rms_jy_beam
-    )
-    sources = find_compact_sources(observation, noise_rms_jy_beam, centre)
-    _warn_about_sources(path, sources, distance_pc, grid.field_of_view_au, mask_radius_arcsec)
-    _warn_about_spikes_and_blanks(observation, (x, y), noise_rms_jy_beam)
-    resampled, coverage = _on_bank_grid(observation, grid, distance_pc, centre, mask_radius_arcsec)
-    image, working, unit_factor, smoothed = _at_common_resolution(resampled, observation, grid, distance_pc)
-    working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
-    refuse_empty_target(
-        image, coverage, working_beam, grid.pixel_arcsec, str(path), _empty_hint(observation, mask_radius_arcsec)
-    )
+    sources = _compact_sources(observation, grid, distance_pc, (centre, (x, y)), noise_rms_jy_beam, mask_radius_arcsec)
+    image, placed, unit_factor = _on_grid_at_resolution(observation, grid, distance_pc, centre, mask_radius_arcsec)
     flux_scale = (distance_pc / grid.distance_pc) ** 2 * frequency["frequency_factor"]
     return PreparedObservation(
         image_jy_beam=(image * unit_factor * flux_scale).astype(np.float32),
-        coverage=coverage.astype(np.float32),
-        beam=working_beam,
+        **placed,
         grid=grid,
         distance_pc=distance_pc,
         centre=centre,
         noise_rms_jy_beam=float(noise_rms_jy_beam * math.sqrt(unit_factor) * flux_scale),
         observed_noise_rms_jy_beam=float(noise_rms_jy_beam),
-        smoothed=smoothed,
         **_as_read(observation),
         **frequency,
-        max_scale_arcsec=max_scale,
-        max_scale_source=max_scale_source,
-        max_scale_estimate=scale_estimate,
+        **scale,
         mask_radius_arcsec=mask_radius_arcsec,
         sources=[source.to_dict(distance_pc) for source in sources],
     )
+
+
+def _map_settings(observation: Observation, grid, distance_pc: float, pixel, given: dict, scales):
+    """The map's noise rms (measured unless ``given``), its frequency settings (with a warning when the bank is not
+    made for the map) and its maximum recoverable scale (``scales``: the one given, and the mask radius, checked)."""
+    max_scale_arcsec, mask_radius_arcsec = scales
+    noise = given["noise_rms_jy_beam"]
+    if noise is None:
+        noise = measured_noise_rms(observation, *pixel)
+    _check_positive(
+        observation.path, {"noise rms": noise, "frequency": given["frequency_ghz"], "mask radius": mask_radius_arcsec}
+    )
+    frequency = _frequency_settings(observation, grid, given["frequency_ghz"], given["spectral_index"])
+    _warn_if_bank_does_not_fit(observation, grid, distance_pc, pixel, frequency)
+    max_scale, source, estimate = _max_scale_setting(observation, max_scale_arcsec, pixel, noise)
+    return noise, frequency, dict(max_scale_arcsec=max_scale, max_scale_source=source, max_scale_estimate=estimate)
+
+
+def _compact_sources(observation: Observation, grid, distance_pc: float, centre, noise_rms: float, mask_radius):
+    """The compact sources in the field, with a warning for those inside the bank's field and for spikes and blanks
+    about the centre (``centre``: the sky position and its pixel)."""
+    sky, pixel = centre
+    sources = find_compact_sources(observation, noise_rms, sky)
+    _warn_about_sources(observation.path, sources, distance_pc, grid.field_of_view_au, mask_radius)
+    _warn_about_spikes_and_blanks(observation, pixel, noise_rms)
+    return sources
+
+
+def _on_grid_at_resolution(observation: Observation, grid, distance_pc: float, centre, mask_radius):
+    """The map resampled onto the bank's grid (blanked beyond ``mask_radius``) and brought to a resolution common with
+    the bank's: the image, its ``coverage``, ``beam`` and whether it was ``smoothed``, and the unit factor; refused
+    when nothing is left to match."""
+    resampled, coverage = _on_bank_grid(observation, grid, distance_pc, centre, mask_radius)
+    image, working, unit_factor, smoothed = _at_common_resolution(resampled, observation, grid, distance_pc)
+    working_beam = Beam.from_covariance_pixels(working, grid.pixel_arcsec)
+    refuse_empty_target(
+        image, coverage, working_beam, grid.pixel_arcsec, str(observation.path), _empty_hint(observation, mask_radius)
+    )
+    return image, dict(coverage=coverage.astype(np.float32), beam=working_beam, smoothed=smoothed), unit_factor
 
 
 def _empty_hint(observation: Observation, mask_radius_arcsec: float | None) -> str:

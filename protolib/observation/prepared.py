@@ -42,6 +42,17 @@ __all__ = [
 ]
 
 
+PREPARED_COMMENTS = (
+    "Prepared by protolib observe: resampled onto the bank grid (flux conserving), centred",
+    "on the source, fluxes scaled to the bank distance; the sky scale (CDELT, BMAJ) is the",
+    "one the source would have at DIST_BNK. NOISE_RMS: noise here; OBS_*: the observed",
+    "beam and rms; BANK_*: the bank's. SMOOTHED: smoothed to a beam containing the bank's.",
+    "Extension COVERAGE: fraction of each pixel with observed data (the rest is zero).",
+    "Fluxes are brought to BANK_FREQ by FREQ_FACTOR = (BANK_FREQ/OBS_FREQ)^SPEC_INDEX; bank",
+    "images are matched to it with scales above MAX_SCALE removed (interferometric filtering).",
+)  # the COMMENT cards of a prepared observation's header, in order
+
+
 @dataclass
 class PreparedObservation:
     """An observation on the bank's grid, as the pipeline sees it (see the conventions of :mod:`protolib.observation`).
@@ -161,6 +172,16 @@ class PreparedObservation:
         header["BMIN"] = (self.beam.minor_arcsec / DEG_ARCSEC, "[deg]")
         header["BPA"] = (self.beam.position_angle_deg, "[deg] east of north")
         header["OBJECT"] = self.object_name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)  # long comments are shortened; values are kept
+            for key, (value, comment) in self._cards().items():
+                header[f"HIERARCH {key}"] = (value, comment)
+        for line in PREPARED_COMMENTS:
+            header["COMMENT"] = line
+        return header
+
+    def _cards(self) -> dict:
+        """The ``PROTOLIB`` cards: what was done, the observation's own settings, and the bank's."""
         cards = {
             PREPARED_CARD: (True, "made by protolib observe; never prepare again"),
             "PROTOLIB VERSION": (__version__, "software"),
@@ -179,7 +200,15 @@ class PreparedObservation:
             "PROTOLIB PADDED": (self.padded_fraction, "fraction padded"),
             "PROTOLIB CENTRE_RA": (self.centre.icrs.ra.deg, "[deg]"),
             "PROTOLIB CENTRE_DEC": (self.centre.icrs.dec.deg, "[deg]"),
+            **self._setup_cards(),
         }
+        for key, value in self.true_parameters.items():
+            cards[f"PROTOLIB TRUE {key.upper()}"] = (value, "true")
+        return cards
+
+    def _setup_cards(self) -> dict:
+        """The cards of the bank's setup and of the map's frequency, recoverable scale, blanking and sources."""
+        cards = {}
         if self.grid.beam is not None:
             cards["PROTOLIB BANK_BMAJ"] = (self.grid.beam.major_arcsec, "[arcsec]")
             cards["PROTOLIB BANK_BMIN"] = (self.grid.beam.minor_arcsec, "[arcsec]")
@@ -198,20 +227,7 @@ class PreparedObservation:
         cards["PROTOLIB N_SOURCES"] = (len(self.sources), "compact sources found")
         if self.mask_radius_arcsec:
             cards["PROTOLIB MASK_RAD"] = (self.mask_radius_arcsec, "[arcsec] blanked beyond")
-        for key, value in self.true_parameters.items():
-            cards[f"PROTOLIB TRUE {key.upper()}"] = (value, "true")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", VerifyWarning)  # long comments are shortened; values are kept
-            for key, (value, comment) in cards.items():
-                header[f"HIERARCH {key}"] = (value, comment)
-        header["COMMENT"] = "Prepared by protolib observe: resampled onto the bank grid (flux conserving), centred"
-        header["COMMENT"] = "on the source, fluxes scaled to the bank distance; the sky scale (CDELT, BMAJ) is the"
-        header["COMMENT"] = "one the source would have at DIST_BNK. NOISE_RMS: noise here; OBS_*: the observed"
-        header["COMMENT"] = "beam and rms; BANK_*: the bank's. SMOOTHED: smoothed to a beam containing the bank's."
-        header["COMMENT"] = "Extension COVERAGE: fraction of each pixel with observed data (the rest is zero)."
-        header["COMMENT"] = "Fluxes are brought to BANK_FREQ by FREQ_FACTOR = (BANK_FREQ/OBS_FREQ)^SPEC_INDEX; bank"
-        header["COMMENT"] = "images are matched to it with scales above MAX_SCALE removed (interferometric filtering)."
-        return header
+        return cards
 
     def write_fits(self, path: str | Path) -> Path:
         """Write the prepared image (primary HDU) and its coverage (extension ``COVERAGE``), atomically."""
@@ -235,43 +251,9 @@ def read_prepared_observation(path: str | Path) -> PreparedObservation:
     is refused (:func:`refuse_empty_target`).
     """
     path = Path(path)
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            image = np.asarray(hdul[0].data, dtype=np.float32)
-            coverage = (
-                np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
-            )
-    except (OSError, ValueError, TypeError) as error:
-        raise ProtolibInputError(f"{path}: not a readable FITS file ({error}).") from None
-    if not is_prepared(header):
-        raise ProtolibInputError(
-            f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`."
-        )
-    if image.ndim != 2 or image.shape[0] != image.shape[1] or coverage.shape != image.shape:
-        raise ProtolibInputError(
-            f"{path}: a prepared observation is one square image (and a COVERAGE of its shape); this one is "
-            f"{image.shape}. Prepare it again with `protolib observe`."
-        )
+    header, image, coverage = _prepared_hdus(path)
     number = lambda key, default=None: card_number(header, key, path, default)  # noqa: E731
-    positive = {
-        key: number(key)
-        for key in (
-            "PROTOLIB NOISE_RMS",
-            "PROTOLIB DIST_OBS",
-            "PROTOLIB OBS_RMS",
-            "PROTOLIB PIX_AU",
-            "PROTOLIB DIST_BNK",
-            "BMAJ",
-            "BMIN",
-        )
-    }
-    for key, value in positive.items():
-        if value is None or not value > 0:
-            raise ProtolibInputError(
-                f"{path}: the card {key} is {'missing' if value is None else f'{value:g}'}; it must be a positive "
-                "number. Prepare the file again with `protolib observe`."
-            )
+    positive = _positive_cards(path, number)
     beam = Beam(positive["BMAJ"] * DEG_ARCSEC, positive["BMIN"] * DEG_ARCSEC, number("BPA", 0.0))
     observed_beam = _beam_from_header(header, "OBS_", path)
     max_scale = checked_max_scale(
@@ -303,6 +285,53 @@ def read_prepared_observation(path: str | Path) -> PreparedObservation:
     )
     refuse_empty_target(prepared.image_jy_beam, prepared.coverage, prepared.beam, prepared.grid.pixel_arcsec, str(path))
     return prepared
+
+
+def _prepared_hdus(path: Path) -> tuple[fits.Header, np.ndarray, np.ndarray]:
+    """The header, image and coverage of a prepared observation's file, refused in one line when it is not one (not
+    FITS, no ``PROTOLIB`` cards, not one square image)."""
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            image = np.asarray(hdul[0].data, dtype=np.float32)
+            coverage = (
+                np.asarray(hdul["COVERAGE"].data, dtype=np.float32) if "COVERAGE" in hdul else np.ones_like(image)
+            )
+    except (OSError, ValueError, TypeError) as error:
+        raise ProtolibInputError(f"{path}: not a readable FITS file ({error}).") from None
+    if not is_prepared(header):
+        raise ProtolibInputError(
+            f"{path}: not a prepared observation (no PROTOLIB cards); make one with `protolib observe`."
+        )
+    if image.ndim != 2 or image.shape[0] != image.shape[1] or coverage.shape != image.shape:
+        raise ProtolibInputError(
+            f"{path}: a prepared observation is one square image (and a COVERAGE of its shape); this one is "
+            f"{image.shape}. Prepare it again with `protolib observe`."
+        )
+    return header, image, coverage
+
+
+POSITIVE_CARDS = (
+    "PROTOLIB NOISE_RMS",
+    "PROTOLIB DIST_OBS",
+    "PROTOLIB OBS_RMS",
+    "PROTOLIB PIX_AU",
+    "PROTOLIB DIST_BNK",
+    "BMAJ",
+    "BMIN",
+)  # cards a prepared observation cannot do without, each a positive number
+
+
+def _positive_cards(path: Path, number) -> dict[str, float]:
+    """The :data:`POSITIVE_CARDS` (``number``: a card's value), each refused unless a positive number."""
+    positive = {key: number(key) for key in POSITIVE_CARDS}
+    for key, value in positive.items():
+        if value is None or not value > 0:
+            raise ProtolibInputError(
+                f"{path}: the card {key} is {'missing' if value is None else f'{value:g}'}; it must be a positive "
+                "number. Prepare the file again with `protolib observe`."
+            )
+    return positive
 
 
 def prepared_file(path: str | Path) -> bool:

@@ -36,6 +36,22 @@ def common_beam_covariance(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return 0.5 * (common + common.T)
 
 
+def _smoothing_kernel(target: np.ndarray, bank: np.ndarray, target_beam: Beam, bank_beam: Beam | None) -> np.ndarray:
+    """The covariance [px^2] of the Gaussian that smooths the bank's beam (covariance ``bank``) to the target's
+    (``target``); refused when the target beam is the smaller along some direction (a bank cannot be sharpened)."""
+    kernel = target - bank
+    smallest = float(np.linalg.eigvalsh(kernel)[0])
+    if smallest < -1e-6 * float(np.trace(target)):
+        raise ProtolibInputError(
+            f"The target beam {target_beam} is smaller than the bank's beam {bank_beam} along some direction; a "
+            "bank "
+            "cannot be sharpened. Prepare the observation with prepare_observation(), which smooths it to a common "
+            "beam."
+        )
+    values, vectors = np.linalg.eigh(kernel)
+    return vectors @ np.diag(np.clip(values, 0.0, None)) @ vectors.T
+
+
 class ResolutionMatch:
     """Bring bank images to an observation's resolution, units and noise: the transform used for matching.
 
@@ -97,17 +113,7 @@ class ResolutionMatch:
         self.pixel_arcsec = float(pixel_arcsec)
         target = target_beam.covariance_pixels(pixel_arcsec)
         bank = effective_beam_covariance(bank_beam, pixel_arcsec) if bank_beam is not None else np.zeros((2, 2))
-        kernel = target - bank
-        smallest = float(np.linalg.eigvalsh(kernel)[0])
-        if smallest < -1e-6 * float(np.trace(target)):
-            raise ProtolibInputError(
-                f"The target beam {target_beam} is smaller than the bank's beam {bank_beam} along some direction; a "
-                "bank "
-                "cannot be sharpened. Prepare the observation with prepare_observation(), which smooths it to a common "
-                "beam."
-            )
-        values, vectors = np.linalg.eigh(kernel)
-        self.kernel_covariance = vectors @ np.diag(np.clip(values, 0.0, None)) @ vectors.T
+        self.kernel_covariance = _smoothing_kernel(target, bank, target_beam, bank_beam)
         nominal = bank_beam.covariance_pixels(pixel_arcsec) if bank_beam is not None else None
         self.unit_factor = gaussian_solid_angle_pixels(target) / (
             gaussian_solid_angle_pixels(nominal) if bank_beam is not None else 1.0

@@ -1,9 +1,9 @@
 """The evaluation as configured runs: ``protolib evaluate``, and the comparison of target similarities and losses.
 
-:func:`evaluation_settings` reads a configuration's ``evaluation:`` section;
-:func:`run_evaluation` evaluates every method of :mod:`protolib.evaluation` (and the neural
-posterior estimate of :mod:`protolib.npe`) on a trained network's test systems and writes the run's
-products: ``metrics.json``, ``headline.md`` and the figures of :mod:`protolib.plots.evaluation`.
+:func:`run_evaluation` (with the configuration's ``evaluation:`` section, ``config.evaluation``) evaluates
+every method of :mod:`protolib.evaluation` (and the neural posterior estimate of :mod:`protolib.npe`) on a
+trained network's test systems and writes the run's products: ``metrics.json``, ``headline.md`` and the
+figures of :mod:`protolib.plots.evaluation`.
 :func:`compare_variants` trains (or reuses) one Siamese network per variant of
 :data:`~protolib.evaluation.VARIANTS` and scores each on the same test targets.
 """
@@ -35,22 +35,13 @@ from ..runtime import (
     check_output,
     describe_bytes,
     output_folder,
-    typed_settings,
     write_figure,
     write_json,
 )
 from ..siamese import load_siamese, load_siamese_with_its_bank
 from .train import ensure_siamese, run_split, siamese_settings
 
-__all__ = ["evaluation_settings", "run_evaluation", "evaluation_plan", "compare_variants", "evaluation_report"]
-
-
-def evaluation_settings(config=None, overrides: dict | None = None) -> EvaluationSettings:
-    """The configuration's evaluation settings (defaults where its ``evaluation:`` section is silent), with
-    ``overrides`` (``None`` values ignored)."""
-    section = {} if config is None else config.section("evaluation")
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return typed_settings(EvaluationSettings, section, f"{getattr(config, 'path', 'evaluation settings')} [evaluation]")
+__all__ = ["run_evaluation", "evaluation_plan", "compare_variants", "evaluation_report"]
 
 
 def run_evaluation(
@@ -194,7 +185,7 @@ def compare_variants(
         variant name -> the ``"siamese"`` :class:`~protolib.evaluation.MethodResult` of
         :func:`~protolib.evaluation.evaluate_methods`, with its checkpoint as ``path``.
     """
-    settings = settings or evaluation_settings(config)
+    settings = settings or config.evaluation
     variants = VARIANTS if variants is None else variants
     split = run_split(config, bank)
     relevance = Relevance.fit(siamese_settings(config)["target"], bank, split.train)

@@ -1,10 +1,32 @@
 """The match stage: one target (an observation or a bank system) matched against a bank, with its report.
 
-:func:`run_match` is what ``protolib match`` does: it prepares the target, matches it with a trained
-Siamese network (:class:`~protolib.matching.Matcher`), judges the matches in embedding space and in
-image space (:func:`~protolib.matching.fit_matches`), and writes the products with
-:func:`write_match_report`. :func:`matching_settings` reads the ``matching:`` section of a run
-configuration.
+:func:`run_match` is what ``protolib match`` does. It reads as the pipeline: one call into one room per
+step, each step taking the products of the steps before it.
+
+1. :func:`prepare_target` (:mod:`protolib.observation`, through :func:`~protolib.matching.matching_target`): a
+   FITS file is read (an :class:`~protolib.observation.Observation`), put on the bank's grid (a
+   :class:`~protolib.observation.PreparedObservation`) and given the transform that sees the bank like it (an
+   :class:`~protolib.matching.ObservationTarget`); maps of one source in several bands become a
+   :class:`~protolib.matching.BandTargets`; a bank system is its own image. Returns a :class:`MatchTarget`.
+2. :func:`search_target` (:class:`~protolib.matching.Matcher`): the bank's nearest images in embedding space, at
+   the observation's settings and at draws of its uncertain ones, and the out-of-distribution check. Returns a
+   :class:`Searched` (its :class:`~protolib.matching.Matches` and
+   :class:`~protolib.matching.observing.ObservingDraws`).
+3. :func:`fit_target` (:func:`~protolib.matching.fit_matches`): every match against the target in image space,
+   judged on reference targets seen like it, and whether the target holds a source. Returns a :class:`Fitted`
+   (holding the :class:`~protolib.matching.MatchFit`).
+4. :func:`calibrate_intervals` (:func:`~protolib.matching.calibration.choose_k_and_widening`): on the same
+   references, how many matches form the distribution and how much its intervals must be widened to hold the truth
+   as often as they claim, with the misspecification terms (:mod:`protolib.out_of_family`). Returns a
+   :class:`Calibration`.
+5. :func:`summarise_matches` (:mod:`protolib.distributions`): the distribution's parameters, what each observing
+   uncertainty widened, the bands' spectral indices, and the neural posterior estimate beside them
+   (:mod:`protolib.npe`). Returns the :class:`MatchResult`.
+6. :func:`write_match_report`: every product (``matches.csv``, ``summary.csv``, ``observing_draws.csv``, the
+   figures and ``report.json``), written in this one place from the :class:`MatchResult`.
+
+The settings come typed, once: ``matching`` is the configuration's :class:`~protolib.matching.MatchingSettings`
+(``config.matching``), ``posterior`` its :class:`~protolib.evaluation.EvaluationSettings` (``config.evaluation``).
 """
 
 from __future__ import annotations
@@ -35,6 +57,7 @@ from ..matching import (
     BandTargets,
     Matcher,
     Matches,
+    MatchFit,
     MatchingSettings,
     ObservationTarget,
     TieredMatcher,
@@ -42,11 +65,12 @@ from ..matching import (
     fit_matches,
     map_bands,
     match_parameters,
+    matching_target,
     prepare_band_targets,
-    prepare_observation_target,
     spectral_indices,
     truth_parameters,
 )
+from ..matching.calibration import K_CANDIDATES, choose_k_and_widening
 from ..matching.observing import (
     OBSERVING_DRAWS,
     ObservingDraws,
@@ -59,14 +83,26 @@ from ..observation import prepared_file
 from ..out_of_family import read_terms, with_terms
 from ..plots.corner import plot_corner
 from ..plots.gallery import plot_band_gallery, plot_gallery, plot_spectral_index
-from ..runtime import ProtolibInputError, output_folder, typed_settings, write_figure, write_json
+from ..runtime import ProtolibInputError, output_folder, write_figure, write_json
 
-__all__ = ["matching_settings", "run_match", "write_match_report"]
+__all__ = [
+    "run_match",
+    "MatchRequest",
+    "MatchTarget",
+    "Searched",
+    "Fitted",
+    "Calibration",
+    "MatchResult",
+    "prepare_target",
+    "search_target",
+    "fit_target",
+    "calibrate_intervals",
+    "summarise_matches",
+    "write_match_report",
+    "bank_non_detections",
+]
 
-
-def matching_settings(config) -> MatchingSettings:
-    """The configuration's matching settings (defaults where its ``matching:`` section is silent)."""
-    return typed_settings(MatchingSettings, config.section("matching"), f"{config.path} [matching]")
+N_GALLERY = 11  # matches shown in the gallery of one band
 
 
 def run_match(
@@ -78,17 +114,12 @@ def run_match(
     target_system: int | None = None,
     projection: int = 0,
     distance_pc: float | None = None,
-    top_k: int | None = 200,
+    matching: MatchingSettings | None = None,
     threshold: float | None = None,
-    weight_temperature: float | None = None,
-    backend: str = "auto",
     device: str | None = None,
     progress: bool = True,
     observation_options: dict | None = None,
-    limit_percentile: float = 5.0,
-    matching: MatchingSettings | None = None,
-    posterior_estimate: bool = False,
-    posterior_settings: EvaluationSettings | None = None,
+    posterior: EvaluationSettings | None = None,
     distance_error_pc: float | None = None,
     flux_calibration: float | None = None,
     observing_draws: int | None = None,
@@ -98,16 +129,17 @@ def run_match(
 
     What ``protolib match`` does: ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png``
     and ``report.json`` (see :func:`write_match_report`). The corner plot shows the parameters the
-    network's target similarity was computed from, and the inclination. ``observation_options`` go to
-    :func:`~protolib.matching.prepare_observation_target` (``centre``, ``beam``, ``noise_rms_jy_beam``).
-    ``limit_percentile`` is the out-of-distribution limit of :meth:`~protolib.matching.Matcher.check`.
-    ``matching`` chooses how an observation is searched (:attr:`~protolib.matching.MatchingSettings.search`:
-    the whole bank re-embedded at its beam and noise, or a shortlist from the nearest resolution tier
-    re-ranked, :class:`~protolib.matching.TieredMatcher`); without it, exhaustively.
-    ``posterior_estimate``: for an observation, also train the neural posterior estimate of
-    :func:`~protolib.npe.observation_posterior` and put its intervals in ``report.json``
-    (``posterior_estimate``), beside the matches', with ``posterior_settings`` (the ``evaluation:``
-    section's ``npe_max_epochs``, ``npe_samples``, ``widening_candidates`` and ``seed``; default: their defaults).
+    network's target similarity was computed from, and the inclination. ``matching``: the configuration's
+    ``matching:`` section (``config.matching``; default: its defaults): how many matches (``top_k``, 0: all above
+    ``threshold``), their weights, the search backend, the out-of-distribution limit, and how an observation is
+    searched (:attr:`~protolib.matching.MatchingSettings.search`: the whole bank re-embedded at its beam and noise,
+    or a shortlist from the nearest resolution tier re-ranked, :class:`~protolib.matching.TieredMatcher`).
+    ``observation_options`` go to :func:`~protolib.matching.matching_target` (``centre``, ``beam``,
+    ``noise_rms_jy_beam``, ...).
+    ``posterior``: for an observation, also train the neural posterior estimate of
+    :func:`~protolib.npe.observation_posterior` with these settings (``config.evaluation``: its ``npe_max_epochs``,
+    ``npe_samples``, ``widening_candidates`` and ``seed``) and put its intervals in ``report.json``
+    (``posterior_estimate``), beside the matches' (``None``: none).
     ``distance_error_pc``, ``flux_calibration`` (default: the band's nominal error) and an unknown recoverable
     scale enter an observation's intervals: the match is repeated over ``observing_draws`` draws of them (default
     12; 0: none) and pooled (:mod:`~protolib.matching.observing`; ``summary.csv`` and ``corner.png`` then describe
@@ -115,56 +147,111 @@ def run_match(
     widened).
     ``misspecification``: per-parameter terms (or the ``out_of_family.json`` holding them,
     :func:`~protolib.out_of_family.read_terms`) that widen an observation's calibrated intervals further, for physics
-    the
-    bank does not hold (:mod:`protolib.out_of_family`); ``report.json`` records each in ``calibration``.
-    ``target`` may be maps of one source in several bands (a list), matched jointly: see :func:`_match_bands`.
+    the bank does not hold (:mod:`protolib.out_of_family`); ``report.json`` records each in ``calibration``.
+    ``target`` may be maps of one source in several bands (a list), matched jointly: see :func:`prepare_target`.
     Returns the report written to ``report.json``.
     """
-    target = _checked_target(
-        model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate
+    request = MatchRequest(
+        Path(model_path),
+        _one_or_several(target),
+        target_system,
+        projection,
+        distance_pc,
+        matching or MatchingSettings(),
+        threshold,
+        device,
+        progress,
+        dict(observation_options or {}),
+        dict(distance_error_pc=distance_error_pc, flux_calibration=flux_calibration, n_draws=observing_draws),
+        misspecification,
+        posterior,
     )
-    terms = read_terms(misspecification) if isinstance(misspecification, (str, Path)) else dict(misspecification or {})
     with Bank(bank_path) as bank, output_folder(out_dir, "match") as staging:
-        report = _match_into(
-            staging,
-            model_path,
-            bank,
-            target,
-            target_system,
-            projection,
-            distance_pc,
-            top_k,
-            threshold,
-            weight_temperature,
-            dict(backend=backend, device=device, progress=progress),
-            observation_options,
-            limit_percentile,
-            matching,
-            posterior_estimate,
-            posterior_settings,
-            dict(
-                distance_error_pc=distance_error_pc,
-                flux_calibration=flux_calibration,
-                n_draws=observing_draws,
-                misspecification=terms,
-            ),
-        )
+        report = _match_into(staging, bank, request)
         # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
         bank.check_unchanged()
         return report
 
 
-def _checked_target(model_path, target, target_system, top_k, threshold, observation_options, posterior_estimate):
-    """``target`` as given for one map (a path) or none, as a list for several maps (a list of one is that one map),
-    with :func:`run_match`'s arguments checked (:func:`_check_arguments`, and for several maps
-    :func:`_check_band_options`)."""
+def _match_into(out_dir: Path, bank: Bank, request: MatchRequest) -> dict:
+    """The pipeline's steps, writing into the staging folder ``out_dir``."""
+    target = prepare_target(bank, request)
+    try:
+        searched = search_target(target, request)
+        fitted = fit_target(target, searched)
+        calibration = calibrate_intervals(target, searched, fitted, request.misspecification)
+        result = summarise_matches(target, searched, fitted, calibration, request)
+        return write_match_report(out_dir, result)
+    finally:
+        target.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# What is asked
+
+
+@dataclass
+class MatchRequest:
+    """What ``protolib match`` is asked: the model, the target, how to search it, and what is uncertain about it.
+
+    Attributes:
+        target: the observation's FITS file, a list of maps of one source in several bands, or ``None`` for
+            ``target_system`` (with its ``projection``).
+        matching: the configuration's :class:`~protolib.matching.MatchingSettings`.
+        threshold: keep only matches at least this similar (``None``: ``matching.top_k`` of them).
+        device, progress: where the network runs, and whether progress bars are shown.
+        observation_options: :func:`~protolib.matching.matching_target`'s options (``centre``, ``beam``, ...).
+        observing: the observation's ``distance_error_pc``, ``flux_calibration`` and ``n_draws``.
+        misspecification: parameter -> the term that widens its calibrated interval further (or the file holding
+            them, read when the request is made).
+        posterior: the settings of the neural posterior estimate beside the matches (``None``: none).
+    """
+
+    model_path: Path
+    target: Path | list | None
+    target_system: int | None
+    projection: int
+    distance_pc: float | None
+    matching: MatchingSettings
+    threshold: float | None
+    device: str | None
+    progress: bool
+    observation_options: dict
+    observing: dict
+    misspecification: str | Path | Mapping[str, float] | None = None
+    posterior: EvaluationSettings | None = None
+
+    @property
+    def options(self) -> dict:
+        """The :class:`~protolib.matching.Matcher`'s options: its search backend, device and progress bars."""
+        return dict(backend=self.matching.backend, device=self.device, progress=self.progress)
+
+    @property
+    def top_k(self) -> int | None:
+        """How many matches are kept (``None``: all above :attr:`threshold`)."""
+        return self.matching.top_k or None
+
+    def __post_init__(self) -> None:
+        """Refuse, in one line, what cannot be matched, before the bank is opened; read the misspecification terms."""
+        _check_arguments(self.model_path, self.target, self.target_system, self.top_k, self.threshold)
+        if isinstance(self.target, list):
+            _check_band_options(self.observation_options, self.posterior is not None)
+        self.misspecification = _terms(self.misspecification)
+
+
+def _one_or_several(target):
+    """``target`` as given for one map (a path) or none, as a list for several maps (a list of one is that one map)."""
     if target is not None and not isinstance(target, (str, Path)):
         targets = list(target)
         target = None if not targets else targets[0] if len(targets) == 1 else targets
-    _check_arguments(model_path, target, target_system, top_k, threshold)
-    if isinstance(target, list):
-        _check_band_options(observation_options or {}, posterior_estimate)
     return target
+
+
+def _terms(misspecification) -> dict:
+    """The misspecification terms: read from their file, or as given."""
+    if isinstance(misspecification, (str, Path)):
+        return read_terms(misspecification)
+    return dict(misspecification or {})
 
 
 def _check_band_options(observation_options: dict, posterior_estimate: bool) -> None:
@@ -207,22 +294,44 @@ def _check_arguments(model_path, target, target_system, top_k, threshold) -> Non
         )
 
 
-@dataclass
-class _Searched:
-    """A target searched: its matcher and matches, the image searched, its truths and description, the bank the report
-    reads (a band of several: the searched one), and for an observation its preparation, observing draws and flux
-    tolerance (one per band for maps in several bands, ``bands``)."""
+# ---------------------------------------------------------------------------------------------
+# 1. prepare
 
-    matcher: Matcher
-    matches: Matches
+
+@dataclass
+class MatchTarget:
+    """A target ready to be searched (:func:`prepare_target`).
+
+    Attributes:
+        image: ``(H, W)`` the image searched: the observation on the bank's grid, or the bank system's image.
+        truths: the target's true parameters, when it is simulated (``None``: a real observation).
+        described: the report's description of the target (``inputs.target``).
+        bank: the bank searched (of a bank in several bands, the band the map is prepared in); ``bank_file``: the
+            bank file named on the command line.
+        observation: the :class:`~protolib.matching.ObservationTarget` searched (``None``: a bank system);
+            ``path``: its file.
+        bands: the maps of one source in several bands, matched jointly (``None``: one map).
+        system: ``(system, projection)`` of a bank system.
+        uncertainty: the observation's uncertain observing settings; ``flux_tolerance``: how far the image-space
+            fit may rescale a match's fluxes (one per band for several maps).
+    """
+
     image: np.ndarray
     truths: dict | None
     described: dict
     bank: Bank
+    bank_file: str
     observation: ObservationTarget | None = None
-    pooled: ObservingDraws | None = None
-    flux_tolerance: float | list = 0.0
+    path: Path | None = None
     bands: BandTargets | None = None
+    system: tuple[int, int] | None = None
+    uncertainty: ObservingUncertainty | None = None
+    flux_tolerance: float | list = 0.0
+
+    @property
+    def fitted_image(self) -> np.ndarray:
+        """The image the matches are fitted to: ``(H, W)``, or every band's ``(bands, H, W)``."""
+        return self.image if self.bands is None else self.bands.images()
 
     def close(self) -> None:
         """Close the bands of a bank of several that were opened for this target."""
@@ -232,153 +341,70 @@ class _Searched:
             self.bank.close()
 
 
-def _one_band(bank: Bank, target, observation_options: dict | None) -> Bank:
-    """``bank`` when it has one band; else its band nearest the map ``target``'s frequency (``--frequency``, else the
-    file's),
-    or for a bank system (``target`` ``None``) its reference band, the networks' (opened anew: close it)."""
-    if bank.n_bands == 1:
-        return bank
-    if target is None:
-        return bank.band(float(bank.attrs["frequency_ghz"]))
-    given = (observation_options or {}).get("frequency_ghz")
-    return (
-        bank.band(given)
-        if given
-        else bank.band(map_bands([target], bank, (observation_options or {}).get("centre"))[0].band_ghz)
+def prepare_target(bank: Bank, request: MatchRequest) -> MatchTarget:
+    """The target made ready to search: an observation prepared onto the bank's grid (in a bank of several bands, the
+    band nearest its frequency), maps in several bands each in its own band (:func:`_band_target`), or a bank system
+    (in a bank of several bands, the networks' reference band)."""
+    if isinstance(request.target, list):
+        return _band_target(bank, request)
+    band = _one_band(bank, request.target, request.observation_options)
+    bank_file = str(Path(bank.path).resolve())
+    try:
+        if request.target_system is not None:
+            return _system_target(band, request.target_system, request.projection, bank_file)
+        return _observation_target(band, request.target, request, bank_file)
+    except BaseException:
+        if band is not bank:
+            band.close()
+        raise
+
+
+def _observation_target(
+    bank: Bank, path, request: MatchRequest, bank_file: str, observation: ObservationTarget | None = None
+) -> MatchTarget:
+    """An observation prepared (unless ``observation`` is) onto ``bank``'s grid, with its uncertain observing settings
+    (the image-space fit may rescale a match within 2 sigma of its flux calibration)."""
+    if observation is None:
+        observation = matching_target(path, bank, request.distance_pc, **request.observation_options)
+    described = {
+        "file": str(Path(path).resolve()),
+        "distance_pc": request.distance_pc,
+        "preparation": observation.info,
+        "true_parameters_in_file": observation.truths is not None,
+    }
+    uncertainty = _observing_uncertainty(path, request.distance_pc, observation.info, request.observing)
+    return MatchTarget(
+        observation.image,
+        observation.truths,
+        described,
+        bank,
+        bank_file,
+        observation,
+        Path(path),
+        uncertainty=uncertainty,
+        flux_tolerance=2.0 * uncertainty.flux_calibration,
     )
 
 
-def _match_into(
-    out_dir: Path,
-    model_path,
-    bank: Bank,
-    target,
-    target_system,
-    projection,
-    distance_pc,
-    top_k,
-    threshold,
-    weight_temperature,
-    options: dict,
-    observation_options: dict | None,
-    limit_percentile: float = 5.0,
-    matching: MatchingSettings | None = None,
-    posterior_estimate: bool = False,
-    posterior_settings: EvaluationSettings | None = None,
-    observing: dict | None = None,
-) -> dict:
-    """The body of :func:`run_match`, writing into the staging folder ``out_dir``."""
-    inputs = {"model": str(Path(model_path).resolve()), "bank": str(Path(bank.path).resolve())}
-    search = (model_path, matching, options, top_k, threshold, observing or {})
-    if isinstance(target, list):
-        searched = _match_bands(bank, target, distance_pc, observation_options, *search)
-    else:
-        # a bank of several bands: the map's (a bank system: the networks')
-        band = _one_band(bank, target, observation_options)
-        try:
-            if target_system is not None:
-                found = _match_bank_system(model_path, band, target_system, projection, top_k, threshold, options)
-                searched = _Searched(*found, band)
-            else:
-                searched = _match_observation(band, target, distance_pc, observation_options, *search)
-        except BaseException:
-            if band is not bank:
-                band.close()
-            raise
-    inputs["target"] = searched.described
-    try:
-        return _judge_and_report(
-            out_dir,
-            searched,
-            inputs,
-            top_k,
-            threshold,
-            weight_temperature,
-            limit_percentile,
-            posterior_estimate,
-            posterior_settings,
-            observing,
-            options,
-        )
-    finally:
-        searched.close()
-
-
-def _match_observation(
-    bank: Bank,
-    target,
-    distance_pc,
-    observation_options,
-    model_path,
-    matching,
-    options,
-    top_k,
-    threshold,
-    observing: dict,
-    observation: ObservationTarget | None = None,
-) -> _Searched:
-    """An observation prepared (unless ``observation`` is), searched, and matched again at draws of its observing
-    settings."""
-    if observation is None:
-        observation = prepare_observation_target(target, bank, distance_pc, **(observation_options or {}))
-    matcher = _observation_matcher(model_path, bank, observation, matching, options)
-    image, truths = observation.image, observation.truths
-    matches = matcher.match(image, top_k=top_k, threshold=threshold)
-    described = {
-        "file": str(Path(target).resolve()),
-        "distance_pc": distance_pc,
-        "preparation": observation.info,
-        "true_parameters_in_file": truths is not None,
-    }
-    uncertainty = _observing_uncertainty(target, distance_pc, observation.info, observing)
-    flux_tolerance = 2.0 * uncertainty.flux_calibration  # the image-space fit may rescale a match within 2 sigma
-    pooled = None
-    if uncertainty.sources:
-        pooled = _observing_draws(
-            model_path, bank, target, uncertainty, observation_options, matching, options, top_k, threshold
-        )
-    return _Searched(matcher, matches, image, truths, described, bank, observation, pooled, flux_tolerance)
-
-
-def _match_bands(
-    bank: Bank,
-    targets: list,
-    distance_pc,
-    observation_options,
-    model_path,
-    matching,
-    options,
-    top_k,
-    threshold,
-    observing: dict,
-) -> _Searched:
+def _band_target(bank: Bank, request: MatchRequest) -> MatchTarget:
     """Maps of one source in several bands, matched jointly: each is prepared in the bank's band nearest its frequency,
-    with
-    its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one in the band the
-    networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the verdict
-    and
-    the calibration's references then use every band, each with its own flux tolerance (``matches.csv`` gains
-    ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and
-    ``spectral_index.png``
-    is written: :func:`write_match_report`)."""
-    bands = prepare_band_targets(targets, bank, distance_pc, **(observation_options or {}))
+    with its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one in the
+    band the networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the
+    verdict and the calibration's references then use every band, each with its own flux tolerance (``matches.csv``
+    gains ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and
+    ``spectral_index.png`` is written)."""
+    bands = prepare_band_targets(request.target, bank, request.distance_pc, **request.observation_options)
     try:
-        path = bands.maps[bands.search].path
-        searched = _match_observation(
+        searched = _observation_target(
             bands.banks[bands.search],
-            path,
-            distance_pc,
-            observation_options,
-            model_path,
-            matching,
-            options,
-            top_k,
-            threshold,
-            observing,
+            bands.maps[bands.search].path,
+            request,
+            str(Path(bank.path).resolve()),
             observation=bands.targets[bands.search],
         )
+        exact = dict(request.observing, n_draws=0)
         tolerances = [
-            2.0 * _observing_uncertainty(m.path, distance_pc, t.info, dict(observing, n_draws=0)).flux_calibration
+            2.0 * _observing_uncertainty(m.path, request.distance_pc, t.info, exact).flux_calibration
             for m, t in zip(bands.maps, bands.targets)
         ]
     except BaseException:
@@ -394,118 +420,36 @@ def _match_bands(
     return replace(searched, described=described, flux_tolerance=tolerances, bands=bands)
 
 
-def _judge_and_report(
-    out_dir: Path,
-    searched: _Searched,
-    inputs: dict,
-    top_k,
-    threshold,
-    weight_temperature,
-    limit_percentile,
-    posterior_estimate,
-    posterior_settings,
-    observing,
-    options,
-) -> dict:
-    """The matches judged (embedding check, image-space fit and calibration, detection) and the report written."""
-    matcher, bank, observation, bands = searched.matcher, searched.bank, searched.observation, searched.bands
-    _refuse_no_matches(searched.matches, threshold, bank)
-    verdict = matcher.check(searched.matches, limit_percentile=limit_percentile)
-    fit = fit_matches(
-        matcher,
-        searched.image if bands is None else bands.images(),
-        searched.matches,
-        observation=observation,
-        flux_tolerance=searched.flux_tolerance,
-        bands=bands,
-    )
-    matches, pooled, fit = _distribution_matches(searched.matches, searched.pooled, fit)
-    bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
-    noise = observation.noise_rms_jy_beam if observation is not None else bank_noise
-    found = detection(searched.image, noise) if noise > 0 else None
-    settings = _match_settings(
-        matcher, top_k, threshold, searched.flux_tolerance, len(searched.matches), len(matches), fit
-    )
-    trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
-    corner_parameters = [p for p in trained_on if p in bank.parameters] + ["inclination"] if trained_on else None
-    fitted = (
-        {}
-        if fit is None
-        else {
-            "reduced_chi2": fit.reduced_chi2,
-            "fit_verdict": fit.verdict,
-            "gallery_residuals": fit.residuals,
-            "calibration": with_terms(
-                fit.calibration, (observing or {}).get("misspecification") if observation else None
-            ),
-        }
-    )
-    if bands is not None:
-        fitted.update(bands=bands, reduced_chi2_by_band=fit.reduced_chi2_by_band)
-    report = write_match_report(
-        out_dir,
-        bank,
-        matches,
-        searched.image,
-        verdict=verdict,
-        truths=searched.truths,
-        weight_temperature=weight_temperature,
-        inputs=inputs,
-        settings=settings,
-        corner_parameters=corner_parameters,
-        match_image_transform=matcher.transform,
-        detected=found,
-        observing=pooled,
-        bank_non_detections=bank_non_detections(bank, bank_noise) if bank_noise > 0 else None,
-        **fitted,
-    )
-    # beside the matches, in the same report (rewritten in the staging folder)
-    if posterior_estimate and observation is not None:
-        report["posterior_estimate"] = observation_posterior(
-            matcher, searched.image, settings=posterior_settings, progress=options.get("progress", False)
+def _system_target(bank: Bank, system: int, projection: int, bank_file: str) -> MatchTarget:
+    """A bank system's image as the target, with its true parameters (it is matched against the other systems)."""
+    if not 0 <= system < bank.n_systems or not 0 <= projection < bank.n_projections:
+        raise ProtolibInputError(
+            f"Bank {bank.path} has systems 0..{bank.n_systems - 1} and projections 0..{bank.n_projections - 1}; "
+            f"got system {system}, projection {projection}."
         )
-        write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
-    return report
+    if bank.n_systems < 2:
+        raise ProtolibInputError(
+            f"Bank {bank.path} has one system; a bank system is matched against the other systems, so --target-system "
+            "needs a bank of at least two (or match an observation with --target)."
+        )
+    described = {"system": system, "projection": projection, "system_id": int(bank.system_id[system])}
+    image, truths = bank.images[system, projection], truth_parameters(bank, system, projection)
+    return MatchTarget(image, truths, described, bank, bank_file, system=(system, projection))
 
 
-def _match_settings(matcher: Matcher, top_k, threshold, flux_tolerance, searched: int, kept: int, fit) -> dict:
-    """The report's ``settings``: how the target was searched and how many matches form the distribution."""
-    return {
-        "top_k": top_k,
-        "threshold": threshold,
-        "backend": matcher.index.backend,
-        "device": str(matcher.index.device),
-        "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
-        "search": "tiered" if isinstance(matcher, TieredMatcher) else "exhaustive",
-        "fit_flux_tolerance": flux_tolerance,
-        "matches_searched": searched,
-        "distribution_k": kept,
-        "k_scores": None if fit is None else fit.k_scores,
-        **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if isinstance(matcher, TieredMatcher) else {}),
-    }
-
-
-def _corner_label(observing: ObservingDraws | None) -> str:
-    """The corner plot's name for the matches: with observing draws, the matches of every draw pooled (so they can
-    number as many as the bank's images without being the prior)."""
-    return "best matches" if observing is None else f"best matches of {len(observing.matches)} observing draws, pooled"
-
-
-def _distribution_matches(matches: Matches, pooled: ObservingDraws | None, fit):
-    """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose
-    (:func:`~protolib.matching.fit_matches`):
-    the distribution, ``matches.csv`` and the gallery are theirs; the verdict has already looked at every match
-    searched."""
-    if fit is None or fit.k is None or fit.k >= len(matches):
-        return matches, pooled, fit
-    k = fit.k
-    if pooled is not None:
-        pooled = ObservingDraws(pooled.uncertainty, pooled.draws, [m.head(k) for m in pooled.matches])
-    by_band = None if fit.reduced_chi2_by_band is None else fit.reduced_chi2_by_band[:, :k]
+def _one_band(bank: Bank, target, observation_options: dict | None) -> Bank:
+    """``bank`` when it has one band; else its band nearest the map ``target``'s frequency (``--frequency``, else the
+    file's),
+    or for a bank system (``target`` ``None``) its reference band, the networks' (opened anew: close it)."""
+    if bank.n_bands == 1:
+        return bank
+    if target is None:
+        return bank.band(float(bank.attrs["frequency_ghz"]))
+    given = (observation_options or {}).get("frequency_ghz")
     return (
-        matches.head(k),
-        pooled,
-        replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k], reduced_chi2_by_band=by_band),
+        bank.band(given)
+        if given
+        else bank.band(map_bands([target], bank, (observation_options or {}).get("centre"))[0].band_ghz)
     )
 
 
@@ -537,34 +481,77 @@ def _observing_uncertainty(target, distance_pc: float, preparation: dict, observ
     )
 
 
-def _observing_draws(
-    model_path,
-    bank: Bank,
-    target,
-    uncertainty: ObservingUncertainty,
-    observation_options: dict | None,
-    matching: MatchingSettings | None,
-    options: dict,
-    top_k,
-    threshold,
-) -> ObservingDraws:
+# ---------------------------------------------------------------------------------------------
+# 2. search
+
+
+@dataclass
+class Searched:
+    """A target searched (:func:`search_target`): the matcher, the matches, the observation's matches at each draw of
+    its uncertain observing settings (``None``: none), and the out-of-distribution check
+    (:class:`~protolib.matching.OutOfDistributionCheck`)."""
+
+    matcher: Matcher
+    matches: Matches
+    draws: ObservingDraws | None
+    verdict: object
+
+
+def search_target(target: MatchTarget, request: MatchRequest) -> Searched:
+    """The bank's images nearest the target in embedding space (never its own system, for a bank system), the
+    observation matched again at draws of its observing settings, and the out-of-distribution check."""
+    top_k, threshold = request.top_k, request.threshold
+    if target.system is not None:
+        matcher = Matcher.from_model(request.model_path, target.bank, **request.options)
+        matches = matcher.match_system(*target.system, top_k=top_k, threshold=threshold)
+    else:
+        matcher = _observation_matcher(
+            request.model_path, target.bank, target.observation, request.matching, request.options
+        )
+        matches = matcher.match(target.image, top_k=top_k, threshold=threshold)
+    draws = None
+    if target.uncertainty is not None and target.uncertainty.sources:
+        draws = _observing_draws(target, request)
+    _refuse_no_matches(matches, threshold, target.bank)
+    verdict = matcher.check(matches, limit_percentile=request.matching.limit_percentile)
+    return Searched(matcher, matches, draws, verdict)
+
+
+def _observation_matcher(
+    model_path, bank: Bank, observation, matching: MatchingSettings, options: dict, cache: bool = True
+) -> Matcher:
+    """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive
+    (its bank embeddings cached beside the model when ``cache``)."""
+    if matching.tiered(bank.n_systems * bank.n_projections):
+        return TieredMatcher.from_model(model_path, bank, transform=observation.transform, settings=matching, **options)
+    return Matcher.from_model(
+        model_path,
+        bank,
+        transform=observation.transform,
+        transform_key=observation.transform_key,
+        cache=cache,
+        **options,
+    )
+
+
+def _observing_draws(target: MatchTarget, request: MatchRequest) -> ObservingDraws:
     """The observation matched again at each draw of its uncertain settings (prepared, re-embedded and searched like
     the nominal match; the draws' bank embeddings are not cached, and the preparation's warnings, said once for the
     nominal match, are not repeated)."""
-    found, draws = [], uncertainty.draws()
-    quiet = dict(options, progress=False)
-    for draw in tqdm(draws, desc="Observing draws", unit="draw", disable=not options.get("progress", True)):
-        settings = dict(observation_options or {})
+    found, draws = [], target.uncertainty.draws()
+    quiet = dict(request.options, progress=False)
+    for draw in tqdm(draws, desc="Observing draws", unit="draw", disable=not request.progress):
+        settings = dict(request.observation_options)
         if draw.max_scale_arcsec is not None:
             settings["max_scale_arcsec"] = draw.max_scale_arcsec
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            observation = prepare_observation_target(
-                target, bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings
+            observation = matching_target(
+                target.path, target.bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings
             )
-        matcher = _observation_matcher(model_path, bank, observation, matching, quiet, cache=False)
-        found.append(matcher.match(observation.image, top_k=top_k, threshold=threshold))
-    return ObservingDraws(uncertainty, draws, found)
+        matcher = _observation_matcher(request.model_path, target.bank, observation, request.matching, quiet, False)
+        found.append(matcher.match(observation.image, top_k=request.top_k, threshold=request.threshold))
+    return ObservingDraws(target.uncertainty, draws, found)
 
 
 def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) -> None:
@@ -578,6 +565,43 @@ def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) ->
     raise ProtolibInputError(
         f"Bank {bank.path} holds no image to match the target against; a bank system is matched against the "
         "other systems, so the bank needs at least two."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. fit
+
+
+@dataclass
+class Fitted:
+    """The matches against the target in image space (:func:`fit_target`): the
+    :class:`~protolib.matching.MatchFit` (``None``: a noiseless bank target, nothing to judge a residual by), the
+    target's :class:`~protolib.goodness_of_fit.Detection`, and the share of bank images with no source
+    (:func:`bank_non_detections`)."""
+
+    fit: MatchFit | None
+    detected: Detection | None
+    bank_non_detections: dict | None
+
+
+def fit_target(target: MatchTarget, searched: Searched) -> Fitted:
+    """Every match's reduced chi-square against the target and the image-space verdict, on reference targets seen
+    like it (:func:`~protolib.matching.fit_matches`); whether the target, and the bank's images, hold a source."""
+    fit = fit_matches(
+        searched.matcher,
+        target.fitted_image,
+        searched.matches,
+        observation=target.observation,
+        flux_tolerance=target.flux_tolerance,
+        bands=target.bands,
+    )
+    bank = target.bank
+    bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
+    noise = target.observation.noise_rms_jy_beam if target.observation is not None else bank_noise
+    return Fitted(
+        fit,
+        detection(target.image, noise) if noise > 0 else None,
+        bank_non_detections(bank, bank_noise) if bank_noise > 0 else None,
     )
 
 
@@ -595,200 +619,131 @@ def bank_non_detections(bank: Bank, noise_rms_jy_beam: float, most: int = 2000, 
     }
 
 
-def _observation_matcher(
-    model_path, bank: Bank, observation, matching: MatchingSettings | None, options: dict, cache: bool = True
-) -> Matcher:
-    """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive
-    (its bank embeddings cached beside the model when ``cache``)."""
-    if matching is not None and matching.tiered(bank.n_systems * bank.n_projections):
-        return TieredMatcher.from_model(model_path, bank, transform=observation.transform, settings=matching, **options)
-    return Matcher.from_model(
-        model_path,
-        bank,
-        transform=observation.transform,
-        transform_key=observation.transform_key,
-        cache=cache,
-        **options,
-    )
+# ---------------------------------------------------------------------------------------------
+# 4. calibrate
 
 
-def _match_bank_system(model_path, bank: Bank, system: int, projection: int, top_k, threshold, options: dict):
-    """A bank system's matches (never from its own system): the matcher, the matches, the target image, its true
-    parameters and the report's description of the target."""
-    if not 0 <= system < bank.n_systems or not 0 <= projection < bank.n_projections:
-        raise ProtolibInputError(
-            f"Bank {bank.path} has systems 0..{bank.n_systems - 1} and projections 0..{bank.n_projections - 1}; "
-            f"got system {system}, projection {projection}."
-        )
-    if bank.n_systems < 2:
-        raise ProtolibInputError(
-            f"Bank {bank.path} has one system; a bank system is matched against the other systems, so --target-system "
-            "needs a bank of at least two (or match an observation with --target)."
-        )
-    matcher = Matcher.from_model(model_path, bank, **options)
-    matches = matcher.match_system(system, projection, top_k=top_k, threshold=threshold)
-    image = bank.images[system, projection]
-    truths = truth_parameters(bank, system, projection)
-    described = {
-        "system": system,
-        "projection": projection,
-        "system_id": int(bank.system_id[system]),
-        "part_of_model_split": matcher.training_part(system),
-    }
-    return matcher, matches, image, truths, described
+@dataclass
+class Calibration:
+    """How the distribution is drawn and its intervals widened (:func:`calibrate_intervals`).
 
-
-def write_match_report(
-    out_dir: str | Path,
-    bank: Bank,
-    matches: Matches,
-    target_image: np.ndarray,
-    *,
-    verdict,
-    truths: Mapping[str, float] | None = None,
-    weight_temperature: float | None = None,
-    inputs: Mapping | None = None,
-    settings: Mapping | None = None,
-    n_gallery: int = 11,
-    corner_parameters: Sequence[str] | None = None,
-    match_image_transform=None,
-    reduced_chi2: np.ndarray | None = None,
-    fit_verdict=None,
-    gallery_residuals: np.ndarray | None = None,
-    calibration: Mapping[str, dict] | None = None,
-    detected: Detection | None = None,
-    bank_non_detections: Mapping | None = None,
-    observing: ObservingDraws | None = None,
-    bands: BandTargets | None = None,
-    reduced_chi2_by_band: np.ndarray | None = None,
-) -> dict:
-    """Write ``matches.csv``, ``summary.csv``, ``corner.png``, ``gallery.png`` and ``report.json`` (last) to
-    ``out_dir``, atomically.
-
-    Arguments:
-        out_dir: the folder (created when missing).
-        bank: the bank searched.
-        matches: the target's best matches; ``target_image``: ``(H, W)`` the target as matched.
-        verdict: the :class:`~protolib.matching.OutOfDistributionCheck` of the matches.
-        truths: the target's true parameters, when it is simulated; ``inputs``, ``settings``: recorded as given.
-        weight_temperature: weight matches by similarity with this temperature (``None``: equal weights).
-        n_gallery: matches shown in the gallery.
-        corner_parameters: the corner plot's parameters (default: every bank parameter and the
-            inclination); ``summary.csv`` always has them all.
-        match_image_transform: shows the matches in the gallery as the network saw them (e.g. at an
-            observation's beam and noise).
-        reduced_chi2: ``(n_matches,)`` each match's reduced chi-square against the target (a column of
-            ``matches.csv``); ``fit_verdict``: the :class:`~protolib.goodness_of_fit.FitVerdict`;
-            ``gallery_residuals``: the gallery matches' residual maps in noise units (a row under each).
-        calibration: name -> the calibration of :func:`~protolib.matching.reference_calibration`;
-            ``summary.csv`` then holds the calibrated (widened) ranges, and ``report.json`` the calibration.
-        detected: the target's :class:`~protolib.goodness_of_fit.Detection` (``None``: a noiseless bank); an undetected
-            target is never trusted. ``bank_non_detections``: :func:`bank_non_detections`.
-        observing: the target matched at draws of its uncertain observing settings: ``summary.csv`` and ``corner.png``
-    then pool
-            them, ``observing_draws.csv`` lists them, ``report.json`` says what each widened
-    (``observing_uncertainty``).
-        bands, reduced_chi2_by_band: a target in several bands and each band's chi-square ``(bands, n_matches)``:
-    :func:`_band_products`.
-
-    Returns:
-        The report (as written to ``report.json``).
+    Attributes:
+        k: how many of the best matches form the distribution (``None``: every match searched).
+        k_scores: every ``k`` tried -> the mean calibrated half-width on the references.
+        widening: parameter -> the widening that makes its intervals honest on the references, with the coverage
+            before and after, and any misspecification term (``None``: no calibration, a noiseless bank target).
     """
-    out_dir = Path(out_dir)
-    if len(matches) == 0:
-        raise ProtolibInputError("No matches to report: lower the similarity threshold or raise --top-k.")
-    prior = prior_parameters(bank)
-    described = matches if observing is None else observing.pooled()[0]
+
+    k: int | None = None
+    k_scores: dict | None = None
+    widening: dict | None = None
+
+
+def calibrate_intervals(target: MatchTarget, searched: Searched, fitted: Fitted, terms: dict) -> Calibration:
+    """On the image-space fit's reference targets, whose true parameters are known: the number of matches whose
+    calibrated intervals are narrowest, and the widening that makes them hold the truth as often as they claim
+    (:func:`~protolib.matching.calibration.choose_k_and_widening`); for an observation, each widened further by its
+    misspecification term (:func:`~protolib.out_of_family.with_terms`)."""
+    fit = fitted.fit
+    if fit is None:
+        return Calibration()
+    k, widening, scores = choose_k_and_widening(
+        searched.matcher.bank, fit.reference_rows, fit.reference_matches, K_CANDIDATES
+    )
+    return Calibration(k, scores, with_terms(widening, terms if target.observation is not None else None))
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. summarise
+
+
+@dataclass
+class MatchResult:
+    """Everything ``protolib match`` writes (:func:`write_match_report`), from :func:`summarise_matches`.
+
+    Attributes:
+        target, searched, fitted, calibration: the steps' products.
+        matches, draws, fit: the distribution's: the ``calibration.k`` best matches, each observing draw's, and their
+            image-space fit (the verdicts have looked at every match searched).
+        samples, weights, prior, summaries: the distribution's parameters, their weights, the bank's prior, and
+            each parameter's summary (widened as calibrated).
+        observing: the report's ``observing_uncertainty`` (``None``: no observing draws).
+        bands: the report's ``bands`` (``None``: one map); ``spectral_indices``: the best matches shown beside the
+            target's spectral index, the target's and theirs (:func:`~protolib.matching.spectral_indices`).
+        posterior: the neural posterior estimate beside the matches (``None``: not asked for).
+        inputs, settings: the report's.
+    """
+
+    target: MatchTarget
+    searched: Searched
+    fitted: Fitted
+    calibration: Calibration
+    matches: Matches
+    draws: ObservingDraws | None
+    fit: MatchFit | None
+    samples: dict
+    weights: np.ndarray | None
+    prior: dict
+    summaries: list[ParameterSummary]
+    observing: dict | None
+    bands: dict | None
+    spectral_indices: tuple | None
+    posterior: dict | None
+    inputs: dict
+    settings: dict
+
+
+def summarise_matches(
+    target: MatchTarget, searched: Searched, fitted: Fitted, calibration: Calibration, request: MatchRequest
+) -> MatchResult:
+    """The distribution (the ``k`` best matches, pooled over the observing draws) summarised per parameter, widened as
+    calibrated; what each observing uncertainty widened; the bands' spectral indices; the neural posterior estimate."""
+    bank = target.bank
+    matches, draws, fit = _distribution(searched, fitted.fit, calibration.k)
+    described = matches if draws is None else draws.pooled()[0]
     samples = match_parameters(bank, described)
-    weights = _summary_weights(described, observing, weight_temperature)
-    summaries = _write_tables(
-        out_dir,
-        bank,
-        matches,
+    weights = _summary_weights(described, draws, request.matching.weight_temperature)
+    prior = prior_parameters(bank)
+    widening = None if calibration.widening is None else {n: c["widening"] for n, c in calibration.widening.items()}
+    summaries = summarise(
         samples,
-        prior,
-        weights,
-        truths,
-        calibration,
-        reduced_chi2,
-        None if bands is None else dict(zip(bands.labels, reduced_chi2_by_band)),
+        weights=weights,
+        prior=prior,
+        truths=target.truths,
+        parameter_info=bank.parameter_info,
+        widening=widening,
     )
-    observing_report = (
-        None if observing is None else _observing_report(out_dir, bank, observing, matches, samples, weights)
+    bands, indices = (None, None) if target.bands is None else _bands_summary(target.bands, matches, fit)
+    return MatchResult(
+        *(target, searched, fitted, calibration, matches, draws, fit, samples, weights, prior, summaries),
+        observing=None if draws is None else _observing_widening(bank, draws, matches, samples, weights),
+        bands=bands,
+        spectral_indices=indices,
+        posterior=_posterior(target, searched, request),
+        inputs=_inputs(target, searched, request),
+        settings=_settings(target, searched, calibration, request, len(matches)),
     )
-    corner_parameters = list(corner_parameters or [*bank.physical_parameters, "inclination"])
-    figures = {
-        "corner.png": plot_corner(
-            samples,
-            prior,
-            weights=weights,
-            truths=truths,
-            parameter_info=bank.parameter_info,
-            parameters=corner_parameters,
-            label=_corner_label(observing),
-        )
-    }
-    bands_report = _galleries(
-        figures,
-        bank,
-        matches.head(n_gallery) if bands is None else matches,
-        target_image,
-        match_image_transform,
-        gallery_residuals,
-        reduced_chi2,
-        bands,
-        reduced_chi2_by_band,
-    )
-    for name, fig in figures.items():
-        write_figure(fig, out_dir / name, dpi=110)
-    files = ["matches.csv", "summary.csv", *figures, "report.json"] + (
-        [] if observing is None else ["observing_draws.csv"]
-    )
-    report = _report(
-        bank,
-        matches,
-        summaries,
-        verdict,
-        fit_verdict,
-        calibration,
-        detected,
-        bank_non_detections,
-        inputs=dict(inputs or {}),
-        settings=dict(settings or {}, weight_temperature=weight_temperature, corner_parameters=corner_parameters),
-        files=sorted(files),
-        observing=observing_report,
-        **({} if bands is None else {"bands": bands_report}),
-    )
-    write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
-    return report
 
 
-def _galleries(
-    figures: dict,
-    bank: Bank,
-    shown: Matches,
-    target_image,
-    transform,
-    residuals,
-    reduced_chi2,
-    bands: BandTargets | None,
-    by_band,
-) -> dict | None:
-    """Add the gallery of the matches ``shown`` to ``figures`` (for a target in several bands, the matches' figures of
-    :func:`_band_products`, and return the report's ``bands``)."""
-    if bands is None:
-        figures["gallery.png"] = _gallery(
-            bank,
-            shown,
-            target_image,
-            transform,
-            residuals,
-            None if reduced_chi2 is None else reduced_chi2[: len(shown)],
-        )
+def _posterior(target: MatchTarget, searched: Searched, request: MatchRequest) -> dict | None:
+    """For an observation, when asked: the neural posterior estimate trained on the bank as its matcher sees it
+    (:func:`~protolib.npe.observation_posterior`), whose intervals the report puts beside the matches'."""
+    if request.posterior is None or target.observation is None:
         return None
-    band_figures, said = _band_products(bank, bands, shown, residuals, reduced_chi2, by_band)
-    figures.update(band_figures)
-    return said
+    return observation_posterior(searched.matcher, target.image, settings=request.posterior, progress=request.progress)
+
+
+def _distribution(searched: Searched, fit: MatchFit | None, k: int | None):
+    """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose: the distribution,
+    ``matches.csv`` and the gallery are theirs; the verdicts have already looked at every match searched."""
+    matches, draws = searched.matches, searched.draws
+    if fit is None or k is None or k >= len(matches):
+        return matches, draws, fit
+    if draws is not None:
+        draws = ObservingDraws(draws.uncertainty, draws.draws, [m.head(k) for m in draws.matches])
+    by_band = None if fit.reduced_chi2_by_band is None else fit.reduced_chi2_by_band[:, :k]
+    cut = replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k], reduced_chi2_by_band=by_band)
+    return matches.head(k), draws, cut
 
 
 def _summary_weights(
@@ -807,58 +762,191 @@ def _summary_weights(
     return draw_weights
 
 
-def _observing_report(
-    out_dir: Path, bank: Bank, observing: ObservingDraws, matches: Matches, pooled_samples: dict, pooled_weights
-) -> dict:
-    """Write ``observing_draws.csv`` (every draw's matches, with the draw's settings) and return the report's
-    ``observing_uncertainty``: the settings' uncertainty, the draws, and how much each widened each interval."""
-    rows = []
-    for i, (draw, found) in enumerate(zip(observing.draws, observing.matches)):
-        rows += [{"draw": i, **asdict(draw), **row} for row in match_rows(bank, found)]
-    write_csv(rows, out_dir / "observing_draws.csv")
+def _observing_widening(bank: Bank, draws: ObservingDraws, matches: Matches, pooled_samples: dict, pooled_weights):
+    """The report's ``observing_uncertainty``: the settings' uncertainty, the draws, and how much each widened each
+    interval."""
     names = [*bank.physical_parameters, "inclination"]
     weights = np.full(len(pooled_samples[names[0]]), 1.0) if pooled_weights is None else pooled_weights
     widening = widening_by_source(
-        observing.uncertainty,
-        observing.draws,
-        [match_parameters(bank, m) for m in observing.matches],
+        draws.uncertainty,
+        draws.draws,
+        [match_parameters(bank, m) for m in draws.matches],
         match_parameters(bank, matches),
         pooled_samples,
         weights,
         names,
         bank.parameter_info,
     )
-    return {**observing.uncertainty.to_dict(), "draws": [asdict(d) for d in observing.draws], "parameters": widening}
+    return {**draws.uncertainty.to_dict(), "draws": [asdict(d) for d in draws.draws], "parameters": widening}
 
 
-def _write_tables(
-    out_dir: Path,
-    bank: Bank,
-    matches: Matches,
-    samples: dict,
-    prior: dict,
-    weights,
-    truths,
-    calibration,
-    reduced_chi2,
-    by_band: Mapping[str, np.ndarray] | None = None,
-) -> list[ParameterSummary]:
-    """Write ``matches.csv`` (one row per match, with its reduced chi-square when known, and each band's, ``by_band``:
-    band
-    label -> ``(n_matches,)``) and ``summary.csv`` (the summaries, widened as calibrated when ``calibration`` is given);
-    return the summaries."""
-    widening = None if calibration is None else {name: c["widening"] for name, c in calibration.items()}
-    summaries = summarise(
-        samples, weights=weights, prior=prior, truths=truths, parameter_info=bank.parameter_info, widening=widening
-    )
-    rows = match_rows(bank, matches)
-    if reduced_chi2 is not None:
-        for i, (row, value) in enumerate(zip(rows, reduced_chi2)):
+BAND_GALLERY_MATCHES = 6  # matches shown in a gallery of several bands (two rows per band)
+SPECTRAL_INDEX_MATCHES = 4  # best matches shown beside the target's spectral index
+
+
+def _bands_summary(bands: BandTargets, matches: Matches, fit: MatchFit) -> tuple[dict, tuple]:
+    """The report's ``bands`` for a target in several bands: each map, its band, whether it was searched, and its
+    reduced chi-square for the best match (the lowest joint one) and over the distribution's matches; the spectral
+    indices of the target and of its best matches. Returns it, and the best matches with both spectral indices."""
+    best = matches.head(SPECTRAL_INDEX_MATCHES)
+    target_index, match_index = spectral_indices(bands, best.system, best.projection)
+    k = int(np.argmin(fit.reduced_chi2))
+    said = {
+        "frequencies_ghz": bands.frequencies_ghz,
+        "reference_band_ghz": bands.reference_ghz,
+        "searched_band_ghz": bands.frequencies_ghz[bands.search],
+        "best_match_rank": k + 1,
+        "maps": _band_maps(bands, fit.reduced_chi2_by_band, k),
+        "joint_reduced_chi2": "each band's chi-square in its own noise, summed over the bands' used pixels and divided "
+        "by their number",
+        "spectral_index": {
+            "bands_ghz": [target_index.low_ghz, target_index.high_ghz],
+            "sigma": target_index.sigma,
+            "common_beam_arcsec": [target_index.beam.major_arcsec, target_index.beam.minor_arcsec],
+            "target_median": _finite_or_none(target_index.median()),
+            "best_matches_median": [_finite_or_none(v) for v in match_index.median()],
+        },
+    }
+    return said, (best, target_index, match_index)
+
+
+def _band_maps(bands: BandTargets, by_band: np.ndarray, k: int) -> list[dict]:
+    """The report's ``bands.maps``: each map, its band, whether it was searched, its noise and beam, and its reduced
+    chi-square for the best match ``k`` and over the distribution's matches."""
+    return [
+        {
+            "file": str(m.path.resolve()),
+            "observed_frequency_ghz": m.observed_ghz,
+            "bank_band_ghz": m.band_ghz,
+            "searched": b == bands.search,
+            "noise_rms_jy_beam": t.noise_rms_jy_beam,
+            "beam_arcsec": [
+                t.resolution.target_beam.major_arcsec,
+                t.resolution.target_beam.minor_arcsec,
+                t.resolution.target_beam.position_angle_deg,
+            ],
+            "best_match_reduced_chi2": float(by_band[b, k]),
+            "median_reduced_chi2": float(np.median(by_band[b])),
+            "preparation": t.info,
+        }
+        for b, (m, t) in enumerate(zip(bands.maps, bands.targets))
+    ]
+
+
+def _inputs(target: MatchTarget, searched: Searched, request: MatchRequest) -> dict:
+    """The report's ``inputs``: the model, the bank and the target (a bank system: whether the model trained on it)."""
+    described = target.described
+    if target.system is not None:
+        described = {**described, "part_of_model_split": searched.matcher.training_part(target.system[0])}
+    return {"model": str(request.model_path.resolve()), "bank": target.bank_file, "target": described}
+
+
+def _settings(target: MatchTarget, searched: Searched, calibration: Calibration, request: MatchRequest, kept: int):
+    """The report's ``settings``: how the target was searched, how many matches form the distribution, their weights
+    and the corner plot's parameters (those the network's target similarity was computed from, and the
+    inclination)."""
+    matcher = searched.matcher
+    tiered = isinstance(matcher, TieredMatcher)
+    trained_on = (matcher.checkpoint.get("target") or {}).get("parameters") or []
+    corner = [p for p in trained_on if p in target.bank.parameters] + ["inclination"] if trained_on else None
+    return {
+        "top_k": request.top_k,
+        "threshold": request.threshold,
+        "backend": matcher.index.backend,
+        "device": str(matcher.index.device),
+        "embedding_cache": str(matcher.embeddings.path) if matcher.embeddings.path else None,
+        "search": "tiered" if tiered else "exhaustive",
+        "fit_flux_tolerance": target.flux_tolerance,
+        "matches_searched": len(searched.matches),
+        "distribution_k": kept,
+        "k_scores": calibration.k_scores,
+        **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if tiered else {}),
+        "weight_temperature": request.matching.weight_temperature,
+        "corner_parameters": corner or [*target.bank.physical_parameters, "inclination"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. report
+
+
+def write_match_report(out_dir: str | Path, result: MatchResult) -> dict:
+    """Write every product of a match to ``out_dir``: ``matches.csv`` (one row per match of the distribution, with its
+    reduced chi-square, and each band's), ``summary.csv`` (the summaries, widened as calibrated),
+    ``observing_draws.csv`` (every draw's matches, with the draw's settings), the figures (:func:`_figures`) and
+    ``report.json`` (last).
+
+    Returns:
+        The report (as written to ``report.json``).
+    """
+    out_dir = Path(out_dir)
+    bank = result.target.bank
+    write_csv(_match_rows(result), out_dir / "matches.csv")
+    write_csv(result.summaries, out_dir / "summary.csv")
+    files = ["matches.csv", "summary.csv", "report.json"]
+    if result.draws is not None:
+        rows = []
+        for i, (draw, found) in enumerate(zip(result.draws.draws, result.draws.matches)):
+            rows += [{"draw": i, **asdict(draw), **row} for row in match_rows(bank, found)]
+        write_csv(rows, out_dir / "observing_draws.csv")
+        files.append("observing_draws.csv")
+    figures = _figures(result)
+    for name, fig in figures.items():
+        write_figure(fig, out_dir / name, dpi=110)
+    report = _report(result, sorted(files + list(figures)))
+    write_json(report, out_dir / "report.json", strict=True, allow_nan=False)
+    return report
+
+
+def _match_rows(result: MatchResult) -> list[dict]:
+    """``matches.csv``'s rows: each match, with its reduced chi-square when known, and each band's."""
+    rows = match_rows(result.target.bank, result.matches)
+    fit = result.fit
+    if fit is not None:
+        labels = [] if result.target.bands is None else result.target.bands.labels
+        for i, (row, value) in enumerate(zip(rows, fit.reduced_chi2)):
             row["reduced_chi2"] = float(value)
-            row.update({f"reduced_chi2_{label}": float(values[i]) for label, values in (by_band or {}).items()})
-    write_csv(rows, out_dir / "matches.csv")
-    write_csv(summaries, out_dir / "summary.csv")
-    return summaries
+            row.update(
+                {f"reduced_chi2_{label}": float(fit.reduced_chi2_by_band[b, i]) for b, label in enumerate(labels)}
+            )
+    return rows
+
+
+def _figures(result: MatchResult) -> dict:
+    """Every figure of a match: ``corner.png`` (the distribution over the bank's prior), ``gallery.png`` (the best
+    matches as the network saw them, with their residuals) and, for maps in several bands, ``spectral_index.png``."""
+    bank, target = result.target.bank, result.target
+    figures = {
+        "corner.png": plot_corner(
+            result.samples,
+            result.prior,
+            weights=result.weights,
+            truths=target.truths,
+            parameter_info=bank.parameter_info,
+            parameters=result.settings["corner_parameters"],
+            label=_corner_label(result.draws),
+        )
+    }
+    if target.bands is not None:
+        figures.update(_band_figures(bank, target.bands, result.matches, result.fit, result.spectral_indices))
+        return figures
+    shown = result.matches.head(N_GALLERY)
+    fit = result.fit
+    figures["gallery.png"] = _gallery(
+        bank,
+        shown,
+        target.image,
+        result.searched.matcher.transform,
+        None if fit is None else fit.residuals,
+        None if fit is None else fit.reduced_chi2[: len(shown)],
+    )
+    return figures
+
+
+def _corner_label(observing: ObservingDraws | None) -> str:
+    """The corner plot's name for the matches: with observing draws, the matches of every draw pooled (so they can
+    number as many as the bank's images without being the prior)."""
+    return "best matches" if observing is None else f"best matches of {len(observing.matches)} observing draws, pooled"
 
 
 def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, residuals, reduced_chi2):
@@ -885,17 +973,9 @@ BAND_GALLERY_MATCHES = 6  # matches shown in a gallery of several bands (two row
 SPECTRAL_INDEX_MATCHES = 4  # best matches shown beside the target's spectral index
 
 
-def _band_products(
-    bank: Bank,
-    bands: BandTargets,
-    matches: Matches,
-    residuals: np.ndarray,
-    reduced_chi2: np.ndarray,
-    by_band: np.ndarray,
-) -> tuple[dict, dict]:
-    """The figures of a target in several bands (``gallery.png``: every band of each match and its residuals;
-    ``spectral_index.png``) and the report's ``bands``: each map, its band, whether it was searched, and its reduced
-    chi-square for the best match (the lowest joint one) and over the distribution's matches; the spectral indices."""
+def _band_figures(bank: Bank, bands: BandTargets, matches: Matches, fit: MatchFit, indices) -> dict:
+    """The figures of a target in several bands: ``gallery.png``, every band of each match and its residuals, and
+    ``spectral_index.png``, the target's spectral index beside its best matches'."""
     shown = matches.head(BAND_GALLERY_MATCHES)
     rows = shown.system * bank.n_projections + shown.projection
     images = np.stack(
@@ -906,21 +986,19 @@ def _band_products(
         axis=1,
     )
     inclination = bank.inclination[shown.system, shown.projection]
-    captions = [f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)]
     gallery = plot_band_gallery(
         bands.images(),
         images,
         shown.similarity,
         band_names=[f"{f:g} GHz" for f in bands.frequencies_ghz],
-        residuals=residuals[: len(shown)],
-        reduced_chi2=reduced_chi2[: len(shown)],
-        reduced_chi2_by_band=by_band[:, : len(shown)],
+        residuals=fit.residuals[: len(shown)],
+        reduced_chi2=fit.reduced_chi2[: len(shown)],
+        reduced_chi2_by_band=fit.reduced_chi2_by_band[:, : len(shown)],
         searched=bands.search,
-        captions=captions,
+        captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
         pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
     )
-    best = matches.head(SPECTRAL_INDEX_MATCHES)
-    target_index, match_index = spectral_indices(bands, best.system, best.projection)
+    best, target_index, match_index = indices
     index = plot_spectral_index(
         target_index.alpha,
         match_index.alpha,
@@ -930,85 +1008,40 @@ def _band_products(
         captions=[f"#{k + 1} system {s}" for k, s in enumerate(best.system)],
         sigma=target_index.sigma,
     )
-    k = int(np.argmin(reduced_chi2))
-    maps = [
-        {
-            "file": str(m.path.resolve()),
-            "observed_frequency_ghz": m.observed_ghz,
-            "bank_band_ghz": m.band_ghz,
-            "searched": b == bands.search,
-            "noise_rms_jy_beam": t.noise_rms_jy_beam,
-            "beam_arcsec": [
-                t.resolution.target_beam.major_arcsec,
-                t.resolution.target_beam.minor_arcsec,
-                t.resolution.target_beam.position_angle_deg,
-            ],
-            "best_match_reduced_chi2": float(by_band[b, k]),
-            "median_reduced_chi2": float(np.median(by_band[b])),
-            "preparation": t.info,
-        }
-        for b, (m, t) in enumerate(zip(bands.maps, bands.targets))
-    ]
-    said = {
-        "frequencies_ghz": bands.frequencies_ghz,
-        "reference_band_ghz": bands.reference_ghz,
-        "searched_band_ghz": bands.frequencies_ghz[bands.search],
-        "best_match_rank": k + 1,
-        "maps": maps,
-        "joint_reduced_chi2": "each band's chi-square in its own noise, summed over the bands' used pixels and divided "
-        "by their number",
-        "spectral_index": {
-            "bands_ghz": [target_index.low_ghz, target_index.high_ghz],
-            "sigma": target_index.sigma,
-            "common_beam_arcsec": [target_index.beam.major_arcsec, target_index.beam.minor_arcsec],
-            "target_median": _finite_or_none(target_index.median()),
-            "best_matches_median": [_finite_or_none(v) for v in match_index.median()],
-        },
+    return {"gallery.png": gallery, "spectral_index.png": index}
+
+
+def _report(result: MatchResult, files: list[str]) -> dict:
+    """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the observing
+    uncertainties, the summaries, the versions of protolib and its dependencies, the files written, and for maps in
+    several bands ``bands``, for a posterior estimate ``posterior_estimate``."""
+    searched, fitted, fit_verdict = result.searched, result.fitted, None if result.fit is None else result.fit.verdict
+    report = {
+        "inputs": result.inputs,
+        "settings": result.settings,
+        "bank": result.target.bank.identity,
+        "n_matches": len(result.matches),
+        "best_similarity": float(result.matches.similarity[0]),
+        "out_of_distribution": searched.verdict.to_dict(),
+        "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
+        "interval_calibration": None if result.calibration.widening is None else dict(result.calibration.widening),
+        "observing_uncertainty": result.observing,
+        "detection": None if fitted.detected is None else fitted.detected.to_dict(),
+        "bank_non_detections": fitted.bank_non_detections,
+        "verdict": _overall_verdict(searched.verdict, fit_verdict, fitted.detected),
+        "summary": [asdict(s) for s in result.summaries],
+        "versions": _versions(__version__, platform.python_version()),
+        "files": files,
     }
-    return {"gallery.png": gallery, "spectral_index.png": index}, said
+    if result.bands is not None:
+        report["bands"] = result.bands
+    if result.posterior is not None:
+        report["posterior_estimate"] = result.posterior
+    return report
 
 
 def _finite_or_none(value) -> float | None:
     return float(value) if np.isfinite(value) else None
-
-
-def _report(
-    bank: Bank,
-    matches: Matches,
-    summaries: list[ParameterSummary],
-    verdict,
-    fit_verdict,
-    calibration,
-    detected,
-    non_detections,
-    *,
-    inputs: dict,
-    settings: dict,
-    files: list[str],
-    observing: dict | None = None,
-    **more,
-) -> dict:
-    """The contents of ``report.json``: inputs, settings, the bank, both verdicts, the calibration, the observing
-    uncertainties, the summaries, the versions of protolib and its dependencies, the files written, and ``more``
-    (``bands``)."""
-    return {
-        "inputs": inputs,
-        "settings": settings,
-        "bank": bank.identity,
-        "n_matches": len(matches),
-        "best_similarity": float(matches.similarity[0]),
-        "out_of_distribution": verdict.to_dict(),
-        "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
-        "interval_calibration": None if calibration is None else dict(calibration),
-        "observing_uncertainty": observing,
-        "detection": None if detected is None else detected.to_dict(),
-        "bank_non_detections": None if non_detections is None else dict(non_detections),
-        "verdict": _overall_verdict(verdict, fit_verdict, detected),
-        "summary": [asdict(s) for s in summaries],
-        "versions": _versions(__version__, platform.python_version()),
-        "files": files,
-        **more,
-    }
 
 
 def _overall_verdict(embedding_check, fit_verdict, detected=None) -> dict:

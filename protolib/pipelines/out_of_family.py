@@ -21,7 +21,6 @@ from ..evaluation import EvaluationSettings, MethodEvaluation, Relevance, baseli
 from ..out_of_family import FAMILIES, IN_FAMILY, family_rows, misspecification_terms
 from ..runtime import ProtolibInputError, write_json
 from ..siamese import load_siamese
-from .evaluate import evaluation_settings
 from .shift import with_more_targets
 from .simulate import ensure_bank
 from .train import ensure_autoencoder, ensure_siamese
@@ -75,12 +74,25 @@ def _siamese_figures(model_path: Path, bank: Bank, settings: EvaluationSettings,
     ]
 
 
+def _family_figures(config, family: str, bank: Bank, model_path, settings: EvaluationSettings, test, progress: bool):
+    """The network's figures on the ``test`` systems rendered with ``family``'s physics (its bank's systems, with as
+    many more targets as the in-family ones)."""
+    other_config = family_config(config, family)
+    other = with_more_targets(
+        other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress
+    )
+    path = bank_with_systems_from(bank, other, test, other_config.artifacts_dir / "bank_out_of_family_targets.h5")
+    other.close()
+    with Bank(path) as targets:
+        return _siamese_figures(model_path, targets, settings, test).figures(True)
+
+
 def run_out_of_family(
     config, settings: EvaluationSettings | None = None, *, learn_on: str = "power_law_envelope", progress: bool = True
 ) -> OutOfFamily:
     """Score the configuration's network on its held-out systems rendered with each family's physics, and learn a term
     on ``learn_on``."""
-    settings = settings or evaluation_settings(config)
+    settings = settings or config.evaluation
     bank = ensure_bank(config, progress=progress)
     model_path = ensure_siamese(config, bank, ensure_autoencoder(config, bank, progress=progress), progress=progress)
     n_bank = bank.n_systems
@@ -89,14 +101,7 @@ def run_out_of_family(
     own = _siamese_figures(model_path, bank, settings, test)
     evaluations, calibration = {IN_FAMILY: own.figures(True)}, dict(own.chosen_widening or {})
     for family in FAMILIES:
-        other_config = family_config(config, family)
-        other = with_more_targets(
-            other_config, ensure_bank(other_config, progress=progress), settings.shift_test_systems, progress
-        )
-        path = bank_with_systems_from(bank, other, test, other_config.artifacts_dir / "bank_out_of_family_targets.h5")
-        other.close()
-        with Bank(path) as targets:
-            evaluations[family] = _siamese_figures(model_path, targets, settings, test).figures(True)
+        evaluations[family] = _family_figures(config, family, bank, model_path, settings, test, progress)
     parameters = list(own.figures(True).parameters)
     table = own.figures(True).metrics["parameters"]
     spread = {n: table[n]["rms_error"] / table[n]["rms_error_over_prior_spread"] for n in parameters}

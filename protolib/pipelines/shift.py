@@ -23,7 +23,6 @@ from ..npe import npe_results
 from ..plots.domain_shift import plot_domain_shift, plot_nuisance_constraints
 from ..runtime import ProtolibInputError, check_output, output_folder, write_figure, write_json
 from ..siamese import load_siamese
-from .evaluate import evaluation_settings
 from .simulate import ensure_bank
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -140,6 +139,16 @@ def with_more_targets(config, bank: Bank, n_systems: int, progress: bool) -> Ban
     return Bank(path)
 
 
+def _common_split(fixed_model, drawn_model):
+    """The split of both networks, refused when they hold out different test systems."""
+    split = load_siamese(fixed_model).split
+    if not np.array_equal(split.test, load_siamese(drawn_model).split.test):
+        raise ProtolibInputError(
+            "The fixed- and drawn-physics networks hold out different test systems; give both the same split settings."
+        )
+    return split
+
+
 def run_domain_shift(
     config, settings: EvaluationSettings | None = None, *, progress: bool = True, out_dir: str | Path | None = None
 ) -> DomainShift:
@@ -158,18 +167,14 @@ def run_domain_shift(
             f"The domain-shift comparison starts from a configuration that draws its nuisance physics; "
             f"{config.name} has prior.nuisance = {config.prior.nuisance!r}."
         )
-    settings = settings or evaluation_settings(config)
+    settings = settings or config.evaluation
     check_output(
         out_dir if out_dir is not None else config.artifacts_dir / "domain_shift", folder=True, command="domain-shift"
     )
     drawn_bank, drawn_model = _networks(config, progress)
     fixed_config = fixed_physics_config(config)
     fixed_bank, fixed_model = _networks(fixed_config, progress)
-    split = load_siamese(fixed_model).split
-    if not np.array_equal(split.test, load_siamese(drawn_model).split.test):
-        raise ProtolibInputError(
-            "The fixed- and drawn-physics networks hold out different test systems; give both the same split settings."
-        )
+    split = _common_split(fixed_model, drawn_model)
     n_bank = drawn_bank.n_systems
     drawn_bank = with_more_targets(config, drawn_bank, settings.shift_test_systems, progress)
     fixed_bank = with_more_targets(fixed_config, fixed_bank, settings.shift_test_systems, progress)
@@ -179,6 +184,27 @@ def run_domain_shift(
     )
     nuisance = drawn_bank.nuisance_parameters
     parameters = [*drawn_bank.physical_parameters, "inclination"]
+    fixed, drawn = (fixed_model, fixed_bank), (drawn_model, drawn_bank)
+    cases = _evaluate_cases(fixed, drawn, shifted_path, settings, test, nuisance, progress)
+    figures = shift_figures(cases, parameters, nuisance=nuisance)
+    paths = {
+        "drawn bank": drawn_bank.path,
+        "drawn network": drawn_model,
+        "fixed bank": fixed_bank.path,
+        "fixed network": fixed_model,
+        "shifted targets": shifted_path,
+        "out": Path(out_dir) if out_dir is not None else config.artifacts_dir / "domain_shift",
+    }
+    result = DomainShift({c: cases[c] for c in CASES}, parameters, nuisance, figures, paths, test)
+    _write_products(result, paths["out"])
+    return result
+
+
+def _evaluate_cases(fixed, drawn, shifted_path, settings: EvaluationSettings, test, nuisance, progress: bool) -> dict:
+    """The three cases evaluated on the ``test`` systems: the fixed-physics network on its own bank (no shift) and on
+    the targets rendered with drawn physics (shift), and the drawn-physics network marginalising the nuisance
+    parameters; each with its neural posterior estimates. ``fixed``, ``drawn``: each network and its bank."""
+    (fixed_model, fixed_bank), (drawn_model, drawn_bank) = fixed, drawn
     with Bank(shifted_path) as shifted:
         cases = {
             "no shift": _evaluate(fixed_model, fixed_bank, settings, [], test),
@@ -188,18 +214,7 @@ def run_domain_shift(
         _add_posterior_estimates(
             cases, fixed_model, fixed_bank, shifted, drawn_model, drawn_bank, settings, test, nuisance, progress
         )
-    figures = shift_figures(cases, parameters, nuisance=nuisance)
-    paths = {
-        "drawn bank": drawn_bank.path,
-        "drawn network": drawn_model,
-        "fixed bank": fixed_bank.path,
-        "fixed network": fixed_model,
-        "shifted targets": shifted_path,
-    }
-    paths["out"] = Path(out_dir) if out_dir is not None else config.artifacts_dir / "domain_shift"
-    result = DomainShift({c: cases[c] for c in CASES}, parameters, nuisance, figures, paths, test)
-    _write_products(result, paths["out"])
-    return result
+    return cases
 
 
 def _write_products(result: DomainShift, out_dir: Path) -> None:

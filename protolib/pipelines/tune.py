@@ -1,6 +1,6 @@
 """``protolib tune``: a hyperparameter search on a configuration, and the run folder it writes.
 
-:func:`tune_settings` reads a configuration's ``tuning:`` section. :func:`tune` makes (or
+:func:`tune` (with the configuration's ``tuning:`` section, ``config.tuning``) makes (or
 continues) a run folder, runs the trials, here or on Dask workers (each worker is
 :func:`run_trials`), and writes the table, the figures, ``best.json`` and the best configuration
 (:func:`write_tuned_config`). What a trial is and how it is scored, the study and the figures are in
@@ -29,7 +29,7 @@ from ..bank import Bank
 from ..config import apply_overrides, find_configs_dir, load_config
 from ..evaluation import Relevance
 from ..plots.tuning import plot_tuning_curves, plot_tuning_scores
-from ..runtime import ProtolibInputError, atomic_path, plain_name, typed_settings, write_figure, write_json
+from ..runtime import ProtolibInputError, atomic_path, plain_name, write_figure, write_json
 from ..siamese import load_siamese, train_siamese
 from ..tuning import (
     STALE_AFTER_S,
@@ -44,11 +44,9 @@ from ..tuning import (
     trials_markdown,
     trials_table,
 )
-from .evaluate import evaluation_settings
 from .train import autoencoder_settings, run_split, siamese_settings
 
 __all__ = [
-    "tune_settings",
     "tune",
     "run_trials",
     "write_tuned_config",
@@ -56,13 +54,6 @@ __all__ = [
     "first_trial_hyperparameters",
     "first_trial_differences",
 ]
-
-
-def tune_settings(config, overrides: dict | None = None) -> TuneSettings:
-    """The configuration's ``tuning:`` section (defaults where silent), with ``overrides`` (``None`` values ignored)."""
-    section = config.section("tuning") if config is not None else {}
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return typed_settings(TuneSettings, section, f"{getattr(config, 'path', 'tuning settings')} [tuning]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,23 +167,28 @@ def _objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"recovery error {score:.3f} after epoch {record['epoch']}")
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # the test systems are never looked at
-            train_siamese(
-                bank,
-                autoencoder,
-                checkpoint,
-                split=split,
-                progress=False,
-                device=device,
-                on_epoch=on_epoch,
-                test_metrics=False,
-                **siamese,
-            )
+        _train_trial(bank, autoencoder, checkpoint, split, device, on_epoch, siamese)
         return recovery_error(load_siamese(checkpoint, device), bank, split, relevance, top_k=top_k, images=images)
 
     return objective
+
+
+def _train_trial(bank: Bank, autoencoder, checkpoint: Path, split, device, on_epoch, siamese: dict) -> None:
+    """Train one trial's Siamese network quietly, scored after every epoch by ``on_epoch``; the test systems are never
+    looked at."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_siamese(
+            bank,
+            autoencoder,
+            checkpoint,
+            split=split,
+            progress=False,
+            device=device,
+            on_epoch=on_epoch,
+            test_metrics=False,
+            **siamese,
+        )
 
 
 def _scoring(config, bank: Bank, settings: TuneSettings):
@@ -202,7 +198,7 @@ def _scoring(config, bank: Bank, settings: TuneSettings):
     return (
         split,
         Relevance.fit(siamese_settings(config)["target"], bank, split.train),
-        settings.top_k or evaluation_settings(config).top_k,
+        settings.top_k or config.evaluation.top_k,
     )
 
 
@@ -349,7 +345,7 @@ def tune(
         configuration's own score, counts of complete and pruned trials, and the config file written.
     """
     require_optuna()
-    settings = settings or tune_settings(config)
+    settings = settings or config.tuning
     _check_destination(config_name, configs_dir)
     run_dir, bank_path = Path(run_dir), Path(bank_path)
     identity = _bank_identity(bank_path)
@@ -414,20 +410,7 @@ def _prepare_run_folder(
         "config": str(config.path),
         "fingerprint": fingerprint,
     }
-    try:
-        earlier = json.loads(stamp.read_text()) if stamp.exists() else None
-    except ValueError:
-        raise ProtolibInputError(
-            f"{stamp} is damaged (not JSON); give a new --out, or delete the run folder to start afresh."
-        ) from None
-    problem = None
-    if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
-        problem = f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank."
-    elif earlier and earlier.get("fingerprint") != fingerprint:
-        problem = (
-            f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
-            "their scores would not compare. Give a new --out, or go back to those settings."
-        )
+    problem = _run_folder_problem(run_dir, stamp, run_info)
     if problem and not restart_if_changed:
         raise ProtolibInputError(problem)
     if problem:  # kept, not deleted
@@ -439,6 +422,25 @@ def _prepare_run_folder(
     with atomic_path(config_file) as tmp:
         tmp.write_text(yaml.safe_dump(config_data, sort_keys=False))
     return config_file
+
+
+def _run_folder_problem(run_dir: Path, stamp: Path, run_info: dict) -> str | None:
+    """Why the run folder cannot be continued with ``run_info`` (its trials are of another bank, or other settings),
+    from its ``run.json`` ``stamp``; ``None`` when it can (or is new)."""
+    try:
+        earlier = json.loads(stamp.read_text()) if stamp.exists() else None
+    except ValueError:
+        raise ProtolibInputError(
+            f"{stamp} is damaged (not JSON); give a new --out, or delete the run folder to start afresh."
+        ) from None
+    if earlier and earlier.get("bank_identity") != run_info["bank_identity"]:
+        return f"{run_dir} holds trials on another bank ({earlier.get('bank')}); give a new --out for this bank."
+    if earlier and earlier.get("fingerprint") != run_info["fingerprint"]:
+        return (
+            f"{run_dir} holds trials made with other settings (configuration, search space or top_k changed since); "
+            "their scores would not compare. Give a new --out, or go back to those settings."
+        )
+    return None
 
 
 def _start_study(run_dir: Path, config, settings: TuneSettings, max_epochs: int) -> None:
@@ -576,6 +578,49 @@ def _compare_with_configuration(study, best, config, bank_path: Path, settings: 
     return comparison
 
 
+def _write_trials(run_dir: Path, rows: list[dict], names: list[str]) -> None:
+    """Write the table of trials: ``trials.csv`` (every column) and ``trials.md`` (the searched ``names``)."""
+    with atomic_path(run_dir / "trials.csv") as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_path(run_dir / "trials.md") as tmp:
+        tmp.write_text(trials_markdown(rows, names) + "\n")
+
+
+def _tuned_header(base: str, best, summary: dict, own: float | None, bank_path: Path, run_dir: Path) -> str:
+    """The header of the tuned configuration's file: when and from what it was tuned, and its score beside the base
+    configuration's own."""
+    return (
+        f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {base}: trial {best.number} "
+        "of "
+        f"{summary['trials']} ({summary['pruned']} pruned),\nvalidation recovery error {best.value:.3f}"
+        + (f" (the base configuration's own: {own:.3f})" if own is not None else "")
+        + f", on bank {bank_path.name}.\nRun folder: {run_dir}"
+    )
+
+
+def _write_best_config(path: Path, config_data: dict, bank_path: Path, best, epochs, header: str) -> Path:
+    """Write the best trial's configuration (:func:`write_tuned_config`) for the bank at ``bank_path``."""
+    with Bank(bank_path) as bank:
+        return write_tuned_config(path, config_data, bank, best.params, epochs=epochs, header=header)
+
+
+def _counts(rows: list[dict], own: float | None) -> dict:
+    """``best.json``'s counts of trials (complete, pruned, failed), the configuration's own score, and what the score
+    is."""
+    return {
+        "trials": len(rows),
+        "complete": sum(r["state"] == "complete" for r in rows),
+        "pruned": sum(r["state"] == "pruned" for r in rows),
+        "failed": sum(r["state"] == "fail" for r in rows),
+        "configuration_score": own,
+        "score": "validation recovery error "
+        "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is "
+        "better)",
+    }
+
+
 def _report(
     study,
     run_dir: Path,
@@ -591,45 +636,18 @@ def _report(
     config = load_config(run_dir / "config.yaml")
     rows = trials_table(study)
     space = json.loads(study.user_attrs["space"])
-    names = list(space)
-    with atomic_path(run_dir / "trials.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_path(run_dir / "trials.md") as tmp:
-        tmp.write_text(trials_markdown(rows, names) + "\n")
-    complete = [r for r in rows if r["state"] == "complete"]
+    _write_trials(run_dir, rows, list(space))
     own = next((r["recovery_error"] for r in rows if r["trial"] == 0 and r["state"] == "complete"), None)
     write_figure(plot_tuning_scores(rows, space, reference=own), run_dir / "scores.png", dpi=110)
     write_figure(plot_tuning_curves(study), run_dir / "learning_curves.png", dpi=110)
-    summary = {
-        "trials": len(rows),
-        "complete": len(complete),
-        "pruned": sum(r["state"] == "pruned" for r in rows),
-        "failed": sum(r["state"] == "fail" for r in rows),
-        "configuration_score": own,
-        "score": "validation recovery error "
-        "(mean RMS error of the top-k matches' median / prior spread over the target-similarity parameters; lower is "
-        "better)",
-    }
-    if complete:
+    summary = _counts(rows, own)
+    if summary["complete"]:
         best = study.best_trial
-        header = (
-            f"Tuned by `protolib tune` on {datetime.date.today().isoformat()} from {config.name}: trial {best.number} "
-            "of "
-            f"{len(rows)} ({summary['pruned']} pruned),\nvalidation recovery error {best.value:.3f}"
-            + (f" (the base configuration's own: {own:.3f})" if own is not None else "")
-            + f", on bank {bank_path.name}.\nRun folder: {run_dir}"
+        header = _tuned_header(config.name, best, summary, own, bank_path, run_dir)
+        epochs = best.user_attrs.get("epochs_budget", settings.epochs)
+        written = _write_best_config(
+            Path(configs_dir) / f"{config_name}.yaml", config_data, bank_path, best, epochs, header
         )
-        with Bank(bank_path) as bank:
-            written = write_tuned_config(
-                Path(configs_dir) / f"{config_name}.yaml",
-                config_data,
-                bank,
-                best.params,
-                epochs=best.user_attrs.get("epochs_budget", settings.epochs),
-                header=header,
-            )
         summary.update(
             best_trial=best.number,
             best_score=best.value,
