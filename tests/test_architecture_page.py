@@ -58,8 +58,14 @@ def _resolves(dotted: str) -> bool:
     """Whether ``dotted`` is a protolib module, a name in one, or a configuration key (``matching.search``)."""
     from protolib.config import SECTION_TYPES, setting_help
 
-    if dotted.split(".")[0] in SECTION_TYPES and setting_help(dotted):
+    if dotted.startswith("config.") and dotted.split(".", 1)[1] in SECTION_TYPES:  # a loaded configuration's section
         return True
+    if dotted.split(".")[0] in SECTION_TYPES:
+        try:
+            if setting_help(dotted):
+                return True
+        except (KeyError, TypeError):  # a module path such as matching.calibration, not a key
+            pass
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         try:
