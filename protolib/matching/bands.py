@@ -38,7 +38,7 @@ class MapBand:
         path: the map's FITS file.
         observed_ghz: its frequency (the file's spectral axis); ``band_ghz``: the bank band nearest it.
         centre: the source's position in it (the emission peak, or the centre given); ``beam_arcsec``: its beam's major
-    axis.
+            axis.
     """
 
     path: Path
@@ -56,7 +56,7 @@ class BandTargets:
         maps: each map and its bank band.
         targets: each map prepared in its band (:class:`~protolib.matching.ObservationTarget`).
         banks: each band of the bank, opened as a one-band bank (:meth:`~protolib.bank.Bank.band`); closed by
-    :meth:`close`.
+            :meth:`close`.
         search: the index of the map that is searched (the reference band's, else the nearest band's).
         reference_ghz: the bank's reference band, the one its networks were trained on.
     """

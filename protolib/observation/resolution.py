@@ -89,8 +89,8 @@ class ResolutionMatch:
     Example:
         >>> prepared = prepare_observation("obs.fits", "bank.h5", distance_pc=146)  # doctest: +SKIP
         >>> transform = prepared.transform()                                      # doctest: +SKIP
-        >>> matched = transform(torch.as_tensor(bank.load_images([0, 1])[:, 0]), np.random.default_rng(0))  # doctest:
-    +SKIP
+        >>> images = torch.as_tensor(bank.load_images([0, 1])[:, 0])                  # doctest: +SKIP
+        >>> matched = transform(images, np.random.default_rng(0))                    # doctest: +SKIP
         >>> matched.shape                      # (2, H, W), Jy/beam at the observation's resolution  # doctest: +SKIP
     """
 

@@ -335,7 +335,7 @@ def tune(
         progress: a progress bar of finished trials.
         restart_if_changed: when ``run_dir`` holds trials on another bank (e.g. one rebuilt since) or with other
             settings, move it aside to ``<run_dir>.previous-<time>`` and start afresh, instead of stopping with an
-    error.
+            error.
 
     A run folder is tied to its bank, configuration, search space and ``top_k`` (a rerun with other ones is
     refused); the number of trials and the epochs per trial may change between runs.

@@ -287,7 +287,7 @@ def plot_band_gallery(
     Arguments:
         target_images: ``(bands, H, W)``; ``images``: ``(n, bands, H, W)`` the matches as the target sees them.
         similarities: ``(n,)``; ``band_names``: one per band (e.g. ``"230 GHz"``); ``searched``: the band the network
-    searched.
+            searched.
         residuals: ``(n, bands, H, W)``; ``reduced_chi2``: ``(n,)`` joint; ``reduced_chi2_by_band``: ``(bands, n)``.
         captions: an extra line per match; ``pixel_size_au``: a scale bar on the target's first panel.
 
