@@ -413,9 +413,9 @@ def _print_match_report(args, report: dict) -> None:
     if report.get("bank_non_detections"):
         missing = report["bank_non_detections"]
         print(
-            f"The bank: {100 * missing['fraction']:.1f}% of {missing['images_checked']} of its images hold no source "
-            "above "
-            f"{missing['threshold_sigma']:g} times its noise (they are matched like the others)."
+            f"The bank: {100 * missing['fraction']:.1f}% of {missing['images_checked']} of its images (drawn at "
+            f"random) hold no source above {missing['threshold_sigma']:g} times its noise (they are matched like the "
+            "others)."
         )
     say("match", verdict["message"], not verdict["is_out_of_distribution"])
     if fit is not None:

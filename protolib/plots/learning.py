@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_history",
@@ -29,6 +30,7 @@ def plot_history(histories: dict[str, list[dict]], *, log: bool = True, figsize=
         best = int(np.nanargmin([h["validation_loss"] for h in history]))
         ax.axvline(epochs[best], color="grey", ls=":", label=f"best (epoch {epochs[best]})")
         ax.set(xlabel="epoch", ylabel="loss", title=label, yscale="log" if log else "linear")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 2.5, 7.5 ticks
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
