@@ -251,7 +251,8 @@ def difference_numbers(
             f"{prefix}_n_parameters": len(differences),
             f"{prefix}_beyond_goal": _phrase(
                 [
-                    f"{_name(d.parameter)} ({d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
+                    # three decimals: a ratio just above the goal must not print as the goal itself (1.10 > 1.1)
+                    f"{_name(d.parameter)} ({d.ratio:.3f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
                     f"{labels.get(d.b, d.b)}'s)"
                     for d in beyond
                 ]
