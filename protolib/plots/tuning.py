@@ -19,16 +19,20 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
     """Recovery error against each hyperparameter: complete trials coloured by order, pruned ones grey at their last
     score."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     names = [n for n in space if any(r[n] != "" for r in rows)]
     ncols = min(4, len(names))
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True)
+    numbers = [r["trial"] for r in rows if r["state"] == "complete"] or [0]
+    norm = Normalize(min(numbers), max(max(numbers), min(numbers) + 1))  # one colour scale for every panel
     for ax, name in zip(axes.ravel(), names):
         spec = space[name]
         for state, style in (
             ("pruned", dict(color="0.6", marker="x", s=22, label="pruned (last score)")),
-            ("complete", dict(c=None, marker="o", s=28, label="complete (colour: trial number)")),
+            ("complete", dict(c=None, marker="o", s=28, label="complete", norm=norm, cmap="viridis")),
         ):
             chosen = [r for r in rows if r["state"] == state and r[name] != "" and np.isfinite(r["recovery_error"])]
             if chosen:
@@ -41,6 +45,7 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
     for ax in axes.ravel()[len(names) :]:
         ax.set_visible(False)
     axes.ravel()[0].legend(fontsize=7, loc="best")
+    fig.colorbar(ScalarMappable(norm, "viridis"), ax=axes, label="trial number (complete trials)", shrink=0.8)
     fig.suptitle("Validation recovery error (RMS error / prior spread, lower is better) against each hyperparameter")
     return fig
 
@@ -57,7 +62,6 @@ def _scatter_trials(ax, chosen: list[dict], name: str, spec: dict, state: str, s
     y = [r["recovery_error"] for r in chosen]
     if state == "complete":
         style["c"] = [r["trial"] for r in chosen]
-        style["cmap"] = "viridis"
     ax.scatter(x, y, **style)
 
 
