@@ -93,7 +93,8 @@ def plot_similarity_scatter(
     """Predicted against target similarity of pairs, with the metrics in the title and the 1:1 line."""
     keep = np.random.default_rng(seed).permutation(len(predicted))[:max_points]
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
-    ax.hexbin(target[keep], predicted[keep], gridsize=40, bins="log", cmap="Blues", mincnt=1)
+    cells = ax.hexbin(target[keep], predicted[keep], gridsize=40, bins="log", cmap="Blues", mincnt=1)
+    fig.colorbar(cells, ax=ax, label="pairs per cell", shrink=0.8)
     ax.plot([-1, 1], [-1, 1], "k--", lw=1)
     ax.fill_between([-1, 1], [-1.1, 0.9], [-0.9, 1.1], color="orange", alpha=0.2, label="within 0.1")
     low = min(float(target.min()), float(predicted.min()), 0.0)
@@ -141,12 +142,16 @@ def plot_pair_gallery(
             for row, index in enumerate((first[pair], second[pair])):
                 image = images[index]
                 ax = axes[2 * block + row, k]
-                handle = ax.imshow(stretch(image / (0.02 * max(image.max(), 1e-30))), origin="lower", cmap="inferno")
+                scaled = stretch(image / (0.02 * max(image.max(), 1e-30)))  # each image to its own peak
+                handle = ax.imshow(scaled, origin="lower", cmap="inferno", vmin=0.0, vmax=float(stretch(50.0)))
                 ax.set_xticks([]), ax.set_yticks([])
             axes[2 * block, k].set_title(f"p {predicted[pair]:.2f}\nt {target[pair]:.2f}", fontsize=8)
         axes[2 * block, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
-    _network_input_colorbar(fig, axes, handle, "each image to its peak")
+    _network_input_colorbar(fig, axes, handle, "fraction of each image's peak")
+    fractions = [0.0, 0.01, 0.1, 1.0]  # one scale for every panel: ticks at fractions of each image's own peak
+    bar = handle.colorbar
+    bar.set_ticks([float(stretch(f / 0.02)) for f in fractions], labels=[f"{f:g}" for f in fractions])
     return fig
 
 
