@@ -231,7 +231,7 @@ def verdicts(
             "level": f"no better than {v['best']} ({v['best_error']:.2f})",
         }[v["comparison"]]
         lines.append(
-            f"{name}: RMS error {v['error']:.2f} prior spreads, R^2 {v['r2']:.2f}, 68% coverage "
+            f"{name}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "
             f"{v['coverage_68']:.2f}; "
             f"{'constrained' if v['constrained'] else 'NOT constrained by the images'}; {comparison}"
         )
