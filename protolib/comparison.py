@@ -224,7 +224,8 @@ def difference_numbers(
     interval and the method it is against; ``_n_better`` ...: their counts; ``_worst_parameter``,
     ``_worst_ratio`` (``_low``, ``_high``): the largest error ratio and its interval; ``_n_within_goal``:
     the parameters whose ratio is at most ``goal_ratio``, of ``_n_parameters``; ``_beyond_goal``: a
-    phrase naming the others with their ratios. ``labels`` names methods in prose (e.g.
+    phrase naming the others with their ratios (three decimals: a ratio just above the goal must not print as the
+    goal itself, 1.10 for 1.103). ``labels`` names methods in prose (e.g.
     :data:`~protolib.evaluation.METHOD_LABELS`; default: their names).
     """
     labels = labels or {}
@@ -251,7 +252,6 @@ def difference_numbers(
             f"{prefix}_n_parameters": len(differences),
             f"{prefix}_beyond_goal": _phrase(
                 [
-                    # three decimals: a ratio just above the goal must not print as the goal itself (1.10 > 1.1)
                     f"{_name(d.parameter)} ({d.ratio:.3f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
                     f"{labels.get(d.b, d.b)}'s)"
                     for d in beyond
