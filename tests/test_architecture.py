@@ -28,7 +28,7 @@ LAYERS = [
     },
     {"parameters", "simulator", "normalise", "images"},
     {"bank", "cluster", "training", "plotting"},
-    {"autoencoder", "siamese", "observation"},
+    {"autoencoder", "band_siamese", "siamese", "observation"},
     {"matching", "distributions", "literature", "embedding_maps", "attribution", "explorer"},
     {"evaluation", "comparison", "domain_shift", "plots_evaluation", "npe", "tuning", "misfits", "out_of_family"},
     {"config"},
