@@ -209,3 +209,28 @@ def test_a_siamese_checkpoint_written_before_bands_loads_and_embeds_as_it_did():
     model = load_siamese(OLD_CHECKPOINT, "cpu")
     assert model.frequencies_ghz == [230.0]
     np.testing.assert_allclose(model.embed_images(data["test_image"].numpy()), data["test_embedding"], atol=1e-6)
+
+
+def test_the_bank_embedded_in_a_subset_of_bands_is_cached_per_subset(trained, tmp_path):
+    from protolib.matching.band_embeddings import band_bank_embeddings
+
+    model_path = tmp_path / "siamese.pt"
+    model_path.write_bytes(Path(trained["siamese"]).read_bytes())
+    model = load_siamese(model_path, "cpu")
+    with Bank(trained["bank"]) as bank:
+        images = bank.load_images([2]).reshape(-1, 3, 16, 16)
+
+        def embedded(bands, transforms=None, key="as held"):
+            return band_bank_embeddings(
+                model, bank, model_path, bands_ghz=bands, key={"transform": key}, transforms=transforms, progress=False
+            )
+
+        b6, b3b6 = embedded([230]), embedded([100, 230])
+        assert b6.path != b3b6.path and b6.vectors.shape == b3b6.vectors.shape == (20, 6)
+        np.testing.assert_allclose(b6.vectors[4:6], model.embed_bands(images[:, [1]], [230]), atol=1e-6)
+        np.testing.assert_allclose(b3b6.vectors[4:6], model.embed_bands(images[:, :2], [100, 230]), atol=1e-6)
+        np.testing.assert_array_equal(embedded([230, 100]).vectors, b3b6.vectors)  # read from its cache
+        doubled = embedded([100, 230], [lambda x: 2 * x, None], key="B3 doubled")
+        np.testing.assert_allclose(
+            doubled.vectors[4:6], model.embed_bands(images[:, :2] * [[[[2]], [[1]]]], [100, 230]), atol=1e-5
+        )
