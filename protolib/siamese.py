@@ -105,6 +105,10 @@ class SiameseConfig:
         if self.band_keep is not None and self.band_keep == 0 and self.reference_alone != 1:
             raise ProtolibInputError("The Siamese network's band_keep must be above 0 (a band is kept at that chance).")
 
+    def __repr__(self) -> str:
+        """The settings, the band settings only when set (as :meth:`to_dict` stores them)."""
+        return f"SiameseConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
     @property
     def all_bands(self) -> bool:
         """Whether the network embeds any subset of a bank's bands (band dropout)."""
