@@ -10,15 +10,20 @@ What the network sees (:class:`BandPreprocessing`), for a bank of ``B`` bands:
 - ``2B`` image channels: each band's image under its own per-image stretch (as the one-band network
   sees it, so the pretrained encoder's filters apply), zero where the band is absent, then one
   presence plane per band (all ones or all zeros). The mask tells an absent band from a blank one.
-- ``2B`` numbers beside the pixels: each band's log total flux, standardised on the training images
-  of that band, zero where absent, then the presence flags. The per-image stretch throws away the
-  brightness of each band, and with it the band ratio; the log fluxes keep it, and their differences
-  are the spectral index (``Δ log F / Δ log ν``) up to the learned per-band scale.
+- numbers beside the pixels (:func:`n_band_inputs`): each band's log total flux, standardised on the
+  training images of that band; the spectral index ``α = Δ log F / Δ log ν`` of the total fluxes between
+  every pair of bands, standardised on the training images; each zero where a band it needs is absent;
+  then the presence flags. The per-image stretch throws away the brightness of each band, and with it
+  the band ratio; the log fluxes keep it. The spectral index is given as well, explicitly: it is a
+  difference of two log fluxes each spread over a decade or more between systems, while β moves it by
+  a fraction of that (``α ≈ 2 + β`` where the dust is optically thin), so a network left to take the
+  difference itself would have to learn weights that cancel to a few per cent; given α, the
+  latent layer reads β's imprint from one input.
 
 How the pretrained one-band encoder becomes a band encoder (:func:`widen_encoder`,
 :func:`load_widened_encoder`): its first convolution gets ``2B`` input channels and its latent layer
-``2B`` extra inputs; the reference band's channel and flux input take the pretrained weights, every
-other band and mask starts at zero. At initialisation, then, the reference band alone is embedded
+extra inputs for the numbers; the reference band's channel and flux input take the pretrained weights,
+every other band, spectral index and mask starts at zero. At initialisation, then, the reference band alone is embedded
 exactly as the pretrained encoder embeds it (today's network's starting point), and the other bands
 enter only as training finds them useful. Stacking the bands as channels (rather than one encoder
 per band, pooled) lets the first layer compare bands pixel by pixel, which is where a spectral-index
@@ -33,6 +38,7 @@ embed alike.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -57,12 +63,19 @@ __all__ = [
     "augment_bands",
     "band_positions",
     "reference_band",
+    "n_band_inputs",
 ]
 
 BAND_CHOICES = (None, "reference", "all")
 DEFAULT_BAND_KEEP = 0.5  # chance that a band is kept in a training image
 DEFAULT_REFERENCE_ALONE = 0.25  # share of training images shown in the reference band alone
 BAND_MATCH_TOLERANCE = 0.05  # a map's frequency within this fraction of a band's is that band (the bank's tolerance)
+
+
+def n_band_inputs(n_bands: int) -> int:
+    """How many numbers a network of ``n_bands`` bands takes beside the pixels: each band's log flux, the spectral
+    index of each pair of bands, each band's presence flag."""
+    return 2 * n_bands + n_bands * (n_bands - 1) // 2
 
 
 def reference_band(bank) -> int:
@@ -103,11 +116,38 @@ class BandPreprocessing:
             its log-flux centre and spread); the reference band's is the pretrained autoencoder's.
         frequencies_ghz: the bands' frequencies, increasing.
         reference: the reference band's index.
+        index_centre, index_spread: the mean and spread of the training images' spectral index between
+            each pair of bands (:meth:`pairs` order).
     """
 
     bands: list[ImagePreprocessing]
     frequencies_ghz: list[float]
     reference: int
+    index_centre: list[float] = field(default_factory=list)
+    index_spread: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        n_pairs = len(self.pairs())
+        self.index_centre = [float(v) for v in self.index_centre] or [0.0] * n_pairs
+        self.index_spread = [float(v) for v in self.index_spread] or [1.0] * n_pairs
+        if len(self.bands) != len(self.frequencies_ghz) or not 0 <= self.reference < len(self.bands):
+            raise ValueError(
+                f"{len(self.bands)} band preprocessings for {len(self.frequencies_ghz)} bands, reference "
+                f"{self.reference}"
+            )
+        if len(self.index_centre) != n_pairs or len(self.index_spread) != n_pairs or min(self.index_spread) <= 0:
+            raise ValueError(f"spectral-index centres and positive spreads for {n_pairs} pairs of bands are needed")
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The pairs of bands whose spectral index the network sees, ``(lower, upper)``."""
+        return list(itertools.combinations(range(len(self.bands)), 2))
+
+    def spectral_indices(self, images: torch.Tensor) -> torch.Tensor:
+        """The spectral index of the total fluxes of images ``(N, B, H, W)`` between each pair of bands, ``(N,
+        pairs)``, not standardised."""
+        log_flux = torch.stack([p.log_flux(images[:, b]) for b, p in enumerate(self.bands)], 1)  # (N, B)
+        log_nu = np.log10(self.frequencies_ghz)
+        return torch.stack([(log_flux[:, j] - log_flux[:, i]) / (log_nu[j] - log_nu[i]) for i, j in self.pairs()], 1)
 
     @property
     def n_bands(self) -> int:
@@ -115,7 +155,7 @@ class BandPreprocessing:
 
     def __call__(self, images: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Network inputs from images ``(N, B, H, W)`` and presence ``(N, B)`` bool: pixels ``(N, 2B, H, W)`` and
-        the log fluxes with the presence flags ``(N, 2B)``."""
+        the log fluxes, spectral indices and presence flags ``(N, n_band_inputs(B))``."""
         images = images.float()
         mask = present.to(images.device, images.dtype)  # (N, B)
         pixels, fluxes = [], []
@@ -123,24 +163,33 @@ class BandPreprocessing:
             stretched, flux = preprocessing(images[:, b])  # (N, 1, H, W), (N, 1)
             pixels.append(stretched * mask[:, b, None, None, None])
             fluxes.append(flux * mask[:, b, None])
+        centre, spread = (
+            torch.tensor(v, dtype=images.dtype, device=images.device) for v in (self.index_centre, self.index_spread)
+        )
+        both = torch.stack([mask[:, i] * mask[:, j] for i, j in self.pairs()], 1)  # (N, pairs)
+        indices = (self.spectral_indices(images) - centre) / spread * both
         planes = mask[:, :, None, None].expand(-1, -1, *images.shape[-2:])  # (N, B, H, W)
-        return torch.cat([*pixels, planes], 1), torch.cat([*fluxes, mask], 1)
+        return torch.cat([*pixels, planes], 1), torch.cat([*fluxes, indices, mask], 1)
 
     def to_dict(self) -> dict:
         return {
             "bands": [p.to_dict() for p in self.bands],
             "frequencies_ghz": [float(f) for f in self.frequencies_ghz],
             "reference": int(self.reference),
+            "index_centre": list(self.index_centre),
+            "index_spread": list(self.index_spread),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> BandPreprocessing:
         bands = [ImagePreprocessing.from_dict(p) for p in data["bands"]]
-        frequencies = [float(f) for f in data["frequencies_ghz"]]
-        reference = int(data["reference"])
-        if len(bands) != len(frequencies) or not 0 <= reference < len(bands):
-            raise ValueError(f"{len(bands)} band preprocessings for {len(frequencies)} bands, reference {reference}")
-        return cls(bands, frequencies, reference)
+        return cls(
+            bands,
+            [float(f) for f in data["frequencies_ghz"]],
+            int(data["reference"]),
+            list(data["index_centre"]),
+            list(data["index_spread"]),
+        )
 
     @classmethod
     def fit_on_bank(cls, bank, systems: np.ndarray, reference: ImagePreprocessing) -> BandPreprocessing:
@@ -158,7 +207,12 @@ class BandPreprocessing:
             with bank.band(frequency) as one:
                 preprocessing = ImagePreprocessing.from_bank(one, **settings)
             bands.append(preprocessing.fit(images[:, :, b].reshape(-1, *images.shape[-2:])))
-        return cls(bands, list(bank.frequencies_ghz), index)
+        fitted = cls(bands, list(bank.frequencies_ghz), index)
+        indices = fitted.spectral_indices(torch.as_tensor(images.reshape(-1, *images.shape[2:]), dtype=torch.float64))
+        if len(indices) > 1:  # else the defaults: centre 0, spread 1
+            fitted.index_centre = indices.mean(0).tolist()
+            fitted.index_spread = [s if s > 0 else 1.0 for s in indices.std(0).tolist()]
+        return fitted
 
 
 @dataclass
@@ -243,15 +297,15 @@ class BandBankImages(BankImages):
 
 def widen_encoder(encoder: nn.Module, n_bands: int) -> None:
     """Give a one-band :class:`~protolib.autoencoder.Encoder` the inputs of ``n_bands`` bands, in place: a first
-    convolution of ``2 n_bands`` channels (images and presence planes) and a latent layer with ``2 n_bands`` extra
-    inputs (log fluxes and presence flags)."""
+    convolution of ``2 n_bands`` channels (images and presence planes) and a latent layer with
+    :func:`n_band_inputs` extra inputs (log fluxes, spectral indices and presence flags)."""
     first = encoder.convolutions[0]
     encoder.convolutions[0] = nn.Conv2d(
         2 * n_bands, first.out_channels, first.kernel_size, stride=first.stride, padding=first.padding
     )
     latent = encoder.to_latent
     features = latent.in_features - int(encoder.use_flux)
-    encoder.to_latent = nn.Linear(features + 2 * n_bands, latent.out_features)
+    encoder.to_latent = nn.Linear(features + n_band_inputs(n_bands), latent.out_features)
     encoder.use_flux = True
 
 
@@ -265,7 +319,7 @@ def load_widened_encoder(encoder: nn.Module, pretrained: nn.Module, reference: i
     state["convolutions.0.weight"] = widened
     weight = state.pop("to_latent.weight")  # (latent, features [+ 1])
     features = weight.shape[1] - int(pretrained.use_flux)
-    latent = torch.zeros(weight.shape[0], features + 2 * n_bands, dtype=weight.dtype)
+    latent = torch.zeros(weight.shape[0], features + n_band_inputs(n_bands), dtype=weight.dtype)
     latent[:, :features] = weight[:, :features]
     if pretrained.use_flux:
         latent[:, features + reference] = weight[:, features]
