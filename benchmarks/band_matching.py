@@ -13,8 +13,10 @@ B6         230      0.25" x 0.25" 1e-4 (the book's)
 B7         345      0.2" x 0.2"   2e-4
 =========  =======  ============  ==================
 
-The networks, the default configuration's settings (epochs capped by ``--ae-epochs`` and ``--epochs``),
-all on the same split:
+The networks, the default configuration's settings (the autoencoder's epochs capped by ``--ae-epochs``,
+the Siamese networks' set by ``--epochs``, the band-dropout network's by ``--dropout-epochs``: it has
+every subset of bands to learn and its validation loss still falls where the others' are flat), all on
+the same split:
 
 - the autoencoder, on the B6 band (the reference band);
 - ``dropout``: the band-dropout Siamese network (``siamese.model.bands: all``) on all three bands, its
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--ae-epochs", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--dropout-epochs", type=int, default=60, help="the band-dropout network's (it learns more)")
+    parser.add_argument("--opacity-weight", type=float, default=3.0, help="β's and κ's weight in the target")
+    parser.add_argument("--reference-alone", type=float, default=None, help="the dropout network's B6-alone share")
     parser.add_argument("--split", type=float, nargs=3, default=[0.6, 0.15, 0.25], help="train, validation, test")
     parser.add_argument("--folder", default=None, help="where the banks and networks go (default: a temporary one)")
     parser.add_argument("--out", default=None)
@@ -163,22 +168,31 @@ def _networks(config, args, split, paths: dict, folder: Path) -> dict[str, Path]
             progress=False,
         )
     book = config.siamese.target
-    opacity = replace(book, parameters=[*book.parameters, *OPACITY], weights=None)
+    weights = [*(book.weights or [1.0] * len(book.parameters)), args.opacity_weight, args.opacity_weight]
+    opacity = replace(book, parameters=[*book.parameters, *OPACITY], weights=weights)
     plans = {
-        "dropout": (paths["three"], None, SiameseConfig(**{**config.siamese.model.to_dict(), "bands": "all"}), opacity),
+        "dropout": (paths["three"], None, _dropout_model(config, args), opacity),
         "today": (paths["three"], 230.0, config.siamese.model, opacity),
         "today (book target)": (paths["three"], 230.0, config.siamese.model, book),
         "fixed physics": (paths["fixed"], None, config.siamese.model, book),
     }
     return {
-        name: _train(config, args, split, autoencoder, folder / f"{name.split()[0]}_{i}.pt", *plan)
+        name: _train(config, epochs, split, autoencoder, folder / f"{name.split()[0]}_{i}.pt", *plan)
         for i, (name, plan) in enumerate(plans.items())
+        for epochs in [args.dropout_epochs if name == "dropout" else args.epochs]
     }
 
 
-def _train(config, args, split, autoencoder, out: Path, bank_path, band, model, target: TargetDefinition) -> Path:
+def _dropout_model(config, args) -> SiameseConfig:
+    """The configuration's Siamese network with ``bands: all`` (and ``--reference-alone`` when given)."""
+    return SiameseConfig(**{**config.siamese.model.to_dict(), "bands": "all", "reference_alone": args.reference_alone})
+
+
+def _train(
+    config, epochs: int, split, autoencoder, out: Path, bank_path, band, model, target: TargetDefinition
+) -> Path:
     settings = config.siamese
-    training = replace(settings.training, epochs=min(settings.training.epochs, args.epochs), num_threads=1)
+    training = replace(settings.training, epochs=epochs, num_threads=1)
     with Bank(bank_path, band) as bank:
         return train_siamese(
             bank,
@@ -290,6 +304,9 @@ def _setup(args, config, split) -> dict:
         "split": {"train": len(split.train), "validation": len(split.validation), "test": len(split.test)},
         "autoencoder_epochs": args.ae_epochs,
         "siamese_epochs": args.epochs,
+        "dropout_epochs": args.dropout_epochs,
+        "opacity_weight": args.opacity_weight,
+        "reference_alone": _dropout_model(load_config("default"), args).dropout(3, 1).reference_alone,
         "nuisance": "drawn (three-band bank); fixed (the fixed-physics B6 bank)",
     }
 

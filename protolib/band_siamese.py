@@ -69,6 +69,9 @@ __all__ = [
 BAND_CHOICES = (None, "reference", "all")
 DEFAULT_BAND_KEEP = 0.5  # chance that a band is kept in a training image
 DEFAULT_REFERENCE_ALONE = 0.25  # share of training images shown in the reference band alone
+# standardised spectral indices are cut at this many spreads: a band whose total flux is noise (or negative, floored at
+# FLUX_FLOOR_JY) gives an index of tens, which would swamp the others
+INDEX_CLIP = 5.0
 BAND_MATCH_TOLERANCE = 0.05  # a map's frequency within this fraction of a band's is that band (the bank's tolerance)
 
 
@@ -116,8 +119,10 @@ class BandPreprocessing:
             its log-flux centre and spread); the reference band's is the pretrained autoencoder's.
         frequencies_ghz: the bands' frequencies, increasing.
         reference: the reference band's index.
-        index_centre, index_spread: the mean and spread of the training images' spectral index between
-            each pair of bands (:meth:`pairs` order).
+        index_centre, index_spread: the median and spread (1.4826 times the median absolute deviation)
+            of the training images' spectral index between each pair of bands (:meth:`pairs` order): a
+            robust spread, because a faint system's band of noise gives an index far off (and the mean and
+            standard deviation with it); standardised indices are cut at :data:`INDEX_CLIP` spreads.
     """
 
     bands: list[ImagePreprocessing]
@@ -167,7 +172,7 @@ class BandPreprocessing:
             torch.tensor(v, dtype=images.dtype, device=images.device) for v in (self.index_centre, self.index_spread)
         )
         both = torch.stack([mask[:, i] * mask[:, j] for i, j in self.pairs()], 1)  # (N, pairs)
-        indices = (self.spectral_indices(images) - centre) / spread * both
+        indices = ((self.spectral_indices(images) - centre) / spread).clamp(-INDEX_CLIP, INDEX_CLIP) * both
         planes = mask[:, :, None, None].expand(-1, -1, *images.shape[-2:])  # (N, B, H, W)
         return torch.cat([*pixels, planes], 1), torch.cat([*fluxes, indices, mask], 1)
 
@@ -210,8 +215,10 @@ class BandPreprocessing:
         fitted = cls(bands, list(bank.frequencies_ghz), index)
         indices = fitted.spectral_indices(torch.as_tensor(images.reshape(-1, *images.shape[2:]), dtype=torch.float64))
         if len(indices) > 1:  # else the defaults: centre 0, spread 1
-            fitted.index_centre = indices.mean(0).tolist()
-            fitted.index_spread = [s if s > 0 else 1.0 for s in indices.std(0).tolist()]
+            centre = indices.median(0).values
+            spread = 1.4826 * (indices - centre).abs().median(0).values
+            fitted.index_centre = centre.tolist()
+            fitted.index_spread = [s if s > 0 else 1.0 for s in spread.tolist()]
         return fitted
 
 
