@@ -234,3 +234,18 @@ def test_the_bank_embedded_in_a_subset_of_bands_is_cached_per_subset(trained, tm
         np.testing.assert_allclose(
             doubled.vectors[4:6], model.embed_bands(images[:, :2] * [[[[2]], [[1]]]], [100, 230]), atol=1e-5
         )
+
+
+def test_the_network_sees_each_band_s_log_flux_and_the_spectral_index_of_every_pair_present():
+    from protolib.band_siamese import BandPreprocessing, n_band_inputs
+    from protolib.images import ImagePreprocessing
+
+    prep = BandPreprocessing([ImagePreprocessing(stretch="asinh") for _ in BANDS], BANDS, 1)
+    images = torch.ones(2, 3, 8, 8) * torch.tensor([1.0, (230 / 100) ** 3, (345 / 100) ** 3])[None, :, None, None]
+    np.testing.assert_allclose(prep.spectral_indices(images).numpy(), 3.0, rtol=1e-5)  # F ~ nu^3 for every pair
+    pixels, numbers = prep(images, torch.tensor([[True, True, True], [False, True, True]]))
+    assert pixels.shape == (2, 6, 8, 8) and numbers.shape == (2, n_band_inputs(3)) == (2, 9)
+    np.testing.assert_allclose(numbers[0, 3:6].numpy(), 3.0, rtol=1e-5)  # centre 0, spread 1: the index itself
+    np.testing.assert_allclose(numbers[1, 3:6].numpy(), [0.0, 0.0, 3.0], rtol=1e-5)  # pairs with 100 GHz absent
+    assert numbers[1, 0] == 0 and pixels[1, 0].abs().sum() == 0 and pixels[1, 3].sum() == 0 and pixels[1, 4].all()
+    assert BandPreprocessing.from_dict(prep.to_dict()) == prep
