@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,17 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from .autoencoder import AutoencoderConfig, BankImages, Encoder, load_autoencoder
+from .band_siamese import (
+    BAND_CHOICES,
+    DEFAULT_BAND_KEEP,
+    DEFAULT_REFERENCE_ALONE,
+    BandBankImages,
+    BandDropout,
+    BandPreprocessing,
+    band_positions,
+    load_widened_encoder,
+    widen_encoder,
+)
 from .distributed import gather_rows, global_mean_weight, idle_output, shard, start
 from .images import AugmentationConfig, ImagePreprocessing
 from .losses import make_loss
@@ -62,18 +74,60 @@ class SiameseConfig:
     embedding_size: int = 32  # length of the unit embedding vectors
     hidden_size: int = 128  # width of the projection head's hidden layer
     freeze_encoder: bool = False  # keep the pretrained encoder fixed (True) or fine-tune it (False)
+    # a bank of several bands: null (or "reference") embeds its reference band only, as one-band networks do; "all"
+    # embeds any subset of its bands, trained with bands dropped at random (protolib.band_siamese)
+    bands: str | None = None
+    band_keep: float | None = None  # "all": chance that each band is kept in a training image (null: 0.5)
+    reference_alone: float | None = None  # "all": share of training images in the reference band alone (null: 0.25)
 
     def __post_init__(self):
         from .autoencoder import MAX_WIDTH
 
+        self._check_bands()
         for name in ("embedding_size", "hidden_size"):
             if not 1 <= int(getattr(self, name)) <= MAX_WIDTH:
                 raise ProtolibInputError(
                     f"The Siamese network's {name} must be between 1 and {MAX_WIDTH}, got {getattr(self, name)}."
                 )
 
+    def _check_bands(self) -> None:
+        """``bands`` one of :data:`~protolib.band_siamese.BAND_CHOICES` (``"reference"`` stored as ``None``, the
+        default, so that a configuration naming it matches checkpoints written before bands); the dropout chances
+        between 0 and 1."""
+        if self.bands not in BAND_CHOICES:
+            raise ProtolibInputError(f"The Siamese network's bands must be 'reference' or 'all', got {self.bands!r}.")
+        if self.bands == "reference":
+            self.bands = None
+        for name in ("band_keep", "reference_alone"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise ProtolibInputError(f"The Siamese network's {name} must be between 0 and 1, got {value!r}.")
+        if self.band_keep is not None and self.band_keep == 0 and self.reference_alone != 1:
+            raise ProtolibInputError("The Siamese network's band_keep must be above 0 (a band is kept at that chance).")
+
+    def __repr__(self) -> str:
+        """The settings, the band settings only when set (as :meth:`to_dict` stores them)."""
+        return f"SiameseConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
+
+    @property
+    def all_bands(self) -> bool:
+        """Whether the network embeds any subset of a bank's bands (band dropout)."""
+        return self.bands == "all"
+
+    def dropout(self, n_bands: int, reference: int) -> BandDropout:
+        """The band dropout of a network on ``n_bands`` bands whose reference band is ``reference``."""
+        keep = DEFAULT_BAND_KEEP if self.band_keep is None else float(self.band_keep)
+        alone = DEFAULT_REFERENCE_ALONE if self.reference_alone is None else float(self.reference_alone)
+        return BandDropout(n_bands, reference, keep, alone)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The settings as a checkpoint stores them: the band settings only when set, so that a one-band network's
+        checkpoint is what it was before bands."""
+        data = asdict(self)
+        for name in ("bands", "band_keep", "reference_alone"):
+            if data[name] is None:
+                del data[name]
+        return data
 
 
 @dataclass
@@ -105,11 +159,17 @@ class PairConfig:
 
 
 class SiameseNetwork(nn.Module):
-    """Encoder plus projection head: images ``(N, 1, H, W)`` and log flux ``(N, 1)`` to unit embeddings ``(N, D)``."""
+    """Encoder plus projection head: images ``(N, 1, H, W)`` and log flux ``(N, 1)`` to unit embeddings ``(N, D)``.
 
-    def __init__(self, autoencoder: AutoencoderConfig, config: SiameseConfig):
+    With ``config.bands == "all"`` and ``n_bands`` bands, the encoder takes ``(N, 2 n_bands, H, W)`` and ``(N, 2
+    n_bands)`` (:class:`~protolib.band_siamese.BandPreprocessing`, :func:`~protolib.band_siamese.widen_encoder`).
+    """
+
+    def __init__(self, autoencoder: AutoencoderConfig, config: SiameseConfig, n_bands: int = 1):
         super().__init__()
         self.encoder = Encoder(autoencoder)
+        if config.all_bands:
+            widen_encoder(self.encoder, n_bands)
         self.head = nn.Sequential(
             nn.Linear(autoencoder.latent_size, config.hidden_size),
             nn.SiLU(),
@@ -133,7 +193,9 @@ class _SiameseTask:
         loss,
         pairs: PairConfig,
         metadata,
+        dropout: BandDropout | None = None,
     ):
+        self.dropout = dropout  # a network of several bands: which bands each image keeps
         self.model, self.data, self.preprocessing, self.target, self.loss_fn = (
             network,
             data,
@@ -154,6 +216,9 @@ class _SiameseTask:
     def _embed(self, images, generator):
         if len(images) == 0:
             return idle_output(self.model, (0, self.model.head[-1].out_features), self.device)
+        if self.dropout is not None:
+            present = self.dropout.draw(len(images), generator)
+            return self.model(*self.preprocessing(self.data.to_device(images, generator), present))
         return self.model(*self.preprocessing(self.data.to_device(images, generator)))
 
     def training_batches(self, epoch):
@@ -285,19 +350,38 @@ def _siamese_task(
     parameters = torch.as_tensor(
         normaliser.transform(bank.parameter_table(target.parameters)), dtype=torch.float32, device=device
     )
-    ae_config, network = _network_on_pretrained_encoder(pretrained, settings["model"], settings["training"].seed)
+    bands = _band_preprocessing(bank, pretrained, settings["model"], split)
+    ae_config, network = _network_on_pretrained_encoder(pretrained, settings["model"], settings["training"].seed, bands)
     metadata = _checkpoint_metadata(bank, pretrained, autoencoder, ae_config, settings, target, normaliser, split)
-    data = BankImages(bank, split, settings["training"], settings["augmentation"], device)
+    data_kind = BankImages if bands is None else BandBankImages
+    data = data_kind(bank, split, settings["training"], settings["augmentation"], device)
+    if bands is not None:
+        metadata["bands"] = bands.to_dict()
     return _SiameseTask(
         network.to(device),
         data,
-        pretrained.preprocessing,
+        pretrained.preprocessing if bands is None else bands,
         parameters,
         target,
         make_loss(**settings["loss"].to_dict()),
         settings["pairs"],
         metadata,
+        None if bands is None else settings["model"].dropout(bands.n_bands, bands.reference),
     )
+
+
+def _band_preprocessing(bank, pretrained, model: SiameseConfig, split: Split) -> BandPreprocessing | None:
+    """The preprocessing of every band of ``bank`` for a network of all bands (``None`` for a one-band network);
+    refused in one line on a bank of one band, or on one opened as one of its bands."""
+    if not model.all_bands:
+        return None
+    if bank.n_bands < 2:
+        raise ProtolibInputError(
+            f"siamese.model.bands: all trains on every band of a bank of several bands; bank {bank.path} "
+            f"{'was opened as one band' if bank.band_index is not None else 'has one band'}. Open it whole, make one "
+            "with simulator.frequencies_ghz, or leave bands unset."
+        )
+    return BandPreprocessing.fit_on_bank(bank, split.train, pretrained.preprocessing)
 
 
 def _with_model(on_epoch: Callable[[dict, SiameseModel], None], task: _SiameseTask, pretrained):
@@ -305,19 +389,24 @@ def _with_model(on_epoch: Callable[[dict, SiameseModel], None], task: _SiameseTa
     :class:`SiameseModel` of the network as it is then."""
 
     def callback(record):
-        on_epoch(record, SiameseModel(task.model, pretrained.preprocessing, task.metadata(), task.device))
+        on_epoch(record, SiameseModel(task.model, task.preprocessing, task.metadata(), task.device))
 
     return callback
 
 
 def _network_on_pretrained_encoder(
-    pretrained, model: SiameseConfig, seed: int
+    pretrained, model: SiameseConfig, seed: int, bands: BandPreprocessing | None = None
 ) -> tuple[AutoencoderConfig, SiameseNetwork]:
-    """A new Siamese network (its head initialised with ``seed``) on a copy of the pretrained autoencoder's encoder."""
+    """A new Siamese network (its head initialised with ``seed``) on a copy of the pretrained autoencoder's encoder,
+    widened to ``bands`` for a network of several bands (:func:`~protolib.band_siamese.load_widened_encoder`)."""
     ae_config = AutoencoderConfig(**pretrained.checkpoint["config"]["model"])
     torch.manual_seed(seed)
-    network = SiameseNetwork(ae_config, model)
-    network.encoder.load_state_dict(pretrained.network.encoder.state_dict())
+    if bands is None:
+        network = SiameseNetwork(ae_config, model)
+        network.encoder.load_state_dict(pretrained.network.encoder.state_dict())
+        return ae_config, network
+    network = SiameseNetwork(ae_config, model, bands.n_bands)
+    load_widened_encoder(network.encoder, pretrained.network.encoder, bands.reference, bands.n_bands)
     return ae_config, network
 
 
@@ -378,10 +467,19 @@ class SiameseModel:
         >>> model = load_siamese("RUN/siamese.pt")          # doctest: +SKIP
         >>> emb = model.embed_images(images)                # (N, D) float32, unit length
         >>> model.similarity(images_a, images_b)            # (N,) cosine similarities
+        >>> model.embed_bands(b3_b6, [100, 230])            # (N, D): images (N, 2, H, W) of two bands
+
+    A network of several bands (``siamese.model.bands: all``) has a :class:`~protolib.band_siamese.BandPreprocessing`
+    as ``preprocessing``; :meth:`embed_images` then takes images of its reference band ``(N, H, W)`` or of all its
+    bands ``(N, bands, H, W)``, and :meth:`embed_bands` any subset.
     """
 
     def __init__(
-        self, network: SiameseNetwork, preprocessing: ImagePreprocessing, checkpoint: dict, device: torch.device
+        self,
+        network: SiameseNetwork,
+        preprocessing: ImagePreprocessing | BandPreprocessing,
+        checkpoint: dict,
+        device: torch.device,
     ):
         self.network, self.preprocessing, self.checkpoint, self.device = (
             network.eval(),
@@ -400,21 +498,69 @@ class SiameseModel:
     def split(self) -> Split:
         return Split.from_dict(self.checkpoint["split"])
 
+    @property
+    def frequencies_ghz(self) -> list[float]:
+        """The bands the network embeds [GHz]: a network of several bands its bank's, else its one band."""
+        if isinstance(self.preprocessing, BandPreprocessing):
+            return list(self.preprocessing.frequencies_ghz)
+        return [float(self.checkpoint.get("setup", {}).get("frequency_ghz", float("nan")))]
+
     def embed_images(self, images: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        """Unit-length embeddings ``(N, D)`` float32 of images ``(N, H, W)`` in the bank's unit."""
+        """Unit-length embeddings ``(N, D)`` float32 of images ``(N, H, W)`` in the bank's unit (a network of several
+        bands: of its reference band, or ``(N, bands, H, W)`` in all its bands)."""
+        images = np.ascontiguousarray(images)
+        size = (self.checkpoint["image_size"],) * 2
+        bands = isinstance(self.preprocessing, BandPreprocessing)
+        if bands and images.ndim == 4 and images.shape[1:] == (self.preprocessing.n_bands, *size):
+            return self._embed(images, np.ones(self.preprocessing.n_bands, dtype=bool), batch_size, progress)
+        if images.ndim != 3 or images.shape[1:] != size:
+            raise ProtolibInputError(f"Expected images of shape (N, {size[0]}, {size[1]}), got {images.shape}.")
+        if bands:
+            return self.embed_bands(images[:, None], [self.frequencies_ghz[self.preprocessing.reference]], batch_size)
+        return self._embed(images, None, batch_size, progress)
+
+    def embed_bands(
+        self, images: np.ndarray, frequencies_ghz, batch_size: int = 256, progress: bool = False
+    ) -> np.ndarray:
+        """Unit-length embeddings ``(N, D)`` float32 of one source's images in some bands: ``(N, k, H, W)`` in the
+        bank's unit, band ``j`` at ``frequencies_ghz[j]`` (each within 5% of one of :attr:`frequencies_ghz`).
+
+        A network of several bands embeds the bands given, the others marked absent; a one-band network
+        embeds the image in its own band (which must be among them) and ignores the others, as it always
+        did. Refused in one line: a frequency the network has no band near, two images for one band.
+        """
+        images = np.ascontiguousarray(images)
+        size = (self.checkpoint["image_size"],) * 2
+        if images.ndim != 4 or images.shape[2:] != size or images.shape[1] != len(frequencies_ghz):
+            raise ProtolibInputError(
+                f"Expected images of shape (N, {len(frequencies_ghz)}, {size[0]}, {size[1]}) for the bands "
+                f"{list(frequencies_ghz)} GHz, got {images.shape}."
+            )
+        if not isinstance(self.preprocessing, BandPreprocessing):
+            own = self.frequencies_ghz
+            if not math.isfinite(own[0]):
+                return self.embed_images(images[:, 0], batch_size, progress)  # an imported bank's: its only band
+            return self.embed_images(images[:, band_positions(frequencies_ghz, own, "the images given")[0]], batch_size)
+        positions = band_positions(self.frequencies_ghz, frequencies_ghz, "the network")
+        full = np.zeros((len(images), self.preprocessing.n_bands, *size), dtype=np.float32)
+        full[:, positions] = images
+        present = np.zeros(self.preprocessing.n_bands, dtype=bool)
+        present[positions] = True
+        return self._embed(full, present, batch_size, progress)
+
+    def _embed(self, images: np.ndarray, present: np.ndarray | None, batch_size: int, progress: bool) -> np.ndarray:
+        """Embeddings of images ``(N, H, W)`` (one band) or ``(N, bands, H, W)`` with bands ``present`` ``(bands,)``."""
         from tqdm.auto import tqdm
 
-        images = np.ascontiguousarray(images)
-        if images.ndim != 3 or images.shape[1:] != (self.checkpoint["image_size"],) * 2:
-            raise ProtolibInputError(
-                f"Expected images of shape (N, {self.checkpoint['image_size']}, {self.checkpoint['image_size']}), got "
-                f"{images.shape}."
-            )
         parts = []
         with torch.no_grad():
             for start in tqdm(range(0, len(images), batch_size), desc="Embedding", unit="batch", disable=not progress):
                 chunk = torch.as_tensor(images[start : start + batch_size], dtype=torch.float32, device=self.device)
-                parts.append(self.network(*self.preprocessing(chunk)).float().cpu())
+                if present is None:
+                    parts.append(self.network(*self.preprocessing(chunk)).float().cpu())
+                    continue
+                mask = torch.as_tensor(present, device=self.device).expand(len(chunk), -1)
+                parts.append(self.network(*self.preprocessing(chunk, mask)).float().cpu())
         out = torch.cat(parts) if parts else torch.zeros(0, self.network.head[-1].out_features)
         return F.normalize(out, dim=1).numpy().astype(np.float32)
 
@@ -432,14 +578,23 @@ def load_siamese(path: str | Path, device: str | torch.device | None = None) -> 
     checkpoint = load_checkpoint(path, "siamese")
     device = default_device(device)
     config = checkpoint["config"]
+    bands = None
+    if "bands" in checkpoint:
+        bands = checkpoint_part(path, "band preprocessing", lambda: BandPreprocessing.from_dict(checkpoint["bands"]))
     network = network_from_checkpoint(
-        lambda: SiameseNetwork(AutoencoderConfig(**config["autoencoder"]), SiameseConfig(**config["model"])),
+        lambda: SiameseNetwork(
+            AutoencoderConfig(**config["autoencoder"]),
+            SiameseConfig(**config["model"]),
+            1 if bands is None else bands.n_bands,
+        ),
         checkpoint,
         path,
     )
     preprocessing = checkpoint_part(
         path, "image preprocessing", lambda: ImagePreprocessing.from_dict(checkpoint["preprocessing"])
     )
+    if bands is not None:
+        preprocessing = bands
     checkpoint_part(path, "parameter normaliser", lambda: ParameterNormaliser.from_dict(checkpoint["normaliser"]))
     checkpoint_part(path, "target definition", lambda: TargetDefinition.from_dict(checkpoint["target"]))
     return SiameseModel(network.to(device), preprocessing, checkpoint, device)

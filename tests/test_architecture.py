@@ -33,7 +33,7 @@ LAYERS = [
     },
     {"parameters", "simulator", "normalise", "images", "plots.embedding_maps"},
     {"bank", "cluster", "training", "plots.bank"},
-    {"autoencoder", "siamese", "observation", "plots.observation"},
+    {"autoencoder", "band_siamese", "siamese", "observation", "plots.observation"},
     {"matching", "distributions", "literature", "embedding_maps", "attribution", "explorer", "plots.corner"},
     {
         "evaluation",
