@@ -301,7 +301,7 @@ def train_siamese(
         device: where to train (default: CUDA when present).
         on_epoch: called after every epoch with its history record and a :class:`SiameseModel` of the
             network as it is then (see :func:`~protolib.training.fit`); ``protolib tune`` scores and prunes trials with
-    it.
+            it.
         test_metrics: write the held-out (test systems) metrics beside the checkpoint; ``protolib tune`` does not,
             so that a search never looks at the test systems.
 

@@ -130,8 +130,8 @@ def embed_bank(
         ``vectors (n_images, D)`` float32, ``system (n_images,)``, ``projection (n_images,)``.
 
     Example:
-        >>> vectors, system, projection = embed_bank(model.embed_images, bank, out="bank_embeddings.npy")  # doctest:
-    +SKIP
+        >>> out = "bank_embeddings.npy"                                                    # doctest: +SKIP
+        >>> vectors, system, projection = embed_bank(model.embed_images, bank, out=out)    # doctest: +SKIP
     """
     n, p = bank.n_systems, bank.n_projections
     bar = tqdm(total=n * p, unit="img", desc="Embedding bank", disable=not progress)
