@@ -157,7 +157,7 @@ def variant_book_numbers(
     Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
     ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
     ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
-    ``best_rms_corrected_variant``; and per variant other than ``reference``, ``better_v`` and
+    ``best_rms_corrected_variant`` (with any variant equal to it at two decimals); and per variant other than ``reference``, ``better_v`` and
     ``worse_v``: the target similarity's parameters on which its error is lower (higher) than
     ``reference``'s by more than ``margin`` prior spreads, as phrases.
     """
@@ -182,7 +182,8 @@ def variant_book_numbers(
         ("rms_corrected", "rms_{}_corrected"),
     ):
         values = {name: numbers[template.format(slug[name])] for name in variants}
-        numbers[f"best_{number}_variant"] = _best(values, lowest=number.startswith("rms"))
+        best = _best(values, lowest=number.startswith("rms"))
+        numbers[f"best_{number}_variant"] = _with_ties(best, values) if number.startswith("rms") else best
     numbers.update(_variant_changes(variants, reference, slug, margin))
     return {name: _plain(value) for name, value in numbers.items()}
 
@@ -213,6 +214,15 @@ def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margi
 
 def _corrected(result: MethodResult | dict) -> bool:
     return (result.corrected if isinstance(result, MethodResult) else result.get("corrected")) is not None
+
+
+def _with_ties(best: str | None, values: dict[str, float]) -> str | None:
+    """``best``, and the others equal to it at the two decimals the prose prints (``"a and b, equal at two
+    decimals"``), so that a tie on the page is not named as one winner."""
+    if best is None:
+        return None
+    tied = [k for k, v in values.items() if k != best and v == v and round(v, 2) == round(values[best], 2)]
+    return best if not tied else f"{_phrase([best, *tied])}, equal at two decimals"
 
 
 def _best(values: dict[str, float], *, lowest: bool = False) -> str | None:
