@@ -157,8 +157,8 @@ def variant_book_numbers(
     Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
     ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
     ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
-    ``best_rms_corrected_variant`` (with any variant equal to it at two decimals); and per variant other than ``reference``, ``better_v`` and
-    ``worse_v``: the target similarity's parameters on which its error is lower (higher) than
+    ``best_rms_corrected_variant`` (with any variant equal to it at two decimals); and per variant other than
+    ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is lower (higher) than
     ``reference``'s by more than ``margin`` prior spreads, as phrases.
     """
     slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
