@@ -158,8 +158,8 @@ def variant_book_numbers(
     ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
     ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
     ``best_rms_corrected_variant`` (with any variant equal to it at two decimals); and per variant other than
-    ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is lower (higher) than
-    ``reference``'s by more than ``margin`` prior spreads, as phrases.
+    ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is lower
+    (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases.
     """
     slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
     numbers = {}
