@@ -144,6 +144,9 @@ def test_two_bands_matched_jointly_report_each_bands_chi_square_gallery_and_spec
         and bands["searched_band_ghz"] == 230.0 == bands["reference_band_ghz"]
     )
     assert [m["searched"] for m in bands["maps"]] == [False, True] and "spectral_index.png" in report["files"]
+    # a one-band network searches its own band alone, and the report and the console say so
+    assert bands["search"] == "one band" and bands["searched_bands_ghz"] == [230.0] and "alone (a one-band" in said
+    assert "embedded_bands_ghz" not in report["settings"]
     best = bands["best_match_rank"] - 1
     assert report["goodness_of_fit"]["best_reduced_chi2"] == pytest.approx(joint[best], rel=1e-5) == min(joint)
     assert [m["best_match_reduced_chi2"] for m in bands["maps"]] == pytest.approx([b3[best], b6[best]], rel=1e-5)

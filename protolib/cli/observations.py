@@ -378,8 +378,8 @@ def _first(targets) -> str:
 
 
 def bands_note(bands: dict) -> str:
-    """One line: the bands matched jointly, which one was searched, and each band's reduced chi-square for the best
-    match."""
+    """One line: the bands matched jointly, how they were searched (every band jointly by a band-dropout network, or
+    one band by a one-band network, and which), and each band's reduced chi-square for the best match."""
     parts = ", ".join(f"{m['bank_band_ghz']:g} GHz {m['best_match_reduced_chi2']:.3g}" for m in bands["maps"])
     index = bands["spectral_index"]
     said = (
@@ -390,10 +390,18 @@ def bands_note(bands: dict) -> str:
             f"{index['target_median']:.2f} (spectral_index.png)"
         )
     )
-    return (
-        f"{len(bands['maps'])} bands matched jointly, searched in {bands['searched_band_ghz']:g} GHz (the networks' "
-        "band is "
-        f"{bands['reference_band_ghz']:g} GHz); the best match's reduced chi-square by band: {parts}{said}."
+    if bands.get("search") == "jointly":
+        searched = (
+            f"searched jointly in every band ({' + '.join(f'{f:g}' for f in bands['searched_bands_ghz'])} GHz) by the "
+            "band-dropout network"
+        )
+    else:
+        searched = (
+            f"searched in {bands['searched_band_ghz']:g} GHz alone (a one-band network; its band is "
+            f"{bands['reference_band_ghz']:g} GHz)"
+        )
+    return f"{len(bands['maps'])} bands matched jointly, {searched}; the best match's reduced chi-square by band: " + (
+        f"{parts}{said}."
     )
 
 

@@ -23,7 +23,8 @@ What each submodule owns:
 - :mod:`~protolib.matching.tiers`: the bank embedded at a few resolution tiers (beams and noise
   levels), so a new observation need not re-embed it;
 - :mod:`~protolib.matching.matcher`: :class:`Matcher`, :class:`TieredMatcher` (shortlist from a
-  tier, re-rank at the observation's exact transform) and :class:`MatchingSettings`;
+  tier, re-rank at the observation's exact transform), :class:`BandMatcher` (maps in several bands
+  embedded jointly by a band-dropout network) and :class:`MatchingSettings`;
 - :mod:`~protolib.matching.calibration`: the matches' intervals calibrated on reference targets (the
   statistics are in :mod:`protolib.statistics`);
 - :mod:`~protolib.matching.bands`: maps of one source in several bands, each prepared in the bank's
@@ -54,7 +55,7 @@ from .embeddings import (
 )
 from .fit import MatchFit, fit_matches
 from .index import EmbeddingIndex, faiss_available
-from .matcher import Matcher, MatchingSettings, TieredMatcher, read_rows
+from .matcher import BandMatcher, Matcher, MatchingSettings, TieredMatcher, embeds_bands, read_rows
 from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
 from .observation_targets import (
     ObservationTarget,
@@ -74,6 +75,8 @@ __all__ = [
     "OutOfDistributionCheck",
     "Matcher",
     "TieredMatcher",
+    "BandMatcher",
+    "embeds_bands",
     "read_rows",
     "ResolutionTier",
     "resolution_tiers",

@@ -2,9 +2,11 @@
 
 :func:`prepare_band_targets` checks that the maps fit the bank (one source, one map per band, every
 frequency near a bank band), prepares each in its band (:func:`~protolib.matching.matching_target`
-with the band's beam and noise, :meth:`~protolib.bank.Bank.band`) and says which map is searched: the
-networks embed the bank's reference band (the one they were trained on), so the map in that band, or
-else the map in the band nearest it. The image-space fit and the verdict then use every band
+with the band's beam and noise, :meth:`~protolib.bank.Bank.band`) and says how they are searched. A
+band-dropout network (``siamese.model.bands: all``) embeds every map jointly (``joint``,
+:class:`~protolib.matching.BandMatcher`); a one-band network embeds the bank's reference band (the one
+it was trained on), so the map in that band, or else the map in the band nearest it, is searched
+alone. The image-space fit and the verdict use every band either way
 (:func:`~protolib.matching.fit_matches` with ``bands``).
 """
 
@@ -57,8 +59,11 @@ class BandTargets:
         targets: each map prepared in its band (:class:`~protolib.matching.ObservationTarget`).
         banks: each band of the bank, opened as a one-band bank (:meth:`~protolib.bank.Bank.band`); closed by
             :meth:`close`.
-        search: the index of the map that is searched (the reference band's, else the nearest band's).
-        reference_ghz: the bank's reference band, the one its networks were trained on.
+        search: the index of the map that is searched by a one-band network (the reference band's, else the
+            nearest band's), and whose observing settings a joint search draws.
+        reference_ghz: the bank's reference band, the one its one-band networks were trained on.
+        joint: whether every map is embedded and searched jointly (a band-dropout network), else the map
+            ``search`` alone.
     """
 
     maps: list[MapBand]
@@ -67,9 +72,20 @@ class BandTargets:
     search: int
     reference_ghz: float
     labels: list[str] = field(default_factory=list)
+    joint: bool = False
 
     def __post_init__(self):
         self.labels = [band_label(m.band_ghz) for m in self.maps]
+
+    @property
+    def searched_ghz(self) -> list[float]:
+        """The bands embedded and searched: every map's when joint, else the searched map's [GHz]."""
+        return self.frequencies_ghz if self.joint else [self.frequencies_ghz[self.search]]
+
+    def searched(self, images: np.ndarray) -> np.ndarray:
+        """Images of the maps' bands ``(N, bands, H, W)`` as the network embeds them: all of them when joint, else
+        the searched band's ``(N, H, W)``."""
+        return images if self.joint else images[:, self.search]
 
     @property
     def frequencies_ghz(self) -> list[float]:
@@ -162,12 +178,17 @@ def _check_one_source(maps: list[MapBand]) -> None:
             )
 
 
-def prepare_band_targets(paths, bank: Bank, distance_pc: float | None, **options) -> BandTargets:
+def prepare_band_targets(
+    paths, bank: Bank, distance_pc: float | None, *, joint: bool = False, **options
+) -> BandTargets:
     """The maps ``paths`` of one source, each prepared in the band of ``bank`` (opened whole) nearest its frequency.
 
     ``options`` go to :func:`~protolib.matching.matching_target` for every map (``centre``,
     ``spectral_index``, ``mask_radius_arcsec``). The bands are opened as one-band banks; close them with
-    :meth:`BandTargets.close`.
+    :meth:`BandTargets.close`. ``joint``: the maps are embedded jointly (a band-dropout network); each band's
+    bank noise is then seeded apart (the searched map's as one map's, the others' by their position), since the
+    bands of a real source are observed separately and one noise pattern in every band would be a shared
+    structure the network could read.
 
     Raises:
         ProtolibInputError: the refusals of :func:`map_bands`, or a map that cannot be prepared.
@@ -177,14 +198,15 @@ def prepare_band_targets(paths, bank: Bank, distance_pc: float | None, **options
     search = min(range(len(maps)), key=lambda i: abs(math.log(maps[i].band_ghz / reference)))
     banks, targets = [], []
     try:
-        for band in maps:
+        for i, band in enumerate(maps):
             banks.append(bank.band(band.band_ghz))
-            targets.append(matching_target(band.path, banks[-1], distance_pc, **options))
+            seed = i + 1 if joint and i != search else 0
+            targets.append(matching_target(band.path, banks[-1], distance_pc, noise_seed=seed, **options))
     except BaseException:
         for opened in banks:
             opened.close()
         raise
-    return BandTargets(maps, targets, banks, search, reference)
+    return BandTargets(maps, targets, banks, search, reference, joint=joint)
 
 
 def spectral_indices(bands: BandTargets, systems, projections):

@@ -112,7 +112,7 @@ def fit_matches(
     ``bands``: the target is the maps of one source in several bands (``image`` ``(bands, H, W)``,
     :func:`~protolib.matching.prepare_band_targets`; ``flux_tolerance`` one per band): every match and every
     reference is compared in each band, in that band's noise (:class:`~protolib.goodness_of_fit.BandsFit`),
-    while the references are searched, as the target was, in the searched band.
+    while the references are searched as the target was (in the searched band, or in every band jointly).
 
     Returns:
         The :class:`MatchFit`, or ``None`` for a noiseless bank target (no noise to judge a residual by).
@@ -194,8 +194,8 @@ def _one_band_view(
 
 def _bands_view(matcher: Matcher, bands: BandTargets, flux_tolerance, rng) -> _FitView:
     """The comparison of one source's maps in several bands: each band through its map's transform and noise; the
-    searched band embedded; the residual structure the most significant of any band's (one that fails the test
-    first)."""
+    searched band (or every band, jointly) embedded; the residual structure the most significant of any band's (one
+    that fails the test first)."""
     tolerances = np.broadcast_to(np.asarray(flux_tolerance, dtype=np.float64), (len(bands.targets),))
     fits = [
         ImageFit(t.resolution, t.noise_rms_jy_beam, t.resolution.bank_noise_rms_jy_beam, t.coverage, float(tol))
@@ -206,7 +206,7 @@ def _bands_view(matcher: Matcher, bands: BandTargets, flux_tolerance, rng) -> _F
         return np.stack([t.resolution(images[:, b], rng) for b, t in enumerate(bands.targets)], axis=1)
 
     def embed(images):
-        return matcher.embed(images[:, bands.search])
+        return matcher.embed(bands.searched(images))
 
     def structure(target, match):
         peaks = [

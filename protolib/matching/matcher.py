@@ -16,6 +16,7 @@ import torch
 
 from ..bank import Bank, check_same_setup
 from ..runtime import ProtolibInputError
+from .band_embeddings import band_bank_embeddings
 from .baselines import pairwise_matches
 from .embeddings import (
     BankEmbeddings,
@@ -38,7 +39,7 @@ from .tiers import (
     tier_embeddings,
 )
 
-__all__ = ["MatchingSettings", "Matcher", "TieredMatcher", "read_rows"]
+__all__ = ["MatchingSettings", "Matcher", "TieredMatcher", "BandMatcher", "embeds_bands", "read_rows"]
 
 
 @dataclass
@@ -419,6 +420,106 @@ class TieredMatcher(Matcher):
             images = read_rows(self.bank, chunk)
             parts.append(np.asarray(self.embed_images(self.transform(images, rows=chunk)), dtype=np.float32))
         return np.concatenate(parts) if parts else np.zeros((0, self.embeddings.vectors.shape[1]), dtype=np.float32)
+
+
+def embeds_bands(model_path: str | Path) -> bool:
+    """Whether the Siamese network at ``model_path`` embeds any subset of a bank's bands (trained with
+    ``siamese.model.bands: all``, :mod:`~protolib.band_siamese`); ``False`` for a one-band network."""
+    from ..siamese import load_siamese
+
+    if not Path(model_path).exists():
+        return False
+    return "bands" in (getattr(load_siamese(model_path), "checkpoint", None) or {})
+
+
+class BandMatcher(Matcher):
+    """A matcher for one source's maps in some bands, embedded jointly by a band-dropout network.
+
+    The target is its maps stacked in increasing frequency ``(bands, H, W)`` (one map: ``(H, W)`` too);
+    every bank image is embedded in the same bands, each band seen as its map is (its own transform),
+    by :meth:`~protolib.siamese.SiameseModel.embed_bands`
+    (:func:`~protolib.matching.band_embeddings.band_bank_embeddings`, cached per subset of bands and transforms).
+    ``bank`` is one band of the bank (the searched map's, opened as a one-band bank): what the image-space fit, the
+    calibration and the report read; the embeddings are of the whole bank.
+
+    Arguments:
+        embed: images ``(N, bands, H, W)`` of ``bands_ghz`` to embeddings ``(N, D)``.
+        bank, embeddings, options: as for :class:`Matcher`; ``transform``: the transform of ``bank``'s band.
+        bands_ghz: the bands embedded, increasing [GHz].
+    """
+
+    def __init__(self, embed: EmbedFunction, bank: Bank, embeddings: BankEmbeddings, *, bands_ghz, **options):
+        super().__init__(embed, bank, embeddings, **options)
+        self.bands_ghz = [float(f) for f in bands_ghz]
+
+    @classmethod
+    def from_model(  # type: ignore[override]
+        cls,
+        model_path: str | Path,
+        bank: Bank,
+        *,
+        bands_bank: Bank,
+        bands_ghz,
+        transforms: Sequence[ImageTransform],
+        transform_keys: Sequence[dict],
+        transform: ImageTransform | None = None,
+        cache: bool = True,
+        batch_size: int = 256,
+        progress: bool = True,
+        **options,
+    ) -> BandMatcher:
+        """A matcher for the band-dropout network at ``model_path``: ``bands_bank`` (the bank opened whole) embedded
+        in ``bands_ghz`` (increasing), band ``j`` through ``transforms[j]`` (described by ``transform_keys[j]``, so
+        another transform recomputes), cached beside the model; ``bank``: the searched band, opened as one band."""
+        model_path = Path(model_path)
+        model, checkpoint, model_size = _load_siamese_for(model_path, bands_bank)
+        key = {"model_sha256": file_sha256(model_path), "transform": list(transform_keys)}
+        embeddings = band_bank_embeddings(
+            model,
+            bands_bank,
+            model_path,
+            bands_ghz=bands_ghz,
+            key=key,
+            transforms=list(transforms),
+            cache=cache,
+            batch_size=batch_size,
+            progress=progress,
+        )
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return model.embed_bands(images, bands_ghz, batch_size=batch_size)
+
+        options.update(transform=transform, image_size=int(model_size) if model_size else None, checkpoint=checkpoint)
+        return cls(embed, bank, embeddings, bands_ghz=bands_ghz, **options)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings ``(N, D)`` of targets ``(N, bands, H, W)`` (or one ``(bands, H, W)``; of one band, ``(N, H, W)``
+        or ``(H, W)`` too)."""
+        images = np.asarray(images, dtype=np.float32)
+        n_bands, size = len(self.bands_ghz), (self.image_size, self.image_size)
+        if n_bands == 1 and images.ndim in (2, 3) and images.shape[-2:] == size:
+            images = images.reshape(-1, 1, *size)
+        images = images[None] if images.ndim == 3 else images
+        if images.ndim != 4 or images.shape[1:] != (n_bands, *size):
+            raise ProtolibInputError(
+                f"Targets in {n_bands} band{'s' if n_bands > 1 else ''} ({', '.join(f'{f:g}' for f in self.bands_ghz)}"
+                f" GHz) must be ({n_bands}, {size[0]}, {size[1]}) like the bank's images; got shape {images.shape}."
+            )
+        if not np.all(np.isfinite(images)):
+            raise ProtolibInputError("Target image has NaN or infinite pixels; fill or crop them before matching.")
+        return np.asarray(self.embed_images(images), dtype=np.float32)
+
+    def match(
+        self,
+        image: np.ndarray,
+        *,
+        top_k: int | None = 200,
+        threshold: float | None = None,
+        exclude_system: int | None = None,
+    ) -> Matches:
+        """The best matches of one target: its maps ``(bands, H, W)`` (one band: ``(H, W)`` too)."""
+        [found] = self.search(self.embed(image), top_k=top_k, threshold=threshold, exclude_systems=[exclude_system])
+        return found
 
 
 def _observation_resolution(transform: ImageTransform):

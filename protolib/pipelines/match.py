@@ -54,6 +54,7 @@ from ..distributions import (
 from ..evaluation import EvaluationSettings
 from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
 from ..matching import (
+    BandMatcher,
     BandTargets,
     Matcher,
     Matches,
@@ -62,6 +63,7 @@ from ..matching import (
     ObservationTarget,
     TieredMatcher,
     apply_transform,
+    embeds_bands,
     fit_matches,
     map_bands,
     match_parameters,
@@ -314,6 +316,9 @@ class MatchTarget:
         system: ``(system, projection)`` of a bank system.
         uncertainty: the observation's uncertain observing settings; ``flux_tolerance``: how far the image-space
             fit may rescale a match's fluxes (one per band for several maps).
+        embedded_bands_ghz: the bands a band-dropout network (``siamese.model.bands: all``) embeds the target in,
+            every map's (``None``: a one-band network, which embeds its own band); ``bands_bank``: then the bank
+            opened whole, whose images it embeds in those bands.
     """
 
     image: np.ndarray
@@ -327,11 +332,23 @@ class MatchTarget:
     system: tuple[int, int] | None = None
     uncertainty: ObservingUncertainty | None = None
     flux_tolerance: float | list = 0.0
+    embedded_bands_ghz: list[float] | None = None
+    bands_bank: Bank | None = None
 
     @property
     def fitted_image(self) -> np.ndarray:
         """The image the matches are fitted to: ``(H, W)``, or every band's ``(bands, H, W)``."""
         return self.image if self.bands is None else self.bands.images()
+
+    @property
+    def searched_image(self) -> np.ndarray:
+        """The image embedded and searched: ``(H, W)``, or every band's ``(bands, H, W)`` when searched jointly."""
+        return self.bands.images() if self.bands is not None and self.bands.joint else self.image
+
+    @property
+    def searched_observations(self) -> list[ObservationTarget]:
+        """The prepared maps embedded: every band's when searched jointly, else the searched one."""
+        return self.bands.targets if self.bands is not None and self.bands.joint else [self.observation]
 
     def close(self) -> None:
         """Close the bands of a bank of several that were opened for this target."""
@@ -344,19 +361,24 @@ class MatchTarget:
 def prepare_target(bank: Bank, request: MatchRequest) -> MatchTarget:
     """The target made ready to search: an observation prepared onto the bank's grid (in a bank of several bands, the
     band nearest its frequency), maps in several bands each in its own band (:func:`_band_target`), or a bank system
-    (in a bank of several bands, the networks' reference band)."""
+    (in a bank of several bands, the networks' reference band). With a band-dropout network, an observation is
+    embedded in its own band and maps in several bands in all of theirs (``embedded_bands_ghz``)."""
+    band_network = request.target_system is None and bank.n_bands > 1 and embeds_bands(request.model_path)
     if isinstance(request.target, list):
-        return _band_target(bank, request)
+        return _band_target(bank, request, band_network)
     band = _one_band(bank, request.target, request.observation_options)
     bank_file = str(Path(bank.path).resolve())
     try:
         if request.target_system is not None:
             return _system_target(band, request.target_system, request.projection, bank_file)
-        return _observation_target(band, request.target, request, bank_file)
+        target = _observation_target(band, request.target, request, bank_file)
     except BaseException:
         if band is not bank:
             band.close()
         raise
+    if band_network:
+        target = replace(target, embedded_bands_ghz=[float(band.frequencies_ghz[0])], bands_bank=bank)
+    return target
 
 
 def _observation_target(
@@ -386,14 +408,17 @@ def _observation_target(
     )
 
 
-def _band_target(bank: Bank, request: MatchRequest) -> MatchTarget:
+def _band_target(bank: Bank, request: MatchRequest, band_network: bool) -> MatchTarget:
     """Maps of one source in several bands, matched jointly: each is prepared in the bank's band nearest its frequency,
-    with its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`); the one in the
-    band the networks were trained on (else the nearest) is searched and drawn as one map is; the image-space fit, the
-    verdict and the calibration's references then use every band, each with its own flux tolerance (``matches.csv``
+    with its own beam, noise and recoverable scale (:func:`~protolib.matching.prepare_band_targets`). A band-dropout
+    network (``band_network``) embeds and searches them jointly; a one-band network searches the one in the band it
+    was trained on (else the nearest). That map's observing settings are drawn as one map's; the image-space fit, the
+    verdict and the calibration's references use every band, each with its own flux tolerance (``matches.csv``
     gains ``reduced_chi2_<band>`` columns, ``report.json`` ``bands``, ``gallery.png`` a row per band, and
     ``spectral_index.png`` is written)."""
-    bands = prepare_band_targets(request.target, bank, request.distance_pc, **request.observation_options)
+    bands = prepare_band_targets(
+        request.target, bank, request.distance_pc, joint=band_network, **request.observation_options
+    )
     try:
         searched = _observation_target(
             bands.banks[bands.search],
@@ -415,9 +440,11 @@ def _band_target(bank: Bank, request: MatchRequest) -> MatchTarget:
         "files": [str(m.path.resolve()) for m in bands.maps],
         "bands_ghz": bands.frequencies_ghz,
         "searched_band_ghz": bands.frequencies_ghz[bands.search],
+        "searched_bands_ghz": bands.searched_ghz,
         "reference_band_ghz": bands.reference_ghz,
     }
-    return replace(searched, described=described, flux_tolerance=tolerances, bands=bands)
+    joint = dict(embedded_bands_ghz=bands.frequencies_ghz, bands_bank=bank) if band_network else {}
+    return replace(searched, described=described, flux_tolerance=tolerances, bands=bands, **joint)
 
 
 def _system_target(bank: Bank, system: int, projection: int, bank_file: str) -> MatchTarget:
@@ -506,9 +533,9 @@ def search_target(target: MatchTarget, request: MatchRequest) -> Searched:
         matches = matcher.match_system(*target.system, top_k=top_k, threshold=threshold)
     else:
         matcher = _observation_matcher(
-            request.model_path, target.bank, target.observation, request.matching, request.options
+            request.model_path, target, target.searched_observations, request.matching, request.options
         )
-        matches = matcher.match(target.image, top_k=top_k, threshold=threshold)
+        matches = matcher.match(target.searched_image, top_k=top_k, threshold=threshold)
     draws = None
     if target.uncertainty is not None and target.uncertainty.sources:
         draws = _observing_draws(target, request)
@@ -518,10 +545,16 @@ def search_target(target: MatchTarget, request: MatchRequest) -> Searched:
 
 
 def _observation_matcher(
-    model_path, bank: Bank, observation, matching: MatchingSettings, options: dict, cache: bool = True
+    model_path, target: MatchTarget, observations: list, matching: MatchingSettings, options: dict, cache: bool = True
 ) -> Matcher:
-    """The matcher for an observation: tiered when ``matching`` says so for this bank's size, else exhaustive
-    (its bank embeddings cached beside the model when ``cache``)."""
+    """The matcher for an observation (``observations``: the prepared maps embedded, :attr:`MatchTarget.
+    searched_observations`): tiered when ``matching`` says so for this bank's size, else exhaustive (its bank
+    embeddings cached beside the model when ``cache``); a band-dropout network's embeds the maps' bands jointly
+    (:func:`_band_matcher`)."""
+    bank = target.bank
+    if target.embedded_bands_ghz is not None:
+        return _band_matcher(model_path, target, observations, matching, dict(options, cache=cache))
+    observation = observations[0]
     if matching.tiered(bank.n_systems * bank.n_projections):
         return TieredMatcher.from_model(model_path, bank, transform=observation.transform, settings=matching, **options)
     return Matcher.from_model(
@@ -534,24 +567,86 @@ def _observation_matcher(
     )
 
 
+def _band_matcher(model_path, target: MatchTarget, observations: list, matching: MatchingSettings, options: dict):
+    """The :class:`~protolib.matching.BandMatcher` of a band-dropout network: the whole bank embedded in the target's
+    bands, each through its map's transform (cached per subset of bands and transforms). Tiered matching embeds one
+    band and is refused for it, in one line."""
+    bank = target.bank
+    if matching.tiered(bank.n_systems * bank.n_projections):
+        raise ProtolibInputError(
+            f"Model {model_path} is a band-dropout network (siamese.model.bands: all), and tiered matching "
+            f"(matching.search: {matching.search}, bank of {bank.n_systems * bank.n_projections} images) searches one "
+            "band; set matching.search: exhaustive to embed the bank in the maps' bands, or match with a one-band "
+            "network."
+        )
+    searched = 0 if len(observations) == 1 else target.bands.search
+    return BandMatcher.from_model(
+        model_path,
+        bank,
+        bands_bank=target.bands_bank,
+        bands_ghz=target.embedded_bands_ghz,
+        transforms=[o.transform for o in observations],
+        transform_keys=[o.transform_key for o in observations],
+        transform=observations[searched].transform,
+        **options,
+    )
+
+
 def _observing_draws(target: MatchTarget, request: MatchRequest) -> ObservingDraws:
     """The observation matched again at each draw of its uncertain settings (prepared, re-embedded and searched like
     the nominal match; the draws' bank embeddings are not cached, and the preparation's warnings, said once for the
     nominal match, are not repeated)."""
     found, draws = [], target.uncertainty.draws()
     quiet = dict(request.options, progress=False)
-    for draw in tqdm(draws, desc="Observing draws", unit="draw", disable=not request.progress):
+    factors = _band_flux_factors(target, draws)
+    for draw, flux_factors in tqdm(
+        zip(draws, factors), total=len(draws), desc="Observing draws", unit="draw", disable=not request.progress
+    ):
         settings = dict(request.observation_options)
         if draw.max_scale_arcsec is not None:
             settings["max_scale_arcsec"] = draw.max_scale_arcsec
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            observation = matching_target(
-                target.path, target.bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings
-            )
-        matcher = _observation_matcher(request.model_path, target.bank, observation, request.matching, quiet, False)
-        found.append(matcher.match(observation.image, top_k=request.top_k, threshold=request.threshold))
+            observations = _drawn_observations(target, draw, flux_factors, settings, request.observation_options)
+        matcher = _observation_matcher(request.model_path, target, observations, request.matching, quiet, False)
+        image = observations[0].image if len(observations) == 1 else np.stack([o.image for o in observations])
+        found.append(matcher.match(image, top_k=request.top_k, threshold=request.threshold))
     return ObservingDraws(target.uncertainty, draws, found)
+
+
+def _drawn_observations(target: MatchTarget, draw, flux_factors, settings: dict, nominal: dict) -> list:
+    """The maps searched, prepared again at one observing draw: the searched map at the draw's distance, flux scale
+    and recoverable scale (``settings``); searched jointly, every other map at the draw's distance (one source), its
+    own flux scale (``flux_factors``) and its nominal recoverable scale (``nominal``), with its own noise seed."""
+    if target.bands is None or not target.bands.joint:
+        return [matching_target(target.path, target.bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings)]
+    bands = target.bands
+    return [
+        matching_target(
+            m.path,
+            bank,
+            draw.distance_pc,
+            flux_factor=float(factor),
+            noise_seed=t.transform.seed,
+            **(settings if b == bands.search else nominal),
+        )
+        for b, (m, bank, t, factor) in enumerate(zip(bands.maps, bands.banks, bands.targets, flux_factors))
+    ]
+
+
+def _band_flux_factors(target: MatchTarget, draws: list) -> np.ndarray:
+    """``(draws, bands)`` each map's flux-scale factor at each draw: the searched map's the draw's; searched jointly,
+    every other map's drawn apart (log-normal in its own calibration error, half its fit tolerance, seeded by band):
+    the bands' flux scales are calibrated separately, and their ratio, the spectral index, is uncertain with them."""
+    searched = np.array([[d.flux_factor] for d in draws])
+    if target.bands is None or not target.bands.joint:
+        return searched
+    bands, seed = target.bands, target.uncertainty.seed
+    factors = np.ones((len(draws), len(bands.maps)))
+    for b, tolerance in enumerate(target.flux_tolerance):
+        z = np.random.default_rng([seed, b + 1]).standard_normal(len(draws))
+        factors[:, b] = searched[:, 0] if b == bands.search else np.exp(np.log1p(tolerance / 2.0) * z)
+    return factors
 
 
 def _refuse_no_matches(matches: Matches, threshold: float | None, bank: Bank) -> None:
@@ -785,14 +880,19 @@ SPECTRAL_INDEX_MATCHES = 4  # best matches shown beside the target's spectral in
 
 
 def _bands_summary(bands: BandTargets, matches: Matches, fit: MatchFit) -> tuple[dict, tuple]:
-    """The report's ``bands`` for a target in several bands: each map, its band, whether it was searched, and its
-    reduced chi-square for the best match (the lowest joint one) and over the distribution's matches; the spectral
-    indices of the target and of its best matches. Returns it, and the best matches with both spectral indices."""
+    """The report's ``bands`` for a target in several bands: how they were searched (``search``: "jointly", every
+    band by a band-dropout network, or "one band", a one-band network's, ``searched_bands_ghz``), each map, its band,
+    whether it was searched, and its reduced chi-square for the best match (the lowest joint one) and over the
+    distribution's matches; the spectral indices of the target and of its best matches. Returns it, and the best
+    matches with both spectral indices."""
     best = matches.head(SPECTRAL_INDEX_MATCHES)
     target_index, match_index = spectral_indices(bands, best.system, best.projection)
     k = int(np.argmin(fit.reduced_chi2))
     said = {
         "frequencies_ghz": bands.frequencies_ghz,
+        "search": "jointly" if bands.joint else "one band",
+        "network": "band-dropout (siamese.model.bands: all)" if bands.joint else "one band",
+        "searched_bands_ghz": bands.searched_ghz,
         "reference_band_ghz": bands.reference_ghz,
         "searched_band_ghz": bands.frequencies_ghz[bands.search],
         "best_match_rank": k + 1,
@@ -818,7 +918,7 @@ def _band_maps(bands: BandTargets, by_band: np.ndarray, k: int) -> list[dict]:
             "file": str(m.path.resolve()),
             "observed_frequency_ghz": m.observed_ghz,
             "bank_band_ghz": m.band_ghz,
-            "searched": b == bands.search,
+            "searched": bands.joint or b == bands.search,
             "noise_rms_jy_beam": t.noise_rms_jy_beam,
             "beam_arcsec": [
                 t.resolution.target_beam.major_arcsec,
@@ -861,6 +961,8 @@ def _settings(target: MatchTarget, searched: Searched, calibration: Calibration,
         "distribution_k": kept,
         "k_scores": calibration.k_scores,
         **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if tiered else {}),
+        # a band-dropout network: the bands it embedded the target and the bank in
+        **({"embedded_bands_ghz": matcher.bands_ghz} if isinstance(matcher, BandMatcher) else {}),
         "weight_temperature": request.matching.weight_temperature,
         "corner_parameters": corner or [*target.bank.physical_parameters, "inclination"],
     }
@@ -969,10 +1071,6 @@ def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, re
     )
 
 
-BAND_GALLERY_MATCHES = 6  # matches shown in a gallery of several bands (two rows per band)
-SPECTRAL_INDEX_MATCHES = 4  # best matches shown beside the target's spectral index
-
-
 def _band_figures(bank: Bank, bands: BandTargets, matches: Matches, fit: MatchFit, indices) -> dict:
     """The figures of a target in several bands: ``gallery.png``, every band of each match and its residuals, and
     ``spectral_index.png``, the target's spectral index beside its best matches'."""
@@ -994,7 +1092,7 @@ def _band_figures(bank: Bank, bands: BandTargets, matches: Matches, fit: MatchFi
         residuals=fit.residuals[: len(shown)],
         reduced_chi2=fit.reduced_chi2[: len(shown)],
         reduced_chi2_by_band=fit.reduced_chi2_by_band[:, : len(shown)],
-        searched=bands.search,
+        searched=None if bands.joint else bands.search,  # searched jointly: every band, none marked
         captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
         pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
     )
