@@ -8,6 +8,17 @@ band-dropout network (``siamese.model.bands: all``) embeds every map jointly (``
 it was trained on), so the map in that band, or else the map in the band nearest it, is searched
 alone. The image-space fit and the verdict use every band either way
 (:func:`~protolib.matching.fit_matches` with ``bands``).
+
+A map up to 5% from its band (:data:`~protolib.bank.BAND_TOLERANCE`) is brought to it with the bank's
+fixed spectral index ``2 + β`` (:func:`~protolib.observation.frequency_scale`), not with each match's
+own index between its bands. Measured (``benchmarks/band_frequency_offset.py``, results in
+``benchmarks/results/band_frequency_offset.json``): over a bank with drawn physics (total-flux indices
+2.3–3.7, 5th to 95th percentile), the flux error this leaves at the full 5% offset is at most 3.8% (95th
+percentile; 4.3% for the worst image) in every band, below the flux calibration's own 1-sigma error (5% in B3, 10%
+in B6 and B7) and half or less of the image-space fit's tolerance (2 sigma), which absorbs it; a map 1%
+from its band, the usual case, is off by under 1%. The error it puts in the B3-B6 spectral index a
+band-dropout network sees is 0.045 (95th percentile). So each match's own index is not used: it would change
+the fit by less than its flux tolerance everywhere it can apply.
 """
 
 from __future__ import annotations

@@ -899,6 +899,9 @@ def _bands_summary(bands: BandTargets, matches: Matches, fit: MatchFit) -> tuple
         "maps": _band_maps(bands, fit.reduced_chi2_by_band, k),
         "joint_reduced_chi2": "each band's chi-square in its own noise, summed over the bands' used pixels and divided "
         "by their number",
+        "frequency_scaling": "each map brought to its band with the bank's fixed spectral index (maps' "
+        "preparation.spectral_index), not each match's own: at the 5% from its band a map may be, that is off by under "
+        "4% for the bank's images, below every band's flux calibration (benchmarks/band_frequency_offset.py)",
         "spectral_index": {
             "bands_ghz": [target_index.low_ghz, target_index.high_ghz],
             "sigma": target_index.sigma,
