@@ -108,3 +108,17 @@ def test_tiered_matching_is_refused_for_a_band_network_in_one_line(band_network,
         matched(band_network, tmp_path / "tiered", maps[230.0], maps[100.0], matching=MatchingSettings(search="tiered"))
     assert "\n" not in str(refused.value)
     assert re.search(r"band-dropout network .* tiered matching .* matching.search: exhaustive", str(refused.value))
+
+
+def test_bank_for_trains_a_band_network_when_asked_and_match_embeds_the_maps_jointly(setup, tmp_path, capsys):  # noqa: F811
+    maps = [setup["maps"][230.0], setup["maps"][100.0]]
+    out = tmp_path / "my-source"
+    small = ["--config", "tiny", "--set", "bank.n_systems=10", "--set", "siamese.model.bands=all", "--quiet"]
+    small += ["--set", "autoencoder.training.epochs=1", "--set", "siamese.training.epochs=1"]
+    assert main(["bank-for", *map(str, maps), "--distance", "140", "--out", str(out), *small]) == 0
+    assert load_siamese(out / "siamese.pt", "cpu").frequencies_ghz == [100.0, 230.0]
+    capsys.readouterr()
+    argv = ["match", "--model", str(out / "siamese.pt"), "--bank", str(out / "bank.h5"), "--distance", "140"]
+    argv += ["--target", str(maps[0]), "--target", str(maps[1]), "--top-k", "5", "--observing-draws", "0"]
+    assert main([*argv, "--out", str(tmp_path / "matched")]) == 0
+    assert "searched jointly in every band (100 + 230 GHz)" in capsys.readouterr().out

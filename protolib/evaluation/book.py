@@ -1,7 +1,9 @@
 """The numbers the book's prose quotes, by plain identifier, for MyST-NB's ``glue``: numbers, names and phrases.
 
 Chapter 06 glues :func:`book_numbers` (the methods compared) and :func:`variant_book_numbers` (the
-target similarities and losses compared), so that no number in its prose is typed by hand.
+target similarities and losses compared), so that no number in its prose is typed by hand; chapter 06b
+glues :func:`band_matching_numbers` (one, two and three bands, read from the committed results of
+``benchmarks/band_matching.py``) and shows :func:`band_matching_table`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from .report import constrains, mean_target_error, parameter_verdicts, widening_
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
 
-__all__ = ["METHOD_LABELS", "book_numbers", "variant_book_numbers"]
+__all__ = [
+    "METHOD_LABELS",
+    "BAND_CASES",
+    "BAND_LABELS",
+    "book_numbers",
+    "variant_book_numbers",
+    "band_matching_parameters",
+    "band_matching_table",
+    "band_half_widths",
+    "band_matching_numbers",
+]
 
 METHOD_LABELS = {
     "random": "random matches",
@@ -244,3 +256,100 @@ def _phrase(items: list[str]) -> str:
 def _plain(value):
     """A glue-able plain Python value (numpy scalars to int or float), so that MyST-NB formats it."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+BAND_CASES = {"B6": "dropout B6", "B3+B6": "dropout B3+B6", "B3+B6+B7": "dropout B3+B6+B7"}
+"""The bands matched (the book's names) -> the band-dropout network's case in ``benchmarks/band_matching.py``'s
+results."""
+OPACITY = ("opacity_beta", "opacity_230ghz")
+# a uniform prior's central 68% spans 0.68 sqrt(3) standard deviations either side of its middle: the half-width of
+# the matches' 68% interval when the images say nothing (kappa_230 is log-uniform: uniform in the log it is scored in)
+PRIOR_HALF_WIDTH = 0.68 * np.sqrt(3.0)
+BAND_LABELS = {"opacity_beta": "β", "opacity_230ghz": "κ_230"}
+# issue 26's goals, as benchmarks/band_matching.py judges them: with three bands β's 68% half-width at most this many
+# prior spreads, the disk and envelope mass errors within this factor of the fixed-physics case's, coverage this near
+GOAL_BETA_HALF_WIDTH, GOAL_MASS_RATIO, GOAL_COVERAGE = 0.5, 1.1, 0.05
+
+
+def band_matching_parameters(results: dict) -> list[str]:
+    """The parameters the images constrain in any of :data:`BAND_CASES` (the benchmark's ``goals``, RMS error and
+    half-width below 0.95 prior spreads), then β and κ_230, whether constrained or not, in the results' order."""
+    constrained = {n for case in BAND_CASES for n in results["goals"][case]["constrained"]} | set(OPACITY)
+    order = list(results["cases"][BAND_CASES["B6"]]["parameters"])
+    return [n for n in order if n in constrained and n not in OPACITY] + list(OPACITY)
+
+
+def band_matching_table(results: dict) -> str:
+    """A Markdown table: per parameter of :func:`band_matching_parameters` and per case of :data:`BAND_CASES`, the
+    median |error| over the prior spread, the 68% and the 95% coverage."""
+    head = "| parameter | " + " | ".join(f"{case}: error / 68% / 95%" for case in BAND_CASES) + " |"
+    lines = [head, "| --- | " + " | ".join("---:" for _ in BAND_CASES) + " |"]
+    for name in band_matching_parameters(results):
+        cells = []
+        for case in BAND_CASES.values():
+            row = results["cases"][case]["parameters"][name]
+            cells.append(
+                f"{row['median_abs_error_over_prior_spread']:.2f} / {row['coverage_68']:.2f} / {row['coverage_95']:.2f}"
+            )
+        lines.append(f"| {BAND_LABELS.get(name, name.replace('_', ' '))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def band_half_widths(results: dict) -> dict[str, dict[str, float]]:
+    """Per case of :data:`BAND_CASES`, each parameter's (:func:`band_matching_parameters`) 68% half-width over the
+    prior spread."""
+    return {
+        case: {
+            n: float(results["cases"][name]["parameters"][n]["half_width_68_over_prior_spread"])
+            for n in band_matching_parameters(results)
+        }
+        for case, name in BAND_CASES.items()
+    }
+
+
+def band_matching_numbers(results: dict) -> dict:
+    """The numbers chapter 06b's prose quotes about one, two and three bands, by plain identifier (for ``glue``),
+    each name beginning ``bands_`` (the chapter glues other results beside them).
+
+    Per case slug ``c`` (``b6``, ``b3b6``, ``b3b6b7``): β's and κ_230's 68% half-width over the prior spread
+    (``bands_beta_width_c``, ``bands_kappa_width_c``), their median error (``bands_beta_error_c``,
+    ``bands_kappa_error_c``), β's 68% coverage (``bands_beta_cov68_c``), the disk and envelope mass errors over the
+    fixed-physics case's (``bands_disk_mass_ratio_c``, ``bands_envelope_mass_ratio_c``), the largest coverage miss
+    of the constrained parameters (``bands_worst_miss_c``) and whose it is (``bands_worst_miss_parameter_c``); the
+    prior's own half-width (``bands_prior_half_width``), the goals (``bands_goal_beta_width``,
+    ``bands_goal_mass_ratio``, ``bands_goal_coverage``), the range of the band-dropout network's error in B6 over
+    today's one-band network's, parameter by parameter (``bands_loses_nothing_low``, ``bands_loses_nothing_high``),
+    and the setup (``bands_systems``, ``bands_test_systems``, ``bands_targets``).
+    """
+    numbers = {"prior_half_width": float(PRIOR_HALF_WIDTH)}
+    for case, name in BAND_CASES.items():
+        slug = case.lower().replace("+", "")
+        rows, goals = results["cases"][name]["parameters"], results["goals"][case]
+        for short, parameter in (("beta", "opacity_beta"), ("kappa", "opacity_230ghz")):
+            numbers[f"{short}_width_{slug}"] = float(rows[parameter]["half_width_68_over_prior_spread"])
+            numbers[f"{short}_error_{slug}"] = float(rows[parameter]["median_abs_error_over_prior_spread"])
+        numbers[f"beta_cov68_{slug}"] = float(rows["opacity_beta"]["coverage_68"])
+        for mass, ratio in goals["mass_error_over_fixed_physics"].items():
+            numbers[f"{mass}_ratio_{slug}"] = float(ratio)
+        numbers[f"worst_miss_{slug}"] = float(goals["worst_coverage_miss"])
+        numbers[f"worst_miss_parameter_{slug}"] = _worst_miss(rows, goals["constrained"])
+    ratios = [float(v["error_ratio"]) for v in results["loses_nothing"].values()]
+    setup = results["setup"]
+    numbers.update(
+        goal_beta_width=GOAL_BETA_HALF_WIDTH,
+        goal_mass_ratio=GOAL_MASS_RATIO,
+        goal_coverage=GOAL_COVERAGE,
+        loses_nothing_low=min(ratios),
+        loses_nothing_high=max(ratios),
+        systems=int(setup["systems"]),
+        test_systems=int(setup["split"]["test"]),
+        targets=int(results["cases"][BAND_CASES["B6"]]["targets"]),
+    )
+    return {f"bands_{name}": value for name, value in numbers.items()}
+
+
+def _worst_miss(rows: dict, constrained: list[str]) -> str:
+    """The name (as the table writes it) of the constrained parameter whose 68% or 95% coverage is furthest from
+    nominal."""
+    worst = max(constrained, key=lambda n: max(abs(rows[n]["coverage_68"] - 0.68), abs(rows[n]["coverage_95"] - 0.95)))
+    return BAND_LABELS.get(worst, worst.replace("_", " "))

@@ -9,8 +9,10 @@ book uses (:func:`~protolib.pipelines.simulate.ensure_bank`,
 so a rerun, or a second map of the same setup, reuses what is there.
 
 Maps of one source at several frequencies (one map per band) make one bank in those bands, each band
-observed with its map's beam and noise (:func:`~protolib.observation.setup.band_setup`); its networks
-are, until they embed several bands, trained on its reference band (the one nearest 230 GHz).
+observed with its map's beam and noise (:func:`~protolib.observation.setup.band_setup`); its autoencoder
+is trained on its reference band (the one nearest 230 GHz), and so is its Siamese network unless the
+configuration asks for a band-dropout network (``--set siamese.model.bands=all``), which is trained on
+every band and embeds the maps jointly in ``protolib match``.
 """
 
 from __future__ import annotations
@@ -118,10 +120,11 @@ def _build(
     announce(_plan(config, setup, before))
     _write_config(out, data, setup)
     whole = ensure_bank(config, progress=progress)
-    bank = whole.band(setup.frequency_ghz) if setup.bands else whole  # the networks read one band (the reference band)
+    bank = whole.band(setup.frequency_ghz) if setup.bands else whole  # the autoencoder reads the reference band
     try:
         autoencoder = ensure_autoencoder(config, bank, progress=progress)
-        siamese = ensure_siamese(config, bank, autoencoder, progress=progress)
+        # a band-dropout network (siamese.model.bands: all) reads every band; a one-band network the reference band
+        siamese = ensure_siamese(config, whole if _all_bands(config, setup) else bank, autoencoder, progress=progress)
     finally:
         bank.close()
         whole.close()
@@ -129,6 +132,11 @@ def _build(
     return BankForReport(
         out, setup, out / "config.yaml", paths["bank"], autoencoder, siamese, reused, time.perf_counter() - started
     )
+
+
+def _all_bands(config: RunConfig, setup: MapSetup) -> bool:
+    """Whether the Siamese network embeds every band of a bank of several (``siamese.model.bands: all``)."""
+    return bool(setup.bands) and config.siamese.model.all_bands
 
 
 def _modified(path: Path) -> int | None:

@@ -1,5 +1,6 @@
-"""Figures of the domain-shift comparison (:mod:`protolib.domain_shift`): coverage and error per case, and how
-narrowly the matches pin each nuisance parameter. Each takes data and keyword options and returns the figure.
+"""Figures of the domain-shift comparison (:mod:`protolib.domain_shift`): coverage and error per case, how
+narrowly the matches pin each nuisance parameter, and how narrowly one, two and three bands pin each parameter.
+Each takes data and keyword options and returns the figure.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure
 from ..domain_shift import nuisance_rows, shift_rows
 from ..evaluation import MethodResult
 
-__all__ = ["plot_domain_shift", "plot_nuisance_constraints", "CASE_COLOURS"]
+__all__ = ["plot_domain_shift", "plot_nuisance_constraints", "plot_band_half_widths", "CASE_COLOURS"]
 
 
 CASE_COLOURS = {"no shift": "0.55", "shift": "tab:red", "marginalised": "tab:blue"}
@@ -98,4 +99,46 @@ def plot_nuisance_constraints(
     ax.set_ylim(
         0, max(1.6, max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows) * 1.15)
     )
+    return fig
+
+
+def plot_band_half_widths(
+    half_widths: dict[str, dict[str, float]],
+    *,
+    prior_half_width: float,
+    goal: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
+    width: float = 7.2,
+) -> Figure:
+    """The matches' 68% half-width over the prior's spread, per parameter, one bar per set of bands.
+
+    ``half_widths``: bands matched (``"B6"``, ``"B3+B6"``, ...) -> parameter -> half-width
+    (:func:`~protolib.evaluation.book.band_half_widths`). The dashed line is the prior's own half-width
+    (``prior_half_width``: what the matches give when the images say nothing); ``goal``: parameter -> a goal
+    drawn as a short dotted line over its bars; ``labels``: parameter -> its name on the axis.
+    """
+    cases = list(half_widths)
+    parameters = list(half_widths[cases[0]])
+    labels = labels or {}
+    fig, ax = plt.subplots(figsize=(width, 3.0), layout="constrained")
+    x = np.arange(len(parameters))
+    step = 0.8 / len(cases)
+    for i, case in enumerate(cases):
+        values = [half_widths[case][n] for n in parameters]
+        ax.bar(
+            x + (i - (len(cases) - 1) / 2) * step,
+            values,
+            step,
+            color=plt.cm.viridis(i / max(1, len(cases))),
+            label=case,
+        )
+    ax.axhline(prior_half_width, color="k", ls="--", lw=1, label="the prior's")
+    for name, value in (goal or {}).items():
+        at = parameters.index(name)
+        ax.hlines(value, at - 0.45, at + 0.45, color="tab:red", ls=":", lw=2, label=f"goal ({labels.get(name, name)})")
+    ax.set_xticks(x, [labels.get(n, n.replace("_", " ")) for n in parameters], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("68% half-width / prior spread", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.set_ylim(0, 1.3 * max(prior_half_width, max(max(v.values()) for v in half_widths.values())))
+    ax.legend(fontsize=8, ncols=len(cases) + 2, loc="upper left")
     return fig
