@@ -122,3 +122,10 @@ def test_bank_for_trains_a_band_network_when_asked_and_match_embeds_the_maps_joi
     argv += ["--target", str(maps[0]), "--target", str(maps[1]), "--top-k", "5", "--observing-draws", "0"]
     assert main([*argv, "--out", str(tmp_path / "matched")]) == 0
     assert "searched jointly in every band (100 + 230 GHz)" in capsys.readouterr().out
+
+
+def test_a_bank_system_is_matched_in_the_reference_band_by_a_band_network(band_network, tmp_path):
+    common = dict(matching=MatchingSettings(top_k=10), progress=False)
+    report = run_match(band_network["model"], band_network["bank"], tmp_path / "system", target_system=3, **common)
+    assert report["bank"]["band_ghz"] == 230.0 and report["n_matches"] == 10
+    assert "embedded_bands_ghz" not in report["settings"]

@@ -329,7 +329,8 @@ def _add_match_target_options(p) -> None:
         action="append",
         help="observation to match (FITS image); give it once per band for maps of one source in several bands "
         "(--target b6.fits --target b3.fits): each goes to the bank band nearest its frequency and they are "
-        "matched jointly",
+        "matched jointly (embedded together by a band-dropout network, siamese.model.bands: all; a one-band "
+        "network searches its own band)",
     )
     target.add_argument("--target-system", type=int, help="a bank system to match (its own system is never matched)")
     p.add_argument("--projection", type=int, default=0, help="projection of --target-system (default 0)")
