@@ -90,6 +90,12 @@ def main() -> None:
     parser.add_argument("--reference-alone", type=float, default=None, help="the dropout network's B6-alone share")
     parser.add_argument("--split", type=float, nargs=3, default=[0.6, 0.15, 0.25], help="train, validation, test")
     parser.add_argument("--folder", default=None, help="where the banks and networks go (default: a temporary one)")
+    parser.add_argument(
+        "--opacity-law",
+        choices=["independent", "anchored"],
+        default="independent",
+        help="how the three-band bank draws κ_230: independent of β, or anchored at 1000 GHz (prior.opacity_law)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -145,7 +151,7 @@ def _banks(args, config, folder: Path) -> tuple[dict, dict]:
             seed=0,
             config=sim,
             instrument=instrument,
-            prior=Prior(nuisance=nuisance),
+            prior=Prior(nuisance=nuisance, opacity_law=args.opacity_law if nuisance == "drawn" else "independent"),
             progress=False,
         )
         timings[f"bank_{name}_seconds"] = time.perf_counter() - tick
@@ -320,6 +326,7 @@ def _setup(args, config, split) -> dict:
         "opacity_weight": args.opacity_weight,
         "reference_alone": _dropout_model(load_config("default"), args).dropout(3, 1).reference_alone,
         "nuisance": "drawn (three-band bank); fixed (the fixed-physics B6 bank)",
+        "opacity_law": args.opacity_law,
     }
 
 

@@ -122,6 +122,21 @@ PARAMETERS: dict[str, Parameter] = {
 }
 PARAMETER_NAMES: list[str] = list(PARAMETERS)
 NUISANCE_PARAMETERS: list[str] = [n for n, p in PARAMETERS.items() if p.nuisance]
+
+OPACITY_LAWS = ("independent", "anchored")
+"""How a system's dust opacity at 230 GHz is drawn (:attr:`Prior.opacity_law`)."""
+OPACITY_LAW_DEFAULTS = {"opacity_law": "independent", "opacity_1000ghz": [0.07, 0.14]}
+"""The opacity law's settings at their defaults (left out of a stored prior)."""
+
+
+def _range_or_nan(value) -> tuple[float, float]:
+    """``value`` as a ``(low, high)`` pair of floats, or NaNs where it is not two numbers."""
+    pair = value if isinstance(value, (list, tuple)) and len(value) == 2 else (math.nan, math.nan)
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair):
+        return float(pair[0]), float(pair[1])
+    return math.nan, math.nan
+
+
 PHYSICAL_PARAMETERS: list[str] = [n for n, p in PARAMETERS.items() if not p.nuisance]
 VIEWING_PARAMETERS: dict[str, Parameter] = {
     "inclination": Parameter("inclination", "deg", "0 face-on, 90 edge-on", log_scale=False),
@@ -184,6 +199,12 @@ class Prior:
     opacity_beta: tuple[float, float] = (0.5, 2.0)
     # dust opacity at 230 GHz [cm^2 per g of gas], log-uniform: OH94 to Beckwith
     opacity_230ghz: tuple[float, float] = (0.005, 0.03)
+    # how kappa_230 is drawn: "independent" of beta (from opacity_230ghz), or "anchored" at 1000 GHz
+    # (from opacity_1000ghz, then kappa_230 = kappa_1000 (230/1000)^beta, Beckwith et al. 1990: grown grains
+    # raise the mm opacity as they lower beta, while the submm opacity changes less)
+    opacity_law: str = "independent"
+    # dust opacity at 1000 GHz [cm^2 per g of gas] for opacity_law "anchored", log-uniform: Beckwith's 0.1 x/÷ 1.4
+    opacity_1000ghz: tuple[float, float] = (0.07, 0.14)
     # T at 100 au for 1 Lsun [K], uniform (38 K: Motte & Andre 2001)
     temperature_1lsun: tuple[float, float] = (25.0, 55.0)
     # radial index q of T ~ r^-q, uniform: envelopes 0.33-0.4, disks to 0.6
@@ -202,12 +223,12 @@ class Prior:
     def __post_init__(self):
         if self.nuisance not in ("drawn", "fixed"):
             raise ProtolibInputError(f"prior.nuisance is 'drawn' or 'fixed', got {self.nuisance!r}.")
-        for name in (*PHYSICAL_RANGES, *NUISANCE_PARAMETERS):
+        if self.opacity_law not in OPACITY_LAWS:
+            raise ProtolibInputError(f"prior.opacity_law is 'independent' or 'anchored', got {self.opacity_law!r}.")
+        for name in (*PHYSICAL_RANGES, *NUISANCE_PARAMETERS, "opacity_1000ghz"):
             value = getattr(self, name)
-            log_scale = name != "cavity_angle_deg" if name in PHYSICAL_RANGES else PARAMETERS[name].log_scale
-            pair = value if isinstance(value, (list, tuple)) and len(value) == 2 else (math.nan, math.nan)
-            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-            low, high = (float(v) for v in pair) if numbers else (math.nan, math.nan)
+            log_scale = PARAMETERS[name].log_scale if name in NUISANCE_PARAMETERS else name != "cavity_angle_deg"
+            low, high = _range_or_nan(value)
             if not (math.isfinite(low) and math.isfinite(high) and low <= high) or (log_scale and low <= 0):
                 raise ProtolibInputError(
                     f"prior.{name} must be a range [low, high] with low <= high"
@@ -269,13 +290,17 @@ class Prior:
         if self.nuisance == "fixed":
             values = {**SimulatorConfig().nuisance_values(), **(fixed or {})}
             return {name: np.full(n_systems, float(values[name])) for name in NUISANCE_PARAMETERS}
+        anchored = self.opacity_law == "anchored"
         draws = {}
         for name in NUISANCE_PARAMETERS:
-            low, high = getattr(self, name)
+            # the anchored law takes kappa_230's draws (the same stream, so every other draw is unchanged)
+            low, high = self.opacity_1000ghz if anchored and name == "opacity_230ghz" else getattr(self, name)
             if PARAMETERS[name].log_scale:
                 draws[name] = 10 ** rng.uniform(np.log10(low), np.log10(high), n_systems)
             else:
                 draws[name] = rng.uniform(low, high, n_systems)
+        if anchored:
+            draws["opacity_230ghz"] = draws["opacity_230ghz"] * (230.0 / 1000.0) ** draws["opacity_beta"]
         return draws
 
     def _draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -303,8 +328,13 @@ class Prior:
         }
 
     def to_dict(self) -> dict:
-        """The prior's settings as plain data (stored in a bank's provenance)."""
-        return asdict(self)
+        """The prior's settings as plain data (stored in a bank's provenance). The opacity law's settings are left
+        out at their defaults, so that a bank made before they existed is still recognised as current."""
+        values = asdict(self)
+        for name, default in OPACITY_LAW_DEFAULTS.items():
+            if (list(values[name]) if isinstance(values[name], tuple) else values[name]) == default:
+                del values[name]
+        return values
 
 
 def sample_viewing(n_systems: int, n_projections: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -185,6 +185,25 @@ def test_the_prior_draws_nuisances_in_their_ranges_without_touching_the_physical
         Prior(opacity_230ghz=(0.0, 0.02))
 
 
+def test_an_anchored_opacity_law_ties_kappa_230_to_beta_and_leaves_every_other_draw_alone():
+    independent = Prior().sample(2000, np.random.default_rng(3), np.random.default_rng(4))
+    anchored = Prior(opacity_law="anchored").sample(2000, np.random.default_rng(3), np.random.default_rng(4))
+    for name in independent:
+        if name != "opacity_230ghz":
+            assert np.array_equal(independent[name], anchored[name]), name
+    kappa_1000 = anchored["opacity_230ghz"] / (230.0 / 1000.0) ** anchored["opacity_beta"]
+    assert kappa_1000.min() >= 0.07 and kappa_1000.max() <= 0.14  # Beckwith's 0.1 cm^2/g, within a factor 1.4
+    # grown grains (low beta) hold more opacity at 1.3 mm: kappa_230 falls with beta, as it does not when independent
+    assert np.corrcoef(anchored["opacity_beta"], np.log(anchored["opacity_230ghz"]))[0, 1] < -0.9
+    assert abs(np.corrcoef(independent["opacity_beta"], np.log(independent["opacity_230ghz"]))[0, 1]) < 0.1
+    # a stored prior at the default law is as it was before the law existed (old banks stay current)
+    assert "opacity_law" not in Prior().to_dict() and Prior(opacity_law="anchored").to_dict()["opacity_law"]
+    with pytest.raises(ProtolibInputError, match="opacity_law"):
+        Prior(opacity_law="beckwith")
+    with pytest.raises(ProtolibInputError, match="opacity_1000ghz"):
+        Prior(opacity_1000ghz=(0.0, 0.1))
+
+
 def test_banks_store_the_nuisance_physics_and_fixed_banks_hold_the_same_systems(tmp_path):
     config = SimulatorConfig(image_size=16, envelope_samples=8, disk_samples=8)
     paths = {}
