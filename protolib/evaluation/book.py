@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 
+from ..parameters import NUISANCE_PARAMETERS, PARAMETERS
 from .report import constrains, mean_target_error, parameter_verdicts, widening_label
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
@@ -26,6 +27,7 @@ __all__ = [
     "band_matching_table",
     "band_half_widths",
     "band_matching_numbers",
+    "unconstrained_nuisance",
 ]
 
 METHOD_LABELS = {
@@ -307,7 +309,7 @@ def band_half_widths(results: dict) -> dict[str, dict[str, float]]:
     }
 
 
-def band_matching_numbers(results: dict) -> dict:
+def band_matching_numbers(results: dict, prefix: str = "bands") -> dict:
     """The numbers chapter 06b's prose quotes about one, two and three bands, by plain identifier (for ``glue``),
     each name beginning ``bands_`` (the chapter glues other results beside them).
 
@@ -319,7 +321,8 @@ def band_matching_numbers(results: dict) -> dict:
     prior's own half-width (``bands_prior_half_width``), the goals (``bands_goal_beta_width``,
     ``bands_goal_mass_ratio``, ``bands_goal_coverage``), the range of the band-dropout network's error in B6 over
     today's one-band network's, parameter by parameter (``bands_loses_nothing_low``, ``bands_loses_nothing_high``),
-    and the setup (``bands_systems``, ``bands_test_systems``, ``bands_targets``).
+    and the setup (``bands_systems``, ``bands_test_systems``, ``bands_targets``). ``prefix`` replaces ``bands`` (the
+    chapter glues a second result, with the opacity anchored to β, beside the first).
     """
     numbers = {"prior_half_width": float(PRIOR_HALF_WIDTH)}
     for case, name in BAND_CASES.items():
@@ -345,7 +348,19 @@ def band_matching_numbers(results: dict) -> dict:
         test_systems=int(setup["split"]["test"]),
         targets=int(results["cases"][BAND_CASES["B6"]]["targets"]),
     )
-    return {f"bands_{name}": value for name, value in numbers.items()}
+    return {f"{prefix}_{name}": value for name, value in numbers.items()}
+
+
+def unconstrained_nuisance(results: dict, case: str = "B3+B6+B7", most: int = 3) -> str:
+    """The nuisance parameters the images leave unconstrained in ``case`` (of :data:`BAND_CASES`), the ``most`` with
+    the largest median error first, as a phrase with each error in prior spreads: what stays between the bands and
+    the masses once β and κ_230 are measured."""
+    rows, constrained = results["cases"][BAND_CASES[case]]["parameters"], results["goals"][case]["constrained"]
+    left = [n for n in rows if n in NUISANCE_PARAMETERS and n not in constrained]
+    left.sort(key=lambda n: -rows[n]["median_abs_error_over_prior_spread"])
+    return _phrase(
+        [f"the {PARAMETERS[n].description} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]]
+    )
 
 
 def _worst_miss(rows: dict, constrained: list[str]) -> str:
