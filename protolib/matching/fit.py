@@ -17,6 +17,8 @@ import numpy as np
 
 from ..bank import Bank
 from ..goodness_of_fit import (
+    EXCESS_LIMIT,
+    NOISE_LEVEL_CHI2,
     STRUCTURE_FRACTION,
     STRUCTURE_SIGMA,
     BandsFit,
@@ -38,7 +40,9 @@ __all__ = [
     "FIT_CUT_FACTOR",
     "distribution_order",
     "distribution_weights",
+    "choose_matches",
     "independent_beams",
+    "reduced_chi2_of_matches",
 ]
 
 
@@ -62,6 +66,7 @@ class MatchFit:
             (:func:`distribution_order`).
         independent_beams: the beams in the fitted field (pixels within a beam are correlated): the degrees of
             freedom a reduced chi-square difference is counted in (:func:`distribution_weights`).
+        excess: ``(n_matches,)`` each match's residual beyond the noise, as a fraction of the target's signal.
     """
 
     reduced_chi2: np.ndarray
@@ -72,6 +77,16 @@ class MatchFit:
     reduced_chi2_by_band: np.ndarray | None = None
     reference_reduced_chi2: list[np.ndarray] | None = None
     independent_beams: float = 1.0
+    excess: np.ndarray | None = None
+
+    def reproducing(self) -> np.ndarray:
+        """``(n_matches,)`` whether each match reproduces the target by the verdict's two tests of the residual's size
+        (:func:`~protolib.goodness_of_fit.judge_fit`: within the noise, or an excess no larger than the bank's own
+        images are left with and than the absolute limit; the structure test is made on the best match only)."""
+        chi2 = np.asarray(self.reduced_chi2)
+        excess = np.full(len(chi2), np.inf) if self.excess is None else np.asarray(self.excess)
+        within = (excess <= self.verdict.limit) & (excess <= EXCESS_LIMIT)
+        return (chi2 <= NOISE_LEVEL_CHI2) | within
 
 
 @dataclass
@@ -161,7 +176,7 @@ def fit_matches(
     residuals = view.fit.residuals(image, match_images[shown])
     by_band = view.fit.reduced_chi2_by_band(image, match_images) if bands is not None else None
     beams = independent_beams(int(np.count_nonzero(view.fit.used(np.shape(image)))), view.beam_pixels)
-    return MatchFit(chi2, verdict, residuals, rows, found, by_band, every, beams)
+    return MatchFit(chi2, verdict, residuals, rows, found, by_band, every, beams, view.fit.excess(image, chi2))
 
 
 def _references(matcher: Matcher, view: _FitView, rows: np.ndarray, top_k: int):
@@ -317,3 +332,32 @@ def distribution_weights(ordered_chi2: np.ndarray, rule: str, beams: float) -> n
         kept[np.argsort(chi2, kind="stable")[:FIT_CUT_LEAST]] = True
         return kept.astype(np.float64)
     return np.exp(-0.5 * beams * (chi2 - np.min(chi2)) / best)
+
+
+def choose_matches(
+    reduced_chi2: np.ndarray, rule: str, k: int | None, beams: float
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The matches ``rule`` puts in the distribution: their indices into the matches searched, in the rule's order
+    (:func:`distribution_order`; the first ``k`` for a rule of equal weights, ``None``: all), and their weights
+    (:func:`distribution_weights`; ``None``: equal; matches of no weight are left out)."""
+    order = distribution_order(reduced_chi2, rule)
+    weights = distribution_weights(np.asarray(reduced_chi2)[order], rule, beams)
+    if weights is None:
+        return order[: k or len(order)], None
+    return order[weights > 0], weights[weights > 0]
+
+
+def reduced_chi2_of_matches(
+    bank: Bank, observation: ObservationTarget, matches: Matches, flux_tolerance: float = 0.0
+) -> np.ndarray:
+    """``(n,)`` each match's reduced chi-square against an observation, as :func:`fit_matches` computes the target's:
+    for an observing draw's matches against the map prepared as that draw sees it."""
+    resolution = observation.resolution
+    fit = ImageFit(
+        resolution,
+        observation.noise_rms_jy_beam,
+        resolution.bank_noise_rms_jy_beam,
+        observation.coverage,
+        flux_tolerance,
+    )
+    return fit.reduced_chi2(observation.image, bank.images_at(matches.system, matches.projection))
