@@ -781,11 +781,12 @@ class ChosenMatches:
 def _distribution(
     target: MatchTarget, searched: Searched, fit: MatchFit | None, calibration: Calibration, request: MatchRequest
 ) -> ChosenMatches:
-    """The matches, observing draws and fit the calibration's rule chooses (:func:`~protolib.matching.choose_matches`:
-    by default the ``k`` that fit the target best in image space, ``k`` and the widening calibrated on references
-    chosen the same way): the distribution, ``matches.csv`` and the gallery are theirs; the verdicts have already
-    looked at every match searched. Each observing draw's matches are chosen by their fit to the map as that draw
-    prepares it (:func:`_draw_reduced_chi2`)."""
+    """The matches, observing draws and fit the calibration's rule chooses
+    (:func:`~protolib.matching.fit.choose_matches`, ``matching.distribution``: by default the ``k`` most similar, as
+    measured there; or chosen by their image-space fit, ``k`` and the widening then calibrated on references chosen
+    the same way): the distribution, ``matches.csv`` and the gallery are theirs; the verdicts have already looked at
+    every match searched. Under a fit rule, each observing draw's matches are chosen by their fit to the map as that
+    draw prepares it (:func:`_draw_reduced_chi2`)."""
     matches, draws, rule = searched.matches, searched.draws, calibration.rule
     if fit is None:
         return ChosenMatches(matches, draws, None, None, None, matches.rank, rule)
