@@ -301,7 +301,8 @@ def summary_table(found: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def arguments(argv=None) -> argparse.Namespace:
+    """The command line's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("artifacts/default"), help="folder with bank.h5, siamese.pt")
     parser.add_argument("--maps", type=int, default=20, help="synthetic NOEMA-like maps")
@@ -309,7 +310,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = arguments(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

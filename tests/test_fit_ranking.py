@@ -108,3 +108,41 @@ def test_matches_csv_and_the_report_record_the_rule_and_how_many_matches_reprodu
     # the fit rule's matches fit better than the most similar ones
     assert np.median(chi2) <= np.median([float(r["reduced_chi2"]) for r in similar_rows])
     assert similar["distribution"]["best_fit_similarity_rank"] == report["distribution"]["best_fit_similarity_rank"]
+
+
+@pytest.mark.parametrize("rule", ["fit_rank", "fit_weight"])
+def test_a_fit_rule_chooses_each_observing_draws_matches_by_their_fit(tmp_path, monkeypatch, rule):
+    """An observation matched at draws of its flux scale: each draw's matches are chosen by their fit to the map as
+    that draw prepares it, and the report still says how many of the distribution's matches reproduce the map."""
+    from protolib.instrument import Beam
+    from protolib.observation import write_observation_fits
+
+    monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
+    with Bank(write_bank(tmp_path / "bank.h5")) as bank:
+        path, system = bank.path, {name: float(values[3]) for name, values in bank.parameters.items()}
+    model = write_fake_model(tmp_path / "siamese.pt")
+    fits_path = write_observation_fits(
+        tmp_path / "synthetic.fits",
+        system,
+        inclination_deg=60.0,
+        position_angle_deg=30.0,
+        distance_pc=150.0,
+        pixel_arcsec=0.05,
+        image_size=40,
+        beam=Beam(0.35, 0.3, 20.0),
+        noise_rms_jy_beam=1e-4,
+        seed=1,
+    )
+    out = tmp_path / "out"
+    args = ["match", "--model", str(model), "--bank", str(path), "--target", str(fits_path), "--distance", "150"]
+    args += ["--top-k", "30", "--observing-draws", "3", "--set", f"matching.distribution={rule}", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    with open(out / "observing_draws.csv") as table:
+        draws = list(csv.DictReader(table))
+    assert report["distribution"]["rule"] == rule and report["distribution"]["reproducing_matches"] is not None
+    per_draw = [sum(int(r["draw"]) == d for r in draws) for d in range(3)]
+    if rule == "fit_rank":  # the same k from each draw
+        assert per_draw == [report["settings"]["distribution_k"]] * 3
+    else:  # every match of each draw, weighted
+        assert per_draw == [30] * 3
