@@ -74,7 +74,7 @@ def test_the_calibration_chooses_the_references_matches_by_the_targets_rule(tmp_
         assert list(weighted[2]) == ["119"] and weighted[2]["119"] < min(by_similarity[2].values())
 
 
-def test_matches_csv_and_the_report_record_the_rule_and_how_many_matches_reproduce(tmp_path, monkeypatch):
+def test_matches_csv_and_the_report_record_the_rule_and_how_many_matches_reproduce(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "protolib.siamese", fake_siamese_module())
     with Bank(write_bank(tmp_path / "bank.h5")) as bank:
         path = bank.path
@@ -103,6 +103,7 @@ def test_matches_csv_and_the_report_record_the_rule_and_how_many_matches_reprodu
     assert report["settings"]["distribution_rule"] == "fit_rank" and report["distribution"]["rule"] == "fit_rank"
     assert report["distribution"]["reproducing_matches"] == sum(r["reproduces"] == "True" for r in rows)
     assert f"{report['distribution']['reproducing_matches']} of the distribution's" in report["distribution"]["message"]
+    assert report["distribution"]["message"] in capsys.readouterr().out  # said on the console too
     similar_rows, similar = found["similarity"]
     assert [int(r["similarity_rank"]) for r in similar_rows] == list(range(1, len(similar_rows) + 1))
     # the fit rule's matches fit better than the most similar ones
