@@ -223,7 +223,7 @@ def reference_chi2(
     reference_rows: np.ndarray,
     n_projections: int,
     structure: Callable[[np.ndarray, np.ndarray], ResidualPeak] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, list, np.ndarray, list]:
     """Best reduced chi-square of held-out bank images against their own best matches, seen like the target.
 
     Each reference bank image is turned into a target (``observe``: the transform *with* noise), embedded,
@@ -242,9 +242,10 @@ def reference_chi2(
         structure: ``(target, its best match)`` to the best match's :class:`ResidualPeak` (``None``: not measured).
 
     Returns:
-        ``(best reduced chi-square, its excess residual, the matches, the residual peaks' fractions of the peak)``:
-        arrays ``(len(reference_rows),)`` (the last NaN without ``structure``) and each reference image's
-        :class:`~protolib.matching.Matches` (for calibrating intervals).
+        ``(best reduced chi-square, its excess residual, the matches, the residual peaks' fractions of the peak,
+        every match's reduced chi-square)``: arrays ``(len(reference_rows),)`` (the fourth NaN without
+        ``structure``), and per reference image its :class:`~protolib.matching.Matches` and their ``(n,)`` reduced
+        chi-squares (for calibrating intervals, with the matches chosen as the target's are).
     """
     systems, projections = reference_rows // n_projections, reference_rows % n_projections
     targets = np.asarray(observe(load_images(systems, projections)), dtype=np.float32)
@@ -252,14 +253,16 @@ def reference_chi2(
         targets = targets * fit.coverage
     found = search(embed(targets), systems.tolist())
     best, excess, peaks = (np.full(len(reference_rows), np.nan) for _ in range(3))
+    every = []
     for i, matches in enumerate(found):
         images = load_images(matches.system, matches.projection)
         chi2 = fit.reduced_chi2(targets[i], images)
+        every.append(chi2)
         best[i] = chi2.min()
         excess[i] = fit.excess(targets[i], best[i])
         if structure is not None:
             peaks[i] = structure(targets[i], images[int(np.argmin(chi2))]).fraction_of_peak
-    return best, excess, found, peaks
+    return best, excess, found, peaks, every
 
 
 @dataclass

@@ -429,6 +429,8 @@ def _print_match_report(args, report: dict) -> None:
     say("match", verdict["message"], not verdict["is_out_of_distribution"])
     if fit is not None:
         say("match", fit["message"], fit["reproduces"])
+        if (report.get("distribution") or {}).get("reproducing_matches") is not None:
+            print(report["distribution"]["message"])
     if report.get("interval_calibration"):
         settings = report.get("settings", {})
         if settings.get("distribution_k") and settings.get("matches_searched", 0) > settings["distribution_k"]:

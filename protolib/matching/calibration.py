@@ -16,28 +16,33 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..bank import Bank
-from ..statistics import calibrate_widening
+from ..statistics import calibrate_widening, central_intervals
+from .fit import distribution_order, distribution_weights
 from .matches import Matches, describe_parameter, match_parameters, scaled_for_summary, truth_parameters
 
 __all__ = [
     "reference_calibration",
     "choose_k_and_widening",
+    "in_distribution_order",
     "K_CANDIDATES",
 ]
 
 
-def _calibrate_each(samples: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray]) -> dict[str, dict]:
+def _calibrate_each(
+    samples: Mapping[str, np.ndarray], truths: Mapping[str, np.ndarray], weights: np.ndarray | None = None
+) -> dict[str, dict]:
     """:func:`~protolib.statistics.calibrate_widening` per parameter, at its default candidates.
 
     Arguments:
         samples: name -> ``(T, n)`` each reference target's match values, scaled (log10 where the
             parameter is log-scaled).
         truths: name -> ``(T,)`` their true values, scaled the same way.
+        weights: ``(T, n)`` each match's weight in its reference's distribution (``None``: equal).
 
     Returns:
         name -> ``{"widening", "coverage_68", "coverage_95", "raw_coverage_68", "raw_coverage_95", "n_reference"}``.
     """
-    return {name: calibrate_widening(values, truths[name]) for name, values in samples.items()}
+    return {name: calibrate_widening(values, truths[name], weights=weights) for name, values in samples.items()}
 
 
 K_CANDIDATES = (10, 20, 50, 100, 200)
@@ -81,14 +86,45 @@ def reference_calibration(
     return _calibrate_each(*_reference_samples(bank, reference_rows, reference_matches, k))
 
 
+def in_distribution_order(
+    reference_matches: Sequence[Matches],
+    reference_chi2: Sequence[np.ndarray] | None,
+    rule: str = "similarity",
+    beams: float = 1.0,
+) -> tuple[list[Matches], np.ndarray | None]:
+    """Each reference's matches chosen as the target's are (:func:`~protolib.matching.fit.distribution_order` and
+    :func:`~protolib.matching.fit.distribution_weights`), so that the calibration measures the intervals the target
+    gets: a rule applied to the target and not to its references would leave the widening measured on other
+    intervals.
+
+    Returns:
+        ``(matches, weights)``: each reference's matches in the rule's order, and ``(T, n)`` their weights (``None``:
+        the first ``k``, equal weights).
+    """
+    if rule == "similarity":
+        return list(reference_matches), None
+    if reference_chi2 is None:
+        raise ValueError(f"The rule {rule!r} chooses by the fit: the references' reduced chi-squares are needed.")
+    most = min(len(m) for m in reference_matches)
+    orders = [distribution_order(np.asarray(c)[:most], rule) for c in reference_chi2]
+    ordered = [m.head(most).take(o) for m, o in zip(reference_matches, orders)]
+    weights = [distribution_weights(np.asarray(c)[o], rule, beams) for c, o in zip(reference_chi2, orders)]
+    return ordered, None if weights[0] is None else np.stack(weights)
+
+
 def choose_k_and_widening(
     bank: Bank,
     reference_rows: np.ndarray,
     reference_matches: Sequence[Matches],
     k_candidates: Sequence[int] = K_CANDIDATES,
+    *,
+    reference_chi2: Sequence[np.ndarray] | None = None,
+    rule: str = "similarity",
+    beams: float = 1.0,
 ) -> tuple[int, dict[str, dict], dict[str, float]]:
     """The number of matches, and the widening per parameter, that give the narrowest honest intervals on the
-    references.
+    references, whose matches are chosen by the target's ``rule`` (:func:`in_distribution_order`, with each one's
+    ``reference_chi2`` and the fit's independent ``beams``).
 
     For each ``k`` (of ``k_candidates``, at most the matches each reference has) the references' first ``k``
     matches are calibrated (:func:`_calibrate_each`), and the calibrated 68% half-width of every physical
@@ -98,36 +134,38 @@ def choose_k_and_widening(
     a wide neighbourhood, and a small one from too few matches to have percentiles; which one serves a
     target best depends on the bank's density near it and on the observation's beam and noise, so it is
     measured there, on reference images seen like the target, as the evaluation does on validation
-    systems (:func:`protolib.evaluation.choose_correction`, by the same rule).
+    systems (:func:`protolib.evaluation.choose_correction`, by the same rule). A rule that weights the matches
+    (``fit_cut``, ``fit_weight``) takes every match searched, weighted: only that ``k`` is tried.
 
     Returns:
         ``(k, calibration, scores)``: the ``k`` chosen, :func:`_calibrate_each`' result at it, and every ``k``
         tried -> its mean calibrated half-width in bank spreads.
     """
-    most = min(len(m) for m in reference_matches)
-    tried = sorted({int(k) for k in k_candidates if 2 <= k <= most} | {most})
-    physical, scores, found = list(bank.physical_parameters), {}, {}
-    spread = {
-        n: float(
-            np.std(scaled_for_summary(bank.parameters[n], describe_parameter(n, bank.parameter_info).log_scale, n))
-        )
-        for n in physical
-    }
-    every, truths = _reference_samples(bank, reference_rows, reference_matches, most)  # read once; each k is a prefix
+    ordered, weights = in_distribution_order(reference_matches, reference_chi2, rule, beams)
+    most = min(len(m) for m in ordered)
+    tried = sorted({int(k) for k in k_candidates if 2 <= k <= most and weights is None} | {most})
+    every, truths = _reference_samples(bank, reference_rows, ordered, most)  # read once; each k is a prefix
+    found, scores = {}, {}
     for k in tried:
         samples = {name: values[:, :k] for name, values in every.items()}
-        found[k] = _calibrate_each(samples, truths)
-        widths = [
-            found[k][n]["widening"]
-            * np.median(np.diff(np.percentile(samples[n], [16, 84], axis=1), axis=0))
-            / 2
-            / spread[n]
-            for n in physical
-            if spread[n] > 0
-        ]
-        scores[k] = float(np.mean(widths))
+        found[k] = _calibrate_each(samples, truths, None if weights is None else weights[:, :k])
+        scores[k] = _mean_half_width(bank, samples, found[k], None if weights is None else weights[:, :k])
     best = min(tried, key=lambda k: (scores[k], -k))
     # not clearly narrower: the most matches, whose percentiles are steadiest
     if scores[best] > K_MARGIN * scores[most]:
         best = most
     return best, found[best], {str(k): scores[k] for k in tried}
+
+
+def _mean_half_width(bank: Bank, samples: dict, calibration: dict, weights: np.ndarray | None) -> float:
+    """The references' median calibrated 68% half-width, in units of the parameter's spread over the bank, averaged
+    over the physical parameters."""
+    widths = []
+    for name in bank.physical_parameters:
+        spread = np.std(
+            scaled_for_summary(bank.parameters[name], describe_parameter(name, bank.parameter_info).log_scale, name)
+        )
+        if spread > 0:
+            _, low, high = central_intervals(samples[name], (0.68,), weights)
+            widths.append(calibration[name]["widening"] * np.median(high[:, 0] - low[:, 0]) / 2 / spread)
+    return float(np.mean(widths))

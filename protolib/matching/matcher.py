@@ -50,6 +50,12 @@ class MatchingSettings:
     n_random: int = 200  # random bank images drawn for the random-match comparison
     backend: str = "auto"  # "exact", "faiss" or "auto" (FAISS for banks of millions of images)
     weight_temperature: float | None = None  # weight matches by exp((s - s_best) / T); None: equal weights
+    # which searched matches form the distribution: "similarity" (the k most similar), "fit_rank" (the k that fit the
+    # target best in image space), "fit_cut" (within a factor 2 of the best fit), "fit_weight" (weighted by the
+    # tempered fit); the references that calibrate k and the intervals are chosen the same way. The fit rules covered
+    # the truth less often (95%: 0.75-0.93 against 0.96), for intervals at most 5% narrower where they covered 0.9 or
+    # more (benchmarks/fit_ranking.py)
+    distribution: str = "similarity"
     limit_percentile: float = 5.0  # out of distribution below this percentile of bank images' own best similarity
     # an observation against the bank: "exhaustive" re-embeds the whole bank at its beam and noise, "tiered" re-ranks a
     # shortlist from the nearest pre-embedded tier, "auto" is tiered from tiered_above bank images

@@ -23,10 +23,10 @@ __all__ = ["Matches", "match_parameters", "truth_parameters", "describe_paramete
 
 @dataclass
 class Matches:
-    """The best matches of one target, best first.
+    """The best matches of one target, best first: by similarity as searched, or as the distribution takes them.
 
     Attributes:
-        similarity: ``(n,)`` similarity of each match to the target, descending (1 = identical).
+        similarity: ``(n,)`` similarity of each match to the target, descending as searched (1 = identical).
         system: ``(n,)`` bank system index of each match.
         projection: ``(n,)`` projection index of each match within its system.
         excluded_system: the bank system that was not searched (the target's own), or ``None``.
@@ -48,6 +48,12 @@ class Matches:
     def head(self, k: int) -> Matches:
         """The ``k`` best matches."""
         return Matches(self.similarity[:k], self.system[:k], self.projection[:k], self.excluded_system)
+
+    def take(self, order: np.ndarray) -> Matches:
+        """The matches at ``order`` (indices into these), in that order: e.g. re-ranked by their image-space fit
+        (:func:`~protolib.matching.fit.distribution_order`), when the similarity no longer descends."""
+        order = np.asarray(order, dtype=np.int64)
+        return Matches(self.similarity[order], self.system[order], self.projection[order], self.excluded_system)
 
 
 def match_parameters(bank: Bank, matches: Matches, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:

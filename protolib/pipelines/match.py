@@ -73,6 +73,7 @@ from ..matching import (
     truth_parameters,
 )
 from ..matching.calibration import K_CANDIDATES, choose_k_and_widening
+from ..matching.fit import choose_matches, reduced_chi2_of_matches
 from ..matching.observing import (
     OBSERVING_DRAWS,
     ObservingDraws,
@@ -86,6 +87,7 @@ from ..out_of_family import read_terms, with_terms
 from ..plots.corner import plot_corner
 from ..plots.gallery import plot_band_gallery, plot_gallery, plot_spectral_index
 from ..runtime import ProtolibInputError, output_folder, write_figure, write_json
+from ..statistics import weighted_percentile
 
 __all__ = [
     "run_match",
@@ -180,8 +182,10 @@ def _match_into(out_dir: Path, bank: Bank, request: MatchRequest) -> dict:
     target = prepare_target(bank, request)
     try:
         searched = search_target(target, request)
-        fitted = fit_target(target, searched)
-        calibration = calibrate_intervals(target, searched, fitted, request.misspecification)
+        fitted = fit_target(target, searched, request.matching.distribution)
+        calibration = calibrate_intervals(
+            target, searched, fitted, request.misspecification, request.matching.distribution
+        )
         result = summarise_matches(target, searched, fitted, calibration, request)
         return write_match_report(out_dir, result)
     finally:
@@ -679,9 +683,11 @@ class Fitted:
     bank_non_detections: dict | None
 
 
-def fit_target(target: MatchTarget, searched: Searched) -> Fitted:
+def fit_target(target: MatchTarget, searched: Searched, rule: str = "similarity") -> Fitted:
     """Every match's reduced chi-square against the target and the image-space verdict, on reference targets seen
-    like it (:func:`~protolib.matching.fit_matches`); whether the target, and the bank's images, hold a source."""
+    like it (:func:`~protolib.matching.fit_matches`; the gallery's residuals are of the first matches by ``rule``,
+    :attr:`~protolib.matching.MatchingSettings.distribution`); whether the target, and the bank's images, hold a
+    source."""
     fit = fit_matches(
         searched.matcher,
         target.fitted_image,
@@ -689,6 +695,7 @@ def fit_target(target: MatchTarget, searched: Searched) -> Fitted:
         observation=target.observation,
         flux_tolerance=target.flux_tolerance,
         bands=target.bands,
+        rule=rule,
     )
     bank = target.bank
     bank_noise = bank.instrument.noise_rms_jy_beam if bank.unit == "Jy/beam" else 0.0
@@ -727,25 +734,36 @@ class Calibration:
         k_scores: every ``k`` tried -> the mean calibrated half-width on the references.
         widening: parameter -> the widening that makes its intervals honest on the references, with the coverage
             before and after, and any misspecification term (``None``: no calibration, a noiseless bank target).
+        rule: how the matches are chosen, for the target and its references alike
+            (:attr:`~protolib.matching.MatchingSettings.distribution`).
     """
 
     k: int | None = None
     k_scores: dict | None = None
     widening: dict | None = None
+    rule: str = "similarity"
 
 
-def calibrate_intervals(target: MatchTarget, searched: Searched, fitted: Fitted, terms: dict) -> Calibration:
-    """On the image-space fit's reference targets, whose true parameters are known: the number of matches whose
-    calibrated intervals are narrowest, and the widening that makes them hold the truth as often as they claim
-    (:func:`~protolib.matching.calibration.choose_k_and_widening`); for an observation, each widened further by its
-    misspecification term (:func:`~protolib.out_of_family.with_terms`)."""
+def calibrate_intervals(
+    target: MatchTarget, searched: Searched, fitted: Fitted, terms: dict, rule: str = "similarity"
+) -> Calibration:
+    """On the image-space fit's reference targets, whose true parameters are known, their matches chosen by ``rule``
+    as the target's are: the number of matches whose calibrated intervals are narrowest, and the widening that makes
+    them hold the truth as often as they claim (:func:`~protolib.matching.calibration.choose_k_and_widening`); for an
+    observation, each widened further by its misspecification term (:func:`~protolib.out_of_family.with_terms`)."""
     fit = fitted.fit
     if fit is None:
         return Calibration()
     k, widening, scores = choose_k_and_widening(
-        searched.matcher.bank, fit.reference_rows, fit.reference_matches, K_CANDIDATES
+        searched.matcher.bank,
+        fit.reference_rows,
+        fit.reference_matches,
+        K_CANDIDATES,
+        reference_chi2=fit.reference_reduced_chi2,
+        rule=rule,
+        beams=fit.independent_beams,
     )
-    return Calibration(k, scores, with_terms(widening, terms if target.observation is not None else None))
+    return Calibration(k, scores, with_terms(widening, terms if target.observation is not None else None), rule)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,6 +785,7 @@ class MatchResult:
             target's spectral index, the target's and theirs (:func:`~protolib.matching.spectral_indices`).
         posterior: the neural posterior estimate beside the matches (``None``: not asked for).
         inputs, settings: the report's.
+        chosen: how the distribution's matches were chosen (:class:`ChosenMatches`).
     """
 
     target: MatchTarget
@@ -786,18 +805,22 @@ class MatchResult:
     posterior: dict | None
     inputs: dict
     settings: dict
+    chosen: ChosenMatches | None = None
 
 
 def summarise_matches(
     target: MatchTarget, searched: Searched, fitted: Fitted, calibration: Calibration, request: MatchRequest
 ) -> MatchResult:
-    """The distribution (the ``k`` best matches, pooled over the observing draws) summarised per parameter, widened as
-    calibrated; what each observing uncertainty widened; the bands' spectral indices; the neural posterior estimate."""
+    """The distribution (the matches chosen by the calibration's rule, :func:`_distribution`, pooled over the
+    observing draws) summarised per parameter, widened as calibrated; what each observing uncertainty widened; the
+    bands' spectral indices; the neural posterior estimate."""
     bank = target.bank
-    matches, draws, fit = _distribution(searched, fitted.fit, calibration.k)
+    chosen = _distribution(target, searched, fitted.fit, calibration, request)
+    matches, draws, fit = chosen.matches, chosen.draws, chosen.fit
     described = matches if draws is None else draws.pooled()[0]
     samples = match_parameters(bank, described)
-    weights = _summary_weights(described, draws, request.matching.weight_temperature)
+    fit_weights = chosen.weights if draws is None else chosen.draw_weights
+    weights = _summary_weights(described, draws, request.matching.weight_temperature, fit_weights)
     prior = prior_parameters(bank)
     widening = None if calibration.widening is None else {n: c["widening"] for n, c in calibration.widening.items()}
     summaries = summarise(
@@ -817,6 +840,7 @@ def summarise_matches(
         posterior=_posterior(target, searched, request),
         inputs=_inputs(target, searched, request),
         settings=_settings(target, searched, calibration, request, len(matches)),
+        chosen=chosen,
     )
 
 
@@ -828,25 +852,101 @@ def _posterior(target: MatchTarget, searched: Searched, request: MatchRequest) -
     return observation_posterior(searched.matcher, target.image, settings=request.posterior, progress=request.progress)
 
 
-def _distribution(searched: Searched, fit: MatchFit | None, k: int | None):
-    """The matches, observing draws and fit cut to the ``k`` best matches the calibration chose: the distribution,
-    ``matches.csv`` and the gallery are theirs; the verdicts have already looked at every match searched."""
-    matches, draws = searched.matches, searched.draws
-    if fit is None or k is None or k >= len(matches):
-        return matches, draws, fit
+@dataclass
+class ChosenMatches:
+    """The matches that form the distribution (:func:`_distribution`).
+
+    Attributes:
+        matches, draws, fit: the chosen matches in the rule's order, each observing draw's, and their image-space fit.
+        weights: the rule's weight of each of ``matches`` (``None``: equal); ``draw_weights``: of each draw's match,
+            pooled (``None``: equal).
+        similarity_rank: ``(n,)`` each match's rank by similarity among those searched (1: the most similar).
+        rule: the rule (:attr:`~protolib.matching.MatchingSettings.distribution`).
+    """
+
+    matches: Matches
+    draws: ObservingDraws | None
+    fit: MatchFit | None
+    weights: np.ndarray | None
+    draw_weights: np.ndarray | None
+    similarity_rank: np.ndarray
+    rule: str
+
+
+def _distribution(
+    target: MatchTarget, searched: Searched, fit: MatchFit | None, calibration: Calibration, request: MatchRequest
+) -> ChosenMatches:
+    """The matches, observing draws and fit the calibration's rule chooses
+    (:func:`~protolib.matching.fit.choose_matches`, ``matching.distribution``: by default the ``k`` most similar, as
+    measured there; or chosen by their image-space fit, ``k`` and the widening then calibrated on references chosen
+    the same way): the distribution, ``matches.csv`` and the gallery are theirs; the verdicts have already looked at
+    every match searched. Under a fit rule, each observing draw's matches are chosen by their fit to the map as that
+    draw prepares it (:func:`_draw_reduced_chi2`)."""
+    matches, draws, rule = searched.matches, searched.draws, calibration.rule
+    if fit is None:
+        return ChosenMatches(matches, draws, None, None, None, matches.rank, rule)
+    keep, weights = choose_matches(fit.reduced_chi2, rule, calibration.k, fit.independent_beams)
+    draw_weights = None
     if draws is not None:
-        draws = ObservingDraws(draws.uncertainty, draws.draws, [m.head(k) for m in draws.matches])
-    by_band = None if fit.reduced_chi2_by_band is None else fit.reduced_chi2_by_band[:, :k]
-    cut = replace(fit, reduced_chi2=fit.reduced_chi2[:k], residuals=fit.residuals[:k], reduced_chi2_by_band=by_band)
-    return matches.head(k), draws, cut
+        draws, draw_weights = _draws_chosen(target, request, draws, calibration, fit.independent_beams)
+    by_band = None if fit.reduced_chi2_by_band is None else fit.reduced_chi2_by_band[:, keep]
+    cut = replace(
+        fit,
+        reduced_chi2=fit.reduced_chi2[keep],
+        excess=None if fit.excess is None else fit.excess[keep],
+        residuals=fit.residuals[: len(keep)],  # the gallery's, already in the rule's order
+        reduced_chi2_by_band=by_band,
+    )
+    return ChosenMatches(matches.take(keep), draws, cut, weights, draw_weights, keep + 1, rule)
+
+
+def _draws_chosen(target: MatchTarget, request: MatchRequest, draws: ObservingDraws, calibration: Calibration, beams):
+    """Each observing draw's matches chosen by the rule (the first ``k`` by similarity; or by their fit to the map as
+    the draw prepares it), and their pooled weights (``None``: equal)."""
+    rule, k = calibration.rule, calibration.k
+    if rule == "similarity":
+        return ObservingDraws(draws.uncertainty, draws.draws, [m.head(k) if k else m for m in draws.matches]), None
+    chosen, weights = [], []
+    for found, chi2 in zip(draws.matches, _draw_reduced_chi2(target, request, draws)):
+        keep, w = choose_matches(chi2, rule, k, beams)
+        chosen.append(found.take(keep))
+        weights.append(np.ones(len(keep)) if w is None else w)
+    pooled = None if all(w is None for w in weights) or rule == "fit_rank" else np.concatenate(weights)
+    return ObservingDraws(draws.uncertainty, draws.draws, chosen), pooled
+
+
+def _draw_reduced_chi2(target: MatchTarget, request: MatchRequest, draws: ObservingDraws) -> list[np.ndarray]:
+    """Each observing draw's matches' reduced chi-squares against the map prepared as that draw sees it (its distance,
+    flux scale and recoverable scale; for maps in several bands, the searched band's), as the nominal matches are
+    fitted to the nominal map."""
+    tolerance = target.flux_tolerance if target.bands is None else target.flux_tolerance[target.bands.search]
+    found = []
+    for draw, matches in zip(draws.draws, draws.matches):
+        settings = dict(request.observation_options)
+        if draw.max_scale_arcsec is not None:
+            settings["max_scale_arcsec"] = draw.max_scale_arcsec
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said once, for the nominal match
+            observation = matching_target(
+                target.path, target.bank, draw.distance_pc, flux_factor=draw.flux_factor, **settings
+            )
+        found.append(reduced_chi2_of_matches(target.bank, observation, matches, tolerance))
+    return found
 
 
 def _summary_weights(
-    matches: Matches, observing: ObservingDraws | None, weight_temperature: float | None
+    matches: Matches,
+    observing: ObservingDraws | None,
+    weight_temperature: float | None,
+    fit_weights: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """The summaries' weight of each match: by similarity with ``weight_temperature``, and the same total for each
-    observing draw (``None``: equal weights)."""
+    """The summaries' weight of each match: by similarity with ``weight_temperature``, times the distribution rule's
+    ``fit_weights`` (``fit_weight``: by the tempered fit), and the same total for each observing draw (``None``:
+    equal weights)."""
     weights = None if weight_temperature is None else similarity_weights(matches.similarity, weight_temperature)
+    if fit_weights is not None:
+        weights = fit_weights if weights is None else weights * fit_weights
+        weights = weights / weights.sum()
     if observing is None:
         return weights
     draw_weights = observing.pooled()[1]
@@ -961,6 +1061,7 @@ def _settings(target: MatchTarget, searched: Searched, calibration: Calibration,
         "search": "tiered" if tiered else "exhaustive",
         "fit_flux_tolerance": target.flux_tolerance,
         "matches_searched": len(searched.matches),
+        "distribution_rule": calibration.rule,
         "distribution_k": kept,
         "k_scores": calibration.k_scores,
         **({"tier": str(matcher.tier), "shortlist": matcher.shortlist} if tiered else {}),
@@ -1004,13 +1105,20 @@ def write_match_report(out_dir: str | Path, result: MatchResult) -> dict:
 
 
 def _match_rows(result: MatchResult) -> list[dict]:
-    """``matches.csv``'s rows: each match, with its reduced chi-square when known, and each band's."""
+    """``matches.csv``'s rows: each match of the distribution in the rule's order (``rank``), how it was chosen
+    (``chosen_by``, its ``similarity_rank`` among those searched and its ``weight``), and when fitted its reduced
+    chi-square, each band's, and whether it ``reproduces`` the target
+    (:meth:`~protolib.matching.MatchFit.reproducing`)."""
     rows = match_rows(result.target.bank, result.matches)
-    fit = result.fit
+    chosen, fit = result.chosen, result.fit
+    if chosen is not None:
+        weights = np.ones(len(rows)) if chosen.weights is None else chosen.weights / np.max(chosen.weights)
+        for row, rank, weight in zip(rows, chosen.similarity_rank, weights):
+            row.update(chosen_by=chosen.rule, similarity_rank=int(rank), weight=float(weight))
     if fit is not None:
         labels = [] if result.target.bands is None else result.target.bands.labels
-        for i, (row, value) in enumerate(zip(rows, fit.reduced_chi2)):
-            row["reduced_chi2"] = float(value)
+        for i, (row, value, reproduces) in enumerate(zip(rows, fit.reduced_chi2, fit.reproducing())):
+            row.update(reduced_chi2=float(value), reproduces=bool(reproduces))
             row.update(
                 {f"reduced_chi2_{label}": float(fit.reduced_chi2_by_band[b, i]) for b, label in enumerate(labels)}
             )
@@ -1125,6 +1233,7 @@ def _report(result: MatchResult, files: list[str]) -> dict:
         "best_similarity": float(result.matches.similarity[0]),
         "out_of_distribution": searched.verdict.to_dict(),
         "goodness_of_fit": None if fit_verdict is None else fit_verdict.to_dict(),
+        "distribution": _distribution_report(result),
         "interval_calibration": None if result.calibration.widening is None else dict(result.calibration.widening),
         "observing_uncertainty": result.observing,
         "detection": None if fitted.detected is None else fitted.detected.to_dict(),
@@ -1139,6 +1248,30 @@ def _report(result: MatchResult, files: list[str]) -> dict:
     if result.posterior is not None:
         report["posterior_estimate"] = result.posterior
     return report
+
+
+def _distribution_report(result: MatchResult) -> dict:
+    """The report's ``distribution``: the rule that chose its matches, how many, and (fitted) how many of them reproduce
+    the target by the verdict's tests of the residual's size, their median reduced chi-square, and where the
+    best-fitting match searched ranks by similarity."""
+    chosen, fit = result.chosen, result.fit
+    said = {"rule": result.calibration.rule, "matches": len(result.matches)}
+    if fit is None or chosen is None:
+        return {**said, "reproducing_matches": None, "message": "No image-space fit: the matches are not fitted."}
+    weights = np.ones(len(fit.reduced_chi2)) if chosen.weights is None else chosen.weights
+    searched_chi2 = result.fitted.fit.reduced_chi2
+    reproducing = int(np.count_nonzero(fit.reproducing()))
+    best_rank = int(np.argmin(searched_chi2)) + 1
+    return {
+        **said,
+        "effective_matches": float(weights.sum() ** 2 / np.sum(weights**2)),
+        "reproducing_matches": reproducing,
+        "median_reduced_chi2": float(weighted_percentile(fit.reduced_chi2, [50.0], weights)[0]),
+        "best_fit_similarity_rank": best_rank,
+        "message": f"{reproducing} of the distribution's {len(result.matches)} matches (chosen by {said['rule']}) "
+        f"reproduce the target as the verdict asks of the best; the best-fitting of the {len(searched_chi2)} matches "
+        f"searched ranks {best_rank} by similarity.",
+    }
 
 
 def _finite_or_none(value) -> float | None:
