@@ -36,6 +36,18 @@ prior spreads). Then the issue's goals: with B3+B6+B7, β's 68% half-width at mo
 disk and envelope mass errors within 1.1 times the fixed-physics case's, coverage within ±0.05 of
 nominal for the constrained parameters.
 
+With ``--k-per-parameter`` the correction chooses a ``k`` per parameter
+(``evaluate_methods(..., k_per_parameter=True)``): each parameter's own coverage miss on the
+validation systems, near-ties to the narrower intervals. Each case then also records the one-``k``
+correction's figures on the same networks and test targets (``single_k_corrected``, and
+``goals_single_k``), so that the two are compared in one run.
+
+``--folder`` keeps the banks and networks; a later run with the same folder and the same settings
+that make them (systems, projections, image size, epochs, opacity weight and law, split) reuses
+them and only evaluates, so that a second evaluation of the same networks (with and without
+``--k-per-parameter``, say) does not simulate or train again. The settings are written to
+``settings.json`` in the folder, and a run with other settings refuses the folder.
+
     python benchmarks/band_matching.py [--systems 800] [--out benchmarks/results/band_matching.json]
 
 Runs on one torch thread; the default size takes about 15 minutes on a quiet CPU core.
@@ -96,6 +108,9 @@ def main() -> None:
         default="independent",
         help="how the three-band bank draws κ_230: independent of β, or anchored at 1000 GHz (prior.opacity_law)",
     )
+    parser.add_argument(
+        "--k-per-parameter", action="store_true", help="the correction chooses a k per parameter (and keeps one k's)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -103,6 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.folder or scratch)
         folder.mkdir(parents=True, exist_ok=True)
+        _claim(folder, args)
         record = run(args, folder)
     record["seconds"] = time.perf_counter() - start
     _print(record)
@@ -119,13 +135,15 @@ def run(args, folder: Path) -> dict:
     networks = _networks(config, args, split, paths, folder)
     timings["training_seconds"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    cases = _evaluate(networks, paths, split, config)
+    cases = _evaluate(networks, paths, split, config, args.k_per_parameter)
     timings["evaluation_seconds"] = time.perf_counter() - tick
+    single_k = {name: {**case, "parameters": case["single_k_corrected"]} for name, case in cases.items()}
     return {
         "setup": _setup(args, config, split),
         "timings": timings,
         "cases": cases,
         "goals": _goals(cases),
+        **({"goals_single_k": _goals(single_k)} if args.k_per_parameter else {}),
         "loses_nothing": _one_band_comparison(cases),
         "machine": platform.platform(),
         "torch": torch.__version__,
@@ -133,8 +151,19 @@ def run(args, folder: Path) -> dict:
     }
 
 
+def _claim(folder: Path, args) -> None:
+    """Write the settings that make the banks and networks to ``folder/settings.json``, or, where the folder holds
+    some already, refuse it unless they are the same (its banks and networks are then reused)."""
+    made_by = {key: value for key, value in vars(args).items() if key not in ("folder", "out", "k_per_parameter")}
+    path = folder / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != made_by:
+        raise SystemExit(f"{path}: the banks and networks there were made with other settings; use another --folder.")
+    path.write_text(json.dumps(made_by, indent=1) + "\n")
+
+
 def _banks(args, config, folder: Path) -> tuple[dict, dict]:
-    """The three-band bank with drawn physics and the one-band (B6) bank of the same systems with fixed physics."""
+    """The three-band bank with drawn physics and the one-band (B6) bank of the same systems with fixed physics
+    (each kept where ``folder`` has it already, :func:`_claim`)."""
     simulator = replace(config.simulator, image_size=args.image_size)
     three = Instrument(**{**config.instrument.to_dict(), "bands": BAND_SETTINGS})
     paths = {"three": folder / "three_bands.h5", "fixed": folder / "b6_fixed_physics.h5"}
@@ -143,6 +172,8 @@ def _banks(args, config, folder: Path) -> tuple[dict, dict]:
         ("three", replace(simulator, frequencies_ghz=list(BANDS_GHZ)), three, "drawn"),
         ("fixed", replace(simulator, frequency_ghz=230.0, frequencies_ghz=None), config.instrument, "fixed"),
     ):
+        if paths[name].exists():
+            continue
         tick = time.perf_counter()
         simulate_bank(
             paths[name],
@@ -162,16 +193,21 @@ def _networks(config, args, split, paths: dict, folder: Path) -> dict[str, Path]
     """The autoencoder on B6 and the four Siamese networks (module docstring)."""
     ae = config.autoencoder
     ae_training = replace(ae.training, epochs=min(ae.training.epochs, args.ae_epochs), num_threads=1)
+    autoencoder = folder / "autoencoder.pt"
     with Bank(paths["three"], 230.0) as b6:
-        autoencoder = train_autoencoder(
-            b6,
-            folder / "autoencoder.pt",
-            split=split,
-            model=ae.model,
-            images=ae.images,
-            augmentation=ae.augmentation,
-            training=ae_training,
-            progress=False,
+        autoencoder = (
+            autoencoder
+            if autoencoder.exists()
+            else train_autoencoder(
+                b6,
+                folder / "autoencoder.pt",
+                split=split,
+                model=ae.model,
+                images=ae.images,
+                augmentation=ae.augmentation,
+                training=ae_training,
+                progress=False,
+            )
         )
     book = config.siamese.target
     weights = [*(book.weights or [1.0] * len(book.parameters)), args.opacity_weight, args.opacity_weight]
@@ -197,6 +233,9 @@ def _dropout_model(config, args) -> SiameseConfig:
 def _train(
     config, epochs: int, split, autoencoder, out: Path, bank_path, band, model, target: TargetDefinition
 ) -> Path:
+    """One Siamese network trained to ``out`` (kept where it is there already, :func:`_claim`)."""
+    if out.exists():
+        return out
     settings = config.siamese
     training = replace(settings.training, epochs=epochs, num_threads=1)
     with Bank(bank_path, band) as bank:
@@ -216,8 +255,9 @@ def _train(
         )
 
 
-def _evaluate(networks: dict[str, Path], paths: dict, split, config) -> dict:
-    """Every case's per-parameter figures (corrected as chapter 06's), on the held-out systems."""
+def _evaluate(networks: dict[str, Path], paths: dict, split, config, k_per_parameter: bool) -> dict:
+    """Every case's per-parameter figures (corrected as chapter 06's; with ``k_per_parameter``, a ``k`` per
+    parameter), on the held-out systems."""
     settings = replace(config.evaluation, methods=["siamese"])
     cases = {}
     with Bank(paths["three"]) as bank:
@@ -232,14 +272,21 @@ def _evaluate(networks: dict[str, Path], paths: dict, split, config) -> dict:
             MatchingMethod(f"{name} B6", band_embedding(model, bank.frequencies_ghz, [230.0]))
             for name, model in today.items()
         ]
-        results = evaluate_methods(methods, bank, relevance, split, settings, extra_parameters=bank.nuisance_parameters)
+        results = evaluate_methods(
+            methods,
+            bank,
+            relevance,
+            split,
+            settings,
+            extra_parameters=bank.nuisance_parameters,
+            k_per_parameter=k_per_parameter,
+        )
         cases.update({name: _figures(result) for name, result in results.items()})
     with Bank(paths["fixed"]) as fixed:
         model = load_siamese(networks["fixed physics"], "cpu")
         method = MatchingMethod("fixed physics B6", model.embed_images)
-        result = evaluate_methods(
-            [method], fixed, Relevance.fit(config.siamese.target, fixed, split.train), split, settings
-        )
+        relevance = Relevance.fit(config.siamese.target, fixed, split.train)
+        result = evaluate_methods([method], fixed, relevance, split, settings, k_per_parameter=k_per_parameter)
         cases.update({name: _figures(r) for name, r in result.items()})
     return cases
 
@@ -247,12 +294,16 @@ def _evaluate(networks: dict[str, Path], paths: dict, split, config) -> dict:
 def _figures(result) -> dict:
     """One case's figures per parameter, corrected (the k and widenings chosen on the validation systems): median
     |error| and 68% half-width over the prior spread, 68%/95% coverage, whether constrained; the same at the
-    evaluation's own k (20) without the correction; the chosen k and widenings."""
+    evaluation's own k (20) without the correction; the chosen k and widenings. With a ``k`` per parameter, that
+    choice, and the one-``k`` correction's rows (``single_k_corrected``; else the same as ``parameters``)."""
     rows = _rows(result.figures(True))
     uncorrected = _rows(result.figures(False))
+    single = result.corrected_single_k
     return {
         "chosen_k": result.chosen_k,
         "chosen_widening": result.chosen_widening,
+        "chosen_k_per_parameter": result.chosen_k_per_parameter,
+        "single_k_corrected": rows if single is None else _rows(single),
         "targets": int(len(result.figures(True).target_system)),
         "parameters": rows,
         "uncorrected_at_top_k": {"top_k": result.figures(False).top_k, "parameters": uncorrected},
@@ -327,6 +378,7 @@ def _setup(args, config, split) -> dict:
         "reference_alone": _dropout_model(load_config("default"), args).dropout(3, 1).reference_alone,
         "nuisance": "drawn (three-band bank); fixed (the fixed-physics B6 bank)",
         "opacity_law": args.opacity_law,
+        "k_per_parameter": args.k_per_parameter,
     }
 
 

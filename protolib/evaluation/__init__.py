@@ -18,9 +18,9 @@ targets give, per method:
 Matches are neighbours, not posterior draws, so their intervals need not be calibrated at a given k:
 :func:`choose_correction` picks k (and, per parameter, a widening of the intervals about the median,
 by the one rule of :func:`protolib.statistics.calibrate_widening`) on the *validation* systems, and
-the test figures are reported before and after. A neural posterior estimate on the same frozen
-embedding (:mod:`protolib.npe`, optional ``sbi``) is the reference, and
-:func:`~protolib.pipelines.evaluate.compare_variants` scores Siamese networks trained with other
+the test figures are reported before and after (``k_per_parameter=True``: a k per parameter too).
+A neural posterior estimate on the same frozen embedding (:mod:`protolib.npe`, optional ``sbi``) is the
+reference, and :func:`~protolib.pipelines.evaluate.compare_variants` scores Siamese networks trained with other
 target similarities and losses (:data:`VARIANTS`).
 
 What each module owns:

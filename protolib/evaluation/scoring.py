@@ -10,6 +10,7 @@ every method on the same targets.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,6 +71,9 @@ class MethodEvaluation:
             the widening applied; a further term (:mod:`protolib.out_of_family`) is scored from it.
         target_system: ``(T,)`` each target's system (set by :func:`score_ranking`; ``None``: every target its own),
             which :func:`~protolib.statistics.coverage_standard_error` resamples.
+        top_k_per_parameter: name -> the matches per target its figures are at, where the correction chose a ``k``
+            per parameter (:func:`choose_correction` with ``k_per_parameter``; ``top_k`` is then the one ``k`` at
+            which the figures over all parameters at once, similarity, retrieval and TARP, are scored); else ``None``.
     """
 
     method: str
@@ -85,6 +89,7 @@ class MethodEvaluation:
     covered: dict = field(default_factory=dict)
     target_system: np.ndarray | None = None
     needed_widening: dict = field(default_factory=dict)
+    top_k_per_parameter: dict[str, int] | None = None
 
 
 @dataclass
@@ -97,6 +102,10 @@ class MethodResult:
         corrected: its figures at the ``k`` and interval widening chosen on the validation systems
             (:func:`choose_correction`); ``None`` without a correction.
         chosen_k, chosen_widening: that choice, the widening per parameter (``None`` without one).
+        chosen_k_per_parameter: with a ``k`` chosen per parameter (``evaluate_methods(..., k_per_parameter=True)``),
+            name -> its ``k`` (``chosen_k`` is then the one ``k`` chosen without the option); else ``None``.
+        corrected_single_k: with a ``k`` per parameter, the figures the one-``k`` correction gives on the same
+            test targets, for comparison; else ``None``.
         k_scores: the validation score of every candidate ``k``, ``{"k=..": score}``.
         path: the checkpoint of the network evaluated (set by
             :func:`~protolib.pipelines.evaluate.compare_variants`; else ``None``).
@@ -111,6 +120,8 @@ class MethodResult:
     chosen_widening: dict[str, float] | None = None
     k_scores: dict = field(default_factory=dict)
     path: Path | None = None
+    chosen_k_per_parameter: dict[str, int] | None = None
+    corrected_single_k: MethodEvaluation | None = None
 
     def __getitem__(self, key: str):
         """The attribute ``key`` (``result["chosen_k"]`` is ``result.chosen_k``)."""
@@ -134,6 +145,8 @@ class MethodResult:
             entry["corrected"] = {**self.corrected.metrics, "top_k": self.corrected.top_k}
             entry["chosen_k"], entry["chosen_widening"] = self.chosen_k, self.chosen_widening
             entry["correction_scores_on_validation"] = self.k_scores
+        if self.chosen_k_per_parameter is not None:
+            entry["chosen_k_per_parameter"] = self.chosen_k_per_parameter
         return entry
 
 
@@ -420,7 +433,8 @@ def choose_correction(
     parameters: Sequence[str] | None = None,
     extra_parameters: Sequence[str] = (),
     weight_temperature: float | None = None,
-) -> tuple[int, dict[str, float], dict]:
+    k_per_parameter: bool = False,
+) -> tuple[int | dict[str, int], dict[str, float], dict]:
     """The ``k``, and per parameter the interval widening, that make the intervals honest on ``ranking``'s targets.
 
     Run it on validation systems, never the test ones. Few matches give narrow, overconfident
@@ -442,29 +456,80 @@ def choose_correction(
     parameter whose matches' spread falls short of their error by more than the rest (a mass seen
     through an unknown opacity, say) stays under-covered at the factor that suits the others.
 
+    With ``k_per_parameter``, each parameter (``extra_parameters`` included) gets its own ``k`` too, by
+    the same criterion on its own miss: the ``k`` with the smallest miss, among near-ties (within 0.01)
+    the one whose widened 68% intervals are narrowest on the validation targets (median half-width;
+    the widening factors of different ``k`` scale spreads of different size, so the width itself is
+    compared). Why: the ``k`` best on average can suit one parameter badly. With three bands, β's
+    matches are tight where the masses' are not, and the one ``k`` (200, the largest) that the masses
+    ask for left β over-covered (68% coverage 0.80-0.84) and twice as wide as at ``k = 20``
+    (benchmarks/README.md, "Matching in one, two and three bands").
+
     Returns:
-        The chosen ``k``, the widening per parameter (``parameters`` and ``extra_parameters``), and
-        ``{"k=..": score}`` for every candidate ``k``.
+        The chosen ``k`` (with ``k_per_parameter``: name -> its ``k``), the widening per parameter
+        (``parameters`` and ``extra_parameters``, at its ``k``), and ``{"k=..": score}`` for every
+        candidate ``k``; with ``k_per_parameter`` also ``"single_k"`` (the one ``k`` chosen without it,
+        at which figures over all parameters at once are scored), ``"single_k_widening"`` (the
+        widenings at it) and ``"per_parameter"``: name -> ``{"k=..": miss}``.
     """
     names = [*bank.physical_parameters, "inclination"] if parameters is None else list(parameters)
     extra = [n for n in extra_parameters if n not in names]
-    values, _ = scaled_image_parameters(bank, [*names, *extra])
-    candidates = sorted({float(w) for w in widening_candidates})
-    scores, chosen = {}, {}
-    for k in sorted({min(int(c), ranking.order.shape[1]) for c in k_candidates}):
-        target_rows, match_rows, weights = _top_matches(ranking, bank, k, weight_temperature)
-        calibrated = {
-            name: calibrate_widening(values[match_rows, j], values[target_rows, j], candidates, weights)
-            for j, name in enumerate([*names, *extra])
-        }
-        scores[k] = float(np.mean([_miss(calibrated[n]) for n in names]))
-        chosen[k] = {name: c["widening"] for name, c in calibrated.items()}
+    calibrated = _calibrate_every_k(
+        ranking, bank, k_candidates, widening_candidates, [*names, *extra], weight_temperature, k_per_parameter
+    )
+    chosen = {k: {name: c["widening"] for name, c in at_k.items()} for k, at_k in calibrated.items()}
+    scores = {k: float(np.mean([_miss(at_k[n]) for n in names])) for k, at_k in calibrated.items()}
     best = min(scores.values())
     k = min(
         (k for k, score in scores.items() if score <= best + 0.01),
         key=lambda k: (np.mean([chosen[k][n] for n in names]), scores[k]),
     )
-    return k, chosen[k], {f"k={key}": score for key, score in scores.items()}
+    table = {f"k={key}": score for key, score in scores.items()}
+    if not k_per_parameter:
+        return k, chosen[k], table
+    own = {name: _own_k(calibrated, name) for name in [*names, *extra]}
+    per_parameter = {name: {f"k={key}": _miss(at_k[name]) for key, at_k in calibrated.items()} for name in own}
+    widening = {name: chosen[own[name]][name] for name in own}
+    return own, widening, {**table, "single_k": k, "single_k_widening": chosen[k], "per_parameter": per_parameter}
+
+
+def _calibrate_every_k(
+    ranking: Ranking,
+    bank: Bank,
+    k_candidates: Sequence[int],
+    widening_candidates: Sequence[float],
+    names: list[str],
+    weight_temperature: float | None,
+    with_width: bool,
+) -> dict[int, dict[str, dict]]:
+    """Every candidate ``k`` -> parameter -> its :func:`~protolib.statistics.calibrate_widening` on ``ranking``'s
+    targets at that ``k`` (with ``with_width``, also ``"half_width"``: the median half-width of its widened 68%
+    intervals, in the scaled parameter)."""
+    values, _ = scaled_image_parameters(bank, names)
+    candidates = sorted({float(w) for w in widening_candidates})
+    calibrated = {}
+    for k in sorted({min(int(c), ranking.order.shape[1]) for c in k_candidates}):
+        target_rows, match_rows, weights = _top_matches(ranking, bank, k, weight_temperature)
+        calibrated[k] = {
+            name: calibrate_widening(values[match_rows, j], values[target_rows, j], candidates, weights)
+            for j, name in enumerate(names)
+        }
+        for j, name in enumerate(names if with_width else []):
+            _, low, high = central_intervals(values[match_rows, j], [0.68], weights)
+            half_width = 0.5 * calibrated[k][name]["widening"] * (high[:, 0] - low[:, 0])
+            calibrated[k][name]["half_width"] = float(np.median(half_width))
+    return calibrated
+
+
+def _own_k(calibrated: dict[int, dict[str, dict]], name: str) -> int:
+    """The ``k`` whose calibrated intervals of parameter ``name`` miss nominal coverage least; among near-ties (within
+    0.01) the one with the narrowest intervals, then the smaller ``k``."""
+    misses = {k: _miss(at_k[name]) for k, at_k in calibrated.items()}
+    best = min(misses.values())
+    return min(
+        (k for k, miss in misses.items() if miss <= best + 0.01),
+        key=lambda k: (calibrated[k][name]["half_width"], misses[k], k),
+    )
 
 
 def _miss(calibration: dict) -> float:
@@ -481,6 +546,7 @@ def evaluate_methods(
     *,
     parameters: Sequence[str] | None = None,
     extra_parameters: Sequence[str] = (),
+    k_per_parameter: bool = False,
 ) -> dict[str, MethodResult]:
     """Evaluate every method on the same test targets, against the training systems.
 
@@ -489,7 +555,9 @@ def evaluate_methods(
     (:func:`choose_correction`), and the test figures with that choice are reported as ``corrected``.
     ``parameters`` (default: the bank's physical ones and the inclination) are evaluated and calibrated;
     ``extra_parameters`` (e.g. the nuisance physics) are evaluated too, at the ``k`` chosen on
-    ``parameters``, each with its own widening.
+    ``parameters``, each with its own widening. With ``k_per_parameter``, each parameter's corrected
+    figures are at its own ``k`` (:func:`choose_correction`), and the one-``k`` correction's figures are
+    kept beside them (:attr:`MethodResult.corrected_single_k`).
 
     Returns:
         method name -> its :class:`MethodResult`.
@@ -517,7 +585,8 @@ def evaluate_methods(
             validation = rank_targets(
                 method, vectors, bank, relevance, split.validation, split.train, projection=settings.projection
             )
-            _correct(result, ranking, validation, bank, relevance, settings, options, parameters, extra_parameters)
+            choice = (parameters, extra_parameters, k_per_parameter)
+            _correct(result, ranking, validation, bank, relevance, settings, options, *choice)
         results[method.name] = result
     return results
 
@@ -532,9 +601,10 @@ def _correct(
     options: dict,
     parameters: Sequence[str] | None,
     extra_parameters: Sequence[str],
+    k_per_parameter: bool = False,
 ) -> None:
-    """Choose ``k`` (and widenings) on the ``validation`` ranking and score the test ``ranking`` with them into
-    ``result``."""
+    """Choose ``k`` (and widenings; with ``k_per_parameter`` a ``k`` per parameter) on the ``validation`` ranking and
+    score the test ``ranking`` with them into ``result``."""
     widenings = settings.widening_candidates if settings.correction == "choose_k_and_widening" else [1.0]
     k, widening, scores = choose_correction(
         validation,
@@ -544,9 +614,45 @@ def _correct(
         parameters=parameters,
         extra_parameters=extra_parameters,
         weight_temperature=settings.weight_temperature,
+        k_per_parameter=k_per_parameter,
     )
     result.chosen_k, result.chosen_widening, result.k_scores = k, widening, scores
-    result.corrected = score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options)
+    if not k_per_parameter:
+        result.corrected = score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options)
+        return
+    result.chosen_k, result.chosen_k_per_parameter = scores["single_k"], k
+    single = score_ranking(
+        ranking, bank, relevance, top_k=scores["single_k"], widening=scores["single_k_widening"], **options
+    )
+    result.corrected_single_k = single
+    result.corrected = _at_own_k(ranking, bank, relevance, single, k, widening, options)
+
+
+def _at_own_k(
+    ranking: Ranking,
+    bank: Bank,
+    relevance: Relevance,
+    single: MethodEvaluation,
+    own_k: dict[str, int],
+    widening: dict[str, float],
+    options: dict,
+) -> MethodEvaluation:
+    """The test figures with each parameter at its own ``k`` and widening: the one-``k`` figures ``single`` (similarity,
+    retrieval, TARP stay at its ``k``) with every parameter's row and per-target arrays taken at its own ``k``."""
+    merged = copy.deepcopy(single)  # a parameter at the one k has the same widening there
+    for k in sorted(set(own_k.values()) - {single.top_k}):
+        at_k = score_ranking(ranking, bank, relevance, top_k=k, widening=widening, **options)
+        for name in (n for n, own in own_k.items() if own == k and n in merged.parameters):
+            merged.metrics["parameters"][name] = at_k.metrics["parameters"][name]
+            merged.metrics["calibration"]["coverage_curve"][name] = at_k.metrics["calibration"]["coverage_curve"][name]
+            for key in ("truth", "median", "interval_68", "ranks", "coverage_curve", "covered", "needed_widening"):
+                getattr(merged, key)[name] = getattr(at_k, key)[name]
+    merged.metrics["calibration"]["interval_widening"] = {n: _widening_of(widening, n) for n in merged.parameters}
+    table = merged.metrics["parameters"]
+    for level in (f"coverage_{round(100 * c)}" for c in COVERAGE_LEVELS):
+        merged.metrics["calibration"][level] = float(np.mean([table[n][level] for n in merged.parameters]))
+    merged.top_k_per_parameter = {n: own_k.get(n, single.top_k) for n in merged.parameters}
+    return merged
 
 
 def result_metrics(result: MethodResult | dict, corrected: bool) -> dict:
