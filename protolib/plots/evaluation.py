@@ -157,6 +157,8 @@ def plot_tarp(results: dict, *, corrected: bool = False, size: float = 3.6) -> F
         ax.plot(alpha, ecp, lw=1.8, label=f"{name} (k={evaluation.top_k})")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)")
+    if corrected:
+        ax.set_title("at the corrected k and widenings", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
