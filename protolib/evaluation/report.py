@@ -228,7 +228,7 @@ def verdicts(
             None: "",
             "better": f"better than every baseline (best: {v['best']}, {v['best_error']:.2f})",
             "worse": f"WORSE than {v['best']} ({v['best_error']:.2f})",
-            "level": f"no better than {v['best']} ({v['best_error']:.2f})",
+            "level": f"level with {v['best']} ({v['best_error']:.2f}; the difference is within its noise)",
         }[v["comparison"]]
         lines.append(
             f"{name}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "
