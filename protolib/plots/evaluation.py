@@ -154,7 +154,8 @@ def plot_tarp(results: dict, *, corrected: bool = False, size: float = 3.6) -> F
     for name, result in results.items():
         evaluation = _evaluation(result, corrected)
         alpha, ecp = evaluation.tarp
-        ax.plot(alpha, ecp, lw=1.8, label=f"{name} (k={evaluation.top_k})")
+        draws = "samples" if name in ("npe", "npe_end_to_end") else "k"  # as the coverage panels say it
+        ax.plot(alpha, ecp, lw=1.8, label=f"{name} ({draws}={evaluation.top_k})")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)")
     if corrected:
