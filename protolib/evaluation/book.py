@@ -47,7 +47,9 @@ def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siam
             numbers.update(
                 {
                     f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
-                    f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
+                    f"spearman_{name}{suffix}": _unsigned_zero(
+                        metrics.get("similarity", {}).get("spearman_per_target", float("nan"))
+                    ),
                     f"cov68_{name}{suffix}": calibration["coverage_68"],
                     f"cov95_{name}{suffix}": calibration["coverage_95"],
                     f"tarp_{name}{suffix}": calibration["tarp"]["max_deviation"],
@@ -168,7 +170,7 @@ def variant_book_numbers(
         numbers.update(
             {
                 f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"],
-                f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
+                f"spearman_{slug[name]}": _unsigned_zero(at_k["similarity"]["spearman_per_target"]),
                 f"rms_{slug[name]}": mean_target_error(at_k),
                 f"rms_{slug[name]}_corrected": mean_target_error(corrected),
                 f"cov68_{slug[name]}_corrected": corrected["calibration"]["coverage_68"],
@@ -239,6 +241,12 @@ def _label(name: str | None) -> str:
 def _phrase(items: list[str]) -> str:
     """``"a, b and c"``; ``"none"`` for no items."""
     return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _unsigned_zero(value: float, digits: int = 2) -> float:
+    """``value``, or 0 where it rounds to zero at the prose's ``digits``: random matches' correlation reads 0.00,
+    not -0.00."""
+    return 0.0 if value == value and round(value, digits) == 0 else value
 
 
 def _plain(value):
