@@ -85,7 +85,7 @@ def plot_gallery(
 
 SOURCE_BOX = 2.0  # a cropped panel's half-width over the largest radius the target's source reaches
 SMALLEST_BOX_PIXELS = 8  # a cropped panel's half-width at least, so that a beam or two fit about the source
-CROP_BELOW = 0.75  # crop only when the box is at most this fraction of the field (else it would barely change it)
+CROP_BELOW = 2 / 3  # crop only where the box is at most this fraction of the field: a zoom of half again or more
 
 
 def source_half_width(target_image: np.ndarray) -> int | None:
