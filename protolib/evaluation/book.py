@@ -159,9 +159,9 @@ def variant_book_numbers(
     Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
     ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
     ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
-    ``best_rms_corrected_variant`` (with any variant equal to it at two decimals); and per variant other than
-    ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is lower
-    (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases.
+    ``best_rms_corrected_variant`` (the last three with any variant equal to it at two decimals); and per variant
+    other than ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is
+    lower (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases.
     """
     slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
     numbers = {}
@@ -185,7 +185,8 @@ def variant_book_numbers(
     ):
         values = {name: numbers[template.format(slug[name])] for name in variants}
         best = _best(values, lowest=number.startswith("rms"))
-        numbers[f"best_{number}_variant"] = _with_ties(best, values) if number.startswith("rms") else best
+        tied_at_two_decimals = number.startswith("rms") or number == "spearman"  # the prose prints these to 0.01
+        numbers[f"best_{number}_variant"] = _with_ties(best, values) if tied_at_two_decimals else best
     numbers.update(_variant_changes(variants, reference, slug, margin))
     return {name: _plain(value) for name, value in numbers.items()}
 
