@@ -13,6 +13,8 @@ from match_helpers import write_bank
 
 from protolib.bank import Bank
 from protolib.distributions import (
+    ParameterSummary,
+    format_summary,
     match_parameters,
     prior_parameters,
     similarity_weights,
@@ -190,3 +192,12 @@ def test_a_corner_plot_leaves_out_a_parameter_the_bank_does_not_know():
     fig = plot_corner(samples, prior, parameters=["stellar_mass", "disk_radius", "inclination"])
     labels = " ".join(ax.get_xlabel() for ax in fig.axes)
     assert "inclination" not in labels and len(fig.axes) == 4
+
+
+def test_the_summary_table_keeps_its_columns_in_line_with_a_long_parameter_name():
+    rows = [
+        ParameterSummary(name, "1", False, 0.7, 0.5, 0.9, 0.4, 1.0, 0.2, 0.9, 200, 1.0, 0.6)
+        for name in ("age", "midplane_temperature_ratio")
+    ]
+    header, *lines = format_summary(rows).splitlines()
+    assert {line.index("0.7") for line in lines} == {header.index("median") + len("median") - len("0.7")}

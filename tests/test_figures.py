@@ -72,6 +72,26 @@ def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orie
     plt.close("all")
 
 
+def test_a_small_source_in_a_wide_field_is_shown_cropped_with_its_field_said_and_a_filled_field_is_not():
+    rng = np.random.default_rng(3)
+    rows, columns = np.indices((128, 128)) - 63.5
+    source = np.exp(-0.5 * (rows**2 + columns**2) / 2.0**2)
+    noisy = source + 0.02 * rng.standard_normal((4, 128, 128))
+    residuals = rng.standard_normal((3, 128, 128))
+    fig = plot_gallery(
+        noisy[0], noisy[1:], np.ones(3), residuals=residuals, pixel_size_au=40.0, crop_to_source=True, n_columns=4
+    )
+    target = fig.axes[0]
+    side = target.images[0].get_array().shape[-1]
+    assert side < 64  # a few times the source's size, not the 128-pixel field
+    assert f"central {side * 40:,.0f} au of 5,120 au" in " ".join(target.get_title().split())
+    assert all(ax.images[0].get_array().shape[-1] == side for ax in fig.axes if ax.images)
+    wide = np.exp(-0.5 * (rows**2 + columns**2) / 30.0**2) + 0.02 * rng.standard_normal((4, 128, 128))
+    fig = plot_gallery(wide[0], wide[1:], np.ones(3), pixel_size_au=40.0, crop_to_source=True)
+    assert fig.axes[0].images[0].get_array().shape[-1] == 128 and "central" not in fig.axes[0].get_title()
+    plt.close("all")
+
+
 def test_gallery_titles_stay_within_their_panels_at_page_width(bank):
     images = bank.load_images(list(range(12)))[:, 0]
     fig = plot_gallery(

@@ -262,6 +262,23 @@ def test_centre_on_the_peak_by_default_or_on_a_given_coordinate(tmp_path):
         assert middle == prepared.image_jy_beam[11:21, 11:21].max()
 
 
+def test_the_map_as_read_takes_its_colour_scale_from_the_part_shown_not_a_brighter_source_beyond(tmp_path):
+    beyond = PHASE_CENTRE.spherical_offsets_by(-4.8 * u.arcsec, 0.0 * u.arcsec)  # 5.5" (770 au) east of the source
+
+    def two_sources(world):
+        return gaussian_jy_beam(world) + 0.5 * gaussian_jy_beam(world, centre=beyond, fwhm_arcsec=(0.4, 0.4))
+
+    path = write_fits(tmp_path / "two.fits", data_fn=two_sources)
+    with pytest.warns(UserWarning, match="2 compact sources"):
+        prepared = prepare_observation(path, GRID, 140.0, centre=SOURCE.to_string("hmsdms"), noise_rms_jy_beam=1e-4)
+    fig = plot_prepared_observation(prepared)
+    shown_max_mjy = fig.axes[0].images[0].norm.vmax
+    map_max_mjy = 1e3 * np.nanmax(prepared.original.image_jy_beam)  # the source beyond, out of the panel
+    assert shown_max_mjy < 0.8 * map_max_mjy
+    assert shown_max_mjy == pytest.approx(1e3 * float(two_sources(SOURCE)), rel=0.1)  # the source's own peak
+    matplotlib.pyplot.close(fig)
+
+
 @pytest.mark.parametrize(
     "bunit, kind, to_jy",
     [

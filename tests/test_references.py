@@ -105,3 +105,18 @@ def test_the_check_catches_a_removed_entry():
     removed = bib_text[: bib_text.rindex("@", 0, start)] + bib_text[bib_text.index("\n}", start) + 2 :]
     assert unresolved({key}, removed) == {key}
     assert cited_keys("as shown {cite:p}`a, b` and {cite:t}`c`; {cite}`d`") == {"a", "b", "c", "d"}
+
+
+def test_no_two_entries_share_an_author_year_citation():
+    """A chapter's citation reads "Tobin et al., 2016" from the entry's authors and year, while the References page
+    labels two such entries 2016a and 2016b: a repeated pair must carry its letter in the year, so both agree."""
+    from pybtex.database import parse_file
+
+    entries = parse_file(str(BIB)).entries
+    cited_as = {}
+    for key, entry in entries.items():
+        people = entry.persons.get("author") or entry.persons.get("editor") or []
+        first = " ".join(people[0].last_names) if people else entry.fields.get("title", key)
+        shown = (first, min(len(people), 3), entry.fields.get("year", "n.d."))
+        assert shown not in cited_as, f"{key} and {cited_as[shown]} both cite as {shown}: add a, b to their years"
+        cited_as[shown] = key

@@ -28,6 +28,8 @@ def _authors(entry) -> str:
         return Text.from_latex(entry.fields.get("title", entry.key)).render_as("text").split(":")[0]
     if len(names) == 1:
         return names[0]
+    if names[-1] == "others":  # BibTeX's "and others": "Gieser et al.", as the text cites it, not "Gieser and others"
+        return f"{names[0]} et al."
     return f"{names[0]} and {names[1]}" if len(names) == 2 else f"{names[0]} et al."
 
 

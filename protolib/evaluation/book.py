@@ -61,7 +61,9 @@ def book_numbers(results: dict[str, MethodResult | dict], reference: str = "siam
             numbers.update(
                 {
                     f"ndcg_{name}{suffix}": metrics.get("retrieval", {}).get("ndcg", float("nan")),
-                    f"spearman_{name}{suffix}": metrics.get("similarity", {}).get("spearman_per_target", float("nan")),
+                    f"spearman_{name}{suffix}": _unsigned_zero(
+                        metrics.get("similarity", {}).get("spearman_per_target", float("nan"))
+                    ),
                     f"cov68_{name}{suffix}": calibration["coverage_68"],
                     f"cov95_{name}{suffix}": calibration["coverage_95"],
                     f"tarp_{name}{suffix}": calibration["tarp"]["max_deviation"],
@@ -171,9 +173,9 @@ def variant_book_numbers(
     Per variant ``v`` (its name as an identifier: ``kernel_mse`` ...): ``ndcg_v``, ``spearman_v``,
     ``rms_v`` (:func:`mean_target_error`), and ``rms_v_corrected``, ``cov68_v_corrected``,
     ``cov95_v_corrected``; ``best_ndcg_variant``, ``best_spearman_variant``, ``best_rms_variant``,
-    ``best_rms_corrected_variant`` (with any variant equal to it at two decimals); and per variant other than
-    ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is lower
-    (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases.
+    ``best_rms_corrected_variant`` (the last three with any variant equal to it at two decimals); and per variant
+    other than ``reference``, ``better_v`` and ``worse_v``: the target similarity's parameters on which its error is
+    lower (higher) than ``reference``'s by more than ``margin`` prior spreads, as phrases.
     """
     slug = {name: re.sub(r"\W+", "_", name).strip("_") for name in variants}
     numbers = {}
@@ -182,7 +184,7 @@ def variant_book_numbers(
         numbers.update(
             {
                 f"ndcg_{slug[name]}": at_k["retrieval"]["ndcg"],
-                f"spearman_{slug[name]}": at_k["similarity"]["spearman_per_target"],
+                f"spearman_{slug[name]}": _unsigned_zero(at_k["similarity"]["spearman_per_target"]),
                 f"rms_{slug[name]}": mean_target_error(at_k),
                 f"rms_{slug[name]}_corrected": mean_target_error(corrected),
                 f"cov68_{slug[name]}_corrected": corrected["calibration"]["coverage_68"],
@@ -197,7 +199,8 @@ def variant_book_numbers(
     ):
         values = {name: numbers[template.format(slug[name])] for name in variants}
         best = _best(values, lowest=number.startswith("rms"))
-        numbers[f"best_{number}_variant"] = _with_ties(best, values) if number.startswith("rms") else best
+        tied_at_two_decimals = number.startswith("rms") or number == "spearman"  # the prose prints these to 0.01
+        numbers[f"best_{number}_variant"] = _with_ties(best, values) if tied_at_two_decimals else best
     numbers.update(_variant_changes(variants, reference, slug, margin))
     return {name: _plain(value) for name, value in numbers.items()}
 
@@ -253,6 +256,12 @@ def _label(name: str | None) -> str:
 def _phrase(items: list[str]) -> str:
     """``"a, b and c"``; ``"none"`` for no items."""
     return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _unsigned_zero(value: float, digits: int = 2) -> float:
+    """``value``, or 0 where it rounds to zero at the prose's ``digits``: random matches' correlation reads 0.00,
+    not -0.00."""
+    return 0.0 if value == value and round(value, digits) == 0 else value
 
 
 def _plain(value):

@@ -102,7 +102,10 @@ def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = 
 
 def _cell(value: float | None, spec: str) -> str:
     """A table cell: the number formatted, or an em dash where there is none (a posterior estimate ranks nothing)."""
-    return "—" if value is None or not np.isfinite(value) else format(value, spec)
+    if value is None or not np.isfinite(value):
+        return "—"
+    text = format(value, spec)
+    return text.lstrip("-") if float(text) == 0 else text  # a correlation of -0.0001 reads 0.000, not -0.000
 
 
 def parameter_table(
@@ -228,7 +231,7 @@ def verdicts(
             None: "",
             "better": f"better than every baseline (best: {v['best']}, {v['best_error']:.2f})",
             "worse": f"WORSE than {v['best']} ({v['best_error']:.2f})",
-            "level": f"no better than {v['best']} ({v['best_error']:.2f})",
+            "level": f"level with {v['best']} ({v['best_error']:.2f}; the difference is within its noise)",
         }[v["comparison"]]
         lines.append(
             f"{name}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "

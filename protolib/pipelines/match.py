@@ -1179,6 +1179,7 @@ def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, re
         residuals=residuals,
         reduced_chi2=reduced_chi2,
         unit="Jy/beam" if transform is not None else bank.unit,
+        crop_to_source=True,
     )
 
 

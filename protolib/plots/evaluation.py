@@ -150,14 +150,17 @@ def plot_rank_histograms(
 
 def plot_tarp(results: dict, *, corrected: bool = False, size: float = 3.6) -> Figure:
     """TARP expected coverage against credibility level, one line per method (the diagonal is calibrated)."""
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = plt.subplots(figsize=(size + 2.2, size))  # the legend beside the square axes
     for name, result in results.items():
         evaluation = _evaluation(result, corrected)
         alpha, ecp = evaluation.tarp
-        ax.plot(alpha, ecp, lw=1.8, label=f"{name} (k={evaluation.top_k})")
+        draws = "samples" if name in ("npe", "npe_end_to_end") else "k"  # as the coverage panels say it
+        ax.plot(alpha, ecp, lw=1.8, label=f"{name} ({draws}={evaluation.top_k})")
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)")
-    ax.legend(fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)", aspect="equal")
+    if corrected:
+        ax.set_title("at the corrected k and widenings", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: it covers no curve
     fig.tight_layout()
     return fig
 

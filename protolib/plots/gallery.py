@@ -30,6 +30,7 @@ def plot_gallery(
     reduced_chi2: np.ndarray | None = None,
     unit: str | None = "Jy/beam",
     scale: str = "each",
+    crop_to_source: bool = False,
 ):
     """The target beside its best matches, each titled with its similarity.
 
@@ -43,6 +44,9 @@ def plot_gallery(
     target shows as such) and each match's panel has below it its residual map, target minus match in
     units of the noise rms, on one diverging scale, linear within +-3 and logarithmic beyond (white:
     within the noise), labelled with its reduced chi-square and its peak against the target's.
+    With ``crop_to_source``, a source of a few pixels in a wide field is shown in a central box
+    :data:`SOURCE_BOX` times as wide as the target's emission (see :func:`source_half_width`), and the target's
+    title says so; the chi-squares given are still those of the whole image.
 
     Arguments:
         target_image: ``(H, W)``.
@@ -58,10 +62,15 @@ def plot_gallery(
         unit: the images' unit, for the colour bars (``"Jy/beam"``, ``"Jy/pixel"``, ``"stretched"``).
         scale: ``"each"`` (every image on its own range) or ``"target"`` (all on the target's); residual
             galleries always share one range.
+        crop_to_source: show only the centre about the source, when it is small in the field (display only).
 
     Returns:
         The matplotlib figure.
     """
+    if crop_to_source:
+        target_image, images, residuals, target_caption = _crop_to_source(
+            target_image, images, residuals, target_caption, pixel_size_au
+        )
     options = dict(captions=captions, target_caption=target_caption, pixel_size_au=pixel_size_au, cmap=cmap, unit=unit)
     if residuals is not None:
         return _gallery_with_residuals(
@@ -72,6 +81,51 @@ def plot_gallery(
     return _plain_gallery(
         target_image, images, similarities, n_columns=min(n_columns, len(images) + 1), scale=scale, **options
     )
+
+
+SOURCE_BOX = 2.0  # a cropped panel's half-width over the largest radius the target's source reaches
+SMALLEST_BOX_PIXELS = 8  # a cropped panel's half-width at least, so that a beam or two fit about the source
+CROP_BELOW = 2 / 3  # crop only where the box is at most this fraction of the field: a zoom of half again or more
+
+
+def source_half_width(target_image: np.ndarray) -> int | None:
+    """The half-width in pixels of the central box that holds the target's source with as much again about it, or
+    ``None`` where that box would be most of the field.
+
+    The source is the brightest pixel's connected region above 5 times the noise rms (from the median absolute
+    difference of neighbouring pixels, which a source filling the field does not inflate) and above a tenth of the
+    peak; the box reaches :data:`SOURCE_BOX` times its farthest pixel from the centre, at least
+    :data:`SMALLEST_BOX_PIXELS`. The matches are cut alike: their residuals beyond it are in the chi-square."""
+    from scipy import ndimage
+
+    image = np.nan_to_num(np.asarray(target_image, dtype=np.float64))
+    size = image.shape[-1]
+    rows, columns = np.indices(image.shape) - 0.5 * (size - 1)
+    noise = 1.4826 * np.median(np.abs(np.diff(image, axis=-1))) / np.sqrt(2.0)
+    labels, _ = ndimage.label(image > max(5.0 * noise, 0.1 * image.max()))
+    peak = labels.flat[np.argmax(image)]
+    reach = float(np.hypot(rows, columns)[labels == peak].max()) if peak else 0.5 * size
+    half = int(np.ceil(max(SOURCE_BOX * reach, SMALLEST_BOX_PIXELS)))
+    return half if 2 * half <= CROP_BELOW * size else None
+
+
+def _crop_to_source(target_image, images, residuals, target_caption: str, pixel_size_au: float | None):
+    """The panels cut to the central box about the source (:func:`source_half_width`), and the target's title saying
+    how much of the field is shown; unchanged where the source fills much of the field."""
+    target_image, images = np.asarray(target_image), np.asarray(images)
+    half = source_half_width(target_image)
+    if half is None:
+        return target_image, images, residuals, target_caption
+    size = target_image.shape[-1]
+    box = slice(size // 2 - half, size // 2 + half)
+    cut = (Ellipsis, box, box)
+    shown = (
+        f"{2 * half * pixel_size_au:,.0f} au\nof {size * pixel_size_au:,.0f} au"
+        if pixel_size_au
+        else f"{2 * half} pixels\nof {size}"
+    )
+    residuals = None if residuals is None else np.asarray(residuals)[cut]
+    return target_image[cut], images[cut], residuals, f"{target_caption}\n(central {shown})"
 
 
 def _gallery_titles(similarities, captions, width_in: float, n_columns: int, fontsize: float) -> list[str]:
@@ -184,7 +238,8 @@ def _shared_range(panels: list[np.ndarray], factor: float) -> tuple[float, float
 
 
 RESIDUAL_LEGEND = (
-    "below each match:\ntarget minus match\nin noise rms; its\nreduced chi-square,\nits peak over\nthe target's"
+    "below each match:\ntarget minus match\nin noise rms; its\n"
+    "reduced chi-square\n(whole image), its\npeak over the target's"
 )
 
 

@@ -28,12 +28,14 @@ def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inf
     field_au = prepared.grid.field_of_view_au
     original = prepared.original
     if original is not None:
+        extent = _original_extent_au(prepared)
         im = axes[0].imshow(
             original.image_jy_beam * 1e3,
             origin="lower",
-            extent=_original_extent_au(prepared),
+            extent=extent,
             cmap=cmap,
             interpolation="nearest",
+            norm=_shown_range(original.image_jy_beam * 1e3, extent, 0.75 * field_au),
         )
         title = f"{Path(prepared.source_path).name} at {prepared.distance_pc:g} pc"
         # the original is shown over 1.5 bank fields
@@ -51,6 +53,19 @@ def plot_prepared_observation(prepared: PreparedObservation, *, cmap: str = "inf
     )
     _decorate(axes[1], im, prepared.beam, grid.distance_pc, half_bank, title, "mJy/beam (at bank distance)", text, tick)
     return fig
+
+
+def _shown_range(image: np.ndarray, extent: list[float], half_width: float):
+    """The colour range of the pixels within ``half_width`` [au] of the centre, the part of the map shown, so that a
+    brighter source elsewhere in the map (IRS3B beside IRS3A) does not set the scale of this one."""
+    from matplotlib.colors import Normalize
+
+    ny, nx = image.shape
+    columns = np.linspace(extent[0], extent[1], 2 * nx + 1)[1::2]  # pixel centres [au]
+    rows = np.linspace(extent[2], extent[3], 2 * ny + 1)[1::2]
+    inside = (np.abs(rows)[:, None] <= half_width) & (np.abs(columns)[None, :] <= half_width)
+    shown = image[inside & np.isfinite(image)]
+    return Normalize(float(shown.min()), float(shown.max())) if shown.size else None
 
 
 def _original_extent_au(prepared: PreparedObservation) -> list[float]:
