@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from ..parameters import NUISANCE_PARAMETERS, PARAMETERS
+from ..parameters import NUISANCE_PARAMETERS
 from .report import constrains, mean_target_error, parameter_verdicts, widening_label
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
@@ -368,7 +368,7 @@ def unconstrained_nuisance(results: dict, case: str = "B3+B6+B7", most: int = 3)
     left = [n for n in rows if n in NUISANCE_PARAMETERS and n not in constrained]
     left.sort(key=lambda n: -rows[n]["median_abs_error_over_prior_spread"])
     return _phrase(
-        [f"the {PARAMETERS[n].description} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]]
+        [f"{n.replace('_', ' ')} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]]
     )
 
 

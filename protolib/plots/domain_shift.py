@@ -108,9 +108,11 @@ def plot_band_half_widths(
     prior_half_width: float,
     goal: dict[str, float] | None = None,
     labels: dict[str, str] | None = None,
+    title: str | None = None,
     width: float = 7.2,
 ) -> Figure:
-    """The matches' 68% half-width over the prior's spread, per parameter, one bar per set of bands.
+    """The matches' 68% half-width over the prior's spread, per parameter, one bar per set of bands (``title``
+    above it, when given).
 
     ``half_widths``: bands matched (``"B6"``, ``"B3+B6"``, ...) -> parameter -> half-width
     (:func:`~protolib.evaluation.book.band_half_widths`). The dashed line is the prior's own half-width
@@ -141,4 +143,6 @@ def plot_band_half_widths(
     ax.tick_params(labelsize=8)
     ax.set_ylim(0, 1.3 * max(prior_half_width, max(max(v.values()) for v in half_widths.values())))
     ax.legend(fontsize=8, ncols=len(cases) + 2, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=9)
     return fig
