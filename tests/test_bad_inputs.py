@@ -1,8 +1,11 @@
 """The bad-input battery: every case runs ``protolib ...`` in a subprocess, as a user would.
 
 Each refused input must give exit code 2, exactly one error line naming the file (or value) and the
-problem, no traceback, and no partial output. The cases run two at a time in a module fixture (each
-is a fresh Python process, most of its time spent importing torch); the tests then read their results.
+problem, no traceback, and no partial output. The cases run two at a time in a module fixture; the
+tests then read their results. Each case is a process of its own, forked from a Python that has already
+imported protolib and torch (tests/preloaded_cli.py: a new Python spent most of its time importing
+torch); the tests that interrupt runs with signals, and those that run several commands at once, start
+new Pythons.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import h5py
 import numpy as np
 import pytest
 from astropy.io import fits
+from preloaded_cli import PreloadedProtolib
 
 from protolib.bank import THESIS_DATASETS
 from protolib.cli import main
@@ -1117,6 +1121,16 @@ def _pickle_payload(marker: Path) -> bytes:
 def _run(
     argv: list[str], limit_file_bytes: int | None = None, timeout: float = 240, env: dict | None = None
 ) -> subprocess.CompletedProcess:
+    """``protolib ARGV`` in a process of its own: a fork of the module's preloaded Python (tests/preloaded_cli.py),
+    or a new Python where ``env`` changes what Python reads when it starts (or no preloaded one runs)."""
+    if env or not PRELOADED:
+        return _run_in_a_new_python(argv, limit_file_bytes, timeout, env)
+    return PRELOADED[0].run(argv, ENV, timeout, limit_file_bytes)
+
+
+def _run_in_a_new_python(
+    argv: list[str], limit_file_bytes: int | None = None, timeout: float = 240, env: dict | None = None
+) -> subprocess.CompletedProcess:
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
@@ -1129,6 +1143,19 @@ def _run(
         timeout=timeout,
         preexec_fn=limit if limit_file_bytes else None,
     )
+
+
+PRELOADED: list[PreloadedProtolib] = []  # the module's two servers while its tests run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def preloaded_protolib():
+    """Two servers that have imported protolib and torch once; ``_run`` forks each command from one of them."""
+    runner = PreloadedProtolib(ENV, workers=2)
+    PRELOADED.append(runner)
+    yield runner
+    PRELOADED.remove(runner)
+    runner.close()
 
 
 @pytest.fixture(scope="module")
@@ -1503,9 +1530,9 @@ def test_two_matches_at_once_never_mix_their_outputs_or_corrupt_the_cache(base, 
     ]
     with ThreadPoolExecutor(max_workers=3) as pool:
         runs = [
-            pool.submit(_run, _match_argv(base, shared, model)),
-            pool.submit(_run, other),
-            pool.submit(_run, _match_argv(base, alone, model)),
+            pool.submit(_run_in_a_new_python, _match_argv(base, shared, model)),
+            pool.submit(_run_in_a_new_python, other),
+            pool.submit(_run_in_a_new_python, _match_argv(base, alone, model)),
         ]
         first, second, third = (r.result() for r in runs)
     assert third.returncode == 0, third.stderr[-2000:]
