@@ -206,13 +206,13 @@ def _gallery_with_residuals(
     panels = [np.asarray(target_image)] + list(np.asarray(images))
     factor, label = display_unit(unit)
     fig, axes, titles, text = _residual_gallery_layout(len(panels), similarities, captions, target_caption, n_columns)
-    lo, hi = _shared_range(panels, factor)
+    image_norm, stretched = _shared_norm(panels, factor)
     target_peak = float(np.nanmax(panels[0])) or 1.0
     reach, norm = _residual_norm(residuals)
     shown_image = shown_residual = None
     for k, img in enumerate(panels):
         ax_image, ax_residual = axes[2 * (k // n_columns), k % n_columns], axes[2 * (k // n_columns) + 1, k % n_columns]
-        shown_image = ax_image.imshow(img * factor, origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+        shown_image = ax_image.imshow(img * factor, origin="lower", cmap=cmap, norm=image_norm)
         if k == 0:
             ax_image.set_title(titles[0], fontsize=text, color="C3")
             _decorate_target(ax_image, np.shape(target_image)[-1], pixel_size_au, text)
@@ -224,17 +224,37 @@ def _gallery_with_residuals(
         for ax in (ax_image, ax_residual):
             ax.set_xticks([])
             ax.set_yticks([])
-    for k in range(len(panels), axes.size // 2):
-        axes[2 * (k // n_columns), k % n_columns].set_visible(False)
-        axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
-    _residual_gallery_colorbars(fig, axes, shown_image, shown_residual, label, reach, text)
+    _hide_unused(axes, len(panels), n_columns)
+    _residual_gallery_colorbars(
+        fig, axes, shown_image, shown_residual, label + (", asinh stretch" if stretched else ""), reach, text
+    )
     return fig
 
 
-def _shared_range(panels: list[np.ndarray], factor: float) -> tuple[float, float]:
-    """One colour range for every panel of a residual gallery, wide enough that none saturates."""
+def _hide_unused(axes, n_panels: int, n_columns: int) -> None:
+    """Hide the image and residual axes past the last panel of a residual gallery."""
+    for k in range(n_panels, axes.size // 2):
+        axes[2 * (k // n_columns), k % n_columns].set_visible(False)
+        axes[2 * (k // n_columns) + 1, k % n_columns].set_visible(False)
+
+
+STRETCH_ABOVE = 1.5  # a shared range this many times the target's own top is shown with an asinh stretch
+
+
+def _shared_norm(panels: list[np.ndarray], factor: float):
+    """One colour scale for every panel of a residual gallery, wide enough that none saturates; and whether it is
+    stretched. Where a match is much brighter than the target (its range over :data:`STRETCH_ABOVE` times the
+    target's), a linear scale leaves the target dark, so the scale is an asinh stretch, linear up to a third of the
+    target's top: the target stays visible and a brighter match does not saturate (its panel's "peak xN" says by how
+    much it is brighter)."""
+    from matplotlib.colors import AsinhNorm, Normalize
+
     scales = [_target_scale(img, factor) for img in panels]  # one range that saturates no panel
-    return min(a for a, _ in scales), max(b for _, b in scales)
+    lo, hi = min(a for a, _ in scales), max(b for _, b in scales)
+    target_top = scales[0][1]
+    if target_top <= 0 or hi <= STRETCH_ABOVE * target_top:
+        return Normalize(vmin=lo, vmax=hi), False
+    return AsinhNorm(linear_width=target_top / 3.0, vmin=lo, vmax=hi), True
 
 
 RESIDUAL_LEGEND = (
