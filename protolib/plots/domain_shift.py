@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from ..domain_shift import nuisance_rows, shift_rows
 from ..evaluation import MethodResult
+from ..parameters import PARAMETERS
 
 __all__ = ["plot_domain_shift", "plot_nuisance_constraints", "plot_band_half_widths", "CASE_COLOURS"]
 
@@ -92,14 +93,21 @@ def plot_nuisance_constraints(
         color="tab:orange",
         label="RMS error / prior spread",
     )
-    ax.axhline(1.0, color="k", ls="--", lw=1)
-    ax.set_xticks(x, [r["parameter"].replace("_", " ") for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.tick_params(labelsize=8)
-    ax.legend(fontsize=8, loc="upper left", ncols=2)
-    ax.set_ylim(
-        0, max(1.6, max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows) * 1.15)
+    ax.axhline(1.0, color="tab:orange", ls="--", lw=1, label="RMS error of the prior alone (1)")
+    ax.axhline(
+        UNIFORM_HALF_WIDTH, color="tab:blue", ls=":", lw=1.5, label=f"prior's half-width ({UNIFORM_HALF_WIDTH:.2f})"
     )
+    labels = [PARAMETERS[r["parameter"]].label if r["parameter"] in PARAMETERS else r["parameter"] for r in rows]
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.tick_params(labelsize=8)
+    top = max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows)
+    ax.set_ylim(0, max(1.6, top) * 1.45)  # room above the bars for the legend
+    ax.legend(fontsize=7, loc="upper left", ncols=2)
     return fig
+
+
+UNIFORM_HALF_WIDTH = 0.68 * np.sqrt(3.0)
+"""A uniform prior's central 68% half-width in its standard deviations: the matches' when the images say nothing."""
 
 
 def plot_band_half_widths(
