@@ -201,13 +201,7 @@ def _one_band_view(
     bank = matcher.bank
     if observation is not None:
         resolution = observation.resolution
-        fit = ImageFit(
-            resolution,
-            observation.noise_rms_jy_beam,
-            resolution.bank_noise_rms_jy_beam,
-            observation.coverage,
-            flux_tolerance,
-        )
+        fit = _observation_fit(observation, flux_tolerance)
         beam, pixel_arcsec = resolution.target_beam, resolution.pixel_arcsec
 
         def observe(images):
@@ -371,12 +365,18 @@ def reduced_chi2_of_matches(
 ) -> np.ndarray:
     """``(n,)`` each match's reduced chi-square against an observation, as :func:`fit_matches` computes the target's:
     for an observing draw's matches against the map prepared as that draw sees it."""
+    fit = _observation_fit(observation, flux_tolerance)
+    return fit.reduced_chi2(observation.image, bank.images_at(matches.system, matches.projection))
+
+
+def _observation_fit(observation: ObservationTarget, flux_tolerance: float) -> ImageFit:
+    """The image-space comparison an observation asks: its transform's resolution, its noise beside the bank's, its
+    coverage, and the flux scale free within ``flux_tolerance``."""
     resolution = observation.resolution
-    fit = ImageFit(
+    return ImageFit(
         resolution,
         observation.noise_rms_jy_beam,
         resolution.bank_noise_rms_jy_beam,
         observation.coverage,
         flux_tolerance,
     )
-    return fit.reduced_chi2(observation.image, bank.images_at(matches.system, matches.projection))
