@@ -22,6 +22,7 @@ import torch
 from captum.attr import IntegratedGradients
 from scipy.stats import spearmanr
 
+from .goodness_of_fit import DETECTION_SIGMA
 from .runtime import ProtolibInputError
 from .siamese import SiameseModel
 
@@ -33,6 +34,7 @@ __all__ = [
     "randomisation_check_passes",
     "half_weight_radius",
     "pick_pairs",
+    "detected_pairs",
     "AttributionSettings",
     "MAX_STEPS",
     "RANDOMISATION_LIMIT",
@@ -151,6 +153,22 @@ def pick_pairs(predicted: np.ndarray, target: np.ndarray) -> dict[str, int]:
     the target."""
     order = np.argsort(np.abs(np.asarray(predicted) - np.asarray(target)), kind="stable")
     return {"best": int(order[0]), "middle": int(order[len(order) // 2]), "worst": int(order[-1])}
+
+
+def detected_pairs(held_out: dict, noise_rms_jy_beam: float, threshold: float = DETECTION_SIGMA) -> np.ndarray:
+    """The rows of :func:`~protolib.siamese.evaluate_similarity`'s pairs that join two different systems whose images
+    both hold a source: a brightest pixel at least ``threshold`` times ``noise_rms_jy_beam`` (the bank's noise; 0: a
+    noiseless bank, every image counts).
+
+    A bank keeps systems too faint for its noise, as the sky holds them; their images are noise alone, and an
+    attribution map of noise spreads over the whole field like a uniform map, so pairs with them would say nothing
+    about where the network looks for a source.
+    """
+    images = np.asarray(held_out["images"])
+    peaks = images.reshape(len(images), -1).max(axis=1)
+    seen = peaks >= threshold * noise_rms_jy_beam if noise_rms_jy_beam > 0 else np.ones(len(images), dtype=bool)
+    first, second, system = held_out["first"], held_out["second"], held_out["system"]
+    return np.flatnonzero((system[first] != system[second]) & seen[first] & seen[second])
 
 
 MAX_STEPS = 4096  # integrated-gradient steps: more is no better, and costs memory in proportion

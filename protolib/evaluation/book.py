@@ -28,6 +28,8 @@ __all__ = [
     "band_half_widths",
     "band_matching_numbers",
     "unconstrained_nuisance",
+    "rising_learning_curves",
+    "band_parameter_widths",
 ]
 
 METHOD_LABELS = {
@@ -360,6 +362,48 @@ def band_matching_numbers(results: dict, prefix: str = "bands") -> dict:
     return {f"{prefix}_{name}": value for name, value in numbers.items()}
 
 
+WIDER_WITH_BANDS = 1.1  # a parameter's 68% half-width counts as growing with the bands beyond this factor
+
+
+def band_parameter_widths(results: dict, parameter: str = "disk_radius", prefix: str = "bands") -> dict:
+    """What one parameter's 68% interval does as bands are added, and why, for chapter 06b's prose (for ``glue``).
+
+    Per case slug ``c`` (``b6``, ``b3b6``, ``b3b6b7``) and with ``p`` the parameter's name: its corrected 68%
+    half-width over the prior spread (``{prefix}_p_width_c``), that of the evaluation's own top k before the
+    correction (``_p_raw_width_c``), the correction's widening of it (``_p_widening_c``), its median error
+    (``_p_error_c``) and 68% coverage (``_p_cov68_c``), and the correction's number of matches (``_chosen_k_c``);
+    then the top k (``{prefix}_raw_top_k``), the weight of β and κ_230 in the benchmark's target similarity
+    (``{prefix}_opacity_weight``), and the image-constrained parameters whose half-width grows from one band to
+    three by more than :data:`WIDER_WITH_BANDS` (``{prefix}_wider_with_bands``, a phrase). Separating the
+    correction's widening from the matches' own spread says whether more bands made the calibration more cautious
+    or the matches themselves less alike in the parameter.
+    """
+    numbers = {}
+    for case, name in BAND_CASES.items():
+        slug, result = case.lower().replace("+", ""), results["cases"][name]
+        row, raw = result["parameters"][parameter], result["uncorrected_at_top_k"]["parameters"][parameter]
+        numbers[f"{parameter}_width_{slug}"] = float(row["half_width_68_over_prior_spread"])
+        numbers[f"{parameter}_raw_width_{slug}"] = float(raw["half_width_68_over_prior_spread"])
+        numbers[f"{parameter}_widening_{slug}"] = float(result["chosen_widening"][parameter])
+        numbers[f"{parameter}_error_{slug}"] = float(row["median_abs_error_over_prior_spread"])
+        numbers[f"{parameter}_cov68_{slug}"] = float(row["coverage_68"])
+        numbers[f"chosen_k_{slug}"] = int(result["chosen_k"])
+    one, three = (results["cases"][BAND_CASES[c]]["parameters"] for c in ("B6", "B3+B6+B7"))
+    constrained = [n for n in results["goals"]["B6"]["constrained"] if n in one]
+    wider = [
+        f"{n.replace('_', ' ')} ({one[n]['half_width_68_over_prior_spread']:.2f} to "
+        f"{three[n]['half_width_68_over_prior_spread']:.2f})"
+        for n in constrained
+        if three[n]["half_width_68_over_prior_spread"] > WIDER_WITH_BANDS * one[n]["half_width_68_over_prior_spread"]
+    ]
+    numbers.update(
+        raw_top_k=int(results["cases"][BAND_CASES["B6"]]["uncorrected_at_top_k"]["top_k"]),
+        opacity_weight=float(results["setup"]["opacity_weight"]),
+        wider_with_bands=_phrase(wider),
+    )
+    return {f"{prefix}_{name}": value for name, value in numbers.items()}
+
+
 def unconstrained_nuisance(results: dict, case: str = "B3+B6+B7", most: int = 3) -> str:
     """The nuisance parameters the images leave unconstrained in ``case`` (of :data:`BAND_CASES`), the ``most`` with
     the largest median error first, as a phrase with each error in prior spreads: what stays between the bands and
@@ -377,3 +421,24 @@ def _worst_miss(rows: dict, constrained: list[str]) -> str:
     nominal."""
     worst = max(constrained, key=lambda n: max(abs(rows[n]["coverage_68"] - 0.68), abs(rows[n]["coverage_95"] - 0.95)))
     return BAND_LABELS.get(worst, worst.replace("_", " "))
+
+
+def rising_learning_curves(curves: dict) -> list[tuple[str, str]]:
+    """The ``(method, parameter)`` learning curves of ``benchmarks/learning_curves.py``'s results whose error rises at
+    every step from the smallest training set to the largest while their fit ``a + b N^-c`` sits at its bound
+    ``c = 0``: a curve of that form only falls or stays flat, so it cannot follow them, and carrying it on would draw
+    a flat line below the last measured point. Chapter 06 draws no extrapolation for these and says why
+    (``"mean_target"`` is the mean over the target parameters)."""
+    rising = []
+    for method, data in curves["methods"].items():
+        for name, fit in curves.get("fits", {}).get("by_method", {}).get(method, {}).items():
+            sizes = [data["sizes"][str(int(n))] for n in curves["train_systems"]]
+            values = [
+                row["mean_target_rms_error_over_prior_spread"]
+                if name == "mean_target"
+                else row["parameters"][name]["rms_error_over_prior_spread"]
+                for row in sizes
+            ]
+            if fit and "c" in fit.get("parameters_at_bounds", []) and all(b > a for a, b in zip(values, values[1:])):
+                rising.append((method, name))
+    return rising

@@ -1152,8 +1152,24 @@ def _figures(result: MatchResult) -> dict:
         result.searched.matcher.transform,
         None if fit is None else fit.residuals,
         None if fit is None else fit.reduced_chi2[: len(shown)],
+        _target_beam_au(target),
     )
     return figures
+
+
+def _target_beam_au(target: MatchTarget) -> tuple[float, float, float] | None:
+    """The target's beam for the gallery: ``(major, minor)`` FWHM in au at the bank's distance and its position angle
+    [deg]; the observation's beam on the bank's grid, or the bank's own for a bank system (``None`` without one)."""
+    bank = target.bank
+    if target.observation is not None:
+        major, minor, angle = target.observation.transform_key["beam_arcsec"]
+    elif bank.instrument.beam_major_arcsec > 0:
+        beam = bank.instrument.beam
+        major, minor, angle = beam.major_arcsec, beam.minor_arcsec, beam.position_angle_deg
+    else:
+        return None
+    distance = bank.instrument.distance_pc
+    return float(major) * distance, float(minor) * distance, float(angle)
 
 
 def _corner_label(observing: ObservingDraws | None) -> str:
@@ -1162,10 +1178,10 @@ def _corner_label(observing: ObservingDraws | None) -> str:
     return "best matches" if observing is None else f"best matches of {len(observing.matches)} observing draws, pooled"
 
 
-def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, residuals, reduced_chi2):
+def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, residuals, reduced_chi2, beam_au=None):
     """The gallery figure of the matches ``shown``, as the network saw them through ``transform`` (the same noise as
     in the embedding, when seeded by row; ``None``: as in the bank), captioned with their system and inclination
-    [deg]."""
+    [deg]; the target's panel shows its beam ``beam_au`` (:func:`_target_beam_au`)."""
     images = match_images(bank, shown)
     if transform is not None:
         images = apply_transform(transform, images, shown.system * bank.n_projections + shown.projection)
@@ -1180,6 +1196,7 @@ def _gallery(bank: Bank, shown: Matches, target_image: np.ndarray, transform, re
         reduced_chi2=reduced_chi2,
         unit="Jy/beam" if transform is not None else bank.unit,
         crop_to_source=True,
+        beam_au=beam_au,
     )
 
 

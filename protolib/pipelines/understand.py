@@ -15,6 +15,7 @@ import numpy as np
 from ..attribution import (
     MAX_STEPS,
     attribution_rank_correlation,
+    detected_pairs,
     pair_attributions,
     pick_pairs,
     randomisation_check_passes,
@@ -46,8 +47,9 @@ def run_attribution(
     sanity check.
 
     Among pairs of different test systems of the model's split (:func:`~protolib.siamese.evaluate_similarity`,
-    at most 250 systems drawn with ``seed``), the pairs :func:`~protolib.attribution.pick_pairs` picks are drawn to
-    ``pair_best.png``, ``pair_middle.png`` and ``pair_worst.png``; each pair's maps are compared with those of
+    at most 250 systems drawn with ``seed``) whose images both hold a source above the bank's noise
+    (:func:`~protolib.attribution.detected_pairs`), the pairs :func:`~protolib.attribution.pick_pairs` picks are
+    drawn to ``pair_best.png``, ``pair_middle.png`` and ``pair_worst.png``; each pair's maps are compared with those of
     :func:`~protolib.attribution.randomised_copy` (seeded by ``seed``) by
     :func:`~protolib.attribution.attribution_rank_correlation`. With ``observation``
     (a file written by ``protolib observe --out``), ``observation_best_match.png`` shows it against its
@@ -66,11 +68,11 @@ def run_attribution(
         if observation is not None:
             read_observation_target(observation, bank)  # a wrong file is refused before any work
         held_out = evaluate_similarity(model, bank, model.split.test, seed=seed)
-        first, second, system = held_out["first"], held_out["second"], held_out["system"]
-        between = np.flatnonzero(system[first] != system[second])
+        between = detected_pairs(held_out, bank.instrument.noise_rms_jy_beam)
         if len(between) == 0:
             raise ProtolibInputError(
-                f"Model {model_path} has fewer than two test systems; attribution maps need pairs of different systems."
+                f"Model {model_path} has fewer than two test systems with a source above the bank's noise; attribution "
+                "maps need pairs of different systems, each detected."
             )
         report = {
             "model": str(Path(model_path).resolve()),

@@ -10,22 +10,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..bank import Bank
+from ..goodness_of_fit import DETECTION_SIGMA
 from ..normalise import scale_parameters
 from .images import plot_image_grid
-from .style import corner_figure, make_corner_legible
+from .style import corner_figure, make_corner_legible, parameter_words
 
-__all__ = ["plot_parameter_gallery", "plot_prior_corner", "plot_split"]
+__all__ = ["plot_parameter_gallery", "plot_prior_corner", "plot_split", "detected_systems"]
 
 
 def plot_parameter_gallery(
     bank: Bank, parameter: str, *, n_systems: int = 5, n_projections: int = 4, stretch: str = "asinh"
 ):
-    """Systems spanning ``parameter`` (rows, low to high) seen at their projections (columns, by inclination)."""
-    values = bank.parameters[parameter]
-    order = np.argsort(values)
+    """Systems spanning ``parameter`` (rows, low to high) seen at their projections (columns, by inclination).
+
+    The rows are drawn from the systems whose every shown projection holds a source (:func:`detected_systems`), so
+    that the trend with the parameter shows rather than the noise of systems too faint to see; the title says how
+    many systems that leaves out.
+    """
+    values, info = bank.parameters[parameter], bank.parameter_info[parameter]
+    seen = detected_systems(bank)
+    shown = seen if len(seen) >= n_systems else np.arange(bank.n_systems)
+    order = shown[np.argsort(values[shown], kind="stable")]
     picks = order[np.linspace(0, len(order) - 1, min(n_systems, len(order))).round().astype(int)]
     images, titles, labels = [], [], []
-    info = bank.parameter_info[parameter]
     for system in picks:
         incl = bank.inclination[system]
         cols = np.argsort(incl)[
@@ -34,6 +41,7 @@ def plot_parameter_gallery(
         images.append(bank.load_images([system])[0][cols])
         titles.append([f"i = {incl[c]:.0f} deg" for c in cols])
         labels.append(f"{info.label or parameter} = {values[system]:.3g} {info.unit}\nnorth offset [au]")
+    left_out = bank.n_systems - len(shown)
     return plot_image_grid(
         np.stack(images),
         pixel_size_au=bank.pixel_size_au,
@@ -41,8 +49,19 @@ def plot_parameter_gallery(
         row_labels=labels,
         stretch=stretch,
         unit=bank.unit,
-        suptitle=f"Bank images ordered by {parameter} [{info.unit}] ({stretch} stretch, one scale per row)",
+        suptitle=f"Bank images ordered by {parameter_words(parameter, info.unit)} ({stretch} stretch, one scale per "
+        f"row)" + (f"; {left_out} systems too faint to see left out" if left_out else ""),
     )
+
+
+def detected_systems(bank: Bank, threshold: float | None = None) -> np.ndarray:
+    """The systems whose every projection holds a source: a brightest pixel at least ``threshold`` (default
+    :data:`~protolib.goodness_of_fit.DETECTION_SIGMA`) times the bank's noise rms. All of them in a noiseless bank."""
+    noise = bank.instrument.noise_rms_jy_beam
+    if noise <= 0:
+        return np.arange(bank.n_systems)
+    peaks = bank.load_images().max(axis=(-2, -1))  # (systems, projections)
+    return np.flatnonzero((peaks >= (threshold or DETECTION_SIGMA) * noise).all(axis=1))
 
 
 def plot_prior_corner(
@@ -86,8 +105,8 @@ def plot_split(bank: Bank, split, *, x: str = "stellar_mass", y: str = "disk_rad
         )
     ax.set_xscale("log" if bank.parameter_info[x].log_scale else "linear")
     ax.set_yscale("log" if bank.parameter_info[y].log_scale else "linear")
-    ax.set_xlabel(f"{x} [{bank.parameter_info[x].unit}]")
-    ax.set_ylabel(f"{y} [{bank.parameter_info[y].unit}]")
+    ax.set_xlabel(parameter_words(x, bank.parameter_info[x].unit))
+    ax.set_ylabel(parameter_words(y, bank.parameter_info[y].unit))
     ax.legend(fontsize=8)
     ax.set_title(f"Split by system ({bank.n_projections} projections each stay together)", fontsize=9)
     return fig

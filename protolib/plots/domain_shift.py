@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from ..domain_shift import nuisance_rows, shift_rows
 from ..evaluation import MethodResult
-from ..parameters import PARAMETERS
+from .style import parameter_words
 
 __all__ = ["plot_domain_shift", "plot_nuisance_constraints", "plot_band_half_widths", "CASE_COLOURS"]
 
@@ -63,7 +63,7 @@ def plot_domain_shift(
     axes[1].set_ylim(0, 1.05)
     # above the panels, over no bar
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, ncols=3, loc="outside upper center")
-    axes[-1].set_xticks(x, [n.replace("_", " ") for n in parameters], rotation=30, ha="right", fontsize=8)
+    axes[-1].set_xticks(x, [parameter_words(n) for n in parameters], rotation=30, ha="right", fontsize=8)
     return fig
 
 
@@ -97,7 +97,7 @@ def plot_nuisance_constraints(
     ax.axhline(
         UNIFORM_HALF_WIDTH, color="tab:blue", ls=":", lw=1.5, label=f"prior's half-width ({UNIFORM_HALF_WIDTH:.2f})"
     )
-    labels = [PARAMETERS[r["parameter"]].label if r["parameter"] in PARAMETERS else r["parameter"] for r in rows]
+    labels = [parameter_words(r["parameter"]) for r in rows]
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.tick_params(labelsize=8)
     top = max(max(r["width_68_over_prior_spread"], r["rms_error_over_prior_spread"]) for r in rows)
@@ -146,7 +146,7 @@ def plot_band_half_widths(
     for name, value in (goal or {}).items():
         at = parameters.index(name)
         ax.hlines(value, at - 0.45, at + 0.45, color="tab:red", ls=":", lw=2, label=f"goal ({labels.get(name, name)})")
-    ax.set_xticks(x, [labels.get(n, n.replace("_", " ")) for n in parameters], rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(x, [labels.get(n, parameter_words(n)) for n in parameters], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("68% half-width / prior spread", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.set_ylim(0, 1.3 * max(prior_half_width, max(max(v.values()) for v in half_widths.values())))

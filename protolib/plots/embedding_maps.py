@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..parameters import PARAMETERS, VIEWING_PARAMETERS
-from .style import page_fontsize
+from .style import page_fontsize, parameter_words
 
 __all__ = ["plot_embedding_maps"]
 
@@ -42,16 +42,15 @@ def plot_embedding_maps(
         shown = np.log10(values) if logged else values
         handle = ax.scatter(coordinates[:, 0], coordinates[:, 1], c=shown, s=8 * text / 8.5, cmap="viridis")
         info = PARAMETERS.get(name) or VIEWING_PARAMETERS.get(name)
-        unit = f" [{info.unit}]" if info is not None else ""
         bar = fig.colorbar(handle, ax=ax)
-        bar.set_label(f"log10 {name}{unit}" if logged else f"{name}{unit}", fontsize=text)
+        bar.set_label(parameter_words(name, info.unit if info else None, logged=logged), fontsize=text)
         bar.ax.tick_params(labelsize=tick)
         if observation is not None:
             ax.scatter(
                 *observation, marker="*", s=200 * text / 8.5, color="red", edgecolor="black", label="observation"
             )
         suffix = f" (smoothness {smoothness[name]:.2f})" if smoothness and name in smoothness else ""
-        ax.set_title(name + suffix, fontsize=text)
+        ax.set_title(parameter_words(name) + suffix, fontsize=text)
         ax.set_xlabel(f"{axis_name} 1", fontsize=text)
         ax.set_ylabel(f"{axis_name} 2", fontsize=text)
         ax.tick_params(labelsize=tick)

@@ -12,7 +12,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
+from ..evaluation.book import rising_learning_curves
 from ..parameters import PARAMETERS, VIEWING_PARAMETERS
+from .style import parameter_words
 
 __all__ = [
     "plot_coverage",
@@ -69,7 +71,7 @@ def plot_coverage(
         names = parameters or evaluation.parameters
         curves = np.array([evaluation.coverage_curve[n] for n in names])
         for i, (n, curve) in enumerate(zip(names, curves)):
-            ax.plot(levels, curve, lw=0.9, alpha=0.8, color=colours[i % len(colours)], label=n.replace("_", " "))
+            ax.plot(levels, curve, lw=0.9, alpha=0.8, color=colours[i % len(colours)], label=parameter_words(n))
         ax.plot(levels, curves.mean(0), color="k", lw=2.2, label="mean")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
@@ -148,20 +150,41 @@ def plot_rank_histograms(
     return fig
 
 
-def plot_tarp(results: dict, *, corrected: bool = False, size: float = 3.6) -> Figure:
-    """TARP expected coverage against credibility level, one line per method (the diagonal is calibrated)."""
-    fig, ax = plt.subplots(figsize=(size + 2.2, size))  # the legend beside the square axes
+def plot_tarp(results: dict, *, corrected: bool = False, size: float = 4.2) -> Figure:
+    """TARP expected coverage against credibility level, one line per method (the diagonal is calibrated), and beside
+    it each curve's deviation from the diagonal, so that how far a method is from calibrated reads off an axis.
+
+    The legend gives each method's largest deviation (the figure the evaluation reports as TARP's); the grey band
+    is +-0.05 about the diagonal, as in the coverage panels.
+    """
+    fig, (ax, ax_deviation) = plt.subplots(1, 2, figsize=(2 * size + 0.6, size + 1.0), layout="constrained")
     for name, result in results.items():
         evaluation = _evaluation(result, corrected)
-        alpha, ecp = evaluation.tarp
+        alpha, ecp = (np.asarray(v, dtype=float) for v in evaluation.tarp)
         draws = "samples" if name in ("npe", "npe_end_to_end") else "k"  # as the coverage panels say it
-        ax.plot(alpha, ecp, lw=1.8, label=f"{name} ({draws}={evaluation.top_k})")
+        colour = METHOD_COLOURS.get(name)
+        largest = float(np.max(np.abs(ecp - alpha)))
+        ax.plot(alpha, ecp, lw=1.8, color=colour, label=f"{name} ({draws}={evaluation.top_k}): largest {largest:.3f}")
+        ax_deviation.plot(alpha, ecp - alpha, lw=1.8, color=colour)
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)", aspect="equal")
+    ax_deviation.axhline(0.0, color="grey", ls="--", lw=1)
+    ax_deviation.axhspan(-0.05, 0.05, color="grey", alpha=0.15, lw=0)
+    ax_deviation.set(
+        xlim=(0, 1), xlabel="credibility level", ylabel="expected coverage minus credibility level (0: calibrated)"
+    )
+    ax_deviation.yaxis.label.set_fontsize(9)
     if corrected:
-        ax.set_title("at the corrected k and widenings", fontsize=8)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the axes: it covers no curve
-    fig.tight_layout()
+        fig.suptitle("TARP at the corrected k and widenings", fontsize=10)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        fontsize=8,
+        ncols=2,
+        loc="outside lower center",
+        title="method (matches per target): largest deviation from the diagonal",
+        title_fontsize=8,
+    )
     return fig
 
 
@@ -187,7 +210,8 @@ def plot_learning_curves(
     spread, on the same test systems at every size); the dashed line is the fitted curve
     (``curves["fits"]``), carried from the largest measured size to ``curves["extrapolation"]`` — an
     extrapolation, not a measurement, drawn with an open marker; the grey dotted line is the largest size measured, the
-    light grey line at 1 the prior (no information).
+    light grey line at 1 the prior (no information). A curve whose error rises with the training set has no
+    extrapolation (a falling power law cannot follow it), and its panel says so.
 
     Arguments:
         curves: the JSON's contents (``train_systems``, ``methods``, ``fits``, ``extrapolation``,
@@ -208,16 +232,17 @@ def plot_learning_curves(
     sizes = np.asarray(curves["train_systems"], dtype=float)
     far = float(curves.get("extrapolation", {}).get("train_systems", sizes.max()))
     fits = curves.get("fits", {}).get("by_method", {})
+    rising = set(rising_learning_curves(curves))
     for ax, name in zip(axes.flat, names):
         for i, method in enumerate(methods):
             values = [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes]
-            _method_curve(
-                ax, method, METHOD_COLOURS.get(method, f"C{i}"), sizes, values, fits.get(method, {}).get(name), far
-            )
+            fit = None if (method, name) in rising else fits.get(method, {}).get(name)
+            _method_curve(ax, method, METHOD_COLOURS.get(method, f"C{i}"), sizes, values, fit, far)
+        _rising_note(ax, [m for m in methods if (m, name) in rising])
         ax.axvline(sizes.max(), color="0.6", ls=":", lw=1)
         ax.axhline(1.0, color="0.8", lw=0.8)  # no information: the prior
         ax.set_xscale("log")
-        ax.set_title("mean of the target parameters" if name == "mean_target" else name.replace("_", " "), fontsize=9)
+        ax.set_title("mean of the target parameters" if name == "mean_target" else parameter_words(name), fontsize=9)
         ax.tick_params(labelsize=8)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
@@ -237,6 +262,22 @@ def _method_curve(ax, method: str, colour, sizes: np.ndarray, values: list[float
         n = np.geomspace(sizes.max(), far, 30)
         ax.plot(n, _fitted(fit, n), "--", color=colour, lw=1.2)
         ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
+
+
+def _rising_note(ax, methods: list[str]) -> None:
+    """Say in a panel which methods' errors rise with the training set, and so have no extrapolation drawn
+    (:func:`~protolib.evaluation.book.rising_learning_curves`)."""
+    if methods:
+        ax.text(
+            0.97,
+            0.96,
+            f"{', '.join(methods)}: error rises,\nnot extrapolated",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="0.3",
+        )
 
 
 def _curve_value(row: dict, name: str) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..runtime import ProtolibInputError
-from .style import add_colorbar, add_orientation, add_scale_bar, display_unit, fit_title, page_fontsize
+from .style import add_beam, add_colorbar, add_orientation, add_scale_bar, display_unit, fit_title, page_fontsize
 
 __all__ = ["plot_gallery", "plot_band_gallery", "plot_spectral_index", "CHI2_RED"]
 
@@ -31,6 +31,7 @@ def plot_gallery(
     unit: str | None = "Jy/beam",
     scale: str = "each",
     crop_to_source: bool = False,
+    beam_au: tuple[float, float, float] | None = None,
 ):
     """The target beside its best matches, each titled with its similarity.
 
@@ -63,6 +64,9 @@ def plot_gallery(
         scale: ``"each"`` (every image on its own range) or ``"target"`` (all on the target's); residual
             galleries always share one range.
         crop_to_source: show only the centre about the source, when it is small in the field (display only).
+        beam_au: the target's beam, ``(major, minor, position angle)``: FWHM axes in au and the angle in degrees
+            east of north, drawn as an ellipse in the target panel's lower left corner, whole inside it (needs
+            ``pixel_size_au``).
 
     Returns:
         The matplotlib figure.
@@ -73,14 +77,18 @@ def plot_gallery(
         )
     options = dict(captions=captions, target_caption=target_caption, pixel_size_au=pixel_size_au, cmap=cmap, unit=unit)
     if residuals is not None:
-        return _gallery_with_residuals(
+        fig = _gallery_with_residuals(
             target_image, images, similarities, residuals, reduced_chi2, n_columns=n_columns, **options
         )
-    if scale not in ("each", "target"):
+    elif scale not in ("each", "target"):
         raise ProtolibInputError(f"A gallery's scale is 'each' or 'target', got {scale!r}.")
-    return _plain_gallery(
-        target_image, images, similarities, n_columns=min(n_columns, len(images) + 1), scale=scale, **options
-    )
+    else:
+        fig = _plain_gallery(
+            target_image, images, similarities, n_columns=min(n_columns, len(images) + 1), scale=scale, **options
+        )
+    if beam_au is not None and pixel_size_au is not None:
+        _draw_target_beam(fig.axes[0], np.shape(target_image)[-1], pixel_size_au, beam_au)
+    return fig
 
 
 SOURCE_BOX = 2.0  # a cropped panel's half-width over the largest radius the target's source reaches
@@ -145,6 +153,17 @@ def _decorate_target(ax, image_size: int, pixel_size_au: float | None, fontsize:
     add_orientation(ax, fontsize=fontsize)
     if pixel_size_au is not None:
         add_scale_bar(ax, image_size * pixel_size_au, fontsize=fontsize)
+
+
+def _draw_target_beam(ax, image_size: int, pixel_size_au: float, beam_au: tuple[float, float, float]) -> None:
+    """The target's beam ``(major, minor [au], position angle [deg])`` in its panel's lower left corner, whole inside
+    it: the panel is put on axes in au (east to the left, as every panel is drawn) so that the beam is to scale."""
+    half = 0.5 * image_size * pixel_size_au
+    for image in ax.get_images():
+        image.set_extent((half, -half, -half, half))
+    ax.set_xlim(half, -half)
+    ax.set_ylim(-half, half)
+    add_beam(ax, half, *beam_au)
 
 
 def _target_scale(target_image, factor: float) -> tuple[float, float]:

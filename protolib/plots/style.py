@@ -41,7 +41,45 @@ __all__ = [
     "make_corner_legible",
     "image_extent_au",
     "draw_image",
+    "PARAMETER_WORDS",
+    "parameter_words",
 ]
+
+
+PARAMETER_WORDS = {
+    "stellar_mass": "stellar mass",
+    "accretion_rate": "infall rate",
+    "disk_radius": "disk radius",
+    "disk_mass": "disk mass",
+    "envelope_mass": "envelope mass",
+    "luminosity": "luminosity",
+    "temperature": "dust temperature at 100 au",
+    "age": "age",
+    "disk_scale_height": "disk scale height at 100 au",
+    "cavity_angle": "cavity half-opening angle",
+    "inclination": "inclination",
+    "position_angle": "position angle",
+    "opacity_beta": "dust opacity index β",
+    "opacity_230ghz": "dust opacity at 230 GHz",
+    "temperature_1lsun": "temperature at 100 au for 1 Lsun",
+    "temperature_index": "temperature-law index",
+    "midplane_temperature_ratio": "disk midplane over surface temperature",
+    "disk_gamma": "disk surface-density index",
+    "disk_taper": "disk outer-taper exponent",
+    "cavity_wall_exponent": "cavity wall exponent",
+    "cavity_contrast": "cavity density contrast",
+    "envelope_outer_radius": "envelope outer radius",
+}
+"""How figures name a parameter: the astronomer's words for its identifier (``accretion_rate`` is the envelope's
+infall rate)."""
+
+
+def parameter_words(name: str, unit: str | None = None, *, logged: bool = False) -> str:
+    """A parameter's name in words for a figure (:data:`PARAMETER_WORDS`; else the identifier with spaces), with its
+    ``unit`` in brackets (none for a dimensionless ``"1"``) and ``log10`` before it when ``logged``."""
+    words = PARAMETER_WORDS.get(name, name.replace("_", " "))
+    text = f"{words} [{unit}]" if unit and unit != "1" else words
+    return f"log10 {text}" if logged else text
 
 
 PAGE_WIDTH_IN = 7.0  # the book's text column: about 700 px at the 100 dpi figures are drawn with
@@ -262,8 +300,9 @@ def image_extent_au(image_size: int, pixel_size_au: float) -> tuple[float, float
 
 def add_beam(ax, half_width: float, major: float, minor: float, position_angle_deg: float, lw: float = 1.5) -> None:
     """The beam (FWHM axes ``major`` and ``minor``, position angle east of north) as a white ellipse in the lower
-    left (east) corner of a panel ``2 half_width`` across, in the panel's units (au), whole inside the panel."""
-    inset = min(max(0.6 * major, 0.08 * half_width), 0.5 * half_width)
+    left (east) corner of a panel ``2 half_width`` across, in the panel's units (au), whole inside the panel whenever
+    the beam is narrower than the panel (its centre is kept more than half its major axis from both edges)."""
+    inset = min(max(0.6 * major, 0.08 * half_width), half_width)
     ax.add_patch(
         Ellipse(
             (half_width - inset, -half_width + inset),
