@@ -23,8 +23,6 @@ NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # not results. Each entry is the token as written; a new typed result will not be in this list.
 DEFINITIONS = {
     "*": {"68%", "95%", "50%", "0.68", "0.95", "16%", "84%", "2.5%", "97.5%", "1.3 mm", "1.4 mm"},
-    # L1527 IRS's published 1.3 mm flux, the reference the bank's fluxes are set beside
-    "01_data_preparation": {"0.1", "0.2"},
     # the synthetic observation's chosen pixel, beam and offset (set in the code below the text); GILDAS's blank value
     "01b_observations": {"0.05", "0.35", "0.28", "0.8", "0.5", "0.0"},
     "03_siamese_wsml": {"0.1"},  # the thesis's metric: the fraction of pairs within 0.1 of their target similarity
