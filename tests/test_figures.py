@@ -72,6 +72,25 @@ def test_a_gallery_has_a_colour_bar_with_its_unit_a_scale_bar_in_au_and_the_orie
     plt.close("all")
 
 
+def test_the_target_panel_draws_its_beam_whole_inside_it_with_and_without_residuals():
+    from matplotlib.patches import Ellipse
+
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((4, 32, 32))
+    for residuals in (None, rng.standard_normal((3, 32, 32))):
+        fig = plot_gallery(
+            images[0], images[1:], np.ones(3), residuals=residuals, pixel_size_au=10.0, beam_au=(60.0, 40.0, 30.0)
+        )
+        target = fig.axes[0]
+        beams = [p for p in target.patches if isinstance(p, Ellipse)]
+        assert len(beams) == 1 and beams[0].height == 60.0 and beams[0].width == 40.0
+        fig.canvas.draw()
+        panel, beam = target.get_window_extent(), beams[0].get_window_extent()
+        assert panel.x0 <= beam.x0 and beam.x1 <= panel.x1 and panel.y0 <= beam.y0 and beam.y1 <= panel.y1
+        assert not [p for ax in fig.axes[1:] for p in ax.patches if isinstance(p, Ellipse)]  # the target's only
+    plt.close("all")
+
+
 def test_a_small_source_in_a_wide_field_is_shown_cropped_with_its_field_said_and_a_filled_field_is_not():
     rng = np.random.default_rng(3)
     rows, columns = np.indices((128, 128)) - 63.5
@@ -215,3 +234,35 @@ def test_the_coverage_legend_covers_no_curve():
     legend = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
     assert not any(legend.overlaps(ax.get_window_extent()) for ax in fig.axes if ax.get_visible())
     plt.close(fig)
+
+
+def test_a_learning_curve_that_rises_gets_no_extrapolation_and_its_panel_says_so():
+    """A falling power law fitted to a rising error sits at c = 0: a flat line below the last point, not a forecast."""
+    from protolib.evaluation.book import rising_learning_curves
+    from protolib.plots.evaluation import plot_learning_curves
+
+    def row(error):
+        return {
+            "mean_target_rms_error_over_prior_spread": error,
+            "parameters": {"disk_mass": {"rms_error_over_prior_spread": error}},
+        }
+
+    falling, rising = (0.8, 0.7, 0.65), (0.6, 0.63, 0.7)
+    flat = {"a": 0.64, "b": 0.0, "c": 0.0, "parameters_at_bounds": ["c"], "extrapolation": {"value": 0.64}}
+    fit = {"a": 0.5, "b": 2.0, "c": 0.5, "extrapolation": {"value": 0.52}}
+    curves = {
+        "train_systems": [210, 700, 2100],
+        "target_parameters": ["disk_mass"],
+        "methods": {
+            "siamese": {"sizes": {str(n): row(e) for n, e in zip((210, 700, 2100), falling)}},
+            "pixel": {"sizes": {str(n): row(e) for n, e in zip((210, 700, 2100), rising)}},
+        },
+        "fits": {"by_method": {"siamese": {"disk_mass": fit}, "pixel": {"disk_mass": flat}}},
+        "extrapolation": {"train_systems": 14000},
+    }
+    assert rising_learning_curves(curves) == [("pixel", "disk_mass")]
+    panel = plot_learning_curves(curves, columns=2).axes[0]
+    dashed = [line for line in panel.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_color() == "tab:blue"  # the Siamese network's only
+    assert any("pixel: error rises" in text.get_text() for text in panel.texts)
+    plt.close("all")

@@ -11,6 +11,7 @@ from conftest import open_small_bank
 
 from protolib.attribution import (
     attribution_rank_correlation,
+    detected_pairs,
     half_weight_radius,
     pair_attributions,
     pair_similarity,
@@ -304,3 +305,15 @@ def test_a_uniform_map_holds_half_its_weight_within_0_8_of_the_half_width():
     centred = np.zeros((64, 64))
     centred[31:33, 31:33] = 1
     assert half_weight_radius(centred, 15.625) < 20
+
+
+def test_only_pairs_of_two_detected_images_of_different_systems_are_explained():
+    """A pair with a noise-only image would spread its attribution over the field like a uniform map."""
+    rng = np.random.default_rng(0)
+    images = 1e-4 * rng.standard_normal((4, 16, 16))  # noise of rms 1e-4
+    images[[0, 1, 3], 8, 8] += 1e-2  # a source in images 0, 1 and 3; image 2 is noise alone
+    first, second = np.triu_indices(4, 1)
+    held_out = {"images": images, "first": first, "second": second, "system": np.array([0, 0, 1, 2])}
+    rows = detected_pairs(held_out, 1e-4)
+    assert {(int(first[k]), int(second[k])) for k in rows} == {(0, 3), (1, 3)}  # (0, 1): one system; 2: noise
+    assert len(detected_pairs(held_out, 0.0)) == 5  # a noiseless bank: every pair of different systems

@@ -60,8 +60,11 @@ def detected_systems(bank: Bank, threshold: float | None = None) -> np.ndarray:
     noise = bank.instrument.noise_rms_jy_beam
     if noise <= 0:
         return np.arange(bank.n_systems)
-    peaks = bank.load_images().max(axis=(-2, -1))  # (systems, projections)
-    return np.flatnonzero((peaks >= (threshold or DETECTION_SIGMA) * noise).all(axis=1))
+    chunks = range(0, bank.n_systems, 1000)  # a large bank is read a thousand systems at a time
+    peaks = np.concatenate(
+        [bank.load_images(np.arange(i, min(i + 1000, bank.n_systems))).max(axis=(-2, -1)) for i in chunks]
+    )
+    return np.flatnonzero((peaks.reshape(len(peaks), -1) >= (threshold or DETECTION_SIGMA) * noise).all(axis=1))
 
 
 def plot_prior_corner(
