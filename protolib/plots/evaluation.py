@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from ..evaluation import CURVE_LEVELS, MethodEvaluation, MethodResult
 from ..evaluation.book import rising_learning_curves
 from ..parameters import PARAMETERS, VIEWING_PARAMETERS
-from .style import parameter_words
+from .style import page_fontsize, parameter_words
 
 __all__ = [
     "plot_coverage",
@@ -150,40 +150,43 @@ def plot_rank_histograms(
     return fig
 
 
-def plot_tarp(results: dict, *, corrected: bool = False, size: float = 4.2) -> Figure:
+def plot_tarp(results: dict, *, corrected: bool = False, size: float = 3.4) -> Figure:
     """TARP expected coverage against credibility level, one line per method (the diagonal is calibrated), and beside
     it each curve's deviation from the diagonal, so that how far a method is from calibrated reads off an axis.
 
     The legend gives each method's largest deviation (the figure the evaluation reports as TARP's); the grey band
-    is +-0.05 about the diagonal, as in the coverage panels.
+    is +-0.05 about the diagonal, as in the coverage panels. Text is sized to read at page width.
     """
-    fig, (ax, ax_deviation) = plt.subplots(1, 2, figsize=(2 * size + 0.6, size + 1.0), layout="constrained")
+    fig, (ax, ax_deviation) = plt.subplots(1, 2, figsize=(2 * size + 0.8, size + 1.3), layout="constrained")
+    text, tick = page_fontsize(fig, 9), page_fontsize(fig, 8)
     for name, result in results.items():
         evaluation = _evaluation(result, corrected)
         alpha, ecp = (np.asarray(v, dtype=float) for v in evaluation.tarp)
         draws = "samples" if name in ("npe", "npe_end_to_end") else "k"  # as the coverage panels say it
-        colour = METHOD_COLOURS.get(name)
         largest = float(np.max(np.abs(ecp - alpha)))
-        ax.plot(alpha, ecp, lw=1.8, color=colour, label=f"{name} ({draws}={evaluation.top_k}): largest {largest:.3f}")
-        ax_deviation.plot(alpha, ecp - alpha, lw=1.8, color=colour)
+        label = f"{name} ({draws}={evaluation.top_k}): {largest:.3f}"
+        ax.plot(alpha, ecp, lw=1.8, color=METHOD_COLOURS.get(name), label=label)
+        ax_deviation.plot(alpha, ecp - alpha, lw=1.8, color=METHOD_COLOURS.get(name))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
     ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="credibility level", ylabel="expected coverage (TARP)", aspect="equal")
+    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
+    ax.set_ylabel("expected coverage (TARP)", fontsize=text)
     ax_deviation.axhline(0.0, color="grey", ls="--", lw=1)
     ax_deviation.axhspan(-0.05, 0.05, color="grey", alpha=0.15, lw=0)
-    ax_deviation.set(
-        xlim=(0, 1), xlabel="credibility level", ylabel="expected coverage minus credibility level (0: calibrated)"
-    )
-    ax_deviation.yaxis.label.set_fontsize(9)
+    ax_deviation.set_xlim(0, 1)
+    ax_deviation.set_ylabel("coverage minus credibility level", fontsize=text)
+    for panel in (ax, ax_deviation):
+        panel.set_xlabel("credibility level", fontsize=text)
+        panel.tick_params(labelsize=tick)
     if corrected:
-        fig.suptitle("TARP at the corrected k and widenings", fontsize=10)
+        fig.suptitle("TARP at the corrected k and widenings", fontsize=text)
     fig.legend(
         *ax.get_legend_handles_labels(),
-        fontsize=8,
+        fontsize=tick,
         ncols=2,
         loc="outside lower center",
         title="method (matches per target): largest deviation from the diagonal",
-        title_fontsize=8,
+        title_fontsize=tick,
     )
     return fig
 
