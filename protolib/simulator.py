@@ -818,28 +818,43 @@ def envelope_mass(
     systems = _with_nuisance(systems, config, systems["stellar_mass"].shape[0], device, needed)
     mu_mid = 1.0 - (torch.arange(n_angles, dtype=dtype, device=device) + 0.5) / n_angles
     dmu = 2.0 / n_angles  # both hemispheres: the density is even in mu (the midplane's mirror symmetry)
-    masses = []
-    for i in range(systems["stellar_mass"].shape[0]):
-        outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
-        log_r = torch.linspace(
-            math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device
-        )
-        r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
-        dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
-        rho = physics.envelope_density(
-            r_mid[:, None],
-            mu_mid[None, :],
-            infall_rate_msun_yr=systems["accretion_rate"][i].to(dtype),
-            stellar_mass_msun=systems["stellar_mass"][i].to(dtype),
-            centrifugal_radius_au=systems["disk_radius"][i].to(dtype),
-            cavity_half_angle_deg=systems["cavity_angle"][i].to(dtype),
-            cavity_contrast=systems["cavity_contrast"][i].to(dtype),
-            inner_radius_au=config.inner_radius_au,
-            outer_radius_au=outer,
-            cavity_wall_exponent=systems["cavity_wall_exponent"][i].to(dtype),
-            cavity_reference_radius_au=config.cavity_reference_radius_au,
-        )
-        volume = 2.0 * math.pi * (r_mid * physics.AU_CM) ** 2 * (dr * physics.AU_CM)
-        # numpy's sum: the same bits whatever the number of torch threads (parallel banks rely on it).
-        masses.append(float(np.sum((rho * volume[:, None]).cpu().numpy())) * dmu / physics.MSUN_G)
+    masses = [
+        _envelope_mass_of(systems, i, config, mu_mid, n_radii) * dmu / physics.MSUN_G
+        for i in range(systems["stellar_mass"].shape[0])
+    ]
     return torch.tensor(masses, dtype=torch.float64)
+
+
+def _envelope_mass_of(systems: dict, i: int, config: SimulatorConfig, mu_mid: torch.Tensor, n_radii: int) -> float:
+    """:func:`envelope_mass` of system ``i`` per unit of ``mu`` [g]: the density on the grid of radii, those
+    within the centrifugal radius and those beyond it evaluated apart (each side needs one form of the Ulrich
+    streamline's root, :func:`physics.ulrich_mu0`, where the whole grid would need all three)."""
+    dtype, device = mu_mid.dtype, mu_mid.device
+    outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
+    log_r = torch.linspace(math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device)
+    r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
+    dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
+    centrifugal = systems["disk_radius"][i].to(dtype)
+    within = int(((r_mid / centrifugal).clamp(min=1e-6) - 1.0 <= -1e-6).sum())  # r_mid increases
+    rho = torch.cat(
+        [
+            physics.envelope_density(
+                part[:, None],
+                mu_mid[None, :],
+                infall_rate_msun_yr=systems["accretion_rate"][i].to(dtype),
+                stellar_mass_msun=systems["stellar_mass"][i].to(dtype),
+                centrifugal_radius_au=centrifugal,
+                cavity_half_angle_deg=systems["cavity_angle"][i].to(dtype),
+                cavity_contrast=systems["cavity_contrast"][i].to(dtype),
+                inner_radius_au=config.inner_radius_au,
+                outer_radius_au=outer,
+                cavity_wall_exponent=systems["cavity_wall_exponent"][i].to(dtype),
+                cavity_reference_radius_au=config.cavity_reference_radius_au,
+            )
+            for part in (r_mid[:within], r_mid[within:])
+            if part.numel()
+        ]
+    )
+    volume = 2.0 * math.pi * (r_mid * physics.AU_CM) ** 2 * (dr * physics.AU_CM)
+    # numpy's sum: the same bits whatever the number of torch threads (parallel banks rely on it).
+    return float(np.sum((rho * volume[:, None]).cpu().numpy()))
