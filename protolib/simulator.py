@@ -604,15 +604,18 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
         del param["midplane_temperature_ratio"]  # vertically isothermal disks (_temperature)
     ray = (q, p2, sin_i, cos_i)
     envelope, disk = _envelope_samples(ray, param, config), _disk_samples(ray, param, config)
+    meeting = disk[4]
     below = (
         _fused(_samples_below)(envelope[0], disk[3], disk[0].shape[-1]),
-        _fused(_samples_below)(disk[0], envelope[3], envelope[0].shape[-1]),
+        _fused(_samples_below)(disk[0], tuple(meeting.meeting(v) for v in envelope[3]), envelope[0].shape[-1]),
     )
     results = []
     for frequency_ghz in config.bands_ghz:
         kappa_au = physics.dust_opacity(frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
         results.append(
-            _transfer(_in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below)
+            _transfer(
+                _in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below, meeting
+            )
         )
     return results
 
@@ -620,12 +623,12 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
 def _in_band(samples, kappa_au, frequency_ghz):
     """A sample set (:func:`_envelope_samples`, :func:`_disk_samples`) in one band: ``(s, dtau, source, spacing)``.
 
-    ``dtau = kappa_nu x column`` and the source ``B_nu(T)`` [Jy/sr], computed for the rays that meet the
-    set only (``where``, as the set's ``everywhere`` gives them back on every ray).
+    ``dtau = kappa_nu x column`` and the source ``B_nu(T)`` [Jy/sr], on the rays that meet the set (the
+    disk's: ``(1, M, n)``, :class:`_MeetingRays`; the envelope's: every ray).
     """
     s, column, temperature, spacing, where = samples
     dtau, source = _fused(_band_terms)(column, temperature, where.kappa(kappa_au), frequency_ghz)
-    return s, where(dtau), where(source), spacing
+    return s, dtau, source, spacing
 
 
 def _band_terms(column, temperature, kappa_au, frequency_ghz: float):
@@ -717,7 +720,7 @@ def _disk_samples(ray, param, config):
     param = {k: meeting(v) for k, v in param.items()}
     geometry = _fused(_set_geometry)(tuple(meeting(v) for v in ray), s, param, config)
     column, temperature = _fused(_disk_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
-    return where(s), column, temperature, (centre, scale, where(u_lo), where(du, 1.0)), where
+    return s, column, temperature, (centre, scale, where(u_lo), where(du, 1.0)), where
 
 
 def _disk_terms(ds, shape, geometry, param, config):
@@ -737,29 +740,37 @@ def _disk_terms(ds, shape, geometry, param, config):
     return column, _temperature(param, geometry)
 
 
-def _transfer(envelope, disk, below):
+def _transfer(envelope, disk, below, meeting):
     """Radiative transfer through two sample sets of each ray, merged in depth, seen from either end.
 
-    Each set is ``(s, dtau, source, spacing)``, ``(B, R, n)`` with ``spacing`` the ``(centre, scale,
-    u_lo, du)`` of its sinh samples (:func:`_sinh_samples`). Every sample is dimmed by the optical depth
-    nearer the observer: at larger ``s`` for the ray itself, at smaller ``s`` for its mirror image.
-    ``below`` holds, for each set, how many samples of the other lie behind each of its own
-    (:func:`_samples_below`): the same in every band, so found once.
+    Each set is ``(s, dtau, source, spacing)`` (:func:`_in_band`): the envelope's ``(B, R, n)`` on every
+    ray, the disk's ``(1, M, n)`` on the ``M`` rays that meet it (``meeting``, :class:`_MeetingRays`: the
+    other rays have no disk sample, so its transfer runs on those rays only). Every sample is dimmed by
+    the optical depth nearer the observer: at larger ``s`` for the ray itself, at smaller ``s`` for its
+    mirror image. ``below`` holds, for each set, how many samples of the other lie behind each of its own
+    (:func:`_samples_below`, the disk's on its own rays): the same in every band, so found once.
 
     Returns:
         the specific intensity of the ray and of its mirror image, each ``(B, R)``.
     """
-    sets = (envelope, disk)
-    sums = [_partial_sums(dtau) for _, dtau, _, _ in sets]
-    near = far = 0.0
-    for own, other in ((0, 1), (1, 0)):
-        _, dtau, source, _ = sets[own]
-        (in_front, behind), (other_in_front, other_behind), index = sums[own], sums[other], below[own]
-        other_front = torch.gather(other_in_front.expand(*index.shape[:-1], -1), -1, index)
-        other_back = torch.gather(other_behind.expand(*index.shape[:-1], -1), -1, index)
-        own_near, own_far = _fused(_emission)(dtau, source, (in_front, behind), (other_front, other_back))
-        near, far = near + own_near, far + own_far
-    return near, far
+    (_, envelope_dtau, envelope_source, _), (_, disk_dtau, disk_source, _) = envelope, disk
+    envelope_sums, disk_sums = _partial_sums(envelope_dtau), _partial_sums(disk_dtau)
+    # the disk's depths on every ray (none on a ray that misses it), the envelope's on the disk's rays
+    disk_depths = _depths_at(tuple(meeting(x) for x in disk_sums), below[0])
+    envelope_depths = _depths_at(tuple(meeting.meeting(x) for x in envelope_sums), below[1])
+    near, far = _fused(_emission)(envelope_dtau, envelope_source, envelope_sums, disk_depths)
+    disk_near, disk_far = _fused(_emission)(disk_dtau, disk_source, disk_sums, envelope_depths)
+    return near + meeting(disk_near), far + meeting(disk_far)
+
+
+def _depths_at(sums, index):
+    """The partial sums ``(in_front, behind)`` of one set (:func:`_partial_sums`) at the positions ``index`` of the
+    other set's samples among its own (:func:`_samples_below`)."""
+    in_front, behind = sums
+    return (
+        torch.gather(in_front.expand(*index.shape[:-1], -1), -1, index),
+        torch.gather(behind.expand(*index.shape[:-1], -1), -1, index),
+    )
 
 
 def _emission(dtau, source, own_sums, other_depths):
