@@ -409,12 +409,14 @@ def _intensity(systems, inclination_deg, position_angle_deg, offsets, config, co
     images_per_batch = max(1, rays_per_batch // half)
     rays_per_batch = min(half, rays_per_batch)
     intensity = torch.empty(n_images, n_bands, n_rays, dtype=dtype, device=device)
+    systems = {k: v.to(device=device, dtype=dtype) for k, v in systems.items()}  # once, not per batch
+    inclination_deg, position_angle_deg = inclination_deg.to(dtype), position_angle_deg.to(dtype)
     _KERNELS["active"].on = compiled
     try:
         for start in range(0, n_images, images_per_batch):
             sl = slice(start, start + images_per_batch)
-            chunk = {k: v[sl].to(device=device, dtype=dtype) for k, v in systems.items()}
-            angles = inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype)
+            chunk = {k: v[sl] for k, v in systems.items()}
+            angles = inclination_deg[sl], position_angle_deg[sl]
             for first in range(0, half, rays_per_batch):
                 rays = slice(first, min(half, first + rays_per_batch))
                 mirrored = torch.arange(first, min(rays.stop, n_rays // 2), device=device)
@@ -685,6 +687,12 @@ class _MeetingRays:
     def kappa(self, kappa_au):
         return self.meeting(kappa_au)
 
+    def meeting_images(self, values: dict) -> dict:
+        """Per-image values, ``(B, 1, 1)`` each, on the rays that meet the disk, ``(1, M, 1)`` each: gathered in one
+        lookup (a few dozen small torch operations fewer per batch than one :meth:`meeting` each)."""
+        picked = torch.stack([v.reshape(-1) for v in values.values()])[:, self.image]  # (names, M), rows contiguous
+        return {name: row.reshape(1, -1, 1) for name, row in zip(values, picked)}
+
     def __call__(self, x, fill=0.0):
         """``(1, M, ...)`` -> ``(B, R, ...)``, ``fill`` where a ray misses the disk."""
         whole = torch.full((*self.valid.shape, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
@@ -717,7 +725,7 @@ def _disk_samples(ray, param, config):
     s, ds, u_lo, du = _fused(_sinh_samples)(
         meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples
     )
-    param = {k: meeting(v) for k, v in param.items()}
+    param = where.meeting_images(param)
     geometry = _fused(_set_geometry)(tuple(meeting(v) for v in ray), s, param, config)
     column, temperature = _fused(_disk_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
     return s, column, temperature, (centre, scale, where(u_lo), where(du, 1.0)), where
