@@ -3,6 +3,14 @@
 Sections (each timed, each recorded as passed or failed with its error):
 
 1. simulator throughput at 64x64 and 128x128 on the GPU (the ``gpu`` configuration's sampling);
+1b. issue 29's renderer at the default configuration (64x64, drawn nuisance physics): the clean render of a large
+   batch and the bank path (:func:`protolib.bank.render_systems`: one system's projections per call, + envelope
+   mass, beam and noise), with the eager kernels; the compiled kernels (``simulator.compile: true``) where they
+   apply, on a CPU without ``--smoke`` (on a GPU the renderer always runs its eager kernels);
+1c. a three-band bank (ALMA bands 3, 6 and 7: 100, 230 and 345 GHz, beams 0.55", 0.25" and 0.2") beside the
+   one-band bank of the same systems, written by :func:`protolib.bank.simulate_bank` on the device;
+1d. a fitted bank: ``protolib bank-for`` on a shipped NOEMA map (``data/observations/HH211_NOEMA_1mm_PRODIGE.fits``
+   at 321 pc) at its default size, the bank and both networks, each stage timed;
 2. a bank of that simulator (128 px, the ``gpu`` configuration), then a few epochs of the autoencoder and
    of the Siamese network with mixed precision: images per second of the training steps;
 3. embedding throughput of the trained network;
@@ -67,6 +75,147 @@ def simulator_rate(image_size: int, device: torch.device, n_images: int) -> dict
         "seconds": best,
         "images_per_second": n_images / best,
         "samples": {"envelope": config.envelope_samples, "disk": config.disk_samples, "oversample": config.oversample},
+    }
+
+
+def renderer_rates(device: torch.device, smoke: bool) -> dict:
+    """Issue 29's renderer at the default configuration (64x64, drawn nuisance physics): images per second of the
+    clean render of one large batch and of the bank path (one system's projections per call), eager kernels; the
+    compiled kernels on a CPU only (on a GPU the renderer runs its eager kernels whatever ``simulator.compile``)."""
+    from dataclasses import replace
+
+    from protolib.bank import draw_systems
+    from protolib.config import load_config
+
+    config = load_config("default")
+    n_batch, n_systems = (16, 2) if smoke else (8192, 256)
+    systems = draw_systems(max(n_batch, n_systems * 8), 8, 1, config.prior, config.simulator)
+    eager = replace(config.simulator, compile="false")
+    result = {"eager": _render_and_bank_path(systems, eager, config.instrument, device, n_batch, n_systems)}
+    if device.type != "cpu":
+        result["compiled"] = {"skipped": "on a GPU the renderer runs its eager kernels (simulator.compile: CPUs only)"}
+    elif smoke:
+        result["compiled"] = {"skipped": "--smoke: compiling the kernels takes a minute from a cold cache"}
+    else:
+        compiled = replace(config.simulator, compile="true")
+        result["compiled"] = _render_and_bank_path(systems, compiled, config.instrument, device, n_batch, n_systems)
+    return result
+
+
+def _render_and_bank_path(systems: dict, simulator, instrument, device: torch.device, n_batch: int, n_systems: int):
+    """Images per second of :func:`~protolib.simulator.render` on ``n_batch`` images in one call and of
+    :func:`~protolib.bank.render_systems` on ``n_systems`` systems (all their projections), after a warm-up each."""
+    from protolib.bank import render_systems
+    from protolib.simulator import NUISANCE_FIELDS, RENDER_KEYS, render
+
+    params = {k: torch.as_tensor(systems[k][:n_batch], device=device) for k in (*RENDER_KEYS, *NUISANCE_FIELDS)}
+    inclination = torch.as_tensor(systems["inclination"][:n_batch, 0], device=device)
+    position_angle = torch.as_tensor(systems["position_angle"][:n_batch, 0], device=device)
+    with torch.no_grad():
+        render({k: v[:8] for k, v in params.items()}, inclination[:8], position_angle[:8], simulator, 140.0)
+        _synchronise(device)
+        start = time.perf_counter()
+        render(params, inclination, position_angle, simulator, 140.0)
+        _synchronise(device)
+        render_seconds = time.perf_counter() - start
+    render_systems(systems, np.arange(1), simulator, instrument, 0, device)
+    _synchronise(device)
+    start = time.perf_counter()
+    render_systems(systems, np.arange(n_systems), simulator, instrument, 0, device)
+    _synchronise(device)
+    bank_seconds = time.perf_counter() - start
+    return {
+        "render": {"images": n_batch, "seconds": render_seconds, "images_per_second": n_batch / render_seconds},
+        "bank_path": {
+            "images": n_systems * 8,
+            "seconds": bank_seconds,
+            "images_per_second": n_systems * 8 / bank_seconds,
+        },
+    }
+
+
+THREE_BANDS_GHZ = [100.0, 230.0, 345.0]
+"""ALMA bands 3, 6 and 7, as benchmarks/band_render.py renders them."""
+THREE_BAND_BEAMS = [
+    {"beam_major_arcsec": 0.55, "beam_minor_arcsec": 0.55},
+    {},
+    {"beam_major_arcsec": 0.2, "beam_minor_arcsec": 0.2},
+]
+
+
+def three_band_bank(work: Path, device: torch.device, smoke: bool) -> dict:
+    """A bank in ALMA bands 3, 6 and 7 at once beside the one-band (230 GHz) bank of the same systems, both written by
+    :func:`~protolib.bank.simulate_bank` on the device (the default configuration, 64x64): images per second (an image:
+    one view in all its bands) and the cost of the three bands against one."""
+    from dataclasses import replace
+
+    from protolib.bank import simulate_bank
+    from protolib.config import load_config
+    from protolib.instrument import Instrument
+
+    config = load_config("default")
+    n_systems = 4 if smoke else 512
+    three = replace(config.simulator, frequencies_ghz=list(THREE_BANDS_GHZ))
+    instrument = Instrument(**{**config.instrument.to_dict(), "bands": THREE_BAND_BEAMS})
+    result = {"systems": n_systems, "projections": 8, "bands_ghz": THREE_BANDS_GHZ}
+    for name, simulator, seen in (
+        ("one_band", config.simulator, config.instrument),
+        ("three_bands", three, instrument),
+    ):
+        start = time.perf_counter()
+        simulate_bank(
+            work / f"{name}.h5",
+            n_systems,
+            8,
+            seed=0,
+            config=simulator,
+            instrument=seen,
+            device=device,
+            progress=False,
+            threads=None,
+        )
+        seconds = time.perf_counter() - start
+        result[name] = {"seconds": seconds, "images_per_second": n_systems * 8 / seconds}
+    result["three_bands_cost_against_one"] = result["three_bands"]["seconds"] / result["one_band"]["seconds"]
+    return result
+
+
+FITTED_MAP = ("data/observations/HH211_NOEMA_1mm_PRODIGE.fits", 321.0)
+"""The shipped map a fitted bank is built for, and its distance [pc] (benchmarks/README.md, "A fitted bank")."""
+
+
+def fitted_bank(work: Path, smoke: bool) -> dict:
+    """``protolib bank-for`` on a shipped NOEMA map at its default size (the bank and both networks, on the default
+    device), each stage timed from its file's completion; ``--smoke``: 16 systems and one epoch per network."""
+    from protolib.config import load_config
+    from protolib.pipelines.bank_for import bank_for
+
+    repository = Path(__file__).resolve().parent.parent
+    overrides = (
+        {"bank": {"n_systems": 16}, "autoencoder": {"training": {"epochs": 1}}, "siamese": {"training": {"epochs": 1}}}
+        if smoke
+        else {}
+    )
+    plan = []
+    start = time.time()
+    report = bank_for(
+        [repository / FITTED_MAP[0]],
+        FITTED_MAP[1],
+        work / "fitted",
+        load_config("default"),
+        overrides,
+        progress=False,
+        announce=plan.append,
+    )
+    finished = [start] + [path.stat().st_mtime for path in (report.bank, report.autoencoder, report.siamese)]
+    stages = dict(zip(("bank", "autoencoder", "siamese"), np.diff(finished).tolist()))
+    return {
+        "map": FITTED_MAP[0],
+        "distance_pc": FITTED_MAP[1],
+        "plan": "\n".join(plan),
+        "seconds": report.seconds,
+        "stage_seconds": stages,
+        "goal_seconds": 180.0,
     }
 
 
@@ -236,6 +385,9 @@ def main() -> int:
         sections = {
             "simulator_64": lambda: simulator_rate(64, device, n_sim),
             "simulator_128": lambda: simulator_rate(128, device, n_sim // 4),
+            "renderer": lambda: renderer_rates(device, args.smoke),
+            "three_band_bank": lambda: three_band_bank(work, device, args.smoke),
+            "fitted_bank": lambda: fitted_bank(work, args.smoke),
             "training": lambda: training_rates(work, device, args.smoke),
             "search_1e6": lambda: search_million(device, n_search),
             "nccl": lambda: nccl_run(work),

@@ -1119,9 +1119,9 @@ def simulate_bank(
     ``None``: torch's setting). One is the default: on a machine shared with other jobs a second
     thread loses more to waiting than it gains (benchmarks/README.md, "The bank command"); use
     processes for parallelism: ``workers > 1`` renders on that many local processes of ``threads``
-    threads each (a standard-library process pool: a Dask cluster costs more to start and to gather
-    shards than a bank of thousands of images takes to render; :func:`protolib.cluster.simulate_bank_parallel`
-    is for clusters). The file is the same whatever ``workers``.
+    threads each, this one and ``workers - 1`` others (a standard-library process pool: a Dask cluster
+    costs more to start and to gather shards than a bank of thousands of images takes to render;
+    :func:`protolib.cluster.simulate_bank_parallel` is for clusters). The file is the same whatever ``workers``.
 
     Example:
         >>> simulate_bank("bank.h5", n_systems=100, n_projections=8, seed=1)  # doctest: +SKIP
@@ -1184,26 +1184,61 @@ def _start_worker(threads: int) -> None:
 
 
 def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads: int, compile: str, **written) -> None:
-    """Render ``chunks`` of systems on ``workers`` local processes, in order, into the bank ``out``; ``compile``: the
-    simulator's setting, settled (:func:`~protolib.simulator.settle_compile`)."""
+    """Render ``chunks`` of systems on this process and ``workers - 1`` local worker processes into the bank ``out``;
+    ``compile``: the simulator's setting, settled (:func:`~protolib.simulator.settle_compile`).
+
+    This process renders too, from the first chunk on, while the worker processes start (each imports torch
+    and protolib, seconds that a bank of a few thousand images would otherwise wait through with a core
+    idle); the workers take chunks from the end. A chunk's images do not depend on which process rendered
+    it (one system per call, one torch thread, noise from the system's own stream), so the file is the same.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    def rows(idx):
-        return {**{k: v[idx] for k, v in systems.items()}, "system_index": idx}
+    rendering = replace(written["config"], compile=compile)
+    settings = (written["config"].to_dict(), written["instrument"].to_dict(), written["seed"], compile)
 
-    tasks = [
-        (rows(idx), written["config"].to_dict(), written["instrument"].to_dict(), written["seed"], compile)
-        for idx in chunks
-    ]
+    def here(idx):
+        return render_systems(systems, idx, rendering, written["instrument"], written["seed"], "cpu")
+
+    def task(idx):
+        return ({**{k: v[idx] for k, v in systems.items()}, "system_index": idx}, *settings)
+
     pool = ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,)
+        workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,)
     )
+
+    def submit(idx):
+        return pool.submit(_render_block, task(idx))
+
     try:
-        results = pool.map(_render_block, tasks)
-        write_simulated_bank(out, systems, ((idx, *block) for idx, block in zip(chunks, results)), **written)
+        blocks = _shared_blocks(chunks, here, submit, 2 * (workers - 1))
+        write_simulated_bank(out, systems, blocks, **written)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _shared_blocks(chunks: list, here, submit, in_flight: int) -> Iterator[tuple]:
+    """``(indices, images, envelope_masses)`` of every chunk, in the order they are done: rendered ``here`` from the
+    first chunk on, or handed to worker processes (``submit``, a future) from the last, ``in_flight`` at a time so
+    that none waits for work."""
+    waiting, pending = list(chunks), []
+    while waiting or pending:
+        while waiting and len(pending) < in_flight:
+            idx = waiting.pop()
+            pending.append((idx, submit(idx)))
+        done = [item for item in pending if item[1].done()]
+        for item in done:
+            pending.remove(item)
+            yield (item[0], *item[1].result())
+        if done:
+            continue
+        if waiting:
+            idx = waiting.pop(0)
+            yield (idx, *here(idx))
+        else:
+            idx, future = pending.pop(0)
+            yield (idx, *future.result())
 
 
 def write_simulated_bank(

@@ -231,6 +231,13 @@ def beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int = 1) -> np.ndar
     kernel does not ring, unlike a Gaussian sampled in Fourier space when the beam spans about a
     pixel. ``oversample > 1`` integrates the Gaussian over each pixel instead.
     """
+    return _beam_kernel(beam, float(pixel_arcsec), int(oversample)).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int) -> np.ndarray:
+    """:func:`beam_kernel`, computed once per beam and pixel (a bank convolves every image and its noise with one
+    beam); read-only, as it is shared."""
     covariance = beam.covariance_pixels(pixel_arcsec)
     half = int(math.ceil(4.0 * math.sqrt(max(covariance[0, 0], covariance[1, 1])))) + 1
     n = 2 * half + 1
@@ -239,7 +246,9 @@ def beam_kernel(beam: Beam, pixel_arcsec: float, oversample: int = 1) -> np.ndar
     inverse = np.linalg.inv(covariance)
     gauss = np.exp(-0.5 * (inverse[0, 0] * x**2 + 2.0 * inverse[0, 1] * x * y + inverse[1, 1] * y**2))
     kernel = gauss.reshape(n, oversample, n, oversample).sum(axis=(1, 3))
-    return kernel / kernel.sum()
+    kernel = kernel / kernel.sum()
+    kernel.setflags(write=False)
+    return kernel
 
 
 def convolve_beam(images: torch.Tensor, beam: Beam | np.ndarray, pixel_arcsec: float | None = None) -> torch.Tensor:
@@ -261,14 +270,25 @@ def convolve_beam(images: torch.Tensor, beam: Beam | np.ndarray, pixel_arcsec: f
     if isinstance(beam, Beam):
         if pixel_arcsec is None:
             raise TypeError("convolve_beam(images, beam, pixel_arcsec): a Beam needs the pixel side in arcsec.")
-        kernel = beam_kernel(beam, pixel_arcsec)
-        return _fft_convolve(images, kernel.shape[0] // 2, lambda shape: _kernel_transfer(kernel, shape, images))
+        pixel_arcsec = float(pixel_arcsec)
+        half = _beam_kernel(beam, pixel_arcsec, 1).shape[0] // 2
+        return _fft_convolve(
+            images,
+            half,
+            lambda shape: _beam_transfer(beam, pixel_arcsec, shape, images.dtype, images.device),
+            smooth_size=True,
+        )
     return _convolve_covariance(images, np.asarray(beam, dtype=float))
 
 
-def _fft_convolve(images: torch.Tensor, pad: int, transfer) -> torch.Tensor:
+def _fft_convolve(images: torch.Tensor, pad: int, transfer, smooth_size: bool = False) -> torch.Tensor:
     """Images ``(..., H, W)`` zero padded by ``pad`` pixels a side, multiplied in Fourier space by
     ``transfer(padded_shape)`` (the ``rfft2`` layout) and cropped back to ``(H, W)``.
+
+    ``smooth_size``: padded further, on the far side, to the next size of factors 2, 3 and 5 only
+    (:func:`_smooth_fft_size`), for a real-space kernel, whose convolution the extra zeros leave the same
+    to float rounding: a 64-pixel image with a 5-pixel pad is 74 = 2 x 37 a side, and an FFT with a
+    prime factor of 37 took 4 times as long as one of 75 (benchmarks/README.md, "The bank command").
 
     On the CPU the images are transformed one at a time: MKL's batched inverse FFT is not the same to
     the last bit as its single one for some sizes (36 x 36, for one), so an image's result would depend
@@ -277,7 +297,9 @@ def _fft_convolve(images: torch.Tensor, pad: int, transfer) -> torch.Tensor:
     """
     height, width = images.shape[-2:]
     shape = (height + 2 * pad, width + 2 * pad)
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    if smooth_size:
+        shape = (_smooth_fft_size(shape[0]), _smooth_fft_size(shape[1]))
+    padded = torch.nn.functional.pad(images, (pad, shape[1] - width - pad, pad, shape[0] - height - pad))
     response = transfer(shape)
     if padded.device.type == "cpu" and padded.dim() > 2:
         planes = [torch.fft.irfft2(torch.fft.rfft2(plane) * response, s=shape) for plane in padded.reshape(-1, *shape)]
@@ -287,13 +309,32 @@ def _fft_convolve(images: torch.Tensor, pad: int, transfer) -> torch.Tensor:
     return result[..., pad : pad + height, pad : pad + width]
 
 
-def _kernel_transfer(kernel: np.ndarray, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """The ``rfft2`` of a centred real-space ``kernel`` placed on a grid of ``shape``, in ``like``'s type and device."""
+@functools.lru_cache(maxsize=256)
+def _smooth_fft_size(n: int) -> int:
+    """The smallest size of at least ``n`` with no prime factor above 5 (sizes FFTs are fast at)."""
+    size = n
+    while True:
+        rest = size
+        for factor in (2, 3, 5):
+            while rest % factor == 0:
+                rest //= factor
+        if rest == 1:
+            return size
+        size += 1
+
+
+@functools.lru_cache(maxsize=64)
+def _beam_transfer(
+    beam: Beam, pixel_arcsec: float, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The ``rfft2`` of the beam's kernel (:func:`beam_kernel`) centred on a grid of ``shape``, computed once per
+    beam, pixel, grid and type (a bank convolves every image and its noise with one beam)."""
+    kernel = _beam_kernel(beam, pixel_arcsec, 1)
     half = kernel.shape[0] // 2
     placed = np.zeros(shape)
     placed[: kernel.shape[0], : kernel.shape[1]] = kernel
     placed = np.roll(placed, (-half, -half), axis=(0, 1))
-    return torch.fft.rfft2(torch.as_tensor(placed, dtype=like.dtype, device=like.device))
+    return torch.fft.rfft2(torch.as_tensor(placed, dtype=dtype, device=device))
 
 
 def _convolve_covariance(images: torch.Tensor, covariance: np.ndarray) -> torch.Tensor:
@@ -387,5 +428,5 @@ def beam_noise(
             )
         planes = [g.standard_normal(shape[-2:]).astype(np.float32) for g in generators]
         white = torch.from_numpy(np.stack(planes).reshape(shape) if planes else np.zeros(shape, dtype=np.float32))
-    kernel = beam_kernel(beam, pixel_arcsec)
+    kernel = _beam_kernel(beam, float(pixel_arcsec), 1)
     return convolve_beam(white, beam, pixel_arcsec) / float(np.sqrt((kernel**2).sum()))

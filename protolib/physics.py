@@ -74,19 +74,34 @@ def ulrich_mu0(r_over_rc: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     p = x - 1.0
     q = -mu_abs * x
     p_safe = torch.where(p.abs() < 1e-6, torch.full_like(p, 1e-6), p)
-    # x > 1: a single real root, hyperbolic-sine form.
+    outside = p_safe > 0
+    # Points all on one side of the centrifugal radius (as :func:`envelope_mass` passes them) need one form only.
+    if bool(outside.all()):
+        root = _root_beyond(p_safe, q)
+    elif not bool(outside.any()):
+        root = _root_within(p_safe, q)
+    else:
+        root = torch.where(outside, _root_beyond(p_safe, q), _root_within(p_safe, q))
+    return torch.copysign(root.clamp(0.0, 1.0), mu)
+
+
+def _root_beyond(p_safe: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """:func:`ulrich_mu0`'s root beyond the centrifugal radius (``x > 1``): the single real root, hyperbolic-sine
+    form."""
     scale_out = 2.0 * torch.sqrt(p_safe.clamp(min=1e-6) / 3.0)
     arg_out = (1.5 * q / p_safe.clamp(min=1e-6)) * torch.sqrt(3.0 / p_safe.clamp(min=1e-6))
-    root_out = -scale_out * torch.sinh(torch.asinh(arg_out) / 3.0)
-    # x < 1: trigonometric form (three real roots, take the largest) or hyperbolic cosine form.
+    return -scale_out * torch.sinh(torch.asinh(arg_out) / 3.0)
+
+
+def _root_within(p_safe: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """:func:`ulrich_mu0`'s root within the centrifugal radius (``x < 1``): the trigonometric form (three real
+    roots, the largest taken) or the hyperbolic-cosine form."""
     neg_p = (-p_safe).clamp(min=1e-6)
     scale_in = 2.0 * torch.sqrt(neg_p / 3.0)
     arg_in = (1.5 * (-q) / neg_p) * torch.sqrt(3.0 / neg_p)
     root_trig = scale_in * torch.cos(torch.acos(arg_in.clamp(max=1.0)) / 3.0)
     root_cosh = scale_in * torch.cosh(torch.acosh(arg_in.clamp(min=1.0)) / 3.0)
-    root_in = torch.where(arg_in <= 1.0, root_trig, root_cosh)
-    root = torch.where(p_safe > 0, root_out, root_in).clamp(0.0, 1.0)
-    return torch.copysign(root, mu)
+    return torch.where(arg_in <= 1.0, root_trig, root_cosh)
 
 
 def envelope_shape(r_over_rc: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:

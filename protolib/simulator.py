@@ -409,12 +409,14 @@ def _intensity(systems, inclination_deg, position_angle_deg, offsets, config, co
     images_per_batch = max(1, rays_per_batch // half)
     rays_per_batch = min(half, rays_per_batch)
     intensity = torch.empty(n_images, n_bands, n_rays, dtype=dtype, device=device)
+    systems = {k: v.to(device=device, dtype=dtype) for k, v in systems.items()}  # once, not per batch
+    inclination_deg, position_angle_deg = inclination_deg.to(dtype), position_angle_deg.to(dtype)
     _KERNELS["active"].on = compiled
     try:
         for start in range(0, n_images, images_per_batch):
             sl = slice(start, start + images_per_batch)
-            chunk = {k: v[sl].to(device=device, dtype=dtype) for k, v in systems.items()}
-            angles = inclination_deg[sl].to(dtype), position_angle_deg[sl].to(dtype)
+            chunk = {k: v[sl] for k, v in systems.items()}
+            angles = inclination_deg[sl], position_angle_deg[sl]
             for first in range(0, half, rays_per_batch):
                 rays = slice(first, min(half, first + rays_per_batch))
                 mirrored = torch.arange(first, min(rays.stop, n_rays // 2), device=device)
@@ -604,15 +606,18 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
         del param["midplane_temperature_ratio"]  # vertically isothermal disks (_temperature)
     ray = (q, p2, sin_i, cos_i)
     envelope, disk = _envelope_samples(ray, param, config), _disk_samples(ray, param, config)
+    meeting = disk[4]
     below = (
         _fused(_samples_below)(envelope[0], disk[3], disk[0].shape[-1]),
-        _fused(_samples_below)(disk[0], envelope[3], envelope[0].shape[-1]),
+        _fused(_samples_below)(disk[0], tuple(meeting.meeting(v) for v in envelope[3]), envelope[0].shape[-1]),
     )
     results = []
     for frequency_ghz in config.bands_ghz:
         kappa_au = physics.dust_opacity(frequency_ghz, param["opacity_beta"], param["opacity_230ghz"]) * physics.AU_CM
         results.append(
-            _transfer(_in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below)
+            _transfer(
+                _in_band(envelope, kappa_au, frequency_ghz), _in_band(disk, kappa_au, frequency_ghz), below, meeting
+            )
         )
     return results
 
@@ -620,12 +625,12 @@ def _render_rays(systems, inclination_deg, position_angle_deg, east, north, conf
 def _in_band(samples, kappa_au, frequency_ghz):
     """A sample set (:func:`_envelope_samples`, :func:`_disk_samples`) in one band: ``(s, dtau, source, spacing)``.
 
-    ``dtau = kappa_nu x column`` and the source ``B_nu(T)`` [Jy/sr], computed for the rays that meet the
-    set only (``where``, as the set's ``everywhere`` gives them back on every ray).
+    ``dtau = kappa_nu x column`` and the source ``B_nu(T)`` [Jy/sr], on the rays that meet the set (the
+    disk's: ``(1, M, n)``, :class:`_MeetingRays`; the envelope's: every ray).
     """
     s, column, temperature, spacing, where = samples
     dtau, source = _fused(_band_terms)(column, temperature, where.kappa(kappa_au), frequency_ghz)
-    return s, where(dtau), where(source), spacing
+    return s, dtau, source, spacing
 
 
 def _band_terms(column, temperature, kappa_au, frequency_ghz: float):
@@ -682,6 +687,12 @@ class _MeetingRays:
     def kappa(self, kappa_au):
         return self.meeting(kappa_au)
 
+    def meeting_images(self, values: dict) -> dict:
+        """Per-image values, ``(B, 1, 1)`` each, on the rays that meet the disk, ``(1, M, 1)`` each: gathered in one
+        lookup (a few dozen small torch operations fewer per batch than one :meth:`meeting` each)."""
+        picked = torch.stack([v.reshape(-1) for v in values.values()])[:, self.image]  # (names, M), rows contiguous
+        return {name: row.reshape(1, -1, 1) for name, row in zip(values, picked)}
+
     def __call__(self, x, fill=0.0):
         """``(1, M, ...)`` -> ``(B, R, ...)``, ``fill`` where a ray misses the disk."""
         whole = torch.full((*self.valid.shape, *x.shape[2:]), fill, dtype=x.dtype, device=x.device)
@@ -714,10 +725,10 @@ def _disk_samples(ray, param, config):
     s, ds, u_lo, du = _fused(_sinh_samples)(
         meeting(centre), meeting(scale), meeting(lo), meeting(hi), config.disk_samples
     )
-    param = {k: meeting(v) for k, v in param.items()}
+    param = where.meeting_images(param)
     geometry = _fused(_set_geometry)(tuple(meeting(v) for v in ray), s, param, config)
     column, temperature = _fused(_disk_terms)(ds, _envelope_shape(geometry, param, config), geometry, param, config)
-    return where(s), column, temperature, (centre, scale, where(u_lo), where(du, 1.0)), where
+    return s, column, temperature, (centre, scale, where(u_lo), where(du, 1.0)), where
 
 
 def _disk_terms(ds, shape, geometry, param, config):
@@ -737,29 +748,37 @@ def _disk_terms(ds, shape, geometry, param, config):
     return column, _temperature(param, geometry)
 
 
-def _transfer(envelope, disk, below):
+def _transfer(envelope, disk, below, meeting):
     """Radiative transfer through two sample sets of each ray, merged in depth, seen from either end.
 
-    Each set is ``(s, dtau, source, spacing)``, ``(B, R, n)`` with ``spacing`` the ``(centre, scale,
-    u_lo, du)`` of its sinh samples (:func:`_sinh_samples`). Every sample is dimmed by the optical depth
-    nearer the observer: at larger ``s`` for the ray itself, at smaller ``s`` for its mirror image.
-    ``below`` holds, for each set, how many samples of the other lie behind each of its own
-    (:func:`_samples_below`): the same in every band, so found once.
+    Each set is ``(s, dtau, source, spacing)`` (:func:`_in_band`): the envelope's ``(B, R, n)`` on every
+    ray, the disk's ``(1, M, n)`` on the ``M`` rays that meet it (``meeting``, :class:`_MeetingRays`: the
+    other rays have no disk sample, so its transfer runs on those rays only). Every sample is dimmed by
+    the optical depth nearer the observer: at larger ``s`` for the ray itself, at smaller ``s`` for its
+    mirror image. ``below`` holds, for each set, how many samples of the other lie behind each of its own
+    (:func:`_samples_below`, the disk's on its own rays): the same in every band, so found once.
 
     Returns:
         the specific intensity of the ray and of its mirror image, each ``(B, R)``.
     """
-    sets = (envelope, disk)
-    sums = [_partial_sums(dtau) for _, dtau, _, _ in sets]
-    near = far = 0.0
-    for own, other in ((0, 1), (1, 0)):
-        _, dtau, source, _ = sets[own]
-        (in_front, behind), (other_in_front, other_behind), index = sums[own], sums[other], below[own]
-        other_front = torch.gather(other_in_front.expand(*index.shape[:-1], -1), -1, index)
-        other_back = torch.gather(other_behind.expand(*index.shape[:-1], -1), -1, index)
-        own_near, own_far = _fused(_emission)(dtau, source, (in_front, behind), (other_front, other_back))
-        near, far = near + own_near, far + own_far
-    return near, far
+    (_, envelope_dtau, envelope_source, _), (_, disk_dtau, disk_source, _) = envelope, disk
+    envelope_sums, disk_sums = _partial_sums(envelope_dtau), _partial_sums(disk_dtau)
+    # the disk's depths on every ray (none on a ray that misses it), the envelope's on the disk's rays
+    disk_depths = _depths_at(tuple(meeting(x) for x in disk_sums), below[0])
+    envelope_depths = _depths_at(tuple(meeting.meeting(x) for x in envelope_sums), below[1])
+    near, far = _fused(_emission)(envelope_dtau, envelope_source, envelope_sums, disk_depths)
+    disk_near, disk_far = _fused(_emission)(disk_dtau, disk_source, disk_sums, envelope_depths)
+    return near + meeting(disk_near), far + meeting(disk_far)
+
+
+def _depths_at(sums, index):
+    """The partial sums ``(in_front, behind)`` of one set (:func:`_partial_sums`) at the positions ``index`` of the
+    other set's samples among its own (:func:`_samples_below`)."""
+    in_front, behind = sums
+    return (
+        torch.gather(in_front.expand(*index.shape[:-1], -1), -1, index),
+        torch.gather(behind.expand(*index.shape[:-1], -1), -1, index),
+    )
 
 
 def _emission(dtau, source, own_sums, other_depths):
@@ -818,28 +837,43 @@ def envelope_mass(
     systems = _with_nuisance(systems, config, systems["stellar_mass"].shape[0], device, needed)
     mu_mid = 1.0 - (torch.arange(n_angles, dtype=dtype, device=device) + 0.5) / n_angles
     dmu = 2.0 / n_angles  # both hemispheres: the density is even in mu (the midplane's mirror symmetry)
-    masses = []
-    for i in range(systems["stellar_mass"].shape[0]):
-        outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
-        log_r = torch.linspace(
-            math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device
-        )
-        r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
-        dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
-        rho = physics.envelope_density(
-            r_mid[:, None],
-            mu_mid[None, :],
-            infall_rate_msun_yr=systems["accretion_rate"][i].to(dtype),
-            stellar_mass_msun=systems["stellar_mass"][i].to(dtype),
-            centrifugal_radius_au=systems["disk_radius"][i].to(dtype),
-            cavity_half_angle_deg=systems["cavity_angle"][i].to(dtype),
-            cavity_contrast=systems["cavity_contrast"][i].to(dtype),
-            inner_radius_au=config.inner_radius_au,
-            outer_radius_au=outer,
-            cavity_wall_exponent=systems["cavity_wall_exponent"][i].to(dtype),
-            cavity_reference_radius_au=config.cavity_reference_radius_au,
-        )
-        volume = 2.0 * math.pi * (r_mid * physics.AU_CM) ** 2 * (dr * physics.AU_CM)
-        # numpy's sum: the same bits whatever the number of torch threads (parallel banks rely on it).
-        masses.append(float(np.sum((rho * volume[:, None]).cpu().numpy())) * dmu / physics.MSUN_G)
+    masses = [
+        _envelope_mass_of(systems, i, config, mu_mid, n_radii) * dmu / physics.MSUN_G
+        for i in range(systems["stellar_mass"].shape[0])
+    ]
     return torch.tensor(masses, dtype=torch.float64)
+
+
+def _envelope_mass_of(systems: dict, i: int, config: SimulatorConfig, mu_mid: torch.Tensor, n_radii: int) -> float:
+    """:func:`envelope_mass` of system ``i`` per unit of ``mu`` [g]: the density on the grid of radii, those
+    within the centrifugal radius and those beyond it evaluated apart (each side needs one form of the Ulrich
+    streamline's root, :func:`physics.ulrich_mu0`, where the whole grid would need all three)."""
+    dtype, device = mu_mid.dtype, mu_mid.device
+    outer = min(float(systems["envelope_outer_radius"][i]), config.envelope_mass_radius_au)
+    log_r = torch.linspace(math.log(config.inner_radius_au), math.log(outer), n_radii + 1, dtype=dtype, device=device)
+    r_mid = torch.exp(0.5 * (log_r[1:] + log_r[:-1]))
+    dr = torch.exp(log_r[1:]) - torch.exp(log_r[:-1])
+    centrifugal = systems["disk_radius"][i].to(dtype)
+    within = int(((r_mid / centrifugal).clamp(min=1e-6) - 1.0 <= -1e-6).sum())  # r_mid increases
+    rho = torch.cat(
+        [
+            physics.envelope_density(
+                part[:, None],
+                mu_mid[None, :],
+                infall_rate_msun_yr=systems["accretion_rate"][i].to(dtype),
+                stellar_mass_msun=systems["stellar_mass"][i].to(dtype),
+                centrifugal_radius_au=centrifugal,
+                cavity_half_angle_deg=systems["cavity_angle"][i].to(dtype),
+                cavity_contrast=systems["cavity_contrast"][i].to(dtype),
+                inner_radius_au=config.inner_radius_au,
+                outer_radius_au=outer,
+                cavity_wall_exponent=systems["cavity_wall_exponent"][i].to(dtype),
+                cavity_reference_radius_au=config.cavity_reference_radius_au,
+            )
+            for part in (r_mid[:within], r_mid[within:])
+            if part.numel()
+        ]
+    )
+    volume = 2.0 * math.pi * (r_mid * physics.AU_CM) ** 2 * (dr * physics.AU_CM)
+    # numpy's sum: the same bits whatever the number of torch threads (parallel banks rely on it).
+    return float(np.sum((rho * volume[:, None]).cpu().numpy()))

@@ -112,7 +112,8 @@ def test_a_bank_made_before_several_bands_still_opens_and_is_made_alike_today(tm
         progress=False,
     )
     with Bank(tmp_path / "today.h5") as today, h5py.File(tmp_path / "today.h5", "r") as f:
-        np.testing.assert_array_equal(today.load_images(), images)
+        # the same images to float rounding: since issue 29 the beam's FFT is taken on a size of small prime factors
+        np.testing.assert_allclose(today.load_images(), images, rtol=0, atol=1e-6 * np.abs(images).max())
         assert "bands" not in f and "frequencies_ghz" not in json.loads(f.attrs["simulator_config"])
 
 
