@@ -47,7 +47,15 @@ from tqdm.auto import tqdm
 from . import __version__
 from .instrument import BAND_SETTINGS, Instrument
 from .parameters import NUISANCE_PARAMETERS, PARAMETERS, Parameter, Prior, sample_viewing
-from .runtime import ProtolibInputError, atomic_path, default_device, shown_path, system_rng, typed_settings
+from .runtime import (
+    ProtolibInputError,
+    atomic_path,
+    default_device,
+    share_work,
+    shown_path,
+    system_rng,
+    typed_settings,
+)
 from .simulator import NUISANCE_FIELDS, RENDER_KEYS, SimulatorConfig, envelope_mass, render, settle_compile
 
 __all__ = [
@@ -1212,33 +1220,10 @@ def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads:
         return pool.submit(_render_block, task(idx))
 
     try:
-        blocks = _shared_blocks(chunks, here, submit, 2 * (workers - 1))
+        blocks = ((idx, *result) for idx, result in share_work(chunks, here, submit, 2 * (workers - 1)))
         write_simulated_bank(out, systems, blocks, **written)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _shared_blocks(chunks: list, here, submit, in_flight: int) -> Iterator[tuple]:
-    """``(indices, images, envelope_masses)`` of every chunk, in the order they are done: rendered ``here`` from the
-    first chunk on, or handed to worker processes (``submit``, a future) from the last, ``in_flight`` at a time so
-    that none waits for work."""
-    waiting, pending = list(chunks), []
-    while waiting or pending:
-        while waiting and len(pending) < in_flight:
-            idx = waiting.pop()
-            pending.append((idx, submit(idx)))
-        done = [item for item in pending if item[1].done()]
-        for item in done:
-            pending.remove(item)
-            yield (item[0], *item[1].result())
-        if done:
-            continue
-        if waiting:
-            idx = waiting.pop(0)
-            yield (idx, *here(idx))
-        else:
-            idx, future = pending.pop(0)
-            yield (idx, *future.result())
 
 
 def write_simulated_bank(

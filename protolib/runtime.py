@@ -227,6 +227,39 @@ def _run_and_send(send, function, args, kwargs) -> None:
     send.close()
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def share_work(tasks: list, here, submit, in_flight: int) -> Iterator[tuple]:
+    """``(task, result)`` for every task, in the order they are done: run ``here`` (a function of the task) from the
+    first task on, or handed to worker processes (``submit``: a function of the task returning a future) from the
+    last, ``in_flight`` at a time so that none waits for work.
+
+    Written here rather than taken from :mod:`concurrent.futures`: its executors leave the calling process idle while
+    its workers start and run, and a worker process costs seconds to start (torch and protolib imported), which a
+    few tasks on a laptop's two cores would wait through with one core idle.
+    """
+    waiting, pending = list(tasks), []
+    while waiting or pending:
+        while waiting and len(pending) < in_flight:
+            task = waiting.pop()
+            pending.append((task, submit(task)))
+        done = [item for item in pending if item[1].done()]
+        for item in done:
+            pending.remove(item)
+            yield item[0], item[1].result()
+        if done:
+            continue
+        if waiting:
+            task = waiting.pop(0)
+            yield task, here(task)
+        else:
+            task, future = pending.pop(0)
+            yield task, future.result()
+
+
 def available_memory_bytes() -> int | None:
     """The memory this machine can still give a run [bytes] (``MemAvailable``: free memory and what the kernel can
     reclaim).

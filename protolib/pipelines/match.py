@@ -86,11 +86,12 @@ from ..observation import prepared_file
 from ..out_of_family import read_terms, with_terms
 from ..plots.corner import plot_corner
 from ..plots.gallery import plot_band_gallery, plot_gallery, plot_spectral_index
-from ..runtime import ProtolibInputError, output_folder, write_figure, write_json
+from ..runtime import ProtolibInputError, available_cores, output_folder, share_work, write_figure, write_json
 from ..statistics import weighted_percentile
 
 __all__ = [
     "run_match",
+    "run_matches",
     "MatchRequest",
     "MatchTarget",
     "Searched",
@@ -175,6 +176,73 @@ def run_match(
         # a bank rewritten meanwhile: refused, so the report never names a file it does not come from
         bank.check_unchanged()
         return report
+
+
+def run_matches(jobs: Sequence[Mapping], *, workers: int | None = None) -> list[dict]:
+    """Several independent matches side by side, one process per core: each job is :func:`run_match`'s arguments
+    (a mapping with ``model_path``, ``bank_path``, ``out_dir`` and any of its keywords); the reports come back in
+    the jobs' order.
+
+    One match keeps about one core busy (its transforms, its small network and its neural posterior estimate do
+    not spread over threads), so the sources of a survey, or one source against two banks, run on a laptop's
+    cores in about the time of one per core. This process takes jobs from the first on while ``workers - 1``
+    others start and take them from the last (:func:`~protolib.runtime.share_work`); every process runs torch on
+    one thread, so they do not compete. Each match is the one :func:`run_match` gives (its own seeds); warnings a
+    worker's match gives are given again here, once each. ``workers``: processes in all (default: one per core, at
+    most one per job); 1 runs the jobs here, one after the other.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    jobs = [dict(job) for job in jobs]
+    workers = min(len(jobs), workers or available_cores())
+    if workers < 1:
+        raise ProtolibInputError(f"run_matches needs at least one worker process (got {workers}).")
+    if workers == 1:
+        return [run_match(**job) for job in jobs]
+    reports, previous = [None] * len(jobs), torch.get_num_threads()
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
+    try:
+        torch.set_num_threads(1)
+        for index, report in share_work(
+            list(range(len(jobs))), lambda i: run_match(**jobs[i]), lambda i: pool.submit(_worker_match, jobs[i]), 1
+        ):
+            reports[index] = _given_warnings(report)
+    finally:
+        torch.set_num_threads(previous)
+        pool.shutdown(wait=True, cancel_futures=True)
+    return reports
+
+
+def _start_worker() -> None:
+    """A :func:`run_matches` worker: one torch thread; Ctrl-C is the parent's to handle (it stops the pool)."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _worker_match(job: dict) -> tuple[dict, list]:
+    """One :func:`run_matches` job in a worker: the report and the warnings it gave, ``(category, message)``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = run_match(**job)
+    return report, list(dict.fromkeys((w.category, str(w.message)) for w in caught))
+
+
+def _given_warnings(done) -> dict:
+    """A report of :func:`run_matches`: a worker's ``(report, warnings)`` with its warnings given here, or this
+    process's report as it is."""
+    if isinstance(done, dict):
+        return done
+    report, caught = done
+    for category, message in caught:
+        warnings.warn(message, category, stacklevel=3)
+    return report
 
 
 def _match_into(out_dir: Path, bank: Bank, request: MatchRequest) -> dict:

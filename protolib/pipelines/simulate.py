@@ -8,13 +8,12 @@ it picks local worker processes or a Dask cluster and writes the bank.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..bank import Bank, simulate_bank
 from ..config import RunConfig
-from ..runtime import ProtolibInputError, default_device
+from ..runtime import ProtolibInputError, available_cores, default_device
 
 __all__ = [
     "ensure_bank",
@@ -84,7 +83,7 @@ def local_workers(requested: int | None, threads: int, n_images: int, device: st
         return requested
     if default_device(device).type != "cpu" or n_images < PARALLEL_FROM_IMAGES:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cores()
 
 
 PROCESS_BYTES = 4e8
