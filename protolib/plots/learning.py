@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from .style import page_fontsize
+
 __all__ = [
     "plot_history",
     "plot_reconstructions",
@@ -61,8 +63,9 @@ def _network_input_colorbar(fig: Figure, axes, handle, scale: str, ticks: list[f
     """One colour bar for panels of network inputs: stretched brightness, which has no physical unit;
     ``ticks`` when every panel shares the bar's scale, none when each panel has its own."""
     bar = fig.colorbar(handle, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, ticks=ticks or [])
-    bar.ax.tick_params(labelsize=7)
-    bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=7)
+    text = page_fontsize(fig, 7)  # read at page width: these figures are wider than the page and shrink
+    bar.ax.tick_params(labelsize=0.9 * text)
+    bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=text)
 
 
 def plot_latent_space(
