@@ -162,7 +162,7 @@ def difference_table(differences: list[Difference]) -> str:
     )
 
     def text(d: Difference) -> str:
-        return f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {d.verdict}"
+        return f"{_signed(d.difference)} [{_signed(d.low)}, {_signed(d.high)}] {d.verdict}"
 
     if len(parameters) == len(differences):
         rows = [
@@ -184,6 +184,15 @@ def difference_table(differences: list[Difference]) -> str:
     return "\n".join(
         [f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "", note]
     )
+
+
+def _signed(value: float) -> str:
+    """A signed difference at two decimals, with more where two would print a nonzero value as +-0.00: an interval's
+    end that excludes zero must not read as zero."""
+    decimals = 2
+    while decimals < 6 and value != 0 and round(abs(value), decimals) == 0:
+        decimals += 1
+    return f"{value:+.{decimals}f}"
 
 
 def best_rival_differences(
@@ -235,7 +244,7 @@ def difference_numbers(
         figures[f"{prefix}_n_{verdict}"] = len(members)
         figures[f"{prefix}_{verdict}"] = _phrase(
             [
-                f"{_name(d.parameter)} ({d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] against "
+                f"{_name(d.parameter)} ({_signed(d.difference)} [{_signed(d.low)}, {_signed(d.high)}] against "
                 f"{labels.get(d.b, d.b)})"
                 for d in members
             ]

@@ -230,3 +230,15 @@ def test_learning_curve_numbers_say_what_still_improves_and_plot_every_parameter
     )
     fig = plot_learning_curves(curves)
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 3  # two parameters and their mean
+
+
+def test_an_interval_end_that_excludes_zero_never_prints_as_zero():
+    """Chapter 06 calls a method better only where the interval excludes zero: [-0.18, -0.003] must not read
+    [-0.18, -0.00], which looks as if it touched zero."""
+    from protolib.comparison import Difference, difference_numbers
+
+    better = Difference("disk_mass", "siamese", "pixel", -0.1, -0.18, -0.0034, 0.9, 0.8, 0.99, 0.95, 45)
+    assert better.verdict == "better"
+    phrase = difference_numbers([better], "boot")["boot_better"]
+    assert "-0.003]" in phrase and "-0.00]" not in phrase
+    assert "[-0.18, " in difference_table([better])

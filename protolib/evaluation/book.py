@@ -199,7 +199,7 @@ def variant_book_numbers(
         ("rms", "rms_{}"),
         ("rms_corrected", "rms_{}_corrected"),
     ):
-        values = {name: numbers[template.format(slug[name])] for name in variants}
+        values = {_variant_label(name): numbers[template.format(slug[name])] for name in variants}
         best = _best(values, lowest=number.startswith("rms"))
         tied_at_two_decimals = number.startswith("rms") or number == "spearman"  # the prose prints these to 0.01
         numbers[f"best_{number}_variant"] = _with_ties(best, values) if tied_at_two_decimals else best
@@ -229,6 +229,12 @@ def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margi
                     ]
                 )
     return numbers
+
+
+def _variant_label(name: str) -> str:
+    """How prose names a variant: ``kernel + mse`` as ``kernel + MSE``, ``log_ratio`` as ``log-ratio``."""
+    words = {"mse": "MSE", "log_ratio": "log-ratio"}
+    return " + ".join(words.get(part, part) for part in name.split(" + "))
 
 
 def _corrected(result: MethodResult | dict) -> bool:

@@ -110,6 +110,6 @@ def plot_split(bank: Bank, split, *, x: str = "stellar_mass", y: str = "disk_rad
     ax.set_yscale("log" if bank.parameter_info[y].log_scale else "linear")
     ax.set_xlabel(parameter_words(x, bank.parameter_info[x].unit))
     ax.set_ylabel(parameter_words(y, bank.parameter_info[y].unit))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the points fill the panel
     ax.set_title(f"Split by system ({bank.n_projections} projections each stay together)", fontsize=9)
     return fig

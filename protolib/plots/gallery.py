@@ -317,7 +317,7 @@ def _residual_legend(ax, message: str, fontsize: float) -> None:
 
 def _residual_note(reduced_chi2, k: int, image: np.ndarray, target_peak: float) -> str:
     """Match ``k``'s residual label: its reduced chi-square (when known) and its peak over the target's."""
-    said = [rf"$\chi^2_\mathrm{{red}}$ = {reduced_chi2[k]:.3g}"] if reduced_chi2 is not None else []
+    said = [f"{CHI2_RED} = {_compact(reduced_chi2[k])}"] if reduced_chi2 is not None else []
     return "\n".join(said + [f"peak x{float(np.nanmax(image)) / target_peak:.2g}"])
 
 
@@ -339,6 +339,7 @@ def _corner_note(ax, note: str, fontsize: float) -> None:
 def _residual_gallery_colorbars(fig, axes, shown_image, shown_residual, label: str, reach: float, text: float) -> None:
     """The residual gallery's two colour bars: the images' one scale beside them, the residuals' below."""
     bar = fig.colorbar(shown_image, ax=axes[0::2].ravel().tolist(), shrink=0.8)
+    _spread_ticks(bar)
     bar.set_label(f"images: {label} (one scale for all)", fontsize=text)
     bar.ax.tick_params(labelsize=0.9 * text)
     if shown_residual is not None:
@@ -353,6 +354,18 @@ def _residual_gallery_colorbars(fig, axes, shown_image, shown_residual, label: s
 
 
 CHI2_RED = r"$\chi^2_\mathrm{red}$"
+
+
+def _spread_ticks(bar, min_gap: float = 0.06) -> None:
+    """Keep only colour-bar ticks at least ``min_gap`` (a fraction of the bar) apart, 0 first and then from the top:
+    an asinh scale puts 0 and 1 nearly together at its foot, where their labels would overlap."""
+    norm = bar.mappable.norm
+    ticks = [float(t) for t in bar.get_ticks() if norm.vmin <= t <= norm.vmax]
+    kept: list[float] = []
+    for t in sorted(ticks, key=lambda t: (t != 0.0, -t)):
+        if all(abs(float(norm(t)) - float(norm(k))) >= min_gap for k in kept):
+            kept.append(t)
+    bar.set_ticks(sorted(kept))
 
 
 def plot_band_gallery(

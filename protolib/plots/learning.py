@@ -8,6 +8,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from .style import page_fontsize
+
 __all__ = [
     "plot_history",
     "plot_reconstructions",
@@ -49,9 +51,9 @@ def plot_reconstructions(
             handle = axes[row, k].imshow(image / peak, origin="lower", cmap="inferno", vmin=0, vmax=1)
             axes[row, k].set_xticks([]), axes[row, k].set_yticks([])
         if titles:
-            axes[0, k].set_title(titles[k], fontsize=7)
-    axes[0, 0].set_ylabel("input")
-    axes[1, 0].set_ylabel("rebuilt")
+            axes[0, k].set_title(titles[k], fontsize=page_fontsize(fig, 7))
+    axes[0, 0].set_ylabel("input", fontsize=page_fontsize(fig, 8))
+    axes[1, 0].set_ylabel("rebuilt", fontsize=page_fontsize(fig, 8))
     fig.tight_layout()
     _network_input_colorbar(fig, axes, handle, "fraction of each input's peak", ticks=[0, 0.25, 0.5, 0.75, 1])
     return fig
@@ -61,8 +63,9 @@ def _network_input_colorbar(fig: Figure, axes, handle, scale: str, ticks: list[f
     """One colour bar for panels of network inputs: stretched brightness, which has no physical unit;
     ``ticks`` when every panel shares the bar's scale, none when each panel has its own."""
     bar = fig.colorbar(handle, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, ticks=ticks or [])
-    bar.ax.tick_params(labelsize=7)
-    bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=7)
+    text = page_fontsize(fig, 7)  # read at page width: these figures are wider than the page and shrink
+    bar.ax.tick_params(labelsize=0.9 * text)
+    bar.set_label(f"stretched brightness\n(network input; {scale})", fontsize=text)
 
 
 def plot_latent_space(
@@ -145,8 +148,10 @@ def plot_pair_gallery(
                 scaled = stretch(image / (0.02 * max(image.max(), 1e-30)))  # each image to its own peak
                 handle = ax.imshow(scaled, origin="lower", cmap="inferno", vmin=0.0, vmax=float(stretch(50.0)))
                 ax.set_xticks([]), ax.set_yticks([])
-            axes[2 * block, k].set_title(f"p {predicted[pair]:.2f}\nt {target[pair]:.2f}", fontsize=8)
-        axes[2 * block, 0].set_ylabel(name, fontsize=9)
+            axes[2 * block, k].set_title(
+                f"p {predicted[pair]:.2f}\nt {target[pair]:.2f}", fontsize=page_fontsize(fig, 7)
+            )
+        axes[2 * block, 0].set_ylabel(name, fontsize=page_fontsize(fig, 8))
     fig.tight_layout()
     _network_input_colorbar(fig, axes, handle, "fraction of each image's peak")
     fractions = [0.0, 0.01, 0.1, 1.0]  # one scale for every panel: ticks at fractions of each image's own peak
