@@ -122,7 +122,8 @@ def observing_note(observing: dict) -> str:
     }
     widened = sorted(observing["parameters"].items(), key=lambda item: -item[1]["widening"])[:4]
     parts = ", ".join(
-        f"{name} x{p['widening']:.2f} (most from {max(p['by_source'], key=lambda s: p['by_source'][s]['widening'])})"
+        f"{name} x{p['widening']:.2f} (most from the "
+        f"{max(p['by_source'], key=lambda s: p['by_source'][s]['widening']).replace('_', ' ')})"
         for name, p in widened
     )
     return (

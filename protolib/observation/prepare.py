@@ -375,7 +375,7 @@ def _max_scale_setting(
         return estimate.max_scale_arcsec, f"estimated: {estimate.reason}", estimate.to_dict()
     return (
         MAX_SCALE_BEAMS * observation.beam.major_arcsec,
-        f"assumed: {MAX_SCALE_BEAMS:g} beam major axes (give --max-scale)",
+        f"assumed: {MAX_SCALE_BEAMS:g} beam major axes; give --max-scale",
         estimate.to_dict(),
     )
 
