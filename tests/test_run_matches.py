@@ -70,6 +70,12 @@ def test_matches_side_by_side_are_each_match_alone_in_the_jobs_order(trained, tm
     assert torch.get_num_threads() == previous  # the caller's threads are given back
 
 
+def test_no_jobs_give_no_reports_and_no_workers_is_refused(trained, tmp_path):
+    assert run_matches([]) == []
+    with pytest.raises(ProtolibInputError, match="workers=0"):
+        run_matches([job(trained, tmp_path / "one", 3)], workers=0)
+
+
 def test_a_job_that_cannot_be_matched_is_refused_in_the_caller(trained, tmp_path):
     jobs = [job(trained, tmp_path / "fine", 3), job(trained, tmp_path / "no-such-system", 99)]
     with pytest.raises(ProtolibInputError, match="systems 0..15"):

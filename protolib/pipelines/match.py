@@ -197,17 +197,20 @@ def run_matches(jobs: Sequence[Mapping], *, workers: int | None = None) -> list[
     import torch
 
     jobs = [dict(job) for job in jobs]
+    if workers is not None and workers < 1:
+        raise ProtolibInputError(f"run_matches needs at least one worker process (got workers={workers}).")
     workers = min(len(jobs), workers or available_cores())
-    if workers < 1:
-        raise ProtolibInputError(f"run_matches needs at least one worker process (got {workers}).")
-    if workers == 1:
+    if workers <= 1:
         return [run_match(**job) for job in jobs]
     reports, previous = [None] * len(jobs), torch.get_num_threads()
     pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
     try:
         torch.set_num_threads(1)
         for index, report in share_work(
-            list(range(len(jobs))), lambda i: run_match(**jobs[i]), lambda i: pool.submit(_worker_match, jobs[i]), 1
+            list(range(len(jobs))),
+            lambda i: run_match(**jobs[i]),
+            lambda i: pool.submit(_worker_match, jobs[i]),
+            workers - 1,
         ):
             reports[index] = _given_warnings(report)
     finally:
