@@ -53,6 +53,7 @@ from .runtime import (
     default_device,
     share_work,
     shown_path,
+    start_worker,
     system_rng,
     typed_settings,
 )
@@ -1184,13 +1185,6 @@ def _render_block(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def _start_worker(threads: int) -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-    torch.set_num_threads(threads)
-
-
 def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads: int, compile: str, **written) -> None:
     """Render ``chunks`` of systems on this process and ``workers - 1`` local worker processes into the bank ``out``;
     ``compile``: the simulator's setting, settled (:func:`~protolib.simulator.settle_compile`).
@@ -1213,7 +1207,7 @@ def _write_with_workers(out, systems: dict, chunks: list, workers: int, threads:
         return ({**{k: v[idx] for k, v in systems.items()}, "system_index": idx}, *settings)
 
     pool = ProcessPoolExecutor(
-        workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(threads,)
+        workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker, initargs=(threads,)
     )
 
     def submit(idx):

@@ -232,6 +232,17 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def start_worker(threads: int = 1) -> None:
+    """A worker process's start (a process pool's ``initializer``): torch on ``threads`` threads, and Ctrl-C left to
+    the parent, which stops the pool."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+
+
 def share_work(tasks: list, here, submit, in_flight: int) -> Iterator[tuple]:
     """``(task, result)`` for every task, in the order they are done: run ``here`` (a function of the task) from the
     first task on, or handed to worker processes (``submit``: a function of the task returning a future) from the

@@ -86,7 +86,15 @@ from ..observation import prepared_file
 from ..out_of_family import read_terms, with_terms
 from ..plots.corner import plot_corner
 from ..plots.gallery import plot_band_gallery, plot_gallery, plot_spectral_index
-from ..runtime import ProtolibInputError, available_cores, output_folder, share_work, write_figure, write_json
+from ..runtime import (
+    ProtolibInputError,
+    available_cores,
+    output_folder,
+    share_work,
+    start_worker,
+    write_figure,
+    write_json,
+)
 from ..statistics import weighted_percentile
 
 __all__ = [
@@ -203,7 +211,7 @@ def run_matches(jobs: Sequence[Mapping], *, workers: int | None = None) -> list[
     if workers <= 1:
         return [run_match(**job) for job in jobs]
     reports, previous = [None] * len(jobs), torch.get_num_threads()
-    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
+    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker)
     try:
         torch.set_num_threads(1)
         for index, report in share_work(
@@ -217,16 +225,6 @@ def run_matches(jobs: Sequence[Mapping], *, workers: int | None = None) -> list[
         torch.set_num_threads(previous)
         pool.shutdown(wait=True, cancel_futures=True)
     return reports
-
-
-def _start_worker() -> None:
-    """A :func:`run_matches` worker: one torch thread; Ctrl-C is the parent's to handle (it stops the pool)."""
-    import signal
-
-    import torch
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
 
 
 def _worker_match(job: dict) -> tuple[dict, list]:
