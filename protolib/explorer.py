@@ -4,7 +4,7 @@ The gallery and the corner plot update as the controls change (ipywidgets). Abov
 target's out-of-distribution verdict (:meth:`protolib.matching.Matcher.check`), with a warning when
 the target looks unlike the bank: its distributions then describe the bank, not the target. The
 gallery shows the matches as the network saw them: through the transform the bank was embedded
-with for that target (an observation's beam and noise), as notebook 04 does.
+with for that target (an observation's beam and noise), as chapter 04 does.
 
 Where no interactive front end is attached (the static book, a notebook run by ``nbclient``), the
 explorer shows a static view of its first target instead of an empty widget.

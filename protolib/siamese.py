@@ -610,7 +610,8 @@ def load_siamese_with_its_bank(model_path: str | Path, bank_path: str | Path, de
     model_path = Path(model_path)
     if not model_path.exists():
         raise ProtolibInputError(
-            f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`)."
+            f"Model file {model_path} does not exist. Train one first with `protolib train-siamese` "
+            "or by running chapter 03 (notebooks/03_siamese_wsml.ipynb)."
         )
     bank = Bank(bank_path)
     model = load_siamese(model_path, device)

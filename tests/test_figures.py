@@ -91,6 +91,33 @@ def test_the_target_panel_draws_its_beam_whole_inside_it_with_and_without_residu
     plt.close("all")
 
 
+def test_the_band_gallery_draws_each_bands_own_beam_in_its_target_panel():
+    from matplotlib.patches import Ellipse
+
+    from protolib.plots.gallery import plot_band_gallery
+
+    rng = np.random.default_rng(6)
+    fig = plot_band_gallery(
+        rng.standard_normal((2, 32, 32)),
+        rng.standard_normal((3, 2, 32, 32)),
+        np.ones(3),
+        band_names=["100 GHz", "230 GHz"],
+        residuals=rng.standard_normal((3, 2, 32, 32)),
+        reduced_chi2=np.ones(3),
+        reduced_chi2_by_band=np.ones((2, 3)),
+        pixel_size_au=10.0,
+        beam_au=[(90.0, 70.0, 10.0), (50.0, 30.0, 20.0)],
+    )
+    beams = [(ax, p) for ax in fig.axes for p in ax.patches if isinstance(p, Ellipse)]
+    assert [(b.height, b.width) for _, b in beams] == [(90.0, 70.0), (50.0, 30.0)]  # the low band's first
+    assert beams[0][0] is not beams[1][0]  # each in its own band's target panel
+    fig.canvas.draw()
+    for ax, beam in beams:
+        panel, ellipse = ax.get_window_extent(), beam.get_window_extent()
+        assert panel.x0 <= ellipse.x0 and ellipse.x1 <= panel.x1 and panel.y0 <= ellipse.y0 and ellipse.y1 <= panel.y1
+    plt.close("all")
+
+
 def test_a_small_source_in_a_wide_field_is_shown_cropped_with_its_field_said_and_a_filled_field_is_not():
     rng = np.random.default_rng(3)
     rows, columns = np.indices((128, 128)) - 63.5

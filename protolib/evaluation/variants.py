@@ -13,4 +13,4 @@ VARIANTS = {
 """Variants compared by :func:`~protolib.pipelines.evaluate.compare_variants`: name -> (checkpoint file, overrides of
 the ``siamese:`` section).
 
-The first two are the networks notebook 03 trains, so a book build reuses them."""
+The first two are the networks chapter 03 trains, so a book build reuses them."""

@@ -591,7 +591,8 @@ def _load_siamese_for(model_path: Path, bank: Bank):
 
     if not model_path.exists():
         raise ProtolibInputError(
-            f"Model file {model_path} does not exist. Train one with `protolib train-siamese` (notebook 03)."
+            f"Model file {model_path} does not exist. Train one with `protolib train-siamese` "
+            "or by running chapter 03 (notebooks/03_siamese_wsml.ipynb)."
         )
     model = load_siamese(model_path)
     checkpoint = getattr(model, "checkpoint", {}) or {}

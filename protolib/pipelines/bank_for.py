@@ -18,7 +18,6 @@ every band and embeds the maps jointly in ``protolib match``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,7 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, config_from_data
 from ..observation.setup import MapSetup, fitted_setup, map_setup
-from ..runtime import ProtolibInputError, atomic_path, run_lock, shown_path, write_json
+from ..runtime import ProtolibInputError, atomic_path, available_cores, run_lock, shown_path, write_json
 from .simulate import ensure_bank, local_workers, simulate_plan
 from .train import ensure_autoencoder, ensure_siamese
 
@@ -207,7 +206,7 @@ def estimate_seconds(config: RunConfig) -> dict[str, float]:
         torch.set_num_threads(threads)
     n_images = config.bank.n_systems * config.bank.n_projections
     seconds = {"bank": (time.process_time() - start) * config.bank.n_systems / local_workers(None, 1, n_images)}
-    scale = (config.simulator.image_size / 64) ** 2 * 2 / max(1, min(4, os.cpu_count() or 1))
+    scale = (config.simulator.image_size / 64) ** 2 * 2 / max(1, min(4, available_cores()))
     for stage in ("autoencoder", "siamese"):
         epochs = getattr(config, stage).training.epochs
         seconds[stage] = n_images * config.split.fractions[0] * epochs * scale / TRAINING_IMAGES_PER_SECOND[stage]

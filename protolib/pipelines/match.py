@@ -365,7 +365,8 @@ def _check_arguments(model_path, target, target_system, top_k, threshold) -> Non
         )
     if not Path(model_path).exists():
         raise ProtolibInputError(
-            f"Model file {model_path} does not exist. Train one first (notebook 03 or `protolib train-siamese`)."
+            f"Model file {model_path} does not exist. Train one first with `protolib train-siamese` "
+            "or by running chapter 03 (notebooks/03_siamese_wsml.ipynb)."
         )
 
 
@@ -1241,6 +1242,14 @@ def _target_beam_au(target: MatchTarget) -> tuple[float, float, float] | None:
     return float(major) * distance, float(minor) * distance, float(angle)
 
 
+def _band_beam_au(target: ObservationTarget, bank: Bank) -> tuple[float, float, float]:
+    """One band's beam for the band gallery: ``(major, minor)`` FWHM in au at the bank's distance and its position
+    angle [deg], the map's beam on the bank's grid."""
+    major, minor, angle = target.transform_key["beam_arcsec"]
+    distance = bank.instrument.distance_pc
+    return float(major) * distance, float(minor) * distance, float(angle)
+
+
 def _corner_label(observing: ObservingDraws | None) -> str:
     """The corner plot's name for the matches: with observing draws, the matches of every draw pooled (so they can
     number as many as the bank's images without being the prior)."""
@@ -1293,6 +1302,7 @@ def _band_figures(bank: Bank, bands: BandTargets, matches: Matches, fit: MatchFi
         searched=None if bands.joint else bands.search,  # searched jointly: every band, none marked
         captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(shown.system, inclination)],
         pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
+        beam_au=[_band_beam_au(t, b) for t, b in zip(bands.targets, bands.banks)],
     )
     best, target_index, match_index = indices
     index = plot_spectral_index(

@@ -29,7 +29,7 @@ from ..bank import Bank
 from ..config import apply_overrides, find_configs_dir, load_config
 from ..evaluation import Relevance
 from ..plots.tuning import plot_tuning_curves, plot_tuning_scores
-from ..runtime import ProtolibInputError, atomic_path, plain_name, write_figure, write_json
+from ..runtime import ProtolibInputError, atomic_path, available_cores, plain_name, write_figure, write_json
 from ..siamese import load_siamese, train_siamese
 from ..tuning import (
     STALE_AFTER_S,
@@ -524,7 +524,7 @@ def _run_on_dask(args, client, workers: int, device, run_dir: Path, settings: Tu
         client = Client(own_cluster)
     try:
         n = len(client.scheduler_info()["workers"]) if own_cluster is None else workers
-        threads = max(1, (os.cpu_count() or 1) // n) if own_cluster is not None else None
+        threads = max(1, available_cores() // n) if own_cluster is not None else None
         futures = [
             client.submit(run_trials, *args, n_threads=threads, device=device, worker=k, pure=False)
             for k in range(max(1, n))

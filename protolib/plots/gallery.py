@@ -155,9 +155,12 @@ def _decorate_target(ax, image_size: int, pixel_size_au: float | None, fontsize:
         add_scale_bar(ax, image_size * pixel_size_au, fontsize=fontsize)
 
 
-def _draw_target_beam(ax, image_size: int, pixel_size_au: float, beam_au: tuple[float, float, float]) -> None:
+def _draw_target_beam(ax, image_size: int, pixel_size_au: float | None, beam_au: tuple[float, float, float] | None):
     """The target's beam ``(major, minor [au], position angle [deg])`` in its panel's lower left corner, whole inside
-    it: the panel is put on axes in au (east to the left, as every panel is drawn) so that the beam is to scale."""
+    it: the panel is put on axes in au (east to the left, as every panel is drawn) so that the beam is to scale.
+    Nothing is drawn without a beam or a pixel size."""
+    if beam_au is None or pixel_size_au is None:
+        return
     half = 0.5 * image_size * pixel_size_au
     for image in ax.get_images():
         image.set_extent((half, -half, -half, half))
@@ -382,6 +385,7 @@ def plot_band_gallery(
     pixel_size_au: float | None = None,
     unit: str = "Jy/beam",
     cmap: str = "inferno",
+    beam_au: Sequence[tuple[float, float, float] | None] | None = None,
 ):
     """The target in several bands beside its best matches: one column per match, two rows per band (the images,
     then target minus match in that band's noise rms).
@@ -397,6 +401,8 @@ def plot_band_gallery(
             searched.
         residuals: ``(n, bands, H, W)``; ``reduced_chi2``: ``(n,)`` joint; ``reduced_chi2_by_band``: ``(bands, n)``.
         captions: an extra line per match; ``pixel_size_au``: a scale bar on the target's first panel.
+        beam_au: each band's beam ``(major, minor [au], position angle [deg])`` (or ``None``), drawn in the target's
+            panel of that band (needs ``pixel_size_au``).
 
     Returns:
         The matplotlib figure.
@@ -417,6 +423,7 @@ def plot_band_gallery(
         )
         row_images[0].set_ylabel(f"{name}{' (searched)' if b == searched else ''}", fontsize=text)
         _decorate_target(row_images[0], np.shape(target_images)[-1], pixel_size_au if b == 0 else None, text)
+        _draw_target_beam(row_images[0], np.shape(target_images)[-1], pixel_size_au, (beam_au or [None] * (b + 1))[b])
         add_colorbar(row_images[-1], shown, label, fontsize=0.9 * text, size=0.07, n_ticks=3)
         residual = _band_residuals(axes[2 * b + 1], name, residuals[:, b], reduced_chi2_by_band[b], norm, text)
     for ax in axes.flat:
