@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import io
+import json
 import re
 import sys
 import time
@@ -53,17 +55,20 @@ from .evaluation import (
 )
 from .matching import embed_bank
 from .normalise import scaled_image_parameters
-from .runtime import ProtolibInputError, default_device
+from .runtime import ProtolibInputError, atomic_path, default_device
 from .statistics import calibrate_widening
 
 __all__ = [
     "NPE_TARGET_BATCH",
     "NPE_KINDS",
+    "NPE_CACHE_FOLDER",
     "OBSERVATION_VALIDATION_FRACTION",
     "NPEData",
     "TrainedFlow",
     "FittedNPE",
     "fit_npe",
+    "npe_cache_key",
+    "restore_flow",
     "score_npe",
     "npe_results",
     "observation_posterior",
@@ -81,6 +86,13 @@ NPE_TARGET_BATCH = 64
 
 NPE_KINDS = {"npe": "frozen", "npe_end_to_end": "end_to_end"}
 """Evaluation method name -> the kind of estimate :func:`npe_evaluation` trains."""
+
+NPE_CACHE_FOLDER = "npe_flows"
+"""The folder, beside a configuration's networks, where the book's and the commands' trained estimates are kept
+(:func:`fit_npe`'s ``cache_dir``)."""
+
+NPE_CACHE_KEPT = 8
+"""Trained estimates of each kind kept in a cache folder; the oldest beyond these are removed."""
 
 OBSERVATION_VALIDATION_FRACTION = 0.15
 """The fraction of a bank's systems :func:`observation_posterior` holds out to choose its widenings."""
@@ -177,17 +189,22 @@ class TrainedFlow:
         converged: whether training stopped because sbi's held-out loss stopped improving (``False``: it hit
             ``max_epochs``).
         seconds: the training's wall time.
+        cached: whether it was read from :func:`fit_npe`'s cache rather than trained in this run.
     """
 
     posterior: object
     epochs: int
     converged: bool
     seconds: float
+    cached: bool = False
 
     def describe(self) -> str:
-        """How it was trained, for a report: ``"trained 143 epochs (converged), 21 s"``."""
+        """How it was trained, for a report: ``"trained 143 epochs (converged), 21 s"`` (and ``", read from the
+        cache"`` when :func:`fit_npe` found it trained already)."""
         how = "converged" if self.converged else "the cap; its held-out loss was still falling"
-        return f"trained {self.epochs} epochs ({how}), {self.seconds:.0f} s"
+        return f"trained {self.epochs} epochs ({how}), {self.seconds:.0f} s" + (
+            ", read from the cache" if self.cached else ""
+        )
 
 
 class _NoTracking:
@@ -250,24 +267,13 @@ def train_flow(
     held out, after 20 epochs without improvement) or at ``max_epochs``; the result says which.
     """
     from sbi.inference import NPE
-    from sbi.neural_nets import posterior_nn
 
-    # a flow on 32 numbers is faster on the CPU
-    device = str(default_device(device)) if embedding_net is not None else "cpu"
+    device = _flow_device(embedding_net, device)
     torch.manual_seed(seed)
-    builder = posterior_nn(
-        model="maf",
-        z_score_x="none" if embedding_net is not None else "independent",
-        **({"embedding_net": embedding_net} if embedding_net is not None else {}),
-    )
+    builder = _flow_builder(embedding_net)
     start = time.perf_counter()
     with warnings.catch_warnings(), tqdm(total=max_epochs, desc=description, unit="epoch", disable=not progress) as bar:
-        # understood and handled here: no prior is given (the training data's range is used), the epoch cap is reported
-        # by
-        # TrainedFlow.converged, and sbi's outlier check on z-scoring fires for image pixels, which are not z-scored
-        # (z_score_x="none")
-        for message in (".*prior.*", ".*not yet fully converged.*", ".*extreme outliers.*"):
-            warnings.filterwarnings("ignore", message=message)
+        _quiet_sbi()
         inference = NPE(density_estimator=builder, device=device, show_progress_bars=progress, tracker=_NoTracking())
         inference.append_simulations(
             torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
@@ -277,6 +283,57 @@ def train_flow(
         posterior = inference.build_posterior(estimator)
     epochs = int(inference.summary["epochs_trained"][-1])  # sbi's counter ends one past the cap when it hits it
     return TrainedFlow(posterior, min(epochs, max_epochs), epochs < max_epochs, time.perf_counter() - start)
+
+
+def _flow_device(embedding_net: nn.Module | None, device: str | torch.device | None = None) -> str:
+    """Where a flow trains: a flow on 32 numbers is faster on the CPU; one with an image embedding goes to the
+    default device."""
+    return str(default_device(device)) if embedding_net is not None else "cpu"
+
+
+def _flow_builder(embedding_net: nn.Module | None):
+    """sbi's builder of the masked autoregressive flow: inputs standardised per dimension, except images seen through
+    an ``embedding_net`` (already stretched by the autoencoder's preprocessing)."""
+    from sbi.neural_nets import posterior_nn
+
+    return posterior_nn(
+        model="maf",
+        z_score_x="none" if embedding_net is not None else "independent",
+        **({"embedding_net": embedding_net} if embedding_net is not None else {}),
+    )
+
+
+def _quiet_sbi() -> None:
+    """Hide sbi's warnings that are understood and handled here (call inside ``warnings.catch_warnings()``): no prior
+    is given (the training data's range is used), the epoch cap is reported by :attr:`TrainedFlow.converged`, and
+    sbi's outlier check on z-scoring fires for image pixels, which are not z-scored (``z_score_x="none"``)."""
+    for message in (".*prior.*", ".*not yet fully converged.*", ".*extreme outliers.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def restore_flow(
+    state: dict, theta: np.ndarray, x: np.ndarray, *, embedding_net: nn.Module | None = None, device=None, **how
+) -> TrainedFlow:
+    """The flow :func:`train_flow` trained on ``(theta, x)``, rebuilt from its weights ``state`` (its
+    ``posterior_estimator.state_dict()``) without training: its samples are those of the trained flow, bit for bit.
+
+    ``how``: the :class:`TrainedFlow` fields ``epochs``, ``converged`` and ``seconds`` of the training. sbi has no
+    loader that does not unpickle; the flow is built again by sbi's builder (whose standardising constants are
+    weights too) and given the weights.
+    """
+    from sbi.inference import NPE
+
+    device = _flow_device(embedding_net, device)
+    builder = _flow_builder(embedding_net)
+    theta_t, x_t = torch.as_tensor(theta, dtype=torch.float32), torch.as_tensor(x, dtype=torch.float32)
+    with warnings.catch_warnings():
+        _quiet_sbi()
+        estimator = builder(theta_t[:256], x_t[:256])  # shapes only: every constant is in ``state``
+        estimator.load_state_dict(state)
+        inference = NPE(density_estimator=builder, device=device, show_progress_bars=False, tracker=_NoTracking())
+        inference.append_simulations(theta_t, x_t)  # the prior: the training values' range, as in training
+        posterior = inference.build_posterior(estimator.to(device))
+    return TrainedFlow(posterior, cached=True, **how)
 
 
 def draw_samples(
@@ -350,6 +407,7 @@ def fit_npe(
     settings: EvaluationSettings | None = None,
     parameters: list[str] | None = None,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> FittedNPE:
     """Train a neural posterior estimate on ``split.train`` (every projection) and choose its widenings on
     ``split.validation``.
@@ -357,7 +415,9 @@ def fit_npe(
     ``kind``: ``"frozen"`` (on the Siamese embedding; needs ``model``) or ``"end_to_end"`` (needs
     ``autoencoder``). ``settings``: ``npe_max_epochs``, ``npe_samples``, ``projection``,
     ``widening_candidates``, ``correction`` and ``seed`` are used. ``parameters``: estimated (default:
-    every bank parameter and the inclination).
+    every bank parameter and the inclination). ``cache_dir``: a folder where trained estimates are kept, keyed
+    by everything they learn from (:func:`npe_cache_key`); one found there is read instead of trained again, with
+    the same samples (chapters 06 and 06b train the same two estimates).
     """
     if not sbi_available():
         raise ProtolibInputError(
@@ -366,8 +426,27 @@ def fit_npe(
     settings = settings or EvaluationSettings()
     data = npe_data(kind, bank, model=model, autoencoder=autoencoder, parameters=parameters)
     train = _rows(bank, split.train, None)
-    centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
+    validation = (
+        _rows(bank, split.validation, settings.projection)
+        if settings.correction == "choose_k_and_widening" and len(split.validation)
+        else None
+    )
     name = next(n for n, k in NPE_KINDS.items() if k == kind)
+    cached = (
+        None if cache_dir is None else Path(cache_dir) / f"{name}-{npe_cache_key(data, train, validation, settings)}.pt"
+    )
+    fitted = _read_fitted(cached, name, data, train, bank) if cached is not None and cached.is_file() else None
+    if fitted is None:
+        fitted = _train_fitted(name, data, train, validation, bank, settings, progress)
+        if cached is not None:
+            _write_fitted(fitted, cached)
+    return fitted
+
+
+def _train_fitted(name, data: NPEData, train, validation, bank: Bank, settings: EvaluationSettings, progress: bool):
+    """:func:`fit_npe`'s training: the flow on the standardised training values, then the widenings chosen on the
+    ``validation`` rows (none without)."""
+    centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
     flow = train_flow(
         (data.values[train] - centre) / spread,
         data.inputs[train],
@@ -378,11 +457,66 @@ def fit_npe(
         description=f"training {name}",
     )
     fitted = FittedNPE(name, flow, data, centre, spread, train, Path(bank.path))
-    if settings.correction == "choose_k_and_widening" and len(split.validation):
-        validation = _rows(bank, split.validation, settings.projection)
+    if validation is not None:
         drawn = fitted.samples(data.inputs[validation], settings.npe_samples, seed=settings.seed + 1)
         fitted.widening = _calibrated(drawn, data.values[validation], data.names, settings.widening_candidates)
     return fitted
+
+
+def npe_cache_key(data: NPEData, train: np.ndarray, validation: np.ndarray | None, settings) -> str:
+    """The name of a trained estimate in :func:`fit_npe`'s cache: a SHA-256 of everything its samples and widenings
+    depend on (the training and validation inputs and values, the embedding network's starting weights, the settings
+    used, where it trains, and the sbi and torch versions), so that a changed bank, network or setting trains anew."""
+    import sbi
+
+    digest = hashlib.sha256()
+    fields = (settings.npe_max_epochs, settings.npe_samples, settings.seed, settings.correction)
+    what = [data.kind, data.names, list(fields), list(settings.widening_candidates), sbi.__version__, torch.__version__]
+    digest.update(json.dumps([*what, _flow_device(data.embedding_net)], default=str).encode())
+    for rows in (train, validation if validation is not None else np.zeros(0, dtype=int)):
+        digest.update(np.ascontiguousarray(data.inputs[rows]).tobytes())
+        digest.update(np.ascontiguousarray(data.values[rows]).tobytes())
+    if data.embedding_net is not None:
+        for key, tensor in data.embedding_net.state_dict().items():
+            digest.update(key.encode() + tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _write_fitted(fitted: FittedNPE, path: Path) -> None:
+    """A trained estimate into :func:`fit_npe`'s cache: its flow's weights and how it was trained, plain tensors and
+    numbers (read back with ``weights_only=True``, so that reading it runs no code); written atomically."""
+    flow = fitted.flow
+    state = {k: v.detach().cpu() for k, v in flow.posterior.posterior_estimator.state_dict().items()}
+    how = {"epochs": flow.epochs, "converged": flow.converged, "seconds": flow.seconds}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"state": state, "how": how, "widening": fitted.widening}, tmp)
+    kept = sorted(path.parent.glob(f"{fitted.name}-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[NPE_CACHE_KEPT:]:  # the oldest beyond the newest few of this kind
+        old.unlink(missing_ok=True)
+
+
+def _read_fitted(path: Path, name: str, data: NPEData, train: np.ndarray, bank: Bank) -> FittedNPE | None:
+    """A trained estimate from :func:`fit_npe`'s cache, or ``None`` (with a warning naming the file, which is then
+    trained again and replaced) when it cannot be read."""
+    centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        flow = restore_flow(
+            stored["state"],
+            (data.values[train] - centre) / spread,
+            data.inputs[train],
+            embedding_net=data.embedding_net,
+            **stored["how"],
+        )
+    except Exception as error:  # a cache is a convenience: any unreadable file is trained again
+        warnings.warn(
+            f"The trained estimate {path} in the cache could not be read ({type(error).__name__}); it is trained "
+            "again and replaced.",
+            stacklevel=3,
+        )
+        return None
+    return FittedNPE(name, flow, data, centre, spread, train, Path(bank.path), stored["widening"])
 
 
 def score_npe(
@@ -533,10 +667,12 @@ def add_npe_result(
     autoencoder=None,
     parameters: list[str] | None = None,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """Add each neural posterior estimate that ``settings.methods`` lists (``npe``, ``npe_end_to_end``) to ``results``.
 
-    Warns and adds nothing when ``sbi`` is not installed. Returns ``results``.
+    Warns and adds nothing when ``sbi`` is not installed. ``cache_dir``: where trained estimates are kept
+    (:func:`fit_npe`). Returns ``results``.
     """
     found = npe_results(
         bank,
@@ -548,6 +684,7 @@ def add_npe_result(
         autoencoder=autoencoder,
         parameters=parameters,
         progress=progress,
+        cache_dir=cache_dir,
     )
     results.update(found.get("test", {}))
     return results
@@ -585,41 +722,25 @@ def npe_results(
     autoencoder=None,
     parameters: list[str] | None = None,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, dict[str, MethodResult]]:
     """Each estimate that ``settings.methods`` lists, trained once on ``bank``'s training systems and scored on several
     sets of targets.
 
     ``targets``: case -> ``(bank, systems)``, e.g. the same test systems rendered with the bank's physics
     and with another (chapter 06b). The autoencoder of the end-to-end estimate defaults to the one
-    ``model`` was trained from. Returns case -> method name -> :class:`~protolib.evaluation.MethodResult`
-    (empty, with a warning, when ``sbi`` is not installed).
+    ``model`` was trained from. ``cache_dir``: where trained estimates are kept (:func:`fit_npe`). Returns case ->
+    method name -> :class:`~protolib.evaluation.MethodResult` (empty, with a warning, when ``sbi`` is not installed).
     """
     wanted, autoencoder = _estimates_to_make(settings, model, autoencoder)
     if wanted is None:
         return {}
     found = {case: {} for case in targets}
+    common = {"model": model, "autoencoder": autoencoder, "settings": settings, "progress": progress}
     for name in wanted:
-        fitted = fit_npe(
-            bank,
-            split,
-            kind=NPE_KINDS[name],
-            model=model,
-            autoencoder=autoencoder,
-            settings=settings,
-            parameters=parameters,
-            progress=progress,
-        )
+        fitted = fit_npe(bank, split, kind=NPE_KINDS[name], parameters=parameters, cache_dir=cache_dir, **common)
         for case, (target_bank, systems) in targets.items():
-            found[case][name] = score_npe(
-                fitted,
-                target_bank,
-                systems,
-                relevance,
-                settings=settings,
-                model=model,
-                autoencoder=autoencoder,
-                progress=progress,
-            )
+            found[case][name] = score_npe(fitted, target_bank, systems, relevance, **common)
     return found
 
 

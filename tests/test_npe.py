@@ -76,7 +76,7 @@ def test_the_flow_recovers_a_known_gaussian_posterior_with_nominal_coverage():
 
 
 @needs_sbi
-def test_protolib_evaluate_scores_both_posterior_estimates_beside_the_matches(tmp_path_factory, tmp_path):
+def test_protolib_evaluate_scores_both_posterior_estimates_beside_the_matches(tmp_path_factory, tmp_path, capsys):
     with open_small_bank(tmp_path_factory, 16, seed=2) as bank:
         split = split_systems(bank.n_systems, (0.5, 0.25, 0.25), seed=0)
         quick = TrainingConfig(epochs=1, batch_systems=4, learning_rate=3e-3, num_threads=1)
@@ -89,32 +89,32 @@ def test_protolib_evaluate_scores_both_posterior_estimates_beside_the_matches(tm
             progress=False,
         )
         model = train_siamese(bank, autoencoder, tmp_path / "siamese.pt", training=quick, progress=False)
-        out = tmp_path / "evaluation"
-        assert (
-            main(
-                [
-                    "evaluate",
-                    "--model",
-                    str(model),
-                    "--bank",
-                    str(bank.path),
-                    "--out",
-                    str(out),
-                    "--top-k",
-                    "4",
-                    "--config",
-                    "tiny",
-                    "--methods",
-                    "random,siamese,npe,npe_end_to_end",
-                    "--set",
-                    "evaluation.npe_max_epochs=3",
-                    "--set",
-                    "evaluation.npe_samples=50",
-                ]
-            )
-            == 0
-        )
-        metrics = json.loads((out / "metrics.json").read_text())
+        arguments = ["evaluate", "--model", str(model), "--bank", str(bank.path), "--top-k", "4", "--config", "tiny"]
+        arguments += ["--methods", "random,siamese,npe,npe_end_to_end", "--set", "evaluation.npe_samples=50"]
+
+        def evaluate(out: str, epochs: int = 3) -> dict:
+            assert main([*arguments, "--out", str(tmp_path / out), "--set", f"evaluation.npe_max_epochs={epochs}"]) == 0
+            return json.loads((tmp_path / out / "metrics.json").read_text())
+
+        metrics = evaluate("evaluation")
+        # each estimate is kept beside the network and read back, not trained, when nothing it learns from changed
+        cache = tmp_path / "npe_flows"
+        first = sorted(cache.glob("*.pt"))
+        assert [p.name.split("-")[0] for p in first] == ["npe", "npe_end_to_end"]
+        first[0].write_bytes(b"not a torch file")  # a broken one is trained again, with a warning
+        kept = first[1].stat().st_mtime_ns
+        capsys.readouterr()
+        again = evaluate("again")
+        warned = capsys.readouterr().err
+        assert f"trained estimate {first[0]} in the cache could not be read" in " ".join(warned.split())
+        assert sorted(cache.glob("*.pt")) == first and first[1].stat().st_mtime_ns == kept  # read, not rewritten
+        assert first[0].stat().st_size > 1000  # trained again and replaced
+        for name in ("npe", "npe_end_to_end"):
+            assert again["methods"][name]["corrected"] == metrics["methods"][name]["corrected"]
+            assert again["methods"][name]["chosen_widening"] == metrics["methods"][name]["chosen_widening"]
+        assert len(list(cache.glob("*.pt"))) == 2
+        evaluate("fewer_epochs", epochs=2)  # another setting: trained anew, the others kept
+        assert len(list(cache.glob("*.pt"))) == 4
     assert list(metrics["methods"]) == ["random", "siamese", "npe", "npe_end_to_end"]
     for name in ("npe", "npe_end_to_end"):
         entry = metrics["methods"][name]

@@ -26,7 +26,7 @@ from ..evaluation import (
     headline_table,
     siamese_method,
 )
-from ..npe import add_npe_result, sbi_available
+from ..npe import NPE_CACHE_FOLDER, add_npe_result, sbi_available
 from ..plots import evaluation as plots
 from ..runtime import (
     ProtolibInputError,
@@ -74,7 +74,9 @@ def run_evaluation(
     methods = baseline_methods(model, bank, split.train, settings)
     relevance = Relevance.from_model(model)
     results = evaluate_methods(methods, bank, relevance, split, settings)
-    add_npe_result(results, bank, split, relevance, settings, model=model)
+    add_npe_result(
+        results, bank, split, relevance, settings, model=model, cache_dir=model_path.parent / NPE_CACHE_FOLDER
+    )
     report = evaluation_report(results, model, bank, settings, model_path=model_path, bank_path=bank_path)
     # a bank rewritten meanwhile: refused, so metrics.json never names a file it does not come from
     bank.check_unchanged()

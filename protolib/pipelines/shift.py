@@ -19,7 +19,7 @@ import numpy as np
 from ..bank import Bank, bank_with_systems_from, concatenate_banks
 from ..domain_shift import CASES, nuisance_rows, shift_figures, shift_rows
 from ..evaluation import EvaluationSettings, MethodResult, Relevance, baseline_methods, evaluate_methods
-from ..npe import npe_results
+from ..npe import NPE_CACHE_FOLDER, npe_results
 from ..plots.domain_shift import plot_domain_shift, plot_nuisance_constraints
 from ..runtime import ProtolibInputError, check_output, output_folder, write_figure, write_json
 from ..siamese import load_siamese
@@ -96,12 +96,14 @@ def _add_posterior_estimates(
     drawn_bank: Bank,
     settings: EvaluationSettings,
     test: np.ndarray,
-    nuisance: list[str],
     progress: bool,
 ) -> None:
     """The neural posterior estimates in each case: trained once on the fixed bank (scored without and with the shift),
-    once on the drawn one."""
+    once on the drawn one. Each learns the physical parameters and the inclination only, so the drawn bank's
+    marginalises the nuisance physics, and is the very estimate chapter 06 trains. Each is kept in the folder
+    ``npe_flows`` beside the drawn network and read from it when it was trained already."""
     parameters = [*drawn_bank.physical_parameters, "inclination"]
+    cache_dir = Path(drawn_model).parent / NPE_CACHE_FOLDER
     model = load_siamese(fixed_model)
     for case, found in npe_results(
         fixed_bank,
@@ -112,6 +114,7 @@ def _add_posterior_estimates(
         model=model,
         parameters=parameters,
         progress=progress,
+        cache_dir=cache_dir,
     ).items():
         cases[case].update(found)
     model = load_siamese(drawn_model)
@@ -122,8 +125,9 @@ def _add_posterior_estimates(
         settings,
         {"marginalised": (drawn_bank, test)},
         model=model,
-        parameters=[*parameters, *nuisance],
+        parameters=parameters,
         progress=progress,
+        cache_dir=cache_dir,
     )
     cases["marginalised"].update(found.get("marginalised", {}))
 
@@ -212,7 +216,7 @@ def _evaluate_cases(fixed, drawn, shifted_path, settings: EvaluationSettings, te
             "marginalised": _evaluate(drawn_model, drawn_bank, settings, nuisance, test),
         }
         _add_posterior_estimates(
-            cases, fixed_model, fixed_bank, shifted, drawn_model, drawn_bank, settings, test, nuisance, progress
+            cases, fixed_model, fixed_bank, shifted, drawn_model, drawn_bank, settings, test, progress
         )
     return cases
 
