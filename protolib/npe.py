@@ -69,6 +69,7 @@ __all__ = [
     "fit_npe",
     "npe_cache_key",
     "restore_flow",
+    "trained_estimate",
     "score_npe",
     "npe_results",
     "observation_posterior",
@@ -416,8 +417,8 @@ def fit_npe(
     ``autoencoder``). ``settings``: ``npe_max_epochs``, ``npe_samples``, ``projection``,
     ``widening_candidates``, ``correction`` and ``seed`` are used. ``parameters``: estimated (default:
     every bank parameter and the inclination). ``cache_dir``: a folder where trained estimates are kept, keyed
-    by everything they learn from (:func:`npe_cache_key`); one found there is read instead of trained again, with
-    the same samples (chapters 06 and 06b train the same two estimates).
+    by everything they learn from (:func:`trained_estimate`); one found there is read instead of trained again,
+    with the same samples (chapters 06 and 06b train the same two estimates).
     """
     if not sbi_available():
         raise ProtolibInputError(
@@ -432,91 +433,111 @@ def fit_npe(
         else None
     )
     name = next(n for n, k in NPE_KINDS.items() if k == kind)
-    cached = (
-        None if cache_dir is None else Path(cache_dir) / f"{name}-{npe_cache_key(data, train, validation, settings)}.pt"
-    )
-    fitted = _read_fitted(cached, name, data, train, bank) if cached is not None and cached.is_file() else None
-    if fitted is None:
-        fitted = _train_fitted(name, data, train, validation, bank, settings, progress)
-        if cached is not None:
-            _write_fitted(fitted, cached)
-    return fitted
-
-
-def _train_fitted(name, data: NPEData, train, validation, bank: Bank, settings: EvaluationSettings, progress: bool):
-    """:func:`fit_npe`'s training: the flow on the standardised training values, then the widenings chosen on the
-    ``validation`` rows (none without)."""
-    centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
-    flow = train_flow(
-        (data.values[train] - centre) / spread,
-        data.inputs[train],
+    flow, centre, spread, widening = trained_estimate(
+        name,
+        data.names,
+        (data.values[train], data.inputs[train]),
+        None if validation is None else (data.values[validation], data.inputs[validation]),
+        settings,
         embedding_net=data.embedding_net,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    return FittedNPE(name, flow, data, centre, spread, train, Path(bank.path), widening)
+
+
+def trained_estimate(
+    name: str,
+    names: list[str],
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    settings: EvaluationSettings,
+    *,
+    embedding_net: nn.Module | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    description: str | None = None,
+) -> tuple[TrainedFlow, np.ndarray, np.ndarray, dict[str, float] | None]:
+    """A flow trained on ``train = (values (N, K), inputs (N, D))`` (the ``names``' scaled values, standardised for
+    training), and each parameter's widening chosen on ``validation`` (same shapes; ``None``: no widening), from
+    ``settings`` (``npe_max_epochs``, ``npe_samples``, ``widening_candidates``, ``seed``).
+
+    With a ``cache_dir``, the estimate is kept there as ``<name>-<key>.pt`` (:func:`npe_cache_key`; at most
+    ``NPE_CACHE_KEPT`` of each name) and read back, with the same samples and widenings, instead of being trained
+    again. Returns ``(flow, centre, spread, widening)``: samples in scaled units are ``flow`` samples x spread +
+    centre.
+    """
+    values, inputs = train
+    centre, spread = values.mean(0), values.std(0) + 1e-12
+    key = None if cache_dir is None else npe_cache_key(name, names, train, validation, settings, embedding_net)
+    path = None if key is None else Path(cache_dir) / f"{name}-{key}.pt"
+    found = _read_estimate(path, (values - centre) / spread, inputs, embedding_net) if path and path.is_file() else None
+    if found is not None:
+        return found[0], centre, spread, found[1]
+    flow = train_flow(
+        (values - centre) / spread,
+        inputs,
+        embedding_net=embedding_net,
         max_epochs=settings.npe_max_epochs,
         seed=settings.seed,
         progress=progress,
-        description=f"training {name}",
+        description=description or f"training {name}",
     )
-    fitted = FittedNPE(name, flow, data, centre, spread, train, Path(bank.path))
+    widening = None
     if validation is not None:
-        drawn = fitted.samples(data.inputs[validation], settings.npe_samples, seed=settings.seed + 1)
-        fitted.widening = _calibrated(drawn, data.values[validation], data.names, settings.widening_candidates)
-    return fitted
+        drawn = draw_samples(flow, validation[1], settings.npe_samples, seed=settings.seed + 1) * spread + centre
+        widening = _calibrated(drawn, validation[0], names, settings.widening_candidates)
+    if path is not None:
+        _write_estimate(path, name, flow, widening)
+    return flow, centre, spread, widening
 
 
-def npe_cache_key(data: NPEData, train: np.ndarray, validation: np.ndarray | None, settings) -> str:
-    """The name of a trained estimate in :func:`fit_npe`'s cache: a SHA-256 of everything its samples and widenings
-    depend on (the training and validation inputs and values, the embedding network's starting weights, the settings
-    used, where it trains, and the sbi and torch versions), so that a changed bank, network or setting trains anew."""
+def npe_cache_key(name: str, names: list[str], train, validation, settings, embedding_net=None) -> str:
+    """The name of a trained estimate in :func:`trained_estimate`'s cache: a SHA-256 of everything its samples and
+    widenings depend on (the training and validation values and inputs, the embedding network's starting weights,
+    the settings used, where it trains, and the sbi and torch versions), so that a changed bank, network or setting
+    trains anew."""
     import sbi
 
     digest = hashlib.sha256()
-    fields = (settings.npe_max_epochs, settings.npe_samples, settings.seed, settings.correction)
-    what = [data.kind, data.names, list(fields), list(settings.widening_candidates), sbi.__version__, torch.__version__]
-    digest.update(json.dumps([*what, _flow_device(data.embedding_net)], default=str).encode())
-    for rows in (train, validation if validation is not None else np.zeros(0, dtype=int)):
-        digest.update(np.ascontiguousarray(data.inputs[rows]).tobytes())
-        digest.update(np.ascontiguousarray(data.values[rows]).tobytes())
-    if data.embedding_net is not None:
-        for key, tensor in data.embedding_net.state_dict().items():
+    fields = (settings.npe_max_epochs, settings.npe_samples, settings.seed, list(settings.widening_candidates))
+    what = [name, list(names), list(fields), sbi.__version__, torch.__version__, _flow_device(embedding_net)]
+    digest.update(json.dumps(what, default=str).encode())
+    for array in (*train, *(validation if validation is not None else ())):
+        digest.update(str(np.shape(array)).encode() + np.ascontiguousarray(array).tobytes())
+    if embedding_net is not None:
+        for key, tensor in embedding_net.state_dict().items():
             digest.update(key.encode() + tensor.detach().cpu().numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
-def _write_fitted(fitted: FittedNPE, path: Path) -> None:
-    """A trained estimate into :func:`fit_npe`'s cache: its flow's weights and how it was trained, plain tensors and
+def _write_estimate(path: Path, name: str, flow: TrainedFlow, widening: dict | None) -> None:
+    """A trained estimate into the cache: its flow's weights, how it was trained and its widenings, plain tensors and
     numbers (read back with ``weights_only=True``, so that reading it runs no code); written atomically."""
-    flow = fitted.flow
     state = {k: v.detach().cpu() for k, v in flow.posterior.posterior_estimator.state_dict().items()}
     how = {"epochs": flow.epochs, "converged": flow.converged, "seconds": flow.seconds}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        torch.save({"state": state, "how": how, "widening": fitted.widening}, tmp)
-    kept = sorted(path.parent.glob(f"{fitted.name}-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in kept[NPE_CACHE_KEPT:]:  # the oldest beyond the newest few of this kind
+        torch.save({"state": state, "how": how, "widening": widening}, tmp)
+    kept = sorted(path.parent.glob(f"{name}-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in kept[NPE_CACHE_KEPT:]:  # the oldest beyond the newest few of this name
         old.unlink(missing_ok=True)
 
 
-def _read_fitted(path: Path, name: str, data: NPEData, train: np.ndarray, bank: Bank) -> FittedNPE | None:
-    """A trained estimate from :func:`fit_npe`'s cache, or ``None`` (with a warning naming the file, which is then
-    trained again and replaced) when it cannot be read."""
-    centre, spread = data.values[train].mean(0), data.values[train].std(0) + 1e-12
+def _read_estimate(path: Path, theta: np.ndarray, inputs: np.ndarray, embedding_net) -> tuple | None:
+    """``(flow, widening)`` from the cache, or ``None`` (with a warning naming the file, which is then trained again
+    and replaced) when it cannot be read."""
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
-        flow = restore_flow(
-            stored["state"],
-            (data.values[train] - centre) / spread,
-            data.inputs[train],
-            embedding_net=data.embedding_net,
-            **stored["how"],
-        )
+        flow = restore_flow(stored["state"], theta, inputs, embedding_net=embedding_net, **stored["how"])
     except Exception as error:  # a cache is a convenience: any unreadable file is trained again
         warnings.warn(
             f"The trained estimate {path} in the cache could not be read ({type(error).__name__}); it is trained "
             "again and replaced.",
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
-    return FittedNPE(name, flow, data, centre, spread, train, Path(bank.path), stored["widening"])
+    return flow, stored["widening"]
 
 
 def score_npe(
@@ -767,6 +788,7 @@ def observation_posterior(
     n_samples: int = 4000,
     validation_fraction: float = OBSERVATION_VALIDATION_FRACTION,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """The neural posterior estimate for one observation, beside its matches: trained on the bank as the matcher sees
     it.
@@ -776,7 +798,8 @@ def observation_posterior(
     seeded ``validation_fraction`` of the systems is held out to choose each parameter's widening, as
     the matches' intervals are calibrated on reference targets. The observation's own embedding is then
     the flow's input. Only the estimate on the frozen Siamese embedding is made here: the end-to-end
-    one would train a network per map.
+    one would train a network per map. ``cache_dir``: where the trained estimate is kept, so that matching the
+    same map again with the same bank and network reads it (:func:`trained_estimate`).
 
     Returns:
         ``{"description": ..., "summary": [ParameterSummary as dict, ...]}`` in physical units, the
@@ -792,17 +815,16 @@ def observation_posterior(
     rows = np.asarray(embeddings.system) * bank.n_projections + np.asarray(embeddings.projection)
     vectors, values = np.asarray(embeddings.vectors, dtype=np.float32), values[rows]
     held = _held_out(np.asarray(embeddings.system), validation_fraction, settings.seed)
-    centre, spread = values[~held].mean(0), values[~held].std(0) + 1e-12
-    flow = train_flow(
-        (values[~held] - centre) / spread,
-        vectors[~held],
-        max_epochs=settings.npe_max_epochs,
-        seed=settings.seed,
+    flow, centre, spread, widening = trained_estimate(
+        "npe_observation",
+        names,
+        (values[~held], vectors[~held]),
+        (values[held], vectors[held]),
+        settings,
+        cache_dir=cache_dir,
         progress=progress,
         description="training the posterior estimate",
     )
-    drawn = draw_samples(flow, vectors[held], settings.npe_samples, seed=settings.seed + 1) * spread + centre
-    widening = _calibrated(drawn, values[held], names, settings.widening_candidates)
     scaled = draw_samples(flow, matcher.embed(image), n_samples, seed=settings.seed)[0] * spread + centre  # (n, K)
     samples = {n: 10.0 ** scaled[:, j] if logs[j] else scaled[:, j] for j, n in enumerate(names)}
     prior = {n: 10.0 ** values[:, j] if logs[j] else values[:, j] for j, n in enumerate(names)}

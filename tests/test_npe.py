@@ -153,31 +153,10 @@ def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tm
         noise_rms_jy_beam=1e-4,
         seed=1,
     )
-    out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "match",
-                "--model",
-                str(model),
-                "--bank",
-                str(tmp_path / "bank.h5"),
-                "--target",
-                str(fits_path),
-                "--distance",
-                "150",
-                "--top-k",
-                "10",
-                "--out",
-                str(out),
-                "--posterior-estimate",
-                "--set",
-                "evaluation.npe_max_epochs=20",
-            ]
-        )
-        == 0
-    )
-    report = json.loads((out / "report.json").read_text())
+    arguments = ["match", "--model", str(model), "--bank", str(tmp_path / "bank.h5"), "--target", str(fits_path)]
+    arguments += ["--distance", "150", "--top-k", "10", "--posterior-estimate", "--set", "evaluation.npe_max_epochs=20"]
+    assert main([*arguments, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
     estimate = report["posterior_estimate"]
     assert "neural posterior estimate" in estimate["description"]
     assert [s["parameter"] for s in estimate["summary"]] == [
@@ -186,6 +165,12 @@ def test_match_puts_a_posterior_estimate_beside_the_matches_of_an_observation(tm
     for row in estimate["summary"]:
         assert row["p2_5"] <= row["p16"] <= row["median"] <= row["p84"] <= row["p97_5"]
         assert row["widening"] >= 1.0
+    # the same map again: the estimate is read from beside the network, with the same intervals
+    assert [p.name.split("-")[0] for p in (tmp_path / "npe_flows").glob("*.pt")] == ["npe_observation"]
+    assert main([*arguments, "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "report.json").read_text())["posterior_estimate"]
+    assert again["summary"] == estimate["summary"] and "read from the cache" in again["description"]
+    assert "read from the cache" not in estimate["description"]
 
 
 def test_learning_curve_numbers_say_what_still_improves_and_plot_every_parameter():

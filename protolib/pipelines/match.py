@@ -81,7 +81,7 @@ from ..matching.observing import (
     observing_uncertainty,
     widening_by_source,
 )
-from ..npe import observation_posterior
+from ..npe import NPE_CACHE_FOLDER, observation_posterior
 from ..observation import prepared_file
 from ..out_of_family import read_terms, with_terms
 from ..plots.corner import plot_corner
@@ -919,7 +919,13 @@ def _posterior(target: MatchTarget, searched: Searched, request: MatchRequest) -
     (:func:`~protolib.npe.observation_posterior`), whose intervals the report puts beside the matches'."""
     if request.posterior is None or target.observation is None:
         return None
-    return observation_posterior(searched.matcher, target.image, settings=request.posterior, progress=request.progress)
+    return observation_posterior(
+        searched.matcher,
+        target.image,
+        settings=request.posterior,
+        progress=request.progress,
+        cache_dir=Path(request.model_path).parent / NPE_CACHE_FOLDER,
+    )
 
 
 @dataclass
