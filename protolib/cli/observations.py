@@ -250,8 +250,8 @@ def register_match(sub) -> None:
         "--posterior-estimate",
         action="store_true",
         help="also train a neural posterior estimate (sbi) on the bank at the observation's setup and put its "
-        "intervals "
-        "beside the matches' in report.json (about half a minute on a CPU; --target only)",
+        "intervals beside the matches' in report.json (about half a minute on a CPU; --target only); it is kept "
+        "in npe_flows/ beside the model, so matching the same map again reads it",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument(
