@@ -90,10 +90,11 @@ NPE_KINDS = {"npe": "frozen", "npe_end_to_end": "end_to_end"}
 
 NPE_CACHE_FOLDER = "npe_flows"
 """The folder, beside a configuration's networks, where the book's and the commands' trained estimates are kept
-(:func:`fit_npe`'s ``cache_dir``)."""
+(:func:`trained_estimate`'s ``cache_dir``)."""
 
 NPE_CACHE_KEPT = 8
-"""Trained estimates of each kind kept in a cache folder; the oldest beyond these are removed."""
+"""Trained estimates of each name (``npe``, ``npe_end_to_end``, ``npe_observation``) kept in a cache folder; the
+oldest beyond these are removed."""
 
 OBSERVATION_VALIDATION_FRACTION = 0.15
 """The fraction of a bank's systems :func:`observation_posterior` holds out to choose its widenings."""
@@ -190,7 +191,7 @@ class TrainedFlow:
         converged: whether training stopped because sbi's held-out loss stopped improving (``False``: it hit
             ``max_epochs``).
         seconds: the training's wall time.
-        cached: whether it was read from :func:`fit_npe`'s cache rather than trained in this run.
+        cached: whether it was read from :func:`trained_estimate`'s cache rather than trained in this run.
     """
 
     posterior: object
@@ -201,7 +202,7 @@ class TrainedFlow:
 
     def describe(self) -> str:
         """How it was trained, for a report: ``"trained 143 epochs (converged), 21 s"`` (and ``", read from the
-        cache"`` when :func:`fit_npe` found it trained already)."""
+        cache"`` when :func:`trained_estimate` found it trained already)."""
         how = "converged" if self.converged else "the cap; its held-out loss was still falling"
         return f"trained {self.epochs} epochs ({how}), {self.seconds:.0f} s" + (
             ", read from the cache" if self.cached else ""
