@@ -13,6 +13,7 @@ import re
 import numpy as np
 
 from ..parameters import NUISANCE_PARAMETERS
+from ..plots.style import parameter_words
 from .report import constrains, mean_target_error, parameter_verdicts, widening_label
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
@@ -310,7 +311,7 @@ def band_matching_table(results: dict) -> str:
             cells.append(
                 f"{row['median_abs_error_over_prior_spread']:.2f} / {row['coverage_68']:.2f} / {row['coverage_95']:.2f}"
             )
-        lines.append(f"| {BAND_LABELS.get(name, name.replace('_', ' '))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {BAND_LABELS.get(name, parameter_words(name))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -397,7 +398,7 @@ def band_parameter_widths(results: dict, parameter: str = "disk_radius", prefix:
     one, three = (results["cases"][BAND_CASES[c]]["parameters"] for c in ("B6", "B3+B6+B7"))
     constrained = [n for n in results["goals"]["B6"]["constrained"] if n in one]
     wider = [
-        f"{n.replace('_', ' ')} ({one[n]['half_width_68_over_prior_spread']:.2f} to "
+        f"{parameter_words(n)} ({one[n]['half_width_68_over_prior_spread']:.2f} to "
         f"{three[n]['half_width_68_over_prior_spread']:.2f})"
         for n in constrained
         if three[n]["half_width_68_over_prior_spread"] > WIDER_WITH_BANDS * one[n]["half_width_68_over_prior_spread"]
@@ -417,16 +418,14 @@ def unconstrained_nuisance(results: dict, case: str = "B3+B6+B7", most: int = 3)
     rows, constrained = results["cases"][BAND_CASES[case]]["parameters"], results["goals"][case]["constrained"]
     left = [n for n in rows if n in NUISANCE_PARAMETERS and n not in constrained]
     left.sort(key=lambda n: -rows[n]["median_abs_error_over_prior_spread"])
-    return _phrase(
-        [f"{n.replace('_', ' ')} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]]
-    )
+    return _phrase([f"{parameter_words(n)} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]])
 
 
 def _worst_miss(rows: dict, constrained: list[str]) -> str:
     """The name (as the table writes it) of the constrained parameter whose 68% or 95% coverage is furthest from
     nominal."""
     worst = max(constrained, key=lambda n: max(abs(rows[n]["coverage_68"] - 0.68), abs(rows[n]["coverage_95"] - 0.95)))
-    return BAND_LABELS.get(worst, worst.replace("_", " "))
+    return BAND_LABELS.get(worst, parameter_words(worst))
 
 
 def rising_learning_curves(curves: dict) -> list[tuple[str, str]]:

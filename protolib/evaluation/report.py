@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..comparison import paired_difference
+from ..plots.style import parameter_words
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
 
@@ -123,7 +124,7 @@ def parameter_table(
     tables = {name: result_metrics(result, corrected)["parameters"] for name, result in results.items()}
     names = list(next(iter(tables.values())))
     rows = [
-        f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
+        f"| {parameter_words(n)}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
         + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables)
         + " |"
         for n in names
@@ -234,7 +235,7 @@ def verdicts(
             "level": f"level with {v['best']} ({v['best_error']:.2f}; the difference is within its noise)",
         }[v["comparison"]]
         lines.append(
-            f"{name}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "
+            f"{parameter_words(name)}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "
             f"{v['coverage_68']:.2f}; "
             f"{'constrained' if v['constrained'] else 'NOT constrained by the images'}; {comparison}"
         )
