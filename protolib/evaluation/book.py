@@ -14,7 +14,7 @@ import numpy as np
 
 from ..parameters import NUISANCE_PARAMETERS
 from ..plots.style import parameter_words
-from .report import constrains, mean_target_error, parameter_verdicts, widening_label
+from .report import constrains, mean_target_error, parameter_verdicts, variant_label, widening_label
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
 
@@ -200,7 +200,7 @@ def variant_book_numbers(
         ("rms", "rms_{}"),
         ("rms_corrected", "rms_{}_corrected"),
     ):
-        values = {_variant_label(name): numbers[template.format(slug[name])] for name in variants}
+        values = {variant_label(name): numbers[template.format(slug[name])] for name in variants}
         best = _best(values, lowest=number.startswith("rms"))
         tied_at_two_decimals = number.startswith("rms") or number == "spearman"  # the prose prints these to 0.01
         numbers[f"best_{number}_variant"] = _with_ties(best, values) if tied_at_two_decimals else best
@@ -232,12 +232,6 @@ def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margi
     return numbers
 
 
-def _variant_label(name: str) -> str:
-    """How prose names a variant: ``kernel + mse`` as ``kernel + MSE``, ``log_ratio`` as ``log-ratio``."""
-    words = {"mse": "MSE", "log_ratio": "log-ratio"}
-    return " + ".join(words.get(part, part) for part in name.split(" + "))
-
-
 def _corrected(result: MethodResult | dict) -> bool:
     return (result.corrected if isinstance(result, MethodResult) else result.get("corrected")) is not None
 
@@ -258,8 +252,9 @@ def _best(values: dict[str, float], *, lowest: bool = False) -> str | None:
 
 
 def _label(name: str | None) -> str:
-    """How prose names a method (:data:`METHOD_LABELS`) or a parameter (underscores as spaces)."""
-    return "none" if name is None else METHOD_LABELS.get(name, name.replace("_", " "))
+    """How prose names a method (:data:`METHOD_LABELS`) or a parameter (in the words its figures use, ``infall rate``
+    for ``accretion_rate``; otherwise underscores as spaces)."""
+    return "none" if name is None else METHOD_LABELS.get(name, parameter_words(name))
 
 
 def _phrase(items: list[str]) -> str:

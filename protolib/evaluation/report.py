@@ -25,6 +25,7 @@ __all__ = [
     "parameter_verdicts",
     "verdicts",
     "widening_label",
+    "variant_label",
 ]
 
 
@@ -85,7 +86,7 @@ def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = 
             f"{calibration['coverage_68']:.2f}",
             f"{calibration['coverage_95']:.2f}",
         ]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(f"| {variant_label(name)} | " + " | ".join(cells) + " |")
     notes = ["", "RMS/prior: mean over the target similarity's parameters of the median's RMS error, in prior spreads"]
     if any(name in NPE_METHODS for name in results):
         notes.append(
@@ -131,7 +132,7 @@ def parameter_table(
     ]
     return "\n".join(
         [
-            f"| {title or figure} | " + " | ".join(tables) + " |",
+            f"| {title or figure} | " + " | ".join(map(variant_label, tables)) + " |",
             "|" + " --- |" * (len(tables) + 1),
             *rows,
             "",
@@ -256,3 +257,10 @@ def widening_label(widening: float | Mapping[str, float] | None) -> str:
     )
     low, high = min(factors, default=1.0), max(factors, default=1.0)
     return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+
+
+def variant_label(name: str) -> str:
+    """How a table or prose names a variant: ``kernel + mse`` as ``kernel + MSE``, ``log_ratio`` as ``log-ratio``
+    (a method's name, which has no such part, is left as it is)."""
+    words = {"mse": "MSE", "log_ratio": "log-ratio"}
+    return " + ".join(words.get(part, part) for part in name.split(" + "))
