@@ -207,7 +207,10 @@ def out_of_family_figures(results: dict) -> dict:
             "oof_learnt_on": results["learnt_on"].replace("_", " "),
             "oof_term_min": min(terms.values()),
             "oof_term_max": max(terms.values()),
-            "oof_term_max_parameter": parameter_words(max(terms, key=terms.get)),
+            # every parameter at the largest term, so that a tie is not named as one
+            "oof_term_max_parameter": " and ".join(
+                parameter_words(n) for n, t in terms.items() if t == max(terms.values())
+            ),
             "oof_term_mean": float(np.mean(list(terms.values()))),
             "oof_n_systems": int(results.get("test_systems", 0)),
         }
