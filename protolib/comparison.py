@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .plots.style import parameter_words
 from .runtime import ProtolibInputError
 
 __all__ = [
@@ -166,7 +167,7 @@ def difference_table(differences: list[Difference]) -> str:
 
     if len(parameters) == len(differences):
         rows = [
-            f"| {d.parameter} | {d.b} | {text(d)} | {d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] |"
+            f"| {_name(d.parameter)} | {d.b} | {text(d)} | {d.ratio:.2f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] |"
             for d in differences
         ]
         return "\n".join(
@@ -180,7 +181,7 @@ def difference_table(differences: list[Difference]) -> str:
         )
     rivals = list(dict.fromkeys(d.b for d in differences))
     cell = {(d.parameter, d.b): text(d) for d in differences}
-    rows = [f"| {p} | " + " | ".join(cell.get((p, r), "") for r in rivals) + " |" for p in parameters]
+    rows = [f"| {_name(p)} | " + " | ".join(cell.get((p, r), "") for r in rivals) + " |" for p in parameters]
     return "\n".join(
         [f"| {reference} minus | " + " | ".join(rivals) + " |", "|" + " --- |" * (len(rivals) + 1), *rows, "", note]
     )
@@ -273,7 +274,8 @@ def difference_numbers(
 
 
 def _name(parameter: str) -> str:
-    return parameter.replace("_", " ")
+    """A parameter in the words its figures use (``accretion_rate`` is the infall rate)."""
+    return parameter_words(parameter)
 
 
 def _phrase(items: list[str]) -> str:

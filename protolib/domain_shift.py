@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .evaluation import COVERAGE_LEVELS, MethodResult, constrains
+from .plots.style import parameter_words
 from .statistics import coverage_standard_error
 
 __all__ = [
@@ -112,7 +113,7 @@ def shift_table(
     for name in parameters:
         unit = rows[(name, next(iter(cases)))]["unit"]
         cells = [" / ".join(f"{rows[(name, c)][key]:.2f}" for c in cases) for _, key in chosen]
-        lines.append(f"| {name.replace('_', ' ')} [{unit}] | " + " | ".join(cells) + " |")
+        lines.append(f"| {parameter_words(name, unit)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -126,7 +127,7 @@ def nuisance_table(result: MethodResult, nuisance: list[str], *, corrected: bool
     ]
     for row in nuisance_rows(result, nuisance, corrected=corrected):
         lines.append(
-            f"| {row['parameter'].replace('_', ' ')} | {row['width_68_over_prior_spread']:.2f} | "
+            f"| {parameter_words(row['parameter'])} | {row['width_68_over_prior_spread']:.2f} | "
             f"{row['rms_error_over_prior_spread']:.2f} | {row['coverage_68']:.2f} | "
             f"{'yes' if row['constrained'] else 'no'} |"
         )
@@ -219,7 +220,7 @@ def shift_figures(
     for r in rows:
         r["error_over_spread"] = r["median_abs_error"] / spread[r["parameter"]]
     figures: dict = {
-        "constrained": ", ".join(n.replace("_", " ") for n in constrained)
+        "constrained": ", ".join(parameter_words(n) for n in constrained)
         or "none (the goal is judged on every parameter)",
         "n_constrained": len(constrained),
         **_method_means(cases, rows),
@@ -280,7 +281,7 @@ def _case_figures(ref: dict[str, dict[str, dict]], case: str, judged: list[str])
     }
     worst_offset = max(offsets, key=offsets.get) if offsets else None
     figures[f"worst_offset_parameter_{slug[case]}"] = (
-        f"{worst_offset[0].replace('_', ' ')}'s {worst_offset[1]}% interval, which holds "
+        f"{parameter_words(worst_offset[0])}'s {worst_offset[1]}% interval, which holds "
         f"the truth {ref[case][worst_offset[0]][f'coverage_{worst_offset[1]}']:.2f} of the time"
         if worst_offset
         else "none"
@@ -300,7 +301,7 @@ def _case_figures(ref: dict[str, dict[str, dict]], case: str, judged: list[str])
     figures[f"error_ratio_{slug[case]}"] = float(np.mean(list(ratios.values())))
     worst = max(ratios, key=ratios.get) if ratios else None
     figures[f"worst_error_ratio_{slug[case]}"] = ratios[worst] if worst else float("nan")
-    figures[f"worst_error_parameter_{slug[case]}"] = worst.replace("_", " ") if worst else "none"
+    figures[f"worst_error_parameter_{slug[case]}"] = parameter_words(worst) if worst else "none"
     return figures
 
 
@@ -309,7 +310,7 @@ def _nuisance_figures(result: MethodResult, nuisance: list[str], corrected: bool
     figures: dict = {}
     judged = nuisance_rows(result, nuisance, corrected=corrected)
     figures["nuisance_constrained"] = (
-        ", ".join(r["parameter"].replace("_", " ") for r in judged if r["constrained"]) or "none"
+        ", ".join(parameter_words(r["parameter"]) for r in judged if r["constrained"]) or "none"
     )
     figures["n_nuisance_constrained"] = n = sum(r["constrained"] for r in judged)
     figures["nuisance_verdict"] = (
@@ -320,7 +321,7 @@ def _nuisance_figures(result: MethodResult, nuisance: list[str], corrected: bool
     best = min(judged, key=lambda r: r["width_68_over_prior_spread"])
     figures.update(
         {
-            "best_nuisance": best["parameter"].replace("_", " "),
+            "best_nuisance": parameter_words(best["parameter"]),
             "best_nuisance_width": best["width_68_over_prior_spread"],
             "best_nuisance_error": best["rms_error_over_prior_spread"],
         }

@@ -22,6 +22,7 @@ import json
 import numpy as np
 
 from .evaluation import COVERAGE_LEVELS, MethodEvaluation
+from .plots.style import parameter_words
 from .runtime import ProtolibInputError
 
 __all__ = [
@@ -126,7 +127,7 @@ def family_table(rows: list[dict], family: str) -> str:
     ]
     for row in (r for r in rows if r["family"] == family):
         lines.append(
-            f"| {row['parameter']} | {row['term']:.2f} | {row['coverage_68_before']:.2f} / "
+            f"| {parameter_words(row['parameter'])} | {row['term']:.2f} | {row['coverage_68_before']:.2f} / "
             f"{row['coverage_95_before']:.2f} | "
             f"{row['coverage_68_after']:.2f} / {row['coverage_95_after']:.2f} | {row['half_width_68_before']:.2f} | "
             f"{row['half_width_68_after']:.2f} | {row['median_abs_error_over_prior_spread']:.2f} |"
@@ -198,7 +199,7 @@ def out_of_family_figures(results: dict) -> dict:
                 figures[f"oof_{key}_cov{level}_{when}"] = float(np.mean(values))
                 lowest = min(mine, key=lambda r: r[f"coverage_{level}_{when}"])
                 figures[f"oof_{key}_min{level}_{when}"] = float(lowest[f"coverage_{level}_{when}"])
-                figures[f"oof_{key}_min{level}_{when}_parameter"] = lowest["parameter"].replace("_", " ")
+                figures[f"oof_{key}_min{level}_{when}_parameter"] = parameter_words(lowest["parameter"])
         figures[f"oof_{key}_error"] = float(np.mean([r["median_abs_error_over_prior_spread"] for r in mine]))
     terms, own = results["terms"], results.get("terms_own_physics", {})
     figures.update(
@@ -206,7 +207,10 @@ def out_of_family_figures(results: dict) -> dict:
             "oof_learnt_on": results["learnt_on"].replace("_", " "),
             "oof_term_min": min(terms.values()),
             "oof_term_max": max(terms.values()),
-            "oof_term_max_parameter": max(terms, key=terms.get).replace("_", " "),
+            # every parameter at the largest term, so that a tie is not named as one
+            "oof_term_max_parameter": " and ".join(
+                parameter_words(n) for n, t in terms.items() if t == max(terms.values())
+            ),
             "oof_term_mean": float(np.mean(list(terms.values()))),
             "oof_n_systems": int(results.get("test_systems", 0)),
         }

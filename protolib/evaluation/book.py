@@ -13,7 +13,8 @@ import re
 import numpy as np
 
 from ..parameters import NUISANCE_PARAMETERS
-from .report import constrains, mean_target_error, parameter_verdicts, widening_label
+from ..plots.style import parameter_words
+from .report import constrains, mean_target_error, parameter_verdicts, variant_label, widening_label
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
 
@@ -199,7 +200,7 @@ def variant_book_numbers(
         ("rms", "rms_{}"),
         ("rms_corrected", "rms_{}_corrected"),
     ):
-        values = {_variant_label(name): numbers[template.format(slug[name])] for name in variants}
+        values = {variant_label(name): numbers[template.format(slug[name])] for name in variants}
         best = _best(values, lowest=number.startswith("rms"))
         tied_at_two_decimals = number.startswith("rms") or number == "spearman"  # the prose prints these to 0.01
         numbers[f"best_{number}_variant"] = _with_ties(best, values) if tied_at_two_decimals else best
@@ -231,12 +232,6 @@ def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margi
     return numbers
 
 
-def _variant_label(name: str) -> str:
-    """How prose names a variant: ``kernel + mse`` as ``kernel + MSE``, ``log_ratio`` as ``log-ratio``."""
-    words = {"mse": "MSE", "log_ratio": "log-ratio"}
-    return " + ".join(words.get(part, part) for part in name.split(" + "))
-
-
 def _corrected(result: MethodResult | dict) -> bool:
     return (result.corrected if isinstance(result, MethodResult) else result.get("corrected")) is not None
 
@@ -257,8 +252,9 @@ def _best(values: dict[str, float], *, lowest: bool = False) -> str | None:
 
 
 def _label(name: str | None) -> str:
-    """How prose names a method (:data:`METHOD_LABELS`) or a parameter (underscores as spaces)."""
-    return "none" if name is None else METHOD_LABELS.get(name, name.replace("_", " "))
+    """How prose names a method (:data:`METHOD_LABELS`) or a parameter (in the words its figures use, ``infall rate``
+    for ``accretion_rate``; otherwise underscores as spaces)."""
+    return "none" if name is None else METHOD_LABELS.get(name, parameter_words(name))
 
 
 def _phrase(items: list[str]) -> str:
@@ -310,7 +306,7 @@ def band_matching_table(results: dict) -> str:
             cells.append(
                 f"{row['median_abs_error_over_prior_spread']:.2f} / {row['coverage_68']:.2f} / {row['coverage_95']:.2f}"
             )
-        lines.append(f"| {BAND_LABELS.get(name, name.replace('_', ' '))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {BAND_LABELS.get(name, parameter_words(name))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -397,7 +393,7 @@ def band_parameter_widths(results: dict, parameter: str = "disk_radius", prefix:
     one, three = (results["cases"][BAND_CASES[c]]["parameters"] for c in ("B6", "B3+B6+B7"))
     constrained = [n for n in results["goals"]["B6"]["constrained"] if n in one]
     wider = [
-        f"{n.replace('_', ' ')} ({one[n]['half_width_68_over_prior_spread']:.2f} to "
+        f"{parameter_words(n)} ({one[n]['half_width_68_over_prior_spread']:.2f} to "
         f"{three[n]['half_width_68_over_prior_spread']:.2f})"
         for n in constrained
         if three[n]["half_width_68_over_prior_spread"] > WIDER_WITH_BANDS * one[n]["half_width_68_over_prior_spread"]
@@ -417,16 +413,14 @@ def unconstrained_nuisance(results: dict, case: str = "B3+B6+B7", most: int = 3)
     rows, constrained = results["cases"][BAND_CASES[case]]["parameters"], results["goals"][case]["constrained"]
     left = [n for n in rows if n in NUISANCE_PARAMETERS and n not in constrained]
     left.sort(key=lambda n: -rows[n]["median_abs_error_over_prior_spread"])
-    return _phrase(
-        [f"{n.replace('_', ' ')} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]]
-    )
+    return _phrase([f"{parameter_words(n)} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]])
 
 
 def _worst_miss(rows: dict, constrained: list[str]) -> str:
     """The name (as the table writes it) of the constrained parameter whose 68% or 95% coverage is furthest from
     nominal."""
     worst = max(constrained, key=lambda n: max(abs(rows[n]["coverage_68"] - 0.68), abs(rows[n]["coverage_95"] - 0.95)))
-    return BAND_LABELS.get(worst, worst.replace("_", " "))
+    return BAND_LABELS.get(worst, parameter_words(worst))
 
 
 def rising_learning_curves(curves: dict) -> list[tuple[str, str]]:

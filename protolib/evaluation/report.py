@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ..comparison import paired_difference
+from ..plots.style import parameter_words
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
 
@@ -24,6 +25,7 @@ __all__ = [
     "parameter_verdicts",
     "verdicts",
     "widening_label",
+    "variant_label",
 ]
 
 
@@ -84,7 +86,7 @@ def summary_table(results: dict[str, MethodResult | dict], *, corrected: bool = 
             f"{calibration['coverage_68']:.2f}",
             f"{calibration['coverage_95']:.2f}",
         ]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(f"| {variant_label(name)} | " + " | ".join(cells) + " |")
     notes = ["", "RMS/prior: mean over the target similarity's parameters of the median's RMS error, in prior spreads"]
     if any(name in NPE_METHODS for name in results):
         notes.append(
@@ -123,14 +125,14 @@ def parameter_table(
     tables = {name: result_metrics(result, corrected)["parameters"] for name, result in results.items()}
     names = list(next(iter(tables.values())))
     rows = [
-        f"| {n}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
+        f"| {parameter_words(n)}{' *' if tables[next(iter(tables))][n]['in_target_similarity'] else ''} | "
         + " | ".join(f"{tables[m][n][figure]:.2f}" for m in tables)
         + " |"
         for n in names
     ]
     return "\n".join(
         [
-            f"| {title or figure} | " + " | ".join(tables) + " |",
+            f"| {title or figure} | " + " | ".join(map(variant_label, tables)) + " |",
             "|" + " --- |" * (len(tables) + 1),
             *rows,
             "",
@@ -234,7 +236,7 @@ def verdicts(
             "level": f"level with {v['best']} ({v['best_error']:.2f}; the difference is within its noise)",
         }[v["comparison"]]
         lines.append(
-            f"{name}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "
+            f"{parameter_words(name)}: RMS error {v['error']:.2f} prior spreads, R² {v['r2']:.2f}, 68% coverage "
             f"{v['coverage_68']:.2f}; "
             f"{'constrained' if v['constrained'] else 'NOT constrained by the images'}; {comparison}"
         )
@@ -255,3 +257,10 @@ def widening_label(widening: float | Mapping[str, float] | None) -> str:
     )
     low, high = min(factors, default=1.0), max(factors, default=1.0)
     return f"{low:g}" if low == high else f"{low:g}–{high:g}"
+
+
+def variant_label(name: str) -> str:
+    """How a table or prose names a variant: ``kernel + mse`` as ``kernel + MSE``, ``log_ratio`` as ``log-ratio``
+    (a method's name, which has no such part, is left as it is)."""
+    words = {"mse": "MSE", "log_ratio": "log-ratio"}
+    return " + ".join(words.get(part, part) for part in name.split(" + "))

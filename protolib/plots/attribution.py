@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
-from .style import add_colorbar, add_orientation, add_scale_bar, draw_image, image_extent_au, page_fontsize
+from .style import add_beam, add_colorbar, add_orientation, add_scale_bar, draw_image, image_extent_au, page_fontsize
 
 __all__ = ["plot_pair_attributions"]
 
@@ -20,12 +20,14 @@ def plot_pair_attributions(
     titles: tuple[str, str] = ("image A", "image B"),
     suptitle: str | None = None,
     unit: str | None = "Jy/beam",
+    beam_au: tuple[float, float, float] | None = None,
 ):
     """Each image beside its attribution map (one row per image), north up and east left, axes in au.
 
     The images have colour bars in ``unit`` (their unit, shown in mJy); the maps share one diverging
     colour scale centred on zero, in similarity per stretched pixel: red pixels raise the similarity,
-    blue ones lower it. The first image has a scale bar in au and the N and E arrows.
+    blue ones lower it. The first image has a scale bar in au and the N and E arrows; with ``beam_au`` (major and
+    minor FWHM [au], position angle [deg] east of north, the beam both images are seen at) each image draws it.
 
     Returns:
         The figure.
@@ -50,6 +52,9 @@ def plot_pair_attributions(
         ax.set_xlabel("east offset [au]", fontsize=text)
     for ax in grid[:, 0]:
         ax.set_ylabel("north offset [au]", fontsize=text)
+    if beam_au is not None:
+        for ax in (axes[0], axes[2]):
+            add_beam(ax, np.shape(image_a)[-1] * pixel_size_au / 2.0, *beam_au, lw=1.0)
     add_scale_bar(axes[0], np.shape(image_a)[-1] * pixel_size_au, fontsize=text)
     add_orientation(axes[0], fontsize=text)
     if suptitle:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..matching import describe_parameter, scaled_for_summary
 from ..parameters import Parameter
@@ -256,8 +257,13 @@ def plot_marginals(
         _marginal(ax, name, distributions, prior, truths, describe_parameter(name, parameter_info), bins)
     for ax in axes.flat[len(parameters) :]:
         ax.set_visible(False)
+    text = page_fontsize(fig, 8)  # the figure is shrunk to the page: its text is drawn larger in proportion
+    for ax in axes.flat[: len(parameters)]:
+        ax.xaxis.label.set_size(text)
+        ax.tick_params(labelsize=0.85 * text)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False)
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=text)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     return fig
 

@@ -64,8 +64,8 @@ def plot_coverage(
         sharey=True,
         layout="constrained",
     )
-    levels = np.asarray(CURVE_LEVELS)
-    colours = plt.get_cmap("tab20").colors
+    levels, colours = np.asarray(CURVE_LEVELS), plt.get_cmap("tab20").colors
+    text, tick = page_fontsize(fig, 8), page_fontsize(fig, 7)  # the figure is shrunk to the page
     for ax, (name, result) in zip(axes.flat, results.items()):
         evaluation = _evaluation(result, corrected)
         names = parameters or evaluation.parameters
@@ -76,13 +76,15 @@ def plot_coverage(
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
         draws = "samples" if name in ("npe", "npe_end_to_end") else "k"
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level")
-        ax.set_title(f"{name} ({draws}={evaluation.top_k})", fontsize=9)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.set_xlabel("nominal level", fontsize=text)
+        ax.tick_params(labelsize=tick)
+        ax.set_title(f"{name} ({draws}={evaluation.top_k})", fontsize=text)
     for ax in axes.flat[len(results) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel("fraction of truths covered")
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=7, ncols=6, loc="outside lower center")
+        ax.set_ylabel("fraction of truths covered", fontsize=text)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=tick, ncols=4, loc="outside lower center")
     return fig
 
 
@@ -108,12 +110,14 @@ def plot_recovery(
         low, high = float(min(truth.min(), interval.min())), float(max(truth.max(), interval.max()))
         ax.plot([low, high], [low, high], color="grey", ls="--", lw=1)
         r2 = evaluation.metrics["parameters"][name]["r2_knn"]
-        ax.set_title(f"{_label(name)}  R²={r2:.2f}", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"{_label(name)}  R²={r2:.2f}", fontsize=page_fontsize(fig, 7.5))
+        ax.tick_params(labelsize=page_fontsize(fig, 6.5))
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
-    fig.supxlabel("true value")
-    fig.supylabel(f"recovered: median of {evaluation.top_k} matches ({evaluation.method})")
+    fig.supxlabel("true value", fontsize=page_fontsize(fig, 8))
+    fig.supylabel(
+        f"recovered: median of {evaluation.top_k} matches ({evaluation.method})", fontsize=page_fontsize(fig, 8)
+    )
     fig.tight_layout()
     return fig
 
@@ -141,11 +145,11 @@ def plot_rank_histograms(
         band = 2.58 * math.sqrt(expected * (1 - 1 / bins))
         ax.axhspan(max(0.0, expected - band), expected + band, color="grey", alpha=0.2, lw=0)
         ax.axhline(expected, color="grey", lw=1)
-        ax.set_title(_label(name), fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_title(_label(name), fontsize=page_fontsize(fig, 7.5))
+        ax.tick_params(labelsize=page_fontsize(fig, 6.5))
     for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
-    fig.supxlabel(f"rank of the truth among the {evaluation.top_k} matches (fraction)")
+    fig.supxlabel(f"rank of the truth among the {evaluation.top_k} matches (fraction)", fontsize=page_fontsize(fig, 8))
     fig.tight_layout()
     return fig
 

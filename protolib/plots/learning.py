@@ -74,10 +74,15 @@ def plot_latent_space(
     """2D projection of latents ``(N, 2)``, one panel per colouring (``{label: values (N,)}``)."""
     nrows = int(np.ceil(len(colours) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False)
+    text = page_fontsize(fig, 8)  # the figure is shrunk to the page: its text is drawn larger in proportion
     for ax, (label, values) in zip(axes.flat, colours.items()):
         sc = ax.scatter(points[:, 0], points[:, 1], c=values, s=6, cmap="viridis")
-        fig.colorbar(sc, ax=ax, label=label)
-        ax.set(xlabel=xlabel, ylabel=ylabel)
+        bar = fig.colorbar(sc, ax=ax)
+        bar.set_label(label, fontsize=text)
+        bar.ax.tick_params(labelsize=0.85 * text)
+        ax.set_xlabel(xlabel, fontsize=text)
+        ax.set_ylabel(ylabel, fontsize=text)
+        ax.tick_params(labelsize=0.85 * text)
     for ax in list(axes.flat)[len(colours) :]:
         ax.set_visible(False)
     fig.tight_layout()

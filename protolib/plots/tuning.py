@@ -31,7 +31,7 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
     import matplotlib.pyplot as plt
 
     names = [n for n in space if any(r[n] != "" for r in rows)]
-    ncols = min(4, len(names))
+    ncols = min(2, len(names))  # two panels a row: the figure is about page width, so its text reads as drawn
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.9 * nrows), squeeze=False, constrained_layout=True)
     numbers = [r["trial"] for r in rows if r["state"] == "complete"] or [0]
@@ -50,7 +50,7 @@ def plot_tuning_scores(rows: list[dict], space: dict, *, reference: float | None
     for ax in axes.ravel()[len(names) :]:
         ax.set_visible(False)
     _scores_key(fig, axes, colours, numbers)
-    fig.suptitle("Validation recovery error (RMS error / prior spread, lower is better) against each hyperparameter")
+    fig.suptitle("Validation recovery error (RMS error / prior spread, lower is better)\nagainst each hyperparameter")
     return fig
 
 
@@ -76,7 +76,7 @@ def _scores_key(fig, axes, colours: dict | None, numbers: list[int]) -> None:
 
     if colours is not None:
         handles, labels = axes.ravel()[0].get_legend_handles_labels()
-        fig.legend(handles, labels, fontsize=7, loc="outside lower center", ncols=min(6, len(labels)))
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=min(3, len(labels)))
         return
     axes.ravel()[0].legend(fontsize=7, loc="best")
     norm = Normalize(min(numbers), max(max(numbers), min(numbers) + 1))
