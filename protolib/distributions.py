@@ -29,6 +29,7 @@ from .matching import (
     truth_parameters,
 )
 from .parameters import Parameter
+from .plots.style import parameter_words
 from .runtime import ProtolibInputError, atomic_path
 from .statistics import weighted_percentile
 
@@ -229,17 +230,18 @@ def _within(low: float, value: float, high: float, rtol: float = 1e-9) -> bool:
 
 
 def format_summary(summaries: Sequence[ParameterSummary]) -> str:
-    """A plain-text table of summaries: median with 68% and 95% ranges, units, and truth when known
-    (with a ``widened`` column when any range was calibrated)."""
+    """A plain-text table of summaries: each parameter in words (as the figures name it), median with 68% and 95%
+    ranges, units, and truth when known (with a ``widened`` column when any range was calibrated)."""
     calibrated = any(s.widening != 1.0 for s in summaries)
-    name = max([18, *(len(s.parameter) for s in summaries)])  # the longest name keeps the columns in line
+    words = [parameter_words(s.parameter) for s in summaries]
+    name = max([18, *(len(w) for w in words)])  # the longest name keeps the columns in line
     lines = [
         f"{'parameter':<{name}} {'median':>10} {'16%':>10} {'84%':>10} {'2.5%':>10} {'97.5%':>10}  {'unit':<8} "
         f"{'width/prior':>11} {'truth':>10}" + (f" {'widened':>8}" if calibrated else "")
     ]
-    for s in summaries:
+    for s, word in zip(summaries, words):
         lines.append(
-            f"{s.parameter:<{name}} {s.median:>10.3g} {s.p16:>10.3g} {s.p84:>10.3g} {s.p2_5:>10.3g} {s.p97_5:>10.3g}  "
+            f"{word:<{name}} {s.median:>10.3g} {s.p16:>10.3g} {s.p84:>10.3g} {s.p2_5:>10.3g} {s.p97_5:>10.3g}  "
             f"{s.unit:<8} {s.prior_width_ratio:>11.2f} {s.truth:>10.3g}"
             + (f" {s.widening:>8.3g}" if calibrated else "")
         )

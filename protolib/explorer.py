@@ -33,6 +33,7 @@ __all__ = [
     "match_explorer",
     "has_interactive_frontend",
     "verdict_line",
+    "shown_beam_au",
 ]
 
 
@@ -142,6 +143,21 @@ def has_interactive_frontend() -> bool:
     return "JPY_SESSION_NAME" in os.environ
 
 
+def shown_beam_au(bank: Bank, transform: ImageTransform | None) -> tuple[float, float, float] | None:
+    """The beam a target is shown at, for its gallery panel: ``(major, minor)`` FWHM in au at the bank's distance and
+    the position angle [deg]; the observation's when the images go through its transform (one with a
+    ``resolution.target_beam``), else the bank's own (``None`` for a bank without a beam)."""
+    resolution = getattr(transform, "resolution", None)
+    if transform is not None:
+        beam = getattr(resolution, "target_beam", None)
+    else:
+        beam = bank.instrument.beam if bank.instrument.beam_major_arcsec > 0 else None
+    if beam is None:
+        return None
+    distance = bank.instrument.distance_pc
+    return beam.major_arcsec * distance, beam.minor_arcsec * distance, beam.position_angle_deg
+
+
 def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[str], n_gallery: int, prior: dict):
     """The gallery (the matches as the network saw them, the verdict over it) and the corner plot of ``target``'s best
     ``k``."""
@@ -160,6 +176,7 @@ def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[st
         captions=[f"system {s}, i = {i:.0f} deg" for s, i in zip(best.system, inclination)],
         pixel_size_au=bank.pixel_size_au if np.isfinite(bank.pixel_size_au) else None,
         unit=target.unit,
+        beam_au=shown_beam_au(bank, target.transform),
     )
     outside, _ = verdict_line(target)
     if outside is not None:

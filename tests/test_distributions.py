@@ -201,3 +201,4 @@ def test_the_summary_table_keeps_its_columns_in_line_with_a_long_parameter_name(
     ]
     header, *lines = format_summary(rows).splitlines()
     assert {line.index("0.7") for line in lines} == {header.index("median") + len("median") - len("0.7")}
+    assert lines[1].startswith("disk midplane over surface temperature ") and "_" not in "".join(lines)  # in words

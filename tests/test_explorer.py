@@ -83,9 +83,16 @@ def test_the_static_view_states_the_verdict_and_shows_an_observation_through_its
     monkeypatch.setattr("IPython.display.display", lambda obj, *a, **k: shown.append(obj))
     seen = []
 
-    def transform(images):  # stands in for an observation's beam and noise
-        seen.append(len(images))
-        return np.asarray(images) * 2.0
+    from protolib.instrument import Beam
+
+    class Transform:  # stands in for an observation's beam and noise
+        resolution = type("Resolution", (), {"target_beam": Beam(0.4, 0.3, 25.0)})()
+
+        def __call__(self, images):
+            seen.append(len(images))
+            return np.asarray(images) * 2.0
+
+    transform = Transform()
 
     with Bank(write_bank(tmp_path / "bank.h5", n_systems=30)) as bank:
         matcher = Matcher.from_embed_function(ProjectionEmbedder(), bank, transform=transform, progress=False)
@@ -99,6 +106,10 @@ def test_the_static_view_states_the_verdict_and_shows_an_observation_through_its
         assert seen == [4]  # the gallery's matches went through the target's transform
         expected = 2.0 * bank.images[target.matches.system[0], target.matches.projection[0]]
         np.testing.assert_allclose(gallery.axes[1].images[0].get_array(), 1e3 * expected, rtol=1e-5)  # in mJy/beam
+        # the target's panel draws the beam it is seen at: the observation's, in au at the bank's distance
+        [beam] = [p for p in gallery.axes[0].patches if isinstance(p, matplotlib.patches.Ellipse)]
+        distance = bank.instrument.distance_pc
+        assert (beam.height, beam.width) == pytest.approx((0.4 * distance, 0.3 * distance))
     [note] = [o for o in shown if isinstance(o, Markdown)]
     assert "**pure noise: WARNING: out of distribution" in note.data
     assert "OUT OF DISTRIBUTION" in gallery._suptitle.get_text()

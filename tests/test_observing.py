@@ -193,3 +193,28 @@ def test_the_maps_negative_bowl_gives_its_recoverable_scale_and_every_draw_is_fi
     plain = prepare_observation(_filtered_map(tmp_path, None), grid, 300.0)
     assert plain.max_scale_source.startswith("assumed") and plain.max_scale_estimate["range_arcsec"] is None
     assert "no significant negative bowl" in plain.max_scale_estimate["reason"]
+
+
+def test_the_command_lines_on_widened_intervals_name_parameters_in_words():
+    from protolib.cli.observations import calibration_note, observing_note
+
+    calibration = {
+        "accretion_rate": {"widening": 1.25, "raw_coverage_95": 0.81, "coverage_95": 0.95, "n_reference": 40},
+        "disk_radius": {"widening": 1.0, "raw_coverage_95": 0.95, "coverage_95": 0.95, "n_reference": 40},
+    }
+    said = calibration_note(calibration)
+    assert "infall rate x1.25 (95% coverage 0.81 -> 0.95)" in said and "_" not in said.replace("summary.csv", "")
+    observing = {
+        "sources": ["distance"],
+        "distance_pc": 140.0,
+        "distance_error_pc": 10.0,
+        "flux_calibration": 0.1,
+        "flux_calibration_source": "band 6's nominal accuracy",
+        "max_scale_range_arcsec": [4.0, 6.0],
+        "max_scale_range_source": "the map's negative bowl",
+        "draws": [0, 1, 2],
+        "parameters": {"opacity_beta": {"widening": 1.4, "by_source": {"distance": {"widening": 1.4}}}},
+    }
+    said = observing_note(observing)
+    assert "dust opacity index β x1.40 (most from the distance)" in said
+    assert "opacity_beta" not in said

@@ -91,8 +91,11 @@ def calibration_note(calibration: dict) -> str:
             f"Intervals as the matches give them: on {n} reference bank images seen like this target they already "
             "hold the truth as often as claimed."
         )
+    from ..plots.style import parameter_words
+
     parts = ", ".join(
-        f"{name} x{c['widening']:g} (95% coverage {c['raw_coverage_95']:.2f} -> {c['coverage_95']:.2f})"
+        f"{parameter_words(name)} x{c['widening']:g} "
+        f"(95% coverage {c['raw_coverage_95']:.2f} -> {c['coverage_95']:.2f})"
         for name, c in widened.items()
     )
     return (
@@ -104,6 +107,8 @@ def calibration_note(calibration: dict) -> str:
 
 def observing_note(observing: dict) -> str:
     """One line: which observing settings were drawn, and how much they widened the 68% intervals."""
+    from ..plots.style import parameter_words
+
     said = {
         "distance": f"distance {observing['distance_pc']:g} +- {observing['distance_error_pc']:g} pc",
         "flux_calibration": f"flux scale +-{100 * observing['flux_calibration']:.0f}% "
@@ -122,7 +127,7 @@ def observing_note(observing: dict) -> str:
     }
     widened = sorted(observing["parameters"].items(), key=lambda item: -item[1]["widening"])[:4]
     parts = ", ".join(
-        f"{name} x{p['widening']:.2f} (most from the "
+        f"{parameter_words(name)} x{p['widening']:.2f} (most from the "
         f"{max(p['by_source'], key=lambda s: p['by_source'][s]['widening']).replace('_', ' ')})"
         for name, p in widened
     )
