@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .plots.style import parameter_words
+from .plots.style import parameter_words, word_list
 from .runtime import ProtolibInputError
 
 __all__ = [
@@ -243,7 +243,7 @@ def difference_numbers(
     figures = {}
     for verdict, members in by.items():
         figures[f"{prefix}_n_{verdict}"] = len(members)
-        figures[f"{prefix}_{verdict}"] = _phrase(
+        figures[f"{prefix}_{verdict}"] = word_list(
             [
                 f"{_name(d.parameter)} ({_signed(d.difference)} [{_signed(d.low)}, {_signed(d.high)}] against "
                 f"{labels.get(d.b, d.b)})"
@@ -260,7 +260,7 @@ def difference_numbers(
             f"{prefix}_worst_ratio_high": worst.ratio_high if worst else float("nan"),
             f"{prefix}_n_within_goal": len(differences) - len(beyond),
             f"{prefix}_n_parameters": len(differences),
-            f"{prefix}_beyond_goal": _phrase(
+            f"{prefix}_beyond_goal": word_list(
                 [
                     f"{_name(d.parameter)} ({d.ratio:.3f} [{d.ratio_low:.2f}, {d.ratio_high:.2f}] times "
                     f"{labels.get(d.b, d.b)}'s)"
@@ -276,11 +276,6 @@ def difference_numbers(
 def _name(parameter: str) -> str:
     """A parameter in the words its figures use (``accretion_rate`` is the infall rate)."""
     return parameter_words(parameter)
-
-
-def _phrase(items: list[str]) -> str:
-    """``"a, b and c"``, or ``"none"``."""
-    return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def learning_curve_numbers(curves: dict, *, flat_margin: float = 0.02) -> dict:
@@ -335,8 +330,8 @@ def _last_step(curves: dict, sizes: list[str], flat_margin: float) -> dict:
         for p in curves["target_parameters"]
     }
     return {
-        "lc_improving": _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin]),
-        "lc_flat": _phrase([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d <= flat_margin]),
+        "lc_improving": word_list([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d > flat_margin]),
+        "lc_flat": word_list([f"{_name(p)} ({-d:+.3f})" for p, d in fall.items() if d <= flat_margin]),
     }
 
 

@@ -22,7 +22,7 @@ import json
 import numpy as np
 
 from .evaluation import COVERAGE_LEVELS, MethodEvaluation
-from .plots.style import parameter_words
+from .plots.style import parameter_words, word_list
 from .runtime import ProtolibInputError
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "misspecification_terms",
     "family_rows",
     "family_table",
+    "family_words",
     "read_terms",
     "with_terms",
     "out_of_family_figures",
@@ -49,6 +50,9 @@ FAMILIES = {
     ),
 }
 """Each out-of-family test set: name -> (what differs from the bank's physics, the simulator settings that make it)."""
+
+FAMILY_WORDS = {"power_law_envelope": "power-law envelope", "external_heating": "external heating"}
+"""Each test set's name as the book writes it."""
 
 IN_FAMILY = "bank's own physics"
 TERM_CANDIDATES = tuple(np.round(np.arange(1.0, 4.01, 0.05), 2))
@@ -116,6 +120,11 @@ def family_rows(
                 }
             )
     return rows
+
+
+def family_words(family: str) -> str:
+    """A test set's name in words (``"power-law envelope"``, not ``power_law_envelope``), for headings and prose."""
+    return FAMILY_WORDS.get(family, family.replace("_", " "))
 
 
 def family_table(rows: list[dict], family: str) -> str:
@@ -186,30 +195,39 @@ def with_terms(calibration: dict | None, terms: dict[str, float] | None) -> dict
     return out
 
 
+def _family_figures(rows: list[dict], key: str) -> dict:
+    """One test set's figures for :func:`out_of_family_figures`: its mean and lowest coverage, before and after the
+    term, with the parameters at the lowest, and its mean error."""
+    figures = {}
+    for when in ("before", "after"):
+        for level in (68, 95):
+            values = [r[f"coverage_{level}_{when}"] for r in rows]
+            figures[f"oof_{key}_cov{level}_{when}"] = float(np.mean(values))
+            figures[f"oof_{key}_min{level}_{when}"] = float(min(values))
+            # every parameter at the lowest as the tables print it (two decimals): a tie is not named as one
+            figures[f"oof_{key}_min{level}_{when}_parameter"] = word_list(
+                [parameter_words(r["parameter"]) for r, v in zip(rows, values) if round(v, 2) == round(min(values), 2)]
+            )
+    figures[f"oof_{key}_error"] = float(np.mean([r["median_abs_error_over_prior_spread"] for r in rows]))
+    return figures
+
+
 def out_of_family_figures(results: dict) -> dict:
     """The figures chapter 06b quotes from an ``out_of_family.json``
     (:func:`~protolib.pipelines.out_of_family.run_out_of_family`):
     per test set the mean and the lowest coverage before and after the term, and the terms' ranges."""
-    rows, figures = results["rows"], {}
+    figures = {}
     for key, family in (("own", IN_FAMILY), *((name, name) for name in FAMILIES)):
-        mine = [r for r in rows if r["family"] == family]
-        for when in ("before", "after"):
-            for level in (68, 95):
-                values = [r[f"coverage_{level}_{when}"] for r in mine]
-                figures[f"oof_{key}_cov{level}_{when}"] = float(np.mean(values))
-                lowest = min(mine, key=lambda r: r[f"coverage_{level}_{when}"])
-                figures[f"oof_{key}_min{level}_{when}"] = float(lowest[f"coverage_{level}_{when}"])
-                figures[f"oof_{key}_min{level}_{when}_parameter"] = parameter_words(lowest["parameter"])
-        figures[f"oof_{key}_error"] = float(np.mean([r["median_abs_error_over_prior_spread"] for r in mine]))
+        figures.update(_family_figures([r for r in results["rows"] if r["family"] == family], key))
     terms, own = results["terms"], results.get("terms_own_physics", {})
     figures.update(
         {
-            "oof_learnt_on": results["learnt_on"].replace("_", " "),
+            "oof_learnt_on": family_words(results["learnt_on"]),
             "oof_term_min": min(terms.values()),
             "oof_term_max": max(terms.values()),
             # every parameter at the largest term, so that a tie is not named as one
-            "oof_term_max_parameter": " and ".join(
-                parameter_words(n) for n, t in terms.items() if t == max(terms.values())
+            "oof_term_max_parameter": word_list(
+                [parameter_words(n) for n, t in terms.items() if t == max(terms.values())]
             ),
             "oof_term_mean": float(np.mean(list(terms.values()))),
             "oof_n_systems": int(results.get("test_systems", 0)),

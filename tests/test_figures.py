@@ -164,6 +164,21 @@ def test_the_bank_figures_have_colour_bars_in_their_units_and_a_scale_bar(bank):
     plt.close("all")
 
 
+def test_the_parameter_gallery_draws_the_banks_beam_in_each_rows_first_panel(bank):
+    from matplotlib.patches import Ellipse
+
+    fig = plot_parameter_gallery(bank, "disk_radius", n_systems=2, n_projections=3)
+    beam, distance = bank.instrument.beam, bank.instrument.distance_pc
+    panels = np.array(fig.axes).reshape(2, 3)
+    for row in panels:
+        [ellipse] = [p for p in row[0].patches if isinstance(p, Ellipse)]
+        assert (ellipse.height, ellipse.width) == pytest.approx(
+            (beam.major_arcsec * distance, beam.minor_arcsec * distance)
+        )
+        assert not [p for ax in row[1:] for p in ax.patches if isinstance(p, Ellipse)]
+    plt.close("all")
+
+
 def test_the_beam_is_drawn_with_its_position_angle_east_of_north(bank):
     fig, ax = plt.subplots()
     style.draw_image(ax, bank.images[0, 0], pixel_size_au=10.0, beam=Beam(0.5, 0.1, 30.0), distance_pc=140.0)

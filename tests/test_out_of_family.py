@@ -10,7 +10,13 @@ import pytest
 from conftest import render_one
 
 from protolib.evaluation import COVERAGE_LEVELS, MethodEvaluation
-from protolib.out_of_family import FAMILIES, IN_FAMILY, TERM_CANDIDATES, misspecification_terms
+from protolib.out_of_family import (
+    FAMILIES,
+    IN_FAMILY,
+    TERM_CANDIDATES,
+    misspecification_terms,
+    out_of_family_figures,
+)
 from protolib.runtime import ProtolibInputError
 from protolib.simulator import SimulatorConfig
 
@@ -100,3 +106,26 @@ def test_run_out_of_family_scores_every_set_and_the_term_reaches_nominal_where_l
     assert json.loads(result.path.read_text())["learnt_on"] == "external_heating"
     assert main(["out-of-family", "--config", "tiny", "--learn-on", "cold_dust"]) == 2
     assert "--learn-on must be one of" in capsys.readouterr().err
+
+
+def test_the_book_names_every_parameter_tied_at_the_lowest_coverage_as_the_tables_print_it():
+    def row(family, parameter, coverage_95):
+        return {
+            "family": family,
+            "parameter": parameter,
+            "median_abs_error_over_prior_spread": 0.5,
+            **{f"coverage_{level}_{when}": 0.7 for level in (50, 68) for when in ("before", "after")},
+            "coverage_95_before": coverage_95,
+            "coverage_95_after": 0.97,
+        }
+
+    lowest = {"stellar_mass": 0.9, "accretion_rate": 0.96, "luminosity": 0.9010204}  # 0.90 and 0.90 in the table
+    results = {
+        "rows": [row(family, name, value) for family in (IN_FAMILY, *FAMILIES) for name, value in lowest.items()],
+        "terms": {"stellar_mass": 1.25, "accretion_rate": 1.1, "luminosity": 1.25},
+        "learnt_on": "power_law_envelope",
+    }
+    figures = out_of_family_figures(results)
+    assert figures["oof_power_law_envelope_min95_before_parameter"] == "stellar mass and luminosity"
+    assert figures["oof_term_max_parameter"] == "stellar mass and luminosity"
+    assert figures["oof_learnt_on"] == "power-law envelope"

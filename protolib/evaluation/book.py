@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from ..parameters import NUISANCE_PARAMETERS
-from ..plots.style import parameter_words
+from ..plots.style import parameter_words, word_list
 from .report import constrains, mean_target_error, parameter_verdicts, variant_label, widening_label
 from .scoring import MethodResult, result_metrics
 from .settings import NPE_METHODS
@@ -99,18 +99,18 @@ def _recovery_numbers(results: dict, reference: str, margin: float) -> dict:
     for group in ("better", "level", "worse"):
         members = [name for name, v in target.items() if v["comparison"] == group]
         numbers[f"{reference}_n_{group}"] = len(members)
-        numbers[f"{reference}_{group}"] = _phrase(
+        numbers[f"{reference}_{group}"] = word_list(
             [
                 f"{_label(n)} ({target[n]['error']:.2f} against {target[n]['best_error']:.2f}, "
                 f"{_label(target[n]['best'])})"
                 for n in members
             ]
         )
-    numbers[f"{reference}_constrained"] = _phrase([_label(n) for n, v in judged.items() if v["constrained"]])
+    numbers[f"{reference}_constrained"] = word_list([_label(n) for n, v in judged.items() if v["constrained"]])
     tables = {name: result_metrics(result, False)["parameters"] for name, result in results.items()}
     nobody = [n for n in judged if not any(constrains(t[n], margin) for t in tables.values())]
     errors = [t[n]["rms_error_over_prior_spread"] for n in nobody for t in tables.values()]
-    numbers["unconstrained_everywhere"] = _phrase([_label(n) for n in nobody]) + (
+    numbers["unconstrained_everywhere"] = word_list([_label(n) for n in nobody]) + (
         f" (RMS errors {min(errors):.2f} to {max(errors):.2f} prior spreads)" if errors else ""
     )
     if target:
@@ -221,7 +221,7 @@ def _variant_changes(variants: dict, reference: str, slug: dict[str, str], margi
                 if own[n]["in_target_similarity"]
             }
             for word, sign in (("better", -1), ("worse", 1)):
-                numbers[f"{word}_{slug[name]}"] = _phrase(
+                numbers[f"{word}_{slug[name]}"] = word_list(
                     [
                         f"{_label(n)} ({table[n]['rms_error_over_prior_spread']:.2f} against "
                         f"{own[n]['rms_error_over_prior_spread']:.2f})"
@@ -242,7 +242,7 @@ def _with_ties(best: str | None, values: dict[str, float]) -> str | None:
     if best is None:
         return None
     tied = [k for k, v in values.items() if k != best and v == v and round(v, 2) == round(values[best], 2)]
-    return best if not tied else f"{_phrase([best, *tied])}, equal at two decimals"
+    return best if not tied else f"{word_list([best, *tied])}, equal at two decimals"
 
 
 def _best(values: dict[str, float], *, lowest: bool = False) -> str | None:
@@ -255,11 +255,6 @@ def _label(name: str | None) -> str:
     """How prose names a method (:data:`METHOD_LABELS`) or a parameter (in the words its figures use, ``infall rate``
     for ``accretion_rate``; otherwise underscores as spaces)."""
     return "none" if name is None else METHOD_LABELS.get(name, parameter_words(name))
-
-
-def _phrase(items: list[str]) -> str:
-    """``"a, b and c"``; ``"none"`` for no items."""
-    return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _unsigned_zero(value: float, digits: int = 2) -> float:
@@ -401,7 +396,7 @@ def band_parameter_widths(results: dict, parameter: str = "disk_radius", prefix:
     numbers.update(
         raw_top_k=int(results["cases"][BAND_CASES["B6"]]["uncorrected_at_top_k"]["top_k"]),
         opacity_weight=float(results["setup"]["opacity_weight"]),
-        wider_with_bands=_phrase(wider),
+        wider_with_bands=word_list(wider),
     )
     return {f"{prefix}_{name}": value for name, value in numbers.items()}
 
@@ -413,7 +408,9 @@ def unconstrained_nuisance(results: dict, case: str = "B3+B6+B7", most: int = 3)
     rows, constrained = results["cases"][BAND_CASES[case]]["parameters"], results["goals"][case]["constrained"]
     left = [n for n in rows if n in NUISANCE_PARAMETERS and n not in constrained]
     left.sort(key=lambda n: -rows[n]["median_abs_error_over_prior_spread"])
-    return _phrase([f"{parameter_words(n)} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]])
+    return word_list(
+        [f"{parameter_words(n)} ({rows[n]['median_abs_error_over_prior_spread']:.2f})" for n in left[:most]]
+    )
 
 
 def _worst_miss(rows: dict, constrained: list[str]) -> str:

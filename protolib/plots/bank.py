@@ -25,7 +25,7 @@ def plot_parameter_gallery(
 
     The rows are drawn from the systems whose every shown projection holds a source (:func:`detected_systems`), so
     that the trend with the parameter shows rather than the noise of systems too faint to see; the title says how
-    many systems that leaves out.
+    many systems that leaves out. Each row's first panel draws the bank's beam.
     """
     values, info = bank.parameters[parameter], bank.parameter_info[parameter]
     seen = detected_systems(bank)
@@ -42,6 +42,7 @@ def plot_parameter_gallery(
         titles.append([f"i = {incl[c]:.0f} deg" for c in cols])
         labels.append(f"{info.label or parameter} = {values[system]:.3g} {info.unit}\nnorth offset [au]")
     left_out = bank.n_systems - len(shown)
+    beam, distance = bank.instrument.beam, bank.instrument.distance_pc
     return plot_image_grid(
         np.stack(images),
         pixel_size_au=bank.pixel_size_au,
@@ -51,6 +52,9 @@ def plot_parameter_gallery(
         unit=bank.unit,
         suptitle=f"Bank images ordered by {parameter_words(parameter, info.unit)} ({stretch} stretch, one scale per "
         f"row)" + (f"; {left_out} systems too faint to see left out" if left_out else ""),
+        beam_au=None
+        if beam is None
+        else (beam.major_arcsec * distance, beam.minor_arcsec * distance, beam.position_angle_deg),
     )
 
 

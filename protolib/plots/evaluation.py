@@ -79,7 +79,7 @@ def plot_coverage(
         ax.set(xlim=(0, 1), ylim=(0, 1))
         ax.set_xlabel("nominal level", fontsize=text)
         ax.tick_params(labelsize=tick)
-        ax.set_title(f"{name} ({draws}={evaluation.top_k})", fontsize=text)
+        ax.set_title(f"{name}\n({draws}={evaluation.top_k})", fontsize=text)  # two lines: no title wider than its panel
     for ax in axes.flat[len(results) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
@@ -240,24 +240,25 @@ def plot_learning_curves(
     far = float(curves.get("extrapolation", {}).get("train_systems", sizes.max()))
     fits = curves.get("fits", {}).get("by_method", {})
     rising = set(rising_learning_curves(curves))
+    text, tick = page_fontsize(fig, 8), page_fontsize(fig, 7)  # the figure is shrunk to the page
     for ax, name in zip(axes.flat, names):
         for i, method in enumerate(methods):
             values = [_curve_value(curves["methods"][method]["sizes"][str(int(n))], name) for n in sizes]
             fit = None if (method, name) in rising else fits.get(method, {}).get(name)
             _method_curve(ax, method, METHOD_COLOURS.get(method, f"C{i}"), sizes, values, fit, far)
-        _rising_note(ax, [m for m in methods if (m, name) in rising])
+        _rising_note(ax, [m for m in methods if (m, name) in rising], fontsize=0.9 * tick)
         ax.axvline(sizes.max(), color="0.6", ls=":", lw=1)
         ax.axhline(1.0, color="0.8", lw=0.8)  # no information: the prior
         ax.set_xscale("log")
-        ax.set_title("mean of the target parameters" if name == "mean_target" else parameter_words(name), fontsize=9)
-        ax.tick_params(labelsize=8)
+        ax.set_title("mean of the target parameters" if name == "mean_target" else parameter_words(name), fontsize=text)
+        ax.tick_params(labelsize=tick)
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
     for ax in axes[:, 0]:
-        ax.set_ylabel("RMS error / prior spread", fontsize=8)
+        ax.set_ylabel("RMS error / prior spread", fontsize=tick)
     for ax in axes[-1]:
-        ax.set_xlabel("training systems", fontsize=8)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=8, ncols=len(methods), loc="outside upper center")
+        ax.set_xlabel("training systems", fontsize=tick)
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), fontsize=tick, ncols=len(methods), loc="outside upper center")
     return fig
 
 
@@ -271,7 +272,7 @@ def _method_curve(ax, method: str, colour, sizes: np.ndarray, values: list[float
         ax.plot([far], [fit["extrapolation"]["value"]], "o", mfc="none", color=colour, ms=5)
 
 
-def _rising_note(ax, methods: list[str]) -> None:
+def _rising_note(ax, methods: list[str], fontsize: float = 7.0) -> None:
     """Say in a panel which methods' errors rise with the training set, and so have no extrapolation drawn
     (:func:`~protolib.evaluation.book.rising_learning_curves`)."""
     if methods:
@@ -282,7 +283,7 @@ def _rising_note(ax, methods: list[str]) -> None:
             transform=ax.transAxes,
             ha="right",
             va="top",
-            fontsize=7,
+            fontsize=fontsize,
             color="0.3",
         )
 

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import add_colorbar, add_orientation, add_scale_bar, display_unit, draw_image, image_norm, page_fontsize
+from .style import (
+    add_beam,
+    add_colorbar,
+    add_orientation,
+    add_scale_bar,
+    display_unit,
+    draw_image,
+    image_norm,
+    page_fontsize,
+)
 
 if TYPE_CHECKING:
     from ..instrument import Beam
@@ -28,12 +37,14 @@ def plot_image_grid(
     panel_size: float = 1.8,
     suptitle: str | None = None,
     unit: str | None = None,
+    beam_au: tuple[float, float, float] | None = None,
 ):
     """A grid of images ``(rows, columns, H, W)`` with per-panel titles and per-row labels.
 
     Each row shares one colour scale, shown by a colour bar at its end in ``unit`` (the images' unit,
     e.g. ``"Jy/beam"``; see :func:`display_unit`). The first panel has a scale bar in au and the N and
-    E arrows.
+    E arrows. With ``beam_au``, the images' beam ``(major, minor [au], position angle [deg])``, the first panel
+    of every row draws it in its lower left.
     """
     images = np.asarray(images)
     n_rows, n_cols = images.shape[:2]
@@ -54,6 +65,8 @@ def plot_image_grid(
         add_colorbar(axes[r, -1], handle, label, fontsize=text)
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=text)
+        if beam_au is not None:
+            add_beam(axes[r, 0], images.shape[-1] * pixel_size_au / 2.0, *beam_au, lw=1.0)
     for c in range(n_cols):
         axes[-1, c].set_xlabel("east offset [au]", fontsize=text)
     add_scale_bar(axes[0, 0], images.shape[-1] * pixel_size_au, fontsize=text)

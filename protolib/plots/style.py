@@ -43,6 +43,7 @@ __all__ = [
     "draw_image",
     "PARAMETER_WORDS",
     "parameter_words",
+    "word_list",
 ]
 
 
@@ -80,6 +81,11 @@ def parameter_words(name: str, unit: str | None = None, *, logged: bool = False)
     words = PARAMETER_WORDS.get(name, name.replace("_", " "))
     text = f"{words} [{unit}]" if unit and unit != "1" else words
     return f"log10 {text}" if logged else text
+
+
+def word_list(items: list[str]) -> str:
+    """Items as prose lists them, ``"a, b and c"``; ``"none"`` for no items."""
+    return "none" if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 PAGE_WIDTH_IN = 7.0  # the book's text column: about 700 px at the 100 dpi figures are drawn with
