@@ -489,7 +489,7 @@ def trained_estimate(
         drawn = draw_samples(flow, validation[1], settings.npe_samples, seed=settings.seed + 1) * spread + centre
         widening = _calibrated(drawn, validation[0], names, settings.widening_candidates)
     if path is not None:
-        _write_estimate(path, name, flow, widening)
+        _keep_estimate(path, name, flow, widening)
     return flow, centre, spread, widening
 
 
@@ -523,6 +523,19 @@ def _write_estimate(path: Path, name: str, flow: TrainedFlow, widening: dict | N
     kept = sorted(path.parent.glob(f"{name}-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in kept[NPE_CACHE_KEPT:]:  # the oldest beyond the newest few of this name
         old.unlink(missing_ok=True)
+
+
+def _keep_estimate(path: Path, name: str, flow: TrainedFlow, widening: dict | None) -> None:
+    """:func:`_write_estimate`, or a warning when the cache folder cannot be written (a read-only model folder, a
+    full disk): the estimate is then used for this run only, as an unwritable embedding cache is."""
+    try:
+        _write_estimate(path, name, flow, widening)
+    except (OSError, ProtolibInputError) as error:
+        warnings.warn(
+            f"The trained estimate could not be kept in {path.parent} ({error}); it is used for this run only and "
+            "trained again next time.",
+            stacklevel=4,
+        )
 
 
 def _read_estimate(path: Path, theta: np.ndarray, inputs: np.ndarray, embedding_net) -> tuple | None:

@@ -227,3 +227,21 @@ def test_an_interval_end_that_excludes_zero_never_prints_as_zero():
     phrase = difference_numbers([better], "boot")["boot_better"]
     assert "-0.003]" in phrase and "-0.00]" not in phrase
     assert "[-0.18, " in difference_table([better])
+
+
+@needs_sbi
+def test_a_trained_estimate_that_cannot_be_kept_is_used_for_this_run_with_a_warning(tmp_path):
+    from protolib.evaluation import EvaluationSettings
+    from protolib.npe import trained_estimate
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(300, 2))
+    inputs = values + 0.3 * rng.normal(size=values.shape)
+    settings = EvaluationSettings(npe_max_epochs=2, npe_samples=20)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")  # where the cache folder should be: it cannot be made
+    with pytest.warns(UserWarning, match="could not be kept in .*a_file.*used for this run only"):
+        flow, centre, spread, widening = trained_estimate(
+            "npe", ["a", "b"], (values[:250], inputs[:250]), (values[250:], inputs[250:]), settings, cache_dir=blocked
+        )
+    assert set(widening) == {"a", "b"} and not flow.cached and blocked.read_text() == "not a folder"
