@@ -308,3 +308,20 @@ def test_a_learning_curve_that_rises_gets_no_extrapolation_and_its_panel_says_so
     assert len(dashed) == 1 and dashed[0].get_color() == "tab:blue"  # the Siamese network's only
     assert any("pixel: error rises" in text.get_text() for text in panel.texts)
     plt.close("all")
+
+
+def test_the_network_sketches_and_loss_curves_read_at_page_width():
+    """Chapters 02 and 03 sketch their networks and draw their loss curves wider than the page."""
+    from protolib.plots.learning import plot_autoencoder_sketch, plot_history, plot_siamese_sketch
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "validation_loss": 1.2 / e} for e in range(1, 6)]
+    for fig in (
+        plot_autoencoder_sketch(64, [8, 16, 32], 32),
+        plot_siamese_sketch(64, [8, 16, 32], 32, 128, 32),
+        plot_history({"autoencoder": history}),
+    ):
+        sizes = [t.get_fontsize() for ax in fig.axes for t in ax.texts if t.get_text()]  # arrows are empty texts
+        sizes += [t.get_fontsize() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        assert sizes
+        assert min(_points_at_page_width(fig, size) for size in sizes) >= MIN_POINTS_AT_PAGE_WIDTH - 1e-9
+        plt.close(fig)

@@ -76,7 +76,7 @@ def plot_coverage(
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
         ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="grey", alpha=0.15, lw=0)
         draws = "samples" if name in ("npe", "npe_end_to_end") else "k"
-        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=[0, 0.5, 1])  # no "1.00" against the next panel's "0.00"
         ax.set_xlabel("nominal level", fontsize=text)
         ax.tick_params(labelsize=tick)
         ax.set_title(f"{name}\n({draws}={evaluation.top_k})", fontsize=text)  # two lines: no title wider than its panel

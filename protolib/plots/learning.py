@@ -33,7 +33,7 @@ def plot_history(histories: dict[str, list[dict]], *, log: bool = True, figsize=
         ax.axvline(epochs[best], color="grey", ls=":", label=f"best (epoch {epochs[best]})")
         ax.set(xlabel="epoch", ylabel="loss", title=label, yscale="log" if log else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 2.5, 7.5 ticks
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=page_fontsize(fig, 7.5))  # read at page width: the figure is wider than the page
     fig.tight_layout()
     return fig
 
@@ -182,10 +182,11 @@ def plot_target_comparison(
 def _feature_map(ax, x: float, side: float, depth: float, colour: str, label: str, note: str = "") -> float:
     """A stack of feature maps drawn as a box ``depth`` wide and ``side`` tall, centred at height 0; returns its right
     edge."""
+    size = page_fontsize(ax.figure, 8)  # the sketch is wider than the page: its text is drawn larger in proportion
     ax.add_patch(Rectangle((x, -side / 2), depth, side, facecolor=colour, edgecolor="k", lw=0.8))
-    ax.text(x + depth / 2, -side / 2 - 0.06, label, ha="center", va="top", fontsize=8)
+    ax.text(x + depth / 2, -side / 2 - 0.06, label, ha="center", va="top", fontsize=size)
     if note:
-        ax.text(x + depth / 2, side / 2 + 0.05, note, ha="center", va="bottom", fontsize=8, color="0.3")
+        ax.text(x + depth / 2, side / 2 + 0.05, note, ha="center", va="bottom", fontsize=size, color="0.3")
     return x + depth
 
 
@@ -198,13 +199,13 @@ def _arrow(ax, start: tuple[float, float], end: tuple[float, float], text: str =
             text,
             ha="center",
             va="bottom",
-            fontsize=7,
+            fontsize=page_fontsize(ax.figure, 7.5),
             color="0.3",
         )
 
 
 def plot_autoencoder_sketch(
-    image_size: int, channels: list[int], latent_size: int, *, use_flux: bool = True, figsize=(11, 3.6)
+    image_size: int, channels: list[int], latent_size: int, *, use_flux: bool = True, figsize=(10, 3.6)
 ) -> Figure:
     """The autoencoder's architecture to scale in image size: input, encoder levels, latent, decoder levels, output.
 
@@ -214,30 +215,32 @@ def plot_autoencoder_sketch(
     fig, ax = plt.subplots(figsize=figsize)
     sides = [image_size // 2**k for k in range(len(channels) + 1)]
     depth = lambda c: 0.08 + 0.06 * np.log2(c)  # noqa: E731 - the box width for c feature maps
+    step = 0.36  # the arrow between two levels: long enough for its label at page width
     x = _feature_map(ax, 0.0, 1.0, depth(1), "#fde0c5", f"1x{image_size}x{image_size}", "input image")
     for width, side in zip(channels, sides[1:]):
-        _arrow(ax, (x, 0), (x + 0.25, 0), "conv/2")
-        x = _feature_map(ax, x + 0.25, side / image_size, depth(width), "#9ecae1", f"{width}x{side}x{side}")
-    _arrow(ax, (x, 0), (x + 0.35, 0), "flatten,\nlinear")
-    x = _feature_map(ax, x + 0.35, 0.6, 0.12, "#fdae6b", f"latent\n{latent_size}", "code")
+        _arrow(ax, (x, 0), (x + step, 0), "conv/2")
+        x = _feature_map(ax, x + step, side / image_size, depth(width), "#9ecae1", f"{width}x{side}x{side}")
+    _arrow(ax, (x, 0), (x + 0.42, 0), "flatten,\nlinear")
+    x = _feature_map(ax, x + 0.42, 0.6, 0.12, "#fdae6b", f"latent\n{latent_size}", "code")
     if use_flux:
         _flux_note(ax, x - 0.06)
-    _arrow(ax, (x, 0), (x + 0.35, 0), "linear,\nreshape")
+    _arrow(ax, (x, 0), (x + 0.42, 0), "linear,\nreshape")
     for width, side in zip(reversed(channels), reversed(sides[1:])):
         x = _feature_map(
             ax,
-            x + 0.35 if side == sides[-1] else x + 0.25,
+            x + 0.42 if side == sides[-1] else x + step,
             side / image_size,
             depth(width),
             "#a1d99b",
             f"{width}x{side}x{side}",
         )
-        _arrow(ax, (x, 0), (x + 0.25, 0), "up x2" if side < sides[1] else "up x2,\nconv")
-    _feature_map(ax, x + 0.25, 1.0, depth(1), "#fde0c5", f"1x{image_size}x{image_size}", "rebuilt image")
-    middle = depth(1) + 0.25 * len(channels) + sum(depth(c) for c in channels)
-    ax.text(middle / 2, 0.78, "encoder", ha="center", fontsize=10, weight="bold", color="#3182bd")
-    ax.text(x - middle / 2 + 0.3, 0.78, "decoder", ha="center", fontsize=10, weight="bold", color="#31a354")
-    ax.set(xlim=(-0.1, x + 0.25 + depth(1) + 0.1), ylim=(-0.85, 0.9), aspect="equal")
+        _arrow(ax, (x, 0), (x + step, 0), "up x2" if side < sides[1] else "up x2,\nconv")
+    _feature_map(ax, x + step, 1.0, depth(1), "#fde0c5", f"1x{image_size}x{image_size}", "rebuilt image")
+    middle = depth(1) + step * len(channels) + sum(depth(c) for c in channels)
+    title = page_fontsize(fig, 9)
+    ax.text(middle / 2, 0.78, "encoder", ha="center", fontsize=title, weight="bold", color="#3182bd")
+    ax.text(x - middle / 2 + step, 0.78, "decoder", ha="center", fontsize=title, weight="bold", color="#31a354")
+    ax.set(xlim=(-0.1, x + step + depth(1) + 0.1), ylim=(-0.85, 0.9), aspect="equal")
     ax.axis("off")
     fig.tight_layout()
     return fig
@@ -251,37 +254,40 @@ def _flux_note(ax, x: float) -> None:
         "the log total flux joins the flattened maps;\na linear layer rebuilds it from the latent",
         ha="center",
         va="top",
-        fontsize=7,
+        fontsize=page_fontsize(ax.figure, 7.5),
         color="0.3",
     )
 
 
-def _step(ax, x: float, y: float, text: str, colour: str, width: float = 1.3) -> tuple[float, float]:
-    """A rounded box of text centred at ``(x, y)``; returns its left and right edges."""
+def _step(ax, x: float, y: float, text: str, colour: str, width: float) -> tuple[float, float]:
+    """A rounded box of text centred at ``(x, y)``, three lines tall; returns its left and right edges."""
     ax.add_patch(
         FancyBboxPatch(
-            (x - width / 2, y - 0.22), width, 0.44, boxstyle="round,pad=0.02", facecolor=colour, edgecolor="k", lw=0.8
+            (x - width / 2, y - 0.3), width, 0.6, boxstyle="round,pad=0.02", facecolor=colour, edgecolor="k", lw=0.8
         )
     )
-    ax.text(x, y, text, ha="center", va="center", fontsize=8)
+    ax.text(x, y, text, ha="center", va="center", fontsize=page_fontsize(ax.figure, 7.5))
     return x - width / 2 - 0.02, x + width / 2 + 0.02
 
 
 def plot_siamese_sketch(
-    image_size: int, channels: list[int], latent_size: int, hidden_size: int, embedding_size: int, *, figsize=(11, 3.4)
+    image_size: int, channels: list[int], latent_size: int, hidden_size: int, embedding_size: int, *, figsize=(8.5, 3.0)
 ) -> Figure:
     """One training comparison of the Siamese network: two images through the same encoder and head to unit
     embeddings, whose cosine is the predicted similarity, set against the target similarity of the two
-    systems' parameters by the loss."""
+    systems' parameters by the loss.
+
+    Drawn about page width, its boxes narrow (text in three lines), so that the text reads as drawn.
+    """
     fig, ax = plt.subplots(figsize=figsize)
-    levels = " -> ".join(f"{c}x{image_size // 2 ** (k + 1)}²" for k, c in enumerate(channels))
+    levels = ", ".join(f"{c}x{image_size // 2 ** (k + 1)}²" for k, c in enumerate(channels))
     columns = [
-        (0.7, f"image {{}}\n1x{image_size}x{image_size}\n(+ log flux)", "#fde0c5", 1.2),
-        (2.5, f"encoder\n{levels}\n-> latent {latent_size}", "#9ecae1", 2.0),
-        (4.4, f"head\n{latent_size} -> {hidden_size} -> {embedding_size}", "#c6dbef", 1.4),
-        (6.0, f"embedding {{}}\n{embedding_size}, unit length", "#fdae6b", 1.4),
+        (0.5, f"image {{}}\n1x{image_size}x{image_size}\n(+ log flux)", "#fde0c5", 1.0),
+        (2.025, f"encoder\n{levels}\n-> latent {latent_size}", "#9ecae1", 1.55),
+        (3.65, f"head\n{latent_size} -> {hidden_size}\n-> {embedding_size}", "#c6dbef", 1.2),
+        (5.05, f"embedding {{}}\n{embedding_size} numbers,\nunit length", "#fdae6b", 1.1),
     ]
-    for y, name in ((0.55, "A"), (-0.55, "B")):
+    for y, name in ((0.6, "A"), (-0.6, "B")):
         previous = None
         for x, text, colour, width in columns:
             left, right = _step(ax, x, y, text.format(name.lower() if "embedding" in text else name), colour, width)
@@ -289,16 +295,16 @@ def plot_siamese_sketch(
                 _arrow(ax, (previous, y), (left, y))
             previous = right
     for x, _, _, _ in columns[1:3]:
-        ax.annotate("", (x, -0.33), (x, 0.33), arrowprops=dict(arrowstyle="<->", color="0.4", ls="--"))
-        ax.text(x + 0.05, 0, "same weights", fontsize=7, color="0.3", va="center")
-    left, right = _step(ax, 8.0, 0.0, "predicted similarity\ncos(a, b) = a · b", "#fdd0a2", 1.6)
-    for y in (0.55, -0.55):
-        _arrow(ax, (6.72, y), (left, 0.12 if y > 0 else -0.12))
-    _step(ax, 8.0, -1.25, "target similarity from the\ntwo systems' parameters", "#e5f5e0", 1.9)
-    _step(ax, 10.0, -0.6, "loss\n(e.g. squared\ndifference)", "#fcbba1", 1.1)
-    _arrow(ax, (right, 0), (9.43, -0.45))
-    _arrow(ax, (8.97, -1.2), (9.43, -0.75))
-    ax.set(xlim=(0, 10.7), ylim=(-1.6, 1.0), aspect="equal")
+        ax.annotate("", (x, -0.28), (x, 0.28), arrowprops=dict(arrowstyle="<->", color="0.4", ls="--"))
+        ax.text(x + 0.05, 0, "same weights", fontsize=page_fontsize(fig, 7.5), color="0.3", va="center")
+    left, right = _step(ax, 6.525, 0.0, "predicted\nsimilarity\ncos(a, b) = a · b", "#fdd0a2", 1.35)
+    for y in (0.6, -0.6):
+        _arrow(ax, (5.62, y), (left, 0.15 if y > 0 else -0.15))
+    _, target_right = _step(ax, 6.525, -1.35, "target similarity\nfrom the two\nsystems' parameters", "#e5f5e0", 1.5)
+    _step(ax, 8.0, -0.675, "loss\n(e.g. squared\ndifference)", "#fcbba1", 1.0)
+    _arrow(ax, (right, 0), (7.65, -0.36))
+    _arrow(ax, (target_right, -1.35), (7.65, -0.99))
+    ax.set(xlim=(-0.05, 8.55), ylim=(-1.7, 0.95), aspect="equal")
     ax.axis("off")
     fig.tight_layout()
     return fig
