@@ -394,7 +394,9 @@ def trials_markdown(rows: list[dict], names: list[str]) -> str:
     """The rows of :func:`trials_table` as a markdown table (columns: state, score, epochs, seconds and the
     hyperparameters ``names``), best first."""
 
-    def cell(value):
+    def cell(value, column):
+        if column == "recovery_error" and isinstance(value, float):
+            return f"{value:.3f}"  # the scores compared: one number of decimals, as the text quotes them
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
     columns = ["trial", "state", "recovery_error", "epochs", "seconds", *names]
@@ -403,7 +405,7 @@ def trials_markdown(rows: list[dict], names: list[str]) -> str:
         key=lambda r: (r["state"] != "complete", r["recovery_error"] if np.isfinite(r["recovery_error"]) else math.inf),
     )
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in ordered]
+    lines += ["| " + " | ".join(cell(r[c], c) for c in columns) + " |" for r in ordered]
     return "\n".join(lines)
 
 

@@ -254,3 +254,14 @@ def test_the_first_trial_says_where_it_cannot_be_the_configuration_itself():
     differences = first_trial_differences(odd, first_trial_hyperparameters(odd, space))
     assert any("channels [8, 16] instead of [8, 12]" in d for d in differences)
     assert any("learning_rate 0.01 instead of 0.5" in d for d in differences)
+
+
+def test_the_trials_table_prints_every_score_with_the_same_decimals():
+    from protolib.tuning import trials_markdown
+
+    rows = [
+        {"trial": 0, "state": "complete", "recovery_error": 0.9, "epochs": 3, "seconds": 1.5, "encoder_width": 16},
+        {"trial": 1, "state": "complete", "recovery_error": 0.8765, "epochs": 3, "seconds": 1.2, "encoder_width": 8},
+    ]
+    table = trials_markdown(rows, ["encoder_width"])
+    assert "| 1 | complete | 0.877 |" in table and "| 0 | complete | 0.900 |" in table  # best first
