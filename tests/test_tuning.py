@@ -261,7 +261,7 @@ def test_the_trials_table_prints_every_score_with_the_same_decimals():
 
     rows = [
         {"trial": 0, "state": "complete", "recovery_error": 0.9, "epochs": 3, "seconds": 1.5, "encoder_width": 16},
-        {"trial": 1, "state": "complete", "recovery_error": 0.8765, "epochs": 3, "seconds": 1.2, "encoder_width": 8},
+        {"trial": 1, "state": "complete", "recovery_error": 0.8771, "epochs": 3, "seconds": 1.2, "encoder_width": 8},
     ]
     table = trials_markdown(rows, ["encoder_width"])
     assert "| 1 | complete | 0.877 |" in table and "| 0 | complete | 0.900 |" in table  # best first
