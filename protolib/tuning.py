@@ -392,7 +392,8 @@ def trials_table(study) -> list[dict]:
 
 def trials_markdown(rows: list[dict], names: list[str]) -> str:
     """The rows of :func:`trials_table` as a markdown table (columns: state, score, epochs, seconds and the
-    hyperparameters ``names``), best first."""
+    hyperparameters ``names``): the complete trials first, then those stopped early (scored after fewer epochs), each
+    group best first."""
 
     def cell(value, column):
         if column == "recovery_error" and isinstance(value, float):
