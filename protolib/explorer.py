@@ -154,8 +154,7 @@ def shown_beam_au(bank: Bank, transform: ImageTransform | None) -> tuple[float, 
         beam = bank.instrument.beam if bank.instrument.beam_major_arcsec > 0 else None
     if beam is None:
         return None
-    distance = bank.instrument.distance_pc
-    return beam.major_arcsec * distance, beam.minor_arcsec * distance, beam.position_angle_deg
+    return beam.in_au(bank.instrument.distance_pc)
 
 
 def _figures(bank: Bank, target: ExplorerTarget, k: int, parameters: Sequence[str], n_gallery: int, prior: dict):

@@ -65,6 +65,15 @@ class Beam:
         """The beam as an astronomer writes it, e.g. ``0.35" x 0.28", PA 25 deg`` (``repr`` keeps every digit)."""
         return f'{self.major_arcsec:.3g}" x {self.minor_arcsec:.3g}", PA {self.position_angle_deg:.0f} deg'
 
+    def in_au(self, distance_pc: float) -> tuple[float, float, float]:
+        """``(major, minor, position angle)``: the FWHM axes in au at ``distance_pc`` and the angle in degrees, as the
+        galleries draw a beam."""
+        return (
+            float(self.major_arcsec) * distance_pc,
+            float(self.minor_arcsec) * distance_pc,
+            float(self.position_angle_deg),
+        )
+
     @property
     def solid_angle_sr(self) -> float:
         r"""Beam solid angle :math:`\pi \theta_\mathrm{maj} \theta_\mathrm{min} / (4 \ln 2)` [sr]."""

@@ -53,6 +53,7 @@ from ..distributions import (
 )
 from ..evaluation import EvaluationSettings
 from ..goodness_of_fit import DETECTION_SIGMA, Detection, detection, non_detection_fraction
+from ..instrument import Beam
 from ..matching import (
     BandMatcher,
     BandTargets,
@@ -1234,26 +1235,17 @@ def _figures(result: MatchResult) -> dict:
 
 
 def _target_beam_au(target: MatchTarget) -> tuple[float, float, float] | None:
-    """The target's beam for the gallery: ``(major, minor)`` FWHM in au at the bank's distance and its position angle
-    [deg]; the observation's beam on the bank's grid, or the bank's own for a bank system (``None`` without one)."""
+    """The target's beam for the gallery (:meth:`~protolib.instrument.Beam.in_au` at the bank's distance): the
+    observation's beam on the bank's grid, or the bank's own for a bank system (``None`` without one)."""
     bank = target.bank
     if target.observation is not None:
-        major, minor, angle = target.observation.transform_key["beam_arcsec"]
-    elif bank.instrument.beam_major_arcsec > 0:
-        beam = bank.instrument.beam
-        major, minor, angle = beam.major_arcsec, beam.minor_arcsec, beam.position_angle_deg
-    else:
-        return None
-    distance = bank.instrument.distance_pc
-    return float(major) * distance, float(minor) * distance, float(angle)
+        return _band_beam_au(target.observation, bank)
+    return bank.instrument.beam.in_au(bank.instrument.distance_pc) if bank.instrument.beam_major_arcsec > 0 else None
 
 
 def _band_beam_au(target: ObservationTarget, bank: Bank) -> tuple[float, float, float]:
-    """One band's beam for the band gallery: ``(major, minor)`` FWHM in au at the bank's distance and its position
-    angle [deg], the map's beam on the bank's grid."""
-    major, minor, angle = target.transform_key["beam_arcsec"]
-    distance = bank.instrument.distance_pc
-    return float(major) * distance, float(minor) * distance, float(angle)
+    """One map's beam on the bank's grid, in au at the bank's distance (:meth:`~protolib.instrument.Beam.in_au`)."""
+    return Beam(*target.transform_key["beam_arcsec"]).in_au(bank.instrument.distance_pc)
 
 
 def _corner_label(observing: ObservingDraws | None) -> str:

@@ -52,9 +52,7 @@ def plot_parameter_gallery(
         unit=bank.unit,
         suptitle=f"Bank images ordered by {parameter_words(parameter, info.unit)} ({stretch} stretch, one scale per "
         f"row)" + (f"; {left_out} systems too faint to see left out" if left_out else ""),
-        beam_au=None
-        if beam is None
-        else (beam.major_arcsec * distance, beam.minor_arcsec * distance, beam.position_angle_deg),
+        beam_au=None if beam is None else beam.in_au(distance),
     )
 
 
